@@ -1,0 +1,88 @@
+/*
+ * backend.h: the ops table every compute backend implements (cpu, cuda, tp).
+ *
+ * A backend owns the weights in its own format (f32/bf16/int8) and the storage of
+ * the paged KV cache: n_kv_blocks blocks of kv_block_size token slots per layer.
+ * Which block holds which tokens is decided by the engine (kvcache.h); the backend
+ * only reads and writes the blocks named in each sequence's block table.
+ *
+ * One forward() call runs one scheduler step over a batch: for every sequence it
+ * appends K/V for the new tokens at positions pos..pos+n_tokens-1 and, when
+ * want_logits is set, produces the logits of its last new token.
+ */
+#ifndef DSINFER_BACKEND_H
+#define DSINFER_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dsinfer/model.h"
+
+enum dsi_weight_dtype { DSI_W_F32, DSI_W_BF16, DSI_W_INT8 };
+enum dsi_kv_dtype { DSI_KV_F32, DSI_KV_BF16 };
+
+struct dsi_backend_opts {
+    enum dsi_weight_dtype weight_dtype;
+    int int8_group_size;       /* 0: per output channel; else group-wise along input */
+    enum dsi_kv_dtype kv_dtype;
+    int kv_block_size;         /* tokens per block, e.g. 16 */
+    size_t kv_bytes;           /* CPU: KV pool size in bytes */
+    float kv_gpu_fraction;     /* CUDA: share of free memory after weights for the KV pool */
+    int max_batch_tokens;      /* upper bound on sum(n_tokens) of one step */
+    int max_seqs;              /* upper bound on n_seqs of one step */
+    int n_threads;             /* CPU: 0 = all cores */
+    int device;                /* CUDA device ordinal */
+};
+
+struct dsi_batch_seq {
+    uint64_t seq_id;
+    const int32_t *tokens;     /* (n_tokens) new tokens of this step */
+    int n_tokens;
+    int pos;                   /* position of tokens[0]; K/V for 0..pos-1 already in blocks */
+    const int32_t *block_table;/* (n_blocks) block ids covering positions 0..pos+n_tokens-1 */
+    int n_blocks;
+    bool want_logits;          /* produce the logits of tokens[n_tokens-1] */
+};
+
+struct dsi_batch {
+    const struct dsi_batch_seq *seqs;
+    int n_seqs;
+};
+
+struct dsi_backend;
+
+struct dsi_backend_ops {
+    const char *name;
+    /* Runs one step. logits: host buffer of (rows, vocab) floats, one row per seq with
+     * want_logits, in batch order. Returns 0 or DSI_E*. */
+    int (*forward)(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
+    /* Per-layer debug view of quantization error: fills text report; may be NULL. */
+    int (*quant_report)(struct dsi_backend *be, char **report, char **err);
+    void (*destroy)(struct dsi_backend *be);
+};
+
+struct dsi_backend {
+    const struct dsi_backend_ops *ops;
+    const struct dsi_model *model;  /* borrowed; outlives the backend */
+    int vocab_size;
+    int kv_block_size;
+    int n_kv_blocks;                /* size of the block pool the engine may hand out */
+    size_t weight_bytes;            /* bytes of weights held (for roofline reports) */
+    size_t kv_bytes_per_token;
+    void *impl;
+};
+
+/* name: "cpu" or "cuda". Returns DSI_ENODEV (with a reason in *err) when the CUDA
+ * backend is not built in or no GPU/driver is present. */
+int dsi_backend_create(const char *name, const struct dsi_model *m, const struct dsi_backend_opts *o,
+                       struct dsi_backend **out, char **err);
+void dsi_backend_destroy(struct dsi_backend *be);
+
+/* Constructors of each backend, called by dsi_backend_create. */
+int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                           struct dsi_backend **out, char **err);
+int dsi_cuda_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                            struct dsi_backend **out, char **err);
+
+#endif

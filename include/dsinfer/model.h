@@ -1,0 +1,140 @@
+/*
+ * model.h: model directories in HF layout.
+ *
+ * - safetensors: mmap'd files, hostile-header parsing, sharded index
+ * - HF config.json -> struct dsi_model_config (Qwen2, Llama, DeepSeek-V2/V3)
+ * - SHA256SUMS manifest create/verify (coreutils format)
+ * - dsi_model_open(): verify (fail closed) + config + safetensors, the one way
+ *   every backend gets its weights.
+ *
+ * Owner: src/model. Fields marked (shape) give tensor shapes in HF order.
+ */
+#ifndef DSINFER_MODEL_H
+#define DSINFER_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum dsi_dtype {
+    DSI_DT_F32,
+    DSI_DT_F16,
+    DSI_DT_BF16,
+    DSI_DT_I8,
+    DSI_DT_U8,
+    DSI_DT_F8_E4M3,
+    DSI_DT_I32,
+    DSI_DT_I64,
+    DSI_DT__COUNT
+};
+/* "F32", "BF16", ... (safetensors spelling); NULL for out of range. */
+const char *dsi_dtype_name(enum dsi_dtype dt);
+size_t dsi_dtype_size(enum dsi_dtype dt);
+
+#define DSI_MAX_DIMS 8
+
+struct dsi_tensor {
+    char *name;               /* owned by the safetensors handle */
+    enum dsi_dtype dtype;
+    int n_dims;
+    int64_t shape[DSI_MAX_DIMS];
+    size_t n_elems;
+    const void *data;         /* into the read-only mmap; valid until close */
+    size_t size_bytes;
+    int file_index;           /* which shard */
+};
+
+struct dsi_safetensors {
+    struct dsi_tensor *tensors; /* sorted by name */
+    size_t n_tensors;
+    /* private: mapped files */
+    void *priv;
+};
+
+/* Opens DIR/model.safetensors or, if present, every shard named by
+ * DIR/model.safetensors.index.json. Returns 0 or DSI_E*, with *err naming the file
+ * and tensor on malformed input. Close with dsi_st_close (accepts a zeroed struct). */
+int dsi_st_open_dir(struct dsi_safetensors *st, const char *dir, char **err);
+int dsi_st_open_file(struct dsi_safetensors *st, const char *path, char **err);
+void dsi_st_close(struct dsi_safetensors *st);
+const struct dsi_tensor *dsi_st_find(const struct dsi_safetensors *st, const char *name);
+
+enum dsi_arch { DSI_ARCH_QWEN2, DSI_ARCH_LLAMA, DSI_ARCH_DEEPSEEK_V2, DSI_ARCH_DEEPSEEK_V3 };
+enum dsi_rope_type { DSI_ROPE_DEFAULT, DSI_ROPE_LINEAR, DSI_ROPE_LLAMA3, DSI_ROPE_YARN, DSI_ROPE_DYNAMIC };
+
+struct dsi_rope_scaling {
+    enum dsi_rope_type type;
+    float factor;
+    float low_freq_factor, high_freq_factor;    /* llama3 */
+    int original_max_position_embeddings;       /* llama3, yarn */
+    float beta_fast, beta_slow, mscale, mscale_all_dim; /* yarn */
+};
+
+#define DSI_MAX_EOS 8
+
+struct dsi_model_config {
+    enum dsi_arch arch;
+    char architecture[64];   /* as in config.json, e.g. "Qwen2ForCausalLM" */
+    int vocab_size;
+    int hidden_size;
+    int intermediate_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;            /* hidden_size / n_heads unless config says otherwise */
+    int max_position_embeddings;
+    float rms_norm_eps;
+    float rope_theta;
+    struct dsi_rope_scaling rope;
+    bool tie_word_embeddings;
+    bool attention_bias;     /* q/k/v projections carry a bias (Qwen2: true) */
+    enum dsi_dtype dtype;    /* torch_dtype / dtype */
+    int bos_token_id;        /* -1 if none */
+    int eos_token_ids[DSI_MAX_EOS];
+    int n_eos;
+    /* DeepSeek-V2/V3 (MLA + MoE); zero for dense families */
+    int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    int n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size;
+    int first_k_dense_replace, n_group, topk_group;
+    float routed_scaling_factor;
+};
+
+/* Parses config.json text. An architecture we cannot parse is DSI_EUNSUPPORTED
+ * with a message naming it. */
+int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config *cfg, char **err);
+int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **err);
+/* 0 if the forward pass of this build can run the config (Qwen2/Llama today). */
+int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err);
+
+/* Manifest: DIR/SHA256SUMS in `sha256sum` format. */
+struct dsi_manifest_opts {
+    int n_threads;       /* 0: number of CPUs */
+    bool progress;       /* progress line on stderr when it is a terminal */
+};
+int dsi_manifest_write(const char *dir, const struct dsi_manifest_opts *o, char **err);
+/* 0 only if every listed file matches and every weight/config/tokenizer file in
+ * DIR is listed; otherwise DSI_EINTEGRITY with *err naming the first bad file.
+ * bytes_out (optional) gets the bytes hashed. */
+int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out,
+                        char **err);
+
+/* A model ready for a backend: verified (unless opted out), config parsed, weights mapped. */
+struct dsi_model {
+    char *dir;
+    struct dsi_model_config cfg;
+    struct dsi_safetensors st;
+    double verify_s, open_s; /* timings for the startup log */
+};
+struct dsi_model_open_opts {
+    bool skip_verify;        /* development only; logged as a warning */
+    const char *expect_manifest_sha256; /* optional pin of SHA256SUMS's own hash (hex) */
+    int n_threads;
+};
+int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o,
+                   char **err);
+void dsi_model_close(struct dsi_model *m);
+
+/* Reads tensor `name` as fp32 into dst (n_elems floats), converting from any float dtype. */
+int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err);
+
+#endif

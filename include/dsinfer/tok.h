@@ -1,0 +1,69 @@
+/*
+ * tok.h: byte-level BPE tokenizer from HF tokenizer.json, streaming decoder and
+ * native DeepSeek chat formats.
+ *
+ * Owner: src/tok.
+ */
+#ifndef DSINFER_TOK_H
+#define DSINFER_TOK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct dsi_tokenizer;
+
+/* Loads DIR/tokenizer.json and DIR/tokenizer_config.json. */
+int dsi_tok_load(const char *dir, struct dsi_tokenizer **out, char **err);
+/* From memory (fuzzing, tests); config_json may be NULL. */
+int dsi_tok_load_mem(const char *tokenizer_json, size_t len, const char *config_json, size_t config_len,
+                     struct dsi_tokenizer **out, char **err);
+void dsi_tok_free(struct dsi_tokenizer *t);
+
+int dsi_tok_vocab_size(const struct dsi_tokenizer *t);
+int32_t dsi_tok_bos(const struct dsi_tokenizer *t); /* -1 if none */
+int32_t dsi_tok_eos(const struct dsi_tokenizer *t); /* -1 if none */
+/* Token id of an exact token string (special or not), or -1. */
+int32_t dsi_tok_lookup(const struct dsi_tokenizer *t, const char *token);
+
+/* Encodes UTF-8 text (invalid UTF-8 is DSI_EINVAL). Special tokens written in the
+ * text are matched when allow_special. *ids is malloc'd; the caller frees it. */
+int dsi_tok_encode(const struct dsi_tokenizer *t, const char *text, size_t len, bool allow_special,
+                   int32_t **ids, size_t *n_ids, char **err);
+/* Decodes ids to text (malloc'd, NUL-terminated). skip_special drops special tokens. */
+int dsi_tok_decode(const struct dsi_tokenizer *t, const int32_t *ids, size_t n_ids, bool skip_special,
+                   char **text, size_t *len, char **err);
+
+/* Streaming decoder: push ids one at a time, get back only complete UTF-8. */
+struct dsi_tok_stream;
+int dsi_tok_stream_create(const struct dsi_tokenizer *t, bool skip_special, struct dsi_tok_stream **out);
+/* Appends the text that became complete with `id` to *out (malloc'd or NULL when none). */
+int dsi_tok_stream_push(struct dsi_tok_stream *s, int32_t id, char **out, size_t *out_len);
+/* Flushes what is left (incomplete UTF-8 becomes U+FFFD). */
+int dsi_tok_stream_flush(struct dsi_tok_stream *s, char **out, size_t *out_len);
+void dsi_tok_stream_destroy(struct dsi_tok_stream *s);
+
+/* Chat formats. */
+enum dsi_chat_format {
+    DSI_CHAT_AUTO,        /* pick from tokenizer_config.json chat_template */
+    DSI_CHAT_DEEPSEEK_V3, /* DeepSeek-V3/R1 and R1-Distill */
+    DSI_CHAT_DEEPSEEK_LLM,
+    DSI_CHAT_DEEPSEEK_CODER,
+    DSI_CHAT_CHATML,      /* Qwen2 family and demo model */
+};
+struct dsi_chat_msg {
+    const char *role;     /* "system" | "user" | "assistant" */
+    const char *content;
+};
+int dsi_chat_format_parse(const char *name, enum dsi_chat_format *out);
+const char *dsi_chat_format_name(enum dsi_chat_format f);
+/* The format tokenizer_config.json implies (DSI_CHAT_AUTO resolved). */
+enum dsi_chat_format dsi_tok_chat_format(const struct dsi_tokenizer *t);
+/* True when the format starts assistant turns inside <think> (R1 reasoning models). */
+bool dsi_chat_is_reasoning(const struct dsi_tokenizer *t, enum dsi_chat_format f);
+/* Renders messages to prompt text (BOS included as text when the format has one;
+ * encode with allow_special). *text is malloc'd. */
+int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
+                    size_t n_msgs, bool add_generation_prompt, char **text, char **err);
+
+#endif
