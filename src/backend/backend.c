@@ -1,0 +1,28 @@
+/*
+ * backend.c: dsi_backend_create() picks the backend named in the config.
+ *
+ * A build without CUDA still accepts "cuda" and answers DSI_ENODEV with a reason,
+ * so the same config gives a clear error instead of an unknown-name error.
+ */
+#include <string.h>
+
+#include "dsinfer/backend.h"
+#include "dsinfer/err.h"
+
+int dsi_backend_create(const char *name, const struct dsi_model *m, const struct dsi_backend_opts *o,
+                       struct dsi_backend **out, char **err) {
+    *out = NULL;
+    if (!name || !strcmp(name, "cpu")) return dsi_cpu_backend_create(m, o, out, err);
+    if (!strcmp(name, "cuda")) {
+#ifdef DSI_HAVE_CUDA
+        return dsi_cuda_backend_create(m, o, out, err);
+#else
+        return dsi_seterr(err, DSI_ENODEV, "this dsinfer was built without CUDA; use --backend cpu");
+#endif
+    }
+    return dsi_seterr(err, DSI_EINVAL, "unknown backend '%s' (expected cpu or cuda)", name);
+}
+
+void dsi_backend_destroy(struct dsi_backend *be) {
+    if (be && be->ops && be->ops->destroy) be->ops->destroy(be);
+}
