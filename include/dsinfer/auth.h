@@ -12,6 +12,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#define DSI_KEY_PREFIX "dsi-"
+#define DSI_KEY_STRLEN 68         /* "dsi-" + 64 lowercase hex; buffers need +1 */
 
 enum dsi_perm {
     DSI_PERM_CHAT = 1u << 0,
@@ -21,6 +25,12 @@ enum dsi_perm {
     DSI_PERM_METRICS = 1u << 4,
     DSI_PERM_ADMIN = 1u << 5,
 };
+#define DSI_PERM_ALL 0x3fu
+
+/* "chat" for DSI_PERM_CHAT (one bit); NULL for anything else. Static string. */
+const char *dsi_perm_name(uint32_t perm);
+/* "chat" -> DSI_PERM_CHAT; returns 0 or DSI_EINVAL. */
+int dsi_perm_parse(const char *name, uint32_t *out);
 
 struct dsi_principal {
     char key_id[32];
@@ -51,13 +61,69 @@ int dsi_auth_reload(struct dsi_auth *a, char **err);
 void dsi_auth_destroy(struct dsi_auth *a);
 
 /* Checks an Authorization header value for a permission (and model, may be NULL).
- * Counts one request against the key's rpm. retry_after_s set for RATE_LIMITED. */
+ * Counts one request against the key's rpm. retry_after_s set for RATE_LIMITED.
+ * Thread-safe. Order: header -> key (constant-time digest compare) -> state
+ * (disabled, expired) -> permission -> model -> rpm/tpm token buckets; a
+ * request denied before the rate check consumes no budget. `out` is filled
+ * from FORBIDDEN onwards (so denials can be audited with the principal). */
 enum dsi_auth_status dsi_auth_check(struct dsi_auth *a, const char *authorization, uint32_t perm,
                                     const char *model, struct dsi_principal *out, int *retry_after_s);
-/* Charges tokens to the key's tpm budget and the principal's chargeback counter. */
+/* Charges tokens to the key's tpm budget and the principal's chargeback counter.
+ * Call once per finished request with the counts from its usage. Thread-safe. */
 void dsi_auth_charge(struct dsi_auth *a, const struct dsi_principal *p, int prompt_tokens,
                      int completion_tokens);
+/* Stable snake_case reason for logs and the audit log ("invalid_key", ...). */
 const char *dsi_auth_status_reason(enum dsi_auth_status s);
+/* HTTP status for a check result: 200, 401, 403 or 429. */
+int dsi_auth_http_status(enum dsi_auth_status s);
+/* Whether /health/live and /health/ready need no key (opts->open_health). */
+bool dsi_auth_health_open(const struct dsi_auth *a);
+
+/* mTLS: maps a verified client certificate's subject CN to a principal through
+ * the "clients" section of the keys file; then the same permission, model and
+ * rate checks as dsi_auth_check. NULL or empty CN: MISSING; unknown or disabled
+ * CN: INVALID. The TLS layer must have verified the chain before calling. */
+enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *subject_cn,
+                                                uint32_t perm, const char *model,
+                                                struct dsi_principal *out, int *retry_after_s);
+
+/* Like dsi_auth_reload, but also replaces the keys file path and roles (for a
+ * SIGHUP that re-read the config). Strings are copied. Same all-or-nothing rule. */
+int dsi_auth_reload_opts(struct dsi_auth *a, const struct dsi_auth_opts *o, char **err);
+
+/* Prometheus text for /metrics: per-principal token counters for chargeback,
+ *   dsinfer_principal_tokens_total{principal="x",kind="prompt|completion"} N
+ *   dsinfer_principal_requests_total{principal="x"} N
+ *   dsinfer_auth_denials_total{reason="invalid_key"} N
+ * with # HELP / # TYPE lines. *prom_text is heap memory the caller frees.
+ * Returns 0 or DSI_ENOMEM. */
+int dsi_auth_metrics(struct dsi_auth *a, char **prom_text);
+
+/* Test hook: milliseconds since the Unix epoch, used for expiry and rate
+ * limits instead of the system clocks. NULL restores the system clocks. */
+void dsi_auth_set_clock(struct dsi_auth *a, int64_t (*now_ms)(void *ctx), void *ctx);
+
+/* Keys file management (`dsinfer keys`). Every change rewrites the file
+ * atomically (temp file in the same directory, fsync, rename) with mode 0600,
+ * under an advisory lock on "<path>.lock". */
+struct dsi_key_spec {
+    const char *name;          /* principal */
+    const char *role;          /* must exist in the roles */
+    const char *models;        /* comma-separated allow-list; NULL or "": all */
+    int64_t rpm, tpm;          /* 0: unlimited */
+    int max_tokens;            /* 0: no cap */
+    const char *expires;       /* RFC 3339, or YYYY-MM-DD (valid through that UTC day); NULL: never */
+    const char *roles_json;    /* NULL: default roles */
+};
+/* Adds a key (creating the file if absent). key_out receives the key, which
+ * exists nowhere else afterwards; id_out its public id. */
+int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DSI_KEY_STRLEN + 1],
+                 char id_out[32], char **err);
+/* One line per key: id, name, role, status (active|disabled|expired), expires,
+ * models, tab-separated. Never prints hashes. */
+int dsi_keys_list(const char *path, const char *roles_json, FILE *out, char **err);
+/* Sets "disabled": true on key ID. DSI_ENOENT if no such id. */
+int dsi_keys_revoke(const char *path, const char *id, const char *roles_json, char **err);
 
 /* Audit log: one JSON line per request and per denial. */
 struct dsi_audit;
