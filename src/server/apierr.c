@@ -1,0 +1,51 @@
+/*
+ * apierr.c: OpenAI error bodies {"error":{"message","type","param","code"}}.
+ *
+ * The "type" follows the HTTP status the way OpenAI's API spells it, so SDKs map
+ * it to their exception classes (openai-node: BadRequestError for 400, ...).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+static const char *type_for_status(int status) {
+    switch (status) {
+    case 400: case 404: case 405: case 413: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 403: return "permission_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable";
+    default: return "server_error";
+    }
+}
+
+int dsi__api_error_set(struct dsi__api_error *e, int status, const char *param, const char *code,
+                       const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    e->status = status;
+    e->type = type_for_status(status);
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    e->code = code;
+    return status;
+}
+
+char *dsi__api_error_json(const struct dsi__api_error *e) {
+    struct dsi__buf b = {0};
+    int rc = dsi__buf_printf(&b, "{\"error\":{\"message\":");
+    if (!rc) rc = dsi__buf_json_str(&b, e->message, strlen(e->message));
+    if (!rc) rc = dsi__buf_printf(&b, ",\"type\":\"%s\",\"param\":", e->type ? e->type : type_for_status(e->status));
+    if (!rc) rc = e->param[0] ? dsi__buf_json_str(&b, e->param, strlen(e->param)) : dsi__buf_printf(&b, "null");
+    if (!rc) rc = dsi__buf_printf(&b, ",\"code\":");
+    if (!rc) rc = e->code ? dsi__buf_json_str(&b, e->code, strlen(e->code)) : dsi__buf_printf(&b, "null");
+    if (!rc) rc = dsi__buf_printf(&b, "}}\n");
+    if (rc) {
+        dsi__buf_free(&b);
+        return NULL;
+    }
+    return b.p;
+}

@@ -1,0 +1,156 @@
+/*
+ * internal.h: declarations shared by the files of src/server (never included
+ * outside it). Pure pieces (request parser, text post-processing, JSON output,
+ * metrics) have no libmicrohttpd or engine dependency so that unit tests and the
+ * fuzz target link them alone.
+ */
+#ifndef DSI_SERVER_INTERNAL_H
+#define DSI_SERVER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dsinfer/engine.h"
+
+/* ---- API errors (apierr.c) -------------------------------------------- */
+
+/* One OpenAI error: {"error":{"message","type","param","code"}} + HTTP status. */
+struct dsi__api_error {
+    int status;
+    char message[256];
+    const char *type;  /* static: "invalid_request_error", ... */
+    char param[64];    /* "" -> null */
+    const char *code;  /* static or NULL -> null */
+};
+
+/* Fills e; the type follows from the status. Returns status. */
+int dsi__api_error_set(struct dsi__api_error *e, int status, const char *param, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The JSON body of e (malloc'd, NUL-terminated), NULL when out of memory. */
+char *dsi__api_error_json(const struct dsi__api_error *e);
+
+/* ---- request parsing (request.c) ----------------------------------------- */
+
+enum dsi__req_kind { DSI__REQ_CHAT, DSI__REQ_COMPLETION, DSI__REQ_TOKENIZE, DSI__REQ_DETOKENIZE };
+
+#define DSI__MAX_STOPS 4
+#define DSI__MAX_STOP_BYTES 256
+
+struct dsi__msg {
+    char *role;    /* "system" | "user" | "assistant" ("developer" becomes "system") */
+    char *content; /* text parts joined */
+};
+
+struct dsi__req_limits {
+    size_t max_body_bytes;
+    int max_messages;
+    int max_prompt_ids;  /* ids accepted in prompt / detokenize arrays */
+};
+
+struct dsi__req {
+    enum dsi__req_kind kind;
+    char *model;                /* NULL when absent */
+    struct dsi__msg *msgs;      /* chat (and tokenize with messages) */
+    size_t n_msgs;
+    char *prompt;               /* completion / tokenize text; NULL when ids were given */
+    int32_t *ids;               /* completion prompt ids, detokenize tokens */
+    size_t n_ids;
+    bool stream, include_usage;
+    int max_tokens;             /* -1: not given */
+    struct dsi_sampling sampling; /* defaults: temperature 1, top_p 1 (OpenAI's) */
+    bool seed_set;
+    char *stops[DSI__MAX_STOPS];
+    int n_stops;
+    int n;
+    char *user;
+    bool add_special;           /* tokenize: add BOS (default true) */
+    bool add_generation_prompt; /* tokenize with messages (default true) */
+    bool echo;                  /* completions echo: refused */
+};
+
+/* Parses and validates a request body of the given kind into out (zeroed first).
+ * Returns 0, or an HTTP status (400/413) with e filled. Never crashes on any
+ * input; free out with dsi__req_free whatever the result. */
+int dsi__req_parse(enum dsi__req_kind kind, const char *body, size_t len,
+                   const struct dsi__req_limits *lim, struct dsi__req *out, struct dsi__api_error *e);
+void dsi__req_free(struct dsi__req *r);
+/* True if s[0..n) is well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF). */
+bool dsi__utf8_valid(const char *s, size_t n);
+/* Length of the longest prefix of s[0..n) that does not end inside a UTF-8
+ * sequence (text held back so that SSE chunks stay valid UTF-8). */
+size_t dsi__utf8_complete_prefix(const char *s, size_t n);
+
+/* ---- text post-processing: reasoning split + stop strings (textgen.c) ---- */
+
+enum dsi__channel { DSI__CH_CONTENT, DSI__CH_REASONING };
+
+typedef int (*dsi__emit_fn)(void *user, enum dsi__channel ch, const char *s, size_t n);
+
+struct dsi__textgen {
+    const char *const *stops; /* borrowed */
+    int n_stops;
+    bool in_reasoning;        /* text goes to reasoning until </think> */
+    bool at_start;            /* nothing emitted on the current channel yet */
+    bool stopped;             /* a stop string matched; later text is dropped */
+    char *hold;               /* text held back: maybe a stop or tag prefix */
+    size_t hold_len, hold_cap;
+};
+
+void dsi__textgen_init(struct dsi__textgen *t, const char *const *stops, int n_stops, bool reasoning);
+/* Feeds decoded text. Emits what can no longer become part of a stop string or
+ * the </think> tag. Returns 1 when a stop string matched (t->stopped), 0, or a
+ * negative DSI_E* (out of memory or an emit error). */
+int dsi__textgen_push(struct dsi__textgen *t, const char *s, size_t n, dsi__emit_fn emit, void *user);
+/* End of generation: emits what is held back (unless stopped). */
+int dsi__textgen_finish(struct dsi__textgen *t, dsi__emit_fn emit, void *user);
+void dsi__textgen_free(struct dsi__textgen *t);
+
+/* ---- growable byte buffer (buf.c) ---------------------------------------- */
+
+struct dsi__buf {
+    char *p;
+    size_t len, cap;
+};
+int dsi__buf_append(struct dsi__buf *b, const void *s, size_t n);
+int dsi__buf_printf(struct dsi__buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal with quotes (escapes per RFC 8259). */
+int dsi__buf_json_str(struct dsi__buf *b, const char *s, size_t n);
+void dsi__buf_free(struct dsi__buf *b);
+
+/* ---- metrics (metrics.c) --------------------------------------------------- */
+
+enum dsi__route {
+    DSI__R_CHAT, DSI__R_CHAT_DS, DSI__R_COMPLETIONS, DSI__R_MODELS, DSI__R_TOKENIZE, DSI__R_DETOKENIZE,
+    DSI__R_LIVE, DSI__R_READY, DSI__R_METRICS, DSI__R_OTHER, DSI__R__COUNT
+};
+const char *dsi__route_name(enum dsi__route r);
+
+struct dsi__metrics;
+int dsi__metrics_create(struct dsi__metrics **out);
+void dsi__metrics_destroy(struct dsi__metrics *m);
+void dsi__metrics_request(struct dsi__metrics *m, enum dsi__route r, int status);
+void dsi__metrics_tokens(struct dsi__metrics *m, const char *principal, int prompt, int completion);
+void dsi__metrics_ttft(struct dsi__metrics *m, double seconds);
+void dsi__metrics_itl(struct dsi__metrics *m, double seconds);
+/* Prometheus text (malloc'd) including the engine gauges given. */
+char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats *st, int state_ready);
+
+/* ---- TLS material (tls.c) -------------------------------------------------- */
+
+/* Reads cert/key PEM files, or (both empty) loads or creates state_dir/tls-cert.pem
+ * + tls-key.pem (ECDSA P-256, CN=localhost, SAN localhost + 127.0.0.1, key 0600).
+ * *cert_pem, *key_pem are malloc'd; fingerprint gets "AA:BB:..." (SHA-256). */
+int dsi__tls_material(const char *cert_file, const char *key_file, const char *state_dir, char **cert_pem,
+                      char **key_pem, char fingerprint[96 + 1], char **err);
+/* Reads a whole file (NUL-terminated, malloc'd). */
+int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err);
+
+/* ---- misc ------------------------------------------------------------------ */
+
+/* True for 127.0.0.0/8, ::1 and "localhost". host is the part before the port. */
+bool dsi__host_is_loopback(const char *host);
+/* Splits "ADDR:PORT" / "[v6]:PORT" into host (no brackets) and port. */
+int dsi__split_listen(const char *listen, char *host, size_t host_cap, int *port);
+
+#endif

@@ -1,0 +1,214 @@
+/*
+ * metrics.c: Prometheus counters and histograms of the HTTP front end.
+ *
+ * Requests by route and status, prompt/generated tokens (total and per principal
+ * for chargeback), time-to-first-token and inter-token latency histograms; the
+ * engine gauges (running/waiting sequences, KV blocks) are read at render time.
+ * One mutex guards everything: updates are a few adds per request or token.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define N_STATUS 16
+#define MAX_PRINCIPALS 1024
+
+static const double TTFT_BUCKETS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double ITL_BUCKETS[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+#define N_TTFT (sizeof TTFT_BUCKETS / sizeof TTFT_BUCKETS[0])
+#define N_ITL (sizeof ITL_BUCKETS / sizeof ITL_BUCKETS[0])
+
+struct hist {
+    uint64_t counts[16]; /* cumulative at render time; per-bucket here (last = +Inf) */
+    uint64_t n;
+    double sum;
+};
+
+struct principal_tokens {
+    char name[64];
+    uint64_t prompt, completion;
+};
+
+struct dsi__metrics {
+    pthread_mutex_t mu;
+    int statuses[N_STATUS];                  /* distinct statuses seen, in order */
+    int n_statuses;
+    uint64_t requests[DSI__R__COUNT][N_STATUS];
+    uint64_t prompt_tokens, completion_tokens;
+    struct hist ttft, itl;
+    struct principal_tokens *principals;     /* MAX_PRINCIPALS */
+    int n_principals;
+    uint64_t principals_dropped;             /* names beyond MAX_PRINCIPALS */
+};
+
+static const char *ROUTE_NAMES[DSI__R__COUNT] = {
+    "/v1/chat/completions", "/chat/completions", "/v1/completions", "/v1/models", "/v1/tokenize",
+    "/v1/detokenize", "/health/live", "/health/ready", "/metrics", "other"};
+
+const char *dsi__route_name(enum dsi__route r) { return (unsigned)r < DSI__R__COUNT ? ROUTE_NAMES[r] : "other"; }
+
+int dsi__metrics_create(struct dsi__metrics **out) {
+    struct dsi__metrics *m = calloc(1, sizeof *m);
+    if (!m) return -1;
+    m->principals = calloc(MAX_PRINCIPALS, sizeof *m->principals);
+    if (!m->principals || pthread_mutex_init(&m->mu, NULL)) {
+        free(m->principals);
+        free(m);
+        return -1;
+    }
+    *out = m;
+    return 0;
+}
+
+void dsi__metrics_destroy(struct dsi__metrics *m) {
+    if (!m) return;
+    pthread_mutex_destroy(&m->mu);
+    free(m->principals);
+    free(m);
+}
+
+void dsi__metrics_request(struct dsi__metrics *m, enum dsi__route r, int status) {
+    if ((unsigned)r >= DSI__R__COUNT) r = DSI__R_OTHER;
+    pthread_mutex_lock(&m->mu);
+    int i = 0;
+    while (i < m->n_statuses && m->statuses[i] != status) i++;
+    if (i == m->n_statuses && i < N_STATUS) m->statuses[m->n_statuses++] = status;
+    if (i < N_STATUS) m->requests[r][i]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void dsi__metrics_tokens(struct dsi__metrics *m, const char *principal, int prompt, int completion) {
+    if (prompt < 0) prompt = 0;
+    if (completion < 0) completion = 0;
+    pthread_mutex_lock(&m->mu);
+    m->prompt_tokens += (uint64_t)prompt;
+    m->completion_tokens += (uint64_t)completion;
+    if (principal && principal[0]) {
+        int i = 0;
+        while (i < m->n_principals && strncmp(m->principals[i].name, principal, sizeof m->principals[i].name - 1))
+            i++;
+        if (i == m->n_principals && i < MAX_PRINCIPALS) {
+            snprintf(m->principals[i].name, sizeof m->principals[i].name, "%s", principal);
+            m->n_principals++;
+        }
+        if (i < MAX_PRINCIPALS) {
+            m->principals[i].prompt += (uint64_t)prompt;
+            m->principals[i].completion += (uint64_t)completion;
+        } else {
+            m->principals_dropped++;
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
+static void hist_add(struct hist *h, const double *b, size_t nb, double v) {
+    size_t i = 0;
+    while (i < nb && v > b[i]) i++;
+    h->counts[i]++;
+    h->n++;
+    h->sum += v;
+}
+
+void dsi__metrics_ttft(struct dsi__metrics *m, double s) {
+    pthread_mutex_lock(&m->mu);
+    hist_add(&m->ttft, TTFT_BUCKETS, N_TTFT, s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void dsi__metrics_itl(struct dsi__metrics *m, double s) {
+    pthread_mutex_lock(&m->mu);
+    hist_add(&m->itl, ITL_BUCKETS, N_ITL, s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+static int hist_render(struct dsi__buf *b, const char *name, const char *help, const struct hist *h,
+                       const double *bk, size_t nb) {
+    int rc = dsi__buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (size_t i = 0; !rc && i < nb; i++) {
+        cum += h->counts[i];
+        rc = dsi__buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bk[i], (unsigned long long)cum);
+    }
+    if (!rc)
+        rc = dsi__buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+                             (unsigned long long)h->n, name, h->sum, name, (unsigned long long)h->n);
+    return rc;
+}
+
+/* Principal names come from the keys file (operator-controlled) but are still
+ * escaped as Prometheus label values require. */
+static int label_value(struct dsi__buf *b, const char *s) {
+    int rc = 0;
+    for (; !rc && *s; s++) {
+        if (*s == '\\' || *s == '"') rc = dsi__buf_printf(b, "\\%c", *s);
+        else if (*s == '\n') rc = dsi__buf_printf(b, "\\n");
+        else rc = dsi__buf_append(b, s, 1);
+    }
+    return rc;
+}
+
+char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats *st, int ready) {
+    struct dsi__buf b = {0};
+    pthread_mutex_lock(&m->mu);
+    int rc = dsi__buf_printf(&b, "# HELP dsinfer_requests_total HTTP requests by route and status.\n"
+                                 "# TYPE dsinfer_requests_total counter\n");
+    for (int r = 0; !rc && r < DSI__R__COUNT; r++)
+        for (int i = 0; !rc && i < m->n_statuses; i++)
+            if (m->requests[r][i])
+                rc = dsi__buf_printf(&b, "dsinfer_requests_total{route=\"%s\",status=\"%d\"} %llu\n", ROUTE_NAMES[r],
+                                     m->statuses[i], (unsigned long long)m->requests[r][i]);
+    if (!rc)
+        rc = dsi__buf_printf(&b,
+                             "# HELP dsinfer_prompt_tokens_total Prompt tokens of finished requests.\n"
+                             "# TYPE dsinfer_prompt_tokens_total counter\ndsinfer_prompt_tokens_total %llu\n"
+                             "# HELP dsinfer_generation_tokens_total Generated tokens of finished requests.\n"
+                             "# TYPE dsinfer_generation_tokens_total counter\ndsinfer_generation_tokens_total %llu\n",
+                             (unsigned long long)m->prompt_tokens, (unsigned long long)m->completion_tokens);
+    if (!rc)
+        rc = dsi__buf_printf(&b, "# HELP dsinfer_principal_tokens_total Tokens charged per principal (chargeback).\n"
+                                 "# TYPE dsinfer_principal_tokens_total counter\n");
+    for (int i = 0; !rc && i < m->n_principals; i++) {
+        for (int k = 0; !rc && k < 2; k++) {
+            rc = dsi__buf_printf(&b, "dsinfer_principal_tokens_total{principal=\"");
+            if (!rc) rc = label_value(&b, m->principals[i].name);
+            if (!rc)
+                rc = dsi__buf_printf(&b, "\",kind=\"%s\"} %llu\n", k ? "completion" : "prompt",
+                                     (unsigned long long)(k ? m->principals[i].completion : m->principals[i].prompt));
+        }
+    }
+    if (!rc)
+        rc = hist_render(&b, "dsinfer_time_to_first_token_seconds", "Time from request to first generated token.",
+                         &m->ttft, TTFT_BUCKETS, N_TTFT);
+    if (!rc)
+        rc = hist_render(&b, "dsinfer_inter_token_latency_seconds", "Time between generated tokens of a sequence.",
+                         &m->itl, ITL_BUCKETS, N_ITL);
+    pthread_mutex_unlock(&m->mu);
+    struct dsi_engine_stats z = {0};
+    if (!st) st = &z;
+    if (!rc)
+        rc = dsi__buf_printf(&b,
+                             "# HELP dsinfer_ready 1 when the model is loaded and the server is not draining.\n"
+                             "# TYPE dsinfer_ready gauge\ndsinfer_ready %d\n"
+                             "# HELP dsinfer_running_sequences Sequences in the running batch.\n"
+                             "# TYPE dsinfer_running_sequences gauge\ndsinfer_running_sequences %d\n"
+                             "# HELP dsinfer_waiting_sequences Requests waiting in the queue.\n"
+                             "# TYPE dsinfer_waiting_sequences gauge\ndsinfer_waiting_sequences %d\n"
+                             "# HELP dsinfer_kv_blocks_used KV cache blocks in use.\n"
+                             "# TYPE dsinfer_kv_blocks_used gauge\ndsinfer_kv_blocks_used %d\n"
+                             "# HELP dsinfer_kv_blocks_free KV cache blocks free.\n"
+                             "# TYPE dsinfer_kv_blocks_free gauge\ndsinfer_kv_blocks_free %d\n"
+                             "# HELP dsinfer_preempted_total Sequences preempted for KV space.\n"
+                             "# TYPE dsinfer_preempted_total counter\ndsinfer_preempted_total %llu\n"
+                             "# HELP dsinfer_engine_steps_total Scheduler steps.\n"
+                             "# TYPE dsinfer_engine_steps_total counter\ndsinfer_engine_steps_total %llu\n",
+                             ready, st->running, st->waiting, st->kv_blocks_used, st->kv_blocks_free,
+                             (unsigned long long)st->preempted_total, (unsigned long long)st->steps_total);
+    if (rc) {
+        dsi__buf_free(&b);
+        return NULL;
+    }
+    return b.p;
+}

@@ -1,0 +1,452 @@
+/*
+ * request.c: OpenAI/DeepSeek request bodies -> struct dsi__req.
+ *
+ * A pure function of the body bytes (no server state), which makes it the fuzz
+ * target. Checks follow OpenAI: wrong types and out-of-range values are 400 with
+ * the offending field in "param"; unknown fields are ignored; the body must be
+ * valid UTF-8 and at most max_body_bytes (413). Strings in the result are heap
+ * copies owned by the struct (dsi__req_free).
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, struct dsi__req *r,
+                          struct dsi__api_error *e);
+static int parse_prompt(const cJSON *p, const struct dsi__req_limits *lim, struct dsi__req *r,
+                        struct dsi__api_error *e);
+static int parse_ids(const cJSON *a, const char *param, const struct dsi__req_limits *lim, struct dsi__req *r,
+                     struct dsi__api_error *e);
+static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
+static int parse_stop(const cJSON *s, struct dsi__req *r, struct dsi__api_error *e);
+
+bool dsi__utf8_valid(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t len;
+        unsigned cp, min;
+        if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
+        else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
+        else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
+        else return false;
+        if (n - i < len) return false;
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += len;
+    }
+    return true;
+}
+
+size_t dsi__utf8_complete_prefix(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    /* Walk back over at most 3 continuation bytes to the last lead byte. */
+    size_t i = n, back = 0;
+    while (i > 0 && back < 4 && (s[i - 1] & 0xC0) == 0x80) i--, back++;
+    if (i == 0) return n;
+    unsigned c = s[i - 1];
+    size_t need = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+    if (c < 0x80) return n;                  /* ends with ASCII (+ stray continuations) */
+    return back + 1 >= need ? n : i - 1;     /* hold the incomplete sequence */
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s);
+    char *p = malloc(n + 1);
+    if (p) memcpy(p, s, n + 1);
+    return p;
+}
+
+static int oom(struct dsi__api_error *e) {
+    return dsi__api_error_set(e, 500, NULL, "internal_error", "out of memory");
+}
+
+/* Reads an optional integer field; 0 when absent, 400 when not an integer in [lo, hi]. */
+static int get_int(const cJSON *root, const char *name, long long lo, long long hi, bool *present,
+                   long long *out, struct dsi__api_error *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    *present = false;
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble != floor(v->valuedouble))
+        return dsi__api_error_set(e, 400, name, "invalid_type", "'%s' must be an integer", name);
+    double d = v->valuedouble;
+    if (d < (double)lo || d > (double)hi)
+        return dsi__api_error_set(e, 400, name, "invalid_value", "'%s' must be between %lld and %lld", name,
+                                  lo, hi);
+    *present = true;
+    *out = (long long)d;
+    return 0;
+}
+
+static int get_num(const cJSON *root, const char *name, double lo, double hi, bool lo_open, bool *present,
+                   double *out, struct dsi__api_error *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    *present = false;
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return dsi__api_error_set(e, 400, name, "invalid_type", "'%s' must be a number", name);
+    double d = v->valuedouble;
+    if (d > hi || d < lo || (lo_open && d == lo))
+        return dsi__api_error_set(e, 400, name, "invalid_value", "'%s' must be %s %g and <= %g", name,
+                                  lo_open ? ">" : ">=", lo, hi);
+    *present = true;
+    *out = d;
+    return 0;
+}
+
+static int get_bool(const cJSON *root, const char *name, bool *out, struct dsi__api_error *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsBool(v)) return dsi__api_error_set(e, 400, name, "invalid_type", "'%s' must be a boolean", name);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+static int get_str(const cJSON *root, const char *name, char **out, struct dsi__api_error *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsString(v)) return dsi__api_error_set(e, 400, name, "invalid_type", "'%s' must be a string", name);
+    *out = dup_str(v->valuestring);
+    return *out ? 0 : oom(e);
+}
+
+int dsi__req_parse(enum dsi__req_kind kind, const char *body, size_t len, const struct dsi__req_limits *lim,
+                   struct dsi__req *r, struct dsi__api_error *e) {
+    memset(r, 0, sizeof *r);
+    memset(e, 0, sizeof *e);
+    r->kind = kind;
+    r->max_tokens = -1;
+    r->n = 1;
+    r->add_special = true;
+    r->add_generation_prompt = true;
+    r->sampling.temperature = 1.0f;
+    r->sampling.top_p = 1.0f;
+    r->sampling.repetition_penalty = 1.0f;
+    if (len > lim->max_body_bytes)
+        return dsi__api_error_set(e, 413, NULL, "request_too_large", "request body is %zu bytes; the limit is %zu",
+                                  len, lim->max_body_bytes);
+    if (len == 0) return dsi__api_error_set(e, 400, NULL, "invalid_json", "request body is empty; send a JSON object");
+    if (!dsi__utf8_valid(body, len))
+        return dsi__api_error_set(e, 400, NULL, "invalid_utf8", "request body is not valid UTF-8");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!root) {
+        size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
+        return dsi__api_error_set(e, 400, NULL, "invalid_json",
+                                  "request body is not valid JSON (near byte %zu)", off);
+    }
+    int rc = 0;
+    if (!cJSON_IsObject(root)) {
+        rc = dsi__api_error_set(e, 400, NULL, "invalid_json", "request body must be a JSON object");
+        goto out;
+    }
+    if ((rc = get_str(root, "model", &r->model, e))) goto out;
+    if ((rc = get_str(root, "user", &r->user, e))) goto out;
+
+    if (kind == DSI__REQ_DETOKENIZE) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+        if (!t) {
+            rc = dsi__api_error_set(e, 400, "tokens", "missing_field", "'tokens' is required (an array of ids)");
+            goto out;
+        }
+        rc = parse_ids(t, "tokens", lim, r, e);
+        goto out;
+    }
+    if (kind == DSI__REQ_TOKENIZE) {
+        if ((rc = get_bool(root, "add_special_tokens", &r->add_special, e))) goto out;
+        if ((rc = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) goto out;
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
+        if (m) {
+            rc = parse_messages(m, lim, r, e);
+            goto out;
+        }
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+        if (!p) p = cJSON_GetObjectItemCaseSensitive(root, "text");
+        if (!p || !cJSON_IsString(p)) {
+            rc = dsi__api_error_set(e, 400, "prompt", p ? "invalid_type" : "missing_field",
+                                    "'prompt' (a string) or 'messages' is required");
+            goto out;
+        }
+        r->prompt = dup_str(p->valuestring);
+        rc = r->prompt ? 0 : oom(e);
+        goto out;
+    }
+
+    if (kind == DSI__REQ_CHAT) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
+        if (!m) {
+            rc = dsi__api_error_set(e, 400, "messages", "missing_field", "'messages' is required");
+            goto out;
+        }
+        if ((rc = parse_messages(m, lim, r, e))) goto out;
+    } else {
+        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+        if (!p) {
+            rc = dsi__api_error_set(e, 400, "prompt", "missing_field", "'prompt' is required");
+            goto out;
+        }
+        if ((rc = parse_prompt(p, lim, r, e))) goto out;
+        if ((rc = get_bool(root, "echo", &r->echo, e))) goto out;
+        if (r->echo) {
+            rc = dsi__api_error_set(e, 400, "echo", "unsupported_value", "'echo' is not supported");
+            goto out;
+        }
+    }
+    if ((rc = get_bool(root, "stream", &r->stream, e))) goto out;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) {
+            rc = dsi__api_error_set(e, 400, "stream_options", "invalid_type", "'stream_options' must be an object");
+            goto out;
+        }
+        if ((rc = get_bool(so, "include_usage", &r->include_usage, e))) goto out;
+    }
+    bool has;
+    long long v;
+    if ((rc = get_int(root, "max_tokens", 1, 1 << 30, &has, &v, e))) goto out;
+    if (has) r->max_tokens = (int)v;
+    if ((rc = get_int(root, "max_completion_tokens", 1, 1 << 30, &has, &v, e))) goto out;
+    if (has) r->max_tokens = (int)v;
+    if ((rc = get_int(root, "n", 1, 128, &has, &v, e))) goto out;
+    if (has) r->n = (int)v;
+    if (r->n > 1) {
+        rc = dsi__api_error_set(e, 400, "n", "unsupported_value",
+                                "n > 1 is not supported; send n separate requests (each may carry its own seed)");
+        goto out;
+    }
+    if ((rc = parse_sampling(root, r, e))) goto out;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) goto out;
+out:
+    cJSON_Delete(root);
+    return rc;
+}
+
+static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e) {
+    struct dsi_sampling *s = &r->sampling;
+    bool has;
+    double d;
+    long long v;
+    int rc;
+    if ((rc = get_num(root, "temperature", 0, 2, false, &has, &d, e))) return rc;
+    if (has) s->temperature = (float)d;
+    if ((rc = get_num(root, "top_p", 0, 1, true, &has, &d, e))) return rc;
+    if (has) s->top_p = (float)d;
+    if ((rc = get_int(root, "top_k", -1, 1 << 30, &has, &v, e))) return rc;
+    if (has) s->top_k = v < 0 ? 0 : (int)v; /* -1 means off (vLLM spelling) */
+    if ((rc = get_num(root, "min_p", 0, 1, false, &has, &d, e))) return rc;
+    if (has) s->min_p = (float)d;
+    if ((rc = get_num(root, "frequency_penalty", -2, 2, false, &has, &d, e))) return rc;
+    if (has) s->frequency_penalty = (float)d;
+    if ((rc = get_num(root, "presence_penalty", -2, 2, false, &has, &d, e))) return rc;
+    if (has) s->presence_penalty = (float)d;
+    if ((rc = get_num(root, "repetition_penalty", 0, 10, true, &has, &d, e))) return rc;
+    if (has) s->repetition_penalty = (float)d;
+    /* OpenAI seeds are 64-bit; JSON numbers are doubles, so accept what is exact. */
+    if ((rc = get_int(root, "seed", -9007199254740991LL, 9007199254740991LL, &has, &v, e))) return rc;
+    if (has) {
+        s->seed = (uint64_t)v;
+        r->seed_set = true;
+    }
+    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+    if (r->kind == DSI__REQ_COMPLETION) {
+        /* Legacy completions: logprobs is an integer count (0..5 in OpenAI; we allow 20). */
+        if ((rc = get_int(root, "logprobs", 0, DSI_MAX_TOP_LOGPROBS, &has, &v, e))) return rc;
+        if (has) {
+            s->logprobs = true;
+            s->top_logprobs = (int)v;
+        }
+        return 0;
+    }
+    if (lp && !cJSON_IsNull(lp)) {
+        if (!cJSON_IsBool(lp))
+            return dsi__api_error_set(e, 400, "logprobs", "invalid_type", "'logprobs' must be a boolean");
+        s->logprobs = cJSON_IsTrue(lp);
+    }
+    if ((rc = get_int(root, "top_logprobs", 0, DSI_MAX_TOP_LOGPROBS, &has, &v, e))) return rc;
+    if (has) {
+        if (!s->logprobs && v > 0)
+            return dsi__api_error_set(e, 400, "top_logprobs", "invalid_value",
+                                      "'top_logprobs' requires 'logprobs': true");
+        s->top_logprobs = (int)v;
+    }
+    return 0;
+}
+
+static int parse_stop(const cJSON *st, struct dsi__req *r, struct dsi__api_error *e) {
+    const cJSON *one = st;
+    if (cJSON_IsArray(st)) {
+        int n = cJSON_GetArraySize(st);
+        if (n > DSI__MAX_STOPS)
+            return dsi__api_error_set(e, 400, "stop", "invalid_value", "'stop' has %d entries; at most %d", n,
+                                      DSI__MAX_STOPS);
+        cJSON_ArrayForEach(one, st) {
+            if (!cJSON_IsString(one))
+                return dsi__api_error_set(e, 400, "stop", "invalid_type", "'stop' entries must be strings");
+            size_t l = strlen(one->valuestring);
+            if (l == 0) continue; /* an empty stop string would stop at once; ignore it */
+            if (l > DSI__MAX_STOP_BYTES)
+                return dsi__api_error_set(e, 400, "stop", "invalid_value", "stop strings are limited to %d bytes",
+                                          DSI__MAX_STOP_BYTES);
+            if (!(r->stops[r->n_stops] = dup_str(one->valuestring))) return oom(e);
+            r->n_stops++;
+        }
+        return 0;
+    }
+    if (!cJSON_IsString(st))
+        return dsi__api_error_set(e, 400, "stop", "invalid_type", "'stop' must be a string or an array of strings");
+    size_t l = strlen(st->valuestring);
+    if (l > DSI__MAX_STOP_BYTES)
+        return dsi__api_error_set(e, 400, "stop", "invalid_value", "stop strings are limited to %d bytes",
+                                  DSI__MAX_STOP_BYTES);
+    if (l == 0) return 0;
+    if (!(r->stops[0] = dup_str(st->valuestring))) return oom(e);
+    r->n_stops = 1;
+    return 0;
+}
+
+/* Content: a string, or an array of {"type":"text","text":...} parts (joined). */
+static int parse_content(const cJSON *c, size_t idx, char **out, struct dsi__api_error *e) {
+    char param[64];
+    snprintf(param, sizeof param, "messages[%zu].content", idx);
+    if (!c || cJSON_IsNull(c)) {
+        *out = dup_str("");
+        return *out ? 0 : oom(e);
+    }
+    if (cJSON_IsString(c)) {
+        *out = dup_str(c->valuestring);
+        return *out ? 0 : oom(e);
+    }
+    if (!cJSON_IsArray(c))
+        return dsi__api_error_set(e, 400, param, "invalid_type", "'%s' must be a string or an array of parts", param);
+    size_t total = 0;
+    const cJSON *p;
+    cJSON_ArrayForEach(p, c) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(p, "type");
+        const cJSON *tx = cJSON_GetObjectItemCaseSensitive(p, "text");
+        if (!cJSON_IsObject(p) || !cJSON_IsString(ty) || !cJSON_IsString(tx) || strcmp(ty->valuestring, "text"))
+            return dsi__api_error_set(e, 400, param, "invalid_value",
+                                      "'%s' parts must be {\"type\":\"text\",\"text\":...}; only text is supported",
+                                      param);
+        size_t l = strlen(tx->valuestring);
+        if (total > SIZE_MAX - l - 1) return oom(e);
+        total += l;
+    }
+    char *s = malloc(total + 1);
+    if (!s) return oom(e);
+    size_t off = 0;
+    cJSON_ArrayForEach(p, c) {
+        const char *t = cJSON_GetObjectItemCaseSensitive(p, "text")->valuestring;
+        size_t l = strlen(t);
+        memcpy(s + off, t, l);
+        off += l;
+    }
+    s[off] = 0;
+    *out = s;
+    return 0;
+}
+
+static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, struct dsi__req *r,
+                          struct dsi__api_error *e) {
+    if (!cJSON_IsArray(a))
+        return dsi__api_error_set(e, 400, "messages", "invalid_type", "'messages' must be an array");
+    int n = cJSON_GetArraySize(a);
+    if (n == 0) return dsi__api_error_set(e, 400, "messages", "invalid_value", "'messages' must not be empty");
+    if (n > lim->max_messages)
+        return dsi__api_error_set(e, 400, "messages", "too_many_messages", "'messages' has %d entries; the limit is %d",
+                                  n, lim->max_messages);
+    r->msgs = calloc((size_t)n, sizeof *r->msgs);
+    if (!r->msgs) return oom(e);
+    const cJSON *m;
+    cJSON_ArrayForEach(m, a) {
+        size_t i = r->n_msgs;
+        char param[64];
+        snprintf(param, sizeof param, "messages[%zu].role", i);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+            return dsi__api_error_set(e, 400, param, "invalid_type", "'messages[%zu]' must be an object with a 'role'", i);
+        const char *rs = role->valuestring;
+        if (!strcmp(rs, "developer")) rs = "system";
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+            return dsi__api_error_set(e, 400, param, "invalid_value",
+                                      "'%s' must be system, developer, user or assistant", param);
+        if (!(r->msgs[i].role = dup_str(rs))) return oom(e);
+        r->n_msgs++;
+        int rc = parse_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, &r->msgs[i].content, e);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int parse_ids(const cJSON *a, const char *param, const struct dsi__req_limits *lim, struct dsi__req *r,
+                     struct dsi__api_error *e) {
+    if (!cJSON_IsArray(a)) return dsi__api_error_set(e, 400, param, "invalid_type", "'%s' must be an array", param);
+    int n = cJSON_GetArraySize(a);
+    if (n > lim->max_prompt_ids)
+        return dsi__api_error_set(e, 400, param, "invalid_value", "'%s' has %d ids; the limit is %d", param, n,
+                                  lim->max_prompt_ids);
+    r->ids = malloc(((size_t)n + 1) * sizeof *r->ids);
+    if (!r->ids) return oom(e);
+    const cJSON *v;
+    cJSON_ArrayForEach(v, a) {
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble != floor(v->valuedouble) ||
+            v->valuedouble < 0 || v->valuedouble > INT32_MAX)
+            return dsi__api_error_set(e, 400, param, "invalid_type", "'%s' must hold non-negative integer ids", param);
+        r->ids[r->n_ids++] = (int32_t)v->valuedouble;
+    }
+    return 0;
+}
+
+/* prompt: "text" | ["text"] | [ids...] | [[ids...]]; several prompts are refused
+ * like n > 1. */
+static int parse_prompt(const cJSON *p, const struct dsi__req_limits *lim, struct dsi__req *r,
+                        struct dsi__api_error *e) {
+    if (cJSON_IsString(p)) {
+        r->prompt = dup_str(p->valuestring);
+        return r->prompt ? 0 : oom(e);
+    }
+    if (!cJSON_IsArray(p))
+        return dsi__api_error_set(e, 400, "prompt", "invalid_type",
+                                  "'prompt' must be a string, an array of strings or an array of token ids");
+    int n = cJSON_GetArraySize(p);
+    if (n == 0) return dsi__api_error_set(e, 400, "prompt", "invalid_value", "'prompt' must not be empty");
+    const cJSON *first = cJSON_GetArrayItem(p, 0);
+    if (cJSON_IsNumber(first)) return parse_ids(p, "prompt", lim, r, e);
+    if (n > 1)
+        return dsi__api_error_set(e, 400, "prompt", "unsupported_value",
+                                  "several prompts in one request are not supported; send one request per prompt");
+    if (cJSON_IsString(first)) {
+        r->prompt = dup_str(first->valuestring);
+        return r->prompt ? 0 : oom(e);
+    }
+    if (cJSON_IsArray(first)) return parse_ids(first, "prompt", lim, r, e);
+    return dsi__api_error_set(e, 400, "prompt", "invalid_type",
+                              "'prompt' must be a string, an array of strings or an array of token ids");
+}
+
+void dsi__req_free(struct dsi__req *r) {
+    if (!r) return;
+    free(r->model);
+    for (size_t i = 0; i < r->n_msgs; i++) {
+        free(r->msgs[i].role);
+        free(r->msgs[i].content);
+    }
+    free(r->msgs);
+    free(r->prompt);
+    free(r->ids);
+    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
+    free(r->user);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,8 @@
+# src/server tests. The pure parts (parser, text post-processing, JSON, metrics)
+# are compiled straight into the unit test and the fuzz target so that they do not
+# depend on the other modules' libraries. The end-to-end test starts the real
+# daemon (tests/integration/run.sh) and skips until a tiny model exists.
+set(DSI_SERVER_PURE src/server/request.c src/server/apierr.c src/server/buf.c src/server/textgen.c
+    src/server/metrics.c)
+dsi_test(test_server SOURCES tests/test_server.c ${DSI_SERVER_PURE} LIBS PkgConfig::CJSON Threads::Threads m)
+dsi_fuzz(fuzz_request SOURCES tests/fuzz/fuzz_request.c ${DSI_SERVER_PURE} LIBS PkgConfig::CJSON Threads::Threads m)

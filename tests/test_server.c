@@ -1,0 +1,338 @@
+/*
+ * test_server.c: unit tests of the pure parts of src/server: request parsing
+ * and validation, OpenAI error bodies, reasoning/stop-string post-processing,
+ * UTF-8 checks, JSON escaping and the Prometheus rendering.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../src/server/internal.h"
+#include "test.h"
+
+static const struct dsi__req_limits LIM = {.max_body_bytes = 4096, .max_messages = 4, .max_prompt_ids = 64};
+
+static int parse(enum dsi__req_kind k, const char *body, struct dsi__req *r, struct dsi__api_error *e) {
+    return dsi__req_parse(k, body, strlen(body), &LIM, r, e);
+}
+
+/* Expects status and param for body; frees. */
+static void expect_err(enum dsi__req_kind k, const char *body, int status, const char *param) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    int rc = parse(k, body, &r, &e);
+    if (rc != status) fprintf(stderr, "  body %s -> %d (%s)\n", body, rc, e.message);
+    CHECK_EQ_INT(rc, status);
+    CHECK_EQ_INT(e.status, status);
+    if (param) CHECK_EQ_STR(e.param, param);
+    CHECK(e.message[0] != 0);
+    dsi__req_free(&r);
+}
+
+TEST(parse_chat_full) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    const char *b = "{\"model\":\"tiny\",\"messages\":[{\"role\":\"system\",\"content\":\"S\"},"
+                    "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"}]}],"
+                    "\"stream\":true,\"stream_options\":{\"include_usage\":true},\"max_tokens\":7,"
+                    "\"temperature\":0,\"top_p\":0.5,\"top_k\":3,\"min_p\":0.1,\"frequency_penalty\":-2,"
+                    "\"presence_penalty\":2,\"repetition_penalty\":1.1,\"stop\":[\"x\",\"yz\"],\"seed\":42,"
+                    "\"n\":1,\"logprobs\":true,\"top_logprobs\":20,\"user\":\"u1\",\"unknown_field\":{\"a\":[1]}}";
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_STR(r.model, "tiny");
+    CHECK_EQ_INT(r.n_msgs, 2);
+    CHECK_EQ_STR(r.msgs[0].role, "system");
+    CHECK_EQ_STR(r.msgs[1].content, "ab");
+    CHECK(r.stream && r.include_usage);
+    CHECK_EQ_INT(r.max_tokens, 7);
+    CHECK_NEAR(r.sampling.temperature, 0, 0);
+    CHECK_NEAR(r.sampling.top_p, 0.5, 1e-6);
+    CHECK_EQ_INT(r.sampling.top_k, 3);
+    CHECK_NEAR(r.sampling.min_p, 0.1, 1e-6);
+    CHECK_NEAR(r.sampling.frequency_penalty, -2, 0);
+    CHECK_NEAR(r.sampling.presence_penalty, 2, 0);
+    CHECK_NEAR(r.sampling.repetition_penalty, 1.1, 1e-6);
+    CHECK_EQ_INT(r.n_stops, 2);
+    CHECK_EQ_STR(r.stops[1], "yz");
+    CHECK(r.seed_set && r.sampling.seed == 42);
+    CHECK(r.sampling.logprobs);
+    CHECK_EQ_INT(r.sampling.top_logprobs, 20);
+    CHECK_EQ_STR(r.user, "u1");
+    dsi__req_free(&r);
+}
+
+TEST(parse_chat_defaults) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"developer\",\"content\":null}],\"stop\":\"END\","
+                                      "\"max_completion_tokens\":3}", &r, &e), 0);
+    CHECK(r.model == NULL);
+    CHECK_EQ_STR(r.msgs[0].role, "system");
+    CHECK_EQ_STR(r.msgs[0].content, "");
+    CHECK_EQ_INT(r.max_tokens, 3);
+    CHECK_NEAR(r.sampling.temperature, 1, 0);
+    CHECK_NEAR(r.sampling.top_p, 1, 0);
+    CHECK(!r.stream && !r.seed_set);
+    CHECK_EQ_INT(r.n_stops, 1);
+    CHECK_EQ_STR(r.stops[0], "END");
+    dsi__req_free(&r);
+}
+
+TEST(parse_chat_errors) {
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}", 400, NULL); /* truncated */
+    expect_err(DSI__REQ_CHAT, "[1,2]", 400, NULL);
+    expect_err(DSI__REQ_CHAT, "", 400, NULL);
+    expect_err(DSI__REQ_CHAT, "{}", 400, "messages");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":\"hi\"}", 400, "messages");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[]}", 400, "messages");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, "messages[0].role");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", 400, "messages[0].role");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "messages[0].content");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", 400,
+               "messages[0].content");
+    expect_err(DSI__REQ_CHAT,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"a\"},"
+               "{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"a\"}]}",
+               400, "messages");
+    const char *m = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],";
+    char b[512];
+    static const struct {
+        const char *field, *param;
+    } bad[] = {
+        {"\"temperature\":2.5", "temperature"}, {"\"temperature\":-0.1", "temperature"},
+        {"\"temperature\":\"1\"", "temperature"}, {"\"top_p\":0", "top_p"}, {"\"top_p\":1.01", "top_p"},
+        {"\"top_k\":1.5", "top_k"}, {"\"min_p\":2", "min_p"}, {"\"frequency_penalty\":2.1", "frequency_penalty"},
+        {"\"presence_penalty\":-3", "presence_penalty"}, {"\"repetition_penalty\":0", "repetition_penalty"},
+        {"\"max_tokens\":0", "max_tokens"}, {"\"max_tokens\":\"5\"", "max_tokens"},
+        {"\"max_completion_tokens\":-1", "max_completion_tokens"}, {"\"stream\":1", "stream"},
+        {"\"stream_options\":1", "stream_options"}, {"\"stream_options\":{\"include_usage\":\"y\"}", "include_usage"},
+        {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop"}, {"\"stop\":[1]", "stop"}, {"\"stop\":3", "stop"},
+        {"\"seed\":1.5", "seed"}, {"\"n\":2", "n"}, {"\"n\":0", "n"}, {"\"logprobs\":1", "logprobs"},
+        {"\"logprobs\":true,\"top_logprobs\":21", "top_logprobs"}, {"\"top_logprobs\":3", "top_logprobs"},
+        {"\"model\":7", "model"}, {"\"user\":[]", "user"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(b, sizeof b, "%s%s}", m, bad[i].field);
+        expect_err(DSI__REQ_CHAT, b, 400, bad[i].param);
+    }
+}
+
+TEST(parse_n_refused_with_clear_message) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", &r, &e), 400);
+    CHECK(strstr(e.message, "n > 1") != NULL);
+    dsi__req_free(&r);
+}
+
+TEST(parse_body_limits) {
+    char *big = malloc(5000);
+    memset(big, ' ', 4999);
+    big[0] = '{';
+    big[4998] = '}';
+    big[4999] = 0;
+    expect_err(DSI__REQ_CHAT, big, 413, NULL);
+    free(big);
+    /* invalid UTF-8: a lone continuation byte, an overlong, a surrogate */
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\x80\"}]}", 400, NULL);
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xc0\xaf\"}]}", 400, NULL);
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xed\xa0\x80\"}]}", 400, NULL);
+    struct dsi__req r;
+    struct dsi__api_error e;
+    CHECK_EQ_INT(dsi__req_parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\0b\"}]}", 44, &LIM,
+                                &r, &e), 400);
+    CHECK_EQ_STR(e.code, "invalid_json");
+    dsi__req_free(&r);
+}
+
+TEST(parse_completion_prompts) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":\"hello\",\"logprobs\":2}", &r, &e), 0);
+    CHECK_EQ_STR(r.prompt, "hello");
+    CHECK(r.sampling.logprobs);
+    CHECK_EQ_INT(r.sampling.top_logprobs, 2);
+    dsi__req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":[\"one\"]}", &r, &e), 0);
+    CHECK_EQ_STR(r.prompt, "one");
+    dsi__req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":[1,2,3]}", &r, &e), 0);
+    CHECK(r.prompt == NULL);
+    CHECK_EQ_INT(r.n_ids, 3);
+    CHECK_EQ_INT(r.ids[2], 3);
+    dsi__req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":[[5,6]]}", &r, &e), 0);
+    CHECK_EQ_INT(r.n_ids, 2);
+    dsi__req_free(&r);
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[\"a\",\"b\"]}", 400, "prompt");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[1,-2]}", 400, "prompt");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[1,\"x\"]}", 400, "prompt");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[]}", 400, "prompt");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":{}}", 400, "prompt");
+    expect_err(DSI__REQ_COMPLETION, "{}", 400, "prompt");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":true}", 400, "logprobs");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":\"x\",\"echo\":true}", 400, "echo");
+}
+
+TEST(parse_tokenize_detokenize) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    CHECK_EQ_INT(parse(DSI__REQ_TOKENIZE, "{\"prompt\":\"hi\",\"add_special_tokens\":false}", &r, &e), 0);
+    CHECK_EQ_STR(r.prompt, "hi");
+    CHECK(!r.add_special);
+    dsi__req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_TOKENIZE, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &r, &e), 0);
+    CHECK_EQ_INT(r.n_msgs, 1);
+    dsi__req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_DETOKENIZE, "{\"tokens\":[0,1,2]}", &r, &e), 0);
+    CHECK_EQ_INT(r.n_ids, 3);
+    dsi__req_free(&r);
+    expect_err(DSI__REQ_TOKENIZE, "{\"prompt\":3}", 400, "prompt");
+    expect_err(DSI__REQ_DETOKENIZE, "{}", 400, "tokens");
+    expect_err(DSI__REQ_DETOKENIZE, "{\"tokens\":[1.5]}", 400, "tokens");
+    char b[1024] = "{\"tokens\":[0";
+    for (int i = 0; i < 70; i++) strcat(b, ",1");
+    strcat(b, "]}");
+    expect_err(DSI__REQ_DETOKENIZE, b, 400, "tokens");
+}
+
+TEST(api_error_body) {
+    struct dsi__api_error e = {0};
+    dsi__api_error_set(&e, 400, "messages[0].role", "invalid_value", "bad \"role\"\n");
+    char *j = dsi__api_error_json(&e);
+    CHECK_EQ_STR(j, "{\"error\":{\"message\":\"bad \\\"role\\\"\\n\",\"type\":\"invalid_request_error\","
+                    "\"param\":\"messages[0].role\",\"code\":\"invalid_value\"}}\n");
+    free(j);
+    dsi__api_error_set(&e, 401, NULL, NULL, "x");
+    j = dsi__api_error_json(&e);
+    CHECK_EQ_STR(j, "{\"error\":{\"message\":\"x\",\"type\":\"authentication_error\",\"param\":null,\"code\":null}}\n");
+    free(j);
+}
+
+TEST(utf8_helpers) {
+    CHECK(dsi__utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
+    CHECK(!dsi__utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!dsi__utf8_valid("\xe2\x82", 2));
+    CHECK_EQ_INT(dsi__utf8_complete_prefix("ab\xe2\x82", 4), 2);
+    CHECK_EQ_INT(dsi__utf8_complete_prefix("ab\xe2\x82\xac", 5), 5);
+    CHECK_EQ_INT(dsi__utf8_complete_prefix("\xf0\x9f\x98", 3), 0);
+    CHECK_EQ_INT(dsi__utf8_complete_prefix("abc", 3), 3);
+}
+
+struct sink {
+    char content[256], reasoning[256];
+    int n_emits;
+};
+static int sink_emit(void *user, enum dsi__channel ch, const char *s, size_t n) {
+    struct sink *k = user;
+    char *d = ch == DSI__CH_CONTENT ? k->content : k->reasoning;
+    strncat(d, s, n);
+    k->n_emits++;
+    return 0;
+}
+
+TEST(textgen_stop_across_tokens) {
+    const char *stops[] = {"END", "\n\n"};
+    struct dsi__textgen t;
+    struct sink k = {0};
+    dsi__textgen_init(&t, stops, 2, false);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "Hello E", 7, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, "Hello "); /* "E" held: could start END */
+    CHECK_EQ_INT(dsi__textgen_push(&t, "N", 1, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, "Hello ");
+    CHECK_EQ_INT(dsi__textgen_push(&t, "Dx", 2, sink_emit, &k), 1);
+    CHECK_EQ_STR(k.content, "Hello ");
+    CHECK(t.stopped);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "more", 4, sink_emit, &k), 1);
+    CHECK_EQ_INT(dsi__textgen_finish(&t, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, "Hello ");
+    dsi__textgen_free(&t);
+}
+
+TEST(textgen_false_prefix_released) {
+    const char *stops[] = {"END"};
+    struct dsi__textgen t;
+    struct sink k = {0};
+    dsi__textgen_init(&t, stops, 1, false);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "EN", 2, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, "");
+    CHECK_EQ_INT(dsi__textgen_push(&t, "d", 1, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, "ENd");
+    CHECK_EQ_INT(dsi__textgen_push(&t, "E", 1, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_finish(&t, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, "ENdE"); /* held text comes out at the end */
+    dsi__textgen_free(&t);
+}
+
+TEST(textgen_reasoning_split) {
+    struct dsi__textgen t;
+    struct sink k = {0};
+    dsi__textgen_init(&t, NULL, 0, true);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "<thi", 4, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "nk>plan", 7, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_push(&t, " more</th", 9, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.reasoning, "plan more");
+    CHECK_EQ_INT(dsi__textgen_push(&t, "ink>\n\nAnswer", 12, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_finish(&t, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.reasoning, "plan more");
+    CHECK_EQ_STR(k.content, "Answer");
+    dsi__textgen_free(&t);
+}
+
+TEST(textgen_reasoning_unterminated) {
+    struct dsi__textgen t;
+    struct sink k = {0};
+    dsi__textgen_init(&t, NULL, 0, true);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "still thinking </", 17, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_finish(&t, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.reasoning, "still thinking </");
+    CHECK_EQ_STR(k.content, "");
+    dsi__textgen_free(&t);
+}
+
+TEST(json_string_escaping) {
+    struct dsi__buf b = {0};
+    CHECK_EQ_INT(dsi__buf_json_str(&b, "a\"\\\x01\x7f\xc3\xa9", 7), 0);
+    CHECK_EQ_STR(b.p, "\"a\\\"\\\\\\u0001\\u007f\xc3\xa9\"");
+    dsi__buf_free(&b);
+}
+
+TEST(metrics_render_counts) {
+    struct dsi__metrics *m;
+    CHECK_EQ_INT(dsi__metrics_create(&m), 0);
+    dsi__metrics_request(m, DSI__R_CHAT, 200);
+    dsi__metrics_request(m, DSI__R_CHAT, 200);
+    dsi__metrics_request(m, DSI__R_MODELS, 401);
+    dsi__metrics_tokens(m, "team\"a", 10, 5);
+    dsi__metrics_ttft(m, 0.03);
+    dsi__metrics_itl(m, 0.002);
+    struct dsi_engine_stats st = {.running = 2, .waiting = 1, .kv_blocks_used = 7, .kv_blocks_free = 9};
+    char *t = dsi__metrics_render(m, &st, 1);
+    CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2\n"));
+    CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/models\",status=\"401\"} 1\n"));
+    CHECK(t && strstr(t, "dsinfer_principal_tokens_total{principal=\"team\\\"a\",kind=\"prompt\"} 10\n"));
+    CHECK(t && strstr(t, "dsinfer_time_to_first_token_seconds_bucket{le=\"0.025\"} 0\n"));
+    CHECK(t && strstr(t, "dsinfer_time_to_first_token_seconds_bucket{le=\"0.05\"} 1\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_blocks_free 9\n"));
+    CHECK(t && strstr(t, "dsinfer_running_sequences 2\n"));
+    free(t);
+    dsi__metrics_destroy(m);
+}
+
+int main(void) {
+    RUN(parse_chat_full);
+    RUN(parse_chat_defaults);
+    RUN(parse_chat_errors);
+    RUN(parse_n_refused_with_clear_message);
+    RUN(parse_body_limits);
+    RUN(parse_completion_prompts);
+    RUN(parse_tokenize_detokenize);
+    RUN(api_error_body);
+    RUN(utf8_helpers);
+    RUN(textgen_stop_across_tokens);
+    RUN(textgen_false_prefix_released);
+    RUN(textgen_reasoning_split);
+    RUN(textgen_reasoning_unterminated);
+    RUN(json_string_escaping);
+    RUN(metrics_render_counts);
+    return test_summary();
+}
