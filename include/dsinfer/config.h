@@ -63,16 +63,39 @@ struct dsi_config {
     int drain_timeout_s;
 };
 
-/* Fills every field with its table default (strings are heap copies). */
+/* Fills every field with its table default (strings are heap copies, never NULL;
+ * "" means "not set"). Returns 0 or DSI_ENOMEM. */
 int dsi_config_init(struct dsi_config *c);
-/* Applies a JSON file over c. Unknown keys, wrong types and out-of-range values
+/* Defaults plus the table's example values (model_dir, keys_file, TLS, audit_log):
+ * the content of config/dsinfer.json. */
+int dsi_config_init_example(struct dsi_config *c);
+/* Deep copy of an initialized config into dst (uninitialized). 0 or DSI_ENOMEM. */
+int dsi_config_copy(struct dsi_config *dst, const struct dsi_config *src);
+/* Applies a JSON file over c, all or nothing: on error c is unchanged. Path
+ * options expand ${CREDENTIALS_DIRECTORY}, ${STATE_DIRECTORY}, ${LOGS_DIRECTORY}
+ * and ${RUNTIME_DIRECTORY} (unset: DSI_EINVAL). "roles" is a JSON object in the
+ * file and its compact text in c->roles ({} is stored as ""). Unknown keys, wrong types and out-of-range values
  * are DSI_EINVAL with *err quoting key and value. */
 int dsi_config_load_file(struct dsi_config *c, const char *path, char **err);
 int dsi_config_load_json(struct dsi_config *c, const char *json, size_t len, char **err);
-/* Sets one option from text ("max_running", "64"); same checks as the loader. */
+/* Sets one option from text ("max_running" or "max-running", "64"); same checks as
+ * the loader; booleans take true/false/1/0/yes/no/on/off, sizes K/M/G suffixes. */
 int dsi_config_set(struct dsi_config *c, const char *name, const char *value, char **err);
-/* Cross-field checks (plain_http only on loopback, ...). */
+/* Cross-field checks (plain_http only on loopback, tls_key needs tls_cert,
+ * model_dir set, prefill_chunk <= max_batch_tokens, ...). Call after overrides. */
 int dsi_config_validate(const struct dsi_config *c, char **err);
+/* For SIGHUP: the number of changed options that only take effect after a
+ * restart (listen, model_dir, max_running, ...), with their names joined by ", "
+ * in *restart_needed (heap, caller frees; NULL when 0). Negative DSI_E* on error. */
+int dsi_config_reload_changes(const struct dsi_config *running, const struct dsi_config *fresh,
+                              char **restart_needed);
+/* true when SIGHUP applies option `name` (keys_file, roles, tls_*, open_health,
+ * audit_log, log_level). */
+bool dsi_config_is_reloadable(const char *name);
+/* Splits "host:port" / "[v6]:port" into host (no brackets) and port. 0 or DSI_EINVAL. */
+int dsi_config_parse_listen(const char *listen, char *host, size_t host_len, int *port);
+/* true for 127.0.0.0/8, ::1 and localhost. */
+bool dsi_config_is_loopback(const char *listen);
 void dsi_config_free(struct dsi_config *c);
 /* --help text and the documented example, from the table. */
 void dsi_config_print_help(FILE *f);
