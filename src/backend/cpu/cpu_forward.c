@@ -1,0 +1,190 @@
+/*
+ * cpu_forward.c: one scheduler step of the Qwen2/Llama decoder on the CPU.
+ *
+ * All new tokens of the batch (prefill chunks and decode tokens of any number of
+ * sequences) are laid out as rows of one (n_tokens, dim) activation matrix:
+ *   x = embed[tokens]
+ *   per layer: xn = rmsnorm(x); q,k,v = W xn (+b); rope(q, k); store k,v in the
+ *              sequence's KV blocks; att = softmax(q K^T * scale) V (causal, GQA);
+ *              x += Wo att; xn = rmsnorm(x); x += Wdown (silu(Wgate xn) * Wup xn)
+ *   logits = lm_head rmsnorm(x[last token of each seq with want_logits])
+ * Threads split output rows of each matmul, (token, head) pairs of attention and
+ * tokens of the elementwise steps. Each output element is computed by exactly one
+ * thread with a fixed summation order, so a sequence's logits are bit-identical
+ * whatever else is in the batch and however many threads run.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "cpu_internal.h"
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+
+#define ROW_CHUNK 16
+
+static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int *n_tokens, char **err);
+static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
+                       const float *bias, float *y, int ldy);
+
+static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int *n_tokens, char **err) {
+    if (!b || b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs))
+        return dsi_seterr(err, DSI_EINVAL, "cpu forward: malformed batch");
+    long long total = 0;
+    int bs = c->be.kv_block_size;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const struct dsi_batch_seq *s = &b->seqs[i];
+        if (s->n_tokens <= 0 || !s->tokens)
+            return dsi_seterr(err, DSI_EINVAL, "sequence %llu has no new tokens", (unsigned long long)s->seq_id);
+        if (s->pos < 0)
+            return dsi_seterr(err, DSI_EINVAL, "sequence %llu has negative position %d",
+                              (unsigned long long)s->seq_id, s->pos);
+        long long end = (long long)s->pos + s->n_tokens;
+        if (end > c->max_ctx)
+            return dsi_seterr(err, DSI_ERANGE,
+                              "sequence %llu needs %lld positions but the context holds %d (max_position_embeddings "
+                              "or KV pool)",
+                              (unsigned long long)s->seq_id, end, c->max_ctx);
+        long long need_blocks = (end + bs - 1) / bs;
+        if (!s->block_table || s->n_blocks < need_blocks)
+            return dsi_seterr(err, DSI_EINVAL, "sequence %llu: %d KV blocks given, %lld needed",
+                              (unsigned long long)s->seq_id, s->n_blocks, need_blocks);
+        for (long long k = 0; k < need_blocks; k++)
+            if (s->block_table[k] < 0 || s->block_table[k] >= c->be.n_kv_blocks)
+                return dsi_seterr(err, DSI_EINVAL, "sequence %llu: KV block id %d out of range [0, %d)",
+                                  (unsigned long long)s->seq_id, s->block_table[k], c->be.n_kv_blocks);
+        for (int t = 0; t < s->n_tokens; t++)
+            if (s->tokens[t] < 0 || s->tokens[t] >= c->cfg->vocab_size)
+                return dsi_seterr(err, DSI_ERANGE, "token id %d is out of range: the vocabulary has %d tokens",
+                                  s->tokens[t], c->cfg->vocab_size);
+        total += s->n_tokens;
+    }
+    if (total > c->max_tokens)
+        return dsi_seterr(err, DSI_ERANGE, "batch has %lld tokens; this backend was sized for %d per step", total,
+                          c->max_tokens);
+    *n_tokens = (int)total;
+    return 0;
+}
+
+/* Y(n, ldy) = X(n, cols) W^T (+ bias), rows split across threads in chunks. */
+static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
+                       const float *bias, float *y, int ldy) {
+    int n_chunks = (w->rows + ROW_CHUNK - 1) / ROW_CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int ch = 0; ch < n_chunks; ch++) {
+        int r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < w->rows ? r0 + ROW_CHUNK : w->rows;
+        dsi_matmul(w, x, n, bias, y, ldy, r0, r1);
+    }
+}
+
+int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
+    struct dsi__cpu *c = be->impl;
+    const struct dsi_model_config *cfg = c->cfg;
+    int T = 0, rc = check_batch(c, b, &T, err);
+    if (rc) return rc;
+    if (T == 0) return 0;
+    int H = cfg->hidden_size, I = cfg->intermediate_size, hd = cfg->head_dim;
+    int nh = cfg->n_heads, nkv = cfg->n_kv_heads, qd = c->q_dim, kvd = c->kv_dim;
+    float eps = cfg->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+
+    int t = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        for (int j = 0; j < b->seqs[i].n_tokens; j++, t++) {
+            c->tok_seq[t] = i;
+            c->tok_pos[t] = b->seqs[i].pos + j;
+        }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++) {
+        const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
+        dsi_qweight_row_f32(&c->embed, s->tokens[c->tok_pos[r] - s->pos], c->x + (size_t)r * H);
+    }
+
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const struct dsi__cpu_layer *L = &c->layers[l];
+        char *kbase = (char *)c->kv + (size_t)l * 2 * c->kv_layer_elems * c->kv_elt;
+        void *kpool = kbase, *vpool = kbase + c->kv_layer_elems * c->kv_elt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+        for (int r = 0; r < T; r++) dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
+        par_matmul(c, &L->wq, c->xn, T, L->bq, c->q, qd);
+        par_matmul(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
+        par_matmul(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+        for (int r = 0; r < T; r++) {
+            const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
+            float *q = c->q + (size_t)r * qd, *k = c->k + (size_t)r * kvd;
+            dsi_rope_neox(q, nh, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
+            dsi_rope_neox(k, nkv, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
+            dsi_kv_store(kpool, vpool, c->opts.kv_dtype, be->kv_block_size, nkv, hd, s->block_table, c->tok_pos[r],
+                         k, c->v + (size_t)r * kvd);
+        }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+        for (int th = 0; th < T * nh; th++) {
+            int r = th / nh, h = th % nh;
+#ifdef _OPENMP
+            float *scores = c->scores + (size_t)omp_get_thread_num() * (size_t)c->max_ctx;
+#else
+            float *scores = c->scores;
+#endif
+            const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
+            struct dsi_attn_args a = {.n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = scale,
+                                      .block_size = be->kv_block_size, .kv_dtype = c->opts.kv_dtype,
+                                      .k = kpool, .v = vpool, .block_table = s->block_table,
+                                      .n_ctx = c->tok_pos[r] + 1};
+            dsi_attn_head(&a, h, c->q + (size_t)r * qd + (size_t)h * hd, c->att + (size_t)r * qd + (size_t)h * hd,
+                          scores);
+        }
+        par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+        for (int r = 0; r < T; r++) {
+            float *x = c->x + (size_t)r * H, *o = c->xn + (size_t)r * H;
+            for (int i = 0; i < H; i++) x[i] += o[i];
+            dsi_rmsnorm(o, x, L->ffn_norm, H, eps);
+        }
+        par_matmul(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
+        par_matmul(c, &L->w_up, c->xn, T, NULL, c->up, I);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+        for (int r = 0; r < T; r++)
+            dsi_swiglu(c->gate + (size_t)r * I, c->gate + (size_t)r * I, c->up + (size_t)r * I, I);
+        par_matmul(c, &L->w_down, c->gate, T, NULL, c->xn, H);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+        for (int r = 0; r < T; r++) {
+            float *x = c->x + (size_t)r * H, *o = c->xn + (size_t)r * H;
+            for (int i = 0; i < H; i++) x[i] += o[i];
+        }
+    }
+
+    /* final norm of each wanted row, packed into xn rows 0..n_out-1, then lm_head */
+    int n_out = 0;
+    t = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        t += b->seqs[i].n_tokens;
+        if (!b->seqs[i].want_logits) continue;
+        dsi_rmsnorm(c->xn + (size_t)n_out * H, c->x + (size_t)(t - 1) * H, c->final_norm, H, eps);
+        n_out++;
+    }
+    if (n_out > 0) {
+        if (!logits) return dsi_seterr(err, DSI_EINVAL, "cpu forward: logits wanted but no buffer given");
+        par_matmul(c, &c->lm_head, c->xn, n_out, NULL, logits, cfg->vocab_size);
+    }
+    return 0;
+}
