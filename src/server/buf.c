@@ -75,8 +75,20 @@ int dsi__buf_json_str(struct dsi__buf *b, const char *s, size_t n) {
             if (c < 0x20 || c == 0x7f) {
                 *o++ = '\\'; *o++ = 'u'; *o++ = '0'; *o++ = '0';
                 *o++ = hex[c >> 4]; *o++ = hex[c & 15];
-            } else {
+            } else if (c < 0x80) {
                 *o++ = (char)c;
+            } else {
+                /* Valid UTF-8 is copied; a broken sequence (a token holding half a
+                 * character) becomes U+FFFD so that the JSON stays valid. */
+                size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+                if (len && len <= n - i && dsi__utf8_valid(s + i, len)) {
+                    memcpy(o, s + i, len);
+                    o += len;
+                    i += len - 1;
+                } else {
+                    memcpy(o, "\xef\xbf\xbd", 3);
+                    o += 3;
+                }
             }
         }
     }

@@ -1,0 +1,496 @@
+/*
+ * gen.c: one generation request between a connection and the engine.
+ *
+ * The engine callback (scheduler thread, must not block) decodes each token
+ * incrementally, runs the reasoning/stop-string filter and appends either SSE
+ * chunks (stream) or answer text (non-stream) under the gen's mutex, then
+ * resumes the suspended connection. The connection side (MHD thread) sends what
+ * is buffered and suspends again when nothing is: an idle stream costs no CPU.
+ *
+ * Lock order: gen->mu is never held while calling into the engine
+ * (dsi_engine_cancel), since the engine may hold its own lock while calling us.
+ * MHD_resume_connection is called without gen->mu too; a connection cannot
+ * complete while suspended, so g->conn stays valid until that resume.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "srv.h"
+
+static void engine_cb(void *user, const struct dsi_token_event *ev);
+static int emit(void *user, enum dsi__channel ch, const char *s, size_t n);
+static int chunk_begin(struct dsi__gen *g, struct dsi__buf *b);
+static int append_usage(struct dsi__gen *g, struct dsi__buf *b);
+
+double dsi__now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__gen **out) {
+    struct dsi__gen *g = calloc(1, sizeof *g);
+    if (!g) return DSI_ENOMEM;
+    if (pthread_mutex_init(&g->mu, NULL)) {
+        free(g);
+        return DSI_ENOMEM;
+    }
+    g->refs = 1;
+    g->s = s;
+    g->conn = c;
+    g->t_start = dsi__now_s();
+    pthread_mutex_lock(&s->mu);
+    g->next = s->gens;
+    if (s->gens) s->gens->prev = g;
+    s->gens = g;
+    pthread_mutex_unlock(&s->mu);
+    *out = g;
+    return 0;
+}
+
+void dsi__gen_release(struct dsi__gen *g) {
+    if (!g) return;
+    pthread_mutex_lock(&g->mu);
+    int left = --g->refs;
+    pthread_mutex_unlock(&g->mu);
+    if (left > 0) return;
+    struct dsi_server *s = g->s;
+    pthread_mutex_lock(&s->mu);
+    if (g->prev) g->prev->next = g->next;
+    else s->gens = g->next;
+    if (g->next) g->next->prev = g->prev;
+    pthread_mutex_unlock(&s->mu);
+    dsi_tok_stream_destroy(g->ts);
+    dsi__textgen_free(&g->tg);
+    for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
+    dsi__buf_free(&g->out);
+    dsi__buf_free(&g->content);
+    dsi__buf_free(&g->reasoning);
+    dsi__buf_free(&g->lp);
+    dsi__buf_free(&g->lp_tokens);
+    dsi__buf_free(&g->lp_values);
+    dsi__buf_free(&g->lp_tops);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+static const char *finish_name(const struct dsi__gen *g) {
+    if (g->stop_hit) return "stop";
+    switch (g->finish) {
+    case DSI_FINISH_LENGTH: return "length";
+    case DSI_FINISH_STOP: return "stop";
+    case DSI_FINISH_CANCELLED: return "stop";
+    default: return "stop";
+    }
+}
+
+/* The prefix of every chunk/response object up to and including "choices":[ */
+static int obj_head(struct dsi__gen *g, struct dsi__buf *b, bool chunk) {
+    const char *obj = g->chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
+    int rc = dsi__buf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":", g->id, obj,
+                             (long)time(NULL));
+    if (!rc) rc = dsi__buf_json_str(b, g->s->model_name, strlen(g->s->model_name));
+    if (!rc) rc = dsi__buf_printf(b, ",\"system_fingerprint\":\"dsinfer-" DSI_VERSION "\",\"choices\":[");
+    return rc;
+}
+
+static int chunk_begin(struct dsi__gen *g, struct dsi__buf *b) {
+    int rc = dsi__buf_printf(b, "data: ");
+    if (!rc) rc = obj_head(g, b, true);
+    return rc;
+}
+
+/* Closes a chunk: ],"usage":null when include_usage (OpenAI sends it on every chunk). */
+static int chunk_end(struct dsi__gen *g, struct dsi__buf *b) {
+    return dsi__buf_printf(b, "]%s}\n\n", g->include_usage ? ",\"usage\":null" : "");
+}
+
+static int append_logprobs_field(struct dsi__gen *g, struct dsi__buf *b) {
+    if (!g->logprobs || g->n_lp == 0) return dsi__buf_printf(b, "\"logprobs\":null");
+    int rc;
+    if (g->chat) {
+        rc = dsi__buf_printf(b, "\"logprobs\":{\"content\":[");
+        if (!rc) rc = dsi__buf_append(b, g->lp.p, g->lp.len);
+        if (!rc) rc = dsi__buf_printf(b, "]}");
+    } else {
+        rc = dsi__buf_printf(b, "\"logprobs\":{\"tokens\":[");
+        if (!rc) rc = dsi__buf_append(b, g->lp_tokens.p, g->lp_tokens.len);
+        if (!rc) rc = dsi__buf_printf(b, "],\"token_logprobs\":[");
+        if (!rc) rc = dsi__buf_append(b, g->lp_values.p, g->lp_values.len);
+        if (!rc) rc = dsi__buf_printf(b, "],\"top_logprobs\":[");
+        if (!rc) rc = dsi__buf_append(b, g->lp_tops.p, g->lp_tops.len);
+        if (!rc) rc = dsi__buf_printf(b, "]}");
+    }
+    g->lp.len = g->lp_tokens.len = g->lp_values.len = g->lp_tops.len = 0;
+    g->n_lp = 0;
+    return rc;
+}
+
+/* One streamed delta: chat {"delta":{"content"|"reasoning_content":...}} or
+ * completions {"text":...}. */
+static int stream_delta(struct dsi__gen *g, enum dsi__channel ch, const char *s, size_t n, const char *finish) {
+    struct dsi__buf *b = &g->out;
+    int rc = chunk_begin(g, b);
+    if (!rc && g->chat) {
+        rc = dsi__buf_printf(b, "{\"index\":0,\"delta\":{");
+        if (!rc && s) {
+            rc = dsi__buf_printf(b, "\"%s\":", ch == DSI__CH_REASONING ? "reasoning_content" : "content");
+            if (!rc) rc = dsi__buf_json_str(b, s, n);
+        }
+        if (!rc) rc = dsi__buf_printf(b, "},");
+    } else if (!rc) {
+        rc = dsi__buf_printf(b, "{\"index\":0,\"text\":");
+        if (!rc) rc = dsi__buf_json_str(b, s ? s : "", s ? n : 0);
+        if (!rc) rc = dsi__buf_printf(b, ",");
+    }
+    if (!rc) rc = append_logprobs_field(g, b);
+    if (!rc) rc = finish ? dsi__buf_printf(b, ",\"finish_reason\":\"%s\"}", finish) : dsi__buf_printf(b, ",\"finish_reason\":null}");
+    if (!rc) rc = chunk_end(g, b);
+    return rc;
+}
+
+static int emit(void *user, enum dsi__channel ch, const char *s, size_t n) {
+    struct dsi__gen *g = user;
+    if (g->stream) return stream_delta(g, ch, s, n, NULL);
+    return dsi__buf_append(ch == DSI__CH_REASONING ? &g->reasoning : &g->content, s, n);
+}
+
+static int append_usage(struct dsi__gen *g, struct dsi__buf *b) {
+    return dsi__buf_printf(b, "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
+                           g->n_prompt, g->n_completion, g->n_prompt + g->n_completion);
+}
+
+/* Records the logprobs of one token (chat: OpenAI "content" entries; legacy
+ * completions: parallel arrays). */
+static int add_logprobs(struct dsi__gen *g, const struct dsi_token_event *ev) {
+    struct dsi_tokenizer *t = g->s->tok;
+    char *txt = NULL;
+    size_t len = 0;
+    if (dsi_tok_decode(t, &ev->token, 1, false, &txt, &len, NULL)) return 0; /* no text: skip entry */
+    int rc = 0;
+    if (g->chat) {
+        struct dsi__buf *b = &g->lp;
+        if (g->n_lp) rc = dsi__buf_append(b, ",", 1);
+        if (!rc) rc = dsi__buf_printf(b, "{\"token\":");
+        if (!rc) rc = dsi__buf_json_str(b, txt, len);
+        if (!rc) rc = dsi__buf_printf(b, ",\"logprob\":%.6g,\"bytes\":[", (double)ev->logprob);
+        for (size_t i = 0; !rc && i < len; i++) rc = dsi__buf_printf(b, "%s%u", i ? "," : "", (unsigned char)txt[i]);
+        if (!rc) rc = dsi__buf_printf(b, "],\"top_logprobs\":[");
+        for (int k = 0; !rc && k < ev->n_top && k < g->top_logprobs; k++) {
+            char *tt = NULL;
+            size_t tl = 0;
+            if (dsi_tok_decode(t, &ev->top_ids[k], 1, false, &tt, &tl, NULL)) continue;
+            rc = dsi__buf_printf(b, "%s{\"token\":", k ? "," : "");
+            if (!rc) rc = dsi__buf_json_str(b, tt, tl);
+            if (!rc) rc = dsi__buf_printf(b, ",\"logprob\":%.6g,\"bytes\":[", (double)ev->top_logprobs[k]);
+            for (size_t i = 0; !rc && i < tl; i++) rc = dsi__buf_printf(b, "%s%u", i ? "," : "", (unsigned char)tt[i]);
+            if (!rc) rc = dsi__buf_printf(b, "]}");
+            free(tt);
+        }
+        if (!rc) rc = dsi__buf_printf(b, "]}");
+    } else {
+        const char *sep = g->n_lp ? "," : "";
+        rc = dsi__buf_printf(&g->lp_tokens, "%s", sep);
+        if (!rc) rc = dsi__buf_json_str(&g->lp_tokens, txt, len);
+        if (!rc) rc = dsi__buf_printf(&g->lp_values, "%s%.6g", sep, (double)ev->logprob);
+        if (!rc) rc = dsi__buf_printf(&g->lp_tops, "%s{", sep);
+        for (int k = 0; !rc && k < ev->n_top && k < g->top_logprobs; k++) {
+            char *tt = NULL;
+            size_t tl = 0;
+            if (dsi_tok_decode(t, &ev->top_ids[k], 1, false, &tt, &tl, NULL)) continue;
+            rc = dsi__buf_printf(&g->lp_tops, "%s", k ? "," : "");
+            if (!rc) rc = dsi__buf_json_str(&g->lp_tops, tt, tl);
+            if (!rc) rc = dsi__buf_printf(&g->lp_tops, ":%.6g", (double)ev->top_logprobs[k]);
+            free(tt);
+        }
+        if (!rc) rc = dsi__buf_printf(&g->lp_tops, "}");
+    }
+    free(txt);
+    if (!rc) g->n_lp++;
+    return rc;
+}
+
+static bool is_stop_id(const struct dsi_server *s, int32_t id) {
+    for (int i = 0; i < s->n_stop_ids; i++)
+        if (s->stop_ids[i] == id) return true;
+    return false;
+}
+
+static void engine_cb(void *user, const struct dsi_token_event *ev) {
+    struct dsi__gen *g = user;
+    struct dsi_server *s = g->s;
+    double now = dsi__now_s();
+    pthread_mutex_lock(&g->mu);
+    int rc = 0;
+    if (ev->token >= 0 && !g->stop_hit && !(ev->finished && is_stop_id(s, ev->token))) {
+        if (!g->got_token) dsi__metrics_ttft(s->metrics, now - g->t_start);
+        else dsi__metrics_itl(s->metrics, now - g->t_last);
+        g->got_token = true;
+        g->t_last = now;
+        if (g->logprobs) rc = add_logprobs(g, ev);
+        char *txt = NULL;
+        size_t len = 0;
+        if (!rc) rc = dsi_tok_stream_push(g->ts, ev->token, &txt, &len);
+        if (!rc && txt && len) {
+            rc = dsi__textgen_push(&g->tg, txt, len, emit, g);
+            if (rc == 1) {
+                g->stop_hit = true;
+                if (!ev->finished) g->need_cancel = true;
+                rc = 0;
+            }
+        }
+        free(txt);
+    }
+    if (ev->finished) {
+        g->finished = true;
+        g->finish = ev->finish;
+        g->error = ev->error;
+        g->n_prompt = ev->n_prompt_tokens;
+        g->n_completion = ev->n_completion_tokens;
+        if (!g->stop_hit) {
+            char *txt = NULL;
+            size_t len = 0;
+            if (!rc && dsi_tok_stream_flush(g->ts, &txt, &len) == 0 && txt && len) rc = dsi__textgen_push(&g->tg, txt, len, emit, g);
+            free(txt);
+            if (rc == 1) g->stop_hit = true, rc = 0;
+            if (!rc) rc = dsi__textgen_finish(&g->tg, emit, g);
+        }
+        if (g->stream && !rc && g->finish != DSI_FINISH_ERROR) {
+            rc = stream_delta(g, DSI__CH_CONTENT, NULL, 0, finish_name(g));
+            if (!rc && g->include_usage) {
+                rc = chunk_begin(g, &g->out);
+                if (!rc) rc = dsi__buf_printf(&g->out, "],");
+                if (!rc) rc = append_usage(g, &g->out);
+                if (!rc) rc = dsi__buf_printf(&g->out, "}\n\n");
+            }
+        } else if (g->stream && !rc) {
+            /* Mid-stream errors cannot change the status any more: send an error event. */
+            rc = dsi__buf_printf(&g->out, "data: {\"error\":{\"message\":\"generation failed: %s\",\"type\":"
+                                          "\"server_error\",\"param\":null,\"code\":null}}\n\n",
+                                 dsi_strerror(g->error));
+        }
+        if (g->stream && !rc) rc = dsi__buf_printf(&g->out, "data: [DONE]\n\n");
+    }
+    if (rc) {
+        /* Out of memory mid-answer: end the request rather than send broken output. */
+        dsi_log(DSI_LOG_ERROR, "server", "request %s: %s while building the answer", g->id, dsi_strerror(rc));
+        g->need_cancel = !ev->finished;
+    }
+    struct MHD_Connection *resume = NULL;
+    if (g->suspended && !g->conn_gone) {
+        g->suspended = false;
+        resume = g->conn;
+    }
+    bool last = ev->finished && g->engine_ref;
+    if (ev->finished) g->engine_ref = false;
+    pthread_mutex_unlock(&g->mu);
+    if (resume) MHD_resume_connection(resume);
+    if (last) dsi__gen_release(g);
+}
+
+int dsi__gen_submit(struct dsi__gen *g, const struct dsi__req *r, const int32_t *ids, int n_ids, int max_tokens,
+                    struct dsi__api_error *e) {
+    struct dsi_server *s = g->s;
+    g->chat = r->kind == DSI__REQ_CHAT;
+    g->stream = r->stream;
+    g->include_usage = r->stream && r->include_usage;
+    g->logprobs = r->sampling.logprobs;
+    g->top_logprobs = r->sampling.top_logprobs;
+    uint64_t n = atomic_fetch_add(&s->next_id, 1);
+    snprintf(g->id, sizeof g->id, "%s%016" PRIx64 "%08x", g->chat ? "chatcmpl-" : "cmpl-", n,
+             (unsigned)(s->created & 0xffffffff));
+    for (int i = 0; i < r->n_stops; i++) {
+        if (!(g->stops[i] = strdup(r->stops[i]))) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+        g->n_stops++;
+    }
+    dsi__textgen_init(&g->tg, (const char *const *)g->stops, g->n_stops, g->chat && s->reasoning);
+    if (dsi_tok_stream_create(s->tok, true, &g->ts)) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+
+    struct dsi_request_params p = {0};
+    p.prompt = ids;
+    p.n_prompt = n_ids;
+    p.max_tokens = max_tokens;
+    p.sampling = r->sampling;
+    if (!r->seed_set) {
+        /* Without a seed each request samples differently (OpenAI's behaviour). */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        p.sampling.seed = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (n * 0x9E3779B97F4A7C15ull);
+    }
+    memcpy(p.stop_ids, s->stop_ids, sizeof p.stop_ids);
+    p.n_stop_ids = s->n_stop_ids;
+    if (s->cfg->request_timeout_ms > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        p.deadline_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + s->cfg->request_timeout_ms;
+    }
+    if (g->stream) {
+        /* The role chunk goes out at once so the client sees headers and the id. */
+        int rc = chunk_begin(g, &g->out);
+        if (!rc && g->chat) rc = dsi__buf_printf(&g->out, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+                                                          "\"logprobs\":null,\"finish_reason\":null}");
+        if (!rc && !g->chat) rc = dsi__buf_printf(&g->out, "{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":null}");
+        if (!rc) rc = chunk_end(g, &g->out);
+        if (rc) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+    }
+    pthread_mutex_lock(&g->mu);
+    g->refs++; /* the engine's, released by its final event */
+    g->engine_ref = true;
+    pthread_mutex_unlock(&g->mu);
+    char *err = NULL;
+    uint64_t id = 0;
+    pthread_rwlock_rdlock(&s->eng_lock);
+    int rc = s->eng ? dsi_engine_submit(s->eng, &p, engine_cb, g, &id, &err) : DSI_ESTATE;
+    pthread_rwlock_unlock(&s->eng_lock);
+    if (rc) {
+        pthread_mutex_lock(&g->mu);
+        g->refs--;
+        g->engine_ref = false;
+        pthread_mutex_unlock(&g->mu);
+        int st = 500;
+        const char *code = NULL;
+        if (rc == DSI_EFULL) st = 503, code = "queue_full";
+        else if (rc == DSI_ESTATE) st = 503, code = "draining";
+        else if (rc == DSI_ERANGE || rc == DSI_EINVAL) st = 400, code = "context_length_exceeded";
+        dsi__api_error_set(e, st, NULL, code, "%s", st == 503 && rc == DSI_EFULL ? "the server is busy; retry later"
+                                                     : st == 503 ? "the server is shutting down"
+                                                     : err ? err : dsi_strerror(rc));
+        free(err);
+        return st;
+    }
+    pthread_mutex_lock(&g->mu);
+    g->engine_id = id;
+    g->submitted = true;
+    pthread_mutex_unlock(&g->mu);
+    return 0;
+}
+
+void dsi__gen_cancel_if_needed(struct dsi__gen *g) {
+    pthread_mutex_lock(&g->mu);
+    bool go = g->need_cancel && !g->cancel_sent && g->submitted && !g->finished;
+    if (go) g->cancel_sent = true;
+    uint64_t id = g->engine_id;
+    pthread_mutex_unlock(&g->mu);
+    if (go) dsi__eng_cancel(g->s, id);
+}
+
+void dsi__eng_cancel(struct dsi_server *s, uint64_t id) {
+    pthread_rwlock_rdlock(&s->eng_lock);
+    if (s->eng) dsi_engine_cancel(s->eng, id);
+    pthread_rwlock_unlock(&s->eng_lock);
+}
+
+ssize_t dsi__gen_stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    struct dsi__gen *g = cls;
+    (void)pos;
+    dsi__gen_cancel_if_needed(g);
+    pthread_mutex_lock(&g->mu);
+    size_t avail = g->out.len - g->out_off;
+    if (avail) {
+        size_t n = avail < max ? avail : max;
+        memcpy(buf, g->out.p + g->out_off, n);
+        g->out_off += n;
+        if (g->out_off == g->out.len) g->out.len = g->out_off = 0;
+        pthread_mutex_unlock(&g->mu);
+        return (ssize_t)n;
+    }
+    if (g->finished) {
+        pthread_mutex_unlock(&g->mu);
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    /* Nothing yet: park the connection; the engine callback resumes it. */
+    g->suspended = true;
+    MHD_suspend_connection(g->conn);
+    pthread_mutex_unlock(&g->mu);
+    return 0;
+}
+
+char *dsi__gen_final_json(struct dsi__gen *g, int *status) {
+    struct dsi__buf b = {0};
+    pthread_mutex_lock(&g->mu);
+    if (g->finish == DSI_FINISH_ERROR && !g->stop_hit) {
+        struct dsi__api_error e;
+        int st = g->error == DSI_ETIMEDOUT ? 503 : g->error == DSI_ERANGE ? 400 : 500;
+        dsi__api_error_set(&e, st, NULL, g->error == DSI_ETIMEDOUT ? "timeout" : NULL, "generation failed: %s",
+                           dsi_strerror(g->error));
+        pthread_mutex_unlock(&g->mu);
+        *status = st;
+        return dsi__api_error_json(&e);
+    }
+    int rc = obj_head(g, &b, false);
+    if (!rc && g->chat) {
+        rc = dsi__buf_printf(&b, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+        if (!rc) rc = dsi__buf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
+        if (!rc && g->s->reasoning) {
+            rc = dsi__buf_printf(&b, ",\"reasoning_content\":");
+            if (!rc) rc = g->reasoning.len ? dsi__buf_json_str(&b, g->reasoning.p, g->reasoning.len)
+                                           : dsi__buf_printf(&b, "null");
+        }
+        if (!rc) rc = dsi__buf_printf(&b, "},");
+    } else if (!rc) {
+        rc = dsi__buf_printf(&b, "{\"index\":0,\"text\":");
+        if (!rc) rc = dsi__buf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
+        if (!rc) rc = dsi__buf_printf(&b, ",");
+    }
+    if (!rc) rc = append_logprobs_field(g, &b);
+    if (!rc) rc = dsi__buf_printf(&b, ",\"finish_reason\":\"%s\"}],", finish_name(g));
+    if (!rc) rc = append_usage(g, &b);
+    if (!rc) rc = dsi__buf_printf(&b, "}\n");
+    pthread_mutex_unlock(&g->mu);
+    if (rc) {
+        dsi__buf_free(&b);
+        *status = 500;
+        return NULL;
+    }
+    *status = 200;
+    return b.p;
+}
+
+void dsi__gen_conn_done(struct dsi__gen *g) {
+    pthread_mutex_lock(&g->mu);
+    g->conn_gone = true;
+    g->conn = NULL;
+    bool go = g->submitted && !g->finished && !g->cancel_sent;
+    if (go) g->cancel_sent = true;
+    uint64_t id = g->engine_id;
+    pthread_mutex_unlock(&g->mu);
+    if (go) {
+        dsi_log(DSI_LOG_INFO, "server", "request %s: client gone, cancelling", g->id);
+        dsi__eng_cancel(g->s, id);
+    }
+}
+
+void dsi__gen_abort_all(struct dsi_server *s) {
+    /* Called after the engine is destroyed: no callback runs any more. Requests
+     * it never finished are ended here and their engine refs dropped. */
+    struct dsi__gen *orphans[256];
+    int n_orphans;
+    do {
+        n_orphans = 0;
+        pthread_mutex_lock(&s->mu);
+        for (struct dsi__gen *g = s->gens; g; g = g->next) {
+            pthread_mutex_lock(&g->mu);
+            if (!g->finished && g->submitted) {
+                g->finished = true;
+                g->finish = DSI_FINISH_ERROR;
+                g->error = DSI_ECANCELED;
+                if (g->stream) dsi__buf_printf(&g->out, "data: [DONE]\n\n");
+            }
+            struct MHD_Connection *c = g->suspended && !g->conn_gone ? g->conn : NULL;
+            g->suspended = false;
+            if (g->engine_ref && n_orphans < 256) {
+                g->engine_ref = false;
+                orphans[n_orphans++] = g;
+            }
+            pthread_mutex_unlock(&g->mu);
+            if (c) MHD_resume_connection(c);
+        }
+        pthread_mutex_unlock(&s->mu);
+        for (int i = 0; i < n_orphans; i++) dsi__gen_release(orphans[i]);
+    } while (n_orphans == 256);
+}

@@ -1,0 +1,631 @@
+/*
+ * http.c: libmicrohttpd daemon (GnuTLS, TLS 1.3 only), routing, auth, the
+ * non-generating routes, and per-request accounting (metrics, audit, charge).
+ *
+ * One internal epoll thread serves every connection. Generating routes submit
+ * to the engine and suspend the connection until the engine callback resumes it
+ * (gen.c); nothing here blocks. Every request ends in on_completed, the single
+ * place that writes the audit record, counts metrics and charges tokens.
+ */
+#include <arpa/inet.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "srv.h"
+
+struct conn_ctx {
+    enum dsi__route route;
+    struct dsi__buf body;
+    bool too_big, responded;
+    struct dsi__gen *g;
+    double t0;
+    char req_id[64];
+    struct dsi_principal pr;
+    bool have_pr;
+    const char *denial;
+    int status;
+    char model[256 + 8];
+    char remote[64];
+};
+
+static const struct {
+    const char *path;
+    enum dsi__route route;
+    const char *method;
+    uint32_t perm;
+} ROUTES[] = {
+    {"/v1/chat/completions", DSI__R_CHAT, "POST", DSI_PERM_CHAT},
+    {"/chat/completions", DSI__R_CHAT_DS, "POST", DSI_PERM_CHAT},
+    {"/v1/completions", DSI__R_COMPLETIONS, "POST", DSI_PERM_COMPLETIONS},
+    {"/v1/models", DSI__R_MODELS, "GET", DSI_PERM_MODELS},
+    {"/v1/tokenize", DSI__R_TOKENIZE, "POST", DSI_PERM_TOKENIZE},
+    {"/v1/detokenize", DSI__R_DETOKENIZE, "POST", DSI_PERM_TOKENIZE},
+    {"/health/live", DSI__R_LIVE, "GET", 0},
+    {"/health/ready", DSI__R_READY, "GET", 0},
+    {"/metrics", DSI__R_METRICS, "GET", DSI_PERM_METRICS},
+};
+#define N_ROUTES (sizeof ROUTES / sizeof ROUTES[0])
+
+static int route_index(enum dsi__route r) {
+    for (size_t i = 0; i < N_ROUTES; i++)
+        if (ROUTES[i].route == r) return (int)i;
+    return -1;
+}
+
+/* Queues body (malloc'd, taken over) with status; never fails silently. */
+static enum MHD_Result respond(struct MHD_Connection *c, struct conn_ctx *x, int status, const char *ctype,
+                               char *body, const char *extra_hdr, const char *extra_val) {
+    if (!body) {
+        status = 500;
+        body = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n");
+        ctype = "application/json";
+        if (!body) return MHD_NO;
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(r, "X-Request-Id", x->req_id);
+    if (extra_hdr) MHD_add_response_header(r, extra_hdr, extra_val);
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    x->status = status;
+    x->responded = true;
+    return ok;
+}
+
+static enum MHD_Result respond_error(struct MHD_Connection *c, struct conn_ctx *x, const struct dsi__api_error *e) {
+    if (e->status >= 500) dsi_log(DSI_LOG_WARN, "http", "%s %s: %d %s", x->req_id, dsi__route_name(x->route), e->status, e->message);
+    else dsi_log(DSI_LOG_INFO, "http", "%s %s: %d %s", x->req_id, dsi__route_name(x->route), e->status, e->message);
+    return respond(c, x, e->status, "application/json", dsi__api_error_json(e), NULL, NULL);
+}
+
+static enum MHD_Result respond_errf(struct MHD_Connection *c, struct conn_ctx *x, int status, const char *code,
+                                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static enum MHD_Result respond_errf(struct MHD_Connection *c, struct conn_ctx *x, int status, const char *code,
+                                    const char *fmt, ...) {
+    struct dsi__api_error e;
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dsi__api_error_set(&e, status, NULL, code, "%s", msg);
+    return respond_error(c, x, &e);
+}
+
+/* ---- authentication ------------------------------------------------------ */
+
+/* Subject CN of a verified client certificate, or false. */
+static bool client_cert_cn(struct MHD_Connection *c, char *cn, size_t cap) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (!ci || !ci->tls_session) return false;
+    gnutls_session_t ss = (gnutls_session_t)ci->tls_session;
+    unsigned status = 0;
+    if (gnutls_certificate_verify_peers2(ss, &status) < 0 || status != 0) return false;
+    unsigned n = 0;
+    const gnutls_datum_t *certs = gnutls_certificate_get_peers(ss, &n);
+    if (!certs || n == 0) return false;
+    gnutls_x509_crt_t crt;
+    if (gnutls_x509_crt_init(&crt) < 0) return false;
+    size_t len = cap;
+    bool ok = gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) >= 0 &&
+              gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &len) >= 0;
+    gnutls_x509_crt_deinit(crt);
+    return ok;
+}
+
+/* Runs the auth check for the route; on denial queues 401/403/429 and returns
+ * false. Bodies never say whether a key exists. */
+static bool authorize(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x, const char *model,
+                      enum MHD_Result *res) {
+    int ri = route_index(x->route);
+    uint32_t perm = ri >= 0 ? ROUTES[ri].perm : 0;
+    if (perm == 0 && dsi_auth_health_open(s->auth)) return true;
+    if (perm == 0) perm = DSI_PERM_METRICS; /* closed health routes: monitor permission */
+    const char *hdr = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    int retry = 0;
+    enum dsi_auth_status st;
+    char cn[256];
+    bool have_cn = s->ca_pem && client_cert_cn(c, cn, sizeof cn);
+    if (s->cfg->tls_require_client_cert && s->ca_pem && !have_cn) {
+        x->denial = "client_cert_required";
+        *res = respond_errf(c, x, 401, "client_certificate_required", "a valid client certificate is required");
+        return false;
+    }
+    if (!hdr && have_cn) st = dsi_auth_check_client_cert(s->auth, cn, perm, model, &x->pr, &retry);
+    else st = dsi_auth_check(s->auth, hdr, perm, model, &x->pr, &retry);
+    if (st == DSI_AUTH_OK) {
+        x->have_pr = true;
+        return true;
+    }
+    x->have_pr = st >= DSI_AUTH_FORBIDDEN; /* filled from FORBIDDEN on (auth.h) */
+    x->denial = dsi_auth_status_reason(st);
+    int http = dsi_auth_http_status(st);
+    struct dsi__api_error e;
+    switch (st) {
+    case DSI_AUTH_MISSING:
+        dsi__api_error_set(&e, 401, NULL, "invalid_api_key", "missing API key: send 'Authorization: Bearer <key>'");
+        break;
+    case DSI_AUTH_INVALID:
+        dsi__api_error_set(&e, 401, NULL, "invalid_api_key", "invalid API key");
+        break;
+    case DSI_AUTH_FORBIDDEN:
+        dsi__api_error_set(&e, 403, NULL, "permission_denied", "this key may not use %s", dsi__route_name(x->route));
+        break;
+    case DSI_AUTH_MODEL_FORBIDDEN:
+        dsi__api_error_set(&e, 403, "model", "model_not_allowed", "this key may not use this model");
+        break;
+    default:
+        dsi__api_error_set(&e, http == 429 ? 429 : http, NULL, "rate_limit_exceeded",
+                           "rate limit reached; retry after %d s", retry > 0 ? retry : 1);
+        break;
+    }
+    if (e.status == 429) {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", retry > 0 ? retry : 1);
+        dsi_log(DSI_LOG_INFO, "http", "%s %s: 429 %s", x->req_id, dsi__route_name(x->route), x->denial);
+        *res = respond(c, x, 429, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    } else {
+        *res = respond_error(c, x, &e);
+    }
+    return false;
+}
+
+/* ---- routes ----------------------------------------------------------------- */
+
+static char *json_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *json_printf(const char *fmt, ...) {
+    char *p = NULL;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vasprintf(&p, fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : p;
+}
+
+static enum MHD_Result route_models(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x) {
+    struct dsi__buf b = {0};
+    int rc = dsi__buf_printf(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
+    if (!rc) rc = dsi__buf_json_str(&b, s->model_name, strlen(s->model_name));
+    if (!rc)
+        rc = dsi__buf_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"dsinfer\",\"max_model_len\":%d}]}\n",
+                             s->created, s->context_tokens);
+    if (rc) dsi__buf_free(&b);
+    return respond(c, x, 200, "application/json", b.p, NULL, NULL);
+}
+
+/* Parses the body for kind; on failure answers (auth first, so that callers
+ * without a key learn nothing about the API). Returns false when answered. */
+static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x, enum dsi__req_kind kind,
+                       struct dsi__req *r, enum MHD_Result *res) {
+    const struct dsi_config *cfg = s->cfg;
+    struct dsi__req_limits lim = {.max_body_bytes = cfg->max_body_bytes, .max_messages = cfg->max_messages,
+                                  .max_prompt_ids = s->context_tokens > 0 ? s->context_tokens : 1 << 20};
+    struct dsi__api_error e;
+    int st = x->too_big ? dsi__api_error_set(&e, 413, NULL, "request_too_large", "request body exceeds %zu bytes",
+                                             cfg->max_body_bytes)
+                        : dsi__req_parse(kind, x->body.p ? x->body.p : "", x->body.len, &lim, r, &e);
+    const char *model = st == 0 && r->model ? r->model : s->model_name;
+    snprintf(x->model, sizeof x->model, "%.255s", model);
+    if (!authorize(s, c, x, st == 0 ? model : NULL, res)) return false;
+    if (st) {
+        *res = respond_error(c, x, &e);
+        return false;
+    }
+    if (r->model && strcmp(r->model, s->model_name)) {
+        dsi__api_error_set(&e, 404, "model", "model_not_found", "the model '%.100s' does not exist; this server serves '%.100s'",
+                           r->model, s->model_name);
+        *res = respond_error(c, x, &e);
+        return false;
+    }
+    int state = atomic_load(&s->state);
+    if (state != DSI__ST_READY) {
+        *res = respond_errf(c, x, 503, state == DSI__ST_LOADING ? "loading" : "draining",
+                            state == DSI__ST_LOADING ? "the model is still loading; retry later"
+                                                     : "the server is shutting down");
+        return false;
+    }
+    return true;
+}
+
+/* Prompt ids of a chat / completion / tokenize request (malloc'd). */
+static int prompt_ids(struct dsi_server *s, const struct dsi__req *r, bool gen_prompt, int32_t **ids, size_t *n,
+                      struct dsi__api_error *e) {
+    char *err = NULL;
+    int rc;
+    if (r->n_msgs) {
+        struct dsi_chat_msg *m = calloc(r->n_msgs, sizeof *m);
+        if (!m) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+        for (size_t i = 0; i < r->n_msgs; i++) m[i] = (struct dsi_chat_msg){r->msgs[i].role, r->msgs[i].content};
+        char *text = NULL;
+        rc = dsi_chat_render(s->tok, s->chat_format, m, r->n_msgs, gen_prompt, &text, &err);
+        free(m);
+        if (!rc) rc = dsi_tok_encode(s->tok, text, strlen(text), true, ids, n, &err);
+        free(text);
+    } else if (r->prompt) {
+        int32_t bos = r->add_special ? dsi_tok_bos(s->tok) : -1;
+        int32_t *t = NULL;
+        size_t nt = 0;
+        rc = dsi_tok_encode(s->tok, r->prompt, strlen(r->prompt), false, &t, &nt, &err);
+        if (!rc && bos >= 0) {
+            int32_t *u = malloc((nt + 1) * sizeof *u);
+            if (!u) rc = DSI_ENOMEM;
+            else {
+                u[0] = bos;
+                if (nt) memcpy(u + 1, t, nt * sizeof *t);
+                free(t);
+                t = u;
+                nt++;
+            }
+        }
+        if (rc) free(t);
+        else *ids = t, *n = nt;
+    } else {
+        int vocab = dsi_tok_vocab_size(s->tok);
+        for (size_t i = 0; i < r->n_ids; i++)
+            if (r->ids[i] >= vocab)
+                return dsi__api_error_set(e, 400, "prompt", "invalid_value", "token id %d is outside the vocabulary (%d)",
+                                          (int)r->ids[i], vocab);
+        *ids = malloc((r->n_ids ? r->n_ids : 1) * sizeof **ids);
+        if (!*ids) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+        memcpy(*ids, r->ids, r->n_ids * sizeof **ids);
+        *n = r->n_ids;
+        rc = 0;
+    }
+    if (rc) {
+        int st = rc == DSI_ENOMEM ? 500 : 400;
+        dsi__api_error_set(e, st, NULL, st == 400 ? "invalid_value" : NULL, "cannot build the prompt: %s",
+                           err ? err : dsi_strerror(rc));
+        free(err);
+        return st;
+    }
+    return 0;
+}
+
+static enum MHD_Result route_tokenize(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x,
+                                      const struct dsi__req *r) {
+    struct dsi__api_error e;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (prompt_ids(s, r, r->add_generation_prompt, &ids, &n, &e)) return respond_error(c, x, &e);
+    struct dsi__buf b = {0};
+    int rc = dsi__buf_printf(&b, "{\"count\":%zu,\"max_model_len\":%d,\"tokens\":[", n, s->context_tokens);
+    for (size_t i = 0; !rc && i < n; i++) rc = dsi__buf_printf(&b, "%s%d", i ? "," : "", (int)ids[i]);
+    if (!rc) rc = dsi__buf_printf(&b, "]}\n");
+    free(ids);
+    if (rc) dsi__buf_free(&b);
+    return respond(c, x, 200, "application/json", b.p, NULL, NULL);
+}
+
+static enum MHD_Result route_detokenize(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x,
+                                        const struct dsi__req *r) {
+    int vocab = dsi_tok_vocab_size(s->tok);
+    for (size_t i = 0; i < r->n_ids; i++)
+        if (r->ids[i] >= vocab)
+            return respond_errf(c, x, 400, "invalid_value", "token id %d is outside the vocabulary (%d)", (int)r->ids[i],
+                                vocab);
+    char *text = NULL, *err = NULL;
+    size_t len = 0;
+    int rc = dsi_tok_decode(s->tok, r->ids, r->n_ids, false, &text, &len, &err);
+    if (rc) {
+        enum MHD_Result res = respond_errf(c, x, 400, "invalid_value", "cannot decode: %s", err ? err : dsi_strerror(rc));
+        free(err);
+        return res;
+    }
+    struct dsi__buf b = {0};
+    rc = dsi__buf_printf(&b, "{\"prompt\":");
+    if (!rc) rc = dsi__buf_json_str(&b, text, len);
+    if (!rc) rc = dsi__buf_printf(&b, "}\n");
+    free(text);
+    if (rc) dsi__buf_free(&b);
+    return respond(c, x, 200, "application/json", b.p, NULL, NULL);
+}
+
+static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x,
+                                      const struct dsi__req *r) {
+    struct dsi__api_error e;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (prompt_ids(s, r, true, &ids, &n, &e)) return respond_error(c, x, &e);
+    if (n == 0) {
+        free(ids);
+        return respond_errf(c, x, 400, "invalid_value", "the prompt is empty");
+    }
+    if ((long long)n >= s->context_tokens || (long long)n > s->max_prompt_tokens) {
+        free(ids);
+        dsi__api_error_set(&e, 400, r->kind == DSI__REQ_CHAT ? "messages" : "prompt", "context_length_exceeded",
+                           "the prompt has %zu tokens; this server accepts at most %d (context %d tokens)", n,
+                           s->max_prompt_tokens < s->context_tokens - 1 ? s->max_prompt_tokens : s->context_tokens - 1,
+                           s->context_tokens);
+        return respond_error(c, x, &e);
+    }
+    int room = s->context_tokens - (int)n;
+    int max_tokens = r->max_tokens > 0 ? r->max_tokens : s->default_max_tokens > 0 ? s->default_max_tokens : room;
+    if (max_tokens > room) max_tokens = room; /* documented: clamped to what fits in the context */
+    if (x->have_pr && x->pr.max_tokens_cap > 0 && max_tokens > x->pr.max_tokens_cap) max_tokens = x->pr.max_tokens_cap;
+    if (dsi__gen_create(s, c, &x->g)) {
+        free(ids);
+        return respond_errf(c, x, 500, NULL, "out of memory");
+    }
+    snprintf(x->g->principal, sizeof x->g->principal, "%s", x->have_pr ? x->pr.name : "");
+    int st = dsi__gen_submit(x->g, r, ids, (int)n, max_tokens, &e);
+    free(ids);
+    if (st) return respond_error(c, x, &e);
+    snprintf(x->req_id, sizeof x->req_id, "%s", x->g->id);
+    if (r->stream) {
+        struct MHD_Response *resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, dsi__gen_stream_reader, x->g, NULL);
+        if (!resp) return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(resp, "X-Request-Id", x->req_id);
+        enum MHD_Result ok = MHD_queue_response(c, 200, resp);
+        MHD_destroy_response(resp);
+        x->status = 200;
+        x->responded = true;
+        return ok;
+    }
+    /* Non-streaming: park until the engine's final event resumes us. */
+    pthread_mutex_lock(&x->g->mu);
+    if (!x->g->finished) {
+        x->g->suspended = true;
+        MHD_suspend_connection(c);
+    }
+    pthread_mutex_unlock(&x->g->mu);
+    return MHD_YES;
+}
+
+/* A resumed non-streaming generation: answer if finished, else park again. */
+static enum MHD_Result gen_resumed(struct MHD_Connection *c, struct conn_ctx *x) {
+    struct dsi__gen *g = x->g;
+    dsi__gen_cancel_if_needed(g);
+    pthread_mutex_lock(&g->mu);
+    bool fin = g->finished;
+    if (!fin) {
+        g->suspended = true;
+        MHD_suspend_connection(c);
+    }
+    pthread_mutex_unlock(&g->mu);
+    if (!fin) return MHD_YES;
+    int status = 500;
+    char *body = dsi__gen_final_json(g, &status);
+    return respond(c, x, status, "application/json", body, NULL, NULL);
+}
+
+static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x) {
+    enum MHD_Result res = MHD_YES;
+    switch (x->route) {
+    case DSI__R_LIVE:
+        if (!authorize(s, c, x, NULL, &res)) return res;
+        return respond(c, x, 200, "application/json", strdup("{\"status\":\"ok\"}\n"), NULL, NULL);
+    case DSI__R_READY: {
+        if (!authorize(s, c, x, NULL, &res)) return res;
+        int st = atomic_load(&s->state);
+        const char *name = st == DSI__ST_READY ? "ready" : st == DSI__ST_LOADING ? "loading"
+                         : st == DSI__ST_DRAINING ? "draining" : "failed";
+        return respond(c, x, st == DSI__ST_READY ? 200 : 503, "application/json",
+                       json_printf("{\"status\":\"%s\"}\n", name), NULL, NULL);
+    }
+    case DSI__R_METRICS: {
+        if (!authorize(s, c, x, NULL, &res)) return res;
+        struct dsi_engine_stats st = {0};
+        pthread_rwlock_rdlock(&s->eng_lock);
+        if (s->eng) dsi_engine_get_stats(s->eng, &st);
+        pthread_rwlock_unlock(&s->eng_lock);
+        char *m = dsi__metrics_render(s->metrics, &st, atomic_load(&s->state) == DSI__ST_READY);
+        char *a = NULL;
+        if (m && s->auth && dsi_auth_metrics(s->auth, &a) == 0 && a) {
+            char *both = json_printf("%s%s", m, a);
+            free(m);
+            m = both;
+        }
+        free(a);
+        return respond(c, x, 200, "text/plain; version=0.0.4; charset=utf-8", m, NULL, NULL);
+    }
+    case DSI__R_MODELS:
+        if (!authorize(s, c, x, s->model_name, &res)) return res;
+        snprintf(x->model, sizeof x->model, "%s", s->model_name);
+        return route_models(s, c, x);
+    default:
+        break;
+    }
+    enum dsi__req_kind kind = x->route == DSI__R_COMPLETIONS ? DSI__REQ_COMPLETION
+                            : x->route == DSI__R_TOKENIZE    ? DSI__REQ_TOKENIZE
+                            : x->route == DSI__R_DETOKENIZE  ? DSI__REQ_DETOKENIZE
+                                                             : DSI__REQ_CHAT;
+    struct dsi__req r;
+    memset(&r, 0, sizeof r);
+    if (parse_body(s, c, x, kind, &r, &res)) {
+        if (kind == DSI__REQ_TOKENIZE) res = route_tokenize(s, c, x, &r);
+        else if (kind == DSI__REQ_DETOKENIZE) res = route_detokenize(s, c, x, &r);
+        else res = route_generate(s, c, x, &r);
+    }
+    dsi__req_free(&r);
+    return res;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    struct dsi_server *s = cls;
+    struct conn_ctx *x = *con_cls;
+    (void)version;
+    if (!x) {
+        x = calloc(1, sizeof *x);
+        if (!x) return MHD_NO;
+        *con_cls = x;
+        atomic_fetch_add(&s->active, 1);
+        x->t0 = dsi__now_s();
+        snprintf(x->req_id, sizeof x->req_id, "req-%016" PRIx64, atomic_fetch_add(&s->next_id, 1));
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ci && ci->client_addr) {
+            const struct sockaddr *sa = ci->client_addr;
+            if (sa->sa_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, x->remote, sizeof x->remote);
+            else if (sa->sa_family == AF_INET6)
+                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, x->remote, sizeof x->remote);
+        }
+        x->route = DSI__R_OTHER;
+        int ri = -1;
+        for (size_t i = 0; i < N_ROUTES; i++)
+            if (!strcmp(url, ROUTES[i].path)) ri = (int)i;
+        if (ri < 0) return respond_errf(c, x, 404, "not_found", "no route %.100s %.200s", method, url);
+        x->route = ROUTES[ri].route;
+        if (strcmp(method, ROUTES[ri].method) && !(strcmp(method, "HEAD") == 0 && !strcmp(ROUTES[ri].method, "GET"))) {
+            struct dsi__api_error e;
+            dsi__api_error_set(&e, 405, NULL, "method_not_allowed", "%s needs %s, not %.20s", ROUTES[ri].path,
+                               ROUTES[ri].method, method);
+            return respond(c, x, 405, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_ALLOW, ROUTES[ri].method);
+        }
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > s->cfg->max_body_bytes)
+            return respond_errf(c, x, 413, "request_too_large", "request body exceeds %zu bytes", s->cfg->max_body_bytes);
+        return MHD_YES;
+    }
+    if (x->responded) {
+        *upload_size = 0; /* rest of a refused upload: discard */
+        return MHD_YES;
+    }
+    if (x->g) return gen_resumed(c, x);
+    if (*upload_size) {
+        if (!x->too_big && x->body.len + *upload_size > s->cfg->max_body_bytes) {
+            x->too_big = true;
+            dsi__buf_free(&x->body);
+        }
+        if (!x->too_big && dsi__buf_append(&x->body, upload, *upload_size)) return MHD_NO;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    return dispatch(s, c, x);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    struct dsi_server *s = cls;
+    struct conn_ctx *x = *con_cls;
+    (void)c;
+    if (!x) return;
+    *con_cls = NULL;
+    int prompt = 0, completion = 0;
+    if (x->g) {
+        dsi__gen_conn_done(x->g);
+        pthread_mutex_lock(&x->g->mu);
+        prompt = x->g->n_prompt;
+        completion = x->g->n_completion;
+        bool fin = x->g->finished;
+        pthread_mutex_unlock(&x->g->mu);
+        /* A cancelled request's final counts arrive later; charge what is known. */
+        if (!fin) completion = 0;
+    }
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && x->status == 200 && x->g)
+        dsi_log(DSI_LOG_INFO, "http", "%s: client left before the end (code %d)", x->req_id, (int)toe);
+    int status = x->status ? x->status : 499; /* nginx's "client closed request" */
+    dsi__metrics_request(s->metrics, x->route, status);
+    if (prompt || completion) {
+        dsi__metrics_tokens(s->metrics, x->have_pr ? x->pr.name : NULL, prompt, completion);
+        if (x->have_pr && s->auth) dsi_auth_charge(s->auth, &x->pr, prompt, completion);
+    }
+    if (s->audit && x->route != DSI__R_LIVE && x->route != DSI__R_READY) {
+        struct dsi_audit_record a = {
+            .request_id = x->req_id,
+            .key_id = x->have_pr ? x->pr.key_id : NULL,
+            .principal = x->have_pr ? x->pr.name : NULL,
+            .role = x->have_pr ? x->pr.role : NULL,
+            .remote_addr = x->remote,
+            .route = dsi__route_name(x->route),
+            .model = x->model[0] ? x->model : NULL,
+            .denial = x->denial,
+            .status = status,
+            .prompt_tokens = prompt,
+            .completion_tokens = completion,
+            .latency_ms = (dsi__now_s() - x->t0) * 1000.0,
+        };
+        dsi_audit_write(s->audit, &a);
+    }
+    dsi__gen_release(x->g);
+    dsi__buf_free(&x->body);
+    free(x);
+    atomic_fetch_sub(&s->active, 1);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    char msg[512];
+    (void)cls;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
+    dsi_log(DSI_LOG_DEBUG, "mhd", "%s", msg);
+}
+
+int dsi__http_start(struct dsi_server *s, char **err) {
+    const struct dsi_config *cfg = s->cfg;
+    char host[256];
+    int port;
+    if (dsi__split_listen(cfg->listen, host, sizeof host, &port))
+        return dsi_seterr(err, DSI_EINVAL, "listen '%s' is not ADDR:PORT (e.g. 127.0.0.1:8443 or [::1]:8443)",
+                          cfg->listen ? cfg->listen : "");
+    bool loop = dsi__host_is_loopback(host);
+    if (cfg->plain_http && !loop)
+        return dsi_seterr(err, DSI_EINVAL,
+                          "plain_http is allowed only on a loopback address, not '%s'; use TLS or listen on 127.0.0.1",
+                          host);
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    bool v6 = false;
+    if (!strcmp(host, "localhost")) snprintf(host, sizeof host, "127.0.0.1");
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        v6 = true;
+    } else {
+        return dsi_seterr(err, DSI_EINVAL, "listen address '%s' is not an IP address", host);
+    }
+    s->tls = !cfg->plain_http;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
+                     (v6 ? MHD_USE_IPv6 : 0) | (s->tls ? MHD_USE_TLS : 0);
+    struct MHD_OptionItem opts[16];
+    int k = 0;
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss};
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, cfg->client_timeout_s > 0 ? cfg->client_timeout_s : 0, NULL};
+    if (cfg->max_connections > 0)
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL};
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, s};
+    if (s->tls) {
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->cert_pem};
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem};
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3"};
+        if (s->ca_pem) opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, s->ca_pem};
+    }
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    s->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!s->d)
+        return dsi_seterr(err, DSI_EIO, "cannot listen on %s (address in use, bad TLS material, or no permission)",
+                          cfg->listen);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : port;
+    dsi_log(DSI_LOG_INFO, "http", "listening on %s%s%s:%d (%s)", v6 ? "[" : "", host, v6 ? "]" : "", s->port,
+            s->tls ? "HTTPS, TLS 1.3 only" : "plain HTTP, loopback only");
+    return 0;
+}
+
+void dsi__http_stop(struct dsi_server *s) {
+    if (!s->d) return;
+    MHD_stop_daemon(s->d);
+    s->d = NULL;
+}

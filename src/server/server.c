@@ -1,0 +1,377 @@
+/*
+ * server.c: the daemon's lifecycle: listen first (health answers while the model
+ * loads: /health/ready is 503), then model + tokenizer + backend + engine, then
+ * READY. dsi_server_run waits on a signalfd (no polling, no CPU while idle):
+ * SIGHUP reloads keys, roles, audit log and log level; SIGTERM/SIGINT drain
+ * (ready -> 503, no new requests, running ones finish up to drain_timeout_s).
+ *
+ * TLS material is not swapped live: libmicrohttpd holds the certificate in its
+ * GnuTLS credentials for the daemon's lifetime and restarting the listener would
+ * drop connections, so a new certificate takes effect at the next restart
+ * (SIGHUP logs that). Keys and roles reload live.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "dsinfer/sdnotify.h"
+#include "dsinfer/server.h"
+#include "srv.h"
+
+static int load_model(struct dsi_server *s, char **err);
+
+int dsi_server_args_to_config(int argc, char **argv, struct dsi_config *c, const char **config_path, char **err) {
+    /* --config first, so that the other flags override the file. */
+    if (config_path) *config_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) return dsi_seterr(err, DSI_EINVAL, "--config needs a file");
+            int rc = dsi_config_load_file(c, argv[i + 1], err);
+            if (rc) return rc;
+            if (config_path) *config_path = argv[i + 1];
+            i++;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) || !a[2]) return dsi_seterr(err, DSI_EINVAL, "unexpected argument '%s'", a);
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        char name[128];
+        const char *val = NULL;
+        const char *eq = strchr(a + 2, '=');
+        size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        if (nl >= sizeof name) return dsi_seterr(err, DSI_EINVAL, "unknown option '%s'", a);
+        memcpy(name, a + 2, nl);
+        name[nl] = 0;
+        if (eq) val = eq + 1;
+        else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) val = argv[++i];
+        else val = "true"; /* a bare flag: boolean on */
+        /* Short spellings from the command-line synopsis. */
+        const char *key = !strcmp(name, "model") ? "model_dir" : !strcmp(name, "keys") ? "keys_file" : name;
+        int rc = dsi_config_set(c, key, val, err);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void block_signals(sigset_t *set) {
+    sigemptyset(set);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    /* Threads created from here on (MHD, engine, backend) inherit the mask, so
+     * only the signalfd sees these signals. */
+    pthread_sigmask(SIG_BLOCK, set, NULL);
+}
+
+int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char **err) {
+    *out = NULL;
+    char *e2 = NULL;
+    int rc = dsi_config_validate(c, err);
+    if (rc) return rc;
+    struct dsi_server *s = calloc(1, sizeof *s);
+    if (!s) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    s->cfg = c;
+    s->sigfd = -1;
+    atomic_store(&s->state, DSI__ST_LOADING);
+    atomic_store(&s->next_id, 1);
+    s->created = (long)time(NULL);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_rwlock_init(&s->eng_lock, NULL);
+    sigset_t set;
+    block_signals(&set);
+    s->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (s->sigfd < 0) {
+        rc = dsi_seterr(err, DSI_EIO, "signalfd: %s", strerror(errno));
+        goto fail;
+    }
+    if (dsi__metrics_create(&s->metrics)) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        goto fail;
+    }
+    const char *name = c->model_name && c->model_name[0] ? c->model_name : NULL;
+    if (!name && c->model_dir && c->model_dir[0]) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s", c->model_dir);
+        size_t l = strlen(tmp);
+        while (l > 1 && tmp[l - 1] == '/') tmp[--l] = 0;
+        snprintf(s->model_name, sizeof s->model_name, "%s", basename(tmp));
+    } else {
+        snprintf(s->model_name, sizeof s->model_name, "%s", name ? name : "model");
+    }
+
+    struct dsi_auth_opts ao = {.keys_file = c->keys_file && c->keys_file[0] ? c->keys_file : NULL,
+                               .roles_json = c->roles && c->roles[0] ? c->roles : NULL,
+                               .open_health = c->open_health};
+    if ((rc = dsi_auth_create(&ao, &s->auth, err))) goto fail;
+    if (!ao.keys_file) dsi_log(DSI_LOG_WARN, "auth", "no keys_file: every route except health answers 401");
+    if (c->audit_log && c->audit_log[0] && (rc = dsi_audit_open(c->audit_log, &s->audit, err))) goto fail;
+
+    if (!c->plain_http) {
+        if ((rc = dsi__tls_material(c->tls_cert, c->tls_key, c->state_dir, &s->cert_pem, &s->key_pem, s->fingerprint,
+                                    err)))
+            goto fail;
+        if (c->tls_client_ca && c->tls_client_ca[0] &&
+            (rc = dsi__read_file(c->tls_client_ca, 1u << 20, &s->ca_pem, NULL, err)))
+            goto fail;
+    }
+    if ((rc = dsi__http_start(s, err))) goto fail;
+    dsi_sd_notifyf("STATUS=loading model %s", s->model_name);
+    if ((rc = load_model(s, err))) goto fail;
+    atomic_store(&s->state, DSI__ST_READY);
+    dsi_sd_notifyf("READY=1\nSTATUS=serving %s on port %d", s->model_name, s->port);
+    dsi_log(DSI_LOG_INFO, "server", "ready: serving '%s' on port %d", s->model_name, s->port);
+    *out = s;
+    return 0;
+fail:
+    free(e2);
+    atomic_store(&s->state, DSI__ST_FAILED);
+    dsi_server_destroy(s);
+    return rc;
+}
+
+static int parse_dtype(const char *s, enum dsi_weight_dtype *out) {
+    if (!s || !s[0] || !strcmp(s, "bf16")) *out = DSI_W_BF16;
+    else if (!strcmp(s, "f32")) *out = DSI_W_F32;
+    else if (!strcmp(s, "int8")) *out = DSI_W_INT8;
+    else return DSI_EINVAL;
+    return 0;
+}
+
+static void add_stop_id(struct dsi_server *s, int32_t id) {
+    if (id < 0) return;
+    for (int i = 0; i < s->n_stop_ids; i++)
+        if (s->stop_ids[i] == id) return;
+    if (s->n_stop_ids < DSI_MAX_STOP_IDS) s->stop_ids[s->n_stop_ids++] = id;
+}
+
+static int load_model(struct dsi_server *s, char **err) {
+    const struct dsi_config *c = s->cfg;
+    double t0 = dsi__now_s();
+    struct dsi_model_open_opts mo = {.skip_verify = c->skip_verify,
+                                     .expect_manifest_sha256 = c->manifest_sha256 && c->manifest_sha256[0] ? c->manifest_sha256 : NULL,
+                                     .n_threads = c->threads};
+    int rc = dsi_model_open(&s->model, c->model_dir, &mo, err);
+    if (rc) return rc;
+    s->model_open = true;
+    if ((rc = dsi_tok_load(c->model_dir, &s->tok, err))) return rc;
+    struct dsi_backend_opts bo = {0};
+    if (parse_dtype(c->dtype, &bo.weight_dtype))
+        return dsi_seterr(err, DSI_EINVAL, "dtype '%s' is not f32, bf16 or int8", c->dtype);
+    bo.int8_group_size = c->int8_group_size;
+    bo.kv_dtype = DSI_KV_F32;
+    bo.kv_block_size = c->kv_block_size;
+    bo.kv_bytes = c->kv_cache_mib << 20;
+    bo.kv_gpu_fraction = (float)c->kv_gpu_fraction;
+    bo.max_batch_tokens = c->max_batch_tokens;
+    bo.max_seqs = c->max_running;
+    bo.n_threads = c->threads;
+    bo.device = c->device;
+    const char *bname = c->backend && c->backend[0] ? c->backend : "cpu";
+    double t1 = dsi__now_s();
+    rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
+    if (rc == DSI_ENODEV && strcmp(bname, "cpu")) {
+        dsi_log(DSI_LOG_WARN, "server", "backend %s unavailable (%s); serving on the CPU backend", bname,
+                err && *err ? *err : dsi_strerror(rc));
+        if (err) free(*err), *err = NULL;
+        bname = "cpu";
+        rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
+    }
+    if (rc) return rc;
+    double t2 = dsi__now_s();
+    struct dsi_engine_opts eo;
+    dsi_engine_opts_defaults(&eo);
+    if (c->max_running > 0) eo.max_running = c->max_running;
+    if (c->max_queued > 0) eo.max_queued = c->max_queued;
+    if (c->prefill_chunk > 0) eo.prefill_chunk = c->prefill_chunk;
+    if (c->max_batch_tokens > 0) eo.max_batch_tokens = c->max_batch_tokens;
+    int ctx = s->model.cfg.max_position_embeddings;
+    if (c->max_total_tokens > 0 && (ctx <= 0 || c->max_total_tokens < ctx)) ctx = c->max_total_tokens;
+    eo.max_total_tokens = ctx;
+    eo.max_prompt_tokens = c->max_prompt_tokens > 0 && c->max_prompt_tokens < ctx ? c->max_prompt_tokens : ctx;
+    if (c->queue_timeout_ms > 0) eo.queue_timeout_ms = c->queue_timeout_ms;
+    if (c->request_timeout_ms > 0) eo.request_timeout_ms = c->request_timeout_ms;
+    if ((rc = dsi_engine_create(s->be, &eo, &s->eng, err))) return rc;
+    s->context_tokens = ctx;
+    s->max_prompt_tokens = eo.max_prompt_tokens;
+    s->default_max_tokens = c->default_max_tokens;
+
+    if (!c->chat_format || !c->chat_format[0] || !strcmp(c->chat_format, "auto")) s->chat_format = dsi_tok_chat_format(s->tok);
+    else if (dsi_chat_format_parse(c->chat_format, &s->chat_format))
+        return dsi_seterr(err, DSI_EINVAL, "unknown chat_format '%s'", c->chat_format);
+    s->reasoning = dsi_chat_is_reasoning(s->tok, s->chat_format);
+    add_stop_id(s, dsi_tok_eos(s->tok));
+    for (int i = 0; i < s->model.cfg.n_eos; i++) add_stop_id(s, s->model.cfg.eos_token_ids[i]);
+    static const char *END_TOKENS[] = {"<|im_end|>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                       "<|EOT|>", "<|end_of_text|>", "<|eot_id|>"};
+    for (size_t i = 0; i < sizeof END_TOKENS / sizeof END_TOKENS[0]; i++) add_stop_id(s, dsi_tok_lookup(s->tok, END_TOKENS[i]));
+
+    size_t kv_tokens = (size_t)s->be->n_kv_blocks * (size_t)s->be->kv_block_size;
+    dsi_log(DSI_LOG_INFO, "server",
+            "dsinfer %s: model '%s' (%s, %d layers), dtype %s, backend %s, chat format %s%s, context %d tokens, "
+            "KV capacity %zu tokens (%d blocks of %d), verify %.2f s, open %.2f s, backend load %.2f s, total %.2f s",
+            DSI_VERSION, s->model_name, s->model.cfg.architecture, s->model.cfg.n_layers, c->dtype, s->be->ops->name,
+            dsi_chat_format_name(s->chat_format), s->reasoning ? " (reasoning)" : "", s->context_tokens, kv_tokens,
+            s->be->n_kv_blocks, s->be->kv_block_size, s->model.verify_s, s->model.open_s, t2 - t1, t2 - t0);
+    return 0;
+}
+
+void dsi_server_set_reload_source(struct dsi_server *s, const char *config_path, int argc, char **argv) {
+    s->config_path = config_path ? strdup(config_path) : NULL;
+    s->args = calloc((size_t)(argc > 0 ? argc : 1), sizeof *s->args);
+    if (!s->args) return;
+    for (int i = 0; i < argc; i++)
+        if ((s->args[i] = strdup(argv[i]))) s->n_args = i + 1;
+        else break;
+}
+
+static void reload(struct dsi_server *s) {
+    dsi_sd_notify("RELOADING=1");
+    dsi_log(DSI_LOG_INFO, "server", "SIGHUP: reloading keys, roles, audit log and log level");
+    char *err = NULL;
+    struct dsi_config fresh;
+    bool have_fresh = false;
+    if (s->config_path || s->n_args) {
+        if (dsi_config_init(&fresh) == 0) {
+            have_fresh = true;
+            if (dsi_server_args_to_config(s->n_args, s->args, &fresh, NULL, &err) ||
+                dsi_config_validate(&fresh, &err)) {
+                dsi_log(DSI_LOG_ERROR, "server", "reload: config rejected, keeping the running one: %s", err ? err : "?");
+                free(err);
+                err = NULL;
+                dsi_config_free(&fresh);
+                have_fresh = false;
+            }
+        }
+    }
+    int rc;
+    if (have_fresh) {
+        char *restart = NULL;
+        if (dsi_config_reload_changes(s->cfg, &fresh, &restart) > 0)
+            dsi_log(DSI_LOG_WARN, "server", "reload: changed options that need a restart: %s", restart);
+        free(restart);
+        struct dsi_auth_opts ao = {.keys_file = fresh.keys_file[0] ? fresh.keys_file : NULL,
+                                   .roles_json = fresh.roles[0] ? fresh.roles : NULL, .open_health = fresh.open_health};
+        rc = dsi_auth_reload_opts(s->auth, &ao, &err);
+        enum dsi_log_level lvl;
+        if (fresh.log_level && dsi_log_parse_level(fresh.log_level, &lvl) == 0) dsi_log_set_level(lvl);
+        dsi_config_free(&fresh);
+    } else {
+        rc = dsi_auth_reload(s->auth, &err);
+    }
+    if (rc) dsi_log(DSI_LOG_ERROR, "server", "reload: keys kept as they were: %s", err ? err : dsi_strerror(rc));
+    free(err);
+    err = NULL;
+    if (s->audit && dsi_audit_reopen(s->audit, &err)) dsi_log(DSI_LOG_ERROR, "server", "reload: audit log: %s", err ? err : "?");
+    free(err);
+    dsi_log(DSI_LOG_INFO, "server", "reload done (a new TLS certificate takes effect at the next restart)");
+    dsi_sd_notify("READY=1");
+}
+
+static int64_t now_ms(void) { return (int64_t)(dsi__now_s() * 1000.0); }
+
+int dsi_server_run(struct dsi_server *s) {
+    uint64_t wd_usec = dsi_sd_watchdog_usec();
+    int wd_ms = wd_usec ? (int)(wd_usec / 2000) : -1;
+    if (wd_ms == 0) wd_ms = 1;
+    int64_t drain_deadline = 0;
+    for (;;) {
+        bool draining = atomic_load(&s->state) == DSI__ST_DRAINING;
+        int timeout = draining ? 100 : wd_ms; /* idle: block until a signal or a watchdog ping */
+        struct pollfd p = {.fd = s->sigfd, .events = POLLIN};
+        int n = poll(&p, 1, timeout);
+        if (wd_usec) dsi_sd_notify("WATCHDOG=1");
+        if (n < 0 && errno != EINTR) {
+            dsi_log(DSI_LOG_ERROR, "server", "poll: %s", strerror(errno));
+            return DSI_EIO;
+        }
+        struct signalfd_siginfo si;
+        while (n > 0 && read(s->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+            if (si.ssi_signo == SIGHUP) {
+                reload(s);
+            } else if (!draining) {
+                dsi_log(DSI_LOG_INFO, "server", "%s: draining (up to %d s)", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM",
+                        s->cfg->drain_timeout_s);
+                dsi_sd_notify("STOPPING=1");
+                atomic_store(&s->state, DSI__ST_DRAINING);
+                pthread_rwlock_rdlock(&s->eng_lock);
+                if (s->eng) dsi_engine_drain(s->eng);
+                pthread_rwlock_unlock(&s->eng_lock);
+                drain_deadline = now_ms() + (int64_t)s->cfg->drain_timeout_s * 1000;
+                draining = true;
+            } else {
+                dsi_log(DSI_LOG_WARN, "server", "second stop signal: stopping now");
+                return 0;
+            }
+        }
+        if (draining) {
+            struct dsi_engine_stats st = {0};
+            pthread_rwlock_rdlock(&s->eng_lock);
+            if (s->eng) dsi_engine_get_stats(s->eng, &st);
+            pthread_rwlock_unlock(&s->eng_lock);
+            pthread_mutex_lock(&s->mu);
+            bool gens_left = s->gens != NULL;
+            pthread_mutex_unlock(&s->mu);
+            if ((st.running == 0 && st.waiting == 0 && !gens_left) || now_ms() >= drain_deadline) {
+                if (now_ms() >= drain_deadline && (st.running || st.waiting))
+                    dsi_log(DSI_LOG_WARN, "server", "drain timeout: cancelling %d running, %d waiting", st.running, st.waiting);
+                else dsi_log(DSI_LOG_INFO, "server", "drained");
+                return 0;
+            }
+        }
+    }
+}
+
+void dsi_server_destroy(struct dsi_server *s) {
+    if (!s) return;
+    if (s->d) MHD_quiesce_daemon(s->d); /* no new connections */
+    atomic_store(&s->state, DSI__ST_DRAINING);
+    pthread_rwlock_wrlock(&s->eng_lock);
+    struct dsi_engine *e = s->eng;
+    s->eng = NULL;
+    pthread_rwlock_unlock(&s->eng_lock);
+    /* The engine delivers a CANCELLED final event to every request it holds. */
+    dsi_engine_destroy(e);
+    dsi__gen_abort_all(s);
+    /* MHD must not stop with suspended connections: let resumed ones finish. */
+    for (int i = 0; i < 50; i++) {
+        pthread_mutex_lock(&s->mu);
+        bool parked = false;
+        for (struct dsi__gen *g = s->gens; g; g = g->next) parked |= g->suspended;
+        pthread_mutex_unlock(&s->mu);
+        if (!parked && atomic_load(&s->active) == 0) break;
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    dsi__http_stop(s);
+    dsi_sd_notify("STATUS=stopped");
+    dsi_backend_destroy(s->be);
+    dsi_tok_free(s->tok);
+    if (s->model_open) dsi_model_close(&s->model);
+    dsi_auth_destroy(s->auth);
+    dsi_audit_close(s->audit);
+    dsi__metrics_destroy(s->metrics);
+    if (s->key_pem) memset(s->key_pem, 0, strlen(s->key_pem));
+    free(s->key_pem);
+    free(s->cert_pem);
+    free(s->ca_pem);
+    if (s->sigfd >= 0) close(s->sigfd);
+    for (int i = 0; i < s->n_args; i++) free(s->args[i]);
+    free(s->args);
+    free(s->config_path);
+    pthread_rwlock_destroy(&s->eng_lock);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}

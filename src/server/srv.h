@@ -1,0 +1,123 @@
+/*
+ * srv.h: the server's private state, shared by server.c (lifecycle, signals),
+ * http.c (libmicrohttpd handlers, routing, auth) and gen.c (generation requests:
+ * engine callback, streaming, response JSON).
+ *
+ * Threads: the MHD polling thread runs handlers and stream readers; the engine's
+ * scheduler thread runs gen callbacks; the main thread runs dsi_server_run.
+ * A struct dsi__gen is shared by its connection and the engine and freed when both
+ * have let go (refs); its mutex guards everything below it.
+ */
+#ifndef DSI_SERVER_SRV_H
+#define DSI_SERVER_SRV_H
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "dsinfer/auth.h"
+#include "dsinfer/backend.h"
+#include "dsinfer/config.h"
+#include "dsinfer/engine.h"
+#include "dsinfer/model.h"
+#include "dsinfer/tok.h"
+#include "internal.h"
+
+enum dsi__state { DSI__ST_LOADING, DSI__ST_READY, DSI__ST_DRAINING, DSI__ST_FAILED };
+
+struct dsi_server {
+    const struct dsi_config *cfg; /* borrowed: outlives the server */
+    _Atomic int state;            /* enum dsi__state */
+    struct dsi_model model;
+    bool model_open;
+    struct dsi_tokenizer *tok;
+    struct dsi_backend *be;
+    struct dsi_engine *eng;        /* NULL once destroyed; read under eng_lock */
+    pthread_rwlock_t eng_lock;     /* handlers read-lock around engine calls */
+    struct dsi_auth *auth;
+    struct dsi_audit *audit;
+    struct dsi__metrics *metrics;
+    struct MHD_Daemon *d;
+    char *cert_pem, *key_pem, *ca_pem;
+    char fingerprint[97];
+    int port;                      /* bound port */
+    bool tls;
+    char model_name[256];
+    enum dsi_chat_format chat_format;
+    bool reasoning;
+    int32_t stop_ids[DSI_MAX_STOP_IDS];
+    int n_stop_ids;
+    int context_tokens;            /* prompt + completion per sequence */
+    int max_prompt_tokens;
+    int default_max_tokens;
+    long created;                  /* model "created" (start time) */
+    _Atomic uint64_t next_id;
+    _Atomic int active;            /* connections with a context */
+    pthread_mutex_t mu;            /* guards gens */
+    struct dsi__gen *gens;         /* live generations (for shutdown) */
+    int sigfd;
+    char *config_path;             /* for SIGHUP; NULL: reload keys from the same paths */
+    int n_args;
+    char **args;                   /* command-line overrides re-applied on SIGHUP */
+};
+
+struct dsi__gen {
+    pthread_mutex_t mu;
+    int refs;                      /* connection + engine */
+    struct dsi_server *s;
+    struct dsi__gen *next, *prev;  /* in s->gens, under s->mu */
+    struct MHD_Connection *conn;   /* valid while !conn_gone */
+    bool suspended, conn_gone, finished, need_cancel, cancel_sent, submitted;
+    bool engine_ref;               /* the engine still holds a ref (no final event yet) */
+    uint64_t engine_id;
+    /* what the client asked */
+    bool chat, stream, include_usage, logprobs;
+    int top_logprobs;
+    char *stops[DSI__MAX_STOPS];
+    int n_stops;
+    char id[48];
+    char principal[64];
+    /* state */
+    struct dsi_tok_stream *ts;
+    struct dsi__textgen tg;
+    struct dsi__buf out;           /* SSE bytes not yet sent */
+    size_t out_off;
+    struct dsi__buf content, reasoning; /* non-streaming answer */
+    struct dsi__buf lp;            /* logprob entries (JSON, comma-separated) not yet sent */
+    struct dsi__buf lp_tokens, lp_values, lp_tops; /* legacy completions logprobs */
+    int n_lp;
+    bool stop_hit;
+    enum dsi_finish finish;
+    int error;
+    int n_prompt, n_completion;
+    double t_start, t_last;
+    bool got_token;
+};
+
+/* gen.c */
+/* Creates a generation (refs = 1: the connection's) for connection c. */
+int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__gen **out);
+void dsi__gen_release(struct dsi__gen *g);
+/* Submits prompt ids; on success refs += 1 (the engine's) and, for streams, the
+ * first chunk is queued. Returns 0 or the HTTP status with e filled. */
+int dsi__gen_submit(struct dsi__gen *g, const struct dsi__req *r, const int32_t *ids, int n_ids, int max_tokens,
+                    struct dsi__api_error *e);
+/* MHD content reader of a stream (cls = gen). */
+ssize_t dsi__gen_stream_reader(void *cls, uint64_t pos, char *buf, size_t max);
+/* Non-streaming: JSON body of the finished generation (malloc'd) and its status. */
+char *dsi__gen_final_json(struct dsi__gen *g, int *status);
+/* Connection gone (completed or closed): cancels the engine request if running. */
+void dsi__gen_conn_done(struct dsi__gen *g);
+/* Cancels what a stop string ended (outside the gen lock: see gen.c). */
+void dsi__gen_cancel_if_needed(struct dsi__gen *g);
+/* Shutdown: marks every live generation finished and resumes its connection. */
+void dsi__gen_abort_all(struct dsi_server *s);
+double dsi__now_s(void);
+/* dsi_engine_cancel under the engine read lock (no-op once the engine is gone). */
+void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
+
+/* http.c */
+int dsi__http_start(struct dsi_server *s, char **err);
+void dsi__http_stop(struct dsi_server *s);
+
+#endif
