@@ -1,12 +1,249 @@
-/* cmd_perplexity.c: subcommands (placeholder until its module lands). */
+/*
+ * cmd_perplexity.c: `dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8]
+ *                    [--group-size N] [--backend cpu|cuda] [--ctx N] [--max-tokens N] [--json]`
+ *
+ * Protocol (the same as scripts/demo/train_demo.py uses for HF transformers, so the
+ * numbers compare): the text is encoded without BOS and cut into non-overlapping
+ * windows of ctx tokens; each window starts from an empty KV cache and predicts its
+ * tokens 1..n-1 from its own prefix; a last window of fewer than 2 tokens is dropped.
+ * perplexity = exp(total NLL / tokens predicted), NLL from an fp32 log-softmax.
+ *
+ * Each window is fed one token per step, so any backend that implements forward()
+ * (logits of the last new token) can be measured; --max-tokens bounds the work for
+ * quick checks (tests).
+ */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cli.h"
+#include "dsinfer/backend.h"
+#include "dsinfer/err.h"
+#include "dsinfer/model.h"
+#include "dsinfer/tok.h"
 
-int dsi_cmd_perplexity(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "dsinfer perplexity: not built yet\n");
-    return DSI_EXIT_FAIL;
+struct ppl_args {
+    const char *model, *text, *backend, *dtype;
+    int group_size, ctx, max_tokens, json, no_verify;
+};
+
+static int parse_args(int argc, char **argv, struct ppl_args *a);
+static int read_file(const char *path, char **buf, size_t *len);
+static double log_softmax_at(const float *logits, int vocab, int target);
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8] [--group-size N]\n"
+               "                          [--backend cpu|cuda] [--ctx N] [--max-tokens N] [--json] [--no-verify]\n");
 }
 
+int dsi_cmd_perplexity(int argc, char **argv) {
+    struct ppl_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc != 0) return rc;
+
+    char *err = NULL, *text = NULL;
+    size_t text_len = 0, n_ids = 0;
+    int32_t *ids = NULL;
+    float *logits = NULL;
+    struct dsi_tokenizer *tok = NULL;
+    struct dsi_backend *be = NULL;
+    struct dsi_model m;
+    memset(&m, 0, sizeof m);
+    int status = DSI_EXIT_FAIL;
+
+    if (read_file(a.text, &text, &text_len) != 0) {
+        fprintf(stderr, "dsinfer perplexity: cannot read %s: %s\n", a.text, strerror(errno));
+        goto done;
+    }
+    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify};
+    if (dsi_model_open(&m, a.model, &mo, &err) != 0) goto fail;
+    if (dsi_tok_load(a.model, &tok, &err) != 0) goto fail;
+    if (dsi_tok_encode(tok, text, text_len, false, &ids, &n_ids, &err) != 0) goto fail;
+    if (a.max_tokens > 0 && n_ids > (size_t)a.max_tokens) n_ids = (size_t)a.max_tokens;
+    if (a.ctx > m.cfg.max_position_embeddings) a.ctx = m.cfg.max_position_embeddings;
+
+    struct dsi_backend_opts bo = {
+        .weight_dtype = !strcmp(a.dtype, "f32") ? DSI_W_F32 : !strcmp(a.dtype, "bf16") ? DSI_W_BF16 : DSI_W_INT8,
+        .int8_group_size = a.group_size,
+        .kv_dtype = DSI_KV_F32,
+        .kv_block_size = 16,
+        .kv_bytes = (size_t)64 << 20,
+        .kv_gpu_fraction = 0.1f,
+        .max_batch_tokens = 1,
+        .max_seqs = 1,
+    };
+    if (dsi_backend_create(a.backend, &m, &bo, &be, &err) != 0) goto fail;
+    int n_blocks = (a.ctx + be->kv_block_size - 1) / be->kv_block_size;
+    if (n_blocks > be->n_kv_blocks) {
+        err = dsi_errf("KV pool of %d blocks cannot hold a %d-token window", be->n_kv_blocks, a.ctx);
+        goto fail;
+    }
+    int32_t *table = malloc(sizeof *table * (size_t)n_blocks);
+    logits = malloc(sizeof *logits * (size_t)be->vocab_size);
+    if (!table || !logits) {
+        free(table);
+        err = dsi_errf("out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < n_blocks; i++) table[i] = i;
+
+    double nll = 0;
+    size_t predicted = 0;
+    for (size_t s = 0; s + 1 < n_ids; s += (size_t)a.ctx) {
+        size_t w = n_ids - s < (size_t)a.ctx ? n_ids - s : (size_t)a.ctx;
+        if (w < 2) break;
+        for (size_t p = 0; p + 1 < w; p++) {
+            struct dsi_batch_seq seq = {
+                .seq_id = 1,
+                .tokens = &ids[s + p],
+                .n_tokens = 1,
+                .pos = (int)p,
+                .block_table = table,
+                .n_blocks = (int)(p / (size_t)be->kv_block_size) + 1,
+                .want_logits = true,
+            };
+            struct dsi_batch b = {.seqs = &seq, .n_seqs = 1};
+            if (be->ops->forward(be, &b, logits, &err) != 0) {
+                free(table);
+                goto fail;
+            }
+            nll -= log_softmax_at(logits, be->vocab_size, ids[s + p + 1]);
+            predicted++;
+        }
+    }
+    free(table);
+    if (predicted == 0) {
+        err = dsi_errf("the text encodes to fewer than 2 tokens; nothing to predict");
+        goto fail;
+    }
+    double ppl = exp(nll / (double)predicted);
+    if (a.json)
+        printf("{\"perplexity\": %.6f, \"tokens\": %zu, \"dtype\": \"%s\", \"group_size\": %d, "
+               "\"backend\": \"%s\", \"ctx\": %d}\n",
+               ppl, predicted, a.dtype, a.group_size, a.backend, a.ctx);
+    else
+        printf("perplexity %.4f over %zu tokens (%s, %s, ctx %d)\n", ppl, predicted, a.dtype, a.backend, a.ctx);
+    status = DSI_EXIT_OK;
+    goto done;
+
+fail:
+    fprintf(stderr, "dsinfer perplexity: %s\n", err ? err : "failed");
+done:
+    free(err);
+    free(logits);
+    free(ids);
+    free(text);
+    dsi_backend_destroy(be);
+    dsi_tok_free(tok);
+    dsi_model_close(&m);
+    return status;
+}
+
+/* log p(target) under softmax(logits), in double for a stable sum. */
+static double log_softmax_at(const float *logits, int vocab, int target) {
+    double mx = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
+    return (double)logits[target] - mx - log(sum);
+}
+
+static int parse_int(const char *flag, const char *v, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || errno || *end || x < lo || x > hi) {
+        fprintf(stderr, "dsinfer perplexity: %s needs an integer in [%d, %d]\n", flag, lo, hi);
+        return DSI_EXIT_USAGE;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct ppl_args *a) {
+    memset(a, 0, sizeof *a);
+    a->backend = "cpu";
+    a->dtype = "f32";
+    a->ctx = 256;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0;
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            usage(stdout);
+            return DSI_EXIT_USAGE;
+        } else if (!strcmp(f, "--json")) {
+            a->json = 1;
+            continue;
+        } else if (!strcmp(f, "--no-verify")) {
+            a->no_verify = 1;
+            continue;
+        } else if (!v) {
+            fprintf(stderr, "dsinfer perplexity: %s needs a value\n", f);
+            return DSI_EXIT_USAGE;
+        } else if (!strcmp(f, "--model")) {
+            a->model = v;
+        } else if (!strcmp(f, "--text")) {
+            a->text = v;
+        } else if (!strcmp(f, "--backend")) {
+            a->backend = v;
+        } else if (!strcmp(f, "--dtype")) {
+            if (strcmp(v, "f32") && strcmp(v, "bf16") && strcmp(v, "int8")) {
+                fprintf(stderr, "dsinfer perplexity: --dtype must be f32, bf16 or int8\n");
+                return DSI_EXIT_USAGE;
+            }
+            a->dtype = v;
+        } else if (!strcmp(f, "--group-size")) {
+            rc = parse_int(f, v, 0, 1 << 20, &a->group_size);
+        } else if (!strcmp(f, "--ctx")) {
+            rc = parse_int(f, v, 2, 1 << 20, &a->ctx);
+        } else if (!strcmp(f, "--max-tokens")) {
+            rc = parse_int(f, v, 2, 1 << 30, &a->max_tokens);
+        } else {
+            fprintf(stderr, "dsinfer perplexity: unknown option %s\n", f);
+            usage(stderr);
+            return DSI_EXIT_USAGE;
+        }
+        if (rc) return rc;
+        i++;
+    }
+    if (!a->model || !a->text) {
+        usage(stderr);
+        return DSI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+static int read_file(const char *path, char **buf, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        size_t r = fread(b + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+        if (n == cap) {
+            char *nb = realloc(b, cap * 2);
+            if (!nb) {
+                free(b);
+                b = NULL;
+                break;
+            }
+            b = nb;
+            cap *= 2;
+        }
+    }
+    int bad = ferror(f) || !b;
+    fclose(f);
+    if (bad) {
+        free(b);
+        if (!errno) errno = EIO;
+        return -1;
+    }
+    *buf = b;
+    *len = n;
+    return 0;
+}

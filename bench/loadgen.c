@@ -1,0 +1,406 @@
+/*
+ * loadgen.c: drives /v1/chat/completions the way a fleet of apps would, and reports
+ * what they would see.
+ *
+ *   loadgen --url https://127.0.0.1:8443 [--key-file F | --key K] [--cacert F | --insecure]
+ *           [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]
+ *           [--max-tokens A:B] [--model NAME] [--seed S] [--timeout S] [--json]
+ *
+ * N clients run at once over libcurl's multi interface (one thread, keep-alive
+ * connections reused from curl's pool). Each client sends a streaming request,
+ * takes the time of the first content chunk (TTFT) and of every later chunk
+ * (inter-token latency: the server sends one chunk per token), then starts its
+ * next request at once. Output tokens come from the usage chunk
+ * (stream_options.include_usage). Prompt and output lengths are drawn uniformly
+ * from the given ranges with a seeded generator, so runs are repeatable.
+ *
+ * The key is read from --key-file (preferred: it keeps the key out of `ps`) or --key,
+ * and never printed.
+ */
+#include <curl/curl.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_STATUS 600
+
+struct opts {
+    const char *url, *model, *cacert;
+    char key[256];
+    int insecure, concurrency, requests, json, timeout_s;
+    double duration_s;
+    int pw_lo, pw_hi, mt_lo, mt_hi;
+    uint64_t seed;
+};
+
+struct samples {
+    double *v;
+    size_t n, cap;
+};
+
+struct client {
+    CURL *h;
+    struct curl_slist *hdrs;
+    char *body;
+    char line[8192];
+    size_t line_len;
+    double t_start, t_last;
+    int got_first, chunks, usage_tokens;
+    int done_marker;
+};
+
+struct run {
+    struct opts o;
+    struct samples ttft, itl, e2e;
+    long status_count[MAX_STATUS];
+    long transport_errors, completed, started, output_tokens, bad_streams;
+    uint64_t rng;
+    double t0;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int rng_range(uint64_t *s, int lo, int hi) {
+    return lo + (int)(rng_next(s) % (uint64_t)(hi - lo + 1));
+}
+
+static int samples_add(struct samples *s, double x) {
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 1024;
+        double *v = realloc(s->v, cap * sizeof *v);
+        if (!v) return -1;
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = x;
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(struct samples *s, double p) {
+    if (!s->n) return NAN;
+    size_t i = (size_t)ceil(p / 100.0 * (double)s->n);
+    if (i > 0) i--;
+    if (i >= s->n) i = s->n - 1;
+    return s->v[i];
+}
+
+static const char *WORDS[] = {"the", "light", "of", "morning", "river", "and", "king", "spoke", "unto",
+                              "people", "city", "gate", "bread", "water", "land", "great", "house", "went",
+                              "said", "day", "night", "field", "stone", "word", "heart", "hand", "sea"};
+
+/* The request body: one user message of n words, max_tokens m, streaming with usage. */
+static char *make_body(struct run *r, int n_words, int max_tokens) {
+    size_t cap = (size_t)n_words * 10 + 512;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+    size_t n = (size_t)snprintf(b, cap,
+                                "{\"model\":\"%s\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+                                "\"max_tokens\":%d,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"",
+                                r->o.model, max_tokens);
+    for (int i = 0; i < n_words; i++) {
+        const char *w = WORDS[rng_next(&r->rng) % (sizeof WORDS / sizeof WORDS[0])];
+        n += (size_t)snprintf(b + n, cap - n, "%s%s", i ? " " : "", w);
+    }
+    snprintf(b + n, cap - n, "\"}]}");
+    return b;
+}
+
+/* One SSE line: "data: {...}" chunk, "data: [DONE]", or something else. */
+static void on_line(struct run *r, struct client *c, const char *line) {
+    if (strncmp(line, "data:", 5) != 0) return;
+    const char *p = line + 5;
+    while (*p == ' ') p++;
+    if (!strcmp(p, "[DONE]")) {
+        c->done_marker = 1;
+        return;
+    }
+    const char *u = strstr(p, "\"completion_tokens\":");
+    if (u) c->usage_tokens = atoi(u + 20);
+    /* a token chunk carries non-empty content or reasoning_content */
+    int has_text = (strstr(p, "\"content\":\"") && !strstr(p, "\"content\":\"\"")) ||
+                   (strstr(p, "\"reasoning_content\":\"") && !strstr(p, "\"reasoning_content\":\"\""));
+    if (!has_text) return;
+    double t = now_s();
+    if (!c->got_first) {
+        c->got_first = 1;
+        samples_add(&r->ttft, t - c->t_start);
+    } else {
+        samples_add(&r->itl, t - c->t_last);
+    }
+    c->t_last = t;
+    c->chunks++;
+}
+
+struct write_ctx {
+    struct run *r;
+    struct client *c;
+};
+
+static size_t on_data(char *data, size_t size, size_t nmemb, void *user) {
+    struct write_ctx *w = user;
+    struct client *c = w->c;
+    size_t n = size * nmemb;
+    for (size_t i = 0; i < n; i++) {
+        char ch = data[i];
+        if (ch == '\n') {
+            c->line[c->line_len] = 0;
+            if (c->line_len && c->line[c->line_len - 1] == '\r') c->line[c->line_len - 1] = 0;
+            on_line(w->r, c, c->line);
+            c->line_len = 0;
+        } else if (c->line_len + 1 < sizeof c->line) {
+            c->line[c->line_len++] = ch;
+        } /* an overlong line is cut; it only ever holds a chunk we skip */
+    }
+    return n;
+}
+
+static int start_request(struct run *r, struct client *c, struct write_ctx *w, CURLM *multi) {
+    int n_words = rng_range(&r->rng, r->o.pw_lo, r->o.pw_hi);
+    int max_tokens = rng_range(&r->rng, r->o.mt_lo, r->o.mt_hi);
+    free(c->body);
+    c->body = make_body(r, n_words, max_tokens);
+    if (!c->body) return -1;
+    c->line_len = 0;
+    c->got_first = c->chunks = c->usage_tokens = c->done_marker = 0;
+    c->t_start = now_s();
+    curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(c->h, CURLOPT_WRITEDATA, w);
+    r->started++;
+    return curl_multi_add_handle(multi, c->h) == CURLM_OK ? 0 : -1;
+}
+
+static void finish_request(struct run *r, struct client *c, CURLcode res) {
+    long status = 0;
+    curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
+    if (res != CURLE_OK) {
+        r->transport_errors++;
+        return;
+    }
+    if (status > 0 && status < MAX_STATUS) r->status_count[status]++;
+    if (status != 200) return;
+    if (!c->done_marker) {
+        r->bad_streams++; /* 200 but the stream ended without [DONE] */
+        return;
+    }
+    r->completed++;
+    r->output_tokens += c->usage_tokens ? c->usage_tokens : c->chunks;
+    samples_add(&r->e2e, now_s() - c->t_start);
+}
+
+static int setup_client(struct run *r, struct client *c, char *auth) {
+    c->h = curl_easy_init();
+    if (!c->h) return -1;
+    char url[1024];
+    snprintf(url, sizeof url, "%s/v1/chat/completions", r->o.url);
+    c->hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+    if (auth[0]) c->hdrs = curl_slist_append(c->hdrs, auth);
+    curl_easy_setopt(c->h, CURLOPT_URL, url);
+    curl_easy_setopt(c->h, CURLOPT_HTTPHEADER, c->hdrs);
+    curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c->h, CURLOPT_TIMEOUT, (long)r->o.timeout_s);
+    curl_easy_setopt(c->h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c->h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_3);
+    if (r->o.cacert) curl_easy_setopt(c->h, CURLOPT_CAINFO, r->o.cacert);
+    if (r->o.insecure) {
+        curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    curl_easy_setopt(c->h, CURLOPT_PRIVATE, c);
+    return 0;
+}
+
+static void report(struct run *r, double elapsed) {
+    qsort(r->ttft.v, r->ttft.n, sizeof(double), cmp_double);
+    qsort(r->itl.v, r->itl.n, sizeof(double), cmp_double);
+    qsort(r->e2e.v, r->e2e.n, sizeof(double), cmp_double);
+    double rps = (double)r->completed / elapsed, tps = (double)r->output_tokens / elapsed;
+    long errors = r->transport_errors + r->bad_streams;
+    for (int s = 0; s < MAX_STATUS; s++)
+        if (s != 200) errors += r->status_count[s];
+    if (r->o.json) {
+        printf("{\"concurrency\":%d,\"elapsed_s\":%.3f,\"requests_completed\":%ld,\"requests_per_s\":%.3f,"
+               "\"output_tokens\":%ld,\"output_tokens_per_s\":%.2f",
+               r->o.concurrency, elapsed, r->completed, rps, r->output_tokens, tps);
+        struct samples *sets[] = {&r->ttft, &r->itl, &r->e2e};
+        const char *names[] = {"ttft_ms", "itl_ms", "latency_ms"};
+        for (int k = 0; k < 3; k++) {
+            printf(",\"%s\":", names[k]);
+            if (!sets[k]->n) printf("null");
+            else printf("{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f}", pct(sets[k], 50) * 1e3,
+                        pct(sets[k], 90) * 1e3, pct(sets[k], 99) * 1e3);
+        }
+        printf(",\"errors\":%ld,\"errors_by_status\":{", errors);
+        const char *sep = "";
+        for (int s = 0; s < MAX_STATUS; s++)
+            if (s != 200 && r->status_count[s]) {
+                printf("%s\"%d\":%ld", sep, s, r->status_count[s]);
+                sep = ",";
+            }
+        if (r->transport_errors) printf("%s\"transport\":%ld", sep, r->transport_errors), sep = ",";
+        if (r->bad_streams) printf("%s\"truncated_stream\":%ld", sep, r->bad_streams);
+        printf("}}\n");
+        return;
+    }
+    printf("concurrency %d, %.1f s: %ld requests (%.2f req/s), %ld output tokens (%.1f tok/s)\n",
+           r->o.concurrency, elapsed, r->completed, rps, r->output_tokens, tps);
+    printf("  TTFT ms         p50 %8.2f  p90 %8.2f  p99 %8.2f\n", pct(&r->ttft, 50) * 1e3, pct(&r->ttft, 90) * 1e3,
+           pct(&r->ttft, 99) * 1e3);
+    printf("  inter-token ms  p50 %8.3f  p90 %8.3f  p99 %8.3f\n", pct(&r->itl, 50) * 1e3, pct(&r->itl, 90) * 1e3,
+           pct(&r->itl, 99) * 1e3);
+    printf("  request ms      p50 %8.1f  p90 %8.1f  p99 %8.1f\n", pct(&r->e2e, 50) * 1e3, pct(&r->e2e, 90) * 1e3,
+           pct(&r->e2e, 99) * 1e3);
+    printf("  errors %ld", errors);
+    for (int s = 0; s < MAX_STATUS; s++)
+        if (s != 200 && r->status_count[s]) printf("  [%d]x%ld", s, r->status_count[s]);
+    if (r->transport_errors) printf("  [transport]x%ld", r->transport_errors);
+    if (r->bad_streams) printf("  [truncated stream]x%ld", r->bad_streams);
+    printf("\n");
+}
+
+static int parse_range(const char *s, int *lo, int *hi) {
+    char *end;
+    long a = strtol(s, &end, 10), b = a;
+    if (*end == ':') b = strtol(end + 1, &end, 10);
+    if (*end || a < 1 || b < a || b > 1000000) return -1;
+    *lo = (int)a;
+    *hi = (int)b;
+    return 0;
+}
+
+static int read_key_file(const char *path, char *key, size_t cap) {
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    if (!fgets(key, (int)cap, f)) key[0] = 0;
+    fclose(f);
+    key[strcspn(key, "\r\n")] = 0;
+    return key[0] ? 0 : -1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: loadgen --url https://HOST:PORT [--key-file F | --key K] [--cacert F | --insecure]\n"
+               "               [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]\n"
+               "               [--max-tokens A:B] [--model NAME] [--seed S] [--timeout S] [--json]\n");
+}
+
+static int parse_args(int argc, char **argv, struct opts *o) {
+    memset(o, 0, sizeof *o);
+    o->model = "demo";
+    o->concurrency = 1;
+    o->duration_s = 10;
+    o->pw_lo = 8, o->pw_hi = 64, o->mt_lo = 16, o->mt_hi = 64;
+    o->seed = 1;
+    o->timeout_s = 120;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(f, "--json")) { o->json = 1; continue; }
+        if (!strcmp(f, "--insecure")) { o->insecure = 1; continue; }
+        if (!strcmp(f, "--help")) { usage(stdout); return 1; }
+        if (!v) { fprintf(stderr, "loadgen: %s needs a value\n", f); return -1; }
+        i++;
+        if (!strcmp(f, "--url")) o->url = v;
+        else if (!strcmp(f, "--model")) o->model = v;
+        else if (!strcmp(f, "--cacert")) o->cacert = v;
+        else if (!strcmp(f, "--key")) snprintf(o->key, sizeof o->key, "%s", v);
+        else if (!strcmp(f, "--key-file")) {
+            if (read_key_file(v, o->key, sizeof o->key)) { fprintf(stderr, "loadgen: cannot read a key from %s\n", v); return -1; }
+        } else if (!strcmp(f, "--concurrency")) o->concurrency = atoi(v);
+        else if (!strcmp(f, "--duration")) o->duration_s = atof(v), o->requests = 0;
+        else if (!strcmp(f, "--requests")) o->requests = atoi(v);
+        else if (!strcmp(f, "--seed")) o->seed = strtoull(v, NULL, 10);
+        else if (!strcmp(f, "--timeout")) o->timeout_s = atoi(v);
+        else if (!strcmp(f, "--prompt-words")) { if (parse_range(v, &o->pw_lo, &o->pw_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
+        else if (!strcmp(f, "--max-tokens")) { if (parse_range(v, &o->mt_lo, &o->mt_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
+        else { fprintf(stderr, "loadgen: unknown option %s\n", f); return -1; }
+    }
+    if (!o->url || o->concurrency < 1 || o->concurrency > 4096 || o->timeout_s < 1 ||
+        (o->requests <= 0 && !(o->duration_s > 0))) {
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    struct run *r = calloc(1, sizeof *r);
+    if (!r) return 1;
+    int pa = parse_args(argc, argv, &r->o);
+    if (pa) {
+        free(r);
+        return pa > 0 ? 0 : 2;
+    }
+    r->rng = r->o.seed;
+    char auth[300] = "";
+    if (r->o.key[0]) snprintf(auth, sizeof auth, "Authorization: Bearer %s", r->o.key);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT)) return 1;
+    CURLM *multi = curl_multi_init();
+    int n = r->o.concurrency;
+    struct client *cl = calloc((size_t)n, sizeof *cl);
+    struct write_ctx *wc = calloc((size_t)n, sizeof *wc);
+    if (!multi || !cl || !wc) return 1;
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)n);
+    r->t0 = now_s();
+    for (int i = 0; i < n; i++) {
+        wc[i] = (struct write_ctx){r, &cl[i]};
+        if (setup_client(r, &cl[i], auth)) return 1;
+        if (r->o.requests && r->started >= r->o.requests) break;
+        if (start_request(r, &cl[i], &wc[i], multi)) return 1;
+    }
+    int running = 1;
+    while (running) {
+        curl_multi_perform(multi, &running);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(multi, &left))) {
+            if (m->msg != CURLMSG_DONE) continue;
+            struct client *c;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+            finish_request(r, c, m->data.result);
+            curl_multi_remove_handle(multi, c->h);
+            int more = r->o.requests ? r->started < r->o.requests : now_s() - r->t0 < r->o.duration_s;
+            if (more && start_request(r, c, &wc[c - cl], multi) == 0) running = 1;
+        }
+        if (running) curl_multi_poll(multi, NULL, 0, 100, NULL);
+        else {
+            curl_multi_perform(multi, &running);
+        }
+    }
+    report(r, now_s() - r->t0);
+    for (int i = 0; i < n; i++) {
+        curl_easy_cleanup(cl[i].h);
+        curl_slist_free_all(cl[i].hdrs);
+        free(cl[i].body);
+    }
+    curl_multi_cleanup(multi);
+    curl_global_cleanup();
+    long failed = r->transport_errors + r->bad_streams;
+    for (int s = 0; s < MAX_STATUS; s++)
+        if (s != 200) failed += r->status_count[s];
+    free(cl);
+    free(wc);
+    free(r->ttft.v);
+    free(r->itl.v);
+    free(r->e2e.v);
+    int ok = r->completed > 0 && failed == 0;
+    free(r);
+    return ok ? 0 : 1;
+}
