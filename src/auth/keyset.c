@@ -1,0 +1,351 @@
+/*
+ * keyset.c: strict parser of the keys file.
+ *
+ *   {"version": 1,
+ *    "keys": [{"id":"k_0123abcd","name":"alice","role":"user","sha256":"<64 hex>",
+ *              "models":[],"rpm":0,"tpm":0,"max_tokens":0,"expires":null,
+ *              "disabled":false,"created":"2026-11-28T15:00:00Z"}, ...],
+ *    "clients": [{"cn":"billing-svc","name":"billing","role":"user"}, ...]}
+ *
+ * Strict on purpose: a typo in a security file ("disable": true) must not be
+ * silently ignored, so unknown fields, duplicate fields, wrong types, duplicate
+ * ids/digests/CNs, bad hex, bad dates and unknown roles are all errors that
+ * name the entry (by index and id) and the field. Required per key: id, name,
+ * role, sha256; per client: cn, name, role; everything else has a default.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "auth_internal.h"
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+
+enum entry_kind { KIND_KEY, KIND_CLIENT };
+
+static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
+                       const struct dsi__roles *roles, struct dsi__entry *e, char **err);
+static bool plain_text(const char *s, size_t max_len, bool allow_comma);
+static bool id_ok(const char *s);
+static int get_int(const cJSON *v, int64_t max, int64_t *out);
+static void entry_free(struct dsi__entry *e);
+
+/* Printable text without control characters (names, model names, CNs end up
+ * in logs, audit lines and Prometheus labels). */
+static bool plain_text(const char *s, size_t max_len, bool allow_comma) {
+    size_t n = strlen(s);
+    if (n == 0 || n > max_len) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f || (!allow_comma && c == ',')) return false;
+    }
+    return true;
+}
+
+static bool id_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 31) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+static int get_int(const cJSON *v, int64_t max, int64_t *out) {
+    if (!cJSON_IsNumber(v)) return -1;
+    double d = v->valuedouble;
+    if (!(d >= 0 && d <= (double)max) || d != (double)(int64_t)d) return -1;
+    *out = (int64_t)d;
+    return 0;
+}
+
+#define EFAIL(...)                                                  \
+    do {                                                            \
+        rc = dsi_seterr(err, DSI_EINVAL, __VA_ARGS__);              \
+        goto fail;                                                  \
+    } while (0)
+
+static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
+                       const struct dsi__roles *roles, struct dsi__entry *e, char **err) {
+    const char *sect = kind == KIND_KEY ? "keys" : "clients";
+    int rc = 0;
+    memset(e, 0, sizeof *e);
+    e->expires_ms = DSI__NO_EXPIRY;
+    /* The entry's id (or CN) is used in messages as soon as it is known. */
+    const cJSON *idv = cJSON_GetObjectItemCaseSensitive(obj, kind == KIND_KEY ? "id" : "cn");
+    char who[80] = "";
+    if (cJSON_IsString(idv))
+        snprintf(who, sizeof who, " (%s \"%.40s\")", kind == KIND_KEY ? "id" : "cn", idv->valuestring);
+    if (!cJSON_IsObject(obj)) EFAIL("keys file: %s[%zu]: must be an object", sect, idx);
+    bool have_id = false, have_name = false, have_role = false, have_sha = false;
+    for (const cJSON *f = obj->child; f; f = f->next) {
+        const char *k = f->string ? f->string : "";
+        for (const cJSON *g = obj->child; g != f; g = g->next)
+            if (g->string && !strcmp(g->string, k))
+                EFAIL("keys file: %s[%zu]%s: field '%.40s' appears twice", sect, idx, who, k);
+        if (kind == KIND_KEY && !strcmp(k, "id")) {
+            if (!cJSON_IsString(f) || !id_ok(f->valuestring))
+                EFAIL("keys file: %s[%zu]%s: field 'id' must be 1-31 of A-Z a-z 0-9 _ - .", sect, idx, who);
+            strcpy(e->id, f->valuestring);
+            have_id = true;
+        } else if (kind == KIND_CLIENT && !strcmp(k, "cn")) {
+            if (!cJSON_IsString(f) || !plain_text(f->valuestring, sizeof e->cn - 1, true))
+                EFAIL("keys file: %s[%zu]%s: field 'cn' must be a non-empty string without control "
+                      "characters, at most 255 bytes", sect, idx, who);
+            strcpy(e->cn, f->valuestring);
+            have_id = true;
+        } else if (!strcmp(k, "name")) {
+            if (!cJSON_IsString(f) || !plain_text(f->valuestring, sizeof e->name - 1, true))
+                EFAIL("keys file: %s[%zu]%s: field 'name' must be a non-empty string without control "
+                      "characters, at most 63 bytes", sect, idx, who);
+            strcpy(e->name, f->valuestring);
+            have_name = true;
+        } else if (!strcmp(k, "role")) {
+            if (!cJSON_IsString(f) || !dsi__role_name_ok(f->valuestring))
+                EFAIL("keys file: %s[%zu]%s: field 'role' must be a role name", sect, idx, who);
+            /* roles == NULL: listing/revoking without the config's roles at hand */
+            const struct dsi__role *r = roles ? dsi__roles_find(roles, f->valuestring) : NULL;
+            if (roles && !r)
+                EFAIL("keys file: %s[%zu]%s: field 'role': unknown role '%s'", sect, idx, who, f->valuestring);
+            strcpy(e->role, f->valuestring);
+            e->perms = r ? r->perms : 0;
+            have_role = true;
+        } else if (kind == KIND_KEY && !strcmp(k, "sha256")) {
+            if (!cJSON_IsString(f) || strlen(f->valuestring) != 64)
+                EFAIL("keys file: %s[%zu]%s: field 'sha256' must be 64 hex digits", sect, idx, who);
+            for (int i = 0; i < 32; i++) {
+                int hi = dsi__hexval(f->valuestring[2 * i]), lo = dsi__hexval(f->valuestring[2 * i + 1]);
+                if (hi < 0 || lo < 0)
+                    EFAIL("keys file: %s[%zu]%s: field 'sha256' must be 64 hex digits", sect, idx, who);
+                e->sha[i] = (unsigned char)(hi << 4 | lo);
+            }
+            have_sha = true;
+        } else if (!strcmp(k, "models")) {
+            if (!cJSON_IsArray(f))
+                EFAIL("keys file: %s[%zu]%s: field 'models' must be a list of model names", sect, idx, who);
+            size_t n = (size_t)cJSON_GetArraySize(f);
+            if (n > 1024) EFAIL("keys file: %s[%zu]%s: field 'models': more than 1024 names", sect, idx, who);
+            if (n) {
+                e->models = calloc(n, sizeof *e->models);
+                if (!e->models) {
+                    rc = dsi_seterr(err, DSI_ENOMEM, "keys file: out of memory");
+                    goto fail;
+                }
+            }
+            for (const cJSON *m = f->child; m; m = m->next) {
+                if (!cJSON_IsString(m) || !plain_text(m->valuestring, 127, false))
+                    EFAIL("keys file: %s[%zu]%s: field 'models': each name must be a non-empty string "
+                          "without commas or control characters, at most 127 bytes", sect, idx, who);
+                e->models[e->n_models] = strdup(m->valuestring);
+                if (!e->models[e->n_models]) {
+                    rc = dsi_seterr(err, DSI_ENOMEM, "keys file: out of memory");
+                    goto fail;
+                }
+                e->n_models++;
+            }
+        } else if (!strcmp(k, "rpm") || !strcmp(k, "tpm") || !strcmp(k, "max_tokens")) {
+            int64_t v;
+            if (get_int(f, INT32_MAX, &v))
+                EFAIL("keys file: %s[%zu]%s: field '%s' must be an integer 0..2147483647 (0: none)",
+                      sect, idx, who, k);
+            if (k[0] == 'r') e->rpm = v;
+            else if (k[0] == 't') e->tpm = v;
+            else e->max_tokens = (int)v;
+        } else if (!strcmp(k, "expires") || !strcmp(k, "created")) {
+            int64_t ms;
+            if (cJSON_IsNull(f)) continue;
+            if (!cJSON_IsString(f) || dsi__rfc3339_parse(f->valuestring, &ms))
+                EFAIL("keys file: %s[%zu]%s: field '%s' must be an RFC 3339 time like "
+                      "2027-01-31T00:00:00Z, or null", sect, idx, who, k);
+            if (k[0] == 'e') e->expires_ms = ms;
+        } else if (!strcmp(k, "disabled")) {
+            if (!cJSON_IsBool(f))
+                EFAIL("keys file: %s[%zu]%s: field 'disabled' must be true or false", sect, idx, who);
+            e->disabled = cJSON_IsTrue(f);
+        } else {
+            EFAIL("keys file: %s[%zu]%s: unknown field '%.40s'", sect, idx, who, k);
+        }
+    }
+    if (!have_id) EFAIL("keys file: %s[%zu]: missing field '%s'", sect, idx, kind == KIND_KEY ? "id" : "cn");
+    if (!have_name) EFAIL("keys file: %s[%zu]%s: missing field 'name'", sect, idx, who);
+    if (!have_role) EFAIL("keys file: %s[%zu]%s: missing field 'role'", sect, idx, who);
+    if (kind == KIND_KEY && !have_sha) EFAIL("keys file: %s[%zu]%s: missing field 'sha256'", sect, idx, who);
+    if (kind == KIND_CLIENT) {
+        /* A stable id derived from the CN: rate-limit state and audit lines need
+         * one, and it must survive reloads. */
+        unsigned char d[32];
+        char hx[65];
+        if (dsi__sha256(e->cn, strlen(e->cn), d)) {
+            rc = dsi_seterr(err, DSI_EINTERNAL, "keys file: SHA-256 failed");
+            goto fail;
+        }
+        dsi__hex_encode(d, 8, hx);
+        memcpy(e->id, "mtls-", 5);
+        memcpy(e->id + 5, hx, 17); /* 16 hex + NUL */
+    }
+    return 0;
+fail:
+    entry_free(e);
+    return rc;
+}
+
+static void entry_free(struct dsi__entry *e) {
+    for (size_t i = 0; i < e->n_models; i++) free(e->models[i]);
+    free(e->models);
+    e->models = NULL;
+    e->n_models = 0;
+    OPENSSL_cleanse(e->sha, sizeof e->sha);
+}
+
+void dsi__keyset_free(struct dsi__keyset *ks) {
+    if (!ks) return;
+    for (size_t i = 0; i < ks->n_keys; i++) entry_free(&ks->keys[i]);
+    for (size_t i = 0; i < ks->n_clients; i++) entry_free(&ks->clients[i]);
+    free(ks->keys);
+    free(ks->clients);
+    free(ks);
+}
+
+int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *roles,
+                      struct dsi__keyset **out, char **err) {
+    int rc = 0;
+    cJSON *root = NULL;
+    struct dsi__keyset *ks = NULL;
+    if (!text || len > DSI__KEYS_MAX_BYTES) EFAIL("keys file: empty or larger than 16 MiB");
+    const char *end = NULL;
+    root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (!root) EFAIL("keys file: not valid JSON (near byte %td)", end && end >= text ? end - text : (ptrdiff_t)0);
+    for (const char *p = end; p && p < text + len; p++)
+        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') EFAIL("keys file: text after the JSON object");
+    if (!cJSON_IsObject(root)) EFAIL("keys file: top level must be an object {\"version\":1,\"keys\":[...]}");
+    const cJSON *ver = NULL, *keys = NULL, *clients = NULL;
+    for (const cJSON *f = root->child; f; f = f->next) {
+        const char *k = f->string ? f->string : "";
+        const cJSON **slot = !strcmp(k, "version") ? &ver : !strcmp(k, "keys") ? &keys
+                             : !strcmp(k, "clients") ? &clients : NULL;
+        if (!slot) EFAIL("keys file: unknown top-level field '%.40s'", k);
+        if (*slot) EFAIL("keys file: top-level field '%s' appears twice", k);
+        *slot = f;
+    }
+    int64_t v;
+    if (!ver || get_int(ver, 1000, &v) || v != 1) EFAIL("keys file: \"version\" must be 1");
+    if (!cJSON_IsArray(keys)) EFAIL("keys file: \"keys\" must be a list");
+    if (clients && !cJSON_IsArray(clients)) EFAIL("keys file: \"clients\" must be a list");
+    size_t nk = (size_t)cJSON_GetArraySize(keys), nc = clients ? (size_t)cJSON_GetArraySize(clients) : 0;
+    if (nk > DSI__KEYS_MAX_ENTRIES || nc > DSI__KEYS_MAX_ENTRIES) EFAIL("keys file: more than 100000 entries");
+    ks = calloc(1, sizeof *ks);
+    if (!ks || (nk && !(ks->keys = calloc(nk, sizeof *ks->keys))) ||
+        (nc && !(ks->clients = calloc(nc, sizeof *ks->clients)))) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "keys file: out of memory");
+        goto fail;
+    }
+    if (roles) ks->roles = *roles;
+    for (const cJSON *k = keys->child; k; k = k->next) {
+        struct dsi__entry *e = &ks->keys[ks->n_keys];
+        if ((rc = parse_entry(k, KIND_KEY, ks->n_keys, roles, e, err))) goto fail;
+        ks->n_keys++;
+        /* O(n^2), but only at load, and it keeps the check path allocation-free. */
+        for (size_t j = 0; j + 1 < ks->n_keys; j++) {
+            if (!strcmp(ks->keys[j].id, e->id))
+                EFAIL("keys file: keys[%zu] (id \"%s\"): id already used by keys[%zu]", ks->n_keys - 1, e->id, j);
+            if (!CRYPTO_memcmp(ks->keys[j].sha, e->sha, 32))
+                EFAIL("keys file: keys[%zu] (id \"%s\"): same sha256 as keys[%zu] (id \"%s\")", ks->n_keys - 1,
+                      e->id, j, ks->keys[j].id);
+        }
+    }
+    for (const cJSON *c = clients ? clients->child : NULL; c; c = c->next) {
+        struct dsi__entry *e = &ks->clients[ks->n_clients];
+        if ((rc = parse_entry(c, KIND_CLIENT, ks->n_clients, roles, e, err))) goto fail;
+        ks->n_clients++;
+        for (size_t j = 0; j + 1 < ks->n_clients; j++)
+            if (!strcmp(ks->clients[j].cn, e->cn))
+                EFAIL("keys file: clients[%zu] (cn \"%.40s\"): cn already used by clients[%zu]",
+                      ks->n_clients - 1, e->cn, j);
+    }
+    cJSON_Delete(root);
+    *out = ks;
+    return 0;
+fail:
+    cJSON_Delete(root);
+    dsi__keyset_free(ks);
+    return rc;
+}
+
+int dsi__keys_read_file(const char *path, char **text, size_t *len, char **err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "keys file %s: %s", path, strerror(errno));
+    struct stat st;
+    char *buf = NULL;
+    int rc = 0;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rc = dsi_seterr(err, DSI_EIO, "keys file %s: not a regular file", path);
+        goto done;
+    }
+    /* Digests of 256-bit keys cannot be brute-forced, but who holds which key,
+     * roles and limits are still nobody else's business, and a writable file
+     * would let anyone mint an admin key. */
+    if (st.st_mode & (S_IWGRP | S_IRWXO)) {
+        rc = dsi_seterr(err, DSI_EPERM,
+                        "keys file %s: mode %03o lets other users read or write it; run chmod 600 %s",
+                        path, (unsigned)(st.st_mode & 0777), path);
+        goto done;
+    }
+    if (st.st_mode & S_IRGRP)
+        dsi_log(DSI_LOG_WARN, "auth", "keys file %s is group-readable (mode %03o); 600 is safer", path,
+                (unsigned)(st.st_mode & 0777));
+    if ((uint64_t)st.st_size > DSI__KEYS_MAX_BYTES) {
+        rc = dsi_seterr(err, DSI_EINVAL, "keys file %s: larger than 16 MiB", path);
+        goto done;
+    }
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    buf = malloc(cap);
+    if (!buf) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "keys file %s: out of memory", path);
+        goto done;
+    }
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - 1 - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            rc = dsi_seterr(err, DSI_EIO, "keys file %s: %s", path, strerror(errno));
+            goto done;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n == cap - 1) break; /* file grew while reading: parse what fstat promised */
+    }
+    buf[n] = 0;
+    *text = buf;
+    *len = n;
+    buf = NULL;
+done:
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+int dsi__keyset_load(const char *path, const struct dsi__roles *roles, struct dsi__keyset **out,
+                     char **err) {
+    char *text = NULL;
+    size_t len = 0;
+    int rc = dsi__keys_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    char *perr = NULL;
+    rc = dsi__keyset_parse(text, len, roles, out, &perr);
+    if (rc) {
+        dsi_seterr(err, rc, "%s: %s", path, perr ? perr : "invalid");
+        free(perr);
+    }
+    free(text);
+    return rc;
+}
