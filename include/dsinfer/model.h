@@ -34,12 +34,13 @@ size_t dsi_dtype_size(enum dsi_dtype dt);
 #define DSI_MAX_DIMS 8
 
 struct dsi_tensor {
-    char *name;               /* owned by the safetensors handle */
+    char *name;               /* owned by the safetensors handle; valid UTF-8, no control chars */
     enum dsi_dtype dtype;
     int n_dims;
     int64_t shape[DSI_MAX_DIMS];
     size_t n_elems;
-    const void *data;         /* into the read-only mmap; valid until close */
+    const void *data;         /* into the read-only mmap; valid until close. Only 1-byte
+                                 aligned in general: read with memcpy or dsi_tensor_to_f32 */
     size_t size_bytes;
     int file_index;           /* which shard */
 };
@@ -56,6 +57,11 @@ struct dsi_safetensors {
  * and tensor on malformed input. Close with dsi_st_close (accepts a zeroed struct). */
 int dsi_st_open_dir(struct dsi_safetensors *st, const char *dir, char **err);
 int dsi_st_open_file(struct dsi_safetensors *st, const char *path, char **err);
+/* Parses a safetensors image already in memory (the fuzz target's entry). `name`
+ * is used in error messages. Tensors point into buf, which the caller owns and
+ * keeps alive until dsi_st_close. Same checks as dsi_st_open_file. */
+int dsi_st_open_mem(struct dsi_safetensors *st, const void *buf, size_t len, const char *name,
+                    char **err);
 void dsi_st_close(struct dsi_safetensors *st);
 const struct dsi_tensor *dsi_st_find(const struct dsi_safetensors *st, const char *name);
 
@@ -97,26 +103,48 @@ struct dsi_model_config {
     int n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size;
     int first_k_dense_replace, n_group, topk_group;
     float routed_scaling_factor;
+    /* quantization_config: V3 ships FP8 e4m3 weights with one f32 scale
+     * (`*_scale_inv`) per weight block of quant_block[0] x quant_block[1]. */
+    bool quant_fp8;
+    int quant_block[2];
 };
+/* "Qwen2ForCausalLM", ... for an arch value. */
+const char *dsi_arch_name(enum dsi_arch a);
+const char *dsi_rope_type_name(enum dsi_rope_type t);
 
 /* Parses config.json text. An architecture we cannot parse is DSI_EUNSUPPORTED
- * with a message naming it. */
+ * with a message naming it. Defaults follow HF transformers: n_kv_heads = n_heads,
+ * head_dim = hidden/heads (V2/V3: qk_rope_head_dim, as transformers does),
+ * rope_theta 10000, Qwen2 attention_bias true, others false, tie false,
+ * dtype F32 when neither torch_dtype nor dtype is given. */
 int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config *cfg, char **err);
 int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **err);
-/* 0 if the forward pass of this build can run the config (Qwen2/Llama today). */
+/* 0 if the forward pass of this build can run the config (Qwen2/Llama with rope
+ * default/linear/llama3 today); otherwise DSI_EUNSUPPORTED with a reason. */
 int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err);
 
 /* Manifest: DIR/SHA256SUMS in `sha256sum` format. */
 struct dsi_manifest_opts {
     int n_threads;       /* 0: number of CPUs */
     bool progress;       /* progress line on stderr when it is a terminal */
+    const char *expect_manifest_sha256; /* verify only: optional pin (hex) of SHA256SUMS */
 };
+/* Hashes every regular, non-hidden file under DIR (recursing into sub-folders,
+ * names relative to DIR with '/'), except SHA256SUMS itself, and writes
+ * DIR/SHA256SUMS atomically, sorted by name (strcmp). Names with a newline or
+ * backslash are refused (coreutils would escape them). */
 int dsi_manifest_write(const char *dir, const struct dsi_manifest_opts *o, char **err);
 /* 0 only if every listed file matches and every weight/config/tokenizer file in
- * DIR is listed; otherwise DSI_EINTEGRITY with *err naming the first bad file.
- * bytes_out (optional) gets the bytes hashed. */
+ * DIR is listed; otherwise DSI_EINTEGRITY with *err naming the first bad file
+ * (every problem is also logged). A malformed SHA256SUMS (bad hex, "../" or
+ * absolute names, duplicates) is DSI_EFORMAT. Files that must be listed:
+ * dsi_manifest_must_list(). bytes_out (optional) gets the bytes hashed. */
 int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out,
                         char **err);
+/* true for names verify insists on: weights (*.safetensors, *.bin, *.pt, *.pth,
+ * *.gguf), *.json, *.py (remote code), tokenizer and vocab files (*.model,
+ * *.tiktoken, *.txt, tokenizer*, vocab*, merges*), *.jinja. */
+bool dsi_manifest_must_list(const char *name);
 
 /* A model ready for a backend: verified (unless opted out), config parsed, weights mapped. */
 struct dsi_model {
@@ -134,7 +162,8 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
                    char **err);
 void dsi_model_close(struct dsi_model *m);
 
-/* Reads tensor `name` as fp32 into dst (n_elems floats), converting from any float dtype. */
+/* Reads tensor t as fp32 into dst (n_elems floats), converting from F32, F16,
+ * BF16, F8_E4M3 (and I8/U8/I32 as plain values); DSI_EUNSUPPORTED otherwise. */
 int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err);
 
 #endif

@@ -1,0 +1,394 @@
+/*
+ * hfconfig.c: HF config.json -> struct dsi_model_config.
+ *
+ * Families: Qwen2ForCausalLM, LlamaForCausalLM, DeepseekV2ForCausalLM,
+ * DeepseekV3ForCausalLM. Both spellings seen in the wild are read:
+ * `rope_scaling` (transformers 4) and `rope_parameters` (transformers 5, which
+ * also moves rope_theta inside it), `torch_dtype` and `dtype`. `type` and
+ * `rope_type` are both accepted inside either object. Defaults follow the
+ * transformers config classes. Every number is range-checked so later size
+ * arithmetic in the backends starts from sane values (bounds below).
+ */
+#include "model_internal.h"
+
+#include "dsinfer/err.h"
+#include "dsinfer/model.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CFG_MAX_BYTES ((size_t)4 << 20)
+#define CFG_MAX_DIM (1 << 20)      /* hidden, intermediate, head dims */
+#define CFG_MAX_VOCAB (1 << 24)
+#define CFG_MAX_LAYERS 4096
+#define CFG_MAX_HEADS 4096
+#define CFG_MAX_CTX (1 << 26)
+#define CFG_MAX_EXPERTS 65536
+
+static const struct {
+    const char *name, *model_type;
+    enum dsi_arch arch;
+} archs[] = {
+    {"Qwen2ForCausalLM", "qwen2", DSI_ARCH_QWEN2},
+    {"LlamaForCausalLM", "llama", DSI_ARCH_LLAMA},
+    {"DeepseekV2ForCausalLM", "deepseek_v2", DSI_ARCH_DEEPSEEK_V2},
+    {"DeepseekV3ForCausalLM", "deepseek_v3", DSI_ARCH_DEEPSEEK_V3},
+};
+#define N_ARCHS (sizeof archs / sizeof archs[0])
+#define SUPPORTED "Qwen2ForCausalLM, LlamaForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM"
+
+static int get_int(const cJSON *root, const char *key, int def, int lo, int hi, int *out,
+                   char **err);
+static int get_float(const cJSON *root, const char *key, float def, float lo, float hi,
+                     float *out, char **err);
+static int parse_rope(const cJSON *root, struct dsi_model_config *c, char **err);
+static int parse_dtype(const cJSON *root, struct dsi_model_config *c, char **err);
+static int parse_tokens(const cJSON *root, struct dsi_model_config *c, char **err);
+static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **err);
+
+const char *dsi_arch_name(enum dsi_arch a) {
+    for (size_t i = 0; i < N_ARCHS; i++)
+        if (archs[i].arch == a) return archs[i].name;
+    return "unknown";
+}
+
+const char *dsi_rope_type_name(enum dsi_rope_type t) {
+    switch (t) {
+    case DSI_ROPE_DEFAULT: return "default";
+    case DSI_ROPE_LINEAR: return "linear";
+    case DSI_ROPE_LLAMA3: return "llama3";
+    case DSI_ROPE_YARN: return "yarn";
+    case DSI_ROPE_DYNAMIC: return "dynamic";
+    }
+    return "unknown";
+}
+
+/* Missing or null -> def; otherwise an integral number in [lo, hi]. */
+static int get_int(const cJSON *root, const char *key, int def, int lo, int hi, int *out,
+                   char **err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!it || cJSON_IsNull(it)) {
+        if (def < lo || def > hi)
+            return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" is required", key);
+        *out = def;
+        return 0;
+    }
+    double d = it->valuedouble;
+    if (!cJSON_IsNumber(it) || d != floor(d) || d < lo || d > hi)
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: \"%s\" must be an integer in [%d, %d]", key, lo, hi);
+    *out = (int)d;
+    return 0;
+}
+
+static int get_float(const cJSON *root, const char *key, float def, float lo, float hi,
+                     float *out, char **err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = def;
+        return 0;
+    }
+    double d = it->valuedouble;
+    if (!cJSON_IsNumber(it) || !(d >= lo && d <= hi))
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" must be a number in [%g, %g]",
+                          key, (double)lo, (double)hi);
+    *out = (float)d;
+    return 0;
+}
+
+static int get_bool(const cJSON *root, const char *key, bool def, bool *out, char **err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = def;
+        return 0;
+    }
+    if (!cJSON_IsBool(it))
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" must be true or false", key);
+    *out = cJSON_IsTrue(it);
+    return 0;
+}
+
+static int parse_rope(const cJSON *root, struct dsi_model_config *c, char **err) {
+    int rc;
+    if ((rc = get_float(root, "rope_theta", 10000.0f, 1.0f, 1e12f, &c->rope_theta, err))) return rc;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    const char *key = "rope_parameters";
+    if (!rs || cJSON_IsNull(rs)) {
+        rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+        key = "rope_scaling";
+    }
+    memset(&c->rope, 0, sizeof c->rope);
+    /* Defaults are the same whether or not a scaling object is present, so two
+     * spellings of one model give identical structs. */
+    c->rope.type = DSI_ROPE_DEFAULT;
+    c->rope.factor = 1.0f;
+    c->rope.low_freq_factor = 1.0f;
+    c->rope.high_freq_factor = 4.0f;
+    c->rope.beta_fast = 32.0f;
+    c->rope.beta_slow = 1.0f;
+    c->rope.mscale = 1.0f;
+    if (!rs || cJSON_IsNull(rs)) return 0;
+    if (!cJSON_IsObject(rs))
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" must be an object or null", key);
+    /* transformers 5 may key rope_parameters by layer type; dense models use one. */
+    const cJSON *full = cJSON_GetObjectItemCaseSensitive(rs, "full_attention");
+    if (cJSON_IsObject(full)) rs = full;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+    if (!t) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+    const char *ts = cJSON_IsString(t) ? t->valuestring : (t ? NULL : "default");
+    static const struct {
+        const char *name;
+        enum dsi_rope_type type;
+    } types[] = {{"default", DSI_ROPE_DEFAULT}, {"linear", DSI_ROPE_LINEAR},
+                 {"llama3", DSI_ROPE_LLAMA3},   {"yarn", DSI_ROPE_YARN},
+                 {"dynamic", DSI_ROPE_DYNAMIC}};
+    bool found = false;
+    for (size_t i = 0; ts && i < sizeof types / sizeof types[0]; i++)
+        if (!strcmp(ts, types[i].name)) c->rope.type = types[i].type, found = true;
+    if (!found) {
+        char p[64];
+        dsi__printable(ts ? ts : "(not a string)", p, sizeof p);
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "config.json: %s type \"%s\" is not supported (supported: default, "
+                          "linear, llama3, yarn, dynamic)",
+                          key, p);
+    }
+    if (cJSON_GetObjectItemCaseSensitive(rs, "rope_theta") &&
+        (rc = get_float(rs, "rope_theta", 10000.0f, 1.0f, 1e12f, &c->rope_theta, err)))
+        return rc;
+    struct dsi_rope_scaling *r = &c->rope;
+    if ((rc = get_float(rs, "factor", 1.0f, 1e-3f, 1e6f, &r->factor, err)) ||
+        (rc = get_float(rs, "low_freq_factor", 1.0f, 1e-6f, 1e6f, &r->low_freq_factor, err)) ||
+        (rc = get_float(rs, "high_freq_factor", 4.0f, 1e-6f, 1e6f, &r->high_freq_factor, err)) ||
+        (rc = get_int(rs, "original_max_position_embeddings", 0, 0, CFG_MAX_CTX,
+                      &r->original_max_position_embeddings, err)) ||
+        (rc = get_float(rs, "beta_fast", 32.0f, 0.0f, 1e6f, &r->beta_fast, err)) ||
+        (rc = get_float(rs, "beta_slow", 1.0f, 0.0f, 1e6f, &r->beta_slow, err)) ||
+        (rc = get_float(rs, "mscale", 1.0f, 0.0f, 1e6f, &r->mscale, err)) ||
+        (rc = get_float(rs, "mscale_all_dim", 0.0f, 0.0f, 1e6f, &r->mscale_all_dim, err)))
+        return rc;
+    if (r->type == DSI_ROPE_LLAMA3 && (r->original_max_position_embeddings == 0 ||
+                                       r->high_freq_factor <= r->low_freq_factor))
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: llama3 rope needs original_max_position_embeddings and "
+                          "high_freq_factor > low_freq_factor");
+    return 0;
+}
+
+static int parse_dtype(const cJSON *root, struct dsi_model_config *c, char **err) {
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "dtype");
+    if (!d || cJSON_IsNull(d)) d = cJSON_GetObjectItemCaseSensitive(root, "torch_dtype");
+    c->dtype = DSI_DT_F32;
+    if (!d || cJSON_IsNull(d)) return 0;
+    static const struct {
+        const char *name;
+        enum dsi_dtype dt;
+    } names[] = {{"bfloat16", DSI_DT_BF16}, {"float16", DSI_DT_F16}, {"half", DSI_DT_F16},
+                 {"float32", DSI_DT_F32},   {"float", DSI_DT_F32},   {"float8_e4m3fn", DSI_DT_F8_E4M3}};
+    const char *s = cJSON_IsString(d) ? d->valuestring : "";
+    if (!strncmp(s, "torch.", 6)) s += 6;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) {
+            c->dtype = names[i].dt;
+            return 0;
+        }
+    char p[64];
+    dsi__printable(s, p, sizeof p);
+    return dsi_seterr(err, DSI_EUNSUPPORTED,
+                      "config.json: dtype \"%s\" is not supported (bfloat16, float16, float32)", p);
+}
+
+static int parse_tokens(const cJSON *root, struct dsi_model_config *c, char **err) {
+    int rc = get_int(root, "bos_token_id", -1, -1, CFG_MAX_VOCAB, &c->bos_token_id, err);
+    if (rc) return rc;
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    c->n_eos = 0;
+    if (!e || cJSON_IsNull(e)) return 0;
+    if (cJSON_IsNumber(e)) {
+        c->n_eos = 1;
+        return get_int(root, "eos_token_id", -1, 0, CFG_MAX_VOCAB, &c->eos_token_ids[0], err);
+    }
+    if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) > DSI_MAX_EOS)
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: \"eos_token_id\" must be an integer or a list of at most %d",
+                          DSI_MAX_EOS);
+    for (const cJSON *x = e->child; x; x = x->next) {
+        double d = x->valuedouble;
+        if (!cJSON_IsNumber(x) || d != floor(d) || d < 0 || d > CFG_MAX_VOCAB)
+            return dsi_seterr(err, DSI_EFORMAT, "config.json: \"eos_token_id\" has a bad entry");
+        c->eos_token_ids[c->n_eos++] = (int)d;
+    }
+    return 0;
+}
+
+static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **err) {
+    int rc;
+    if ((rc = get_int(root, "q_lora_rank", 0, 0, CFG_MAX_DIM, &c->q_lora_rank, err)) ||
+        (rc = get_int(root, "kv_lora_rank", -1, 1, CFG_MAX_DIM, &c->kv_lora_rank, err)) ||
+        (rc = get_int(root, "qk_nope_head_dim", -1, 1, CFG_MAX_DIM, &c->qk_nope_head_dim, err)) ||
+        (rc = get_int(root, "qk_rope_head_dim", -1, 1, CFG_MAX_DIM, &c->qk_rope_head_dim, err)) ||
+        (rc = get_int(root, "v_head_dim", -1, 1, CFG_MAX_DIM, &c->v_head_dim, err)) ||
+        (rc = get_int(root, "n_routed_experts", 0, 0, CFG_MAX_EXPERTS, &c->n_routed_experts, err)) ||
+        (rc = get_int(root, "n_shared_experts", 0, 0, CFG_MAX_EXPERTS, &c->n_shared_experts, err)) ||
+        (rc = get_int(root, "num_experts_per_tok", 0, 0, CFG_MAX_EXPERTS, &c->num_experts_per_tok,
+                      err)) ||
+        (rc = get_int(root, "moe_intermediate_size", 0, 0, CFG_MAX_DIM, &c->moe_intermediate_size,
+                      err)) ||
+        (rc = get_int(root, "first_k_dense_replace", 0, 0, CFG_MAX_LAYERS,
+                      &c->first_k_dense_replace, err)) ||
+        (rc = get_int(root, "n_group", 1, 1, CFG_MAX_EXPERTS, &c->n_group, err)) ||
+        (rc = get_int(root, "topk_group", 1, 1, CFG_MAX_EXPERTS, &c->topk_group, err)) ||
+        (rc = get_float(root, "routed_scaling_factor", 1.0f, 0.0f, 1e6f, &c->routed_scaling_factor,
+                        err)))
+        return rc;
+    if (c->num_experts_per_tok > c->n_routed_experts || c->topk_group > c->n_group ||
+        (c->n_routed_experts && c->n_routed_experts % c->n_group))
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: expert counts are inconsistent (experts %d, per token %d, "
+                          "groups %d, topk_group %d)",
+                          c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group);
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (cJSON_IsObject(q)) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+        if (!cJSON_IsString(m) || strcmp(m->valuestring, "fp8"))
+            return dsi_seterr(err, DSI_EUNSUPPORTED,
+                              "config.json: quantization_config.quant_method must be \"fp8\"");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
+        c->quant_fp8 = true;
+        c->quant_block[0] = c->quant_block[1] = 128;
+        if (b && !cJSON_IsNull(b) && (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2))
+            return dsi_seterr(err, DSI_EFORMAT, "config.json: weight_block_size must be [r, c]");
+        if (cJSON_IsArray(b)) {
+            for (int i = 0; i < 2; i++) {
+                const cJSON *x = cJSON_GetArrayItem(b, i);
+                double d = x ? x->valuedouble : 0;
+                if (!cJSON_IsNumber(x) || d != floor(d) || d < 1 || d > 65536)
+                    return dsi_seterr(err, DSI_EFORMAT,
+                                      "config.json: weight_block_size must be [r, c]");
+                c->quant_block[i] = (int)d;
+            }
+        }
+    }
+    return 0;
+}
+
+int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config *cfg, char **err) {
+    if (!json || !cfg) return DSI_EINVAL;
+    memset(cfg, 0, sizeof *cfg);
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: not a JSON object");
+    }
+    int rc = 0;
+    const cJSON *ar = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    const char *name = NULL;
+    if (cJSON_IsArray(ar) && cJSON_IsString(ar->child)) name = ar->child->valuestring;
+    int found = -1;
+    for (size_t i = 0; i < N_ARCHS; i++) {
+        if (name && !strcmp(name, archs[i].name)) found = (int)i;
+        if (!name && cJSON_IsString(mt) && !strcmp(mt->valuestring, archs[i].model_type)) found = (int)i;
+    }
+    if (found < 0) {
+        char p[80];
+        dsi__printable(name ? name : cJSON_IsString(mt) ? mt->valuestring : "(none)", p, sizeof p);
+        rc = dsi_seterr(err, DSI_EUNSUPPORTED, "architecture %s is not supported (supported: %s)", p,
+                        SUPPORTED);
+        goto out;
+    }
+    cfg->arch = archs[found].arch;
+    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", archs[found].name);
+    bool mla = cfg->arch == DSI_ARCH_DEEPSEEK_V2 || cfg->arch == DSI_ARCH_DEEPSEEK_V3;
+    int def_ctx = cfg->arch == DSI_ARCH_QWEN2 ? 32768 : cfg->arch == DSI_ARCH_LLAMA ? 2048 : 4096;
+    if ((rc = get_int(root, "vocab_size", -1, 1, CFG_MAX_VOCAB, &cfg->vocab_size, err)) ||
+        (rc = get_int(root, "hidden_size", -1, 1, CFG_MAX_DIM, &cfg->hidden_size, err)) ||
+        (rc = get_int(root, "intermediate_size", -1, 1, CFG_MAX_DIM, &cfg->intermediate_size, err)) ||
+        (rc = get_int(root, "num_hidden_layers", -1, 1, CFG_MAX_LAYERS, &cfg->n_layers, err)) ||
+        (rc = get_int(root, "num_attention_heads", -1, 1, CFG_MAX_HEADS, &cfg->n_heads, err)) ||
+        (rc = get_int(root, "num_key_value_heads", cfg->n_heads, 1, CFG_MAX_HEADS, &cfg->n_kv_heads,
+                      err)) ||
+        (rc = get_int(root, "max_position_embeddings", def_ctx, 1, CFG_MAX_CTX,
+                      &cfg->max_position_embeddings, err)) ||
+        (rc = get_float(root, "rms_norm_eps", 1e-6f, 1e-12f, 1.0f, &cfg->rms_norm_eps, err)) ||
+        (rc = get_bool(root, "tie_word_embeddings", false, &cfg->tie_word_embeddings, err)) ||
+        (rc = get_bool(root, "attention_bias", cfg->arch == DSI_ARCH_QWEN2, &cfg->attention_bias,
+                       err)) ||
+        (rc = parse_rope(root, cfg, err)) || (rc = parse_dtype(root, cfg, err)) ||
+        (rc = parse_tokens(root, cfg, err)))
+        goto out;
+    if (cfg->n_heads % cfg->n_kv_heads) {
+        rc = dsi_seterr(err, DSI_EFORMAT,
+                        "config.json: num_attention_heads %d is not a multiple of "
+                        "num_key_value_heads %d",
+                        cfg->n_heads, cfg->n_kv_heads);
+        goto out;
+    }
+    if (mla && (rc = parse_mla_moe(root, cfg, err))) goto out;
+    int def_hd = mla ? cfg->qk_rope_head_dim : cfg->hidden_size / cfg->n_heads;
+    if (!mla && !cJSON_GetObjectItemCaseSensitive(root, "head_dim") &&
+        cfg->hidden_size % cfg->n_heads) {
+        rc = dsi_seterr(err, DSI_EFORMAT,
+                        "config.json: hidden_size %d is not a multiple of num_attention_heads %d "
+                        "and head_dim is not given",
+                        cfg->hidden_size, cfg->n_heads);
+        goto out;
+    }
+    if ((rc = get_int(root, "head_dim", def_hd, 1, CFG_MAX_DIM, &cfg->head_dim, err))) goto out;
+    if (!mla && cfg->head_dim % 2) {
+        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: head_dim %d must be even for rope",
+                        cfg->head_dim);
+        goto out;
+    }
+    for (int i = 0; i < cfg->n_eos; i++)
+        if (cfg->eos_token_ids[i] >= cfg->vocab_size) {
+            rc = dsi_seterr(err, DSI_EFORMAT, "config.json: eos_token_id %d >= vocab_size %d",
+                            cfg->eos_token_ids[i], cfg->vocab_size);
+            goto out;
+        }
+    if (cfg->bos_token_id >= cfg->vocab_size) {
+        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: bos_token_id %d >= vocab_size %d",
+                        cfg->bos_token_id, cfg->vocab_size);
+        goto out;
+    }
+out:
+    cJSON_Delete(root);
+    if (rc) memset(cfg, 0, sizeof *cfg);
+    return rc;
+}
+
+int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **err) {
+    if (!dir || !cfg) return DSI_EINVAL;
+    char *path = dsi__path_join(dir, "config.json");
+    if (!path) return DSI_ENOMEM;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = dsi__read_file(path, CFG_MAX_BYTES, &text, &len, err);
+    if (rc == 0) {
+        char *e2 = NULL;
+        rc = dsi_model_config_parse(text, len, cfg, &e2);
+        if (rc) dsi_seterr(err, rc, "%s: %s", dir, e2 ? e2 : dsi_strerror(rc));
+        free(e2);
+    }
+    free(text);
+    free(path);
+    return rc;
+}
+
+int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err) {
+    if (!cfg) return DSI_EINVAL;
+    if (cfg->arch == DSI_ARCH_DEEPSEEK_V2 || cfg->arch == DSI_ARCH_DEEPSEEK_V3)
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "%s parses but is not runnable yet (MLA attention and MoE are not "
+                          "implemented); runnable: Qwen2ForCausalLM, LlamaForCausalLM",
+                          cfg->architecture);
+    if (cfg->rope.type != DSI_ROPE_DEFAULT && cfg->rope.type != DSI_ROPE_LINEAR &&
+        cfg->rope.type != DSI_ROPE_LLAMA3)
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "%s with %s rope scaling is not runnable yet (default, linear, llama3)",
+                          cfg->architecture, dsi_rope_type_name(cfg->rope.type));
+    return 0;
+}

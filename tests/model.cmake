@@ -1,0 +1,14 @@
+# Model store tests: safetensors, HF config, manifest, crypto, CLI; fuzz targets.
+set(DSI_TM_UTIL tests/test_model_util.c)
+dsi_test(test_crypto SOURCES tests/test_crypto.c LIBS dsi_core)
+dsi_test(test_model_st SOURCES tests/test_model_st.c ${DSI_TM_UTIL} LIBS dsi_model dsi_core)
+dsi_test(test_model_config SOURCES tests/test_model_config.c LIBS dsi_model dsi_core)
+dsi_test(test_model_manifest SOURCES tests/test_model_manifest.c ${DSI_TM_UTIL} LIBS dsi_model dsi_core)
+# 2 GiB sparse file, one flipped byte: hashing 2 GiB takes seconds, so "slow"
+# (the ASan run skips it with -LE slow).
+dsi_test(test_model_big SOURCES tests/test_model_big.c ${DSI_TM_UTIL} LIBS dsi_model dsi_core
+         LABELS slow TIMEOUT 600)
+# Drives the dsinfer binary ($DSI_BIN) and coreutils sha256sum.
+dsi_test(test_model_cli SOURCES tests/test_model_cli.c ${DSI_TM_UTIL} LIBS dsi_core PkgConfig::CJSON)
+dsi_fuzz(fuzz_safetensors SOURCES tests/fuzz/fuzz_safetensors.c LIBS dsi_model dsi_core)
+dsi_fuzz(fuzz_hfconfig SOURCES tests/fuzz/fuzz_hfconfig.c LIBS dsi_model dsi_core)

@@ -1,0 +1,298 @@
+/* test_model_config.c: HF config.json parsing for every family in tests/golden/configs. */
+#include <stdio.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/model.h"
+#include "test.h"
+
+static int load_golden(const char *name, struct dsi_model_config *c, char **err) {
+    char path[256];
+    snprintf(path, sizeof path, "tests/golden/configs/%s", name);
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "  cannot open %s (tests run from the source root)\n", path);
+        return -1;
+    }
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    return dsi_model_config_parse(buf, n, c, err);
+}
+
+static int parse(const char *json, struct dsi_model_config *c, char **err) {
+    return dsi_model_config_parse(json, strlen(json), c, err);
+}
+
+TEST(config_r1_distill_qwen_1_5b) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("r1-distill-qwen-1.5b.json", &c, &err), 0);
+    CHECK(c.arch == DSI_ARCH_QWEN2);
+    CHECK_EQ_STR(c.architecture, "Qwen2ForCausalLM");
+    CHECK_EQ_INT(c.hidden_size, 1536);
+    CHECK_EQ_INT(c.intermediate_size, 8960);
+    CHECK_EQ_INT(c.n_layers, 28);
+    CHECK_EQ_INT(c.n_heads, 12);
+    CHECK_EQ_INT(c.n_kv_heads, 2);
+    CHECK_EQ_INT(c.head_dim, 128);
+    CHECK_EQ_INT(c.vocab_size, 151936);
+    CHECK_EQ_INT(c.max_position_embeddings, 131072);
+    CHECK(c.attention_bias); /* Qwen2 q/k/v carry a bias without saying so */
+    CHECK(!c.tie_word_embeddings);
+    CHECK(c.dtype == DSI_DT_BF16);
+    CHECK_NEAR(c.rope_theta, 10000.0, 1e-3);
+    CHECK(c.rope.type == DSI_ROPE_DEFAULT);
+    CHECK_NEAR(c.rms_norm_eps, 1e-6, 1e-12);
+    CHECK_EQ_INT(c.bos_token_id, 151643);
+    CHECK_EQ_INT(c.n_eos, 1);
+    CHECK_EQ_INT(c.eos_token_ids[0], 151643);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), 0);
+    CHECK(err == NULL);
+}
+
+TEST(config_r1_distill_qwen_7b_both_spellings_agree) {
+    struct dsi_model_config a, b;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("r1-distill-qwen-7b.json", &a, &err), 0);
+    CHECK_EQ_INT(load_golden("r1-distill-qwen-7b-tf5.json", &b, &err), 0);
+    CHECK_EQ_INT(a.hidden_size, 3584);
+    CHECK_EQ_INT(a.n_heads, 28);
+    CHECK_EQ_INT(a.n_kv_heads, 4);
+    CHECK_EQ_INT(a.intermediate_size, 18944);
+    CHECK_EQ_INT(a.vocab_size, 152064);
+    CHECK(b.dtype == DSI_DT_BF16); /* from "dtype" */
+    CHECK_NEAR(b.rope_theta, 10000.0, 1e-3); /* from rope_parameters.rope_theta */
+    CHECK(memcmp(&a, &b, sizeof a) == 0);
+}
+
+TEST(config_deepseek_llm_7b_llama_defaults) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("deepseek-llm-7b.json", &c, &err), 0);
+    CHECK(c.arch == DSI_ARCH_LLAMA);
+    CHECK_EQ_INT(c.n_layers, 30);
+    CHECK_EQ_INT(c.n_kv_heads, 32);
+    CHECK_EQ_INT(c.head_dim, 128);
+    CHECK_EQ_INT(c.vocab_size, 102400);
+    CHECK(!c.attention_bias);
+    CHECK(c.rope.type == DSI_ROPE_DEFAULT); /* rope_scaling: null */
+    CHECK_EQ_INT(c.eos_token_ids[0], 100001);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), 0);
+}
+
+TEST(config_deepseek_coder_linear_rope) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("deepseek-coder-6.7b.json", &c, &err), 0);
+    CHECK(c.rope.type == DSI_ROPE_LINEAR);
+    CHECK_NEAR(c.rope.factor, 4.0, 1e-6);
+    CHECK_NEAR(c.rope_theta, 100000.0, 1e-2);
+    CHECK_EQ_INT(c.vocab_size, 32256);
+    CHECK_EQ_INT(c.max_position_embeddings, 16384);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), 0);
+}
+
+TEST(config_r1_distill_llama_llama3_rope_both_spellings) {
+    struct dsi_model_config a, b;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("r1-distill-llama-8b.json", &a, &err), 0);
+    CHECK_EQ_INT(load_golden("r1-distill-llama-8b-tf5.json", &b, &err), 0);
+    CHECK(a.rope.type == DSI_ROPE_LLAMA3);
+    CHECK_NEAR(a.rope.factor, 8.0, 1e-6);
+    CHECK_NEAR(a.rope.low_freq_factor, 1.0, 1e-6);
+    CHECK_NEAR(a.rope.high_freq_factor, 4.0, 1e-6);
+    CHECK_EQ_INT(a.rope.original_max_position_embeddings, 8192);
+    CHECK_NEAR(a.rope_theta, 500000.0, 1e-1);
+    CHECK_NEAR(a.rms_norm_eps, 1e-5, 1e-12);
+    CHECK_EQ_INT(a.n_kv_heads, 8);
+    CHECK_EQ_INT(a.vocab_size, 128256);
+    CHECK(b.rope.type == DSI_ROPE_LLAMA3);
+    CHECK_NEAR(b.rope_theta, 500000.0, 1e-1);
+    CHECK_EQ_INT(b.head_dim, 128);
+    CHECK_EQ_INT(b.n_eos, 3); /* eos_token_id as a list */
+    CHECK_EQ_INT(b.eos_token_ids[2], 128009);
+    CHECK(b.dtype == DSI_DT_BF16);
+    CHECK_EQ_INT(dsi_model_config_runnable(&a, &err), 0);
+}
+
+TEST(config_deepseek_v2_lite_parses_but_is_not_runnable) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("deepseek-v2-lite.json", &c, &err), 0);
+    CHECK(c.arch == DSI_ARCH_DEEPSEEK_V2);
+    CHECK_EQ_INT(c.q_lora_rank, 0); /* null in the config: no q compression */
+    CHECK_EQ_INT(c.kv_lora_rank, 512);
+    CHECK_EQ_INT(c.qk_nope_head_dim, 128);
+    CHECK_EQ_INT(c.qk_rope_head_dim, 64);
+    CHECK_EQ_INT(c.v_head_dim, 128);
+    CHECK_EQ_INT(c.head_dim, 64);
+    CHECK_EQ_INT(c.n_routed_experts, 64);
+    CHECK_EQ_INT(c.n_shared_experts, 2);
+    CHECK_EQ_INT(c.num_experts_per_tok, 6);
+    CHECK_EQ_INT(c.moe_intermediate_size, 1408);
+    CHECK_EQ_INT(c.first_k_dense_replace, 1);
+    CHECK(c.rope.type == DSI_ROPE_YARN);
+    CHECK_NEAR(c.rope.factor, 40.0, 1e-6);
+    CHECK_NEAR(c.rope.mscale_all_dim, 0.707, 1e-6);
+    CHECK_EQ_INT(c.rope.original_max_position_embeddings, 4096);
+    CHECK(!c.quant_fp8);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), DSI_EUNSUPPORTED);
+    CHECK(err && strstr(err, "DeepseekV2ForCausalLM") && strstr(err, "not runnable yet"));
+    free(err);
+}
+
+TEST(config_deepseek_v3_yarn_and_fp8) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("deepseek-v3.json", &c, &err), 0);
+    CHECK(c.arch == DSI_ARCH_DEEPSEEK_V3);
+    CHECK_EQ_INT(c.n_layers, 61);
+    CHECK_EQ_INT(c.hidden_size, 7168);
+    CHECK_EQ_INT(c.q_lora_rank, 1536);
+    CHECK_EQ_INT(c.n_routed_experts, 256);
+    CHECK_EQ_INT(c.n_group, 8);
+    CHECK_EQ_INT(c.topk_group, 4);
+    CHECK_NEAR(c.routed_scaling_factor, 2.5, 1e-6);
+    CHECK(c.rope.type == DSI_ROPE_YARN);
+    CHECK_NEAR(c.rope.beta_fast, 32.0, 1e-6);
+    CHECK(c.quant_fp8);
+    CHECK(c.quant_block[0] == 128 && c.quant_block[1] == 128);
+    CHECK_EQ_INT(c.bos_token_id, 0);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), DSI_EUNSUPPORTED);
+    free(err);
+}
+
+TEST(config_unknown_architecture_is_named) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(parse("{\"architectures\":[\"MistralForCausalLM\"],\"hidden_size\":8}", &c, &err),
+                 DSI_EUNSUPPORTED);
+    CHECK(err && strstr(err, "architecture MistralForCausalLM is not supported (supported: "));
+    CHECK(err && strstr(err, "Qwen2ForCausalLM"));
+    free(err), err = NULL;
+    CHECK_EQ_INT(parse("{\"hidden_size\":8}", &c, &err), DSI_EUNSUPPORTED);
+    free(err);
+}
+
+TEST(config_model_type_fallback_and_defaults) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(parse("{\"model_type\":\"llama\",\"vocab_size\":100,\"hidden_size\":64,"
+                       "\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4}",
+                       &c, &err),
+                 0);
+    CHECK(c.arch == DSI_ARCH_LLAMA);
+    CHECK_EQ_INT(c.n_kv_heads, 4);
+    CHECK_EQ_INT(c.head_dim, 16);
+    CHECK(!c.attention_bias && !c.tie_word_embeddings);
+    CHECK(c.dtype == DSI_DT_F32);
+    CHECK_EQ_INT(c.bos_token_id, -1);
+    CHECK_EQ_INT(c.n_eos, 0);
+    CHECK_NEAR(c.rope_theta, 10000.0, 1e-3);
+    CHECK_EQ_INT(parse("{\"model_type\":\"llama\",\"vocab_size\":100,\"hidden_size\":64,"
+                       "\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4,\"attention_bias\":true,"
+                       "\"tie_word_embeddings\":true,\"torch_dtype\":\"float16\"}",
+                       &c, &err),
+                 0);
+    CHECK(c.attention_bias && c.tie_word_embeddings && c.dtype == DSI_DT_F16);
+    CHECK(err == NULL);
+}
+
+#define BASE "\"architectures\":[\"Qwen2ForCausalLM\"],\"vocab_size\":100,\"intermediate_size\":128,\"num_hidden_layers\":2"
+
+TEST(config_rejects_bad_values) {
+    static const struct {
+        const char *json, *needle;
+        int code;
+    } cases[] = {
+        {"{" BASE ",\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"num_key_value_heads\":3}",
+         "multiple", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":66,\"num_attention_heads\":4}", "head_dim", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":-64,\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64.5,\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":\"64\",\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":1e300,\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":[1,2,3,4,5,6,7,8,9]}",
+         "eos_token_id", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":100}",
+         "vocab_size", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":\"x\"}",
+         "eos_token_id", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":{\"type\":\"su\"}}",
+         "\"su\"", DSI_EUNSUPPORTED},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":[1]}",
+         "rope_scaling", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":{\"rope_type\":"
+         "\"llama3\",\"factor\":8}}",
+         "llama3", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"torch_dtype\":\"int4\"}",
+         "int4", DSI_EUNSUPPORTED},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"tie_word_embeddings\":1}",
+         "tie_word_embeddings", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_theta\":0}", "rope_theta",
+         DSI_EFORMAT},
+        {"[1,2]", "not a JSON object", DSI_EFORMAT},
+        {"{\"architectures\":[", "not a JSON object", DSI_EFORMAT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct dsi_model_config c;
+        char *err = NULL;
+        int rc = parse(cases[i].json, &c, &err);
+        CHECK_EQ_INT(rc, cases[i].code);
+        if (!err || !strstr(err, cases[i].needle))
+            fprintf(stderr, "  case %zu: message \"%s\" lacks \"%s\"\n", i, err ? err : "(null)",
+                    cases[i].needle);
+        CHECK(err && strstr(err, cases[i].needle));
+        free(err);
+    }
+}
+
+TEST(config_rejects_bad_moe) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(parse("{\"architectures\":[\"DeepseekV3ForCausalLM\"],\"vocab_size\":100,"
+                       "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4,\"kv_lora_rank\":16,\"qk_nope_head_dim\":8,"
+                       "\"qk_rope_head_dim\":8,\"v_head_dim\":8,\"n_routed_experts\":4,"
+                       "\"num_experts_per_tok\":8}",
+                       &c, &err),
+                 DSI_EFORMAT);
+    CHECK(err && strstr(err, "expert"));
+    free(err), err = NULL;
+    CHECK_EQ_INT(parse("{\"architectures\":[\"DeepseekV3ForCausalLM\"],\"vocab_size\":100,"
+                       "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4}",
+                       &c, &err),
+                 DSI_EFORMAT);
+    CHECK(err && strstr(err, "kv_lora_rank"));
+    free(err);
+}
+
+TEST(config_load_names_the_folder) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_model_config_load("tests/golden/no-such-model", &c, &err), DSI_ENOENT);
+    CHECK(err && strstr(err, "no-such-model/config.json"));
+    free(err);
+    CHECK_EQ_STR(dsi_arch_name(DSI_ARCH_DEEPSEEK_V3), "DeepseekV3ForCausalLM");
+    CHECK_EQ_STR(dsi_rope_type_name(DSI_ROPE_LLAMA3), "llama3");
+}
+
+int main(void) {
+    RUN(config_r1_distill_qwen_1_5b);
+    RUN(config_r1_distill_qwen_7b_both_spellings_agree);
+    RUN(config_deepseek_llm_7b_llama_defaults);
+    RUN(config_deepseek_coder_linear_rope);
+    RUN(config_r1_distill_llama_llama3_rope_both_spellings);
+    RUN(config_deepseek_v2_lite_parses_but_is_not_runnable);
+    RUN(config_deepseek_v3_yarn_and_fp8);
+    RUN(config_unknown_architecture_is_named);
+    RUN(config_model_type_fallback_and_defaults);
+    RUN(config_rejects_bad_values);
+    RUN(config_rejects_bad_moe);
+    RUN(config_load_names_the_folder);
+    return test_summary();
+}
