@@ -372,8 +372,10 @@ TEST(config_reload_changes_lists_restart_only_options) {
     CHECK_EQ_INT(dsi_config_reload_changes(&a, &b, &names), 2);
     CHECK_EQ_STR(names, "listen, max_running");
     free(names);
-    CHECK(dsi_config_is_reloadable("tls_cert"));
+    CHECK(dsi_config_is_reloadable("keys_file"));
     CHECK(dsi_config_is_reloadable("roles"));
+    CHECK(dsi_config_is_reloadable("log_level"));
+    CHECK(!dsi_config_is_reloadable("tls_cert")); /* the listener keeps its credentials */
     CHECK(!dsi_config_is_reloadable("model_dir"));
     CHECK(!dsi_config_is_reloadable("nope"));
     dsi_config_free(&a);

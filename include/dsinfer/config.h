@@ -89,8 +89,7 @@ int dsi_config_validate(const struct dsi_config *c, char **err);
  * in *restart_needed (heap, caller frees; NULL when 0). Negative DSI_E* on error. */
 int dsi_config_reload_changes(const struct dsi_config *running, const struct dsi_config *fresh,
                               char **restart_needed);
-/* true when SIGHUP applies option `name` (keys_file, roles, tls_*, open_health,
- * audit_log, log_level). */
+/* true when SIGHUP applies option `name` (keys_file, roles, open_health, log_level). */
 bool dsi_config_is_reloadable(const char *name);
 /* Splits "host:port" / "[v6]:port" into host (no brackets) and port. 0 or DSI_EINVAL. */
 int dsi_config_parse_listen(const char *listen, char *host, size_t host_len, int *port);

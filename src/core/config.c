@@ -27,7 +27,9 @@
 
 enum opt_type { OPT_STR, OPT_PATH, OPT_BOOL, OPT_INT, OPT_SIZE, OPT_DOUBLE, OPT_ENUM, OPT_JSON };
 
-/* OPT_RELOAD: SIGHUP applies a new value; otherwise a restart is needed. */
+/* OPT_RELOAD: SIGHUP applies a new value; otherwise a restart is needed. TLS
+ * material is not among them: libmicrohttpd keeps its credentials for the
+ * listener's lifetime (see src/server/server.c). */
 enum { OPT_RELOAD = 1u << 0 };
 
 struct opt {
@@ -58,15 +60,15 @@ static const struct opt opts[] = {
      "address:port to listen on; IPv6 as [::1]:8443, all interfaces as 0.0.0.0:8443"},
     {"plain_http", OPT_BOOL, F(plain_http), 0, 0, "false", NULL, NULL, NULL, 0, "network",
      "serve plain HTTP instead of TLS 1.3; only allowed on a loopback listen address"},
-    {"tls_cert", OPT_PATH, F(tls_cert), 0, 0, "", "/etc/dsinfer/tls.crt", NULL, NULL, OPT_RELOAD, "network",
+    {"tls_cert", OPT_PATH, F(tls_cert), 0, 0, "", "/etc/dsinfer/tls.crt", NULL, NULL, 0, "network",
      "PEM certificate chain; empty: a self-signed certificate kept in state_dir"},
     {"tls_key", OPT_PATH, F(tls_key), 0, 0, "", "/run/credentials/dsinfer.service/tls.key", NULL, NULL,
-     OPT_RELOAD, "network",
+     0, "network",
      "PEM private key of tls_cert; ${CREDENTIALS_DIRECTORY} is expanded (systemd LoadCredential=)"},
-    {"tls_client_ca", OPT_PATH, F(tls_client_ca), 0, 0, "", NULL, NULL, NULL, OPT_RELOAD, "network",
+    {"tls_client_ca", OPT_PATH, F(tls_client_ca), 0, 0, "", NULL, NULL, NULL, 0, "network",
      "PEM CA certificates that sign client certificates (mTLS); empty: no client certificates"},
     {"tls_require_client_cert", OPT_BOOL, F(tls_require_client_cert), 0, 0, "false", NULL, NULL, NULL,
-     OPT_RELOAD, "network", "refuse TLS clients without a certificate signed by tls_client_ca"},
+     0, "network", "refuse TLS clients without a certificate signed by tls_client_ca"},
     {"max_connections", OPT_INT, F(max_connections), 1, 65536, "1024", NULL, NULL, NULL, 0, "network",
      "open client connections at most"},
     {"client_timeout_s", OPT_INT, F(client_timeout_s), 1, 3600, "60", NULL, NULL, NULL, 0, "network",
@@ -76,14 +78,14 @@ static const struct opt opts[] = {
     {"max_messages", OPT_INT, F(max_messages), 1, 65536, "256", NULL, NULL, NULL, 0, "network",
      "most messages in one chat request"},
 
-    {"keys_file", OPT_PATH, F(keys_file), 0, 0, "", "/etc/dsinfer/keys.json", NULL, NULL, OPT_RELOAD,
+    {"keys_file", OPT_PATH, F(keys_file), 0, 0, "", "/var/lib/dsinfer/keys.json", NULL, NULL, OPT_RELOAD,
      "auth", "API keys file (dsinfer keys add); empty: no keys, every non-open route answers 401"},
     {"roles", OPT_JSON, F(roles), 0, 0, "", NULL, NULL, check_roles, OPT_RELOAD, "auth",
      "JSON object {\"role\": [\"permission\", ...]}; empty or {}: the default roles admin, user, monitor"},
     {"open_health", OPT_BOOL, F(open_health), 0, 0, "true", NULL, NULL, NULL, OPT_RELOAD, "auth",
      "answer /health/live and /health/ready without a key (for load balancers)"},
-    {"audit_log", OPT_PATH, F(audit_log), 0, 0, "", "/var/log/dsinfer/audit.log", NULL, NULL, OPT_RELOAD,
-     "auth", "file that gets one JSON line per request; empty: no audit log"},
+    {"audit_log", OPT_PATH, F(audit_log), 0, 0, "", "/var/log/dsinfer/audit.log", NULL, NULL, 0, "auth",
+     "file that gets one JSON line per request (SIGHUP reopens it after rotation); empty: no audit log"},
 
     {"model_dir", OPT_PATH, F(model_dir), 0, 0, "", "/var/lib/dsinfer/models/DeepSeek-R1-Distill-Qwen-7B",
      NULL, NULL, 0, "model", "model directory (config.json, *.safetensors, tokenizer.json, SHA256SUMS)"},
