@@ -12,7 +12,7 @@
 static const struct dsi__req_limits LIM = {.max_body_bytes = 4096, .max_messages = 4, .max_prompt_ids = 64};
 
 static int parse(enum dsi__req_kind k, const char *body, struct dsi__req *r, struct dsi__api_error *e) {
-    return dsi__req_parse(k, body, strlen(body), &LIM, r, e);
+    return dsi__srv_req_parse(k, body, strlen(body), &LIM, r, e);
 }
 
 /* Expects status and param for body; frees. */
@@ -25,7 +25,7 @@ static void expect_err(enum dsi__req_kind k, const char *body, int status, const
     CHECK_EQ_INT(e.status, status);
     if (param) CHECK_EQ_STR(e.param, param);
     CHECK(e.message[0] != 0);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_chat_full) {
@@ -57,7 +57,7 @@ TEST(parse_chat_full) {
     CHECK(r.sampling.logprobs);
     CHECK_EQ_INT(r.sampling.top_logprobs, 20);
     CHECK_EQ_STR(r.user, "u1");
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_chat_defaults) {
@@ -74,7 +74,7 @@ TEST(parse_chat_defaults) {
     CHECK(!r.stream && !r.seed_set);
     CHECK_EQ_INT(r.n_stops, 1);
     CHECK_EQ_STR(r.stops[0], "END");
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_chat_errors) {
@@ -121,7 +121,7 @@ TEST(parse_n_refused_with_clear_message) {
     struct dsi__api_error e;
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", &r, &e), 400);
     CHECK(strstr(e.message, "n > 1") != NULL);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_body_limits) {
@@ -138,10 +138,10 @@ TEST(parse_body_limits) {
     expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xed\xa0\x80\"}]}", 400, NULL);
     struct dsi__req r;
     struct dsi__api_error e;
-    CHECK_EQ_INT(dsi__req_parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\0b\"}]}", 44, &LIM,
+    CHECK_EQ_INT(dsi__srv_req_parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\0b\"}]}", 44, &LIM,
                                 &r, &e), 400);
     CHECK_EQ_STR(e.code, "invalid_json");
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_completion_prompts) {
@@ -151,18 +151,18 @@ TEST(parse_completion_prompts) {
     CHECK_EQ_STR(r.prompt, "hello");
     CHECK(r.sampling.logprobs);
     CHECK_EQ_INT(r.sampling.top_logprobs, 2);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":[\"one\"]}", &r, &e), 0);
     CHECK_EQ_STR(r.prompt, "one");
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":[1,2,3]}", &r, &e), 0);
     CHECK(r.prompt == NULL);
     CHECK_EQ_INT(r.n_ids, 3);
     CHECK_EQ_INT(r.ids[2], 3);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":[[5,6]]}", &r, &e), 0);
     CHECK_EQ_INT(r.n_ids, 2);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[\"a\",\"b\"]}", 400, "prompt");
     expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[1,-2]}", 400, "prompt");
     expect_err(DSI__REQ_COMPLETION, "{\"prompt\":[1,\"x\"]}", 400, "prompt");
@@ -179,13 +179,13 @@ TEST(parse_tokenize_detokenize) {
     CHECK_EQ_INT(parse(DSI__REQ_TOKENIZE, "{\"prompt\":\"hi\",\"add_special_tokens\":false}", &r, &e), 0);
     CHECK_EQ_STR(r.prompt, "hi");
     CHECK(!r.add_special);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     CHECK_EQ_INT(parse(DSI__REQ_TOKENIZE, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &r, &e), 0);
     CHECK_EQ_INT(r.n_msgs, 1);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     CHECK_EQ_INT(parse(DSI__REQ_DETOKENIZE, "{\"tokens\":[0,1,2]}", &r, &e), 0);
     CHECK_EQ_INT(r.n_ids, 3);
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     expect_err(DSI__REQ_TOKENIZE, "{\"prompt\":3}", 400, "prompt");
     expect_err(DSI__REQ_DETOKENIZE, "{}", 400, "tokens");
     expect_err(DSI__REQ_DETOKENIZE, "{\"tokens\":[1.5]}", 400, "tokens");
@@ -209,13 +209,13 @@ TEST(api_error_body) {
 }
 
 TEST(utf8_helpers) {
-    CHECK(dsi__utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
-    CHECK(!dsi__utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    CHECK(!dsi__utf8_valid("\xe2\x82", 2));
-    CHECK_EQ_INT(dsi__utf8_complete_prefix("ab\xe2\x82", 4), 2);
-    CHECK_EQ_INT(dsi__utf8_complete_prefix("ab\xe2\x82\xac", 5), 5);
-    CHECK_EQ_INT(dsi__utf8_complete_prefix("\xf0\x9f\x98", 3), 0);
-    CHECK_EQ_INT(dsi__utf8_complete_prefix("abc", 3), 3);
+    CHECK(dsi__srv_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
+    CHECK(!dsi__srv_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!dsi__srv_utf8_valid("\xe2\x82", 2));
+    CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("ab\xe2\x82", 4), 2);
+    CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("ab\xe2\x82\xac", 5), 5);
+    CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("\xf0\x9f\x98", 3), 0);
+    CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("abc", 3), 3);
 }
 
 struct sink {
@@ -290,23 +290,23 @@ TEST(textgen_reasoning_unterminated) {
 }
 
 TEST(json_string_escaping) {
-    struct dsi__buf b = {0};
-    CHECK_EQ_INT(dsi__buf_json_str(&b, "a\"\\\x01\x7f\xc3\xa9", 7), 0);
+    struct dsi__sbuf b = {0};
+    CHECK_EQ_INT(dsi__sbuf_json_str(&b, "a\"\\\x01\x7f\xc3\xa9", 7), 0);
     CHECK_EQ_STR(b.p, "\"a\\\"\\\\\\u0001\\u007f\xc3\xa9\"");
-    dsi__buf_free(&b);
+    dsi__sbuf_free(&b);
 }
 
 TEST(metrics_render_counts) {
-    struct dsi__metrics *m;
-    CHECK_EQ_INT(dsi__metrics_create(&m), 0);
-    dsi__metrics_request(m, DSI__R_CHAT, 200);
-    dsi__metrics_request(m, DSI__R_CHAT, 200);
-    dsi__metrics_request(m, DSI__R_MODELS, 401);
-    dsi__metrics_tokens(m, "team\"a", 10, 5);
-    dsi__metrics_ttft(m, 0.03);
-    dsi__metrics_itl(m, 0.002);
+    struct dsi__smetrics *m;
+    CHECK_EQ_INT(dsi__smetrics_create(&m), 0);
+    dsi__smetrics_request(m, DSI__R_CHAT, 200);
+    dsi__smetrics_request(m, DSI__R_CHAT, 200);
+    dsi__smetrics_request(m, DSI__R_MODELS, 401);
+    dsi__smetrics_tokens(m, "team\"a", 10, 5);
+    dsi__smetrics_ttft(m, 0.03);
+    dsi__smetrics_itl(m, 0.002);
     struct dsi_engine_stats st = {.running = 2, .waiting = 1, .kv_blocks_used = 7, .kv_blocks_free = 9};
-    char *t = dsi__metrics_render(m, &st, 1);
+    char *t = dsi__smetrics_render(m, &st, 1);
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2\n"));
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/models\",status=\"401\"} 1\n"));
     CHECK(t && strstr(t, "dsinfer_principal_tokens_total{principal=\"team\\\"a\",kind=\"prompt\"} 10\n"));
@@ -315,7 +315,7 @@ TEST(metrics_render_counts) {
     CHECK(t && strstr(t, "dsinfer_kv_blocks_free 9\n"));
     CHECK(t && strstr(t, "dsinfer_running_sequences 2\n"));
     free(t);
-    dsi__metrics_destroy(m);
+    dsi__smetrics_destroy(m);
 }
 
 int main(void) {

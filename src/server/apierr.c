@@ -35,16 +35,16 @@ int dsi__api_error_set(struct dsi__api_error *e, int status, const char *param, 
 }
 
 char *dsi__api_error_json(const struct dsi__api_error *e) {
-    struct dsi__buf b = {0};
-    int rc = dsi__buf_printf(&b, "{\"error\":{\"message\":");
-    if (!rc) rc = dsi__buf_json_str(&b, e->message, strlen(e->message));
-    if (!rc) rc = dsi__buf_printf(&b, ",\"type\":\"%s\",\"param\":", e->type ? e->type : type_for_status(e->status));
-    if (!rc) rc = e->param[0] ? dsi__buf_json_str(&b, e->param, strlen(e->param)) : dsi__buf_printf(&b, "null");
-    if (!rc) rc = dsi__buf_printf(&b, ",\"code\":");
-    if (!rc) rc = e->code ? dsi__buf_json_str(&b, e->code, strlen(e->code)) : dsi__buf_printf(&b, "null");
-    if (!rc) rc = dsi__buf_printf(&b, "}}\n");
+    struct dsi__sbuf b = {0};
+    int rc = dsi__sbuf_printf(&b, "{\"error\":{\"message\":");
+    if (!rc) rc = dsi__sbuf_json_str(&b, e->message, strlen(e->message));
+    if (!rc) rc = dsi__sbuf_printf(&b, ",\"type\":\"%s\",\"param\":", e->type ? e->type : type_for_status(e->status));
+    if (!rc) rc = e->param[0] ? dsi__sbuf_json_str(&b, e->param, strlen(e->param)) : dsi__sbuf_printf(&b, "null");
+    if (!rc) rc = dsi__sbuf_printf(&b, ",\"code\":");
+    if (!rc) rc = e->code ? dsi__sbuf_json_str(&b, e->code, strlen(e->code)) : dsi__sbuf_printf(&b, "null");
+    if (!rc) rc = dsi__sbuf_printf(&b, "}}\n");
     if (rc) {
-        dsi__buf_free(&b);
+        dsi__sbuf_free(&b);
         return NULL;
     }
     return b.p;

@@ -10,7 +10,7 @@
 #include "dsinfer/err.h"
 #include "internal.h"
 
-static int reserve(struct dsi__buf *b, size_t extra) {
+static int reserve(struct dsi__sbuf *b, size_t extra) {
     if (extra > SIZE_MAX - b->len - 1) return DSI_EOVERFLOW;
     size_t need = b->len + extra + 1;
     if (need <= b->cap) return 0;
@@ -29,7 +29,7 @@ static int reserve(struct dsi__buf *b, size_t extra) {
     return 0;
 }
 
-int dsi__buf_append(struct dsi__buf *b, const void *s, size_t n) {
+int dsi__sbuf_append(struct dsi__sbuf *b, const void *s, size_t n) {
     int rc = reserve(b, n);
     if (rc) return rc;
     if (n) memcpy(b->p + b->len, s, n);
@@ -38,14 +38,14 @@ int dsi__buf_append(struct dsi__buf *b, const void *s, size_t n) {
     return 0;
 }
 
-int dsi__buf_printf(struct dsi__buf *b, const char *fmt, ...) {
+int dsi__sbuf_printf(struct dsi__sbuf *b, const char *fmt, ...) {
     char tmp[512];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
     if (n < 0) return DSI_EINVAL;
-    if ((size_t)n < sizeof tmp) return dsi__buf_append(b, tmp, (size_t)n);
+    if ((size_t)n < sizeof tmp) return dsi__sbuf_append(b, tmp, (size_t)n);
     int rc = reserve(b, (size_t)n);
     if (rc) return rc;
     va_start(ap, fmt);
@@ -55,7 +55,7 @@ int dsi__buf_printf(struct dsi__buf *b, const char *fmt, ...) {
     return 0;
 }
 
-int dsi__buf_json_str(struct dsi__buf *b, const char *s, size_t n) {
+int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
     /* Worst case every byte becomes \u00XX (6 bytes). */
     if (n > (SIZE_MAX - 2) / 6) return DSI_EOVERFLOW;
@@ -81,7 +81,7 @@ int dsi__buf_json_str(struct dsi__buf *b, const char *s, size_t n) {
                 /* Valid UTF-8 is copied; a broken sequence (a token holding half a
                  * character) becomes U+FFFD so that the JSON stays valid. */
                 size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-                if (len && len <= n - i && dsi__utf8_valid(s + i, len)) {
+                if (len && len <= n - i && dsi__srv_utf8_valid(s + i, len)) {
                     memcpy(o, s + i, len);
                     o += len;
                     i += len - 1;
@@ -98,7 +98,7 @@ int dsi__buf_json_str(struct dsi__buf *b, const char *s, size_t n) {
     return 0;
 }
 
-void dsi__buf_free(struct dsi__buf *b) {
+void dsi__sbuf_free(struct dsi__sbuf *b) {
     if (!b) return;
     free(b->p);
     b->p = NULL;

@@ -24,10 +24,10 @@
 
 static void engine_cb(void *user, const struct dsi_token_event *ev);
 static int emit(void *user, enum dsi__channel ch, const char *s, size_t n);
-static int chunk_begin(struct dsi__gen *g, struct dsi__buf *b);
-static int append_usage(struct dsi__gen *g, struct dsi__buf *b);
+static int chunk_begin(struct dsi__gen *g, struct dsi__sbuf *b);
+static int append_usage(struct dsi__gen *g, struct dsi__sbuf *b);
 
-double dsi__now_s(void) {
+double dsi__srv_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
@@ -43,7 +43,7 @@ int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__
     g->refs = 1;
     g->s = s;
     g->conn = c;
-    g->t_start = dsi__now_s();
+    g->t_start = dsi__srv_now_s();
     pthread_mutex_lock(&s->mu);
     g->next = s->gens;
     if (s->gens) s->gens->prev = g;
@@ -68,13 +68,13 @@ void dsi__gen_release(struct dsi__gen *g) {
     dsi_tok_stream_destroy(g->ts);
     dsi__textgen_free(&g->tg);
     for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
-    dsi__buf_free(&g->out);
-    dsi__buf_free(&g->content);
-    dsi__buf_free(&g->reasoning);
-    dsi__buf_free(&g->lp);
-    dsi__buf_free(&g->lp_tokens);
-    dsi__buf_free(&g->lp_values);
-    dsi__buf_free(&g->lp_tops);
+    dsi__sbuf_free(&g->out);
+    dsi__sbuf_free(&g->content);
+    dsi__sbuf_free(&g->reasoning);
+    dsi__sbuf_free(&g->lp);
+    dsi__sbuf_free(&g->lp_tokens);
+    dsi__sbuf_free(&g->lp_values);
+    dsi__sbuf_free(&g->lp_tops);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -90,41 +90,41 @@ static const char *finish_name(const struct dsi__gen *g) {
 }
 
 /* The prefix of every chunk/response object up to and including "choices":[ */
-static int obj_head(struct dsi__gen *g, struct dsi__buf *b, bool chunk) {
+static int obj_head(struct dsi__gen *g, struct dsi__sbuf *b, bool chunk) {
     const char *obj = g->chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion";
-    int rc = dsi__buf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":", g->id, obj,
+    int rc = dsi__sbuf_printf(b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":", g->id, obj,
                              (long)time(NULL));
-    if (!rc) rc = dsi__buf_json_str(b, g->s->model_name, strlen(g->s->model_name));
-    if (!rc) rc = dsi__buf_printf(b, ",\"system_fingerprint\":\"dsinfer-" DSI_VERSION "\",\"choices\":[");
+    if (!rc) rc = dsi__sbuf_json_str(b, g->s->model_name, strlen(g->s->model_name));
+    if (!rc) rc = dsi__sbuf_printf(b, ",\"system_fingerprint\":\"dsinfer-" DSI_VERSION "\",\"choices\":[");
     return rc;
 }
 
-static int chunk_begin(struct dsi__gen *g, struct dsi__buf *b) {
-    int rc = dsi__buf_printf(b, "data: ");
+static int chunk_begin(struct dsi__gen *g, struct dsi__sbuf *b) {
+    int rc = dsi__sbuf_printf(b, "data: ");
     if (!rc) rc = obj_head(g, b, true);
     return rc;
 }
 
 /* Closes a chunk: ],"usage":null when include_usage (OpenAI sends it on every chunk). */
-static int chunk_end(struct dsi__gen *g, struct dsi__buf *b) {
-    return dsi__buf_printf(b, "]%s}\n\n", g->include_usage ? ",\"usage\":null" : "");
+static int chunk_end(struct dsi__gen *g, struct dsi__sbuf *b) {
+    return dsi__sbuf_printf(b, "]%s}\n\n", g->include_usage ? ",\"usage\":null" : "");
 }
 
-static int append_logprobs_field(struct dsi__gen *g, struct dsi__buf *b) {
-    if (!g->logprobs || g->n_lp == 0) return dsi__buf_printf(b, "\"logprobs\":null");
+static int append_logprobs_field(struct dsi__gen *g, struct dsi__sbuf *b) {
+    if (!g->logprobs || g->n_lp == 0) return dsi__sbuf_printf(b, "\"logprobs\":null");
     int rc;
     if (g->chat) {
-        rc = dsi__buf_printf(b, "\"logprobs\":{\"content\":[");
-        if (!rc) rc = dsi__buf_append(b, g->lp.p, g->lp.len);
-        if (!rc) rc = dsi__buf_printf(b, "]}");
+        rc = dsi__sbuf_printf(b, "\"logprobs\":{\"content\":[");
+        if (!rc) rc = dsi__sbuf_append(b, g->lp.p, g->lp.len);
+        if (!rc) rc = dsi__sbuf_printf(b, "]}");
     } else {
-        rc = dsi__buf_printf(b, "\"logprobs\":{\"tokens\":[");
-        if (!rc) rc = dsi__buf_append(b, g->lp_tokens.p, g->lp_tokens.len);
-        if (!rc) rc = dsi__buf_printf(b, "],\"token_logprobs\":[");
-        if (!rc) rc = dsi__buf_append(b, g->lp_values.p, g->lp_values.len);
-        if (!rc) rc = dsi__buf_printf(b, "],\"top_logprobs\":[");
-        if (!rc) rc = dsi__buf_append(b, g->lp_tops.p, g->lp_tops.len);
-        if (!rc) rc = dsi__buf_printf(b, "]}");
+        rc = dsi__sbuf_printf(b, "\"logprobs\":{\"tokens\":[");
+        if (!rc) rc = dsi__sbuf_append(b, g->lp_tokens.p, g->lp_tokens.len);
+        if (!rc) rc = dsi__sbuf_printf(b, "],\"token_logprobs\":[");
+        if (!rc) rc = dsi__sbuf_append(b, g->lp_values.p, g->lp_values.len);
+        if (!rc) rc = dsi__sbuf_printf(b, "],\"top_logprobs\":[");
+        if (!rc) rc = dsi__sbuf_append(b, g->lp_tops.p, g->lp_tops.len);
+        if (!rc) rc = dsi__sbuf_printf(b, "]}");
     }
     g->lp.len = g->lp_tokens.len = g->lp_values.len = g->lp_tops.len = 0;
     g->n_lp = 0;
@@ -134,22 +134,22 @@ static int append_logprobs_field(struct dsi__gen *g, struct dsi__buf *b) {
 /* One streamed delta: chat {"delta":{"content"|"reasoning_content":...}} or
  * completions {"text":...}. */
 static int stream_delta(struct dsi__gen *g, enum dsi__channel ch, const char *s, size_t n, const char *finish) {
-    struct dsi__buf *b = &g->out;
+    struct dsi__sbuf *b = &g->out;
     int rc = chunk_begin(g, b);
     if (!rc && g->chat) {
-        rc = dsi__buf_printf(b, "{\"index\":0,\"delta\":{");
+        rc = dsi__sbuf_printf(b, "{\"index\":0,\"delta\":{");
         if (!rc && s) {
-            rc = dsi__buf_printf(b, "\"%s\":", ch == DSI__CH_REASONING ? "reasoning_content" : "content");
-            if (!rc) rc = dsi__buf_json_str(b, s, n);
+            rc = dsi__sbuf_printf(b, "\"%s\":", ch == DSI__CH_REASONING ? "reasoning_content" : "content");
+            if (!rc) rc = dsi__sbuf_json_str(b, s, n);
         }
-        if (!rc) rc = dsi__buf_printf(b, "},");
+        if (!rc) rc = dsi__sbuf_printf(b, "},");
     } else if (!rc) {
-        rc = dsi__buf_printf(b, "{\"index\":0,\"text\":");
-        if (!rc) rc = dsi__buf_json_str(b, s ? s : "", s ? n : 0);
-        if (!rc) rc = dsi__buf_printf(b, ",");
+        rc = dsi__sbuf_printf(b, "{\"index\":0,\"text\":");
+        if (!rc) rc = dsi__sbuf_json_str(b, s ? s : "", s ? n : 0);
+        if (!rc) rc = dsi__sbuf_printf(b, ",");
     }
     if (!rc) rc = append_logprobs_field(g, b);
-    if (!rc) rc = finish ? dsi__buf_printf(b, ",\"finish_reason\":\"%s\"}", finish) : dsi__buf_printf(b, ",\"finish_reason\":null}");
+    if (!rc) rc = finish ? dsi__sbuf_printf(b, ",\"finish_reason\":\"%s\"}", finish) : dsi__sbuf_printf(b, ",\"finish_reason\":null}");
     if (!rc) rc = chunk_end(g, b);
     return rc;
 }
@@ -157,11 +157,11 @@ static int stream_delta(struct dsi__gen *g, enum dsi__channel ch, const char *s,
 static int emit(void *user, enum dsi__channel ch, const char *s, size_t n) {
     struct dsi__gen *g = user;
     if (g->stream) return stream_delta(g, ch, s, n, NULL);
-    return dsi__buf_append(ch == DSI__CH_REASONING ? &g->reasoning : &g->content, s, n);
+    return dsi__sbuf_append(ch == DSI__CH_REASONING ? &g->reasoning : &g->content, s, n);
 }
 
-static int append_usage(struct dsi__gen *g, struct dsi__buf *b) {
-    return dsi__buf_printf(b, "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
+static int append_usage(struct dsi__gen *g, struct dsi__sbuf *b) {
+    return dsi__sbuf_printf(b, "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
                            g->n_prompt, g->n_completion, g->n_prompt + g->n_completion);
 }
 
@@ -174,41 +174,41 @@ static int add_logprobs(struct dsi__gen *g, const struct dsi_token_event *ev) {
     if (dsi_tok_decode(t, &ev->token, 1, false, &txt, &len, NULL)) return 0; /* no text: skip entry */
     int rc = 0;
     if (g->chat) {
-        struct dsi__buf *b = &g->lp;
-        if (g->n_lp) rc = dsi__buf_append(b, ",", 1);
-        if (!rc) rc = dsi__buf_printf(b, "{\"token\":");
-        if (!rc) rc = dsi__buf_json_str(b, txt, len);
-        if (!rc) rc = dsi__buf_printf(b, ",\"logprob\":%.6g,\"bytes\":[", (double)ev->logprob);
-        for (size_t i = 0; !rc && i < len; i++) rc = dsi__buf_printf(b, "%s%u", i ? "," : "", (unsigned char)txt[i]);
-        if (!rc) rc = dsi__buf_printf(b, "],\"top_logprobs\":[");
+        struct dsi__sbuf *b = &g->lp;
+        if (g->n_lp) rc = dsi__sbuf_append(b, ",", 1);
+        if (!rc) rc = dsi__sbuf_printf(b, "{\"token\":");
+        if (!rc) rc = dsi__sbuf_json_str(b, txt, len);
+        if (!rc) rc = dsi__sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":[", (double)ev->logprob);
+        for (size_t i = 0; !rc && i < len; i++) rc = dsi__sbuf_printf(b, "%s%u", i ? "," : "", (unsigned char)txt[i]);
+        if (!rc) rc = dsi__sbuf_printf(b, "],\"top_logprobs\":[");
         for (int k = 0; !rc && k < ev->n_top && k < g->top_logprobs; k++) {
             char *tt = NULL;
             size_t tl = 0;
             if (dsi_tok_decode(t, &ev->top_ids[k], 1, false, &tt, &tl, NULL)) continue;
-            rc = dsi__buf_printf(b, "%s{\"token\":", k ? "," : "");
-            if (!rc) rc = dsi__buf_json_str(b, tt, tl);
-            if (!rc) rc = dsi__buf_printf(b, ",\"logprob\":%.6g,\"bytes\":[", (double)ev->top_logprobs[k]);
-            for (size_t i = 0; !rc && i < tl; i++) rc = dsi__buf_printf(b, "%s%u", i ? "," : "", (unsigned char)tt[i]);
-            if (!rc) rc = dsi__buf_printf(b, "]}");
+            rc = dsi__sbuf_printf(b, "%s{\"token\":", k ? "," : "");
+            if (!rc) rc = dsi__sbuf_json_str(b, tt, tl);
+            if (!rc) rc = dsi__sbuf_printf(b, ",\"logprob\":%.6g,\"bytes\":[", (double)ev->top_logprobs[k]);
+            for (size_t i = 0; !rc && i < tl; i++) rc = dsi__sbuf_printf(b, "%s%u", i ? "," : "", (unsigned char)tt[i]);
+            if (!rc) rc = dsi__sbuf_printf(b, "]}");
             free(tt);
         }
-        if (!rc) rc = dsi__buf_printf(b, "]}");
+        if (!rc) rc = dsi__sbuf_printf(b, "]}");
     } else {
         const char *sep = g->n_lp ? "," : "";
-        rc = dsi__buf_printf(&g->lp_tokens, "%s", sep);
-        if (!rc) rc = dsi__buf_json_str(&g->lp_tokens, txt, len);
-        if (!rc) rc = dsi__buf_printf(&g->lp_values, "%s%.6g", sep, (double)ev->logprob);
-        if (!rc) rc = dsi__buf_printf(&g->lp_tops, "%s{", sep);
+        rc = dsi__sbuf_printf(&g->lp_tokens, "%s", sep);
+        if (!rc) rc = dsi__sbuf_json_str(&g->lp_tokens, txt, len);
+        if (!rc) rc = dsi__sbuf_printf(&g->lp_values, "%s%.6g", sep, (double)ev->logprob);
+        if (!rc) rc = dsi__sbuf_printf(&g->lp_tops, "%s{", sep);
         for (int k = 0; !rc && k < ev->n_top && k < g->top_logprobs; k++) {
             char *tt = NULL;
             size_t tl = 0;
             if (dsi_tok_decode(t, &ev->top_ids[k], 1, false, &tt, &tl, NULL)) continue;
-            rc = dsi__buf_printf(&g->lp_tops, "%s", k ? "," : "");
-            if (!rc) rc = dsi__buf_json_str(&g->lp_tops, tt, tl);
-            if (!rc) rc = dsi__buf_printf(&g->lp_tops, ":%.6g", (double)ev->top_logprobs[k]);
+            rc = dsi__sbuf_printf(&g->lp_tops, "%s", k ? "," : "");
+            if (!rc) rc = dsi__sbuf_json_str(&g->lp_tops, tt, tl);
+            if (!rc) rc = dsi__sbuf_printf(&g->lp_tops, ":%.6g", (double)ev->top_logprobs[k]);
             free(tt);
         }
-        if (!rc) rc = dsi__buf_printf(&g->lp_tops, "}");
+        if (!rc) rc = dsi__sbuf_printf(&g->lp_tops, "}");
     }
     free(txt);
     if (!rc) g->n_lp++;
@@ -224,12 +224,12 @@ static bool is_stop_id(const struct dsi_server *s, int32_t id) {
 static void engine_cb(void *user, const struct dsi_token_event *ev) {
     struct dsi__gen *g = user;
     struct dsi_server *s = g->s;
-    double now = dsi__now_s();
+    double now = dsi__srv_now_s();
     pthread_mutex_lock(&g->mu);
     int rc = 0;
     if (ev->token >= 0 && !g->stop_hit && !(ev->finished && is_stop_id(s, ev->token))) {
-        if (!g->got_token) dsi__metrics_ttft(s->metrics, now - g->t_start);
-        else dsi__metrics_itl(s->metrics, now - g->t_last);
+        if (!g->got_token) dsi__smetrics_ttft(s->metrics, now - g->t_start);
+        else dsi__smetrics_itl(s->metrics, now - g->t_last);
         g->got_token = true;
         g->t_last = now;
         if (g->logprobs) rc = add_logprobs(g, ev);
@@ -264,17 +264,17 @@ static void engine_cb(void *user, const struct dsi_token_event *ev) {
             rc = stream_delta(g, DSI__CH_CONTENT, NULL, 0, finish_name(g));
             if (!rc && g->include_usage) {
                 rc = chunk_begin(g, &g->out);
-                if (!rc) rc = dsi__buf_printf(&g->out, "],");
+                if (!rc) rc = dsi__sbuf_printf(&g->out, "],");
                 if (!rc) rc = append_usage(g, &g->out);
-                if (!rc) rc = dsi__buf_printf(&g->out, "}\n\n");
+                if (!rc) rc = dsi__sbuf_printf(&g->out, "}\n\n");
             }
         } else if (g->stream && !rc) {
             /* Mid-stream errors cannot change the status any more: send an error event. */
-            rc = dsi__buf_printf(&g->out, "data: {\"error\":{\"message\":\"generation failed: %s\",\"type\":"
+            rc = dsi__sbuf_printf(&g->out, "data: {\"error\":{\"message\":\"generation failed: %s\",\"type\":"
                                           "\"server_error\",\"param\":null,\"code\":null}}\n\n",
                                  dsi_strerror(g->error));
         }
-        if (g->stream && !rc) rc = dsi__buf_printf(&g->out, "data: [DONE]\n\n");
+        if (g->stream && !rc) rc = dsi__sbuf_printf(&g->out, "data: [DONE]\n\n");
     }
     if (rc) {
         /* Out of memory mid-answer: end the request rather than send broken output. */
@@ -332,9 +332,9 @@ int dsi__gen_submit(struct dsi__gen *g, const struct dsi__req *r, const int32_t 
     if (g->stream) {
         /* The role chunk goes out at once so the client sees headers and the id. */
         int rc = chunk_begin(g, &g->out);
-        if (!rc && g->chat) rc = dsi__buf_printf(&g->out, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+        if (!rc && g->chat) rc = dsi__sbuf_printf(&g->out, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
                                                           "\"logprobs\":null,\"finish_reason\":null}");
-        if (!rc && !g->chat) rc = dsi__buf_printf(&g->out, "{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":null}");
+        if (!rc && !g->chat) rc = dsi__sbuf_printf(&g->out, "{\"index\":0,\"text\":\"\",\"logprobs\":null,\"finish_reason\":null}");
         if (!rc) rc = chunk_end(g, &g->out);
         if (rc) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
     }
@@ -411,7 +411,7 @@ ssize_t dsi__gen_stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 }
 
 char *dsi__gen_final_json(struct dsi__gen *g, int *status) {
-    struct dsi__buf b = {0};
+    struct dsi__sbuf b = {0};
     pthread_mutex_lock(&g->mu);
     if (g->finish == DSI_FINISH_ERROR && !g->stop_hit) {
         struct dsi__api_error e;
@@ -424,26 +424,26 @@ char *dsi__gen_final_json(struct dsi__gen *g, int *status) {
     }
     int rc = obj_head(g, &b, false);
     if (!rc && g->chat) {
-        rc = dsi__buf_printf(&b, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-        if (!rc) rc = dsi__buf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
+        rc = dsi__sbuf_printf(&b, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+        if (!rc) rc = dsi__sbuf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
         if (!rc && g->s->reasoning) {
-            rc = dsi__buf_printf(&b, ",\"reasoning_content\":");
-            if (!rc) rc = g->reasoning.len ? dsi__buf_json_str(&b, g->reasoning.p, g->reasoning.len)
-                                           : dsi__buf_printf(&b, "null");
+            rc = dsi__sbuf_printf(&b, ",\"reasoning_content\":");
+            if (!rc) rc = g->reasoning.len ? dsi__sbuf_json_str(&b, g->reasoning.p, g->reasoning.len)
+                                           : dsi__sbuf_printf(&b, "null");
         }
-        if (!rc) rc = dsi__buf_printf(&b, "},");
+        if (!rc) rc = dsi__sbuf_printf(&b, "},");
     } else if (!rc) {
-        rc = dsi__buf_printf(&b, "{\"index\":0,\"text\":");
-        if (!rc) rc = dsi__buf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
-        if (!rc) rc = dsi__buf_printf(&b, ",");
+        rc = dsi__sbuf_printf(&b, "{\"index\":0,\"text\":");
+        if (!rc) rc = dsi__sbuf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
+        if (!rc) rc = dsi__sbuf_printf(&b, ",");
     }
     if (!rc) rc = append_logprobs_field(g, &b);
-    if (!rc) rc = dsi__buf_printf(&b, ",\"finish_reason\":\"%s\"}],", finish_name(g));
+    if (!rc) rc = dsi__sbuf_printf(&b, ",\"finish_reason\":\"%s\"}],", finish_name(g));
     if (!rc) rc = append_usage(g, &b);
-    if (!rc) rc = dsi__buf_printf(&b, "}\n");
+    if (!rc) rc = dsi__sbuf_printf(&b, "}\n");
     pthread_mutex_unlock(&g->mu);
     if (rc) {
-        dsi__buf_free(&b);
+        dsi__sbuf_free(&b);
         *status = 500;
         return NULL;
     }
@@ -479,7 +479,7 @@ void dsi__gen_abort_all(struct dsi_server *s) {
                 g->finished = true;
                 g->finish = DSI_FINISH_ERROR;
                 g->error = DSI_ECANCELED;
-                if (g->stream) dsi__buf_printf(&g->out, "data: [DONE]\n\n");
+                if (g->stream) dsi__sbuf_printf(&g->out, "data: [DONE]\n\n");
             }
             struct MHD_Connection *c = g->suspended && !g->conn_gone ? g->conn : NULL;
             g->suspended = false;

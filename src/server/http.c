@@ -24,7 +24,7 @@
 
 struct conn_ctx {
     enum dsi__route route;
-    struct dsi__buf body;
+    struct dsi__sbuf body;
     bool too_big, responded;
     struct dsi__gen *g;
     double t0;
@@ -196,13 +196,13 @@ static char *json_printf(const char *fmt, ...) {
 }
 
 static enum MHD_Result route_models(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x) {
-    struct dsi__buf b = {0};
-    int rc = dsi__buf_printf(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
-    if (!rc) rc = dsi__buf_json_str(&b, s->model_name, strlen(s->model_name));
+    struct dsi__sbuf b = {0};
+    int rc = dsi__sbuf_printf(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
+    if (!rc) rc = dsi__sbuf_json_str(&b, s->model_name, strlen(s->model_name));
     if (!rc)
-        rc = dsi__buf_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"dsinfer\",\"max_model_len\":%d}]}\n",
+        rc = dsi__sbuf_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"dsinfer\",\"max_model_len\":%d}]}\n",
                              s->created, s->context_tokens);
-    if (rc) dsi__buf_free(&b);
+    if (rc) dsi__sbuf_free(&b);
     return respond(c, x, 200, "application/json", b.p, NULL, NULL);
 }
 
@@ -216,7 +216,7 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
     struct dsi__api_error e;
     int st = x->too_big ? dsi__api_error_set(&e, 413, NULL, "request_too_large", "request body exceeds %zu bytes",
                                              cfg->max_body_bytes)
-                        : dsi__req_parse(kind, x->body.p ? x->body.p : "", x->body.len, &lim, r, &e);
+                        : dsi__srv_req_parse(kind, x->body.p ? x->body.p : "", x->body.len, &lim, r, &e);
     const char *model = st == 0 && r->model ? r->model : s->model_name;
     snprintf(x->model, sizeof x->model, "%.255s", model);
     if (!authorize(s, c, x, st == 0 ? model : NULL, res)) return false;
@@ -300,12 +300,12 @@ static enum MHD_Result route_tokenize(struct dsi_server *s, struct MHD_Connectio
     int32_t *ids = NULL;
     size_t n = 0;
     if (prompt_ids(s, r, r->add_generation_prompt, &ids, &n, &e)) return respond_error(c, x, &e);
-    struct dsi__buf b = {0};
-    int rc = dsi__buf_printf(&b, "{\"count\":%zu,\"max_model_len\":%d,\"tokens\":[", n, s->context_tokens);
-    for (size_t i = 0; !rc && i < n; i++) rc = dsi__buf_printf(&b, "%s%d", i ? "," : "", (int)ids[i]);
-    if (!rc) rc = dsi__buf_printf(&b, "]}\n");
+    struct dsi__sbuf b = {0};
+    int rc = dsi__sbuf_printf(&b, "{\"count\":%zu,\"max_model_len\":%d,\"tokens\":[", n, s->context_tokens);
+    for (size_t i = 0; !rc && i < n; i++) rc = dsi__sbuf_printf(&b, "%s%d", i ? "," : "", (int)ids[i]);
+    if (!rc) rc = dsi__sbuf_printf(&b, "]}\n");
     free(ids);
-    if (rc) dsi__buf_free(&b);
+    if (rc) dsi__sbuf_free(&b);
     return respond(c, x, 200, "application/json", b.p, NULL, NULL);
 }
 
@@ -324,12 +324,12 @@ static enum MHD_Result route_detokenize(struct dsi_server *s, struct MHD_Connect
         free(err);
         return res;
     }
-    struct dsi__buf b = {0};
-    rc = dsi__buf_printf(&b, "{\"prompt\":");
-    if (!rc) rc = dsi__buf_json_str(&b, text, len);
-    if (!rc) rc = dsi__buf_printf(&b, "}\n");
+    struct dsi__sbuf b = {0};
+    rc = dsi__sbuf_printf(&b, "{\"prompt\":");
+    if (!rc) rc = dsi__sbuf_json_str(&b, text, len);
+    if (!rc) rc = dsi__sbuf_printf(&b, "}\n");
     free(text);
-    if (rc) dsi__buf_free(&b);
+    if (rc) dsi__sbuf_free(&b);
     return respond(c, x, 200, "application/json", b.p, NULL, NULL);
 }
 
@@ -424,7 +424,7 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
         pthread_rwlock_rdlock(&s->eng_lock);
         if (s->eng) dsi_engine_get_stats(s->eng, &st);
         pthread_rwlock_unlock(&s->eng_lock);
-        char *m = dsi__metrics_render(s->metrics, &st, atomic_load(&s->state) == DSI__ST_READY);
+        char *m = dsi__smetrics_render(s->metrics, &st, atomic_load(&s->state) == DSI__ST_READY);
         char *a = NULL;
         if (m && s->auth && dsi_auth_metrics(s->auth, &a) == 0 && a) {
             char *both = json_printf("%s%s", m, a);
@@ -452,7 +452,7 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
         else if (kind == DSI__REQ_DETOKENIZE) res = route_detokenize(s, c, x, &r);
         else res = route_generate(s, c, x, &r);
     }
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     return res;
 }
 
@@ -466,7 +466,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!x) return MHD_NO;
         *con_cls = x;
         atomic_fetch_add(&s->active, 1);
-        x->t0 = dsi__now_s();
+        x->t0 = dsi__srv_now_s();
         snprintf(x->req_id, sizeof x->req_id, "req-%016" PRIx64, atomic_fetch_add(&s->next_id, 1));
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         if (ci && ci->client_addr) {
@@ -501,9 +501,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (*upload_size) {
         if (!x->too_big && x->body.len + *upload_size > s->cfg->max_body_bytes) {
             x->too_big = true;
-            dsi__buf_free(&x->body);
+            dsi__sbuf_free(&x->body);
         }
-        if (!x->too_big && dsi__buf_append(&x->body, upload, *upload_size)) return MHD_NO;
+        if (!x->too_big && dsi__sbuf_append(&x->body, upload, *upload_size)) return MHD_NO;
         *upload_size = 0;
         return MHD_YES;
     }
@@ -530,9 +530,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && x->status == 200 && x->g)
         dsi_log(DSI_LOG_INFO, "http", "%s: client left before the end (code %d)", x->req_id, (int)toe);
     int status = x->status ? x->status : 499; /* nginx's "client closed request" */
-    dsi__metrics_request(s->metrics, x->route, status);
+    dsi__smetrics_request(s->metrics, x->route, status);
     if (prompt || completion) {
-        dsi__metrics_tokens(s->metrics, x->have_pr ? x->pr.name : NULL, prompt, completion);
+        dsi__smetrics_tokens(s->metrics, x->have_pr ? x->pr.name : NULL, prompt, completion);
         if (x->have_pr && s->auth) dsi_auth_charge(s->auth, &x->pr, prompt, completion);
     }
     if (s->audit && x->route != DSI__R_LIVE && x->route != DSI__R_READY) {
@@ -548,12 +548,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
             .status = status,
             .prompt_tokens = prompt,
             .completion_tokens = completion,
-            .latency_ms = (dsi__now_s() - x->t0) * 1000.0,
+            .latency_ms = (dsi__srv_now_s() - x->t0) * 1000.0,
         };
         dsi_audit_write(s->audit, &a);
     }
     dsi__gen_release(x->g);
-    dsi__buf_free(&x->body);
+    dsi__sbuf_free(&x->body);
     free(x);
     atomic_fetch_sub(&s->active, 1);
 }

@@ -71,15 +71,15 @@ struct dsi__req {
 
 /* Parses and validates a request body of the given kind into out (zeroed first).
  * Returns 0, or an HTTP status (400/413) with e filled. Never crashes on any
- * input; free out with dsi__req_free whatever the result. */
-int dsi__req_parse(enum dsi__req_kind kind, const char *body, size_t len,
+ * input; free out with dsi__srv_req_free whatever the result. */
+int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len,
                    const struct dsi__req_limits *lim, struct dsi__req *out, struct dsi__api_error *e);
-void dsi__req_free(struct dsi__req *r);
+void dsi__srv_req_free(struct dsi__req *r);
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF). */
-bool dsi__utf8_valid(const char *s, size_t n);
+bool dsi__srv_utf8_valid(const char *s, size_t n);
 /* Length of the longest prefix of s[0..n) that does not end inside a UTF-8
  * sequence (text held back so that SSE chunks stay valid UTF-8). */
-size_t dsi__utf8_complete_prefix(const char *s, size_t n);
+size_t dsi__srv_utf8_complete_prefix(const char *s, size_t n);
 
 /* ---- text post-processing: reasoning split + stop strings (textgen.c) ---- */
 
@@ -108,15 +108,15 @@ void dsi__textgen_free(struct dsi__textgen *t);
 
 /* ---- growable byte buffer (buf.c) ---------------------------------------- */
 
-struct dsi__buf {
+struct dsi__sbuf {
     char *p;
     size_t len, cap;
 };
-int dsi__buf_append(struct dsi__buf *b, const void *s, size_t n);
-int dsi__buf_printf(struct dsi__buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int dsi__sbuf_append(struct dsi__sbuf *b, const void *s, size_t n);
+int dsi__sbuf_printf(struct dsi__sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s as a JSON string literal with quotes (escapes per RFC 8259). */
-int dsi__buf_json_str(struct dsi__buf *b, const char *s, size_t n);
-void dsi__buf_free(struct dsi__buf *b);
+int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n);
+void dsi__sbuf_free(struct dsi__sbuf *b);
 
 /* ---- metrics (metrics.c) --------------------------------------------------- */
 
@@ -126,15 +126,15 @@ enum dsi__route {
 };
 const char *dsi__route_name(enum dsi__route r);
 
-struct dsi__metrics;
-int dsi__metrics_create(struct dsi__metrics **out);
-void dsi__metrics_destroy(struct dsi__metrics *m);
-void dsi__metrics_request(struct dsi__metrics *m, enum dsi__route r, int status);
-void dsi__metrics_tokens(struct dsi__metrics *m, const char *principal, int prompt, int completion);
-void dsi__metrics_ttft(struct dsi__metrics *m, double seconds);
-void dsi__metrics_itl(struct dsi__metrics *m, double seconds);
+struct dsi__smetrics;
+int dsi__smetrics_create(struct dsi__smetrics **out);
+void dsi__smetrics_destroy(struct dsi__smetrics *m);
+void dsi__smetrics_request(struct dsi__smetrics *m, enum dsi__route r, int status);
+void dsi__smetrics_tokens(struct dsi__smetrics *m, const char *principal, int prompt, int completion);
+void dsi__smetrics_ttft(struct dsi__smetrics *m, double seconds);
+void dsi__smetrics_itl(struct dsi__smetrics *m, double seconds);
 /* Prometheus text (malloc'd) including the engine gauges given. */
-char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats *st, int state_ready);
+char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stats *st, int state_ready);
 
 /* ---- TLS material (tls.c) -------------------------------------------------- */
 
@@ -144,7 +144,7 @@ char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats 
 int dsi__tls_material(const char *cert_file, const char *key_file, const char *state_dir, char **cert_pem,
                       char **key_pem, char fingerprint[96 + 1], char **err);
 /* Reads a whole file (NUL-terminated, malloc'd). */
-int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err);
+int dsi__srv_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err);
 
 /* ---- misc ------------------------------------------------------------------ */
 

@@ -32,7 +32,7 @@ struct principal_tokens {
     uint64_t prompt, completion;
 };
 
-struct dsi__metrics {
+struct dsi__smetrics {
     pthread_mutex_t mu;
     int statuses[N_STATUS];                  /* distinct statuses seen, in order */
     int n_statuses;
@@ -50,8 +50,8 @@ static const char *ROUTE_NAMES[DSI__R__COUNT] = {
 
 const char *dsi__route_name(enum dsi__route r) { return (unsigned)r < DSI__R__COUNT ? ROUTE_NAMES[r] : "other"; }
 
-int dsi__metrics_create(struct dsi__metrics **out) {
-    struct dsi__metrics *m = calloc(1, sizeof *m);
+int dsi__smetrics_create(struct dsi__smetrics **out) {
+    struct dsi__smetrics *m = calloc(1, sizeof *m);
     if (!m) return -1;
     m->principals = calloc(MAX_PRINCIPALS, sizeof *m->principals);
     if (!m->principals || pthread_mutex_init(&m->mu, NULL)) {
@@ -63,14 +63,14 @@ int dsi__metrics_create(struct dsi__metrics **out) {
     return 0;
 }
 
-void dsi__metrics_destroy(struct dsi__metrics *m) {
+void dsi__smetrics_destroy(struct dsi__smetrics *m) {
     if (!m) return;
     pthread_mutex_destroy(&m->mu);
     free(m->principals);
     free(m);
 }
 
-void dsi__metrics_request(struct dsi__metrics *m, enum dsi__route r, int status) {
+void dsi__smetrics_request(struct dsi__smetrics *m, enum dsi__route r, int status) {
     if ((unsigned)r >= DSI__R__COUNT) r = DSI__R_OTHER;
     pthread_mutex_lock(&m->mu);
     int i = 0;
@@ -80,7 +80,7 @@ void dsi__metrics_request(struct dsi__metrics *m, enum dsi__route r, int status)
     pthread_mutex_unlock(&m->mu);
 }
 
-void dsi__metrics_tokens(struct dsi__metrics *m, const char *principal, int prompt, int completion) {
+void dsi__smetrics_tokens(struct dsi__smetrics *m, const char *principal, int prompt, int completion) {
     if (prompt < 0) prompt = 0;
     if (completion < 0) completion = 0;
     pthread_mutex_lock(&m->mu);
@@ -112,70 +112,70 @@ static void hist_add(struct hist *h, const double *b, size_t nb, double v) {
     h->sum += v;
 }
 
-void dsi__metrics_ttft(struct dsi__metrics *m, double s) {
+void dsi__smetrics_ttft(struct dsi__smetrics *m, double s) {
     pthread_mutex_lock(&m->mu);
     hist_add(&m->ttft, TTFT_BUCKETS, N_TTFT, s);
     pthread_mutex_unlock(&m->mu);
 }
 
-void dsi__metrics_itl(struct dsi__metrics *m, double s) {
+void dsi__smetrics_itl(struct dsi__smetrics *m, double s) {
     pthread_mutex_lock(&m->mu);
     hist_add(&m->itl, ITL_BUCKETS, N_ITL, s);
     pthread_mutex_unlock(&m->mu);
 }
 
-static int hist_render(struct dsi__buf *b, const char *name, const char *help, const struct hist *h,
+static int hist_render(struct dsi__sbuf *b, const char *name, const char *help, const struct hist *h,
                        const double *bk, size_t nb) {
-    int rc = dsi__buf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    int rc = dsi__sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (size_t i = 0; !rc && i < nb; i++) {
         cum += h->counts[i];
-        rc = dsi__buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bk[i], (unsigned long long)cum);
+        rc = dsi__sbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bk[i], (unsigned long long)cum);
     }
     if (!rc)
-        rc = dsi__buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+        rc = dsi__sbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
                              (unsigned long long)h->n, name, h->sum, name, (unsigned long long)h->n);
     return rc;
 }
 
 /* Principal names come from the keys file (operator-controlled) but are still
  * escaped as Prometheus label values require. */
-static int label_value(struct dsi__buf *b, const char *s) {
+static int label_value(struct dsi__sbuf *b, const char *s) {
     int rc = 0;
     for (; !rc && *s; s++) {
-        if (*s == '\\' || *s == '"') rc = dsi__buf_printf(b, "\\%c", *s);
-        else if (*s == '\n') rc = dsi__buf_printf(b, "\\n");
-        else rc = dsi__buf_append(b, s, 1);
+        if (*s == '\\' || *s == '"') rc = dsi__sbuf_printf(b, "\\%c", *s);
+        else if (*s == '\n') rc = dsi__sbuf_printf(b, "\\n");
+        else rc = dsi__sbuf_append(b, s, 1);
     }
     return rc;
 }
 
-char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats *st, int ready) {
-    struct dsi__buf b = {0};
+char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stats *st, int ready) {
+    struct dsi__sbuf b = {0};
     pthread_mutex_lock(&m->mu);
-    int rc = dsi__buf_printf(&b, "# HELP dsinfer_requests_total HTTP requests by route and status.\n"
+    int rc = dsi__sbuf_printf(&b, "# HELP dsinfer_requests_total HTTP requests by route and status.\n"
                                  "# TYPE dsinfer_requests_total counter\n");
     for (int r = 0; !rc && r < DSI__R__COUNT; r++)
         for (int i = 0; !rc && i < m->n_statuses; i++)
             if (m->requests[r][i])
-                rc = dsi__buf_printf(&b, "dsinfer_requests_total{route=\"%s\",status=\"%d\"} %llu\n", ROUTE_NAMES[r],
+                rc = dsi__sbuf_printf(&b, "dsinfer_requests_total{route=\"%s\",status=\"%d\"} %llu\n", ROUTE_NAMES[r],
                                      m->statuses[i], (unsigned long long)m->requests[r][i]);
     if (!rc)
-        rc = dsi__buf_printf(&b,
+        rc = dsi__sbuf_printf(&b,
                              "# HELP dsinfer_prompt_tokens_total Prompt tokens of finished requests.\n"
                              "# TYPE dsinfer_prompt_tokens_total counter\ndsinfer_prompt_tokens_total %llu\n"
                              "# HELP dsinfer_generation_tokens_total Generated tokens of finished requests.\n"
                              "# TYPE dsinfer_generation_tokens_total counter\ndsinfer_generation_tokens_total %llu\n",
                              (unsigned long long)m->prompt_tokens, (unsigned long long)m->completion_tokens);
     if (!rc)
-        rc = dsi__buf_printf(&b, "# HELP dsinfer_principal_tokens_total Tokens charged per principal (chargeback).\n"
+        rc = dsi__sbuf_printf(&b, "# HELP dsinfer_principal_tokens_total Tokens charged per principal (chargeback).\n"
                                  "# TYPE dsinfer_principal_tokens_total counter\n");
     for (int i = 0; !rc && i < m->n_principals; i++) {
         for (int k = 0; !rc && k < 2; k++) {
-            rc = dsi__buf_printf(&b, "dsinfer_principal_tokens_total{principal=\"");
+            rc = dsi__sbuf_printf(&b, "dsinfer_principal_tokens_total{principal=\"");
             if (!rc) rc = label_value(&b, m->principals[i].name);
             if (!rc)
-                rc = dsi__buf_printf(&b, "\",kind=\"%s\"} %llu\n", k ? "completion" : "prompt",
+                rc = dsi__sbuf_printf(&b, "\",kind=\"%s\"} %llu\n", k ? "completion" : "prompt",
                                      (unsigned long long)(k ? m->principals[i].completion : m->principals[i].prompt));
         }
     }
@@ -189,7 +189,7 @@ char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats 
     struct dsi_engine_stats z = {0};
     if (!st) st = &z;
     if (!rc)
-        rc = dsi__buf_printf(&b,
+        rc = dsi__sbuf_printf(&b,
                              "# HELP dsinfer_ready 1 when the model is loaded and the server is not draining.\n"
                              "# TYPE dsinfer_ready gauge\ndsinfer_ready %d\n"
                              "# HELP dsinfer_running_sequences Sequences in the running batch.\n"
@@ -207,7 +207,7 @@ char *dsi__metrics_render(struct dsi__metrics *m, const struct dsi_engine_stats 
                              ready, st->running, st->waiting, st->kv_blocks_used, st->kv_blocks_free,
                              (unsigned long long)st->preempted_total, (unsigned long long)st->steps_total);
     if (rc) {
-        dsi__buf_free(&b);
+        dsi__sbuf_free(&b);
         return NULL;
     }
     return b.p;

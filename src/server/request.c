@@ -5,7 +5,7 @@
  * target. Checks follow OpenAI: wrong types and out-of-range values are 400 with
  * the offending field in "param"; unknown fields are ignored; the body must be
  * valid UTF-8 and at most max_body_bytes (413). Strings in the result are heap
- * copies owned by the struct (dsi__req_free).
+ * copies owned by the struct (dsi__srv_req_free).
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -24,7 +24,7 @@ static int parse_ids(const cJSON *a, const char *param, const struct dsi__req_li
 static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
 static int parse_stop(const cJSON *s, struct dsi__req *r, struct dsi__api_error *e);
 
-bool dsi__utf8_valid(const char *str, size_t n) {
+bool dsi__srv_utf8_valid(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
     size_t i = 0;
     while (i < n) {
@@ -50,7 +50,7 @@ bool dsi__utf8_valid(const char *str, size_t n) {
     return true;
 }
 
-size_t dsi__utf8_complete_prefix(const char *str, size_t n) {
+size_t dsi__srv_utf8_complete_prefix(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
     /* Walk back over at most 3 continuation bytes to the last lead byte. */
     size_t i = n, back = 0;
@@ -122,7 +122,7 @@ static int get_str(const cJSON *root, const char *name, char **out, struct dsi__
     return *out ? 0 : oom(e);
 }
 
-int dsi__req_parse(enum dsi__req_kind kind, const char *body, size_t len, const struct dsi__req_limits *lim,
+int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, const struct dsi__req_limits *lim,
                    struct dsi__req *r, struct dsi__api_error *e) {
     memset(r, 0, sizeof *r);
     memset(e, 0, sizeof *e);
@@ -138,7 +138,7 @@ int dsi__req_parse(enum dsi__req_kind kind, const char *body, size_t len, const 
         return dsi__api_error_set(e, 413, NULL, "request_too_large", "request body is %zu bytes; the limit is %zu",
                                   len, lim->max_body_bytes);
     if (len == 0) return dsi__api_error_set(e, 400, NULL, "invalid_json", "request body is empty; send a JSON object");
-    if (!dsi__utf8_valid(body, len))
+    if (!dsi__srv_utf8_valid(body, len))
         return dsi__api_error_set(e, 400, NULL, "invalid_utf8", "request body is not valid UTF-8");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
@@ -436,7 +436,7 @@ static int parse_prompt(const cJSON *p, const struct dsi__req_limits *lim, struc
                               "'prompt' must be a string, an array of strings or an array of token ids");
 }
 
-void dsi__req_free(struct dsi__req *r) {
+void dsi__srv_req_free(struct dsi__req *r) {
     if (!r) return;
     free(r->model);
     for (size_t i = 0; i < r->n_msgs; i++) {

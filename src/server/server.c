@@ -97,7 +97,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
         rc = dsi_seterr(err, DSI_EIO, "signalfd: %s", strerror(errno));
         goto fail;
     }
-    if (dsi__metrics_create(&s->metrics)) {
+    if (dsi__smetrics_create(&s->metrics)) {
         rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
         goto fail;
     }
@@ -124,7 +124,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
                                     err)))
             goto fail;
         if (c->tls_client_ca && c->tls_client_ca[0] &&
-            (rc = dsi__read_file(c->tls_client_ca, 1u << 20, &s->ca_pem, NULL, err)))
+            (rc = dsi__srv_read_file(c->tls_client_ca, 1u << 20, &s->ca_pem, NULL, err)))
             goto fail;
     }
     if ((rc = dsi__http_start(s, err))) goto fail;
@@ -159,7 +159,7 @@ static void add_stop_id(struct dsi_server *s, int32_t id) {
 
 static int load_model(struct dsi_server *s, char **err) {
     const struct dsi_config *c = s->cfg;
-    double t0 = dsi__now_s();
+    double t0 = dsi__srv_now_s();
     struct dsi_model_open_opts mo = {.skip_verify = c->skip_verify,
                                      .expect_manifest_sha256 = c->manifest_sha256 && c->manifest_sha256[0] ? c->manifest_sha256 : NULL,
                                      .n_threads = c->threads};
@@ -180,7 +180,7 @@ static int load_model(struct dsi_server *s, char **err) {
     bo.n_threads = c->threads;
     bo.device = c->device;
     const char *bname = c->backend && c->backend[0] ? c->backend : "cpu";
-    double t1 = dsi__now_s();
+    double t1 = dsi__srv_now_s();
     rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
     if (rc == DSI_ENODEV && strcmp(bname, "cpu")) {
         dsi_log(DSI_LOG_WARN, "server", "backend %s unavailable (%s); serving on the CPU backend", bname,
@@ -190,7 +190,7 @@ static int load_model(struct dsi_server *s, char **err) {
         rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
     }
     if (rc) return rc;
-    double t2 = dsi__now_s();
+    double t2 = dsi__srv_now_s();
     struct dsi_engine_opts eo;
     dsi_engine_opts_defaults(&eo);
     if (c->max_running > 0) eo.max_running = c->max_running;
@@ -280,7 +280,7 @@ static void reload(struct dsi_server *s) {
     dsi_sd_notify("READY=1");
 }
 
-static int64_t now_ms(void) { return (int64_t)(dsi__now_s() * 1000.0); }
+static int64_t now_ms(void) { return (int64_t)(dsi__srv_now_s() * 1000.0); }
 
 int dsi_server_run(struct dsi_server *s) {
     uint64_t wd_usec = dsi_sd_watchdog_usec();
@@ -362,7 +362,7 @@ void dsi_server_destroy(struct dsi_server *s) {
     if (s->model_open) dsi_model_close(&s->model);
     dsi_auth_destroy(s->auth);
     dsi_audit_close(s->audit);
-    dsi__metrics_destroy(s->metrics);
+    dsi__smetrics_destroy(s->metrics);
     if (s->key_pem) memset(s->key_pem, 0, strlen(s->key_pem));
     free(s->key_pem);
     free(s->cert_pem);

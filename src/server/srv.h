@@ -36,7 +36,7 @@ struct dsi_server {
     pthread_rwlock_t eng_lock;     /* handlers read-lock around engine calls */
     struct dsi_auth *auth;
     struct dsi_audit *audit;
-    struct dsi__metrics *metrics;
+    struct dsi__smetrics *metrics;
     struct MHD_Daemon *d;
     char *cert_pem, *key_pem, *ca_pem;
     char fingerprint[97];
@@ -80,11 +80,11 @@ struct dsi__gen {
     /* state */
     struct dsi_tok_stream *ts;
     struct dsi__textgen tg;
-    struct dsi__buf out;           /* SSE bytes not yet sent */
+    struct dsi__sbuf out;           /* SSE bytes not yet sent */
     size_t out_off;
-    struct dsi__buf content, reasoning; /* non-streaming answer */
-    struct dsi__buf lp;            /* logprob entries (JSON, comma-separated) not yet sent */
-    struct dsi__buf lp_tokens, lp_values, lp_tops; /* legacy completions logprobs */
+    struct dsi__sbuf content, reasoning; /* non-streaming answer */
+    struct dsi__sbuf lp;            /* logprob entries (JSON, comma-separated) not yet sent */
+    struct dsi__sbuf lp_tokens, lp_values, lp_tops; /* legacy completions logprobs */
     int n_lp;
     bool stop_hit;
     enum dsi_finish finish;
@@ -112,7 +112,7 @@ void dsi__gen_conn_done(struct dsi__gen *g);
 void dsi__gen_cancel_if_needed(struct dsi__gen *g);
 /* Shutdown: marks every live generation finished and resumes its connection. */
 void dsi__gen_abort_all(struct dsi_server *s);
-double dsi__now_s(void);
+double dsi__srv_now_s(void);
 /* dsi_engine_cancel under the engine read lock (no-op once the engine is gone). */
 void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
 

@@ -23,7 +23,7 @@
 
 #define MAX_PEM_BYTES (1u << 20)
 
-int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err) {
+int dsi__srv_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err) {
     FILE *f = fopen(path, "rb");
     if (!f) return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "cannot open %s: %s", path, strerror(errno));
     char *buf = malloc(max_bytes + 1);
@@ -170,8 +170,8 @@ int dsi__tls_material(const char *cert_file, const char *key_file, const char *s
             return 0;
         }
     }
-    if ((rc = dsi__read_file(cpath, MAX_PEM_BYTES, cert_pem, NULL, err)) ||
-        (rc = dsi__read_file(kpath, MAX_PEM_BYTES, key_pem, NULL, err)))
+    if ((rc = dsi__srv_read_file(cpath, MAX_PEM_BYTES, cert_pem, NULL, err)) ||
+        (rc = dsi__srv_read_file(kpath, MAX_PEM_BYTES, key_pem, NULL, err)))
         goto fail;
     if ((rc = fingerprint_of(*cert_pem, fp, err))) goto fail;
     dsi_log(DSI_LOG_INFO, "tls", "certificate %s%s; SHA-256 fingerprint %s", cpath,

@@ -13,9 +13,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int sink(void *user, enum dsi__channel ch, const char *s, size_t n) {
-    struct dsi__buf *b = user;
+    struct dsi__sbuf *b = user;
     (void)ch;
-    return dsi__buf_append(b, s, n);
+    return dsi__sbuf_append(b, s, n);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     enum dsi__req_kind kind = (enum dsi__req_kind)(data[0] % 4);
     struct dsi__req r;
     struct dsi__api_error e;
-    int rc = dsi__req_parse(kind, (const char *)data + 1, size - 1, &lim, &r, &e);
+    int rc = dsi__srv_req_parse(kind, (const char *)data + 1, size - 1, &lim, &r, &e);
     if (rc == 0) {
         if (kind == DSI__REQ_CHAT && (r.n_msgs == 0 || !r.msgs)) abort();
         if (r.n_stops > DSI__MAX_STOPS) abort();
@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* Text post-processing over the parsed stops and a message body. */
         struct dsi__textgen t;
         dsi__textgen_init(&t, (const char *const *)r.stops, r.n_stops, data[0] & 4);
-        struct dsi__buf b = {0};
+        struct dsi__sbuf b = {0};
         if (r.n_msgs) {
             const char *c = r.msgs[0].content;
             size_t n = strlen(c), half = n / 2;
@@ -43,12 +43,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             dsi__textgen_finish(&t, sink, &b);
         }
         dsi__textgen_free(&t);
-        dsi__buf_free(&b);
+        dsi__sbuf_free(&b);
     } else {
         if (rc < 400 || rc > 599 || e.status != rc || !e.message[0]) abort();
         char *j = dsi__api_error_json(&e);
         free(j);
     }
-    dsi__req_free(&r);
+    dsi__srv_req_free(&r);
     return 0;
 }

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# run.sh: end-to-end test of `dsinfer serve`. Starts the real daemon on the CPU
+# backend with TLS (self-signed certificate made on first start) on a free
+# loopback port, with the tiny chat model and a keys file made by `dsinfer keys
+# add`, then drives it with curl, openssl s_client and the official openai npm
+# client (openai_client.mjs). Every daemon is stopped on exit, also on failure.
+#
+# Run from the source root: DSI_BIN=build/dsinfer tests/integration/run.sh
+# Exit 0 pass, 1 fail, 77 skipped (no binary, model, curl or node).
+set -u
+BIN=${DSI_BIN:-build/dsinfer}
+MODEL=tests/golden/models/tiny-chat
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+skip() { echo "SKIP: $*"; exit 77; }
+[ -x "$BIN" ] || skip "no dsinfer binary at $BIN"
+[ -f "$MODEL/tokenizer.json" ] || skip "no model at $MODEL"
+command -v curl >/dev/null || skip "curl not installed"
+command -v openssl >/dev/null || skip "openssl not installed"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+
+W=$(mktemp -d /tmp/dsinfer-e2e.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    if [ "${KEEP:-0}" = 1 ]; then echo "kept $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+
+FAILS=0
+ok() { echo "ok   $1"; }
+fail() { echo "FAIL $1"; FAILS=$((FAILS + 1)); }
+check() { # check NAME CONDITION-COMMAND...
+    local name=$1; shift
+    if "$@"; then ok "$name"; else fail "$name"; fi
+}
+
+# --- keys --------------------------------------------------------------------
+KEYS=$W/keys.json
+USER_KEY=$("$BIN" keys add --file "$KEYS" --name alice --role user 2>/dev/null) || { echo "keys add failed"; exit 1; }
+MON_KEY=$("$BIN" keys add --file "$KEYS" --name prom --role monitor 2>/dev/null)
+SLOW_KEY=$("$BIN" keys add --file "$KEYS" --name slowpoke --role user --rpm 1 2>/dev/null)
+CAP_KEY=$("$BIN" keys add --file "$KEYS" --name capped --role user --max-tokens 3 2>/dev/null)
+
+# --- start the daemon ----------------------------------------------------------
+# free_port: a port nobody listens on right now (the kernel picks it).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_daemon LOG ARGS...: starts dsinfer serve on 127.0.0.1:PORT (a free port),
+# waits for "ready", sets PORT and DPID.
+start_daemon() {
+    local log=$1; shift
+    PORT=$(free_port)
+    "$BIN" serve "$@" --listen "127.0.0.1:$PORT" >"$log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    DPID=$pid
+    for _ in $(seq 1 600); do
+        grep -q "ready: serving" "$log" && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "daemon exited:"; cat "$log"; return 1; }
+        sleep 0.1
+    done
+    echo "daemon did not become ready:"; cat "$log"; return 1
+}
+
+LOG=$W/daemon.log
+start_daemon "$LOG" --model "$MODEL" --keys "$KEYS" --state-dir "$W/state" \
+    --backend cpu --dtype f32 --audit-log "$W/audit.log" --max-messages 8 --max-body-bytes 65536 \
+    --max-running 64 --log-level info || exit 1
+URL=https://127.0.0.1:$PORT
+CA=$W/state/tls-cert.pem
+C=(curl -sS --cacert "$CA" --max-time 60)
+AUTH=(-H "Authorization: Bearer $USER_KEY")
+echo "daemon on port $PORT"
+
+# status BODYFILE ARGS...: prints the HTTP status, body to BODYFILE
+status() { local out=$1; shift; "${C[@]}" -o "$out" -w '%{http_code}' "$@"; }
+json() { node -e 'const fs=require("fs");const j=JSON.parse(fs.readFileSync(process.argv[1]));console.log(eval(process.argv[2]))' "$1" "$2"; }
+
+# --- TLS --------------------------------------------------------------------------
+check "self-signed certificate created, key 0600" test "$(stat -c %a "$W/state/tls-key.pem")" = 600
+check "fingerprint logged" grep -q "SHA-256 fingerprint [0-9A-F:]\{95\}" "$LOG"
+check "tls1.3 handshake works" bash -c "echo | openssl s_client -connect 127.0.0.1:$PORT -tls1_3 -CAfile $CA >/dev/null 2>&1"
+check "tls1.2 handshake refused" bash -c "! (echo | openssl s_client -connect 127.0.0.1:$PORT -tls1_2 >/dev/null 2>&1)"
+check "curl verifies the certificate for 127.0.0.1" test "$(status $W/b "$URL/health/live")" = 200
+
+# --- health, models, auth -----------------------------------------------------------
+check "ready 200" test "$(status $W/b "$URL/health/ready")" = 200
+check "models without key 401" test "$(status $W/b "$URL/v1/models")" = 401
+check "401 body is an OpenAI error" grep -q '"type":"authentication_error"' $W/b
+check "models with unknown key 401" test "$(status $W/b -H 'Authorization: Bearer dsi-0000000000000000000000000000000000000000000000000000000000000000' "$URL/v1/models")" = 401
+check "models 200" test "$(status $W/b "${AUTH[@]}" "$URL/v1/models")" = 200
+check "models lists tiny-chat" grep -q '"id":"tiny-chat"' $W/b
+check "monitor key may not chat 403" test "$(status $W/b -H "Authorization: Bearer $MON_KEY" -d '{"messages":[{"role":"user","content":"hi"}]}' "$URL/v1/chat/completions")" = 403
+check "monitor key reads metrics" test "$(status $W/b -H "Authorization: Bearer $MON_KEY" "$URL/metrics")" = 200
+check "user key may not read metrics 403" test "$(status $W/b "${AUTH[@]}" "$URL/metrics")" = 403
+status $W/b -H "Authorization: Bearer $SLOW_KEY" "$URL/v1/models" >/dev/null
+"${C[@]}" -D $W/h -o $W/b -H "Authorization: Bearer $SLOW_KEY" "$URL/v1/models"
+check "rpm limit 429" grep -q "^HTTP/[0-9.]* 429" $W/h
+check "429 has Retry-After" grep -qi "^retry-after: [0-9]" $W/h
+
+# --- chat, completions, tokenize ------------------------------------------------------------
+CHAT='{"model":"tiny-chat","messages":[{"role":"user","content":"Hello there"}],"max_tokens":8,"temperature":0}'
+check "chat 200" test "$(status $W/chat "${AUTH[@]}" -d "$CHAT" "$URL/v1/chat/completions")" = 200
+check "chat object + id" test "$(json $W/chat 'j.object+" "+j.id.startsWith("chatcmpl-")')" = "chat.completion true"
+check "chat usage adds up" test "$(json $W/chat 'j.usage.prompt_tokens+j.usage.completion_tokens===j.usage.total_tokens && j.usage.completion_tokens<=8 && j.usage.prompt_tokens>0')" = true
+check "chat finish_reason" test "$(json $W/chat '["stop","length"].includes(j.choices[0].finish_reason)')" = true
+check "deepseek path /chat/completions" test "$(status $W/b "${AUTH[@]}" -d "$CHAT" "$URL/chat/completions")" = 200
+check "same answer on both paths (greedy)" test "$(json $W/b 'j.choices[0].message.content')" = "$(json $W/chat 'j.choices[0].message.content')"
+check "max_tokens capped by the key (3)" test "$(status $W/b -H "Authorization: Bearer $CAP_KEY" -d "${CHAT/\"max_tokens\":8/\"max_tokens\":50}" "$URL/v1/chat/completions")" = 200
+check "capped usage <= 3" test "$(json $W/b 'j.usage.completion_tokens<=3')" = true
+
+"${C[@]}" -N "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"Hello there"}],"max_tokens":8,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}' "$URL/v1/chat/completions" >$W/sse
+check "stream ends with [DONE]" test "$(grep -v '^$' $W/sse | tail -1)" = "data: [DONE]"
+check "stream first chunk has the role" bash -c "head -1 $W/sse | grep -q '\"delta\":{\"role\":\"assistant\"'"
+check "stream has a finish_reason chunk" grep -q '"finish_reason":"\(stop\|length\)"' $W/sse
+check "stream usage chunk" grep -q '"choices":\[\],"usage":{"prompt_tokens"' $W/sse
+STREAMED=$(grep '^data: {' $W/sse | sed 's/^data: //' | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{let t="";for(const l of s.trim().split("\n")){const j=JSON.parse(l);for(const c of j.choices)t+=c.delta.content||""}process.stdout.write(t)})')
+check "stream text equals non-stream text" test "$STREAMED" = "$(json $W/chat 'j.choices[0].message.content')"
+
+check "completions 200" test "$(status $W/b "${AUTH[@]}" -d '{"prompt":"Once upon","max_tokens":5,"temperature":0}' "$URL/v1/completions")" = 200
+check "completions object" test "$(json $W/b 'j.object')" = text_completion
+check "tokenize 200" test "$(status $W/b "${AUTH[@]}" -d '{"prompt":"hello world"}' "$URL/v1/tokenize")" = 200
+TOKS=$(json $W/b 'JSON.stringify(j.tokens)')
+check "tokenize count" test "$(json $W/b 'j.count===j.tokens.length && j.count>0')" = true
+check "detokenize 200" test "$(status $W/b "${AUTH[@]}" -d "{\"tokens\":$TOKS}" "$URL/v1/detokenize")" = 200
+check "detokenize round trip" test "$(json $W/b 'j.prompt')" = "hello world"
+
+# --- errors ---------------------------------------------------------------------------------
+e() { status $W/e "${AUTH[@]}" "$@"; }
+check "malformed JSON 400" test "$(e -d '{"messages":' "$URL/v1/chat/completions")" = 400
+check "400 body has OpenAI error fields" test "$(json $W/e 'Object.keys(j.error).join(",")')" = "message,type,param,code"
+check "wrong type 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}' "$URL/v1/chat/completions")" = 400
+check "out of range 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"top_p":2}' "$URL/v1/chat/completions")" = 400
+check "n=2 refused 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":2}' "$URL/v1/chat/completions")" = 400
+printf '{"messages":[{"role":"user","content":"\xff\xfe"}]}' >$W/bad_utf8
+check "invalid UTF-8 400" test "$(e --data-binary @$W/bad_utf8 "$URL/v1/chat/completions")" = 400
+M='{"role":"user","content":"x"}'
+check "too many messages 400" test "$(e -d "{\"messages\":[$M,$M,$M,$M,$M,$M,$M,$M,$M]}" "$URL/v1/chat/completions")" = 400
+head -c 70000 /dev/zero | tr '\0' 'a' | sed 's/^/{"prompt":"/; s/$/"}/' >$W/big
+check "body too large 413" test "$(e --data-binary @$W/big "$URL/v1/completions")" = 413
+check "unknown model 404" test "$(e -d '{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}' "$URL/v1/chat/completions")" = 404
+LONG=$(head -c 30000 /dev/zero | tr '\0' 'a' | sed 's/a/ab /g' | head -c 30000)
+check "prompt longer than the context 400" test "$(e -d "{\"prompt\":\"$LONG\"}" "$URL/v1/completions")" = 400
+check "context error code" test "$(json $W/e 'j.error.code')" = context_length_exceeded
+check "unknown route 404" test "$(e "$URL/v1/nothing")" = 404
+check "wrong method 405" test "$(e "$URL/v1/chat/completions")" = 405
+check "still serving after errors" test "$(status $W/b "${AUTH[@]}" -d "$CHAT" "$URL/v1/chat/completions")" = 200
+
+# --- the official openai client ---------------------------------------------------------------
+if command -v node >/dev/null && [ -d "$HERE/node_modules/openai" ]; then
+    if NODE_EXTRA_CA_CERTS=$CA DSI_URL=$URL DSI_KEY=$USER_KEY DSI_LOG=$LOG node "$HERE/openai_client.mjs"; then
+        ok "openai client suite"
+    else
+        fail "openai client suite"
+    fi
+else
+    echo "SKIP openai client suite (run npm ci in tests/integration)"
+fi
+
+# --- metrics and audit ----------------------------------------------------------------------------
+status $W/m -H "Authorization: Bearer $MON_KEY" "$URL/metrics" >/dev/null
+check "metrics: requests by route" grep -q '^dsinfer_requests_total{route="/v1/chat/completions",status="200"} [0-9]' $W/m
+check "metrics: TTFT histogram" grep -q '^dsinfer_time_to_first_token_seconds_count [1-9]' $W/m
+check "metrics: per-principal tokens" grep -q 'principal="alice"' $W/m
+check "metrics: no sequence left running" grep -q '^dsinfer_running_sequences 0$' $W/m
+check "audit log has records" test "$(wc -l <$W/audit.log)" -gt 10
+check "audit log has denials" grep -q '"status":401' $W/audit.log
+check "audit log never holds the key" bash -c "! grep -q '$USER_KEY' $W/audit.log"
+check "audit log never holds prompt text" bash -c "! grep -q 'Hello there' $W/audit.log"
+check "daemon log never holds the key" bash -c "! grep -q '$USER_KEY' $LOG"
+
+# --- reload and drain ---------------------------------------------------------------------------------
+NEW_KEY=$("$BIN" keys add --file "$KEYS" --name bob --role user 2>/dev/null)
+check "new key unknown before SIGHUP" test "$(status $W/b -H "Authorization: Bearer $NEW_KEY" "$URL/v1/models")" = 401
+kill -HUP "$DPID"
+for _ in $(seq 1 50); do grep -q "reload done" "$LOG" && break; sleep 0.1; done
+check "new key works after SIGHUP" test "$(status $W/b -H "Authorization: Bearer $NEW_KEY" "$URL/v1/models")" = 200
+kill -TERM "$DPID"
+wait "$DPID"
+check "SIGTERM drains and exits 0" test $? = 0
+check "drain logged" grep -q "draining" "$LOG"
+
+# --- plain HTTP -------------------------------------------------------------------------------------------
+"$BIN" serve --model "$MODEL" --listen 0.0.0.0:18999 --plain-http true --keys "$KEYS" --state-dir "$W/state" >$W/plain.log 2>&1
+check "plain HTTP on a non-loopback address refused" test $? -ne 0
+check "plain HTTP refusal says why" grep -qi "loopback" $W/plain.log
+start_daemon "$W/plain2.log" --model "$MODEL" --plain-http true --keys "$KEYS" --state-dir "$W/state" || exit 1
+check "plain HTTP on loopback serves" test "$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health/live")" = 200
+
+echo "$FAILS failed"
+[ "$FAILS" = 0 ]
