@@ -1,0 +1,11 @@
+# CUDA microbenchmarks and the decode/prefill benchmark (owner: CUDA backend).
+# Built into the build root: build/bench_cuda_gemv, build/bench_cuda_decode.
+if(DSI_HAVE_CUDA)
+  foreach(b bench_cuda_gemv bench_cuda_decode)
+    if(EXISTS ${CMAKE_SOURCE_DIR}/bench/${b}.c)
+      add_executable(${b} ${CMAKE_SOURCE_DIR}/bench/${b}.c)
+      set_target_properties(${b} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+      target_link_libraries(${b} PRIVATE dsi_backend_cuda dsi_model dsi_core m)
+    endif()
+  endforeach()
+endif()

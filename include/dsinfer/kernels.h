@@ -1,0 +1,181 @@
+/*
+ * kernels.h: the CUDA kernels of dsinfer (kernels/NAME.cu) and the few host entry
+ * points of the CUDA backend (src/backend/cuda) that go beyond backend.h.
+ *
+ * Conventions
+ * - Every launcher is plain C, takes device pointers and a stream, checks its
+ *   arguments with `if`, launches, and returns DSI_CUDA_CHECK(cudaGetLastError()):
+ *   0 or DSI_EINVAL / DSI_ECUDA. Nothing here allocates; the backend owns buffers.
+ * - bf16 tensors are `uint16_t *` (raw bfloat16 bits) so C code can hold them.
+ * - The residual stream and every matmul output are fp32; matmul inputs are bf16.
+ * - Matrices are HF order (out_features, in_features) = (N, K), row-major.
+ * - INT8 weights use a tiled layout made by dsi_cuda_quantize_int8 (see
+ *   kernels/gemv_int8.cu): tiles of 16 rows x 32 columns, 512 bytes each, laid
+ *   out so that one 16-byte load per lane gives that lane its mma.sync A
+ *   fragments. N is padded to a multiple of 16 and K to 32 (zeros).
+ *   Per-output-channel fp32 scales: w[n][k] = q[n][k] * scale[n].
+ * - KV cache of one layer: K and V pools of (n_blocks * block_size, n_kv * hd)
+ *   bf16; token slot = block_id * block_size + pos % block_size.
+ */
+#ifndef DSINFER_KERNELS_H
+#define DSINFER_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "dsinfer/backend.h"
+#include "dsinfer/err.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Logs the failing statement with function, file, line and CUDA's string, then
+ * returns DSI_ECUDA; returns 0 for cudaSuccess. */
+int dsi__cuda_check(int code, const char *stmt, const char *func, const char *file, int line);
+int dsi__cublas_check(int status, const char *stmt, const char *func, const char *file, int line);
+#define DSI_CUDA_CHECK(stmt) dsi__cuda_check((int)(stmt), #stmt, __func__, __FILE__, __LINE__)
+#define DSI_CUBLAS_CHECK(stmt) dsi__cublas_check((int)(stmt), #stmt, __func__, __FILE__, __LINE__)
+
+/* ---- elementwise / norm (kernels/elementwise.cu) ---- */
+
+/* out[i][:] = float(table[ids[i]][:]); ids outside [0, vocab) give zero rows
+ * (the host validates ids first; this only keeps the kernel memory safe). */
+int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim,
+                   int vocab, cudaStream_t s);
+
+/* x[r] += delta[r] (delta may be NULL); out[r] = bf16(x[r] * rsqrt(mean(x[r]^2)+eps) * w).
+ * x, delta: (rows, dim) fp32; w: (dim) fp32; out: (rows, dim) bf16. */
+int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
+                         int dim, float eps, cudaStream_t s);
+
+/* Rotate-half RoPE (HF layout: pairs (i, i + hd/2)) in place over the first
+ * n_rot_heads heads of each row of qk (row stride `stride` floats); token t has
+ * position pos[t]; inv_freq: (hd/2) from dsi_cuda_rope_inv_freq. */
+int dsi_cuda_rope(float *qk, int stride, int n_tok, int n_rot_heads, int head_dim, const int32_t *pos,
+                  const float *inv_freq, cudaStream_t s);
+
+/* Host: inv_freq[i], i < head_dim/2, for the config's rope variant (default,
+ * linear, llama3). DSI_EUNSUPPORTED for yarn/dynamic. */
+int dsi_cuda_rope_inv_freq(const struct dsi_model_config *cfg, float *inv_freq, char **err);
+
+/* Writes K and V of each new token into the cache as bf16:
+ * k_cache[slots[t]][:] = src[t*stride + k_off + :kv_dim], same for V at v_off. */
+int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, int stride, int k_off,
+                      int v_off, const int32_t *slots, int n_tok, int kv_dim, cudaStream_t s);
+
+/* gu: (rows, 2*inter) fp32 = [gate | up]; out: (rows, inter) bf16 = silu(gate)*up. */
+int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, cudaStream_t s);
+
+/* y[r][n] = y[r][n] * (scale ? scale[n] : 1) + (bias ? bias[n] : 0); y: (rows, n). */
+int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n,
+                        cudaStream_t s);
+
+/* dst[i][:] = src[rows[i]][:], bf16 rows of `dim`. */
+int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const int32_t *rows, int n_rows, int dim,
+                         cudaStream_t s);
+
+/* Deterministic pseudo-random bf16 fill in [-scale, scale) (benchmarks, tests). */
+int dsi_cuda_fill_random_bf16(uint16_t *dst, size_t n, uint64_t seed, float scale, cudaStream_t s);
+int dsi_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n, cudaStream_t s);
+
+/* ---- attention over the paged KV cache (kernels/attention.cu) ---- */
+
+struct dsi_cuda_attn_seq {   /* device array, one per sequence of the step */
+    int q_row;               /* first row of this sequence in q/out */
+    int n_q;                 /* new tokens (queries) */
+    int pos;                 /* position of the first query */
+    int bt_off;              /* offset of its block table in block_tables */
+};
+
+struct dsi_cuda_attn_args {
+    const float *q;          /* head h of row r at q[r*q_stride + h*head_dim] */
+    int q_stride;
+    const uint16_t *k_cache, *v_cache; /* one layer; (slots, n_kv_heads*head_dim) bf16 */
+    uint16_t *out;           /* (rows, n_heads*head_dim) bf16 */
+    const struct dsi_cuda_attn_seq *seqs; /* device */
+    int n_seqs;
+    const int32_t *block_tables; /* device, flattened */
+    int block_size;
+    int n_heads, n_kv_heads, head_dim; /* head_dim % 16 == 0, <= 256; n_heads/n_kv_heads <= 8 */
+    float scale;             /* 1/sqrt(head_dim) */
+    int max_ctx;             /* max over seqs of pos + n_q */
+    int max_n_q;             /* max over seqs of n_q */
+    int n_splits;            /* decode: from dsi_cuda_attn_decode_splits */
+    float *work;             /* decode partials, dsi_cuda_attn_work_bytes */
+    size_t work_bytes;
+};
+
+/* Split count for decode so that the grid fills the GPU (flash-decoding). */
+int dsi_cuda_attn_decode_splits(int n_seqs, int n_kv_heads, int max_ctx, int n_sm);
+size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim, int n_splits);
+/* Decode: every sequence has n_q == 1. Split-K over the context, then a combine pass. */
+int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s);
+/* Prefill (any n_q, causal, tiled, online softmax); also correct for n_q == 1. */
+int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStream_t s);
+
+/* ---- INT8 weight-only matmul (kernels/gemv_int8.cu) ---- */
+
+#define DSI_Q8_ROWS 16
+#define DSI_Q8_COLS 32
+/* Padded sizes of the tiled layout. */
+size_t dsi_cuda_q8_bytes(int n, int k);
+/* w: (n, k) bf16 row-major -> q (tiled, dsi_cuda_q8_bytes) + scale (n) fp32,
+ * symmetric per output channel: scale = max|w|/127. */
+int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k, cudaStream_t s);
+/* q (tiled) -> dst (n, k) bf16 row-major holding the integer values (no scale),
+ * for the cuBLAS path of large batches. */
+int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, int n, int k, cudaStream_t s);
+/* Split-K workspace of the INT8 matmul: partial sums and one counter per
+ * 16-row tile (zeroed once at allocation; the kernel leaves them zero).
+ * Matmuls on one workspace must be serialized (one stream). */
+#define DSI_Q8_MAX_SPLIT 8
+struct dsi_cuda_gemm_ws {
+    float *partial;
+    size_t partial_bytes;    /* dsi_cuda_gemm_ws_bytes(max n) */
+    unsigned *counters;
+    int n_counters;          /* >= (max n + 15) / 16 */
+    int n_sm;                /* multiprocessors of the device */
+};
+size_t dsi_cuda_gemm_ws_bytes(int max_n);
+/* y (m, n) fp32 = x (m, k) bf16 @ W^T * scale + bias (bias may be NULL).
+ * Tensor cores (mma.sync bf16), weights read once per 64 rows of x. ws may be
+ * NULL (no split-K: slower for matrices of few rows). */
+int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                       const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
+                       cudaStream_t s);
+
+/* ---- sampling (kernels/sample.cu) ---- */
+
+struct dsi_cuda_sample_params { /* device array, one per row */
+    float temperature;          /* <= 0: greedy */
+    int top_k;                  /* 0: off */
+    float top_p;                /* >= 1: off */
+    float u;                    /* uniform [0,1) drawn by the host RNG of the sequence */
+};
+/* ids[r] = token chosen from logits row r (vocab floats, not modified). */
+int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p, int rows,
+                    int vocab, cudaStream_t s);
+
+/* ---- CUDA backend extras (src/backend/cuda) ---- */
+
+/* Same as dsi_cuda_backend_create but with pseudo-random weights of m->cfg's
+ * shape made on the GPU (m->st may be empty): speed benchmarks of real shapes. */
+int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                                   uint64_t seed, struct dsi_backend **out, char **err);
+/* forward() + sampling on the GPU: only ids (one per want_logits row, batch
+ * order) cross to the host. params: host array, one per want_logits row.
+ * Proposed as an optional `sample` op of backend.h. */
+int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                                    const struct dsi_cuda_sample_params *params, int32_t *ids,
+                                    char **err);
+/* Synchronizes the backend's stream (benchmarks). */
+int dsi_cuda_backend_sync(struct dsi_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

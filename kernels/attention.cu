@@ -1,0 +1,340 @@
+/*
+ * attention.cu: causal attention over the paged KV cache, GQA aware.
+ *
+ * Cache (one layer): K and V pools of (slots, n_kv*hd) bf16; token t of a
+ * sequence sits in slot block_tables[bt_off + t/bs]*bs + t%bs. Queries are fp32
+ * rows (RoPE applied), outputs bf16 rows (rows, n_heads*hd) for the o-projection.
+ *
+ * Decode (one query per sequence), flash-decoding: grid (splits, kv heads, seqs).
+ * Each block takes one KV head, all the query heads of its GQA group (g <= 8),
+ * and one slice of the context, in tiles of 64 keys: K and V of a tile are
+ * staged in shared memory with coalesced 16-byte loads all in flight at once
+ * (K rows padded by 16 bytes against bank conflicts), a thread per (key, head
+ * pair) scores, a warp per head runs the online softmax, and a thread per head
+ * dimension accumulates P V. Partials (m, l, acc) go to
+ * `work`; a combine kernel merges the splits. The split count is free (every
+ * sequence's context is cut into that many slices), so a CUDA graph can fix it.
+ * Bytes: each K/V element of the context is read once per step.
+ *
+ * Prefill: grid (q tiles of 16, heads, seqs), 4 warps x 4 query rows; K/V tiles
+ * of 32 keys staged as fp32 in shared memory (rows padded by one float against
+ * bank conflicts), online softmax per row. CUDA cores, correctness first; the
+ * next step is mma.sync/wgmma tiles.
+ */
+#include <cuda_bf16.h>
+#include <math.h>
+
+#include "dsinfer/kernels.h"
+
+#define DEC_THREADS 256
+#define DEC_TK 64
+#define MAX_GROUP 8
+#define MAX_HD 256
+
+static __device__ __forceinline__ float bf2f(uint16_t v) { return __uint_as_float((uint32_t)v << 16); }
+static __device__ __forceinline__ uint16_t f2bf(float f) {
+    __nv_bfloat16 b = __float2bfloat16_rn(f);
+    return *reinterpret_cast<uint16_t *>(&b);
+}
+
+static __device__ __forceinline__ int slot_of(const int32_t *bt, int bs, int t) {
+    return bt[t / bs] * bs + t % bs;
+}
+
+/* Dynamic shared memory of the decode kernel for head dim hd and group g. */
+static size_t dec_smem(int hd, int g) {
+    size_t tiles = (size_t)DEC_TK * (hd + 8) * 2 + (size_t)DEC_TK * hd * 2 + (size_t)g * hd * 4 + (size_t)g * DEC_TK * 4;
+    size_t red = (size_t)DEC_THREADS * g * sizeof(float); /* final key-group reduction overlays it */
+    return tiles > red ? tiles : red;
+}
+
+static __global__ void __launch_bounds__(DEC_THREADS)
+attn_decode_kernel(struct dsi_cuda_attn_args a) {
+    extern __shared__ __align__(16) unsigned char dsm[];
+    __shared__ float m_s[MAX_GROUP], l_s[MAX_GROUP], corr_s[MAX_GROUP];
+
+    const int split = blockIdx.x, kvh = blockIdx.y, si = blockIdx.z;
+    const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd, kst = hd + 8;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    uint16_t *ks = reinterpret_cast<uint16_t *>(dsm);            /* (TK, hd + 8): padded rows */
+    uint16_t *vs = ks + DEC_TK * kst;                             /* (TK, hd) */
+    float *qs = reinterpret_cast<float *>(vs + DEC_TK * hd);      /* (g, hd), pre-scaled */
+    float *ps = qs + g * hd;                                      /* (g, TK) scores, then probabilities */
+    const struct dsi_cuda_attn_seq sq = a.seqs[si];
+    const int ctx = sq.pos + 1;
+    int chunk = (ctx + a.n_splits - 1) / a.n_splits;
+    chunk = (chunk + 31) & ~31;
+    const int c0 = split * chunk, c1 = min(ctx, c0 + chunk);
+    const size_t part = ((size_t)si * a.n_heads + (size_t)kvh * g) * a.n_splits + split;
+    float *wo = a.work;
+    float *wml = a.work + (size_t)a.n_seqs * a.n_heads * a.n_splits * hd;
+
+    for (int i = tid; i < g * hd; i += DEC_THREADS) {
+        int h = i / hd, d = i % hd;
+        qs[i] = a.q[(size_t)sq.q_row * a.q_stride + (size_t)(kvh * g + h) * hd + d] * a.scale;
+    }
+    if (tid < MAX_GROUP) {
+        m_s[tid] = -INFINITY;
+        l_s[tid] = 0.f;
+    }
+    const int d = tid % hd, kg = tid / hd, n_kg = DEC_THREADS / hd, cpr = hd / 8;
+    float acc[MAX_GROUP];
+#pragma unroll
+    for (int h = 0; h < MAX_GROUP; h++) acc[h] = 0.f;
+    const int32_t *bt = a.block_tables + sq.bt_off;
+
+    for (int t0 = c0; t0 < c1; t0 += DEC_TK) {
+        __syncthreads(); /* previous tile fully consumed */
+        /* stage K and V of TK keys: 16-byte coalesced loads, all in flight */
+        for (int i = tid; i < DEC_TK * cpr; i += DEC_THREADS) {
+            int j = i / cpr, c = i % cpr, t = t0 + j;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (t < c1) {
+                size_t off = (size_t)slot_of(bt, a.block_size, t) * kv_dim + (size_t)kvh * hd + c * 8;
+                kv = __ldcs(reinterpret_cast<const uint4 *>(a.k_cache + off));
+                vv = __ldcs(reinterpret_cast<const uint4 *>(a.v_cache + off));
+            }
+            *reinterpret_cast<uint4 *>(ks + j * kst + c * 8) = kv;
+            *reinterpret_cast<uint4 *>(vs + j * hd + c * 8) = vv;
+        }
+        __syncthreads();
+        /* scores: thread (head group hq, key j); heads hq, hq + 4 */
+        {
+            int j = tid % DEC_TK, hq = tid / DEC_TK;
+            float s0 = 0.f, s1 = 0.f;
+            const bool two = hq + 4 < g;
+            if (hq < g) {
+                const uint4 *kr = reinterpret_cast<const uint4 *>(ks + j * kst);
+                const float4 *q0 = reinterpret_cast<const float4 *>(qs + hq * hd);
+                const float4 *q1 = reinterpret_cast<const float4 *>(qs + (two ? hq + 4 : hq) * hd);
+                for (int c = 0; c < cpr; c++) {
+                    uint4 kv = kr[c];
+                    float k0 = bf2f(kv.x & 0xffff), k1 = __uint_as_float(kv.x & 0xffff0000u);
+                    float k2 = bf2f(kv.y & 0xffff), k3 = __uint_as_float(kv.y & 0xffff0000u);
+                    float k4 = bf2f(kv.z & 0xffff), k5 = __uint_as_float(kv.z & 0xffff0000u);
+                    float k6 = bf2f(kv.w & 0xffff), k7 = __uint_as_float(kv.w & 0xffff0000u);
+                    float4 a0 = q0[2 * c], a1 = q0[2 * c + 1];
+                    s0 += a0.x * k0 + a0.y * k1 + a0.z * k2 + a0.w * k3 + a1.x * k4 + a1.y * k5 + a1.z * k6 + a1.w * k7;
+                    if (two) {
+                        float4 b0 = q1[2 * c], b1 = q1[2 * c + 1];
+                        s1 += b0.x * k0 + b0.y * k1 + b0.z * k2 + b0.w * k3 + b1.x * k4 + b1.y * k5 + b1.z * k6 +
+                              b1.w * k7;
+                    }
+                }
+                bool valid = t0 + j < c1;
+                ps[hq * DEC_TK + j] = valid ? s0 : -INFINITY;
+                if (two) ps[(hq + 4) * DEC_TK + j] = valid ? s1 : -INFINITY;
+            }
+        }
+        __syncthreads();
+        /* online softmax: warp h owns head h */
+        if (warp < g) {
+            float v0 = ps[warp * DEC_TK + lane], v1 = ps[warp * DEC_TK + lane + 32];
+            float mt = fmaxf(v0, v1);
+            for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            float m_old = m_s[warp], m_new = fmaxf(m_old, mt); /* finite: every tile has a valid key */
+            float p0 = expf(v0 - m_new), p1 = expf(v1 - m_new);
+            ps[warp * DEC_TK + lane] = p0;
+            ps[warp * DEC_TK + lane + 32] = p1;
+            float sum = p0 + p1;
+            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            if (lane == 0) {
+                float corr = expf(m_old - m_new);
+                corr_s[warp] = corr;
+                l_s[warp] = l_s[warp] * corr + sum;
+                m_s[warp] = m_new;
+            }
+        }
+        __syncthreads();
+        /* acc = acc * corr + P V: thread (kg, d) over keys kg, kg + n_kg, ... */
+#pragma unroll
+        for (int h = 0; h < MAX_GROUP; h++)
+            if (h < g) acc[h] *= corr_s[h];
+        int nt = min(DEC_TK, c1 - t0);
+        for (int j = kg; j < nt; j += n_kg) {
+            float v = bf2f(vs[j * hd + d]);
+#pragma unroll
+            for (int h = 0; h < MAX_GROUP; h++)
+                if (h < g) acc[h] += ps[h * DEC_TK + j] * v;
+        }
+    }
+    __syncthreads();
+    /* reduce the key groups (reusing the K tile area), write the partials */
+    float *red = reinterpret_cast<float *>(dsm); /* n_kg * g * hd = 256 g floats, see dec_smem */
+#pragma unroll
+    for (int h = 0; h < MAX_GROUP; h++)
+        if (h < g) red[(kg * g + h) * hd + d] = acc[h];
+    __syncthreads();
+    if (kg == 0) {
+        for (int h = 0; h < g; h++) {
+            float v = 0.f;
+            for (int k2 = 0; k2 < n_kg; k2++) v += red[(k2 * g + h) * hd + d];
+            wo[(part + (size_t)h * a.n_splits) * hd + d] = v;
+        }
+    }
+    if (tid < g) {
+        wml[(part + (size_t)tid * a.n_splits) * 2] = c0 < c1 ? m_s[tid] : -INFINITY;
+        wml[(part + (size_t)tid * a.n_splits) * 2 + 1] = l_s[tid];
+    }
+}
+
+static __global__ void attn_combine_kernel(struct dsi_cuda_attn_args a) {
+    const int h = blockIdx.x, si = blockIdx.y, d = threadIdx.x, hd = a.head_dim;
+    const size_t base = ((size_t)si * a.n_heads + h) * a.n_splits;
+    const float *wo = a.work;
+    const float *wml = a.work + (size_t)a.n_seqs * a.n_heads * a.n_splits * hd;
+    float m = -INFINITY;
+    for (int i = 0; i < a.n_splits; i++) m = fmaxf(m, wml[(base + i) * 2]);
+    float l = 0.f, o = 0.f;
+    for (int i = 0; i < a.n_splits; i++) {
+        float mi = wml[(base + i) * 2];
+        if (mi == -INFINITY) continue;
+        float c = expf(mi - m);
+        l += c * wml[(base + i) * 2 + 1];
+        o += c * wo[(base + i) * hd + d];
+    }
+    const struct dsi_cuda_attn_seq sq = a.seqs[si];
+    a.out[(size_t)sq.q_row * a.n_heads * hd + (size_t)h * hd + d] = f2bf(l > 0.f ? o / l : 0.f);
+}
+
+static int check_args(const struct dsi_cuda_attn_args *a) {
+    if (!a || a->n_seqs < 0 || a->n_heads <= 0 || a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads ||
+        a->n_heads / a->n_kv_heads > MAX_GROUP || a->head_dim <= 0 || a->head_dim > MAX_HD ||
+        a->head_dim % 16 || a->block_size <= 0 || a->q_stride < a->n_heads * a->head_dim)
+        return DSI_EINVAL;
+    return 0;
+}
+
+extern "C" int dsi_cuda_attn_decode_splits(int n_seqs, int n_kv_heads, int max_ctx, int n_sm) {
+    if (n_seqs <= 0 || n_kv_heads <= 0) return 1;
+    int blocks = n_seqs * n_kv_heads;
+    int splits = (2 * n_sm + blocks - 1) / blocks;
+    int by_ctx = (max_ctx + 31) / 32; /* at least 32 keys per split */
+    if (splits > by_ctx) splits = by_ctx;
+    if (splits > 64) splits = 64;
+    return splits < 1 ? 1 : splits;
+}
+
+extern "C" size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim, int n_splits) {
+    return (size_t)n_seqs * n_heads * n_splits * (head_dim + 2) * sizeof(float);
+}
+
+extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s) {
+    if (check_args(a)) return DSI_EINVAL;
+    /* each thread reads its K row in 16-byte pieces; a thread per dimension in phase 3 */
+    if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > 65535 || a->n_kv_heads > 65535 ||
+        a->n_seqs > 65535 || a->work_bytes < dsi_cuda_attn_work_bytes(a->n_seqs, a->n_heads, a->head_dim, a->n_splits))
+        return DSI_EINVAL;
+    if (a->n_seqs == 0) return 0;
+    size_t smem = dec_smem(a->head_dim, a->n_heads / a->n_kv_heads);
+    int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (rc) return rc;
+    dim3 grid(a->n_splits, a->n_kv_heads, a->n_seqs);
+    attn_decode_kernel<<<grid, DEC_THREADS, smem, s>>>(*a);
+    rc = DSI_CUDA_CHECK(cudaGetLastError());
+    if (rc) return rc;
+    attn_combine_kernel<<<dim3(a->n_heads, a->n_seqs), a->head_dim, 0, s>>>(*a);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+#define PF_ROWS_PER_WARP 4
+#define PF_WARPS 4
+#define PF_QT (PF_ROWS_PER_WARP * PF_WARPS)
+#define PF_KT 32
+
+static __global__ void __launch_bounds__(PF_WARPS * 32)
+attn_prefill_kernel(struct dsi_cuda_attn_args a) {
+    extern __shared__ float smem[];
+    const int hd = a.head_dim, hdp = hd + 1, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd;
+    const int h = blockIdx.y, kvh = h / g, si = blockIdx.z;
+    const struct dsi_cuda_attn_seq sq = a.seqs[si];
+    const int q0 = blockIdx.x * PF_QT;
+    if (q0 >= sq.n_q) return;
+    float *ks = smem, *vs = ks + PF_KT * hdp, *qsh = vs + PF_KT * hdp;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int32_t *bt = a.block_tables + sq.bt_off;
+
+    for (int i = tid; i < PF_QT * hd; i += blockDim.x) {
+        int r = i / hd, d = i % hd;
+        qsh[r * hdp + d] = q0 + r < sq.n_q ? a.q[(size_t)(sq.q_row + q0 + r) * a.q_stride + (size_t)h * hd + d] * a.scale : 0.f;
+    }
+    float m[PF_ROWS_PER_WARP], l[PF_ROWS_PER_WARP], acc[PF_ROWS_PER_WARP][MAX_HD / 32];
+#pragma unroll
+    for (int r = 0; r < PF_ROWS_PER_WARP; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+#pragma unroll
+        for (int e = 0; e < MAX_HD / 32; e++) acc[r][e] = 0.f;
+    }
+    const int last_q = min(sq.n_q, q0 + PF_QT) - 1;
+    const int n_keys = sq.pos + last_q + 1;
+    for (int k0 = 0; k0 < n_keys; k0 += PF_KT) {
+        __syncthreads();
+        for (int i = tid; i < PF_KT * hd; i += blockDim.x) {
+            int j = i / hd, d = i % hd, t = k0 + j;
+            float kv = 0.f, vv = 0.f;
+            if (t < n_keys) {
+                size_t off = (size_t)slot_of(bt, a.block_size, t) * kv_dim + (size_t)kvh * hd + d;
+                kv = bf2f(a.k_cache[off]);
+                vv = bf2f(a.v_cache[off]);
+            }
+            ks[j * hdp + d] = kv;
+            vs[j * hdp + d] = vv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < PF_ROWS_PER_WARP; r++) {
+            int qi = q0 + warp * PF_ROWS_PER_WARP + r;
+            if (qi >= sq.n_q) continue; /* warp-uniform */
+            int p = sq.pos + qi, t = k0 + lane;
+            const float *qr = qsh + (warp * PF_ROWS_PER_WARP + r) * hdp;
+            float sc = -INFINITY;
+            if (t <= p) {
+                sc = 0.f;
+                for (int d = 0; d < hd; d++) sc += qr[d] * ks[lane * hdp + d];
+            }
+            float mt = sc;
+            for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            float m_new = fmaxf(m[r], mt);
+            if (m_new == -INFINITY) continue; /* whole tile masked */
+            float pr = t <= p ? expf(sc - m_new) : 0.f;
+            float corr = expf(m[r] - m_new);
+            float ps = pr;
+            for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            l[r] = l[r] * corr + ps;
+            m[r] = m_new;
+#pragma unroll
+            for (int e = 0; e < MAX_HD / 32; e++) acc[r][e] *= corr;
+            for (int j = 0; j < PF_KT; j++) {
+                float pj = __shfl_sync(0xffffffffu, pr, j);
+#pragma unroll
+                for (int e = 0; e < MAX_HD / 32; e++) {
+                    int d = lane + 32 * e;
+                    if (d < hd) acc[r][e] += pj * vs[j * hdp + d];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < PF_ROWS_PER_WARP; r++) {
+        int qi = q0 + warp * PF_ROWS_PER_WARP + r;
+        if (qi >= sq.n_q) continue;
+        uint16_t *o = a.out + (size_t)(sq.q_row + qi) * a.n_heads * hd + (size_t)h * hd;
+#pragma unroll
+        for (int e = 0; e < MAX_HD / 32; e++) {
+            int d = lane + 32 * e;
+            if (d < hd) o[d] = f2bf(l[r] > 0.f ? acc[r][e] / l[r] : 0.f);
+        }
+    }
+}
+
+extern "C" int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStream_t s) {
+    if (check_args(a) || a->max_n_q < 0 || a->n_heads > 65535 || a->n_seqs > 65535) return DSI_EINVAL;
+    if (a->n_seqs == 0 || a->max_n_q == 0) return 0;
+    size_t smem = (size_t)(2 * PF_KT + PF_QT) * (a->head_dim + 1) * sizeof(float);
+    int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (rc) return rc;
+    dim3 grid((a->max_n_q + PF_QT - 1) / PF_QT, a->n_heads, a->n_seqs);
+    attn_prefill_kernel<<<grid, PF_WARPS * 32, smem, s>>>(*a);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}

@@ -1,0 +1,209 @@
+/*
+ * elementwise.cu: the small memory-bound kernels of one transformer layer:
+ * embedding gather, fused residual-add + RMSNorm, rotate-half RoPE, KV-cache
+ * store, SwiGLU, scale/bias epilogue, row gather, fills and conversions.
+ *
+ * Layouts are those of kernels.h: fp32 residual stream (rows, dim), bf16 matmul
+ * inputs, bf16 KV slots. Each kernel reads and writes its tensors once, so its
+ * bandwidth target is the copy rate (4.25 TB/s on the H200); at decode sizes
+ * (a few KB per launch) they are launch-latency bound, which CUDA graphs remove.
+ */
+#include <cuda_bf16.h>
+#include <math.h>
+
+#include "dsinfer/kernels.h"
+
+static __device__ __forceinline__ float bf2f(uint16_t v) { return __uint_as_float((uint32_t)v << 16); }
+static __device__ __forceinline__ uint16_t f2bf(float f) {
+    __nv_bfloat16 b = __float2bfloat16_rn(f);
+    return *reinterpret_cast<uint16_t *>(&b);
+}
+
+static __device__ __forceinline__ float block_sum(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    __syncthreads(); /* red may still be read by a previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __global__ void embed_kernel(float *out, const uint16_t *table, const int32_t *ids, int dim, int vocab) {
+    int t = blockIdx.x;
+    int id = ids[t];
+    float *o = out + (size_t)t * dim;
+    if (id < 0 || id >= vocab) {
+        for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = 0.f;
+        return;
+    }
+    const uint16_t *row = table + (size_t)id * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = bf2f(row[i]);
+}
+
+extern "C" int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim,
+                              int vocab, cudaStream_t s) {
+    if (n_tok < 0 || dim <= 0 || vocab <= 0) return DSI_EINVAL;
+    if (n_tok == 0) return 0;
+    embed_kernel<<<n_tok, 256, 0, s>>>(out, table, ids, dim, vocab);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* One block per row; the row is read once into registers/L1 and written twice
+ * (x and the normalized bf16 copy). */
+static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const float *w, uint16_t *out,
+                                          int dim, float eps) {
+    __shared__ float red[32];
+    size_t base = (size_t)blockIdx.x * dim;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = x[base + i];
+        if (delta) {
+            v += delta[base + i];
+            x[base + i] = v;
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    float r = rsqrtf(ss / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = f2bf(x[base + i] * r * w[i]);
+}
+
+extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
+                                    int dim, float eps, cudaStream_t s) {
+    if (rows < 0 || dim <= 0 || !(eps >= 0.f)) return DSI_EINVAL;
+    if (rows == 0) return 0;
+    add_rmsnorm_kernel<<<rows, 512, 0, s>>>(x, delta, w, out, dim, eps);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* Grid (n_tok), block covers (n_rot_heads * hd/2) pairs. sincosf (not the fast
+ * intrinsic): angles reach 1e5 rad at long context and the fast path drifts. */
+static __global__ void rope_kernel(float *qk, int stride, int n_rot_heads, int head_dim, const int32_t *pos,
+                                   const float *inv_freq) {
+    int t = blockIdx.x;
+    int half = head_dim / 2;
+    float p = (float)pos[t];
+    float *row = qk + (size_t)t * stride;
+    for (int j = threadIdx.x; j < n_rot_heads * half; j += blockDim.x) {
+        int h = j / half, i = j % half;
+        float sn, cs;
+        sincosf(p * inv_freq[i], &sn, &cs);
+        float *hp = row + (size_t)h * head_dim;
+        float a = hp[i], b = hp[i + half];
+        hp[i] = a * cs - b * sn;
+        hp[i + half] = b * cs + a * sn;
+    }
+}
+
+extern "C" int dsi_cuda_rope(float *qk, int stride, int n_tok, int n_rot_heads, int head_dim,
+                             const int32_t *pos, const float *inv_freq, cudaStream_t s) {
+    if (n_tok < 0 || n_rot_heads <= 0 || head_dim <= 0 || head_dim % 2 ||
+        (long long)n_rot_heads * head_dim > stride)
+        return DSI_EINVAL;
+    if (n_tok == 0) return 0;
+    rope_kernel<<<n_tok, 256, 0, s>>>(qk, stride, n_rot_heads, head_dim, pos, inv_freq);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void kv_store_kernel(uint16_t *kc, uint16_t *vc, const float *src, int stride, int k_off,
+                                       int v_off, const int32_t *slots, int kv_dim) {
+    int t = blockIdx.x;
+    size_t slot = (size_t)slots[t];
+    const float *row = src + (size_t)t * stride;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kc[slot * kv_dim + i] = f2bf(row[k_off + i]);
+        vc[slot * kv_dim + i] = f2bf(row[v_off + i]);
+    }
+}
+
+extern "C" int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, int stride, int k_off,
+                                 int v_off, const int32_t *slots, int n_tok, int kv_dim, cudaStream_t s) {
+    if (n_tok < 0 || kv_dim <= 0 || k_off < 0 || v_off < 0 || k_off + kv_dim > stride || v_off + kv_dim > stride)
+        return DSI_EINVAL;
+    if (n_tok == 0) return 0;
+    kv_store_kernel<<<n_tok, 256, 0, s>>>(k_cache, v_cache, src, stride, k_off, v_off, slots, kv_dim);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter) {
+    int r = blockIdx.y;
+    const float *g = gu + (size_t)r * 2 * inter, *u = g + inter;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
+        float a = g[i];
+        out[(size_t)r * inter + i] = f2bf(a / (1.f + expf(-a)) * u[i]);
+    }
+}
+
+extern "C" int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, cudaStream_t s) {
+    if (rows < 0 || rows > 65535 || inter <= 0) return DSI_EINVAL;
+    if (rows == 0) return 0;
+    dim3 grid((inter + 1023) / 1024, rows);
+    swiglu_kernel<<<grid, 1024, 0, s>>>(out, gu, inter);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void scale_bias_kernel(float *y, const float *scale, const float *bias, size_t total, int n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int c = (int)(i % n);
+        float v = y[i];
+        if (scale) v *= scale[c];
+        if (bias) v += bias[c];
+        y[i] = v;
+    }
+}
+
+extern "C" int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n,
+                                   cudaStream_t s) {
+    if (rows < 0 || n <= 0) return DSI_EINVAL;
+    if (rows == 0 || (!scale && !bias)) return 0;
+    size_t total = (size_t)rows * n;
+    size_t blocks = (total + 255) / 256;
+    if (blocks > 65536) blocks = 65536;
+    scale_bias_kernel<<<(unsigned)blocks, 256, 0, s>>>(y, scale, bias, total, n);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void gather_rows_kernel(uint16_t *dst, const uint16_t *src, const int32_t *rows, int dim) {
+    const uint16_t *s = src + (size_t)rows[blockIdx.x] * dim;
+    uint16_t *d = dst + (size_t)blockIdx.x * dim;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) d[i] = s[i];
+}
+
+extern "C" int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const int32_t *rows, int n_rows, int dim,
+                                    cudaStream_t s) {
+    if (n_rows < 0 || dim <= 0) return DSI_EINVAL;
+    if (n_rows == 0) return 0;
+    gather_rows_kernel<<<n_rows, 256, 0, s>>>(dst, src, rows, dim);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* splitmix64 of (seed, index): the same tensor for the same seed on any grid. */
+static __global__ void fill_random_kernel(uint16_t *dst, size_t n, uint64_t seed, float scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        float u = (float)(z >> 40) * (1.f / 16777216.f); /* [0,1) */
+        dst[i] = f2bf((2.f * u - 1.f) * scale);
+    }
+}
+
+extern "C" int dsi_cuda_fill_random_bf16(uint16_t *dst, size_t n, uint64_t seed, float scale, cudaStream_t s) {
+    if (n == 0) return 0;
+    fill_random_kernel<<<4096, 256, 0, s>>>(dst, n, seed, scale);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+static __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = f2bf(src[i]);
+}
+
+extern "C" int dsi_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n, cudaStream_t s) {
+    if (n == 0) return 0;
+    f32_to_bf16_kernel<<<4096, 256, 0, s>>>(dst, src, n);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}

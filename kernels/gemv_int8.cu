@@ -1,0 +1,261 @@
+/*
+ * gemv_int8.cu: INT8 weight-only matmul y = x W^T * scale + bias, the decode hot
+ * path (weights: 7.07 GB per step of the 7B shape; target >= 80% of 4.25 TB/s).
+ *
+ * Weight layout (made here by dsi_cuda_quantize_int8): tiles of 16 rows x 32
+ * columns, 512 bytes, row tiles outer, column tiles inner. Inside a tile, lane l
+ * (group g = l/4, t = l%4) owns bytes [16l, 16l+16): for k-step s in {0,1} eight
+ * bytes, the A fragment of mma.m16n8k16 (rows g and g+8, columns s*16 + 2t+{0,1}
+ * and s*16 + 2t+8+{0,1}). So a warp reads each tile with one coalesced 16-byte
+ * load per lane, and no shuffles or shared memory sit between DRAM and the
+ * tensor cores.
+ *
+ * Kernel: one block of 8 warps per 16-row tile, per 8*NT rows of x and per
+ * K split; warps split K (interleaved tiles) and keep two rounds of 4 tiles in
+ * flight (software pipeline); small matrices (o, qkv, down: 224-288 row tiles
+ * for 132 SMs) also split K over blocks, the last block of a row tile summing
+ * the partials in a fixed order (deterministic, no atomics on data). It converts int8 to
+ * bf16 (exact: fp32 magic-number trick, then a packed cvt), runs mma.sync with
+ * x as the B operand (NT n8 tiles: batch rows), and the 8 partial sums meet in
+ * shared memory for the scale/bias epilogue. x is re-read from L1/L2 by every
+ * block; it is tiny next to W. Batches above 64 rows run as 64-row slices
+ * (grid z), each re-reading W (the backend switches to dequant + cuBLAS for
+ * large batches).
+ */
+#include <cuda_bf16.h>
+
+#include "dsinfer/kernels.h"
+
+#define WARPS 8
+#define UNROLL 4
+#define TILE_BYTES 512
+
+static __device__ __forceinline__ uint16_t f2bf(float f) {
+    __nv_bfloat16 b = __float2bfloat16_rn(f);
+    return *reinterpret_cast<uint16_t *>(&b);
+}
+
+/* Byte offset of element (r, k) in the tiled layout. */
+static __device__ __forceinline__ size_t q8_offset(int r, int k, int k32) {
+    int rt = r >> 4, rr = r & 15, kt = k >> 5, kk = k & 31;
+    int s = kk >> 4, kq = kk & 15, hi = kq >> 3, kq8 = kq & 7;
+    int t = kq8 >> 1, e = kq8 & 1, g = rr & 7, rowhi = rr >> 3;
+    int lane = g * 4 + t, j = hi * 4 + rowhi * 2 + e;
+    return ((size_t)rt * k32 + kt) * TILE_BYTES + lane * 16 + s * 8 + j;
+}
+
+static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *w, int k, int k32) {
+    __shared__ float red[32];
+    int r = blockIdx.x;
+    const uint16_t *row = w + (size_t)r * k;
+    float amax = 0.f;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) amax = fmaxf(amax, fabsf(__uint_as_float((uint32_t)row[i] << 16)));
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    amax = red[0];
+    /* same rule as the CPU's dsi_quantize_int8: w / scale, round half away from zero */
+    float sc = amax / 127.f;
+    if (threadIdx.x == 0) scale[r] = sc;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        float v = sc > 0.f ? roundf(__fdiv_rn(__uint_as_float((uint32_t)row[i] << 16), sc)) : 0.f;
+        if (isnan(v)) v = 0.f;
+        v = fminf(127.f, fmaxf(-127.f, v));
+        q[q8_offset(r, i, k32)] = (int8_t)v;
+    }
+}
+
+static __global__ void dequant_kernel(uint16_t *dst, const int8_t *q, int k, int k32) {
+    int r = blockIdx.x;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) dst[(size_t)r * k + i] = f2bf((float)q[q8_offset(r, i, k32)]);
+}
+
+/* 4 int8 (one 32-bit word) -> 2 registers of bf16x2, exact. */
+static __device__ __forceinline__ void i8x4_to_bf16x4(uint32_t w, uint32_t &lo, uint32_t &hi) {
+    uint32_t u = w ^ 0x80808080u; /* biased: value + 128 */
+    float f0 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650)) - 8388736.f;
+    float f1 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7651)) - 8388736.f;
+    float f2 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7652)) - 8388736.f;
+    float f3 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7653)) - 8388736.f;
+    __nv_bfloat162 a = __floats2bfloat162_rn(f0, f1), b = __floats2bfloat162_rn(f2, f3);
+    lo = *reinterpret_cast<uint32_t *>(&a);
+    hi = *reinterpret_cast<uint32_t *>(&b);
+}
+
+static __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t ldg_u32(const uint16_t *p) {
+    return __ldg(reinterpret_cast<const unsigned int *>(p));
+}
+
+/* Loads the B fragment pair (k, k+1) of x row m, zero outside (m < M, k < K). */
+static __device__ __forceinline__ uint32_t load_b(const uint16_t *x, int m, int M, int k, int K, bool fast) {
+    if (m >= M) return 0u;
+    const uint16_t *p = x + (size_t)m * K + k;
+    if (fast) return ldg_u32(p);
+    uint32_t lo = k < K ? p[0] : 0u, hi = k + 1 < K ? p[1] : 0u;
+    return lo | (hi << 16);
+}
+
+/* Loads the UNROLL tiles of one round (zeros past the warp's k range). */
+static __device__ __forceinline__ void load_round(uint4 *a, const uint4 *qt, int kt0, int kt_end) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+        int kt = kt0 + u * WARPS;
+        a[u] = kt < kt_end ? __ldcs(qt + (size_t)kt * (TILE_BYTES / 16)) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+template <int NT>
+static __global__ void __launch_bounds__(WARPS * 32)
+gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int M, int N,
+                 int K, int k32, int ksplit, float *ws, unsigned *counters) {
+    __shared__ float red[WARPS][NT * 4][32];
+    __shared__ int is_last;
+    const int rt = blockIdx.x, ks = blockIdx.y, m0 = blockIdx.z * NT * 8;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    /* fast B loads: K a multiple of 32 (no column padding) and rows 4-byte aligned */
+    const bool fast = (K & 31) == 0;
+    const int chunk = (k32 + ksplit - 1) / ksplit, kt_beg = ks * chunk, kt_end = min(k32, kt_beg + chunk);
+    const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * TILE_BYTES) + lane;
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        for (int c = 0; c < 4; c++) acc[j][c] = 0.f;
+
+    /* software pipeline: the next round's loads are in flight while this one computes */
+    uint4 cur[UNROLL], nxt[UNROLL];
+    load_round(cur, qt, kt_beg + warp, kt_end);
+    for (int kt0 = kt_beg + warp; kt0 < kt_end; kt0 += WARPS * UNROLL) {
+        load_round(nxt, qt, kt0 + WARPS * UNROLL, kt_end);
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) {
+            int kt = kt0 + u * WARPS;
+            if (kt >= kt_end) break;
+            uint32_t w[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                uint32_t a0, a1, a2, a3;
+                i8x4_to_bf16x4(w[2 * s], a0, a1);
+                i8x4_to_bf16x4(w[2 * s + 1], a2, a3);
+                int k = kt * 32 + s * 16 + 2 * t;
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    int m = m0 + j * 8 + g;
+                    uint32_t b0 = load_b(x, m, M, k, K, fast), b1 = load_b(x, m, M, k + 8, K, fast);
+                    mma_bf16(acc[j], a0, a1, a2, a3, b0, b1);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < UNROLL; u++) cur[u] = nxt[u];
+    }
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        for (int c = 0; c < 4; c++) red[warp][j * 4 + c][lane] = acc[j][c];
+    __syncthreads();
+    const int n_out = NT * 4 * 32;
+    if (ksplit > 1) {
+        /* split-K: publish this block's partial; the last block of the row tile
+         * sums all of them in split order (deterministic) and resets the counter */
+        float *wp = ws + ((size_t)rt * ksplit + ks) * n_out;
+        for (int i = threadIdx.x; i < n_out; i += WARPS * 32) {
+            float v = 0.f;
+#pragma unroll
+            for (int w = 0; w < WARPS; w++) v += red[w][i / 32][i % 32];
+            __stcg(wp + i, v);
+        }
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0) is_last = atomicAdd(&counters[rt], 1u) == (unsigned)ksplit - 1;
+        __syncthreads();
+        if (!is_last) return;
+        __threadfence();
+    }
+    for (int i = threadIdx.x; i < n_out; i += WARPS * 32) {
+        int jc = i / 32, l = i % 32, j = jc / 4, c = jc % 4;
+        float v = 0.f;
+        if (ksplit > 1) {
+            for (int s2 = 0; s2 < ksplit; s2++) v += __ldcg(ws + ((size_t)rt * ksplit + s2) * n_out + i);
+        } else {
+#pragma unroll
+            for (int w = 0; w < WARPS; w++) v += red[w][jc][l];
+        }
+        int row = rt * 16 + (l >> 2) + (c >= 2 ? 8 : 0);
+        int m = m0 + j * 8 + (l & 3) * 2 + (c & 1);
+        if (row < N && m < M) {
+            v *= scale[row];
+            if (bias) v += bias[row];
+            y[(size_t)m * N + row] = v;
+        }
+    }
+    if (ksplit > 1 && threadIdx.x == 0) counters[rt] = 0;
+}
+
+extern "C" size_t dsi_cuda_q8_bytes(int n, int k) {
+    if (n <= 0 || k <= 0) return 0;
+    return (size_t)((n + 15) / 16) * ((k + 31) / 32) * TILE_BYTES;
+}
+
+extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k, cudaStream_t s) {
+    if (n <= 0 || k <= 0) return DSI_EINVAL;
+    int rc = DSI_CUDA_CHECK(cudaMemsetAsync(q, 0, dsi_cuda_q8_bytes(n, k), s));
+    if (rc) return rc;
+    quantize_kernel<<<n, 256, 0, s>>>(q, scale, w, k, (k + 31) / 32);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, int n, int k, cudaStream_t s) {
+    if (n <= 0 || k <= 0) return DSI_EINVAL;
+    dequant_kernel<<<n, 256, 0, s>>>(dst, q, k, (k + 31) / 32);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" size_t dsi_cuda_gemm_ws_bytes(int max_n) {
+    return (size_t)((max_n + 15) / 16) * DSI_Q8_MAX_SPLIT * 8 * 4 * 32 * sizeof(float);
+}
+
+template <int NT>
+static int launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int m, int n,
+                  int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
+    int k32 = (k + 31) / 32, n16 = (n + 15) / 16, ksplit = 1;
+    int chunks = (m + NT * 8 - 1) / (NT * 8);
+    if (ws && ws->partial && ws->counters && n16 <= ws->n_counters) {
+        /* enough blocks for ~4 per SM; each split keeps >= 2 tiles per warp */
+        int want = (4 * ws->n_sm + n16 * chunks - 1) / (n16 * chunks);
+        int most = k32 / (2 * WARPS);
+        ksplit = want < most ? want : most;
+        if (ksplit > DSI_Q8_MAX_SPLIT) ksplit = DSI_Q8_MAX_SPLIT;
+        if (ksplit < 1 || chunks > 1) ksplit = 1; /* the workspace holds one chunk of rows */
+        size_t need = (size_t)n16 * ksplit * NT * 4 * 32 * sizeof(float);
+        if (need > ws->partial_bytes) ksplit = 1;
+    }
+    if (chunks > 65535) return DSI_EINVAL;
+    dim3 grid(n16, ksplit, chunks);
+    gemm_int8_kernel<NT><<<grid, WARPS * 32, 0, s>>>(y, x, q, scale, bias, m, n, k, k32, ksplit,
+                                                     ws ? ws->partial : NULL, ws ? ws->counters : NULL);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                                  const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
+                                  cudaStream_t s) {
+    if (m < 0 || n <= 0 || k <= 0) return DSI_EINVAL;
+    if (m == 0) return 0;
+    if (m <= 8) return launch<1>(y, x, q, scale, bias, m, n, k, ws, s);
+    if (m <= 16) return launch<2>(y, x, q, scale, bias, m, n, k, ws, s);
+    if (m <= 32) return launch<4>(y, x, q, scale, bias, m, n, k, ws, s);
+    return launch<8>(y, x, q, scale, bias, m, n, k, ws, s);
+}

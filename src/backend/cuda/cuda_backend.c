@@ -1,0 +1,299 @@
+/*
+ * cuda_backend.c: the CUDA backend's constructor, memory plan and ops table.
+ *
+ * create: find a device (no driver or no GPU -> DSI_ENODEV with CUDA's reason,
+ * so the same binary runs without a GPU), upload/quantize the weights
+ * (cuda_weights.c), allocate the activation buffers for max_batch_tokens rows,
+ * then give the KV pool kv_gpu_fraction of the memory still free. Every
+ * allocation failure is DSI_ENOMEM naming what did not fit.
+ *
+ * A CUDA error during a step marks the backend dead: later steps fail at once
+ * with DSI_ECUDA (sticky errors such as an illegal address poison the context),
+ * and the engine drains.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+
+static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
+static void cuda_destroy(struct dsi_backend *be);
+static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
+                  struct dsi_backend **out, char **err);
+
+static const struct dsi_backend_ops cuda_ops = {
+    .name = "cuda",
+    .forward = cuda_forward,
+    .quant_report = NULL,
+    .destroy = cuda_destroy,
+};
+
+int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *what, char **err) {
+    *p = NULL;
+    if (bytes == 0) bytes = 1;
+    if (c->n_allocs == c->cap_allocs) {
+        size_t cap = c->cap_allocs ? c->cap_allocs * 2 : 64;
+        void **a = realloc(c->allocs, cap * sizeof *a);
+        if (!a) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
+        c->allocs = a;
+        c->cap_allocs = cap;
+    }
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess) {
+        size_t free_b = 0, total_b = 0;
+        cudaGetLastError(); /* clear the (non-sticky) allocation error */
+        cudaMemGetInfo(&free_b, &total_b);
+        *p = NULL;
+        return dsi_seterr(err, DSI_ENOMEM,
+                          "CUDA out of memory on device %d: %s needs %.1f MiB, %.1f MiB free of %.1f MiB "
+                          "(lower max_batch_tokens/max_seqs or use int8 weights)",
+                          c->device, what, bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
+    }
+    c->allocs[c->n_allocs++] = *p;
+    return 0;
+}
+
+static int check_config(const struct dsi_model_config *cfg, char **err) {
+    if (cfg->arch != DSI_ARCH_QWEN2 && cfg->arch != DSI_ARCH_LLAMA)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: architecture %s is not supported yet (Qwen2, Llama)",
+                          cfg->architecture);
+    if (cfg->hidden_size <= 0 || cfg->n_layers <= 0 || cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 ||
+        cfg->vocab_size <= 0 || cfg->intermediate_size <= 0 || cfg->head_dim <= 0)
+        return dsi_seterr(err, DSI_EINVAL, "cuda: model config has a non-positive size");
+    if (cfg->n_heads % cfg->n_kv_heads || cfg->n_heads / cfg->n_kv_heads > 8)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %d heads over %d kv heads (group must divide, <= 8)",
+                          cfg->n_heads, cfg->n_kv_heads);
+    if (cfg->head_dim % 16 || 256 % cfg->head_dim)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: head_dim %d not supported (16, 32, 64, 128 or 256)",
+                          cfg->head_dim);
+    return 0;
+}
+
+static int alloc_buffers(struct dsi__cuda *c, char **err) {
+    const struct dsi_model_config *cfg = &c->cfg;
+    size_t T = (size_t)c->max_tokens, S = (size_t)c->max_seqs, H = (size_t)cfg->hidden_size;
+    size_t I = (size_t)cfg->intermediate_size, hd = (size_t)cfg->head_dim, V = (size_t)cfg->vocab_size;
+    size_t nq = (size_t)cfg->n_heads * hd, nqkv = nq + 2 * (size_t)cfg->n_kv_heads * hd;
+    int rc;
+    if ((rc = dsi__cuda_alloc(c, (void **)&c->x, T * H * 4, "residual stream", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->delta, T * H * 4, "residual delta", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->qkv, T * nqkv * 4, "qkv activations", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->gu, T * 2 * I * 4, "mlp activations", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->logits, S * V * 4, "logits", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->xn, T * H * 2, "normed activations", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->attn, T * nq * 2, "attention output", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->act, T * I * 2, "mlp output", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->xsel, S * H * 2, "logit rows", err)))
+        return rc;
+    c->attn_work_bytes = dsi_cuda_attn_work_bytes(c->max_seqs, cfg->n_heads, cfg->head_dim, DSI__CUDA_MAX_SPLITS);
+    if ((rc = dsi__cuda_alloc(c, (void **)&c->attn_work, c->attn_work_bytes, "attention partials", err))) return rc;
+    if (c->int8) { /* split-K runs only for matrices of < 4 row tiles per SM */
+        c->gemm_ws.n_sm = c->n_sm;
+        c->gemm_ws.n_counters = (int)((V + 15) / 16);
+        if (c->gemm_ws.n_counters < (int)((2 * I + 15) / 16)) c->gemm_ws.n_counters = (int)((2 * I + 15) / 16);
+        c->gemm_ws.partial_bytes = dsi_cuda_gemm_ws_bytes(16 * 4 * c->n_sm);
+        if ((rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.partial, c->gemm_ws.partial_bytes, "matmul partials", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.counters, (size_t)c->gemm_ws.n_counters * 4, "matmul counters",
+                                  err)))
+            return rc;
+        if (DSI_CUDA_CHECK(cudaMemset(c->gemm_ws.counters, 0, (size_t)c->gemm_ws.n_counters * 4)))
+            return dsi_seterr(err, DSI_ECUDA, "cuda: clearing matmul counters failed");
+    }
+    if (c->int8 && c->max_tokens > DSI__CUDA_MMA_MAX_ROWS) {
+        size_t big = nqkv * H;
+        if (2 * I * H > big) big = 2 * I * H;
+        if (H * nq > big) big = H * nq;
+        if ((rc = dsi__cuda_alloc(c, (void **)&c->deq, big * 2, "int8 dequant scratch", err))) return rc;
+    }
+    /* metadata: tokens, pos, slots (T each), seqs (4 S), logit rows (S), block tables */
+    c->meta_ints = 3 * T + 5 * S + (size_t)c->bt_cap;
+    if ((rc = dsi__cuda_alloc(c, (void **)&c->meta_d, c->meta_ints * 4, "step metadata", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->sp_d, S * sizeof *c->sp_d, "sampling params", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->ids_d, S * 4, "sampled ids", err)))
+        return rc;
+    if (DSI_CUDA_CHECK(cudaMallocHost((void **)&c->meta_h, c->meta_ints * 4)) ||
+        DSI_CUDA_CHECK(cudaMallocHost((void **)&c->sp_h, S * sizeof *c->sp_h)) ||
+        DSI_CUDA_CHECK(cudaMallocHost((void **)&c->ids_h, S * 4)))
+        return dsi_seterr(err, DSI_ENOMEM, "cuda: pinned host memory for step metadata failed");
+    return 0;
+}
+
+static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
+    const struct dsi_model_config *cfg = &c->cfg;
+    size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim, bs = (size_t)c->base.kv_block_size;
+    size_t per_block = (size_t)cfg->n_layers * 2 * bs * kv_dim * 2;
+    size_t free_b = 0, total_b = 0;
+    if (DSI_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b))) return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
+    size_t want = (size_t)((double)free_b * fraction);
+    size_t n_blocks = want / per_block;
+    if (n_blocks > (size_t)INT32_MAX / bs) n_blocks = (size_t)INT32_MAX / bs;
+    if (n_blocks < 1)
+        return dsi_seterr(err, DSI_ENOMEM,
+                          "CUDA out of memory: no room for the KV cache (%.1f MiB free after weights, one block "
+                          "needs %.2f MiB); raise kv_gpu_fraction or use int8 weights",
+                          free_b / 1048576.0, per_block / 1048576.0);
+    int rc = dsi__cuda_alloc(c, (void **)&c->kv, n_blocks * per_block, "KV cache", err);
+    if (rc) return rc;
+    c->base.n_kv_blocks = (int)n_blocks;
+    c->kv_layer_elems = n_blocks * bs * kv_dim;
+    c->base.kv_bytes_per_token = (size_t)cfg->n_layers * 2 * kv_dim * 2;
+    return 0;
+}
+
+static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
+                  struct dsi_backend **out, char **err) {
+    *out = NULL;
+    if (!m || !o) return dsi_seterr(err, DSI_EINVAL, "cuda: model and options are required");
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s); use --backend cpu", cudaGetErrorString(e));
+    }
+    if (n_dev == 0 || o->device < 0 || o->device >= n_dev)
+        return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
+    int rc = check_config(&m->cfg, err);
+    if (rc) return rc;
+    if (o->weight_dtype == DSI_W_F32)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: f32 weights are not supported; use bf16 or int8");
+    if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: only per-channel int8 (group size 0) is supported");
+    if (o->kv_dtype != DSI_KV_BF16)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: the KV cache is bf16 only");
+
+    struct dsi__cuda *c = calloc(1, sizeof *c);
+    if (!c) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
+    c->cfg = m->cfg;
+    c->device = o->device;
+    c->int8 = o->weight_dtype == DSI_W_INT8;
+    c->base.ops = &cuda_ops;
+    c->base.model = m;
+    c->base.impl = c;
+    c->base.vocab_size = m->cfg.vocab_size;
+    c->base.kv_block_size = o->kv_block_size > 0 ? o->kv_block_size : 16;
+    c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
+    c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
+    if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;
+    if (c->max_seqs > 65535) c->max_seqs = 65535;
+    int max_pos = m->cfg.max_position_embeddings > 0 ? m->cfg.max_position_embeddings : 4096;
+    c->bt_cap = c->max_seqs * ((max_pos + c->base.kv_block_size - 1) / c->base.kv_block_size + 1);
+    float fraction = o->kv_gpu_fraction > 0.f && o->kv_gpu_fraction <= 0.98f ? o->kv_gpu_fraction : 0.9f;
+
+    struct cudaDeviceProp prop;
+    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) || DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, c->device))) {
+        rc = dsi_seterr(err, DSI_ENODEV, "cuda: cannot use device %d", c->device);
+        goto fail;
+    }
+    c->n_sm = prop.multiProcessorCount;
+    if (prop.major < 8) {
+        rc = dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop.name,
+                        prop.major, prop.minor);
+        goto fail;
+    }
+    if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
+        DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) || DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream))) {
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
+        goto fail;
+    }
+    c->layers = calloc((size_t)m->cfg.n_layers, sizeof *c->layers);
+    float *inv = malloc((size_t)m->cfg.head_dim / 2 * sizeof *inv);
+    if (!c->layers || !inv) {
+        free(inv);
+        rc = dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
+        goto fail;
+    }
+    rc = dsi_cuda_rope_inv_freq(&m->cfg, inv, err);
+    if (!rc) rc = dsi__cuda_alloc(c, (void **)&c->inv_freq, (size_t)m->cfg.head_dim / 2 * 4, "rope table", err);
+    if (!rc && DSI_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, (size_t)m->cfg.head_dim / 2 * 4, cudaMemcpyHostToDevice)))
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: rope table upload failed");
+    free(inv);
+    if (rc) goto fail;
+    size_t free0 = 0, total = 0;
+    cudaMemGetInfo(&free0, &total);
+    if ((rc = dsi__cuda_load_weights(c, m, random, seed, err))) goto fail;
+    size_t free1 = 0;
+    cudaMemGetInfo(&free1, &total);
+    c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
+    if ((rc = alloc_buffers(c, err))) goto fail;
+    if ((rc = alloc_kv(c, fraction, err))) goto fail;
+    dsi_log(DSI_LOG_INFO, "cuda",
+            "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
+            prop.name, c->int8 ? "int8" : "bf16", c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks,
+            c->base.kv_block_size, (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
+            c->max_tokens, c->max_seqs);
+    *out = &c->base;
+    return 0;
+fail:
+    cuda_destroy(&c->base);
+    return rc;
+}
+
+int dsi_cuda_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o, struct dsi_backend **out,
+                            char **err) {
+    return create(m, o, false, 0, out, err);
+}
+
+int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_backend_opts *o, uint64_t seed,
+                                   struct dsi_backend **out, char **err) {
+    return create(m, o, true, seed, out, err);
+}
+
+static struct dsi__cuda *impl(struct dsi_backend *be) { return (struct dsi__cuda *)be->impl; }
+
+static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
+    struct dsi__cuda *c = impl(be);
+    int rows = 0;
+    int rc = dsi__cuda_step(c, b, &rows, err);
+    if (rc) return rc;
+    if (rows > 0 && logits) {
+        size_t bytes = (size_t)rows * c->cfg.vocab_size * sizeof(float);
+        if (DSI_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, bytes, cudaMemcpyDeviceToHost, c->stream)) ||
+            DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
+            c->dead = true;
+            return dsi_seterr(err, DSI_ECUDA, "cuda: copying logits to the host failed");
+        }
+    }
+    return 0;
+}
+
+int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err) {
+    if (!be || !b || !params || !ids) return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
+    struct dsi__cuda *c = impl(be);
+    int rows = 0;
+    int rc = dsi__cuda_step(c, b, &rows, err);
+    if (rc || rows == 0) return rc;
+    memcpy(c->sp_h, params, (size_t)rows * sizeof *params);
+    if (DSI_CUDA_CHECK(cudaMemcpyAsync(c->sp_d, c->sp_h, (size_t)rows * sizeof *params, cudaMemcpyHostToDevice,
+                                       c->stream)) ||
+        dsi_cuda_sample(c->ids_d, c->logits, c->sp_d, rows, c->cfg.vocab_size, c->stream) ||
+        DSI_CUDA_CHECK(cudaMemcpyAsync(c->ids_h, c->ids_d, (size_t)rows * 4, cudaMemcpyDeviceToHost, c->stream)) ||
+        DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
+        c->dead = true;
+        return dsi_seterr(err, DSI_ECUDA, "cuda: sampling on the GPU failed");
+    }
+    memcpy(ids, c->ids_h, (size_t)rows * 4);
+    return 0;
+}
+
+int dsi_cuda_backend_sync(struct dsi_backend *be) {
+    if (!be) return DSI_EINVAL;
+    return DSI_CUDA_CHECK(cudaStreamSynchronize(impl(be)->stream));
+}
+
+static void cuda_destroy(struct dsi_backend *be) {
+    if (!be) return;
+    struct dsi__cuda *c = impl(be);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
+    free(c->allocs);
+    if (c->meta_h) cudaFreeHost(c->meta_h);
+    if (c->sp_h) cudaFreeHost(c->sp_h);
+    if (c->ids_h) cudaFreeHost(c->ids_h);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->layers);
+    free(c);
+}

@@ -1,0 +1,169 @@
+/*
+ * cuda_forward.c: one scheduler step of the CUDA backend (Qwen2 / Llama).
+ *
+ * The host checks the batch (ids, positions, block tables) and packs the step's
+ * metadata (token ids, positions, KV slots, per-sequence attention records,
+ * block tables, logit rows) into one pinned buffer, sent with one async copy.
+ * Then, per layer: add+RMSNorm -> qkv matmul (+bias) -> RoPE -> KV store ->
+ * attention (decode kernel when every sequence brings one token, else the
+ * prefill kernel) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
+ * down matmul; the residual add of each block is fused into the next norm.
+ * Finally the norm, a gather of the rows that want logits, and the lm_head.
+ *
+ * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
+ * the tensor-core INT8 kernel for <= 128 rows, above that dequantize to bf16
+ * scratch and cuBLAS (the lm_head always takes the INT8 kernel, its rows are
+ * at most max_seqs).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+
+int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
+                     bool allow_deq) {
+    if (m <= 0) return 0;
+    const float one = 1.f, zero = 0.f;
+    if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
+        return dsi_cuda_gemm_int8(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, c->stream);
+    const uint16_t *wt = w->w;
+    if (c->int8) {
+        int rc = dsi_cuda_dequant_int8(c->deq, w->q, w->n, w->k, c->stream);
+        if (rc) return rc;
+        wt = c->deq;
+    }
+    int rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one, wt, CUDA_R_16BF,
+                                           w->k, x, CUDA_R_16BF, w->k, &zero, y, CUDA_R_32F, w->n,
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (rc) return rc;
+    return dsi_cuda_scale_bias(y, c->int8 ? w->scale : NULL, w->bias, m, w->n, c->stream);
+}
+
+/* Validates the batch and fills the pinned metadata; returns token and row counts. */
+static int pack(struct dsi__cuda *c, const struct dsi_batch *b, int *n_tok, int *n_rows, int *max_ctx,
+                int *max_n_q, int *n_bt, char **err) {
+    const int T = c->max_tokens, S = c->max_seqs, bs = c->base.kv_block_size, V = c->cfg.vocab_size;
+    if (!b || b->n_seqs <= 0 || b->n_seqs > S || !b->seqs)
+        return dsi_seterr(err, DSI_EINVAL, "cuda: batch of %d sequences (1..%d allowed)", b ? b->n_seqs : 0, S);
+    int32_t *tok = c->meta_h, *pos = tok + T, *slot = pos + T, *seqs = slot + T, *lrows = seqs + 4 * S;
+    int32_t *bt = lrows + S;
+    int t = 0, r = 0, nbt = 0;
+    *max_ctx = 0;
+    *max_n_q = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const struct dsi_batch_seq *s = &b->seqs[i];
+        if (s->n_tokens <= 0 || !s->tokens || s->pos < 0 || s->n_tokens > T - t)
+            return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: %d tokens (step limit %d)", i, s->n_tokens, T);
+        if (s->pos > INT32_MAX - s->n_tokens || s->n_blocks < 0 || !s->block_table ||
+            (long long)s->n_blocks * bs < (long long)s->pos + s->n_tokens)
+            return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: block table too short for position %d", i,
+                              s->pos + s->n_tokens);
+        int need = (s->pos + s->n_tokens + bs - 1) / bs; /* blocks actually read */
+        if (need > c->bt_cap - nbt) return dsi_seterr(err, DSI_EINVAL, "cuda: block tables exceed the step limit");
+        for (int j = 0; j < need; j++) {
+            int blk = s->block_table[j];
+            if (blk < 0 || blk >= c->base.n_kv_blocks)
+                return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: block id %d out of range", i, blk);
+            bt[nbt + j] = blk;
+        }
+        seqs[4 * i] = t;
+        seqs[4 * i + 1] = s->n_tokens;
+        seqs[4 * i + 2] = s->pos;
+        seqs[4 * i + 3] = nbt;
+        for (int j = 0; j < s->n_tokens; j++) {
+            int id = s->tokens[j], p = s->pos + j;
+            if (id < 0 || id >= V) return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: token id %d out of range", i, id);
+            tok[t + j] = id;
+            pos[t + j] = p;
+            slot[t + j] = s->block_table[p / bs] * bs + p % bs;
+        }
+        t += s->n_tokens;
+        nbt += need;
+        if (s->want_logits) lrows[r++] = t - 1;
+        if (s->pos + s->n_tokens > *max_ctx) *max_ctx = s->pos + s->n_tokens;
+        if (s->n_tokens > *max_n_q) *max_n_q = s->n_tokens;
+    }
+    *n_tok = t;
+    *n_rows = r;
+    *n_bt = nbt;
+    return 0;
+}
+
+static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto, const int32_t *pos_d,
+                 const int32_t *slot_d) {
+    const struct dsi_model_config *cfg = &c->cfg;
+    const struct dsi__cu_layer *ly = &c->layers[il];
+    const int H = cfg->hidden_size, hd = cfg->head_dim, nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
+    const int stride = nq + 2 * nk;
+    cudaStream_t s = c->stream;
+    int rc;
+    uint16_t *kc = c->kv + (size_t)il * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
+    /* the residual add of the previous layer's MLP is fused here */
+    if ((rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;
+    if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
+    if ((rc = dsi_cuda_rope(c->qkv, stride, T, cfg->n_heads + cfg->n_kv_heads, hd, pos_d, c->inv_freq, s))) return rc;
+    if ((rc = dsi_cuda_kv_store(kc, vc, c->qkv, stride, nq, nq + nk, slot_d, T, nk, s))) return rc;
+    struct dsi_cuda_attn_args a = *proto;
+    a.q = c->qkv;
+    a.q_stride = stride;
+    a.k_cache = kc;
+    a.v_cache = vc;
+    a.out = c->attn;
+    rc = a.max_n_q == 1 ? dsi_cuda_attn_decode(&a, s) : dsi_cuda_attn_prefill(&a, s);
+    if (rc) return rc;
+    if ((rc = dsi__cuda_matmul(c, &ly->o, c->attn, c->delta, T, true))) return rc;
+    if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;
+    if ((rc = dsi__cuda_matmul(c, &ly->gate_up, c->xn, c->gu, T, true))) return rc;
+    if ((rc = dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, s))) return rc;
+    return dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true);
+}
+
+int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err) {
+    *n_rows = 0;
+    if (c->dead) return dsi_seterr(err, DSI_ECUDA, "cuda: backend disabled by an earlier CUDA error");
+    const struct dsi_model_config *cfg = &c->cfg;
+    int T = 0, R = 0, max_ctx = 0, max_n_q = 0, nbt = 0;
+    int rc = pack(c, b, &T, &R, &max_ctx, &max_n_q, &nbt, err);
+    if (rc) return rc;
+    const int Tc = c->max_tokens, S = c->max_seqs;
+    int32_t *tok_d = c->meta_d, *pos_d = tok_d + Tc, *slot_d = pos_d + Tc, *seqs_d = slot_d + Tc;
+    int32_t *lrows_d = seqs_d + 4 * S, *bt_d = lrows_d + S;
+    size_t ints = 3 * (size_t)Tc + 5 * (size_t)S + (size_t)nbt;
+    struct dsi_cuda_attn_args proto = {
+        .seqs = (const struct dsi_cuda_attn_seq *)seqs_d,
+        .n_seqs = b->n_seqs,
+        .block_tables = bt_d,
+        .block_size = c->base.kv_block_size,
+        .n_heads = cfg->n_heads,
+        .n_kv_heads = cfg->n_kv_heads,
+        .head_dim = cfg->head_dim,
+        .scale = 1.f / sqrtf((float)cfg->head_dim),
+        .max_ctx = max_ctx,
+        .max_n_q = max_n_q,
+        .n_splits = dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, max_ctx, c->n_sm),
+        .work = c->attn_work,
+        .work_bytes = c->attn_work_bytes,
+    };
+    if (proto.n_splits > DSI__CUDA_MAX_SPLITS) proto.n_splits = DSI__CUDA_MAX_SPLITS;
+    if ((rc = DSI_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, ints * 4, cudaMemcpyHostToDevice, c->stream))))
+        goto fail;
+    if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream))) goto fail;
+    for (int il = 0; il < cfg->n_layers; il++)
+        if ((rc = layer(c, il, T, &proto, pos_d, slot_d))) goto fail;
+    if (R > 0) {
+        if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T, cfg->hidden_size, cfg->rms_norm_eps,
+                                       c->stream)) ||
+            (rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream)) ||
+            (rc = dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false)))
+            goto fail;
+    }
+    /* the pinned metadata is rewritten by the next step: wait for the copy */
+    if ((rc = DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream)))) goto fail;
+    *n_rows = R;
+    return 0;
+fail:
+    if (rc != DSI_EINVAL) c->dead = true;
+    return dsi_seterr(err, rc, "cuda: step failed (%s); see the log for the failing call", dsi_strerror(rc));
+}

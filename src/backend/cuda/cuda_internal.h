@@ -1,0 +1,87 @@
+/*
+ * cuda_internal.h: state of the CUDA backend shared by its host files
+ * (cuda_backend.c: create/destroy/memory, cuda_weights.c: weight upload and
+ * quantization, cuda_forward.c: one scheduler step).
+ *
+ * Memory is planned once at create time: weights, then activation buffers for
+ * max_batch_tokens rows, then the KV pool from a fraction of what is free.
+ * Nothing is allocated per step.
+ */
+#ifndef DSI_CUDA_INTERNAL_H
+#define DSI_CUDA_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "dsinfer/backend.h"
+#include "dsinfer/kernels.h"
+
+/* Rows above which an INT8 matmul dequantizes to bf16 and calls cuBLAS. */
+#define DSI__CUDA_MMA_MAX_ROWS 128
+#define DSI__CUDA_MAX_SPLITS 64
+
+struct dsi__cu_matrix {
+    int n, k;          /* out, in features */
+    int8_t *q;         /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
+    float *scale;      /* int8: (n) */
+    uint16_t *w;       /* bf16: (n, k) row-major */
+    float *bias;       /* (n) or NULL */
+};
+
+struct dsi__cu_layer {
+    float *ln1, *ln2;                /* (hidden) */
+    struct dsi__cu_matrix qkv;       /* ((nh + 2 nkv) hd, hidden), rows q | k | v */
+    struct dsi__cu_matrix o;         /* (hidden, nh hd) */
+    struct dsi__cu_matrix gate_up;   /* (2 inter, hidden), rows gate | up */
+    struct dsi__cu_matrix down;      /* (hidden, inter) */
+};
+
+struct dsi__cuda {
+    struct dsi_backend base;
+    struct dsi_model_config cfg;
+    int device, n_sm;
+    bool int8, dead;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+
+    void **allocs;                   /* every cudaMalloc, freed by destroy */
+    size_t n_allocs, cap_allocs;
+
+    uint16_t *embed;                 /* (vocab, hidden) bf16 */
+    struct dsi__cu_layer *layers;    /* (n_layers), host array of device pointers */
+    float *final_norm;               /* (hidden) */
+    struct dsi__cu_matrix lm_head;   /* (vocab, hidden) */
+    float *inv_freq;                 /* (head_dim / 2) */
+
+    uint16_t *kv;                    /* (n_layers, 2, slots, kv_dim) bf16 */
+    size_t kv_layer_elems;           /* slots * kv_dim */
+
+    int max_tokens, max_seqs, bt_cap;
+    float *x, *delta, *qkv, *gu, *logits;    /* (T, hidden) (T, hidden) (T, qkv) (T, 2I) (S, vocab) */
+    uint16_t *xn, *attn, *act, *xsel;         /* (T, hidden) (T, nh hd) (T, I) (S, hidden) */
+    uint16_t *deq;                   /* bf16 scratch for large-batch int8 matmuls, or NULL */
+    struct dsi_cuda_gemm_ws gemm_ws; /* split-K partials + counters of the INT8 matmul */
+    float *attn_work;
+    size_t attn_work_bytes;
+    int32_t *meta_d, *meta_h;        /* step metadata (device, pinned host) */
+    size_t meta_ints;
+    struct dsi_cuda_sample_params *sp_d, *sp_h;
+    int32_t *ids_d, *ids_h;
+};
+
+/* cudaMalloc that records the pointer and turns failure into DSI_ENOMEM with
+ * what it was for and how much was free. */
+int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *what, char **err);
+/* Uploads (or makes, when random) every weight. */
+int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed, char **err);
+/* One step; logits of want_logits rows stay on the device in c->logits. */
+int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err);
+/* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16. */
+int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
+                     bool allow_deq);
+
+#endif

@@ -1,0 +1,462 @@
+/*
+ * test_cuda_kernels.c: every CUDA kernel against the CPU reference ops
+ * (cpu_ops.h) on fresh random inputs, with a per-op tolerance.
+ *
+ * Tolerances, and where they come from:
+ * - embed, kv_store, gather, quantize: exact (bit copies / same rounding rule).
+ * - rmsnorm, swiglu: output is bf16, so 1 bf16 ulp (2^-8 relative) + 1e-6.
+ * - rope: fp32 sincosf vs libm sinf/cosf at positions < 70000: 2e-4 abs.
+ * - attention: bf16 K/V in both; output rounded to bf16: 1e-2 abs on O(1) values.
+ * - int8 gemm: bf16 activations vs the fp32 reference: |err| <= 1e-2 * sqrt(k) * scale-weighted.
+ * - sampling: greedy = argmax exactly; top-k=1 = argmax; draws stay inside top-k.
+ * Without a GPU every test reports SKIP (exit 77), the host-only argument
+ * checks too, so ctest never counts a GPU-less run as passed.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "dsinfer/cpu_ops.h"
+#include "dsinfer/kernels.h"
+#include "test.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) { /* [-1, 1) */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)(rng_state >> 40) / 8388608.f - 1.f;
+}
+
+static int have_gpu(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
+}
+
+#define NEED_GPU()                                                                                             \
+    do {                                                                                                       \
+        if (!have_gpu()) SKIP("no CUDA device");                                                               \
+    } while (0)
+
+static void *dmalloc(size_t n) {
+    void *p = NULL;
+    if (cudaMalloc(&p, n) != cudaSuccess) return NULL;
+    return p;
+}
+static void up(void *d, const void *h, size_t n) { cudaMemcpy(d, h, n, cudaMemcpyHostToDevice); }
+static void down(void *h, const void *d, size_t n) { cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost); }
+
+static float bf(uint16_t v) { return dsi_bf16_to_f32(v); }
+
+TEST(cuda_embed_matches_table) {
+    NEED_GPU();
+    int V = 100, D = 72, n = 5;
+    uint16_t *tab = malloc((size_t)V * D * 2);
+    for (int i = 0; i < V * D; i++) tab[i] = dsi_f32_to_bf16(frand());
+    int32_t ids[5] = {0, 99, 42, -1, 100};
+    uint16_t *dt = dmalloc((size_t)V * D * 2);
+    int32_t *di = dmalloc(sizeof ids);
+    float *dout = dmalloc((size_t)n * D * 4), *out = malloc((size_t)n * D * 4);
+    up(dt, tab, (size_t)V * D * 2);
+    up(di, ids, sizeof ids);
+    CHECK_EQ_INT(dsi_cuda_embed(dout, dt, di, n, D, V, 0), 0);
+    down(out, dout, (size_t)n * D * 4);
+    for (int t = 0; t < 3; t++)
+        for (int i = 0; i < D; i++) CHECK(out[t * D + i] == bf(tab[ids[t] * D + i]));
+    for (int i = 0; i < D; i++) CHECK(out[3 * D + i] == 0.f && out[4 * D + i] == 0.f); /* out of range ids */
+    CHECK_EQ_INT(dsi_cuda_embed(dout, dt, di, -1, D, V, 0), DSI_EINVAL);
+    cudaFree(dt), cudaFree(di), cudaFree(dout);
+    free(tab), free(out);
+}
+
+TEST(cuda_add_rmsnorm_matches_cpu) {
+    NEED_GPU();
+    int rows = 3, D = 3584;
+    size_t n = (size_t)rows * D;
+    float *x = malloc(n * 4), *dl = malloc(n * 4), *w = malloc(D * 4), *ref = malloc(n * 4), *xo = malloc(n * 4);
+    uint16_t *o = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) x[i] = 3.f * frand(), dl[i] = frand();
+    for (int i = 0; i < D; i++) w[i] = 1.f + 0.5f * frand();
+    float *dx = dmalloc(n * 4), *dd = dmalloc(n * 4), *dw = dmalloc(D * 4);
+    uint16_t *dout = dmalloc(n * 2);
+    up(dx, x, n * 4), up(dd, dl, n * 4), up(dw, w, D * 4);
+    CHECK_EQ_INT(dsi_cuda_add_rmsnorm(dx, dd, dw, dout, rows, D, 1e-6f, 0), 0);
+    down(o, dout, n * 2), down(xo, dx, n * 4);
+    double worst = 0;
+    for (int r = 0; r < rows; r++) {
+        for (int i = 0; i < D; i++) x[r * D + i] += dl[r * D + i];
+        dsi_rmsnorm(ref + r * D, x + r * D, w, D, 1e-6f);
+    }
+    for (size_t i = 0; i < n; i++) {
+        CHECK(xo[i] == x[i]);
+        double e = fabs(bf(o[i]) - ref[i]) / (fabs(ref[i]) * 0.0079 + 1e-6);
+        if (e > worst) worst = e;
+    }
+    CHECK(worst <= 1.0);
+    CHECK_EQ_INT(dsi_cuda_add_rmsnorm(dx, NULL, dw, dout, rows, 0, 1e-6f, 0), DSI_EINVAL);
+    cudaFree(dx), cudaFree(dd), cudaFree(dw), cudaFree(dout);
+    free(x), free(dl), free(w), free(ref), free(xo), free(o);
+}
+
+TEST(cuda_swiglu_matches_cpu) {
+    NEED_GPU();
+    int rows = 2, I = 1000;
+    float *gu = malloc((size_t)rows * 2 * I * 4), *ref = malloc((size_t)I * 4);
+    uint16_t *o = malloc((size_t)rows * I * 2);
+    for (int i = 0; i < rows * 2 * I; i++) gu[i] = 6.f * frand();
+    float *dgu = dmalloc((size_t)rows * 2 * I * 4);
+    uint16_t *dout = dmalloc((size_t)rows * I * 2);
+    up(dgu, gu, (size_t)rows * 2 * I * 4);
+    CHECK_EQ_INT(dsi_cuda_swiglu(dout, dgu, rows, I, 0), 0);
+    down(o, dout, (size_t)rows * I * 2);
+    for (int r = 0; r < rows; r++) {
+        dsi_swiglu(ref, gu + r * 2 * I, gu + r * 2 * I + I, I);
+        for (int i = 0; i < I; i++) CHECK_NEAR(bf(o[r * I + i]), ref[i], fabsf(ref[i]) * 0.0079 + 1e-6);
+    }
+    cudaFree(dgu), cudaFree(dout);
+    free(gu), free(ref), free(o);
+}
+
+static void rope_case(enum dsi_rope_type type, int hd) {
+    struct dsi_model_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.head_dim = hd;
+    cfg.rope_theta = 1000000.f;
+    cfg.rope.type = type;
+    cfg.rope.factor = 8.f;
+    cfg.rope.low_freq_factor = 1.f;
+    cfg.rope.high_freq_factor = 4.f;
+    cfg.rope.original_max_position_embeddings = 8192;
+    float inv[128], inv_ref[128], attn = 1.f;
+    CHECK_EQ_INT(dsi_cuda_rope_inv_freq(&cfg, inv, NULL), 0);
+    CHECK_EQ_INT(dsi_rope_inv_freq(&cfg.rope, cfg.rope_theta, hd, 131072, 0, inv_ref, &attn), 0);
+    for (int i = 0; i < hd / 2; i++) CHECK_NEAR(inv[i], inv_ref[i], fabsf(inv_ref[i]) * 1e-6);
+    int nh = 6, T = 4, stride = nh * hd + 8;
+    int32_t pos[4] = {0, 1, 4097, 65000};
+    float *x = malloc((size_t)T * stride * 4), *o = malloc((size_t)T * stride * 4);
+    for (int i = 0; i < T * stride; i++) x[i] = frand();
+    float *dx = dmalloc((size_t)T * stride * 4), *dinv = dmalloc(hd / 2 * 4);
+    int32_t *dpos = dmalloc(sizeof pos);
+    up(dx, x, (size_t)T * stride * 4), up(dinv, inv, hd / 2 * 4), up(dpos, pos, sizeof pos);
+    CHECK_EQ_INT(dsi_cuda_rope(dx, stride, T, nh, hd, dpos, dinv, 0), 0);
+    down(o, dx, (size_t)T * stride * 4);
+    for (int t = 0; t < T; t++) {
+        dsi_rope_neox(x + t * stride, nh, hd, hd, pos[t], inv_ref, attn);
+        for (int i = 0; i < stride; i++) CHECK_NEAR(o[t * stride + i], x[t * stride + i], 2e-4);
+    }
+    cudaFree(dx), cudaFree(dinv), cudaFree(dpos);
+    free(x), free(o);
+}
+
+TEST(cuda_rope_default_matches_cpu) { NEED_GPU(); rope_case(DSI_ROPE_DEFAULT, 128); }
+TEST(cuda_rope_linear_matches_cpu) { NEED_GPU(); rope_case(DSI_ROPE_LINEAR, 64); }
+TEST(cuda_rope_llama3_matches_cpu) { NEED_GPU(); rope_case(DSI_ROPE_LLAMA3, 128); }
+
+TEST(cuda_rope_rejects_yarn) {
+    NEED_GPU();
+    struct dsi_model_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.head_dim = 64;
+    cfg.rope_theta = 10000.f;
+    cfg.rope.type = DSI_ROPE_YARN;
+    float inv[32];
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_cuda_rope_inv_freq(&cfg, inv, &err), DSI_EUNSUPPORTED);
+    CHECK(err != NULL);
+    free(err);
+}
+
+/* Paged attention: several sequences with shuffled blocks, decode and prefill. */
+static void attn_case(int nh, int nkv, int hd, int bs, const int *ctx_len, const int *n_q, int n_seqs, int decode) {
+    int kv_dim = nkv * hd, max_blocks = 0, total_q = 0, max_ctx = 0, max_nq = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        max_blocks += (ctx_len[s] + bs - 1) / bs;
+        total_q += n_q[s];
+        if (ctx_len[s] > max_ctx) max_ctx = ctx_len[s];
+        if (n_q[s] > max_nq) max_nq = n_q[s];
+    }
+    int n_blocks = max_blocks + 3;
+    size_t slots = (size_t)n_blocks * bs;
+    uint16_t *kc = calloc(slots * kv_dim, 2), *vc = calloc(slots * kv_dim, 2);
+    for (size_t i = 0; i < slots * kv_dim; i++) kc[i] = dsi_f32_to_bf16(frand()), vc[i] = dsi_f32_to_bf16(frand());
+    int32_t *bt = malloc((size_t)max_blocks * 4);
+    for (int i = 0; i < max_blocks; i++) bt[i] = (i * 7 + 3) % n_blocks; /* shuffled; may repeat */
+    struct dsi_cuda_attn_seq *sq = malloc((size_t)n_seqs * sizeof *sq);
+    int row = 0, off = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        sq[s].q_row = row;
+        sq[s].n_q = n_q[s];
+        sq[s].pos = ctx_len[s] - n_q[s];
+        sq[s].bt_off = off;
+        row += n_q[s];
+        off += (ctx_len[s] + bs - 1) / bs;
+    }
+    int qstride = (nh + 2 * nkv) * hd;
+    float *q = malloc((size_t)total_q * qstride * 4);
+    for (int i = 0; i < total_q * qstride; i++) q[i] = 2.f * frand();
+    uint16_t *dk = dmalloc(slots * kv_dim * 2), *dv = dmalloc(slots * kv_dim * 2), *dout = dmalloc((size_t)total_q * nh * hd * 2);
+    int32_t *dbt = dmalloc((size_t)max_blocks * 4);
+    struct dsi_cuda_attn_seq *dsq = dmalloc((size_t)n_seqs * sizeof *dsq);
+    float *dq = dmalloc((size_t)total_q * qstride * 4);
+    up(dk, kc, slots * kv_dim * 2), up(dv, vc, slots * kv_dim * 2), up(dbt, bt, (size_t)max_blocks * 4);
+    up(dsq, sq, (size_t)n_seqs * sizeof *sq), up(dq, q, (size_t)total_q * qstride * 4);
+    struct dsi_cuda_attn_args a = {.q = dq, .q_stride = qstride, .k_cache = dk, .v_cache = dv, .out = dout,
+                                   .seqs = dsq, .n_seqs = n_seqs, .block_tables = dbt, .block_size = bs,
+                                   .n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = 1.f / sqrtf((float)hd),
+                                   .max_ctx = max_ctx, .max_n_q = max_nq};
+    a.n_splits = dsi_cuda_attn_decode_splits(n_seqs, nkv, max_ctx, 132);
+    a.work_bytes = dsi_cuda_attn_work_bytes(n_seqs, nh, hd, a.n_splits);
+    a.work = dmalloc(a.work_bytes);
+    CHECK_EQ_INT(decode ? dsi_cuda_attn_decode(&a, 0) : dsi_cuda_attn_prefill(&a, 0), 0);
+    CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+    uint16_t *out = malloc((size_t)total_q * nh * hd * 2);
+    down(out, dout, (size_t)total_q * nh * hd * 2);
+    float *scores = malloc((size_t)max_ctx * 4), *ref = malloc((size_t)hd * 4);
+    double worst = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        struct dsi_attn_args ra = {.n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = 1.f / sqrtf((float)hd),
+                                   .block_size = bs, .kv_dtype = DSI_KV_BF16, .k = kc, .v = vc,
+                                   .block_table = bt + sq[s].bt_off};
+        for (int i = 0; i < n_q[s]; i++) {
+            ra.n_ctx = sq[s].pos + i + 1;
+            for (int h = 0; h < nh; h++) {
+                dsi_attn_head(&ra, h, q + (size_t)(sq[s].q_row + i) * qstride + h * hd, ref, scores);
+                for (int d = 0; d < hd; d++) {
+                    double e = fabs(bf(out[(size_t)(sq[s].q_row + i) * nh * hd + h * hd + d]) - ref[d]);
+                    if (e > worst) worst = e;
+                }
+            }
+        }
+    }
+    if (worst > 1e-2) fprintf(stderr, "  attention worst abs error %g\n", worst);
+    CHECK(worst <= 1e-2);
+    cudaFree(dk), cudaFree(dv), cudaFree(dout), cudaFree(dbt), cudaFree(dsq), cudaFree(dq), cudaFree(a.work);
+    free(kc), free(vc), free(bt), free(sq), free(q), free(out), free(scores), free(ref);
+}
+
+TEST(cuda_attn_decode_matches_cpu) {
+    NEED_GPU();
+    int ctx[3] = {1, 300, 2100}, nq[3] = {1, 1, 1};
+    attn_case(28, 4, 128, 16, ctx, nq, 3, 1);
+    int ctx2[2] = {33, 70}, nq2[2] = {1, 1};
+    attn_case(4, 2, 16, 16, ctx2, nq2, 2, 1); /* tiny-fixture shape: head_dim 16 */
+    attn_case(8, 8, 64, 32, ctx2, nq2, 2, 1); /* MHA */
+}
+
+TEST(cuda_attn_prefill_matches_cpu) {
+    NEED_GPU();
+    int ctx[3] = {40, 130, 17}, nq[3] = {40, 50, 1}; /* fresh prompt, chunked prefill, one decode */
+    attn_case(28, 4, 128, 16, ctx, nq, 3, 0);
+    attn_case(4, 2, 16, 16, ctx, nq, 3, 0);
+    attn_case(4, 4, 256, 16, ctx, nq, 3, 0);
+}
+
+TEST(cuda_attn_rejects_bad_shapes) {
+    NEED_GPU();
+    struct dsi_cuda_attn_args a = {.n_heads = 28, .n_kv_heads = 3, .head_dim = 128, .block_size = 16,
+                                   .q_stride = 28 * 128, .n_seqs = 1, .max_n_q = 1, .n_splits = 1};
+    CHECK_EQ_INT(dsi_cuda_attn_decode(&a, 0), DSI_EINVAL); /* 28 % 3 */
+    a.n_kv_heads = 2;
+    CHECK_EQ_INT(dsi_cuda_attn_decode(&a, 0), DSI_EINVAL); /* group 14 > 8 */
+    a.n_kv_heads = 4;
+    a.head_dim = 40;
+    CHECK_EQ_INT(dsi_cuda_attn_prefill(&a, 0), DSI_EINVAL);
+}
+
+TEST(cuda_kv_store_writes_slots) {
+    NEED_GPU();
+    int T = 3, kv = 64, stride = 3 * kv, slots = 10;
+    float *src = malloc((size_t)T * stride * 4);
+    for (int i = 0; i < T * stride; i++) src[i] = frand();
+    int32_t sl[3] = {7, 0, 9};
+    float *ds = dmalloc((size_t)T * stride * 4);
+    uint16_t *dk = dmalloc((size_t)slots * kv * 2), *dv = dmalloc((size_t)slots * kv * 2);
+    int32_t *dsl = dmalloc(sizeof sl);
+    up(ds, src, (size_t)T * stride * 4), up(dsl, sl, sizeof sl);
+    cudaMemset(dk, 0, (size_t)slots * kv * 2);
+    CHECK_EQ_INT(dsi_cuda_kv_store(dk, dv, ds, stride, kv, 2 * kv, dsl, T, kv, 0), 0);
+    uint16_t *k = malloc((size_t)slots * kv * 2), *v = malloc((size_t)slots * kv * 2);
+    down(k, dk, (size_t)slots * kv * 2), down(v, dv, (size_t)slots * kv * 2);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < kv; i++) {
+            CHECK(k[sl[t] * kv + i] == dsi_f32_to_bf16(src[t * stride + kv + i]));
+            CHECK(v[sl[t] * kv + i] == dsi_f32_to_bf16(src[t * stride + 2 * kv + i]));
+        }
+    CHECK(k[kv * 1] == 0); /* slot 1 untouched */
+    CHECK_EQ_INT(dsi_cuda_kv_store(dk, dv, ds, stride, 2 * kv + 1, 0, dsl, T, kv, 0), DSI_EINVAL);
+    cudaFree(ds), cudaFree(dk), cudaFree(dv), cudaFree(dsl);
+    free(src), free(k), free(v);
+}
+
+/* INT8 quantize + tensor-core gemm vs dsi_quantize_int8 + dsi_matmul on the
+ * same bf16-rounded activations. */
+static void gemm_case(int m, int n, int k, int with_bias) {
+    size_t nk = (size_t)n * k;
+    float *wf = malloc(nk * 4), *x = malloc((size_t)m * k * 4), *bias = malloc((size_t)n * 4);
+    uint16_t *wb = malloc(nk * 2), *xb = malloc((size_t)m * k * 2);
+    for (size_t i = 0; i < nk; i++) {
+        wb[i] = dsi_f32_to_bf16(frand() * 0.05f);
+        wf[i] = bf(wb[i]);
+    }
+    for (int i = 0; i < m * k; i++) {
+        xb[i] = dsi_f32_to_bf16(frand());
+        x[i] = bf(xb[i]);
+    }
+    for (int i = 0; i < n; i++) bias[i] = frand();
+    int8_t *q = malloc(nk);
+    float *sc = malloc((size_t)n * 4), *ref = malloc((size_t)m * n * 4), *y = malloc((size_t)m * n * 4);
+    CHECK_EQ_INT(dsi_quantize_int8(wf, n, k, 0, q, sc), 0);
+    struct dsi_qweight qw = {.dtype = DSI_W_INT8, .rows = n, .cols = k, .group_size = 0, .data = q, .scales = sc};
+    dsi_matmul(&qw, x, m, with_bias ? bias : NULL, ref, n, 0, n);
+
+    uint16_t *dw = dmalloc(nk * 2), *dx = dmalloc((size_t)m * k * 2);
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(n, k));
+    float *dsc = dmalloc((size_t)n * 4), *dy = dmalloc((size_t)m * n * 4), *db = dmalloc((size_t)n * 4);
+    up(dw, wb, nk * 2), up(dx, xb, (size_t)m * k * 2), up(db, bias, (size_t)n * 4);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
+    /* with the split-K workspace (small n) and without */
+    struct dsi_cuda_gemm_ws ws = {.partial_bytes = dsi_cuda_gemm_ws_bytes(n), .n_counters = (n + 15) / 16, .n_sm = 132};
+    ws.partial = dmalloc(ws.partial_bytes);
+    ws.counters = dmalloc((size_t)ws.n_counters * 4);
+    cudaMemset(ws.counters, 0, (size_t)ws.n_counters * 4);
+    float *y2 = malloc((size_t)m * n * 4);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, NULL, 0), 0);
+    CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+    down(y2, dy, (size_t)m * n * 4);
+    for (int rep = 0; rep < 2; rep++) /* twice: the counters must come back to zero */
+        CHECK_EQ_INT(dsi_cuda_gemm_int8(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, &ws, 0), 0);
+    CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+    down(y, dy, (size_t)m * n * 4);
+    unsigned *cnt = malloc((size_t)ws.n_counters * 4);
+    down(cnt, ws.counters, (size_t)ws.n_counters * 4);
+    int cnt_bad = 0;
+    for (int i = 0; i < ws.n_counters; i++) cnt_bad += cnt[i] != 0;
+    CHECK_EQ_INT(cnt_bad, 0);
+    free(cnt);
+    cudaFree(ws.partial), cudaFree(ws.counters);
+    double worst2 = 0;
+    for (int i = 0; i < m * n; i++)
+        if (fabs(y2[i] - ref[i]) > worst2) worst2 = fabs(y2[i] - ref[i]);
+    CHECK(worst2 <= 2e-3);
+    free(y2);
+    float *gsc = malloc((size_t)n * 4);
+    down(gsc, dsc, (size_t)n * 4);
+    int sc_bad = 0;
+    for (int i = 0; i < n; i++) sc_bad += fabsf(gsc[i] - sc[i]) > 1e-7f * fabsf(sc[i]);
+    CHECK_EQ_INT(sc_bad, 0);
+    double worst = 0;
+    for (int i = 0; i < m * n; i++) {
+        double e = fabs(y[i] - ref[i]);
+        if (e > worst) worst = e;
+    }
+    /* same int8 values, fp32 accumulation in a different order: ~1e-6 relative of sum|w x| */
+    if (worst > 2e-3) fprintf(stderr, "  gemm m=%d n=%d k=%d worst abs error %g\n", m, n, k, worst);
+    CHECK(worst <= 2e-3);
+    /* dequant path: integer values back */
+    uint16_t *dd = dmalloc(nk * 2), *deq = malloc(nk * 2);
+    CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, n, k, 0), 0);
+    down(deq, dd, nk * 2);
+    int bad = 0;
+    for (size_t i = 0; i < nk; i++) bad += bf(deq[i]) != (float)q[i];
+    CHECK_EQ_INT(bad, 0);
+    cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(db), cudaFree(dd);
+    free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(gsc), free(deq);
+}
+
+TEST(cuda_gemm_int8_matches_cpu) {
+    NEED_GPU();
+    gemm_case(1, 512, 3584, 1);
+    gemm_case(1, 3584, 18944, 0); /* the 7B down projection: split-K */
+    gemm_case(5, 4608, 3584, 1);
+    gemm_case(3, 4608, 256, 0);
+    gemm_case(16, 200, 96, 1);   /* n not a multiple of 16 */
+    gemm_case(40, 64, 72, 0);    /* k not a multiple of 32 */
+    gemm_case(130, 96, 128, 1);  /* > 64 rows: two passes */
+}
+
+TEST(cuda_gemm_int8_rejects_bad_shapes) {
+    NEED_GPU();
+    CHECK_EQ_INT(dsi_cuda_gemm_int8(NULL, NULL, NULL, NULL, NULL, 1, 0, 32, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(NULL, NULL, NULL, 16, -1, 0), DSI_EINVAL);
+    CHECK(dsi_cuda_q8_bytes(17, 33) == (size_t)2 * 2 * 512);
+}
+
+TEST(cuda_sample_greedy_and_topk) {
+    NEED_GPU();
+    int rows = 4, V = 152064;
+    float *lg = malloc((size_t)rows * V * 4);
+    for (int i = 0; i < rows * V; i++) lg[i] = 4.f * frand();
+    lg[0 * V + 151000] = 50.f;
+    lg[1 * V + 7] = 50.f, lg[1 * V + 9] = 50.f; /* tie: lowest id */
+    lg[2 * V + 123] = 30.f;
+    struct dsi_cuda_sample_params p[4] = {{0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}, {1.f, 1, 1.f, 0.99f},
+                                          {0.7f, 5, 0.9f, 0.3f}};
+    float *dl = dmalloc((size_t)rows * V * 4);
+    struct dsi_cuda_sample_params *dp = dmalloc(sizeof p);
+    int32_t *di = dmalloc(rows * 4), ids[4];
+    up(dl, lg, (size_t)rows * V * 4), up(dp, p, sizeof p);
+    CHECK_EQ_INT(dsi_cuda_sample(di, dl, dp, rows, V, 0), 0);
+    down(ids, di, sizeof ids);
+    CHECK_EQ_INT(ids[0], 151000);
+    CHECK_EQ_INT(ids[1], 7);
+    CHECK_EQ_INT(ids[2], 123);
+    /* row 3: the pick must be one of the 5 largest */
+    int above = 0;
+    for (int i = 0; i < V; i++) above += lg[3 * V + i] > lg[3 * V + ids[3]];
+    CHECK(ids[3] >= 0 && ids[3] < V && above < 5);
+    /* distribution: two tokens with logits a, b; frequency of a follows softmax */
+    int V2 = 64, n = 2000, hits = 0;
+    float *l2 = malloc((size_t)V2 * 4);
+    for (int i = 0; i < V2; i++) l2[i] = -30.f;
+    l2[10] = 1.f, l2[20] = 0.f;
+    struct dsi_cuda_sample_params *pp = malloc((size_t)n * sizeof *pp);
+    float *big = malloc((size_t)n * V2 * 4);
+    for (int r = 0; r < n; r++) {
+        memcpy(big + (size_t)r * V2, l2, (size_t)V2 * 4);
+        pp[r] = (struct dsi_cuda_sample_params){1.f, 0, 1.f, (r + 0.5f) / n};
+    }
+    float *dbig = dmalloc((size_t)n * V2 * 4);
+    struct dsi_cuda_sample_params *dpp = dmalloc((size_t)n * sizeof *pp);
+    int32_t *dids = dmalloc((size_t)n * 4), *hid = malloc((size_t)n * 4);
+    up(dbig, big, (size_t)n * V2 * 4), up(dpp, pp, (size_t)n * sizeof *pp);
+    CHECK_EQ_INT(dsi_cuda_sample(dids, dbig, dpp, n, V2, 0), 0);
+    down(hid, dids, (size_t)n * 4);
+    for (int r = 0; r < n; r++) hits += hid[r] == 10;
+    double expect = 1.0 / (1.0 + exp(-1.0)); /* 0.731 */
+    CHECK_NEAR((double)hits / n, expect, 0.01);
+    /* top_p 0.5 keeps only token 10 */
+    for (int r = 0; r < n; r++) pp[r].top_p = 0.5f;
+    up(dpp, pp, (size_t)n * sizeof *pp);
+    CHECK_EQ_INT(dsi_cuda_sample(dids, dbig, dpp, n, V2, 0), 0);
+    down(hid, dids, (size_t)n * 4);
+    hits = 0;
+    for (int r = 0; r < n; r++) hits += hid[r] == 10;
+    CHECK_EQ_INT(hits, n);
+    cudaFree(dl), cudaFree(dp), cudaFree(di), cudaFree(dbig), cudaFree(dpp), cudaFree(dids);
+    free(lg), free(l2), free(pp), free(big), free(hid);
+}
+
+int main(void) {
+    RUN(cuda_embed_matches_table);
+    RUN(cuda_add_rmsnorm_matches_cpu);
+    RUN(cuda_swiglu_matches_cpu);
+    RUN(cuda_rope_default_matches_cpu);
+    RUN(cuda_rope_linear_matches_cpu);
+    RUN(cuda_rope_llama3_matches_cpu);
+    RUN(cuda_rope_rejects_yarn);
+    RUN(cuda_attn_decode_matches_cpu);
+    RUN(cuda_attn_prefill_matches_cpu);
+    RUN(cuda_attn_rejects_bad_shapes);
+    RUN(cuda_kv_store_writes_slots);
+    RUN(cuda_gemm_int8_matches_cpu);
+    RUN(cuda_gemm_int8_rejects_bad_shapes);
+    RUN(cuda_sample_greedy_and_topk);
+    return test_summary();
+}
