@@ -302,14 +302,15 @@ TEST(metrics_render_counts) {
     dsi__smetrics_request(m, DSI__R_CHAT, 200);
     dsi__smetrics_request(m, DSI__R_CHAT, 200);
     dsi__smetrics_request(m, DSI__R_MODELS, 401);
-    dsi__smetrics_tokens(m, "team\"a", 10, 5);
+    dsi__smetrics_tokens(m, 10, 5);
     dsi__smetrics_ttft(m, 0.03);
     dsi__smetrics_itl(m, 0.002);
     struct dsi_engine_stats st = {.running = 2, .waiting = 1, .kv_blocks_used = 7, .kv_blocks_free = 9};
     char *t = dsi__smetrics_render(m, &st, 1);
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2\n"));
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/models\",status=\"401\"} 1\n"));
-    CHECK(t && strstr(t, "dsinfer_principal_tokens_total{principal=\"team\\\"a\",kind=\"prompt\"} 10\n"));
+    CHECK(t && strstr(t, "dsinfer_prompt_tokens_total 10\n"));
+    CHECK(t && strstr(t, "dsinfer_generation_tokens_total 5\n"));
     CHECK(t && strstr(t, "dsinfer_time_to_first_token_seconds_bucket{le=\"0.025\"} 0\n"));
     CHECK(t && strstr(t, "dsinfer_time_to_first_token_seconds_bucket{le=\"0.05\"} 1\n"));
     CHECK(t && strstr(t, "dsinfer_kv_blocks_free 9\n"));

@@ -532,7 +532,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     int status = x->status ? x->status : 499; /* nginx's "client closed request" */
     dsi__smetrics_request(s->metrics, x->route, status);
     if (prompt || completion) {
-        dsi__smetrics_tokens(s->metrics, x->have_pr ? x->pr.name : NULL, prompt, completion);
+        dsi__smetrics_tokens(s->metrics, prompt, completion);
         if (x->have_pr && s->auth) dsi_auth_charge(s->auth, &x->pr, prompt, completion);
     }
     if (s->audit && x->route != DSI__R_LIVE && x->route != DSI__R_READY) {

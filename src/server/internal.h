@@ -130,7 +130,7 @@ struct dsi__smetrics;
 int dsi__smetrics_create(struct dsi__smetrics **out);
 void dsi__smetrics_destroy(struct dsi__smetrics *m);
 void dsi__smetrics_request(struct dsi__smetrics *m, enum dsi__route r, int status);
-void dsi__smetrics_tokens(struct dsi__smetrics *m, const char *principal, int prompt, int completion);
+void dsi__smetrics_tokens(struct dsi__smetrics *m, int prompt, int completion);
 void dsi__smetrics_ttft(struct dsi__smetrics *m, double seconds);
 void dsi__smetrics_itl(struct dsi__smetrics *m, double seconds);
 /* Prometheus text (malloc'd) including the engine gauges given. */

@@ -1,9 +1,10 @@
 /*
  * metrics.c: Prometheus counters and histograms of the HTTP front end.
  *
- * Requests by route and status, prompt/generated tokens (total and per principal
- * for chargeback), time-to-first-token and inter-token latency histograms; the
- * engine gauges (running/waiting sequences, KV blocks) are read at render time.
+ * Requests by route and status, prompt/generated tokens, time-to-first-token and
+ * inter-token latency histograms; the engine gauges (running/waiting sequences,
+ * KV blocks) are read at render time. Per-principal token counters (chargeback)
+ * come from the auth module (dsi_auth_metrics), appended by the /metrics route.
  * One mutex guards everything: updates are a few adds per request or token.
  */
 #include <pthread.h>
@@ -14,7 +15,6 @@
 #include "internal.h"
 
 #define N_STATUS 16
-#define MAX_PRINCIPALS 1024
 
 static const double TTFT_BUCKETS[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double ITL_BUCKETS[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
@@ -27,11 +27,6 @@ struct hist {
     double sum;
 };
 
-struct principal_tokens {
-    char name[64];
-    uint64_t prompt, completion;
-};
-
 struct dsi__smetrics {
     pthread_mutex_t mu;
     int statuses[N_STATUS];                  /* distinct statuses seen, in order */
@@ -39,9 +34,6 @@ struct dsi__smetrics {
     uint64_t requests[DSI__R__COUNT][N_STATUS];
     uint64_t prompt_tokens, completion_tokens;
     struct hist ttft, itl;
-    struct principal_tokens *principals;     /* MAX_PRINCIPALS */
-    int n_principals;
-    uint64_t principals_dropped;             /* names beyond MAX_PRINCIPALS */
 };
 
 static const char *ROUTE_NAMES[DSI__R__COUNT] = {
@@ -53,9 +45,7 @@ const char *dsi__route_name(enum dsi__route r) { return (unsigned)r < DSI__R__CO
 int dsi__smetrics_create(struct dsi__smetrics **out) {
     struct dsi__smetrics *m = calloc(1, sizeof *m);
     if (!m) return -1;
-    m->principals = calloc(MAX_PRINCIPALS, sizeof *m->principals);
-    if (!m->principals || pthread_mutex_init(&m->mu, NULL)) {
-        free(m->principals);
+    if (pthread_mutex_init(&m->mu, NULL)) {
         free(m);
         return -1;
     }
@@ -66,7 +56,6 @@ int dsi__smetrics_create(struct dsi__smetrics **out) {
 void dsi__smetrics_destroy(struct dsi__smetrics *m) {
     if (!m) return;
     pthread_mutex_destroy(&m->mu);
-    free(m->principals);
     free(m);
 }
 
@@ -80,27 +69,12 @@ void dsi__smetrics_request(struct dsi__smetrics *m, enum dsi__route r, int statu
     pthread_mutex_unlock(&m->mu);
 }
 
-void dsi__smetrics_tokens(struct dsi__smetrics *m, const char *principal, int prompt, int completion) {
+void dsi__smetrics_tokens(struct dsi__smetrics *m, int prompt, int completion) {
     if (prompt < 0) prompt = 0;
     if (completion < 0) completion = 0;
     pthread_mutex_lock(&m->mu);
     m->prompt_tokens += (uint64_t)prompt;
     m->completion_tokens += (uint64_t)completion;
-    if (principal && principal[0]) {
-        int i = 0;
-        while (i < m->n_principals && strncmp(m->principals[i].name, principal, sizeof m->principals[i].name - 1))
-            i++;
-        if (i == m->n_principals && i < MAX_PRINCIPALS) {
-            snprintf(m->principals[i].name, sizeof m->principals[i].name, "%s", principal);
-            m->n_principals++;
-        }
-        if (i < MAX_PRINCIPALS) {
-            m->principals[i].prompt += (uint64_t)prompt;
-            m->principals[i].completion += (uint64_t)completion;
-        } else {
-            m->principals_dropped++;
-        }
-    }
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -138,18 +112,6 @@ static int hist_render(struct dsi__sbuf *b, const char *name, const char *help, 
     return rc;
 }
 
-/* Principal names come from the keys file (operator-controlled) but are still
- * escaped as Prometheus label values require. */
-static int label_value(struct dsi__sbuf *b, const char *s) {
-    int rc = 0;
-    for (; !rc && *s; s++) {
-        if (*s == '\\' || *s == '"') rc = dsi__sbuf_printf(b, "\\%c", *s);
-        else if (*s == '\n') rc = dsi__sbuf_printf(b, "\\n");
-        else rc = dsi__sbuf_append(b, s, 1);
-    }
-    return rc;
-}
-
 char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stats *st, int ready) {
     struct dsi__sbuf b = {0};
     pthread_mutex_lock(&m->mu);
@@ -167,18 +129,6 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              "# HELP dsinfer_generation_tokens_total Generated tokens of finished requests.\n"
                              "# TYPE dsinfer_generation_tokens_total counter\ndsinfer_generation_tokens_total %llu\n",
                              (unsigned long long)m->prompt_tokens, (unsigned long long)m->completion_tokens);
-    if (!rc)
-        rc = dsi__sbuf_printf(&b, "# HELP dsinfer_principal_tokens_total Tokens charged per principal (chargeback).\n"
-                                 "# TYPE dsinfer_principal_tokens_total counter\n");
-    for (int i = 0; !rc && i < m->n_principals; i++) {
-        for (int k = 0; !rc && k < 2; k++) {
-            rc = dsi__sbuf_printf(&b, "dsinfer_principal_tokens_total{principal=\"");
-            if (!rc) rc = label_value(&b, m->principals[i].name);
-            if (!rc)
-                rc = dsi__sbuf_printf(&b, "\",kind=\"%s\"} %llu\n", k ? "completion" : "prompt",
-                                     (unsigned long long)(k ? m->principals[i].completion : m->principals[i].prompt));
-        }
-    }
     if (!rc)
         rc = hist_render(&b, "dsinfer_time_to_first_token_seconds", "Time from request to first generated token.",
                          &m->ttft, TTFT_BUCKETS, N_TTFT);

@@ -76,10 +76,10 @@ async function main() {
   // 32 concurrent clients, each must get its single-client answer (greedy).
   const prompts = Array.from({ length: 32 }, (_, i) => `Client number ${i} says ${"abc".repeat(i % 5)}`);
   const single = [];
-  for (const p of prompts) single.push((await client.chat.completions.create(greedy(p, 16))).choices[0].message.content);
+  for (const p of prompts) single.push((await client.chat.completions.create(greedy(p, 6))).choices[0].message.content);
   const together = await Promise.all(prompts.map((p, i) =>
-    i % 2 ? client.chat.completions.create(greedy(p, 16)).then((r) => r.choices[0].message.content)
-          : client.chat.completions.create({ ...greedy(p, 16), stream: true }).then(async (s) => {
+    i % 2 ? client.chat.completions.create(greedy(p, 6)).then((r) => r.choices[0].message.content)
+          : client.chat.completions.create({ ...greedy(p, 6), stream: true }).then(async (s) => {
               let t = ""; for await (const ch of s) for (const x of ch.choices) t += x.delta.content || ""; return t; })));
   const bad = together.map((t, i) => (t === single[i] ? -1 : i)).filter((i) => i >= 0);
   check("32 concurrent clients get their single-client answers", bad.length === 0, `differs: ${bad}`);
