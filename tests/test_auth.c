@@ -18,18 +18,34 @@
 #include "test.h"
 
 /* Four fixed keys: their digests go into the keys files below. */
-#define K_ALICE "dsi-" "0000000000000000000000000000000000000000000000000000000000000001"
-#define K_BOB   "dsi-" "0000000000000000000000000000000000000000000000000000000000000002"
-#define K_MON   "dsi-" "0000000000000000000000000000000000000000000000000000000000000003"
-#define K_ROOT  "dsi-" "0000000000000000000000000000000000000000000000000000000000000004"
-#define K_OLD   "dsi-" "0000000000000000000000000000000000000000000000000000000000000005"
-#define K_OFF   "dsi-" "0000000000000000000000000000000000000000000000000000000000000006"
-#define K_NONE  "dsi-" "00000000000000000000000000000000000000000000000000000000000000ff"
+#define K_ALICE                                                                                              \
+    "dsi-"                                                                                                   \
+    "0000000000000000000000000000000000000000000000000000000000000001"
+#define K_BOB                                                                                                \
+    "dsi-"                                                                                                   \
+    "0000000000000000000000000000000000000000000000000000000000000002"
+#define K_MON                                                                                                \
+    "dsi-"                                                                                                   \
+    "0000000000000000000000000000000000000000000000000000000000000003"
+#define K_ROOT                                                                                               \
+    "dsi-"                                                                                                   \
+    "0000000000000000000000000000000000000000000000000000000000000004"
+#define K_OLD                                                                                                \
+    "dsi-"                                                                                                   \
+    "0000000000000000000000000000000000000000000000000000000000000005"
+#define K_OFF                                                                                                \
+    "dsi-"                                                                                                   \
+    "0000000000000000000000000000000000000000000000000000000000000006"
+#define K_NONE                                                                                               \
+    "dsi-"                                                                                                   \
+    "00000000000000000000000000000000000000000000000000000000000000ff"
 
 struct clock {
     int64_t now_ms;
 };
-static int64_t clock_now(void *ctx) { return ((struct clock *)ctx)->now_ms; }
+static int64_t clock_now(void *ctx) {
+    return ((struct clock *)ctx)->now_ms;
+}
 
 static char tmpdir[64];
 
@@ -37,7 +53,8 @@ static void sha_hex(const char *key, char out[65]) {
     unsigned char d[32];
     unsigned int n = 0;
     EVP_Digest(key, strlen(key), d, &n, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++) sprintf(out + 2 * i, "%02x", d[i]);
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 2 * i, "%02x", d[i]);
 }
 
 static void write_file(const char *path, const char *text, mode_t mode) {
@@ -48,8 +65,8 @@ static void write_file(const char *path, const char *text, mode_t mode) {
 }
 
 /* A keys file entry for key k with extra JSON fields. */
-static void entry(char *buf, size_t cap, const char *id, const char *name, const char *role,
-                  const char *key, const char *extra) {
+static void entry(char *buf, size_t cap, const char *id, const char *name, const char *role, const char *key,
+                  const char *extra) {
     char h[65];
     sha_hex(key, h);
     snprintf(buf, cap, "{\"id\":\"%s\",\"name\":\"%s\",\"role\":\"%s\",\"sha256\":\"%s\"%s%s}", id, name,
@@ -64,7 +81,8 @@ static void std_keys(const char *path, int alice_rpm) {
     snprintf(extra, sizeof extra, "\"models\":[\"tiny-chat\"],\"rpm\":%d", alice_rpm);
     entry(e[0], 512, "k_alice", "alice", "user", K_ALICE, extra);
     entry(e[1], 512, "k_bob", "bob \\\"the builder\\\"", "user", K_BOB, "\"tpm\":100,\"max_tokens\":64");
-    entry(e[2], 512, "k_mon", "prom", "monitor", K_MON, "\"expires\":null,\"created\":\"2026-01-01T00:00:00Z\"");
+    entry(e[2], 512, "k_mon", "prom", "monitor", K_MON,
+          "\"expires\":null,\"created\":\"2026-01-01T00:00:00Z\"");
     entry(e[3], 512, "k_root", "ops", "admin", K_ROOT, "\"disabled\":false");
     entry(e[4], 512, "k_old", "old", "user", K_OLD, "\"expires\":\"1970-01-01T00:16:40Z\"");
     entry(e[5], 512, "k_off", "off", "user", K_OFF, "\"disabled\":true");
@@ -107,9 +125,14 @@ TEST(auth_key_states) {
     CHECK_EQ_STR(p.name, "alice");
     CHECK_EQ_STR(p.role, "user");
     CHECK_EQ_INT(ra, 0);
-    CHECK_EQ_INT(chk(a, "Bearer " K_NONE, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID);  /* unknown */
-    CHECK_EQ_INT(chk(a, "Bearer " K_OFF, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID);   /* disabled */
-    CHECK_EQ_INT(chk(a, "Bearer " K_OLD, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID);   /* expired */
+    CHECK_EQ_INT(chk(a, "Bearer " K_NONE, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID); /* unknown */
+    CHECK_EQ_INT(chk(a, "Bearer " K_OFF, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID);  /* disabled */
+    /* a disabled key is named for the audit log; an unknown one is not */
+    CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_OFF, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_INVALID);
+    CHECK_EQ_STR(p.key_id, "k_off");
+    CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_NONE, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_INVALID);
+    CHECK_EQ_STR(p.key_id, "");
+    CHECK_EQ_INT(chk(a, "Bearer " K_OLD, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID); /* expired */
     c.now_ms = 999999; /* one ms before expiry it was still valid */
     CHECK_EQ_INT(chk(a, "Bearer " K_OLD, DSI_PERM_CHAT, NULL), DSI_AUTH_OK);
     c.now_ms = 1000000; /* expiry instant itself is expired */
@@ -131,14 +154,20 @@ TEST(auth_header_malformed) {
     struct dsi_auth *a = make(keys_path, NULL, NULL);
     if (!a) return;
     const char *bad[] = {
-        "Basic " K_ALICE, "Bearer", "Bearer ", "Bearer" K_ALICE, K_ALICE,
+        "Basic " K_ALICE,
+        "Bearer",
+        "Bearer ",
+        "Bearer" K_ALICE,
+        K_ALICE,
         "Bearer sk-0000000000000000000000000000000000000000000000000000000000000001",  /* prefix */
         "Bearer dsi-000000000000000000000000000000000000000000000000000000000000001",  /* short */
-        "Bearer " K_ALICE "0",                                                          /* long */
+        "Bearer " K_ALICE "0",                                                         /* long */
         "Bearer DSI-0000000000000000000000000000000000000000000000000000000000000001", /* prefix case */
         "Bearer dsi-000000000000000000000000000000000000000000000000000000000000000A", /* upper hex */
         "Bearer dsi-000000000000000000000000000000000000000000000000000000000000000g", /* not hex */
-        "Bearer " K_ALICE " extra", "Bearer \x01" K_ALICE, "Bearer " K_ALICE "\xc3\xa9",
+        "Bearer " K_ALICE " extra",
+        "Bearer \x01" K_ALICE,
+        "Bearer " K_ALICE "\xc3\xa9",
         "Bearer\r\n" K_ALICE,
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -159,7 +188,8 @@ TEST(auth_header_malformed) {
     free(big);
     /* an embedded NUL (explicit length, as a raw header might carry) */
     char key[DSI_KEY_STRLEN + 1];
-    const char withnul[] = "Bearer dsi-00000000000000000000000000000000\0" "00000000000000000000000000000001";
+    const char withnul[] = "Bearer dsi-00000000000000000000000000000000\0"
+                           "00000000000000000000000000000001";
     CHECK_EQ_INT(dsi__auth_parse_bearer(withnul, sizeof withnul - 1, key), DSI_AUTH_INVALID);
     CHECK_EQ_INT(dsi__auth_parse_bearer("Bearer " K_BOB, strlen("Bearer " K_BOB), key), DSI_AUTH_OK);
     CHECK_EQ_STR(key, K_BOB);
@@ -170,8 +200,8 @@ TEST(auth_role_permission_matrix) {
     struct dsi_auth *a = make(keys_path, NULL, NULL);
     if (!a) return;
     const char *keys[] = {K_ROOT, K_BOB, K_MON};
-    const uint32_t perms[] = {DSI_PERM_CHAT, DSI_PERM_COMPLETIONS, DSI_PERM_MODELS, DSI_PERM_TOKENIZE,
-                              DSI_PERM_METRICS, DSI_PERM_ADMIN};
+    const uint32_t perms[] = {DSI_PERM_CHAT,     DSI_PERM_COMPLETIONS, DSI_PERM_MODELS,
+                              DSI_PERM_TOKENIZE, DSI_PERM_METRICS,     DSI_PERM_ADMIN};
     /* rows: admin, user, monitor; columns: perms above */
     const int ok[3][6] = {{1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 0, 0}, {0, 0, 0, 0, 1, 0}};
     for (int r = 0; r < 3; r++)
@@ -211,8 +241,13 @@ TEST(auth_custom_roles) {
     CHECK(err && strstr(err, "k_mon") && strstr(err, "monitor"));
     free(err);
     /* bad roles texts */
-    const char *bad[] = {"[1]", "{\"user\":[\"chat\",\"fly\"]}", "{\"user\":\"chat\"}", "{\"a b\":[]}",
-                         "{\"user\":[1]}", "{\"u\":[],\"u\":[]}", "not json"};
+    const char *bad[] = {"[1]",
+                         "{\"user\":[\"chat\",\"fly\"]}",
+                         "{\"user\":\"chat\"}",
+                         "{\"a b\":[]}",
+                         "{\"user\":[1]}",
+                         "{\"u\":[],\"u\":[]}",
+                         "not json"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct dsi__roles r;
         err = NULL;
@@ -228,7 +263,8 @@ TEST(auth_custom_roles) {
     /* "{}" and "" are the defaults (as the config documents) */
     err = NULL;
     CHECK_EQ_INT(dsi__roles_parse("{}", &r, &err), 0);
-    CHECK(r.n == 3 && dsi__roles_find(&r, "monitor") && dsi__roles_find(&r, "monitor")->perms == DSI_PERM_METRICS);
+    CHECK(r.n == 3 && dsi__roles_find(&r, "monitor") &&
+          dsi__roles_find(&r, "monitor")->perms == DSI_PERM_METRICS);
     free(err);
     uint32_t bit = 0;
     CHECK_EQ_INT(dsi_perm_parse("tokenize", &bit), 0);
@@ -244,7 +280,7 @@ TEST(auth_model_allow_list) {
     CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "tiny-chat"), DSI_AUTH_OK);
     CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "big-chat"), DSI_AUTH_MODEL_FORBIDDEN);
     CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "tiny-cha"), DSI_AUTH_MODEL_FORBIDDEN);
-    CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_MODELS, NULL), DSI_AUTH_OK); /* no model on route */
+    CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_MODELS, NULL), DSI_AUTH_OK);   /* no model on route */
     CHECK_EQ_INT(chk(a, "Bearer " K_BOB, DSI_PERM_CHAT, "big-chat"), DSI_AUTH_OK); /* empty list = all */
     /* permission is checked before the model */
     CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_ADMIN, "big-chat"), DSI_AUTH_FORBIDDEN);
@@ -264,7 +300,7 @@ TEST(auth_rpm_burst) {
     for (int i = 0; i < 3; i++)
         CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_OK);
     CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_RATE_LIMITED);
-    CHECK_EQ_INT(ra, 20); /* 3 per minute: one token every 20 s */
+    CHECK_EQ_INT(ra, 20);              /* 3 per minute: one token every 20 s */
     CHECK_EQ_STR(p.key_id, "k_alice"); /* principal known for the audit line */
     /* denied requests (wrong permission) do not consume budget; other keys unaffected */
     CHECK_EQ_INT(chk(a, "Bearer " K_BOB, DSI_PERM_CHAT, NULL), DSI_AUTH_OK);
@@ -277,7 +313,8 @@ TEST(auth_rpm_burst) {
     /* a long idle period refills to the full minute budget, not more */
     c.now_ms += 3600 * 1000;
     int okc = 0;
-    for (int i = 0; i < 10; i++) okc += chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL) == DSI_AUTH_OK;
+    for (int i = 0; i < 10; i++)
+        okc += chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL) == DSI_AUTH_OK;
     CHECK_EQ_INT(okc, 3);
     /* clock stepping back neither refills nor crashes */
     c.now_ms -= 100000;
@@ -352,7 +389,8 @@ TEST(auth_reload_broken_keeps_old) {
     struct clock c = {5000000};
     struct dsi_auth *a = make(path, NULL, &c);
     if (!a) return;
-    for (int i = 0; i < 3; i++) CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL), DSI_AUTH_OK);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL), DSI_AUTH_OK);
     CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL), DSI_AUTH_RATE_LIMITED);
     write_file(path, "{\"version\":1,\"keys\":[{\"id\":\"x\"", 0600); /* truncated */
     char *err = NULL;
@@ -360,7 +398,7 @@ TEST(auth_reload_broken_keeps_old) {
     CHECK(err != NULL);
     free(err);
     CHECK_EQ_INT(chk(a, "Bearer " K_ROOT, DSI_PERM_ADMIN, NULL), DSI_AUTH_OK); /* old state serves */
-    write_file(path, "{\"version\":1,\"keys\":[]}", 0644); /* valid but world-readable */
+    write_file(path, "{\"version\":1,\"keys\":[]}", 0644);                     /* valid but world-readable */
     err = NULL;
     CHECK_EQ_INT(dsi_auth_reload(a, &err), DSI_EPERM);
     free(err);
@@ -388,7 +426,8 @@ TEST(auth_reload_broken_keeps_old) {
     CHECK_EQ_INT(dsi_auth_reload(a, NULL), 0);
     CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID);
     /* reload_opts with bad roles keeps everything */
-    struct dsi_auth_opts o = {.keys_file = path, .roles_json = "{\"admin\":[\"nope\"]}", .open_health = false};
+    struct dsi_auth_opts o = {
+        .keys_file = path, .roles_json = "{\"admin\":[\"nope\"]}", .open_health = false};
     err = NULL;
     CHECK_EQ_INT(dsi_auth_reload_opts(a, &o, &err), DSI_EINVAL);
     CHECK(err && strstr(err, "nope"));
@@ -415,7 +454,8 @@ static void *reload_thread(void *arg) {
 }
 static void *check_thread(void *arg) {
     struct burst *b = arg;
-    for (int i = 0; i < 2000; i++) b->ok += chk(b->a, "Bearer " K_ROOT, DSI_PERM_CHAT, NULL) == DSI_AUTH_OK;
+    for (int i = 0; i < 2000; i++)
+        b->ok += chk(b->a, "Bearer " K_ROOT, DSI_PERM_CHAT, NULL) == DSI_AUTH_OK;
     return NULL;
 }
 
@@ -491,8 +531,11 @@ TEST(auth_constant_time_lookup) {
         CHECK_EQ_INT(dsi_auth_check(a, hdr, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_OK);
         CHECK_EQ_STR(p.key_id, want);
     }
-    CHECK_EQ_INT(chk(a, "Bearer dsi-" "00000000000000000000000000000000000000000000000000000000000000ff",
-                     DSI_PERM_CHAT, NULL), DSI_AUTH_INVALID);
+    CHECK_EQ_INT(chk(a,
+                     "Bearer dsi-"
+                     "00000000000000000000000000000000000000000000000000000000000000ff",
+                     DSI_PERM_CHAT, NULL),
+                 DSI_AUTH_INVALID);
     dsi_auth_destroy(a);
 }
 
@@ -501,13 +544,15 @@ TEST(auth_client_cert) {
     if (!a) return;
     struct dsi_principal p;
     int ra;
-    CHECK_EQ_INT(dsi_auth_check_client_cert(a, "billing-svc", DSI_PERM_CHAT, "tiny-chat", &p, &ra), DSI_AUTH_OK);
+    CHECK_EQ_INT(dsi_auth_check_client_cert(a, "billing-svc", DSI_PERM_CHAT, "tiny-chat", &p, &ra),
+                 DSI_AUTH_OK);
     CHECK_EQ_STR(p.name, "billing");
     CHECK_EQ_STR(p.role, "user");
     CHECK(strncmp(p.key_id, "mtls-", 5) == 0 && strlen(p.key_id) == 21);
     CHECK_EQ_INT(dsi_auth_check_client_cert(a, "billing-svc", DSI_PERM_CHAT, "big", &p, &ra),
                  DSI_AUTH_MODEL_FORBIDDEN);
-    CHECK_EQ_INT(dsi_auth_check_client_cert(a, "billing-svc", DSI_PERM_METRICS, NULL, &p, &ra), DSI_AUTH_FORBIDDEN);
+    CHECK_EQ_INT(dsi_auth_check_client_cert(a, "billing-svc", DSI_PERM_METRICS, NULL, &p, &ra),
+                 DSI_AUTH_FORBIDDEN);
     CHECK_EQ_INT(dsi_auth_check_client_cert(a, "billing", DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_INVALID);
     CHECK_EQ_INT(dsi_auth_check_client_cert(a, "gone", DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_INVALID);
     CHECK_EQ_INT(dsi_auth_check_client_cert(a, NULL, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_MISSING);
@@ -533,8 +578,10 @@ TEST(auth_metrics_chargeback) {
     if (t) {
         CHECK(strstr(t, "# TYPE dsinfer_principal_tokens_total counter\n"));
         /* the quote in bob's name is escaped */
-        CHECK(strstr(t, "dsinfer_principal_tokens_total{principal=\"bob \\\"the builder\\\"\",kind=\"prompt\"} 13\n"));
-        CHECK(strstr(t, "dsinfer_principal_tokens_total{principal=\"bob \\\"the builder\\\"\",kind=\"completion\"} 32\n"));
+        CHECK(strstr(
+            t, "dsinfer_principal_tokens_total{principal=\"bob \\\"the builder\\\"\",kind=\"prompt\"} 13\n"));
+        CHECK(strstr(t, "dsinfer_principal_tokens_total{principal=\"bob \\\"the "
+                        "builder\\\"\",kind=\"completion\"} 32\n"));
         CHECK(strstr(t, "dsinfer_principal_tokens_total{principal=\"ops\",kind=\"prompt\"} 5\n"));
         CHECK(strstr(t, "dsinfer_principal_requests_total{principal=\"ops\"} 1\n"));
         CHECK(strstr(t, "dsinfer_auth_denials_total{reason=\"invalid_credentials\"} 1\n"));

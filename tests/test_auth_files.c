@@ -46,7 +46,8 @@ static void expect_error(const char *text, const char *want1, const char *want2)
     free(err);
 }
 
-#define KEY(id, extra) "{\"id\":\"" id "\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A "\"" extra "}"
+#define KEY(id, extra)                                                                                       \
+    "{\"id\":\"" id "\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A "\"" extra "}"
 
 TEST(keys_parse_valid_full) {
     const char *t = "{\"version\":1,\"keys\":[{\"id\":\"k_0123abcd\",\"name\":\"alice\",\"role\":\"user\","
@@ -74,7 +75,8 @@ TEST(keys_parse_valid_full) {
 }
 
 TEST(keys_parse_errors_name_entry_and_field) {
-    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"disable\":true") "]}", "k_1", "unknown field 'disable'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"disable\":true") "]}", "k_1",
+                 "unknown field 'disable'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"rpm\":\"60\"") "]}", "k_1", "'rpm'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"rpm\":-1") "]}", "k_1", "'rpm'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"tpm\":1.5") "]}", "k_1", "'tpm'");
@@ -83,21 +85,38 @@ TEST(keys_parse_errors_name_entry_and_field) {
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"models\":\"a\"") "]}", "k_1", "'models'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"models\":[\"a,b\"]") "]}", "k_1", "'models'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"models\":[\"\"]") "]}", "k_1", "'models'");
-    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"expires\":\"2027-02-30T00:00:00Z\"") "]}", "k_1", "'expires'");
-    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"expires\":\"2027-01-31\"") "]}", "k_1", "'expires'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"expires\":\"2027-02-30T00:00:00Z\"") "]}", "k_1",
+                 "'expires'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"expires\":\"2027-01-31\"") "]}", "k_1",
+                 "'expires'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"created\":12") "]}", "k_1", "'created'");
-    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"rpm\":1,\"rpm\":2") "]}", "k_1", "'rpm' appears twice");
-    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"root\",\"sha256\":\"" HASH_A "\"}]}",
-                 "k_1", "unknown role 'root'");
-    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A "0\"}]}",
-                 "k_1", "'sha256'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"rpm\":1,\"rpm\":2") "]}", "k_1",
+                 "'rpm' appears twice");
+    expect_error(
+        "{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"root\",\"sha256\":\"" HASH_A
+        "\"}]}",
+        "k_1", "unknown role 'root'");
+    expect_error(
+        "{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A
+        "0\"}]}",
+        "k_1", "'sha256'");
     expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"user\",\"sha256\":"
-                 "\"x0000000000000000000000000000000000000000000000000000000000000aa\"}]}", "k_1", "'sha256'");
-    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"user\"}]}", "k_1", "missing field 'sha256'");
-    expect_error("{\"version\":1,\"keys\":[{\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A "\"}]}", "keys[0]", "'id'");
-    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k 1\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A "\"}]}", "keys[0]", "'id'");
-    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"a\\nb\",\"role\":\"user\",\"sha256\":\"" HASH_A "\"}]}", "k_1", "'name'");
-    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", "") "," KEY("k_1", "") "]}", "keys[1]", "id already used");
+                 "\"x0000000000000000000000000000000000000000000000000000000000000aa\"}]}",
+                 "k_1", "'sha256'");
+    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"user\"}]}", "k_1",
+                 "missing field 'sha256'");
+    expect_error("{\"version\":1,\"keys\":[{\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A "\"}]}",
+                 "keys[0]", "'id'");
+    expect_error(
+        "{\"version\":1,\"keys\":[{\"id\":\"k 1\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_A
+        "\"}]}",
+        "keys[0]", "'id'");
+    expect_error(
+        "{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"a\\nb\",\"role\":\"user\",\"sha256\":\"" HASH_A
+        "\"}]}",
+        "k_1", "'name'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", "") "," KEY("k_1", "") "]}", "keys[1]",
+                 "id already used");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", "") "," KEY("k_2", "") "]}", "k_2", "same sha256");
     expect_error("{\"version\":1,\"keys\":[1]}", "keys[0]", "object");
     expect_error("{\"version\":2,\"keys\":[]}", "version", NULL);
@@ -111,14 +130,19 @@ TEST(keys_parse_errors_name_entry_and_field) {
     expect_error("{\"version\":1,\"keys\":[", "not valid JSON", NULL);
     expect_error("", "not valid JSON", NULL);
     expect_error("{\"version\":1,\"keys\":[],\"clients\":[{\"cn\":\"a\",\"name\":\"n\",\"role\":\"user\","
-                 "\"sha256\":\"" HASH_A "\"}]}", "clients[0]", "unknown field 'sha256'");
+                 "\"sha256\":\"" HASH_A "\"}]}",
+                 "clients[0]", "unknown field 'sha256'");
     expect_error("{\"version\":1,\"keys\":[],\"clients\":[{\"cn\":\"a\",\"name\":\"n\",\"role\":\"user\"},"
-                 "{\"cn\":\"a\",\"name\":\"m\",\"role\":\"user\"}]}", "clients[1]", "cn already used");
-    expect_error("{\"version\":1,\"keys\":[],\"clients\":[{\"name\":\"n\",\"role\":\"user\"}]}", "clients[0]", "'cn'");
+                 "{\"cn\":\"a\",\"name\":\"m\",\"role\":\"user\"}]}",
+                 "clients[1]", "cn already used");
+    expect_error("{\"version\":1,\"keys\":[],\"clients\":[{\"name\":\"n\",\"role\":\"user\"}]}", "clients[0]",
+                 "'cn'");
     /* hex in either case is accepted; different case of the same digest is a duplicate */
     char *err = NULL;
     CHECK_EQ_INT(parse("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"n\",\"role\":\"user\",\"sha256\":"
-                       "\"00000000000000000000000000000000000000000000000000000000000000AA\"}]}", &err), 0);
+                       "\"00000000000000000000000000000000000000000000000000000000000000AA\"}]}",
+                       &err),
+                 0);
     free(err);
 }
 
@@ -131,10 +155,13 @@ TEST(keys_parse_rfc3339) {
     CHECK_EQ_INT(dsi__rfc3339_parse("2000-02-29T14:34:56.789+02:00", &ms), 0);
     CHECK_EQ_INT(ms, 951827696789LL);
     CHECK_EQ_INT(dsi__rfc3339_parse("2000-02-29t12:34:56.789123456z", &ms), 0);
-    const char *bad[] = {"2001-02-29T00:00:00Z", "2000-13-01T00:00:00Z", "2000-01-01T24:00:00Z",
-                         "2000-01-01T00:00:00", "2000-01-01 00:00:00Z", "2000-01-01T00:00:00.Z",
-                         "2000-01-01T00:00:00+0200", "2000-01-01T00:00:00Zjunk", "2000-1-01T00:00:00Z", ""};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) CHECK_EQ_INT(dsi__rfc3339_parse(bad[i], &ms), DSI_EINVAL);
+    const char *bad[] = {"2001-02-29T00:00:00Z",     "2000-13-01T00:00:00Z",
+                         "2000-01-01T24:00:00Z",     "2000-01-01T00:00:00",
+                         "2000-01-01 00:00:00Z",     "2000-01-01T00:00:00.Z",
+                         "2000-01-01T00:00:00+0200", "2000-01-01T00:00:00Zjunk",
+                         "2000-1-01T00:00:00Z",      ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_EQ_INT(dsi__rfc3339_parse(bad[i], &ms), DSI_EINVAL);
     char buf[32];
     dsi__rfc3339_format(951827696789LL, true, buf);
     CHECK_EQ_STR(buf, "2000-02-29T12:34:56.789Z");
@@ -155,7 +182,8 @@ static char *slurp(const char *path) {
 static int count_tmp_files(void) {
     DIR *d = opendir(tmpdir);
     int n = 0;
-    for (struct dirent *de; d && (de = readdir(d));) n += strstr(de->d_name, ".tmp.") != NULL;
+    for (struct dirent *de; d && (de = readdir(d));)
+        n += strstr(de->d_name, ".tmp.") != NULL;
     if (d) closedir(d);
     return n;
 }
@@ -163,8 +191,13 @@ static int count_tmp_files(void) {
 TEST(keys_admin_add_list_revoke) {
     char path[160];
     snprintf(path, sizeof path, "%s/admin.json", tmpdir);
-    struct dsi_key_spec s = {.name = "alice", .role = "user", .models = "tiny-chat,other", .rpm = 60,
-                             .tpm = 1000, .max_tokens = 128, .expires = "2099-01-31"};
+    struct dsi_key_spec s = {.name = "alice",
+                             .role = "user",
+                             .models = "tiny-chat,other",
+                             .rpm = 60,
+                             .tpm = 1000,
+                             .max_tokens = 128,
+                             .expires = "2099-01-31"};
     char key[DSI_KEY_STRLEN + 1], id[32], key2[DSI_KEY_STRLEN + 1], id2[32];
     char *err = NULL;
     CHECK_EQ_INT(dsi_keys_add(path, &s, key, id, &err), 0);
@@ -175,7 +208,7 @@ TEST(keys_admin_add_list_revoke) {
     struct stat st;
     CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
     char *text = slurp(path);
-    CHECK(text && !strstr(text, key) && !strstr(text, key + 4)); /* the key is not stored */
+    CHECK(text && !strstr(text, key) && !strstr(text, key + 4));           /* the key is not stored */
     CHECK(text && strstr(text, "\"expires\":\t\"2099-02-01T00:00:00Z\"")); /* through the 31st */
     free(text);
     struct dsi_key_spec s2 = {.name = "prom", .role = "monitor"};
@@ -226,7 +259,8 @@ TEST(keys_admin_add_list_revoke) {
     rewind(f);
     snprintf(want, sizeof want, "%s\talice\tuser\tdisabled\t", id);
     bool saw_disabled = false;
-    while (fgets(line, sizeof line, f)) saw_disabled |= !strncmp(line, want, strlen(want));
+    while (fgets(line, sizeof line, f))
+        saw_disabled |= !strncmp(line, want, strlen(want));
     fclose(f);
     CHECK(saw_disabled);
     err = NULL;
@@ -295,13 +329,21 @@ TEST(audit_lines_valid_json) {
     struct dsi_audit *au = NULL;
     CHECK_EQ_INT(dsi_audit_open(path, &au, NULL), 0);
     if (!au) return;
-    struct dsi_audit_record r = {.request_id = "req-1", .key_id = "k_0123abcd", .principal = "al\"ice\n\\",
-                                 .role = "user", .remote_addr = "10.0.0.7", .route = "/v1/chat/completions",
-                                 .model = "tiny\x01\xff\xc3(", .status = 200, .prompt_tokens = 12,
-                                 .completion_tokens = 30, .latency_ms = 41.25, .denial = NULL};
+    struct dsi_audit_record r = {.request_id = "req-1",
+                                 .key_id = "k_0123abcd",
+                                 .principal = "al\"ice\n\\",
+                                 .role = "user",
+                                 .remote_addr = "10.0.0.7",
+                                 .route = "/v1/chat/completions",
+                                 .model = "tiny\x01\xff\xc3(",
+                                 .status = 200,
+                                 .prompt_tokens = 12,
+                                 .completion_tokens = 30,
+                                 .latency_ms = 41.25,
+                                 .denial = NULL};
     dsi_audit_write(au, &r);
-    struct dsi_audit_record d = {.route = "/v1/models", .status = 401, .denial = "invalid_credentials",
-                                 .latency_ms = 1.0 / 0.0};
+    struct dsi_audit_record d = {
+        .route = "/v1/models", .status = 401, .denial = "invalid_credentials", .latency_ms = 1.0 / 0.0};
     dsi_audit_write(au, &d);
     /* rotation: rename, reopen, the next line goes to the new file */
     char rotated[192];
@@ -319,16 +361,19 @@ TEST(audit_lines_valid_json) {
     for (char *save = NULL, *ln = strtok_r(old, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save), n++) {
         cJSON *j = cJSON_Parse(ln);
         CHECK(cJSON_IsObject(j));
-        const char *fields[] = {"time", "request_id", "key_id", "principal", "role", "remote_addr", "route",
-                                "model", "status", "prompt_tokens", "completion_tokens", "latency_ms", "denial"};
+        const char *fields[] = {
+            "time",  "request_id", "key_id",        "principal",         "role",       "remote_addr", "route",
+            "model", "status",     "prompt_tokens", "completion_tokens", "latency_ms", "denial"};
         for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
             CHECK(cJSON_GetObjectItemCaseSensitive(j, fields[i]) != NULL);
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "time");
         int64_t ms;
-        CHECK(cJSON_IsString(t) && strlen(t->valuestring) == 24 && dsi__rfc3339_parse(t->valuestring, &ms) == 0);
+        CHECK(cJSON_IsString(t) && strlen(t->valuestring) == 24 &&
+              dsi__rfc3339_parse(t->valuestring, &ms) == 0);
         if (n == 0) {
             CHECK_EQ_STR(cJSON_GetObjectItemCaseSensitive(j, "principal")->valuestring, "al\"ice\n\\");
-            CHECK_EQ_STR(cJSON_GetObjectItemCaseSensitive(j, "model")->valuestring, "tiny\x01\xef\xbf\xbd\xef\xbf\xbd(");
+            CHECK_EQ_STR(cJSON_GetObjectItemCaseSensitive(j, "model")->valuestring,
+                         "tiny\x01\xef\xbf\xbd\xef\xbf\xbd(");
             CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "denial")));
             CHECK_EQ_INT(cJSON_GetObjectItemCaseSensitive(j, "completion_tokens")->valueint, 30);
         } else {
@@ -357,7 +402,8 @@ static void *audit_thread(void *arg) {
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = 0; /* longer than the per-field cap */
     struct dsi_audit_record r = {.request_id = rid, .route = big, .status = 200};
-    for (int i = 0; i < 500; i++) dsi_audit_write(w->au, &r);
+    for (int i = 0; i < 500; i++)
+        dsi_audit_write(w->au, &r);
     return NULL;
 }
 
@@ -373,7 +419,8 @@ TEST(audit_concurrent_lines_intact) {
         w[i] = (struct aw){au, i};
         pthread_create(&t[i], NULL, audit_thread, &w[i]);
     }
-    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
     dsi_audit_close(au);
     char *text = slurp(path);
     int n = 0, bad = 0;

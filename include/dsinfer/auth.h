@@ -15,7 +15,7 @@
 #include <stdio.h>
 
 #define DSI_KEY_PREFIX "dsi-"
-#define DSI_KEY_STRLEN 68         /* "dsi-" + 64 lowercase hex; buffers need +1 */
+#define DSI_KEY_STRLEN 68 /* "dsi-" + 64 lowercase hex; buffers need +1 */
 
 enum dsi_perm {
     DSI_PERM_CHAT = 1u << 0,
@@ -37,7 +37,7 @@ struct dsi_principal {
     char name[64];
     char role[32];
     uint32_t perms;
-    int max_tokens_cap;       /* 0: none */
+    int max_tokens_cap; /* 0: none */
 };
 
 enum dsi_auth_status {
@@ -51,9 +51,9 @@ enum dsi_auth_status {
 
 struct dsi_auth;
 struct dsi_auth_opts {
-    const char *keys_file;    /* NULL: no keys -> every non-open route is 401 */
-    const char *roles_json;   /* NULL: default roles (admin, user, monitor) */
-    bool open_health;         /* health routes need no key (default true) */
+    const char *keys_file;  /* NULL: no keys -> every non-open route is 401 */
+    const char *roles_json; /* NULL: default roles (admin, user, monitor) */
+    bool open_health;       /* health routes need no key (default true) */
 };
 int dsi_auth_create(const struct dsi_auth_opts *o, struct dsi_auth **out, char **err);
 /* Re-reads the keys file and roles; on error the old state stays and *err says why. */
@@ -65,7 +65,9 @@ void dsi_auth_destroy(struct dsi_auth *a);
  * Thread-safe. Order: header -> key (constant-time digest compare) -> state
  * (disabled, expired) -> permission -> model -> rpm/tpm token buckets; a
  * request denied before the rate check consumes no budget. `out` is filled
- * from FORBIDDEN onwards (so denials can be audited with the principal). */
+ * from FORBIDDEN onwards (so denials can be audited with the principal); for
+ * INVALID it is filled only when a known key was disabled or expired (for the
+ * audit log: never put it in the response). Otherwise it is zeroed. */
 enum dsi_auth_status dsi_auth_check(struct dsi_auth *a, const char *authorization, uint32_t perm,
                                     const char *model, struct dsi_principal *out, int *retry_after_s);
 /* Charges tokens to the key's tpm budget and the principal's chargeback counter.
@@ -83,9 +85,9 @@ bool dsi_auth_health_open(const struct dsi_auth *a);
  * the "clients" section of the keys file; then the same permission, model and
  * rate checks as dsi_auth_check. NULL or empty CN: MISSING; unknown or disabled
  * CN: INVALID. The TLS layer must have verified the chain before calling. */
-enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *subject_cn,
-                                                uint32_t perm, const char *model,
-                                                struct dsi_principal *out, int *retry_after_s);
+enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *subject_cn, uint32_t perm,
+                                                const char *model, struct dsi_principal *out,
+                                                int *retry_after_s);
 
 /* Like dsi_auth_reload, but also replaces the keys file path and roles (for a
  * SIGHUP that re-read the config). Strings are copied. Same all-or-nothing rule. */
@@ -100,20 +102,21 @@ int dsi_auth_reload_opts(struct dsi_auth *a, const struct dsi_auth_opts *o, char
 int dsi_auth_metrics(struct dsi_auth *a, char **prom_text);
 
 /* Test hook: milliseconds since the Unix epoch, used for expiry and rate
- * limits instead of the system clocks. NULL restores the system clocks. */
+ * limits instead of the system clocks. NULL restores the system clocks. Call
+ * before the object is shared between threads (the pointer is not locked). */
 void dsi_auth_set_clock(struct dsi_auth *a, int64_t (*now_ms)(void *ctx), void *ctx);
 
 /* Keys file management (`dsinfer keys`). Every change rewrites the file
  * atomically (temp file in the same directory, fsync, rename) with mode 0600,
  * under an advisory lock on "<path>.lock". */
 struct dsi_key_spec {
-    const char *name;          /* principal */
-    const char *role;          /* must exist in the roles */
-    const char *models;        /* comma-separated allow-list; NULL or "": all */
-    int64_t rpm, tpm;          /* 0: unlimited */
-    int max_tokens;            /* 0: no cap */
-    const char *expires;       /* RFC 3339, or YYYY-MM-DD (valid through that UTC day); NULL: never */
-    const char *roles_json;    /* NULL: default roles */
+    const char *name;       /* principal */
+    const char *role;       /* must exist in the roles */
+    const char *models;     /* comma-separated allow-list; NULL or "": all */
+    int64_t rpm, tpm;       /* 0: unlimited */
+    int max_tokens;         /* 0: no cap */
+    const char *expires;    /* RFC 3339, or YYYY-MM-DD (valid through that UTC day); NULL: never */
+    const char *roles_json; /* NULL: default roles */
 };
 /* Adds a key (creating the file if absent). key_out receives the key, which
  * exists nowhere else afterwards; id_out its public id. */

@@ -34,7 +34,7 @@ struct dsi_audit {
     pthread_rwlock_t lk; /* read: writing a line; write: swapping fd */
     int fd;              /* guarded by lk */
     char *path;
-    atomic_bool warned;  /* one log line per failure streak, not one per request */
+    atomic_bool warned; /* one log line per failure streak, not one per request */
 };
 
 static size_t put_str(char *o, const char *s);
@@ -46,10 +46,14 @@ static size_t utf8_len(const unsigned char *s, size_t avail) {
     size_t n;
     unsigned min;
     if (c < 0x80) return 1;
-    if ((c & 0xe0) == 0xc0) n = 2, min = 0x80;
-    else if ((c & 0xf0) == 0xe0) n = 3, min = 0x800;
-    else if ((c & 0xf8) == 0xf0) n = 4, min = 0x10000;
-    else return 0;
+    if ((c & 0xe0) == 0xc0)
+        n = 2, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        n = 3, min = 0x800;
+    else if ((c & 0xf8) == 0xf0)
+        n = 4, min = 0x10000;
+    else
+        return 0;
     if (n > avail) return 0;
     unsigned cp = c & (0x7f >> n);
     for (size_t i = 1; i < n; i++) {
@@ -156,8 +160,9 @@ void dsi_audit_write(struct dsi_audit *a, const struct dsi_audit_record *r) {
     w += put_str(line + w, r->model);
     double lat = isfinite(r->latency_ms) && r->latency_ms >= 0 ? r->latency_ms : 0;
     if (lat > 1e12) lat = 1e12;
-    w += (size_t)sprintf(line + w, ",\"status\":%d,\"prompt_tokens\":%d,\"completion_tokens\":%d,"
-                                   "\"latency_ms\":%.3f,\"denial\":",
+    w += (size_t)sprintf(line + w,
+                         ",\"status\":%d,\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+                         "\"latency_ms\":%.3f,\"denial\":",
                          r->status, r->prompt_tokens, r->completion_tokens, lat);
     w += put_str(line + w, r->denial);
     line[w++] = '}';

@@ -31,15 +31,15 @@ struct principal_stat {
 
 struct dsi_auth {
     pthread_mutex_t state_mu;
-    struct dsi__keyset *cur;        /* guarded by state_mu (pointer and refs) */
-    pthread_mutex_t reload_mu;      /* serializes reloads */
-    char *keys_file, *roles_json;   /* guarded by reload_mu */
+    struct dsi__keyset *cur;      /* guarded by state_mu (pointer and refs) */
+    pthread_mutex_t reload_mu;    /* serializes reloads */
+    char *keys_file, *roles_json; /* guarded by reload_mu */
     bool open_health;
-    int64_t (*clock)(void *);       /* test hook; set before concurrent use */
+    int64_t (*clock)(void *); /* test hook; set before concurrent use */
     void *clock_ctx;
     pthread_mutex_t stats_mu;
-    struct principal_stat *stats;   /* guarded by stats_mu */
-    size_t n_stats, cap_stats;      /* guarded by stats_mu */
+    struct principal_stat *stats; /* guarded by stats_mu */
+    size_t n_stats, cap_stats;    /* guarded by stats_mu */
     atomic_uint_fast64_t denials[N_STATUS];
 };
 
@@ -50,8 +50,8 @@ struct id_ref {
 
 static struct dsi__keyset *acquire(struct dsi_auth *a);
 static void release(struct dsi_auth *a, struct dsi__keyset *ks);
-static int build(struct dsi_auth *a, const char *keys_file, const char *roles_json,
-                 struct dsi__keyset **out, char **err);
+static int build(struct dsi_auth *a, const char *keys_file, const char *roles_json, struct dsi__keyset **out,
+                 char **err);
 static int attach_limiters(struct dsi__entry *ne, size_t nn, const struct dsi__entry *oe, size_t on);
 static enum dsi_auth_status authorize(struct dsi_auth *a, const struct dsi__entry *e, uint32_t perm,
                                       const char *model, struct dsi_principal *out, int *retry_after_s);
@@ -84,8 +84,10 @@ static void release(struct dsi_auth *a, struct dsi__keyset *ks) {
     bool last = --ks->refs == 0;
     pthread_mutex_unlock(&a->state_mu);
     if (!last) return;
-    for (size_t i = 0; i < ks->n_keys; i++) dsi__limiter_unref(ks->keys[i].lim);
-    for (size_t i = 0; i < ks->n_clients; i++) dsi__limiter_unref(ks->clients[i].lim);
+    for (size_t i = 0; i < ks->n_keys; i++)
+        dsi__limiter_unref(ks->keys[i].lim);
+    for (size_t i = 0; i < ks->n_clients; i++)
+        dsi__limiter_unref(ks->clients[i].lim);
     dsi__keyset_free(ks);
 }
 
@@ -99,7 +101,8 @@ static int cmp_id_ref(const void *x, const void *y) {
 static int attach_limiters(struct dsi__entry *ne, size_t nn, const struct dsi__entry *oe, size_t on) {
     struct id_ref *idx = on ? malloc(on * sizeof *idx) : NULL;
     if (on && !idx) return DSI_ENOMEM;
-    for (size_t i = 0; i < on; i++) idx[i] = (struct id_ref){oe[i].id, oe[i].lim};
+    for (size_t i = 0; i < on; i++)
+        idx[i] = (struct id_ref){oe[i].id, oe[i].lim};
     if (on) qsort(idx, on, sizeof *idx, cmp_id_ref);
     int rc = 0;
     for (size_t i = 0; i < nn; i++) {
@@ -118,8 +121,8 @@ static int attach_limiters(struct dsi__entry *ne, size_t nn, const struct dsi__e
 }
 
 /* Builds a complete keyset (roles + keys file); nothing is shared yet. */
-static int build(struct dsi_auth *a, const char *keys_file, const char *roles_json,
-                 struct dsi__keyset **out, char **err) {
+static int build(struct dsi_auth *a, const char *keys_file, const char *roles_json, struct dsi__keyset **out,
+                 char **err) {
     (void)a;
     struct dsi__roles roles;
     int rc = dsi__roles_parse(roles_json, &roles, err);
@@ -173,7 +176,8 @@ int dsi_auth_create(const struct dsi_auth_opts *o, struct dsi_auth **out, char *
     if ((rc = build(a, a->keys_file, a->roles_json, &ks, err))) goto fail;
     if ((rc = install(a, ks, err))) goto fail;
     dsi_log(DSI_LOG_INFO, "auth", "loaded %zu keys, %zu mTLS clients, %zu roles%s", a->cur->n_keys,
-            a->cur->n_clients, a->cur->roles.n, a->keys_file ? "" : " (no keys file: every protected route is 401)");
+            a->cur->n_clients, a->cur->roles.n,
+            a->keys_file ? "" : " (no keys file: every protected route is 401)");
     *out = a;
     return 0;
 fail:
@@ -225,14 +229,20 @@ int dsi_auth_reload_opts(struct dsi_auth *a, const struct dsi_auth_opts *o, char
                 ks->n_clients, ks->roles.n);
     }
     pthread_mutex_unlock(&a->reload_mu);
-    if (rc && err && !*err) *err = why;
-    else free(why);
+    if (rc && err && !*err)
+        *err = why;
+    else
+        free(why);
     return rc;
 }
 
-int dsi_auth_reload(struct dsi_auth *a, char **err) { return dsi_auth_reload_opts(a, NULL, err); }
+int dsi_auth_reload(struct dsi_auth *a, char **err) {
+    return dsi_auth_reload_opts(a, NULL, err);
+}
 
-bool dsi_auth_health_open(const struct dsi_auth *a) { return a->open_health; }
+bool dsi_auth_health_open(const struct dsi_auth *a) {
+    return a->open_health;
+}
 
 void dsi_auth_set_clock(struct dsi_auth *a, int64_t (*now_ms)(void *ctx), void *ctx) {
     a->clock = now_ms;
@@ -277,7 +287,8 @@ static enum dsi_auth_status authorize(struct dsi_auth *a, const struct dsi__entr
     if ((e->perms & perm) != perm) return deny(a, DSI_AUTH_FORBIDDEN);
     if (model && e->n_models) {
         bool ok = false;
-        for (size_t i = 0; i < e->n_models && !ok; i++) ok = !strcmp(e->models[i], model);
+        for (size_t i = 0; i < e->n_models && !ok; i++)
+            ok = !strcmp(e->models[i], model);
         if (!ok) return deny(a, DSI_AUTH_MODEL_FORBIDDEN);
     }
     if (!dsi__limiter_take(e->lim, e->rpm, e->tpm, now_mono(a), retry_after_s))
@@ -319,9 +330,9 @@ enum dsi_auth_status dsi_auth_check(struct dsi_auth *a, const char *authorizatio
     return st;
 }
 
-enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *subject_cn,
-                                                uint32_t perm, const char *model,
-                                                struct dsi_principal *out, int *retry_after_s) {
+enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *subject_cn, uint32_t perm,
+                                                const char *model, struct dsi_principal *out,
+                                                int *retry_after_s) {
     if (out) memset(out, 0, sizeof *out);
     if (retry_after_s) *retry_after_s = 0;
     if (!subject_cn || !*subject_cn) return deny(a, DSI_AUTH_MISSING);
@@ -329,7 +340,8 @@ enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *
     const struct dsi__entry *e = NULL;
     for (size_t i = 0; i < ks->n_clients && !e; i++)
         if (!strcmp(ks->clients[i].cn, subject_cn)) e = &ks->clients[i];
-    enum dsi_auth_status st = e ? authorize(a, e, perm, model, out, retry_after_s) : deny(a, DSI_AUTH_INVALID);
+    enum dsi_auth_status st =
+        e ? authorize(a, e, perm, model, out, retry_after_s) : deny(a, DSI_AUTH_INVALID);
     release(a, ks);
     return st;
 }
@@ -359,24 +371,34 @@ void dsi_auth_charge(struct dsi_auth *a, const struct dsi_principal *p, int prom
 
 const char *dsi_auth_status_reason(enum dsi_auth_status s) {
     switch (s) {
-    case DSI_AUTH_OK: return "ok";
-    case DSI_AUTH_MISSING: return "missing_credentials";
-    case DSI_AUTH_INVALID: return "invalid_credentials";
-    case DSI_AUTH_FORBIDDEN: return "permission_denied";
-    case DSI_AUTH_MODEL_FORBIDDEN: return "model_not_allowed";
-    case DSI_AUTH_RATE_LIMITED: return "rate_limited";
+    case DSI_AUTH_OK:
+        return "ok";
+    case DSI_AUTH_MISSING:
+        return "missing_credentials";
+    case DSI_AUTH_INVALID:
+        return "invalid_credentials";
+    case DSI_AUTH_FORBIDDEN:
+        return "permission_denied";
+    case DSI_AUTH_MODEL_FORBIDDEN:
+        return "model_not_allowed";
+    case DSI_AUTH_RATE_LIMITED:
+        return "rate_limited";
     }
     return "unknown";
 }
 
 int dsi_auth_http_status(enum dsi_auth_status s) {
     switch (s) {
-    case DSI_AUTH_OK: return 200;
+    case DSI_AUTH_OK:
+        return 200;
     case DSI_AUTH_MISSING:
-    case DSI_AUTH_INVALID: return 401;
+    case DSI_AUTH_INVALID:
+        return 401;
     case DSI_AUTH_FORBIDDEN:
-    case DSI_AUTH_MODEL_FORBIDDEN: return 403;
-    case DSI_AUTH_RATE_LIMITED: return 429;
+    case DSI_AUTH_MODEL_FORBIDDEN:
+        return 403;
+    case DSI_AUTH_RATE_LIMITED:
+        return 429;
     }
     return 500;
 }
@@ -407,7 +429,8 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...) {
             return;
         }
         size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->n + (size_t)n + 1) cap *= 2;
+        while (cap < b->n + (size_t)n + 1)
+            cap *= 2;
         char *q = realloc(b->p, cap);
         if (!q) {
             b->oom = true;
@@ -421,10 +444,14 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...) {
 /* Prometheus label value escaping: backslash, double quote, newline. */
 static void sb_label(struct sbuf *b, const char *s) {
     for (; *s; s++) {
-        if (*s == '\\') sb_printf(b, "\\\\");
-        else if (*s == '"') sb_printf(b, "\\\"");
-        else if (*s == '\n') sb_printf(b, "\\n");
-        else sb_printf(b, "%c", *s);
+        if (*s == '\\')
+            sb_printf(b, "\\\\");
+        else if (*s == '"')
+            sb_printf(b, "\\\"");
+        else if (*s == '\n')
+            sb_printf(b, "\\n");
+        else
+            sb_printf(b, "%c", *s);
     }
 }
 

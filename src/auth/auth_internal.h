@@ -20,7 +20,7 @@
 
 #define DSI__KEYS_MAX_BYTES (16u << 20) /* a keys file larger than this is refused */
 #define DSI__KEYS_MAX_ENTRIES 100000
-#define DSI__AUTH_HEADER_MAX 1024       /* longer Authorization values are INVALID */
+#define DSI__AUTH_HEADER_MAX 1024 /* longer Authorization values are INVALID */
 #define DSI__ROLES_MAX 64
 #define DSI__NO_EXPIRY INT64_MAX
 
@@ -44,15 +44,15 @@ struct dsi__entry {
     char cn[256];          /* clients only */
     char **models;         /* allow-list; n_models == 0: all */
     size_t n_models;
-    int64_t rpm, tpm;      /* 0: unlimited */
-    int max_tokens;        /* 0: no cap */
-    int64_t expires_ms;    /* DSI__NO_EXPIRY: never */
+    int64_t rpm, tpm;   /* 0: unlimited */
+    int max_tokens;     /* 0: no cap */
+    int64_t expires_ms; /* DSI__NO_EXPIRY: never */
     bool disabled;
     struct dsi__limiter *lim; /* attached by auth.c; NULL in parse-only use */
 };
 
 struct dsi__keyset {
-    int refs;              /* guarded by dsi_auth.state_mu */
+    int refs; /* guarded by dsi_auth.state_mu */
     struct dsi__roles roles;
     struct dsi__entry *keys;
     size_t n_keys;
@@ -72,11 +72,10 @@ bool dsi__role_name_ok(const char *s);
 /* keyset.c: strict parser of the keys file text (see docs/security.md).
  * roles NULL: any well-formed role name is accepted, with no permissions
  * (for `keys list/revoke`, which may run without the config's roles). */
-int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *roles,
-                      struct dsi__keyset **out, char **err);
+int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *roles, struct dsi__keyset **out,
+                      char **err);
 /* Reads path (refusing unsafe modes and oversize files) and parses it. */
-int dsi__keyset_load(const char *path, const struct dsi__roles *roles, struct dsi__keyset **out,
-                     char **err);
+int dsi__keyset_load(const char *path, const struct dsi__roles *roles, struct dsi__keyset **out, char **err);
 /* Reads the whole file into a NUL-terminated heap buffer after the mode check. */
 int dsi__keys_read_file(const char *path, char **text, size_t *len, char **err);
 /* Writes text to path atomically: temp file in the same directory, mode 0600,
@@ -103,7 +102,6 @@ int dsi__sha256(const void *data, size_t n, unsigned char out[32]);
 /* Parses an Authorization value of explicit length (it may hold NULs).
  * Returns DSI_AUTH_OK with the key copied into key_out, DSI_AUTH_MISSING for an
  * absent/blank value, DSI_AUTH_INVALID for anything malformed. */
-enum dsi_auth_status dsi__auth_parse_bearer(const char *h, size_t len,
-                                            char key_out[DSI_KEY_STRLEN + 1]);
+enum dsi_auth_status dsi__auth_parse_bearer(const char *h, size_t len, char key_out[DSI_KEY_STRLEN + 1]);
 
 #endif

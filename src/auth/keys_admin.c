@@ -30,8 +30,8 @@ struct locked_file {
     struct dsi__keyset *ks;
 };
 
-static int open_locked(const char *path, const struct dsi__roles *roles, bool create,
-                       struct locked_file *lf, char **err);
+static int open_locked(const char *path, const struct dsi__roles *roles, bool create, struct locked_file *lf,
+                       char **err);
 static void close_locked(struct locked_file *lf);
 static int save(const char *path, cJSON *root, const struct dsi__roles *roles, char **err);
 static int parse_expires(const char *s, int64_t now_ms, char out[32], char **err);
@@ -48,7 +48,8 @@ int dsi__write_atomic(const char *path, const char *text, size_t len, char **err
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     fd = mkstemp(tmp);
     if (fd < 0) {
-        rc = dsi_seterr(err, DSI_EIO, "%s: cannot create a temporary file next to it: %s", path, strerror(errno));
+        rc = dsi_seterr(err, DSI_EIO, "%s: cannot create a temporary file next to it: %s", path,
+                        strerror(errno));
         goto done;
     }
     if (fchmod(fd, 0600) != 0) goto io_fail;
@@ -82,8 +83,8 @@ done:
     return rc;
 }
 
-static int open_locked(const char *path, const struct dsi__roles *roles, bool create,
-                       struct locked_file *lf, char **err) {
+static int open_locked(const char *path, const struct dsi__roles *roles, bool create, struct locked_file *lf,
+                       char **err) {
     memset(lf, 0, sizeof *lf);
     lf->lock_fd = -1;
     size_t plen = strlen(path);
@@ -106,8 +107,10 @@ static int open_locked(const char *path, const struct dsi__roles *roles, bool cr
         return 0;
     }
     if (rc) {
-        if (err && !*err) *err = rerr;
-        else free(rerr);
+        if (err && !*err)
+            *err = rerr;
+        else
+            free(rerr);
         return rc;
     }
     char *perr = NULL;
@@ -169,8 +172,9 @@ static int parse_expires(const char *s, int64_t now_ms, char out[32], char **err
             return dsi_seterr(err, DSI_EINVAL, "--expires '%s': not a date like 2027-01-31", s);
         ms += 86400000;
     } else if (dsi__rfc3339_parse(s, &ms)) {
-        return dsi_seterr(err, DSI_EINVAL,
-                          "--expires '%.40s': not a date (2027-01-31) or RFC 3339 time (2027-01-31T12:00:00Z)", s);
+        return dsi_seterr(
+            err, DSI_EINVAL,
+            "--expires '%.40s': not a date (2027-01-31) or RFC 3339 time (2027-01-31T12:00:00Z)", s);
     }
     if (ms <= now_ms) return dsi_seterr(err, DSI_EINVAL, "--expires '%.40s' is in the past", s);
     dsi__rfc3339_format(ms, ms % 1000 != 0, out);
@@ -225,7 +229,8 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
         dsi__hex_encode(idb, 4, idhex);
         snprintf(id_out, 32, "k_%s", idhex);
         bool clash = false;
-        for (size_t i = 0; lf.ks && i < lf.ks->n_keys; i++) clash |= !strcmp(lf.ks->keys[i].id, id_out);
+        for (size_t i = 0; lf.ks && i < lf.ks->n_keys; i++)
+            clash |= !strcmp(lf.ks->keys[i].id, id_out);
         if (!clash) break;
     }
     if (RAND_bytes(raw, sizeof raw) != 1) {
@@ -262,8 +267,10 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
     cJSON_AddNumberToObject(o, "rpm", (double)s->rpm);
     cJSON_AddNumberToObject(o, "tpm", (double)s->tpm);
     cJSON_AddNumberToObject(o, "max_tokens", s->max_tokens);
-    if (expires[0]) cJSON_AddStringToObject(o, "expires", expires);
-    else cJSON_AddNullToObject(o, "expires");
+    if (expires[0])
+        cJSON_AddStringToObject(o, "expires", expires);
+    else
+        cJSON_AddNullToObject(o, "expires");
     cJSON_AddBoolToObject(o, "disabled", 0);
     cJSON_AddStringToObject(o, "created", created);
     rc = save(path, lf.root, &roles, err);
@@ -286,12 +293,13 @@ int dsi_keys_list(const char *path, const char *roles_json, FILE *out, char **er
         const struct dsi__entry *e = &ks->keys[i];
         char exp[32] = "never";
         if (e->expires_ms != DSI__NO_EXPIRY) dsi__rfc3339_format(e->expires_ms, false, exp);
-        const char *status = e->disabled ? "disabled"
+        const char *status = e->disabled                                               ? "disabled"
                              : e->expires_ms != DSI__NO_EXPIRY && now >= e->expires_ms ? "expired"
-                                                                                        : "active";
+                                                                                       : "active";
         fprintf(out, "%s\t%s\t%s\t%s\texpires=%s\tmodels=", e->id, e->name, e->role, status, exp);
         if (!e->n_models) fputs("*", out);
-        for (size_t m = 0; m < e->n_models; m++) fprintf(out, "%s%s", m ? "," : "", e->models[m]);
+        for (size_t m = 0; m < e->n_models; m++)
+            fprintf(out, "%s%s", m ? "," : "", e->models[m]);
         fputc('\n', out);
     }
     dsi__keyset_free(ks);
@@ -322,8 +330,10 @@ int dsi_keys_revoke(const char *path, const char *id, const char *roles_json, ch
         rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
         goto done;
     }
-    if (cJSON_GetObjectItemCaseSensitive(hit, "disabled")) cJSON_ReplaceItemInObjectCaseSensitive(hit, "disabled", t);
-    else cJSON_AddItemToObject(hit, "disabled", t);
+    if (cJSON_GetObjectItemCaseSensitive(hit, "disabled"))
+        cJSON_ReplaceItemInObjectCaseSensitive(hit, "disabled", t);
+    else
+        cJSON_AddItemToObject(hit, "disabled", t);
     rc = save(path, lf.root, rp, err);
 done:
     close_locked(&lf);

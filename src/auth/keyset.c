@@ -29,8 +29,8 @@
 
 enum entry_kind { KIND_KEY, KIND_CLIENT };
 
-static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
-                       const struct dsi__roles *roles, struct dsi__entry *e, char **err);
+static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx, const struct dsi__roles *roles,
+                       struct dsi__entry *e, char **err);
 static bool plain_text(const char *s, size_t max_len, bool allow_comma);
 static bool id_ok(const char *s);
 static int get_int(const cJSON *v, int64_t max, int64_t *out);
@@ -53,8 +53,8 @@ static bool id_ok(const char *s) {
     if (n == 0 || n > 31) return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-' || c == '.'))
             return false;
     }
     return true;
@@ -68,14 +68,14 @@ static int get_int(const cJSON *v, int64_t max, int64_t *out) {
     return 0;
 }
 
-#define EFAIL(...)                                                  \
-    do {                                                            \
-        rc = dsi_seterr(err, DSI_EINVAL, __VA_ARGS__);              \
-        goto fail;                                                  \
+#define EFAIL(...)                                                                                           \
+    do {                                                                                                     \
+        rc = dsi_seterr(err, DSI_EINVAL, __VA_ARGS__);                                                       \
+        goto fail;                                                                                           \
     } while (0)
 
-static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
-                       const struct dsi__roles *roles, struct dsi__entry *e, char **err) {
+static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx, const struct dsi__roles *roles,
+                       struct dsi__entry *e, char **err) {
     const char *sect = kind == KIND_KEY ? "keys" : "clients";
     int rc = 0;
     memset(e, 0, sizeof *e);
@@ -100,13 +100,15 @@ static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
         } else if (kind == KIND_CLIENT && !strcmp(k, "cn")) {
             if (!cJSON_IsString(f) || !plain_text(f->valuestring, sizeof e->cn - 1, true))
                 EFAIL("keys file: %s[%zu]%s: field 'cn' must be a non-empty string without control "
-                      "characters, at most 255 bytes", sect, idx, who);
+                      "characters, at most 255 bytes",
+                      sect, idx, who);
             strcpy(e->cn, f->valuestring);
             have_id = true;
         } else if (!strcmp(k, "name")) {
             if (!cJSON_IsString(f) || !plain_text(f->valuestring, sizeof e->name - 1, true))
                 EFAIL("keys file: %s[%zu]%s: field 'name' must be a non-empty string without control "
-                      "characters, at most 63 bytes", sect, idx, who);
+                      "characters, at most 63 bytes",
+                      sect, idx, who);
             strcpy(e->name, f->valuestring);
             have_name = true;
         } else if (!strcmp(k, "role")) {
@@ -115,7 +117,8 @@ static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
             /* roles == NULL: listing/revoking without the config's roles at hand */
             const struct dsi__role *r = roles ? dsi__roles_find(roles, f->valuestring) : NULL;
             if (roles && !r)
-                EFAIL("keys file: %s[%zu]%s: field 'role': unknown role '%s'", sect, idx, who, f->valuestring);
+                EFAIL("keys file: %s[%zu]%s: field 'role': unknown role '%s'", sect, idx, who,
+                      f->valuestring);
             strcpy(e->role, f->valuestring);
             e->perms = r ? r->perms : 0;
             have_role = true;
@@ -144,7 +147,8 @@ static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
             for (const cJSON *m = f->child; m; m = m->next) {
                 if (!cJSON_IsString(m) || !plain_text(m->valuestring, 127, false))
                     EFAIL("keys file: %s[%zu]%s: field 'models': each name must be a non-empty string "
-                          "without commas or control characters, at most 127 bytes", sect, idx, who);
+                          "without commas or control characters, at most 127 bytes",
+                          sect, idx, who);
                 e->models[e->n_models] = strdup(m->valuestring);
                 if (!e->models[e->n_models]) {
                     rc = dsi_seterr(err, DSI_ENOMEM, "keys file: out of memory");
@@ -155,17 +159,21 @@ static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx,
         } else if (!strcmp(k, "rpm") || !strcmp(k, "tpm") || !strcmp(k, "max_tokens")) {
             int64_t v;
             if (get_int(f, INT32_MAX, &v))
-                EFAIL("keys file: %s[%zu]%s: field '%s' must be an integer 0..2147483647 (0: none)",
-                      sect, idx, who, k);
-            if (k[0] == 'r') e->rpm = v;
-            else if (k[0] == 't') e->tpm = v;
-            else e->max_tokens = (int)v;
+                EFAIL("keys file: %s[%zu]%s: field '%s' must be an integer 0..2147483647 (0: none)", sect,
+                      idx, who, k);
+            if (k[0] == 'r')
+                e->rpm = v;
+            else if (k[0] == 't')
+                e->tpm = v;
+            else
+                e->max_tokens = (int)v;
         } else if (!strcmp(k, "expires") || !strcmp(k, "created")) {
             int64_t ms;
             if (cJSON_IsNull(f)) continue;
             if (!cJSON_IsString(f) || dsi__rfc3339_parse(f->valuestring, &ms))
                 EFAIL("keys file: %s[%zu]%s: field '%s' must be an RFC 3339 time like "
-                      "2027-01-31T00:00:00Z, or null", sect, idx, who, k);
+                      "2027-01-31T00:00:00Z, or null",
+                      sect, idx, who, k);
             if (k[0] == 'e') e->expires_ms = ms;
         } else if (!strcmp(k, "disabled")) {
             if (!cJSON_IsBool(f))
@@ -199,7 +207,8 @@ fail:
 }
 
 static void entry_free(struct dsi__entry *e) {
-    for (size_t i = 0; i < e->n_models; i++) free(e->models[i]);
+    for (size_t i = 0; i < e->n_models; i++)
+        free(e->models[i]);
     free(e->models);
     e->models = NULL;
     e->n_models = 0;
@@ -208,30 +217,36 @@ static void entry_free(struct dsi__entry *e) {
 
 void dsi__keyset_free(struct dsi__keyset *ks) {
     if (!ks) return;
-    for (size_t i = 0; i < ks->n_keys; i++) entry_free(&ks->keys[i]);
-    for (size_t i = 0; i < ks->n_clients; i++) entry_free(&ks->clients[i]);
+    for (size_t i = 0; i < ks->n_keys; i++)
+        entry_free(&ks->keys[i]);
+    for (size_t i = 0; i < ks->n_clients; i++)
+        entry_free(&ks->clients[i]);
     free(ks->keys);
     free(ks->clients);
     free(ks);
 }
 
-int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *roles,
-                      struct dsi__keyset **out, char **err) {
+int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *roles, struct dsi__keyset **out,
+                      char **err) {
     int rc = 0;
     cJSON *root = NULL;
     struct dsi__keyset *ks = NULL;
     if (!text || len > DSI__KEYS_MAX_BYTES) EFAIL("keys file: empty or larger than 16 MiB");
     const char *end = NULL;
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!root) EFAIL("keys file: not valid JSON (near byte %td)", end && end >= text ? end - text : (ptrdiff_t)0);
+    if (!root)
+        EFAIL("keys file: not valid JSON (near byte %td)", end && end >= text ? end - text : (ptrdiff_t)0);
     for (const char *p = end; p && p < text + len; p++)
-        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') EFAIL("keys file: text after the JSON object");
+        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t')
+            EFAIL("keys file: text after the JSON object");
     if (!cJSON_IsObject(root)) EFAIL("keys file: top level must be an object {\"version\":1,\"keys\":[...]}");
     const cJSON *ver = NULL, *keys = NULL, *clients = NULL;
     for (const cJSON *f = root->child; f; f = f->next) {
         const char *k = f->string ? f->string : "";
-        const cJSON **slot = !strcmp(k, "version") ? &ver : !strcmp(k, "keys") ? &keys
-                             : !strcmp(k, "clients") ? &clients : NULL;
+        const cJSON **slot = !strcmp(k, "version")   ? &ver
+                             : !strcmp(k, "keys")    ? &keys
+                             : !strcmp(k, "clients") ? &clients
+                                                     : NULL;
         if (!slot) EFAIL("keys file: unknown top-level field '%.40s'", k);
         if (*slot) EFAIL("keys file: top-level field '%s' appears twice", k);
         *slot = f;
@@ -241,7 +256,8 @@ int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *rol
     if (!cJSON_IsArray(keys)) EFAIL("keys file: \"keys\" must be a list");
     if (clients && !cJSON_IsArray(clients)) EFAIL("keys file: \"clients\" must be a list");
     size_t nk = (size_t)cJSON_GetArraySize(keys), nc = clients ? (size_t)cJSON_GetArraySize(clients) : 0;
-    if (nk > DSI__KEYS_MAX_ENTRIES || nc > DSI__KEYS_MAX_ENTRIES) EFAIL("keys file: more than 100000 entries");
+    if (nk > DSI__KEYS_MAX_ENTRIES || nc > DSI__KEYS_MAX_ENTRIES)
+        EFAIL("keys file: more than 100000 entries");
     ks = calloc(1, sizeof *ks);
     if (!ks || (nk && !(ks->keys = calloc(nk, sizeof *ks->keys))) ||
         (nc && !(ks->clients = calloc(nc, sizeof *ks->clients)))) {
@@ -256,10 +272,11 @@ int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *rol
         /* O(n^2), but only at load, and it keeps the check path allocation-free. */
         for (size_t j = 0; j + 1 < ks->n_keys; j++) {
             if (!strcmp(ks->keys[j].id, e->id))
-                EFAIL("keys file: keys[%zu] (id \"%s\"): id already used by keys[%zu]", ks->n_keys - 1, e->id, j);
+                EFAIL("keys file: keys[%zu] (id \"%s\"): id already used by keys[%zu]", ks->n_keys - 1, e->id,
+                      j);
             if (!CRYPTO_memcmp(ks->keys[j].sha, e->sha, 32))
-                EFAIL("keys file: keys[%zu] (id \"%s\"): same sha256 as keys[%zu] (id \"%s\")", ks->n_keys - 1,
-                      e->id, j, ks->keys[j].id);
+                EFAIL("keys file: keys[%zu] (id \"%s\"): same sha256 as keys[%zu] (id \"%s\")",
+                      ks->n_keys - 1, e->id, j, ks->keys[j].id);
         }
     }
     for (const cJSON *c = clients ? clients->child : NULL; c; c = c->next) {
@@ -283,7 +300,8 @@ fail:
 int dsi__keys_read_file(const char *path, char **text, size_t *len, char **err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "keys file %s: %s", path, strerror(errno));
+        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "keys file %s: %s", path,
+                          strerror(errno));
     struct stat st;
     char *buf = NULL;
     int rc = 0;
@@ -296,8 +314,8 @@ int dsi__keys_read_file(const char *path, char **text, size_t *len, char **err) 
      * would let anyone mint an admin key. */
     if (st.st_mode & (S_IWGRP | S_IRWXO)) {
         rc = dsi_seterr(err, DSI_EPERM,
-                        "keys file %s: mode %03o lets other users read or write it; run chmod 600 %s",
-                        path, (unsigned)(st.st_mode & 0777), path);
+                        "keys file %s: mode %03o lets other users read or write it; run chmod 600 %s", path,
+                        (unsigned)(st.st_mode & 0777), path);
         goto done;
     }
     if (st.st_mode & S_IRGRP)
@@ -334,8 +352,7 @@ done:
     return rc;
 }
 
-int dsi__keyset_load(const char *path, const struct dsi__roles *roles, struct dsi__keyset **out,
-                     char **err) {
+int dsi__keyset_load(const char *path, const struct dsi__roles *roles, struct dsi__keyset **out, char **err) {
     char *text = NULL;
     size_t len = 0;
     int rc = dsi__keys_read_file(path, &text, &len, err);

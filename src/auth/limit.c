@@ -17,7 +17,7 @@
 
 #include "limit.h"
 
-#define SCALE 60000 /* ms per minute */
+#define SCALE 60000                       /* ms per minute */
 #define MAX_ELAPSED_MS ((int64_t)1 << 31) /* keeps elapsed * rate (< 2^31) below 2^62 */
 #define MIN_LEVEL (-((int64_t)1 << 61))
 
@@ -34,7 +34,9 @@ struct dsi__limiter *dsi__limiter_new(void) {
     return l;
 }
 
-void dsi__limiter_ref(struct dsi__limiter *l) { atomic_fetch_add(&l->refs, 1); }
+void dsi__limiter_ref(struct dsi__limiter *l) {
+    atomic_fetch_add(&l->refs, 1);
+}
 
 void dsi__limiter_unref(struct dsi__limiter *l) {
     if (!l || atomic_fetch_sub(&l->refs, 1) != 1) return;
@@ -65,8 +67,7 @@ static void refill(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now
     }
 }
 
-bool dsi__limiter_take(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms,
-                       int *retry_after_s) {
+bool dsi__limiter_take(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int *retry_after_s) {
     if (!l || (rpm == 0 && tpm == 0)) return true;
     int64_t wait_ms = 0;
     pthread_mutex_lock(&l->mu);
@@ -86,8 +87,7 @@ bool dsi__limiter_take(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t
     return false;
 }
 
-void dsi__limiter_charge(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms,
-                         int64_t tokens) {
+void dsi__limiter_charge(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int64_t tokens) {
     if (!l || tpm == 0 || tokens <= 0) return;
     pthread_mutex_lock(&l->mu);
     refill(l, rpm, tpm, now_ms);

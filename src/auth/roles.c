@@ -16,7 +16,6 @@
 static const char *const perm_names[] = {"chat", "completions", "models", "tokenize", "metrics", "admin"};
 #define N_PERMS (sizeof perm_names / sizeof perm_names[0])
 
-
 const char *dsi_perm_name(uint32_t perm) {
     for (size_t i = 0; i < N_PERMS; i++)
         if (perm == (1u << i)) return perm_names[i];
@@ -50,8 +49,8 @@ bool dsi__role_name_ok(const char *s) {
     if (n == 0 || n >= sizeof(((struct dsi__role *)0)->name)) return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-' || c == '.'))
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-' || c == '.'))
             return false;
     }
     return true;

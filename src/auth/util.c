@@ -40,9 +40,9 @@ int dsi__rfc3339_parse(const char *s, int64_t *out_ms) {
     static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
     int Y, M, D, h, m, sec;
     if (!s || strlen(s) < 20 || strlen(s) > 40) return DSI_EINVAL;
-    if (digits(s, 4, &Y) || s[4] != '-' || digits(s + 5, 2, &M) || s[7] != '-' ||
-        digits(s + 8, 2, &D) || (s[10] != 'T' && s[10] != 't') || digits(s + 11, 2, &h) ||
-        s[13] != ':' || digits(s + 14, 2, &m) || s[16] != ':' || digits(s + 17, 2, &sec))
+    if (digits(s, 4, &Y) || s[4] != '-' || digits(s + 5, 2, &M) || s[7] != '-' || digits(s + 8, 2, &D) ||
+        (s[10] != 'T' && s[10] != 't') || digits(s + 11, 2, &h) || s[13] != ':' || digits(s + 14, 2, &m) ||
+        s[16] != ':' || digits(s + 17, 2, &sec))
         return DSI_EINVAL;
     if (M < 1 || M > 12 || D < 1 || h > 23 || m > 59 || sec > 60) return DSI_EINVAL;
     bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
@@ -136,8 +136,7 @@ int dsi__sha256(const void *data, size_t n, unsigned char out[32]) {
  * tabs after it and optional surrounding whitespace (RFC 9110 OWS). The key
  * must be "dsi-" + 64 lowercase hex: anything else cannot match a stored
  * digest, and rejecting it early keeps odd bytes out of every later path. */
-enum dsi_auth_status dsi__auth_parse_bearer(const char *h, size_t len,
-                                            char key_out[DSI_KEY_STRLEN + 1]) {
+enum dsi_auth_status dsi__auth_parse_bearer(const char *h, size_t len, char key_out[DSI_KEY_STRLEN + 1]) {
     key_out[0] = 0;
     if (!h) return DSI_AUTH_MISSING;
     if (len > DSI__AUTH_HEADER_MAX) return DSI_AUTH_INVALID;
@@ -146,13 +145,16 @@ enum dsi_auth_status dsi__auth_parse_bearer(const char *h, size_t len,
         if (c != '\t' && (c < 0x20 || c > 0x7e)) return DSI_AUTH_INVALID; /* NUL, CTL, non-ASCII */
     }
     size_t b = 0, e = len;
-    while (b < e && (h[b] == ' ' || h[b] == '\t')) b++;
-    while (e > b && (h[e - 1] == ' ' || h[e - 1] == '\t')) e--;
+    while (b < e && (h[b] == ' ' || h[b] == '\t'))
+        b++;
+    while (e > b && (h[e - 1] == ' ' || h[e - 1] == '\t'))
+        e--;
     if (b == e) return DSI_AUTH_MISSING;
     if (e - b < 7 || strncasecmp(h + b, "bearer", 6) != 0 || (h[b + 6] != ' ' && h[b + 6] != '\t'))
         return DSI_AUTH_INVALID;
     b += 6;
-    while (b < e && (h[b] == ' ' || h[b] == '\t')) b++;
+    while (b < e && (h[b] == ' ' || h[b] == '\t'))
+        b++;
     if (e - b != DSI_KEY_STRLEN || memcmp(h + b, DSI_KEY_PREFIX, 4) != 0) return DSI_AUTH_INVALID;
     for (size_t i = 4; i < DSI_KEY_STRLEN; i++) {
         char c = h[b + i];

@@ -32,14 +32,13 @@ static int parse_num(const char *opt, const char *s, long long *out);
 static int load_config(struct keys_args *a, char **roles_owned, char **file_owned);
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsinfer keys add --file F --name NAME --role ROLE [--models a,b] [--rpm N] [--tpm N]\n"
-            "                        [--max-tokens N] [--expires 2027-01-31|2027-01-31T12:00:00Z]\n"
-            "       dsinfer keys list --file F\n"
-            "       dsinfer keys revoke --file F ID\n"
-            "options for all: --config FILE (keys_file and roles from the daemon config), --roles JSON\n"
-            "`add` prints the new key once, as the only line on stdout; it cannot be shown again.\n"
-            "rpm/tpm/max-tokens 0 = unlimited; --expires DATE = valid through that UTC day.\n");
+    fprintf(f, "usage: dsinfer keys add --file F --name NAME --role ROLE [--models a,b] [--rpm N] [--tpm N]\n"
+               "                        [--max-tokens N] [--expires 2027-01-31|2027-01-31T12:00:00Z]\n"
+               "       dsinfer keys list --file F\n"
+               "       dsinfer keys revoke --file F ID\n"
+               "options for all: --config FILE (keys_file and roles from the daemon config), --roles JSON\n"
+               "`add` prints the new key once, as the only line on stdout; it cannot be shown again.\n"
+               "rpm/tpm/max-tokens 0 = unlimited; --expires DATE = valid through that UTC day.\n");
 }
 
 static int parse_num(const char *opt, const char *s, long long *out) {
@@ -77,8 +76,10 @@ static int load_config(struct keys_args *a, char **roles_owned, char **file_owne
     }
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "roles");
     const cJSON *kf = cJSON_GetObjectItemCaseSensitive(root, "keys_file");
-    if (!a->roles && cJSON_IsString(r) && r->valuestring[0]) *roles_owned = strdup(r->valuestring);
-    else if (!a->roles && cJSON_IsObject(r)) *roles_owned = cJSON_PrintUnformatted(r);
+    if (!a->roles && cJSON_IsString(r) && r->valuestring[0])
+        *roles_owned = strdup(r->valuestring);
+    else if (!a->roles && cJSON_IsObject(r))
+        *roles_owned = cJSON_PrintUnformatted(r);
     if (!a->file && cJSON_IsString(kf) && kf->valuestring[0]) *file_owned = strdup(kf->valuestring);
     if (*roles_owned) a->roles = *roles_owned;
     if (*file_owned) a->file = *file_owned;
@@ -117,13 +118,20 @@ int dsi_cmd_keys(int argc, char **argv) {
         }
         const char *v = argv[++i];
         bool add = !strcmp(sub, "add");
-        if (!strcmp(o, "--file")) a.file = v;
-        else if (!strcmp(o, "--config")) a.config = v;
-        else if (!strcmp(o, "--roles")) a.roles = v;
-        else if (add && !strcmp(o, "--name")) a.name = v;
-        else if (add && !strcmp(o, "--role")) a.role = v;
-        else if (add && !strcmp(o, "--models")) a.models = v;
-        else if (add && !strcmp(o, "--expires")) a.expires = v;
+        if (!strcmp(o, "--file"))
+            a.file = v;
+        else if (!strcmp(o, "--config"))
+            a.config = v;
+        else if (!strcmp(o, "--roles"))
+            a.roles = v;
+        else if (add && !strcmp(o, "--name"))
+            a.name = v;
+        else if (add && !strcmp(o, "--role"))
+            a.role = v;
+        else if (add && !strcmp(o, "--models"))
+            a.models = v;
+        else if (add && !strcmp(o, "--expires"))
+            a.expires = v;
         else if (add && !strcmp(o, "--rpm")) {
             if (parse_num(o, v, &a.rpm)) return DSI_EXIT_USAGE;
         } else if (add && !strcmp(o, "--tpm")) {
@@ -155,16 +163,22 @@ int dsi_cmd_keys(int argc, char **argv) {
     int rc;
     status = DSI_EXIT_FAIL;
     if (!strcmp(sub, "add")) {
-        struct dsi_key_spec s = {.name = a.name, .role = a.role, .models = a.models, .rpm = a.rpm,
-                                 .tpm = a.tpm, .max_tokens = (int)a.max_tokens, .expires = a.expires,
+        struct dsi_key_spec s = {.name = a.name,
+                                 .role = a.role,
+                                 .models = a.models,
+                                 .rpm = a.rpm,
+                                 .tpm = a.tpm,
+                                 .max_tokens = (int)a.max_tokens,
+                                 .expires = a.expires,
                                  .roles_json = a.roles};
         char key[DSI_KEY_STRLEN + 1], id[32];
         rc = dsi_keys_add(a.file, &s, key, id, &err);
         if (rc == 0) {
             printf("%s\n", key);
             fflush(stdout);
-            fprintf(stderr, "dsinfer keys: added %s for '%s' (role %s) to %s; the key above is shown only once\n",
-                    id, a.name, a.role, a.file);
+            fprintf(stderr,
+                    "dsinfer keys: added %s for '%s' (role %s) to %s; the key above is shown only once\n", id,
+                    a.name, a.role, a.file);
         }
         OPENSSL_cleanse(key, sizeof key);
     } else if (!strcmp(sub, "list")) {
@@ -172,11 +186,15 @@ int dsi_cmd_keys(int argc, char **argv) {
     } else {
         rc = dsi_keys_revoke(a.file, a.id, a.roles, &err);
         if (rc == 0)
-            fprintf(stderr, "dsinfer keys: %s disabled in %s; send SIGHUP to dsinfer (systemctl reload dsinfer) "
-                            "to apply it\n", a.id, a.file);
+            fprintf(stderr,
+                    "dsinfer keys: %s disabled in %s; send SIGHUP to dsinfer (systemctl reload dsinfer) "
+                    "to apply it\n",
+                    a.id, a.file);
     }
-    if (rc) fprintf(stderr, "dsinfer keys %s: %s\n", sub, err ? err : dsi_strerror(rc));
-    else status = DSI_EXIT_OK;
+    if (rc)
+        fprintf(stderr, "dsinfer keys %s: %s\n", sub, err ? err : dsi_strerror(rc));
+    else
+        status = DSI_EXIT_OK;
     free(err);
 done:
     free(roles_owned);
