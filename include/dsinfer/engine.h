@@ -5,6 +5,18 @@
  * join the batch at the next step (prefill chunked and mixed with decode), and
  * leave when finished or cancelled. Tokens are delivered through a callback that
  * runs on the scheduler thread and must not block (copy the event and signal).
+ * See docs/engine.md for the step loop, preemption policy and limits.
+ *
+ * Event rules:
+ * - One event per generated token, in order; the last one has finished set, and
+ *   no event follows it. Every accepted request gets exactly one final event.
+ * - STOP: the sampled token was one of stop_ids; the final event has token -1 (the
+ *   stop token is not text) and n_completion_tokens counts it.
+ * - LENGTH: max_tokens reached; the final event carries the last token. LENGTH with
+ *   error DSI_ETIMEDOUT: the deadline passed after tokens were delivered.
+ * - ERROR: error says why: DSI_ETIMEDOUT (waited longer than queue_timeout_ms, or
+ *   the deadline passed before any token), or the backend's code on a failed step.
+ * - CANCELLED: dsi_engine_cancel or dsi_engine_destroy.
  *
  * Owner: src/engine.
  */
@@ -38,7 +50,7 @@ enum dsi_finish { DSI_FINISH_NONE, DSI_FINISH_STOP, DSI_FINISH_LENGTH, DSI_FINIS
 struct dsi_request_params {
     const int32_t *prompt;    /* copied by submit */
     int n_prompt;
-    int max_tokens;
+    int max_tokens;           /* 0: as many as max_total_tokens and the KV pool allow */
     struct dsi_sampling sampling;
     int32_t stop_ids[DSI_MAX_STOP_IDS]; /* end the sequence (token not emitted as text) */
     int n_stop_ids;
@@ -58,41 +70,52 @@ struct dsi_token_event {
     int n_prompt_tokens, n_completion_tokens;
 };
 
-/* Runs on the scheduler thread; must not block. After an event with finished set
- * no further event comes for that request. */
+/* Runs on the scheduler thread, with no engine lock held; must not block: copy
+ * the event, signal the consumer, return. It may call dsi_engine_cancel,
+ * dsi_engine_submit and dsi_engine_get_stats, never dsi_engine_destroy. After an
+ * event with finished set no further event comes for that request. */
 typedef void (*dsi_token_cb)(void *user, const struct dsi_token_event *ev);
 
 struct dsi_engine_opts {
-    int max_running;          /* sequences in the batch (default 64) */
-    int max_queued;           /* waiting requests before submit returns DSI_EFULL */
-    int prefill_chunk;        /* tokens of prefill per sequence per step */
-    int max_batch_tokens;     /* tokens per step, all sequences */
-    int max_prompt_tokens;
-    int max_total_tokens;     /* prompt + completion per sequence (<= context) */
-    int queue_timeout_ms;     /* waiting longer -> DSI_ETIMEDOUT */
-    int request_timeout_ms;   /* default deadline */
+    int max_running;          /* sequences in the batch (default 64, 1..4096) */
+    int max_queued;           /* waiting requests before submit returns DSI_EFULL (default 1024) */
+    int prefill_chunk;        /* tokens of prefill per sequence per step (default 512) */
+    int max_batch_tokens;     /* tokens per step, all sequences (default 2048, >= max_running) */
+    int max_prompt_tokens;    /* default 4096 */
+    int max_total_tokens;     /* prompt + completion per sequence (<= context; default 8192) */
+    int queue_timeout_ms;     /* waiting longer -> DSI_ETIMEDOUT (default 30000; 0: none) */
+    int request_timeout_ms;   /* default deadline from submit (default 600000; 0: none) */
 };
 void dsi_engine_opts_defaults(struct dsi_engine_opts *o);
 
 struct dsi_engine_stats {
-    int running, waiting;
-    uint64_t preempted_total, steps_total, tokens_total;
+    int running, waiting;     /* sequences in the batch; queued (preempted ones included) */
+    uint64_t preempted_total; /* preemptions since create */
+    uint64_t steps_total;     /* forward() calls */
+    uint64_t tokens_total;    /* tokens fed to forward(): prefill, recompute and decode */
+    uint64_t generated_total; /* tokens sampled (what clients receive, stop tokens included) */
     int kv_blocks_used, kv_blocks_free;
-    int last_step_tokens;
+    int last_step_tokens;     /* tokens fed to the last forward() */
 };
 
 struct dsi_engine;
 
+/* Creates the engine and starts its scheduler thread. be is borrowed and must
+ * outlive the engine; its opts' max_batch_tokens/max_seqs must be >= o's
+ * max_batch_tokens/max_running. o NULL: defaults. Returns 0, DSI_EINVAL with a
+ * message naming the bad option, or DSI_ENOMEM. */
 int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o, struct dsi_engine **out,
                       char **err);
 /* Queues a request. Errors at once (DSI_EINVAL, DSI_ERANGE if it can never fit,
- * DSI_EFULL if the queue is full, DSI_ESTATE if draining) without calling cb. */
+ * DSI_EFULL if the queue is full, DSI_ESTATE if draining) without calling cb.
+ * On success every later outcome arrives as events through cb. */
 int dsi_engine_submit(struct dsi_engine *e, const struct dsi_request_params *p, dsi_token_cb cb,
                       void *user, uint64_t *request_id, char **err);
-/* The request leaves the batch at the next step; its final event has finish CANCELLED. */
+/* The request leaves the batch at the next step; its final event has finish CANCELLED.
+ * Returns 0, or DSI_ENOENT when the id is unknown or its final event was already sent. */
 int dsi_engine_cancel(struct dsi_engine *e, uint64_t request_id);
 void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st);
-/* Stops admitting; running requests go on. */
+/* Stops accepting submits (DSI_ESTATE); running and queued requests go on to finish. */
 void dsi_engine_drain(struct dsi_engine *e);
 /* Cancels everything, joins the thread, frees. Accepts NULL. */
 void dsi_engine_destroy(struct dsi_engine *e);

@@ -1,0 +1,359 @@
+/*
+ * sched.c: the scheduler thread: one continuous-batching step at a time.
+ *
+ * A step (see docs/engine.md):
+ *   1. under the lock: retire cancelled, timed-out and deadline-passed requests;
+ *      give every running sequence the blocks its next token needs, preempting
+ *      the newest running sequence when the pool runs dry; admit waiting requests
+ *      while max_running and the pool allow; plan the batch (decode tokens first,
+ *      then prefill chunks, within max_batch_tokens);
+ *   2. without the lock: deliver the retired requests' final events, call
+ *      forward(), sample every sequence that wanted logits and deliver its token;
+ *   3. under the lock: release the blocks of finished sequences.
+ *
+ * A sequence is its token list (prompt then generated) plus n_computed, the
+ * number of positions whose K/V is in its blocks. Each step feeds tokens
+ * [n_computed, n_computed + step_n); when that reaches n_tokens the logits of the
+ * last one give the next token. Prefill, decode and recompute after preemption
+ * are all this one rule, which is why a recomputed sequence resumes exactly
+ * where it stopped and never re-delivers a token.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "engine_internal.h"
+
+static void retire(struct dsi__req **done, struct dsi__req *r, enum dsi_finish finish, int error);
+static void deliver_done(struct dsi__req *done);
+static void collect_expired(struct dsi_engine *e, int64_t now, struct dsi__req **done);
+static void running_remove_at(struct dsi_engine *e, int i);
+static void preempt_newest(struct dsi_engine *e);
+static void grow_running(struct dsi_engine *e);
+static void admit(struct dsi_engine *e);
+static int plan_batch(struct dsi_engine *e);
+static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done);
+static void stop_all(struct dsi_engine *e);
+
+/* Builds r's final event and pushes r on the done list. r must already be out of
+ * the waiting queue and the running set, with its blocks released (caller holds mu). */
+static void retire(struct dsi__req **done, struct dsi__req *r, enum dsi_finish finish, int error) {
+    struct dsi_token_event *ev = &r->final_ev;
+    memset(ev, 0, sizeof(*ev));
+    ev->request_id = r->id;
+    ev->token = -1;
+    ev->finished = true;
+    ev->finish = finish;
+    ev->error = error;
+    ev->n_prompt_tokens = r->n_prompt;
+    ev->n_completion_tokens = r->n_tokens - r->n_prompt;
+    r->done_next = *done;
+    *done = r;
+}
+
+/* Delivers the final events of the done list and frees its requests. Called
+ * without the lock: the requests are already out of every shared list. */
+static void deliver_done(struct dsi__req *done) {
+    while (done) {
+        struct dsi__req *next = done->done_next;
+        done->cb(done->user, &done->final_ev);
+        dsi__engine_req_free(done);
+        done = next;
+    }
+}
+
+static void running_remove_at(struct dsi_engine *e, int i) {
+    memmove(&e->running[i], &e->running[i + 1], (size_t)(e->n_running - i - 1) * sizeof(*e->running));
+    e->n_running--;
+}
+
+/* Retires cancelled and timed-out requests, waiting and running (caller holds mu). */
+static void collect_expired(struct dsi_engine *e, int64_t now, struct dsi__req **done) {
+    for (struct dsi__req *r = e->wait_head, *next; r; r = next) {
+        next = r->wnext;
+        int finish = DSI_FINISH_NONE, error = 0;
+        if (r->cancel_requested) {
+            finish = DSI_FINISH_CANCELLED;
+        } else if (!r->started && e->o.queue_timeout_ms > 0 && now - r->submit_ms >= e->o.queue_timeout_ms) {
+            finish = DSI_FINISH_ERROR;
+            error = DSI_ETIMEDOUT;
+            dsi_log(DSI_LOG_WARN, "engine",
+                    "request %llu waited %lld ms in the queue, over queue_timeout_ms %d",
+                    (unsigned long long)r->id, (long long)(now - r->submit_ms), e->o.queue_timeout_ms);
+        } else if (r->deadline_ms && now >= r->deadline_ms) {
+            /* A preempted request may already have delivered tokens. */
+            finish = r->n_tokens > r->n_prompt ? DSI_FINISH_LENGTH : DSI_FINISH_ERROR;
+            error = DSI_ETIMEDOUT;
+        }
+        if (finish == DSI_FINISH_NONE) continue;
+        dsi__engine_wait_remove(e, r);
+        dsi__engine_live_remove(e, r);
+        dsi_kv_seq_release(&e->kv, &r->kv);
+        retire(done, r, finish, error);
+    }
+    for (int i = 0; i < e->n_running;) {
+        struct dsi__req *r = e->running[i];
+        int finish = DSI_FINISH_NONE, error = 0;
+        if (r->cancel_requested) {
+            finish = DSI_FINISH_CANCELLED;
+        } else if (r->deadline_ms && now >= r->deadline_ms) {
+            finish = r->n_tokens > r->n_prompt ? DSI_FINISH_LENGTH : DSI_FINISH_ERROR;
+            error = DSI_ETIMEDOUT;
+            dsi_log(DSI_LOG_INFO, "engine", "request %llu passed its deadline after %d tokens",
+                    (unsigned long long)r->id, r->n_tokens - r->n_prompt);
+        }
+        if (finish == DSI_FINISH_NONE) {
+            i++;
+            continue;
+        }
+        running_remove_at(e, i);
+        dsi__engine_live_remove(e, r);
+        dsi_kv_seq_release(&e->kv, &r->kv);
+        retire(done, r, finish, error);
+    }
+}
+
+/* Preempts the newest running sequence: its blocks go back to the pool and it
+ * waits at the front of the queue to be recomputed from prompt + generated
+ * tokens. Newest first because it has the least work to redo and the oldest
+ * requests, closest to done, keep streaming (caller holds mu). */
+static void preempt_newest(struct dsi_engine *e) {
+    struct dsi__req *v = e->running[e->n_running - 1];
+    e->n_running--;
+    dsi_kv_seq_release(&e->kv, &v->kv);
+    v->n_computed = 0;
+    dsi__engine_wait_push_front(e, v);
+    e->st.preempted_total++;
+    dsi_log(DSI_LOG_DEBUG, "engine", "preempted request %llu at %d tokens", (unsigned long long)v->id,
+            v->n_tokens);
+}
+
+/* Gives every running sequence blocks for all its tokens, oldest first,
+ * preempting the newest while the pool is short (caller holds mu). */
+static void grow_running(struct dsi_engine *e) {
+    for (int i = 0; i < e->n_running; i++) {
+        struct dsi__req *r = e->running[i];
+        for (;;) {
+            int rc = dsi_kv_seq_reserve(&e->kv, &r->kv, r->n_tokens);
+            if (rc == 0) break;
+            /* Only DSI_EFULL can happen: submit checked that n_tokens fits the table. */
+            preempt_newest(e);
+            if (i >= e->n_running) break; /* r itself was the newest */
+        }
+    }
+}
+
+/* Inserts r into the running set, keeping it sorted by id (caller holds mu). */
+static void running_insert(struct dsi_engine *e, struct dsi__req *r) {
+    int i = e->n_running;
+    while (i > 0 && e->running[i - 1]->id > r->id) {
+        e->running[i] = e->running[i - 1];
+        i--;
+    }
+    e->running[i] = r;
+    e->n_running++;
+}
+
+/* Admits waiting requests in queue order while max_running and the pool allow.
+ * A request takes blocks for all its tokens at once, and leaves one free block
+ * per running sequence as headroom, so that admission does not force the next
+ * steps' decode growth into preemptions. Stops at the first that does not fit,
+ * so a big request is not starved by small ones behind it (caller holds mu). */
+static void admit(struct dsi_engine *e) {
+    while (e->wait_head && e->n_running < e->o.max_running) {
+        struct dsi__req *r = e->wait_head;
+        int need = dsi_kv_blocks_for(&e->kv, r->n_tokens);
+        if (need + e->n_running > dsi_kv_free_count(&e->kv)) break;
+        if (dsi_kv_seq_reserve(&e->kv, &r->kv, r->n_tokens) != 0) break;
+        dsi__engine_wait_remove(e, r);
+        r->started = true;
+        running_insert(e, r);
+    }
+}
+
+/* Chooses each running sequence's tokens for this step and fills e->bseqs in
+ * running order. Decode tokens come first so streams keep flowing; the rest
+ * of max_batch_tokens goes to prefill chunks, oldest first. Returns the number
+ * of batch entries (caller holds mu). */
+static int plan_batch(struct dsi_engine *e) {
+    int budget = e->o.max_batch_tokens;
+    for (int i = 0; i < e->n_running; i++) {
+        struct dsi__req *r = e->running[i];
+        r->step_n = 0;
+        r->fin = DSI_FINISH_NONE;
+        if (r->n_tokens - r->n_computed == 1 && budget > 0) {
+            r->step_n = 1;
+            budget--;
+        }
+    }
+    for (int i = 0; i < e->n_running && budget > 0; i++) {
+        struct dsi__req *r = e->running[i];
+        int left = r->n_tokens - r->n_computed;
+        if (left <= 1) continue;
+        int n = left < e->o.prefill_chunk ? left : e->o.prefill_chunk;
+        if (n > budget) n = budget;
+        r->step_n = n;
+        budget -= n;
+    }
+    int n_b = 0;
+    for (int i = 0; i < e->n_running; i++) {
+        struct dsi__req *r = e->running[i];
+        if (r->step_n == 0) continue;
+        struct dsi_batch_seq *s = &e->bseqs[n_b];
+        s->seq_id = r->id;
+        s->tokens = r->tokens + r->n_computed;
+        s->n_tokens = r->step_n;
+        s->pos = r->n_computed;
+        s->block_table = r->kv.blocks;
+        s->n_blocks = dsi_kv_blocks_for(&e->kv, r->n_computed + r->step_n);
+        s->want_logits = r->n_computed + r->step_n == r->n_tokens;
+        e->breqs[n_b++] = r;
+    }
+    e->st.last_step_tokens = e->o.max_batch_tokens - budget;
+    return n_b;
+}
+
+static bool is_stop(const struct dsi__req *r, int32_t tok) {
+    for (int i = 0; i < r->n_stop_ids; i++)
+        if (r->stop_ids[i] == tok) return true;
+    return false;
+}
+
+/* Runs forward() over the planned batch, samples, delivers the token events and
+ * retires finished sequences onto *done (takes the lock for that part only). */
+static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
+    struct dsi_batch b = {.seqs = e->bseqs, .n_seqs = n_b};
+    char *err = NULL;
+    int rc = e->be->ops->forward(e->be, &b, e->logits, &err);
+    int vocab = e->be->vocab_size;
+    int row = 0, generated = 0;
+    for (int k = 0; k < n_b && rc == 0; k++) {
+        struct dsi__req *r = e->breqs[k];
+        r->n_computed += r->step_n;
+        if (!e->bseqs[k].want_logits) continue;
+        float *lg = e->logits + (size_t)row++ * (size_t)vocab;
+        struct dsi_token_event ev;
+        memset(&ev, 0, sizeof(ev));
+        int32_t tok = dsi_sample(lg, vocab, &r->sampling, &r->rng, r->tokens, r->n_tokens, r->n_prompt, &ev);
+        if (tok < 0 || tok >= vocab) {
+            rc = DSI_EINTERNAL;
+            err = dsi_errf("sampler returned token %d, vocab %d", tok, vocab);
+            break;
+        }
+        r->tokens[r->n_tokens++] = tok;
+        generated++;
+        ev.request_id = r->id;
+        ev.token = tok;
+        ev.n_prompt_tokens = r->n_prompt;
+        ev.n_completion_tokens = r->n_tokens - r->n_prompt;
+        if (is_stop(r, tok)) {
+            r->fin = DSI_FINISH_STOP; /* final event built when retired */
+            continue;
+        }
+        if (r->n_tokens - r->n_prompt >= r->max_tokens) {
+            ev.finished = true;
+            ev.finish = DSI_FINISH_LENGTH;
+            r->final_ev = ev;
+            r->fin = DSI_FINISH_LENGTH;
+            continue;
+        }
+        r->cb(r->user, &ev);
+    }
+    if (rc != 0) {
+        dsi_log(DSI_LOG_ERROR, "engine", "step failed (%s): %s; failing %d sequences", dsi_err_name(rc),
+                err ? err : dsi_strerror(rc), n_b);
+        free(err);
+    }
+
+    pthread_mutex_lock(&e->mu);
+    e->st.steps_total++;
+    e->st.tokens_total += (uint64_t)e->st.last_step_tokens;
+    e->st.generated_total += (uint64_t)generated;
+    for (int i = 0; i < e->n_running;) {
+        struct dsi__req *r = e->running[i];
+        bool in_batch = r->step_n > 0;
+        enum dsi_finish fin = r->fin;
+        r->step_n = 0;
+        if (!in_batch || (rc == 0 && fin == DSI_FINISH_NONE)) {
+            i++;
+            continue;
+        }
+        running_remove_at(e, i);
+        dsi__engine_live_remove(e, r);
+        dsi_kv_seq_release(&e->kv, &r->kv);
+        if (rc != 0) {
+            retire(done, r, DSI_FINISH_ERROR, rc);
+        } else if (fin == DSI_FINISH_STOP) {
+            retire(done, r, DSI_FINISH_STOP, 0);
+        } else {
+            /* LENGTH: keep the event with the last token built above. */
+            r->done_next = *done;
+            *done = r;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* Destroy: every request still known gets a CANCELLED final event. */
+static void stop_all(struct dsi_engine *e) {
+    struct dsi__req *done = NULL;
+    pthread_mutex_lock(&e->mu);
+    while (e->n_running > 0) {
+        struct dsi__req *r = e->running[e->n_running - 1];
+        e->n_running--;
+        dsi__engine_live_remove(e, r);
+        dsi_kv_seq_release(&e->kv, &r->kv);
+        retire(&done, r, DSI_FINISH_CANCELLED, 0);
+    }
+    while (e->wait_head) {
+        struct dsi__req *r = e->wait_head;
+        dsi__engine_wait_remove(e, r);
+        dsi__engine_live_remove(e, r);
+        dsi_kv_seq_release(&e->kv, &r->kv);
+        retire(&done, r, DSI_FINISH_CANCELLED, 0);
+    }
+    pthread_mutex_unlock(&e->mu);
+    deliver_done(done);
+}
+
+void *dsi__engine_sched_main(void *arg) {
+    struct dsi_engine *e = arg;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        while (!e->stopping && e->n_running == 0 && e->n_waiting == 0)
+            pthread_cond_wait(&e->cv, &e->mu);
+        if (e->stopping) break;
+        struct dsi__req *done = NULL;
+        collect_expired(e, dsi__engine_now_ms(), &done);
+        grow_running(e);
+        admit(e);
+        int n_b = plan_batch(e);
+        pthread_mutex_unlock(&e->mu);
+
+        deliver_done(done);
+        done = NULL;
+        if (n_b > 0) {
+            run_batch(e, n_b, &done);
+            deliver_done(done);
+        }
+
+        pthread_mutex_lock(&e->mu);
+        if (n_b == 0 && !e->stopping && e->n_waiting > 0) {
+            /* Nothing could run (all waiting ones were retired or none fits yet):
+             * sleep briefly instead of spinning; a submit or cancel wakes us. */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += 5 * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    stop_all(e);
+    return NULL;
+}
