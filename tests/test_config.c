@@ -338,7 +338,8 @@ TEST(config_path_options_expand_systemd_directories) {
     CHECK_EQ_STR(c.tls_key, "/run/credentials/dsinfer.service/tls.key");
     unsetenv("CREDENTIALS_DIRECTORY");
     CHECK_EQ_INT(load(&c, "{\"tls_key\":\"${CREDENTIALS_DIRECTORY}/other.key\"}", &err), DSI_EINVAL);
-    CHECK(err && strstr(err, "tls_key = \"${CREDENTIALS_DIRECTORY}/other.key\": $CREDENTIALS_DIRECTORY is not set"));
+    CHECK(err &&
+          strstr(err, "tls_key = \"${CREDENTIALS_DIRECTORY}/other.key\": $CREDENTIALS_DIRECTORY is not set"));
     free(err);
     err = NULL;
     CHECK_EQ_STR(c.tls_key, "/run/credentials/dsinfer.service/tls.key"); /* unchanged */
@@ -449,9 +450,10 @@ TEST(config_example_file_is_generated_from_the_table) {
 TEST(config_print_json_round_trips_every_value) {
     struct dsi_config c, back;
     init_valid(&c);
-    CHECK_EQ_INT(load(&c, "{\"roles\":{\"r\":[\"chat\"]},\"model_name\":\"a\\\"b\\\\c\\n\",\"kv_gpu_fraction\":0.3}",
-                      NULL),
-                 0);
+    CHECK_EQ_INT(
+        load(&c, "{\"roles\":{\"r\":[\"chat\"]},\"model_name\":\"a\\\"b\\\\c\\n\",\"kv_gpu_fraction\":0.3}",
+             NULL),
+        0);
     char *gen = NULL;
     size_t gen_len = 0;
     FILE *m = open_memstream(&gen, &gen_len);

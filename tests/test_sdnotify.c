@@ -26,8 +26,10 @@ static int listen_dgram(const char *name) {
     size_t n = strlen(name);
     memcpy(sa.sun_path, name, n);
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-    if (name[0] == '@') sa.sun_path[0] = '\0';
-    else len += 1;
+    if (name[0] == '@')
+        sa.sun_path[0] = '\0';
+    else
+        len += 1;
     /* a timeout, so that a message that never comes fails the test instead of hanging it */
     struct timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);

@@ -18,35 +18,35 @@
 
 struct dsi_config {
     /* network */
-    char *listen;              /* "127.0.0.1:8443" */
-    bool plain_http;           /* only allowed on loopback */
-    char *tls_cert, *tls_key;  /* PEM files; empty: self-signed in state_dir */
-    char *tls_client_ca;       /* mTLS: CA that signs client certificates */
+    char *listen;             /* "127.0.0.1:8443" */
+    bool plain_http;          /* only allowed on loopback */
+    char *tls_cert, *tls_key; /* PEM files; empty: self-signed in state_dir */
+    char *tls_client_ca;      /* mTLS: CA that signs client certificates */
     bool tls_require_client_cert;
     int max_connections;
-    int client_timeout_s;      /* idle / stalled client */
+    int client_timeout_s; /* idle / stalled client */
     size_t max_body_bytes;
     int max_messages;
     /* auth */
     char *keys_file;
-    char *roles;               /* JSON object text {"role":["perm",...]}; empty: defaults */
+    char *roles; /* JSON object text {"role":["perm",...]}; empty: defaults */
     bool open_health;
     char *audit_log;
     /* model */
     char *model_dir;
-    char *model_name;          /* served name; empty: basename of model_dir */
-    char *dtype;               /* f32 | bf16 | int8 */
-    int int8_group_size;       /* 0: per channel */
-    char *backend;             /* cpu | cuda */
+    char *model_name;    /* served name; empty: basename of model_dir */
+    char *dtype;         /* f32 | bf16 | int8 */
+    int int8_group_size; /* 0: per channel */
+    char *backend;       /* cpu | cuda */
     int device;
-    int threads;               /* 0: all cores */
+    int threads; /* 0: all cores */
     bool skip_verify;
     char *manifest_sha256;
-    char *chat_format;         /* auto | deepseek-v3 | deepseek-llm | deepseek-coder | chatml */
+    char *chat_format; /* auto | deepseek-v3 | deepseek-llm | deepseek-coder | chatml */
     int tensor_parallel;
     /* engine */
     int kv_block_size;
-    size_t kv_cache_mib;       /* CPU pool */
+    size_t kv_cache_mib; /* CPU pool */
     double kv_gpu_fraction;
     int max_running;
     int max_queued;
@@ -74,8 +74,8 @@ int dsi_config_copy(struct dsi_config *dst, const struct dsi_config *src);
 /* Applies a JSON file over c, all or nothing: on error c is unchanged. Path
  * options expand ${CREDENTIALS_DIRECTORY}, ${STATE_DIRECTORY}, ${LOGS_DIRECTORY}
  * and ${RUNTIME_DIRECTORY} (unset: DSI_EINVAL). "roles" is a JSON object in the
- * file and its compact text in c->roles ({} is stored as ""). Unknown keys, wrong types and out-of-range values
- * are DSI_EINVAL with *err quoting key and value. */
+ * file and its compact text in c->roles ({} is stored as ""). Unknown keys, wrong types and out-of-range
+ * values are DSI_EINVAL with *err quoting key and value. */
 int dsi_config_load_file(struct dsi_config *c, const char *path, char **err);
 int dsi_config_load_json(struct dsi_config *c, const char *json, size_t len, char **err);
 /* Sets one option from text ("max_running" or "max-running", "64"); same checks as

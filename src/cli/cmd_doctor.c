@@ -42,10 +42,10 @@
 enum level { OK, WARN, FAIL };
 
 struct doctor {
-    int n[3];                /* checks per level */
+    int n[3]; /* checks per level */
     const struct dsi_config *c;
-    bool verify;             /* --verify: hash every model file */
-    size_t weight_bytes;     /* estimate for the configured dtype; 0: unknown */
+    bool verify;         /* --verify: hash every model file */
+    size_t weight_bytes; /* estimate for the configured dtype; 0: unknown */
 };
 
 static void report(struct doctor *d, enum level l, const char *check, const char *fmt, ...)
@@ -120,7 +120,8 @@ static bool pin_matches(const char *path, const char *hex) {
     bool ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
     unsigned char buf[65536], md[EVP_MAX_MD_SIZE];
     size_t n;
-    while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0) ok = EVP_DigestUpdate(ctx, buf, n) == 1;
+    while (ok && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        ok = EVP_DigestUpdate(ctx, buf, n) == 1;
     unsigned md_len = 0;
     ok = ok && !ferror(f) && EVP_DigestFinal_ex(ctx, md, &md_len) == 1 && md_len == 32 && strlen(hex) == 64;
     fclose(f);
@@ -165,7 +166,8 @@ static void check_model(struct doctor *d) {
     snprintf(path, sizeof path, "%s/SHA256SUMS", dir);
     if (access(path, R_OK) != 0) {
         report(d, c->skip_verify ? WARN : FAIL, "manifest",
-               "%s: %s; create it with `dsinfer manifest %s` from a trusted copy", path, strerror(errno), dir);
+               "%s: %s; create it with `dsinfer manifest %s` from a trusted copy", path, strerror(errno),
+               dir);
     } else if (c->manifest_sha256[0] && !pin_matches(path, c->manifest_sha256)) {
         report(d, FAIL, "manifest", "%s does not have the pinned SHA-256 manifest_sha256 = %s", path,
                c->manifest_sha256);
@@ -178,7 +180,8 @@ static void check_model(struct doctor *d) {
         if (rc < 0)
             report(d, FAIL, "manifest", "%s", err ? err : dsi_strerror(rc));
         else
-            report(d, OK, "manifest", "every file matches SHA256SUMS (%s hashed)", human_bytes((double)bytes, hb, sizeof hb));
+            report(d, OK, "manifest", "every file matches SHA256SUMS (%s hashed)",
+                   human_bytes((double)bytes, hb, sizeof hb));
         free(err);
         err = NULL;
     } else {
@@ -248,8 +251,8 @@ static void check_gpu(struct doctor *d) {
     struct cudart r;
     const char *which = NULL;
     if (!cudart_open(&r, &which)) {
-        report(d, miss, "gpu", "CUDA runtime (libcudart.so.13) not found: %s", need ? "backend cuda cannot start"
-                                                                                 : "the cpu backend will be used");
+        report(d, miss, "gpu", "CUDA runtime (libcudart.so.13) not found: %s",
+               need ? "backend cuda cannot start" : "the cpu backend will be used");
         return;
     }
     int drv = 0, rt = 0, n = 0;
@@ -258,8 +261,8 @@ static void check_gpu(struct doctor *d) {
     int e = r.get_device_count(&n);
     if (e != 0 || n <= 0) {
         report(d, miss, "gpu", "no CUDA device: %s (driver %d.%d, runtime %d.%d)%s",
-               e ? r.get_error_string(e) : "none found", drv / 1000, drv % 1000 / 10, rt / 1000, rt % 1000 / 10,
-               need ? "; backend cuda cannot start" : "; the cpu backend will be used");
+               e ? r.get_error_string(e) : "none found", drv / 1000, drv % 1000 / 10, rt / 1000,
+               rt % 1000 / 10, need ? "; backend cuda cannot start" : "; the cpu backend will be used");
         dlclose(r.lib);
         return;
     }
@@ -268,8 +271,8 @@ static void check_gpu(struct doctor *d) {
            rt % 1000 / 10, which, drv < rt ? ": the driver is older than the runtime; update it" : "");
     int tp = c->tensor_parallel > 0 ? c->tensor_parallel : 1;
     if (c->device + tp > n) {
-        report(d, miss, "gpu", "%d CUDA device(s), but device %d and tensor_parallel %d need %d", n, c->device, tp,
-               c->device + tp);
+        report(d, miss, "gpu", "%d CUDA device(s), but device %d and tensor_parallel %d need %d", n,
+               c->device, tp, c->device + tp);
         dlclose(r.lib);
         return;
     }
@@ -290,16 +293,21 @@ static void check_gpu(struct doctor *d) {
         human_bytes((double)total_b, tb, sizeof tb);
         human_bytes((double)per_dev, wb, sizeof wb);
         if (!need) {
-            report(d, OK, "gpu", "device %d (sm_%d%d): %s free of %s (backend cpu: not used)", dev, major, minor, fb, tb);
+            report(d, OK, "gpu", "device %d (sm_%d%d): %s free of %s (backend cpu: not used)", dev, major,
+                   minor, fb, tb);
         } else if (d->weight_bytes == 0) {
-            report(d, WARN, "gpu", "device %d (sm_%d%d): %s free of %s; weight size unknown", dev, major, minor, fb, tb);
+            report(d, WARN, "gpu", "device %d (sm_%d%d): %s free of %s; weight size unknown", dev, major,
+                   minor, fb, tb);
         } else if ((double)per_dev > (double)free_b * c->kv_gpu_fraction) {
-            report(d, FAIL, "gpu", "device %d: weights need %s but kv_gpu_fraction %.2f of %s free leaves less%s",
-                   dev, wb, c->kv_gpu_fraction, fb, strcmp(c->dtype, "int8") ? "; try dtype int8" : "");
+            report(d, FAIL, "gpu",
+                   "device %d: weights need %s but kv_gpu_fraction %.2f of %s free leaves less%s", dev, wb,
+                   c->kv_gpu_fraction, fb, strcmp(c->dtype, "int8") ? "; try dtype int8" : "");
         } else if ((double)per_dev > (double)free_b * c->kv_gpu_fraction * 0.9) {
-            report(d, WARN, "gpu", "device %d: weights need %s of %s free: little room for the KV cache", dev, wb, fb);
+            report(d, WARN, "gpu", "device %d: weights need %s of %s free: little room for the KV cache", dev,
+                   wb, fb);
         } else {
-            report(d, OK, "gpu", "device %d (sm_%d%d): %s free of %s, weights need %s", dev, major, minor, fb, tb, wb);
+            report(d, OK, "gpu", "device %d (sm_%d%d): %s free of %s, weights need %s", dev, major, minor, fb,
+                   tb, wb);
         }
     }
     dlclose(r.lib);
@@ -329,7 +337,8 @@ static X509 *check_cert_file(struct doctor *d, const char *check, const char *pa
     char subject[256] = "?", until[64] = "?";
     X509_NAME_oneline(X509_get_subject_name(x), subject, sizeof subject);
     struct tm tm;
-    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) strftime(until, sizeof until, "%Y-%m-%d %H:%M UTC", &tm);
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+        strftime(until, sizeof until, "%Y-%m-%d %H:%M UTC", &tm);
     int day = 0, sec = 0;
     if (ASN1_TIME_diff(&day, &sec, NULL, X509_get0_notBefore(x)) == 1 && (day > 0 || sec > 0)) {
         report(d, FAIL, check, "%s (%s) is not valid yet", path, subject);
@@ -338,8 +347,8 @@ static X509 *check_cert_file(struct doctor *d, const char *check, const char *pa
     } else if (day < 0 || sec < 0 || (day == 0 && sec == 0)) {
         report(d, FAIL, check, "%s (%s) expired on %s", path, subject, until);
     } else if (day < CERT_WARN_DAYS) {
-        report(d, WARN, check, "%s (%s) expires in %d days (%s): renew it, then systemctl reload dsinfer", path,
-               subject, day, until);
+        report(d, WARN, check, "%s (%s) expires in %d days (%s): renew it, then systemctl reload dsinfer",
+               path, subject, day, until);
     } else {
         report(d, OK, check, "%s (%s) valid until %s (%d days)", path, subject, until, day);
     }
@@ -357,11 +366,14 @@ static void check_tls(struct doctor *d) {
         char self[PATH_MAX];
         snprintf(self, sizeof self, "%s/tls-cert.pem", c->state_dir);
         if (access(self, F_OK) == 0) {
-            report(d, WARN, "tls", "no tls_cert: using the self-signed %s; clients must trust it explicitly", self);
+            report(d, WARN, "tls", "no tls_cert: using the self-signed %s; clients must trust it explicitly",
+                   self);
             X509_free(check_cert_file(d, "tls cert", self));
         } else {
-            report(d, WARN, "tls", "no tls_cert: dsinfer makes a self-signed certificate in %s at first start; "
-                                   "clients must trust it explicitly", c->state_dir);
+            report(d, WARN, "tls",
+                   "no tls_cert: dsinfer makes a self-signed certificate in %s at first start; "
+                   "clients must trust it explicitly",
+                   c->state_dir);
         }
     } else {
         X509 *x = check_cert_file(d, "tls cert", c->tls_cert);
@@ -372,8 +384,8 @@ static void check_tls(struct doctor *d) {
         if (access(key, F_OK) != 0 && strncmp(key, "/run/credentials/", 17) == 0) {
             const char *base = strrchr(key, '/');
             snprintf(alt, sizeof alt, "/etc/dsinfer%s", base);
-            report(d, OK, "tls key", "%s exists only inside the running service (LoadCredential=); checking %s",
-                   key, alt);
+            report(d, OK, "tls key",
+                   "%s exists only inside the running service (LoadCredential=); checking %s", key, alt);
             key = alt;
         }
         struct stat sb;
@@ -411,7 +423,8 @@ static const struct passwd *service_user(void) {
 static void check_keys(struct doctor *d) {
     const char *path = d->c->keys_file;
     if (!path[0]) {
-        report(d, WARN, "keys", "no keys_file: every API route answers 401 (create keys with `dsinfer keys add`)");
+        report(d, WARN, "keys",
+               "no keys_file: every API route answers 401 (create keys with `dsinfer keys add`)");
         return;
     }
     struct stat sb;
@@ -425,14 +438,14 @@ static void check_keys(struct doctor *d) {
     }
     unsigned mode = (unsigned)(sb.st_mode & 07777);
     if (sb.st_mode & (S_IRWXG | S_IRWXO)) {
-        report(d, FAIL, "keys", "%s is mode %04o: group or others can read or change it; chmod 600 %s", path, mode,
-               path);
+        report(d, FAIL, "keys", "%s is mode %04o: group or others can read or change it; chmod 600 %s", path,
+               mode, path);
         return;
     }
     const struct passwd *pw = service_user();
     if (pw && sb.st_uid != pw->pw_uid) {
-        report(d, FAIL, "keys", "%s is owned by uid %u, so the service user %s cannot read it; chown %s %s", path,
-               (unsigned)sb.st_uid, SERVICE_USER, SERVICE_USER, path);
+        report(d, FAIL, "keys", "%s is owned by uid %u, so the service user %s cannot read it; chown %s %s",
+               path, (unsigned)sb.st_uid, SERVICE_USER, SERVICE_USER, path);
         return;
     }
     report(d, OK, "keys", "%s is mode %04o", path, mode);
@@ -479,8 +492,8 @@ static void check_writable_dir(struct doctor *d, const char *check, const char *
     }
     const struct passwd *pw = service_user();
     if (pw && !user_may_write(&sb, pw)) {
-        report(d, FAIL, check, "%s%s is not writable by the service user %s (owner uid %u, mode %04o)", what, dir,
-               SERVICE_USER, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 07777));
+        report(d, FAIL, check, "%s%s is not writable by the service user %s (owner uid %u, mode %04o)", what,
+               dir, SERVICE_USER, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 07777));
         return;
     }
     report(d, OK, check, "%s%s is writable", what, dir);
@@ -507,9 +520,12 @@ static void check_dirs(struct doctor *d) {
     char parent[PATH_MAX];
     snprintf(parent, sizeof parent, "%s", log);
     char *slash = strrchr(parent, '/');
-    if (slash == parent) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    else snprintf(parent, sizeof parent, ".");
+    if (slash == parent)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(parent, sizeof parent, ".");
     check_writable_dir(d, "audit log", parent, "new file in ");
 }
 

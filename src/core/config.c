@@ -36,8 +36,8 @@ struct opt {
     const char *name;
     enum opt_type type;
     size_t off;
-    double min, max;    /* OPT_INT, OPT_SIZE, OPT_DOUBLE: inclusive range */
-    const char *def;    /* default, as text (parsed like a command-line value) */
+    double min, max;     /* OPT_INT, OPT_SIZE, OPT_DOUBLE: inclusive range */
+    const char *def;     /* default, as text (parsed like a command-line value) */
     const char *example; /* value shown in config/dsinfer.json; NULL: the default */
     const char *choices; /* OPT_ENUM: "a|b|c" */
     int (*check)(const struct opt *o, const char *text, char **err); /* extra per-option rule */
@@ -227,8 +227,11 @@ static bool parse_integer(const char *text, bool allow_suffix, double *out) {
     if (end == text || errno == ERANGE) return false;
     double mult = 1;
     if (*end && allow_suffix) {
-        static const struct { const char *s; double m; } sfx[] = {
-            {"K", 1024.0}, {"KiB", 1024.0}, {"M", MIB}, {"MiB", MIB}, {"G", 1024 * MIB}, {"GiB", 1024 * MIB}};
+        static const struct {
+            const char *s;
+            double m;
+        } sfx[] = {{"K", 1024.0}, {"KiB", 1024.0},   {"M", MIB},
+                   {"MiB", MIB},  {"G", 1024 * MIB}, {"GiB", 1024 * MIB}};
         bool found = false;
         for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++)
             if (strcmp(end, sfx[i].s) == 0) {
@@ -265,10 +268,17 @@ static int store_number(struct dsi_config *c, const struct opt *o, double v, con
     if (!(v >= o->min && v <= o->max)) return range_error(o, shown, err);
     char *p = (char *)c + o->off;
     switch (o->type) {
-    case OPT_INT: *(int *)p = (int)v; break;
-    case OPT_SIZE: *(size_t *)p = (size_t)v; break;
-    case OPT_DOUBLE: *(double *)p = v; break;
-    default: return DSI_EINTERNAL;
+    case OPT_INT:
+        *(int *)p = (int)v;
+        break;
+    case OPT_SIZE:
+        *(size_t *)p = (size_t)v;
+        break;
+    case OPT_DOUBLE:
+        *(double *)p = v;
+        break;
+    default:
+        return DSI_EINTERNAL;
     }
     return 0;
 }
@@ -280,8 +290,8 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
     case OPT_BOOL: {
         bool b;
         if (!parse_bool(text, &b))
-            return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not a boolean (true or false)", o->name,
-                              text);
+            return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not a boolean (true or false)",
+                              o->name, text);
         *(bool *)((char *)c + o->off) = b;
         return 0;
     }
@@ -473,9 +483,11 @@ int dsi_config_set(struct dsi_config *c, const char *name, const char *value, ch
     char key[64];
     size_t n = strlen(name);
     if (n >= sizeof key) return dsi_seterr(err, DSI_EINVAL, "config: unknown option \"%.64s...\"", name);
-    for (size_t i = 0; i <= n; i++) key[i] = name[i] == '-' ? '_' : name[i];
+    for (size_t i = 0; i <= n; i++)
+        key[i] = name[i] == '-' ? '_' : name[i];
     const struct opt *o = find_opt(key);
-    if (!o) return dsi_seterr(err, DSI_EINVAL, "config: unknown option \"%s\" (see dsinfer serve --help)", name);
+    if (!o)
+        return dsi_seterr(err, DSI_EINVAL, "config: unknown option \"%s\" (see dsinfer serve --help)", name);
     if (!value) return dsi_seterr(err, DSI_EINVAL, "config: %s needs a value", o->name);
     struct dsi_config tmp;
     if (copy_config(&tmp, c) < 0) return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
@@ -517,8 +529,8 @@ int dsi_config_load_json(struct dsi_config *c, const char *json, size_t len, cha
         if (!o) {
             char shown[128];
             shown_json(it, shown, sizeof shown);
-            rc = dsi_seterr(err, DSI_EINVAL, "config: unknown key \"%.64s\" (= %s)", it->string ? it->string : "",
-                            shown);
+            rc = dsi_seterr(err, DSI_EINVAL, "config: unknown key \"%.64s\" (= %s)",
+                            it->string ? it->string : "", shown);
             break;
         }
         size_t idx = (size_t)(o - opts);
@@ -542,8 +554,9 @@ int dsi_config_load_json(struct dsi_config *c, const char *json, size_t len, cha
 int dsi_config_load_file(struct dsi_config *c, const char *path, char **err) {
     if (!c || !path) return dsi_seterr(err, DSI_EINVAL, "config: no file name");
     FILE *f = fopen(path, "rb");
-    if (!f) return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "config: cannot open %s: %s", path,
-                              strerror(errno));
+    if (!f)
+        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "config: cannot open %s: %s", path,
+                          strerror(errno));
     /* A config file is small; a cap keeps a wrong path (a model file?) from being slurped. */
     enum { MAX_CONFIG_BYTES = 1 << 20 };
     char *buf = malloc(MAX_CONFIG_BYTES + 1);
@@ -647,14 +660,16 @@ static int check_listen(const struct opt *o, const char *text, char **err) {
 static int check_sha256(const struct opt *o, const char *text, char **err) {
     size_t n = strlen(text);
     bool ok = n == 0 || n == 64;
-    for (size_t i = 0; ok && i < n; i++) ok = isxdigit((unsigned char)text[i]) != 0;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isxdigit((unsigned char)text[i]) != 0;
     if (!ok) return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not 64 hex digits", o->name, text);
     return 0;
 }
 
 static int check_pow2_or_zero(const struct opt *o, const char *text, char **err) {
     double v;
-    if (!parse_integer(text, false, &v) || v < 0 || v > (double)INT_MAX) return 0; /* range check reports it */
+    if (!parse_integer(text, false, &v) || v < 0 || v > (double)INT_MAX)
+        return 0; /* range check reports it */
     unsigned long long u = (unsigned long long)v;
     if (u & (u - 1))
         return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a power of two", o->name, text);
@@ -681,8 +696,8 @@ static int check_roles(const struct opt *o, const char *text, char **err) {
         }
         for (const cJSON *p = r->child; p; p = p->next)
             if (!cJSON_IsString(p)) {
-                rc = dsi_seterr(err, DSI_EINVAL, "config: %s.%s has a permission that is not a string", o->name,
-                                r->string);
+                rc = dsi_seterr(err, DSI_EINVAL, "config: %s.%s has a permission that is not a string",
+                                o->name, r->string);
                 goto out;
             }
     }
@@ -701,16 +716,19 @@ int dsi_config_validate(const struct dsi_config *c, char **err) {
                           "not \"%s\"; use TLS on other addresses",
                           c->listen);
     if (c->plain_http && (c->tls_require_client_cert || c->tls_client_ca[0]))
-        return dsi_seterr(err, DSI_EINVAL, "config: plain_http = true cannot check client certificates "
-                                           "(tls_client_ca, tls_require_client_cert)");
+        return dsi_seterr(err, DSI_EINVAL,
+                          "config: plain_http = true cannot check client certificates "
+                          "(tls_client_ca, tls_require_client_cert)");
     if (c->tls_key[0] && !c->tls_cert[0])
         return dsi_seterr(err, DSI_EINVAL, "config: tls_key = \"%s\" is set but tls_cert is not", c->tls_key);
     if (c->tls_cert[0] && !c->tls_key[0])
-        return dsi_seterr(err, DSI_EINVAL, "config: tls_cert = \"%s\" is set but tls_key is not", c->tls_cert);
+        return dsi_seterr(err, DSI_EINVAL, "config: tls_cert = \"%s\" is set but tls_key is not",
+                          c->tls_cert);
     if (c->tls_require_client_cert && !c->tls_client_ca[0])
         return dsi_seterr(err, DSI_EINVAL, "config: tls_require_client_cert = true needs tls_client_ca");
     if (!c->model_dir[0])
-        return dsi_seterr(err, DSI_EINVAL, "config: model_dir is not set (\"model_dir\" in the file or --model DIR)");
+        return dsi_seterr(err, DSI_EINVAL,
+                          "config: model_dir is not set (\"model_dir\" in the file or --model DIR)");
     if (!c->state_dir[0]) return dsi_seterr(err, DSI_EINVAL, "config: state_dir is not set");
     if (strcmp(c->backend, "cpu") == 0 && c->tensor_parallel > 1)
         return dsi_seterr(err, DSI_EINVAL, "config: tensor_parallel = %d needs backend = \"cuda\"",
@@ -727,13 +745,16 @@ int dsi_config_validate(const struct dsi_config *c, char **err) {
                           "per running sequence must fit in a step)",
                           c->max_running, c->max_batch_tokens);
     if (c->max_total_tokens && c->max_prompt_tokens > c->max_total_tokens)
-        return dsi_seterr(err, DSI_EINVAL, "config: max_prompt_tokens = %d is larger than max_total_tokens = %d",
+        return dsi_seterr(err, DSI_EINVAL,
+                          "config: max_prompt_tokens = %d is larger than max_total_tokens = %d",
                           c->max_prompt_tokens, c->max_total_tokens);
     if (c->max_total_tokens && c->default_max_tokens > c->max_total_tokens)
-        return dsi_seterr(err, DSI_EINVAL, "config: default_max_tokens = %d is larger than max_total_tokens = %d",
+        return dsi_seterr(err, DSI_EINVAL,
+                          "config: default_max_tokens = %d is larger than max_total_tokens = %d",
                           c->default_max_tokens, c->max_total_tokens);
     if (c->queue_timeout_ms > c->request_timeout_ms)
-        return dsi_seterr(err, DSI_EINVAL, "config: queue_timeout_ms = %d is larger than request_timeout_ms = %d",
+        return dsi_seterr(err, DSI_EINVAL,
+                          "config: queue_timeout_ms = %d is larger than request_timeout_ms = %d",
                           c->queue_timeout_ms, c->request_timeout_ms);
     return 0;
 }
@@ -741,10 +762,14 @@ int dsi_config_validate(const struct dsi_config *c, char **err) {
 static bool same_value(const struct opt *o, const struct dsi_config *a, const struct dsi_config *b) {
     const char *pa = (const char *)a + o->off, *pb = (const char *)b + o->off;
     switch (o->type) {
-    case OPT_BOOL: return *(const bool *)pa == *(const bool *)pb;
-    case OPT_INT: return *(const int *)pa == *(const int *)pb;
-    case OPT_SIZE: return *(const size_t *)pa == *(const size_t *)pb;
-    case OPT_DOUBLE: return *(const double *)pa == *(const double *)pb;
+    case OPT_BOOL:
+        return *(const bool *)pa == *(const bool *)pb;
+    case OPT_INT:
+        return *(const int *)pa == *(const int *)pb;
+    case OPT_SIZE:
+        return *(const size_t *)pa == *(const size_t *)pb;
+    case OPT_DOUBLE:
+        return *(const double *)pa == *(const double *)pb;
     default: {
         const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
         return strcmp(sa ? sa : "", sb ? sb : "") == 0;
@@ -781,14 +806,22 @@ bool dsi_config_is_reloadable(const char *name) {
 
 static const char *type_word(const struct opt *o) {
     switch (o->type) {
-    case OPT_STR: return "STR";
-    case OPT_PATH: return "PATH";
-    case OPT_BOOL: return "BOOL";
-    case OPT_INT: return "N";
-    case OPT_SIZE: return "BYTES";
-    case OPT_DOUBLE: return "X";
-    case OPT_ENUM: return o->choices;
-    case OPT_JSON: return "JSON";
+    case OPT_STR:
+        return "STR";
+    case OPT_PATH:
+        return "PATH";
+    case OPT_BOOL:
+        return "BOOL";
+    case OPT_INT:
+        return "N";
+    case OPT_SIZE:
+        return "BYTES";
+    case OPT_DOUBLE:
+        return "X";
+    case OPT_ENUM:
+        return o->choices;
+    case OPT_JSON:
+        return "JSON";
     }
     return "?";
 }
@@ -840,9 +873,15 @@ void dsi_config_print_json(FILE *f, const struct dsi_config *c) {
         const char *p = (const char *)c + o->off;
         fprintf(f, "  \"%s\": ", o->name);
         switch (o->type) {
-        case OPT_BOOL: fputs(*(const bool *)p ? "true" : "false", f); break;
-        case OPT_INT: fprintf(f, "%d", *(const int *)p); break;
-        case OPT_SIZE: fprintf(f, "%zu", *(const size_t *)p); break;
+        case OPT_BOOL:
+            fputs(*(const bool *)p ? "true" : "false", f);
+            break;
+        case OPT_INT:
+            fprintf(f, "%d", *(const int *)p);
+            break;
+        case OPT_SIZE:
+            fprintf(f, "%zu", *(const size_t *)p);
+            break;
         case OPT_DOUBLE: {
             /* shortest text that reads back as the same double: 0.9, not 0.90000000000000002 */
             double v = *(const double *)p;
