@@ -26,11 +26,18 @@ int32_t dsi_tok_eos(const struct dsi_tokenizer *t); /* -1 if none */
 /* Token id of an exact token string (special or not), or -1. */
 int32_t dsi_tok_lookup(const struct dsi_tokenizer *t, const char *token);
 
-/* Encodes UTF-8 text (invalid UTF-8 is DSI_EINVAL). Special tokens written in the
- * text are matched when allow_special. *ids is malloc'd; the caller frees it. */
+/* Encodes UTF-8 text (invalid UTF-8 is DSI_EINVAL) exactly as HF tokenizers'
+ * encode(text, add_special_tokens=False): no BOS is added. Added tokens written in the
+ * text are matched as whole tokens first (longest match). With allow_special false,
+ * tokens flagged "special" (BOS/EOS, <|im_start|>) stay plain text, as HF's
+ * split_special_tokens does; added tokens that are not special (DeepSeek's
+ * <｜User｜>, Qwen's <think>) are still matched, as in HF. *ids is malloc'd (NULL
+ * when empty or on error); the caller frees it. Thread-safe on one tokenizer. */
 int dsi_tok_encode(const struct dsi_tokenizer *t, const char *text, size_t len, bool allow_special,
                    int32_t **ids, size_t *n_ids, char **err);
-/* Decodes ids to text (malloc'd, NUL-terminated). skip_special drops special tokens. */
+/* Decodes ids to text (malloc'd, NUL-terminated) as HF decode does: bytes of all
+ * tokens joined, invalid UTF-8 replaced by U+FFFD. skip_special drops special tokens.
+ * An id outside the vocabulary is DSI_ERANGE. */
 int dsi_tok_decode(const struct dsi_tokenizer *t, const int32_t *ids, size_t n_ids, bool skip_special,
                    char **text, size_t *len, char **err);
 
