@@ -329,8 +329,8 @@ int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config
     }
     if (mla && (rc = parse_mla_moe(root, cfg, err))) goto out;
     int def_hd = mla ? cfg->qk_rope_head_dim : cfg->hidden_size / cfg->n_heads;
-    if (!mla && !cJSON_GetObjectItemCaseSensitive(root, "head_dim") &&
-        cfg->hidden_size % cfg->n_heads) {
+    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
+    if (!mla && (!hd || cJSON_IsNull(hd)) && cfg->hidden_size % cfg->n_heads) {
         rc = dsi_seterr(err, DSI_EFORMAT,
                         "config.json: hidden_size %d is not a multiple of num_attention_heads %d "
                         "and head_dim is not given",
