@@ -245,6 +245,29 @@ TEST(manifest_write_refuses_odd_names) {
     free(d);
 }
 
+TEST(manifest_follows_symlinked_files_skips_symlinked_folders) {
+    char *d = tm_mkdtemp(), *blobs = tm_mkdtemp();
+    CHECK(d && blobs && tm_make_model(d) == 0);
+    write_in(blobs, "blob1", "abc");
+    char *target = tm_path(blobs, "blob1"), *link = tm_path(d, "merges.txt");
+    char *loop = tm_path(d, "loop");
+    CHECK(symlink(target, link) == 0); /* the HF hub cache layout */
+    CHECK(symlink(d, loop) == 0);      /* a folder loop must not recurse */
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_manifest_write(d, &opts2, &err), 0);
+    char *m = tm_path(d, "SHA256SUMS");
+    const char *text = read_all(m);
+    CHECK(text && strstr(text, H64 "  merges.txt\n") && !strstr(text, "loop/"));
+    CHECK_EQ_INT(verify(d, &err), 0);
+    write_in(blobs, "blob1", "abd"); /* the blob behind the link changes */
+    CHECK_EQ_INT(verify(d, &err), DSI_EINTEGRITY);
+    CHECK(err && strstr(err, "merges.txt"));
+    free(err);
+    free(m), free(target), free(link), free(loop);
+    tm_rm_rf(d), tm_rm_rf(blobs);
+    free(d), free(blobs);
+}
+
 TEST(model_open_verifies_and_fails_closed) {
     char *d = fresh_model();
     struct dsi_model m;
@@ -291,6 +314,7 @@ int main(void) {
     RUN(manifest_absent_is_an_integrity_error);
     RUN(manifest_pin_of_its_own_hash);
     RUN(manifest_write_refuses_odd_names);
+    RUN(manifest_follows_symlinked_files_skips_symlinked_folders);
     RUN(model_open_verifies_and_fails_closed);
     return test_summary();
 }
