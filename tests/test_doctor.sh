@@ -35,8 +35,10 @@ mkdir -p "$tmp/state" "$tmp/log"
 keys=$tmp/keys.json
 echo '{"keys":[]}' > "$keys"
 chmod 600 "$keys"
-# the settings of a healthy setup; each case breaks one thing
-good="--model models/demo --state-dir $tmp/state --audit-log $tmp/log/audit.log --keys-file $keys"
+# the settings of a healthy setup; each case breaks one thing. An empty config keeps
+# an installed /etc/dsinfer/dsinfer.json out of the test.
+echo '{}' > "$tmp/empty.json"
+good="--config $tmp/empty.json --model models/demo --state-dir $tmp/state --audit-log $tmp/log/audit.log --keys-file $keys"
 
 # TLS material: a good certificate, one expiring in 10 days, an expired one, a stranger's key
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/good.key" \
@@ -67,16 +69,16 @@ run good_setup_audit_ok 0 "^OK   audit log: new file in $tmp/log is writable" $g
 run good_setup_summary 0 '^doctor: [0-9]+ ok, [0-9]+ warnings, 0 failures$' $good
 
 run missing_model_fails 1 '^FAIL model: .*/no-such-model: No such file' $good --model "$tmp/no-such-model"
-run unset_model_fails 1 '^FAIL config: model_dir is not set' --state-dir "$tmp/state"
+run unset_model_fails 1 '^FAIL config: model_dir is not set' --config "$tmp/empty.json" --state-dir "$tmp/state"
 
 echo '{"max_running": 0}' > "$tmp/bad.json"
 run bad_config_names_key_and_value 1 "^FAIL config: $tmp/bad.json: max_running = 0 is out of range \[1, 4096\]" \
-    --config "$tmp/bad.json" $good
+    $good --config "$tmp/bad.json"
 printf '{"model_dir": "models/demo", "state_dir": "%s/state", "keys_file": "%s", "log_level": "debug"}\n' \
     "$tmp" "$keys" > "$tmp/ok.json"
 run config_file_is_read 0 "^OK   config: $tmp/ok.json is valid" --config "$tmp/ok.json"
 run flags_override_the_file 1 '^FAIL config: .*tls_key' --config "$tmp/ok.json" --tls-key "$tmp/good.key"
-run unknown_flag_is_usage_error 2 'unknown option "no-such-flag"' --no-such-flag 1
+run unknown_flag_is_usage_error 2 'unknown option "no-such-flag"' --config "$tmp/empty.json" --no-such-flag 1
 
 chmod 640 "$keys"
 run group_readable_keys_fail 1 "^FAIL keys: $keys is mode 0640: group or others" $good

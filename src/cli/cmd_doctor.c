@@ -70,7 +70,8 @@ static void report(struct doctor *d, enum level l, const char *check, const char
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer doctor [--config FILE] [--verify] [--option value ...]\n"
-               "  --config FILE  config to check (default " DEFAULT_CONFIG " when it exists)\n"
+               "  --config FILE  config to check (default " DEFAULT_CONFIG
+               " when it exists; the last one counts)\n"
                "  --verify       also hash every model file against SHA256SUMS (slow for big models)\n"
                "  --model DIR    same as --model-dir DIR; any `serve` option overrides the file\n"
                "One line per check: OK, WARN or FAIL. Exit status 1 when any check FAILs.\n");
