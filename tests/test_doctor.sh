@@ -36,9 +36,10 @@ keys=$tmp/keys.json
 echo '{"keys":[]}' > "$keys"
 chmod 600 "$keys"
 # the settings of a healthy setup; each case breaks one thing. An empty config keeps
-# an installed /etc/dsinfer/dsinfer.json out of the test.
+# an installed /etc/dsinfer/dsinfer.json out of the test; run as root, files are
+# judged as root would see them (not as an existing "dsinfer" user).
 echo '{}' > "$tmp/empty.json"
-good="--config $tmp/empty.json --model models/demo --state-dir $tmp/state --audit-log $tmp/log/audit.log --keys-file $keys"
+good="--config $tmp/empty.json --service-user root --model models/demo --state-dir $tmp/state --audit-log $tmp/log/audit.log --keys-file $keys"
 
 # TLS material: a good certificate, one expiring in 10 days, an expired one, a stranger's key
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/good.key" \
@@ -86,6 +87,14 @@ chmod 606 "$keys"
 run world_writable_keys_fail 1 "^FAIL keys: $keys is mode 0606" $good
 chmod 600 "$keys"
 run missing_keys_fail 1 "^FAIL keys: $tmp/nokeys.json: No such file" $good --keys-file "$tmp/nokeys.json"
+
+# run as root, doctor judges files as the service user: root-owned files fail for another one
+if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+    run keys_owned_by_other_user_fail 1 "^FAIL keys: $keys is owned by uid 0, so the service user nobody cannot" \
+        $good --service-user nobody
+    run state_dir_of_other_user_fails 1 "^FAIL state dir: $tmp/state is not writable by the service user nobody" \
+        $good --service-user nobody
+fi
 
 run expired_cert_fails 1 "^FAIL tls cert: $tmp/old.crt \(.*dsinfer-expired\) expired on 2020-02-01" $good \
     --tls-cert "$tmp/old.crt" --tls-key "$tmp/old.key"

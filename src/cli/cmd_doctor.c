@@ -36,7 +36,7 @@
 #include "dsinfer/model.h"
 
 #define DEFAULT_CONFIG "/etc/dsinfer/dsinfer.json"
-#define SERVICE_USER "dsinfer"
+#define SERVICE_USER "dsinfer" /* User= of systemd/dsinfer.service */
 #define CERT_WARN_DAYS 30
 
 enum level { OK, WARN, FAIL };
@@ -46,6 +46,7 @@ struct doctor {
     const struct dsi_config *c;
     bool verify;         /* --verify: hash every model file */
     size_t weight_bytes; /* estimate for the configured dtype; 0: unknown */
+    const char *user;    /* --service-user: judge files as this user when run as root; "": no */
 };
 
 static void report(struct doctor *d, enum level l, const char *check, const char *fmt, ...)
@@ -73,6 +74,8 @@ static void usage(FILE *f) {
                "  --config FILE  config to check (default " DEFAULT_CONFIG
                " when it exists; the last one counts)\n"
                "  --verify       also hash every model file against SHA256SUMS (slow for big models)\n"
+               "  --service-user NAME  run as root, judge files as this user would (default " SERVICE_USER
+               "; \"\" for no)\n"
                "  --model DIR    same as --model-dir DIR; any `serve` option overrides the file\n"
                "One line per check: OK, WARN or FAIL. Exit status 1 when any check FAILs.\n");
 }
@@ -417,8 +420,8 @@ static void check_tls(struct doctor *d) {
 
 /* The service user, when doctor runs as root and it exists: checks then judge the
  * files as dsinfer will see them, not as root does. */
-static const struct passwd *service_user(void) {
-    return geteuid() == 0 ? getpwnam(SERVICE_USER) : NULL;
+static const struct passwd *service_user(const struct doctor *d) {
+    return geteuid() == 0 && d->user[0] ? getpwnam(d->user) : NULL;
 }
 
 static void check_keys(struct doctor *d) {
@@ -443,10 +446,10 @@ static void check_keys(struct doctor *d) {
                mode, path);
         return;
     }
-    const struct passwd *pw = service_user();
+    const struct passwd *pw = service_user(d);
     if (pw && sb.st_uid != pw->pw_uid) {
         report(d, FAIL, "keys", "%s is owned by uid %u, so the service user %s cannot read it; chown %s %s",
-               path, (unsigned)sb.st_uid, SERVICE_USER, SERVICE_USER, path);
+               path, (unsigned)sb.st_uid, d->user, d->user, path);
         return;
     }
     report(d, OK, "keys", "%s is mode %04o", path, mode);
@@ -491,10 +494,10 @@ static void check_writable_dir(struct doctor *d, const char *check, const char *
         report(d, FAIL, check, "%s%s is not writable: %s", what, dir, strerror(e));
         return;
     }
-    const struct passwd *pw = service_user();
+    const struct passwd *pw = service_user(d);
     if (pw && !user_may_write(&sb, pw)) {
         report(d, FAIL, check, "%s%s is not writable by the service user %s (owner uid %u, mode %04o)", what,
-               dir, SERVICE_USER, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 07777));
+               dir, d->user, (unsigned)sb.st_uid, (unsigned)(sb.st_mode & 07777));
         return;
     }
     report(d, OK, check, "%s%s is writable", what, dir);
@@ -564,7 +567,7 @@ int dsi_cmd_doctor(int argc, char **argv) {
     }
     if (!config_path && access(DEFAULT_CONFIG, F_OK) == 0) config_path = DEFAULT_CONFIG;
 
-    struct doctor d = {.c = &c};
+    struct doctor d = {.c = &c, .user = SERVICE_USER};
     char *err = NULL;
     bool config_ok = true;
     if (config_path && dsi_config_load_file(&c, config_path, &err) < 0) {
@@ -579,6 +582,8 @@ int dsi_cmd_doctor(int argc, char **argv) {
             i++;
         } else if (strcmp(a, "--verify") == 0) {
             verify = true;
+        } else if (strcmp(a, "--service-user") == 0 && i + 1 < argc) {
+            d.user = argv[++i];
         } else if (strncmp(a, "--", 2) == 0 && i + 1 < argc) {
             const char *name = strcmp(a, "--model") == 0 ? "model_dir" : a + 2;
             if (dsi_config_set(&c, name, argv[++i], &err) < 0) {
