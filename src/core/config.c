@@ -156,7 +156,6 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
 static int apply_json(struct dsi_config *c, const struct opt *o, const cJSON *item, char **err);
 static int store_str(struct dsi_config *c, const struct opt *o, const char *s, char **err);
 static int expand_path(const struct opt *o, const char *text, char **out, char **err);
-static int copy_config(struct dsi_config *dst, const struct dsi_config *src);
 static bool same_value(const struct opt *o, const struct dsi_config *a, const struct dsi_config *b);
 static void print_json_string(FILE *f, const char *s);
 
@@ -176,35 +175,29 @@ static const struct opt *find_opt(const char *name) {
     return NULL;
 }
 
-int dsi_config_init(struct dsi_config *c) {
+/* Applies the table's defaults, then (example) its example values, to a zeroed c. */
+static int init_from_table(struct dsi_config *c, bool example) {
     if (!c) return DSI_EINVAL;
     memset(c, 0, sizeof *c);
-    for (size_t i = 0; i < N_OPTS; i++) {
-        char *err = NULL;
-        int rc = apply_text(c, &opts[i], opts[i].def, &err);
-        free(err); /* defaults are tested to be valid; only ENOMEM can happen here */
-        if (rc < 0) {
-            dsi_config_free(c);
-            return rc;
+    for (int pass = 0; pass < (example ? 2 : 1); pass++)
+        for (size_t i = 0; i < N_OPTS; i++) {
+            const char *text = pass ? opts[i].example : opts[i].def;
+            char *err = NULL;
+            int rc = text ? apply_text(c, &opts[i], text, &err) : 0;
+            free(err); /* table values are tested to be valid; only ENOMEM can happen here */
+            if (rc < 0) {
+                dsi_config_free(c);
+                return rc;
+            }
         }
-    }
     return 0;
 }
 
+int dsi_config_init(struct dsi_config *c) {
+    return init_from_table(c, false);
+}
 int dsi_config_init_example(struct dsi_config *c) {
-    int rc = dsi_config_init(c);
-    if (rc < 0) return rc;
-    for (size_t i = 0; i < N_OPTS; i++) {
-        if (!opts[i].example) continue;
-        char *err = NULL;
-        rc = apply_text(c, &opts[i], opts[i].example, &err);
-        free(err);
-        if (rc < 0) {
-            dsi_config_free(c);
-            return rc;
-        }
-    }
-    return 0;
+    return init_from_table(c, true);
 }
 
 void dsi_config_free(struct dsi_config *c) {
@@ -267,19 +260,14 @@ static int range_error(const struct opt *o, const char *shown, char **err) {
 static int store_number(struct dsi_config *c, const struct opt *o, double v, const char *shown, char **err) {
     if (!(v >= o->min && v <= o->max)) return range_error(o, shown, err);
     char *p = (char *)c + o->off;
-    switch (o->type) {
-    case OPT_INT:
+    if (o->type == OPT_INT)
         *(int *)p = (int)v;
-        break;
-    case OPT_SIZE:
+    else if (o->type == OPT_SIZE)
         *(size_t *)p = (size_t)v;
-        break;
-    case OPT_DOUBLE:
+    else if (o->type == OPT_DOUBLE)
         *(double *)p = v;
-        break;
-    default:
+    else
         return DSI_EINTERNAL;
-    }
     return 0;
 }
 
@@ -365,58 +353,40 @@ static int store_str(struct dsi_config *c, const struct opt *o, const char *s, c
 /* Replaces ${VAR} (only the systemd directory variables) in a path option. An unset or
  * unknown variable is an error, so that a key path never silently becomes "/tls.key". */
 static int expand_path(const struct opt *o, const char *text, char **out, char **err) {
-    size_t cap = strlen(text) + 1, len = 0;
-    char *buf = malloc(cap);
-    if (!buf) return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
+    enum { MAX_PATH_BYTES = 4096 }; /* store_str's limit too */
+    char buf[MAX_PATH_BYTES + 1];
+    size_t len = 0;
     for (const char *p = text; *p;) {
         const char *add = p;
         size_t add_len = 1;
         if (p[0] == '$' && p[1] == '{') {
-            const char *close = strchr(p + 2, '}');
-            size_t nlen = close ? (size_t)(close - p - 2) : 0;
-            const char *val = NULL;
+            const char *close = strchr(p + 2, '}'), *name = NULL;
             for (size_t i = 0; close && i < sizeof path_vars / sizeof path_vars[0]; i++)
-                if (strlen(path_vars[i]) == nlen && strncmp(path_vars[i], p + 2, nlen) == 0) {
-                    val = getenv(path_vars[i]);
-                    if (!val || !*val) {
-                        free(buf);
-                        return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\": $%s is not set", o->name,
-                                          text, path_vars[i]);
-                    }
-                }
-            if (!val) {
-                free(buf);
+                if (strlen(path_vars[i]) == (size_t)(close - p - 2) &&
+                    strncmp(path_vars[i], p + 2, (size_t)(close - p - 2)) == 0)
+                    name = path_vars[i];
+            if (!name)
                 return dsi_seterr(err, DSI_EINVAL,
                                   "config: %s = \"%s\": only ${CREDENTIALS_DIRECTORY}, ${STATE_DIRECTORY}, "
                                   "${LOGS_DIRECTORY} and ${RUNTIME_DIRECTORY} are expanded",
                                   o->name, text);
-            }
-            add = val;
-            add_len = strlen(val);
+            add = getenv(name);
+            if (!add || !*add)
+                return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\": $%s is not set", o->name, text,
+                                  name);
+            add_len = strlen(add);
             p = close + 1;
         } else {
             p++;
         }
-        if (add_len > SIZE_MAX / 2 - len - 1) {
-            free(buf);
-            return dsi_seterr(err, DSI_EOVERFLOW, "config: %s is too long", o->name);
-        }
-        if (len + add_len + 1 > cap) {
-            size_t ncap = (len + add_len + 1) * 2;
-            char *nb = realloc(buf, ncap);
-            if (!nb) {
-                free(buf);
-                return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
-            }
-            buf = nb;
-            cap = ncap;
-        }
+        if (add_len > MAX_PATH_BYTES - len)
+            return dsi_seterr(err, DSI_EINVAL, "config: %s is longer than %d bytes", o->name, MAX_PATH_BYTES);
         memcpy(buf + len, add, add_len);
         len += add_len;
     }
     buf[len] = '\0';
-    *out = buf;
-    return 0;
+    *out = strdup(buf);
+    return *out ? 0 : dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
 }
 
 /* Short text of a JSON value for error messages (bounded, so a huge value cannot flood a log). */
@@ -490,7 +460,7 @@ int dsi_config_set(struct dsi_config *c, const char *name, const char *value, ch
         return dsi_seterr(err, DSI_EINVAL, "config: unknown option \"%s\" (see dsinfer serve --help)", name);
     if (!value) return dsi_seterr(err, DSI_EINVAL, "config: %s needs a value", o->name);
     struct dsi_config tmp;
-    if (copy_config(&tmp, c) < 0) return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
+    if (dsi_config_copy(&tmp, c) < 0) return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
     int rc = apply_text(&tmp, o, value, err);
     if (rc < 0) {
         dsi_config_free(&tmp);
@@ -518,7 +488,7 @@ int dsi_config_load_json(struct dsi_config *c, const char *json, size_t len, cha
         return dsi_seterr(err, DSI_EINVAL, "config: the top level must be a JSON object");
     }
     struct dsi_config tmp;
-    if (copy_config(&tmp, c) < 0) {
+    if (dsi_config_copy(&tmp, c) < 0) {
         cJSON_Delete(root);
         return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
     }
@@ -586,7 +556,8 @@ int dsi_config_load_file(struct dsi_config *c, const char *path, char **err) {
     return rc;
 }
 
-static int copy_config(struct dsi_config *dst, const struct dsi_config *src) {
+int dsi_config_copy(struct dsi_config *dst, const struct dsi_config *src) {
+    if (!dst || !src) return DSI_EINVAL;
     *dst = *src;
     for (size_t i = 0; i < N_OPTS; i++)
         if (is_string_type(opts[i].type)) *str_field(dst, &opts[i]) = NULL;
@@ -601,11 +572,6 @@ static int copy_config(struct dsi_config *dst, const struct dsi_config *src) {
         *str_field(dst, &opts[i]) = d;
     }
     return 0;
-}
-
-int dsi_config_copy(struct dsi_config *dst, const struct dsi_config *src) {
-    if (!dst || !src) return DSI_EINVAL;
-    return copy_config(dst, src);
 }
 
 /* ---- per-option checks ---- */
@@ -849,21 +815,13 @@ void dsi_config_print_help(FILE *f) {
     }
 }
 
+/* A JSON string literal with cJSON's escaping (quotes, backslashes, control characters). */
 static void print_json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p == '\n')
-            fputs("\\n", f);
-        else if (*p == '\t')
-            fputs("\\t", f);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
-    }
-    fputc('"', f);
+    cJSON *j = cJSON_CreateString(s);
+    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    fputs(text ? text : "\"\"", f);
+    free(text);
+    cJSON_Delete(j);
 }
 
 void dsi_config_print_json(FILE *f, const struct dsi_config *c) {
