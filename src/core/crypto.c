@@ -61,7 +61,7 @@ int dsi_sha256(const void *data, size_t n, uint8_t out[DSI_SHA256_LEN]) {
 int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_LEN],
                     size_t *bytes_out, char **err) {
     if (!path || !out) return DSI_EINVAL;
-    if (buf_bytes == 0) buf_bytes = (size_t)4 << 20;
+    if (buf_bytes == 0) buf_bytes = (size_t)1 << 20; /* L2-sized: see manifest.c */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s",
