@@ -227,6 +227,10 @@ static void engine_cb(void *user, const struct dsi_token_event *ev) {
     double now = dsi__srv_now_s();
     pthread_mutex_lock(&g->mu);
     int rc = 0;
+    /* Counts ride on every event, so a client that leaves early is charged for
+     * what was generated until then. */
+    g->n_prompt = ev->n_prompt_tokens;
+    g->n_completion = ev->n_completion_tokens;
     if (ev->token >= 0 && !g->stop_hit && !(ev->finished && is_stop_id(s, ev->token))) {
         if (!g->got_token) dsi__smetrics_ttft(s->metrics, now - g->t_start);
         else dsi__smetrics_itl(s->metrics, now - g->t_last);

@@ -522,10 +522,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         pthread_mutex_lock(&x->g->mu);
         prompt = x->g->n_prompt;
         completion = x->g->n_completion;
-        bool fin = x->g->finished;
         pthread_mutex_unlock(&x->g->mu);
-        /* A cancelled request's final counts arrive later; charge what is known. */
-        if (!fin) completion = 0;
     }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && x->status == 200 && x->g)
         dsi_log(DSI_LOG_INFO, "http", "%s: client left before the end (code %d)", x->req_id, (int)toe);

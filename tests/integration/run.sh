@@ -197,6 +197,35 @@ check "stream in flight ends with [DONE]" test "$(grep -v '^$' $W/drain_sse | ta
 wait "$DPID"
 check "SIGTERM drains and exits 0" test $? = 0
 
+# --- mTLS --------------------------------------------------------------------------------------------
+M=$W/mtls; mkdir -p $M
+mkcert() { # mkcert NAME CN [CA]: key + cert (self-signed CA when no CA given)
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $M/$1.key -subj "/CN=$2" -out $M/$1.csr 2>/dev/null
+    if [ -z "${3:-}" ]; then
+        openssl x509 -req -in $M/$1.csr -signkey $M/$1.key -days 2 -out $M/$1.pem \
+            -extfile <(printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,digitalSignature') 2>/dev/null
+    else
+        openssl x509 -req -in $M/$1.csr -CA $M/$3.pem -CAkey $M/$3.key -CAcreateserial -days 2 -out $M/$1.pem \
+            -extfile <(printf 'extendedKeyUsage=clientAuth') 2>/dev/null
+    fi
+}
+mkcert ca "dsinfer test CA"; mkcert client billing-svc ca; mkcert rogue_ca "rogue"; mkcert rogue billing-svc rogue_ca
+cp "$KEYS" $M/keys.json
+python3 - $M/keys.json <<'PY'
+import json, sys
+k = json.load(open(sys.argv[1])); k["clients"] = [{"cn": "billing-svc", "name": "billing", "role": "user"}]
+json.dump(k, open(sys.argv[1], "w"))
+PY
+start_daemon "$W/mtls.log" --model "$MODEL" --keys $M/keys.json --state-dir "$W/state" \
+    --tls-client-ca $M/ca.pem --tls-require-client-cert true || exit 1
+MURL=https://127.0.0.1:$PORT
+check "mTLS: a key without a client certificate is 401" test "$(status $W/b "${AUTH[@]}" "$MURL/v1/models")" = 401
+check "mTLS: a trusted client certificate maps to its principal" \
+    test "$(status $W/b --cert $M/client.pem --key $M/client.key "$MURL/v1/models")" = 200
+R=$(status $W/b --cert $M/rogue.pem --key $M/rogue.key "$MURL/v1/models" 2>/dev/null)
+check "mTLS: a certificate from another CA is refused" test "$R" != 200
+kill -TERM "$DPID"; wait "$DPID"
+
 # --- plain HTTP -------------------------------------------------------------------------------------------
 "$BIN" serve --model "$MODEL" --listen 0.0.0.0:18999 --plain-http true --keys "$KEYS" --state-dir "$W/state" >$W/plain.log 2>&1
 check "plain HTTP on a non-loopback address refused" test $? -ne 0
