@@ -200,6 +200,30 @@ TEST(config_model_type_fallback_and_defaults) {
     CHECK(err == NULL);
 }
 
+TEST(config_runnable_refuses_sliding_window_and_mlp_bias) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(parse("{\"architectures\":[\"Qwen2ForCausalLM\"],\"vocab_size\":100,"
+                       "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4,\"use_sliding_window\":true,"
+                       "\"sliding_window\":512}",
+                       &c, &err),
+                 0);
+    CHECK_EQ_INT(c.sliding_window, 512);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), DSI_EUNSUPPORTED);
+    CHECK(err && strstr(err, "use_sliding_window"));
+    free(err), err = NULL;
+    CHECK_EQ_INT(parse("{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":100,"
+                       "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,"
+                       "\"num_attention_heads\":4,\"mlp_bias\":true}",
+                       &c, &err),
+                 0);
+    CHECK(c.mlp_bias);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), DSI_EUNSUPPORTED);
+    CHECK(err && strstr(err, "mlp_bias"));
+    free(err);
+}
+
 #define BASE "\"architectures\":[\"Qwen2ForCausalLM\"],\"vocab_size\":100,\"intermediate_size\":128,\"num_hidden_layers\":2"
 
 TEST(config_rejects_bad_values) {
@@ -295,6 +319,7 @@ int main(void) {
     RUN(config_deepseek_v3_yarn_and_fp8);
     RUN(config_unknown_architecture_is_named);
     RUN(config_model_type_fallback_and_defaults);
+    RUN(config_runnable_refuses_sliding_window_and_mlp_bias);
     RUN(config_rejects_bad_values);
     RUN(config_rejects_bad_moe);
     RUN(config_load_names_the_folder);

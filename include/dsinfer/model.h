@@ -107,6 +107,9 @@ struct dsi_model_config {
      * (`*_scale_inv`) per weight block of quant_block[0] x quant_block[1]. */
     bool quant_fp8;
     int quant_block[2];
+    /* Dense-family switches the forward pass must honour (runnable refuses them). */
+    bool mlp_bias;           /* Llama mlp_bias: gate/up/down carry a bias */
+    int sliding_window;      /* Qwen2 use_sliding_window: window in tokens; 0 = off */
 };
 /* "Qwen2ForCausalLM", ... for an arch value. */
 const char *dsi_arch_name(enum dsi_arch a);

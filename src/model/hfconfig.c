@@ -320,6 +320,13 @@ int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config
         (rc = parse_rope(root, cfg, err)) || (rc = parse_dtype(root, cfg, err)) ||
         (rc = parse_tokens(root, cfg, err)))
         goto out;
+    bool sw = false;
+    if ((rc = get_bool(root, "mlp_bias", false, &cfg->mlp_bias, err)) ||
+        (rc = get_bool(root, "use_sliding_window", false, &sw, err)))
+        goto out;
+    if (sw && cfg->arch == DSI_ARCH_QWEN2 &&
+        (rc = get_int(root, "sliding_window", 4096, 1, CFG_MAX_CTX, &cfg->sliding_window, err)))
+        goto out;
     if (cfg->n_heads % cfg->n_kv_heads) {
         rc = dsi_seterr(err, DSI_EFORMAT,
                         "config.json: num_attention_heads %d is not a multiple of "
@@ -385,6 +392,9 @@ int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err) {
                           "%s parses but is not runnable yet (MLA attention and MoE are not "
                           "implemented); runnable: Qwen2ForCausalLM, LlamaForCausalLM",
                           cfg->architecture);
+    if (cfg->mlp_bias || cfg->sliding_window)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "%s with %s is not runnable yet",
+                          cfg->architecture, cfg->mlp_bias ? "mlp_bias" : "use_sliding_window");
     if (cfg->rope.type != DSI_ROPE_DEFAULT && cfg->rope.type != DSI_ROPE_LINEAR &&
         cfg->rope.type != DSI_ROPE_LLAMA3)
         return dsi_seterr(err, DSI_EUNSUPPORTED,
