@@ -3,7 +3,8 @@
 # (with ExecStart pointing at the built binary, since /usr/bin/dsinfer is not
 # installed here), keeps the settings the operator guide promises, has a stop
 # timeout above the drain deadline, and scores as well hardened in
-# `systemd-analyze security`; the sysusers and tmpfiles files apply to a temp root.
+# `systemd-analyze security`; the sysusers and tmpfiles files apply to a temp root;
+# and the built daemon sends READY/WATCHDOG/RELOADING/STOPPING to a test listener.
 # Exit 77 (skipped) without systemd-analyze.
 set -u
 command -v systemd-analyze >/dev/null 2>&1 || { echo "skip: systemd-analyze missing"; exit 77; }
@@ -15,6 +16,7 @@ fail=0
 bad() { echo "FAIL: $*"; fail=1; }
 
 bin=${DSI_BIN:-}
+case $bin in /*) ;; ?*) bin=$PWD/$bin ;; esac # the unit needs an absolute path
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     # the binary may not be built yet; the unit's syntax is what is tested here
     bin=$tmp/dsinfer
@@ -71,6 +73,64 @@ if command -v systemd-sysusers >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     [ "$(stat -c '%a %u' "$root/etc/dsinfer")" = "750 0" ] || bad "/etc/dsinfer is not 750 root"
 else
     echo "note: sysusers/tmpfiles check needs root and systemd-sysusers; not run"
+fi
+
+# The binary speaks the protocol the unit relies on (Type=notify, WatchdogSec,
+# ExecReload, drain on SIGTERM): a datagram socket stands in for systemd while the
+# daemon serves the bundled demo model on loopback. Order is checked, not timing.
+if [ -x "${DSI_BIN:-}" ] && [ "$bin" != "$tmp/dsinfer" ] && [ -f models/demo/config.json ] && command -v python3 >/dev/null 2>&1; then
+    if out=$(python3 - "$bin" "$tmp" <<'PY' 2>&1
+import os, signal, socket, subprocess, sys
+bin_, tmp = sys.argv[1], sys.argv[2]
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.bind(os.path.join(tmp, "notify"))
+sock.settimeout(1)
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()
+env = dict(os.environ, NOTIFY_SOCKET=os.path.join(tmp, "notify"), WATCHDOG_USEC="2000000",
+           WATCHDOG_PID="")
+env.pop("JOURNAL_STREAM", None)
+p = subprocess.Popen([bin_, "serve", "--model", "models/demo", "--plain-http", "true", "--listen",
+                      "127.0.0.1:%d" % port, "--state-dir", tmp], env=env,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+got = []
+def until(word):
+    for _ in range(120):  # a generous bound for a loaded CI machine, not a timing check
+        try:
+            m = sock.recv(4096).decode()
+        except socket.timeout:
+            if p.poll() is not None:
+                raise SystemExit("daemon exited with %d before %s; got %s" % (p.returncode, word, got))
+            continue
+        got.append(m)
+        if word in m.split(chr(10)):
+            return
+    raise SystemExit("no %s in 120 s; got %s" % (word, got))
+try:
+    until("READY=1")
+    until("WATCHDOG=1")
+    p.send_signal(signal.SIGHUP)
+    until("RELOADING=1")
+    until("READY=1")
+    p.send_signal(signal.SIGTERM)
+    until("STOPPING=1")
+    rc = p.wait(60)
+finally:
+    if p.poll() is None:
+        p.kill()
+print(" | ".join(x.replace(chr(10), " + ") for x in got))
+assert any(x.startswith("STATUS=") for x in got[: got.index(next(x for x in got if "READY=1" in x)) + 1]), "no STATUS= before READY=1"
+assert rc == 0, "exit status %d after SIGTERM" % rc
+PY
+    ); then
+        echo "ok   notify protocol: $(echo "$out" | tail -1 | cut -c1-150)"
+    else
+        bad "notify protocol: $out"
+    fi
+else
+    echo "note: notify protocol check needs the built dsinfer, models/demo and python3; not run"
 fi
 
 [ $fail -eq 0 ] && echo "ok   systemd unit"
