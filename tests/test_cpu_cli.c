@@ -21,9 +21,9 @@ static const char *bin;
 static char errpath[64];
 
 struct out {
-    char *text;     /* stdout */
-    char *err;      /* stderr */
-    int status;     /* exit status, or -signal */
+    char *text; /* stdout */
+    char *err;  /* stderr */
+    int status; /* exit status, or -signal */
 };
 
 static char *slurp(FILE *f) {
@@ -71,7 +71,8 @@ static char *ids_arg(const cJSON *arr) {
     size_t n = 0;
     buf[0] = 0;
     for (int i = 0; i < cJSON_GetArraySize(arr) && n < sizeof buf - 16; i++)
-        n += (size_t)snprintf(buf + n, sizeof buf - n, i ? ",%d" : "%d", cJSON_GetArrayItem(arr, i)->valueint);
+        n +=
+            (size_t)snprintf(buf + n, sizeof buf - n, i ? ",%d" : "%d", cJSON_GetArrayItem(arr, i)->valueint);
     return buf;
 }
 
@@ -104,15 +105,17 @@ static cJSON *load_ref(const char *name, float **rows, int *vocab, int which) {
                 break;
             }
             *vocab = (int)hdr[1];
-            if (i == which) *rows = buf;
-            else free(buf);
+            if (i == which)
+                *rows = buf;
+            else
+                free(buf);
         }
     }
     fclose(f);
     return root;
 }
 
-static const char *const MODELS[] = {"qwen2-gqa-tied", "qwen2-untied", "llama-mha", "llama-linear",
+static const char *const MODELS[] = {"qwen2-gqa-tied", "qwen2-untied",  "llama-mha", "llama-linear",
                                      "llama-llama3",   "llama-headdim", "tiny-chat"};
 
 /* max over rows of max|a-b| / max|b|, or 1e9 when the output does not parse */
@@ -185,16 +188,19 @@ TEST(cli_greedy_generate_matches_hf) {
         for (int p = 0; p < 3; p++) {
             char args[9000];
             snprintf(args, sizeof args,
-                     "generate --model " GOLD "%s --ids %s --max-tokens 16 --temperature 0 --ignore-eos --json "
+                     "generate --model " GOLD
+                     "%s --ids %s --max-tokens 16 --temperature 0 --ignore-eos --json "
                      "--dtype f32",
                      MODELS[i], ids_arg(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "prompts"), p)));
             struct out o = run(args);
             CHECK_EQ_INT(o.status, 0);
             cJSON *js = o.text ? cJSON_Parse(o.text) : NULL;
             char want[512];
-            snprintf(want, sizeof want, "%s", ids_arg(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "greedy"), p)));
+            snprintf(want, sizeof want, "%s",
+                     ids_arg(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "greedy"), p)));
             const char *got = ids_arg(cJSON_GetObjectItem(js, "ids"));
-            if (strcmp(got, want)) fprintf(stderr, "  %s prompt %d: got %s want %s\n", MODELS[i], p, got, want);
+            if (strcmp(got, want))
+                fprintf(stderr, "  %s prompt %d: got %s want %s\n", MODELS[i], p, got, want);
             CHECK_EQ_STR(got, want);
             cJSON_Delete(js);
             out_free(&o);
@@ -204,9 +210,11 @@ TEST(cli_greedy_generate_matches_hf) {
 }
 
 TEST(cli_seeded_sampling_reproducible) {
-    const char *a = "generate --model " GOLD "llama-mha --ids 5,6,7 --max-tokens 16 --temperature 5 --seed 7 --json";
+    const char *a =
+        "generate --model " GOLD "llama-mha --ids 5,6,7 --max-tokens 16 --temperature 5 --seed 7 --json";
     struct out o1 = run(a), o2 = run(a);
-    struct out o3 = run("generate --model " GOLD "llama-mha --ids 5,6,7 --max-tokens 16 --temperature 5 --seed 8 --json");
+    struct out o3 =
+        run("generate --model " GOLD "llama-mha --ids 5,6,7 --max-tokens 16 --temperature 5 --seed 8 --json");
     CHECK_EQ_INT(o1.status, 0);
     CHECK(o1.text && o2.text && !strcmp(o1.text, o2.text));
     CHECK(o1.text && o3.text && strcmp(o1.text, o3.text) != 0);
@@ -216,8 +224,9 @@ TEST(cli_seeded_sampling_reproducible) {
 }
 
 TEST(cli_prompt_text_uses_the_tokenizer) {
-    struct out o = run("generate --model " GOLD "tiny-chat --prompt 'Hello! What is the weather' --max-tokens 8 "
-                       "--temperature 0 --json");
+    struct out o =
+        run("generate --model " GOLD "tiny-chat --prompt 'Hello! What is the weather' --max-tokens 8 "
+            "--temperature 0 --json");
     CHECK_EQ_INT(o.status, 0);
     CHECK(o.text && strstr(o.text, "\"text\":\""));
     CHECK(o.text && strstr(o.text, "\"prompt_tokens\":"));
@@ -241,7 +250,8 @@ TEST(cli_bad_inputs_fail_cleanly) {
     /* 2049 ids: longer than max_position_embeddings 2048 */
     static char args[16000];
     size_t n = (size_t)snprintf(args, sizeof args, "logits --model " GOLD "llama-mha --ids 1");
-    for (int i = 0; i < 2048; i++) n += (size_t)snprintf(args + n, sizeof args - n, ",1");
+    for (int i = 0; i < 2048; i++)
+        n += (size_t)snprintf(args + n, sizeof args - n, ",1");
     expect_fail(args, 1, "context");
     expect_fail("logits --model " GOLD "llama-mha --ids 1,x", 2, "--ids");
     expect_fail("logits --model " GOLD "llama-mha --ids 1 --dtype f64", 2, "--dtype");

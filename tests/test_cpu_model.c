@@ -36,16 +36,16 @@
 #define TOL_INT8 0.2
 #define TOL_BF16_KV 2e-2
 
-static const char *const MODELS[] = {"qwen2-gqa-tied", "qwen2-untied", "llama-mha", "llama-linear",
+static const char *const MODELS[] = {"qwen2-gqa-tied", "qwen2-untied",  "llama-mha", "llama-linear",
                                      "llama-llama3",   "llama-headdim", "tiny-chat"};
 #define N_MODELS (int)(sizeof MODELS / sizeof MODELS[0])
 
 struct ref {
-    int n;                 /* prompts */
+    int n; /* prompts */
     int32_t *prompt[4];
     int plen[4];
     int32_t greedy[4][16];
-    float *logits[4];      /* (plen, vocab) */
+    float *logits[4]; /* (plen, vocab) */
     int vocab;
     float inv_freq[512];
     int n_inv;
@@ -85,13 +85,16 @@ static int ref_load(const char *name, struct ref *r) {
         cJSON *p = cJSON_GetArrayItem(pr, i), *g = cJSON_GetArrayItem(gr, i);
         r->plen[i] = cJSON_GetArraySize(p);
         r->prompt[i] = calloc((size_t)r->plen[i], sizeof(int32_t));
-        for (int j = 0; j < r->plen[i]; j++) r->prompt[i][j] = cJSON_GetArrayItem(p, j)->valueint;
-        for (int j = 0; j < 16 && j < cJSON_GetArraySize(g); j++) r->greedy[i][j] = cJSON_GetArrayItem(g, j)->valueint;
+        for (int j = 0; j < r->plen[i]; j++)
+            r->prompt[i][j] = cJSON_GetArrayItem(p, j)->valueint;
+        for (int j = 0; j < 16 && j < cJSON_GetArraySize(g); j++)
+            r->greedy[i][j] = cJSON_GetArrayItem(g, j)->valueint;
     }
     cJSON *rope = cJSON_GetObjectItem(root, "rope");
     cJSON *inv = cJSON_GetObjectItem(rope, "inv_freq");
     r->n_inv = cJSON_GetArraySize(inv);
-    for (int i = 0; i < r->n_inv && i < 512; i++) r->inv_freq[i] = (float)cJSON_GetArrayItem(inv, i)->valuedouble;
+    for (int i = 0; i < r->n_inv && i < 512; i++)
+        r->inv_freq[i] = (float)cJSON_GetArrayItem(inv, i)->valuedouble;
     r->attn_scaling = (float)cJSON_GetObjectItem(rope, "attention_scaling")->valuedouble;
     cJSON_Delete(root);
 
@@ -150,8 +153,13 @@ static int open_be(const char *name, enum dsi_weight_dtype wd, int gs, enum dsi_
         free(err);
         return rc;
     }
-    struct dsi_backend_opts o = {.weight_dtype = wd, .int8_group_size = gs, .kv_dtype = kd, .kv_block_size = 4,
-                                 .kv_bytes = 4 << 20, .max_batch_tokens = 128, .n_threads = threads};
+    struct dsi_backend_opts o = {.weight_dtype = wd,
+                                 .int8_group_size = gs,
+                                 .kv_dtype = kd,
+                                 .kv_block_size = 4,
+                                 .kv_bytes = 4 << 20,
+                                 .max_batch_tokens = 128,
+                                 .n_threads = threads};
     rc = dsi_backend_create("cpu", m, &o, be, &err);
     if (rc) {
         fprintf(stderr, "  backend %s: %s\n", name, err ? err : "?");
@@ -164,10 +172,16 @@ static int open_be(const char *name, enum dsi_weight_dtype wd, int gs, enum dsi_
 /* Logits of every position, one decode step per token, blocks base..; out (n, vocab). */
 static int run_positions(struct dsi_backend *be, const int32_t *ids, int n, int32_t base, float *out) {
     int32_t table[64];
-    for (int i = 0; i < 64; i++) table[i] = base + i;
+    for (int i = 0; i < 64; i++)
+        table[i] = base + i;
     for (int i = 0; i < n; i++) {
-        struct dsi_batch_seq s = {.seq_id = 1, .tokens = ids + i, .n_tokens = 1, .pos = i, .block_table = table,
-                                  .n_blocks = 64, .want_logits = true};
+        struct dsi_batch_seq s = {.seq_id = 1,
+                                  .tokens = ids + i,
+                                  .n_tokens = 1,
+                                  .pos = i,
+                                  .block_table = table,
+                                  .n_blocks = 64,
+                                  .want_logits = true};
         struct dsi_batch b = {&s, 1};
         char *err = NULL;
         int rc = be->ops->forward(be, &b, out + (size_t)i * be->vocab_size, &err);
@@ -248,11 +262,12 @@ TEST(rope_inv_freq_equals_hf_table) {
         CHECK_EQ_INT(dsi_model_config_load(dir, &cfg, &err), 0);
         free(err);
         float inv[512], af;
-        CHECK_EQ_INT(dsi_rope_inv_freq(&cfg.rope, cfg.rope_theta, cfg.head_dim, cfg.max_position_embeddings, 0, inv,
-                                       &af),
+        CHECK_EQ_INT(dsi_rope_inv_freq(&cfg.rope, cfg.rope_theta, cfg.head_dim, cfg.max_position_embeddings,
+                                       0, inv, &af),
                      0);
         CHECK_EQ_INT(r.n_inv, cfg.head_dim / 2);
-        for (int k = 0; k < r.n_inv; k++) CHECK_NEAR(inv[k], r.inv_freq[k], 2e-7 * fabs(r.inv_freq[k]) + 1e-12);
+        for (int k = 0; k < r.n_inv; k++)
+            CHECK_NEAR(inv[k], r.inv_freq[k], 2e-7 * fabs(r.inv_freq[k]) + 1e-12);
         CHECK_NEAR(af, r.attn_scaling, 1e-7);
         ref_free(&r);
     }
@@ -261,10 +276,16 @@ TEST(rope_inv_freq_equals_hf_table) {
 /* Greedy: prefill the prompt in one chunk, then one token per step. */
 static int greedy_run(struct dsi_backend *be, const int32_t *prompt, int n, int steps, int32_t *out) {
     int32_t table[64];
-    for (int i = 0; i < 64; i++) table[i] = i;
+    for (int i = 0; i < 64; i++)
+        table[i] = i;
     float *lg = malloc((size_t)be->vocab_size * sizeof(float));
-    struct dsi_batch_seq s = {.seq_id = 1, .tokens = prompt, .n_tokens = n, .pos = 0, .block_table = table,
-                              .n_blocks = 64, .want_logits = true};
+    struct dsi_batch_seq s = {.seq_id = 1,
+                              .tokens = prompt,
+                              .n_tokens = n,
+                              .pos = 0,
+                              .block_table = table,
+                              .n_blocks = 64,
+                              .want_logits = true};
     struct dsi_batch b = {&s, 1};
     int rc = 0;
     for (int k = 0; k < steps && !rc; k++) {
@@ -320,10 +341,16 @@ TEST(sequence_logits_bit_identical_across_batches_and_threads) {
     int32_t bt[9] = {7, 7, 7, 1, 2, 3, 4, 5, 6};
     float *alone = malloc(sizeof(float) * V * 4), *mixed = malloc(sizeof(float) * V * 4 * 3);
     float *single = malloc(sizeof(float) * V * 10);
-    int32_t ta[8] = {0, 1, 2, 3, 4, 5, 6, 7}, tb[8] = {10, 11, 12, 13, 14, 15, 16, 17}, tc[8] = {20, 21, 22, 23, 24, 25, 26, 27};
+    int32_t ta[8] = {0, 1, 2, 3, 4, 5, 6, 7}, tb[8] = {10, 11, 12, 13, 14, 15, 16, 17},
+            tc[8] = {20, 21, 22, 23, 24, 25, 26, 27};
     char *err = NULL;
     /* alone */
-    struct dsi_batch_seq s = {.seq_id = 1, .tokens = a, .n_tokens = 7, .pos = 0, .block_table = ta, .n_blocks = 8,
+    struct dsi_batch_seq s = {.seq_id = 1,
+                              .tokens = a,
+                              .n_tokens = 7,
+                              .pos = 0,
+                              .block_table = ta,
+                              .n_blocks = 8,
                               .want_logits = true};
     struct dsi_batch b = {&s, 1};
     CHECK_EQ_INT(be->ops->forward(be, &b, alone, &err), 0);
@@ -335,9 +362,27 @@ TEST(sequence_logits_bit_identical_across_batches_and_threads) {
     }
     /* mixed: B prefills before A in the batch, C decodes after, A's rows at index 1 */
     struct dsi_batch_seq ms[3] = {
-        {.seq_id = 2, .tokens = bt, .n_tokens = 9, .pos = 0, .block_table = tb, .n_blocks = 8, .want_logits = true},
-        {.seq_id = 1, .tokens = a, .n_tokens = 7, .pos = 0, .block_table = tc, .n_blocks = 8, .want_logits = true},
-        {.seq_id = 3, .tokens = bt, .n_tokens = 2, .pos = 0, .block_table = ta, .n_blocks = 8, .want_logits = false},
+        {.seq_id = 2,
+         .tokens = bt,
+         .n_tokens = 9,
+         .pos = 0,
+         .block_table = tb,
+         .n_blocks = 8,
+         .want_logits = true},
+        {.seq_id = 1,
+         .tokens = a,
+         .n_tokens = 7,
+         .pos = 0,
+         .block_table = tc,
+         .n_blocks = 8,
+         .want_logits = true},
+        {.seq_id = 3,
+         .tokens = bt,
+         .n_tokens = 2,
+         .pos = 0,
+         .block_table = ta,
+         .n_blocks = 8,
+         .want_logits = false},
     };
     struct dsi_batch mb = {ms, 3};
     CHECK_EQ_INT(be->ops->forward(be, &mb, mixed, &err), 0);
@@ -379,8 +424,13 @@ TEST(bad_batches_are_rejected_with_messages) {
     }
     float *lg = malloc(sizeof(float) * be->vocab_size);
     int32_t table[4] = {0, 1, 2, 3}, ids[3] = {1, 256, 2};
-    struct dsi_batch_seq s = {.seq_id = 1, .tokens = ids, .n_tokens = 3, .pos = 0, .block_table = table,
-                              .n_blocks = 4, .want_logits = true};
+    struct dsi_batch_seq s = {.seq_id = 1,
+                              .tokens = ids,
+                              .n_tokens = 3,
+                              .pos = 0,
+                              .block_table = table,
+                              .n_blocks = 4,
+                              .want_logits = true};
     struct dsi_batch b = {&s, 1};
     char *err = NULL;
     CHECK_EQ_INT(be->ops->forward(be, &b, lg, &err), DSI_ERANGE); /* id 256 == vocab */
@@ -415,7 +465,8 @@ TEST(bad_batches_are_rejected_with_messages) {
     s.n_tokens = 200; /* more than max_batch_tokens (128) */
     int32_t many[200] = {0};
     int32_t big[64];
-    for (int i = 0; i < 64; i++) big[i] = i;
+    for (int i = 0; i < 64; i++)
+        big[i] = i;
     s.tokens = many;
     s.block_table = big;
     s.n_blocks = 64;
@@ -521,7 +572,8 @@ TEST(quant_report_lists_every_linear) {
     CHECK_EQ_INT(be->ops->quant_report(be, &rep, &err), 0);
     CHECK(rep && strstr(rep, "model.layers.1.mlp.down_proj.weight") && strstr(rep, "lm_head.weight"));
     int lines = 0;
-    for (const char *q = rep; q && *q; q++) lines += *q == '\n';
+    for (const char *q = rep; q && *q; q++)
+        lines += *q == '\n';
     CHECK_EQ_INT(lines, 2 + 2 + 2 * 7 + 1); /* header 2, embed + lm_head, 7 per layer, summary */
     free(rep);
     dsi_backend_destroy(be);

@@ -100,7 +100,8 @@ static void fill_weights(int dtype, int rows, int cols, int gs, float *f, uint16
     w->scales = NULL;
     if (dtype == DSI_W_F32) w->data = f;
     if (dtype == DSI_W_BF16) {
-        for (int i = 0; i < rows * cols; i++) b[i] = dsi_f32_to_bf16(f[i]);
+        for (int i = 0; i < rows * cols; i++)
+            b[i] = dsi_f32_to_bf16(f[i]);
         w->data = b;
     }
     if (dtype == DSI_W_INT8) {
@@ -117,9 +118,12 @@ TEST(matvec_equals_matmul_bitwise_and_dequant_reference) {
     static int8_t q[R * C];
     static float sc[R * 3];
     uint32_t s = 7;
-    for (int i = 0; i < R * C; i++) f[i] = frand(&s);
-    for (int i = 0; i < N * C; i++) x[i] = frand(&s);
-    for (int i = 0; i < R; i++) bias[i] = frand(&s);
+    for (int i = 0; i < R * C; i++)
+        f[i] = frand(&s);
+    for (int i = 0; i < N * C; i++)
+        x[i] = frand(&s);
+    for (int i = 0; i < R; i++)
+        bias[i] = frand(&s);
     int cases[4][2] = {{DSI_W_F32, 0}, {DSI_W_BF16, 0}, {DSI_W_INT8, 0}, {DSI_W_INT8, 32}};
     for (int k = 0; k < 4; k++) {
         struct dsi_qweight w;
@@ -136,7 +140,8 @@ TEST(matvec_equals_matmul_bitwise_and_dequant_reference) {
         for (int r = 0; r < R; r++) {
             dsi_qweight_row_f32(&w, r, row);
             double ref = bias[r];
-            for (int c = 0; c < C; c++) ref += (double)row[c] * x[c];
+            for (int c = 0; c < C; c++)
+                ref += (double)row[c] * x[c];
             double d = fabs(ref - y1[r]);
             if (d > maxd) maxd = d;
         }
@@ -146,7 +151,8 @@ TEST(matvec_equals_matmul_bitwise_and_dequant_reference) {
             double e = 0, n = 0;
             for (int r = 0; r < R; r++) {
                 double ref = bias[r];
-                for (int c = 0; c < C; c++) ref += (double)f[r * C + c] * x[c];
+                for (int c = 0; c < C; c++)
+                    ref += (double)f[r * C + c] * x[c];
                 e += (ref - y1[r]) * (ref - y1[r]);
                 n += ref * ref;
             }
@@ -205,19 +211,28 @@ TEST(rope_llama3_bands) {
     /* dim 64, theta 500000, factor 8, orig 8192 (Llama 3.1): highest frequency unscaled,
      * lowest divided by factor */
     float inv[32], def[32], af;
-    struct dsi_rope_scaling sc = {.type = DSI_ROPE_LLAMA3, .factor = 8, .low_freq_factor = 1,
-                                  .high_freq_factor = 4, .original_max_position_embeddings = 8192};
+    struct dsi_rope_scaling sc = {.type = DSI_ROPE_LLAMA3,
+                                  .factor = 8,
+                                  .low_freq_factor = 1,
+                                  .high_freq_factor = 4,
+                                  .original_max_position_embeddings = 8192};
     CHECK_EQ_INT(dsi_rope_inv_freq(&sc, 500000.0f, 64, 131072, 0, inv, &af), 0);
     dsi_rope_inv_freq_default(500000.0f, 64, def);
     CHECK(inv[0] == def[0]);
     CHECK_NEAR(inv[31], def[31] / 8, 1e-12);
-    for (int i = 1; i < 32; i++) CHECK(inv[i] <= def[i] && inv[i] >= def[i] / 8 * 0.999f);
+    for (int i = 1; i < 32; i++)
+        CHECK(inv[i] <= def[i] && inv[i] >= def[i] / 8 * 0.999f);
 }
 
 TEST(rope_yarn_deepseek_v2_shape) {
     float inv[32], def[32], af;
-    struct dsi_rope_scaling sc = {.type = DSI_ROPE_YARN, .factor = 40, .original_max_position_embeddings = 4096,
-                                  .beta_fast = 32, .beta_slow = 1, .mscale = 0.707f, .mscale_all_dim = 0.707f};
+    struct dsi_rope_scaling sc = {.type = DSI_ROPE_YARN,
+                                  .factor = 40,
+                                  .original_max_position_embeddings = 4096,
+                                  .beta_fast = 32,
+                                  .beta_slow = 1,
+                                  .mscale = 0.707f,
+                                  .mscale_all_dim = 0.707f};
     CHECK_EQ_INT(dsi_rope_inv_freq(&sc, 10000.0f, 64, 163840, 0, inv, &af), 0);
     dsi_rope_inv_freq_default(10000.0f, 64, def);
     CHECK_NEAR(af, 1.0, 1e-6); /* mscale == mscale_all_dim */
@@ -263,35 +278,48 @@ static void attn_reference(int dtype_kv) {
         else
             dsi_kv_store(kb, vb, DSI_KV_BF16, BS, NKV, HD, table, p, K[p], Vv[p]);
     }
-    for (int i = 0; i < NH * HD; i++) q[i] = frand(&s);
+    for (int i = 0; i < NH * HD; i++)
+        q[i] = frand(&s);
     /* position 2 lives in block 2 slot 0 */
     if (dtype_kv == DSI_KV_F32) CHECK(kf[(2 * BS + 0) * NKV * HD] == K[2][0]);
-    struct dsi_attn_args a = {.n_heads = NH, .n_kv_heads = NKV, .head_dim = HD, .scale = 0.35f, .block_size = BS,
+    struct dsi_attn_args a = {.n_heads = NH,
+                              .n_kv_heads = NKV,
+                              .head_dim = HD,
+                              .scale = 0.35f,
+                              .block_size = BS,
                               .kv_dtype = (enum dsi_kv_dtype)dtype_kv,
                               .k = dtype_kv == DSI_KV_F32 ? (void *)kf : (void *)kb,
                               .v = dtype_kv == DSI_KV_F32 ? (void *)vf : (void *)vb,
-                              .block_table = table, .n_ctx = 3};
+                              .block_table = table,
+                              .n_ctx = 3};
     for (int h = 0; h < NH; h++) {
         int kvh = h / 2;
         double w[3], m = -1e30, z = 0;
         for (int p = 0; p < 3; p++) {
             double d = 0;
-            for (int i = 0; i < HD; i++) d += (double)q[h * HD + i] * K[p][kvh * HD + i];
+            for (int i = 0; i < HD; i++)
+                d += (double)q[h * HD + i] * K[p][kvh * HD + i];
             w[p] = d * 0.35;
             if (w[p] > m) m = w[p];
         }
-        for (int p = 0; p < 3; p++) z += (w[p] = exp(w[p] - m));
+        for (int p = 0; p < 3; p++)
+            z += (w[p] = exp(w[p] - m));
         dsi_attn_head(&a, h, q + h * HD, out, sc);
         for (int i = 0; i < HD; i++) {
             double r = 0;
-            for (int p = 0; p < 3; p++) r += w[p] / z * Vv[p][kvh * HD + i];
+            for (int p = 0; p < 3; p++)
+                r += w[p] / z * Vv[p][kvh * HD + i];
             CHECK_NEAR(out[i], r, 1e-5);
         }
     }
 }
 
-TEST(attention_paged_f32_matches_direct) { attn_reference(DSI_KV_F32); }
-TEST(attention_paged_bf16_matches_direct) { attn_reference(DSI_KV_BF16); }
+TEST(attention_paged_f32_matches_direct) {
+    attn_reference(DSI_KV_F32);
+}
+TEST(attention_paged_bf16_matches_direct) {
+    attn_reference(DSI_KV_BF16);
+}
 
 int main(void) {
     RUN(bf16_round_to_nearest_even);

@@ -75,7 +75,8 @@ TEST(presence_frequency_penalties_openai_semantics_output_only) {
     CHECK(l[2] == 1.0f && l[3] == 1.0f);
 }
 
-static void freq(const float *logits, int vocab, const struct dsi_sampling *s, uint64_t seed, int n, int *counts) {
+static void freq(const float *logits, int vocab, const struct dsi_sampling *s, uint64_t seed, int n,
+                 int *counts) {
     struct dsi_sampler_state st;
     dsi_sampler_seed(&st, seed);
     float l[8];
@@ -138,7 +139,7 @@ TEST(logprobs_and_top_logprobs_are_raw_log_softmax) {
     struct dsi_sampler_state st;
     dsi_sampler_seed(&st, 9);
     float l[2] = {1.0f, 1.0f + logf(3.0f)}; /* p = 0.25, 0.75 */
-    int32_t hist[1] = {1};                 /* penalised: (1 + ln3) / 4 < 1 */
+    int32_t hist[1] = {1};                  /* penalised: (1 + ln3) / 4 < 1 */
     struct dsi_token_event ev;
     memset(&ev, 0, sizeof ev);
     int32_t t = dsi_sample(l, 2, &s, &st, hist, 1, 1, &ev);

@@ -57,11 +57,11 @@ float dsi_f16_to_f32(uint16_t h);
 /* One linear layer's weight in the backend's format. */
 struct dsi_qweight {
     enum dsi_weight_dtype dtype;
-    int rows;              /* out_features */
-    int cols;              /* in_features */
-    int group_size;        /* int8 only: 0 = per output channel, else divides cols */
-    const void *data;      /* f32: float, bf16: uint16_t, int8: int8_t; (rows, cols) */
-    const float *scales;   /* int8 only: (rows, n_groups) */
+    int rows;            /* out_features */
+    int cols;            /* in_features */
+    int group_size;      /* int8 only: 0 = per output channel, else divides cols */
+    const void *data;    /* f32: float, bf16: uint16_t, int8: int8_t; (rows, cols) */
+    const float *scales; /* int8 only: (rows, n_groups) */
 };
 
 /* Number of int8 scale groups per row (1 when per-channel). */
@@ -110,8 +110,8 @@ void dsi_softmax(float *x, int n);
  * original_max_position_embeddings); other types ignore it. max_pos: the config's
  * max_position_embeddings (fallback for original_max_position_embeddings).
  * Returns 0 or DSI_EINVAL for impossible parameters. */
-int dsi_rope_inv_freq(const struct dsi_rope_scaling *sc, float theta, int rot_dim, int max_pos,
-                      int seq_len, float *inv_freq, float *attn_factor);
+int dsi_rope_inv_freq(const struct dsi_rope_scaling *sc, float theta, int rot_dim, int max_pos, int seq_len,
+                      float *inv_freq, float *attn_factor);
 
 /* The pieces of the above, exposed for DeepSeek-V2/V3 (YaRN) reuse and CUDA tests. */
 void dsi_rope_inv_freq_default(float theta, int rot_dim, float *inv_freq);
@@ -139,13 +139,13 @@ void dsi_rope_interleaved(float *x, int n_heads, int head_dim, int rot_dim, int 
 /* ---- attention over the paged KV cache ----------------------------------------- */
 
 struct dsi_attn_args {
-    int n_heads, n_kv_heads, head_dim;  /* GQA: head h reads kv head h / (n_heads/n_kv_heads) */
-    float scale;                        /* softmax scale, 1/sqrt(head_dim) for Llama/Qwen2 */
-    int block_size;                     /* tokens per KV block */
+    int n_heads, n_kv_heads, head_dim; /* GQA: head h reads kv head h / (n_heads/n_kv_heads) */
+    float scale;                       /* softmax scale, 1/sqrt(head_dim) for Llama/Qwen2 */
+    int block_size;                    /* tokens per KV block */
     enum dsi_kv_dtype kv_dtype;
-    const void *k, *v;                  /* this layer's K and V block pools (layout above) */
-    const int32_t *block_table;         /* blocks of this sequence */
-    int n_ctx;                          /* attend to positions 0..n_ctx-1 (causal: pos+1) */
+    const void *k, *v;          /* this layer's K and V block pools (layout above) */
+    const int32_t *block_table; /* blocks of this sequence */
+    int n_ctx;                  /* attend to positions 0..n_ctx-1 (causal: pos+1) */
 };
 
 /* out_head (head_dim) = softmax(scale * q.K^T) V for query head h.
@@ -154,7 +154,7 @@ void dsi_attn_head(const struct dsi_attn_args *a, int h, const float *q_head, fl
 
 /* Writes one token's K and V (n_kv_heads*head_dim floats each) into slot pos of the
  * sequence's blocks, converting to the cache dtype. */
-void dsi_kv_store(void *k_pool, void *v_pool, enum dsi_kv_dtype dt, int block_size, int n_kv_heads, int head_dim,
-                  const int32_t *block_table, int pos, const float *k, const float *v);
+void dsi_kv_store(void *k_pool, void *v_pool, enum dsi_kv_dtype dt, int block_size, int n_kv_heads,
+                  int head_dim, const int32_t *block_table, int pos, const float *k, const float *v);
 
 #endif

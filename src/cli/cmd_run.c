@@ -80,7 +80,8 @@ static int parse_float(const char *cmd, const char *opt, const char *v, float lo
     errno = 0;
     float x = strtof(v, &end);
     if (errno || end == v || *end || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "dsinfer %s: %s wants a number in %g..%g, got '%s'\n", cmd, opt, (double)lo, (double)hi, v);
+        fprintf(stderr, "dsinfer %s: %s wants a number in %g..%g, got '%s'\n", cmd, opt, (double)lo,
+                (double)hi, v);
         return -1;
     }
     *out = x;
@@ -94,7 +95,8 @@ static int parse_ids(const char *cmd, const char *v, struct run_args *a) {
     if (!ids) return -1;
     const char *p = v;
     for (;;) {
-        while (*p == ' ' || *p == ',' || *p == '[' || *p == ']' || *p == '\n' || *p == '\t') p++;
+        while (*p == ' ' || *p == ',' || *p == '[' || *p == ']' || *p == '\n' || *p == '\t')
+            p++;
         if (!*p) break;
         char *end;
         errno = 0;
@@ -133,25 +135,33 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool has = v != NULL;
 #define NEXT() (i++, v)
-        if (!strcmp(o, "--model") && has) a->dir = NEXT();
+        if (!strcmp(o, "--model") && has)
+            a->dir = NEXT();
         else if (!strcmp(o, "--ids") && has) {
             if (parse_ids(cmd, NEXT(), a)) return -1;
-        } else if (!strcmp(o, "--prompt") && has) a->prompt = NEXT();
-        else if (!strcmp(o, "--backend") && has) a->backend = NEXT();
+        } else if (!strcmp(o, "--prompt") && has)
+            a->prompt = NEXT();
+        else if (!strcmp(o, "--backend") && has)
+            a->backend = NEXT();
         else if (!strcmp(o, "--dtype") && has) {
             i++;
             a->dtype_set = true;
-            if (!strcmp(v, "f32")) a->dtype = DSI_W_F32;
-            else if (!strcmp(v, "bf16")) a->dtype = DSI_W_BF16;
-            else if (!strcmp(v, "int8")) a->dtype = DSI_W_INT8;
+            if (!strcmp(v, "f32"))
+                a->dtype = DSI_W_F32;
+            else if (!strcmp(v, "bf16"))
+                a->dtype = DSI_W_BF16;
+            else if (!strcmp(v, "int8"))
+                a->dtype = DSI_W_INT8;
             else {
                 fprintf(stderr, "dsinfer %s: --dtype wants f32, bf16 or int8, got '%s'\n", cmd, v);
                 return -1;
             }
         } else if (!strcmp(o, "--kv-dtype") && has) {
             i++;
-            if (!strcmp(v, "f32")) a->kv_dtype = DSI_KV_F32;
-            else if (!strcmp(v, "bf16")) a->kv_dtype = DSI_KV_BF16;
+            if (!strcmp(v, "f32"))
+                a->kv_dtype = DSI_KV_F32;
+            else if (!strcmp(v, "bf16"))
+                a->kv_dtype = DSI_KV_BF16;
             else {
                 fprintf(stderr, "dsinfer %s: --kv-dtype wants f32 or bf16, got '%s'\n", cmd, v);
                 return -1;
@@ -190,12 +200,17 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
                 return -1;
             }
             a->s.seed = (uint64_t)s;
-        } else if (!strcmp(o, "--no-verify")) a->no_verify = true;
-        else if (!strcmp(o, "--json")) a->json = true;
-        else if (!strcmp(o, "--ignore-eos")) a->ignore_eos = true;
-        else if (!strcmp(o, "--bos")) a->bos = true;
+        } else if (!strcmp(o, "--no-verify"))
+            a->no_verify = true;
+        else if (!strcmp(o, "--json"))
+            a->json = true;
+        else if (!strcmp(o, "--ignore-eos"))
+            a->ignore_eos = true;
+        else if (!strcmp(o, "--bos"))
+            a->bos = true;
         else {
-            fprintf(stderr, "dsinfer %s: unexpected argument '%s'%s\n", cmd, o, has ? "" : " (or missing value)");
+            fprintf(stderr, "dsinfer %s: unexpected argument '%s'%s\n", cmd, o,
+                    has ? "" : " (or missing value)");
             return -1;
         }
 #undef NEXT
@@ -219,17 +234,24 @@ static int open_backend(const char *cmd, const struct run_args *a, int n_ctx, st
     }
     const struct dsi_model_config *c = &m->cfg;
     if (n_ctx > c->max_position_embeddings) {
-        fprintf(stderr, "dsinfer %s: %d tokens do not fit the model's context of %d (max_position_embeddings)\n", cmd,
+        fprintf(stderr,
+                "dsinfer %s: %d tokens do not fit the model's context of %d (max_position_embeddings)\n", cmd,
                 n_ctx, c->max_position_embeddings);
         dsi_model_close(m);
         return DSI_EXIT_FAIL;
     }
-    size_t per_tok = (size_t)(c->n_layers > 0 ? c->n_layers : 1) * 2 * (size_t)(c->n_kv_heads > 0 ? c->n_kv_heads : 1) *
+    size_t per_tok = (size_t)(c->n_layers > 0 ? c->n_layers : 1) * 2 *
+                     (size_t)(c->n_kv_heads > 0 ? c->n_kv_heads : 1) *
                      (size_t)(c->head_dim > 0 ? c->head_dim : 1) * (a->kv_dtype == DSI_KV_F32 ? 4 : 2);
     size_t blocks = (size_t)n_ctx / 16 + 2;
-    struct dsi_backend_opts o = {.weight_dtype = a->dtype, .int8_group_size = a->group_size,
-                                 .kv_dtype = a->kv_dtype, .kv_block_size = 16, .kv_bytes = blocks * 16 * per_tok,
-                                 .kv_gpu_fraction = 0.5f, .max_batch_tokens = PREFILL_CHUNK, .max_seqs = 1,
+    struct dsi_backend_opts o = {.weight_dtype = a->dtype,
+                                 .int8_group_size = a->group_size,
+                                 .kv_dtype = a->kv_dtype,
+                                 .kv_block_size = 16,
+                                 .kv_bytes = blocks * 16 * per_tok,
+                                 .kv_gpu_fraction = 0.5f,
+                                 .max_batch_tokens = PREFILL_CHUNK,
+                                 .max_seqs = 1,
                                  .n_threads = a->n_threads};
     rc = dsi_backend_create(a->backend ? a->backend : "cpu", m, &o, be, &err);
     if (rc) {
@@ -244,8 +266,9 @@ int dsi_cmd_logits(int argc, char **argv) {
     dsi_sampling_defaults(&a.s);
     if (parse_args("logits", argc, argv, &a) || !a.ids) {
         if (!a.ids && a.dir)
-            fprintf(stderr, "usage: dsinfer logits --model DIR --ids 1,2,3 [--dtype f32|bf16|int8] [--group-size N] "
-                            "[--kv-dtype f32|bf16] [--backend cpu|cuda] [--threads N] [--no-verify]\n");
+            fprintf(stderr,
+                    "usage: dsinfer logits --model DIR --ids 1,2,3 [--dtype f32|bf16|int8] [--group-size N] "
+                    "[--kv-dtype f32|bf16] [--backend cpu|cuda] [--threads N] [--no-verify]\n");
         free(a.ids);
         return DSI_EXIT_USAGE;
     }
@@ -265,11 +288,17 @@ int dsi_cmd_logits(int argc, char **argv) {
         status = fail("logits", DSI_ENOMEM, NULL);
         goto out;
     }
-    for (int i = 0; i < nb; i++) table[i] = i;
+    for (int i = 0; i < nb; i++)
+        table[i] = i;
     fputs("{\"logits\": [", stdout);
     for (int i = 0; i < a.n_ids; i++) {
-        struct dsi_batch_seq s = {.seq_id = 1, .tokens = a.ids + i, .n_tokens = 1, .pos = i, .block_table = table,
-                                  .n_blocks = nb, .want_logits = true};
+        struct dsi_batch_seq s = {.seq_id = 1,
+                                  .tokens = a.ids + i,
+                                  .n_tokens = 1,
+                                  .pos = i,
+                                  .block_table = table,
+                                  .n_blocks = nb,
+                                  .want_logits = true};
         struct dsi_batch b = {&s, 1};
         if ((rc = be->ops->forward(be, &b, lg, &err))) {
             fputs("]}\n", stdout);
@@ -277,7 +306,8 @@ int dsi_cmd_logits(int argc, char **argv) {
             goto out;
         }
         fputs(i ? ",\n[" : "\n[", stdout);
-        for (int v = 0; v < V; v++) printf(v ? ", %.9g" : "%.9g", (double)lg[v]);
+        for (int v = 0; v < V; v++)
+            printf(v ? ", %.9g" : "%.9g", (double)lg[v]);
         fputs("]", stdout);
     }
     fputs("\n]}\n", stdout);
@@ -301,11 +331,12 @@ int dsi_cmd_generate(int argc, char **argv) {
     dsi_sampling_defaults(&a.s);
     if (parse_args("generate", argc, argv, &a) || (!a.ids == !a.prompt)) {
         if (a.dir && !a.ids == !a.prompt)
-            fprintf(stderr, "usage: dsinfer generate --model DIR (--prompt TEXT | --ids 1,2,3) [--max-tokens N] "
-                            "[--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S] "
-                            "[--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] "
-                            "[--dtype f32|bf16|int8] [--group-size N] [--backend cpu|cuda] [--bos] [--ignore-eos] "
-                            "[--json] [--no-verify]\n");
+            fprintf(stderr,
+                    "usage: dsinfer generate --model DIR (--prompt TEXT | --ids 1,2,3) [--max-tokens N] "
+                    "[--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S] "
+                    "[--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] "
+                    "[--dtype f32|bf16|int8] [--group-size N] [--backend cpu|cuda] [--bos] [--ignore-eos] "
+                    "[--json] [--no-verify]\n");
         free(a.ids);
         return DSI_EXIT_USAGE;
     }
@@ -377,7 +408,8 @@ int dsi_cmd_generate(int argc, char **argv) {
         status = fail("generate", DSI_ENOMEM, NULL);
         goto out;
     }
-    for (int i = 0; i < nb; i++) table[i] = i;
+    for (int i = 0; i < nb; i++)
+        table[i] = i;
     memcpy(hist, a.ids, n_prompt * sizeof *hist);
     struct dsi_sampler_state st;
     dsi_sampler_seed(&st, a.s.seed);
@@ -385,8 +417,13 @@ int dsi_cmd_generate(int argc, char **argv) {
     int pos = 0;
     while (pos < a.n_ids) { /* prefill in chunks; logits of the last chunk only */
         int n = a.n_ids - pos < PREFILL_CHUNK ? a.n_ids - pos : PREFILL_CHUNK;
-        struct dsi_batch_seq s = {.seq_id = 1, .tokens = a.ids + pos, .n_tokens = n, .pos = pos,
-                                  .block_table = table, .n_blocks = nb, .want_logits = pos + n == a.n_ids};
+        struct dsi_batch_seq s = {.seq_id = 1,
+                                  .tokens = a.ids + pos,
+                                  .n_tokens = n,
+                                  .pos = pos,
+                                  .block_table = table,
+                                  .n_blocks = nb,
+                                  .want_logits = pos + n == a.n_ids};
         struct dsi_batch b = {&s, 1};
         if ((rc = be->ops->forward(be, &b, lg, &err))) {
             status = fail("generate", rc, err);
@@ -416,8 +453,13 @@ int dsi_cmd_generate(int argc, char **argv) {
             free(piece);
         }
         if (k + 1 == max_new) break;
-        struct dsi_batch_seq s = {.seq_id = 1, .tokens = &hist[n_prompt + (size_t)n_out - 1], .n_tokens = 1,
-                                  .pos = pos, .block_table = table, .n_blocks = nb, .want_logits = true};
+        struct dsi_batch_seq s = {.seq_id = 1,
+                                  .tokens = &hist[n_prompt + (size_t)n_out - 1],
+                                  .n_tokens = 1,
+                                  .pos = pos,
+                                  .block_table = table,
+                                  .n_blocks = nb,
+                                  .want_logits = true};
         struct dsi_batch b = {&s, 1};
         if ((rc = be->ops->forward(be, &b, lg, &err))) {
             status = fail("generate", rc, err);
@@ -434,7 +476,8 @@ int dsi_cmd_generate(int argc, char **argv) {
         fputc('\n', stdout);
     } else if (a.json) {
         cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "ids");
-        for (int i = 0; i < n_out; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + (size_t)i]));
+        for (int i = 0; i < n_out; i++)
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + (size_t)i]));
         char *text = NULL;
         size_t tlen = 0;
         if (tok && dsi_tok_decode(tok, hist + n_prompt, (size_t)n_out, true, &text, &tlen, NULL) == 0 && text)
@@ -450,13 +493,16 @@ int dsi_cmd_generate(int argc, char **argv) {
         free(js);
         cJSON_Delete(o);
     } else {
-        for (int i = 0; i < n_out; i++) printf(i ? ",%d" : "%d", hist[n_prompt + (size_t)i]);
+        for (int i = 0; i < n_out; i++)
+            printf(i ? ",%d" : "%d", hist[n_prompt + (size_t)i]);
         putchar('\n');
     }
     double pre = t_first - t0, dec = t_end - t_first;
-    fprintf(stderr, "generate: prefill %zu tokens in %.1f ms (%.0f tok/s), %d tokens in %.1f ms (%.1f tok/s decode)\n",
-            n_prompt, pre * 1e3, pre > 0 ? (double)n_prompt / pre : 0.0, n_out, dec * 1e3,
-            dec > 0 ? (double)n_out / dec : 0.0);
+    fprintf(
+        stderr,
+        "generate: prefill %zu tokens in %.1f ms (%.0f tok/s), %d tokens in %.1f ms (%.1f tok/s decode)\n",
+        n_prompt, pre * 1e3, pre > 0 ? (double)n_prompt / pre : 0.0, n_out, dec * 1e3,
+        dec > 0 ? (double)n_out / dec : 0.0);
 out:
     if (ts) dsi_tok_stream_destroy(ts);
     free(table);
@@ -485,7 +531,8 @@ int dsi_cmd_quant_report(int argc, char **argv) {
     char *rep = NULL, *err = NULL;
     int status = DSI_EXIT_OK;
     if (!be->ops->quant_report) {
-        status = fail("quant-report", DSI_EUNSUPPORTED, dsi_errf("backend %s has no quant report", be->ops->name));
+        status =
+            fail("quant-report", DSI_EUNSUPPORTED, dsi_errf("backend %s has no quant report", be->ops->name));
     } else if ((rc = be->ops->quant_report(be, &rep, &err))) {
         status = fail("quant-report", rc, err);
     } else {

@@ -57,7 +57,9 @@ void dsi_sampler_seed(struct dsi_sampler_state *st, uint64_t seed) {
     if (!st->rng[0] && !st->rng[1]) st->rng[1] = 1; /* xoroshiro's one forbidden state */
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t xoro_next(struct dsi_sampler_state *st) {
     uint64_t s0 = st->rng[0], s1 = st->rng[1];
@@ -104,10 +106,10 @@ static void apply_penalties(float *logits, int vocab, const struct dsi_sampling 
         qsort(scratch, (size_t)n_out, sizeof *scratch, cmp_i32);
         for (int i = 0; i < n_out;) {
             int j = i;
-            while (j < n_out && scratch[j] == scratch[i]) j++;
+            while (j < n_out && scratch[j] == scratch[i])
+                j++;
             int32_t t = scratch[i];
-            if (t >= 0 && t < vocab)
-                logits[t] -= (float)(j - i) * s->frequency_penalty + s->presence_penalty;
+            if (t >= 0 && t < vocab) logits[t] -= (float)(j - i) * s->frequency_penalty + s->presence_penalty;
             i = j;
         }
     }
@@ -135,7 +137,8 @@ static void fill_logprobs(const float *l, int vocab, int n_top, struct dsi_token
         ev->top_logprobs[j] = v;
         ev->top_ids[j] = i;
     }
-    for (int k = 0; k < n; k++) ev->top_logprobs[k] -= lse;
+    for (int k = 0; k < n; k++)
+        ev->top_logprobs[k] -= lse;
     ev->n_top = n;
     ev->logprob = lse; /* temporarily: the caller turns it into l[token] - lse */
 }
@@ -148,7 +151,7 @@ struct cand {
 static int cmp_cand(const void *a, const void *b) {
     const struct cand *x = a, *y = b;
     if (x->l != y->l) return x->l < y->l ? 1 : -1; /* descending logit */
-    return (x->id > y->id) - (x->id < y->id);     /* then ascending id: deterministic */
+    return (x->id > y->id) - (x->id < y->id);      /* then ascending id: deterministic */
 }
 
 int32_t dsi_sample(float *logits, int vocab, const struct dsi_sampling *s, struct dsi_sampler_state *st,
@@ -161,8 +164,9 @@ int32_t dsi_sample(float *logits, int vocab, const struct dsi_sampling *s, struc
         if (isnan(logits[i])) logits[i] = -INFINITY;
 
     bool want_lp = ev && (s->logprobs || s->top_logprobs > 0);
-    int n_top = s->top_logprobs < 0 ? 0 : s->top_logprobs > DSI_MAX_TOP_LOGPROBS ? DSI_MAX_TOP_LOGPROBS
-                                                                                 : s->top_logprobs;
+    int n_top = s->top_logprobs < 0                      ? 0
+                : s->top_logprobs > DSI_MAX_TOP_LOGPROBS ? DSI_MAX_TOP_LOGPROBS
+                                                         : s->top_logprobs;
     bool penal = n_history > 0 && ((s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f) ||
                                    s->presence_penalty != 0.0f || s->frequency_penalty != 0.0f);
     bool greedy = !(s->temperature > 0.0f);
@@ -219,11 +223,13 @@ int32_t dsi_sample(float *logits, int vocab, const struct dsi_sampling *s, struc
             if (s->top_k > 0 && s->top_k < n) n = s->top_k;
             /* probabilities of the remaining candidates, sorted (when filtering) */
             double sum = 0.0;
-            for (int i = 0; i < n; i++) sum += exp((double)cand[i].l);
+            for (int i = 0; i < n; i++)
+                sum += exp((double)cand[i].l);
             if (need_sort && s->top_p < 1.0f) {
                 double cum = 0.0;
                 int keep = 0;
-                while (keep < n && cum < (double)s->top_p * sum) cum += exp((double)cand[keep++].l);
+                while (keep < n && cum < (double)s->top_p * sum)
+                    cum += exp((double)cand[keep++].l);
                 if (keep < 1) keep = 1;
                 n = keep;
                 sum = cum > 0 ? cum : sum;

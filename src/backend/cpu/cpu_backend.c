@@ -42,14 +42,16 @@ static int check_config(const struct dsi_model_config *cfg, char **err) {
                           cfg->architecture[0] ? cfg->architecture : "this architecture");
     if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->n_layers <= 0 ||
         cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->max_position_embeddings <= 0)
-        return dsi_seterr(err, DSI_EFORMAT,
-                          "config.json has a non-positive size (vocab %d, hidden %d, intermediate %d, layers %d, "
-                          "heads %d, kv heads %d, head_dim %d, max positions %d)",
-                          cfg->vocab_size, cfg->hidden_size, cfg->intermediate_size, cfg->n_layers, cfg->n_heads,
-                          cfg->n_kv_heads, cfg->head_dim, cfg->max_position_embeddings);
+        return dsi_seterr(
+            err, DSI_EFORMAT,
+            "config.json has a non-positive size (vocab %d, hidden %d, intermediate %d, layers %d, "
+            "heads %d, kv heads %d, head_dim %d, max positions %d)",
+            cfg->vocab_size, cfg->hidden_size, cfg->intermediate_size, cfg->n_layers, cfg->n_heads,
+            cfg->n_kv_heads, cfg->head_dim, cfg->max_position_embeddings);
     if (cfg->n_heads % cfg->n_kv_heads)
-        return dsi_seterr(err, DSI_EFORMAT, "config.json: %d attention heads is not a multiple of %d kv heads",
-                          cfg->n_heads, cfg->n_kv_heads);
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: %d attention heads is not a multiple of %d kv heads", cfg->n_heads,
+                          cfg->n_kv_heads);
     if (cfg->head_dim % 2)
         return dsi_seterr(err, DSI_EFORMAT, "config.json: head_dim %d is odd; rotary embeddings need it even",
                           cfg->head_dim);
@@ -57,11 +59,13 @@ static int check_config(const struct dsi_model_config *cfg, char **err) {
         cfg->intermediate_size > INT_MAX / 4 || cfg->vocab_size > INT_MAX / 4)
         return dsi_seterr(err, DSI_EOVERFLOW, "config.json sizes are too large");
     if (!(cfg->rms_norm_eps >= 0.0f))
-        return dsi_seterr(err, DSI_EFORMAT, "config.json: rms_norm_eps %g is invalid", (double)cfg->rms_norm_eps);
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: rms_norm_eps %g is invalid",
+                          (double)cfg->rms_norm_eps);
     if (cfg->rope.type == DSI_ROPE_DYNAMIC)
-        return dsi_seterr(err, DSI_EUNSUPPORTED,
-                          "dynamic NTK rope scaling is not supported by the CPU backend (its frequencies change "
-                          "with the sequence length, which a KV cache cannot follow)");
+        return dsi_seterr(
+            err, DSI_EUNSUPPORTED,
+            "dynamic NTK rope scaling is not supported by the CPU backend (its frequencies change "
+            "with the sequence length, which a KV cache cannot follow)");
     return 0;
 }
 
@@ -72,11 +76,18 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
     struct {
         float **p;
         size_t n;
-    } bufs[] = {{&c->x, T * H},  {&c->xn, T * H},   {&c->q, T * (size_t)c->q_dim},
-                {&c->k, T * (size_t)c->kv_dim}, {&c->v, T * (size_t)c->kv_dim}, {&c->att, T * (size_t)c->q_dim},
-                {&c->gate, T * I}, {&c->up, T * I}, {&c->scores, (size_t)c->n_threads * (size_t)c->max_ctx}};
+    } bufs[] = {{&c->x, T * H},
+                {&c->xn, T * H},
+                {&c->q, T * (size_t)c->q_dim},
+                {&c->k, T * (size_t)c->kv_dim},
+                {&c->v, T * (size_t)c->kv_dim},
+                {&c->att, T * (size_t)c->q_dim},
+                {&c->gate, T * I},
+                {&c->up, T * I},
+                {&c->scores, (size_t)c->n_threads * (size_t)c->max_ctx}};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        if (bufs[i].n > SIZE_MAX / sizeof(float) / 2) return dsi_seterr(err, DSI_EOVERFLOW, "scratch too large");
+        if (bufs[i].n > SIZE_MAX / sizeof(float) / 2)
+            return dsi_seterr(err, DSI_EOVERFLOW, "scratch too large");
         *bufs[i].p = calloc(bufs[i].n ? bufs[i].n : 1, sizeof(float));
         if (dsi__cpu_own(c, *bufs[i].p)) return dsi_seterr(err, DSI_ENOMEM, "out of memory for scratch");
     }
@@ -87,8 +98,8 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
     return 0;
 }
 
-int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o, struct dsi_backend **out,
-                           char **err) {
+int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                           struct dsi_backend **out, char **err) {
     if (!out) return DSI_EINVAL;
     *out = NULL;
     if (!m || !o) return dsi_seterr(err, DSI_EINVAL, "cpu backend: model and options are required");
@@ -128,7 +139,8 @@ int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_o
     rc = dsi_rope_inv_freq(&cfg->rope, cfg->rope_theta, cfg->head_dim, cfg->max_position_embeddings, 0,
                            c->inv_freq, &c->attn_factor);
     if (rc) {
-        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: invalid rope parameters (theta %g, type %d, factor %g)",
+        rc = dsi_seterr(err, DSI_EFORMAT,
+                        "config.json: invalid rope parameters (theta %g, type %d, factor %g)",
                         (double)cfg->rope_theta, (int)cfg->rope.type, (double)cfg->rope.factor);
         goto fail;
     }
@@ -142,15 +154,16 @@ int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_o
     size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
     size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
     if (n_blocks < 1) {
-        rc = dsi_seterr(err, DSI_EINVAL, "cpu backend: kv_bytes %zu is less than one block (%zu bytes)", kv_bytes,
-                        (size_t)bs * per_tok);
+        rc = dsi_seterr(err, DSI_EINVAL, "cpu backend: kv_bytes %zu is less than one block (%zu bytes)",
+                        kv_bytes, (size_t)bs * per_tok);
         goto fail;
     }
     if (n_blocks > (size_t)INT_MAX / (size_t)bs) n_blocks = (size_t)INT_MAX / (size_t)bs;
     c->kv_layer_elems = n_blocks * (size_t)bs * (size_t)c->kv_dim;
     c->kv = calloc(n_blocks * (size_t)bs, per_tok);
     if (dsi__cpu_own(c, c->kv)) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory for a %zu-byte KV pool", n_blocks * (size_t)bs * per_tok);
+        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory for a %zu-byte KV pool",
+                        n_blocks * (size_t)bs * per_tok);
         goto fail;
     }
     c->be.kv_block_size = bs;
@@ -161,7 +174,9 @@ int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_o
 
     if ((rc = alloc_scratch(c, err))) goto fail;
     dsi_log(DSI_LOG_INFO, "cpu", "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens, %d threads",
-            o->weight_dtype == DSI_W_F32 ? "f32" : o->weight_dtype == DSI_W_BF16 ? "bf16" : "int8",
+            o->weight_dtype == DSI_W_F32    ? "f32"
+            : o->weight_dtype == DSI_W_BF16 ? "bf16"
+                                            : "int8",
             (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, bs, c->n_threads);
     *out = &c->be;
     return 0;
@@ -173,7 +188,8 @@ fail:
 static void cpu_destroy(struct dsi_backend *be) {
     if (!be) return;
     struct dsi__cpu *c = be->impl;
-    for (size_t i = 0; i < c->n_allocs; i++) free(c->allocs[i]);
+    for (size_t i = 0; i < c->n_allocs; i++)
+        free(c->allocs[i]);
     free(c->allocs);
     free(c->qerr);
     free(c);
@@ -189,12 +205,14 @@ static int cpu_quant_report(struct dsi_backend *be, char **report, char **err) {
     if (!s) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     double sum = 0, worst = 0;
     const char *worst_name = "";
-    len += (size_t)snprintf(s + len, cap - len, "# int8 %s, rel_err = ||W - Q||_F / ||W||_F\n%-56s %12s %12s\n",
-                            c->opts.int8_group_size > 0 ? "group-wise" : "per output channel", "tensor",
-                            "rel_err", "max_abs_err");
+    len +=
+        (size_t)snprintf(s + len, cap - len, "# int8 %s, rel_err = ||W - Q||_F / ||W||_F\n%-56s %12s %12s\n",
+                         c->opts.int8_group_size > 0 ? "group-wise" : "per output channel", "tensor",
+                         "rel_err", "max_abs_err");
     for (size_t i = 0; i < c->n_qerr; i++) {
         const struct dsi__cpu_qerr *e = &c->qerr[i];
-        len += (size_t)snprintf(s + len, cap - len, "%-56s %12.6f %12.6g\n", e->name, e->rel_err, e->max_abs_err);
+        len += (size_t)snprintf(s + len, cap - len, "%-56s %12.6f %12.6g\n", e->name, e->rel_err,
+                                e->max_abs_err);
         sum += e->rel_err;
         if (e->rel_err > worst) {
             worst = e->rel_err;

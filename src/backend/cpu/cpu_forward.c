@@ -39,16 +39,18 @@ static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int 
     for (int i = 0; i < b->n_seqs; i++) {
         const struct dsi_batch_seq *s = &b->seqs[i];
         if (s->n_tokens <= 0 || !s->tokens)
-            return dsi_seterr(err, DSI_EINVAL, "sequence %llu has no new tokens", (unsigned long long)s->seq_id);
+            return dsi_seterr(err, DSI_EINVAL, "sequence %llu has no new tokens",
+                              (unsigned long long)s->seq_id);
         if (s->pos < 0)
             return dsi_seterr(err, DSI_EINVAL, "sequence %llu has negative position %d",
                               (unsigned long long)s->seq_id, s->pos);
         long long end = (long long)s->pos + s->n_tokens;
         if (end > c->max_ctx)
-            return dsi_seterr(err, DSI_ERANGE,
-                              "sequence %llu needs %lld positions but the context holds %d (max_position_embeddings "
-                              "or KV pool)",
-                              (unsigned long long)s->seq_id, end, c->max_ctx);
+            return dsi_seterr(
+                err, DSI_ERANGE,
+                "sequence %llu needs %lld positions but the context holds %d (max_position_embeddings "
+                "or KV pool)",
+                (unsigned long long)s->seq_id, end, c->max_ctx);
         long long need_blocks = (end + bs - 1) / bs;
         if (!s->block_table || s->n_blocks < need_blocks)
             return dsi_seterr(err, DSI_EINVAL, "sequence %llu: %d KV blocks given, %lld needed",
@@ -59,13 +61,14 @@ static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int 
                                   (unsigned long long)s->seq_id, s->block_table[k], c->be.n_kv_blocks);
         for (int t = 0; t < s->n_tokens; t++)
             if (s->tokens[t] < 0 || s->tokens[t] >= c->cfg->vocab_size)
-                return dsi_seterr(err, DSI_ERANGE, "token id %d is out of range: the vocabulary has %d tokens",
-                                  s->tokens[t], c->cfg->vocab_size);
+                return dsi_seterr(err, DSI_ERANGE,
+                                  "token id %d is out of range: the vocabulary has %d tokens", s->tokens[t],
+                                  c->cfg->vocab_size);
         total += s->n_tokens;
     }
     if (total > c->max_tokens)
-        return dsi_seterr(err, DSI_ERANGE, "batch has %lld tokens; this backend was sized for %d per step", total,
-                          c->max_tokens);
+        return dsi_seterr(err, DSI_ERANGE, "batch has %lld tokens; this backend was sized for %d per step",
+                          total, c->max_tokens);
     *n_tokens = (int)total;
     return 0;
 }
@@ -114,7 +117,8 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
-        for (int r = 0; r < T; r++) dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
+        for (int r = 0; r < T; r++)
+            dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
         par_matmul(c, &L->wq, c->xn, T, L->bq, c->q, qd);
         par_matmul(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
         par_matmul(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
@@ -126,8 +130,8 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
             float *q = c->q + (size_t)r * qd, *k = c->k + (size_t)r * kvd;
             dsi_rope_neox(q, nh, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
             dsi_rope_neox(k, nkv, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
-            dsi_kv_store(kpool, vpool, c->opts.kv_dtype, be->kv_block_size, nkv, hd, s->block_table, c->tok_pos[r],
-                         k, c->v + (size_t)r * kvd);
+            dsi_kv_store(kpool, vpool, c->opts.kv_dtype, be->kv_block_size, nkv, hd, s->block_table,
+                         c->tok_pos[r], k, c->v + (size_t)r * kvd);
         }
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
@@ -140,12 +144,18 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
             float *scores = c->scores;
 #endif
             const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
-            struct dsi_attn_args a = {.n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = scale,
-                                      .block_size = be->kv_block_size, .kv_dtype = c->opts.kv_dtype,
-                                      .k = kpool, .v = vpool, .block_table = s->block_table,
+            struct dsi_attn_args a = {.n_heads = nh,
+                                      .n_kv_heads = nkv,
+                                      .head_dim = hd,
+                                      .scale = scale,
+                                      .block_size = be->kv_block_size,
+                                      .kv_dtype = c->opts.kv_dtype,
+                                      .k = kpool,
+                                      .v = vpool,
+                                      .block_table = s->block_table,
                                       .n_ctx = c->tok_pos[r] + 1};
-            dsi_attn_head(&a, h, c->q + (size_t)r * qd + (size_t)h * hd, c->att + (size_t)r * qd + (size_t)h * hd,
-                          scores);
+            dsi_attn_head(&a, h, c->q + (size_t)r * qd + (size_t)h * hd,
+                          c->att + (size_t)r * qd + (size_t)h * hd, scores);
         }
         par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
 #ifdef _OPENMP
@@ -153,7 +163,8 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
 #endif
         for (int r = 0; r < T; r++) {
             float *x = c->x + (size_t)r * H, *o = c->xn + (size_t)r * H;
-            for (int i = 0; i < H; i++) x[i] += o[i];
+            for (int i = 0; i < H; i++)
+                x[i] += o[i];
             dsi_rmsnorm(o, x, L->ffn_norm, H, eps);
         }
         par_matmul(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
@@ -169,7 +180,8 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
 #endif
         for (int r = 0; r < T; r++) {
             float *x = c->x + (size_t)r * H, *o = c->xn + (size_t)r * H;
-            for (int i = 0; i < H; i++) x[i] += o[i];
+            for (int i = 0; i < H; i++)
+                x[i] += o[i];
         }
     }
 

@@ -12,40 +12,40 @@
 #include "dsinfer/cpu_ops.h"
 
 struct dsi__cpu_layer {
-    struct dsi_qweight wq;      /* (n_heads*head_dim, hidden) */
-    struct dsi_qweight wk, wv;  /* (n_kv_heads*head_dim, hidden) */
-    struct dsi_qweight wo;      /* (hidden, n_heads*head_dim) */
-    struct dsi_qweight w_gate;  /* (intermediate, hidden) */
-    struct dsi_qweight w_up;    /* (intermediate, hidden) */
-    struct dsi_qweight w_down;  /* (hidden, intermediate) */
-    float *bq, *bk, *bv;        /* biases or NULL (Qwen2 has them) */
-    float *attn_norm;           /* (hidden) input_layernorm */
-    float *ffn_norm;            /* (hidden) post_attention_layernorm */
+    struct dsi_qweight wq;     /* (n_heads*head_dim, hidden) */
+    struct dsi_qweight wk, wv; /* (n_kv_heads*head_dim, hidden) */
+    struct dsi_qweight wo;     /* (hidden, n_heads*head_dim) */
+    struct dsi_qweight w_gate; /* (intermediate, hidden) */
+    struct dsi_qweight w_up;   /* (intermediate, hidden) */
+    struct dsi_qweight w_down; /* (hidden, intermediate) */
+    float *bq, *bk, *bv;       /* biases or NULL (Qwen2 has them) */
+    float *attn_norm;          /* (hidden) input_layernorm */
+    float *ffn_norm;           /* (hidden) post_attention_layernorm */
 };
 
 /* Quantization error of one tensor, measured at load (int8 only). */
 struct dsi__cpu_qerr {
     char name[96];
-    double rel_err;             /* ||W - deq(Q)||_F / ||W||_F */
+    double rel_err; /* ||W - deq(Q)||_F / ||W||_F */
     double max_abs_err;
 };
 
 struct dsi__cpu {
-    struct dsi_backend be;      /* first member: be.impl points back here */
+    struct dsi_backend be; /* first member: be.impl points back here */
     const struct dsi_model_config *cfg;
     struct dsi_backend_opts opts;
     int n_threads;
-    int q_dim, kv_dim;          /* n_heads*head_dim, n_kv_heads*head_dim */
-    int max_ctx;                /* positions a sequence may reach */
+    int q_dim, kv_dim; /* n_heads*head_dim, n_kv_heads*head_dim */
+    int max_ctx;       /* positions a sequence may reach */
 
     struct dsi_qweight embed;   /* (vocab, hidden) */
     struct dsi_qweight lm_head; /* (vocab, hidden); shares embed's data when tied */
     float *final_norm;          /* (hidden) */
     struct dsi__cpu_layer *layers;
-    float *inv_freq;            /* (head_dim/2) */
+    float *inv_freq; /* (head_dim/2) */
     float attn_factor;
 
-    void **allocs;              /* every buffer owned, freed at destroy */
+    void **allocs; /* every buffer owned, freed at destroy */
     size_t n_allocs, cap_allocs;
 
     struct dsi__cpu_qerr *qerr;

@@ -61,16 +61,18 @@ static int get_tensor(const struct dsi_model *m, const char *name, int64_t d0, i
         char got[96] = "";
         size_t len = 0;
         for (int i = 0; i < t->n_dims && i < DSI_MAX_DIMS && len < sizeof got - 24; i++)
-            len += (size_t)snprintf(got + len, sizeof got - len, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+            len += (size_t)snprintf(got + len, sizeof got - len, "%s%lld", i ? ", " : "",
+                                    (long long)t->shape[i]);
         if (d1 < 0)
-            return dsi_seterr(err, DSI_EFORMAT, "tensor %s has shape [%s] but config.json implies [%lld]", name,
-                              got, (long long)d0);
-        return dsi_seterr(err, DSI_EFORMAT, "tensor %s has shape [%s] but config.json implies [%lld, %lld]", name,
-                          got, (long long)d0, (long long)d1);
+            return dsi_seterr(err, DSI_EFORMAT, "tensor %s has shape [%s] but config.json implies [%lld]",
+                              name, got, (long long)d0);
+        return dsi_seterr(err, DSI_EFORMAT, "tensor %s has shape [%s] but config.json implies [%lld, %lld]",
+                          name, got, (long long)d0, (long long)d1);
     }
     if (t->dtype != DSI_DT_F32 && t->dtype != DSI_DT_F16 && t->dtype != DSI_DT_BF16)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "tensor %s has dtype %s; the CPU backend reads F32, F16, BF16",
-                          name, dsi_dtype_name(t->dtype) ? dsi_dtype_name(t->dtype) : "?");
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "tensor %s has dtype %s; the CPU backend reads F32, F16, BF16", name,
+                          dsi_dtype_name(t->dtype) ? dsi_dtype_name(t->dtype) : "?");
     *out = t;
     return 0;
 }
@@ -79,7 +81,8 @@ static int get_tensor(const struct dsi_model *m, const char *name, int64_t d0, i
 static int read_f32(struct dsi__cpu *c, const struct dsi_tensor *t, float **out, char **err) {
     (void)c;
     *out = NULL;
-    if (t->n_elems > SIZE_MAX / sizeof(float)) return dsi_seterr(err, DSI_EOVERFLOW, "tensor %s too large", t->name);
+    if (t->n_elems > SIZE_MAX / sizeof(float))
+        return dsi_seterr(err, DSI_EOVERFLOW, "tensor %s too large", t->name);
     float *buf = malloc((t->n_elems ? t->n_elems : 1) * sizeof(float));
     if (!buf) return dsi_seterr(err, DSI_ENOMEM, "out of memory reading tensor %s", t->name);
     int rc = dsi_tensor_to_f32(t, buf, err);
@@ -115,7 +118,8 @@ static int load_linear(struct dsi__cpu *c, const struct dsi_model *m, const char
             free(f);
             return dsi_seterr(err, DSI_ENOMEM, "out of memory converting %s", name);
         }
-        for (size_t i = 0; i < n; i++) h[i] = dsi_f32_to_bf16(f[i]);
+        for (size_t i = 0; i < n; i++)
+            h[i] = dsi_f32_to_bf16(f[i]);
         free(f);
         w->data = h;
         c->be.weight_bytes += n * sizeof *h;
@@ -125,9 +129,10 @@ static int load_linear(struct dsi__cpu *c, const struct dsi_model *m, const char
         int gs = c->opts.int8_group_size;
         if (gs > 0 && cols % gs != 0) {
             free(f);
-            return dsi_seterr(err, DSI_EINVAL,
-                              "int8 group size %d does not divide the %d inputs of %s; use a divisor or 0 (per channel)",
-                              gs, cols, name);
+            return dsi_seterr(
+                err, DSI_EINVAL,
+                "int8 group size %d does not divide the %d inputs of %s; use a divisor or 0 (per channel)",
+                gs, cols, name);
         }
         size_t ng = gs > 0 ? (size_t)(cols / gs) : 1;
         int8_t *q = own_alloc(c, n, 1);
@@ -210,11 +215,11 @@ int dsi__cpu_load(struct dsi__cpu *c, const struct dsi_model *m, char **err) {
     bool bias = cfg->attention_bias || cfg->arch == DSI_ARCH_QWEN2;
     for (int l = 0; l < cfg->n_layers; l++) {
         struct dsi__cpu_layer *L = &c->layers[l];
-#define LIN(field, suffix, rows, cols)                                                         \
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                              \
+#define LIN(field, suffix, rows, cols)                                                                       \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                            \
     if ((rc = load_linear(c, m, name, rows, cols, &L->field, err))) return rc;
-#define VEC(field, suffix, n)                                                                  \
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                              \
+#define VEC(field, suffix, n)                                                                                \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);                                            \
     if ((rc = load_vec(c, m, name, n, &L->field, err))) return rc;
         LIN(wq, "self_attn.q_proj.weight", c->q_dim, H)
         LIN(wk, "self_attn.k_proj.weight", c->kv_dim, H)

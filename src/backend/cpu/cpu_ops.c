@@ -58,16 +58,17 @@ static inline __m256 load_i8x8(const int8_t *p) {
     __m128i b = _mm_loadl_epi64((const __m128i *)p);
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
-#define DOT_AVX2(LOADW)                                                                  \
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                          \
-    int i = 0;                                                                           \
-    for (; i + 32 <= n; i += 32) {                                                       \
-        a0 = _mm256_fmadd_ps(LOADW(w + i), _mm256_loadu_ps(x + i), a0);                  \
-        a1 = _mm256_fmadd_ps(LOADW(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);          \
-        a2 = _mm256_fmadd_ps(LOADW(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);        \
-        a3 = _mm256_fmadd_ps(LOADW(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);        \
-    }                                                                                    \
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(LOADW(w + i), _mm256_loadu_ps(x + i), a0); \
+#define DOT_AVX2(LOADW)                                                                                      \
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                              \
+    int i = 0;                                                                                               \
+    for (; i + 32 <= n; i += 32) {                                                                           \
+        a0 = _mm256_fmadd_ps(LOADW(w + i), _mm256_loadu_ps(x + i), a0);                                      \
+        a1 = _mm256_fmadd_ps(LOADW(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);                              \
+        a2 = _mm256_fmadd_ps(LOADW(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);                            \
+        a3 = _mm256_fmadd_ps(LOADW(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);                            \
+    }                                                                                                        \
+    for (; i + 8 <= n; i += 8)                                                                               \
+        a0 = _mm256_fmadd_ps(LOADW(w + i), _mm256_loadu_ps(x + i), a0);                                      \
     float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 #define LOAD_F32(p) _mm256_loadu_ps(p)
 #endif
@@ -75,15 +76,18 @@ static inline __m256 load_i8x8(const int8_t *p) {
 float dsi_dot_f32(const float *w, const float *x, int n) {
 #ifdef DSI_CPU_AVX2
     DOT_AVX2(LOAD_F32)
-    for (; i < n; i++) s += w[i] * x[i];
+    for (; i < n; i++)
+        s += w[i] * x[i];
     return s;
 #else
     float acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += w[i + j] * x[i + j];
+        for (int j = 0; j < 8; j++)
+            acc[j] += w[i + j] * x[i + j];
     float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++) s += w[i] * x[i];
+    for (; i < n; i++)
+        s += w[i] * x[i];
     return s;
 #endif
 }
@@ -91,15 +95,18 @@ float dsi_dot_f32(const float *w, const float *x, int n) {
 float dsi_dot_bf16(const uint16_t *w, const float *x, int n) {
 #ifdef DSI_CPU_AVX2
     DOT_AVX2(load_bf16x8)
-    for (; i < n; i++) s += dsi_bf16_to_f32(w[i]) * x[i];
+    for (; i < n; i++)
+        s += dsi_bf16_to_f32(w[i]) * x[i];
     return s;
 #else
     float acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += dsi_bf16_to_f32(w[i + j]) * x[i + j];
+        for (int j = 0; j < 8; j++)
+            acc[j] += dsi_bf16_to_f32(w[i + j]) * x[i + j];
     float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++) s += dsi_bf16_to_f32(w[i]) * x[i];
+    for (; i < n; i++)
+        s += dsi_bf16_to_f32(w[i]) * x[i];
     return s;
 #endif
 }
@@ -107,15 +114,18 @@ float dsi_dot_bf16(const uint16_t *w, const float *x, int n) {
 float dsi_dot_i8(const int8_t *w, const float *x, int n) {
 #ifdef DSI_CPU_AVX2
     DOT_AVX2(load_i8x8)
-    for (; i < n; i++) s += (float)w[i] * x[i];
+    for (; i < n; i++)
+        s += (float)w[i] * x[i];
     return s;
 #else
     float acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += (float)w[i + j] * x[i + j];
+        for (int j = 0; j < 8; j++)
+            acc[j] += (float)w[i + j] * x[i + j];
     float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++) s += (float)w[i] * x[i];
+    for (; i < n; i++)
+        s += (float)w[i] * x[i];
     return s;
 #endif
 }
@@ -136,7 +146,8 @@ static inline float row_dot(const struct dsi_qweight *w, int r, const float *x) 
         const float *sc = w->scales + (size_t)r * (size_t)ng;
         float s = 0.0f;
         for (int g = 0; g < ng; g++)
-            s += dsi_dot_i8(q + (size_t)g * w->group_size, x + (size_t)g * w->group_size, w->group_size) * sc[g];
+            s += dsi_dot_i8(q + (size_t)g * w->group_size, x + (size_t)g * w->group_size, w->group_size) *
+                 sc[g];
         return s;
     }
     }
@@ -150,8 +161,8 @@ void dsi_matvec(const struct dsi_qweight *w, const float *x, const float *bias, 
     }
 }
 
-void dsi_matmul(const struct dsi_qweight *w, const float *x, int n_tokens, const float *bias, float *y, int ldy,
-                int r0, int r1) {
+void dsi_matmul(const struct dsi_qweight *w, const float *x, int n_tokens, const float *bias, float *y,
+                int ldy, int r0, int r1) {
     for (int r = r0; r < r1; r++) {
         for (int t = 0; t < n_tokens; t++) {
             float v = row_dot(w, r, x + (size_t)t * (size_t)w->cols);
@@ -167,12 +178,14 @@ void dsi_qweight_row_f32(const struct dsi_qweight *w, int r, float *out) {
         memcpy(out, (const float *)w->data + off, (size_t)w->cols * sizeof(float));
         return;
     case DSI_W_BF16:
-        for (int c = 0; c < w->cols; c++) out[c] = dsi_bf16_to_f32(((const uint16_t *)w->data)[off + (size_t)c]);
+        for (int c = 0; c < w->cols; c++)
+            out[c] = dsi_bf16_to_f32(((const uint16_t *)w->data)[off + (size_t)c]);
         return;
     case DSI_W_INT8: {
         int gs = w->group_size > 0 ? w->group_size : w->cols;
         const float *sc = w->scales + (size_t)r * (size_t)(w->cols / gs);
-        for (int c = 0; c < w->cols; c++) out[c] = (float)((const int8_t *)w->data)[off + (size_t)c] * sc[c / gs];
+        for (int c = 0; c < w->cols; c++)
+            out[c] = (float)((const int8_t *)w->data)[off + (size_t)c] * sc[c / gs];
         return;
     }
     }
@@ -207,9 +220,11 @@ int dsi_quantize_int8(const float *src, int rows, int cols, int group_size, int8
 
 void dsi_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     double ss = 0.0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * (double)x[i];
     float inv = 1.0f / sqrtf((float)(ss / (double)n) + eps);
-    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+    for (int i = 0; i < n; i++)
+        out[i] = w[i] * (x[i] * inv);
 }
 
 void dsi_swiglu(float *out, const float *gate, const float *up, int n) {
@@ -230,10 +245,12 @@ void dsi_softmax(float *x, int n) {
         sum += x[i];
     }
     float inv = 1.0f / sum;
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
 }
 
-static inline size_t kv_index(int block_size, int n_kv_heads, int head_dim, const int32_t *table, int pos, int h) {
+static inline size_t kv_index(int block_size, int n_kv_heads, int head_dim, const int32_t *table, int pos,
+                              int h) {
     size_t slot = (size_t)table[pos / block_size] * (size_t)block_size + (size_t)(pos % block_size);
     return (slot * (size_t)n_kv_heads + (size_t)h) * (size_t)head_dim;
 }
@@ -248,22 +265,25 @@ void dsi_attn_head(const struct dsi_attn_args *a, int h, const float *q, float *
         scores[p] = d * a->scale;
     }
     dsi_softmax(scores, a->n_ctx);
-    for (int d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int d = 0; d < hd; d++)
+        out[d] = 0.0f;
     for (int p = 0; p < a->n_ctx; p++) {
         size_t idx = kv_index(a->block_size, a->n_kv_heads, hd, a->block_table, p, kvh);
         float s = scores[p];
         if (a->kv_dtype == DSI_KV_F32) {
             const float *v = (const float *)a->v + idx;
-            for (int d = 0; d < hd; d++) out[d] += s * v[d];
+            for (int d = 0; d < hd; d++)
+                out[d] += s * v[d];
         } else {
             const uint16_t *v = (const uint16_t *)a->v + idx;
-            for (int d = 0; d < hd; d++) out[d] += s * dsi_bf16_to_f32(v[d]);
+            for (int d = 0; d < hd; d++)
+                out[d] += s * dsi_bf16_to_f32(v[d]);
         }
     }
 }
 
-void dsi_kv_store(void *k_pool, void *v_pool, enum dsi_kv_dtype dt, int block_size, int n_kv_heads, int head_dim,
-                  const int32_t *block_table, int pos, const float *k, const float *v) {
+void dsi_kv_store(void *k_pool, void *v_pool, enum dsi_kv_dtype dt, int block_size, int n_kv_heads,
+                  int head_dim, const int32_t *block_table, int pos, const float *k, const float *v) {
     size_t idx = kv_index(block_size, n_kv_heads, head_dim, block_table, pos, 0);
     size_t n = (size_t)n_kv_heads * (size_t)head_dim;
     if (dt == DSI_KV_F32) {

@@ -20,8 +20,8 @@ void dsi_rope_inv_freq_default(float theta, int rot_dim, float *inv_freq) {
     }
 }
 
-void dsi_rope_inv_freq_llama3(float theta, int rot_dim, float factor, float low_freq_factor, float high_freq_factor,
-                              int original_max_pos, float *inv_freq) {
+void dsi_rope_inv_freq_llama3(float theta, int rot_dim, float factor, float low_freq_factor,
+                              float high_freq_factor, int original_max_pos, float *inv_freq) {
     dsi_rope_inv_freq_default(theta, rot_dim, inv_freq);
     float old_ctx = (float)original_max_pos;
     float low_wavelen = old_ctx / low_freq_factor, high_wavelen = old_ctx / high_freq_factor;
@@ -79,7 +79,8 @@ int dsi_rope_inv_freq(const struct dsi_rope_scaling *sc, float theta, int rot_di
     if (rot_dim <= 0 || rot_dim % 2 || !(theta > 1.0f)) return DSI_EINVAL;
     *attn_factor = 1.0f;
     enum dsi_rope_type type = sc ? sc->type : DSI_ROPE_DEFAULT;
-    int orig = sc && sc->original_max_position_embeddings > 0 ? sc->original_max_position_embeddings : max_pos;
+    int orig =
+        sc && sc->original_max_position_embeddings > 0 ? sc->original_max_position_embeddings : max_pos;
     switch (type) {
     case DSI_ROPE_DEFAULT:
         dsi_rope_inv_freq_default(theta, rot_dim, inv_freq);
@@ -87,13 +88,15 @@ int dsi_rope_inv_freq(const struct dsi_rope_scaling *sc, float theta, int rot_di
     case DSI_ROPE_LINEAR:
         if (!(sc->factor > 0.0f)) return DSI_EINVAL;
         dsi_rope_inv_freq_default(theta, rot_dim, inv_freq);
-        for (int i = 0; i < rot_dim / 2; i++) inv_freq[i] /= sc->factor;
+        for (int i = 0; i < rot_dim / 2; i++)
+            inv_freq[i] /= sc->factor;
         return 0;
     case DSI_ROPE_LLAMA3:
         if (!(sc->factor > 0.0f) || orig <= 0 || !(sc->high_freq_factor > sc->low_freq_factor) ||
             !(sc->low_freq_factor > 0.0f))
             return DSI_EINVAL;
-        dsi_rope_inv_freq_llama3(theta, rot_dim, sc->factor, sc->low_freq_factor, sc->high_freq_factor, orig, inv_freq);
+        dsi_rope_inv_freq_llama3(theta, rot_dim, sc->factor, sc->low_freq_factor, sc->high_freq_factor, orig,
+                                 inv_freq);
         return 0;
     case DSI_ROPE_YARN:
         if (!(sc->factor > 0.0f) || orig <= 0) return DSI_EINVAL;
