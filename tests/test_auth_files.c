@@ -118,6 +118,11 @@ TEST(keys_parse_errors_name_entry_and_field) {
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", "") "," KEY("k_1", "") "]}", "keys[1]",
                  "id already used");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", "") "," KEY("k_2", "") "]}", "k_2", "same sha256");
+    /* the first repeat in file order is reported, with the entry it repeats */
+    expect_error(
+        "{\"version\":1,\"keys\":[{\"id\":\"k_2\",\"name\":\"n\",\"role\":\"user\",\"sha256\":\"" HASH_B
+        "\"}," KEY("k_1", "") "," KEY("k_2", "") "," KEY("k_1", "") "]}",
+        "keys[2] (id \"k_2\"): id already used by keys[0]", NULL);
     expect_error("{\"version\":1,\"keys\":[1]}", "keys[0]", "object");
     expect_error("{\"version\":2,\"keys\":[]}", "version", NULL);
     expect_error("{\"keys\":[]}", "version", NULL);

@@ -319,7 +319,7 @@ enum dsi_auth_status dsi_auth_check(struct dsi_auth *a, const char *authorizatio
     size_t hit = 0;
     unsigned found = 0;
     for (size_t i = 0; i < ks->n_keys; i++) {
-        unsigned eq = (unsigned)(CRYPTO_memcmp(d, ks->keys[i].sha, 32) == 0);
+        unsigned eq = (unsigned)(CRYPTO_memcmp(d, ks->digests[i], 32) == 0);
         size_t mask = (size_t)0 - (size_t)eq;
         hit = (hit & ~mask) | (i & mask);
         found |= eq;

@@ -55,6 +55,7 @@ struct dsi__keyset {
     int refs; /* guarded by dsi_auth.state_mu */
     struct dsi__roles roles;
     struct dsi__entry *keys;
+    unsigned char (*digests)[32]; /* keys[i].sha, contiguous for the lookup scan */
     size_t n_keys;
     struct dsi__entry *clients;
     size_t n_clients;
