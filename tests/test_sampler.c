@@ -183,6 +183,53 @@ TEST(same_seed_same_tokens_regardless_of_interleaving) {
     CHECK(diff > 0);
 }
 
+static int cmp_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* 50k-token vocabulary: every draw lies in the nucleus / top-k set a full sort gives. */
+TEST(large_vocab_filters_match_full_sort) {
+    enum { V = 50000 };
+    static float base[V], sorted[V], l[V];
+    uint32_t r = 5;
+    for (int i = 0; i < V; i++) {
+        r = r * 1664525u + 1013904223u;
+        base[i] = (float)(r >> 8) / (float)(1 << 24) * 12.0f; /* spread: a few hundred matter */
+    }
+    memcpy(sorted, base, sizeof sorted);
+    qsort(sorted, V, sizeof(float), cmp_desc);
+    /* nucleus of top_p 0.5 at temperature 1: smallest prefix whose mass reaches 0.5 */
+    double total = 0, cum = 0;
+    for (int i = 0; i < V; i++)
+        total += exp((double)sorted[i] - sorted[0]);
+    int keep = 0;
+    while (cum < 0.5 * total)
+        cum += exp((double)sorted[keep++] - sorted[0]);
+    float p_cut = sorted[keep - 1], k_cut = sorted[49];
+    struct dsi_sampling s;
+    dsi_sampling_defaults(&s);
+    struct dsi_sampler_state st;
+    dsi_sampler_seed(&st, 11);
+    int bad_p = 0, bad_k = 0, distinct_hits = 0;
+    for (int it = 0; it < 300; it++) {
+        s.top_p = 0.5f;
+        s.top_k = 0;
+        memcpy(l, base, sizeof l);
+        int32_t t = dsi_sample(l, V, &s, &st, NULL, 0, 0, NULL);
+        bad_p += !(t >= 0 && base[t] >= p_cut);
+        distinct_hits += t >= 0 && base[t] < sorted[0];
+        s.top_p = 1.0f;
+        s.top_k = 50;
+        memcpy(l, base, sizeof l);
+        t = dsi_sample(l, V, &s, &st, NULL, 0, 0, NULL);
+        bad_k += !(t >= 0 && base[t] >= k_cut);
+    }
+    CHECK_EQ_INT(bad_p, 0);
+    CHECK_EQ_INT(bad_k, 0);
+    CHECK(keep > 1 && distinct_hits > 0); /* not degenerate: more than the argmax is drawn */
+}
+
 int main(void) {
     RUN(defaults_are_neutral);
     RUN(greedy_picks_argmax_lowest_id_on_tie);
@@ -193,5 +240,6 @@ int main(void) {
     RUN(top_k_top_p_min_p_cut_the_tail);
     RUN(logprobs_and_top_logprobs_are_raw_log_softmax);
     RUN(same_seed_same_tokens_regardless_of_interleaving);
+    RUN(large_vocab_filters_match_full_sort);
     return test_summary();
 }

@@ -144,14 +144,121 @@ static void fill_logprobs(const float *l, int vocab, int n_top, struct dsi_token
 }
 
 struct cand {
-    float l;
+    float p; /* exp((l - l_max) / T): unnormalised probability, 1 for the top token */
     int32_t id;
 };
 
 static int cmp_cand(const void *a, const void *b) {
     const struct cand *x = a, *y = b;
-    if (x->l != y->l) return x->l < y->l ? 1 : -1; /* descending logit */
+    if (x->p != y->p) return x->p < y->p ? 1 : -1; /* descending probability */
     return (x->id > y->id) - (x->id < y->id);      /* then ascending id: deterministic */
+}
+
+/* Keeps the candidates with p >= thr, in their order; returns how many (>= 1: the
+ * top token has p = 1 >= any threshold used here). */
+static int compact_ge(struct cand *cand, int n, double thr) {
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if ((double)cand[i].p >= thr) cand[m++] = cand[i];
+    return m > 0 ? m : 1;
+}
+
+/* Sorted insertion of c into the descending prefix cand[0..*m) capped at k entries.
+ * Safe in place while scanning cand: the prefix never grows past the scan index. */
+static void keep_top(struct cand *cand, int *m, int k, struct cand c) {
+    if (*m == k && cmp_cand(&c, &cand[k - 1]) >= 0) return;
+    int j = *m < k ? (*m)++ : k - 1;
+    while (j > 0 && cmp_cand(&c, &cand[j - 1]) < 0) {
+        cand[j] = cand[j - 1];
+        j--;
+    }
+    cand[j] = c;
+}
+
+/* Temperature, top-k, top-p, min-p, then one draw. cand: vocab entries of scratch.
+ * Filters work on a pre-cut candidate set so a 150k vocabulary is not sorted whole:
+ *  - top-k keeps a sorted prefix by insertion;
+ *  - top-p: tokens with p < (1 - top_p) * total / n hold less than (1 - top_p) of the
+ *    mass together, so the nucleus never reaches them and they are dropped unsorted;
+ *    then a bisection raises the threshold while the kept mass still reaches
+ *    top_p * total (the nucleus is a prefix of the sorted order, so it stays inside);
+ *  - min-p: p < min_p * p_max is dropped outright; alone it needs no sort at all. */
+static int32_t sample_filtered(const float *logits, int vocab, const struct dsi_sampling *s,
+                               struct dsi_sampler_state *st, struct cand *cand) {
+    float inv_t = 1.0f / s->temperature;
+    float mx = logits[argmax(logits, vocab)];
+    int n = 0;
+    double total = 0.0;
+    for (int i = 0; i < vocab; i++) {
+        if (logits[i] == -INFINITY) continue;
+        cand[n].p = expf((logits[i] - mx) * inv_t); /* shifted: never overflows */
+        cand[n].id = i;
+        total += cand[n].p;
+        n++;
+    }
+    if (n == 0) return 0;
+    bool top_p = s->top_p<1.0f, min_p = s->min_p> 0.0f, filtered = false;
+    if (s->top_k > 0 && s->top_k < n) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            keep_top(cand, &m, s->top_k, cand[i]);
+        n = m;
+        total = 0.0;
+        for (int i = 0; i < n; i++)
+            total += cand[i].p;
+        filtered = true;
+    }
+    if (top_p && !filtered) {
+        /* pre-cut, then narrow by bisection on the probability threshold while the
+         * kept mass still reaches the nucleus target, then sort what is left */
+        double target = (double)s->top_p * total, lo = (1.0 - (double)s->top_p) * total / n;
+        if (min_p && (double)s->min_p > lo) lo = s->min_p; /* p_max is 1 */
+        double hi = 1.0;
+        n = compact_ge(cand, n, lo);
+        for (int it = 0; it < 30 && n > 1024; it++) {
+            double mid = 0.5 * (lo + hi), mass = 0.0;
+            for (int i = 0; i < n; i++)
+                if ((double)cand[i].p >= mid) mass += cand[i].p;
+            if (mass >= target) {
+                lo = mid;
+                n = compact_ge(cand, n, lo);
+            } else {
+                hi = mid;
+            }
+        }
+        qsort(cand, (size_t)n, sizeof *cand, cmp_cand);
+        filtered = true;
+    } else if (min_p && !filtered) {
+        n = compact_ge(cand, n, s->min_p); /* no order needed: drawn in id order */
+        min_p = false;
+        filtered = true;
+    }
+    if (top_p) { /* sorted here: keep while the mass before the token is below top_p */
+        double cum = 0.0, target = (double)s->top_p * total;
+        int keep = 0;
+        while (keep < n && (keep == 0 || cum < target))
+            cum += cand[keep++].p;
+        n = keep;
+    }
+    if (min_p) { /* sorted here (top-k or top-p ran) */
+        int keep = 1;
+        while (keep < n && (double)cand[keep].p >= (double)s->min_p * cand[0].p)
+            keep++;
+        n = keep;
+    }
+    double sum = total;
+    if (filtered) {
+        sum = 0.0;
+        for (int i = 0; i < n; i++)
+            sum += cand[i].p;
+    }
+    double u = (double)(xoro_next(st) >> 11) * (1.0 / 9007199254740992.0) * sum;
+    double acc = 0.0;
+    for (int i = 0; i < n; i++) {
+        acc += cand[i].p;
+        if (u < acc) return cand[i].id;
+    }
+    return cand[n - 1].id;
 }
 
 int32_t dsi_sample(float *logits, int vocab, const struct dsi_sampling *s, struct dsi_sampler_state *st,
@@ -206,54 +313,7 @@ int32_t dsi_sample(float *logits, int vocab, const struct dsi_sampling *s, struc
     if (greedy) {
         tok = argmax(logits, vocab);
     } else {
-        float inv_t = 1.0f / s->temperature;
-        float mx = logits[argmax(logits, vocab)];
-        int n = 0;
-        for (int i = 0; i < vocab; i++) {
-            if (logits[i] == -INFINITY) continue;
-            cand[n].l = (logits[i] - mx) * inv_t; /* shift first: exp never overflows */
-            cand[n].id = i;
-            n++;
-        }
-        if (n == 0) {
-            tok = 0;
-        } else {
-            bool need_sort = s->top_k > 0 || s->top_p < 1.0f || s->min_p > 0.0f;
-            if (need_sort) qsort(cand, (size_t)n, sizeof *cand, cmp_cand);
-            if (s->top_k > 0 && s->top_k < n) n = s->top_k;
-            /* probabilities of the remaining candidates, sorted (when filtering) */
-            double sum = 0.0;
-            for (int i = 0; i < n; i++)
-                sum += exp((double)cand[i].l);
-            if (need_sort && s->top_p < 1.0f) {
-                double cum = 0.0;
-                int keep = 0;
-                while (keep < n && cum < (double)s->top_p * sum)
-                    cum += exp((double)cand[keep++].l);
-                if (keep < 1) keep = 1;
-                n = keep;
-                sum = cum > 0 ? cum : sum;
-            }
-            if (need_sort && s->min_p > 0.0f) {
-                /* cand[0] is the most likely: p_i / p_max = exp(l_i - l_0) */
-                int keep = 1;
-                double cum = exp((double)cand[0].l);
-                while (keep < n && exp((double)cand[keep].l - (double)cand[0].l) >= (double)s->min_p)
-                    cum += exp((double)cand[keep++].l);
-                n = keep;
-                sum = cum;
-            }
-            double u = (double)(xoro_next(st) >> 11) * (1.0 / 9007199254740992.0) * sum;
-            double acc = 0.0;
-            tok = cand[n - 1].id;
-            for (int i = 0; i < n; i++) {
-                acc += exp((double)cand[i].l);
-                if (u < acc) {
-                    tok = cand[i].id;
-                    break;
-                }
-            }
-        }
+        tok = sample_filtered(logits, vocab, s, st, cand);
     }
     if (ev) {
         ev->token = tok;
