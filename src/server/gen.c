@@ -419,9 +419,11 @@ char *dsi__gen_final_json(struct dsi__gen *g, int *status) {
     pthread_mutex_lock(&g->mu);
     if (g->finish == DSI_FINISH_ERROR && !g->stop_hit) {
         struct dsi__api_error e;
-        int st = g->error == DSI_ETIMEDOUT ? 503 : g->error == DSI_ERANGE ? 400 : 500;
-        dsi__api_error_set(&e, st, NULL, g->error == DSI_ETIMEDOUT ? "timeout" : NULL, "generation failed: %s",
-                           dsi_strerror(g->error));
+        /* Timeouts and shutdown are the server's state, not a bug: 503 like a full queue. */
+        bool unavailable = g->error == DSI_ETIMEDOUT || g->error == DSI_ECANCELED;
+        int st = unavailable ? 503 : g->error == DSI_ERANGE ? 400 : 500;
+        dsi__api_error_set(&e, st, NULL, g->error == DSI_ETIMEDOUT ? "timeout" : unavailable ? "shutting_down" : NULL,
+                           "generation failed: %s", dsi_strerror(g->error));
         pthread_mutex_unlock(&g->mu);
         *status = st;
         return dsi__api_error_json(&e);
