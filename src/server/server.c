@@ -5,10 +5,9 @@
  * SIGHUP reloads keys, roles, audit log and log level; SIGTERM/SIGINT drain
  * (ready -> 503, no new requests, running ones finish up to drain_timeout_s).
  *
- * TLS material is not swapped live: libmicrohttpd holds the certificate in its
- * GnuTLS credentials for the daemon's lifetime and restarting the listener would
- * drop connections, so a new certificate takes effect at the next restart
- * (SIGHUP logs that). Keys and roles reload live.
+ * SIGHUP also re-reads the TLS certificate and key: new handshakes use them,
+ * connections already open keep theirs (tlslive.c). The client CA for mTLS is
+ * read once at start.
  */
 #include <errno.h>
 #include <libgen.h>
@@ -90,6 +89,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
     s->created = (long)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
     pthread_rwlock_init(&s->eng_lock, NULL);
+    pthread_mutex_init(&s->tls_mu, NULL);
     sigset_t set;
     block_signals(&set);
     s->sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -123,6 +123,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
         if ((rc = dsi__tls_material(c->tls_cert, c->tls_key, c->state_dir, &s->cert_pem, &s->key_pem, s->fingerprint,
                                     err)))
             goto fail;
+        if ((rc = dsi__tls_creds_load(s->cert_pem, s->key_pem, &s->creds, err))) goto fail;
         if (c->tls_client_ca && c->tls_client_ca[0] &&
             (rc = dsi__srv_read_file(c->tls_client_ca, 1u << 20, &s->ca_pem, NULL, err)))
             goto fail;
@@ -239,7 +240,7 @@ void dsi_server_set_reload_source(struct dsi_server *s, const char *config_path,
 
 static void reload(struct dsi_server *s) {
     dsi_sd_notify("RELOADING=1");
-    dsi_log(DSI_LOG_INFO, "server", "SIGHUP: reloading keys, roles, audit log and log level");
+    dsi_log(DSI_LOG_INFO, "server", "SIGHUP: reloading keys, roles, TLS certificate, audit log and log level");
     char *err = NULL;
     struct dsi_config fresh;
     bool have_fresh = false;
@@ -267,7 +268,6 @@ static void reload(struct dsi_server *s) {
         rc = dsi_auth_reload_opts(s->auth, &ao, &err);
         enum dsi_log_level lvl;
         if (fresh.log_level && dsi_log_parse_level(fresh.log_level, &lvl) == 0) dsi_log_set_level(lvl);
-        dsi_config_free(&fresh);
     } else {
         rc = dsi_auth_reload(s->auth, &err);
     }
@@ -276,7 +276,15 @@ static void reload(struct dsi_server *s) {
     err = NULL;
     if (s->audit && dsi_audit_reopen(s->audit, &err)) dsi_log(DSI_LOG_ERROR, "server", "reload: audit log: %s", err ? err : "?");
     free(err);
-    dsi_log(DSI_LOG_INFO, "server", "reload done (a new TLS certificate takes effect at the next restart)");
+    err = NULL;
+    if (s->tls) {
+        const struct dsi_config *tc = have_fresh ? &fresh : s->cfg;
+        if (dsi__tls_reload(s, tc->tls_cert, tc->tls_key, tc->state_dir, &err))
+            dsi_log(DSI_LOG_ERROR, "server", "reload: TLS certificate kept as it was: %s", err ? err : "?");
+        free(err);
+    }
+    if (have_fresh) dsi_config_free(&fresh);
+    dsi_log(DSI_LOG_INFO, "server", "reload done");
     dsi_sd_notify("READY=1");
 }
 
@@ -367,6 +375,8 @@ void dsi_server_destroy(struct dsi_server *s) {
     free(s->key_pem);
     free(s->cert_pem);
     free(s->ca_pem);
+    dsi__tls_creds_free(s->creds);
+    pthread_mutex_destroy(&s->tls_mu);
     if (s->sigfd >= 0) close(s->sigfd);
     for (int i = 0; i < s->n_args; i++) free(s->args[i]);
     free(s->args);

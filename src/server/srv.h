@@ -11,6 +11,8 @@
 #ifndef DSI_SERVER_SRV_H
 #define DSI_SERVER_SRV_H
 
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -39,6 +41,8 @@ struct dsi_server {
     struct dsi__smetrics *metrics;
     struct MHD_Daemon *d;
     char *cert_pem, *key_pem, *ca_pem;
+    pthread_mutex_t tls_mu;        /* guards creds */
+    struct dsi__tls_creds *creds;  /* current certificate + key (tlslive.c) */
     char fingerprint[97];
     int port;                      /* bound port */
     bool tls;
@@ -115,6 +119,17 @@ void dsi__gen_abort_all(struct dsi_server *s);
 double dsi__srv_now_s(void);
 /* dsi_engine_cancel under the engine read lock (no-op once the engine is gone). */
 void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
+
+/* tlslive.c */
+struct dsi__tls_creds;
+int dsi__tls_creds_load(const char *cert_pem, const char *key_pem, struct dsi__tls_creds **out, char **err);
+void dsi__tls_creds_free(struct dsi__tls_creds *c); /* and every older generation */
+int dsi__tls_retrieve(gnutls_session_t ss, const gnutls_datum_t *req_ca_dn, int nreqs,
+                      const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
+                      unsigned int *pcert_length, gnutls_privkey_t *privkey);
+/* Re-reads the certificate (files, or state_dir's self-signed one) for new handshakes. */
+int dsi__tls_reload(struct dsi_server *s, const char *cert_file, const char *key_file, const char *state_dir,
+                    char **err);
 
 /* http.c */
 int dsi__http_start(struct dsi_server *s, char **err);

@@ -183,6 +183,20 @@ check "new key unknown before SIGHUP" test "$(status $W/b -H "Authorization: Bea
 kill -HUP "$DPID"
 for _ in $(seq 1 50); do grep -q "reload done" "$LOG" && break; sleep 0.1; done
 check "new key works after SIGHUP" test "$(status $W/b -H "Authorization: Bearer $NEW_KEY" "$URL/v1/models")" = 200
+# The same SIGHUP re-read the certificate; replace it and reload again.
+fp() { echo | openssl s_client -connect 127.0.0.1:$PORT -tls1_3 2>/dev/null | openssl x509 -noout -fingerprint -sha256 | cut -d= -f2; }
+OLD_FP=$(fp)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout $W/new-key.pem -out $W/new-cert.pem 2>/dev/null
+NEW_FP=$(openssl x509 -in $W/new-cert.pem -noout -fingerprint -sha256 | cut -d= -f2)
+cat "$CA" $W/new-cert.pem >$W/bundle.pem
+cp $W/new-cert.pem "$W/state/tls-cert.pem"; cp $W/new-key.pem "$W/state/tls-key.pem"
+CA=$W/bundle.pem; C=(curl -sS --cacert "$CA" --max-time 60)
+kill -HUP "$DPID"
+for _ in $(seq 1 50); do [ "$(grep -c "reload done" "$LOG")" -ge 2 ] && break; sleep 0.1; done
+check "SIGHUP: new handshakes get the new certificate" test "$(fp)" = "$NEW_FP"
+check "SIGHUP: the certificate really changed" test "$OLD_FP" != "$NEW_FP"
+check "still serving after the certificate reload" test "$(status $W/b "${AUTH[@]}" "$URL/v1/models")" = 200
 # Drain: a stream in flight keeps going, readiness turns 503, new work is refused.
 "${C[@]}" -N "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"Tell me a very long story"}],"max_tokens":1900,"temperature":0,"stream":true}' \
     "$URL/v1/chat/completions" >$W/drain_sse 2>/dev/null &

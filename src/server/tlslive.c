@@ -1,0 +1,102 @@
+/*
+ * tlslive.c: the listener's certificate, replaceable while serving (SIGHUP).
+ *
+ * libmicrohttpd keeps the certificate given by MHD_OPTION_HTTPS_MEM_CERT for its
+ * whole life. Instead we hand GnuTLS a retrieve callback
+ * (MHD_OPTION_HTTPS_CERT_CALLBACK) that returns the current credentials at each
+ * handshake. The callback has no closure argument, so it finds the server
+ * through the connection: MHD stores the connection as the GnuTLS session's ptr,
+ * and our MHD_OPTION_NOTIFY_CONNECTION callback stores the server as the
+ * connection's socket context before the handshake starts.
+ *
+ * A reload swaps s->creds under s->tls_mu. Old credentials stay allocated until
+ * the server is destroyed, because a handshake in progress may still use them;
+ * a reload is rare and each generation is a few KB.
+ */
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "srv.h"
+
+#define MAX_CHAIN 8
+
+struct dsi__tls_creds {
+    gnutls_pcert_st pcert[MAX_CHAIN];
+    unsigned n_pcert;
+    gnutls_privkey_t key;
+    struct dsi__tls_creds *older; /* previous generations, freed at destroy */
+};
+
+int dsi__tls_creds_load(const char *cert_pem, const char *key_pem, struct dsi__tls_creds **out, char **err) {
+    struct dsi__tls_creds *c = calloc(1, sizeof *c);
+    if (!c) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    gnutls_datum_t cd = {(unsigned char *)cert_pem, (unsigned)strlen(cert_pem)};
+    gnutls_datum_t kd = {(unsigned char *)key_pem, (unsigned)strlen(key_pem)};
+    c->n_pcert = MAX_CHAIN;
+    int r = gnutls_pcert_list_import_x509_raw(c->pcert, &c->n_pcert, &cd, GNUTLS_X509_FMT_PEM, 0);
+    if (r < 0) {
+        c->n_pcert = 0;
+        dsi__tls_creds_free(c);
+        return dsi_seterr(err, DSI_ETLS, "cannot read the TLS certificate: %s", gnutls_strerror(r));
+    }
+    if ((r = gnutls_privkey_init(&c->key)) < 0 ||
+        (r = gnutls_privkey_import_x509_raw(c->key, &kd, GNUTLS_X509_FMT_PEM, NULL, 0)) < 0) {
+        dsi__tls_creds_free(c);
+        return dsi_seterr(err, DSI_ETLS, "cannot read the TLS key: %s", gnutls_strerror(r));
+    }
+    *out = c;
+    return 0;
+}
+
+void dsi__tls_creds_free(struct dsi__tls_creds *c) {
+    while (c) {
+        struct dsi__tls_creds *older = c->older;
+        for (unsigned i = 0; i < c->n_pcert; i++) gnutls_pcert_deinit(&c->pcert[i]);
+        if (c->key) gnutls_privkey_deinit(c->key);
+        free(c);
+        c = older;
+    }
+}
+
+/* gnutls_certificate_retrieve_function2: the current certificate chain and key. */
+int dsi__tls_retrieve(gnutls_session_t ss, const gnutls_datum_t *req_ca_dn, int nreqs,
+                      const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
+                      unsigned int *pcert_length, gnutls_privkey_t *privkey) {
+    (void)req_ca_dn, (void)nreqs, (void)pk_algos, (void)pk_algos_length;
+    struct MHD_Connection *conn = gnutls_session_get_ptr(ss);
+    const union MHD_ConnectionInfo *ci = conn ? MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT) : NULL;
+    struct dsi_server *s = ci ? ci->socket_context : NULL;
+    if (!s) return -1; /* fails the handshake rather than guessing */
+    pthread_mutex_lock(&s->tls_mu);
+    struct dsi__tls_creds *c = s->creds;
+    pthread_mutex_unlock(&s->tls_mu);
+    if (!c) return -1;
+    *pcert = c->pcert;
+    *pcert_length = c->n_pcert;
+    *privkey = c->key;
+    return 0;
+}
+
+int dsi__tls_reload(struct dsi_server *s, const char *cert_file, const char *key_file, const char *state_dir,
+                    char **err) {
+    char *cert = NULL, *key = NULL, fp[97];
+    int rc = dsi__tls_material(cert_file, key_file, state_dir, &cert, &key, fp, err);
+    if (rc) return rc;
+    struct dsi__tls_creds *c = NULL;
+    rc = dsi__tls_creds_load(cert, key, &c, err);
+    memset(key, 0, strlen(key));
+    free(key);
+    free(cert);
+    if (rc) return rc;
+    pthread_mutex_lock(&s->tls_mu);
+    c->older = s->creds;
+    s->creds = c;
+    pthread_mutex_unlock(&s->tls_mu);
+    snprintf(s->fingerprint, sizeof s->fingerprint, "%s", fp);
+    dsi_log(DSI_LOG_INFO, "tls", "certificate reloaded; new handshakes use SHA-256 fingerprint %s", fp);
+    return 0;
+}
