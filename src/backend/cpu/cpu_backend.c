@@ -211,8 +211,8 @@ static int cpu_quant_report(struct dsi_backend *be, char **report, char **err) {
                          "rel_err", "max_abs_err");
     for (size_t i = 0; i < c->n_qerr; i++) {
         const struct dsi__cpu_qerr *e = &c->qerr[i];
-        len += (size_t)snprintf(s + len, cap - len, "%-56s %12.6f %12.6g\n", e->name, e->rel_err,
-                                e->max_abs_err);
+        int w = snprintf(s + len, cap - len, "%-56s %12.6f %12.6g\n", e->name, e->rel_err, e->max_abs_err);
+        if (w > 0) len += (size_t)w < cap - len ? (size_t)w : cap - len - 1; /* never past the buffer */
         sum += e->rel_err;
         if (e->rel_err > worst) {
             worst = e->rel_err;
