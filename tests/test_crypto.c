@@ -41,7 +41,8 @@ TEST(sha256_file_matches_buffer_and_reports_missing) {
     int fd = mkstemp(path);
     CHECK(fd >= 0);
     char buf[10000];
-    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (char)(i * 7);
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (char)(i * 7);
     CHECK(write(fd, buf, sizeof buf) == (ssize_t)sizeof buf);
     close(fd);
     uint8_t a[DSI_SHA256_LEN], b[DSI_SHA256_LEN];

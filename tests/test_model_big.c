@@ -24,7 +24,8 @@ TEST(manifest_catches_one_flipped_byte_in_2gib_file) {
     /* Sparse: ftruncate makes the 2 GiB, a few written blocks make it non-trivial. */
     CHECK(ftruncate(fd, BIG) == 0);
     char block[4096];
-    for (size_t i = 0; i < sizeof block; i++) block[i] = (char)(i * 31 + 7);
+    for (size_t i = 0; i < sizeof block; i++)
+        block[i] = (char)(i * 31 + 7);
     const off_t at[] = {0, BIG / 3, BIG / 2 - 4096, BIG - 4096};
     for (size_t i = 0; i < sizeof at / sizeof at[0]; i++)
         CHECK(pwrite(fd, block, sizeof block, at[i]) == (ssize_t)sizeof block);

@@ -60,7 +60,7 @@ TEST(config_r1_distill_qwen_7b_both_spellings_agree) {
     CHECK_EQ_INT(a.n_kv_heads, 4);
     CHECK_EQ_INT(a.intermediate_size, 18944);
     CHECK_EQ_INT(a.vocab_size, 152064);
-    CHECK(b.dtype == DSI_DT_BF16); /* from "dtype" */
+    CHECK(b.dtype == DSI_DT_BF16);           /* from "dtype" */
     CHECK_NEAR(b.rope_theta, 10000.0, 1e-3); /* from rope_parameters.rope_theta */
     CHECK(memcmp(&a, &b, sizeof a) == 0);
 }
@@ -224,7 +224,9 @@ TEST(config_runnable_refuses_sliding_window_and_mlp_bias) {
     free(err);
 }
 
-#define BASE "\"architectures\":[\"Qwen2ForCausalLM\"],\"vocab_size\":100,\"intermediate_size\":128,\"num_hidden_layers\":2"
+#define BASE                                                                                                 \
+    "\"architectures\":[\"Qwen2ForCausalLM\"],\"vocab_size\":100,\"intermediate_size\":128,\"num_hidden_"    \
+    "layers\":2"
 
 TEST(config_rejects_bad_values) {
     static const struct {
@@ -232,32 +234,31 @@ TEST(config_rejects_bad_values) {
         int code;
     } cases[] = {
         {"{" BASE ",\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
-        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"num_key_value_heads\":3}",
-         "multiple", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"num_key_value_heads\":3}", "multiple",
+         DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":66,\"num_attention_heads\":4}", "head_dim", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":66,\"num_attention_heads\":4,\"head_dim\":null}", "head_dim",
          DSI_EFORMAT},
-        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"head_dim\":15}", "even",
-         DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"head_dim\":15}", "even", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":-64,\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":64.5,\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":\"64\",\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":1e300,\"num_attention_heads\":4}", "hidden_size", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":[1,2,3,4,5,6,7,8,9]}",
          "eos_token_id", DSI_EFORMAT},
-        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":100}",
-         "vocab_size", DSI_EFORMAT},
-        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":\"x\"}",
-         "eos_token_id", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":100}", "vocab_size",
+         DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"eos_token_id\":\"x\"}", "eos_token_id",
+         DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":{\"type\":\"su\"}}",
          "\"su\"", DSI_EUNSUPPORTED},
-        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":[1]}",
-         "rope_scaling", DSI_EFORMAT},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":[1]}", "rope_scaling",
+         DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_scaling\":{\"rope_type\":"
          "\"llama3\",\"factor\":8}}",
          "llama3", DSI_EFORMAT},
-        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"torch_dtype\":\"int4\"}",
-         "int4", DSI_EUNSUPPORTED},
+        {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"torch_dtype\":\"int4\"}", "int4",
+         DSI_EUNSUPPORTED},
         {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"tie_word_embeddings\":1}",
          "tie_word_embeddings", DSI_EFORMAT},
         {"{" BASE ",\"hidden_size\":64,\"num_attention_heads\":4,\"rope_theta\":0}", "rope_theta",

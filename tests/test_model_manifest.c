@@ -56,7 +56,9 @@ static char *fresh_model(void) {
     return d;
 }
 
-static int verify(const char *d, char **err) { return dsi_manifest_verify(d, &opts2, NULL, err); }
+static int verify(const char *d, char **err) {
+    return dsi_manifest_verify(d, &opts2, NULL, err);
+}
 
 TEST(manifest_round_trip_is_sorted_coreutils_format) {
     char *d = tm_mkdtemp();

@@ -46,11 +46,10 @@ static void expect_bad(const char *header, size_t data_len, const char *tensor, 
 }
 
 TEST(st_open_valid_file_reads_tensors) {
-    static const char h[] =
-        "{\"__metadata__\":{\"format\":\"pt\"},"
-        "\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[8,12]},"
-        "\"a\":{\"dtype\":\"F32\",\"shape\":[2,1],\"data_offsets\":[0,8]},"
-        "\"e\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[12,12]}}    ";
+    static const char h[] = "{\"__metadata__\":{\"format\":\"pt\"},"
+                            "\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[8,12]},"
+                            "\"a\":{\"dtype\":\"F32\",\"shape\":[2,1],\"data_offsets\":[0,8]},"
+                            "\"e\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[12,12]}}    ";
     uint8_t data[12];
     float a[2] = {1.5f, -3.0f};
     memcpy(data, a, 8);
@@ -114,7 +113,8 @@ TEST(st_header_length_absurd_in_big_sparse_file) {
     CHECK(fd >= 0);
     uint64_t hl = (uint64_t)150 << 20; /* fits the 200 MB file but is over the limit */
     uint8_t b[8];
-    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(hl >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(hl >> (8 * i));
     CHECK(write(fd, b, 8) == 8);
     CHECK(ftruncate(fd, (off_t)200 << 20) == 0);
     close(fd);
@@ -130,8 +130,7 @@ TEST(st_header_length_absurd_in_big_sparse_file) {
 TEST(st_offsets_out_of_range) {
     expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, "w",
                "past the data region");
-    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[1e30,1e30]}}", 8, "w",
-               NULL);
+    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[1e30,1e30]}}", 8, "w", NULL);
 }
 
 TEST(st_offsets_begin_after_end) {
@@ -157,8 +156,7 @@ TEST(st_overlapping_tensors) {
 }
 
 TEST(st_shape_does_not_match_byte_size) {
-    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "w",
-               "needs 12 bytes");
+    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, "w", "needs 12 bytes");
     expect_bad("{\"w\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[0,4]}}", 8, "w", NULL);
 }
 
@@ -173,8 +171,8 @@ TEST(st_shape_product_overflow) {
     /* Negative, fractional and too many dims. */
     expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", 8, "w", NULL);
     expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,0]}}", 8, "w", NULL);
-    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}",
-               8, "w", "dimensions");
+    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 8, "w",
+               "dimensions");
 }
 
 TEST(st_duplicate_names) {
@@ -190,16 +188,14 @@ TEST(st_unknown_dtype) {
 }
 
 TEST(st_non_utf8_name) {
-    expect_bad("{\"w\xff\xfe\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
-               "w\\xff\\xfe", "UTF-8");
-    /* Overlong encoding of '/' and a UTF-16 surrogate are not UTF-8 either. */
-    expect_bad("{\"\xc0\xaf\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL,
+    expect_bad("{\"w\xff\xfe\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, "w\\xff\\xfe",
                "UTF-8");
-    expect_bad("{\"\xed\xa0\x80\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
-               NULL, "UTF-8");
+    /* Overlong encoding of '/' and a UTF-16 surrogate are not UTF-8 either. */
+    expect_bad("{\"\xc0\xaf\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL, "UTF-8");
+    expect_bad("{\"\xed\xa0\x80\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL,
+               "UTF-8");
     expect_bad("{\"\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL, "empty");
-    expect_bad("{\"a\\nb\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL,
-               "control");
+    expect_bad("{\"a\\nb\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, NULL, "control");
 }
 
 TEST(st_non_object_json_and_bad_json) {
@@ -216,8 +212,7 @@ TEST(st_missing_fields) {
     expect_bad("{\"w\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4, "w", "dtype");
     expect_bad("{\"w\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4, "w", "shape");
     expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4, "w", NULL);
-    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,\"4\"]}}", 4, "w",
-               NULL);
+    expect_bad("{\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,\"4\"]}}", 4, "w", NULL);
 }
 
 TEST(st_open_mem_matches_file_rules) {
@@ -243,8 +238,9 @@ static void write_shards(void) {
     char *b = tm_path(tmp_dir, "model-00002-of-00002.safetensors");
     float va[2] = {1, 2}, vb[3] = {3, 4, 5};
     CHECK(tm_write_st(a, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", va, 8) == 0);
-    CHECK(tm_write_st(b, "{\"b\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
-                         "\"c\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[12,12]}}",
+    CHECK(tm_write_st(b,
+                      "{\"b\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
+                      "\"c\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[12,12]}}",
                       vb, 12) == 0);
     free(a);
     free(b);
@@ -340,8 +336,8 @@ TEST(st_open_dir_without_weights) {
 }
 
 static float conv1(enum dsi_dtype dt, const void *bytes, size_t n) {
-    struct dsi_tensor t = {.name = "t", .dtype = dt, .n_dims = 1, .n_elems = 1, .data = bytes,
-                           .size_bytes = n};
+    struct dsi_tensor t = {
+        .name = "t", .dtype = dt, .n_dims = 1, .n_elems = 1, .data = bytes, .size_bytes = n};
     float f = -12345.0f;
     if (dsi_tensor_to_f32(&t, &f, NULL) != 0) return -99999.0f;
     return f;
@@ -349,20 +345,33 @@ static float conv1(enum dsi_dtype dt, const void *bytes, size_t n) {
 
 TEST(dtype_conversions_are_exact) {
     uint16_t h;
-    h = 0x3c00; CHECK(conv1(DSI_DT_F16, &h, 2) == 1.0f);
-    h = 0xc000; CHECK(conv1(DSI_DT_F16, &h, 2) == -2.0f);
-    h = 0x7bff; CHECK(conv1(DSI_DT_F16, &h, 2) == 65504.0f);
-    h = 0x0001; CHECK(conv1(DSI_DT_F16, &h, 2) == ldexpf(1.0f, -24));
-    h = 0x7c00; CHECK(isinf(conv1(DSI_DT_F16, &h, 2)));
-    h = 0x7e00; CHECK(isnan(conv1(DSI_DT_F16, &h, 2)));
-    h = 0x3f80; CHECK(conv1(DSI_DT_BF16, &h, 2) == 1.0f);
+    h = 0x3c00;
+    CHECK(conv1(DSI_DT_F16, &h, 2) == 1.0f);
+    h = 0xc000;
+    CHECK(conv1(DSI_DT_F16, &h, 2) == -2.0f);
+    h = 0x7bff;
+    CHECK(conv1(DSI_DT_F16, &h, 2) == 65504.0f);
+    h = 0x0001;
+    CHECK(conv1(DSI_DT_F16, &h, 2) == ldexpf(1.0f, -24));
+    h = 0x7c00;
+    CHECK(isinf(conv1(DSI_DT_F16, &h, 2)));
+    h = 0x7e00;
+    CHECK(isnan(conv1(DSI_DT_F16, &h, 2)));
+    h = 0x3f80;
+    CHECK(conv1(DSI_DT_BF16, &h, 2) == 1.0f);
     uint8_t b;
-    b = 0x38; CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == 1.0f);
-    b = 0x7e; CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == 448.0f);
-    b = 0xfe; CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == -448.0f);
-    b = 0x01; CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == ldexpf(1.0f, -9));
-    b = 0x7f; CHECK(isnan(conv1(DSI_DT_F8_E4M3, &b, 1)));
-    b = 0xff; CHECK(conv1(DSI_DT_I8, &b, 1) == -1.0f);
+    b = 0x38;
+    CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == 1.0f);
+    b = 0x7e;
+    CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == 448.0f);
+    b = 0xfe;
+    CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == -448.0f);
+    b = 0x01;
+    CHECK(conv1(DSI_DT_F8_E4M3, &b, 1) == ldexpf(1.0f, -9));
+    b = 0x7f;
+    CHECK(isnan(conv1(DSI_DT_F8_E4M3, &b, 1)));
+    b = 0xff;
+    CHECK(conv1(DSI_DT_I8, &b, 1) == -1.0f);
     CHECK(conv1(DSI_DT_U8, &b, 1) == 255.0f);
     int64_t big = 5;
     CHECK(conv1(DSI_DT_I64, &big, 8) == -99999.0f); /* unsupported, not garbage */

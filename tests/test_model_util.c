@@ -51,7 +51,8 @@ int tm_write_st(const char *path, const char *header, const void *data, size_t d
     size_t total = 8 + hl + data_len;
     uint8_t *buf = calloc(1, total ? total : 1);
     if (!buf) return -1;
-    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)hl >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (uint8_t)((uint64_t)hl >> (8 * i));
     memcpy(buf + 8, header, hl);
     if (data) memcpy(buf + 8 + hl, data, data_len);
     int rc = tm_write_file(path, buf, total);
@@ -83,12 +84,12 @@ int tm_make_model(const char *dir) {
         float v = (float)i * 0.5f;
         memcpy(data + 4 * i, &v, 4);
     }
-    for (int i = 0; i < 8; i++) data[512 + 2 * i] = 0, data[512 + 2 * i + 1] = 0x3f; /* 0.5 */
+    for (int i = 0; i < 8; i++)
+        data[512 + 2 * i] = 0, data[512 + 2 * i + 1] = 0x3f; /* 0.5 */
     char *p1 = tm_path(dir, "config.json"), *p2 = tm_path(dir, "model.safetensors"),
          *p3 = tm_path(dir, "tokenizer.json");
     int rc = (p1 && p2 && p3 && tm_write_file(p1, cfg, sizeof cfg - 1) == 0 &&
-              tm_write_st(p2, hdr, data, sizeof data) == 0 &&
-              tm_write_file(p3, "{\"model\":{}}", 12) == 0)
+              tm_write_st(p2, hdr, data, sizeof data) == 0 && tm_write_file(p3, "{\"model\":{}}", 12) == 0)
                  ? 0
                  : -1;
     free(p1), free(p2), free(p3);

@@ -30,8 +30,8 @@ int dsi_sha256(const void *data, size_t n, uint8_t out[DSI_SHA256_LEN]);
 
 /* Digest of a file read with pread in `buf_bytes` chunks (0: 1 MiB). bytes_out
  * (optional) gets the file size. DSI_ENOENT/DSI_EIO with *err naming the path. */
-int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_LEN],
-                    size_t *bytes_out, char **err);
+int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_LEN], size_t *bytes_out,
+                    char **err);
 
 /* Lowercase hex of n bytes into out (2n+1 bytes incl. NUL). */
 void dsi_hex_encode(const uint8_t *in, size_t n, char *out);

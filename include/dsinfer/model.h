@@ -34,15 +34,15 @@ size_t dsi_dtype_size(enum dsi_dtype dt);
 #define DSI_MAX_DIMS 8
 
 struct dsi_tensor {
-    char *name;               /* owned by the safetensors handle; valid UTF-8, no control chars */
+    char *name; /* owned by the safetensors handle; valid UTF-8, no control chars */
     enum dsi_dtype dtype;
     int n_dims;
     int64_t shape[DSI_MAX_DIMS];
     size_t n_elems;
-    const void *data;         /* into the read-only mmap; valid until close. Only 1-byte
-                                 aligned in general: read with memcpy or dsi_tensor_to_f32 */
+    const void *data; /* into the read-only mmap; valid until close. Only 1-byte
+                         aligned in general: read with memcpy or dsi_tensor_to_f32 */
     size_t size_bytes;
-    int file_index;           /* which shard */
+    int file_index; /* which shard */
 };
 
 struct dsi_safetensors {
@@ -60,8 +60,7 @@ int dsi_st_open_file(struct dsi_safetensors *st, const char *path, char **err);
 /* Parses a safetensors image already in memory (the fuzz target's entry). `name`
  * is used in error messages. Tensors point into buf, which the caller owns and
  * keeps alive until dsi_st_close. Same checks as dsi_st_open_file. */
-int dsi_st_open_mem(struct dsi_safetensors *st, const void *buf, size_t len, const char *name,
-                    char **err);
+int dsi_st_open_mem(struct dsi_safetensors *st, const void *buf, size_t len, const char *name, char **err);
 void dsi_st_close(struct dsi_safetensors *st);
 const struct dsi_tensor *dsi_st_find(const struct dsi_safetensors *st, const char *name);
 
@@ -71,8 +70,8 @@ enum dsi_rope_type { DSI_ROPE_DEFAULT, DSI_ROPE_LINEAR, DSI_ROPE_LLAMA3, DSI_ROP
 struct dsi_rope_scaling {
     enum dsi_rope_type type;
     float factor;
-    float low_freq_factor, high_freq_factor;    /* llama3 */
-    int original_max_position_embeddings;       /* llama3, yarn */
+    float low_freq_factor, high_freq_factor;            /* llama3 */
+    int original_max_position_embeddings;               /* llama3, yarn */
     float beta_fast, beta_slow, mscale, mscale_all_dim; /* yarn */
 };
 
@@ -80,22 +79,22 @@ struct dsi_rope_scaling {
 
 struct dsi_model_config {
     enum dsi_arch arch;
-    char architecture[64];   /* as in config.json, e.g. "Qwen2ForCausalLM" */
+    char architecture[64]; /* as in config.json, e.g. "Qwen2ForCausalLM" */
     int vocab_size;
     int hidden_size;
     int intermediate_size;
     int n_layers;
     int n_heads;
     int n_kv_heads;
-    int head_dim;            /* hidden_size / n_heads unless config says otherwise */
+    int head_dim; /* hidden_size / n_heads unless config says otherwise */
     int max_position_embeddings;
     float rms_norm_eps;
     float rope_theta;
     struct dsi_rope_scaling rope;
     bool tie_word_embeddings;
-    bool attention_bias;     /* q/k/v projections carry a bias (Qwen2: true) */
-    enum dsi_dtype dtype;    /* torch_dtype / dtype */
-    int bos_token_id;        /* -1 if none */
+    bool attention_bias;  /* q/k/v projections carry a bias (Qwen2: true) */
+    enum dsi_dtype dtype; /* torch_dtype / dtype */
+    int bos_token_id;     /* -1 if none */
     int eos_token_ids[DSI_MAX_EOS];
     int n_eos;
     /* DeepSeek-V2/V3 (MLA + MoE); zero for dense families */
@@ -108,8 +107,8 @@ struct dsi_model_config {
     bool quant_fp8;
     int quant_block[2];
     /* Dense-family switches the forward pass must honour (runnable refuses them). */
-    bool mlp_bias;           /* Llama mlp_bias: gate/up/down carry a bias */
-    int sliding_window;      /* Qwen2 use_sliding_window: window in tokens; 0 = off */
+    bool mlp_bias;      /* Llama mlp_bias: gate/up/down carry a bias */
+    int sliding_window; /* Qwen2 use_sliding_window: window in tokens; 0 = off */
 };
 /* "Qwen2ForCausalLM", ... for an arch value. */
 const char *dsi_arch_name(enum dsi_arch a);
@@ -128,8 +127,8 @@ int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err);
 
 /* Manifest: DIR/SHA256SUMS in `sha256sum` format. */
 struct dsi_manifest_opts {
-    int n_threads;       /* 0: number of CPUs */
-    bool progress;       /* progress line on stderr when it is a terminal */
+    int n_threads;                      /* 0: number of CPUs */
+    bool progress;                      /* progress line on stderr when it is a terminal */
     const char *expect_manifest_sha256; /* verify only: optional pin (hex) of SHA256SUMS */
 };
 /* Hashes every regular, non-hidden file under DIR (recursing into sub-folders,
@@ -142,8 +141,7 @@ int dsi_manifest_write(const char *dir, const struct dsi_manifest_opts *o, char 
  * (every problem is also logged). A malformed SHA256SUMS (bad hex, "../" or
  * absolute names, duplicates) is DSI_EFORMAT. Files that must be listed:
  * dsi_manifest_must_list(). bytes_out (optional) gets the bytes hashed. */
-int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out,
-                        char **err);
+int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out, char **err);
 /* true for names verify insists on: weights (*.safetensors, *.bin, *.pt, *.pth,
  * *.gguf), *.json, *.py (remote code), tokenizer and vocab files (*.model,
  * *.tiktoken, *.txt, tokenizer*, vocab*, merges*), *.jinja. */
@@ -157,12 +155,11 @@ struct dsi_model {
     double verify_s, open_s; /* timings for the startup log */
 };
 struct dsi_model_open_opts {
-    bool skip_verify;        /* development only; logged as a warning */
+    bool skip_verify;                   /* development only; logged as a warning */
     const char *expect_manifest_sha256; /* optional pin of SHA256SUMS's own hash (hex) */
     int n_threads;
 };
-int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o,
-                   char **err);
+int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o, char **err);
 void dsi_model_close(struct dsi_model *m);
 
 /* Reads tensor t as fp32 into dst (n_elems floats), converting from F32, F16,

@@ -69,8 +69,8 @@ static int fail(const char *cmd, int rc, char *err) {
 int dsi_cmd_verify(int argc, char **argv) {
     struct model_args a;
     if (parse_args("verify", argc, argv, &a, true, false)) return DSI_EXIT_USAGE;
-    struct dsi_manifest_opts o = {.n_threads = a.n_threads, .progress = true,
-                                  .expect_manifest_sha256 = a.pin};
+    struct dsi_manifest_opts o = {
+        .n_threads = a.n_threads, .progress = true, .expect_manifest_sha256 = a.pin};
     char *err = NULL;
     size_t bytes = 0;
     double t0 = now_s();
@@ -101,8 +101,7 @@ int dsi_cmd_manifest(int argc, char **argv) {
         return fail("manifest", rc, err);
     }
     dsi_hex_encode(d, sizeof d, hex);
-    printf("wrote %s\nSHA-256 of SHA256SUMS (pin it with --expect-manifest-sha256): %s\n", path,
-           hex);
+    printf("wrote %s\nSHA-256 of SHA256SUMS (pin it with --expect-manifest-sha256): %s\n", path, hex);
     free(path);
     return DSI_EXIT_OK;
 }
@@ -139,16 +138,14 @@ static double kv_bytes_per_token_bf16(const struct dsi_model_config *c) {
     return 2.0 * 2.0 * c->n_layers * c->n_kv_heads * c->head_dim;
 }
 
-static void print_text(const char *dir, const struct dsi_model_config *c, bool runnable,
-                       const char *why, const struct dsi_safetensors *st, const struct mem_plan *p) {
+static void print_text(const char *dir, const struct dsi_model_config *c, bool runnable, const char *why,
+                       const struct dsi_safetensors *st, const struct mem_plan *p) {
     printf("model:         %s\n", dir);
     printf("architecture:  %s (%s)\n", c->architecture, runnable ? "runnable" : why);
-    printf("layers %d, hidden %d, intermediate %d, heads %d, kv heads %d, head_dim %d\n",
-           c->n_layers, c->hidden_size, c->intermediate_size, c->n_heads, c->n_kv_heads,
-           c->head_dim);
+    printf("layers %d, hidden %d, intermediate %d, heads %d, kv heads %d, head_dim %d\n", c->n_layers,
+           c->hidden_size, c->intermediate_size, c->n_heads, c->n_kv_heads, c->head_dim);
     printf("vocab:         %d\ncontext:       %d\n", c->vocab_size, c->max_position_embeddings);
-    printf("rope:          theta %g, scaling %s", (double)c->rope_theta,
-           dsi_rope_type_name(c->rope.type));
+    printf("rope:          theta %g, scaling %s", (double)c->rope_theta, dsi_rope_type_name(c->rope.type));
     if (c->rope.type != DSI_ROPE_DEFAULT) printf(" factor %g", (double)c->rope.factor);
     if (c->rope.original_max_position_embeddings)
         printf(" original_max_position_embeddings %d", c->rope.original_max_position_embeddings);
@@ -165,13 +162,13 @@ static void print_text(const char *dir, const struct dsi_model_config *c, bool r
         if (p->dt_count[d])
             printf(" %s (%zu tensors, %.3f GB)", dsi_dtype_name((enum dsi_dtype)d), p->dt_count[d],
                    p->dt_bytes[d] / 1e9);
-    printf("\nweights need:  f32 %.3f GB, bf16 %.3f GB, int8 %.3f GB (per-row f32 scales)\n",
-           p->f32 / 1e9, p->bf16 / 1e9, p->int8 / 1e9);
+    printf("\nweights need:  f32 %.3f GB, bf16 %.3f GB, int8 %.3f GB (per-row f32 scales)\n", p->f32 / 1e9,
+           p->bf16 / 1e9, p->int8 / 1e9);
     printf("kv cache:      %.0f bytes per token (bf16)\n", kv_bytes_per_token_bf16(c));
 }
 
-static int print_json(const char *dir, const struct dsi_model_config *c, bool runnable,
-                      const char *why, const struct dsi_safetensors *st, const struct mem_plan *p) {
+static int print_json(const char *dir, const struct dsi_model_config *c, bool runnable, const char *why,
+                      const struct dsi_safetensors *st, const struct mem_plan *p) {
     cJSON *o = cJSON_CreateObject(), *dts = cJSON_CreateObject(), *mem = cJSON_CreateObject();
     cJSON *rope = cJSON_CreateObject();
     if (!o || !dts || !mem || !rope) {
@@ -225,8 +222,10 @@ int dsi_cmd_inspect(int argc, char **argv) {
     bool runnable = dsi_model_config_runnable(&cfg, &why) == 0;
     struct mem_plan p;
     plan_memory(&st, &p);
-    if (a.json) rc = print_json(a.dir, &cfg, runnable, why ? why : "", &st, &p);
-    else print_text(a.dir, &cfg, runnable, why ? why : "", &st, &p);
+    if (a.json)
+        rc = print_json(a.dir, &cfg, runnable, why ? why : "", &st, &p);
+    else
+        print_text(a.dir, &cfg, runnable, why ? why : "", &st, &p);
     free(why);
     dsi_st_close(&st);
     return rc ? fail("inspect", rc, NULL) : DSI_EXIT_OK;

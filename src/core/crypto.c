@@ -58,14 +58,14 @@ int dsi_sha256(const void *data, size_t n, uint8_t out[DSI_SHA256_LEN]) {
     return rc;
 }
 
-int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_LEN],
-                    size_t *bytes_out, char **err) {
+int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_LEN], size_t *bytes_out,
+                    char **err) {
     if (!path || !out) return DSI_EINVAL;
     if (buf_bytes == 0) buf_bytes = (size_t)1 << 20; /* L2-sized: see manifest.c */
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s",
-                          path, strerror(errno));
+        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s", path,
+                          strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
@@ -81,8 +81,7 @@ int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_L
         ssize_t n = pread(fd, buf, buf_bytes, (off_t)total);
         if (n < 0) {
             if (errno == EINTR) continue;
-            rc = dsi_seterr(err, DSI_EIO, "%s: read failed at byte %zu: %s", path, total,
-                            strerror(errno));
+            rc = dsi_seterr(err, DSI_EIO, "%s: read failed at byte %zu: %s", path, total, strerror(errno));
             break;
         }
         if (n == 0) break;

@@ -16,9 +16,9 @@ static const struct {
     const char *name;
     size_t size;
 } dtypes[DSI_DT__COUNT] = {
-    [DSI_DT_F32] = {"F32", 4},   [DSI_DT_F16] = {"F16", 2}, [DSI_DT_BF16] = {"BF16", 2},
-    [DSI_DT_I8] = {"I8", 1},     [DSI_DT_U8] = {"U8", 1},   [DSI_DT_F8_E4M3] = {"F8_E4M3", 1},
-    [DSI_DT_I32] = {"I32", 4},   [DSI_DT_I64] = {"I64", 8},
+    [DSI_DT_F32] = {"F32", 4}, [DSI_DT_F16] = {"F16", 2}, [DSI_DT_BF16] = {"BF16", 2},
+    [DSI_DT_I8] = {"I8", 1},   [DSI_DT_U8] = {"U8", 1},   [DSI_DT_F8_E4M3] = {"F8_E4M3", 1},
+    [DSI_DT_I32] = {"I32", 4}, [DSI_DT_I64] = {"I64", 8},
 };
 
 const char *dsi_dtype_name(enum dsi_dtype dt) {
@@ -71,7 +71,9 @@ int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err) {
         return dsi_seterr(err, DSI_EFORMAT, "tensor %s: size does not match its shape",
                           t->name ? t->name : "?");
     switch (t->dtype) {
-    case DSI_DT_F32: memcpy(dst, p, n * 4); break;
+    case DSI_DT_F32:
+        memcpy(dst, p, n * 4);
+        break;
     case DSI_DT_F16:
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
@@ -87,13 +89,16 @@ int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err) {
         }
         break;
     case DSI_DT_F8_E4M3:
-        for (size_t i = 0; i < n; i++) dst[i] = f8e4m3_to_f32(p[i]);
+        for (size_t i = 0; i < n; i++)
+            dst[i] = f8e4m3_to_f32(p[i]);
         break;
     case DSI_DT_I8:
-        for (size_t i = 0; i < n; i++) dst[i] = (float)(int8_t)p[i];
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)(int8_t)p[i];
         break;
     case DSI_DT_U8:
-        for (size_t i = 0; i < n; i++) dst[i] = (float)p[i];
+        for (size_t i = 0; i < n; i++)
+            dst[i] = (float)p[i];
         break;
     case DSI_DT_I32:
         for (size_t i = 0; i < n; i++) {

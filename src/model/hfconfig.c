@@ -21,7 +21,7 @@
 #include <string.h>
 
 #define CFG_MAX_BYTES ((size_t)4 << 20)
-#define CFG_MAX_DIM (1 << 20)      /* hidden, intermediate, head dims */
+#define CFG_MAX_DIM (1 << 20) /* hidden, intermediate, head dims */
 #define CFG_MAX_VOCAB (1 << 24)
 #define CFG_MAX_LAYERS 4096
 #define CFG_MAX_HEADS 4096
@@ -40,10 +40,9 @@ static const struct {
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 #define SUPPORTED "Qwen2ForCausalLM, LlamaForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM"
 
-static int get_int(const cJSON *root, const char *key, int def, int lo, int hi, int *out,
-                   char **err);
-static int get_float(const cJSON *root, const char *key, float def, float lo, float hi,
-                     float *out, char **err);
+static int get_int(const cJSON *root, const char *key, int def, int lo, int hi, int *out, char **err);
+static int get_float(const cJSON *root, const char *key, float def, float lo, float hi, float *out,
+                     char **err);
 static int parse_rope(const cJSON *root, struct dsi_model_config *c, char **err);
 static int parse_dtype(const cJSON *root, struct dsi_model_config *c, char **err);
 static int parse_tokens(const cJSON *root, struct dsi_model_config *c, char **err);
@@ -57,35 +56,38 @@ const char *dsi_arch_name(enum dsi_arch a) {
 
 const char *dsi_rope_type_name(enum dsi_rope_type t) {
     switch (t) {
-    case DSI_ROPE_DEFAULT: return "default";
-    case DSI_ROPE_LINEAR: return "linear";
-    case DSI_ROPE_LLAMA3: return "llama3";
-    case DSI_ROPE_YARN: return "yarn";
-    case DSI_ROPE_DYNAMIC: return "dynamic";
+    case DSI_ROPE_DEFAULT:
+        return "default";
+    case DSI_ROPE_LINEAR:
+        return "linear";
+    case DSI_ROPE_LLAMA3:
+        return "llama3";
+    case DSI_ROPE_YARN:
+        return "yarn";
+    case DSI_ROPE_DYNAMIC:
+        return "dynamic";
     }
     return "unknown";
 }
 
 /* Missing or null -> def; otherwise an integral number in [lo, hi]. */
-static int get_int(const cJSON *root, const char *key, int def, int lo, int hi, int *out,
-                   char **err) {
+static int get_int(const cJSON *root, const char *key, int def, int lo, int hi, int *out, char **err) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!it || cJSON_IsNull(it)) {
-        if (def < lo || def > hi)
-            return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" is required", key);
+        if (def < lo || def > hi) return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" is required", key);
         *out = def;
         return 0;
     }
     double d = it->valuedouble;
     if (!cJSON_IsNumber(it) || d != floor(d) || d < lo || d > hi)
-        return dsi_seterr(err, DSI_EFORMAT,
-                          "config.json: \"%s\" must be an integer in [%d, %d]", key, lo, hi);
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" must be an integer in [%d, %d]", key, lo,
+                          hi);
     *out = (int)d;
     return 0;
 }
 
-static int get_float(const cJSON *root, const char *key, float def, float lo, float hi,
-                     float *out, char **err) {
+static int get_float(const cJSON *root, const char *key, float def, float lo, float hi, float *out,
+                     char **err) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!it || cJSON_IsNull(it)) {
         *out = def;
@@ -93,8 +95,8 @@ static int get_float(const cJSON *root, const char *key, float def, float lo, fl
     }
     double d = it->valuedouble;
     if (!cJSON_IsNumber(it) || !(d >= lo && d <= hi))
-        return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" must be a number in [%g, %g]",
-                          key, (double)lo, (double)hi);
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: \"%s\" must be a number in [%g, %g]", key,
+                          (double)lo, (double)hi);
     *out = (float)d;
     return 0;
 }
@@ -142,8 +144,10 @@ static int parse_rope(const cJSON *root, struct dsi_model_config *c, char **err)
     static const struct {
         const char *name;
         enum dsi_rope_type type;
-    } types[] = {{"default", DSI_ROPE_DEFAULT}, {"linear", DSI_ROPE_LINEAR},
-                 {"llama3", DSI_ROPE_LLAMA3},   {"yarn", DSI_ROPE_YARN},
+    } types[] = {{"default", DSI_ROPE_DEFAULT},
+                 {"linear", DSI_ROPE_LINEAR},
+                 {"llama3", DSI_ROPE_LLAMA3},
+                 {"yarn", DSI_ROPE_YARN},
                  {"dynamic", DSI_ROPE_DYNAMIC}};
     bool found = false;
     for (size_t i = 0; ts && i < sizeof types / sizeof types[0]; i++)
@@ -170,8 +174,8 @@ static int parse_rope(const cJSON *root, struct dsi_model_config *c, char **err)
         (rc = get_float(rs, "mscale", 1.0f, 0.0f, 1e6f, &r->mscale, err)) ||
         (rc = get_float(rs, "mscale_all_dim", 0.0f, 0.0f, 1e6f, &r->mscale_all_dim, err)))
         return rc;
-    if (r->type == DSI_ROPE_LLAMA3 && (r->original_max_position_embeddings == 0 ||
-                                       r->high_freq_factor <= r->low_freq_factor))
+    if (r->type == DSI_ROPE_LLAMA3 &&
+        (r->original_max_position_embeddings == 0 || r->high_freq_factor <= r->low_freq_factor))
         return dsi_seterr(err, DSI_EFORMAT,
                           "config.json: llama3 rope needs original_max_position_embeddings and "
                           "high_freq_factor > low_freq_factor");
@@ -233,16 +237,12 @@ static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **e
         (rc = get_int(root, "v_head_dim", -1, 1, CFG_MAX_DIM, &c->v_head_dim, err)) ||
         (rc = get_int(root, "n_routed_experts", 0, 0, CFG_MAX_EXPERTS, &c->n_routed_experts, err)) ||
         (rc = get_int(root, "n_shared_experts", 0, 0, CFG_MAX_EXPERTS, &c->n_shared_experts, err)) ||
-        (rc = get_int(root, "num_experts_per_tok", 0, 0, CFG_MAX_EXPERTS, &c->num_experts_per_tok,
-                      err)) ||
-        (rc = get_int(root, "moe_intermediate_size", 0, 0, CFG_MAX_DIM, &c->moe_intermediate_size,
-                      err)) ||
-        (rc = get_int(root, "first_k_dense_replace", 0, 0, CFG_MAX_LAYERS,
-                      &c->first_k_dense_replace, err)) ||
+        (rc = get_int(root, "num_experts_per_tok", 0, 0, CFG_MAX_EXPERTS, &c->num_experts_per_tok, err)) ||
+        (rc = get_int(root, "moe_intermediate_size", 0, 0, CFG_MAX_DIM, &c->moe_intermediate_size, err)) ||
+        (rc = get_int(root, "first_k_dense_replace", 0, 0, CFG_MAX_LAYERS, &c->first_k_dense_replace, err)) ||
         (rc = get_int(root, "n_group", 1, 1, CFG_MAX_EXPERTS, &c->n_group, err)) ||
         (rc = get_int(root, "topk_group", 1, 1, CFG_MAX_EXPERTS, &c->topk_group, err)) ||
-        (rc = get_float(root, "routed_scaling_factor", 1.0f, 0.0f, 1e6f, &c->routed_scaling_factor,
-                        err)))
+        (rc = get_float(root, "routed_scaling_factor", 1.0f, 0.0f, 1e6f, &c->routed_scaling_factor, err)))
         return rc;
     if (c->num_experts_per_tok > c->n_routed_experts || c->topk_group > c->n_group ||
         (c->n_routed_experts && c->n_routed_experts % c->n_group))
@@ -266,8 +266,7 @@ static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **e
                 const cJSON *x = cJSON_GetArrayItem(b, i);
                 double d = x ? x->valuedouble : 0;
                 if (!cJSON_IsNumber(x) || d != floor(d) || d < 1 || d > 65536)
-                    return dsi_seterr(err, DSI_EFORMAT,
-                                      "config.json: weight_block_size must be [r, c]");
+                    return dsi_seterr(err, DSI_EFORMAT, "config.json: weight_block_size must be [r, c]");
                 c->quant_block[i] = (int)d;
             }
         }
@@ -309,14 +308,12 @@ int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config
         (rc = get_int(root, "intermediate_size", -1, 1, CFG_MAX_DIM, &cfg->intermediate_size, err)) ||
         (rc = get_int(root, "num_hidden_layers", -1, 1, CFG_MAX_LAYERS, &cfg->n_layers, err)) ||
         (rc = get_int(root, "num_attention_heads", -1, 1, CFG_MAX_HEADS, &cfg->n_heads, err)) ||
-        (rc = get_int(root, "num_key_value_heads", cfg->n_heads, 1, CFG_MAX_HEADS, &cfg->n_kv_heads,
+        (rc = get_int(root, "num_key_value_heads", cfg->n_heads, 1, CFG_MAX_HEADS, &cfg->n_kv_heads, err)) ||
+        (rc = get_int(root, "max_position_embeddings", def_ctx, 1, CFG_MAX_CTX, &cfg->max_position_embeddings,
                       err)) ||
-        (rc = get_int(root, "max_position_embeddings", def_ctx, 1, CFG_MAX_CTX,
-                      &cfg->max_position_embeddings, err)) ||
         (rc = get_float(root, "rms_norm_eps", 1e-6f, 1e-12f, 1.0f, &cfg->rms_norm_eps, err)) ||
         (rc = get_bool(root, "tie_word_embeddings", false, &cfg->tie_word_embeddings, err)) ||
-        (rc = get_bool(root, "attention_bias", cfg->arch == DSI_ARCH_QWEN2, &cfg->attention_bias,
-                       err)) ||
+        (rc = get_bool(root, "attention_bias", cfg->arch == DSI_ARCH_QWEN2, &cfg->attention_bias, err)) ||
         (rc = parse_rope(root, cfg, err)) || (rc = parse_dtype(root, cfg, err)) ||
         (rc = parse_tokens(root, cfg, err)))
         goto out;
@@ -346,8 +343,7 @@ int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config
     }
     if ((rc = get_int(root, "head_dim", def_hd, 1, CFG_MAX_DIM, &cfg->head_dim, err))) goto out;
     if (!mla && cfg->head_dim % 2) {
-        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: head_dim %d must be even for rope",
-                        cfg->head_dim);
+        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: head_dim %d must be even for rope", cfg->head_dim);
         goto out;
     }
     for (int i = 0; i < cfg->n_eos; i++)
@@ -357,8 +353,8 @@ int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config
             goto out;
         }
     if (cfg->bos_token_id >= cfg->vocab_size) {
-        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: bos_token_id %d >= vocab_size %d",
-                        cfg->bos_token_id, cfg->vocab_size);
+        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: bos_token_id %d >= vocab_size %d", cfg->bos_token_id,
+                        cfg->vocab_size);
         goto out;
     }
 out:
@@ -393,8 +389,8 @@ int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err) {
                           "implemented); runnable: Qwen2ForCausalLM, LlamaForCausalLM",
                           cfg->architecture);
     if (cfg->mlp_bias || cfg->sliding_window)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "%s with %s is not runnable yet",
-                          cfg->architecture, cfg->mlp_bias ? "mlp_bias" : "use_sliding_window");
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "%s with %s is not runnable yet", cfg->architecture,
+                          cfg->mlp_bias ? "mlp_bias" : "use_sliding_window");
     if (cfg->rope.type != DSI_ROPE_DEFAULT && cfg->rope.type != DSI_ROPE_LINEAR &&
         cfg->rope.type != DSI_ROPE_LLAMA3)
         return dsi_seterr(err, DSI_EUNSUPPORTED,

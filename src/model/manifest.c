@@ -44,13 +44,13 @@
 #define MF_CHUNK ((size_t)1 << 20) /* fits L2: copy then hash from cache */
 
 struct job {
-    char *name;   /* relative to DIR, owned */
-    char *path;   /* DIR/name, owned */
+    char *name; /* relative to DIR, owned */
+    char *path; /* DIR/name, owned */
     uint8_t want[DSI_SHA256_LEN], got[DSI_SHA256_LEN];
     uint64_t size;
-    bool listed;  /* verify: named by SHA256SUMS */
+    bool listed; /* verify: named by SHA256SUMS */
     int rc;
-    char *err;    /* owned */
+    char *err; /* owned */
 };
 
 struct jobs {
@@ -60,7 +60,7 @@ struct jobs {
 
 struct pool {
     struct job *jobs;
-    size_t *order;        /* job indices, biggest file first */
+    size_t *order; /* job indices, biggest file first */
     size_t n, next, done;
     _Atomic uint64_t bytes;
     pthread_mutex_t mu;
@@ -68,8 +68,8 @@ struct pool {
 };
 
 static int walk(const char *dir, const char *rel, int depth, struct jobs *out, char **err);
-static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *o,
-                    const char *what, uint64_t *bytes, char **err);
+static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *o, const char *what,
+                    uint64_t *bytes, char **err);
 static int parse_manifest(const char *text, size_t len, struct jobs *out, char **err);
 
 static void jobs_free(struct jobs *j) {
@@ -112,8 +112,8 @@ bool dsi_manifest_must_list(const char *name) {
     if (!name) return false;
     const char *base = strrchr(name, '/');
     base = base ? base + 1 : name;
-    static const char *suffixes[] = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf",
-                                     ".json", ".py", ".model", ".tiktoken", ".txt", ".jinja"};
+    static const char *suffixes[] = {".safetensors", ".bin", ".pt",    ".pth",      ".ckpt", ".gguf",
+                                     ".json",        ".py",  ".model", ".tiktoken", ".txt",  ".jinja"};
     static const char *prefixes[] = {"tokenizer", "vocab", "merges"};
     size_t n = strlen(base);
     for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
@@ -131,8 +131,8 @@ static int walk(const char *dir, const char *rel, int depth, struct jobs *out, c
     if (!path) return DSI_ENOMEM;
     DIR *d = opendir(path);
     if (!d) {
-        int rc = dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open folder: %s",
-                            path, strerror(errno));
+        int rc = dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open folder: %s", path,
+                            strerror(errno));
         free(path);
         return rc;
     }
@@ -144,21 +144,23 @@ static int walk(const char *dir, const char *rel, int depth, struct jobs *out, c
         char *name = rel[0] ? dsi__path_join(rel, e->d_name) : strdup(e->d_name);
         char *full = name ? dsi__path_join(dir, name) : NULL;
         struct stat sb, lsb;
-        if (!full) rc = DSI_ENOMEM;
+        if (!full)
+            rc = DSI_ENOMEM;
         else if (stat(full, &sb) != 0)
             dsi_log(DSI_LOG_WARN, "model", "%s: skipped: %s", full, strerror(errno));
         else if (S_ISDIR(sb.st_mode)) {
             if (lstat(full, &lsb) == 0 && S_ISLNK(lsb.st_mode))
                 dsi_log(DSI_LOG_WARN, "model", "%s: symlinked folder skipped", full);
             else if (depth >= MF_MAX_DEPTH)
-                rc = dsi_seterr(err, DSI_ERANGE, "%s: folders nested deeper than %d", full,
-                                MF_MAX_DEPTH);
+                rc = dsi_seterr(err, DSI_ERANGE, "%s: folders nested deeper than %d", full, MF_MAX_DEPTH);
             else
                 rc = walk(dir, name, depth + 1, out, err);
         } else if (S_ISREG(sb.st_mode)) {
             rc = jobs_add(out, dir, name);
-            if (rc) dsi_seterr(err, rc, "%s: too many files or out of memory", dir);
-            else out->v[out->n - 1].size = (uint64_t)sb.st_size;
+            if (rc)
+                dsi_seterr(err, rc, "%s: too many files or out of memory", dir);
+            else
+                out->v[out->n - 1].size = (uint64_t)sb.st_size;
         }
         free(name);
         free(full);
@@ -217,8 +219,10 @@ static void *worker(void *arg) {
         pthread_mutex_unlock(&p->mu);
         if (i == SIZE_MAX) break;
         struct job *j = &p->jobs[i];
-        if (buf) hash_one(p, j, buf);
-        else j->rc = DSI_ENOMEM, j->err = dsi_errf("%s: out of memory", j->name);
+        if (buf)
+            hash_one(p, j, buf);
+        else
+            j->rc = DSI_ENOMEM, j->err = dsi_errf("%s: out of memory", j->name);
         pthread_mutex_lock(&p->mu);
         p->done++;
         pthread_cond_signal(&p->cv);
@@ -242,8 +246,8 @@ static double now_s(void) {
 
 /* Hashes every job into job->got on worker threads; per-file failures land in
  * job->rc/err. Returns 0 unless the pool itself could not run. */
-static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *o,
-                    const char *what, uint64_t *bytes, char **err) {
+static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *o, const char *what,
+                    uint64_t *bytes, char **err) {
     struct pool p = {.jobs = jobs, .n = n};
     if (n == 0) return 0;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -258,7 +262,8 @@ static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *
         return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     }
     uint64_t total = 0;
-    for (size_t i = 0; i < n; i++) p.order[i] = i, total += jobs[i].size;
+    for (size_t i = 0; i < n; i++)
+        p.order[i] = i, total += jobs[i].size;
     qsort_r(p.order, n, sizeof *p.order, cmp_size_desc, jobs);
     pthread_mutex_init(&p.mu, NULL);
     pthread_cond_init(&p.cv, NULL);
@@ -277,14 +282,15 @@ static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *
         pthread_cond_timedwait(&p.cv, &p.mu, &ts);
         if (progress) {
             double done = (double)atomic_load(&p.bytes), dt = now_s() - t0;
-            fprintf(stderr, "\r%s: %zu/%zu files, %.2f/%.2f GB (%.0f%%), %.2f GB/s   ", what,
-                    p.done, n, done / 1e9, (double)total / 1e9,
-                    total ? 100.0 * done / (double)total : 100.0, dt > 0 ? done / 1e9 / dt : 0.0);
+            fprintf(stderr, "\r%s: %zu/%zu files, %.2f/%.2f GB (%.0f%%), %.2f GB/s   ", what, p.done, n,
+                    done / 1e9, (double)total / 1e9, total ? 100.0 * done / (double)total : 100.0,
+                    dt > 0 ? done / 1e9 / dt : 0.0);
         }
     }
     pthread_mutex_unlock(&p.mu);
     if (progress) fprintf(stderr, "\n");
-    for (size_t i = 0; i < started; i++) pthread_join(th[i], NULL);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
     pthread_mutex_destroy(&p.mu);
     pthread_cond_destroy(&p.cv);
     if (bytes) *bytes = atomic_load(&p.bytes);
@@ -312,8 +318,7 @@ int dsi_manifest_write(const char *dir, const struct dsi_manifest_opts *o, char 
                 char p[160];
                 dsi__printable(js.v[i].name, p, sizeof p);
                 rc = dsi_seterr(err, DSI_EUNSUPPORTED,
-                                "%s: file name %s has a control character or backslash; rename it",
-                                dir, p);
+                                "%s: file name %s has a control character or backslash; rename it", dir, p);
                 goto out;
             }
     uint64_t bytes = 0;
@@ -368,8 +373,7 @@ static bool name_ok(const char *s, size_t n) {
     while (c <= end) {
         const char *slash = memchr(c, '/', (size_t)(end - c));
         size_t k = (size_t)((slash ? slash : end) - c);
-        if (k == 0 || (k == 1 && c[0] == '.') || (k == 2 && c[0] == '.' && c[1] == '.'))
-            return false;
+        if (k == 0 || (k == 1 && c[0] == '.') || (k == 2 && c[0] == '.' && c[1] == '.')) return false;
         if (!slash) break;
         c = slash + 1;
     }
@@ -382,8 +386,7 @@ static int parse_manifest(const char *text, size_t len, struct jobs *out, char *
     while (p < end) {
         line++;
         const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl)
-            return dsi_seterr(err, DSI_EFORMAT, MF_NAME " line %zu: no newline at the end", line);
+        if (!nl) return dsi_seterr(err, DSI_EFORMAT, MF_NAME " line %zu: no newline at the end", line);
         size_t n = (size_t)(nl - p);
         if (n < DSI_SHA256_HEX_LEN + 3 || p[DSI_SHA256_HEX_LEN] != ' ' ||
             (p[DSI_SHA256_HEX_LEN + 1] != ' ' && p[DSI_SHA256_HEX_LEN + 1] != '*'))
@@ -397,7 +400,7 @@ static int parse_manifest(const char *text, size_t len, struct jobs *out, char *
         if (!name_ok(name, nn))
             return dsi_seterr(err, DSI_EFORMAT,
                               MF_NAME " line %zu: file name must be relative, inside the folder, "
-                              "without control characters (and not " MF_NAME ")",
+                                      "without control characters (and not " MF_NAME ")",
                               line);
         char *nm = strndup(name, nn);
         int rc = nm ? jobs_add(out, "", nm) : DSI_ENOMEM;
@@ -422,13 +425,14 @@ static int parse_manifest(const char *text, size_t len, struct jobs *out, char *
  * first one kept for *err. */
 static void problem(char **first, int *count, char *msg) {
     dsi_log(DSI_LOG_ERROR, "model", "%s", msg ? msg : "out of memory");
-    if (!*first) *first = msg;
-    else free(msg);
+    if (!*first)
+        *first = msg;
+    else
+        free(msg);
     (*count)++;
 }
 
-int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out,
-                        char **err) {
+int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out, char **err) {
     if (!dir) return DSI_EINVAL;
     struct jobs listed = {0}, present = {0};
     char *mpath = dsi__path_join(dir, MF_NAME);
@@ -438,8 +442,7 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
     int rc = mpath ? dsi__read_file(mpath, MF_MAX_BYTES, &text, &len, &e2) : DSI_ENOMEM;
     if (rc == DSI_ENOENT)
         rc = dsi_seterr(err, DSI_EINTEGRITY,
-                        "%s: no " MF_NAME "; run `dsinfer manifest %s` on a trusted copy first", dir,
-                        dir);
+                        "%s: no " MF_NAME "; run `dsinfer manifest %s` on a trusted copy first", dir, dir);
     else if (rc)
         dsi_seterr(err, rc, "%s", e2 ? e2 : dsi_strerror(rc));
     free(e2);
@@ -447,16 +450,15 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
     if (o && o->expect_manifest_sha256) {
         uint8_t pin[DSI_SHA256_LEN], got[DSI_SHA256_LEN];
         char hex[DSI_SHA256_HEX_LEN + 1];
-        if (dsi_hex_decode(o->expect_manifest_sha256, strlen(o->expect_manifest_sha256), pin,
-                           sizeof pin) != 0) {
+        if (dsi_hex_decode(o->expect_manifest_sha256, strlen(o->expect_manifest_sha256), pin, sizeof pin) !=
+            0) {
             rc = dsi_seterr(err, DSI_EINVAL, "expected manifest SHA-256 is not 64 hex digits");
             goto out;
         }
         if ((rc = dsi_sha256(text, len, got))) goto out;
         dsi_hex_encode(got, sizeof got, hex);
         if (!dsi_ct_equal(pin, got, sizeof pin)) {
-            rc = dsi_seterr(err, DSI_EINTEGRITY,
-                            "%s: its SHA-256 is %s, not the pinned %s", mpath, hex,
+            rc = dsi_seterr(err, DSI_EINTEGRITY, "%s: its SHA-256 is %s, not the pinned %s", mpath, hex,
                             o->expect_manifest_sha256);
             goto out;
         }
@@ -489,8 +491,8 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
         if (j->rc == DSI_ENOENT) {
             problem(&first, &count, dsi_errf("%s: listed in " MF_NAME " but missing", q));
         } else if (j->rc) {
-            problem(&first, &count, dsi_errf("%s: cannot be hashed (%s)", q,
-                                             j->err ? j->err : dsi_strerror(j->rc)));
+            problem(&first, &count,
+                    dsi_errf("%s: cannot be hashed (%s)", q, j->err ? j->err : dsi_strerror(j->rc)));
         } else if (!dsi_ct_equal(j->want, j->got, DSI_SHA256_LEN)) {
             dsi_hex_encode(j->want, DSI_SHA256_LEN, hw);
             dsi_hex_encode(j->got, DSI_SHA256_LEN, hg);
@@ -506,17 +508,18 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
         if (dsi_manifest_must_list(key.name))
             problem(&first, &count, dsi_errf("%s: present but not listed in " MF_NAME, q));
         else
-            dsi_log(DSI_LOG_WARN, "model", "%s/%s: not listed in " MF_NAME " (ignored: not a "
-                    "weight, config or tokenizer file)", dir, q);
+            dsi_log(DSI_LOG_WARN, "model",
+                    "%s/%s: not listed in " MF_NAME " (ignored: not a "
+                    "weight, config or tokenizer file)",
+                    dir, q);
     }
     if (count) {
-        rc = count > 1 ? dsi_seterr(err, DSI_EINTEGRITY, "%s: %s (and %d more problems, logged)",
-                                    dir, first, count - 1)
+        rc = count > 1 ? dsi_seterr(err, DSI_EINTEGRITY, "%s: %s (and %d more problems, logged)", dir, first,
+                                    count - 1)
                        : dsi_seterr(err, DSI_EINTEGRITY, "%s: %s", dir, first);
         goto out;
     }
-    dsi_log(DSI_LOG_DEBUG, "model", "%s: %zu files verified, %.2f GB", dir, listed.n,
-            (double)bytes / 1e9);
+    dsi_log(DSI_LOG_DEBUG, "model", "%s: %zu files verified, %.2f GB", dir, listed.n, (double)bytes / 1e9);
 out:
     free(first);
     free(text);

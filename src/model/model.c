@@ -23,8 +23,7 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o,
-                   char **err) {
+int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o, char **err) {
     if (!m || !dir) return DSI_EINVAL;
     memset(m, 0, sizeof *m);
     struct dsi_model_open_opts def = {0};
@@ -43,9 +42,8 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
         size_t bytes = 0;
         if ((rc = dsi_manifest_verify(dir, &mo, &bytes, err))) goto fail;
         m->verify_s = now_s() - t0;
-        dsi_log(DSI_LOG_INFO, "model", "%s: verified %.2f GB in %.2f s (%.2f GB/s)", dir,
-                (double)bytes / 1e9, m->verify_s,
-                m->verify_s > 0 ? (double)bytes / 1e9 / m->verify_s : 0.0);
+        dsi_log(DSI_LOG_INFO, "model", "%s: verified %.2f GB in %.2f s (%.2f GB/s)", dir, (double)bytes / 1e9,
+                m->verify_s, m->verify_s > 0 ? (double)bytes / 1e9 / m->verify_s : 0.0);
     }
     double t1 = now_s();
     if ((rc = dsi_model_config_load(dir, &m->cfg, err))) goto fail;

@@ -31,14 +31,14 @@
 #include <unistd.h>
 
 #define ST_MAX_HEADER ((uint64_t)100 << 20) /* the limit the reference reader uses */
-#define ST_MAX_NAME 1024                     /* bytes; HF names are < 200 */
-#define ST_MAX_INDEX ((size_t)256 << 20)     /* index.json of a 671B model is ~9 MB */
+#define ST_MAX_NAME 1024                    /* bytes; HF names are < 200 */
+#define ST_MAX_INDEX ((size_t)256 << 20)    /* index.json of a 671B model is ~9 MB */
 
 struct st_file {
     char *path;          /* owned; the name used in messages */
     const uint8_t *base; /* whole file image */
     size_t len;
-    bool mapped;         /* munmap on close (false for dsi_st_open_mem) */
+    bool mapped; /* munmap on close (false for dsi_st_open_mem) */
 };
 
 struct st_priv {
@@ -56,8 +56,8 @@ struct span {
     size_t idx;
 };
 
-static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const char *fname,
-                       int fidx, char **err);
+static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const char *fname, int fidx,
+                       char **err);
 static int parse_entry(struct dsi_tensor *t, const cJSON *e, const char *fname, const char *pname,
                        uint64_t *begin, uint64_t *end, char **err);
 static int finish(struct dsi_safetensors *st, struct tvec *tv, char **err);
@@ -99,26 +99,28 @@ static int tvec_push(struct tvec *tv, struct dsi_tensor **out) {
 }
 
 static void tvec_free(struct tvec *tv) {
-    for (size_t i = 0; i < tv->n; i++) free(tv->v[i].name);
+    for (size_t i = 0; i < tv->n; i++)
+        free(tv->v[i].name);
     free(tv->v);
     tv->v = NULL;
     tv->n = tv->cap = 0;
 }
 
-static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const char *fname,
-                       int fidx, char **err) {
+static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const char *fname, int fidx,
+                       char **err) {
     if (len < 8)
-        return dsi_seterr(err, DSI_EFORMAT, "%s: %zu bytes is too short for a safetensors header",
-                          fname, len);
+        return dsi_seterr(err, DSI_EFORMAT, "%s: %zu bytes is too short for a safetensors header", fname,
+                          len);
     uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | buf[i];
     if (hlen > len - 8)
         return dsi_seterr(err, DSI_EFORMAT,
-                          "%s: header length %llu runs past the end of the file (%zu bytes)",
-                          fname, (unsigned long long)hlen, len);
+                          "%s: header length %llu runs past the end of the file (%zu bytes)", fname,
+                          (unsigned long long)hlen, len);
     if (hlen > ST_MAX_HEADER)
-        return dsi_seterr(err, DSI_EFORMAT, "%s: header length %llu exceeds the %llu byte limit",
-                          fname, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+        return dsi_seterr(err, DSI_EFORMAT, "%s: header length %llu exceeds the %llu byte limit", fname,
+                          (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
     const char *h = (const char *)buf + 8;
     const uint8_t *data = buf + 8 + hlen;
     uint64_t data_len = len - 8 - hlen;
@@ -126,8 +128,8 @@ static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const ch
     cJSON *root = cJSON_ParseWithLengthOpts(h, (size_t)hlen, &end, 0);
     if (!root) {
         size_t at = end && end >= h ? (size_t)(end - h) : 0;
-        return dsi_seterr(err, DSI_EFORMAT, "%s: header is not valid JSON (at byte %zu of %llu)",
-                          fname, at, (unsigned long long)hlen);
+        return dsi_seterr(err, DSI_EFORMAT, "%s: header is not valid JSON (at byte %zu of %llu)", fname, at,
+                          (unsigned long long)hlen);
     }
     int rc = 0;
     /* Writers pad the header with spaces to align the data; nothing else may follow. */
@@ -148,7 +150,8 @@ static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const ch
         dsi__printable(name, pname, sizeof pname);
         size_t nlen = strlen(name);
         bool ctrl = false;
-        for (size_t i = 0; i < nlen; i++) ctrl |= (unsigned char)name[i] < 0x20 || name[i] == 0x7f;
+        for (size_t i = 0; i < nlen; i++)
+            ctrl |= (unsigned char)name[i] < 0x20 || name[i] == 0x7f;
         if (nlen == 0 || nlen > ST_MAX_NAME || ctrl || !dsi__utf8_valid(name, nlen)) {
             rc = dsi_seterr(err, DSI_EFORMAT,
                             "%s: tensor \"%s\": name is empty, too long, not UTF-8 or has control "
@@ -199,12 +202,10 @@ static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const ch
                 char a[160], bn[160];
                 dsi__printable(tv->v[sp[i - 1].idx].name, a, sizeof a);
                 dsi__printable(tv->v[sp[i].idx].name, bn, sizeof bn);
-                rc = dsi_seterr(err, DSI_EFORMAT,
-                                "%s: tensor %s [%llu, %llu] overlaps tensor %s [%llu, %llu]",
-                                fname, bn, (unsigned long long)sp[i].begin,
-                                (unsigned long long)sp[i].end, a,
-                                (unsigned long long)sp[i - 1].begin,
-                                (unsigned long long)sp[i - 1].end);
+                rc =
+                    dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s [%llu, %llu] overlaps tensor %s [%llu, %llu]",
+                               fname, bn, (unsigned long long)sp[i].begin, (unsigned long long)sp[i].end, a,
+                               (unsigned long long)sp[i - 1].begin, (unsigned long long)sp[i - 1].end);
             }
         free(sp);
     }
@@ -232,17 +233,16 @@ static int parse_entry(struct dsi_tensor *t, const cJSON *e, const char *fname, 
     }
     int nd = cJSON_GetArraySize(shape);
     if (nd > DSI_MAX_DIMS)
-        return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: %d dimensions (at most %d)", fname,
-                          pname, nd, DSI_MAX_DIMS);
+        return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: %d dimensions (at most %d)", fname, pname, nd,
+                          DSI_MAX_DIMS);
     uint64_t n = 1;
     bool overflow = false;
     int d = 0;
     for (const cJSON *s = shape->child; s; s = s->next, d++) {
         uint64_t v;
         if (!get_u64(s, &v) || v > INT64_MAX)
-            return dsi_seterr(err, DSI_EFORMAT,
-                              "%s: tensor %s: shape[%d] is not a non-negative integer", fname, pname,
-                              d);
+            return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: shape[%d] is not a non-negative integer",
+                              fname, pname, d);
         t->shape[d] = (int64_t)v;
         if (v != 0 && n > UINT64_MAX / v) overflow = true;
         n *= v;
@@ -251,21 +251,18 @@ static int parse_entry(struct dsi_tensor *t, const cJSON *e, const char *fname, 
     size_t esz = dsi_dtype_size(t->dtype);
     if (overflow || n > SIZE_MAX / esz)
         return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: shape product overflows", fname, pname);
-    if (cJSON_GetArraySize(offs) != 2 || !get_u64(offs->child, begin) ||
-        !get_u64(offs->child->next, end))
-        return dsi_seterr(err, DSI_EFORMAT,
-                          "%s: tensor %s: data_offsets must be two non-negative integers", fname,
-                          pname);
+    if (cJSON_GetArraySize(offs) != 2 || !get_u64(offs->child, begin) || !get_u64(offs->child->next, end))
+        return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: data_offsets must be two non-negative integers",
+                          fname, pname);
     if (*begin > *end)
-        return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: data_offsets begin %llu > end %llu",
-                          fname, pname, (unsigned long long)*begin, (unsigned long long)*end);
+        return dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s: data_offsets begin %llu > end %llu", fname, pname,
+                          (unsigned long long)*begin, (unsigned long long)*end);
     t->n_elems = (size_t)n;
     t->size_bytes = (size_t)n * esz;
     if ((uint64_t)t->size_bytes != *end - *begin)
         return dsi_seterr(err, DSI_EFORMAT,
-                          "%s: tensor %s: shape needs %zu bytes of %s but data_offsets span %llu",
-                          fname, pname, t->size_bytes, dtype_names[t->dtype],
-                          (unsigned long long)(*end - *begin));
+                          "%s: tensor %s: shape needs %zu bytes of %s but data_offsets span %llu", fname,
+                          pname, t->size_bytes, dtype_names[t->dtype], (unsigned long long)(*end - *begin));
     return 0;
 }
 
@@ -312,8 +309,7 @@ static int map_file(struct st_file *f, const char *path, char **err) {
     }
     if (sb.st_size < 8) {
         close(fd);
-        return dsi_seterr(err, DSI_EFORMAT,
-                          "%s: %lld bytes is too short for a safetensors header", path,
+        return dsi_seterr(err, DSI_EFORMAT, "%s: %lld bytes is too short for a safetensors header", path,
                           (long long)sb.st_size);
     }
     void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -339,8 +335,7 @@ static int st_begin(struct dsi_safetensors *st, size_t n_files) {
     return 0;
 }
 
-int dsi_st_open_mem(struct dsi_safetensors *st, const void *buf, size_t len, const char *name,
-                    char **err) {
+int dsi_st_open_mem(struct dsi_safetensors *st, const void *buf, size_t len, const char *name, char **err) {
     if (!st || (!buf && len)) return DSI_EINVAL;
     if (!name) name = "(memory)";
     int rc = st_begin(st, 1);
@@ -378,12 +373,10 @@ static int cmp_str(const void *a, const void *b) {
 /* Shard names come from the index and are joined to DIR: plain file names only. */
 static bool shard_name_ok(const char *s) {
     size_t n = strlen(s);
-    return n > 0 && n < 256 && s[0] != '.' && !strchr(s, '/') && !strchr(s, '\\') &&
-           dsi__utf8_valid(s, n);
+    return n > 0 && n < 256 && s[0] != '.' && !strchr(s, '/') && !strchr(s, '\\') && dsi__utf8_valid(s, n);
 }
 
-static int open_sharded(struct dsi_safetensors *st, const char *dir, const char *index_path,
-                        char **err) {
+static int open_sharded(struct dsi_safetensors *st, const char *dir, const char *index_path, char **err) {
     char *text = NULL;
     size_t len = 0;
     int rc = dsi__read_file(index_path, ST_MAX_INDEX, &text, &len, err);
@@ -395,11 +388,11 @@ static int open_sharded(struct dsi_safetensors *st, const char *dir, const char 
     size_t n_entries = 0, n_shards = 0;
     struct tvec tv = {0};
     if (!cJSON_IsObject(root) || !cJSON_IsObject(wm)) {
-        rc = dsi_seterr(err, DSI_EFORMAT, "%s: not a JSON object with a \"weight_map\" object",
-                        index_path);
+        rc = dsi_seterr(err, DSI_EFORMAT, "%s: not a JSON object with a \"weight_map\" object", index_path);
         goto out;
     }
-    for (const cJSON *e = wm->child; e; e = e->next) n_entries++;
+    for (const cJSON *e = wm->child; e; e = e->next)
+        n_entries++;
     if (n_entries == 0) {
         rc = dsi_seterr(err, DSI_EFORMAT, "%s: weight_map is empty", index_path);
         goto out;
@@ -413,8 +406,8 @@ static int open_sharded(struct dsi_safetensors *st, const char *dir, const char 
         dsi__printable(e->string, pn, sizeof pn);
         if (!cJSON_IsString(e) || !shard_name_ok(e->valuestring)) {
             rc = dsi_seterr(err, DSI_EFORMAT,
-                            "%s: tensor %s: shard must be a plain file name in the model folder",
-                            index_path, pn);
+                            "%s: tensor %s: shard must be a plain file name in the model folder", index_path,
+                            pn);
             goto out;
         }
         shards[n_shards++] = e->valuestring;
@@ -445,8 +438,7 @@ static int open_sharded(struct dsi_safetensors *st, const char *dir, const char 
         char pn[160];
         dsi__printable(e->string, pn, sizeof pn);
         if (!t) {
-            rc = dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s is listed in the index but absent",
-                            want, pn);
+            rc = dsi_seterr(err, DSI_EFORMAT, "%s: tensor %s is listed in the index but absent", want, pn);
             goto out;
         }
         if (strcmp(pv->files[t->file_index].path, want)) {
@@ -470,12 +462,14 @@ int dsi_st_open_dir(struct dsi_safetensors *st, const char *dir, char **err) {
     char *single = dsi__path_join(dir, "model.safetensors");
     int rc;
     struct stat sb;
-    if (!index || !single) rc = DSI_ENOMEM;
-    else if (stat(index, &sb) == 0) rc = open_sharded(st, dir, index, err);
-    else if (stat(single, &sb) == 0) rc = dsi_st_open_file(st, single, err);
+    if (!index || !single)
+        rc = DSI_ENOMEM;
+    else if (stat(index, &sb) == 0)
+        rc = open_sharded(st, dir, index, err);
+    else if (stat(single, &sb) == 0)
+        rc = dsi_st_open_file(st, single, err);
     else
-        rc = dsi_seterr(err, DSI_ENOENT,
-                        "%s: no model.safetensors or model.safetensors.index.json", dir);
+        rc = dsi_seterr(err, DSI_ENOENT, "%s: no model.safetensors or model.safetensors.index.json", dir);
     free(index);
     free(single);
     return rc;
@@ -484,7 +478,8 @@ int dsi_st_open_dir(struct dsi_safetensors *st, const char *dir, char **err) {
 void dsi_st_close(struct dsi_safetensors *st) {
     if (!st) return;
     struct st_priv *pv = st->priv;
-    for (size_t i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
+    for (size_t i = 0; i < st->n_tensors; i++)
+        free(st->tensors[i].name);
     free(st->tensors);
     if (pv) {
         for (size_t i = 0; i < pv->n_files; i++) {

@@ -64,10 +64,14 @@ bool dsi__utf8_valid(const char *str, size_t n) {
         }
         size_t need;
         uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0) need = 1, cp = c & 0x1f, min = 0x80;
-        else if ((c & 0xf0) == 0xe0) need = 2, cp = c & 0x0f, min = 0x800;
-        else if ((c & 0xf8) == 0xf0) need = 3, cp = c & 0x07, min = 0x10000;
-        else return false;
+        if ((c & 0xe0) == 0xc0)
+            need = 1, cp = c & 0x1f, min = 0x80;
+        else if ((c & 0xf0) == 0xe0)
+            need = 2, cp = c & 0x0f, min = 0x800;
+        else if ((c & 0xf8) == 0xf0)
+            need = 3, cp = c & 0x07, min = 0x10000;
+        else
+            return false;
         if (n - i <= need) return false;
         for (size_t k = 1; k <= need; k++) {
             if ((s[i + k] & 0xc0) != 0x80) return false;
@@ -89,8 +93,10 @@ void dsi__printable(const char *s, char *out, size_t cap) {
             if (o + 4 <= cap) memcpy(out + o, "...", 3), o += 3;
             break;
         }
-        if (need == 1) out[o++] = (char)c;
-        else o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
+        if (need == 1)
+            out[o++] = (char)c;
+        else
+            o += (size_t)snprintf(out + o, cap - o, "\\x%02x", c);
     }
     out[o] = '\0';
 }

@@ -18,7 +18,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > (1u << 20)) return 0;
     uint8_t *img = malloc(8 + size + 256);
     if (!img) return 0;
-    for (int i = 0; i < 8; i++) img[i] = (uint8_t)((uint64_t)size >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        img[i] = (uint8_t)((uint64_t)size >> (8 * i));
     if (size) memcpy(img + 8, data, size);
     memset(img + 8 + size, 0x3c, 256);
     run_image(img, 8 + size + 256);
@@ -34,7 +35,8 @@ static void run_image(const uint8_t *data, size_t size) {
         volatile uint8_t sink = 0;
         for (size_t i = 0; i < st.n_tensors; i++) {
             const struct dsi_tensor *t = &st.tensors[i];
-            if (t->size_bytes) sink ^= ((const uint8_t *)t->data)[0] ^ ((const uint8_t *)t->data)[t->size_bytes - 1];
+            if (t->size_bytes)
+                sink ^= ((const uint8_t *)t->data)[0] ^ ((const uint8_t *)t->data)[t->size_bytes - 1];
             if (dsi_st_find(&st, t->name) != t) abort();
             if (t->n_elems <= 4096) {
                 float *f = malloc(t->n_elems * sizeof *f + 1);
