@@ -92,7 +92,7 @@ srv_pid=$!
 URL=https://localhost:$port
 up=0
 for _ in $(seq 1 120); do
-  curl -s -o /dev/null --cacert "$dir/ca.pem" "$URL/health/ready" && { up=1; break; }
+  curl -sf -o /dev/null --cacert "$dir/ca.pem" "$URL/health/ready" && { up=1; break; }
   kill -0 $srv_pid 2>/dev/null || break
   sleep 0.5
 done
