@@ -21,7 +21,7 @@ function(dsi_test name)
     set(T_TIMEOUT 300)
   endif()
   set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} SKIP_RETURN_CODE 77
-    ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>;DSI_BUILD=${CMAKE_BINARY_DIR};OMP_WAIT_POLICY=passive")
+    ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>;DSI_BUILD=${CMAKE_BINARY_DIR}")
   if(T_LABELS)
     set_tests_properties(${name} PROPERTIES LABELS "${T_LABELS}")
   endif()
