@@ -508,6 +508,38 @@ TEST(stream_flush_replaces_incomplete_tail) {
     dsi_tok_free(t);
 }
 
+/* Long runs of one character class: one huge pre-token each. They must encode (no
+ * regex stack limit, no quadratic blow-up) and decode back unchanged. */
+TEST(encode_long_runs) {
+    static const char *const names[2] = {"deepseek-v3", "qwen2"};
+    static const char *const units[6] = {" ", "a", "\n", "7", "\xe4\xb8\xad", "\xf0\x9f\x98\x80"};
+    for (int m = 0; m < 2; m++) {
+        struct dsi_tokenizer *t = load_dir(names[m]);
+        CHECK(t != NULL);
+        if (!t) continue;
+        for (int u = 0; u < 6; u++) {
+            size_t ul = strlen(units[u]), reps = (64 * 1024) / ul, n = 0;
+            char *text = malloc(reps * ul + 1);
+            for (size_t i = 0; i < reps; i++) memcpy(text + i * ul, units[u], ul);
+            text[reps * ul] = 0;
+            int32_t *ids = NULL;
+            char *err = NULL, *dec = NULL;
+            int rc = dsi_tok_encode(t, text, reps * ul, true, &ids, &n, &err);
+            if (rc) fprintf(stderr, "  %s unit %d: %s\n", names[m], u, err ? err : "");
+            CHECK_EQ_INT(rc, 0);
+            if (!(n > 0 && n <= reps * ul)) fprintf(stderr, "  %s unit %d: %zu tokens for %zu bytes\n", names[m], u, n, reps * ul);
+            CHECK(n > 0 && n <= reps * ul);
+            CHECK_EQ_INT(dsi_tok_decode(t, ids, n, false, &dec, NULL, NULL), 0);
+            CHECK(dec && strcmp(dec, text) == 0);
+            free(dec);
+            free(ids);
+            free(err);
+            free(text);
+        }
+        dsi_tok_free(t);
+    }
+}
+
 int main(void) {
     RUN(golden_ids_deepseek_v3);
     RUN(golden_ids_qwen2);
@@ -521,5 +553,6 @@ int main(void) {
     RUN(decode_rejects_unknown_ids);
     RUN(stream_never_splits_a_character);
     RUN(stream_flush_replaces_incomplete_tail);
+    RUN(encode_long_runs);
     return test_summary();
 }

@@ -255,7 +255,9 @@ static void cache_put(struct dsi__word_cache *c, const char *w, size_t n, uint64
 int dsi__cache_create(struct dsi__word_cache **out, size_t n_entries) {
     struct dsi__word_cache *c = calloc(1, sizeof *c);
     if (!c) return DSI_ENOMEM;
-    c->entries = calloc(n_entries, sizeof *c->entries);
+    /* One cache line per entry, so a lookup touches one line. */
+    c->entries = aligned_alloc(64, n_entries * sizeof *c->entries);
+    if (c->entries) memset(c->entries, 0, n_entries * sizeof *c->entries);
     if (!c->entries) {
         free(c);
         return DSI_ENOMEM;

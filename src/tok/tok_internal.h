@@ -80,7 +80,7 @@ struct dsi__cache_entry {
     uint8_t len, n_ids;
     char word[DSI__CACHE_WORD];
     int32_t ids[DSI__CACHE_IDS];
-};
+} __attribute__((aligned(64)));
 struct dsi__word_cache {
     pthread_mutex_t lock[DSI__CACHE_SHARDS];
     struct dsi__cache_entry *entries;  /* n_entries, a power of two */

@@ -595,7 +595,7 @@ int dsi_tok_load_mem(const char *tokenizer_json, size_t len, const char *config_
     pcre2_set_depth_limit(t->mctx, 100 * 1000);
     if ((rc = load_config(&L, config_json, config_len))) goto fail;
     dsi__chat_detect(t);
-    if ((rc = dsi__cache_create(&t->cache, 1 << 16))) {
+    if ((rc = dsi__cache_create(&t->cache, 1 << 13))) {
         rc = dsi_seterr(err, rc, "tokenizer: out of memory");
         goto fail;
     }
