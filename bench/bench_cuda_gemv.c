@@ -9,7 +9,7 @@
  * in a real step. Also: bf16 cuBLAS at the same shapes, decode attention over
  * the paged cache, add+RMSNorm. Times come from CUDA events over 50 calls.
  *
- *   bench_cuda_gemv [--quick]
+ *   bench_cuda_gemv [--quick | --one NAME M VARIANT]
  */
 #include <math.h>
 #include <stdio.h>
@@ -49,7 +49,7 @@ static double time_ms(cudaEvent_t a, cudaEvent_t b) {
 }
 
 static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandle_t blas, cudaEvent_t e0,
-                      cudaEvent_t e1, const struct dsi_cuda_gemm_ws *ws) {
+                      cudaEvent_t e1, const struct dsi_cuda_gemm_ws *ws, int only_var) {
     size_t qb = dsi_cuda_q8_bytes(mt->n, mt->k), wb = (size_t)mt->n * mt->k * 2;
     int copies = (int)((1ull << 30) / qb) + 1;
     if (copies > 64) copies = 64;
@@ -68,23 +68,26 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
         dsi_cuda_quantize_int8(q[c], sc, w, mt->n, mt->k, 0);
     }
     cudaDeviceSynchronize();
-    for (int i = 0; i < n_ms; i++) {
-        int m = ms[i];
-        dsi_cuda_gemm_int8(y, x, q[0], sc, NULL, m, mt->n, mt->k, ws, 0); /* warm-up */
+    for (int i = 0; i < n_ms * 8; i++) {
+        int m = ms[i / 8], var = i % 8;
+        if (var != DSI_Q8_DEFAULT_VARIANT && m > 8) continue; /* variants compared at decode sizes */
+        if (only_var >= 0 && var != only_var) continue;
+        dsi_cuda_gemm_int8_variant(y, x, q[0], sc, NULL, m, mt->n, mt->k, ws, var, 0); /* warm-up */
         cudaEventRecord(e0, 0);
-        for (int it = 0; it < ITERS; it++) dsi_cuda_gemm_int8(y, x, q[it % copies], sc, NULL, m, mt->n, mt->k, ws, 0);
+        for (int it = 0; it < ITERS; it++)
+            dsi_cuda_gemm_int8_variant(y, x, q[it % copies], sc, NULL, m, mt->n, mt->k, ws, var, 0);
         cudaEventRecord(e1, 0);
         double us = time_ms(e0, e1) * 1000.0 / ITERS;
         double passes = (m + 63) / 64;
         double bytes = passes * ((double)qb + mt->n * 4.0) + (double)m * mt->k * 2 + (double)m * mt->n * 4;
         double gbs = bytes / us / 1e3;
-        printf("int8 %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f TFLOP/s\n",
-               mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS,
+        printf("int8v%d %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f TFLOP/s\n",
+               var, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS,
                2.0 * m * mt->n * mt->k / us / 1e6);
     }
     /* bf16 cuBLAS at the same shape (one copy: >= 25 MB, so mostly out of L2 except o) */
     const float one = 1.f, zero = 0.f;
-    for (int i = 0; i < n_ms; i++) {
+    for (int i = 0; i < n_ms && only_var < 0; i++) {
         int m = ms[i];
         cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF, mt->k, x, CUDA_R_16BF,
                      mt->k, &zero, y, CUDA_R_32F, mt->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); /* warm-up */
@@ -188,7 +191,9 @@ static int bench_norm(int rows, cudaEvent_t e0, cudaEvent_t e1) {
 }
 
 int main(int argc, char **argv) {
+    /* --quick: m in {1, 8, 64}; --one NAME M VARIANT: one shape (for ncu) */
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    int one = argc > 4 && !strcmp(argv[1], "--one");
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         fprintf(stderr, "bench_cuda_gemv: no CUDA device\n");
@@ -211,8 +216,15 @@ int main(int argc, char **argv) {
         ck(cudaMalloc((void **)&ws.counters, (size_t)ws.n_counters * 4), "ws counters"))
         return 1;
     cudaMemset(ws.counters, 0, (size_t)ws.n_counters * 4);
+    if (one) {
+        int m1[1] = {atoi(argv[3])};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            if (!strcmp(mats[i].name, argv[2])) rc = bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, atoi(argv[4]));
+        return rc;
+    }
     for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc; i++)
-        rc = quick ? bench_int8(&mats[i], ms_quick, 3, blas, e0, e1, &ws) : bench_int8(&mats[i], ms_full, 9, blas, e0, e1, &ws);
+        rc = quick ? bench_int8(&mats[i], ms_quick, 3, blas, e0, e1, &ws, -1)
+                   : bench_int8(&mats[i], ms_full, 9, blas, e0, e1, &ws, -1);
     int seqs[] = {1, 1, 16, 64, 256}, ctxs[] = {128, 2048, 1024, 1024, 1024};
     for (int i = 0; i < 5 && !rc; i++) rc = bench_attn(seqs[i], ctxs[i], e0, e1);
     if (!rc) rc = bench_norm(1, e0, e1);

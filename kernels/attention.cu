@@ -28,6 +28,7 @@
 
 #define DEC_THREADS 256
 #define DEC_TK 64
+#define DSI__MAX_SPLITS_COMBINE 1024
 #define MAX_GROUP 8
 #define MAX_HD 256
 
@@ -178,23 +179,36 @@ attn_decode_kernel(struct dsi_cuda_attn_args a) {
     }
 }
 
+/* One block per (head, seq), a thread per dimension: the split maxima and sums
+ * are read once into shared memory (loads in parallel, not a serial chain),
+ * then each thread sums its dimension over the splits with loads in flight. */
 static __global__ void attn_combine_kernel(struct dsi_cuda_attn_args a) {
-    const int h = blockIdx.x, si = blockIdx.y, d = threadIdx.x, hd = a.head_dim;
-    const size_t base = ((size_t)si * a.n_heads + h) * a.n_splits;
+    __shared__ float wgt[DSI__MAX_SPLITS_COMBINE];
+    __shared__ float inv_l;
+    const int h = blockIdx.x, si = blockIdx.y, d = threadIdx.x, hd = a.head_dim, ns = a.n_splits;
+    const size_t base = ((size_t)si * a.n_heads + h) * ns;
     const float *wo = a.work;
-    const float *wml = a.work + (size_t)a.n_seqs * a.n_heads * a.n_splits * hd;
-    float m = -INFINITY;
-    for (int i = 0; i < a.n_splits; i++) m = fmaxf(m, wml[(base + i) * 2]);
-    float l = 0.f, o = 0.f;
-    for (int i = 0; i < a.n_splits; i++) {
-        float mi = wml[(base + i) * 2];
-        if (mi == -INFINITY) continue;
-        float c = expf(mi - m);
-        l += c * wml[(base + i) * 2 + 1];
-        o += c * wo[(base + i) * hd + d];
+    const float *wml = a.work + (size_t)a.n_seqs * a.n_heads * ns * hd;
+    if (d < 32) {
+        float m = -INFINITY;
+        for (int i = d; i < ns; i += 32) m = fmaxf(m, wml[(base + i) * 2]);
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        float l = 0.f;
+        for (int i = d; i < ns; i += 32) {
+            float mi = wml[(base + i) * 2];
+            float c = mi == -INFINITY ? 0.f : expf(mi - m);
+            wgt[i] = c;
+            l += c * wml[(base + i) * 2 + 1];
+        }
+        for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+        if (d == 0) inv_l = l > 0.f ? 1.f / l : 0.f;
     }
+    __syncthreads();
+    float o = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < ns; i++) o += wgt[i] * wo[(base + i) * hd + d];
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
-    a.out[(size_t)sq.q_row * a.n_heads * hd + (size_t)h * hd + d] = f2bf(l > 0.f ? o / l : 0.f);
+    a.out[(size_t)sq.q_row * a.n_heads * hd + (size_t)h * hd + d] = f2bf(o * inv_l);
 }
 
 static int check_args(const struct dsi_cuda_attn_args *a) {
@@ -222,12 +236,14 @@ extern "C" size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim
 extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s) {
     if (check_args(a)) return DSI_EINVAL;
     /* each thread reads its K row in 16-byte pieces; a thread per dimension in phase 3 */
-    if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > 65535 || a->n_kv_heads > 65535 ||
+    if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > DSI__MAX_SPLITS_COMBINE || a->n_kv_heads > 65535 ||
         a->n_seqs > 65535 || a->work_bytes < dsi_cuda_attn_work_bytes(a->n_seqs, a->n_heads, a->head_dim, a->n_splits))
         return DSI_EINVAL;
     if (a->n_seqs == 0) return 0;
     size_t smem = dec_smem(a->head_dim, a->n_heads / a->n_kv_heads);
-    int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    int rc = 0;
+    if (smem > 48 * 1024) /* only head_dim 256 needs the opt-in (kept out of graph captures otherwise) */
+        rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     if (rc) return rc;
     dim3 grid(a->n_splits, a->n_kv_heads, a->n_seqs);
     attn_decode_kernel<<<grid, DEC_THREADS, smem, s>>>(*a);
@@ -332,8 +348,10 @@ extern "C" int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStr
     if (check_args(a) || a->max_n_q < 0 || a->n_heads > 65535 || a->n_seqs > 65535) return DSI_EINVAL;
     if (a->n_seqs == 0 || a->max_n_q == 0) return 0;
     size_t smem = (size_t)(2 * PF_KT + PF_QT) * (a->head_dim + 1) * sizeof(float);
-    int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    if (rc) return rc;
+    if (smem > 48 * 1024) {
+        int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (rc) return rc;
+    }
     dim3 grid((a->max_n_q + PF_QT - 1) / PF_QT, a->n_heads, a->n_seqs);
     attn_prefill_kernel<<<grid, PF_WARPS * 32, smem, s>>>(*a);
     return DSI_CUDA_CHECK(cudaGetLastError());

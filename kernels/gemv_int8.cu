@@ -71,9 +71,33 @@ static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *
     }
 }
 
-static __global__ void dequant_kernel(uint16_t *dst, const int8_t *q, int k, int k32) {
-    int r = blockIdx.x;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) dst[(size_t)r * k + i] = f2bf((float)q[q8_offset(r, i, k32)]);
+/* One warp per 16x32 tile: a coalesced 16-byte load per lane, then the lane's
+ * eight (k, k+1) pairs go to their row-major places as 4-byte stores. */
+static __global__ void dequant_kernel(uint16_t *dst, const int8_t *q, const float *scale, int n, int k, int k32,
+                                      size_t n_tiles) {
+    size_t tile = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (tile >= n_tiles) return;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int rt = (int)(tile / k32), kt = (int)(tile % k32);
+    uint4 v = reinterpret_cast<const uint4 *>(q + tile * TILE_BYTES)[lane];
+    uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int p = 0; p < 8; p++) { /* pair p: bytes 2p, 2p+1 */
+        int s = p >> 2, jj = (p & 3) * 2, hi = jj >> 2, rowhi = (jj >> 1) & 1;
+        int row = rt * 16 + g + 8 * rowhi, col = kt * 32 + s * 16 + hi * 8 + 2 * t;
+        if (row >= n || col >= k) continue;
+        uint32_t word = w[p >> 1] >> ((p & 1) * 16);
+        float sc = scale ? scale[row] : 1.f;
+        float a = (float)(int8_t)(word & 0xff) * sc, b = (float)(int8_t)((word >> 8) & 0xff) * sc;
+        uint16_t *d = dst + (size_t)row * k + col;
+        if (col + 1 < k && !(k & 1)) {
+            __nv_bfloat162 pr = __floats2bfloat162_rn(a, b);
+            *reinterpret_cast<__nv_bfloat162 *>(d) = pr;
+        } else {
+            d[0] = f2bf(a);
+            if (col + 1 < k) d[1] = f2bf(b);
+        }
+    }
 }
 
 /* 4 int8 (one 32-bit word) -> 2 registers of bf16x2, exact. */
@@ -109,16 +133,19 @@ static __device__ __forceinline__ uint32_t load_b(const uint16_t *x, int m, int 
     return lo | (hi << 16);
 }
 
-/* Loads the UNROLL tiles of one round (zeros past the warp's k range). */
+/* Loads the U tiles of one round (zeros past the warp's k range). */
+template <int U>
 static __device__ __forceinline__ void load_round(uint4 *a, const uint4 *qt, int kt0, int kt_end) {
 #pragma unroll
-    for (int u = 0; u < UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
         int kt = kt0 + u * WARPS;
         a[u] = kt < kt_end ? __ldcs(qt + (size_t)kt * (TILE_BYTES / 16)) : make_uint4(0, 0, 0, 0);
     }
 }
 
-template <int NT>
+/* VAR bit 0: software-pipelined loads; bit 1: 8 tiles per round instead of 4;
+ * bit 2: no split-K (the launcher's choice). */
+template <int NT, int VAR>
 static __global__ void __launch_bounds__(WARPS * 32)
 gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int M, int N,
                  int K, int k32, int ksplit, float *ws, unsigned *counters) {
@@ -130,18 +157,28 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
     const bool fast = (K & 31) == 0;
     const int chunk = (k32 + ksplit - 1) / ksplit, kt_beg = ks * chunk, kt_end = min(k32, kt_beg + chunk);
     const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * TILE_BYTES) + lane;
+    /* per n-tile row pointer (clamped to a valid row; masked below) so that each B
+     * load is one instruction with an immediate offset */
+    const uint16_t *xrow[NT];
+    bool xval[NT];
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+        int m = m0 + j * 8 + g;
+        xval[j] = m < M;
+        xrow[j] = x + (size_t)(xval[j] ? m : 0) * K + 2 * t;
+    }
     float acc[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++)
         for (int c = 0; c < 4; c++) acc[j][c] = 0.f;
 
-    /* software pipeline: the next round's loads are in flight while this one computes */
-    uint4 cur[UNROLL], nxt[UNROLL];
-    load_round(cur, qt, kt_beg + warp, kt_end);
-    for (int kt0 = kt_beg + warp; kt0 < kt_end; kt0 += WARPS * UNROLL) {
-        load_round(nxt, qt, kt0 + WARPS * UNROLL, kt_end);
+    constexpr int U = (VAR & 2) ? 2 * UNROLL : UNROLL;
+    uint4 cur[U], nxt[U];
+    load_round<U>(cur, qt, kt_beg + warp, kt_end);
+    for (int kt0 = kt_beg + warp; kt0 < kt_end; kt0 += WARPS * U) {
+        if (VAR & 1) load_round<U>(nxt, qt, kt0 + WARPS * U, kt_end);
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             int kt = kt0 + u * WARPS;
             if (kt >= kt_end) break;
             uint32_t w[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
@@ -153,14 +190,28 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
                 int k = kt * 32 + s * 16 + 2 * t;
 #pragma unroll
                 for (int j = 0; j < NT; j++) {
-                    int m = m0 + j * 8 + g;
-                    uint32_t b0 = load_b(x, m, M, k, K, fast), b1 = load_b(x, m, M, k + 8, K, fast);
+                    uint32_t b0, b1;
+                    if (fast) {
+                        const uint16_t *p = xrow[j] + kt * 32 + s * 16;
+                        b0 = ldg_u32(p);
+                        b1 = ldg_u32(p + 8);
+                        b0 = xval[j] ? b0 : 0u;
+                        b1 = xval[j] ? b1 : 0u;
+                    } else {
+                        int m = m0 + j * 8 + g;
+                        b0 = load_b(x, m, M, k, K, false);
+                        b1 = load_b(x, m, M, k + 8, K, false);
+                    }
                     mma_bf16(acc[j], a0, a1, a2, a3, b0, b1);
                 }
             }
         }
+        if (VAR & 1) {
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) cur[u] = nxt[u];
+            for (int u = 0; u < U; u++) cur[u] = nxt[u];
+        } else {
+            load_round<U>(cur, qt, kt0 + WARPS * U, kt_end);
+        }
     }
 #pragma unroll
     for (int j = 0; j < NT; j++)
@@ -217,9 +268,13 @@ extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, int n, int k, cudaStream_t s) {
+extern "C" int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, const float *scale, int n, int k,
+                                     cudaStream_t s) {
     if (n <= 0 || k <= 0) return DSI_EINVAL;
-    dequant_kernel<<<n, 256, 0, s>>>(dst, q, k, (k + 31) / 32);
+    size_t n_tiles = (size_t)((n + 15) / 16) * ((k + 31) / 32);
+    size_t blocks = (n_tiles + 7) / 8;
+    if (blocks > 2147483647u) return DSI_EINVAL;
+    dequant_kernel<<<(unsigned)blocks, 256, 0, s>>>(dst, q, scale, n, k, (k + 31) / 32, n_tiles);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -227,12 +282,12 @@ extern "C" size_t dsi_cuda_gemm_ws_bytes(int max_n) {
     return (size_t)((max_n + 15) / 16) * DSI_Q8_MAX_SPLIT * 8 * 4 * 32 * sizeof(float);
 }
 
-template <int NT>
+template <int NT, int VAR>
 static int launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int m, int n,
                   int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
     int k32 = (k + 31) / 32, n16 = (n + 15) / 16, ksplit = 1;
     int chunks = (m + NT * 8 - 1) / (NT * 8);
-    if (ws && ws->partial && ws->counters && n16 <= ws->n_counters) {
+    if (!(VAR & 4) && ws && ws->partial && ws->counters && n16 <= ws->n_counters) {
         /* enough blocks for ~4 per SM; each split keeps >= 2 tiles per warp */
         int want = (4 * ws->n_sm + n16 * chunks - 1) / (n16 * chunks);
         int most = k32 / (2 * WARPS);
@@ -244,18 +299,39 @@ static int launch(float *y, const uint16_t *x, const int8_t *q, const float *sca
     }
     if (chunks > 65535) return DSI_EINVAL;
     dim3 grid(n16, ksplit, chunks);
-    gemm_int8_kernel<NT><<<grid, WARPS * 32, 0, s>>>(y, x, q, scale, bias, m, n, k, k32, ksplit,
+    gemm_int8_kernel<NT, VAR><<<grid, WARPS * 32, 0, s>>>(y, x, q, scale, bias, m, n, k, k32, ksplit,
                                                      ws ? ws->partial : NULL, ws ? ws->counters : NULL);
     return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int VAR>
+static int dispatch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int m, int n,
+                    int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
+    if (m <= 8) return launch<1, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
+    if (m <= 16) return launch<2, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
+    if (m <= 32) return launch<4, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
+    return launch<8, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
+}
+
+extern "C" int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                                          const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
+                                          int variant, cudaStream_t s) {
+    if (m < 0 || n <= 0 || k <= 0 || variant < 0 || variant > 7) return DSI_EINVAL;
+    if (m == 0) return 0;
+    switch (variant) {
+    case 0: return dispatch<0>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 1: return dispatch<1>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 2: return dispatch<2>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 3: return dispatch<3>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 4: return dispatch<4>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 5: return dispatch<5>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 6: return dispatch<6>(y, x, q, scale, bias, m, n, k, ws, s);
+    default: return dispatch<7>(y, x, q, scale, bias, m, n, k, ws, s);
+    }
 }
 
 extern "C" int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                                   const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                                   cudaStream_t s) {
-    if (m < 0 || n <= 0 || k <= 0) return DSI_EINVAL;
-    if (m == 0) return 0;
-    if (m <= 8) return launch<1>(y, x, q, scale, bias, m, n, k, ws, s);
-    if (m <= 16) return launch<2>(y, x, q, scale, bias, m, n, k, ws, s);
-    if (m <= 32) return launch<4>(y, x, q, scale, bias, m, n, k, ws, s);
-    return launch<8>(y, x, q, scale, bias, m, n, k, ws, s);
+    return dsi_cuda_gemm_int8_variant(y, x, q, scale, bias, m, n, k, ws, DSI_Q8_DEFAULT_VARIANT, s);
 }

@@ -340,6 +340,18 @@ static void gemm_case(int m, int n, int k, int with_bias) {
     for (int i = 0; i < ws.n_counters; i++) cnt_bad += cnt[i] != 0;
     CHECK_EQ_INT(cnt_bad, 0);
     free(cnt);
+    /* every code variant gives the same numbers */
+    for (int var = 0; var < 8; var++) {
+        CHECK_EQ_INT(dsi_cuda_gemm_int8_variant(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, &ws, var, 0), 0);
+        float *yv = malloc((size_t)m * n * 4);
+        down(yv, dy, (size_t)m * n * 4);
+        double wv = 0;
+        for (int i = 0; i < m * n; i++)
+            if (fabs(yv[i] - y[i]) > wv) wv = fabs(yv[i] - y[i]);
+        if (wv > 1e-5) fprintf(stderr, "  variant %d differs by %g\n", var, wv);
+        CHECK(wv <= 1e-5); /* split-K or not: fp32 summation order only */
+        free(yv);
+    }
     cudaFree(ws.partial), cudaFree(ws.counters);
     double worst2 = 0;
     for (int i = 0; i < m * n; i++)
@@ -361,10 +373,15 @@ static void gemm_case(int m, int n, int k, int with_bias) {
     CHECK(worst <= 2e-3);
     /* dequant path: integer values back */
     uint16_t *dd = dmalloc(nk * 2), *deq = malloc(nk * 2);
-    CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, n, k, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, NULL, n, k, 0), 0);
     down(deq, dd, nk * 2);
     int bad = 0;
     for (size_t i = 0; i < nk; i++) bad += bf(deq[i]) != (float)q[i];
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, dsc, n, k, 0), 0); /* scaled: the int8 embedding table */
+    down(deq, dd, nk * 2);
+    bad = 0;
+    for (size_t i = 0; i < nk; i++) bad += deq[i] != dsi_f32_to_bf16((float)q[i] * sc[i / k]);
     CHECK_EQ_INT(bad, 0);
     cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(db), cudaFree(dd);
     free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(gsc), free(deq);

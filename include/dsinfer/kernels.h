@@ -125,9 +125,10 @@ size_t dsi_cuda_q8_bytes(int n, int k);
 /* w: (n, k) bf16 row-major -> q (tiled, dsi_cuda_q8_bytes) + scale (n) fp32,
  * symmetric per output channel: scale = max|w|/127. */
 int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k, cudaStream_t s);
-/* q (tiled) -> dst (n, k) bf16 row-major holding the integer values (no scale),
- * for the cuBLAS path of large batches. */
-int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, int n, int k, cudaStream_t s);
+/* q (tiled) -> dst (n, k) bf16 row-major: the integer values (scale NULL; the
+ * cuBLAS path of large batches applies scales after the product) or
+ * bf16(q * scale[row]) (the INT8 embedding table). */
+int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, const float *scale, int n, int k, cudaStream_t s);
 /* Split-K workspace of the INT8 matmul: partial sums and one counter per
  * 16-row tile (zeroed once at allocation; the kernel leaves them zero).
  * Matmuls on one workspace must be serialized (one stream). */
@@ -146,6 +147,13 @@ size_t dsi_cuda_gemm_ws_bytes(int max_n);
 int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                        const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                        cudaStream_t s);
+/* The same with a code variant (benchmarks and tests): bit 0 software-pipelined
+ * loads, bit 1 eight tiles per load round instead of four, bit 2 no split-K.
+ * All give the same results up to fp32 summation order (split-K). */
+#define DSI_Q8_DEFAULT_VARIANT 1
+int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                               const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
+                               int variant, cudaStream_t s);
 
 /* ---- sampling (kernels/sample.cu) ---- */
 

@@ -55,6 +55,16 @@ int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *wha
     return 0;
 }
 
+void dsi__cuda_free(struct dsi__cuda *c, void *p) {
+    if (!p) return;
+    for (size_t i = 0; i < c->n_allocs; i++)
+        if (c->allocs[i] == p) {
+            cudaFree(p);
+            c->allocs[i] = c->allocs[--c->n_allocs];
+            return;
+        }
+}
+
 static int check_config(const struct dsi_model_config *cfg, char **err) {
     if (cfg->arch != DSI_ARCH_QWEN2 && cfg->arch != DSI_ARCH_LLAMA)
         return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: architecture %s is not supported yet (Qwen2, Llama)",
@@ -173,6 +183,11 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.impl = c;
     c->base.vocab_size = m->cfg.vocab_size;
     c->base.kv_block_size = o->kv_block_size > 0 ? o->kv_block_size : 16;
+    const char *graphs_env = getenv("DSI_CUDA_GRAPHS");
+    c->use_graphs = !(graphs_env && !strcmp(graphs_env, "0"));
+    const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
+    c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
+                                                                                    : DSI_Q8_DEFAULT_VARIANT;
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
     if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;
@@ -195,6 +210,13 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
         DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) || DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream))) {
         rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
+        goto fail;
+    }
+    /* cuBLAS gets its workspace up front so that graph captures never allocate */
+    void *blas_ws = NULL;
+    if ((rc = dsi__cuda_alloc(c, &blas_ws, (size_t)32 << 20, "cuBLAS workspace", err))) goto fail;
+    if (DSI_CUBLAS_CHECK(cublasSetWorkspace(c->blas, blas_ws, (size_t)32 << 20))) {
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: cuBLAS workspace setup failed");
         goto fail;
     }
     c->layers = calloc((size_t)m->cfg.n_layers, sizeof *c->layers);
@@ -287,6 +309,7 @@ static void cuda_destroy(struct dsi_backend *be) {
     if (!be) return;
     struct dsi__cuda *c = impl(be);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
     for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
     free(c->allocs);
     if (c->meta_h) cudaFreeHost(c->meta_h);

@@ -9,9 +9,11 @@
  * prefill kernel) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
  * down matmul; the residual add of each block is fused into the next norm.
  * Finally the norm, a gather of the rows that want logits, and the lm_head.
+ * Decode steps (one token per sequence) are captured once per batch shape in
+ * a CUDA graph and replayed, so launch gaps vanish.
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
- * the tensor-core INT8 kernel for <= 128 rows, above that dequantize to bf16
+ * the tensor-core INT8 kernel for <= 16 rows, above that dequantize to bf16
  * scratch and cuBLAS (the lm_head always takes the INT8 kernel, its rows are
  * at most max_seqs).
  */
@@ -27,10 +29,11 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
     if (m <= 0) return 0;
     const float one = 1.f, zero = 0.f;
     if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
-        return dsi_cuda_gemm_int8(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, c->stream);
+        return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, c->q8_variant,
+                                          c->stream);
     const uint16_t *wt = w->w;
     if (c->int8) {
-        int rc = dsi_cuda_dequant_int8(c->deq, w->q, w->n, w->k, c->stream);
+        int rc = dsi_cuda_dequant_int8(c->deq, w->q, NULL, w->n, w->k, c->stream);
         if (rc) return rc;
         wt = c->deq;
     }
@@ -120,6 +123,58 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     return dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true);
 }
 
+/* Everything of one step after the metadata copy: embed, layers, logits. */
+static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_attn_args *proto) {
+    const struct dsi_model_config *cfg = &c->cfg;
+    const int Tc = c->max_tokens, S = c->max_seqs;
+    int32_t *tok_d = c->meta_d, *pos_d = tok_d + Tc, *slot_d = pos_d + Tc, *lrows_d = slot_d + Tc + 4 * S;
+    int rc;
+    if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream))) return rc;
+    for (int il = 0; il < cfg->n_layers; il++)
+        if ((rc = layer(c, il, T, proto, pos_d, slot_d))) return rc;
+    if (R == 0) return 0;
+    if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T, cfg->hidden_size, cfg->rms_norm_eps,
+                                   c->stream)) ||
+        (rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream)))
+        return rc;
+    return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
+}
+
+/* Decode steps replay a CUDA graph per (sequences, logit rows): ~12 launches per
+ * layer become one. The graph reads the step's metadata from the same device
+ * buffer each time, and the attention split count is fixed per shape (any
+ * context is correct with any split count). */
+static int run_decode_graph(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_attn_args *proto) {
+    struct dsi__cu_graph *gr = NULL;
+    for (int i = 0; i < c->n_graphs; i++)
+        if (c->graphs[i].n_seqs == T && c->graphs[i].n_rows == R) gr = &c->graphs[i];
+    if (!gr) {
+        if (c->n_graphs == DSI__CUDA_MAX_GRAPHS) { /* drop the oldest shape */
+            cudaGraphExecDestroy(c->graphs[0].exec);
+            memmove(&c->graphs[0], &c->graphs[1], sizeof c->graphs[0] * (DSI__CUDA_MAX_GRAPHS - 1));
+            c->n_graphs--;
+        }
+        cudaGraph_t graph = NULL;
+        int rc = DSI_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed));
+        if (rc) return rc;
+        int run_rc = run_model(c, T, R, proto);
+        rc = DSI_CUDA_CHECK(cudaStreamEndCapture(c->stream, &graph));
+        if (run_rc || rc) {
+            if (graph) cudaGraphDestroy(graph);
+            return run_rc ? run_rc : rc;
+        }
+        cudaGraphExec_t exec = NULL;
+        rc = DSI_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        cudaGraphDestroy(graph);
+        if (rc) return rc;
+        gr = &c->graphs[c->n_graphs++];
+        gr->n_seqs = T;
+        gr->n_rows = R;
+        gr->exec = exec;
+    }
+    return DSI_CUDA_CHECK(cudaGraphLaunch(gr->exec, c->stream));
+}
+
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err) {
     *n_rows = 0;
     if (c->dead) return dsi_seterr(err, DSI_ECUDA, "cuda: backend disabled by an earlier CUDA error");
@@ -128,9 +183,9 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     int rc = pack(c, b, &T, &R, &max_ctx, &max_n_q, &nbt, err);
     if (rc) return rc;
     const int Tc = c->max_tokens, S = c->max_seqs;
-    int32_t *tok_d = c->meta_d, *pos_d = tok_d + Tc, *slot_d = pos_d + Tc, *seqs_d = slot_d + Tc;
-    int32_t *lrows_d = seqs_d + 4 * S, *bt_d = lrows_d + S;
+    int32_t *seqs_d = c->meta_d + 3 * Tc, *bt_d = seqs_d + 5 * S;
     size_t ints = 3 * (size_t)Tc + 5 * (size_t)S + (size_t)nbt;
+    const bool graph = c->use_graphs && max_n_q == 1;
     struct dsi_cuda_attn_args proto = {
         .seqs = (const struct dsi_cuda_attn_seq *)seqs_d,
         .n_seqs = b->n_seqs,
@@ -142,23 +197,14 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
         .scale = 1.f / sqrtf((float)cfg->head_dim),
         .max_ctx = max_ctx,
         .max_n_q = max_n_q,
-        .n_splits = dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, max_ctx, c->n_sm),
+        .n_splits = dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, graph ? (1 << 30) : max_ctx, c->n_sm),
         .work = c->attn_work,
         .work_bytes = c->attn_work_bytes,
     };
     if (proto.n_splits > DSI__CUDA_MAX_SPLITS) proto.n_splits = DSI__CUDA_MAX_SPLITS;
     if ((rc = DSI_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, ints * 4, cudaMemcpyHostToDevice, c->stream))))
         goto fail;
-    if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream))) goto fail;
-    for (int il = 0; il < cfg->n_layers; il++)
-        if ((rc = layer(c, il, T, &proto, pos_d, slot_d))) goto fail;
-    if (R > 0) {
-        if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T, cfg->hidden_size, cfg->rms_norm_eps,
-                                       c->stream)) ||
-            (rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream)) ||
-            (rc = dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false)))
-            goto fail;
-    }
+    if ((rc = graph ? run_decode_graph(c, T, R, &proto) : run_model(c, T, R, &proto))) goto fail;
     /* the pinned metadata is rewritten by the next step: wait for the copy */
     if ((rc = DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream)))) goto fail;
     *n_rows = R;

@@ -21,7 +21,7 @@
 #include "dsinfer/kernels.h"
 
 /* Rows above which an INT8 matmul dequantizes to bf16 and calls cuBLAS. */
-#define DSI__CUDA_MMA_MAX_ROWS 128
+#define DSI__CUDA_MMA_MAX_ROWS 16
 #define DSI__CUDA_MAX_SPLITS 64
 
 struct dsi__cu_matrix {
@@ -38,6 +38,13 @@ struct dsi__cu_layer {
     struct dsi__cu_matrix o;         /* (hidden, nh hd) */
     struct dsi__cu_matrix gate_up;   /* (2 inter, hidden), rows gate | up */
     struct dsi__cu_matrix down;      /* (hidden, inter) */
+};
+
+/* A captured decode step (every sequence brings one token) for one batch shape. */
+#define DSI__CUDA_MAX_GRAPHS 32
+struct dsi__cu_graph {
+    int n_seqs, n_rows;
+    cudaGraphExec_t exec;
 };
 
 struct dsi__cuda {
@@ -71,11 +78,18 @@ struct dsi__cuda {
     size_t meta_ints;
     struct dsi_cuda_sample_params *sp_d, *sp_h;
     int32_t *ids_d, *ids_h;
+
+    bool use_graphs;                 /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
+    int q8_variant;                  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
+    struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* oldest first */
+    int n_graphs;
 };
 
 /* cudaMalloc that records the pointer and turns failure into DSI_ENOMEM with
  * what it was for and how much was free. */
 int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *what, char **err);
+/* Frees one pointer from dsi__cuda_alloc (NULL: nothing). */
+void dsi__cuda_free(struct dsi__cuda *c, void *p);
 /* Uploads (or makes, when random) every weight. */
 int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed, char **err);
 /* One step; logits of want_logits rows stay on the device in c->logits. */

@@ -213,7 +213,25 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
         if ((rc = dsi__cuda_alloc(c, (void **)&L.stage, big * 2, "weight staging", err))) goto out;
     }
     if ((rc = dsi__cuda_alloc(c, (void **)&c->embed, (size_t)V * H * 2, "embeddings", err))) goto out;
-    if ((rc = upload_bf16(&L, "model.embed_tokens.weight", V, H, c->embed, err))) goto out;
+    if (c->int8) {
+        /* as the CPU reference does: the table is int8 too (rows read as q * scale);
+         * kept as bf16(q * scale) for the gather, and reused as a tied lm_head */
+        const char *em[1] = {"model.embed_tokens.weight"};
+        int em_rows[1] = {V};
+        if ((rc = load_matrix(&L, &c->lm_head, em, em_rows, 1, H, "embeddings (int8)", err))) goto out;
+        if (dsi_cuda_dequant_int8(c->embed, c->lm_head.q, c->lm_head.scale, V, H, c->stream) ||
+            DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
+            rc = dsi_seterr(err, DSI_ECUDA, "cuda: expanding the int8 embedding table failed");
+            goto out;
+        }
+        if (!cfg->tie_word_embeddings) {
+            dsi__cuda_free(c, c->lm_head.q);
+            dsi__cuda_free(c, c->lm_head.scale);
+            memset(&c->lm_head, 0, sizeof c->lm_head);
+        }
+    } else if ((rc = upload_bf16(&L, "model.embed_tokens.weight", V, H, c->embed, err))) {
+        goto out;
+    }
     for (int il = 0; il < cfg->n_layers; il++) {
         struct dsi__cu_layer *ly = &c->layers[il];
         snprintf(n1, sizeof n1, "model.layers.%d.input_layernorm.weight", il);
@@ -249,19 +267,14 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
             c->lm_head.n = V; /* bf16 and tied: share the table */
             c->lm_head.k = H;
             c->lm_head.w = c->embed;
+        } else if (cfg->tie_word_embeddings) {
+            /* int8 and tied: quantized with the embedding above */
         } else if ((rc = load_matrix(&L, &c->lm_head, lm, lm_rows, 1, H, "lm_head", err))) {
             goto out;
         }
     }
 out:
     free(L.host);
-    if (L.stage) { /* the staging buffer is only needed at load time */
-        for (size_t i = 0; i < c->n_allocs; i++)
-            if (c->allocs[i] == L.stage) {
-                cudaFree(L.stage);
-                c->allocs[i] = c->allocs[--c->n_allocs];
-                break;
-            }
-    }
+    dsi__cuda_free(c, L.stage); /* the staging buffer is only needed at load time */
     return rc;
 }

@@ -1,0 +1,208 @@
+/*
+ * bench_cuda_decode.c: end-to-end speed of the CUDA backend without the HTTP
+ * server or the engine: decode tok/s at batch 1 and at many streams, prefill
+ * tok/s and time to first token, on the 7B shape with random weights made on
+ * the GPU (or on a real model directory with --model).
+ *
+ *   bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]
+ *   (env: DSI_CUDA_GRAPHS=0 disables graphs, DSI_CUDA_Q8_VARIANT=N picks the
+ *   INT8 kernel variant, see kernels.h)
+ *
+ * Decode steps run at a fixed context: the KV cache of each sequence is taken
+ * as already filled up to pos (its contents do not change the work), so long
+ * contexts need no long prefill. Each timed step is one backend call, host
+ * included: forward() with host logits (what the engine uses today) and
+ * forward_sample() with GPU sampling (ids only). Bytes per step: the streamed
+ * weights (all matrices, int8 + scales or bf16; the embedding row is noise)
+ * plus the K/V read by attention; share = bytes / time / 4.25 TB/s.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dsinfer/backend.h"
+#include "dsinfer/err.h"
+#include "dsinfer/kernels.h"
+#include "dsinfer/model.h"
+
+#define PEAK 4.25e12
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void qwen2_7b(struct dsi_model_config *c) {
+    memset(c, 0, sizeof *c);
+    c->arch = DSI_ARCH_QWEN2;
+    snprintf(c->architecture, sizeof c->architecture, "Qwen2ForCausalLM");
+    c->vocab_size = 152064;
+    c->hidden_size = 3584;
+    c->intermediate_size = 18944;
+    c->n_layers = 28;
+    c->n_heads = 28;
+    c->n_kv_heads = 4;
+    c->head_dim = 128;
+    c->max_position_embeddings = 32768;
+    c->rms_norm_eps = 1e-6f;
+    c->rope_theta = 1000000.f;
+    c->rope.type = DSI_ROPE_DEFAULT;
+    c->attention_bias = true;
+    c->dtype = DSI_DT_BF16;
+}
+
+/* Bytes of all matrices as streamed by one decode step. */
+static double weight_stream_bytes(const struct dsi_model_config *c, int int8) {
+    double H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, V = c->vocab_size;
+    double nq = c->n_heads * hd, nk = c->n_kv_heads * hd;
+    double per_layer = (nq + 2 * nk) * H + H * nq + 2 * I * H + H * I;
+    double rows = c->n_layers * ((nq + 2 * nk) + H + 2 * I + H) + V;
+    double elems = c->n_layers * per_layer + V * H;
+    return int8 ? elems + rows * 4 : elems * 2;
+}
+
+struct run {
+    struct dsi_backend *be;
+    int32_t *tokens, *bt, *ids;
+    struct dsi_batch_seq *seqs;
+    struct dsi_cuda_sample_params *sp;
+    float *logits;
+};
+
+/* n_seqs sequences at context ctx (decode one token each); returns s/step. */
+static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sample, char **err) {
+    int bs = r->be->kv_block_size, bps = (ctx + bs) / bs;
+    if ((long long)n_seqs * bps > r->be->n_kv_blocks) {
+        fprintf(stderr, "bench: %d seqs x %d tokens do not fit the KV pool (%d blocks)\n", n_seqs, ctx,
+                r->be->n_kv_blocks);
+        return -1;
+    }
+    for (int i = 0; i < n_seqs * bps; i++) r->bt[i] = i;
+    for (int s = 0; s < n_seqs; s++) {
+        r->tokens[s] = (s * 7919 + 13) % r->be->vocab_size;
+        r->seqs[s] = (struct dsi_batch_seq){.seq_id = (uint64_t)s, .tokens = &r->tokens[s], .n_tokens = 1,
+                                            .pos = ctx - 1, .block_table = r->bt + (size_t)s * bps, .n_blocks = bps,
+                                            .want_logits = true};
+        r->sp[s] = (struct dsi_cuda_sample_params){0.f, 0, 1.f, 0.5f};
+    }
+    struct dsi_batch b = {.seqs = r->seqs, .n_seqs = n_seqs};
+    for (int it = 0; it < 2; it++) { /* warm-up: cuBLAS heuristics, lazy module loading */
+        int rc = sample ? dsi_cuda_backend_forward_sample(r->be, &b, r->sp, r->ids, err)
+                        : r->be->ops->forward(r->be, &b, r->logits, err);
+        if (rc) return -1;
+    }
+    double t0 = now_s();
+    for (int it = 0; it < steps; it++) {
+        int rc = sample ? dsi_cuda_backend_forward_sample(r->be, &b, r->sp, r->ids, err)
+                        : r->be->ops->forward(r->be, &b, r->logits, err);
+        if (rc) return -1;
+    }
+    return (now_s() - t0) / steps;
+}
+
+int main(int argc, char **argv) {
+    const char *dtype = "int8", *model_dir = NULL;
+    int steps = 20, quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) quick = 1; /* batch-1 cases only */
+        else {
+            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]\n");
+            return 2;
+        }
+    }
+    if (steps < 1 || steps > 10000) steps = 20;
+    int int8 = !strcmp(dtype, "int8");
+    struct dsi_model m;
+    memset(&m, 0, sizeof m);
+    char *err = NULL;
+    int rc;
+    if (model_dir) {
+        struct dsi_model_open_opts mo = {.skip_verify = true};
+        if ((rc = dsi_model_open(&m, model_dir, &mo, &err))) {
+            fprintf(stderr, "bench: %s\n", err ? err : dsi_strerror(rc));
+            return 1;
+        }
+    } else {
+        qwen2_7b(&m.cfg);
+    }
+    const int max_seqs = 256, max_tokens = 2048;
+    struct dsi_backend_opts o = {.weight_dtype = int8 ? DSI_W_INT8 : DSI_W_BF16, .kv_dtype = DSI_KV_BF16,
+                                 .kv_block_size = 16, .kv_gpu_fraction = 0.8f, .max_batch_tokens = max_tokens,
+                                 .max_seqs = max_seqs};
+    struct dsi_backend *be = NULL;
+    double t0 = now_s();
+    rc = model_dir ? dsi_cuda_backend_create(&m, &o, &be, &err) : dsi_cuda_backend_create_random(&m, &o, 42, &be, &err);
+    if (rc) {
+        fprintf(stderr, "bench: %s\n", err ? err : dsi_strerror(rc));
+        return rc == DSI_ENODEV ? 77 : 1;
+    }
+    double load_s = now_s() - t0;
+    const struct dsi_model_config *c = &m.cfg;
+    double wbytes = weight_stream_bytes(c, int8);
+    double kv_tok = (double)be->kv_bytes_per_token;
+    printf("model: %s%s, hidden %d, layers %d, heads %d/%d, inter %d, vocab %d; weights %s: %.2f GB streamed per step\n",
+           model_dir ? model_dir : "random 7B shape", "", c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads,
+           c->intermediate_size, c->vocab_size, dtype, wbytes / 1e9);
+    printf("backend: create %.2f s (%s), KV pool %d blocks of %d tokens, %.0f KB KV per token\n", load_s,
+           model_dir ? "upload + quantize" : "random fill + quantize", be->n_kv_blocks, be->kv_block_size,
+           kv_tok / 1024);
+    struct run r = {.be = be};
+    r.tokens = calloc(max_tokens, 4);
+    r.bt = calloc((size_t)be->n_kv_blocks, 4);
+    r.ids = calloc(max_seqs, 4);
+    r.seqs = calloc(max_seqs, sizeof *r.seqs);
+    r.sp = calloc(max_seqs, sizeof *r.sp);
+    r.logits = malloc((size_t)max_seqs * c->vocab_size * 4);
+    if (!r.tokens || !r.bt || !r.ids || !r.seqs || !r.sp || !r.logits) return 1;
+
+    struct {
+        int n_seqs, ctx, sample;
+    } cases[] = {{1, 128, 0}, {1, 128, 1}, {1, 2048, 0}, {1, 2048, 1}, {16, 1024, 1}, {64, 1024, 1}, {256, 1024, 1}};
+    printf("\n%-8s %-6s %-8s %10s %12s %10s %8s\n", "streams", "ctx", "path", "step ms", "tok/s", "GB/step", "roofline");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (quick && cases[i].n_seqs > 1) break;
+        double dt = time_decode(&r, cases[i].n_seqs, cases[i].ctx, steps, cases[i].sample, &err);
+        if (dt < 0) {
+            fprintf(stderr, "bench: decode failed: %s\n", err ? err : "?");
+            free(err), err = NULL;
+            continue;
+        }
+        double bytes = wbytes + kv_tok * cases[i].n_seqs * cases[i].ctx;
+        printf("%-8d %-6d %-8s %10.3f %12.1f %10.2f %7.1f%%\n", cases[i].n_seqs, cases[i].ctx,
+               cases[i].sample ? "gpu-ids" : "logits", dt * 1e3, cases[i].n_seqs / dt, bytes / 1e9,
+               100.0 * bytes / dt / PEAK);
+    }
+    if (quick) goto done;
+    /* prefill: one 2048-token prompt in one step, logits of the last token */
+    int T = 2048, bs = be->kv_block_size, nb = T / bs + 1;
+    for (int i = 0; i < T; i++) r.tokens[i] = (i * 31 + 5) % c->vocab_size;
+    for (int i = 0; i < nb; i++) r.bt[i] = i;
+    struct dsi_batch_seq s = {.seq_id = 1, .tokens = r.tokens, .n_tokens = T, .pos = 0, .block_table = r.bt,
+                              .n_blocks = nb, .want_logits = true};
+    struct dsi_batch b = {.seqs = &s, .n_seqs = 1};
+    double best = 1e9;
+    for (int it = 0; it < 4; it++) {
+        double t1 = now_s();
+        if ((rc = be->ops->forward(be, &b, r.logits, &err))) {
+            fprintf(stderr, "bench: prefill failed: %s\n", err ? err : "?");
+            break;
+        }
+        double dt = now_s() - t1;
+        if (it > 0 && dt < best) best = dt;
+    }
+    if (!rc) {
+        double flops = 2.0 * T * (wbytes / (int8 ? 1.0 : 2.0));
+        printf("\nprefill %d tokens: %.2f ms (time to first token), %.0f tok/s, %.0f TFLOP/s in matmuls+attn\n", T,
+               best * 1e3, T / best, flops / best / 1e12);
+    }
+done:
+    dsi_backend_destroy(be);
+    if (model_dir) dsi_model_close(&m);
+    free(r.tokens), free(r.bt), free(r.ids), free(r.seqs), free(r.sp), free(r.logits);
+    return 0;
+}
