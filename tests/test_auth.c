@@ -7,6 +7,7 @@
  */
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -443,12 +444,12 @@ TEST(auth_reload_broken_keeps_old) {
 
 struct reloader {
     struct dsi_auth *a;
-    volatile int stop;
+    atomic_int stop;
     int fails;
 };
 static void *reload_thread(void *arg) {
     struct reloader *r = arg;
-    while (!r->stop)
+    while (!atomic_load(&r->stop))
         if (dsi_auth_reload(r->a, NULL) != 0) r->fails++;
     return NULL;
 }
@@ -479,7 +480,7 @@ TEST(auth_reload_under_load) {
         pthread_join(ct[i], NULL);
         ok += b[i].ok;
     }
-    r.stop = 1;
+    atomic_store(&r.stop, 1);
     pthread_join(rt, NULL);
     CHECK_EQ_INT(ok, 8000);
     CHECK_EQ_INT(r.fails, 0);

@@ -34,7 +34,7 @@ struct dsi_auth {
     struct dsi__keyset *cur;      /* guarded by state_mu (pointer and refs) */
     pthread_mutex_t reload_mu;    /* serializes reloads */
     char *keys_file, *roles_json; /* guarded by reload_mu */
-    bool open_health;
+    atomic_bool open_health;        /* read by request threads, set by reload */
     int64_t (*clock)(void *); /* test hook; set before concurrent use */
     void *clock_ctx;
     pthread_mutex_t stats_mu;
@@ -169,7 +169,7 @@ int dsi_auth_create(const struct dsi_auth_opts *o, struct dsi_auth **out, char *
     pthread_mutex_init(&a->state_mu, NULL);
     pthread_mutex_init(&a->reload_mu, NULL);
     pthread_mutex_init(&a->stats_mu, NULL);
-    a->open_health = o ? o->open_health : true;
+    atomic_init(&a->open_health, o ? o->open_health : true);
     if (o && o->keys_file && !(a->keys_file = strdup(o->keys_file))) goto fail;
     if (o && o->roles_json && !(a->roles_json = strdup(o->roles_json))) goto fail;
     struct dsi__keyset *ks = NULL;
@@ -224,7 +224,7 @@ int dsi_auth_reload_opts(struct dsi_auth *a, const struct dsi_auth_opts *o, char
         free(a->roles_json);
         a->keys_file = kf_copy;
         a->roles_json = rj_copy;
-        if (o) a->open_health = o->open_health;
+        if (o) atomic_store(&a->open_health, o->open_health);
         dsi_log(DSI_LOG_INFO, "auth", "reloaded %zu keys, %zu mTLS clients, %zu roles", ks->n_keys,
                 ks->n_clients, ks->roles.n);
     }
@@ -241,7 +241,7 @@ int dsi_auth_reload(struct dsi_auth *a, char **err) {
 }
 
 bool dsi_auth_health_open(const struct dsi_auth *a) {
-    return a->open_health;
+    return atomic_load(&a->open_health);
 }
 
 void dsi_auth_set_clock(struct dsi_auth *a, int64_t (*now_ms)(void *ctx), void *ctx) {
