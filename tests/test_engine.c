@@ -51,7 +51,7 @@ struct mock {
     int entered; /* forward() calls begun (mu) */
     int errors;  /* (mu) */
     int fail_rc; /* next forward fails with this (mu) */
-    int max_step_tokens, max_chunk, mixed_steps;
+    int max_step_tokens, max_chunk, mixed_steps, max_seqs;
     uint64_t step;
     int started[64]; /* prefills from position 0, by seq id (< 64): > 1 means recomputed */
 };
@@ -134,6 +134,7 @@ static int mock_forward(struct dsi_backend *be, const struct dsi_batch *b, float
         free(hist);
     }
     if (total > m->max_step_tokens) m->max_step_tokens = total;
+    if (b->n_seqs > m->max_seqs) m->max_seqs = b->n_seqs;
     if (has_decode && has_prefill) m->mixed_steps++;
     pthread_mutex_unlock(&m->mu);
     if (fail) {
@@ -846,6 +847,43 @@ TEST(engine_backend_failure_fails_the_batch) {
     mock_free(&m);
 }
 
+TEST(engine_runs_256_sequences_in_one_batch) {
+    enum { N = 256 };
+    struct mock m;
+    mock_init(&m, N * 4, 4);
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_running = N;
+    o.max_queued = N;
+    o.max_batch_tokens = 4 * N;
+    struct dsi_engine *e = start(&m, &o);
+    struct coll c;
+    coll_init(&c);
+    struct rec *r = calloc(N, sizeof(struct rec));
+    int32_t prompt[4];
+    make_prompt(prompt, 4, 13);
+    struct dsi_request_params rp;
+    greedy_params(&rp, prompt, 4, 8);
+    mock_pause(&m, true);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(submit(e, &rp, &r[i], &c), 0);
+    mock_pause(&m, false);
+    coll_wait(&c, N);
+    CHECK_EQ_INT(m.max_seqs, N);
+    int32_t want[8];
+    ref_tokens(prompt, 4, 8, NULL, 0, want);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += r[i].n != 8 || memcmp(r[i].tokens, want, sizeof(want)) != 0;
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(m.errors, 0);
+    check_pool_empty(e, N * 4);
+    dsi_engine_destroy(e);
+    free(r);
+    coll_free(&c);
+    mock_free(&m);
+}
+
 /* Thousands of random submits and cancels on a small pool with preemption:
  * every accepted request gets exactly one final event, finished ones carry the
  * reference tokens, and every block comes back. */
@@ -946,6 +984,7 @@ int main(void) {
     RUN(engine_drain_finishes_queued_and_refuses_new);
     RUN(engine_destroy_cancels_everything_once);
     RUN(engine_backend_failure_fails_the_batch);
+    RUN(engine_runs_256_sequences_in_one_batch);
     RUN(engine_stress_random_admit_cancel_finish);
     return test_summary();
 }
