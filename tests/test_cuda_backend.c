@@ -271,8 +271,10 @@ TEST(cuda_create_rejects_missing_device) {
     CHECK(gpu == NULL && err != NULL);
     free(err), err = NULL;
     o.device = 0;
-    o.weight_dtype = DSI_W_F32;
+    o.weight_dtype = DSI_W_INT8;
+    o.int8_group_size = 32; /* group-wise int8 is not implemented on the GPU */
     CHECK_EQ_INT(dsi_backend_create("cuda", &m, &o, &gpu, &err), DSI_EUNSUPPORTED);
+    CHECK(gpu == NULL);
     free(err);
     dsi_model_close(&m);
 }

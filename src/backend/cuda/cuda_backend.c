@@ -166,12 +166,13 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
     int rc = check_config(&m->cfg, err);
     if (rc) return rc;
-    if (o->weight_dtype == DSI_W_F32)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: f32 weights are not supported; use bf16 or int8");
     if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0)
         return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: only per-channel int8 (group size 0) is supported");
+    /* f32 requests (the CLI's reference default) run as bf16: said once, not refused */
+    if (o->weight_dtype == DSI_W_F32)
+        dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
     if (o->kv_dtype != DSI_KV_BF16)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: the KV cache is bf16 only");
+        dsi_log(DSI_LOG_WARN, "cuda", "f32 KV cache requested: the CUDA backend keeps it in bf16");
 
     struct dsi__cuda *c = calloc(1, sizeof *c);
     if (!c) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
