@@ -111,7 +111,8 @@ int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o, s
  * On success every later outcome arrives as events through cb. */
 int dsi_engine_submit(struct dsi_engine *e, const struct dsi_request_params *p, dsi_token_cb cb,
                       void *user, uint64_t *request_id, char **err);
-/* The request leaves the batch at the next step; its final event has finish CANCELLED.
+/* The request leaves the batch at the next step; its final event has finish CANCELLED
+ * (or STOP/LENGTH if the step in flight finished it first).
  * Returns 0, or DSI_ENOENT when the id is unknown or its final event was already sent. */
 int dsi_engine_cancel(struct dsi_engine *e, uint64_t request_id);
 void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st);
