@@ -211,6 +211,7 @@ int dsi_tok_encode(const struct dsi_tokenizer *t, const char *text, size_t len, 
     if (!t || (!text && len) || !ids || !n_ids) return dsi_seterr(err, DSI_EINVAL, "tokenizer: bad arguments");
     *ids = NULL;
     *n_ids = 0;
+    if (len == 0) return 0; /* text may be NULL then; no pointer arithmetic on it */
     size_t bad = dsi__utf8_valid_prefix(text, len);
     if (bad != len) return dsi_seterr(err, DSI_EINVAL, "text is not valid UTF-8 (at byte %zu)", bad);
     struct enc e = {.t = t, .err = err};

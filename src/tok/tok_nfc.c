@@ -74,6 +74,7 @@ static bool may_change(uint32_t cp) {
     if (cp < 0x300) return false;
     if (cp >= 0x1100 && cp <= 0x11FF) return true; /* Hangul jamo */
     if (cp >= SBASE && cp < SBASE + SCOUNT) return false;
+    if (cp >= 0x4E00 && cp <= 0x9FFF) return false; /* CJK ideographs: stable, no marks */
     if (ccc(cp)) return true;
     if (find_row(&dsi__nfc_decomp_cp[0][0], 3, dsi__nfc_n_decomp, cp) >= 0) return true;
     return find_row(dsi__nfc_seconds, 1, dsi__nfc_n_seconds, cp) >= 0;
