@@ -356,6 +356,12 @@ TEST(chat_format_detect_and_reasoning) {
     CHECK_EQ_INT(dsi_chat_render(qw, DSI_CHAT_DEEPSEEK_LLM, m, 1, true, &text, NULL), 0);
     CHECK_EQ_STR(text, "User: hi\n\nAssistant:");
     free(text);
+    /* "developer" (newer OpenAI SDKs) is the system role. */
+    struct dsi_chat_msg dev[2] = {{"developer", "Be brief."}, {"user", "hi"}};
+    text = NULL;
+    CHECK_EQ_INT(dsi_chat_render(qw, DSI_CHAT_AUTO, dev, 2, true, &text, NULL), 0);
+    CHECK_EQ_STR(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    free(text);
     struct dsi_chat_msg bad[1] = {{"tool", "x"}};
     char *err = NULL;
     text = NULL;

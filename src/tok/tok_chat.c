@@ -133,7 +133,12 @@ bool dsi_chat_is_reasoning(const struct dsi_tokenizer *t, enum dsi_chat_format f
     return resolve(t, f) == DSI_CHAT_DEEPSEEK_V3 && t->chat_format == DSI_CHAT_DEEPSEEK_V3 && t->chat_gen_think;
 }
 
-static bool is_role(const struct dsi_chat_msg *m, const char *r) { return strcmp(m->role, r) == 0; }
+/* OpenAI's newer SDKs send "developer" where older ones send "system"; the models
+ * only know the system role, so the two are the same here. */
+static bool is_role(const struct dsi_chat_msg *m, const char *r) {
+    if (strcmp(r, "system") == 0 && strcmp(m->role, "developer") == 0) return true;
+    return strcmp(m->role, r) == 0;
+}
 
 static void render_v3(const struct dsi_tokenizer *t, const struct dsi_chat_msg *m, size_t n, bool gen, struct buf *b) {
     /* R1 rules only when the model's own template is a V3-family one that has them. */
@@ -273,7 +278,7 @@ static void render_chatml(const struct dsi_tokenizer *t, const struct dsi_chat_m
             continue;
         }
         put(b, "<|im_start|>");
-        put(b, m[i].role);
+        put(b, is_role(&m[i], "system") ? "system" : m[i].role);
         put(b, "\n");
         put(b, m[i].content);
         put(b, "<|im_end|>\n");
@@ -289,7 +294,7 @@ int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const
         if (!msgs[i].role || !msgs[i].content)
             return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has no role or content", i);
         if (!is_role(&msgs[i], "system") && !is_role(&msgs[i], "user") && !is_role(&msgs[i], "assistant"))
-            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has role \"%.20s\" (want system, user or assistant)",
+            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has role \"%.20s\" (want system, developer, user or assistant)",
                               i, msgs[i].role);
     }
     struct buf b = {0};
