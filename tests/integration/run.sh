@@ -201,7 +201,24 @@ check "still serving after the certificate reload" test "$(status $W/b "${AUTH[@
 "${C[@]}" -N "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"Tell me a very long story"}],"max_tokens":1900,"temperature":0,"stream":true}' \
     "$URL/v1/chat/completions" >$W/drain_sse 2>/dev/null &
 CURL_PID=$!
+# A client that asks for a long stream and never reads it keeps its request in
+# flight however fast the model is, so the drain lasts until drain_timeout_s.
+python3 - "$PORT" "$CA" "$USER_KEY" <<'PY' &
+import json, socket, ssl, sys, time
+port, ca, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False       # certificate checks are tested elsewhere; this client only stalls
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long story"}], "max_tokens": 1900,
+                   "temperature": 0, "stream": True}).encode()
+s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
+          b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+time.sleep(60)
+PY
+PIDS+=($!)
 for _ in $(seq 1 300); do grep -q '"content":"[^"]' $W/drain_sse && break; sleep 0.1; done
+sleep 1
 kill -TERM "$DPID"
 for _ in $(seq 1 50); do grep -q "draining" "$LOG" && break; sleep 0.1; done
 check "ready 503 while draining" test "$(status $W/b "$URL/health/ready")" = 503
