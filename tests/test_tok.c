@@ -6,6 +6,7 @@
  * tokenizers 0.23 / transformers 5.17 produced (scripts/gen_tok_golden.py, run on
  * the GPU machine). Every comparison is exact: ids equal, text equal byte for byte.
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -546,6 +547,56 @@ TEST(encode_long_runs) {
     }
 }
 
+/* One tokenizer, several threads encoding at once (the server's case): the shared
+ * word cache must not mix words up. Every thread checks every text against HF. */
+struct mt_arg {
+    const struct dsi_tokenizer *t;
+    cJSON **corpus, **gold;
+    size_t n, bad;
+    int seed;
+};
+
+static void *mt_worker(void *p) {
+    struct mt_arg *a = p;
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t k = 0; k < a->n; k++) {
+            size_t i = (k * 7 + (size_t)a->seed * 13) % a->n; /* a different order per thread */
+            const char *text = cJSON_GetObjectItem(a->corpus[i], "text")->valuestring;
+            const cJSON *gids = cJSON_GetObjectItem(a->gold[i + 1], "ids");
+            int32_t *ids = NULL;
+            size_t n = 0, j = 0;
+            bool same = dsi_tok_encode(a->t, text, strlen(text), true, &ids, &n, NULL) == 0 &&
+                        n == (size_t)cJSON_GetArraySize(gids);
+            for (const cJSON *c = gids->child; same && c; c = c->next, j++) same = ids[j] == (int32_t)c->valuedouble;
+            if (!same) a->bad++;
+            free(ids);
+        }
+    return NULL;
+}
+
+TEST(encode_concurrent_threads_agree_with_hf) {
+    struct dsi_tokenizer *t = load_dir("deepseek-v3");
+    CHECK(t != NULL);
+    if (!t) return;
+    size_t nc, ng;
+    cJSON **corpus = read_jsonl(GOLDEN "corpus.jsonl", &nc);
+    cJSON **gold = read_jsonl(GOLDEN "ids_deepseek-v3.jsonl", &ng);
+    CHECK(corpus && gold && ng == nc + 1);
+    struct mt_arg args[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (struct mt_arg){t, corpus, gold, nc, 0, i};
+        CHECK_EQ_INT(pthread_create(&th[i], NULL, mt_worker, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_INT(args[i].bad, 0);
+    }
+    free_jsonl(corpus, nc);
+    free_jsonl(gold, ng);
+    dsi_tok_free(t);
+}
+
 int main(void) {
     RUN(golden_ids_deepseek_v3);
     RUN(golden_ids_qwen2);
@@ -560,5 +611,6 @@ int main(void) {
     RUN(stream_never_splits_a_character);
     RUN(stream_flush_replaces_incomplete_tail);
     RUN(encode_long_runs);
+    RUN(encode_concurrent_threads_agree_with_hf);
     return test_summary();
 }
