@@ -230,9 +230,9 @@ static int setup_client(struct run *r, struct client *c, char *auth) {
 }
 
 static void report(struct run *r, double elapsed) {
-    qsort(r->ttft.v, r->ttft.n, sizeof(double), cmp_double);
-    qsort(r->itl.v, r->itl.n, sizeof(double), cmp_double);
-    qsort(r->e2e.v, r->e2e.n, sizeof(double), cmp_double);
+    struct samples *all[] = {&r->ttft, &r->itl, &r->e2e};
+    for (int k = 0; k < 3; k++) /* qsort's base may not be NULL, even for 0 items */
+        if (all[k]->n) qsort(all[k]->v, all[k]->n, sizeof(double), cmp_double);
     double rps = (double)r->completed / elapsed, tps = (double)r->output_tokens / elapsed;
     long errors = r->transport_errors + r->bad_streams;
     for (int s = 0; s < MAX_STATUS; s++)

@@ -4,12 +4,13 @@
 #   bench/sweep.sh URL KEY_FILE CACERT OUTDIR [SECONDS] [LEVELS...]
 # Writes OUTDIR/sweep.jsonl (one loadgen JSON per level), OUTDIR/sweep.md (a
 # markdown table for bench/RESULTS.md) and OUTDIR/sweep.png (gnuplot).
-# LOADGEN_EXTRA adds loadgen options to every level (e.g. "--max-tokens 32:32").
+# LOADGEN_EXTRA adds loadgen options to every level (e.g. "--max-tokens 32:32");
+# LOADGEN names the loadgen binary (default build/loadgen).
 set -euo pipefail
 url=${1:?url}; key=${2:?key file}; ca=${3:?cacert}; out=${4:?outdir}; secs=${5:-20}
 shift $(( $# < 5 ? $# : 5 ))
 levels=("$@"); ((${#levels[@]})) || levels=(1 2 4 8 16 32 64 128 256)
-lg=$(dirname "$0")/../build/loadgen
+lg=${LOADGEN:-$(dirname "$0")/../build/loadgen}
 mkdir -p "$out"; : > "$out/sweep.jsonl"
 for c in "${levels[@]}"; do
   echo "concurrency $c ..." >&2
