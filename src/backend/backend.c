@@ -3,17 +3,29 @@
  *
  * A build without CUDA still accepts "cuda" and answers DSI_ENODEV with a reason,
  * so the same config gives a clear error instead of an unknown-name error.
+ *
+ * Under mpirun with more than one rank (dsi_dist_size() > 1, see dist.h), "cpu"
+ * is the tensor-parallel CPU backend: rank 0 gets it and the workers follow.
  */
 #include <string.h>
 
 #include "dsinfer/backend.h"
+#include "dsinfer/dist.h"
 #include "dsinfer/err.h"
 
 int dsi_backend_create(const char *name, const struct dsi_model *m, const struct dsi_backend_opts *o,
                        struct dsi_backend **out, char **err) {
     *out = NULL;
-    if (!name || !strcmp(name, "cpu")) return dsi_cpu_backend_create(m, o, out, err);
+    if (!name || !strcmp(name, "cpu")) {
+        if (dsi_dist_size() > 1) return dsi_tp_cpu_backend_create(m, o, out, err);
+        return dsi_cpu_backend_create(m, o, out, err);
+    }
     if (!strcmp(name, "cuda")) {
+        if (dsi_dist_size() > 1)
+            return dsi_seterr(
+                err, DSI_EUNSUPPORTED,
+                "tensor parallel runs on the CPU backend only so far (docs/tensor-parallel.md); "
+                "use --backend cpu or run one rank");
 #ifdef DSI_HAVE_CUDA
         return dsi_cuda_backend_create(m, o, out, err);
 #else

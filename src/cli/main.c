@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "dsinfer/dist.h"
 #include "dsinfer/log.h"
 
 struct command {
@@ -54,6 +55,13 @@ int main(int argc, char **argv) {
     if (lvl) {
         enum dsi_log_level l;
         if (dsi_log_parse_level(lvl, &l) == 0) dsi_log_set_level(l);
+    }
+    /* Under mpirun: ranks > 0 are tensor-parallel workers and end here; rank 0 runs
+     * the command with --tensor-parallel removed from argv (include/dsinfer/dist.h). */
+    int dist_rc;
+    if (dsi_dist_main_hook(&argc, argv, &dist_rc)) {
+        if (dist_rc) dsi_dist_abort(dist_rc);
+        exit(dist_rc);
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) exit(commands[i].run(argc - 1, argv + 1));

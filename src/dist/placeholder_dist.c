@@ -1,2 +1,0 @@
-/* placeholder so the module library is never empty */
-typedef int dsi__dist_placeholder;

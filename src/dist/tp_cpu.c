@@ -1,0 +1,402 @@
+/*
+ * tp_cpu.c: the tensor-parallel CPU backend. On rank 0 it is a struct
+ * dsi_backend like any other (dsi_backend_create("cpu") returns it when MPI
+ * started more than one rank); its forward broadcasts the validated batch and
+ * then runs rank 0's shard. Ranks > 0 run dsi__tp_worker_loop: they build the
+ * same shard on "create", run every "forward" they receive, free it on
+ * "destroy" and return on "shutdown".
+ *
+ * Every rank enters the same collectives in the same order: a message that a
+ * worker cannot validate is fatal for that worker (it cannot take part in the
+ * step), and main.c then MPI_Aborts the whole job instead of leaving rank 0
+ * waiting in an all-reduce. An MPI error on rank 0 marks the backend dead: every
+ * later forward fails with DSI_EDIST, so requests fail and the service drains.
+ */
+#ifdef DSI_HAVE_MPI
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "tp_internal.h"
+
+#define DEFAULT_KV_BYTES ((size_t)64 << 20)
+#define DEFAULT_BLOCK 16
+#define DEFAULT_MAX_TOKENS 512
+
+static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
+static void tp_destroy(struct dsi_backend *be);
+static int check_config(const struct dsi_model_config *cfg, char **err);
+static int alloc_scratch(struct dsi__tp *t, char **err);
+static int worker_create(const int32_t *words, uint32_t n_words, struct dsi_model *model, bool *have_model,
+                         struct dsi__tp **t, char **err);
+
+static const struct dsi_backend_ops tp_ops = {
+    .name = "cpu-tp",
+    .forward = tp_forward,
+    .quant_report = NULL,
+    .destroy = tp_destroy,
+};
+
+static int check_config(const struct dsi_model_config *cfg, char **err) {
+    if (cfg->arch != DSI_ARCH_QWEN2 && cfg->arch != DSI_ARCH_LLAMA)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "tensor parallel runs Qwen2 and Llama models, not %s",
+                          cfg->architecture[0] ? cfg->architecture : "this architecture");
+    if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->n_layers <= 0 ||
+        cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->head_dim % 2 ||
+        cfg->max_position_embeddings <= 0 || cfg->n_heads % cfg->n_kv_heads)
+        return dsi_seterr(err, DSI_EFORMAT, "config.json sizes are invalid for the forward pass");
+    if ((long long)cfg->n_heads * cfg->head_dim > INT_MAX / 4 || cfg->hidden_size > INT_MAX / 4 ||
+        cfg->intermediate_size > INT_MAX / 4 || cfg->vocab_size > INT_MAX / 4)
+        return dsi_seterr(err, DSI_EOVERFLOW, "config.json sizes are too large");
+    if (cfg->rope.type == DSI_ROPE_DYNAMIC)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "dynamic NTK rope scaling is not supported");
+    return 0;
+}
+
+static int alloc_scratch(struct dsi__tp *t, char **err) {
+    size_t T = (size_t)t->max_tokens, H = (size_t)t->cfg->hidden_size, I = (size_t)(t->i1 - t->i0);
+    size_t out = (size_t)t->lim.max_out, V = (size_t)t->cfg->vocab_size;
+    struct {
+        float **p;
+        size_t n;
+    } bufs[] = {{&t->x, T * H},
+                {&t->xn, T * H},
+                {&t->q, T * (size_t)t->q_l},
+                {&t->k, T * (size_t)t->kv_l},
+                {&t->v, T * (size_t)t->kv_l},
+                {&t->att, T * (size_t)t->q_l},
+                {&t->gate, T * I},
+                {&t->up, T * I},
+                {&t->scores, (size_t)t->n_threads * (size_t)t->max_ctx},
+                {&t->lg_local, out * (size_t)(t->v1 - t->v0)},
+                {&t->lg_all, t->rank == 0 ? out * V : 1}};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        if (bufs[i].n > (size_t)INT_MAX)
+            return dsi_seterr(err, DSI_EOVERFLOW, "tensor parallel: scratch too large");
+        *bufs[i].p = calloc(bufs[i].n ? bufs[i].n : 1, sizeof(float));
+        if (dsi__tp_own(t, *bufs[i].p)) return dsi_seterr(err, DSI_ENOMEM, "out of memory for scratch");
+    }
+    t->tok_seq = calloc(T, sizeof(int32_t));
+    if (dsi__tp_own(t, t->tok_seq)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    t->tok_pos = calloc(T, sizeof(int32_t));
+    if (dsi__tp_own(t, t->tok_pos)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    int rc = dsi_tp_batch_max_words(&t->lim, &t->msg_cap);
+    if (rc) return dsi_seterr(err, rc, "tensor parallel: forward message size overflows");
+    t->msg = calloc(t->msg_cap, sizeof(int32_t));
+    if (dsi__tp_own(t, t->msg)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    t->seqs = calloc(T, sizeof *t->seqs);
+    if (dsi__tp_own(t, t->seqs)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    return 0;
+}
+
+int dsi__tp_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o, struct dsi__tp **out,
+                         char **err) {
+    *out = NULL;
+    const struct dsi_model_config *cfg = &m->cfg;
+    int rc = check_config(cfg, err);
+    if (rc) return rc;
+    MPI_Comm comm = dsi__dist_comm();
+    if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
+    int rank = 0, size = 1;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
+    if ((rc = dsi_tp_check_split(cfg, size, gs, err))) return rc;
+
+    struct dsi__tp *t = calloc(1, sizeof *t);
+    if (!t) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    t->m = m;
+    t->cfg = cfg;
+    t->opts = *o;
+    t->comm = comm;
+    t->rank = rank;
+    t->size = size;
+    t->be.ops = &tp_ops;
+    t->be.model = m;
+    t->be.impl = t;
+    t->be.vocab_size = cfg->vocab_size;
+#ifdef _OPENMP
+    t->n_threads = o->n_threads > 0 ? o->n_threads : omp_get_num_procs();
+#else
+    t->n_threads = 1;
+#endif
+    if (t->n_threads < 1) t->n_threads = 1;
+    t->nh_l = cfg->n_heads / size;
+    t->nkv_l = cfg->n_kv_heads / size;
+    t->q_l = t->nh_l * cfg->head_dim;
+    t->kv_l = t->nkv_l * cfg->head_dim;
+    dsi__tp_range(cfg->intermediate_size, size, rank, gs, &t->i0, &t->i1);
+    dsi__tp_range(cfg->vocab_size, size, rank, 1, &t->v0, &t->v1);
+    t->v_counts = calloc((size_t)size, sizeof(int));
+    t->v_displs = calloc((size_t)size, sizeof(int));
+    t->inv_freq = calloc((size_t)cfg->head_dim / 2, sizeof(float));
+    if (dsi__tp_own(t, t->v_counts) || dsi__tp_own(t, t->v_displs) || dsi__tp_own(t, t->inv_freq)) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (int r = 0; r < size; r++) {
+        int lo, hi;
+        dsi__tp_range(cfg->vocab_size, size, r, 1, &lo, &hi);
+        t->v_counts[r] = hi - lo;
+        t->v_displs[r] = lo;
+    }
+    if (dsi_rope_inv_freq(&cfg->rope, cfg->rope_theta, cfg->head_dim, cfg->max_position_embeddings, 0,
+                          t->inv_freq, &t->attn_factor)) {
+        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: invalid rope parameters");
+        goto fail;
+    }
+    if ((rc = dsi__tp_load(t, err))) goto fail;
+
+    /* KV: the engine sees the single-process block count; each rank stores only its kv heads */
+    int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
+    t->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim * t->kv_elt;
+    size_t per_tok_l = per_tok / (size_t)size;
+    size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
+    size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
+    if (n_blocks < 1) {
+        rc = dsi_seterr(err, DSI_EINVAL, "tensor parallel: kv_bytes %zu is less than one block", kv_bytes);
+        goto fail;
+    }
+    if (n_blocks > (size_t)INT_MAX / (size_t)bs) n_blocks = (size_t)INT_MAX / (size_t)bs;
+    t->kv_layer_elems = n_blocks * (size_t)bs * (size_t)t->kv_l;
+    t->kv = calloc(n_blocks * (size_t)bs, per_tok_l);
+    if (dsi__tp_own(t, t->kv)) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory for the KV pool");
+        goto fail;
+    }
+    t->be.kv_block_size = bs;
+    t->be.n_kv_blocks = (int)n_blocks;
+    t->be.kv_bytes_per_token = per_tok;
+    t->max_ctx = cfg->max_position_embeddings;
+    if ((size_t)t->max_ctx > n_blocks * (size_t)bs) t->max_ctx = (int)(n_blocks * (size_t)bs);
+    t->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : DEFAULT_MAX_TOKENS;
+    t->lim = (struct dsi_tp_limits){
+        .max_tokens = t->max_tokens,
+        .max_ctx = t->max_ctx,
+        .block_size = bs,
+        .n_kv_blocks = (int)n_blocks,
+        .vocab_size = cfg->vocab_size,
+        .max_out = o->max_seqs > 0 && o->max_seqs < t->max_tokens ? o->max_seqs : t->max_tokens};
+    if ((rc = alloc_scratch(t, err))) goto fail;
+    dsi_log(
+        DSI_LOG_INFO, "dist",
+        "rank %d/%d shard: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab %d..%d, %.1f MB weights",
+        rank, size, rank * t->nh_l, (rank + 1) * t->nh_l - 1, rank * t->nkv_l, (rank + 1) * t->nkv_l - 1,
+        t->i0, t->i1 - 1, t->v0, t->v1 - 1, (double)t->be.weight_bytes / 1e6);
+    *out = t;
+    return 0;
+fail:
+    dsi__tp_free_shard(t);
+    return rc;
+}
+
+void dsi__tp_free_shard(struct dsi__tp *t) {
+    if (!t) return;
+    for (size_t i = 0; i < t->n_allocs; i++)
+        free(t->allocs[i]);
+    free(t->allocs);
+    free(t);
+}
+
+int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                              struct dsi_backend **out, char **err) {
+    if (!out) return DSI_EINVAL;
+    *out = NULL;
+    if (!m || !o || !m->dir)
+        return dsi_seterr(err, DSI_EINVAL, "tensor parallel: model and options are required");
+    if (dsi_dist_rank() != 0 || dsi_dist_size() < 2)
+        return dsi_seterr(err, DSI_ESTATE, "tensor parallel backend is created on rank 0 of an MPI run");
+    if (dsi__dist_has_backend())
+        return dsi_seterr(err, DSI_EBUSY, "tensor parallel: one backend at a time (the workers mirror it)");
+    const struct dsi_model_config *cfg = &m->cfg;
+    struct dsi_tp_create c = {.opts = *o,
+                              .vocab_size = cfg->vocab_size,
+                              .hidden_size = cfg->hidden_size,
+                              .intermediate_size = cfg->intermediate_size,
+                              .n_layers = cfg->n_layers,
+                              .n_heads = cfg->n_heads,
+                              .n_kv_heads = cfg->n_kv_heads,
+                              .head_dim = cfg->head_dim};
+    if (strlen(m->dir) > DSI_TP_MAX_DIR)
+        return dsi_seterr(err, DSI_EINVAL, "tensor parallel: model dir path longer than %d bytes",
+                          DSI_TP_MAX_DIR);
+    snprintf(c.dir, sizeof c.dir, "%s", m->dir);
+    int32_t words[DSI_TP_CREATE_WORDS];
+    size_t n_words = 0;
+    int rc = dsi_tp_create_encode(&c, words, &n_words, err);
+    if (rc) return rc;
+    if ((rc = dsi__dist_send(DSI_TP_MSG_CREATE, words, (uint32_t)n_words, 0, err))) return rc;
+    /* from here every rank builds its shard; all of them meet again in the gather */
+    struct dsi__tp *t = NULL;
+    char *lerr = NULL;
+    int st = dsi__tp_create_shard(m, o, &t, &lerr);
+    int size = dsi_dist_size();
+    int all[size];
+    int mrc = MPI_Gather(&st, 1, MPI_INT, all, 1, MPI_INT, 0, dsi__dist_comm());
+    if (mrc != MPI_SUCCESS) {
+        dsi__tp_free_shard(t);
+        free(lerr);
+        return dsi__dist_mpierr(mrc, "gather of shard status", err);
+    }
+    int bad = st ? 0 : -1;
+    for (int r = 1; r < size && bad < 0; r++)
+        if (all[r]) bad = r;
+    if (bad >= 0) {
+        dsi__tp_free_shard(t);
+        char *derr = NULL;
+        if (dsi__dist_send(DSI_TP_MSG_DESTROY, NULL, 0, 0, &derr)) free(derr);
+        if (bad == 0) {
+            rc = dsi_seterr(err, st, "rank 0: %s", lerr ? lerr : dsi_strerror(st));
+        } else {
+            rc = dsi_seterr(err, all[bad] < 0 ? all[bad] : DSI_EDIST,
+                            "rank %d could not build its shard (%s); its log says why", bad,
+                            dsi_strerror(all[bad]));
+        }
+        free(lerr);
+        return rc;
+    }
+    dsi__dist_set_backend(true);
+    dsi_log(DSI_LOG_INFO, "dist", "tensor parallel backend ready over %d ranks (%d KV blocks of %d tokens)",
+            size, t->be.n_kv_blocks, t->be.kv_block_size);
+    *out = &t->be;
+    return 0;
+}
+
+static void tp_destroy(struct dsi_backend *be) {
+    if (!be) return;
+    struct dsi__tp *t = be->impl;
+    if (!t->dead) {
+        char *err = NULL;
+        if (dsi__dist_send(DSI_TP_MSG_DESTROY, NULL, 0, 0, &err)) {
+            dsi_log(DSI_LOG_ERROR, "dist", "could not tell the workers to free their shards: %s",
+                    err ? err : "?");
+            free(err);
+        }
+    }
+    dsi__dist_set_backend(false);
+    dsi__tp_free_shard(t);
+}
+
+static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
+    struct dsi__tp *t = be->impl;
+    if (t->dead)
+        return dsi_seterr(err, DSI_EDIST, "tensor parallel is down after an MPI error; restart the service");
+    int rc = dsi_tp_batch_check(b, &t->lim, err);
+    if (rc) return rc;
+    int T = 0, n_out = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        T += b->seqs[i].n_tokens;
+        n_out += b->seqs[i].want_logits ? 1 : 0;
+    }
+    if (T == 0) return 0;
+    if (n_out > 0 && !logits)
+        return dsi_seterr(err, DSI_EINVAL, "tensor parallel: logits wanted but no buffer");
+    size_t n_words = 0;
+    if ((rc = dsi_tp_batch_encode(b, be->kv_block_size, t->msg, t->msg_cap, &n_words, err))) return rc;
+    t->step++;
+    if ((rc = dsi__dist_send(DSI_TP_MSG_FORWARD, t->msg, (uint32_t)n_words, t->step, err)) ||
+        (rc = dsi__tp_forward_local(t, b, logits, err))) {
+        t->dead = true;
+        dsi_log(DSI_LOG_ERROR, "dist", "tensor parallel step %u failed; the backend is down: %s",
+                (unsigned)t->step, err && *err ? *err : dsi_strerror(rc));
+    }
+    return rc;
+}
+
+/* Worker side of "create": decode, open the model without re-hashing, compare
+ * the config fingerprint, build the shard. Returns the status sent to rank 0. */
+static int worker_create(const int32_t *words, uint32_t n_words, struct dsi_model *model, bool *have_model,
+                         struct dsi__tp **t, char **err) {
+    struct dsi_tp_create c;
+    int rc = dsi_tp_create_decode(words, n_words, &c, err);
+    if (rc) return rc;
+    dsi_log(
+        DSI_LOG_INFO, "dist",
+        "rank %d opens %s without re-hashing it: rank 0 checked SHA256SUMS over the whole files before any "
+        "rank uses them",
+        dsi_dist_rank(), c.dir);
+    struct dsi_model_open_opts mo = {.skip_verify = true, .n_threads = 1};
+    if (*have_model) dsi_model_close(model); /* a failed create left it open */
+    *have_model = false;
+    if ((rc = dsi_model_open(model, c.dir, &mo, err))) return rc;
+    *have_model = true;
+    const struct dsi_model_config *cfg = &model->cfg;
+    if (cfg->vocab_size != c.vocab_size || cfg->hidden_size != c.hidden_size ||
+        cfg->intermediate_size != c.intermediate_size || cfg->n_layers != c.n_layers ||
+        cfg->n_heads != c.n_heads || cfg->n_kv_heads != c.n_kv_heads || cfg->head_dim != c.head_dim)
+        return dsi_seterr(
+            err, DSI_EINTEGRITY,
+            "%s on rank %d is not the model rank 0 opened (config differs); every host needs the "
+            "same model directory",
+            c.dir, dsi_dist_rank());
+    return dsi__tp_create_shard(model, &c.opts, t, err);
+}
+
+int dsi__tp_worker_loop(char **err) {
+    MPI_Comm comm = dsi__dist_comm();
+    struct dsi_model model;
+    bool have_model = false;
+    struct dsi__tp *t = NULL;
+    int32_t cbuf[DSI_TP_CREATE_WORDS];
+    int rc = 0, mrc;
+    memset(&model, 0, sizeof model);
+    for (;;) {
+        uint32_t hdr[DSI_TP_HDR_WORDS];
+        if ((rc = dsi__dist_recv_hdr(hdr, err))) break;
+        uint32_t limit = hdr[2] == DSI_TP_MSG_CREATE         ? DSI_TP_CREATE_WORDS
+                         : hdr[2] == DSI_TP_MSG_FORWARD && t ? (uint32_t)t->msg_cap
+                                                             : 0;
+        if ((rc = dsi_tp_hdr_check(hdr, limit, err))) break;
+        if (hdr[2] == DSI_TP_MSG_SHUTDOWN) break;
+        if (hdr[2] == DSI_TP_MSG_DESTROY) {
+            dsi__tp_free_shard(t);
+            t = NULL;
+            if (have_model) dsi_model_close(&model);
+            have_model = false;
+            continue;
+        }
+        int32_t *buf = hdr[2] == DSI_TP_MSG_CREATE ? cbuf : t ? t->msg : NULL;
+        if (!buf) {
+            rc = dsi_seterr(err, DSI_EFORMAT, "forward message before create");
+            break;
+        }
+        if (hdr[3] > 0 && (mrc = MPI_Bcast(buf, (int)hdr[3], MPI_INT32_T, 0, comm)) != MPI_SUCCESS) {
+            rc = dsi__dist_mpierr(mrc, "receive of a control payload", err);
+            break;
+        }
+        if (hdr[2] == DSI_TP_MSG_CREATE) {
+            if (t) {
+                rc = dsi_seterr(err, DSI_EFORMAT, "create message while a shard exists");
+                break;
+            }
+            char *cerr = NULL;
+            int st = worker_create(cbuf, hdr[3], &model, &have_model, &t, &cerr);
+            if (st)
+                dsi_log(DSI_LOG_ERROR, "dist", "rank %d cannot build its shard: %s", dsi_dist_rank(),
+                        cerr ? cerr : dsi_strerror(st));
+            free(cerr);
+            if ((mrc = MPI_Gather(&st, 1, MPI_INT, NULL, 0, MPI_INT, 0, comm)) != MPI_SUCCESS) {
+                rc = dsi__dist_mpierr(mrc, "gather of shard status", err);
+                break;
+            }
+            continue;
+        }
+        struct dsi_batch b;
+        if ((rc = dsi_tp_batch_decode(t->msg, hdr[3], &t->lim, t->seqs, &b, err))) break;
+        if ((rc = dsi__tp_forward_local(t, &b, NULL, err))) break;
+    }
+    dsi__tp_free_shard(t);
+    if (have_model) dsi_model_close(&model);
+    return rc;
+}
+#else
+typedef int dsi__tp_cpu_needs_mpi;
+#endif
