@@ -203,7 +203,7 @@ check "still serving after the certificate reload" test "$(status $W/b "${AUTH[@
 CURL_PID=$!
 # A client that asks for a long stream and never reads it keeps its request in
 # flight however fast the model is, so the drain lasts until drain_timeout_s.
-python3 - "$PORT" "$CA" "$USER_KEY" <<'PY' &
+python3 - "$PORT" "$CA" "$USER_KEY" "$W/stall_started" <<'PY' &
 import json, socket, ssl, sys, time
 port, ca, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=ca)
@@ -214,11 +214,12 @@ body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long
                    "temperature": 0, "stream": True}).encode()
 s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
           b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+s.recv(64)                        # the response has started: the request is in the engine
+open(sys.argv[4], "w").close()
 time.sleep(60)
 PY
 PIDS+=($!)
-for _ in $(seq 1 300); do grep -q '"content":"[^"]' $W/drain_sse && break; sleep 0.1; done
-sleep 1
+for _ in $(seq 1 300); do [ -f $W/stall_started ] && break; sleep 0.1; done
 kill -TERM "$DPID"
 for _ in $(seq 1 50); do grep -q "draining" "$LOG" && break; sleep 0.1; done
 check "ready 503 while draining" test "$(status $W/b "$URL/health/ready")" = 503
