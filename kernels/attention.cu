@@ -253,6 +253,79 @@ extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStre
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
+/* ---- long prefill through cuBLAS: gather, pack, causal softmax ---- */
+
+/* K and V of one sequence, positions 0..ctx-1, to contiguous (n_kv, ctx, hd) bf16. */
+static __global__ void kv_gather_kernel(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache, const uint16_t *v_cache,
+                                        const int32_t *bt, int block_size, int ctx, int n_kv, int hd) {
+    const int t = blockIdx.x, kv_dim = n_kv * hd;
+    const size_t slot = (size_t)bt[t / block_size] * block_size + t % block_size;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        int h = i / hd, d = i % hd;
+        size_t o = ((size_t)h * ctx + t) * hd + d;
+        kc[o] = k_cache[slot * kv_dim + i];
+        vc[o] = v_cache[slot * kv_dim + i];
+    }
+}
+
+extern "C" int dsi_cuda_kv_gather(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache, const uint16_t *v_cache,
+                                  const int32_t *bt, int block_size, int ctx, int n_kv, int hd, cudaStream_t s) {
+    if (ctx <= 0 || n_kv <= 0 || hd <= 0 || block_size <= 0) return DSI_EINVAL;
+    kv_gather_kernel<<<ctx, 256, 0, s>>>(kc, vc, k_cache, v_cache, bt, block_size, ctx, n_kv, hd);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* q rows (fp32, RoPE applied) -> (n_heads, n_q, hd) bf16, times the softmax scale. */
+static __global__ void q_pack_kernel(uint16_t *qb, const float *q, int q_stride, int n_q, int n_heads, int hd,
+                                     float scale) {
+    const int r = blockIdx.x;
+    for (int i = threadIdx.x; i < n_heads * hd; i += blockDim.x) {
+        int h = i / hd, d = i % hd;
+        qb[((size_t)h * n_q + r) * hd + d] = f2bf(q[(size_t)r * q_stride + i] * scale);
+    }
+}
+
+extern "C" int dsi_cuda_q_pack(uint16_t *qb, const float *q, int q_stride, int n_q, int n_heads, int hd, float scale,
+                               cudaStream_t s) {
+    if (n_q <= 0 || n_heads <= 0 || hd <= 0 || q_stride < n_heads * hd) return DSI_EINVAL;
+    q_pack_kernel<<<n_q, 256, 0, s>>>(qb, q, q_stride, n_q, n_heads, hd, scale);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* Row (h, i) of scores (n_heads, n_q, ctx) fp32 -> probabilities bf16, causal:
+ * query i sits at position pos + i and sees keys 0..pos+i. */
+static __global__ void causal_softmax_kernel(uint16_t *p, const float *sc, int n_q, int ctx, int pos) {
+    __shared__ float red[32];
+    const int i = blockIdx.x, h = blockIdx.y, lim = pos + i + 1;
+    const float *row = sc + ((size_t)h * n_q + i) * ctx;
+    uint16_t *out = p + ((size_t)h * n_q + i) * ctx;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < lim; j += blockDim.x) m = fmaxf(m, row[j]);
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = red[0];
+    for (int w = 1; w < nw; w++) m = fmaxf(m, red[w]);
+    __syncthreads();
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < lim; j += blockDim.x) sum += expf(row[j] - m);
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) red[warp] = sum;
+    __syncthreads();
+    sum = 0.f;
+    for (int w = 0; w < nw; w++) sum += red[w];
+    const float inv = 1.f / sum;
+    for (int j = threadIdx.x; j < ctx; j += blockDim.x) out[j] = j < lim ? f2bf(expf(row[j] - m) * inv) : (uint16_t)0;
+}
+
+extern "C" int dsi_cuda_causal_softmax(uint16_t *p, const float *scores, int n_heads, int n_q, int ctx, int pos,
+                                       cudaStream_t s) {
+    if (n_heads <= 0 || n_heads > 65535 || n_q <= 0 || pos < 0 || ctx < pos + n_q) return DSI_EINVAL;
+    causal_softmax_kernel<<<dim3(n_q, n_heads), 256, 0, s>>>(p, scores, n_q, ctx, pos);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
 #define PF_ROWS_PER_WARP 4
 #define PF_WARPS 4
 #define PF_QT (PF_ROWS_PER_WARP * PF_WARPS)
@@ -266,6 +339,7 @@ attn_prefill_kernel(struct dsi_cuda_attn_args a) {
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
     const int q0 = blockIdx.x * PF_QT;
     if (q0 >= sq.n_q) return;
+    if (dsi_cuda_attn_is_long(sq.n_q, sq.pos, a.long_q, a.long_ctx)) return; /* the cuBLAS path has it */
     float *ks = smem, *vs = ks + PF_KT * hdp, *qsh = vs + PF_KT * hdp;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int32_t *bt = a.block_tables + sq.bt_off;

@@ -133,18 +133,30 @@ static __device__ __forceinline__ uint32_t load_b(const uint16_t *x, int m, int 
     return lo | (hi << 16);
 }
 
+/* Weight load that leaves L1 to x (the B operand). */
+static __device__ __forceinline__ uint4 ld_weights_noalloc(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 /* Loads the U tiles of one round (zeros past the warp's k range). */
-template <int U>
+template <int U, bool NOALLOC>
 static __device__ __forceinline__ void load_round(uint4 *a, const uint4 *qt, int kt0, int kt_end) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
         int kt = kt0 + u * WARPS;
-        a[u] = kt < kt_end ? __ldcs(qt + (size_t)kt * (TILE_BYTES / 16)) : make_uint4(0, 0, 0, 0);
+        const uint4 *p = qt + (size_t)kt * (TILE_BYTES / 16);
+        if (NOALLOC) a[u] = kt < kt_end ? ld_weights_noalloc(p) : make_uint4(0, 0, 0, 0);
+        else a[u] = kt < kt_end ? __ldcs(p) : make_uint4(0, 0, 0, 0);
     }
 }
 
-/* VAR bit 0: software-pipelined loads; bit 1: 8 tiles per round instead of 4;
- * bit 2: no split-K (the launcher's choice). */
+/* VAR bit 0: software-pipelined loads; bit 1: weight loads bypass L1
+ * (no_allocate) so x stays there; bit 2: split-K count chosen for whole waves
+ * of resident blocks (the launcher's choice). */
 template <int NT, int VAR>
 static __global__ void __launch_bounds__(WARPS * 32)
 gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int M, int N,
@@ -172,11 +184,12 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
     for (int j = 0; j < NT; j++)
         for (int c = 0; c < 4; c++) acc[j][c] = 0.f;
 
-    constexpr int U = (VAR & 2) ? 2 * UNROLL : UNROLL;
+    constexpr int U = UNROLL;
+    constexpr bool NA = (VAR & 2) != 0;
     uint4 cur[U], nxt[U];
-    load_round<U>(cur, qt, kt_beg + warp, kt_end);
+    load_round<U, NA>(cur, qt, kt_beg + warp, kt_end);
     for (int kt0 = kt_beg + warp; kt0 < kt_end; kt0 += WARPS * U) {
-        if (VAR & 1) load_round<U>(nxt, qt, kt0 + WARPS * U, kt_end);
+        if (VAR & 1) load_round<U, NA>(nxt, qt, kt0 + WARPS * U, kt_end);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int kt = kt0 + u * WARPS;
@@ -210,7 +223,7 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
 #pragma unroll
             for (int u = 0; u < U; u++) cur[u] = nxt[u];
         } else {
-            load_round<U>(cur, qt, kt0 + WARPS * U, kt_end);
+            load_round<U, NA>(cur, qt, kt0 + WARPS * U, kt_end);
         }
     }
 #pragma unroll
@@ -287,11 +300,24 @@ static int launch(float *y, const uint16_t *x, const int8_t *q, const float *sca
                   int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
     int k32 = (k + 31) / 32, n16 = (n + 15) / 16, ksplit = 1;
     int chunks = (m + NT * 8 - 1) / (NT * 8);
-    if (!(VAR & 4) && ws && ws->partial && ws->counters && n16 <= ws->n_counters) {
+    if (ws && ws->partial && ws->counters && n16 <= ws->n_counters) {
         /* enough blocks for ~4 per SM; each split keeps >= 2 tiles per warp */
         int want = (4 * ws->n_sm + n16 * chunks - 1) / (n16 * chunks);
         int most = k32 / (2 * WARPS);
         ksplit = want < most ? want : most;
+        if (VAR & 4) { /* the split whose blocks fill whole waves of resident blocks best */
+            int per_sm = 0;
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_int8_kernel<NT, VAR>, WARPS * 32, 0) !=
+                    cudaSuccess ||
+                per_sm < 1)
+                per_sm = 1;
+            double slots = (double)per_sm * ws->n_sm, best = 0;
+            ksplit = 1;
+            for (int ks = 1; ks <= DSI_Q8_MAX_SPLIT && ks <= most; ks++) {
+                double waves = n16 * (double)ks / slots, eff = waves / ceil(waves);
+                if (eff > best + 0.02) best = eff, ksplit = ks;
+            }
+        }
         if (ksplit > DSI_Q8_MAX_SPLIT) ksplit = DSI_Q8_MAX_SPLIT;
         if (ksplit < 1 || chunks > 1) ksplit = 1; /* the workspace holds one chunk of rows */
         size_t need = (size_t)n16 * ksplit * NT * 4 * 32 * sizeof(float);

@@ -106,7 +106,29 @@ struct dsi_cuda_attn_args {
     int n_splits;            /* decode: from dsi_cuda_attn_decode_splits */
     float *work;             /* decode partials, dsi_cuda_attn_work_bytes */
     size_t work_bytes;
+    int long_q;              /* prefill skips sequences dsi_cuda_attn_is_long() picks (0: none) */
+    int long_ctx;
 };
+
+/* Sequences whose prefill goes through cuBLAS (scores materialized) instead of
+ * the tiled kernel: long enough to pay, small enough for the score scratch. */
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+static inline int dsi_cuda_attn_is_long(int n_q, int pos, int long_q, int long_ctx) {
+    return long_q > 0 && n_q >= long_q && pos <= long_ctx - n_q;
+}
+
+/* Long-prefill pieces (the host side runs the two GEMMs with cuBLAS):
+ * K/V of positions 0..ctx-1 to contiguous (n_kv, ctx, hd) bf16; q rows to
+ * (n_heads, n_q, hd) bf16 times scale; causal softmax of (n_heads, n_q, ctx)
+ * fp32 scores to bf16 probabilities (query i at position pos + i). */
+int dsi_cuda_kv_gather(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache, const uint16_t *v_cache,
+                       const int32_t *bt, int block_size, int ctx, int n_kv, int hd, cudaStream_t s);
+int dsi_cuda_q_pack(uint16_t *qb, const float *q, int q_stride, int n_q, int n_heads, int hd, float scale,
+                    cudaStream_t s);
+int dsi_cuda_causal_softmax(uint16_t *p, const float *scores, int n_heads, int n_q, int ctx, int pos,
+                            cudaStream_t s);
 
 /* Split count for decode so that the grid fills the GPU (flash-decoding). */
 int dsi_cuda_attn_decode_splits(int n_seqs, int n_kv_heads, int max_ctx, int n_sm);
@@ -148,8 +170,8 @@ int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float
                        const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                        cudaStream_t s);
 /* The same with a code variant (benchmarks and tests): bit 0 software-pipelined
- * loads, bit 1 eight tiles per load round instead of four, bit 2 no split-K.
- * All give the same results up to fp32 summation order (split-K). */
+ * loads, bit 1 weight loads bypassing L1, bit 2 split-K sized for whole waves of
+ * resident blocks. All give the same results up to fp32 summation order. */
 #define DSI_Q8_DEFAULT_VARIANT 1
 int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                                const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,

@@ -97,6 +97,18 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
         (rc = dsi__cuda_alloc(c, (void **)&c->act, T * I * 2, "mlp output", err)) ||
         (rc = dsi__cuda_alloc(c, (void **)&c->xsel, S * H * 2, "logit rows", err)))
         return rc;
+    if (c->max_tokens >= 16) { /* long prefill: scores materialized for cuBLAS */
+        size_t lctx = 4096, nkv = (size_t)cfg->n_kv_heads, nh = (size_t)cfg->n_heads;
+        size_t rows = T < lctx ? T : lctx;
+        if ((rc = dsi__cuda_alloc(c, (void **)&c->lp_q, nh * T * hd * 2, "prefill q", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->lp_k, nkv * lctx * hd * 2, "prefill k", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->lp_v, nkv * lctx * hd * 2, "prefill v", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->lp_s, nh * rows * lctx * 4, "prefill scores", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->lp_p, nh * rows * lctx * 2, "prefill probabilities", err)))
+            return rc;
+        c->long_q = 16;
+        c->long_ctx = (int)lctx;
+    }
     c->attn_work_bytes = dsi_cuda_attn_work_bytes(c->max_seqs, cfg->n_heads, cfg->head_dim, DSI__CUDA_MAX_SPLITS);
     if ((rc = dsi__cuda_alloc(c, (void **)&c->attn_work, c->attn_work_bytes, "attention partials", err))) return rc;
     if (c->int8) { /* split-K runs only for matrices of < 4 row tiles per SM */

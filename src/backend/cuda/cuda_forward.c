@@ -6,7 +6,8 @@
  * block tables, logit rows) into one pinned buffer, sent with one async copy.
  * Then, per layer: add+RMSNorm -> qkv matmul (+bias) -> RoPE -> KV store ->
  * attention (decode kernel when every sequence brings one token, else the
- * prefill kernel) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
+ * prefill kernel; prompts of >= 16 new tokens and <= 4096 context go through
+ * two cuBLAS GEMMs and a causal softmax) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
  * down matmul; the residual add of each block is fused into the next norm.
  * Finally the norm, a gather of the rows that want logits, and the lm_head.
  * Decode steps (one token per sequence) are captured once per batch shape in
@@ -94,6 +95,44 @@ static int pack(struct dsi__cuda *c, const struct dsi_batch *b, int *n_tok, int 
     return 0;
 }
 
+/* Attention of the long prefill sequences of a step (the tiled kernel skipped
+ * them): scores = Q K^T and O = P V as cuBLAS batched GEMMs per KV head (its
+ * GQA group is the batch: K/V stride 0), a causal softmax in between. */
+static int long_prefill(struct dsi__cuda *c, const struct dsi_cuda_attn_args *a) {
+    const int nh = a->n_heads, nkv = a->n_kv_heads, hd = a->head_dim, g = nh / nkv;
+    const int32_t *seqs = c->meta_h + 3 * (size_t)c->max_tokens, *bt_d = c->meta_d + 3 * (size_t)c->max_tokens + 5 * (size_t)c->max_seqs;
+    const float one = 1.f, zero = 0.f;
+    int rc;
+    for (int i = 0; i < a->n_seqs; i++) {
+        int q_row = seqs[4 * i], n_q = seqs[4 * i + 1], pos = seqs[4 * i + 2], bt_off = seqs[4 * i + 3];
+        if (!dsi_cuda_attn_is_long(n_q, pos, c->long_q, c->long_ctx)) continue;
+        int ctx = pos + n_q;
+        if ((rc = dsi_cuda_kv_gather(c->lp_k, c->lp_v, a->k_cache, a->v_cache, bt_d + bt_off, a->block_size, ctx, nkv,
+                                     hd, c->stream)) ||
+            (rc = dsi_cuda_q_pack(c->lp_q, a->q + (size_t)q_row * a->q_stride, a->q_stride, n_q, nh, hd, a->scale,
+                                  c->stream)))
+            return rc;
+        for (int kvh = 0; kvh < nkv; kvh++) {
+            rc = DSI_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+                c->blas, CUBLAS_OP_T, CUBLAS_OP_N, ctx, n_q, hd, &one, c->lp_k + (size_t)kvh * ctx * hd, CUDA_R_16BF,
+                hd, 0, c->lp_q + (size_t)kvh * g * n_q * hd, CUDA_R_16BF, hd, (long long)n_q * hd, &zero,
+                c->lp_s + (size_t)kvh * g * n_q * ctx, CUDA_R_32F, ctx, (long long)n_q * ctx, g, CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DEFAULT));
+            if (rc) return rc;
+        }
+        if ((rc = dsi_cuda_causal_softmax(c->lp_p, c->lp_s, nh, n_q, ctx, pos, c->stream))) return rc;
+        for (int kvh = 0; kvh < nkv; kvh++) {
+            rc = DSI_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, n_q, ctx, &one, c->lp_v + (size_t)kvh * ctx * hd, CUDA_R_16BF,
+                hd, 0, c->lp_p + (size_t)kvh * g * n_q * ctx, CUDA_R_16BF, ctx, (long long)n_q * ctx, &zero,
+                a->out + (size_t)q_row * nh * hd + (size_t)kvh * g * hd, CUDA_R_16BF, nh * hd, hd, g,
+                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
 static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto, const int32_t *pos_d,
                  const int32_t *slot_d) {
     const struct dsi_model_config *cfg = &c->cfg;
@@ -116,6 +155,7 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     a.out = c->attn;
     rc = a.max_n_q == 1 ? dsi_cuda_attn_decode(&a, s) : dsi_cuda_attn_prefill(&a, s);
     if (rc) return rc;
+    if (a.max_n_q > 1 && c->long_q > 0 && (rc = long_prefill(c, &a))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->o, c->attn, c->delta, T, true))) return rc;
     if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->gate_up, c->xn, c->gu, T, true))) return rc;
@@ -200,6 +240,8 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
         .n_splits = dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, graph ? (1 << 30) : max_ctx, c->n_sm),
         .work = c->attn_work,
         .work_bytes = c->attn_work_bytes,
+        .long_q = c->long_q,
+        .long_ctx = c->long_ctx,
     };
     if (proto.n_splits > DSI__CUDA_MAX_SPLITS) proto.n_splits = DSI__CUDA_MAX_SPLITS;
     if ((rc = DSI_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, ints * 4, cudaMemcpyHostToDevice, c->stream))))

@@ -72,6 +72,11 @@ struct dsi__cuda {
     uint16_t *xn, *attn, *act, *xsel;         /* (T, hidden) (T, nh hd) (T, I) (S, hidden) */
     uint16_t *deq;                   /* bf16 scratch for large-batch int8 matmuls, or NULL */
     struct dsi_cuda_gemm_ws gemm_ws; /* split-K partials + counters of the INT8 matmul */
+    /* long prefill through cuBLAS: sequences of >= long_q new tokens and a context
+     * of <= long_ctx (0: path off) */
+    int long_q, long_ctx;
+    uint16_t *lp_q, *lp_k, *lp_v, *lp_p; /* (nh, T, hd) (nkv, ctx, hd) x2 (nh, n_q, ctx) bf16 */
+    float *lp_s;                          /* (nh, n_q, ctx) scores */
     float *attn_work;
     size_t attn_work_bytes;
     int32_t *meta_d, *meta_h;        /* step metadata (device, pinned host) */
