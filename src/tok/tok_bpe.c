@@ -64,23 +64,15 @@ int dsi__merge_map_init(struct dsi__merge_map *m, size_t n) {
         if (cap > SIZE_MAX / 4) return DSI_EOVERFLOW;
         cap *= 2;
     }
-    m->keys = calloc(cap, sizeof *m->keys);
-    m->rank = malloc(cap * sizeof *m->rank);
-    m->merged = malloc(cap * sizeof *m->merged);
-    if (!m->keys || !m->rank || !m->merged) {
-        dsi__merge_map_free(m);
-        return DSI_ENOMEM;
-    }
+    m->slots = calloc(cap, sizeof *m->slots);
+    if (!m->slots) return DSI_ENOMEM;
     m->mask = cap - 1;
     return 0;
 }
 
 void dsi__merge_map_free(struct dsi__merge_map *m) {
-    free(m->keys);
-    free(m->rank);
-    free(m->merged);
-    m->keys = NULL;
-    m->rank = m->merged = NULL;
+    free(m->slots);
+    m->slots = NULL;
     m->mask = 0;
 }
 
@@ -91,10 +83,8 @@ static inline uint64_t pair_key(int32_t left, int32_t right) {
 void dsi__merge_map_put(struct dsi__merge_map *m, int32_t left, int32_t right, int32_t rank, int32_t merged) {
     uint64_t k = pair_key(left, right);
     size_t i = mix64(k) & m->mask;
-    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & m->mask;
-    m->keys[i] = k;
-    m->rank[i] = rank;
-    m->merged[i] = merged;
+    while (m->slots[i].key && m->slots[i].key != k) i = (i + 1) & m->mask;
+    m->slots[i] = (struct dsi__merge_slot){k, rank, merged};
 }
 
 bool dsi__merge_map_get(const struct dsi__merge_map *m, int32_t left, int32_t right, int32_t *rank,
@@ -102,10 +92,10 @@ bool dsi__merge_map_get(const struct dsi__merge_map *m, int32_t left, int32_t ri
     uint64_t k = pair_key(left, right);
     size_t i = mix64(k) & m->mask;
     for (;;) {
-        uint64_t v = m->keys[i];
+        uint64_t v = m->slots[i].key;
         if (v == k) {
-            *rank = m->rank[i];
-            *merged = m->merged[i];
+            *rank = m->slots[i].rank;
+            *merged = m->slots[i].merged;
             return true;
         }
         if (!v) return false;
@@ -225,9 +215,8 @@ static int bpe_heap(const struct dsi_tokenizer *t, struct sym *s, int32_t n) {
 static bool cache_get(struct dsi__word_cache *c, const char *w, size_t n, uint64_t h, int32_t *ids,
                       size_t *n_ids) {
     size_t slot = h & c->mask;
-    pthread_mutex_t *lk = &c->lock[(h >> 40) % DSI__CACHE_SHARDS];
+    pthread_mutex_t *lk = &c->lock[slot % DSI__CACHE_SHARDS]; /* the lock follows the slot */
     bool hit = false;
-    (void)h;
     pthread_mutex_lock(lk);
     struct dsi__cache_entry *e = &c->entries[slot];
     if (e->len == n && e->n_ids && memcmp(e->word, w, n) == 0) {
@@ -242,7 +231,7 @@ static bool cache_get(struct dsi__word_cache *c, const char *w, size_t n, uint64
 static void cache_put(struct dsi__word_cache *c, const char *w, size_t n, uint64_t h, const int32_t *ids,
                       size_t n_ids) {
     size_t slot = h & c->mask;
-    pthread_mutex_t *lk = &c->lock[(h >> 40) % DSI__CACHE_SHARDS];
+    pthread_mutex_t *lk = &c->lock[slot % DSI__CACHE_SHARDS]; /* the lock follows the slot */
     pthread_mutex_lock(lk);
     struct dsi__cache_entry *e = &c->entries[slot];
     e->len = (uint8_t)n;

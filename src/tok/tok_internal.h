@@ -58,11 +58,15 @@ struct dsi__tok_added {
     bool special, lstrip, rstrip;
 };
 
-/* Open-addressing table: merge pair -> rank and merged id. */
+/* Open-addressing table: merge pair -> rank and merged id. One 16-byte slot holds
+ * key and value, so a lookup costs one cache miss. */
+struct dsi__merge_slot {
+    uint64_t key;                      /* (left << 32 | right) + 1; 0 = empty slot */
+    int32_t rank;
+    int32_t merged;
+};
 struct dsi__merge_map {
-    uint64_t *keys;                    /* (left << 32 | right) + 1; 0 = empty slot */
-    int32_t *rank;
-    int32_t *merged;
+    struct dsi__merge_slot *slots;
     size_t mask;                       /* capacity - 1, capacity a power of two */
 };
 
