@@ -150,7 +150,9 @@ static bool authorize(struct dsi_server *s, struct MHD_Connection *c, struct con
         x->have_pr = true;
         return true;
     }
-    x->have_pr = st >= DSI_AUTH_FORBIDDEN; /* filled from FORBIDDEN on (auth.h) */
+    /* auth fills the principal for every known key, disabled and expired ones too,
+     * so the audit line names the key; the client still gets the same 401. */
+    x->have_pr = x->pr.key_id[0] != 0;
     x->denial = dsi_auth_status_reason(st);
     int http = dsi_auth_http_status(st);
     struct dsi__api_error e;
