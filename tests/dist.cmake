@@ -3,3 +3,8 @@
 dsi_test(test_dist_proto SOURCES tests/test_dist_proto.c LIBS dsi_dist dsi_core)
 dsi_test(test_dist_mpi SOURCES tests/test_dist_mpi.c LIBS PkgConfig::CJSON m LABELS mpi TIMEOUT 900)
 add_dependencies(test_dist_mpi dsinfer)
+# `mpirun -np 2 dsinfer serve`: one chat answered like a single process, SIGTERM stops every rank with 0.
+add_test(NAME test_dist_serve COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_dist_serve.sh
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_dist_serve PROPERTIES LABELS mpi TIMEOUT 600 SKIP_RETURN_CODE 77
+                     ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")

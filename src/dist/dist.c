@@ -13,6 +13,7 @@
  * Waiting workers poll a non-blocking broadcast with short sleeps, so an idle
  * worker does not spin a core (Open MPI's blocking collectives busy-wait).
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -180,7 +181,18 @@ bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
         return false;
     }
     int provided = 0;
-    if (MPI_Init_thread(argc, &argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) {
+    /* MPI_Init starts helper threads (Open MPI progress, PMIx). They must not take
+     * the signals the server waits for on its signalfd, or a SIGTERM would kill the
+     * process instead of draining it: block them while those threads are born. */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGHUP);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int mrc = MPI_Init_thread(argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (mrc != MPI_SUCCESS) {
         fprintf(stderr,
                 "dsinfer: MPI_Init_thread failed; is this dsinfer built against the MPI of mpirun?\n");
         *rc = 1;
