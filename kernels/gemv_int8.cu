@@ -71,31 +71,39 @@ static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *
     }
 }
 
-/* One warp per 16x32 tile: a coalesced 16-byte load per lane, then the lane's
- * eight (k, k+1) pairs go to their row-major places as 4-byte stores. */
-static __global__ void dequant_kernel(uint16_t *dst, const int8_t *q, const float *scale, int n, int k, int k32,
-                                      size_t n_tiles) {
-    size_t tile = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (tile >= n_tiles) return;
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int rt = (int)(tile / k32), kt = (int)(tile % k32);
-    uint4 v = reinterpret_cast<const uint4 *>(q + tile * TILE_BYTES)[lane];
+/* One block per 16 rows x 256 columns (8 tiles, one per warp): coalesced 16-byte
+ * loads of the tiled bytes, the values placed row-major in shared memory, then
+ * written out as full 512-byte row segments (16-byte stores). */
+#define DQ_TILES 8
+static __global__ void __launch_bounds__(256) dequant_kernel(uint16_t *dst, const int8_t *q, const float *scale, int n,
+                                                             int k, int k32) {
+    __shared__ __align__(16) uint16_t tile[16][DQ_TILES * 32 + 8];
+    const int rt = blockIdx.y, kt0 = blockIdx.x * DQ_TILES;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int kt = kt0 + warp;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (kt < k32) v = reinterpret_cast<const uint4 *>(q + ((size_t)rt * k32 + kt) * TILE_BYTES)[lane];
     uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int p = 0; p < 8; p++) { /* pair p: bytes 2p, 2p+1 */
-        int s = p >> 2, jj = (p & 3) * 2, hi = jj >> 2, rowhi = (jj >> 1) & 1;
-        int row = rt * 16 + g + 8 * rowhi, col = kt * 32 + s * 16 + hi * 8 + 2 * t;
-        if (row >= n || col >= k) continue;
+        int s2 = p >> 2, jj = (p & 3) * 2, hi = jj >> 2, rowhi = (jj >> 1) & 1;
+        int r = g + 8 * rowhi, c = warp * 32 + s2 * 16 + hi * 8 + 2 * t;
+        int row = rt * 16 + r;
+        float sc = scale && row < n ? scale[row] : 1.f;
         uint32_t word = w[p >> 1] >> ((p & 1) * 16);
-        float sc = scale ? scale[row] : 1.f;
-        float a = (float)(int8_t)(word & 0xff) * sc, b = (float)(int8_t)((word >> 8) & 0xff) * sc;
+        tile[r][c] = f2bf((float)(int8_t)(word & 0xff) * sc);
+        tile[r][c + 1] = f2bf((float)(int8_t)((word >> 8) & 0xff) * sc);
+    }
+    __syncthreads();
+    /* 16 rows x 256 columns = 512 chunks of 8 values; two per thread */
+    for (int i = threadIdx.x; i < 16 * DQ_TILES * 4; i += 256) {
+        int r = i / (DQ_TILES * 4), c = (i % (DQ_TILES * 4)) * 8, row = rt * 16 + r, col = kt0 * 32 + c;
+        if (row >= n || col >= k) continue;
         uint16_t *d = dst + (size_t)row * k + col;
-        if (col + 1 < k && !(k & 1)) {
-            __nv_bfloat162 pr = __floats2bfloat162_rn(a, b);
-            *reinterpret_cast<__nv_bfloat162 *>(d) = pr;
+        if (col + 8 <= k && !(k & 7)) {
+            *reinterpret_cast<uint4 *>(d) = *reinterpret_cast<const uint4 *>(&tile[r][c]);
         } else {
-            d[0] = f2bf(a);
-            if (col + 1 < k) d[1] = f2bf(b);
+            for (int e = 0; e < 8 && col + e < k; e++) d[e] = tile[r][c + e];
         }
     }
 }
@@ -284,10 +292,10 @@ extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w
 extern "C" int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, const float *scale, int n, int k,
                                      cudaStream_t s) {
     if (n <= 0 || k <= 0) return DSI_EINVAL;
-    size_t n_tiles = (size_t)((n + 15) / 16) * ((k + 31) / 32);
-    size_t blocks = (n_tiles + 7) / 8;
-    if (blocks > 2147483647u) return DSI_EINVAL;
-    dequant_kernel<<<(unsigned)blocks, 256, 0, s>>>(dst, q, scale, n, k, (k + 31) / 32, n_tiles);
+    int k32 = (k + 31) / 32, n16 = (n + 15) / 16;
+    if (n16 > 65535) return DSI_EINVAL;
+    dim3 grid((k32 + DQ_TILES - 1) / DQ_TILES, n16);
+    dequant_kernel<<<grid, 256, 0, s>>>(dst, q, scale, n, k, k32);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
