@@ -3,7 +3,9 @@
 # rank 0 serves plain HTTP on loopback with the tiny chat model, answers one
 # greedy chat request with the same text as a single-process daemon, only rank 0
 # listens, and a SIGTERM to rank 0 (what systemd sends to the unit) drains it,
-# the worker shuts down on rank 0's message, and mpirun exits 0.
+# the worker shuts down on rank 0's message, and mpirun exits 0. Then a worker
+# killed with SIGKILL takes the whole job down (mpirun non-zero, no rank left
+# behind) instead of leaving rank 0 serving without it or hanging.
 # Exit 0 pass, 1 fail, 77 skipped (no mpirun, curl or python3).
 set -u
 BIN=${DSI_BIN:-build/dsinfer}
@@ -99,5 +101,23 @@ RC=$?
 check "mpirun exits 0 after SIGTERM to rank 0" test "$RC" = 0
 check "rank 0 drained" grep -q -i "drain\|stopp\|shut" "$W/tp.log"
 [ "$FAILS" = 0 ] || { echo "--- log"; cat "$W/tp.log"; }
+
+# a dead worker ends the job
+EXTRA="--tensor-parallel 2" start "$W/kill.log" mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 \
+    -x ASAN_OPTIONS -x OMP_WAIT_POLICY || exit 1
+MPID=$PID
+R0=""
+R1=""
+for p in $(pgrep -P "$MPID"); do
+    if tr '\0' '\n' <"/proc/$p/environ" | grep -q '^OMPI_COMM_WORLD_RANK=0$'; then R0=$p; else R1=$p; fi
+done
+kill -KILL "$R1"
+wait "$MPID"
+RC=$?
+check "mpirun exits non-zero when a worker dies" test "$RC" != 0
+gone=1
+for _ in $(seq 1 100); do kill -0 "$R0" 2>/dev/null || { gone=0; break; }; sleep 0.2; done
+check "rank 0 does not outlive the job" test "$gone" = 0
+check "mpirun names the dead rank" grep -q "process rank 1 .*signal 9" "$W/kill.log"
 echo "$FAILS failed"
 [ "$FAILS" = 0 ]
