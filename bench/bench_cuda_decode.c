@@ -79,11 +79,16 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
                 r->be->n_kv_blocks);
         return -1;
     }
-    for (int i = 0; i < n_seqs * bps; i++) r->bt[i] = i;
+    for (int i = 0; i < n_seqs * bps; i++)
+        r->bt[i] = i;
     for (int s = 0; s < n_seqs; s++) {
         r->tokens[s] = (s * 7919 + 13) % r->be->vocab_size;
-        r->seqs[s] = (struct dsi_batch_seq){.seq_id = (uint64_t)s, .tokens = &r->tokens[s], .n_tokens = 1,
-                                            .pos = ctx - 1, .block_table = r->bt + (size_t)s * bps, .n_blocks = bps,
+        r->seqs[s] = (struct dsi_batch_seq){.seq_id = (uint64_t)s,
+                                            .tokens = &r->tokens[s],
+                                            .n_tokens = 1,
+                                            .pos = ctx - 1,
+                                            .block_table = r->bt + (size_t)s * bps,
+                                            .n_blocks = bps,
                                             .want_logits = true};
         r->sp[s] = (struct dsi_cuda_sample_params){0.f, 0, 1.f, 0.5f};
     }
@@ -106,12 +111,17 @@ int main(int argc, char **argv) {
     const char *dtype = "int8", *model_dir = NULL;
     int steps = 20, quick = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = argv[++i];
-        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
-        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick")) quick = 1; /* batch-1 cases only */
+        if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
+            dtype = argv[++i];
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            model_dir = argv[++i];
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick"))
+            quick = 1; /* batch-1 cases only */
         else {
-            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]\n");
+            fprintf(stderr,
+                    "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]\n");
             return 2;
         }
     }
@@ -131,12 +141,16 @@ int main(int argc, char **argv) {
         qwen2_7b(&m.cfg);
     }
     const int max_seqs = 256, max_tokens = 2048;
-    struct dsi_backend_opts o = {.weight_dtype = int8 ? DSI_W_INT8 : DSI_W_BF16, .kv_dtype = DSI_KV_BF16,
-                                 .kv_block_size = 16, .kv_gpu_fraction = 0.8f, .max_batch_tokens = max_tokens,
+    struct dsi_backend_opts o = {.weight_dtype = int8 ? DSI_W_INT8 : DSI_W_BF16,
+                                 .kv_dtype = DSI_KV_BF16,
+                                 .kv_block_size = 16,
+                                 .kv_gpu_fraction = 0.8f,
+                                 .max_batch_tokens = max_tokens,
                                  .max_seqs = max_seqs};
     struct dsi_backend *be = NULL;
     double t0 = now_s();
-    rc = model_dir ? dsi_cuda_backend_create(&m, &o, &be, &err) : dsi_cuda_backend_create_random(&m, &o, 42, &be, &err);
+    rc = model_dir ? dsi_cuda_backend_create(&m, &o, &be, &err)
+                   : dsi_cuda_backend_create_random(&m, &o, 42, &be, &err);
     if (rc) {
         fprintf(stderr, "bench: %s\n", err ? err : dsi_strerror(rc));
         return rc == DSI_ENODEV ? 77 : 1;
@@ -145,9 +159,10 @@ int main(int argc, char **argv) {
     const struct dsi_model_config *c = &m.cfg;
     double wbytes = weight_stream_bytes(c, int8);
     double kv_tok = (double)be->kv_bytes_per_token;
-    printf("model: %s%s, hidden %d, layers %d, heads %d/%d, inter %d, vocab %d; weights %s: %.2f GB streamed per step\n",
-           model_dir ? model_dir : "random 7B shape", "", c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads,
-           c->intermediate_size, c->vocab_size, dtype, wbytes / 1e9);
+    printf("model: %s%s, hidden %d, layers %d, heads %d/%d, inter %d, vocab %d; weights %s: %.2f GB streamed "
+           "per step\n",
+           model_dir ? model_dir : "random 7B shape", "", c->hidden_size, c->n_layers, c->n_heads,
+           c->n_kv_heads, c->intermediate_size, c->vocab_size, dtype, wbytes / 1e9);
     printf("backend: create %.2f s (%s), KV pool %d blocks of %d tokens, %.0f KB KV per token\n", load_s,
            model_dir ? "upload + quantize" : "random fill + quantize", be->n_kv_blocks, be->kv_block_size,
            kv_tok / 1024);
@@ -162,8 +177,10 @@ int main(int argc, char **argv) {
 
     struct {
         int n_seqs, ctx, sample;
-    } cases[] = {{1, 128, 0}, {1, 128, 1}, {1, 2048, 0}, {1, 2048, 1}, {16, 1024, 1}, {64, 1024, 1}, {256, 1024, 1}};
-    printf("\n%-8s %-6s %-8s %10s %12s %10s %8s\n", "streams", "ctx", "path", "step ms", "tok/s", "GB/step", "roofline");
+    } cases[] = {{1, 128, 0},   {1, 128, 1},   {1, 2048, 0},  {1, 2048, 1},
+                 {16, 1024, 1}, {64, 1024, 1}, {256, 1024, 1}};
+    printf("\n%-8s %-6s %-8s %10s %12s %10s %8s\n", "streams", "ctx", "path", "step ms", "tok/s", "GB/step",
+           "roofline");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (quick && cases[i].n_seqs > 1) break;
         double dt = time_decode(&r, cases[i].n_seqs, cases[i].ctx, steps, cases[i].sample, &err);
@@ -180,10 +197,17 @@ int main(int argc, char **argv) {
     if (quick) goto done;
     /* prefill: one 2048-token prompt in one step, logits of the last token */
     int T = 2048, bs = be->kv_block_size, nb = T / bs + 1;
-    for (int i = 0; i < T; i++) r.tokens[i] = (i * 31 + 5) % c->vocab_size;
-    for (int i = 0; i < nb; i++) r.bt[i] = i;
-    struct dsi_batch_seq s = {.seq_id = 1, .tokens = r.tokens, .n_tokens = T, .pos = 0, .block_table = r.bt,
-                              .n_blocks = nb, .want_logits = true};
+    for (int i = 0; i < T; i++)
+        r.tokens[i] = (i * 31 + 5) % c->vocab_size;
+    for (int i = 0; i < nb; i++)
+        r.bt[i] = i;
+    struct dsi_batch_seq s = {.seq_id = 1,
+                              .tokens = r.tokens,
+                              .n_tokens = T,
+                              .pos = 0,
+                              .block_table = r.bt,
+                              .n_blocks = nb,
+                              .want_logits = true};
     struct dsi_batch b = {.seqs = &s, .n_seqs = 1};
     double best = 1e9;
     for (int it = 0; it < 4; it++) {
@@ -197,8 +221,9 @@ int main(int argc, char **argv) {
     }
     if (!rc) {
         double flops = 2.0 * T * (wbytes / (int8 ? 1.0 : 2.0));
-        printf("\nprefill %d tokens: %.2f ms (time to first token), %.0f tok/s, %.0f TFLOP/s in matmuls+attn\n", T,
-               best * 1e3, T / best, flops / best / 1e12);
+        printf(
+            "\nprefill %d tokens: %.2f ms (time to first token), %.0f tok/s, %.0f TFLOP/s in matmuls+attn\n",
+            T, best * 1e3, T / best, flops / best / 1e12);
     }
 done:
     dsi_backend_destroy(be);

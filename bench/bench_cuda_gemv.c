@@ -30,7 +30,8 @@ struct mat {
 };
 
 static const struct mat mats[] = {
-    {"qkv", 4608, 3584}, {"o", 3584, 3584}, {"gate_up", 37888, 3584}, {"down", 3584, 18944}, {"lm_head", 152064, 3584},
+    {"qkv", 4608, 3584},   {"o", 3584, 3584},         {"gate_up", 37888, 3584},
+    {"down", 3584, 18944}, {"lm_head", 152064, 3584},
 };
 
 static int ck(cudaError_t e, const char *what) {
@@ -81,7 +82,8 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
         double passes = (m + 63) / 64;
         double bytes = passes * ((double)qb + mt->n * 4.0) + (double)m * mt->k * 2 + (double)m * mt->n * 4;
         double gbs = bytes / us / 1e3;
-        printf("int8v%d %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f TFLOP/s\n",
+        printf("int8v%d %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f "
+               "TFLOP/s\n",
                var, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS,
                2.0 * m * mt->n * mt->k / us / 1e6);
     }
@@ -89,19 +91,23 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
     const float one = 1.f, zero = 0.f;
     for (int i = 0; i < n_ms && only_var < 0; i++) {
         int m = ms[i];
-        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF, mt->k, x, CUDA_R_16BF,
-                     mt->k, &zero, y, CUDA_R_32F, mt->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT); /* warm-up */
+        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF, mt->k, x,
+                     CUDA_R_16BF, mt->k, &zero, y, CUDA_R_32F, mt->n, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT); /* warm-up */
         cudaEventRecord(e0, 0);
         for (int it = 0; it < ITERS; it++)
-            cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF, mt->k, x, CUDA_R_16BF,
-                         mt->k, &zero, y, CUDA_R_32F, mt->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF, mt->k, x,
+                         CUDA_R_16BF, mt->k, &zero, y, CUDA_R_32F, mt->n, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT);
         cudaEventRecord(e1, 0);
         double us = time_ms(e0, e1) * 1000.0 / ITERS;
         double bytes = (double)wb + (double)m * mt->k * 2 + (double)m * mt->n * 4;
         printf("bf16 %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s (cuBLAS)\n",
-               mt->name, mt->n, mt->k, m, us, bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / PEAK_GBS);
+               mt->name, mt->n, mt->k, m, us, bytes / 1e6, bytes / us / 1e3,
+               100.0 * bytes / us / 1e3 / PEAK_GBS);
     }
-    for (int c = 0; c < copies; c++) cudaFree(q[c]);
+    for (int c = 0; c < copies; c++)
+        cudaFree(q[c]);
     free(q);
     cudaFree(w), cudaFree(sc), cudaFree(x), cudaFree(y);
     return ck(cudaGetLastError(), "int8 bench");
@@ -116,16 +122,20 @@ static int bench_attn(int n_seqs, int ctx, cudaEvent_t e0, cudaEvent_t e1) {
     float *q, *work;
     int32_t *bt, *hbt = malloc((size_t)n_blocks * 4);
     struct dsi_cuda_attn_seq *sq, *hsq = malloc((size_t)n_seqs * sizeof *hsq);
-    for (int i = 0; i < n_blocks; i++) hbt[i] = (int32_t)(((long long)i * 7919) % n_blocks);
-    for (int s = 0; s < n_seqs; s++) hsq[s] = (struct dsi_cuda_attn_seq){s, 1, ctx - 1, s * bps};
+    for (int i = 0; i < n_blocks; i++)
+        hbt[i] = (int32_t)(((long long)i * 7919) % n_blocks);
+    for (int s = 0; s < n_seqs; s++)
+        hsq[s] = (struct dsi_cuda_attn_seq){s, 1, ctx - 1, s * bps};
     struct cudaDeviceProp prop;
     cudaGetDeviceProperties(&prop, 0);
     int splits = dsi_cuda_attn_decode_splits(n_seqs, nkv, ctx, prop.multiProcessorCount);
     size_t wbytes = dsi_cuda_attn_work_bytes(n_seqs, nh, hd, splits);
-    if (ck(cudaMalloc((void **)&k, slots * kv_dim * 2), "k") || ck(cudaMalloc((void **)&v, slots * kv_dim * 2), "v") ||
+    if (ck(cudaMalloc((void **)&k, slots * kv_dim * 2), "k") ||
+        ck(cudaMalloc((void **)&v, slots * kv_dim * 2), "v") ||
         ck(cudaMalloc((void **)&out, (size_t)n_seqs * nh * hd * 2), "out") ||
         ck(cudaMalloc((void **)&q, (size_t)n_seqs * (nh + 2 * nkv) * hd * 4), "q") ||
-        ck(cudaMalloc((void **)&work, wbytes), "work") || ck(cudaMalloc((void **)&bt, (size_t)n_blocks * 4), "bt") ||
+        ck(cudaMalloc((void **)&work, wbytes), "work") ||
+        ck(cudaMalloc((void **)&bt, (size_t)n_blocks * 4), "bt") ||
         ck(cudaMalloc((void **)&sq, (size_t)n_seqs * sizeof *sq), "sq"))
         return 1;
     dsi_cuda_fill_random_bf16(k, slots * kv_dim, 3, 1.f, 0);
@@ -133,18 +143,33 @@ static int bench_attn(int n_seqs, int ctx, cudaEvent_t e0, cudaEvent_t e1) {
     cudaMemset(q, 0, (size_t)n_seqs * (nh + 2 * nkv) * hd * 4);
     cudaMemcpy(bt, hbt, (size_t)n_blocks * 4, cudaMemcpyHostToDevice);
     cudaMemcpy(sq, hsq, (size_t)n_seqs * sizeof *sq, cudaMemcpyHostToDevice);
-    struct dsi_cuda_attn_args a = {.q = q, .q_stride = (nh + 2 * nkv) * hd, .k_cache = k, .v_cache = v, .out = out,
-                                   .seqs = sq, .n_seqs = n_seqs, .block_tables = bt, .block_size = bs, .n_heads = nh,
-                                   .n_kv_heads = nkv, .head_dim = hd, .scale = 0.088f, .max_ctx = ctx, .max_n_q = 1,
-                                   .n_splits = splits, .work = work, .work_bytes = wbytes};
+    struct dsi_cuda_attn_args a = {.q = q,
+                                   .q_stride = (nh + 2 * nkv) * hd,
+                                   .k_cache = k,
+                                   .v_cache = v,
+                                   .out = out,
+                                   .seqs = sq,
+                                   .n_seqs = n_seqs,
+                                   .block_tables = bt,
+                                   .block_size = bs,
+                                   .n_heads = nh,
+                                   .n_kv_heads = nkv,
+                                   .head_dim = hd,
+                                   .scale = 0.088f,
+                                   .max_ctx = ctx,
+                                   .max_n_q = 1,
+                                   .n_splits = splits,
+                                   .work = work,
+                                   .work_bytes = wbytes};
     dsi_cuda_attn_decode(&a, 0);
     cudaEventRecord(e0, 0);
-    for (int it = 0; it < ITERS; it++) dsi_cuda_attn_decode(&a, 0);
+    for (int it = 0; it < ITERS; it++)
+        dsi_cuda_attn_decode(&a, 0);
     cudaEventRecord(e1, 0);
     double us = time_ms(e0, e1) * 1000.0 / ITERS;
     double bytes = (double)n_seqs * ctx * kv_dim * 2 * 2;
-    printf("attn decode seqs=%3d ctx=%5d splits=%2d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s\n", n_seqs,
-           ctx, splits, us, bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / PEAK_GBS);
+    printf("attn decode seqs=%3d ctx=%5d splits=%2d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s\n",
+           n_seqs, ctx, splits, us, bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / PEAK_GBS);
     /* prefill of one 2k prompt (causal): FLOPs = 4 * nh * hd * T^2 / 2 */
     if (n_seqs == 1 && ctx == 2048) {
         hsq[0] = (struct dsi_cuda_attn_seq){0, ctx, 0, 0};
@@ -158,12 +183,13 @@ static int bench_attn(int n_seqs, int ctx, cudaEvent_t e0, cudaEvent_t e1) {
         a.q = q2, a.out = out2, a.max_n_q = ctx;
         dsi_cuda_attn_prefill(&a, 0);
         cudaEventRecord(e0, 0);
-        for (int it = 0; it < 5; it++) dsi_cuda_attn_prefill(&a, 0);
+        for (int it = 0; it < 5; it++)
+            dsi_cuda_attn_prefill(&a, 0);
         cudaEventRecord(e1, 0);
         double us2 = time_ms(e0, e1) * 1000.0 / 5;
         double fl = 4.0 * nh * hd * (double)ctx * ctx / 2;
-        printf("attn prefill T=%d  %8.2f us  %6.1f TFLOP/s (per layer; x28 = %.1f ms)\n", ctx, us2, fl / us2 / 1e6,
-               us2 * 28 / 1000);
+        printf("attn prefill T=%d  %8.2f us  %6.1f TFLOP/s (per layer; x28 = %.1f ms)\n", ctx, us2,
+               fl / us2 / 1e6, us2 * 28 / 1000);
         cudaFree(q2), cudaFree(out2);
     }
     cudaFree(k), cudaFree(v), cudaFree(out), cudaFree(q), cudaFree(work), cudaFree(bt), cudaFree(sq);
@@ -181,7 +207,8 @@ static int bench_norm(int rows, cudaEvent_t e0, cudaEvent_t e1) {
         return 1;
     cudaMemset(x, 0, n * 4), cudaMemset(d, 0, n * 4), cudaMemset(w, 0, H * 4);
     cudaEventRecord(e0, 0);
-    for (int it = 0; it < ITERS; it++) dsi_cuda_add_rmsnorm(x, d, w, o, rows, H, 1e-6f, 0);
+    for (int it = 0; it < ITERS; it++)
+        dsi_cuda_add_rmsnorm(x, d, w, o, rows, H, 1e-6f, 0);
     cudaEventRecord(e1, 0);
     double us = time_ms(e0, e1) * 1000.0 / ITERS;
     double bytes = n * (4.0 + 4 + 4 + 2);
@@ -211,7 +238,8 @@ int main(int argc, char **argv) {
     int ms_quick[] = {1, 8, 64};
     int rc = 0;
     struct dsi_cuda_gemm_ws ws = {.partial_bytes = dsi_cuda_gemm_ws_bytes(16 * 4 * prop.multiProcessorCount),
-                                  .n_counters = 152064 / 16, .n_sm = prop.multiProcessorCount};
+                                  .n_counters = 152064 / 16,
+                                  .n_sm = prop.multiProcessorCount};
     if (ck(cudaMalloc((void **)&ws.partial, ws.partial_bytes), "ws") ||
         ck(cudaMalloc((void **)&ws.counters, (size_t)ws.n_counters * 4), "ws counters"))
         return 1;
@@ -219,14 +247,16 @@ int main(int argc, char **argv) {
     if (one) {
         int m1[1] = {atoi(argv[3])};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
-            if (!strcmp(mats[i].name, argv[2])) rc = bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, atoi(argv[4]));
+            if (!strcmp(mats[i].name, argv[2]))
+                rc = bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, atoi(argv[4]));
         return rc;
     }
     for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc; i++)
         rc = quick ? bench_int8(&mats[i], ms_quick, 3, blas, e0, e1, &ws, -1)
                    : bench_int8(&mats[i], ms_full, 9, blas, e0, e1, &ws, -1);
     int seqs[] = {1, 1, 16, 64, 256}, ctxs[] = {128, 2048, 1024, 1024, 1024};
-    for (int i = 0; i < 5 && !rc; i++) rc = bench_attn(seqs[i], ctxs[i], e0, e1);
+    for (int i = 0; i < 5 && !rc; i++)
+        rc = bench_attn(seqs[i], ctxs[i], e0, e1);
     if (!rc) rc = bench_norm(1, e0, e1);
     if (!rc) rc = bench_norm(2048, e0, e1);
     cublasDestroy(blas);

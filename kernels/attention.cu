@@ -32,7 +32,9 @@
 #define MAX_GROUP 8
 #define MAX_HD 256
 
-static __device__ __forceinline__ float bf2f(uint16_t v) { return __uint_as_float((uint32_t)v << 16); }
+static __device__ __forceinline__ float bf2f(uint16_t v) {
+    return __uint_as_float((uint32_t)v << 16);
+}
 static __device__ __forceinline__ uint16_t f2bf(float f) {
     __nv_bfloat16 b = __float2bfloat16_rn(f);
     return *reinterpret_cast<uint16_t *>(&b);
@@ -44,23 +46,23 @@ static __device__ __forceinline__ int slot_of(const int32_t *bt, int bs, int t) 
 
 /* Dynamic shared memory of the decode kernel for head dim hd and group g. */
 static size_t dec_smem(int hd, int g) {
-    size_t tiles = (size_t)DEC_TK * (hd + 8) * 2 + (size_t)DEC_TK * hd * 2 + (size_t)g * hd * 4 + (size_t)g * DEC_TK * 4;
+    size_t tiles =
+        (size_t)DEC_TK * (hd + 8) * 2 + (size_t)DEC_TK * hd * 2 + (size_t)g * hd * 4 + (size_t)g * DEC_TK * 4;
     size_t red = (size_t)DEC_THREADS * g * sizeof(float); /* final key-group reduction overlays it */
     return tiles > red ? tiles : red;
 }
 
-static __global__ void __launch_bounds__(DEC_THREADS)
-attn_decode_kernel(struct dsi_cuda_attn_args a) {
+static __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(struct dsi_cuda_attn_args a) {
     extern __shared__ __align__(16) unsigned char dsm[];
     __shared__ float m_s[MAX_GROUP], l_s[MAX_GROUP], corr_s[MAX_GROUP];
 
     const int split = blockIdx.x, kvh = blockIdx.y, si = blockIdx.z;
     const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd, kst = hd + 8;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    uint16_t *ks = reinterpret_cast<uint16_t *>(dsm);            /* (TK, hd + 8): padded rows */
-    uint16_t *vs = ks + DEC_TK * kst;                             /* (TK, hd) */
-    float *qs = reinterpret_cast<float *>(vs + DEC_TK * hd);      /* (g, hd), pre-scaled */
-    float *ps = qs + g * hd;                                      /* (g, TK) scores, then probabilities */
+    uint16_t *ks = reinterpret_cast<uint16_t *>(dsm);        /* (TK, hd + 8): padded rows */
+    uint16_t *vs = ks + DEC_TK * kst;                        /* (TK, hd) */
+    float *qs = reinterpret_cast<float *>(vs + DEC_TK * hd); /* (g, hd), pre-scaled */
+    float *ps = qs + g * hd;                                 /* (g, TK) scores, then probabilities */
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
     const int ctx = sq.pos + 1;
     int chunk = (ctx + a.n_splits - 1) / a.n_splits;
@@ -81,7 +83,8 @@ attn_decode_kernel(struct dsi_cuda_attn_args a) {
     const int d = tid % hd, kg = tid / hd, n_kg = DEC_THREADS / hd, cpr = hd / 8;
     float acc[MAX_GROUP];
 #pragma unroll
-    for (int h = 0; h < MAX_GROUP; h++) acc[h] = 0.f;
+    for (int h = 0; h < MAX_GROUP; h++)
+        acc[h] = 0.f;
     const int32_t *bt = a.block_tables + sq.bt_off;
 
     for (int t0 = c0; t0 < c1; t0 += DEC_TK) {
@@ -115,11 +118,12 @@ attn_decode_kernel(struct dsi_cuda_attn_args a) {
                     float k4 = bf2f(kv.z & 0xffff), k5 = __uint_as_float(kv.z & 0xffff0000u);
                     float k6 = bf2f(kv.w & 0xffff), k7 = __uint_as_float(kv.w & 0xffff0000u);
                     float4 a0 = q0[2 * c], a1 = q0[2 * c + 1];
-                    s0 += a0.x * k0 + a0.y * k1 + a0.z * k2 + a0.w * k3 + a1.x * k4 + a1.y * k5 + a1.z * k6 + a1.w * k7;
+                    s0 += a0.x * k0 + a0.y * k1 + a0.z * k2 + a0.w * k3 + a1.x * k4 + a1.y * k5 + a1.z * k6 +
+                          a1.w * k7;
                     if (two) {
                         float4 b0 = q1[2 * c], b1 = q1[2 * c + 1];
-                        s1 += b0.x * k0 + b0.y * k1 + b0.z * k2 + b0.w * k3 + b1.x * k4 + b1.y * k5 + b1.z * k6 +
-                              b1.w * k7;
+                        s1 += b0.x * k0 + b0.y * k1 + b0.z * k2 + b0.w * k3 + b1.x * k4 + b1.y * k5 +
+                              b1.z * k6 + b1.w * k7;
                     }
                 }
                 bool valid = t0 + j < c1;
@@ -132,13 +136,15 @@ attn_decode_kernel(struct dsi_cuda_attn_args a) {
         if (warp < g) {
             float v0 = ps[warp * DEC_TK + lane], v1 = ps[warp * DEC_TK + lane + 32];
             float mt = fmaxf(v0, v1);
-            for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            for (int o = 16; o > 0; o >>= 1)
+                mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
             float m_old = m_s[warp], m_new = fmaxf(m_old, mt); /* finite: every tile has a valid key */
             float p0 = expf(v0 - m_new), p1 = expf(v1 - m_new);
             ps[warp * DEC_TK + lane] = p0;
             ps[warp * DEC_TK + lane + 32] = p1;
             float sum = p0 + p1;
-            for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            for (int o = 16; o > 0; o >>= 1)
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
             if (lane == 0) {
                 float corr = expf(m_old - m_new);
                 corr_s[warp] = corr;
@@ -169,7 +175,8 @@ attn_decode_kernel(struct dsi_cuda_attn_args a) {
     if (kg == 0) {
         for (int h = 0; h < g; h++) {
             float v = 0.f;
-            for (int k2 = 0; k2 < n_kg; k2++) v += red[(k2 * g + h) * hd + d];
+            for (int k2 = 0; k2 < n_kg; k2++)
+                v += red[(k2 * g + h) * hd + d];
             wo[(part + (size_t)h * a.n_splits) * hd + d] = v;
         }
     }
@@ -191,8 +198,10 @@ static __global__ void attn_combine_kernel(struct dsi_cuda_attn_args a) {
     const float *wml = a.work + (size_t)a.n_seqs * a.n_heads * ns * hd;
     if (d < 32) {
         float m = -INFINITY;
-        for (int i = d; i < ns; i += 32) m = fmaxf(m, wml[(base + i) * 2]);
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        for (int i = d; i < ns; i += 32)
+            m = fmaxf(m, wml[(base + i) * 2]);
+        for (int o = 16; o > 0; o >>= 1)
+            m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         float l = 0.f;
         for (int i = d; i < ns; i += 32) {
             float mi = wml[(base + i) * 2];
@@ -200,13 +209,15 @@ static __global__ void attn_combine_kernel(struct dsi_cuda_attn_args a) {
             wgt[i] = c;
             l += c * wml[(base + i) * 2 + 1];
         }
-        for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+        for (int o = 16; o > 0; o >>= 1)
+            l += __shfl_xor_sync(0xffffffffu, l, o);
         if (d == 0) inv_l = l > 0.f ? 1.f / l : 0.f;
     }
     __syncthreads();
     float o = 0.f;
 #pragma unroll 8
-    for (int i = 0; i < ns; i++) o += wgt[i] * wo[(base + i) * hd + d];
+    for (int i = 0; i < ns; i++)
+        o += wgt[i] * wo[(base + i) * hd + d];
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
     a.out[(size_t)sq.q_row * a.n_heads * hd + (size_t)h * hd + d] = f2bf(o * inv_l);
 }
@@ -236,14 +247,16 @@ extern "C" size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim
 extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s) {
     if (check_args(a)) return DSI_EINVAL;
     /* each thread reads its K row in 16-byte pieces; a thread per dimension in phase 3 */
-    if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > DSI__MAX_SPLITS_COMBINE || a->n_kv_heads > 65535 ||
-        a->n_seqs > 65535 || a->work_bytes < dsi_cuda_attn_work_bytes(a->n_seqs, a->n_heads, a->head_dim, a->n_splits))
+    if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > DSI__MAX_SPLITS_COMBINE ||
+        a->n_kv_heads > 65535 || a->n_seqs > 65535 ||
+        a->work_bytes < dsi_cuda_attn_work_bytes(a->n_seqs, a->n_heads, a->head_dim, a->n_splits))
         return DSI_EINVAL;
     if (a->n_seqs == 0) return 0;
     size_t smem = dec_smem(a->head_dim, a->n_heads / a->n_kv_heads);
     int rc = 0;
     if (smem > 48 * 1024) /* only head_dim 256 needs the opt-in (kept out of graph captures otherwise) */
-        rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        rc = DSI_CUDA_CHECK(
+            cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     if (rc) return rc;
     dim3 grid(a->n_splits, a->n_kv_heads, a->n_seqs);
     attn_decode_kernel<<<grid, DEC_THREADS, smem, s>>>(*a);
@@ -256,8 +269,9 @@ extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStre
 /* ---- long prefill through cuBLAS: gather, pack, causal softmax ---- */
 
 /* K and V of one sequence, positions 0..ctx-1, to contiguous (n_kv, ctx, hd) bf16. */
-static __global__ void kv_gather_kernel(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache, const uint16_t *v_cache,
-                                        const int32_t *bt, int block_size, int ctx, int n_kv, int hd) {
+static __global__ void kv_gather_kernel(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache,
+                                        const uint16_t *v_cache, const int32_t *bt, int block_size, int ctx,
+                                        int n_kv, int hd) {
     const int t = blockIdx.x, kv_dim = n_kv * hd;
     const size_t slot = (size_t)bt[t / block_size] * block_size + t % block_size;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
@@ -268,8 +282,9 @@ static __global__ void kv_gather_kernel(uint16_t *kc, uint16_t *vc, const uint16
     }
 }
 
-extern "C" int dsi_cuda_kv_gather(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache, const uint16_t *v_cache,
-                                  const int32_t *bt, int block_size, int ctx, int n_kv, int hd, cudaStream_t s) {
+extern "C" int dsi_cuda_kv_gather(uint16_t *kc, uint16_t *vc, const uint16_t *k_cache,
+                                  const uint16_t *v_cache, const int32_t *bt, int block_size, int ctx,
+                                  int n_kv, int hd, cudaStream_t s) {
     if (ctx <= 0 || n_kv <= 0 || hd <= 0 || block_size <= 0) return DSI_EINVAL;
     kv_gather_kernel<<<ctx, 256, 0, s>>>(kc, vc, k_cache, v_cache, bt, block_size, ctx, n_kv, hd);
     return DSI_CUDA_CHECK(cudaGetLastError());
@@ -285,8 +300,8 @@ static __global__ void q_pack_kernel(uint16_t *qb, const float *q, int q_stride,
     }
 }
 
-extern "C" int dsi_cuda_q_pack(uint16_t *qb, const float *q, int q_stride, int n_q, int n_heads, int hd, float scale,
-                               cudaStream_t s) {
+extern "C" int dsi_cuda_q_pack(uint16_t *qb, const float *q, int q_stride, int n_q, int n_heads, int hd,
+                               float scale, cudaStream_t s) {
     if (n_q <= 0 || n_heads <= 0 || hd <= 0 || q_stride < n_heads * hd) return DSI_EINVAL;
     q_pack_kernel<<<n_q, 256, 0, s>>>(qb, q, q_stride, n_q, n_heads, hd, scale);
     return DSI_CUDA_CHECK(cudaGetLastError());
@@ -301,26 +316,33 @@ static __global__ void causal_softmax_kernel(uint16_t *p, const float *sc, int n
     uint16_t *out = p + ((size_t)h * n_q + i) * ctx;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < lim; j += blockDim.x) m = fmaxf(m, row[j]);
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int j = threadIdx.x; j < lim; j += blockDim.x)
+        m = fmaxf(m, row[j]);
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if (lane == 0) red[warp] = m;
     __syncthreads();
     m = red[0];
-    for (int w = 1; w < nw; w++) m = fmaxf(m, red[w]);
+    for (int w = 1; w < nw; w++)
+        m = fmaxf(m, red[w]);
     __syncthreads();
     float sum = 0.f;
-    for (int j = threadIdx.x; j < lim; j += blockDim.x) sum += expf(row[j] - m);
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int j = threadIdx.x; j < lim; j += blockDim.x)
+        sum += expf(row[j] - m);
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (lane == 0) red[warp] = sum;
     __syncthreads();
     sum = 0.f;
-    for (int w = 0; w < nw; w++) sum += red[w];
+    for (int w = 0; w < nw; w++)
+        sum += red[w];
     const float inv = 1.f / sum;
-    for (int j = threadIdx.x; j < ctx; j += blockDim.x) out[j] = j < lim ? f2bf(expf(row[j] - m) * inv) : (uint16_t)0;
+    for (int j = threadIdx.x; j < ctx; j += blockDim.x)
+        out[j] = j < lim ? f2bf(expf(row[j] - m) * inv) : (uint16_t)0;
 }
 
-extern "C" int dsi_cuda_causal_softmax(uint16_t *p, const float *scores, int n_heads, int n_q, int ctx, int pos,
-                                       cudaStream_t s) {
+extern "C" int dsi_cuda_causal_softmax(uint16_t *p, const float *scores, int n_heads, int n_q, int ctx,
+                                       int pos, cudaStream_t s) {
     if (n_heads <= 0 || n_heads > 65535 || n_q <= 0 || pos < 0 || ctx < pos + n_q) return DSI_EINVAL;
     causal_softmax_kernel<<<dim3(n_q, n_heads), 256, 0, s>>>(p, scores, n_q, ctx, pos);
     return DSI_CUDA_CHECK(cudaGetLastError());
@@ -331,8 +353,7 @@ extern "C" int dsi_cuda_causal_softmax(uint16_t *p, const float *scores, int n_h
 #define PF_QT (PF_ROWS_PER_WARP * PF_WARPS)
 #define PF_KT 32
 
-static __global__ void __launch_bounds__(PF_WARPS * 32)
-attn_prefill_kernel(struct dsi_cuda_attn_args a) {
+static __global__ void __launch_bounds__(PF_WARPS * 32) attn_prefill_kernel(struct dsi_cuda_attn_args a) {
     extern __shared__ float smem[];
     const int hd = a.head_dim, hdp = hd + 1, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd;
     const int h = blockIdx.y, kvh = h / g, si = blockIdx.z;
@@ -346,7 +367,9 @@ attn_prefill_kernel(struct dsi_cuda_attn_args a) {
 
     for (int i = tid; i < PF_QT * hd; i += blockDim.x) {
         int r = i / hd, d = i % hd;
-        qsh[r * hdp + d] = q0 + r < sq.n_q ? a.q[(size_t)(sq.q_row + q0 + r) * a.q_stride + (size_t)h * hd + d] * a.scale : 0.f;
+        qsh[r * hdp + d] = q0 + r < sq.n_q
+                               ? a.q[(size_t)(sq.q_row + q0 + r) * a.q_stride + (size_t)h * hd + d] * a.scale
+                               : 0.f;
     }
     float m[PF_ROWS_PER_WARP], l[PF_ROWS_PER_WARP], acc[PF_ROWS_PER_WARP][MAX_HD / 32];
 #pragma unroll
@@ -354,7 +377,8 @@ attn_prefill_kernel(struct dsi_cuda_attn_args a) {
         m[r] = -INFINITY;
         l[r] = 0.f;
 #pragma unroll
-        for (int e = 0; e < MAX_HD / 32; e++) acc[r][e] = 0.f;
+        for (int e = 0; e < MAX_HD / 32; e++)
+            acc[r][e] = 0.f;
     }
     const int last_q = min(sq.n_q, q0 + PF_QT) - 1;
     const int n_keys = sq.pos + last_q + 1;
@@ -381,20 +405,24 @@ attn_prefill_kernel(struct dsi_cuda_attn_args a) {
             float sc = -INFINITY;
             if (t <= p) {
                 sc = 0.f;
-                for (int d = 0; d < hd; d++) sc += qr[d] * ks[lane * hdp + d];
+                for (int d = 0; d < hd; d++)
+                    sc += qr[d] * ks[lane * hdp + d];
             }
             float mt = sc;
-            for (int o = 16; o > 0; o >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+            for (int o = 16; o > 0; o >>= 1)
+                mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
             float m_new = fmaxf(m[r], mt);
             if (m_new == -INFINITY) continue; /* whole tile masked */
             float pr = t <= p ? expf(sc - m_new) : 0.f;
             float corr = expf(m[r] - m_new);
             float ps = pr;
-            for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            for (int o = 16; o > 0; o >>= 1)
+                ps += __shfl_xor_sync(0xffffffffu, ps, o);
             l[r] = l[r] * corr + ps;
             m[r] = m_new;
 #pragma unroll
-            for (int e = 0; e < MAX_HD / 32; e++) acc[r][e] *= corr;
+            for (int e = 0; e < MAX_HD / 32; e++)
+                acc[r][e] *= corr;
             for (int j = 0; j < PF_KT; j++) {
                 float pj = __shfl_sync(0xffffffffu, pr, j);
 #pragma unroll
@@ -423,7 +451,8 @@ extern "C" int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStr
     if (a->n_seqs == 0 || a->max_n_q == 0) return 0;
     size_t smem = (size_t)(2 * PF_KT + PF_QT) * (a->head_dim + 1) * sizeof(float);
     if (smem > 48 * 1024) {
-        int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_kernel,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         if (rc) return rc;
     }
     dim3 grid((a->max_n_q + PF_QT - 1) / PF_QT, a->n_heads, a->n_seqs);

@@ -13,33 +13,40 @@
 
 #include "dsinfer/kernels.h"
 
-static __device__ __forceinline__ float bf2f(uint16_t v) { return __uint_as_float((uint32_t)v << 16); }
+static __device__ __forceinline__ float bf2f(uint16_t v) {
+    return __uint_as_float((uint32_t)v << 16);
+}
 static __device__ __forceinline__ uint16_t f2bf(float f) {
     __nv_bfloat16 b = __float2bfloat16_rn(f);
     return *reinterpret_cast<uint16_t *>(&b);
 }
 
 static __device__ __forceinline__ float block_sum(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
     __syncthreads(); /* red may still be read by a previous call */
     if (lane == 0) red[warp] = v;
     __syncthreads();
     v = lane < nw ? red[lane] : 0.f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
-static __global__ void embed_kernel(float *out, const uint16_t *table, const int32_t *ids, int dim, int vocab) {
+static __global__ void embed_kernel(float *out, const uint16_t *table, const int32_t *ids, int dim,
+                                    int vocab) {
     int t = blockIdx.x;
     int id = ids[t];
     float *o = out + (size_t)t * dim;
     if (id < 0 || id >= vocab) {
-        for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = 0.f;
+        for (int i = threadIdx.x; i < dim; i += blockDim.x)
+            o[i] = 0.f;
         return;
     }
     const uint16_t *row = table + (size_t)id * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) o[i] = bf2f(row[i]);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        o[i] = bf2f(row[i]);
 }
 
 extern "C" int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim,
@@ -67,7 +74,8 @@ static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const fl
     }
     ss = block_sum(ss, red);
     float r = rsqrtf(ss / (float)dim + eps);
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = f2bf(x[base + i] * r * w[i]);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        out[base + i] = f2bf(x[base + i] * r * w[i]);
 }
 
 extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
@@ -118,9 +126,11 @@ static __global__ void kv_store_kernel(uint16_t *kc, uint16_t *vc, const float *
     }
 }
 
-extern "C" int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, int stride, int k_off,
-                                 int v_off, const int32_t *slots, int n_tok, int kv_dim, cudaStream_t s) {
-    if (n_tok < 0 || kv_dim <= 0 || k_off < 0 || v_off < 0 || k_off + kv_dim > stride || v_off + kv_dim > stride)
+extern "C" int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, int stride,
+                                 int k_off, int v_off, const int32_t *slots, int n_tok, int kv_dim,
+                                 cudaStream_t s) {
+    if (n_tok < 0 || kv_dim <= 0 || k_off < 0 || v_off < 0 || k_off + kv_dim > stride ||
+        v_off + kv_dim > stride)
         return DSI_EINVAL;
     if (n_tok == 0) return 0;
     kv_store_kernel<<<n_tok, 256, 0, s>>>(k_cache, v_cache, src, stride, k_off, v_off, slots, kv_dim);
@@ -144,8 +154,10 @@ extern "C" int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int int
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
-static __global__ void scale_bias_kernel(float *y, const float *scale, const float *bias, size_t total, int n) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+static __global__ void scale_bias_kernel(float *y, const float *scale, const float *bias, size_t total,
+                                         int n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
         int c = (int)(i % n);
         float v = y[i];
         if (scale) v *= scale[c];
@@ -168,11 +180,12 @@ extern "C" int dsi_cuda_scale_bias(float *y, const float *scale, const float *bi
 static __global__ void gather_rows_kernel(uint16_t *dst, const uint16_t *src, const int32_t *rows, int dim) {
     const uint16_t *s = src + (size_t)rows[blockIdx.x] * dim;
     uint16_t *d = dst + (size_t)blockIdx.x * dim;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) d[i] = s[i];
+    for (int i = threadIdx.x; i < dim; i += blockDim.x)
+        d[i] = s[i];
 }
 
-extern "C" int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const int32_t *rows, int n_rows, int dim,
-                                    cudaStream_t s) {
+extern "C" int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const int32_t *rows, int n_rows,
+                                    int dim, cudaStream_t s) {
     if (n_rows < 0 || dim <= 0) return DSI_EINVAL;
     if (n_rows == 0) return 0;
     gather_rows_kernel<<<n_rows, 256, 0, s>>>(dst, src, rows, dim);
@@ -181,7 +194,8 @@ extern "C" int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const in
 
 /* splitmix64 of (seed, index): the same tensor for the same seed on any grid. */
 static __global__ void fill_random_kernel(uint16_t *dst, size_t n, uint64_t seed, float scale) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
         uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -191,7 +205,8 @@ static __global__ void fill_random_kernel(uint16_t *dst, size_t n, uint64_t seed
     }
 }
 
-extern "C" int dsi_cuda_fill_random_bf16(uint16_t *dst, size_t n, uint64_t seed, float scale, cudaStream_t s) {
+extern "C" int dsi_cuda_fill_random_bf16(uint16_t *dst, size_t n, uint64_t seed, float scale,
+                                         cudaStream_t s) {
     if (n == 0) return 0;
     fill_random_kernel<<<4096, 256, 0, s>>>(dst, n, seed, scale);
     return DSI_CUDA_CHECK(cudaGetLastError());

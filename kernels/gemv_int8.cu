@@ -49,13 +49,16 @@ static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *
     int r = blockIdx.x;
     const uint16_t *row = w + (size_t)r * k;
     float amax = 0.f;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) amax = fmaxf(amax, fabsf(__uint_as_float((uint32_t)row[i] << 16)));
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    for (int i = threadIdx.x; i < k; i += blockDim.x)
+        amax = fmaxf(amax, fabsf(__uint_as_float((uint32_t)row[i] << 16)));
+    for (int o = 16; o > 0; o >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
     __syncthreads();
     if (threadIdx.x < 32) {
         float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        for (int o = 16; o > 0; o >>= 1)
+            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
         if (threadIdx.x == 0) red[0] = v;
     }
     __syncthreads();
@@ -75,8 +78,8 @@ static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *
  * loads of the tiled bytes, the values placed row-major in shared memory, then
  * written out as full 512-byte row segments (16-byte stores). */
 #define DQ_TILES 8
-static __global__ void __launch_bounds__(256) dequant_kernel(uint16_t *dst, const int8_t *q, const float *scale, int n,
-                                                             int k, int k32) {
+static __global__ void __launch_bounds__(256)
+    dequant_kernel(uint16_t *dst, const int8_t *q, const float *scale, int n, int k, int k32) {
     __shared__ __align__(16) uint16_t tile[16][DQ_TILES * 32 + 8];
     const int rt = blockIdx.y, kt0 = blockIdx.x * DQ_TILES;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -103,7 +106,8 @@ static __global__ void __launch_bounds__(256) dequant_kernel(uint16_t *dst, cons
         if (col + 8 <= k && !(k & 7)) {
             *reinterpret_cast<uint4 *>(d) = *reinterpret_cast<const uint4 *>(&tile[r][c]);
         } else {
-            for (int e = 0; e < 8 && col + e < k; e++) d[e] = tile[r][c + e];
+            for (int e = 0; e < 8 && col + e < k; e++)
+                d[e] = tile[r][c + e];
         }
     }
 }
@@ -157,8 +161,10 @@ static __device__ __forceinline__ void load_round(uint4 *a, const uint4 *qt, int
     for (int u = 0; u < U; u++) {
         int kt = kt0 + u * WARPS;
         const uint4 *p = qt + (size_t)kt * (TILE_BYTES / 16);
-        if (NOALLOC) a[u] = kt < kt_end ? ld_weights_noalloc(p) : make_uint4(0, 0, 0, 0);
-        else a[u] = kt < kt_end ? __ldcs(p) : make_uint4(0, 0, 0, 0);
+        if (NOALLOC)
+            a[u] = kt < kt_end ? ld_weights_noalloc(p) : make_uint4(0, 0, 0, 0);
+        else
+            a[u] = kt < kt_end ? __ldcs(p) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -167,8 +173,8 @@ static __device__ __forceinline__ void load_round(uint4 *a, const uint4 *qt, int
  * of resident blocks (the launcher's choice). */
 template <int NT, int VAR>
 static __global__ void __launch_bounds__(WARPS * 32)
-gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int M, int N,
-                 int K, int k32, int ksplit, float *ws, unsigned *counters) {
+    gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
+                     int M, int N, int K, int k32, int ksplit, float *ws, unsigned *counters) {
     __shared__ float red[WARPS][NT * 4][32];
     __shared__ int is_last;
     const int rt = blockIdx.x, ks = blockIdx.y, m0 = blockIdx.z * NT * 8;
@@ -190,7 +196,8 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
     float acc[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++)
-        for (int c = 0; c < 4; c++) acc[j][c] = 0.f;
+        for (int c = 0; c < 4; c++)
+            acc[j][c] = 0.f;
 
     constexpr int U = UNROLL;
     constexpr bool NA = (VAR & 2) != 0;
@@ -229,14 +236,16 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
         }
         if (VAR & 1) {
 #pragma unroll
-            for (int u = 0; u < U; u++) cur[u] = nxt[u];
+            for (int u = 0; u < U; u++)
+                cur[u] = nxt[u];
         } else {
             load_round<U, NA>(cur, qt, kt0 + WARPS * U, kt_end);
         }
     }
 #pragma unroll
     for (int j = 0; j < NT; j++)
-        for (int c = 0; c < 4; c++) red[warp][j * 4 + c][lane] = acc[j][c];
+        for (int c = 0; c < 4; c++)
+            red[warp][j * 4 + c][lane] = acc[j][c];
     __syncthreads();
     const int n_out = NT * 4 * 32;
     if (ksplit > 1) {
@@ -246,7 +255,8 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
         for (int i = threadIdx.x; i < n_out; i += WARPS * 32) {
             float v = 0.f;
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) v += red[w][i / 32][i % 32];
+            for (int w = 0; w < WARPS; w++)
+                v += red[w][i / 32][i % 32];
             __stcg(wp + i, v);
         }
         __threadfence();
@@ -260,10 +270,12 @@ gemm_int8_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scal
         int jc = i / 32, l = i % 32, j = jc / 4, c = jc % 4;
         float v = 0.f;
         if (ksplit > 1) {
-            for (int s2 = 0; s2 < ksplit; s2++) v += __ldcg(ws + ((size_t)rt * ksplit + s2) * n_out + i);
+            for (int s2 = 0; s2 < ksplit; s2++)
+                v += __ldcg(ws + ((size_t)rt * ksplit + s2) * n_out + i);
         } else {
 #pragma unroll
-            for (int w = 0; w < WARPS; w++) v += red[w][jc][l];
+            for (int w = 0; w < WARPS; w++)
+                v += red[w][jc][l];
         }
         int row = rt * 16 + (l >> 2) + (c >= 2 ? 8 : 0);
         int m = m0 + j * 8 + (l & 3) * 2 + (c & 1);
@@ -281,7 +293,8 @@ extern "C" size_t dsi_cuda_q8_bytes(int n, int k) {
     return (size_t)((n + 15) / 16) * ((k + 31) / 32) * TILE_BYTES;
 }
 
-extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k, cudaStream_t s) {
+extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k,
+                                      cudaStream_t s) {
     if (n <= 0 || k <= 0) return DSI_EINVAL;
     int rc = DSI_CUDA_CHECK(cudaMemsetAsync(q, 0, dsi_cuda_q8_bytes(n, k), s));
     if (rc) return rc;
@@ -304,8 +317,8 @@ extern "C" size_t dsi_cuda_gemm_ws_bytes(int max_n) {
 }
 
 template <int NT, int VAR>
-static int launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int m, int n,
-                  int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
+static int launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int m,
+                  int n, int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
     int k32 = (k + 31) / 32, n16 = (n + 15) / 16, ksplit = 1;
     int chunks = (m + NT * 8 - 1) / (NT * 8);
     if (ws && ws->partial && ws->counters && n16 <= ws->n_counters) {
@@ -315,8 +328,8 @@ static int launch(float *y, const uint16_t *x, const int8_t *q, const float *sca
         ksplit = want < most ? want : most;
         if (VAR & 4) { /* the split whose blocks fill whole waves of resident blocks best */
             int per_sm = 0;
-            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_int8_kernel<NT, VAR>, WARPS * 32, 0) !=
-                    cudaSuccess ||
+            if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_int8_kernel<NT, VAR>, WARPS * 32,
+                                                              0) != cudaSuccess ||
                 per_sm < 1)
                 per_sm = 1;
             double slots = (double)per_sm * ws->n_sm, best = 0;
@@ -334,13 +347,13 @@ static int launch(float *y, const uint16_t *x, const int8_t *q, const float *sca
     if (chunks > 65535) return DSI_EINVAL;
     dim3 grid(n16, ksplit, chunks);
     gemm_int8_kernel<NT, VAR><<<grid, WARPS * 32, 0, s>>>(y, x, q, scale, bias, m, n, k, k32, ksplit,
-                                                     ws ? ws->partial : NULL, ws ? ws->counters : NULL);
+                                                          ws ? ws->partial : NULL, ws ? ws->counters : NULL);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
 template <int VAR>
-static int dispatch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int m, int n,
-                    int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
+static int dispatch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
+                    int m, int n, int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
     if (m <= 8) return launch<1, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
     if (m <= 16) return launch<2, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
     if (m <= 32) return launch<4, VAR>(y, x, q, scale, bias, m, n, k, ws, s);
@@ -348,19 +361,27 @@ static int dispatch(float *y, const uint16_t *x, const int8_t *q, const float *s
 }
 
 extern "C" int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
-                                          const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
-                                          int variant, cudaStream_t s) {
+                                          const float *bias, int m, int n, int k,
+                                          const struct dsi_cuda_gemm_ws *ws, int variant, cudaStream_t s) {
     if (m < 0 || n <= 0 || k <= 0 || variant < 0 || variant > 7) return DSI_EINVAL;
     if (m == 0) return 0;
     switch (variant) {
-    case 0: return dispatch<0>(y, x, q, scale, bias, m, n, k, ws, s);
-    case 1: return dispatch<1>(y, x, q, scale, bias, m, n, k, ws, s);
-    case 2: return dispatch<2>(y, x, q, scale, bias, m, n, k, ws, s);
-    case 3: return dispatch<3>(y, x, q, scale, bias, m, n, k, ws, s);
-    case 4: return dispatch<4>(y, x, q, scale, bias, m, n, k, ws, s);
-    case 5: return dispatch<5>(y, x, q, scale, bias, m, n, k, ws, s);
-    case 6: return dispatch<6>(y, x, q, scale, bias, m, n, k, ws, s);
-    default: return dispatch<7>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 0:
+        return dispatch<0>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 1:
+        return dispatch<1>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 2:
+        return dispatch<2>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 3:
+        return dispatch<3>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 4:
+        return dispatch<4>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 5:
+        return dispatch<5>(y, x, q, scale, bias, m, n, k, ws, s);
+    case 6:
+        return dispatch<6>(y, x, q, scale, bias, m, n, k, ws, s);
+    default:
+        return dispatch<7>(y, x, q, scale, bias, m, n, k, ws, s);
     }
 }
 

@@ -24,28 +24,37 @@ static __device__ __forceinline__ uint32_t fkey(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-template <typename T, typename Op>
-static __device__ __forceinline__ T block_reduce(T v, T *red, Op op) {
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+template <typename T, typename Op> static __device__ __forceinline__ T block_reduce(T v, T *red, Op op) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     v = red[lane < (int)(blockDim.x >> 5) ? lane : 0];
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-struct op_add_f { __device__ float operator()(float a, float b) const { return a + b; } };
-struct op_add_u { __device__ unsigned operator()(unsigned a, unsigned b) const { return a + b; } };
-struct op_max_f { __device__ float operator()(float a, float b) const { return fmaxf(a, b); } };
+struct op_add_f {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct op_add_u {
+    __device__ unsigned operator()(unsigned a, unsigned b) const { return a + b; }
+};
+struct op_max_f {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 /* (value, id) packed so that the max picks the larger value, then the lower id */
 struct op_max_ull {
-    __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a > b ? a : b; }
+    __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const {
+        return a > b ? a : b;
+    }
 };
 
 static __global__ void __launch_bounds__(ST)
-sample_kernel(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *params, int vocab) {
+    sample_kernel(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *params, int vocab) {
     __shared__ float redf[32];
     __shared__ unsigned redu[32];
     __shared__ unsigned long long redl[32];
@@ -66,7 +75,8 @@ sample_kernel(int32_t *ids, const float *logits, const struct dsi_cuda_sample_pa
     }
     const float inv_t = 1.f / p.temperature;
     float mx = -INFINITY;
-    for (int i = tid; i < vocab; i += ST) mx = fmaxf(mx, row[i] * inv_t);
+    for (int i = tid; i < vocab; i += ST)
+        mx = fmaxf(mx, row[i] * inv_t);
     mx = block_reduce(mx, redf, op_max_f());
 
     uint32_t thr = 0;
@@ -75,7 +85,8 @@ sample_kernel(int32_t *ids, const float *logits, const struct dsi_cuda_sample_pa
         for (int bit = 31; bit >= 0; bit--) {
             uint32_t cand = prefix | (1u << bit);
             unsigned cnt = 0;
-            for (int i = tid; i < vocab; i += ST) cnt += fkey(row[i] * inv_t) >= cand;
+            for (int i = tid; i < vocab; i += ST)
+                cnt += fkey(row[i] * inv_t) >= cand;
             cnt = block_reduce(cnt, redu, op_add_u());
             if (cnt >= (unsigned)p.top_k) prefix = cand;
         }
@@ -151,8 +162,8 @@ sample_kernel(int32_t *ids, const float *logits, const struct dsi_cuda_sample_pa
     if (tid == 0) ids[blockIdx.x] = (int32_t)(pick & 0xffffffffu);
 }
 
-extern "C" int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p, int rows,
-                               int vocab, cudaStream_t s) {
+extern "C" int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p,
+                               int rows, int vocab, cudaStream_t s) {
     if (rows < 0 || vocab <= 0) return DSI_EINVAL;
     if (rows == 0) return 0;
     sample_kernel<<<rows, ST, 0, s>>>(ids, logits, p, vocab);

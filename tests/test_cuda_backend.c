@@ -41,7 +41,8 @@ static const char *fixtures[] = {"qwen2-gqa-tied", "qwen2-untied", "llama-mha", 
 /* Three short prompts of in-vocabulary ids, fixed per vocab size. */
 static int make_prompt(int which, int vocab, int32_t *ids) {
     int n = which == 0 ? 5 : which == 1 ? 17 : 40;
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 37 + which * 101 + 7) % vocab);
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)((i * 37 + which * 101 + 7) % vocab);
     return n;
 }
 
@@ -87,9 +88,15 @@ static void opts_for(struct dsi_backend_opts *o, enum dsi_weight_dtype dt) {
 }
 
 /* Runs one step of one sequence whose blocks are bt[0..]. */
-static int step(struct dsi_backend *be, const int32_t *toks, int n, int pos, const int32_t *bt, float *logits) {
-    struct dsi_batch_seq s = {.seq_id = 1, .tokens = toks, .n_tokens = n, .pos = pos, .block_table = bt,
-                              .n_blocks = (pos + n + BS - 1) / BS, .want_logits = true};
+static int step(struct dsi_backend *be, const int32_t *toks, int n, int pos, const int32_t *bt,
+                float *logits) {
+    struct dsi_batch_seq s = {.seq_id = 1,
+                              .tokens = toks,
+                              .n_tokens = n,
+                              .pos = pos,
+                              .block_table = bt,
+                              .n_blocks = (pos + n + BS - 1) / BS,
+                              .want_logits = true};
     struct dsi_batch b = {.seqs = &s, .n_seqs = 1};
     char *err = NULL;
     int rc = be->ops->forward(be, &b, logits, &err);
@@ -130,7 +137,8 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
     int V = m.cfg.vocab_size;
     float *lg = malloc((size_t)V * 4), *lc = malloc((size_t)V * 4);
     int32_t bt[7]; /* (64 + 12) / 16 + 1 blocks, a permutation of 0..6 */
-    for (int i = 0; i < 7; i++) bt[i] = (i * 5 + 1) % 7;
+    for (int i = 0; i < 7; i++)
+        bt[i] = (i * 5 + 1) % 7;
     double worst = 0;
     int diverged = 0;
     for (int p = 0; p < 3; p++) {
@@ -150,13 +158,13 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
                 if (fabsf(lc[i]) > scale) scale = fabsf(lc[i]);
             if (compare_tokens && tg != tc) {
                 if (margin < 2 * TOL * scale) { /* near-tie on the reference */
-                    fprintf(stderr, "  %s prompt %d step %d: near-tie (margin %.4f), tokens %d vs %d\n", name, p, g,
-                            margin, tg, tc);
+                    fprintf(stderr, "  %s prompt %d step %d: near-tie (margin %.4f), tokens %d vs %d\n", name,
+                            p, g, margin, tg, tc);
                     diverged++;
                     compare_tokens = 0;
                 } else {
-                    fprintf(stderr, "  %s prompt %d step %d: cuda %d != cpu %d (margin %.4f)\n", name, p, g, tg, tc,
-                            margin);
+                    fprintf(stderr, "  %s prompt %d step %d: cuda %d != cpu %d (margin %.4f)\n", name, p, g,
+                            tg, tc, margin);
                     CHECK(tg == tc);
                     compare_tokens = 0;
                 }
@@ -169,8 +177,8 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
             }
         }
     }
-    fprintf(stderr, "  %-15s %s: worst logits error %.5f (relative to max(1,|logit|)), near-tie stops %d\n", name,
-            cuda_dt == DSI_W_INT8 ? "int8" : "bf16", worst, diverged);
+    fprintf(stderr, "  %-15s %s: worst logits error %.5f (relative to max(1,|logit|)), near-tie stops %d\n",
+            name, cuda_dt == DSI_W_INT8 ? "int8" : "bf16", worst, diverged);
     CHECK(worst <= TOL);
     free(lg), free(lc);
 out:
@@ -181,12 +189,14 @@ out:
 
 TEST(cuda_fixtures_bf16_match_cpu) {
     if (!have_gpu()) SKIP("no CUDA device");
-    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) compare_fixture(fixtures[i], DSI_W_BF16, DSI_W_F32);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        compare_fixture(fixtures[i], DSI_W_BF16, DSI_W_F32);
 }
 
 TEST(cuda_fixtures_int8_match_cpu) {
     if (!have_gpu()) SKIP("no CUDA device");
-    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) compare_fixture(fixtures[i], DSI_W_INT8, DSI_W_INT8);
+    for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
+        compare_fixture(fixtures[i], DSI_W_INT8, DSI_W_INT8);
 }
 
 /* Three prompts in one step (and then one decode step of all three) equal the
@@ -219,8 +229,13 @@ TEST(cuda_batch_equals_single) {
     }
     struct dsi_batch_seq seqs[3];
     for (int p = 0; p < 3; p++)
-        seqs[p] = (struct dsi_batch_seq){.seq_id = (uint64_t)p, .tokens = prompts[p], .n_tokens = n[p], .pos = 0,
-                                         .block_table = bt[p], .n_blocks = 4, .want_logits = true};
+        seqs[p] = (struct dsi_batch_seq){.seq_id = (uint64_t)p,
+                                         .tokens = prompts[p],
+                                         .n_tokens = n[p],
+                                         .pos = 0,
+                                         .block_table = bt[p],
+                                         .n_blocks = 4,
+                                         .want_logits = true};
     struct dsi_batch b = {.seqs = seqs, .n_seqs = 3};
     CHECK_EQ_INT(gpu->ops->forward(gpu, &b, batched, &err), 0);
     free(err), err = NULL;
@@ -236,9 +251,11 @@ TEST(cuda_batch_equals_single) {
     struct dsi_cuda_sample_params sp[3] = {{0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}};
     CHECK_EQ_INT(dsi_cuda_backend_forward_sample(gpu, &b, sp, ids, &err), 0);
     free(err), err = NULL;
-    CHECK_EQ_INT(gpu->ops->forward(gpu, &b, batched, &err), 0); /* same step again: same K/V slots rewritten */
+    CHECK_EQ_INT(gpu->ops->forward(gpu, &b, batched, &err),
+                 0); /* same step again: same K/V slots rewritten */
     free(err), err = NULL;
-    for (int p = 0; p < 3; p++) CHECK_EQ_INT(ids[p], argmax(batched + (size_t)p * V, V, NULL));
+    for (int p = 0; p < 3; p++)
+        CHECK_EQ_INT(ids[p], argmax(batched + (size_t)p * V, V, NULL));
     /* bad input is rejected, not run */
     int32_t bad = V;
     seqs[0].tokens = &bad;

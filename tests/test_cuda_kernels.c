@@ -40,9 +40,9 @@ static int have_gpu(void) {
     return n > 0;
 }
 
-#define NEED_GPU()                                                                                             \
-    do {                                                                                                       \
-        if (!have_gpu()) SKIP("no CUDA device");                                                               \
+#define NEED_GPU()                                                                                           \
+    do {                                                                                                     \
+        if (!have_gpu()) SKIP("no CUDA device");                                                             \
     } while (0)
 
 static void *dmalloc(size_t n) {
@@ -50,16 +50,23 @@ static void *dmalloc(size_t n) {
     if (cudaMalloc(&p, n) != cudaSuccess) return NULL;
     return p;
 }
-static void up(void *d, const void *h, size_t n) { cudaMemcpy(d, h, n, cudaMemcpyHostToDevice); }
-static void down(void *h, const void *d, size_t n) { cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost); }
+static void up(void *d, const void *h, size_t n) {
+    cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+}
+static void down(void *h, const void *d, size_t n) {
+    cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost);
+}
 
-static float bf(uint16_t v) { return dsi_bf16_to_f32(v); }
+static float bf(uint16_t v) {
+    return dsi_bf16_to_f32(v);
+}
 
 TEST(cuda_embed_matches_table) {
     NEED_GPU();
     int V = 100, D = 72, n = 5;
     uint16_t *tab = malloc((size_t)V * D * 2);
-    for (int i = 0; i < V * D; i++) tab[i] = dsi_f32_to_bf16(frand());
+    for (int i = 0; i < V * D; i++)
+        tab[i] = dsi_f32_to_bf16(frand());
     int32_t ids[5] = {0, 99, 42, -1, 100};
     uint16_t *dt = dmalloc((size_t)V * D * 2);
     int32_t *di = dmalloc(sizeof ids);
@@ -69,8 +76,10 @@ TEST(cuda_embed_matches_table) {
     CHECK_EQ_INT(dsi_cuda_embed(dout, dt, di, n, D, V, 0), 0);
     down(out, dout, (size_t)n * D * 4);
     for (int t = 0; t < 3; t++)
-        for (int i = 0; i < D; i++) CHECK(out[t * D + i] == bf(tab[ids[t] * D + i]));
-    for (int i = 0; i < D; i++) CHECK(out[3 * D + i] == 0.f && out[4 * D + i] == 0.f); /* out of range ids */
+        for (int i = 0; i < D; i++)
+            CHECK(out[t * D + i] == bf(tab[ids[t] * D + i]));
+    for (int i = 0; i < D; i++)
+        CHECK(out[3 * D + i] == 0.f && out[4 * D + i] == 0.f); /* out of range ids */
     CHECK_EQ_INT(dsi_cuda_embed(dout, dt, di, -1, D, V, 0), DSI_EINVAL);
     cudaFree(dt), cudaFree(di), cudaFree(dout);
     free(tab), free(out);
@@ -80,10 +89,13 @@ TEST(cuda_add_rmsnorm_matches_cpu) {
     NEED_GPU();
     int rows = 3, D = 3584;
     size_t n = (size_t)rows * D;
-    float *x = malloc(n * 4), *dl = malloc(n * 4), *w = malloc(D * 4), *ref = malloc(n * 4), *xo = malloc(n * 4);
+    float *x = malloc(n * 4), *dl = malloc(n * 4), *w = malloc(D * 4), *ref = malloc(n * 4),
+          *xo = malloc(n * 4);
     uint16_t *o = malloc(n * 2);
-    for (size_t i = 0; i < n; i++) x[i] = 3.f * frand(), dl[i] = frand();
-    for (int i = 0; i < D; i++) w[i] = 1.f + 0.5f * frand();
+    for (size_t i = 0; i < n; i++)
+        x[i] = 3.f * frand(), dl[i] = frand();
+    for (int i = 0; i < D; i++)
+        w[i] = 1.f + 0.5f * frand();
     float *dx = dmalloc(n * 4), *dd = dmalloc(n * 4), *dw = dmalloc(D * 4);
     uint16_t *dout = dmalloc(n * 2);
     up(dx, x, n * 4), up(dd, dl, n * 4), up(dw, w, D * 4);
@@ -91,7 +103,8 @@ TEST(cuda_add_rmsnorm_matches_cpu) {
     down(o, dout, n * 2), down(xo, dx, n * 4);
     double worst = 0;
     for (int r = 0; r < rows; r++) {
-        for (int i = 0; i < D; i++) x[r * D + i] += dl[r * D + i];
+        for (int i = 0; i < D; i++)
+            x[r * D + i] += dl[r * D + i];
         dsi_rmsnorm(ref + r * D, x + r * D, w, D, 1e-6f);
     }
     for (size_t i = 0; i < n; i++) {
@@ -110,7 +123,8 @@ TEST(cuda_swiglu_matches_cpu) {
     int rows = 2, I = 1000;
     float *gu = malloc((size_t)rows * 2 * I * 4), *ref = malloc((size_t)I * 4);
     uint16_t *o = malloc((size_t)rows * I * 2);
-    for (int i = 0; i < rows * 2 * I; i++) gu[i] = 6.f * frand();
+    for (int i = 0; i < rows * 2 * I; i++)
+        gu[i] = 6.f * frand();
     float *dgu = dmalloc((size_t)rows * 2 * I * 4);
     uint16_t *dout = dmalloc((size_t)rows * I * 2);
     up(dgu, gu, (size_t)rows * 2 * I * 4);
@@ -118,7 +132,8 @@ TEST(cuda_swiglu_matches_cpu) {
     down(o, dout, (size_t)rows * I * 2);
     for (int r = 0; r < rows; r++) {
         dsi_swiglu(ref, gu + r * 2 * I, gu + r * 2 * I + I, I);
-        for (int i = 0; i < I; i++) CHECK_NEAR(bf(o[r * I + i]), ref[i], fabsf(ref[i]) * 0.0079 + 1e-6);
+        for (int i = 0; i < I; i++)
+            CHECK_NEAR(bf(o[r * I + i]), ref[i], fabsf(ref[i]) * 0.0079 + 1e-6);
     }
     cudaFree(dgu), cudaFree(dout);
     free(gu), free(ref), free(o);
@@ -137,11 +152,13 @@ static void rope_case(enum dsi_rope_type type, int hd) {
     float inv[128], inv_ref[128], attn = 1.f;
     CHECK_EQ_INT(dsi_cuda_rope_inv_freq(&cfg, inv, NULL), 0);
     CHECK_EQ_INT(dsi_rope_inv_freq(&cfg.rope, cfg.rope_theta, hd, 131072, 0, inv_ref, &attn), 0);
-    for (int i = 0; i < hd / 2; i++) CHECK_NEAR(inv[i], inv_ref[i], fabsf(inv_ref[i]) * 1e-6);
+    for (int i = 0; i < hd / 2; i++)
+        CHECK_NEAR(inv[i], inv_ref[i], fabsf(inv_ref[i]) * 1e-6);
     int nh = 6, T = 4, stride = nh * hd + 8;
     int32_t pos[4] = {0, 1, 4097, 65000};
     float *x = malloc((size_t)T * stride * 4), *o = malloc((size_t)T * stride * 4);
-    for (int i = 0; i < T * stride; i++) x[i] = frand();
+    for (int i = 0; i < T * stride; i++)
+        x[i] = frand();
     float *dx = dmalloc((size_t)T * stride * 4), *dinv = dmalloc(hd / 2 * 4);
     int32_t *dpos = dmalloc(sizeof pos);
     up(dx, x, (size_t)T * stride * 4), up(dinv, inv, hd / 2 * 4), up(dpos, pos, sizeof pos);
@@ -149,15 +166,25 @@ static void rope_case(enum dsi_rope_type type, int hd) {
     down(o, dx, (size_t)T * stride * 4);
     for (int t = 0; t < T; t++) {
         dsi_rope_neox(x + t * stride, nh, hd, hd, pos[t], inv_ref, attn);
-        for (int i = 0; i < stride; i++) CHECK_NEAR(o[t * stride + i], x[t * stride + i], 2e-4);
+        for (int i = 0; i < stride; i++)
+            CHECK_NEAR(o[t * stride + i], x[t * stride + i], 2e-4);
     }
     cudaFree(dx), cudaFree(dinv), cudaFree(dpos);
     free(x), free(o);
 }
 
-TEST(cuda_rope_default_matches_cpu) { NEED_GPU(); rope_case(DSI_ROPE_DEFAULT, 128); }
-TEST(cuda_rope_linear_matches_cpu) { NEED_GPU(); rope_case(DSI_ROPE_LINEAR, 64); }
-TEST(cuda_rope_llama3_matches_cpu) { NEED_GPU(); rope_case(DSI_ROPE_LLAMA3, 128); }
+TEST(cuda_rope_default_matches_cpu) {
+    NEED_GPU();
+    rope_case(DSI_ROPE_DEFAULT, 128);
+}
+TEST(cuda_rope_linear_matches_cpu) {
+    NEED_GPU();
+    rope_case(DSI_ROPE_LINEAR, 64);
+}
+TEST(cuda_rope_llama3_matches_cpu) {
+    NEED_GPU();
+    rope_case(DSI_ROPE_LLAMA3, 128);
+}
 
 TEST(cuda_rope_rejects_yarn) {
     NEED_GPU();
@@ -174,7 +201,8 @@ TEST(cuda_rope_rejects_yarn) {
 }
 
 /* Paged attention: several sequences with shuffled blocks, decode and prefill. */
-static void attn_case(int nh, int nkv, int hd, int bs, const int *ctx_len, const int *n_q, int n_seqs, int decode) {
+static void attn_case(int nh, int nkv, int hd, int bs, const int *ctx_len, const int *n_q, int n_seqs,
+                      int decode) {
     int kv_dim = nkv * hd, max_blocks = 0, total_q = 0, max_ctx = 0, max_nq = 0;
     for (int s = 0; s < n_seqs; s++) {
         max_blocks += (ctx_len[s] + bs - 1) / bs;
@@ -185,9 +213,11 @@ static void attn_case(int nh, int nkv, int hd, int bs, const int *ctx_len, const
     int n_blocks = max_blocks + 3;
     size_t slots = (size_t)n_blocks * bs;
     uint16_t *kc = calloc(slots * kv_dim, 2), *vc = calloc(slots * kv_dim, 2);
-    for (size_t i = 0; i < slots * kv_dim; i++) kc[i] = dsi_f32_to_bf16(frand()), vc[i] = dsi_f32_to_bf16(frand());
+    for (size_t i = 0; i < slots * kv_dim; i++)
+        kc[i] = dsi_f32_to_bf16(frand()), vc[i] = dsi_f32_to_bf16(frand());
     int32_t *bt = malloc((size_t)max_blocks * 4);
-    for (int i = 0; i < max_blocks; i++) bt[i] = (i * 7 + 3) % n_blocks; /* shuffled; may repeat */
+    for (int i = 0; i < max_blocks; i++)
+        bt[i] = (i * 7 + 3) % n_blocks; /* shuffled; may repeat */
     struct dsi_cuda_attn_seq *sq = malloc((size_t)n_seqs * sizeof *sq);
     int row = 0, off = 0;
     for (int s = 0; s < n_seqs; s++) {
@@ -200,17 +230,30 @@ static void attn_case(int nh, int nkv, int hd, int bs, const int *ctx_len, const
     }
     int qstride = (nh + 2 * nkv) * hd;
     float *q = malloc((size_t)total_q * qstride * 4);
-    for (int i = 0; i < total_q * qstride; i++) q[i] = 2.f * frand();
-    uint16_t *dk = dmalloc(slots * kv_dim * 2), *dv = dmalloc(slots * kv_dim * 2), *dout = dmalloc((size_t)total_q * nh * hd * 2);
+    for (int i = 0; i < total_q * qstride; i++)
+        q[i] = 2.f * frand();
+    uint16_t *dk = dmalloc(slots * kv_dim * 2), *dv = dmalloc(slots * kv_dim * 2),
+             *dout = dmalloc((size_t)total_q * nh * hd * 2);
     int32_t *dbt = dmalloc((size_t)max_blocks * 4);
     struct dsi_cuda_attn_seq *dsq = dmalloc((size_t)n_seqs * sizeof *dsq);
     float *dq = dmalloc((size_t)total_q * qstride * 4);
     up(dk, kc, slots * kv_dim * 2), up(dv, vc, slots * kv_dim * 2), up(dbt, bt, (size_t)max_blocks * 4);
     up(dsq, sq, (size_t)n_seqs * sizeof *sq), up(dq, q, (size_t)total_q * qstride * 4);
-    struct dsi_cuda_attn_args a = {.q = dq, .q_stride = qstride, .k_cache = dk, .v_cache = dv, .out = dout,
-                                   .seqs = dsq, .n_seqs = n_seqs, .block_tables = dbt, .block_size = bs,
-                                   .n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = 1.f / sqrtf((float)hd),
-                                   .max_ctx = max_ctx, .max_n_q = max_nq};
+    struct dsi_cuda_attn_args a = {.q = dq,
+                                   .q_stride = qstride,
+                                   .k_cache = dk,
+                                   .v_cache = dv,
+                                   .out = dout,
+                                   .seqs = dsq,
+                                   .n_seqs = n_seqs,
+                                   .block_tables = dbt,
+                                   .block_size = bs,
+                                   .n_heads = nh,
+                                   .n_kv_heads = nkv,
+                                   .head_dim = hd,
+                                   .scale = 1.f / sqrtf((float)hd),
+                                   .max_ctx = max_ctx,
+                                   .max_n_q = max_nq};
     a.n_splits = dsi_cuda_attn_decode_splits(n_seqs, nkv, max_ctx, 132);
     a.work_bytes = dsi_cuda_attn_work_bytes(n_seqs, nh, hd, a.n_splits);
     a.work = dmalloc(a.work_bytes);
@@ -221,8 +264,14 @@ static void attn_case(int nh, int nkv, int hd, int bs, const int *ctx_len, const
     float *scores = malloc((size_t)max_ctx * 4), *ref = malloc((size_t)hd * 4);
     double worst = 0;
     for (int s = 0; s < n_seqs; s++) {
-        struct dsi_attn_args ra = {.n_heads = nh, .n_kv_heads = nkv, .head_dim = hd, .scale = 1.f / sqrtf((float)hd),
-                                   .block_size = bs, .kv_dtype = DSI_KV_BF16, .k = kc, .v = vc,
+        struct dsi_attn_args ra = {.n_heads = nh,
+                                   .n_kv_heads = nkv,
+                                   .head_dim = hd,
+                                   .scale = 1.f / sqrtf((float)hd),
+                                   .block_size = bs,
+                                   .kv_dtype = DSI_KV_BF16,
+                                   .k = kc,
+                                   .v = vc,
                                    .block_table = bt + sq[s].bt_off};
         for (int i = 0; i < n_q[s]; i++) {
             ra.n_ctx = sq[s].pos + i + 1;
@@ -260,8 +309,14 @@ TEST(cuda_attn_prefill_matches_cpu) {
 
 TEST(cuda_attn_rejects_bad_shapes) {
     NEED_GPU();
-    struct dsi_cuda_attn_args a = {.n_heads = 28, .n_kv_heads = 3, .head_dim = 128, .block_size = 16,
-                                   .q_stride = 28 * 128, .n_seqs = 1, .max_n_q = 1, .n_splits = 1};
+    struct dsi_cuda_attn_args a = {.n_heads = 28,
+                                   .n_kv_heads = 3,
+                                   .head_dim = 128,
+                                   .block_size = 16,
+                                   .q_stride = 28 * 128,
+                                   .n_seqs = 1,
+                                   .max_n_q = 1,
+                                   .n_splits = 1};
     CHECK_EQ_INT(dsi_cuda_attn_decode(&a, 0), DSI_EINVAL); /* 28 % 3 */
     a.n_kv_heads = 2;
     CHECK_EQ_INT(dsi_cuda_attn_decode(&a, 0), DSI_EINVAL); /* group 14 > 8 */
@@ -274,7 +329,8 @@ TEST(cuda_kv_store_writes_slots) {
     NEED_GPU();
     int T = 3, kv = 64, stride = 3 * kv, slots = 10;
     float *src = malloc((size_t)T * stride * 4);
-    for (int i = 0; i < T * stride; i++) src[i] = frand();
+    for (int i = 0; i < T * stride; i++)
+        src[i] = frand();
     int32_t sl[3] = {7, 0, 9};
     float *ds = dmalloc((size_t)T * stride * 4);
     uint16_t *dk = dmalloc((size_t)slots * kv * 2), *dv = dmalloc((size_t)slots * kv * 2);
@@ -309,11 +365,13 @@ static void gemm_case(int m, int n, int k, int with_bias) {
         xb[i] = dsi_f32_to_bf16(frand());
         x[i] = bf(xb[i]);
     }
-    for (int i = 0; i < n; i++) bias[i] = frand();
+    for (int i = 0; i < n; i++)
+        bias[i] = frand();
     int8_t *q = malloc(nk);
     float *sc = malloc((size_t)n * 4), *ref = malloc((size_t)m * n * 4), *y = malloc((size_t)m * n * 4);
     CHECK_EQ_INT(dsi_quantize_int8(wf, n, k, 0, q, sc), 0);
-    struct dsi_qweight qw = {.dtype = DSI_W_INT8, .rows = n, .cols = k, .group_size = 0, .data = q, .scales = sc};
+    struct dsi_qweight qw = {
+        .dtype = DSI_W_INT8, .rows = n, .cols = k, .group_size = 0, .data = q, .scales = sc};
     dsi_matmul(&qw, x, m, with_bias ? bias : NULL, ref, n, 0, n);
 
     uint16_t *dw = dmalloc(nk * 2), *dx = dmalloc((size_t)m * k * 2);
@@ -322,7 +380,8 @@ static void gemm_case(int m, int n, int k, int with_bias) {
     up(dw, wb, nk * 2), up(dx, xb, (size_t)m * k * 2), up(db, bias, (size_t)n * 4);
     CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
     /* with the split-K workspace (small n) and without */
-    struct dsi_cuda_gemm_ws ws = {.partial_bytes = dsi_cuda_gemm_ws_bytes(n), .n_counters = (n + 15) / 16, .n_sm = 132};
+    struct dsi_cuda_gemm_ws ws = {
+        .partial_bytes = dsi_cuda_gemm_ws_bytes(n), .n_counters = (n + 15) / 16, .n_sm = 132};
     ws.partial = dmalloc(ws.partial_bytes);
     ws.counters = dmalloc((size_t)ws.n_counters * 4);
     cudaMemset(ws.counters, 0, (size_t)ws.n_counters * 4);
@@ -337,12 +396,14 @@ static void gemm_case(int m, int n, int k, int with_bias) {
     unsigned *cnt = malloc((size_t)ws.n_counters * 4);
     down(cnt, ws.counters, (size_t)ws.n_counters * 4);
     int cnt_bad = 0;
-    for (int i = 0; i < ws.n_counters; i++) cnt_bad += cnt[i] != 0;
+    for (int i = 0; i < ws.n_counters; i++)
+        cnt_bad += cnt[i] != 0;
     CHECK_EQ_INT(cnt_bad, 0);
     free(cnt);
     /* every code variant gives the same numbers */
     for (int var = 0; var < 8; var++) {
-        CHECK_EQ_INT(dsi_cuda_gemm_int8_variant(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, &ws, var, 0), 0);
+        CHECK_EQ_INT(dsi_cuda_gemm_int8_variant(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, &ws, var, 0),
+                     0);
         float *yv = malloc((size_t)m * n * 4);
         down(yv, dy, (size_t)m * n * 4);
         double wv = 0;
@@ -361,7 +422,8 @@ static void gemm_case(int m, int n, int k, int with_bias) {
     float *gsc = malloc((size_t)n * 4);
     down(gsc, dsc, (size_t)n * 4);
     int sc_bad = 0;
-    for (int i = 0; i < n; i++) sc_bad += fabsf(gsc[i] - sc[i]) > 1e-7f * fabsf(sc[i]);
+    for (int i = 0; i < n; i++)
+        sc_bad += fabsf(gsc[i] - sc[i]) > 1e-7f * fabsf(sc[i]);
     CHECK_EQ_INT(sc_bad, 0);
     double worst = 0;
     for (int i = 0; i < m * n; i++) {
@@ -376,15 +438,18 @@ static void gemm_case(int m, int n, int k, int with_bias) {
     CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, NULL, n, k, 0), 0);
     down(deq, dd, nk * 2);
     int bad = 0;
-    for (size_t i = 0; i < nk; i++) bad += bf(deq[i]) != (float)q[i];
+    for (size_t i = 0; i < nk; i++)
+        bad += bf(deq[i]) != (float)q[i];
     CHECK_EQ_INT(bad, 0);
     CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, dsc, n, k, 0), 0); /* scaled: the int8 embedding table */
     down(deq, dd, nk * 2);
     bad = 0;
-    for (size_t i = 0; i < nk; i++) bad += deq[i] != dsi_f32_to_bf16((float)q[i] * sc[i / k]);
+    for (size_t i = 0; i < nk; i++)
+        bad += deq[i] != dsi_f32_to_bf16((float)q[i] * sc[i / k]);
     CHECK_EQ_INT(bad, 0);
     cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(db), cudaFree(dd);
-    free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(gsc), free(deq);
+    free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(gsc),
+        free(deq);
 }
 
 TEST(cuda_gemm_int8_matches_cpu) {
@@ -393,9 +458,9 @@ TEST(cuda_gemm_int8_matches_cpu) {
     gemm_case(1, 3584, 18944, 0); /* the 7B down projection: split-K */
     gemm_case(5, 4608, 3584, 1);
     gemm_case(3, 4608, 256, 0);
-    gemm_case(16, 200, 96, 1);   /* n not a multiple of 16 */
-    gemm_case(40, 64, 72, 0);    /* k not a multiple of 32 */
-    gemm_case(130, 96, 128, 1);  /* > 64 rows: two passes */
+    gemm_case(16, 200, 96, 1);  /* n not a multiple of 16 */
+    gemm_case(40, 64, 72, 0);   /* k not a multiple of 32 */
+    gemm_case(130, 96, 128, 1); /* > 64 rows: two passes */
 }
 
 TEST(cuda_gemm_int8_rejects_bad_shapes) {
@@ -409,12 +474,13 @@ TEST(cuda_sample_greedy_and_topk) {
     NEED_GPU();
     int rows = 4, V = 152064;
     float *lg = malloc((size_t)rows * V * 4);
-    for (int i = 0; i < rows * V; i++) lg[i] = 4.f * frand();
+    for (int i = 0; i < rows * V; i++)
+        lg[i] = 4.f * frand();
     lg[0 * V + 151000] = 50.f;
     lg[1 * V + 7] = 50.f, lg[1 * V + 9] = 50.f; /* tie: lowest id */
     lg[2 * V + 123] = 30.f;
-    struct dsi_cuda_sample_params p[4] = {{0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}, {1.f, 1, 1.f, 0.99f},
-                                          {0.7f, 5, 0.9f, 0.3f}};
+    struct dsi_cuda_sample_params p[4] = {
+        {0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}, {1.f, 1, 1.f, 0.99f}, {0.7f, 5, 0.9f, 0.3f}};
     float *dl = dmalloc((size_t)rows * V * 4);
     struct dsi_cuda_sample_params *dp = dmalloc(sizeof p);
     int32_t *di = dmalloc(rows * 4), ids[4];
@@ -426,12 +492,14 @@ TEST(cuda_sample_greedy_and_topk) {
     CHECK_EQ_INT(ids[2], 123);
     /* row 3: the pick must be one of the 5 largest */
     int above = 0;
-    for (int i = 0; i < V; i++) above += lg[3 * V + i] > lg[3 * V + ids[3]];
+    for (int i = 0; i < V; i++)
+        above += lg[3 * V + i] > lg[3 * V + ids[3]];
     CHECK(ids[3] >= 0 && ids[3] < V && above < 5);
     /* distribution: two tokens with logits a, b; frequency of a follows softmax */
     int V2 = 64, n = 2000, hits = 0;
     float *l2 = malloc((size_t)V2 * 4);
-    for (int i = 0; i < V2; i++) l2[i] = -30.f;
+    for (int i = 0; i < V2; i++)
+        l2[i] = -30.f;
     l2[10] = 1.f, l2[20] = 0.f;
     struct dsi_cuda_sample_params *pp = malloc((size_t)n * sizeof *pp);
     float *big = malloc((size_t)n * V2 * 4);
@@ -445,16 +513,19 @@ TEST(cuda_sample_greedy_and_topk) {
     up(dbig, big, (size_t)n * V2 * 4), up(dpp, pp, (size_t)n * sizeof *pp);
     CHECK_EQ_INT(dsi_cuda_sample(dids, dbig, dpp, n, V2, 0), 0);
     down(hid, dids, (size_t)n * 4);
-    for (int r = 0; r < n; r++) hits += hid[r] == 10;
+    for (int r = 0; r < n; r++)
+        hits += hid[r] == 10;
     double expect = 1.0 / (1.0 + exp(-1.0)); /* 0.731 */
     CHECK_NEAR((double)hits / n, expect, 0.01);
     /* top_p 0.5 keeps only token 10 */
-    for (int r = 0; r < n; r++) pp[r].top_p = 0.5f;
+    for (int r = 0; r < n; r++)
+        pp[r].top_p = 0.5f;
     up(dpp, pp, (size_t)n * sizeof *pp);
     CHECK_EQ_INT(dsi_cuda_sample(dids, dbig, dpp, n, V2, 0), 0);
     down(hid, dids, (size_t)n * 4);
     hits = 0;
-    for (int r = 0; r < n; r++) hits += hid[r] == 10;
+    for (int r = 0; r < n; r++)
+        hits += hid[r] == 10;
     CHECK_EQ_INT(hits, n);
     cudaFree(dl), cudaFree(dp), cudaFree(di), cudaFree(dbig), cudaFree(dpp), cudaFree(dids);
     free(lg), free(l2), free(pp), free(big), free(hid);

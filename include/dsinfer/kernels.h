@@ -43,13 +43,13 @@ int dsi__cublas_check(int status, const char *stmt, const char *func, const char
 
 /* out[i][:] = float(table[ids[i]][:]); ids outside [0, vocab) give zero rows
  * (the host validates ids first; this only keeps the kernel memory safe). */
-int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim,
-                   int vocab, cudaStream_t s);
+int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim, int vocab,
+                   cudaStream_t s);
 
 /* x[r] += delta[r] (delta may be NULL); out[r] = bf16(x[r] * rsqrt(mean(x[r]^2)+eps) * w).
  * x, delta: (rows, dim) fp32; w: (dim) fp32; out: (rows, dim) bf16. */
-int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
-                         int dim, float eps, cudaStream_t s);
+int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows, int dim,
+                         float eps, cudaStream_t s);
 
 /* Rotate-half RoPE (HF layout: pairs (i, i + hd/2)) in place over the first
  * n_rot_heads heads of each row of qk (row stride `stride` floats); token t has
@@ -70,8 +70,7 @@ int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, in
 int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, cudaStream_t s);
 
 /* y[r][n] = y[r][n] * (scale ? scale[n] : 1) + (bias ? bias[n] : 0); y: (rows, n). */
-int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n,
-                        cudaStream_t s);
+int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n, cudaStream_t s);
 
 /* dst[i][:] = src[rows[i]][:], bf16 rows of `dim`. */
 int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const int32_t *rows, int n_rows, int dim,
@@ -83,30 +82,30 @@ int dsi_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n, cudaStream_t
 
 /* ---- attention over the paged KV cache (kernels/attention.cu) ---- */
 
-struct dsi_cuda_attn_seq {   /* device array, one per sequence of the step */
-    int q_row;               /* first row of this sequence in q/out */
-    int n_q;                 /* new tokens (queries) */
-    int pos;                 /* position of the first query */
-    int bt_off;              /* offset of its block table in block_tables */
+struct dsi_cuda_attn_seq { /* device array, one per sequence of the step */
+    int q_row;             /* first row of this sequence in q/out */
+    int n_q;               /* new tokens (queries) */
+    int pos;               /* position of the first query */
+    int bt_off;            /* offset of its block table in block_tables */
 };
 
 struct dsi_cuda_attn_args {
-    const float *q;          /* head h of row r at q[r*q_stride + h*head_dim] */
+    const float *q; /* head h of row r at q[r*q_stride + h*head_dim] */
     int q_stride;
-    const uint16_t *k_cache, *v_cache; /* one layer; (slots, n_kv_heads*head_dim) bf16 */
-    uint16_t *out;           /* (rows, n_heads*head_dim) bf16 */
+    const uint16_t *k_cache, *v_cache;    /* one layer; (slots, n_kv_heads*head_dim) bf16 */
+    uint16_t *out;                        /* (rows, n_heads*head_dim) bf16 */
     const struct dsi_cuda_attn_seq *seqs; /* device */
     int n_seqs;
     const int32_t *block_tables; /* device, flattened */
     int block_size;
     int n_heads, n_kv_heads, head_dim; /* head_dim % 16 == 0, <= 256; n_heads/n_kv_heads <= 8 */
-    float scale;             /* 1/sqrt(head_dim) */
-    int max_ctx;             /* max over seqs of pos + n_q */
-    int max_n_q;             /* max over seqs of n_q */
-    int n_splits;            /* decode: from dsi_cuda_attn_decode_splits */
-    float *work;             /* decode partials, dsi_cuda_attn_work_bytes */
+    float scale;                       /* 1/sqrt(head_dim) */
+    int max_ctx;                       /* max over seqs of pos + n_q */
+    int max_n_q;                       /* max over seqs of n_q */
+    int n_splits;                      /* decode: from dsi_cuda_attn_decode_splits */
+    float *work;                       /* decode partials, dsi_cuda_attn_work_bytes */
     size_t work_bytes;
-    int long_q;              /* prefill skips sequences dsi_cuda_attn_is_long() picks (0: none) */
+    int long_q; /* prefill skips sequences dsi_cuda_attn_is_long() picks (0: none) */
     int long_ctx;
 };
 
@@ -115,7 +114,8 @@ struct dsi_cuda_attn_args {
 #ifdef __CUDACC__
 __host__ __device__
 #endif
-static inline int dsi_cuda_attn_is_long(int n_q, int pos, int long_q, int long_ctx) {
+    static inline int
+    dsi_cuda_attn_is_long(int n_q, int pos, int long_q, int long_ctx) {
     return long_q > 0 && n_q >= long_q && pos <= long_ctx - n_q;
 }
 
@@ -157,18 +157,17 @@ int dsi_cuda_dequant_int8(uint16_t *dst, const int8_t *q, const float *scale, in
 #define DSI_Q8_MAX_SPLIT 8
 struct dsi_cuda_gemm_ws {
     float *partial;
-    size_t partial_bytes;    /* dsi_cuda_gemm_ws_bytes(max n) */
+    size_t partial_bytes; /* dsi_cuda_gemm_ws_bytes(max n) */
     unsigned *counters;
-    int n_counters;          /* >= (max n + 15) / 16 */
-    int n_sm;                /* multiprocessors of the device */
+    int n_counters; /* >= (max n + 15) / 16 */
+    int n_sm;       /* multiprocessors of the device */
 };
 size_t dsi_cuda_gemm_ws_bytes(int max_n);
 /* y (m, n) fp32 = x (m, k) bf16 @ W^T * scale + bias (bias may be NULL).
  * Tensor cores (mma.sync bf16), weights read once per 64 rows of x. ws may be
  * NULL (no split-K: slower for matrices of few rows). */
-int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
-                       const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
-                       cudaStream_t s);
+int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
+                       int m, int n, int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s);
 /* The same with a code variant (benchmarks and tests): bit 0 software-pipelined
  * loads, bit 1 weight loads bypassing L1, bit 2 split-K sized for whole waves of
  * resident blocks. All give the same results up to fp32 summation order. */
@@ -193,14 +192,13 @@ int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sam
 
 /* Same as dsi_cuda_backend_create but with pseudo-random weights of m->cfg's
  * shape made on the GPU (m->st may be empty): speed benchmarks of real shapes. */
-int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_backend_opts *o,
-                                   uint64_t seed, struct dsi_backend **out, char **err);
+int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_backend_opts *o, uint64_t seed,
+                                   struct dsi_backend **out, char **err);
 /* forward() + sampling on the GPU: only ids (one per want_logits row, batch
  * order) cross to the host. params: host array, one per want_logits row.
  * Proposed as an optional `sample` op of backend.h. */
 int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
-                                    const struct dsi_cuda_sample_params *params, int32_t *ids,
-                                    char **err);
+                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err);
 /* Synchronizes the backend's stream (benchmarks). */
 int dsi_cuda_backend_sync(struct dsi_backend *be);
 

@@ -109,16 +109,20 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
         c->long_q = 16;
         c->long_ctx = (int)lctx;
     }
-    c->attn_work_bytes = dsi_cuda_attn_work_bytes(c->max_seqs, cfg->n_heads, cfg->head_dim, DSI__CUDA_MAX_SPLITS);
-    if ((rc = dsi__cuda_alloc(c, (void **)&c->attn_work, c->attn_work_bytes, "attention partials", err))) return rc;
+    c->attn_work_bytes =
+        dsi_cuda_attn_work_bytes(c->max_seqs, cfg->n_heads, cfg->head_dim, DSI__CUDA_MAX_SPLITS);
+    if ((rc = dsi__cuda_alloc(c, (void **)&c->attn_work, c->attn_work_bytes, "attention partials", err)))
+        return rc;
     if (c->int8) { /* split-K runs only for matrices of < 4 row tiles per SM */
         c->gemm_ws.n_sm = c->n_sm;
         c->gemm_ws.n_counters = (int)((V + 15) / 16);
-        if (c->gemm_ws.n_counters < (int)((2 * I + 15) / 16)) c->gemm_ws.n_counters = (int)((2 * I + 15) / 16);
+        if (c->gemm_ws.n_counters < (int)((2 * I + 15) / 16))
+            c->gemm_ws.n_counters = (int)((2 * I + 15) / 16);
         c->gemm_ws.partial_bytes = dsi_cuda_gemm_ws_bytes(16 * 4 * c->n_sm);
-        if ((rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.partial, c->gemm_ws.partial_bytes, "matmul partials", err)) ||
-            (rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.counters, (size_t)c->gemm_ws.n_counters * 4, "matmul counters",
-                                  err)))
+        if ((rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.partial, c->gemm_ws.partial_bytes,
+                                  "matmul partials", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.counters, (size_t)c->gemm_ws.n_counters * 4,
+                                  "matmul counters", err)))
             return rc;
         if (DSI_CUDA_CHECK(cudaMemset(c->gemm_ws.counters, 0, (size_t)c->gemm_ws.n_counters * 4)))
             return dsi_seterr(err, DSI_ECUDA, "cuda: clearing matmul counters failed");
@@ -147,15 +151,17 @@ static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
     size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim, bs = (size_t)c->base.kv_block_size;
     size_t per_block = (size_t)cfg->n_layers * 2 * bs * kv_dim * 2;
     size_t free_b = 0, total_b = 0;
-    if (DSI_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b))) return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
+    if (DSI_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b)))
+        return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
     size_t want = (size_t)((double)free_b * fraction);
     size_t n_blocks = want / per_block;
     if (n_blocks > (size_t)INT32_MAX / bs) n_blocks = (size_t)INT32_MAX / bs;
     if (n_blocks < 1)
-        return dsi_seterr(err, DSI_ENOMEM,
-                          "CUDA out of memory: no room for the KV cache (%.1f MiB free after weights, one block "
-                          "needs %.2f MiB); raise kv_gpu_fraction or use int8 weights",
-                          free_b / 1048576.0, per_block / 1048576.0);
+        return dsi_seterr(
+            err, DSI_ENOMEM,
+            "CUDA out of memory: no room for the KV cache (%.1f MiB free after weights, one block "
+            "needs %.2f MiB); raise kv_gpu_fraction or use int8 weights",
+            free_b / 1048576.0, per_block / 1048576.0);
     int rc = dsi__cuda_alloc(c, (void **)&c->kv, n_blocks * per_block, "KV cache", err);
     if (rc) return rc;
     c->base.n_kv_blocks = (int)n_blocks;
@@ -172,7 +178,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     cudaError_t e = cudaGetDeviceCount(&n_dev);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s); use --backend cpu", cudaGetErrorString(e));
+        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s); use --backend cpu",
+                          cudaGetErrorString(e));
     }
     if (n_dev == 0 || o->device < 0 || o->device >= n_dev)
         return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
@@ -200,7 +207,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->use_graphs = !(graphs_env && !strcmp(graphs_env, "0"));
     const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
     c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
-                                                                                    : DSI_Q8_DEFAULT_VARIANT;
+                                                                                     : DSI_Q8_DEFAULT_VARIANT;
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
     if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;
@@ -210,7 +217,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     float fraction = o->kv_gpu_fraction > 0.f && o->kv_gpu_fraction <= 0.98f ? o->kv_gpu_fraction : 0.9f;
 
     struct cudaDeviceProp prop;
-    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) || DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, c->device))) {
+    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) ||
+        DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, c->device))) {
         rc = dsi_seterr(err, DSI_ENODEV, "cuda: cannot use device %d", c->device);
         goto fail;
     }
@@ -240,8 +248,10 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         goto fail;
     }
     rc = dsi_cuda_rope_inv_freq(&m->cfg, inv, err);
-    if (!rc) rc = dsi__cuda_alloc(c, (void **)&c->inv_freq, (size_t)m->cfg.head_dim / 2 * 4, "rope table", err);
-    if (!rc && DSI_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, (size_t)m->cfg.head_dim / 2 * 4, cudaMemcpyHostToDevice)))
+    if (!rc)
+        rc = dsi__cuda_alloc(c, (void **)&c->inv_freq, (size_t)m->cfg.head_dim / 2 * 4, "rope table", err);
+    if (!rc &&
+        DSI_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, (size_t)m->cfg.head_dim / 2 * 4, cudaMemcpyHostToDevice)))
         rc = dsi_seterr(err, DSI_ECUDA, "cuda: rope table upload failed");
     free(inv);
     if (rc) goto fail;
@@ -253,11 +263,13 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
     if ((rc = alloc_buffers(c, err))) goto fail;
     if ((rc = alloc_kv(c, fraction, err))) goto fail;
-    dsi_log(DSI_LOG_INFO, "cuda",
-            "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
-            prop.name, c->int8 ? "int8" : "bf16", c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks,
-            c->base.kv_block_size, (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
-            c->max_tokens, c->max_seqs);
+    dsi_log(
+        DSI_LOG_INFO, "cuda",
+        "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
+        prop.name, c->int8 ? "int8" : "bf16", c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks,
+        c->base.kv_block_size,
+        (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
+        c->max_tokens, c->max_seqs);
     *out = &c->base;
     return 0;
 fail:
@@ -265,8 +277,8 @@ fail:
     return rc;
 }
 
-int dsi_cuda_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o, struct dsi_backend **out,
-                            char **err) {
+int dsi_cuda_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                            struct dsi_backend **out, char **err) {
     return create(m, o, false, 0, out, err);
 }
 
@@ -275,7 +287,9 @@ int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_b
     return create(m, o, true, seed, out, err);
 }
 
-static struct dsi__cuda *impl(struct dsi_backend *be) { return (struct dsi__cuda *)be->impl; }
+static struct dsi__cuda *impl(struct dsi_backend *be) {
+    return (struct dsi__cuda *)be->impl;
+}
 
 static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
     struct dsi__cuda *c = impl(be);
@@ -295,16 +309,18 @@ static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float
 
 int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                                     const struct dsi_cuda_sample_params *params, int32_t *ids, char **err) {
-    if (!be || !b || !params || !ids) return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
+    if (!be || !b || !params || !ids)
+        return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
     struct dsi__cuda *c = impl(be);
     int rows = 0;
     int rc = dsi__cuda_step(c, b, &rows, err);
     if (rc || rows == 0) return rc;
     memcpy(c->sp_h, params, (size_t)rows * sizeof *params);
-    if (DSI_CUDA_CHECK(cudaMemcpyAsync(c->sp_d, c->sp_h, (size_t)rows * sizeof *params, cudaMemcpyHostToDevice,
-                                       c->stream)) ||
+    if (DSI_CUDA_CHECK(cudaMemcpyAsync(c->sp_d, c->sp_h, (size_t)rows * sizeof *params,
+                                       cudaMemcpyHostToDevice, c->stream)) ||
         dsi_cuda_sample(c->ids_d, c->logits, c->sp_d, rows, c->cfg.vocab_size, c->stream) ||
-        DSI_CUDA_CHECK(cudaMemcpyAsync(c->ids_h, c->ids_d, (size_t)rows * 4, cudaMemcpyDeviceToHost, c->stream)) ||
+        DSI_CUDA_CHECK(
+            cudaMemcpyAsync(c->ids_h, c->ids_d, (size_t)rows * 4, cudaMemcpyDeviceToHost, c->stream)) ||
         DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
         c->dead = true;
         return dsi_seterr(err, DSI_ECUDA, "cuda: sampling on the GPU failed");
@@ -322,8 +338,10 @@ static void cuda_destroy(struct dsi_backend *be) {
     if (!be) return;
     struct dsi__cuda *c = impl(be);
     if (c->stream) cudaStreamSynchronize(c->stream);
-    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graphs[i].exec);
-    for (size_t i = 0; i < c->n_allocs; i++) cudaFree(c->allocs[i]);
+    for (int i = 0; i < c->n_graphs; i++)
+        cudaGraphExecDestroy(c->graphs[i].exec);
+    for (size_t i = 0; i < c->n_allocs; i++)
+        cudaFree(c->allocs[i]);
     free(c->allocs);
     if (c->meta_h) cudaFreeHost(c->meta_h);
     if (c->sp_h) cudaFreeHost(c->sp_h);

@@ -30,17 +30,17 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
     if (m <= 0) return 0;
     const float one = 1.f, zero = 0.f;
     if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
-        return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, c->q8_variant,
-                                          c->stream);
+        return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
+                                          c->q8_variant, c->stream);
     const uint16_t *wt = w->w;
     if (c->int8) {
         int rc = dsi_cuda_dequant_int8(c->deq, w->q, NULL, w->n, w->k, c->stream);
         if (rc) return rc;
         wt = c->deq;
     }
-    int rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one, wt, CUDA_R_16BF,
-                                           w->k, x, CUDA_R_16BF, w->k, &zero, y, CUDA_R_32F, w->n,
-                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    int rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one, wt,
+                                           CUDA_R_16BF, w->k, x, CUDA_R_16BF, w->k, &zero, y, CUDA_R_32F,
+                                           w->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (rc) return rc;
     return dsi_cuda_scale_bias(y, c->int8 ? w->scale : NULL, w->bias, m, w->n, c->stream);
 }
@@ -50,7 +50,8 @@ static int pack(struct dsi__cuda *c, const struct dsi_batch *b, int *n_tok, int 
                 int *max_n_q, int *n_bt, char **err) {
     const int T = c->max_tokens, S = c->max_seqs, bs = c->base.kv_block_size, V = c->cfg.vocab_size;
     if (!b || b->n_seqs <= 0 || b->n_seqs > S || !b->seqs)
-        return dsi_seterr(err, DSI_EINVAL, "cuda: batch of %d sequences (1..%d allowed)", b ? b->n_seqs : 0, S);
+        return dsi_seterr(err, DSI_EINVAL, "cuda: batch of %d sequences (1..%d allowed)", b ? b->n_seqs : 0,
+                          S);
     int32_t *tok = c->meta_h, *pos = tok + T, *slot = pos + T, *seqs = slot + T, *lrows = seqs + 4 * S;
     int32_t *bt = lrows + S;
     int t = 0, r = 0, nbt = 0;
@@ -65,7 +66,8 @@ static int pack(struct dsi__cuda *c, const struct dsi_batch *b, int *n_tok, int 
             return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: block table too short for position %d", i,
                               s->pos + s->n_tokens);
         int need = (s->pos + s->n_tokens + bs - 1) / bs; /* blocks actually read */
-        if (need > c->bt_cap - nbt) return dsi_seterr(err, DSI_EINVAL, "cuda: block tables exceed the step limit");
+        if (need > c->bt_cap - nbt)
+            return dsi_seterr(err, DSI_EINVAL, "cuda: block tables exceed the step limit");
         for (int j = 0; j < need; j++) {
             int blk = s->block_table[j];
             if (blk < 0 || blk >= c->base.n_kv_blocks)
@@ -78,7 +80,8 @@ static int pack(struct dsi__cuda *c, const struct dsi_batch *b, int *n_tok, int 
         seqs[4 * i + 3] = nbt;
         for (int j = 0; j < s->n_tokens; j++) {
             int id = s->tokens[j], p = s->pos + j;
-            if (id < 0 || id >= V) return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: token id %d out of range", i, id);
+            if (id < 0 || id >= V)
+                return dsi_seterr(err, DSI_EINVAL, "cuda: seq %d: token id %d out of range", i, id);
             tok[t + j] = id;
             pos[t + j] = p;
             slot[t + j] = s->block_table[p / bs] * bs + p % bs;
@@ -100,41 +103,42 @@ static int pack(struct dsi__cuda *c, const struct dsi_batch *b, int *n_tok, int 
  * GQA group is the batch: K/V stride 0), a causal softmax in between. */
 static int long_prefill(struct dsi__cuda *c, const struct dsi_cuda_attn_args *a) {
     const int nh = a->n_heads, nkv = a->n_kv_heads, hd = a->head_dim, g = nh / nkv;
-    const int32_t *seqs = c->meta_h + 3 * (size_t)c->max_tokens, *bt_d = c->meta_d + 3 * (size_t)c->max_tokens + 5 * (size_t)c->max_seqs;
+    const int32_t *seqs = c->meta_h + 3 * (size_t)c->max_tokens,
+                  *bt_d = c->meta_d + 3 * (size_t)c->max_tokens + 5 * (size_t)c->max_seqs;
     const float one = 1.f, zero = 0.f;
     int rc;
     for (int i = 0; i < a->n_seqs; i++) {
         int q_row = seqs[4 * i], n_q = seqs[4 * i + 1], pos = seqs[4 * i + 2], bt_off = seqs[4 * i + 3];
         if (!dsi_cuda_attn_is_long(n_q, pos, c->long_q, c->long_ctx)) continue;
         int ctx = pos + n_q;
-        if ((rc = dsi_cuda_kv_gather(c->lp_k, c->lp_v, a->k_cache, a->v_cache, bt_d + bt_off, a->block_size, ctx, nkv,
-                                     hd, c->stream)) ||
-            (rc = dsi_cuda_q_pack(c->lp_q, a->q + (size_t)q_row * a->q_stride, a->q_stride, n_q, nh, hd, a->scale,
-                                  c->stream)))
+        if ((rc = dsi_cuda_kv_gather(c->lp_k, c->lp_v, a->k_cache, a->v_cache, bt_d + bt_off, a->block_size,
+                                     ctx, nkv, hd, c->stream)) ||
+            (rc = dsi_cuda_q_pack(c->lp_q, a->q + (size_t)q_row * a->q_stride, a->q_stride, n_q, nh, hd,
+                                  a->scale, c->stream)))
             return rc;
         for (int kvh = 0; kvh < nkv; kvh++) {
             rc = DSI_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-                c->blas, CUBLAS_OP_T, CUBLAS_OP_N, ctx, n_q, hd, &one, c->lp_k + (size_t)kvh * ctx * hd, CUDA_R_16BF,
-                hd, 0, c->lp_q + (size_t)kvh * g * n_q * hd, CUDA_R_16BF, hd, (long long)n_q * hd, &zero,
-                c->lp_s + (size_t)kvh * g * n_q * ctx, CUDA_R_32F, ctx, (long long)n_q * ctx, g, CUBLAS_COMPUTE_32F,
-                CUBLAS_GEMM_DEFAULT));
+                c->blas, CUBLAS_OP_T, CUBLAS_OP_N, ctx, n_q, hd, &one, c->lp_k + (size_t)kvh * ctx * hd,
+                CUDA_R_16BF, hd, 0, c->lp_q + (size_t)kvh * g * n_q * hd, CUDA_R_16BF, hd,
+                (long long)n_q * hd, &zero, c->lp_s + (size_t)kvh * g * n_q * ctx, CUDA_R_32F, ctx,
+                (long long)n_q * ctx, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             if (rc) return rc;
         }
         if ((rc = dsi_cuda_causal_softmax(c->lp_p, c->lp_s, nh, n_q, ctx, pos, c->stream))) return rc;
         for (int kvh = 0; kvh < nkv; kvh++) {
             rc = DSI_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, n_q, ctx, &one, c->lp_v + (size_t)kvh * ctx * hd, CUDA_R_16BF,
-                hd, 0, c->lp_p + (size_t)kvh * g * n_q * ctx, CUDA_R_16BF, ctx, (long long)n_q * ctx, &zero,
-                a->out + (size_t)q_row * nh * hd + (size_t)kvh * g * hd, CUDA_R_16BF, nh * hd, hd, g,
-                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                c->blas, CUBLAS_OP_N, CUBLAS_OP_N, hd, n_q, ctx, &one, c->lp_v + (size_t)kvh * ctx * hd,
+                CUDA_R_16BF, hd, 0, c->lp_p + (size_t)kvh * g * n_q * ctx, CUDA_R_16BF, ctx,
+                (long long)n_q * ctx, &zero, a->out + (size_t)q_row * nh * hd + (size_t)kvh * g * hd,
+                CUDA_R_16BF, nh * hd, hd, g, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
             if (rc) return rc;
         }
     }
     return 0;
 }
 
-static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto, const int32_t *pos_d,
-                 const int32_t *slot_d) {
+static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto,
+                 const int32_t *pos_d, const int32_t *slot_d) {
     const struct dsi_model_config *cfg = &c->cfg;
     const struct dsi__cu_layer *ly = &c->layers[il];
     const int H = cfg->hidden_size, hd = cfg->head_dim, nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
@@ -143,9 +147,11 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     int rc;
     uint16_t *kc = c->kv + (size_t)il * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
     /* the residual add of the previous layer's MLP is fused here */
-    if ((rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;
+    if ((rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s)))
+        return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
-    if ((rc = dsi_cuda_rope(c->qkv, stride, T, cfg->n_heads + cfg->n_kv_heads, hd, pos_d, c->inv_freq, s))) return rc;
+    if ((rc = dsi_cuda_rope(c->qkv, stride, T, cfg->n_heads + cfg->n_kv_heads, hd, pos_d, c->inv_freq, s)))
+        return rc;
     if ((rc = dsi_cuda_kv_store(kc, vc, c->qkv, stride, nq, nq + nk, slot_d, T, nk, s))) return rc;
     struct dsi_cuda_attn_args a = *proto;
     a.q = c->qkv;
@@ -169,12 +175,13 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
     const int Tc = c->max_tokens, S = c->max_seqs;
     int32_t *tok_d = c->meta_d, *pos_d = tok_d + Tc, *slot_d = pos_d + Tc, *lrows_d = slot_d + Tc + 4 * S;
     int rc;
-    if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream))) return rc;
+    if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream)))
+        return rc;
     for (int il = 0; il < cfg->n_layers; il++)
         if ((rc = layer(c, il, T, proto, pos_d, slot_d))) return rc;
     if (R == 0) return 0;
-    if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T, cfg->hidden_size, cfg->rms_norm_eps,
-                                   c->stream)) ||
+    if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T, cfg->hidden_size,
+                                   cfg->rms_norm_eps, c->stream)) ||
         (rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream)))
         return rc;
     return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
@@ -237,14 +244,16 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
         .scale = 1.f / sqrtf((float)cfg->head_dim),
         .max_ctx = max_ctx,
         .max_n_q = max_n_q,
-        .n_splits = dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, graph ? (1 << 30) : max_ctx, c->n_sm),
+        .n_splits =
+            dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, graph ? (1 << 30) : max_ctx, c->n_sm),
         .work = c->attn_work,
         .work_bytes = c->attn_work_bytes,
         .long_q = c->long_q,
         .long_ctx = c->long_ctx,
     };
     if (proto.n_splits > DSI__CUDA_MAX_SPLITS) proto.n_splits = DSI__CUDA_MAX_SPLITS;
-    if ((rc = DSI_CUDA_CHECK(cudaMemcpyAsync(c->meta_d, c->meta_h, ints * 4, cudaMemcpyHostToDevice, c->stream))))
+    if ((rc = DSI_CUDA_CHECK(
+             cudaMemcpyAsync(c->meta_d, c->meta_h, ints * 4, cudaMemcpyHostToDevice, c->stream))))
         goto fail;
     if ((rc = graph ? run_decode_graph(c, T, R, &proto) : run_model(c, T, R, &proto))) goto fail;
     /* the pinned metadata is rewritten by the next step: wait for the copy */

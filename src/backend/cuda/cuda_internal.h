@@ -25,19 +25,19 @@
 #define DSI__CUDA_MAX_SPLITS 64
 
 struct dsi__cu_matrix {
-    int n, k;          /* out, in features */
-    int8_t *q;         /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
-    float *scale;      /* int8: (n) */
-    uint16_t *w;       /* bf16: (n, k) row-major */
-    float *bias;       /* (n) or NULL */
+    int n, k;     /* out, in features */
+    int8_t *q;    /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
+    float *scale; /* int8: (n) */
+    uint16_t *w;  /* bf16: (n, k) row-major */
+    float *bias;  /* (n) or NULL */
 };
 
 struct dsi__cu_layer {
-    float *ln1, *ln2;                /* (hidden) */
-    struct dsi__cu_matrix qkv;       /* ((nh + 2 nkv) hd, hidden), rows q | k | v */
-    struct dsi__cu_matrix o;         /* (hidden, nh hd) */
-    struct dsi__cu_matrix gate_up;   /* (2 inter, hidden), rows gate | up */
-    struct dsi__cu_matrix down;      /* (hidden, inter) */
+    float *ln1, *ln2;              /* (hidden) */
+    struct dsi__cu_matrix qkv;     /* ((nh + 2 nkv) hd, hidden), rows q | k | v */
+    struct dsi__cu_matrix o;       /* (hidden, nh hd) */
+    struct dsi__cu_matrix gate_up; /* (2 inter, hidden), rows gate | up */
+    struct dsi__cu_matrix down;    /* (hidden, inter) */
 };
 
 /* A captured decode step (every sequence brings one token) for one batch shape. */
@@ -55,37 +55,37 @@ struct dsi__cuda {
     cudaStream_t stream;
     cublasHandle_t blas;
 
-    void **allocs;                   /* every cudaMalloc, freed by destroy */
+    void **allocs; /* every cudaMalloc, freed by destroy */
     size_t n_allocs, cap_allocs;
 
-    uint16_t *embed;                 /* (vocab, hidden) bf16 */
-    struct dsi__cu_layer *layers;    /* (n_layers), host array of device pointers */
-    float *final_norm;               /* (hidden) */
-    struct dsi__cu_matrix lm_head;   /* (vocab, hidden) */
-    float *inv_freq;                 /* (head_dim / 2) */
+    uint16_t *embed;               /* (vocab, hidden) bf16 */
+    struct dsi__cu_layer *layers;  /* (n_layers), host array of device pointers */
+    float *final_norm;             /* (hidden) */
+    struct dsi__cu_matrix lm_head; /* (vocab, hidden) */
+    float *inv_freq;               /* (head_dim / 2) */
 
-    uint16_t *kv;                    /* (n_layers, 2, slots, kv_dim) bf16 */
-    size_t kv_layer_elems;           /* slots * kv_dim */
+    uint16_t *kv;          /* (n_layers, 2, slots, kv_dim) bf16 */
+    size_t kv_layer_elems; /* slots * kv_dim */
 
     int max_tokens, max_seqs, bt_cap;
-    float *x, *delta, *qkv, *gu, *logits;    /* (T, hidden) (T, hidden) (T, qkv) (T, 2I) (S, vocab) */
-    uint16_t *xn, *attn, *act, *xsel;         /* (T, hidden) (T, nh hd) (T, I) (S, hidden) */
-    uint16_t *deq;                   /* bf16 scratch for large-batch int8 matmuls, or NULL */
-    struct dsi_cuda_gemm_ws gemm_ws; /* split-K partials + counters of the INT8 matmul */
+    float *x, *delta, *qkv, *gu, *logits; /* (T, hidden) (T, hidden) (T, qkv) (T, 2I) (S, vocab) */
+    uint16_t *xn, *attn, *act, *xsel;     /* (T, hidden) (T, nh hd) (T, I) (S, hidden) */
+    uint16_t *deq;                        /* bf16 scratch for large-batch int8 matmuls, or NULL */
+    struct dsi_cuda_gemm_ws gemm_ws;      /* split-K partials + counters of the INT8 matmul */
     /* long prefill through cuBLAS: sequences of >= long_q new tokens and a context
      * of <= long_ctx (0: path off) */
     int long_q, long_ctx;
     uint16_t *lp_q, *lp_k, *lp_v, *lp_p; /* (nh, T, hd) (nkv, ctx, hd) x2 (nh, n_q, ctx) bf16 */
-    float *lp_s;                          /* (nh, n_q, ctx) scores */
+    float *lp_s;                         /* (nh, n_q, ctx) scores */
     float *attn_work;
     size_t attn_work_bytes;
-    int32_t *meta_d, *meta_h;        /* step metadata (device, pinned host) */
+    int32_t *meta_d, *meta_h; /* step metadata (device, pinned host) */
     size_t meta_ints;
     struct dsi_cuda_sample_params *sp_d, *sp_h;
     int32_t *ids_d, *ids_h;
 
-    bool use_graphs;                 /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
-    int q8_variant;                  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
+    bool use_graphs; /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
+    int q8_variant;  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* oldest first */
     int n_graphs;
 };
@@ -96,7 +96,8 @@ int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *wha
 /* Frees one pointer from dsi__cuda_alloc (NULL: nothing). */
 void dsi__cuda_free(struct dsi__cuda *c, void *p);
 /* Uploads (or makes, when random) every weight. */
-int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed, char **err);
+int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed,
+                           char **err);
 /* One step; logits of want_logits rows stay on the device in c->logits. */
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err);
 /* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16. */

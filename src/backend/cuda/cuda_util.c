@@ -33,13 +33,16 @@ int dsi__cublas_check(int status, const char *stmt, const char *func, const char
  * dynamic NTK (attention factor or length-dependent base) are not wired here. */
 int dsi_cuda_rope_inv_freq(const struct dsi_model_config *cfg, float *inv_freq, char **err) {
     int hd = cfg->head_dim;
-    if (hd <= 0 || hd % 2) return dsi_seterr(err, DSI_EINVAL, "rope: head_dim %d must be even and positive", hd);
-    if (cfg->rope.type != DSI_ROPE_DEFAULT && cfg->rope.type != DSI_ROPE_LINEAR && cfg->rope.type != DSI_ROPE_LLAMA3)
+    if (hd <= 0 || hd % 2)
+        return dsi_seterr(err, DSI_EINVAL, "rope: head_dim %d must be even and positive", hd);
+    if (cfg->rope.type != DSI_ROPE_DEFAULT && cfg->rope.type != DSI_ROPE_LINEAR &&
+        cfg->rope.type != DSI_ROPE_LLAMA3)
         return dsi_seterr(err, DSI_EUNSUPPORTED, "rope: variant %d is not supported by the CUDA backend",
                           (int)cfg->rope.type);
     float attn = 1.f;
     int max_pos = cfg->max_position_embeddings > 0 ? cfg->max_position_embeddings : 4096;
     if (dsi_rope_inv_freq(&cfg->rope, cfg->rope_theta, hd, max_pos, 0, inv_freq, &attn) || attn != 1.f)
-        return dsi_seterr(err, DSI_EINVAL, "rope: bad scaling parameters for the %d variant", (int)cfg->rope.type);
+        return dsi_seterr(err, DSI_EINVAL, "rope: bad scaling parameters for the %d variant",
+                          (int)cfg->rope.type);
     return 0;
 }

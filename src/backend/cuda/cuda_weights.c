@@ -24,9 +24,9 @@ struct loader {
     const struct dsi_model *m;
     bool random;
     uint64_t seed, counter;
-    uint16_t *stage;    /* device bf16 staging, stage_elems */
+    uint16_t *stage; /* device bf16 staging, stage_elems */
     size_t stage_elems;
-    uint16_t *host;     /* host bf16 conversion buffer */
+    uint16_t *host; /* host bf16 conversion buffer */
     size_t host_elems;
 };
 
@@ -80,12 +80,13 @@ static float elem_f32(const struct dsi_tensor *t, size_t i) {
 }
 
 /* Finds `name` with shape (rows, cols) (cols 0: a vector of rows). */
-static int find(struct loader *L, const char *name, int rows, int cols, const struct dsi_tensor **out, char **err) {
+static int find(struct loader *L, const char *name, int rows, int cols, const struct dsi_tensor **out,
+                char **err) {
     const struct dsi_tensor *t = dsi_st_find(&L->m->st, name);
     if (!t) return dsi_seterr(err, DSI_ENOENT, "cuda: tensor %s missing from the model", name);
     if (t->dtype != DSI_DT_BF16 && t->dtype != DSI_DT_F16 && t->dtype != DSI_DT_F32)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: tensor %s has dtype %s (expected BF16, F16 or F32)", name,
-                          dsi_dtype_name(t->dtype));
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: tensor %s has dtype %s (expected BF16, F16 or F32)",
+                          name, dsi_dtype_name(t->dtype));
     bool ok = cols ? (t->n_dims == 2 && t->shape[0] == rows && t->shape[1] == cols)
                    : (t->n_dims == 1 && t->shape[0] == rows);
     if (!ok) return dsi_seterr(err, DSI_EFORMAT, "cuda: tensor %s has an unexpected shape", name);
@@ -113,7 +114,8 @@ static int upload_bf16(struct loader *L, const char *name, int rows, int cols, u
             L->host = h;
             L->host_elems = n;
         }
-        for (size_t i = 0; i < n; i++) L->host[i] = f32_to_bf16(elem_f32(t, i));
+        for (size_t i = 0; i < n; i++)
+            L->host[i] = f32_to_bf16(elem_f32(t, i));
         src = L->host;
     }
     if (DSI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 2, cudaMemcpyHostToDevice, L->c->stream)) ||
@@ -130,14 +132,16 @@ static int upload_vec(struct loader *L, const char *name, int n, float fill, flo
     float *h = malloc((size_t)n * sizeof *h);
     if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory for %s", name);
     if (L->random) {
-        for (int i = 0; i < n; i++) h[i] = fill;
+        for (int i = 0; i < n; i++)
+            h[i] = fill;
     } else {
         const struct dsi_tensor *t;
         if ((rc = find(L, name, n, 0, &t, err))) {
             free(h);
             return rc;
         }
-        for (int i = 0; i < n; i++) h[i] = elem_f32(t, (size_t)i);
+        for (int i = 0; i < n; i++)
+            h[i] = elem_f32(t, (size_t)i);
     }
     rc = DSI_CUDA_CHECK(cudaMemcpy(*dst, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice));
     free(h);
@@ -148,13 +152,15 @@ static int upload_vec(struct loader *L, const char *name, int n, float fill, flo
 static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const char *const *names, const int *rows,
                        int n_parts, int k, const char *what, char **err) {
     int n = 0, rc;
-    for (int i = 0; i < n_parts; i++) n += rows[i];
+    for (int i = 0; i < n_parts; i++)
+        n += rows[i];
     w->n = n;
     w->k = k;
     size_t elems = (size_t)n * k;
     uint16_t *dst;
     if (L->c->int8) {
-        if (elems > L->stage_elems) return dsi_seterr(err, DSI_EINTERNAL, "cuda: staging too small for %s", what);
+        if (elems > L->stage_elems)
+            return dsi_seterr(err, DSI_EINTERNAL, "cuda: staging too small for %s", what);
         dst = L->stage;
     } else {
         if ((rc = dsi__cuda_alloc(L->c, (void **)&w->w, elems * 2, what, err))) return rc;
@@ -183,7 +189,8 @@ static int load_qkv_bias(struct loader *L, int il, char **err) {
     const char *which[3] = {"q", "k", "v"};
     int len[3] = {nq, nk, nk};
     struct dsi__cu_matrix *w = &L->c->layers[il].qkv;
-    if ((rc = dsi__cuda_alloc(L->c, (void **)&w->bias, (size_t)n * sizeof(float), "qkv bias", err))) return rc;
+    if ((rc = dsi__cuda_alloc(L->c, (void **)&w->bias, (size_t)n * sizeof(float), "qkv bias", err)))
+        return rc;
     int off = 0;
     for (int i = 0; i < 3; i++) {
         char name[128];
@@ -197,7 +204,8 @@ static int load_qkv_bias(struct loader *L, int il, char **err) {
     return 0;
 }
 
-int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed, char **err) {
+int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed,
+                           char **err) {
     const struct dsi_model_config *cfg = &c->cfg;
     struct loader L = {.c = c, .m = m, .random = random, .seed = seed};
     int H = cfg->hidden_size, I = cfg->intermediate_size, hd = cfg->head_dim, V = cfg->vocab_size, rc = 0;
