@@ -15,7 +15,7 @@
 #include "test.h"
 
 static const struct dsi_tp_limits lim = {
-    .max_tokens = 8, .max_ctx = 64, .block_size = 16, .n_kv_blocks = 10, .vocab_size = 100, .max_out = 4};
+    .max_tokens = 8, .max_ctx = 64, .block_size = 16, .n_kv_blocks = 10, .vocab_size = 100, .max_seqs = 4};
 
 /* Two sequences: a 3-token prefill at 0 and a decode token at 20. */
 static size_t encode_sample(int32_t *w, size_t cap) {
@@ -44,7 +44,7 @@ TEST(batch_roundtrip) {
     size_t n = encode_sample(w, 64);
     /* 1 + (6+3+1) + (6+1+2): only the blocks a step touches travel */
     CHECK_EQ_INT(n, 20);
-    struct dsi_batch_seq seqs[8];
+    struct dsi_batch_seq seqs[4];
     struct dsi_batch b;
     char *err = NULL;
     CHECK_EQ_INT(dsi_tp_batch_decode(w, n, &lim, seqs, &b, &err), 0);
@@ -78,7 +78,7 @@ static int decode_mut(size_t idx, int32_t val, size_t n_override) {
     int32_t w[64];
     size_t n = encode_sample(w, 64);
     if (idx < n) w[idx] = val;
-    struct dsi_batch_seq seqs[8];
+    struct dsi_batch_seq seqs[4];
     struct dsi_batch b;
     char *err = NULL;
     int rc = dsi_tp_batch_decode(w, n_override ? n_override : n, &lim, seqs, &b, &err);
@@ -92,7 +92,7 @@ static int decode_mut(size_t idx, int32_t val, size_t n_override) {
 
 TEST(batch_malformed_rejected) {
     CHECK_EQ_INT(decode_mut(0, -1, 0), DSI_EFORMAT);         /* negative n_seqs */
-    CHECK_EQ_INT(decode_mut(0, 9, 0), DSI_EFORMAT);          /* more seqs than max_tokens */
+    CHECK_EQ_INT(decode_mut(0, 5, 0), DSI_EFORMAT);          /* more seqs than max_seqs */
     CHECK_EQ_INT(decode_mut(0, 3, 0), DSI_EFORMAT);          /* claims a third sequence: truncated */
     CHECK_EQ_INT(decode_mut(0, 1, 0), DSI_EFORMAT);          /* trailing words */
     CHECK_EQ_INT(decode_mut(3, 0, 0), DSI_EFORMAT);          /* zero tokens */
@@ -112,8 +112,39 @@ TEST(batch_malformed_rejected) {
     CHECK_EQ_INT(decode_mut(15, 1, 0), DSI_EFORMAT);
 }
 
+TEST(batch_at_limits_fits_max_words) {
+    /* one sequence with every token of a step, and max_seqs sequences at the end
+     * of the context: both fit the buffer dsi_tp_batch_max_words sizes */
+    size_t cap = 0;
+    CHECK_EQ_INT(dsi_tp_batch_max_words(&lim, &cap), 0);
+    CHECK_EQ_INT(cap, 1 + 4 * 6 + 8 + 4 * 4);
+    int32_t *w = malloc(cap * sizeof *w);
+    static const int32_t t[8] = {1, 2, 3, 4, 5, 6, 7, 8}, bl[4] = {0, 1, 2, 3};
+    struct dsi_batch_seq one = {.tokens = t, .n_tokens = 8, .pos = 56, .block_table = bl, .n_blocks = 4};
+    struct dsi_batch b = {.seqs = &one, .n_seqs = 1};
+    size_t n = 0;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_tp_batch_check(&b, &lim, &err), 0);
+    CHECK_EQ_INT(dsi_tp_batch_encode(&b, lim.block_size, w, cap, &n, &err), 0);
+    struct dsi_batch_seq four[4];
+    for (int i = 0; i < 4; i++)
+        four[i] =
+            (struct dsi_batch_seq){.tokens = t, .n_tokens = 2, .pos = 62, .block_table = bl, .n_blocks = 4};
+    b = (struct dsi_batch){.seqs = four, .n_seqs = 4};
+    CHECK_EQ_INT(dsi_tp_batch_check(&b, &lim, &err), 0);
+    CHECK_EQ_INT(dsi_tp_batch_encode(&b, lim.block_size, w, cap, &n, &err), 0);
+    CHECK_EQ_INT(n, cap);
+    struct dsi_batch_seq seqs[4];
+    struct dsi_batch d;
+    CHECK_EQ_INT(dsi_tp_batch_decode(w, n, &lim, seqs, &d, &err), 0);
+    CHECK_EQ_INT(d.n_seqs, 4);
+    CHECK(err == NULL);
+    free(err);
+    free(w);
+}
+
 TEST(batch_empty_message_rejected) {
-    struct dsi_batch_seq seqs[8];
+    struct dsi_batch_seq seqs[4];
     struct dsi_batch b;
     char *err = NULL;
     CHECK_EQ_INT(dsi_tp_batch_decode(NULL, 0, &lim, seqs, &b, &err), DSI_EFORMAT);
@@ -129,7 +160,7 @@ TEST(batch_every_random_corruption_safe) {
             int32_t w[64];
             size_t n = encode_sample(w, 64);
             w[i] = hostile[h];
-            struct dsi_batch_seq seqs[8];
+            struct dsi_batch_seq seqs[4];
             struct dsi_batch b;
             char *err = NULL;
             int rc = dsi_tp_batch_decode(w, n, &lim, seqs, &b, &err);
@@ -152,8 +183,8 @@ TEST(batch_check_limits_on_rank0) {
         many[i] = (struct dsi_batch_seq){
             .tokens = t, .n_tokens = 1, .block_table = bl, .n_blocks = 1, .want_logits = true};
     b = (struct dsi_batch){.seqs = many, .n_seqs = 5};
-    CHECK_EQ_INT(dsi_tp_batch_check(&b, &lim, &err), DSI_ERANGE); /* 5 logits rows > max_out 4 */
-    CHECK(err && strstr(err, "logits"));
+    CHECK_EQ_INT(dsi_tp_batch_check(&b, &lim, &err), DSI_ERANGE); /* 5 sequences > max_seqs 4 */
+    CHECK(err && strstr(err, "5 sequences"));
     free(err);
 }
 
@@ -296,6 +327,7 @@ int main(void) {
     RUN(batch_roundtrip);
     RUN(batch_encode_buffer_short);
     RUN(batch_malformed_rejected);
+    RUN(batch_at_limits_fits_max_words);
     RUN(batch_empty_message_rejected);
     RUN(batch_every_random_corruption_safe);
     RUN(batch_check_limits_on_rank0);

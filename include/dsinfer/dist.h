@@ -75,12 +75,12 @@ enum dsi_tp_msg { DSI_TP_MSG_CREATE = 1, DSI_TP_MSG_FORWARD, DSI_TP_MSG_DESTROY,
 
 /* Agreed maxima, fixed at create; every forward message is checked against them. */
 struct dsi_tp_limits {
-    int max_tokens;  /* sum of n_tokens of one step (also bounds n_seqs) */
+    int max_tokens;  /* sum of n_tokens of one step */
     int max_ctx;     /* positions a sequence may reach */
     int block_size;  /* tokens per KV block */
     int n_kv_blocks; /* block ids are in [0, n_kv_blocks) */
     int vocab_size;  /* token ids are in [0, vocab_size) */
-    int max_out;     /* sequences with want_logits per step */
+    int max_seqs;    /* sequences per step (<= max_tokens; also bounds logits rows) */
 };
 
 /* What "create" carries: backend options, the model dir and a config fingerprint
@@ -106,7 +106,7 @@ int dsi_tp_batch_max_words(const struct dsi_tp_limits *lim, size_t *out);
 int dsi_tp_batch_encode(const struct dsi_batch *b, int block_size, int32_t *words, size_t cap,
                         size_t *n_words, char **err);
 /* Decodes and validates words[0..n_words) against lim into out, using seqs
- * (room for lim->max_tokens entries); out's pointers point into words. Every
+ * (room for lim->max_seqs entries); out's pointers point into words. Every
  * count, id, position and block id is checked; trailing words are an error. */
 int dsi_tp_batch_decode(const int32_t *words, size_t n_words, const struct dsi_tp_limits *lim,
                         struct dsi_batch_seq *seqs, struct dsi_batch *out, char **err);

@@ -62,7 +62,7 @@ static int check_config(const struct dsi_model_config *cfg, char **err) {
 
 static int alloc_scratch(struct dsi__tp *t, char **err) {
     size_t T = (size_t)t->max_tokens, H = (size_t)t->cfg->hidden_size, I = (size_t)(t->i1 - t->i0);
-    size_t out = (size_t)t->lim.max_out, V = (size_t)t->cfg->vocab_size;
+    size_t out = (size_t)t->lim.max_seqs, V = (size_t)t->cfg->vocab_size;
     struct {
         float **p;
         size_t n;
@@ -91,7 +91,7 @@ static int alloc_scratch(struct dsi__tp *t, char **err) {
     if (rc) return dsi_seterr(err, rc, "tensor parallel: forward message size overflows");
     t->msg = calloc(t->msg_cap, sizeof(int32_t));
     if (dsi__tp_own(t, t->msg)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    t->seqs = calloc(T, sizeof *t->seqs);
+    t->seqs = calloc((size_t)t->lim.max_seqs, sizeof *t->seqs);
     if (dsi__tp_own(t, t->seqs)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     return 0;
 }
@@ -184,7 +184,7 @@ int dsi__tp_create_shard(const struct dsi_model *m, const struct dsi_backend_opt
         .block_size = bs,
         .n_kv_blocks = (int)n_blocks,
         .vocab_size = cfg->vocab_size,
-        .max_out = o->max_seqs > 0 && o->max_seqs < t->max_tokens ? o->max_seqs : t->max_tokens};
+        .max_seqs = o->max_seqs > 0 && o->max_seqs < t->max_tokens ? o->max_seqs : t->max_tokens};
     if ((rc = alloc_scratch(t, err))) goto fail;
     dsi_log(
         DSI_LOG_INFO, "dist",

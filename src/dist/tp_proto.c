@@ -52,11 +52,12 @@ int dsi_tp_hdr_check(const uint32_t hdr[DSI_TP_HDR_WORDS], uint32_t max_payload_
 }
 
 int dsi_tp_batch_max_words(const struct dsi_tp_limits *lim, size_t *out) {
-    if (lim->max_tokens <= 0 || lim->max_ctx <= 0 || lim->block_size <= 0) return DSI_EINVAL;
+    if (lim->max_tokens <= 0 || lim->max_seqs <= 0 || lim->max_ctx <= 0 || lim->block_size <= 0)
+        return DSI_EINVAL;
     size_t max_blocks = ((size_t)lim->max_ctx + (size_t)lim->block_size - 1) / (size_t)lim->block_size;
-    size_t seqs = (size_t)lim->max_tokens;
+    size_t seqs = (size_t)lim->max_seqs;
     if (max_blocks > (SIZE_MAX / 4) / seqs) return DSI_EOVERFLOW;
-    size_t n = 1 + seqs * SEQ_WORDS + seqs + seqs * max_blocks;
+    size_t n = 1 + seqs * SEQ_WORDS + (size_t)lim->max_tokens + seqs * max_blocks;
     if (n > UINT32_MAX) return DSI_EOVERFLOW;
     *out = n;
     return 0;
@@ -65,10 +66,10 @@ int dsi_tp_batch_max_words(const struct dsi_tp_limits *lim, size_t *out) {
 int dsi_tp_batch_check(const struct dsi_batch *b, const struct dsi_tp_limits *lim, char **err) {
     if (!b || b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs))
         return dsi_seterr(err, DSI_EINVAL, "tensor parallel: malformed batch");
-    if (b->n_seqs > lim->max_tokens)
+    if (b->n_seqs > lim->max_seqs)
         return dsi_seterr(err, DSI_ERANGE, "batch has %d sequences; at most %d per step", b->n_seqs,
-                          lim->max_tokens);
-    long long total = 0, n_out = 0;
+                          lim->max_seqs);
+    long long total = 0;
     long long max_blocks = ((long long)lim->max_ctx + lim->block_size - 1) / lim->block_size;
     for (int i = 0; i < b->n_seqs; i++) {
         const struct dsi_batch_seq *s = &b->seqs[i];
@@ -92,10 +93,6 @@ int dsi_tp_batch_check(const struct dsi_batch *b, const struct dsi_tp_limits *li
                 return dsi_seterr(err, DSI_ERANGE,
                                   "token id %d is out of range: the vocabulary has %d tokens", s->tokens[t],
                                   lim->vocab_size);
-        n_out += s->want_logits ? 1 : 0;
-        if (n_out > lim->max_out)
-            return dsi_seterr(err, DSI_ERANGE, "batch wants logits of more than %d sequences per step",
-                              lim->max_out);
         total += s->n_tokens;
         if (total > lim->max_tokens)
             return dsi_seterr(err, DSI_ERANGE, "batch has more than %d tokens per step", lim->max_tokens);
@@ -137,9 +134,9 @@ int dsi_tp_batch_decode(const int32_t *words, size_t n_words, const struct dsi_t
     memset(out, 0, sizeof *out);
     if (n_words < 1) return dsi_seterr(err, DSI_EFORMAT, "forward message is empty");
     int n_seqs = words[0];
-    if (n_seqs < 0 || n_seqs > lim->max_tokens)
+    if (n_seqs < 0 || n_seqs > lim->max_seqs)
         return dsi_seterr(err, DSI_EFORMAT, "forward message has %d sequences (0..%d allowed)", n_seqs,
-                          lim->max_tokens);
+                          lim->max_seqs);
     size_t p = 1;
     for (int i = 0; i < n_seqs; i++) {
         if (n_words - p < SEQ_WORDS)
