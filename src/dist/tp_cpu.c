@@ -136,8 +136,11 @@ int dsi__tp_create_shard(const struct dsi_model *m, const struct dsi_backend_opt
     dsi__tp_range(cfg->vocab_size, size, rank, 1, &t->v0, &t->v1);
     t->v_counts = calloc((size_t)size, sizeof(int));
     t->v_displs = calloc((size_t)size, sizeof(int));
+    t->g_counts = calloc((size_t)size, sizeof(int));
+    t->g_displs = calloc((size_t)size, sizeof(int));
     t->inv_freq = calloc((size_t)cfg->head_dim / 2, sizeof(float));
-    if (dsi__tp_own(t, t->v_counts) || dsi__tp_own(t, t->v_displs) || dsi__tp_own(t, t->inv_freq)) {
+    if (dsi__tp_own(t, t->v_counts) || dsi__tp_own(t, t->v_displs) || dsi__tp_own(t, t->g_counts) ||
+        dsi__tp_own(t, t->g_displs) || dsi__tp_own(t, t->inv_freq)) {
         rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
         goto fail;
     }
@@ -233,34 +236,37 @@ int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backen
     size_t n_words = 0;
     int rc = dsi_tp_create_encode(&c, words, &n_words, err);
     if (rc) return rc;
-    if ((rc = dsi__dist_send(DSI_TP_MSG_CREATE, words, (uint32_t)n_words, 0, err))) return rc;
+    int size = dsi_dist_size();
+    int *all = calloc((size_t)size, sizeof *all); /* before "create": the gather must not fail later */
+    if (!all) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    if ((rc = dsi__dist_send(DSI_TP_MSG_CREATE, words, (uint32_t)n_words, 0, err))) {
+        free(all);
+        return rc;
+    }
     /* from here every rank builds its shard; all of them meet again in the gather */
     struct dsi__tp *t = NULL;
     char *lerr = NULL;
     int st = dsi__tp_create_shard(m, o, &t, &lerr);
-    int size = dsi_dist_size();
-    int all[size];
     int mrc = MPI_Gather(&st, 1, MPI_INT, all, 1, MPI_INT, 0, dsi__dist_comm());
-    if (mrc != MPI_SUCCESS) {
-        dsi__tp_free_shard(t);
-        free(lerr);
-        return dsi__dist_mpierr(mrc, "gather of shard status", err);
-    }
     int bad = st ? 0 : -1;
-    for (int r = 1; r < size && bad < 0; r++)
+    for (int r = 1; mrc == MPI_SUCCESS && r < size && bad < 0; r++)
         if (all[r]) bad = r;
-    if (bad >= 0) {
+    if (mrc != MPI_SUCCESS) {
+        rc = dsi__dist_mpierr(mrc, "gather of shard status", err);
+    } else if (bad == 0) {
+        rc = dsi_seterr(err, st, "rank 0: %s", lerr ? lerr : dsi_strerror(st));
+    } else if (bad > 0) {
+        rc = dsi_seterr(err, all[bad] < 0 ? all[bad] : DSI_EDIST,
+                        "rank %d could not build its shard (%s); its log says why", bad,
+                        dsi_strerror(all[bad]));
+    }
+    free(lerr);
+    free(all);
+    if (rc) {
         dsi__tp_free_shard(t);
         char *derr = NULL;
+        /* let the workers that did build a shard free it (after an MPI error, try anyway) */
         if (dsi__dist_send(DSI_TP_MSG_DESTROY, NULL, 0, 0, &derr)) free(derr);
-        if (bad == 0) {
-            rc = dsi_seterr(err, st, "rank 0: %s", lerr ? lerr : dsi_strerror(st));
-        } else {
-            rc = dsi_seterr(err, all[bad] < 0 ? all[bad] : DSI_EDIST,
-                            "rank %d could not build its shard (%s); its log says why", bad,
-                            dsi_strerror(all[bad]));
-        }
-        free(lerr);
         return rc;
     }
     dsi__dist_set_backend(true);

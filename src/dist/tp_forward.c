@@ -55,7 +55,7 @@ static int allreduce(struct dsi__tp *t, float *buf, int n, const char *what, cha
 /* Rank r's lg_local is (n_out, v1-v0); rank 0 receives every rank's block into
  * lg_all (rank-major) and scatters them into logits (n_out, vocab). */
 static int gather_logits(struct dsi__tp *t, int n_out, float *logits, char **err) {
-    int counts[t->size > 0 ? t->size : 1], displs[t->size > 0 ? t->size : 1];
+    int *counts = t->g_counts, *displs = t->g_displs;
     for (int r = 0; r < t->size; r++) {
         counts[r] = t->v_counts[r] * n_out;
         displs[r] = t->v_displs[r] * n_out;

@@ -43,7 +43,8 @@ struct dsi__tp {
     int rank, size, n_threads;
     int nh_l, nkv_l, q_l, kv_l; /* local heads, kv heads, q dim, kv dim */
     int i0, i1, v0, v1;         /* intermediate and vocab ranges of this rank */
-    int *v_counts, *v_displs;   /* rank 0: gather layout of logits, per rank (n_out scaled at use) */
+    int *v_counts, *v_displs;   /* vocab rows and first row of each rank */
+    int *g_counts, *g_displs;   /* rank 0: Gatherv layout of one step's logits (scratch) */
     struct dsi_tp_limits lim;
     bool dead; /* an MPI error happened: every later forward fails */
     uint32_t step;
