@@ -8,3 +8,8 @@ add_test(NAME test_dist_serve COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_dist_s
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_dist_serve PROPERTIES LABELS mpi TIMEOUT 600 SKIP_RETURN_CODE 77
                      ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+# A worker fed malformed control messages by a fake rank 0 (MPMD job) aborts the job.
+if(MPI_C_FOUND)
+  dsi_test(test_dist_abort SOURCES tests/test_dist_abort.c LIBS dsi_dist MPI::MPI_C LABELS mpi TIMEOUT 600)
+  add_dependencies(test_dist_abort dsinfer)
+endif()
