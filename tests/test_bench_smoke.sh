@@ -52,6 +52,7 @@ import json, math, sys
 j = json.load(open(sys.argv[1]))
 def pos(x): return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 assert pos(j["peak_gbs"]), "peak_gbs"
+assert j["repeat"] == 2 and j["steps"] == 4, "options echoed"
 assert len(j["runs"]) == 2, "two dtypes"
 for r in j["runs"]:
     assert pos(r["weight_bytes"]) and pos(r["kv_bytes_per_token"]), "sizes"
@@ -74,7 +75,7 @@ PY
 # --- 1. dsinfer bench ------------------------------------------------------------
 B=("$BIN" bench --model "$TINY" --dtype f32,int8 --batch 1,4 --context 16 --prefill 16 --steps 4
    --engine-prompt 8)
-"${B[@]}" --json >"$W/bench.json" 2>"$W/bench.err"; check "bench --json exits 0" test $? = 0
+"${B[@]}" --repeat 2 --json >"$W/bench.json" 2>"$W/bench.err"; check "bench --json exits 0" test $? = 0
 check "bench --json is sane" sane_bench "$W/bench.json"
 "${B[@]}" >"$W/bench.txt" 2>&1; check "bench table exits 0" test $? = 0
 check "bench table has decode, prefill and engine" \
