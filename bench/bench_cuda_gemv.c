@@ -9,6 +9,9 @@
  * in a real step. Also: bf16 cuBLAS at the same shapes, decode attention over
  * the paged cache, add+RMSNorm. Times come from CUDA events over 50 calls.
  *
+ * The CUDA-core decode GEMV (dsi_cuda_gemv_int8, m <= 8) prints as "gemv-new"
+ * next to the tensor-core "int8vN" lines; VARIANT 8 in --one selects it.
+ *
  *   bench_cuda_gemv [--quick | --one NAME M VARIANT]
  */
 #include <math.h>
@@ -72,7 +75,7 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
     for (int i = 0; i < n_ms * 8; i++) {
         int m = ms[i / 8], var = i % 8;
         if (var != DSI_Q8_DEFAULT_VARIANT && m > 8) continue; /* variants compared at decode sizes */
-        if (only_var >= 0 && var != only_var) continue;
+        if (only_var >= 0 && var != only_var) continue; /* only_var 8: the decode GEMV only */
         dsi_cuda_gemm_int8_variant(y, x, q[0], sc, NULL, m, mt->n, mt->k, ws, var, 0); /* warm-up */
         cudaEventRecord(e0, 0);
         for (int it = 0; it < ITERS; it++)
@@ -86,6 +89,26 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
                "TFLOP/s\n",
                var, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS,
                2.0 * m * mt->n * mt->k / us / 1e6);
+    }
+    /* the CUDA-core decode GEMV (variant "8" for --one) next to the default
+     * tensor-core variant, same bytes counted */
+    for (int i = 0; i < n_ms && (only_var < 0 || only_var == 8); i++) {
+        int m = ms[i];
+        if (m > DSI_Q8_GEMV_MAX_ROWS) continue;
+        if (dsi_cuda_gemv_int8(y, x, q[0], sc, NULL, m, mt->n, mt->k, 0)) { /* warm-up */
+            fprintf(stderr, "bench: gemv %s m=%d rejected\n", mt->name, m);
+            continue;
+        }
+        cudaEventRecord(e0, 0);
+        for (int it = 0; it < ITERS; it++)
+            dsi_cuda_gemv_int8(y, x, q[it % copies], sc, NULL, m, mt->n, mt->k, 0);
+        cudaEventRecord(e1, 0);
+        double us = time_ms(e0, e1) * 1000.0 / ITERS;
+        double bytes = ((double)qb + mt->n * 4.0) + (double)m * mt->k * 2 + (double)m * mt->n * 4;
+        double gbs = bytes / us / 1e3;
+        printf("gemv-new %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  (old: "
+               "int8v%d line above)\n",
+               mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS, DSI_Q8_DEFAULT_VARIANT);
     }
     /* bf16 cuBLAS at the same shape (one copy: >= 25 MB, so mostly out of L2 except o) */
     const float one = 1.f, zero = 0.f;

@@ -8,6 +8,8 @@
  * - rope: fp32 sincosf vs libm sinf/cosf at positions < 70000: 2e-4 abs.
  * - attention: bf16 K/V in both; output rounded to bf16: 1e-2 abs on O(1) values.
  * - int8 gemm: bf16 activations vs the fp32 reference: |err| <= 1e-2 * sqrt(k) * scale-weighted.
+ * - int8 decode GEMV: same int8 values, exact products, fp32 sums: 2e-3 abs vs
+ *   the CPU and vs the tensor-core kernel (as the gemm test).
  * - sampling: greedy = argmax exactly; top-k=1 = argmax; draws stay inside top-k.
  * Without a GPU every test reports SKIP (exit 77), the host-only argument
  * checks too, so ctest never counts a GPU-less run as passed.
@@ -470,6 +472,99 @@ TEST(cuda_gemm_int8_rejects_bad_shapes) {
     CHECK(dsi_cuda_q8_bytes(17, 33) == (size_t)2 * 2 * 512);
 }
 
+/* CUDA-core decode GEMV vs dsi_quantize_int8 + dsi_matmul (CPU) and vs the
+ * tensor-core kernel, one weight matrix for every row count of ms. Same int8
+ * values and exact products: only the fp32 summation order differs. */
+static void gemv_case(const int *ms, int n_ms, int n, int k, int with_bias) {
+    int maxm = 0;
+    for (int i = 0; i < n_ms; i++)
+        if (ms[i] > maxm) maxm = ms[i];
+    size_t nk = (size_t)n * k;
+    float *wf = malloc(nk * 4), *x = malloc((size_t)maxm * k * 4), *bias = malloc((size_t)n * 4);
+    uint16_t *wb = malloc(nk * 2), *xb = malloc((size_t)maxm * k * 2);
+    int8_t *q = malloc(nk);
+    float *sc = malloc((size_t)n * 4), *ref = malloc((size_t)maxm * n * 4), *y = malloc((size_t)maxm * n * 4);
+    float *yo = malloc((size_t)maxm * n * 4);
+    CHECK(wf && x && bias && wb && xb && q && sc && ref && y && yo);
+    if (!(wf && x && bias && wb && xb && q && sc && ref && y && yo)) goto out_host;
+    for (size_t i = 0; i < nk; i++) {
+        wb[i] = dsi_f32_to_bf16(frand() * 0.05f);
+        wf[i] = bf(wb[i]);
+    }
+    for (int i = 0; i < maxm * k; i++) {
+        xb[i] = dsi_f32_to_bf16(frand());
+        x[i] = bf(xb[i]);
+    }
+    for (int i = 0; i < n; i++)
+        bias[i] = frand();
+    CHECK_EQ_INT(dsi_quantize_int8(wf, n, k, 0, q, sc), 0);
+    struct dsi_qweight qw = {
+        .dtype = DSI_W_INT8, .rows = n, .cols = k, .group_size = 0, .data = q, .scales = sc};
+    uint16_t *dw = dmalloc(nk * 2), *dx = dmalloc((size_t)maxm * k * 2);
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(n, k));
+    float *dsc = dmalloc((size_t)n * 4), *dy = dmalloc((size_t)maxm * n * 4), *db = dmalloc((size_t)n * 4);
+    CHECK(dw && dx && dq && dsc && dy && db);
+    up(dw, wb, nk * 2), up(dx, xb, (size_t)maxm * k * 2), up(db, bias, (size_t)n * 4);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
+    for (int i = 0; i < n_ms; i++) {
+        int m = ms[i];
+        dsi_matmul(&qw, x, m, with_bias ? bias : NULL, ref, n, 0, n);
+        cudaMemset(dy, 0xff, (size_t)maxm * n * 4); /* NaN: rows not written show up */
+        CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, 0), 0);
+        CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+        down(y, dy, (size_t)m * n * 4);
+        CHECK_EQ_INT(dsi_cuda_gemm_int8(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, NULL, 0), 0);
+        CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+        down(yo, dy, (size_t)m * n * 4);
+        double worst = 0, worst_old = 0;
+        int nan = 0;
+        for (int j = 0; j < m * n; j++) {
+            if (!(fabs(y[j]) < 1e30)) nan++;
+            double e = fabs(y[j] - ref[j]), eo = fabs(y[j] - yo[j]);
+            if (e > worst) worst = e;
+            if (eo > worst_old) worst_old = eo;
+        }
+        if (worst > 2e-3 || worst_old > 2e-3 || nan)
+            fprintf(stderr, "  gemv m=%d n=%d k=%d: |new-cpu| %g |new-old| %g, %d not finite\n", m, n, k, worst,
+                    worst_old, nan);
+        CHECK_EQ_INT(nan, 0);
+        CHECK(worst <= 2e-3);
+        CHECK(worst_old <= 2e-3);
+    }
+    cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(db);
+out_host:
+    free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(yo);
+}
+
+TEST(cuda_gemv_int8_matches_cpu) {
+    NEED_GPU();
+    static const int m128[] = {1, 2, 8}, m_all[] = {1, 2, 3, 4, 5, 6, 7, 8}, m18[] = {1, 8};
+    gemv_case(m_all, 8, 200, 48, 1);  /* k a multiple of 16, not of 32; n not of 16 */
+    gemv_case(m128, 3, 96, 1040, 0);  /* k a multiple of 16, not of 512 */
+    gemv_case(m128, 3, 33, 2, 1);     /* k smaller than one tile */
+    gemv_case(m128, 3, 4608, 3584, 1); /* 7B qkv */
+    gemv_case(m128, 3, 3584, 3584, 0); /* 7B o */
+    gemv_case(m18, 2, 37888, 3584, 0); /* 7B gate|up */
+    gemv_case(m18, 2, 3584, 18944, 0); /* 7B down */
+}
+
+TEST(cuda_gemv_int8_rejects_bad_args) {
+    NEED_GPU();
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(16, 64));
+    uint16_t *dx = dmalloc(9 * 64 * 2 + 16);
+    float *dsc = dmalloc(16 * 4), *dy = dmalloc(9 * 16 * 4);
+    CHECK(dq && dx && dsc && dy);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 0, 16, 64, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 9, 16, 64, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 1, 0, 64, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 1, 16, 63, 0), DSI_EINVAL); /* k odd */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx + 1, dq, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL); /* x 2-byte aligned */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq + 4, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL); /* q unaligned */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, NULL, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL);
+    CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
+    cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
+}
+
 TEST(cuda_sample_greedy_and_topk) {
     NEED_GPU();
     int rows = 4, V = 152064;
@@ -545,6 +640,8 @@ int main(void) {
     RUN(cuda_kv_store_writes_slots);
     RUN(cuda_gemm_int8_matches_cpu);
     RUN(cuda_gemm_int8_rejects_bad_shapes);
+    RUN(cuda_gemv_int8_matches_cpu);
+    RUN(cuda_gemv_int8_rejects_bad_args);
     RUN(cuda_sample_greedy_and_topk);
     return test_summary();
 }

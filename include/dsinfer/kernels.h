@@ -176,6 +176,18 @@ int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, con
                                const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                                int variant, cudaStream_t s);
 
+/* ---- INT8 decode GEMV on CUDA cores (kernels/gemv_int8_dec.cu) ---- */
+
+/* y (m, n) fp32 = x (m, k) bf16 @ W^T * scale + bias for 1 <= m <= 8, reading
+ * the same tiled int8 layout once for all m rows; one block of 8 warps per 16
+ * output rows, fp32 FMA of exactly dequantized weights, deterministic (no
+ * split over blocks). DSI_EINVAL (nothing launched) when m is outside 1..8, k
+ * is odd, x is not 4-byte or q not 16-byte aligned: the caller then takes
+ * dsi_cuda_gemm_int8. */
+#define DSI_Q8_GEMV_MAX_ROWS 8
+int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
+                       int m, int n, int k, cudaStream_t s);
+
 /* ---- sampling (kernels/sample.cu) ---- */
 
 struct dsi_cuda_sample_params { /* device array, one per row */

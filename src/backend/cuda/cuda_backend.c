@@ -208,6 +208,10 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
     c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
                                                                                      : DSI_Q8_DEFAULT_VARIANT;
+    /* DSI_CUDA_GEMV=old: INT8 matmuls of <= 8 rows take the tensor-core kernel
+     * (A/B timing, fallback); anything else: the CUDA-core decode GEMV */
+    const char *gemv_env = getenv("DSI_CUDA_GEMV");
+    c->gemv_new = !(gemv_env && !strcmp(gemv_env, "old"));
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
     if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;

@@ -14,7 +14,8 @@
  * a CUDA graph and replayed, so launch gaps vanish.
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
- * the tensor-core INT8 kernel for <= 16 rows, above that dequantize to bf16
+ * the CUDA-core decode GEMV for <= 8 rows (DSI_CUDA_GEMV=old: skipped), the
+ * tensor-core INT8 kernel for <= 16 rows, above that dequantize to bf16
  * scratch and cuBLAS (the lm_head always takes the INT8 kernel, its rows are
  * at most max_seqs).
  */
@@ -29,6 +30,12 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
                      bool allow_deq) {
     if (m <= 0) return 0;
     const float one = 1.f, zero = 0.f;
+    if (c->int8 && c->gemv_new && m <= DSI_Q8_GEMV_MAX_ROWS) {
+        /* DSI_EINVAL: a shape or alignment the GEMV does not take; nothing was
+         * launched, so the tensor-core kernel below does the product */
+        int rc = dsi_cuda_gemv_int8(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->stream);
+        if (rc != DSI_EINVAL) return rc;
+    }
     if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
         return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
                                           c->q8_variant, c->stream);

@@ -86,6 +86,7 @@ struct dsi__cuda {
 
     bool use_graphs; /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
     int q8_variant;  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
+    bool gemv_new;   /* INT8 matmuls of <= 8 rows: CUDA-core GEMV (DSI_CUDA_GEMV=old: off) */
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* oldest first */
     int n_graphs;
 };

@@ -1,0 +1,153 @@
+/*
+ * gemv_int8_dec.cu: INT8 weight-only GEMV / small GEMM on CUDA cores for decode
+ * (1..8 rows of x): y = x W^T * scale + bias, built for bandwidth.
+ *
+ * It reads the tiled layout of gemv_int8.cu as is (tiles of 16 rows x 32
+ * columns, 512 bytes; lane l = 4g + t holds rows g and g+8, columns
+ * s*16 + hi*8 + 2t + {0,1} of the tile, word 2s+hi of its 16 bytes: bytes
+ * (row g, c), (row g, c+1), (row g+8, c), (row g+8, c+1)), so no second copy of
+ * the weights exists and the tensor-core kernel stays usable (DSI_CUDA_GEMV=old).
+ *
+ * One block of 8 warps per 16-row tile; the warps take interleaved column tiles
+ * (no split over blocks: no workspace, no atomics, deterministic), each warp
+ * issuing U 16-byte loads per lane (ld.global.nc.L1::no_allocate) before it
+ * uses any: with 3-4 resident blocks per SM that keeps ~100 KB per SM in flight,
+ * several times what 4.25 TB/s x DRAM latency needs. Every load of the warp is
+ * one fully coalesced 512-byte tile. int8 -> fp32 is exact (magic-number
+ * trick), products with the bf16 activations are exact in fp32, and the sum is
+ * fp32: the same numbers as the CPU reference up to summation order. Lanes of
+ * one row meet by two shuffles, the 8 warps in shared memory in a fixed order,
+ * then scale and bias. x (bf16, tiny next to W) is read through L1 with 4-byte
+ * loads; lanes of equal t share addresses (broadcast).
+ *
+ * Requirements (checked at launch, DSI_EINVAL otherwise so the caller can take
+ * the tensor-core path): 1 <= m <= 8, k even, x 4-byte aligned, q 16-byte
+ * aligned. Columns past k (the zero padding of the last tile) are never read
+ * from x.
+ */
+#include <cuda_bf16.h>
+
+#include "dsinfer/kernels.h"
+
+#define GV_WARPS 8
+#define GV_TILE_U4 32 /* 512-byte tile = 32 uint4, one per lane */
+
+static __device__ __forceinline__ uint4 gv_ld_weights(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+/* int8 byte i of w as an exact float: (u ^ 0x80) placed in the mantissa of 2^23. */
+static __device__ __forceinline__ float gv_byte(uint32_t u_biased, int sel) {
+    return __uint_as_float(__byte_perm(u_biased, 0x4B000000u, 0x7650 + sel)) - 8388736.f;
+}
+
+template <int M, int U>
+static __global__ void __launch_bounds__(GV_WARPS * 32)
+    gemv_int8_dec_kernel(float *__restrict__ y, const uint16_t *__restrict__ x, const int8_t *__restrict__ q,
+                         const float *__restrict__ scale, const float *__restrict__ bias, int N, int K, int k32) {
+    __shared__ float red[GV_WARPS][M][16];
+    const int rt = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3, g = lane >> 2;
+    const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * 512) + lane;
+    float lo[M], hi[M];
+#pragma unroll
+    for (int m = 0; m < M; m++)
+        lo[m] = hi[m] = 0.f;
+
+    for (int kt0 = warp; kt0 < k32; kt0 += GV_WARPS * U) {
+        uint4 a[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int kt = kt0 + u * GV_WARPS;
+            a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int kt = kt0 + u * GV_WARPS;
+            if (kt >= k32) break;
+            uint32_t w[4] = {a[u].x, a[u].y, a[u].z, a[u].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) { /* word j = 2s + hi: columns c, c+1 */
+                int c = kt * 32 + (j >> 1) * 16 + (j & 1) * 8 + 2 * t;
+                uint32_t ub = w[j] ^ 0x80808080u;
+                float q0 = gv_byte(ub, 0), q1 = gv_byte(ub, 1), q2 = gv_byte(ub, 2), q3 = gv_byte(ub, 3);
+                bool in = c < K; /* k even and c even: c < K implies c + 1 < K */
+#pragma unroll
+                for (int m = 0; m < M; m++) {
+                    uint32_t xv = in ? __ldg(reinterpret_cast<const unsigned int *>(x + (size_t)m * K + c)) : 0u;
+                    float x0 = __uint_as_float(xv << 16), x1 = __uint_as_float(xv & 0xffff0000u);
+                    lo[m] = fmaf(q0, x0, lo[m]);
+                    lo[m] = fmaf(q1, x1, lo[m]);
+                    hi[m] = fmaf(q2, x0, hi[m]);
+                    hi[m] = fmaf(q3, x1, hi[m]);
+                }
+            }
+        }
+    }
+    /* the 4 lanes of a row (t = 0..3) are lanes 4g..4g+3 */
+#pragma unroll
+    for (int m = 0; m < M; m++) {
+        lo[m] += __shfl_xor_sync(0xffffffffu, lo[m], 1);
+        lo[m] += __shfl_xor_sync(0xffffffffu, lo[m], 2);
+        hi[m] += __shfl_xor_sync(0xffffffffu, hi[m], 1);
+        hi[m] += __shfl_xor_sync(0xffffffffu, hi[m], 2);
+    }
+    if (t == 0) {
+#pragma unroll
+        for (int m = 0; m < M; m++) {
+            red[warp][m][g] = lo[m];
+            red[warp][m][g + 8] = hi[m];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < M * 16) {
+        int m = threadIdx.x >> 4, r = threadIdx.x & 15, row = rt * 16 + r;
+        float v = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < GV_WARPS; wi++)
+            v += red[wi][m][r];
+        if (row < N) {
+            v *= scale[row];
+            if (bias) v += bias[row];
+            y[(size_t)m * N + row] = v;
+        }
+    }
+}
+
+template <int M, int U>
+static int gv_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int n,
+                     int k, cudaStream_t s) {
+    int k32 = (k + 31) / 32, n16 = (n + 15) / 16;
+    gemv_int8_dec_kernel<M, U><<<n16, GV_WARPS * 32, 0, s>>>(y, x, q, scale, bias, n, k, k32);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                                  const float *bias, int m, int n, int k, cudaStream_t s) {
+    if (m < 1 || m > DSI_Q8_GEMV_MAX_ROWS || n <= 0 || k <= 0 || (k & 1)) return DSI_EINVAL;
+    if (!y || !x || !q || !scale) return DSI_EINVAL;
+    if (((uintptr_t)x & 3) || ((uintptr_t)q & 15)) return DSI_EINVAL;
+    /* x rows of m * k bf16 and the row index m * n must fit the kernel's size_t math;
+     * the grid is one block per 16 rows (x dimension: up to 2^31 - 1) */
+    switch (m) {
+    case 1:
+        return gv_launch<1, 8>(y, x, q, scale, bias, n, k, s);
+    case 2:
+        return gv_launch<2, 8>(y, x, q, scale, bias, n, k, s);
+    case 3:
+        return gv_launch<3, 4>(y, x, q, scale, bias, n, k, s);
+    case 4:
+        return gv_launch<4, 4>(y, x, q, scale, bias, n, k, s);
+    case 5:
+        return gv_launch<5, 4>(y, x, q, scale, bias, n, k, s);
+    case 6:
+        return gv_launch<6, 4>(y, x, q, scale, bias, n, k, s);
+    case 7:
+        return gv_launch<7, 4>(y, x, q, scale, bias, n, k, s);
+    default:
+        return gv_launch<8, 4>(y, x, q, scale, bias, n, k, s);
+    }
+}
