@@ -1,0 +1,44 @@
+/*
+ * fuzz_tp_msg.c: libFuzzer target for the tensor-parallel control messages a worker
+ * rank receives (src/dist/tp_proto.c): header check, forward-batch decode and create
+ * decode, on arbitrary words. A decoded batch must pass the sender-side check too,
+ * since both enforce the same limits.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsinfer/dist.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char *err = NULL;
+    if (size >= DSI_TP_HDR_WORDS * 4) {
+        uint32_t hdr[DSI_TP_HDR_WORDS];
+        memcpy(hdr, data, sizeof hdr);
+        dsi_tp_hdr_check(hdr, 1u << 20, &err);
+        free(err);
+        err = NULL;
+    }
+    size_t n_words = size / 4;
+    int32_t *words = malloc(n_words ? n_words * 4 : 4);
+    if (!words) return 0;
+    if (n_words) memcpy(words, data, n_words * 4);
+
+    struct dsi_tp_limits lim = {.max_tokens = 64, .max_ctx = 256, .block_size = 16,
+                                .n_kv_blocks = 64, .vocab_size = 512, .max_seqs = 8};
+    struct dsi_batch_seq seqs[8];
+    struct dsi_batch b;
+    if (dsi_tp_batch_decode(words, n_words, &lim, seqs, &b, &err) == 0) {
+        char *err2 = NULL;
+        if (dsi_tp_batch_check(&b, &lim, &err2) != 0) abort(); /* decode accepted what check refuses */
+        free(err2);
+    }
+    free(err);
+    err = NULL;
+
+    struct dsi_tp_create c;
+    dsi_tp_create_decode(words, n_words, &c, &err);
+    free(err);
+    free(words);
+    return 0;
+}
