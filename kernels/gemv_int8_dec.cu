@@ -11,7 +11,8 @@
  * One block of 8 warps per 16-row tile; the warps take interleaved column tiles
  * (no split over blocks: no workspace, no atomics, deterministic), each warp
  * issuing U 16-byte loads per lane (ld.global.nc.L1::no_allocate) before it
- * uses any: with 3-4 resident blocks per SM that keeps ~100 KB per SM in flight,
+ * uses any (U = 16 for one row of x, 8 for two, 4 above): with 3-5 resident
+ * blocks per SM that keeps > 100 KB per SM in flight,
  * several times what 4.25 TB/s x DRAM latency needs. Every load of the warp is
  * one fully coalesced 512-byte tile. int8 -> fp32 is exact (magic-number
  * trick), products with the bf16 activations are exact in fp32, and the sum is
@@ -45,8 +46,9 @@ static __device__ __forceinline__ float gv_byte(uint32_t u_biased, int sel) {
     return __uint_as_float(__byte_perm(u_biased, 0x4B000000u, 0x7650 + sel)) - 8388736.f;
 }
 
-template <int M, int U>
-static __global__ void __launch_bounds__(GV_WARPS * 32)
+/* MINB: resident blocks per SM the register budget must allow (launch bounds). */
+template <int M, int U, int MINB>
+static __global__ void __launch_bounds__(GV_WARPS * 32, MINB)
     gemv_int8_dec_kernel(float *__restrict__ y, const uint16_t *__restrict__ x, const int8_t *__restrict__ q,
                          const float *__restrict__ scale, const float *__restrict__ bias, int N, int K, int k32) {
     __shared__ float red[GV_WARPS][M][16];
@@ -117,11 +119,11 @@ static __global__ void __launch_bounds__(GV_WARPS * 32)
     }
 }
 
-template <int M, int U>
+template <int M, int U, int MINB = 1>
 static int gv_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int n,
                      int k, cudaStream_t s) {
     int k32 = (k + 31) / 32, n16 = (n + 15) / 16;
-    gemv_int8_dec_kernel<M, U><<<n16, GV_WARPS * 32, 0, s>>>(y, x, q, scale, bias, n, k, k32);
+    gemv_int8_dec_kernel<M, U, MINB><<<n16, GV_WARPS * 32, 0, s>>>(y, x, q, scale, bias, n, k, k32);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -134,20 +136,23 @@ extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, 
      * the grid is one block per 16 rows (x dimension: up to 2^31 - 1) */
     switch (m) {
     case 1:
-        return gv_launch<1, 8>(y, x, q, scale, bias, n, k, s);
+        /* 16 tiles per lane in flight: one round covers a warp's 14 tiles of
+         * k = 3584 (one DRAM round trip for qkv/o); 80 registers, no spills, so
+         * 3 blocks per SM (396 slots >= the 288 row tiles of qkv) */
+        return gv_launch<1, 16, 3>(y, x, q, scale, bias, n, k, s);
     case 2:
-        return gv_launch<2, 8>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<2, 8, 4>(y, x, q, scale, bias, n, k, s);
     case 3:
-        return gv_launch<3, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<3, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 4:
-        return gv_launch<4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<4, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 5:
-        return gv_launch<5, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<5, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 6:
-        return gv_launch<6, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<6, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 7:
-        return gv_launch<7, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<7, 4, 4>(y, x, q, scale, bias, n, k, s);
     default:
-        return gv_launch<8, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<8, 4, 4>(y, x, q, scale, bias, n, k, s);
     }
 }
