@@ -327,7 +327,7 @@ int dsi__gen_submit(struct dsi__gen *g, const struct dsi__req *r, const int32_t 
         p.sampling.seed = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (n * 0x9E3779B97F4A7C15ull);
     }
     memcpy(p.stop_ids, s->stop_ids, sizeof p.stop_ids);
-    p.n_stop_ids = s->n_stop_ids;
+    p.n_stop_ids = r->ignore_eos ? 0 : s->n_stop_ids;
     if (s->cfg->request_timeout_ms > 0) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "dsinfer/err.h"
@@ -491,8 +492,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return respond(c, x, 405, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_ALLOW, ROUTES[ri].method);
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > s->cfg->max_body_bytes)
-            return respond_errf(c, x, 413, "request_too_large", "request body exceeds %zu bytes", s->cfg->max_body_bytes);
+        unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
+        if (declared > s->cfg->max_body_bytes) {
+            /* Answer at once when the client waits for "100 Continue" (it has sent no
+             * body) or when the body is absurd. Otherwise read and discard the body
+             * first: a client still sending when the server answers and closes sees a
+             * broken pipe instead of the 413. */
+            const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+            if ((expect && !strcasecmp(expect, "100-continue")) || declared > 16ull * s->cfg->max_body_bytes)
+                return respond_errf(c, x, 413, "request_too_large", "request body exceeds %zu bytes",
+                                    s->cfg->max_body_bytes);
+            x->too_big = true;
+        }
         return MHD_YES;
     }
     if (x->responded) {

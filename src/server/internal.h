@@ -60,6 +60,7 @@ struct dsi__req {
     int max_tokens;             /* -1: not given */
     struct dsi_sampling sampling; /* defaults: temperature 1, top_p 1 (OpenAI's) */
     bool seed_set;
+    bool ignore_eos;            /* vLLM extension: no stop ids (benchmarks, tests) */
     char *stops[DSI__MAX_STOPS];
     int n_stops;
     int n;

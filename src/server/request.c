@@ -205,6 +205,8 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
         }
     }
     if ((rc = get_bool(root, "stream", &r->stream, e))) goto out;
+    /* vLLM's extension: generate max_tokens tokens even past end-of-sequence (benchmarks) */
+    if ((rc = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto out;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
     if (so && !cJSON_IsNull(so)) {
         if (!cJSON_IsObject(so)) {

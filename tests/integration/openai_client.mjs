@@ -87,7 +87,9 @@ async function main() {
   // A client that disconnects mid-stream cancels its sequence.
   const logBefore = fs.readFileSync(process.env.DSI_LOG, "utf8").split("client gone").length;
   const ac = new AbortController();
-  const long = await client.chat.completions.create({ ...greedy("Tell me a very long story", 1500), stream: true },
+  // ignore_eos (vLLM's extension) keeps the stream going however early the model would stop.
+  const long = await client.chat.completions.create({ ...greedy("Tell me a very long story", 1500), stream: true,
+                                                      ignore_eos: true },
                                                     { signal: ac.signal });
   let got = 0;
   try {

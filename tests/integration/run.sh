@@ -67,7 +67,7 @@ start_daemon() {
 LOG=$W/daemon.log
 start_daemon "$LOG" --model "$MODEL" --keys "$KEYS" --state-dir "$W/state" \
     --backend cpu --dtype f32 --audit-log "$W/audit.log" --max-messages 8 --max-body-bytes 65536 \
-    --max-running 64 --log-level info --drain-timeout-s 5 || exit 1
+    --max-running 64 --log-level info --drain-timeout-s 10 || exit 1
 URL=https://127.0.0.1:$PORT
 CA=$W/state/tls-cert.pem
 C=(curl -sS --cacert "$CA" --max-time 60)
@@ -133,6 +133,7 @@ check "malformed JSON 400" test "$(e -d '{"messages":' "$URL/v1/chat/completions
 check "400 body has OpenAI error fields" test "$(json $W/e 'Object.keys(j.error).join(",")')" = "message,type,param,code"
 check "wrong type 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}' "$URL/v1/chat/completions")" = 400
 check "out of range 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"top_p":2}' "$URL/v1/chat/completions")" = 400
+check "ignore_eos must be a boolean" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"ignore_eos":"yes"}' "$URL/v1/chat/completions")" = 400
 check "n=2 refused 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":2}' "$URL/v1/chat/completions")" = 400
 printf '{"messages":[{"role":"user","content":"\xff\xfe"}]}' >$W/bad_utf8
 check "invalid UTF-8 400" test "$(e --data-binary @$W/bad_utf8 "$URL/v1/chat/completions")" = 400
@@ -198,7 +199,7 @@ check "SIGHUP: new handshakes get the new certificate" test "$(fp)" = "$NEW_FP"
 check "SIGHUP: the certificate really changed" test "$OLD_FP" != "$NEW_FP"
 check "still serving after the certificate reload" test "$(status $W/b "${AUTH[@]}" "$URL/v1/models")" = 200
 # Drain: a stream in flight keeps going, readiness turns 503, new work is refused.
-"${C[@]}" -N "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"Tell me a very long story"}],"max_tokens":1900,"temperature":0,"stream":true}' \
+"${C[@]}" -N "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"Tell me a very long story"}],"max_tokens":1900,"temperature":0,"stream":true,"ignore_eos":true}' \
     "$URL/v1/chat/completions" >$W/drain_sse 2>/dev/null &
 CURL_PID=$!
 # A client that asks for a long stream and never reads it keeps its request in
@@ -209,9 +210,16 @@ port, ca, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=ca)
 ctx.check_hostname = False       # certificate checks are tested elsewhere; this client only stalls
 ctx.verify_mode = ssl.CERT_NONE
-s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+# A 4 KiB receive window and ~2 MB of output (1900 tokens, ignore_eos, top_logprobs
+# make every chunk about 1 KB) keep the stream blocked in the server's socket
+# however fast the model is.
+raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+raw.connect(("127.0.0.1", port))
+s = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
 body = json.dumps({"messages": [{"role": "user", "content": "Tell me a very long story"}], "max_tokens": 1900,
-                   "temperature": 0, "stream": True}).encode()
+                   "temperature": 0, "stream": True, "logprobs": True, "top_logprobs": 20,
+                   "ignore_eos": True}).encode()
 s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key.encode() +
           b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 s.recv(64)                        # the response has started: the request is in the engine
