@@ -11,7 +11,8 @@
  * takes the time of the first content chunk (TTFT) and of every later chunk
  * (inter-token latency: the server sends one chunk per token), then starts its
  * next request at once. Output tokens come from the usage chunk
- * (stream_options.include_usage). Prompt and output lengths are drawn uniformly
+ * (stream_options.include_usage); ignore_eos makes every answer as long as drawn.
+ * Prompt and output lengths are drawn uniformly
  * from the given ranges with a seeded generator, so runs are repeatable.
  *
  * The key is read from --key-file (preferred: it keeps the key out of `ps`) or --key,
@@ -114,7 +115,7 @@ static char *make_body(struct run *r, int n_words, int max_tokens) {
     char *b = malloc(cap);
     if (!b) return NULL;
     size_t n = (size_t)snprintf(b, cap,
-                                "{\"model\":\"%s\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+                                "{\"model\":\"%s\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"ignore_eos\":true,"
                                 "\"max_tokens\":%d,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"",
                                 r->o.model, max_tokens);
     for (int i = 0; i < n_words; i++) {
