@@ -52,11 +52,24 @@ struct dsi_batch {
 
 struct dsi_backend;
 
+/* Per-row sampling settings of forward_sample (one per want_logits row). */
+struct dsi_sample_params {
+    float temperature; /* <= 0: greedy argmax (lowest id on ties) */
+    int top_k;         /* 0: off */
+    float top_p;       /* >= 1: off */
+    float u;           /* uniform [0,1) draw from the sequence's own RNG: picks from the filtered distribution */
+};
+
 struct dsi_backend_ops {
     const char *name;
     /* Runs one step. logits: host buffer of (rows, vocab) floats, one row per seq with
      * want_logits, in batch order. Returns 0 or DSI_E*. */
     int (*forward)(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
+    /* Optional: one step plus sampling inside the backend, so only token ids cross
+     * to the host. p and ids: one per want_logits row, in batch order. NULL: the
+     * engine calls forward() and samples on the host. Returns 0 or DSI_E*. */
+    int (*forward_sample)(struct dsi_backend *be, const struct dsi_batch *b, const struct dsi_sample_params *p,
+                          int32_t *ids, char **err);
     /* Per-layer debug view of quantization error: fills text report; may be NULL. */
     int (*quant_report)(struct dsi_backend *be, char **report, char **err);
     void (*destroy)(struct dsi_backend *be);

@@ -19,6 +19,8 @@
 #include "dsinfer/log.h"
 
 static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
+static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                               const struct dsi_sample_params *p, int32_t *ids, char **err);
 static void cuda_destroy(struct dsi_backend *be);
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
                   struct dsi_backend **out, char **err);
@@ -26,6 +28,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
 static const struct dsi_backend_ops cuda_ops = {
     .name = "cuda",
     .forward = cuda_forward,
+    .forward_sample = cuda_forward_sample,
     .quant_report = NULL,
     .destroy = cuda_destroy,
 };
@@ -311,16 +314,10 @@ static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float
     return 0;
 }
 
-int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
-                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err) {
-    if (!be || !b || !params || !ids)
-        return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
-    struct dsi__cuda *c = impl(be);
-    int rows = 0;
-    int rc = dsi__cuda_step(c, b, &rows, err);
-    if (rc || rows == 0) return rc;
-    memcpy(c->sp_h, params, (size_t)rows * sizeof *params);
-    if (DSI_CUDA_CHECK(cudaMemcpyAsync(c->sp_d, c->sp_h, (size_t)rows * sizeof *params,
+/* Second half of forward_sample: c->sp_h holds the params of the rows of the step
+ * just enqueued; samples them on the GPU and copies the ids back. */
+static int sample_rows(struct dsi__cuda *c, int rows, int32_t *ids, char **err) {
+    if (DSI_CUDA_CHECK(cudaMemcpyAsync(c->sp_d, c->sp_h, (size_t)rows * sizeof *c->sp_h,
                                        cudaMemcpyHostToDevice, c->stream)) ||
         dsi_cuda_sample(c->ids_d, c->logits, c->sp_d, rows, c->cfg.vocab_size, c->stream) ||
         DSI_CUDA_CHECK(
@@ -331,6 +328,40 @@ int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_bat
     }
     memcpy(ids, c->ids_h, (size_t)rows * 4);
     return 0;
+}
+
+int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err) {
+    if (!be || !b || !params || !ids)
+        return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
+    struct dsi__cuda *c = impl(be);
+    int rows = 0;
+    int rc = dsi__cuda_step(c, b, &rows, err);
+    if (rc || rows == 0) return rc;
+    memcpy(c->sp_h, params, (size_t)rows * sizeof *params);
+    return sample_rows(c, rows, ids, err);
+}
+
+/* The ops-table entry (backend.h): the same path with the engine's params, field by
+ * field, so backend.h does not depend on kernels.h's layout. */
+static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                               const struct dsi_sample_params *p, int32_t *ids, char **err) {
+    if (!be || !b || !p || !ids)
+        return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
+    struct dsi__cuda *c = impl(be);
+    int rows = 0;
+    int rc = dsi__cuda_step(c, b, &rows, err);
+    if (rc || rows == 0) return rc;
+    for (int r = 0; r < rows; r++) {
+        float u = p[r].u;
+        if (!(u >= 0.0f)) u = 0.0f; /* NaN or negative from a caller: the first token of the CDF */
+        if (u >= 1.0f) u = 0x1.fffffep-1f;
+        c->sp_h[r] = (struct dsi_cuda_sample_params){.temperature = p[r].temperature,
+                                                     .top_k = p[r].top_k < 0 ? 0 : p[r].top_k,
+                                                     .top_p = p[r].top_p,
+                                                     .u = u};
+    }
+    return sample_rows(c, rows, ids, err);
 }
 
 int dsi_cuda_backend_sync(struct dsi_backend *be) {
