@@ -93,7 +93,9 @@ int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o_in
     e->bseqs = calloc((size_t)o.max_running, sizeof(*e->bseqs));
     e->breqs = calloc((size_t)o.max_running, sizeof(*e->breqs));
     e->logits = malloc((size_t)o.max_running * (size_t)be->vocab_size * sizeof(float));
-    if (!e->running || !e->bseqs || !e->breqs || !e->logits) {
+    e->sparams = calloc((size_t)o.max_running, sizeof(*e->sparams));
+    e->sids = calloc((size_t)o.max_running, sizeof(*e->sids));
+    if (!e->running || !e->bseqs || !e->breqs || !e->logits || !e->sparams || !e->sids) {
         dsi_seterr(err, rc, "engine: out of memory for %d running sequences", o.max_running);
         goto fail;
     }
@@ -130,6 +132,8 @@ int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o_in
 fail:
     if (cv_ok) pthread_cond_destroy(&e->cv);
     if (mu_ok) pthread_mutex_destroy(&e->mu);
+    free(e->sids);
+    free(e->sparams);
     free(e->logits);
     free(e->breqs);
     free(e->bseqs);
@@ -149,6 +153,8 @@ void dsi_engine_destroy(struct dsi_engine *e) {
     pthread_join(e->thread, NULL);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->mu);
+    free(e->sids);
+    free(e->sparams);
     free(e->logits);
     free(e->breqs);
     free(e->bseqs);

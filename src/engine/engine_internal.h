@@ -59,9 +59,11 @@ struct dsi_engine {
     int n_running;                          /* (mu) */
     struct dsi_engine_stats st;             /* (mu) counters; gauges are filled by get_stats */
     /* (sched) per-step buffers, sized at create so a step allocates nothing */
-    struct dsi_batch_seq *bseqs; /* (max_running) */
-    struct dsi__req **breqs;     /* (max_running) request of each batch entry */
-    float *logits;               /* (max_running, vocab) */
+    struct dsi_batch_seq *bseqs;       /* (max_running) */
+    struct dsi__req **breqs;           /* (max_running) request of each batch entry */
+    float *logits;                     /* (max_running, vocab) */
+    struct dsi_sample_params *sparams; /* (max_running) forward_sample's per-row settings */
+    int32_t *sids;                     /* (max_running) forward_sample's ids */
 };
 
 /* Monotonic clock in ms. */

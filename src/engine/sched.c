@@ -8,7 +8,10 @@
  *      while max_running and the pool allow; plan the batch (decode tokens first,
  *      then prefill chunks, within max_batch_tokens);
  *   2. without the lock: deliver the retired requests' final events, call
- *      forward(), sample every sequence that wanted logits and deliver its token;
+ *      forward(), sample every sequence that wanted logits and deliver its token
+ *      (or, when the backend has forward_sample and every sampled sequence of the
+ *      step needs only temperature/top-k/top-p, let the backend sample: see
+ *      device_sampling below);
  *   3. under the lock: release the blocks of finished sequences.
  *
  * A sequence is its token list (prompt then generated) plus n_computed, the
@@ -215,6 +218,53 @@ static int plan_batch(struct dsi_engine *e) {
     return n_b;
 }
 
+/* True when the backend can pick this sequence's token itself: forward_sample
+ * knows temperature, top-k and top-p only, and returns no logprobs. Mirrors what
+ * dsi_sample treats as active (sampler.c). */
+static bool device_sampleable(const struct dsi_sampling *s) {
+    bool rep = s->repetition_penalty != 1.0f && s->repetition_penalty > 0.0f;
+    return !(s->min_p > 0.0f) && !rep && s->presence_penalty == 0.0f && s->frequency_penalty == 0.0f &&
+           !s->logprobs && s->top_logprobs <= 0;
+}
+
+/* xoroshiro128++ step, the same generator and state as sampler.c's (which keeps
+ * its own static), so a sequence's RNG advances by exactly one step per sampled
+ * token on either path. Returns 24 random bits as a float in [0, 1): exact, so
+ * never rounds up to 1. */
+static float rng_uniform(struct dsi_sampler_state *st) {
+    uint64_t s0 = st->rng[0], s1 = st->rng[1];
+    uint64_t r = ((s0 + s1) << 17 | (s0 + s1) >> 47) + s0;
+    s1 ^= s0;
+    st->rng[0] = (s0 << 49 | s0 >> 15) ^ s1 ^ (s1 << 21);
+    st->rng[1] = s1 << 28 | s1 >> 36;
+    return (float)(r >> 40) * (1.0f / 16777216.0f);
+}
+
+/* Decides the step's sampling path: true (and e->sparams filled, one per
+ * want_logits entry in batch order) when the backend has forward_sample and
+ * every sequence that gets a token this step can use it; the step is then
+ * all-or-nothing so one forward call serves the batch. Draws u from each
+ * sequence's own RNG only for temperature > 0, as dsi_sample does, so seeded
+ * sequences consume one draw per sampled token whichever path a step takes. */
+static bool device_sampling(struct dsi_engine *e, int n_b) {
+    if (!e->be->ops->forward_sample) return false;
+    for (int k = 0; k < n_b; k++)
+        if (e->bseqs[k].want_logits && !device_sampleable(&e->breqs[k]->sampling)) return false;
+    int row = 0;
+    for (int k = 0; k < n_b; k++) {
+        if (!e->bseqs[k].want_logits) continue;
+        struct dsi__req *r = e->breqs[k];
+        const struct dsi_sampling *s = &r->sampling;
+        struct dsi_sample_params *p = &e->sparams[row++];
+        bool greedy = !(s->temperature > 0.0f);
+        p->temperature = greedy ? 0.0f : s->temperature;
+        p->top_k = s->top_k > 0 ? s->top_k : 0;
+        p->top_p = s->top_p < 1.0f ? s->top_p : 1.0f;
+        p->u = greedy ? 0.0f : rng_uniform(&r->rng);
+    }
+    return true;
+}
+
 static bool is_stop(const struct dsi__req *r, int32_t tok) {
     for (int i = 0; i < r->n_stop_ids; i++)
         if (r->stop_ids[i] == tok) return true;
@@ -222,24 +272,33 @@ static bool is_stop(const struct dsi__req *r, int32_t tok) {
 }
 
 /* Runs forward() over the planned batch, samples, delivers the token events and
- * retires finished sequences onto *done (takes the lock for that part only). */
+ * retires finished sequences onto *done (takes the lock for that part only).
+ * On the forward_sample path the event's logprob is 0 and n_top 0: requests
+ * that ask for logprobs never take that path. */
 static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
     struct dsi_batch b = {.seqs = e->bseqs, .n_seqs = n_b};
     char *err = NULL;
-    int rc = e->be->ops->forward(e->be, &b, e->logits, &err);
+    bool dev = device_sampling(e, n_b);
+    int rc = dev ? e->be->ops->forward_sample(e->be, &b, e->sparams, e->sids, &err)
+                 : e->be->ops->forward(e->be, &b, e->logits, &err);
     int vocab = e->be->vocab_size;
     int row = 0, generated = 0;
     for (int k = 0; k < n_b && rc == 0; k++) {
         struct dsi__req *r = e->breqs[k];
         r->n_computed += r->step_n;
         if (!e->bseqs[k].want_logits) continue;
-        float *lg = e->logits + (size_t)row++ * (size_t)vocab;
         struct dsi_token_event ev;
         memset(&ev, 0, sizeof(ev));
-        int32_t tok = dsi_sample(lg, vocab, &r->sampling, &r->rng, r->tokens, r->n_tokens, r->n_prompt, &ev);
+        int32_t tok;
+        if (dev) {
+            tok = e->sids[row++];
+        } else {
+            float *lg = e->logits + (size_t)row++ * (size_t)vocab;
+            tok = dsi_sample(lg, vocab, &r->sampling, &r->rng, r->tokens, r->n_tokens, r->n_prompt, &ev);
+        }
         if (tok < 0 || tok >= vocab) {
             rc = DSI_EINTERNAL;
-            err = dsi_errf("sampler returned token %d, vocab %d", tok, vocab);
+            err = dsi_errf("%s returned token %d, vocab %d", dev ? "forward_sample" : "sampler", tok, vocab);
             break;
         }
         r->tokens[r->n_tokens++] = tok;
