@@ -9,7 +9,11 @@
  * For each weight dtype it loads the backend once and measures three things:
  *   decode   B sequences whose KV already holds C tokens; after --warmup untimed
  *            steps, N timed steps of forward (one token per sequence) plus greedy
- *            sampling of every row on the host. tok/s = B*N / time. Roofline share
+ *            sampling of every row, as the engine does it: through the backend's
+ *            forward_sample when it has one (only ids cross to the host; then
+ *            "fwd ms" is forward + sample together, "sample ms" 0, and the report
+ *            says sample path "device"), else forward + dsi_sample on the host
+ *            (path "host"). tok/s = B*N / time. Roofline share
  *            = bytes moved per step (weight_bytes + B * mean context * kv_bytes_per_token)
  *            / step time / peak bandwidth.
  *   prefill  one P-token prompt (chunks of max_batch_tokens) then one sample: prefill
@@ -75,6 +79,7 @@ struct dtype_res {
     size_t weight_bytes, kv_bytes_per_token;
     int n_kv_blocks;
     double fill_s;
+    bool device_sample; /* the backend has forward_sample: decode and engine sample there */
     struct decode_res dec[MAX_LIST * MAX_LIST];
     int n_dec;
     bool have_prefill;
@@ -411,11 +416,14 @@ static int max_of(const int *v, int n) {
 }
 
 /* W untimed then N timed decode steps of B sequences at context C: forward of one
- * token per sequence, then greedy sampling of every row on the host, as the engine
- * does. Adds the timed forward and sampling seconds to *t_fwd and *t_smp. */
+ * token per sequence, then greedy sampling of every row, as the engine does: in the
+ * backend when it has forward_sample (sp, sid: B entries), else on the host. Adds
+ * the timed forward and sampling seconds to *t_fwd and *t_smp (forward_sample: all
+ * of it to *t_fwd, the two are one call). */
 static int decode_steps(struct dsi_backend *be, int B, int C, int W, int N, const int32_t *table, int nb,
                         struct dsi_batch_seq *seqs, int32_t *cur, struct dsi_sampler_state *st, float *logits,
-                        const struct dsi_sampling *greedy, double *t_fwd, double *t_smp, char **err) {
+                        const struct dsi_sampling *greedy, struct dsi_sample_params *sp, int32_t *sid,
+                        double *t_fwd, double *t_smp, char **err) {
     int V = be->vocab_size;
     for (int step = 0; step < W + N; step++) {
         for (int s = 0; s < B; s++)
@@ -427,6 +435,18 @@ static int decode_steps(struct dsi_backend *be, int B, int C, int W, int N, cons
                                              .n_blocks = nb,
                                              .want_logits = true};
         struct dsi_batch b = {seqs, B};
+        if (be->ops->forward_sample) {
+            for (int s = 0; s < B; s++)
+                sp[s] = (struct dsi_sample_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .u = 0.0f};
+            double t0 = now_s();
+            int rc = be->ops->forward_sample(be, &b, sp, sid, err);
+            if (rc) return rc;
+            double t1 = now_s();
+            for (int s = 0; s < B; s++)
+                cur[s] = sid[s] >= 0 && sid[s] < V ? sid[s] : 0;
+            if (step >= W) *t_fwd += t1 - t0;
+            continue;
+        }
         double t0 = now_s();
         int rc = be->ops->forward(be, &b, logits, err);
         if (rc) return rc;
@@ -480,8 +500,10 @@ static int run_dtype(const struct bench_args *a, const struct dsi_model *m, enum
     float *logits = malloc((size_t)maxB * (size_t)V * sizeof *logits);
     struct dsi_batch_seq *seqs = calloc((size_t)maxB, sizeof *seqs);
     struct dsi_sampler_state *st = calloc((size_t)maxB, sizeof *st);
+    struct dsi_sample_params *sp = calloc((size_t)maxB, sizeof *sp);
+    int32_t *sid = calloc((size_t)maxB, sizeof *sid);
     struct dsi_engine *eng = NULL;
-    if (!table || !ids || !cur || !logits || !seqs || !st) {
+    if (!table || !ids || !cur || !logits || !seqs || !st || !sp || !sid) {
         rc = dsi_seterr(err, DSI_ENOMEM, "bench: out of memory for %d sequences", maxB);
         goto out;
     }
@@ -495,6 +517,7 @@ static int run_dtype(const struct bench_args *a, const struct dsi_model *m, enum
     r->weight_bytes = be->weight_bytes;
     r->kv_bytes_per_token = be->kv_bytes_per_token;
     r->n_kv_blocks = be->n_kv_blocks;
+    r->device_sample = be->ops->forward_sample != NULL;
     for (int i = 0; i < maxB * nb; i++)
         table[i] = i;
     struct dsi_sampling greedy;
@@ -525,8 +548,8 @@ static int run_dtype(const struct bench_args *a, const struct dsi_model *m, enum
             double t_fwd = 0, t_smp = 0;
             for (int k = 0; k < a->repeat; k++) { /* keep the fastest of R runs: noise only slows */
                 double f = 0, sm = 0;
-                if ((rc = decode_steps(be, B, C, W, N, table, nb, seqs, cur, st, logits, &greedy, &f, &sm,
-                                       err)))
+                if ((rc = decode_steps(be, B, C, W, N, table, nb, seqs, cur, st, logits, &greedy, sp, sid, &f,
+                                       &sm, err)))
                     goto out;
                 if (k == 0 || f + sm < t_fwd + t_smp) t_fwd = f, t_smp = sm;
             }
@@ -593,6 +616,8 @@ out:
     free(logits);
     free(seqs);
     free(st);
+    free(sp);
+    free(sid);
     dsi_backend_destroy(be);
     return rc;
 }
@@ -611,9 +636,11 @@ static void print_table(const struct bench_args *a, const struct dsi_model *m, d
         printf("\n== %s weights: %.1f MB, KV %zu B/token, %d KV blocks; setup prefill %.2f s\n",
                dtype_name(d->dtype), d->weight_bytes / 1e6, d->kv_bytes_per_token, d->n_kv_blocks, d->fill_s);
         if (d->n_dec) {
-            printf("decode (%d timed steps after %d warm-up, fastest of %d; forward + greedy sampling on the "
-                   "host)\n",
-                   a->steps, a->warmup, a->repeat);
+            printf("decode (%d timed steps after %d warm-up, fastest of %d; %s)\n", a->steps, a->warmup,
+                   a->repeat,
+                   d->device_sample ? "sample path device: forward_sample, greedy in the backend, fwd ms "
+                                      "includes it"
+                                    : "sample path host: forward + greedy dsi_sample on the host");
             printf("%6s %8s %11s %9s %10s %10s %10s %8s %9s\n", "batch", "context", "tok/s", "ms/step",
                    "fwd ms", "sample ms", "MB/step", "GB/s", "roofline");
             for (int k = 0; k < d->n_dec; k++) {
@@ -667,6 +694,8 @@ static int print_json(const struct bench_args *a, const struct dsi_model *m, dou
         cJSON_AddNumberToObject(x, "weight_bytes", (double)d->weight_bytes);
         cJSON_AddNumberToObject(x, "kv_bytes_per_token", (double)d->kv_bytes_per_token);
         cJSON_AddNumberToObject(x, "setup_prefill_s", d->fill_s);
+        /* "device": decode and engine sampled in the backend (ms_forward = forward + sample) */
+        cJSON_AddStringToObject(x, "sample_path", d->device_sample ? "device" : "host");
         cJSON *dec = cJSON_AddArrayToObject(x, "decode");
         for (int k = 0; k < d->n_dec; k++) {
             const struct decode_res *y = &d->dec[k];
