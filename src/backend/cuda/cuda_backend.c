@@ -211,7 +211,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
     c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
                                                                                      : DSI_Q8_DEFAULT_VARIANT;
-    /* DSI_CUDA_GEMV=old: INT8 matmuls of <= 8 rows take the tensor-core kernel
+    /* DSI_CUDA_GEMV=old: single-row INT8 matmuls take the tensor-core kernel
      * (A/B timing, fallback); anything else: the CUDA-core decode GEMV */
     const char *gemv_env = getenv("DSI_CUDA_GEMV");
     c->gemv_new = !(gemv_env && !strcmp(gemv_env, "old"));

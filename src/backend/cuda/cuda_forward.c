@@ -14,7 +14,7 @@
  * a CUDA graph and replayed, so launch gaps vanish.
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
- * the CUDA-core decode GEMV for <= 8 rows (DSI_CUDA_GEMV=old: skipped), the
+ * the CUDA-core decode GEMV for one row (DSI_CUDA_GEMV=old: skipped), the
  * tensor-core INT8 kernel for <= 16 rows, above that dequantize to bf16
  * scratch and cuBLAS (the lm_head always takes the INT8 kernel, its rows are
  * at most max_seqs).
@@ -26,11 +26,16 @@
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
+/* The CUDA-core GEMV takes up to DSI_Q8_GEMV_MAX_ROWS rows, but on the H200 it beats
+ * the tensor-core kernel only at one row (qkv 10.9 vs 15.5 us, o 9.3 vs 13.4 us) and
+ * loses at eight (gate_up 161 vs 60 us): bench/RESULTS.md, "Final GPU run". */
+#define DSI__CUDA_GEMV_NEW_MAX_ROWS 1
+
 int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
                      bool allow_deq) {
     if (m <= 0) return 0;
     const float one = 1.f, zero = 0.f;
-    if (c->int8 && c->gemv_new && m <= DSI_Q8_GEMV_MAX_ROWS) {
+    if (c->int8 && c->gemv_new && m <= DSI__CUDA_GEMV_NEW_MAX_ROWS) {
         /* DSI_EINVAL: a shape or alignment the GEMV does not take; nothing was
          * launched, so the tensor-core kernel below does the product */
         int rc = dsi_cuda_gemv_int8(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->stream);
