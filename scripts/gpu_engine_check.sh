@@ -1,0 +1,33 @@
+#!/bin/bash
+# gpu_engine_check.sh: on the GPU machine, after the GPU-sampling change: the CUDA
+# tests, the engine path with device sampling on the 7B shape (dsinfer bench), decode
+# with the one-row GEMV threshold, and SHA256SUMS manifest + verify of the 15 GB bf16
+# 7B-shape directory. Run from the repo root with G=<dsinfer, tests, devlibs/>.
+G=${G:-.gpurun}
+OUT=${OUT:-/tmp/gpu-engine}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/$G/devlibs:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+S=$OUT/engine_summary.log
+t0=$(date +%s)
+step() { echo "[$(($(date +%s) - t0)) s] $*" >> "$S"; }
+( [ -f /tmp/dsi-7b/config.json ] || timeout 90 python3 scripts/gen_7b_shape.py /tmp/dsi-7b ) > "$OUT/gen.log" 2>&1 &
+GEN=$!
+timeout 60 $G/test_cuda_kernels > "$OUT/tests.log" 2>&1; step "test_cuda_kernels rc=$?"
+timeout 60 $G/test_cuda_backend >> "$OUT/tests.log" 2>&1; step "test_cuda_backend rc=$?"
+grep -E "^FAIL|passed" "$OUT/tests.log" >> "$S"
+wait $GEN; step "gen_7b rc=$?"
+timeout 60 $G/bench_cuda_decode --dtype int8 --steps 10 --model /tmp/dsi-7b 2>&1 | grep -v INFO > "$OUT/decode_int8.log"
+grep -E "^(1|16|64|256) |prefill" "$OUT/decode_int8.log" >> "$S"; step "decode int8"
+for d in int8 bf16; do
+  timeout 90 $G/dsinfer bench --model /tmp/dsi-7b --no-verify --backend cuda --dtype $d \
+    --batch 1,16,64 --context 128,2048 --steps 10 > "$OUT/bench_$d.log" 2>&1
+  step "dsinfer bench $d rc=$?"
+done
+cat "$OUT/bench_int8.log" "$OUT/bench_bf16.log" | grep -v "INFO\|WARN" >> "$S"
+du -sh /tmp/dsi-7b >> "$S"
+/usr/bin/time -f "manifest %e s" $G/dsinfer manifest /tmp/dsi-7b >> "$S" 2>&1
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
+/usr/bin/time -f "verify (cold cache if drop_caches worked) %e s" $G/dsinfer verify /tmp/dsi-7b >> "$S" 2>&1
+/usr/bin/time -f "verify (page cache) %e s" $G/dsinfer verify /tmp/dsi-7b >> "$S" 2>&1
+nproc >> "$S"
+cat "$S"
