@@ -215,7 +215,7 @@ static int load_model(struct dsi_server *s, char **err) {
     s->reasoning = dsi_chat_is_reasoning(s->tok, s->chat_format);
     add_stop_id(s, dsi_tok_eos(s->tok));
     for (int i = 0; i < s->model.cfg.n_eos; i++) add_stop_id(s, s->model.cfg.eos_token_ids[i]);
-    static const char *END_TOKENS[] = {"<|im_end|>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+    static const char *END_TOKENS[] = {"<|im_end|>", u8"<｜end▁of▁sentence｜>",
                                        "<|EOT|>", "<|end_of_text|>", "<|eot_id|>"};
     for (size_t i = 0; i < sizeof END_TOKENS / sizeof END_TOKENS[0]; i++) add_stop_id(s, dsi_tok_lookup(s->tok, END_TOKENS[i]));
 
