@@ -4,8 +4,8 @@
 # daemon (tests/integration/run.sh) and skips until a tiny model exists.
 set(DSI_SERVER_PURE src/server/request.c src/server/apierr.c src/server/buf.c src/server/textgen.c
     src/server/metrics.c)
-dsi_test(test_server SOURCES tests/test_server.c ${DSI_SERVER_PURE} LIBS PkgConfig::CJSON Threads::Threads m)
-dsi_fuzz(fuzz_request SOURCES tests/fuzz/fuzz_request.c ${DSI_SERVER_PURE} LIBS PkgConfig::CJSON Threads::Threads m)
+dsi_test(test_server SOURCES tests/test_server.c ${DSI_SERVER_PURE} LIBS dsi_core PkgConfig::CJSON Threads::Threads m)
+dsi_fuzz(fuzz_request SOURCES tests/fuzz/fuzz_request.c ${DSI_SERVER_PURE} LIBS dsi_core PkgConfig::CJSON Threads::Threads m)
 # End-to-end: the real daemon over TLS, driven by curl, openssl and the openai npm
 # client (npm ci in tests/integration first; without node_modules that part skips).
 add_test(NAME server_e2e COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/run.sh WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})

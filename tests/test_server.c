@@ -209,9 +209,9 @@ TEST(api_error_body) {
 }
 
 TEST(utf8_helpers) {
-    CHECK(dsi__srv_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
-    CHECK(!dsi__srv_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
-    CHECK(!dsi__srv_utf8_valid("\xe2\x82", 2));
+    CHECK(dsi_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
+    CHECK(!dsi_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!dsi_utf8_valid("\xe2\x82", 2));
     CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("ab\xe2\x82", 4), 2);
     CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("ab\xe2\x82\xac", 5), 5);
     CHECK_EQ_INT(dsi__srv_utf8_complete_prefix("\xf0\x9f\x98", 3), 0);

@@ -11,7 +11,6 @@
  * heap buffer (*out, caller frees) of *len bytes (the NUL not counted). */
 int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err);
 /* true if s[0..n) is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF). */
-bool dsi__utf8_valid(const char *s, size_t n);
 /* Copies s into out (cap bytes, NUL-terminated) with bytes outside printable
  * ASCII written as \xNN, truncated with "..." so error messages stay one line. */
 void dsi__printable(const char *s, char *out, size_t cap);

@@ -14,6 +14,7 @@
  * shard is mapped once, every indexed tensor must be in the shard the index
  * names, and no tensor may appear in two shards.
  */
+#include "dsinfer/utf8.h"
 #include "model_internal.h"
 
 #include "dsinfer/err.h"
@@ -152,7 +153,7 @@ static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const ch
         bool ctrl = false;
         for (size_t i = 0; i < nlen; i++)
             ctrl |= (unsigned char)name[i] < 0x20 || name[i] == 0x7f;
-        if (nlen == 0 || nlen > ST_MAX_NAME || ctrl || !dsi__utf8_valid(name, nlen)) {
+        if (nlen == 0 || nlen > ST_MAX_NAME || ctrl || !dsi_utf8_valid(name, nlen)) {
             rc = dsi_seterr(err, DSI_EFORMAT,
                             "%s: tensor \"%s\": name is empty, too long, not UTF-8 or has control "
                             "characters",
@@ -373,7 +374,7 @@ static int cmp_str(const void *a, const void *b) {
 /* Shard names come from the index and are joined to DIR: plain file names only. */
 static bool shard_name_ok(const char *s) {
     size_t n = strlen(s);
-    return n > 0 && n < 256 && s[0] != '.' && !strchr(s, '/') && !strchr(s, '\\') && dsi__utf8_valid(s, n);
+    return n > 0 && n < 256 && s[0] != '.' && !strchr(s, '/') && !strchr(s, '\\') && dsi_utf8_valid(s, n);
 }
 
 static int open_sharded(struct dsi_safetensors *st, const char *dir, const char *index_path, char **err) {

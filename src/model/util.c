@@ -53,36 +53,6 @@ int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, 
     return 0;
 }
 
-bool dsi__utf8_valid(const char *str, size_t n) {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t need;
-        uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0)
-            need = 1, cp = c & 0x1f, min = 0x80;
-        else if ((c & 0xf0) == 0xe0)
-            need = 2, cp = c & 0x0f, min = 0x800;
-        else if ((c & 0xf8) == 0xf0)
-            need = 3, cp = c & 0x07, min = 0x10000;
-        else
-            return false;
-        if (n - i <= need) return false;
-        for (size_t k = 1; k <= need; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += need + 1;
-    }
-    return true;
-}
-
 void dsi__printable(const char *s, char *out, size_t cap) {
     size_t o = 0;
     if (cap == 0) return;

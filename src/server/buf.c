@@ -81,7 +81,7 @@ int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n) {
                 /* Valid UTF-8 is copied; a broken sequence (a token holding half a
                  * character) becomes U+FFFD so that the JSON stays valid. */
                 size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-                if (len && len <= n - i && dsi__srv_utf8_valid(s + i, len)) {
+                if (len && len <= n - i && dsi_utf8_valid(s + i, len)) {
                     memcpy(o, s + i, len);
                     o += len;
                     i += len - 1;

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dsinfer/utf8.h"
 #include "dsinfer/engine.h"
 
 /* ---- API errors (apierr.c) -------------------------------------------- */
@@ -77,7 +78,6 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len,
                    const struct dsi__req_limits *lim, struct dsi__req *out, struct dsi__api_error *e);
 void dsi__srv_req_free(struct dsi__req *r);
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF). */
-bool dsi__srv_utf8_valid(const char *s, size_t n);
 /* Length of the longest prefix of s[0..n) that does not end inside a UTF-8
  * sequence (text held back so that SSE chunks stay valid UTF-8). */
 size_t dsi__srv_utf8_complete_prefix(const char *s, size_t n);

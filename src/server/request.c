@@ -24,32 +24,6 @@ static int parse_ids(const cJSON *a, const char *param, const struct dsi__req_li
 static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
 static int parse_stop(const cJSON *s, struct dsi__req *r, struct dsi__api_error *e);
 
-bool dsi__srv_utf8_valid(const char *str, size_t n) {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        unsigned cp, min;
-        if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
-        else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
-        else return false;
-        if (n - i < len) return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-        i += len;
-    }
-    return true;
-}
-
 size_t dsi__srv_utf8_complete_prefix(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
     /* Walk back over at most 3 continuation bytes to the last lead byte. */
@@ -138,7 +112,7 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
         return dsi__api_error_set(e, 413, NULL, "request_too_large", "request body is %zu bytes; the limit is %zu",
                                   len, lim->max_body_bytes);
     if (len == 0) return dsi__api_error_set(e, 400, NULL, "invalid_json", "request body is empty; send a JSON object");
-    if (!dsi__srv_utf8_valid(body, len))
+    if (!dsi_utf8_valid(body, len))
         return dsi__api_error_set(e, 400, NULL, "invalid_utf8", "request body is not valid UTF-8");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
