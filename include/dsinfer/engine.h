@@ -126,6 +126,9 @@ struct dsi_sampler_state {
     uint64_t rng[2];
 };
 void dsi_sampler_seed(struct dsi_sampler_state *st, uint64_t seed);
+/* The sequence's next 64 random bits (xoroshiro128++): one call per sampled token,
+ * whether the host or the backend turns the draw into a token. */
+uint64_t dsi_sampler_next(struct dsi_sampler_state *st);
 /* Picks a token from logits (vocab floats, modified in place). history: tokens the
  * penalties look at (prompt then output); n_prompt of them are prompt. */
 int32_t dsi_sample(float *logits, int vocab, const struct dsi_sampling *s, struct dsi_sampler_state *st,

@@ -70,6 +70,8 @@ static uint64_t xoro_next(struct dsi_sampler_state *st) {
     return r;
 }
 
+uint64_t dsi_sampler_next(struct dsi_sampler_state *st) { return xoro_next(st); }
+
 static int cmp_i32(const void *a, const void *b) {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     return (x > y) - (x < y);

@@ -227,17 +227,11 @@ static bool device_sampleable(const struct dsi_sampling *s) {
            !s->logprobs && s->top_logprobs <= 0;
 }
 
-/* xoroshiro128++ step, the same generator and state as sampler.c's (which keeps
- * its own static), so a sequence's RNG advances by exactly one step per sampled
- * token on either path. Returns 24 random bits as a float in [0, 1): exact, so
- * never rounds up to 1. */
+/* One draw from the sequence's own generator (the same one dsi_sample uses), so
+ * its RNG advances by exactly one step per sampled token on either path. 24
+ * random bits as a float in [0, 1): exact, so it never rounds up to 1. */
 static float rng_uniform(struct dsi_sampler_state *st) {
-    uint64_t s0 = st->rng[0], s1 = st->rng[1];
-    uint64_t r = ((s0 + s1) << 17 | (s0 + s1) >> 47) + s0;
-    s1 ^= s0;
-    st->rng[0] = (s0 << 49 | s0 >> 15) ^ s1 ^ (s1 << 21);
-    st->rng[1] = s1 << 28 | s1 >> 36;
-    return (float)(r >> 40) * (1.0f / 16777216.0f);
+    return (float)(dsi_sampler_next(st) >> 40) * (1.0f / 16777216.0f);
 }
 
 /* Decides the step's sampling path: true (and e->sparams filled, one per
