@@ -5,7 +5,7 @@
 #   usage: scripts/demo/prepare_text.sh OUTDIR   -> OUTDIR/{train.txt,heldout.txt}
 set -euo pipefail
 out=${1:?usage: prepare_text.sh OUTDIR}
-command -v bible >/dev/null || { echo "needs the bible-kjv package (apt-get install bible-kjv-text)" >&2; exit 1; }
+command -v bible >/dev/null || { echo "needs the bible program and text: apt-get install bible-kjv" >&2; exit 1; }
 mkdir -p "$out"
 bible -f Gen1:1-Rev22:21 | awk -v train="$out/train.txt" -v held="$out/heldout.txt" '
   {
