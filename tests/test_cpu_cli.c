@@ -14,56 +14,17 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "test_util.h"
 
 #define GOLD "tests/golden/models/"
 
 static const char *bin;
 static char errpath[64];
 
-struct out {
-    char *text; /* stdout */
-    char *err;  /* stderr */
-    int status; /* exit status, or -signal */
-};
-
-static char *slurp(FILE *f) {
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    size_t r;
-    while (b && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *g = realloc(b, cap * 2);
-            if (!g) break;
-            b = g;
-            cap *= 2;
-        }
-    }
-    if (b) b[n] = 0;
-    return b;
-}
-
-static struct out run(const char *args) {
-    struct out o = {0};
+static struct test_out run(const char *args) {
     char cmd[16384];
     snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive DSI_LOG_LEVEL=warn %s %s 2>%s", bin, args, errpath);
-    FILE *p = popen(cmd, "r");
-    if (!p) {
-        o.status = -1000;
-        return o;
-    }
-    o.text = slurp(p);
-    int st = pclose(p);
-    o.status = WIFEXITED(st) ? WEXITSTATUS(st) : -(WIFSIGNALED(st) ? WTERMSIG(st) : 999);
-    FILE *e = fopen(errpath, "r");
-    o.err = e ? slurp(e) : NULL;
-    if (e) fclose(e);
-    return o;
-}
-
-static void out_free(struct out *o) {
-    free(o->text);
-    free(o->err);
+    return test_run_shell(cmd, errpath);
 }
 
 static char *ids_arg(const cJSON *arr) {
@@ -81,7 +42,7 @@ static cJSON *load_ref(const char *name, float **rows, int *vocab, int which) {
     snprintf(path, sizeof path, GOLD "%s.ref.json", name);
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    char *js = slurp(f);
+    char *js = test_slurp_stream(f);
     fclose(f);
     cJSON *root = js ? cJSON_Parse(js) : NULL;
     free(js);
@@ -131,7 +92,7 @@ static double logits_err(const char *name, const char *extra, int which) {
     cJSON *prompt = cJSON_GetArrayItem(cJSON_GetObjectItem(r, "prompts"), which);
     char args[9000];
     snprintf(args, sizeof args, "logits --model " GOLD "%s --ids %s %s", name, ids_arg(prompt), extra);
-    struct out o = run(args);
+    struct test_out o = run(args);
     double worst = 1e9;
     cJSON *js = o.status == 0 && o.text ? cJSON_Parse(o.text) : NULL;
     cJSON *lg = cJSON_GetObjectItem(js, "logits");
@@ -157,7 +118,7 @@ static double logits_err(const char *name, const char *extra, int which) {
     cJSON_Delete(js);
     cJSON_Delete(r);
     free(ref);
-    out_free(&o);
+    test_out_free(&o);
     return worst;
 }
 
@@ -192,7 +153,7 @@ TEST(cli_greedy_generate_matches_hf) {
                      "%s --ids %s --max-tokens 16 --temperature 0 --ignore-eos --json "
                      "--dtype f32",
                      MODELS[i], ids_arg(cJSON_GetArrayItem(cJSON_GetObjectItem(r, "prompts"), p)));
-            struct out o = run(args);
+            struct test_out o = run(args);
             CHECK_EQ_INT(o.status, 0);
             cJSON *js = o.text ? cJSON_Parse(o.text) : NULL;
             char want[512];
@@ -203,7 +164,7 @@ TEST(cli_greedy_generate_matches_hf) {
                 fprintf(stderr, "  %s prompt %d: got %s want %s\n", MODELS[i], p, got, want);
             CHECK_EQ_STR(got, want);
             cJSON_Delete(js);
-            out_free(&o);
+            test_out_free(&o);
         }
         cJSON_Delete(r);
     }
@@ -212,36 +173,36 @@ TEST(cli_greedy_generate_matches_hf) {
 TEST(cli_seeded_sampling_reproducible) {
     const char *a =
         "generate --model " GOLD "llama-mha --ids 5,6,7 --max-tokens 16 --temperature 5 --seed 7 --json";
-    struct out o1 = run(a), o2 = run(a);
-    struct out o3 =
+    struct test_out o1 = run(a), o2 = run(a);
+    struct test_out o3 =
         run("generate --model " GOLD "llama-mha --ids 5,6,7 --max-tokens 16 --temperature 5 --seed 8 --json");
     CHECK_EQ_INT(o1.status, 0);
     CHECK(o1.text && o2.text && !strcmp(o1.text, o2.text));
     CHECK(o1.text && o3.text && strcmp(o1.text, o3.text) != 0);
-    out_free(&o1);
-    out_free(&o2);
-    out_free(&o3);
+    test_out_free(&o1);
+    test_out_free(&o2);
+    test_out_free(&o3);
 }
 
 TEST(cli_prompt_text_uses_the_tokenizer) {
-    struct out o =
+    struct test_out o =
         run("generate --model " GOLD "tiny-chat --prompt 'Hello! What is the weather' --max-tokens 8 "
             "--temperature 0 --json");
     CHECK_EQ_INT(o.status, 0);
     CHECK(o.text && strstr(o.text, "\"text\":\""));
     CHECK(o.text && strstr(o.text, "\"prompt_tokens\":"));
-    out_free(&o);
+    test_out_free(&o);
 }
 
 static void expect_fail(const char *args, int status, const char *msg) {
-    struct out o = run(args);
+    struct test_out o = run(args);
     CHECK_EQ_INT(o.status, status);
     if (msg) {
         int has = o.err && strstr(o.err, msg) != NULL;
         if (!has) fprintf(stderr, "  stderr of '%s': %s\n", args, o.err ? o.err : "");
         CHECK(has);
     }
-    out_free(&o);
+    test_out_free(&o);
 }
 
 TEST(cli_bad_inputs_fail_cleanly) {
@@ -263,11 +224,11 @@ TEST(cli_bad_inputs_fail_cleanly) {
 }
 
 TEST(cli_quant_report_prints_every_tensor) {
-    struct out o = run("quant-report --model " GOLD "qwen2-gqa-tied --group-size 32");
+    struct test_out o = run("quant-report --model " GOLD "qwen2-gqa-tied --group-size 32");
     CHECK_EQ_INT(o.status, 0);
     CHECK(o.text && strstr(o.text, "model.layers.1.self_attn.q_proj.weight"));
     CHECK(o.text && strstr(o.text, "group-wise"));
-    out_free(&o);
+    test_out_free(&o);
 }
 
 int main(void) {

@@ -25,6 +25,7 @@
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
 #include "test.h"
+#include "test_util.h"
 
 #define GOLD "tests/golden/models/"
 /* int8 on these random models (weights drawn wider than HF's init, so activations
@@ -52,28 +53,11 @@ struct ref {
     float attn_scaling;
 };
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 static int ref_load(const char *name, struct ref *r) {
     memset(r, 0, sizeof *r);
     char path[256];
     snprintf(path, sizeof path, GOLD "%s.ref.json", name);
-    char *js = read_file(path, NULL);
+    char *js = test_read_file(path, NULL);
     if (!js) return -1;
     cJSON *root = cJSON_Parse(js);
     free(js);
@@ -100,7 +84,7 @@ static int ref_load(const char *name, struct ref *r) {
 
     snprintf(path, sizeof path, GOLD "%s.ref.bin", name);
     size_t len;
-    char *bin = read_file(path, &len);
+    char *bin = test_read_file(path, &len);
     if (!bin || len < 12 || memcmp(bin, "DSIHFLG1", 8)) {
         free(bin);
         return -1;
@@ -479,7 +463,7 @@ TEST(bad_batches_are_rejected_with_messages) {
 
 static int copy_file(const char *src, const char *dst) {
     size_t n;
-    char *b = read_file(src, &n);
+    char *b = test_read_file(src, &n);
     if (!b) return -1;
     FILE *f = fopen(dst, "wb");
     int ok = f && fwrite(b, 1, n, f) == n;
@@ -497,7 +481,7 @@ TEST(config_disagreeing_with_tensors_fails_cleanly) {
     char p[512];
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     CHECK_EQ_INT(copy_file(GOLD "llama-mha/model.safetensors", p), 0);
-    char *cfg = read_file(GOLD "llama-mha/config.json", NULL);
+    char *cfg = test_read_file(GOLD "llama-mha/config.json", NULL);
     CHECK(cfg && strstr(cfg, "\"intermediate_size\": 160"));
     if (cfg) {
         char *at = strstr(cfg, "\"intermediate_size\": 160");

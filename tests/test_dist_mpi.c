@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "test.h"
+#include "test_util.h"
 
 #define GOLD "tests/golden/models/"
 /* Open MPI leaks at exit by design, which LeakSanitizer would turn into exit 1. */
@@ -32,50 +33,12 @@
 static const char *bin;
 static char errpath[] = "/tmp/dsi_test_dist_XXXXXX";
 
-struct out {
-    char *text, *err;
-    int status;
-};
-
-static char *slurp(FILE *f) {
-    size_t cap = 1 << 16, n = 0, r;
-    char *b = malloc(cap);
-    while (b && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            char *g = realloc(b, cap * 2);
-            if (!g) break;
-            b = g;
-            cap *= 2;
-        }
-    }
-    if (b) b[n] = 0;
-    return b;
-}
-
 /* Runs `[mpirun ...] $DSI_BIN args`; timeout keeps a hang from stalling CI. */
-static struct out run(bool mpi, const char *args) {
-    struct out o = {0};
+static struct test_out run(bool mpi, const char *args) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "%sOMP_WAIT_POLICY=passive DSI_LOG_LEVEL=warn timeout 240 %s%s %s 2>%s",
              mpi ? "ASAN_OPTIONS=detect_leaks=0 " : "", mpi ? MPIRUN : "", bin, args, errpath);
-    FILE *p = popen(cmd, "r");
-    if (!p) {
-        o.status = -1000;
-        return o;
-    }
-    o.text = slurp(p);
-    int st = pclose(p);
-    o.status = WIFEXITED(st) ? WEXITSTATUS(st) : -(WIFSIGNALED(st) ? WTERMSIG(st) : 999);
-    FILE *e = fopen(errpath, "r");
-    o.err = e ? slurp(e) : NULL;
-    if (e) fclose(e);
-    return o;
-}
-
-static void out_free(struct out *o) {
-    free(o->text);
-    free(o->err);
+    return test_run_shell(cmd, errpath);
 }
 
 /* Max over rows of max|a-b| / max|a|; -1 if the shapes differ or JSON is bad. */
@@ -113,7 +76,7 @@ static void check_logits(const char *model, const char *opts, double tol) {
     char args[1024];
     snprintf(args, sizeof args,
              "logits --model %s --ids 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17 --threads 1 %s", model, opts);
-    struct out one = run(false, args), two = run(true, args);
+    struct test_out one = run(false, args), two = run(true, args);
     CHECK_EQ_INT(one.status, 0);
     CHECK_EQ_INT(two.status, 0);
     int rows = 0;
@@ -122,8 +85,8 @@ static void check_logits(const char *model, const char *opts, double tol) {
     CHECK_EQ_INT(rows, 17); /* crosses a 16-token KV block */
     CHECK(d >= 0 && d <= tol);
     if (two.status) fprintf(stderr, "%s\n", two.err ? two.err : "");
-    out_free(&one);
-    out_free(&two);
+    test_out_free(&one);
+    test_out_free(&two);
 }
 
 static void check_generate(const char *model, const char *opts) {
@@ -132,7 +95,7 @@ static void check_generate(const char *model, const char *opts) {
         args, sizeof args,
         "generate --model %s --ids 1,2,3 --max-tokens 12 --temperature 0 --ignore-eos --json --threads 1 %s",
         model, opts);
-    struct out one = run(false, args), two = run(true, args);
+    struct test_out one = run(false, args), two = run(true, args);
     CHECK_EQ_INT(one.status, 0);
     CHECK_EQ_INT(two.status, 0);
     cJSON *a = cJSON_Parse(one.text ? one.text : ""), *b = cJSON_Parse(two.text ? two.text : "");
@@ -146,8 +109,8 @@ static void check_generate(const char *model, const char *opts) {
     free(sb);
     cJSON_Delete(a);
     cJSON_Delete(b);
-    out_free(&one);
-    out_free(&two);
+    test_out_free(&one);
+    test_out_free(&two);
 }
 
 #define TOL 1e-5
@@ -177,41 +140,41 @@ TEST(tp_generate_greedy_same_ids) {
 
 TEST(tp_heads_not_divisible_is_clear_error) {
     /* qwen2-untied has 6 heads and 1 kv head */
-    struct out o = run(true, "logits --model " GOLD "qwen2-untied --ids 1,2 --threads 1");
+    struct test_out o = run(true, "logits --model " GOLD "qwen2-untied --ids 1,2 --threads 1");
     CHECK_EQ_INT(o.status, 1);
     CHECK(o.err &&
           strstr(o.err,
                  "rank 0: tensor parallel 2 does not divide this model's 6 attention heads and 1 kv heads"));
     CHECK(o.err && strstr(o.err, "rank 1 cannot build its shard: tensor parallel 2 does not divide"));
     CHECK(o.text == NULL || strstr(o.text, "logits") == NULL);
-    out_free(&o);
+    test_out_free(&o);
 }
 
 TEST(tp_flag_mismatch_and_without_mpirun) {
-    struct out o = run(true, "logits --model models/demo --ids 1 --tensor-parallel 3");
+    struct test_out o = run(true, "logits --model models/demo --ids 1 --tensor-parallel 3");
     CHECK_EQ_INT(o.status, 2);
     CHECK(o.err && strstr(o.err, "rank 0: --tensor-parallel 3 but mpirun started 2 ranks"));
     CHECK(o.err && strstr(o.err, "rank 1: --tensor-parallel 3 but mpirun started 2 ranks"));
-    out_free(&o);
+    test_out_free(&o);
     o = run(false, "logits --model models/demo --ids 1 --tensor-parallel 2");
     CHECK_EQ_INT(o.status, 2);
     CHECK(o.err && strstr(o.err, "mpirun -np 2"));
-    out_free(&o);
+    test_out_free(&o);
     o = run(false, "logits --model models/demo --ids 1 --tensor-parallel x");
     CHECK_EQ_INT(o.status, 2);
-    out_free(&o);
+    test_out_free(&o);
     /* --tensor-parallel 2 under mpirun -np 2 is accepted and stripped before the command */
     o = run(true, "logits --model " GOLD "llama-mha --ids 1 --threads 1 --tensor-parallel=2");
     CHECK_EQ_INT(o.status, 0);
     CHECK(o.text && strstr(o.text, "\"logits\""));
-    out_free(&o);
+    test_out_free(&o);
 }
 
 TEST(tp_bad_token_fails_on_rank0_without_hang) {
-    struct out o = run(true, "logits --model " GOLD "llama-mha --ids 1,99999 --threads 1");
+    struct test_out o = run(true, "logits --model " GOLD "llama-mha --ids 1,99999 --threads 1");
     CHECK_EQ_INT(o.status, 1);
     CHECK(o.err && strstr(o.err, "token id 99999 is out of range"));
-    out_free(&o);
+    test_out_free(&o);
 }
 
 int main(void) {

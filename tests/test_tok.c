@@ -17,30 +17,14 @@
 #include "dsinfer/err.h"
 #include "dsinfer/tok.h"
 #include "test.h"
+#include "test_util.h"
 
 #define TOKDIR "tests/data/tokenizers/"
 #define GOLDEN "tests/golden/tok/"
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    if (len) *len = (size_t)n;
-    return b;
-}
-
 /* Parses a JSON-lines file into an array of objects (NULL-terminated). */
 static cJSON **read_jsonl(const char *path, size_t *n) {
-    char *s = slurp(path, NULL);
+    char *s = test_read_file(path, NULL);
     *n = 0;
     if (!s) return NULL;
     size_t cap = 512;
@@ -84,7 +68,7 @@ static struct dsi_tokenizer *load_with_config(const char *name, const char *conf
     size_t len;
     struct dsi_tokenizer *t = NULL;
     snprintf(path, sizeof path, TOKDIR "%s/tokenizer.json", name);
-    char *js = slurp(path, &len);
+    char *js = test_read_file(path, &len);
     if (!js) return NULL;
     int rc = dsi_tok_load_mem(js, len, config, strlen(config), &t, &err);
     if (rc) fprintf(stderr, "  load %s: %s\n", name, err ? err : dsi_strerror(rc));
@@ -259,7 +243,7 @@ static const char DS_CFG_FMT[] =
 static void golden_chat(const char *name) {
     char path[256];
     snprintf(path, sizeof path, GOLDEN "chat_%s.json", name);
-    char *js = slurp(path, NULL);
+    char *js = test_read_file(path, NULL);
     cJSON *root = js ? cJSON_Parse(js) : NULL;
     free(js);
     CHECK(root != NULL);
