@@ -21,8 +21,12 @@
 #include "cli.h"
 #include "dsinfer/backend.h"
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 #include "dsinfer/model.h"
 #include "dsinfer/tok.h"
+
+/* Held-out texts are megabytes; the bound keeps a wrong path from being read whole. */
+#define MAX_TEXT_BYTES ((size_t)1 << 30)
 
 struct ppl_args {
     const char *model, *text, *backend, *dtype;
@@ -30,7 +34,6 @@ struct ppl_args {
 };
 
 static int parse_args(int argc, char **argv, struct ppl_args *a);
-static int read_file(const char *path, char **buf, size_t *len);
 static double log_softmax_at(const float *logits, int vocab, int target);
 
 static void usage(FILE *f) {
@@ -53,10 +56,7 @@ int dsi_cmd_perplexity(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     int status = DSI_EXIT_FAIL;
 
-    if (read_file(a.text, &text, &text_len) != 0) {
-        fprintf(stderr, "dsinfer perplexity: cannot read %s: %s\n", a.text, strerror(errno));
-        goto done;
-    }
+    if (dsi_read_file(a.text, MAX_TEXT_BYTES, &text, &text_len, &err) != 0) goto fail;
     struct dsi_model_open_opts mo = {.skip_verify = a.no_verify};
     if (dsi_model_open(&m, a.model, &mo, &err) != 0) goto fail;
     if (dsi_tok_load(a.model, &tok, &err) != 0) goto fail;
@@ -213,37 +213,5 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
         usage(stderr);
         return DSI_EXIT_USAGE;
     }
-    return 0;
-}
-
-static int read_file(const char *path, char **buf, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        size_t r = fread(b + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) break;
-        if (n == cap) {
-            char *nb = realloc(b, cap * 2);
-            if (!nb) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    int bad = ferror(f) || !b;
-    fclose(f);
-    if (bad) {
-        free(b);
-        if (!errno) errno = EIO;
-        return -1;
-    }
-    *buf = b;
-    *len = n;
     return 0;
 }

@@ -369,7 +369,7 @@ int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **
     if (!path) return DSI_ENOMEM;
     char *text = NULL;
     size_t len = 0;
-    int rc = dsi__read_file(path, CFG_MAX_BYTES, &text, &len, err);
+    int rc = dsi_read_file(path, CFG_MAX_BYTES, &text, &len, err);
     if (rc == 0) {
         char *e2 = NULL;
         rc = dsi_model_config_parse(text, len, cfg, &e2);

@@ -439,7 +439,7 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
     char *text = NULL, *first = NULL;
     size_t len = 0;
     char *e2 = NULL;
-    int rc = mpath ? dsi__read_file(mpath, MF_MAX_BYTES, &text, &len, &e2) : DSI_ENOMEM;
+    int rc = mpath ? dsi_read_file(mpath, MF_MAX_BYTES, &text, &len, &e2) : DSI_ENOMEM;
     if (rc == DSI_ENOENT)
         rc = dsi_seterr(err, DSI_EINTEGRITY,
                         "%s: no " MF_NAME "; run `dsinfer manifest %s` on a trusted copy first", dir, dir);

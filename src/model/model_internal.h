@@ -4,12 +4,12 @@
 #ifndef DSINFER_MODEL_INTERNAL_H
 #define DSINFER_MODEL_INTERNAL_H
 
+#include "dsinfer/fileio.h"
 #include <stdbool.h>
 #include <stddef.h>
 
 /* Reads a whole regular file of at most max_bytes into a new NUL-terminated
  * heap buffer (*out, caller frees) of *len bytes (the NUL not counted). */
-int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err);
 /* true if s[0..n) is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF). */
 /* Copies s into out (cap bytes, NUL-terminated) with bytes outside printable
  * ASCII written as \xNN, truncated with "..." so error messages stay one line. */

@@ -380,7 +380,7 @@ static bool shard_name_ok(const char *s) {
 static int open_sharded(struct dsi_safetensors *st, const char *dir, const char *index_path, char **err) {
     char *text = NULL;
     size_t len = 0;
-    int rc = dsi__read_file(index_path, ST_MAX_INDEX, &text, &len, err);
+    int rc = dsi_read_file(index_path, ST_MAX_INDEX, &text, &len, err);
     if (rc) return rc;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);

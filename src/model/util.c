@@ -14,45 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int dsi__read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return dsi_seterr(err, DSI_EIO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)sb.st_size > max_bytes) {
-        close(fd);
-        return dsi_seterr(err, DSI_ERANGE, "%s: %lld bytes, more than the %zu allowed", path,
-                          (long long)sb.st_size, max_bytes);
-    }
-    size_t size = (size_t)sb.st_size;
-    char *buf = malloc(size + 1);
-    if (!buf) {
-        close(fd);
-        return dsi_seterr(err, DSI_ENOMEM, "%s: out of memory", path);
-    }
-    size_t got = 0;
-    while (got < size) {
-        ssize_t n = read(fd, buf + got, size - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            free(buf);
-            close(fd);
-            return dsi_seterr(err, DSI_EIO, "%s: read failed", path);
-        }
-        got += (size_t)n;
-    }
-    close(fd);
-    buf[size] = '\0';
-    *out = buf;
-    *len = size;
-    return 0;
-}
-
 void dsi__printable(const char *s, char *out, size_t cap) {
     size_t o = 0;
     if (cap == 0) return;

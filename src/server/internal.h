@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dsinfer/fileio.h"
 #include "dsinfer/utf8.h"
 #include "dsinfer/engine.h"
 
@@ -145,7 +146,6 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
 int dsi__tls_material(const char *cert_file, const char *key_file, const char *state_dir, char **cert_pem,
                       char **key_pem, char fingerprint[96 + 1], char **err);
 /* Reads a whole file (NUL-terminated, malloc'd). */
-int dsi__srv_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err);
 
 /* ---- misc ------------------------------------------------------------------ */
 

@@ -125,7 +125,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
             goto fail;
         if ((rc = dsi__tls_creds_load(s->cert_pem, s->key_pem, &s->creds, err))) goto fail;
         if (c->tls_client_ca && c->tls_client_ca[0] &&
-            (rc = dsi__srv_read_file(c->tls_client_ca, 1u << 20, &s->ca_pem, NULL, err)))
+            (rc = dsi_read_file(c->tls_client_ca, 1u << 20, &s->ca_pem, NULL, err)))
             goto fail;
     }
     if ((rc = dsi__http_start(s, err))) goto fail;

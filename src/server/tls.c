@@ -23,27 +23,6 @@
 
 #define MAX_PEM_BYTES (1u << 20)
 
-int dsi__srv_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "cannot open %s: %s", path, strerror(errno));
-    char *buf = malloc(max_bytes + 1);
-    if (!buf) {
-        fclose(f);
-        return dsi_seterr(err, DSI_ENOMEM, "out of memory reading %s", path);
-    }
-    size_t n = fread(buf, 1, max_bytes + 1, f);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad || n > max_bytes) {
-        free(buf);
-        return dsi_seterr(err, bad ? DSI_EIO : DSI_ERANGE, "%s: %s", path, bad ? "read error" : "file too large");
-    }
-    buf[n] = 0;
-    *out = buf;
-    if (len) *len = n;
-    return 0;
-}
-
 /* Writes data to path atomically (temp file + rename) with the given mode. */
 static int write_file(const char *path, const void *data, size_t n, mode_t mode, char **err) {
     char tmp[4096];
@@ -170,8 +149,8 @@ int dsi__tls_material(const char *cert_file, const char *key_file, const char *s
             return 0;
         }
     }
-    if ((rc = dsi__srv_read_file(cpath, MAX_PEM_BYTES, cert_pem, NULL, err)) ||
-        (rc = dsi__srv_read_file(kpath, MAX_PEM_BYTES, key_pem, NULL, err)))
+    if ((rc = dsi_read_file(cpath, MAX_PEM_BYTES, cert_pem, NULL, err)) ||
+        (rc = dsi_read_file(kpath, MAX_PEM_BYTES, key_pem, NULL, err)))
         goto fail;
     if ((rc = fingerprint_of(*cert_pem, fp, err))) goto fail;
     dsi_log(DSI_LOG_INFO, "tls", "certificate %s%s; SHA-256 fingerprint %s", cpath,
