@@ -465,6 +465,87 @@ TEST(cuda_gemm_int8_matches_cpu) {
     gemm_case(130, 96, 128, 1); /* > 64 rows: two passes */
 }
 
+/* Group-wise INT8 (kernels/quant_group.cu): bytes and scales bit-identical to the
+ * CPU's dsi_quantize_int8 of the same bf16 values (read back through the tiled
+ * layout with the per-channel dequant, whose layout the gemm test proves), G = k
+ * identical to the per-channel kernel byte for byte, and the group dequant equal
+ * to bf16(q * scale[row][col / G]). Special values: zero groups, NaN, inf. */
+static void quant_group_case(int n, int k, int gs) {
+    size_t nk = (size_t)n * k, ng = (size_t)(k / gs);
+    float *wf = malloc(nk * 4), *sc = malloc((size_t)n * ng * 4), *gsc = malloc((size_t)n * ng * 4);
+    uint16_t *wb = malloc(nk * 2), *deq = malloc(nk * 2);
+    int8_t *q = malloc(nk);
+    for (size_t i = 0; i < nk; i++) {
+        float v = frand() * (i % 7 == 0 ? 3.f : 0.05f);
+        if (i / (size_t)gs % 11 == 5) v = 0.f; /* whole zero groups: scale 0, q 0 */
+        wb[i] = dsi_f32_to_bf16(v);
+    }
+    if (nk > 40) {
+        wb[3] = 0x7fc0;  /* NaN: quantizes to 0, never the group's max */
+        wb[40] = 0x7f80; /* +inf: scale inf, clamped */
+    }
+    for (size_t i = 0; i < nk; i++)
+        wf[i] = bf(wb[i]);
+    CHECK_EQ_INT(dsi_quantize_int8(wf, n, k, gs, q, sc), 0);
+    size_t qb = dsi_cuda_q8_bytes(n, k);
+    uint16_t *dw = dmalloc(nk * 2), *dd = dmalloc(nk * 2);
+    int8_t *dq = dmalloc(qb), *dq1 = dmalloc(qb);
+    float *dsc = dmalloc((size_t)n * ng * 4), *dsc1 = dmalloc((size_t)n * 4);
+    up(dw, wb, nk * 2);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8_group(dq, dsc, dw, n, k, gs, 0), 0);
+    CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+    down(gsc, dsc, (size_t)n * ng * 4);
+    CHECK(memcmp(gsc, sc, (size_t)n * ng * 4) == 0); /* bit-identical scales */
+    /* bytes: the per-channel dequant without scales returns the integers row-major */
+    CHECK_EQ_INT(dsi_cuda_dequant_int8(dd, dq, NULL, n, k, 0), 0);
+    down(deq, dd, nk * 2);
+    int bad = 0;
+    for (size_t i = 0; i < nk; i++)
+        bad += bf(deq[i]) != (float)q[i];
+    CHECK_EQ_INT(bad, 0);
+    /* group dequant: bf16(q * group scale) */
+    CHECK_EQ_INT(dsi_cuda_dequant_int8_group(dd, dq, dsc, n, k, gs, 0), 0);
+    down(deq, dd, nk * 2);
+    bad = 0;
+    for (size_t i = 0; i < nk; i++) {
+        size_t r = i / (size_t)k, c = i % (size_t)k;
+        uint16_t want = dsi_f32_to_bf16((float)q[i] * sc[r * ng + c / (size_t)gs]);
+        bad += deq[i] != want && !(isnan(bf(deq[i])) && isnan(bf(want)));
+    }
+    CHECK_EQ_INT(bad, 0);
+    /* one group per row = the per-channel kernel, byte for byte (padding too) */
+    int8_t *h1 = malloc(qb), *h2 = malloc(qb);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8_group(dq, dsc, dw, n, k, k, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(dq1, dsc1, dw, n, k, 0), 0);
+    CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+    down(h1, dq, qb), down(h2, dq1, qb);
+    CHECK(memcmp(h1, h2, qb) == 0);
+    cudaFree(dw), cudaFree(dd), cudaFree(dq), cudaFree(dq1), cudaFree(dsc), cudaFree(dsc1);
+    free(wf), free(sc), free(gsc), free(wb), free(deq), free(q), free(h1), free(h2);
+}
+
+TEST(cuda_quant_group_matches_cpu) {
+    NEED_GPU();
+    quant_group_case(37, 5 * 32, 32);  /* odd n, 5 groups */
+    quant_group_case(61, 7 * 128, 128); /* odd n, k not a multiple of 256 */
+    quant_group_case(19, 3 * 48, 48);  /* groups not aligned to the 32-column tiles */
+    quant_group_case(16, 64, 1);       /* degenerate group of one input */
+    quant_group_case(3, 3584, 128);    /* the 7B hidden width */
+}
+
+TEST(cuda_quant_group_rejects_bad_args) {
+    NEED_GPU();
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(16, 96));
+    float *dsc = dmalloc(16 * 3 * 4);
+    uint16_t *dw = dmalloc(16 * 96 * 2);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8_group(dq, dsc, dw, 16, 96, 64, 0), DSI_EINVAL); /* 64 !| 96 */
+    CHECK_EQ_INT(dsi_cuda_quantize_int8_group(dq, dsc, dw, 16, 96, 0, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8_group(dq, dsc, dw, 0, 96, 32, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_dequant_int8_group(dw, dq, dsc, 16, 96, 36, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_dequant_int8_group(dw, dq, NULL, 16, 96, 32, 0), DSI_EINVAL);
+    cudaFree(dq), cudaFree(dsc), cudaFree(dw);
+}
+
 TEST(cuda_gemm_int8_rejects_bad_shapes) {
     NEED_GPU();
     CHECK_EQ_INT(dsi_cuda_gemm_int8(NULL, NULL, NULL, NULL, NULL, 1, 0, 32, NULL, 0), DSI_EINVAL);
@@ -645,6 +726,8 @@ int main(void) {
     RUN(cuda_kv_store_writes_slots);
     RUN(cuda_gemm_int8_matches_cpu);
     RUN(cuda_gemm_int8_rejects_bad_shapes);
+    RUN(cuda_quant_group_matches_cpu);
+    RUN(cuda_quant_group_rejects_bad_args);
     RUN(cuda_gemv_int8_matches_cpu);
     RUN(cuda_gemv_int8_rejects_bad_args);
     RUN(cuda_sample_greedy_and_topk);

@@ -176,6 +176,21 @@ int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, con
                                const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                                int variant, cudaStream_t s);
 
+/* ---- group-wise INT8 weights (kernels/quant_group.cu) ---- */
+
+/* w: (n, k) bf16 row-major -> q in the tiled layout above (dsi_cuda_q8_bytes) +
+ * scale (n, k / group_size) fp32 row-major: symmetric, one scale per row and
+ * group of group_size inputs; bytes and scales bit-identical to the CPU's
+ * dsi_quantize_int8 for the same input. DSI_EINVAL if group_size does not
+ * divide k. */
+int dsi_cuda_quantize_int8_group(int8_t *q, float *scale, const uint16_t *w, int n, int k, int group_size,
+                                 cudaStream_t s);
+/* q (tiled) -> dst (n, k) bf16 row-major = bf16(q * scale[row][col / group_size]).
+ * The matmul of group-wise weights is this + a cuBLAS bf16 GEMM: correct, not
+ * fast (5 bytes moved per weight against 1 for the per-channel kernels). */
+int dsi_cuda_dequant_int8_group(uint16_t *dst, const int8_t *q, const float *scale, int n, int k,
+                                int group_size, cudaStream_t s);
+
 /* ---- INT8 decode GEMV on CUDA cores (kernels/gemv_int8_dec.cu) ---- */
 
 /* y (m, n) fp32 = x (m, k) bf16 @ W^T * scale + bias for 1 <= m <= 8, reading

@@ -130,10 +130,13 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
         if (DSI_CUDA_CHECK(cudaMemset(c->gemm_ws.counters, 0, (size_t)c->gemm_ws.n_counters * 4)))
             return dsi_seterr(err, DSI_ECUDA, "cuda: clearing matmul counters failed");
     }
-    if (c->int8 && c->max_tokens > DSI__CUDA_MMA_MAX_ROWS) {
+    /* group-wise matrices always take dequant + cuBLAS, any batch, lm_head
+     * included (vocab x hidden: the largest); per-channel ones above 16 rows */
+    if (c->int8 && (c->group > 0 || c->max_tokens > DSI__CUDA_MMA_MAX_ROWS)) {
         size_t big = nqkv * H;
         if (2 * I * H > big) big = 2 * I * H;
         if (H * nq > big) big = H * nq;
+        if (c->group > 0 && V * H > big) big = V * H;
         if ((rc = dsi__cuda_alloc(c, (void **)&c->deq, big * 2, "int8 dequant scratch", err))) return rc;
     }
     /* metadata: tokens, pos, slots (T each), seqs (4 S), logit rows (S), block tables */
@@ -188,8 +191,20 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
     int rc = check_config(&m->cfg, err);
     if (rc) return rc;
-    if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: only per-channel int8 (group size 0) is supported");
+    if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0) {
+        /* group-wise as the CPU backend: every matrix, so G must divide every input width */
+        const struct dsi_model_config *mc = &m->cfg;
+        int gs = o->int8_group_size, ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim,
+                                               mc->intermediate_size};
+        const char *what[3] = {"hidden_size", "n_heads * head_dim", "intermediate_size"};
+        if (gs < 0) return dsi_seterr(err, DSI_EINVAL, "cuda: int8 group size %d is negative", gs);
+        for (int i = 0; i < 3; i++)
+            if (ins[i] % gs)
+                return dsi_seterr(err, DSI_EINVAL,
+                                  "int8 group size %d does not divide the %d inputs (%s) of the model's "
+                                  "matrices; use a divisor or 0 (per channel)",
+                                  gs, ins[i], what[i]);
+    }
     /* f32 requests (the CLI's reference default) run as bf16: said once, not refused */
     if (o->weight_dtype == DSI_W_F32)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
@@ -201,6 +216,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->cfg = m->cfg;
     c->device = o->device;
     c->int8 = o->weight_dtype == DSI_W_INT8;
+    c->group = c->int8 ? o->int8_group_size : 0;
     c->base.ops = &cuda_ops;
     c->base.model = m;
     c->base.impl = c;
@@ -273,7 +289,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     dsi_log(
         DSI_LOG_INFO, "cuda",
         "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
-        prop.name, c->int8 ? "int8" : "bf16", c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks,
+        prop.name, c->int8 ? (c->group > 0 ? "int8 group-wise" : "int8") : "bf16",
+        c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks,
         c->base.kv_block_size,
         (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
         c->max_tokens, c->max_seqs);

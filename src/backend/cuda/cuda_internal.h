@@ -25,9 +25,11 @@
 #define DSI__CUDA_MAX_SPLITS 64
 
 struct dsi__cu_matrix {
-    int n, k;     /* out, in features */
-    int8_t *q;    /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
-    float *scale; /* int8: (n) */
+    int n, k;      /* out, in features */
+    int8_t *q;     /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
+    float *scale;  /* int8 per channel: (n); NULL when group-wise */
+    int group;     /* int8 group-wise: inputs per scale (divides k); 0: per channel */
+    float *gscale; /* int8 group-wise: (n, k / group) */
     uint16_t *w;  /* bf16: (n, k) row-major */
     float *bias;  /* (n) or NULL */
 };
@@ -52,6 +54,7 @@ struct dsi__cuda {
     struct dsi_model_config cfg;
     int device, n_sm;
     bool int8, dead;
+    int group; /* int8 group size of every matrix (embedding and lm_head too), 0: per channel */
     cudaStream_t stream;
     cublasHandle_t blas;
 

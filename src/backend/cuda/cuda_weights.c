@@ -156,6 +156,11 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const char *c
         n += rows[i];
     w->n = n;
     w->k = k;
+    if (L->c->int8 && L->c->group > 0 && k % L->c->group) /* checked before any upload */
+        return dsi_seterr(err, DSI_EINVAL,
+                          "int8 group size %d does not divide the %d inputs of %s; use a divisor or 0 "
+                          "(per channel)",
+                          L->c->group, k, names[0]);
     size_t elems = (size_t)n * k;
     uint16_t *dst;
     if (L->c->int8) {
@@ -172,6 +177,18 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const char *c
         off += (size_t)rows[i] * k;
     }
     if (!L->c->int8) return 0;
+    int gs = L->c->group;
+    if (gs > 0) { /* as the CPU backend: every matrix group-wise, embedding and lm_head too */
+        w->group = gs;
+        if ((rc = dsi__cuda_alloc(L->c, (void **)&w->q, dsi_cuda_q8_bytes(n, k), what, err)) ||
+            (rc = dsi__cuda_alloc(L->c, (void **)&w->gscale, (size_t)n * (size_t)(k / gs) * sizeof(float),
+                                  what, err)))
+            return rc;
+        if (dsi_cuda_quantize_int8_group(w->q, w->gscale, dst, n, k, gs, L->c->stream) ||
+            DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
+            return dsi_seterr(err, DSI_ECUDA, "cuda: group-wise quantizing %s failed", what);
+        return 0;
+    }
     if ((rc = dsi__cuda_alloc(L->c, (void **)&w->q, dsi_cuda_q8_bytes(n, k), what, err)) ||
         (rc = dsi__cuda_alloc(L->c, (void **)&w->scale, (size_t)n * sizeof(float), what, err)))
         return rc;
@@ -227,14 +244,18 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
         const char *em[1] = {"model.embed_tokens.weight"};
         int em_rows[1] = {V};
         if ((rc = load_matrix(&L, &c->lm_head, em, em_rows, 1, H, "embeddings (int8)", err))) goto out;
-        if (dsi_cuda_dequant_int8(c->embed, c->lm_head.q, c->lm_head.scale, V, H, c->stream) ||
-            DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
+        int drc = c->group > 0
+                      ? dsi_cuda_dequant_int8_group(c->embed, c->lm_head.q, c->lm_head.gscale, V, H, c->group,
+                                                    c->stream)
+                      : dsi_cuda_dequant_int8(c->embed, c->lm_head.q, c->lm_head.scale, V, H, c->stream);
+        if (drc || DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
             rc = dsi_seterr(err, DSI_ECUDA, "cuda: expanding the int8 embedding table failed");
             goto out;
         }
         if (!cfg->tie_word_embeddings) {
             dsi__cuda_free(c, c->lm_head.q);
             dsi__cuda_free(c, c->lm_head.scale);
+            dsi__cuda_free(c, c->lm_head.gscale);
             memset(&c->lm_head, 0, sizeof c->lm_head);
         }
     } else if ((rc = upload_bf16(&L, "model.embed_tokens.weight", V, H, c->embed, err))) {
