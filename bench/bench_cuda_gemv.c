@@ -11,6 +11,9 @@
  *
  * The CUDA-core decode GEMV (dsi_cuda_gemv_int8, m <= 8) prints as "gemv-new"
  * next to the tensor-core "int8vN" lines; VARIANT 8 in --one selects it.
+ * The tiled batched-decode GEMM (dsi_cuda_gemm_int8_tiled) prints as
+ * "int8tiled" at m = 16..256 beside "int8v1" and "deq+cublas" (the backend's
+ * path above 16 rows); VARIANT 9 in --one selects it alone.
  *
  *   bench_cuda_gemv [--quick | --one NAME M VARIANT]
  */
@@ -134,6 +137,79 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
     free(q);
     cudaFree(w), cudaFree(sc), cudaFree(x), cudaFree(y);
     return ck(cudaGetLastError(), "int8 bench");
+}
+
+/* Tiled INT8 GEMM (dsi_cuda_gemm_int8_tiled) for batched decode, beside the
+ * default tensor-core variant and the dequantize + cuBLAS path the backend takes
+ * above 16 rows today, on rotated weight copies. Bytes: the tiled kernel is
+ * counted with W read once (its m chunks share W through L2), the others as
+ * they move data. TFLOP/s = 2 m n k / time. only: -1 all, 9 the tiled kernel. */
+static int bench_tiled(const struct mat *mt, const int *ms, int n_ms, cublasHandle_t blas, cudaEvent_t e0,
+                       cudaEvent_t e1, const struct dsi_cuda_gemm_ws *ws, int only) {
+    size_t qb = dsi_cuda_q8_bytes(mt->n, mt->k), wb = (size_t)mt->n * mt->k * 2;
+    int copies = (int)((1ull << 30) / qb) + 1;
+    if (copies > 64) copies = 64;
+    int8_t **q = calloc((size_t)copies, sizeof *q);
+    float *sc, *y;
+    uint16_t *w, *x;
+    int maxm = ms[n_ms - 1];
+    if (!q) return 1;
+    if (ck(cudaMalloc((void **)&w, wb), "w") || ck(cudaMalloc((void **)&sc, (size_t)mt->n * 4), "scale") ||
+        ck(cudaMalloc((void **)&x, (size_t)maxm * mt->k * 2), "x") ||
+        ck(cudaMalloc((void **)&y, (size_t)maxm * mt->n * 4), "y"))
+        return 1;
+    dsi_cuda_fill_random_bf16(w, (size_t)mt->n * mt->k, 1, 0.05f, 0);
+    dsi_cuda_fill_random_bf16(x, (size_t)maxm * mt->k, 2, 1.f, 0);
+    for (int c = 0; c < copies; c++) {
+        if (ck(cudaMalloc((void **)&q[c], qb), "q")) return 1;
+        dsi_cuda_quantize_int8(q[c], sc, w, mt->n, mt->k, 0);
+    }
+    cudaDeviceSynchronize();
+    const float one = 1.f, zero = 0.f;
+    for (int i = 0; i < n_ms; i++) {
+        int m = ms[i];
+        double flop = 2.0 * m * mt->n * mt->k, io = (double)m * mt->k * 2 + (double)m * mt->n * 4;
+        for (int kind = 0; kind < 3; kind++) { /* 0 tiled, 1 default variant, 2 dequant + cuBLAS */
+            if (only == 9 && kind != 0) continue;
+            int rc = 0;
+            for (int it = -1; it < ITERS && !rc; it++) { /* it -1: warm-up */
+                if (it == 0) cudaEventRecord(e0, 0);
+                const int8_t *qc = q[it < 0 ? 0 : it % copies];
+                if (kind == 0) {
+                    rc = dsi_cuda_gemm_int8_tiled(y, x, qc, sc, NULL, m, mt->n, mt->k, ws, 0);
+                } else if (kind == 1) {
+                    rc = dsi_cuda_gemm_int8_variant(y, x, qc, sc, NULL, m, mt->n, mt->k, ws,
+                                                    DSI_Q8_DEFAULT_VARIANT, 0);
+                } else {
+                    rc = dsi_cuda_dequant_int8(w, qc, NULL, mt->n, mt->k, 0);
+                    if (!rc)
+                        rc = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF,
+                                          mt->k, x, CUDA_R_16BF, mt->k, &zero, y, CUDA_R_32F, mt->n,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS;
+                    if (!rc) rc = dsi_cuda_scale_bias(y, sc, NULL, m, mt->n, 0);
+                }
+            }
+            cudaEventRecord(e1, 0);
+            if (rc) {
+                fprintf(stderr, "bench: %s m=%d kind %d failed (%d)\n", mt->name, m, kind, rc);
+                return 1;
+            }
+            double us = time_ms(e0, e1) * 1000.0 / ITERS;
+            double bytes = kind == 0   ? (double)qb + mt->n * 4.0 + io
+                           : kind == 1 ? (double)((m + 63) / 64) * ((double)qb + mt->n * 4.0) + io
+                                       : (double)qb + 2.0 * wb + mt->n * 4.0 + io + 2.0 * m * mt->n * 4;
+            double gbs = bytes / us / 1e3;
+            const char *label = kind == 0 ? "int8tiled" : kind == 1 ? "int8v1   " : "deq+cublas";
+            printf("%s %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f "
+                   "TFLOP/s\n",
+                   label, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS, flop / us / 1e6);
+        }
+    }
+    for (int c = 0; c < copies; c++)
+        cudaFree(q[c]);
+    free(q);
+    cudaFree(w), cudaFree(sc), cudaFree(x), cudaFree(y);
+    return ck(cudaGetLastError(), "tiled bench");
 }
 
 /* Decode attention, 7B shape (28 heads / 4 kv heads, hd 128), n_seqs x ctx. */
@@ -268,15 +344,19 @@ int main(int argc, char **argv) {
         return 1;
     cudaMemset(ws.counters, 0, (size_t)ws.n_counters * 4);
     if (one) {
-        int m1[1] = {atoi(argv[3])};
+        int m1[1] = {atoi(argv[3])}, var = atoi(argv[4]);
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             if (!strcmp(mats[i].name, argv[2]))
-                rc = bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, atoi(argv[4]));
+                rc = var == 9 ? bench_tiled(&mats[i], m1, 1, blas, e0, e1, &ws, 9)
+                              : bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, var);
         return rc;
     }
-    for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc; i++)
+    int ms_tiled[] = {16, 32, 64, 128, 256};
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc; i++) {
         rc = quick ? bench_int8(&mats[i], ms_quick, 3, blas, e0, e1, &ws, -1)
                    : bench_int8(&mats[i], ms_full, 9, blas, e0, e1, &ws, -1);
+        if (!rc) rc = bench_tiled(&mats[i], ms_tiled, 5, blas, e0, e1, &ws, -1);
+    }
     int seqs[] = {1, 1, 16, 64, 256}, ctxs[] = {128, 2048, 1024, 1024, 1024};
     for (int i = 0; i < 5 && !rc; i++)
         rc = bench_attn(seqs[i], ctxs[i], e0, e1);

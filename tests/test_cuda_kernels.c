@@ -10,6 +10,8 @@
  * - int8 gemm: bf16 activations vs the fp32 reference: |err| <= 1e-2 * sqrt(k) * scale-weighted.
  * - int8 decode GEMV: same int8 values, exact products, fp32 sums: 2e-3 abs vs
  *   the CPU and vs the tensor-core kernel (as the gemm test).
+ * - tiled int8 gemm (batched decode): the same 2e-3 abs vs the CPU; split-K runs
+ *   bit-identical twice.
  * - sampling: greedy = argmax exactly; top-k=1 = argmax; draws stay inside top-k.
  * Without a GPU every test reports SKIP (exit 77), the host-only argument
  * checks too, so ctest never counts a GPU-less run as passed.
@@ -651,6 +653,154 @@ TEST(cuda_gemv_int8_rejects_bad_args) {
     cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
 }
 
+/* Tiled INT8 GEMM (batched decode) vs dsi_quantize_int8 + dsi_matmul on the
+ * same bf16 activations, one weight matrix for every row count of ms, with the
+ * split-K workspace and without. Same int8 values, exact products, fp32 sums in
+ * another order: 2e-3 abs, as the gemm test. y starts as NaN so rows or
+ * columns the kernel forgets show up. */
+static void tiled_case(const int *ms, int n_ms, int n, int k, int with_bias) {
+    int maxm = 0;
+    for (int i = 0; i < n_ms; i++)
+        if (ms[i] > maxm) maxm = ms[i];
+    size_t nk = (size_t)n * k, my = (size_t)maxm * n;
+    float *wf = malloc(nk * 4), *x = malloc((size_t)maxm * k * 4), *bias = malloc((size_t)n * 4);
+    uint16_t *wb = malloc(nk * 2), *xb = malloc((size_t)maxm * k * 2);
+    int8_t *q = malloc(nk);
+    float *sc = malloc((size_t)n * 4), *ref = malloc(my * 4), *y = malloc(my * 4);
+    unsigned *cnt = NULL;
+    struct dsi_cuda_gemm_ws ws = {
+        .partial_bytes = dsi_cuda_gemm_ws_bytes(n), .n_counters = (n + 15) / 16, .n_sm = 132};
+    CHECK(wf && x && bias && wb && xb && q && sc && ref && y);
+    if (!(wf && x && bias && wb && xb && q && sc && ref && y)) goto out_host;
+    cnt = malloc((size_t)ws.n_counters * 4);
+    for (size_t i = 0; i < nk; i++) {
+        wb[i] = dsi_f32_to_bf16(frand() * 0.05f);
+        wf[i] = bf(wb[i]);
+    }
+    for (int i = 0; i < maxm * k; i++) {
+        xb[i] = dsi_f32_to_bf16(frand());
+        x[i] = bf(xb[i]);
+    }
+    for (int i = 0; i < n; i++)
+        bias[i] = frand();
+    CHECK_EQ_INT(dsi_quantize_int8(wf, n, k, 0, q, sc), 0);
+    struct dsi_qweight qw = {
+        .dtype = DSI_W_INT8, .rows = n, .cols = k, .group_size = 0, .data = q, .scales = sc};
+    uint16_t *dw = dmalloc(nk * 2), *dx = dmalloc((size_t)maxm * k * 2);
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(n, k));
+    float *dsc = dmalloc((size_t)n * 4), *dy = dmalloc(my * 4), *db = dmalloc((size_t)n * 4);
+    ws.partial = dmalloc(ws.partial_bytes);
+    ws.counters = dmalloc((size_t)ws.n_counters * 4);
+    CHECK(dw && dx && dq && dsc && dy && db && ws.partial && ws.counters && cnt);
+    up(dw, wb, nk * 2), up(dx, xb, (size_t)maxm * k * 2), up(db, bias, (size_t)n * 4);
+    cudaMemset(ws.counters, 0, (size_t)ws.n_counters * 4);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
+    for (int i = 0; i < n_ms; i++) {
+        int m = ms[i];
+        dsi_matmul(&qw, x, m, with_bias ? bias : NULL, ref, n, 0, n);
+        for (int use_ws = 0; use_ws < 2; use_ws++) {
+            cudaMemset(dy, 0xff, my * 4);
+            for (int rep = 0; rep < 1 + use_ws; rep++) /* twice with ws: counters must return to zero */
+                CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k,
+                                                      use_ws ? &ws : NULL, 0),
+                             0);
+            CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+            down(y, dy, (size_t)m * n * 4);
+            double worst = 0;
+            int nan = 0;
+            for (size_t j = 0; j < (size_t)m * n; j++) {
+                if (!(fabs(y[j]) < 1e30)) nan++;
+                double e = fabs(y[j] - ref[j]);
+                if (e > worst) worst = e;
+            }
+            if (worst > 2e-3 || nan)
+                fprintf(stderr, "  tiled m=%d n=%d k=%d ws=%d: worst abs error %g, %d not finite\n", m, n, k,
+                        use_ws, worst, nan);
+            CHECK_EQ_INT(nan, 0);
+            CHECK(worst <= 2e-3);
+        }
+        down(cnt, ws.counters, (size_t)ws.n_counters * 4);
+        int cnt_bad = 0;
+        for (int j = 0; j < ws.n_counters; j++)
+            cnt_bad += cnt[j] != 0;
+        CHECK_EQ_INT(cnt_bad, 0);
+    }
+    cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(db);
+    cudaFree(ws.partial), cudaFree(ws.counters);
+out_host:
+    free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(cnt);
+}
+
+TEST(cuda_gemm_int8_tiled_matches_cpu) {
+    NEED_GPU();
+    static const int m_all[] = {1, 17, 33, 64, 65, 130, 256}, m_mid[] = {17, 64, 130}, m_big[] = {1, 33, 256},
+                     m_down[] = {17, 64}, m_odd[] = {1, 17, 65};
+    tiled_case(m_all, 7, 200, 64, 1);      /* n not a multiple of 16 or 128; one partial chunk */
+    tiled_case(m_all, 7, 200, 96, 0);      /* k32 = 3: a chunk ends inside K */
+    tiled_case(m_mid, 3, 3584, 3584, 1);   /* 7B o: split-K (also over several m chunks) */
+    tiled_case(m_big, 3, 4608, 3584, 0);   /* 7B qkv */
+    tiled_case(m_down, 2, 3584, 18944, 0); /* 7B down: many splits */
+    tiled_case(m_odd, 3, 72, 40, 1);       /* k a multiple of 8, not of 32 */
+    tiled_case(m_odd, 3, 40, 37, 0);       /* k odd: x staged without cp.async */
+}
+
+/* With split-K, the sum of the partials runs in split order: two runs give the
+ * same bits (and the counters, left zero, let the second run split the same way). */
+TEST(cuda_gemm_int8_tiled_split_is_deterministic) {
+    NEED_GPU();
+    int n = 3584, k = 18944, ms[2] = {64, 20};
+    size_t nk = (size_t)n * k;
+    uint16_t *dw = dmalloc(nk * 2), *dx = dmalloc((size_t)64 * k * 2);
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(n, k));
+    float *dsc = dmalloc((size_t)n * 4), *dy = dmalloc((size_t)64 * n * 4);
+    float *y1 = malloc((size_t)64 * n * 4), *y2 = malloc((size_t)64 * n * 4);
+    struct dsi_cuda_gemm_ws ws = {
+        .partial_bytes = dsi_cuda_gemm_ws_bytes(n), .n_counters = (n + 15) / 16, .n_sm = 132};
+    ws.partial = dmalloc(ws.partial_bytes);
+    ws.counters = dmalloc((size_t)ws.n_counters * 4);
+    CHECK(dw && dx && dq && dsc && dy && y1 && y2 && ws.partial && ws.counters);
+    if (!(dw && dx && dq && dsc && dy && y1 && y2 && ws.partial && ws.counters)) goto out;
+    cudaMemset(ws.counters, 0, (size_t)ws.n_counters * 4);
+    CHECK_EQ_INT(dsi_cuda_fill_random_bf16(dw, nk, 11, 0.05f, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_fill_random_bf16(dx, (size_t)64 * k, 12, 1.f, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        int m = ms[i];
+        CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, m, n, k, &ws, 0), 0);
+        CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+        down(y1, dy, (size_t)m * n * 4);
+        cudaMemset(dy, 0, (size_t)64 * n * 4);
+        CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, m, n, k, &ws, 0), 0);
+        CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+        down(y2, dy, (size_t)m * n * 4);
+        CHECK(memcmp(y1, y2, (size_t)m * n * 4) == 0);
+    }
+out:
+    cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(ws.partial),
+        cudaFree(ws.counters);
+    free(y1), free(y2);
+}
+
+TEST(cuda_gemm_int8_tiled_rejects_bad_args) {
+    NEED_GPU();
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(16, 64) + 16);
+    uint16_t *dx = dmalloc(17 * 64 * 2 + 16);
+    float *dsc = dmalloc(16 * 4), *dy = dmalloc(17 * 16 * 4);
+    CHECK(dq && dx && dsc && dy);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, -1, 16, 64, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, 17, 0, 64, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, 17, 16, 0, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq + 4, dsc, NULL, 17, 16, 64, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, (const uint16_t *)((const char *)dx + 1), dq, dsc, NULL, 17, 16,
+                                          64, NULL, 0),
+                 DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, NULL, dsc, NULL, 17, 16, 64, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, NULL, NULL, 17, 16, 64, NULL, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, 0, 16, 64, NULL, 0), 0); /* m = 0: nothing */
+    CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
+    cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
+}
+
 TEST(cuda_sample_greedy_and_topk) {
     NEED_GPU();
     int rows = 4, V = 152064;
@@ -730,6 +880,9 @@ int main(void) {
     RUN(cuda_quant_group_rejects_bad_args);
     RUN(cuda_gemv_int8_matches_cpu);
     RUN(cuda_gemv_int8_rejects_bad_args);
+    RUN(cuda_gemm_int8_tiled_matches_cpu);
+    RUN(cuda_gemm_int8_tiled_split_is_deterministic);
+    RUN(cuda_gemm_int8_tiled_rejects_bad_args);
     RUN(cuda_sample_greedy_and_topk);
     return test_summary();
 }

@@ -191,6 +191,24 @@ int dsi_cuda_quantize_int8_group(int8_t *q, float *scale, const uint16_t *w, int
 int dsi_cuda_dequant_int8_group(uint16_t *dst, const int8_t *q, const float *scale, int n, int k,
                                 int group_size, cudaStream_t s);
 
+/* ---- tiled INT8 GEMM for batched decode (kernels/gemm_int8_tiled.cu) ---- */
+
+/* y (m, n) fp32 = x (m, k) bf16 @ W^T * scale + bias (bias may be NULL), W in
+ * the tiled layout above. Built for m = 17..256+: blocks of 128 weight rows x
+ * 16/32/64 rows of x, x staged in shared memory (cp.async), weights streamed
+ * once per block into registers, mma.sync bf16 with fp32 accumulation. ws may
+ * be NULL; with it, matrices of few 128-row blocks (o, qkv, down) split K over
+ * at most DSI_Q8_TILED_MAX_SPLIT blocks, as far as ws->partial_bytes holds
+ * (128 * 64 floats per block and split) and ws->n_counters covers one counter
+ * per (64-row chunk of x, 128-row block); the sum is in fixed order
+ * (deterministic) and the counters are left zero. Any m >= 0, n, k > 0; q must
+ * be 16-byte aligned and x 2-byte aligned (DSI_EINVAL otherwise); k % 8 == 0
+ * with a 16-byte aligned x takes the fast (cp.async) path. */
+#define DSI_Q8_TILED_MAX_SPLIT 16
+int dsi_cuda_gemm_int8_tiled(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                             const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
+                             cudaStream_t s);
+
 /* ---- INT8 decode GEMV on CUDA cores (kernels/gemv_int8_dec.cu) ---- */
 
 /* y (m, n) fp32 = x (m, k) bf16 @ W^T * scale + bias for 1 <= m <= 8, reading
