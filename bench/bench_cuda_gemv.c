@@ -12,8 +12,9 @@
  * The CUDA-core decode GEMV (dsi_cuda_gemv_int8, m <= 8) prints as "gemv-new"
  * next to the tensor-core "int8vN" lines; VARIANT 8 in --one selects it.
  * The tiled batched-decode GEMM (dsi_cuda_gemm_int8_tiled) prints as
- * "int8tiled" at m = 16..256 beside "int8v1" and "deq+cublas" (the backend's
- * path above 16 rows); VARIANT 9 in --one selects it alone.
+ * "int8tiledV" (V: its code variant) at m = 16..256 beside "int8v1" and
+ * "deq+cublas" (the backend's path above 16 rows); VARIANT 10 + V in --one
+ * selects tiled variant V alone.
  *
  *   bench_cuda_gemv [--quick | --one NAME M VARIANT]
  */
@@ -139,11 +140,14 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
     return ck(cudaGetLastError(), "int8 bench");
 }
 
-/* Tiled INT8 GEMM (dsi_cuda_gemm_int8_tiled) for batched decode, beside the
- * default tensor-core variant and the dequantize + cuBLAS path the backend takes
- * above 16 rows today, on rotated weight copies. Bytes: the tiled kernel is
- * counted with W read once (its m chunks share W through L2), the others as
- * they move data. TFLOP/s = 2 m n k / time. only: -1 all, 9 the tiled kernel. */
+/* Tiled INT8 GEMM (dsi_cuda_gemm_int8_tiled_variant) for batched decode, beside
+ * the default tensor-core variant and the dequantize + cuBLAS path the backend
+ * takes above 16 rows today, on rotated weight copies. Tiled variants: 0 (the
+ * default), 4 (weights via shared memory), 2 and 6 (32-row blocks, m > 32
+ * only), 1 (no split-K, matrices of <= 4608 rows only). Bytes: the tiled kernel
+ * is counted with W read once (its m chunks share W through L2), the others as
+ * they move data. TFLOP/s = 2 m n k / time. only: -1 all, else that tiled
+ * variant alone. */
 static int bench_tiled(const struct mat *mt, const int *ms, int n_ms, cublasHandle_t blas, cudaEvent_t e0,
                        cudaEvent_t e1, const struct dsi_cuda_gemm_ws *ws, int only) {
     size_t qb = dsi_cuda_q8_bytes(mt->n, mt->k), wb = (size_t)mt->n * mt->k * 2;
@@ -169,15 +173,20 @@ static int bench_tiled(const struct mat *mt, const int *ms, int n_ms, cublasHand
     for (int i = 0; i < n_ms; i++) {
         int m = ms[i];
         double flop = 2.0 * m * mt->n * mt->k, io = (double)m * mt->k * 2 + (double)m * mt->n * 4;
-        for (int kind = 0; kind < 3; kind++) { /* 0 tiled, 1 default variant, 2 dequant + cuBLAS */
-            if (only == 9 && kind != 0) continue;
+        /* kind: tiled variant 0 4 2 6 1, then the default int8 variant, dequant + cuBLAS */
+        static const int tv[7] = {0, 4, 2, 6, 1, -1, -2};
+        for (int kind = 0; kind < 7; kind++) {
+            int var = tv[kind];
+            if (only >= 0 && var != only) continue;
+            if ((var == 2 || var == 6) && m <= 32) continue;
+            if (var == 1 && mt->n > 4608) continue;
             int rc = 0;
             for (int it = -1; it < ITERS && !rc; it++) { /* it -1: warm-up */
                 if (it == 0) cudaEventRecord(e0, 0);
                 const int8_t *qc = q[it < 0 ? 0 : it % copies];
-                if (kind == 0) {
-                    rc = dsi_cuda_gemm_int8_tiled(y, x, qc, sc, NULL, m, mt->n, mt->k, ws, 0);
-                } else if (kind == 1) {
+                if (var >= 0) {
+                    rc = dsi_cuda_gemm_int8_tiled_variant(y, x, qc, sc, NULL, m, mt->n, mt->k, ws, var, 0);
+                } else if (var == -1) {
                     rc = dsi_cuda_gemm_int8_variant(y, x, qc, sc, NULL, m, mt->n, mt->k, ws,
                                                     DSI_Q8_DEFAULT_VARIANT, 0);
                 } else {
@@ -191,15 +200,19 @@ static int bench_tiled(const struct mat *mt, const int *ms, int n_ms, cublasHand
             }
             cudaEventRecord(e1, 0);
             if (rc) {
-                fprintf(stderr, "bench: %s m=%d kind %d failed (%d)\n", mt->name, m, kind, rc);
+                fprintf(stderr, "bench: %s m=%d kind %d failed (%d)\n", mt->name, m, var, rc);
                 return 1;
             }
             double us = time_ms(e0, e1) * 1000.0 / ITERS;
-            double bytes = kind == 0   ? (double)qb + mt->n * 4.0 + io
-                           : kind == 1 ? (double)((m + 63) / 64) * ((double)qb + mt->n * 4.0) + io
+            double bytes = var >= 0    ? (double)qb + mt->n * 4.0 + io
+                           : var == -1 ? (double)((m + 63) / 64) * ((double)qb + mt->n * 4.0) + io
                                        : (double)qb + 2.0 * wb + mt->n * 4.0 + io + 2.0 * m * mt->n * 4;
             double gbs = bytes / us / 1e3;
-            const char *label = kind == 0 ? "int8tiled" : kind == 1 ? "int8v1   " : "deq+cublas";
+            char label[24];
+            if (var >= 0)
+                snprintf(label, sizeof label, "int8tiled%d", var);
+            else
+                snprintf(label, sizeof label, "%s", var == -1 ? "int8v1    " : "deq+cublas");
             printf("%s %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f "
                    "TFLOP/s\n",
                    label, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS, flop / us / 1e6);
@@ -347,7 +360,7 @@ int main(int argc, char **argv) {
         int m1[1] = {atoi(argv[3])}, var = atoi(argv[4]);
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             if (!strcmp(mats[i].name, argv[2]))
-                rc = var == 9 ? bench_tiled(&mats[i], m1, 1, blas, e0, e1, &ws, 9)
+                rc = var >= 10 ? bench_tiled(&mats[i], m1, 1, blas, e0, e1, &ws, var - 10)
                               : bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, var);
         return rc;
     }

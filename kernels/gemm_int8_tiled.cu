@@ -41,6 +41,12 @@
  *   without it and skip the extra traffic.
  * - Epilogue: scale and bias per weight row, fp32 stores in which each group
  *   of 8 lanes writes 32 contiguous bytes (whole sectors).
+ * - Variants (dsi_cuda_gemm_int8_tiled_variant, for the benchmark to decide on
+ *   the H200): bit 0 no split-K; bit 1 at most 32 x rows per block (KC 128
+ *   prefetch depth, W re-read through L2 per 32 rows); bit 2 weights staged in
+ *   shared memory with cp.async like x (4 stages of 64 columns: 24 KB of
+ *   weights in flight per block instead of 8-16, 72-148 registers, up to
+ *   69.6 KB of shared memory per block, opted in per launch).
  */
 #include <cuda_bf16.h>
 
@@ -95,8 +101,8 @@ static __device__ __forceinline__ void t_cp_commit() {
     asm volatile("cp.async.commit_group;\n" ::);
 }
 
-static __device__ __forceinline__ void t_cp_wait1() {
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+template <int N> static __device__ __forceinline__ void t_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 /* Weight tiles of chunk c (T_KT per row tile) into registers; zeros past k32
@@ -141,13 +147,33 @@ static __device__ __forceinline__ void t_load_x(uint16_t *dst, const uint16_t *x
     }
 }
 
-template <int BM, int T_KT>
+/* Weight tiles of chunk c of the block's 8 row tiles into a shared stage
+ * (variant 4), in the global tile order: warp w's row tile r, k-tile j at tile
+ * (2w + r) * KT + j, lane l's 16 bytes at l * 16 (conflict-free lds.128). */
+template <int T_KT>
+static __device__ __forceinline__ void t_load_wsm(uint16_t *dst, const int8_t *q, int n16, int k32,
+                                                  int rt_blk, int c) {
+    constexpr int PIECES = (T_BN / 16) * T_KT * T_TILE_U4;
+#pragma unroll
+    for (int i = 0; i < PIECES / T_THREADS; i++) {
+        int p = i * T_THREADS + threadIdx.x, ti = p / T_TILE_U4, u = p % T_TILE_U4;
+        int rt = rt_blk + ti / T_KT, kt = c * T_KT + ti % T_KT;
+        bool ok = rt < n16 && kt < k32;
+        const int8_t *src = ok ? q + ((size_t)rt * k32 + kt) * 512 + u * 16 : q;
+        t_cp_async16(dst + ti * 256 + u * 8, reinterpret_cast<const uint16_t *>(src), ok ? 16 : 0);
+    }
+}
+
+template <int BM, int T_KT, bool WSM>
 static __global__ void __launch_bounds__(T_THREADS, 3)
     gemm_int8_tiled_kernel(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                            const float *bias, int M, int N, int K, int k32, int nkc, int per_split,
                            int ksplit, int xfast, float *ws, unsigned *counters) {
     constexpr int NT = BM / 8;          /* n8 tiles (8 rows of x) per warp */
     constexpr int T_XS = T_KT * 32 + 8; /* smem row stride in bf16 */
+    constexpr int S = WSM ? 4 : T_STAGES;
+    /* stage: [weights (WSM): 8 x KT tiles of 256 bf16][x: BM rows of T_XS] */
+    constexpr int WST = WSM ? (T_BN / 16) * T_KT * 256 : 0, STAGE = WST + BM * T_XS;
     extern __shared__ __align__(16) uint16_t xs[];
     __shared__ int is_last;
     const int mc = blockIdx.x, bn = blockIdx.y, ks = blockIdx.z, nbn = gridDim.y;
@@ -176,28 +202,44 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
     /* ldmatrix.x4 source of this lane: matrix i = lane / 8 holds x rows
      * (i / 2) * 8 + lane % 8 of an n8 pair, columns (i % 2) * 8 of a k16 step */
     const int lm_off = (((lane >> 4) & 1) * 8 + (lane & 7)) * T_XS + ((lane >> 3) & 1) * 8;
-    constexpr int STAGE = BM * T_XS;
+    const int rt_blk = bn * (T_BN / 16);
 
-    t_load_x<BM, T_KT>(xs, x, M, K, m0, c_beg, fast);
-    t_cp_commit();
-    if (c_beg + 1 < c_end) t_load_x<BM, T_KT>(xs + STAGE, x, M, K, m0, c_beg + 1, fast);
-    t_cp_commit();
+    /* prologue: chunks c_beg .. c_beg + S - 2, one commit group each */
+#pragma unroll
+    for (int i = 0; i < S - 1; i++) {
+        if (c_beg + i < c_end) {
+            if (WSM) t_load_wsm<T_KT>(xs + i * STAGE, q, n16, k32, rt_blk, c_beg + i);
+            t_load_x<BM, T_KT>(xs + i * STAGE + WST, x, M, K, m0, c_beg + i, fast);
+        }
+        t_cp_commit();
+    }
     uint4 wc[T_RPW][T_KT], wn[T_RPW][T_KT];
-    t_load_w(wc, wp, wv, c_beg, k32);
 #pragma unroll
     for (int r = 0; r < T_RPW; r++)
 #pragma unroll
         for (int j = 0; j < T_KT; j++)
-            wn[r][j] = make_uint4(0, 0, 0, 0);
+            wc[r][j] = wn[r][j] = make_uint4(0, 0, 0, 0);
+    if (!WSM) t_load_w(wc, wp, wv, c_beg, k32);
     int st = 0; /* stage of chunk c */
     for (int c = c_beg; c < c_end; c++) {
-        if (c + 1 < c_end) t_load_w(wn, wp, wv, c + 1, k32);
-        t_cp_wait1();    /* chunk c's group (all but the newest) has landed */
-        __syncthreads(); /* ... for every thread; and stage (c+2)%3 = (c-1)%3 is free */
-        int st2 = st + 2 >= T_STAGES ? st + 2 - T_STAGES : st + 2;
-        if (c + 2 < c_end) t_load_x<BM, T_KT>(xs + st2 * STAGE, x, M, K, m0, c + 2, fast);
+        if (!WSM && c + 1 < c_end) t_load_w(wn, wp, wv, c + 1, k32);
+        t_cp_wait<S - 2>(); /* chunk c's group (all but the S - 2 newest) has landed */
+        __syncthreads();    /* ... for every thread; and stage (c - 1) % S is free */
+        int stn = st == 0 ? S - 1 : st - 1;
+        if (c + S - 1 < c_end) {
+            if (WSM) t_load_wsm<T_KT>(xs + stn * STAGE, q, n16, k32, rt_blk, c + S - 1);
+            t_load_x<BM, T_KT>(xs + stn * STAGE + WST, x, M, K, m0, c + S - 1, fast);
+        }
         t_cp_commit(); /* possibly empty: keeps one group per chunk */
-        const uint16_t *xb = xs + st * STAGE + lm_off;
+        const uint16_t *xb = xs + st * STAGE + WST + lm_off;
+        if (WSM) {
+            const uint16_t *wsb = xs + st * STAGE + (warp * T_RPW) * T_KT * 256 + lane * 8;
+#pragma unroll
+            for (int r = 0; r < T_RPW; r++)
+#pragma unroll
+                for (int j = 0; j < T_KT; j++)
+                    wc[r][j] = *reinterpret_cast<const uint4 *>(wsb + (r * T_KT + j) * 256);
+        }
 #pragma unroll
         for (int j = 0; j < T_KT; j++) {
 #pragma unroll
@@ -220,12 +262,14 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
                 }
             }
         }
+        if (!WSM) {
 #pragma unroll
-        for (int r = 0; r < T_RPW; r++)
+            for (int r = 0; r < T_RPW; r++)
 #pragma unroll
-            for (int j = 0; j < T_KT; j++)
-                wc[r][j] = wn[r][j];
-        st = st + 1 == T_STAGES ? 0 : st + 1;
+                for (int j = 0; j < T_KT; j++)
+                    wc[r][j] = wn[r][j];
+        }
+        st = st + 1 == S ? 0 : st + 1;
     }
 
     if (ksplit > 1) {
@@ -284,13 +328,15 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
     }
 }
 
-template <int BM, int T_KT>
+template <int BM, int T_KT, bool WSM>
 static int launch_tiled(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
-                        int m, int n, int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
+                        int m, int n, int k, const struct dsi_cuda_gemm_ws *ws, bool no_split,
+                        cudaStream_t s) {
     int k32 = (k + 31) / 32, nkc = (k32 + T_KT - 1) / T_KT, nbn = (n + T_BN - 1) / T_BN;
     int chunks = (m + BM - 1) / BM, ksplit = 1, per = nkc;
     if (nbn > 65535) return DSI_EINVAL;
-    if (ws && ws->partial && ws->counters && ws->n_sm > 0 && (long long)nbn * chunks <= ws->n_counters) {
+    if (!no_split && ws && ws->partial && ws->counters && ws->n_sm > 0 &&
+        (long long)nbn * chunks <= ws->n_counters) {
         long long base = (long long)nbn * chunks;
         if (base < 2LL * ws->n_sm) { /* fewer blocks than 2 per SM: split K toward 3 per SM */
             long long want = (3LL * ws->n_sm + base - 1) / base;
@@ -304,23 +350,44 @@ static int launch_tiled(float *y, const uint16_t *x, const int8_t *q, const floa
             }
         }
     }
-    /* <= 27.6 KB: under the 48 KB default, no attribute call (graph capture safe) */
-    size_t smem = (size_t)T_STAGES * BM * (T_KT * 32 + 8) * sizeof(uint16_t);
+    /* default: <= 27.6 KB, under the 48 KB default (no attribute call); the
+     * weights-in-shared-memory variant needs up to 69.6 KB */
+    size_t smem = (size_t)(WSM ? 4 : T_STAGES) *
+                  ((WSM ? (T_BN / 16) * T_KT * 256 : 0) + BM * (T_KT * 32 + 8)) * sizeof(uint16_t);
+    if (smem > 48 * 1024) {
+        int rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(gemm_int8_tiled_kernel<BM, T_KT, WSM>,
+                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (rc) return rc;
+    }
     int xfast = ((uintptr_t)x & 15) == 0 && (k & 7) == 0;
     dim3 grid(chunks, nbn, ksplit);
-    gemm_int8_tiled_kernel<BM, T_KT>
+    gemm_int8_tiled_kernel<BM, T_KT, WSM>
         <<<grid, T_THREADS, smem, s>>>(y, x, q, scale, bias, m, n, k, k32, nkc, per, ksplit, xfast,
                                        ksplit > 1 ? ws->partial : NULL, ksplit > 1 ? ws->counters : NULL);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
+extern "C" int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, const int8_t *q,
+                                                const float *scale, const float *bias, int m, int n, int k,
+                                                const struct dsi_cuda_gemm_ws *ws, int variant,
+                                                cudaStream_t s) {
+    if (m < 0 || n <= 0 || k <= 0 || !y || !x || !q || !scale || variant < 0 || variant > 7)
+        return DSI_EINVAL;
+    if (((uintptr_t)q & 15) != 0 || ((uintptr_t)x & 1) != 0) return DSI_EINVAL;
+    if (m == 0) return 0;
+    bool no_split = (variant & 1) != 0, bm32 = (variant & 2) != 0;
+    if (variant & 4) { /* weights through shared memory, 64-column chunks, 4 stages */
+        if (m <= 16) return launch_tiled<16, 2, true>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
+        if (m <= 32 || bm32) return launch_tiled<32, 2, true>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
+        return launch_tiled<64, 2, true>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
+    }
+    if (m <= 16) return launch_tiled<16, 4, false>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
+    if (m <= 32 || bm32) return launch_tiled<32, 4, false>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
+    return launch_tiled<64, 2, false>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
+}
+
 extern "C" int dsi_cuda_gemm_int8_tiled(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                                         const float *bias, int m, int n, int k,
                                         const struct dsi_cuda_gemm_ws *ws, cudaStream_t s) {
-    if (m < 0 || n <= 0 || k <= 0 || !y || !x || !q || !scale) return DSI_EINVAL;
-    if (((uintptr_t)q & 15) != 0 || ((uintptr_t)x & 1) != 0) return DSI_EINVAL;
-    if (m == 0) return 0;
-    if (m <= 16) return launch_tiled<16, 4>(y, x, q, scale, bias, m, n, k, ws, s);
-    if (m <= 32) return launch_tiled<32, 4>(y, x, q, scale, bias, m, n, k, ws, s);
-    return launch_tiled<64, 2>(y, x, q, scale, bias, m, n, k, ws, s);
+    return dsi_cuda_gemm_int8_tiled_variant(y, x, q, scale, bias, m, n, k, ws, 0, s);
 }

@@ -719,6 +719,27 @@ static void tiled_case(const int *ms, int n_ms, int n, int k, int with_bias) {
             CHECK_EQ_INT(nan, 0);
             CHECK(worst <= 2e-3);
         }
+        /* every code variant (split-K off, 32-row blocks, weights via shared memory) */
+        for (int var = 1; var < 8; var++) {
+            cudaMemset(dy, 0xff, my * 4);
+            CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, &ws,
+                                                          var, 0),
+                         0);
+            CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+            down(y, dy, (size_t)m * n * 4);
+            double worst = 0;
+            int nan = 0;
+            for (size_t j = 0; j < (size_t)m * n; j++) {
+                if (!(fabs(y[j]) < 1e30)) nan++;
+                double e = fabs(y[j] - ref[j]);
+                if (e > worst) worst = e;
+            }
+            if (worst > 2e-3 || nan)
+                fprintf(stderr, "  tiled variant %d m=%d n=%d k=%d: worst abs error %g, %d not finite\n", var, m,
+                        n, k, worst, nan);
+            CHECK_EQ_INT(nan, 0);
+            CHECK(worst <= 2e-3);
+        }
         down(cnt, ws.counters, (size_t)ws.n_counters * 4);
         int cnt_bad = 0;
         for (int j = 0; j < ws.n_counters; j++)
@@ -764,13 +785,13 @@ TEST(cuda_gemm_int8_tiled_split_is_deterministic) {
     CHECK_EQ_INT(dsi_cuda_fill_random_bf16(dw, nk, 11, 0.05f, 0), 0);
     CHECK_EQ_INT(dsi_cuda_fill_random_bf16(dx, (size_t)64 * k, 12, 1.f, 0), 0);
     CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
-    for (int i = 0; i < 2; i++) {
-        int m = ms[i];
-        CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, m, n, k, &ws, 0), 0);
+    for (int i = 0; i < 4; i++) { /* the default, then the weights-via-shared-memory variant */
+        int m = ms[i % 2], var = i < 2 ? 0 : 4;
+        CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, m, n, k, &ws, var, 0), 0);
         CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
         down(y1, dy, (size_t)m * n * 4);
         cudaMemset(dy, 0, (size_t)64 * n * 4);
-        CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, m, n, k, &ws, 0), 0);
+        CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, m, n, k, &ws, var, 0), 0);
         CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
         down(y2, dy, (size_t)m * n * 4);
         CHECK(memcmp(y1, y2, (size_t)m * n * 4) == 0);
@@ -797,6 +818,8 @@ TEST(cuda_gemm_int8_tiled_rejects_bad_args) {
     CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, NULL, dsc, NULL, 17, 16, 64, NULL, 0), DSI_EINVAL);
     CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, NULL, NULL, 17, 16, 64, NULL, 0), DSI_EINVAL);
     CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, 0, 16, 64, NULL, 0), 0); /* m = 0: nothing */
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, 17, 16, 64, NULL, 8, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, 17, 16, 64, NULL, -1, 0), DSI_EINVAL);
     CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
     cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
 }

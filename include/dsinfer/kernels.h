@@ -208,6 +208,14 @@ int dsi_cuda_dequant_int8_group(uint16_t *dst, const int8_t *q, const float *sca
 int dsi_cuda_gemm_int8_tiled(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                              const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                              cudaStream_t s);
+/* The same with a code variant (benchmarks and tests; 0 = the default above):
+ * bit 0 no split-K, bit 1 at most 32 rows of x per block (for m > 32), bit 2
+ * weights through shared memory too (cp.async, 4 stages of 64 columns: deeper
+ * prefetch, fewer registers, up to 70 KB of shared memory). All give the same
+ * results up to fp32 summation order. */
+int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                                     const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
+                                     int variant, cudaStream_t s);
 
 /* ---- INT8 decode GEMV on CUDA cores (kernels/gemv_int8_dec.cu) ---- */
 
