@@ -29,5 +29,6 @@ du -sh /tmp/dsi-7b >> "$S"
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
 /usr/bin/time -f "verify (cold cache if drop_caches worked) %e s" $G/dsinfer verify /tmp/dsi-7b >> "$S" 2>&1
 /usr/bin/time -f "verify (page cache) %e s" $G/dsinfer verify /tmp/dsi-7b >> "$S" 2>&1
+timeout 180 /usr/bin/time -f "single-pass verify+upload+bench %e s" $G/dsinfer bench --model /tmp/dsi-7b --backend cuda --dtype int8 --batch 1 --context 128 --steps 2 2>&1 | grep -E "single|two passes|verif|GB/s" >> "$S"
 nproc >> "$S"
 cat "$S"

@@ -12,3 +12,6 @@ dsi_test(test_model_big SOURCES tests/test_model_big.c ${DSI_TM_UTIL} LIBS dsi_m
 dsi_test(test_model_cli SOURCES tests/test_model_cli.c ${DSI_TM_UTIL} LIBS dsi_core PkgConfig::CJSON)
 dsi_fuzz(fuzz_safetensors SOURCES tests/fuzz/fuzz_safetensors.c LIBS dsi_model dsi_core)
 dsi_fuzz(fuzz_hfconfig SOURCES tests/fuzz/fuzz_hfconfig.c LIBS dsi_model dsi_core)
+# Deferred weight hashing (the CUDA loader's single pass): the model API on the CPU.
+dsi_test(test_model_defer SOURCES tests/test_model_defer.c ${DSI_TM_UTIL}
+         LIBS dsi_backend dsi_backend_cpu dsi_model dsi_core)

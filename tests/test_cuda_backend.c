@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cuda_runtime_api.h>
 
@@ -181,8 +182,9 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
             }
         }
     }
-    fprintf(stderr, "  %-15s %s g%d: worst logits error %.5f (relative to max(1,|logit|)), near-tie stops %d\n",
-            name, cuda_dt == DSI_W_INT8 ? "int8" : "bf16", group, worst, diverged);
+    fprintf(stderr,
+            "  %-15s %s g%d: worst logits error %.5f (relative to max(1,|logit|)), near-tie stops %d\n", name,
+            cuda_dt == DSI_W_INT8 ? "int8" : "bf16", group, worst, diverged);
     CHECK(worst <= TOL);
     free(lg), free(lc);
 out:
@@ -311,11 +313,135 @@ TEST(cuda_create_rejects_missing_device) {
     dsi_model_close(&m);
 }
 
+/* ---- single pass: SHA-256 verify + upload (cuda_hashload.c) ---- */
+
+/* Copies tests/golden/models/NAME into a new temp folder (NULL on failure). */
+static char *copy_fixture_dir(const char *name) {
+    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "SHA256SUMS"};
+    char tmpl[] = "/tmp/dsi_cuda_load_XXXXXX";
+    if (!mkdtemp(tmpl)) return NULL;
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char src[256], dst[256];
+        snprintf(src, sizeof src, "tests/golden/models/%s/%s", name, files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", tmpl, files[i]);
+        FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
+        char buf[65536];
+        size_t n;
+        while (in && out && (n = fread(buf, 1, sizeof buf, in)) > 0)
+            fwrite(buf, 1, n, out);
+        if (in) fclose(in);
+        if (out) fclose(out);
+    }
+    return strdup(tmpl);
+}
+
+static void remove_fixture_dir(char *dir) {
+    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "SHA256SUMS"};
+    for (size_t i = 0; dir && i < sizeof files / sizeof files[0]; i++) {
+        char p[256];
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        remove(p);
+    }
+    if (dir) rmdir(dir);
+    free(dir);
+}
+
+/* Logits of one 17-token prompt, from a fresh CUDA backend on m (rc of create). */
+static int load_and_run(const struct dsi_model *m, enum dsi_weight_dtype dt, float *logits, char **err) {
+    struct dsi_backend_opts o;
+    opts_for(&o, dt, 0);
+    struct dsi_backend *be = NULL;
+    int rc = dsi_backend_create("cuda", m, &o, &be, err);
+    if (rc) return rc;
+    int32_t prompt[MAX_PROMPT], bt[7];
+    for (int i = 0; i < 7; i++)
+        bt[i] = i;
+    int n = make_prompt(1, m->cfg.vocab_size, prompt);
+    rc = step(be, prompt, n, 0, bt, logits);
+    dsi_backend_destroy(be);
+    return rc;
+}
+
+TEST(cuda_single_pass_matches_two_pass) {
+    if (!have_gpu()) SKIP("no CUDA device");
+    char *dir = copy_fixture_dir("qwen2-untied");
+    CHECK(dir != NULL);
+    if (!dir) return;
+    struct dsi_model_open_opts verified = {.n_threads = 2},
+                               deferred = {.n_threads = 2, .defer_weight_hash = true};
+    for (int dt = 0; dt < 2; dt++) {
+        enum dsi_weight_dtype w = dt ? DSI_W_INT8 : DSI_W_BF16;
+        struct dsi_model a, b, c;
+        char *err = NULL;
+        CHECK_EQ_INT(dsi_model_open(&a, dir, &verified, &err), 0);
+        CHECK_EQ_INT(dsi_model_open(&b, dir, &deferred, &err), 0);
+        CHECK(b.n_pending == 1 && dsi_model_unverified(&b) == 1);
+        int V = a.cfg.vocab_size;
+        float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4), *lc = malloc((size_t)V * 4);
+        CHECK_EQ_INT(load_and_run(&a, w, la, &err), 0);
+        CHECK_EQ_INT(load_and_run(&b, w, lb, &err), 0); /* single pass */
+        if (err) fprintf(stderr, "  %s\n", err);
+        CHECK(dsi_model_unverified(&b) == 0);
+        /* the fallback (host verify, then upload) on a deferred model */
+        setenv("DSI_CUDA_LOAD", "two-pass", 1);
+        CHECK_EQ_INT(dsi_model_open(&c, dir, &deferred, &err), 0);
+        CHECK_EQ_INT(load_and_run(&c, w, lc, &err), 0);
+        unsetenv("DSI_CUDA_LOAD");
+        /* same bytes on the device, same kernels: the same logits */
+        double e1 = rel_err(lb, la, V), e2 = rel_err(lc, la, V);
+        fprintf(stderr, "  %s: single pass vs verified open %.3g, two-pass fallback %.3g\n",
+                dt ? "int8" : "bf16", e1, e2);
+        CHECK(e1 <= 1e-6 && e2 <= 1e-6);
+        free(la), free(lb), free(lc), free(err);
+        dsi_model_close(&a), dsi_model_close(&b), dsi_model_close(&c);
+    }
+    remove_fixture_dir(dir);
+}
+
+TEST(cuda_single_pass_rejects_tampered_weights) {
+    if (!have_gpu()) SKIP("no CUDA device");
+    char *dir = copy_fixture_dir("qwen2-gqa-tied");
+    CHECK(dir != NULL);
+    if (!dir) return;
+    char path[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b"); /* flip one byte of tensor data near the end */
+    CHECK(f != NULL);
+    if (f) {
+        fseek(f, -100, SEEK_END);
+        int ch = fgetc(f);
+        fseek(f, -100, SEEK_END);
+        fputc(ch ^ 0x01, f);
+        fclose(f);
+    }
+    struct dsi_model_open_opts deferred = {.n_threads = 2, .defer_weight_hash = true};
+    for (int pass = 0; pass < 2; pass++) { /* single pass, then the two-pass fallback */
+        if (pass) setenv("DSI_CUDA_LOAD", "two-pass", 1);
+        struct dsi_model m;
+        char *err = NULL;
+        CHECK_EQ_INT(dsi_model_open(&m, dir, &deferred, &err), 0); /* weights not hashed yet */
+        free(err), err = NULL;
+        struct dsi_backend_opts o;
+        opts_for(&o, DSI_W_INT8, 0);
+        struct dsi_backend *be = NULL;
+        CHECK_EQ_INT(dsi_backend_create("cuda", &m, &o, &be, &err), DSI_EINTEGRITY);
+        CHECK(be == NULL && err && strstr(err, "model.safetensors") && strstr(err, "mismatch"));
+        if (err) fprintf(stderr, "  %s: %s\n", pass ? "two-pass" : "single pass", err);
+        CHECK(dsi_model_unverified(&m) == 1); /* nothing released */
+        free(err);
+        dsi_model_close(&m);
+        unsetenv("DSI_CUDA_LOAD");
+    }
+    remove_fixture_dir(dir);
+}
+
 int main(void) {
     RUN(cuda_fixtures_bf16_match_cpu);
     RUN(cuda_fixtures_int8_match_cpu);
     RUN(cuda_fixtures_int8_group_match_cpu);
     RUN(cuda_batch_equals_single);
     RUN(cuda_create_rejects_missing_device);
+    RUN(cuda_single_pass_matches_two_pass);
+    RUN(cuda_single_pass_rejects_tampered_weights);
     return test_summary();
 }

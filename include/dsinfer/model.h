@@ -147,20 +147,65 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
  * *.tiktoken, *.txt, tokenizer*, vocab*, merges*), *.jinja. */
 bool dsi_manifest_must_list(const char *name);
 
+/* A weight file whose SHA-256 check was deferred at open (defer_weight_hash). */
+struct dsi_model_pending {
+    char *name;       /* as listed in SHA256SUMS (relative to dir) */
+    char *path;       /* dir/name */
+    uint8_t want[32]; /* the listed digest */
+    uint64_t size;    /* bytes at open (stat) */
+    bool verified;    /* set only by a matching digest (dsi_model_mark_verified) */
+};
+
 /* A model ready for a backend: verified (unless opted out), config parsed, weights mapped. */
 struct dsi_model {
     char *dir;
     struct dsi_model_config cfg;
     struct dsi_safetensors st;
     double verify_s, open_s; /* timings for the startup log */
+    /* deferred weight hashes (defer_weight_hash): n_pending files; use the
+     * accessors below. held: private (tensor data pointers withheld) */
+    struct dsi_model_pending *pending;
+    size_t n_pending;
+    void *held;
 };
+
 struct dsi_model_open_opts {
     bool skip_verify;                   /* development only; logged as a warning */
     const char *expect_manifest_sha256; /* optional pin of SHA256SUMS's own hash (hex) */
     int n_threads;
+    /* Single pass: the *.safetensors files are NOT hashed at open; the backend
+     * hashes them while it reads them anyway (the CUDA loader hashes and uploads
+     * in one pass). Everything else is as without it: SHA256SUMS is read, pinned,
+     * parsed and checked for completeness, every other listed file is hashed,
+     * listed weight files must exist, config and safetensors headers are parsed.
+     * Fail closed: until a file's digest matched (dsi_model_mark_verified or
+     * dsi_model_verify_pending), every tensor of that file has data == NULL and
+     * dsi_tensor_to_f32 refuses it (DSI_EINTEGRITY), so a backend that does not
+     * take part (the CPU backend) fails at load instead of using unverified
+     * bytes. Ignored with skip_verify. */
+    bool defer_weight_hash;
 };
 int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o, char **err);
 void dsi_model_close(struct dsi_model *m);
+
+/* Deferred weight hashes. The state lives behind the model's pointers, so these
+ * take the const model a backend is given. Calls for different files may run on
+ * different threads; none may overlap a reader of that file's tensors. */
+/* Files whose digest has not matched yet (0: every tensor's data is available). */
+size_t dsi_model_unverified(const struct dsi_model *m);
+/* Compares the digest a backend computed over m->pending[i]'s bytes with the
+ * listed one (CRYPTO_memcmp); on a match marks the file verified and releases
+ * the data pointers of its tensors. A mismatch is DSI_EINTEGRITY naming the
+ * file, which stays withheld. */
+int dsi_model_mark_verified(const struct dsi_model *m, size_t i, const uint8_t got[32], char **err);
+/* The two-pass path: hashes every unverified file on the host (n_threads, 0:
+ * CPUs) and marks the matching ones; DSI_EINTEGRITY naming the first bad file. */
+int dsi_model_verify_pending(const struct dsi_model *m, int n_threads, char **err);
+/* Where tensor t's bytes lie: *pending = the index in m->pending of its file
+ * (SIZE_MAX if that file was not deferred) and *offset = their byte offset in
+ * the file. Works while the data is withheld. DSI_EINVAL if t is not m's. */
+int dsi_model_tensor_location(const struct dsi_model *m, const struct dsi_tensor *t, size_t *pending,
+                              uint64_t *offset);
 
 /* Reads tensor t as fp32 into dst (n_elems floats), converting from F32, F16,
  * BF16, F8_E4M3 (and I8/U8/I32 as plain values); DSI_EUNSUPPORTED otherwise. */

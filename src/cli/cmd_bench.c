@@ -757,7 +757,10 @@ int dsi_cmd_bench(int argc, char **argv) {
     if (parse_args(argc, argv, &a)) return DSI_EXIT_USAGE;
     char *err = NULL;
     struct dsi_model m;
-    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify, .n_threads = a.n_threads};
+    /* --backend cuda hashes the weight files while uploading them (one pass) */
+    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify,
+                                     .n_threads = a.n_threads,
+                                     .defer_weight_hash = a.backend && !strcmp(a.backend, "cuda")};
     int rc = dsi_model_open(&m, a.dir, &mo, &err);
     if (!rc) {
         rc = dsi_model_config_runnable(&m.cfg, &err);

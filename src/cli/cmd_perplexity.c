@@ -57,7 +57,9 @@ int dsi_cmd_perplexity(int argc, char **argv) {
     int status = DSI_EXIT_FAIL;
 
     if (dsi_read_file(a.text, MAX_TEXT_BYTES, &text, &text_len, &err) != 0) goto fail;
-    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify};
+    /* --backend cuda hashes the weight files while uploading them (one pass) */
+    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify,
+                                     .defer_weight_hash = a.backend && !strcmp(a.backend, "cuda")};
     if (dsi_model_open(&m, a.model, &mo, &err) != 0) goto fail;
     if (dsi_tok_load(a.model, &tok, &err) != 0) goto fail;
     if (dsi_tok_encode(tok, text, text_len, false, &ids, &n_ids, &err) != 0) goto fail;

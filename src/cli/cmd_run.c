@@ -225,7 +225,10 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
 static int open_backend(const char *cmd, const struct run_args *a, int n_ctx, struct dsi_model *m,
                         struct dsi_backend **be) {
     char *err = NULL;
-    struct dsi_model_open_opts mo = {.skip_verify = a->no_verify, .n_threads = a->n_threads};
+    /* --backend cuda hashes the weight files while uploading them (one pass) */
+    struct dsi_model_open_opts mo = {.skip_verify = a->no_verify,
+                                     .n_threads = a->n_threads,
+                                     .defer_weight_hash = a->backend && !strcmp(a->backend, "cuda")};
     int rc = dsi_model_open(m, a->dir, &mo, &err);
     if (rc) return fail(cmd, rc, err);
     if ((rc = dsi_model_config_runnable(&m->cfg, &err))) {

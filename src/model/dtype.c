@@ -63,7 +63,11 @@ static float f8e4m3_to_f32(uint8_t b) {
 
 int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err) {
     if (!t || !dst) return DSI_EINVAL;
-    if (t->n_elems && !t->data) return dsi_seterr(err, DSI_EINVAL, "tensor %s has no data", t->name);
+    if (t->n_elems && !t->data) /* withheld: its file's SHA-256 has not matched yet (model.h) */
+        return dsi_seterr(err, DSI_EINTEGRITY,
+                          "tensor %s: its weight file has not passed the SHA-256 check yet (deferred hash); "
+                          "refusing unverified data",
+                          t->name ? t->name : "?");
     const uint8_t *p = t->data;
     size_t n = t->n_elems;
     size_t esz = dsi_dtype_size(t->dtype);

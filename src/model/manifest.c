@@ -432,8 +432,58 @@ static void problem(char **first, int *count, char *msg) {
     (*count)++;
 }
 
+static bool deferrable(const char *name) {
+    size_t n = strlen(name), k = strlen(".safetensors");
+    return n >= k && !strcasecmp(name + n - k, ".safetensors");
+}
+
+/* Moves the listed jobs that are weight files (*.safetensors) out of the hash
+ * set into *out (name, path, listed digest, size); each must exist as a regular
+ * file now. The others stay, compacted at the front of listed. */
+static int split_deferred(struct jobs *listed, struct dsi_model_pending **out, size_t *n_out, char **first,
+                          int *count) {
+    size_t nd = 0, keep = 0;
+    for (size_t i = 0; i < listed->n; i++)
+        nd += deferrable(listed->v[i].name);
+    struct dsi_model_pending *d = calloc(nd ? nd : 1, sizeof *d);
+    if (!d) return DSI_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < listed->n; i++) {
+        struct job *j = &listed->v[i];
+        if (!deferrable(j->name)) {
+            listed->v[keep++] = *j;
+            continue;
+        }
+        struct stat sb = {0};
+        char q[200];
+        dsi__printable(j->name, q, sizeof q);
+        if (stat(j->path, &sb) != 0)
+            problem(first, count, dsi_errf("%s: listed in " MF_NAME " but missing", q));
+        else if (!S_ISREG(sb.st_mode))
+            problem(first, count, dsi_errf("%s: not a regular file", q));
+        d[k].name = j->name;
+        d[k].path = j->path;
+        memcpy(d[k].want, j->want, sizeof d[k].want);
+        d[k].size = (uint64_t)sb.st_size;
+        k++;
+        free(j->err);
+    }
+    listed->n = keep;
+    *out = d;
+    *n_out = nd;
+    return 0;
+}
+
 int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out, char **err) {
+    return dsi__manifest_verify_deferred(dir, o, NULL, NULL, bytes_out, err);
+}
+
+int dsi__manifest_verify_deferred(const char *dir, const struct dsi_manifest_opts *o,
+                                  struct dsi_model_pending **deferred, size_t *n_deferred, size_t *bytes_out,
+                                  char **err) {
     if (!dir) return DSI_EINVAL;
+    struct dsi_model_pending *dv = NULL;
+    size_t dn = 0;
     struct jobs listed = {0}, present = {0};
     char *mpath = dsi__path_join(dir, MF_NAME);
     char *text = NULL, *first = NULL;
@@ -480,10 +530,30 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
         if (stat(listed.v[i].path, &sb) == 0) listed.v[i].size = (uint64_t)sb.st_size;
     }
     if ((rc = walk(dir, "", 0, &present, err))) goto out;
-    uint64_t bytes = 0;
-    if ((rc = hash_all(listed.v, listed.n, o, "verify", &bytes, err))) goto out;
-    if (bytes_out) *bytes_out = (size_t)bytes;
     int count = 0;
+    /* the names stay in `all` (sorted, for the completeness check below); the
+     * deferred entries take over their strings */
+    struct jobs all = {0};
+    if (deferred) {
+        all.v = malloc(listed.n * sizeof *all.v);
+        if (!all.v) {
+            rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+            goto out;
+        }
+        memcpy(all.v, listed.v, listed.n * sizeof *all.v);
+        all.n = listed.n;
+        if ((rc = split_deferred(&listed, &dv, &dn, &first, &count))) {
+            free(all.v);
+            dsi_seterr(err, rc, "out of memory");
+            goto out;
+        }
+    }
+    uint64_t bytes = 0;
+    if ((rc = hash_all(listed.v, listed.n, o, "verify", &bytes, err))) {
+        free(all.v);
+        goto out;
+    }
+    if (bytes_out) *bytes_out = (size_t)bytes;
     for (size_t i = 0; i < listed.n; i++) {
         struct job *j = &listed.v[i];
         char hw[DSI_SHA256_HEX_LEN + 1], hg[DSI_SHA256_HEX_LEN + 1], q[200];
@@ -500,9 +570,10 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
                     dsi_errf("%s: SHA-256 mismatch (listed %.16s..., file has %.16s...)", q, hw, hg));
         }
     }
+    const struct jobs *names = deferred ? &all : &listed;
     for (size_t i = 0; i < present.n; i++) {
         struct job key = {.name = present.v[i].name};
-        if (bsearch(&key, listed.v, listed.n, sizeof key, cmp_job)) continue;
+        if (bsearch(&key, names->v, names->n, sizeof key, cmp_job)) continue;
         char q[200];
         dsi__printable(key.name, q, sizeof q);
         if (dsi_manifest_must_list(key.name))
@@ -513,6 +584,7 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
                     "weight, config or tokenizer file)",
                     dir, q);
     }
+    free(all.v);
     if (count) {
         rc = count > 1 ? dsi_seterr(err, DSI_EINTEGRITY, "%s: %s (and %d more problems, logged)", dir, first,
                                     count - 1)
@@ -520,11 +592,49 @@ int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size
         goto out;
     }
     dsi_log(DSI_LOG_DEBUG, "model", "%s: %zu files verified, %.2f GB", dir, listed.n, (double)bytes / 1e9);
+    if (deferred) {
+        *deferred = dv, *n_deferred = dn;
+        dv = NULL, dn = 0;
+    }
 out:
+    dsi__pending_free(dv, dn);
     free(first);
     free(text);
     free(mpath);
     jobs_free(&listed);
     jobs_free(&present);
+    return rc;
+}
+
+void dsi__pending_free(struct dsi_model_pending *p, size_t n) {
+    for (size_t i = 0; p && i < n; i++) {
+        free(p[i].name);
+        free(p[i].path);
+    }
+    free(p);
+}
+
+int dsi__hash_pending(const struct dsi_model_pending *p, size_t n, int n_threads,
+                      uint8_t (*got)[DSI_SHA256_LEN], char **errs) {
+    struct job *jobs = calloc(n ? n : 1, sizeof *jobs);
+    if (!jobs) return DSI_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        jobs[i].name = p[i].name; /* borrowed: not freed here */
+        jobs[i].path = p[i].path;
+        jobs[i].size = p[i].size;
+    }
+    struct dsi_manifest_opts mo = {.n_threads = n_threads};
+    uint64_t bytes = 0;
+    int rc = hash_all(jobs, n, &mo, "verify", &bytes, NULL);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(got[i], jobs[i].got, DSI_SHA256_LEN);
+        errs[i] = NULL;
+        if (jobs[i].rc) {
+            errs[i] = jobs[i].err ? jobs[i].err : dsi_errf("%s: %s", p[i].name, dsi_strerror(jobs[i].rc));
+            jobs[i].err = NULL;
+        }
+        free(jobs[i].err);
+    }
+    free(jobs);
     return rc;
 }

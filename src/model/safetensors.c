@@ -498,3 +498,18 @@ const struct dsi_tensor *dsi_st_find(const struct dsi_safetensors *st, const cha
     struct dsi_tensor key = {.name = (char *)name};
     return bsearch(&key, st->tensors, st->n_tensors, sizeof key, cmp_name);
 }
+
+size_t dsi__st_n_files(const struct dsi_safetensors *st) {
+    const struct st_priv *pv = st ? st->priv : NULL;
+    return pv ? pv->n_files : 0;
+}
+
+int dsi__st_file(const struct dsi_safetensors *st, size_t i, const char **path, const uint8_t **base,
+                 size_t *len) {
+    const struct st_priv *pv = st ? st->priv : NULL;
+    if (!pv || i >= pv->n_files) return DSI_EINVAL;
+    *path = pv->files[i].path;
+    *base = pv->files[i].base;
+    *len = pv->files[i].len;
+    return 0;
+}

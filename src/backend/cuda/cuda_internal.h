@@ -102,6 +102,12 @@ void dsi__cuda_free(struct dsi__cuda *c, void *p);
 /* Uploads (or makes, when random) every weight. */
 int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed,
                            char **err);
+/* The single verify + upload pass over the model's deferred weight files
+ * (cuda_hashload.c): on success *images (m->n_pending entries) holds a device
+ * image of every file whose digest matched, or is NULL when the two-pass
+ * fallback verified them on the host; on failure nothing is kept. */
+int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_t ***images, char **err);
+void dsi__cuda_free_images(struct dsi__cuda *c, const struct dsi_model *m, uint8_t **images);
 /* One step; logits of want_logits rows stay on the device in c->logits. */
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err);
 /* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16. */

@@ -8,8 +8,13 @@
  * (norms, biases) are kept in fp32. Random mode fills the staging buffer on the
  * GPU instead (benchmarks of real shapes without a 15 GB file).
  *
- * Known gap: the SHA-256 verify and the upload are two passes (dsi_model_open
- * verifies first); the single overlapped pass of issue 9 item 3 is not done.
+ * A model opened with defer_weight_hash (the CLI does so for --backend cuda)
+ * comes with its *.safetensors unhashed and their tensor data withheld: first
+ * cuda_hashload.c hashes each file while copying it to a device image (one
+ * pass, fail closed), then bf16 tensors are copied device to device from the
+ * images, F16/F32 ones and vectors are converted on the host from the mmap
+ * (released by the model once the file's digest matched), and the images are
+ * freed.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +28,7 @@ struct loader {
     struct dsi__cuda *c;
     const struct dsi_model *m;
     bool random;
+    uint8_t **images; /* device image of m->pending[i] (single pass), or NULL */
     uint64_t seed, counter;
     uint16_t *stage; /* device bf16 staging, stage_elems */
     size_t stage_elems;
@@ -106,6 +112,20 @@ static int upload_bf16(struct loader *L, const char *name, int rows, int cols, u
     const struct dsi_tensor *t;
     int rc = find(L, name, rows, cols, &t, err);
     if (rc) return rc;
+    size_t pi = SIZE_MAX;
+    uint64_t off = 0;
+    if (L->images && t->dtype == DSI_DT_BF16 && dsi_model_tensor_location(L->m, t, &pi, &off) == 0 &&
+        pi < L->m->n_pending && L->images[pi]) { /* verified bytes already on the device */
+        if (off > L->m->pending[pi].size || n * 2 > L->m->pending[pi].size - off)
+            return dsi_seterr(err, DSI_EFORMAT, "cuda: tensor %s lies outside its file", name);
+        if (DSI_CUDA_CHECK(cudaMemcpyAsync(dst, L->images[pi] + off, n * 2, cudaMemcpyDeviceToDevice,
+                                           L->c->stream)) ||
+            DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
+            return dsi_seterr(err, DSI_ECUDA, "cuda: device copy of %s failed", name);
+        return 0;
+    }
+    if (!t->data)
+        return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", name);
     const void *src = t->data;
     if (t->dtype != DSI_DT_BF16) {
         if (n > L->host_elems) {
@@ -139,6 +159,10 @@ static int upload_vec(struct loader *L, const char *name, int n, float fill, flo
         if ((rc = find(L, name, n, 0, &t, err))) {
             free(h);
             return rc;
+        }
+        if (!t->data) {
+            free(h);
+            return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", name);
         }
         for (int i = 0; i < n; i++)
             h[i] = elem_f32(t, (size_t)i);
@@ -229,6 +253,8 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
     int nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
     char n1[128], n2[128], n3[128];
 
+    if (!random && dsi_model_unverified(m) > 0 && (rc = dsi__cuda_hash_upload(c, m, &L.images, err))) goto out;
+
     if (c->int8) {
         size_t big = (size_t)V * H;
         size_t cand[3] = {(size_t)(nq + 2 * nk) * H, (size_t)2 * I * H, (size_t)H * nq};
@@ -305,5 +331,6 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
 out:
     free(L.host);
     dsi__cuda_free(c, L.stage); /* the staging buffer is only needed at load time */
+    dsi__cuda_free_images(c, m, L.images);
     return rc;
 }
