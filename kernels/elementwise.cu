@@ -86,6 +86,14 @@ extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
+/* One rotation, rounded the same way wherever it runs (no contraction into
+ * FMA), so rope and rope_kv_store give identical bits. */
+static __device__ __forceinline__ void rotate(float *a, float *b, float cs, float sn) {
+    float x = *a, y = *b;
+    *a = __fsub_rn(__fmul_rn(x, cs), __fmul_rn(y, sn));
+    *b = __fadd_rn(__fmul_rn(y, cs), __fmul_rn(x, sn));
+}
+
 /* Grid (n_tok), block covers (n_rot_heads * hd/2) pairs. sincosf (not the fast
  * intrinsic): angles reach 1e5 rad at long context and the fast path drifts. */
 static __global__ void rope_kernel(float *qk, int stride, int n_rot_heads, int head_dim, const int32_t *pos,
@@ -99,9 +107,7 @@ static __global__ void rope_kernel(float *qk, int stride, int n_rot_heads, int h
         float sn, cs;
         sincosf(p * inv_freq[i], &sn, &cs);
         float *hp = row + (size_t)h * head_dim;
-        float a = hp[i], b = hp[i + half];
-        hp[i] = a * cs - b * sn;
-        hp[i + half] = b * cs + a * sn;
+        rotate(hp + i, hp + i + half, cs, sn);
     }
 }
 
@@ -134,6 +140,46 @@ extern "C" int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const flo
         return DSI_EINVAL;
     if (n_tok == 0) return 0;
     kv_store_kernel<<<n_tok, 256, 0, s>>>(k_cache, v_cache, src, stride, k_off, v_off, slots, kv_dim);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* rope over q|k, then K and V of the token into its cache slot: one launch
+ * per layer instead of two. The k pairs are rotated in place and stored from
+ * the same values, so no barrier sits between the two halves. */
+static __global__ void rope_kv_store_kernel(float *qkv, int stride, int n_heads, int n_kv, int head_dim,
+                                            const int32_t *pos, const float *inv_freq, uint16_t *kc,
+                                            uint16_t *vc, const int32_t *slots) {
+    const int t = blockIdx.x, half = head_dim / 2, kv_dim = n_kv * head_dim;
+    const float p = (float)pos[t];
+    float *row = qkv + (size_t)t * stride;
+    const size_t slot = (size_t)slots[t];
+    for (int j = threadIdx.x; j < (n_heads + n_kv) * half; j += blockDim.x) {
+        int h = j / half, i = j % half;
+        float sn, cs;
+        sincosf(p * inv_freq[i], &sn, &cs);
+        float *hp = row + (size_t)h * head_dim;
+        rotate(hp + i, hp + i + half, cs, sn);
+        if (h >= n_heads) {
+            uint16_t *kp = kc + slot * kv_dim + (size_t)(h - n_heads) * head_dim;
+            kp[i] = f2bf(hp[i]);
+            kp[i + half] = f2bf(hp[i + half]);
+        }
+    }
+    const float *v = row + (size_t)(n_heads + n_kv) * head_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+        vc[slot * kv_dim + i] = f2bf(v[i]);
+}
+
+extern "C" int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_heads, int n_kv_heads,
+                                      int head_dim, const int32_t *pos, const float *inv_freq,
+                                      uint16_t *k_cache, uint16_t *v_cache, const int32_t *slots,
+                                      cudaStream_t s) {
+    if (n_tok < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2 ||
+        (long long)(n_heads + 2 * n_kv_heads) * head_dim > stride)
+        return DSI_EINVAL;
+    if (n_tok == 0) return 0;
+    rope_kv_store_kernel<<<n_tok, 256, 0, s>>>(qkv, stride, n_heads, n_kv_heads, head_dim, pos, inv_freq,
+                                               k_cache, v_cache, slots);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -66,6 +66,13 @@ int dsi_cuda_rope_inv_freq(const struct dsi_model_config *cfg, float *inv_freq, 
 int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, int stride, int k_off,
                       int v_off, const int32_t *slots, int n_tok, int kv_dim, cudaStream_t s);
 
+/* dsi_cuda_rope over the q and k heads of qkv rows (q | k | v, row stride
+ * `stride`, the k heads right after the n_heads q heads, v after them) fused
+ * with dsi_cuda_kv_store of the rotated k and of v: the same bits as the two
+ * kernels in sequence, one launch instead of two per layer. */
+int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_heads, int n_kv_heads, int head_dim,
+                           const int32_t *pos, const float *inv_freq, uint16_t *k_cache, uint16_t *v_cache,
+                           const int32_t *slots, cudaStream_t s);
 /* gu: (rows, 2*inter) fp32 = [gate | up]; out: (rows, inter) bf16 = silu(gate)*up. */
 int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, cudaStream_t s);
 

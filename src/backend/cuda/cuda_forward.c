@@ -4,7 +4,7 @@
  * The host checks the batch (ids, positions, block tables) and packs the step's
  * metadata (token ids, positions, KV slots, per-sequence attention records,
  * block tables, logit rows) into one pinned buffer, sent with one async copy.
- * Then, per layer: add+RMSNorm -> qkv matmul (+bias) -> RoPE -> KV store ->
+ * Then, per layer: add+RMSNorm -> qkv matmul (+bias) -> RoPE + KV store ->
  * attention (decode kernel when every sequence brings one token, else the
  * prefill kernel; prompts of >= 16 new tokens and <= 4096 context go through
  * two cuBLAS GEMMs and a causal softmax) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
@@ -175,9 +175,9 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     if ((rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s)))
         return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
-    if ((rc = dsi_cuda_rope(c->qkv, stride, T, cfg->n_heads + cfg->n_kv_heads, hd, pos_d, c->inv_freq, s)))
+    if ((rc = dsi_cuda_rope_kv_store(c->qkv, stride, T, cfg->n_heads, cfg->n_kv_heads, hd, pos_d, c->inv_freq,
+                                     kc, vc, slot_d, s)))
         return rc;
-    if ((rc = dsi_cuda_kv_store(kc, vc, c->qkv, stride, nq, nq + nk, slot_d, T, nk, s))) return rc;
     struct dsi_cuda_attn_args a = *proto;
     a.q = c->qkv;
     a.q_stride = stride;
