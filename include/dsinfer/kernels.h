@@ -197,6 +197,10 @@ int dsi_cuda_quantize_int8_group(int8_t *q, float *scale, const uint16_t *w, int
  * fast (5 bytes moved per weight against 1 for the per-channel kernels). */
 int dsi_cuda_dequant_int8_group(uint16_t *dst, const int8_t *q, const float *scale, int n, int k,
                                 int group_size, cudaStream_t s);
+/* part 0: the same; part 1: bf16(v - bf16(v)) for v = q * scale, the rest
+ * that part 0 rounded away (the two GEMMs together carry ~16-bit weights). */
+int dsi_cuda_dequant_int8_group_part(uint16_t *dst, const int8_t *q, const float *scale, int n, int k,
+                                     int group_size, int part, cudaStream_t s);
 
 /* ---- tiled INT8 GEMM for batched decode (kernels/gemm_int8_tiled.cu) ---- */
 

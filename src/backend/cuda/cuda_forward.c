@@ -37,14 +37,20 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
     const float one = 1.f, zero = 0.f;
     if (w->group > 0) {
         /* group-wise INT8 (any batch, lm_head too): bf16(q * group scale) into the
-         * scratch, then cuBLAS; no post-scale. Correct, not fast: 5 bytes moved
+         * scratch, then cuBLAS, then the same for the rounding rest of the
+         * weights (beta 1); no post-scale. Correct, not fast: 10 bytes moved
          * per weight (kernels/quant_group.cu). */
         if (!c->deq) return DSI_EINVAL;
-        int rc = dsi_cuda_dequant_int8_group(c->deq, w->q, w->gscale, w->n, w->k, w->group, c->stream);
-        if (!rc)
-            rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one, c->deq,
-                                               CUDA_R_16BF, w->k, x, CUDA_R_16BF, w->k, &zero, y, CUDA_R_32F,
-                                               w->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        int rc = 0;
+        for (int part = 0; part < 2 && !rc; part++) {
+            rc = dsi_cuda_dequant_int8_group_part(c->deq, w->q, w->gscale, w->n, w->k, w->group, part,
+                                                  c->stream);
+            if (!rc)
+                rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one,
+                                                   c->deq, CUDA_R_16BF, w->k, x, CUDA_R_16BF, w->k,
+                                                   part ? &one : &zero, y, CUDA_R_32F, w->n,
+                                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
         if (!rc && w->bias) rc = dsi_cuda_scale_bias(y, NULL, w->bias, m, w->n, c->stream);
         return rc;
     }
