@@ -225,8 +225,8 @@ int dsi_cuda_gemm_int8_tiled(float *y, const uint16_t *x, const int8_t *q, const
  * prefetch, fewer registers, up to 70 KB of shared memory). All give the same
  * results up to fp32 summation order. */
 int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
-                                     const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
-                                     int variant, cudaStream_t s);
+                                     const float *bias, int m, int n, int k,
+                                     const struct dsi_cuda_gemm_ws *ws, int variant, cudaStream_t s);
 
 /* ---- INT8 decode GEMV on CUDA cores (kernels/gemv_int8_dec.cu) ---- */
 

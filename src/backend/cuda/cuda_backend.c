@@ -11,6 +11,7 @@
  * with DSI_ECUDA (sticky errors such as an illegal address poison the context),
  * and the engine drains.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,8 +195,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0) {
         /* group-wise as the CPU backend: every matrix, so G must divide every input width */
         const struct dsi_model_config *mc = &m->cfg;
-        int gs = o->int8_group_size, ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim,
-                                               mc->intermediate_size};
+        int gs = o->int8_group_size,
+            ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size};
         const char *what[3] = {"hidden_size", "n_heads * head_dim", "intermediate_size"};
         if (gs < 0) return dsi_seterr(err, DSI_EINVAL, "cuda: int8 group size %d is negative", gs);
         for (int i = 0; i < 3; i++)
@@ -231,6 +232,16 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
      * (A/B timing, fallback); anything else: the CUDA-core decode GEMV */
     const char *gemv_env = getenv("DSI_CUDA_GEMV");
     c->gemv_new = !(gemv_env && !strcmp(gemv_env, "old"));
+    c->tiled_min = DSI__CUDA_TILED_MIN;
+    c->tiled_max = DSI__CUDA_TILED_MAX;
+    c->tiled_min_n = DSI__CUDA_TILED_MIN_N;
+    const char *tiled_env = getenv("DSI_CUDA_TILED"); /* "MIN[,MAX[,MIN_N]]"; "0": off */
+    if (tiled_env) {
+        c->tiled_min_n = 0;
+        int got = sscanf(tiled_env, "%d,%d,%d", &c->tiled_min, &c->tiled_max, &c->tiled_min_n);
+        if (got < 1 || c->tiled_min < 0) c->tiled_min = 0;
+        if (got == 1) c->tiled_max = 1 << 30;
+    }
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
     if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;
@@ -290,8 +301,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         DSI_LOG_INFO, "cuda",
         "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
         prop.name, c->int8 ? (c->group > 0 ? "int8 group-wise" : "int8") : "bf16",
-        c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks,
-        c->base.kv_block_size,
+        c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks, c->base.kv_block_size,
         (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
         c->max_tokens, c->max_seqs);
     *out = &c->base;

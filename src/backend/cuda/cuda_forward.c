@@ -14,10 +14,12 @@
  * a CUDA graph and replayed, so launch gaps vanish.
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
- * the CUDA-core decode GEMV for one row (DSI_CUDA_GEMV=old: skipped), the
- * tensor-core INT8 kernel for <= 16 rows, above that dequantize to bf16
- * scratch and cuBLAS (the lm_head always takes the INT8 kernel, its rows are
- * at most max_seqs).
+ * the CUDA-core decode GEMV for one row (DSI_CUDA_GEMV=old: skipped); the tiled
+ * INT8 GEMM for 2..128 rows of the wide matrices (gate|up, lm_head; see
+ * DSI__CUDA_TILED_*); the mma.sync INT8 kernel for <= 16 rows of the others;
+ * above that dequantize to bf16 scratch and cuBLAS (the lm_head never
+ * dequantizes: the tiled GEMM takes all its rows). Group-wise int8: dequantize
+ * + cuBLAS at any size.
  */
 #include <math.h>
 #include <string.h>
@@ -60,6 +62,9 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
         int rc = dsi_cuda_gemv_int8(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->stream);
         if (rc != DSI_EINVAL) return rc;
     }
+    if (c->int8 && c->tiled_min > 0 && m >= c->tiled_min && w->n >= c->tiled_min_n &&
+        (m <= c->tiled_max || !allow_deq || !c->deq))
+        return dsi_cuda_gemm_int8_tiled(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, c->stream);
     if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
         return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
                                           c->q8_variant, c->stream);

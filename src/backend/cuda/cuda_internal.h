@@ -23,6 +23,15 @@
 /* Rows above which an INT8 matmul dequantizes to bf16 and calls cuBLAS. */
 #define DSI__CUDA_MMA_MAX_ROWS 16
 #define DSI__CUDA_MAX_SPLITS 64
+/* INT8 matmuls of MIN..MAX rows with at least MIN_N outputs take the tiled GEMM
+ * (kernels/gemm_int8_tiled.cu). Measured on the H200, 7B shape (bench/RESULTS.md,
+ * "Tiled INT8 GEMM"): gate_up at 16/64/128 rows 58/107/174 us against 111 us
+ * (mma kernel) and 193/206 us (dequantize + cuBLAS); at 256 rows cuBLAS wins
+ * (251 vs 292 us), and for the small matrices (qkv, o, down: few 128-row
+ * blocks) the mma kernel and cuBLAS stay ahead. */
+#define DSI__CUDA_TILED_MIN 2
+#define DSI__CUDA_TILED_MAX 128
+#define DSI__CUDA_TILED_MIN_N 8192
 
 struct dsi__cu_matrix {
     int n, k;      /* out, in features */
@@ -30,8 +39,8 @@ struct dsi__cu_matrix {
     float *scale;  /* int8 per channel: (n); NULL when group-wise */
     int group;     /* int8 group-wise: inputs per scale (divides k); 0: per channel */
     float *gscale; /* int8 group-wise: (n, k / group) */
-    uint16_t *w;  /* bf16: (n, k) row-major */
-    float *bias;  /* (n) or NULL */
+    uint16_t *w;   /* bf16: (n, k) row-major */
+    float *bias;   /* (n) or NULL */
 };
 
 struct dsi__cu_layer {
@@ -90,6 +99,10 @@ struct dsi__cuda {
     bool use_graphs; /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
     int q8_variant;  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
     bool gemv_new;   /* INT8 matmuls of <= 8 rows: CUDA-core GEMV (DSI_CUDA_GEMV=old: off) */
+    /* INT8 matmuls of tiled_min..tiled_max rows (and all rows >= tiled_min that
+     * may not dequantize: the lm_head) and >= tiled_min_n outputs take the
+     * tiled GEMM; tiled_min 0: never. DSI_CUDA_TILED=MIN,MAX,MIN_N (A/B timing) */
+    int tiled_min, tiled_max, tiled_min_n;
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* oldest first */
     int n_graphs;
 };
