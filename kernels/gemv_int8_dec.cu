@@ -8,16 +8,17 @@
  * (row g, c), (row g, c+1), (row g+8, c), (row g+8, c+1)), so no second copy of
  * the weights exists and the tensor-core kernel stays usable (DSI_CUDA_GEMV=old).
  *
- * One block of 8 warps per 16-row tile; the warps take interleaved column tiles
- * (no split over blocks: no workspace, no atomics, deterministic), each warp
- * issuing U 16-byte loads per lane (ld.global.nc.L1::no_allocate) before it
- * uses any (U = 16 for one row of x, 8 for two, 4 above): with 3-5 resident
- * blocks per SM that keeps > 100 KB per SM in flight,
- * several times what 4.25 TB/s x DRAM latency needs. Every load of the warp is
+ * One block of 8 warps (16 for matrices of few row tiles) per 16-row tile; the
+ * warps take interleaved column tiles (no split over blocks: no workspace, no
+ * atomics, deterministic), each warp issuing U 16-byte loads per lane
+ * (ld.global.nc.L1::no_allocate) before it uses any (U = 8 for one or two rows
+ * of x, 4 above): with 2-4 resident blocks per SM that keeps > 64 KB per SM in
+ * flight, more than 4.25 TB/s x DRAM latency needs, while the warps' compute
+ * (about 16 instructions per 4 weight bytes) overlaps other warps' loads. Every load of the warp is
  * one fully coalesced 512-byte tile. int8 -> fp32 is exact (magic-number
  * trick), products with the bf16 activations are exact in fp32, and the sum is
  * fp32: the same numbers as the CPU reference up to summation order. Lanes of
- * one row meet by two shuffles, the 8 warps in shared memory in a fixed order,
+ * one row meet by two shuffles, the warps in shared memory in a fixed order,
  * then scale and bias. x (bf16, tiny next to W) is read through L1 with 4-byte
  * loads; lanes of equal t share addresses (broadcast).
  *
@@ -30,8 +31,8 @@
 
 #include "dsinfer/kernels.h"
 
-#define GV_WARPS 8
-#define GV_TILE_U4 32 /* 512-byte tile = 32 uint4, one per lane */
+#define GV_TILE_U4 32   /* 512-byte tile = 32 uint4, one per lane */
+#define DSI__GV_SMS 132 /* H100/H200 SXM; only steers the block shape */
 
 static __device__ __forceinline__ uint4 gv_ld_weights(const uint4 *p) {
     uint4 v;
@@ -46,12 +47,14 @@ static __device__ __forceinline__ float gv_byte(uint32_t u_biased, int sel) {
     return __uint_as_float(__byte_perm(u_biased, 0x4B000000u, 0x7650 + sel)) - 8388736.f;
 }
 
-/* MINB: resident blocks per SM the register budget must allow (launch bounds). */
-template <int M, int U, int MINB>
-static __global__ void __launch_bounds__(GV_WARPS * 32, MINB)
+/* W warps per block, U tiles per lane in flight per round, MINB resident
+ * blocks per SM the register budget must allow (launch bounds). */
+template <int M, int W, int U, int MINB>
+static __global__ void __launch_bounds__(W * 32, MINB)
     gemv_int8_dec_kernel(float *__restrict__ y, const uint16_t *__restrict__ x, const int8_t *__restrict__ q,
-                         const float *__restrict__ scale, const float *__restrict__ bias, int N, int K, int k32) {
-    __shared__ float red[GV_WARPS][M][16];
+                         const float *__restrict__ scale, const float *__restrict__ bias, int N, int K,
+                         int k32) {
+    __shared__ float red[W][M][16];
     const int rt = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3, g = lane >> 2;
     const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * 512) + lane;
     float lo[M], hi[M];
@@ -59,16 +62,16 @@ static __global__ void __launch_bounds__(GV_WARPS * 32, MINB)
     for (int m = 0; m < M; m++)
         lo[m] = hi[m] = 0.f;
 
-    for (int kt0 = warp; kt0 < k32; kt0 += GV_WARPS * U) {
+    for (int kt0 = warp; kt0 < k32; kt0 += W * U) {
         uint4 a[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            int kt = kt0 + u * GV_WARPS;
+            int kt = kt0 + u * W;
             a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            int kt = kt0 + u * GV_WARPS;
+            int kt = kt0 + u * W;
             if (kt >= k32) break;
             uint32_t w[4] = {a[u].x, a[u].y, a[u].z, a[u].w};
 #pragma unroll
@@ -79,7 +82,8 @@ static __global__ void __launch_bounds__(GV_WARPS * 32, MINB)
                 bool in = c < K; /* k even and c even: c < K implies c + 1 < K */
 #pragma unroll
                 for (int m = 0; m < M; m++) {
-                    uint32_t xv = in ? __ldg(reinterpret_cast<const unsigned int *>(x + (size_t)m * K + c)) : 0u;
+                    uint32_t xv =
+                        in ? __ldg(reinterpret_cast<const unsigned int *>(x + (size_t)m * K + c)) : 0u;
                     float x0 = __uint_as_float(xv << 16), x1 = __uint_as_float(xv & 0xffff0000u);
                     lo[m] = fmaf(q0, x0, lo[m]);
                     lo[m] = fmaf(q1, x1, lo[m]);
@@ -109,7 +113,7 @@ static __global__ void __launch_bounds__(GV_WARPS * 32, MINB)
         int m = threadIdx.x >> 4, r = threadIdx.x & 15, row = rt * 16 + r;
         float v = 0.f;
 #pragma unroll
-        for (int wi = 0; wi < GV_WARPS; wi++)
+        for (int wi = 0; wi < W; wi++)
             v += red[wi][m][r];
         if (row < N) {
             v *= scale[row];
@@ -119,11 +123,11 @@ static __global__ void __launch_bounds__(GV_WARPS * 32, MINB)
     }
 }
 
-template <int M, int U, int MINB = 1>
-static int gv_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias, int n,
-                     int k, cudaStream_t s) {
+template <int M, int W, int U, int MINB>
+static int gv_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
+                     int n, int k, cudaStream_t s) {
     int k32 = (k + 31) / 32, n16 = (n + 15) / 16;
-    gemv_int8_dec_kernel<M, U, MINB><<<n16, GV_WARPS * 32, 0, s>>>(y, x, q, scale, bias, n, k, k32);
+    gemv_int8_dec_kernel<M, W, U, MINB><<<n16, W * 32, 0, s>>>(y, x, q, scale, bias, n, k, k32);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -136,23 +140,28 @@ extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, 
      * the grid is one block per 16 rows (x dimension: up to 2^31 - 1) */
     switch (m) {
     case 1:
-        /* 16 tiles per lane in flight: one round covers a warp's 14 tiles of
-         * k = 3584 (one DRAM round trip for qkv/o); 80 registers, no spills, so
-         * 3 blocks per SM (396 slots >= the 288 row tiles of qkv) */
-        return gv_launch<1, 16, 3>(y, x, q, scale, bias, n, k, s);
+        /* one row (batch-1 decode): 8 tiles per lane per round. Matrices of
+         * fewer than two 16-row tiles per SM (o and down of the 7B shape: 224
+         * for 132 SMs) take 16 warps per block, so each row tile's columns are
+         * streamed by twice the warps; the others 8 warps and 4 blocks per SM.
+         * Measured on the H200 against the former 8 warps x 16 tiles x 3 blocks
+         * (bench/RESULTS.md, "Decode GEMV shape"): o 11.9 -> 8.4 us, down 48.4 ->
+         * 25.2 us, qkv 12.9 -> 10.2 us, gate_up 48.0 -> 40.9 us. */
+        if ((n + 15) / 16 < 2 * DSI__GV_SMS) return gv_launch<1, 16, 8, 2>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<1, 8, 8, 4>(y, x, q, scale, bias, n, k, s);
     case 2:
-        return gv_launch<2, 8, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<2, 8, 8, 4>(y, x, q, scale, bias, n, k, s);
     case 3:
-        return gv_launch<3, 4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<3, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 4:
-        return gv_launch<4, 4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<4, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 5:
-        return gv_launch<5, 4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<5, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 6:
-        return gv_launch<6, 4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<6, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     case 7:
-        return gv_launch<7, 4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<7, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     default:
-        return gv_launch<8, 4, 4>(y, x, q, scale, bias, n, k, s);
+        return gv_launch<8, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     }
 }
