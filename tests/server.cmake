@@ -11,3 +11,9 @@ dsi_fuzz(fuzz_request SOURCES tests/fuzz/fuzz_request.c ${DSI_SERVER_PURE} LIBS 
 add_test(NAME server_e2e COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/run.sh WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(server_e2e PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+# `serve --backend cuda` defers the weight hashes to the CUDA loader; without a GPU
+# the CPU fallback must verify them first (a tampered file stops the daemon).
+add_test(NAME test_serve_backend_fallback COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_serve_backend_fallback.sh
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_serve_backend_fallback PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
+  ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")

@@ -161,9 +161,13 @@ static void add_stop_id(struct dsi_server *s, int32_t id) {
 static int load_model(struct dsi_server *s, char **err) {
     const struct dsi_config *c = s->cfg;
     double t0 = dsi__srv_now_s();
+    /* the CUDA backend hashes the weight files while it uploads them (one pass,
+     * fail closed); any other backend gets them verified here first */
+    const bool cuda = c->backend && !strcmp(c->backend, "cuda");
     struct dsi_model_open_opts mo = {.skip_verify = c->skip_verify,
                                      .expect_manifest_sha256 = c->manifest_sha256 && c->manifest_sha256[0] ? c->manifest_sha256 : NULL,
-                                     .n_threads = c->threads};
+                                     .n_threads = c->threads,
+                                     .defer_weight_hash = cuda};
     int rc = dsi_model_open(&s->model, c->model_dir, &mo, err);
     if (rc) return rc;
     s->model_open = true;
@@ -188,6 +192,9 @@ static int load_model(struct dsi_server *s, char **err) {
                 err && *err ? *err : dsi_strerror(rc));
         if (err) free(*err), *err = NULL;
         bname = "cpu";
+        if (dsi_model_unverified(&s->model) > 0 &&
+            (rc = dsi_model_verify_pending(&s->model, c->threads, err)))
+            return rc;
         rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
     }
     if (rc) return rc;
