@@ -28,6 +28,7 @@
  * from x.
  */
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "dsinfer/kernels.h"
 
@@ -123,6 +124,132 @@ static __global__ void __launch_bounds__(W * 32, MINB)
     }
 }
 
+/* ---- one row on the tensor cores ----
+ * The fp32 kernel above spends ~16 instructions per 4 weight bytes (byte ->
+ * fp32, x load, 4 FMA), and at one row that issue work, not DRAM, sets its
+ * speed. Here 4 bytes become two f16 pairs in 4 instructions (prmt into
+ * 0x64XX = 1024 + byte, then one hsub2: exact for int8) and mma.sync
+ * m16n8k16 (f16 x f16, fp32 accumulate) does the multiply-adds with x as the
+ * B operand (column 0; the other 7 columns are zero). x is converted to f16
+ * once per block into shared memory; f16 keeps 11 mantissa bits, more than
+ * the bf16 it comes from, and a row whose largest |x| exceeds 32768 is scaled
+ * by a power of two (exact) so nothing overflows, the result divided back. */
+static __device__ __forceinline__ void gv_mma16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Two bytes of a biased word (u = w ^ 0x80808080) as an exact f16 pair: sel
+ * 0x4140 takes bytes 0, 1 and 0x4342 bytes 2, 3 (each below 0x64), then
+ * (1024 + q + 128) - 1152 = q. */
+static __device__ __forceinline__ uint32_t gv_h2(uint32_t u, uint32_t sel) {
+    uint32_t r = __byte_perm(u, 0x64646464u, sel);
+    __half2 h = __hsub2(*reinterpret_cast<__half2 *>(&r),
+                        __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)));
+    return *reinterpret_cast<uint32_t *>(&h);
+}
+
+template <int W, int U, int MINB>
+static __global__ void __launch_bounds__(W * 32, MINB)
+    gemv_int8_f16_kernel(float *__restrict__ y, const uint16_t *__restrict__ x, const int8_t *__restrict__ q,
+                         const float *__restrict__ scale, const float *__restrict__ bias, int N, int K,
+                         int k32) {
+    extern __shared__ uint32_t xs[]; /* (k32 * 16) f16 pairs, zero past K */
+    __shared__ float red[W][16];
+    __shared__ float wmax[W];
+    const int rt = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3, g = lane >> 2;
+    const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * 512) + lane;
+    uint4 a[U];
+    int kt0 = warp;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int kt = kt0 + u * W;
+        a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
+    }
+    /* x to f16 (while the first weight loads are in flight) */
+    const uint32_t *x32 = reinterpret_cast<const uint32_t *>(x);
+    float mx = 0.f;
+    for (int i = threadIdx.x; 2 * i < K; i += W * 32) {
+        uint32_t v = __ldg(x32 + i);
+        mx = fmaxf(mx, fmaxf(fabsf(__uint_as_float(v << 16)), fabsf(__uint_as_float(v & 0xffff0000u))));
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) wmax[warp] = mx;
+    __syncthreads();
+    mx = 0.f;
+#pragma unroll
+    for (int i = 0; i < W; i++)
+        mx = fmaxf(mx, wmax[i]);
+    float xsc = 1.f;
+    while (mx * xsc > 32768.f) /* also ends for inf/NaN rows: xsc reaches 0 */
+        xsc *= 0.0625f;
+    for (int i = threadIdx.x; i < k32 * 16; i += W * 32) {
+        uint32_t v = 2 * i < K ? __ldg(x32 + i) : 0u;
+        __half2 h = __floats2half2_rn(__uint_as_float(v << 16) * xsc, __uint_as_float(v & 0xffff0000u) * xsc);
+        xs[i] = *reinterpret_cast<uint32_t *>(&h);
+    }
+    __syncthreads();
+    /* word j = 2s + hi of a lane's 16 bytes: bytes (g, c), (g, c+1), (g+8, c),
+     * (g+8, c+1) at column c = s*16 + hi*8 + 2t: A fragment regs a0/a1 (hi 0)
+     * and a2/a3 (hi 1) of k-step s; B: x pairs at the same columns, lanes of
+     * group 0 only */
+    float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};
+    const bool col0 = g == 0;
+    while (kt0 < k32) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int kt = kt0 + u * W;
+            if (kt >= k32) break;
+            uint32_t w0 = a[u].x ^ 0x80808080u, w1 = a[u].y ^ 0x80808080u, w2 = a[u].z ^ 0x80808080u,
+                     w3 = a[u].w ^ 0x80808080u;
+            const int base = kt * 16 + t; /* f16 pair of columns kt*32 + 2t */
+            uint32_t b00 = col0 ? xs[base] : 0u, b01 = col0 ? xs[base + 4] : 0u;
+            uint32_t b10 = col0 ? xs[base + 8] : 0u, b11 = col0 ? xs[base + 12] : 0u;
+            gv_mma16(c0, gv_h2(w0, 0x4140), gv_h2(w0, 0x4342), gv_h2(w1, 0x4140), gv_h2(w1, 0x4342), b00,
+                     b01);
+            gv_mma16(c1, gv_h2(w2, 0x4140), gv_h2(w2, 0x4342), gv_h2(w3, 0x4140), gv_h2(w3, 0x4342), b10,
+                     b11);
+        }
+        kt0 += W * U;
+        if (kt0 >= k32) break;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int kt = kt0 + u * W;
+            a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    /* column 0 of the 16 x 8 result: c[0] (row g) and c[2] (row g + 8) of lanes t = 0 */
+    if (t == 0) {
+        red[warp][g] = c0[0] + c1[0];
+        red[warp][g + 8] = c0[2] + c1[2];
+    }
+    __syncthreads();
+    if (threadIdx.x < 16) {
+        float v = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < W; wi++)
+            v += red[wi][threadIdx.x];
+        const int row = rt * 16 + threadIdx.x;
+        if (row < N) {
+            v = v / xsc * scale[row];
+            if (bias) v += bias[row];
+            y[row] = v;
+        }
+    }
+}
+
+template <int W, int U, int MINB>
+static int gv16_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
+                       int n, int k, cudaStream_t s) {
+    int k32 = (k + 31) / 32, n16 = (n + 15) / 16;
+    gemv_int8_f16_kernel<W, U, MINB><<<n16, W * 32, (size_t)k32 * 64, s>>>(y, x, q, scale, bias, n, k, k32);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
 template <int M, int W, int U, int MINB>
 static int gv_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
                      int n, int k, cudaStream_t s) {
@@ -131,8 +258,9 @@ static int gv_launch(float *y, const uint16_t *x, const int8_t *q, const float *
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
-extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
-                                  const float *bias, int m, int n, int k, cudaStream_t s) {
+extern "C" int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                                       const float *bias, int m, int n, int k, int path, cudaStream_t s) {
+    if (path < 0 || path > 2) return DSI_EINVAL;
     if (m < 1 || m > DSI_Q8_GEMV_MAX_ROWS || n <= 0 || k <= 0 || (k & 1)) return DSI_EINVAL;
     if (!y || !x || !q || !scale) return DSI_EINVAL;
     if (((uintptr_t)x & 3) || ((uintptr_t)q & 15)) return DSI_EINVAL;
@@ -140,13 +268,18 @@ extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, 
      * the grid is one block per 16 rows (x dimension: up to 2^31 - 1) */
     switch (m) {
     case 1:
-        /* one row (batch-1 decode): 8 tiles per lane per round. Matrices of
-         * fewer than two 16-row tiles per SM (o and down of the 7B shape: 224
-         * for 132 SMs) take 16 warps per block, so each row tile's columns are
-         * streamed by twice the warps; the others 8 warps and 4 blocks per SM.
-         * Measured on the H200 against the former 8 warps x 16 tiles x 3 blocks
-         * (bench/RESULTS.md, "Decode GEMV shape"): o 11.9 -> 8.4 us, down 48.4 ->
-         * 25.2 us, qkv 12.9 -> 10.2 us, gate_up 48.0 -> 40.9 us. */
+        /* one row. Matrices of many row tiles (gate|up, lm_head: >= 4 per SM)
+         * take the tensor-core kernel (8 warps x 4 tiles x 6 blocks/SM) while x
+         * fits 48 KB of shared memory as f16; the others the CUDA cores, 16 warps
+         * per row tile where there are fewer than two tiles per SM (o, down),
+         * else 8. bench_cuda_gemv on the H200 (bench/RESULTS.md, "One-row GEMV
+         * on the tensor cores"), f16 tensor cores vs fp32 CUDA cores: gate_up
+         * 38.5 vs 43.0 us, lm_head 130.7 vs 149.3 us, but qkv 10.9 vs 10.0, o 9.1
+         * vs 8.0 and down 28.6 vs 26.0 us. */
+        if (path != 1 && (k + 31) / 32 * 64 <= 48 * 1024 && (path == 2 || (n + 15) / 16 >= 4 * DSI__GV_SMS))
+            return (n + 15) / 16 < 2 * DSI__GV_SMS ? gv16_launch<8, 16, 2>(y, x, q, scale, bias, n, k, s)
+                                                   : gv16_launch<8, 4, 6>(y, x, q, scale, bias, n, k, s);
+        if (path == 2) return DSI_EINVAL;
         if ((n + 15) / 16 < 2 * DSI__GV_SMS) return gv_launch<1, 16, 8, 2>(y, x, q, scale, bias, n, k, s);
         return gv_launch<1, 8, 8, 4>(y, x, q, scale, bias, n, k, s);
     case 2:
@@ -164,4 +297,9 @@ extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, 
     default:
         return gv_launch<8, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     }
+}
+
+extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,
+                                  const float *bias, int m, int n, int k, cudaStream_t s) {
+    return dsi_cuda_gemv_int8_path(y, x, q, scale, bias, m, n, k, 0, s);
 }

@@ -8,8 +8,9 @@
  * - rope: fp32 sincosf vs libm sinf/cosf at positions < 70000: 2e-4 abs.
  * - attention: bf16 K/V in both; output rounded to bf16: 1e-2 abs on O(1) values.
  * - int8 gemm: bf16 activations vs the fp32 reference: |err| <= 1e-2 * sqrt(k) * scale-weighted.
- * - int8 decode GEMV: same int8 values, exact products, fp32 sums: 2e-3 abs vs
- *   the CPU and vs the tensor-core kernel (as the gemm test).
+ * - int8 decode GEMV (both one-row kernels: fp32 CUDA cores, f16 tensor cores):
+ *   same int8 values, exact products, fp32 sums: 2e-3 x (scale of x) abs vs the
+ *   CPU and vs the tensor-core kernel (as the gemm test).
  * - tiled int8 gemm (batched decode): the same 2e-3 abs vs the CPU; split-K runs
  *   bit-identical twice.
  * - sampling: greedy = argmax exactly; top-k=1 = argmax; draws stay inside top-k.
@@ -528,11 +529,11 @@ static void quant_group_case(int n, int k, int gs) {
 
 TEST(cuda_quant_group_matches_cpu) {
     NEED_GPU();
-    quant_group_case(37, 5 * 32, 32);  /* odd n, 5 groups */
+    quant_group_case(37, 5 * 32, 32);   /* odd n, 5 groups */
     quant_group_case(61, 7 * 128, 128); /* odd n, k not a multiple of 256 */
-    quant_group_case(19, 3 * 48, 48);  /* groups not aligned to the 32-column tiles */
-    quant_group_case(16, 64, 1);       /* degenerate group of one input */
-    quant_group_case(3, 3584, 128);    /* the 7B hidden width */
+    quant_group_case(19, 3 * 48, 48);   /* groups not aligned to the 32-column tiles */
+    quant_group_case(16, 64, 1);        /* degenerate group of one input */
+    quant_group_case(3, 3584, 128);     /* the 7B hidden width */
 }
 
 TEST(cuda_quant_group_rejects_bad_args) {
@@ -555,10 +556,13 @@ TEST(cuda_gemm_int8_rejects_bad_shapes) {
     CHECK(dsi_cuda_q8_bytes(17, 33) == (size_t)2 * 2 * 512);
 }
 
-/* CUDA-core decode GEMV vs dsi_quantize_int8 + dsi_matmul (CPU) and vs the
- * tensor-core kernel, one weight matrix for every row count of ms. Same int8
- * values and exact products: only the fp32 summation order differs. */
-static void gemv_case(const int *ms, int n_ms, int n, int k, int with_bias) {
+/* Decode GEMV vs dsi_quantize_int8 + dsi_matmul (CPU) and vs the mma kernel of
+ * gemv_int8.cu, one weight matrix for every row count of ms; one row through
+ * both of its kernels (path 1: CUDA cores, fp32; path 2: tensor cores, x as
+ * f16). Same int8 values and exact products (f16 holds every bf16 x in range):
+ * only the fp32 summation order differs. xmul scales x; at 1e5 the f16 path
+ * must scale x down by a power of two instead of overflowing. */
+static void gemv_case_x(const int *ms, int n_ms, int n, int k, int with_bias, float xmul) {
     int maxm = 0;
     for (int i = 0; i < n_ms; i++)
         if (ms[i] > maxm) maxm = ms[i];
@@ -575,7 +579,7 @@ static void gemv_case(const int *ms, int n_ms, int n, int k, int with_bias) {
         wf[i] = bf(wb[i]);
     }
     for (int i = 0; i < maxm * k; i++) {
-        xb[i] = dsi_f32_to_bf16(frand());
+        xb[i] = dsi_f32_to_bf16(frand() * xmul);
         x[i] = bf(xb[i]);
     }
     for (int i = 0; i < n; i++)
@@ -589,11 +593,12 @@ static void gemv_case(const int *ms, int n_ms, int n, int k, int with_bias) {
     CHECK(dw && dx && dq && dsc && dy && db);
     up(dw, wb, nk * 2), up(dx, xb, (size_t)maxm * k * 2), up(db, bias, (size_t)n * 4);
     CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
-    for (int i = 0; i < n_ms; i++) {
-        int m = ms[i];
+    for (int i = 0; i < n_ms * 2; i++) {
+        int m = ms[i / 2], path = i % 2 ? 2 : 1;
+        if (m > 1 && path == 2) continue; /* rows 2..8: CUDA cores only */
         dsi_matmul(&qw, x, m, with_bias ? bias : NULL, ref, n, 0, n);
         cudaMemset(dy, 0xff, (size_t)maxm * n * 4); /* NaN: rows not written show up */
-        CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, 0), 0);
+        CHECK_EQ_INT(dsi_cuda_gemv_int8_path(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, path, 0), 0);
         CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
         down(y, dy, (size_t)m * n * 4);
         /* the tensor-core kernel as a second reference where the gemm test covers it (k % 32 == 0) */
@@ -612,28 +617,36 @@ static void gemv_case(const int *ms, int n_ms, int n, int k, int with_bias) {
             if (e > worst) worst = e;
             if (eo > worst_old) worst_old = eo;
         }
-        if (worst > 2e-3 || worst_old > 2e-3 || nan)
-            fprintf(stderr, "  gemv m=%d n=%d k=%d: |new-cpu| %g |new-old| %g, %d not finite\n", m, n, k, worst,
-                    worst_old, nan);
+        const double tol = 2e-3 * xmul;
+        if (worst > tol || worst_old > tol || nan)
+            fprintf(stderr, "  gemv path %d m=%d n=%d k=%d: |new-cpu| %g |new-old| %g, %d not finite\n", path,
+                    m, n, k, worst, worst_old, nan);
         CHECK_EQ_INT(nan, 0);
-        CHECK(worst <= 2e-3);
-        CHECK(worst_old <= 2e-3);
+        CHECK(worst <= tol);
+        CHECK(worst_old <= tol);
     }
     cudaFree(dw), cudaFree(dx), cudaFree(dq), cudaFree(dsc), cudaFree(dy), cudaFree(db);
 out_host:
     free(wf), free(x), free(bias), free(wb), free(xb), free(q), free(sc), free(ref), free(y), free(yo);
 }
 
+static void gemv_case(const int *ms, int n_ms, int n, int k, int with_bias) {
+    gemv_case_x(ms, n_ms, n, k, with_bias, 1.f);
+}
+
 TEST(cuda_gemv_int8_matches_cpu) {
     NEED_GPU();
     static const int m128[] = {1, 2, 8}, m_all[] = {1, 2, 3, 4, 5, 6, 7, 8}, m18[] = {1, 8};
-    gemv_case(m_all, 8, 200, 48, 1);  /* k a multiple of 16, not of 32; n not of 16 */
-    gemv_case(m128, 3, 96, 1040, 0);  /* k a multiple of 16, not of 512 */
-    gemv_case(m128, 3, 33, 2, 1);     /* k smaller than one tile */
+    gemv_case(m_all, 8, 200, 48, 1);   /* k a multiple of 16, not of 32; n not of 16 */
+    gemv_case(m128, 3, 96, 1040, 0);   /* k a multiple of 16, not of 512 */
+    gemv_case(m128, 3, 33, 2, 1);      /* k smaller than one tile */
     gemv_case(m128, 3, 4608, 3584, 1); /* 7B qkv */
     gemv_case(m128, 3, 3584, 3584, 0); /* 7B o */
     gemv_case(m18, 2, 37888, 3584, 0); /* 7B gate|up */
     gemv_case(m18, 2, 3584, 18944, 0); /* 7B down */
+    static const int m1[] = {1};
+    gemv_case_x(m1, 1, 200, 96, 1, 1e5f); /* |x| past f16's 65504: scaled, not overflowed */
+    gemv_case_x(m1, 1, 200, 96, 1, 1e-3f);
 }
 
 TEST(cuda_gemv_int8_rejects_bad_args) {
@@ -646,7 +659,8 @@ TEST(cuda_gemv_int8_rejects_bad_args) {
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 9, 16, 64, 0), DSI_EINVAL);
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 1, 0, 64, 0), DSI_EINVAL);
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq, dsc, NULL, 1, 16, 63, 0), DSI_EINVAL); /* k odd */
-    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx + 1, dq, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL); /* x 2-byte aligned */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx + 1, dq, dsc, NULL, 1, 16, 64, 0),
+                 DSI_EINVAL); /* x 2-byte aligned */
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq + 4, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL); /* q unaligned */
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, NULL, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL);
     CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
@@ -722,8 +736,8 @@ static void tiled_case(const int *ms, int n_ms, int n, int k, int with_bias) {
         /* every code variant (split-K off, 32-row blocks, weights via shared memory) */
         for (int var = 1; var < 8; var++) {
             cudaMemset(dy, 0xff, my * 4);
-            CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, &ws,
-                                                          var, 0),
+            CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k,
+                                                          &ws, var, 0),
                          0);
             CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
             down(y, dy, (size_t)m * n * 4);
@@ -735,8 +749,8 @@ static void tiled_case(const int *ms, int n_ms, int n, int k, int with_bias) {
                 if (e > worst) worst = e;
             }
             if (worst > 2e-3 || nan)
-                fprintf(stderr, "  tiled variant %d m=%d n=%d k=%d: worst abs error %g, %d not finite\n", var, m,
-                        n, k, worst, nan);
+                fprintf(stderr, "  tiled variant %d m=%d n=%d k=%d: worst abs error %g, %d not finite\n", var,
+                        m, n, k, worst, nan);
             CHECK_EQ_INT(nan, 0);
             CHECK(worst <= 2e-3);
         }
@@ -819,7 +833,8 @@ TEST(cuda_gemm_int8_tiled_rejects_bad_args) {
     CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, NULL, NULL, 17, 16, 64, NULL, 0), DSI_EINVAL);
     CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled(dy, dx, dq, dsc, NULL, 0, 16, 64, NULL, 0), 0); /* m = 0: nothing */
     CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, 17, 16, 64, NULL, 8, 0), DSI_EINVAL);
-    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, 17, 16, 64, NULL, -1, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemm_int8_tiled_variant(dy, dx, dq, dsc, NULL, 17, 16, 64, NULL, -1, 0),
+                 DSI_EINVAL);
     CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
     cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
 }

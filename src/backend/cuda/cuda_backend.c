@@ -228,10 +228,12 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
     c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
                                                                                      : DSI_Q8_DEFAULT_VARIANT;
-    /* DSI_CUDA_GEMV=old: single-row INT8 matmuls take the tensor-core kernel
-     * (A/B timing, fallback); anything else: the CUDA-core decode GEMV */
+    /* DSI_CUDA_GEMV (A/B timing, fallback): "old" sends single-row INT8 matmuls
+     * to the mma kernel of gemv_int8.cu, "fp32" to the CUDA-core GEMV; anything
+     * else: the decode GEMV's own choice per matrix */
     const char *gemv_env = getenv("DSI_CUDA_GEMV");
     c->gemv_new = !(gemv_env && !strcmp(gemv_env, "old"));
+    c->gemv_path = gemv_env && !strcmp(gemv_env, "fp32") ? 1 : 0;
     c->tiled_min = DSI__CUDA_TILED_MIN;
     c->tiled_max = DSI__CUDA_TILED_MAX;
     c->tiled_min_n = DSI__CUDA_TILED_MIN_N;

@@ -14,7 +14,7 @@
  * a CUDA graph and replayed, so launch gaps vanish.
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
- * the CUDA-core decode GEMV for one row (DSI_CUDA_GEMV=old: skipped); the tiled
+ * the decode GEMV for one row (DSI_CUDA_GEMV=old: skipped); the tiled
  * INT8 GEMM for 2..128 rows of the wide matrices (gate|up, lm_head; see
  * DSI__CUDA_TILED_*); the mma.sync INT8 kernel for <= 16 rows of the others;
  * above that dequantize to bf16 scratch and cuBLAS (the lm_head never
@@ -59,7 +59,8 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
     if (c->int8 && c->gemv_new && m <= DSI__CUDA_GEMV_NEW_MAX_ROWS) {
         /* DSI_EINVAL: a shape or alignment the GEMV does not take; nothing was
          * launched, so the tensor-core kernel below does the product */
-        int rc = dsi_cuda_gemv_int8(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->stream);
+        int rc =
+            dsi_cuda_gemv_int8_path(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->gemv_path, c->stream);
         if (rc != DSI_EINVAL) return rc;
     }
     if (c->int8 && c->tiled_min > 0 && m >= c->tiled_min && w->n >= c->tiled_min_n &&
