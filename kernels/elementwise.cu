@@ -94,6 +94,28 @@ static __device__ __forceinline__ void rotate(float *a, float *b, float cs, floa
     *b = __fadd_rn(__fmul_rn(y, cs), __fmul_rn(x, sn));
 }
 
+/* cos/sin of position p for the hd/2 frequencies, once per token in shared
+ * memory: every head of the token rotates by the same angles, so sincosf runs
+ * hd/2 times instead of once per (head, pair). */
+#define ROPE_TAB 128
+static __device__ __forceinline__ void rope_table(float *cs, float *sn, float p, const float *inv_freq,
+                                                  int half) {
+    if (half <= ROPE_TAB)
+        for (int i = threadIdx.x; i < half; i += blockDim.x)
+            sincosf(p * inv_freq[i], &sn[i], &cs[i]);
+    __syncthreads();
+}
+static __device__ __forceinline__ void rope_angle(const float *cs_s, const float *sn_s, float p,
+                                                  const float *inv_freq, int half, int i, float *cs,
+                                                  float *sn) {
+    if (half <= ROPE_TAB) {
+        *cs = cs_s[i];
+        *sn = sn_s[i];
+    } else {
+        sincosf(p * inv_freq[i], sn, cs);
+    }
+}
+
 /* Grid (n_tok), block covers (n_rot_heads * hd/2) pairs. sincosf (not the fast
  * intrinsic): angles reach 1e5 rad at long context and the fast path drifts. */
 static __global__ void rope_kernel(float *qk, int stride, int n_rot_heads, int head_dim, const int32_t *pos,
@@ -102,10 +124,12 @@ static __global__ void rope_kernel(float *qk, int stride, int n_rot_heads, int h
     int half = head_dim / 2;
     float p = (float)pos[t];
     float *row = qk + (size_t)t * stride;
+    __shared__ float cs_s[ROPE_TAB], sn_s[ROPE_TAB];
+    rope_table(cs_s, sn_s, p, inv_freq, half);
     for (int j = threadIdx.x; j < n_rot_heads * half; j += blockDim.x) {
         int h = j / half, i = j % half;
         float sn, cs;
-        sincosf(p * inv_freq[i], &sn, &cs);
+        rope_angle(cs_s, sn_s, p, inv_freq, half, i, &cs, &sn);
         float *hp = row + (size_t)h * head_dim;
         rotate(hp + i, hp + i + half, cs, sn);
     }
@@ -149,14 +173,16 @@ extern "C" int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const flo
 static __global__ void rope_kv_store_kernel(float *qkv, int stride, int n_heads, int n_kv, int head_dim,
                                             const int32_t *pos, const float *inv_freq, uint16_t *kc,
                                             uint16_t *vc, const int32_t *slots) {
+    __shared__ float cs_s[ROPE_TAB], sn_s[ROPE_TAB];
     const int t = blockIdx.x, half = head_dim / 2, kv_dim = n_kv * head_dim;
     const float p = (float)pos[t];
     float *row = qkv + (size_t)t * stride;
     const size_t slot = (size_t)slots[t];
+    rope_table(cs_s, sn_s, p, inv_freq, half);
     for (int j = threadIdx.x; j < (n_heads + n_kv) * half; j += blockDim.x) {
         int h = j / half, i = j % half;
         float sn, cs;
-        sincosf(p * inv_freq[i], &sn, &cs);
+        rope_angle(cs_s, sn_s, p, inv_freq, half, i, &cs, &sn);
         float *hp = row + (size_t)h * head_dim;
         rotate(hp + i, hp + i + half, cs, sn);
         if (h >= n_heads) {
