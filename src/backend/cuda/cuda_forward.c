@@ -224,14 +224,15 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
     return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
 }
 
-/* Decode steps replay a CUDA graph per (sequences, logit rows): ~12 launches per
- * layer become one. The graph reads the step's metadata from the same device
- * buffer each time, and the attention split count is fixed per shape (any
- * context is correct with any split count). */
+/* Decode steps replay a CUDA graph per (sequences, logit rows, attention
+ * splits): ~10 launches per layer become one. The graph reads the step's
+ * metadata from the same device buffer each time; the split count is fixed per
+ * graph (any context is correct with any split count). */
 static int run_decode_graph(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_attn_args *proto) {
     struct dsi__cu_graph *gr = NULL;
     for (int i = 0; i < c->n_graphs; i++)
-        if (c->graphs[i].n_seqs == T && c->graphs[i].n_rows == R) gr = &c->graphs[i];
+        if (c->graphs[i].n_seqs == T && c->graphs[i].n_rows == R && c->graphs[i].n_splits == proto->n_splits)
+            gr = &c->graphs[i];
     if (!gr) {
         if (c->n_graphs == DSI__CUDA_MAX_GRAPHS) { /* drop the oldest shape */
             cudaGraphExecDestroy(c->graphs[0].exec);
@@ -254,6 +255,7 @@ static int run_decode_graph(struct dsi__cuda *c, int T, int R, const struct dsi_
         gr = &c->graphs[c->n_graphs++];
         gr->n_seqs = T;
         gr->n_rows = R;
+        gr->n_splits = proto->n_splits;
         gr->exec = exec;
     }
     return DSI_CUDA_CHECK(cudaGraphLaunch(gr->exec, c->stream));
@@ -270,6 +272,15 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     int32_t *seqs_d = c->meta_d + 3 * Tc, *bt_d = seqs_d + 5 * S;
     size_t ints = 3 * (size_t)Tc + 5 * (size_t)S + (size_t)nbt;
     const bool graph = c->use_graphs && max_n_q == 1;
+    /* a graph fixes the attention split count; it is chosen for the context
+     * rounded up to a power of two, so a growing context re-captures a handful
+     * of times (any split count is correct for any context): at batch 1, 4
+     * splits take 10.3 us per layer at context 128 where 64 take 14.0, and 64
+     * take 14.5 us at 2048 where 16 take 19.5 (bench/RESULTS.md) */
+    int split_ctx = max_ctx;
+    if (graph)
+        for (split_ctx = 32; split_ctx < max_ctx && split_ctx < (1 << 30);)
+            split_ctx <<= 1;
     struct dsi_cuda_attn_args proto = {
         .seqs = (const struct dsi_cuda_attn_seq *)seqs_d,
         .n_seqs = b->n_seqs,
@@ -281,8 +292,7 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
         .scale = 1.f / sqrtf((float)cfg->head_dim),
         .max_ctx = max_ctx,
         .max_n_q = max_n_q,
-        .n_splits =
-            dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, graph ? (1 << 30) : max_ctx, c->n_sm),
+        .n_splits = dsi_cuda_attn_decode_splits(b->n_seqs, cfg->n_kv_heads, split_ctx, c->n_sm),
         .work = c->attn_work,
         .work_bytes = c->attn_work_bytes,
         .long_q = c->long_q,

@@ -54,7 +54,7 @@ struct dsi__cu_layer {
 /* A captured decode step (every sequence brings one token) for one batch shape. */
 #define DSI__CUDA_MAX_GRAPHS 32
 struct dsi__cu_graph {
-    int n_seqs, n_rows;
+    int n_seqs, n_rows, n_splits;
     cudaGraphExec_t exec;
 };
 
