@@ -1,7 +1,8 @@
 # CUDA microbenchmarks and the decode/prefill benchmark (owner: CUDA backend).
-# Built into the build root: build/bench_cuda_gemv, build/bench_cuda_decode.
+# Built into the build root: build/bench_cuda_gemv, build/bench_cuda_decode,
+# build/bench_cuda_nodes.
 if(DSI_HAVE_CUDA)
-  foreach(b bench_cuda_gemv bench_cuda_decode)
+  foreach(b bench_cuda_gemv bench_cuda_decode bench_cuda_nodes)
     if(EXISTS ${CMAKE_SOURCE_DIR}/bench/${b}.c)
       add_executable(${b} ${CMAKE_SOURCE_DIR}/bench/${b}.c)
       set_target_properties(${b} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
