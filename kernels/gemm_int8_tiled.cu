@@ -51,39 +51,13 @@
 #include <cuda_bf16.h>
 
 #include "dsinfer/kernels.h"
+#include "int8_tile.cuh"
 
 #define T_WARPS 4
 #define T_THREADS (T_WARPS * 32)
 #define T_RPW 2                     /* row tiles per warp */
 #define T_BN (T_WARPS * T_RPW * 16) /* weight rows per block: 128 */
 #define T_STAGES 3
-#define T_TILE_U4 32 /* uint4 per 512-byte tile */
-
-static __device__ __forceinline__ void t_i8x4_to_bf16x4(uint32_t w, uint32_t &lo, uint32_t &hi) {
-    uint32_t u = w ^ 0x80808080u; /* biased: value + 128, exact in fp32 */
-    float f0 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650)) - 8388736.f;
-    float f1 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7651)) - 8388736.f;
-    float f2 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7652)) - 8388736.f;
-    float f3 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7653)) - 8388736.f;
-    __nv_bfloat162 a = __floats2bfloat162_rn(f0, f1), b = __floats2bfloat162_rn(f2, f3);
-    lo = *reinterpret_cast<uint32_t *>(&a);
-    hi = *reinterpret_cast<uint32_t *>(&b);
-}
-
-static __device__ __forceinline__ void t_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ uint4 t_ldw(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 
 static __device__ __forceinline__ void t_ldmatrix_x4(uint32_t *r, const uint16_t *p) {
     uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
@@ -115,7 +89,8 @@ static __device__ __forceinline__ void t_load_w(uint4 (&w)[T_RPW][T_KT], const u
 #pragma unroll
         for (int j = 0; j < T_KT; j++) {
             int kt = c * T_KT + j;
-            w[r][j] = wv[r] && kt < k32 ? t_ldw(wp[r] + (size_t)kt * T_TILE_U4) : make_uint4(0, 0, 0, 0);
+            w[r][j] =
+                wv[r] && kt < k32 ? q8_ld_weights(wp[r] + (size_t)kt * Q8_TILE_U4) : make_uint4(0, 0, 0, 0);
         }
 }
 
@@ -153,10 +128,10 @@ static __device__ __forceinline__ void t_load_x(uint16_t *dst, const uint16_t *x
 template <int T_KT>
 static __device__ __forceinline__ void t_load_wsm(uint16_t *dst, const int8_t *q, int n16, int k32,
                                                   int rt_blk, int c) {
-    constexpr int PIECES = (T_BN / 16) * T_KT * T_TILE_U4;
+    constexpr int PIECES = (T_BN / 16) * T_KT * Q8_TILE_U4;
 #pragma unroll
     for (int i = 0; i < PIECES / T_THREADS; i++) {
-        int p = i * T_THREADS + threadIdx.x, ti = p / T_TILE_U4, u = p % T_TILE_U4;
+        int p = i * T_THREADS + threadIdx.x, ti = p / Q8_TILE_U4, u = p % Q8_TILE_U4;
         int rt = rt_blk + ti / T_KT, kt = c * T_KT + ti % T_KT;
         bool ok = rt < n16 && kt < k32;
         const int8_t *src = ok ? q + ((size_t)rt * k32 + kt) * 512 + u * 16 : q;
@@ -188,7 +163,7 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
 #pragma unroll
     for (int r = 0; r < T_RPW; r++) {
         wv[r] = rt0 + r < n16;
-        wp[r] = reinterpret_cast<const uint4 *>(q) + (size_t)(wv[r] ? rt0 + r : 0) * k32 * T_TILE_U4 + lane;
+        wp[r] = reinterpret_cast<const uint4 *>(q) + (size_t)(wv[r] ? rt0 + r : 0) * k32 * Q8_TILE_U4 + lane;
     }
     float acc[T_RPW][NT][4];
 #pragma unroll
@@ -247,8 +222,8 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
                 uint32_t a[T_RPW][4];
 #pragma unroll
                 for (int r = 0; r < T_RPW; r++) {
-                    t_i8x4_to_bf16x4(s ? wc[r][j].z : wc[r][j].x, a[r][0], a[r][1]);
-                    t_i8x4_to_bf16x4(s ? wc[r][j].w : wc[r][j].y, a[r][2], a[r][3]);
+                    q8_i8x4_to_bf16x4(s ? wc[r][j].z : wc[r][j].x, a[r][0], a[r][1]);
+                    q8_i8x4_to_bf16x4(s ? wc[r][j].w : wc[r][j].y, a[r][2], a[r][3]);
                 }
 #pragma unroll
                 for (int p = 0; p < NT / 2; p++) {
@@ -256,8 +231,8 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
                     t_ldmatrix_x4(b, xb + p * 16 * T_XS + j * 32 + s * 16);
 #pragma unroll
                     for (int r = 0; r < T_RPW; r++) {
-                        t_mma(acc[r][2 * p], a[r], b[0], b[1]);
-                        t_mma(acc[r][2 * p + 1], a[r], b[2], b[3]);
+                        q8_mma_bf16(acc[r][2 * p], a[r][0], a[r][1], a[r][2], a[r][3], b[0], b[1]);
+                        q8_mma_bf16(acc[r][2 * p + 1], a[r][0], a[r][1], a[r][2], a[r][3], b[2], b[3]);
                     }
                 }
             }

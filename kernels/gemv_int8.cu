@@ -25,24 +25,10 @@
 #include <cuda_bf16.h>
 
 #include "dsinfer/kernels.h"
+#include "int8_tile.cuh"
 
 #define WARPS 8
 #define UNROLL 4
-#define TILE_BYTES 512
-
-static __device__ __forceinline__ uint16_t f2bf(float f) {
-    __nv_bfloat16 b = __float2bfloat16_rn(f);
-    return *reinterpret_cast<uint16_t *>(&b);
-}
-
-/* Byte offset of element (r, k) in the tiled layout. */
-static __device__ __forceinline__ size_t q8_offset(int r, int k, int k32) {
-    int rt = r >> 4, rr = r & 15, kt = k >> 5, kk = k & 31;
-    int s = kk >> 4, kq = kk & 15, hi = kq >> 3, kq8 = kq & 7;
-    int t = kq8 >> 1, e = kq8 & 1, g = rr & 7, rowhi = rr >> 3;
-    int lane = g * 4 + t, j = hi * 4 + rowhi * 2 + e;
-    return ((size_t)rt * k32 + kt) * TILE_BYTES + lane * 16 + s * 8 + j;
-}
 
 static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *w, int k, int k32) {
     __shared__ float red[32];
@@ -85,7 +71,7 @@ static __global__ void __launch_bounds__(256)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int kt = kt0 + warp;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (kt < k32) v = reinterpret_cast<const uint4 *>(q + ((size_t)rt * k32 + kt) * TILE_BYTES)[lane];
+    if (kt < k32) v = reinterpret_cast<const uint4 *>(q + ((size_t)rt * k32 + kt) * Q8_TILE_BYTES)[lane];
     uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int p = 0; p < 8; p++) { /* pair p: bytes 2p, 2p+1 */
@@ -94,8 +80,8 @@ static __global__ void __launch_bounds__(256)
         int row = rt * 16 + r;
         float sc = scale && row < n ? scale[row] : 1.f;
         uint32_t word = w[p >> 1] >> ((p & 1) * 16);
-        tile[r][c] = f2bf((float)(int8_t)(word & 0xff) * sc);
-        tile[r][c + 1] = f2bf((float)(int8_t)((word >> 8) & 0xff) * sc);
+        tile[r][c] = q8_f2bf((float)(int8_t)(word & 0xff) * sc);
+        tile[r][c + 1] = q8_f2bf((float)(int8_t)((word >> 8) & 0xff) * sc);
     }
     __syncthreads();
     /* 16 rows x 256 columns = 512 chunks of 8 values; two per thread */
@@ -112,26 +98,6 @@ static __global__ void __launch_bounds__(256)
     }
 }
 
-/* 4 int8 (one 32-bit word) -> 2 registers of bf16x2, exact. */
-static __device__ __forceinline__ void i8x4_to_bf16x4(uint32_t w, uint32_t &lo, uint32_t &hi) {
-    uint32_t u = w ^ 0x80808080u; /* biased: value + 128 */
-    float f0 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650)) - 8388736.f;
-    float f1 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7651)) - 8388736.f;
-    float f2 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7652)) - 8388736.f;
-    float f3 = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7653)) - 8388736.f;
-    __nv_bfloat162 a = __floats2bfloat162_rn(f0, f1), b = __floats2bfloat162_rn(f2, f3);
-    lo = *reinterpret_cast<uint32_t *>(&a);
-    hi = *reinterpret_cast<uint32_t *>(&b);
-}
-
-static __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 static __device__ __forceinline__ uint32_t ldg_u32(const uint16_t *p) {
     return __ldg(reinterpret_cast<const unsigned int *>(p));
 }
@@ -145,24 +111,15 @@ static __device__ __forceinline__ uint32_t load_b(const uint16_t *x, int m, int 
     return lo | (hi << 16);
 }
 
-/* Weight load that leaves L1 to x (the B operand). */
-static __device__ __forceinline__ uint4 ld_weights_noalloc(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* Loads the U tiles of one round (zeros past the warp's k range). */
 template <int U, bool NOALLOC>
 static __device__ __forceinline__ void load_round(uint4 *a, const uint4 *qt, int kt0, int kt_end) {
 #pragma unroll
     for (int u = 0; u < U; u++) {
         int kt = kt0 + u * WARPS;
-        const uint4 *p = qt + (size_t)kt * (TILE_BYTES / 16);
+        const uint4 *p = qt + (size_t)kt * (Q8_TILE_BYTES / 16);
         if (NOALLOC)
-            a[u] = kt < kt_end ? ld_weights_noalloc(p) : make_uint4(0, 0, 0, 0);
+            a[u] = kt < kt_end ? q8_ld_weights(p) : make_uint4(0, 0, 0, 0);
         else
             a[u] = kt < kt_end ? __ldcs(p) : make_uint4(0, 0, 0, 0);
     }
@@ -182,7 +139,7 @@ static __global__ void __launch_bounds__(WARPS * 32)
     /* fast B loads: K a multiple of 32 (no column padding) and rows 4-byte aligned */
     const bool fast = (K & 31) == 0;
     const int chunk = (k32 + ksplit - 1) / ksplit, kt_beg = ks * chunk, kt_end = min(k32, kt_beg + chunk);
-    const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * TILE_BYTES) + lane;
+    const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * Q8_TILE_BYTES) + lane;
     /* per n-tile row pointer (clamped to a valid row; masked below) so that each B
      * load is one instruction with an immediate offset */
     const uint16_t *xrow[NT];
@@ -213,8 +170,8 @@ static __global__ void __launch_bounds__(WARPS * 32)
 #pragma unroll
             for (int s = 0; s < 2; s++) {
                 uint32_t a0, a1, a2, a3;
-                i8x4_to_bf16x4(w[2 * s], a0, a1);
-                i8x4_to_bf16x4(w[2 * s + 1], a2, a3);
+                q8_i8x4_to_bf16x4(w[2 * s], a0, a1);
+                q8_i8x4_to_bf16x4(w[2 * s + 1], a2, a3);
                 int k = kt * 32 + s * 16 + 2 * t;
 #pragma unroll
                 for (int j = 0; j < NT; j++) {
@@ -230,7 +187,7 @@ static __global__ void __launch_bounds__(WARPS * 32)
                         b0 = load_b(x, m, M, k, K, false);
                         b1 = load_b(x, m, M, k + 8, K, false);
                     }
-                    mma_bf16(acc[j], a0, a1, a2, a3, b0, b1);
+                    q8_mma_bf16(acc[j], a0, a1, a2, a3, b0, b1);
                 }
             }
         }
@@ -290,7 +247,7 @@ static __global__ void __launch_bounds__(WARPS * 32)
 
 extern "C" size_t dsi_cuda_q8_bytes(int n, int k) {
     if (n <= 0 || k <= 0) return 0;
-    return (size_t)((n + 15) / 16) * ((k + 31) / 32) * TILE_BYTES;
+    return (size_t)((n + 15) / 16) * ((k + 31) / 32) * Q8_TILE_BYTES;
 }
 
 extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k,

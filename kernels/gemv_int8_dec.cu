@@ -31,22 +31,9 @@
 #include <cuda_fp16.h>
 
 #include "dsinfer/kernels.h"
+#include "int8_tile.cuh"
 
-#define GV_TILE_U4 32   /* 512-byte tile = 32 uint4, one per lane */
 #define DSI__GV_SMS 132 /* H100/H200 SXM; only steers the block shape */
-
-static __device__ __forceinline__ uint4 gv_ld_weights(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
-/* int8 byte i of w as an exact float: (u ^ 0x80) placed in the mantissa of 2^23. */
-static __device__ __forceinline__ float gv_byte(uint32_t u_biased, int sel) {
-    return __uint_as_float(__byte_perm(u_biased, 0x4B000000u, 0x7650 + sel)) - 8388736.f;
-}
 
 /* W warps per block, U tiles per lane in flight per round, MINB resident
  * blocks per SM the register budget must allow (launch bounds). */
@@ -68,7 +55,7 @@ static __global__ void __launch_bounds__(W * 32, MINB)
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int kt = kt0 + u * W;
-            a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
+            a[u] = kt < k32 ? q8_ld_weights(qt + (size_t)kt * Q8_TILE_U4) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -79,7 +66,8 @@ static __global__ void __launch_bounds__(W * 32, MINB)
             for (int j = 0; j < 4; j++) { /* word j = 2s + hi: columns c, c+1 */
                 int c = kt * 32 + (j >> 1) * 16 + (j & 1) * 8 + 2 * t;
                 uint32_t ub = w[j] ^ 0x80808080u;
-                float q0 = gv_byte(ub, 0), q1 = gv_byte(ub, 1), q2 = gv_byte(ub, 2), q3 = gv_byte(ub, 3);
+                float q0 = q8_byte_f32(ub, 0), q1 = q8_byte_f32(ub, 1), q2 = q8_byte_f32(ub, 2),
+                      q3 = q8_byte_f32(ub, 3);
                 bool in = c < K; /* k even and c even: c < K implies c + 1 < K */
 #pragma unroll
                 for (int m = 0; m < M; m++) {
@@ -167,7 +155,7 @@ static __global__ void __launch_bounds__(W * 32, MINB)
 #pragma unroll
     for (int u = 0; u < U; u++) {
         int kt = kt0 + u * W;
-        a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
+        a[u] = kt < k32 ? q8_ld_weights(qt + (size_t)kt * Q8_TILE_U4) : make_uint4(0, 0, 0, 0);
     }
     /* x to f16 (while the first weight loads are in flight) */
     const uint32_t *x32 = reinterpret_cast<const uint32_t *>(x);
@@ -219,7 +207,7 @@ static __global__ void __launch_bounds__(W * 32, MINB)
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int kt = kt0 + u * W;
-            a[u] = kt < k32 ? gv_ld_weights(qt + (size_t)kt * GV_TILE_U4) : make_uint4(0, 0, 0, 0);
+            a[u] = kt < k32 ? q8_ld_weights(qt + (size_t)kt * Q8_TILE_U4) : make_uint4(0, 0, 0, 0);
         }
     }
     /* column 0 of the 16 x 8 result: c[0] (row g) and c[2] (row g + 8) of lanes t = 0 */

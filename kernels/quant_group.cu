@@ -22,24 +22,9 @@
 #include <cuda_bf16.h>
 
 #include "dsinfer/kernels.h"
+#include "int8_tile.cuh"
 
-#define QG_TILE_BYTES 512
 #define QG_WARPS 8
-
-static __device__ __forceinline__ uint16_t qg_f2bf(float f) {
-    __nv_bfloat16 b = __float2bfloat16_rn(f);
-    return *reinterpret_cast<uint16_t *>(&b);
-}
-
-/* Byte offset of element (r, k) in the tiled layout: must stay equal to
- * q8_offset in kernels/gemv_int8.cu (cuda_quant_group_* tests check it). */
-static __device__ __forceinline__ size_t qg_offset(int r, int k, int k32) {
-    int rt = r >> 4, rr = r & 15, kt = k >> 5, kk = k & 31;
-    int s = kk >> 4, kq = kk & 15, hi = kq >> 3, kq8 = kq & 7;
-    int t = kq8 >> 1, e = kq8 & 1, g = rr & 7, rowhi = rr >> 3;
-    int lane = g * 4 + t, j = hi * 4 + rowhi * 2 + e;
-    return ((size_t)rt * k32 + kt) * QG_TILE_BYTES + lane * 16 + s * 8 + j;
-}
 
 /* One warp per (row, group): grid (n, ceil(ng / 8)), 8 warps per block (rows on
  * x: a vocabulary of 152064 rows exceeds grid.y's 65535). */
@@ -64,7 +49,7 @@ static __global__ void __launch_bounds__(QG_WARPS * 32)
         if (isnan(v)) v = 0.f;
         if (v > 127.f) v = 127.f; /* inf weights make amax inf */
         if (v < -127.f) v = -127.f;
-        q[qg_offset(r, g * gs + i, k32)] = (int8_t)v;
+        q[q8_offset(r, g * gs + i, k32)] = (int8_t)v;
     }
 }
 
@@ -80,7 +65,7 @@ static __global__ void __launch_bounds__(256)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int kt = kt0 + warp;
     uint4 v = make_uint4(0, 0, 0, 0);
-    if (kt < k32) v = reinterpret_cast<const uint4 *>(q + ((size_t)rt * k32 + kt) * QG_TILE_BYTES)[lane];
+    if (kt < k32) v = reinterpret_cast<const uint4 *>(q + ((size_t)rt * k32 + kt) * Q8_TILE_BYTES)[lane];
     uint32_t wd[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int p = 0; p < 8; p++) { /* pair p: bytes 2p, 2p+1 */
@@ -93,11 +78,11 @@ static __global__ void __launch_bounds__(256)
         uint32_t word = wd[p >> 1] >> ((p & 1) * 16);
         float v0 = (float)(int8_t)(word & 0xff) * s0, v1 = (float)(int8_t)((word >> 8) & 0xff) * s1;
         if (part) { /* what bf16(v) left out: exactly representable in fp32 */
-            v0 -= __uint_as_float((uint32_t)qg_f2bf(v0) << 16);
-            v1 -= __uint_as_float((uint32_t)qg_f2bf(v1) << 16);
+            v0 -= __uint_as_float((uint32_t)q8_f2bf(v0) << 16);
+            v1 -= __uint_as_float((uint32_t)q8_f2bf(v1) << 16);
         }
-        tile[r][c] = qg_f2bf(v0);
-        tile[r][c + 1] = qg_f2bf(v1);
+        tile[r][c] = q8_f2bf(v0);
+        tile[r][c + 1] = q8_f2bf(v1);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < 16 * QG_DQ_TILES * 4; i += 256) {
