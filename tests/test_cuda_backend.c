@@ -31,6 +31,7 @@
 #include "dsinfer/kernels.h"
 #include "dsinfer/model.h"
 #include "test.h"
+#include "test_cuda_util.h"
 
 #define MAX_PROMPT 64
 #define GEN 12
@@ -47,15 +48,6 @@ static int make_prompt(int which, int vocab, int32_t *ids) {
     for (int i = 0; i < n; i++)
         ids[i] = (int32_t)((i * 37 + which * 101 + 7) % vocab);
     return n;
-}
-
-static int have_gpu(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return n > 0;
 }
 
 static int argmax(const float *x, int n, float *margin) {

@@ -17,35 +17,8 @@
 #include "dsinfer/cpu_ops.h"
 #include "dsinfer/kernels.h"
 #include "test.h"
-
-static uint64_t rng_state = 0xD1B54A32D192ED03ull;
-static float frand(void) { /* [-1, 1) */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)(rng_state >> 40) / 8388608.f - 1.f;
-}
-
-static int have_gpu(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return n > 0;
-}
-
-#define NEED_GPU()                                                                                           \
-    do {                                                                                                     \
-        if (!have_gpu()) SKIP("no CUDA device");                                                             \
-    } while (0)
-
-static void *dmalloc(size_t n) {
-    void *p = NULL;
-    if (cudaMalloc(&p, n) != cudaSuccess) return NULL;
-    cudaMemset(p, 0, n);
-    return p;
-}
+#define TEST_CUDA_SEED 0xD1B54A32D192ED03ull
+#include "test_cuda_util.h"
 
 static void rope_kv_case(int n_tok, int nh, int nkv, int hd) {
     const int stride = (nh + 2 * nkv) * hd, kv_dim = nkv * hd, n_slots = 4 * n_tok + 8;

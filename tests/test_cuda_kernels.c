@@ -27,34 +27,8 @@
 #include "dsinfer/cpu_ops.h"
 #include "dsinfer/kernels.h"
 #include "test.h"
+#include "test_cuda_util.h"
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static float frand(void) { /* [-1, 1) */
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)(rng_state >> 40) / 8388608.f - 1.f;
-}
-
-static int have_gpu(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return n > 0;
-}
-
-#define NEED_GPU()                                                                                           \
-    do {                                                                                                     \
-        if (!have_gpu()) SKIP("no CUDA device");                                                             \
-    } while (0)
-
-static void *dmalloc(size_t n) {
-    void *p = NULL;
-    if (cudaMalloc(&p, n) != cudaSuccess) return NULL;
-    return p;
-}
 static void up(void *d, const void *h, size_t n) {
     cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
 }
