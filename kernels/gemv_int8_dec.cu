@@ -119,9 +119,10 @@ static __global__ void __launch_bounds__(W * 32, MINB)
  * 0x64XX = 1024 + byte, then one hsub2: exact for int8) and mma.sync
  * m16n8k16 (f16 x f16, fp32 accumulate) does the multiply-adds with x as the
  * B operand (column 0; the other 7 columns are zero). x is converted to f16
- * once per block into shared memory; f16 keeps 11 mantissa bits, more than
- * the bf16 it comes from, and a row whose largest |x| exceeds 32768 is scaled
- * by a power of two (exact) so nothing overflows, the result divided back. */
+ * once per block into shared memory, scaled by a power of two (exact) that
+ * puts the row's largest |x| just under 2^15, the result divided back: no
+ * overflow, and f16's 11 mantissa bits (more than the bf16 x has) hold for
+ * every value within 2^-29 of the row's largest. */
 static __device__ __forceinline__ void gv_mma16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                                 uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -172,9 +173,15 @@ static __global__ void __launch_bounds__(W * 32, MINB)
 #pragma unroll
     for (int i = 0; i < W; i++)
         mx = fmaxf(mx, wmax[i]);
+    /* xsc = 2^e puts the row's largest |x| in [2^14, 2^15): exact, no overflow,
+     * and small rows keep their bits instead of going subnormal. A zero, inf or
+     * NaN row keeps xsc = 1 (inf/NaN then give NaN outputs, as the fp32 path). */
     float xsc = 1.f;
-    while (mx * xsc > 32768.f) /* also ends for inf/NaN rows: xsc reaches 0 */
-        xsc *= 0.0625f;
+    if (mx > 0.f && mx <= 3.0e38f) {
+        int e;
+        frexpf(mx, &e); /* mx = f * 2^e, f in [0.5, 1) */
+        xsc = ldexpf(1.f, min(100, max(-100, 15 - e)));
+    }
     for (int i = threadIdx.x; i < k32 * 16; i += W * 32) {
         uint32_t v = 2 * i < K ? __ldg(x32 + i) : 0u;
         __half2 h = __floats2half2_rn(__uint_as_float(v << 16) * xsc, __uint_as_float(v & 0xffff0000u) * xsc);
@@ -264,7 +271,10 @@ extern "C" int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t
          * on the tensor cores"), f16 tensor cores vs fp32 CUDA cores: gate_up
          * 38.5 vs 43.0 us, lm_head 130.7 vs 149.3 us, but qkv 10.9 vs 10.0, o 9.1
          * vs 8.0 and down 28.6 vs 26.0 us. */
-        if (path != 1 && (k + 31) / 32 * 64 <= 48 * 1024 && (path == 2 || (n + 15) / 16 >= 4 * DSI__GV_SMS))
+        /* dynamic shared memory: x as f16; static: under 1 KB (red, wmax); the
+         * two together must stay within the 48 KB no-opt-in limit */
+        if (path != 1 && (size_t)(k + 31) / 32 * 64 + 1024 <= 48 * 1024 &&
+            (path == 2 || (n + 15) / 16 >= 4 * DSI__GV_SMS))
             return (n + 15) / 16 < 2 * DSI__GV_SMS ? gv16_launch<8, 16, 2>(y, x, q, scale, bias, n, k, s)
                                                    : gv16_launch<8, 4, 6>(y, x, q, scale, bias, n, k, s);
         if (path == 2) return DSI_EINVAL;

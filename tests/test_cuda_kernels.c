@@ -533,9 +533,11 @@ TEST(cuda_gemm_int8_rejects_bad_shapes) {
 /* Decode GEMV vs dsi_quantize_int8 + dsi_matmul (CPU) and vs the mma kernel of
  * gemv_int8.cu, one weight matrix for every row count of ms; one row through
  * both of its kernels (path 1: CUDA cores, fp32; path 2: tensor cores, x as
- * f16). Same int8 values and exact products (f16 holds every bf16 x in range):
- * only the fp32 summation order differs. xmul scales x; at 1e5 the f16 path
- * must scale x down by a power of two instead of overflowing. */
+ * f16; and path 0, the dispatch rule, which picks the tensor cores for the
+ * 37888-row case). Same int8 values and exact products (f16 holds every bf16 x
+ * in range): only the fp32 summation order differs. xmul scales x; at 1e5 the
+ * f16 path must scale x down by a power of two instead of overflowing, at 1e-3
+ * up instead of going subnormal. */
 static void gemv_case_x(const int *ms, int n_ms, int n, int k, int with_bias, float xmul) {
     int maxm = 0;
     for (int i = 0; i < n_ms; i++)
@@ -567,9 +569,9 @@ static void gemv_case_x(const int *ms, int n_ms, int n, int k, int with_bias, fl
     CHECK(dw && dx && dq && dsc && dy && db);
     up(dw, wb, nk * 2), up(dx, xb, (size_t)maxm * k * 2), up(db, bias, (size_t)n * 4);
     CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
-    for (int i = 0; i < n_ms * 2; i++) {
-        int m = ms[i / 2], path = i % 2 ? 2 : 1;
-        if (m > 1 && path == 2) continue; /* rows 2..8: CUDA cores only */
+    for (int i = 0; i < n_ms * 3; i++) {
+        int m = ms[i / 3], path = i % 3;  /* 0: the dispatch rule, 1: CUDA cores, 2: tensor cores */
+        if (m > 1 && path != 1) continue; /* rows 2..8: CUDA cores only */
         dsi_matmul(&qw, x, m, with_bias ? bias : NULL, ref, n, 0, n);
         cudaMemset(dy, 0xff, (size_t)maxm * n * 4); /* NaN: rows not written show up */
         CHECK_EQ_INT(dsi_cuda_gemv_int8_path(dy, dx, dq, dsc, with_bias ? db : NULL, m, n, k, path, 0), 0);
@@ -637,6 +639,11 @@ TEST(cuda_gemv_int8_rejects_bad_args) {
                  DSI_EINVAL); /* x 2-byte aligned */
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, dq + 4, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL); /* q unaligned */
     CHECK_EQ_INT(dsi_cuda_gemv_int8(dy, dx, NULL, dsc, NULL, 1, 16, 64, 0), DSI_EINVAL);
+    /* the tensor-core kernel's x (2 k bytes) plus its static shared memory must fit
+     * 48 KB: k = 24320 does not, so it refuses before launching (and path 0 would
+     * take the CUDA cores) */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_path(dy, dx, dq, dsc, NULL, 1, 16, 24320, 2, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_path(dy, dx, dq, dsc, NULL, 1, 16, 64, 3, 0), DSI_EINVAL);
     CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
     cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
 }

@@ -241,7 +241,7 @@ int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float
                        int m, int n, int k, cudaStream_t s);
 /* The same with the one-row kernel chosen (tests, A/B timing): path 0 as above
  * (tensor cores with x as f16 in shared memory for matrices of >= 528 row
- * tiles while 2 x k bytes fit 48 KB; else CUDA cores), 1 CUDA cores in fp32,
+ * tiles while 2 x k bytes fit 47 KB; else CUDA cores), 1 CUDA cores in fp32,
  * 2 tensor cores (DSI_EINVAL if x does not fit). Rows 2..8: CUDA cores. */
 int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                             const float *bias, int m, int n, int k, int path, cudaStream_t s);
