@@ -201,7 +201,7 @@ extern "C" int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_h
                                       uint16_t *k_cache, uint16_t *v_cache, const int32_t *slots,
                                       cudaStream_t s) {
     if (n_tok < 0 || n_heads <= 0 || n_kv_heads <= 0 || head_dim <= 0 || head_dim % 2 ||
-        (long long)(n_heads + 2 * n_kv_heads) * head_dim > stride)
+        ((long long)n_heads + 2LL * n_kv_heads) * head_dim > stride)
         return DSI_EINVAL;
     if (n_tok == 0) return 0;
     rope_kv_store_kernel<<<n_tok, 256, 0, s>>>(qkv, stride, n_heads, n_kv_heads, head_dim, pos, inv_freq,

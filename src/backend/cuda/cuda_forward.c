@@ -230,11 +230,17 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
  * graph (any context is correct with any split count). */
 static int run_decode_graph(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_attn_args *proto) {
     struct dsi__cu_graph *gr = NULL;
-    for (int i = 0; i < c->n_graphs; i++)
-        if (c->graphs[i].n_seqs == T && c->graphs[i].n_rows == R && c->graphs[i].n_splits == proto->n_splits)
-            gr = &c->graphs[i];
+    for (int i = 0; i < c->n_graphs && !gr; i++)
+        if (c->graphs[i].n_seqs == T && c->graphs[i].n_rows == R &&
+            c->graphs[i].n_splits == proto->n_splits) {
+            /* most recently used last, so eviction drops the least recently used */
+            struct dsi__cu_graph hit = c->graphs[i];
+            memmove(&c->graphs[i], &c->graphs[i + 1], sizeof hit * (size_t)(c->n_graphs - 1 - i));
+            c->graphs[c->n_graphs - 1] = hit;
+            gr = &c->graphs[c->n_graphs - 1];
+        }
     if (!gr) {
-        if (c->n_graphs == DSI__CUDA_MAX_GRAPHS) { /* drop the oldest shape */
+        if (c->n_graphs == DSI__CUDA_MAX_GRAPHS) { /* drop the least recently used shape */
             cudaGraphExecDestroy(c->graphs[0].exec);
             memmove(&c->graphs[0], &c->graphs[1], sizeof c->graphs[0] * (DSI__CUDA_MAX_GRAPHS - 1));
             c->n_graphs--;

@@ -104,7 +104,7 @@ struct dsi__cuda {
      * may not dequantize: the lm_head) and >= tiled_min_n outputs take the
      * tiled GEMM; tiled_min 0: never. DSI_CUDA_TILED=MIN,MAX,MIN_N (A/B timing) */
     int tiled_min, tiled_max, tiled_min_n;
-    struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* oldest first */
+    struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* least recently used first */
     int n_graphs;
 };
 
