@@ -25,6 +25,7 @@
 #include <math.h>
 
 #include "dsinfer/kernels.h"
+#include "rope.cuh"
 
 #define DEC_THREADS 256
 #define DEC_TK 64
@@ -52,9 +53,17 @@ static size_t dec_smem(int hd, int g) {
     return tiles > red ? tiles : red;
 }
 
-static __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(struct dsi_cuda_attn_args a) {
+/* ROPE: q and k of the new token are not rotated yet and its K/V are not in the
+ * cache (dsi_cuda_attn_decode_rope): the block rotates its q heads and the new
+ * k itself, uses the new K/V from shared memory for the last position, and the
+ * first split's block writes them to the cache for later steps. */
+template <bool ROPE>
+static __global__ void __launch_bounds__(DEC_THREADS)
+    attn_decode_kernel(struct dsi_cuda_attn_args a, const float *inv_freq) {
     extern __shared__ __align__(16) unsigned char dsm[];
     __shared__ float m_s[MAX_GROUP], l_s[MAX_GROUP], corr_s[MAX_GROUP];
+    __shared__ float cs_s[ROPE ? ROPE_TAB : 1], sn_s[ROPE ? ROPE_TAB : 1];
+    __shared__ __align__(16) uint16_t knew[ROPE ? MAX_HD : 8], vnew[ROPE ? MAX_HD : 8];
 
     const int split = blockIdx.x, kvh = blockIdx.y, si = blockIdx.z;
     const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd, kst = hd + 8;
@@ -72,9 +81,39 @@ static __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(struct 
     float *wo = a.work;
     float *wml = a.work + (size_t)a.n_seqs * a.n_heads * a.n_splits * hd;
 
-    for (int i = tid; i < g * hd; i += DEC_THREADS) {
-        int h = i / hd, d = i % hd;
-        qs[i] = a.q[(size_t)sq.q_row * a.q_stride + (size_t)(kvh * g + h) * hd + d] * a.scale;
+    const float *qrow = a.q + (size_t)sq.q_row * a.q_stride;
+    const int32_t *bt = a.block_tables + sq.bt_off;
+    if (ROPE) {
+        /* the same angles, rotation and bf16 rounding as rope_kv_store */
+        const int half = hd / 2;
+        const float p = (float)sq.pos;
+        rope_table(cs_s, sn_s, p, inv_freq, half); /* ends with __syncthreads */
+        for (int i = tid; i < g * hd; i += DEC_THREADS) {
+            int h = i / hd, d = i % hd, j = d < half ? d : d - half;
+            const float *qh = qrow + (size_t)(kvh * g + h) * hd;
+            float x = qh[j], y = qh[j + half];
+            rotate(&x, &y, cs_s[j], sn_s[j]);
+            qs[i] = (d < half ? x : y) * a.scale;
+        }
+        const float *kh = qrow + (size_t)(a.n_heads + kvh) * hd;
+        const float *vh = qrow + (size_t)(a.n_heads + a.n_kv_heads + kvh) * hd;
+        const size_t off = (size_t)slot_of(bt, a.block_size, sq.pos) * kv_dim + (size_t)kvh * hd;
+        for (int d = tid; d < hd; d += DEC_THREADS) {
+            int j = d < half ? d : d - half;
+            float x = kh[j], y = kh[j + half];
+            rotate(&x, &y, cs_s[j], sn_s[j]);
+            knew[d] = f2bf(d < half ? x : y);
+            vnew[d] = f2bf(vh[d]);
+            if (split == 0) { /* for later steps; this step reads knew/vnew */
+                const_cast<uint16_t *>(a.k_cache)[off + d] = knew[d];
+                const_cast<uint16_t *>(a.v_cache)[off + d] = vnew[d];
+            }
+        }
+    } else {
+        for (int i = tid; i < g * hd; i += DEC_THREADS) {
+            int h = i / hd, d = i % hd;
+            qs[i] = qrow[(size_t)(kvh * g + h) * hd + d] * a.scale;
+        }
     }
     if (tid < MAX_GROUP) {
         m_s[tid] = -INFINITY;
@@ -85,7 +124,6 @@ static __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(struct 
 #pragma unroll
     for (int h = 0; h < MAX_GROUP; h++)
         acc[h] = 0.f;
-    const int32_t *bt = a.block_tables + sq.bt_off;
 
     for (int t0 = c0; t0 < c1; t0 += DEC_TK) {
         __syncthreads(); /* previous tile fully consumed */
@@ -93,7 +131,10 @@ static __global__ void __launch_bounds__(DEC_THREADS) attn_decode_kernel(struct 
         for (int i = tid; i < DEC_TK * cpr; i += DEC_THREADS) {
             int j = i / cpr, c = i % cpr, t = t0 + j;
             uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (t < c1) {
+            if (ROPE && t == ctx - 1) { /* the new token: not in the cache yet for this step */
+                kv = *reinterpret_cast<const uint4 *>(knew + c * 8);
+                vv = *reinterpret_cast<const uint4 *>(vnew + c * 8);
+            } else if (t < c1) {
                 size_t off = (size_t)slot_of(bt, a.block_size, t) * kv_dim + (size_t)kvh * hd + c * 8;
                 kv = __ldcs(reinterpret_cast<const uint4 *>(a.k_cache + off));
                 vv = __ldcs(reinterpret_cast<const uint4 *>(a.v_cache + off));
@@ -244,7 +285,8 @@ extern "C" size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim
     return (size_t)n_seqs * n_heads * n_splits * (head_dim + 2) * sizeof(float);
 }
 
-extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s) {
+template <bool ROPE>
+static int attn_decode_launch(const struct dsi_cuda_attn_args *a, const float *inv_freq, cudaStream_t s) {
     if (check_args(a)) return DSI_EINVAL;
     /* each thread reads its K row in 16-byte pieces; a thread per dimension in phase 3 */
     if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > DSI__MAX_SPLITS_COMBINE ||
@@ -254,16 +296,29 @@ extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStre
     if (a->n_seqs == 0) return 0;
     size_t smem = dec_smem(a->head_dim, a->n_heads / a->n_kv_heads);
     int rc = 0;
-    if (smem > 48 * 1024) /* only head_dim 256 needs the opt-in (kept out of graph captures otherwise) */
-        rc = DSI_CUDA_CHECK(
-            cudaFuncSetAttribute(attn_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (smem > 40 * 1024) /* with the static arrays: only head_dim 256 needs the opt-in (kept out of graph
+                           * captures otherwise) */
+        rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_decode_kernel<ROPE>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     if (rc) return rc;
     dim3 grid(a->n_splits, a->n_kv_heads, a->n_seqs);
-    attn_decode_kernel<<<grid, DEC_THREADS, smem, s>>>(*a);
+    attn_decode_kernel<ROPE><<<grid, DEC_THREADS, smem, s>>>(*a, inv_freq);
     rc = DSI_CUDA_CHECK(cudaGetLastError());
     if (rc) return rc;
     attn_combine_kernel<<<dim3(a->n_heads, a->n_seqs), a->head_dim, 0, s>>>(*a);
     return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s) {
+    return attn_decode_launch<false>(a, NULL, s);
+}
+
+extern "C" int dsi_cuda_attn_decode_rope(const struct dsi_cuda_attn_args *a, const float *inv_freq,
+                                         cudaStream_t s) {
+    if (!a || !inv_freq || a->head_dim > 2 * ROPE_TAB ||
+        (long long)a->q_stride < ((long long)a->n_heads + 2LL * a->n_kv_heads) * a->head_dim)
+        return DSI_EINVAL;
+    return attn_decode_launch<true>(a, inv_freq, s);
 }
 
 /* ---- long prefill through cuBLAS: gather, pack, causal softmax ---- */

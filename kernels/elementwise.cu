@@ -12,6 +12,7 @@
 #include <math.h>
 
 #include "dsinfer/kernels.h"
+#include "rope.cuh"
 
 static __device__ __forceinline__ float bf2f(uint16_t v) {
     return __uint_as_float((uint32_t)v << 16);
@@ -84,36 +85,6 @@ extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w
     if (rows == 0) return 0;
     add_rmsnorm_kernel<<<rows, 512, 0, s>>>(x, delta, w, out, dim, eps);
     return DSI_CUDA_CHECK(cudaGetLastError());
-}
-
-/* One rotation, rounded the same way wherever it runs (no contraction into
- * FMA), so rope and rope_kv_store give identical bits. */
-static __device__ __forceinline__ void rotate(float *a, float *b, float cs, float sn) {
-    float x = *a, y = *b;
-    *a = __fsub_rn(__fmul_rn(x, cs), __fmul_rn(y, sn));
-    *b = __fadd_rn(__fmul_rn(y, cs), __fmul_rn(x, sn));
-}
-
-/* cos/sin of position p for the hd/2 frequencies, once per token in shared
- * memory: every head of the token rotates by the same angles, so sincosf runs
- * hd/2 times instead of once per (head, pair). */
-#define ROPE_TAB 128
-static __device__ __forceinline__ void rope_table(float *cs, float *sn, float p, const float *inv_freq,
-                                                  int half) {
-    if (half <= ROPE_TAB)
-        for (int i = threadIdx.x; i < half; i += blockDim.x)
-            sincosf(p * inv_freq[i], &sn[i], &cs[i]);
-    __syncthreads();
-}
-static __device__ __forceinline__ void rope_angle(const float *cs_s, const float *sn_s, float p,
-                                                  const float *inv_freq, int half, int i, float *cs,
-                                                  float *sn) {
-    if (half <= ROPE_TAB) {
-        *cs = cs_s[i];
-        *sn = sn_s[i];
-    } else {
-        sincosf(p * inv_freq[i], sn, cs);
-    }
 }
 
 /* Grid (n_tok), block covers (n_rot_heads * hd/2) pairs. sincosf (not the fast

@@ -142,6 +142,15 @@ int dsi_cuda_attn_decode_splits(int n_seqs, int n_kv_heads, int max_ctx, int n_s
 size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim, int n_splits);
 /* Decode: every sequence has n_q == 1. Split-K over the context, then a combine pass. */
 int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s);
+/* The same with RoPE and the KV store of the new token folded in: every
+ * sequence's q row (at a->q, row stride a->q_stride: q | k | v of n_heads,
+ * n_kv_heads, n_kv_heads heads) is NOT rotated yet and its K/V are not in the
+ * cache. Each block rotates its q heads and the new k with inv_freq at the
+ * sequence's position, uses them for the last key, and the first split writes
+ * bf16 K and V into the cache slot of that position (so a->k_cache/v_cache are
+ * written). The same bits as dsi_cuda_rope_kv_store then dsi_cuda_attn_decode;
+ * one launch fewer per layer. head_dim <= 256. */
+int dsi_cuda_attn_decode_rope(const struct dsi_cuda_attn_args *a, const float *inv_freq, cudaStream_t s);
 /* Prefill (any n_q, causal, tiled, online softmax); also correct for n_q == 1. */
 int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStream_t s);
 

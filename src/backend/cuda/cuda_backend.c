@@ -234,6 +234,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     const char *gemv_env = getenv("DSI_CUDA_GEMV");
     c->gemv_new = !(gemv_env && !strcmp(gemv_env, "old"));
     c->gemv_path = gemv_env && !strcmp(gemv_env, "fp32") ? 1 : 0;
+    const char *rope_env = getenv("DSI_CUDA_FUSE_ROPE"); /* A/B timing: 0 keeps rope_kv_store on decode */
+    c->fuse_rope = !(rope_env && !strcmp(rope_env, "0"));
     c->tiled_min = DSI__CUDA_TILED_MIN;
     c->tiled_max = DSI__CUDA_TILED_MAX;
     c->tiled_min_n = DSI__CUDA_TILED_MIN_N;

@@ -4,7 +4,8 @@
  * The host checks the batch (ids, positions, block tables) and packs the step's
  * metadata (token ids, positions, KV slots, per-sequence attention records,
  * block tables, logit rows) into one pinned buffer, sent with one async copy.
- * Then, per layer: add+RMSNorm -> qkv matmul (+bias) -> RoPE + KV store ->
+ * Then, per layer: add+RMSNorm -> qkv matmul (+bias) -> RoPE + KV store (inside
+ * the attention kernel on decode steps) ->
  * attention (decode kernel when every sequence brings one token, else the
  * prefill kernel; prompts of >= 16 new tokens and <= 4096 context go through
  * two cuBLAS GEMMs and a causal softmax) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
@@ -187,17 +188,21 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     if ((rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s)))
         return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
-    if ((rc = dsi_cuda_rope_kv_store(c->qkv, stride, T, cfg->n_heads, cfg->n_kv_heads, hd, pos_d, c->inv_freq,
-                                     kc, vc, slot_d, s)))
-        return rc;
     struct dsi_cuda_attn_args a = *proto;
     a.q = c->qkv;
     a.q_stride = stride;
     a.k_cache = kc;
     a.v_cache = vc;
     a.out = c->attn;
-    rc = a.max_n_q == 1 ? dsi_cuda_attn_decode(&a, s) : dsi_cuda_attn_prefill(&a, s);
-    if (rc) return rc;
+    if (a.max_n_q == 1 && c->fuse_rope) { /* decode: RoPE and the KV store inside the attention kernel */
+        if ((rc = dsi_cuda_attn_decode_rope(&a, c->inv_freq, s))) return rc;
+    } else {
+        if ((rc = dsi_cuda_rope_kv_store(c->qkv, stride, T, cfg->n_heads, cfg->n_kv_heads, hd, pos_d,
+                                         c->inv_freq, kc, vc, slot_d, s)))
+            return rc;
+        rc = a.max_n_q == 1 ? dsi_cuda_attn_decode(&a, s) : dsi_cuda_attn_prefill(&a, s);
+        if (rc) return rc;
+    }
     if (a.max_n_q > 1 && c->long_q > 0 && (rc = long_prefill(c, &a))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->o, c->attn, c->delta, T, true))) return rc;
     if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;

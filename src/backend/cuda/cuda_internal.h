@@ -100,6 +100,7 @@ struct dsi__cuda {
     int q8_variant;  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
     bool gemv_new;   /* INT8 matmuls of one row: the decode GEMV (DSI_CUDA_GEMV=old: off) */
     int gemv_path;   /* its kernel: 0 default, 1 CUDA cores (DSI_CUDA_GEMV=fp32) */
+    bool fuse_rope;  /* decode: RoPE + KV store in the attention kernel (DSI_CUDA_FUSE_ROPE=0: off) */
     /* INT8 matmuls of tiled_min..tiled_max rows (and all rows >= tiled_min that
      * may not dequantize: the lm_head) and >= tiled_min_n outputs take the
      * tiled GEMM; tiled_min 0: never. DSI_CUDA_TILED=MIN,MAX,MIN_N (A/B timing) */
