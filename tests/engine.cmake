@@ -1,6 +1,10 @@
 # Engine tests: the KV block manager, and the scheduler against a mock backend.
 dsi_test(test_kvcache SOURCES tests/test_kvcache.c LIBS dsi_engine)
-dsi_test(test_engine SOURCES tests/test_engine.c LIBS dsi_engine Threads::Threads)
+# test_engine_sched: validation, tokens against the reference, chunked prefill,
+# preemption; test_engine_life: queue limits, timeouts, cancel, drain, destroy,
+# backend failure. Both share the mock in tests/test_engine_util.h.
+dsi_test(test_engine_sched SOURCES tests/test_engine_sched.c LIBS dsi_engine Threads::Threads)
+dsi_test(test_engine_life SOURCES tests/test_engine_life.c LIBS dsi_engine Threads::Threads)
 # The forward_sample path (sampling inside the backend) against a mock backend.
 dsi_test(test_engine_gpu_sample SOURCES tests/test_engine_gpu_sample.c LIBS dsi_engine Threads::Threads m)
 # Batch invariance on the CPU backend with the tiny fixture models. Labelled

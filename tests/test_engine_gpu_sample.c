@@ -2,7 +2,7 @@
  * test_engine_gpu_sample.c: the engine's forward_sample path (backend.h) against a
  * mock backend that has both forward() and forward_sample().
  *
- * The mock keeps each sequence's tokens in a paged store (as test_engine.c's) and
+ * The mock keeps each sequence's tokens in a paged store (as test_engine_util.h's) and
  * derives the logits from the history read back through the block table. Its
  * forward_sample picks greedy by argmax (lowest id on ties) and otherwise by
  * inverse CDF in id order over softmax(l / T) with the engine's u, the way the

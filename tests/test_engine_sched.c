@@ -1,0 +1,345 @@
+/*
+ * test_engine_sched.c: what the scheduler computes, against the mock backend
+ * of test_engine_util.h (a paged store that notices a wrong block table).
+ *
+ * It proves that bad options and requests are refused at the door (and a
+ * request that can never fit says which limit it breaks), that the tokens the
+ * engine delivers equal the reference's for one request, with a stop id,
+ * under chunked prefill mixed with decode, under KV pressure that forces
+ * preemption and recompute (greedy and seeded sampling alike), and with 256
+ * sequences in one batch; and that the prefill chunk, the per-step token
+ * budget and the engine's counters hold.
+ * How requests end otherwise (cancel, timeouts, drain, failure) is in
+ * test_engine_life.c.
+ */
+#include "test_engine_util.h"
+
+/* ---- tests ---- */
+
+TEST(engine_create_rejects_bad_opts) {
+    struct mock m;
+    mock_init(&m, 16, 4);
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_batch_tokens = o.max_running - 1;
+    struct dsi_engine *e = NULL;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_engine_create(&m.be, &o, &e, &err), DSI_EINVAL);
+    CHECK(err && strstr(err, "max_batch_tokens"));
+    free(err);
+    err = NULL;
+    small_opts(&o);
+    o.max_running = 0;
+    CHECK_EQ_INT(dsi_engine_create(&m.be, &o, &e, &err), DSI_EINVAL);
+    free(err);
+    err = NULL;
+    struct dsi_backend_ops no_fwd = {.name = "none"};
+    struct dsi_backend be = m.be;
+    be.ops = &no_fwd;
+    CHECK_EQ_INT(dsi_engine_create(&be, NULL, &e, &err), DSI_EINVAL);
+    free(err);
+    CHECK(e == NULL);
+    dsi_engine_destroy(NULL);
+    mock_free(&m);
+}
+
+TEST(engine_submit_rejects_bad_requests) {
+    struct mock m;
+    mock_init(&m, 16, 4); /* pool: 64 tokens */
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_prompt_tokens = 40;
+    o.max_total_tokens = 100;
+    struct dsi_engine *e = start(&m, &o);
+    struct coll c;
+    coll_init(&c);
+    struct rec r;
+    int32_t prompt[80];
+    make_prompt(prompt, 80, 1);
+    struct dsi_request_params rp;
+    greedy_params(&rp, prompt, 4, 4);
+    rp.n_prompt = 0;
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), DSI_EINVAL);
+    greedy_params(&rp, prompt, 4, 4);
+    int32_t bad[2] = {1, VOCAB};
+    rp.prompt = bad;
+    rp.n_prompt = 2;
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), DSI_EINVAL);
+    greedy_params(&rp, prompt, 4, 4);
+    rp.sampling.temperature = -1.0f;
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), DSI_EINVAL);
+    greedy_params(&rp, prompt, 4, 4);
+    rp.n_stop_ids = DSI_MAX_STOP_IDS + 1;
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), DSI_EINVAL);
+    greedy_params(&rp, prompt, 4, 4);
+    rp.max_tokens = -3;
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_engine_submit(e, &rp, NULL, NULL, NULL, NULL), DSI_EINVAL);
+
+    /* Never fits: over max_prompt_tokens, over max_total_tokens, over the pool. */
+    char *err = NULL;
+    greedy_params(&rp, prompt, 41, 4);
+    CHECK_EQ_INT(dsi_engine_submit(e, &rp, on_event, &r, NULL, &err), DSI_ERANGE);
+    CHECK(err && strstr(err, "max_prompt_tokens"));
+    free(err);
+    err = NULL;
+    greedy_params(&rp, prompt, 30, 71);
+    CHECK_EQ_INT(dsi_engine_submit(e, &rp, on_event, &r, NULL, &err), DSI_ERANGE);
+    CHECK(err && strstr(err, "max_total_tokens"));
+    free(err);
+    err = NULL;
+    greedy_params(&rp, prompt, 30, 35);
+    CHECK_EQ_INT(dsi_engine_submit(e, &rp, on_event, &r, NULL, &err), DSI_ERANGE);
+    CHECK(err && strstr(err, "KV pool"));
+    free(err);
+    CHECK_EQ_INT(c.finals, 0); /* no callback for a rejected submit */
+
+    /* max_tokens 0 means "what fits": 64-token pool minus a 30-token prompt. */
+    greedy_params(&rp, prompt, 30, 0);
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), 0);
+    coll_wait(&c, 1);
+    CHECK_EQ_INT(r.final.finish, DSI_FINISH_LENGTH);
+    CHECK_EQ_INT(r.final.n_completion_tokens, 34);
+    dsi_engine_destroy(e);
+    coll_free(&c);
+    mock_free(&m);
+}
+
+TEST(engine_single_request_matches_reference) {
+    struct mock m;
+    mock_init(&m, 64, 4);
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    struct dsi_engine *e = start(&m, &o);
+    struct coll c;
+    coll_init(&c);
+    struct rec r;
+    int32_t prompt[10], want[20];
+    make_prompt(prompt, 10, 2);
+    struct dsi_request_params rp;
+    greedy_params(&rp, prompt, 10, 20);
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), 0);
+    coll_wait(&c, 1);
+    ref_tokens(prompt, 10, 20, NULL, 0, want);
+    CHECK_EQ_INT(r.n, 20);
+    CHECK(memcmp(r.tokens, want, sizeof(want)) == 0);
+    CHECK_EQ_INT(r.final.finish, DSI_FINISH_LENGTH);
+    CHECK_EQ_INT(r.final.token, want[19]);
+    CHECK_EQ_INT(r.final.n_prompt_tokens, 10);
+    CHECK_EQ_INT(r.final.n_completion_tokens, 20);
+    CHECK_EQ_INT(r.after_final + r.wrong_id, 0);
+    CHECK(m.max_chunk <= 4);
+    CHECK_EQ_INT(m.errors, 0);
+    check_pool_empty(e, 64);
+    struct dsi_engine_stats st;
+    dsi_engine_get_stats(e, &st);
+    CHECK_EQ_INT(st.generated_total, 20);
+    CHECK_EQ_INT(st.tokens_total, 10 + 19); /* prompt + every decode input */
+    CHECK_EQ_INT(st.steps_total, 3 + 19);   /* 10 prompt tokens in chunks of 4 */
+    dsi_engine_destroy(e);
+    coll_free(&c);
+    mock_free(&m);
+}
+
+TEST(engine_stop_id_ends_without_text) {
+    struct mock m;
+    mock_init(&m, 64, 4);
+    struct dsi_engine *e = start(&m, NULL);
+    struct coll c;
+    coll_init(&c);
+    struct rec r;
+    int32_t prompt[5], want[30];
+    make_prompt(prompt, 5, 3);
+    ref_tokens(prompt, 5, 30, NULL, 0, want);
+    struct dsi_request_params rp;
+    greedy_params(&rp, prompt, 5, 30);
+    rp.stop_ids[0] = want[3];
+    rp.n_stop_ids = 1;
+    int n_want = ref_tokens(prompt, 5, 30, rp.stop_ids, 1, want);
+    CHECK_EQ_INT(submit(e, &rp, &r, &c), 0);
+    coll_wait(&c, 1);
+    CHECK_EQ_INT(r.final.finish, DSI_FINISH_STOP);
+    CHECK_EQ_INT(r.final.token, -1);
+    CHECK_EQ_INT(r.n, n_want - 1); /* the stop token is not delivered */
+    CHECK(memcmp(r.tokens, want, (size_t)(n_want - 1) * sizeof(int32_t)) == 0);
+    CHECK_EQ_INT(r.final.n_completion_tokens, n_want);
+    check_pool_empty(e, 64);
+    dsi_engine_destroy(e);
+    coll_free(&c);
+    mock_free(&m);
+}
+
+TEST(engine_chunked_prefill_mixes_with_decode) {
+    struct mock m;
+    mock_init(&m, 128, 4);
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_batch_tokens = 9;
+    struct dsi_engine *e = start(&m, &o);
+    struct coll c;
+    coll_init(&c);
+    struct rec r[3];
+    int32_t p[3][40], want[30];
+    for (int i = 0; i < 3; i++)
+        make_prompt(p[i], 40, 10 + (unsigned)i);
+    struct dsi_request_params rp;
+    mock_pause(&m, true);
+    greedy_params(&rp, p[0], 2, 30);
+    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
+    mock_wait_entered(&m, 1); /* the short one is in the batch */
+    greedy_params(&rp, p[1], 40, 30);
+    CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
+    greedy_params(&rp, p[2], 37, 30);
+    CHECK_EQ_INT(submit(e, &rp, &r[2], &c), 0);
+    mock_pause(&m, false);
+    coll_wait(&c, 3);
+    CHECK(m.mixed_steps > 0);
+    CHECK(m.max_chunk <= 4);
+    CHECK(m.max_step_tokens <= 9);
+    int lens[3] = {2, 40, 37};
+    for (int i = 0; i < 3; i++) {
+        ref_tokens(p[i], lens[i], 30, NULL, 0, want);
+        CHECK_EQ_INT(r[i].n, 30);
+        CHECK(memcmp(r[i].tokens, want, sizeof(want)) == 0);
+    }
+    CHECK_EQ_INT(m.errors, 0);
+    check_pool_empty(e, 128);
+    dsi_engine_destroy(e);
+    coll_free(&c);
+    mock_free(&m);
+}
+
+/* Submits n requests under a given pool; returns preemptions; fills r. */
+static uint64_t run_group(int n_blocks, int n, struct rec *r, float temperature, int *errors, int *started) {
+    struct mock m;
+    mock_init(&m, n_blocks, 4);
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    struct dsi_engine *e = start(&m, &o);
+    struct coll c;
+    coll_init(&c);
+    mock_pause(&m, true);
+    for (int i = 0; i < n; i++) {
+        int32_t prompt[16];
+        make_prompt(prompt, 6 + i, 100 + (unsigned)i);
+        struct dsi_request_params rp;
+        greedy_params(&rp, prompt, 6 + i, 36);
+        rp.sampling.temperature = temperature;
+        rp.sampling.seed = 7 + (uint64_t)i;
+        CHECK_EQ_INT(submit(e, &rp, &r[i], &c), 0);
+    }
+    mock_pause(&m, false);
+    coll_wait(&c, n);
+    struct dsi_engine_stats st;
+    dsi_engine_get_stats(e, &st);
+    CHECK_EQ_INT(st.kv_blocks_used, 0);
+    CHECK_EQ_INT(st.running + st.waiting, 0);
+    dsi_engine_destroy(e);
+    coll_free(&c);
+    *errors = m.errors;
+    memcpy(started, m.started, sizeof(m.started));
+    mock_free(&m);
+    return st.preempted_total;
+}
+
+TEST(engine_preemption_recompute_gives_same_tokens) {
+    enum { N = 8 };
+    struct rec *calm = calloc(N, sizeof(struct rec)), *tight = calloc(N, sizeof(struct rec));
+    int err_calm = 0, err_tight = 0, started[64], recomputed = 0;
+    /* Each request grows to 11..13 blocks; 28 blocks force preemptions. */
+    uint64_t pre_calm = run_group(256, N, calm, 0.0f, &err_calm, started);
+    uint64_t pre_tight = run_group(28, N, tight, 0.0f, &err_tight, started);
+    CHECK_EQ_INT(pre_calm, 0);
+    CHECK(pre_tight > 0);
+    /* The oldest request is never the victim; the preempted ones were recomputed. */
+    CHECK_EQ_INT(started[1], 1);
+    for (int i = 1; i <= N; i++)
+        recomputed += started[i] - 1;
+    CHECK(recomputed > 0 && (uint64_t)recomputed <= pre_tight);
+    CHECK_EQ_INT(err_calm + err_tight, 0);
+    for (int i = 0; i < N; i++) {
+        int32_t prompt[16], want[36];
+        make_prompt(prompt, 6 + i, 100 + (unsigned)i);
+        ref_tokens(prompt, 6 + i, 36, NULL, 0, want);
+        CHECK_EQ_INT(tight[i].n, 36); /* nothing delivered twice after recompute */
+        CHECK(memcmp(tight[i].tokens, want, sizeof(want)) == 0);
+        CHECK(memcmp(calm[i].tokens, want, sizeof(want)) == 0);
+        CHECK_EQ_INT(tight[i].n_finals, 1);
+        CHECK_EQ_INT(tight[i].after_final + tight[i].wrong_id, 0);
+    }
+    free(calm);
+    free(tight);
+}
+
+TEST(engine_seeded_sampling_reproducible_under_pressure) {
+    enum { N = 8 };
+    struct rec *a = calloc(N, sizeof(struct rec)), *b = calloc(N, sizeof(struct rec));
+    int ea = 0, eb = 0, started[64];
+    run_group(256, N, a, 1.0f, &ea, started);
+    uint64_t pre = run_group(28, N, b, 1.0f, &eb, started);
+    CHECK(pre > 0);
+    CHECK_EQ_INT(ea + eb, 0);
+    int differs_from_greedy = 0;
+    for (int i = 0; i < N; i++) {
+        CHECK_EQ_INT(a[i].n, 36);
+        CHECK_EQ_INT(b[i].n, 36);
+        CHECK(memcmp(a[i].tokens, b[i].tokens, sizeof(a[i].tokens)) == 0);
+        int32_t prompt[16], want[36];
+        make_prompt(prompt, 6 + i, 100 + (unsigned)i);
+        ref_tokens(prompt, 6 + i, 36, NULL, 0, want);
+        differs_from_greedy += memcmp(a[i].tokens, want, sizeof(want)) != 0;
+    }
+    CHECK(differs_from_greedy > 0); /* the sampler really sampled */
+    free(a);
+    free(b);
+}
+
+TEST(engine_runs_256_sequences_in_one_batch) {
+    enum { N = 256 };
+    struct mock m;
+    mock_init(&m, N * 4, 4);
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_running = N;
+    o.max_queued = N;
+    o.max_batch_tokens = 4 * N;
+    struct dsi_engine *e = start(&m, &o);
+    struct coll c;
+    coll_init(&c);
+    struct rec *r = calloc(N, sizeof(struct rec));
+    int32_t prompt[4];
+    make_prompt(prompt, 4, 13);
+    struct dsi_request_params rp;
+    greedy_params(&rp, prompt, 4, 8);
+    mock_pause(&m, true);
+    for (int i = 0; i < N; i++)
+        CHECK_EQ_INT(submit(e, &rp, &r[i], &c), 0);
+    mock_pause(&m, false);
+    coll_wait(&c, N);
+    CHECK_EQ_INT(m.max_seqs, N);
+    int32_t want[8];
+    ref_tokens(prompt, 4, 8, NULL, 0, want);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += r[i].n != 8 || memcmp(r[i].tokens, want, sizeof(want)) != 0;
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(m.errors, 0);
+    check_pool_empty(e, N * 4);
+    dsi_engine_destroy(e);
+    free(r);
+    coll_free(&c);
+    mock_free(&m);
+}
+
+int main(void) {
+    dsi_log_set_level(DSI_LOG_WARN);
+    RUN(engine_create_rejects_bad_opts);
+    RUN(engine_submit_rejects_bad_requests);
+    RUN(engine_single_request_matches_reference);
+    RUN(engine_stop_id_ends_without_text);
+    RUN(engine_chunked_prefill_mixes_with_decode);
+    RUN(engine_preemption_recompute_gives_same_tokens);
+    RUN(engine_seeded_sampling_reproducible_under_pressure);
+    RUN(engine_runs_256_sequences_in_one_batch);
+    return test_summary();
+}
