@@ -371,7 +371,9 @@ TEST(cuda_single_pass_matches_two_pass) {
         int V = a.cfg.vocab_size;
         float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4), *lc = malloc((size_t)V * 4);
         CHECK_EQ_INT(load_and_run(&a, w, la, &err), 0);
-        CHECK_EQ_INT(load_and_run(&b, w, lb, &err), 0); /* single pass */
+        setenv("DSI_CUDA_LOAD", "single-pass", 1); /* no silent fallback to two passes */
+        CHECK_EQ_INT(load_and_run(&b, w, lb, &err), 0);
+        unsetenv("DSI_CUDA_LOAD");
         if (err) fprintf(stderr, "  %s\n", err);
         CHECK(dsi_model_unverified(&b) == 0);
         /* the fallback (host verify, then upload) on a deferred model */

@@ -293,6 +293,7 @@ int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_
     if (n == 0) return 0;
     const char *mode = getenv("DSI_CUDA_LOAD");
     if (mode && !strcmp(mode, "two-pass")) return two_pass(m, "DSI_CUDA_LOAD=two-pass", err);
+    const bool force = mode && !strcmp(mode, "single-pass"); /* tests: no silent fallback */
     /* room for the images next to the weights (at most as large as the files in
      * bf16, half in int8), the staging matrix and cuBLAS/activations slack */
     size_t free_b = 0, total_b = 0;
@@ -305,6 +306,7 @@ int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_
         snprintf(why, sizeof why,
                  "%.2f GB of files need ~%.2f GB of GPU memory for the single pass, %.2f GB free",
                  (double)total / 1e9, (double)need / 1e9, (double)free_b / 1e9);
+        if (force) return dsi_seterr(err, DSI_ENOMEM, "cuda: DSI_CUDA_LOAD=single-pass, but %s", why);
         return two_pass(m, why, err);
     }
 
