@@ -6,7 +6,7 @@ if(DSI_HAVE_CUDA)
   dsi_test(test_cuda_fused SOURCES tests/test_cuda_fused.c
            LIBS dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
   if(EXISTS ${CMAKE_SOURCE_DIR}/tests/test_cuda_backend.c)
-    dsi_test(test_cuda_backend SOURCES tests/test_cuda_backend.c
+    dsi_test(test_cuda_backend SOURCES tests/test_cuda_backend.c tests/test_model_util.c
              LIBS dsi_backend dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
   endif()
 endif()

@@ -33,6 +33,10 @@
 #include "test.h"
 #include "test_cuda_util.h"
 
+/* helpers from test_model_util.c */
+char *tm_copy_fixture(const char *name);
+int tm_rm_rf(const char *dir);
+
 #define MAX_PROMPT 64
 #define GEN 12
 #define BS 16
@@ -307,37 +311,6 @@ TEST(cuda_create_rejects_missing_device) {
 
 /* ---- single pass: SHA-256 verify + upload (cuda_hashload.c) ---- */
 
-/* Copies tests/golden/models/NAME into a new temp folder (NULL on failure). */
-static char *copy_fixture_dir(const char *name) {
-    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "SHA256SUMS"};
-    char tmpl[] = "/tmp/dsi_cuda_load_XXXXXX";
-    if (!mkdtemp(tmpl)) return NULL;
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char src[256], dst[256];
-        snprintf(src, sizeof src, "tests/golden/models/%s/%s", name, files[i]);
-        snprintf(dst, sizeof dst, "%s/%s", tmpl, files[i]);
-        FILE *in = fopen(src, "rb"), *out = in ? fopen(dst, "wb") : NULL;
-        char buf[65536];
-        size_t n;
-        while (in && out && (n = fread(buf, 1, sizeof buf, in)) > 0)
-            fwrite(buf, 1, n, out);
-        if (in) fclose(in);
-        if (out) fclose(out);
-    }
-    return strdup(tmpl);
-}
-
-static void remove_fixture_dir(char *dir) {
-    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "SHA256SUMS"};
-    for (size_t i = 0; dir && i < sizeof files / sizeof files[0]; i++) {
-        char p[256];
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-        remove(p);
-    }
-    if (dir) rmdir(dir);
-    free(dir);
-}
-
 /* Logits of one 17-token prompt, from a fresh CUDA backend on m (rc of create). */
 static int load_and_run(const struct dsi_model *m, enum dsi_weight_dtype dt, float *logits, char **err) {
     struct dsi_backend_opts o;
@@ -356,7 +329,7 @@ static int load_and_run(const struct dsi_model *m, enum dsi_weight_dtype dt, flo
 
 TEST(cuda_single_pass_matches_two_pass) {
     if (!have_gpu()) SKIP("no CUDA device");
-    char *dir = copy_fixture_dir("qwen2-untied");
+    char *dir = tm_copy_fixture("qwen2-untied");
     CHECK(dir != NULL);
     if (!dir) return;
     struct dsi_model_open_opts verified = {.n_threads = 2},
@@ -389,12 +362,13 @@ TEST(cuda_single_pass_matches_two_pass) {
         free(la), free(lb), free(lc), free(err);
         dsi_model_close(&a), dsi_model_close(&b), dsi_model_close(&c);
     }
-    remove_fixture_dir(dir);
+    tm_rm_rf(dir);
+    free(dir);
 }
 
 TEST(cuda_single_pass_rejects_tampered_weights) {
     if (!have_gpu()) SKIP("no CUDA device");
-    char *dir = copy_fixture_dir("qwen2-gqa-tied");
+    char *dir = tm_copy_fixture("qwen2-gqa-tied");
     CHECK(dir != NULL);
     if (!dir) return;
     char path[256];
@@ -426,7 +400,8 @@ TEST(cuda_single_pass_rejects_tampered_weights) {
         dsi_model_close(&m);
         unsetenv("DSI_CUDA_LOAD");
     }
-    remove_fixture_dir(dir);
+    tm_rm_rf(dir);
+    free(dir);
 }
 
 int main(void) {

@@ -21,20 +21,10 @@ int tm_rm_rf(const char *dir);
 int tm_write_file(const char *path, const void *p, size_t n);
 char *tm_path(const char *dir, const char *name);
 int tm_make_model(const char *dir);
+char *tm_copy_fixture(const char *name);
+int tm_flip_byte(const char *dir, const char *name, off_t at);
 
 static const struct dsi_manifest_opts opts2 = {.n_threads = 2};
-
-static void flip_byte(const char *dir, const char *name, off_t at) {
-    char *p = tm_path(dir, name);
-    int fd = open(p, O_RDWR);
-    CHECK(fd >= 0);
-    unsigned char b = 0;
-    CHECK(pread(fd, &b, 1, at) == 1);
-    b ^= 0x01;
-    CHECK(pwrite(fd, &b, 1, at) == 1);
-    close(fd);
-    free(p);
-}
 
 static char *fresh_model(void) {
     char *d = tm_mkdtemp();
@@ -42,37 +32,6 @@ static char *fresh_model(void) {
     char *err = NULL;
     CHECK_EQ_INT(dsi_manifest_write(d, &opts2, &err), 0);
     free(err);
-    return d;
-}
-
-/* Copies the files of a golden fixture into a new temp folder. */
-static char *copy_fixture(const char *name) {
-    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "SHA256SUMS"};
-    char *d = tm_mkdtemp();
-    CHECK(d != NULL);
-    for (size_t i = 0; d && i < sizeof files / sizeof files[0]; i++) {
-        char src[256];
-        snprintf(src, sizeof src, "tests/golden/models/%s/%s", name, files[i]);
-        FILE *f = fopen(src, "rb");
-        if (!f) continue;
-        char *buf = NULL;
-        size_t n = 0, cap = 0;
-        for (;;) {
-            if (n == cap) {
-                cap = cap ? 2 * cap : 1 << 16;
-                buf = realloc(buf, cap);
-                CHECK(buf != NULL);
-                if (!buf) break;
-            }
-            size_t r = fread(buf + n, 1, cap - n, f);
-            if (!r) break;
-            n += r;
-        }
-        fclose(f);
-        char *dst = tm_path(d, files[i]);
-        CHECK(dst && tm_write_file(dst, buf, n) == 0);
-        free(dst), free(buf);
-    }
     return d;
 }
 
@@ -137,12 +96,12 @@ TEST(defer_still_verifies_config_and_completeness) {
     char *d = fresh_model();
     struct dsi_model m;
     char *err = NULL;
-    flip_byte(d, "config.json", 2);
+    CHECK(tm_flip_byte(d, "config.json", 2) == 0);
     CHECK_EQ_INT(dsi_model_open(&m, d, &defer2, &err), DSI_EINTEGRITY);
     CHECK(err && strstr(err, "config.json"));
     CHECK(m.dir == NULL && m.n_pending == 0);
     free(err), err = NULL;
-    flip_byte(d, "config.json", 2);
+    CHECK(tm_flip_byte(d, "config.json", 2) == 0);
     /* an unlisted weight file still fails at open */
     char *extra = tm_path(d, "extra.safetensors");
     CHECK(extra && tm_write_file(extra, "x", 1) == 0);
@@ -171,7 +130,7 @@ TEST(defer_tampered_weights_fail_the_host_pass) {
     char *d = fresh_model();
     struct dsi_model m;
     char *err = NULL;
-    flip_byte(d, "model.safetensors", 400);                /* inside the embedding data */
+    CHECK(tm_flip_byte(d, "model.safetensors", 400) == 0); /* inside the embedding data */
     CHECK_EQ_INT(dsi_model_open(&m, d, &defer2, &err), 0); /* not hashed yet */
     free(err), err = NULL;
     CHECK_EQ_INT(dsi_model_verify_pending(&m, 2, &err), DSI_EINTEGRITY);
@@ -179,7 +138,7 @@ TEST(defer_tampered_weights_fail_the_host_pass) {
     free(err), err = NULL;
     CHECK(dsi_model_unverified(&m) == 1 && dsi_st_find(&m.st, "model.embed_tokens.weight")->data == NULL);
     dsi_model_close(&m);
-    flip_byte(d, "model.safetensors", 400);
+    CHECK(tm_flip_byte(d, "model.safetensors", 400) == 0);
     CHECK_EQ_INT(dsi_model_open(&m, d, &defer2, &err), 0);
     CHECK_EQ_INT(dsi_model_verify_pending(&m, 2, &err), 0);
     CHECK(dsi_model_unverified(&m) == 0 && dsi_st_find(&m.st, "model.embed_tokens.weight")->data != NULL);
@@ -191,7 +150,9 @@ TEST(defer_tampered_weights_fail_the_host_pass) {
 }
 
 TEST(defer_model_refused_by_cpu_backend) {
-    char *d = copy_fixture("qwen2-gqa-tied");
+    char *d = tm_copy_fixture("qwen2-gqa-tied");
+    CHECK(d != NULL);
+    if (!d) return;
     struct dsi_model m;
     char *err = NULL;
     CHECK_EQ_INT(dsi_model_open(&m, d, &defer2, &err), 0);

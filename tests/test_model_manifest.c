@@ -15,6 +15,7 @@ int tm_rm_rf(const char *dir);
 int tm_write_file(const char *path, const void *p, size_t n);
 char *tm_path(const char *dir, const char *name);
 int tm_make_model(const char *dir);
+int tm_flip_byte(const char *dir, const char *name, off_t at);
 
 static const struct dsi_manifest_opts opts2 = {.n_threads = 2};
 
@@ -31,18 +32,6 @@ static char *read_all(const char *path) {
 static void write_in(const char *dir, const char *name, const char *text) {
     char *p = tm_path(dir, name);
     CHECK(p && tm_write_file(p, text, strlen(text)) == 0);
-    free(p);
-}
-
-static void flip_byte(const char *dir, const char *name, off_t at) {
-    char *p = tm_path(dir, name);
-    int fd = open(p, O_RDWR);
-    CHECK(fd >= 0);
-    unsigned char b = 0;
-    CHECK(pread(fd, &b, 1, at) == 1);
-    b ^= 0x01;
-    CHECK(pwrite(fd, &b, 1, at) == 1);
-    close(fd);
     free(p);
 }
 
@@ -98,12 +87,12 @@ TEST(manifest_round_trip_is_sorted_coreutils_format) {
 
 TEST(manifest_flipped_byte_is_named) {
     char *d = fresh_model();
-    flip_byte(d, "model.safetensors", 300);
+    CHECK(tm_flip_byte(d, "model.safetensors", 300) == 0);
     char *err = NULL;
     CHECK_EQ_INT(verify(d, &err), DSI_EINTEGRITY);
     CHECK(err && strstr(err, "model.safetensors: SHA-256 mismatch"));
     free(err), err = NULL;
-    flip_byte(d, "model.safetensors", 300);
+    CHECK(tm_flip_byte(d, "model.safetensors", 300) == 0);
     CHECK_EQ_INT(verify(d, &err), 0);
     tm_rm_rf(d);
     free(d);
@@ -287,14 +276,14 @@ TEST(model_open_verifies_and_fails_closed) {
     CHECK(row[0] == 4.0f);
     dsi_model_close(&m);
     dsi_model_close(&m);
-    flip_byte(d, "config.json", 2);
+    CHECK(tm_flip_byte(d, "config.json", 2) == 0);
     CHECK_EQ_INT(dsi_model_open(&m, d, &o, &err), DSI_EINTEGRITY);
     CHECK(err && strstr(err, "config.json"));
     CHECK(m.dir == NULL && m.st.n_tensors == 0);
     free(err), err = NULL;
     /* The logged opt-out loads the (now tampered) model anyway, by request. */
-    flip_byte(d, "config.json", 2); /* restore a parseable config */
-    flip_byte(d, "model.safetensors", 400);
+    CHECK(tm_flip_byte(d, "config.json", 2) == 0); /* restore a parseable config */
+    CHECK(tm_flip_byte(d, "model.safetensors", 400) == 0);
     o.skip_verify = true;
     CHECK_EQ_INT(dsi_model_open(&m, d, &o, &err), 0);
     dsi_model_close(&m);

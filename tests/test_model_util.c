@@ -1,6 +1,7 @@
 /*
  * test_model_util.c: helpers shared by the model tests (linked into each
- * test_model* binary): temp folders, raw safetensors images, a tiny model.
+ * test_model* binary, and test_cuda_backend): temp folders, raw safetensors
+ * images, a tiny model, a copy of a golden fixture, a flipped byte.
  * Prototypes are repeated in each test file under "helpers from test_model_util.c".
  */
 #define _XOPEN_SOURCE 700
@@ -12,12 +13,16 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "test_util.h"
+
 char *tm_mkdtemp(void);
 int tm_rm_rf(const char *dir);
 int tm_write_file(const char *path, const void *p, size_t n);
 int tm_write_st(const char *path, const char *header, const void *data, size_t data_len);
 char *tm_path(const char *dir, const char *name);
 int tm_make_model(const char *dir);
+char *tm_copy_fixture(const char *name);
+int tm_flip_byte(const char *dir, const char *name, off_t at);
 
 char *tm_mkdtemp(void) {
     const char *base = getenv("TMPDIR");
@@ -93,5 +98,43 @@ int tm_make_model(const char *dir) {
                  ? 0
                  : -1;
     free(p1), free(p2), free(p3);
+    return rc;
+}
+
+/* A new temp folder holding the files of the golden fixture
+ * tests/golden/models/NAME that exist (config, generation config, weights,
+ * SHA256SUMS); NULL if the folder or a copy cannot be made. */
+char *tm_copy_fixture(const char *name) {
+    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "SHA256SUMS"};
+    char *d = tm_mkdtemp();
+    for (size_t i = 0; d && i < sizeof files / sizeof files[0]; i++) {
+        char src[256];
+        snprintf(src, sizeof src, "tests/golden/models/%s/%s", name, files[i]);
+        size_t n = 0;
+        char *buf = test_read_file(src, &n);
+        if (!buf) continue; /* not every fixture has every file */
+        char *dst = tm_path(d, files[i]);
+        int rc = dst ? tm_write_file(dst, buf, n) : -1;
+        free(dst), free(buf);
+        if (rc) {
+            tm_rm_rf(d);
+            free(d);
+            d = NULL;
+        }
+    }
+    return d;
+}
+
+/* XORs bit 0 of byte `at` of dir/name (twice restores it); 0 or -1. */
+int tm_flip_byte(const char *dir, const char *name, off_t at) {
+    char *p = tm_path(dir, name);
+    int fd = p ? open(p, O_RDWR) : -1;
+    free(p);
+    if (fd < 0) return -1;
+    unsigned char b = 0;
+    int rc = pread(fd, &b, 1, at) == 1 ? 0 : -1;
+    b ^= 0x01;
+    if (!rc && pwrite(fd, &b, 1, at) != 1) rc = -1;
+    close(fd);
     return rc;
 }
