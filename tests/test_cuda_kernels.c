@@ -648,6 +648,19 @@ TEST(cuda_gemv_int8_rejects_bad_args) {
     cudaFree(dq), cudaFree(dx), cudaFree(dsc), cudaFree(dy);
 }
 
+/* Largest |y - ref| over n values; *nan counts the values of y that are not
+ * finite (NaN-filled outputs left unwritten show up there). */
+static double max_abs_err(const float *y, const float *ref, size_t n, int *nan) {
+    double worst = 0;
+    *nan = 0;
+    for (size_t j = 0; j < n; j++) {
+        if (!(fabs(y[j]) < 1e30)) ++*nan;
+        double e = fabs(y[j] - ref[j]);
+        if (e > worst) worst = e;
+    }
+    return worst;
+}
+
 /* Tiled INT8 GEMM (batched decode) vs dsi_quantize_int8 + dsi_matmul on the
  * same bf16 activations, one weight matrix for every row count of ms, with the
  * split-K workspace and without. Same int8 values, exact products, fp32 sums in
@@ -701,13 +714,8 @@ static void tiled_case(const int *ms, int n_ms, int n, int k, int with_bias) {
                              0);
             CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
             down(y, dy, (size_t)m * n * 4);
-            double worst = 0;
             int nan = 0;
-            for (size_t j = 0; j < (size_t)m * n; j++) {
-                if (!(fabs(y[j]) < 1e30)) nan++;
-                double e = fabs(y[j] - ref[j]);
-                if (e > worst) worst = e;
-            }
+            double worst = max_abs_err(y, ref, (size_t)m * n, &nan);
             if (worst > 2e-3 || nan)
                 fprintf(stderr, "  tiled m=%d n=%d k=%d ws=%d: worst abs error %g, %d not finite\n", m, n, k,
                         use_ws, worst, nan);
@@ -722,13 +730,8 @@ static void tiled_case(const int *ms, int n_ms, int n, int k, int with_bias) {
                          0);
             CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
             down(y, dy, (size_t)m * n * 4);
-            double worst = 0;
             int nan = 0;
-            for (size_t j = 0; j < (size_t)m * n; j++) {
-                if (!(fabs(y[j]) < 1e30)) nan++;
-                double e = fabs(y[j] - ref[j]);
-                if (e > worst) worst = e;
-            }
+            double worst = max_abs_err(y, ref, (size_t)m * n, &nan);
             if (worst > 2e-3 || nan)
                 fprintf(stderr, "  tiled variant %d m=%d n=%d k=%d: worst abs error %g, %d not finite\n", var,
                         m, n, k, worst, nan);
