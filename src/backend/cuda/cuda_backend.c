@@ -23,6 +23,12 @@ static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float
 static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                                const struct dsi_sample_params *p, int32_t *ids, char **err);
 static void cuda_destroy(struct dsi_backend *be);
+/* The A/B switches (docs/cuda-backend.md): true when $name is exactly value. */
+static bool env_is(const char *name, const char *value) {
+    const char *v = getenv(name);
+    return v && !strcmp(v, value);
+}
+
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
                   struct dsi_backend **out, char **err);
 
@@ -223,19 +229,16 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.impl = c;
     c->base.vocab_size = m->cfg.vocab_size;
     c->base.kv_block_size = o->kv_block_size > 0 ? o->kv_block_size : 16;
-    const char *graphs_env = getenv("DSI_CUDA_GRAPHS");
-    c->use_graphs = !(graphs_env && !strcmp(graphs_env, "0"));
+    c->use_graphs = !env_is("DSI_CUDA_GRAPHS", "0");
     const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
     c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
                                                                                      : DSI_Q8_DEFAULT_VARIANT;
     /* DSI_CUDA_GEMV (A/B timing, fallback): "old" sends single-row INT8 matmuls
      * to the mma kernel of gemv_int8.cu, "fp32" to the CUDA-core GEMV; anything
      * else: the decode GEMV's own choice per matrix */
-    const char *gemv_env = getenv("DSI_CUDA_GEMV");
-    c->gemv_new = !(gemv_env && !strcmp(gemv_env, "old"));
-    c->gemv_path = gemv_env && !strcmp(gemv_env, "fp32") ? 1 : 0;
-    const char *rope_env = getenv("DSI_CUDA_FUSE_ROPE"); /* A/B timing: 0 keeps rope_kv_store on decode */
-    c->fuse_rope = !(rope_env && !strcmp(rope_env, "0"));
+    c->gemv_new = !env_is("DSI_CUDA_GEMV", "old");
+    c->gemv_path = env_is("DSI_CUDA_GEMV", "fp32") ? 1 : 0;
+    c->fuse_rope = !env_is("DSI_CUDA_FUSE_ROPE", "0"); /* A/B timing: 0 keeps rope_kv_store on decode */
     c->tiled_min = DSI__CUDA_TILED_MIN;
     c->tiled_max = DSI__CUDA_TILED_MAX;
     c->tiled_min_n = DSI__CUDA_TILED_MIN_N;
