@@ -236,6 +236,27 @@ extern "C" int dsi_cuda_gather_rows(uint16_t *dst, const uint16_t *src, const in
 }
 
 /* splitmix64 of (seed, index): the same tensor for the same seed on any grid. */
+/* out (rows, vocab) from the all-gathered lm_head slices (kernels.h): column v
+ * comes from rank r = v / pad, which wrote its (rows, n_r) slice at chunk r. */
+static __global__ void tp_logits_unpack_kernel(float *out, const float *all, int rows, int vocab, int pad) {
+    const int row = blockIdx.y;
+    for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < vocab; v += gridDim.x * blockDim.x) {
+        int r = v / pad, j = v - r * pad, n_r = min(vocab, (r + 1) * pad) - r * pad;
+        out[(size_t)row * vocab + v] = all[(size_t)r * rows * pad + (size_t)row * n_r + j];
+    }
+}
+
+extern "C" int dsi_cuda_tp_logits_unpack(float *out, const float *all, int rows, int vocab, int pad,
+                                         cudaStream_t s) {
+    if (!out || !all || rows < 0 || rows > 65535 || vocab <= 0 || pad <= 0 || (long long)pad * rows > INT32_MAX)
+        return DSI_EINVAL;
+    if (rows == 0) return 0;
+    int blocks = (vocab + 255) / 256;
+    if (blocks > 512) blocks = 512;
+    tp_logits_unpack_kernel<<<dim3(blocks, rows), 256, 0, s>>>(out, all, rows, vocab, pad);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
 static __global__ void fill_random_kernel(uint16_t *dst, size_t n, uint64_t seed, float scale) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {

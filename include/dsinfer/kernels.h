@@ -281,6 +281,45 @@ int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_bat
 /* Synchronizes the backend's stream (benchmarks). */
 int dsi_cuda_backend_sync(struct dsi_backend *be);
 
+/* ---- tensor parallel over NCCL (issue 12; src/dist drives it under mpirun) ----
+ * Rank r of N holds q heads [r*nh/N, (r+1)*nh/N) and the matching KV heads
+ * (column-parallel q|k|v rows + bias), the same columns of o (row parallel),
+ * rows [r*I/N, (r+1)*I/N) of gate and up and those columns of down, and
+ * vocab rows [r*P, min(V, (r+1)*P)) of the lm_head with P = ceil(V/N); the
+ * embedding and norms are replicated. One ncclAllReduce (sum, fp32) follows
+ * the o and the down matmul; the lm_head slices are all-gathered so every rank
+ * ends the step with the whole (rows, vocab) logits on its GPU. N must divide
+ * the heads, the KV heads and the intermediate size (in whole int8 groups). */
+#define DSI_CUDA_NCCL_ID_BYTES 128
+struct dsi_cuda_shard {
+    int rank, size;                                /* this rank of size (size 1: no NCCL) */
+    unsigned char nccl_id[DSI_CUDA_NCCL_ID_BYTES]; /* rank 0's dsi_cuda_tp_unique_id, the same on every rank */
+};
+/* A fresh NCCL unique id (rank 0 makes it, the caller broadcasts it).
+ * DSI_ENODEV when built without NCCL. */
+int dsi_cuda_tp_unique_id(unsigned char id[DSI_CUDA_NCCL_ID_BYTES], char **err);
+/* What can be checked before the collective set-up: the model and options fit
+ * a shard of size ranks, and device o->device exists and is sm_80+. Each rank
+ * runs it, and src/dist lets no rank into dsi_cuda_backend_create_shard unless
+ * every rank passed (a lone rank would wait in NCCL's set-up forever). */
+int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int size,
+                         char **err);
+/* The CUDA backend for shard sh of m (device o->device; one GPU per rank):
+ * ncclCommInitRank is collective, so every rank of sh must call this at the
+ * same time. random: weights made on the GPU as dsi_cuda_backend_create_random.
+ * Every later forward is collective too: all ranks run the same batches in the
+ * same order. be->vocab_size and the logits stay the whole vocabulary. */
+int dsi_cuda_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                                  const struct dsi_cuda_shard *sh, bool random, uint64_t seed,
+                                  struct dsi_backend **out, char **err);
+/* The step limits a CUDA backend was created with (max_batch_tokens and
+ * max_seqs after its defaults and caps), so tensor parallel can agree on them. */
+void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs);
+/* (rows, vocab) logits from the all-gathered lm_head slices: `all` holds N
+ * chunks of rows*pad floats, chunk r the (rows, n_r) slice of rank r, n_r =
+ * min(vocab, (r+1)*pad) - r*pad (kernels/elementwise.cu). */
+int dsi_cuda_tp_logits_unpack(float *out, const float *all, int rows, int vocab, int pad, cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif

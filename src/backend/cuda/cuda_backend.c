@@ -30,7 +30,7 @@ static bool env_is(const char *name, const char *value) {
 }
 
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
-                  struct dsi_backend **out, char **err);
+                  const struct dsi_cuda_shard *sh, struct dsi_backend **out, char **err);
 
 static const struct dsi_backend_ops cuda_ops = {
     .name = "cuda",
@@ -107,6 +107,12 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
         (rc = dsi__cuda_alloc(c, (void **)&c->act, T * I * 2, "mlp output", err)) ||
         (rc = dsi__cuda_alloc(c, (void **)&c->xsel, S * H * 2, "logit rows", err)))
         return rc;
+    if (c->tp_size > 1) { /* vocab-parallel logits: own slice, then every rank's */
+        size_t pad = (size_t)c->vocab_pad, n = (size_t)c->tp_size;
+        if ((rc = dsi__cuda_alloc(c, (void **)&c->lg_local, S * pad * 4, "logits slice", err)) ||
+            (rc = dsi__cuda_alloc(c, (void **)&c->lg_all, n * S * pad * 4, "gathered logits", err)))
+            return rc;
+    }
     if (c->max_tokens >= 16) { /* long prefill: scores materialized for cuBLAS */
         size_t lctx = 4096, nkv = (size_t)cfg->n_kv_heads, nh = (size_t)cfg->n_heads;
         size_t rows = T < lctx ? T : lctx;
@@ -183,8 +189,72 @@ static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
     return 0;
 }
 
+/* The shard's part of the model (kernels.h): cfg becomes the rank's heads, KV
+ * heads and intermediate size; the vocab stays whole (the lm_head rows are cut
+ * in cuda_weights.c). Every rank gets the same sizes, as NCCL wants. */
+static int shard_config(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err) {
+    struct dsi_model_config *cfg = &c->cfg;
+    int n = sh->size, r = sh->rank;
+    if (n < 1 || r < 0 || r >= n) return dsi_seterr(err, DSI_EINVAL, "cuda: shard %d of %d is invalid", r, n);
+    if (cfg->n_heads % n || cfg->n_kv_heads % n || cfg->intermediate_size % n)
+        return dsi_seterr(err, DSI_EINVAL,
+                          "tensor parallel %d does not divide this model's %d attention heads, %d kv heads "
+                          "and %d intermediate rows",
+                          n, cfg->n_heads, cfg->n_kv_heads, cfg->intermediate_size);
+    int pad = (cfg->vocab_size + n - 1) / n;
+    if ((long long)pad * (n - 1) >= cfg->vocab_size)
+        return dsi_seterr(err, DSI_EINVAL,
+                          "tensor parallel %d leaves a rank without vocabulary rows (vocab %d)", n,
+                          cfg->vocab_size);
+    c->tp_rank = r;
+    c->tp_size = n;
+    cfg->n_heads /= n;
+    cfg->n_kv_heads /= n;
+    cfg->intermediate_size /= n;
+    c->head0 = r * cfg->n_heads;
+    c->kv_head0 = r * cfg->n_kv_heads;
+    c->inter0 = r * cfg->intermediate_size;
+    c->vocab_pad = pad;
+    c->vocab0 = r * pad;
+    return 0;
+}
+
+int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int size,
+                         char **err) {
+    if (!cfg || !o || size < 1) return dsi_seterr(err, DSI_EINVAL, "cuda: shard check needs a config");
+    int rc = check_config(cfg, err);
+    if (rc) return rc;
+    struct dsi__cuda probe = {.cfg = *cfg};
+    struct dsi_cuda_shard sh = {.rank = 0, .size = size};
+    if (size > 1 && (rc = shard_config(&probe, &sh, err))) return rc;
+    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
+    const struct dsi_model_config *mc = &probe.cfg;
+    if (gs < 0 ||
+        (gs > 0 && (mc->hidden_size % gs || (mc->n_heads * mc->head_dim) % gs || mc->intermediate_size % gs)))
+        return dsi_seterr(err, DSI_EINVAL,
+                          "int8 group size %d does not divide the inputs of a shard's matrices (hidden %d, "
+                          "heads x head_dim %d, intermediate %d)",
+                          gs, mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size);
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s)", cudaGetErrorString(e));
+    }
+    if (o->device < 0 || o->device >= n_dev)
+        return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices on this host)",
+                          o->device, n_dev);
+    struct cudaDeviceProp prop;
+    if (DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, o->device)))
+        return dsi_seterr(err, DSI_ENODEV, "cuda: cannot query device %d", o->device);
+    if (prop.major < 8)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop.name,
+                          prop.major, prop.minor);
+    return 0;
+}
+
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
-                  struct dsi_backend **out, char **err) {
+                  const struct dsi_cuda_shard *sh, struct dsi_backend **out, char **err) {
     *out = NULL;
     if (!m || !o) return dsi_seterr(err, DSI_EINVAL, "cuda: model and options are required");
     int n_dev = 0;
@@ -198,20 +268,6 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
     int rc = check_config(&m->cfg, err);
     if (rc) return rc;
-    if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0) {
-        /* group-wise as the CPU backend: every matrix, so G must divide every input width */
-        const struct dsi_model_config *mc = &m->cfg;
-        int gs = o->int8_group_size,
-            ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size};
-        const char *what[3] = {"hidden_size", "n_heads * head_dim", "intermediate_size"};
-        if (gs < 0) return dsi_seterr(err, DSI_EINVAL, "cuda: int8 group size %d is negative", gs);
-        for (int i = 0; i < 3; i++)
-            if (ins[i] % gs)
-                return dsi_seterr(err, DSI_EINVAL,
-                                  "int8 group size %d does not divide the %d inputs (%s) of the model's "
-                                  "matrices; use a divisor or 0 (per channel)",
-                                  gs, ins[i], what[i]);
-    }
     /* f32 requests (the CLI's reference default) run as bf16: said once, not refused */
     if (o->weight_dtype == DSI_W_F32)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
@@ -227,6 +283,27 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.ops = &cuda_ops;
     c->base.model = m;
     c->base.impl = c;
+    c->tp_size = 1;
+    if (sh && sh->size > 1 && (rc = shard_config(c, sh, err))) goto fail;
+    if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0) {
+        /* group-wise as the CPU backend: every matrix, so G must divide every input width */
+        const struct dsi_model_config *mc = &c->cfg; /* a shard: its own widths */
+        int gs = o->int8_group_size,
+            ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size};
+        const char *what[3] = {"hidden_size", "n_heads * head_dim", "intermediate_size"};
+        if (gs < 0) {
+            rc = dsi_seterr(err, DSI_EINVAL, "cuda: int8 group size %d is negative", gs);
+            goto fail;
+        }
+        for (int i = 0; i < 3; i++)
+            if (ins[i] % gs) {
+                rc = dsi_seterr(err, DSI_EINVAL,
+                                "int8 group size %d does not divide the %d inputs (%s) of the model's "
+                                "matrices; use a divisor or 0 (per channel)",
+                                gs, ins[i], what[i]);
+                goto fail;
+            }
+    }
     c->base.vocab_size = m->cfg.vocab_size;
     c->base.kv_block_size = o->kv_block_size > 0 ? o->kv_block_size : 16;
     c->use_graphs = !env_is("DSI_CUDA_GRAPHS", "0");
@@ -269,6 +346,10 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
                         prop.major, prop.minor);
         goto fail;
     }
+    /* collective: every rank of the shard comes here (src/dist checks first that
+     * all can, with dsi_cuda_shard_check), so nothing that can fail on one rank
+     * alone runs before it */
+    if (c->tp_size > 1 && (rc = dsi__cuda_tp_init(c, sh, err))) goto fail;
     if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
         DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) || DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream))) {
         rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
@@ -304,6 +385,13 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
     if ((rc = alloc_buffers(c, err))) goto fail;
     if ((rc = alloc_kv(c, fraction, err))) goto fail;
+    if (c->tp_size > 1)
+        dsi_log(DSI_LOG_INFO, "cuda",
+                "device %d holds shard %d of %d: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab "
+                "%d..%d",
+                c->device, c->tp_rank, c->tp_size, c->head0, c->head0 + c->cfg.n_heads - 1, c->kv_head0,
+                c->kv_head0 + c->cfg.n_kv_heads - 1, c->inter0, c->inter0 + c->cfg.intermediate_size - 1,
+                c->vocab0, c->vocab0 + c->lm_head.n - 1);
     dsi_log(
         DSI_LOG_INFO, "cuda",
         "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
@@ -314,18 +402,29 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     *out = &c->base;
     return 0;
 fail:
+    c->dead = true; /* a peer may have failed too: abort the communicator, do not wait */
     cuda_destroy(&c->base);
     return rc;
 }
 
 int dsi_cuda_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
                             struct dsi_backend **out, char **err) {
-    return create(m, o, false, 0, out, err);
+    return create(m, o, false, 0, NULL, out, err);
 }
 
 int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_backend_opts *o, uint64_t seed,
                                    struct dsi_backend **out, char **err) {
-    return create(m, o, true, seed, out, err);
+    return create(m, o, true, seed, NULL, out, err);
+}
+
+int dsi_cuda_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                                  const struct dsi_cuda_shard *sh, bool random, uint64_t seed,
+                                  struct dsi_backend **out, char **err) {
+    if (!sh || sh->size < 1 || sh->rank < 0 || sh->rank >= sh->size) {
+        if (out) *out = NULL;
+        return dsi_seterr(err, DSI_EINVAL, "cuda: a shard needs 0 <= rank < size");
+    }
+    return create(m, o, random, seed, sh, out, err);
 }
 
 static struct dsi__cuda *impl(struct dsi_backend *be) {
@@ -398,6 +497,12 @@ static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b
     return sample_rows(c, rows, ids, err);
 }
 
+void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs) {
+    const struct dsi__cuda *c = be->impl;
+    *max_tokens = c->max_tokens;
+    *max_seqs = c->max_seqs;
+}
+
 int dsi_cuda_backend_sync(struct dsi_backend *be) {
     if (!be) return DSI_EINVAL;
     return DSI_CUDA_CHECK(cudaStreamSynchronize(impl(be)->stream));
@@ -409,6 +514,7 @@ static void cuda_destroy(struct dsi_backend *be) {
     if (c->stream) cudaStreamSynchronize(c->stream);
     for (int i = 0; i < c->n_graphs; i++)
         cudaGraphExecDestroy(c->graphs[i].exec);
+    dsi__cuda_tp_destroy(c);
     for (size_t i = 0; i < c->n_allocs; i++)
         cudaFree(c->allocs[i]);
     free(c->allocs);

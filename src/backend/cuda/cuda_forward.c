@@ -205,10 +205,13 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     }
     if (a.max_n_q > 1 && c->long_q > 0 && (rc = long_prefill(c, &a))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->o, c->attn, c->delta, T, true))) return rc;
+    /* tensor parallel: o and down give partial sums over this rank's heads and rows */
+    if (c->tp_size > 1 && (rc = dsi__cuda_tp_allreduce(c, c->delta, (size_t)T * H))) return rc;
     if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->gate_up, c->xn, c->gu, T, true))) return rc;
     if ((rc = dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, s))) return rc;
-    return dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true);
+    if ((rc = dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true))) return rc;
+    return c->tp_size > 1 ? dsi__cuda_tp_allreduce(c, c->delta, (size_t)T * H) : 0;
 }
 
 /* Everything of one step after the metadata copy: embed, layers, logits. */
@@ -226,7 +229,10 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
                                    cfg->rms_norm_eps, c->stream)) ||
         (rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream)))
         return rc;
-    return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
+    if (c->tp_size == 1) return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
+    /* vocab parallel: this rank's rows, then every rank's slices into c->logits */
+    if ((rc = dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->lg_local, R, false))) return rc;
+    return dsi__cuda_tp_logits(c, R);
 }
 
 /* Decode steps replay a CUDA graph per (sequences, logit rows, attention

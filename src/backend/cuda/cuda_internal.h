@@ -107,6 +107,14 @@ struct dsi__cuda {
     int tiled_min, tiled_max, tiled_min_n;
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* least recently used first */
     int n_graphs;
+
+    /* Tensor parallel (cuda_tp.c; kernels.h says what a shard holds). cfg then
+     * has this rank's heads, KV heads and intermediate size; vocab_size stays
+     * whole and the lm_head holds vocab rows [vocab0, vocab0 + lm_head.n). */
+    int tp_rank, tp_size; /* 0, 1 when not sharded */
+    int head0, kv_head0, inter0, vocab0, vocab_pad;
+    void *nccl;                /* ncclComm_t */
+    float *lg_local, *lg_all; /* (S, vocab_pad) this rank's logits, (size, S, vocab_pad) gathered */
 };
 
 /* cudaMalloc that records the pointer and turns failure into DSI_ENOMEM with
@@ -123,6 +131,16 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
  * fallback verified them on the host; on failure nothing is kept. */
 int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_t ***images, char **err);
 void dsi__cuda_free_images(struct dsi__cuda *c, const struct dsi_model *m, uint8_t **images);
+/* Tensor parallel (cuda_tp.c). init: the NCCL communicator of shard sh
+ * (collective over its ranks); allreduce: in-place fp32 sum over the ranks on
+ * c->stream; logits: all-gathers the (rows, lm_head.n) slices in c->lg_local
+ * into the whole (rows, vocab) logits in c->logits; destroy: frees the
+ * communicator (aborts it when the backend is dead). Without NCCL, init fails
+ * with DSI_ENODEV and the others are never reached. */
+int dsi__cuda_tp_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err);
+int dsi__cuda_tp_allreduce(struct dsi__cuda *c, float *buf, size_t n);
+int dsi__cuda_tp_logits(struct dsi__cuda *c, int rows);
+void dsi__cuda_tp_destroy(struct dsi__cuda *c);
 /* One step; logits of want_logits rows stay on the device in c->logits. */
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err);
 /* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16. */

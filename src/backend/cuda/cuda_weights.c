@@ -100,53 +100,72 @@ static int find(struct loader *L, const char *name, int rows, int cols, const st
     return 0;
 }
 
-/* Copies a (rows, cols) matrix as bf16 to dst (device). */
-static int upload_bf16(struct loader *L, const char *name, int rows, int cols, uint16_t *dst, char **err) {
-    size_t n = (size_t)rows * cols;
+/* The block of a (full_rows, full_cols) tensor that this backend keeps: all of
+ * it, or a tensor-parallel shard's rows or columns (kernels.h). */
+struct part {
+    const char *name;
+    int full_rows, full_cols;
+    int r0, rows, c0, cols;
+};
+
+/* Copies the block p as a (rows, cols) bf16 matrix to dst (device). */
+static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, char **err) {
+    const char *name = p->name;
+    size_t n = (size_t)p->rows * p->cols, fc = (size_t)p->full_cols;
+    size_t first = (size_t)p->r0 * fc + (size_t)p->c0; /* element index of the block's corner */
     if (L->random) {
-        float scale = 1.f / sqrtf((float)cols) * 1.7f; /* ~unit-variance outputs */
+        float scale = 1.f / sqrtf((float)p->full_cols) * 1.7f; /* ~unit-variance outputs */
         return dsi_cuda_fill_random_bf16(dst, n, L->seed + 0x1000003ull * ++L->counter, scale, L->c->stream)
                    ? dsi_seterr(err, DSI_ECUDA, "cuda: random fill of %s failed", name)
                    : 0;
     }
     const struct dsi_tensor *t;
-    int rc = find(L, name, rows, cols, &t, err);
+    int rc = find(L, name, p->full_rows, p->full_cols, &t, err);
     if (rc) return rc;
     size_t pi = SIZE_MAX;
     uint64_t off = 0;
     if (L->images && t->dtype == DSI_DT_BF16 && dsi_model_tensor_location(L->m, t, &pi, &off) == 0 &&
         pi < L->m->n_pending && L->images[pi]) { /* verified bytes already on the device */
-        if (off > L->m->pending[pi].size || n * 2 > L->m->pending[pi].size - off)
+        size_t bytes = (size_t)p->full_rows * fc * 2;
+        if (off > L->m->pending[pi].size || bytes > L->m->pending[pi].size - off)
             return dsi_seterr(err, DSI_EFORMAT, "cuda: tensor %s lies outside its file", name);
-        if (DSI_CUDA_CHECK(cudaMemcpyAsync(dst, L->images[pi] + off, n * 2, cudaMemcpyDeviceToDevice,
-                                           L->c->stream)) ||
+        if (DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)p->cols * 2, L->images[pi] + off + first * 2,
+                                             fc * 2, (size_t)p->cols * 2, (size_t)p->rows,
+                                             cudaMemcpyDeviceToDevice, L->c->stream)) ||
             DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
             return dsi_seterr(err, DSI_ECUDA, "cuda: device copy of %s failed", name);
         return 0;
     }
     if (!t->data)
         return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", name);
-    const void *src = t->data;
-    if (t->dtype != DSI_DT_BF16) {
+    const void *src = (const unsigned char *)t->data + first * 2;
+    size_t pitch = fc * 2;
+    if (t->dtype != DSI_DT_BF16) { /* convert the block: rows of cols elements */
         if (n > L->host_elems) {
             uint16_t *h = realloc(L->host, n * sizeof *h);
             if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory to convert %s", name);
             L->host = h;
             L->host_elems = n;
         }
-        for (size_t i = 0; i < n; i++)
-            L->host[i] = f32_to_bf16(elem_f32(t, i));
+        for (size_t r = 0; r < (size_t)p->rows; r++)
+            for (size_t j = 0; j < (size_t)p->cols; j++)
+                L->host[r * p->cols + j] = f32_to_bf16(elem_f32(t, first + r * fc + j));
         src = L->host;
+        pitch = (size_t)p->cols * 2;
     }
-    if (DSI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 2, cudaMemcpyHostToDevice, L->c->stream)) ||
-        DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
+    rc = pitch == (size_t)p->cols * 2
+             ? DSI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 2, cudaMemcpyHostToDevice, L->c->stream))
+             : DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)p->cols * 2, src, pitch, (size_t)p->cols * 2,
+                                                (size_t)p->rows, cudaMemcpyHostToDevice, L->c->stream));
+    if (rc || DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
         return dsi_seterr(err, DSI_ECUDA, "cuda: upload of %s failed", name);
     return 0;
 }
 
-/* Uploads a vector as fp32; random mode: `fill` for every element. */
-static int upload_vec(struct loader *L, const char *name, int n, float fill, float **dst, const char *what,
-                      char **err) {
+/* Uploads elements [off, off + n) of a vector of full elements as fp32;
+ * random mode: `fill` for every element. */
+static int upload_vec_part(struct loader *L, const char *name, int full, int off, int n, float fill,
+                           float **dst, const char *what, char **err) {
     int rc = dsi__cuda_alloc(L->c, (void **)dst, (size_t)n * sizeof(float), what, err);
     if (rc) return rc;
     float *h = malloc((size_t)n * sizeof *h);
@@ -156,7 +175,7 @@ static int upload_vec(struct loader *L, const char *name, int n, float fill, flo
             h[i] = fill;
     } else {
         const struct dsi_tensor *t;
-        if ((rc = find(L, name, n, 0, &t, err))) {
+        if ((rc = find(L, name, full, 0, &t, err))) {
             free(h);
             return rc;
         }
@@ -165,26 +184,34 @@ static int upload_vec(struct loader *L, const char *name, int n, float fill, flo
             return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", name);
         }
         for (int i = 0; i < n; i++)
-            h[i] = elem_f32(t, (size_t)i);
+            h[i] = elem_f32(t, (size_t)off + (size_t)i);
     }
     rc = DSI_CUDA_CHECK(cudaMemcpy(*dst, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice));
     free(h);
     return rc ? dsi_seterr(err, DSI_ECUDA, "cuda: upload of %s failed", name) : 0;
 }
 
-/* Stacks the named parts (rows each) into staging, then keeps bf16 or quantizes. */
-static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const char *const *names, const int *rows,
-                       int n_parts, int k, const char *what, char **err) {
-    int n = 0, rc;
-    for (int i = 0; i < n_parts; i++)
-        n += rows[i];
+static int upload_vec(struct loader *L, const char *name, int n, float fill, float **dst, const char *what,
+                      char **err) {
+    return upload_vec_part(L, name, n, 0, n, fill, dst, what, err);
+}
+
+/* Stacks the parts (blocks of equal width k) by rows into staging, then keeps
+ * bf16 or quantizes. */
+static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct part *parts, int n_parts,
+                       const char *what, char **err) {
+    int n = 0, k = parts[0].cols, rc;
+    for (int i = 0; i < n_parts; i++) {
+        if (parts[i].cols != k) return dsi_seterr(err, DSI_EINTERNAL, "cuda: %s parts differ in width", what);
+        n += parts[i].rows;
+    }
     w->n = n;
     w->k = k;
     if (L->c->int8 && L->c->group > 0 && k % L->c->group) /* checked before any upload */
         return dsi_seterr(err, DSI_EINVAL,
                           "int8 group size %d does not divide the %d inputs of %s; use a divisor or 0 "
                           "(per channel)",
-                          L->c->group, k, names[0]);
+                          L->c->group, k, parts[0].name);
     size_t elems = (size_t)n * k;
     uint16_t *dst;
     if (L->c->int8) {
@@ -197,8 +224,8 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const char *c
     }
     size_t off = 0;
     for (int i = 0; i < n_parts; i++) {
-        if ((rc = upload_bf16(L, names[i], rows[i], k, dst + off, err))) return rc;
-        off += (size_t)rows[i] * k;
+        if ((rc = upload_bf16(L, &parts[i], dst + off, err))) return rc;
+        off += (size_t)parts[i].rows * k;
     }
     if (!L->c->int8) return 0;
     int gs = L->c->group;
@@ -222,13 +249,14 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const char *c
     return 0;
 }
 
-/* q|k|v biases stacked into one fp32 vector. */
+/* q|k|v biases (this shard's heads) stacked into one fp32 vector. */
 static int load_qkv_bias(struct loader *L, int il, char **err) {
-    const struct dsi_model_config *cfg = &L->c->cfg;
-    int nq = cfg->n_heads * cfg->head_dim, nk = cfg->n_kv_heads * cfg->head_dim, n = nq + 2 * nk, rc;
+    const struct dsi_model_config *cfg = &L->c->cfg, *full = &L->m->cfg;
+    int hd = cfg->head_dim, nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd, n = nq + 2 * nk, rc;
     float *parts[3];
     const char *which[3] = {"q", "k", "v"};
-    int len[3] = {nq, nk, nk};
+    int len[3] = {nq, nk, nk}, flen[3] = {full->n_heads * hd, full->n_kv_heads * hd, full->n_kv_heads * hd};
+    int first[3] = {L->c->head0 * hd, L->c->kv_head0 * hd, L->c->kv_head0 * hd};
     struct dsi__cu_matrix *w = &L->c->layers[il].qkv;
     if ((rc = dsi__cuda_alloc(L->c, (void **)&w->bias, (size_t)n * sizeof(float), "qkv bias", err)))
         return rc;
@@ -236,7 +264,8 @@ static int load_qkv_bias(struct loader *L, int il, char **err) {
     for (int i = 0; i < 3; i++) {
         char name[128];
         snprintf(name, sizeof name, "model.layers.%d.self_attn.%s_proj.bias", il, which[i]);
-        if ((rc = upload_vec(L, name, len[i], 0.f, &parts[i], "qkv bias part", err))) return rc;
+        if ((rc = upload_vec_part(L, name, flen[i], first[i], len[i], 0.f, &parts[i], "qkv bias part", err)))
+            return rc;
         if (DSI_CUDA_CHECK(cudaMemcpy(w->bias + off, parts[i], (size_t)len[i] * sizeof(float),
                                       cudaMemcpyDeviceToDevice)))
             return dsi_seterr(err, DSI_ECUDA, "cuda: bias copy failed");
@@ -247,13 +276,19 @@ static int load_qkv_bias(struct loader *L, int il, char **err) {
 
 int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed,
                            char **err) {
-    const struct dsi_model_config *cfg = &c->cfg;
+    /* cfg: this backend's sizes (a shard's heads and intermediate rows); full:
+     * the tensors' shapes in the files */
+    const struct dsi_model_config *cfg = &c->cfg, *full = &m->cfg;
     struct loader L = {.c = c, .m = m, .random = random, .seed = seed};
     int H = cfg->hidden_size, I = cfg->intermediate_size, hd = cfg->head_dim, V = cfg->vocab_size, rc = 0;
     int nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
+    int fq = full->n_heads * hd, fk = full->n_kv_heads * hd, fI = full->intermediate_size;
+    int q0 = c->head0 * hd, k0 = c->kv_head0 * hd, i0 = c->inter0;
+    int v0 = c->vocab0, nv = c->tp_size > 1 && v0 + c->vocab_pad < V ? c->vocab_pad : V - v0;
     char n1[128], n2[128], n3[128];
 
-    if (!random && dsi_model_unverified(m) > 0 && (rc = dsi__cuda_hash_upload(c, m, &L.images, err))) goto out;
+    if (!random && dsi_model_unverified(m) > 0 && (rc = dsi__cuda_hash_upload(c, m, &L.images, err)))
+        goto out;
 
     if (c->int8) {
         size_t big = (size_t)V * H;
@@ -263,13 +298,15 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
         L.stage_elems = big;
         if ((rc = dsi__cuda_alloc(c, (void **)&L.stage, big * 2, "weight staging", err))) goto out;
     }
+    const struct part emb = {"model.embed_tokens.weight", V, H, 0, V, 0, H};
+    /* the lm_head: this shard's vocab rows of the tied table or of lm_head.weight */
+    const struct part lm = {cfg->tie_word_embeddings ? emb.name : "lm_head.weight", V, H, v0, nv, 0, H};
     if ((rc = dsi__cuda_alloc(c, (void **)&c->embed, (size_t)V * H * 2, "embeddings", err))) goto out;
     if (c->int8) {
         /* as the CPU reference does: the table is int8 too (rows read as q * scale);
-         * kept as bf16(q * scale) for the gather, and reused as a tied lm_head */
-        const char *em[1] = {"model.embed_tokens.weight"};
-        int em_rows[1] = {V};
-        if ((rc = load_matrix(&L, &c->lm_head, em, em_rows, 1, H, "embeddings (int8)", err))) goto out;
+         * kept as bf16(q * scale) for the gather, and reused as a tied lm_head
+         * (a shard re-quantizes its rows below: per-row scales, the same bytes) */
+        if ((rc = load_matrix(&L, &c->lm_head, &emb, 1, "embeddings (int8)", err))) goto out;
         int drc = c->group > 0
                       ? dsi_cuda_dequant_int8_group(c->embed, c->lm_head.q, c->lm_head.gscale, V, H, c->group,
                                                     c->stream)
@@ -278,13 +315,13 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
             rc = dsi_seterr(err, DSI_ECUDA, "cuda: expanding the int8 embedding table failed");
             goto out;
         }
-        if (!cfg->tie_word_embeddings) {
+        if (!cfg->tie_word_embeddings || nv != V) {
             dsi__cuda_free(c, c->lm_head.q);
             dsi__cuda_free(c, c->lm_head.scale);
             dsi__cuda_free(c, c->lm_head.gscale);
             memset(&c->lm_head, 0, sizeof c->lm_head);
         }
-    } else if ((rc = upload_bf16(&L, "model.embed_tokens.weight", V, H, c->embed, err))) {
+    } else if ((rc = upload_bf16(&L, &emb, c->embed, err))) {
         goto out;
     }
     for (int il = 0; il < cfg->n_layers; il++) {
@@ -296,37 +333,30 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
         snprintf(n1, sizeof n1, "model.layers.%d.self_attn.q_proj.weight", il);
         snprintf(n2, sizeof n2, "model.layers.%d.self_attn.k_proj.weight", il);
         snprintf(n3, sizeof n3, "model.layers.%d.self_attn.v_proj.weight", il);
-        const char *qkv[3] = {n1, n2, n3};
-        int qkv_rows[3] = {nq, nk, nk};
-        if ((rc = load_matrix(&L, &ly->qkv, qkv, qkv_rows, 3, H, "qkv weights", err))) goto out;
+        const struct part qkv[3] = {
+            {n1, fq, H, q0, nq, 0, H}, {n2, fk, H, k0, nk, 0, H}, {n3, fk, H, k0, nk, 0, H}};
+        if ((rc = load_matrix(&L, &ly->qkv, qkv, 3, "qkv weights", err))) goto out;
         if (cfg->attention_bias && (rc = load_qkv_bias(&L, il, err))) goto out;
         snprintf(n1, sizeof n1, "model.layers.%d.self_attn.o_proj.weight", il);
-        const char *o[1] = {n1};
-        int o_rows[1] = {H};
-        if ((rc = load_matrix(&L, &ly->o, o, o_rows, 1, nq, "o weights", err))) goto out;
+        const struct part o = {n1, H, fq, 0, H, q0, nq}; /* the columns of the own heads */
+        if ((rc = load_matrix(&L, &ly->o, &o, 1, "o weights", err))) goto out;
         snprintf(n1, sizeof n1, "model.layers.%d.mlp.gate_proj.weight", il);
         snprintf(n2, sizeof n2, "model.layers.%d.mlp.up_proj.weight", il);
-        const char *gu[2] = {n1, n2};
-        int gu_rows[2] = {I, I};
-        if ((rc = load_matrix(&L, &ly->gate_up, gu, gu_rows, 2, H, "gate/up weights", err))) goto out;
+        const struct part gu[2] = {{n1, fI, H, i0, I, 0, H}, {n2, fI, H, i0, I, 0, H}};
+        if ((rc = load_matrix(&L, &ly->gate_up, gu, 2, "gate/up weights", err))) goto out;
         snprintf(n1, sizeof n1, "model.layers.%d.mlp.down_proj.weight", il);
-        const char *dn[1] = {n1};
-        int dn_rows[1] = {H};
-        if ((rc = load_matrix(&L, &ly->down, dn, dn_rows, 1, I, "down weights", err))) goto out;
+        const struct part dn = {n1, H, fI, 0, H, i0, I};
+        if ((rc = load_matrix(&L, &ly->down, &dn, 1, "down weights", err))) goto out;
     }
     if ((rc = upload_vec(&L, "model.norm.weight", H, 1.f, &c->final_norm, "norm", err))) goto out;
-    {
-        const char *lm[1] = {cfg->tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"};
-        int lm_rows[1] = {V};
-        if (cfg->tie_word_embeddings && !c->int8) {
-            c->lm_head.n = V; /* bf16 and tied: share the table */
-            c->lm_head.k = H;
-            c->lm_head.w = c->embed;
-        } else if (cfg->tie_word_embeddings) {
-            /* int8 and tied: quantized with the embedding above */
-        } else if ((rc = load_matrix(&L, &c->lm_head, lm, lm_rows, 1, H, "lm_head", err))) {
-            goto out;
-        }
+    if (cfg->tie_word_embeddings && !c->int8) {
+        c->lm_head.n = nv; /* bf16 and tied: share the table's rows */
+        c->lm_head.k = H;
+        c->lm_head.w = c->embed + (size_t)v0 * H;
+    } else if (cfg->tie_word_embeddings && nv == V) {
+        /* int8 and tied: quantized with the embedding above */
+    } else if ((rc = load_matrix(&L, &c->lm_head, &lm, 1, "lm_head", err))) {
+        goto out;
     }
 out:
     free(L.host);
