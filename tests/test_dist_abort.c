@@ -49,9 +49,12 @@ static int fake_rank0(const char *mode) {
     MPI_Wait(&req, MPI_STATUS_IGNORE);
     if (n) MPI_Bcast(payload, (int)n, MPI_INT32_T, 0, comm);
     if (!strcmp(mode, "create-garbage")) {
-        int st = 0, all[2] = {0, 0};
-        MPI_Gather(&st, 1, MPI_INT, all, 1, MPI_INT, 0, comm);
-        printf("worker create status %d\n", all[1]);
+        /* as dist.c's rank 0: the agreement to build (MPI_MIN of "can build"),
+         * then the gather of {status, KV blocks} from every rank */
+        int ok = 1, all_ok = 0, mine[2] = {0, 0}, all[4] = {0, 0, 0, 0};
+        MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
+        MPI_Gather(mine, 2, MPI_INT, all, 2, MPI_INT, 0, comm);
+        printf("worker create status %d, agreement %d\n", all[2], all_ok);
         fflush(stdout);
         /* a create the worker rejects is not fatal to it: tell it to stop cleanly */
         dsi_tp_hdr_make(hdr, DSI_TP_MSG_SHUTDOWN, 0, 0);
@@ -124,6 +127,7 @@ TEST(worker_rejects_bad_create_and_reports_it) {
     int rc = run_case("create-garbage", &err, &out);
     CHECK_EQ_INT(rc, 0); /* the worker stays in its loop and obeys the shutdown after */
     CHECK(out && strstr(out, "worker create status -"));
+    CHECK(out && strstr(out, "agreement 0")); /* the worker said it cannot build: nobody builds */
     CHECK(err && strstr(err, "rank 1 cannot build its shard: create message"));
     free(err);
     free(out);

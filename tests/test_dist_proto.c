@@ -202,7 +202,7 @@ TEST(hdr_checks) {
     free(err);
     err = NULL;
     dsi_tp_hdr_make(h, DSI_TP_MSG_FORWARD, 0, 0);
-    h[1] = 2;
+    h[1] = DSI_TP_VERSION + 1; /* another dsinfer release */
     CHECK_EQ_INT(dsi_tp_hdr_check(h, 20, &err), DSI_EFORMAT);
     CHECK(err && strstr(err, "same dsinfer"));
     free(err);
@@ -227,7 +227,10 @@ static struct dsi_tp_create sample_create(void) {
                                        .kv_block_size = 16,
                                        .kv_bytes = (size_t)5 << 32,
                                        .max_batch_tokens = 512,
+                                       .max_seqs = 64,
+                                       .kv_gpu_fraction = 0.75f,
                                        .n_threads = 3},
+                              .backend = DSI_TP_BACKEND_CUDA,
                               .vocab_size = 4096,
                               .hidden_size = 256,
                               .intermediate_size = 768,
@@ -235,6 +238,8 @@ static struct dsi_tp_create sample_create(void) {
                               .n_heads = 8,
                               .n_kv_heads = 4,
                               .head_dim = 32};
+    for (int i = 0; i < DSI_TP_NCCL_ID_BYTES; i++)
+        c.nccl_id[i] = (unsigned char)(i * 37 + 1);
     snprintf(c.dir, sizeof c.dir, "%s", "models/demo");
     return c;
 }
@@ -245,7 +250,7 @@ TEST(create_roundtrip) {
     size_t n = 0;
     char *err = NULL;
     CHECK_EQ_INT(dsi_tp_create_encode(&c, w, &n, &err), 0);
-    CHECK_EQ_INT(n, 16 + 3); /* "models/demo" is 11 bytes: 3 words */
+    CHECK_EQ_INT(n, 16 + 3 + DSI_TP_CREATE_EXT); /* "models/demo" is 11 bytes: 3 words */
     CHECK_EQ_INT(dsi_tp_create_decode(w, n, &d, &err), 0);
     CHECK_EQ_STR(d.dir, "models/demo");
     CHECK(d.opts.kv_bytes == ((size_t)5 << 32));
@@ -254,6 +259,10 @@ TEST(create_roundtrip) {
     CHECK_EQ_INT(d.opts.kv_dtype, DSI_KV_BF16);
     CHECK_EQ_INT(d.n_kv_heads, 4);
     CHECK_EQ_INT(d.opts.n_threads, 3);
+    CHECK_EQ_INT(d.backend, DSI_TP_BACKEND_CUDA);
+    CHECK_EQ_INT(d.opts.max_seqs, 64);
+    CHECK(d.opts.kv_gpu_fraction == 0.75f);
+    CHECK(memcmp(d.nccl_id, c.nccl_id, DSI_TP_NCCL_ID_BYTES) == 0);
     free(err);
 }
 
@@ -283,6 +292,17 @@ TEST(create_malformed_rejected) {
     CHECK_EQ_INT(create_mut(99999, 0, 5), DSI_EFORMAT);       /* truncated */
     CHECK_EQ_INT(create_mut(99999, 0, DSI_TP_CREATE_WORDS + 1), DSI_EFORMAT);
     CHECK_EQ_INT(create_mut(99999, 0, 0), 0);
+    /* the words after the 3 dir words: backend, max_seqs, kv_gpu_fraction, padding */
+    const size_t ext = 16 + 3;
+    CHECK_EQ_INT(create_mut(ext, 2, 0), DSI_EFORMAT); /* unknown backend */
+    CHECK_EQ_INT(create_mut(ext, -1, 0), DSI_EFORMAT);
+    CHECK_EQ_INT(create_mut(ext + 1, -1, 0), DSI_EFORMAT);         /* max_seqs */
+    CHECK_EQ_INT(create_mut(ext + 2, 0x7fc00000, 0), DSI_EFORMAT); /* fraction NaN */
+    CHECK_EQ_INT(create_mut(ext + 2, 0x40000000, 0), DSI_EFORMAT); /* fraction 2.0 */
+    CHECK_EQ_INT(create_mut(ext + 3, 1, 0), DSI_EFORMAT);          /* padding */
+    CHECK_EQ_INT(create_mut(ext, DSI_TP_BACKEND_CPU, 0), 0);
+    CHECK_EQ_INT(create_mut(ext + 4, 0x12345678, 0), 0); /* the NCCL id is opaque bytes */
+    CHECK_EQ_INT(create_mut(99999, 0, 16 + 3 + DSI_TP_CREATE_EXT - 1), DSI_EFORMAT); /* ext cut short */
 }
 
 TEST(split_heads_must_divide) {

@@ -50,15 +50,20 @@ void dsi_dist_abort(int rc);
 int dsi_dist_rank(void);
 int dsi_dist_size(void);
 
-/* ---- tensor-parallel CPU backend ---------------------------------------------- */
+/* ---- tensor-parallel backends ------------------------------------------------- */
 
-/* Rank 0 only, called by dsi_backend_create("cpu") when dsi_dist_size() > 1. Sends
- * "create" to the workers, which open m->dir themselves (skip_verify: the caller
- * verified the manifest over whole files once), load only their slices and ack.
- * Fails (on every rank, each logging why) when the world size does not divide
- * the heads and kv heads, or int8 groups straddle a shard boundary. */
-int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
-                              struct dsi_backend **out, char **err);
+enum dsi_tp_backend { DSI_TP_BACKEND_CPU = 0, DSI_TP_BACKEND_CUDA = 1 };
+
+/* Rank 0 only, called by dsi_backend_create("cpu" / "cuda") when
+ * dsi_dist_size() > 1. Sends "create" to the workers, which open m->dir
+ * themselves (skip_verify: the caller verified the manifest over whole files
+ * once), load only their slices and ack. Every rank first says whether it can
+ * build its shard (one MPI_Allreduce) so that no rank enters NCCL's collective
+ * set-up alone. Fails (on every rank, each logging why) when the world size
+ * does not divide the heads and kv heads, or int8 groups straddle a shard
+ * boundary. CUDA: the rank with local index i on its host uses GPU i. */
+int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
+                          const struct dsi_backend_opts *o, struct dsi_backend **out, char **err);
 
 /* 0 if a model with this config can be split over n ranks with these options;
  * else DSI_EINVAL with a message saying which size n does not divide. */
@@ -67,7 +72,7 @@ int dsi_tp_check_split(const struct dsi_model_config *cfg, int n, int int8_group
 /* ---- control messages (validated like outside input) -------------------------- */
 
 #define DSI_TP_MAGIC 0x50545344u /* "DSTP" little-endian */
-#define DSI_TP_VERSION 1u
+#define DSI_TP_VERSION 2u
 #define DSI_TP_HDR_WORDS 8
 #define DSI_TP_MAX_DIR 4096
 
@@ -85,9 +90,12 @@ struct dsi_tp_limits {
 
 /* What "create" carries: backend options, the model dir and a config fingerprint
  * the workers compare with what they open (a different model on one host fails). */
+#define DSI_TP_NCCL_ID_BYTES 128
 struct dsi_tp_create {
-    struct dsi_backend_opts opts;
+    struct dsi_backend_opts opts; /* all but device (each rank picks its own GPU) */
+    enum dsi_tp_backend backend;
     int vocab_size, hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim;
+    unsigned char nccl_id[DSI_TP_NCCL_ID_BYTES]; /* CUDA: rank 0's ncclUniqueId; CPU: zeros */
     char dir[DSI_TP_MAX_DIR + 1];
 };
 
@@ -113,7 +121,10 @@ int dsi_tp_batch_decode(const int32_t *words, size_t n_words, const struct dsi_t
 /* Same checks on a batch rank 0 is about to send (so a bad batch fails before any rank sees it). */
 int dsi_tp_batch_check(const struct dsi_batch *b, const struct dsi_tp_limits *lim, char **err);
 
-#define DSI_TP_CREATE_WORDS (16 + (DSI_TP_MAX_DIR + 3) / 4)
+/* 16 words of options and fingerprint, the dir, then DSI_TP_CREATE_EXT words:
+ * backend, max_seqs, kv_gpu_fraction (float bits), 0, the NCCL id */
+#define DSI_TP_CREATE_EXT (4 + DSI_TP_NCCL_ID_BYTES / 4)
+#define DSI_TP_CREATE_WORDS (16 + (DSI_TP_MAX_DIR + 3) / 4 + DSI_TP_CREATE_EXT)
 /* Encodes c into words (DSI_TP_CREATE_WORDS); *n_words gets the length used. */
 int dsi_tp_create_encode(const struct dsi_tp_create *c, int32_t *words, size_t *n_words, char **err);
 int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_create *c, char **err);

@@ -5,7 +5,8 @@
  * so the same config gives a clear error instead of an unknown-name error.
  *
  * Under mpirun with more than one rank (dsi_dist_size() > 1, see dist.h), "cpu"
- * is the tensor-parallel CPU backend: rank 0 gets it and the workers follow.
+ * and "cuda" are the tensor-parallel backends: rank 0 gets one and the workers
+ * follow.
  */
 #include <string.h>
 
@@ -17,15 +18,11 @@ int dsi_backend_create(const char *name, const struct dsi_model *m, const struct
                        struct dsi_backend **out, char **err) {
     *out = NULL;
     if (!name || !strcmp(name, "cpu")) {
-        if (dsi_dist_size() > 1) return dsi_tp_cpu_backend_create(m, o, out, err);
+        if (dsi_dist_size() > 1) return dsi_tp_backend_create(DSI_TP_BACKEND_CPU, m, o, out, err);
         return dsi_cpu_backend_create(m, o, out, err);
     }
     if (!strcmp(name, "cuda")) {
-        if (dsi_dist_size() > 1)
-            return dsi_seterr(
-                err, DSI_EUNSUPPORTED,
-                "tensor parallel runs on the CPU backend only so far (docs/tensor-parallel.md); "
-                "use --backend cpu or run one rank");
+        if (dsi_dist_size() > 1) return dsi_tp_backend_create(DSI_TP_BACKEND_CUDA, m, o, out, err);
 #ifdef DSI_HAVE_CUDA
         return dsi_cuda_backend_create(m, o, out, err);
 #else

@@ -151,6 +151,12 @@ static void dist_atexit(void) {
     MPI_Finalize();
 }
 
+void dsi__dist_fatal(const char *why) {
+    dsi_log(DSI_LOG_ERROR, "dist", "rank %d ends the job: %s (the other ranks cannot continue)", dist.rank,
+            why);
+    dsi_dist_abort(1);
+}
+
 void dsi_dist_abort(int rc) {
     if (!dist.up) return;
     dist.up = false; /* the atexit handler must not finalize after an abort */
@@ -276,8 +282,9 @@ bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
     return false;
 }
 
-int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
-                              struct dsi_backend **out, char **err) {
+int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
+                          const struct dsi_backend_opts *o, struct dsi_backend **out, char **err) {
+    (void)kind;
     (void)m;
     (void)o;
     *out = NULL;

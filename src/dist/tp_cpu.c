@@ -32,6 +32,9 @@
 
 static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
 static void tp_destroy(struct dsi_backend *be);
+static int agree_and_build(enum dsi_tp_backend kind, const struct dsi_model *m,
+                           const struct dsi_backend_opts *o, const unsigned char *nccl_id, int pre,
+                           struct dsi__tp **t, char **err);
 static int check_config(const struct dsi_model_config *cfg, char **err);
 static int alloc_scratch(struct dsi__tp *t, char **err);
 static int worker_create(const int32_t *words, uint32_t n_words, struct dsi_model *model, bool *have_model,
@@ -40,6 +43,16 @@ static int worker_create(const int32_t *words, uint32_t n_words, struct dsi_mode
 static const struct dsi_backend_ops tp_ops = {
     .name = "cpu-tp",
     .forward = tp_forward,
+    .quant_report = NULL,
+    .destroy = tp_destroy,
+};
+
+/* Rank 0's CUDA tensor parallel: the same protocol, a CUDA shard per rank
+ * (tp_cuda.c), and sampling on rank 0's GPU from the gathered logits. */
+static const struct dsi_backend_ops tp_cuda_ops = {
+    .name = "cuda-tp",
+    .forward = tp_forward,
+    .forward_sample = dsi__tp_forward_sample,
     .quant_report = NULL,
     .destroy = tp_destroy,
 };
@@ -203,14 +216,34 @@ fail:
 
 void dsi__tp_free_shard(struct dsi__tp *t) {
     if (!t) return;
+    if (t->gpu) t->gpu->ops->destroy(t->gpu);
     for (size_t i = 0; i < t->n_allocs; i++)
         free(t->allocs[i]);
     free(t->allocs);
     free(t);
 }
 
-int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
-                              struct dsi_backend **out, char **err) {
+/* Every rank after "create": pre is 0 when this rank can build its shard (else
+ * the error, already in *err). One MPI_Allreduce tells every rank whether all
+ * can; only then does any rank build (the CUDA shard's NCCL set-up waits for
+ * all ranks, so a lone rank would hang there). Returns the status for the
+ * gather: pre, the build's result, or 0 with no shard when another rank
+ * could not (that rank reports why). */
+static int agree_and_build(enum dsi_tp_backend kind, const struct dsi_model *m,
+                           const struct dsi_backend_opts *o, const unsigned char *nccl_id, int pre,
+                           struct dsi__tp **t, char **err) {
+    int ok = pre == 0, all_ok = 0;
+    *t = NULL;
+    int mrc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, dsi__dist_comm());
+    if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "agreement to build the shards", err);
+    if (pre) return pre;
+    if (!all_ok) return 0;
+    return kind == DSI_TP_BACKEND_CUDA ? dsi__tp_create_cuda_shard(m, o, nccl_id, t, err)
+                                       : dsi__tp_create_shard(m, o, t, err);
+}
+
+int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
+                          const struct dsi_backend_opts *o, struct dsi_backend **out, char **err) {
     if (!out) return DSI_EINVAL;
     *out = NULL;
     if (!m || !o || !m->dir)
@@ -221,6 +254,7 @@ int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backen
         return dsi_seterr(err, DSI_EBUSY, "tensor parallel: one backend at a time (the workers mirror it)");
     const struct dsi_model_config *cfg = &m->cfg;
     struct dsi_tp_create c = {.opts = *o,
+                              .backend = kind,
                               .vocab_size = cfg->vocab_size,
                               .hidden_size = cfg->hidden_size,
                               .intermediate_size = cfg->intermediate_size,
@@ -232,12 +266,13 @@ int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backen
         return dsi_seterr(err, DSI_EINVAL, "tensor parallel: model dir path longer than %d bytes",
                           DSI_TP_MAX_DIR);
     snprintf(c.dir, sizeof c.dir, "%s", m->dir);
+    int rc;
+    if (kind == DSI_TP_BACKEND_CUDA && (rc = dsi__tp_cuda_id(c.nccl_id, err))) return rc;
     int32_t words[DSI_TP_CREATE_WORDS];
     size_t n_words = 0;
-    int rc = dsi_tp_create_encode(&c, words, &n_words, err);
-    if (rc) return rc;
+    if ((rc = dsi_tp_create_encode(&c, words, &n_words, err))) return rc;
     int size = dsi_dist_size();
-    int *all = calloc((size_t)size, sizeof *all); /* before "create": the gather must not fail later */
+    int *all = calloc((size_t)size * 2, sizeof *all); /* before "create": the gather must not fail later */
     if (!all) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     if ((rc = dsi__dist_send(DSI_TP_MSG_CREATE, words, (uint32_t)n_words, 0, err))) {
         free(all);
@@ -246,19 +281,33 @@ int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backen
     /* from here every rank builds its shard; all of them meet again in the gather */
     struct dsi__tp *t = NULL;
     char *lerr = NULL;
-    int st = dsi__tp_create_shard(m, o, &t, &lerr);
-    int mrc = MPI_Gather(&st, 1, MPI_INT, all, 1, MPI_INT, 0, dsi__dist_comm());
+    struct dsi_backend_opts lo = *o;
+    int pre = kind == DSI_TP_BACKEND_CUDA ? dsi__tp_cuda_check(cfg, &lo, &lerr) : 0;
+    int st = agree_and_build(kind, m, &lo, c.nccl_id, pre, &t, &lerr);
+    int mine[2] = {st, t ? t->be.n_kv_blocks : 0};
+    int mrc = MPI_Gather(mine, 2, MPI_INT, all, 2, MPI_INT, 0, dsi__dist_comm());
     int bad = st ? 0 : -1;
     for (int r = 1; mrc == MPI_SUCCESS && r < size && bad < 0; r++)
-        if (all[r]) bad = r;
+        if (all[2 * r]) bad = r;
+    rc = 0;
     if (mrc != MPI_SUCCESS) {
         rc = dsi__dist_mpierr(mrc, "gather of shard status", err);
     } else if (bad == 0) {
         rc = dsi_seterr(err, st, "rank 0: %s", lerr ? lerr : dsi_strerror(st));
     } else if (bad > 0) {
-        rc = dsi_seterr(err, all[bad] < 0 ? all[bad] : DSI_EDIST,
+        rc = dsi_seterr(err, all[2 * bad] < 0 ? all[2 * bad] : DSI_EDIST,
                         "rank %d could not build its shard (%s); its log says why", bad,
-                        dsi_strerror(all[bad]));
+                        dsi_strerror(all[2 * bad]));
+    } else if (!t) {
+        rc = dsi_seterr(err, DSI_EINTERNAL, "tensor parallel: no shard built and no rank said why");
+    }
+    if (!rc) { /* the engine may use only the blocks every rank has */
+        for (int r = 1; r < size; r++)
+            if (all[2 * r + 1] < t->be.n_kv_blocks) t->be.n_kv_blocks = all[2 * r + 1];
+        t->lim.n_kv_blocks = t->be.n_kv_blocks;
+        if ((long long)t->max_ctx > (long long)t->be.n_kv_blocks * t->be.kv_block_size)
+            t->max_ctx = t->be.n_kv_blocks * t->be.kv_block_size;
+        t->lim.max_ctx = t->max_ctx;
     }
     free(lerr);
     free(all);
@@ -269,9 +318,11 @@ int dsi_tp_cpu_backend_create(const struct dsi_model *m, const struct dsi_backen
         if (dsi__dist_send(DSI_TP_MSG_DESTROY, NULL, 0, 0, &derr)) free(derr);
         return rc;
     }
+    t->be.ops = kind == DSI_TP_BACKEND_CUDA ? &tp_cuda_ops : &tp_ops;
     dsi__dist_set_backend(true);
-    dsi_log(DSI_LOG_INFO, "dist", "tensor parallel backend ready over %d ranks (%d KV blocks of %d tokens)",
-            size, t->be.n_kv_blocks, t->be.kv_block_size);
+    dsi_log(DSI_LOG_INFO, "dist",
+            "tensor parallel %s backend ready over %d ranks (%d KV blocks of %d tokens)",
+            kind == DSI_TP_BACKEND_CUDA ? "CUDA" : "CPU", size, t->be.n_kv_blocks, t->be.kv_block_size);
     *out = &t->be;
     return 0;
 }
@@ -291,59 +342,94 @@ static void tp_destroy(struct dsi_backend *be) {
     dsi__tp_free_shard(t);
 }
 
-static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
-    struct dsi__tp *t = be->impl;
-    if (t->dead)
-        return dsi_seterr(err, DSI_EDIST, "tensor parallel is down after an MPI error; restart the service");
-    int rc = dsi_tp_batch_check(b, &t->lim, err);
-    if (rc) return rc;
-    int T = 0, n_out = 0;
-    for (int i = 0; i < b->n_seqs; i++) {
-        T += b->seqs[i].n_tokens;
-        n_out += b->seqs[i].want_logits ? 1 : 0;
-    }
-    if (T == 0) return 0;
-    if (n_out > 0 && !logits)
-        return dsi_seterr(err, DSI_EINVAL, "tensor parallel: logits wanted but no buffer");
-    size_t n_words = 0;
-    if ((rc = dsi_tp_batch_encode(b, be->kv_block_size, t->msg, t->msg_cap, &n_words, err))) return rc;
-    t->step++;
-    if ((rc = dsi__dist_send(DSI_TP_MSG_FORWARD, t->msg, (uint32_t)n_words, t->step, err)) ||
-        (rc = dsi__tp_forward_local(t, b, logits, err))) {
-        t->dead = true;
-        dsi_log(DSI_LOG_ERROR, "dist", "tensor parallel step %u failed; the backend is down: %s",
-                (unsigned)t->step, err && *err ? *err : dsi_strerror(rc));
-    }
+/* A failure while or after the batch went out. CPU: MPI broke, the backend is dead and
+ * the service drains. CUDA: the workers are inside NCCL collectives that will
+ * never complete, so the job ends here (systemd restarts it). */
+static int step_failed(struct dsi__tp *t, int rc, char **err) {
+    t->dead = true;
+    dsi_log(DSI_LOG_ERROR, "dist", "tensor parallel step %u failed on rank 0; the backend is down: %s",
+            (unsigned)t->step, err && *err ? *err : dsi_strerror(rc));
+    if (t->gpu) dsi__dist_fatal("a CUDA tensor-parallel step failed on rank 0");
     return rc;
 }
 
+/* Rank 0: validates the batch (so a bad one fails here, before any rank sees it)
+ * and broadcasts it. *T: its token count (0: nothing to run). */
+static int send_step(struct dsi__tp *t, const struct dsi_batch *b, bool want_out, int *T, char **err) {
+    *T = 0;
+    if (t->dead)
+        return dsi_seterr(err, DSI_EDIST, "tensor parallel is down after an error; restart the service");
+    int rc = dsi_tp_batch_check(b, &t->lim, err);
+    if (rc) return rc;
+    int n_out = 0, n_tok = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        n_tok += b->seqs[i].n_tokens;
+        n_out += b->seqs[i].want_logits ? 1 : 0;
+    }
+    if (n_tok == 0) return 0;
+    if (n_out > 0 && !want_out)
+        return dsi_seterr(err, DSI_EINVAL, "tensor parallel: logits wanted but no buffer");
+    size_t n_words = 0;
+    if ((rc = dsi_tp_batch_encode(b, t->be.kv_block_size, t->msg, t->msg_cap, &n_words, err))) return rc;
+    t->step++;
+    if ((rc = dsi__dist_send(DSI_TP_MSG_FORWARD, t->msg, (uint32_t)n_words, t->step, err)))
+        return step_failed(t, rc, err);
+    *T = n_tok;
+    return 0;
+}
+
+static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
+    struct dsi__tp *t = be->impl;
+    int T = 0;
+    int rc = send_step(t, b, logits != NULL, &T, err);
+    if (rc || T == 0) return rc;
+    if ((rc = dsi__tp_forward_local(t, b, logits, err))) return step_failed(t, rc, err);
+    return 0;
+}
+
+int dsi__tp_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                           const struct dsi_sample_params *p, int32_t *ids, char **err) {
+    struct dsi__tp *t = be->impl;
+    if (!t->gpu)
+        return dsi_seterr(err, DSI_EINVAL, "tensor parallel: sampling on the GPU needs the CUDA shards");
+    int T = 0;
+    int rc = send_step(t, b, p && ids, &T, err);
+    if (rc || T == 0) return rc;
+    if ((rc = t->gpu->ops->forward_sample(t->gpu, b, p, ids, err))) return step_failed(t, rc, err);
+    return 0;
+}
+
 /* Worker side of "create": decode, open the model without re-hashing, compare
- * the config fingerprint, build the shard. Returns the status sent to rank 0. */
+ * the config fingerprint, then agree with every rank and build the shard
+ * (agree_and_build). Returns the status sent to rank 0. */
 static int worker_create(const int32_t *words, uint32_t n_words, struct dsi_model *model, bool *have_model,
                          struct dsi__tp **t, char **err) {
     struct dsi_tp_create c;
-    int rc = dsi_tp_create_decode(words, n_words, &c, err);
-    if (rc) return rc;
-    dsi_log(
-        DSI_LOG_INFO, "dist",
-        "rank %d opens %s without re-hashing it: rank 0 checked SHA256SUMS over the whole files before any "
-        "rank uses them",
-        dsi_dist_rank(), c.dir);
-    struct dsi_model_open_opts mo = {.skip_verify = true, .n_threads = 1};
-    if (*have_model) dsi_model_close(model); /* a failed create left it open */
-    *have_model = false;
-    if ((rc = dsi_model_open(model, c.dir, &mo, err))) return rc;
-    *have_model = true;
+    int pre = dsi_tp_create_decode(words, n_words, &c, err);
+    if (!pre) {
+        dsi_log(
+            DSI_LOG_INFO, "dist",
+            "rank %d opens %s without re-hashing it: rank 0 checked SHA256SUMS over the whole files before "
+            "any rank uses them",
+            dsi_dist_rank(), c.dir);
+        struct dsi_model_open_opts mo = {.skip_verify = true, .n_threads = 1};
+        if (*have_model) dsi_model_close(model); /* a failed create left it open */
+        *have_model = false;
+        pre = dsi_model_open(model, c.dir, &mo, err);
+        *have_model = pre == 0;
+    }
     const struct dsi_model_config *cfg = &model->cfg;
-    if (cfg->vocab_size != c.vocab_size || cfg->hidden_size != c.hidden_size ||
-        cfg->intermediate_size != c.intermediate_size || cfg->n_layers != c.n_layers ||
-        cfg->n_heads != c.n_heads || cfg->n_kv_heads != c.n_kv_heads || cfg->head_dim != c.head_dim)
-        return dsi_seterr(
-            err, DSI_EINTEGRITY,
-            "%s on rank %d is not the model rank 0 opened (config differs); every host needs the "
-            "same model directory",
-            c.dir, dsi_dist_rank());
-    return dsi__tp_create_shard(model, &c.opts, t, err);
+    if (!pre && (cfg->vocab_size != c.vocab_size || cfg->hidden_size != c.hidden_size ||
+                 cfg->intermediate_size != c.intermediate_size || cfg->n_layers != c.n_layers ||
+                 cfg->n_heads != c.n_heads || cfg->n_kv_heads != c.n_kv_heads || cfg->head_dim != c.head_dim))
+        pre =
+            dsi_seterr(err, DSI_EINTEGRITY,
+                       "%s on rank %d is not the model rank 0 opened (config differs); every host needs the "
+                       "same model directory",
+                       c.dir, dsi_dist_rank());
+    struct dsi_backend_opts lo = c.opts;
+    if (!pre && c.backend == DSI_TP_BACKEND_CUDA) pre = dsi__tp_cuda_check(cfg, &lo, err);
+    return agree_and_build(c.backend, model, &lo, c.nccl_id, pre, t, err);
 }
 
 int dsi__tp_worker_loop(char **err) {
@@ -389,7 +475,8 @@ int dsi__tp_worker_loop(char **err) {
                 dsi_log(DSI_LOG_ERROR, "dist", "rank %d cannot build its shard: %s", dsi_dist_rank(),
                         cerr ? cerr : dsi_strerror(st));
             free(cerr);
-            if ((mrc = MPI_Gather(&st, 1, MPI_INT, NULL, 0, MPI_INT, 0, comm)) != MPI_SUCCESS) {
+            int mine[2] = {st, t ? t->be.n_kv_blocks : 0};
+            if ((mrc = MPI_Gather(mine, 2, MPI_INT, NULL, 0, MPI_INT, 0, comm)) != MPI_SUCCESS) {
                 rc = dsi__dist_mpierr(mrc, "gather of shard status", err);
                 break;
             }

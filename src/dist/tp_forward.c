@@ -76,6 +76,8 @@ static int gather_logits(struct dsi__tp *t, int n_out, float *logits, char **err
 }
 
 int dsi__tp_forward_local(struct dsi__tp *t, const struct dsi_batch *b, float *logits, char **err) {
+    /* a CUDA shard runs the whole step itself, NCCL inside (tp_cuda.c) */
+    if (t->gpu) return t->gpu->ops->forward(t->gpu, b, logits, err);
     const struct dsi_model_config *cfg = t->cfg;
     int T = 0;
     for (int i = 0; i < b->n_seqs; i++)

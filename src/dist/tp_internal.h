@@ -68,6 +68,10 @@ struct dsi__tp {
     int32_t *msg; /* forward payload buffer (max words) */
     size_t msg_cap;
     struct dsi_batch_seq *seqs; /* worker: decoded sequences (max_tokens) */
+
+    /* CUDA tensor parallel (tp_cuda.c): this rank's CUDA shard runs every step
+     * (NCCL inside); the CPU fields above stay unused. NULL: the CPU shard. */
+    struct dsi_backend *gpu;
 };
 
 /* The communicator of the TP world (a duplicate of MPI_COMM_WORLD with
@@ -78,6 +82,9 @@ int dsi__dist_mpierr(int mrc, const char *what, char **err);
 /* Rank 0: broadcast a header (+ payload). Every rank: receive a header (workers poll). */
 int dsi__dist_send(enum dsi_tp_msg type, const int32_t *payload, uint32_t n_words, uint32_t step, char **err);
 int dsi__dist_recv_hdr(uint32_t hdr[DSI_TP_HDR_WORDS], char **err);
+/* Logs why, then MPI_Abort: every rank ends (systemd restarts the job). For a
+ * failure that leaves other ranks inside a collective that cannot complete. */
+void dsi__dist_fatal(const char *why);
 /* Rank 0 records whether a TP backend is alive (only one at a time). */
 void dsi__dist_set_backend(bool alive);
 bool dsi__dist_has_backend(void);
@@ -86,6 +93,20 @@ bool dsi__dist_has_backend(void);
 int dsi__tp_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o, struct dsi__tp **out,
                          char **err);
 void dsi__tp_free_shard(struct dsi__tp *t);
+/* The same for a CUDA shard on this rank's GPU (tp_cuda.c); collective over the
+ * ranks (NCCL set-up): call it only after every rank passed dsi__tp_cuda_check.
+ * Without CUDA in the build: DSI_ENODEV. */
+int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                              const unsigned char nccl_id[DSI_TP_NCCL_ID_BYTES], struct dsi__tp **out,
+                              char **err);
+/* What can fail on one rank alone before the CUDA shard's collective set-up
+ * (config, split, GPU present); *o gets this rank's device. */
+int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err);
+/* Rank 0: a fresh NCCL id for "create". */
+int dsi__tp_cuda_id(unsigned char id[DSI_TP_NCCL_ID_BYTES], char **err);
+/* Rank 0's forward with sampling on the GPU (cuda-tp backend). */
+int dsi__tp_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                           const struct dsi_sample_params *p, int32_t *ids, char **err);
 int dsi__tp_load(struct dsi__tp *t, char **err);
 int dsi__tp_own(struct dsi__tp *t, void *p);
 /* [*lo, *hi) of rank r of n over total in whole units (tp_proto.c). */

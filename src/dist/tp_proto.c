@@ -197,16 +197,24 @@ int dsi_tp_create_encode(const struct dsi_tp_create *c, int32_t *words, size_t *
                         (int32_t)len};
     memcpy(words, head, sizeof head);
     memcpy(words + 16, c->dir, len);
-    *n_words = 16 + (len + 3) / 4;
+    int32_t *ext = words + 16 + (len + 3) / 4;
+    uint32_t frac;
+    memcpy(&frac, &o->kv_gpu_fraction, sizeof frac);
+    ext[0] = (int32_t)c->backend;
+    ext[1] = o->max_seqs;
+    ext[2] = (int32_t)frac;
+    ext[3] = 0;
+    memcpy(ext + 4, c->nccl_id, DSI_TP_NCCL_ID_BYTES);
+    *n_words = 16 + (len + 3) / 4 + DSI_TP_CREATE_EXT;
     return 0;
 }
 
 int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_create *c, char **err) {
     memset(c, 0, sizeof *c);
-    if (n_words < 17 || n_words > DSI_TP_CREATE_WORDS)
+    if (n_words < 17 + DSI_TP_CREATE_EXT || n_words > DSI_TP_CREATE_WORDS)
         return dsi_seterr(err, DSI_EFORMAT, "create message has %zu words", n_words);
     int32_t len = words[15];
-    if (len <= 0 || len > DSI_TP_MAX_DIR || n_words != 16 + ((size_t)len + 3) / 4)
+    if (len <= 0 || len > DSI_TP_MAX_DIR || n_words != 16 + ((size_t)len + 3) / 4 + DSI_TP_CREATE_EXT)
         return dsi_seterr(err, DSI_EFORMAT, "create message: model dir length %d does not match %zu words",
                           (int)len, n_words);
     memcpy(c->dir, words + 16, (size_t)len);
@@ -239,6 +247,19 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
     for (int i = 8; i <= 14; i++)
         if (words[i] <= 0)
             return dsi_seterr(err, DSI_EFORMAT, "create message: config size %d is not positive", i);
+    const int32_t *ext = words + 16 + ((size_t)len + 3) / 4;
+    float frac;
+    uint32_t fbits = (uint32_t)ext[2];
+    memcpy(&frac, &fbits, sizeof frac);
+    if (ext[0] != DSI_TP_BACKEND_CPU && ext[0] != DSI_TP_BACKEND_CUDA)
+        return dsi_seterr(err, DSI_EFORMAT, "create message: unknown backend %d", (int)ext[0]);
+    if (ext[1] < 0 || ext[1] > (1 << 24) || !(frac >= 0.f && frac <= 1.f) || ext[3] != 0)
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "create message: max_seqs, kv_gpu_fraction or padding out of range");
+    c->backend = (enum dsi_tp_backend)ext[0];
+    o->max_seqs = ext[1];
+    o->kv_gpu_fraction = frac;
+    memcpy(c->nccl_id, ext + 4, DSI_TP_NCCL_ID_BYTES);
     return 0;
 }
 

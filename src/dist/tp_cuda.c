@@ -1,0 +1,137 @@
+/*
+ * tp_cuda.c: a rank's CUDA shard for tensor parallel over NCCL (issue 12).
+ *
+ * The control protocol, the worker loop and rank 0's backend are the CPU
+ * path's (tp_cpu.c, dist.c); what differs is the shard: the CUDA backend built
+ * for (rank, size) on the GPU of the rank's local index on its host, with its
+ * own NCCL communicator (id from rank 0's "create"), two all-reduces per layer
+ * and the lm_head slices all-gathered on the GPU, all captured in its decode
+ * graphs (src/backend/cuda/cuda_tp.c). The struct dsi__tp around it keeps the
+ * agreed limits, the forward message buffer and the decoded sequences.
+ *
+ * ncclCommInitRank waits for every rank, so a rank must never enter it alone:
+ * dsi__tp_cuda_check runs everything that can fail on one rank first, and
+ * tp_cpu.c lets no rank build a shard until all ranks passed (MPI_Allreduce).
+ */
+#ifdef DSI_HAVE_MPI
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/log.h"
+#include "tp_internal.h"
+
+#ifdef DSI_HAVE_CUDA
+#include "dsinfer/kernels.h"
+
+/* This rank's index among the ranks on its host: the GPU it uses. */
+static int local_rank(MPI_Comm comm, char **err, int *out) {
+    MPI_Comm node;
+    int mrc = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "split by host", err);
+    mrc = MPI_Comm_rank(node, out);
+    MPI_Comm_free(&node);
+    return mrc == MPI_SUCCESS ? 0 : dsi__dist_mpierr(mrc, "rank on this host", err);
+}
+
+int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err) {
+    MPI_Comm comm = dsi__dist_comm();
+    if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
+    int size = 1, local = 0, rc;
+    MPI_Comm_size(comm, &size);
+    if ((rc = local_rank(comm, err, &local))) return rc;
+    o->device = local;
+    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
+    if ((rc = dsi_tp_check_split(cfg, size, gs, err))) return rc;
+    return dsi_cuda_shard_check(cfg, o, size, err);
+}
+
+int dsi__tp_cuda_id(unsigned char id[DSI_TP_NCCL_ID_BYTES], char **err) {
+    _Static_assert(DSI_TP_NCCL_ID_BYTES == DSI_CUDA_NCCL_ID_BYTES, "NCCL id size");
+    return dsi_cuda_tp_unique_id(id, err);
+}
+
+int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                              const unsigned char nccl_id[DSI_TP_NCCL_ID_BYTES], struct dsi__tp **out,
+                              char **err) {
+    *out = NULL;
+    MPI_Comm comm = dsi__dist_comm();
+    if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
+    struct dsi__tp *t = calloc(1, sizeof *t);
+    if (!t) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    t->m = m;
+    t->cfg = &m->cfg;
+    t->opts = *o;
+    t->comm = comm;
+    MPI_Comm_rank(comm, &t->rank);
+    MPI_Comm_size(comm, &t->size);
+    struct dsi_cuda_shard sh = {.rank = t->rank, .size = t->size};
+    memcpy(sh.nccl_id, nccl_id, DSI_CUDA_NCCL_ID_BYTES);
+    int rc = dsi_cuda_backend_create_shard(m, o, &sh, false, 0, &t->gpu, err);
+    if (rc) goto fail;
+    struct dsi_backend *g = t->gpu;
+    int max_tokens = 0, max_seqs = 0;
+    dsi_cuda_backend_limits(g, &max_tokens, &max_seqs);
+    t->be.model = m;
+    t->be.impl = t;
+    t->be.vocab_size = g->vocab_size;
+    t->be.kv_block_size = g->kv_block_size;
+    t->be.n_kv_blocks = g->n_kv_blocks;
+    t->be.weight_bytes = g->weight_bytes;
+    t->be.kv_bytes_per_token = g->kv_bytes_per_token * (size_t)t->size; /* what the whole job stores */
+    t->max_tokens = max_tokens;
+    t->max_ctx = m->cfg.max_position_embeddings > 0 ? m->cfg.max_position_embeddings : 4096;
+    if ((long long)t->max_ctx > (long long)g->n_kv_blocks * g->kv_block_size)
+        t->max_ctx = g->n_kv_blocks * g->kv_block_size;
+    t->lim = (struct dsi_tp_limits){.max_tokens = max_tokens,
+                                    .max_ctx = t->max_ctx,
+                                    .block_size = g->kv_block_size,
+                                    .n_kv_blocks = g->n_kv_blocks,
+                                    .vocab_size = g->vocab_size,
+                                    .max_seqs = max_seqs};
+    if ((rc = dsi_tp_batch_max_words(&t->lim, &t->msg_cap))) {
+        rc = dsi_seterr(err, rc, "tensor parallel: forward message size overflows");
+        goto fail;
+    }
+    t->msg = calloc(t->msg_cap, sizeof(int32_t));
+    t->seqs = calloc((size_t)max_seqs, sizeof *t->seqs);
+    if (dsi__tp_own(t, t->msg) || dsi__tp_own(t, t->seqs)) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        goto fail;
+    }
+    dsi_log(DSI_LOG_INFO, "dist", "rank %d/%d: CUDA shard on device %d, %d KV blocks", t->rank, t->size,
+            o->device, g->n_kv_blocks);
+    *out = t;
+    return 0;
+fail:
+    dsi__tp_free_shard(t);
+    return rc;
+}
+
+#else /* MPI without CUDA */
+
+int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err) {
+    (void)cfg;
+    (void)o;
+    return dsi_seterr(err, DSI_ENODEV, "this dsinfer was built without CUDA; use --backend cpu");
+}
+
+int dsi__tp_cuda_id(unsigned char id[DSI_TP_NCCL_ID_BYTES], char **err) {
+    memset(id, 0, DSI_TP_NCCL_ID_BYTES);
+    return dsi_seterr(err, DSI_ENODEV, "this dsinfer was built without CUDA; use --backend cpu");
+}
+
+int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                              const unsigned char nccl_id[DSI_TP_NCCL_ID_BYTES], struct dsi__tp **out,
+                              char **err) {
+    (void)m;
+    (void)o;
+    (void)nccl_id;
+    *out = NULL;
+    return dsi_seterr(err, DSI_ENODEV, "this dsinfer was built without CUDA; use --backend cpu");
+}
+
+#endif
+#else
+typedef int dsi__tp_cuda_needs_mpi;
+#endif
