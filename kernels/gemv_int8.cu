@@ -30,10 +30,26 @@
 #define WARPS 8
 #define UNROLL 4
 
+/* MODE: QUANT_ROW_SCALE computes each row's scale (absmax / 127) and quantizes
+ * with it; QUANT_GIVEN_SCALE quantizes with scale[] as given (a tensor-parallel
+ * column slice with the scales of its whole rows); QUANT_SCALE_ONLY only
+ * writes the scales. */
+enum { QUANT_ROW_SCALE, QUANT_GIVEN_SCALE, QUANT_SCALE_ONLY };
+template <int MODE>
 static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *w, int k, int k32) {
     __shared__ float red[32];
     int r = blockIdx.x;
     const uint16_t *row = w + (size_t)r * k;
+    if constexpr (MODE == QUANT_GIVEN_SCALE) {
+        const float sc = scale[r];
+        for (int i = threadIdx.x; i < k; i += blockDim.x) {
+            float v = sc > 0.f ? roundf(__fdiv_rn(__uint_as_float((uint32_t)row[i] << 16), sc)) : 0.f;
+            if (isnan(v)) v = 0.f;
+            v = fminf(127.f, fmaxf(-127.f, v));
+            q[q8_offset(r, i, k32)] = (int8_t)v;
+        }
+        return;
+    }
     float amax = 0.f;
     for (int i = threadIdx.x; i < k; i += blockDim.x)
         amax = fmaxf(amax, fabsf(__uint_as_float((uint32_t)row[i] << 16)));
@@ -52,11 +68,13 @@ static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *
     /* same rule as the CPU's dsi_quantize_int8: w / scale, round half away from zero */
     float sc = amax / 127.f;
     if (threadIdx.x == 0) scale[r] = sc;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-        float v = sc > 0.f ? roundf(__fdiv_rn(__uint_as_float((uint32_t)row[i] << 16), sc)) : 0.f;
-        if (isnan(v)) v = 0.f;
-        v = fminf(127.f, fmaxf(-127.f, v));
-        q[q8_offset(r, i, k32)] = (int8_t)v;
+    if constexpr (MODE == QUANT_ROW_SCALE) {
+        for (int i = threadIdx.x; i < k; i += blockDim.x) {
+            float v = sc > 0.f ? roundf(__fdiv_rn(__uint_as_float((uint32_t)row[i] << 16), sc)) : 0.f;
+            if (isnan(v)) v = 0.f;
+            v = fminf(127.f, fmaxf(-127.f, v));
+            q[q8_offset(r, i, k32)] = (int8_t)v;
+        }
     }
 }
 
@@ -255,7 +273,22 @@ extern "C" int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w
     if (n <= 0 || k <= 0) return DSI_EINVAL;
     int rc = DSI_CUDA_CHECK(cudaMemsetAsync(q, 0, dsi_cuda_q8_bytes(n, k), s));
     if (rc) return rc;
-    quantize_kernel<<<n, 256, 0, s>>>(q, scale, w, k, (k + 31) / 32);
+    quantize_kernel<QUANT_ROW_SCALE><<<n, 256, 0, s>>>(q, scale, w, k, (k + 31) / 32);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_int8_row_scales(float *scale, const uint16_t *w, int n, int k, cudaStream_t s) {
+    if (!scale || !w || n <= 0 || k <= 0) return DSI_EINVAL;
+    quantize_kernel<QUANT_SCALE_ONLY><<<n, 256, 0, s>>>(NULL, scale, w, k, (k + 31) / 32);
+    return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_quantize_int8_scaled(int8_t *q, const float *scale, const uint16_t *w, int n, int k,
+                                             cudaStream_t s) {
+    if (!q || !scale || !w || n <= 0 || k <= 0) return DSI_EINVAL;
+    int rc = DSI_CUDA_CHECK(cudaMemsetAsync(q, 0, dsi_cuda_q8_bytes(n, k), s));
+    if (rc) return rc;
+    quantize_kernel<QUANT_GIVEN_SCALE><<<n, 256, 0, s>>>(q, const_cast<float *>(scale), w, k, (k + 31) / 32);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -5,7 +5,7 @@ if(DSI_HAVE_CUDA)
            LIBS dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
   dsi_test(test_cuda_fused SOURCES tests/test_cuda_fused.c
            LIBS dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
-  dsi_test(test_cuda_tp_logits SOURCES tests/test_cuda_tp_logits.c
+  dsi_test(test_cuda_tp_kernels SOURCES tests/test_cuda_tp_kernels.c
            LIBS dsi_backend_cuda dsi_core m LABELS cuda)
   if(EXISTS ${CMAKE_SOURCE_DIR}/tests/test_cuda_backend.c)
     dsi_test(test_cuda_backend SOURCES tests/test_cuda_backend.c tests/test_model_util.c

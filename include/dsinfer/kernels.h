@@ -163,6 +163,13 @@ size_t dsi_cuda_q8_bytes(int n, int k);
 /* w: (n, k) bf16 row-major -> q (tiled, dsi_cuda_q8_bytes) + scale (n) fp32,
  * symmetric per output channel: scale = max|w|/127. */
 int dsi_cuda_quantize_int8(int8_t *q, float *scale, const uint16_t *w, int n, int k, cudaStream_t s);
+/* The scales dsi_cuda_quantize_int8 would pick: scale[r] = max|w[r][:]| / 127. */
+int dsi_cuda_int8_row_scales(float *scale, const uint16_t *w, int n, int k, cudaStream_t s);
+/* dsi_cuda_quantize_int8 with the scales given instead of computed: a tensor-
+ * parallel column slice quantized with the scales of its whole rows gets the
+ * very bytes the whole matrix has in those columns. */
+int dsi_cuda_quantize_int8_scaled(int8_t *q, const float *scale, const uint16_t *w, int n, int k,
+                                  cudaStream_t s);
 /* q (tiled) -> dst (n, k) bf16 row-major: the integer values (scale NULL; the
  * cuBLAS path of large batches applies scales after the product) or
  * bf16(q * scale[row]) (the INT8 embedding table). */

@@ -243,6 +243,24 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct 
     if ((rc = dsi__cuda_alloc(L->c, (void **)&w->q, dsi_cuda_q8_bytes(n, k), what, err)) ||
         (rc = dsi__cuda_alloc(L->c, (void **)&w->scale, (size_t)n * sizeof(float), what, err)))
         return rc;
+    const struct part *p0 = &parts[0];
+    if (n_parts == 1 && p0->cols != p0->full_cols && !L->random) {
+        /* a tensor-parallel column slice (o, down): the scales of the whole rows,
+         * as one GPU has them, so the slice holds the same bytes and TP=N
+         * computes what TP=1 does up to the order of the sums */
+        struct part rows = *p0;
+        rows.c0 = 0;
+        rows.cols = p0->full_cols;
+        if ((size_t)rows.rows * rows.cols > L->stage_elems)
+            return dsi_seterr(err, DSI_EINTERNAL, "cuda: staging too small for the rows of %s", what);
+        if ((rc = upload_bf16(L, &rows, dst, err))) return rc;
+        if (dsi_cuda_int8_row_scales(w->scale, dst, rows.rows, rows.cols, L->c->stream) ||
+            (rc = upload_bf16(L, p0, dst, err)) ||
+            dsi_cuda_quantize_int8_scaled(w->q, w->scale, dst, n, k, L->c->stream) ||
+            DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
+            return rc ? rc : dsi_seterr(err, DSI_ECUDA, "cuda: quantizing %s failed", what);
+        return 0;
+    }
     if (dsi_cuda_quantize_int8(w->q, w->scale, dst, n, k, L->c->stream) ||
         DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
         return dsi_seterr(err, DSI_ECUDA, "cuda: quantizing %s failed", what);
