@@ -36,17 +36,19 @@
 /* The CUDA backend keeps its KV cache in bf16; asking for it avoids a warning per run. */
 #define CUDA "--backend cuda --kv-dtype bf16"
 
-/* Tolerances, relative to the row's max |logit| (first guesses, to be tuned on
- * the first 2-GPU run). Both sides use the same bf16 (or int8) weights, so the
- * difference is only the order of the partial sums: the fp32 all-reduce of the
- * o and down outputs adds two halves where one GEMM accumulated all of them,
- * and a ~1e-7 change before an activation is rounded to bf16 (matmul inputs,
- * KV cache) can flip one bf16 ulp (2^-8 relative) that the following layers
- * carry; the CPU path with a bf16 KV cache measured 7e-5 for one such flip
- * point, the GPU path has several, hence 2e-3 (~half a bf16 ulp of the row's
- * top logit). */
-#define TOL_TP_BF16 2e-3
-#define TOL_TP_INT8 2e-3
+/* Tolerances, relative to the row's max |logit|. Both sides use the same bf16
+ * (or int8: a shard's o/down columns keep their whole rows' scales) weights,
+ * so the difference is only the order of the partial sums: the fp32
+ * all-reduce of the o and down outputs adds two halves where one GEMM
+ * accumulated all of them, and a ~1e-7 change before an activation is
+ * rounded to bf16 (matmul inputs, KV cache) can flip one bf16 ulp (2^-8 =
+ * 3.9e-3 relative) that the following layers carry. Measured on two H200s
+ * (2026-11-28): 0 to 2e-5 on the tiny fixtures, 2.2e-3 (bf16), 1.3e-3 (int8)
+ * and 2.2e-3 (int8 group 32) on models/demo, whose 8 layers have more flip
+ * points; one GPU against the CPU reference differs by 1.5e-2..3e-2 on the
+ * same fixtures (test_cuda_backend). So: about one bf16 ulp. */
+#define TOL_TP_BF16 5e-3
+#define TOL_TP_INT8 5e-3
 /* Generated tokens per greedy run, after a 20-token prompt (crosses a 16-token KV block). */
 #define GEN_TOKENS 16
 #define GEN_PROMPT "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20"
