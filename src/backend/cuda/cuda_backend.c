@@ -311,10 +311,11 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
                                                                                      : DSI_Q8_DEFAULT_VARIANT;
     /* DSI_CUDA_GEMV (A/B timing, fallback): "old" sends single-row INT8 matmuls
-     * to the mma kernel of gemv_int8.cu, "fp32" to the CUDA-core GEMV; anything
+     * to the mma kernel of gemv_int8.cu, "fp32" to the CUDA-core GEMV, "tc" to
+     * the tensor-core one-row kernel where x fits its shared memory; anything
      * else: the decode GEMV's own choice per matrix */
     c->gemv_new = !env_is("DSI_CUDA_GEMV", "old");
-    c->gemv_path = env_is("DSI_CUDA_GEMV", "fp32") ? 1 : 0;
+    c->gemv_path = env_is("DSI_CUDA_GEMV", "fp32") ? 1 : env_is("DSI_CUDA_GEMV", "tc") ? 2 : 0;
     c->fuse_rope = !env_is("DSI_CUDA_FUSE_ROPE", "0"); /* A/B timing: 0 keeps rope_kv_store on decode */
     c->tiled_min = DSI__CUDA_TILED_MIN;
     c->tiled_max = DSI__CUDA_TILED_MAX;

@@ -99,7 +99,7 @@ struct dsi__cuda {
     bool use_graphs; /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
     int q8_variant;  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
     bool gemv_new;   /* INT8 matmuls of one row: the decode GEMV (DSI_CUDA_GEMV=old: off) */
-    int gemv_path;   /* its kernel: 0 default, 1 CUDA cores (DSI_CUDA_GEMV=fp32) */
+    int gemv_path;   /* its kernel: 0 default, 1 CUDA cores (DSI_CUDA_GEMV=fp32), 2 tensor cores (=tc) */
     bool fuse_rope;  /* decode: RoPE + KV store in the attention kernel (DSI_CUDA_FUSE_ROPE=0: off) */
     /* INT8 matmuls of tiled_min..tiled_max rows (and all rows >= tiled_min that
      * may not dequantize: the lm_head) and >= tiled_min_n outputs take the
