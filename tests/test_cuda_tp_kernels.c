@@ -9,9 +9,14 @@
  * - dsi_cuda_int8_row_scales and dsi_cuda_quantize_int8_scaled: the scales
  *   are dsi_cuda_quantize_int8's, bit for bit, and a column slice quantized
  *   with its whole rows' scales holds exactly the whole matrix's values in
- *   those columns (what makes a TP shard of o/down equal to one GPU's).
+ *   those columns (what makes a TP shard of o/down equal to one GPU's);
+ * - dsi_cuda_ar_add_rmsnorm (the fused one-shot all-reduce) on two GPUs of
+ *   this process, 18 calls of 1 to 4 rows of 200, 3584 and 8192 values: x exactly x + (d0 + d1), the
+ *   output within bf16 rounding of RMSNorm in double, both GPUs bit-identical
+ *   (skipped with fewer than two GPUs).
  * Without a GPU: SKIP (exit 77).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -169,9 +174,137 @@ TEST(cuda_int8_slice_with_row_scales_matches_whole) {
     CHECK_EQ_INT(dsi_cuda_quantize_int8_scaled(NULL, NULL, NULL, 1, 1, 0), DSI_EINVAL);
 }
 
+/* Both GPUs' regions mapped into this process with peer access stand in for
+ * the ranks' IPC mappings; the two launches wait for each other like ranks. */
+static float bf2f_host(uint16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+TEST(cuda_ar_add_rmsnorm_two_gpus_match_reference) {
+    NEED_GPU();
+    int n_dev = 0, can01 = 0, can10 = 0;
+    cudaGetDeviceCount(&n_dev);
+    if (n_dev < 2) SKIP("needs two GPUs");
+    cudaDeviceCanAccessPeer(&can01, 0, 1);
+    cudaDeviceCanAccessPeer(&can10, 1, 0);
+    if (!can01 || !can10) SKIP("the two GPUs have no peer access");
+    enum { MAXE = DSI_CUDA_AR_MAX_ELEMS };
+    void *region[2];
+    void *epoch[2]; /* each GPU's own scratch */
+    float *x[2], *delta[2], *w[2];
+    uint16_t *out[2];
+    cudaStream_t st[2];
+    for (int d = 0; d < 2; d++) {
+        cudaSetDevice(d);
+        cudaError_t e = cudaDeviceEnablePeerAccess(1 - d, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+        region[d] = dmalloc(dsi_cuda_ar_region_bytes());
+        epoch[d] = dmalloc(dsi_cuda_ar_local_bytes());
+        x[d] = dmalloc(MAXE * 4);
+        delta[d] = dmalloc(MAXE * 4);
+        w[d] = dmalloc(8192 * 4);
+        out[d] = dmalloc(MAXE * 2);
+        CHECK(region[d] && epoch[d] && x[d] && delta[d] && w[d] && out[d]);
+        CHECK_EQ_INT(cudaStreamCreate(&st[d]), cudaSuccess);
+    }
+    float *hx = malloc(MAXE * 4), *hd0 = malloc(MAXE * 4), *hd1 = malloc(MAXE * 4), *hw = malloc(8192 * 4);
+    float *gx[2] = {malloc(MAXE * 4), malloc(MAXE * 4)};
+    uint16_t *go[2] = {malloc(MAXE * 2), malloc(MAXE * 2)};
+    CHECK(hx && hd0 && hd1 && hw && gx[0] && gx[1] && go[0] && go[1]);
+    /* successive calls of varying rows: the epochs and both parities get used */
+    const int rows_seq[] = {1, 3, 1, 4, 2, 1, 1, 4}, dims[] = {3584, 8192, 200}; /* 200: a short last chunk */
+    size_t x_bad = 0, o_bad = 0, rank_diff = 0;
+    for (int call = 0; call < 18 && hx && hd0 && hd1 && hw && gx[0] && gx[1] && go[0] && go[1]; call++) {
+        int rows = rows_seq[call % 8], dim = dims[call % 3];
+        size_t ne = (size_t)rows * dim;
+        for (size_t i = 0; i < ne; i++) {
+            hx[i] = 4.f * frand();
+            hd0[i] = frand();
+            hd1[i] = frand();
+        }
+        for (int i = 0; i < dim; i++)
+            hw[i] = 1.f + 0.5f * frand();
+        for (int d = 0; d < 2; d++) {
+            cudaSetDevice(d);
+            cudaMemcpy(x[d], hx, ne * 4, cudaMemcpyHostToDevice); /* replicated residual */
+            cudaMemcpy(delta[d], d ? hd1 : hd0, ne * 4, cudaMemcpyHostToDevice);
+            cudaMemcpy(w[d], hw, (size_t)dim * 4, cudaMemcpyHostToDevice);
+        }
+        for (int d = 0; d < 2; d++) {
+            struct dsi_cuda_ar ar = {.peer = {region[0], region[1]}, .local = epoch[d], .rank = d, .size = 2};
+            cudaSetDevice(d);
+            CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[d], delta[d], w[d], out[d], rows, dim, 1e-6f, st[d]),
+                         0);
+        }
+        for (int d = 0; d < 2; d++) {
+            cudaSetDevice(d);
+            CHECK_EQ_INT(cudaStreamSynchronize(st[d]), cudaSuccess);
+            cudaMemcpy(gx[d], x[d], ne * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(go[d], out[d], ne * 2, cudaMemcpyDeviceToHost);
+        }
+        rank_diff += memcmp(gx[0], gx[1], ne * 4) != 0 || memcmp(go[0], go[1], ne * 2) != 0;
+        for (int r = 0; r < rows; r++) {
+            double ss = 0;
+            for (int i = 0; i < dim; i++) {
+                size_t j = (size_t)r * dim + i;
+                float v = hx[j] + ((0.f + hd0[j]) + hd1[j]); /* rank order, fp32: exact */
+                x_bad += memcmp(&v, &gx[0][j], 4) != 0;
+                ss += (double)v * v;
+            }
+            double inv = 1.0 / sqrt(ss / dim + 1e-6);
+            for (int i = 0; i < dim; i++) {
+                size_t j = (size_t)r * dim + i;
+                double ref = (double)gx[0][j] * inv * hw[i], got = bf2f_host(go[0][j]);
+                o_bad += fabs(got - ref) > 1e-2 * fabs(ref) + 1e-6; /* bf16 rounding: 2^-8 */
+            }
+        }
+    }
+    if (x_bad || o_bad || rank_diff)
+        fprintf(stderr, "  x differs %zu, out differs %zu, ranks disagree in %zu calls\n", x_bad, o_bad,
+                rank_diff);
+    CHECK_EQ_INT(x_bad, 0);
+    CHECK_EQ_INT(o_bad, 0);
+    CHECK_EQ_INT(rank_diff, 0);
+    /* arguments the kernel cannot take */
+    struct dsi_cuda_ar ar = {.peer = {region[0], region[1]}, .local = epoch[0], .rank = 0, .size = 2};
+    cudaSetDevice(0);
+    CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[0], delta[0], w[0], out[0], 0, 64, 1e-6f, 0), DSI_EINVAL);
+    CHECK_EQ_INT(
+        dsi_cuda_ar_add_rmsnorm(&ar, x[0], delta[0], w[0], out[0], DSI_CUDA_AR_MAX_ROWS + 1, 64, 1e-6f, 0),
+        DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[0], delta[0], w[0], out[0], 1, 64 * 256 + 4, 1e-6f, 0),
+                 DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[0], delta[0], w[0], out[0], 8, 8192, 1e-6f, 0), DSI_EINVAL);
+    ar.peer[1] = NULL;
+    CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[0], delta[0], w[0], out[0], 1, 64, 1e-6f, 0), DSI_EINVAL);
+    CHECK(!dsi_cuda_ar_fits(5, 8192) && dsi_cuda_ar_fits(4, 8192) && dsi_cuda_ar_fits(9, 3584) &&
+          dsi_cuda_ar_fits(16, 66));
+    free(hx);
+    free(hd0);
+    free(hd1);
+    free(hw);
+    for (int d = 0; d < 2; d++) {
+        free(gx[d]);
+        free(go[d]);
+        cudaSetDevice(d);
+        cudaFree(region[d]);
+        cudaFree(epoch[d]);
+        cudaFree(x[d]);
+        cudaFree(delta[d]);
+        cudaFree(w[d]);
+        cudaFree(out[d]);
+        cudaStreamDestroy(st[d]);
+    }
+    cudaSetDevice(0);
+}
+
 int main(void) {
     RUN(cuda_tp_logits_unpack_matches_layout);
     RUN(cuda_tp_logits_unpack_rejects_bad_args);
     RUN(cuda_int8_slice_with_row_scales_matches_whole);
+    RUN(cuda_ar_add_rmsnorm_two_gpus_match_reference);
     return test_summary();
 }

@@ -319,6 +319,27 @@ int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_ba
 int dsi_cuda_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
                                   const struct dsi_cuda_shard *sh, bool random, uint64_t seed,
                                   struct dsi_backend **out, char **err);
+/* One-shot all-reduce fused with the residual add and RMSNorm, over NVLink
+ * (kernels/tp_allreduce.cu; the backend uses it for small decode steps and
+ * NCCL otherwise): x[r] += sum over ranks of delta[r] (in rank order, the
+ * same bits on every rank), out[r] = bf16(x[r] * rsqrt(mean(x[r]^2) + eps) * w),
+ * as dsi_cuda_add_rmsnorm after an all-reduce. Collective: every rank
+ * launches it with the same rows, in the same order of calls. peer[q] is rank
+ * q's exchange region (dsi_cuda_ar_region_bytes, zeroed once) as this process
+ * sees it (its own included). Needs dsi_cuda_ar_fits(rows, dim). */
+#define DSI_CUDA_AR_MAX_RANKS 8
+#define DSI_CUDA_AR_MAX_ROWS 16
+#define DSI_CUDA_AR_MAX_ELEMS 32768 /* rows x dim per call */
+struct dsi_cuda_ar {
+    void *peer[DSI_CUDA_AR_MAX_RANKS];
+    void *local; /* this rank's scratch: dsi_cuda_ar_local_bytes, zeroed once */
+    int rank, size;
+};
+size_t dsi_cuda_ar_region_bytes(void);
+size_t dsi_cuda_ar_local_bytes(void);
+int dsi_cuda_ar_fits(int rows, int dim);
+int dsi_cuda_ar_add_rmsnorm(const struct dsi_cuda_ar *ar, float *x, const float *delta, const float *w,
+                            uint16_t *out, int rows, int dim, float eps, cudaStream_t s);
 /* The step limits a CUDA backend was created with (max_batch_tokens and
  * max_seqs after its defaults and caps), so tensor parallel can agree on them. */
 void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs);

@@ -347,12 +347,15 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
                         prop.major, prop.minor);
         goto fail;
     }
+    if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking))) {
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream setup failed");
+        goto fail;
+    }
     /* collective: every rank of the shard comes here (src/dist checks first that
      * all can, with dsi_cuda_shard_check), so nothing that can fail on one rank
      * alone runs before it */
-    if (c->tp_size > 1 && (rc = dsi__cuda_tp_init(c, sh, err))) goto fail;
-    if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
-        DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) || DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream))) {
+    if (c->tp_size > 1 && (rc = dsi__cuda_tp_init(c, sh, err))) goto fail; /* NCCL + NVLink regions */
+    if (DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) || DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream))) {
         rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
         goto fail;
     }

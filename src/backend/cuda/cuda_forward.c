@@ -184,8 +184,10 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     cudaStream_t s = c->stream;
     int rc;
     uint16_t *kc = c->kv + (size_t)il * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
-    /* the residual add of the previous layer's MLP is fused here */
-    if ((rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s)))
+    /* the residual add of the previous layer's MLP is fused here (tensor
+     * parallel: into that layer's all-reduce, which also wrote xn) */
+    if ((il == 0 || c->tp_size == 1) &&
+        (rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s)))
         return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
     struct dsi_cuda_attn_args a = *proto;
@@ -205,13 +207,16 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     }
     if (a.max_n_q > 1 && c->long_q > 0 && (rc = long_prefill(c, &a))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->o, c->attn, c->delta, T, true))) return rc;
-    /* tensor parallel: o and down give partial sums over this rank's heads and rows */
-    if (c->tp_size > 1 && (rc = dsi__cuda_tp_allreduce(c, c->delta, (size_t)T * H))) return rc;
-    if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s))) return rc;
+    /* tensor parallel: o and down give partial sums over this rank's heads and
+     * rows; the all-reduce comes with the residual add and the next norm */
+    rc = c->tp_size > 1 ? dsi__cuda_tp_reduce_norm(c, ly->ln2, T)
+                        : dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s);
+    if (rc) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->gate_up, c->xn, c->gu, T, true))) return rc;
     if ((rc = dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, s))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true))) return rc;
-    return c->tp_size > 1 ? dsi__cuda_tp_allreduce(c, c->delta, (size_t)T * H) : 0;
+    if (c->tp_size == 1) return 0;
+    return dsi__cuda_tp_reduce_norm(c, il + 1 < cfg->n_layers ? c->layers[il + 1].ln1 : c->final_norm, T);
 }
 
 /* Everything of one step after the metadata copy: embed, layers, logits. */
@@ -225,10 +230,11 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
     for (int il = 0; il < cfg->n_layers; il++)
         if ((rc = layer(c, il, T, proto, pos_d, slot_d))) return rc;
     if (R == 0) return 0;
-    if ((rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T, cfg->hidden_size,
-                                   cfg->rms_norm_eps, c->stream)) ||
-        (rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream)))
+    /* tensor parallel: the last layer's all-reduce already applied the final norm */
+    if (c->tp_size == 1 && (rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T,
+                                                      cfg->hidden_size, cfg->rms_norm_eps, c->stream)))
         return rc;
+    if ((rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream))) return rc;
     if (c->tp_size == 1) return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
     /* vocab parallel: this rank's rows, then every rank's slices into c->logits */
     if ((rc = dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->lg_local, R, false))) return rc;

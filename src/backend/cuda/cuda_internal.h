@@ -114,6 +114,9 @@ struct dsi__cuda {
     int tp_rank, tp_size; /* 0, 1 when not sharded */
     int head0, kv_head0, inter0, vocab0, vocab_pad;
     void *nccl;                /* ncclComm_t */
+    bool ar_fast;              /* the ranks mapped each other's exchange regions (NVLink, one host) */
+    struct dsi_cuda_ar ar;     /* kernels/tp_allreduce.cu: peer regions, epochs */
+    void *ar_region;           /* this rank's exchange region (own allocation) */
     float *lg_local, *lg_all; /* (S, vocab_pad) this rank's logits, (size, S, vocab_pad) gathered */
 };
 
@@ -139,6 +142,10 @@ void dsi__cuda_free_images(struct dsi__cuda *c, const struct dsi_model *m, uint8
  * with DSI_ENODEV and the others are never reached. */
 int dsi__cuda_tp_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err);
 int dsi__cuda_tp_allreduce(struct dsi__cuda *c, float *buf, size_t n);
+/* x += all-reduce(delta) over the ranks, xn = rmsnorm(x) * w (rows of hidden):
+ * the fused NVLink kernel when the ranks mapped each other's regions and the
+ * rows fit it, else NCCL's all-reduce and dsi_cuda_add_rmsnorm. */
+int dsi__cuda_tp_reduce_norm(struct dsi__cuda *c, const float *w, int rows);
 int dsi__cuda_tp_logits(struct dsi__cuda *c, int rows);
 void dsi__cuda_tp_destroy(struct dsi__cuda *c);
 /* One step; logits of want_logits rows stay on the device in c->logits. */

@@ -14,6 +14,7 @@
  * point says "built without NCCL".
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_internal.h"
@@ -32,6 +33,18 @@ static int nccl_check(ncclResult_t r, const char *what, const char *file, int li
     return DSI_ECUDA;
 }
 #define NCCL_CHECK(call) nccl_check((call), #call, __FILE__, __LINE__)
+
+static int fast_init(struct dsi__cuda *c, char **err);
+
+/* Unmaps the other ranks' exchange regions (this rank's own is in c->allocs). */
+static void close_peers(struct dsi__cuda *c) {
+    for (int q = 0; q < c->ar.size && q < DSI_CUDA_AR_MAX_RANKS; q++)
+        if (q != c->ar.rank && c->ar.peer[q]) {
+            cudaIpcCloseMemHandle(c->ar.peer[q]);
+            c->ar.peer[q] = NULL;
+        }
+    c->ar_fast = false;
+}
 
 int dsi_cuda_tp_unique_id(unsigned char id[DSI_CUDA_NCCL_ID_BYTES], char **err) {
     _Static_assert(sizeof(ncclUniqueId) == DSI_CUDA_NCCL_ID_BYTES, "NCCL unique id size");
@@ -55,7 +68,82 @@ int dsi__cuda_tp_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char
                           last ? last : "");
     }
     c->nccl = comm;
-    return 0;
+    return fast_init(c, err);
+}
+
+/* Maps every rank's exchange region into this process (CUDA IPC; handles
+ * all-gathered over NCCL) for the fused one-shot all-reduce. Every rank must
+ * succeed, so the outcome is agreed with one more all-reduce; on ranks of
+ * different hosts, or GPUs without peer access, opening fails and all ranks
+ * keep NCCL. DSI_CUDA_TP_ALLREDUCE=nccl skips it (A/B timing). */
+static int fast_init(struct dsi__cuda *c, char **err) {
+    const char *env = getenv("DSI_CUDA_TP_ALLREDUCE");
+    bool want = !(env && !strcmp(env, "nccl")) && c->tp_size <= DSI_CUDA_AR_MAX_RANKS;
+    int n = c->tp_size, me = c->tp_rank, rc;
+    cudaIpcMemHandle_t *h = calloc((size_t)n, sizeof *h);
+    void *d_h = NULL;
+    int *d_ok = NULL, ok = 0;
+    if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
+    if ((rc = dsi__cuda_alloc(c, &c->ar_region, dsi_cuda_ar_region_bytes(), "all-reduce region", err)) ||
+        (rc = dsi__cuda_alloc(c, &c->ar.local, dsi_cuda_ar_local_bytes(), "all-reduce scratch", err)) ||
+        (rc = dsi__cuda_alloc(c, &d_h, (size_t)n * sizeof *h, "IPC handles", err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&d_ok, sizeof(int), "IPC status", err)))
+        goto out;
+    if (DSI_CUDA_CHECK(cudaMemset(c->ar_region, 0, dsi_cuda_ar_region_bytes())) ||
+        DSI_CUDA_CHECK(cudaMemset(c->ar.local, 0, dsi_cuda_ar_local_bytes()))) {
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: clearing the all-reduce region failed");
+        goto out;
+    }
+    ok = want && cudaIpcGetMemHandle(&h[me], c->ar_region) == cudaSuccess;
+    cudaGetLastError();
+    /* every rank takes part in both collectives whatever happened here */
+    if (DSI_CUDA_CHECK(
+            cudaMemcpy((char *)d_h + (size_t)me * sizeof *h, &h[me], sizeof *h, cudaMemcpyHostToDevice)) ||
+        NCCL_CHECK(ncclAllGather((char *)d_h + (size_t)me * sizeof *h, d_h, sizeof *h, ncclChar,
+                                 (ncclComm_t)c->nccl, c->stream)) ||
+        DSI_CUDA_CHECK(cudaMemcpyAsync(h, d_h, (size_t)n * sizeof *h, cudaMemcpyDeviceToHost, c->stream)) ||
+        DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: exchanging all-reduce regions failed");
+        goto out;
+    }
+    c->ar.rank = me;
+    c->ar.size = n;
+    c->ar.peer[me] = c->ar_region;
+    for (int q = 0; q < n && ok; q++) {
+        if (q == me) continue;
+        if (cudaIpcOpenMemHandle(&c->ar.peer[q], h[q], cudaIpcMemLazyEnablePeerAccess) != cudaSuccess) {
+            cudaGetLastError();
+            c->ar.peer[q] = NULL;
+            ok = 0;
+        }
+    }
+    if (DSI_CUDA_CHECK(cudaMemcpy(d_ok, &ok, sizeof ok, cudaMemcpyHostToDevice)) ||
+        NCCL_CHECK(ncclAllReduce(d_ok, d_ok, 1, ncclInt32, ncclMin, (ncclComm_t)c->nccl, c->stream)) ||
+        DSI_CUDA_CHECK(cudaMemcpyAsync(&ok, d_ok, sizeof ok, cudaMemcpyDeviceToHost, c->stream)) ||
+        DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: agreeing on the all-reduce path failed");
+        goto out;
+    }
+    c->ar_fast = ok != 0;
+    dsi_log(DSI_LOG_INFO, "cuda", "rank %d: all-reduces %s", me,
+            c->ar_fast
+                ? "fused with add+RMSNorm over NVLink (one-shot) for small steps, NCCL above"
+                : "by NCCL (the ranks could not map each other's memory, or DSI_CUDA_TP_ALLREDUCE=nccl)");
+out:
+    if (!c->ar_fast) close_peers(c);
+    dsi__cuda_free(c, d_h);
+    dsi__cuda_free(c, d_ok);
+    free(h);
+    return rc;
+}
+
+int dsi__cuda_tp_reduce_norm(struct dsi__cuda *c, const float *w, int rows) {
+    const int H = c->cfg.hidden_size;
+    if (c->ar_fast && dsi_cuda_ar_fits(rows, H))
+        return dsi_cuda_ar_add_rmsnorm(&c->ar, c->x, c->delta, w, c->xn, rows, H, c->cfg.rms_norm_eps,
+                                       c->stream);
+    int rc = dsi__cuda_tp_allreduce(c, c->delta, (size_t)rows * H);
+    return rc ? rc : dsi_cuda_add_rmsnorm(c->x, c->delta, w, c->xn, rows, H, c->cfg.rms_norm_eps, c->stream);
 }
 
 int dsi__cuda_tp_allreduce(struct dsi__cuda *c, float *buf, size_t n) {
@@ -71,6 +159,7 @@ int dsi__cuda_tp_logits(struct dsi__cuda *c, int rows) {
 }
 
 void dsi__cuda_tp_destroy(struct dsi__cuda *c) {
+    close_peers(c);
     if (!c->nccl) return;
     /* after an error a peer may be gone: destroy would wait for it, abort does not */
     if (c->dead)
@@ -104,6 +193,13 @@ int dsi__cuda_tp_allreduce(struct dsi__cuda *c, float *buf, size_t n) {
 
 int dsi__cuda_tp_logits(struct dsi__cuda *c, int rows) {
     (void)c;
+    (void)rows;
+    return DSI_ENODEV;
+}
+
+int dsi__cuda_tp_reduce_norm(struct dsi__cuda *c, const float *w, int rows) {
+    (void)c;
+    (void)w;
     (void)rows;
     return DSI_ENODEV;
 }
