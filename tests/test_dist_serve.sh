@@ -6,9 +6,17 @@
 # the worker shuts down on rank 0's message, and mpirun exits 0. Then a worker
 # killed with SIGKILL takes the whole job down (mpirun non-zero, no rank left
 # behind) instead of leaving rank 0 serving without it or hanging.
+# DSI_TP_BACKEND=cuda runs the same checks on the CUDA backend (one GPU per
+# rank, NCCL; on the 2-GPU machine: scripts/gpu_tp_check.sh); CI runs the CPU.
 # Exit 0 pass, 1 fail, 77 skipped (no mpirun, curl or python3).
 set -u
 BIN=${DSI_BIN:-build/dsinfer}
+BACKEND=${DSI_TP_BACKEND:-cpu}
+export NCCL_NVLS_ENABLE=0
+# bundled GPU-machine libraries (LD_LIBRARY_PATH) can break the system curl
+CURL="env -u LD_LIBRARY_PATH curl"
+MPI_X="-x ASAN_OPTIONS -x OMP_WAIT_POLICY -x NCCL_NVLS_ENABLE"
+[ -n "${LD_LIBRARY_PATH:-}" ] && MPI_X="$MPI_X -x LD_LIBRARY_PATH"
 skip() { echo "skipped: $1"; exit 77; }
 command -v mpirun >/dev/null || skip "mpirun not installed (openmpi-bin)"
 command -v curl >/dev/null || skip "curl not installed"
@@ -31,7 +39,7 @@ start() {
     local log=$1; shift
     PORT=$(free_port)
     "$@" "$BIN" serve --model "$MODEL" --keys "$W/keys.json" --state-dir "$W/state-$PORT" --plain-http true \
-        --listen "127.0.0.1:$PORT" --threads 1 --drain-timeout-s 5 ${EXTRA:-} >"$log" 2>&1 &
+        --listen "127.0.0.1:$PORT" --threads 1 --drain-timeout-s 5 --backend "$BACKEND" ${EXTRA:-} >"$log" 2>&1 &
     PID=$!
     PIDS+=("$PID")
     for _ in $(seq 1 900); do
@@ -42,7 +50,7 @@ start() {
     echo "daemon did not become ready:"; cat "$log"; return 1
 }
 CHAT='{"model":"tiny-chat","messages":[{"role":"user","content":"Hello there"}],"max_tokens":8,"temperature":0}'
-ask() { curl -sS --max-time 120 -H "Authorization: Bearer $KEY" -d "$CHAT" "http://127.0.0.1:$1/v1/chat/completions"; }
+ask() { $CURL -sS --max-time 120 -H "Authorization: Bearer $KEY" -d "$CHAT" "http://127.0.0.1:$1/v1/chat/completions"; }
 content() { python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])'; }
 
 # single process reference
@@ -52,10 +60,10 @@ kill -TERM "$PID"; wait "$PID"
 
 # two ranks
 EXTRA="--tensor-parallel 2" start "$W/tp.log" mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 \
-    -x ASAN_OPTIONS -x OMP_WAIT_POLICY || exit 1
+    $MPI_X || exit 1
 MPID=$PID
-check "backend is cpu-tp" grep -q "backend cpu-tp" "$W/tp.log"
-check "ready 200" test "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health/ready")" = 200
+check "backend is $BACKEND-tp" grep -q "backend $BACKEND-tp" "$W/tp.log"
+check "ready 200" test "$($CURL -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health/ready")" = 200
 GOT=$(ask "$PORT" | content)
 echo "  single: $REF"
 echo "  2 ranks: $GOT"
@@ -104,7 +112,7 @@ check "rank 0 drained" grep -q -i "drain\|stopp\|shut" "$W/tp.log"
 
 # a dead worker ends the job
 EXTRA="--tensor-parallel 2" start "$W/kill.log" mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 \
-    -x ASAN_OPTIONS -x OMP_WAIT_POLICY || exit 1
+    $MPI_X || exit 1
 MPID=$PID
 R0=""
 R1=""
