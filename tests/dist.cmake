@@ -16,7 +16,7 @@ endif()
 # TP=2 on CUDA + NCCL against one process on CUDA: only where the CUDA backend is
 # built; skips (77) without mpirun, 2 GPUs, or a dsinfer built with NCCL.
 if(DSI_HAVE_CUDA)
-  dsi_test(test_cuda_tp SOURCES tests/test_cuda_tp.c LIBS PkgConfig::CJSON m LABELS cuda mpi TIMEOUT 900)
+  dsi_test(test_cuda_tp SOURCES tests/test_cuda_tp.c tests/test_model_util.c LIBS PkgConfig::CJSON m LABELS cuda mpi TIMEOUT 900)
   add_dependencies(test_cuda_tp dsinfer)
 endif()
 dsi_fuzz(fuzz_tp_msg SOURCES tests/fuzz/fuzz_tp_msg.c LIBS dsi_dist dsi_core)

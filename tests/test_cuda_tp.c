@@ -12,7 +12,8 @@
  *    a mismatch prints the first diverging position;
  *  - errors end the whole job with a clear line and no hang (every run is under
  *    `timeout`): 2 ranks on a model with 6 heads / 1 kv head, an int8 group size
- *    that would straddle the ranks, a token id out of range.
+ *    that would straddle the ranks, a token id out of range, a weight file with
+ *    one flipped byte (refused by rank 0 before any worker opens the model).
  * Every mpirun gets NCCL_NVLS_ENABLE=0 (no NVLink multicast on the test hosts).
  * Skipped (77) without mpirun, with fewer than 2 GPUs (nvidia-smi -L, and
  * CUDA_VISIBLE_DEVICES when set), or when the first 2-rank run says this dsinfer
@@ -20,6 +21,7 @@
  * ctest labels "cuda;mpi"; built only with the CUDA backend.
  */
 #include <stdio.h>
+#include <sys/types.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,6 +118,34 @@ TEST(cuda_tp_int8_group_straddling_ranks_is_clear_error) {
                 "group size 256", "does not divide", true);
 }
 
+/* helpers from test_model_util.c */
+char *tm_copy_fixture(const char *name);
+int tm_flip_byte(const char *dir, const char *name, off_t at);
+int tm_rm_rf(const char *dir);
+
+/* --backend cuda opens the model for the single verify + upload pass, but under
+ * tensor parallel rank 0 verifies every file on the host before "create": a
+ * flipped byte fails the job and no worker ever opens the model (each one
+ * that did would warn "verification SKIPPED"). */
+TEST(cuda_tp_tampered_weights_refused_before_any_rank_loads) {
+    char *dir = tm_copy_fixture("llama-mha");
+    CHECK(dir != NULL);
+    if (!dir) return;
+    CHECK_EQ_INT(tm_flip_byte(dir, "model.safetensors", 200000), 0); /* inside the tensor data */
+    char args[1024];
+    snprintf(args, sizeof args, "logits --model %s --ids 1,2 " CUDA " --dtype bf16", dir);
+    struct test_out o = tp_run(&env, true, args);
+    CHECK(o.status != 124);
+    CHECK_EQ_INT(o.status, 1);
+    CHECK(o.err && strstr(o.err, "SHA-256 mismatch"));
+    CHECK(o.err && !strstr(o.err, "verification SKIPPED"));
+    if (o.status != 1 || !o.err || !strstr(o.err, "SHA-256 mismatch"))
+        fprintf(stderr, "  status %d, stderr:\n%s\n", o.status, o.err ? o.err : "(none)");
+    test_out_free(&o);
+    tm_rm_rf(dir);
+    free(dir);
+}
+
 TEST(cuda_tp_bad_token_fails_without_hang) {
     check_fails("logits --model " GOLD "llama-mha --ids 1,99999 --threads 1 " CUDA " --dtype bf16",
                 "token id 99999", "out of range", false);
@@ -184,6 +214,7 @@ int main(void) {
     RUN(cuda_tp_heads_not_divisible_is_clear_error);
     RUN(cuda_tp_int8_group_straddling_ranks_is_clear_error);
     RUN(cuda_tp_bad_token_fails_without_hang);
+    RUN(cuda_tp_tampered_weights_refused_before_any_rank_loads);
     tp_env_done(&env);
     return test_summary();
 }

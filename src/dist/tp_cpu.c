@@ -267,6 +267,10 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
                           DSI_TP_MAX_DIR);
     snprintf(c.dir, sizeof c.dir, "%s", m->dir);
     int rc;
+    /* a model opened for the CUDA loader's single verify + upload pass has its
+     * files unhashed; the workers read their slices as soon as "create" arrives,
+     * so every file is verified here first, whole, once */
+    if (dsi_model_unverified(m) > 0 && (rc = dsi_model_verify_pending(m, o->n_threads, err))) return rc;
     if (kind == DSI_TP_BACKEND_CUDA && (rc = dsi__tp_cuda_id(c.nccl_id, err))) return rc;
     int32_t words[DSI_TP_CREATE_WORDS];
     size_t n_words = 0;
