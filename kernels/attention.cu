@@ -227,24 +227,31 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     }
 }
 
-/* One block per (head, seq), a thread per dimension: the split maxima and sums
- * are read once into shared memory (loads in parallel, not a serial chain),
- * then each thread sums its dimension over the splits with loads in flight. */
+/* One block per (head, seq): the split maxima and sums are read once into
+ * shared memory (loads in parallel, not a serial chain), then COMBINE_GROUPS
+ * groups of a thread per dimension each sum every COMBINE_GROUPS-th split
+ * with loads in flight, and the groups' sums are added in group order. At
+ * long contexts (64 splits) one thread per dimension walking all splits was a
+ * chain of 8 rounds of dependent loads. */
+#define COMBINE_GROUPS 4
 static __global__ void attn_combine_kernel(struct dsi_cuda_attn_args a) {
     __shared__ float wgt[DSI__MAX_SPLITS_COMBINE];
+    __shared__ float part[COMBINE_GROUPS - 1][MAX_HD];
     __shared__ float inv_l;
-    const int h = blockIdx.x, si = blockIdx.y, d = threadIdx.x, hd = a.head_dim, ns = a.n_splits;
+    const int h = blockIdx.x, si = blockIdx.y, hd = a.head_dim, ns = a.n_splits;
+    const int d = threadIdx.x % hd, grp = threadIdx.x / hd;
     const size_t base = ((size_t)si * a.n_heads + h) * ns;
     const float *wo = a.work;
     const float *wml = a.work + (size_t)a.n_seqs * a.n_heads * ns * hd;
-    if (d < 32) {
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
         float m = -INFINITY;
-        for (int i = d; i < ns; i += 32)
+        for (int i = lane; i < ns; i += 32)
             m = fmaxf(m, wml[(base + i) * 2]);
         for (int o = 16; o > 0; o >>= 1)
             m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         float l = 0.f;
-        for (int i = d; i < ns; i += 32) {
+        for (int i = lane; i < ns; i += 32) {
             float mi = wml[(base + i) * 2];
             float c = mi == -INFINITY ? 0.f : expf(mi - m);
             wgt[i] = c;
@@ -252,15 +259,21 @@ static __global__ void attn_combine_kernel(struct dsi_cuda_attn_args a) {
         }
         for (int o = 16; o > 0; o >>= 1)
             l += __shfl_xor_sync(0xffffffffu, l, o);
-        if (d == 0) inv_l = l > 0.f ? 1.f / l : 0.f;
+        if (lane == 0) inv_l = l > 0.f ? 1.f / l : 0.f;
     }
     __syncthreads();
     float o = 0.f;
-#pragma unroll 8
-    for (int i = 0; i < ns; i++)
+#pragma unroll 4
+    for (int i = grp; i < ns; i += COMBINE_GROUPS)
         o += wgt[i] * wo[(base + i) * hd + d];
-    const struct dsi_cuda_attn_seq sq = a.seqs[si];
-    a.out[(size_t)sq.q_row * a.n_heads * hd + (size_t)h * hd + d] = f2bf(o * inv_l);
+    if (grp > 0) part[grp - 1][d] = o;
+    __syncthreads();
+    if (grp == 0) {
+        for (int g = 0; g < COMBINE_GROUPS - 1; g++)
+            o += part[g][d];
+        const struct dsi_cuda_attn_seq sq = a.seqs[si];
+        a.out[(size_t)sq.q_row * a.n_heads * hd + (size_t)h * hd + d] = f2bf(o * inv_l);
+    }
 }
 
 static int check_args(const struct dsi_cuda_attn_args *a) {
@@ -305,7 +318,7 @@ static int attn_decode_launch(const struct dsi_cuda_attn_args *a, const float *i
     attn_decode_kernel<ROPE><<<grid, DEC_THREADS, smem, s>>>(*a, inv_freq);
     rc = DSI_CUDA_CHECK(cudaGetLastError());
     if (rc) return rc;
-    attn_combine_kernel<<<dim3(a->n_heads, a->n_seqs), a->head_dim, 0, s>>>(*a);
+    attn_combine_kernel<<<dim3(a->n_heads, a->n_seqs), a->head_dim * COMBINE_GROUPS, 0, s>>>(*a);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
