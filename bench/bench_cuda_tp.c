@@ -251,6 +251,15 @@ static void usage(int rank) {
                         "[--steps 1..10000] [--cases batch1|default|all] [--json]\n");
 }
 
+/* The shard's vote before NCCL's collective set-up (kernels.h): 1 only when
+ * every rank's GPU is ready. */
+static int agree_ok(void *ctx, int ok) {
+    (void)ctx;
+    int all = 0;
+    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD) != MPI_SUCCESS) return 0;
+    return all;
+}
+
 int main(int argc, char **argv) {
     int rank = 0, size = 1;
     CK_MPI(0, MPI_Init(&argc, &argv));
@@ -352,6 +361,8 @@ int main(int argc, char **argv) {
     memset(&sh, 0, sizeof sh);
     sh.rank = rank;
     sh.size = size;
+    sh.one_host = lsize == size; /* the fused NVLink all-reduce needs every rank on this host */
+    sh.agree = agree_ok;         /* every rank votes before NCCL's set-up */
     if (size > 1) {
         if (rank == 0) {
             rc = dsi_cuda_tp_unique_id(sh.nccl_id, &err);

@@ -24,6 +24,7 @@
 #include <cuda_bf16.h>
 #include <math.h>
 
+#include "bf16_util.cuh"
 #include "dsinfer/kernels.h"
 #include "rope.cuh"
 
@@ -32,14 +33,6 @@
 #define DSI__MAX_SPLITS_COMBINE 1024
 #define MAX_GROUP 8
 #define MAX_HD 256
-
-static __device__ __forceinline__ float bf2f(uint16_t v) {
-    return __uint_as_float((uint32_t)v << 16);
-}
-static __device__ __forceinline__ uint16_t f2bf(float f) {
-    __nv_bfloat16 b = __float2bfloat16_rn(f);
-    return *reinterpret_cast<uint16_t *>(&b);
-}
 
 static __device__ __forceinline__ int slot_of(const int32_t *bt, int bs, int t) {
     return bt[t / bs] * bs + t % bs;

@@ -11,29 +11,9 @@
 #include <cuda_bf16.h>
 #include <math.h>
 
+#include "bf16_util.cuh"
 #include "dsinfer/kernels.h"
 #include "rope.cuh"
-
-static __device__ __forceinline__ float bf2f(uint16_t v) {
-    return __uint_as_float((uint32_t)v << 16);
-}
-static __device__ __forceinline__ uint16_t f2bf(float f) {
-    __nv_bfloat16 b = __float2bfloat16_rn(f);
-    return *reinterpret_cast<uint16_t *>(&b);
-}
-
-static __device__ __forceinline__ float block_sum(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    __syncthreads(); /* red may still be read by a previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : 0.f;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 static __global__ void embed_kernel(float *out, const uint16_t *table, const int32_t *ids, int dim,
                                     int vocab) {
@@ -248,7 +228,8 @@ static __global__ void tp_logits_unpack_kernel(float *out, const float *all, int
 
 extern "C" int dsi_cuda_tp_logits_unpack(float *out, const float *all, int rows, int vocab, int pad,
                                          cudaStream_t s) {
-    if (!out || !all || rows < 0 || rows > 65535 || vocab <= 0 || pad <= 0 || (long long)pad * rows > INT32_MAX)
+    if (!out || !all || rows < 0 || rows > 65535 || vocab <= 0 || pad <= 0 ||
+        (long long)pad * rows > INT32_MAX)
         return DSI_EINVAL;
     if (rows == 0) return 0;
     int blocks = (vocab + 255) / 256;

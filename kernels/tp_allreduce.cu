@@ -24,14 +24,16 @@
  *      blocks are all resident) adds the parts in chunk order, so every block
  *      and every rank get the same norm, and writes bf16(x * rsqrt(mean +
  *      eps) * w).
- * The epoch of a row counts its calls (a device counter, advanced by the
- * kernel itself, so a CUDA graph can replay it; it wraps modulo 2^32 and only
- * its equality and its parity matter; calls may change rows and dim); slots alternate by the epoch's
- * parity, and a rank can only reuse a parity after every peer has flagged the
- * call in between, i.e. has finished reading it.
+ * The epoch counts the calls (a device counter advanced by the kernel's last
+ * block, so a CUDA graph can replay it; it wraps modulo 2^32 and only its
+ * equality and its parity matter). Every row of a call uses the call's parity,
+ * and a rank can only reuse a parity after every peer has flagged a chunk of
+ * the call in between, i.e. has started it, so its kernel of the call before
+ * (the last reader of that parity) has ended: calls may change rows and dim.
  */
 #include <cuda_bf16.h>
 
+#include "bf16_util.cuh"
 #include "dsinfer/kernels.h"
 
 #define AR_THREADS 128
@@ -55,8 +57,9 @@ static __device__ __forceinline__ float *ar_data(void *region, int parity, int s
  * (epoch) and the blocks' arrival count, then per parity, row and chunk the
  * block's sum of squares. */
 struct ar_local {
-    uint32_t epoch[DSI_CUDA_AR_MAX_ROWS];
-    uint32_t arrived[2][DSI_CUDA_AR_MAX_ROWS];
+    uint32_t epoch;                            /* calls so far */
+    uint32_t done[2];                          /* blocks of the call that finished, by parity */
+    uint32_t arrived[2][DSI_CUDA_AR_MAX_ROWS]; /* blocks of a row with their part written */
     float part[2][DSI_CUDA_AR_MAX_ROWS][AR_MAX_CHUNKS];
 };
 
@@ -74,24 +77,6 @@ static __device__ __forceinline__ void st_release_sys(uint32_t *p, uint32_t v) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-static __device__ __forceinline__ uint16_t f2bf(float f) {
-    __nv_bfloat16 b = __float2bfloat16_rn(f);
-    return *reinterpret_cast<uint16_t *>(&b);
-}
-
-static __device__ __forceinline__ float block_sum(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : 0.f;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* Grid (chunks, rows): block (c, t) owns elements [c * AR_CHUNK, ...) of row t. */
 static __global__ void __launch_bounds__(AR_THREADS)
     ar_add_rmsnorm_kernel(struct dsi_cuda_ar ar, float *x, const float *delta, const float *w, uint16_t *out,
@@ -100,8 +85,8 @@ static __global__ void __launch_bounds__(AR_THREADS)
     __shared__ float total_s;
     const int c = blockIdx.x, t = blockIdx.y, n_chunks = gridDim.x, n = ar.size, me = ar.rank;
     struct ar_local *loc = reinterpret_cast<struct ar_local *>(ar.local);
-    /* every block of the row reads the same count: it changes only after this kernel */
-    const uint32_t e = loc->epoch[t] + 1;
+    /* every block reads the same count: the last block to finish advances it */
+    const uint32_t e = loc->epoch + 1;
     const int p = (int)(e & 1);
     const size_t row = (size_t)t * dim;
     const int i0 = c * AR_CHUNK, i1 = min(dim, i0 + AR_CHUNK);
@@ -147,13 +132,18 @@ static __global__ void __launch_bounds__(AR_THREADS)
     const float r = rsqrtf(total_s / (float)dim + eps);
     for (int i = i0 + threadIdx.x; i < i1; i += blockDim.x)
         out[row + i] = f2bf(x[row + i] * r * w[i]);
-    /* 5. the row's call count, once every block of it has read it (they all
-     * arrived, which follows their read); the other parity's arrivals are
-     * cleared for the next call (the previous call, their last user, ended
+    /* 5. the last block of the call (every other one has read the count, which
+     * precedes its finishing) advances the count and clears the other parity's
+     * arrivals for the next call (the previous call, their last user, ended
      * before this kernel began) */
-    if (c == 0 && threadIdx.x == 0) {
-        loc->epoch[t] = e;
-        loc->arrived[p ^ 1][t] = 0;
+    if (threadIdx.x == 0) {
+        const uint32_t total = gridDim.x * gridDim.y;
+        if (atomicAdd(&loc->done[p], 1u) == total - 1) {
+            for (int r = 0; r < DSI_CUDA_AR_MAX_ROWS; r++)
+                loc->arrived[p ^ 1][r] = 0;
+            loc->done[p] = 0;
+            loc->epoch = e;
+        }
     }
 }
 

@@ -11,12 +11,14 @@
  *   with its whole rows' scales holds exactly the whole matrix's values in
  *   those columns (what makes a TP shard of o/down equal to one GPU's);
  * - dsi_cuda_ar_add_rmsnorm (the fused one-shot all-reduce) on two GPUs of
- *   this process, 18 calls of 1 to 4 rows of 200, 3584 and 8192 values: x exactly x + (d0 + d1), the
+ *   this process, 18 calls of 1 to 4 rows of 200, 3584 and 8192 values
+ *   queued back to back before one synchronization: x exactly x + (d0 + d1), the
  *   output within bf16 rounding of RMSNorm in double, both GPUs bit-identical
  *   (skipped with fewer than two GPUs).
  * Without a GPU: SKIP (exit 77).
  */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,9 +193,16 @@ TEST(cuda_ar_add_rmsnorm_two_gpus_match_reference) {
     cudaDeviceCanAccessPeer(&can01, 0, 1);
     cudaDeviceCanAccessPeer(&can10, 1, 0);
     if (!can01 || !can10) SKIP("the two GPUs have no peer access");
-    enum { MAXE = DSI_CUDA_AR_MAX_ELEMS };
-    void *region[2];
-    void *epoch[2]; /* each GPU's own scratch */
+    /* 18 calls of varying rows and widths (200: a short last chunk), all queued
+     * on both GPUs before one synchronization, as a CUDA graph replays them:
+     * the epochs, both parities and the reuse of the slots are exercised */
+    enum { NCALL = 18 };
+    const int rows_seq[] = {1, 3, 1, 4, 2, 1, 1, 4}, dims[] = {3584, 8192, 200};
+    size_t off[NCALL + 1] = {0};
+    for (int k = 0; k < NCALL; k++)
+        off[k + 1] = off[k] + (size_t)rows_seq[k % 8] * dims[k % 3];
+    const size_t tot = off[NCALL];
+    void *region[2], *local[2];
     float *x[2], *delta[2], *w[2];
     uint16_t *out[2];
     cudaStream_t st[2];
@@ -202,62 +211,66 @@ TEST(cuda_ar_add_rmsnorm_two_gpus_match_reference) {
         cudaError_t e = cudaDeviceEnablePeerAccess(1 - d, 0);
         if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
         region[d] = dmalloc(dsi_cuda_ar_region_bytes());
-        epoch[d] = dmalloc(dsi_cuda_ar_local_bytes());
-        x[d] = dmalloc(MAXE * 4);
-        delta[d] = dmalloc(MAXE * 4);
-        w[d] = dmalloc(8192 * 4);
-        out[d] = dmalloc(MAXE * 2);
-        CHECK(region[d] && epoch[d] && x[d] && delta[d] && w[d] && out[d]);
+        local[d] = dmalloc(dsi_cuda_ar_local_bytes());
+        x[d] = dmalloc(tot * 4);
+        delta[d] = dmalloc(tot * 4);
+        w[d] = dmalloc((size_t)NCALL * 8192 * 4);
+        out[d] = dmalloc(tot * 2);
+        CHECK(region[d] && local[d] && x[d] && delta[d] && w[d] && out[d]);
         CHECK_EQ_INT(cudaStreamCreate(&st[d]), cudaSuccess);
     }
-    float *hx = malloc(MAXE * 4), *hd0 = malloc(MAXE * 4), *hd1 = malloc(MAXE * 4), *hw = malloc(8192 * 4);
-    float *gx[2] = {malloc(MAXE * 4), malloc(MAXE * 4)};
-    uint16_t *go[2] = {malloc(MAXE * 2), malloc(MAXE * 2)};
-    CHECK(hx && hd0 && hd1 && hw && gx[0] && gx[1] && go[0] && go[1]);
-    /* successive calls of varying rows: the epochs and both parities get used */
-    const int rows_seq[] = {1, 3, 1, 4, 2, 1, 1, 4}, dims[] = {3584, 8192, 200}; /* 200: a short last chunk */
-    size_t x_bad = 0, o_bad = 0, rank_diff = 0;
-    for (int call = 0; call < 18 && hx && hd0 && hd1 && hw && gx[0] && gx[1] && go[0] && go[1]; call++) {
-        int rows = rows_seq[call % 8], dim = dims[call % 3];
-        size_t ne = (size_t)rows * dim;
-        for (size_t i = 0; i < ne; i++) {
-            hx[i] = 4.f * frand();
-            hd0[i] = frand();
-            hd1[i] = frand();
-        }
-        for (int i = 0; i < dim; i++)
-            hw[i] = 1.f + 0.5f * frand();
+    float *hx = malloc(tot * 4), *hd0 = malloc(tot * 4), *hd1 = malloc(tot * 4);
+    float *hw = malloc((size_t)NCALL * 8192 * 4), *gx[2] = {malloc(tot * 4), malloc(tot * 4)};
+    uint16_t *go[2] = {malloc(tot * 2), malloc(tot * 2)};
+    bool ok = hx && hd0 && hd1 && hw && gx[0] && gx[1] && go[0] && go[1];
+    CHECK(ok);
+    for (size_t i = 0; ok && i < tot; i++) {
+        hx[i] = 4.f * frand();
+        hd0[i] = frand();
+        hd1[i] = frand();
+    }
+    for (size_t i = 0; ok && i < (size_t)NCALL * 8192; i++)
+        hw[i] = 1.f + 0.5f * frand();
+    for (int d = 0; ok && d < 2; d++) {
+        cudaSetDevice(d);
+        cudaMemcpy(x[d], hx, tot * 4, cudaMemcpyHostToDevice); /* replicated residual */
+        cudaMemcpy(delta[d], d ? hd1 : hd0, tot * 4, cudaMemcpyHostToDevice);
+        cudaMemcpy(w[d], hw, (size_t)NCALL * 8192 * 4, cudaMemcpyHostToDevice);
+    }
+    for (int k = 0; ok && k < NCALL; k++)
         for (int d = 0; d < 2; d++) {
+            struct dsi_cuda_ar ar = {.peer = {region[0], region[1]}, .local = local[d], .rank = d, .size = 2};
             cudaSetDevice(d);
-            cudaMemcpy(x[d], hx, ne * 4, cudaMemcpyHostToDevice); /* replicated residual */
-            cudaMemcpy(delta[d], d ? hd1 : hd0, ne * 4, cudaMemcpyHostToDevice);
-            cudaMemcpy(w[d], hw, (size_t)dim * 4, cudaMemcpyHostToDevice);
-        }
-        for (int d = 0; d < 2; d++) {
-            struct dsi_cuda_ar ar = {.peer = {region[0], region[1]}, .local = epoch[d], .rank = d, .size = 2};
-            cudaSetDevice(d);
-            CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[d], delta[d], w[d], out[d], rows, dim, 1e-6f, st[d]),
+            CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[d] + off[k], delta[d] + off[k],
+                                                 w[d] + (size_t)k * 8192, out[d] + off[k], rows_seq[k % 8],
+                                                 dims[k % 3], 1e-6f, st[d]),
                          0);
         }
-        for (int d = 0; d < 2; d++) {
-            cudaSetDevice(d);
-            CHECK_EQ_INT(cudaStreamSynchronize(st[d]), cudaSuccess);
-            cudaMemcpy(gx[d], x[d], ne * 4, cudaMemcpyDeviceToHost);
-            cudaMemcpy(go[d], out[d], ne * 2, cudaMemcpyDeviceToHost);
-        }
-        rank_diff += memcmp(gx[0], gx[1], ne * 4) != 0 || memcmp(go[0], go[1], ne * 2) != 0;
+    for (int d = 0; ok && d < 2; d++) {
+        cudaSetDevice(d);
+        CHECK_EQ_INT(cudaStreamSynchronize(st[d]), cudaSuccess);
+        cudaMemcpy(gx[d], x[d], tot * 4, cudaMemcpyDeviceToHost);
+        cudaMemcpy(go[d], out[d], tot * 2, cudaMemcpyDeviceToHost);
+    }
+    size_t x_bad = 0, o_bad = 0, rank_diff = 0;
+    for (int k = 0; ok && k < NCALL; k++) {
+        int rows = rows_seq[k % 8], dim = dims[k % 3];
+        size_t o0 = off[k], ne = (size_t)rows * dim;
+        const float *wk = hw + (size_t)k * 8192;
+        rank_diff +=
+            memcmp(gx[0] + o0, gx[1] + o0, ne * 4) != 0 || memcmp(go[0] + o0, go[1] + o0, ne * 2) != 0;
         for (int r = 0; r < rows; r++) {
             double ss = 0;
             for (int i = 0; i < dim; i++) {
-                size_t j = (size_t)r * dim + i;
+                size_t j = o0 + (size_t)r * dim + i;
                 float v = hx[j] + ((0.f + hd0[j]) + hd1[j]); /* rank order, fp32: exact */
                 x_bad += memcmp(&v, &gx[0][j], 4) != 0;
                 ss += (double)v * v;
             }
             double inv = 1.0 / sqrt(ss / dim + 1e-6);
             for (int i = 0; i < dim; i++) {
-                size_t j = (size_t)r * dim + i;
-                double ref = (double)gx[0][j] * inv * hw[i], got = bf2f_host(go[0][j]);
+                size_t j = o0 + (size_t)r * dim + i;
+                double ref = (double)gx[0][j] * inv * wk[i], got = bf2f_host(go[0][j]);
                 o_bad += fabs(got - ref) > 1e-2 * fabs(ref) + 1e-6; /* bf16 rounding: 2^-8 */
             }
         }
@@ -269,7 +282,7 @@ TEST(cuda_ar_add_rmsnorm_two_gpus_match_reference) {
     CHECK_EQ_INT(o_bad, 0);
     CHECK_EQ_INT(rank_diff, 0);
     /* arguments the kernel cannot take */
-    struct dsi_cuda_ar ar = {.peer = {region[0], region[1]}, .local = epoch[0], .rank = 0, .size = 2};
+    struct dsi_cuda_ar ar = {.peer = {region[0], region[1]}, .local = local[0], .rank = 0, .size = 2};
     cudaSetDevice(0);
     CHECK_EQ_INT(dsi_cuda_ar_add_rmsnorm(&ar, x[0], delta[0], w[0], out[0], 0, 64, 1e-6f, 0), DSI_EINVAL);
     CHECK_EQ_INT(
@@ -291,7 +304,7 @@ TEST(cuda_ar_add_rmsnorm_two_gpus_match_reference) {
         free(go[d]);
         cudaSetDevice(d);
         cudaFree(region[d]);
-        cudaFree(epoch[d]);
+        cudaFree(local[d]);
         cudaFree(x[d]);
         cudaFree(delta[d]);
         cudaFree(w[d]);

@@ -301,6 +301,13 @@ int dsi_cuda_backend_sync(struct dsi_backend *be);
 struct dsi_cuda_shard {
     int rank, size;                                /* this rank of size (size 1: no NCCL) */
     unsigned char nccl_id[DSI_CUDA_NCCL_ID_BYTES]; /* rank 0's dsi_cuda_tp_unique_id, the same on every rank */
+    bool one_host; /* every rank on this host: the fused NVLink all-reduce may be tried */
+    /* Called by every rank right before the collective NCCL set-up, ok = 1 when
+     * this rank's GPU is ready (context, stream, buffers); must return 1 only
+     * when every rank's ok is 1 (an MPI_Allreduce MIN), so that no rank enters
+     * ncclCommInitRank alone. NULL: the caller guarantees it. */
+    int (*agree)(void *ctx, int ok);
+    void *agree_ctx;
 };
 /* A fresh NCCL unique id (rank 0 makes it, the caller broadcasts it).
  * DSI_ENODEV when built without NCCL. */

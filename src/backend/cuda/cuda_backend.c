@@ -335,37 +335,40 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->bt_cap = c->max_seqs * ((max_pos + c->base.kv_block_size - 1) / c->base.kv_block_size + 1);
     float fraction = o->kv_gpu_fraction > 0.f && o->kv_gpu_fraction <= 0.98f ? o->kv_gpu_fraction : 0.9f;
 
+    /* Everything that can fail on this rank alone comes first. Under tensor
+     * parallel every rank then votes (sh->agree), and only when all can do
+     * they enter NCCL's collective set-up, so no rank waits there alone. */
     struct cudaDeviceProp prop;
-    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) ||
-        DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, c->device))) {
-        rc = dsi_seterr(err, DSI_ENODEV, "cuda: cannot use device %d", c->device);
+    void *blas_ws = NULL;
+    int pre = 0;
+    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) || DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, c->device)))
+        pre = dsi_seterr(err, DSI_ENODEV, "cuda: cannot use device %d", c->device);
+    else if (prop.major < 8)
+        pre = dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop.name,
+                         prop.major, prop.minor);
+    else if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
+             DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) ||
+             DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream)))
+        pre = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
+    /* cuBLAS gets its workspace up front so that graph captures never allocate */
+    else if ((pre = dsi__cuda_alloc(c, &blas_ws, (size_t)32 << 20, "cuBLAS workspace", err)))
+        ;
+    else if (DSI_CUBLAS_CHECK(cublasSetWorkspace(c->blas, blas_ws, (size_t)32 << 20)))
+        pre = dsi_seterr(err, DSI_ECUDA, "cuda: cuBLAS workspace setup failed");
+    else if (c->tp_size > 1)
+        pre = dsi__cuda_tp_prepare(c, err);
+    if (c->tp_size > 1 && sh->agree) {
+        int all = sh->agree(sh->agree_ctx, pre == 0);
+        if (!pre && !all)
+            pre =
+                dsi_seterr(err, DSI_EDIST, "cuda: another rank could not set up its GPU (its log says why)");
+    }
+    if (pre) {
+        rc = pre;
         goto fail;
     }
     c->n_sm = prop.multiProcessorCount;
-    if (prop.major < 8) {
-        rc = dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop.name,
-                        prop.major, prop.minor);
-        goto fail;
-    }
-    if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking))) {
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream setup failed");
-        goto fail;
-    }
-    /* collective: every rank of the shard comes here (src/dist checks first that
-     * all can, with dsi_cuda_shard_check), so nothing that can fail on one rank
-     * alone runs before it */
     if (c->tp_size > 1 && (rc = dsi__cuda_tp_init(c, sh, err))) goto fail; /* NCCL + NVLink regions */
-    if (DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) || DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream))) {
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
-        goto fail;
-    }
-    /* cuBLAS gets its workspace up front so that graph captures never allocate */
-    void *blas_ws = NULL;
-    if ((rc = dsi__cuda_alloc(c, &blas_ws, (size_t)32 << 20, "cuBLAS workspace", err))) goto fail;
-    if (DSI_CUBLAS_CHECK(cublasSetWorkspace(c->blas, blas_ws, (size_t)32 << 20))) {
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: cuBLAS workspace setup failed");
-        goto fail;
-    }
     c->layers = calloc((size_t)m->cfg.n_layers, sizeof *c->layers);
     float *inv = malloc((size_t)m->cfg.head_dim / 2 * sizeof *inv);
     if (!c->layers || !inv) {

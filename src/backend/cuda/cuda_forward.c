@@ -331,6 +331,7 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     *n_rows = R;
     return 0;
 fail:
-    if (rc != DSI_EINVAL) c->dead = true;
+    /* a shard's failed step leaves its peers in collectives: never run another */
+    if (rc != DSI_EINVAL || c->tp_size > 1) c->dead = true;
     return dsi_seterr(err, rc, "cuda: step failed (%s); see the log for the failing call", dsi_strerror(rc));
 }

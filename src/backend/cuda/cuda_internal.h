@@ -117,6 +117,8 @@ struct dsi__cuda {
     bool ar_fast;              /* the ranks mapped each other's exchange regions (NVLink, one host) */
     struct dsi_cuda_ar ar;     /* kernels/tp_allreduce.cu: peer regions, epochs */
     void *ar_region;           /* this rank's exchange region (own allocation) */
+    void *ar_handles;          /* device: every rank's IPC handle (the exchange) */
+    int *ar_ok;                /* device: the agreement on the fused path */
     float *lg_local, *lg_all; /* (S, vocab_pad) this rank's logits, (size, S, vocab_pad) gathered */
 };
 
@@ -134,12 +136,15 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
  * fallback verified them on the host; on failure nothing is kept. */
 int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_t ***images, char **err);
 void dsi__cuda_free_images(struct dsi__cuda *c, const struct dsi_model *m, uint8_t **images);
-/* Tensor parallel (cuda_tp.c). init: the NCCL communicator of shard sh
- * (collective over its ranks); allreduce: in-place fp32 sum over the ranks on
+/* Tensor parallel (cuda_tp.c). prepare: what can fail on this rank alone
+ * (the exchange buffers), before the ranks agree; init: the NCCL communicator
+ * of shard sh and the exchange of the all-reduce regions (collective over its
+ * ranks); allreduce: in-place fp32 sum over the ranks on
  * c->stream; logits: all-gathers the (rows, lm_head.n) slices in c->lg_local
  * into the whole (rows, vocab) logits in c->logits; destroy: frees the
  * communicator (aborts it when the backend is dead). Without NCCL, init fails
  * with DSI_ENODEV and the others are never reached. */
+int dsi__cuda_tp_prepare(struct dsi__cuda *c, char **err);
 int dsi__cuda_tp_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err);
 int dsi__cuda_tp_allreduce(struct dsi__cuda *c, float *buf, size_t n);
 /* x += all-reduce(delta) over the ranks, xn = rmsnorm(x) * w (rows of hidden):

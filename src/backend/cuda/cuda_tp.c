@@ -34,7 +34,7 @@ static int nccl_check(ncclResult_t r, const char *what, const char *file, int li
 }
 #define NCCL_CHECK(call) nccl_check((call), #call, __FILE__, __LINE__)
 
-static int fast_init(struct dsi__cuda *c, char **err);
+static int fast_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err);
 
 /* Unmaps the other ranks' exchange regions (this rank's own is in c->allocs). */
 static void close_peers(struct dsi__cuda *c) {
@@ -68,43 +68,52 @@ int dsi__cuda_tp_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char
                           last ? last : "");
     }
     c->nccl = comm;
-    return fast_init(c, err);
+    return fast_init(c, sh, err);
+}
+
+int dsi__cuda_tp_prepare(struct dsi__cuda *c, char **err) {
+    int n = c->tp_size, rc;
+    if ((rc = dsi__cuda_alloc(c, &c->ar_region, dsi_cuda_ar_region_bytes(), "all-reduce region", err)) ||
+        (rc = dsi__cuda_alloc(c, &c->ar.local, dsi_cuda_ar_local_bytes(), "all-reduce scratch", err)) ||
+        (rc = dsi__cuda_alloc(c, &c->ar_handles, (size_t)n * sizeof(cudaIpcMemHandle_t), "IPC handles",
+                              err)) ||
+        (rc = dsi__cuda_alloc(c, (void **)&c->ar_ok, sizeof(int), "all-reduce agreement", err)))
+        return rc;
+    if (DSI_CUDA_CHECK(cudaMemset(c->ar_region, 0, dsi_cuda_ar_region_bytes())) ||
+        DSI_CUDA_CHECK(cudaMemset(c->ar.local, 0, dsi_cuda_ar_local_bytes())) ||
+        DSI_CUDA_CHECK(cudaDeviceSynchronize()))
+        return dsi_seterr(err, DSI_ECUDA, "cuda: clearing the all-reduce region failed");
+    return 0;
 }
 
 /* Maps every rank's exchange region into this process (CUDA IPC; handles
  * all-gathered over NCCL) for the fused one-shot all-reduce. Every rank must
- * succeed, so the outcome is agreed with one more all-reduce; on ranks of
- * different hosts, or GPUs without peer access, opening fails and all ranks
- * keep NCCL. DSI_CUDA_TP_ALLREDUCE=nccl skips it (A/B timing). */
-static int fast_init(struct dsi__cuda *c, char **err) {
+ * succeed, so the outcome is agreed with one more all-reduce; ranks on
+ * several hosts (sh->one_host false), more ranks than the kernel takes, or
+ * GPUs without peer access keep NCCL. DSI_CUDA_TP_ALLREDUCE=nccl skips it
+ * (A/B timing). Nothing that can fail on one rank alone stands between the
+ * two collectives: a local failure only turns this rank's vote to 0. */
+static int fast_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err) {
     const char *env = getenv("DSI_CUDA_TP_ALLREDUCE");
-    bool want = !(env && !strcmp(env, "nccl")) && c->tp_size <= DSI_CUDA_AR_MAX_RANKS;
-    int n = c->tp_size, me = c->tp_rank, rc;
-    cudaIpcMemHandle_t *h = calloc((size_t)n, sizeof *h);
-    void *d_h = NULL;
-    int *d_ok = NULL, ok = 0;
-    if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
-    if ((rc = dsi__cuda_alloc(c, &c->ar_region, dsi_cuda_ar_region_bytes(), "all-reduce region", err)) ||
-        (rc = dsi__cuda_alloc(c, &c->ar.local, dsi_cuda_ar_local_bytes(), "all-reduce scratch", err)) ||
-        (rc = dsi__cuda_alloc(c, &d_h, (size_t)n * sizeof *h, "IPC handles", err)) ||
-        (rc = dsi__cuda_alloc(c, (void **)&d_ok, sizeof(int), "IPC status", err)))
-        goto out;
-    if (DSI_CUDA_CHECK(cudaMemset(c->ar_region, 0, dsi_cuda_ar_region_bytes())) ||
-        DSI_CUDA_CHECK(cudaMemset(c->ar.local, 0, dsi_cuda_ar_local_bytes()))) {
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: clearing the all-reduce region failed");
-        goto out;
-    }
-    ok = want && cudaIpcGetMemHandle(&h[me], c->ar_region) == cudaSuccess;
+    int n = c->tp_size, me = c->tp_rank, ok = 0;
+    cudaIpcMemHandle_t *h = NULL;
+    char *d_h = c->ar_handles;
+    /* the same on every rank: then no rank takes part in the collectives below */
+    if (n > DSI_CUDA_AR_MAX_RANKS || !sh->one_host || (env && !strcmp(env, "nccl"))) goto report;
+    h = calloc((size_t)n, sizeof *h);
+    ok = h && cudaIpcGetMemHandle(&h[me], c->ar_region) == cudaSuccess;
     cudaGetLastError();
-    /* every rank takes part in both collectives whatever happened here */
-    if (DSI_CUDA_CHECK(
-            cudaMemcpy((char *)d_h + (size_t)me * sizeof *h, &h[me], sizeof *h, cudaMemcpyHostToDevice)) ||
-        NCCL_CHECK(ncclAllGather((char *)d_h + (size_t)me * sizeof *h, d_h, sizeof *h, ncclChar,
-                                 (ncclComm_t)c->nccl, c->stream)) ||
-        DSI_CUDA_CHECK(cudaMemcpyAsync(h, d_h, (size_t)n * sizeof *h, cudaMemcpyDeviceToHost, c->stream)) ||
+    /* every rank takes part in both collectives whatever happened here; the
+     * copies run on the backend's stream, ordered with the NCCL calls */
+    if ((h && DSI_CUDA_CHECK(cudaMemcpyAsync(d_h + (size_t)me * sizeof *h, &h[me], sizeof *h,
+                                             cudaMemcpyHostToDevice, c->stream))) ||
+        NCCL_CHECK(ncclAllGather(d_h + (size_t)me * sizeof *h, d_h, sizeof *h, ncclChar, (ncclComm_t)c->nccl,
+                                 c->stream)) ||
+        (h &&
+         DSI_CUDA_CHECK(cudaMemcpyAsync(h, d_h, (size_t)n * sizeof *h, cudaMemcpyDeviceToHost, c->stream))) ||
         DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: exchanging all-reduce regions failed");
-        goto out;
+        free(h);
+        return dsi_seterr(err, DSI_ECUDA, "cuda: exchanging all-reduce regions failed");
     }
     c->ar.rank = me;
     c->ar.size = n;
@@ -117,24 +126,21 @@ static int fast_init(struct dsi__cuda *c, char **err) {
             ok = 0;
         }
     }
-    if (DSI_CUDA_CHECK(cudaMemcpy(d_ok, &ok, sizeof ok, cudaMemcpyHostToDevice)) ||
-        NCCL_CHECK(ncclAllReduce(d_ok, d_ok, 1, ncclInt32, ncclMin, (ncclComm_t)c->nccl, c->stream)) ||
-        DSI_CUDA_CHECK(cudaMemcpyAsync(&ok, d_ok, sizeof ok, cudaMemcpyDeviceToHost, c->stream)) ||
-        DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) {
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: agreeing on the all-reduce path failed");
-        goto out;
-    }
-    c->ar_fast = ok != 0;
-    dsi_log(DSI_LOG_INFO, "cuda", "rank %d: all-reduces %s", me,
-            c->ar_fast
-                ? "fused with add+RMSNorm over NVLink (one-shot) for small steps, NCCL above"
-                : "by NCCL (the ranks could not map each other's memory, or DSI_CUDA_TP_ALLREDUCE=nccl)");
-out:
-    if (!c->ar_fast) close_peers(c);
-    dsi__cuda_free(c, d_h);
-    dsi__cuda_free(c, d_ok);
     free(h);
-    return rc;
+    if (DSI_CUDA_CHECK(cudaMemcpyAsync(c->ar_ok, &ok, sizeof ok, cudaMemcpyHostToDevice, c->stream)) ||
+        NCCL_CHECK(
+            ncclAllReduce(c->ar_ok, c->ar_ok, 1, ncclInt32, ncclMin, (ncclComm_t)c->nccl, c->stream)) ||
+        DSI_CUDA_CHECK(cudaMemcpyAsync(&ok, c->ar_ok, sizeof ok, cudaMemcpyDeviceToHost, c->stream)) ||
+        DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream)))
+        return dsi_seterr(err, DSI_ECUDA, "cuda: agreeing on the all-reduce path failed");
+report:
+    c->ar_fast = ok != 0;
+    if (!c->ar_fast) close_peers(c);
+    dsi_log(DSI_LOG_INFO, "cuda", "rank %d: all-reduces %s", me,
+            c->ar_fast ? "fused with add+RMSNorm over NVLink (one-shot) for small steps, NCCL above"
+                       : "by NCCL (ranks on several hosts or without peer access to each other's memory, "
+                         "more than 8 ranks, or DSI_CUDA_TP_ALLREDUCE=nccl)");
+    return 0;
 }
 
 int dsi__cuda_tp_reduce_norm(struct dsi__cuda *c, const float *w, int rows) {
@@ -180,6 +186,12 @@ int dsi_cuda_tp_unique_id(unsigned char id[DSI_CUDA_NCCL_ID_BYTES], char **err) 
 int dsi__cuda_tp_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err) {
     (void)c;
     (void)sh;
+    return dsi_seterr(err, DSI_ENODEV,
+                      "tensor parallel on CUDA needs NCCL, and this dsinfer was built without NCCL");
+}
+
+int dsi__cuda_tp_prepare(struct dsi__cuda *c, char **err) {
+    (void)c;
     return dsi_seterr(err, DSI_ENODEV,
                       "tensor parallel on CUDA needs NCCL, and this dsinfer was built without NCCL");
 }

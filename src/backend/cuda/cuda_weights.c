@@ -310,8 +310,10 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
 
     if (c->int8) {
         size_t big = (size_t)V * H;
-        size_t cand[3] = {(size_t)(nq + 2 * nk) * H, (size_t)2 * I * H, (size_t)H * nq};
-        for (int i = 0; i < 3; i++)
+        /* a shard's o/down slices stage their whole rows (fq, fI) for the scales */
+        size_t cand[5] = {(size_t)(nq + 2 * nk) * H, (size_t)2 * I * H, (size_t)H * nq, (size_t)H * fq,
+                          (size_t)H * fI};
+        for (int i = 0; i < 5; i++)
             if (cand[i] > big) big = cand[i];
         L.stage_elems = big;
         if ((rc = dsi__cuda_alloc(c, (void **)&L.stage, big * 2, "weight staging", err))) goto out;
