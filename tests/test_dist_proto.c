@@ -296,13 +296,28 @@ TEST(create_malformed_rejected) {
     const size_t ext = 16 + 3;
     CHECK_EQ_INT(create_mut(ext, 2, 0), DSI_EFORMAT); /* unknown backend */
     CHECK_EQ_INT(create_mut(ext, -1, 0), DSI_EFORMAT);
-    CHECK_EQ_INT(create_mut(ext + 1, -1, 0), DSI_EFORMAT);         /* max_seqs */
-    CHECK_EQ_INT(create_mut(ext + 2, 0x7fc00000, 0), DSI_EFORMAT); /* fraction NaN */
-    CHECK_EQ_INT(create_mut(ext + 2, 0x40000000, 0), DSI_EFORMAT); /* fraction 2.0 */
-    CHECK_EQ_INT(create_mut(ext + 3, 1, 0), DSI_EFORMAT);          /* padding */
-    CHECK_EQ_INT(create_mut(ext, DSI_TP_BACKEND_CPU, 0), 0);
-    CHECK_EQ_INT(create_mut(ext + 4, 0x12345678, 0), 0); /* the NCCL id is opaque bytes */
+    CHECK_EQ_INT(create_mut(ext + 1, -1, 0), DSI_EFORMAT);             /* max_seqs */
+    CHECK_EQ_INT(create_mut(ext + 2, 0x7fc00000, 0), DSI_EFORMAT);     /* fraction NaN */
+    CHECK_EQ_INT(create_mut(ext + 2, 0x40000000, 0), DSI_EFORMAT);     /* fraction 2.0 */
+    CHECK_EQ_INT(create_mut(ext + 3, 1, 0), DSI_EFORMAT);              /* padding */
+    CHECK_EQ_INT(create_mut(ext, DSI_TP_BACKEND_CPU, 0), DSI_EFORMAT); /* CPU with an NCCL id */
+    CHECK_EQ_INT(create_mut(16 + 2, 0x7f6f6d65, 0), DSI_EFORMAT);      /* "emo" + a non-zero pad byte */
+    CHECK_EQ_INT(create_mut(16 + 2, 0x006f6d65, 0), 0);                /* "emo" + the zero pad byte */
+    CHECK_EQ_INT(create_mut(ext + 4, 0x12345678, 0), 0);               /* the NCCL id is opaque bytes */
     CHECK_EQ_INT(create_mut(99999, 0, 16 + 3 + DSI_TP_CREATE_EXT - 1), DSI_EFORMAT); /* ext cut short */
+}
+
+TEST(create_cpu_needs_no_nccl_id) {
+    struct dsi_tp_create c = sample_create(), d;
+    c.backend = DSI_TP_BACKEND_CPU;
+    memset(c.nccl_id, 0, sizeof c.nccl_id);
+    int32_t w[DSI_TP_CREATE_WORDS];
+    size_t n = 0;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_tp_create_encode(&c, w, &n, &err), 0);
+    CHECK_EQ_INT(dsi_tp_create_decode(w, n, &d, &err), 0);
+    CHECK_EQ_INT(d.backend, DSI_TP_BACKEND_CPU);
+    free(err);
 }
 
 TEST(split_heads_must_divide) {
@@ -354,6 +369,7 @@ int main(void) {
     RUN(hdr_checks);
     RUN(create_roundtrip);
     RUN(create_malformed_rejected);
+    RUN(create_cpu_needs_no_nccl_id);
     RUN(split_heads_must_divide);
     RUN(split_int8_groups_must_not_straddle);
     return test_summary();

@@ -35,6 +35,7 @@ static struct {
     bool shutdown_sent; /* rank 0: workers told to exit */
     bool backend_alive; /* rank 0: a TP backend exists (workers hold its shards) */
     int rank, size;
+    int local_rank, local_size; /* among the ranks of this host (the GPU a CUDA rank takes) */
 #ifdef DSI_HAVE_MPI
     MPI_Comm comm;
 #endif
@@ -84,6 +85,12 @@ static void dist_atexit(void);
 
 MPI_Comm dsi__dist_comm(void) {
     return dist.up ? dist.comm : MPI_COMM_NULL;
+}
+int dsi__dist_local_rank(void) {
+    return dist.up ? dist.local_rank : 0;
+}
+int dsi__dist_local_size(void) {
+    return dist.up ? dist.local_size : 1;
 }
 void dsi__dist_set_backend(bool alive) {
     dist.backend_alive = alive;
@@ -213,6 +220,15 @@ bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
         return true;
     }
     MPI_Comm_set_errhandler(dist.comm, MPI_ERRORS_RETURN);
+    /* collective: every rank splits here, once, whatever it does later */
+    MPI_Comm node;
+    dist.local_rank = 0;
+    dist.local_size = 1;
+    if (MPI_Comm_split_type(dist.comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_rank(node, &dist.local_rank);
+        MPI_Comm_size(node, &dist.local_size);
+        MPI_Comm_free(&node);
+    }
     if (atexit(dist_atexit)) {
         fprintf(stderr, "dsinfer: rank %d: atexit failed\n", dist.rank);
         *rc = 1;

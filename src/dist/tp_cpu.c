@@ -305,6 +305,10 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
     } else if (!t) {
         rc = dsi_seterr(err, DSI_EINTERNAL, "tensor parallel: no shard built and no rank said why");
     }
+    for (int r = 1; !rc && r < size; r++)
+        if (all[2 * r + 1] < 1)
+            rc = dsi_seterr(err, DSI_EDIST, "rank %d built its shard but reported %d KV blocks", r,
+                            all[2 * r + 1]);
     if (!rc) { /* the engine may use only the blocks every rank has */
         for (int r = 1; r < size; r++)
             if (all[2 * r + 1] < t->be.n_kv_blocks) t->be.n_kv_blocks = all[2 * r + 1];
@@ -488,7 +492,16 @@ int dsi__tp_worker_loop(char **err) {
         }
         struct dsi_batch b;
         if ((rc = dsi_tp_batch_decode(t->msg, hdr[3], &t->lim, t->seqs, &b, err))) break;
-        if ((rc = dsi__tp_forward_local(t, &b, NULL, err))) break;
+        if ((rc = dsi__tp_forward_local(t, &b, NULL, err))) {
+            /* CUDA: the other ranks sit in this step's collectives, which cannot
+             * complete: end the job before tearing anything down */
+            if (t->gpu) {
+                dsi_log(DSI_LOG_ERROR, "dist", "rank %d: step %u failed: %s", dsi_dist_rank(),
+                        (unsigned)hdr[4], err && *err ? *err : dsi_strerror(rc));
+                dsi__dist_fatal("a CUDA tensor-parallel step failed on a worker");
+            }
+            break;
+        }
     }
     dsi__tp_free_shard(t);
     if (have_model) dsi_model_close(&model);

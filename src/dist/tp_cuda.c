@@ -24,23 +24,12 @@
 #ifdef DSI_HAVE_CUDA
 #include "dsinfer/kernels.h"
 
-/* This rank's index among the ranks on its host: the GPU it uses. */
-static int local_rank(MPI_Comm comm, char **err, int *out) {
-    MPI_Comm node;
-    int mrc = MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "split by host", err);
-    mrc = MPI_Comm_rank(node, out);
-    MPI_Comm_free(&node);
-    return mrc == MPI_SUCCESS ? 0 : dsi__dist_mpierr(mrc, "rank on this host", err);
-}
-
 int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err) {
     MPI_Comm comm = dsi__dist_comm();
     if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
-    int size = 1, local = 0, rc;
+    int size = 1, rc;
     MPI_Comm_size(comm, &size);
-    if ((rc = local_rank(comm, err, &local))) return rc;
-    o->device = local;
+    o->device = dsi__dist_local_rank(); /* no collective here: only some ranks get this far */
     int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
     if ((rc = dsi_tp_check_split(cfg, size, gs, err))) return rc;
     return dsi_cuda_shard_check(cfg, o, size, err);
@@ -49,6 +38,15 @@ int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_op
 int dsi__tp_cuda_id(unsigned char id[DSI_TP_NCCL_ID_BYTES], char **err) {
     _Static_assert(DSI_TP_NCCL_ID_BYTES == DSI_CUDA_NCCL_ID_BYTES, "NCCL id size");
     return dsi_cuda_tp_unique_id(id, err);
+}
+
+/* The CUDA shard's vote before NCCL's set-up (kernels.h): 1 when every rank's
+ * ok is 1. An MPI failure counts as "no" (the gather after it reports it). */
+static int agree(void *ctx, int ok) {
+    struct dsi__tp *t = ctx;
+    int all = 0;
+    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, t->comm) != MPI_SUCCESS) return 0;
+    return all;
 }
 
 int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
@@ -65,7 +63,11 @@ int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backen
     t->comm = comm;
     MPI_Comm_rank(comm, &t->rank);
     MPI_Comm_size(comm, &t->size);
-    struct dsi_cuda_shard sh = {.rank = t->rank, .size = t->size};
+    struct dsi_cuda_shard sh = {.rank = t->rank,
+                                .size = t->size,
+                                .one_host = dsi__dist_local_size() == t->size,
+                                .agree = agree,
+                                .agree_ctx = t};
     memcpy(sh.nccl_id, nccl_id, DSI_CUDA_NCCL_ID_BYTES);
     int rc = dsi_cuda_backend_create_shard(m, o, &sh, false, 0, &t->gpu, err);
     if (rc) goto fail;
@@ -94,8 +96,12 @@ int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backen
         goto fail;
     }
     t->msg = calloc(t->msg_cap, sizeof(int32_t));
+    if (dsi__tp_own(t, t->msg)) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        goto fail;
+    }
     t->seqs = calloc((size_t)max_seqs, sizeof *t->seqs);
-    if (dsi__tp_own(t, t->msg) || dsi__tp_own(t, t->seqs)) {
+    if (dsi__tp_own(t, t->seqs)) {
         rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
         goto fail;
     }

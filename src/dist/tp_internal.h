@@ -82,6 +82,9 @@ int dsi__dist_mpierr(int mrc, const char *what, char **err);
 /* Rank 0: broadcast a header (+ payload). Every rank: receive a header (workers poll). */
 int dsi__dist_send(enum dsi_tp_msg type, const int32_t *payload, uint32_t n_words, uint32_t step, char **err);
 int dsi__dist_recv_hdr(uint32_t hdr[DSI_TP_HDR_WORDS], char **err);
+/* This rank's index and the rank count on its host (split once at start-up). */
+int dsi__dist_local_rank(void);
+int dsi__dist_local_size(void);
 /* Logs why, then MPI_Abort: every rank ends (systemd restarts the job). For a
  * failure that leaves other ranks inside a collective that cannot complete. */
 void dsi__dist_fatal(const char *why);

@@ -219,6 +219,10 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
                           (int)len, n_words);
     memcpy(c->dir, words + 16, (size_t)len);
     c->dir[len] = 0;
+    const unsigned char *dir_bytes = (const unsigned char *)(words + 16);
+    for (size_t k = (size_t)len; k % 4; k++)
+        if (dir_bytes[k])
+            return dsi_seterr(err, DSI_EFORMAT, "create message: padding after the model dir is not zero");
     if (strlen(c->dir) != (size_t)len)
         return dsi_seterr(err, DSI_EFORMAT, "create message: model dir contains a NUL byte");
     struct dsi_backend_opts *o = &c->opts;
@@ -256,6 +260,10 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
     if (ext[1] < 0 || ext[1] > (1 << 24) || !(frac >= 0.f && frac <= 1.f) || ext[3] != 0)
         return dsi_seterr(err, DSI_EFORMAT,
                           "create message: max_seqs, kv_gpu_fraction or padding out of range");
+    if (ext[0] == DSI_TP_BACKEND_CPU)
+        for (int k = 0; k < DSI_TP_NCCL_ID_BYTES / 4; k++)
+            if (ext[4 + k])
+                return dsi_seterr(err, DSI_EFORMAT, "create message: an NCCL id for the CPU backend");
     c->backend = (enum dsi_tp_backend)ext[0];
     o->max_seqs = ext[1];
     o->kv_gpu_fraction = frac;
