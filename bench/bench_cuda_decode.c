@@ -23,6 +23,7 @@
 
 #include "dsinfer/backend.h"
 #include "dsinfer/err.h"
+#include "bench_shapes.h"
 #include "dsinfer/kernels.h"
 #include "dsinfer/model.h"
 
@@ -32,35 +33,6 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void qwen2_7b(struct dsi_model_config *c) {
-    memset(c, 0, sizeof *c);
-    c->arch = DSI_ARCH_QWEN2;
-    snprintf(c->architecture, sizeof c->architecture, "Qwen2ForCausalLM");
-    c->vocab_size = 152064;
-    c->hidden_size = 3584;
-    c->intermediate_size = 18944;
-    c->n_layers = 28;
-    c->n_heads = 28;
-    c->n_kv_heads = 4;
-    c->head_dim = 128;
-    c->max_position_embeddings = 32768;
-    c->rms_norm_eps = 1e-6f;
-    c->rope_theta = 1000000.f;
-    c->rope.type = DSI_ROPE_DEFAULT;
-    c->attention_bias = true;
-    c->dtype = DSI_DT_BF16;
-}
-
-/* Bytes of all matrices as streamed by one decode step. */
-static double weight_stream_bytes(const struct dsi_model_config *c, int int8) {
-    double H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, V = c->vocab_size;
-    double nq = c->n_heads * hd, nk = c->n_kv_heads * hd;
-    double per_layer = (nq + 2 * nk) * H + H * nq + 2 * I * H + H * I;
-    double rows = c->n_layers * ((nq + 2 * nk) + H + 2 * I + H) + V;
-    double elems = c->n_layers * per_layer + V * H;
-    return int8 ? elems + rows * 4 : elems * 2;
 }
 
 struct run {

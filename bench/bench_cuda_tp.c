@@ -55,6 +55,7 @@
 #include "dsinfer/backend.h"
 #include "dsinfer/dist.h"
 #include "dsinfer/err.h"
+#include "bench_shapes.h"
 #include "dsinfer/kernels.h"
 #include "dsinfer/model.h"
 
@@ -107,56 +108,6 @@ static int skip_77(int rank, const char *why) {
     fflush(stdout);
     MPI_Finalize();
     return 77;
-}
-
-static void qwen2_7b(struct dsi_model_config *c) {
-    memset(c, 0, sizeof *c);
-    c->arch = DSI_ARCH_QWEN2;
-    snprintf(c->architecture, sizeof c->architecture, "Qwen2ForCausalLM");
-    c->vocab_size = 152064;
-    c->hidden_size = 3584;
-    c->intermediate_size = 18944;
-    c->n_layers = 28;
-    c->n_heads = 28;
-    c->n_kv_heads = 4;
-    c->head_dim = 128;
-    c->max_position_embeddings = 32768;
-    c->rms_norm_eps = 1e-6f;
-    c->rope_theta = 1000000.f;
-    c->rope.type = DSI_ROPE_DEFAULT;
-    c->attention_bias = true;
-    c->dtype = DSI_DT_BF16;
-}
-
-/* DeepSeek LLM 67B (deepseek-ai/deepseek-llm-67b-base config.json): a Llama. */
-static void deepseek_67b(struct dsi_model_config *c) {
-    memset(c, 0, sizeof *c);
-    c->arch = DSI_ARCH_LLAMA;
-    snprintf(c->architecture, sizeof c->architecture, "LlamaForCausalLM");
-    c->vocab_size = 102400;
-    c->hidden_size = 8192;
-    c->intermediate_size = 22016;
-    c->n_layers = 95;
-    c->n_heads = 64;
-    c->n_kv_heads = 8;
-    c->head_dim = 128;
-    c->max_position_embeddings = 4096;
-    c->rms_norm_eps = 1e-6f;
-    c->rope_theta = 10000.f;
-    c->rope.type = DSI_ROPE_DEFAULT;
-    c->attention_bias = false;
-    c->dtype = DSI_DT_BF16;
-}
-
-/* Bytes of all matrices of the whole model as streamed by one decode step
- * (same count as bench_cuda_decode: int8 + one fp32 scale per row, or bf16). */
-static double weight_stream_bytes(const struct dsi_model_config *c, int int8) {
-    double H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, V = c->vocab_size;
-    double nq = c->n_heads * hd, nk = c->n_kv_heads * hd;
-    double per_layer = (nq + 2 * nk) * H + H * nq + 2 * I * H + H * I;
-    double rows = c->n_layers * ((nq + 2 * nk) + H + 2 * I + H) + V;
-    double elems = c->n_layers * per_layer + V * H;
-    return int8 ? elems + rows * 4 : elems * 2;
 }
 
 /* bf16 K and V of every layer for one token of the whole model (all KV heads). */
