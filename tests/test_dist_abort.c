@@ -20,12 +20,16 @@
 #include "dsinfer/dist.h"
 #include "test.h"
 
-/* The fake rank 0: same communicator setup as dist.c (dup of WORLD), then one bad message. */
+/* The fake rank 0: same communicator setup as dist.c (dup of WORLD, split by
+ * host), then one bad message. */
 static int fake_rank0(const char *mode) {
     int provided = 0;
     MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
-    MPI_Comm comm;
+    MPI_Comm comm, node;
     MPI_Comm_dup(MPI_COMM_WORLD, &comm);
+    /* dist.c's bootstrap also splits the ranks by host, once, collectively */
+    MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_free(&node);
     uint32_t hdr[DSI_TP_HDR_WORDS];
     int32_t payload[64] = {0};
     uint32_t n = 0;

@@ -275,6 +275,10 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
     int32_t words[DSI_TP_CREATE_WORDS];
     size_t n_words = 0;
     if ((rc = dsi_tp_create_encode(&c, words, &n_words, err))) return rc;
+    /* the workers will check these words like outside input: check them here
+     * first, so a bad option is rank 0's clear error, not a worker's */
+    struct dsi_tp_create echo;
+    if ((rc = dsi_tp_create_decode(words, n_words, &echo, err))) return rc;
     int size = dsi_dist_size();
     int *all = calloc((size_t)size * 2, sizeof *all); /* before "create": the gather must not fail later */
     if (!all) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
