@@ -12,9 +12,9 @@
  * comes with its *.safetensors unhashed and their tensor data withheld: first
  * cuda_hashload.c hashes each file while copying it to a device image (one
  * pass, fail closed), then bf16 tensors are copied device to device from the
- * images, F16/F32 ones and vectors are converted on the host from the mmap
- * (released by the model once the file's digest matched), and the images are
- * freed.
+ * images, F16/F32 ones and vectors are read back from the images and converted
+ * on the host (never from the mmap: the file may have changed since it was
+ * mapped, the image holds exactly the hashed bytes), and the images are freed.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +100,35 @@ static int find(struct loader *L, const char *name, int rows, int cols, const st
     return 0;
 }
 
+/* The bytes of tensor t that the single pass hashed: a host copy out of its
+ * file's device image, so that what is used is exactly what was verified even if
+ * the file changed after it was mapped; with no image (two-pass load, or a file
+ * verified at open), t->data. *owned: the copy to free, or NULL. */
+static int verified_bytes(struct loader *L, const struct dsi_tensor *t, const void **out, void **owned,
+                          char **err) {
+    *out = t->data;
+    *owned = NULL;
+    size_t pi = SIZE_MAX;
+    uint64_t off = 0;
+    if (L->images && dsi_model_tensor_location(L->m, t, &pi, &off) == 0 && pi < L->m->n_pending &&
+        L->images[pi]) {
+        if (off > L->m->pending[pi].size || t->size_bytes > L->m->pending[pi].size - off)
+            return dsi_seterr(err, DSI_EFORMAT, "cuda: tensor %s lies outside its file", t->name);
+        void *h = malloc(t->size_bytes ? t->size_bytes : 1);
+        if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory for %s", t->name);
+        if (DSI_CUDA_CHECK(cudaMemcpy(h, L->images[pi] + off, t->size_bytes, cudaMemcpyDeviceToHost))) {
+            free(h);
+            return dsi_seterr(err, DSI_ECUDA, "cuda: reading %s back from its verified image failed",
+                              t->name);
+        }
+        *out = h;
+        *owned = h;
+    }
+    if (!*out)
+        return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", t->name);
+    return 0;
+}
+
 /* The block of a (full_rows, full_cols) tensor that this backend keeps: all of
  * it, or a tensor-parallel shard's rows or columns (kernels.h). */
 struct part {
@@ -147,9 +176,13 @@ static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, ch
             L->host = h;
             L->host_elems = n;
         }
+        struct dsi_tensor tv = *t;
+        void *owned = NULL;
+        if ((rc = verified_bytes(L, t, &tv.data, &owned, err))) return rc;
         for (size_t r = 0; r < (size_t)p->rows; r++)
             for (size_t j = 0; j < (size_t)p->cols; j++)
-                L->host[r * p->cols + j] = f32_to_bf16(elem_f32(t, first + r * fc + j));
+                L->host[r * p->cols + j] = f32_to_bf16(elem_f32(&tv, first + r * fc + j));
+        free(owned);
         src = L->host;
         pitch = (size_t)p->cols * 2;
     }
@@ -179,12 +212,15 @@ static int upload_vec_part(struct loader *L, const char *name, int full, int off
             free(h);
             return rc;
         }
-        if (!t->data) {
+        struct dsi_tensor tv = *t;
+        void *owned = NULL;
+        if ((rc = verified_bytes(L, t, &tv.data, &owned, err))) {
             free(h);
-            return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", name);
+            return rc;
         }
         for (int i = 0; i < n; i++)
-            h[i] = elem_f32(t, (size_t)off + (size_t)i);
+            h[i] = elem_f32(&tv, (size_t)off + (size_t)i);
+        free(owned);
     }
     rc = DSI_CUDA_CHECK(cudaMemcpy(*dst, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice));
     free(h);
