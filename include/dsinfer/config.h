@@ -6,7 +6,8 @@
  * command-line overrides (--name value, with '_' spelled '-') and
  * config/dsinfer.json are all produced from that table.
  *
- * Owner: src/core/config.c.
+ * Owner: src/core/config.c (table, loading, validation) and
+ * src/core/config_report.c (reload check, --help, JSON output).
  */
 #ifndef DSINFER_CONFIG_H
 #define DSINFER_CONFIG_H

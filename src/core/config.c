@@ -1,11 +1,14 @@
 /*
- * config.c: the daemon's configuration table and everything made from it.
+ * config.c: the daemon's configuration table, and building a valid config from
+ * it: defaults, the JSON file, command-line overrides, per-option checks and
+ * the cross-field rules of dsi_config_validate.
  *
  * Each option of struct dsi_config is one row of `opts` below: name, type,
  * range, default, an example value for config/dsinfer.json, flags and help.
- * The JSON loader, dsi_config_set (command-line overrides), validation,
- * `--help` and the documented example all walk this one table, so an option
- * cannot be loadable but undocumented, or documented with the wrong default.
+ * The JSON loader, dsi_config_set (command-line overrides), validation, and
+ * in config_report.c the SIGHUP reload check, `--help` and the documented
+ * example all walk this one table, so an option cannot be loadable but
+ * undocumented, or documented with the wrong default.
  *
  * Invariants: every string field of a config that went through
  * dsi_config_init is a heap string (never NULL; "" means "not set"). Values
@@ -23,153 +26,137 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_internal.h"
 #include "dsinfer/err.h"
 
-enum opt_type { OPT_STR, OPT_PATH, OPT_BOOL, OPT_INT, OPT_SIZE, OPT_DOUBLE, OPT_ENUM, OPT_JSON };
-
-/* OPT_RELOAD: SIGHUP applies a new value; otherwise a restart is needed. TLS
- * material is not among them: libmicrohttpd keeps its credentials for the
- * listener's lifetime (see src/server/server.c). */
-enum { OPT_RELOAD = 1u << 0 };
-
-struct opt {
-    const char *name;
-    enum opt_type type;
-    size_t off;
-    double min, max;     /* OPT_INT, OPT_SIZE, OPT_DOUBLE: inclusive range */
-    const char *def;     /* default, as text (parsed like a command-line value) */
-    const char *example; /* value shown in config/dsinfer.json; NULL: the default */
-    const char *choices; /* OPT_ENUM: "a|b|c" */
-    int (*check)(const struct opt *o, const char *text, char **err); /* extra per-option rule */
-    unsigned flags;
-    const char *group;
-    const char *help;
-};
-
-static int check_listen(const struct opt *o, const char *text, char **err);
-static int check_sha256(const struct opt *o, const char *text, char **err);
-static int check_pow2_or_zero(const struct opt *o, const char *text, char **err);
-static int check_roles(const struct opt *o, const char *text, char **err);
+static int check_listen(const struct dsi__opt *o, const char *text, char **err);
+static int check_sha256(const struct dsi__opt *o, const char *text, char **err);
+static int check_pow2_or_zero(const struct dsi__opt *o, const char *text, char **err);
+static int check_roles(const struct dsi__opt *o, const char *text, char **err);
 
 #define F(field) offsetof(struct dsi_config, field)
 #define MIB (1024.0 * 1024.0)
 
 /* clang-format off */
-static const struct opt opts[] = {
-    {"listen", OPT_STR, F(listen), 0, 0, "127.0.0.1:8443", NULL, NULL, check_listen, 0, "network",
+static const struct dsi__opt opts[] = {
+    {"listen", DSI__OPT_STR, F(listen), 0, 0, "127.0.0.1:8443", NULL, NULL, check_listen, 0, "network",
      "address:port to listen on; IPv6 as [::1]:8443, all interfaces as 0.0.0.0:8443"},
-    {"plain_http", OPT_BOOL, F(plain_http), 0, 0, "false", NULL, NULL, NULL, 0, "network",
+    {"plain_http", DSI__OPT_BOOL, F(plain_http), 0, 0, "false", NULL, NULL, NULL, 0, "network",
      "serve plain HTTP instead of TLS 1.3; only allowed on a loopback listen address"},
-    {"tls_cert", OPT_PATH, F(tls_cert), 0, 0, "", "/etc/dsinfer/tls.crt", NULL, NULL, 0, "network",
+    {"tls_cert", DSI__OPT_PATH, F(tls_cert), 0, 0, "", "/etc/dsinfer/tls.crt", NULL, NULL, 0, "network",
      "PEM certificate chain; empty: a self-signed certificate kept in state_dir"},
-    {"tls_key", OPT_PATH, F(tls_key), 0, 0, "", "/run/credentials/dsinfer.service/tls.key", NULL, NULL,
+    {"tls_key", DSI__OPT_PATH, F(tls_key), 0, 0, "", "/run/credentials/dsinfer.service/tls.key", NULL, NULL,
      0, "network",
      "PEM private key of tls_cert; ${CREDENTIALS_DIRECTORY} is expanded (systemd LoadCredential=)"},
-    {"tls_client_ca", OPT_PATH, F(tls_client_ca), 0, 0, "", NULL, NULL, NULL, 0, "network",
+    {"tls_client_ca", DSI__OPT_PATH, F(tls_client_ca), 0, 0, "", NULL, NULL, NULL, 0, "network",
      "PEM CA certificates that sign client certificates (mTLS); empty: no client certificates"},
-    {"tls_require_client_cert", OPT_BOOL, F(tls_require_client_cert), 0, 0, "false", NULL, NULL, NULL,
+    {"tls_require_client_cert", DSI__OPT_BOOL, F(tls_require_client_cert), 0, 0, "false", NULL, NULL, NULL,
      0, "network", "refuse TLS clients without a certificate signed by tls_client_ca"},
-    {"max_connections", OPT_INT, F(max_connections), 1, 65536, "1024", NULL, NULL, NULL, 0, "network",
+    {"max_connections", DSI__OPT_INT, F(max_connections), 1, 65536, "1024", NULL, NULL, NULL, 0, "network",
      "open client connections at most"},
-    {"client_timeout_s", OPT_INT, F(client_timeout_s), 1, 3600, "60", NULL, NULL, NULL, 0, "network",
+    {"client_timeout_s", DSI__OPT_INT, F(client_timeout_s), 1, 3600, "60", NULL, NULL, NULL, 0, "network",
      "seconds an idle or stalled client connection is kept"},
-    {"max_body_bytes", OPT_SIZE, F(max_body_bytes), 1024, 1024 * MIB, "1048576", NULL, NULL, NULL, 0,
+    {"max_body_bytes", DSI__OPT_SIZE, F(max_body_bytes), 1024, 1024 * MIB, "1048576", NULL, NULL, NULL, 0,
      "network", "largest request body in bytes (suffixes K, M, G allowed); larger: 413"},
-    {"max_messages", OPT_INT, F(max_messages), 1, 65536, "256", NULL, NULL, NULL, 0, "network",
+    {"max_messages", DSI__OPT_INT, F(max_messages), 1, 65536, "256", NULL, NULL, NULL, 0, "network",
      "most messages in one chat request"},
 
-    {"keys_file", OPT_PATH, F(keys_file), 0, 0, "", "/var/lib/dsinfer/keys.json", NULL, NULL, OPT_RELOAD,
-     "auth", "API keys file (dsinfer keys add); empty: no keys, every non-open route answers 401"},
-    {"roles", OPT_JSON, F(roles), 0, 0, "", NULL, NULL, check_roles, OPT_RELOAD, "auth",
+    {"keys_file", DSI__OPT_PATH, F(keys_file), 0, 0, "", "/var/lib/dsinfer/keys.json", NULL, NULL,
+     DSI__OPT_RELOAD, "auth",
+     "API keys file (dsinfer keys add); empty: no keys, every non-open route answers 401"},
+    {"roles", DSI__OPT_JSON, F(roles), 0, 0, "", NULL, NULL, check_roles, DSI__OPT_RELOAD, "auth",
      "JSON object {\"role\": [\"permission\", ...]}; empty or {}: the default roles admin, user, monitor"},
-    {"open_health", OPT_BOOL, F(open_health), 0, 0, "true", NULL, NULL, NULL, OPT_RELOAD, "auth",
+    {"open_health", DSI__OPT_BOOL, F(open_health), 0, 0, "true", NULL, NULL, NULL, DSI__OPT_RELOAD, "auth",
      "answer /health/live and /health/ready without a key (for load balancers)"},
-    {"audit_log", OPT_PATH, F(audit_log), 0, 0, "", "/var/log/dsinfer/audit.log", NULL, NULL, 0, "auth",
+    {"audit_log", DSI__OPT_PATH, F(audit_log), 0, 0, "", "/var/log/dsinfer/audit.log", NULL, NULL, 0, "auth",
      "file that gets one JSON line per request (SIGHUP reopens it after rotation); empty: no audit log"},
 
-    {"model_dir", OPT_PATH, F(model_dir), 0, 0, "", "/var/lib/dsinfer/models/DeepSeek-R1-Distill-Qwen-7B",
-     NULL, NULL, 0, "model", "model directory (config.json, *.safetensors, tokenizer.json, SHA256SUMS)"},
-    {"model_name", OPT_STR, F(model_name), 0, 0, "", NULL, NULL, NULL, 0, "model",
+    {"model_dir", DSI__OPT_PATH, F(model_dir), 0, 0, "",
+     "/var/lib/dsinfer/models/DeepSeek-R1-Distill-Qwen-7B", NULL, NULL, 0, "model",
+     "model directory (config.json, *.safetensors, tokenizer.json, SHA256SUMS)"},
+    {"model_name", DSI__OPT_STR, F(model_name), 0, 0, "", NULL, NULL, NULL, 0, "model",
      "model name served in the API; empty: the last component of model_dir"},
-    {"dtype", OPT_ENUM, F(dtype), 0, 0, "bf16", NULL, "f32|bf16|int8", NULL, 0, "model",
+    {"dtype", DSI__OPT_ENUM, F(dtype), 0, 0, "bf16", NULL, "f32|bf16|int8", NULL, 0, "model",
      "weight type in memory: f32 (reference), bf16, int8 (weight-only, fastest on cuda)"},
-    {"int8_group_size", OPT_INT, F(int8_group_size), 0, 4096, "0", NULL, NULL, check_pow2_or_zero, 0,
+    {"int8_group_size", DSI__OPT_INT, F(int8_group_size), 0, 4096, "0", NULL, NULL, check_pow2_or_zero, 0,
      "model", "int8 scale group along the input dimension; 0: one scale per output channel"},
-    {"backend", OPT_ENUM, F(backend), 0, 0, "cpu", NULL, "cpu|cuda", NULL, 0, "model",
+    {"backend", DSI__OPT_ENUM, F(backend), 0, 0, "cpu", NULL, "cpu|cuda", NULL, 0, "model",
      "compute backend"},
-    {"device", OPT_INT, F(device), 0, 255, "0", NULL, NULL, NULL, 0, "model",
+    {"device", DSI__OPT_INT, F(device), 0, 255, "0", NULL, NULL, NULL, 0, "model",
      "CUDA device index (first device when tensor_parallel > 1)"},
-    {"threads", OPT_INT, F(threads), 0, 1024, "0", NULL, NULL, NULL, 0, "model",
+    {"threads", DSI__OPT_INT, F(threads), 0, 1024, "0", NULL, NULL, NULL, 0, "model",
      "cpu backend threads; 0: all cores"},
-    {"skip_verify", OPT_BOOL, F(skip_verify), 0, 0, "false", NULL, NULL, NULL, 0, "model",
+    {"skip_verify", DSI__OPT_BOOL, F(skip_verify), 0, 0, "false", NULL, NULL, NULL, 0, "model",
      "skip the SHA256SUMS check at load (not recommended)"},
-    {"manifest_sha256", OPT_STR, F(manifest_sha256), 0, 0, "", NULL, NULL, check_sha256, 0, "model",
+    {"manifest_sha256", DSI__OPT_STR, F(manifest_sha256), 0, 0, "", NULL, NULL, check_sha256, 0, "model",
      "pin the SHA-256 of the model's SHA256SUMS file (64 hex digits); empty: not pinned"},
-    {"chat_format", OPT_ENUM, F(chat_format), 0, 0, "auto", NULL,
+    {"chat_format", DSI__OPT_ENUM, F(chat_format), 0, 0, "auto", NULL,
      "auto|deepseek-v3|deepseek-llm|deepseek-coder|chatml", NULL, 0, "model",
      "chat template; auto: from tokenizer_config.json"},
-    {"tensor_parallel", OPT_INT, F(tensor_parallel), 1, 64, "1", NULL, NULL, NULL, 0, "model",
+    {"tensor_parallel", DSI__OPT_INT, F(tensor_parallel), 1, 64, "1", NULL, NULL, NULL, 0, "model",
      "GPUs one model is split over (cuda backend)"},
 
-    {"kv_block_size", OPT_INT, F(kv_block_size), 1, 256, "16", NULL, NULL, check_pow2_or_zero, 0,
+    {"kv_block_size", DSI__OPT_INT, F(kv_block_size), 1, 256, "16", NULL, NULL, check_pow2_or_zero, 0,
      "engine", "tokens per KV cache block (a power of two)"},
-    {"kv_cache_mib", OPT_SIZE, F(kv_cache_mib), 1, 1024 * 1024, "256", NULL, NULL, NULL, 0, "engine",
+    {"kv_cache_mib", DSI__OPT_SIZE, F(kv_cache_mib), 1, 1024 * 1024, "256", NULL, NULL, NULL, 0, "engine",
      "KV cache pool of the cpu backend, MiB"},
-    {"kv_gpu_fraction", OPT_DOUBLE, F(kv_gpu_fraction), 0.05, 0.99, "0.9", NULL, NULL, NULL, 0, "engine",
+    {"kv_gpu_fraction", DSI__OPT_DOUBLE, F(kv_gpu_fraction), 0.05, 0.99, "0.9", NULL, NULL, NULL, 0, "engine",
      "share of GPU memory used by weights + KV cache (cuda backend)"},
-    {"max_running", OPT_INT, F(max_running), 1, 4096, "64", NULL, NULL, NULL, 0, "engine",
+    {"max_running", DSI__OPT_INT, F(max_running), 1, 4096, "64", NULL, NULL, NULL, 0, "engine",
      "sequences decoded together at most"},
-    {"max_queued", OPT_INT, F(max_queued), 0, 1000000, "256", NULL, NULL, NULL, 0, "engine",
+    {"max_queued", DSI__OPT_INT, F(max_queued), 0, 1000000, "256", NULL, NULL, NULL, 0, "engine",
      "requests waiting for a slot at most; more: 503"},
-    {"prefill_chunk", OPT_INT, F(prefill_chunk), 1, 65536, "256", NULL, NULL, NULL, 0, "engine",
+    {"prefill_chunk", DSI__OPT_INT, F(prefill_chunk), 1, 65536, "256", NULL, NULL, NULL, 0, "engine",
      "prompt tokens of one sequence per step (chunked prefill)"},
-    {"max_batch_tokens", OPT_INT, F(max_batch_tokens), 1, 1048576, "2048", NULL, NULL, NULL, 0, "engine",
+    {"max_batch_tokens", DSI__OPT_INT, F(max_batch_tokens), 1, 1048576, "2048", NULL, NULL, NULL, 0, "engine",
      "tokens in one forward step at most (prefill chunks + decode tokens)"},
-    {"max_prompt_tokens", OPT_INT, F(max_prompt_tokens), 0, 16777216, "0", NULL, NULL, NULL, 0, "engine",
+    {"max_prompt_tokens", DSI__OPT_INT, F(max_prompt_tokens), 0, 16777216, "0", NULL, NULL, NULL, 0, "engine",
      "longest prompt in tokens; 0: limited by the model context"},
-    {"max_total_tokens", OPT_INT, F(max_total_tokens), 0, 16777216, "0", NULL, NULL, NULL, 0, "engine",
+    {"max_total_tokens", DSI__OPT_INT, F(max_total_tokens), 0, 16777216, "0", NULL, NULL, NULL, 0, "engine",
      "prompt + completion tokens of one sequence at most; 0: the model context"},
-    {"queue_timeout_ms", OPT_INT, F(queue_timeout_ms), 1, 3600000, "30000", NULL, NULL, NULL, 0, "engine",
-     "milliseconds a request may wait in the queue; then 503"},
-    {"request_timeout_ms", OPT_INT, F(request_timeout_ms), 1, 86400000, "300000", NULL, NULL, NULL, 0,
+    {"queue_timeout_ms", DSI__OPT_INT, F(queue_timeout_ms), 1, 3600000, "30000", NULL, NULL, NULL, 0,
+     "engine", "milliseconds a request may wait in the queue; then 503"},
+    {"request_timeout_ms", DSI__OPT_INT, F(request_timeout_ms), 1, 86400000, "300000", NULL, NULL, NULL, 0,
      "engine", "milliseconds a request may run in total"},
-    {"default_max_tokens", OPT_INT, F(default_max_tokens), 1, 16777216, "256", NULL, NULL, NULL, 0, "engine",
-     "completion tokens when a request gives no max_tokens"},
+    {"default_max_tokens", DSI__OPT_INT, F(default_max_tokens), 1, 16777216, "256", NULL, NULL, NULL, 0,
+     "engine", "completion tokens when a request gives no max_tokens"},
 
-    {"state_dir", OPT_PATH, F(state_dir), 0, 0, "/var/lib/dsinfer", NULL, NULL, NULL, 0, "service",
+    {"state_dir", DSI__OPT_PATH, F(state_dir), 0, 0, "/var/lib/dsinfer", NULL, NULL, NULL, 0, "service",
      "writable directory for the self-signed certificate and other state"},
-    {"log_level", OPT_ENUM, F(log_level), 0, 0, "info", NULL, "debug|info|warn|error", NULL, OPT_RELOAD,
-     "service", "least severe log level written to stderr"},
-    {"drain_timeout_s", OPT_INT, F(drain_timeout_s), 0, 3600, "30", NULL, NULL, NULL, 0, "service",
+    {"log_level", DSI__OPT_ENUM, F(log_level), 0, 0, "info", NULL, "debug|info|warn|error", NULL,
+     DSI__OPT_RELOAD, "service", "least severe log level written to stderr"},
+    {"drain_timeout_s", DSI__OPT_INT, F(drain_timeout_s), 0, 3600, "30", NULL, NULL, NULL, 0, "service",
      "on SIGTERM, seconds running requests may take to finish before exit"},
 };
 /* clang-format on */
 
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
+const struct dsi__opt *dsi__config_opts(size_t *n) {
+    *n = N_OPTS;
+    return opts;
+}
+
 /* Variables a path option may name as ${VAR}: the directories systemd hands a service. */
 static const char *const path_vars[] = {"CREDENTIALS_DIRECTORY", "STATE_DIRECTORY", "LOGS_DIRECTORY",
                                         "RUNTIME_DIRECTORY"};
 
-static const struct opt *find_opt(const char *name);
-static int apply_text(struct dsi_config *c, const struct opt *o, const char *text, char **err);
-static int apply_json(struct dsi_config *c, const struct opt *o, const cJSON *item, char **err);
-static int store_str(struct dsi_config *c, const struct opt *o, const char *s, char **err);
-static int expand_path(const struct opt *o, const char *text, char **out, char **err);
-static bool same_value(const struct opt *o, const struct dsi_config *a, const struct dsi_config *b);
-static void print_json_string(FILE *f, const char *s);
+static int apply_text(struct dsi_config *c, const struct dsi__opt *o, const char *text, char **err);
+static int apply_json(struct dsi_config *c, const struct dsi__opt *o, const cJSON *item, char **err);
+static int store_str(struct dsi_config *c, const struct dsi__opt *o, const char *s, char **err);
+static int expand_path(const struct dsi__opt *o, const char *text, char **out, char **err);
 
-static char **str_field(struct dsi_config *c, const struct opt *o) {
+static char **str_field(struct dsi_config *c, const struct dsi__opt *o) {
     return (char **)((char *)c + o->off);
 }
-static char *const *cstr_field(const struct dsi_config *c, const struct opt *o) {
+static char *const *cstr_field(const struct dsi_config *c, const struct dsi__opt *o) {
     return (char *const *)((const char *)c + o->off);
 }
-static bool is_string_type(enum opt_type t) {
-    return t == OPT_STR || t == OPT_PATH || t == OPT_ENUM || t == OPT_JSON;
+static bool is_string_type(enum dsi__opt_type t) {
+    return t == DSI__OPT_STR || t == DSI__OPT_PATH || t == DSI__OPT_ENUM || t == DSI__OPT_JSON;
 }
 
-static const struct opt *find_opt(const char *name) {
+const struct dsi__opt *dsi__config_find_opt(const char *name) {
     for (size_t i = 0; i < N_OPTS; i++)
         if (strcmp(opts[i].name, name) == 0) return &opts[i];
     return NULL;
@@ -211,7 +198,7 @@ void dsi_config_free(struct dsi_config *c) {
 }
 
 /* Parses a decimal integer with an optional binary suffix (K, KiB, M, MiB, G, GiB)
- * for OPT_SIZE. Returns false when text is not entirely such a number. */
+ * for DSI__OPT_SIZE. Returns false when text is not entirely such a number. */
 static bool parse_integer(const char *text, bool allow_suffix, double *out) {
     if (!text || !*text || isspace((unsigned char)*text)) return false;
     errno = 0;
@@ -248,8 +235,8 @@ static bool parse_bool(const char *text, bool *out) {
     return false;
 }
 
-static int range_error(const struct opt *o, const char *shown, char **err) {
-    if (o->type == OPT_DOUBLE)
+static int range_error(const struct dsi__opt *o, const char *shown, char **err) {
+    if (o->type == DSI__OPT_DOUBLE)
         return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is out of range [%g, %g]", o->name, shown, o->min,
                           o->max);
     return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is out of range [%.0f, %.0f]", o->name, shown, o->min,
@@ -257,14 +244,15 @@ static int range_error(const struct opt *o, const char *shown, char **err) {
 }
 
 /* Stores a number already known to be integral or finite into its field after the range check. */
-static int store_number(struct dsi_config *c, const struct opt *o, double v, const char *shown, char **err) {
+static int store_number(struct dsi_config *c, const struct dsi__opt *o, double v, const char *shown,
+                        char **err) {
     if (!(v >= o->min && v <= o->max)) return range_error(o, shown, err);
     char *p = (char *)c + o->off;
-    if (o->type == OPT_INT)
+    if (o->type == DSI__OPT_INT)
         *(int *)p = (int)v;
-    else if (o->type == OPT_SIZE)
+    else if (o->type == DSI__OPT_SIZE)
         *(size_t *)p = (size_t)v;
-    else if (o->type == OPT_DOUBLE)
+    else if (o->type == DSI__OPT_DOUBLE)
         *(double *)p = v;
     else
         return DSI_EINTERNAL;
@@ -272,10 +260,10 @@ static int store_number(struct dsi_config *c, const struct opt *o, double v, con
 }
 
 /* Sets one option from its text form: the path of defaults, examples and the command line. */
-static int apply_text(struct dsi_config *c, const struct opt *o, const char *text, char **err) {
+static int apply_text(struct dsi_config *c, const struct dsi__opt *o, const char *text, char **err) {
     if (!text) return dsi_seterr(err, DSI_EINVAL, "config: %s needs a value", o->name);
     switch (o->type) {
-    case OPT_BOOL: {
+    case DSI__OPT_BOOL: {
         bool b;
         if (!parse_bool(text, &b))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not a boolean (true or false)",
@@ -283,19 +271,19 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
         *(bool *)((char *)c + o->off) = b;
         return 0;
     }
-    case OPT_INT:
-    case OPT_SIZE: {
+    case DSI__OPT_INT:
+    case DSI__OPT_SIZE: {
         double v;
-        if (!parse_integer(text, o->type == OPT_SIZE, &v))
+        if (!parse_integer(text, o->type == DSI__OPT_SIZE, &v))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not an integer%s", o->name, text,
-                              o->type == OPT_SIZE ? " (optionally with K, M or G)" : "");
+                              o->type == DSI__OPT_SIZE ? " (optionally with K, M or G)" : "");
         if (o->check) {
             int rc = o->check(o, text, err);
             if (rc < 0) return rc;
         }
         return store_number(c, o, v, text, err);
     }
-    case OPT_DOUBLE: {
+    case DSI__OPT_DOUBLE: {
         errno = 0;
         char *end = NULL;
         double v = strtod(text, &end);
@@ -303,7 +291,7 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
             return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not a number", o->name, text);
         return store_number(c, o, v, text, err);
     }
-    case OPT_JSON: {
+    case DSI__OPT_JSON: {
         if (!*text) return store_str(c, o, "", err);
         cJSON *j = cJSON_Parse(text);
         if (!j) return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not valid JSON", o->name, text);
@@ -311,7 +299,7 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
         cJSON_Delete(j);
         return rc;
     }
-    case OPT_ENUM: {
+    case DSI__OPT_ENUM: {
         size_t n = strlen(text);
         for (const char *p = o->choices; *p;) {
             const char *bar = strchr(p, '|');
@@ -321,7 +309,7 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
         }
         return dsi_seterr(err, DSI_EINVAL, "config: %s = \"%s\" is not one of %s", o->name, text, o->choices);
     }
-    case OPT_PATH: {
+    case DSI__OPT_PATH: {
         char *exp = NULL;
         int rc = expand_path(o, text, &exp, err);
         if (rc < 0) return rc;
@@ -329,7 +317,7 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
         free(exp);
         return rc;
     }
-    case OPT_STR:
+    case DSI__OPT_STR:
         if (o->check) {
             int rc = o->check(o, text, err);
             if (rc < 0) return rc;
@@ -339,8 +327,8 @@ static int apply_text(struct dsi_config *c, const struct opt *o, const char *tex
     return DSI_EINTERNAL;
 }
 
-static int store_str(struct dsi_config *c, const struct opt *o, const char *s, char **err) {
-    if (strlen(s) > 4096 && o->type != OPT_JSON)
+static int store_str(struct dsi_config *c, const struct dsi__opt *o, const char *s, char **err) {
+    if (strlen(s) > 4096 && o->type != DSI__OPT_JSON)
         return dsi_seterr(err, DSI_EINVAL, "config: %s is longer than 4096 bytes", o->name);
     char *dup = strdup(s);
     if (!dup) return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
@@ -352,7 +340,7 @@ static int store_str(struct dsi_config *c, const struct opt *o, const char *s, c
 
 /* Replaces ${VAR} (only the systemd directory variables) in a path option. An unset or
  * unknown variable is an error, so that a key path never silently becomes "/tls.key". */
-static int expand_path(const struct opt *o, const char *text, char **out, char **err) {
+static int expand_path(const struct dsi__opt *o, const char *text, char **out, char **err) {
     enum { MAX_PATH_BYTES = 4096 }; /* store_str's limit too */
     char buf[MAX_PATH_BYTES + 1];
     size_t len = 0;
@@ -398,19 +386,19 @@ static void shown_json(const cJSON *item, char *buf, size_t n) {
 }
 
 /* Sets one option from a JSON value of the file: strict JSON types, same checks as text. */
-static int apply_json(struct dsi_config *c, const struct opt *o, const cJSON *item, char **err) {
+static int apply_json(struct dsi_config *c, const struct dsi__opt *o, const cJSON *item, char **err) {
     char shown[128];
     shown_json(item, shown, sizeof shown);
     switch (o->type) {
-    case OPT_BOOL:
+    case DSI__OPT_BOOL:
         if (!cJSON_IsBool(item))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a boolean (true or false)", o->name,
                               shown);
         *(bool *)((char *)c + o->off) = cJSON_IsTrue(item);
         return 0;
-    case OPT_INT:
-    case OPT_SIZE: {
-        if (o->type == OPT_SIZE && cJSON_IsString(item)) return apply_text(c, o, item->valuestring, err);
+    case DSI__OPT_INT:
+    case DSI__OPT_SIZE: {
+        if (o->type == DSI__OPT_SIZE && cJSON_IsString(item)) return apply_text(c, o, item->valuestring, err);
         double v = cJSON_IsNumber(item) ? item->valuedouble : NAN;
         if (!isfinite(v) || v != floor(v))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not an integer", o->name, shown);
@@ -422,11 +410,11 @@ static int apply_json(struct dsi_config *c, const struct opt *o, const cJSON *it
         }
         return store_number(c, o, v, shown, err);
     }
-    case OPT_DOUBLE:
+    case DSI__OPT_DOUBLE:
         if (!cJSON_IsNumber(item) || !isfinite(item->valuedouble))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a number", o->name, shown);
         return store_number(c, o, item->valuedouble, shown, err);
-    case OPT_JSON: {
+    case DSI__OPT_JSON: {
         if (cJSON_IsString(item) && item->valuestring[0] == '\0') return store_str(c, o, "", err);
         if (!cJSON_IsObject(item))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a JSON object", o->name, shown);
@@ -438,9 +426,9 @@ static int apply_json(struct dsi_config *c, const struct opt *o, const cJSON *it
         free(text);
         return rc;
     }
-    case OPT_STR:
-    case OPT_PATH:
-    case OPT_ENUM:
+    case DSI__OPT_STR:
+    case DSI__OPT_PATH:
+    case DSI__OPT_ENUM:
         if (!cJSON_IsString(item))
             return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a string", o->name, shown);
         return apply_text(c, o, item->valuestring, err);
@@ -455,7 +443,7 @@ int dsi_config_set(struct dsi_config *c, const char *name, const char *value, ch
     if (n >= sizeof key) return dsi_seterr(err, DSI_EINVAL, "config: unknown option \"%.64s...\"", name);
     for (size_t i = 0; i <= n; i++)
         key[i] = name[i] == '-' ? '_' : name[i];
-    const struct opt *o = find_opt(key);
+    const struct dsi__opt *o = dsi__config_find_opt(key);
     if (!o)
         return dsi_seterr(err, DSI_EINVAL, "config: unknown option \"%s\" (see dsinfer serve --help)", name);
     if (!value) return dsi_seterr(err, DSI_EINVAL, "config: %s needs a value", o->name);
@@ -495,7 +483,7 @@ int dsi_config_load_json(struct dsi_config *c, const char *json, size_t len, cha
     bool seen[N_OPTS] = {false};
     int rc = 0;
     for (const cJSON *it = root->child; it && rc == 0; it = it->next) {
-        const struct opt *o = it->string ? find_opt(it->string) : NULL;
+        const struct dsi__opt *o = it->string ? dsi__config_find_opt(it->string) : NULL;
         if (!o) {
             char shown[128];
             shown_json(it, shown, sizeof shown);
@@ -614,7 +602,7 @@ bool dsi_config_is_loopback(const char *listen) {
            d < 256;
 }
 
-static int check_listen(const struct opt *o, const char *text, char **err) {
+static int check_listen(const struct dsi__opt *o, const char *text, char **err) {
     char host[256];
     if (dsi_config_parse_listen(text, host, sizeof host, NULL) < 0)
         return dsi_seterr(err, DSI_EINVAL,
@@ -623,7 +611,7 @@ static int check_listen(const struct opt *o, const char *text, char **err) {
     return 0;
 }
 
-static int check_sha256(const struct opt *o, const char *text, char **err) {
+static int check_sha256(const struct dsi__opt *o, const char *text, char **err) {
     size_t n = strlen(text);
     bool ok = n == 0 || n == 64;
     for (size_t i = 0; ok && i < n; i++)
@@ -632,7 +620,7 @@ static int check_sha256(const struct opt *o, const char *text, char **err) {
     return 0;
 }
 
-static int check_pow2_or_zero(const struct opt *o, const char *text, char **err) {
+static int check_pow2_or_zero(const struct dsi__opt *o, const char *text, char **err) {
     double v;
     if (!parse_integer(text, false, &v) || v < 0 || v > (double)INT_MAX)
         return 0; /* range check reports it */
@@ -643,7 +631,7 @@ static int check_pow2_or_zero(const struct opt *o, const char *text, char **err)
 }
 
 /* roles: {"name": ["perm", ...], ...} with short names; permissions are checked by auth. */
-static int check_roles(const struct opt *o, const char *text, char **err) {
+static int check_roles(const struct dsi__opt *o, const char *text, char **err) {
     cJSON *j = cJSON_Parse(text);
     int rc = 0;
     if (!cJSON_IsObject(j)) {
@@ -723,143 +711,4 @@ int dsi_config_validate(const struct dsi_config *c, char **err) {
                           "config: queue_timeout_ms = %d is larger than request_timeout_ms = %d",
                           c->queue_timeout_ms, c->request_timeout_ms);
     return 0;
-}
-
-static bool same_value(const struct opt *o, const struct dsi_config *a, const struct dsi_config *b) {
-    const char *pa = (const char *)a + o->off, *pb = (const char *)b + o->off;
-    switch (o->type) {
-    case OPT_BOOL:
-        return *(const bool *)pa == *(const bool *)pb;
-    case OPT_INT:
-        return *(const int *)pa == *(const int *)pb;
-    case OPT_SIZE:
-        return *(const size_t *)pa == *(const size_t *)pb;
-    case OPT_DOUBLE:
-        return *(const double *)pa == *(const double *)pb;
-    default: {
-        const char *sa = *(char *const *)pa, *sb = *(char *const *)pb;
-        return strcmp(sa ? sa : "", sb ? sb : "") == 0;
-    }
-    }
-}
-
-int dsi_config_reload_changes(const struct dsi_config *running, const struct dsi_config *fresh,
-                              char **restart_needed) {
-    if (!running || !fresh) return DSI_EINVAL;
-    if (restart_needed) *restart_needed = NULL;
-    char buf[2048] = "";
-    size_t len = 0;
-    int n = 0;
-    for (size_t i = 0; i < N_OPTS; i++) {
-        if ((opts[i].flags & OPT_RELOAD) || same_value(&opts[i], running, fresh)) continue;
-        n++;
-        int w = snprintf(buf + len, sizeof buf - len, "%s%s", n > 1 ? ", " : "", opts[i].name);
-        if (w > 0 && (size_t)w < sizeof buf - len) len += (size_t)w;
-    }
-    if (n && restart_needed) {
-        *restart_needed = strdup(buf);
-        if (!*restart_needed) return DSI_ENOMEM;
-    }
-    return n;
-}
-
-bool dsi_config_is_reloadable(const char *name) {
-    const struct opt *o = name ? find_opt(name) : NULL;
-    return o && (o->flags & OPT_RELOAD);
-}
-
-/* ---- output: --help and the documented example ---- */
-
-static const char *type_word(const struct opt *o) {
-    switch (o->type) {
-    case OPT_STR:
-        return "STR";
-    case OPT_PATH:
-        return "PATH";
-    case OPT_BOOL:
-        return "BOOL";
-    case OPT_INT:
-        return "N";
-    case OPT_SIZE:
-        return "BYTES";
-    case OPT_DOUBLE:
-        return "X";
-    case OPT_ENUM:
-        return o->choices;
-    case OPT_JSON:
-        return "JSON";
-    }
-    return "?";
-}
-
-void dsi_config_print_help(FILE *f) {
-    const char *group = NULL;
-    fprintf(f, "Options (config file key, or --key-name VALUE on the command line, which wins):\n");
-    for (size_t i = 0; i < N_OPTS; i++) {
-        const struct opt *o = &opts[i];
-        if (!group || strcmp(group, o->group) != 0) {
-            group = o->group;
-            fprintf(f, "\n%s:\n", group);
-        }
-        char flag[96];
-        snprintf(flag, sizeof flag, "--%s", o->name);
-        for (char *p = flag + 2; *p; p++)
-            if (*p == '_') *p = '-';
-        fprintf(f, "  %s %s\n      %s", flag, type_word(o), o->help);
-        if (o->type == OPT_INT || o->type == OPT_SIZE)
-            fprintf(f, " [%.0f..%.0f]", o->min, o->max);
-        else if (o->type == OPT_DOUBLE)
-            fprintf(f, " [%g..%g]", o->min, o->max);
-        fprintf(f, " (default: %s%s%s)%s\n", o->def[0] ? "" : "\"", o->def, o->def[0] ? "" : "\"",
-                (o->flags & OPT_RELOAD) ? " [reloads on SIGHUP]" : "");
-    }
-}
-
-/* A JSON string literal with cJSON's escaping (quotes, backslashes, control characters). */
-static void print_json_string(FILE *f, const char *s) {
-    cJSON *j = cJSON_CreateString(s);
-    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
-    fputs(text ? text : "\"\"", f);
-    free(text);
-    cJSON_Delete(j);
-}
-
-void dsi_config_print_json(FILE *f, const struct dsi_config *c) {
-    fputs("{\n", f);
-    for (size_t i = 0; i < N_OPTS; i++) {
-        const struct opt *o = &opts[i];
-        const char *p = (const char *)c + o->off;
-        fprintf(f, "  \"%s\": ", o->name);
-        switch (o->type) {
-        case OPT_BOOL:
-            fputs(*(const bool *)p ? "true" : "false", f);
-            break;
-        case OPT_INT:
-            fprintf(f, "%d", *(const int *)p);
-            break;
-        case OPT_SIZE:
-            fprintf(f, "%zu", *(const size_t *)p);
-            break;
-        case OPT_DOUBLE: {
-            /* shortest text that reads back as the same double: 0.9, not 0.90000000000000002 */
-            double v = *(const double *)p;
-            char num[40];
-            snprintf(num, sizeof num, "%.15g", v);
-            if (strtod(num, NULL) != v) snprintf(num, sizeof num, "%.17g", v);
-            fputs(num, f);
-            break;
-        }
-        case OPT_JSON: {
-            const char *s = *(char *const *)p;
-            fputs(s && *s ? s : "{}", f);
-            break;
-        }
-        default: {
-            const char *s = *(char *const *)p;
-            print_json_string(f, s ? s : "");
-        }
-        }
-        fputs(i + 1 < N_OPTS ? ",\n" : "\n", f);
-    }
-    fputs("}\n", f);
 }
