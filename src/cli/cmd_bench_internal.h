@@ -1,0 +1,62 @@
+/*
+ * cmd_bench_internal.h: what the two halves of `dsinfer bench` share: cmd_bench.c
+ * (options, peak bandwidth choice, table and JSON report) and cmd_bench_measure.c
+ * (the memcpy probe and the decode, prefill and engine runs). Private to src/cli/.
+ */
+#ifndef DSI_CLI_CMD_BENCH_INTERNAL_H
+#define DSI_CLI_CMD_BENCH_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "dsinfer/backend.h"
+#include "dsinfer/model.h"
+
+#define MAX_LIST 16
+
+struct bench_args {
+    const char *dir, *backend;
+    enum dsi_weight_dtype dtypes[3];
+    int n_dtypes;
+    int batch[MAX_LIST], n_batch, context[MAX_LIST], n_context;
+    int prefill, steps, warmup, engine_prompt, n_threads, repeat;
+    bool kv_set, fill, no_verify, json;
+    enum dsi_kv_dtype kv_dtype;
+    double peak_gbs;
+};
+
+struct decode_res {
+    int batch, context, steps;
+    double tok_s, ms_step, ms_forward, ms_sample, bytes_step, gbs, roofline;
+};
+
+struct engine_res {
+    int streams, tokens, errors;
+    double wall_s, tok_s, ttft_ms;
+};
+
+struct dtype_res {
+    enum dsi_weight_dtype dtype;
+    size_t weight_bytes, kv_bytes_per_token;
+    int n_kv_blocks;
+    double fill_s;
+    bool device_sample; /* the backend has forward_sample: decode and engine sample there */
+    struct decode_res dec[MAX_LIST * MAX_LIST];
+    int n_dec;
+    bool have_prefill;
+    double pre_tok_s, pre_ms, ttft_ms;
+    struct engine_res eng[MAX_LIST];
+    int n_eng;
+};
+
+/* "f32", "bf16" or "int8". */
+const char *dsi__bench_dtype_name(enum dsi_weight_dtype d);
+
+/* Best of 5 multi-threaded memcpys: host GB/s, read + write bytes; 0 when memory is short. */
+double dsi__bench_measure_peak_gbs(int n_threads);
+
+/* One weight dtype: backend up, decode grid, prefill, engine; backend down. */
+int dsi__bench_run_dtype(const struct bench_args *a, const struct dsi_model *m, enum dsi_weight_dtype dt,
+                         double peak_gbs, struct dtype_res *r, char **err);
+
+#endif
