@@ -51,19 +51,7 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
                 r->be->n_kv_blocks);
         return -1;
     }
-    for (int i = 0; i < n_seqs * bps; i++)
-        r->bt[i] = i;
-    for (int s = 0; s < n_seqs; s++) {
-        r->tokens[s] = (s * 7919 + 13) % r->be->vocab_size;
-        r->seqs[s] = (struct dsi_batch_seq){.seq_id = (uint64_t)s,
-                                            .tokens = &r->tokens[s],
-                                            .n_tokens = 1,
-                                            .pos = ctx - 1,
-                                            .block_table = r->bt + (size_t)s * bps,
-                                            .n_blocks = bps,
-                                            .want_logits = true};
-        r->sp[s] = (struct dsi_cuda_sample_params){0.f, 0, 1.f, 0.5f};
-    }
+    bench_decode_batch(n_seqs, ctx, bs, r->be->vocab_size, r->bt, r->tokens, r->seqs, r->sp);
     struct dsi_batch b = {.seqs = r->seqs, .n_seqs = n_seqs};
     for (int it = 0; it < 2; it++) { /* warm-up: cuBLAS heuristics, lazy module loading */
         int rc = sample ? dsi_cuda_backend_forward_sample(r->be, &b, r->sp, r->ids, err)

@@ -1,14 +1,18 @@
 /*
- * bench_shapes.h: the model shapes the CUDA benchmarks run with random weights
- * (bench_cuda_decode, bench_cuda_tp), and the bytes of weights a decode step
- * streams, written once so both report the same roofline.
+ * bench_shapes.h: what the CUDA benchmarks (bench_cuda_decode, bench_cuda_tp)
+ * share, written once so both measure and report alike: the model shapes they
+ * run with random weights, the bytes of weights a decode step streams, and the
+ * decode batch they time.
  */
 #ifndef DSI_BENCH_SHAPES_H
 #define DSI_BENCH_SHAPES_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "dsinfer/backend.h"
+#include "dsinfer/kernels.h"
 #include "dsinfer/model.h"
 
 /* Qwen2-7B (Qwen/Qwen2-7B config.json): the shape of issue 9. */
@@ -60,6 +64,29 @@ static inline double weight_stream_bytes(const struct dsi_model_config *c, int i
     double rows = c->n_layers * ((nq + 2 * nk) + H + 2 * I + H) + V;
     double elems = c->n_layers * per_layer + V * H;
     return int8 ? elems + rows * 4 : elems * 2;
+}
+
+/* A decode step of n_seqs sequences at context ctx, one new token each (the KV
+ * cache counts as filled up to ctx - 1: its contents do not change the work):
+ * sequence s gets blocks [s * bps, (s + 1) * bps) of bt, bps = (ctx + bs) / bs
+ * (the caller checks that n_seqs * bps blocks fit), a fixed token id and greedy
+ * sampling params. seqs, tokens and sp: n_seqs entries. */
+static inline void bench_decode_batch(int n_seqs, int ctx, int bs, int vocab, int32_t *bt, int32_t *tokens,
+                                      struct dsi_batch_seq *seqs, struct dsi_cuda_sample_params *sp) {
+    int bps = (ctx + bs) / bs;
+    for (int i = 0; i < n_seqs * bps; i++)
+        bt[i] = i;
+    for (int s = 0; s < n_seqs; s++) {
+        tokens[s] = (s * 7919 + 13) % vocab;
+        seqs[s] = (struct dsi_batch_seq){.seq_id = (uint64_t)s,
+                                         .tokens = &tokens[s],
+                                         .n_tokens = 1,
+                                         .pos = ctx - 1,
+                                         .block_table = bt + (size_t)s * bps,
+                                         .n_blocks = bps,
+                                         .want_logits = true};
+        sp[s] = (struct dsi_cuda_sample_params){0.f, 0, 1.f, 0.5f}; /* greedy */
+    }
 }
 
 #endif
