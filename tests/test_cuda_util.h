@@ -1,7 +1,8 @@
 /*
  * test_cuda_util.h: what the CUDA tests share: a GPU check that turns into
- * SKIP (exit 77) where none exists, device allocation, and a small seeded RNG
- * (each test file seeds its own stream of inputs).
+ * SKIP (exit 77) where none exists, device allocation and copies, bf16
+ * reading, and a small seeded RNG (each test file seeds its own stream of
+ * inputs).
  */
 #ifndef DSI_TEST_CUDA_UTIL_H
 #define DSI_TEST_CUDA_UTIL_H
@@ -11,6 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "dsinfer/cpu_ops.h"
 #include "test.h"
 
 #ifndef TEST_CUDA_SEED
@@ -45,6 +47,16 @@ static inline void *dmalloc(size_t n) {
     if (cudaMalloc(&p, n) != cudaSuccess) return NULL;
     cudaMemset(p, 0, n);
     return p;
+}
+
+static inline void up(void *d, const void *h, size_t n) {
+    cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+}
+static inline void down(void *h, const void *d, size_t n) {
+    cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost);
+}
+static inline float bf(uint16_t v) {
+    return dsi_bf16_to_f32(v);
 }
 
 #endif
