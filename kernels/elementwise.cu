@@ -39,7 +39,7 @@ extern "C" int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *
 }
 
 /* One block per row; the row is read once into registers/L1 and written twice
- * (x and the normalized bf16 copy). */
+ * (x and the normalized bf16 copy). The general case; see the float4 kernel. */
 static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const float *w, uint16_t *out,
                                           int dim, float eps) {
     __shared__ float red[32];
@@ -59,11 +59,70 @@ static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const fl
         out[base + i] = f2bf(x[base + i] * r * w[i]);
 }
 
+/* The decode shape (dim % 4 == 0, dim <= 4 * NORM_V * 1024, 16-byte aligned
+ * rows): every thread issues all its loads (x, delta and the norm weights, NORM_V
+ * float4 each) before it uses any, keeps the row in registers, and writes x and
+ * four bf16 at a time. The loop above leaves its loads in a chain (the store
+ * to x may alias the next delta), which at one row made the node 3.7 us
+ * against a 1.5 us floor. */
+#define NORM_V 4
+template <bool DELTA>
+static __global__ void __launch_bounds__(1024)
+    add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta,
+                           const float *__restrict__ w, uint16_t *__restrict__ out, int dim, float eps) {
+    __shared__ float red[32];
+    const int n4 = dim >> 2;
+    float4 *x4 = reinterpret_cast<float4 *>(x + (size_t)blockIdx.x * dim);
+    const float4 *d4 = reinterpret_cast<const float4 *>(DELTA ? delta + (size_t)blockIdx.x * dim : x);
+    const float4 *w4 = reinterpret_cast<const float4 *>(w);
+    float4 v[NORM_V], dv[NORM_V], wv[NORM_V];
+#pragma unroll
+    for (int u = 0; u < NORM_V; u++) {
+        int i = threadIdx.x + u * blockDim.x;
+        v[u] = dv[u] = wv[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i < n4) {
+            v[u] = x4[i];
+            if (DELTA) dv[u] = d4[i];
+            wv[u] = __ldg(w4 + i);
+        }
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int u = 0; u < NORM_V; u++) {
+        int i = threadIdx.x + u * blockDim.x;
+        if (DELTA) {
+            v[u].x += dv[u].x, v[u].y += dv[u].y, v[u].z += dv[u].z, v[u].w += dv[u].w;
+            if (i < n4) x4[i] = v[u];
+        }
+        ss += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+    }
+    ss = block_sum(ss, red);
+    const float r = rsqrtf(ss / (float)dim + eps);
+    uint2 *o2 = reinterpret_cast<uint2 *>(out + (size_t)blockIdx.x * dim);
+#pragma unroll
+    for (int u = 0; u < NORM_V; u++) {
+        int i = threadIdx.x + u * blockDim.x;
+        if (i < n4) {
+            uint32_t lo = f2bf(v[u].x * r * wv[u].x) | (uint32_t)f2bf(v[u].y * r * wv[u].y) << 16;
+            uint32_t hi = f2bf(v[u].z * r * wv[u].z) | (uint32_t)f2bf(v[u].w * r * wv[u].w) << 16;
+            o2[i] = make_uint2(lo, hi);
+        }
+    }
+}
+
 extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
                                     int dim, float eps, cudaStream_t s) {
     if (rows < 0 || dim <= 0 || !(eps >= 0.f)) return DSI_EINVAL;
     if (rows == 0) return 0;
-    add_rmsnorm_kernel<<<rows, 512, 0, s>>>(x, delta, w, out, dim, eps);
+    const int n4 = dim / 4, threads = ((n4 + NORM_V - 1) / NORM_V + 31) / 32 * 32;
+    const bool vec = dim % 4 == 0 && threads <= 1024 &&
+                     !(((uintptr_t)x | (uintptr_t)delta | (uintptr_t)w) & 15) && !((uintptr_t)out & 7);
+    if (vec && delta)
+        add_rmsnorm_vec_kernel<true><<<rows, threads, 0, s>>>(x, delta, w, out, dim, eps);
+    else if (vec)
+        add_rmsnorm_vec_kernel<false><<<rows, threads, 0, s>>>(x, NULL, w, out, dim, eps);
+    else
+        add_rmsnorm_kernel<<<rows, 512, 0, s>>>(x, delta, w, out, dim, eps);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
