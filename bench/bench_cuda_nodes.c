@@ -46,7 +46,7 @@ static int launch(enum node n, struct bufs *b, cudaStream_t s) {
         return dsi_cuda_rope_kv_store(b->qkv, stride, 1, NH, NKV, HD, b->pos, b->inv_freq, b->kc, b->vc,
                                       b->slot, s);
     case N_SWIGLU:
-        return dsi_cuda_swiglu(b->act, b->gu, 1, INTER, s);
+        return dsi_cuda_swiglu(b->act, b->gu, 1, INTER, DSI_GLU_IL8, s);
     case N_ATTN:
         return dsi_cuda_attn_decode(&b->a, s);
     default:
@@ -125,11 +125,11 @@ int main(void) {
                            "swiglu, 1 x 18944"};
     for (int n = N_NORM; n <= N_SWIGLU; n++)
         printf("%-46s %10.2f\n", names[n], node_us((enum node)n, &b, s));
-    const int ctxs[] = {128, 2048}, splits[] = {4, 16, 64};
+    const int ctxs[] = {128, 2048}, splits[] = {4, 16, 32, 64};
     for (int ci = 0; ci < 2; ci++) {
         struct dsi_cuda_attn_seq sq = {0, 1, ctxs[ci] - 1, 0};
         cudaMemcpy(b.seqs, &sq, sizeof sq, cudaMemcpyHostToDevice);
-        for (int si = 0; si < 3; si++) {
+        for (int si = 0; si < 4; si++) {
             size_t wb = dsi_cuda_attn_work_bytes(1, NH, HD, splits[si]);
             b.work = zalloc(wb);
             b.a = (struct dsi_cuda_attn_args){.q = b.qkv,

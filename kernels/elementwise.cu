@@ -219,20 +219,22 @@ extern "C" int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_h
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
-static __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter) {
+static __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, int il8) {
     int r = blockIdx.y;
-    const float *g = gu + (size_t)r * 2 * inter, *u = g + inter;
+    const float *row = gu + (size_t)r * 2 * inter;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
-        float a = g[i];
-        out[(size_t)r * inter + i] = f2bf(a / (1.f + expf(-a)) * u[i]);
+        size_t gi = il8 ? (size_t)(i >> 3) * 16 + (i & 7) : (size_t)i, ui = il8 ? gi + 8 : gi + inter;
+        float a = row[gi];
+        out[(size_t)r * inter + i] = f2bf(a / (1.f + expf(-a)) * row[ui]);
     }
 }
 
-extern "C" int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, cudaStream_t s) {
-    if (rows < 0 || rows > 65535 || inter <= 0) return DSI_EINVAL;
+extern "C" int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8, cudaStream_t s) {
+    if (rows < 0 || rows > 65535 || inter <= 0 || (il8 && (il8 != DSI_GLU_IL8 || inter % 8)))
+        return DSI_EINVAL;
     if (rows == 0) return 0;
     dim3 grid((inter + 1023) / 1024, rows);
-    swiglu_kernel<<<grid, 1024, 0, s>>>(out, gu, inter);
+    swiglu_kernel<<<grid, 1024, 0, s>>>(out, gu, inter, il8 != 0);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -30,6 +30,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "bf16_util.cuh"
 #include "dsinfer/kernels.h"
 #include "int8_tile.cuh"
 
@@ -141,13 +142,17 @@ static __device__ __forceinline__ uint32_t gv_h2(uint32_t u, uint32_t sel) {
     return *reinterpret_cast<uint32_t *>(&h);
 }
 
-template <int W, int U, int MINB>
+/* GLU: the rows are gate|up interleaved by 8 (DSI_GLU_IL8, N % 16 == 0), and
+ * the epilogue writes act[8 rt + r] = bf16(silu(gate) * up) of the tile's two
+ * halves (the expression of swiglu_kernel, so the same bits) instead of y. */
+template <int W, int U, int MINB, bool GLU>
 static __global__ void __launch_bounds__(W * 32, MINB)
-    gemv_int8_f16_kernel(float *__restrict__ y, const uint16_t *__restrict__ x, const int8_t *__restrict__ q,
-                         const float *__restrict__ scale, const float *__restrict__ bias, int N, int K,
-                         int k32) {
+    gemv_int8_f16_kernel(float *__restrict__ y, uint16_t *__restrict__ act, const uint16_t *__restrict__ x,
+                         const int8_t *__restrict__ q, const float *__restrict__ scale,
+                         const float *__restrict__ bias, int N, int K, int k32) {
     extern __shared__ uint32_t xs[]; /* (k32 * 16) f16 pairs, zero past K */
     __shared__ float red[W][16];
+    __shared__ float fin[GLU ? 16 : 1];
     __shared__ float wmax[W];
     const int rt = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, t = lane & 3, g = lane >> 2;
     const uint4 *qt = reinterpret_cast<const uint4 *>(q + (size_t)rt * k32 * 512) + lane;
@@ -232,17 +237,37 @@ static __global__ void __launch_bounds__(W * 32, MINB)
         if (row < N) {
             v = v / xsc * scale[row];
             if (bias) v += bias[row];
-            y[row] = v;
+            if (GLU)
+                fin[threadIdx.x] = v;
+            else
+                y[row] = v;
+        }
+    }
+    if (GLU) {
+        __syncthreads();
+        if (threadIdx.x < 8) {
+            float a = fin[threadIdx.x];
+            act[rt * 8 + threadIdx.x] = f2bf(a / (1.f + expf(-a)) * fin[threadIdx.x + 8]);
         }
     }
 }
 
-template <int W, int U, int MINB>
-static int gv16_launch(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
-                       int n, int k, cudaStream_t s) {
+template <int W, int U, int MINB, bool GLU>
+static int gv16_launch(float *y, uint16_t *act, const uint16_t *x, const int8_t *q, const float *scale,
+                       const float *bias, int n, int k, cudaStream_t s) {
     int k32 = (k + 31) / 32, n16 = (n + 15) / 16;
-    gemv_int8_f16_kernel<W, U, MINB><<<n16, W * 32, (size_t)k32 * 64, s>>>(y, x, q, scale, bias, n, k, k32);
+    gemv_int8_f16_kernel<W, U, MINB, GLU>
+        <<<n16, W * 32, (size_t)k32 * 64, s>>>(y, act, x, q, scale, bias, n, k, k32);
     return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+/* Whether one row of (n, k) takes the tensor-core kernel under path (see
+ * dsi_cuda_gemv_int8_path): x as f16 in dynamic shared memory plus under 1 KB
+ * of static (red, wmax, fin) within the 48 KB no-opt-in limit, and path 2 or
+ * enough row tiles. */
+static bool gv16_takes(int n, int k, int path) {
+    return path != 1 && (size_t)(k + 31) / 32 * 64 + 1024 <= 48 * 1024 &&
+           (path == 2 || (n + 15) / 16 >= 4 * DSI__GV_SMS);
 }
 
 template <int M, int W, int U, int MINB>
@@ -271,12 +296,10 @@ extern "C" int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t
          * on the tensor cores"), f16 tensor cores vs fp32 CUDA cores: gate_up
          * 38.5 vs 43.0 us, lm_head 130.7 vs 149.3 us, but qkv 10.9 vs 10.0, o 9.1
          * vs 8.0 and down 28.6 vs 26.0 us. */
-        /* dynamic shared memory: x as f16; static: under 1 KB (red, wmax); the
-         * two together must stay within the 48 KB no-opt-in limit */
-        if (path != 1 && (size_t)(k + 31) / 32 * 64 + 1024 <= 48 * 1024 &&
-            (path == 2 || (n + 15) / 16 >= 4 * DSI__GV_SMS))
-            return (n + 15) / 16 < 2 * DSI__GV_SMS ? gv16_launch<8, 16, 2>(y, x, q, scale, bias, n, k, s)
-                                                   : gv16_launch<8, 4, 6>(y, x, q, scale, bias, n, k, s);
+        if (gv16_takes(n, k, path))
+            return (n + 15) / 16 < 2 * DSI__GV_SMS
+                       ? gv16_launch<8, 16, 2, false>(y, NULL, x, q, scale, bias, n, k, s)
+                       : gv16_launch<8, 4, 6, false>(y, NULL, x, q, scale, bias, n, k, s);
         if (path == 2) return DSI_EINVAL;
         if ((n + 15) / 16 < 2 * DSI__GV_SMS) return gv_launch<1, 16, 8, 2>(y, x, q, scale, bias, n, k, s);
         return gv_launch<1, 8, 8, 4>(y, x, q, scale, bias, n, k, s);
@@ -295,6 +318,16 @@ extern "C" int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t
     default:
         return gv_launch<8, 8, 4, 4>(y, x, q, scale, bias, n, k, s);
     }
+}
+
+extern "C" int dsi_cuda_gemv_int8_swiglu(uint16_t *act, const uint16_t *x, const int8_t *q,
+                                         const float *scale, const float *bias, int n, int k, int path,
+                                         cudaStream_t s) {
+    if (path < 0 || path > 2 || n <= 0 || n % 16 || k <= 0 || (k & 1) || !act || !x || !q || !scale)
+        return DSI_EINVAL;
+    if (((uintptr_t)x & 3) || ((uintptr_t)q & 15) || !gv16_takes(n, k, path)) return DSI_EINVAL;
+    return n / 16 < 2 * DSI__GV_SMS ? gv16_launch<8, 16, 2, true>(NULL, act, x, q, scale, bias, n, k, s)
+                                    : gv16_launch<8, 4, 6, true>(NULL, act, x, q, scale, bias, n, k, s);
 }
 
 extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,

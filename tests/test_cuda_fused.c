@@ -5,7 +5,11 @@
  * - dsi_cuda_rope_kv_store == dsi_cuda_rope then dsi_cuda_kv_store, bit for bit
  *   (q, k and v rows, and the K/V cache slots);
  * - dsi_cuda_attn_decode_rope == dsi_cuda_rope_kv_store then dsi_cuda_attn_decode,
- *   bit for bit (output rows and both caches), at 1, 4 and 64 splits.
+ *   bit for bit (output rows and both caches), at 1, 4 and 64 splits;
+ * - dsi_cuda_gemv_int8_swiglu == dsi_cuda_gemv_int8_path then dsi_cuda_swiglu
+ *   (gate|up interleaved by 8), bit for bit, in both block shapes of the
+ *   tensor-core kernel, with and without bias; DSI_EINVAL and nothing launched
+ *   where the tensor-core kernel would not run.
  * Without a GPU every test reports SKIP (exit 77).
  */
 #include <math.h>
@@ -202,8 +206,61 @@ TEST(cuda_attn_decode_rope_equals_rope_then_attn) {
     attn_rope_case(8, 8, 64, c2, 2);   /* MHA, head_dim 64 */
 }
 
+/* A random (n, k) gate|up matrix (rows interleaved by 8: the order does not
+ * matter to the kernels), quantized on the GPU; one row of x. */
+static void gemv_swiglu_case(int n, int k, int with_bias, int path) {
+    size_t nk = (size_t)n * k;
+    uint16_t *w = malloc(nk * 2), *x = malloc((size_t)k * 2), *a = malloc((size_t)n / 2 * 2),
+             *b = malloc((size_t)n / 2 * 2);
+    float *bias = malloc((size_t)n * 4);
+    for (size_t i = 0; i < nk; i++)
+        w[i] = dsi_f32_to_bf16(frand() * 0.05f);
+    for (int i = 0; i < k; i++)
+        x[i] = dsi_f32_to_bf16(2.f * frand());
+    for (int i = 0; i < n; i++)
+        bias[i] = frand();
+    uint16_t *dw = dmalloc(nk * 2), *dx = dmalloc((size_t)k * 2), *da = dmalloc((size_t)n),
+             *db = dmalloc((size_t)n);
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(n, k));
+    float *dsc = dmalloc((size_t)n * 4), *dbias = dmalloc((size_t)n * 4), *dy = dmalloc((size_t)n * 4);
+    up(dw, w, nk * 2), up(dx, x, (size_t)k * 2), up(dbias, bias, (size_t)n * 4);
+    CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
+    const float *bp = with_bias ? dbias : NULL;
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_path(dy, dx, dq, dsc, bp, 1, n, k, path, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_swiglu(da, dy, 1, n / 2, DSI_GLU_IL8, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_swiglu(db, dx, dq, dsc, bp, n, k, path, 0), 0);
+    CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
+    down(a, da, (size_t)n), down(b, db, (size_t)n);
+    int diff = 0;
+    for (int i = 0; i < n / 2; i++)
+        diff += a[i] != b[i];
+    CHECK_EQ_INT(diff, 0);
+    cudaFree(dw), cudaFree(dx), cudaFree(da), cudaFree(db), cudaFree(dq), cudaFree(dsc), cudaFree(dbias),
+        cudaFree(dy);
+    free(w), free(x), free(a), free(b), free(bias);
+}
+
+TEST(cuda_gemv_swiglu_equals_gemv_then_swiglu) {
+    NEED_GPU();
+    gemv_swiglu_case(2000, 1000, 0, 2);  /* 125 row tiles: 8 warps x 16 tiles */
+    gemv_swiglu_case(2000, 3584, 1, 2);  /* with bias */
+    gemv_swiglu_case(37888, 3584, 0, 0); /* the 7B shape: 8 warps x 4 tiles, default path */
+    int8_t *dq = dmalloc(dsi_cuda_q8_bytes(2000, 1000));
+    uint16_t *dx = dmalloc(2000), *da = dmalloc(2000);
+    float *dsc = dmalloc(2000 * 4);
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_swiglu(da, dx, dq, dsc, NULL, 2000, 1000, 0, 0),
+                 DSI_EINVAL); /* few tiles */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_swiglu(da, dx, dq, dsc, NULL, 2000, 1000, 1, 0),
+                 DSI_EINVAL); /* CUDA cores */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_swiglu(da, dx, dq, dsc, NULL, 1992, 1000, 2, 0), DSI_EINVAL); /* n % 16 */
+    CHECK_EQ_INT(dsi_cuda_gemv_int8_swiglu(da, dx, dq, dsc, NULL, 2000, 1001, 2, 0), DSI_EINVAL); /* odd k */
+    CHECK_EQ_INT(cudaGetLastError(), 0); /* nothing was launched */
+    cudaFree(dq), cudaFree(dx), cudaFree(da), cudaFree(dsc);
+}
+
 int main(void) {
     RUN(cuda_rope_kv_store_equals_rope_then_store);
     RUN(cuda_attn_decode_rope_equals_rope_then_attn);
+    RUN(cuda_gemv_swiglu_equals_gemv_then_swiglu);
     return test_summary();
 }

@@ -102,25 +102,44 @@ TEST(cuda_add_rmsnorm_matches_cpu) {
     cudaFree(d);
 }
 
-TEST(cuda_swiglu_matches_cpu) {
-    NEED_GPU();
-    int rows = 2, I = 1000;
-    float *gu = malloc((size_t)rows * 2 * I * 4), *ref = malloc((size_t)I * 4);
+/* rows x inter through dsi_cuda_swiglu with gate|up stacked (il8 0) or
+ * interleaved by 8 (DSI_GLU_IL8) against the CPU swiglu of the same values. */
+static void swiglu_case(int rows, int I, int il8) {
+    float *gu = malloc((size_t)rows * 2 * I * 4), *g = malloc((size_t)I * 4), *u = malloc((size_t)I * 4),
+          *ref = malloc((size_t)I * 4);
     uint16_t *o = malloc((size_t)rows * I * 2);
     for (int i = 0; i < rows * 2 * I; i++)
         gu[i] = 6.f * frand();
     float *dgu = dmalloc((size_t)rows * 2 * I * 4);
     uint16_t *dout = dmalloc((size_t)rows * I * 2);
     up(dgu, gu, (size_t)rows * 2 * I * 4);
-    CHECK_EQ_INT(dsi_cuda_swiglu(dout, dgu, rows, I, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_swiglu(dout, dgu, rows, I, il8, 0), 0);
     down(o, dout, (size_t)rows * I * 2);
+    int bad = 0;
     for (int r = 0; r < rows; r++) {
-        dsi_swiglu(ref, gu + r * 2 * I, gu + r * 2 * I + I, I);
+        const float *row = gu + (size_t)r * 2 * I;
+        for (int i = 0; i < I; i++) {
+            g[i] = il8 ? row[i / 8 * 16 + i % 8] : row[i];
+            u[i] = il8 ? row[i / 8 * 16 + 8 + i % 8] : row[I + i];
+        }
+        dsi_swiglu(ref, g, u, I);
         for (int i = 0; i < I; i++)
-            CHECK_NEAR(bf(o[r * I + i]), ref[i], fabsf(ref[i]) * 0.0079 + 1e-6);
+            bad += !(fabsf(bf(o[r * I + i]) - ref[i]) <= fabsf(ref[i]) * 0.0079f + 1e-6f);
     }
+    CHECK_EQ_INT(bad, 0);
     cudaFree(dgu), cudaFree(dout);
-    free(gu), free(ref), free(o);
+    free(gu), free(g), free(u), free(ref), free(o);
+}
+
+TEST(cuda_swiglu_matches_cpu) {
+    NEED_GPU();
+    swiglu_case(2, 1000, 0);
+    swiglu_case(3, 1000, DSI_GLU_IL8);
+    swiglu_case(1, 18944, DSI_GLU_IL8);
+    uint16_t *d = dmalloc(64);
+    CHECK_EQ_INT(dsi_cuda_swiglu(d, (float *)d, 1, 1004, DSI_GLU_IL8, 0), DSI_EINVAL); /* 1004 % 8 */
+    CHECK_EQ_INT(dsi_cuda_swiglu(d, (float *)d, 1, 1000, 3, 0), DSI_EINVAL);
+    cudaFree(d);
 }
 
 static void rope_case(enum dsi_rope_type type, int hd) {

@@ -73,8 +73,14 @@ int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, in
 int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_heads, int n_kv_heads, int head_dim,
                            const int32_t *pos, const float *inv_freq, uint16_t *k_cache, uint16_t *v_cache,
                            const int32_t *slots, cudaStream_t s);
-/* gu: (rows, 2*inter) fp32 = [gate | up]; out: (rows, inter) bf16 = silu(gate)*up. */
-int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, cudaStream_t s);
+/* gu: (rows, 2*inter) fp32 = [gate | up], or with il8 the gate and up
+ * columns interleaved in blocks of 8 (DSI_GLU_IL8: gate j at 16*(j/8) + j%8,
+ * up j eight after it; inter % 8 == 0); out: (rows, inter) bf16 =
+ * silu(gate)*up. The CUDA backend stores gate|up weights that way when the
+ * intermediate size allows, so one 16-row tile of the matmul holds 8 gate rows
+ * and their 8 up rows (see dsi_cuda_gemv_int8_swiglu). */
+#define DSI_GLU_IL8 8
+int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8, cudaStream_t s);
 
 /* y[r][n] = y[r][n] * (scale ? scale[n] : 1) + (bias ? bias[n] : 0); y: (rows, n). */
 int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n, cudaStream_t s);
@@ -261,6 +267,15 @@ int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float
  * 2 tensor cores (DSI_EINVAL if x does not fit). Rows 2..8: CUDA cores. */
 int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                             const float *bias, int m, int n, int k, int path, cudaStream_t s);
+/* One row of x through a gate|up matrix of n = 2 * inter rows stored
+ * DSI_GLU_IL8-interleaved, SwiGLU in the tensor-core kernel's epilogue:
+ * act (inter) bf16 = the same bits as dsi_cuda_gemv_int8_path then
+ * dsi_cuda_swiglu(il8), one node instead of two and no fp32 gate|up row.
+ * path as above; DSI_EINVAL (nothing launched) where that path would not take
+ * the tensor-core kernel (path 1, few row tiles under path 0, x too large) or
+ * n % 16 != 0: the caller then runs the two kernels. */
+int dsi_cuda_gemv_int8_swiglu(uint16_t *act, const uint16_t *x, const int8_t *q, const float *scale,
+                              const float *bias, int n, int k, int path, cudaStream_t s);
 
 /* ---- sampling (kernels/sample.cu) ---- */
 
@@ -299,8 +314,9 @@ int dsi_cuda_backend_sync(struct dsi_backend *be);
  * the heads, the KV heads and the intermediate size (in whole int8 groups). */
 #define DSI_CUDA_NCCL_ID_BYTES 128
 struct dsi_cuda_shard {
-    int rank, size;                                /* this rank of size (size 1: no NCCL) */
-    unsigned char nccl_id[DSI_CUDA_NCCL_ID_BYTES]; /* rank 0's dsi_cuda_tp_unique_id, the same on every rank */
+    int rank, size; /* this rank of size (size 1: no NCCL) */
+    unsigned char
+        nccl_id[DSI_CUDA_NCCL_ID_BYTES]; /* rank 0's dsi_cuda_tp_unique_id, the same on every rank */
     bool one_host; /* every rank on this host: the fused NVLink all-reduce may be tried */
     /* Called by every rank right before the collective NCCL set-up, ok = 1 when
      * this rank's GPU is ready (context, stream, buffers); must return 1 only

@@ -316,7 +316,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
      * else: the decode GEMV's own choice per matrix */
     c->gemv_new = !env_is("DSI_CUDA_GEMV", "old");
     c->gemv_path = env_is("DSI_CUDA_GEMV", "fp32") ? 1 : env_is("DSI_CUDA_GEMV", "tc") ? 2 : 0;
-    c->fuse_rope = !env_is("DSI_CUDA_FUSE_ROPE", "0"); /* A/B timing: 0 keeps rope_kv_store on decode */
+    c->fuse_rope = !env_is("DSI_CUDA_FUSE_ROPE", "0");     /* A/B timing: 0 keeps rope_kv_store on decode */
+    c->fuse_swiglu = !env_is("DSI_CUDA_FUSE_SWIGLU", "0"); /* A/B timing: 0 keeps the swiglu node */
     c->tiled_min = DSI__CUDA_TILED_MIN;
     c->tiled_max = DSI__CUDA_TILED_MAX;
     c->tiled_min_n = DSI__CUDA_TILED_MIN_N;
@@ -386,6 +387,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     if (rc) goto fail;
     size_t free0 = 0, total = 0;
     cudaMemGetInfo(&free0, &total);
+    /* gate|up rows interleaved by 8 where this shard's intermediate size allows */
+    c->gate_up_il8 = c->cfg.intermediate_size % 8 == 0 ? DSI_GLU_IL8 : 0;
     if ((rc = dsi__cuda_load_weights(c, m, random, seed, err))) goto fail;
     size_t free1 = 0;
     cudaMemGetInfo(&free1, &total);

@@ -8,11 +8,10 @@
  * the attention kernel on decode steps) ->
  * attention (decode kernel when every sequence brings one token, else the
  * prefill kernel; prompts of >= 16 new tokens and <= 4096 context go through
- * two cuBLAS GEMMs and a causal softmax) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU ->
- * down matmul; the residual add of each block is fused into the next norm.
- * Finally the norm, a gather of the rows that want logits, and the lm_head.
- * Decode steps (one token per sequence) are captured once per batch shape in
- * a CUDA graph and replayed, so launch gaps vanish.
+ * two cuBLAS GEMMs and a causal softmax) -> o matmul -> add+RMSNorm -> gate|up matmul -> SwiGLU (in
+ * the matmul's epilogue for one row) -> down matmul; the residual add of each block is fused into the next
+ * norm. Finally the norm, a gather of the rows that want logits, and the lm_head. Decode steps (one token per
+ * sequence) are captured once per batch shape in a CUDA graph and replayed, so launch gaps vanish.
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
  * the decode GEMV for one row (DSI_CUDA_GEMV=old: skipped); the tiled
@@ -212,8 +211,18 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     rc = c->tp_size > 1 ? dsi__cuda_tp_reduce_norm(c, ly->ln2, T)
                         : dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s);
     if (rc) return rc;
-    if ((rc = dsi__cuda_matmul(c, &ly->gate_up, c->xn, c->gu, T, true))) return rc;
-    if ((rc = dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, s))) return rc;
+    /* one row: SwiGLU in the GEMV's epilogue where it takes the tensor-core
+     * kernel (DSI_EINVAL: nothing launched, run the two kernels) */
+    const struct dsi__cu_matrix *gu = &ly->gate_up;
+    rc = DSI_EINVAL;
+    if (T == 1 && c->fuse_swiglu && c->gate_up_il8 && c->int8 && c->gemv_new && gu->group == 0)
+        rc = dsi_cuda_gemv_int8_swiglu(c->act, c->xn, gu->q, gu->scale, gu->bias, gu->n, gu->k, c->gemv_path,
+                                       s);
+    if (rc == DSI_EINVAL) {
+        if ((rc = dsi__cuda_matmul(c, gu, c->xn, c->gu, T, true))) return rc;
+        rc = dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, c->gate_up_il8, s);
+    }
+    if (rc) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true))) return rc;
     if (c->tp_size == 1) return 0;
     return dsi__cuda_tp_reduce_norm(c, il + 1 < cfg->n_layers ? c->layers[il + 1].ln1 : c->final_norm, T);

@@ -47,7 +47,7 @@ struct dsi__cu_layer {
     float *ln1, *ln2;              /* (hidden) */
     struct dsi__cu_matrix qkv;     /* ((nh + 2 nkv) hd, hidden), rows q | k | v */
     struct dsi__cu_matrix o;       /* (hidden, nh hd) */
-    struct dsi__cu_matrix gate_up; /* (2 inter, hidden), rows gate | up */
+    struct dsi__cu_matrix gate_up; /* (2 inter, hidden), rows gate | up, or interleaved (gate_up_il8) */
     struct dsi__cu_matrix down;    /* (hidden, inter) */
 };
 
@@ -101,6 +101,10 @@ struct dsi__cuda {
     bool gemv_new;   /* INT8 matmuls of one row: the decode GEMV (DSI_CUDA_GEMV=old: off) */
     int gemv_path;   /* its kernel: 0 default, 1 CUDA cores (DSI_CUDA_GEMV=fp32), 2 tensor cores (=tc) */
     bool fuse_rope;  /* decode: RoPE + KV store in the attention kernel (DSI_CUDA_FUSE_ROPE=0: off) */
+    /* gate|up weights (and so the gu activations) interleaved in blocks of 8
+     * rows (DSI_GLU_IL8) or stacked (0: intermediate size not a multiple of 8) */
+    int gate_up_il8;
+    bool fuse_swiglu; /* one row: SwiGLU in the gate|up GEMV (DSI_CUDA_FUSE_SWIGLU=0: off) */
     /* INT8 matmuls of tiled_min..tiled_max rows (and all rows >= tiled_min that
      * may not dequantize: the lm_head) and >= tiled_min_n outputs take the
      * tiled GEMM; tiled_min 0: never. DSI_CUDA_TILED=MIN,MAX,MIN_N (A/B timing) */
@@ -113,12 +117,12 @@ struct dsi__cuda {
      * whole and the lm_head holds vocab rows [vocab0, vocab0 + lm_head.n). */
     int tp_rank, tp_size; /* 0, 1 when not sharded */
     int head0, kv_head0, inter0, vocab0, vocab_pad;
-    void *nccl;                /* ncclComm_t */
-    bool ar_fast;              /* the ranks mapped each other's exchange regions (NVLink, one host) */
-    struct dsi_cuda_ar ar;     /* kernels/tp_allreduce.cu: peer regions, epochs */
-    void *ar_region;           /* this rank's exchange region (own allocation) */
-    void *ar_handles;          /* device: every rank's IPC handle (the exchange) */
-    int *ar_ok;                /* device: the agreement on the fused path */
+    void *nccl;               /* ncclComm_t */
+    bool ar_fast;             /* the ranks mapped each other's exchange regions (NVLink, one host) */
+    struct dsi_cuda_ar ar;    /* kernels/tp_allreduce.cu: peer regions, epochs */
+    void *ar_region;          /* this rank's exchange region (own allocation) */
+    void *ar_handles;         /* device: every rank's IPC handle (the exchange) */
+    int *ar_ok;               /* device: the agreement on the fused path */
     float *lg_local, *lg_all; /* (S, vocab_pad) this rank's logits, (size, S, vocab_pad) gathered */
 };
 

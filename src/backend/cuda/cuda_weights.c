@@ -2,8 +2,9 @@
  * cuda_weights.c: weight upload for the CUDA backend.
  *
  * Each HF tensor (BF16, F16 or F32 in the mmap) is converted to bf16 on the host
- * if needed, copied into a device staging buffer (fused matrices: q|k|v and
- * gate|up are stacked by rows there), and then either kept as bf16 or quantized
+ * if needed, copied into a device staging buffer (fused matrices: q|k|v
+ * stacked by rows there, gate|up interleaved in blocks of 8 rows where the
+ * intermediate size allows, else stacked), and then either kept as bf16 or quantized
  * on the GPU to the tiled INT8 layout with per-output-channel scales. Vectors
  * (norms, biases) are kept in fp32. Random mode fills the staging buffer on the
  * GPU instead (benchmarks of real shapes without a 15 GB file).
@@ -137,10 +138,19 @@ struct part {
     int r0, rows, c0, cols;
 };
 
-/* Copies the block p as a (rows, cols) bf16 matrix to dst (device). */
-static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, char **err) {
+/* Copies the block p as a (rows, cols) bf16 matrix to dst (device); with grp > 0
+ * (whole rows only: cols == full_cols, rows % grp == 0) in groups of grp rows
+ * that lie gstride rows apart in dst (the interleaved gate|up layout). */
+static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, int grp, int gstride,
+                       char **err) {
     const char *name = p->name;
     size_t n = (size_t)p->rows * p->cols, fc = (size_t)p->full_cols;
+    if (grp > 0 && (p->cols != p->full_cols || p->rows % grp || gstride < grp))
+        return dsi_seterr(err, DSI_EINTERNAL, "cuda: %s cannot be interleaved", name);
+    /* rows -> (height, width) of a 2D copy: groups of grp rows or single rows */
+    size_t height = grp > 0 ? (size_t)(p->rows / grp) : (size_t)p->rows;
+    size_t width = (grp > 0 ? (size_t)grp : 1) * (size_t)p->cols * 2;
+    size_t dpitch = (grp > 0 ? (size_t)gstride : 1) * (size_t)p->cols * 2;
     size_t first = (size_t)p->r0 * fc + (size_t)p->c0; /* element index of the block's corner */
     if (L->random) {
         float scale = 1.f / sqrtf((float)p->full_cols) * 1.7f; /* ~unit-variance outputs */
@@ -158,8 +168,8 @@ static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, ch
         size_t bytes = (size_t)p->full_rows * fc * 2;
         if (off > L->m->pending[pi].size || bytes > L->m->pending[pi].size - off)
             return dsi_seterr(err, DSI_EFORMAT, "cuda: tensor %s lies outside its file", name);
-        if (DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)p->cols * 2, L->images[pi] + off + first * 2,
-                                             fc * 2, (size_t)p->cols * 2, (size_t)p->rows,
+        if (DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, L->images[pi] + off + first * 2,
+                                             (grp > 0 ? (size_t)grp : 1) * fc * 2, width, height,
                                              cudaMemcpyDeviceToDevice, L->c->stream)) ||
             DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
             return dsi_seterr(err, DSI_ECUDA, "cuda: device copy of %s failed", name);
@@ -186,13 +196,17 @@ static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, ch
         src = L->host;
         pitch = (size_t)p->cols * 2;
     }
-    rc = pitch == (size_t)p->cols * 2
+    rc = pitch == (size_t)p->cols * 2 && grp == 0
              ? DSI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 2, cudaMemcpyHostToDevice, L->c->stream))
-             : DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)p->cols * 2, src, pitch, (size_t)p->cols * 2,
-                                                (size_t)p->rows, cudaMemcpyHostToDevice, L->c->stream));
+             : DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, (grp > 0 ? (size_t)grp : 1) * pitch, width,
+                                                height, cudaMemcpyHostToDevice, L->c->stream));
     if (rc || DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
         return dsi_seterr(err, DSI_ECUDA, "cuda: upload of %s failed", name);
     return 0;
+}
+
+static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, char **err) {
+    return upload_rows(L, p, dst, 0, 0, err);
 }
 
 /* Uploads elements [off, off + n) of a vector of full elements as fp32;
@@ -232,13 +246,16 @@ static int upload_vec(struct loader *L, const char *name, int n, float fill, flo
     return upload_vec_part(L, name, n, 0, n, fill, dst, what, err);
 }
 
-/* Stacks the parts (blocks of equal width k) by rows into staging, then keeps
- * bf16 or quantizes. */
-static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct part *parts, int n_parts,
-                       const char *what, char **err) {
+/* Stacks the parts (blocks of equal width k) by rows into staging, or with il
+ * > 0 interleaves them in blocks of il rows (part 0's first il rows, part 1's
+ * first il rows, ...; parts of equal height), then keeps bf16 or quantizes. */
+static int load_matrix_il(struct loader *L, struct dsi__cu_matrix *w, const struct part *parts, int n_parts,
+                          int il, const char *what, char **err) {
     int n = 0, k = parts[0].cols, rc;
     for (int i = 0; i < n_parts; i++) {
         if (parts[i].cols != k) return dsi_seterr(err, DSI_EINTERNAL, "cuda: %s parts differ in width", what);
+        if (il > 0 && parts[i].rows != parts[0].rows)
+            return dsi_seterr(err, DSI_EINTERNAL, "cuda: %s parts differ in height", what);
         n += parts[i].rows;
     }
     w->n = n;
@@ -260,7 +277,12 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct 
     }
     size_t off = 0;
     for (int i = 0; i < n_parts; i++) {
-        if ((rc = upload_bf16(L, &parts[i], dst + off, err))) return rc;
+        /* random weights: the order of the rows means nothing, fill them stacked */
+        if (il > 0 && !L->random)
+            rc = upload_rows(L, &parts[i], dst + (size_t)i * il * k, il, n_parts * il, err);
+        else
+            rc = upload_bf16(L, &parts[i], dst + off, err);
+        if (rc) return rc;
         off += (size_t)parts[i].rows * k;
     }
     if (!L->c->int8) return 0;
@@ -301,6 +323,11 @@ static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct 
         DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
         return dsi_seterr(err, DSI_ECUDA, "cuda: quantizing %s failed", what);
     return 0;
+}
+
+static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct part *parts, int n_parts,
+                       const char *what, char **err) {
+    return load_matrix_il(L, w, parts, n_parts, 0, what, err);
 }
 
 /* q|k|v biases (this shard's heads) stacked into one fp32 vector. */
@@ -399,7 +426,7 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
         snprintf(n1, sizeof n1, "model.layers.%d.mlp.gate_proj.weight", il);
         snprintf(n2, sizeof n2, "model.layers.%d.mlp.up_proj.weight", il);
         const struct part gu[2] = {{n1, fI, H, i0, I, 0, H}, {n2, fI, H, i0, I, 0, H}};
-        if ((rc = load_matrix(&L, &ly->gate_up, gu, 2, "gate/up weights", err))) goto out;
+        if ((rc = load_matrix_il(&L, &ly->gate_up, gu, 2, c->gate_up_il8, "gate/up weights", err))) goto out;
         snprintf(n1, sizeof n1, "model.layers.%d.mlp.down_proj.weight", il);
         const struct part dn = {n1, H, fI, 0, H, i0, I};
         if ((rc = load_matrix(&L, &ly->down, &dn, 1, "down weights", err))) goto out;
