@@ -8,6 +8,12 @@
  *
  *   bench_cuda_nodes        (7B shape: hidden 3584, 28/4 heads of 128, inter 18944)
  *
+ * Then the INT8 matmuls of the layer the same way (the one-row GEMV the backend
+ * picks per matrix; gate|up with SwiGLU in its epilogue): weights rotated over
+ * enough copies that L2 never holds them (as in a step, where each matrix is
+ * read once), and once more with one copy replayed (L2 warm), which says
+ * whether a node waits on DRAM or on its own latency.
+ *
  * Inputs are zeros: the work does not depend on the values.
  */
 #include <stdio.h>
@@ -27,7 +33,7 @@
 #define BS 16
 #define NBLK 4096
 
-enum node { N_NORM, N_ROPE_KV, N_SWIGLU, N_ATTN, N_TINY };
+enum node { N_NORM, N_ROPE_KV, N_SWIGLU, N_ATTN, N_TINY, N_GEMV };
 
 struct bufs {
     float *x, *delta, *w, *qkv, *gu, *inv_freq, *work;
@@ -35,6 +41,11 @@ struct bufs {
     int32_t *pos, *slot, *bt;
     struct dsi_cuda_attn_seq *seqs;
     struct dsi_cuda_attn_args a;
+    /* N_GEMV: copies of one (n, k) int8 matrix, the next launch takes the next */
+    int gv_n, gv_k, gv_copies, gv_next, gv_glu, gv_path;
+    int8_t **gv_q;
+    float *gv_scale, *gv_bias, *gv_y;
+    uint16_t *gv_x;
 };
 
 static int launch(enum node n, struct bufs *b, cudaStream_t s) {
@@ -49,6 +60,14 @@ static int launch(enum node n, struct bufs *b, cudaStream_t s) {
         return dsi_cuda_swiglu(b->act, b->gu, 1, INTER, DSI_GLU_IL8, s);
     case N_ATTN:
         return dsi_cuda_attn_decode(&b->a, s);
+    case N_GEMV: {
+        const int8_t *q = b->gv_q[b->gv_next++ % b->gv_copies];
+        if (b->gv_glu)
+            return dsi_cuda_gemv_int8_swiglu(b->act, b->gv_x, q, b->gv_scale, NULL, b->gv_n, b->gv_k,
+                                             b->gv_path, s);
+        return dsi_cuda_gemv_int8_path(b->gv_y, b->gv_x, q, b->gv_scale, b->gv_bias, 1, b->gv_n, b->gv_k,
+                                       b->gv_path, s);
+    }
     default:
         return dsi_cuda_add_rmsnorm(b->x, b->delta, b->w, b->xn, 1, 32, 1e-6f, s);
     }
@@ -84,6 +103,48 @@ out:
     if (ge) cudaGraphExecDestroy(ge);
     if (g) cudaGraphDestroy(g);
     return us;
+}
+
+static void *zalloc(size_t n);
+
+/* The one-row INT8 matmuls of a 7B layer and the lm_head as graph nodes. */
+static void gemv_nodes(struct bufs *b, cudaStream_t s) {
+    const struct {
+        const char *name;
+        int n, k, bias, glu;
+    } m[] = {{"qkv 4608 x 3584 (+bias)", (NH + 2 * NKV) * HD, H, 1, 0},
+             {"o 3584 x 3584", H, NH * HD, 0, 0},
+             {"gate|up 37888 x 3584 + SwiGLU", 2 * INTER, H, 0, 1},
+             {"down 3584 x 18944", H, INTER, 0, 0},
+             {"lm_head 152064 x 3584", 152064, H, 0, 0}};
+    printf("\n%-32s %10s %10s %8s %12s %12s\n", "one-row INT8 matmul", "MB", "us/node", "of 4.25",
+           "L2 warm us", "other kernel");
+    b->gv_x = zalloc(INTER * 2), b->gv_y = zalloc(152064 * 4);
+    for (int i = 0; i < (int)(sizeof m / sizeof m[0]); i++) {
+        size_t bytes = dsi_cuda_q8_bytes(m[i].n, m[i].k);
+        int copies = (int)((1200u << 20) / bytes); /* >= 1.2 GB in all: far over L2 */
+        if (copies < 2) copies = 2;
+        b->gv_q = calloc((size_t)copies, sizeof *b->gv_q);
+        for (int c = 0; c < copies; c++)
+            b->gv_q[c] = zalloc(bytes);
+        b->gv_scale = zalloc((size_t)m[i].n * 4), b->gv_bias = m[i].bias ? zalloc((size_t)m[i].n * 4) : NULL;
+        b->gv_n = m[i].n, b->gv_k = m[i].k, b->gv_glu = m[i].glu, b->gv_copies = copies, b->gv_next = 0;
+        b->gv_path = 0;
+        double us = node_us(N_GEMV, b, s);
+        /* the other one-row kernel: CUDA cores where the default takes the
+         * tensor cores (>= 4 row tiles per SM), else the tensor cores */
+        b->gv_path = (m[i].n + 15) / 16 >= 4 * 132 ? 1 : 2;
+        double other = m[i].glu ? -1 : node_us(N_GEMV, b, s);
+        b->gv_path = 0;
+        b->gv_copies = 1;
+        double warm = node_us(N_GEMV, b, s);
+        printf("%-32s %10.1f %10.2f %7.1f%% %12.2f %12.2f\n", m[i].name, bytes / 1e6, us,
+               bytes / (us * 1e-6) / 4.25e12 * 100, warm, other);
+        for (int c = 0; c < copies; c++)
+            cudaFree(b->gv_q[c]);
+        free(b->gv_q);
+        cudaFree(b->gv_scale), cudaFree(b->gv_bias);
+    }
 }
 
 static void *zalloc(size_t n) {
@@ -157,6 +218,7 @@ int main(void) {
         }
     }
     printf("%-46s %10.2f\n", "floor: add_rmsnorm of 32 values", node_us(N_TINY, &b, s));
+    gemv_nodes(&b, s);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) {
         fprintf(stderr, "bench_cuda_nodes: %s\n", cudaGetErrorString(e));
