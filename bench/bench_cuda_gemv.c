@@ -16,7 +16,7 @@
  * "deq+cublas" (the backend's path above 16 rows); VARIANT 10 + V in --one
  * selects tiled variant V alone.
  *
- *   bench_cuda_gemv [--quick | --one NAME M VARIANT]
+ *   bench_cuda_gemv [--quick | --attn | --one NAME M VARIANT]   (--attn: attention and norm only)
  */
 #include <math.h>
 #include <stdio.h>
@@ -333,6 +333,7 @@ int main(int argc, char **argv) {
     /* --quick: m in {1, 8, 64}; --one NAME M VARIANT: one shape (for ncu) */
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
     int one = argc > 4 && !strcmp(argv[1], "--one");
+    int attn_only = argc > 1 && !strcmp(argv[1], "--attn");
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
         fprintf(stderr, "bench_cuda_gemv: no CUDA device\n");
@@ -365,7 +366,7 @@ int main(int argc, char **argv) {
         return rc;
     }
     int ms_tiled[] = {16, 32, 64, 128, 256};
-    for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc; i++) {
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc && !attn_only; i++) {
         rc = quick ? bench_int8(&mats[i], ms_quick, 3, blas, e0, e1, &ws, -1)
                    : bench_int8(&mats[i], ms_full, 9, blas, e0, e1, &ws, -1);
         if (!rc) rc = bench_tiled(&mats[i], ms_tiled, 5, blas, e0, e1, &ws, -1);

@@ -6,15 +6,17 @@
  * rows (RoPE applied), outputs bf16 rows (rows, n_heads*hd) for the o-projection.
  *
  * Decode (one query per sequence), flash-decoding: grid (splits, kv heads, seqs).
- * Each block takes one KV head, all the query heads of its GQA group (g <= 8),
- * and one slice of the context, in tiles of 64 keys: K and V of a tile are
- * staged in shared memory with coalesced 16-byte loads all in flight at once
- * (K rows padded by 16 bytes against bank conflicts), a thread per (key, head
- * pair) scores, a warp per head runs the online softmax, and a thread per head
- * dimension accumulates P V. Partials (m, l, acc) go to
- * `work`; a combine kernel merges the splits. The split count is free (every
- * sequence's context is cut into that many slices), so a CUDA graph can fix it.
- * Bytes: each K/V element of the context is read once per step.
+ * Each block (4 warps) takes one KV head, all the query heads of its GQA group
+ * (g <= 8), and one slice of the context, in tiles of 64 keys: K and V of a
+ * tile are staged in shared memory with 16-byte cp.async (rows padded by 16
+ * bytes so ldmatrix hits 32 banks; the first tile goes out before the q/RoPE
+ * prologue), the scores K q^T and then P V run on the tensor cores
+ * (mma.sync bf16, fp32 accumulate) with q and P split into bf16 hi + lo pairs
+ * (two products each: as exact as fp32 q and P against the bf16 K/V), and a
+ * warp per head runs the online softmax in between. Partials (m, l, acc) go
+ * to `work`; a combine kernel merges the splits. The split count is free
+ * (every sequence's context is cut into that many slices), so a CUDA graph
+ * can fix it. Bytes: each K/V element of the context is read once per step.
  *
  * Prefill: grid (q tiles of 16, heads, seqs), 4 warps x 4 query rows; K/V tiles
  * of 32 keys staged as fp32 in shared memory (rows padded by one float against
@@ -28,7 +30,7 @@
 #include "dsinfer/kernels.h"
 #include "rope.cuh"
 
-#define DEC_THREADS 256
+#define DEC_THREADS 128 /* 4 warps: one 16-key m-tile each in QK^T, a quarter of the dims in PV */
 #define DEC_TK 64
 #define DSI__MAX_SPLITS_COMBINE 1024
 #define MAX_GROUP 8
@@ -38,18 +40,79 @@ static __device__ __forceinline__ int slot_of(const int32_t *bt, int bs, int t) 
     return bt[t / bs] * bs + t % bs;
 }
 
-/* Dynamic shared memory of the decode kernel for head dim hd and group g. */
-static size_t dec_smem(int hd, int g) {
-    size_t tiles =
-        (size_t)DEC_TK * (hd + 8) * 2 + (size_t)DEC_TK * hd * 2 + (size_t)g * hd * 4 + (size_t)g * DEC_TK * 4;
-    size_t red = (size_t)DEC_THREADS * g * sizeof(float); /* final key-group reduction overlays it */
-    return tiles > red ? tiles : red;
+static __device__ __forceinline__ void dec_cp_async16(void *dst, const void *src, int bytes) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(src), "r"(bytes));
+}
+
+static __device__ __forceinline__ void dec_ldmatrix_x4(uint32_t *r, const uint16_t *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+static __device__ __forceinline__ void dec_ldmatrix_x4_trans(uint32_t *r, const uint16_t *p) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+static __device__ __forceinline__ void dec_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* x as a bf16 pair hi + lo with hi + lo = x to ~16 mantissa bits: the tensor
+ * cores multiply bf16, and two products (hi, lo) keep q and the probabilities
+ * as exact as the fp32 CPU reference's (the bf16 K/V are the only rounding). */
+static __device__ __forceinline__ void split_bf16(float x, uint16_t *hi, uint16_t *lo) {
+    *hi = f2bf(x);
+    *lo = f2bf(x - bf2f(*hi));
+}
+
+/* Dynamic shared memory of the decode kernel for head dim hd: the K and V
+ * tiles (rows padded by 16 bytes), q hi/lo (8 rows, padded), the scores
+ * (TK, 8) fp32, the probabilities hi/lo (8 rows of TK, padded). One stage: a
+ * second (the next tile loading while this one is used) measured slower, the
+ * larger block leaving fewer blocks per SM (bench/RESULTS.md). */
+static size_t dec_smem(int hd) {
+    return (size_t)2 * DEC_TK * (hd + 8) * 2 + (size_t)2 * MAX_GROUP * (hd + 8) * 2 +
+           (size_t)DEC_TK * MAX_GROUP * 4 + (size_t)2 * MAX_GROUP * (DEC_TK + 8) * 2;
+}
+
+/* Queues the K and V rows of keys t0 .. t0 + TK - 1 below c1 into one stage
+ * with 16-byte cp.async, zero-filling the rest. With ROPE the new token (key
+ * ctx - 1) is not in the cache yet: its row is left to the caller. */
+template <bool ROPE>
+static __device__ __forceinline__ void dec_load_tile(uint16_t *ks, uint16_t *vs,
+                                                     const struct dsi_cuda_attn_args &a, const int32_t *bt,
+                                                     int kvh, int t0, int c1, int ctx) {
+    const int hd = a.head_dim, cpr = hd / 8, kst = hd + 8, kv_dim = a.n_kv_heads * hd;
+    for (int i = threadIdx.x; i < DEC_TK * cpr; i += DEC_THREADS) {
+        int j = i / cpr, c = i % cpr, t = t0 + j;
+        if (ROPE && t == ctx - 1) continue;
+        bool in = t < c1;
+        size_t off = in ? (size_t)slot_of(bt, a.block_size, t) * kv_dim + (size_t)kvh * hd + c * 8 : 0;
+        dec_cp_async16(ks + j * kst + c * 8, a.k_cache + off, in ? 16 : 0);
+        dec_cp_async16(vs + j * kst + c * 8, a.v_cache + off, in ? 16 : 0);
+    }
 }
 
 /* ROPE: q and k of the new token are not rotated yet and its K/V are not in the
  * cache (dsi_cuda_attn_decode_rope): the block rotates its q heads and the new
  * k itself, uses the new K/V from shared memory for the last position, and the
- * first split's block writes them to the cache for later steps. */
+ * first split's block writes them to the cache for later steps.
+ *
+ * Tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate): scores S^T = K Q^T
+ * with the tile's keys as M (warp w: keys 16w..16w+15), the group's (<= 8)
+ * heads as N, head dims as K; then P V with the heads as M (rows 8..15 zero),
+ * the head dims as N (warp w: a quarter of the 16-dim pairs), the keys as K.
+ * q and P go in as bf16 hi + lo pairs (two products each). */
 template <bool ROPE>
 static __global__ void __launch_bounds__(DEC_THREADS)
     attn_decode_kernel(struct dsi_cuda_attn_args a, const float *inv_freq) {
@@ -60,11 +123,12 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 
     const int split = blockIdx.x, kvh = blockIdx.y, si = blockIdx.z;
     const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd, kst = hd + 8;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    uint16_t *ks = reinterpret_cast<uint16_t *>(dsm);        /* (TK, hd + 8): padded rows */
-    uint16_t *vs = ks + DEC_TK * kst;                        /* (TK, hd) */
-    float *qs = reinterpret_cast<float *>(vs + DEC_TK * hd); /* (g, hd), pre-scaled */
-    float *ps = qs + g * hd;                                 /* (g, TK) scores, then probabilities */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lg = lane >> 2, lt = lane & 3;
+    const int pst = DEC_TK + 8;                          /* bf16 elements */
+    uint16_t *tiles = reinterpret_cast<uint16_t *>(dsm); /* K tile, then V tile: (TK, hd + 8) each */
+    uint16_t *qh = tiles + 2 * DEC_TK * kst, *ql = qh + MAX_GROUP * kst; /* (8, hd + 8) */
+    float *ps = reinterpret_cast<float *>(ql + MAX_GROUP * kst);         /* (TK, 8) scores */
+    uint16_t *ph = reinterpret_cast<uint16_t *>(ps + DEC_TK * MAX_GROUP), *pl = ph + MAX_GROUP * pst;
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
     const int ctx = sq.pos + 1;
     int chunk = (ctx + a.n_splits - 1) / a.n_splits;
@@ -76,6 +140,18 @@ static __global__ void __launch_bounds__(DEC_THREADS)
 
     const float *qrow = a.q + (size_t)sq.q_row * a.q_stride;
     const int32_t *bt = a.block_tables + sq.bt_off;
+    /* the first tile's loads go out before the q/RoPE prologue (no registers held) */
+    if (c0 < c1) dec_load_tile<ROPE>(tiles, tiles + DEC_TK * kst, a, bt, kvh, c0, c1, ctx);
+    asm volatile("cp.async.commit_group;\n" ::);
+    /* q rows hi/lo, heads past the group zero; probability rows past it zero */
+    for (int i = tid; i < MAX_GROUP * hd; i += DEC_THREADS) {
+        int h = i / hd, d = i % hd;
+        if (h >= g) qh[h * kst + d] = ql[h * kst + d] = 0;
+    }
+    for (int i = tid; i < MAX_GROUP * DEC_TK; i += DEC_THREADS) {
+        int h = i / DEC_TK, j = i % DEC_TK;
+        if (h >= g) ph[h * pst + j] = pl[h * pst + j] = 0;
+    }
     if (ROPE) {
         /* the same angles, rotation and bf16 rounding as rope_kv_store */
         const int half = hd / 2;
@@ -83,10 +159,10 @@ static __global__ void __launch_bounds__(DEC_THREADS)
         rope_table(cs_s, sn_s, p, inv_freq, half); /* ends with __syncthreads */
         for (int i = tid; i < g * hd; i += DEC_THREADS) {
             int h = i / hd, d = i % hd, j = d < half ? d : d - half;
-            const float *qh = qrow + (size_t)(kvh * g + h) * hd;
-            float x = qh[j], y = qh[j + half];
+            const float *qv = qrow + (size_t)(kvh * g + h) * hd;
+            float x = qv[j], y = qv[j + half];
             rotate(&x, &y, cs_s[j], sn_s[j]);
-            qs[i] = (d < half ? x : y) * a.scale;
+            split_bf16((d < half ? x : y) * a.scale, &qh[h * kst + d], &ql[h * kst + d]);
         }
         const float *kh = qrow + (size_t)(a.n_heads + kvh) * hd;
         const float *vh = qrow + (size_t)(a.n_heads + a.n_kv_heads + kvh) * hd;
@@ -105,115 +181,125 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     } else {
         for (int i = tid; i < g * hd; i += DEC_THREADS) {
             int h = i / hd, d = i % hd;
-            qs[i] = qrow[(size_t)(kvh * g + h) * hd + d] * a.scale;
+            split_bf16(qrow[(size_t)(kvh * g + h) * hd + d] * a.scale, &qh[h * kst + d], &ql[h * kst + d]);
         }
     }
     if (tid < MAX_GROUP) {
         m_s[tid] = -INFINITY;
         l_s[tid] = 0.f;
     }
-    const int d = tid % hd, kg = tid / hd, n_kg = DEC_THREADS / hd, cpr = hd / 8;
-    float acc[MAX_GROUP];
+    /* P V: warp w takes 16-dim pairs w, w + 4, ... (n-tiles 2 per pair) */
+    const int n_pairs = hd / 16;
+    float acc[MAX_HD / 64][2][4];
 #pragma unroll
-    for (int h = 0; h < MAX_GROUP; h++)
-        acc[h] = 0.f;
+    for (int i = 0; i < MAX_HD / 64; i++)
+#pragma unroll
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i][n][e] = 0.f;
 
+    uint16_t *ks = tiles, *vs = tiles + DEC_TK * kst;
     for (int t0 = c0; t0 < c1; t0 += DEC_TK) {
-        __syncthreads(); /* previous tile fully consumed */
-        /* stage K and V of TK keys: 16-byte coalesced loads, all in flight */
-        for (int i = tid; i < DEC_TK * cpr; i += DEC_THREADS) {
-            int j = i / cpr, c = i % cpr, t = t0 + j;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (ROPE && t == ctx - 1) { /* the new token: not in the cache yet for this step */
-                kv = *reinterpret_cast<const uint4 *>(knew + c * 8);
-                vv = *reinterpret_cast<const uint4 *>(vnew + c * 8);
-            } else if (t < c1) {
-                size_t off = (size_t)slot_of(bt, a.block_size, t) * kv_dim + (size_t)kvh * hd + c * 8;
-                kv = __ldcs(reinterpret_cast<const uint4 *>(a.k_cache + off));
-                vv = __ldcs(reinterpret_cast<const uint4 *>(a.v_cache + off));
+        __syncthreads(); /* the previous tile is consumed: the stage may be refilled */
+        if (t0 != c0) {
+            dec_load_tile<ROPE>(ks, vs, a, bt, kvh, t0, c1, ctx);
+            asm volatile("cp.async.commit_group;\n" ::);
+        }
+        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+        if (ROPE && ctx - 1 >= t0 && ctx - 1 < t0 + DEC_TK) { /* the new token's row */
+            int j = ctx - 1 - t0;
+            for (int c = tid; c < hd / 8; c += DEC_THREADS) {
+                *reinterpret_cast<uint4 *>(ks + j * kst + c * 8) =
+                    *reinterpret_cast<const uint4 *>(knew + c * 8);
+                *reinterpret_cast<uint4 *>(vs + j * kst + c * 8) =
+                    *reinterpret_cast<const uint4 *>(vnew + c * 8);
             }
-            *reinterpret_cast<uint4 *>(ks + j * kst + c * 8) = kv;
-            *reinterpret_cast<uint4 *>(vs + j * hd + c * 8) = vv;
         }
         __syncthreads();
-        /* scores: thread (head group hq, key j); heads hq, hq + 4 */
+        /* scores of keys 16 warp .. + 15 for the 8 head columns */
         {
-            int j = tid % DEC_TK, hq = tid / DEC_TK;
-            float s0 = 0.f, s1 = 0.f;
-            const bool two = hq + 4 < g;
-            if (hq < g) {
-                const uint4 *kr = reinterpret_cast<const uint4 *>(ks + j * kst);
-                const float4 *q0 = reinterpret_cast<const float4 *>(qs + hq * hd);
-                const float4 *q1 = reinterpret_cast<const float4 *>(qs + (two ? hq + 4 : hq) * hd);
-                for (int c = 0; c < cpr; c++) {
-                    uint4 kv = kr[c];
-                    float k0 = bf2f(kv.x & 0xffff), k1 = __uint_as_float(kv.x & 0xffff0000u);
-                    float k2 = bf2f(kv.y & 0xffff), k3 = __uint_as_float(kv.y & 0xffff0000u);
-                    float k4 = bf2f(kv.z & 0xffff), k5 = __uint_as_float(kv.z & 0xffff0000u);
-                    float k6 = bf2f(kv.w & 0xffff), k7 = __uint_as_float(kv.w & 0xffff0000u);
-                    float4 a0 = q0[2 * c], a1 = q0[2 * c + 1];
-                    s0 += a0.x * k0 + a0.y * k1 + a0.z * k2 + a0.w * k3 + a1.x * k4 + a1.y * k5 + a1.z * k6 +
-                          a1.w * k7;
-                    if (two) {
-                        float4 b0 = q1[2 * c], b1 = q1[2 * c + 1];
-                        s1 += b0.x * k0 + b0.y * k1 + b0.z * k2 + b0.w * k3 + b1.x * k4 + b1.y * k5 +
-                              b1.z * k6 + b1.w * k7;
-                    }
-                }
-                bool valid = t0 + j < c1;
-                ps[hq * DEC_TK + j] = valid ? s0 : -INFINITY;
-                if (two) ps[(hq + 4) * DEC_TK + j] = valid ? s1 : -INFINITY;
+            float sc[4] = {0.f, 0.f, 0.f, 0.f};
+            const uint16_t *ka = ks + (warp * 16 + (lane & 15)) * kst + (lane >> 4) * 8;
+            for (int kk = 0; kk < hd; kk += 16) {
+                uint32_t af[4];
+                dec_ldmatrix_x4(af, ka + kk);
+                const uint32_t *bh = reinterpret_cast<const uint32_t *>(qh + lg * kst + kk + 2 * lt);
+                const uint32_t *bl = reinterpret_cast<const uint32_t *>(ql + lg * kst + kk + 2 * lt);
+                dec_mma(sc, af[0], af[1], af[2], af[3], bh[0], bh[4]);
+                dec_mma(sc, af[0], af[1], af[2], af[3], bl[0], bl[4]);
             }
+            /* c0, c1: key 16w + lg, heads 2lt, 2lt + 1; c2, c3: key + 8 */
+            int j0 = warp * 16 + lg, j1 = j0 + 8;
+            bool v0 = t0 + j0 < c1, v1 = t0 + j1 < c1;
+            *reinterpret_cast<float2 *>(ps + j0 * MAX_GROUP + 2 * lt) =
+                make_float2(v0 ? sc[0] : -INFINITY, v0 ? sc[1] : -INFINITY);
+            *reinterpret_cast<float2 *>(ps + j1 * MAX_GROUP + 2 * lt) =
+                make_float2(v1 ? sc[2] : -INFINITY, v1 ? sc[3] : -INFINITY);
         }
         __syncthreads();
-        /* online softmax: warp h owns head h */
-        if (warp < g) {
-            float v0 = ps[warp * DEC_TK + lane], v1 = ps[warp * DEC_TK + lane + 32];
+        /* online softmax: warp w owns heads w and w + 4 */
+        for (int h = warp; h < g; h += DEC_THREADS / 32) {
+            float v0 = ps[lane * MAX_GROUP + h], v1 = ps[(lane + 32) * MAX_GROUP + h];
             float mt = fmaxf(v0, v1);
             for (int o = 16; o > 0; o >>= 1)
                 mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
-            float m_old = m_s[warp], m_new = fmaxf(m_old, mt); /* finite: every tile has a valid key */
+            float m_old = m_s[h], m_new = fmaxf(m_old, mt); /* finite: every tile has a valid key */
             float p0 = expf(v0 - m_new), p1 = expf(v1 - m_new);
-            ps[warp * DEC_TK + lane] = p0;
-            ps[warp * DEC_TK + lane + 32] = p1;
+            split_bf16(p0, &ph[h * pst + lane], &pl[h * pst + lane]);
+            split_bf16(p1, &ph[h * pst + lane + 32], &pl[h * pst + lane + 32]);
             float sum = p0 + p1;
             for (int o = 16; o > 0; o >>= 1)
                 sum += __shfl_xor_sync(0xffffffffu, sum, o);
             if (lane == 0) {
                 float corr = expf(m_old - m_new);
-                corr_s[warp] = corr;
-                l_s[warp] = l_s[warp] * corr + sum;
-                m_s[warp] = m_new;
+                corr_s[h] = corr;
+                l_s[h] = l_s[h] * corr + sum;
+                m_s[h] = m_new;
             }
         }
         __syncthreads();
-        /* acc = acc * corr + P V: thread (kg, d) over keys kg, kg + n_kg, ... */
+        /* acc = acc * corr + P V; the accumulator rows are head lg (rows 8..15: zero heads) */
+        const float corr = lg < g ? corr_s[lg] : 0.f;
 #pragma unroll
-        for (int h = 0; h < MAX_GROUP; h++)
-            if (h < g) acc[h] *= corr_s[h];
-        int nt = min(DEC_TK, c1 - t0);
-        for (int j = kg; j < nt; j += n_kg) {
-            float v = bf2f(vs[j * hd + d]);
+        for (int i = 0; i < MAX_HD / 64; i++) {
+            int pr = warp + 4 * i;
+            if (pr >= n_pairs) break;
 #pragma unroll
-            for (int h = 0; h < MAX_GROUP; h++)
-                if (h < g) acc[h] += ps[h * DEC_TK + j] * v;
+            for (int n = 0; n < 2; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    acc[i][n][e] *= corr;
+            /* ldmatrix.trans of V rows kk + (lane & 15), dims pr * 16 + (lane >> 4) * 8 */
+            const uint16_t *vb = vs + (lane & 15) * kst + pr * 16 + (lane >> 4) * 8;
+#pragma unroll
+            for (int kk = 0; kk < DEC_TK; kk += 16) {
+                uint32_t bf[4];
+                dec_ldmatrix_x4_trans(bf, vb + kk * kst);
+                const uint32_t *ah = reinterpret_cast<const uint32_t *>(ph + lg * pst + kk + 2 * lt);
+                const uint32_t *al = reinterpret_cast<const uint32_t *>(pl + lg * pst + kk + 2 * lt);
+                dec_mma(acc[i][0], ah[0], 0u, ah[4], 0u, bf[0], bf[1]);
+                dec_mma(acc[i][0], al[0], 0u, al[4], 0u, bf[0], bf[1]);
+                dec_mma(acc[i][1], ah[0], 0u, ah[4], 0u, bf[2], bf[3]);
+                dec_mma(acc[i][1], al[0], 0u, al[4], 0u, bf[2], bf[3]);
+            }
         }
     }
-    __syncthreads();
-    /* reduce the key groups (reusing the K tile area), write the partials */
-    float *red = reinterpret_cast<float *>(dsm); /* n_kg * g * hd = 256 g floats, see dec_smem */
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory"); /* an empty split queued its (empty) group too */
+    /* partials: head lg, dims pr * 16 + n * 8 + 2 lt, + 1 */
+    if (lg < g) {
 #pragma unroll
-    for (int h = 0; h < MAX_GROUP; h++)
-        if (h < g) red[(kg * g + h) * hd + d] = acc[h];
-    __syncthreads();
-    if (kg == 0) {
-        for (int h = 0; h < g; h++) {
-            float v = 0.f;
-            for (int k2 = 0; k2 < n_kg; k2++)
-                v += red[(k2 * g + h) * hd + d];
-            wo[(part + (size_t)h * a.n_splits) * hd + d] = v;
+        for (int i = 0; i < MAX_HD / 64; i++) {
+            int pr = warp + 4 * i;
+            if (pr >= n_pairs) break;
+#pragma unroll
+            for (int n = 0; n < 2; n++) {
+                float *o = wo + (part + (size_t)lg * a.n_splits) * hd + pr * 16 + n * 8 + 2 * lt;
+                *reinterpret_cast<float2 *>(o) = make_float2(acc[i][n][0], acc[i][n][1]);
+            }
         }
     }
+    __syncthreads(); /* m_s, l_s final */
     if (tid < g) {
         wml[(part + (size_t)tid * a.n_splits) * 2] = c0 < c1 ? m_s[tid] : -INFINITY;
         wml[(part + (size_t)tid * a.n_splits) * 2 + 1] = l_s[tid];
@@ -294,16 +380,14 @@ extern "C" size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim
 template <bool ROPE>
 static int attn_decode_launch(const struct dsi_cuda_attn_args *a, const float *inv_freq, cudaStream_t s) {
     if (check_args(a)) return DSI_EINVAL;
-    /* each thread reads its K row in 16-byte pieces; a thread per dimension in phase 3 */
-    if (DEC_THREADS % a->head_dim || a->n_splits <= 0 || a->n_splits > DSI__MAX_SPLITS_COMBINE ||
-        a->n_kv_heads > 65535 || a->n_seqs > 65535 ||
+    if (a->n_splits <= 0 || a->n_splits > DSI__MAX_SPLITS_COMBINE || a->n_kv_heads > 65535 ||
+        a->n_seqs > 65535 ||
         a->work_bytes < dsi_cuda_attn_work_bytes(a->n_seqs, a->n_heads, a->head_dim, a->n_splits))
         return DSI_EINVAL;
     if (a->n_seqs == 0) return 0;
-    size_t smem = dec_smem(a->head_dim, a->n_heads / a->n_kv_heads);
+    size_t smem = dec_smem(a->head_dim);
     int rc = 0;
-    if (smem > 40 * 1024) /* with the static arrays: only head_dim 256 needs the opt-in (kept out of graph
-                           * captures otherwise) */
+    if (smem > 40 * 1024) /* with the static arrays, above the 48 KB that need no opt-in */
         rc = DSI_CUDA_CHECK(cudaFuncSetAttribute(attn_decode_kernel<ROPE>,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     if (rc) return rc;
