@@ -369,6 +369,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         goto fail;
     }
     c->n_sm = prop.multiProcessorCount;
+    c->l2_bytes = (size_t)prop.l2CacheSize;
     if (c->tp_size > 1 && (rc = dsi__cuda_tp_init(c, sh, err))) goto fail; /* NCCL + NVLink regions */
     c->layers = calloc((size_t)m->cfg.n_layers, sizeof *c->layers);
     float *inv = malloc((size_t)m->cfg.head_dim / 2 * sizeof *inv);

@@ -15,11 +15,11 @@
  *
  * Matmuls: bf16 weights -> cuBLAS (fp32 accumulate, fp32 out); int8 weights ->
  * the decode GEMV for one row (DSI_CUDA_GEMV=old: skipped); the tiled
- * INT8 GEMM for 2..128 rows of the wide matrices (gate|up, lm_head; see
- * DSI__CUDA_TILED_*); the mma.sync INT8 kernel for <= 16 rows of the others;
- * above that dequantize to bf16 scratch and cuBLAS (the lm_head never
- * dequantizes: the tiled GEMM takes all its rows). Group-wise int8: dequantize
- * + cuBLAS at any size.
+ * INT8 GEMM for 2..128 rows of the wide matrices (gate|up, lm_head) and 9..64
+ * rows of those too big for L2 as bf16 (down; see DSI__CUDA_TILED_*); the
+ * mma.sync INT8 kernel for <= 16 rows of the others; above that dequantize to
+ * bf16 scratch and cuBLAS (the lm_head never dequantizes: the tiled GEMM takes
+ * all its rows). Group-wise int8: dequantize + cuBLAS at any size.
  */
 #include <math.h>
 #include <string.h>
@@ -63,9 +63,14 @@ int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const 
             dsi_cuda_gemv_int8_path(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->gemv_path, c->stream);
         if (rc != DSI_EINVAL) return rc;
     }
-    if (c->int8 && c->tiled_min > 0 && m >= c->tiled_min && w->n >= c->tiled_min_n &&
-        (m <= c->tiled_max || !allow_deq || !c->deq))
-        return dsi_cuda_gemm_int8_tiled(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, c->stream);
+    const bool wide = w->n >= c->tiled_min_n, big = (size_t)w->n * (size_t)w->k * 2 > c->l2_bytes;
+    if (c->int8 && c->tiled_min > 0 && m >= c->tiled_min &&
+        ((wide && (m <= c->tiled_max || !allow_deq || !c->deq)) ||
+         (big && m >= DSI__CUDA_TILED_BIG_MIN && m <= DSI__CUDA_TILED_BIG_MAX))) {
+        int variant = m <= 32 ? 0 : wide ? 4 : 6; /* see DSI__CUDA_TILED_BIG_* */
+        return dsi_cuda_gemm_int8_tiled_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
+                                                variant, c->stream);
+    }
     if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
         return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
                                           c->q8_variant, c->stream);

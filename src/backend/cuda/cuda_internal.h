@@ -32,6 +32,16 @@
 #define DSI__CUDA_TILED_MIN 2
 #define DSI__CUDA_TILED_MAX 128
 #define DSI__CUDA_TILED_MIN_N 8192
+/* Narrower matrices whose bf16 copy would not stay in L2 (down: 136 MB) take the
+ * tiled GEMM at BIG_MIN..BIG_MAX rows too: dequantize + cuBLAS moves 5 bytes per
+ * weight through DRAM there (down at 16/32/64 rows: 99/97/100 us, tiled
+ * 48-52/78/82 us), while for qkv and o the bf16 scratch is read back from L2
+ * (24-28 us at 64 rows, tiled 37-48). Above 32 rows the tiled kernel stages
+ * its weights in shared memory (variant 4; 6 with at most 32 x rows per block
+ * where few 128-row blocks exist): gate_up at 64/128 rows 108/179 -> 98/148
+ * us, lm_head 322/600 -> 274/514 us, down at 64 rows 140 -> 82 us. */
+#define DSI__CUDA_TILED_BIG_MIN 9
+#define DSI__CUDA_TILED_BIG_MAX 64
 
 struct dsi__cu_matrix {
     int n, k;      /* out, in features */
@@ -62,6 +72,7 @@ struct dsi__cuda {
     struct dsi_backend base;
     struct dsi_model_config cfg;
     int device, n_sm;
+    size_t l2_bytes; /* the device's L2 (picks the INT8 path of the batched matmuls) */
     bool int8, dead;
     int group; /* int8 group size of every matrix (embedding and lm_head too), 0: per channel */
     cudaStream_t stream;
