@@ -186,11 +186,11 @@ int main(void) {
                            "swiglu, 1 x 18944"};
     for (int n = N_NORM; n <= N_SWIGLU; n++)
         printf("%-46s %10.2f\n", names[n], node_us((enum node)n, &b, s));
-    const int ctxs[] = {128, 2048}, splits[] = {4, 16, 32, 64};
+    const int ctxs[] = {128, 2048}, splits[] = {2, 4, 16, 32, 64};
     for (int ci = 0; ci < 2; ci++) {
         struct dsi_cuda_attn_seq sq = {0, 1, ctxs[ci] - 1, 0};
         cudaMemcpy(b.seqs, &sq, sizeof sq, cudaMemcpyHostToDevice);
-        for (int si = 0; si < 4; si++) {
+        for (int si = 0; si < 5; si++) {
             size_t wb = dsi_cuda_attn_work_bytes(1, NH, HD, splits[si]);
             b.work = zalloc(wb);
             b.a = (struct dsi_cuda_attn_args){.q = b.qkv,

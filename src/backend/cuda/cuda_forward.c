@@ -312,8 +312,8 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     /* a graph fixes the attention split count; it is chosen for the context
      * rounded up to a power of two, so a growing context re-captures a handful
      * of times (any split count is correct for any context): at batch 1, 4
-     * splits take 10.3 us per layer at context 128 where 64 take 14.0, and 64
-     * take 14.5 us at 2048 where 16 take 19.5 (bench/RESULTS.md) */
+     * splits take 8.5 us per layer at context 128 where 64 take 10.2, and 32
+     * take 9.5 us at 2048 where 16 take 12.7 (bench_cuda_nodes, bench/RESULTS.md) */
     int split_ctx = max_ctx;
     if (graph)
         for (split_ctx = 32; split_ctx < max_ctx && split_ctx < (1 << 30);)
