@@ -40,35 +40,29 @@ static __global__ void quantize_kernel(int8_t *q, float *scale, const uint16_t *
     __shared__ float red[32];
     int r = blockIdx.x;
     const uint16_t *row = w + (size_t)r * k;
+    float sc;
     if constexpr (MODE == QUANT_GIVEN_SCALE) {
-        const float sc = scale[r];
-        for (int i = threadIdx.x; i < k; i += blockDim.x) {
-            float v = sc > 0.f ? roundf(__fdiv_rn(__uint_as_float((uint32_t)row[i] << 16), sc)) : 0.f;
-            if (isnan(v)) v = 0.f;
-            v = fminf(127.f, fmaxf(-127.f, v));
-            q[q8_offset(r, i, k32)] = (int8_t)v;
-        }
-        return;
-    }
-    float amax = 0.f;
-    for (int i = threadIdx.x; i < k; i += blockDim.x)
-        amax = fmaxf(amax, fabsf(__uint_as_float((uint32_t)row[i] << 16)));
-    for (int o = 16; o > 0; o >>= 1)
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+        sc = scale[r];
+    } else {
+        float amax = 0.f;
+        for (int i = threadIdx.x; i < k; i += blockDim.x)
+            amax = fmaxf(amax, fabsf(__uint_as_float((uint32_t)row[i] << 16)));
         for (int o = 16; o > 0; o >>= 1)
-            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (threadIdx.x == 0) red[0] = v;
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+            for (int o = 16; o > 0; o >>= 1)
+                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+            if (threadIdx.x == 0) red[0] = v;
+        }
+        __syncthreads();
+        sc = red[0] / 127.f;
+        if (threadIdx.x == 0) scale[r] = sc;
     }
-    __syncthreads();
-    amax = red[0];
-    /* same rule as the CPU's dsi_quantize_int8: w / scale, round half away from zero */
-    float sc = amax / 127.f;
-    if (threadIdx.x == 0) scale[r] = sc;
-    if constexpr (MODE == QUANT_ROW_SCALE) {
+    if constexpr (MODE != QUANT_SCALE_ONLY) {
+        /* same rule as the CPU's dsi_quantize_int8: w / scale, round half away from zero */
         for (int i = threadIdx.x; i < k; i += blockDim.x) {
             float v = sc > 0.f ? roundf(__fdiv_rn(__uint_as_float((uint32_t)row[i] << 16), sc)) : 0.f;
             if (isnan(v)) v = 0.f;
