@@ -16,7 +16,8 @@
  * "deq+cublas" (the backend's path above 16 rows); VARIANT 10 + V in --one
  * selects tiled variant V alone.
  *
- *   bench_cuda_gemv [--quick | --attn | --one NAME M VARIANT]   (--attn: attention and norm only)
+ *   bench_cuda_gemv [--quick | --attn | --one NAME M VARIANT]
+ *   (--attn: attention, the INT8 -> bf16 dequantization and the norm only)
  */
 #include <math.h>
 #include <stdio.h>
@@ -79,7 +80,7 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
     for (int i = 0; i < n_ms * 8; i++) {
         int m = ms[i / 8], var = i % 8;
         if (var != DSI_Q8_DEFAULT_VARIANT && m > 8) continue; /* variants compared at decode sizes */
-        if (only_var >= 0 && var != only_var) continue; /* only_var 8: the decode GEMV only */
+        if (only_var >= 0 && var != only_var) continue;       /* only_var 8: the decode GEMV only */
         dsi_cuda_gemm_int8_variant(y, x, q[0], sc, NULL, m, mt->n, mt->k, ws, var, 0); /* warm-up */
         cudaEventRecord(e0, 0);
         for (int it = 0; it < ITERS; it++)
@@ -112,7 +113,8 @@ static int bench_int8(const struct mat *mt, const int *ms, int n_ms, cublasHandl
         double gbs = bytes / us / 1e3;
         printf("gemv-new %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  (old: "
                "int8v%d line above)\n",
-               mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS, DSI_Q8_DEFAULT_VARIANT);
+               mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS,
+               DSI_Q8_DEFAULT_VARIANT);
     }
     /* bf16 cuBLAS at the same shape (one copy: >= 25 MB, so mostly out of L2 except o) */
     const float one = 1.f, zero = 0.f;
@@ -192,9 +194,10 @@ static int bench_tiled(const struct mat *mt, const int *ms, int n_ms, cublasHand
                 } else {
                     rc = dsi_cuda_dequant_int8(w, qc, NULL, mt->n, mt->k, 0);
                     if (!rc)
-                        rc = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w, CUDA_R_16BF,
-                                          mt->k, x, CUDA_R_16BF, mt->k, &zero, y, CUDA_R_32F, mt->n,
-                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS;
+                        rc = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, mt->n, m, mt->k, &one, w,
+                                          CUDA_R_16BF, mt->k, x, CUDA_R_16BF, mt->k, &zero, y, CUDA_R_32F,
+                                          mt->n, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT) != CUBLAS_STATUS_SUCCESS;
                     if (!rc) rc = dsi_cuda_scale_bias(y, sc, NULL, m, mt->n, 0);
                 }
             }
@@ -215,7 +218,8 @@ static int bench_tiled(const struct mat *mt, const int *ms, int n_ms, cublasHand
                 snprintf(label, sizeof label, "%s", var == -1 ? "int8v1    " : "deq+cublas");
             printf("%s %-8s n=%6d k=%5d m=%3d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s  %6.1f "
                    "TFLOP/s\n",
-                   label, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS, flop / us / 1e6);
+                   label, mt->name, mt->n, mt->k, m, us, bytes / 1e6, gbs, 100.0 * gbs / PEAK_GBS,
+                   flop / us / 1e6);
         }
     }
     for (int c = 0; c < copies; c++)
@@ -329,6 +333,35 @@ static int bench_norm(int rows, cudaEvent_t e0, cudaEvent_t e1) {
     return ck(cudaGetLastError(), "norm bench");
 }
 
+/* INT8 -> bf16 of a whole matrix (what a prefill step does to every INT8 matrix
+ * before cuBLAS): reads 1 byte and writes 2 per weight; the source rotates over
+ * copies, the destination is one scratch as in the backend. */
+static int bench_dequant(const struct mat *mt, cudaEvent_t e0, cudaEvent_t e1) {
+    size_t qb = dsi_cuda_q8_bytes(mt->n, mt->k), nk = (size_t)mt->n * mt->k;
+    int copies = (int)((1ull << 30) / qb) + 1;
+    if (copies > 64) copies = 64;
+    int8_t **q = calloc((size_t)copies, sizeof *q);
+    uint16_t *d = NULL;
+    int rc = !q || ck(cudaMalloc((void **)&d, nk * 2), "deq dst");
+    for (int c = 0; c < copies && !rc; c++)
+        if (!(rc = ck(cudaMalloc((void **)&q[c], qb), "deq src"))) cudaMemset(q[c], 1, qb);
+    if (!rc) {
+        cudaEventRecord(e0, 0);
+        for (int it = 0; it < ITERS; it++)
+            dsi_cuda_dequant_int8(d, q[it % copies], NULL, mt->n, mt->k, 0);
+        cudaEventRecord(e1, 0);
+        double us = time_ms(e0, e1) * 1000.0 / ITERS, bytes = (double)qb + (double)nk * 2;
+        printf("dequant %-8s n=%6d k=%5d  %8.2f us  %7.1f MB  %7.1f GB/s  %5.1f%% of 4.25 TB/s\n", mt->name,
+               mt->n, mt->k, us, bytes / 1e6, bytes / us / 1e3, bytes / us / 1e3 / PEAK_GBS * 100);
+        rc = ck(cudaGetLastError(), "dequant bench");
+    }
+    for (int c = 0; q && c < copies; c++)
+        cudaFree(q[c]);
+    free(q);
+    cudaFree(d);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     /* --quick: m in {1, 8, 64}; --one NAME M VARIANT: one shape (for ncu) */
     int quick = argc > 1 && !strcmp(argv[1], "--quick");
@@ -362,7 +395,7 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             if (!strcmp(mats[i].name, argv[2]))
                 rc = var >= 10 ? bench_tiled(&mats[i], m1, 1, blas, e0, e1, &ws, var - 10)
-                              : bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, var);
+                               : bench_int8(&mats[i], m1, 1, blas, e0, e1, &ws, var);
         return rc;
     }
     int ms_tiled[] = {16, 32, 64, 128, 256};
@@ -374,6 +407,8 @@ int main(int argc, char **argv) {
     int seqs[] = {1, 1, 16, 64, 256}, ctxs[] = {128, 2048, 1024, 1024, 1024};
     for (int i = 0; i < 5 && !rc; i++)
         rc = bench_attn(seqs[i], ctxs[i], e0, e1);
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0] && !rc; i++)
+        rc = bench_dequant(&mats[i], e0, e1);
     if (!rc) rc = bench_norm(1, e0, e1);
     if (!rc) rc = bench_norm(2048, e0, e1);
     cublasDestroy(blas);
