@@ -57,7 +57,7 @@ static int launch(enum node n, struct bufs *b, cudaStream_t s) {
         return dsi_cuda_rope_kv_store(b->qkv, stride, 1, NH, NKV, HD, b->pos, b->inv_freq, b->kc, b->vc,
                                       b->slot, s);
     case N_SWIGLU:
-        return dsi_cuda_swiglu(b->act, b->gu, 1, INTER, DSI_GLU_IL8, s);
+        return dsi_cuda_swiglu(b->act, b->gu, 1, INTER, DSI_GLU_IL8, NULL, NULL, s);
     case N_ATTN:
         return dsi_cuda_attn_decode(&b->a, s);
     case N_GEMV: {

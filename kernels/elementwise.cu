@@ -219,22 +219,28 @@ extern "C" int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_h
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 
-static __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, int il8) {
+/* scale, bias (NULL: none): per gu column, applied first as scale_bias_kernel
+ * does (v * scale, then + bias), so the result equals scale_bias then swiglu. */
+static __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, int il8, const float *scale,
+                                     const float *bias) {
     int r = blockIdx.y;
     const float *row = gu + (size_t)r * 2 * inter;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
         size_t gi = il8 ? (size_t)(i >> 3) * 16 + (i & 7) : (size_t)i, ui = il8 ? gi + 8 : gi + inter;
-        float a = row[gi];
-        out[(size_t)r * inter + i] = f2bf(a / (1.f + expf(-a)) * row[ui]);
+        float a = row[gi], u = row[ui];
+        if (scale) a *= scale[gi], u *= scale[ui];
+        if (bias) a += bias[gi], u += bias[ui];
+        out[(size_t)r * inter + i] = f2bf(a / (1.f + expf(-a)) * u);
     }
 }
 
-extern "C" int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8, cudaStream_t s) {
+extern "C" int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8,
+                               const float *scale, const float *bias, cudaStream_t s) {
     if (rows < 0 || rows > 65535 || inter <= 0 || (il8 && (il8 != DSI_GLU_IL8 || inter % 8)))
         return DSI_EINVAL;
     if (rows == 0) return 0;
     dim3 grid((inter + 1023) / 1024, rows);
-    swiglu_kernel<<<grid, 1024, 0, s>>>(out, gu, inter, il8 != 0);
+    swiglu_kernel<<<grid, 1024, 0, s>>>(out, gu, inter, il8 != 0, scale, bias);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -227,7 +227,7 @@ static void gemv_swiglu_case(int n, int k, int with_bias, int path) {
     CHECK_EQ_INT(dsi_cuda_quantize_int8(dq, dsc, dw, n, k, 0), 0);
     const float *bp = with_bias ? dbias : NULL;
     CHECK_EQ_INT(dsi_cuda_gemv_int8_path(dy, dx, dq, dsc, bp, 1, n, k, path, 0), 0);
-    CHECK_EQ_INT(dsi_cuda_swiglu(da, dy, 1, n / 2, DSI_GLU_IL8, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_swiglu(da, dy, 1, n / 2, DSI_GLU_IL8, NULL, NULL, 0), 0);
     CHECK_EQ_INT(dsi_cuda_gemv_int8_swiglu(db, dx, dq, dsc, bp, n, k, path, 0), 0);
     CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
     down(a, da, (size_t)n), down(b, db, (size_t)n);

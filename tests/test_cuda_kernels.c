@@ -103,21 +103,36 @@ TEST(cuda_add_rmsnorm_matches_cpu) {
 }
 
 /* rows x inter through dsi_cuda_swiglu with gate|up stacked (il8 0) or
- * interleaved by 8 (DSI_GLU_IL8) against the CPU swiglu of the same values. */
-static void swiglu_case(int rows, int I, int il8) {
-    float *gu = malloc((size_t)rows * 2 * I * 4), *g = malloc((size_t)I * 4), *u = malloc((size_t)I * 4),
-          *ref = malloc((size_t)I * 4);
-    uint16_t *o = malloc((size_t)rows * I * 2);
-    for (int i = 0; i < rows * 2 * I; i++)
+ * interleaved by 8 (DSI_GLU_IL8) against the CPU swiglu of the same values;
+ * with_epi: per-column scale and bias applied inside, which must give the
+ * bits of dsi_cuda_scale_bias followed by the plain swiglu. */
+static void swiglu_case(int rows, int I, int il8, int with_epi) {
+    size_t n = (size_t)rows * 2 * I;
+    float *gu = malloc(n * 4), *g = malloc((size_t)I * 4), *u = malloc((size_t)I * 4),
+          *ref = malloc((size_t)I * 4), *sc = malloc((size_t)2 * I * 4), *bi = malloc((size_t)2 * I * 4);
+    uint16_t *o = malloc((size_t)rows * I * 2), *o2 = malloc((size_t)rows * I * 2);
+    for (size_t i = 0; i < n; i++)
         gu[i] = 6.f * frand();
-    float *dgu = dmalloc((size_t)rows * 2 * I * 4);
+    for (int i = 0; i < 2 * I; i++)
+        sc[i] = 0.01f + 0.05f * fabsf(frand()), bi[i] = 0.5f * frand();
+    float *dgu = dmalloc(n * 4), *dsc = dmalloc((size_t)2 * I * 4), *dbi = dmalloc((size_t)2 * I * 4);
     uint16_t *dout = dmalloc((size_t)rows * I * 2);
-    up(dgu, gu, (size_t)rows * 2 * I * 4);
-    CHECK_EQ_INT(dsi_cuda_swiglu(dout, dgu, rows, I, il8, 0), 0);
+    up(dgu, gu, n * 4), up(dsc, sc, (size_t)2 * I * 4), up(dbi, bi, (size_t)2 * I * 4);
+    CHECK_EQ_INT(dsi_cuda_swiglu(dout, dgu, rows, I, il8, with_epi ? dsc : NULL, with_epi ? dbi : NULL, 0),
+                 0);
     down(o, dout, (size_t)rows * I * 2);
+    if (with_epi) { /* the same as the separate epilogue pass, bit for bit */
+        CHECK_EQ_INT(dsi_cuda_scale_bias(dgu, dsc, dbi, rows, 2 * I, 0), 0);
+        CHECK_EQ_INT(dsi_cuda_swiglu(dout, dgu, rows, I, il8, NULL, NULL, 0), 0);
+        down(o2, dout, (size_t)rows * I * 2);
+        CHECK(memcmp(o, o2, (size_t)rows * I * 2) == 0);
+    }
     int bad = 0;
     for (int r = 0; r < rows; r++) {
-        const float *row = gu + (size_t)r * 2 * I;
+        float *row = gu + (size_t)r * 2 * I;
+        if (with_epi)
+            for (int i = 0; i < 2 * I; i++)
+                row[i] = row[i] * sc[i] + bi[i];
         for (int i = 0; i < I; i++) {
             g[i] = il8 ? row[i / 8 * 16 + i % 8] : row[i];
             u[i] = il8 ? row[i / 8 * 16 + 8 + i % 8] : row[I + i];
@@ -127,18 +142,21 @@ static void swiglu_case(int rows, int I, int il8) {
             bad += !(fabsf(bf(o[r * I + i]) - ref[i]) <= fabsf(ref[i]) * 0.0079f + 1e-6f);
     }
     CHECK_EQ_INT(bad, 0);
-    cudaFree(dgu), cudaFree(dout);
-    free(gu), free(g), free(u), free(ref), free(o);
+    cudaFree(dgu), cudaFree(dsc), cudaFree(dbi), cudaFree(dout);
+    free(gu), free(g), free(u), free(ref), free(sc), free(bi), free(o), free(o2);
 }
 
 TEST(cuda_swiglu_matches_cpu) {
     NEED_GPU();
-    swiglu_case(2, 1000, 0);
-    swiglu_case(3, 1000, DSI_GLU_IL8);
-    swiglu_case(1, 18944, DSI_GLU_IL8);
+    swiglu_case(2, 1000, 0, 0);
+    swiglu_case(3, 1000, DSI_GLU_IL8, 0);
+    swiglu_case(1, 18944, DSI_GLU_IL8, 0);
+    swiglu_case(3, 1000, DSI_GLU_IL8, 1);
+    swiglu_case(2, 1000, 0, 1);
     uint16_t *d = dmalloc(64);
-    CHECK_EQ_INT(dsi_cuda_swiglu(d, (float *)d, 1, 1004, DSI_GLU_IL8, 0), DSI_EINVAL); /* 1004 % 8 */
-    CHECK_EQ_INT(dsi_cuda_swiglu(d, (float *)d, 1, 1000, 3, 0), DSI_EINVAL);
+    CHECK_EQ_INT(dsi_cuda_swiglu(d, (float *)d, 1, 1004, DSI_GLU_IL8, NULL, NULL, 0),
+                 DSI_EINVAL); /* 1004 % 8 */
+    CHECK_EQ_INT(dsi_cuda_swiglu(d, (float *)d, 1, 1000, 3, NULL, NULL, 0), DSI_EINVAL);
     cudaFree(d);
 }
 

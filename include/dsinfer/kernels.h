@@ -78,9 +78,12 @@ int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_heads, int n
  * up j eight after it; inter % 8 == 0); out: (rows, inter) bf16 =
  * silu(gate)*up. The CUDA backend stores gate|up weights that way when the
  * intermediate size allows, so one 16-row tile of the matmul holds 8 gate rows
- * and their 8 up rows (see dsi_cuda_gemv_int8_swiglu). */
+ * and their 8 up rows (see dsi_cuda_gemv_int8_swiglu). scale, bias (NULL:
+ * none; 2*inter, gu's column order): applied to gu first, the same bits as
+ * dsi_cuda_scale_bias then this (a matmul's epilogue left to its consumer). */
 #define DSI_GLU_IL8 8
-int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8, cudaStream_t s);
+int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8, const float *scale,
+                    const float *bias, cudaStream_t s);
 
 /* y[r][n] = y[r][n] * (scale ? scale[n] : 1) + (bias ? bias[n] : 0); y: (rows, n). */
 int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n, cudaStream_t s);
