@@ -324,6 +324,9 @@ TEST(cuda_attn_prefill_matches_cpu) {
     NEED_GPU();
     int ctx[3] = {40, 130, 17}, nq[3] = {40, 50, 1}; /* fresh prompt, chunked prefill, one decode */
     attn_case(28, 4, 128, 16, ctx, nq, 3, 0);
+    int ctx3[2] = {333, 200}, nq3[2] = {200, 200}; /* several 64-query and 64-key tiles, pos 133 and 0 */
+    attn_case(28, 4, 128, 16, ctx3, nq3, 2, 0);
+    attn_case(8, 8, 64, 32, ctx3, nq3, 2, 0);
     attn_case(4, 2, 16, 16, ctx, nq, 3, 0);
     attn_case(4, 4, 256, 16, ctx, nq, 3, 0);
 }

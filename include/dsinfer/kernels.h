@@ -125,6 +125,11 @@ struct dsi_cuda_attn_args {
     int long_ctx;
 };
 
+/* Prefill attention runs on the tensor cores (flash-attention style, scores
+ * never leave registers) for head_dim <= DSI_CUDA_ATTN_FA_MAX_HD, on CUDA
+ * cores above. */
+#define DSI_CUDA_ATTN_FA_MAX_HD 128
+
 /* Sequences whose prefill goes through cuBLAS (scores materialized) instead of
  * the tiled kernel: long enough to pay, small enough for the score scratch. */
 #ifdef __CUDACC__

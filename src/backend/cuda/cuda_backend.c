@@ -113,7 +113,13 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
             (rc = dsi__cuda_alloc(c, (void **)&c->lg_all, n * S * pad * 4, "gathered logits", err)))
             return rc;
     }
-    if (c->max_tokens >= 16) { /* long prefill: scores materialized for cuBLAS */
+    /* long prefill: scores materialized for cuBLAS, only where the tensor-core
+     * prefill kernel does not take the head size (it beat this path on the 7B
+     * shape: 2k prompt 64.3-64.6 vs 66.2-66.8 ms, and needs none of its ~1.4 GB);
+     * DSI_CUDA_LONG_PREFILL=1 / =0 forces it on / off (A/B timing) */
+    const char *lp_env = getenv("DSI_CUDA_LONG_PREFILL");
+    bool long_pf = lp_env ? strcmp(lp_env, "0") != 0 : cfg->head_dim > DSI_CUDA_ATTN_FA_MAX_HD;
+    if (c->max_tokens >= 16 && long_pf) {
         size_t lctx = 4096, nkv = (size_t)cfg->n_kv_heads, nh = (size_t)cfg->n_heads;
         size_t rows = T < lctx ? T : lctx;
         if ((rc = dsi__cuda_alloc(c, (void **)&c->lp_q, nh * T * hd * 2, "prefill q", err)) ||
