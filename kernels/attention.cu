@@ -521,9 +521,12 @@ static size_t fa_smem(int hd) {
 static __global__ void __launch_bounds__(FA_THREADS) attn_prefill_fa_kernel(struct dsi_cuda_attn_args a) {
     extern __shared__ __align__(16) unsigned char dsm[];
     const int hd = a.head_dim, kst = hd + 8, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd;
-    const int h = blockIdx.y, kvh = h / g, si = blockIdx.z;
+    /* heads fastest and the last query tiles (most keys under the causal mask)
+     * first: the longest blocks start in the first wave, the heads of one KV
+     * head run side by side and meet in L2 on its tiles */
+    const int h = blockIdx.x, kvh = h / g, si = blockIdx.z;
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
-    const int q0 = blockIdx.x * FA_QT;
+    const int q0 = (gridDim.y - 1 - blockIdx.y) * FA_QT;
     if (q0 >= sq.n_q) return;
     if (dsi_cuda_attn_is_long(sq.n_q, sq.pos, a.long_q, a.long_ctx)) return; /* the cuBLAS path has it */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lg = lane >> 2, lt = lane & 3;
@@ -554,6 +557,8 @@ static __global__ void __launch_bounds__(FA_THREADS) attn_prefill_fa_kernel(stru
      * & 1 */
     const int kb_row = (lane & 7) + ((lane >> 4) << 3), kb_col = ((lane >> 3) & 1) * 8;
 
+    /* one K/V stage: a second, loading the next tile during this one, measured
+     * slower (2k prompt: 438 against 354 us per layer; fewer blocks per SM) */
     for (int k0 = 0; k0 < n_keys; k0 += FA_KT) {
         __syncthreads(); /* q written / the previous tile consumed */
         for (int i = tid; i < FA_KT * cpr; i += FA_THREADS) {
@@ -787,7 +792,8 @@ extern "C" int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStr
                 attn_prefill_fa_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
             if (rc) return rc;
         }
-        dim3 grid((a->max_n_q + FA_QT - 1) / FA_QT, a->n_heads, a->n_seqs);
+        if ((a->max_n_q + FA_QT - 1) / FA_QT > 65535) return DSI_EINVAL;
+        dim3 grid(a->n_heads, (a->max_n_q + FA_QT - 1) / FA_QT, a->n_seqs);
         attn_prefill_fa_kernel<<<grid, FA_THREADS, smem, s>>>(*a);
         return DSI_CUDA_CHECK(cudaGetLastError());
     }
