@@ -39,16 +39,20 @@ extern "C" int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *
 }
 
 /* One block per row; the row is read once into registers/L1 and written twice
- * (x and the normalized bf16 copy). The general case; see the float4 kernel. */
-static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const float *w, uint16_t *out,
-                                          int dim, float eps) {
+ * (x and the normalized bf16 copy). The general case; see the float4 kernel.
+ * ds, db: delta's per-column scale and bias (NULL: none), as scale_bias_kernel. */
+static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const float *ds, const float *db,
+                                          const float *w, uint16_t *out, int dim, float eps) {
     __shared__ float red[32];
     size_t base = (size_t)blockIdx.x * dim;
     float ss = 0.f;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
         float v = x[base + i];
         if (delta) {
-            v += delta[base + i];
+            float d = delta[base + i];
+            if (ds) d *= ds[i];
+            if (db) d += db[i];
+            v += d;
             x[base + i] = v;
         }
         ss += v * v;
@@ -69,6 +73,7 @@ static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const fl
 template <bool DELTA>
 static __global__ void __launch_bounds__(1024)
     add_rmsnorm_vec_kernel(float *__restrict__ x, const float *__restrict__ delta,
+                           const float *__restrict__ ds, const float *__restrict__ db,
                            const float *__restrict__ w, uint16_t *__restrict__ out, int dim, float eps) {
     __shared__ float red[32];
     const int n4 = dim >> 2;
@@ -84,6 +89,21 @@ static __global__ void __launch_bounds__(1024)
             v[u] = x4[i];
             if (DELTA) dv[u] = d4[i];
             wv[u] = __ldg(w4 + i);
+        }
+    }
+    if (DELTA && (ds || db)) { /* delta's epilogue, as scale_bias_kernel: * scale, then + bias */
+#pragma unroll
+        for (int u = 0; u < NORM_V; u++) {
+            int i = threadIdx.x + u * blockDim.x;
+            if (i >= n4) continue;
+            if (ds) {
+                float4 s4 = __ldg(reinterpret_cast<const float4 *>(ds) + i);
+                dv[u].x *= s4.x, dv[u].y *= s4.y, dv[u].z *= s4.z, dv[u].w *= s4.w;
+            }
+            if (db) {
+                float4 b4 = __ldg(reinterpret_cast<const float4 *>(db) + i);
+                dv[u].x += b4.x, dv[u].y += b4.y, dv[u].z += b4.z, dv[u].w += b4.w;
+            }
         }
     }
     float ss = 0.f;
@@ -110,20 +130,27 @@ static __global__ void __launch_bounds__(1024)
     }
 }
 
-extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
-                                    int dim, float eps, cudaStream_t s) {
+extern "C" int dsi_cuda_add_rmsnorm_epi(float *x, const float *delta, const float *dscale, const float *dbias,
+                                        const float *w, uint16_t *out, int rows, int dim, float eps,
+                                        cudaStream_t s) {
     if (rows < 0 || dim <= 0 || !(eps >= 0.f)) return DSI_EINVAL;
     if (rows == 0) return 0;
     const int n4 = dim / 4, threads = ((n4 + NORM_V - 1) / NORM_V + 31) / 32 * 32;
-    const bool vec = dim % 4 == 0 && threads <= 1024 &&
-                     !(((uintptr_t)x | (uintptr_t)delta | (uintptr_t)w) & 15) && !((uintptr_t)out & 7);
+    const uintptr_t a16 =
+        (uintptr_t)x | (uintptr_t)delta | (uintptr_t)w | (uintptr_t)dscale | (uintptr_t)dbias;
+    const bool vec = dim % 4 == 0 && threads <= 1024 && !(a16 & 15) && !((uintptr_t)out & 7);
     if (vec && delta)
-        add_rmsnorm_vec_kernel<true><<<rows, threads, 0, s>>>(x, delta, w, out, dim, eps);
+        add_rmsnorm_vec_kernel<true><<<rows, threads, 0, s>>>(x, delta, dscale, dbias, w, out, dim, eps);
     else if (vec)
-        add_rmsnorm_vec_kernel<false><<<rows, threads, 0, s>>>(x, NULL, w, out, dim, eps);
+        add_rmsnorm_vec_kernel<false><<<rows, threads, 0, s>>>(x, NULL, NULL, NULL, w, out, dim, eps);
     else
-        add_rmsnorm_kernel<<<rows, 512, 0, s>>>(x, delta, w, out, dim, eps);
+        add_rmsnorm_kernel<<<rows, 512, 0, s>>>(x, delta, dscale, dbias, w, out, dim, eps);
     return DSI_CUDA_CHECK(cudaGetLastError());
+}
+
+extern "C" int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows,
+                                    int dim, float eps, cudaStream_t s) {
+    return dsi_cuda_add_rmsnorm_epi(x, delta, NULL, NULL, w, out, rows, dim, eps, s);
 }
 
 /* Grid (n_tok), block covers (n_rot_heads * hd/2) pairs. sincosf (not the fast

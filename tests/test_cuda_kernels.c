@@ -87,6 +87,35 @@ static void norm_case(int rows, int D, int with_delta) {
     free(x), free(dl), free(w), free(ref), free(xo), free(o);
 }
 
+/* dsi_cuda_add_rmsnorm_epi (delta's scale and bias applied inside) against
+ * dsi_cuda_scale_bias on delta then dsi_cuda_add_rmsnorm: x and the output
+ * bit for bit. */
+static void norm_epi_case(int rows, int D) {
+    size_t n = (size_t)rows * D;
+    float *x = malloc(n * 4), *dl = malloc(n * 4), *w = malloc(D * 4), *sc = malloc(D * 4),
+          *bi = malloc(D * 4);
+    float *xa = malloc(n * 4), *xb = malloc(n * 4);
+    uint16_t *oa = malloc(n * 2), *ob = malloc(n * 2);
+    for (size_t i = 0; i < n; i++)
+        x[i] = 3.f * frand(), dl[i] = 40.f * frand();
+    for (int i = 0; i < D; i++)
+        w[i] = 1.f + 0.5f * frand(), sc[i] = 0.02f * fabsf(frand()) + 1e-3f, bi[i] = 0.1f * frand();
+    float *dx = dmalloc(n * 4), *dd = dmalloc(n * 4), *dw = dmalloc(D * 4), *dsc = dmalloc(D * 4),
+          *dbi = dmalloc(D * 4);
+    uint16_t *dout = dmalloc(n * 2);
+    up(dx, x, n * 4), up(dd, dl, n * 4), up(dw, w, D * 4), up(dsc, sc, D * 4), up(dbi, bi, D * 4);
+    CHECK_EQ_INT(dsi_cuda_add_rmsnorm_epi(dx, dd, dsc, dbi, dw, dout, rows, D, 1e-6f, 0), 0);
+    down(oa, dout, n * 2), down(xa, dx, n * 4);
+    up(dx, x, n * 4);
+    CHECK_EQ_INT(dsi_cuda_scale_bias(dd, dsc, dbi, rows, D, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_add_rmsnorm(dx, dd, dw, dout, rows, D, 1e-6f, 0), 0);
+    down(ob, dout, n * 2), down(xb, dx, n * 4);
+    CHECK(memcmp(xa, xb, n * 4) == 0);
+    CHECK(memcmp(oa, ob, n * 2) == 0);
+    cudaFree(dx), cudaFree(dd), cudaFree(dw), cudaFree(dsc), cudaFree(dbi), cudaFree(dout);
+    free(x), free(dl), free(w), free(sc), free(bi), free(xa), free(xb), free(oa), free(ob);
+}
+
 /* 3584: the 7B decode shape (float4 kernel, 224 threads); 8192 and 16384 its
  * largest block; 4: one thread; 1002 (not a multiple of 4) and 16388 (over
  * 1024 threads): the general loop. */
@@ -97,6 +126,8 @@ TEST(cuda_add_rmsnorm_matches_cpu) {
         norm_case(3, dims[i], 1);
         norm_case(2, dims[i], 0);
     }
+    norm_epi_case(3, 3584); /* float4 kernel */
+    norm_epi_case(2, 1002); /* general loop */
     float *d = dmalloc(64);
     CHECK_EQ_INT(dsi_cuda_add_rmsnorm(d, NULL, d, (uint16_t *)d, 3, 0, 1e-6f, 0), DSI_EINVAL);
     cudaFree(d);

@@ -50,6 +50,12 @@ int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_
  * x, delta: (rows, dim) fp32; w: (dim) fp32; out: (rows, dim) bf16. */
 int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows, int dim,
                          float eps, cudaStream_t s);
+/* The same with delta's per-column scale and bias (dim each, NULL: none)
+ * applied first, as dsi_cuda_scale_bias does (delta * scale, then + bias), so
+ * the same bits as that pass followed by dsi_cuda_add_rmsnorm: the epilogue of
+ * the matmul that wrote delta, left to the norm that reads it anyway. */
+int dsi_cuda_add_rmsnorm_epi(float *x, const float *delta, const float *dscale, const float *dbias,
+                             const float *w, uint16_t *out, int rows, int dim, float eps, cudaStream_t s);
 
 /* Rotate-half RoPE (HF layout: pairs (i, i + hd/2)) in place over the first
  * n_rot_heads heads of each row of qk (row stride `stride` floats); token t has

@@ -196,20 +196,38 @@ static int long_prefill(struct dsi__cuda *c, const struct dsi_cuda_attn_args *a)
     return 0;
 }
 
+/* o and down: their output is delta, which only the next add + RMSNorm reads,
+ * so on one GPU a dequantize + cuBLAS product leaves its per-channel scale
+ * and bias to that norm (one fp32 pass over delta fewer); under tensor
+ * parallel the partial sums go to the all-reduce complete. */
+static int delta_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, int T) {
+    struct epilogue epi = {NULL, NULL};
+    int rc = matmul(c, w, x, c->delta, T, true, c->tp_size == 1 ? &epi : NULL);
+    c->delta_scale = c->tp_size == 1 ? epi.scale : NULL;
+    c->delta_bias = c->tp_size == 1 ? epi.bias : NULL;
+    return rc;
+}
+
+/* x += delta (with the epilogue delta_matmul left, then cleared); xn = norm(x) * w */
+static int add_norm(struct dsi__cuda *c, const float *delta, const float *w, int T) {
+    const float *ds = delta ? c->delta_scale : NULL, *db = delta ? c->delta_bias : NULL;
+    c->delta_scale = c->delta_bias = NULL;
+    return dsi_cuda_add_rmsnorm_epi(c->x, delta, ds, db, w, c->xn, T, c->cfg.hidden_size, c->cfg.rms_norm_eps,
+                                    c->stream);
+}
+
 static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto,
                  const int32_t *pos_d, const int32_t *slot_d) {
     const struct dsi_model_config *cfg = &c->cfg;
     const struct dsi__cu_layer *ly = &c->layers[il];
-    const int H = cfg->hidden_size, hd = cfg->head_dim, nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
+    const int hd = cfg->head_dim, nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
     const int stride = nq + 2 * nk;
     cudaStream_t s = c->stream;
     int rc;
     uint16_t *kc = c->kv + (size_t)il * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
     /* the residual add of the previous layer's MLP is fused here (tensor
      * parallel: into that layer's all-reduce, which also wrote xn) */
-    if ((il == 0 || c->tp_size == 1) &&
-        (rc = dsi_cuda_add_rmsnorm(c->x, il ? c->delta : NULL, ly->ln1, c->xn, T, H, cfg->rms_norm_eps, s)))
-        return rc;
+    if ((il == 0 || c->tp_size == 1) && (rc = add_norm(c, il ? c->delta : NULL, ly->ln1, T))) return rc;
     if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
     struct dsi_cuda_attn_args a = *proto;
     a.q = c->qkv;
@@ -227,11 +245,10 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
         if (rc) return rc;
     }
     if (a.max_n_q > 1 && c->long_q > 0 && (rc = long_prefill(c, &a))) return rc;
-    if ((rc = dsi__cuda_matmul(c, &ly->o, c->attn, c->delta, T, true))) return rc;
     /* tensor parallel: o and down give partial sums over this rank's heads and
      * rows; the all-reduce comes with the residual add and the next norm */
-    rc = c->tp_size > 1 ? dsi__cuda_tp_reduce_norm(c, ly->ln2, T)
-                        : dsi_cuda_add_rmsnorm(c->x, c->delta, ly->ln2, c->xn, T, H, cfg->rms_norm_eps, s);
+    if ((rc = delta_matmul(c, &ly->o, c->attn, T))) return rc;
+    rc = c->tp_size > 1 ? dsi__cuda_tp_reduce_norm(c, ly->ln2, T) : add_norm(c, c->delta, ly->ln2, T);
     if (rc) return rc;
     /* one row: SwiGLU in the GEMV's epilogue where it takes the tensor-core
      * kernel (DSI_EINVAL: nothing launched, run the two kernels) */
@@ -250,8 +267,8 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
             dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, c->gate_up_il8, epi.scale, epi.bias, s);
     }
     if (rc) return rc;
-    if ((rc = dsi__cuda_matmul(c, &ly->down, c->act, c->delta, T, true))) return rc;
-    if (c->tp_size == 1) return 0;
+    if ((rc = delta_matmul(c, &ly->down, c->act, T))) return rc;
+    if (c->tp_size == 1) return 0; /* the next layer's first norm (or the final one) adds it */
     return dsi__cuda_tp_reduce_norm(c, il + 1 < cfg->n_layers ? c->layers[il + 1].ln1 : c->final_norm, T);
 }
 
@@ -261,15 +278,14 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
     const int Tc = c->max_tokens, S = c->max_seqs;
     int32_t *tok_d = c->meta_d, *pos_d = tok_d + Tc, *slot_d = pos_d + Tc, *lrows_d = slot_d + Tc + 4 * S;
     int rc;
+    c->delta_scale = c->delta_bias = NULL;
     if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream)))
         return rc;
     for (int il = 0; il < cfg->n_layers; il++)
         if ((rc = layer(c, il, T, proto, pos_d, slot_d))) return rc;
     if (R == 0) return 0;
     /* tensor parallel: the last layer's all-reduce already applied the final norm */
-    if (c->tp_size == 1 && (rc = dsi_cuda_add_rmsnorm(c->x, c->delta, c->final_norm, c->xn, T,
-                                                      cfg->hidden_size, cfg->rms_norm_eps, c->stream)))
-        return rc;
+    if (c->tp_size == 1 && (rc = add_norm(c, c->delta, c->final_norm, T))) return rc;
     if ((rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream))) return rc;
     if (c->tp_size == 1) return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
     /* vocab parallel: this rank's rows, then every rank's slices into c->logits */

@@ -92,9 +92,12 @@ struct dsi__cuda {
 
     int max_tokens, max_seqs, bt_cap;
     float *x, *delta, *qkv, *gu, *logits; /* (T, hidden) (T, hidden) (T, qkv) (T, 2I) (S, vocab) */
-    uint16_t *xn, *attn, *act, *xsel;     /* (T, hidden) (T, nh hd) (T, I) (S, hidden) */
-    uint16_t *deq;                        /* bf16 scratch for large-batch int8 matmuls, or NULL */
-    struct dsi_cuda_gemm_ws gemm_ws;      /* split-K partials + counters of the INT8 matmul */
+    /* the per-column scale and bias the matmul that wrote delta left for the
+     * next add + RMSNorm to apply (dequantize + cuBLAS products), or NULL */
+    const float *delta_scale, *delta_bias;
+    uint16_t *xn, *attn, *act, *xsel; /* (T, hidden) (T, nh hd) (T, I) (S, hidden) */
+    uint16_t *deq;                    /* bf16 scratch for large-batch int8 matmuls, or NULL */
+    struct dsi_cuda_gemm_ws gemm_ws;  /* split-K partials + counters of the INT8 matmul */
     /* long prefill through cuBLAS: sequences of >= long_q new tokens and a context
      * of <= long_ctx (0: path off) */
     int long_q, long_ctx;
