@@ -29,24 +29,18 @@ static int64_t now_ms(void) {
 /* ---- tests ---- */
 
 TEST(engine_queue_full) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 1;
     o.max_queued = 2;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r[4];
     int32_t prompt[4];
-    make_prompt(prompt, 4, 5);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 4, 5);
-    mock_pause(&m, true);
-    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
-    mock_wait_entered(&m, 1);
-    CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
+    greedy_request(&rp, prompt, 4, 5, 5);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
     CHECK_EQ_INT(submit(e, &rp, &r[2], &c), 0);
     CHECK_EQ_INT(submit(e, &rp, &r[3], &c), DSI_EFULL);
     struct dsi_engine_stats st;
@@ -58,30 +52,22 @@ TEST(engine_queue_full) {
     for (int i = 0; i < 3; i++)
         CHECK_EQ_INT(r[i].final.finish, DSI_FINISH_LENGTH);
     CHECK_EQ_INT(r[3].n_finals, 0);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_queue_timeout_gives_etimedout) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 1;
     o.queue_timeout_ms = 300;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r[2];
     int32_t prompt[4];
-    make_prompt(prompt, 4, 6);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 4, 5);
-    mock_pause(&m, true);
-    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
-    mock_wait_entered(&m, 1);
-    CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
+    greedy_request(&rp, prompt, 4, 6, 5);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
     sleep_ms(400); /* past the queue timeout while the first one holds the only slot */
     mock_pause(&m, false);
     coll_wait(&c, 2);
@@ -90,31 +76,23 @@ TEST(engine_queue_timeout_gives_etimedout) {
     CHECK_EQ_INT(r[1].final.error, DSI_ETIMEDOUT);
     CHECK_EQ_INT(r[1].n, 0);
     check_pool_empty(e, 64);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_deadline_cuts_running_and_waiting) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 1;
     o.queue_timeout_ms = 0;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r[2];
     int32_t prompt[3];
-    make_prompt(prompt, 3, 7);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 3, 200);
+    greedy_request(&rp, prompt, 3, 7, 200);
     rp.deadline_ms = now_ms() + 300;
-    mock_pause(&m, true);
-    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
-    mock_wait_entered(&m, 1);
-    CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
     while (now_ms() <= rp.deadline_ms)
         sleep_ms(20);
     mock_pause(&m, false);
@@ -127,29 +105,21 @@ TEST(engine_deadline_cuts_running_and_waiting) {
     CHECK_EQ_INT(r[1].final.error, DSI_ETIMEDOUT);
     CHECK_EQ_INT(r[1].n, 0);
     check_pool_empty(e, 64);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_cancel_running_and_waiting) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 1;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r[2];
     int32_t prompt[3];
-    make_prompt(prompt, 3, 8);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 3, 200);
-    mock_pause(&m, true);
-    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
-    mock_wait_entered(&m, 1);
-    CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
+    greedy_request(&rp, prompt, 3, 8, 200);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
     CHECK_EQ_INT(dsi_engine_cancel(e, r[0].id), 0);
     CHECK_EQ_INT(dsi_engine_cancel(e, r[1].id), 0);
     CHECK_EQ_INT(dsi_engine_cancel(e, 999999), DSI_ENOENT);
@@ -161,29 +131,21 @@ TEST(engine_cancel_running_and_waiting) {
     CHECK_EQ_INT(r[1].n, 0);
     CHECK_EQ_INT(dsi_engine_cancel(e, r[0].id), DSI_ENOENT);
     check_pool_empty(e, 64);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_drain_finishes_queued_and_refuses_new) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 1;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r[3];
     int32_t prompt[3];
-    make_prompt(prompt, 3, 9);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 3, 10);
-    mock_pause(&m, true);
-    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
-    mock_wait_entered(&m, 1);
-    CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
+    greedy_request(&rp, prompt, 3, 9, 10);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
     dsi_engine_drain(e);
     CHECK_EQ_INT(submit(e, &rp, &r[2], &c), DSI_ESTATE);
     mock_pause(&m, false);
@@ -192,9 +154,7 @@ TEST(engine_drain_finishes_queued_and_refuses_new) {
     CHECK_EQ_INT(r[1].final.finish, DSI_FINISH_LENGTH);
     CHECK_EQ_INT(r[1].n, 10);
     CHECK_EQ_INT(r[2].n_finals, 0);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 static void *unpause_later(void *arg) {
@@ -204,19 +164,16 @@ static void *unpause_later(void *arg) {
 }
 
 TEST(engine_destroy_cancels_everything_once) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 2;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r[5];
     int32_t prompt[3];
-    make_prompt(prompt, 3, 11);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 3, 200);
+    greedy_request(&rp, prompt, 3, 11, 200);
     mock_pause(&m, true);
     for (int i = 0; i < 5; i++)
         CHECK_EQ_INT(submit(e, &rp, &r[i], &c), 0);
@@ -239,15 +196,12 @@ TEST(engine_destroy_cancels_everything_once) {
 
 TEST(engine_backend_failure_fails_the_batch) {
     struct mock m;
-    mock_init(&m, 64, 4);
-    struct dsi_engine *e = start(&m, NULL);
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, NULL);
     struct rec r[2];
     int32_t prompt[3];
-    make_prompt(prompt, 3, 12);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 3, 50);
+    greedy_request(&rp, prompt, 3, 12, 50);
     mock_pause(&m, true);
     m.fail_rc = DSI_ECUDA;
     CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
@@ -260,9 +214,7 @@ TEST(engine_backend_failure_fails_the_batch) {
     CHECK_EQ_INT(submit(e, &rp, &r[1], &c), 0);
     coll_wait(&c, 2);
     CHECK_EQ_INT(r[1].final.finish, DSI_FINISH_LENGTH);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 /* Thousands of random submits and cancels on a small pool with preemption:
@@ -270,16 +222,14 @@ TEST(engine_backend_failure_fails_the_batch) {
  * reference tokens, and every block comes back. */
 TEST(engine_stress_random_admit_cancel_finish) {
     enum { N = 3000, NB = 48 };
-    struct mock m;
-    mock_init(&m, NB, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = 16;
     o.max_queued = 48;
     o.max_batch_tokens = 32;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, NB, &o);
     struct rec *r = calloc(N, sizeof(struct rec));
     int32_t(*prompts)[24] = calloc(N, sizeof(*prompts));
     int *plen = calloc(N, sizeof(int)), *maxt = calloc(N, sizeof(int)), *accepted = calloc(N, sizeof(int));
@@ -289,9 +239,8 @@ TEST(engine_stress_random_admit_cancel_finish) {
         rnd = mix64(rnd);
         plen[i] = 1 + (int)(rnd % 24);
         maxt[i] = 1 + (int)((rnd >> 8) % 40);
-        make_prompt(prompts[i], plen[i], 5000 + (unsigned)i);
         struct dsi_request_params rp;
-        greedy_params(&rp, prompts[i], plen[i], maxt[i]);
+        greedy_request(&rp, prompts[i], plen[i], 5000 + (unsigned)i, maxt[i]);
         int rc = submit(e, &rp, &r[i], &c);
         if (rc == 0) {
             accepted[i] = 1;
@@ -339,14 +288,12 @@ TEST(engine_stress_random_admit_cancel_finish) {
     CHECK_EQ_INT(bad, 0);
     CHECK(finished > 0 && cancelled > 0);
     CHECK_EQ_INT(m.errors, 0);
-    dsi_engine_destroy(e);
+    mock_engine_stop(e, &c, &m);
     free(r);
     free(prompts);
     free(plen);
     free(maxt);
     free(accepted);
-    coll_free(&c);
-    mock_free(&m);
 }
 
 int main(void) {

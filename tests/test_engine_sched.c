@@ -44,15 +44,13 @@ TEST(engine_create_rejects_bad_opts) {
 }
 
 TEST(engine_submit_rejects_bad_requests) {
-    struct mock m;
-    mock_init(&m, 16, 4); /* pool: 64 tokens */
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_prompt_tokens = 40;
     o.max_total_tokens = 100;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 16, &o); /* pool: 64 tokens */
     struct rec r;
     int32_t prompt[80];
     make_prompt(prompt, 80, 1);
@@ -100,24 +98,19 @@ TEST(engine_submit_rejects_bad_requests) {
     coll_wait(&c, 1);
     CHECK_EQ_INT(r.final.finish, DSI_FINISH_LENGTH);
     CHECK_EQ_INT(r.final.n_completion_tokens, 34);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_single_request_matches_reference) {
-    struct mock m;
-    mock_init(&m, 64, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
     struct rec r;
     int32_t prompt[10], want[20];
-    make_prompt(prompt, 10, 2);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 10, 20);
+    greedy_request(&rp, prompt, 10, 2, 20);
     CHECK_EQ_INT(submit(e, &rp, &r, &c), 0);
     coll_wait(&c, 1);
     ref_tokens(prompt, 10, 20, NULL, 0, want);
@@ -136,23 +129,18 @@ TEST(engine_single_request_matches_reference) {
     CHECK_EQ_INT(st.generated_total, 20);
     CHECK_EQ_INT(st.tokens_total, 10 + 19); /* prompt + every decode input */
     CHECK_EQ_INT(st.steps_total, 3 + 19);   /* 10 prompt tokens in chunks of 4 */
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_stop_id_ends_without_text) {
     struct mock m;
-    mock_init(&m, 64, 4);
-    struct dsi_engine *e = start(&m, NULL);
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, NULL);
     struct rec r;
     int32_t prompt[5], want[30];
-    make_prompt(prompt, 5, 3);
-    ref_tokens(prompt, 5, 30, NULL, 0, want);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 5, 30);
+    greedy_request(&rp, prompt, 5, 3, 30);
+    ref_tokens(prompt, 5, 30, NULL, 0, want);
     rp.stop_ids[0] = want[3];
     rp.n_stop_ids = 1;
     int n_want = ref_tokens(prompt, 5, 30, rp.stop_ids, 1, want);
@@ -164,20 +152,16 @@ TEST(engine_stop_id_ends_without_text) {
     CHECK(memcmp(r.tokens, want, (size_t)(n_want - 1) * sizeof(int32_t)) == 0);
     CHECK_EQ_INT(r.final.n_completion_tokens, n_want);
     check_pool_empty(e, 64);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 TEST(engine_chunked_prefill_mixes_with_decode) {
-    struct mock m;
-    mock_init(&m, 128, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_batch_tokens = 9;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, 128, &o);
     struct rec r[3];
     int32_t p[3][40], want[30];
     for (int i = 0; i < 3; i++)
@@ -204,26 +188,21 @@ TEST(engine_chunked_prefill_mixes_with_decode) {
     }
     CHECK_EQ_INT(m.errors, 0);
     check_pool_empty(e, 128);
-    dsi_engine_destroy(e);
-    coll_free(&c);
-    mock_free(&m);
+    mock_engine_stop(e, &c, &m);
 }
 
 /* Submits n requests under a given pool; returns preemptions; fills r. */
 static uint64_t run_group(int n_blocks, int n, struct rec *r, float temperature, int *errors, int *started) {
-    struct mock m;
-    mock_init(&m, n_blocks, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, n_blocks, &o);
     mock_pause(&m, true);
     for (int i = 0; i < n; i++) {
         int32_t prompt[16];
-        make_prompt(prompt, 6 + i, 100 + (unsigned)i);
         struct dsi_request_params rp;
-        greedy_params(&rp, prompt, 6 + i, 36);
+        greedy_request(&rp, prompt, 6 + i, 100 + (unsigned)i, 36);
         rp.sampling.temperature = temperature;
         rp.sampling.seed = 7 + (uint64_t)i;
         CHECK_EQ_INT(submit(e, &rp, &r[i], &c), 0);
@@ -296,21 +275,18 @@ TEST(engine_seeded_sampling_reproducible_under_pressure) {
 
 TEST(engine_runs_256_sequences_in_one_batch) {
     enum { N = 256 };
-    struct mock m;
-    mock_init(&m, N * 4, 4);
     struct dsi_engine_opts o;
     small_opts(&o);
     o.max_running = N;
     o.max_queued = N;
     o.max_batch_tokens = 4 * N;
-    struct dsi_engine *e = start(&m, &o);
+    struct mock m;
     struct coll c;
-    coll_init(&c);
+    struct dsi_engine *e = mock_engine_start(&m, &c, N * 4, &o);
     struct rec *r = calloc(N, sizeof(struct rec));
     int32_t prompt[4];
-    make_prompt(prompt, 4, 13);
     struct dsi_request_params rp;
-    greedy_params(&rp, prompt, 4, 8);
+    greedy_request(&rp, prompt, 4, 13, 8);
     mock_pause(&m, true);
     for (int i = 0; i < N; i++)
         CHECK_EQ_INT(submit(e, &rp, &r[i], &c), 0);
@@ -325,10 +301,8 @@ TEST(engine_runs_256_sequences_in_one_batch) {
     CHECK_EQ_INT(bad, 0);
     CHECK_EQ_INT(m.errors, 0);
     check_pool_empty(e, N * 4);
-    dsi_engine_destroy(e);
+    mock_engine_stop(e, &c, &m);
     free(r);
-    coll_free(&c);
-    mock_free(&m);
 }
 
 int main(void) {

@@ -1,7 +1,9 @@
 /*
  * test_engine_util.h: what the engine test binaries (test_engine_sched.c,
- * test_engine_life.c) share: a mock backend, an event collector, and the
- * reference they check the engine's tokens against.
+ * test_engine_life.c, and for the event collector test_engine_batch.c) share:
+ * a mock backend, an event collector, the reference they check the engine's
+ * tokens against, and the set-up sequences their tests repeat (engine on a
+ * fresh mock, greedy request, one request running with one waiting).
  *
  * The mock is a real paged store: forward() writes (seq id, position, token)
  * into the slots named by each sequence's block table and, for logits, reads
@@ -30,8 +32,11 @@
 #define VOCAB 64
 #define MAX_REC_TOKENS 512
 
-/* Waits give up after this long, failing the test instead of hanging it. */
+/* Waits give up after this long, failing the test instead of hanging it. A
+ * binary whose engine runs a real model defines a longer one before the include. */
+#ifndef WAIT_LIMIT_S
 #define WAIT_LIMIT_S 60
+#endif
 
 /* Absolute CLOCK_REALTIME time s seconds from now (default condvars use it). */
 static inline struct timespec deadline_in(int s) {
@@ -288,6 +293,13 @@ static inline int ref_tokens(const int32_t *prompt, int n_prompt, int max_tokens
     return max_tokens;
 }
 
+/* Fills prompt with n tokens drawn from seed and rp with greedy params for it. */
+static inline void greedy_request(struct dsi_request_params *rp, int32_t *prompt, int n, unsigned seed,
+                                  int max_tokens) {
+    make_prompt(prompt, n, seed);
+    greedy_params(rp, prompt, n, max_tokens);
+}
+
 static inline void small_opts(struct dsi_engine_opts *o) {
     dsi_engine_opts_defaults(o);
     o->max_running = 8;
@@ -320,6 +332,34 @@ static inline int submit(struct dsi_engine *e, const struct dsi_request_params *
     pthread_mutex_unlock(&c->mu);
     free(err);
     return rc;
+}
+
+/* Sets up a mock of n_blocks blocks of 4 tokens and an empty collector c, and
+ * starts an engine on the mock with options o (NULL: the engine's defaults). */
+static inline struct dsi_engine *mock_engine_start(struct mock *m, struct coll *c, int n_blocks,
+                                                   const struct dsi_engine_opts *o) {
+    mock_init(m, n_blocks, 4);
+    coll_init(c);
+    return start(m, o);
+}
+
+/* Destroys the engine, then the collector and the mock it ran on. */
+static inline void mock_engine_stop(struct dsi_engine *e, struct coll *c, struct mock *m) {
+    dsi_engine_destroy(e);
+    coll_free(c);
+    mock_free(m);
+}
+
+/* With max_running 1: pauses the mock, submits r[0] and waits until the
+ * scheduler is inside forward() with it, then submits r[1], which has to wait
+ * behind it. Both submits must succeed; the mock is left paused. */
+static inline void submit_running_and_waiting(struct dsi_engine *e, struct mock *m,
+                                              const struct dsi_request_params *rp, struct rec *r,
+                                              struct coll *c) {
+    mock_pause(m, true);
+    CHECK_EQ_INT(submit(e, rp, &r[0], c), 0);
+    mock_wait_entered(m, 1);
+    CHECK_EQ_INT(submit(e, rp, &r[1], c), 0);
 }
 
 static inline void check_pool_empty(struct dsi_engine *e, int n_blocks) {
