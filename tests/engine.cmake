@@ -2,7 +2,8 @@
 dsi_test(test_kvcache SOURCES tests/test_kvcache.c LIBS dsi_engine)
 # test_engine_sched: validation, tokens against the reference, chunked prefill,
 # preemption; test_engine_life: queue limits, timeouts, cancel, drain, destroy,
-# backend failure. Both share the mock in tests/test_engine_util.h.
+# backend failure. Both share the mock in tests/test_engine_util.h (and
+# test_engine_batch below its event collector).
 dsi_test(test_engine_sched SOURCES tests/test_engine_sched.c LIBS dsi_engine Threads::Threads)
 dsi_test(test_engine_life SOURCES tests/test_engine_life.c LIBS dsi_engine Threads::Threads)
 # The forward_sample path (sampling inside the backend) against a mock backend.
