@@ -5,7 +5,9 @@
  * the GPU (or on a real model directory with --model).
  *
  *   bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]
- *   (env: DSI_CUDA_GRAPHS=0 disables graphs, DSI_CUDA_Q8_VARIANT=N picks the
+ *                     [--sampling T,K,P]
+ *   (--sampling: GPU sampling with temperature T, top-k K, top-p P instead of
+ *   greedy in the gpu-ids rows; env: DSI_CUDA_GRAPHS=0 disables graphs, DSI_CUDA_Q8_VARIANT=N picks the
  *   INT8 kernel variant, see kernels.h)
  *
  * Decode steps run at a fixed context: the KV cache of each sequence is taken
@@ -37,6 +39,7 @@ static double now_s(void) {
 
 struct run {
     struct dsi_backend *be;
+    struct dsi_cuda_sample_params sampling; /* temperature 0: greedy */
     int32_t *tokens, *bt, *ids;
     struct dsi_batch_seq *seqs;
     struct dsi_cuda_sample_params *sp;
@@ -52,6 +55,11 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
         return -1;
     }
     bench_decode_batch(n_seqs, ctx, bs, r->be->vocab_size, r->bt, r->tokens, r->seqs, r->sp);
+    if (r->sampling.temperature > 0.f)
+        for (int s = 0; s < n_seqs; s++) {
+            r->sp[s] = r->sampling;
+            r->sp[s].u = (float)((s * 7 + 3) % 64) / 64.f;
+        }
     struct dsi_batch b = {.seqs = r->seqs, .n_seqs = n_seqs};
     for (int it = 0; it < 2; it++) { /* warm-up: cuBLAS heuristics, lazy module loading */
         int rc = sample ? dsi_cuda_backend_forward_sample(r->be, &b, r->sp, r->ids, err)
@@ -70,6 +78,7 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
 int main(int argc, char **argv) {
     const char *dtype = "int8", *model_dir = NULL;
     int steps = 20, quick = 0;
+    struct dsi_cuda_sample_params sampling = {0.f, 0, 1.f, 0.5f};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
@@ -79,9 +88,15 @@ int main(int argc, char **argv) {
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1; /* batch-1 cases only */
+        else if (!strcmp(argv[i], "--sampling") && i + 1 < argc &&
+                 sscanf(argv[++i], "%f,%d,%f", &sampling.temperature, &sampling.top_k, &sampling.top_p) ==
+                     3 &&
+                 sampling.temperature > 0.f && sampling.top_k >= 0 && sampling.top_p > 0.f &&
+                 sampling.top_p <= 1.f)
+            ;
         else {
-            fprintf(stderr,
-                    "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]\n");
+            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] "
+                            "[--quick] [--sampling T,K,P]\n");
             return 2;
         }
     }
@@ -126,7 +141,7 @@ int main(int argc, char **argv) {
     printf("backend: create %.2f s (%s), KV pool %d blocks of %d tokens, %.0f KB KV per token\n", load_s,
            model_dir ? "upload + quantize" : "random fill + quantize", be->n_kv_blocks, be->kv_block_size,
            kv_tok / 1024);
-    struct run r = {.be = be};
+    struct run r = {.be = be, .sampling = sampling};
     r.tokens = calloc(max_tokens, 4);
     r.bt = calloc((size_t)be->n_kv_blocks, 4);
     r.ids = calloc(max_seqs, 4);
@@ -151,8 +166,10 @@ int main(int argc, char **argv) {
         }
         double bytes = wbytes + kv_tok * cases[i].n_seqs * cases[i].ctx;
         printf("%-8d %-6d %-8s %10.3f %12.1f %10.2f %7.1f%%\n", cases[i].n_seqs, cases[i].ctx,
-               cases[i].sample ? "gpu-ids" : "logits", dt * 1e3, cases[i].n_seqs / dt, bytes / 1e9,
-               100.0 * bytes / dt / PEAK);
+               !cases[i].sample             ? "logits"
+               : sampling.temperature > 0.f ? "sampled"
+                                            : "gpu-ids",
+               dt * 1e3, cases[i].n_seqs / dt, bytes / 1e9, 100.0 * bytes / dt / PEAK);
     }
     if (quick) goto done;
     /* prefill: one 2048-token prompt in one step, logits of the last token */
