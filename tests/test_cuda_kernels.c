@@ -469,6 +469,59 @@ TEST(cuda_sample_greedy_and_topk) {
     free(lg), free(l2), free(pp), free(big), free(hid);
 }
 
+/* The few-pass sampler (variant 0) against the full scan (variant 1): the
+ * same id for every row, over peaked, flat and tie-heavy rows of the 7B
+ * vocabulary and the parameter mixes a chat API sends (top-k and top-p
+ * together, top-p alone, top-k alone, k above the fast path's 1024, heavy
+ * ties that overflow its candidate list). */
+TEST(cuda_sample_fast_path_equals_full_scan) {
+    NEED_GPU();
+    const int V = 152064, kinds = 4;
+    const struct dsi_cuda_sample_params ps[] = {
+        {0.7f, 40, 0.9f, 0}, {1.f, 0, 0.9f, 0},     {0.8f, 50, 1.f, 0},  {1.2f, 1000, 0.95f, 0},
+        {1.f, 0, 0.5f, 0},   {0.5f, 2000, 0.8f, 0}, {1.f, 3000, 1.f, 0}, {1.f, 1, 0.9f, 0}};
+    const int n_ps = (int)(sizeof ps / sizeof ps[0]), us = 5, rows = kinds * n_ps * us;
+    float *lg = malloc((size_t)rows * V * 4);
+    struct dsi_cuda_sample_params *p = malloc((size_t)rows * sizeof *p);
+    int r = 0;
+    for (int kind = 0; kind < kinds; kind++)
+        for (int pi = 0; pi < n_ps; pi++)
+            for (int ui = 0; ui < us; ui++, r++) {
+                float *row = lg + (size_t)r * V;
+                for (int i = 0; i < V; i++) {
+                    float x = frand();
+                    row[i] = kind == 0   ? 4.f * x                /* peaked by a few spikes below */
+                             : kind == 1 ? 0.05f * x              /* flat: top-p needs most of V */
+                             : kind == 2 ? floorf(4.f * x) * 0.5f /* 8 distinct values: ties */
+                                         : 10.f * x * x * x;      /* long tail */
+                }
+                if (kind == 0)
+                    for (int j = 0; j < 20; j++)
+                        row[(j * 7919 + r) % V] = 12.f + 0.3f * (float)j;
+                p[r] = ps[pi];
+                p[r].u = (float)ui / us + 0.37f / us;
+            }
+    float *dl = dmalloc((size_t)rows * V * 4);
+    struct dsi_cuda_sample_params *dp = dmalloc((size_t)rows * sizeof *p);
+    int32_t *da = dmalloc((size_t)rows * 4), *db = dmalloc((size_t)rows * 4);
+    int32_t *a = malloc((size_t)rows * 4), *b = malloc((size_t)rows * 4);
+    up(dl, lg, (size_t)rows * V * 4), up(dp, p, (size_t)rows * sizeof *p);
+    CHECK_EQ_INT(dsi_cuda_sample_variant(da, dl, dp, rows, V, 0, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_sample_variant(db, dl, dp, rows, V, 1, 0), 0);
+    down(a, da, (size_t)rows * 4), down(b, db, (size_t)rows * 4);
+    int diff = 0;
+    for (int i = 0; i < rows; i++)
+        if (a[i] != b[i]) {
+            if (diff++ < 5)
+                fprintf(stderr, "  row %d (kind %d, params %d): fast %d, full %d\n", i, i / (n_ps * us),
+                        i / us % n_ps, a[i], b[i]);
+        }
+    CHECK_EQ_INT(diff, 0);
+    CHECK_EQ_INT(dsi_cuda_sample_variant(da, dl, dp, 1, V, 2, 0), DSI_EINVAL);
+    cudaFree(dl), cudaFree(dp), cudaFree(da), cudaFree(db);
+    free(lg), free(p), free(a), free(b);
+}
+
 int main(void) {
     RUN(cuda_embed_matches_table);
     RUN(cuda_add_rmsnorm_matches_cpu);
@@ -482,5 +535,6 @@ int main(void) {
     RUN(cuda_attn_rejects_bad_shapes);
     RUN(cuda_kv_store_writes_slots);
     RUN(cuda_sample_greedy_and_topk);
+    RUN(cuda_sample_fast_path_equals_full_scan);
     return test_summary();
 }

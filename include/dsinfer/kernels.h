@@ -302,6 +302,11 @@ struct dsi_cuda_sample_params { /* device array, one per row */
 /* ids[r] = token chosen from logits row r (vocab floats, not modified). */
 int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p, int rows,
                     int vocab, cudaStream_t s);
+/* The same with the path chosen (tests): 0 as above (the few-pass path where it
+ * applies), 1 always the full scan; both give the same ids up to fp32
+ * summation order at a threshold. */
+int dsi_cuda_sample_variant(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p,
+                            int rows, int vocab, int variant, cudaStream_t s);
 
 /* ---- CUDA backend extras (src/backend/cuda) ---- */
 
