@@ -50,8 +50,8 @@ static __global__ void add_rmsnorm_kernel(float *x, const float *delta, const fl
         float v = x[base + i];
         if (delta) {
             float d = delta[base + i];
-            if (ds) d *= ds[i];
-            if (db) d += db[i];
+            if (ds) d = __fmul_rn(d, ds[i]);
+            if (db) d = __fadd_rn(d, db[i]);
             v += d;
             x[base + i] = v;
         }
@@ -98,11 +98,13 @@ static __global__ void __launch_bounds__(1024)
             if (i >= n4) continue;
             if (ds) {
                 float4 s4 = __ldg(reinterpret_cast<const float4 *>(ds) + i);
-                dv[u].x *= s4.x, dv[u].y *= s4.y, dv[u].z *= s4.z, dv[u].w *= s4.w;
+                dv[u].x = __fmul_rn(dv[u].x, s4.x), dv[u].y = __fmul_rn(dv[u].y, s4.y);
+                dv[u].z = __fmul_rn(dv[u].z, s4.z), dv[u].w = __fmul_rn(dv[u].w, s4.w);
             }
             if (db) {
                 float4 b4 = __ldg(reinterpret_cast<const float4 *>(db) + i);
-                dv[u].x += b4.x, dv[u].y += b4.y, dv[u].z += b4.z, dv[u].w += b4.w;
+                dv[u].x = __fadd_rn(dv[u].x, b4.x), dv[u].y = __fadd_rn(dv[u].y, b4.y);
+                dv[u].z = __fadd_rn(dv[u].z, b4.z), dv[u].w = __fadd_rn(dv[u].w, b4.w);
             }
         }
     }
@@ -255,8 +257,8 @@ static __global__ void swiglu_kernel(uint16_t *out, const float *gu, int inter, 
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < inter; i += gridDim.x * blockDim.x) {
         size_t gi = il8 ? (size_t)(i >> 3) * 16 + (i & 7) : (size_t)i, ui = il8 ? gi + 8 : gi + inter;
         float a = row[gi], u = row[ui];
-        if (scale) a *= scale[gi], u *= scale[ui];
-        if (bias) a += bias[gi], u += bias[ui];
+        if (scale) a = __fmul_rn(a, scale[gi]), u = __fmul_rn(u, scale[ui]);
+        if (bias) a = __fadd_rn(a, bias[gi]), u = __fadd_rn(u, bias[ui]);
         out[(size_t)r * inter + i] = f2bf(a / (1.f + expf(-a)) * u);
     }
 }
@@ -277,8 +279,8 @@ static __global__ void scale_bias_kernel(float *y, const float *scale, const flo
          i += (size_t)gridDim.x * blockDim.x) {
         int c = (int)(i % n);
         float v = y[i];
-        if (scale) v *= scale[c];
-        if (bias) v += bias[c];
+        if (scale) v = __fmul_rn(v, scale[c]); /* no fma contraction: the kernels that */
+        if (bias) v = __fadd_rn(v, bias[c]);   /* take this epilogue over round alike */
         y[i] = v;
     }
 }

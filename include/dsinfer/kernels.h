@@ -121,11 +121,12 @@ struct dsi_cuda_attn_args {
     const int32_t *block_tables; /* device, flattened */
     int block_size;
     int n_heads, n_kv_heads, head_dim; /* head_dim % 16 == 0, <= 256; n_heads/n_kv_heads <= 8 */
-    float scale;                       /* 1/sqrt(head_dim) */
-    int max_ctx;                       /* max over seqs of pos + n_q */
-    int max_n_q;                       /* max over seqs of n_q */
-    int n_splits;                      /* decode: from dsi_cuda_attn_decode_splits */
-    float *work;                       /* decode partials, dsi_cuda_attn_work_bytes */
+    /* alignment (else DSI_EINVAL): k_cache, v_cache 16 bytes; out 4; work 8 */
+    float scale;  /* 1/sqrt(head_dim) */
+    int max_ctx;  /* max over seqs of pos + n_q */
+    int max_n_q;  /* max over seqs of n_q */
+    int n_splits; /* decode: from dsi_cuda_attn_decode_splits */
+    float *work;  /* decode partials, dsi_cuda_attn_work_bytes */
     size_t work_bytes;
     int long_q; /* prefill skips sequences dsi_cuda_attn_is_long() picks (0: none) */
     int long_ctx;

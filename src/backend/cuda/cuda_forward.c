@@ -283,6 +283,8 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
         return rc;
     for (int il = 0; il < cfg->n_layers; il++)
         if ((rc = layer(c, il, T, proto, pos_d, slot_d))) return rc;
+    /* with no logits wanted the last down product stays in delta, its scale
+     * pending (delta_scale): x is then not the final residual stream */
     if (R == 0) return 0;
     /* tensor parallel: the last layer's all-reduce already applied the final norm */
     if (c->tp_size == 1 && (rc = add_norm(c, c->delta, c->final_norm, T))) return rc;

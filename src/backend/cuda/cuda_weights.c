@@ -153,6 +153,8 @@ static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, in
     size_t dpitch = (grp > 0 ? (size_t)gstride : 1) * (size_t)p->cols * 2;
     size_t first = (size_t)p->r0 * fc + (size_t)p->c0; /* element index of the block's corner */
     if (L->random) {
+        if (grp > 0) /* the rows are filled contiguously: the caller stacks random weights */
+            return dsi_seterr(err, DSI_EINTERNAL, "cuda: random %s cannot be interleaved", name);
         float scale = 1.f / sqrtf((float)p->full_cols) * 1.7f; /* ~unit-variance outputs */
         return dsi_cuda_fill_random_bf16(dst, n, L->seed + 0x1000003ull * ++L->counter, scale, L->c->stream)
                    ? dsi_seterr(err, DSI_ECUDA, "cuda: random fill of %s failed", name)
