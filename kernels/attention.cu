@@ -183,8 +183,8 @@ static __global__ void __launch_bounds__(DEC_THREADS)
                 attn_ldmatrix_x4(af, ka + kk);
                 const uint32_t *bh = reinterpret_cast<const uint32_t *>(qh + lg * kst + kk + 2 * lt);
                 const uint32_t *bl = reinterpret_cast<const uint32_t *>(ql + lg * kst + kk + 2 * lt);
-                attn_mma(sc, af[0], af[1], af[2], af[3], bh[0], bh[4]);
-                attn_mma(sc, af[0], af[1], af[2], af[3], bl[0], bl[4]);
+                mma_bf16_16816(sc, af[0], af[1], af[2], af[3], bh[0], bh[4]);
+                mma_bf16_16816(sc, af[0], af[1], af[2], af[3], bl[0], bl[4]);
             }
             /* c0, c1: key 16w + lg, heads 2lt, 2lt + 1; c2, c3: key + 8 */
             int j0 = warp * 16 + lg, j1 = j0 + 8;
@@ -235,10 +235,10 @@ static __global__ void __launch_bounds__(DEC_THREADS)
                 attn_ldmatrix_x4_trans(bf, vb + kk * kst);
                 const uint32_t *ah = reinterpret_cast<const uint32_t *>(ph + lg * pst + kk + 2 * lt);
                 const uint32_t *al = reinterpret_cast<const uint32_t *>(pl + lg * pst + kk + 2 * lt);
-                attn_mma(acc[i][0], ah[0], 0u, ah[4], 0u, bf[0], bf[1]);
-                attn_mma(acc[i][0], al[0], 0u, al[4], 0u, bf[0], bf[1]);
-                attn_mma(acc[i][1], ah[0], 0u, ah[4], 0u, bf[2], bf[3]);
-                attn_mma(acc[i][1], al[0], 0u, al[4], 0u, bf[2], bf[3]);
+                mma_bf16_16816(acc[i][0], ah[0], 0u, ah[4], 0u, bf[0], bf[1]);
+                mma_bf16_16816(acc[i][0], al[0], 0u, al[4], 0u, bf[0], bf[1]);
+                mma_bf16_16816(acc[i][1], ah[0], 0u, ah[4], 0u, bf[2], bf[3]);
+                mma_bf16_16816(acc[i][1], al[0], 0u, al[4], 0u, bf[2], bf[3]);
             }
         }
     }

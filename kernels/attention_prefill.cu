@@ -186,10 +186,10 @@ static __global__ void __launch_bounds__(FA_THREADS) attn_prefill_fa_kernel(stru
                 for (int np = 0; np < FA_KT / 16; np++) {
                     uint32_t b[4];
                     attn_ldmatrix_x4(b, ks + (np * 16 + kb_row) * kst + kk + kb_col);
-                    attn_mma(sc[2 * np], ah[0], ah[1], ah[2], ah[3], b[0], b[1]);
-                    attn_mma(sc[2 * np], al[0], al[1], al[2], al[3], b[0], b[1]);
-                    attn_mma(sc[2 * np + 1], ah[0], ah[1], ah[2], ah[3], b[2], b[3]);
-                    attn_mma(sc[2 * np + 1], al[0], al[1], al[2], al[3], b[2], b[3]);
+                    mma_bf16_16816(sc[2 * np], ah[0], ah[1], ah[2], ah[3], b[0], b[1]);
+                    mma_bf16_16816(sc[2 * np], al[0], al[1], al[2], al[3], b[0], b[1]);
+                    mma_bf16_16816(sc[2 * np + 1], ah[0], ah[1], ah[2], ah[3], b[2], b[3]);
+                    mma_bf16_16816(sc[2 * np + 1], al[0], al[1], al[2], al[3], b[2], b[3]);
                 }
             }
             /* mask (causal, past the context), row maxima over the quad */
@@ -255,10 +255,10 @@ static __global__ void __launch_bounds__(FA_THREADS) attn_prefill_fa_kernel(stru
                     if (dp * 16 >= hd) break;
                     uint32_t b[4];
                     attn_ldmatrix_x4_trans(b, vb + dp * 16);
-                    attn_mma(o[2 * dp], ph[0], ph[1], ph[2], ph[3], b[0], b[1]);
-                    attn_mma(o[2 * dp], pl[0], pl[1], pl[2], pl[3], b[0], b[1]);
-                    attn_mma(o[2 * dp + 1], ph[0], ph[1], ph[2], ph[3], b[2], b[3]);
-                    attn_mma(o[2 * dp + 1], pl[0], pl[1], pl[2], pl[3], b[2], b[3]);
+                    mma_bf16_16816(o[2 * dp], ph[0], ph[1], ph[2], ph[3], b[0], b[1]);
+                    mma_bf16_16816(o[2 * dp], pl[0], pl[1], pl[2], pl[3], b[0], b[1]);
+                    mma_bf16_16816(o[2 * dp + 1], ph[0], ph[1], ph[2], ph[3], b[2], b[3]);
+                    mma_bf16_16816(o[2 * dp + 1], pl[0], pl[1], pl[2], pl[3], b[2], b[3]);
                 }
             }
         }

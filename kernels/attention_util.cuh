@@ -38,14 +38,6 @@ static __device__ __forceinline__ void attn_ldmatrix_x4_trans(uint32_t *r, const
                  : "r"(a));
 }
 
-static __device__ __forceinline__ void attn_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* x as a bf16 pair hi + lo with hi + lo = x to ~16 mantissa bits: the tensor
  * cores multiply bf16, and two products (hi, lo) keep q and the probabilities
  * as exact as the fp32 CPU reference's (the bf16 K/V are the only rounding). */

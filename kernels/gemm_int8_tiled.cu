@@ -231,8 +231,8 @@ static __global__ void __launch_bounds__(T_THREADS, 3)
                     t_ldmatrix_x4(b, xb + p * 16 * T_XS + j * 32 + s * 16);
 #pragma unroll
                     for (int r = 0; r < T_RPW; r++) {
-                        q8_mma_bf16(acc[r][2 * p], a[r][0], a[r][1], a[r][2], a[r][3], b[0], b[1]);
-                        q8_mma_bf16(acc[r][2 * p + 1], a[r][0], a[r][1], a[r][2], a[r][3], b[2], b[3]);
+                        mma_bf16_16816(acc[r][2 * p], a[r][0], a[r][1], a[r][2], a[r][3], b[0], b[1]);
+                        mma_bf16_16816(acc[r][2 * p + 1], a[r][0], a[r][1], a[r][2], a[r][3], b[2], b[3]);
                     }
                 }
             }

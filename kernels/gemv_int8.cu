@@ -199,7 +199,7 @@ static __global__ void __launch_bounds__(WARPS * 32)
                         b0 = load_b(x, m, M, k, K, false);
                         b1 = load_b(x, m, M, k + 8, K, false);
                     }
-                    q8_mma_bf16(acc[j], a0, a1, a2, a3, b0, b1);
+                    mma_bf16_16816(acc[j], a0, a1, a2, a3, b0, b1);
                 }
             }
         }

@@ -12,10 +12,11 @@
 #ifndef DSI_KERNELS_INT8_TILE_CUH
 #define DSI_KERNELS_INT8_TILE_CUH
 
+#include <cuda_bf16.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include <cuda_bf16.h>
+#include "bf16_util.cuh"
 
 #define Q8_TILE_BYTES 512
 #define Q8_TILE_U4 32 /* uint4 per tile: one per lane */
@@ -56,15 +57,6 @@ static __device__ __forceinline__ void q8_i8x4_to_bf16x4(uint32_t w, uint32_t &l
     __nv_bfloat162 b = __floats2bfloat162_rn(q8_byte_f32(u, 2), q8_byte_f32(u, 3));
     lo = *reinterpret_cast<uint32_t *>(&a);
     hi = *reinterpret_cast<uint32_t *>(&b);
-}
-
-/* c (16x8 fp32) += A (16x16 bf16, row) * B (16x8 bf16, col). */
-static __device__ __forceinline__ void q8_mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
-                                                   uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 #endif
