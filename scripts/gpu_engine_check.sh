@@ -5,15 +5,16 @@
 # 7B-shape directory. Run from the repo root with G=<dsinfer, tests, devlibs/>.
 G=${G:-.gpurun}
 OUT=${OUT:-/tmp/gpu-engine}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$G/devlibs:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
-S=$OUT/engine_summary.log
-t0=$(date +%s)
-step() { echo "[$(($(date +%s) - t0)) s] $*" >> "$S"; }
+LIBS=$G/devlibs SUMMARY=engine_summary.log
+# shellcheck source=scripts/gpu_env.sh
+. "$(dirname "$0")/gpu_env.sh"
 ( [ -f /tmp/dsi-7b/config.json ] || timeout 90 python3 scripts/gen_7b_shape.py /tmp/dsi-7b ) > "$OUT/gen.log" 2>&1 &
 GEN=$!
-timeout 60 $G/test_cuda_kernels > "$OUT/tests.log" 2>&1; step "test_cuda_kernels rc=$?"
-timeout 60 $G/test_cuda_backend >> "$OUT/tests.log" 2>&1; step "test_cuda_backend rc=$?"
+: > "$OUT/tests.log"
+for t in $CUDA_TESTS; do
+  [ -x "$G/$t" ] || continue
+  timeout 60 $G/$t >> "$OUT/tests.log" 2>&1; step "$t rc=$?"
+done
 grep -E "^FAIL|passed" "$OUT/tests.log" >> "$S"
 wait $GEN; step "gen_7b rc=$?"
 timeout 60 $G/bench_cuda_decode --dtype int8 --steps 10 --model /tmp/dsi-7b 2>&1 | grep -v INFO > "$OUT/decode_int8.log"

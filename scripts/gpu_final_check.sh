@@ -9,20 +9,18 @@
 B=${B:-build-gpu2}
 LIBS=${LIBS:-$B/devlibs}
 OUT=${OUT:-/tmp/gpu-final}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$LIBS:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+# shellcheck source=scripts/gpu_env.sh
+. "$(dirname "$0")/gpu_env.sh"
 # test binaries land in $B/tests (dsi_test) or $B (a copied run folder)
 T=$B/tests
 [ -x "$T/test_cuda_kernels" ] || T=$B
-S=$OUT/summary.log
-t0=$(date +%s)
-step() { echo "[$(($(date +%s) - t0)) s] $*" >> "$S"; }
 
 # the model is made in the background while the tests run (GPU, ~23 s)
 ( [ -f /tmp/dsi-7b/config.json ] || timeout 90 python3 scripts/gen_7b_shape.py /tmp/dsi-7b ) > /tmp/gen7b.log 2>&1 &
 GEN=$!
 
 timeout 50 $T/test_cuda_kernels > "$OUT/tests.log" 2>&1; step "test_cuda_kernels rc=$?"
+timeout 50 $T/test_cuda_matmul >> "$OUT/tests.log" 2>&1; step "test_cuda_matmul rc=$?" # the GEMV tests
 DSI_CUDA_GEMV=new timeout 35 $T/test_cuda_backend >> "$OUT/tests.log" 2>&1; step "test_cuda_backend (new) rc=$?"
 echo "==== DSI_CUDA_GEMV=old ====" >> "$OUT/tests.log"
 DSI_CUDA_GEMV=old timeout 25 $T/test_cuda_backend >> "$OUT/tests.log" 2>&1; step "test_cuda_backend (old) rc=$?"

@@ -10,15 +10,12 @@ B=${B:-build-gpu}
 LIBS=${LIBS:-$B/devlibs}
 OUT=${OUT:-/tmp/gpu-perf}
 POLICIES=${POLICIES:-default}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$LIBS:/usr/local/cuda/lib64:$LD_LIBRARY_PATH
+# shellcheck source=scripts/gpu_env.sh
+. "$(dirname "$0")/gpu_env.sh"
 T=$B/tests
 [ -x "$T/test_cuda_kernels" ] || T=$B
-S=$OUT/summary.log
-t0=$(date +%s)
-step() { echo "[$(($(date +%s) - t0)) s] $*" >> "$S"; }
 
-for t in test_cuda_kernels test_cuda_fused test_cuda_backend; do
+for t in $CUDA_TESTS; do
     [ -x "$T/$t" ] || continue
     echo "==== $t" >> "$OUT/tests.log"
     timeout 90 $T/$t > /tmp/$t.log 2>&1; step "$t rc=$?"
