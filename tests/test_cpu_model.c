@@ -23,6 +23,7 @@
 #include "dsinfer/backend.h"
 #include "dsinfer/cpu_ops.h"
 #include "dsinfer/err.h"
+#include "dsinfer/rope.h"
 #include "dsinfer/model.h"
 #include "test.h"
 #include "test_util.h"

@@ -6,6 +6,7 @@
 
 #include "dsinfer/cpu_ops.h"
 #include "dsinfer/err.h"
+#include "dsinfer/rope.h"
 #include "test.h"
 
 static float frand(uint32_t *s) {

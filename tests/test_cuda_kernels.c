@@ -23,6 +23,7 @@
 
 #include "dsinfer/cpu_ops.h"
 #include "dsinfer/kernels.h"
+#include "dsinfer/rope.h"
 #include "test.h"
 #include "test_cuda_util.h"
 

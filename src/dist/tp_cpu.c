@@ -24,6 +24,7 @@
 
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#include "dsinfer/rope.h"
 #include "tp_internal.h"
 
 #define DEFAULT_KV_BYTES ((size_t)64 << 20)

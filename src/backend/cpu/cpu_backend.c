@@ -18,6 +18,7 @@
 #include "cpu_internal.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#include "dsinfer/rope.h"
 
 #define DEFAULT_KV_BYTES ((size_t)64 << 20)
 #define DEFAULT_BLOCK 16

@@ -8,7 +8,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "dsinfer/rope.h"
 #include "dsinfer/err.h"
 #include "dsinfer/kernels.h"
 #include "dsinfer/log.h"
@@ -27,9 +27,9 @@ int dsi__cublas_check(int status, const char *stmt, const char *func, const char
     return DSI_ECUDA;
 }
 
-/* The CPU reference's table (fp32 arithmetic, as torch forms it): both backends
- * then form the same angle (float)pos * inv_freq[i], which matters at long
- * context where one ulp of inv_freq moves the angle by ~1e-3 rad. YaRN and
+/* The model module's table (dsinfer/rope.h; fp32 arithmetic, as torch forms
+ * it): both backends then form the same angle (float)pos * inv_freq[i], which
+ * matters at long context where one ulp of inv_freq moves the angle by ~1e-3 rad. YaRN and
  * dynamic NTK (attention factor or length-dependent base) are not wired here. */
 int dsi_cuda_rope_inv_freq(const struct dsi_model_config *cfg, float *inv_freq, char **err) {
     int hd = cfg->head_dim;
