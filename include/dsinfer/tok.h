@@ -25,6 +25,11 @@ int32_t dsi_tok_bos(const struct dsi_tokenizer *t); /* -1 if none */
 int32_t dsi_tok_eos(const struct dsi_tokenizer *t); /* -1 if none */
 /* Token id of an exact token string (special or not), or -1. */
 int32_t dsi_tok_lookup(const struct dsi_tokenizer *t, const char *token);
+/* The bytes token id decodes to (*bytes borrowed from t, not NUL-terminated) and
+ * whether it is an added token (special or not). Returns 0, or DSI_ERANGE when id
+ * is outside the vocabulary or has no token. */
+int dsi_tok_token_bytes(const struct dsi_tokenizer *t, int32_t id, const char **bytes, size_t *len,
+                        bool *is_added);
 
 /* Encodes UTF-8 text (invalid UTF-8 is DSI_EINVAL) exactly as HF tokenizers'
  * encode(text, add_special_tokens=False): no BOS is added. Added tokens written in the

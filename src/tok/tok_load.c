@@ -695,6 +695,15 @@ int dsi_tok_vocab_size(const struct dsi_tokenizer *t) { return t ? t->n_ids : 0;
 int32_t dsi_tok_bos(const struct dsi_tokenizer *t) { return t ? t->bos_id : -1; }
 int32_t dsi_tok_eos(const struct dsi_tokenizer *t) { return t ? t->eos_id : -1; }
 
+int dsi_tok_token_bytes(const struct dsi_tokenizer *t, int32_t id, const char **bytes, size_t *len,
+                        bool *is_added) {
+    if (!t || id < 0 || id >= t->n_ids || !(t->flags[id] & DSI__TOK_PRESENT)) return DSI_ERANGE;
+    *bytes = t->dec_bytes + t->dec_off[id];
+    *len = t->dec_len[id];
+    if (is_added) *is_added = (t->flags[id] & DSI__TOK_ADDED) != 0;
+    return 0;
+}
+
 int32_t dsi_tok_lookup(const struct dsi_tokenizer *t, const char *token) {
     if (!t || !token) return -1;
     size_t n = strlen(token);
