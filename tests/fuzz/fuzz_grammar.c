@@ -1,0 +1,42 @@
+/*
+ * fuzz_grammar.c: libFuzzer target for the JSON Schema compiler and the matcher.
+ * The input is split at the first NUL: a schema, then bytes fed to a matcher of
+ * the compiled grammar one at a time. Compilation must fail cleanly or give a
+ * grammar whose matcher never crashes, and a rejected byte must leave the state as
+ * it was (accept is all or nothing).
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsinfer/grammar.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    const uint8_t *nul = memchr(data, 0, size);
+    size_t slen = nul ? (size_t)(nul - data) : size;
+    struct dsi_grammar *g = NULL;
+    char *err = NULL;
+    int rc = dsi_grammar_compile((const char *)data, slen, &g, &err);
+    free(err);
+    if (rc) {
+        if (g) abort();
+        return 0;
+    }
+    struct dsi_grammar_matcher *m = NULL;
+    if (dsi_grammar_matcher_create(g, 2, &m)) abort();
+    const uint8_t *in = nul ? nul + 1 : data + size;
+    size_t n = (size_t)(data + size - in);
+    for (size_t i = 0; i < n; i++) {
+        bool before = dsi_grammar_matcher_complete(m);
+        if (dsi_grammar_matcher_accept(m, (const char *)in + i, 1)) {
+            if (dsi_grammar_matcher_complete(m) != before) abort();
+            if (dsi_grammar_matcher_check(m, (const char *)in + i, 1)) abort();
+        }
+    }
+    dsi_grammar_matcher_destroy(m);
+    dsi_grammar_destroy(g);
+    return 0;
+}

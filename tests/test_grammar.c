@@ -1,0 +1,409 @@
+/*
+ * test_grammar.c: the JSON grammar (src/grammar): schema compile errors, accepted
+ * and rejected byte strings, vocabulary masks against a brute-force check at the
+ * 152k Qwen2 vocabulary, and random walks through masks that must end in JSON the
+ * schema accepts (checked by an independent validator below).
+ */
+#include <cjson/cJSON.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dsinfer/err.h"
+#include "dsinfer/grammar.h"
+#include "dsinfer/tok.h"
+#include "test.h"
+#include "test_json_schema.h"
+
+#define QWEN_DIR "tests/data/tokenizers/qwen2"
+
+static struct dsi_grammar *compile(const char *schema) {
+    struct dsi_grammar *g = NULL;
+    char *err = NULL;
+    int rc = dsi_grammar_compile(schema, strlen(schema), &g, &err);
+    if (rc) fprintf(stderr, "  compile failed: %s\n", err ? err : "?");
+    free(err);
+    return g;
+}
+
+/* 1 accepted and complete, 0 accepted but incomplete, -1 rejected. */
+static int run(const struct dsi_grammar *g, const char *text) {
+    struct dsi_grammar_matcher *m = NULL;
+    if (dsi_grammar_matcher_create(g, 0, &m)) return -2;
+    int rc = dsi_grammar_matcher_accept(m, text, strlen(text));
+    int out = rc ? -1 : dsi_grammar_matcher_complete(m) ? 1 : 0;
+    dsi_grammar_matcher_destroy(m);
+    return out;
+}
+
+/* Byte at a time must agree with all at once (the matcher is a pure automaton). */
+static int run_bytewise(const struct dsi_grammar *g, const char *text) {
+    struct dsi_grammar_matcher *m = NULL;
+    if (dsi_grammar_matcher_create(g, 0, &m)) return -2;
+    int out = 0;
+    for (size_t i = 0; text[i]; i++)
+        if (dsi_grammar_matcher_accept(m, text + i, 1)) {
+            out = -1;
+            break;
+        }
+    if (out == 0) out = dsi_grammar_matcher_complete(m) ? 1 : 0;
+    dsi_grammar_matcher_destroy(m);
+    return out;
+}
+
+static char *compile_err(const char *schema, int *rc) {
+    struct dsi_grammar *g = NULL;
+    char *err = NULL;
+    *rc = dsi_grammar_compile(schema, strlen(schema), &g, &err);
+    dsi_grammar_destroy(g);
+    return err;
+}
+
+TEST(json_object_accepts_compact_objects_only) {
+    struct dsi_grammar *g = NULL;
+    CHECK_EQ_INT(dsi_grammar_json_object(&g, NULL), 0);
+    static const char *ok[] = {"{}", "{\"a\":1}", "{\"a\":[1,2.5,-0.1e+3,true,false,null,\"x\"]}",
+                               "{\"\":{\"b\":{}}}", "{\"k\":\"\\u00e9\\n\\\"\"}", "{\"\xc3\xa9\":\"\xe2\x82\xac\"}",
+                               "{\"a\":[],\"a\":[[]]}", "{\"n\":0}", "{\"n\":-0.0E-7}"};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        CHECK_EQ_INT(run(g, ok[i]), 1);
+        CHECK_EQ_INT(run_bytewise(g, ok[i]), 1);
+    }
+    static const char *bad[] = {"[]", "1", "\"s\"", "{ }", "{\"a\": 1}", "{\"a\":1} ", "{}{}", "{\"a\":01}",
+                                "{\"a\":1.}", "{\"a\":.5}", "{\"a\":+1}", "{\"a\":tru}", "{\"a\":\"\\x\"}",
+                                "{\"a\":\"\x01\"}", "{\"a\":\"\xc3\"}", "{\"a\":\"\xed\xa0\x80\"}",
+                                "{\"a\":\"\\ud800\"}", "{a:1}", "{\"a\":1,}", "{,}", "{\"a\"}",
+                                "{\"a\":12345678901234567}", "{\"a\":1e1234}", "\n{}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int r = run(g, bad[i]);
+        if (r == 1) fprintf(stderr, "  wrongly complete: %s\n", bad[i]);
+        CHECK(r != 1);
+    }
+    CHECK_EQ_INT(run(g, "{\"a\":[1,"), 0); /* a prefix: accepted, not complete */
+    CHECK_EQ_INT(run(g, "{\"a\":1} "), -1);
+    dsi_grammar_destroy(g);
+}
+
+TEST(json_object_nesting_is_bounded_without_dead_ends) {
+    struct dsi_grammar *g = NULL;
+    CHECK_EQ_INT(dsi_grammar_json_object(&g, NULL), 0);
+    char buf[256];
+    size_t n = 0;
+    buf[n++] = '{';
+    int opened = 1;
+    /* open {"a": as deep as allowed; then only scalars may come, and it can close */
+    while (n + 6 < sizeof buf) {
+        memcpy(buf + n, "\"a\":{", 5);
+        buf[n + 5] = 0;
+        if (run(g, buf) == -1) break;
+        n += 5;
+        opened++;
+    }
+    CHECK(opened >= DSI_GRAMMAR_MAX_DEPTH - 1);
+    CHECK(opened <= DSI_GRAMMAR_MAX_DEPTH + 1);
+    buf[n] = 0;
+    char deeper[300];
+    snprintf(deeper, sizeof deeper, "%s\"a\":1", buf);
+    CHECK_EQ_INT(run(g, deeper), -1); /* the deepest object may only be empty ... */
+    for (int i = 0; i < opened; i++) /* ... and everything still closes */
+        strcat(buf, "}");
+    CHECK_EQ_INT(run(g, buf), 1);
+    dsi_grammar_destroy(g);
+}
+
+TEST(schema_object_properties_in_order_with_required) {
+    struct dsi_grammar *g = compile("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},"
+                                    "\"age\":{\"type\":\"integer\"},\"tags\":{\"type\":\"array\",\"items\":"
+                                    "{\"type\":\"string\"}}},\"required\":[\"name\",\"tags\"],"
+                                    "\"additionalProperties\":false}");
+    CHECK(g != NULL);
+    if (!g) return;
+    CHECK_EQ_INT(run(g, "{\"name\":\"Al\",\"age\":3,\"tags\":[]}"), 1);
+    CHECK_EQ_INT(run(g, "{\"name\":\"Al\",\"tags\":[\"x\",\"y\"]}"), 1); /* age optional */
+    CHECK_EQ_INT(run(g, "{\"name\":\"Al\",\"age\":3"), 0);              /* a prefix */
+    CHECK_EQ_INT(run(g, "{\"name\":\"Al\",\"age\":3}"), -1);            /* tags is required */
+    CHECK_EQ_INT(run(g, "{\"age\":3,\"name\":\"Al\",\"tags\":[]}"), -1); /* schema order */
+    CHECK_EQ_INT(run(g, "{\"name\":\"Al\",\"age\":3.5,\"tags\":[]}"), -1); /* integer */
+    CHECK_EQ_INT(run(g, "{\"name\":\"Al\",\"other\":1,\"tags\":[]}"), -1);
+    CHECK_EQ_INT(run(g, "{\"name\":1,\"tags\":[]}"), -1);
+    CHECK_EQ_INT(run(g, "{}"), -1);
+    CHECK_EQ_INT(run(g, "{\"nam\":\"Al\"}"), -1);
+    dsi_grammar_destroy(g);
+}
+
+TEST(schema_enum_const_anyof_and_refs) {
+    struct dsi_grammar *g = compile(
+        "{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{\"v\":{\"enum\":[\"red\",\"re\",1,null,"
+        "{\"x\":[1]}]},\"kids\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/node\"},\"maxItems\":2}},"
+        "\"required\":[\"v\"]}},\"type\":\"object\",\"properties\":{\"root\":{\"$ref\":\"#/$defs/node\"},"
+        "\"c\":{\"const\":\"k\"},\"u\":{\"anyOf\":[{\"type\":\"string\",\"maxLength\":2},{\"type\":\"null\"},"
+        "{\"type\":\"object\",\"properties\":{\"p\":{\"type\":\"boolean\"}},\"required\":[\"p\"]},"
+        "{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"number\"}},\"required\":[\"q\"]}]}},"
+        "\"required\":[\"root\",\"c\",\"u\"]}");
+    CHECK(g != NULL);
+    if (!g) return;
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":\"red\"},\"c\":\"k\",\"u\":null}"), 1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":\"re\",\"kids\":[{\"v\":1},{\"v\":{\"x\":[1]}}]},\"c\":\"k\",\"u\":\"ab\"}"),
+                 1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":null},\"c\":\"k\",\"u\":{\"p\":true}}"), 1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":null},\"c\":\"k\",\"u\":{\"q\":-2.5}}"), 1);
+    CHECK_EQ_INT(run_bytewise(g, "{\"root\":{\"v\":null},\"c\":\"k\",\"u\":{\"q\":-2.5}}"), 1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":\"r\"},\"c\":\"k\",\"u\":null}"), -1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":2},\"c\":\"k\",\"u\":null}"), -1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":1},\"c\":\"j\",\"u\":null}"), -1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":1},\"c\":\"k\",\"u\":\"abc\"}"), -1); /* maxLength */
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":1},\"c\":\"k\",\"u\":{\"p\":1}}"), -1);
+    CHECK_EQ_INT(run(g, "{\"root\":{\"v\":1,\"kids\":[{\"v\":1},{\"v\":1},{\"v\":1}]},\"c\":\"k\",\"u\":null}"),
+                 -1); /* maxItems */
+    dsi_grammar_destroy(g);
+}
+
+TEST(schema_scalars_at_the_top_and_length_bounds) {
+    struct dsi_grammar *g = compile("{\"type\":\"integer\"}");
+    CHECK_EQ_INT(run(g, "12"), 1);
+    CHECK_EQ_INT(run(g, "-"), 0);
+    CHECK_EQ_INT(run(g, "1.5"), -1);
+    CHECK_EQ_INT(run(g, "1}"), -1);
+    dsi_grammar_destroy(g);
+    g = compile("{\"type\":\"string\",\"minLength\":2,\"maxLength\":3}");
+    CHECK_EQ_INT(run(g, "\"a\""), -1);
+    CHECK_EQ_INT(run(g, "\"ab\""), 1);
+    CHECK_EQ_INT(run(g, "\"\xe2\x82\xac\\n\xc3\xa9\""), 1); /* code points, an escape is one */
+    CHECK_EQ_INT(run(g, "\"abcd\""), -1);
+    dsi_grammar_destroy(g);
+    g = compile("{\"type\":\"array\",\"items\":{\"type\":[\"boolean\",\"null\"]},\"minItems\":1,\"maxItems\":2}");
+    CHECK_EQ_INT(run(g, "[]"), -1);
+    CHECK_EQ_INT(run(g, "[true]"), 1);
+    CHECK_EQ_INT(run(g, "[null,false]"), 1);
+    CHECK_EQ_INT(run(g, "[null,false,true]"), -1);
+    dsi_grammar_destroy(g);
+    g = compile("{\"type\":\"object\"}"); /* no properties, additionalProperties not false: any object */
+    CHECK_EQ_INT(run(g, "{\"z\":[1]}"), 1);
+    dsi_grammar_destroy(g);
+}
+
+TEST(schema_compile_errors_name_the_problem) {
+    static const struct {
+        const char *schema, *needle;
+        int rc;
+    } cases[] = {
+        {"{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"number\",\"minimum\":1}}}", "'minimum'", DSI_EINVAL},
+        {"{\"type\":\"string\",\"pattern\":\"^a$\"}", "'pattern'", DSI_EINVAL},
+        {"{\"type\":\"string\",\"format\":\"email\"}", "'format'", DSI_EINVAL},
+        {"{\"oneOf\":[{\"type\":\"string\"}]}", "'oneOf'", DSI_EINVAL},
+        {"{\"type\":\"object\",\"properties\":{},\"required\":[\"x\"]}", "'x'", DSI_EINVAL},
+        {"{\"type\":\"array\",\"minItems\":3,\"maxItems\":2}", "minItems", DSI_EINVAL},
+        {"{\"type\":\"object\",\"properties\":{\"a\":false},\"required\":[\"a\"]}", "false", DSI_EINVAL},
+        {"{\"$ref\":\"#\"}", "cyclic", DSI_EINVAL},
+        {"{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#\"}},\"required\":[\"a\"]}", "satisfied",
+         DSI_EINVAL},
+        {"{\"$ref\":\"#/$defs/missing\"}", "$ref", DSI_EINVAL},
+        {"{\"type\":\"widget\"}", "widget", DSI_EINVAL},
+        {"{\"type\":\"string\",\"enum\":[1,2]}", "enum", DSI_EINVAL},
+        {"{\"type\":", "JSON", DSI_EINVAL},
+        {"[1]", "object", DSI_EINVAL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int rc = 0;
+        char *err = compile_err(cases[i].schema, &rc);
+        CHECK_EQ_INT(rc, cases[i].rc);
+        CHECK(err && strstr(err, cases[i].needle));
+        if (!err || !strstr(err, cases[i].needle)) fprintf(stderr, "  case %zu: %s\n", i, err ? err : "(null)");
+        free(err);
+    }
+    /* optional recursion is fine: the matcher just stops offering it when deep */
+    struct dsi_grammar *g = compile("{\"type\":\"object\",\"properties\":{\"a\":{\"$ref\":\"#\"}}}");
+    CHECK(g != NULL);
+    CHECK_EQ_INT(run(g, "{\"a\":{\"a\":{}}}"), 1);
+    dsi_grammar_destroy(g);
+}
+
+/* ---- masks at the Qwen2 vocabulary ---- */
+
+static struct dsi_tokenizer *qwen(void) {
+    struct dsi_tokenizer *t = NULL;
+    char *err = NULL;
+    if (dsi_tok_load(QWEN_DIR, &t, &err)) fprintf(stderr, "  %s\n", err ? err : "?");
+    free(err);
+    return t;
+}
+
+/* The mask must hold exactly the tokens whose bytes the matcher accepts. */
+static void check_mask_exact(struct dsi_grammar_matcher *m, const struct dsi_tokenizer *t,
+                             const struct dsi_token_trie *tr, int *n_allowed) {
+    int nv = dsi_tok_vocab_size(t);
+    uint32_t *mask = calloc((size_t)(nv + 31) / 32, sizeof *mask);
+    int count = dsi_grammar_mask(m, tr, mask, nv);
+    int wrong = 0, allowed = 0;
+    for (int32_t id = 0; id < nv; id++) {
+        const char *b;
+        size_t len;
+        bool added;
+        bool want = false;
+        if (!dsi_tok_token_bytes(t, id, &b, &len, &added) && !added && len > 0)
+            want = dsi_grammar_matcher_check(m, b, len);
+        bool got = mask[id >> 5] >> (id & 31) & 1;
+        allowed += got;
+        if (want != got && wrong++ < 5) fprintf(stderr, "  token %d: mask %d, check %d\n", id, got, want);
+    }
+    CHECK_EQ_INT(wrong, 0);
+    CHECK_EQ_INT(count, allowed);
+    /* the cache answers the same */
+    uint32_t *again = calloc((size_t)(nv + 31) / 32, sizeof *again);
+    CHECK_EQ_INT(dsi_grammar_mask(m, tr, again, nv), count);
+    CHECK(memcmp(mask, again, (size_t)(nv + 31) / 32 * sizeof *mask) == 0);
+    *n_allowed = allowed;
+    free(again);
+    free(mask);
+}
+
+TEST(mask_at_152k_vocab_allows_exactly_the_viable_tokens) {
+    struct dsi_tokenizer *t = qwen();
+    CHECK(t != NULL);
+    if (!t) return;
+    CHECK(dsi_tok_vocab_size(t) > 150000);
+    struct dsi_token_trie *tr = NULL;
+    CHECK_EQ_INT(dsi_token_trie_create(t, &tr, NULL), 0);
+    struct dsi_grammar *g = compile("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\","
+                                    "\"maxLength\":5},\"kind\":{\"enum\":[\"cat\",\"car\",\"dog\"]},\"n\":"
+                                    "{\"type\":\"number\"},\"free\":{}},\"required\":[\"name\",\"kind\",\"n\","
+                                    "\"free\"]}");
+    struct dsi_grammar *jo = NULL;
+    CHECK_EQ_INT(dsi_grammar_json_object(&jo, NULL), 0);
+    static const char *prefixes[] = {"", "{\"", "{\"na", "{\"name\":\"ab", "{\"name\":\"abcde",
+                                     "{\"name\":\"\xe2\x82", "{\"name\":\"a\",\"kind\":\"ca",
+                                     "{\"name\":\"a\",\"kind\":\"dog\",\"n\":1", "{\"name\":\"a\",\"kind\":\"dog\","
+                                     "\"n\":-1.5e", "{\"name\":\"a\",\"kind\":\"dog\",\"n\":2,\"free\":"};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+        struct dsi_grammar_matcher *m = NULL;
+        CHECK_EQ_INT(dsi_grammar_matcher_create(g, 4, &m), 0);
+        CHECK_EQ_INT(dsi_grammar_matcher_accept(m, prefixes[i], strlen(prefixes[i])), 0);
+        int allowed = 0;
+        check_mask_exact(m, t, tr, &allowed);
+        CHECK(allowed > 0); /* never a dead end */
+        dsi_grammar_matcher_destroy(m);
+    }
+    static const char *jprefixes[] = {"", "{", "{\"k\":\"text", "{\"k\":[1,{\"a\":tr"};
+    for (size_t i = 0; i < sizeof jprefixes / sizeof *jprefixes; i++) {
+        struct dsi_grammar_matcher *m = NULL;
+        CHECK_EQ_INT(dsi_grammar_matcher_create(jo, 4, &m), 0);
+        CHECK_EQ_INT(dsi_grammar_matcher_accept(m, jprefixes[i], strlen(jprefixes[i])), 0);
+        int allowed = 0;
+        check_mask_exact(m, t, tr, &allowed);
+        if (i == 2) CHECK(allowed > 100000); /* inside a string nearly everything goes */
+        dsi_grammar_matcher_destroy(m);
+    }
+    dsi_grammar_destroy(g);
+    dsi_grammar_destroy(jo);
+    dsi_token_trie_destroy(tr);
+    dsi_tok_free(t);
+}
+
+/* ---- random walks: whatever token is picked, the result is schema-valid ---- */
+
+static uint64_t rng_next(uint64_t *x) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* Picks uniformly among allowed tokens, but prefers ending once complete half the
+ * time, so walks terminate. Returns the text (malloc'd) or NULL if stuck. */
+static char *random_walk(const struct dsi_grammar *g, const struct dsi_tokenizer *t, const struct dsi_token_trie *tr,
+                         uint64_t seed, int max_steps) {
+    int nv = dsi_tok_vocab_size(t);
+    uint32_t *mask = calloc((size_t)(nv + 31) / 32, sizeof *mask);
+    int32_t *ids = malloc((size_t)nv * sizeof *ids);
+    char *text = calloc(1, 1);
+    size_t len = 0;
+    struct dsi_grammar_matcher *m = NULL;
+    dsi_grammar_matcher_create(g, 8, &m);
+    uint64_t x = seed * 2654435761u + 1;
+    for (int step = 0; step < max_steps; step++) {
+        if (dsi_grammar_matcher_complete(m) && (rng_next(&x) & 1 || step > max_steps / 2)) break;
+        int n = dsi_grammar_mask(m, tr, mask, nv), k = 0;
+        if (n == 0) break;
+        /* short tokens get a boost so structure, not long strings, dominates */
+        for (int32_t id = 0; id < nv; id++)
+            if (mask[id >> 5] >> (id & 31) & 1) ids[k++] = id;
+        int32_t pick = ids[rng_next(&x) % (uint64_t)k];
+        if (rng_next(&x) % 4 == 0) { /* sometimes the shortest allowed token: closes structures */
+            size_t best = SIZE_MAX;
+            for (int i = 0; i < k; i++) {
+                const char *b;
+                size_t l;
+                dsi_tok_token_bytes(t, ids[i], &b, &l, NULL);
+                if (l < best && (rng_next(&x) & 3)) best = l, pick = ids[i];
+            }
+        }
+        const char *b;
+        size_t l;
+        dsi_tok_token_bytes(t, pick, &b, &l, NULL);
+        if (dsi_grammar_matcher_accept(m, b, l)) break;
+        text = realloc(text, len + l + 1);
+        memcpy(text + len, b, l);
+        len += l;
+        text[len] = 0;
+    }
+    bool done = dsi_grammar_matcher_complete(m);
+    dsi_grammar_matcher_destroy(m);
+    free(ids);
+    free(mask);
+    if (!done) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+TEST(random_walks_through_masks_give_schema_valid_json) {
+    struct dsi_tokenizer *t = qwen();
+    if (!t) return;
+    struct dsi_token_trie *tr = NULL;
+    CHECK_EQ_INT(dsi_token_trie_create(t, &tr, NULL), 0);
+    static const char *schemas[] = {
+        "{\"type\":\"object\",\"properties\":{\"ok\":{\"type\":\"boolean\"},\"n\":{\"type\":\"integer\"}},"
+        "\"required\":[\"ok\",\"n\"],\"additionalProperties\":false}",
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"array\",\"items\":{\"enum\":[\"x\",\"xy\",3]},"
+        "\"maxItems\":3},\"s\":{\"type\":\"string\",\"maxLength\":4},\"u\":{\"anyOf\":[{\"type\":\"null\"},"
+        "{\"type\":\"number\"}]}},\"required\":[\"a\",\"s\",\"u\"],\"additionalProperties\":false}",
+        "{\"$defs\":{\"t\":{\"type\":\"object\",\"properties\":{\"k\":{\"type\":\"array\",\"items\":"
+        "{\"$ref\":\"#/$defs/t\"},\"maxItems\":2}},\"required\":[\"k\"]}},\"$ref\":\"#/$defs/t\"}",
+    };
+    int walks = 0, ok = 0;
+    for (size_t i = 0; i < sizeof schemas / sizeof *schemas; i++) {
+        struct dsi_grammar *g = compile(schemas[i]);
+        cJSON *sch = cJSON_Parse(schemas[i]);
+        for (uint64_t seed = 1; seed <= 6; seed++) {
+            char *text = random_walk(g, t, tr, seed + i * 100, 200);
+            if (!text) continue; /* ran out of steps: not a verdict */
+            walks++;
+            cJSON *v = cJSON_Parse(text);
+            bool good = v && valid(v, sch, sch);
+            if (!good) fprintf(stderr, "  schema %zu: invalid output %s\n", i, text);
+            ok += good;
+            cJSON_Delete(v);
+            free(text);
+        }
+        cJSON_Delete(sch);
+        dsi_grammar_destroy(g);
+    }
+    CHECK(walks >= 9);
+    CHECK_EQ_INT(ok, walks);
+    dsi_token_trie_destroy(tr);
+    dsi_tok_free(t);
+}
+
+int main(void) {
+    RUN(json_object_accepts_compact_objects_only);
+    RUN(json_object_nesting_is_bounded_without_dead_ends);
+    RUN(schema_object_properties_in_order_with_required);
+    RUN(schema_enum_const_anyof_and_refs);
+    RUN(schema_scalars_at_the_top_and_length_bounds);
+    RUN(schema_compile_errors_name_the_problem);
+    RUN(mask_at_152k_vocab_allows_exactly_the_viable_tokens);
+    RUN(random_walks_through_masks_give_schema_valid_json);
+    return test_summary();
+}
