@@ -13,3 +13,7 @@ dsi_test(test_engine_gpu_sample SOURCES tests/test_engine_gpu_sample.c LIBS dsi_
 # it still runs in the Release ctest stage.
 dsi_test(test_engine_batch SOURCES tests/test_engine_batch.c LIBS dsi_engine dsi_backend dsi_model Threads::Threads
          LABELS slow)
+# Constrained decoding through the engine: the demo model writes schema-valid JSON.
+# Labelled slow: 6 s in Release, minutes under ASan on the shared 2-core machine.
+dsi_test(test_engine_grammar SOURCES tests/test_engine_grammar.c
+         LIBS dsi_engine dsi_backend dsi_model dsi_grammar dsi_tok PkgConfig::CJSON Threads::Threads LABELS slow)

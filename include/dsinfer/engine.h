@@ -11,7 +11,8 @@
  * - One event per generated token, in order; the last one has finished set, and
  *   no event follows it. Every accepted request gets exactly one final event.
  * - STOP: the sampled token was one of stop_ids; the final event has token -1 (the
- *   stop token is not text) and n_completion_tokens counts it.
+ *   stop token is not text) and n_completion_tokens counts it. With a grammar, STOP
+ *   also follows the token that closed the value (no stop token then).
  * - LENGTH: max_tokens reached; the final event carries the last token. LENGTH with
  *   error DSI_ETIMEDOUT: the deadline passed after tokens were delivered.
  * - ERROR: error says why: DSI_ETIMEDOUT (waited longer than queue_timeout_ms, or
@@ -27,6 +28,9 @@
 #include <stdint.h>
 
 #include "dsinfer/backend.h"
+
+struct dsi_grammar;
+struct dsi_token_trie;
 
 #define DSI_MAX_TOP_LOGPROBS 20
 #define DSI_MAX_STOP_IDS 16
@@ -55,6 +59,14 @@ struct dsi_request_params {
     int32_t stop_ids[DSI_MAX_STOP_IDS]; /* end the sequence (token not emitted as text) */
     int n_stop_ids;
     int64_t deadline_ms;      /* absolute CLOCK_MONOTONIC ms; 0: engine default */
+    /* Constrained decoding (grammar.h); NULL: none. Both are borrowed and must
+     * outlive the request's final event; the trie must be the model tokenizer's.
+     * Each step only tokens the grammar allows are sampled, and stop_ids only once
+     * the value is complete; a closed value ends the sequence with STOP. Requests
+     * with a grammar are sampled on the host (a step holding one skips
+     * forward_sample). */
+    const struct dsi_grammar *grammar;
+    const struct dsi_token_trie *grammar_trie;
 };
 
 struct dsi_token_event {

@@ -250,6 +250,11 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
     r->max_tokens = max_tokens;
     r->n_prompt = r->n_tokens = p->n_prompt;
     dsi_sampler_seed(&r->rng, p->sampling.seed);
+    if ((rc = dsi__engine_grammar_init(r, p, e->be->vocab_size))) {
+        dsi__engine_req_free(r);
+        return dsi_seterr(err, rc, rc == DSI_EINVAL ? "request: a grammar needs its token trie"
+                                                    : "request: out of memory");
+    }
     r->submit_ms = dsi__engine_now_ms();
     r->deadline_ms = p->deadline_ms;
     if (!r->deadline_ms && o->request_timeout_ms > 0) r->deadline_ms = r->submit_ms + o->request_timeout_ms;
@@ -260,6 +265,7 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
 void dsi__engine_req_free(struct dsi__req *r) {
     if (!r) return;
     dsi_kv_seq_free(&r->kv);
+    dsi__engine_grammar_free(r);
     free(r->tokens);
     free(r);
 }

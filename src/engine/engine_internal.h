@@ -41,6 +41,9 @@ struct dsi__req {
     struct dsi__req *lprev, *lnext;  /* (mu) live list: every request without a final event */
     struct dsi__req *done_next;      /* (sched) finishing list of one step */
     struct dsi_token_event final_ev; /* (sched) the final event, built before delivery */
+    struct dsi_grammar_matcher *gm;  /* (sched) constrained decoding; NULL: none */
+    const struct dsi_token_trie *gtrie; /* borrowed from the submitter */
+    uint32_t *gmask;                 /* (sched) ((vocab + 31) / 32) words */
 };
 
 struct dsi_engine {
@@ -78,5 +81,15 @@ void dsi__engine_wait_remove(struct dsi_engine *e, struct dsi__req *r);
 void dsi__engine_live_remove(struct dsi_engine *e, struct dsi__req *r);
 /* Frees r and its buffers; its blocks must be released. */
 void dsi__engine_req_free(struct dsi__req *r);
+
+/* constrain.c: grammar-constrained sampling (dsi_request_params.grammar). */
+/* Sets r's matcher and mask buffer up; 0 or DSI_ENOMEM. */
+int dsi__engine_grammar_init(struct dsi__req *r, const struct dsi_request_params *p, int vocab);
+void dsi__engine_grammar_free(struct dsi__req *r);
+/* Sets the logits of tokens r's grammar does not allow now to -INFINITY (its stop
+ * ids stay only when the value is complete). Returns how many tokens remain. */
+int dsi__engine_grammar_mask(struct dsi__req *r, float *logits, int vocab);
+/* Advances r's grammar over the sampled tok (not a stop id). 0 or DSI_EINVAL. */
+int dsi__engine_grammar_advance(struct dsi__req *r, int32_t tok);
 
 #endif

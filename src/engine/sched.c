@@ -27,6 +27,7 @@
 
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#include "dsinfer/grammar.h"
 #include "engine_internal.h"
 
 static void retire(struct dsi__req **done, struct dsi__req *r, enum dsi_finish finish, int error);
@@ -243,7 +244,8 @@ static float rng_uniform(struct dsi_sampler_state *st) {
 static bool device_sampling(struct dsi_engine *e, int n_b) {
     if (!e->be->ops->forward_sample) return false;
     for (int k = 0; k < n_b; k++)
-        if (e->bseqs[k].want_logits && !device_sampleable(&e->breqs[k]->sampling)) return false;
+        if (e->bseqs[k].want_logits && (e->breqs[k]->gm || !device_sampleable(&e->breqs[k]->sampling)))
+            return false;
     int row = 0;
     for (int k = 0; k < n_b; k++) {
         if (!e->bseqs[k].want_logits) continue;
@@ -288,6 +290,13 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
             tok = e->sids[row++];
         } else {
             float *lg = e->logits + (size_t)row++ * (size_t)vocab;
+            if (r->gm && dsi__engine_grammar_mask(r, lg, vocab) == 0) {
+                /* only a vocabulary without some single-byte token gets here */
+                dsi_log(DSI_LOG_WARN, "engine", "request %llu: its grammar allows no token; ending it",
+                        (unsigned long long)r->id);
+                r->fin = DSI_FINISH_STOP;
+                continue;
+            }
             tok = dsi_sample(lg, vocab, &r->sampling, &r->rng, r->tokens, r->n_tokens, r->n_prompt, &ev);
         }
         if (tok < 0 || tok >= vocab) {
@@ -305,7 +314,14 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
             r->fin = DSI_FINISH_STOP; /* final event built when retired */
             continue;
         }
-        if (r->n_tokens - r->n_prompt >= r->max_tokens) {
+        bool closed = false; /* the grammar's value is closed: nothing but the end may follow */
+        if (r->gm) {
+            if (dsi__engine_grammar_advance(r, tok))
+                dsi_log(DSI_LOG_ERROR, "engine", "request %llu: sampled token %d outside its grammar",
+                        (unsigned long long)r->id, tok);
+            closed = dsi_grammar_matcher_finished(r->gm);
+        }
+        if (r->n_tokens - r->n_prompt >= r->max_tokens && !closed) {
             ev.finished = true;
             ev.finish = DSI_FINISH_LENGTH;
             r->final_ev = ev;
@@ -313,6 +329,7 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
             continue;
         }
         r->cb(r->user, &ev);
+        if (closed) r->fin = DSI_FINISH_STOP; /* no step spent on a forced end token */
     }
     if (rc != 0) {
         dsi_log(DSI_LOG_ERROR, "engine", "step failed (%s): %s; failing %d sequences", dsi_err_name(rc),
