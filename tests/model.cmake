@@ -15,3 +15,6 @@ dsi_fuzz(fuzz_hfconfig SOURCES tests/fuzz/fuzz_hfconfig.c LIBS dsi_model dsi_cor
 # Deferred weight hashing (the CUDA loader's single pass): the model API on the CPU.
 dsi_test(test_model_defer SOURCES tests/test_model_defer.c ${DSI_TM_UTIL}
          LIBS dsi_backend dsi_backend_cpu dsi_model dsi_core)
+# Weights encrypted at rest: format, tamper cases, key files, encrypted model open.
+dsi_test(test_model_wenc SOURCES tests/test_model_wenc.c ${DSI_TM_UTIL} LIBS dsi_tok dsi_model dsi_core)
+dsi_fuzz(fuzz_wenc SOURCES tests/fuzz/fuzz_wenc.c LIBS dsi_model dsi_core)

@@ -43,6 +43,7 @@ struct dsi_config {
     int threads; /* 0: all cores */
     bool skip_verify;
     char *manifest_sha256;
+    char *model_key_file; /* encrypted at rest; empty: plain */
     char *chat_format; /* auto | deepseek-v3 | deepseek-llm | deepseek-coder | chatml */
     int tensor_parallel;
     /* engine */

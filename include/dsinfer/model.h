@@ -167,6 +167,10 @@ struct dsi_model {
     struct dsi_model_pending *pending;
     size_t n_pending;
     void *held;
+    /* encrypted at rest (model_key_file): every file the model was read from
+     * was decrypted into locked memory; enc is private (the plaintexts) */
+    bool encrypted;
+    void *enc;
 };
 
 struct dsi_model_open_opts {
@@ -184,9 +188,21 @@ struct dsi_model_open_opts {
      * take part (the CPU backend) fails at load instead of using unverified
      * bytes. Ignored with skip_verify. */
     bool defer_weight_hash;
+    /* Key file of a directory written by `dsinfer encrypt` (include/dsinfer/wenc.h;
+     * mode 0600 or stricter). SHA256SUMS (of the encrypted files) is verified as
+     * usual, then config.json, the tokenizer files and the weights are decrypted
+     * into locked, non-dumpable memory and the key is wiped. defer_weight_hash is
+     * ignored (every file is hashed here: backends load from memory). NULL or "":
+     * the directory must not be encrypted (an encrypted one is DSI_EPERM). */
+    const char *key_file;
 };
 int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_open_opts *o, char **err);
 void dsi_model_close(struct dsi_model *m);
+/* The decrypted bytes of file `name` (relative to the model directory) of an
+ * encrypted model: config.json, tokenizer.json, tokenizer_config.json and
+ * generation_config.json when present. Valid until dsi_model_close. DSI_ENOENT
+ * for other names or a model that is not encrypted (read those from disk). */
+int dsi_model_file(const struct dsi_model *m, const char *name, const void **data, size_t *len);
 
 /* Deferred weight hashes. The state lives behind the model's pointers, so these
  * take the const model a backend is given. Calls for different files may run on

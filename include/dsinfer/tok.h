@@ -18,6 +18,10 @@ int dsi_tok_load(const char *dir, struct dsi_tokenizer **out, char **err);
 /* From memory (fuzzing, tests); config_json may be NULL. */
 int dsi_tok_load_mem(const char *tokenizer_json, size_t len, const char *config_json, size_t config_len,
                      struct dsi_tokenizer **out, char **err);
+/* The tokenizer of an open model: from its decrypted files when it is
+ * encrypted at rest, else as dsi_tok_load(m->dir). */
+struct dsi_model;
+int dsi_tok_load_model(const struct dsi_model *m, struct dsi_tokenizer **out, char **err);
 void dsi_tok_free(struct dsi_tokenizer *t);
 
 int dsi_tok_vocab_size(const struct dsi_tokenizer *t);

@@ -90,6 +90,9 @@ static const struct dsi__opt opts[] = {
      "skip the SHA256SUMS check at load (not recommended)"},
     {"manifest_sha256", DSI__OPT_STR, F(manifest_sha256), 0, 0, "", NULL, NULL, check_sha256, 0, "model",
      "pin the SHA-256 of the model's SHA256SUMS file (64 hex digits); empty: not pinned"},
+    {"model_key_file", DSI__OPT_PATH, F(model_key_file), 0, 0, "", NULL, NULL, NULL, 0, "model",
+     "key of a model encrypted at rest (dsinfer encrypt), mode 0600 or stricter; ${CREDENTIALS_DIRECTORY} is "
+     "expanded (systemd LoadCredentialEncrypted=); empty: the model is not encrypted"},
     {"chat_format", DSI__OPT_ENUM, F(chat_format), 0, 0, "auto", NULL,
      "auto|deepseek-v3|deepseek-llm|deepseek-coder|chatml", NULL, 0, "model",
      "chat template; auto: from tokenizer_config.json"},

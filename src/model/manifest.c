@@ -364,6 +364,22 @@ out:
     return rc;
 }
 
+int dsi__manifest_list(const char *dir, char ***names, size_t *n, char **err) {
+    struct jobs js = {0};
+    int rc = walk(dir, "", 0, &js, err);
+    char **v = NULL;
+    if (!rc && !(v = calloc(js.n ? js.n : 1, sizeof *v))) rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    if (!rc) {
+        qsort(js.v, js.n, sizeof *js.v, cmp_job);
+        for (size_t i = 0; i < js.n; i++)
+            v[i] = js.v[i].name, js.v[i].name = NULL;
+        *names = v;
+        *n = js.n;
+    }
+    jobs_free(&js);
+    return rc;
+}
+
 /* Checks a name from SHA256SUMS: relative, no "."/".."/empty components. */
 static bool name_ok(const char *s, size_t n) {
     if (n == 0 || s[0] == '/') return false;

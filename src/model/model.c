@@ -13,6 +13,11 @@
  * digest for the file, so nothing can read unverified bytes through the model.
  * Shards are matched to manifest entries by device and inode (symlinks of the
  * HF cache, "./" in index names).
+ *
+ * key_file (encrypted at rest, wenc_dir.c): the manifest of the encrypted files
+ * is verified as above but never deferred, then config and weights come from
+ * decrypted memory; the safetensors handle then holds no mappings of its own,
+ * so m->enc is freed after it.
  */
 #include "model_internal.h"
 
@@ -173,6 +178,8 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
     struct dsi_model_open_opts def = {0};
     if (!o) o = &def;
     int rc = 0;
+    const bool keyed = o->key_file && o->key_file[0];
+    const bool defer = o->defer_weight_hash && !keyed; /* backends load decrypted bytes from memory */
     if (!(m->dir = strdup(dir))) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     double t0 = now_s();
     if (o->skip_verify) {
@@ -184,7 +191,7 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
         struct dsi_manifest_opts mo = {.n_threads = o->n_threads,
                                        .expect_manifest_sha256 = o->expect_manifest_sha256};
         size_t bytes = 0;
-        if (o->defer_weight_hash)
+        if (defer)
             rc = dsi__manifest_verify_deferred(dir, &mo, &m->pending, &m->n_pending, &bytes, err);
         else
             rc = dsi_manifest_verify(dir, &mo, &bytes, err);
@@ -201,8 +208,19 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
                     m->n_pending, (double)deferred / 1e9);
     }
     double t1 = now_s();
-    if ((rc = dsi_model_config_load(dir, &m->cfg, err))) goto fail;
-    if ((rc = dsi_st_open_dir(&m->st, dir, err))) goto fail;
+    if (keyed) {
+        if ((rc = dsi__model_open_encrypted(m, dir, o->key_file, o->n_threads, err))) goto fail;
+    } else {
+        bool enc = false;
+        if ((rc = dsi__model_is_encrypted(dir, &enc, err))) goto fail;
+        if (enc) {
+            rc = dsi_seterr(err, DSI_EPERM,
+                            "%s: the model is encrypted (dsinfer encrypt); set model_key_file to its key", dir);
+            goto fail;
+        }
+        if ((rc = dsi_model_config_load(dir, &m->cfg, err))) goto fail;
+        if ((rc = dsi_st_open_dir(&m->st, dir, err))) goto fail;
+    }
     if (m->n_pending && (rc = withhold(m, err))) goto fail;
     m->open_s = now_s() - t1;
     return 0;
@@ -215,6 +233,7 @@ void dsi_model_close(struct dsi_model *m) {
     if (!m) return;
     dsi_st_close(&m->st);
     held_free(m->held);
+    dsi__model_enc_free(m->enc);
     dsi__pending_free(m->pending, m->n_pending);
     free(m->dir);
     memset(m, 0, sizeof *m);

@@ -37,4 +37,27 @@ size_t dsi__st_n_files(const struct dsi_safetensors *st);
 int dsi__st_file(const struct dsi_safetensors *st, size_t i, const char **path, const uint8_t **base,
                  size_t *len);
 
+/* The files dsi_manifest_write would list (regular, non-hidden, recursing,
+ * without SHA256SUMS), sorted; *names (n strings) is the caller's to free. */
+int dsi__manifest_list(const char *dir, char ***names, size_t *n, char **err);
+
+/* A source of safetensors file images other than mmap (decrypted files): get
+ * returns the image of the file at path (owned by the source, valid until the
+ * handle is closed) or DSI_ENOENT. */
+struct dsi__st_source {
+    int (*get)(void *ctx, const char *path, const uint8_t **base, size_t *len, char **err);
+    void *ctx;
+};
+/* dsi_st_open_dir reading every file (index and shards) through src. */
+int dsi__st_open_dir_src(struct dsi_safetensors *st, const char *dir, const struct dsi__st_source *src,
+                         char **err);
+
+/* Encrypted models (wenc_dir.c). open_encrypted fills m->cfg, m->st, m->enc
+ * and m->encrypted (m->dir set); on error the caller closes m. */
+int dsi__model_open_encrypted(struct dsi_model *m, const char *dir, const char *key_file, int n_threads,
+                              char **err);
+/* *yes: dir/config.json starts with the encrypted-file magic. */
+int dsi__model_is_encrypted(const char *dir, bool *yes, char **err);
+void dsi__model_enc_free(void *enc);
+
 #endif

@@ -62,7 +62,7 @@ static int parse_image(struct tvec *tv, const uint8_t *buf, size_t len, const ch
 static int parse_entry(struct dsi_tensor *t, const cJSON *e, const char *fname, const char *pname,
                        uint64_t *begin, uint64_t *end, char **err);
 static int finish(struct dsi_safetensors *st, struct tvec *tv, char **err);
-static int map_file(struct st_file *f, const char *path, char **err);
+static int map_file(struct st_file *f, const char *path, const struct dsi__st_source *src, char **err);
 static int cmp_name(const void *a, const void *b);
 static int cmp_span(const void *a, const void *b);
 
@@ -297,8 +297,14 @@ static int finish(struct dsi_safetensors *st, struct tvec *tv, char **err) {
     return 0;
 }
 
-static int map_file(struct st_file *f, const char *path, char **err) {
+static int map_file(struct st_file *f, const char *path, const struct dsi__st_source *src, char **err) {
     if (!(f->path = strdup(path))) return DSI_ENOMEM;
+    if (src) { /* an image the source owns (decrypted in memory) */
+        int rc = src->get(src->ctx, path, &f->base, &f->len, err);
+        if (!rc && f->len < 8)
+            rc = dsi_seterr(err, DSI_EFORMAT, "%s: %zu bytes is too short for a safetensors header", path, f->len);
+        return rc;
+    }
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s", path,
@@ -359,7 +365,21 @@ int dsi_st_open_file(struct dsi_safetensors *st, const char *path, char **err) {
     if (rc) return dsi_seterr(err, rc, "out of memory");
     struct st_priv *pv = st->priv;
     struct tvec tv = {0};
-    rc = map_file(&pv->files[0], path, err);
+    rc = map_file(&pv->files[0], path, NULL, err);
+    if (!rc) rc = parse_image(&tv, pv->files[0].base, pv->files[0].len, path, 0, err);
+    if (!rc) rc = finish(st, &tv, err);
+    tvec_free(&tv);
+    if (rc) dsi_st_close(st);
+    return rc;
+}
+
+static int open_single_src(struct dsi_safetensors *st, const char *path, const struct dsi__st_source *src,
+                           char **err) {
+    int rc = st_begin(st, 1);
+    if (rc) return dsi_seterr(err, rc, "out of memory");
+    struct st_priv *pv = st->priv;
+    struct tvec tv = {0};
+    rc = map_file(&pv->files[0], path, src, err);
     if (!rc) rc = parse_image(&tv, pv->files[0].base, pv->files[0].len, path, 0, err);
     if (!rc) rc = finish(st, &tv, err);
     tvec_free(&tv);
@@ -377,12 +397,16 @@ static bool shard_name_ok(const char *s) {
     return n > 0 && n < 256 && s[0] != '.' && !strchr(s, '/') && !strchr(s, '\\') && dsi_utf8_valid(s, n);
 }
 
-static int open_sharded(struct dsi_safetensors *st, const char *dir, const char *index_path, char **err) {
+static int open_sharded(struct dsi_safetensors *st, const char *dir, const char *index_path,
+                        const struct dsi__st_source *src, char **err) {
     char *text = NULL;
+    const uint8_t *img = NULL;
     size_t len = 0;
-    int rc = dsi_read_file(index_path, ST_MAX_INDEX, &text, &len, err);
+    int rc = src ? src->get(src->ctx, index_path, &img, &len, err)
+                 : dsi_read_file(index_path, ST_MAX_INDEX, &text, &len, err);
     if (rc) return rc;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    if (src && len > ST_MAX_INDEX) return dsi_seterr(err, DSI_ERANGE, "%s: larger than 256 MiB", index_path);
+    cJSON *root = cJSON_ParseWithLength(src ? (const char *)img : text, len);
     free(text);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const char **shards = NULL;
@@ -425,7 +449,7 @@ static int open_sharded(struct dsi_safetensors *st, const char *dir, const char 
     struct st_priv *pv = st->priv;
     for (size_t i = 0; i < n_shards; i++) {
         char *p = dsi__path_join(dir, shards[i]);
-        rc = p ? map_file(&pv->files[i], p, err) : DSI_ENOMEM;
+        rc = p ? map_file(&pv->files[i], p, src, err) : DSI_ENOMEM;
         free(p);
         if (!rc) rc = parse_image(&tv, pv->files[i].base, pv->files[i].len, pv->files[i].path, (int)i, err);
         if (rc) goto out;
@@ -457,6 +481,11 @@ out:
 }
 
 int dsi_st_open_dir(struct dsi_safetensors *st, const char *dir, char **err) {
+    return dsi__st_open_dir_src(st, dir, NULL, err);
+}
+
+int dsi__st_open_dir_src(struct dsi_safetensors *st, const char *dir, const struct dsi__st_source *src,
+                         char **err) {
     if (!st || !dir) return DSI_EINVAL;
     memset(st, 0, sizeof *st);
     char *index = dsi__path_join(dir, "model.safetensors.index.json");
@@ -466,7 +495,9 @@ int dsi_st_open_dir(struct dsi_safetensors *st, const char *dir, char **err) {
     if (!index || !single)
         rc = DSI_ENOMEM;
     else if (stat(index, &sb) == 0)
-        rc = open_sharded(st, dir, index, err);
+        rc = open_sharded(st, dir, index, src, err);
+    else if (stat(single, &sb) == 0 && src)
+        rc = open_single_src(st, single, src, err);
     else if (stat(single, &sb) == 0)
         rc = dsi_st_open_file(st, single, err);
     else
