@@ -18,3 +18,6 @@ dsi_test(test_model_defer SOURCES tests/test_model_defer.c ${DSI_TM_UTIL}
 # Weights encrypted at rest: format, tamper cases, key files, encrypted model open.
 dsi_test(test_model_wenc SOURCES tests/test_model_wenc.c ${DSI_TM_UTIL} LIBS dsi_tok dsi_model dsi_core)
 dsi_fuzz(fuzz_wenc SOURCES tests/fuzz/fuzz_wenc.c LIBS dsi_model dsi_core)
+add_test(NAME test_wenc_cli COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_wenc_cli.sh WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_wenc_cli PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+  ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")

@@ -19,6 +19,8 @@ int dsi_cmd_perplexity(int argc, char **argv);
 int dsi_cmd_keys(int argc, char **argv);
 int dsi_cmd_bench(int argc, char **argv);
 int dsi_cmd_doctor(int argc, char **argv);
+int dsi_cmd_encrypt(int argc, char **argv);
+int dsi_cmd_decrypt(int argc, char **argv);
 
 /* Exit statuses, documented in README.md. */
 enum { DSI_EXIT_OK = 0, DSI_EXIT_FAIL = 1, DSI_EXIT_USAGE = 2 };

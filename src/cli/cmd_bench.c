@@ -4,7 +4,7 @@
  *   dsinfer bench --model DIR [--backend cpu|cuda] [--dtype f32,bf16,int8] [--batch 1,4,16,64]
  *                 [--context 128,2048] [--prefill 512] [--steps 32] [--warmup 2]
  *                 [--engine-prompt 32] [--repeat 1] [--fill prefill|none] [--peak-gbs X]
- *                 [--kv-dtype f32|bf16] [--threads N] [--no-verify] [--json]
+ *                 [--kv-dtype f32|bf16] [--threads N] [--no-verify] [--json] [--key-file K]
  *
  * For each weight dtype it loads the backend once and measures three things:
  *   decode   B sequences whose KV already holds C tokens; after --warmup untimed
@@ -115,6 +115,8 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
         i++;
         if (!strcmp(o, "--model"))
             a->dir = v;
+        else if (!strcmp(o, "--key-file"))
+            a->key_file = v;
         else if (!strcmp(o, "--backend")) {
             if (strcmp(v, "cpu") && strcmp(v, "cuda")) {
                 fprintf(stderr, "dsinfer bench: --backend wants cpu or cuda, got '%s'\n", v);
@@ -196,7 +198,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
                 "usage: dsinfer bench --model DIR [--backend cpu|cuda] [--dtype f32,bf16,int8] "
                 "[--batch 1,4,16,64] [--context 128,2048] [--prefill 512] [--steps N] [--warmup N] "
                 "[--engine-prompt N] [--repeat R] [--fill prefill|none] [--peak-gbs X] [--kv-dtype f32|bf16] "
-                "[--threads N] [--no-verify] [--json]\n");
+                "[--threads N] [--no-verify] [--json] [--key-file K (encrypted model)]\n");
         return -1;
     }
     return 0;
@@ -340,6 +342,7 @@ int dsi_cmd_bench(int argc, char **argv) {
     struct dsi_model m;
     /* --backend cuda hashes the weight files while uploading them (one pass) */
     struct dsi_model_open_opts mo = {.skip_verify = a.no_verify,
+                                     .key_file = a.key_file,
                                      .n_threads = a.n_threads,
                                      .defer_weight_hash = a.backend && !strcmp(a.backend, "cuda")};
     int rc = dsi_model_open(&m, a.dir, &mo, &err);

@@ -15,7 +15,7 @@
 #define MAX_LIST 16
 
 struct bench_args {
-    const char *dir, *backend;
+    const char *dir, *backend, *key_file;
     enum dsi_weight_dtype dtypes[3];
     int n_dtypes;
     int batch[MAX_LIST], n_batch, context[MAX_LIST], n_context;

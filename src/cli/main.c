@@ -19,6 +19,8 @@ static const struct command commands[] = {
     {"serve", dsi_cmd_serve, "serve the HTTP API (--config FILE | --model DIR ...)"},
     {"verify", dsi_cmd_verify, "check DIR/SHA256SUMS; exit 0 only if every file matches"},
     {"manifest", dsi_cmd_manifest, "write DIR/SHA256SUMS (sha256sum -c compatible)"},
+    {"encrypt", dsi_cmd_encrypt, "encrypt a model directory at rest (--key-file K SRC DST)"},
+    {"decrypt", dsi_cmd_decrypt, "decrypt an encrypted model directory (--key-file K SRC DST)"},
     {"inspect", dsi_cmd_inspect, "architecture, parameters, dtypes, memory per dtype"},
     {"tokenize", dsi_cmd_tokenize, "stdin text -> token ids (--model DIR [--json] [--bos])"},
     {"detokenize", dsi_cmd_detokenize, "token ids on stdin -> text (--model DIR)"},
