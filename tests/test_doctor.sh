@@ -140,4 +140,39 @@ else
     run cuda_with_gpu_checks_memory 0 '^OK   gpu: device 0 .* free of' $good --backend cuda
 fi
 
+# --json: one object whose ok, counts and checks agree with the exit status
+json_case() { # json_case NAME WANT_RC PYTHON_ASSERT ARGS...
+    name=$1 want=$2 cond=$3
+    shift 3
+    "$bin" doctor --json "$@" >"$tmp/doctor.json" 2>"$tmp/doctor.err"
+    rc=$?
+    if [ "$rc" -eq "$want" ] && python3 -c "
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j['ok'] == (j['n_fail'] == 0) and len(j['checks']) == j['n_ok'] + j['n_warn'] + j['n_fail']
+assert isinstance(j['gpus'], list)
+$cond" "$tmp/doctor.json"; then
+        echo "ok   $name"
+    else
+        echo "FAIL $name: rc $rc (want $want)"; cat "$tmp/doctor.json" "$tmp/doctor.err" | sed 's/^/    /'
+        fail=1
+    fi
+}
+json_case json_good 0 "assert j['ok'] and any(c['check'] == 'model' and c['level'] == 'ok' for c in j['checks'])" $good
+json_case json_bad_pin 1 "assert not j['ok'] and any(c['check'] == 'manifest' and c['level'] == 'fail' for c in j['checks'])" \
+    $good --manifest-sha256 "$(printf '%064d' 0)"
+
+# an encrypted model: checked with model_key_file, refused without it
+if "$bin" encrypt --new-key --key-file "$tmp/model.key" models/demo "$tmp/enc" >/dev/null 2>&1; then
+    run encrypted_model_with_key 0 "^OK   model key: $tmp/model.key opens" $good --model "$tmp/enc" \
+        --model-key-file "$tmp/model.key"
+    run encrypted_model_without_key_fails 1 "^FAIL model: .*encrypted at rest; model_key_file is not set" $good \
+        --model "$tmp/enc"
+    chmod 644 "$tmp/model.key"
+    run encrypted_model_open_key_fails 1 "^FAIL model: .*chmod 600" $good --model "$tmp/enc" \
+        --model-key-file "$tmp/model.key"
+else
+    echo "FAIL encrypt for the doctor cases"; fail=1
+fi
+
 exit $fail

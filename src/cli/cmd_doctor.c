@@ -8,6 +8,11 @@
  * TLS certificate validity, expiry and key match; keys file permissions; state
  * directory and audit log writability. Exit status 1 when any check FAILs.
  *
+ * --json prints one JSON object instead of the lines (the checks, plus the
+ * facts per GPU: memory, compute capability, ECC, temperature from NVML when
+ * libnvidia-ml is present) for scripts such as deploy/ci/hardware_test.sh. An
+ * encrypted model (dsinfer encrypt) is checked with its model_key_file.
+ *
  * The CUDA runtime is loaded with dlopen, so doctor (and the binary) work on
  * machines without CUDA; doctor reads and probes, and never changes a file
  * (writability is tested with a temporary file that is removed at once).
@@ -30,10 +35,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "cli.h"
+#include "doctor_gpu.h"
 #include "dsinfer/config.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
+#include "dsinfer/wenc.h"
 
 #define DEFAULT_CONFIG "/etc/dsinfer/dsinfer.json"
 #define SERVICE_USER "dsinfer" /* User= of systemd/dsinfer.service */
@@ -47,6 +56,8 @@ struct doctor {
     bool verify;         /* --verify: hash every model file */
     size_t weight_bytes; /* estimate for the configured dtype; 0: unknown */
     const char *user;    /* --service-user: judge files as this user when run as root; "": no */
+    cJSON *checks;       /* --json: the reports; NULL: print lines */
+    cJSON *facts;        /* --json: {"gpus": [...], "cuda_driver": ..., ...} */
 };
 
 static void report(struct doctor *d, enum level l, const char *check, const char *fmt, ...)
@@ -58,22 +69,31 @@ static void check_keys(struct doctor *d);
 static void check_dirs(struct doctor *d);
 
 static void report(struct doctor *d, enum level l, const char *check, const char *fmt, ...) {
-    static const char *const tag[] = {"OK  ", "WARN", "FAIL"};
+    static const char *const tag[] = {"OK  ", "WARN", "FAIL"}, *const name[] = {"ok", "warn", "fail"};
     d->n[l]++;
-    printf("%s %s: ", tag[l], check);
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    putchar('\n');
+    if (d->checks) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "level", name[l]);
+        cJSON_AddStringToObject(o, "check", check);
+        cJSON_AddStringToObject(o, "message", msg);
+        cJSON_AddItemToArray(d->checks, o);
+        return;
+    }
+    printf("%s %s: %s\n", tag[l], check, msg);
     fflush(stdout);
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: dsinfer doctor [--config FILE] [--verify] [--option value ...]\n"
+    fprintf(f, "usage: dsinfer doctor [--config FILE] [--verify] [--json] [--option value ...]\n"
                "  --config FILE  config to check (default " DEFAULT_CONFIG
                " when it exists; the last one counts)\n"
                "  --verify       also hash every model file against SHA256SUMS (slow for big models)\n"
+               "  --json         one JSON object: checks, counts, and per GPU memory, ECC, temperature\n"
                "  --service-user NAME  run as root, judge files as this user would (default " SERVICE_USER
                "; \"\" for no)\n"
                "  --model DIR    same as --model-dir DIR; any `serve` option overrides the file\n"
@@ -138,6 +158,32 @@ static bool pin_matches(const char *path, const char *hex) {
     return ok;
 }
 
+/* config.json of the model, decrypted with model_key_file when the folder is
+ * encrypted at rest (the key is wiped before return). */
+static int load_model_config(struct doctor *d, const char *dir, struct dsi_model_config *mc, bool *encrypted,
+                             char **err) {
+    char path[PATH_MAX];
+    unsigned char magic[8];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    *encrypted = f && fread(magic, 1, sizeof magic, f) == sizeof magic && dsi_wenc_is_encrypted(magic, 8);
+    if (f) fclose(f);
+    if (!*encrypted) return dsi_model_config_load(dir, mc, err);
+    const char *kf = d->c->model_key_file;
+    if (!kf[0]) return dsi_seterr(err, DSI_EPERM, "%s is encrypted at rest; model_key_file is not set", dir);
+    struct dsi_wenc_key k;
+    struct dsi_wenc_plain p;
+    int rc = dsi_wenc_key_load(kf, &k, err);
+    if (rc) return rc;
+    rc = dsi_wenc_decrypt_file(&k, path, &p, 1, err);
+    dsi_wenc_key_wipe(&k);
+    if (rc) return rc;
+    rc = dsi_model_config_parse((const char *)p.data, p.len, mc, err);
+    dsi_wenc_plain_free(&p);
+    if (!rc) report(d, OK, "model key", "%s opens %s (encrypted at rest)", kf, path);
+    return rc;
+}
+
 static void check_model(struct doctor *d) {
     const struct dsi_config *c = d->c;
     const char *dir = c->model_dir;
@@ -152,7 +198,8 @@ static void check_model(struct doctor *d) {
     }
     char *err = NULL;
     struct dsi_model_config mc;
-    int rc = dsi_model_config_load(dir, &mc, &err);
+    bool encrypted = false;
+    int rc = load_model_config(d, dir, &mc, &encrypted, &err);
     if (rc < 0) {
         report(d, FAIL, "model", "%s", err ? err : dsi_strerror(rc));
         free(err);
@@ -192,6 +239,10 @@ static void check_model(struct doctor *d) {
         report(d, OK, "manifest", "%s present (hashes checked at start; --verify checks them now)", path);
     }
 
+    if (encrypted) {
+        report(d, OK, "weights", "encrypted at rest: decrypted and checked at load (GCM tags)");
+        return;
+    }
     struct dsi_safetensors st;
     memset(&st, 0, sizeof st);
     rc = dsi_st_open_dir(&st, dir, &err);
@@ -221,7 +272,7 @@ struct cudart {
 };
 
 /* cudaDeviceAttr values of the compute capability (stable across CUDA versions). */
-enum { CUDA_ATTR_CC_MAJOR = 75, CUDA_ATTR_CC_MINOR = 76 };
+enum { CUDA_ATTR_CC_MAJOR = 75, CUDA_ATTR_CC_MINOR = 76, CUDA_ATTR_ECC_ENABLED = 32 };
 
 static bool cudart_open(struct cudart *r, const char **which) {
     static const char *const names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so"};
@@ -270,6 +321,13 @@ static void check_gpu(struct doctor *d) {
         dlclose(r.lib);
         return;
     }
+    if (d->facts) {
+        char v[32];
+        snprintf(v, sizeof v, "%d.%d", drv / 1000, drv % 1000 / 10);
+        cJSON_AddStringToObject(d->facts, "cuda_driver", v);
+        snprintf(v, sizeof v, "%d.%d", rt / 1000, rt % 1000 / 10);
+        cJSON_AddStringToObject(d->facts, "cuda_runtime", v);
+    }
     enum level l = drv < rt ? miss : OK;
     report(d, l, "driver", "CUDA driver %d.%d, runtime %d.%d (%s)%s", drv / 1000, drv % 1000 / 10, rt / 1000,
            rt % 1000 / 10, which, drv < rt ? ": the driver is older than the runtime; update it" : "");
@@ -291,6 +349,21 @@ static void check_gpu(struct doctor *d) {
         if (e != 0) {
             report(d, miss, "gpu", "device %d (sm_%d%d): %s", dev, major, minor, r.get_error_string(e));
             continue;
+        }
+        if (d->facts) {
+            int ecc = 0, temp = -1;
+            r.device_get_attribute(&ecc, CUDA_ATTR_ECC_ENABLED, dev);
+            cJSON *g = cJSON_CreateObject();
+            cJSON_AddNumberToObject(g, "index", dev);
+            cJSON_AddNumberToObject(g, "compute_capability", major * 10 + minor);
+            cJSON_AddNumberToObject(g, "free_bytes", (double)free_b);
+            cJSON_AddNumberToObject(g, "total_bytes", (double)total_b);
+            cJSON_AddBoolToObject(g, "ecc_enabled", ecc != 0);
+            if (dsi__doctor_gpu_temperature(dev, &temp) == 0)
+                cJSON_AddNumberToObject(g, "temperature_c", temp);
+            else
+                cJSON_AddNullToObject(g, "temperature_c");
+            cJSON_AddItemToArray(cJSON_GetObjectItem(d->facts, "gpus"), g);
         }
         char fb[32], tb[32], wb[32];
         human_bytes((double)free_b, fb, sizeof fb);
@@ -568,6 +641,13 @@ int dsi_cmd_doctor(int argc, char **argv) {
     if (!config_path && access(DEFAULT_CONFIG, F_OK) == 0) config_path = DEFAULT_CONFIG;
 
     struct doctor d = {.c = &c, .user = SERVICE_USER};
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--json") == 0 && (i == 1 || strcmp(argv[i - 1], "--config"))) {
+            d.checks = cJSON_CreateArray();
+            d.facts = cJSON_CreateObject();
+            cJSON_AddItemToObject(d.facts, "gpus", cJSON_CreateArray());
+            break;
+        }
     char *err = NULL;
     bool config_ok = true;
     if (config_path && dsi_config_load_file(&c, config_path, &err) < 0) {
@@ -582,6 +662,8 @@ int dsi_cmd_doctor(int argc, char **argv) {
             i++;
         } else if (strcmp(a, "--verify") == 0) {
             verify = true;
+        } else if (strcmp(a, "--json") == 0) {
+            continue; /* taken in the first pass */
         } else if (strcmp(a, "--service-user") == 0 && i + 1 < argc) {
             d.user = argv[++i];
         } else if (strncmp(a, "--", 2) == 0 && i + 1 < argc) {
@@ -612,7 +694,20 @@ int dsi_cmd_doctor(int argc, char **argv) {
     check_tls(&d);
     check_keys(&d);
     check_dirs(&d);
-    printf("doctor: %d ok, %d warnings, %d failures\n", d.n[OK], d.n[WARN], d.n[FAIL]);
+    if (d.checks) {
+        cJSON *o = d.facts;
+        cJSON_AddBoolToObject(o, "ok", d.n[FAIL] == 0);
+        cJSON_AddNumberToObject(o, "n_ok", d.n[OK]);
+        cJSON_AddNumberToObject(o, "n_warn", d.n[WARN]);
+        cJSON_AddNumberToObject(o, "n_fail", d.n[FAIL]);
+        cJSON_AddItemToObject(o, "checks", d.checks);
+        char *text = cJSON_PrintUnformatted(o);
+        printf("%s\n", text ? text : "{}");
+        free(text);
+        cJSON_Delete(o);
+    } else {
+        printf("doctor: %d ok, %d warnings, %d failures\n", d.n[OK], d.n[WARN], d.n[FAIL]);
+    }
     dsi_config_free(&c);
     return d.n[FAIL] ? DSI_EXIT_FAIL : DSI_EXIT_OK;
 }
