@@ -4,9 +4,13 @@
  * small-tokenizer behaviours (Split behaviours, merge forms, lstrip) that the real
  * files do not exercise.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "dsinfer/err.h"
 #include "dsinfer/tok.h"
@@ -281,6 +285,62 @@ TEST(hostile_regex_backtracking_fails_fast) {
     dsi_tok_free(t);
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_HAVE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_HAVE_ASAN 1
+#endif
+#endif
+
+#ifndef TEST_HAVE_ASAN
+/* Bytes of address space in use now (the first field of /proc/self/statm). */
+static size_t vm_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%lu", &pages) != 1) pages = 0;
+    fclose(f);
+    return (size_t)pages * (size_t)sysconf(_SC_PAGESIZE);
+}
+#endif
+
+/* A tokenizer.json that cannot be held in memory is an out-of-memory error, never
+ * a success or a parse of the part that fitted. The child process gets 24 MiB of
+ * address space above what it uses, and the file (sparse) is 40 MiB. */
+TEST(load_file_out_of_memory_is_enomem_not_truncated) {
+#ifdef TEST_HAVE_ASAN
+    SKIP("an address-space limit cannot coexist with ASan's shadow memory");
+#else
+    char dir[] = "/tmp/dsi_tok_oom.XXXXXX", path[64];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    CHECK(fd >= 0);
+    CHECK(write(fd, "{", 1) == 1);
+    CHECK(ftruncate(fd, 40 << 20) == 0);
+    close(fd);
+    size_t base = vm_bytes();
+    CHECK(base > 0);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl = {.rlim_cur = base + (24 << 20), .rlim_max = base + (24 << 20)};
+        if (setrlimit(RLIMIT_AS, &rl) != 0) _exit(3);
+        struct dsi_tokenizer *t = NULL;
+        char *err = NULL;
+        int rc = dsi_tok_load(dir, &t, &err);
+        fprintf(stderr, "  child: %s \"%s\"\n", dsi_err_name(rc), err ? err : "");
+        _exit(rc == DSI_ENOMEM && t == NULL ? 0 : 1);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    unlink(path);
+    rmdir(dir);
+#endif
+}
+
 int main(void) {
     RUN(tiny_tokenizer_loads_and_encodes);
     RUN(merges_as_pairs_and_lowest_rank_first);
@@ -293,5 +353,6 @@ int main(void) {
     RUN(hostile_pipeline);
     RUN(hostile_config);
     RUN(hostile_regex_backtracking_fails_fast);
+    RUN(load_file_out_of_memory_is_enomem_not_truncated);
     return test_summary();
 }

@@ -20,8 +20,13 @@
 #include <cjson/cJSON.h>
 
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
 #include "tok_internal.h"
+
+/* tokenizer.json of the largest models is ~10 MB; this bound only stops a
+ * mistaken path from being read whole. */
+#define TOK_MAX_FILE_BYTES ((size_t)1 << 30)
 
 /* GPT-2's pre-tokenizer regex, used by ByteLevel when use_regex is true. */
 static const char GPT2_REGEX[] =
@@ -612,41 +617,20 @@ fail:
     return rc;
 }
 
+/* Reads path whole through core/fileio; a missing optional file gives *buf NULL
+ * and success. Any other failure (ENOMEM included) is an error: a tokenizer
+ * parsed from part of its file would silently differ from HF's. */
 static int read_file(const char *path, char **buf, size_t *len, bool optional, char **err) {
     *buf = NULL;
     *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (optional) return 0;
-        return dsi_seterr(err, DSI_ENOENT, "cannot open %s", path);
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        if (n == cap) {
-            if (cap > ((size_t)1 << 30)) {
-                free(b);
-                fclose(f);
-                return dsi_seterr(err, DSI_ERANGE, "%s is larger than 1 GiB", path);
-            }
-            char *nb = realloc(b, cap * 2);
-            if (!nb) break;
-            b = nb;
-            cap *= 2;
-        }
-        size_t r = fread(b + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) break;
-    }
-    bool bad = !b || ferror(f);
-    fclose(f);
-    if (bad) {
-        free(b);
-        return dsi_seterr(err, b ? DSI_EIO : DSI_ENOMEM, "cannot read %s", path);
-    }
-    *buf = b;
-    *len = n;
-    return 0;
+    char *rerr = NULL;
+    int rc = dsi_read_file(path, TOK_MAX_FILE_BYTES, buf, len, &rerr);
+    if (rc == DSI_ENOENT && optional)
+        rc = 0;
+    else if (rc)
+        dsi_seterr(err, rc, "tokenizer: %s", rerr ? rerr : path);
+    free(rerr);
+    return rc;
 }
 
 int dsi_tok_load(const char *dir, struct dsi_tokenizer **out, char **err) {
