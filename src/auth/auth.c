@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "auth_internal.h"
+#include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
@@ -309,7 +310,7 @@ enum dsi_auth_status dsi_auth_check(struct dsi_auth *a, const char *authorizatio
     enum dsi_auth_status st = dsi__auth_parse_bearer(authorization, len, key);
     if (st != DSI_AUTH_OK) return deny(a, st);
     unsigned char d[32];
-    int hrc = dsi__sha256(key, DSI_KEY_STRLEN, d);
+    int hrc = dsi_sha256(key, DSI_KEY_STRLEN, d);
     OPENSSL_cleanse(key, sizeof key);
     if (hrc) return deny(a, DSI_AUTH_INVALID);
     struct dsi__keyset *ks = acquire(a);

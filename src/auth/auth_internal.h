@@ -94,11 +94,6 @@ int dsi__rfc3339_parse(const char *s, int64_t *out_ms);
 void dsi__rfc3339_format(int64_t ms, bool with_ms, char buf[32]);
 int64_t dsi__realtime_ms(void);
 int64_t dsi__monotonic_ms(void);
-/* Hex digit value or -1. */
-int dsi__hexval(int c);
-void dsi__hex_encode(const unsigned char *in, size_t n, char *out /* 2n+1 */);
-/* SHA-256 of data; returns 0 or DSI_EINTERNAL. */
-int dsi__sha256(const void *data, size_t n, unsigned char out[32]);
 
 /* Parses an Authorization value of explicit length (it may hold NULs).
  * Returns DSI_AUTH_OK with the key copied into key_out, DSI_AUTH_MISSING for an

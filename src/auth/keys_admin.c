@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "auth_internal.h"
+#include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 
 struct locked_file {
@@ -226,7 +227,7 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
             rc = dsi_seterr(err, DSI_EINTERNAL, "cannot pick a key id (RAND_bytes failed)");
             goto done;
         }
-        dsi__hex_encode(idb, 4, idhex);
+        dsi_hex_encode(idb, 4, idhex);
         snprintf(id_out, 32, "k_%s", idhex);
         bool clash = false;
         for (size_t i = 0; lf.ks && i < lf.ks->n_keys; i++)
@@ -238,12 +239,12 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
         goto done;
     }
     memcpy(key_out, DSI_KEY_PREFIX, 4);
-    dsi__hex_encode(raw, 32, key_out + 4);
-    if ((rc = dsi__sha256(key_out, DSI_KEY_STRLEN, d))) {
+    dsi_hex_encode(raw, 32, key_out + 4);
+    if ((rc = dsi_sha256(key_out, DSI_KEY_STRLEN, d))) {
         dsi_seterr(err, rc, "SHA-256 failed");
         goto done;
     }
-    dsi__hex_encode(d, 32, hex);
+    dsi_hex_encode(d, 32, hex);
     cJSON *models = cJSON_CreateArray();
     if (!models) {
         rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");

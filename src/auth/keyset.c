@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "auth_internal.h"
+#include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
@@ -124,14 +125,9 @@ static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx, const
             e->perms = r ? r->perms : 0;
             have_role = true;
         } else if (kind == KIND_KEY && !strcmp(k, "sha256")) {
-            if (!cJSON_IsString(f) || strlen(f->valuestring) != 64)
+            if (!cJSON_IsString(f) ||
+                dsi_hex_decode(f->valuestring, strlen(f->valuestring), e->sha, sizeof e->sha))
                 EFAIL("keys file: %s[%zu]%s: field 'sha256' must be 64 hex digits", sect, idx, who);
-            for (int i = 0; i < 32; i++) {
-                int hi = dsi__hexval(f->valuestring[2 * i]), lo = dsi__hexval(f->valuestring[2 * i + 1]);
-                if (hi < 0 || lo < 0)
-                    EFAIL("keys file: %s[%zu]%s: field 'sha256' must be 64 hex digits", sect, idx, who);
-                e->sha[i] = (unsigned char)(hi << 4 | lo);
-            }
             have_sha = true;
         } else if (!strcmp(k, "models")) {
             if (!cJSON_IsArray(f))
@@ -193,11 +189,11 @@ static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx, const
          * one, and it must survive reloads. */
         unsigned char d[32];
         char hx[65];
-        if (dsi__sha256(e->cn, strlen(e->cn), d)) {
+        if (dsi_sha256(e->cn, strlen(e->cn), d)) {
             rc = dsi_seterr(err, DSI_EINTERNAL, "keys file: SHA-256 failed");
             goto fail;
         }
-        dsi__hex_encode(d, 8, hx);
+        dsi_hex_encode(d, 8, hx);
         memcpy(e->id, "mtls-", 5);
         memcpy(e->id + 5, hx, 17); /* 16 hex + NUL */
     }

@@ -1,9 +1,8 @@
 /*
  * util.c: small helpers of the auth module: RFC 3339 time parsing and
- * formatting (strict, no locale or TZ dependence), clocks, hex, SHA-256, and
- * the Authorization header parser.
+ * formatting (strict, no locale or TZ dependence), clocks and the
+ * Authorization header parser. Hex and SHA-256 come from core/crypto.
  */
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -108,28 +107,6 @@ int64_t dsi__monotonic_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int dsi__hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-void dsi__hex_encode(const unsigned char *in, size_t n, char *out) {
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[in[i] >> 4];
-        out[2 * i + 1] = hx[in[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
-int dsi__sha256(const void *data, size_t n, unsigned char out[32]) {
-    unsigned int len = 0;
-    if (!EVP_Digest(data, n, out, &len, EVP_sha256(), NULL) || len != 32) return DSI_EINTERNAL;
-    return 0;
 }
 
 /* Accepts `Bearer <key>` with a case-insensitive scheme, one or more spaces or
