@@ -1,5 +1,11 @@
-/* test_core.c: error table and logging. */
+/* test_core.c: error table, logging, UTF-8 and file replacement. */
+#include <dirent.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
 #include "dsinfer/utf8.h"
 #include "test.h"
@@ -44,10 +50,48 @@ TEST(utf8_valid_accepts_only_well_formed_text) {
     CHECK(!dsi_utf8_valid("twelve bytes\xe2\x28\xa1", 15));                /* bad continuation */
 }
 
+/* Entries of dir whose name contains ".tmp." (leftover temporaries). */
+static int count_temps(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *de; d && (de = readdir(d));)
+        n += strstr(de->d_name, ".tmp.") != NULL;
+    if (d) closedir(d);
+    return n;
+}
+
+TEST(write_file_atomic_replaces_with_mode_and_leaves_no_temp) {
+    char dir[] = "/tmp/dsi_core_atomic.XXXXXX", path[64], *err = NULL, *got = NULL;
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/keys.json", dir);
+    CHECK_EQ_INT(dsi_write_file_atomic(path, "old\n", 4, 0600, &err), 0);
+    CHECK_EQ_INT(dsi_write_file_atomic(path, "new text\n", 9, 0640, &err), 0);
+    CHECK(err == NULL);
+    size_t len = 0;
+    CHECK_EQ_INT(dsi_read_file(path, 100, &got, &len, &err), 0);
+    CHECK_EQ_STR(got, "new text\n");
+    CHECK_EQ_INT(len, 9);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0640);
+    CHECK_EQ_INT(count_temps(dir), 0);
+    free(got);
+    unlink(path);
+    rmdir(dir);
+}
+
+TEST(write_file_atomic_into_missing_folder_fails_cleanly) {
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_write_file_atomic("/tmp/dsi-no-such-dir-zz/x.json", "x", 1, 0600, &err), DSI_EIO);
+    CHECK(err && strstr(err, "/tmp/dsi-no-such-dir-zz/x.json"));
+    free(err);
+}
+
 int main(void) {
     RUN(err_names_and_messages_come_from_one_table);
     RUN(seterr_keeps_first_message);
     RUN(log_level_parse_rejects_unknown);
     RUN(utf8_valid_accepts_only_well_formed_text);
+    RUN(write_file_atomic_replaces_with_mode_and_leaves_no_temp);
+    RUN(write_file_atomic_into_missing_folder_fails_cleanly);
     return test_summary();
 }

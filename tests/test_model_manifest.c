@@ -1,6 +1,9 @@
 /* test_model_manifest.c: SHA256SUMS write/verify, tamper detection, dsi_model_open. */
 #include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "dsinfer/crypto.h"
@@ -18,6 +21,29 @@ int tm_make_model(const char *dir);
 int tm_flip_byte(const char *dir, const char *name, off_t at);
 
 static const struct dsi_manifest_opts opts2 = {.n_threads = 2};
+
+/* This binary's fsync() takes the place of libc's for the static libraries linked
+ * into it: it records the last folder synced, and whether the file being watched
+ * existed at that moment (i.e. the sync came after the rename). */
+static struct {
+    const char *watch;
+    int dir_syncs;
+    char last_dir[PATH_MAX];
+    bool watch_existed;
+} fsync_log;
+
+int fsync(int fd) {
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        char link[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, fsync_log.last_dir, sizeof fsync_log.last_dir - 1);
+        fsync_log.last_dir[n > 0 ? n : 0] = 0;
+        fsync_log.dir_syncs++;
+        fsync_log.watch_existed = fsync_log.watch && access(fsync_log.watch, F_OK) == 0;
+    }
+    return (int)syscall(SYS_fsync, fd);
+}
 
 static char *read_all(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -81,6 +107,27 @@ TEST(manifest_round_trip_is_sorted_coreutils_format) {
     CHECK_EQ_INT(dsi_manifest_write(d, NULL, &err), 0);
     CHECK_EQ_STR(read_all(m), before);
     free(m), free(sub), free(hid);
+    tm_rm_rf(d);
+    free(d);
+}
+
+/* A power loss after `model manifest` returned must not bring back the old
+ * SHA256SUMS (or none): the folder is synced after the rename. */
+TEST(manifest_write_syncs_the_folder_after_the_rename) {
+    char *d = tm_mkdtemp();
+    CHECK(d && tm_make_model(d) == 0);
+    char *m = tm_path(d, "SHA256SUMS"), real[PATH_MAX];
+    CHECK(realpath(d, real) != NULL);
+    memset(&fsync_log, 0, sizeof fsync_log);
+    fsync_log.watch = m;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_manifest_write(d, &opts2, &err), 0);
+    CHECK(fsync_log.dir_syncs >= 1);
+    CHECK_EQ_STR(fsync_log.last_dir, real);
+    CHECK(fsync_log.watch_existed);
+    fsync_log.watch = NULL;
+    free(err);
+    free(m);
     tm_rm_rf(d);
     free(d);
 }
@@ -297,6 +344,7 @@ TEST(model_open_verifies_and_fails_closed) {
 int main(void) {
     dsi_log_set_level(DSI_LOG_ERROR);
     RUN(manifest_round_trip_is_sorted_coreutils_format);
+    RUN(manifest_write_syncs_the_folder_after_the_rename);
     RUN(manifest_flipped_byte_is_named);
     RUN(manifest_missing_file_is_named);
     RUN(manifest_unlisted_weight_file_fails_other_files_warn);

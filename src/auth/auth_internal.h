@@ -79,9 +79,6 @@ int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *rol
 int dsi__keyset_load(const char *path, const struct dsi__roles *roles, struct dsi__keyset **out, char **err);
 /* Reads the whole file into a NUL-terminated heap buffer after the mode check. */
 int dsi__keys_read_file(const char *path, char **text, size_t *len, char **err);
-/* Writes text to path atomically: temp file in the same directory, mode 0600,
- * fsync, rename, fsync of the directory. */
-int dsi__write_atomic(const char *path, const char *text, size_t len, char **err);
 /* Frees entries; limiters must have been detached (auth.c does that). */
 void dsi__keyset_free(struct dsi__keyset *ks);
 

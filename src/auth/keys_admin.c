@@ -11,7 +11,6 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -24,6 +23,7 @@
 #include "auth_internal.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 
 struct locked_file {
     int lock_fd;
@@ -36,53 +36,6 @@ static int open_locked(const char *path, const struct dsi__roles *roles, bool cr
 static void close_locked(struct locked_file *lf);
 static int save(const char *path, cJSON *root, const struct dsi__roles *roles, char **err);
 static int parse_expires(const char *s, int64_t now_ms, char out[32], char **err);
-
-int dsi__write_atomic(const char *path, const char *text, size_t len, char **err) {
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 16), *dcopy = strdup(path);
-    int rc = 0, fd = -1;
-    if (!tmp || !dcopy) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
-        goto done;
-    }
-    /* Same directory as the target, so rename(2) is atomic (same filesystem). */
-    snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        rc = dsi_seterr(err, DSI_EIO, "%s: cannot create a temporary file next to it: %s", path,
-                        strerror(errno));
-        goto done;
-    }
-    if (fchmod(fd, 0600) != 0) goto io_fail;
-    for (size_t off = 0; off < len;) {
-        ssize_t n = write(fd, text + off, len - off);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) goto io_fail;
-        off += (size_t)n;
-    }
-    if (fsync(fd) != 0) goto io_fail;
-    if (close(fd) != 0) {
-        fd = -1;
-        goto io_fail;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) goto io_fail;
-    /* Persist the rename itself. */
-    int dfd = open(dirname(dcopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd);
-        close(dfd);
-    }
-    goto done;
-io_fail:
-    rc = dsi_seterr(err, DSI_EIO, "%s: writing failed, file unchanged: %s", path, strerror(errno));
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-done:
-    free(tmp);
-    free(dcopy);
-    return rc;
-}
 
 static int open_locked(const char *path, const struct dsi__roles *roles, bool create, struct locked_file *lf,
                        char **err) {
@@ -157,7 +110,7 @@ static int save(const char *path, cJSON *root, const struct dsi__roles *roles, c
     }
     withnl[len] = '\n';
     withnl[len + 1] = 0;
-    rc = dsi__write_atomic(path, withnl, len + 1, err);
+    rc = dsi_write_file_atomic(path, withnl, len + 1, 0600, err);
     free(withnl);
     return rc;
 }

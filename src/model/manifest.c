@@ -21,6 +21,7 @@
 
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
 #include "dsinfer/model.h"
 
@@ -302,10 +303,8 @@ static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *
 int dsi_manifest_write(const char *dir, const struct dsi_manifest_opts *o, char **err) {
     if (!dir) return DSI_EINVAL;
     struct jobs js = {0};
-    char *tmp = dsi__path_join(dir, ".SHA256SUMS.tmp");
-    char *final = dsi__path_join(dir, MF_NAME);
-    FILE *f = NULL;
-    int rc = tmp && final ? walk(dir, "", 0, &js, err) : DSI_ENOMEM;
+    char *final = dsi__path_join(dir, MF_NAME), *text = NULL;
+    int rc = final ? walk(dir, "", 0, &js, err) : DSI_ENOMEM;
     if (rc) goto out;
     if (js.n == 0) {
         rc = dsi_seterr(err, DSI_ENOENT, "%s: no files to list", dir);
@@ -328,38 +327,26 @@ int dsi_manifest_write(const char *dir, const struct dsi_manifest_opts *o, char 
             rc = dsi_seterr(err, js.v[i].rc, "%s: %s", dir, js.v[i].err ? js.v[i].err : "hash failed");
             goto out;
         }
-    if (!(f = fopen(tmp, "wx"))) {
-        if (errno == EEXIST && unlink(tmp) == 0) f = fopen(tmp, "wx");
-        if (!f) {
-            rc = dsi_seterr(err, DSI_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-            goto out;
-        }
+    /* The whole text first, then one atomic replace: a reader (or a crash) never
+     * sees half a manifest, and the directory sync makes the rename durable. */
+    size_t size = 0;
+    for (size_t i = 0; i < js.n; i++)
+        size += DSI_SHA256_HEX_LEN + 3 + strlen(js.v[i].name); /* "<hex>  <name>\n" */
+    if (!(text = malloc(size + 1))) {
+        rc = dsi_seterr(err, DSI_ENOMEM, "%s: out of memory", final);
+        goto out;
     }
+    size_t at = 0;
     for (size_t i = 0; i < js.n; i++) {
-        char hex[DSI_SHA256_HEX_LEN + 1];
-        dsi_hex_encode(js.v[i].got, DSI_SHA256_LEN, hex);
-        fprintf(f, "%s  %s\n", hex, js.v[i].name);
+        dsi_hex_encode(js.v[i].got, DSI_SHA256_LEN, text + at);
+        at += DSI_SHA256_HEX_LEN;
+        at += (size_t)snprintf(text + at, size + 1 - at, "  %s\n", js.v[i].name);
     }
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0) {
-        f = NULL;
-        rc = dsi_seterr(err, DSI_EIO, "%s: write failed: %s", tmp, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    f = NULL;
-    if (rename(tmp, final) != 0) {
-        rc = dsi_seterr(err, DSI_EIO, "%s: rename failed: %s", final, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
+    if ((rc = dsi_write_file_atomic(final, text, at, 0644, err))) goto out;
     dsi_log(DSI_LOG_INFO, "model", "wrote %s: %zu files, %.2f GB", final, js.n, (double)bytes / 1e9);
 out:
-    if (f) {
-        fclose(f);
-        unlink(tmp);
-    }
     jobs_free(&js);
-    free(tmp);
+    free(text);
     free(final);
     return rc;
 }
