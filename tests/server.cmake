@@ -7,9 +7,14 @@ set(DSI_SERVER_PURE src/server/request.c src/server/apierr.c src/server/buf.c sr
 dsi_test(test_server SOURCES tests/test_server.c ${DSI_SERVER_PURE} LIBS dsi_core PkgConfig::CJSON Threads::Threads m)
 dsi_fuzz(fuzz_request SOURCES tests/fuzz/fuzz_request.c ${DSI_SERVER_PURE} LIBS dsi_core PkgConfig::CJSON Threads::Threads m)
 # End-to-end: the real daemon over TLS, driven by curl, openssl and the openai npm
-# client (npm ci in tests/integration first; without node_modules that part skips).
+# client (scripts/deps.sh installs it; without node_modules the test fails).
 add_test(NAME server_e2e COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/run.sh WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(server_e2e PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77
+  ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+# run.sh without the openai client must fail with a message naming scripts/deps.sh.
+add_test(NAME server_e2e_needs_client COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_e2e_needs_client.sh
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(server_e2e_needs_client PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
 # `serve --backend cuda` defers the weight hashes to the CUDA loader; without a GPU
 # the CPU fallback must verify them first (a tampered file stops the daemon).
