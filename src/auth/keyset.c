@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,13 +32,83 @@
 
 enum entry_kind { KIND_KEY, KIND_CLIENT };
 
+/* Where a message about one entry points: "keys file: keys[3] (id "k_1"): ". */
+struct entry_ctx {
+    const char *sect; /* "keys" | "clients" */
+    size_t idx;
+    char who[80]; /* " (id \"...\")", or "" before the id is known */
+    const struct dsi__roles *roles;
+    char **err;
+};
+
+/* One row per field an entry may carry. A row's parser checks the JSON value
+ * and stores it in the entry; it returns 0, BAD_VALUE (the message is then
+ * "field 'NAME' " + want), or a DSI_E* code after setting its own message. */
+enum { BAD_VALUE = 1 };
+enum {
+    ON_KEY = 1u << 0,
+    ON_CLIENT = 1u << 1,
+    REQ_KEY = 1u << 2,    /* a key entry must have it */
+    REQ_CLIENT = 1u << 3, /* a client entry must have it */
+};
+struct field {
+    const char *name;
+    unsigned flags;
+    int (*parse)(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+    size_t off;       /* offsetof the destination in struct dsi__entry */
+    size_t max_len;   /* text fields: most bytes */
+    const char *want; /* completes "field 'NAME' ..." on BAD_VALUE */
+};
+
 static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx, const struct dsi__roles *roles,
                        struct dsi__entry *e, char **err);
+static int entry_err(const struct entry_ctx *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int field_id(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+static int field_text(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+static int field_role(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+static int field_sha256(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                        struct dsi__entry *e);
+static int field_models(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                        struct dsi__entry *e);
+static int field_i64(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+static int field_int(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+static int field_time(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
+static int field_bool(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
 static bool plain_text(const char *s, size_t max_len, bool allow_comma);
 static bool id_ok(const char *s);
 static int get_int(const cJSON *v, int64_t max, int64_t *out);
 static void entry_free(struct dsi__entry *e);
 static int check_duplicates(struct dsi__keyset *ks, char **err);
+
+#define E(field) offsetof(struct dsi__entry, field)
+#define INT_WANT "must be an integer 0..2147483647 (0: none)"
+#define TIME_WANT "must be an RFC 3339 time like 2027-01-31T00:00:00Z, or null"
+
+/* The keys file schema (docs/security.md). `expires: null` means never;
+ * `created` is informational and only checked. */
+/* clang-format off */
+static const struct field fields[] = {
+    {"id", ON_KEY | REQ_KEY, field_id, E(id), sizeof ((struct dsi__entry *)0)->id - 1,
+     "must be 1-31 of A-Z a-z 0-9 _ - ."},
+    {"cn", ON_CLIENT | REQ_CLIENT, field_text, E(cn), sizeof ((struct dsi__entry *)0)->cn - 1,
+     "must be a non-empty string without control characters, at most 255 bytes"},
+    {"name", ON_KEY | ON_CLIENT | REQ_KEY | REQ_CLIENT, field_text, E(name),
+     sizeof ((struct dsi__entry *)0)->name - 1,
+     "must be a non-empty string without control characters, at most 63 bytes"},
+    {"role", ON_KEY | ON_CLIENT | REQ_KEY | REQ_CLIENT, field_role, E(role), 0, "must be a role name"},
+    {"sha256", ON_KEY | REQ_KEY, field_sha256, E(sha), 0, "must be 64 hex digits"},
+    {"models", ON_KEY | ON_CLIENT, field_models, 0, 127, "must be a list of model names"},
+    {"rpm", ON_KEY | ON_CLIENT, field_i64, E(rpm), 0, INT_WANT},
+    {"tpm", ON_KEY | ON_CLIENT, field_i64, E(tpm), 0, INT_WANT},
+    {"max_tokens", ON_KEY | ON_CLIENT, field_int, E(max_tokens), 0, INT_WANT},
+    {"expires", ON_KEY | ON_CLIENT, field_time, E(expires_ms), 0, TIME_WANT},
+    {"created", ON_KEY | ON_CLIENT, field_time, 0, 0, TIME_WANT},
+    {"disabled", ON_KEY | ON_CLIENT, field_bool, E(disabled), 0, "must be true or false"},
+};
+/* clang-format on */
+#define N_FIELDS (sizeof fields / sizeof fields[0])
+_Static_assert(N_FIELDS <= 32, "seen-field bit mask");
 
 /* Printable text without control characters (names, model names, CNs end up
  * in logs, audit lines and Prometheus labels). */
@@ -70,120 +142,139 @@ static int get_int(const cJSON *v, int64_t max, int64_t *out) {
     return 0;
 }
 
-#define EFAIL(...)                                                                                           \
-    do {                                                                                                     \
-        rc = dsi_seterr(err, DSI_EINVAL, __VA_ARGS__);                                                       \
-        goto fail;                                                                                           \
-    } while (0)
+static int entry_err(const struct entry_ctx *c, int code, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return dsi_seterr(c->err, code, "keys file: %s[%zu]%s: %s", c->sect, c->idx, c->who, msg);
+}
 
+static int field_id(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e) {
+    if (!cJSON_IsString(v) || !id_ok(v->valuestring)) return BAD_VALUE;
+    memcpy((char *)e + f->off, v->valuestring, strlen(v->valuestring) + 1);
+    return 0;
+}
+
+static int field_text(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                      struct dsi__entry *e) {
+    if (!cJSON_IsString(v) || !plain_text(v->valuestring, f->max_len, true)) return BAD_VALUE;
+    memcpy((char *)e + f->off, v->valuestring, strlen(v->valuestring) + 1);
+    return 0;
+}
+
+static int field_role(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                      struct dsi__entry *e) {
+    if (!cJSON_IsString(v) || !dsi__role_name_ok(v->valuestring)) return BAD_VALUE;
+    /* roles == NULL: listing/revoking without the config's roles at hand */
+    const struct dsi__role *r = c->roles ? dsi__roles_find(c->roles, v->valuestring) : NULL;
+    if (c->roles && !r) return entry_err(c, DSI_EINVAL, "field 'role': unknown role '%s'", v->valuestring);
+    strcpy(e->role, v->valuestring);
+    e->perms = r ? r->perms : 0;
+    return 0;
+}
+
+static int field_sha256(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                        struct dsi__entry *e) {
+    if (!cJSON_IsString(v) || dsi_hex_decode(v->valuestring, strlen(v->valuestring), e->sha, sizeof e->sha))
+        return BAD_VALUE;
+    return 0;
+}
+
+static int field_models(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                        struct dsi__entry *e) {
+    if (!cJSON_IsArray(v)) return BAD_VALUE;
+    size_t n = (size_t)cJSON_GetArraySize(v);
+    if (n > 1024) return entry_err(c, DSI_EINVAL, "field 'models': more than 1024 names");
+    if (n && !(e->models = calloc(n, sizeof *e->models)))
+        return dsi_seterr(c->err, DSI_ENOMEM, "keys file: out of memory");
+    for (const cJSON *m = v->child; m; m = m->next) {
+        if (!cJSON_IsString(m) || !plain_text(m->valuestring, f->max_len, false))
+            return entry_err(c, DSI_EINVAL,
+                             "field 'models': each name must be a non-empty string without commas or "
+                             "control characters, at most 127 bytes");
+        if (!(e->models[e->n_models] = strdup(m->valuestring)))
+            return dsi_seterr(c->err, DSI_ENOMEM, "keys file: out of memory");
+        e->n_models++;
+    }
+    return 0;
+}
+
+static int field_i64(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e) {
+    int64_t x;
+    if (get_int(v, INT32_MAX, &x)) return BAD_VALUE;
+    memcpy((char *)e + f->off, &x, sizeof x);
+    return 0;
+}
+
+static int field_int(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e) {
+    int64_t x;
+    if (get_int(v, INT32_MAX, &x)) return BAD_VALUE;
+    int i = (int)x;
+    memcpy((char *)e + f->off, &i, sizeof i);
+    return 0;
+}
+
+/* RFC 3339 or null; stored as ms since the epoch when the row has a field. */
+static int field_time(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                      struct dsi__entry *e) {
+    int64_t ms;
+    if (cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsString(v) || dsi__rfc3339_parse(v->valuestring, &ms)) return BAD_VALUE;
+    if (f->off) memcpy((char *)e + f->off, &ms, sizeof ms);
+    return 0;
+}
+
+static int field_bool(const struct field *f, const cJSON *v, const struct entry_ctx *c,
+                      struct dsi__entry *e) {
+    if (!cJSON_IsBool(v)) return BAD_VALUE;
+    e->disabled = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* Fills *e from one object of "keys" or "clients": every field through its
+ * row, each at most once, unknown fields and missing required ones refused.
+ * On error *e holds nothing to free. */
 static int parse_entry(const cJSON *obj, enum entry_kind kind, size_t idx, const struct dsi__roles *roles,
                        struct dsi__entry *e, char **err) {
-    const char *sect = kind == KIND_KEY ? "keys" : "clients";
+    struct entry_ctx c = {
+        .sect = kind == KIND_KEY ? "keys" : "clients", .idx = idx, .roles = roles, .err = err};
+    const char *id_name = kind == KIND_KEY ? "id" : "cn";
+    unsigned on = kind == KIND_KEY ? ON_KEY : ON_CLIENT, req = kind == KIND_KEY ? REQ_KEY : REQ_CLIENT;
+    uint32_t seen = 0;
     int rc = 0;
     memset(e, 0, sizeof *e);
     e->expires_ms = DSI__NO_EXPIRY;
     /* The entry's id (or CN) is used in messages as soon as it is known. */
-    const cJSON *idv = cJSON_GetObjectItemCaseSensitive(obj, kind == KIND_KEY ? "id" : "cn");
-    char who[80] = "";
-    if (cJSON_IsString(idv))
-        snprintf(who, sizeof who, " (%s \"%.40s\")", kind == KIND_KEY ? "id" : "cn", idv->valuestring);
-    if (!cJSON_IsObject(obj)) EFAIL("keys file: %s[%zu]: must be an object", sect, idx);
-    bool have_id = false, have_name = false, have_role = false, have_sha = false;
-    for (const cJSON *f = obj->child; f; f = f->next) {
-        const char *k = f->string ? f->string : "";
-        for (const cJSON *g = obj->child; g != f; g = g->next)
-            if (g->string && !strcmp(g->string, k))
-                EFAIL("keys file: %s[%zu]%s: field '%.40s' appears twice", sect, idx, who, k);
-        if (kind == KIND_KEY && !strcmp(k, "id")) {
-            if (!cJSON_IsString(f) || !id_ok(f->valuestring))
-                EFAIL("keys file: %s[%zu]%s: field 'id' must be 1-31 of A-Z a-z 0-9 _ - .", sect, idx, who);
-            strcpy(e->id, f->valuestring);
-            have_id = true;
-        } else if (kind == KIND_CLIENT && !strcmp(k, "cn")) {
-            if (!cJSON_IsString(f) || !plain_text(f->valuestring, sizeof e->cn - 1, true))
-                EFAIL("keys file: %s[%zu]%s: field 'cn' must be a non-empty string without control "
-                      "characters, at most 255 bytes",
-                      sect, idx, who);
-            strcpy(e->cn, f->valuestring);
-            have_id = true;
-        } else if (!strcmp(k, "name")) {
-            if (!cJSON_IsString(f) || !plain_text(f->valuestring, sizeof e->name - 1, true))
-                EFAIL("keys file: %s[%zu]%s: field 'name' must be a non-empty string without control "
-                      "characters, at most 63 bytes",
-                      sect, idx, who);
-            strcpy(e->name, f->valuestring);
-            have_name = true;
-        } else if (!strcmp(k, "role")) {
-            if (!cJSON_IsString(f) || !dsi__role_name_ok(f->valuestring))
-                EFAIL("keys file: %s[%zu]%s: field 'role' must be a role name", sect, idx, who);
-            /* roles == NULL: listing/revoking without the config's roles at hand */
-            const struct dsi__role *r = roles ? dsi__roles_find(roles, f->valuestring) : NULL;
-            if (roles && !r)
-                EFAIL("keys file: %s[%zu]%s: field 'role': unknown role '%s'", sect, idx, who,
-                      f->valuestring);
-            strcpy(e->role, f->valuestring);
-            e->perms = r ? r->perms : 0;
-            have_role = true;
-        } else if (kind == KIND_KEY && !strcmp(k, "sha256")) {
-            if (!cJSON_IsString(f) ||
-                dsi_hex_decode(f->valuestring, strlen(f->valuestring), e->sha, sizeof e->sha))
-                EFAIL("keys file: %s[%zu]%s: field 'sha256' must be 64 hex digits", sect, idx, who);
-            have_sha = true;
-        } else if (!strcmp(k, "models")) {
-            if (!cJSON_IsArray(f))
-                EFAIL("keys file: %s[%zu]%s: field 'models' must be a list of model names", sect, idx, who);
-            size_t n = (size_t)cJSON_GetArraySize(f);
-            if (n > 1024) EFAIL("keys file: %s[%zu]%s: field 'models': more than 1024 names", sect, idx, who);
-            if (n) {
-                e->models = calloc(n, sizeof *e->models);
-                if (!e->models) {
-                    rc = dsi_seterr(err, DSI_ENOMEM, "keys file: out of memory");
-                    goto fail;
-                }
-            }
-            for (const cJSON *m = f->child; m; m = m->next) {
-                if (!cJSON_IsString(m) || !plain_text(m->valuestring, 127, false))
-                    EFAIL("keys file: %s[%zu]%s: field 'models': each name must be a non-empty string "
-                          "without commas or control characters, at most 127 bytes",
-                          sect, idx, who);
-                e->models[e->n_models] = strdup(m->valuestring);
-                if (!e->models[e->n_models]) {
-                    rc = dsi_seterr(err, DSI_ENOMEM, "keys file: out of memory");
-                    goto fail;
-                }
-                e->n_models++;
-            }
-        } else if (!strcmp(k, "rpm") || !strcmp(k, "tpm") || !strcmp(k, "max_tokens")) {
-            int64_t v;
-            if (get_int(f, INT32_MAX, &v))
-                EFAIL("keys file: %s[%zu]%s: field '%s' must be an integer 0..2147483647 (0: none)", sect,
-                      idx, who, k);
-            if (k[0] == 'r')
-                e->rpm = v;
-            else if (k[0] == 't')
-                e->tpm = v;
-            else
-                e->max_tokens = (int)v;
-        } else if (!strcmp(k, "expires") || !strcmp(k, "created")) {
-            int64_t ms;
-            if (cJSON_IsNull(f)) continue;
-            if (!cJSON_IsString(f) || dsi__rfc3339_parse(f->valuestring, &ms))
-                EFAIL("keys file: %s[%zu]%s: field '%s' must be an RFC 3339 time like "
-                      "2027-01-31T00:00:00Z, or null",
-                      sect, idx, who, k);
-            if (k[0] == 'e') e->expires_ms = ms;
-        } else if (!strcmp(k, "disabled")) {
-            if (!cJSON_IsBool(f))
-                EFAIL("keys file: %s[%zu]%s: field 'disabled' must be true or false", sect, idx, who);
-            e->disabled = cJSON_IsTrue(f);
-        } else {
-            EFAIL("keys file: %s[%zu]%s: unknown field '%.40s'", sect, idx, who, k);
+    const cJSON *idv = cJSON_GetObjectItemCaseSensitive(obj, id_name);
+    if (cJSON_IsString(idv)) snprintf(c.who, sizeof c.who, " (%s \"%.40s\")", id_name, idv->valuestring);
+    if (!cJSON_IsObject(obj))
+        return dsi_seterr(err, DSI_EINVAL, "keys file: %s[%zu]: must be an object", c.sect, idx);
+    for (const cJSON *v = obj->child; v; v = v->next) {
+        const char *k = v->string ? v->string : "";
+        size_t i = 0;
+        while (i < N_FIELDS && (!(fields[i].flags & on) || strcmp(fields[i].name, k)))
+            i++;
+        if (i < N_FIELDS && (seen & 1u << i)) {
+            rc = entry_err(&c, DSI_EINVAL, "field '%.40s' appears twice", k);
+            goto fail;
         }
+        if (i == N_FIELDS) {
+            rc = entry_err(&c, DSI_EINVAL, "unknown field '%.40s'", k);
+            goto fail;
+        }
+        seen |= 1u << i;
+        if ((rc = fields[i].parse(&fields[i], v, &c, e)) == BAD_VALUE)
+            rc = entry_err(&c, DSI_EINVAL, "field '%s' %s", k, fields[i].want);
+        if (rc) goto fail;
     }
-    if (!have_id) EFAIL("keys file: %s[%zu]: missing field '%s'", sect, idx, kind == KIND_KEY ? "id" : "cn");
-    if (!have_name) EFAIL("keys file: %s[%zu]%s: missing field 'name'", sect, idx, who);
-    if (!have_role) EFAIL("keys file: %s[%zu]%s: missing field 'role'", sect, idx, who);
-    if (kind == KIND_KEY && !have_sha) EFAIL("keys file: %s[%zu]%s: missing field 'sha256'", sect, idx, who);
+    for (size_t i = 0; i < N_FIELDS; i++)
+        if ((fields[i].flags & req) && !(seen & 1u << i)) {
+            if (!strcmp(fields[i].name, id_name)) c.who[0] = 0; /* no id to name the entry by */
+            rc = entry_err(&c, DSI_EINVAL, "missing field '%s'", fields[i].name);
+            goto fail;
+        }
     if (kind == KIND_CLIENT) {
         /* A stable id derived from the CN: rate-limit state and audit lines need
          * one, and it must survive reloads. */
@@ -307,6 +398,12 @@ void dsi__keyset_free(struct dsi__keyset *ks) {
     free(ks->clients);
     free(ks);
 }
+
+#define EFAIL(...)                                                                                           \
+    do {                                                                                                     \
+        rc = dsi_seterr(err, DSI_EINVAL, __VA_ARGS__);                                                       \
+        goto fail;                                                                                           \
+    } while (0)
 
 int dsi__keyset_parse(const char *text, size_t len, const struct dsi__roles *roles, struct dsi__keyset **out,
                       char **err) {
