@@ -151,6 +151,50 @@ TEST(keys_parse_errors_name_entry_and_field) {
     free(err);
 }
 
+/* Names, CNs and model names go into keys.json, logs and metric labels: bytes
+ * that are not UTF-8 (the file stops being JSON, the labels stop being valid
+ * exposition text) and C1 controls (CSI for a terminal) are refused too. */
+TEST(keys_parse_refuses_text_that_is_not_printable_utf8) {
+    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"a\xff\",\"role\":\"user\",\"sha256\":\"" HASH_A
+                 "\"}]}",
+                 "k_1", "'name'");
+    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"a\xc3\",\"role\":\"user\",\"sha256\":\"" HASH_A
+                 "\"}]}",
+                 "k_1", "'name'");
+    expect_error("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"a\\u009b31m\",\"role\":\"user\","
+                 "\"sha256\":\"" HASH_A "\"}]}",
+                 "k_1", "'name'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"models\":[\"m\xe2\x82\"]") "]}", "k_1", "'models'");
+    expect_error("{\"version\":1,\"keys\":[],\"clients\":[{\"cn\":\"svc\xc0\xaf\",\"name\":\"n\",\"role\":\"user\"}]}",
+                 "clients[0]", "'cn'");
+    /* printable UTF-8 beyond ASCII stays accepted */
+    char *err = NULL;
+    CHECK_EQ_INT(parse("{\"version\":1,\"keys\":[{\"id\":\"k_1\",\"name\":\"Ren\xc3\xa9" "e \xe2\x82\xac\",\"role\":"
+                       "\"user\",\"sha256\":\"" HASH_A "\",\"models\":[\"\xe6\xa8\xa1\xe5\x9e\x8b\"]}]}",
+                       &err),
+                 0);
+    free(err);
+}
+
+TEST(keys_admin_add_refuses_name_not_printable_utf8) {
+    char path[160];
+    snprintf(path, sizeof path, "%s/admin_utf8.json", tmpdir);
+    char key[DSI_KEY_STRLEN + 1], id[32];
+    const char *bad[] = {"al\xffice", "trunc\xe2\x82", "csi\xc2\x9b" "31m", "esc\x1b[31m"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct dsi_key_spec s = {.name = bad[i], .role = "user"};
+        char *err = NULL;
+        CHECK_EQ_INT(dsi_keys_add(path, &s, key, id, &err), DSI_EINVAL);
+        CHECK(err && strstr(err, "--name"));
+        free(err);
+    }
+    struct stat st;
+    CHECK(stat(path, &st) != 0); /* nothing written */
+    struct dsi_key_spec s = {.name = "Ren\xc3\xa9" "e", .role = "user"};
+    CHECK_EQ_INT(dsi_keys_add(path, &s, key, id, NULL), 0);
+    unlink(path);
+}
+
 TEST(keys_parse_rfc3339) {
     int64_t ms = 0;
     CHECK_EQ_INT(dsi__rfc3339_parse("1970-01-01T00:00:00Z", &ms), 0);
@@ -446,6 +490,8 @@ int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     RUN(keys_parse_valid_full);
     RUN(keys_parse_errors_name_entry_and_field);
+    RUN(keys_parse_refuses_text_that_is_not_printable_utf8);
+    RUN(keys_admin_add_refuses_name_not_printable_utf8);
     RUN(keys_parse_rfc3339);
     RUN(keys_admin_add_list_revoke);
     RUN(keys_admin_errors);

@@ -60,6 +60,25 @@ static int count_temps(const char *dir) {
     return n;
 }
 
+TEST(utf8_printable_refuses_controls_and_malformed_text) {
+    CHECK(dsi_utf8_printable("alice", 5));
+    CHECK(dsi_utf8_printable("Ren\xc3\xa9"
+                             "e \xe2\x82\xac \xf0\x9f\x98\x80",
+                             15));
+    CHECK(dsi_utf8_printable("\xc2\xa0", 2)); /* U+00A0, first after C1 */
+    CHECK(!dsi_utf8_printable("a\x1b[31m", 6));
+    CHECK(!dsi_utf8_printable("tab\there", 8));
+    CHECK(!dsi_utf8_printable("del\x7f", 4));
+    CHECK(!dsi_utf8_printable("csi\xc2\x9b", 5)); /* U+009B */
+    CHECK(!dsi_utf8_printable("\xc2\x80", 2));    /* U+0080 */
+    CHECK(!dsi_utf8_printable("a\xff", 2));
+    CHECK(!dsi_utf8_printable("a\xe2\x82", 3));
+    CHECK(!dsi_utf8_printable("nul\0x", 5));
+    CHECK_EQ_INT(dsi_utf8_seq_len("\xe2\x82\xac", 3), 3);
+    CHECK_EQ_INT(dsi_utf8_seq_len("\xe2\x82\xac", 2), 0);
+    CHECK_EQ_INT(dsi_utf8_seq_len("", 0), 0);
+}
+
 TEST(write_file_atomic_replaces_with_mode_and_leaves_no_temp) {
     char dir[] = "/tmp/dsi_core_atomic.XXXXXX", path[64], *err = NULL, *got = NULL;
     CHECK(mkdtemp(dir) != NULL);
@@ -91,6 +110,7 @@ int main(void) {
     RUN(seterr_keeps_first_message);
     RUN(log_level_parse_rejects_unknown);
     RUN(utf8_valid_accepts_only_well_formed_text);
+    RUN(utf8_printable_refuses_controls_and_malformed_text);
     RUN(write_file_atomic_replaces_with_mode_and_leaves_no_temp);
     RUN(write_file_atomic_into_missing_folder_fails_cleanly);
     return test_summary();

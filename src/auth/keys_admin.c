@@ -24,6 +24,7 @@
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
+#include "dsinfer/utf8.h"
 
 struct locked_file {
     int lock_fd;
@@ -145,9 +146,10 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
     if (rc) return rc;
     if (!s->name || !*s->name || strlen(s->name) > 63)
         return dsi_seterr(err, DSI_EINVAL, "--name must be 1-63 bytes");
-    for (const char *p = s->name; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            return dsi_seterr(err, DSI_EINVAL, "--name must not contain control characters");
+    /* The name goes into keys.json, logs and metric labels: invalid UTF-8 would
+     * make the file invalid JSON and the labels invalid exposition text. */
+    if (!dsi_utf8_printable(s->name, strlen(s->name)))
+        return dsi_seterr(err, DSI_EINVAL, "--name must be printable UTF-8, without control characters");
     if (!s->role || !dsi__roles_find(&roles, s->role)) {
         char known[DSI__ROLES_MAX * 33] = "";
         for (size_t i = 0; i < roles.n; i++) {

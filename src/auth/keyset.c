@@ -29,6 +29,7 @@
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#include "dsinfer/utf8.h"
 
 enum entry_kind { KIND_KEY, KIND_CLIENT };
 
@@ -92,10 +93,10 @@ static const struct field fields[] = {
     {"id", ON_KEY | REQ_KEY, field_id, E(id), sizeof ((struct dsi__entry *)0)->id - 1,
      "must be 1-31 of A-Z a-z 0-9 _ - ."},
     {"cn", ON_CLIENT | REQ_CLIENT, field_text, E(cn), sizeof ((struct dsi__entry *)0)->cn - 1,
-     "must be a non-empty string without control characters, at most 255 bytes"},
+     "must be non-empty printable UTF-8 (no control characters), at most 255 bytes"},
     {"name", ON_KEY | ON_CLIENT | REQ_KEY | REQ_CLIENT, field_text, E(name),
      sizeof ((struct dsi__entry *)0)->name - 1,
-     "must be a non-empty string without control characters, at most 63 bytes"},
+     "must be non-empty printable UTF-8 (no control characters), at most 63 bytes"},
     {"role", ON_KEY | ON_CLIENT | REQ_KEY | REQ_CLIENT, field_role, E(role), 0, "must be a role name"},
     {"sha256", ON_KEY | REQ_KEY, field_sha256, E(sha), 0, "must be 64 hex digits"},
     {"models", ON_KEY | ON_CLIENT, field_models, 0, 127, "must be a list of model names"},
@@ -110,16 +111,13 @@ static const struct field fields[] = {
 #define N_FIELDS (sizeof fields / sizeof fields[0])
 _Static_assert(N_FIELDS <= 32, "seen-field bit mask");
 
-/* Printable text without control characters (names, model names, CNs end up
- * in logs, audit lines and Prometheus labels). */
+/* Printable UTF-8 (dsi_utf8_printable): names, model names and CNs end up in
+ * logs, audit lines, keys.json and Prometheus labels, where invalid UTF-8 breaks
+ * the JSON and the exposition format and control bytes reach terminals. */
 static bool plain_text(const char *s, size_t max_len, bool allow_comma) {
     size_t n = strlen(s);
-    if (n == 0 || n > max_len) return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c == 0x7f || (!allow_comma && c == ',')) return false;
-    }
-    return true;
+    if (n == 0 || n > max_len || !dsi_utf8_printable(s, n)) return false;
+    return allow_comma || !strchr(s, ',');
 }
 
 static bool id_ok(const char *s) {
@@ -192,8 +190,8 @@ static int field_models(const struct field *f, const cJSON *v, const struct entr
     for (const cJSON *m = v->child; m; m = m->next) {
         if (!cJSON_IsString(m) || !plain_text(m->valuestring, f->max_len, false))
             return entry_err(c, DSI_EINVAL,
-                             "field 'models': each name must be a non-empty string without commas or "
-                             "control characters, at most 127 bytes");
+                             "field 'models': each name must be non-empty printable UTF-8 without "
+                             "commas or control characters, at most 127 bytes");
         if (!(e->models[e->n_models] = strdup(m->valuestring)))
             return dsi_seterr(c->err, DSI_ENOMEM, "keys file: out of memory");
         e->n_models++;
