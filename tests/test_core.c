@@ -79,6 +79,53 @@ TEST(utf8_printable_refuses_controls_and_malformed_text) {
     CHECK_EQ_INT(dsi_utf8_seq_len("", 0), 0);
 }
 
+/* Logs "model <arg> loaded" with stderr sent to a file; returns what was written. */
+static char *log_capture(const char *arg) {
+    char path[] = "/tmp/dsi_core_log.XXXXXX";
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO);
+    if (fd < 0 || saved < 0) return NULL;
+    fflush(stderr);
+    dup2(fd, STDERR_FILENO);
+    dsi_log_write(DSI_LOG_WARN, "test", "model %s loaded", arg);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fd);
+    char *out = NULL;
+    size_t len = 0;
+    if (dsi_read_file(path, 1 << 20, &out, &len, NULL) != 0) out = NULL;
+    unlink(path);
+    return out;
+}
+
+/* Paths, model names and other outside text reach log lines: one record stays
+ * one line, terminal controls and non-UTF-8 bytes are escaped. */
+TEST(log_escapes_control_bytes_and_invalid_utf8) {
+    unsetenv("JOURNAL_STREAM");
+    char *out = log_capture("m\x1b]0;pwned\x07\x1b[31m\xc2\x9b"
+                            "2J\xff\n"
+                            "2026 INFO forged Ren\xc3\xa9"
+                            "e\t|");
+    CHECK(out != NULL);
+    if (!out) return;
+    CHECK(strstr(out, "WARN test: model m\\x1b]0;pwned\\x07\\x1b[31m\\xc2\\x9b2J\\xff 2026 INFO forged "
+                      "Ren\xc3\xa9"
+                      "e\\x09| loaded\n") != NULL);
+    CHECK(strchr(out, '\n') == out + strlen(out) - 1); /* one line */
+    CHECK(dsi_utf8_printable(out, strlen(out) - 1));
+    free(out);
+    /* a long message of controls is cut at a whole escape and marked */
+    char big[3000];
+    memset(big, 0x1b, sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    out = log_capture(big);
+    CHECK(out != NULL);
+    if (!out) return;
+    size_t n = strlen(out);
+    CHECK(n > 16 && n <= 4096 && !strcmp(out + n - 4, "...\n"));
+    CHECK(strstr(out, "\\x1b\\x1b") != NULL && !strchr(out, 0x1b));
+    free(out);
+}
+
 TEST(write_file_atomic_replaces_with_mode_and_leaves_no_temp) {
     char dir[] = "/tmp/dsi_core_atomic.XXXXXX", path[64], *err = NULL, *got = NULL;
     CHECK(mkdtemp(dir) != NULL);
@@ -111,6 +158,7 @@ int main(void) {
     RUN(log_level_parse_rejects_unknown);
     RUN(utf8_valid_accepts_only_well_formed_text);
     RUN(utf8_printable_refuses_controls_and_malformed_text);
+    RUN(log_escapes_control_bytes_and_invalid_utf8);
     RUN(write_file_atomic_replaces_with_mode_and_leaves_no_temp);
     RUN(write_file_atomic_into_missing_folder_fails_cleanly);
     return test_summary();
