@@ -3,6 +3,8 @@ set(DSI_TM_UTIL tests/test_model_util.c)
 dsi_test(test_crypto SOURCES tests/test_crypto.c LIBS dsi_core)
 dsi_test(test_model_st SOURCES tests/test_model_st.c ${DSI_TM_UTIL} LIBS dsi_model dsi_core)
 dsi_test(test_model_config SOURCES tests/test_model_config.c LIBS dsi_model dsi_core)
+# dsi_model_config_check: the one config check of every backend, split included.
+dsi_test(test_config_check SOURCES tests/test_config_check.c LIBS dsi_model dsi_core)
 dsi_test(test_model_manifest SOURCES tests/test_model_manifest.c ${DSI_TM_UTIL} LIBS dsi_model dsi_core)
 # 2 GiB sparse file, one flipped byte: hashing 2 GiB takes seconds, so "slow"
 # (the ASan run skips it with -LE slow).

@@ -320,44 +320,6 @@ TEST(create_cpu_needs_no_nccl_id) {
     free(err);
 }
 
-TEST(split_heads_must_divide) {
-    struct dsi_model_config cfg = {.vocab_size = 384,
-                                   .hidden_size = 96,
-                                   .intermediate_size = 160,
-                                   .n_heads = 6,
-                                   .n_kv_heads = 1,
-                                   .head_dim = 16};
-    char *err = NULL;
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 2, 0, &err), DSI_EINVAL);
-    CHECK(err && strstr(err, "does not divide") && strstr(err, "1 kv heads"));
-    free(err);
-    err = NULL;
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 1, 0, &err), 0);
-    cfg.n_kv_heads = 2;
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 2, 0, &err), 0);
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 4, 0, &err), DSI_EINVAL); /* 6 heads */
-    free(err);
-}
-
-TEST(split_int8_groups_must_not_straddle) {
-    /* 8 heads of 32 over 2 ranks: 128 attention columns per rank */
-    struct dsi_model_config cfg = {.vocab_size = 4096,
-                                   .hidden_size = 256,
-                                   .intermediate_size = 768,
-                                   .n_heads = 8,
-                                   .n_kv_heads = 4,
-                                   .head_dim = 32};
-    char *err = NULL;
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 2, 128, &err), 0);
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 2, 256, &err), DSI_EINVAL);
-    CHECK(err && strstr(err, "straddle"));
-    free(err);
-    err = NULL;
-    cfg.intermediate_size = 700; /* not a multiple of 64 */
-    CHECK_EQ_INT(dsi_tp_check_split(&cfg, 2, 64, &err), DSI_EINVAL);
-    free(err);
-}
-
 int main(void) {
     RUN(batch_roundtrip);
     RUN(batch_encode_buffer_short);
@@ -370,7 +332,5 @@ int main(void) {
     RUN(create_roundtrip);
     RUN(create_malformed_rejected);
     RUN(create_cpu_needs_no_nccl_id);
-    RUN(split_heads_must_divide);
-    RUN(split_int8_groups_must_not_straddle);
     return test_summary();
 }

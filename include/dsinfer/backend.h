@@ -92,9 +92,42 @@ int dsi_backend_create(const char *name, const struct dsi_model *m, const struct
                        struct dsi_backend **out, char **err);
 void dsi_backend_destroy(struct dsi_backend *be);
 
+/* One rank's part of a tensor-parallel model (Megatron split; rank r of size):
+ *   attention heads [r*nh/size, (r+1)*nh/size) and the matching kv heads
+ *     (q/k/v rows and biases column parallel; o's columns row parallel),
+ *   intermediate rows/columns of gate, up and down: an even split in whole
+ *     int8 groups (dsi_shard_range), vocab rows of lm_head: an even split;
+ *   embedding and norms replicated; the KV pool holds only the own kv heads.
+ * The communication is the caller's (src/parallel: MPI), through callbacks every
+ * rank calls in the same order: all_reduce (in-place fp32 sum over the ranks)
+ * after attention's output projection and after the MLP's down projection of
+ * every layer, and gather_logits once per step. size 1 and NULL callbacks: the
+ * whole model in one process. */
+struct dsi_shard {
+    int rank, size;
+    /* Sums buf[0..n) over every rank, in place; every rank gets the same bits. */
+    int (*all_reduce)(void *ctx, float *buf, size_t n, char **err);
+    /* local: this rank's (n_rows, v1-v0) logits of vocab rows [v0, v1); rank 0
+     * gets every rank's slice into logits (n_rows, vocab); others pass NULL. */
+    int (*gather_logits)(void *ctx, const float *local, int n_rows, float *logits, char **err);
+    void *ctx;
+};
+/* [*lo, *hi) of rank r of n over total elements in whole units of unit
+ * (0 or 1: single elements); the last rank takes the remainder. */
+void dsi_shard_range(int total, int n, int r, int unit, int *lo, int *hi);
+
 /* Constructors of each backend, called by dsi_backend_create. */
 int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
                            struct dsi_backend **out, char **err);
+/* The CPU backend for shard sh of m (sh NULL: the whole model, as
+ * dsi_cpu_backend_create). Every forward of a shard with size > 1 calls sh's
+ * callbacks, so every rank must run the same batches in the same order; its
+ * logits argument is used on rank 0 only. */
+int dsi_cpu_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                                 const struct dsi_shard *sh, struct dsi_backend **out, char **err);
+/* A CPU backend's limits, which every rank of a shard shares: tokens and
+ * sequences (rows of logits) per step and positions a sequence may reach. */
+void dsi_cpu_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs, int *max_ctx);
 int dsi_cuda_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
                             struct dsi_backend **out, char **err);
 

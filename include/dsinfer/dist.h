@@ -65,9 +65,6 @@ enum dsi_tp_backend { DSI_TP_BACKEND_CPU = 0, DSI_TP_BACKEND_CUDA = 1 };
 int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
                           const struct dsi_backend_opts *o, struct dsi_backend **out, char **err);
 
-/* 0 if a model with this config can be split over n ranks with these options;
- * else DSI_EINVAL with a message saying which size n does not divide. */
-int dsi_tp_check_split(const struct dsi_model_config *cfg, int n, int int8_group_size, char **err);
 
 /* ---- control messages (validated like outside input) -------------------------- */
 

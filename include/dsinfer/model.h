@@ -125,6 +125,25 @@ int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **
  * default/linear/llama3 today); otherwise DSI_EUNSUPPORTED with a reason. */
 int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err);
 
+/* What one backend's forward pass can run beyond dsi_model_config_runnable. */
+struct dsi_backend_limits {
+    const char *backend;     /* "cpu", "cuda": named in messages */
+    int max_gqa_group;       /* most attention heads per kv head; 0: any */
+    int head_dim_multiple;   /* head_dim is a multiple of this (at least 2: rotary pairs) */
+    int head_dim_divides;    /* and divides this; 0: no bound */
+    bool split_inter_evenly; /* a shard holds exactly intermediate/n rows (else whole int8 groups) */
+};
+/* The one check every backend runs before it loads a weight: the config is
+ * runnable (dsi_model_config_runnable), its sizes are positive, consistent and
+ * small enough for int indexing, it fits lim, and (n_ranks > 1) it splits over
+ * n_ranks tensor-parallel shards with int8 groups of int8_group_size (0: per
+ * channel) never straddling two ranks. Returns 0, or with a message saying
+ * which value is wrong: DSI_EUNSUPPORTED (a feature or size this build or
+ * backend does not run), DSI_EFORMAT (config.json contradicts itself),
+ * DSI_EOVERFLOW (sizes too large), DSI_EINVAL (the split). */
+int dsi_model_config_check(const struct dsi_model_config *cfg, const struct dsi_backend_limits *lim,
+                           int n_ranks, int int8_group_size, char **err);
+
 /* Manifest: DIR/SHA256SUMS in `sha256sum` format. */
 struct dsi_manifest_opts {
     int n_threads;                      /* 0: number of CPUs */

@@ -1,10 +1,12 @@
 /*
- * tp_cpu.c: the tensor-parallel CPU backend. On rank 0 it is a struct
+ * tp_cpu.c: the tensor-parallel backend. On rank 0 it is a struct
  * dsi_backend like any other (dsi_backend_create("cpu") returns it when MPI
  * started more than one rank); its forward broadcasts the validated batch and
  * then runs rank 0's shard. Ranks > 0 run dsi__tp_worker_loop: they build the
  * same shard on "create", run every "forward" they receive, free it on
- * "destroy" and return on "shutdown".
+ * "destroy" and return on "shutdown". A shard is the CPU backend over its
+ * slices (dsi_cpu_backend_create_shard), with the all-reduce and the logits
+ * gather it calls back done here over MPI, or the CUDA backend's (tp_cuda.c).
  *
  * Every rank enters the same collectives in the same order: a message that a
  * worker cannot validate is fatal for that worker (it cannot take part in the
@@ -18,26 +20,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
-#include "dsinfer/rope.h"
 #include "tp_internal.h"
-
-#define DEFAULT_KV_BYTES ((size_t)64 << 20)
-#define DEFAULT_BLOCK 16
-#define DEFAULT_MAX_TOKENS 512
 
 static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
 static void tp_destroy(struct dsi_backend *be);
 static int agree_and_build(enum dsi_tp_backend kind, const struct dsi_model *m,
                            const struct dsi_backend_opts *o, const unsigned char *nccl_id, int pre,
                            struct dsi__tp **t, char **err);
-static int check_config(const struct dsi_model_config *cfg, char **err);
-static int alloc_scratch(struct dsi__tp *t, char **err);
+static int mpi_all_reduce(void *ctx, float *buf, size_t n, char **err);
+static int mpi_gather_logits(void *ctx, const float *local, int n_rows, float *logits, char **err);
 static int worker_create(const int32_t *words, uint32_t n_words, struct dsi_model *model, bool *have_model,
                          struct dsi__tp **t, char **err);
 
@@ -58,156 +51,108 @@ static const struct dsi_backend_ops tp_cuda_ops = {
     .destroy = tp_destroy,
 };
 
-static int check_config(const struct dsi_model_config *cfg, char **err) {
-    if (cfg->arch != DSI_ARCH_QWEN2 && cfg->arch != DSI_ARCH_LLAMA)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "tensor parallel runs Qwen2 and Llama models, not %s",
-                          cfg->architecture[0] ? cfg->architecture : "this architecture");
-    if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->n_layers <= 0 ||
-        cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->head_dim % 2 ||
-        cfg->max_position_embeddings <= 0 || cfg->n_heads % cfg->n_kv_heads)
-        return dsi_seterr(err, DSI_EFORMAT, "config.json sizes are invalid for the forward pass");
-    if ((long long)cfg->n_heads * cfg->head_dim > INT_MAX / 4 || cfg->hidden_size > INT_MAX / 4 ||
-        cfg->intermediate_size > INT_MAX / 4 || cfg->vocab_size > INT_MAX / 4)
-        return dsi_seterr(err, DSI_EOVERFLOW, "config.json sizes are too large");
-    if (cfg->rope.type == DSI_ROPE_DYNAMIC)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "dynamic NTK rope scaling is not supported");
+/* The CPU shard's all-reduce (backend.h struct dsi_shard). */
+static int mpi_all_reduce(void *ctx, float *buf, size_t n, char **err) {
+    struct dsi__tp *t = ctx;
+    if (n > (size_t)INT_MAX) return dsi_seterr(err, DSI_EOVERFLOW, "all-reduce of %zu floats", n);
+    int mrc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, t->comm);
+    return mrc == MPI_SUCCESS ? 0 : dsi__dist_mpierr(mrc, "all-reduce of a layer's output", err);
+}
+
+/* The CPU shard's logits: rank r's local is (n_rows, v_counts[r]); rank 0
+ * receives every rank's block into lg_all (rank-major) and scatters them into
+ * logits (n_rows, vocab). */
+static int mpi_gather_logits(void *ctx, const float *local, int n_rows, float *logits, char **err) {
+    struct dsi__tp *t = ctx;
+    int *counts = t->g_counts, *displs = t->g_displs;
+    for (int r = 0; r < t->size; r++) {
+        counts[r] = t->v_counts[r] * n_rows;
+        displs[r] = t->v_displs[r] * n_rows;
+    }
+    int mrc = MPI_Gatherv(local, t->v_counts[t->rank] * n_rows, MPI_FLOAT, t->lg_all, counts, displs,
+                          MPI_FLOAT, 0, t->comm);
+    if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "gather of logits", err);
+    if (t->rank != 0) return 0;
+    if (!logits) return dsi_seterr(err, DSI_EINVAL, "tensor parallel: logits wanted but no buffer");
+    size_t V = (size_t)t->vocab_size;
+    for (int r = 0; r < t->size; r++) {
+        const float *blk = t->lg_all + displs[r];
+        int w = t->v_counts[r], v0 = t->v_displs[r];
+        for (int o = 0; o < n_rows; o++)
+            memcpy(logits + (size_t)o * V + (size_t)v0, blk + (size_t)o * (size_t)w,
+                   (size_t)w * sizeof(float));
+    }
     return 0;
 }
 
-static int alloc_scratch(struct dsi__tp *t, char **err) {
-    size_t T = (size_t)t->max_tokens, H = (size_t)t->cfg->hidden_size, I = (size_t)(t->i1 - t->i0);
-    size_t out = (size_t)t->lim.max_seqs, V = (size_t)t->cfg->vocab_size;
-    struct {
-        float **p;
-        size_t n;
-    } bufs[] = {{&t->x, T * H},
-                {&t->xn, T * H},
-                {&t->q, T * (size_t)t->q_l},
-                {&t->k, T * (size_t)t->kv_l},
-                {&t->v, T * (size_t)t->kv_l},
-                {&t->att, T * (size_t)t->q_l},
-                {&t->gate, T * I},
-                {&t->up, T * I},
-                {&t->scores, (size_t)t->n_threads * (size_t)t->max_ctx},
-                {&t->lg_local, out * (size_t)(t->v1 - t->v0)},
-                {&t->lg_all, t->rank == 0 ? out * V : 1}};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        if (bufs[i].n > (size_t)INT_MAX)
-            return dsi_seterr(err, DSI_EOVERFLOW, "tensor parallel: scratch too large");
-        *bufs[i].p = calloc(bufs[i].n ? bufs[i].n : 1, sizeof(float));
-        if (dsi__tp_own(t, *bufs[i].p)) return dsi_seterr(err, DSI_ENOMEM, "out of memory for scratch");
-    }
-    t->tok_seq = calloc(T, sizeof(int32_t));
-    if (dsi__tp_own(t, t->tok_seq)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    t->tok_pos = calloc(T, sizeof(int32_t));
-    if (dsi__tp_own(t, t->tok_pos)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+int dsi__tp_alloc_msg(struct dsi__tp *t, char **err) {
     int rc = dsi_tp_batch_max_words(&t->lim, &t->msg_cap);
     if (rc) return dsi_seterr(err, rc, "tensor parallel: forward message size overflows");
     t->msg = calloc(t->msg_cap, sizeof(int32_t));
-    if (dsi__tp_own(t, t->msg)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     t->seqs = calloc((size_t)t->lim.max_seqs, sizeof *t->seqs);
-    if (dsi__tp_own(t, t->seqs)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    if (!t->msg || !t->seqs) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* The gather's layout: every rank's vocab rows (dsi_shard_range, as the shards
+ * cut them) and, on rank 0, room for a step's logits. */
+static int alloc_gather(struct dsi__tp *t, int max_seqs, char **err) {
+    size_t n = (size_t)t->size;
+    t->v_counts = calloc(n, sizeof(int));
+    t->v_displs = calloc(n, sizeof(int));
+    t->g_counts = calloc(n, sizeof(int));
+    t->g_displs = calloc(n, sizeof(int));
+    size_t lg = t->rank == 0 ? (size_t)max_seqs * (size_t)t->vocab_size : 1;
+    if ((size_t)max_seqs * (size_t)t->vocab_size > (size_t)INT_MAX)
+        return dsi_seterr(err, DSI_EOVERFLOW, "tensor parallel: %d rows of %d logits are too many to gather",
+                          max_seqs, t->vocab_size);
+    t->lg_all = calloc(lg, sizeof(float));
+    if (!t->v_counts || !t->v_displs || !t->g_counts || !t->g_displs || !t->lg_all)
+        return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    for (int r = 0; r < t->size; r++) {
+        int lo, hi;
+        dsi_shard_range(t->vocab_size, t->size, r, 1, &lo, &hi);
+        t->v_counts[r] = hi - lo;
+        t->v_displs[r] = lo;
+    }
     return 0;
 }
 
 int dsi__tp_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o, struct dsi__tp **out,
                          char **err) {
     *out = NULL;
-    const struct dsi_model_config *cfg = &m->cfg;
-    int rc = check_config(cfg, err);
-    if (rc) return rc;
     MPI_Comm comm = dsi__dist_comm();
     if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
-    int rank = 0, size = 1;
-    MPI_Comm_rank(comm, &rank);
-    MPI_Comm_size(comm, &size);
-    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
-    if ((rc = dsi_tp_check_split(cfg, size, gs, err))) return rc;
-
     struct dsi__tp *t = calloc(1, sizeof *t);
     if (!t) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    t->m = m;
-    t->cfg = cfg;
-    t->opts = *o;
     t->comm = comm;
-    t->rank = rank;
-    t->size = size;
-    t->be.ops = &tp_ops;
+    MPI_Comm_rank(comm, &t->rank);
+    MPI_Comm_size(comm, &t->size);
+    struct dsi_shard sh = {.rank = t->rank,
+                           .size = t->size,
+                           .all_reduce = mpi_all_reduce,
+                           .gather_logits = mpi_gather_logits,
+                           .ctx = t};
+    int rc = dsi_cpu_backend_create_shard(m, o, &sh, &t->shard, err);
+    if (rc) goto fail;
+    const struct dsi_backend *s = t->shard;
+    int max_tokens = 0, max_seqs = 0, max_ctx = 0;
+    dsi_cpu_backend_limits(s, &max_tokens, &max_seqs, &max_ctx);
+    t->vocab_size = s->vocab_size;
     t->be.model = m;
     t->be.impl = t;
-    t->be.vocab_size = cfg->vocab_size;
-#ifdef _OPENMP
-    t->n_threads = o->n_threads > 0 ? o->n_threads : omp_get_num_procs();
-#else
-    t->n_threads = 1;
-#endif
-    if (t->n_threads < 1) t->n_threads = 1;
-    t->nh_l = cfg->n_heads / size;
-    t->nkv_l = cfg->n_kv_heads / size;
-    t->q_l = t->nh_l * cfg->head_dim;
-    t->kv_l = t->nkv_l * cfg->head_dim;
-    dsi__tp_range(cfg->intermediate_size, size, rank, gs, &t->i0, &t->i1);
-    dsi__tp_range(cfg->vocab_size, size, rank, 1, &t->v0, &t->v1);
-    t->v_counts = calloc((size_t)size, sizeof(int));
-    t->v_displs = calloc((size_t)size, sizeof(int));
-    t->g_counts = calloc((size_t)size, sizeof(int));
-    t->g_displs = calloc((size_t)size, sizeof(int));
-    t->inv_freq = calloc((size_t)cfg->head_dim / 2, sizeof(float));
-    if (dsi__tp_own(t, t->v_counts) || dsi__tp_own(t, t->v_displs) || dsi__tp_own(t, t->g_counts) ||
-        dsi__tp_own(t, t->g_displs) || dsi__tp_own(t, t->inv_freq)) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
-        goto fail;
-    }
-    for (int r = 0; r < size; r++) {
-        int lo, hi;
-        dsi__tp_range(cfg->vocab_size, size, r, 1, &lo, &hi);
-        t->v_counts[r] = hi - lo;
-        t->v_displs[r] = lo;
-    }
-    if (dsi_rope_inv_freq(&cfg->rope, cfg->rope_theta, cfg->head_dim, cfg->max_position_embeddings, 0,
-                          t->inv_freq, &t->attn_factor)) {
-        rc = dsi_seterr(err, DSI_EFORMAT, "config.json: invalid rope parameters");
-        goto fail;
-    }
-    if ((rc = dsi__tp_load(t, err))) goto fail;
-
-    /* KV: the engine sees the single-process block count; each rank stores only its kv heads */
-    int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
-    t->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
-    size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim * t->kv_elt;
-    size_t per_tok_l = per_tok / (size_t)size;
-    size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
-    size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
-    if (n_blocks < 1) {
-        rc = dsi_seterr(err, DSI_EINVAL, "tensor parallel: kv_bytes %zu is less than one block", kv_bytes);
-        goto fail;
-    }
-    if (n_blocks > (size_t)INT_MAX / (size_t)bs) n_blocks = (size_t)INT_MAX / (size_t)bs;
-    t->kv_layer_elems = n_blocks * (size_t)bs * (size_t)t->kv_l;
-    t->kv = calloc(n_blocks * (size_t)bs, per_tok_l);
-    if (dsi__tp_own(t, t->kv)) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory for the KV pool");
-        goto fail;
-    }
-    t->be.kv_block_size = bs;
-    t->be.n_kv_blocks = (int)n_blocks;
-    t->be.kv_bytes_per_token = per_tok;
-    t->max_ctx = cfg->max_position_embeddings;
-    if ((size_t)t->max_ctx > n_blocks * (size_t)bs) t->max_ctx = (int)(n_blocks * (size_t)bs);
-    t->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : DEFAULT_MAX_TOKENS;
-    t->lim = (struct dsi_tp_limits){
-        .max_tokens = t->max_tokens,
-        .max_ctx = t->max_ctx,
-        .block_size = bs,
-        .n_kv_blocks = (int)n_blocks,
-        .vocab_size = cfg->vocab_size,
-        .max_seqs = o->max_seqs > 0 && o->max_seqs < t->max_tokens ? o->max_seqs : t->max_tokens};
-    if ((rc = alloc_scratch(t, err))) goto fail;
-    dsi_log(
-        DSI_LOG_INFO, "dist",
-        "rank %d/%d shard: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab %d..%d, %.1f MB weights",
-        rank, size, rank * t->nh_l, (rank + 1) * t->nh_l - 1, rank * t->nkv_l, (rank + 1) * t->nkv_l - 1,
-        t->i0, t->i1 - 1, t->v0, t->v1 - 1, (double)t->be.weight_bytes / 1e6);
+    t->be.vocab_size = s->vocab_size;
+    t->be.kv_block_size = s->kv_block_size;
+    t->be.n_kv_blocks = s->n_kv_blocks; /* the engine sees the whole model's blocks */
+    t->be.weight_bytes = s->weight_bytes;
+    t->be.kv_bytes_per_token = s->kv_bytes_per_token;
+    t->lim = (struct dsi_tp_limits){.max_tokens = max_tokens,
+                                    .max_ctx = max_ctx,
+                                    .block_size = s->kv_block_size,
+                                    .n_kv_blocks = s->n_kv_blocks,
+                                    .vocab_size = s->vocab_size,
+                                    .max_seqs = max_seqs};
+    if ((rc = alloc_gather(t, max_seqs, err)) || (rc = dsi__tp_alloc_msg(t, err))) goto fail;
     *out = t;
     return 0;
 fail:
@@ -217,10 +162,14 @@ fail:
 
 void dsi__tp_free_shard(struct dsi__tp *t) {
     if (!t) return;
-    if (t->gpu) t->gpu->ops->destroy(t->gpu);
-    for (size_t i = 0; i < t->n_allocs; i++)
-        free(t->allocs[i]);
-    free(t->allocs);
+    if (t->shard) t->shard->ops->destroy(t->shard);
+    free(t->v_counts);
+    free(t->v_displs);
+    free(t->g_counts);
+    free(t->g_displs);
+    free(t->lg_all);
+    free(t->msg);
+    free(t->seqs);
     free(t);
 }
 
@@ -318,9 +267,8 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
         for (int r = 1; r < size; r++)
             if (all[2 * r + 1] < t->be.n_kv_blocks) t->be.n_kv_blocks = all[2 * r + 1];
         t->lim.n_kv_blocks = t->be.n_kv_blocks;
-        if ((long long)t->max_ctx > (long long)t->be.n_kv_blocks * t->be.kv_block_size)
-            t->max_ctx = t->be.n_kv_blocks * t->be.kv_block_size;
-        t->lim.max_ctx = t->max_ctx;
+        if ((long long)t->lim.max_ctx > (long long)t->be.n_kv_blocks * t->be.kv_block_size)
+            t->lim.max_ctx = t->be.n_kv_blocks * t->be.kv_block_size;
     }
     free(lerr);
     free(all);
@@ -362,7 +310,7 @@ static int step_failed(struct dsi__tp *t, int rc, char **err) {
     t->dead = true;
     dsi_log(DSI_LOG_ERROR, "dist", "tensor parallel step %u failed on rank 0; the backend is down: %s",
             (unsigned)t->step, err && *err ? *err : dsi_strerror(rc));
-    if (t->gpu) dsi__dist_fatal("a CUDA tensor-parallel step failed on rank 0");
+    if (t->cuda) dsi__dist_fatal("a CUDA tensor-parallel step failed on rank 0");
     return rc;
 }
 
@@ -396,19 +344,19 @@ static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *
     int T = 0;
     int rc = send_step(t, b, logits != NULL, &T, err);
     if (rc || T == 0) return rc;
-    if ((rc = dsi__tp_forward_local(t, b, logits, err))) return step_failed(t, rc, err);
+    if ((rc = t->shard->ops->forward(t->shard, b, logits, err))) return step_failed(t, rc, err);
     return 0;
 }
 
 int dsi__tp_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                            const struct dsi_sample_params *p, int32_t *ids, char **err) {
     struct dsi__tp *t = be->impl;
-    if (!t->gpu)
+    if (!t->cuda)
         return dsi_seterr(err, DSI_EINVAL, "tensor parallel: sampling on the GPU needs the CUDA shards");
     int T = 0;
     int rc = send_step(t, b, p && ids, &T, err);
     if (rc || T == 0) return rc;
-    if ((rc = t->gpu->ops->forward_sample(t->gpu, b, p, ids, err))) return step_failed(t, rc, err);
+    if ((rc = t->shard->ops->forward_sample(t->shard, b, p, ids, err))) return step_failed(t, rc, err);
     return 0;
 }
 
@@ -497,10 +445,10 @@ int dsi__tp_worker_loop(char **err) {
         }
         struct dsi_batch b;
         if ((rc = dsi_tp_batch_decode(t->msg, hdr[3], &t->lim, t->seqs, &b, err))) break;
-        if ((rc = dsi__tp_forward_local(t, &b, NULL, err))) {
+        if ((rc = t->shard->ops->forward(t->shard, &b, NULL, err))) {
             /* CUDA: the other ranks sit in this step's collectives, which cannot
              * complete: end the job before tearing anything down */
-            if (t->gpu) {
+            if (t->cuda) {
                 dsi_log(DSI_LOG_ERROR, "dist", "rank %d: step %u failed: %s", dsi_dist_rank(),
                         (unsigned)hdr[4], err && *err ? *err : dsi_strerror(rc));
                 dsi__dist_fatal("a CUDA tensor-parallel step failed on a worker");

@@ -27,12 +27,10 @@
 int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err) {
     MPI_Comm comm = dsi__dist_comm();
     if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
-    int size = 1, rc;
+    int size = 1;
     MPI_Comm_size(comm, &size);
-    o->device = dsi__dist_local_rank(); /* no collective here: only some ranks get this far */
-    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
-    if ((rc = dsi_tp_check_split(cfg, size, gs, err))) return rc;
-    return dsi_cuda_shard_check(cfg, o, size, err);
+    o->device = dsi__dist_local_rank();             /* no collective here: only some ranks get this far */
+    return dsi_cuda_shard_check(cfg, o, size, err); /* dsi_model_config_check with the split */
 }
 
 int dsi__tp_cuda_id(unsigned char id[DSI_TP_NCCL_ID_BYTES], char **err) {
@@ -57,10 +55,8 @@ int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backen
     if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
     struct dsi__tp *t = calloc(1, sizeof *t);
     if (!t) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    t->m = m;
-    t->cfg = &m->cfg;
-    t->opts = *o;
     t->comm = comm;
+    t->cuda = true;
     MPI_Comm_rank(comm, &t->rank);
     MPI_Comm_size(comm, &t->size);
     struct dsi_cuda_shard sh = {.rank = t->rank,
@@ -69,9 +65,9 @@ int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backen
                                 .agree = agree,
                                 .agree_ctx = t};
     memcpy(sh.nccl_id, nccl_id, DSI_CUDA_NCCL_ID_BYTES);
-    int rc = dsi_cuda_backend_create_shard(m, o, &sh, false, 0, &t->gpu, err);
+    int rc = dsi_cuda_backend_create_shard(m, o, &sh, false, 0, &t->shard, err);
     if (rc) goto fail;
-    struct dsi_backend *g = t->gpu;
+    struct dsi_backend *g = t->shard;
     int max_tokens = 0, max_seqs = 0;
     dsi_cuda_backend_limits(g, &max_tokens, &max_seqs);
     t->be.model = m;
@@ -81,30 +77,16 @@ int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backen
     t->be.n_kv_blocks = g->n_kv_blocks;
     t->be.weight_bytes = g->weight_bytes;
     t->be.kv_bytes_per_token = g->kv_bytes_per_token * (size_t)t->size; /* what the whole job stores */
-    t->max_tokens = max_tokens;
-    t->max_ctx = m->cfg.max_position_embeddings > 0 ? m->cfg.max_position_embeddings : 4096;
-    if ((long long)t->max_ctx > (long long)g->n_kv_blocks * g->kv_block_size)
-        t->max_ctx = g->n_kv_blocks * g->kv_block_size;
+    int max_ctx = m->cfg.max_position_embeddings > 0 ? m->cfg.max_position_embeddings : 4096;
+    if ((long long)max_ctx > (long long)g->n_kv_blocks * g->kv_block_size)
+        max_ctx = g->n_kv_blocks * g->kv_block_size;
     t->lim = (struct dsi_tp_limits){.max_tokens = max_tokens,
-                                    .max_ctx = t->max_ctx,
+                                    .max_ctx = max_ctx,
                                     .block_size = g->kv_block_size,
                                     .n_kv_blocks = g->n_kv_blocks,
                                     .vocab_size = g->vocab_size,
                                     .max_seqs = max_seqs};
-    if ((rc = dsi_tp_batch_max_words(&t->lim, &t->msg_cap))) {
-        rc = dsi_seterr(err, rc, "tensor parallel: forward message size overflows");
-        goto fail;
-    }
-    t->msg = calloc(t->msg_cap, sizeof(int32_t));
-    if (dsi__tp_own(t, t->msg)) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
-        goto fail;
-    }
-    t->seqs = calloc((size_t)max_seqs, sizeof *t->seqs);
-    if (dsi__tp_own(t, t->seqs)) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
-        goto fail;
-    }
+    if ((rc = dsi__tp_alloc_msg(t, err))) goto fail;
     dsi_log(DSI_LOG_INFO, "dist", "rank %d/%d: CUDA shard on device %d, %d KV blocks", t->rank, t->size,
             o->device, g->n_kv_blocks);
     *out = t;

@@ -21,7 +21,6 @@
 
 #define SEQ_WORDS 6
 
-void dsi__tp_range(int total, int n, int r, int unit, int *lo, int *hi);
 
 void dsi_tp_hdr_make(uint32_t hdr[DSI_TP_HDR_WORDS], enum dsi_tp_msg type, uint32_t payload_words,
                      uint32_t step) {
@@ -268,45 +267,5 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
     o->max_seqs = ext[1];
     o->kv_gpu_fraction = frac;
     memcpy(c->nccl_id, ext + 4, DSI_TP_NCCL_ID_BYTES);
-    return 0;
-}
-
-/* [*lo, *hi) of rank r when `total` is split over n ranks in whole units of `unit`
- * (int8 groups must not straddle ranks); the first ranks get the remainder. */
-void dsi__tp_range(int total, int n, int r, int unit, int *lo, int *hi) {
-    int u = unit > 0 ? unit : 1;
-    long long units = total / u;
-    *lo = (int)(units * r / n) * u;
-    *hi = r == n - 1 ? total : (int)(units * (r + 1) / n) * u;
-}
-
-int dsi_tp_check_split(const struct dsi_model_config *cfg, int n, int int8_group_size, char **err) {
-    if (n < 1) return dsi_seterr(err, DSI_EINVAL, "tensor parallel: %d ranks", n);
-    if (cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->intermediate_size <= 0 ||
-        cfg->vocab_size <= 0)
-        return dsi_seterr(err, DSI_EFORMAT, "tensor parallel: config.json has a non-positive size");
-    if (cfg->n_heads % n || cfg->n_kv_heads % n)
-        return dsi_seterr(
-            err, DSI_EINVAL,
-            "tensor parallel %d does not divide this model's %d attention heads and %d kv heads; "
-            "use a number of ranks that divides both",
-            n, cfg->n_heads, cfg->n_kv_heads);
-    int gs = int8_group_size;
-    int unit = gs > 0 ? gs : 1;
-    if (gs > 0) {
-        int q_l = cfg->n_heads / n * cfg->head_dim;
-        if (q_l % gs || cfg->intermediate_size % gs)
-            return dsi_seterr(
-                err, DSI_EINVAL,
-                "tensor parallel %d: int8 group size %d does not divide the %d attention columns "
-                "per rank or the intermediate size %d, so groups would straddle ranks; use a "
-                "group size that divides both, or 0 (per channel)",
-                n, gs, q_l, cfg->intermediate_size);
-    }
-    if (cfg->intermediate_size / unit < n || cfg->vocab_size < n)
-        return dsi_seterr(err, DSI_EINVAL,
-                          "tensor parallel %d: the intermediate size %d or vocabulary %d is too "
-                          "small to give every rank a slice",
-                          n, cfg->intermediate_size, cfg->vocab_size);
     return 0;
 }

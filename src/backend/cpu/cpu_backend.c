@@ -1,7 +1,9 @@
 /*
- * cpu_backend.c: dsi_cpu_backend_create(): validates the config, loads weights
- * (cpu_load.c), sizes the paged KV pool and the per-step scratch, and fills the
- * ops table (forward in cpu_forward.c, quant_report, destroy).
+ * cpu_backend.c: dsi_cpu_backend_create() and _create_shard(): validates the
+ * config, works out the shard's slices (backend.h struct dsi_shard; one shard
+ * of size 1 is the whole model), loads weights (cpu_load.c), sizes the paged
+ * KV pool and the per-step scratch, and fills the ops table (forward in
+ * cpu_forward.c, quant_report, destroy).
  *
  * Everything is allocated here, once; forward() allocates nothing.
  */
@@ -26,8 +28,12 @@
 
 static void cpu_destroy(struct dsi_backend *be);
 static int cpu_quant_report(struct dsi_backend *be, char **report, char **err);
-static int check_config(const struct dsi_model_config *cfg, char **err);
+static int check_config(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int n_ranks,
+                        char **err);
 static int alloc_scratch(struct dsi__cpu *c, char **err);
+static int set_shard(struct dsi__cpu *c, const struct dsi_shard *sh, char **err);
+static void log_ready(const struct dsi__cpu *c);
+static int alloc_kv(struct dsi__cpu *c, char **err);
 
 static const struct dsi_backend_ops cpu_ops = {
     .name = "cpu",
@@ -36,44 +42,21 @@ static const struct dsi_backend_ops cpu_ops = {
     .destroy = cpu_destroy,
 };
 
-/* Shapes the forward pass relies on; a config.json outside them is an error, not a crash. */
-static int check_config(const struct dsi_model_config *cfg, char **err) {
-    if (cfg->arch != DSI_ARCH_QWEN2 && cfg->arch != DSI_ARCH_LLAMA)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "the CPU backend runs Qwen2 and Llama models, not %s",
-                          cfg->architecture[0] ? cfg->architecture : "this architecture");
-    if (cfg->vocab_size <= 0 || cfg->hidden_size <= 0 || cfg->intermediate_size <= 0 || cfg->n_layers <= 0 ||
-        cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->max_position_embeddings <= 0)
-        return dsi_seterr(
-            err, DSI_EFORMAT,
-            "config.json has a non-positive size (vocab %d, hidden %d, intermediate %d, layers %d, "
-            "heads %d, kv heads %d, head_dim %d, max positions %d)",
-            cfg->vocab_size, cfg->hidden_size, cfg->intermediate_size, cfg->n_layers, cfg->n_heads,
-            cfg->n_kv_heads, cfg->head_dim, cfg->max_position_embeddings);
-    if (cfg->n_heads % cfg->n_kv_heads)
-        return dsi_seterr(err, DSI_EFORMAT,
-                          "config.json: %d attention heads is not a multiple of %d kv heads", cfg->n_heads,
-                          cfg->n_kv_heads);
-    if (cfg->head_dim % 2)
-        return dsi_seterr(err, DSI_EFORMAT, "config.json: head_dim %d is odd; rotary embeddings need it even",
-                          cfg->head_dim);
-    if ((long long)cfg->n_heads * cfg->head_dim > INT_MAX / 4 || cfg->hidden_size > INT_MAX / 4 ||
-        cfg->intermediate_size > INT_MAX / 4 || cfg->vocab_size > INT_MAX / 4)
-        return dsi_seterr(err, DSI_EOVERFLOW, "config.json sizes are too large");
-    if (!(cfg->rms_norm_eps >= 0.0f))
-        return dsi_seterr(err, DSI_EFORMAT, "config.json: rms_norm_eps %g is invalid",
-                          (double)cfg->rms_norm_eps);
-    if (cfg->rope.type == DSI_ROPE_DYNAMIC)
-        return dsi_seterr(
-            err, DSI_EUNSUPPORTED,
-            "dynamic NTK rope scaling is not supported by the CPU backend (its frequencies change "
-            "with the sequence length, which a KV cache cannot follow)");
-    return 0;
+/* What the CPU forward pass runs beyond dsi_model_config_runnable: any GQA
+ * group and any even head_dim; a shard takes the intermediate rows in whole
+ * int8 groups (dsi_shard_range). */
+static const struct dsi_backend_limits cpu_limits = {.backend = "cpu", .head_dim_multiple = 2};
+
+static int check_config(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int n_ranks,
+                        char **err) {
+    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
+    return dsi_model_config_check(cfg, &cpu_limits, n_ranks, gs, err);
 }
 
 static int alloc_scratch(struct dsi__cpu *c, char **err) {
     const struct dsi_model_config *cfg = c->cfg;
     size_t T = (size_t)c->max_tokens;
-    size_t H = (size_t)cfg->hidden_size, I = (size_t)cfg->intermediate_size;
+    size_t H = (size_t)cfg->hidden_size, I = (size_t)c->n_inter;
     struct {
         float **p;
         size_t n;
@@ -85,11 +68,13 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
                 {&c->att, T * (size_t)c->q_dim},
                 {&c->gate, T * I},
                 {&c->up, T * I},
-                {&c->scores, (size_t)c->n_threads * (size_t)c->max_ctx}};
+                {&c->scores, (size_t)c->n_threads * (size_t)c->max_ctx},
+                {&c->lg_local, c->shard.size > 1 ? (size_t)c->max_seqs * (size_t)c->n_vocab : 0}};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if (bufs[i].n > SIZE_MAX / sizeof(float) / 2)
             return dsi_seterr(err, DSI_EOVERFLOW, "scratch too large");
-        *bufs[i].p = calloc(bufs[i].n ? bufs[i].n : 1, sizeof(float));
+        if (bufs[i].n == 0) continue; /* lg_local of the whole model: logits go straight out */
+        *bufs[i].p = calloc(bufs[i].n, sizeof(float));
         if (dsi__cpu_own(c, *bufs[i].p)) return dsi_seterr(err, DSI_ENOMEM, "out of memory for scratch");
     }
     c->tok_seq = calloc(T, sizeof(int32_t));
@@ -99,13 +84,79 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
     return 0;
 }
 
+void dsi_shard_range(int total, int n, int r, int unit, int *lo, int *hi) {
+    int u = unit > 0 ? unit : 1;
+    long long units = total / u;
+    *lo = (int)(units * r / n) * u;
+    *hi = r == n - 1 ? total : (int)(units * (r + 1) / n) * u;
+}
+
+/* The shard's slices (cpu_internal.h); the split itself was checked by check_config. */
+static int set_shard(struct dsi__cpu *c, const struct dsi_shard *sh, char **err) {
+    const struct dsi_model_config *cfg = c->cfg;
+    struct dsi_shard whole = {.rank = 0, .size = 1};
+    if (!sh) sh = &whole;
+    int n = sh->size, r = sh->rank;
+    if (n < 1 || r < 0 || r >= n || (n > 1 && (!sh->all_reduce || !sh->gather_logits)))
+        return dsi_seterr(err, DSI_EINVAL, "cpu backend: shard %d of %d is invalid", r, n);
+    c->shard = *sh;
+    int gs = c->opts.weight_dtype == DSI_W_INT8 ? c->opts.int8_group_size : 0, lo, hi;
+    c->nh = cfg->n_heads / n;
+    c->nkv = cfg->n_kv_heads / n;
+    c->head0 = r * c->nh;
+    c->kv_head0 = r * c->nkv;
+    dsi_shard_range(cfg->intermediate_size, n, r, gs, &lo, &hi);
+    c->inter0 = lo;
+    c->n_inter = hi - lo;
+    dsi_shard_range(cfg->vocab_size, n, r, 1, &lo, &hi);
+    c->vocab0 = lo;
+    c->n_vocab = hi - lo;
+    c->q_dim = c->nh * cfg->head_dim;
+    c->kv_dim = c->nkv * cfg->head_dim;
+    return 0;
+}
+
+/* The paged KV pool. The engine sees the whole model's block count (per-token
+ * bytes of every kv head); a shard stores only its own kv heads of each token. */
+static int alloc_kv(struct dsi__cpu *c, char **err) {
+    const struct dsi_model_config *cfg = c->cfg;
+    const struct dsi_backend_opts *o = &c->opts;
+    int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
+    c->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim * c->kv_elt;
+    size_t per_tok_local = (size_t)cfg->n_layers * 2 * (size_t)c->kv_dim * c->kv_elt;
+    size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
+    size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
+    if (n_blocks < 1)
+        return dsi_seterr(err, DSI_EINVAL, "cpu backend: kv_bytes %zu is less than one block (%zu bytes)",
+                          kv_bytes, (size_t)bs * per_tok);
+    if (n_blocks > (size_t)INT_MAX / (size_t)bs) n_blocks = (size_t)INT_MAX / (size_t)bs;
+    c->kv_layer_elems = n_blocks * (size_t)bs * (size_t)c->kv_dim;
+    c->kv = calloc(n_blocks * (size_t)bs, per_tok_local);
+    if (dsi__cpu_own(c, c->kv))
+        return dsi_seterr(err, DSI_ENOMEM, "out of memory for a %zu-byte KV pool",
+                          n_blocks * (size_t)bs * per_tok_local);
+    c->be.kv_block_size = bs;
+    c->be.n_kv_blocks = (int)n_blocks;
+    c->be.kv_bytes_per_token = per_tok;
+    c->max_ctx = cfg->max_position_embeddings;
+    if ((size_t)c->max_ctx > n_blocks * (size_t)bs) c->max_ctx = (int)(n_blocks * (size_t)bs);
+    return 0;
+}
+
 int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_opts *o,
                            struct dsi_backend **out, char **err) {
+    return dsi_cpu_backend_create_shard(m, o, NULL, out, err);
+}
+
+int dsi_cpu_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
+                                 const struct dsi_shard *sh, struct dsi_backend **out, char **err) {
     if (!out) return DSI_EINVAL;
     *out = NULL;
     if (!m || !o) return dsi_seterr(err, DSI_EINVAL, "cpu backend: model and options are required");
     const struct dsi_model_config *cfg = &m->cfg;
-    int rc = check_config(cfg, err);
+    int size = sh ? sh->size : 1;
+    int rc = check_config(cfg, o, size, err);
     if (rc) return rc;
     if (o->weight_dtype != DSI_W_F32 && o->weight_dtype != DSI_W_BF16 && o->weight_dtype != DSI_W_INT8)
         return dsi_seterr(err, DSI_EINVAL, "cpu backend: unknown weight dtype %d", (int)o->weight_dtype);
@@ -128,9 +179,9 @@ int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_o
     c->n_threads = 1;
 #endif
     if (c->n_threads < 1) c->n_threads = 1;
-    c->q_dim = cfg->n_heads * cfg->head_dim;
-    c->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+    if ((rc = set_shard(c, sh, err))) goto fail;
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : DEFAULT_MAX_TOKENS;
+    c->max_seqs = o->max_seqs > 0 && o->max_seqs < c->max_tokens ? o->max_seqs : c->max_tokens;
 
     c->inv_freq = calloc((size_t)cfg->head_dim / 2, sizeof(float));
     if (dsi__cpu_own(c, c->inv_freq)) {
@@ -145,45 +196,38 @@ int dsi_cpu_backend_create(const struct dsi_model *m, const struct dsi_backend_o
                         (double)cfg->rope_theta, (int)cfg->rope.type, (double)cfg->rope.factor);
         goto fail;
     }
-
-    if ((rc = dsi__cpu_load(c, m, err))) goto fail;
-
-    /* KV pool */
-    int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
-    c->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
-    size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)c->kv_dim * c->kv_elt;
-    size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
-    size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
-    if (n_blocks < 1) {
-        rc = dsi_seterr(err, DSI_EINVAL, "cpu backend: kv_bytes %zu is less than one block (%zu bytes)",
-                        kv_bytes, (size_t)bs * per_tok);
-        goto fail;
-    }
-    if (n_blocks > (size_t)INT_MAX / (size_t)bs) n_blocks = (size_t)INT_MAX / (size_t)bs;
-    c->kv_layer_elems = n_blocks * (size_t)bs * (size_t)c->kv_dim;
-    c->kv = calloc(n_blocks * (size_t)bs, per_tok);
-    if (dsi__cpu_own(c, c->kv)) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "out of memory for a %zu-byte KV pool",
-                        n_blocks * (size_t)bs * per_tok);
-        goto fail;
-    }
-    c->be.kv_block_size = bs;
-    c->be.n_kv_blocks = (int)n_blocks;
-    c->be.kv_bytes_per_token = per_tok;
-    c->max_ctx = cfg->max_position_embeddings;
-    if ((size_t)c->max_ctx > n_blocks * (size_t)bs) c->max_ctx = (int)(n_blocks * (size_t)bs);
-
-    if ((rc = alloc_scratch(c, err))) goto fail;
-    dsi_log(DSI_LOG_INFO, "cpu", "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens, %d threads",
-            o->weight_dtype == DSI_W_F32    ? "f32"
-            : o->weight_dtype == DSI_W_BF16 ? "bf16"
-                                            : "int8",
-            (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, bs, c->n_threads);
+    if ((rc = dsi__cpu_load(c, m, err)) || (rc = alloc_kv(c, err)) || (rc = alloc_scratch(c, err))) goto fail;
+    log_ready(c);
     *out = &c->be;
     return 0;
 fail:
     cpu_destroy(&c->be);
     return rc;
+}
+
+static void log_ready(const struct dsi__cpu *c) {
+    const char *dt = c->opts.weight_dtype == DSI_W_F32    ? "f32"
+                     : c->opts.weight_dtype == DSI_W_BF16 ? "bf16"
+                                                          : "int8";
+    if (c->shard.size > 1)
+        dsi_log(DSI_LOG_INFO, "cpu",
+                "rank %d/%d shard: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab %d..%d, %s "
+                "weights %.1f MB, %d KV blocks of %d tokens, %d threads",
+                c->shard.rank, c->shard.size, c->head0, c->head0 + c->nh - 1, c->kv_head0,
+                c->kv_head0 + c->nkv - 1, c->inter0, c->inter0 + c->n_inter - 1, c->vocab0,
+                c->vocab0 + c->n_vocab - 1, dt, (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks,
+                c->be.kv_block_size, c->n_threads);
+    else
+        dsi_log(DSI_LOG_INFO, "cpu",
+                "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens, %d threads", dt,
+                (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, c->be.kv_block_size, c->n_threads);
+}
+
+void dsi_cpu_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs, int *max_ctx) {
+    const struct dsi__cpu *c = be->impl;
+    *max_tokens = c->max_tokens;
+    *max_seqs = c->max_seqs;
+    *max_ctx = c->max_ctx;
 }
 
 static void cpu_destroy(struct dsi_backend *be) {

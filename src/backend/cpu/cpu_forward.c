@@ -8,6 +8,17 @@
  *              sequence's KV blocks; att = softmax(q K^T * scale) V (causal, GQA);
  *              x += Wo att; xn = rmsnorm(x); x += Wdown (silu(Wgate xn) * Wup xn)
  *   logits = lm_head rmsnorm(x[last token of each seq with want_logits])
+ * A layer is two functions, attention() and mlp(), each of which reads x and
+ * adds its output to it; an architecture with another attention or MLP (MLA,
+ * MoE) supplies its own pair and keeps the rest.
+ *
+ * A shard (cpu_internal.h) runs the same steps over its heads, intermediate
+ * rows and vocab rows: the outputs of o and down are partial sums that the
+ * shard's all_reduce sums over the ranks before they are added to x, and the
+ * lm_head slices go to rank 0 through gather_logits. A rank's partial sums are
+ * summed in a different order than one process sums the whole row, so a
+ * shard's logits match the whole model's to ~1e-6 relative, not bit for bit.
+ *
  * Threads split output rows of each matmul, (token, head) pairs of attention and
  * tokens of the elementwise steps. Each output element is computed by exactly one
  * thread with a fixed summation order, so a sequence's logits are bit-identical
@@ -30,6 +41,12 @@
 static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int *n_tokens, char **err);
 static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
                        const float *bias, float *y, int ldy);
+static void embed_tokens(struct dsi__cpu *c, const struct dsi_batch *b, int T);
+static int add_reduced(struct dsi__cpu *c, float *out, int T, char **err);
+static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
+                     int T, char **err);
+static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char **err);
+static int lm_head(struct dsi__cpu *c, const struct dsi_batch *b, float *logits, char **err);
 
 static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int *n_tokens, char **err) {
     if (!b || b->n_seqs < 0 || (b->n_seqs > 0 && !b->seqs))
@@ -66,6 +83,12 @@ static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int 
                                   c->cfg->vocab_size);
         total += s->n_tokens;
     }
+    int n_out = 0;
+    for (int i = 0; i < b->n_seqs; i++)
+        n_out += b->seqs[i].want_logits ? 1 : 0;
+    if (c->shard.size > 1 && n_out > c->max_seqs)
+        return dsi_seterr(err, DSI_ERANGE, "batch wants %d rows of logits; this shard was sized for %d",
+                          n_out, c->max_seqs);
     if (total > c->max_tokens)
         return dsi_seterr(err, DSI_ERANGE, "batch has %lld tokens; this backend was sized for %d per step",
                           total, c->max_tokens);
@@ -86,17 +109,9 @@ static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, co
     }
 }
 
-int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
-    struct dsi__cpu *c = be->impl;
-    const struct dsi_model_config *cfg = c->cfg;
-    int T = 0, rc = check_batch(c, b, &T, err);
-    if (rc) return rc;
-    if (T == 0) return 0;
-    int H = cfg->hidden_size, I = cfg->intermediate_size, hd = cfg->head_dim;
-    int nh = cfg->n_heads, nkv = cfg->n_kv_heads, qd = c->q_dim, kvd = c->kv_dim;
-    float eps = cfg->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
-
-    int t = 0;
+/* Lays out the batch's tokens as rows: (sequence, position) of each, and x = embed[tokens]. */
+static void embed_tokens(struct dsi__cpu *c, const struct dsi_batch *b, int T) {
+    int H = c->cfg->hidden_size, t = 0;
     for (int i = 0; i < b->n_seqs; i++)
         for (int j = 0; j < b->seqs[i].n_tokens; j++, t++) {
             c->tok_seq[t] = i;
@@ -109,94 +124,131 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
         const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
         dsi_qweight_row_f32(&c->embed, s->tokens[c->tok_pos[r] - s->pos], c->x + (size_t)r * H);
     }
+}
 
-    for (int l = 0; l < cfg->n_layers; l++) {
-        const struct dsi__cpu_layer *L = &c->layers[l];
-        char *kbase = (char *)c->kv + (size_t)l * 2 * c->kv_layer_elems * c->kv_elt;
-        void *kpool = kbase, *vpool = kbase + c->kv_layer_elems * c->kv_elt;
+/* x += out summed over the ranks (out: (T, hidden), a partial sum on a shard). */
+static int add_reduced(struct dsi__cpu *c, float *out, int T, char **err) {
+    int H = c->cfg->hidden_size, rc;
+    if (c->shard.size > 1 && (rc = c->shard.all_reduce(c->shard.ctx, out, (size_t)T * (size_t)H, err)))
+        return rc;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
-        for (int r = 0; r < T; r++)
-            dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
-        par_matmul(c, &L->wq, c->xn, T, L->bq, c->q, qd);
-        par_matmul(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
-        par_matmul(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-        for (int r = 0; r < T; r++) {
-            const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
-            float *q = c->q + (size_t)r * qd, *k = c->k + (size_t)r * kvd;
-            dsi_rope_neox(q, nh, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
-            dsi_rope_neox(k, nkv, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
-            dsi_kv_store(kpool, vpool, c->opts.kv_dtype, be->kv_block_size, nkv, hd, s->block_table,
-                         c->tok_pos[r], k, c->v + (size_t)r * kvd);
-        }
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-        for (int th = 0; th < T * nh; th++) {
-            int r = th / nh, h = th % nh;
-#ifdef _OPENMP
-            float *scores = c->scores + (size_t)omp_get_thread_num() * (size_t)c->max_ctx;
-#else
-            float *scores = c->scores;
-#endif
-            const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
-            struct dsi_attn_args a = {.n_heads = nh,
-                                      .n_kv_heads = nkv,
-                                      .head_dim = hd,
-                                      .scale = scale,
-                                      .block_size = be->kv_block_size,
-                                      .kv_dtype = c->opts.kv_dtype,
-                                      .k = kpool,
-                                      .v = vpool,
-                                      .block_table = s->block_table,
-                                      .n_ctx = c->tok_pos[r] + 1};
-            dsi_attn_head(&a, h, c->q + (size_t)r * qd + (size_t)h * hd,
-                          c->att + (size_t)r * qd + (size_t)h * hd, scores);
-        }
-        par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-        for (int r = 0; r < T; r++) {
-            float *x = c->x + (size_t)r * H, *o = c->xn + (size_t)r * H;
-            for (int i = 0; i < H; i++)
-                x[i] += o[i];
-            dsi_rmsnorm(o, x, L->ffn_norm, H, eps);
-        }
-        par_matmul(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
-        par_matmul(c, &L->w_up, c->xn, T, NULL, c->up, I);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-        for (int r = 0; r < T; r++)
-            dsi_swiglu(c->gate + (size_t)r * I, c->gate + (size_t)r * I, c->up + (size_t)r * I, I);
-        par_matmul(c, &L->w_down, c->gate, T, NULL, c->xn, H);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-        for (int r = 0; r < T; r++) {
-            float *x = c->x + (size_t)r * H, *o = c->xn + (size_t)r * H;
-            for (int i = 0; i < H; i++)
-                x[i] += o[i];
-        }
+    for (int r = 0; r < T; r++) {
+        float *x = c->x + (size_t)r * H, *o = out + (size_t)r * H;
+        for (int i = 0; i < H; i++)
+            x[i] += o[i];
     }
+    return 0;
+}
 
-    /* final norm of each wanted row, packed into xn rows 0..n_out-1, then lm_head */
-    int n_out = 0;
-    t = 0;
+/* x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rmsnorm(x); K and V
+ * of the new tokens go into the sequences' blocks of layer l first. */
+static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
+                     int T, char **err) {
+    const struct dsi_model_config *cfg = c->cfg;
+    int H = cfg->hidden_size, hd = cfg->head_dim, nh = c->nh, nkv = c->nkv, qd = c->q_dim, kvd = c->kv_dim;
+    int bs = c->be.kv_block_size;
+    float eps = cfg->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    char *kbase = (char *)c->kv + (size_t)l * 2 * c->kv_layer_elems * c->kv_elt;
+    void *kpool = kbase, *vpool = kbase + c->kv_layer_elems * c->kv_elt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++)
+        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
+    par_matmul(c, &L->wq, c->xn, T, L->bq, c->q, qd);
+    par_matmul(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
+    par_matmul(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++) {
+        const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
+        float *q = c->q + (size_t)r * qd, *k = c->k + (size_t)r * kvd;
+        dsi_rope_neox(q, nh, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
+        dsi_rope_neox(k, nkv, hd, hd, c->tok_pos[r], c->inv_freq, c->attn_factor);
+        dsi_kv_store(kpool, vpool, c->opts.kv_dtype, bs, nkv, hd, s->block_table, c->tok_pos[r], k,
+                     c->v + (size_t)r * kvd);
+    }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int th = 0; th < T * nh; th++) {
+        int r = th / nh, h = th % nh;
+#ifdef _OPENMP
+        float *scores = c->scores + (size_t)omp_get_thread_num() * (size_t)c->max_ctx;
+#else
+        float *scores = c->scores;
+#endif
+        const struct dsi_batch_seq *s = &b->seqs[c->tok_seq[r]];
+        struct dsi_attn_args a = {.n_heads = nh,
+                                  .n_kv_heads = nkv,
+                                  .head_dim = hd,
+                                  .scale = scale,
+                                  .block_size = bs,
+                                  .kv_dtype = c->opts.kv_dtype,
+                                  .k = kpool,
+                                  .v = vpool,
+                                  .block_table = s->block_table,
+                                  .n_ctx = c->tok_pos[r] + 1};
+        dsi_attn_head(&a, h, c->q + (size_t)r * qd + (size_t)h * hd, c->att + (size_t)r * qd + (size_t)h * hd,
+                      scores);
+    }
+    par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
+    return add_reduced(c, c->xn, T, err);
+}
+
+/* x += Wdown (silu(Wgate xn) * Wup xn), xn = rmsnorm(x). */
+static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char **err) {
+    int H = c->cfg->hidden_size, I = c->n_inter;
+    float eps = c->cfg->rms_norm_eps;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++)
+        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->ffn_norm, H, eps);
+    par_matmul(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
+    par_matmul(c, &L->w_up, c->xn, T, NULL, c->up, I);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++)
+        dsi_swiglu(c->gate + (size_t)r * I, c->gate + (size_t)r * I, c->up + (size_t)r * I, I);
+    par_matmul(c, &L->w_down, c->gate, T, NULL, c->xn, H);
+    return add_reduced(c, c->xn, T, err);
+}
+
+/* Final norm of each wanted row, packed into xn rows 0..n_out-1, then lm_head:
+ * straight into logits, or (shard) into lg_local and on to rank 0. */
+static int lm_head(struct dsi__cpu *c, const struct dsi_batch *b, float *logits, char **err) {
+    int H = c->cfg->hidden_size, n_out = 0, t = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         t += b->seqs[i].n_tokens;
         if (!b->seqs[i].want_logits) continue;
-        dsi_rmsnorm(c->xn + (size_t)n_out * H, c->x + (size_t)(t - 1) * H, c->final_norm, H, eps);
+        dsi_rmsnorm(c->xn + (size_t)n_out * H, c->x + (size_t)(t - 1) * H, c->final_norm, H,
+                    c->cfg->rms_norm_eps);
         n_out++;
     }
-    if (n_out > 0) {
-        if (!logits) return dsi_seterr(err, DSI_EINVAL, "cpu forward: logits wanted but no buffer given");
-        par_matmul(c, &c->lm_head, c->xn, n_out, NULL, logits, cfg->vocab_size);
+    if (n_out == 0) return 0;
+    if (c->shard.size > 1) {
+        par_matmul(c, &c->lm_head, c->xn, n_out, NULL, c->lg_local, c->n_vocab);
+        return c->shard.gather_logits(c->shard.ctx, c->lg_local, n_out, logits, err);
     }
+    if (!logits) return dsi_seterr(err, DSI_EINVAL, "cpu forward: logits wanted but no buffer given");
+    par_matmul(c, &c->lm_head, c->xn, n_out, NULL, logits, c->cfg->vocab_size);
     return 0;
+}
+
+int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err) {
+    struct dsi__cpu *c = be->impl;
+    int T = 0, rc = check_batch(c, b, &T, err);
+    if (rc) return rc;
+    if (T == 0) return 0;
+    embed_tokens(c, b, T);
+    for (int l = 0; l < c->cfg->n_layers; l++) {
+        const struct dsi__cpu_layer *L = &c->layers[l];
+        if ((rc = attention(c, L, l, b, T, err)) || (rc = mlp(c, L, T, err))) return rc;
+    }
+    return lm_head(c, b, logits, err);
 }

@@ -75,20 +75,19 @@ void dsi__cuda_free(struct dsi__cuda *c, void *p) {
         }
 }
 
-static int check_config(const struct dsi_model_config *cfg, char **err) {
-    if (cfg->arch != DSI_ARCH_QWEN2 && cfg->arch != DSI_ARCH_LLAMA)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: architecture %s is not supported yet (Qwen2, Llama)",
-                          cfg->architecture);
-    if (cfg->hidden_size <= 0 || cfg->n_layers <= 0 || cfg->n_heads <= 0 || cfg->n_kv_heads <= 0 ||
-        cfg->vocab_size <= 0 || cfg->intermediate_size <= 0 || cfg->head_dim <= 0)
-        return dsi_seterr(err, DSI_EINVAL, "cuda: model config has a non-positive size");
-    if (cfg->n_heads % cfg->n_kv_heads || cfg->n_heads / cfg->n_kv_heads > 8)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %d heads over %d kv heads (group must divide, <= 8)",
-                          cfg->n_heads, cfg->n_kv_heads);
-    if (cfg->head_dim % 16 || 256 % cfg->head_dim)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: head_dim %d not supported (16, 32, 64, 128 or 256)",
-                          cfg->head_dim);
-    return 0;
+/* What the CUDA kernels run beyond dsi_model_config_runnable: GQA groups of at
+ * most 8 (attention kernels keep a group's heads in one block), head_dim 16 to
+ * 256 dividing 256, and a shard holds exactly intermediate/n rows. */
+static const struct dsi_backend_limits cuda_limits = {.backend = "cuda",
+                                                      .max_gqa_group = 8,
+                                                      .head_dim_multiple = 16,
+                                                      .head_dim_divides = 256,
+                                                      .split_inter_evenly = true};
+
+static int check_config(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int n_ranks,
+                        char **err) {
+    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
+    return dsi_model_config_check(cfg, &cuda_limits, n_ranks, gs, err);
 }
 
 static int alloc_buffers(struct dsi__cuda *c, char **err) {
@@ -228,7 +227,7 @@ static int shard_config(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, ch
 int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int size,
                          char **err) {
     if (!cfg || !o || size < 1) return dsi_seterr(err, DSI_EINVAL, "cuda: shard check needs a config");
-    int rc = check_config(cfg, err);
+    int rc = check_config(cfg, o, size, err);
     if (rc) return rc;
     struct dsi__cuda probe = {.cfg = *cfg};
     struct dsi_cuda_shard sh = {.rank = 0, .size = size};
@@ -272,7 +271,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     }
     if (n_dev == 0 || o->device < 0 || o->device >= n_dev)
         return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
-    int rc = check_config(&m->cfg, err);
+    int rc = check_config(&m->cfg, o, sh ? sh->size : 1, err);
     if (rc) return rc;
     /* f32 requests (the CLI's reference default) run as bf16: said once, not refused */
     if (o->weight_dtype == DSI_W_F32)
