@@ -14,7 +14,7 @@
  * no NCCL). Shapes: 7b = Qwen2-7B (as bench_cuda_decode), 67b = DeepSeek LLM
  * 67B (Llama architecture, hidden 8192, 95 layers, 64/8 heads).
  *
- * Every timed step does what the service does per step (src/dist): rank 0
+ * Every timed step does what the service does per step (src/parallel): rank 0
  * encodes the batch with dsi_tp_batch_encode and broadcasts a control header
  * and the payload over MPI; the workers check and decode it (dsi_tp_hdr_check,
  * dsi_tp_batch_decode) and run the decoded batch. Then rank 0 runs forward +
@@ -53,7 +53,7 @@
 #include <time.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 #include "dsinfer/err.h"
 #include "bench_shapes.h"
 #include "dsinfer/kernels.h"

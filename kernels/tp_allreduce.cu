@@ -8,7 +8,7 @@
  * node after it another ~3.7 us. Here one kernel does both in one pass.
  *
  * One-shot, push: every rank owns an exchange region that every other rank
- * has mapped (CUDA IPC, set up in src/backend/cuda/cuda_tp.c). Rows are cut
+ * has mapped (CUDA IPC, set up in src/backend/cuda/cuda_nccl.c). Rows are cut
  * into chunks of 256 values, one block each, so a row is spread over many SMs
  * (a block per row was measured slower than NCCL: one SM's loads and NVLink
  * stores in series). Block (c, t) of rank r

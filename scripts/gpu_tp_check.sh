@@ -4,7 +4,7 @@
 #   1. nvidia-smi -L (which GPUs the ranks get);
 #   2. tests/test_cuda_tp if present (TP=2 logits and greedy ids equal TP=1;
 #      it starts its own mpirun and needs the repo root for tests/golden), and
-#      tests/test_dist_serve.sh with DSI_TP_BACKEND=cuda (the service on 2 GPUs);
+#      tests/test_parallel_serve.sh with DSI_TP_BACKEND=cuda (the service on 2 GPUs);
 #   3. bench_cuda_tp for 7b int8 and 67b int8, each with -np 1 (the TP=1
 #      baseline: same binary, shard size 1) and -np 2, default cases (batch 1 at
 #      ctx 128 and 2048, 64 streams at ctx 1024), --json;
@@ -78,14 +78,14 @@ fi
 
 # 2b. the service: serve --backend cuda under mpirun -np 2 (HTTP chat equal to one
 # GPU, only rank 0 listens, SIGTERM drains, a killed worker ends the job)
-if [ -f tests/test_dist_serve.sh ] && [ "$ngpu" -ge 2 ]; then
+if [ -f tests/test_parallel_serve.sh ] && [ "$ngpu" -ge 2 ]; then
     t=$(limit 180)
     if [ "$t" != 0 ]; then
-        echo "==== test_dist_serve.sh, DSI_TP_BACKEND=cuda (timeout $t s)" >> "$L"
-        DSI_TP_BACKEND=cuda DSI_BIN=$G/dsinfer timeout -k 10 "$t" bash tests/test_dist_serve.sh >> "$L" 2>&1
+        echo "==== test_parallel_serve.sh, DSI_TP_BACKEND=cuda (timeout $t s)" >> "$L"
+        DSI_TP_BACKEND=cuda DSI_BIN=$G/dsinfer timeout -k 10 "$t" bash tests/test_parallel_serve.sh >> "$L" 2>&1
         rc=$?
-        note "test_dist_serve (cuda) rc=$rc$([ $rc = 124 ] && echo ' (timed out)')"
-        sed -n '/^==== test_dist_serve/,$p' "$L" | grep -E "^(ok|FAIL)|failed$" >> "$S"
+        note "test_parallel_serve (cuda) rc=$rc$([ $rc = 124 ] && echo ' (timed out)')"
+        sed -n '/^==== test_parallel_serve/,$p' "$L" | grep -E "^(ok|FAIL)|failed$" >> "$S"
     fi
 fi
 

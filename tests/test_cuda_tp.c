@@ -1,7 +1,7 @@
 /*
  * test_cuda_tp.c: tensor parallel on CUDA + NCCL end to end: `mpirun -np 2
  * $DSI_BIN ... --backend cuda` (one GPU per rank) against one process on one
- * GPU (`$DSI_BIN ... --backend cuda`), on the fixtures test_dist_mpi.c uses for
+ * GPU (`$DSI_BIN ... --backend cuda`), on the fixtures test_parallel_mpi.c uses for
  * the CPU path:
  *  - `dsinfer logits`: every row within TOL_TP_BF16 / TOL_TP_INT8 of the row's
  *    largest |logit|, in bf16 and in int8 (per channel, and grouped on

@@ -1,6 +1,6 @@
 /*
  * test_tp_util.h: what the tensor-parallel end-to-end tests share
- * (test_dist_mpi.c on the CPU backend, test_cuda_tp.c on CUDA + NCCL), so that
+ * (test_parallel_mpi.c on the CPU backend, test_cuda_tp.c on CUDA + NCCL), so that
  * both compare a 2-rank run with a single process in exactly the same way:
  *  - tp_env_init / tp_run: run `$DSI_BIN args` alone or under an mpirun prefix,
  *    under `timeout` (a hung collective must fail the test, not stall CI),
@@ -39,7 +39,7 @@ struct tp_env {
 static inline int tp_env_init(struct tp_env *e, const char *mpirun) {
     e->bin = getenv("DSI_BIN");
     e->mpirun = mpirun;
-    snprintf(e->errpath, sizeof e->errpath, "%s", "/tmp/dsi_test_dist_XXXXXX");
+    snprintf(e->errpath, sizeof e->errpath, "%s", "/tmp/dsi_test_parallel_XXXXXX");
     if (!e->bin) {
         fprintf(stderr, "DSI_BIN is not set\n");
         return 1;

@@ -323,7 +323,7 @@ int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_bat
 /* Synchronizes the backend's stream (benchmarks). */
 int dsi_cuda_backend_sync(struct dsi_backend *be);
 
-/* ---- tensor parallel over NCCL (issue 12; src/dist drives it under mpirun) ----
+/* ---- tensor parallel over NCCL (issue 12; src/parallel drives it under mpirun) ----
  * Rank r of N holds q heads [r*nh/N, (r+1)*nh/N) and the matching KV heads
  * (column-parallel q|k|v rows + bias), the same columns of o (row parallel),
  * rows [r*I/N, (r+1)*I/N) of gate and up and those columns of down, and
@@ -350,7 +350,7 @@ struct dsi_cuda_shard {
 int dsi_cuda_tp_unique_id(unsigned char id[DSI_CUDA_NCCL_ID_BYTES], char **err);
 /* What can be checked before the collective set-up: the model and options fit
  * a shard of size ranks, and device o->device exists and is sm_80+. Each rank
- * runs it, and src/dist lets no rank into dsi_cuda_backend_create_shard unless
+ * runs it, and src/parallel lets no rank into dsi_cuda_backend_create_shard unless
  * every rank passed (a lone rank would wait in NCCL's set-up forever). */
 int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int size,
                          char **err);

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 #include "dsinfer/log.h"
 
 struct command {
@@ -59,10 +59,10 @@ int main(int argc, char **argv) {
         if (dsi_log_parse_level(lvl, &l) == 0) dsi_log_set_level(l);
     }
     /* Under mpirun: ranks > 0 are tensor-parallel workers and end here; rank 0 runs
-     * the command with --tensor-parallel removed from argv (include/dsinfer/dist.h). */
+     * the command with --tensor-parallel removed from argv (include/dsinfer/parallel.h). */
     int dist_rc;
-    if (dsi_dist_main_hook(&argc, argv, &dist_rc)) {
-        if (dist_rc) dsi_dist_abort(dist_rc);
+    if (dsi_parallel_main_hook(&argc, argv, &dist_rc)) {
+        if (dist_rc) dsi_parallel_abort(dist_rc);
         exit(dist_rc);
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

@@ -1,6 +1,6 @@
 /*
  * fuzz_tp_msg.c: libFuzzer target for the tensor-parallel control messages a worker
- * rank receives (src/dist/tp_proto.c): header check, forward-batch decode and create
+ * rank receives (src/parallel/wire.c): header check, forward-batch decode and create
  * decode, on arbitrary words. A decoded batch must pass the sender-side check too,
  * since both enforce the same limits; an accepted create message must encode back
  * to the same words' meaning.
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *err = NULL;

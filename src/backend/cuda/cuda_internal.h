@@ -126,7 +126,7 @@ struct dsi__cuda {
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* least recently used first */
     int n_graphs;
 
-    /* Tensor parallel (cuda_tp.c; kernels.h says what a shard holds). cfg then
+    /* Tensor parallel (cuda_nccl.c; kernels.h says what a shard holds). cfg then
      * has this rank's heads, KV heads and intermediate size; vocab_size stays
      * whole and the lm_head holds vocab rows [vocab0, vocab0 + lm_head.n). */
     int tp_rank, tp_size; /* 0, 1 when not sharded */
@@ -154,7 +154,7 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
  * fallback verified them on the host; on failure nothing is kept. */
 int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_t ***images, char **err);
 void dsi__cuda_free_images(struct dsi__cuda *c, const struct dsi_model *m, uint8_t **images);
-/* Tensor parallel (cuda_tp.c). prepare: what can fail on this rank alone
+/* Tensor parallel (cuda_nccl.c). prepare: what can fail on this rank alone
  * (the exchange buffers), before the ranks agree; init: the NCCL communicator
  * of shard sh and the exchange of the all-reduce regions (collective over its
  * ranks); allreduce: in-place fp32 sum over the ranks on

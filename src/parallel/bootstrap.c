@@ -1,5 +1,5 @@
 /*
- * dist.c: MPI bootstrap for tensor parallelism: detects an mpirun launch,
+ * bootstrap.c: MPI bootstrap for tensor parallelism: detects an mpirun launch,
  * initialises MPI, strips --tensor-parallel from argv, runs the worker loop on
  * ranks > 0, and shuts the workers down when rank 0 exits.
  *
@@ -7,7 +7,7 @@
  * atexit handler has no context argument), so its state lives in the one static
  * struct below, behind accessors: the documented exception to "no mutable
  * globals". It is written only by the main thread before any other thread starts
- * (dsi_dist_main_hook) and at exit; `backend_alive` is touched by whoever creates
+ * (dsi_parallel_main_hook) and at exit; `backend_alive` is touched by whoever creates
  * and destroys the TP backend (rank 0's main thread).
  *
  * Waiting workers poll a non-blocking broadcast with short sleeps, so an idle
@@ -20,12 +20,12 @@
 #include <string.h>
 #include <time.h>
 
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
 #ifdef DSI_HAVE_MPI
-#include "tp_internal.h"
+#include "parallel_internal.h"
 #endif
 
 static int parse_tp_flag(int *argc, char **argv, int *n, char **err);
@@ -41,10 +41,10 @@ static struct {
 #endif
 } dist = {.size = 1};
 
-int dsi_dist_rank(void) {
+int dsi_parallel_rank(void) {
     return dist.up ? dist.rank : 0;
 }
-int dsi_dist_size(void) {
+int dsi_parallel_size(void) {
     return dist.up ? dist.size : 1;
 }
 
@@ -83,23 +83,23 @@ static int parse_tp_flag(int *argc, char **argv, int *n, char **err) {
 
 static void dist_atexit(void);
 
-MPI_Comm dsi__dist_comm(void) {
+MPI_Comm dsi__parallel_comm(void) {
     return dist.up ? dist.comm : MPI_COMM_NULL;
 }
-int dsi__dist_local_rank(void) {
+int dsi__parallel_local_rank(void) {
     return dist.up ? dist.local_rank : 0;
 }
-int dsi__dist_local_size(void) {
+int dsi__parallel_local_size(void) {
     return dist.up ? dist.local_size : 1;
 }
-void dsi__dist_set_backend(bool alive) {
+void dsi__parallel_set_backend(bool alive) {
     dist.backend_alive = alive;
 }
-bool dsi__dist_has_backend(void) {
+bool dsi__parallel_has_backend(void) {
     return dist.backend_alive;
 }
 
-int dsi__dist_mpierr(int mrc, const char *what, char **err) {
+int dsi__parallel_mpierr(int mrc, const char *what, char **err) {
     char msg[MPI_MAX_ERROR_STRING + 1] = "";
     int len = 0;
     if (MPI_Error_string(mrc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "MPI error %d", mrc);
@@ -107,8 +107,8 @@ int dsi__dist_mpierr(int mrc, const char *what, char **err) {
 }
 
 /* Rank 0: header via MPI_Ibcast (workers poll it), then the payload via MPI_Bcast. */
-int dsi__dist_send(enum dsi_tp_msg type, const int32_t *payload, uint32_t n_words, uint32_t step,
-                   char **err) {
+int dsi__parallel_send(enum dsi_tp_msg type, const int32_t *payload, uint32_t n_words, uint32_t step,
+                       char **err) {
     if (!dist.up || dist.rank != 0)
         return dsi_seterr(err, DSI_ESTATE, "tensor parallel: not rank 0 of an MPI run");
     uint32_t hdr[DSI_TP_HDR_WORDS];
@@ -116,23 +116,23 @@ int dsi__dist_send(enum dsi_tp_msg type, const int32_t *payload, uint32_t n_word
     MPI_Request req;
     int mrc = MPI_Ibcast(hdr, DSI_TP_HDR_WORDS, MPI_UINT32_T, 0, dist.comm, &req);
     if (mrc == MPI_SUCCESS) mrc = MPI_Wait(&req, MPI_STATUS_IGNORE);
-    if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "broadcast of a control header", err);
+    if (mrc != MPI_SUCCESS) return dsi__parallel_mpierr(mrc, "broadcast of a control header", err);
     if (n_words > 0) {
         mrc = MPI_Bcast((void *)payload, (int)n_words, MPI_INT32_T, 0, dist.comm);
-        if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "broadcast of a control payload", err);
+        if (mrc != MPI_SUCCESS) return dsi__parallel_mpierr(mrc, "broadcast of a control payload", err);
     }
     return 0;
 }
 
-int dsi__dist_recv_hdr(uint32_t hdr[DSI_TP_HDR_WORDS], char **err) {
+int dsi__parallel_recv_hdr(uint32_t hdr[DSI_TP_HDR_WORDS], char **err) {
     MPI_Request req;
     int mrc = MPI_Ibcast(hdr, DSI_TP_HDR_WORDS, MPI_UINT32_T, 0, dist.comm, &req);
-    if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "receive of a control header", err);
+    if (mrc != MPI_SUCCESS) return dsi__parallel_mpierr(mrc, "receive of a control header", err);
     long sleep_ns = 0;
     for (int polls = 0;; polls++) {
         int done = 0;
         mrc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-        if (mrc != MPI_SUCCESS) return dsi__dist_mpierr(mrc, "receive of a control header", err);
+        if (mrc != MPI_SUCCESS) return dsi__parallel_mpierr(mrc, "receive of a control header", err);
         if (done) return 0;
         /* spin briefly (decode steps follow each other closely), then back off to 1 ms */
         if (polls < 2000) continue;
@@ -147,7 +147,7 @@ static void dist_atexit(void) {
     if (dist.rank == 0 && !dist.shutdown_sent) {
         char *err = NULL;
         dist.shutdown_sent = true;
-        if (dsi__dist_send(DSI_TP_MSG_SHUTDOWN, NULL, 0, 0, &err)) {
+        if (dsi__parallel_send(DSI_TP_MSG_SHUTDOWN, NULL, 0, 0, &err)) {
             dsi_log(DSI_LOG_ERROR, "dist", "could not tell the workers to shut down: %s", err ? err : "?");
             free(err);
             return; /* no MPI_Finalize: it would wait for ranks that never come */
@@ -158,19 +158,19 @@ static void dist_atexit(void) {
     MPI_Finalize();
 }
 
-void dsi__dist_fatal(const char *why) {
+void dsi__parallel_fatal(const char *why) {
     dsi_log(DSI_LOG_ERROR, "dist", "rank %d ends the job: %s (the other ranks cannot continue)", dist.rank,
             why);
-    dsi_dist_abort(1);
+    dsi_parallel_abort(1);
 }
 
-void dsi_dist_abort(int rc) {
+void dsi_parallel_abort(int rc) {
     if (!dist.up) return;
     dist.up = false; /* the atexit handler must not finalize after an abort */
     MPI_Abort(MPI_COMM_WORLD, rc ? rc : 1);
 }
 
-bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
+bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
     char *err = NULL;
     int n_flag = 0;
     *rc = 0;
@@ -263,7 +263,7 @@ bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
         dsi_log(DSI_LOG_ERROR, "dist", "rank %d stops: %s", dist.rank, err ? err : "worker failed");
         free(err);
         *rc = 1;
-        /* no MPI_Finalize (it would wait for ranks that wait for us): main calls dsi_dist_abort */
+        /* no MPI_Finalize (it would wait for ranks that wait for us): main calls dsi_parallel_abort */
         return true;
     }
     return true;
@@ -271,11 +271,11 @@ bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
 
 #else /* !DSI_HAVE_MPI */
 
-void dsi_dist_abort(int rc) {
+void dsi_parallel_abort(int rc) {
     (void)rc;
 }
 
-bool dsi_dist_main_hook(int *argc, char **argv, int *rc) {
+bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
     char *err = NULL;
     int n_flag = 0;
     *rc = 0;

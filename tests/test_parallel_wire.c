@@ -1,5 +1,5 @@
 /*
- * test_dist_proto.c: the tensor-parallel control messages (dist.h) as a worker
+ * test_parallel_wire.c: the tensor-parallel control messages (parallel.h) as a worker
  * sees them: round trips, and every kind of malformed header, forward and create
  * message rejected with DSI_EFORMAT (never a read past the words given, never a
  * block id, token or position outside the agreed limits). Also the split rules:
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 #include "dsinfer/err.h"
 #include "test.h"
 

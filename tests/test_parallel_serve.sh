@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_dist_serve.sh: `mpirun -np 2 dsinfer serve --tensor-parallel 2` end to end:
+# test_parallel_serve.sh: `mpirun -np 2 dsinfer serve --tensor-parallel 2` end to end:
 # rank 0 serves plain HTTP on loopback with the tiny chat model, answers one
 # greedy chat request with the same text as a single-process daemon, only rank 0
 # listens, and a SIGTERM to rank 0 (what systemd sends to the unit) drains it,

@@ -1,5 +1,5 @@
 /*
- * cuda_tp.c: the NCCL side of a tensor-parallel CUDA shard (issue 12).
+ * cuda_nccl.c: the NCCL side of a tensor-parallel CUDA shard (issue 12).
  *
  * A shard is the ordinary CUDA backend with fewer heads, KV heads, MLP rows and
  * lm_head rows (cuda_backend.c sets them, cuda_weights.c loads the slices);

@@ -1,5 +1,5 @@
 /*
- * tp_proto.c: the control messages rank 0 sends to the tensor-parallel workers,
+ * wire.c: the control messages rank 0 sends to the tensor-parallel workers,
  * encoded as flat int32 words (no pointers, no padding, same on every host of a
  * homogeneous cluster), and their validation.
  *
@@ -16,11 +16,10 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 #include "dsinfer/err.h"
 
 #define SEQ_WORDS 6
-
 
 void dsi_tp_hdr_make(uint32_t hdr[DSI_TP_HDR_WORDS], enum dsi_tp_msg type, uint32_t payload_words,
                      uint32_t step) {

@@ -1,15 +1,15 @@
 /*
- * dist.h: tensor parallelism over MPI (src/dist).
+ * parallel.h: tensor parallelism over MPI (src/parallel).
  *
  * One process per rank, started by mpirun. Rank 0 runs the command (serve,
  * generate, logits ...) as usual; ranks > 0 are workers that never parse HTTP,
  * auth or the scheduler and never open a socket: they wait for control messages
  * from rank 0 and run their shard of every forward pass.
  *
- *   main.c:  int rc; if (dsi_dist_main_hook(&argc, argv, &rc)) { if (rc) dsi_dist_abort(rc); exit(rc); }
+ *   main.c:  int rc; if (dsi_parallel_main_hook(&argc, argv, &rc)) { if (rc) dsi_parallel_abort(rc); exit(rc); }
  *
  * The MPI world is process-wide state by nature (MPI_Init once per process), so
- * it lives in one struct in dist.c behind the accessors below: the one exception
+ * it lives in one struct in bootstrap.c behind the accessors below: the one exception
  * to "no mutable globals".
  *
  * Control protocol (rank 0 -> all, MPI_Ibcast/MPI_Bcast on a private duplicate of
@@ -19,8 +19,8 @@
  * like outside input (dsi_tp_hdr_check, dsi_tp_create_decode, dsi_tp_batch_decode).
  * Details: docs/tensor-parallel.md.
  */
-#ifndef DSINFER_DIST_H
-#define DSINFER_DIST_H
+#ifndef DSINFER_PARALLEL_H
+#define DSINFER_PARALLEL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -40,22 +40,22 @@
  * when the process is done and main should exit(*rc): worker ranks after their
  * loop ends (*rc 0 after rank 0's shutdown, 1 on an error, already logged), or
  * any rank on a bad --tensor-parallel (*rc 2). On *rc != 0 under MPI, main calls
- * dsi_dist_abort so no rank waits forever. Registers an atexit handler that, on
+ * dsi_parallel_abort so no rank waits forever. Registers an atexit handler that, on
  * rank 0, tells the workers to shut down, then calls MPI_Finalize. */
-bool dsi_dist_main_hook(int *argc, char **argv, int *rc);
+bool dsi_parallel_main_hook(int *argc, char **argv, int *rc);
 /* MPI_Abort(rc) when MPI is up (takes every rank down), else nothing. Only main.c calls it. */
-void dsi_dist_abort(int rc);
+void dsi_parallel_abort(int rc);
 
 /* 0 and 1 when not running under MPI. */
-int dsi_dist_rank(void);
-int dsi_dist_size(void);
+int dsi_parallel_rank(void);
+int dsi_parallel_size(void);
 
 /* ---- tensor-parallel backends ------------------------------------------------- */
 
 enum dsi_tp_backend { DSI_TP_BACKEND_CPU = 0, DSI_TP_BACKEND_CUDA = 1 };
 
 /* Rank 0 only, called by dsi_backend_create("cpu" / "cuda") when
- * dsi_dist_size() > 1. Sends "create" to the workers, which open m->dir
+ * dsi_parallel_size() > 1. Sends "create" to the workers, which open m->dir
  * themselves (skip_verify: the caller verified the manifest over whole files
  * once), load only their slices and ack. Every rank first says whether it can
  * build its shard (one MPI_Allreduce) so that no rank enters NCCL's collective

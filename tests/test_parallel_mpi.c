@@ -1,5 +1,5 @@
 /*
- * test_dist_mpi.c: tensor parallel end to end under `mpirun -np 2` ($DSI_BIN),
+ * test_parallel_mpi.c: tensor parallel end to end under `mpirun -np 2` ($DSI_BIN),
  * compared with the single-process CPU backend on the same machine:
  *  - `dsinfer logits`: every row within 1e-5 of the row's largest |logit|
  *    (the O and down projections are summed in a different order across ranks;

@@ -1,12 +1,12 @@
 /*
- * test_dist_abort.c: a worker that receives a malformed control message ends the
+ * test_parallel_abort.c: a worker that receives a malformed control message ends the
  * whole job: it logs one line naming the problem, main.c calls MPI_Abort, and
  * mpirun exits non-zero at once; nothing waits forever.
  *
  * This binary plays both parts. Run by ctest, it is the driver: for each case it
  * starts `mpirun -np 1 <itself> CASE : -np 1 $DSI_BIN logits ...`, an MPMD job in
  * which it is a fake rank 0 and a real dsinfer is the worker (rank 1). As rank 0
- * (OMPI_COMM_WORLD_SIZE set) it speaks the protocol of dist.h badly on purpose,
+ * (OMPI_COMM_WORLD_SIZE set) it speaks the protocol of parallel.h badly on purpose,
  * then waits; only the worker's abort ends it. Skipped (77) without mpirun.
  */
 #include <mpi.h>
@@ -17,17 +17,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "dsinfer/dist.h"
+#include "dsinfer/parallel.h"
 #include "test.h"
 
-/* The fake rank 0: same communicator setup as dist.c (dup of WORLD, split by
+/* The fake rank 0: same communicator setup as bootstrap.c (dup of WORLD, split by
  * host), then one bad message. */
 static int fake_rank0(const char *mode) {
     int provided = 0;
     MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
     MPI_Comm comm, node;
     MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-    /* dist.c's bootstrap also splits the ranks by host, once, collectively */
+    /* bootstrap.c also splits the ranks by host, once, collectively */
     MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
     MPI_Comm_free(&node);
     uint32_t hdr[DSI_TP_HDR_WORDS];
@@ -53,7 +53,7 @@ static int fake_rank0(const char *mode) {
     MPI_Wait(&req, MPI_STATUS_IGNORE);
     if (n) MPI_Bcast(payload, (int)n, MPI_INT32_T, 0, comm);
     if (!strcmp(mode, "create-garbage")) {
-        /* as dist.c's rank 0: the agreement to build (MPI_MIN of "can build"),
+        /* as rank0.c: the agreement to build (MPI_MIN of "can build"),
          * then the gather of {status, KV blocks} from every rank */
         int ok = 1, all_ok = 0, mine[2] = {0, 0}, all[4] = {0, 0, 0, 0};
         MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
@@ -72,7 +72,7 @@ static int fake_rank0(const char *mode) {
     return 3;
 }
 
-static char errpath[] = "/tmp/dsi_test_dist_abort_XXXXXX";
+static char errpath[] = "/tmp/dsi_test_parallel_abort_XXXXXX";
 
 static int run_case(const char *mode, char **err_out, char **out_text) {
     char self[4096];

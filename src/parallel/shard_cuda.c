@@ -1,17 +1,17 @@
 /*
- * tp_cuda.c: a rank's CUDA shard for tensor parallel over NCCL (issue 12).
+ * shard_cuda.c: a rank's CUDA shard for tensor parallel over NCCL (issue 12).
  *
  * The control protocol, the worker loop and rank 0's backend are the CPU
- * path's (tp_cpu.c, dist.c); what differs is the shard: the CUDA backend built
+ * path's (rank0.c, worker.c, bootstrap.c); what differs is the shard: the CUDA backend built
  * for (rank, size) on the GPU of the rank's local index on its host, with its
  * own NCCL communicator (id from rank 0's "create"), two all-reduces per layer
  * and the lm_head slices all-gathered on the GPU, all captured in its decode
- * graphs (src/backend/cuda/cuda_tp.c). The struct dsi__tp around it keeps the
+ * graphs (src/backend/cuda/cuda_nccl.c). The struct dsi__tp around it keeps the
  * agreed limits, the forward message buffer and the decoded sequences.
  *
  * ncclCommInitRank waits for every rank, so a rank must never enter it alone:
  * dsi__tp_cuda_check runs everything that can fail on one rank first, and
- * tp_cpu.c lets no rank build a shard until all ranks passed (MPI_Allreduce).
+ * shard.c lets no rank build a shard until all ranks passed (MPI_Allreduce).
  */
 #ifdef DSI_HAVE_MPI
 #include <stdlib.h>
@@ -19,17 +19,17 @@
 
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
-#include "tp_internal.h"
+#include "parallel_internal.h"
 
 #ifdef DSI_HAVE_CUDA
 #include "dsinfer/kernels.h"
 
 int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err) {
-    MPI_Comm comm = dsi__dist_comm();
+    MPI_Comm comm = dsi__parallel_comm();
     if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
     int size = 1;
     MPI_Comm_size(comm, &size);
-    o->device = dsi__dist_local_rank();             /* no collective here: only some ranks get this far */
+    o->device = dsi__parallel_local_rank();         /* no collective here: only some ranks get this far */
     return dsi_cuda_shard_check(cfg, o, size, err); /* dsi_model_config_check with the split */
 }
 
@@ -51,42 +51,25 @@ int dsi__tp_create_cuda_shard(const struct dsi_model *m, const struct dsi_backen
                               const unsigned char nccl_id[DSI_TP_NCCL_ID_BYTES], struct dsi__tp **out,
                               char **err) {
     *out = NULL;
-    MPI_Comm comm = dsi__dist_comm();
-    if (comm == MPI_COMM_NULL) return dsi_seterr(err, DSI_ESTATE, "tensor parallel: MPI is not initialised");
-    struct dsi__tp *t = calloc(1, sizeof *t);
-    if (!t) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    t->comm = comm;
+    struct dsi__tp *t = NULL;
+    int rc = dsi__tp_new(&t, err);
+    if (rc) return rc;
     t->cuda = true;
-    MPI_Comm_rank(comm, &t->rank);
-    MPI_Comm_size(comm, &t->size);
     struct dsi_cuda_shard sh = {.rank = t->rank,
                                 .size = t->size,
-                                .one_host = dsi__dist_local_size() == t->size,
+                                .one_host = dsi__parallel_local_size() == t->size,
                                 .agree = agree,
                                 .agree_ctx = t};
     memcpy(sh.nccl_id, nccl_id, DSI_CUDA_NCCL_ID_BYTES);
-    int rc = dsi_cuda_backend_create_shard(m, o, &sh, false, 0, &t->shard, err);
-    if (rc) goto fail;
+    if ((rc = dsi_cuda_backend_create_shard(m, o, &sh, false, 0, &t->shard, err))) goto fail;
     struct dsi_backend *g = t->shard;
     int max_tokens = 0, max_seqs = 0;
     dsi_cuda_backend_limits(g, &max_tokens, &max_seqs);
-    t->be.model = m;
-    t->be.impl = t;
-    t->be.vocab_size = g->vocab_size;
-    t->be.kv_block_size = g->kv_block_size;
-    t->be.n_kv_blocks = g->n_kv_blocks;
-    t->be.weight_bytes = g->weight_bytes;
-    t->be.kv_bytes_per_token = g->kv_bytes_per_token * (size_t)t->size; /* what the whole job stores */
     int max_ctx = m->cfg.max_position_embeddings > 0 ? m->cfg.max_position_embeddings : 4096;
-    if ((long long)max_ctx > (long long)g->n_kv_blocks * g->kv_block_size)
-        max_ctx = g->n_kv_blocks * g->kv_block_size;
-    t->lim = (struct dsi_tp_limits){.max_tokens = max_tokens,
-                                    .max_ctx = max_ctx,
-                                    .block_size = g->kv_block_size,
-                                    .n_kv_blocks = g->n_kv_blocks,
-                                    .vocab_size = g->vocab_size,
-                                    .max_seqs = max_seqs};
-    if ((rc = dsi__tp_alloc_msg(t, err))) goto fail;
+    /* a CUDA shard reports its own KV bytes per token: the whole job stores size times that */
+    if ((rc = dsi__tp_adopt(t, m, g->kv_bytes_per_token * (size_t)t->size, max_tokens, max_seqs, max_ctx,
+                            err)))
+        goto fail;
     dsi_log(DSI_LOG_INFO, "dist", "rank %d/%d: CUDA shard on device %d, %d KV blocks", t->rank, t->size,
             o->device, g->n_kv_blocks);
     *out = t;
