@@ -4,15 +4,16 @@
  *
  * Greedy: argmax, ties to the lowest id (as the CPU sampler and torch.argmax).
  * Otherwise (HF order: temperature, then top-k, then top-p): values v = logit/T;
- * the k-th largest value is found exactly by a 32-step radix select over
- * order-preserving integer keys (no sort); the top-p cut is the largest key
+ * the k-th largest value is found exactly by a 4-pass 8-bit radix select over
+ * order-preserving integer keys (kth_key, no sort); the top-p cut is the largest key
  * whose kept mass is >= top_p of the top-k mass (again 32 block-wide passes);
  * ties at a threshold are kept, so a set may hold more than k tokens. The token
  * is drawn by inverse CDF with the host-provided uniform u (the host RNG of
  * each sequence stays the one source of randomness): a block-wide scan over
  * contiguous id ranges finds the id whose cumulative mass passes u * Z.
- * Cost: ~70 passes over the row, which stays in L2 (608 KB for vocab 152k):
- * 0.3-0.7 ms at batch 1 on the H200, a quarter of a 7B decode step.
+ * Cost: ~40 passes over the row, which stays in L2 (608 KB for vocab 152k);
+ * with a 32-step top-k select (~70 passes) it took 0.3-0.7 ms at batch 1 on
+ * the H200, a quarter of a 7B decode step.
  *
  * Fast path (the same sets and the same draw rule, fewer passes): the k-th
  * largest key by a 4-pass 8-bit radix select (integer histograms in shared
@@ -51,9 +52,6 @@ template <typename T, typename Op> static __device__ __forceinline__ T block_red
 struct op_add_f {
     __device__ float operator()(float a, float b) const { return a + b; }
 };
-struct op_add_u {
-    __device__ unsigned operator()(unsigned a, unsigned b) const { return a + b; }
-};
 struct op_max_f {
     __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
@@ -66,16 +64,18 @@ struct op_max_ull {
 
 struct sample_smem {
     float redf[32];
-    unsigned redu[32];
     unsigned long long redl[32];
     float scan[ST];
 };
 
-/* The full-scan sampler (greedy included) for one row; ids[blockIdx.x]. */
+static __device__ uint32_t kth_key(const float *row, int vocab, float inv_t, unsigned k, unsigned *hist,
+                                   uint32_t *bcast);
+
+/* The full-scan sampler (greedy included) for one row; ids[blockIdx.x].
+ * hist (256) and bcast (2): kth_key's shared scratch. */
 static __device__ void sample_full(int32_t *ids, const float *row, const struct dsi_cuda_sample_params &p,
-                                   int vocab, struct sample_smem &sm) {
+                                   int vocab, struct sample_smem &sm, unsigned *hist, uint32_t *bcast) {
     float *redf = sm.redf, *scan = sm.scan;
-    unsigned *redu = sm.redu;
     unsigned long long *redl = sm.redl;
     const int tid = threadIdx.x;
 
@@ -95,19 +95,9 @@ static __device__ void sample_full(int32_t *ids, const float *row, const struct 
         mx = fmaxf(mx, row[i] * inv_t);
     mx = block_reduce(mx, redf, op_max_f());
 
-    uint32_t thr = 0;
-    if (p.top_k > 0 && p.top_k < vocab) {
-        uint32_t prefix = 0;
-        for (int bit = 31; bit >= 0; bit--) {
-            uint32_t cand = prefix | (1u << bit);
-            unsigned cnt = 0;
-            for (int i = tid; i < vocab; i += ST)
-                cnt += fkey(row[i] * inv_t) >= cand;
-            cnt = block_reduce(cnt, redu, op_add_u());
-            if (cnt >= (unsigned)p.top_k) prefix = cand;
-        }
-        thr = prefix;
-    }
+    /* the k-th largest key, exactly (the fast path's radix select) */
+    uint32_t thr =
+        p.top_k > 0 && p.top_k < vocab ? kth_key(row, vocab, inv_t, (unsigned)p.top_k, hist, bcast) : 0u;
     float z = 0.f;
     for (int i = tid; i < vocab; i += ST) {
         float v = row[i] * inv_t;
@@ -427,7 +417,7 @@ static __global__ void __launch_bounds__(ST)
     const struct dsi_cuda_sample_params p = params[blockIdx.x];
     if (variant == 0 && sample_fast(ids, row, p, vocab, sm, f)) return;
     __syncthreads();
-    sample_full(ids, row, p, vocab, sm);
+    sample_full(ids, row, p, vocab, sm, f.hist, f.bcast);
 }
 
 extern "C" int dsi_cuda_sample_variant(int32_t *ids, const float *logits,
