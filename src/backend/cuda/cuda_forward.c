@@ -203,8 +203,8 @@ static int long_prefill(struct dsi__cuda *c, const struct dsi_cuda_attn_args *a)
 static int delta_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, int T) {
     struct epilogue epi = {NULL, NULL};
     int rc = matmul(c, w, x, c->delta, T, true, c->tp_size == 1 ? &epi : NULL);
-    c->delta_scale = c->tp_size == 1 ? epi.scale : NULL;
-    c->delta_bias = c->tp_size == 1 ? epi.bias : NULL;
+    c->delta_scale = epi.scale; /* under TP epi stays empty */
+    c->delta_bias = epi.bias;
     return rc;
 }
 
