@@ -147,10 +147,10 @@ static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, in
     size_t n = (size_t)p->rows * p->cols, fc = (size_t)p->full_cols;
     if (grp > 0 && (p->cols != p->full_cols || p->rows % grp || gstride < grp))
         return dsi_seterr(err, DSI_EINTERNAL, "cuda: %s cannot be interleaved", name);
-    /* rows -> (height, width) of a 2D copy: groups of grp rows or single rows */
-    size_t height = grp > 0 ? (size_t)(p->rows / grp) : (size_t)p->rows;
-    size_t width = (grp > 0 ? (size_t)grp : 1) * (size_t)p->cols * 2;
-    size_t dpitch = (grp > 0 ? (size_t)gstride : 1) * (size_t)p->cols * 2;
+    /* rows -> (height, width) of a 2D copy: groups of g rows gs apart in dst
+     * (single rows, one apart, when not interleaved) */
+    const size_t g = grp > 0 ? (size_t)grp : 1, gs = grp > 0 ? (size_t)gstride : 1;
+    size_t height = (size_t)p->rows / g, width = g * (size_t)p->cols * 2, dpitch = gs * (size_t)p->cols * 2;
     size_t first = (size_t)p->r0 * fc + (size_t)p->c0; /* element index of the block's corner */
     if (L->random) {
         if (grp > 0) /* the rows are filled contiguously: the caller stacks random weights */
@@ -170,9 +170,8 @@ static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, in
         size_t bytes = (size_t)p->full_rows * fc * 2;
         if (off > L->m->pending[pi].size || bytes > L->m->pending[pi].size - off)
             return dsi_seterr(err, DSI_EFORMAT, "cuda: tensor %s lies outside its file", name);
-        if (DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, L->images[pi] + off + first * 2,
-                                             (grp > 0 ? (size_t)grp : 1) * fc * 2, width, height,
-                                             cudaMemcpyDeviceToDevice, L->c->stream)) ||
+        if (DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, L->images[pi] + off + first * 2, g * fc * 2, width,
+                                             height, cudaMemcpyDeviceToDevice, L->c->stream)) ||
             DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
             return dsi_seterr(err, DSI_ECUDA, "cuda: device copy of %s failed", name);
         return 0;
@@ -200,8 +199,8 @@ static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, in
     }
     rc = pitch == (size_t)p->cols * 2 && grp == 0
              ? DSI_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * 2, cudaMemcpyHostToDevice, L->c->stream))
-             : DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, (grp > 0 ? (size_t)grp : 1) * pitch, width,
-                                                height, cudaMemcpyHostToDevice, L->c->stream));
+             : DSI_CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, g * pitch, width, height,
+                                                cudaMemcpyHostToDevice, L->c->stream));
     if (rc || DSI_CUDA_CHECK(cudaStreamSynchronize(L->c->stream)))
         return dsi_seterr(err, DSI_ECUDA, "cuda: upload of %s failed", name);
     return 0;
