@@ -44,6 +44,11 @@ int dsi_tok_token_bytes(const struct dsi_tokenizer *t, int32_t id, const char **
  * when empty or on error); the caller frees it. Thread-safe on one tokenizer. */
 int dsi_tok_encode(const struct dsi_tokenizer *t, const char *text, size_t len, bool allow_special,
                    int32_t **ids, size_t *n_ids, char **err);
+/* A plain-text prompt (a completion, `generate --prompt`): encoded with special
+ * tokens as text (allow_special false), and the tokenizer's BOS in front when
+ * add_bos is set and the tokenizer has one. The one place BOS is added to text. */
+int dsi_tok_encode_prompt(const struct dsi_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t **ids,
+                          size_t *n_ids, char **err);
 /* Decodes ids to text (malloc'd, NUL-terminated) as HF decode does: bytes of all
  * tokens joined, invalid UTF-8 replaced by U+FFFD. skip_special drops special tokens.
  * An id outside the vocabulary is DSI_ERANGE. */
@@ -58,6 +63,15 @@ int dsi_tok_stream_push(struct dsi_tok_stream *s, int32_t id, char **out, size_t
 /* Flushes what is left (incomplete UTF-8 becomes U+FFFD). */
 int dsi_tok_stream_flush(struct dsi_tok_stream *s, char **out, size_t *out_len);
 void dsi_tok_stream_destroy(struct dsi_tok_stream *s);
+
+/* The token ids that end a generation, the one stop set `serve` and `generate`
+ * share: the tokenizer's EOS, the model's own EOS ids (`model_eos`, from
+ * config.json; may be NULL), and the end-of-turn token of every chat format this
+ * module renders (<|im_end|>, <｜end▁of▁sentence｜>, <|EOT|>, ...) that the
+ * vocabulary has. t may be NULL (ids-only runs: model_eos alone). Writes at most
+ * cap distinct ids, negative ids skipped, in that order; returns how many. */
+int dsi_tok_stop_ids(const struct dsi_tokenizer *t, const int32_t *model_eos, int n_model_eos, int32_t *out,
+                     int cap);
 
 /* Chat formats. */
 enum dsi_chat_format {

@@ -258,21 +258,9 @@ static int prompt_ids(struct dsi_server *s, const struct dsi__req *r, bool gen_p
         if (!rc) rc = dsi_tok_encode(s->tok, text, strlen(text), true, ids, n, &err);
         free(text);
     } else if (r->prompt) {
-        int32_t bos = r->add_special ? dsi_tok_bos(s->tok) : -1;
         int32_t *t = NULL;
         size_t nt = 0;
-        rc = dsi_tok_encode(s->tok, r->prompt, strlen(r->prompt), false, &t, &nt, &err);
-        if (!rc && bos >= 0) {
-            int32_t *u = malloc((nt + 1) * sizeof *u);
-            if (!u) rc = DSI_ENOMEM;
-            else {
-                u[0] = bos;
-                if (nt) memcpy(u + 1, t, nt * sizeof *t);
-                free(t);
-                t = u;
-                nt++;
-            }
-        }
+        rc = dsi_tok_encode_prompt(s->tok, r->prompt, strlen(r->prompt), r->add_special, &t, &nt, &err);
         if (rc) free(t);
         else *ids = t, *n = nt;
     } else {

@@ -128,6 +128,28 @@ static enum dsi_chat_format resolve(const struct dsi_tokenizer *t, enum dsi_chat
     return f == DSI_CHAT_AUTO ? t->chat_format : f;
 }
 
+static int add_stop(int32_t *out, int n, int cap, int32_t id) {
+    if (id < 0 || n >= cap) return n;
+    for (int i = 0; i < n; i++)
+        if (out[i] == id) return n;
+    out[n] = id;
+    return n + 1;
+}
+
+int dsi_tok_stop_ids(const struct dsi_tokenizer *t, const int32_t *model_eos, int n_model_eos, int32_t *out,
+                     int cap) {
+    /* End-of-turn tokens of the formats above, plus the Llama-3 ones that
+     * R1-Distill-Llama inherits in its vocabulary. */
+    static const char *const END_TOKENS[] = {"<|im_end|>", u8"<｜end▁of▁sentence｜>", "<|EOT|>",
+                                             "<|end_of_text|>", "<|eot_id|>"};
+    int n = 0;
+    if (t) n = add_stop(out, n, cap, dsi_tok_eos(t));
+    for (int i = 0; model_eos && i < n_model_eos; i++) n = add_stop(out, n, cap, model_eos[i]);
+    for (size_t i = 0; t && i < sizeof END_TOKENS / sizeof END_TOKENS[0]; i++)
+        n = add_stop(out, n, cap, dsi_tok_lookup(t, END_TOKENS[i]));
+    return n;
+}
+
 bool dsi_chat_is_reasoning(const struct dsi_tokenizer *t, enum dsi_chat_format f) {
     if (!t) return false;
     return resolve(t, f) == DSI_CHAT_DEEPSEEK_V3 && t->chat_format == DSI_CHAT_DEEPSEEK_V3 && t->chat_gen_think;

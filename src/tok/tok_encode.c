@@ -310,3 +310,27 @@ int dsi_tok_decode(const struct dsi_tokenizer *t, const int32_t *ids, size_t n_i
     if (len) *len = ol;
     return 0;
 }
+
+int dsi_tok_encode_prompt(const struct dsi_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t **ids,
+                          size_t *n_ids, char **err) {
+    int32_t *v = NULL;
+    size_t n = 0;
+    int rc = dsi_tok_encode(t, text, len, false, &v, &n, err);
+    if (rc) return rc;
+    int32_t bos = add_bos ? dsi_tok_bos(t) : -1;
+    if (bos >= 0) {
+        int32_t *u = n < SIZE_MAX / sizeof *u - 1 ? malloc((n + 1) * sizeof *u) : NULL;
+        if (!u) {
+            free(v);
+            return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        }
+        u[0] = bos;
+        if (n) memcpy(u + 1, v, n * sizeof *v);
+        free(v);
+        v = u;
+        n++;
+    }
+    *ids = v;
+    *n_ids = n;
+    return 0;
+}
