@@ -289,6 +289,29 @@ TEST(textgen_reasoning_unterminated) {
     dsi__textgen_free(&t);
 }
 
+/* One range check (dsi_sampling_check) on the float the sampler uses: a value
+ * that rounds to 0 is refused as out of range, naming the field, with the range
+ * docs/api.md gives; never as context_length_exceeded. */
+TEST(sampling_tiny_values_invalid) {
+    static const char *const fields[] = {"top_p", "repetition_penalty"};
+    for (int i = 0; i < 2; i++) {
+        char body[160];
+        snprintf(body, sizeof body, "{\"prompt\":\"x\",\"%s\":1e-300}", fields[i]);
+        struct dsi__req r;
+        struct dsi__api_error e;
+        CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, body, &r, &e), 400);
+        CHECK_EQ_STR(e.param, fields[i]);
+        CHECK(e.code && !strcmp(e.code, "invalid_value"));
+        CHECK(strstr(e.message, i == 0 ? "> 0 and <= 1" : "> 0 and <= 10") != NULL);
+        dsi__srv_req_free(&r);
+    }
+    struct dsi__req r;
+    struct dsi__api_error e;
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":\"x\",\"temperature\":2,\"top_p\":1e-30,"
+                                            "\"repetition_penalty\":10}", &r, &e), 0);
+    dsi__srv_req_free(&r);
+}
+
 TEST(json_string_escaping) {
     struct dsi__sbuf b = {0};
     CHECK_EQ_INT(dsi__sbuf_json_str(&b, "a\"\\\x01\x7f\xc3\xa9", 7), 0);
@@ -328,6 +351,7 @@ int main(void) {
     RUN(parse_completion_prompts);
     RUN(parse_tokenize_detokenize);
     RUN(api_error_body);
+    RUN(sampling_tiny_values_invalid);
     RUN(utf8_helpers);
     RUN(textgen_stop_across_tokens);
     RUN(textgen_false_prefix_released);

@@ -48,6 +48,14 @@ struct dsi_sampling {
     bool logprobs;
 };
 void dsi_sampling_defaults(struct dsi_sampling *s);
+/* The one range check of sampling settings, shared by the engine (submit), the
+ * server (request bodies) and the CLI: temperature [0, 2], top_p (0, 1],
+ * top_k >= 0, min_p [0, 1], repetition_penalty (0, 10], presence_penalty and
+ * frequency_penalty [-2, 2], top_logprobs 0..DSI_MAX_TOP_LOGPROBS (docs/api.md).
+ * Checks the float values the sampler will use, so a double that rounds to 0 is
+ * refused. Returns 0, or DSI_EINVAL with *param the field's API name (static) and
+ * one message per cause, e.g. "top_p must be > 0 and <= 1, got 0". param may be NULL. */
+int dsi_sampling_check(const struct dsi_sampling *s, const char **param, char **err);
 
 enum dsi_finish { DSI_FINISH_NONE, DSI_FINISH_STOP, DSI_FINISH_LENGTH, DSI_FINISH_CANCELLED, DSI_FINISH_ERROR };
 

@@ -18,7 +18,6 @@
 #include "engine_internal.h"
 
 static int check_opts(const struct dsi_backend *be, const struct dsi_engine_opts *o, char **err);
-static int check_sampling(const struct dsi_sampling *s, char **err);
 
 int64_t dsi__engine_now_ms(void) {
     struct timespec ts;
@@ -163,29 +162,6 @@ void dsi_engine_destroy(struct dsi_engine *e) {
     free(e);
 }
 
-static int check_sampling(const struct dsi_sampling *s, char **err) {
-    /* Written as !(x >= lo) so NaN fails too. */
-    if (!(s->temperature >= 0.0f) || !(s->temperature <= 100.0f))
-        return dsi_seterr(err, DSI_EINVAL, "temperature %g not in [0, 100]", (double)s->temperature);
-    if (!(s->top_p > 0.0f) || !(s->top_p <= 1.0f))
-        return dsi_seterr(err, DSI_EINVAL, "top_p %g not in (0, 1]", (double)s->top_p);
-    if (s->top_k < 0) return dsi_seterr(err, DSI_EINVAL, "top_k %d must be >= 0", s->top_k);
-    if (!(s->min_p >= 0.0f) || !(s->min_p <= 1.0f))
-        return dsi_seterr(err, DSI_EINVAL, "min_p %g not in [0, 1]", (double)s->min_p);
-    if (!(s->repetition_penalty > 0.0f) || !(s->repetition_penalty <= 100.0f))
-        return dsi_seterr(err, DSI_EINVAL, "repetition_penalty %g not in (0, 100]",
-                          (double)s->repetition_penalty);
-    if (!(s->presence_penalty >= -2.0f) || !(s->presence_penalty <= 2.0f))
-        return dsi_seterr(err, DSI_EINVAL, "presence_penalty %g not in [-2, 2]", (double)s->presence_penalty);
-    if (!(s->frequency_penalty >= -2.0f) || !(s->frequency_penalty <= 2.0f))
-        return dsi_seterr(err, DSI_EINVAL, "frequency_penalty %g not in [-2, 2]",
-                          (double)s->frequency_penalty);
-    if (s->top_logprobs < 0 || s->top_logprobs > DSI_MAX_TOP_LOGPROBS)
-        return dsi_seterr(err, DSI_EINVAL, "top_logprobs %d not in 0..%d", s->top_logprobs,
-                          DSI_MAX_TOP_LOGPROBS);
-    return 0;
-}
-
 /* Validates p against the engine's limits and builds a request (not yet queued).
  * Returns 0 or DSI_EINVAL / DSI_ERANGE / DSI_ENOMEM with a message. */
 static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, dsi_token_cb cb, void *user,
@@ -199,7 +175,7 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
                           p->n_prompt, o->max_prompt_tokens);
     for (int i = 0; i < p->n_prompt; i++)
         if (p->prompt[i] < 0 || p->prompt[i] >= vocab)
-            return dsi_seterr(err, DSI_EINVAL, "request: prompt token %d at %d not in 0..%d", p->prompt[i], i,
+            return dsi_seterr(err, DSI_EINVAL, "request: prompt token %d at %d out of range 0..%d", p->prompt[i], i,
                               vocab - 1);
     if (p->max_tokens < 0)
         return dsi_seterr(err, DSI_EINVAL, "request: max_tokens %d must be >= 0", p->max_tokens);
@@ -210,7 +186,7 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
         if (p->stop_ids[i] < 0 || p->stop_ids[i] >= vocab)
             return dsi_seterr(err, DSI_EINVAL, "request: stop id %d not in 0..%d", p->stop_ids[i], vocab - 1);
     if (p->deadline_ms < 0) return dsi_seterr(err, DSI_EINVAL, "request: negative deadline");
-    int rc = check_sampling(&p->sampling, err);
+    int rc = dsi_sampling_check(&p->sampling, NULL, err);
     if (rc) return rc;
 
     /* The most tokens one sequence can ever hold, from the limits and the pool. */

@@ -20,11 +20,54 @@
  * sampler degrades to greedy over the (penalised) logits rather than failing.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dsinfer/engine.h"
+#include "dsinfer/err.h"
+
+/* One row per ranged field: lo_open means lo itself is refused. */
+struct range {
+    const char *name;
+    size_t off;
+    float lo, hi;
+    bool lo_open;
+};
+
+int dsi_sampling_check(const struct dsi_sampling *s, const char **param, char **err) {
+    static const struct range R[] = {
+        {"temperature", offsetof(struct dsi_sampling, temperature), 0.0f, 2.0f, false},
+        {"top_p", offsetof(struct dsi_sampling, top_p), 0.0f, 1.0f, true},
+        {"min_p", offsetof(struct dsi_sampling, min_p), 0.0f, 1.0f, false},
+        {"repetition_penalty", offsetof(struct dsi_sampling, repetition_penalty), 0.0f, 10.0f, true},
+        {"presence_penalty", offsetof(struct dsi_sampling, presence_penalty), -2.0f, 2.0f, false},
+        {"frequency_penalty", offsetof(struct dsi_sampling, frequency_penalty), -2.0f, 2.0f, false},
+    };
+    if (param) *param = NULL;
+    for (size_t i = 0; i < sizeof R / sizeof R[0]; i++) {
+        float v;
+        memcpy(&v, (const char *)s + R[i].off, sizeof v);
+        /* Written as !(v >= lo) so NaN fails too. */
+        bool ok = R[i].lo_open ? v > R[i].lo : v >= R[i].lo;
+        if (!ok || !(v <= R[i].hi)) {
+            if (param) *param = R[i].name;
+            return dsi_seterr(err, DSI_EINVAL, "%s must be %s %g and <= %g, got %g", R[i].name,
+                              R[i].lo_open ? ">" : ">=", (double)R[i].lo, (double)R[i].hi, (double)v);
+        }
+    }
+    if (s->top_k < 0) {
+        if (param) *param = "top_k";
+        return dsi_seterr(err, DSI_EINVAL, "top_k must be >= 0, got %d", s->top_k);
+    }
+    if (s->top_logprobs < 0 || s->top_logprobs > DSI_MAX_TOP_LOGPROBS) {
+        if (param) *param = "top_logprobs";
+        return dsi_seterr(err, DSI_EINVAL, "top_logprobs must be in 0..%d, got %d", DSI_MAX_TOP_LOGPROBS,
+                          s->top_logprobs);
+    }
+    return 0;
+}
 
 static uint64_t splitmix64(uint64_t *x);
 static uint64_t xoro_next(struct dsi_sampler_state *st);

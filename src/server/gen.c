@@ -360,7 +360,10 @@ int dsi__gen_submit(struct dsi__gen *g, const struct dsi__req *r, const int32_t 
         const char *code = NULL;
         if (rc == DSI_EFULL) st = 503, code = "queue_full";
         else if (rc == DSI_ESTATE) st = 503, code = "draining";
-        else if (rc == DSI_ERANGE || rc == DSI_EINVAL) st = 400, code = "context_length_exceeded";
+        /* ERANGE is the only "does not fit" answer; an EINVAL names a bad value
+         * (request.c checks sampling with the same function first). */
+        else if (rc == DSI_ERANGE) st = 400, code = "context_length_exceeded";
+        else if (rc == DSI_EINVAL) st = 400, code = "invalid_value";
         dsi__api_error_set(e, st, NULL, code, "%s", st == 503 && rc == DSI_EFULL ? "the server is busy; retry later"
                                                      : st == 503 ? "the server is shutting down"
                                                      : err ? err : dsi_strerror(rc));

@@ -23,6 +23,7 @@ static int parse_ids(const cJSON *a, const char *param, const struct dsi__req_li
                      struct dsi__api_error *e);
 static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
 static int parse_stop(const cJSON *s, struct dsi__req *r, struct dsi__api_error *e);
+static int check_sampling(const struct dsi_sampling *s, struct dsi__api_error *e);
 
 size_t dsi__srv_utf8_complete_prefix(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
@@ -64,19 +65,13 @@ static int get_int(const cJSON *root, const char *name, long long lo, long long 
     return 0;
 }
 
-static int get_num(const cJSON *root, const char *name, double lo, double hi, bool lo_open, bool *present,
-                   double *out, struct dsi__api_error *e) {
+/* A number field as the float the sampler uses; its range is dsi_sampling_check's. */
+static int get_float(const cJSON *root, const char *name, float *out, struct dsi__api_error *e) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    *present = false;
     if (!v || cJSON_IsNull(v)) return 0;
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
         return dsi__api_error_set(e, 400, name, "invalid_type", "'%s' must be a number", name);
-    double d = v->valuedouble;
-    if (d > hi || d < lo || (lo_open && d == lo))
-        return dsi__api_error_set(e, 400, name, "invalid_value", "'%s' must be %s %g and <= %g", name,
-                                  lo_open ? ">" : ">=", lo, hi);
-    *present = true;
-    *out = d;
+    *out = (float)v->valuedouble;
     return 0;
 }
 
@@ -203,6 +198,7 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
         goto out;
     }
     if ((rc = parse_sampling(root, r, e))) goto out;
+    if ((rc = check_sampling(&r->sampling, e))) goto out;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) goto out;
 out:
@@ -213,23 +209,16 @@ out:
 static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e) {
     struct dsi_sampling *s = &r->sampling;
     bool has;
-    double d;
     long long v;
     int rc;
-    if ((rc = get_num(root, "temperature", 0, 2, false, &has, &d, e))) return rc;
-    if (has) s->temperature = (float)d;
-    if ((rc = get_num(root, "top_p", 0, 1, true, &has, &d, e))) return rc;
-    if (has) s->top_p = (float)d;
+    if ((rc = get_float(root, "temperature", &s->temperature, e))) return rc;
+    if ((rc = get_float(root, "top_p", &s->top_p, e))) return rc;
     if ((rc = get_int(root, "top_k", -1, 1 << 30, &has, &v, e))) return rc;
     if (has) s->top_k = v < 0 ? 0 : (int)v; /* -1 means off (vLLM spelling) */
-    if ((rc = get_num(root, "min_p", 0, 1, false, &has, &d, e))) return rc;
-    if (has) s->min_p = (float)d;
-    if ((rc = get_num(root, "frequency_penalty", -2, 2, false, &has, &d, e))) return rc;
-    if (has) s->frequency_penalty = (float)d;
-    if ((rc = get_num(root, "presence_penalty", -2, 2, false, &has, &d, e))) return rc;
-    if (has) s->presence_penalty = (float)d;
-    if ((rc = get_num(root, "repetition_penalty", 0, 10, true, &has, &d, e))) return rc;
-    if (has) s->repetition_penalty = (float)d;
+    if ((rc = get_float(root, "min_p", &s->min_p, e))) return rc;
+    if ((rc = get_float(root, "frequency_penalty", &s->frequency_penalty, e))) return rc;
+    if ((rc = get_float(root, "presence_penalty", &s->presence_penalty, e))) return rc;
+    if ((rc = get_float(root, "repetition_penalty", &s->repetition_penalty, e))) return rc;
     /* OpenAI seeds are 64-bit; JSON numbers are doubles, so accept what is exact. */
     if ((rc = get_int(root, "seed", -9007199254740991LL, 9007199254740991LL, &has, &v, e))) return rc;
     if (has) {
@@ -259,6 +248,17 @@ static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api
         s->top_logprobs = (int)v;
     }
     return 0;
+}
+
+/* The engine's one range check (docs/api.md), reported as OpenAI does: 400,
+ * param = the field, code invalid_value. */
+static int check_sampling(const struct dsi_sampling *s, struct dsi__api_error *e) {
+    const char *param = NULL;
+    char *msg = NULL;
+    if (dsi_sampling_check(s, &param, &msg) == 0) return 0;
+    int st = dsi__api_error_set(e, 400, param, "invalid_value", "%s", msg ? msg : "invalid sampling setting");
+    free(msg);
+    return st;
 }
 
 static int parse_stop(const cJSON *st, struct dsi__req *r, struct dsi__api_error *e) {
