@@ -289,6 +289,25 @@ TEST(textgen_reasoning_unterminated) {
     dsi__textgen_free(&t);
 }
 
+/* A completion's text is exactly the decoded tokens: " Go up" keeps its space
+ * (only content after </think> loses its leading blank lines). */
+TEST(textgen_keeps_leading_space) {
+    struct dsi__textgen t;
+    struct sink k = {0};
+    dsi__textgen_init(&t, NULL, 0, false);
+    CHECK_EQ_INT(dsi__textgen_push(&t, " Go", 3, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_push(&t, " up", 3, sink_emit, &k), 0);
+    CHECK_EQ_INT(dsi__textgen_finish(&t, sink_emit, &k), 0);
+    CHECK_EQ_STR(k.content, " Go up");
+    dsi__textgen_free(&t);
+    struct sink k2 = {0};
+    dsi__textgen_init(&t, NULL, 0, false);
+    CHECK_EQ_INT(dsi__textgen_push(&t, "\n\nAnd", 5, sink_emit, &k2), 0);
+    CHECK_EQ_INT(dsi__textgen_finish(&t, sink_emit, &k2), 0);
+    CHECK_EQ_STR(k2.content, "\n\nAnd");
+    dsi__textgen_free(&t);
+}
+
 /* One range check (dsi_sampling_check) on the float the sampler uses: a value
  * that rounds to 0 is refused as out of range, naming the field, with the range
  * docs/api.md gives; never as context_length_exceeded. */
@@ -351,6 +370,7 @@ int main(void) {
     RUN(parse_completion_prompts);
     RUN(parse_tokenize_detokenize);
     RUN(api_error_body);
+    RUN(textgen_keeps_leading_space);
     RUN(sampling_tiny_values_invalid);
     RUN(utf8_helpers);
     RUN(textgen_stop_across_tokens);

@@ -94,6 +94,7 @@ struct dsi__textgen {
     int n_stops;
     bool in_reasoning;        /* text goes to reasoning until </think> */
     bool at_start;            /* nothing emitted on the current channel yet */
+    bool after_think;         /* content follows a </think>: its leading blank lines go */
     bool stopped;             /* a stop string matched; later text is dropped */
     char *hold;               /* text held back: maybe a stop or tag prefix */
     size_t hold_len, hold_cap;

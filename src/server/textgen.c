@@ -7,6 +7,8 @@
  * into "</think>" (while reasoning) or a stop string (in content); everything
  * before it has been emitted. Since the tags and stop strings are valid UTF-8 and
  * start with a lead byte, cutting before a held tail never splits a character.
+ * Only the content right after "</think>" loses its leading blank lines; any
+ * other text goes out exactly as decoded.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -52,8 +54,9 @@ static const char *find(const char *s, size_t n, const char *pat) {
 static int emit_text(struct dsi__textgen *t, enum dsi__channel ch, const char *s, size_t n, dsi__emit_fn emit,
                      void *user) {
     /* Content after </think> starts with the blank lines the model writes after
-     * the tag; DeepSeek's API drops them, and so do we. */
-    if (t->at_start && ch == DSI__CH_CONTENT)
+     * the tag; DeepSeek's API drops them, and so do we. Anywhere else the text
+     * is exactly the decoded tokens (a completion's leading space included). */
+    if (t->at_start && t->after_think && ch == DSI__CH_CONTENT)
         while (n > 0 && (*s == '\n' || *s == '\r' || *s == ' ')) s++, n--;
     if (n == 0) return 0;
     t->at_start = false;
@@ -99,6 +102,7 @@ int dsi__textgen_push(struct dsi__textgen *t, const char *s, size_t n, dsi__emit
         drop_front(t, pre + sizeof THINK_END - 1);
         t->in_reasoning = false;
         t->at_start = true;
+        t->after_think = true;
         /* fall through: the rest is content */
     }
     /* Earliest stop string wins. */
