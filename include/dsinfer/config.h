@@ -39,6 +39,7 @@ struct dsi_config {
     char *dtype;         /* f32 | bf16 | int8 */
     int int8_group_size; /* 0: per channel */
     char *backend;       /* cpu | cuda */
+    char *backend_fallback; /* none | cpu: what to do when backend is unavailable */
     int device;
     int threads; /* 0: all cores */
     bool skip_verify;

@@ -82,6 +82,9 @@ static const struct dsi__opt opts[] = {
      "model", "int8 scale group along the input dimension; 0: one scale per output channel"},
     {"backend", DSI__OPT_ENUM, F(backend), 0, 0, "cpu", NULL, "cpu|cuda", NULL, 0, "model",
      "compute backend"},
+    {"backend_fallback", DSI__OPT_ENUM, F(backend_fallback), 0, 0, "none", NULL, "none|cpu", NULL, 0, "model",
+     "when backend is not available (cuda without a GPU): none = refuse to start; cpu = warn and run on the "
+     "cpu backend (orders of magnitude slower)"},
     {"device", DSI__OPT_INT, F(device), 0, 255, "0", NULL, NULL, NULL, 0, "model",
      "CUDA device index (first device when tensor_parallel > 1)"},
     {"threads", DSI__OPT_INT, F(threads), 0, 1024, "0", NULL, NULL, NULL, 0, "model",
