@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # test_serve_backend_fallback.sh: `dsinfer serve --backend cuda` opens the model
-# with the weight files' SHA-256 deferred to the CUDA loader's single pass. Where
-# no GPU is usable the daemon falls back to the CPU backend, and then the weights
-# must be verified on the host before the CPU backend may read them:
-#   1. a good model directory: the daemon becomes ready (on cuda, or on the cpu
-#      with the fallback logged) and answers a chat request;
-#   2. the same directory with one byte of model.safetensors flipped (SHA256SUMS
-#      unchanged): the daemon refuses to start, naming the SHA-256 mismatch, on
-#      either backend, and never reports ready.
+# with the weight files' SHA-256 deferred to the CUDA loader's single pass. A
+# backend that was asked for and is not available is an error at start, unless
+# the operator opted in with backend_fallback: cpu (docs/operating.md):
+#   1. no GPU, no opt-in: the daemon refuses to start, naming backend_fallback,
+#      and never reports ready (with a GPU: it serves on cuda);
+#   2. --backend-fallback cpu, a good model directory: the daemon becomes ready
+#      (on cuda, or on the cpu with the fallback logged) and answers a chat
+#      request; the weights were verified on the host first;
+#   3. --backend-fallback cpu, the same directory with one byte of
+#      model.safetensors flipped (SHA256SUMS unchanged): the daemon refuses to
+#      start, naming the SHA-256 mismatch, on either backend, never ready.
 # Exit 0 pass, 1 fail, 77 skipped (no curl or python3).
 set -u
 BIN=${DSI_BIN:-build/dsinfer}
@@ -34,20 +37,34 @@ b[len(b) // 2] ^= 0x01  # a tensor byte, far from the header
 open(p, "wb").write(b)
 PY
 
-# serve DIR LOG: runs the daemon until it is ready (0), exits (1) or 60 s pass (2)
+# serve DIR LOG [FLAGS...]: runs the daemon until it is ready (0), exits (1) or 60 s pass (2)
 serve() {
-    "$BIN" serve --model "$1" --backend cuda --keys "$W/keys.json" --state-dir "$W/state" --plain-http true \
-        --listen "127.0.0.1:$PORT" --threads 1 --drain-timeout-s 5 >"$2" 2>&1 &
+    local dir=$1 log=$2
+    shift 2
+    "$BIN" serve --model "$dir" --backend cuda --keys "$W/keys.json" --state-dir "$W/state" --plain-http true \
+        --listen "127.0.0.1:$PORT" --threads 1 --drain-timeout-s 5 "$@" >"$log" 2>&1 &
     PID=$!
     for _ in $(seq 1 300); do
-        grep -q "ready: serving" "$2" && return 0
+        grep -q "ready: serving" "$log" && return 0
         kill -0 "$PID" 2>/dev/null || { wait "$PID"; PID=""; return 1; }
         sleep 0.2
     done
     return 2
 }
+stop() { [ -n "$PID" ] && kill -TERM "$PID" && wait "$PID"; PID=""; }
 
-serve "$W/good" "$W/good.log"
+serve "$W/good" "$W/strict.log"
+rc=$?
+if grep -q "backend cuda," "$W/strict.log"; then
+    check "no opt-in, GPU present: serving on cuda" test $rc = 0
+else
+    check "no opt-in, no GPU: daemon exits instead of serving" test $rc = 1
+    check "no opt-in, no GPU: never ready" bash -c "! grep -q 'ready: serving' '$W/strict.log'"
+    check "no opt-in, no GPU: the error names backend_fallback" grep -q "backend cuda is not available.*backend_fallback" "$W/strict.log"
+fi
+stop
+
+serve "$W/good" "$W/good.log" --backend-fallback cpu
 check "good model: ready" test $? = 0
 # without a GPU the fallback is logged, and the chat below can only be answered
 # if the CPU backend was handed verified tensor data (unverified is refused)
@@ -56,15 +73,14 @@ grep -q "serving on the CPU backend" "$W/good.log" ||
 CHAT='{"model":"good","messages":[{"role":"user","content":"Hello there"}],"max_tokens":4,"temperature":0}'
 OUT=$(curl -sS --max-time 60 -H "Authorization: Bearer $KEY" -d "$CHAT" "http://127.0.0.1:$PORT/v1/chat/completions")
 check "chat answered" python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["choices"][0]["message"]["content"] is not None' "$OUT"
-[ -n "$PID" ] && kill -TERM "$PID" && wait "$PID"
-PID=""
+stop
 
-serve "$W/bad" "$W/bad.log"
+serve "$W/bad" "$W/bad.log" --backend-fallback cpu
 rc=$?
 check "tampered model: daemon exits instead of serving" test $rc = 1
 check "tampered model: never ready" bash -c "! grep -q 'ready: serving' '$W/bad.log'"
 check "tampered model: SHA-256 mismatch named" grep -qi "model.safetensors.*sha-256\|sha-256.*model.safetensors" "$W/bad.log"
 if [ $FAILS -ne 0 ]; then
-    echo "--- good.log"; cat "$W/good.log"; echo "--- bad.log"; cat "$W/bad.log"
+    echo "--- strict.log"; cat "$W/strict.log"; echo "--- good.log"; cat "$W/good.log"; echo "--- bad.log"; cat "$W/bad.log"
 fi
 [ $FAILS -eq 0 ]

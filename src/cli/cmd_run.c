@@ -1,12 +1,13 @@
 /*
  * cmd_run.c: `dsinfer generate`, `dsinfer logits`, `dsinfer quant-report`: run a
- * model directly on a backend (no engine, no HTTP), for tests, debugging and
- * quick checks.
+ * model without HTTP, for tests, debugging and quick checks. The model is
+ * assembled by dsi_runtime_open (src/runtime), as `serve` does.
  *
- *   logits   one decode step per prompt position, so every row is the logits of
+ *   logits   one backend step per prompt position, so every row is the logits of
  *            that position; prints {"logits": [[...], ...]} (%.9g: exact floats)
- *   generate prefill in chunks of up to 512 tokens, then one token per step,
- *            sampled with dsi_sample; prints text (streamed), or with --json
+ *   generate one request on a dsi_engine (a batch of one), so it samples and
+ *            stops exactly as `serve` does (same stop ids, same sampler, prefill
+ *            chunks of up to 512 tokens); prints text (streamed), or with --json
  *            {"ids": [...], "text": ..., "finish_reason", "prompt_tokens",
  *            "completion_tokens"}; a timing line goes to stderr
  *   quant-report  per-tensor INT8 error of the loaded model
@@ -15,16 +16,19 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cli.h"
+#include "dsinfer/config.h"
 #include "dsinfer/backend.h"
 #include "dsinfer/engine.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
+#include "dsinfer/runtime.h"
 #include "dsinfer/tok.h"
 
 #define PREFILL_CHUNK 512
@@ -34,28 +38,19 @@ struct run_args {
     int32_t *ids;
     int n_ids;
     int max_tokens;
-    enum dsi_weight_dtype dtype;
-    bool dtype_set;
-    enum dsi_kv_dtype kv_dtype;
+    const char *dtype, *kv_dtype; /* checked by dsi_runtime_parse_(kv_)dtype */
     int group_size, n_threads;
     bool no_verify, json, ignore_eos, bos;
     struct dsi_sampling s;
 };
 
 static int parse_long(const char *cmd, const char *opt, const char *v, long lo, long hi, long *out);
-static int parse_float(const char *cmd, const char *opt, const char *v, float lo, float hi, float *out);
+static int parse_float(const char *cmd, const char *opt, const char *v, float *out);
 static int parse_ids(const char *cmd, const char *v, struct run_args *a);
 static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a);
-static int open_backend(const char *cmd, const struct run_args *a, int n_ctx, struct dsi_model *m,
-                        struct dsi_backend **be);
+static int open_runtime(const char *cmd, const struct run_args *a, int n_ctx, bool engine,
+                        struct dsi_runtime **rt);
 static int fail(const char *cmd, int rc, char *err);
-static double now_s(void);
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int fail(const char *cmd, int rc, char *err) {
     fprintf(stderr, "dsinfer %s: %s\n", cmd, err ? err : dsi_strerror(rc));
@@ -75,17 +70,31 @@ static int parse_long(const char *cmd, const char *opt, const char *v, long lo, 
     return 0;
 }
 
-static int parse_float(const char *cmd, const char *opt, const char *v, float lo, float hi, float *out) {
+/* A number; its range is dsi_sampling_check's, the one the server applies too. */
+static int parse_float(const char *cmd, const char *opt, const char *v, float *out) {
     char *end;
     errno = 0;
     float x = strtof(v, &end);
-    if (errno || end == v || *end || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "dsinfer %s: %s wants a number in %g..%g, got '%s'\n", cmd, opt, (double)lo,
-                (double)hi, v);
+    if (errno || end == v || *end) {
+        fprintf(stderr, "dsinfer %s: %s wants a number, got '%s'\n", cmd, opt, v);
         return -1;
     }
     *out = x;
     return 0;
+}
+
+/* Sampling flags in range, reported by flag name (--top-p for top_p). */
+static int check_sampling(const char *cmd, const struct dsi_sampling *s) {
+    const char *param = NULL;
+    char *msg = NULL;
+    if (dsi_sampling_check(s, &param, &msg) == 0) return 0;
+    char flag[64];
+    snprintf(flag, sizeof flag, "%s", param ? param : "sampling");
+    for (char *c = flag; *c; c++)
+        if (*c == '_') *c = '-';
+    fprintf(stderr, "dsinfer %s: --%s: %s\n", cmd, flag, msg ? msg : "out of range");
+    free(msg);
+    return -1;
 }
 
 /* "1,2,3", "[1, 2, 3]" or "1 2 3". Range against the vocabulary is the backend's check. */
@@ -144,29 +153,19 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
         else if (!strcmp(o, "--backend") && has)
             a->backend = NEXT();
         else if (!strcmp(o, "--dtype") && has) {
-            i++;
-            a->dtype_set = true;
-            if (!strcmp(v, "f32"))
-                a->dtype = DSI_W_F32;
-            else if (!strcmp(v, "bf16"))
-                a->dtype = DSI_W_BF16;
-            else if (!strcmp(v, "int8"))
-                a->dtype = DSI_W_INT8;
-            else {
+            enum dsi_weight_dtype d;
+            if (dsi_runtime_parse_dtype(NEXT(), &d) || !v[0]) {
                 fprintf(stderr, "dsinfer %s: --dtype wants f32, bf16 or int8, got '%s'\n", cmd, v);
                 return -1;
             }
+            a->dtype = v;
         } else if (!strcmp(o, "--kv-dtype") && has) {
-            i++;
-            if (!strcmp(v, "f32"))
-                a->kv_dtype = DSI_KV_F32;
-            else if (!strcmp(v, "bf16"))
-                a->kv_dtype = DSI_KV_BF16;
-            else {
+            enum dsi_kv_dtype d;
+            if (dsi_runtime_parse_kv_dtype(NEXT(), &d)) {
                 fprintf(stderr, "dsinfer %s: --kv-dtype wants f32 or bf16, got '%s'\n", cmd, v);
                 return -1;
             }
-        } else if (!strcmp(o, "--group-size") && has) {
+            a->kv_dtype = v;        } else if (!strcmp(o, "--group-size") && has) {
             if (parse_long(cmd, o, NEXT(), 0, 1 << 20, &l)) return -1;
             a->group_size = (int)l;
         } else if (!strcmp(o, "--threads") && has) {
@@ -176,20 +175,20 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
             if (parse_long(cmd, o, NEXT(), 0, 1 << 24, &l)) return -1;
             a->max_tokens = (int)l;
         } else if (!strcmp(o, "--temperature") && has) {
-            if (parse_float(cmd, o, NEXT(), 0.0f, 100.0f, &a->s.temperature)) return -1;
+            if (parse_float(cmd, o, NEXT(), &a->s.temperature)) return -1;
         } else if (!strcmp(o, "--top-p") && has) {
-            if (parse_float(cmd, o, NEXT(), 0.0f, 1.0f, &a->s.top_p)) return -1;
+            if (parse_float(cmd, o, NEXT(), &a->s.top_p)) return -1;
         } else if (!strcmp(o, "--top-k") && has) {
             if (parse_long(cmd, o, NEXT(), 0, INT_MAX, &l)) return -1;
             a->s.top_k = (int)l;
         } else if (!strcmp(o, "--min-p") && has) {
-            if (parse_float(cmd, o, NEXT(), 0.0f, 1.0f, &a->s.min_p)) return -1;
+            if (parse_float(cmd, o, NEXT(), &a->s.min_p)) return -1;
         } else if (!strcmp(o, "--repetition-penalty") && has) {
-            if (parse_float(cmd, o, NEXT(), 0.01f, 100.0f, &a->s.repetition_penalty)) return -1;
+            if (parse_float(cmd, o, NEXT(), &a->s.repetition_penalty)) return -1;
         } else if (!strcmp(o, "--presence-penalty") && has) {
-            if (parse_float(cmd, o, NEXT(), -2.0f, 2.0f, &a->s.presence_penalty)) return -1;
+            if (parse_float(cmd, o, NEXT(), &a->s.presence_penalty)) return -1;
         } else if (!strcmp(o, "--frequency-penalty") && has) {
-            if (parse_float(cmd, o, NEXT(), -2.0f, 2.0f, &a->s.frequency_penalty)) return -1;
+            if (parse_float(cmd, o, NEXT(), &a->s.frequency_penalty)) return -1;
         } else if (!strcmp(o, "--seed") && has) {
             char *end;
             i++;
@@ -219,53 +218,68 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
         fprintf(stderr, "dsinfer %s: --model DIR is required\n", cmd);
         return -1;
     }
+    return check_sampling(cmd, &a->s);
+}
+
+static int set_str(struct dsi_config *c, char **field, const char *v) {
+    char *d = strdup(v);
+    if (!d) return DSI_ENOMEM;
+    free(*field);
+    *field = d;
+    (void)c;
     return 0;
 }
 
-static int open_backend(const char *cmd, const struct run_args *a, int n_ctx, struct dsi_model *m,
-                        struct dsi_backend **be) {
+/* The CLI's config: one sequence, prefill chunks of PREFILL_CHUNK, a KV pool of
+ * n_ctx tokens; everything else (verification, backend, stop ids) is the
+ * runtime's policy, the same as `serve`'s. A missing backend is an error here:
+ * the CLI never falls back. */
+static int open_runtime(const char *cmd, const struct run_args *a, int n_ctx, bool engine,
+                        struct dsi_runtime **rt) {
+    struct dsi_config c;
     char *err = NULL;
-    /* --backend cuda hashes the weight files while uploading them (one pass) */
-    struct dsi_model_open_opts mo = {.skip_verify = a->no_verify,
-                                     .n_threads = a->n_threads,
-                                     .defer_weight_hash = a->backend && !strcmp(a->backend, "cuda")};
-    int rc = dsi_model_open(m, a->dir, &mo, &err);
-    if (rc) return fail(cmd, rc, err);
-    if ((rc = dsi_model_config_runnable(&m->cfg, &err))) {
-        dsi_model_close(m);
-        return fail(cmd, rc, err);
+    if (dsi_config_init(&c)) return fail(cmd, DSI_ENOMEM, NULL);
+    /* backend: dsi_backend_create names an unknown one ("unknown backend") */
+    int rc = set_str(&c, &c.model_dir, a->dir);
+    if (!rc) rc = set_str(&c, &c.backend, a->backend ? a->backend : "cpu");
+    if (!rc) rc = set_str(&c, &c.dtype, a->dtype ? a->dtype : "bf16");
+    if (rc) {
+        dsi_config_free(&c);
+        return fail(cmd, rc, NULL);
     }
-    const struct dsi_model_config *c = &m->cfg;
-    if (n_ctx > c->max_position_embeddings) {
-        fprintf(stderr,
-                "dsinfer %s: %d tokens do not fit the model's context of %d (max_position_embeddings)\n", cmd,
-                n_ctx, c->max_position_embeddings);
-        dsi_model_close(m);
+    c.int8_group_size = a->group_size;
+    c.threads = a->n_threads;
+    c.skip_verify = a->no_verify;
+    c.kv_block_size = 16;
+    c.kv_gpu_fraction = 0.5;
+    c.max_running = 1;
+    c.max_queued = 1;
+    c.prefill_chunk = PREFILL_CHUNK;
+    c.max_batch_tokens = PREFILL_CHUNK;
+    c.max_total_tokens = n_ctx;
+    struct dsi_runtime_opts o = {.no_engine = !engine,
+                                 .tokenizer_optional = !a->prompt,
+                                 .kv_tokens = n_ctx,
+                                 .no_timeouts = true};
+    (void)dsi_runtime_parse_kv_dtype(a->kv_dtype, &o.kv_dtype); /* checked in parse_args */
+    rc = dsi_runtime_open(&c, &o, rt, &err);
+    dsi_config_free(&c);
+    if (rc) return fail(cmd, rc, err);
+    int max_pos = (*rt)->model.cfg.max_position_embeddings;
+    if (!engine && n_ctx > max_pos) {
+        fprintf(stderr, "dsinfer %s: %d tokens do not fit the model's context of %d (max_position_embeddings)\n",
+                cmd, n_ctx, max_pos);
+        dsi_runtime_close(*rt);
+        *rt = NULL;
         return DSI_EXIT_FAIL;
     }
-    size_t per_tok = (size_t)(c->n_layers > 0 ? c->n_layers : 1) * 2 *
-                     (size_t)(c->n_kv_heads > 0 ? c->n_kv_heads : 1) *
-                     (size_t)(c->head_dim > 0 ? c->head_dim : 1) * (a->kv_dtype == DSI_KV_F32 ? 4 : 2);
-    size_t blocks = (size_t)n_ctx / 16 + 2;
-    struct dsi_backend_opts o = {.weight_dtype = a->dtype,
-                                 .int8_group_size = a->group_size,
-                                 .kv_dtype = a->kv_dtype,
-                                 .kv_block_size = 16,
-                                 .kv_bytes = blocks * 16 * per_tok,
-                                 .kv_gpu_fraction = 0.5f,
-                                 .max_batch_tokens = PREFILL_CHUNK,
-                                 .max_seqs = 1,
-                                 .n_threads = a->n_threads};
-    rc = dsi_backend_create(a->backend ? a->backend : "cpu", m, &o, be, &err);
-    if (rc) {
-        dsi_model_close(m);
-        return fail(cmd, rc, err);
-    }
     return 0;
 }
 
+/* logits keeps a direct backend path: it needs the logits row of every prompt
+ * position, and the engine hands out sampled tokens, not rows. */
 int dsi_cmd_logits(int argc, char **argv) {
-    struct run_args a = {.dtype = DSI_W_F32, .kv_dtype = DSI_KV_F32};
+    struct run_args a = {.dtype = "f32"};
     dsi_sampling_defaults(&a.s);
     if (parse_args("logits", argc, argv, &a) || !a.ids) {
         if (!a.ids && a.dir)
@@ -275,13 +289,13 @@ int dsi_cmd_logits(int argc, char **argv) {
         free(a.ids);
         return DSI_EXIT_USAGE;
     }
-    struct dsi_model m;
-    struct dsi_backend *be = NULL;
-    int rc = open_backend("logits", &a, a.n_ids, &m, &be);
+    struct dsi_runtime *rt = NULL;
+    int rc = open_runtime("logits", &a, a.n_ids, false, &rt);
     if (rc) {
         free(a.ids);
         return rc;
     }
+    struct dsi_backend *be = rt->be;
     int V = be->vocab_size, nb = (a.n_ids + be->kv_block_size - 1) / be->kv_block_size;
     int32_t *table = malloc((size_t)nb * sizeof *table);
     float *lg = malloc((size_t)V * sizeof *lg);
@@ -318,19 +332,139 @@ out:
     free(table);
     free(lg);
     free(a.ids);
-    dsi_backend_destroy(be);
-    dsi_model_close(&m);
+    dsi_runtime_close(rt);
     return status;
 }
 
-static bool is_eos(const struct dsi_model_config *c, const struct dsi_tokenizer *tok, int32_t t) {
-    for (int i = 0; i < c->n_eos && i < DSI_MAX_EOS; i++)
-        if (c->eos_token_ids[i] == t) return true;
-    return tok && dsi_tok_eos(tok) >= 0 && dsi_tok_eos(tok) == t;
+/* ---- generate: one request on the engine ---- */
+
+/* What the engine's callback hands to the main thread (it must not block). */
+struct gen_sink {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int32_t *toks; /* text tokens, in order (the stop token is not one) */
+    int n, cap;
+    bool done;
+    enum dsi_finish finish;
+    int error;
+    double t_first; /* when the first event came: the end of prefill */
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void gen_cb(void *user, const struct dsi_token_event *ev) {
+    struct gen_sink *k = user;
+    pthread_mutex_lock(&k->mu);
+    if (k->t_first == 0) k->t_first = now_s();
+    if (ev->token >= 0 && k->n < k->cap) k->toks[k->n++] = ev->token;
+    if (ev->finished) {
+        k->done = true;
+        k->finish = ev->finish;
+        k->error = ev->error;
+    }
+    pthread_cond_signal(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+}
+
+/* The prompt's ids: --ids as given, or --prompt encoded; --bos puts the BOS first. */
+static int gen_prompt(struct run_args *a, const struct dsi_tokenizer *tok, char **err) {
+    if (a->prompt) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        int rc = dsi_tok_encode_prompt(tok, a->prompt, strlen(a->prompt), a->bos, &ids, &n, err);
+        if (rc) return rc;
+        free(a->ids);
+        a->ids = ids;
+        a->n_ids = (int)n;
+    } else if (a->bos && tok && dsi_tok_bos(tok) >= 0) {
+        int32_t *g = malloc(((size_t)a->n_ids + 1) * sizeof *g);
+        if (!g) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        g[0] = dsi_tok_bos(tok);
+        memcpy(g + 1, a->ids, (size_t)a->n_ids * sizeof *g);
+        free(a->ids);
+        a->ids = g;
+        a->n_ids++;
+    }
+    if (a->n_ids == 0) return dsi_seterr(err, DSI_EINVAL, "the prompt encodes to no tokens");
+    return 0;
+}
+
+/* Submits the request and streams text as tokens arrive (unless --json). */
+static int gen_run(const struct run_args *a, struct dsi_runtime *rt, int max_new, struct gen_sink *k,
+                   char **err) {
+    struct dsi_request_params p = {.prompt = a->ids, .n_prompt = a->n_ids, .max_tokens = max_new,
+                                   .sampling = a->s};
+    memcpy(p.stop_ids, rt->stop_ids, sizeof p.stop_ids);
+    p.n_stop_ids = a->ignore_eos ? 0 : rt->n_stop_ids;
+    struct dsi_tok_stream *ts = NULL;
+    if (rt->tok && !a->json && dsi_tok_stream_create(rt->tok, true, &ts))
+        return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    uint64_t id;
+    int rc = dsi_engine_submit(rt->eng, &p, gen_cb, k, &id, err);
+    for (int shown = 0; !rc;) {
+        pthread_mutex_lock(&k->mu);
+        while (!k->done && k->n == shown) pthread_cond_wait(&k->cv, &k->mu);
+        int n = k->n;
+        bool done = k->done;
+        pthread_mutex_unlock(&k->mu);
+        for (; ts && shown < n; shown++) { /* k->toks[0..n) no longer change */
+            char *piece = NULL;
+            size_t plen = 0;
+            if (dsi_tok_stream_push(ts, k->toks[shown], &piece, &plen) == 0 && piece) {
+                fwrite(piece, 1, plen, stdout);
+                fflush(stdout);
+            }
+            free(piece);
+        }
+        shown = n;
+        if (done) break;
+    }
+    if (!rc && k->finish == DSI_FINISH_ERROR)
+        rc = dsi_seterr(err, k->error ? k->error : DSI_EINTERNAL, "generation failed: %s", dsi_strerror(k->error));
+    if (ts) {
+        char *piece = NULL;
+        size_t plen = 0;
+        if (!rc && dsi_tok_stream_flush(ts, &piece, &plen) == 0 && piece) fwrite(piece, 1, plen, stdout);
+        free(piece);
+        if (!rc) fputc('\n', stdout);
+        dsi_tok_stream_destroy(ts);
+    }
+    return rc;
+}
+
+static void gen_print(const struct run_args *a, const struct dsi_tokenizer *tok, const struct gen_sink *k) {
+    const char *finish = k->finish == DSI_FINISH_STOP ? "stop" : "length";
+    if (a->json) {
+        cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "ids");
+        for (int i = 0; i < k->n; i++)
+            cJSON_AddItemToArray(arr, cJSON_CreateNumber(k->toks[i]));
+        char *text = NULL;
+        size_t tlen = 0;
+        if (tok && dsi_tok_decode(tok, k->toks, (size_t)k->n, true, &text, &tlen, NULL) == 0 && text)
+            cJSON_AddStringToObject(o, "text", text);
+        else
+            cJSON_AddNullToObject(o, "text");
+        free(text);
+        cJSON_AddStringToObject(o, "finish_reason", finish);
+        cJSON_AddNumberToObject(o, "prompt_tokens", a->n_ids);
+        cJSON_AddNumberToObject(o, "completion_tokens", k->n);
+        char *js = cJSON_PrintUnformatted(o);
+        if (js) puts(js);
+        free(js);
+        cJSON_Delete(o);
+    } else if (!tok) {
+        for (int i = 0; i < k->n; i++)
+            printf(i ? ",%d" : "%d", k->toks[i]);
+        putchar('\n');
+    }
 }
 
 int dsi_cmd_generate(int argc, char **argv) {
-    struct run_args a = {.dtype = DSI_W_BF16, .kv_dtype = DSI_KV_F32, .max_tokens = 64};
+    struct run_args a = {.dtype = "bf16", .max_tokens = 64};
     dsi_sampling_defaults(&a.s);
     if (parse_args("generate", argc, argv, &a) || (!a.ids == !a.prompt)) {
         if (a.dir && !a.ids == !a.prompt)
@@ -343,194 +477,75 @@ int dsi_cmd_generate(int argc, char **argv) {
         free(a.ids);
         return DSI_EXIT_USAGE;
     }
-    char *err = NULL;
-    struct dsi_tokenizer *tok = NULL;
-    int rc = dsi_tok_load(a.dir, &tok, &err);
-    if (rc) {
-        if (a.prompt) {
-            free(a.ids);
-            return fail("generate", rc, err);
-        }
-        free(err); /* --ids works without a tokenizer: ids only */
-        err = NULL;
-        tok = NULL;
-    }
-    int32_t *hist = NULL;
-    size_t n_prompt = 0;
-    if (a.prompt) {
-        int32_t *ids = NULL;
-        if ((rc = dsi_tok_encode(tok, a.prompt, strlen(a.prompt), true, &ids, &n_prompt, &err))) {
-            dsi_tok_free(tok);
-            return fail("generate", rc, err);
-        }
-        a.ids = ids;
-        a.n_ids = (int)n_prompt;
-    }
-    if (a.bos && tok && dsi_tok_bos(tok) >= 0) {
-        int32_t *g = realloc(a.ids, ((size_t)a.n_ids + 1) * sizeof *g);
-        if (!g) {
-            free(a.ids);
-            if (tok) dsi_tok_free(tok);
-            return fail("generate", DSI_ENOMEM, NULL);
-        }
-        memmove(g + 1, g, (size_t)a.n_ids * sizeof *g);
-        g[0] = dsi_tok_bos(tok);
-        a.ids = g;
-        a.n_ids++;
-    }
-    n_prompt = (size_t)a.n_ids;
-    if (n_prompt == 0) {
-        free(a.ids);
-        if (tok) dsi_tok_free(tok);
-        fprintf(stderr, "dsinfer generate: the prompt encodes to no tokens\n");
-        return DSI_EXIT_FAIL;
-    }
-    struct dsi_model m;
-    struct dsi_backend *be = NULL;
-    /* the context needed; max_tokens is clamped below to what the model allows */
+    /* Sized before the prompt is encoded: a byte-level BPE token covers at least
+     * one byte of text, so bytes + BOS bound the prompt's tokens. */
+    long bound = (a.prompt ? (long)strlen(a.prompt) + 1 : a.n_ids) + (long)a.max_tokens;
     struct dsi_model_config probe;
-    int n_ctx = a.n_ids + a.max_tokens;
-    if (dsi_model_config_load(a.dir, &probe, NULL) == 0 && n_ctx > probe.max_position_embeddings &&
-        a.n_ids <= probe.max_position_embeddings)
-        n_ctx = probe.max_position_embeddings;
-    if ((rc = open_backend("generate", &a, n_ctx, &m, &be))) {
+    if (dsi_model_config_load(a.dir, &probe, NULL) == 0 && bound > probe.max_position_embeddings)
+        bound = probe.max_position_embeddings;
+    struct dsi_runtime *rt = NULL;
+    int rc = open_runtime("generate", &a, bound > 2 ? (int)bound : 2, true, &rt);
+    if (rc) {
         free(a.ids);
-        if (tok) dsi_tok_free(tok);
         return rc;
     }
-    int max_new = n_ctx - a.n_ids;
-    int V = be->vocab_size, nb = (n_ctx + be->kv_block_size - 1) / be->kv_block_size;
-    int32_t *table = malloc((size_t)(nb > 0 ? nb : 1) * sizeof *table);
-    float *lg = malloc((size_t)V * sizeof *lg);
-    hist = malloc(((size_t)n_ctx + 1) * sizeof *hist);
-    struct dsi_tok_stream *ts = NULL;
-    int status = DSI_EXIT_OK, n_out = 0;
-    const char *finish = "length";
-    if (!table || !lg || !hist || nb > be->n_kv_blocks ||
-        (tok && !a.json && dsi_tok_stream_create(tok, true, &ts))) {
+    char *err = NULL;
+    struct gen_sink k = {.finish = DSI_FINISH_LENGTH};
+    pthread_mutex_init(&k.mu, NULL);
+    pthread_cond_init(&k.cv, NULL);
+    int status = DSI_EXIT_OK;
+    if ((rc = gen_prompt(&a, rt->tok, &err))) {
+        status = fail("generate", rc, err);
+        goto out;
+    }
+    /* max_tokens is clamped to what the context leaves */
+    int room = rt->context_tokens - a.n_ids;
+    int max_new = a.max_tokens < room ? a.max_tokens : room;
+    if (room < 0) {
+        fprintf(stderr, "dsinfer generate: %d tokens do not fit the model's context of %d\n", a.n_ids,
+                rt->context_tokens);
+        status = DSI_EXIT_FAIL;
+        goto out;
+    }
+    k.cap = max_new > 0 ? max_new : 1;
+    if (!(k.toks = malloc((size_t)k.cap * sizeof *k.toks))) {
         status = fail("generate", DSI_ENOMEM, NULL);
         goto out;
     }
-    for (int i = 0; i < nb; i++)
-        table[i] = i;
-    memcpy(hist, a.ids, n_prompt * sizeof *hist);
-    struct dsi_sampler_state st;
-    dsi_sampler_seed(&st, a.s.seed);
-    double t0 = now_s(), t_first = t0;
-    int pos = 0;
-    while (pos < a.n_ids) { /* prefill in chunks; logits of the last chunk only */
-        int n = a.n_ids - pos < PREFILL_CHUNK ? a.n_ids - pos : PREFILL_CHUNK;
-        struct dsi_batch_seq s = {.seq_id = 1,
-                                  .tokens = a.ids + pos,
-                                  .n_tokens = n,
-                                  .pos = pos,
-                                  .block_table = table,
-                                  .n_blocks = nb,
-                                  .want_logits = pos + n == a.n_ids};
-        struct dsi_batch b = {&s, 1};
-        if ((rc = be->ops->forward(be, &b, lg, &err))) {
-            status = fail("generate", rc, err);
-            goto out;
-        }
-        pos += n;
+    double t0 = now_s();
+    if (max_new > 0 && (rc = gen_run(&a, rt, max_new, &k, &err))) {
+        status = fail("generate", rc, err);
+        goto out;
     }
-    t_first = now_s();
-    for (int k = 0; k < max_new; k++) {
-        int32_t t = dsi_sample(lg, V, &a.s, &st, hist, (int)n_prompt + n_out, (int)n_prompt, NULL);
-        if (t < 0) {
-            status = fail("generate", DSI_EINTERNAL, NULL);
-            goto out;
-        }
-        if (!a.ignore_eos && is_eos(&m.cfg, tok, t)) {
-            finish = "stop";
-            break;
-        }
-        hist[n_prompt + (size_t)n_out++] = t;
-        if (ts) {
-            char *piece = NULL;
-            size_t plen = 0;
-            if (dsi_tok_stream_push(ts, t, &piece, &plen) == 0 && piece) {
-                fwrite(piece, 1, plen, stdout);
-                fflush(stdout);
-            }
-            free(piece);
-        }
-        if (k + 1 == max_new) break;
-        struct dsi_batch_seq s = {.seq_id = 1,
-                                  .tokens = &hist[n_prompt + (size_t)n_out - 1],
-                                  .n_tokens = 1,
-                                  .pos = pos,
-                                  .block_table = table,
-                                  .n_blocks = nb,
-                                  .want_logits = true};
-        struct dsi_batch b = {&s, 1};
-        if ((rc = be->ops->forward(be, &b, lg, &err))) {
-            status = fail("generate", rc, err);
-            goto out;
-        }
-        pos++;
-    }
-    double t_end = now_s();
-    if (ts) {
-        char *piece = NULL;
-        size_t plen = 0;
-        if (dsi_tok_stream_flush(ts, &piece, &plen) == 0 && piece) fwrite(piece, 1, plen, stdout);
-        free(piece);
-        fputc('\n', stdout);
-    } else if (a.json) {
-        cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "ids");
-        for (int i = 0; i < n_out; i++)
-            cJSON_AddItemToArray(arr, cJSON_CreateNumber(hist[n_prompt + (size_t)i]));
-        char *text = NULL;
-        size_t tlen = 0;
-        if (tok && dsi_tok_decode(tok, hist + n_prompt, (size_t)n_out, true, &text, &tlen, NULL) == 0 && text)
-            cJSON_AddStringToObject(o, "text", text);
-        else
-            cJSON_AddNullToObject(o, "text");
-        free(text);
-        cJSON_AddStringToObject(o, "finish_reason", finish);
-        cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_prompt);
-        cJSON_AddNumberToObject(o, "completion_tokens", n_out);
-        char *js = cJSON_PrintUnformatted(o);
-        if (js) puts(js);
-        free(js);
-        cJSON_Delete(o);
-    } else {
-        for (int i = 0; i < n_out; i++)
-            printf(i ? ",%d" : "%d", hist[n_prompt + (size_t)i]);
-        putchar('\n');
-    }
+    double t_end = now_s(), t_first = k.t_first > 0 ? k.t_first : t_end;
+    if (max_new == 0 && !a.json && rt->tok) fputc('\n', stdout);
+    gen_print(&a, rt->tok, &k);
     double pre = t_first - t0, dec = t_end - t_first;
-    fprintf(
-        stderr,
-        "generate: prefill %zu tokens in %.1f ms (%.0f tok/s), %d tokens in %.1f ms (%.1f tok/s decode)\n",
-        n_prompt, pre * 1e3, pre > 0 ? (double)n_prompt / pre : 0.0, n_out, dec * 1e3,
-        dec > 0 ? (double)n_out / dec : 0.0);
+    fprintf(stderr,
+            "generate: prefill %d tokens in %.1f ms (%.0f tok/s), %d tokens in %.1f ms (%.1f tok/s decode)\n",
+            a.n_ids, pre * 1e3, pre > 0 ? a.n_ids / pre : 0.0, k.n, dec * 1e3, dec > 0 ? k.n / dec : 0.0);
 out:
-    if (ts) dsi_tok_stream_destroy(ts);
-    free(table);
-    free(lg);
-    free(hist);
+    pthread_mutex_destroy(&k.mu);
+    pthread_cond_destroy(&k.cv);
+    free(k.toks);
     free(a.ids);
-    dsi_backend_destroy(be);
-    dsi_model_close(&m);
-    if (tok) dsi_tok_free(tok);
+    dsi_runtime_close(rt);
     return status;
 }
 
 int dsi_cmd_quant_report(int argc, char **argv) {
-    struct run_args a = {.dtype = DSI_W_INT8, .kv_dtype = DSI_KV_F32};
+    struct run_args a = {.dtype = "int8"};
     dsi_sampling_defaults(&a.s);
     if (parse_args("quant-report", argc, argv, &a)) {
         free(a.ids);
         return DSI_EXIT_USAGE;
     }
-    a.dtype = DSI_W_INT8;
-    struct dsi_model m;
-    struct dsi_backend *be = NULL;
-    int rc = open_backend("quant-report", &a, 16, &m, &be);
+    a.dtype = "int8";
+    struct dsi_runtime *rt = NULL;
+    int rc = open_runtime("quant-report", &a, 16, false, &rt);
     free(a.ids);
     if (rc) return rc;
+    struct dsi_backend *be = rt->be;
     char *rep = NULL, *err = NULL;
     int status = DSI_EXIT_OK;
     if (!be->ops->quant_report) {
@@ -542,7 +557,6 @@ int dsi_cmd_quant_report(int argc, char **argv) {
         fputs(rep, stdout);
     }
     free(rep);
-    dsi_backend_destroy(be);
-    dsi_model_close(&m);
+    dsi_runtime_close(rt);
     return status;
 }

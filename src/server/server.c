@@ -1,7 +1,7 @@
 /*
  * server.c: the daemon's lifecycle: listen first (health answers while the model
- * loads: /health/ready is 503), then model + tokenizer + backend + engine, then
- * READY. dsi_server_run waits on a signalfd (no polling, no CPU while idle):
+ * loads: /health/ready is 503), then model + tokenizer + backend + engine (one
+ * dsi_runtime_open: src/runtime owns that assembly), then READY. dsi_server_run waits on a signalfd (no polling, no CPU while idle):
  * SIGHUP reloads keys, roles, audit log and log level; SIGTERM/SIGINT drain
  * (ready -> 503, no new requests, running ones finish up to drain_timeout_s).
  *
@@ -143,96 +143,34 @@ fail:
     return rc;
 }
 
-static int parse_dtype(const char *s, enum dsi_weight_dtype *out) {
-    if (!s || !s[0] || !strcmp(s, "bf16")) *out = DSI_W_BF16;
-    else if (!strcmp(s, "f32")) *out = DSI_W_F32;
-    else if (!strcmp(s, "int8")) *out = DSI_W_INT8;
-    else return DSI_EINVAL;
-    return 0;
-}
-
-static void add_stop_id(struct dsi_server *s, int32_t id) {
-    if (id < 0) return;
-    for (int i = 0; i < s->n_stop_ids; i++)
-        if (s->stop_ids[i] == id) return;
-    if (s->n_stop_ids < DSI_MAX_STOP_IDS) s->stop_ids[s->n_stop_ids++] = id;
-}
-
+/* Model, tokenizer, backend and engine come from the runtime (src/runtime owns
+ * the policy: verification, fallback, sizing, chat format, stop ids); the server
+ * keeps borrowed views of what its handlers read. */
 static int load_model(struct dsi_server *s, char **err) {
     const struct dsi_config *c = s->cfg;
-    double t0 = dsi__srv_now_s();
-    /* the CUDA backend hashes the weight files while it uploads them (one pass,
-     * fail closed); any other backend gets them verified here first */
-    const bool cuda = c->backend && !strcmp(c->backend, "cuda");
-    struct dsi_model_open_opts mo = {.skip_verify = c->skip_verify,
-                                     .expect_manifest_sha256 = c->manifest_sha256 && c->manifest_sha256[0] ? c->manifest_sha256 : NULL,
-                                     .n_threads = c->threads,
-                                     .defer_weight_hash = cuda};
-    int rc = dsi_model_open(&s->model, c->model_dir, &mo, err);
+    int rc = dsi_runtime_open(c, NULL, &s->rt, err);
     if (rc) return rc;
-    s->model_open = true;
-    if ((rc = dsi_tok_load(c->model_dir, &s->tok, err))) return rc;
-    struct dsi_backend_opts bo = {0};
-    if (parse_dtype(c->dtype, &bo.weight_dtype))
-        return dsi_seterr(err, DSI_EINVAL, "dtype '%s' is not f32, bf16 or int8", c->dtype);
-    bo.int8_group_size = c->int8_group_size;
-    bo.kv_dtype = DSI_KV_F32;
-    bo.kv_block_size = c->kv_block_size;
-    bo.kv_bytes = c->kv_cache_mib << 20;
-    bo.kv_gpu_fraction = (float)c->kv_gpu_fraction;
-    bo.max_batch_tokens = c->max_batch_tokens;
-    bo.max_seqs = c->max_running;
-    bo.n_threads = c->threads;
-    bo.device = c->device;
-    const char *bname = c->backend && c->backend[0] ? c->backend : "cpu";
-    double t1 = dsi__srv_now_s();
-    rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
-    if (rc == DSI_ENODEV && strcmp(bname, "cpu")) {
-        dsi_log(DSI_LOG_WARN, "server", "backend %s unavailable (%s); serving on the CPU backend", bname,
-                err && *err ? *err : dsi_strerror(rc));
-        if (err) free(*err), *err = NULL;
-        bname = "cpu";
-        if (dsi_model_unverified(&s->model) > 0 &&
-            (rc = dsi_model_verify_pending(&s->model, c->threads, err)))
-            return rc;
-        rc = dsi_backend_create(bname, &s->model, &bo, &s->be, err);
-    }
-    if (rc) return rc;
-    double t2 = dsi__srv_now_s();
-    struct dsi_engine_opts eo;
-    dsi_engine_opts_defaults(&eo);
-    if (c->max_running > 0) eo.max_running = c->max_running;
-    if (c->max_queued > 0) eo.max_queued = c->max_queued;
-    if (c->prefill_chunk > 0) eo.prefill_chunk = c->prefill_chunk;
-    if (c->max_batch_tokens > 0) eo.max_batch_tokens = c->max_batch_tokens;
-    int ctx = s->model.cfg.max_position_embeddings;
-    if (c->max_total_tokens > 0 && (ctx <= 0 || c->max_total_tokens < ctx)) ctx = c->max_total_tokens;
-    eo.max_total_tokens = ctx;
-    eo.max_prompt_tokens = c->max_prompt_tokens > 0 && c->max_prompt_tokens < ctx ? c->max_prompt_tokens : ctx;
-    if (c->queue_timeout_ms > 0) eo.queue_timeout_ms = c->queue_timeout_ms;
-    if (c->request_timeout_ms > 0) eo.request_timeout_ms = c->request_timeout_ms;
-    if ((rc = dsi_engine_create(s->be, &eo, &s->eng, err))) return rc;
-    s->context_tokens = ctx;
-    s->max_prompt_tokens = eo.max_prompt_tokens;
+    struct dsi_runtime *rt = s->rt;
+    s->tok = rt->tok;
+    pthread_rwlock_wrlock(&s->eng_lock);
+    s->eng = rt->eng;
+    pthread_rwlock_unlock(&s->eng_lock);
+    s->chat_format = rt->chat_format;
+    s->reasoning = rt->reasoning;
+    memcpy(s->stop_ids, rt->stop_ids, sizeof s->stop_ids);
+    s->n_stop_ids = rt->n_stop_ids;
+    s->context_tokens = rt->context_tokens;
+    s->max_prompt_tokens = rt->max_prompt_tokens;
     s->default_max_tokens = c->default_max_tokens;
 
-    if (!c->chat_format || !c->chat_format[0] || !strcmp(c->chat_format, "auto")) s->chat_format = dsi_tok_chat_format(s->tok);
-    else if (dsi_chat_format_parse(c->chat_format, &s->chat_format))
-        return dsi_seterr(err, DSI_EINVAL, "unknown chat_format '%s'", c->chat_format);
-    s->reasoning = dsi_chat_is_reasoning(s->tok, s->chat_format);
-    add_stop_id(s, dsi_tok_eos(s->tok));
-    for (int i = 0; i < s->model.cfg.n_eos; i++) add_stop_id(s, s->model.cfg.eos_token_ids[i]);
-    static const char *END_TOKENS[] = {"<|im_end|>", u8"<｜end▁of▁sentence｜>",
-                                       "<|EOT|>", "<|end_of_text|>", "<|eot_id|>"};
-    for (size_t i = 0; i < sizeof END_TOKENS / sizeof END_TOKENS[0]; i++) add_stop_id(s, dsi_tok_lookup(s->tok, END_TOKENS[i]));
-
-    size_t kv_tokens = (size_t)s->be->n_kv_blocks * (size_t)s->be->kv_block_size;
+    const struct dsi_backend *be = rt->be;
+    size_t kv_tokens = (size_t)be->n_kv_blocks * (size_t)be->kv_block_size;
     dsi_log(DSI_LOG_INFO, "server",
             "dsinfer %s: model '%s' (%s, %d layers), dtype %s, backend %s, chat format %s%s, context %d tokens, "
             "KV capacity %zu tokens (%d blocks of %d), verify %.2f s, open %.2f s, backend load %.2f s, total %.2f s",
-            DSI_VERSION, s->model_name, s->model.cfg.architecture, s->model.cfg.n_layers, c->dtype, s->be->ops->name,
+            DSI_VERSION, s->model_name, rt->model.cfg.architecture, rt->model.cfg.n_layers, c->dtype, be->ops->name,
             dsi_chat_format_name(s->chat_format), s->reasoning ? " (reasoning)" : "", s->context_tokens, kv_tokens,
-            s->be->n_kv_blocks, s->be->kv_block_size, s->model.verify_s, s->model.open_s, t2 - t1, t2 - t0);
+            be->n_kv_blocks, be->kv_block_size, rt->model.verify_s, rt->model.open_s, rt->backend_s, rt->total_s);
     return 0;
 }
 
@@ -354,11 +292,10 @@ void dsi_server_destroy(struct dsi_server *s) {
     if (s->d) MHD_quiesce_daemon(s->d); /* no new connections */
     atomic_store(&s->state, DSI__ST_DRAINING);
     pthread_rwlock_wrlock(&s->eng_lock);
-    struct dsi_engine *e = s->eng;
     s->eng = NULL;
     pthread_rwlock_unlock(&s->eng_lock);
     /* The engine delivers a CANCELLED final event to every request it holds. */
-    dsi_engine_destroy(e);
+    dsi_runtime_stop_engine(s->rt);
     dsi__gen_abort_all(s);
     /* MHD must not stop with suspended connections: let resumed ones finish. */
     for (int i = 0; i < 50; i++) {
@@ -372,9 +309,7 @@ void dsi_server_destroy(struct dsi_server *s) {
     }
     dsi__http_stop(s);
     dsi_sd_notify("STATUS=stopped");
-    dsi_backend_destroy(s->be);
-    dsi_tok_free(s->tok);
-    if (s->model_open) dsi_model_close(&s->model);
+    dsi_runtime_close(s->rt);
     dsi_auth_destroy(s->auth);
     dsi_audit_close(s->audit);
     dsi__smetrics_destroy(s->metrics);

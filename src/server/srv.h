@@ -22,6 +22,7 @@
 #include "dsinfer/config.h"
 #include "dsinfer/engine.h"
 #include "dsinfer/model.h"
+#include "dsinfer/runtime.h"
 #include "dsinfer/tok.h"
 #include "internal.h"
 
@@ -30,11 +31,9 @@ enum dsi__state { DSI__ST_LOADING, DSI__ST_READY, DSI__ST_DRAINING, DSI__ST_FAIL
 struct dsi_server {
     const struct dsi_config *cfg; /* borrowed: outlives the server */
     _Atomic int state;            /* enum dsi__state */
-    struct dsi_model model;
-    bool model_open;
-    struct dsi_tokenizer *tok;
-    struct dsi_backend *be;
-    struct dsi_engine *eng;        /* NULL once destroyed; read under eng_lock */
+    struct dsi_runtime *rt;        /* model, tokenizer, backend, engine (owned) */
+    struct dsi_tokenizer *tok;     /* rt's */
+    struct dsi_engine *eng;        /* rt's; NULL once stopped; read under eng_lock */
     pthread_rwlock_t eng_lock;     /* handlers read-lock around engine calls */
     struct dsi_auth *auth;
     struct dsi_audit *audit;
