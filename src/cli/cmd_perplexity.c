@@ -10,7 +10,10 @@
  *
  * Each window is fed one token per step, so any backend that implements forward()
  * (logits of the last new token) can be measured; --max-tokens bounds the work for
- * quick checks (tests).
+ * quick checks (tests). The model is assembled by dsi_runtime_open (src/runtime).
+ * The steps go to the backend directly, not through a dsi_engine: the NLL needs the
+ * whole distribution at every position (the log-probability of the text's next
+ * token, not of a sampled one), and the engine hands out sampled tokens only.
  */
 #include <errno.h>
 #include <math.h>
@@ -20,9 +23,11 @@
 
 #include "cli.h"
 #include "dsinfer/backend.h"
+#include "dsinfer/config.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
 #include "dsinfer/model.h"
+#include "dsinfer/runtime.h"
 #include "dsinfer/tok.h"
 
 /* Held-out texts are megabytes; the bound keeps a wrong path from being read whole. */
@@ -34,6 +39,7 @@ struct ppl_args {
 };
 
 static int parse_args(int argc, char **argv, struct ppl_args *a);
+static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char **err);
 static double log_softmax_at(const float *logits, int vocab, int target);
 
 static void usage(FILE *f) {
@@ -50,33 +56,15 @@ int dsi_cmd_perplexity(int argc, char **argv) {
     size_t text_len = 0, n_ids = 0;
     int32_t *ids = NULL;
     float *logits = NULL;
-    struct dsi_tokenizer *tok = NULL;
-    struct dsi_backend *be = NULL;
-    struct dsi_model m;
-    memset(&m, 0, sizeof m);
+    struct dsi_runtime *rt = NULL;
     int status = DSI_EXIT_FAIL;
 
     if (dsi_read_file(a.text, MAX_TEXT_BYTES, &text, &text_len, &err) != 0) goto fail;
-    /* --backend cuda hashes the weight files while uploading them (one pass) */
-    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify,
-                                     .defer_weight_hash = a.backend && !strcmp(a.backend, "cuda")};
-    if (dsi_model_open(&m, a.model, &mo, &err) != 0) goto fail;
-    if (dsi_tok_load(a.model, &tok, &err) != 0) goto fail;
-    if (dsi_tok_encode(tok, text, text_len, false, &ids, &n_ids, &err) != 0) goto fail;
+    if (open_runtime(&a, &rt, &err) != 0) goto fail;
+    struct dsi_backend *be = rt->be;
+    if (dsi_tok_encode(rt->tok, text, text_len, false, &ids, &n_ids, &err) != 0) goto fail;
     if (a.max_tokens > 0 && n_ids > (size_t)a.max_tokens) n_ids = (size_t)a.max_tokens;
-    if (a.ctx > m.cfg.max_position_embeddings) a.ctx = m.cfg.max_position_embeddings;
-
-    struct dsi_backend_opts bo = {
-        .weight_dtype = !strcmp(a.dtype, "f32") ? DSI_W_F32 : !strcmp(a.dtype, "bf16") ? DSI_W_BF16 : DSI_W_INT8,
-        .int8_group_size = a.group_size,
-        .kv_dtype = DSI_KV_F32,
-        .kv_block_size = 16,
-        .kv_bytes = (size_t)64 << 20,
-        .kv_gpu_fraction = 0.1f,
-        .max_batch_tokens = 1,
-        .max_seqs = 1,
-    };
-    if (dsi_backend_create(a.backend, &m, &bo, &be, &err) != 0) goto fail;
+    if (a.ctx > rt->model.cfg.max_position_embeddings) a.ctx = rt->model.cfg.max_position_embeddings;
     int n_blocks = (a.ctx + be->kv_block_size - 1) / be->kv_block_size;
     if (n_blocks > be->n_kv_blocks) {
         err = dsi_errf("KV pool of %d blocks cannot hold a %d-token window", be->n_kv_blocks, a.ctx);
@@ -137,10 +125,34 @@ done:
     free(logits);
     free(ids);
     free(text);
-    dsi_backend_destroy(be);
-    dsi_tok_free(tok);
-    dsi_model_close(&m);
+    dsi_runtime_close(rt);
     return status;
+}
+
+/* One sequence fed one token per step: a pool of ctx tokens, no engine. */
+static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char **err) {
+    struct dsi_config c;
+    if (dsi_config_init(&c)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    int rc = dsi_config_set(&c, "model_dir", a->model, err);
+    if (!rc) rc = dsi_config_set(&c, "dtype", a->dtype, err);
+    if (!rc) {
+        /* an unknown backend is dsi_backend_create's to name */
+        char *b = strdup(a->backend);
+        if (!b) rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        else free(c.backend), c.backend = b;
+    }
+    if (!rc) {
+        c.int8_group_size = a->group_size;
+        c.skip_verify = a->no_verify;
+        c.kv_block_size = 16;
+        c.kv_gpu_fraction = 0.1;
+        c.max_running = 1;
+        c.max_batch_tokens = 1;
+        struct dsi_runtime_opts o = {.no_engine = true, .kv_tokens = a->ctx};
+        rc = dsi_runtime_open(&c, &o, rt, err);
+    }
+    dsi_config_free(&c);
+    return rc;
 }
 
 /* log p(target) under softmax(logits), in double for a stable sum. */
@@ -192,7 +204,8 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
         } else if (!strcmp(f, "--backend")) {
             a->backend = v;
         } else if (!strcmp(f, "--dtype")) {
-            if (strcmp(v, "f32") && strcmp(v, "bf16") && strcmp(v, "int8")) {
+            enum dsi_weight_dtype d;
+            if (dsi_runtime_parse_dtype(v, &d) || !v[0]) {
                 fprintf(stderr, "dsinfer perplexity: --dtype must be f32, bf16 or int8\n");
                 return DSI_EXIT_USAGE;
             }
