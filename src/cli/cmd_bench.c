@@ -58,9 +58,6 @@ static void print_table(const struct bench_args *a, const struct dsi_model *m, d
 static int print_json(const struct bench_args *a, const struct dsi_model *m, double peak,
                       const char *peak_src, const struct dtype_res *r, int n);
 
-const char *dsi__bench_dtype_name(enum dsi_weight_dtype d) {
-    return d == DSI_W_F32 ? "f32" : d == DSI_W_BF16 ? "bf16" : "int8";
-}
 
 static int parse_int(const char *opt, const char *v, long lo, long hi, int *out) {
     char *end;
@@ -129,13 +126,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
             snprintf(buf, sizeof buf, "%s", v);
             for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
                 enum dsi_weight_dtype d;
-                if (!strcmp(t, "f32"))
-                    d = DSI_W_F32;
-                else if (!strcmp(t, "bf16"))
-                    d = DSI_W_BF16;
-                else if (!strcmp(t, "int8"))
-                    d = DSI_W_INT8;
-                else {
+                if (dsi_runtime_parse_dtype(t, &d)) {
                     fprintf(stderr,
                             "dsinfer bench: --dtype wants f32, bf16 or int8 (comma-separated), got '%s'\n",
                             v);
@@ -152,11 +143,10 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
                 return -1;
             }
         } else if (!strcmp(o, "--kv-dtype")) {
-            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+            if (dsi_runtime_parse_kv_dtype(v, &a->kv_dtype)) {
                 fprintf(stderr, "dsinfer bench: --kv-dtype wants f32 or bf16, got '%s'\n", v);
                 return -1;
             }
-            a->kv_dtype = strcmp(v, "f32") ? DSI_KV_BF16 : DSI_KV_F32;
             a->kv_set = true;
         } else if (!strcmp(o, "--fill")) {
             if (strcmp(v, "prefill") && strcmp(v, "none")) {
@@ -216,7 +206,7 @@ static void print_table(const struct bench_args *a, const struct dsi_model *m, d
     for (int i = 0; i < n; i++) {
         const struct dtype_res *d = &r[i];
         printf("\n== %s weights: %.1f MB, KV %zu B/token, %d KV blocks; setup prefill %.2f s\n",
-               dsi__bench_dtype_name(d->dtype), d->weight_bytes / 1e6, d->kv_bytes_per_token, d->n_kv_blocks,
+               dsi_runtime_dtype_name(d->dtype), d->weight_bytes / 1e6, d->kv_bytes_per_token, d->n_kv_blocks,
                d->fill_s);
         if (d->n_dec) {
             printf("decode (%d timed steps after %d warm-up, fastest of %d; %s)\n", a->steps, a->warmup,
@@ -273,7 +263,7 @@ static int print_json(const struct bench_args *a, const struct dsi_model *m, dou
         const struct dtype_res *d = &r[i];
         cJSON *x = cJSON_CreateObject();
         cJSON_AddItemToArray(runs, x);
-        cJSON_AddStringToObject(x, "dtype", dsi__bench_dtype_name(d->dtype));
+        cJSON_AddStringToObject(x, "dtype", dsi_runtime_dtype_name(d->dtype));
         cJSON_AddNumberToObject(x, "weight_bytes", (double)d->weight_bytes);
         cJSON_AddNumberToObject(x, "kv_bytes_per_token", (double)d->kv_bytes_per_token);
         cJSON_AddNumberToObject(x, "setup_prefill_s", d->fill_s);
@@ -390,7 +380,7 @@ int dsi_cmd_bench(int argc, char **argv) {
     int n = 0, status = DSI_EXIT_OK;
     for (int i = 0; i < a.n_dtypes; i++) {
         if ((rc = dsi__bench_run_dtype(&a, &m, a.dtypes[i], peak, &res[n], &err))) {
-            fprintf(stderr, "dsinfer bench: %s: %s\n", dsi__bench_dtype_name(a.dtypes[i]),
+            fprintf(stderr, "dsinfer bench: %s: %s\n", dsi_runtime_dtype_name(a.dtypes[i]),
                     err ? err : dsi_strerror(rc));
             free(err);
             err = NULL;

@@ -11,6 +11,7 @@
 
 #include "dsinfer/backend.h"
 #include "dsinfer/model.h"
+#include "dsinfer/runtime.h"
 
 #define MAX_LIST 16
 
@@ -48,9 +49,6 @@ struct dtype_res {
     struct engine_res eng[MAX_LIST];
     int n_eng;
 };
-
-/* "f32", "bf16" or "int8". */
-const char *dsi__bench_dtype_name(enum dsi_weight_dtype d);
 
 /* Best of 5 multi-threaded memcpys: host GB/s, read + write bytes; 0 when memory is short. */
 double dsi__bench_measure_peak_gbs(int n_threads);

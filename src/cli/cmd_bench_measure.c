@@ -237,95 +237,134 @@ static int decode_steps(struct dsi_backend *be, int B, int C, int W, int N, cons
 }
 
 /* One weight dtype: backend up, decode grid, prefill, engine; backend down. */
-int dsi__bench_run_dtype(const struct bench_args *a, const struct dsi_model *m, enum dsi_weight_dtype dt,
-                         double peak_gbs, struct dtype_res *r, char **err) {
-    const struct dsi_model_config *cfg = &m->cfg;
-    int maxB = max_of(a->batch, a->n_batch), maxC = 0, N = a->steps, W = a->warmup, bs = 16;
-    int max_pos = cfg->max_position_embeddings;
+/* One dtype's run: the sizes every step shares, the backend and its buffers. */
+struct run {
+    const struct bench_args *a;
+    enum dsi_weight_dtype dt;
+    int maxB, maxC, N, W, bs, max_pos, P, Ep, need, nb, T;
+    struct dsi_backend *be;
+    int32_t *table, *ids, *cur, *sid;
+    float *logits;
+    struct dsi_batch_seq *seqs;
+    struct dsi_sampler_state *st;
+    struct dsi_sample_params *sp;
+    struct dsi_sampling greedy;
+    uint64_t rng;
+};
+
+/* Sizes: the longest context that fits, the prefill and engine prompts, the
+ * blocks per sequence and the tokens per step. */
+static int run_plan(struct run *x, const struct bench_args *a, const struct dsi_model_config *cfg, char **err) {
+    x->a = a;
+    x->maxB = max_of(a->batch, a->n_batch), x->maxC = 0, x->N = a->steps, x->W = a->warmup, x->bs = 16;
+    x->max_pos = cfg->max_position_embeddings;
     for (int i = 0; i < a->n_context; i++)
-        if (a->context[i] + W + N <= max_pos && a->context[i] > maxC) maxC = a->context[i];
-    int P = a->prefill <= max_pos ? a->prefill : 0, Ep = a->engine_prompt;
-    if (Ep + N > max_pos) Ep = 0;
-    int need = maxC + W + N;
-    if (P > need) need = P;
-    if (Ep + N > need) need = Ep + N;
-    int nb = (need + bs - 1) / bs; /* blocks per sequence */
-    if ((size_t)maxB * (size_t)nb > (size_t)INT_MAX / 2)
-        return dsi_seterr(err, DSI_EOVERFLOW, "bench: %d sequences x %d blocks is too many", maxB, nb);
-    int T = maxB > 512 ? maxB : 512; /* tokens per step: the prefill chunk, and every decode row */
-    if (P > T) T = P > 2048 ? 2048 : P;
+        if (a->context[i] + x->W + x->N <= x->max_pos && a->context[i] > x->maxC) x->maxC = a->context[i];
+    x->P = a->prefill <= x->max_pos ? a->prefill : 0, x->Ep = a->engine_prompt;
+    if (x->Ep + x->N > x->max_pos) x->Ep = 0;
+    x->need = x->maxC + x->W + x->N;
+    if (x->P > x->need) x->need = x->P;
+    if (x->Ep + x->N > x->need) x->need = x->Ep + x->N;
+    x->nb = (x->need + x->bs - 1) / x->bs; /* blocks per sequence */
+    if ((size_t)x->maxB * (size_t)x->nb > (size_t)INT_MAX / 2)
+        return dsi_seterr(err, DSI_EOVERFLOW, "bench: %d sequences x %d blocks is too many", x->maxB, x->nb);
+    x->T = x->maxB > 512 ? x->maxB : 512; /* tokens per step: the prefill chunk, and every decode row */
+    if (x->P > x->T) x->T = x->P > 2048 ? 2048 : x->P;
+    return 0;
+}
+
+/* The backend, sized for maxB sequences of nb blocks, and the step buffers. */
+static int run_setup(struct run *x, const struct dsi_model *m, struct dtype_res *r, char **err) {
+    const struct bench_args *a = x->a;
+    const struct dsi_model_config *cfg = &m->cfg;
     size_t kv_elt = (a->kv_set ? a->kv_dtype : DSI_KV_F32) == DSI_KV_F32 ? 4 : 2;
     size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim * kv_elt;
-    struct dsi_backend_opts o = {.weight_dtype = dt,
+    struct dsi_backend_opts o = {.weight_dtype = x->dt,
                                  .kv_dtype = a->kv_set ? a->kv_dtype : DSI_KV_F32,
-                                 .kv_block_size = bs,
-                                 .kv_bytes = (size_t)maxB * (size_t)nb * (size_t)bs * per_tok,
+                                 .kv_block_size = x->bs,
+                                 .kv_bytes = (size_t)x->maxB * (size_t)x->nb * (size_t)x->bs * per_tok,
                                  .kv_gpu_fraction = 0.9f,
-                                 .max_batch_tokens = T,
-                                 .max_seqs = maxB,
+                                 .max_batch_tokens = x->T,
+                                 .max_seqs = x->maxB,
                                  .n_threads = a->n_threads};
     if (!strcmp(a->backend, "cuda") && !a->kv_set) o.kv_dtype = DSI_KV_BF16; /* the CUDA KV is bf16 only */
-    struct dsi_backend *be = NULL;
-    int rc = dsi_backend_create(a->backend, m, &o, &be, err);
+    int rc = dsi_backend_create(a->backend, m, &o, &x->be, err);
     if (rc) return rc;
-    int V = be->vocab_size;
-    int32_t *table = malloc((size_t)maxB * (size_t)nb * sizeof *table);
-    int32_t *ids = malloc((size_t)(need > maxB ? need : maxB) * sizeof *ids);
-    int32_t *cur = malloc((size_t)maxB * sizeof *cur);
-    float *logits = malloc((size_t)maxB * (size_t)V * sizeof *logits);
-    struct dsi_batch_seq *seqs = calloc((size_t)maxB, sizeof *seqs);
-    struct dsi_sampler_state *st = calloc((size_t)maxB, sizeof *st);
-    struct dsi_sample_params *sp = calloc((size_t)maxB, sizeof *sp);
-    int32_t *sid = calloc((size_t)maxB, sizeof *sid);
-    struct dsi_engine *eng = NULL;
-    if (!table || !ids || !cur || !logits || !seqs || !st || !sp || !sid) {
-        rc = dsi_seterr(err, DSI_ENOMEM, "bench: out of memory for %d sequences", maxB);
-        goto out;
-    }
-    if (be->n_kv_blocks < maxB * nb) {
-        rc = dsi_seterr(err, DSI_ENOMEM,
-                        "bench: the KV pool has %d blocks, %d sequences x %d blocks are needed",
-                        be->n_kv_blocks, maxB, nb);
-        goto out;
-    }
-    r->dtype = dt;
-    r->weight_bytes = be->weight_bytes;
-    r->kv_bytes_per_token = be->kv_bytes_per_token;
-    r->n_kv_blocks = be->n_kv_blocks;
-    r->device_sample = be->ops->forward_sample != NULL;
-    for (int i = 0; i < maxB * nb; i++)
-        table[i] = i;
-    struct dsi_sampling greedy;
-    dsi_sampling_defaults(&greedy);
-    greedy.temperature = 0;
-    uint64_t rng = 1;
+    int V = x->be->vocab_size, maxB = x->maxB;
+    x->table = malloc((size_t)maxB * (size_t)x->nb * sizeof *x->table);
+    x->ids = malloc((size_t)(x->need > maxB ? x->need : maxB) * sizeof *x->ids);
+    x->cur = malloc((size_t)maxB * sizeof *x->cur);
+    x->logits = malloc((size_t)maxB * (size_t)V * sizeof *x->logits);
+    x->seqs = calloc((size_t)maxB, sizeof *x->seqs);
+    x->st = calloc((size_t)maxB, sizeof *x->st);
+    x->sp = calloc((size_t)maxB, sizeof *x->sp);
+    x->sid = calloc((size_t)maxB, sizeof *x->sid);
+    if (!x->table || !x->ids || !x->cur || !x->logits || !x->seqs || !x->st || !x->sp || !x->sid)
+        return dsi_seterr(err, DSI_ENOMEM, "bench: out of memory for %d sequences", maxB);
+    if (x->be->n_kv_blocks < maxB * x->nb)
+        return dsi_seterr(err, DSI_ENOMEM, "bench: the KV pool has %d blocks, %d sequences x %d blocks are needed",
+                          x->be->n_kv_blocks, maxB, x->nb);
+    r->dtype = x->dt;
+    r->weight_bytes = x->be->weight_bytes;
+    r->kv_bytes_per_token = x->be->kv_bytes_per_token;
+    r->n_kv_blocks = x->be->n_kv_blocks;
+    r->device_sample = x->be->ops->forward_sample != NULL;
+    for (int i = 0; i < maxB * x->nb; i++)
+        x->table[i] = i;
+    dsi_sampling_defaults(&x->greedy);
+    x->greedy.temperature = 0;
+    x->rng = 1;
+    return 0;
+}
+
+static void run_free(struct run *x) {
+    free(x->table);
+    free(x->ids);
+    free(x->cur);
+    free(x->logits);
+    free(x->seqs);
+    free(x->st);
+    free(x->sp);
+    free(x->sid);
+    dsi_backend_destroy(x->be);
+}
+
+/* Untimed: real K/V for every (B, C) run to read. */
+static int run_fill(struct run *x, struct dtype_res *r, char **err) {
     double t_fill = now_s();
-    if (a->fill && maxC > 0) { /* untimed: real K/V for every (B, C) run to read */
-        for (int s = 0; s < maxB; s++) {
-            for (int k = 0; k < maxC; k++)
-                ids[k] = rand_id(&rng, V);
-            if ((rc = feed_seq(be, (uint64_t)s + 1, ids, maxC, 0, T, table + (size_t)s * nb, nb, false,
-                               logits, err)))
-                goto out;
+    int V = x->be->vocab_size;
+    if (x->a->fill && x->maxC > 0) {
+        for (int s = 0; s < x->maxB; s++) {
+            for (int k = 0; k < x->maxC; k++)
+                x->ids[k] = rand_id(&x->rng, V);
+            int rc = feed_seq(x->be, (uint64_t)s + 1, x->ids, x->maxC, 0, x->T, x->table + (size_t)s * x->nb, x->nb,
+                              false, x->logits, err);
+            if (rc) return rc;
         }
     }
     r->fill_s = now_s() - t_fill;
+    return 0;
+}
 
+/* The decode grid: every batch x context, fastest of R runs (noise only slows). */
+static int run_decode(struct run *x, double peak_gbs, struct dtype_res *r, char **err) {
+    const struct bench_args *a = x->a;
+    int V = x->be->vocab_size, N = x->N, W = x->W;
     for (int ci = 0; ci < a->n_context; ci++) {
         int C = a->context[ci];
-        if (C + W + N > max_pos) continue; /* reported as skipped by the caller */
+        if (C + W + N > x->max_pos) continue; /* reported as skipped by the caller */
         for (int bi = 0; bi < a->n_batch; bi++) {
             int B = a->batch[bi];
             for (int s = 0; s < B; s++) {
-                cur[s] = rand_id(&rng, V);
-                dsi_sampler_seed(&st[s], (uint64_t)s);
+                x->cur[s] = rand_id(&x->rng, V);
+                dsi_sampler_seed(&x->st[s], (uint64_t)s);
             }
             double t_fwd = 0, t_smp = 0;
-            for (int k = 0; k < a->repeat; k++) { /* keep the fastest of R runs: noise only slows */
+            for (int k = 0; k < a->repeat; k++) {
                 double f = 0, sm = 0;
-                if ((rc = decode_steps(be, B, C, W, N, table, nb, seqs, cur, st, logits, &greedy, sp, sid, &f,
-                                       &sm, err)))
-                    goto out;
+                int rc = decode_steps(x->be, B, C, W, N, x->table, x->nb, x->seqs, x->cur, x->st, x->logits,
+                                      &x->greedy, x->sp, x->sid, &f, &sm, err);
+                if (rc) return rc;
                 if (k == 0 || f + sm < t_fwd + t_smp) t_fwd = f, t_smp = sm;
             }
             struct decode_res *d = &r->dec[r->n_dec++];
@@ -333,66 +372,81 @@ int dsi__bench_run_dtype(const struct bench_args *a, const struct dsi_model *m, 
             d->batch = B, d->context = C, d->steps = N;
             d->tok_s = t > 0 ? (double)B * N / t : 0;
             d->ms_step = t / N * 1e3, d->ms_forward = t_fwd / N * 1e3, d->ms_sample = t_smp / N * 1e3;
-            d->bytes_step = (double)be->weight_bytes + (double)B * mean_ctx * (double)be->kv_bytes_per_token;
+            d->bytes_step = (double)x->be->weight_bytes + (double)B * mean_ctx * (double)x->be->kv_bytes_per_token;
             d->gbs = t > 0 ? d->bytes_step * N / t / 1e9 : 0;
             d->roofline = peak_gbs > 0 ? d->gbs / peak_gbs : 0;
             if (!a->json)
-                fprintf(stderr, "bench: %s batch %d context %d: %.1f tok/s\n", dsi__bench_dtype_name(dt), B,
+                fprintf(stderr, "bench: %s batch %d context %d: %.1f tok/s\n", dsi_runtime_dtype_name(x->dt), B,
                         C, d->tok_s);
         }
     }
+    return 0;
+}
 
-    if (P > 0) { /* two runs over sequence 1's blocks; the first warms caches and graphs */
-        for (int k = 0; k < P; k++)
-            ids[k] = rand_id(&rng, V);
-        for (int run = 0; run < 1 + a->repeat; run++) {
-            double t0 = now_s();
-            if ((rc = feed_seq(be, 1, ids, P, 0, T, table, nb, true, logits, err))) goto out;
-            double t1 = now_s();
-            (void)dsi_sample(logits, V, &greedy, &st[0], NULL, 0, 0, NULL);
-            double t2 = now_s();
-            if (run == 0 || t2 - t0 < r->ttft_ms / 1e3) {
-                r->pre_ms = (t1 - t0) * 1e3;
-                r->pre_tok_s = t1 > t0 ? P / (t1 - t0) : 0;
-                r->ttft_ms = (t2 - t0) * 1e3;
-            }
-        }
-        r->have_prefill = true;
-    }
-
-    if (Ep > 0) {
-        struct dsi_engine_opts eo;
-        dsi_engine_opts_defaults(&eo);
-        eo.max_running = maxB;
-        eo.max_batch_tokens = T;
-        eo.prefill_chunk = T < 512 ? T : 512;
-        eo.max_prompt_tokens = Ep;
-        eo.max_total_tokens = Ep + N + 1;
-        eo.queue_timeout_ms = 0;
-        eo.request_timeout_ms = 0;
-        if ((rc = dsi_engine_create(be, &eo, &eng, err))) goto out;
-        for (int bi = 0; bi < a->n_batch; bi++) {
-            for (int k = 0; k < a->repeat; k++) {
-                struct engine_res x;
-                if ((rc = engine_run(eng, a->batch[bi], Ep, N, V, &x, err))) goto out;
-                if (k == 0 || x.tok_s > r->eng[r->n_eng].tok_s) r->eng[r->n_eng] = x;
-            }
-            if (!a->json)
-                fprintf(stderr, "bench: %s engine %d streams: %.1f tok/s\n", dsi__bench_dtype_name(dt),
-                        a->batch[bi], r->eng[r->n_eng].tok_s);
-            r->n_eng++;
+/* Two runs over sequence 1's blocks; the first warms caches and graphs. */
+static int run_prefill(struct run *x, struct dtype_res *r, char **err) {
+    int P = x->P, V = x->be->vocab_size;
+    if (P <= 0) return 0;
+    for (int k = 0; k < P; k++)
+        x->ids[k] = rand_id(&x->rng, V);
+    for (int run = 0; run < 1 + x->a->repeat; run++) {
+        double t0 = now_s();
+        int rc = feed_seq(x->be, 1, x->ids, P, 0, x->T, x->table, x->nb, true, x->logits, err);
+        if (rc) return rc;
+        double t1 = now_s();
+        (void)dsi_sample(x->logits, V, &x->greedy, &x->st[0], NULL, 0, 0, NULL);
+        double t2 = now_s();
+        if (run == 0 || t2 - t0 < r->ttft_ms / 1e3) {
+            r->pre_ms = (t1 - t0) * 1e3;
+            r->pre_tok_s = t1 > t0 ? P / (t1 - t0) : 0;
+            r->ttft_ms = (t2 - t0) * 1e3;
         }
     }
-out:
+    r->have_prefill = true;
+    return 0;
+}
+
+/* The engine rows: B streams of Ep prompt + N new tokens on a dsi_engine. */
+static int run_engine(struct run *x, struct dtype_res *r, char **err) {
+    const struct bench_args *a = x->a;
+    if (x->Ep <= 0) return 0;
+    struct dsi_engine_opts eo;
+    dsi_engine_opts_defaults(&eo);
+    eo.max_running = x->maxB;
+    eo.max_batch_tokens = x->T;
+    eo.prefill_chunk = x->T < 512 ? x->T : 512;
+    eo.max_prompt_tokens = x->Ep;
+    eo.max_total_tokens = x->Ep + x->N + 1;
+    eo.queue_timeout_ms = 0;
+    eo.request_timeout_ms = 0;
+    struct dsi_engine *eng = NULL;
+    int rc = dsi_engine_create(x->be, &eo, &eng, err);
+    for (int bi = 0; !rc && bi < a->n_batch; bi++) {
+        for (int k = 0; !rc && k < a->repeat; k++) {
+            struct engine_res e;
+            if (!(rc = engine_run(eng, a->batch[bi], x->Ep, x->N, x->be->vocab_size, &e, err)) &&
+                (k == 0 || e.tok_s > r->eng[r->n_eng].tok_s))
+                r->eng[r->n_eng] = e;
+        }
+        if (rc) break;
+        if (!a->json)
+            fprintf(stderr, "bench: %s engine %d streams: %.1f tok/s\n", dsi_runtime_dtype_name(x->dt),
+                    a->batch[bi], r->eng[r->n_eng].tok_s);
+        r->n_eng++;
+    }
     dsi_engine_destroy(eng);
-    free(table);
-    free(ids);
-    free(cur);
-    free(logits);
-    free(seqs);
-    free(st);
-    free(sp);
-    free(sid);
-    dsi_backend_destroy(be);
+    return rc;
+}
+
+int dsi__bench_run_dtype(const struct bench_args *a, const struct dsi_model *m, enum dsi_weight_dtype dt,
+                         double peak_gbs, struct dtype_res *r, char **err) {
+    struct run x = {.dt = dt};
+    int rc = run_plan(&x, a, &m->cfg, err);
+    if (!rc) rc = run_setup(&x, m, r, err);
+    if (!rc) rc = run_fill(&x, r, err);
+    if (!rc) rc = run_decode(&x, peak_gbs, r, err);
+    if (!rc) rc = run_prefill(&x, r, err);
+    if (!rc) rc = run_engine(&x, r, err);
+    run_free(&x);
     return rc;
 }
