@@ -23,3 +23,11 @@ add_test(NAME test_serve_backend_fallback COMMAND bash ${CMAKE_SOURCE_DIR}/tests
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_serve_backend_fallback PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+# Hostile-client suite (issue 27): the real daemon over TLS against raw attacking
+# clients; one ctest per group of findings (tests/hostile/hostile.py).
+foreach(group tls)
+  add_test(NAME hostile_${group} COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/hostile/hostile.py ${group}
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(hostile_${group} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS hostile
+    ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+endforeach()

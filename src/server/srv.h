@@ -126,6 +126,8 @@ void dsi__tls_creds_free(struct dsi__tls_creds *c); /* and every older generatio
 int dsi__tls_retrieve(gnutls_session_t ss, const gnutls_datum_t *req_ca_dn, int nreqs,
                       const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length, gnutls_pcert_st **pcert,
                       unsigned int *pcert_length, gnutls_privkey_t *privkey);
+/* GnuTLS priority string of the listener: TLS 1.3, ECDHE groups only (static). */
+const char *dsi__tls_priorities(void);
 /* Re-reads the certificate (files, or state_dir's self-signed one) for new handshakes. */
 int dsi__tls_reload(struct dsi_server *s, const char *cert_file, const char *key_file, const char *state_dir,
                     char **err);

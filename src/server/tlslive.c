@@ -81,6 +81,25 @@ int dsi__tls_retrieve(gnutls_session_t ss, const gnutls_datum_t *req_ca_dn, int 
     return 0;
 }
 
+/* TLS 1.3 only, and only elliptic-curve key exchange: a finite-field group
+ * (FFDHE) costs the server ~250x the CPU of X25519 per handshake and lets one
+ * unauthenticated client burn a core. The post-quantum hybrid comes first when
+ * this GnuTLS knows it (3.8.9+); Debian 12's 3.7.9 does not, and an unknown
+ * group name would make the whole string invalid, hence the probe. */
+#define TLS_BASE "NORMAL:-VERS-ALL:+VERS-TLS1.3:-GROUP-ALL"
+#define TLS_EC_GROUPS ":+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1"
+const char *dsi__tls_priorities(void) {
+    static const char *const cand[] = {TLS_BASE ":+GROUP-X25519-MLKEM768" TLS_EC_GROUPS, TLS_BASE TLS_EC_GROUPS};
+    for (size_t i = 0; i + 1 < sizeof cand / sizeof cand[0]; i++) {
+        gnutls_priority_t p;
+        if (gnutls_priority_init(&p, cand[i], NULL) == GNUTLS_E_SUCCESS) {
+            gnutls_priority_deinit(p);
+            return cand[i];
+        }
+    }
+    return cand[sizeof cand / sizeof cand[0] - 1];
+}
+
 int dsi__tls_reload(struct dsi_server *s, const char *cert_file, const char *key_file, const char *state_dir,
                     char **err) {
     char *cert = NULL, *key = NULL, fp[97];
