@@ -121,6 +121,8 @@ void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
 
 /* tlslive.c */
 struct dsi__tls_creds;
+/* Parses the chain and key and checks that the key belongs to the leaf certificate
+ * (test signature); DSI_ETLS with *err saying why otherwise. */
 int dsi__tls_creds_load(const char *cert_pem, const char *key_pem, struct dsi__tls_creds **out, char **err);
 void dsi__tls_creds_free(struct dsi__tls_creds *c); /* and every older generation */
 int dsi__tls_retrieve(gnutls_session_t ss, const gnutls_datum_t *req_ca_dn, int nreqs,

@@ -9,6 +9,11 @@
  * and our MHD_OPTION_NOTIFY_CONNECTION callback stores the server as the
  * connection's socket context before the handshake starts.
  *
+ * Loading checks that the key belongs to the certificate (it signs a test message
+ * that the certificate's public key must verify), so that a mismatched pair is
+ * refused at start and a reload keeps the old pair instead of failing every
+ * handshake afterwards.
+ *
  * A reload swaps s->creds under s->tls_mu. Old credentials stay allocated until
  * the server is destroyed, because a handshake in progress may still use them;
  * a reload is rare and each generation is a few KB.
@@ -31,6 +36,41 @@ struct dsi__tls_creds {
     struct dsi__tls_creds *older; /* previous generations, freed at destroy */
 };
 
+/* Signature algorithm for a pair check with a key of algorithm pk. */
+static gnutls_sign_algorithm_t check_sign_algo(gnutls_pk_algorithm_t pk) {
+    switch (pk) {
+    case GNUTLS_PK_EDDSA_ED25519: return GNUTLS_SIGN_EDDSA_ED25519;
+    case GNUTLS_PK_EDDSA_ED448: return GNUTLS_SIGN_EDDSA_ED448;
+    case GNUTLS_PK_RSA_PSS: return GNUTLS_SIGN_RSA_PSS_SHA256;
+    default: return gnutls_pk_to_sign(pk, GNUTLS_DIG_SHA256);
+    }
+}
+
+/* Whether key is the private half of the leaf certificate's public key: it signs
+ * a fixed message and the certificate's key must verify the signature. Returns
+ * 0, or DSI_ETLS with *err saying why. */
+static int check_pair(const gnutls_pcert_st *leaf, gnutls_privkey_t key, char **err) {
+    static const char msg[] = "dsinfer: does this key belong to this certificate?";
+    gnutls_datum_t data = {(unsigned char *)msg, sizeof msg - 1}, sig = {NULL, 0};
+    int bits = 0;
+    gnutls_pk_algorithm_t kpk = (gnutls_pk_algorithm_t)gnutls_privkey_get_pk_algorithm(key, NULL);
+    gnutls_pk_algorithm_t cpk = (gnutls_pk_algorithm_t)gnutls_pubkey_get_pk_algorithm(leaf->pubkey, (unsigned *)&bits);
+    /* An RSA key may serve an RSA-PSS certificate; any other difference is a mismatch. */
+    if (kpk != cpk && !(kpk == GNUTLS_PK_RSA && cpk == GNUTLS_PK_RSA_PSS))
+        return dsi_seterr(err, DSI_ETLS, "the TLS key (%s) does not match the certificate (%s)", gnutls_pk_get_name(kpk),
+                          gnutls_pk_get_name(cpk));
+    gnutls_sign_algorithm_t sa = check_sign_algo(cpk);
+    if (sa == GNUTLS_SIGN_UNKNOWN)
+        return dsi_seterr(err, DSI_ETLS, "cannot check a %s key against its certificate", gnutls_pk_get_name(cpk));
+    int r = gnutls_privkey_sign_data2(key, sa, 0, &data, &sig);
+    if (r < 0) return dsi_seterr(err, DSI_ETLS, "the TLS key cannot sign: %s", gnutls_strerror(r));
+    r = gnutls_pubkey_verify_data2(leaf->pubkey, sa, 0, &data, &sig);
+    gnutls_free(sig.data);
+    if (r < 0) return dsi_seterr(err, DSI_ETLS, "the TLS key does not belong to the certificate (test signature: %s)",
+                                 gnutls_strerror(r));
+    return 0;
+}
+
 int dsi__tls_creds_load(const char *cert_pem, const char *key_pem, struct dsi__tls_creds **out, char **err) {
     struct dsi__tls_creds *c = calloc(1, sizeof *c);
     if (!c) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
@@ -47,6 +87,12 @@ int dsi__tls_creds_load(const char *cert_pem, const char *key_pem, struct dsi__t
         (r = gnutls_privkey_import_x509_raw(c->key, &kd, GNUTLS_X509_FMT_PEM, NULL, 0)) < 0) {
         dsi__tls_creds_free(c);
         return dsi_seterr(err, DSI_ETLS, "cannot read the TLS key: %s", gnutls_strerror(r));
+    }
+    int rc = c->n_pcert ? check_pair(&c->pcert[0], c->key, err)
+                        : dsi_seterr(err, DSI_ETLS, "the TLS certificate file holds no certificate");
+    if (rc) {
+        dsi__tls_creds_free(c);
+        return rc;
     }
     *out = c;
     return 0;

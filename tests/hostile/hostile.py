@@ -166,11 +166,35 @@ def add_key(work, keys, name, role="user"):
     return r.stdout.strip()
 
 
+# ---- certificates (openssl CLI) -------------------------------------------------
+
+def ec_key(path):
+    sh("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path)
+
+
+def self_signed(work, name, key):
+    cert = os.path.join(work, name + ".crt")
+    sh("openssl", "req", "-x509", "-new", "-key", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+       "-addext", "subjectAltName=IP:127.0.0.1")
+    return cert
+
+
 def s_client(port, *extra):
     """openssl s_client handshake; True when a TLS 1.3 session was established."""
     r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-tls1_3"] + list(extra),
                        input="", capture_output=True, text=True, timeout=30)
     return "New, TLSv1.3" in r.stdout, r.stdout + r.stderr
+
+
+def fingerprint(port):
+    try:
+        s = tls_connect(port, client_ctx())
+    except (ssl.SSLError, OSError):
+        return None
+    der = s.getpeercert(binary_form=True)
+    s.close()
+    import hashlib
+    return hashlib.sha256(der).hexdigest()
 
 
 # ---- groups -------------------------------------------------------------------
@@ -188,6 +212,53 @@ def group_tls(work, keys, key):
             check("tls: handshake offering only %s is refused" % g, not ok, "the handshake succeeded")
         st, _ = request(d.port, "GET", "/v1/models", key)
         check("tls: a normal request still works", st == 200, str(st))
+    finally:
+        d.stop()
+
+    # Finding 2: a key that does not belong to the certificate is refused at start.
+    ka, kb = os.path.join(work, "a.key"), os.path.join(work, "b.key")
+    ec_key(ka)
+    ec_key(kb)
+    ca_ = self_signed(work, "a", ka)
+    d = Daemon(work, "mismatch", ["--tls-cert", ca_, "--tls-key", kb], keys, expect_ready=False)
+    try:
+        d.p.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    check("tls: mismatched certificate and key stop the start", not d.ok and d.p.poll() not in (None, 0),
+          "it started")
+    check("tls: the start error says the key does not belong to the certificate",
+          "does not belong" in d.text() or "does not match" in d.text())
+    d.stop()
+
+    # ... and on SIGHUP the old pair stays in force, with the reason logged.
+    cert, tkey = os.path.join(work, "live.crt"), os.path.join(work, "live.key")
+    shutil.copy(ca_, cert)
+    shutil.copy(ka, tkey)
+    d = Daemon(work, "reload", ["--tls-cert", cert, "--tls-key", tkey], keys)
+    try:
+        fp0 = fingerprint(d.port)
+        shutil.copy(kb, tkey)
+        n = len(d.text())
+        d.p.send_signal(signal.SIGHUP)
+        check("tls: reload with a mismatched key finishes", d.wait_log("reload done", start=n))
+        check("tls: reload with a mismatched key is refused and says why",
+              re.search("TLS certificate kept as it was: .*(does not belong|does not match)", d.text()[n:]) is not None,
+              d.text()[n:].strip().splitlines()[-2])
+        st, _ = request(d.port, "GET", "/health/live")
+        check("tls: handshakes still work after the refused reload", st == 200, str(st))
+        check("tls: the old certificate is still served", fp0 is not None and fingerprint(d.port) == fp0)
+        # Positive control: a matching new pair (RSA this time) is taken.
+        kc = os.path.join(work, "c.key")
+        sh("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", kc)
+        cc = self_signed(work, "c", kc)
+        shutil.copy(cc, cert)
+        shutil.copy(kc, tkey)
+        n = len(d.text())
+        d.p.send_signal(signal.SIGHUP)
+        d.wait_log("reload done", start=n)
+        fp1 = fingerprint(d.port)
+        check("tls: a matching new pair is taken on reload", fp1 is not None and fp1 != fp0)
     finally:
         d.stop()
 
