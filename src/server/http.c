@@ -114,7 +114,12 @@ static bool client_cert_cn(struct MHD_Connection *c, char *cn, size_t cap) {
     if (!ci || !ci->tls_session) return false;
     gnutls_session_t ss = (gnutls_session_t)ci->tls_session;
     unsigned status = 0;
-    if (gnutls_certificate_verify_peers2(ss, &status) < 0 || status != 0) return false;
+    /* The chain must also allow client authentication: a certificate issued for a
+     * server (EKU serverAuth only) is not a client identity. GnuTLS applies the
+     * purpose to every certificate of the chain that has an EKU extension; one
+     * without the extension is unrestricted (RFC 5280 4.2.1.12). */
+    gnutls_typed_vdata_st purpose = {GNUTLS_DT_KEY_PURPOSE_OID, (unsigned char *)GNUTLS_KP_TLS_WWW_CLIENT, 0};
+    if (gnutls_certificate_verify_peers(ss, &purpose, 1, &status) < 0 || status != 0) return false;
     unsigned n = 0;
     const gnutls_datum_t *certs = gnutls_certificate_get_peers(ss, &n);
     if (!certs || n == 0) return false;

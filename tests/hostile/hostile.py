@@ -12,6 +12,7 @@ refuses everything does not pass.
 Exit 0 pass, 1 fail, 77 skipped (no binary, model or openssl).
 Needs only python3's standard library and the openssl command line tool.
 """
+import json
 import os
 import re
 import shutil
@@ -179,6 +180,17 @@ def self_signed(work, name, key):
     return cert
 
 
+def issue(work, name, ca, ca_key, eku):
+    key, csr, crt, ext = (os.path.join(work, name + s) for s in (".key", ".csr", ".crt", ".ext"))
+    ec_key(key)
+    sh("openssl", "req", "-new", "-key", key, "-out", csr, "-subj", "/CN=" + name)
+    with open(ext, "w") as f:
+        f.write("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=%s\n" % eku)
+    sh("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", crt,
+       "-days", "2", "-extfile", ext)
+    return crt, key
+
+
 def s_client(port, *extra):
     """openssl s_client handshake; True when a TLS 1.3 session was established."""
     r = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-tls1_3"] + list(extra),
@@ -262,6 +274,27 @@ def group_tls(work, keys, key):
     finally:
         d.stop()
 
+    # Finding 8 (mTLS): a client certificate must allow clientAuth.
+    cak = os.path.join(work, "ca.key")
+    ec_key(cak)
+    ca = os.path.join(work, "ca.crt")
+    sh("openssl", "req", "-x509", "-new", "-key", cak, "-out", ca, "-days", "2", "-subj", "/CN=test-ca")
+    good = issue(work, "svc-client", ca, cak, "clientAuth")
+    bad = issue(work, "svc-server", ca, cak, "serverAuth")
+    mkeys = os.path.join(work, "mtls-keys.json")
+    with open(mkeys, "w") as f:
+        json.dump({"version": 1, "keys": [],
+                   "clients": [{"cn": "svc-client", "name": "svc-client", "role": "user"},
+                               {"cn": "svc-server", "name": "svc-server", "role": "user"}]}, f)
+    os.chmod(mkeys, 0o600)
+    d = Daemon(work, "mtls", ["--tls-client-ca", ca, "--tls-require-client-cert", "true"], mkeys)
+    try:
+        st, _ = request(d.port, "GET", "/v1/models", ctx=client_ctx(cert=good[0], key=good[1]))
+        check("mtls: a clientAuth certificate is accepted", st == 200, str(st))
+        st, _ = request(d.port, "GET", "/v1/models", ctx=client_ctx(cert=bad[0], key=bad[1]))
+        check("mtls: a serverAuth-only certificate is refused", st in (-1, 401, 403), str(st))
+    finally:
+        d.stop()
 
 
 GROUPS = {"tls": group_tls}
