@@ -24,6 +24,8 @@
 #include "srv.h"
 
 struct conn_ctx {
+    bool started;                  /* the handler has seen this request */
+    const char *bad_uri;           /* static reason the raw target is refused, or NULL */
     enum dsi__route route;
     struct dsi__sbuf body;
     bool too_big, responded;
@@ -452,27 +454,55 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
     return res;
 }
 
+/* A request's context: made by the URI log callback (the first thing MHD tells us
+ * about a request, with the target before unescaping), or by the handler if that
+ * allocation failed. Freed in on_completed. */
+static struct conn_ctx *ctx_new(struct dsi_server *s, struct MHD_Connection *c) {
+    struct conn_ctx *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    atomic_fetch_add(&s->active, 1);
+    x->t0 = dsi__srv_now_s();
+    x->route = DSI__R_OTHER;
+    snprintf(x->req_id, sizeof x->req_id, "req-%016" PRIx64, atomic_fetch_add(&s->next_id, 1));
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, x->remote, sizeof x->remote);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, x->remote, sizeof x->remote);
+    }
+    return x;
+}
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+    struct conn_ctx *x = ctx_new(cls, c);
+    if (x) x->bad_uri = dsi__uri_error(uri);
+    return x;
+}
+
+/* 400 (or 501) for a request whose framing or target is unsafe; the connection
+ * is closed after it, since the rest of its bytes cannot be trusted. */
+static enum MHD_Result refuse_framing(struct MHD_Connection *c, struct conn_ctx *x, int status, const char *why) {
+    struct dsi__api_error e;
+    dsi__api_error_set(&e, status, NULL, "bad_request", "malformed request: %s", why);
+    dsi_log(DSI_LOG_INFO, "http", "%s from %s: %d %s", x->req_id, x->remote, status, why);
+    return respond(c, x, status, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     struct dsi_server *s = cls;
     struct conn_ctx *x = *con_cls;
-    (void)version;
     if (!x) {
-        x = calloc(1, sizeof *x);
-        if (!x) return MHD_NO;
+        if (!(x = ctx_new(s, c))) return MHD_NO;
         *con_cls = x;
-        atomic_fetch_add(&s->active, 1);
-        x->t0 = dsi__srv_now_s();
-        snprintf(x->req_id, sizeof x->req_id, "req-%016" PRIx64, atomic_fetch_add(&s->next_id, 1));
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        if (ci && ci->client_addr) {
-            const struct sockaddr *sa = ci->client_addr;
-            if (sa->sa_family == AF_INET)
-                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, x->remote, sizeof x->remote);
-            else if (sa->sa_family == AF_INET6)
-                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, x->remote, sizeof x->remote);
-        }
-        x->route = DSI__R_OTHER;
+    }
+    if (!x->started) {
+        x->started = true;
+        int fst = 400;
+        const char *why = x->bad_uri ? x->bad_uri : dsi__framing_error(c, version, s->raw_lines, &fst);
+        if (why) return refuse_framing(c, x, x->bad_uri ? 400 : fst, why);
         int ri = -1;
         for (size_t i = 0; i < N_ROUTES; i++)
             if (!strcmp(url, ROUTES[i].path)) ri = (int)i;
@@ -606,15 +636,23 @@ int dsi__http_start(struct dsi_server *s, char **err) {
         return dsi_seterr(err, DSI_EINVAL, "listen address '%s' is not an IP address", host);
     }
     s->tls = !cfg->plain_http;
+    s->raw_lines = dsi__framing_raw_lines_checkable();
+    if (!s->raw_lines)
+        dsi_log(DSI_LOG_WARN, "http", "libmicrohttpd %s: bare-LF line ends cannot be checked (needs 0.9.75's layout)",
+                MHD_get_version());
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG |
                      (v6 ? MHD_USE_IPv6 : 0) | (s->tls ? MHD_USE_TLS : 0);
-    struct MHD_OptionItem opts[16];
+    struct MHD_OptionItem opts[24];
     int k = 0;
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_SOCK_ADDR, 0, &ss};
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, cfg->client_timeout_s > 0 ? cfg->client_timeout_s : 0, NULL};
     if (cfg->max_connections > 0)
         opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL};
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, s};
+    /* No MHD_OPTION_STRICT_FOR_CLIENT: in 0.9.75 it adds only a missing-Host check,
+     * whose own 400 leaves the connection open for the next pipelined request;
+     * framing.c checks Host itself and closes. */
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, s};
     if (s->tls) {
         /* The certificate comes from a callback so that SIGHUP can replace it (tlslive.c). */

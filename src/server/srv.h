@@ -45,6 +45,7 @@ struct dsi_server {
     char fingerprint[97];
     int port;                      /* bound port */
     bool tls;
+    bool raw_lines;                /* framing.c may check line ends (MHD 0.9.75) */
     char model_name[256];
     enum dsi_chat_format chat_format;
     bool reasoning;
@@ -133,6 +134,16 @@ const char *dsi__tls_priorities(void);
 /* Re-reads the certificate (files, or state_dir's self-signed one) for new handshakes. */
 int dsi__tls_reload(struct dsi_server *s, const char *cert_file, const char *key_file, const char *state_dir,
                     char **err);
+
+/* framing.c */
+/* Whether the linked libmicrohttpd parses headers in place the way 0.9.75 does, so
+ * that line ends can be checked in its read buffer. */
+bool dsi__framing_raw_lines_checkable(void);
+/* Why the request's framing is unsafe (RFC 9112), or NULL; *status is 400 or 501.
+ * version is the handler's version argument. Call before reading any body. */
+const char *dsi__framing_error(struct MHD_Connection *c, const char *version, bool raw_lines, int *status);
+/* Why a raw request target (before unescaping) is refused, or NULL. */
+const char *dsi__uri_error(const char *uri);
 
 /* http.c */
 int dsi__http_start(struct dsi_server *s, char **err);

@@ -7,7 +7,7 @@ without the matching defence; each also has a positive control, so a daemon that
 refuses everything does not pass.
 
     DSI_BIN=build/dsinfer tests/hostile/hostile.py GROUP
-    GROUP: tls   (one ctest each)
+    GROUP: tls | smuggle   (one ctest each)
 
 Exit 0 pass, 1 fail, 77 skipped (no binary, model or openssl).
 Needs only python3's standard library and the openssl command line tool.
@@ -297,7 +297,57 @@ def group_tls(work, keys, key):
         d.stop()
 
 
-GROUPS = {"tls": group_tls}
+def group_smuggle(work, keys, key):
+    # Finding 3: every request a proxy could frame differently is refused with 400
+    # (501 for an unknown transfer coding) and the connection is closed, so nothing
+    # after it on the connection runs as a request of its own.
+    d = Daemon(work, "smuggle", [], keys)
+    try:
+        A = ("Authorization: Bearer %s\r\n" % key).encode()
+        body = b'{"text":"hi"}'
+        tok = b"POST /v1/tokenize HTTP/1.1\r\nHost: localhost\r\n" + A + b"Content-Type: application/json\r\n"
+        smug = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n" + A + b"\r\n"
+        models = b"GET /v1/models HTTP/1.1\r\n"
+
+        # Positive controls: one keep-alive connection runs two requests; chunked works.
+        out, closed, _ = exchange(d.port, tok + b"Content-Length: %d\r\n\r\n" % len(body) + body + smug, wait=2)
+        check("smuggle: control: two pipelined requests on one connection both run", statuses(out) == [200, 200],
+              str(statuses(out)))
+        out, _, _ = exchange(d.port, tok + b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(body) + body +
+                             b"\r\n0\r\n\r\n", wait=2)
+        check("smuggle: control: a chunked body works", statuses(out)[:1] == [200], str(statuses(out)))
+
+        cases = [
+            ("two Content-Length", tok + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n"
+             % (len(body), len(body) + len(smug)) + body + smug, 400),
+            ("Content-Length + chunked", tok + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n"
+             % (len(body) + 5) + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n" + smug, 400),
+            ("'Transfer-Encoding :'", tok + b"Content-Length: %d\r\nTransfer-Encoding : chunked\r\n\r\n"
+             % len(body) + body + smug, 400),
+            ("bare LF line ends", models.replace(b"\r\n", b"\n") + b"Host: localhost\n" +
+             A.replace(b"\r\n", b"\n") + b"\n" + smug, 400),
+            ("bare LF on one header", models + b"Host: localhost\nX-A: b\r\n" + A + b"\r\n" + smug, 400),
+            ("bare CR in a value", models + b"Host: localhost\r\nX-A: a\rb\r\n" + A + b"\r\n" + smug, 400),
+            ("space in a header name", models + b"Host: localhost\r\nX A: b\r\n" + A + b"\r\n" + smug, 400),
+            ("folded header", models + b"Host: localhost\r\nX-A: a\r\n b\r\n" + A + b"\r\n" + smug, 400),
+            ("missing Host", models + A + b"\r\n" + smug, 400),
+            ("duplicate Host", models + b"Host: localhost\r\nHost: evil\r\n" + A + b"\r\n" + smug, 400),
+            ("Transfer-Encoding: gzip", tok + b"Transfer-Encoding: gzip\r\n\r\n" + body, 501),
+            ("space in the request target", b"GET /v1/mo dels HTTP/1.1\r\nHost: localhost\r\n" + A + b"\r\n", 400),
+            ("%00 in the path", b"GET /v1/models%00xyz HTTP/1.1\r\nHost: localhost\r\n" + A + b"\r\n", 400),
+        ]
+        for name, raw, want in cases:
+            out, closed, dt = exchange(d.port, raw, wait=3)
+            st = statuses(out)
+            check("smuggle: %s -> %d, one response, closed at once" % (name, want),
+                  st == [want] and closed and dt < 2.5, "statuses %s, closed %s, %.1f s" % (st, closed, dt))
+        st, _ = request(d.port, "GET", "/health/live")
+        check("smuggle: the daemon still answers afterwards", st == 200, str(st))
+    finally:
+        d.stop()
+
+
+GROUPS = {"tls": group_tls, "smuggle": group_smuggle}
 
 
 def main():
