@@ -25,7 +25,7 @@ set_tests_properties(test_serve_backend_fallback PROPERTIES TIMEOUT 300 SKIP_RET
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
 # Hostile-client suite (issue 27): the real daemon over TLS against raw attacking
 # clients; one ctest per group of findings (tests/hostile/hostile.py).
-foreach(group tls smuggle)
+foreach(group tls smuggle slow)
   add_test(NAME hostile_${group} COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/hostile/hostile.py ${group}
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(hostile_${group} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS hostile

@@ -4,8 +4,10 @@
  *
  * One internal epoll thread serves every connection. Generating routes submit
  * to the engine and suspend the connection until the engine callback resumes it
- * (gen.c); nothing here blocks. Every request ends in on_completed, the single
- * place that writes the audit record, counts metrics and charges tokens.
+ * (gen.c); nothing here blocks. Requests with a body are authenticated on their
+ * headers, before any of the body is read or "100 Continue" is sent. Every
+ * request ends in on_completed, the single place that writes the audit record,
+ * counts metrics and charges tokens.
  */
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
@@ -39,6 +41,8 @@ struct conn_ctx {
     char model[256 + 8];
     char remote[64];
 };
+
+#define DSI__HEADER_BUF_BYTES (32u * 1024) /* MHD's per-connection buffer (its default) */
 
 static const struct {
     const char *path;
@@ -216,8 +220,8 @@ static enum MHD_Result route_models(struct dsi_server *s, struct MHD_Connection 
     return respond(c, x, 200, "application/json", b.p, NULL, NULL);
 }
 
-/* Parses the body for kind; on failure answers (auth first, so that callers
- * without a key learn nothing about the API). Returns false when answered. */
+/* Parses the body for kind; on failure answers. Returns false when answered.
+ * Callers without a key never get here, so they learn nothing about the API. */
 static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x, enum dsi__req_kind kind,
                        struct dsi__req *r, enum MHD_Result *res) {
     const struct dsi_config *cfg = s->cfg;
@@ -229,7 +233,7 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
                         : dsi__srv_req_parse(kind, x->body.p ? x->body.p : "", x->body.len, &lim, r, &e);
     const char *model = st == 0 && r->model ? r->model : s->model_name;
     snprintf(x->model, sizeof x->model, "%.255s", model);
-    if (!authorize(s, c, x, st == 0 ? model : NULL, res)) return false;
+    /* The key was checked on the headers (on_request), before the body was read. */
     if (st) {
         *res = respond_error(c, x, &e);
         return false;
@@ -514,6 +518,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                ROUTES[ri].method, method);
             return respond(c, x, 405, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_ALLOW, ROUTES[ri].method);
         }
+        /* Routes with a body: the key is checked now, on the headers, so that a client
+         * without one gets its 401 at once and never gets "100 Continue", and its body
+         * is never read or buffered (the connection closes after the answer). Only
+         * one model is served, so the key's model list is checked against it. */
+        if (!strcmp(ROUTES[ri].method, "POST")) {
+            enum MHD_Result res = MHD_YES;
+            if (!authorize(s, c, x, s->model_name, &res)) return res;
+        }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > s->cfg->max_body_bytes) {
@@ -648,6 +660,9 @@ int dsi__http_start(struct dsi_server *s, char **err) {
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, cfg->client_timeout_s > 0 ? cfg->client_timeout_s : 0, NULL};
     if (cfg->max_connections > 0)
         opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL};
+    /* What one connection may buffer before its request is authenticated: the
+     * header block (bodies are read only after the key was checked). */
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, DSI__HEADER_BUF_BYTES, NULL};
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, s};
     /* No MHD_OPTION_STRICT_FOR_CLIENT: in 0.9.75 it adds only a missing-Host check,

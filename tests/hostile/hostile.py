@@ -7,7 +7,7 @@ without the matching defence; each also has a positive control, so a daemon that
 refuses everything does not pass.
 
     DSI_BIN=build/dsinfer tests/hostile/hostile.py GROUP
-    GROUP: tls | smuggle   (one ctest each)
+    GROUP: tls | smuggle | slow   (one ctest each)
 
 Exit 0 pass, 1 fail, 77 skipped (no binary, model or openssl).
 Needs only python3's standard library and the openssl command line tool.
@@ -141,7 +141,7 @@ def statuses(out):
     return [int(m) for m in re.findall(rb"^HTTP/1\.[01] (\d{3}) ", out, re.M)]
 
 
-def request(port, method, path, key=None, body=None, ctx=None, headers=()):
+def request(port, method, path, key=None, body=None, ctx=None, headers=(), wait=10):
     """One well-formed request on its own connection; returns (status, body bytes)."""
     h = "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" % (method, path)
     if key:
@@ -152,7 +152,7 @@ def request(port, method, path, key=None, body=None, ctx=None, headers=()):
     if body is not None:
         h += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(b)
     try:
-        out, _, _ = exchange(port, h.encode() + b"\r\n" + b, ctx=ctx, wait=10)
+        out, _, _ = exchange(port, h.encode() + b"\r\n" + b, ctx=ctx, wait=wait)
     except (ssl.SSLError, OSError) as e:
         return -1, str(e).encode()
     st = statuses(out)
@@ -347,7 +347,73 @@ def group_smuggle(work, keys, key):
         d.stop()
 
 
-GROUPS = {"tls": group_tls, "smuggle": group_smuggle}
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def group_slow(work, keys, key):
+    # Finding 5: slowloris and pre-auth memory.
+    args = ["--client-timeout-s", "5", "--max-body-bytes", "4M", "--max-connections", "32"]
+    d = Daemon(work, "slow", args, keys)
+    try:
+        hdr = "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        chat = b'{"messages":[{"role":"user","content":"hi"}],"max_tokens":1}'
+
+        # The key is checked on the headers: 401 at once, before any body byte.
+        out, closed, dt = exchange(d.port, (hdr + "Content-Length: 1000000\r\n\r\n").encode(), wait=3)
+        check("slow: no key, body not sent yet -> 401 at once, closed", statuses(out) == [401] and closed and dt < 2,
+              "statuses %s, closed %s, %.1f s" % (statuses(out), closed, dt))
+        out, _, _ = exchange(d.port, (hdr + "Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n").encode(),
+                             wait=2)
+        check("slow: no key, Expect: 100-continue -> 401 and no 100 Continue", statuses(out) == [401],
+              str(statuses(out)))
+        # Control: with a key, 100 Continue, then the answer.
+        s = tls_connect(d.port, client_ctx())
+        s.sendall((hdr + "Authorization: Bearer %s\r\nContent-Length: %d\r\nExpect: 100-continue\r\n"
+                   "Connection: close\r\n\r\n" % (key, len(chat))).encode())
+        s.settimeout(5)
+        first = s.recv(4096)
+        s.sendall(chat)
+        rest = b""
+        try:
+            while True:
+                x = s.recv(65536)
+                if not x:
+                    break
+                rest += x
+        except (socket.timeout, ssl.SSLError, OSError):
+            pass
+        s.close()
+        check("slow: control: with a key, 100 Continue then 200", statuses(first) == [100] and
+              statuses(rest) == [200], "%s then %s" % (statuses(first), statuses(rest)))
+
+        # Unauthenticated uploads held one byte short pin no memory.
+        rss0 = rss_kb(d.p.pid)
+        socks = []
+        big = b"x" * (2 * 1024 * 1024 - 1)
+        for _ in range(24):
+            s = tls_connect(d.port, client_ctx())
+            try:
+                s.sendall((hdr + "Content-Length: %d\r\n\r\n" % (len(big) + 1)).encode() + big)
+            except (ssl.SSLError, OSError):
+                pass
+            socks.append(s)
+        time.sleep(0.5)
+        grown = (rss_kb(d.p.pid) - rss0) / 1024.0
+        for s in socks:
+            s.close()
+        check("slow: 24 unauthenticated 2 MiB uploads held one byte short pin < 16 MB", grown < 16,
+              "RSS grew %.0f MB" % grown)
+
+    finally:
+        d.stop()
+
+
+GROUPS = {"tls": group_tls, "smuggle": group_smuggle, "slow": group_slow}
 
 
 def main():
