@@ -43,6 +43,9 @@ TEST(config_defaults_match_the_documented_values) {
     CHECK_EQ_INT(c.max_body_bytes, 1048576);
     CHECK_EQ_INT(c.max_messages, 256);
     CHECK_EQ_INT(c.client_timeout_s, 60);
+    CHECK_EQ_INT(c.max_connections_per_ip, 64);
+    CHECK_EQ_INT(c.request_read_timeout_s, 30);
+    CHECK_EQ_INT(c.http_threads, 0);
     CHECK_EQ_INT(c.drain_timeout_s, 30);
     CHECK_EQ_STR(c.state_dir, "/var/lib/dsinfer");
     CHECK(c.open_health);

@@ -26,6 +26,9 @@ struct dsi_config {
     bool tls_require_client_cert;
     int max_connections;
     int client_timeout_s; /* idle / stalled client */
+    int max_connections_per_ip;  /* 0: no per-address limit */
+    int request_read_timeout_s;  /* whole request (headers + body) must arrive within it */
+    int http_threads;            /* HTTP/TLS worker threads; 0: min(CPUs, 8), at least 2 */
     size_t max_body_bytes;
     int max_messages;
     /* auth */

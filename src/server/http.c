@@ -2,12 +2,15 @@
  * http.c: libmicrohttpd daemon (GnuTLS, TLS 1.3 only), routing, auth, the
  * non-generating routes, and per-request accounting (metrics, audit, charge).
  *
- * One internal epoll thread serves every connection. Generating routes submit
- * to the engine and suspend the connection until the engine callback resumes it
- * (gen.c); nothing here blocks. Requests with a body are authenticated on their
- * headers, before any of the body is read or "100 Continue" is sent. Every
- * request ends in on_completed, the single place that writes the audit record,
- * counts metrics and charges tokens.
+ * A pool of http_threads epoll workers serves the connections (each connection
+ * stays on one worker), so a slow TLS handshake or request on one worker does
+ * not stall the others; handlers run concurrently and touch only per-request
+ * state or shared state that is atomic, locked or read-only (srv.h). Generating
+ * routes submit to the engine and suspend the connection until the engine
+ * callback resumes it (gen.c); nothing here blocks. Requests with a body are
+ * authenticated on their headers, before any of the body is read or "100
+ * Continue" is sent. Every request ends in on_completed, the single
+ * place that writes the audit record, counts metrics and charges tokens.
  */
 #include <arpa/inet.h>
 #include <gnutls/gnutls.h>
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
@@ -87,6 +91,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct conn_ctx *x, int
     if (extra_hdr) MHD_add_response_header(r, extra_hdr, extra_val);
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
+    dsi__guard_mark(c, DSI__CONN_RECEIVED); /* answered: the read deadline no longer applies */
     x->status = status;
     x->responded = true;
     return ok;
@@ -408,6 +413,7 @@ static enum MHD_Result gen_resumed(struct MHD_Connection *c, struct conn_ctx *x)
 
 static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x) {
     enum MHD_Result res = MHD_YES;
+    dsi__guard_mark(c, DSI__CONN_RECEIVED);
     switch (x->route) {
     case DSI__R_LIVE:
         if (!authorize(s, c, x, NULL, &res)) return res;
@@ -507,6 +513,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         int fst = 400;
         const char *why = x->bad_uri ? x->bad_uri : dsi__framing_error(c, version, s->raw_lines, &fst);
         if (why) return refuse_framing(c, x, x->bad_uri ? 400 : fst, why);
+        dsi__guard_mark(c, DSI__CONN_HEADERS);
         int ri = -1;
         for (size_t i = 0; i < N_ROUTES; i++)
             if (!strcmp(url, ROUTES[i].path)) ri = (int)i;
@@ -561,7 +568,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
     struct dsi_server *s = cls;
     struct conn_ctx *x = *con_cls;
-    (void)c;
+    dsi__guard_mark(c, DSI__CONN_NEXT); /* keep-alive: the next request's deadline starts now */
     if (!x) return;
     *con_cls = NULL;
     int prompt = 0, completion = 0;
@@ -603,11 +610,23 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     atomic_fetch_sub(&s->active, 1);
 }
 
-/* Makes the server reachable from the TLS certificate callback (tlslive.c). */
+/* Registers each connection with the guard (guard.c); its record, the socket
+ * context, also makes the server reachable from the TLS certificate callback. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
-    (void)c;
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) *socket_context = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        *socket_context = dsi__guard_open(cls, c);
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        dsi__guard_close(*socket_context);
+        *socket_context = NULL;
+    }
+}
+
+/* Worker threads: the configured count, or one per CPU between 2 and 8. */
+static unsigned http_threads(const struct dsi_config *cfg) {
+    if (cfg->http_threads > 0) return (unsigned)cfg->http_threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 2 ? 2u : n > 8 ? 8u : (unsigned)n;
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
@@ -660,9 +679,14 @@ int dsi__http_start(struct dsi_server *s, char **err) {
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, cfg->client_timeout_s > 0 ? cfg->client_timeout_s : 0, NULL};
     if (cfg->max_connections > 0)
         opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL};
+    unsigned threads = http_threads(cfg);
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, threads, NULL};
+    if (cfg->max_connections_per_ip > 0)
+        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip, NULL};
     /* What one connection may buffer before its request is authenticated: the
      * header block (bodies are read only after the key was checked). */
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, DSI__HEADER_BUF_BYTES, NULL};
+    opts[k++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, s};
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s};
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, s};
     /* No MHD_OPTION_STRICT_FOR_CLIENT: in 0.9.75 it adds only a missing-Host check,
@@ -672,19 +696,22 @@ int dsi__http_start(struct dsi_server *s, char **err) {
     if (s->tls) {
         /* The certificate comes from a callback so that SIGHUP can replace it (tlslive.c). */
         opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)dsi__tls_retrieve};
-        opts[k++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, s};
         opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)dsi__tls_priorities()};
         if (s->ca_pem) opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, s->ca_pem};
     }
     opts[k++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    int rc = dsi__guard_start(s, cfg->request_read_timeout_s, cfg->max_connections, err);
+    if (rc) return rc;
     s->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
-    if (!s->d)
+    if (!s->d) {
+        dsi__guard_stop(s);
         return dsi_seterr(err, DSI_EIO, "cannot listen on %s (address in use, bad TLS material, or no permission)",
                           cfg->listen);
+    }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : port;
-    dsi_log(DSI_LOG_INFO, "http", "listening on %s%s%s:%d (%s)", v6 ? "[" : "", host, v6 ? "]" : "", s->port,
-            s->tls ? "HTTPS, TLS 1.3 only" : "plain HTTP, loopback only");
+    dsi_log(DSI_LOG_INFO, "http", "listening on %s%s%s:%d (%s, %u threads)", v6 ? "[" : "", host, v6 ? "]" : "", s->port,
+            s->tls ? "HTTPS, TLS 1.3 only" : "plain HTTP, loopback only", threads);
     return 0;
 }
 
@@ -692,4 +719,5 @@ void dsi__http_stop(struct dsi_server *s) {
     if (!s->d) return;
     MHD_stop_daemon(s->d);
     s->d = NULL;
+    dsi__guard_stop(s);
 }

@@ -3,8 +3,11 @@
  * http.c (libmicrohttpd handlers, routing, auth) and gen.c (generation requests:
  * engine callback, streaming, response JSON).
  *
- * Threads: the MHD polling thread runs handlers and stream readers; the engine's
- * scheduler thread runs gen callbacks; the main thread runs dsi_server_run.
+ * Threads: a pool of MHD worker threads (http_threads) runs handlers and stream
+ * readers, each worker its own connections, so handlers run concurrently and
+ * everything they share is atomic, locked or read-only after start; the engine's
+ * scheduler thread runs gen callbacks; the guard thread (guard.c) closes stalled
+ * connections; the main thread runs dsi_server_run.
  * A struct dsi__gen is shared by its connection and the engine and freed when both
  * have let go (refs); its mutex guards everything below it.
  */
@@ -39,6 +42,7 @@ struct dsi_server {
     struct dsi_audit *audit;
     struct dsi__smetrics *metrics;
     struct MHD_Daemon *d;
+    struct dsi__guard *guard;      /* slowloris guard (guard.c); NULL before http start */
     char *cert_pem, *key_pem, *ca_pem;
     pthread_mutex_t tls_mu;        /* guards creds */
     struct dsi__tls_creds *creds;  /* current certificate + key (tlslive.c) */
@@ -134,6 +138,32 @@ const char *dsi__tls_priorities(void);
 /* Re-reads the certificate (files, or state_dir's self-signed one) for new handshakes. */
 int dsi__tls_reload(struct dsi_server *s, const char *cert_file, const char *key_file, const char *state_dir,
                     char **err);
+
+/* guard.c */
+/* One per TCP connection: MHD's socket context (also read by the TLS callback). */
+struct dsi__conn {
+    struct dsi_server *s;          /* set once */
+    int fd;                        /* set once; -1: unknown (never shut down) */
+    struct dsi__conn *prev, *next; /* fields below under the guard's lock */
+    double t_wait;                 /* when it began waiting for its current request */
+    bool reading;                  /* current request not fully received */
+    bool have_headers;             /* current request's header block received */
+    bool closing;                  /* shut down by the guard */
+};
+enum dsi__conn_phase {
+    DSI__CONN_HEADERS,  /* header block in */
+    DSI__CONN_RECEIVED, /* whole request in (or answered early): no deadline */
+    DSI__CONN_NEXT,     /* response done: waiting for the next request */
+};
+/* Starts the guard thread (s->guard). */
+int dsi__guard_start(struct dsi_server *s, int deadline_s, int max_conns, char **err);
+/* Stops and frees it; call after MHD_stop_daemon. Accepts a server without one. */
+void dsi__guard_stop(struct dsi_server *s);
+/* MHD_CONNECTION_NOTIFY_STARTED / _CLOSED. open returns NULL when out of memory. */
+struct dsi__conn *dsi__guard_open(struct dsi_server *s, struct MHD_Connection *c);
+void dsi__guard_close(struct dsi__conn *k);
+/* Records a request's progress on connection c. */
+void dsi__guard_mark(struct MHD_Connection *c, enum dsi__conn_phase phase);
 
 /* framing.c */
 /* Whether the linked libmicrohttpd parses headers in place the way 0.9.75 does, so

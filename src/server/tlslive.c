@@ -6,8 +6,8 @@
  * (MHD_OPTION_HTTPS_CERT_CALLBACK) that returns the current credentials at each
  * handshake. The callback has no closure argument, so it finds the server
  * through the connection: MHD stores the connection as the GnuTLS session's ptr,
- * and our MHD_OPTION_NOTIFY_CONNECTION callback stores the server as the
- * connection's socket context before the handshake starts.
+ * and our MHD_OPTION_NOTIFY_CONNECTION callback stores a struct dsi__conn (which
+ * points to the server) as the connection's socket context before the handshake.
  *
  * Loading checks that the key belongs to the certificate (it signs a test message
  * that the certificate's public key must verify), so that a mismatched pair is
@@ -115,7 +115,8 @@ int dsi__tls_retrieve(gnutls_session_t ss, const gnutls_datum_t *req_ca_dn, int 
     (void)req_ca_dn, (void)nreqs, (void)pk_algos, (void)pk_algos_length;
     struct MHD_Connection *conn = gnutls_session_get_ptr(ss);
     const union MHD_ConnectionInfo *ci = conn ? MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT) : NULL;
-    struct dsi_server *s = ci ? ci->socket_context : NULL;
+    const struct dsi__conn *k = ci ? ci->socket_context : NULL;
+    struct dsi_server *s = k ? k->s : NULL;
     if (!s) return -1; /* fails the handshake rather than guessing */
     pthread_mutex_lock(&s->tls_mu);
     struct dsi__tls_creds *c = s->creds;
