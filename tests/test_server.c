@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../src/server/internal.h"
+#include "dsinfer/grammar.h"
 #include "test.h"
 
 static const struct dsi__req_limits LIM = {.max_body_bytes = 4096, .max_messages = 4, .max_prompt_ids = 64};
@@ -113,6 +114,70 @@ TEST(parse_chat_errors) {
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(b, sizeof b, "%s%s}", m, bad[i].field);
         expect_err(DSI__REQ_CHAT, b, 400, bad[i].param);
+    }
+}
+
+TEST(parse_response_format) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    const char *m = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":";
+    char b[1024];
+    snprintf(b, sizeof b, "%s{\"type\":\"json_object\"}}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK(r.grammar != NULL);
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "%s{\"type\":\"text\"}}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK(r.grammar == NULL);
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b,
+             "%s{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"person\",\"strict\":true,\"schema\":"
+             "{\"type\":\"object\",\"properties\":{\"age\":{\"type\":\"integer\"}},\"required\":[\"age\"],"
+             "\"additionalProperties\":false}}}}",
+             m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK(r.grammar != NULL);
+    struct dsi_grammar_matcher *gm = NULL;
+    if (r.grammar && !dsi_grammar_matcher_create(r.grammar, 0, &gm)) {
+        CHECK_EQ_INT(dsi_grammar_matcher_accept(gm, "{\"age\":41}", 10), 0);
+        CHECK(dsi_grammar_matcher_complete(gm));
+        CHECK(dsi_grammar_matcher_accept(gm, "x", 1) != 0);
+    }
+    dsi_grammar_matcher_destroy(gm);
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "{\"prompt\":\"x\",\"response_format\":{\"type\":\"json_object\"}}");
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, b, &r, &e), 0);
+    CHECK(r.grammar != NULL);
+    dsi__srv_req_free(&r);
+
+    static const struct {
+        const char *rf, *param, *needle;
+    } bad[] = {
+        {"\"json\"", "response_format", "object"},
+        {"{}", "response_format.type", "type"},
+        {"{\"type\":\"xml\"}", "response_format.type", "json_schema"},
+        {"{\"type\":\"json_schema\"}", "response_format.json_schema", "name"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{}}}", "response_format.json_schema.name", "name"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a b\",\"schema\":{}}}",
+         "response_format.json_schema.name", "name"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"strict\":1,\"schema\":{}}}",
+         "response_format.json_schema.strict", "boolean"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":[]}}",
+         "response_format.json_schema.schema", "object"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{\"type\":\"object\",\"properties\":"
+         "{\"age\":{\"type\":\"integer\",\"minimum\":0}}}}}",
+         "response_format.json_schema.schema", "'minimum'"},
+        {"{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"schema\":{\"type\":\"string\",\"pattern\":"
+         "\"^a\"}}}",
+         "response_format.json_schema.schema", "'pattern'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(b, sizeof b, "%s%s}", m, bad[i].rf);
+        expect_err(DSI__REQ_CHAT, b, 400, bad[i].param);
+        CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 400);
+        if (!strstr(e.message, bad[i].needle)) fprintf(stderr, "  case %zu: %s\n", i, e.message);
+        CHECK(strstr(e.message, bad[i].needle) != NULL);
+        dsi__srv_req_free(&r);
     }
 }
 
@@ -379,5 +444,6 @@ int main(void) {
     RUN(textgen_reasoning_unterminated);
     RUN(json_string_escaping);
     RUN(metrics_render_counts);
+    RUN(parse_response_format);
     return test_summary();
 }

@@ -341,7 +341,7 @@ static enum MHD_Result route_detokenize(struct dsi_server *s, struct MHD_Connect
 }
 
 static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x,
-                                      const struct dsi__req *r) {
+                                      struct dsi__req *r) {
     struct dsi__api_error e;
     int32_t *ids = NULL;
     size_t n = 0;

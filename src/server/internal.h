@@ -70,6 +70,7 @@ struct dsi__req {
     bool add_special;           /* tokenize: add BOS (default true) */
     bool add_generation_prompt; /* tokenize with messages (default true) */
     bool echo;                  /* completions echo: refused */
+    struct dsi_grammar *grammar; /* response_format json_object/json_schema; NULL: free text */
 };
 
 /* Parses and validates a request body of the given kind into out (zeroed first).
@@ -78,6 +79,15 @@ struct dsi__req {
 int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len,
                    const struct dsi__req_limits *lim, struct dsi__req *out, struct dsi__api_error *e);
 void dsi__srv_req_free(struct dsi__req *r);
+
+/* reqfmt.c: structured output. cJSON objects of the parsed body. */
+struct cJSON;
+struct dsi_grammar;
+/* response_format of root -> r->grammar (left NULL for "text" or none). 0 or a status. */
+int dsi__srv_parse_response_format(const struct cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
+/* Compiles a JSON Schema object; a 400 on param names what it cannot enforce. */
+int dsi__srv_compile_schema(const struct cJSON *schema, const char *param, struct dsi_grammar **out,
+                            struct dsi__api_error *e);
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF). */
 /* Length of the longest prefix of s[0..n) that does not end inside a UTF-8
  * sequence (text held back so that SSE chunks stay valid UTF-8). */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dsinfer/grammar.h"
 #include "internal.h"
 
 static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, struct dsi__req *r,
@@ -201,6 +202,7 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
     if ((rc = check_sampling(&r->sampling, e))) goto out;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) goto out;
+    if ((rc = dsi__srv_parse_response_format(root, r, e))) goto out;
 out:
     cJSON_Delete(root);
     return rc;
@@ -424,5 +426,6 @@ void dsi__srv_req_free(struct dsi__req *r) {
     free(r->ids);
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     free(r->user);
+    dsi_grammar_destroy(r->grammar);
     memset(r, 0, sizeof *r);
 }

@@ -24,6 +24,7 @@
 #include "dsinfer/log.h"
 #include "dsinfer/sdnotify.h"
 #include "dsinfer/server.h"
+#include "dsinfer/grammar.h"
 #include "srv.h"
 
 static int load_model(struct dsi_server *s, char **err);
@@ -310,6 +311,7 @@ void dsi_server_destroy(struct dsi_server *s) {
     dsi__http_stop(s);
     dsi_sd_notify("STATUS=stopped");
     dsi_runtime_close(s->rt);
+    dsi_token_trie_destroy(s->trie); /* after the engine: its requests borrowed it */
     dsi_auth_destroy(s->auth);
     dsi_audit_close(s->audit);
     dsi__smetrics_destroy(s->metrics);

@@ -36,6 +36,7 @@ struct dsi_server {
     _Atomic int state;            /* enum dsi__state */
     struct dsi_runtime *rt;        /* model, tokenizer, backend, engine (owned) */
     struct dsi_tokenizer *tok;     /* rt's */
+    struct dsi_token_trie *trie;   /* grammar masks; built at the first grammar request, under mu */
     struct dsi_engine *eng;        /* rt's; NULL once stopped; read under eng_lock */
     pthread_rwlock_t eng_lock;     /* handlers read-lock around engine calls */
     struct dsi_auth *auth;
@@ -83,6 +84,7 @@ struct dsi__gen {
     int top_logprobs;
     char *stops[DSI__MAX_STOPS];
     int n_stops;
+    struct dsi_grammar *grammar;    /* owned (taken from the request); the engine borrows it */
     char id[48];
     char principal[64];
     /* state */
@@ -107,8 +109,9 @@ struct dsi__gen {
 int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__gen **out);
 void dsi__gen_release(struct dsi__gen *g);
 /* Submits prompt ids; on success refs += 1 (the engine's) and, for streams, the
- * first chunk is queued. Returns 0 or the HTTP status with e filled. */
-int dsi__gen_submit(struct dsi__gen *g, const struct dsi__req *r, const int32_t *ids, int n_ids, int max_tokens,
+ * first chunk is queued. Takes r->grammar (left NULL) when there is one. Returns
+ * 0 or the HTTP status with e filled. */
+int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, int n_ids, int max_tokens,
                     struct dsi__api_error *e);
 /* MHD content reader of a stream (cls = gen). */
 ssize_t dsi__gen_stream_reader(void *cls, uint64_t pos, char *buf, size_t max);

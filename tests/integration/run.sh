@@ -155,6 +155,17 @@ check "prompt longer than the context 400" test "$(e -d "{\"prompt\":\"$LONG\"}"
 check "context error code" test "$(json $W/e 'j.error.code')" = context_length_exceeded
 check "unknown route 404" test "$(e "$URL/v1/nothing")" = 404
 check "wrong method 405" test "$(e "$URL/v1/chat/completions")" = 405
+
+# --- structured output (response_format) ------------------------------------------------------
+SCHEMA='{"type":"object","properties":{"name":{"type":"string","maxLength":10},"n":{"type":"integer"},"ok":{"type":"boolean"}},"required":["name","n","ok"],"additionalProperties":false}'
+RF="{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"t\",\"strict\":true,\"schema\":$SCHEMA}}"
+check "json_schema 200" test "$(status $W/js "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":100,\"response_format\":$RF}" "$URL/v1/chat/completions")" = 200
+check "json_schema content is schema-valid JSON" test "$(json $W/js 'const o=JSON.parse(j.choices[0].message.content); Object.keys(o).join()==="name,n,ok" && typeof o.name==="string" && o.name.length<=10 && Number.isInteger(o.n) && typeof o.ok==="boolean"')" = true
+check "json_schema finish_reason stop" test "$(json $W/js 'j.choices[0].finish_reason')" = stop
+check "json_object 200" test "$(status $W/jo "${AUTH[@]}" -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":200,"temperature":0,"response_format":{"type":"json_object"}}' "$URL/v1/chat/completions")" = 200
+check "json_object content is an object or cut at length" test "$(json $W/jo 'j.choices[0].finish_reason==="length" || typeof JSON.parse(j.choices[0].message.content)==="object"')" = true
+check "unsupported schema keyword 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"t","schema":{"type":"string","format":"email"}}}}' "$URL/v1/chat/completions")" = 400
+check "schema error names the keyword" test "$(json $W/e 'j.error.param+" "+j.error.message.includes("format")')" = "response_format.json_schema.schema true"
 check "still serving after errors" test "$(status $W/b "${AUTH[@]}" -d "$CHAT" "$URL/v1/chat/completions")" = 200
 
 # --- the official openai client ---------------------------------------------------------------
