@@ -64,7 +64,8 @@ TEST(parse_chat_full) {
 TEST(parse_chat_defaults) {
     struct dsi__req r;
     struct dsi__api_error e;
-    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"developer\",\"content\":null}],\"stop\":\"END\","
+    /* content "" (null is refused since issue 22: parse_rejects_trailing_bytes_and_missing_content) */
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"developer\",\"content\":\"\"}],\"stop\":\"END\","
                                       "\"max_completion_tokens\":3}", &r, &e), 0);
     CHECK(r.model == NULL);
     CHECK_EQ_STR(r.msgs[0].role, "system");
@@ -115,6 +116,28 @@ TEST(parse_chat_errors) {
         snprintf(b, sizeof b, "%s%s}", m, bad[i].field);
         expect_err(DSI__REQ_CHAT, b, 400, bad[i].param);
     }
+}
+
+/* Issue 22: bodies the parser used to accept. */
+TEST(parse_rejects_trailing_bytes_and_missing_content) {
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}}}", 400, "body");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]} x", 400, "body");
+    expect_err(DSI__REQ_COMPLETION, "{\"prompt\":\"x\"}{}", 400, "body");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\"}]}", 400, "messages[0].content");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\"}]}", 400,
+               "messages[1].content");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":null}]}", 400, "messages[0].content");
+    struct dsi__req r;
+    struct dsi__api_error e;
+    /* trailing blanks are fine; an assistant message with tool_calls needs no content */
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]} \r\n", &r, &e), 0);
+    dsi__srv_req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT,
+                       "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\",\"tool_calls\":"
+                       "[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}]}",
+                       &r, &e),
+                 0);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_response_format) {
@@ -444,6 +467,7 @@ int main(void) {
     RUN(textgen_reasoning_unterminated);
     RUN(json_string_escaping);
     RUN(metrics_render_counts);
+    RUN(parse_rejects_trailing_bytes_and_missing_content);
     RUN(parse_response_format);
     return test_summary();
 }

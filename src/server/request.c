@@ -118,6 +118,13 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
                                   "request body is not valid JSON (near byte %zu)", off);
     }
     int rc = 0;
+    /* cJSON stops at the end of the first value: what follows must be blanks */
+    for (const char *p = end; p && p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
+            rc = dsi__api_error_set(e, 400, "body", "invalid_json",
+                                    "unexpected bytes after the JSON body (at byte %zu)", (size_t)(p - body));
+            goto out;
+        }
     if (!cJSON_IsObject(root)) {
         rc = dsi__api_error_set(e, 400, NULL, "invalid_json", "request body must be a JSON object");
         goto out;
@@ -336,6 +343,11 @@ static int parse_content(const cJSON *c, size_t idx, char **out, struct dsi__api
     return 0;
 }
 
+static const char *param_content(char *buf, size_t n, size_t i) {
+    snprintf(buf, n, "messages[%zu].content", i);
+    return buf;
+}
+
 static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, struct dsi__req *r,
                           struct dsi__api_error *e) {
     if (!cJSON_IsArray(a))
@@ -362,6 +374,13 @@ static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, str
                                       "'%s' must be system, developer, user or assistant", param);
         if (!(r->msgs[i].role = dup_str(rs))) return oom(e);
         r->n_msgs++;
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+        bool has_calls = !strcmp(rs, "assistant") && cJSON_IsArray(calls) && cJSON_GetArraySize(calls) > 0;
+        if ((!content || cJSON_IsNull(content)) && !has_calls)
+            return dsi__api_error_set(e, 400, param_content(param, sizeof param, i), "missing_field",
+                                      "'messages[%zu].content' is required (only an assistant message with "
+                                      "'tool_calls' may leave it out)", i);
         int rc = parse_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, &r->msgs[i].content, e);
         if (rc) return rc;
     }

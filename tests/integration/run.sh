@@ -155,6 +155,10 @@ check "prompt longer than the context 400" test "$(e -d "{\"prompt\":\"$LONG\"}"
 check "context error code" test "$(json $W/e 'j.error.code')" = context_length_exceeded
 check "unknown route 404" test "$(e "$URL/v1/nothing")" = 404
 check "wrong method 405" test "$(e "$URL/v1/chat/completions")" = 405
+check "bytes after the JSON body 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}]}}}' "$URL/v1/chat/completions")" = 400
+check "trailing bytes param" test "$(json $W/e 'j.error.param')" = body
+check "message without content 400" test "$(e -d '{"messages":[{"role":"user"}]}' "$URL/v1/chat/completions")" = 400
+check "missing content param" test "$(json $W/e 'j.error.param')" = "messages[0].content"
 
 # --- structured output (response_format) ------------------------------------------------------
 SCHEMA='{"type":"object","properties":{"name":{"type":"string","maxLength":10},"n":{"type":"integer"},"ok":{"type":"boolean"}},"required":["name","n","ok"],"additionalProperties":false}'
