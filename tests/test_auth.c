@@ -275,6 +275,18 @@ TEST(auth_custom_roles) {
     CHECK(dsi_perm_name(3) == NULL);
 }
 
+/* A served model's aliases come joined by '\n' (server names.c, issue 22): a key
+ * whose list holds any of them may use the model under every name. */
+TEST(auth_model_aliases_share_the_allow_list) {
+    struct dsi_auth *a = make(keys_path, NULL, NULL);
+    if (!a) return;
+    CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "deepseek-chat\nbig-chat"), DSI_AUTH_MODEL_FORBIDDEN);
+    CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "tiny-chat2\ntiny"), DSI_AUTH_MODEL_FORBIDDEN);
+    CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "deepseek-chat\ntiny-chat"), DSI_AUTH_OK);
+    CHECK_EQ_INT(chk(a, "Bearer " K_ALICE, DSI_PERM_CHAT, "tiny-chat\ndeepseek-chat"), DSI_AUTH_OK);
+    dsi_auth_destroy(a);
+}
+
 TEST(auth_model_allow_list) {
     struct dsi_auth *a = make(keys_path, NULL, NULL);
     if (!a) return;
@@ -604,6 +616,7 @@ int main(void) {
     RUN(auth_role_permission_matrix);
     RUN(auth_custom_roles);
     RUN(auth_model_allow_list);
+    RUN(auth_model_aliases_share_the_allow_list);
     RUN(auth_rpm_burst);
     RUN(auth_tpm_charge);
     RUN(auth_rpm_burst_threads);

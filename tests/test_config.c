@@ -159,6 +159,22 @@ TEST(config_bad_values_name_key_and_value) {
     expect_load_error("{\"kv_block_size\":24}", "kv_block_size = 24 is not a power of two");
     expect_load_error("{\"manifest_sha256\":\"abc\"}", "manifest_sha256 = \"abc\" is not 64 hex digits");
     expect_load_error("{\"max_body_bytes\":\"1X\"}", "max_body_bytes = \"1X\" is not an integer");
+    /* issue 22: model aliases */
+    expect_load_error("{\"served_model_names\":\"deepseek-chat\"}", "served_model_names");
+    expect_load_error("{\"served_model_names\":[]}", "array of 1 to 16 names");
+    expect_load_error("{\"served_model_names\":[\"a\",\"b\",\"a\"]}", "lists 'a' twice");
+    expect_load_error("{\"served_model_names\":[\"a\\nb\"]}", "without control characters");
+    expect_load_error("{\"served_model_names\":[\"\"]}", "1 to 255 bytes");
+    expect_load_error("{\"served_model_names\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\","
+                      "\"10\",\"11\",\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]}", "array of 1 to 16 names");
+    struct dsi_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_config_init(&c), 0);
+    const char *names = "{\"served_model_names\":[\"deepseek-chat\",\"deepseek-reasoner\"]}";
+    CHECK_EQ_INT(dsi_config_load_json(&c, names, strlen(names), &err), 0);
+    CHECK(c.served_model_names && strstr(c.served_model_names, "deepseek-reasoner"));
+    free(err);
+    dsi_config_free(&c);
 }
 
 TEST(config_unknown_and_duplicate_keys_are_errors) {

@@ -60,7 +60,9 @@ int dsi_auth_create(const struct dsi_auth_opts *o, struct dsi_auth **out, char *
 int dsi_auth_reload(struct dsi_auth *a, char **err);
 void dsi_auth_destroy(struct dsi_auth *a);
 
-/* Checks an Authorization header value for a permission (and model, may be NULL).
+/* Checks an Authorization header value for a permission (and model, may be NULL:
+ * one name, or a model's aliases joined by '\n', any of which the key's model
+ * list may hold).
  * Counts one request against the key's rpm. retry_after_s set for RATE_LIMITED.
  * Thread-safe. Order: header -> key (constant-time digest compare) -> state
  * (disabled, expired) -> permission -> model -> rpm/tpm token buckets; a

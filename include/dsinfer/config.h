@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#define DSI_MAX_MODEL_NAMES 16 /* served_model_names */
+
 struct dsi_config {
     /* network */
     char *listen;             /* "127.0.0.1:8443" */
@@ -39,6 +41,7 @@ struct dsi_config {
     /* model */
     char *model_dir;
     char *model_name;    /* served name; empty: basename of model_dir */
+    char *served_model_names; /* JSON array text ["name", ...] (aliases); empty: [model_name] */
     char *dtype;         /* f32 | bf16 | int8 */
     int int8_group_size; /* 0: per channel */
     char *backend;       /* cpu | cuda */

@@ -54,6 +54,18 @@ static void release(struct dsi_auth *a, struct dsi__keyset *ks);
 static int build(struct dsi_auth *a, const char *keys_file, const char *roles_json, struct dsi__keyset **out,
                  char **err);
 static int attach_limiters(struct dsi__entry *ne, size_t nn, const struct dsi__entry *oe, size_t on);
+/* model: one name, or the served model's names (aliases) joined by '\n'. */
+static bool model_listed(const char *model, const char *allowed) {
+    size_t n = strlen(allowed);
+    for (const char *p = model;;) {
+        const char *nl = strchr(p, '\n');
+        size_t l = nl ? (size_t)(nl - p) : strlen(p);
+        if (l == n && !memcmp(p, allowed, n)) return true;
+        if (!nl) return false;
+        p = nl + 1;
+    }
+}
+
 static enum dsi_auth_status authorize(struct dsi_auth *a, const struct dsi__entry *e, uint32_t perm,
                                       const char *model, struct dsi_principal *out, int *retry_after_s);
 static enum dsi_auth_status deny(struct dsi_auth *a, enum dsi_auth_status s);
@@ -289,7 +301,7 @@ static enum dsi_auth_status authorize(struct dsi_auth *a, const struct dsi__entr
     if (model && e->n_models) {
         bool ok = false;
         for (size_t i = 0; i < e->n_models && !ok; i++)
-            ok = !strcmp(e->models[i], model);
+            ok = model_listed(model, e->models[i]);
         if (!ok) return deny(a, DSI_AUTH_MODEL_FORBIDDEN);
     }
     if (!dsi__limiter_take(e->lim, e->rpm, e->tpm, now_mono(a), retry_after_s))

@@ -33,6 +33,7 @@ static int check_listen(const struct dsi__opt *o, const char *text, char **err);
 static int check_sha256(const struct dsi__opt *o, const char *text, char **err);
 static int check_pow2_or_zero(const struct dsi__opt *o, const char *text, char **err);
 static int check_roles(const struct dsi__opt *o, const char *text, char **err);
+static int check_names(const struct dsi__opt *o, const char *text, char **err);
 
 #define F(field) offsetof(struct dsi_config, field)
 #define MIB (1024.0 * 1024.0)
@@ -82,6 +83,9 @@ static const struct dsi__opt opts[] = {
      "model directory (config.json, *.safetensors, tokenizer.json, SHA256SUMS)"},
     {"model_name", DSI__OPT_STR, F(model_name), 0, 0, "", NULL, NULL, NULL, 0, "model",
      "model name served in the API; empty: the last component of model_dir"},
+    {"served_model_names", DSI__OPT_JSON, F(served_model_names), 0, 0, "", NULL, NULL, check_names, 0, "model",
+     "JSON array of the names the model answers to, e.g. [\"deepseek-chat\",\"deepseek-reasoner\"] (at most 16); "
+     "the first is listed first in /v1/models and named in responses; empty: model_name"},
     {"dtype", DSI__OPT_ENUM, F(dtype), 0, 0, "bf16", NULL, "f32|bf16|int8", NULL, 0, "model",
      "weight type in memory: f32 (reference), bf16, int8 (weight-only, fastest on cuda)"},
     {"int8_group_size", DSI__OPT_INT, F(int8_group_size), 0, 4096, "0", NULL, NULL, check_pow2_or_zero, 0,
@@ -428,8 +432,11 @@ static int apply_json(struct dsi_config *c, const struct dsi__opt *o, const cJSO
         return store_number(c, o, item->valuedouble, shown, err);
     case DSI__OPT_JSON: {
         if (cJSON_IsString(item) && item->valuestring[0] == '\0') return store_str(c, o, "", err);
-        if (!cJSON_IsObject(item))
-            return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a JSON object", o->name, shown);
+        /* {} means "the defaults" for every JSON option (it is how an empty one prints) */
+        if (cJSON_IsObject(item) && !item->child) return store_str(c, o, "", err);
+        if (!cJSON_IsObject(item) && !(cJSON_IsArray(item) && o->check == check_names))
+            return dsi_seterr(err, DSI_EINVAL, "config: %s = %s is not a JSON %s", o->name, shown,
+                              o->check == check_names ? "array" : "object");
         char *text = cJSON_PrintUnformatted(item);
         if (!text) return dsi_seterr(err, DSI_ENOMEM, "config: out of memory");
         int rc = o->check ? o->check(o, text, err) : 0;
@@ -643,6 +650,37 @@ static int check_pow2_or_zero(const struct dsi__opt *o, const char *text, char *
 }
 
 /* roles: {"name": ["perm", ...], ...} with short names; permissions are checked by auth. */
+/* served_model_names: 1 to DSI_MAX_MODEL_NAMES distinct names of 1 to 255 bytes
+ * without control characters (the auth module gets them joined by newlines). */
+static int check_names(const struct dsi__opt *o, const char *text, char **err) {
+    cJSON *j = cJSON_Parse(text);
+    int rc = 0, n = cJSON_IsArray(j) ? cJSON_GetArraySize(j) : 0;
+    if (n < 1 || n > DSI_MAX_MODEL_NAMES) {
+        rc = dsi_seterr(err, DSI_EINVAL, "config: %s must be a JSON array of 1 to %d names", o->name,
+                        DSI_MAX_MODEL_NAMES);
+        goto out;
+    }
+    for (const cJSON *a = j->child; a; a = a->next) {
+        size_t l = cJSON_IsString(a) ? strlen(a->valuestring) : 0;
+        bool ctl = false;
+        for (size_t i = 0; i < l; i++)
+            ctl |= (unsigned char)a->valuestring[i] < 0x20;
+        if (l == 0 || l > 255 || ctl) {
+            rc = dsi_seterr(err, DSI_EINVAL, "config: %s: each name must be a string of 1 to 255 bytes without "
+                            "control characters", o->name);
+            goto out;
+        }
+        for (const cJSON *b = j->child; b != a; b = b->next)
+            if (!strcmp(a->valuestring, b->valuestring)) {
+                rc = dsi_seterr(err, DSI_EINVAL, "config: %s lists '%.64s' twice", o->name, a->valuestring);
+                goto out;
+            }
+    }
+out:
+    cJSON_Delete(j);
+    return rc;
+}
+
 static int check_roles(const struct dsi__opt *o, const char *text, char **err) {
     cJSON *j = cJSON_Parse(text);
     int rc = 0;

@@ -216,11 +216,15 @@ static char *json_printf(const char *fmt, ...) {
 
 static enum MHD_Result route_models(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x) {
     struct dsi__sbuf b = {0};
-    int rc = dsi__sbuf_printf(&b, "{\"object\":\"list\",\"data\":[{\"id\":");
-    if (!rc) rc = dsi__sbuf_json_str(&b, s->model_name, strlen(s->model_name));
-    if (!rc)
-        rc = dsi__sbuf_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"dsinfer\",\"max_model_len\":%d}]}\n",
-                             s->created, s->context_tokens);
+    int rc = dsi__sbuf_printf(&b, "{\"object\":\"list\",\"data\":[");
+    for (int i = 0; !rc && i < s->n_model_names; i++) { /* aliases, the primary first */
+        rc = dsi__sbuf_printf(&b, "%s{\"id\":", i ? "," : "");
+        if (!rc) rc = dsi__sbuf_json_str(&b, s->model_names[i], strlen(s->model_names[i]));
+        if (!rc)
+            rc = dsi__sbuf_printf(&b, ",\"object\":\"model\",\"created\":%ld,\"owned_by\":\"dsinfer\",\"max_model_len\":%d}",
+                                 s->created, s->context_tokens);
+    }
+    if (!rc) rc = dsi__sbuf_printf(&b, "]}\n");
     if (rc) dsi__sbuf_free(&b);
     return respond(c, x, 200, "application/json", b.p, NULL, NULL);
 }
@@ -243,7 +247,7 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
         *res = respond_error(c, x, &e);
         return false;
     }
-    if (r->model && strcmp(r->model, s->model_name)) {
+    if (r->model && !dsi__srv_model_known(s, r->model)) {
         dsi__api_error_set(&e, 404, "model", "model_not_found", "the model '%.100s' does not exist; this server serves '%.100s'",
                            r->model, s->model_name);
         *res = respond_error(c, x, &e);
@@ -443,7 +447,7 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
         return respond(c, x, 200, "text/plain; version=0.0.4; charset=utf-8", m, NULL, NULL);
     }
     case DSI__R_MODELS:
-        if (!authorize(s, c, x, s->model_name, &res)) return res;
+        if (!authorize(s, c, x, s->model_names_nl, &res)) return res;
         snprintf(x->model, sizeof x->model, "%s", s->model_name);
         return route_models(s, c, x);
     default:
@@ -528,10 +532,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         /* Routes with a body: the key is checked now, on the headers, so that a client
          * without one gets its 401 at once and never gets "100 Continue", and its body
          * is never read or buffered (the connection closes after the answer). Only
-         * one model is served, so the key's model list is checked against it. */
+         * one model is served, so the key's model list is checked against it: any of
+         * its names (aliases, names.c) will do. */
         if (!strcmp(ROUTES[ri].method, "POST")) {
             enum MHD_Result res = MHD_YES;
-            if (!authorize(s, c, x, s->model_name, &res)) return res;
+            if (!authorize(s, c, x, s->model_names_nl, &res)) return res;
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;

@@ -112,6 +112,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
     } else {
         snprintf(s->model_name, sizeof s->model_name, "%s", name ? name : "model");
     }
+    if ((rc = dsi__srv_set_names(s, c, err))) goto fail;
 
     struct dsi_auth_opts ao = {.keys_file = c->keys_file && c->keys_file[0] ? c->keys_file : NULL,
                                .roles_json = c->roles && c->roles[0] ? c->roles : NULL,

@@ -51,7 +51,10 @@ struct dsi_server {
     int port;                      /* bound port */
     bool tls;
     bool raw_lines;                /* framing.c may check line ends (MHD 0.9.75) */
-    char model_name[256];
+    char model_name[256];          /* the primary name: model_names[0] */
+    char model_names[DSI_MAX_MODEL_NAMES][256]; /* every name the model answers to (names.c) */
+    int n_model_names;
+    char model_names_nl[DSI_MAX_MODEL_NAMES * 256]; /* the same joined by '\n' (auth's model list) */
     enum dsi_chat_format chat_format;
     bool reasoning;
     int32_t stop_ids[DSI_MAX_STOP_IDS];
@@ -108,6 +111,11 @@ struct dsi__gen {
 /* Creates a generation (refs = 1: the connection's) for connection c. */
 int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__gen **out);
 void dsi__gen_release(struct dsi__gen *g);
+/* names.c: fills the model names from c (after model_name is set). 0 or DSI_EINVAL. */
+int dsi__srv_set_names(struct dsi_server *s, const struct dsi_config *c, char **err);
+/* True when name is one of the served model's names. */
+bool dsi__srv_model_known(const struct dsi_server *s, const char *name);
+
 /* Submits prompt ids; on success refs += 1 (the engine's) and, for streams, the
  * first chunk is queued. Takes r->grammar (left NULL) when there is one. Returns
  * 0 or the HTTP status with e filled. */

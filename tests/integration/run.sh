@@ -50,6 +50,7 @@ USER_KEY=$("$BIN" keys add --file "$KEYS" --name alice --role user 2>/dev/null) 
 MON_KEY=$("$BIN" keys add --file "$KEYS" --name prom --role monitor 2>/dev/null)
 SLOW_KEY=$("$BIN" keys add --file "$KEYS" --name slowpoke --role user --rpm 1 2>/dev/null)
 CAP_KEY=$("$BIN" keys add --file "$KEYS" --name capped --role user --max-tokens 3 2>/dev/null)
+DS_KEY=$("$BIN" keys add --file "$KEYS" --name dsonly --role user --models deepseek-chat 2>/dev/null)
 
 # --- start the daemon ----------------------------------------------------------
 # free_port: a port nobody listens on right now (the kernel picks it).
@@ -75,7 +76,8 @@ start_daemon() {
 LOG=$W/daemon.log
 start_daemon "$LOG" --model "$MODEL" --keys "$KEYS" --state-dir "$W/state" \
     --backend cpu --dtype f32 --audit-log "$W/audit.log" --max-messages 8 --max-body-bytes 65536 \
-    --max-running 64 --log-level info --drain-timeout-s 10 || exit 1
+    --max-running 64 --log-level info --drain-timeout-s 10 \
+    --served-model-names '["tiny-chat","deepseek-chat","deepseek-reasoner"]' || exit 1
 URL=https://127.0.0.1:$PORT
 CA=$W/state/tls-cert.pem
 C=(curl -sS --cacert "$CA" --max-time 60)
@@ -100,6 +102,11 @@ check "401 body is an OpenAI error" grep -q '"type":"authentication_error"' $W/b
 check "models with unknown key 401" test "$(status $W/b -H 'Authorization: Bearer dsi-0000000000000000000000000000000000000000000000000000000000000000' "$URL/v1/models")" = 401
 check "models 200" test "$(status $W/b "${AUTH[@]}" "$URL/v1/models")" = 200
 check "models lists tiny-chat" grep -q '"id":"tiny-chat"' $W/b
+check "models lists the aliases, the first first" test "$(json $W/b 'j.data.map(m=>m.id).join()')" = "tiny-chat,deepseek-chat,deepseek-reasoner"
+ALIAS_CHAT='{"model":"deepseek-reasoner","messages":[{"role":"user","content":"Hi"}],"max_tokens":2}'
+check "an alias serves the model" test "$(status $W/b "${AUTH[@]}" -d "$ALIAS_CHAT" "$URL/v1/chat/completions")" = 200
+check "a key allowed one alias uses every alias" test "$(status $W/b -H "Authorization: Bearer $DS_KEY" -d "$ALIAS_CHAT" "$URL/v1/chat/completions")" = 200
+check "a key allowed one alias still reaches no other model" test "$(status $W/b -H "Authorization: Bearer $DS_KEY" -d '{"model":"big-chat","messages":[{"role":"user","content":"Hi"}]}' "$URL/v1/chat/completions")" = 404
 check "monitor key may not chat 403" test "$(status $W/b -H "Authorization: Bearer $MON_KEY" -d '{"messages":[{"role":"user","content":"hi"}]}' "$URL/v1/chat/completions")" = 403
 check "monitor key reads metrics" test "$(status $W/b -H "Authorization: Bearer $MON_KEY" "$URL/metrics")" = 200
 check "user key may not read metrics 403" test "$(status $W/b "${AUTH[@]}" "$URL/metrics")" = 403
