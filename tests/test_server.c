@@ -86,7 +86,10 @@ TEST(parse_chat_errors) {
     expect_err(DSI__REQ_CHAT, "{}", 400, "messages");
     expect_err(DSI__REQ_CHAT, "{\"messages\":\"hi\"}", 400, "messages");
     expect_err(DSI__REQ_CHAT, "{\"messages\":[]}", 400, "messages");
-    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400, "messages[0].role");
+    /* role tool is accepted since issue 22, with the call it answers */
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400,
+               "messages[0].tool_call_id");
+    expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", 400, "messages[0].role");
     expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", 400, "messages[0].role");
     expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "messages[0].content");
     expect_err(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", 400,
@@ -202,6 +205,135 @@ TEST(parse_response_format) {
         CHECK(strstr(e.message, bad[i].needle) != NULL);
         dsi__srv_req_free(&r);
     }
+}
+
+#define TOOLS_W                                                                                                   \
+    "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Weather\","        \
+    "\"parameters\":{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"],"   \
+    "\"additionalProperties\":false}}},{\"type\":\"function\",\"function\":{\"name\":\"noop\"}}]"
+
+static bool grammar_accepts(const struct dsi__req *r, const char *text) {
+    struct dsi_grammar_matcher *m = NULL;
+    if (!r->grammar || dsi_grammar_matcher_create(r->grammar, 0, &m)) return false;
+    bool ok = !dsi_grammar_matcher_accept(m, text, strlen(text)) && dsi_grammar_matcher_complete(m);
+    dsi_grammar_matcher_destroy(m);
+    return ok;
+}
+
+TEST(parse_tools_and_tool_choice) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    const char *m = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],";
+    char b[2048];
+    snprintf(b, sizeof b, "%s" TOOLS_W "}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(r.tool_choice, DSI__TOOL_CHOICE_AUTO);
+    CHECK(r.grammar == NULL);
+    CHECK(r.tools_json && strstr(r.tools_json, "get_weather"));
+    CHECK_EQ_INT(r.n_msgs, 2); /* a system message with the tools was put first */
+    CHECK_EQ_STR(r.msgs[0].role, "system");
+    CHECK(strstr(r.msgs[0].content, "\"get_weather\"") && strstr(r.msgs[0].content, "<tool_call>"));
+    dsi__srv_req_free(&r);
+
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\"}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK(grammar_accepts(&r, "[{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}},{\"name\":\"noop\","
+                              "\"arguments\":{}}]"));
+    CHECK(!grammar_accepts(&r, "[{\"name\":\"get_weather\",\"arguments\":{}}]")); /* city is required */
+    CHECK(!grammar_accepts(&r, "[{\"name\":\"other\",\"arguments\":{}}]"));
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\",\"parallel_tool_calls\":false}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK(grammar_accepts(&r, "{\"name\":\"noop\",\"arguments\":{}}"));
+    CHECK(!grammar_accepts(&r, "[{\"name\":\"noop\",\"arguments\":{}}]"));
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}",
+             m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(r.tool_choice, DSI__TOOL_CHOICE_NAMED);
+    CHECK(grammar_accepts(&r, "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}"));
+    CHECK(!grammar_accepts(&r, "{\"name\":\"noop\",\"arguments\":{}}"));
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"none\"}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(r.n_msgs, 1); /* none: the tools stay out of the prompt */
+    dsi__srv_req_free(&r);
+
+    static const struct {
+        const char *field, *param;
+    } bad[] = {
+        {"\"tools\":{}", "tools"},
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}]", "tools[0].function"},
+        {"\"tools\":[{\"type\":\"code\",\"function\":{\"name\":\"a\"}}]", "tools[0].function"},
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\"}},{\"type\":\"function\",\"function\":"
+         "{\"name\":\"a\"}}]", "tools[1].function"},
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a\",\"parameters\":{\"type\":\"string\","
+         "\"format\":\"uri\"}}}]", "tools[0].function"},
+        {"\"tool_choice\":\"required\"", "tool_choice"},
+        {TOOLS_W ",\"tool_choice\":\"always\"", "tool_choice"},
+        {TOOLS_W ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"nope\"}}", "tool_choice"},
+        {TOOLS_W ",\"tool_choice\":\"required\",\"response_format\":{\"type\":\"json_object\"}", "tool_choice"},
+        {TOOLS_W ",\"parallel_tool_calls\":1", "parallel_tool_calls"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        snprintf(b, sizeof b, "%s%s}", m, bad[i].field);
+        expect_err(DSI__REQ_CHAT, b, 400, bad[i].param);
+    }
+}
+
+TEST(parse_tool_messages_render_in_prompt_form) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    const char *body =
+        "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":\"Weather?\"},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":"
+        "{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}}]},{\"role\":\"tool\","
+        "\"tool_call_id\":\"c1\",\"content\":\"-3 C\"}]," TOOLS_W "}";
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, body, &r, &e), 0);
+    CHECK_EQ_INT(r.n_msgs, 4);
+    if (r.n_msgs == 4) {
+        CHECK(strstr(r.msgs[0].content, "Be brief.\n\n") == r.msgs[0].content);
+        CHECK_EQ_STR(r.msgs[2].content,
+                     "<tool_call>{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}</tool_call>");
+        CHECK_EQ_STR(r.msgs[3].role, "user");
+        CHECK_EQ_STR(r.msgs[3].content, "<tool_result id=\"c1\">-3 C</tool_result>");
+    }
+    dsi__srv_req_free(&r);
+    expect_err(DSI__REQ_CHAT,
+               "{\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":{}}}]}]}",
+               400, "messages[0].tool_calls");
+}
+
+TEST(tool_calls_extract_from_answers) {
+    struct dsi__sbuf calls = {0};
+    int n = -1;
+    size_t cl = 0;
+    const char *a = "Let me check.\n<tool_call>{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}</tool_call>"
+                    "\n<tool_call>{\"name\":\"noop\",\"arguments\":{}}</tool_call>";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(a, strlen(a), false, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(cl, 13); /* "Let me check." */
+    calls.p[calls.len] = 0;
+    CHECK_EQ_STR(calls.p, "[{\"id\":\"call_x_0\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                          "\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}},{\"id\":\"call_x_1\",\"type\":\"function\","
+                          "\"function\":{\"name\":\"noop\",\"arguments\":\"{}\"}}]");
+    const char *bad = "<tool_call>{\"name\":1}</tool_call>";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(bad, strlen(bad), false, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(cl, strlen(bad));
+    const char *cut = "<tool_call>{\"name\":\"f\",\"argu";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(cut, strlen(cut), false, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 0);
+    const char *forced = "{\"name\":\"f\",\"arguments\":{\"a\":1}}";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(forced, strlen(forced), true, "y", true, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_INT(cl, 0); /* no text besides the calls */
+    calls.p[calls.len] = 0;
+    CHECK(strstr(calls.p, "\"index\":0,\"id\":\"call_y_0\"") != NULL);
+    const char *arr = "[{\"name\":\"f\",\"arguments\":{}},{\"name\":\"g\",\"arguments\":{}}]";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(arr, strlen(arr), true, "y", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 2);
+    dsi__sbuf_free(&calls);
 }
 
 TEST(parse_n_refused_with_clear_message) {
@@ -469,5 +601,8 @@ int main(void) {
     RUN(metrics_render_counts);
     RUN(parse_rejects_trailing_bytes_and_missing_content);
     RUN(parse_response_format);
+    RUN(parse_tools_and_tool_choice);
+    RUN(parse_tool_messages_render_in_prompt_form);
+    RUN(tool_calls_extract_from_answers);
     return test_summary();
 }

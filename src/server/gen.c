@@ -70,6 +70,7 @@ void dsi__gen_release(struct dsi__gen *g) {
     dsi__textgen_free(&g->tg);
     for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
     dsi_grammar_destroy(g->grammar);
+    dsi__sbuf_free(&g->calls);
     dsi__sbuf_free(&g->out);
     dsi__sbuf_free(&g->content);
     dsi__sbuf_free(&g->reasoning);
@@ -82,6 +83,7 @@ void dsi__gen_release(struct dsi__gen *g) {
 }
 
 static const char *finish_name(const struct dsi__gen *g) {
+    if (g->n_calls > 0 && (g->stop_hit || g->finish == DSI_FINISH_STOP)) return "tool_calls";
     if (g->stop_hit) return "stop";
     switch (g->finish) {
     case DSI_FINISH_LENGTH: return "length";
@@ -158,8 +160,31 @@ static int stream_delta(struct dsi__gen *g, enum dsi__channel ch, const char *s,
 
 static int emit(void *user, enum dsi__channel ch, const char *s, size_t n) {
     struct dsi__gen *g = user;
-    if (g->stream) return stream_delta(g, ch, s, n, NULL);
+    /* with tools the answer is held until it is known to be calls or text */
+    if (g->stream && !g->tool_mode) return stream_delta(g, ch, s, n, NULL);
     return dsi__sbuf_append(ch == DSI__CH_REASONING ? &g->reasoning : &g->content, s, n);
+}
+
+/* Tools: at the end, the held answer becomes tool_calls (and the text before them)
+ * or stays text; a stream gets it now as deltas. */
+static int finish_tools(struct dsi__gen *g) {
+    size_t content_len = g->content.len;
+    int rc = dsi__srv_tool_calls_extract(g->content.p ? g->content.p : "", g->content.len, g->tool_mode == 2, g->id,
+                                         g->stream, &g->calls, &g->n_calls, &content_len);
+    if (rc) return DSI_ENOMEM;
+    if (g->n_calls) g->content.len = content_len;
+    if (!g->stream) return 0;
+    if (g->reasoning.len && (rc = stream_delta(g, DSI__CH_REASONING, g->reasoning.p, g->reasoning.len, NULL)))
+        return rc;
+    if (g->content.len && (rc = stream_delta(g, DSI__CH_CONTENT, g->content.p, g->content.len, NULL))) return rc;
+    if (!g->n_calls) return 0;
+    struct dsi__sbuf *b = &g->out;
+    rc = chunk_begin(g, b);
+    if (!rc) rc = dsi__sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":");
+    if (!rc) rc = dsi__sbuf_append(b, g->calls.p, g->calls.len);
+    if (!rc) rc = dsi__sbuf_printf(b, "},\"logprobs\":null,\"finish_reason\":null}");
+    if (!rc) rc = chunk_end(g, b);
+    return rc;
 }
 
 static int append_usage(struct dsi__gen *g, struct dsi__sbuf *b) {
@@ -266,6 +291,7 @@ static void engine_cb(void *user, const struct dsi_token_event *ev) {
             if (rc == 1) g->stop_hit = true, rc = 0;
             if (!rc) rc = dsi__textgen_finish(&g->tg, emit, g);
         }
+        if (!rc && g->tool_mode && g->finish != DSI_FINISH_ERROR) rc = finish_tools(g);
         if (g->stream && !rc && g->finish != DSI_FINISH_ERROR) {
             rc = stream_delta(g, DSI__CH_CONTENT, NULL, 0, finish_name(g));
             if (!rc && g->include_usage) {
@@ -324,7 +350,8 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
         if (!(g->stops[i] = strdup(r->stops[i]))) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
         g->n_stops++;
     }
-    dsi__textgen_init(&g->tg, (const char *const *)g->stops, g->n_stops, g->chat && s->reasoning);
+    /* a grammar's JSON never closes </think>: with one, everything is the answer */
+    dsi__textgen_init(&g->tg, (const char *const *)g->stops, g->n_stops, g->chat && s->reasoning && !r->grammar);
     if (dsi_tok_stream_create(s->tok, true, &g->ts)) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
 
     struct dsi_request_params p = {0};
@@ -340,6 +367,9 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
     }
     memcpy(p.stop_ids, s->stop_ids, sizeof p.stop_ids);
     p.n_stop_ids = r->ignore_eos ? 0 : s->n_stop_ids;
+    g->tool_mode = r->tool_choice == DSI__TOOL_CHOICE_REQUIRED || r->tool_choice == DSI__TOOL_CHOICE_NAMED ? 2
+                   : r->tools_json && r->tool_choice == DSI__TOOL_CHOICE_AUTO                            ? 1
+                                                                                                         : 0;
     if (r->grammar) {
         const struct dsi_token_trie *tr = server_trie(s);
         if (!tr) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
@@ -454,7 +484,12 @@ char *dsi__gen_final_json(struct dsi__gen *g, int *status) {
     int rc = obj_head(g, &b, false);
     if (!rc && g->chat) {
         rc = dsi__sbuf_printf(&b, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
-        if (!rc) rc = dsi__sbuf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
+        if (!rc && g->n_calls && !g->content.len) rc = dsi__sbuf_printf(&b, "null");
+        else if (!rc) rc = dsi__sbuf_json_str(&b, g->content.p ? g->content.p : "", g->content.len);
+        if (!rc && g->n_calls) {
+            rc = dsi__sbuf_printf(&b, ",\"tool_calls\":");
+            if (!rc) rc = dsi__sbuf_append(&b, g->calls.p, g->calls.len);
+        }
         if (!rc && g->s->reasoning) {
             rc = dsi__sbuf_printf(&b, ",\"reasoning_content\":");
             if (!rc) rc = g->reasoning.len ? dsi__sbuf_json_str(&b, g->reasoning.p, g->reasoning.len)

@@ -40,9 +40,13 @@ enum dsi__req_kind { DSI__REQ_CHAT, DSI__REQ_COMPLETION, DSI__REQ_TOKENIZE, DSI_
 #define DSI__MAX_STOP_BYTES 256
 
 struct dsi__msg {
-    char *role;    /* "system" | "user" | "assistant" ("developer" becomes "system") */
+    char *role;    /* "system" | "user" | "assistant" | "tool" ("developer" becomes "system") */
     char *content; /* text parts joined */
+    char *tool_calls;   /* assistant: JSON [{"id","name","arguments"}]; NULL: none (tools.c) */
+    char *tool_call_id; /* role "tool": the call it answers */
 };
+
+enum dsi__tool_choice { DSI__TOOL_CHOICE_NONE, DSI__TOOL_CHOICE_AUTO, DSI__TOOL_CHOICE_REQUIRED, DSI__TOOL_CHOICE_NAMED };
 
 struct dsi__req_limits {
     size_t max_body_bytes;
@@ -70,7 +74,10 @@ struct dsi__req {
     bool add_special;           /* tokenize: add BOS (default true) */
     bool add_generation_prompt; /* tokenize with messages (default true) */
     bool echo;                  /* completions echo: refused */
-    struct dsi_grammar *grammar; /* response_format json_object/json_schema; NULL: free text */
+    struct dsi_grammar *grammar; /* response_format json_object/json_schema, or forced tool calls */
+    char *tools_json;           /* tools as JSON [{"name","description","parameters"}]; NULL: none */
+    enum dsi__tool_choice tool_choice;
+    bool parallel_tool_calls;   /* default true */
 };
 
 /* Parses and validates a request body of the given kind into out (zeroed first).
@@ -85,6 +92,22 @@ struct cJSON;
 struct dsi_grammar;
 /* response_format of root -> r->grammar (left NULL for "text" or none). 0 or a status. */
 int dsi__srv_parse_response_format(const struct cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
+/* tools.c: function calling. tools, tool_choice, parallel_tool_calls of root
+ * (chat), after response_format. 0 or a status. */
+int dsi__srv_parse_tools(const struct cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
+/* A message's tool_calls (assistant) or tool_call_id (role tool). */
+int dsi__srv_parse_msg_tools(const struct cJSON *m, size_t i, struct dsi__msg *out, struct dsi__api_error *e);
+/* Rewrites r->msgs into the prompt form of tools, calls and results (r->msgs must
+ * have room for one more message). */
+int dsi__srv_tools_prompt(struct dsi__req *r, struct dsi__api_error *e);
+/* The model's answer -> OpenAI tool_calls JSON array in calls (reset first):
+ * forced: the answer is the constrained JSON (a call or an array of calls); else
+ * <tool_call> blocks are looked for. *n_calls 0: no call (the answer is text);
+ * *content_len: the length of the text before the first call. Ids are
+ * call_<id_prefix>_<i>; with_index adds "index" (stream deltas). 0 or -1 (memory). */
+struct dsi__sbuf;
+int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, const char *id_prefix, bool with_index,
+                                struct dsi__sbuf *calls, int *n_calls, size_t *content_len);
 /* Compiles a JSON Schema object; a 400 on param names what it cannot enforce. */
 int dsi__srv_compile_schema(const struct cJSON *schema, const char *param, struct dsi_grammar **out,
                             struct dsi__api_error *e);

@@ -147,6 +147,7 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
         if (m) {
             rc = parse_messages(m, lim, r, e);
+            if (!rc) rc = dsi__srv_tools_prompt(r, e);
             goto out;
         }
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
@@ -210,6 +211,8 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) goto out;
     if ((rc = dsi__srv_parse_response_format(root, r, e))) goto out;
+    if (kind == DSI__REQ_CHAT && (rc = dsi__srv_parse_tools(root, r, e))) goto out;
+    if (kind == DSI__REQ_CHAT) rc = dsi__srv_tools_prompt(r, e);
 out:
     cJSON_Delete(root);
     return rc;
@@ -357,7 +360,7 @@ static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, str
     if (n > lim->max_messages)
         return dsi__api_error_set(e, 400, "messages", "too_many_messages", "'messages' has %d entries; the limit is %d",
                                   n, lim->max_messages);
-    r->msgs = calloc((size_t)n, sizeof *r->msgs);
+    r->msgs = calloc((size_t)n + 1, sizeof *r->msgs); /* + 1: a system message for tools */
     if (!r->msgs) return oom(e);
     const cJSON *m;
     cJSON_ArrayForEach(m, a) {
@@ -369,9 +372,9 @@ static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, str
             return dsi__api_error_set(e, 400, param, "invalid_type", "'messages[%zu]' must be an object with a 'role'", i);
         const char *rs = role->valuestring;
         if (!strcmp(rs, "developer")) rs = "system";
-        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant"))
+        if (strcmp(rs, "system") && strcmp(rs, "user") && strcmp(rs, "assistant") && strcmp(rs, "tool"))
             return dsi__api_error_set(e, 400, param, "invalid_value",
-                                      "'%s' must be system, developer, user or assistant", param);
+                                      "'%s' must be system, developer, user, assistant or tool", param);
         if (!(r->msgs[i].role = dup_str(rs))) return oom(e);
         r->n_msgs++;
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -382,6 +385,7 @@ static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, str
                                       "'messages[%zu].content' is required (only an assistant message with "
                                       "'tool_calls' may leave it out)", i);
         int rc = parse_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, &r->msgs[i].content, e);
+        if (!rc) rc = dsi__srv_parse_msg_tools(m, i, &r->msgs[i], e);
         if (rc) return rc;
     }
     return 0;
@@ -439,6 +443,8 @@ void dsi__srv_req_free(struct dsi__req *r) {
     for (size_t i = 0; i < r->n_msgs; i++) {
         free(r->msgs[i].role);
         free(r->msgs[i].content);
+        free(r->msgs[i].tool_calls);
+        free(r->msgs[i].tool_call_id);
     }
     free(r->msgs);
     free(r->prompt);
@@ -446,5 +452,6 @@ void dsi__srv_req_free(struct dsi__req *r) {
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     free(r->user);
     dsi_grammar_destroy(r->grammar);
+    free(r->tools_json);
     memset(r, 0, sizeof *r);
 }

@@ -88,6 +88,9 @@ struct dsi__gen {
     char *stops[DSI__MAX_STOPS];
     int n_stops;
     struct dsi_grammar *grammar;    /* owned (taken from the request); the engine borrows it */
+    int tool_mode;                  /* 0: no tools; 1: auto (<tool_call> blocks); 2: forced (the JSON is the calls) */
+    struct dsi__sbuf calls;         /* tool_calls JSON array once finished */
+    int n_calls;
     char id[48];
     char principal[64];
     /* state */

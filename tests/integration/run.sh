@@ -177,6 +177,17 @@ check "json_object 200" test "$(status $W/jo "${AUTH[@]}" -d '{"messages":[{"rol
 check "json_object content is an object or cut at length" test "$(json $W/jo 'j.choices[0].finish_reason==="length" || typeof JSON.parse(j.choices[0].message.content)==="object"')" = true
 check "unsupported schema keyword 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"t","schema":{"type":"string","format":"email"}}}}' "$URL/v1/chat/completions")" = 400
 check "schema error names the keyword" test "$(json $W/e 'j.error.param+" "+j.error.message.includes("format")')" = "response_format.json_schema.schema true"
+
+# --- tools ------------------------------------------------------------------------------------
+TOOLS='"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":20}},"required":["city"],"additionalProperties":false}}}]'
+check "tool_choice required 200" test "$(status $W/tc "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":60,$TOOLS,\"tool_choice\":\"required\"}" "$URL/v1/chat/completions")" = 200
+check "required: finish_reason tool_calls, content null" test "$(json $W/tc 'j.choices[0].finish_reason+" "+j.choices[0].message.content')" = "tool_calls null"
+check "required: arguments validate" test "$(json $W/tc 'j.choices[0].message.tool_calls.every(c=>c.type==="function"&&c.function.name==="get_weather"&&typeof JSON.parse(c.function.arguments).city==="string"&&Object.keys(JSON.parse(c.function.arguments)).join()==="city"&&c.id.startsWith("call_"))')" = true
+"${C[@]}" -N "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],\"max_tokens\":60,\"stream\":true,$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}" "$URL/v1/chat/completions" >$W/tsse
+check "named, streamed: a delta.tool_calls chunk" grep -q '"delta":{"tool_calls":\[{"index":0,"id":"call_' $W/tsse
+check "named, streamed: finish_reason tool_calls" grep -q '"finish_reason":"tool_calls"' $W/tsse
+ROUND='{"messages":[{"role":"user","content":"Weather?"},{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"-3 C"}],"max_tokens":4,'"$TOOLS"'}'
+check "tool round trip 200" test "$(status $W/b "${AUTH[@]}" -d "$ROUND" "$URL/v1/chat/completions")" = 200
 check "still serving after errors" test "$(status $W/b "${AUTH[@]}" -d "$CHAT" "$URL/v1/chat/completions")" = 200
 
 # --- the official openai client ---------------------------------------------------------------
