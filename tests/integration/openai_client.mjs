@@ -3,7 +3,9 @@
 // NODE_EXTRA_CA_CERTS (the daemon's self-signed certificate). Exit 0 when every
 // check passes.
 import OpenAI from "openai";
+import { zodResponseFormat } from "openai/helpers/zod";
 import fs from "node:fs";
+import { z } from "zod";
 
 const base = process.env.DSI_URL;
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: process.env.DSI_KEY, maxRetries: 0, timeout: 120000 });
@@ -63,6 +65,41 @@ async function main() {
     check("stop string cuts the text", s2.choices[0].message.content === full.slice(0, full.indexOf(stopStr)) &&
           s2.choices[0].finish_reason === "stop", JSON.stringify([stopStr, s2.choices[0].message.content]));
   }
+
+  // Structured output (issue 22): a zod schema through chat.completions.parse.
+  const Ticket = z.object({ title: z.string().max(24), priority: z.enum(["low", "medium", "high"]),
+                            tags: z.array(z.string().max(8)).max(3), urgent: z.boolean() });
+  const parsed = await client.chat.completions.parse({ model: "tiny-chat", max_tokens: 120,
+    messages: [{ role: "user", content: "File a ticket: the printer is out of toner" }],
+    response_format: zodResponseFormat(Ticket, "ticket") });
+  const pm = parsed.choices[0].message;
+  check("parse with zodResponseFormat gives a parsed object", pm.parsed !== null && Ticket.safeParse(pm.parsed).success &&
+        parsed.choices[0].finish_reason === "stop", JSON.stringify(pm));
+
+  // Tools with tool_choice required: calls whose arguments validate, streamed and not.
+  const tools = [{ type: "function", function: { name: "get_weather", description: "Current weather",
+    parameters: { type: "object", properties: { city: { type: "string", maxLength: 20 }, unit: { enum: ["C", "F"] } },
+                  required: ["city", "unit"], additionalProperties: false } } }];
+  const Args = z.object({ city: z.string().max(20), unit: z.enum(["C", "F"]) }).strict();
+  const tc = await client.chat.completions.create({ ...greedy("Weather in Oslo?", 80), tools, tool_choice: "required" });
+  const calls = tc.choices[0].message.tool_calls || [];
+  check("tool_choice required returns tool_calls", tc.choices[0].finish_reason === "tool_calls" && calls.length >= 1 &&
+        calls.every((c) => c.function.name === "get_weather" && Args.safeParse(JSON.parse(c.function.arguments)).success),
+        JSON.stringify(tc.choices[0]));
+  const ts = await client.chat.completions.create({ ...greedy("Weather in Oslo?", 80), tools, tool_choice: "required",
+                                                    stream: true });
+  const acc = [];
+  let tfinish = null;
+  for await (const ch of ts) for (const x of ch.choices) {
+    for (const d of x.delta.tool_calls || []) {
+      acc[d.index] = acc[d.index] || { name: "", args: "" };
+      if (d.function && d.function.name) acc[d.index].name += d.function.name;
+      if (d.function && d.function.arguments) acc[d.index].args += d.function.arguments;
+    }
+    if (x.finish_reason) tfinish = x.finish_reason;
+  }
+  check("tool_calls streamed as delta.tool_calls", tfinish === "tool_calls" && acc.length >= 1 &&
+        acc.every((c) => c.name === "get_weather" && Args.safeParse(JSON.parse(c.args)).success), JSON.stringify(acc));
 
   // Errors map to the SDK's classes.
   const expectErr = async (name, p, status) => {
