@@ -7,6 +7,8 @@
 #     model mount, no GPU request, a wrong probe path fail
 #   yamllint (deploy/ YAML) and shellcheck (deploy/ shell scripts), both from
 #     Debian (scripts/deps.sh); the container config loads in `dsinfer doctor`
+#   keepalived -t on deploy/keepalived; crm_verify on deploy/pacemaker where
+#     pacemaker-cli-utils is installed
 # kubectl --dry-run=client needs an API server for discovery, so it is not run.
 # Exit 0 pass, 1 fail, 77 skipped (python3 or PyYAML missing).
 set -u
@@ -59,6 +61,24 @@ if command -v shellcheck >/dev/null; then
   expect "shellcheck deploy/ scripts" 0 "" bash -c 'shellcheck -x -S warning $(find deploy -name "*.sh" | sort)'
 else
   echo "FAIL shellcheck not installed (scripts/deps.sh installs it)"; fails=$((fails + 1))
+fi
+if command -v keepalived >/dev/null; then
+  # as installed, but with the scripts where this checkout has them and root
+  # as script user (the keepalived_script user need not exist here)
+  sed -e 's/script_user keepalived_script/script_user root/' -e "s|/etc/keepalived/|$PWD/deploy/keepalived/|g" \
+      deploy/keepalived/keepalived.conf >"$dir/ka.conf"
+  expect "keepalived -t accepts deploy/keepalived/keepalived.conf" 0 "" keepalived -t -f "$dir/ka.conf"
+  sed 's/advert_int 0.5/advert_int x/' "$dir/ka.conf" >"$dir/ka2.conf"
+  expect "keepalived -t catches a bad value" 5 "" keepalived -t -f "$dir/ka2.conf"
+else
+  echo "skip keepalived -t: keepalived not installed"
+fi
+if command -v crm_verify >/dev/null; then
+  expect "crm_verify: the Pacemaker CIB is clean" 0 "" crm_verify -V --xml-file deploy/pacemaker/dsinfer-cib.xml
+  sed 's/with-rsc="dsinfer"/with-rsc="nosuch"/' deploy/pacemaker/dsinfer-cib.xml >"$dir/cib.xml"
+  expect "crm_verify catches a dangling colocation" 78 "unknown ID" crm_verify --xml-file "$dir/cib.xml"
+else
+  echo "skip crm_verify: pacemaker-cli-utils not installed (it pulls in corosync; not in scripts/deps.sh)"
 fi
 if [[ -x $BIN ]]; then
   expect "container config loads" 0 "^OK   config: deploy/docker/dsinfer.json is valid" \
