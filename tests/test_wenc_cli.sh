@@ -2,7 +2,9 @@
 # test_wenc_cli.sh: `dsinfer encrypt|decrypt` end to end on models/demo: the
 # encrypted folder verifies without the key and holds no plaintext; decrypt
 # restores every byte; the key never reaches stdout/stderr; loading refuses a
-# missing, world-readable or wrong key and a tampered file (exit 1, one line).
+# missing, world-readable or wrong key and a tampered file (exit 1, one line);
+# generate --key-file and serve with model_key_file run it, serve without the
+# key refuses to start.
 set -u
 BIN=${DSI_BIN:-build/dsinfer}
 [[ -x $BIN ]] || { echo "skip: no dsinfer binary at $BIN"; exit 77; }
@@ -49,4 +51,21 @@ python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(4096); b=f.read(1); f.
 "$BIN" manifest "$E" >/dev/null 2>&1
 load --key-file "$K"; rc=$?
 check "tampered chunk: refused" bash -c '[ "$0" -eq 1 ] && grep -q "failed authentication" "$1"' $rc "$dir/lout"
+# generate and serve take the key too (model_key_file); without it nothing is served
+"$BIN" generate --model "$E" --key-file "$K" --ids 1,2,3 --max-tokens 2 >"$dir/gout" 2>&1; rc=$?
+check "generate --key-file: tampered chunk refused" test $rc -eq 1
+rm -rf "$E"; "$BIN" encrypt --key-file "$K" models/demo "$E" >/dev/null 2>&1
+"$BIN" generate --model "$E" --key-file "$K" --ids 1,2,3 --max-tokens 2 >"$dir/gout" 2>&1; rc=$?
+check "generate --key-file: runs" test $rc -eq 0
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" serve --model "$E" --listen "127.0.0.1:$port" --state-dir "$dir/st" >"$dir/s1" 2>&1; rc=$?
+check "serve without model_key_file: exit 1, says why" bash -c '[ "$0" -eq 1 ] && grep -q "model_key_file" "$1"' $rc "$dir/s1"
+mkdir -p "$dir/st"
+"$BIN" serve --model "$E" --model-key-file "$K" --listen "127.0.0.1:$port" --state-dir "$dir/st" >"$dir/s2" 2>&1 &
+spid=$!
+for _ in $(seq 1 600); do grep -q "ready: serving" "$dir/s2" && break; kill -0 $spid 2>/dev/null || break; sleep 0.1; done
+check "serve with model_key_file: ready" grep -q "ready: serving" "$dir/s2"
+check "  and /health/ready answers 200" curl -fsk --max-time 5 -o /dev/null "https://127.0.0.1:$port/health/ready"
+kill -TERM $spid 2>/dev/null; wait $spid 2>/dev/null
+check "the key is not in the serve log" bash -c '! grep -q -- "$0" "$1"' "$key" "$dir/s2"
 [[ $fails -eq 0 ]] && echo "all passed" || { echo "$fails failed"; exit 1; }

@@ -34,7 +34,7 @@
 #define PREFILL_CHUNK 512
 
 struct run_args {
-    const char *dir, *prompt, *backend;
+    const char *dir, *key_file, *prompt, *backend;
     int32_t *ids;
     int n_ids;
     int max_tokens;
@@ -144,7 +144,9 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool has = v != NULL;
 #define NEXT() (i++, v)
-        if (!strcmp(o, "--model") && has)
+        if (!strcmp(o, "--key-file") && has)
+            a->key_file = NEXT();
+        else if (!strcmp(o, "--model") && has)
             a->dir = NEXT();
         else if (!strcmp(o, "--ids") && has) {
             if (parse_ids(cmd, NEXT(), a)) return -1;
@@ -241,6 +243,7 @@ static int open_runtime(const char *cmd, const struct run_args *a, int n_ctx, bo
     if (dsi_config_init(&c)) return fail(cmd, DSI_ENOMEM, NULL);
     /* backend: dsi_backend_create names an unknown one ("unknown backend") */
     int rc = set_str(&c, &c.model_dir, a->dir);
+    if (!rc && a->key_file) rc = set_str(&c, &c.model_key_file, a->key_file); /* encrypted at rest */
     if (!rc) rc = set_str(&c, &c.backend, a->backend ? a->backend : "cpu");
     if (!rc) rc = set_str(&c, &c.dtype, a->dtype ? a->dtype : "bf16");
     if (rc) {
@@ -469,7 +472,7 @@ int dsi_cmd_generate(int argc, char **argv) {
     if (parse_args("generate", argc, argv, &a) || (!a.ids == !a.prompt)) {
         if (a.dir && !a.ids == !a.prompt)
             fprintf(stderr,
-                    "usage: dsinfer generate --model DIR (--prompt TEXT | --ids 1,2,3) [--max-tokens N] "
+                    "usage: dsinfer generate --model DIR [--key-file K] (--prompt TEXT | --ids 1,2,3) [--max-tokens N] "
                     "[--temperature T] [--top-p P] [--top-k K] [--min-p P] [--seed S] "
                     "[--repetition-penalty R] [--presence-penalty P] [--frequency-penalty F] "
                     "[--dtype f32|bf16|int8] [--group-size N] [--backend cpu|cuda] [--bos] [--ignore-eos] "

@@ -131,7 +131,8 @@ static int create_engine(const struct dsi_config *c, const struct dsi_runtime_op
 static int open_tokenizer(const struct dsi_config *c, const struct dsi_runtime_opts *o, struct dsi_runtime *rt,
                           char **err) {
     char *why = NULL;
-    int rc = dsi_tok_load(c->model_dir, &rt->tok, &why);
+    /* an encrypted model's tokenizer comes from its decrypted files */
+    int rc = dsi_tok_load_model(&rt->model, &rt->tok, &why);
     if (rc && o->tokenizer_optional) {
         free(why); /* ids in, ids out */
         rt->tok = NULL;
@@ -170,7 +171,8 @@ int dsi_runtime_open(const struct dsi_config *c, const struct dsi_runtime_opts *
     struct dsi_model_open_opts mo = {.skip_verify = c->skip_verify,
                                      .expect_manifest_sha256 = is_set(c->manifest_sha256) ? c->manifest_sha256 : NULL,
                                      .n_threads = c->threads,
-                                     .defer_weight_hash = cuda};
+                                     .defer_weight_hash = cuda,
+                                     .key_file = is_set(c->model_key_file) ? c->model_key_file : NULL};
     int rc = dsi_model_open(&rt->model, c->model_dir, &mo, err);
     if (rc) {
         free(rt);
