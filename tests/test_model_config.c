@@ -1,5 +1,7 @@
 /* test_model_config.c: HF config.json parsing for every family in tests/golden/configs. */
+#include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
@@ -300,6 +302,132 @@ TEST(config_rejects_bad_moe) {
     free(err);
 }
 
+static int load_file(const char *path, struct dsi_model_config *c, char **err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    return dsi_model_config_parse(buf, n, c, err);
+}
+
+/* The HF fixtures' config.json (original spelling: rope_scaling with "type",
+ * rope_theta on top, torch_dtype) and the same config as transformers 5 saves it
+ * (rope_parameters, dtype, head_dim, qk_head_dim) give one struct. */
+TEST(config_deepseek_fixtures_both_spellings_agree) {
+    const char *names[] = {"dsv2-lite", "dsv3-tiny", "dsv3-fp8"};
+    for (int i = 0; i < 3; i++) {
+        char p1[256], p2[256];
+        snprintf(p1, sizeof p1, "tests/golden/models/%s/config.json", names[i]);
+        snprintf(p2, sizeof p2, "tests/golden/models/%s.config-hf5.json", names[i]);
+        struct dsi_model_config a, b;
+        char *err = NULL;
+        CHECK_EQ_INT(load_file(p1, &a, &err), 0);
+        CHECK_EQ_INT(load_file(p2, &b, &err), 0);
+        free(err);
+        const unsigned char *x = (const void *)&a, *y = (const void *)&b;
+        for (size_t k = 0; k < sizeof a; k++)
+            if (x[k] != y[k]) fprintf(stderr, "  %s: configs differ at byte %zu\n", names[i], k);
+        CHECK(!memcmp(&a, &b, sizeof a));
+        CHECK(dsi_model_is_mla(&a));
+    }
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_file("tests/golden/models/dsv3-tiny/config.json", &c, &err), 0);
+    CHECK(c.topk_method == DSI_TOPK_NOAUX_TC && c.scoring_func == DSI_SCORE_SIGMOID && c.norm_topk_prob);
+    CHECK_EQ_INT(c.n_group, 4);
+    CHECK_EQ_INT(c.topk_group, 2);
+    CHECK_EQ_INT(c.n_mtp_layers, 1);
+    CHECK(c.rope.type == DSI_ROPE_YARN && c.rope_interleave);
+    CHECK_NEAR(c.rope.mscale_all_dim, 0.8, 1e-6);
+    /* HF's DeepseekV3Attention.scaling for this config, recorded by the generator */
+    CHECK_NEAR(dsi_mla_softmax_scale(&c), 0.21816130317415047, 1e-7);
+    CHECK(!dsi_model_layer_is_moe(&c, 0) && dsi_model_layer_is_moe(&c, 1) && dsi_model_layer_is_moe(&c, 2));
+    CHECK_EQ_INT(load_file("tests/golden/models/dsv2-lite/config.json", &c, &err), 0);
+    CHECK(c.topk_method == DSI_TOPK_GREEDY && c.scoring_func == DSI_SCORE_SOFTMAX && !c.norm_topk_prob);
+    CHECK_EQ_INT(c.q_lora_rank, 0);
+    CHECK_NEAR(dsi_mla_softmax_scale(&c), 0.1767766952966369, 1e-7);
+    CHECK_EQ_INT(load_file("tests/golden/models/dsv3-fp8/config.json", &c, &err), 0);
+    CHECK(c.quant_fp8 && c.quant_block[0] == 128 && c.quant_block[1] == 128);
+    CHECK_NEAR(dsi_mla_softmax_scale(&c), 0.18713033519502428, 1e-7);
+    free(err);
+}
+
+/* Published configs: the router fields and the layers that are MoE. */
+TEST(config_deepseek_router_fields) {
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(load_golden("deepseek-v3.json", &c, &err), 0);
+    CHECK(c.topk_method == DSI_TOPK_NOAUX_TC && c.scoring_func == DSI_SCORE_SIGMOID && c.norm_topk_prob);
+    CHECK_EQ_INT(c.n_mtp_layers, 1);
+    CHECK_EQ_INT(c.moe_layer_freq, 1);
+    CHECK(!dsi_model_layer_is_moe(&c, 2) && dsi_model_layer_is_moe(&c, 3) && dsi_model_layer_is_moe(&c, 60));
+    float m = 0.1f * logf(40.0f) + 1.0f;
+    CHECK_NEAR(dsi_mla_softmax_scale(&c), m * m / sqrtf(192.0f), 1e-7);
+    CHECK_EQ_INT(load_golden("deepseek-v2-lite.json", &c, &err), 0);
+    CHECK(c.topk_method == DSI_TOPK_GREEDY && c.scoring_func == DSI_SCORE_SOFTMAX && !c.norm_topk_prob);
+    CHECK_EQ_INT(c.n_mtp_layers, 0);
+    CHECK(c.rope_interleave);
+    CHECK(!dsi_model_layer_is_moe(&c, 0) && dsi_model_layer_is_moe(&c, 1));
+    free(err);
+}
+
+/* Keys a case puts first win: cJSON finds the first of duplicate keys. */
+#define DSV3_BASE                                                                                            \
+    "\"architectures\":[\"DeepseekV3ForCausalLM\"],\"vocab_size\":100,\"hidden_size\":64,"                 \
+    "\"intermediate_size\":128,\"num_hidden_layers\":4,\"num_attention_heads\":4,\"kv_lora_rank\":16,"       \
+    "\"qk_nope_head_dim\":8,\"qk_rope_head_dim\":8,\"v_head_dim\":8,\"n_routed_experts\":8,"                 \
+    "\"moe_intermediate_size\":16,\"num_experts_per_tok\":2,\"n_group\":4,\"topk_group\":2"
+
+/* A value we do not implement is an error at load naming it, never a default. */
+TEST(config_deepseek_unimplemented_values_are_errors) {
+    static const struct {
+        const char *extra, *needle;
+        int rc;
+    } cases[] = {
+        {"\"topk_method\":\"random\",", "topk_method \"random\" is not implemented", DSI_EUNSUPPORTED},
+        {"\"scoring_func\":\"tanh\",", "scoring_func \"tanh\" is not implemented", DSI_EUNSUPPORTED},
+        {"\"scoring_func\":3,", "scoring_func", DSI_EUNSUPPORTED},
+        {"\"hidden_act\":\"gelu\",", "hidden_act \"gelu\"", DSI_EUNSUPPORTED},
+        {"\"attention_bias\":true,", "attention_bias", DSI_EUNSUPPORTED},
+        {"\"quantization_config\":{\"quant_method\":\"fp8\",\"fmt\":\"e5m2\"},", "e4m3", DSI_EUNSUPPORTED},
+        {"\"quantization_config\":{\"quant_method\":\"awq\"},", "quant_method", DSI_EUNSUPPORTED},
+        {"\"n_group\":8,\"topk_group\":1,", "router cannot pick", DSI_EFORMAT}, /* 1 expert per group */
+        {"\"topk_method\":\"group_limited_greedy\",\"topk_group\":1,\"num_experts_per_tok\":3,",
+         "router cannot pick", DSI_EFORMAT},
+        {"\"moe_layer_freq\":0,", "moe_layer_freq", DSI_EFORMAT},
+        {"\"moe_intermediate_size\":0,", "moe_intermediate_size", DSI_EFORMAT},
+        {"\"qk_rope_head_dim\":7,", "qk_rope_head_dim", DSI_EFORMAT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[1024];
+        snprintf(json, sizeof json, "{%s%s}", cases[i].extra, DSV3_BASE);
+        struct dsi_model_config c;
+        char *err = NULL;
+        int rc = parse(json, &c, &err);
+        if (rc != cases[i].rc || !err || !strstr(err, cases[i].needle))
+            fprintf(stderr, "  case %zu: rc %d, message \"%s\"\n", i, rc, err ? err : "(null)");
+        CHECK_EQ_INT(rc, cases[i].rc);
+        CHECK(err && strstr(err, cases[i].needle));
+        free(err);
+    }
+    /* the base itself parses, with V3's defaults; moe_layer_freq 2 skips odd layers */
+    struct dsi_model_config c;
+    char *err = NULL;
+    CHECK_EQ_INT(parse("{\"moe_layer_freq\":2,\"first_k_dense_replace\":1," DSV3_BASE "}", &c, &err), 0);
+    CHECK(c.topk_method == DSI_TOPK_NOAUX_TC && c.scoring_func == DSI_SCORE_SIGMOID);
+    CHECK_NEAR(c.routed_scaling_factor, 2.5, 1e-6);
+    CHECK(!dsi_model_layer_is_moe(&c, 0) && !dsi_model_layer_is_moe(&c, 1) && dsi_model_layer_is_moe(&c, 2) &&
+          !dsi_model_layer_is_moe(&c, 3));
+    CHECK_EQ_INT(parse("{\"rope_interleave\":false,\"scoring_func\":\"softmax\","
+                             "\"topk_method\":\"group_limited_greedy\"," DSV3_BASE "}",
+                       &c, &err),
+                 0);
+    CHECK(!c.rope_interleave && c.scoring_func == DSI_SCORE_SOFTMAX &&
+          c.topk_method == DSI_TOPK_GROUP_LIMITED_GREEDY);
+    free(err);
+}
+
 TEST(config_load_names_the_folder) {
     struct dsi_model_config c;
     char *err = NULL;
@@ -323,6 +451,9 @@ int main(void) {
     RUN(config_runnable_refuses_sliding_window_and_mlp_bias);
     RUN(config_rejects_bad_values);
     RUN(config_rejects_bad_moe);
+    RUN(config_deepseek_fixtures_both_spellings_agree);
+    RUN(config_deepseek_router_fields);
+    RUN(config_deepseek_unimplemented_values_are_errors);
     RUN(config_load_names_the_folder);
     return test_summary();
 }

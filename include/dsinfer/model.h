@@ -77,6 +77,14 @@ struct dsi_rope_scaling {
 
 #define DSI_MAX_EOS 8
 
+/* DeepSeek MoE router (config.json topk_method / scoring_func). */
+enum dsi_topk_method {
+    DSI_TOPK_GREEDY,               /* top-k of all experts' scores */
+    DSI_TOPK_GROUP_LIMITED_GREEDY, /* groups ranked by their best score, top-k inside topk_group groups */
+    DSI_TOPK_NOAUX_TC              /* scores + e_score_correction_bias; groups ranked by their top-2 sum */
+};
+enum dsi_scoring_func { DSI_SCORE_SOFTMAX, DSI_SCORE_SIGMOID };
+
 struct dsi_model_config {
     enum dsi_arch arch;
     char architecture[64]; /* as in config.json, e.g. "Qwen2ForCausalLM" */
@@ -97,11 +105,19 @@ struct dsi_model_config {
     int bos_token_id;     /* -1 if none */
     int eos_token_ids[DSI_MAX_EOS];
     int n_eos;
-    /* DeepSeek-V2/V3 (MLA + MoE); zero for dense families */
+    /* DeepSeek-V2/V3 (MLA + MoE); zero for dense families. q_lora_rank 0: no q
+     * compression (V2-Lite's null). A layer l < n_layers is MoE when
+     * dsi_model_layer_is_moe() says so; n_mtp_layers (num_nextn_predict_layers)
+     * are V3's multi-token-prediction layers stored past n_layers, never run. */
     int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
     int n_routed_experts, n_shared_experts, num_experts_per_tok, moe_intermediate_size;
-    int first_k_dense_replace, n_group, topk_group;
+    int first_k_dense_replace, moe_layer_freq, n_group, topk_group;
     float routed_scaling_factor;
+    enum dsi_topk_method topk_method;
+    enum dsi_scoring_func scoring_func;
+    bool norm_topk_prob;  /* renormalise the top-k weights to sum 1 */
+    bool rope_interleave; /* MLA rope pairs (2i, 2i+1) (V2 always; V3 default) */
+    int n_mtp_layers;
     /* quantization_config: V3 ships FP8 e4m3 weights with one f32 scale
      * (`*_scale_inv`) per weight block of quant_block[0] x quant_block[1]. */
     bool quant_fp8;
@@ -110,6 +126,14 @@ struct dsi_model_config {
     bool mlp_bias;      /* Llama mlp_bias: gate/up/down carry a bias */
     int sliding_window; /* Qwen2 use_sliding_window: window in tokens; 0 = off */
 };
+/* true for DeepseekV2/V3 (MLA attention). */
+bool dsi_model_is_mla(const struct dsi_model_config *cfg);
+/* true when layer l's MLP is the routed MoE (DeepSeek: experts present,
+ * l >= first_k_dense_replace and l % moe_layer_freq == 0), false for a dense MLP. */
+bool dsi_model_layer_is_moe(const struct dsi_model_config *cfg, int l);
+/* MLA softmax scale: (qk_nope + qk_rope)^-0.5, times mscale(factor,
+ * mscale_all_dim)^2 under YaRN with mscale_all_dim set (DeepSeek's and HF's rule). */
+float dsi_mla_softmax_scale(const struct dsi_model_config *cfg);
 /* "Qwen2ForCausalLM", ... for an arch value. */
 const char *dsi_arch_name(enum dsi_arch a);
 const char *dsi_rope_type_name(enum dsi_rope_type t);

@@ -8,6 +8,13 @@
  * `rope_type` are both accepted inside either object. Defaults follow the
  * transformers config classes. Every number is range-checked so later size
  * arithmetic in the backends starts from sane values (bounds below).
+ *
+ * DeepSeek-V2/V3: every field that changes the math is read (MLA ranks and head
+ * dims, experts, first_k_dense_replace, moe_layer_freq, the router's topk_method,
+ * scoring_func, n_group/topk_group, norm_topk_prob, routed_scaling_factor, YaRN
+ * mscale/mscale_all_dim, rope_interleave, num_nextn_predict_layers). A value we
+ * do not implement (another router, activation, FP8 format, attention_bias) is
+ * DSI_EUNSUPPORTED naming it, never a silent default.
  */
 #include "model_internal.h"
 
@@ -47,6 +54,7 @@ static int parse_rope(const cJSON *root, struct dsi_model_config *c, char **err)
 static int parse_dtype(const cJSON *root, struct dsi_model_config *c, char **err);
 static int parse_tokens(const cJSON *root, struct dsi_model_config *c, char **err);
 static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **err);
+static int get_bool(const cJSON *root, const char *key, bool def, bool *out, char **err);
 
 const char *dsi_arch_name(enum dsi_arch a) {
     for (size_t i = 0; i < N_ARCHS; i++)
@@ -228,6 +236,52 @@ static int parse_tokens(const cJSON *root, struct dsi_model_config *c, char **er
     return 0;
 }
 
+/* A string field out of a fixed list: missing or null -> def; any other value is
+ * DSI_EUNSUPPORTED naming the value and the list (never a silent default). */
+static int get_enum(const cJSON *root, const char *key, const char *const *names, int n, int def, int *out,
+                    const char *list, char **err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
+    *out = def;
+    if (!it || cJSON_IsNull(it)) return 0;
+    for (int i = 0; cJSON_IsString(it) && i < n; i++)
+        if (!strcmp(it->valuestring, names[i])) {
+            *out = i;
+            return 0;
+        }
+    char p[64];
+    dsi__printable(cJSON_IsString(it) ? it->valuestring : "(not a string)", p, sizeof p);
+    return dsi_seterr(err, DSI_EUNSUPPORTED, "config.json: %s \"%s\" is not implemented (implemented: %s)", key, p,
+                      list);
+}
+
+static int parse_router(const cJSON *root, struct dsi_model_config *c, char **err) {
+    static const char *const methods[] = {"greedy", "group_limited_greedy", "noaux_tc"};
+    static const char *const funcs[] = {"softmax", "sigmoid"};
+    bool v3 = c->arch == DSI_ARCH_DEEPSEEK_V3;
+    int m, f, rc;
+    /* Defaults of the transformers config classes: V3 is sigmoid + noaux_tc with
+     * normalised weights scaled by 2.5, V2 softmax + greedy, unnormalised, 1.0. */
+    if ((rc = get_enum(root, "topk_method", methods, 3, v3 ? 2 : 0, &m, "greedy, group_limited_greedy, noaux_tc",
+                       err)) ||
+        (rc = get_enum(root, "scoring_func", funcs, 2, v3 ? 1 : 0, &f, "softmax, sigmoid", err)) ||
+        (rc = get_bool(root, "norm_topk_prob", v3, &c->norm_topk_prob, err)) ||
+        (rc = get_float(root, "routed_scaling_factor", v3 ? 2.5f : 1.0f, 0.0f, 1e6f, &c->routed_scaling_factor,
+                        err)))
+        return rc;
+    c->topk_method = (enum dsi_topk_method)m;
+    c->scoring_func = (enum dsi_scoring_func)f;
+    if (!c->n_routed_experts) return 0;
+    int per_group = c->n_routed_experts / c->n_group;
+    bool grouped = c->topk_method != DSI_TOPK_GREEDY;
+    if (c->num_experts_per_tok < 1 || (grouped && c->num_experts_per_tok > c->topk_group * per_group) ||
+        (c->topk_method == DSI_TOPK_NOAUX_TC && per_group < 2))
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: router cannot pick %d experts per token with %s over %d groups of %d "
+                          "(topk_group %d)",
+                          c->num_experts_per_tok, methods[m], c->n_group, per_group, c->topk_group);
+    return 0;
+}
+
 static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **err) {
     int rc;
     if ((rc = get_int(root, "q_lora_rank", 0, 0, CFG_MAX_DIM, &c->q_lora_rank, err)) ||
@@ -240,22 +294,40 @@ static int parse_mla_moe(const cJSON *root, struct dsi_model_config *c, char **e
         (rc = get_int(root, "num_experts_per_tok", 0, 0, CFG_MAX_EXPERTS, &c->num_experts_per_tok, err)) ||
         (rc = get_int(root, "moe_intermediate_size", 0, 0, CFG_MAX_DIM, &c->moe_intermediate_size, err)) ||
         (rc = get_int(root, "first_k_dense_replace", 0, 0, CFG_MAX_LAYERS, &c->first_k_dense_replace, err)) ||
+        (rc = get_int(root, "moe_layer_freq", 1, 1, CFG_MAX_LAYERS, &c->moe_layer_freq, err)) ||
         (rc = get_int(root, "n_group", 1, 1, CFG_MAX_EXPERTS, &c->n_group, err)) ||
         (rc = get_int(root, "topk_group", 1, 1, CFG_MAX_EXPERTS, &c->topk_group, err)) ||
-        (rc = get_float(root, "routed_scaling_factor", 1.0f, 0.0f, 1e6f, &c->routed_scaling_factor, err)))
+        (rc = get_int(root, "num_nextn_predict_layers", c->arch == DSI_ARCH_DEEPSEEK_V3, 0, CFG_MAX_LAYERS,
+                      &c->n_mtp_layers, err)) || /* transformers 5's V3 default: 1 */
+        (rc = get_bool(root, "rope_interleave", true, &c->rope_interleave, err)))
         return rc;
+    if (c->arch == DSI_ARCH_DEEPSEEK_V2) c->rope_interleave = true; /* V2 rotates complex pairs, no switch */
     if (c->num_experts_per_tok > c->n_routed_experts || c->topk_group > c->n_group ||
-        (c->n_routed_experts && c->n_routed_experts % c->n_group))
+        (c->n_routed_experts && c->n_routed_experts % c->n_group) ||
+        (c->n_routed_experts && !c->moe_intermediate_size))
         return dsi_seterr(err, DSI_EFORMAT,
                           "config.json: expert counts are inconsistent (experts %d, per token %d, "
-                          "groups %d, topk_group %d)",
-                          c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group);
+                          "groups %d, topk_group %d, moe_intermediate_size %d)",
+                          c->n_routed_experts, c->num_experts_per_tok, c->n_group, c->topk_group,
+                          c->moe_intermediate_size);
+    if (c->qk_rope_head_dim % 2)
+        return dsi_seterr(err, DSI_EFORMAT, "config.json: qk_rope_head_dim %d must be even for rope",
+                          c->qk_rope_head_dim);
+    if (c->attention_bias)
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "config.json: attention_bias true is not implemented for MLA attention");
+    if ((rc = parse_router(root, c, err))) return rc;
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
     if (cJSON_IsObject(q)) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
         if (!cJSON_IsString(m) || strcmp(m->valuestring, "fp8"))
             return dsi_seterr(err, DSI_EUNSUPPORTED,
                               "config.json: quantization_config.quant_method must be \"fp8\"");
+        const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(q, "fmt");
+        if (fmt && !cJSON_IsNull(fmt) && (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "e4m3")))
+            return dsi_seterr(err, DSI_EUNSUPPORTED,
+                              "config.json: quantization_config.fmt must be \"e4m3\" (the only FP8 format "
+                              "implemented)");
         const cJSON *b = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
         c->quant_fp8 = true;
         c->quant_block[0] = c->quant_block[1] = 128;
@@ -317,6 +389,13 @@ int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config
         (rc = parse_rope(root, cfg, err)) || (rc = parse_dtype(root, cfg, err)) ||
         (rc = parse_tokens(root, cfg, err)))
         goto out;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !cJSON_IsNull(act) && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu"))) {
+        char p[64];
+        dsi__printable(cJSON_IsString(act) ? act->valuestring : "(not a string)", p, sizeof p);
+        rc = dsi_seterr(err, DSI_EUNSUPPORTED, "config.json: hidden_act \"%s\" is not implemented (silu)", p);
+        goto out;
+    }
     bool sw = false;
     if ((rc = get_bool(root, "mlp_bias", false, &cfg->mlp_bias, err)) ||
         (rc = get_bool(root, "use_sliding_window", false, &sw, err)))
@@ -397,4 +476,22 @@ int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err) {
                           "%s with %s rope scaling is not runnable yet (default, linear, llama3)",
                           cfg->architecture, dsi_rope_type_name(cfg->rope.type));
     return 0;
+}
+
+bool dsi_model_is_mla(const struct dsi_model_config *cfg) {
+    return cfg && (cfg->arch == DSI_ARCH_DEEPSEEK_V2 || cfg->arch == DSI_ARCH_DEEPSEEK_V3);
+}
+
+bool dsi_model_layer_is_moe(const struct dsi_model_config *cfg, int l) {
+    if (!dsi_model_is_mla(cfg) || cfg->n_routed_experts <= 0 || l < cfg->first_k_dense_replace) return false;
+    return cfg->moe_layer_freq <= 1 || l % cfg->moe_layer_freq == 0;
+}
+
+float dsi_mla_softmax_scale(const struct dsi_model_config *cfg) {
+    float s = 1.0f / sqrtf((float)(cfg->qk_nope_head_dim + cfg->qk_rope_head_dim));
+    if (cfg->rope.type == DSI_ROPE_YARN && cfg->rope.mscale_all_dim != 0.0f && cfg->rope.factor > 1.0f) {
+        float m = 0.1f * cfg->rope.mscale_all_dim * logf(cfg->rope.factor) + 1.0f;
+        s *= m * m;
+    }
+    return s;
 }
