@@ -9,3 +9,5 @@ dsi_test(test_cpu_cli SOURCES tests/test_cpu_cli.c LIBS PkgConfig::CJSON m)
 add_dependencies(test_cpu_cli dsinfer)
 # Spinning OpenMP workers crawl on an oversubscribed CI machine; sleeping ones don't.
 set_property(TEST test_cpu_model test_cpu_cli APPEND PROPERTY ENVIRONMENT OMP_WAIT_POLICY=passive)
+# DeepSeek MLA / MoE router / FP8 block ops against written-out formulations.
+dsi_test(test_cpu_deepseek SOURCES tests/test_cpu_deepseek.c LIBS dsi_backend_cpu dsi_model dsi_core m)
