@@ -55,9 +55,9 @@ TEST(check_small_model_runs_whole_on_both_backends) {
 
 TEST(check_one_code_per_cause) {
     struct dsi_model_config c = small();
-    c.arch = DSI_ARCH_DEEPSEEK_V2; /* not runnable: dsi_model_config_runnable's answer */
-    expect(&c, &cpu, 1, 0, DSI_EUNSUPPORTED, "not runnable yet");
-    expect(&c, &cuda, 1, 0, DSI_EUNSUPPORTED, "not runnable yet");
+    c.arch = DSI_ARCH_DEEPSEEK_V2; /* MLA + MoE: only a backend whose limits say mla_moe runs it */
+    expect(&c, &cpu, 1, 0, DSI_EUNSUPPORTED, "(MLA attention + MoE) is not supported");
+    expect(&c, &cuda, 1, 0, DSI_EUNSUPPORTED, "(MLA attention + MoE) is not supported");
     c = small();
     c.n_kv_heads = 4; /* 6 heads over 4 kv heads: config.json contradicts itself */
     expect(&c, &cpu, 1, 0, DSI_EFORMAT, "not a multiple of 4 kv heads");

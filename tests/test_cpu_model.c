@@ -37,10 +37,14 @@
 #define TOL_F32 1e-3
 #define TOL_INT8 0.2
 #define TOL_BF16_KV 2e-2
+#define TOL_FP8_AS_BF16 2e-2
+#define TOL_INT8_MOE_MEDIAN 0.12 /* the dense families' worst max-row error (llama-headdim) */
 
 static const char *const MODELS[] = {"qwen2-gqa-tied", "qwen2-untied",  "llama-mha", "llama-linear",
-                                     "llama-llama3",   "llama-headdim", "tiny-chat"};
+                                     "llama-llama3",   "llama-headdim", "tiny-chat", "dsv2-lite",
+                                     "dsv3-tiny",      "dsv3-fp8"};
 #define N_MODELS (int)(sizeof MODELS / sizeof MODELS[0])
+#define N_DENSE 7 /* MODELS[N_DENSE..] are DeepSeek MLA + MoE */
 
 struct ref {
     int n; /* prompts */
@@ -179,6 +183,38 @@ static int run_positions(struct dsi_backend *be, const int32_t *ids, int n, int3
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Every row's error of every prompt, sorted ascending, into errs (cap entries);
+ * returns the count (-1 on failure). */
+static int model_row_errs(const char *name, enum dsi_weight_dtype wd, int gs, enum dsi_kv_dtype kd, double *errs,
+                          int cap) {
+    struct ref r;
+    struct dsi_model m;
+    struct dsi_backend *be = NULL;
+    if (ref_load(name, &r)) return -1;
+    if (open_be(name, wd, gs, kd, 0, &m, &be)) {
+        ref_free(&r);
+        return -1;
+    }
+    int n = 0;
+    for (int p = 0; p < r.n && n >= 0; p++) {
+        float *out = malloc((size_t)r.plen[p] * r.vocab * sizeof(float));
+        if (run_positions(be, r.prompt[p], r.plen[p], 0, out)) n = -1;
+        for (int i = 0; i < r.plen[p] && n >= 0 && n < cap; i++)
+            errs[n++] = row_rel_err(out + (size_t)i * r.vocab, r.logits[p] + (size_t)i * r.vocab, r.vocab);
+        free(out);
+    }
+    dsi_backend_destroy(be);
+    dsi_model_close(&m);
+    ref_free(&r);
+    if (n > 0) qsort(errs, (size_t)n, sizeof *errs, cmp_double);
+    return n;
+}
+
 static double model_max_err(const char *name, enum dsi_weight_dtype wd, int gs, enum dsi_kv_dtype kd) {
     struct ref r;
     struct dsi_model m;
@@ -213,24 +249,68 @@ TEST(logits_f32_match_hf_all_models) {
     }
 }
 
+/* Lossy modes on the MoE models: row errors sorted; the typical row and three
+ * rows in four must be within the bounds (see logits_int8_moe_models for why the
+ * max row is not). Returns the median. */
+static double moe_lossy(const char *name, enum dsi_weight_dtype wd, int gs, enum dsi_kv_dtype kd, double median_tol,
+                        double p75_tol, const char *what) {
+    double errs[128];
+    int n = model_row_errs(name, wd, gs, kd, errs, 128);
+    CHECK(n > 0);
+    if (n <= 0) return 1e9;
+    fprintf(stderr, "  %-10s %-22s %d rows, median %.3g, p75 %.3g, p90 %.3g, max %.3g\n", name, what, n,
+            errs[n / 2], errs[n * 3 / 4], errs[n * 9 / 10], errs[n - 1]);
+    CHECK(errs[0] > 0); /* the lossy format really is in use */
+    CHECK(errs[n / 2] <= median_tol);
+    CHECK(errs[n * 3 / 4] <= p75_tol);
+    return errs[n / 2];
+}
+
 TEST(logits_bf16_weights_match_hf) {
     for (int i = 0; i < N_MODELS; i++) {
+        if (!strcmp(MODELS[i], "dsv3-fp8")) { /* e4m3 x f32 block scale: bf16 rounds these weights */
+            moe_lossy(MODELS[i], DSI_W_BF16, 0, DSI_KV_F32, TOL_BF16_KV, TOL_BF16_KV, "bf16 from fp8");
+            continue;
+        }
         double e = model_max_err(MODELS[i], DSI_W_BF16, 0, DSI_KV_F32);
         CHECK(e <= TOL_F32);
     }
     double e = model_max_err("qwen2-gqa-tied", DSI_W_BF16, 0, DSI_KV_BF16);
     fprintf(stderr, "  qwen2-gqa-tied bf16 weights + bf16 KV: %.3g\n", e);
     CHECK(e <= TOL_BF16_KV);
+    for (int i = N_DENSE; i < N_MODELS; i++) /* the MLA latent cache in bf16 */
+        moe_lossy(MODELS[i], DSI_W_F32, 0, DSI_KV_BF16, TOL_BF16_KV, TOL_BF16_KV, "bf16 latent cache");
 }
 
 TEST(logits_int8_within_quantization_tolerance) {
-    for (int i = 0; i < N_MODELS; i++) {
+    for (int i = 0; i < N_DENSE; i++) {
         double e = model_max_err(MODELS[i], DSI_W_INT8, 0, DSI_KV_F32);
         double eg = i % 3 == 0 ? model_max_err(MODELS[i], DSI_W_INT8, 32, DSI_KV_F32) : 0.0;
         fprintf(stderr, "  %-16s int8 per-channel %.3g, group 32 %.3g\n", MODELS[i], e, eg);
         CHECK(e <= TOL_INT8);
         CHECK(eg <= TOL_INT8);
         CHECK(e > 0); /* int8 really is in use */
+    }
+}
+
+/* INT8 on the MoE models. Routing is a discrete choice: int8 noise that moves a
+ * token's hidden state across a near-tie between two experts (or two groups under
+ * noaux_tc) swaps an expert and changes that token's output by O(1), and the
+ * changed latent then reaches every later position through attention. So the
+ * max-row bound of the dense families does not hold row for row; what holds
+ * (observed, transformers 5.17 fixtures, per channel / group 8):
+ *   dsv2-lite median .052/.031, p75 < .12, max .23/.19
+ *   dsv3-tiny median .093/.048, p75 < .2,  max .58/.47 (16 experts in 4 groups: most ties)
+ *   dsv3-fp8  median .047/.031, p75 < .1,  max 1.02/.093
+ * The typical row must be within the dense families' bound, three rows in four
+ * within TOL_INT8, and group-wise int8 must beat per channel. The router itself is
+ * f32 (cpu_deepseek_load.c) and every matrix is exact against dequantized weights
+ * in test_cpu_ops / test_cpu_deepseek. */
+TEST(logits_int8_moe_models) {
+    for (int i = N_DENSE; i < N_MODELS; i++) {
+        double pc = moe_lossy(MODELS[i], DSI_W_INT8, 0, DSI_KV_F32, TOL_INT8_MOE_MEDIAN, TOL_INT8, "int8 per channel");
+        double g8 = moe_lossy(MODELS[i], DSI_W_INT8, 8, DSI_KV_F32, TOL_INT8_MOE_MEDIAN, TOL_INT8, "int8 group 8");
+        CHECK(g8 < pc); /* finer groups, less error: the noise is quantization's */
     }
 }
 
@@ -312,8 +392,7 @@ TEST(greedy_continuations_match_hf_token_for_token) {
 
 /* Seq A alone (prefill 7 + 3 decodes) vs. A mixed with B and C in every step,
  * vs. A decoded one token at a time with 1 thread: same bits. */
-TEST(sequence_logits_bit_identical_across_batches_and_threads) {
-    const char *name = "qwen2-untied";
+static void bit_identical(const char *name) {
     struct dsi_model m1, m2;
     struct dsi_backend *be, *be1;
     if (open_be(name, DSI_W_INT8, 0, DSI_KV_BF16, 2, &m1, &be) ||
@@ -398,6 +477,69 @@ TEST(sequence_logits_bit_identical_across_batches_and_threads) {
     dsi_backend_destroy(be1);
     dsi_model_close(&m1);
     dsi_model_close(&m2);
+}
+
+/* MoE models too: tokens grouped by expert across sequences, and the MLA latent
+ * cache, must not make a sequence's bits depend on its neighbours. */
+TEST(sequence_logits_bit_identical_across_batches_and_threads) {
+    bit_identical("qwen2-untied");
+    bit_identical("dsv2-lite");
+    bit_identical("dsv3-tiny");
+}
+
+/* All prompts of a model decoded together, each at its own length (prefills of 5,
+ * 17 and 40 tokens in one step, then one token each per step): HF's greedy ids. */
+TEST(batched_greedy_of_mixed_lengths_matches_hf) {
+    const char *names[] = {"dsv2-lite", "dsv3-tiny", "dsv3-fp8", "llama-mha"};
+    for (int mi = 0; mi < 4; mi++) {
+        struct ref r;
+        struct dsi_model m;
+        struct dsi_backend *be;
+        if (ref_load(names[mi], &r) || open_be(names[mi], DSI_W_F32, 0, DSI_KV_F32, 0, &m, &be)) {
+            CHECK(0);
+            continue;
+        }
+        int V = be->vocab_size, n = r.n;
+        int32_t tables[4][32], got[4][16], last[4];
+        struct dsi_batch_seq seqs[4];
+        for (int p = 0; p < n; p++) {
+            for (int k = 0; k < 32; k++)
+                tables[p][k] = p * 32 + k;
+            seqs[p] = (struct dsi_batch_seq){.seq_id = (uint64_t)p + 1,
+                                             .tokens = r.prompt[p],
+                                             .n_tokens = r.plen[p],
+                                             .pos = 0,
+                                             .block_table = tables[p],
+                                             .n_blocks = 32,
+                                             .want_logits = true};
+        }
+        float *lg = malloc(sizeof(float) * (size_t)V * (size_t)n);
+        struct dsi_batch b = {seqs, n};
+        for (int step = 0; step < 16; step++) {
+            char *err = NULL;
+            CHECK_EQ_INT(be->ops->forward(be, &b, lg, &err), 0);
+            free(err);
+            for (int p = 0; p < n; p++) {
+                const float *row = lg + (size_t)p * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (row[v] > row[best]) best = v;
+                got[p][step] = last[p] = best;
+                seqs[p].pos += seqs[p].n_tokens;
+                seqs[p].tokens = &last[p];
+                seqs[p].n_tokens = 1;
+            }
+        }
+        for (int p = 0; p < n; p++) {
+            int same = !memcmp(got[p], r.greedy[p], sizeof got[p]);
+            if (!same) fprintf(stderr, "  %s prompt %d: batched greedy differs\n", names[mi], p);
+            CHECK(same);
+        }
+        free(lg);
+        dsi_backend_destroy(be);
+        dsi_model_close(&m);
+        ref_free(&r);
+    }
 }
 
 TEST(bad_batches_are_rejected_with_messages) {
@@ -516,6 +658,57 @@ TEST(config_disagreeing_with_tensors_fails_cleanly) {
     rmdir(dir);
 }
 
+/* dsv3-fp8 copied with its config.json edited (from -> to); the backend must
+ * refuse it with a message holding `needle`. */
+static void fp8_broken(const char *from, const char *to, int want_rc, const char *needle) {
+    char tmpl[] = "/tmp/dsi_cpu_fp8_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    CHECK(dir != NULL);
+    if (!dir) return;
+    char p[512];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    CHECK_EQ_INT(copy_file(GOLD "dsv3-fp8/model.safetensors", p), 0);
+    char *cfg = test_read_file(GOLD "dsv3-fp8/config.json", NULL), *at = cfg ? strstr(cfg, from) : NULL;
+    CHECK(at != NULL);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *f = fopen(p, "wb");
+    if (f && at) {
+        fwrite(cfg, 1, (size_t)(at - cfg), f);
+        fputs(to, f);
+        fputs(at + strlen(from), f);
+    }
+    if (f) fclose(f);
+    free(cfg);
+    struct dsi_model m;
+    struct dsi_model_open_opts mo = {.skip_verify = true};
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_model_open(&m, dir, &mo, &err), 0);
+    free(err);
+    err = NULL;
+    struct dsi_backend_opts o = {.weight_dtype = DSI_W_F32};
+    struct dsi_backend *be = NULL;
+    CHECK_EQ_INT(dsi_backend_create("cpu", &m, &o, &be, &err), want_rc);
+    CHECK(be == NULL);
+    CHECK(err && strstr(err, needle));
+    if (err) fprintf(stderr, "  message: %s\n", err);
+    free(err);
+    dsi_model_close(&m);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+/* FP8 checkpoints: block scales whose shape disagrees with weight_block_size, and
+ * F8_E4M3 tensors in a model that does not declare quantization_config, fail at
+ * load naming the tensor (the good checkpoint is checked against HF above, with
+ * its SHA256SUMS verified like any model). */
+TEST(fp8_checkpoint_mismatches_fail_cleanly) {
+    fp8_broken("      128,\n      128", "      64,\n      64", DSI_EFORMAT, "weight_scale_inv must be float [");
+    fp8_broken("\"quantization_config\"", "\"quantization_config_off\"", DSI_EUNSUPPORTED, "F8_E4M3");
+}
+
 TEST(bad_options_are_rejected) {
     struct dsi_model m;
     char *err = NULL;
@@ -569,11 +762,14 @@ int main(void) {
     RUN(logits_f32_match_hf_all_models);
     RUN(logits_bf16_weights_match_hf);
     RUN(logits_int8_within_quantization_tolerance);
+    RUN(logits_int8_moe_models);
     RUN(rope_inv_freq_equals_hf_table);
     RUN(greedy_continuations_match_hf_token_for_token);
     RUN(sequence_logits_bit_identical_across_batches_and_threads);
+    RUN(batched_greedy_of_mixed_lengths_matches_hf);
     RUN(bad_batches_are_rejected_with_messages);
     RUN(config_disagreeing_with_tensors_fails_cleanly);
+    RUN(fp8_checkpoint_mismatches_fail_cleanly);
     RUN(bad_options_are_rejected);
     RUN(quant_report_lists_every_linear);
     return test_summary();

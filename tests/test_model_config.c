@@ -117,7 +117,7 @@ TEST(config_r1_distill_llama_llama3_rope_both_spellings) {
     CHECK_EQ_INT(dsi_model_config_runnable(&a, &err), 0);
 }
 
-TEST(config_deepseek_v2_lite_parses_but_is_not_runnable) {
+TEST(config_deepseek_v2_lite_parses_and_is_runnable) {
     struct dsi_model_config c;
     char *err = NULL;
     CHECK_EQ_INT(load_golden("deepseek-v2-lite.json", &c, &err), 0);
@@ -138,8 +138,10 @@ TEST(config_deepseek_v2_lite_parses_but_is_not_runnable) {
     CHECK_NEAR(c.rope.mscale_all_dim, 0.707, 1e-6);
     CHECK_EQ_INT(c.rope.original_max_position_embeddings, 4096);
     CHECK(!c.quant_fp8);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), 0); /* MLA + MoE + YaRN run on the CPU */
+    c.rope.type = DSI_ROPE_DYNAMIC;
     CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), DSI_EUNSUPPORTED);
-    CHECK(err && strstr(err, "DeepseekV2ForCausalLM") && strstr(err, "not runnable yet"));
+    CHECK(err && strstr(err, "DeepseekV2ForCausalLM") && strstr(err, "dynamic"));
     free(err);
 }
 
@@ -160,7 +162,7 @@ TEST(config_deepseek_v3_yarn_and_fp8) {
     CHECK(c.quant_fp8);
     CHECK(c.quant_block[0] == 128 && c.quant_block[1] == 128);
     CHECK_EQ_INT(c.bos_token_id, 0);
-    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), DSI_EUNSUPPORTED);
+    CHECK_EQ_INT(dsi_model_config_runnable(&c, &err), 0);
     free(err);
 }
 
@@ -444,7 +446,7 @@ int main(void) {
     RUN(config_deepseek_llm_7b_llama_defaults);
     RUN(config_deepseek_coder_linear_rope);
     RUN(config_r1_distill_llama_llama3_rope_both_spellings);
-    RUN(config_deepseek_v2_lite_parses_but_is_not_runnable);
+    RUN(config_deepseek_v2_lite_parses_and_is_runnable);
     RUN(config_deepseek_v3_yarn_and_fp8);
     RUN(config_unknown_architecture_is_named);
     RUN(config_model_type_fallback_and_defaults);

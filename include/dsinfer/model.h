@@ -146,7 +146,8 @@ const char *dsi_rope_type_name(enum dsi_rope_type t);
 int dsi_model_config_parse(const char *json, size_t len, struct dsi_model_config *cfg, char **err);
 int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **err);
 /* 0 if the forward pass of this build can run the config (Qwen2/Llama with rope
- * default/linear/llama3 today); otherwise DSI_EUNSUPPORTED with a reason. */
+ * default/linear/llama3; DeepSeek-V2/V3 MLA + MoE with rope default/linear/yarn,
+ * on the CPU backend); otherwise DSI_EUNSUPPORTED with a reason. */
 int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err);
 
 /* What one backend's forward pass can run beyond dsi_model_config_runnable. */
@@ -156,6 +157,7 @@ struct dsi_backend_limits {
     int head_dim_multiple;   /* head_dim is a multiple of this (at least 2: rotary pairs) */
     int head_dim_divides;    /* and divides this; 0: no bound */
     bool split_inter_evenly; /* a shard holds exactly intermediate/n rows (else whole int8 groups) */
+    bool mla_moe;            /* runs DeepSeek-V2/V3 MLA + MoE (unsharded) */
 };
 /* The one check every backend runs before it loads a weight: the config is
  * runnable (dsi_model_config_runnable), its sizes are positive, consistent and

@@ -48,6 +48,10 @@ static int check_sizes(const struct dsi_model_config *cfg, char **err) {
 
 static int check_limits(const struct dsi_model_config *cfg, const struct dsi_backend_limits *lim,
                         char **err) {
+    if (dsi_model_is_mla(cfg) && !lim->mla_moe)
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "%s backend: %s (MLA attention + MoE) is not supported; the cpu backend runs it",
+                          lim->backend, cfg->architecture);
     int group = cfg->n_heads / cfg->n_kv_heads;
     if (lim->max_gqa_group > 0 && group > lim->max_gqa_group)
         return dsi_seterr(err, DSI_EUNSUPPORTED,
@@ -65,6 +69,10 @@ static int check_limits(const struct dsi_model_config *cfg, const struct dsi_bac
  * columns, and a slice of the intermediate size and the vocabulary for each. */
 static int check_split(const struct dsi_model_config *cfg, const struct dsi_backend_limits *lim, int n,
                        int gs, char **err) {
+    if (dsi_model_is_mla(cfg))
+        return dsi_seterr(err, DSI_EUNSUPPORTED,
+                          "tensor parallel %d: %s (MLA attention + MoE) is not implemented across ranks", n,
+                          cfg->architecture);
     if (cfg->n_heads % n || cfg->n_kv_heads % n)
         return dsi_seterr(
             err, DSI_EINVAL,

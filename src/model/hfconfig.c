@@ -462,11 +462,15 @@ int dsi_model_config_load(const char *dir, struct dsi_model_config *cfg, char **
 
 int dsi_model_config_runnable(const struct dsi_model_config *cfg, char **err) {
     if (!cfg) return DSI_EINVAL;
-    if (cfg->arch == DSI_ARCH_DEEPSEEK_V2 || cfg->arch == DSI_ARCH_DEEPSEEK_V3)
-        return dsi_seterr(err, DSI_EUNSUPPORTED,
-                          "%s parses but is not runnable yet (MLA attention and MoE are not "
-                          "implemented); runnable: Qwen2ForCausalLM, LlamaForCausalLM",
-                          cfg->architecture);
+    if (dsi_model_is_mla(cfg)) {
+        /* MLA + MoE run on the CPU backend (the CUDA backend refuses them itself);
+         * YaRN is DeepSeek's own long-context rope and is implemented for it. */
+        if (cfg->rope.type != DSI_ROPE_DEFAULT && cfg->rope.type != DSI_ROPE_LINEAR &&
+            cfg->rope.type != DSI_ROPE_YARN)
+            return dsi_seterr(err, DSI_EUNSUPPORTED, "%s with %s rope scaling is not runnable yet",
+                              cfg->architecture, dsi_rope_type_name(cfg->rope.type));
+        return 0;
+    }
     if (cfg->mlp_bias || cfg->sliding_window)
         return dsi_seterr(err, DSI_EUNSUPPORTED, "%s with %s is not runnable yet", cfg->architecture,
                           cfg->mlp_bias ? "mlp_bias" : "use_sliding_window");

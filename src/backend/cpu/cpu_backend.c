@@ -6,6 +6,10 @@
  * cpu_forward.c, quant_report, destroy).
  *
  * Everything is allocated here, once; forward() allocates nothing.
+ *
+ * The KV bytes per token depend on the model: 2 * n_kv_heads * head_dim values
+ * per layer for GQA, kv_lora_rank + qk_rope_head_dim for MLA (the compressed
+ * latent); the engine's block manager only counts blocks, so it needs no change.
  */
 #include <limits.h>
 #include <stdint.h>
@@ -45,18 +49,34 @@ static const struct dsi_backend_ops cpu_ops = {
 /* What the CPU forward pass runs beyond dsi_model_config_runnable: any GQA
  * group and any even head_dim; a shard takes the intermediate rows in whole
  * int8 groups (dsi_shard_range). */
-static const struct dsi_backend_limits cpu_limits = {.backend = "cpu", .head_dim_multiple = 2};
+static const struct dsi_backend_limits cpu_limits = {.backend = "cpu", .head_dim_multiple = 2, .mla_moe = true};
+
+/* MLA dimensions the DeepSeek path relies on (dsi_model_config_check covers the rest). */
+static int check_mla(const struct dsi_model_config *cfg, char **err) {
+    if (!dsi_model_is_mla(cfg)) return 0;
+    if (cfg->kv_lora_rank <= 0 || cfg->qk_nope_head_dim <= 0 || cfg->qk_rope_head_dim <= 0 || cfg->v_head_dim <= 0 ||
+        cfg->qk_rope_head_dim % 2 || cfg->head_dim != cfg->qk_rope_head_dim ||
+        (long long)cfg->n_heads * (cfg->qk_nope_head_dim + cfg->qk_rope_head_dim + cfg->v_head_dim) > INT_MAX / 4 ||
+        (cfg->n_routed_experts > 0 && cfg->num_experts_per_tok <= 0))
+        return dsi_seterr(err, DSI_EFORMAT,
+                          "config.json: MLA dimensions are invalid (kv_lora %d, nope %d, rope %d, v %d, "
+                          "head_dim %d)",
+                          cfg->kv_lora_rank, cfg->qk_nope_head_dim, cfg->qk_rope_head_dim, cfg->v_head_dim,
+                          cfg->head_dim);
+    return 0;
+}
 
 static int check_config(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int n_ranks,
                         char **err) {
     int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
-    return dsi_model_config_check(cfg, &cpu_limits, n_ranks, gs, err);
+    int rc = dsi_model_config_check(cfg, &cpu_limits, n_ranks, gs, err);
+    return rc ? rc : check_mla(cfg, err);
 }
 
 static int alloc_scratch(struct dsi__cpu *c, char **err) {
     const struct dsi_model_config *cfg = c->cfg;
     size_t T = (size_t)c->max_tokens;
-    size_t H = (size_t)cfg->hidden_size, I = (size_t)c->n_inter;
+    size_t H = (size_t)cfg->hidden_size;
     struct {
         float **p;
         size_t n;
@@ -65,9 +85,9 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
                 {&c->q, T * (size_t)c->q_dim},
                 {&c->k, T * (size_t)c->kv_dim},
                 {&c->v, T * (size_t)c->kv_dim},
-                {&c->att, T * (size_t)c->q_dim},
-                {&c->gate, T * I},
-                {&c->up, T * I},
+                {&c->att, T * (size_t)c->att_dim},
+                {&c->gate, T * (size_t)c->ffn_dim},
+                {&c->up, T * (size_t)c->ffn_dim},
                 {&c->scores, (size_t)c->n_threads * (size_t)c->max_ctx},
                 {&c->lg_local, c->shard.size > 1 ? (size_t)c->max_seqs * (size_t)c->n_vocab : 0}};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
@@ -81,7 +101,7 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
     if (dsi__cpu_own(c, c->tok_seq)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     c->tok_pos = calloc(T, sizeof(int32_t));
     if (dsi__cpu_own(c, c->tok_pos)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    return 0;
+    return c->mla ? dsi__cpu_alloc_deepseek(c, err) : 0;
 }
 
 void dsi_shard_range(int total, int n, int r, int unit, int *lo, int *hi) {
@@ -113,6 +133,17 @@ static int set_shard(struct dsi__cpu *c, const struct dsi_shard *sh, char **err)
     c->n_vocab = hi - lo;
     c->q_dim = c->nh * cfg->head_dim;
     c->kv_dim = c->nkv * cfg->head_dim;
+    c->att_dim = c->q_dim;
+    c->ffn_dim = c->n_inter;
+    c->mla = dsi_model_is_mla(cfg); /* unsharded: dsi_model_config_check refuses n > 1 */
+    if (c->mla) {
+        /* per-token cache entry: the latent plus the shared rope key, not K and V per head */
+        c->q_dim = cfg->n_heads * (cfg->qk_nope_head_dim + cfg->qk_rope_head_dim);
+        c->kv_dim = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
+        c->att_dim = cfg->n_heads * cfg->v_head_dim;
+        int shared = cfg->n_shared_experts * cfg->moe_intermediate_size;
+        if (shared > c->ffn_dim) c->ffn_dim = shared;
+    }
     return 0;
 }
 
@@ -123,8 +154,10 @@ static int alloc_kv(struct dsi__cpu *c, char **err) {
     const struct dsi_backend_opts *o = &c->opts;
     int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
     c->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
-    size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim * c->kv_elt;
-    size_t per_tok_local = (size_t)cfg->n_layers * 2 * (size_t)c->kv_dim * c->kv_elt;
+    /* MLA: kv_lora_rank + qk_rope_head_dim values per layer, the latent and the shared rope key */
+    size_t per_layer = c->mla ? (size_t)c->kv_dim : 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    size_t per_tok = (size_t)cfg->n_layers * per_layer * c->kv_elt;
+    size_t per_tok_local = (size_t)cfg->n_layers * (c->mla ? 1 : 2) * (size_t)c->kv_dim * c->kv_elt;
     size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
     size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
     if (n_blocks < 1)
@@ -219,8 +252,10 @@ static void log_ready(const struct dsi__cpu *c) {
                 c->be.kv_block_size, c->n_threads);
     else
         dsi_log(DSI_LOG_INFO, "cpu",
-                "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens, %d threads", dt,
-                (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, c->be.kv_block_size, c->n_threads);
+                "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens (%zu KV bytes per token%s), %d "
+                "threads",
+                dt, (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, c->be.kv_block_size,
+                c->be.kv_bytes_per_token, c->mla ? ", MLA latent" : "", c->n_threads);
 }
 
 void dsi_cpu_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs, int *max_ctx) {

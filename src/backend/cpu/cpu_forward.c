@@ -9,8 +9,8 @@
  *              x += Wo att; xn = rmsnorm(x); x += Wdown (silu(Wgate xn) * Wup xn)
  *   logits = lm_head rmsnorm(x[last token of each seq with want_logits])
  * A layer is two functions, attention() and mlp(), each of which reads x and
- * adds its output to it; an architecture with another attention or MLP (MLA,
- * MoE) supplies its own pair and keeps the rest.
+ * adds its output to it; DeepSeek-V2/V3 use mla_attention() and, in MoE layers,
+ * moe() instead (their math is in cpu_deepseek_fwd.c).
  *
  * A shard (cpu_internal.h) runs the same steps over its heads, intermediate
  * rows and vocab rows: the outputs of o and down are partial sums that the
@@ -107,6 +107,11 @@ static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, co
         int r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < w->rows ? r0 + ROW_CHUNK : w->rows;
         dsi_matmul(w, x, n, bias, y, ldy, r0, r1);
     }
+}
+
+void dsi__cpu_par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
+                         const float *bias, float *y, int ldy) {
+    par_matmul(c, w, x, n, bias, y, ldy);
 }
 
 /* Lays out the batch's tokens as rows: (sequence, position) of each, and x = embed[tokens]. */
@@ -219,6 +224,34 @@ static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char *
     return add_reduced(c, c->xn, T, err);
 }
 
+/* DeepSeek MLA: x += Wo mla(xn), xn = rmsnorm(x) (cpu_deepseek_fwd.c). */
+static int mla_attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
+                         int T, char **err) {
+    int H = c->cfg->hidden_size;
+    float eps = c->cfg->rms_norm_eps;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++)
+        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
+    dsi__cpu_mla_attention(c, b, l, T);
+    par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
+    return add_reduced(c, c->xn, T, err);
+}
+
+/* DeepSeek MoE: x += shared(xn) + routed experts(xn), xn = rmsnorm(x). */
+static int moe(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, int T, char **err) {
+    int H = c->cfg->hidden_size;
+    float eps = c->cfg->rms_norm_eps;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++)
+        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->ffn_norm, H, eps);
+    dsi__cpu_moe(c, l, T);
+    return add_reduced(c, c->xn, T, err);
+}
+
 /* Final norm of each wanted row, packed into xn rows 0..n_out-1, then lm_head:
  * straight into logits, or (shard) into lg_local and on to rank 0. */
 static int lm_head(struct dsi__cpu *c, const struct dsi_batch *b, float *logits, char **err) {
@@ -248,7 +281,9 @@ int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *l
     embed_tokens(c, b, T);
     for (int l = 0; l < c->cfg->n_layers; l++) {
         const struct dsi__cpu_layer *L = &c->layers[l];
-        if ((rc = attention(c, L, l, b, T, err)) || (rc = mlp(c, L, T, err))) return rc;
+        rc = c->mla ? mla_attention(c, L, l, b, T, err) : attention(c, L, l, b, T, err);
+        if (!rc) rc = L->moe ? moe(c, L, l, T, err) : mlp(c, L, T, err);
+        if (rc) return rc;
     }
     return lm_head(c, b, logits, err);
 }

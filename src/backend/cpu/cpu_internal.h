@@ -11,6 +11,7 @@
 #ifndef DSINFER_CPU_INTERNAL_H
 #define DSINFER_CPU_INTERNAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,36 @@ struct dsi__cpu_layer {
     float *bq, *bk, *bv;       /* the shard's biases or NULL (Qwen2 has them) */
     float *attn_norm;          /* (hidden) input_layernorm */
     float *ffn_norm;           /* (hidden) post_attention_layernorm */
+    /* DeepSeek MLA (wq is q_proj when q_lora_rank is 0); whole model only (no shards) */
+    struct dsi_qweight wq_a;  /* (q_lora, hidden) */
+    struct dsi_qweight wq_b;  /* (n_heads*(nope+rope), q_lora) */
+    struct dsi_qweight wkv_a; /* (kv_lora+rope, hidden) kv_a_proj_with_mqa */
+    struct dsi_qweight wkv_b; /* (n_heads*(nope+v), kv_lora) */
+    float *q_a_norm, *kv_a_norm;
+    /* DeepSeek MoE (moe set): router kept f32 whatever the weight dtype, since
+     * its choice is discrete and cheap; every expert matrix is a qweight. */
+    bool moe;
+    float *router;                                 /* (n_experts, hidden) mlp.gate.weight */
+    float *router_bias;                            /* (n_experts) e_score_correction_bias or NULL */
+    struct dsi_qweight *ex_gate, *ex_up, *ex_down; /* n_experts each */
+    struct dsi_qweight sh_gate, sh_up, sh_down;    /* shared experts (n_shared*moe_I); rows 0 if none */
+};
+
+/* Scratch of the DeepSeek paths (cpu_deepseek_fwd.c), sized for max_tokens. */
+struct dsi__cpu_ds {
+    float *qa;            /* (T, q_lora) */
+    float *kva;           /* (T, kv_lora + rope) */
+    float *mla_scratch;   /* (n_threads, dsi_mla_scratch_floats at max_ctx) */
+    size_t mla_scratch_n; /* floats per thread */
+    float *logits;        /* (T, n_experts) router logits */
+    int32_t *idx;         /* (T, top_k) chosen experts */
+    float *w;             /* (T, top_k) their weights */
+    float *route_scratch; /* (n_threads, dsi_moe_route_scratch) */
+    size_t route_scratch_n;
+    int32_t *count;           /* (n_experts + 1) assignments per expert, then offsets */
+    int32_t *slot_of;         /* (T*top_k) assignment position of (token, k) */
+    int32_t *tok_of;          /* (T*top_k) token of each assignment position */
+    float *xg, *gg, *ug, *yo; /* (T*top_k, hidden / moe_I / moe_I / hidden) */
 };
 
 /* Quantization error of one tensor, measured at load (int8 only). */
@@ -45,7 +76,11 @@ struct dsi__cpu {
     int nh, nkv, head0, kv_head0; /* the shard's heads and kv heads, first of each */
     int n_inter, inter0;          /* the shard's intermediate rows */
     int n_vocab, vocab0;          /* the shard's lm_head rows */
-    int q_dim, kv_dim;            /* nh*head_dim, nkv*head_dim */
+    int q_dim, kv_dim;            /* nh*head_dim, nkv*head_dim; MLA: n_heads*(nope+rope), latent+rope */
+    int att_dim;                  /* attention output width: q_dim, or n_heads*v_head_dim for MLA */
+    int ffn_dim;                  /* gate/up scratch width: max(n_inter, shared experts') */
+    bool mla;                     /* DeepSeek-V2/V3: MLA attention, MoE layers (whole model only) */
+    struct dsi__cpu_ds ds;
     int max_ctx;                  /* positions a sequence may reach */
     int max_seqs;                 /* rows of logits per step (sizes lg_local) */
 
@@ -62,7 +97,8 @@ struct dsi__cpu {
     struct dsi__cpu_qerr *qerr;
     size_t n_qerr, cap_qerr;
 
-    /* KV pool: layer l K at kv + l*2*layer_elems, V right after; element size kv_elt. */
+    /* KV pool: layer l K at kv + l*2*layer_elems, V right after; element size kv_elt.
+     * MLA: one latent pool per layer at kv + l*layer_elems (cpu_deepseek.h layout). */
     void *kv;
     size_t kv_layer_elems, kv_elt;
 
@@ -79,5 +115,25 @@ int dsi__cpu_load(struct dsi__cpu *c, const struct dsi_model *m, char **err);
 /* Records a buffer c owns; frees it and returns DSI_ENOMEM if tracking fails. */
 int dsi__cpu_own(struct dsi__cpu *c, void *p);
 int dsi__cpu_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
+/* Y(n, ldy) = X(n, cols) W^T (+ bias), output rows split across threads. */
+void dsi__cpu_par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
+                         const float *bias, float *y, int ldy);
+/* Loaders shared with cpu_deepseek_load.c (cpu_load.c). */
+int dsi__cpu_load_linear(struct dsi__cpu *c, const struct dsi_model *m, const char *name, int rows, int cols,
+                         struct dsi_qweight *w, char **err);
+int dsi__cpu_load_vec(struct dsi__cpu *c, const struct dsi_model *m, const char *name, int n, float **out,
+                      char **err);
+void *dsi__cpu_alloc(struct dsi__cpu *c, size_t n, size_t size);
+/* DeepSeek (cpu_deepseek_load.c / cpu_deepseek_fwd.c). */
+int dsi__cpu_load_mla_layer(struct dsi__cpu *c, const struct dsi_model *m, int l, char **err);
+int dsi__cpu_alloc_deepseek(struct dsi__cpu *c, char **err);
+/* Applies FP8 block scales to w (rows, cols) decoded from F8_E4M3 tensor `name`. */
+int dsi__cpu_fp8_scale(const struct dsi__cpu *c, const struct dsi_model *m, const char *name, float *w, int rows,
+                       int cols, char **err);
+/* Layer l's MLA attention: c->xn (T, hidden) normalised -> c->att (T, att_dim),
+ * the latent cache of each token written on the way. */
+void dsi__cpu_mla_attention(struct dsi__cpu *c, const struct dsi_batch *b, int l, int T);
+/* Layer l's MoE: c->xn (T, hidden) normalised -> c->xn = shared + routed experts. */
+void dsi__cpu_moe(struct dsi__cpu *c, int l, int T);
 
 #endif

@@ -85,10 +85,13 @@ static int get_tensor(const struct dsi_model *m, const char *name, int64_t d0, i
         return dsi_seterr(err, DSI_EFORMAT, "tensor %s has shape [%s] but config.json implies [%lld, %lld]",
                           name, got, (long long)d0, (long long)d1);
     }
-    if (t->dtype != DSI_DT_F32 && t->dtype != DSI_DT_F16 && t->dtype != DSI_DT_BF16)
+    /* F8_E4M3 only as a block-scaled 2-D weight (load_rows applies its scales) */
+    if (t->dtype != DSI_DT_F32 && t->dtype != DSI_DT_F16 && t->dtype != DSI_DT_BF16 &&
+        !(t->dtype == DSI_DT_F8_E4M3 && d1 >= 0 && m->cfg.quant_fp8))
         return dsi_seterr(err, DSI_EUNSUPPORTED,
-                          "tensor %s has dtype %s; the CPU backend reads F32, F16, BF16", name,
-                          dsi_dtype_name(t->dtype) ? dsi_dtype_name(t->dtype) : "?");
+                          "tensor %s has dtype %s; the CPU backend reads F32, F16, BF16 (and F8_E4M3 "
+                          "weights of a quantization_config fp8 checkpoint)",
+                          name, dsi_dtype_name(t->dtype) ? dsi_dtype_name(t->dtype) : "?");
     *out = t;
     return 0;
 }
@@ -172,7 +175,31 @@ static int load_rows(struct dsi__cpu *c, const struct dsi_model *m, const char *
         free(f);
         return rc;
     }
+    /* FP8 checkpoints: dequantized here (whole tensors: MLA models are not
+     * sharded), then kept or requantized like any weight */
+    if (x->dtype == DSI_DT_F8_E4M3) {
+        rc = r0 == 0 && r1 == rows ? dsi__cpu_fp8_scale(c, m, name, f, rows, cols, err)
+                                   : dsi_seterr(err, DSI_EUNSUPPORTED, "FP8 tensor %s cannot be sharded", name);
+        if (rc) {
+            free(f);
+            return rc;
+        }
+    }
     return store(c, name, f, r1 - r0, cols, w, err);
+}
+
+int dsi__cpu_load_linear(struct dsi__cpu *c, const struct dsi_model *m, const char *name, int rows, int cols,
+                         struct dsi_qweight *w, char **err) {
+    return load_rows(c, m, name, rows, cols, 0, rows, w, err);
+}
+
+int dsi__cpu_load_vec(struct dsi__cpu *c, const struct dsi_model *m, const char *name, int n, float **out,
+                      char **err) {
+    return load_vec(c, m, name, n, 0, n, out, err);
+}
+
+void *dsi__cpu_alloc(struct dsi__cpu *c, size_t n, size_t size) {
+    return own_alloc(c, n, size);
 }
 
 /* Columns [c0, c1) of every row of the (rows, cols) tensor name; int8 scales
@@ -183,6 +210,7 @@ static int load_cols(struct dsi__cpu *c, const struct dsi_model *m, const char *
     const struct dsi_tensor *x;
     int rc = get_tensor(m, name, rows, cols, &x, err);
     if (rc) return rc;
+    if (x->dtype == DSI_DT_F8_E4M3) return dsi_seterr(err, DSI_EUNSUPPORTED, "FP8 tensor %s cannot be sharded", name);
     if (c->opts.weight_dtype == DSI_W_INT8) return quantize_cols(c, x, name, rows, cols, c0, c1, w, err);
     int nc = c1 - c0;
     float *row = malloc((size_t)cols * sizeof *row);
@@ -320,8 +348,23 @@ int dsi__cpu_load(struct dsi__cpu *c, const struct dsi_model *m, char **err) {
     c->layers = own_alloc(c, (size_t)cfg->n_layers, sizeof *c->layers);
     if (!c->layers) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     bool bias = cfg->attention_bias || cfg->arch == DSI_ARCH_QWEN2;
+    if (c->mla && cfg->n_mtp_layers > 0) {
+        snprintf(name, sizeof name, "model.layers.%d.", cfg->n_layers);
+        size_t n = 0, len = strlen(name);
+        for (size_t i = 0; i < m->st.n_tensors; i++)
+            n += !strncmp(m->st.tensors[i].name, name, len);
+        if (n)
+            dsi_log(DSI_LOG_INFO, "cpu",
+                    "skipping %d multi-token-prediction layer(s) past num_hidden_layers %d (%zu tensors "
+                    "from %s*): next-token decoding does not use them",
+                    cfg->n_mtp_layers, cfg->n_layers, n, name);
+    }
     for (int l = 0; l < cfg->n_layers; l++) {
         struct dsi__cpu_layer *L = &c->layers[l];
+        if (c->mla) {
+            if ((rc = dsi__cpu_load_mla_layer(c, m, l, err))) return rc;
+            continue;
+        }
 #define NAME(suffix) (snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix), name)
         if ((rc = load_rows(c, m, NAME("self_attn.q_proj.weight"), qd, H, q0, q1, &L->wq, err)) ||
             (rc = load_rows(c, m, NAME("self_attn.k_proj.weight"), kvd, H, k0, k1, &L->wk, err)) ||
