@@ -567,7 +567,12 @@ TEST(metrics_render_counts) {
     dsi__smetrics_tokens(m, 10, 5);
     dsi__smetrics_ttft(m, 0.03);
     dsi__smetrics_itl(m, 0.002);
-    struct dsi_engine_stats st = {.running = 2, .waiting = 1, .kv_blocks_used = 7, .kv_blocks_free = 9};
+    struct dsi_engine_stats st = {.running = 2,
+                                  .waiting = 1,
+                                  .kv_blocks_used = 7,
+                                  .kv_blocks_free = 9,
+                                  .kv_block_tokens = 16,
+                                  .kv_bytes_per_token = 70272};
     char *t = dsi__smetrics_render(m, &st, 1);
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2\n"));
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/models\",status=\"401\"} 1\n"));
@@ -576,6 +581,8 @@ TEST(metrics_render_counts) {
     CHECK(t && strstr(t, "dsinfer_time_to_first_token_seconds_bucket{le=\"0.025\"} 0\n"));
     CHECK(t && strstr(t, "dsinfer_time_to_first_token_seconds_bucket{le=\"0.05\"} 1\n"));
     CHECK(t && strstr(t, "dsinfer_kv_blocks_free 9\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_block_tokens 16\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_bytes_per_token 70272\n"));
     CHECK(t && strstr(t, "dsinfer_running_sequences 2\n"));
     free(t);
     dsi__smetrics_destroy(m);

@@ -115,6 +115,8 @@ struct dsi_engine_stats {
     uint64_t tokens_total;    /* tokens fed to forward(): prefill, recompute and decode */
     uint64_t generated_total; /* tokens sampled (what clients receive, stop tokens included) */
     int kv_blocks_used, kv_blocks_free;
+    int kv_block_tokens;             /* token slots per block */
+    uint64_t kv_bytes_per_token;     /* the backend's cache bytes per token (all layers; MLA: latent) */
     int last_step_tokens;     /* tokens fed to the last forward() */
 };
 

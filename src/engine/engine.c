@@ -307,6 +307,8 @@ void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st) {
     st->waiting = e->n_waiting;
     st->kv_blocks_used = dsi_kv_used(&e->kv);
     st->kv_blocks_free = dsi_kv_free_count(&e->kv);
+    st->kv_block_tokens = e->be->kv_block_size;
+    st->kv_bytes_per_token = e->be->kv_bytes_per_token;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -150,11 +150,17 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              "# TYPE dsinfer_kv_blocks_used gauge\ndsinfer_kv_blocks_used %d\n"
                              "# HELP dsinfer_kv_blocks_free KV cache blocks free.\n"
                              "# TYPE dsinfer_kv_blocks_free gauge\ndsinfer_kv_blocks_free %d\n"
+                             "# HELP dsinfer_kv_block_tokens Token slots per KV cache block.\n"
+                             "# TYPE dsinfer_kv_block_tokens gauge\ndsinfer_kv_block_tokens %d\n"
+                             "# HELP dsinfer_kv_bytes_per_token KV cache bytes one token takes over all layers "
+                             "(MLA models: the compressed latent).\n"
+                             "# TYPE dsinfer_kv_bytes_per_token gauge\ndsinfer_kv_bytes_per_token %llu\n"
                              "# HELP dsinfer_preempted_total Sequences preempted for KV space.\n"
                              "# TYPE dsinfer_preempted_total counter\ndsinfer_preempted_total %llu\n"
                              "# HELP dsinfer_engine_steps_total Scheduler steps.\n"
                              "# TYPE dsinfer_engine_steps_total counter\ndsinfer_engine_steps_total %llu\n",
                              ready, st->running, st->waiting, st->kv_blocks_used, st->kv_blocks_free,
+                             st->kv_block_tokens, (unsigned long long)st->kv_bytes_per_token,
                              (unsigned long long)st->preempted_total, (unsigned long long)st->steps_total);
     if (rc) {
         dsi__sbuf_free(&b);
