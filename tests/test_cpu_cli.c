@@ -77,7 +77,8 @@ static cJSON *load_ref(const char *name, float **rows, int *vocab, int which) {
 }
 
 static const char *const MODELS[] = {"qwen2-gqa-tied", "qwen2-untied",  "llama-mha", "llama-linear",
-                                     "llama-llama3",   "llama-headdim", "tiny-chat"};
+                                     "llama-llama3",   "llama-headdim", "tiny-chat", "dsv2-lite",
+                                     "dsv3-tiny",      "dsv3-fp8"};
 
 /* max over rows of max|a-b| / max|b|, or 1e9 when the output does not parse */
 static double logits_err(const char *name, const char *extra, int which) {

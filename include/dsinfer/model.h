@@ -134,6 +134,10 @@ bool dsi_model_layer_is_moe(const struct dsi_model_config *cfg, int l);
 /* MLA softmax scale: (qk_nope + qk_rope)^-0.5, times mscale(factor,
  * mscale_all_dim)^2 under YaRN with mscale_all_dim set (DeepSeek's and HF's rule). */
 float dsi_mla_softmax_scale(const struct dsi_model_config *cfg);
+/* Values one token takes in the KV cache per layer: 2 * n_kv_heads * head_dim
+ * (K and V), or kv_lora_rank + qk_rope_head_dim for MLA (the compressed latent
+ * and the shared rope key). Times n_layers and the element size: bytes per token. */
+size_t dsi_model_kv_values_per_token_layer(const struct dsi_model_config *cfg);
 /* "Qwen2ForCausalLM", ... for an arch value. */
 const char *dsi_arch_name(enum dsi_arch a);
 const char *dsi_rope_type_name(enum dsi_rope_type t);

@@ -278,7 +278,7 @@ static int run_setup(struct run *x, const struct dsi_model *m, struct dtype_res 
     const struct bench_args *a = x->a;
     const struct dsi_model_config *cfg = &m->cfg;
     size_t kv_elt = (a->kv_set ? a->kv_dtype : DSI_KV_F32) == DSI_KV_F32 ? 4 : 2;
-    size_t per_tok = (size_t)cfg->n_layers * 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim * kv_elt;
+    size_t per_tok = (size_t)cfg->n_layers * dsi_model_kv_values_per_token_layer(cfg) * kv_elt;
     struct dsi_backend_opts o = {.weight_dtype = x->dt,
                                  .kv_dtype = a->kv_set ? a->kv_dtype : DSI_KV_F32,
                                  .kv_block_size = x->bs,

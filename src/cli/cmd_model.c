@@ -133,9 +133,8 @@ static void plan_memory(const struct dsi_safetensors *st, struct mem_plan *p) {
 }
 
 static double kv_bytes_per_token_bf16(const struct dsi_model_config *c) {
-    if (c->kv_lora_rank) /* MLA caches the compressed latent + the rope key */
-        return 2.0 * c->n_layers * (c->kv_lora_rank + c->qk_rope_head_dim);
-    return 2.0 * 2.0 * c->n_layers * c->n_kv_heads * c->head_dim;
+    /* MLA caches the compressed latent + the rope key */
+    return 2.0 * c->n_layers * (double)dsi_model_kv_values_per_token_layer(c);
 }
 
 static void print_text(const char *dir, const struct dsi_model_config *c, bool runnable, const char *why,

@@ -499,3 +499,8 @@ float dsi_mla_softmax_scale(const struct dsi_model_config *cfg) {
     }
     return s;
 }
+
+size_t dsi_model_kv_values_per_token_layer(const struct dsi_model_config *cfg) {
+    if (dsi_model_is_mla(cfg)) return (size_t)cfg->kv_lora_rank + (size_t)cfg->qk_rope_head_dim;
+    return 2 * (size_t)(cfg->n_kv_heads > 0 ? cfg->n_kv_heads : 1) * (size_t)(cfg->head_dim > 0 ? cfg->head_dim : 1);
+}

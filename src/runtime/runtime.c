@@ -44,12 +44,10 @@ const char *dsi_runtime_dtype_name(enum dsi_weight_dtype d) {
 
 static bool is_set(const char *s) { return s && s[0]; }
 
-/* Bytes of K and V for one token over all layers. */
+/* Cache bytes of one token over all layers (K and V, or MLA's latent). */
 static size_t kv_bytes_per_token(const struct dsi_model_config *m, enum dsi_kv_dtype kv) {
     size_t layers = (size_t)(m->n_layers > 0 ? m->n_layers : 1);
-    size_t heads = (size_t)(m->n_kv_heads > 0 ? m->n_kv_heads : 1);
-    size_t dim = (size_t)(m->head_dim > 0 ? m->head_dim : 1);
-    return layers * 2 * heads * dim * (kv == DSI_KV_F32 ? 4 : 2);
+    return layers * dsi_model_kv_values_per_token_layer(m) * (kv == DSI_KV_F32 ? 4 : 2);
 }
 
 static int backend_opts(const struct dsi_config *c, const struct dsi_runtime_opts *o,

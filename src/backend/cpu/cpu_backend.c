@@ -155,7 +155,7 @@ static int alloc_kv(struct dsi__cpu *c, char **err) {
     int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
     c->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
     /* MLA: kv_lora_rank + qk_rope_head_dim values per layer, the latent and the shared rope key */
-    size_t per_layer = c->mla ? (size_t)c->kv_dim : 2 * (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    size_t per_layer = dsi_model_kv_values_per_token_layer(cfg);
     size_t per_tok = (size_t)cfg->n_layers * per_layer * c->kv_elt;
     size_t per_tok_local = (size_t)cfg->n_layers * (c->mla ? 1 : 2) * (size_t)c->kv_dim * c->kv_elt;
     size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
