@@ -215,11 +215,16 @@ TEST(batch_invariance_greedy_llama) {
 TEST(batch_invariance_seeded_sampling_tiny_chat) {
     check_model("tiny-chat", 0.8f);
 }
+/* MLA latent cache + MoE (tokens of all running sequences grouped by expert). */
+TEST(batch_invariance_greedy_deepseek_v3) {
+    check_model("dsv3-tiny", 0.0f);
+}
 
 int main(void) {
     dsi_log_set_level(DSI_LOG_WARN);
     RUN(batch_invariance_greedy_qwen2_tiny_chat);
     RUN(batch_invariance_greedy_llama);
     RUN(batch_invariance_seeded_sampling_tiny_chat);
+    RUN(batch_invariance_greedy_deepseek_v3);
     return test_summary();
 }
