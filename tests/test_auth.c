@@ -357,6 +357,33 @@ TEST(auth_tpm_charge) {
     dsi_auth_destroy(a);
 }
 
+/* Reservations (issue 27, finding 4): concurrent requests reserve their worst
+ * case up front, so together they never take more than the bucket holds; the
+ * unused part comes back when each ends. */
+TEST(auth_tpm_reserve) {
+    struct clock c = {5000000};
+    struct dsi_auth *a = make(keys_path, NULL, &c); /* bob: tpm 100 */
+    if (!a) return;
+    struct dsi_principal p[4];
+    int ra = 0;
+    for (int i = 0; i < 4; i++) CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_BOB, DSI_PERM_CHAT, NULL, &p[i], &ra), DSI_AUTH_OK);
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[0], 40, &ra), DSI_AUTH_OK);
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[1], 40, &ra), DSI_AUTH_OK);
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[2], 40, &ra), DSI_AUTH_RATE_LIMITED); /* 20 left */
+    CHECK_EQ_INT(ra, 12); /* 20 more at 100/min */
+    dsi_auth_charge(a, &p[0], 5, 5); /* used 10 of 40: 30 back, 50 left */
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[2], 40, &ra), DSI_AUTH_OK);
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[3], 40, &ra), DSI_AUTH_RATE_LIMITED);
+    dsi_auth_charge(a, &p[1], 0, 0); /* failed before any token: all back */
+    dsi_auth_charge(a, &p[2], 0, 0);
+    /* a worst case above the capacity takes a full bucket, and only a full one */
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[3], 500, &ra), DSI_AUTH_RATE_LIMITED);
+    c.now_ms += 6000;
+    CHECK_EQ_INT(dsi_auth_reserve(a, &p[3], 500, &ra), DSI_AUTH_OK);
+    CHECK_EQ_INT((int)p[3].tpm_reserved, 100);
+    dsi_auth_destroy(a);
+}
+
 struct burst {
     struct dsi_auth *a;
     int ok, limited;
@@ -619,6 +646,7 @@ int main(void) {
     RUN(auth_model_aliases_share_the_allow_list);
     RUN(auth_rpm_burst);
     RUN(auth_tpm_charge);
+    RUN(auth_tpm_reserve);
     RUN(auth_rpm_burst_threads);
     RUN(auth_reload_broken_keeps_old);
     RUN(auth_reload_under_load);

@@ -38,6 +38,7 @@ struct dsi_principal {
     char role[32];
     uint32_t perms;
     int max_tokens_cap; /* 0: none */
+    int64_t tpm_reserved; /* set by dsi_auth_reserve, settled by dsi_auth_charge */
 };
 
 enum dsi_auth_status {
@@ -72,8 +73,16 @@ void dsi_auth_destroy(struct dsi_auth *a);
  * audit log: never put it in the response). Otherwise it is zeroed. */
 enum dsi_auth_status dsi_auth_check(struct dsi_auth *a, const char *authorization, uint32_t perm,
                                     const char *model, struct dsi_principal *out, int *retry_after_s);
+/* Reserves a generation's worst case (prompt + max_tokens, as clamped) from the
+ * key's tpm bucket before it starts, into p->tpm_reserved; RATE_LIMITED (with
+ * retry_after_s) when that much is not there. A worst case above the key's
+ * whole tpm reserves a full bucket. OK without a tpm limit. Thread-safe. */
+enum dsi_auth_status dsi_auth_reserve(struct dsi_auth *a, struct dsi_principal *p, int64_t tokens,
+                                      int *retry_after_s);
 /* Charges tokens to the key's tpm budget and the principal's chargeback counter.
- * Call once per finished request with the counts from its usage. Thread-safe. */
+ * Call once per finished (or failed, cancelled, abandoned) request with the
+ * counts from its usage: what it reserved is settled, the unused part refunded.
+ * Thread-safe. */
 void dsi_auth_charge(struct dsi_auth *a, const struct dsi_principal *p, int prompt_tokens,
                      int completion_tokens);
 /* Stable snake_case reason for logs and the audit log ("invalid_key", ...). */

@@ -359,19 +359,38 @@ enum dsi_auth_status dsi_auth_check_client_cert(struct dsi_auth *a, const char *
     return st;
 }
 
+/* The entry for a principal's key id in the current keyset (caller holds ks). */
+static const struct dsi__entry *entry_by_id(const struct dsi__keyset *ks, const char *key_id) {
+    for (size_t i = 0; i < ks->n_keys; i++)
+        if (!strcmp(ks->keys[i].id, key_id)) return &ks->keys[i];
+    for (size_t i = 0; i < ks->n_clients; i++)
+        if (!strcmp(ks->clients[i].id, key_id)) return &ks->clients[i];
+    return NULL;
+}
+
+enum dsi_auth_status dsi_auth_reserve(struct dsi_auth *a, struct dsi_principal *p, int64_t tokens,
+                                      int *retry_after_s) {
+    if (retry_after_s) *retry_after_s = 0;
+    if (!a || !p || !p->key_id[0]) return DSI_AUTH_OK;
+    struct dsi__keyset *ks = acquire(a);
+    const struct dsi__entry *e = entry_by_id(ks, p->key_id);
+    int64_t got = 0;
+    bool ok = !e || dsi__limiter_reserve(e->lim, e->rpm, e->tpm, now_mono(a), tokens, &got, retry_after_s);
+    release(a, ks);
+    if (!ok) return deny(a, DSI_AUTH_RATE_LIMITED);
+    p->tpm_reserved += got;
+    return DSI_AUTH_OK;
+}
+
 void dsi_auth_charge(struct dsi_auth *a, const struct dsi_principal *p, int prompt_tokens,
                      int completion_tokens) {
     if (!a || !p || !p->key_id[0]) return;
     int64_t pt = prompt_tokens > 0 ? prompt_tokens : 0, ct = completion_tokens > 0 ? completion_tokens : 0;
     struct dsi__keyset *ks = acquire(a);
-    const struct dsi__entry *e = NULL;
-    for (size_t i = 0; i < ks->n_keys && !e; i++)
-        if (!strcmp(ks->keys[i].id, p->key_id)) e = &ks->keys[i];
-    for (size_t i = 0; i < ks->n_clients && !e; i++)
-        if (!strcmp(ks->clients[i].id, p->key_id)) e = &ks->clients[i];
+    const struct dsi__entry *e = entry_by_id(ks, p->key_id);
     /* A key revoked by a reload mid-request has no bucket left to charge; the
      * chargeback counter below still counts its tokens. */
-    if (e) dsi__limiter_charge(e->lim, e->rpm, e->tpm, now_mono(a), pt + ct);
+    if (e) dsi__limiter_charge(e->lim, e->rpm, e->tpm, now_mono(a), pt + ct - p->tpm_reserved);
     release(a, ks);
     pthread_mutex_lock(&a->stats_mu);
     struct principal_stat *s = p->name[0] ? stat_find(a, p->name) : NULL;

@@ -8,10 +8,15 @@
  * of R per minute refills exactly R units per millisecond in integer math.
  *
  * rpm: a request needs one whole token and takes it at check time.
- * tpm: tokens are only known when a request ends, so dsi_auth_charge takes
- * them afterwards and the bucket may go into debt; a new request is admitted
- * only while at least one token is available, so a key that overspent waits
- * until the debt has refilled. A rate of 0 means unlimited.
+ * tpm: a generation reserves its worst case (prompt + max_tokens) once its
+ * prompt is known (dsi__limiter_reserve) and settles with the real count when
+ * it ends (dsi__limiter_charge with used - reserved, a refund when negative),
+ * so concurrent requests cannot spend more than the bucket holds. A worst case
+ * above the whole capacity needs a full bucket and reserves all of it; only
+ * such a request can overspend, by at most its own excess, and it leaves the
+ * bucket in debt so the key then waits until the debt has refilled. A new
+ * request is admitted only while at least one token is available. A rate of 0
+ * means unlimited.
  */
 #include <stdlib.h>
 
@@ -87,11 +92,37 @@ bool dsi__limiter_take(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t
     return false;
 }
 
+bool dsi__limiter_reserve(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int64_t tokens,
+                          int64_t *reserved, int *retry_after_s) {
+    *reserved = 0;
+    if (!l || tpm == 0 || tokens <= 0) return true;
+    int64_t need = tokens < tpm ? tokens : tpm; /* more than the capacity: a full bucket */
+    int64_t wait_ms = 0;
+    pthread_mutex_lock(&l->mu);
+    refill(l, rpm, tpm, now_ms);
+    if (l->tok_level >= need * SCALE) {
+        l->tok_level -= need * SCALE;
+        *reserved = need;
+    } else {
+        wait_ms = (need * SCALE - l->tok_level + tpm - 1) / tpm;
+    }
+    pthread_mutex_unlock(&l->mu);
+    if (wait_ms == 0) return true;
+    if (retry_after_s) {
+        int64_t s = (wait_ms + 999) / 1000;
+        *retry_after_s = s < 1 ? 1 : s > 86400 ? 86400 : (int)s;
+    }
+    return false;
+}
+
 void dsi__limiter_charge(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int64_t tokens) {
-    if (!l || tpm == 0 || tokens <= 0) return;
+    if (!l || tpm == 0 || tokens == 0) return;
+    if (tokens > INT32_MAX) tokens = INT32_MAX; /* callers pass int-sized counts; keeps * SCALE in range */
+    if (tokens < -INT32_MAX) tokens = -INT32_MAX;
     pthread_mutex_lock(&l->mu);
     refill(l, rpm, tpm, now_ms);
     l->tok_level -= tokens * SCALE;
     if (l->tok_level < MIN_LEVEL) l->tok_level = MIN_LEVEL;
+    if (l->tok_level > tpm * SCALE) l->tok_level = tpm * SCALE; /* a refund never overfills */
     pthread_mutex_unlock(&l->mu);
 }

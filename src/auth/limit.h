@@ -28,7 +28,13 @@ void dsi__limiter_unref(struct dsi__limiter *l);
 /* Admits one request (taking one rpm token) or returns false with the seconds
  * until it would be admitted (>= 1). rpm/tpm 0: unlimited. */
 bool dsi__limiter_take(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int *retry_after_s);
-/* Takes `tokens` from the tpm bucket (it may go into debt). */
+/* Reserves min(tokens, tpm) from the tpm bucket into *reserved, or returns
+ * false with the seconds until that much is there (>= 1). *reserved = 0 when
+ * tpm is 0 (unlimited). */
+bool dsi__limiter_reserve(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int64_t tokens,
+                          int64_t *reserved, int *retry_after_s);
+/* Takes `tokens` from the tpm bucket (it may go into debt); negative refunds,
+ * up to the capacity. */
 void dsi__limiter_charge(struct dsi__limiter *l, int64_t rpm, int64_t tpm, int64_t now_ms, int64_t tokens);
 
 #endif

@@ -366,6 +366,21 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
     int max_tokens = r->max_tokens > 0 ? r->max_tokens : s->default_max_tokens > 0 ? s->default_max_tokens : room;
     if (max_tokens > room) max_tokens = room; /* documented: clamped to what fits in the context */
     if (x->have_pr && x->pr.max_tokens_cap > 0 && max_tokens > x->pr.max_tokens_cap) max_tokens = x->pr.max_tokens_cap;
+    /* The worst case is reserved now, so concurrent requests cannot overspend
+     * the key's tpm; on_completed's charge settles it, on every way out. */
+    int retry = 0;
+    if (x->have_pr && s->auth && dsi_auth_reserve(s->auth, &x->pr, (int64_t)n + max_tokens, &retry) != DSI_AUTH_OK) {
+        free(ids);
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", retry > 0 ? retry : 1);
+        x->denial = dsi_auth_status_reason(DSI_AUTH_RATE_LIMITED);
+        dsi__api_error_set(&e, 429, NULL, "rate_limit_exceeded",
+                           "this request may use %d tokens (prompt + max_tokens), more than the key has left this "
+                           "minute; retry after %s s",
+                           (int)n + max_tokens, ra);
+        dsi_log(DSI_LOG_INFO, "http", "%s %s: 429 %s", x->req_id, dsi__route_name(x->route), x->denial);
+        return respond(c, x, 429, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_RETRY_AFTER, ra);
+    }
     if (dsi__gen_create(s, c, &x->g)) {
         free(ids);
         return respond_errf(c, x, 500, NULL, "out of memory");
@@ -588,10 +603,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         dsi_log(DSI_LOG_INFO, "http", "%s: client left before the end (code %d)", x->req_id, (int)toe);
     int status = x->status ? x->status : 499; /* nginx's "client closed request" */
     dsi__smetrics_request(s->metrics, x->route, status);
-    if (prompt || completion) {
-        dsi__smetrics_tokens(s->metrics, prompt, completion);
-        if (x->have_pr && s->auth) dsi_auth_charge(s->auth, &x->pr, prompt, completion);
-    }
+    if (prompt || completion) dsi__smetrics_tokens(s->metrics, prompt, completion);
+    /* Also with no tokens: settles (refunds) what route_generate reserved. */
+    if ((prompt || completion || x->pr.tpm_reserved) && x->have_pr && s->auth)
+        dsi_auth_charge(s->auth, &x->pr, prompt, completion);
     if (s->audit && x->route != DSI__R_LIVE && x->route != DSI__R_READY) {
         struct dsi_audit_record a = {
             .request_id = x->req_id,

