@@ -91,9 +91,17 @@ const char *dsi_chat_format_name(enum dsi_chat_format f);
 enum dsi_chat_format dsi_tok_chat_format(const struct dsi_tokenizer *t);
 /* True when the format starts assistant turns inside <think> (R1 reasoning models). */
 bool dsi_chat_is_reasoning(const struct dsi_tokenizer *t, enum dsi_chat_format f);
-/* Renders messages to prompt text (BOS included as text when the format has one;
- * encode with allow_special). *text is malloc'd. */
+/* Renders messages to prompt text (BOS included as text when the format has one).
+ * *text is malloc'd. For display and tests only: to get ids, use dsi_chat_encode
+ * (encoding this text with allow_special would let content inject special tokens). */
 int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
                     size_t n_msgs, bool add_generation_prompt, char **text, char **err);
+/* Renders and encodes messages: the template's own text with its special tokens,
+ * each message's content as plain text (special tokens and DeepSeek's turn
+ * markers written in it stay text, as HF's split_special_tokens=True does for
+ * specials). Without such text in the content the ids equal those of
+ * dsi_chat_render + dsi_tok_encode(allow_special). *ids is malloc'd. */
+int dsi_chat_encode(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
+                    size_t n_msgs, bool add_generation_prompt, int32_t **ids, size_t *n_ids, char **err);
 
 #endif

@@ -14,6 +14,13 @@
  *   "'User: '"                     DeepSeek LLM chat;
  *   "<|im_start|>"                 ChatML; with "reasoning_content" Qwen3's rules for
  *                                  <think> in assistant turns.
+ *
+ * Invariant: every byte of a message's content goes through put_content, so
+ * dsi_chat_encode can encode it as plain text: special tokens (and DeepSeek's
+ * turn markers) come only from the template, never from a client's message
+ * (issue 27, finding 7). Content bytes are encoded in one pass with the
+ * template text around them, so a chat without such text gets exactly the
+ * ids of render + encode(allow_special), as HF's apply_chat_template does.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,10 +34,14 @@ static const char CODER_SYSTEM[] =
     "only answer questions related to computer science. For politically sensitive questions, security and privacy "
     "issues, and other non-computer science questions, you will refuse to answer\n";
 
+/* The rendered text, and where in it message content lies (spans sorted,
+ * disjoint: dsi_chat_encode keeps special tokens out of them). */
 struct buf {
     char *p;
     size_t n, cap;
     int rc;
+    struct dsi__span *sp;
+    size_t n_sp, cap_sp;
 };
 
 static void put_n(struct buf *b, const char *s, size_t n) {
@@ -56,6 +67,31 @@ static void put_n(struct buf *b, const char *s, size_t n) {
 }
 
 static void put(struct buf *b, const char *s) { put_n(b, s, strlen(s)); }
+
+/* Message content: text from the client, never the template's structure. */
+static void put_content_n(struct buf *b, const char *s, size_t n) {
+    if (b->rc || n == 0) return;
+    size_t at = b->n;
+    put_n(b, s, n);
+    if (b->rc) return;
+    if (b->n_sp && b->sp[b->n_sp - 1].end == at) {
+        b->sp[b->n_sp - 1].end = b->n;
+        return;
+    }
+    if (b->n_sp == b->cap_sp) {
+        size_t c = b->cap_sp ? b->cap_sp * 2 : 16;
+        struct dsi__span *p = c <= SIZE_MAX / sizeof *p ? realloc(b->sp, c * sizeof *p) : NULL;
+        if (!p) {
+            b->rc = DSI_ENOMEM;
+            return;
+        }
+        b->sp = p;
+        b->cap_sp = c;
+    }
+    b->sp[b->n_sp++] = (struct dsi__span){at, b->n};
+}
+
+static void put_content(struct buf *b, const char *s) { put_content_n(b, s, strlen(s)); }
 
 /* Last occurrence of needle in hay, or NULL. */
 static const char *find_last(const char *hay, const char *needle) {
@@ -171,18 +207,18 @@ static void render_v3(const struct dsi_tokenizer *t, const struct dsi_chat_msg *
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "system")) {
             if (!first_sys) put(b, "\n\n");
-            put(b, m[i].content);
+            put_content(b, m[i].content);
             first_sys = false;
         }
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "user")) {
             put(b, "<｜User｜>");
-            put(b, m[i].content);
+            put_content(b, m[i].content);
         } else if (is_role(&m[i], "assistant")) {
             const char *c = m[i].content, *e = strip ? find_last(c, "</think>") : NULL;
             if (e) c = e + strlen("</think>");
             put(b, "<｜Assistant｜>");
-            put(b, c);
+            put_content(b, c);
             put(b, "<｜end▁of▁sentence｜>");
         }
     }
@@ -194,14 +230,14 @@ static void render_llm(const struct dsi_tokenizer *t, const struct dsi_chat_msg 
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "user")) {
             put(b, "User: ");
-            put(b, m[i].content);
+            put_content(b, m[i].content);
             put(b, "\n\n");
         } else if (is_role(&m[i], "assistant")) {
             put(b, "Assistant: ");
-            put(b, m[i].content);
+            put_content(b, m[i].content);
             put(b, t->eos_text ? t->eos_text : "");
         } else {
-            put(b, m[i].content);
+            put_content(b, m[i].content);
             put(b, "\n\n");
         }
     }
@@ -216,14 +252,14 @@ static void render_coder(const struct dsi_tokenizer *t, const struct dsi_chat_ms
     if (!has_sys) put(b, CODER_SYSTEM);
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "system")) {
-            put(b, m[i].content); /* the template adds no newline after it */
+            put_content(b, m[i].content); /* the template adds no newline after it */
         } else if (is_role(&m[i], "user")) {
             put(b, "### Instruction:\n");
-            put(b, m[i].content);
+            put_content(b, m[i].content);
             put(b, "\n");
         } else {
             put(b, "### Response:\n");
-            put(b, m[i].content);
+            put_content(b, m[i].content);
             put(b, "\n<|EOT|>\n");
         }
     }
@@ -256,11 +292,11 @@ static void qwen3_assistant(const char *c, bool with_think, struct buf *b) {
     if (with_think) {
         strip_nl(&rs, &re, true, true);
         put(b, "<think>\n");
-        put_n(b, rs, (size_t)(re - rs));
+        put_content_n(b, rs, (size_t)(re - rs));
         put(b, "\n</think>\n\n");
         strip_nl(&ans, &ans_end, true, false);
     }
-    put_n(b, ans, (size_t)(ans_end - ans));
+    put_content_n(b, ans, (size_t)(ans_end - ans));
     (void)close;
 }
 
@@ -302,16 +338,16 @@ static void render_chatml(const struct dsi_tokenizer *t, const struct dsi_chat_m
         put(b, "<|im_start|>");
         put(b, is_role(&m[i], "system") ? "system" : m[i].role);
         put(b, "\n");
-        put(b, m[i].content);
+        put_content(b, m[i].content);
         put(b, "<|im_end|>\n");
     }
     if (gen) put(b, "<|im_start|>assistant\n");
 }
 
-int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
-                    size_t n_msgs, bool add_generation_prompt, char **text, char **err) {
-    if (!t || (!msgs && n_msgs) || !text) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
-    *text = NULL;
+/* Renders into b (spans included); b->rc or the return value says why not. */
+static int render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
+                  size_t n_msgs, bool add_generation_prompt, struct buf *b, char **err) {
+    if (!t || (!msgs && n_msgs)) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
     for (size_t i = 0; i < n_msgs; i++) {
         if (!msgs[i].role || !msgs[i].content)
             return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has no role or content", i);
@@ -319,32 +355,59 @@ int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const
             return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has role \"%.20s\" (want system, developer, user or assistant)",
                               i, msgs[i].role);
     }
-    struct buf b = {0};
     switch (resolve(t, f)) {
     case DSI_CHAT_DEEPSEEK_V3:
-        render_v3(t, msgs, n_msgs, add_generation_prompt, &b);
+        render_v3(t, msgs, n_msgs, add_generation_prompt, b);
         break;
     case DSI_CHAT_DEEPSEEK_LLM:
-        render_llm(t, msgs, n_msgs, add_generation_prompt, &b);
+        render_llm(t, msgs, n_msgs, add_generation_prompt, b);
         break;
     case DSI_CHAT_DEEPSEEK_CODER:
-        render_coder(t, msgs, n_msgs, add_generation_prompt, &b);
+        render_coder(t, msgs, n_msgs, add_generation_prompt, b);
         break;
     case DSI_CHAT_CHATML:
-        render_chatml(t, msgs, n_msgs, add_generation_prompt, &b);
+        render_chatml(t, msgs, n_msgs, add_generation_prompt, b);
         break;
     default:
         return dsi_seterr(err, DSI_EINVAL, "chat: unknown format %d", (int)f);
     }
-    put(&b, ""); /* make sure there is a buffer even for empty output */
-    if (!b.p && !b.rc) {
-        b.p = calloc(1, 1);
-        if (!b.p) b.rc = DSI_ENOMEM;
+    if (!b->p && !b->rc) {
+        b->p = calloc(1, 1); /* empty output still gets a buffer */
+        if (!b->p) b->rc = DSI_ENOMEM;
     }
-    if (b.rc) {
+    if (b->rc) return dsi_seterr(err, b->rc, "chat: out of memory");
+    return 0;
+}
+
+int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
+                    size_t n_msgs, bool add_generation_prompt, char **text, char **err) {
+    if (!text) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
+    *text = NULL;
+    struct buf b = {0};
+    int rc = render(t, f, msgs, n_msgs, add_generation_prompt, &b, err);
+    free(b.sp);
+    if (rc) {
         free(b.p);
-        return dsi_seterr(err, b.rc, "chat: out of memory");
+        return rc;
     }
     *text = b.p;
     return 0;
+}
+
+int dsi_chat_encode(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
+                    size_t n_msgs, bool add_generation_prompt, int32_t **ids, size_t *n_ids, char **err) {
+    if (!ids || !n_ids) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
+    *ids = NULL;
+    *n_ids = 0;
+    struct buf b = {0};
+    int rc = render(t, f, msgs, n_msgs, add_generation_prompt, &b, err);
+    if (!rc) {
+        /* Turn markers that some vocabularies do not flag special (DeepSeek's
+         * <｜User｜>, <｜Assistant｜>): in content they would still open a turn. */
+        int32_t deny[2] = {dsi_tok_lookup(t, "<｜User｜>"), dsi_tok_lookup(t, "<｜Assistant｜>")};
+        rc = dsi__tok_encode_spans(t, b.p, b.n, b.sp, b.n_sp, deny, 2, ids, n_ids, err);
+    }
+    free(b.sp);
+    free(b.p);
+    return rc;
 }

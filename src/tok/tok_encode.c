@@ -4,7 +4,8 @@
  * Encoding follows HF tokenizers' pipeline step by step:
  *   1. added tokens written in the text are cut out first, leftmost-longest match
  *      (HF uses an Aho-Corasick automaton with LeftmostLongest); special ones only
- *      when allow_special;
+ *      when allow_special, and never inside the "plain" spans of
+ *      dsi__tok_encode_spans (a chat message's content: tok_chat.c);
  *   2. each stretch between them is normalized (NFC when the file asks for it),
  *   3. split by the pre-tokenizer regexes, one Split step after the other, each step
  *      working on the pieces of the previous one (a piece is the whole subject of the
@@ -208,6 +209,39 @@ static int encode_segment(struct enc *e, const char *s, size_t n) {
 
 int dsi_tok_encode(const struct dsi_tokenizer *t, const char *text, size_t len, bool allow_special,
                    int32_t **ids, size_t *n_ids, char **err) {
+    struct dsi__span all = {0, len};
+    return dsi__tok_encode_spans(t, text, len, allow_special ? NULL : &all, allow_special ? 0 : 1, NULL, 0, ids, n_ids,
+                                 err);
+}
+
+/* Whether [i, j) touches plain span *k or a later one; *k skips spans that end
+ * at or before i (i only grows during one encode). */
+static bool in_plain(const struct dsi__span *sp, size_t n, size_t *k, size_t i, size_t j) {
+    while (*k < n && sp[*k].end <= i) (*k)++;
+    return *k < n && sp[*k].start < j;
+}
+
+/* The added token to cut out at text[i], if any, under the span rules. */
+static const struct dsi__tok_added *added_at(const struct dsi_tokenizer *t, const char *text, size_t len, size_t i,
+                                             const struct dsi__span *sp, size_t n_sp, size_t *k,
+                                             const int32_t *deny, size_t n_deny) {
+    const struct dsi__tok_added *a = NULL;
+    bool plain = in_plain(sp, n_sp, k, i, i + 1);
+    find_added(t, text, len, i, !plain, &a);
+    /* A special token that starts in template text but runs into plain text is
+     * not the template's: look again without specials. */
+    if (a && a->special && in_plain(sp, n_sp, k, i, i + a->len)) {
+        plain = true;
+        find_added(t, text, len, i, false, &a);
+    }
+    for (size_t d = 0; a && plain && d < n_deny; d++)
+        if (deny[d] == a->id) a = NULL;
+    return a;
+}
+
+int dsi__tok_encode_spans(const struct dsi_tokenizer *t, const char *text, size_t len, const struct dsi__span *plain,
+                          size_t n_plain, const int32_t *deny, size_t n_deny, int32_t **ids, size_t *n_ids,
+                          char **err) {
     if (!t || (!text && len) || !ids || !n_ids) return dsi_seterr(err, DSI_EINVAL, "tokenizer: bad arguments");
     *ids = NULL;
     *n_ids = 0;
@@ -226,10 +260,10 @@ int dsi_tok_encode(const struct dsi_tokenizer *t, const char *text, size_t len, 
         rc = dsi_seterr(err, rc, "tokenizer: out of memory");
         goto fail;
     }
-    size_t seg = 0;
+    size_t seg = 0, k = 0;
     for (size_t i = 0; i < len;) {
         const struct dsi__tok_added *a = NULL;
-        if (t->added_first[(unsigned char)text[i]]) find_added(t, text, len, i, allow_special, &a);
+        if (t->added_first[(unsigned char)text[i]]) a = added_at(t, text, len, i, plain, n_plain, &k, deny, n_deny);
         if (!a) {
             i++;
             continue;

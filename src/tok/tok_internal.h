@@ -51,6 +51,19 @@ struct dsi__tok_split {
     bool invert;                       /* the pieces between matches are the "matches" */
 };
 
+/* A byte range [start, end) of a text. */
+struct dsi__span {
+    size_t start, end;
+};
+
+/* dsi_tok_encode with allow_special, except inside the `plain` spans (sorted,
+ * disjoint): a special token is matched only when it lies wholly outside them,
+ * and inside them the added tokens in `deny` are not matched either (they stay
+ * text). dsi_tok_encode is this with no span, or one span over all the text. */
+int dsi__tok_encode_spans(const struct dsi_tokenizer *t, const char *text, size_t len, const struct dsi__span *plain,
+                          size_t n_plain, const int32_t *deny, size_t n_deny, int32_t **ids, size_t *n_ids,
+                          char **err);
+
 struct dsi__tok_added {
     char *content;                     /* malloc'd; raw UTF-8 as in the file */
     size_t len;
