@@ -9,4 +9,8 @@ if(DSI_HAVE_CUDA)
       target_link_libraries(${b} PRIVATE dsi_backend dsi_backend_cuda dsi_model dsi_core m)
     endif()
   endforeach()
+  # the library baselines of issue 19 (cuBLASLt int8, cuBLAS bf16); no dsinfer code
+  add_executable(bench_cublas_int8 ${CMAKE_SOURCE_DIR}/bench/bench_cublas_int8.c)
+  set_target_properties(bench_cublas_int8 PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+  target_link_libraries(bench_cublas_int8 PRIVATE CUDA::cudart CUDA::cublas CUDA::cublasLt)
 endif()

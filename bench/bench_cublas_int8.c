@@ -1,0 +1,194 @@
+/*
+ * bench_cublas_int8.c: the library baselines for issue 19's INT8 GEMMs.
+ *
+ * Times Y = X · W^T on the 7B shape's four weights (q|k|v, o, gate|up, down) at
+ * m = 1 .. 4096 rows with
+ *   - cuBLASLt int8 x int8 -> int32 (CUBLAS_COMPUTE_32I, the "TN" layout the
+ *     integer tensor cores need: W row-major (n, k), X row-major (m, k)), and
+ *   - cuBLAS bf16 x bf16 -> bf16 with fp32 accumulation (cublasGemmEx; bf16 held as
+ *     uint16_t bits on the host side of this C file),
+ * on the same shapes in the same process, and prints per case the time, the
+ * achieved TOPS (2mnk / t) and TB/s (bytes of W + X + Y / t), so our own
+ * kernels can be placed between the two and against the roofline (4.25 TB/s,
+ * 1,979 dense INT8 TOPS on an H200 by its data sheet; an H100 SXM's data sheet
+ * says 3.35 TB/s and 1,979 as well).
+ *
+ * Inputs are random bytes (int8) or small random bf16 values: speed does not
+ * depend on them. Each case: 5 warm-up calls, then the mean of 50 timed with
+ * CUDA events. Usage: bench_cublas_int8 [--iters N]
+ */
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CK(x)                                                                                      \
+    do {                                                                                           \
+        cudaError_t e_ = (x);                                                                      \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));     \
+            return 1;                                                                              \
+        }                                                                                          \
+    } while (0)
+#define CB(x)                                                                                      \
+    do {                                                                                           \
+        cublasStatus_t s_ = (x);                                                                   \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            fprintf(stderr, "%s:%d %s: cublas status %d\n", __FILE__, __LINE__, #x, (int)s_);     \
+            return 1;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+struct shape {
+    const char *name;
+    int n, k; /* W is (n, k) */
+};
+
+/* The 7B bench shape (DESIGN.md): hidden 3584, 28/4 heads of 128, intermediate 18944. */
+static const struct shape SHAPES[] = {
+    {"qkv", 3584 + 2 * 512, 3584}, {"o", 3584, 3584}, {"gate|up", 2 * 18944, 3584}, {"down", 3584, 18944}};
+static const int MS[] = {1, 16, 64, 256, 2048};
+
+static int time_int8(cublasLtHandle_t lt, const int8_t *w, const int8_t *x, int32_t *y, int m, int n, int k,
+                     void *ws, size_t ws_bytes, int iters, float *ms_out) {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32I, CUDA_R_32I));
+    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+    /* column-major view: C (n, m) = W^T' (n, k) . X' (k, m) */
+    CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, k, n, k));
+    CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, k, m, k));
+    CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, n, m, n));
+    cublasLtMatmulPreference_t pref;
+    CB(cublasLtMatmulPreferenceCreate(&pref));
+    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                            sizeof ws_bytes));
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &found));
+    if (!found) {
+        fprintf(stderr, "no int8 algorithm for m=%d n=%d k=%d\n", m, n, k);
+        return 1;
+    }
+    int32_t one = 1, zero = 0;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 5 + iters; i++) {
+        if (i == 5) CK(cudaEventRecord(e0, 0));
+        CB(cublasLtMatmul(lt, op, &one, w, la, x, lb, &zero, y, lc, y, lc, &h.algo, ws, ws_bytes, 0));
+    }
+    CK(cudaEventRecord(e1, 0));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    *ms_out = ms / (float)iters;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(op);
+    return 0;
+}
+
+static int time_bf16(cublasHandle_t hb, const uint16_t *w, const uint16_t *x, uint16_t *y, int m,
+                     int n, int k, int iters, float *ms_out) {
+    float one = 1.0f, zero = 0.0f;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 5 + iters; i++) {
+        if (i == 5) CK(cudaEventRecord(e0, 0));
+        CB(cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero,
+                        y, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    CK(cudaEventRecord(e1, 0));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    *ms_out = ms / (float)iters;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return 0;
+}
+
+static void fill_bytes(void *p, size_t n, uint64_t seed) {
+    unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        b[i] = (unsigned char)(seed >> 56);
+    }
+}
+
+int main(int argc, char **argv) {
+    int iters = 50;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench_cublas_int8 [--iters N]\n");
+            return 2;
+        }
+    }
+    if (iters < 1) iters = 1;
+    struct cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("# %s, %d SMs; cuBLASLt %zu\n", prop.name, prop.multiProcessorCount, cublasLtGetVersion());
+    size_t max_w = 0, max_x = 0, max_y = 0;
+    for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++) {
+        size_t w = (size_t)SHAPES[s].n * SHAPES[s].k, x = (size_t)2048 * SHAPES[s].k, y = (size_t)2048 * SHAPES[s].n;
+        if (w > max_w) max_w = w;
+        if (x > max_x) max_x = x;
+        if (y > max_y) max_y = y;
+    }
+    /* one buffer per role, sized for bf16 (2 bytes) / int32 (4 bytes) */
+    void *w, *x, *y, *ws;
+    size_t ws_bytes = 64u << 20;
+    CK(cudaMalloc(&w, max_w * 2));
+    CK(cudaMalloc(&x, max_x * 2));
+    CK(cudaMalloc(&y, max_y * 4));
+    CK(cudaMalloc(&ws, ws_bytes));
+    void *h = malloc(max_w * 2);
+    if (!h) return 1;
+    fill_bytes(h, max_w * 2, 1);
+    /* bf16 values from random bytes: clear exponent bits so they stay small and finite */
+    uint16_t *hb = h;
+    for (size_t i = 0; i < max_w; i++) hb[i] = (uint16_t)((hb[i] & 0x807f) | 0x3c00);
+    CK(cudaMemcpy(w, h, max_w * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(x, h, max_x * 2 < max_w * 2 ? max_x * 2 : max_w * 2, cudaMemcpyHostToDevice));
+    free(h);
+    cublasLtHandle_t lt;
+    cublasHandle_t hbl;
+    CB(cublasLtCreate(&lt));
+    CB(cublasCreate(&hbl));
+    CB(cublasSetWorkspace(hbl, ws, ws_bytes));
+    printf("%-8s %5s %6s %6s | %9s %8s %7s | %9s %8s %7s | %s\n", "weight", "m", "n", "k", "int8 us", "TOPS",
+           "TB/s", "bf16 us", "TFLOP/s", "TB/s", "int8/bf16 speed");
+    for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++) {
+        for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++) {
+            int m = MS[mi], n = SHAPES[s].n, k = SHAPES[s].k;
+            float t8, t16;
+            if (time_int8(lt, w, x, y, m, n, k, ws, ws_bytes, iters, &t8)) return 1;
+            if (time_bf16(hbl, w, x, y, m, n, k, iters, &t16)) return 1;
+            double flop = 2.0 * m * n * (double)k;
+            double b8 = (double)n * k + (double)m * k + 4.0 * m * n;
+            double b16 = 2.0 * ((double)n * k + (double)m * k + (double)m * n);
+            printf("%-8s %5d %6d %6d | %9.1f %8.1f %7.2f | %9.1f %8.1f %7.2f | %.2fx\n", SHAPES[s].name, m, n, k,
+                   t8 * 1e3, flop / (t8 * 1e-3) / 1e12, b8 / (t8 * 1e-3) / 1e12, t16 * 1e3,
+                   flop / (t16 * 1e-3) / 1e12, b16 / (t16 * 1e-3) / 1e12, t16 / t8);
+        }
+    }
+    cublasDestroy(hbl);
+    cublasLtDestroy(lt);
+    cudaFree(w);
+    cudaFree(x);
+    cudaFree(y);
+    cudaFree(ws);
+    return 0;
+}
