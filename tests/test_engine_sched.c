@@ -33,6 +33,12 @@ TEST(engine_create_rejects_bad_opts) {
     CHECK_EQ_INT(dsi_engine_create(&m.be, &o, &e, &err), DSI_EINVAL);
     free(err);
     err = NULL;
+    small_opts(&o);
+    o.sample_vocab = VOCAB + 1; /* more sampleable ids than logits */
+    CHECK_EQ_INT(dsi_engine_create(&m.be, &o, &e, &err), DSI_EINVAL);
+    CHECK(err && strstr(err, "sample_vocab"));
+    free(err);
+    err = NULL;
     struct dsi_backend_ops no_fwd = {.name = "none"};
     struct dsi_backend be = m.be;
     be.ops = &no_fwd;
@@ -151,6 +157,52 @@ TEST(engine_stop_id_ends_without_text) {
     CHECK_EQ_INT(r.n, n_want - 1); /* the stop token is not delivered */
     CHECK(memcmp(r.tokens, want, (size_t)(n_want - 1) * sizeof(int32_t)) == 0);
     CHECK_EQ_INT(r.final.n_completion_tokens, n_want);
+    check_pool_empty(e, 64);
+    mock_engine_stop(e, &c, &m);
+}
+
+/* A checkpoint pads its head past the tokenizer's last id (Qwen2: 152,064 rows,
+ * 151,665 ids): those rows have no text and must never be drawn, even where the
+ * weights make them the best. Here 56 of the mock's 64 ids are padding. */
+TEST(engine_never_samples_padding_ids) {
+    enum { N_IDS = 8, N_GEN = 24 };
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.sample_vocab = N_IDS;
+    struct mock m;
+    struct coll c;
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
+    struct rec r[2];
+    int32_t prompt[6];
+    struct dsi_request_params rp;
+    greedy_request(&rp, prompt, 6, 5, N_GEN);
+    CHECK_EQ_INT(submit(e, &rp, &r[0], &c), 0);
+    struct dsi_request_params sp = rp; /* and drawn at temperature 2 */
+    sp.sampling.temperature = 2.0f;
+    sp.sampling.seed = 11;
+    CHECK_EQ_INT(submit(e, &sp, &r[1], &c), 0);
+    coll_wait(&c, 2);
+    /* greedy: the argmax over the ids the tokenizer has */
+    int32_t hist[6 + N_GEN];
+    memcpy(hist, prompt, sizeof prompt);
+    float lg[VOCAB];
+    int padding_best = 0;
+    for (int g = 0; g < N_GEN; g++) {
+        ref_logits(hist, 6 + g, lg);
+        int best = 0, best_all = 0;
+        for (int v = 1; v < VOCAB; v++) {
+            if (v < N_IDS && lg[v] > lg[best]) best = v;
+            if (lg[v] > lg[best_all]) best_all = v;
+        }
+        padding_best += best_all >= N_IDS;
+        hist[6 + g] = best;
+    }
+    CHECK(padding_best > N_GEN / 2); /* the mock's logits do favour the padding rows */
+    CHECK_EQ_INT(r[0].n, N_GEN);
+    CHECK(memcmp(r[0].tokens, hist + 6, N_GEN * sizeof(int32_t)) == 0);
+    CHECK_EQ_INT(r[1].n, N_GEN);
+    for (int i = 0; i < r[1].n; i++) CHECK(r[1].tokens[i] >= 0 && r[1].tokens[i] < N_IDS);
+    CHECK_EQ_INT(m.errors, 0);
     check_pool_empty(e, 64);
     mock_engine_stop(e, &c, &m);
 }
@@ -311,6 +363,7 @@ int main(void) {
     RUN(engine_submit_rejects_bad_requests);
     RUN(engine_single_request_matches_reference);
     RUN(engine_stop_id_ends_without_text);
+    RUN(engine_never_samples_padding_ids);
     RUN(engine_chunked_prefill_mixes_with_decode);
     RUN(engine_preemption_recompute_gives_same_tokens);
     RUN(engine_seeded_sampling_reproducible_under_pressure);

@@ -482,8 +482,30 @@ TEST(decode_rejects_unknown_ids) {
     CHECK_EQ_INT(dsi_tok_stream_create(t, false, &s), 0);
     char *out = NULL;
     size_t ol = 0;
-    CHECK_EQ_INT(dsi_tok_stream_push(s, 1 << 30, &out, &ol), DSI_ERANGE);
+    CHECK_EQ_INT(dsi_tok_stream_push(s, -1, &out, &ol), DSI_ERANGE);
     CHECK(out == NULL);
+    dsi_tok_stream_destroy(s);
+    dsi_tok_free(t);
+}
+
+/* Generation may sample a padding row of the head (ids past the tokenizer's
+ * last one): it has no text, and the answer goes on instead of failing. */
+TEST(stream_decodes_padding_ids_to_nothing) {
+    struct dsi_tokenizer *t = load_dir("qwen2");
+    CHECK(t != NULL);
+    if (!t) return;
+    struct dsi_tok_stream *s = NULL;
+    CHECK_EQ_INT(dsi_tok_stream_create(t, false, &s), 0);
+    char *out = NULL;
+    size_t ol = 0;
+    int32_t pad[3] = {dsi_tok_vocab_size(t), dsi_tok_vocab_size(t) + 398, 1 << 30};
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(dsi_tok_stream_push(s, pad[i], &out, &ol), 0);
+        CHECK(out == NULL && ol == 0);
+    }
+    CHECK_EQ_INT(dsi_tok_stream_push(s, 9707, &out, &ol), 0); /* "Hello" */
+    CHECK(out && ol == 5 && !memcmp(out, "Hello", 5));
+    free(out);
     dsi_tok_stream_destroy(s);
     dsi_tok_free(t);
 }
@@ -645,6 +667,7 @@ int main(void) {
     RUN(encode_special_tokens_only_when_allowed);
     RUN(encode_rejects_invalid_utf8);
     RUN(decode_rejects_unknown_ids);
+    RUN(stream_decodes_padding_ids_to_nothing);
     RUN(stream_never_splits_a_character);
     RUN(stream_flush_replaces_incomplete_tail);
     RUN(encode_long_runs);

@@ -58,7 +58,8 @@ int dsi_tok_decode(const struct dsi_tokenizer *t, const int32_t *ids, size_t n_i
 /* Streaming decoder: push ids one at a time, get back only complete UTF-8. */
 struct dsi_tok_stream;
 int dsi_tok_stream_create(const struct dsi_tokenizer *t, bool skip_special, struct dsi_tok_stream **out);
-/* Appends the text that became complete with `id` to *out (malloc'd or NULL when none). */
+/* Appends the text that became complete with `id` to *out (malloc'd or NULL when none).
+ * An id the tokenizer lacks (a head's padding rows) adds nothing; a negative one is DSI_ERANGE. */
 int dsi_tok_stream_push(struct dsi_tok_stream *s, int32_t id, char **out, size_t *out_len);
 /* Flushes what is left (incomplete UTF-8 becomes U+FFFD). */
 int dsi_tok_stream_flush(struct dsi_tok_stream *s, char **out, size_t *out_len);

@@ -26,6 +26,7 @@ int64_t dsi__engine_now_ms(void) {
 }
 
 void dsi_engine_opts_defaults(struct dsi_engine_opts *o) {
+    memset(o, 0, sizeof *o); /* fields added later default to 0 = off */
     o->max_running = 64;
     o->max_queued = 1024;
     o->prefill_chunk = 512;
@@ -61,6 +62,9 @@ static int check_opts(const struct dsi_backend *be, const struct dsi_engine_opts
         return dsi_seterr(err, DSI_EINVAL,
                           "engine: queue_timeout_ms %d and request_timeout_ms %d must be >= 0",
                           o->queue_timeout_ms, o->request_timeout_ms);
+    if (o->sample_vocab < 0 || o->sample_vocab > be->vocab_size)
+        return dsi_seterr(err, DSI_EINVAL, "engine: sample_vocab %d not in 0..%d", o->sample_vocab,
+                          be->vocab_size);
     size_t rows = (size_t)o->max_running, vocab = (size_t)be->vocab_size;
     if (rows > SIZE_MAX / sizeof(float) / vocab)
         return dsi_seterr(err, DSI_EOVERFLOW, "engine: logits buffer of %zu x %zu floats overflows", rows,

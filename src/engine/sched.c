@@ -21,6 +21,7 @@
  * are all this one rule, which is why a recomputed sequence resumes exactly
  * where it stopped and never re-delivers a token.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -267,6 +268,12 @@ static bool is_stop(const struct dsi__req *r, int32_t tok) {
     return false;
 }
 
+/* Ids past the tokenizer's last one (a checkpoint's padding rows) have no text:
+ * they must never be drawn, whatever the weights put there. */
+static void mask_padding(float *lg, int sample_vocab, int vocab) {
+    for (int i = sample_vocab > 0 ? sample_vocab : vocab; i < vocab; i++) lg[i] = -INFINITY;
+}
+
 /* Runs forward() over the planned batch, samples, delivers the token events and
  * retires finished sequences onto *done (takes the lock for that part only).
  * On the forward_sample path the event's logprob is 0 and n_top 0: requests
@@ -290,6 +297,7 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
             tok = e->sids[row++];
         } else {
             float *lg = e->logits + (size_t)row++ * (size_t)vocab;
+            mask_padding(lg, e->o.sample_vocab, vocab);
             if (r->gm && dsi__engine_grammar_mask(r, lg, vocab) == 0) {
                 /* only a vocabulary without some single-byte token gets here */
                 dsi_log(DSI_LOG_WARN, "engine", "request %llu: its grammar allows no token; ending it",

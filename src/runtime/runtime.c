@@ -122,6 +122,8 @@ static int create_engine(const struct dsi_config *c, const struct dsi_runtime_op
     eo.max_prompt_tokens = rt->max_prompt_tokens;
     if (c->queue_timeout_ms > 0) eo.queue_timeout_ms = c->queue_timeout_ms;
     if (c->request_timeout_ms > 0) eo.request_timeout_ms = c->request_timeout_ms;
+    int n_ids = dsi_tok_vocab_size(rt->tok);
+    if (n_ids > 0 && n_ids < rt->be->vocab_size) eo.sample_vocab = n_ids;
     if (o->no_timeouts) eo.queue_timeout_ms = eo.request_timeout_ms = 0;
     return dsi_engine_create(rt->be, &eo, &rt->eng, err);
 }
