@@ -6,6 +6,12 @@
 #define DSINFER_FILEIO_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* Opens the regular file at path read-only (close-on-exec): *fd and its size in
+ * *size_bytes. DSI_ENOENT / DSI_EIO when it cannot be opened or is not a regular
+ * file (nothing is left open); *err names the path. */
+int dsi_open_regular(const char *path, int *fd, uint64_t *size_bytes, char **err);
 
 /* Reads the regular file at path (at most max_bytes) into a new NUL-terminated
  * buffer *out (the caller frees it); *len gets its size when len != NULL.

@@ -6,6 +6,7 @@
  */
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,7 +15,6 @@
 #include <openssl/rand.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 int dsi_sha256_init(struct dsi_sha256 *h) {
@@ -62,15 +62,10 @@ int dsi_sha256_file(const char *path, size_t buf_bytes, uint8_t out[DSI_SHA256_L
                     char **err) {
     if (!path || !out) return DSI_EINVAL;
     if (buf_bytes == 0) buf_bytes = (size_t)1 << 20; /* L2-sized: see manifest.c */
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return dsi_seterr(err, DSI_EIO, "%s: not a regular file", path);
-    }
+    int fd;
+    uint64_t size;
+    int orc = dsi_open_regular(path, &fd, &size, err);
+    if (orc) return orc;
     /* The kernel reads ahead further when told the access is sequential. */
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     uint8_t *buf = malloc(buf_bytes);

@@ -20,22 +20,32 @@
 
 #include "dsinfer/err.h"
 
-int dsi_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+int dsi_open_regular(const char *path, int *fd, uint64_t *size_bytes, char **err) {
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
         return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s", path,
                           strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
+    if (fstat(*fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(*fd);
+        *fd = -1;
         return dsi_seterr(err, DSI_EIO, "%s: not a regular file", path);
     }
-    if ((uint64_t)sb.st_size > max_bytes) {
+    *size_bytes = (uint64_t)sb.st_size;
+    return 0;
+}
+
+int dsi_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char **err) {
+    int fd;
+    uint64_t st_size;
+    int rc = dsi_open_regular(path, &fd, &st_size, err);
+    if (rc) return rc;
+    if (st_size > max_bytes) {
         close(fd);
-        return dsi_seterr(err, DSI_ERANGE, "%s: %lld bytes, more than the %zu allowed", path,
-                          (long long)sb.st_size, max_bytes);
+        return dsi_seterr(err, DSI_ERANGE, "%s: %llu bytes, more than the %zu allowed", path,
+                          (unsigned long long)st_size, max_bytes);
     }
-    size_t size = (size_t)sb.st_size;
+    size_t size = (size_t)st_size;
     char *buf = malloc(size + 1);
     if (!buf) {
         close(fd);

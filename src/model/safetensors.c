@@ -18,6 +18,7 @@
 #include "model_internal.h"
 
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
 #include "dsinfer/model.h"
 
@@ -305,25 +306,20 @@ static int map_file(struct st_file *f, const char *path, const struct dsi__st_so
             rc = dsi_seterr(err, DSI_EFORMAT, "%s: %zu bytes is too short for a safetensors header", path, f->len);
         return rc;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return dsi_seterr(err, errno == ENOENT ? DSI_ENOENT : DSI_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    int fd;
+    uint64_t size;
+    int rc = dsi_open_regular(path, &fd, &size, err);
+    if (rc) return rc;
+    if (size < 8) {
         close(fd);
-        return dsi_seterr(err, DSI_EIO, "%s: not a regular file", path);
+        return dsi_seterr(err, DSI_EFORMAT, "%s: %llu bytes is too short for a safetensors header", path,
+                          (unsigned long long)size);
     }
-    if (sb.st_size < 8) {
-        close(fd);
-        return dsi_seterr(err, DSI_EFORMAT, "%s: %lld bytes is too short for a safetensors header", path,
-                          (long long)sb.st_size);
-    }
-    void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *p = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd); /* the mapping keeps the file referenced */
     if (p == MAP_FAILED) return dsi_seterr(err, DSI_EIO, "%s: mmap failed: %s", path, strerror(errno));
     f->base = p;
-    f->len = (size_t)sb.st_size;
+    f->len = (size_t)size;
     f->mapped = true;
     return 0;
 }
