@@ -30,13 +30,7 @@ static int parse(const char *cmd, int argc, char **argv, struct enc_args *a) {
         if (!strcmp(argv[i], "--key-file") && i + 1 < argc) {
             a->key_file = argv[++i];
         } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 256) {
-                fprintf(stderr, "dsinfer %s: --threads wants 1..256, got '%s'\n", cmd, argv[i]);
-                return -1;
-            }
-            a->n_threads = (int)v;
+            if (dsi__cli_parse_threads(cmd, argv[++i], &a->n_threads)) return -1;
         } else if (!strcmp(cmd, "encrypt") && !strcmp(argv[i], "--new-key")) {
             a->new_key = true;
         } else if (argv[i][0] == '-' || (a->src && a->dst)) {

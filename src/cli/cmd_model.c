@@ -28,13 +28,7 @@ static int parse_args(const char *cmd, int argc, char **argv, struct model_args 
     memset(a, 0, sizeof *a);
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 256) {
-                fprintf(stderr, "dsinfer %s: --threads wants 1..256, got '%s'\n", cmd, argv[i]);
-                return -1;
-            }
-            a->n_threads = (int)v;
+            if (dsi__cli_parse_threads(cmd, argv[++i], &a->n_threads)) return -1;
         } else if (allow_pin && !strcmp(argv[i], "--expect-manifest-sha256") && i + 1 < argc) {
             a->pin = argv[++i];
         } else if (allow_json && !strcmp(argv[i], "--json")) {

@@ -132,25 +132,14 @@ done:
 /* One sequence fed one token per step: a pool of ctx tokens, no engine. */
 static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char **err) {
     struct dsi_config c;
-    if (dsi_config_init(&c)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    int rc = dsi_config_set(&c, "model_dir", a->model, err);
-    if (!rc) rc = dsi_config_set(&c, "dtype", a->dtype, err);
-    if (!rc) {
-        /* an unknown backend is dsi_backend_create's to name */
-        char *b = strdup(a->backend);
-        if (!b) rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
-        else free(c.backend), c.backend = b;
-    }
-    if (!rc) {
-        c.int8_group_size = a->group_size;
-        c.skip_verify = a->no_verify;
-        c.kv_block_size = 16;
-        c.kv_gpu_fraction = 0.1;
-        c.max_running = 1;
-        c.max_batch_tokens = 1;
-        struct dsi_runtime_opts o = {.no_engine = true, .kv_tokens = a->ctx};
-        rc = dsi_runtime_open(&c, &o, rt, err);
-    }
+    const struct dsi_cli_model m = {.dir = a->model, .backend = a->backend, .dtype = a->dtype,
+                                    .group_size = a->group_size, .no_verify = a->no_verify};
+    int rc = dsi__cli_config_init(&c, &m, err);
+    if (rc) return rc;
+    c.kv_gpu_fraction = 0.1;
+    c.max_batch_tokens = 1;
+    struct dsi_runtime_opts o = {.no_engine = true, .kv_tokens = a->ctx};
+    rc = dsi_runtime_open(&c, &o, rt, err);
     dsi_config_free(&c);
     return rc;
 }

@@ -223,15 +223,6 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
     return check_sampling(cmd, &a->s);
 }
 
-static int set_str(struct dsi_config *c, char **field, const char *v) {
-    char *d = strdup(v);
-    if (!d) return DSI_ENOMEM;
-    free(*field);
-    *field = d;
-    (void)c;
-    return 0;
-}
-
 /* The CLI's config: one sequence, prefill chunks of PREFILL_CHUNK, a KV pool of
  * n_ctx tokens; everything else (verification, backend, stop ids) is the
  * runtime's policy, the same as `serve`'s. A missing backend is an error here:
@@ -240,22 +231,12 @@ static int open_runtime(const char *cmd, const struct run_args *a, int n_ctx, bo
                         struct dsi_runtime **rt) {
     struct dsi_config c;
     char *err = NULL;
-    if (dsi_config_init(&c)) return fail(cmd, DSI_ENOMEM, NULL);
-    /* backend: dsi_backend_create names an unknown one ("unknown backend") */
-    int rc = set_str(&c, &c.model_dir, a->dir);
-    if (!rc && a->key_file) rc = set_str(&c, &c.model_key_file, a->key_file); /* encrypted at rest */
-    if (!rc) rc = set_str(&c, &c.backend, a->backend ? a->backend : "cpu");
-    if (!rc) rc = set_str(&c, &c.dtype, a->dtype ? a->dtype : "bf16");
-    if (rc) {
-        dsi_config_free(&c);
-        return fail(cmd, rc, NULL);
-    }
-    c.int8_group_size = a->group_size;
-    c.threads = a->n_threads;
-    c.skip_verify = a->no_verify;
-    c.kv_block_size = 16;
+    const struct dsi_cli_model m = {.dir = a->dir, .backend = a->backend, .dtype = a->dtype,
+                                    .group_size = a->group_size, .n_threads = a->n_threads,
+                                    .no_verify = a->no_verify, .key_file = a->key_file};
+    int rc = dsi__cli_config_init(&c, &m, &err);
+    if (rc) return fail(cmd, rc, err);
     c.kv_gpu_fraction = 0.5;
-    c.max_running = 1;
     c.max_queued = 1;
     c.prefill_chunk = PREFILL_CHUNK;
     c.max_batch_tokens = PREFILL_CHUNK;
