@@ -350,8 +350,8 @@ extern "C" int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, con
         return DSI_EINVAL;
     if (((uintptr_t)q & 15) != 0 || ((uintptr_t)x & 1) != 0) return DSI_EINVAL;
     if (m == 0) return 0;
-    bool no_split = (variant & 1) != 0, bm32 = (variant & 2) != 0;
-    if (variant & 4) { /* weights through shared memory, 64-column chunks, 4 stages */
+    bool no_split = (variant & DSI_Q8T_NO_SPLIT) != 0, bm32 = (variant & DSI_Q8T_BM32) != 0;
+    if (variant & DSI_Q8T_SMEM_W) { /* weights through shared memory, 64-column chunks, 4 stages */
         if (m <= 16) return launch_tiled<16, 2, true>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
         if (m <= 32 || bm32) return launch_tiled<32, 2, true>(y, x, q, scale, bias, m, n, k, ws, no_split, s);
         return launch_tiled<64, 2, true>(y, x, q, scale, bias, m, n, k, ws, no_split, s);

@@ -169,11 +169,11 @@ static __global__ void __launch_bounds__(WARPS * 32)
             acc[j][c] = 0.f;
 
     constexpr int U = UNROLL;
-    constexpr bool NA = (VAR & 2) != 0;
+    constexpr bool NA = (VAR & DSI_Q8_NO_L1) != 0;
     uint4 cur[U], nxt[U];
     load_round<U, NA>(cur, qt, kt_beg + warp, kt_end);
     for (int kt0 = kt_beg + warp; kt0 < kt_end; kt0 += WARPS * U) {
-        if (VAR & 1) load_round<U, NA>(nxt, qt, kt0 + WARPS * U, kt_end);
+        if (VAR & DSI_Q8_PIPELINED) load_round<U, NA>(nxt, qt, kt0 + WARPS * U, kt_end);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int kt = kt0 + u * WARPS;
@@ -203,7 +203,7 @@ static __global__ void __launch_bounds__(WARPS * 32)
                 }
             }
         }
-        if (VAR & 1) {
+        if (VAR & DSI_Q8_PIPELINED) {
 #pragma unroll
             for (int u = 0; u < U; u++)
                 cur[u] = nxt[u];
@@ -310,7 +310,7 @@ static int launch(float *y, const uint16_t *x, const int8_t *q, const float *sca
         int want = (4 * ws->n_sm + n16 * chunks - 1) / (n16 * chunks);
         int most = k32 / (2 * WARPS);
         ksplit = want < most ? want : most;
-        if (VAR & 4) { /* the split whose blocks fill whole waves of resident blocks best */
+        if (VAR & DSI_Q8_WAVE_SPLIT) { /* the split whose blocks fill whole waves of resident blocks best */
             int per_sm = 0;
             if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemm_int8_kernel<NT, VAR>, WARPS * 32,
                                                               0) != cudaSuccess ||

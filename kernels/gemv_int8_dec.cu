@@ -8,6 +8,9 @@
  * (row g, c), (row g, c+1), (row g+8, c), (row g+8, c+1)), so no second copy of
  * the weights exists and the tensor-core kernel stays usable (DSI_CUDA_GEMV=old).
  *
+ * The device's SM count (cudaDeviceGetAttribute at each launch, a host call
+ * that graph replays skip) picks the kernel and block shape by tiles per SM.
+ *
  * One block of 8 warps (16 for matrices of few row tiles) per 16-row tile; the
  * warps take interleaved column tiles (no split over blocks: no workspace, no
  * atomics, deterministic), each warp issuing U 16-byte loads per lane
@@ -22,8 +25,8 @@
  * then scale and bias. x (bf16, tiny next to W) is read through L1 with 4-byte
  * loads; lanes of equal t share addresses (broadcast).
  *
- * Requirements (checked at launch, DSI_EINVAL otherwise so the caller can take
- * the tensor-core path): 1 <= m <= 8, k even, x 4-byte aligned, q 16-byte
+ * Requirements (checked at launch, DSI_EINVAL otherwise; the backend's matmul
+ * plan checks them at load): 1 <= m <= 8, k even, x 4-byte aligned, q 16-byte
  * aligned. Columns past k (the zero padding of the last tile) are never read
  * from x.
  */
@@ -34,7 +37,17 @@
 #include "dsinfer/kernels.h"
 #include "int8_tile.cuh"
 
-#define DSI__GV_SMS 132 /* H100/H200 SXM; only steers the block shape */
+/* The SM count of the current device: it steers the kernel and block shape
+ * (tiles per SM), never the result. 0 when CUDA cannot say. */
+static int device_sms(void) {
+    int dev = 0, n_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n_sm;
+}
 
 /* W warps per block, U tiles per lane in flight per round, MINB resident
  * blocks per SM the register budget must allow (launch bounds). */
@@ -265,9 +278,13 @@ static int gv16_launch(float *y, uint16_t *act, const uint16_t *x, const int8_t 
  * dsi_cuda_gemv_int8_path): x as f16 in dynamic shared memory plus under 1 KB
  * of static (red, wmax, fin) within the 48 KB no-opt-in limit, and path 2 or
  * enough row tiles. */
-static bool gv16_takes(int n, int k, int path) {
+static bool gv16_takes(int n, int k, int path, int n_sm) {
     return path != 1 && (size_t)(k + 31) / 32 * 64 + 1024 <= 48 * 1024 &&
-           (path == 2 || (n + 15) / 16 >= 4 * DSI__GV_SMS);
+           (path == 2 || (n + 15) / 16 >= 4 * n_sm);
+}
+
+extern "C" int dsi_cuda_gemv_int8_tc_takes(int n, int k, int path, int n_sm) {
+    return n > 0 && k > 0 && !(k & 1) && path >= 0 && path <= 2 && n_sm > 0 && gv16_takes(n, k, path, n_sm);
 }
 
 template <int M, int W, int U, int MINB>
@@ -284,6 +301,8 @@ extern "C" int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t
     if (m < 1 || m > DSI_Q8_GEMV_MAX_ROWS || n <= 0 || k <= 0 || (k & 1)) return DSI_EINVAL;
     if (!y || !x || !q || !scale) return DSI_EINVAL;
     if (((uintptr_t)x & 3) || ((uintptr_t)q & 15)) return DSI_EINVAL;
+    const int n_sm = device_sms();
+    if (n_sm <= 0) return DSI_ECUDA;
     /* x rows of m * k bf16 and the row index m * n must fit the kernel's size_t math;
      * the grid is one block per 16 rows (x dimension: up to 2^31 - 1) */
     switch (m) {
@@ -296,12 +315,12 @@ extern "C" int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t
          * on the tensor cores"), f16 tensor cores vs fp32 CUDA cores: gate_up
          * 38.5 vs 43.0 us, lm_head 130.7 vs 149.3 us, but qkv 10.9 vs 10.0, o 9.1
          * vs 8.0 and down 28.6 vs 26.0 us. */
-        if (gv16_takes(n, k, path))
-            return (n + 15) / 16 < 2 * DSI__GV_SMS
+        if (gv16_takes(n, k, path, n_sm))
+            return (n + 15) / 16 < 2 * n_sm
                        ? gv16_launch<8, 16, 2, false>(y, NULL, x, q, scale, bias, n, k, s)
                        : gv16_launch<8, 4, 6, false>(y, NULL, x, q, scale, bias, n, k, s);
         if (path == 2) return DSI_EINVAL;
-        if ((n + 15) / 16 < 2 * DSI__GV_SMS) return gv_launch<1, 16, 8, 2>(y, x, q, scale, bias, n, k, s);
+        if ((n + 15) / 16 < 2 * n_sm) return gv_launch<1, 16, 8, 2>(y, x, q, scale, bias, n, k, s);
         return gv_launch<1, 8, 8, 4>(y, x, q, scale, bias, n, k, s);
     case 2:
         return gv_launch<2, 8, 8, 4>(y, x, q, scale, bias, n, k, s);
@@ -325,9 +344,11 @@ extern "C" int dsi_cuda_gemv_int8_swiglu(uint16_t *act, const uint16_t *x, const
                                          cudaStream_t s) {
     if (path < 0 || path > 2 || n <= 0 || n % 16 || k <= 0 || (k & 1) || !act || !x || !q || !scale)
         return DSI_EINVAL;
-    if (((uintptr_t)x & 3) || ((uintptr_t)q & 15) || !gv16_takes(n, k, path)) return DSI_EINVAL;
-    return n / 16 < 2 * DSI__GV_SMS ? gv16_launch<8, 16, 2, true>(NULL, act, x, q, scale, bias, n, k, s)
-                                    : gv16_launch<8, 4, 6, true>(NULL, act, x, q, scale, bias, n, k, s);
+    const int n_sm = device_sms();
+    if (n_sm <= 0) return DSI_ECUDA;
+    if (((uintptr_t)x & 3) || ((uintptr_t)q & 15) || !gv16_takes(n, k, path, n_sm)) return DSI_EINVAL;
+    return n / 16 < 2 * n_sm ? gv16_launch<8, 16, 2, true>(NULL, act, x, q, scale, bias, n, k, s)
+                             : gv16_launch<8, 4, 6, true>(NULL, act, x, q, scale, bias, n, k, s);
 }
 
 extern "C" int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale,

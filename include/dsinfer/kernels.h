@@ -212,10 +212,12 @@ size_t dsi_cuda_gemm_ws_bytes(int max_n);
  * NULL (no split-K: slower for matrices of few rows). */
 int dsi_cuda_gemm_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
                        int m, int n, int k, const struct dsi_cuda_gemm_ws *ws, cudaStream_t s);
-/* The same with a code variant (benchmarks and tests): bit 0 software-pipelined
- * loads, bit 1 weight loads bypassing L1, bit 2 split-K sized for whole waves of
- * resident blocks. All give the same results up to fp32 summation order. */
-#define DSI_Q8_DEFAULT_VARIANT 1
+/* The same with a code variant (benchmarks and tests), an OR of the flags
+ * below. All give the same results up to fp32 summation order. */
+#define DSI_Q8_PIPELINED 1  /* software-pipelined loads */
+#define DSI_Q8_NO_L1 2      /* weight loads bypass L1 */
+#define DSI_Q8_WAVE_SPLIT 4 /* split-K sized for whole waves of resident blocks */
+#define DSI_Q8_DEFAULT_VARIANT DSI_Q8_PIPELINED
 int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                                const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                                int variant, cudaStream_t s);
@@ -256,11 +258,14 @@ int dsi_cuda_dequant_int8_group_part(uint16_t *dst, const int8_t *q, const float
 int dsi_cuda_gemm_int8_tiled(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                              const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
                              cudaStream_t s);
-/* The same with a code variant (benchmarks and tests; 0 = the default above):
- * bit 0 no split-K, bit 1 at most 32 rows of x per block (for m > 32), bit 2
- * weights through shared memory too (cp.async, 4 stages of 64 columns: deeper
- * prefetch, fewer registers, up to 70 KB of shared memory). All give the same
- * results up to fp32 summation order. */
+/* The same with a code variant (benchmarks, tests and the backend's plan; 0 =
+ * the default above), an OR of the flags below. All give the same results up
+ * to fp32 summation order. */
+#define DSI_Q8T_NO_SPLIT 1 /* no split-K */
+#define DSI_Q8T_BM32 2     /* at most 32 rows of x per block (for m > 32) */
+/* weights through shared memory too (cp.async, 4 stages of 64 columns: deeper
+ * prefetch, fewer registers, up to 70 KB of shared memory) */
+#define DSI_Q8T_SMEM_W 4
 int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                                      const float *bias, int m, int n, int k,
                                      const struct dsi_cuda_gemm_ws *ws, int variant, cudaStream_t s);
@@ -276,12 +281,19 @@ int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, const int8_t *
 #define DSI_Q8_GEMV_MAX_ROWS 8
 int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
                        int m, int n, int k, cudaStream_t s);
-/* The same with the one-row kernel chosen (tests, A/B timing): path 0 as above
- * (tensor cores with x as f16 in shared memory for matrices of >= 528 row
- * tiles while 2 x k bytes fit 47 KB; else CUDA cores), 1 CUDA cores in fp32,
- * 2 tensor cores (DSI_EINVAL if x does not fit). Rows 2..8: CUDA cores. */
+/* The same with the one-row kernel chosen (tests, A/B timing, the backend's
+ * plan): path 0 as above (tensor cores with x as f16 in shared memory for
+ * matrices of >= 4 row tiles per SM of the current device while 2 x k bytes
+ * fit 47 KB; else CUDA cores), DSI_GEMV_FP32 CUDA cores in fp32,
+ * DSI_GEMV_TC tensor cores (DSI_EINVAL if x does not fit). Rows 2..8: CUDA
+ * cores. */
+#define DSI_GEMV_FP32 1
+#define DSI_GEMV_TC 2
 int dsi_cuda_gemv_int8_path(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                             const float *bias, int m, int n, int k, int path, cudaStream_t s);
+/* 1 when one row of an (n, k) matrix takes the tensor-core kernel under path
+ * on a device of n_sm SMs (the plan's supports() of that kernel), else 0. */
+int dsi_cuda_gemv_int8_tc_takes(int n, int k, int path, int n_sm);
 /* One row of x through a gate|up matrix of n = 2 * inter rows stored
  * DSI_GLU_IL8-interleaved, SwiGLU in the tensor-core kernel's epilogue:
  * act (inter) bf16 = the same bits as dsi_cuda_gemv_int8_path then

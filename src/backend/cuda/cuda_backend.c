@@ -23,12 +23,6 @@ static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float
 static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                                const struct dsi_sample_params *p, int32_t *ids, char **err);
 static void cuda_destroy(struct dsi_backend *be);
-/* The A/B switches (docs/cuda-backend.md): true when $name is exactly value. */
-static bool env_is(const char *name, const char *value) {
-    const char *v = getenv(name);
-    return v && !strcmp(v, value);
-}
-
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
                   const struct dsi_cuda_shard *sh, struct dsi_backend **out, char **err);
 
@@ -116,8 +110,7 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
      * prefill kernel does not take the head size (it beat this path on the 7B
      * shape: 2k prompt 64.3-64.6 vs 66.2-66.8 ms, and needs none of its ~1.4 GB);
      * DSI_CUDA_LONG_PREFILL=1 / =0 forces it on / off (A/B timing) */
-    const char *lp_env = getenv("DSI_CUDA_LONG_PREFILL");
-    bool long_pf = lp_env ? strcmp(lp_env, "0") != 0 : cfg->head_dim > DSI_CUDA_ATTN_FA_MAX_HD;
+    bool long_pf = c->sw.long_prefill >= 0 ? c->sw.long_prefill : cfg->head_dim > DSI_CUDA_ATTN_FA_MAX_HD;
     if (c->max_tokens >= 16 && long_pf) {
         size_t lctx = 4096, nkv = (size_t)cfg->n_kv_heads, nh = (size_t)cfg->n_heads;
         size_t rows = T < lctx ? T : lctx;
@@ -224,6 +217,46 @@ static int shard_config(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, ch
     return 0;
 }
 
+/* int8 group-wise as the CPU backend: every matrix, so G must divide every
+ * input width of mc (a shard: its own widths). 0: per channel. */
+static int check_group(const struct dsi_model_config *mc, int gs, char **err) {
+    if (gs < 0) return dsi_seterr(err, DSI_EINVAL, "cuda: int8 group size %d is negative", gs);
+    if (gs == 0) return 0;
+    const int ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size};
+    const char *what[3] = {"hidden_size", "n_heads * head_dim", "intermediate_size"};
+    for (int i = 0; i < 3; i++)
+        if (ins[i] % gs)
+            return dsi_seterr(
+                err, DSI_EINVAL,
+                "int8 group size %d does not divide the %d inputs (%s) of the model's matrices; use "
+                "a divisor or 0 (per channel)",
+                gs, ins[i], what[i]);
+    return 0;
+}
+
+/* Device `device` exists (no driver or no GPU: DSI_ENODEV with CUDA's reason). */
+static int find_device(int device, char **err) {
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s); use --backend cpu",
+                          cudaGetErrorString(e));
+    }
+    if (device < 0 || device >= n_dev)
+        return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices on this host)",
+                          device, n_dev);
+    return 0;
+}
+
+/* The device can run this build's kernels: sm_80+ (DSI_EUNSUPPORTED below). */
+static int check_device(const struct cudaDeviceProp *prop, char **err) {
+    if (prop->major < 8)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop->name,
+                          prop->major, prop->minor);
+    return 0;
+}
+
 int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int size,
                          char **err) {
     if (!cfg || !o || size < 1) return dsi_seterr(err, DSI_EINVAL, "cuda: shard check needs a config");
@@ -232,47 +265,114 @@ int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_ba
     struct dsi__cuda probe = {.cfg = *cfg};
     struct dsi_cuda_shard sh = {.rank = 0, .size = size};
     if (size > 1 && (rc = shard_config(&probe, &sh, err))) return rc;
-    int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
-    const struct dsi_model_config *mc = &probe.cfg;
-    if (gs < 0 ||
-        (gs > 0 && (mc->hidden_size % gs || (mc->n_heads * mc->head_dim) % gs || mc->intermediate_size % gs)))
-        return dsi_seterr(err, DSI_EINVAL,
-                          "int8 group size %d does not divide the inputs of a shard's matrices (hidden %d, "
-                          "heads x head_dim %d, intermediate %d)",
-                          gs, mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size);
-    int n_dev = 0;
-    cudaError_t e = cudaGetDeviceCount(&n_dev);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s)", cudaGetErrorString(e));
-    }
-    if (o->device < 0 || o->device >= n_dev)
-        return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices on this host)",
-                          o->device, n_dev);
+    if ((rc = check_group(&probe.cfg, o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0, err)) ||
+        (rc = find_device(o->device, err)))
+        return rc;
     struct cudaDeviceProp prop;
     if (DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, o->device)))
         return dsi_seterr(err, DSI_ENODEV, "cuda: cannot query device %d", o->device);
-    if (prop.major < 8)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop.name,
-                          prop.major, prop.minor);
+    return check_device(&prop, err);
+}
+
+/* Step limits and pool shape from the options (defaults and caps). */
+static void set_limits(struct dsi__cuda *c, const struct dsi_backend_opts *o) {
+    c->base.vocab_size = c->cfg.vocab_size;
+    c->base.kv_block_size = o->kv_block_size > 0 ? o->kv_block_size : 16;
+    c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
+    c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
+    if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;
+    if (c->max_seqs > 65535) c->max_seqs = 65535;
+    int max_pos = c->cfg.max_position_embeddings > 0 ? c->cfg.max_position_embeddings : 4096;
+    c->bt_cap = c->max_seqs * ((max_pos + c->base.kv_block_size - 1) / c->base.kv_block_size + 1);
+}
+
+/* Everything that can fail on this rank alone: device, stream, cuBLAS and its
+ * workspace (given up front so that graph captures never allocate), the
+ * tensor-parallel exchange buffers. Under tensor parallel every rank then
+ * votes (sh->agree), and only when all can do they enter NCCL's collective
+ * set-up, so no rank waits there alone. */
+static int setup_device(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, struct cudaDeviceProp *prop,
+                        char **err) {
+    void *blas_ws = NULL;
+    int pre = 0;
+    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) || DSI_CUDA_CHECK(cudaGetDeviceProperties(prop, c->device)))
+        pre = dsi_seterr(err, DSI_ENODEV, "cuda: cannot use device %d", c->device);
+    else if ((pre = check_device(prop, err)))
+        ;
+    else if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
+             DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) ||
+             DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream)))
+        pre = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
+    else if ((pre = dsi__cuda_alloc(c, &blas_ws, (size_t)32 << 20, "cuBLAS workspace", err)))
+        ;
+    else if (DSI_CUBLAS_CHECK(cublasSetWorkspace(c->blas, blas_ws, (size_t)32 << 20)))
+        pre = dsi_seterr(err, DSI_ECUDA, "cuda: cuBLAS workspace setup failed");
+    else if (c->tp_size > 1)
+        pre = dsi__cuda_tp_prepare(c, err);
+    if (c->tp_size > 1 && sh->agree) {
+        int all = sh->agree(sh->agree_ctx, pre == 0);
+        if (!pre && !all)
+            pre =
+                dsi_seterr(err, DSI_EDIST, "cuda: another rank could not set up its GPU (its log says why)");
+    }
+    if (pre) return pre;
+    c->n_sm = prop->multiProcessorCount;
+    c->l2_bytes = (size_t)prop->l2CacheSize;
     return 0;
+}
+
+/* The RoPE frequency table (head_dim / 2 floats) on the device. */
+static int upload_rope(struct dsi__cuda *c, const struct dsi_model_config *cfg, char **err) {
+    const size_t bytes = (size_t)cfg->head_dim / 2 * sizeof(float);
+    float *inv = malloc(bytes);
+    if (!inv) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
+    int rc = dsi_cuda_rope_inv_freq(cfg, inv, err);
+    if (!rc) rc = dsi__cuda_alloc(c, (void **)&c->inv_freq, bytes, "rope table", err);
+    if (!rc && DSI_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, bytes, cudaMemcpyHostToDevice)))
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: rope table upload failed");
+    free(inv);
+    return rc;
+}
+
+/* Weights, activation buffers, the matmul plan, then the KV pool from what is left. */
+static int load_and_plan(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed,
+                         float fraction, char **err) {
+    size_t free0 = 0, free1 = 0, total = 0;
+    cudaMemGetInfo(&free0, &total);
+    /* gate|up rows interleaved by 8 where this shard's intermediate size allows */
+    c->gate_up_il8 = c->cfg.intermediate_size % 8 == 0 ? DSI_GLU_IL8 : 0;
+    int rc = dsi__cuda_load_weights(c, m, random, seed, err);
+    if (rc) return rc;
+    cudaMemGetInfo(&free1, &total);
+    c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
+    if ((rc = alloc_buffers(c, err)) || (rc = dsi__cuda_plan(c, err))) return rc;
+    dsi__cuda_plan_log(c);
+    return alloc_kv(c, fraction, err);
+}
+
+static void log_created(const struct dsi__cuda *c, const struct cudaDeviceProp *prop) {
+    if (c->tp_size > 1)
+        dsi_log(DSI_LOG_INFO, "cuda",
+                "device %d holds shard %d of %d: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab "
+                "%d..%d",
+                c->device, c->tp_rank, c->tp_size, c->head0, c->head0 + c->cfg.n_heads - 1, c->kv_head0,
+                c->kv_head0 + c->cfg.n_kv_heads - 1, c->inter0, c->inter0 + c->cfg.intermediate_size - 1,
+                c->vocab0, c->vocab0 + c->lm_head.n - 1);
+    dsi_log(
+        DSI_LOG_INFO, "cuda",
+        "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
+        prop->name, c->int8 ? (c->group > 0 ? "int8 group-wise" : "int8") : "bf16",
+        c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks, c->base.kv_block_size,
+        (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
+        c->max_tokens, c->max_seqs);
 }
 
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
                   const struct dsi_cuda_shard *sh, struct dsi_backend **out, char **err) {
     *out = NULL;
     if (!m || !o) return dsi_seterr(err, DSI_EINVAL, "cuda: model and options are required");
-    int n_dev = 0;
-    cudaError_t e = cudaGetDeviceCount(&n_dev);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return dsi_seterr(err, DSI_ENODEV, "cuda: no usable GPU (%s); use --backend cpu",
-                          cudaGetErrorString(e));
-    }
-    if (n_dev == 0 || o->device < 0 || o->device >= n_dev)
-        return dsi_seterr(err, DSI_ENODEV, "cuda: device %d not present (%d CUDA devices)", o->device, n_dev);
-    int rc = check_config(&m->cfg, o, sh ? sh->size : 1, err);
-    if (rc) return rc;
+    int rc = find_device(o->device, err);
+    if (rc || (rc = check_config(&m->cfg, o, sh ? sh->size : 1, err))) return rc;
     /* f32 requests (the CLI's reference default) run as bf16: said once, not refused */
     if (o->weight_dtype == DSI_W_F32)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
@@ -289,132 +389,22 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.model = m;
     c->base.impl = c;
     c->tp_size = 1;
-    if (sh && sh->size > 1 && (rc = shard_config(c, sh, err))) goto fail;
-    if (o->weight_dtype == DSI_W_INT8 && o->int8_group_size != 0) {
-        /* group-wise as the CPU backend: every matrix, so G must divide every input width */
-        const struct dsi_model_config *mc = &c->cfg; /* a shard: its own widths */
-        int gs = o->int8_group_size,
-            ins[3] = {mc->hidden_size, mc->n_heads * mc->head_dim, mc->intermediate_size};
-        const char *what[3] = {"hidden_size", "n_heads * head_dim", "intermediate_size"};
-        if (gs < 0) {
-            rc = dsi_seterr(err, DSI_EINVAL, "cuda: int8 group size %d is negative", gs);
-            goto fail;
-        }
-        for (int i = 0; i < 3; i++)
-            if (ins[i] % gs) {
-                rc = dsi_seterr(err, DSI_EINVAL,
-                                "int8 group size %d does not divide the %d inputs (%s) of the model's "
-                                "matrices; use a divisor or 0 (per channel)",
-                                gs, ins[i], what[i]);
-                goto fail;
-            }
-    }
-    c->base.vocab_size = m->cfg.vocab_size;
-    c->base.kv_block_size = o->kv_block_size > 0 ? o->kv_block_size : 16;
-    c->use_graphs = !env_is("DSI_CUDA_GRAPHS", "0");
-    const char *var_env = getenv("DSI_CUDA_Q8_VARIANT");
-    c->q8_variant = var_env && var_env[0] >= '0' && var_env[0] <= '7' && !var_env[1] ? var_env[0] - '0'
-                                                                                     : DSI_Q8_DEFAULT_VARIANT;
-    /* DSI_CUDA_GEMV (A/B timing, fallback): "old" sends single-row INT8 matmuls
-     * to the mma kernel of gemv_int8.cu, "fp32" to the CUDA-core GEMV, "tc" to
-     * the tensor-core one-row kernel where x fits its shared memory; anything
-     * else: the decode GEMV's own choice per matrix */
-    c->gemv_new = !env_is("DSI_CUDA_GEMV", "old");
-    c->gemv_path = env_is("DSI_CUDA_GEMV", "fp32") ? 1 : env_is("DSI_CUDA_GEMV", "tc") ? 2 : 0;
-    c->fuse_rope = !env_is("DSI_CUDA_FUSE_ROPE", "0");     /* A/B timing: 0 keeps rope_kv_store on decode */
-    c->fuse_swiglu = !env_is("DSI_CUDA_FUSE_SWIGLU", "0"); /* A/B timing: 0 keeps the swiglu node */
-    c->tiled_min = DSI__CUDA_TILED_MIN;
-    c->tiled_max = DSI__CUDA_TILED_MAX;
-    c->tiled_min_n = DSI__CUDA_TILED_MIN_N;
-    const char *tiled_env = getenv("DSI_CUDA_TILED"); /* "MIN[,MAX[,MIN_N]]"; "0": off */
-    if (tiled_env) {
-        c->tiled_min_n = 0;
-        int got = sscanf(tiled_env, "%d,%d,%d", &c->tiled_min, &c->tiled_max, &c->tiled_min_n);
-        if (got < 1 || c->tiled_min < 0) c->tiled_min = 0;
-        if (got == 1) c->tiled_max = 1 << 30;
-    }
-    c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 4096;
-    c->max_seqs = o->max_seqs > 0 ? o->max_seqs : 256;
-    if (c->max_seqs > c->max_tokens) c->max_seqs = c->max_tokens;
-    if (c->max_seqs > 65535) c->max_seqs = 65535;
-    int max_pos = m->cfg.max_position_embeddings > 0 ? m->cfg.max_position_embeddings : 4096;
-    c->bt_cap = c->max_seqs * ((max_pos + c->base.kv_block_size - 1) / c->base.kv_block_size + 1);
+    dsi__cuda_switches_read(&c->sw);
+    set_limits(c, o);
     float fraction = o->kv_gpu_fraction > 0.f && o->kv_gpu_fraction <= 0.98f ? o->kv_gpu_fraction : 0.9f;
-
-    /* Everything that can fail on this rank alone comes first. Under tensor
-     * parallel every rank then votes (sh->agree), and only when all can do
-     * they enter NCCL's collective set-up, so no rank waits there alone. */
     struct cudaDeviceProp prop;
-    void *blas_ws = NULL;
-    int pre = 0;
-    if (DSI_CUDA_CHECK(cudaSetDevice(c->device)) || DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, c->device)))
-        pre = dsi_seterr(err, DSI_ENODEV, "cuda: cannot use device %d", c->device);
-    else if (prop.major < 8)
-        pre = dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop.name,
-                         prop.major, prop.minor);
-    else if (DSI_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) ||
-             DSI_CUBLAS_CHECK(cublasCreate(&c->blas)) ||
-             DSI_CUBLAS_CHECK(cublasSetStream(c->blas, c->stream)))
-        pre = dsi_seterr(err, DSI_ECUDA, "cuda: stream or cuBLAS setup failed");
-    /* cuBLAS gets its workspace up front so that graph captures never allocate */
-    else if ((pre = dsi__cuda_alloc(c, &blas_ws, (size_t)32 << 20, "cuBLAS workspace", err)))
-        ;
-    else if (DSI_CUBLAS_CHECK(cublasSetWorkspace(c->blas, blas_ws, (size_t)32 << 20)))
-        pre = dsi_seterr(err, DSI_ECUDA, "cuda: cuBLAS workspace setup failed");
-    else if (c->tp_size > 1)
-        pre = dsi__cuda_tp_prepare(c, err);
-    if (c->tp_size > 1 && sh->agree) {
-        int all = sh->agree(sh->agree_ctx, pre == 0);
-        if (!pre && !all)
-            pre =
-                dsi_seterr(err, DSI_EDIST, "cuda: another rank could not set up its GPU (its log says why)");
-    }
-    if (pre) {
-        rc = pre;
+    if ((sh && sh->size > 1 && (rc = shard_config(c, sh, err))) ||
+        (rc = check_group(&c->cfg, c->group, err)) || (rc = setup_device(c, sh, &prop, err)))
         goto fail;
-    }
-    c->n_sm = prop.multiProcessorCount;
-    c->l2_bytes = (size_t)prop.l2CacheSize;
     if (c->tp_size > 1 && (rc = dsi__cuda_tp_init(c, sh, err))) goto fail; /* NCCL + NVLink regions */
     c->layers = calloc((size_t)m->cfg.n_layers, sizeof *c->layers);
-    float *inv = malloc((size_t)m->cfg.head_dim / 2 * sizeof *inv);
-    if (!c->layers || !inv) {
-        free(inv);
+    if (!c->layers) {
         rc = dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
         goto fail;
     }
-    rc = dsi_cuda_rope_inv_freq(&m->cfg, inv, err);
-    if (!rc)
-        rc = dsi__cuda_alloc(c, (void **)&c->inv_freq, (size_t)m->cfg.head_dim / 2 * 4, "rope table", err);
-    if (!rc &&
-        DSI_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, (size_t)m->cfg.head_dim / 2 * 4, cudaMemcpyHostToDevice)))
-        rc = dsi_seterr(err, DSI_ECUDA, "cuda: rope table upload failed");
-    free(inv);
-    if (rc) goto fail;
-    size_t free0 = 0, total = 0;
-    cudaMemGetInfo(&free0, &total);
-    /* gate|up rows interleaved by 8 where this shard's intermediate size allows */
-    c->gate_up_il8 = c->cfg.intermediate_size % 8 == 0 ? DSI_GLU_IL8 : 0;
-    if ((rc = dsi__cuda_load_weights(c, m, random, seed, err))) goto fail;
-    size_t free1 = 0;
-    cudaMemGetInfo(&free1, &total);
-    c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
-    if ((rc = alloc_buffers(c, err))) goto fail;
-    if ((rc = alloc_kv(c, fraction, err))) goto fail;
-    if (c->tp_size > 1)
-        dsi_log(DSI_LOG_INFO, "cuda",
-                "device %d holds shard %d of %d: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab "
-                "%d..%d",
-                c->device, c->tp_rank, c->tp_size, c->head0, c->head0 + c->cfg.n_heads - 1, c->kv_head0,
-                c->kv_head0 + c->cfg.n_kv_heads - 1, c->inter0, c->inter0 + c->cfg.intermediate_size - 1,
-                c->vocab0, c->vocab0 + c->lm_head.n - 1);
-    dsi_log(
-        DSI_LOG_INFO, "cuda",
-        "%s: %s weights %.2f GiB, KV pool %d blocks x %d tokens (%.2f GiB), max %d tokens / %d seqs per step",
-        prop.name, c->int8 ? (c->group > 0 ? "int8 group-wise" : "int8") : "bf16",
-        c->base.weight_bytes / 1073741824.0, c->base.n_kv_blocks, c->base.kv_block_size,
-        (double)c->base.n_kv_blocks * c->base.kv_block_size * c->base.kv_bytes_per_token / 1073741824.0,
-        c->max_tokens, c->max_seqs);
+    if ((rc = upload_rope(c, &m->cfg, err)) || (rc = load_and_plan(c, m, random, seed, fraction, err)))
+        goto fail;
+    log_created(c, &prop);
     *out = &c->base;
     return 0;
 fail:

@@ -28,80 +28,90 @@
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
-/* The CUDA-core GEMV takes up to DSI_Q8_GEMV_MAX_ROWS rows, but on the H200 it beats
- * the tensor-core kernel only at one row (qkv 10.9 vs 15.5 us, o 9.3 vs 13.4 us) and
- * loses at eight (gate_up 161 vs 60 us): bench/RESULTS.md, "Final GPU run". */
-#define DSI__CUDA_GEMV_NEW_MAX_ROWS 1
-
 /* The per-channel scale and bias a dequantize + cuBLAS matmul leaves for its
  * consumer to apply (matmul with epi: the scale_bias pass over y skipped). */
 struct epilogue {
     const float *scale, *bias;
 };
 
-static int matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
-                  bool allow_deq, struct epilogue *epi) {
-    if (epi) epi->scale = epi->bias = NULL;
-    if (m <= 0) return 0;
+/* y = x W^T with cuBLAS, W bf16 (n, k) row-major; beta 0 or 1 (accumulate). */
+static int gemm_bf16(struct dsi__cuda *c, const uint16_t *wt, int n, int k, const uint16_t *x, float *y,
+                     int m, bool accumulate) {
     const float one = 1.f, zero = 0.f;
-    if (w->group > 0) {
-        /* group-wise INT8 (any batch, lm_head too): bf16(q * group scale) into the
-         * scratch, then cuBLAS, then the same for the rounding rest of the
-         * weights (beta 1); no post-scale. Correct, not fast: 10 bytes moved
-         * per weight (kernels/quant_group.cu). */
-        if (!c->deq) return DSI_EINVAL;
-        int rc = 0;
+    return DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, wt, CUDA_R_16BF, k,
+                                         x, CUDA_R_16BF, k, accumulate ? &one : &zero, y, CUDA_R_32F, n,
+                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/* Runs the planned kernel of m rows of w; epi (may be NULL) receives the
+ * scale and bias left for the consumer. */
+static int run_planned(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const struct dsi__cu_range *r,
+                       const uint16_t *x, float *y, int m, struct epilogue *epi) {
+    int rc = 0;
+    switch ((enum dsi__cu_kernel)r->kernel) {
+    case DSI__CU_CUBLAS:
+        if ((rc = gemm_bf16(c, w->w, w->n, w->k, x, y, m, false))) return rc;
+        break; /* bias below */
+    case DSI__CU_GROUP:
+        /* bf16(q * group scale) into the scratch, cuBLAS, then the same for
+         * the rounding rest of the weights (accumulated); no post-scale.
+         * Correct, not fast: 10 bytes moved per weight (quant_group.cu). */
         for (int part = 0; part < 2 && !rc; part++) {
             rc = dsi_cuda_dequant_int8_group_part(c->deq, w->q, w->gscale, w->n, w->k, w->group, part,
                                                   c->stream);
-            if (!rc)
-                rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one,
-                                                   c->deq, CUDA_R_16BF, w->k, x, CUDA_R_16BF, w->k,
-                                                   part ? &one : &zero, y, CUDA_R_32F, w->n,
-                                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            if (!rc) rc = gemm_bf16(c, c->deq, w->n, w->k, x, y, m, part == 1);
         }
         if (!rc && w->bias) rc = dsi_cuda_scale_bias(y, NULL, w->bias, m, w->n, c->stream);
         return rc;
-    }
-    if (c->int8 && c->gemv_new && m <= DSI__CUDA_GEMV_NEW_MAX_ROWS) {
-        /* DSI_EINVAL: a shape or alignment the GEMV does not take; nothing was
-         * launched, so the tensor-core kernel below does the product */
-        int rc =
-            dsi_cuda_gemv_int8_path(y, x, w->q, w->scale, w->bias, m, w->n, w->k, c->gemv_path, c->stream);
-        if (rc != DSI_EINVAL) return rc;
-    }
-    const bool wide = w->n >= c->tiled_min_n, big = (size_t)w->n * (size_t)w->k * 2 > c->l2_bytes;
-    if (c->int8 && c->tiled_min > 0 && m >= c->tiled_min &&
-        ((wide && (m <= c->tiled_max || !allow_deq || !c->deq)) ||
-         (big && m >= DSI__CUDA_TILED_BIG_MIN && m <= DSI__CUDA_TILED_BIG_MAX))) {
-        int variant = m <= 32 ? 0 : wide ? 4 : 6; /* see DSI__CUDA_TILED_BIG_* */
+    case DSI__CU_GEMV:
+        return dsi_cuda_gemv_int8_path(y, x, w->q, w->scale, w->bias, m, w->n, w->k, r->flags, c->stream);
+    case DSI__CU_TILED:
         return dsi_cuda_gemm_int8_tiled_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
-                                                variant, c->stream);
+                                                r->flags, c->stream);
+    case DSI__CU_MMA:
+        return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, r->flags,
+                                          c->stream);
+    case DSI__CU_DEQ:
+        if ((rc = dsi_cuda_dequant_int8(c->deq, w->q, NULL, w->n, w->k, c->stream)) ||
+            (rc = gemm_bf16(c, c->deq, w->n, w->k, x, y, m, false)))
+            return rc;
+        break; /* scale and bias below */
+    default:
+        return DSI_EINTERNAL;
     }
-    if (c->int8 && (!allow_deq || !c->deq || m <= DSI__CUDA_MMA_MAX_ROWS))
-        return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws,
-                                          c->q8_variant, c->stream);
-    const uint16_t *wt = w->w;
-    if (c->int8) {
-        int rc = dsi_cuda_dequant_int8(c->deq, w->q, NULL, w->n, w->k, c->stream);
-        if (rc) return rc;
-        wt = c->deq;
-    }
-    int rc = DSI_CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, w->n, m, w->k, &one, wt,
-                                           CUDA_R_16BF, w->k, x, CUDA_R_16BF, w->k, &zero, y, CUDA_R_32F,
-                                           w->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (rc) return rc;
+    const float *scale = c->int8 ? w->scale : NULL;
     if (epi) {
-        epi->scale = c->int8 ? w->scale : NULL;
+        epi->scale = scale;
         epi->bias = w->bias;
         return 0;
     }
-    return dsi_cuda_scale_bias(y, c->int8 ? w->scale : NULL, w->bias, m, w->n, c->stream);
+    return dsi_cuda_scale_bias(y, scale, w->bias, m, w->n, c->stream);
 }
 
-int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
-                     bool allow_deq) {
-    return matmul(c, w, x, y, m, allow_deq, NULL);
+static int matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
+                  struct epilogue *epi) {
+    if (epi) epi->scale = epi->bias = NULL;
+    if (m <= 0) return 0;
+    const struct dsi__cu_plan *p = &w->plan;
+    int i = 0;
+    while (i < p->n && m > p->r[i].max_m)
+        i++;
+    if (i == p->n) {
+        dsi_log(DSI_LOG_ERROR, "cuda", "matmul of %d rows (%d x %d) beyond its plan: a bug", m, w->n, w->k);
+        return DSI_EINTERNAL;
+    }
+    int rc = run_planned(c, w, &p->r[i], x, y, m, epi);
+    if (rc == DSI_EINVAL) { /* the plan checked the kernel's conditions: a bug */
+        dsi_log(DSI_LOG_ERROR, "cuda", "%s/%d refused its planned matmul of %d rows (%d x %d): a bug",
+                dsi__cuda_kernel_name((enum dsi__cu_kernel)p->r[i].kernel), p->r[i].flags, m, w->n, w->k);
+        rc = DSI_EINTERNAL;
+    }
+    return rc;
+}
+
+int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y,
+                     int m) {
+    return matmul(c, w, x, y, m, NULL);
 }
 
 /* Validates the batch and fills the pinned metadata; returns token and row counts. */
@@ -202,7 +212,7 @@ static int long_prefill(struct dsi__cuda *c, const struct dsi_cuda_attn_args *a)
  * parallel the partial sums go to the all-reduce complete. */
 static int delta_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, int T) {
     struct epilogue epi = {NULL, NULL};
-    int rc = matmul(c, w, x, c->delta, T, true, c->tp_size == 1 ? &epi : NULL);
+    int rc = matmul(c, w, x, c->delta, T, c->tp_size == 1 ? &epi : NULL);
     c->delta_scale = epi.scale; /* under TP epi stays empty */
     c->delta_bias = epi.bias;
     return rc;
@@ -228,14 +238,14 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     /* the residual add of the previous layer's MLP is fused here (tensor
      * parallel: into that layer's all-reduce, which also wrote xn) */
     if ((il == 0 || c->tp_size == 1) && (rc = add_norm(c, il ? c->delta : NULL, ly->ln1, T))) return rc;
-    if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T, true))) return rc;
+    if ((rc = dsi__cuda_matmul(c, &ly->qkv, c->xn, c->qkv, T))) return rc;
     struct dsi_cuda_attn_args a = *proto;
     a.q = c->qkv;
     a.q_stride = stride;
     a.k_cache = kc;
     a.v_cache = vc;
     a.out = c->attn;
-    if (a.max_n_q == 1 && c->fuse_rope) { /* decode: RoPE and the KV store inside the attention kernel */
+    if (a.max_n_q == 1 && c->sw.fuse_rope) { /* decode: RoPE and the KV store inside the attention kernel */
         if ((rc = dsi_cuda_attn_decode_rope(&a, c->inv_freq, s))) return rc;
     } else {
         if ((rc = dsi_cuda_rope_kv_store(c->qkv, stride, T, cfg->n_heads, cfg->n_kv_heads, hd, pos_d,
@@ -250,19 +260,22 @@ static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_
     if ((rc = delta_matmul(c, &ly->o, c->attn, T))) return rc;
     rc = c->tp_size > 1 ? dsi__cuda_tp_reduce_norm(c, ly->ln2, T) : add_norm(c, c->delta, ly->ln2, T);
     if (rc) return rc;
-    /* one row: SwiGLU in the GEMV's epilogue where it takes the tensor-core
-     * kernel (DSI_EINVAL: nothing launched, run the two kernels) */
+    /* one row: SwiGLU in the tensor-core GEMV's epilogue where the plan says so */
     const struct dsi__cu_matrix *gu = &ly->gate_up;
-    rc = DSI_EINVAL;
-    if (T == 1 && c->fuse_swiglu && c->gate_up_il8 && c->int8 && c->gemv_new && gu->group == 0)
-        rc = dsi_cuda_gemv_int8_swiglu(c->act, c->xn, gu->q, gu->scale, gu->bias, gu->n, gu->k, c->gemv_path,
+    if (T == 1 && gu->plan.swiglu1) {
+        rc = dsi_cuda_gemv_int8_swiglu(c->act, c->xn, gu->q, gu->scale, gu->bias, gu->n, gu->k, DSI_GEMV_TC,
                                        s);
-    if (rc == DSI_EINVAL) {
+        if (rc == DSI_EINVAL) {
+            dsi_log(DSI_LOG_ERROR, "cuda", "gemv-int8 swiglu refused its planned gate|up (%d x %d): a bug",
+                    gu->n, gu->k);
+            rc = DSI_EINTERNAL;
+        }
+    } else {
         /* a dequantize + cuBLAS product (prefill, > 128 rows) leaves its scale
          * for swiglu to apply while it reads gu anyway: one pass over the
          * (T, 2I) fp32 rows fewer (620 MB per layer for a 2k prompt, 7B) */
         struct epilogue epi;
-        if ((rc = matmul(c, gu, c->xn, c->gu, T, true, &epi))) return rc;
+        if ((rc = matmul(c, gu, c->xn, c->gu, T, &epi))) return rc;
         rc =
             dsi_cuda_swiglu(c->act, c->gu, T, cfg->intermediate_size, c->gate_up_il8, epi.scale, epi.bias, s);
     }
@@ -289,9 +302,9 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
     /* tensor parallel: the last layer's all-reduce already applied the final norm */
     if (c->tp_size == 1 && (rc = add_norm(c, c->delta, c->final_norm, T))) return rc;
     if ((rc = dsi_cuda_gather_rows(c->xsel, c->xn, lrows_d, R, cfg->hidden_size, c->stream))) return rc;
-    if (c->tp_size == 1) return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R, false);
+    if (c->tp_size == 1) return dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->logits, R);
     /* vocab parallel: this rank's rows, then every rank's slices into c->logits */
-    if ((rc = dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->lg_local, R, false))) return rc;
+    if ((rc = dsi__cuda_matmul(c, &c->lm_head, c->xsel, c->lg_local, R))) return rc;
     return dsi__cuda_tp_logits(c, R);
 }
 
@@ -348,7 +361,7 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     const int Tc = c->max_tokens, S = c->max_seqs;
     int32_t *seqs_d = c->meta_d + 3 * Tc, *bt_d = seqs_d + 5 * S;
     size_t ints = 3 * (size_t)Tc + 5 * (size_t)S + (size_t)nbt;
-    const bool graph = c->use_graphs && max_n_q == 1;
+    const bool graph = c->sw.graphs && max_n_q == 1;
     /* a graph fixes the attention split count; it is chosen for the context
      * rounded up to a power of two, so a growing context re-captures a handful
      * of times (any split count is correct for any context): at batch 1, 4
@@ -385,7 +398,8 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     *n_rows = R;
     return 0;
 fail:
-    /* a shard's failed step leaves its peers in collectives: never run another */
-    if (rc != DSI_EINVAL || c->tp_size > 1) c->dead = true;
+    /* the batch was checked by pack(), so any failure here is CUDA's or a
+     * bug; a shard's failed step also leaves its peers in collectives */
+    c->dead = true;
     return dsi_seterr(err, rc, "cuda: step failed (%s); see the log for the failing call", dsi_strerror(rc));
 }

@@ -291,9 +291,8 @@ int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_
             if (m->pending[i].size > largest) largest = (size_t)m->pending[i].size;
         }
     if (n == 0) return 0;
-    const char *mode = getenv("DSI_CUDA_LOAD");
-    if (mode && !strcmp(mode, "two-pass")) return two_pass(m, "DSI_CUDA_LOAD=two-pass", err);
-    const bool force = mode && !strcmp(mode, "single-pass"); /* tests: no silent fallback */
+    if (c->sw.load == DSI__CU_LOAD_TWO_PASS) return two_pass(m, "DSI_CUDA_LOAD=two-pass", err);
+    const bool force = c->sw.load == DSI__CU_LOAD_SINGLE_PASS; /* tests: no silent fallback */
     /* room for the images next to the weights (at most as large as the files in
      * bf16, half in int8), the staging matrix and cuBLAS/activations slack */
     size_t free_b = 0, total_b = 0;

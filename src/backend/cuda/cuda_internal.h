@@ -43,14 +43,62 @@
 #define DSI__CUDA_TILED_BIG_MIN 9
 #define DSI__CUDA_TILED_BIG_MAX 64
 
+/* One-row INT8 matmuls take the decode GEMV: on the H200 it beats the
+ * tensor-core kernel only at one row (bench/RESULTS.md, "Final GPU run"). */
+#define DSI__CUDA_GEMV_MAX_ROWS 1
+
+/* The kernels a matmul can take (cuda_plan.c says when each is chosen). */
+enum dsi__cu_kernel {
+    DSI__CU_CUBLAS, /* bf16 weights: cuBLAS, fp32 accumulate */
+    DSI__CU_GROUP,  /* group-wise INT8: dequantize in two parts + cuBLAS */
+    DSI__CU_GEMV,   /* decode GEMV (gemv_int8_dec.cu); flags: DSI_GEMV_FP32 or DSI_GEMV_TC */
+    DSI__CU_TILED,  /* tiled INT8 GEMM (gemm_int8_tiled.cu); flags: DSI_Q8T_* */
+    DSI__CU_MMA,    /* mma.sync INT8 kernel (gemv_int8.cu); flags: DSI_Q8_* */
+    DSI__CU_DEQ,    /* per-channel INT8: dequantize to bf16 + cuBLAS, scale after */
+};
+
+/* A matmul plan: rows 1..r[0].max_m take r[0]'s kernel, then r[1]'s up to
+ * its max_m, and so on up to the step limit. */
+#define DSI__CU_PLAN_MAX 12
+struct dsi__cu_range {
+    int max_m;
+    uint8_t kernel; /* enum dsi__cu_kernel */
+    uint8_t flags;  /* the kernel's variant */
+};
+struct dsi__cu_plan {
+    struct dsi__cu_range r[DSI__CU_PLAN_MAX];
+    int n;
+    bool swiglu1; /* gate|up: one row takes dsi_cuda_gemv_int8_swiglu (SwiGLU in the epilogue) */
+};
+
+/* The A/B switches (docs/cuda-backend.md, "Switches"), read once at create by
+ * dsi__cuda_switches_read, the only reader of DSI_CUDA_* variables. */
+#define DSI__CU_GEMV_OFF (-1)
+enum { DSI__CU_LOAD_AUTO, DSI__CU_LOAD_TWO_PASS, DSI__CU_LOAD_SINGLE_PASS };
+struct dsi__cuda_switches {
+    bool graphs;      /* DSI_CUDA_GRAPHS=0: false */
+    int gemv;         /* DSI_CUDA_GEMV: 0 per matrix, DSI_GEMV_FP32 / DSI_GEMV_TC, DSI__CU_GEMV_OFF (old) */
+    bool fuse_rope;   /* DSI_CUDA_FUSE_ROPE=0: false */
+    bool fuse_swiglu; /* DSI_CUDA_FUSE_SWIGLU=0: false */
+    int long_prefill; /* DSI_CUDA_LONG_PREFILL: -1 unset (head_dim > 128), 0 never, 1 always */
+    int q8_variant;   /* DSI_CUDA_Q8_VARIANT: DSI_Q8_* flags of the mma kernel */
+    /* DSI_CUDA_TILED=MIN[,MAX[,MIN_N]]: INT8 matmuls of tiled_min..tiled_max
+     * rows (and all rows >= tiled_min that may not dequantize: the lm_head)
+     * and >= tiled_min_n outputs take the tiled GEMM; tiled_min 0: never */
+    int tiled_min, tiled_max, tiled_min_n;
+    int load;     /* DSI_CUDA_LOAD: DSI__CU_LOAD_* */
+    bool tp_nccl; /* DSI_CUDA_TP_ALLREDUCE=nccl */
+};
+
 struct dsi__cu_matrix {
-    int n, k;      /* out, in features */
-    int8_t *q;     /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
-    float *scale;  /* int8 per channel: (n); NULL when group-wise */
-    int group;     /* int8 group-wise: inputs per scale (divides k); 0: per channel */
-    float *gscale; /* int8 group-wise: (n, k / group) */
-    uint16_t *w;   /* bf16: (n, k) row-major */
-    float *bias;   /* (n) or NULL */
+    int n, k;                 /* out, in features */
+    int8_t *q;                /* int8: tiled (kernels.h), dsi_cuda_q8_bytes(n, k) */
+    float *scale;             /* int8 per channel: (n); NULL when group-wise */
+    int group;                /* int8 group-wise: inputs per scale (divides k); 0: per channel */
+    float *gscale;            /* int8 group-wise: (n, k / group) */
+    uint16_t *w;              /* bf16: (n, k) row-major */
+    float *bias;              /* (n) or NULL */
+    struct dsi__cu_plan plan; /* its kernel per row count (cuda_plan.c) */
 };
 
 struct dsi__cu_layer {
@@ -110,19 +158,10 @@ struct dsi__cuda {
     struct dsi_cuda_sample_params *sp_d, *sp_h;
     int32_t *ids_d, *ids_h;
 
-    bool use_graphs; /* DSI_CUDA_GRAPHS=0 turns them off (debugging, A/B timing) */
-    int q8_variant;  /* DSI_CUDA_Q8_VARIANT (A/B timing), else the default */
-    bool gemv_new;   /* INT8 matmuls of one row: the decode GEMV (DSI_CUDA_GEMV=old: off) */
-    int gemv_path;   /* its kernel: 0 default, 1 CUDA cores (DSI_CUDA_GEMV=fp32), 2 tensor cores (=tc) */
-    bool fuse_rope;  /* decode: RoPE + KV store in the attention kernel (DSI_CUDA_FUSE_ROPE=0: off) */
+    struct dsi__cuda_switches sw;
     /* gate|up weights (and so the gu activations) interleaved in blocks of 8
      * rows (DSI_GLU_IL8) or stacked (0: intermediate size not a multiple of 8) */
     int gate_up_il8;
-    bool fuse_swiglu; /* one row: SwiGLU in the gate|up GEMV (DSI_CUDA_FUSE_SWIGLU=0: off) */
-    /* INT8 matmuls of tiled_min..tiled_max rows (and all rows >= tiled_min that
-     * may not dequantize: the lm_head) and >= tiled_min_n outputs take the
-     * tiled GEMM; tiled_min 0: never. DSI_CUDA_TILED=MIN,MAX,MIN_N (A/B timing) */
-    int tiled_min, tiled_max, tiled_min_n;
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* least recently used first */
     int n_graphs;
 
@@ -173,8 +212,19 @@ int dsi__cuda_tp_logits(struct dsi__cuda *c, int rows);
 void dsi__cuda_tp_destroy(struct dsi__cuda *c);
 /* One step; logits of want_logits rows stay on the device in c->logits. */
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err);
-/* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16. */
-int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m,
-                     bool allow_deq);
+/* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16, by w's plan. A kernel's
+ * DSI_EINVAL is a planning bug: logged and returned as DSI_EINTERNAL. */
+int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m);
+/* The matmul plan (cuda_plan.c). switches_read: the A/B switches from the
+ * environment. plan: every matrix's plan, after the weights and buffers
+ * exist (the dequantize scratch steers it); plan_matrix: one matrix for
+ * 1..max_m rows, allow_deq false for matrices that must not use the
+ * dequantize scratch. DSI_EINTERNAL when no kernel takes some row count. */
+void dsi__cuda_switches_read(struct dsi__cuda_switches *sw);
+int dsi__cuda_plan(struct dsi__cuda *c, char **err);
+int dsi__cuda_plan_matrix(const struct dsi__cuda *c, struct dsi__cu_matrix *w, bool allow_deq, int max_m,
+                          const char *what, char **err);
+void dsi__cuda_plan_log(const struct dsi__cuda *c);
+const char *dsi__cuda_kernel_name(enum dsi__cu_kernel k);
 
 #endif

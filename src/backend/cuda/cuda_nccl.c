@@ -94,12 +94,11 @@ int dsi__cuda_tp_prepare(struct dsi__cuda *c, char **err) {
  * (A/B timing). Nothing that can fail on one rank alone stands between the
  * two collectives: a local failure only turns this rank's vote to 0. */
 static int fast_init(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err) {
-    const char *env = getenv("DSI_CUDA_TP_ALLREDUCE");
     int n = c->tp_size, me = c->tp_rank, ok = 0;
     cudaIpcMemHandle_t *h = NULL;
     char *d_h = c->ar_handles;
     /* the same on every rank: then no rank takes part in the collectives below */
-    if (n > DSI_CUDA_AR_MAX_RANKS || !sh->one_host || (env && !strcmp(env, "nccl"))) goto report;
+    if (n > DSI_CUDA_AR_MAX_RANKS || !sh->one_host || c->sw.tp_nccl) goto report;
     h = calloc((size_t)n, sizeof *h);
     ok = h && cudaIpcGetMemHandle(&h[me], c->ar_region) == cudaSuccess;
     cudaGetLastError();
