@@ -60,6 +60,148 @@ static __device__ __forceinline__ void dec_load_tile(uint16_t *ks, uint16_t *vs,
     }
 }
 
+/* The decode block's shared buffers (dsm carved up, see dec_smem). */
+struct dec_bufs {
+    uint16_t *ks, *vs; /* K and V tiles: (TK, hd + 8) each */
+    uint16_t *qh, *ql; /* q hi/lo: (8, hd + 8) */
+    float *ps;         /* scores (TK, 8) */
+    uint16_t *ph, *pl; /* probabilities hi/lo: (8, TK + 8) */
+    int kst, pst;      /* row strides (bf16 elements) */
+};
+
+/* The q rows of the group as bf16 hi/lo pairs (times the scale), zero rows
+ * past the group (q and probabilities). ROPE: q and the new token's k are
+ * rotated here (the same angles, rotation and bf16 rounding as
+ * rope_kv_store), knew/vnew get its K/V and the first split writes them to the
+ * cache for later steps. */
+template <bool ROPE>
+static __device__ __forceinline__ void
+dec_prologue(const struct dsi_cuda_attn_args &a, const struct dec_bufs &b, const float *qrow,
+             const int32_t *bt, int pos, int kvh, int split, const float *inv_freq, float *cs_s, float *sn_s,
+             uint16_t *knew, uint16_t *vnew) {
+    const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kst = b.kst, pst = b.pst, tid = threadIdx.x;
+    for (int i = tid; i < MAX_GROUP * hd; i += DEC_THREADS) {
+        int h = i / hd, d = i % hd;
+        if (h >= g) b.qh[h * kst + d] = b.ql[h * kst + d] = 0;
+    }
+    for (int i = tid; i < MAX_GROUP * DEC_TK; i += DEC_THREADS) {
+        int h = i / DEC_TK, j = i % DEC_TK;
+        if (h >= g) b.ph[h * pst + j] = b.pl[h * pst + j] = 0;
+    }
+    if (!ROPE) {
+        for (int i = tid; i < g * hd; i += DEC_THREADS) {
+            int h = i / hd, d = i % hd;
+            split_bf16(qrow[(size_t)(kvh * g + h) * hd + d] * a.scale, &b.qh[h * kst + d],
+                       &b.ql[h * kst + d]);
+        }
+        return;
+    }
+    const int half = hd / 2, kv_dim = a.n_kv_heads * hd;
+    rope_table(cs_s, sn_s, (float)pos, inv_freq, half); /* ends with __syncthreads */
+    for (int i = tid; i < g * hd; i += DEC_THREADS) {
+        int h = i / hd, d = i % hd, j = d < half ? d : d - half;
+        const float *qv = qrow + (size_t)(kvh * g + h) * hd;
+        float x = qv[j], y = qv[j + half];
+        rotate(&x, &y, cs_s[j], sn_s[j]);
+        split_bf16((d < half ? x : y) * a.scale, &b.qh[h * kst + d], &b.ql[h * kst + d]);
+    }
+    const float *kh = qrow + (size_t)(a.n_heads + kvh) * hd;
+    const float *vh = qrow + (size_t)(a.n_heads + a.n_kv_heads + kvh) * hd;
+    const size_t off = (size_t)slot_of(bt, a.block_size, pos) * kv_dim + (size_t)kvh * hd;
+    for (int d = tid; d < hd; d += DEC_THREADS) {
+        int j = d < half ? d : d - half;
+        float x = kh[j], y = kh[j + half];
+        rotate(&x, &y, cs_s[j], sn_s[j]);
+        knew[d] = f2bf(d < half ? x : y);
+        vnew[d] = f2bf(vh[d]);
+        if (split == 0) { /* for later steps; this step reads knew/vnew */
+            const_cast<uint16_t *>(a.k_cache)[off + d] = knew[d];
+            const_cast<uint16_t *>(a.v_cache)[off + d] = vnew[d];
+        }
+    }
+}
+
+/* Scores of the tile's keys 16 warp .. + 15 for the 8 head columns into ps
+ * (keys at or past c1: -inf). */
+static __device__ __forceinline__ void dec_scores(const struct dec_bufs &b, int hd, int t0, int c1) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, lg = lane >> 2, lt = lane & 3, kst = b.kst;
+    float sc[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint16_t *ka = b.ks + (warp * 16 + (lane & 15)) * kst + (lane >> 4) * 8;
+    for (int kk = 0; kk < hd; kk += 16) {
+        uint32_t af[4];
+        attn_ldmatrix_x4(af, ka + kk);
+        const uint32_t *bh = reinterpret_cast<const uint32_t *>(b.qh + lg * kst + kk + 2 * lt);
+        const uint32_t *bl = reinterpret_cast<const uint32_t *>(b.ql + lg * kst + kk + 2 * lt);
+        mma_bf16_16816(sc, af[0], af[1], af[2], af[3], bh[0], bh[4]);
+        mma_bf16_16816(sc, af[0], af[1], af[2], af[3], bl[0], bl[4]);
+    }
+    /* c0, c1: key 16w + lg, heads 2lt, 2lt + 1; c2, c3: key + 8 */
+    int j0 = warp * 16 + lg, j1 = j0 + 8;
+    bool v0 = t0 + j0 < c1, v1 = t0 + j1 < c1;
+    *reinterpret_cast<float2 *>(b.ps + j0 * MAX_GROUP + 2 * lt) =
+        make_float2(v0 ? sc[0] : -INFINITY, v0 ? sc[1] : -INFINITY);
+    *reinterpret_cast<float2 *>(b.ps + j1 * MAX_GROUP + 2 * lt) =
+        make_float2(v1 ? sc[2] : -INFINITY, v1 ? sc[3] : -INFINITY);
+}
+
+/* Online softmax over the tile's scores, a warp per head (w and w + 4):
+ * probabilities as bf16 hi/lo into ph/pl, running max and sum in m_s/l_s,
+ * the accumulator's correction in corr_s. */
+static __device__ __forceinline__ void dec_softmax(const struct dec_bufs &b, int g, float *m_s, float *l_s,
+                                                   float *corr_s) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, pst = b.pst;
+    for (int h = warp; h < g; h += DEC_THREADS / 32) {
+        float v0 = b.ps[lane * MAX_GROUP + h], v1 = b.ps[(lane + 32) * MAX_GROUP + h];
+        float mt = fmaxf(v0, v1);
+        for (int o = 16; o > 0; o >>= 1)
+            mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
+        float m_old = m_s[h], m_new = fmaxf(m_old, mt); /* finite: every tile has a valid key */
+        float p0 = expf(v0 - m_new), p1 = expf(v1 - m_new);
+        split_bf16(p0, &b.ph[h * pst + lane], &b.pl[h * pst + lane]);
+        split_bf16(p1, &b.ph[h * pst + lane + 32], &b.pl[h * pst + lane + 32]);
+        float sum = p0 + p1;
+        for (int o = 16; o > 0; o >>= 1)
+            sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane == 0) {
+            float corr = expf(m_old - m_new);
+            corr_s[h] = corr;
+            l_s[h] = l_s[h] * corr + sum;
+            m_s[h] = m_new;
+        }
+    }
+}
+
+/* acc = acc * corr + P V for this warp's 16-dim pairs (w, w + 4, ...); the
+ * accumulator rows are head lg (rows 8..15: zero heads). */
+static __device__ __forceinline__ void dec_pv(const struct dec_bufs &b, int n_pairs, float corr,
+                                              float (&acc)[MAX_HD / 64][2][4]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, lg = lane >> 2, lt = lane & 3;
+    const int kst = b.kst, pst = b.pst;
+#pragma unroll
+    for (int i = 0; i < MAX_HD / 64; i++) {
+        int pr = warp + 4 * i;
+        if (pr >= n_pairs) break;
+#pragma unroll
+        for (int n = 0; n < 2; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[i][n][e] *= corr;
+        /* ldmatrix.trans of V rows kk + (lane & 15), dims pr * 16 + (lane >> 4) * 8 */
+        const uint16_t *vb = b.vs + (lane & 15) * kst + pr * 16 + (lane >> 4) * 8;
+#pragma unroll
+        for (int kk = 0; kk < DEC_TK; kk += 16) {
+            uint32_t bf[4];
+            attn_ldmatrix_x4_trans(bf, vb + kk * kst);
+            const uint32_t *ah = reinterpret_cast<const uint32_t *>(b.ph + lg * pst + kk + 2 * lt);
+            const uint32_t *al = reinterpret_cast<const uint32_t *>(b.pl + lg * pst + kk + 2 * lt);
+            mma_bf16_16816(acc[i][0], ah[0], 0u, ah[4], 0u, bf[0], bf[1]);
+            mma_bf16_16816(acc[i][0], al[0], 0u, al[4], 0u, bf[0], bf[1]);
+            mma_bf16_16816(acc[i][1], ah[0], 0u, ah[4], 0u, bf[2], bf[3]);
+            mma_bf16_16816(acc[i][1], al[0], 0u, al[4], 0u, bf[2], bf[3]);
+        }
+    }
+}
+
 /* ROPE: q and k of the new token are not rotated yet and its K/V are not in the
  * cache (dsi_cuda_attn_decode_rope): the block rotates its q heads and the new
  * k itself, uses the new K/V from shared memory for the last position, and the
@@ -79,13 +221,18 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     __shared__ __align__(16) uint16_t knew[ROPE ? MAX_HD : 8], vnew[ROPE ? MAX_HD : 8];
 
     const int split = blockIdx.x, kvh = blockIdx.y, si = blockIdx.z;
-    const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kv_dim = a.n_kv_heads * hd, kst = hd + 8;
+    const int hd = a.head_dim, g = a.n_heads / a.n_kv_heads, kst = hd + 8;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lg = lane >> 2, lt = lane & 3;
-    const int pst = DEC_TK + 8;                          /* bf16 elements */
-    uint16_t *tiles = reinterpret_cast<uint16_t *>(dsm); /* K tile, then V tile: (TK, hd + 8) each */
-    uint16_t *qh = tiles + 2 * DEC_TK * kst, *ql = qh + MAX_GROUP * kst; /* (8, hd + 8) */
-    float *ps = reinterpret_cast<float *>(ql + MAX_GROUP * kst);         /* (TK, 8) scores */
-    uint16_t *ph = reinterpret_cast<uint16_t *>(ps + DEC_TK * MAX_GROUP), *pl = ph + MAX_GROUP * pst;
+    struct dec_bufs b;
+    b.kst = kst;
+    b.pst = DEC_TK + 8;
+    b.ks = reinterpret_cast<uint16_t *>(dsm);
+    b.vs = b.ks + DEC_TK * kst;
+    b.qh = b.vs + DEC_TK * kst;
+    b.ql = b.qh + MAX_GROUP * kst;
+    b.ps = reinterpret_cast<float *>(b.ql + MAX_GROUP * kst);
+    b.ph = reinterpret_cast<uint16_t *>(b.ps + DEC_TK * MAX_GROUP);
+    b.pl = b.ph + MAX_GROUP * b.pst;
     const struct dsi_cuda_attn_seq sq = a.seqs[si];
     const int ctx = sq.pos + 1;
     int chunk = (ctx + a.n_splits - 1) / a.n_splits;
@@ -98,54 +245,13 @@ static __global__ void __launch_bounds__(DEC_THREADS)
     const float *qrow = a.q + (size_t)sq.q_row * a.q_stride;
     const int32_t *bt = a.block_tables + sq.bt_off;
     /* the first tile's loads go out before the q/RoPE prologue (no registers held) */
-    if (c0 < c1) dec_load_tile<ROPE>(tiles, tiles + DEC_TK * kst, a, bt, kvh, c0, c1, ctx);
+    if (c0 < c1) dec_load_tile<ROPE>(b.ks, b.vs, a, bt, kvh, c0, c1, ctx);
     asm volatile("cp.async.commit_group;\n" ::);
-    /* q rows hi/lo, heads past the group zero; probability rows past it zero */
-    for (int i = tid; i < MAX_GROUP * hd; i += DEC_THREADS) {
-        int h = i / hd, d = i % hd;
-        if (h >= g) qh[h * kst + d] = ql[h * kst + d] = 0;
-    }
-    for (int i = tid; i < MAX_GROUP * DEC_TK; i += DEC_THREADS) {
-        int h = i / DEC_TK, j = i % DEC_TK;
-        if (h >= g) ph[h * pst + j] = pl[h * pst + j] = 0;
-    }
-    if (ROPE) {
-        /* the same angles, rotation and bf16 rounding as rope_kv_store */
-        const int half = hd / 2;
-        const float p = (float)sq.pos;
-        rope_table(cs_s, sn_s, p, inv_freq, half); /* ends with __syncthreads */
-        for (int i = tid; i < g * hd; i += DEC_THREADS) {
-            int h = i / hd, d = i % hd, j = d < half ? d : d - half;
-            const float *qv = qrow + (size_t)(kvh * g + h) * hd;
-            float x = qv[j], y = qv[j + half];
-            rotate(&x, &y, cs_s[j], sn_s[j]);
-            split_bf16((d < half ? x : y) * a.scale, &qh[h * kst + d], &ql[h * kst + d]);
-        }
-        const float *kh = qrow + (size_t)(a.n_heads + kvh) * hd;
-        const float *vh = qrow + (size_t)(a.n_heads + a.n_kv_heads + kvh) * hd;
-        const size_t off = (size_t)slot_of(bt, a.block_size, sq.pos) * kv_dim + (size_t)kvh * hd;
-        for (int d = tid; d < hd; d += DEC_THREADS) {
-            int j = d < half ? d : d - half;
-            float x = kh[j], y = kh[j + half];
-            rotate(&x, &y, cs_s[j], sn_s[j]);
-            knew[d] = f2bf(d < half ? x : y);
-            vnew[d] = f2bf(vh[d]);
-            if (split == 0) { /* for later steps; this step reads knew/vnew */
-                const_cast<uint16_t *>(a.k_cache)[off + d] = knew[d];
-                const_cast<uint16_t *>(a.v_cache)[off + d] = vnew[d];
-            }
-        }
-    } else {
-        for (int i = tid; i < g * hd; i += DEC_THREADS) {
-            int h = i / hd, d = i % hd;
-            split_bf16(qrow[(size_t)(kvh * g + h) * hd + d] * a.scale, &qh[h * kst + d], &ql[h * kst + d]);
-        }
-    }
+    dec_prologue<ROPE>(a, b, qrow, bt, sq.pos, kvh, split, inv_freq, cs_s, sn_s, knew, vnew);
     if (tid < MAX_GROUP) {
         m_s[tid] = -INFINITY;
         l_s[tid] = 0.f;
     }
-    /* P V: warp w takes 16-dim pairs w, w + 4, ... (n-tiles 2 per pair) */
     const int n_pairs = hd / 16;
     float acc[MAX_HD / 64][2][4];
 #pragma unroll
@@ -156,91 +262,28 @@ static __global__ void __launch_bounds__(DEC_THREADS)
             for (int e = 0; e < 4; e++)
                 acc[i][n][e] = 0.f;
 
-    uint16_t *ks = tiles, *vs = tiles + DEC_TK * kst;
     for (int t0 = c0; t0 < c1; t0 += DEC_TK) {
         __syncthreads(); /* the previous tile is consumed: the stage may be refilled */
         if (t0 != c0) {
-            dec_load_tile<ROPE>(ks, vs, a, bt, kvh, t0, c1, ctx);
+            dec_load_tile<ROPE>(b.ks, b.vs, a, bt, kvh, t0, c1, ctx);
             asm volatile("cp.async.commit_group;\n" ::);
         }
         asm volatile("cp.async.wait_group 0;\n" ::: "memory");
         if (ROPE && ctx - 1 >= t0 && ctx - 1 < t0 + DEC_TK && ctx - 1 < c1) { /* the new token's row */
             int j = ctx - 1 - t0;
             for (int c = tid; c < hd / 8; c += DEC_THREADS) {
-                *reinterpret_cast<uint4 *>(ks + j * kst + c * 8) =
+                *reinterpret_cast<uint4 *>(b.ks + j * kst + c * 8) =
                     *reinterpret_cast<const uint4 *>(knew + c * 8);
-                *reinterpret_cast<uint4 *>(vs + j * kst + c * 8) =
+                *reinterpret_cast<uint4 *>(b.vs + j * kst + c * 8) =
                     *reinterpret_cast<const uint4 *>(vnew + c * 8);
             }
         }
         __syncthreads();
-        /* scores of keys 16 warp .. + 15 for the 8 head columns */
-        {
-            float sc[4] = {0.f, 0.f, 0.f, 0.f};
-            const uint16_t *ka = ks + (warp * 16 + (lane & 15)) * kst + (lane >> 4) * 8;
-            for (int kk = 0; kk < hd; kk += 16) {
-                uint32_t af[4];
-                attn_ldmatrix_x4(af, ka + kk);
-                const uint32_t *bh = reinterpret_cast<const uint32_t *>(qh + lg * kst + kk + 2 * lt);
-                const uint32_t *bl = reinterpret_cast<const uint32_t *>(ql + lg * kst + kk + 2 * lt);
-                mma_bf16_16816(sc, af[0], af[1], af[2], af[3], bh[0], bh[4]);
-                mma_bf16_16816(sc, af[0], af[1], af[2], af[3], bl[0], bl[4]);
-            }
-            /* c0, c1: key 16w + lg, heads 2lt, 2lt + 1; c2, c3: key + 8 */
-            int j0 = warp * 16 + lg, j1 = j0 + 8;
-            bool v0 = t0 + j0 < c1, v1 = t0 + j1 < c1;
-            *reinterpret_cast<float2 *>(ps + j0 * MAX_GROUP + 2 * lt) =
-                make_float2(v0 ? sc[0] : -INFINITY, v0 ? sc[1] : -INFINITY);
-            *reinterpret_cast<float2 *>(ps + j1 * MAX_GROUP + 2 * lt) =
-                make_float2(v1 ? sc[2] : -INFINITY, v1 ? sc[3] : -INFINITY);
-        }
+        dec_scores(b, hd, t0, c1);
         __syncthreads();
-        /* online softmax: warp w owns heads w and w + 4 */
-        for (int h = warp; h < g; h += DEC_THREADS / 32) {
-            float v0 = ps[lane * MAX_GROUP + h], v1 = ps[(lane + 32) * MAX_GROUP + h];
-            float mt = fmaxf(v0, v1);
-            for (int o = 16; o > 0; o >>= 1)
-                mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, o));
-            float m_old = m_s[h], m_new = fmaxf(m_old, mt); /* finite: every tile has a valid key */
-            float p0 = expf(v0 - m_new), p1 = expf(v1 - m_new);
-            split_bf16(p0, &ph[h * pst + lane], &pl[h * pst + lane]);
-            split_bf16(p1, &ph[h * pst + lane + 32], &pl[h * pst + lane + 32]);
-            float sum = p0 + p1;
-            for (int o = 16; o > 0; o >>= 1)
-                sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            if (lane == 0) {
-                float corr = expf(m_old - m_new);
-                corr_s[h] = corr;
-                l_s[h] = l_s[h] * corr + sum;
-                m_s[h] = m_new;
-            }
-        }
+        dec_softmax(b, g, m_s, l_s, corr_s);
         __syncthreads();
-        /* acc = acc * corr + P V; the accumulator rows are head lg (rows 8..15: zero heads) */
-        const float corr = lg < g ? corr_s[lg] : 0.f;
-#pragma unroll
-        for (int i = 0; i < MAX_HD / 64; i++) {
-            int pr = warp + 4 * i;
-            if (pr >= n_pairs) break;
-#pragma unroll
-            for (int n = 0; n < 2; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    acc[i][n][e] *= corr;
-            /* ldmatrix.trans of V rows kk + (lane & 15), dims pr * 16 + (lane >> 4) * 8 */
-            const uint16_t *vb = vs + (lane & 15) * kst + pr * 16 + (lane >> 4) * 8;
-#pragma unroll
-            for (int kk = 0; kk < DEC_TK; kk += 16) {
-                uint32_t bf[4];
-                attn_ldmatrix_x4_trans(bf, vb + kk * kst);
-                const uint32_t *ah = reinterpret_cast<const uint32_t *>(ph + lg * pst + kk + 2 * lt);
-                const uint32_t *al = reinterpret_cast<const uint32_t *>(pl + lg * pst + kk + 2 * lt);
-                mma_bf16_16816(acc[i][0], ah[0], 0u, ah[4], 0u, bf[0], bf[1]);
-                mma_bf16_16816(acc[i][0], al[0], 0u, al[4], 0u, bf[0], bf[1]);
-                mma_bf16_16816(acc[i][1], ah[0], 0u, ah[4], 0u, bf[2], bf[3]);
-                mma_bf16_16816(acc[i][1], al[0], 0u, al[4], 0u, bf[2], bf[3]);
-            }
-        }
+        dec_pv(b, n_pairs, lg < g ? corr_s[lg] : 0.f, acc);
     }
     asm volatile("cp.async.wait_group 0;\n" ::: "memory"); /* an empty split queued its (empty) group too */
     /* partials: head lg, dims pr * 16 + n * 8 + 2 lt, + 1 */
