@@ -363,3 +363,14 @@ extern "C" int dsi_cuda_f32_to_bf16(uint16_t *dst, const float *src, size_t n, c
     f32_to_bf16_kernel<<<4096, 256, 0, s>>>(dst, src, n);
     return DSI_CUDA_CHECK(cudaGetLastError());
 }
+
+extern "C" int dsi_cuda_kernel_image(int *binary_version) {
+    cudaFuncAttributes fa;
+    cudaError_t e = cudaFuncGetAttributes(&fa, embed_kernel);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: no image for this device */
+        return DSI_EUNSUPPORTED;
+    }
+    *binary_version = fa.binaryVersion;
+    return 0;
+}

@@ -523,7 +523,20 @@ TEST(cuda_sample_fast_path_equals_full_scan) {
     free(lg), free(p), free(a), free(b);
 }
 
+/* The build holds code this GPU runs (the create-time check of
+ * cuda_backend.c): SASS of the device's major architecture, at most its own. */
+TEST(cuda_build_has_an_image_for_this_gpu) {
+    NEED_GPU();
+    struct cudaDeviceProp prop;
+    CHECK(cudaSetDevice(0) == cudaSuccess && cudaGetDeviceProperties(&prop, 0) == cudaSuccess);
+    int bin = 0;
+    CHECK_EQ_INT(dsi_cuda_kernel_image(&bin), 0);
+    CHECK(bin / 10 == prop.major && bin <= prop.major * 10 + prop.minor);
+    fprintf(stderr, "  %s sm_%d%d runs the sm_%d image\n", prop.name, prop.major, prop.minor, bin);
+}
+
 int main(void) {
+    RUN(cuda_build_has_an_image_for_this_gpu);
     RUN(cuda_embed_matches_table);
     RUN(cuda_add_rmsnorm_matches_cpu);
     RUN(cuda_swiglu_matches_cpu);

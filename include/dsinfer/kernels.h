@@ -41,6 +41,12 @@ int dsi__cublas_check(int status, const char *stmt, const char *func, const char
 
 /* ---- elementwise / norm (kernels/elementwise.cu) ---- */
 
+/* Whether this build holds code the current device can run (cudaSetDevice
+ * first): 0 with the SASS version used (e.g. 90) in *binary_version, or
+ * DSI_EUNSUPPORTED when no compiled architecture (CMAKE_CUDA_ARCHITECTURES)
+ * fits the device. */
+int dsi_cuda_kernel_image(int *binary_version);
+
 /* out[i][:] = float(table[ids[i]][:]); ids outside [0, vocab) give zero rows
  * (the host validates ids first; this only keeps the kernel memory safe). */
 int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim, int vocab,

@@ -249,11 +249,25 @@ static int find_device(int device, char **err) {
     return 0;
 }
 
-/* The device can run this build's kernels: sm_80+ (DSI_EUNSUPPORTED below). */
+#ifndef DSI_CUDA_ARCHS
+#define DSI_CUDA_ARCHS "?"
+#endif
+
+/* The current device (cudaSetDevice done) can run this build's kernels: sm_80+
+ * (bf16 mma.sync, cp.async) and an architecture the build compiled, else
+ * DSI_EUNSUPPORTED; without the second check such a GPU would pass create
+ * and fail at the first launch. */
 static int check_device(const struct cudaDeviceProp *prop, char **err) {
     if (prop->major < 8)
         return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s (sm_%d%d) is too old; sm_80+ needed", prop->name,
                           prop->major, prop->minor);
+    int bin = 0;
+    if (dsi_cuda_kernel_image(&bin))
+        return dsi_seterr(
+            err, DSI_EUNSUPPORTED,
+            "cuda: %s (sm_%d%d) is not among the architectures this dsinfer was built for (%s); "
+            "rebuild with -DCMAKE_CUDA_ARCHITECTURES=%d%d",
+            prop->name, prop->major, prop->minor, DSI_CUDA_ARCHS, prop->major, prop->minor);
     return 0;
 }
 
@@ -269,7 +283,7 @@ int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_ba
         (rc = find_device(o->device, err)))
         return rc;
     struct cudaDeviceProp prop;
-    if (DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, o->device)))
+    if (DSI_CUDA_CHECK(cudaSetDevice(o->device)) || DSI_CUDA_CHECK(cudaGetDeviceProperties(&prop, o->device)))
         return dsi_seterr(err, DSI_ENODEV, "cuda: cannot query device %d", o->device);
     return check_device(&prop, err);
 }
