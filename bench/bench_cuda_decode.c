@@ -26,7 +26,7 @@
 #include "dsinfer/backend.h"
 #include "dsinfer/err.h"
 #include "bench_shapes.h"
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 #include "dsinfer/model.h"
 
 #define PEAK 4.25e12

@@ -27,7 +27,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 
 #define PEAK_GBS 4250.0
 #define ITERS 50

@@ -22,7 +22,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 
 #define REP 200
 #define H 3584

@@ -56,7 +56,7 @@
 #include "dsinfer/parallel.h"
 #include "dsinfer/err.h"
 #include "bench_shapes.h"
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 #include "dsinfer/model.h"
 
 #define PEAK 4.25e12    /* H200 HBM bandwidth, bytes/s */
@@ -190,7 +190,7 @@ static void usage(int rank) {
                         "[--steps 1..10000] [--cases batch1|default|all] [--json]\n");
 }
 
-/* The shard's vote before NCCL's collective set-up (kernels.h): 1 only when
+/* The shard's vote before NCCL's collective set-up (cuda_backend.h): 1 only when
  * every rank's GPU is ready. */
 static int agree_ok(void *ctx, int ok) {
     (void)ctx;
@@ -295,7 +295,7 @@ int main(int argc, char **argv) {
     if (st != ST_OK) fail(rank, "shard check", "see the message of the rank that failed");
 
     /* The NCCL id: rank 0 makes it, MPI carries it. Shard size 1 opens no NCCL
-     * (kernels.h), so the TP=1 baseline does not need one. */
+     * (cuda_backend.h), so the TP=1 baseline does not need one. */
     struct dsi_cuda_shard sh;
     memset(&sh, 0, sizeof sh);
     sh.rank = rank;

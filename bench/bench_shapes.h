@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "dsinfer/model.h"
 
 /* Qwen2-7B (Qwen/Qwen2-7B config.json): the shape of issue 9. */

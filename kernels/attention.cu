@@ -25,7 +25,7 @@
 
 #include "attention_util.cuh"
 #include "bf16_util.cuh"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "rope.cuh"
 
 #define DEC_THREADS 128 /* 4 warps: one 16-key m-tile each in QK^T, a quarter of the dims in PV */

@@ -14,7 +14,7 @@
 
 #include "attention_util.cuh"
 #include "bf16_util.cuh"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 
 /* ---- long prefill through cuBLAS: gather, pack, causal softmax ---- */
 

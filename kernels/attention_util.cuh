@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 #include "bf16_util.cuh"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 
 #define MAX_GROUP 8
 #define MAX_HD 256

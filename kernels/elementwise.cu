@@ -12,7 +12,7 @@
 #include <math.h>
 
 #include "bf16_util.cuh"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "rope.cuh"
 
 static __global__ void embed_kernel(float *out, const uint16_t *table, const int32_t *ids, int dim,

@@ -50,7 +50,7 @@
  */
 #include <cuda_bf16.h>
 
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "int8_tile.cuh"
 
 #define T_WARPS 4

@@ -34,7 +34,7 @@
 #include <cuda_fp16.h>
 
 #include "bf16_util.cuh"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "int8_tile.cuh"
 
 /* The SM count of the current device: it steers the kernel and block shape

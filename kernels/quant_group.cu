@@ -21,7 +21,7 @@
  */
 #include <cuda_bf16.h>
 
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "int8_tile.cuh"
 
 #define QG_WARPS 8

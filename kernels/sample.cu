@@ -27,7 +27,7 @@
  */
 #include <math.h>
 
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 
 #define ST 1024
 

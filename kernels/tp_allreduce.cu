@@ -34,7 +34,7 @@
 #include <cuda_bf16.h>
 
 #include "bf16_util.cuh"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 
 #define AR_THREADS 128
 #define AR_CHUNK 256 /* elements of a row per block: rows are split over many SMs */

@@ -28,7 +28,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 #include "dsinfer/model.h"
 #include "test.h"
 #include "test_cuda_util.h"

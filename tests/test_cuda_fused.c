@@ -21,7 +21,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dsinfer/cpu_ops.h"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "test.h"
 #define TEST_CUDA_SEED 0xD1B54A32D192ED03ull
 #include "test_cuda_util.h"

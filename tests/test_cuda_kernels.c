@@ -22,7 +22,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dsinfer/cpu_ops.h"
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 #include "dsinfer/rope.h"
 #include "test.h"
 #include "test_cuda_util.h"

@@ -23,7 +23,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dsinfer/cpu_ops.h"
-#include "dsinfer/kernels.h"
+#include "kernels.h"
 #include "test.h"
 #define TEST_CUDA_SEED 0x2545F4914F6CDD1Dull
 #include "test_cuda_util.h"

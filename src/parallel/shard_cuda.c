@@ -22,7 +22,7 @@
 #include "parallel_internal.h"
 
 #ifdef DSI_HAVE_CUDA
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 
 int dsi__tp_cuda_check(const struct dsi_model_config *cfg, struct dsi_backend_opts *o, char **err) {
     MPI_Comm comm = dsi__parallel_comm();
@@ -38,7 +38,7 @@ int dsi__tp_cuda_id(unsigned char id[DSI_TP_NCCL_ID_BYTES], char **err) {
     return dsi_cuda_tp_unique_id(id, err);
 }
 
-/* The CUDA shard's vote before NCCL's set-up (kernels.h): 1 when every rank's
+/* The CUDA shard's vote before NCCL's set-up (cuda_backend.h): 1 when every rank's
  * ok is 1. An MPI failure counts as "no" (the gather after it reports it). */
 static int agree(void *ctx, int ok) {
     struct dsi__tp *t = ctx;

@@ -187,7 +187,7 @@ static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
     return 0;
 }
 
-/* The shard's part of the model (kernels.h): cfg becomes the rank's heads, KV
+/* The shard's part of the model (cuda_backend.h): cfg becomes the rank's heads, KV
  * heads and intermediate size; the vocab stays whole (the lm_head rows are cut
  * in cuda_weights.c). Every rank gets the same sizes, as NCCL wants. */
 static int shard_config(struct dsi__cuda *c, const struct dsi_cuda_shard *sh, char **err) {
@@ -496,7 +496,7 @@ int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_bat
 }
 
 /* The ops-table entry (backend.h): the same path with the engine's params, field by
- * field, so backend.h does not depend on kernels.h's layout. */
+ * field, so backend.h does not depend on kernels.h's layout (the sampling params). */
 static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                                const struct dsi_sample_params *p, int32_t *ids, char **err) {
     if (!be || !b || !p || !ids)

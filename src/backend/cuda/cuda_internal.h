@@ -18,7 +18,7 @@
 #include <cuda_runtime_api.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 
 /* Rows above which an INT8 matmul dequantizes to bf16 and calls cuBLAS. */
 #define DSI__CUDA_MMA_MAX_ROWS 16
@@ -165,7 +165,7 @@ struct dsi__cuda {
     struct dsi__cu_graph graphs[DSI__CUDA_MAX_GRAPHS]; /* least recently used first */
     int n_graphs;
 
-    /* Tensor parallel (cuda_nccl.c; kernels.h says what a shard holds). cfg then
+    /* Tensor parallel (cuda_nccl.c; cuda_backend.h says what a shard holds). cfg then
      * has this rank's heads, KV heads and intermediate size; vocab_size stays
      * whole and the lm_head holds vocab rows [vocab0, vocab0 + lm_head.n). */
     int tp_rank, tp_size; /* 0, 1 when not sharded */

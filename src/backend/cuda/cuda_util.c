@@ -10,7 +10,7 @@
 
 #include "dsinfer/rope.h"
 #include "dsinfer/err.h"
-#include "dsinfer/kernels.h"
+#include "cuda_backend.h"
 #include "dsinfer/log.h"
 
 int dsi__cuda_check(int code, const char *stmt, const char *func, const char *file, int line) {

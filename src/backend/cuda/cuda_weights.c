@@ -131,7 +131,7 @@ static int verified_bytes(struct loader *L, const struct dsi_tensor *t, const vo
 }
 
 /* The block of a (full_rows, full_cols) tensor that this backend keeps: all of
- * it, or a tensor-parallel shard's rows or columns (kernels.h). */
+ * it, or a tensor-parallel shard's rows or columns (cuda_backend.h). */
 struct part {
     const char *name;
     int full_rows, full_cols;

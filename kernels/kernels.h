@@ -1,6 +1,10 @@
 /*
- * kernels.h: the CUDA kernels of dsinfer (kernels/NAME.cu) and the few host entry
- * points of the CUDA backend (src/backend/cuda) that go beyond backend.h.
+ * kernels.h: the launchers of the CUDA kernels (kernels/NAME.cu), private to the
+ * CUDA backend (src/backend/cuda) and to its tests and benchmarks. The backend's
+ * own entry points beyond backend.h are in src/backend/cuda/cuda_backend.h.
+ *
+ * Every launcher names its CPU twin (the reference it is tested against,
+ * mostly include/dsinfer/cpu_ops.h); docs/cuda-backend.md has the table.
  *
  * Conventions
  * - Every launcher is plain C, takes device pointers and a stream, checks its
@@ -25,7 +29,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/backend.h"
+#include <stdbool.h>
+
 #include "dsinfer/err.h"
 
 #ifdef __cplusplus
@@ -49,11 +54,13 @@ int dsi_cuda_kernel_image(int *binary_version);
 
 /* out[i][:] = float(table[ids[i]][:]); ids outside [0, vocab) give zero rows
  * (the host validates ids first; this only keeps the kernel memory safe). */
+/* CPU twin: the embedding row of dsi__cpu_forward (src/backend/cpu/cpu_forward.c). */
 int dsi_cuda_embed(float *out, const uint16_t *table, const int32_t *ids, int n_tok, int dim, int vocab,
                    cudaStream_t s);
 
 /* x[r] += delta[r] (delta may be NULL); out[r] = bf16(x[r] * rsqrt(mean(x[r]^2)+eps) * w).
  * x, delta: (rows, dim) fp32; w: (dim) fp32; out: (rows, dim) bf16. */
+/* CPU twin: the residual add + dsi_rmsnorm (cpu_ops.h). */
 int dsi_cuda_add_rmsnorm(float *x, const float *delta, const float *w, uint16_t *out, int rows, int dim,
                          float eps, cudaStream_t s);
 /* The same with delta's per-column scale and bias (dim each, NULL: none)
@@ -66,15 +73,13 @@ int dsi_cuda_add_rmsnorm_epi(float *x, const float *delta, const float *dscale, 
 /* Rotate-half RoPE (HF layout: pairs (i, i + hd/2)) in place over the first
  * n_rot_heads heads of each row of qk (row stride `stride` floats); token t has
  * position pos[t]; inv_freq: (hd/2) from dsi_cuda_rope_inv_freq. */
+/* CPU twin: dsi_rope_neox (cpu_ops.h). */
 int dsi_cuda_rope(float *qk, int stride, int n_tok, int n_rot_heads, int head_dim, const int32_t *pos,
                   const float *inv_freq, cudaStream_t s);
 
-/* Host: inv_freq[i], i < head_dim/2, for the config's rope variant (default,
- * linear, llama3). DSI_EUNSUPPORTED for yarn/dynamic. */
-int dsi_cuda_rope_inv_freq(const struct dsi_model_config *cfg, float *inv_freq, char **err);
-
 /* Writes K and V of each new token into the cache as bf16:
  * k_cache[slots[t]][:] = src[t*stride + k_off + :kv_dim], same for V at v_off. */
+/* CPU twin: dsi_kv_store (cpu_ops.h). */
 int dsi_cuda_kv_store(uint16_t *k_cache, uint16_t *v_cache, const float *src, int stride, int k_off,
                       int v_off, const int32_t *slots, int n_tok, int kv_dim, cudaStream_t s);
 
@@ -93,11 +98,13 @@ int dsi_cuda_rope_kv_store(float *qkv, int stride, int n_tok, int n_heads, int n
  * and their 8 up rows (see dsi_cuda_gemv_int8_swiglu). scale, bias (NULL:
  * none; 2*inter, gu's column order): applied to gu first, the same bits as
  * dsi_cuda_scale_bias then this (a matmul's epilogue left to its consumer). */
+/* CPU twin of dsi_cuda_swiglu: dsi_swiglu (cpu_ops.h). */
 #define DSI_GLU_IL8 8
 int dsi_cuda_swiglu(uint16_t *out, const float *gu, int rows, int inter, int il8, const float *scale,
                     const float *bias, cudaStream_t s);
 
 /* y[r][n] = y[r][n] * (scale ? scale[n] : 1) + (bias ? bias[n] : 0); y: (rows, n). */
+/* CPU twin: the scale and bias of dsi_matmul (cpu_ops.h). */
 int dsi_cuda_scale_bias(float *y, const float *scale, const float *bias, int rows, int n, cudaStream_t s);
 
 /* dst[i][:] = src[rows[i]][:], bf16 rows of `dim`. */
@@ -168,6 +175,7 @@ int dsi_cuda_causal_softmax(uint16_t *p, const float *scores, int n_heads, int n
 int dsi_cuda_attn_decode_splits(int n_seqs, int n_kv_heads, int max_ctx, int n_sm);
 size_t dsi_cuda_attn_work_bytes(int n_seqs, int n_heads, int head_dim, int n_splits);
 /* Decode: every sequence has n_q == 1. Split-K over the context, then a combine pass. */
+/* CPU twin of the attention launchers: dsi_attn_head (cpu_ops.h). */
 int dsi_cuda_attn_decode(const struct dsi_cuda_attn_args *a, cudaStream_t s);
 /* The same with RoPE and the KV store of the new token folded in: every
  * sequence's q row (at a->q, row stride a->q_stride: q | k | v of n_heads,
@@ -186,6 +194,8 @@ int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStream_t s);
 #define DSI_Q8_ROWS 16
 #define DSI_Q8_COLS 32
 /* Padded sizes of the tiled layout. */
+/* CPU twin of the INT8 launchers: dsi_quantize_int8 and dsi_matmul over a
+ * dsi_qweight (cpu_ops.h); the tiled layout is the GPU's own. */
 size_t dsi_cuda_q8_bytes(int n, int k);
 /* w: (n, k) bf16 row-major -> q (tiled, dsi_cuda_q8_bytes) + scale (n) fp32,
  * symmetric per output channel: scale = max|w|/127. */
@@ -235,6 +245,7 @@ int dsi_cuda_gemm_int8_variant(float *y, const uint16_t *x, const int8_t *q, con
  * group of group_size inputs; bytes and scales bit-identical to the CPU's
  * dsi_quantize_int8 for the same input. DSI_EINVAL if group_size does not
  * divide k. */
+/* CPU twin: dsi_quantize_int8 with group_size (cpu_ops.h), bit for bit. */
 int dsi_cuda_quantize_int8_group(int8_t *q, float *scale, const uint16_t *w, int n, int k, int group_size,
                                  cudaStream_t s);
 /* q (tiled) -> dst (n, k) bf16 row-major = bf16(q * scale[row][col / group_size]).
@@ -260,6 +271,7 @@ int dsi_cuda_dequant_int8_group_part(uint16_t *dst, const int8_t *q, const float
  * (deterministic) and the counters are left zero. Any m >= 0, n, k > 0; q must
  * be 16-byte aligned and x 2-byte aligned (DSI_EINVAL otherwise); k % 8 == 0
  * with a 16-byte aligned x takes the fast (cp.async) path. */
+/* CPU twin: dsi_matmul (cpu_ops.h). */
 #define DSI_Q8_TILED_MAX_SPLIT 16
 int dsi_cuda_gemm_int8_tiled(float *y, const uint16_t *x, const int8_t *q, const float *scale,
                              const float *bias, int m, int n, int k, const struct dsi_cuda_gemm_ws *ws,
@@ -284,6 +296,7 @@ int dsi_cuda_gemm_int8_tiled_variant(float *y, const uint16_t *x, const int8_t *
  * split over blocks). DSI_EINVAL (nothing launched) when m is outside 1..8, k
  * is odd, x is not 4-byte or q not 16-byte aligned: the caller then takes
  * dsi_cuda_gemm_int8. */
+/* CPU twin: dsi_matvec (cpu_ops.h). */
 #define DSI_Q8_GEMV_MAX_ROWS 8
 int dsi_cuda_gemv_int8(float *y, const uint16_t *x, const int8_t *q, const float *scale, const float *bias,
                        int m, int n, int k, cudaStream_t s);
@@ -312,6 +325,7 @@ int dsi_cuda_gemv_int8_swiglu(uint16_t *act, const uint16_t *x, const int8_t *q,
 
 /* ---- sampling (kernels/sample.cu) ---- */
 
+/* CPU twin: dsi_sample (include/dsinfer/engine.h, src/engine/sampler.c). */
 struct dsi_cuda_sample_params { /* device array, one per row */
     float temperature;          /* <= 0: greedy */
     int top_k;                  /* 0: off */
@@ -327,59 +341,6 @@ int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sam
 int dsi_cuda_sample_variant(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p,
                             int rows, int vocab, int variant, cudaStream_t s);
 
-/* ---- CUDA backend extras (src/backend/cuda) ---- */
-
-/* Same as dsi_cuda_backend_create but with pseudo-random weights of m->cfg's
- * shape made on the GPU (m->st may be empty): speed benchmarks of real shapes. */
-int dsi_cuda_backend_create_random(const struct dsi_model *m, const struct dsi_backend_opts *o, uint64_t seed,
-                                   struct dsi_backend **out, char **err);
-/* forward() + sampling on the GPU: only ids (one per want_logits row, batch
- * order) cross to the host. params: host array, one per want_logits row.
- * Proposed as an optional `sample` op of backend.h. */
-int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
-                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err);
-/* Synchronizes the backend's stream (benchmarks). */
-int dsi_cuda_backend_sync(struct dsi_backend *be);
-
-/* ---- tensor parallel over NCCL (issue 12; src/parallel drives it under mpirun) ----
- * Rank r of N holds q heads [r*nh/N, (r+1)*nh/N) and the matching KV heads
- * (column-parallel q|k|v rows + bias), the same columns of o (row parallel),
- * rows [r*I/N, (r+1)*I/N) of gate and up and those columns of down, and
- * vocab rows [r*P, min(V, (r+1)*P)) of the lm_head with P = ceil(V/N); the
- * embedding and norms are replicated. One ncclAllReduce (sum, fp32) follows
- * the o and the down matmul; the lm_head slices are all-gathered so every rank
- * ends the step with the whole (rows, vocab) logits on its GPU. N must divide
- * the heads, the KV heads and the intermediate size (in whole int8 groups). */
-#define DSI_CUDA_NCCL_ID_BYTES 128
-struct dsi_cuda_shard {
-    int rank, size; /* this rank of size (size 1: no NCCL) */
-    unsigned char
-        nccl_id[DSI_CUDA_NCCL_ID_BYTES]; /* rank 0's dsi_cuda_tp_unique_id, the same on every rank */
-    bool one_host; /* every rank on this host: the fused NVLink all-reduce may be tried */
-    /* Called by every rank right before the collective NCCL set-up, ok = 1 when
-     * this rank's GPU is ready (context, stream, buffers); must return 1 only
-     * when every rank's ok is 1 (an MPI_Allreduce MIN), so that no rank enters
-     * ncclCommInitRank alone. NULL: the caller guarantees it. */
-    int (*agree)(void *ctx, int ok);
-    void *agree_ctx;
-};
-/* A fresh NCCL unique id (rank 0 makes it, the caller broadcasts it).
- * DSI_ENODEV when built without NCCL. */
-int dsi_cuda_tp_unique_id(unsigned char id[DSI_CUDA_NCCL_ID_BYTES], char **err);
-/* What can be checked before the collective set-up: the model and options fit
- * a shard of size ranks, and device o->device exists and is sm_80+. Each rank
- * runs it, and src/parallel lets no rank into dsi_cuda_backend_create_shard unless
- * every rank passed (a lone rank would wait in NCCL's set-up forever). */
-int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int size,
-                         char **err);
-/* The CUDA backend for shard sh of m (device o->device; one GPU per rank):
- * ncclCommInitRank is collective, so every rank of sh must call this at the
- * same time. random: weights made on the GPU as dsi_cuda_backend_create_random.
- * Every later forward is collective too: all ranks run the same batches in the
- * same order. be->vocab_size and the logits stay the whole vocabulary. */
-int dsi_cuda_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
-                                  const struct dsi_cuda_shard *sh, bool random, uint64_t seed,
-                                  struct dsi_backend **out, char **err);
 /* One-shot all-reduce fused with the residual add and RMSNorm, over NVLink
  * (kernels/tp_allreduce.cu; the backend uses it for small decode steps and
  * NCCL otherwise): x[r] += sum over ranks of delta[r] (in rank order, the
@@ -388,6 +349,7 @@ int dsi_cuda_backend_create_shard(const struct dsi_model *m, const struct dsi_ba
  * launches it with the same rows, in the same order of calls. peer[q] is rank
  * q's exchange region (dsi_cuda_ar_region_bytes, zeroed once) as this process
  * sees it (its own included). Needs dsi_cuda_ar_fits(rows, dim). */
+/* CPU twin: a sum over ranks then dsi_rmsnorm (cpu_ops.h). */
 #define DSI_CUDA_AR_MAX_RANKS 8
 #define DSI_CUDA_AR_MAX_ROWS 16
 #define DSI_CUDA_AR_MAX_ELEMS 32768 /* rows x dim per call */
@@ -401,9 +363,6 @@ size_t dsi_cuda_ar_local_bytes(void);
 int dsi_cuda_ar_fits(int rows, int dim);
 int dsi_cuda_ar_add_rmsnorm(const struct dsi_cuda_ar *ar, float *x, const float *delta, const float *w,
                             uint16_t *out, int rows, int dim, float eps, cudaStream_t s);
-/* The step limits a CUDA backend was created with (max_batch_tokens and
- * max_seqs after its defaults and caps), so tensor parallel can agree on them. */
-void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs);
 /* (rows, vocab) logits from the all-gathered lm_head slices: `all` holds N
  * chunks of rows*pad floats, chunk r the (rows, n_r) slice of rank r, n_r =
  * min(vocab, (r+1)*pad) - r*pad (kernels/elementwise.cu). */
