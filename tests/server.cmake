@@ -33,7 +33,7 @@ foreach(group tls smuggle slow)
   add_test(NAME hostile_${group} COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/hostile/hostile.py ${group}
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(hostile_${group} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS hostile
-    ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+    ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>;DSI_TEST_SANITIZED=$<BOOL:${DSI_SANITIZE}>")
 endforeach()
 # Hostile clients of the generation routes (issue 27, findings 4, 6, 7): quota
 # overspend, unread streams, chat-template injection. One ctest per group.

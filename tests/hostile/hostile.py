@@ -420,7 +420,12 @@ def group_slow(work, keys, key):
         grown = (rss_kb(d.p.pid) - rss0) / 1024.0
         for s in socks:
             s.close()
-        check("slow: 24 unauthenticated 2 MiB uploads held one byte short pin < 16 MB", grown < 16,
+        # Pinning the bodies costs ~48 MB (measured +43 MB before the fix). Under ASan
+        # every allocation carries redzones and freed memory sits in quarantine, which
+        # adds a few MB for 24 TLS connections: the bound doubles there, still well
+        # under what pinning costs.
+        bound = 32 if os.environ.get("DSI_TEST_SANITIZED") == "1" else 16
+        check("slow: 24 unauthenticated 2 MiB uploads held one byte short pin < %d MB" % bound, grown < bound,
               "RSS grew %.0f MB" % grown)
 
         # A header dripped a byte at a time is cut at the whole-request deadline (2 s),
