@@ -180,7 +180,7 @@ TEST(keys_admin_add_refuses_name_not_printable_utf8) {
     char path[160];
     snprintf(path, sizeof path, "%s/admin_utf8.json", tmpdir);
     char key[DSI_KEY_STRLEN + 1], id[32];
-    const char *bad[] = {"al\xffice", "trunc\xe2\x82", "csi\xc2\x9b" "31m", "esc\x1b[31m"};
+    const char *bad[] = {"al\xffice", "trunc\xe2\x82", "csi\xc2\x9b\x33\x31m", "esc\x1b[31m"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         struct dsi_key_spec s = {.name = bad[i], .role = "user"};
         char *err = NULL;

@@ -34,8 +34,8 @@ static const char *schemas[] = {
     "\"type\":\"object\",\"properties\":{\"items\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/item\"},"
     "\"minItems\":1,\"maxItems\":2},\"total\":{\"type\":\"number\"}},\"required\":[\"items\",\"total\"],"
     "\"additionalProperties\":false}",
-    "{\"type\":\"object\",\"properties\":{\"answer\":{\"const\":\"yes\"},\"why\":{\"type\":\"string\","
-    "\"minLength\":1,\"maxLength\":8}},\"required\":[\"answer\",\"why\"],\"additionalProperties\":false}",
+    ("{\"type\":\"object\",\"properties\":{\"answer\":{\"const\":\"yes\"},\"why\":{\"type\":\"string\","
+     "\"minLength\":1,\"maxLength\":8}},\"required\":[\"answer\",\"why\"],\"additionalProperties\":false}"),
 };
 #define N_SCHEMAS (int)(sizeof schemas / sizeof *schemas)
 

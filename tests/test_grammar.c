@@ -273,8 +273,7 @@ TEST(mask_at_152k_vocab_allows_exactly_the_viable_tokens) {
     CHECK_EQ_INT(dsi_grammar_json_object(&jo, NULL), 0);
     static const char *prefixes[] = {"", "{\"", "{\"na", "{\"name\":\"ab", "{\"name\":\"abcde",
                                      "{\"name\":\"\xe2\x82", "{\"name\":\"a\",\"kind\":\"ca",
-                                     "{\"name\":\"a\",\"kind\":\"dog\",\"n\":1", "{\"name\":\"a\",\"kind\":\"dog\","
-                                     "\"n\":-1.5e", "{\"name\":\"a\",\"kind\":\"dog\",\"n\":2,\"free\":"};
+                                     "{\"name\":\"a\",\"kind\":\"dog\",\"n\":1", "{\"name\":\"a\",\"kind\":\"dog\",\"n\":-1.5e", "{\"name\":\"a\",\"kind\":\"dog\",\"n\":2,\"free\":"};
     for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
         struct dsi_grammar_matcher *m = NULL;
         CHECK_EQ_INT(dsi_grammar_matcher_create(g, 4, &m), 0);
