@@ -22,8 +22,8 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The official openai npm client, pinned by tests/integration/package-lock.json,
-# for the end-to-end tests.
-if [[ ! -d $root/tests/integration/node_modules/openai ]]; then
+# The official openai npm client and zod (structured output), pinned by
+# tests/integration/package-lock.json, for the end-to-end tests.
+if [[ ! -d $root/tests/integration/node_modules/openai || ! -d $root/tests/integration/node_modules/zod ]]; then
   (cd "$root/tests/integration" && npm ci --no-audit --no-fund --loglevel=error)
 fi
