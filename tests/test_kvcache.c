@@ -1,11 +1,15 @@
 /*
  * test_kvcache.c: the paged KV block manager: pool accounting, all-or-nothing
- * growth, capacity limits, and that no block id is ever held twice.
+ * growth, capacity limits, and that no block id is ever held twice; the prefix
+ * cache: hits by namespace and content, partial blocks never shared, LRU
+ * eviction of idle blocks only, twins, and the model of tests/kv_model.h over
+ * fixed pseudo-random operation streams.
  */
 #include <stdlib.h>
 
 #include "dsinfer/err.h"
 #include "dsinfer/kvcache.h"
+#include "kv_model.h"
 #include "test.h"
 
 TEST(kv_init_rejects_bad_sizes) {
@@ -155,8 +159,196 @@ TEST(kv_random_cycles_never_share_a_block) {
     dsi_kv_cache_free(&kv);
 }
 
+
+/* Fills t with n tokens from seed. */
+static void toks(int32_t *t, int n, unsigned seed) {
+    for (int i = 0; i < n; i++) t[i] = (int32_t)((seed * 2654435761u + (unsigned)i * 40503u) % 1000u);
+}
+
+static void prefix_pool(struct dsi_kv_cache *kv, int n_blocks, int bs) {
+    CHECK_EQ_INT(dsi_kv_cache_init(kv, n_blocks, bs, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_prefix_enable(kv, 99, NULL), 0);
+}
+
+/* Reserve n tokens, "compute" them all and publish: a finished prefill. */
+static void fill(struct dsi_kv_cache *kv, struct dsi_kv_seq *s, const uint64_t ns[2], const int32_t *t, int n) {
+    CHECK_EQ_INT(dsi_kv_seq_match(kv, s, ns, t, n - 1), 0);
+    CHECK_EQ_INT(dsi_kv_seq_reserve(kv, s, n), 0);
+    dsi_kv_seq_commit(kv, s, t, n);
+}
+
+static void check_ok(const struct dsi_kv_cache *kv, const struct dsi_kv_seq *const *seqs, int n) {
+    char *err = NULL;
+    int rc = dsi_kv_check(kv, seqs, n, &err);
+    if (rc) fprintf(stderr, "  %s\n", err ? err : "?");
+    free(err);
+    CHECK_EQ_INT(rc, 0);
+}
+
+TEST(kv_prefix_hits_whole_blocks_of_same_namespace) {
+    struct dsi_kv_cache kv;
+    struct dsi_kv_seq a, b;
+    int32_t t[40], u[40];
+    uint64_t ns[2] = {7, 8}, other[2] = {7, 9};
+    prefix_pool(&kv, 32, 4);
+    CHECK_EQ_INT(dsi_kv_seq_init(&a, &kv, 40, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_seq_init(&b, &kv, 40, NULL), 0);
+    toks(t, 40, 1);
+    fill(&kv, &a, ns, t, 38); /* 9 full blocks + 2 tokens */
+    CHECK_EQ_INT(dsi_kv_cached_count(&kv), 9);
+    /* while a still holds them: shared, ref 2 */
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &b, ns, t, 40 - 1), 36);
+    CHECK_EQ_INT(b.n_blocks, 9);
+    for (int i = 0; i < 9; i++) CHECK_EQ_INT(b.blocks[i], a.blocks[i]);
+    CHECK_EQ_INT(kv.ref[a.blocks[0]], 2);
+    const struct dsi_kv_seq *both[2] = {&a, &b};
+    check_ok(&kv, both, 2);
+    dsi_kv_seq_release(&kv, &b);
+    /* another namespace sees nothing; a change in block 3 stops the hit there */
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &b, other, t, 39), 0);
+    memcpy(u, t, sizeof u);
+    u[13]++;
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &b, ns, u, 39), 12);
+    dsi_kv_seq_release(&kv, &b);
+    /* the partial last block (tokens 36, 37) is never published: 37 tokens hit 36 */
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &b, ns, t, 38), 36);
+    dsi_kv_seq_release(&kv, &b);
+    dsi_kv_seq_release(&kv, &a);
+    /* released, the blocks stay cached and idle: free to take, still hit */
+    CHECK_EQ_INT(dsi_kv_used(&kv), 0);
+    CHECK_EQ_INT(dsi_kv_free_count(&kv), 32);
+    CHECK_EQ_INT(dsi_kv_cached_count(&kv), 9);
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &b, ns, t, 39), 36);
+    dsi_kv_seq_release(&kv, &b);
+    check_ok(&kv, NULL, 0);
+    dsi_kv_seq_free(&a);
+    dsi_kv_seq_free(&b);
+    dsi_kv_cache_free(&kv);
+}
+
+TEST(kv_prefix_evicts_idle_lru_never_held) {
+    struct dsi_kv_cache kv;
+    struct dsi_kv_seq a, b, c;
+    int32_t t[16], u[32];
+    uint64_t ns[2] = {0, 0};
+    prefix_pool(&kv, 8, 4);
+    CHECK_EQ_INT(dsi_kv_seq_init(&a, &kv, 32, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_seq_init(&b, &kv, 32, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_seq_init(&c, &kv, 32, NULL), 0);
+    toks(t, 16, 3);
+    toks(u, 32, 4);
+    fill(&kv, &a, ns, t, 16); /* 4 published blocks */
+    dsi_kv_seq_release(&kv, &a);
+    /* 4 never-published blocks are taken before any cached one */
+    fill(&kv, &b, ns, u, 16);
+    CHECK_EQ_INT((int)kv.evictions, 0);
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &c, ns, t, 15), 12);
+    dsi_kv_seq_release(&kv, &c);
+    /* 2 more: the two idle blocks evicted are a's last ones (released first) */
+    CHECK_EQ_INT(dsi_kv_seq_reserve(&kv, &b, 24), 0);
+    CHECK_EQ_INT((int)kv.evictions, 2);
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &c, ns, t, 15), 8);
+    /* c holds those 2: b can take 2 more idle at most, then the pool is full */
+    CHECK_EQ_INT(dsi_kv_seq_reserve(&kv, &b, 36), DSI_ERANGE); /* table capacity 32 */
+    CHECK_EQ_INT(dsi_kv_seq_reserve(&kv, &b, 32), DSI_EFULL); /* would need c's held blocks */
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &a, ns, t, 15), 8);     /* still there */
+    const struct dsi_kv_seq *all[3] = {&a, &b, &c};
+    check_ok(&kv, all, 3);
+    dsi_kv_seq_release(&kv, &a);
+    dsi_kv_seq_release(&kv, &b);
+    dsi_kv_seq_release(&kv, &c);
+    check_ok(&kv, NULL, 0);
+    CHECK_EQ_INT(dsi_kv_free_count(&kv), 8);
+    dsi_kv_seq_free(&a);
+    dsi_kv_seq_free(&b);
+    dsi_kv_seq_free(&c);
+    dsi_kv_cache_free(&kv);
+}
+
+/* Two sequences compute the same prefix side by side: the second to publish
+ * keeps its blocks private, and its later blocks chain to the first's. */
+TEST(kv_prefix_twins_chain_to_the_published_block) {
+    struct dsi_kv_cache kv;
+    struct dsi_kv_seq a, b, c;
+    int32_t t[12], u[12];
+    uint64_t ns[2] = {1, 1};
+    prefix_pool(&kv, 16, 4);
+    CHECK_EQ_INT(dsi_kv_seq_init(&a, &kv, 12, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_seq_init(&b, &kv, 12, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_seq_init(&c, &kv, 12, NULL), 0);
+    toks(t, 12, 5);
+    memcpy(u, t, sizeof u);
+    u[9] = 999; /* b shares a's first 2 blocks, not the third */
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &a, ns, t, 11), 0);
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &b, ns, u, 11), 0);
+    CHECK_EQ_INT(dsi_kv_seq_reserve(&kv, &a, 8), 0);
+    CHECK_EQ_INT(dsi_kv_seq_reserve(&kv, &b, 12), 0);
+    dsi_kv_seq_commit(&kv, &a, t, 8);
+    dsi_kv_seq_commit(&kv, &b, u, 12);
+    CHECK_EQ_INT(dsi_kv_cached_count(&kv), 3); /* a's 2, b's third */
+    CHECK_EQ_INT(dsi_kv_seq_match(&kv, &c, ns, u, 12), 12);
+    CHECK_EQ_INT(c.blocks[0], a.blocks[0]);
+    CHECK_EQ_INT(c.blocks[1], a.blocks[1]);
+    CHECK_EQ_INT(c.blocks[2], b.blocks[2]);
+    dsi_kv_seq_release(&kv, &c);
+    dsi_kv_seq_release(&kv, &b); /* its private twins go back to the free stack */
+    CHECK_EQ_INT(kv.n_free, 16 - 2 - 1);
+    dsi_kv_seq_release(&kv, &a);
+    check_ok(&kv, NULL, 0);
+    dsi_kv_seq_free(&a);
+    dsi_kv_seq_free(&b);
+    dsi_kv_seq_free(&c);
+    dsi_kv_cache_free(&kv);
+}
+
+TEST(kv_prefix_off_never_hits) {
+    struct dsi_kv_cache kv;
+    struct dsi_kv_seq a;
+    int32_t t[8];
+    uint64_t ns[2] = {0, 0};
+    CHECK_EQ_INT(dsi_kv_cache_init(&kv, 4, 4, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_seq_init(&a, &kv, 8, NULL), 0);
+    toks(t, 8, 6);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(dsi_kv_seq_match(&kv, &a, ns, t, 7), 0);
+        CHECK_EQ_INT(dsi_kv_seq_reserve(&kv, &a, 8), 0);
+        dsi_kv_seq_commit(&kv, &a, t, 8);
+        dsi_kv_seq_release(&kv, &a);
+    }
+    CHECK_EQ_INT(dsi_kv_cached_count(&kv), 0);
+    CHECK_EQ_INT(kv.n_free, 4);
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 1, &err), 0); /* still fresh: allowed */
+    CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 1, &err), DSI_ESTATE);
+    free(err);
+    dsi_kv_seq_free(&a);
+    dsi_kv_cache_free(&kv);
+}
+
+/* The fuzz target's model over fixed pseudo-random streams. */
+TEST(kv_prefix_model_random_streams) {
+    uint8_t buf[4000];
+    uint32_t x = 2463534242u;
+    for (int run = 0; run < 200; run++) {
+        for (size_t i = 0; i < sizeof buf; i++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            buf[i] = (uint8_t)x;
+        }
+        for (int prefix = 0; prefix < 2; prefix++) {
+            int line = kv_model_run(buf, sizeof buf, prefix);
+            if (line) fprintf(stderr, "  run %d prefix %d: kv_model.h:%d\n", run, prefix, line);
+            CHECK_EQ_INT(line, 0);
+        }
+    }
+}
+
 int main(void) {
     RUN(kv_init_rejects_bad_sizes);
+    RUN(kv_prefix_hits_whole_blocks_of_same_namespace);
+    RUN(kv_prefix_evicts_idle_lru_never_held);
+    RUN(kv_prefix_twins_chain_to_the_published_block);
+    RUN(kv_prefix_off_never_hits);
+    RUN(kv_prefix_model_random_streams);
     RUN(kv_blocks_for_rounds_up);
     RUN(kv_seq_init_rejects_more_than_pool);
     RUN(kv_reserve_grows_a_block_at_a_time);

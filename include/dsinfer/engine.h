@@ -75,6 +75,10 @@ struct dsi_request_params {
      * forward_sample). */
     const struct dsi_grammar *grammar;
     const struct dsi_token_trie *grammar_trie;
+    /* Prefix cache namespace: K/V blocks are shared only between requests with
+     * the same value (the server derives it from the cache group and cache_salt;
+     * all zero is one namespace like any other). */
+    uint64_t cache_ns[2];
 };
 
 struct dsi_token_event {
@@ -88,6 +92,7 @@ struct dsi_token_event {
     enum dsi_finish finish;
     int error;                /* DSI_E* when finish == DSI_FINISH_ERROR */
     int n_prompt_tokens, n_completion_tokens;
+    int n_cached_tokens;      /* prompt tokens whose K/V came from the prefix cache (0 before admission) */
 };
 
 /* Runs on the scheduler thread, with no engine lock held; must not block: copy
@@ -108,6 +113,9 @@ struct dsi_engine_opts {
     int sample_vocab;         /* ids >= this are never sampled on the host path: the rows a
                                * checkpoint pads its head with past the tokenizer's last id
                                * (0: the backend's vocab_size) */
+    bool prefix_cache;        /* share the K/V of equal prompt prefixes (default on) */
+    bool check_kv;            /* tests: verify the block manager's invariants after every step
+                               * (dsi_engine_stats.kv_check_failures counts violations) */
 };
 void dsi_engine_opts_defaults(struct dsi_engine_opts *o);
 
@@ -121,6 +129,11 @@ struct dsi_engine_stats {
     int kv_block_tokens;             /* token slots per block */
     uint64_t kv_bytes_per_token;     /* the backend's cache bytes per token (all layers; MLA: latent) */
     int last_step_tokens;     /* tokens fed to the last forward() */
+    int kv_blocks_cached;     /* published prefix blocks, held or idle (idle ones count as free) */
+    uint64_t prefix_hit_tokens;   /* prompt tokens mapped from the cache at first admission */
+    uint64_t prefix_miss_tokens;  /* prompt tokens computed at first admission */
+    uint64_t kv_evictions_total;  /* idle cached blocks reused for new content */
+    uint64_t kv_check_failures;   /* check_kv: steps that broke an invariant */
 };
 
 struct dsi_engine;

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "dsinfer/err.h"
@@ -35,6 +36,17 @@ void dsi_engine_opts_defaults(struct dsi_engine_opts *o) {
     o->max_total_tokens = 8192;
     o->queue_timeout_ms = 30000;
     o->request_timeout_ms = 600000;
+    o->prefix_cache = true;
+}
+
+/* A key for the prefix cache's bucket hash that clients cannot predict, so they
+ * cannot aim requests at one bucket. Correctness never depends on it. */
+static uint64_t hash_key(const struct dsi_engine *e) {
+    uint64_t k = 0;
+    if (getrandom(&k, sizeof k, GRND_NONBLOCK) == (ssize_t)sizeof k) return k;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)ts.tv_sec ^ (uint64_t)(uintptr_t)e;
 }
 
 static int check_opts(const struct dsi_backend *be, const struct dsi_engine_opts *o, char **err) {
@@ -90,6 +102,7 @@ int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o_in
     e->next_id = 1;
     bool mu_ok = false, cv_ok = false;
     rc = dsi_kv_cache_init(&e->kv, be->n_kv_blocks, be->kv_block_size, err);
+    if (!rc && o.prefix_cache) rc = dsi_kv_prefix_enable(&e->kv, hash_key(e), err);
     if (rc) goto fail;
     rc = DSI_ENOMEM;
     e->running = calloc((size_t)o.max_running, sizeof(*e->running));
@@ -127,8 +140,10 @@ int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o_in
         goto fail;
     }
     dsi_log(DSI_LOG_INFO, "engine",
-            "started: max_running %d, max_batch_tokens %d, prefill_chunk %d, kv %d blocks x %d tokens",
-            o.max_running, o.max_batch_tokens, o.prefill_chunk, be->n_kv_blocks, be->kv_block_size);
+            "started: max_running %d, max_batch_tokens %d, prefill_chunk %d, kv %d blocks x %d tokens, "
+            "prefix cache %s",
+            o.max_running, o.max_batch_tokens, o.prefill_chunk, be->n_kv_blocks, be->kv_block_size,
+            o.prefix_cache ? "on" : "off");
     *out = e;
     return 0;
 
@@ -229,6 +244,8 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
     r->n_stop_ids = p->n_stop_ids;
     r->max_tokens = max_tokens;
     r->n_prompt = r->n_tokens = p->n_prompt;
+    r->cache_ns[0] = p->cache_ns[0];
+    r->cache_ns[1] = p->cache_ns[1];
     dsi_sampler_seed(&r->rng, p->sampling.seed);
     if ((rc = dsi__engine_grammar_init(r, p, e->be->vocab_size))) {
         dsi__engine_req_free(r);
@@ -313,6 +330,8 @@ void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st) {
     st->kv_blocks_free = dsi_kv_free_count(&e->kv);
     st->kv_block_tokens = e->be->kv_block_size;
     st->kv_bytes_per_token = e->be->kv_bytes_per_token;
+    st->kv_blocks_cached = dsi_kv_cached_count(&e->kv);
+    st->kv_evictions_total = e->kv.evictions;
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -29,6 +29,8 @@ struct dsi__req {
     int n_prompt;
     int n_tokens;                 /* (sched) prompt + generated so far */
     int n_computed;               /* (sched) positions whose K/V sits in the blocks */
+    int n_cached;                 /* (mu) prompt tokens mapped from the prefix cache at first admission */
+    uint64_t cache_ns[2];         /* prefix cache namespace (dsi_request_params) */
     int step_n;                   /* (sched) tokens scheduled in the current step; 0: not in it */
     enum dsi_finish fin;          /* (sched) set when this step's token ends the sequence */
     struct dsi_kv_seq kv;         /* (mu) block table */

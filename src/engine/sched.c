@@ -41,6 +41,7 @@ static void admit(struct dsi_engine *e);
 static int plan_batch(struct dsi_engine *e);
 static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done);
 static void stop_all(struct dsi_engine *e);
+static void check_kv(struct dsi_engine *e);
 
 /* Builds r's final event and pushes r on the done list. r must already be out of
  * the waiting queue and the running set, with its blocks released (caller holds mu). */
@@ -54,6 +55,7 @@ static void retire(struct dsi__req **done, struct dsi__req *r, enum dsi_finish f
     ev->error = error;
     ev->n_prompt_tokens = r->n_prompt;
     ev->n_completion_tokens = r->n_tokens - r->n_prompt;
+    ev->n_cached_tokens = r->n_cached;
     r->done_next = *done;
     *done = r;
 }
@@ -169,13 +171,47 @@ static void running_insert(struct dsi_engine *e, struct dsi__req *r) {
 static void admit(struct dsi_engine *e) {
     while (e->wait_head && e->n_running < e->o.max_running) {
         struct dsi__req *r = e->wait_head;
-        int need = dsi_kv_blocks_for(&e->kv, r->n_tokens);
-        if (need + e->n_running > dsi_kv_free_count(&e->kv)) break;
-        if (dsi_kv_seq_reserve(&e->kv, &r->kv, r->n_tokens) != 0) break;
+        /* Map the longest cached prefix first (it may take idle blocks off the
+         * free count); one token is always left to compute, for the logits. */
+        int hit = dsi_kv_seq_match(&e->kv, &r->kv, r->cache_ns, r->tokens, r->n_tokens - 1);
+        int need = dsi_kv_blocks_for(&e->kv, r->n_tokens) - r->kv.n_blocks;
+        if (need + e->n_running > dsi_kv_free_count(&e->kv) ||
+            dsi_kv_seq_reserve(&e->kv, &r->kv, r->n_tokens) != 0) {
+            dsi_kv_seq_release(&e->kv, &r->kv);
+            break;
+        }
+        r->n_computed = hit;
         dsi__engine_wait_remove(e, r);
+        if (!r->started) {
+            /* Usage counts the first admission only; a recompute after preemption
+             * is the server's cost, not the client's. */
+            r->n_cached = hit < r->n_prompt ? hit : r->n_prompt;
+            e->st.prefix_hit_tokens += (uint64_t)r->n_cached;
+            e->st.prefix_miss_tokens += (uint64_t)(r->n_prompt - r->n_cached);
+        }
         r->started = true;
         running_insert(e, r);
     }
+}
+
+/* check_kv: verifies the block manager against the running tables (waiting
+ * requests hold no blocks: preemption releases them). Caller holds mu. */
+static void check_kv(struct dsi_engine *e) {
+    const struct dsi_kv_seq *tabs[4096];
+    for (int i = 0; i < e->n_running; i++) tabs[i] = &e->running[i]->kv;
+    for (struct dsi__req *r = e->wait_head; r; r = r->wnext)
+        if (r->kv.n_blocks != 0) {
+            dsi_log(DSI_LOG_ERROR, "engine", "kv check: waiting request %llu holds %d blocks",
+                    (unsigned long long)r->id, r->kv.n_blocks);
+            e->st.kv_check_failures++;
+            return;
+        }
+    char *err = NULL;
+    if (dsi_kv_check(&e->kv, tabs, e->n_running, &err) != 0) {
+        dsi_log(DSI_LOG_ERROR, "engine", "%s", err ? err : "kv check failed");
+        e->st.kv_check_failures++;
+    }
+    free(err);
 }
 
 /* Chooses each running sequence's tokens for this step and fills e->bseqs in
@@ -318,6 +354,7 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
         ev.token = tok;
         ev.n_prompt_tokens = r->n_prompt;
         ev.n_completion_tokens = r->n_tokens - r->n_prompt;
+        ev.n_cached_tokens = r->n_cached;
         if (is_stop(r, tok)) {
             r->fin = DSI_FINISH_STOP; /* final event built when retired */
             continue;
@@ -349,6 +386,10 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
     e->st.steps_total++;
     e->st.tokens_total += (uint64_t)e->st.last_step_tokens;
     e->st.generated_total += (uint64_t)generated;
+    /* Publish the blocks this step filled (finished sequences' too, before
+     * their release below turns them idle). A failed step's K/V is suspect. */
+    for (int k = 0; k < n_b && rc == 0; k++)
+        dsi_kv_seq_commit(&e->kv, &e->breqs[k]->kv, e->breqs[k]->tokens, e->breqs[k]->n_computed);
     for (int i = 0; i < e->n_running;) {
         struct dsi__req *r = e->running[i];
         bool in_batch = r->step_n > 0;
@@ -418,6 +459,7 @@ void *dsi__engine_sched_main(void *arg) {
         }
 
         pthread_mutex_lock(&e->mu);
+        if (e->o.check_kv) check_kv(e);
         if (n_b == 0 && !e->stopping && e->n_waiting > 0) {
             /* Nothing could run (all waiting ones were retired or none fits yet):
              * sleep briefly instead of spinning; a submit or cancel wakes us. */
