@@ -43,3 +43,11 @@ foreach(group quota chat)
   set_tests_properties(hostile_gen_${group} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS hostile
     ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
 endforeach()
+# The prefix cache through the daemon (issue 23): usage fields, isolation by key,
+# cache_group, cache_salt and scope, metrics, and greedy answers equal with the
+# cache on and off on models/demo and models/demo-v3. Labelled slow: five daemons
+# and a few hundred prompt tokens each on the CPU backend (about a minute).
+add_test(NAME prefix_cache_e2e COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/integration/prefix_cache.py
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(prefix_cache_e2e PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS slow
+  ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>;OMP_WAIT_POLICY=passive")

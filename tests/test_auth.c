@@ -81,7 +81,8 @@ static void std_keys(const char *path, int alice_rpm) {
     char e[6][512], text[4096], extra[128];
     snprintf(extra, sizeof extra, "\"models\":[\"tiny-chat\"],\"rpm\":%d", alice_rpm);
     entry(e[0], 512, "k_alice", "alice", "user", K_ALICE, extra);
-    entry(e[1], 512, "k_bob", "bob \\\"the builder\\\"", "user", K_BOB, "\"tpm\":100,\"max_tokens\":64");
+    entry(e[1], 512, "k_bob", "bob \\\"the builder\\\"", "user", K_BOB,
+          "\"tpm\":100,\"max_tokens\":64,\"cache_group\":\"team-b\"");
     entry(e[2], 512, "k_mon", "prom", "monitor", K_MON,
           "\"expires\":null,\"created\":\"2026-01-01T00:00:00Z\"");
     entry(e[3], 512, "k_root", "ops", "admin", K_ROOT, "\"disabled\":false");
@@ -301,6 +302,9 @@ TEST(auth_model_allow_list) {
     int ra;
     CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_BOB, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_OK);
     CHECK_EQ_INT(p.max_tokens_cap, 64);
+    CHECK_EQ_STR(p.cache_group, "team-b");
+    CHECK_EQ_INT(dsi_auth_check(a, "Bearer " K_ALICE, DSI_PERM_CHAT, NULL, &p, &ra), DSI_AUTH_OK);
+    CHECK_EQ_STR(p.cache_group, ""); /* none: the server uses the key id */
     dsi_auth_destroy(a);
 }
 

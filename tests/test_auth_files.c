@@ -90,6 +90,9 @@ TEST(keys_parse_errors_name_entry_and_field) {
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"expires\":\"2027-01-31\"") "]}", "k_1",
                  "'expires'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"created\":12") "]}", "k_1", "'created'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"cache_group\":\"team a\"") "]}", "k_1",
+                 "'cache_group'");
+    expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"cache_group\":\"\"") "]}", "k_1", "'cache_group'");
     expect_error("{\"version\":1,\"keys\":[" KEY("k_1", ",\"rpm\":1,\"rpm\":2") "]}", "k_1",
                  "'rpm' appears twice");
     expect_error(
@@ -192,6 +195,23 @@ TEST(keys_admin_add_refuses_name_not_printable_utf8) {
     CHECK(stat(path, &st) != 0); /* nothing written */
     struct dsi_key_spec s = {.name = "Ren\xc3\xa9" "e", .role = "user"};
     CHECK_EQ_INT(dsi_keys_add(path, &s, key, id, NULL), 0);
+    /* --cache-group takes the id alphabet */
+    struct dsi_key_spec g = {.name = "g", .role = "user", .cache_group = "team a"};
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_keys_add(path, &g, key, id, &err), DSI_EINVAL);
+    CHECK(err && strstr(err, "--cache-group"));
+    free(err);
+    g.cache_group = "team-a";
+    CHECK_EQ_INT(dsi_keys_add(path, &g, key, id, NULL), 0);
+    char *text = NULL;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        text = calloc(1, 65536);
+        if (text) fread(text, 1, 65535, f);
+        fclose(f);
+    }
+    CHECK(text && strstr(text, "\"cache_group\"") && strstr(text, "\"team-a\""));
+    free(text);
     unlink(path);
 }
 

@@ -113,12 +113,25 @@ TEST(parse_chat_errors) {
         {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop"}, {"\"stop\":[1]", "stop"}, {"\"stop\":3", "stop"},
         {"\"seed\":1.5", "seed"}, {"\"n\":2", "n"}, {"\"n\":0", "n"}, {"\"logprobs\":1", "logprobs"},
         {"\"logprobs\":true,\"top_logprobs\":21", "top_logprobs"}, {"\"top_logprobs\":3", "top_logprobs"},
-        {"\"model\":7", "model"}, {"\"user\":[]", "user"},
+        {"\"model\":7", "model"}, {"\"user\":[]", "user"}, {"\"cache_salt\":3", "cache_salt"},
+        {"\"cache_salt\":\"\"", "cache_salt"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(b, sizeof b, "%s%s}", m, bad[i].field);
         expect_err(DSI__REQ_CHAT, b, 400, bad[i].param);
     }
+    /* cache_salt: 1..256 bytes, kept as given */
+    char salt[300];
+    memset(salt, 's', 257);
+    salt[257] = 0;
+    snprintf(b, sizeof b, "%s\"cache_salt\":\"%s\"}", m, salt);
+    expect_err(DSI__REQ_CHAT, b, 400, "cache_salt");
+    struct dsi__req r;
+    struct dsi__api_error e;
+    snprintf(b, sizeof b, "%s\"cache_salt\":\"tenant-7\"}", m);
+    CHECK_EQ_INT(dsi__srv_req_parse(DSI__REQ_CHAT, b, strlen(b), &LIM, &r, &e), 0);
+    CHECK(r.cache_salt && !strcmp(r.cache_salt, "tenant-7"));
+    dsi__srv_req_free(&r);
 }
 
 /* Issue 22: bodies the parser used to accept. */
@@ -572,7 +585,11 @@ TEST(metrics_render_counts) {
                                   .kv_blocks_used = 7,
                                   .kv_blocks_free = 9,
                                   .kv_block_tokens = 16,
-                                  .kv_bytes_per_token = 70272};
+                                  .kv_bytes_per_token = 70272,
+                                  .kv_blocks_cached = 5,
+                                  .prefix_hit_tokens = 96,
+                                  .prefix_miss_tokens = 40,
+                                  .kv_evictions_total = 3};
     char *t = dsi__smetrics_render(m, &st, 1);
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2\n"));
     CHECK(t && strstr(t, "dsinfer_requests_total{route=\"/v1/models\",status=\"401\"} 1\n"));
@@ -584,6 +601,10 @@ TEST(metrics_render_counts) {
     CHECK(t && strstr(t, "dsinfer_kv_block_tokens 16\n"));
     CHECK(t && strstr(t, "dsinfer_kv_bytes_per_token 70272\n"));
     CHECK(t && strstr(t, "dsinfer_running_sequences 2\n"));
+    CHECK(t && strstr(t, "dsinfer_prefix_cache_hit_tokens_total 96\n"));
+    CHECK(t && strstr(t, "dsinfer_prefix_cache_miss_tokens_total 40\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_blocks_cached 5\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_evictions_total 3\n"));
     free(t);
     dsi__smetrics_destroy(m);
 }

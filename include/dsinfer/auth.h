@@ -38,6 +38,7 @@ struct dsi_principal {
     char role[32];
     uint32_t perms;
     int max_tokens_cap; /* 0: none */
+    char cache_group[64]; /* keys file cache_group; "": the key is its own prefix cache group */
     int64_t tpm_reserved; /* set by dsi_auth_reserve, settled by dsi_auth_charge */
 };
 
@@ -127,6 +128,7 @@ struct dsi_key_spec {
     int64_t rpm, tpm;       /* 0: unlimited */
     int max_tokens;         /* 0: no cap */
     const char *expires;    /* RFC 3339, or YYYY-MM-DD (valid through that UTC day); NULL: never */
+    const char *cache_group; /* prefix cache group shared with other keys; NULL or "": its own */
     const char *roles_json; /* NULL: default roles */
 };
 /* Adds a key (creating the file if absent). key_out receives the key, which

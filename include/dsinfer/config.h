@@ -66,6 +66,8 @@ struct dsi_config {
     int queue_timeout_ms;
     int request_timeout_ms;
     int default_max_tokens;
+    bool prefix_cache;         /* share the K/V of equal prompt prefixes */
+    char *prefix_cache_scope;  /* key | global: who shares cached blocks */
     /* service */
     char *state_dir;
     char *log_level;

@@ -294,6 +294,7 @@ static enum dsi_auth_status authorize(struct dsi_auth *a, const struct dsi__entr
         snprintf(out->role, sizeof out->role, "%s", e->role);
         out->perms = e->perms;
         out->max_tokens_cap = e->max_tokens;
+        snprintf(out->cache_group, sizeof out->cache_group, "%s", e->cache_group);
     }
     if (e->disabled || (e->expires_ms != DSI__NO_EXPIRY && now_wall(a) >= e->expires_ms))
         return deny(a, DSI_AUTH_INVALID);

@@ -48,6 +48,7 @@ struct dsi__entry {
     int max_tokens;     /* 0: no cap */
     int64_t expires_ms; /* DSI__NO_EXPIRY: never */
     bool disabled;
+    char cache_group[64]; /* prefix cache group; "": its own (by id) */
     struct dsi__limiter *lim; /* attached by auth.c; NULL in parse-only use */
 };
 

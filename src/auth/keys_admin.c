@@ -161,6 +161,16 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
     }
     if (s->rpm < 0 || s->rpm > INT32_MAX || s->tpm < 0 || s->tpm > INT32_MAX || s->max_tokens < 0)
         return dsi_seterr(err, DSI_EINVAL, "--rpm, --tpm and --max-tokens must be 0..2147483647");
+    if (s->cache_group && *s->cache_group) {
+        size_t n = strlen(s->cache_group);
+        bool ok = n <= 63;
+        for (size_t i = 0; ok && i < n; i++) {
+            char ch = s->cache_group[i];
+            ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+                 ch == '-' || ch == '.';
+        }
+        if (!ok) return dsi_seterr(err, DSI_EINVAL, "--cache-group must be 1-63 of A-Z a-z 0-9 _ - .");
+    }
     int64_t now = dsi__realtime_ms();
     if (s->expires && *s->expires && (rc = parse_expires(s->expires, now, expires, err))) return rc;
     dsi__rfc3339_format(now, false, created);
@@ -228,6 +238,7 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
     else
         cJSON_AddNullToObject(o, "expires");
     cJSON_AddBoolToObject(o, "disabled", 0);
+    if (s->cache_group && *s->cache_group) cJSON_AddStringToObject(o, "cache_group", s->cache_group);
     cJSON_AddStringToObject(o, "created", created);
     rc = save(path, lf.root, &roles, err);
 done:

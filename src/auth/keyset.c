@@ -4,7 +4,7 @@
  *   {"version": 1,
  *    "keys": [{"id":"k_0123abcd","name":"alice","role":"user","sha256":"<64 hex>",
  *              "models":[],"rpm":0,"tpm":0,"max_tokens":0,"expires":null,
- *              "disabled":false,"created":"2026-11-28T15:00:00Z"}, ...],
+ *              "disabled":false,"created":"2026-11-28T15:00:00Z","cache_group":"team-a"}, ...],
  *    "clients": [{"cn":"billing-svc","name":"billing","role":"user"}, ...]}
  *
  * Strict on purpose: a typo in a security file ("disable": true) must not be
@@ -77,7 +77,7 @@ static int field_int(const struct field *f, const cJSON *v, const struct entry_c
 static int field_time(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
 static int field_bool(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
 static bool plain_text(const char *s, size_t max_len, bool allow_comma);
-static bool id_ok(const char *s);
+static bool id_ok(const char *s, size_t max_len);
 static int get_int(const cJSON *v, int64_t max, int64_t *out);
 static void entry_free(struct dsi__entry *e);
 static int check_duplicates(struct dsi__keyset *ks, char **err);
@@ -106,6 +106,8 @@ static const struct field fields[] = {
     {"expires", ON_KEY | ON_CLIENT, field_time, E(expires_ms), 0, TIME_WANT},
     {"created", ON_KEY | ON_CLIENT, field_time, 0, 0, TIME_WANT},
     {"disabled", ON_KEY | ON_CLIENT, field_bool, E(disabled), 0, "must be true or false"},
+    {"cache_group", ON_KEY | ON_CLIENT, field_id, E(cache_group), sizeof ((struct dsi__entry *)0)->cache_group - 1,
+     "must be 1-63 of A-Z a-z 0-9 _ - ."},
 };
 /* clang-format on */
 #define N_FIELDS (sizeof fields / sizeof fields[0])
@@ -120,9 +122,9 @@ static bool plain_text(const char *s, size_t max_len, bool allow_comma) {
     return allow_comma || !strchr(s, ',');
 }
 
-static bool id_ok(const char *s) {
+static bool id_ok(const char *s, size_t max_len) {
     size_t n = strlen(s);
-    if (n == 0 || n > 31) return false;
+    if (n == 0 || n > max_len) return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -150,7 +152,7 @@ static int entry_err(const struct entry_ctx *c, int code, const char *fmt, ...) 
 }
 
 static int field_id(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e) {
-    if (!cJSON_IsString(v) || !id_ok(v->valuestring)) return BAD_VALUE;
+    if (!cJSON_IsString(v) || !id_ok(v->valuestring, f->max_len)) return BAD_VALUE;
     memcpy((char *)e + f->off, v->valuestring, strlen(v->valuestring) + 1);
     return 0;
 }

@@ -419,6 +419,8 @@ static int run_engine(struct run *x, struct dtype_res *r, char **err) {
     eo.max_total_tokens = x->Ep + x->N + 1;
     eo.queue_timeout_ms = 0;
     eo.request_timeout_ms = 0;
+    /* the repeats feed the same prompts: measure computing them, not the cache */
+    eo.prefix_cache = false;
     struct dsi_engine *eng = NULL;
     int rc = dsi_engine_create(x->be, &eo, &eng, err);
     for (int bi = 0; !rc && bi < a->n_batch; bi++) {

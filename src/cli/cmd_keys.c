@@ -23,7 +23,7 @@
 #include "dsinfer/err.h"
 
 struct keys_args {
-    const char *file, *name, *role, *models, *expires, *roles, *config, *id;
+    const char *file, *name, *role, *models, *expires, *roles, *config, *id, *cache_group;
     long long rpm, tpm, max_tokens;
 };
 
@@ -34,6 +34,7 @@ static int load_config(struct keys_args *a, char **roles_owned, char **file_owne
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer keys add --file F --name NAME --role ROLE [--models a,b] [--rpm N] [--tpm N]\n"
                "                        [--max-tokens N] [--expires 2027-01-31|2027-01-31T12:00:00Z]\n"
+               "                        [--cache-group NAME]\n"
                "       dsinfer keys list --file F\n"
                "       dsinfer keys revoke --file F ID\n"
                "options for all: --config FILE (keys_file and roles from the daemon config), --roles JSON\n"
@@ -132,6 +133,8 @@ int dsi_cmd_keys(int argc, char **argv) {
             a.models = v;
         else if (add && !strcmp(o, "--expires"))
             a.expires = v;
+        else if (add && !strcmp(o, "--cache-group"))
+            a.cache_group = v;
         else if (add && !strcmp(o, "--rpm")) {
             if (parse_num(o, v, &a.rpm)) return DSI_EXIT_USAGE;
         } else if (add && !strcmp(o, "--tpm")) {
@@ -170,6 +173,7 @@ int dsi_cmd_keys(int argc, char **argv) {
                                  .tpm = a.tpm,
                                  .max_tokens = (int)a.max_tokens,
                                  .expires = a.expires,
+                                 .cache_group = a.cache_group,
                                  .roles_json = a.roles};
         char key[DSI_KEY_STRLEN + 1], id[32];
         rc = dsi_keys_add(a.file, &s, key, id, &err);

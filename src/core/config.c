@@ -136,6 +136,11 @@ static const struct dsi__opt opts[] = {
      "engine", "milliseconds a request may run in total"},
     {"default_max_tokens", DSI__OPT_INT, F(default_max_tokens), 1, 16777216, "256", NULL, NULL, NULL, 0,
      "engine", "completion tokens when a request gives no max_tokens"},
+    {"prefix_cache", DSI__OPT_BOOL, F(prefix_cache), 0, 0, "true", NULL, NULL, NULL, 0, "engine",
+     "reuse the KV cache of prompt prefixes computed before (docs/operating.md)"},
+    {"prefix_cache_scope", DSI__OPT_ENUM, F(prefix_cache_scope), 0, 0, "key", NULL, "key|global", NULL, 0,
+     "engine", "who shares cached prefixes: key (each key or keys-file cache_group alone) or global "
+     "(everyone; see docs/security.md)"},
 
     {"state_dir", DSI__OPT_PATH, F(state_dir), 0, 0, "/var/lib/dsinfer", NULL, NULL, NULL, 0, "service",
      "writable directory for the self-signed certificate and other state"},

@@ -125,6 +125,7 @@ static int create_engine(const struct dsi_config *c, const struct dsi_runtime_op
     int n_ids = dsi_tok_vocab_size(rt->tok);
     if (n_ids > 0 && n_ids < rt->be->vocab_size) eo.sample_vocab = n_ids;
     if (o->no_timeouts) eo.queue_timeout_ms = eo.request_timeout_ms = 0;
+    eo.prefix_cache = c->prefix_cache;
     return dsi_engine_create(rt->be, &eo, &rt->eng, err);
 }
 

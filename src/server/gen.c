@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "dsinfer/grammar.h"
@@ -187,9 +188,46 @@ static int finish_tools(struct dsi__gen *g) {
     return rc;
 }
 
+/* OpenAI's usage, with its prompt_tokens_details.cached_tokens and DeepSeek's
+ * prompt_cache_hit_tokens / prompt_cache_miss_tokens (hit + miss = prompt). */
 static int append_usage(struct dsi__gen *g, struct dsi__sbuf *b) {
-    return dsi__sbuf_printf(b, "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
-                           g->n_prompt, g->n_completion, g->n_prompt + g->n_completion);
+    int hit = g->n_cached < g->n_prompt ? g->n_cached : g->n_prompt;
+    return dsi__sbuf_printf(b,
+                            "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+                            "\"prompt_tokens_details\":{\"cached_tokens\":%d},\"prompt_cache_hit_tokens\":%d,"
+                            "\"prompt_cache_miss_tokens\":%d}",
+                            g->n_prompt, g->n_completion, g->n_prompt + g->n_completion, hit, hit,
+                            g->n_prompt - hit);
+}
+
+void dsi__gen_cache_ns(struct dsi__gen *g, const struct dsi_principal *pr, const char *salt) {
+    /* SHA-256 over length-prefixed parts, so no two (group, salt) pairs give
+     * the same input; 128 bits of it name the namespace. The engine compares
+     * them exactly, so only a SHA-256 collision could merge two groups. */
+    char group[96];
+    const char *scope = g->s->cfg && g->s->cfg->prefix_cache_scope ? g->s->cfg->prefix_cache_scope : "key";
+    if (!strcmp(scope, "global")) snprintf(group, sizeof group, "global");
+    else if (pr && pr->cache_group[0]) snprintf(group, sizeof group, "group:%s", pr->cache_group);
+    else if (pr && pr->key_id[0]) snprintf(group, sizeof group, "key:%s", pr->key_id);
+    else snprintf(group, sizeof group, "anonymous");
+    const char *parts[3] = {"dsinfer prefix cache v1", group, salt ? salt : ""};
+    struct dsi_sha256 h;
+    uint8_t d[DSI_SHA256_LEN] = {0};
+    bool ok = dsi_sha256_init(&h) == 0;
+    for (int i = 0; ok && i < 3; i++) {
+        uint32_t n = (uint32_t)strlen(parts[i]);
+        ok = dsi_sha256_update(&h, &n, sizeof n) == 0 && dsi_sha256_update(&h, parts[i], n) == 0;
+    }
+    if (ok) ok = dsi_sha256_final(&h, d) == 0;
+    dsi_sha256_free(&h);
+    if (!ok) {
+        /* No digest: a namespace of its own (random-ish, never shared) rather
+         * than a shared one; the request only loses reuse. */
+        uint64_t x = (uint64_t)(uintptr_t)g ^ (uint64_t)(g->t_start * 1e9);
+        memcpy(d, &x, sizeof x);
+        d[15] = 0xff;
+    }
+    memcpy(g->cache_ns, d, sizeof g->cache_ns);
 }
 
 /* Records the logprobs of one token (chat: OpenAI "content" entries; legacy
@@ -258,6 +296,7 @@ static void engine_cb(void *user, const struct dsi_token_event *ev) {
      * what was generated until then. */
     g->n_prompt = ev->n_prompt_tokens;
     g->n_completion = ev->n_completion_tokens;
+    g->n_cached = ev->n_cached_tokens;
     if (ev->token >= 0 && !g->stop_hit && !(ev->finished && is_stop_id(s, ev->token))) {
         if (!g->got_token) dsi__smetrics_ttft(s->metrics, now - g->t_start);
         else dsi__smetrics_itl(s->metrics, now - g->t_last);
@@ -359,6 +398,7 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
     p.n_prompt = n_ids;
     p.max_tokens = max_tokens;
     p.sampling = r->sampling;
+    memcpy(p.cache_ns, g->cache_ns, sizeof p.cache_ns);
     if (!r->seed_set) {
         /* Without a seed each request samples differently (OpenAI's behaviour). */
         struct timespec ts;

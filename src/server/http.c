@@ -384,6 +384,7 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
         return respond_errf(c, x, 500, NULL, "out of memory");
     }
     snprintf(x->g->principal, sizeof x->g->principal, "%s", x->have_pr ? x->pr.name : "");
+    dsi__gen_cache_ns(x->g, x->have_pr ? &x->pr : NULL, r->cache_salt);
     int st = dsi__gen_submit(x->g, r, ids, (int)n, max_tokens, &e);
     free(ids);
     if (st) return respond_error(c, x, &e);

@@ -38,6 +38,7 @@ enum dsi__req_kind { DSI__REQ_CHAT, DSI__REQ_COMPLETION, DSI__REQ_TOKENIZE, DSI_
 
 #define DSI__MAX_STOPS 4
 #define DSI__MAX_STOP_BYTES 256
+#define DSI__MAX_CACHE_SALT_BYTES 256
 
 struct dsi__msg {
     char *role;    /* "system" | "user" | "assistant" | "tool" ("developer" becomes "system") */
@@ -71,6 +72,7 @@ struct dsi__req {
     int n_stops;
     int n;
     char *user;
+    char *cache_salt;           /* vLLM's field: narrows prefix cache sharing to equal salts; NULL: none */
     bool add_special;           /* tokenize: add BOS (default true) */
     bool add_generation_prompt; /* tokenize with messages (default true) */
     bool echo;                  /* completions echo: refused */

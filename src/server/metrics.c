@@ -2,8 +2,9 @@
  * metrics.c: Prometheus counters and histograms of the HTTP front end.
  *
  * Requests by route and status, prompt/generated tokens, time-to-first-token and
- * inter-token latency histograms; the engine gauges (running/waiting sequences,
- * KV blocks) are read at render time. Per-principal token counters (chargeback)
+ * inter-token latency histograms; the engine gauges and counters (running/waiting
+ * sequences, KV blocks, prefix cache hits, misses and evictions) are read at
+ * render time. Per-principal token counters (chargeback)
  * come from the auth module (dsi_auth_metrics), appended by the /metrics route.
  * One mutex guards everything: updates are a few adds per request or token.
  */
@@ -162,6 +163,23 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              ready, st->running, st->waiting, st->kv_blocks_used, st->kv_blocks_free,
                              st->kv_block_tokens, (unsigned long long)st->kv_bytes_per_token,
                              (unsigned long long)st->preempted_total, (unsigned long long)st->steps_total);
+    if (!rc)
+        rc = dsi__sbuf_printf(&b,
+                             "# HELP dsinfer_prefix_cache_hit_tokens_total Prompt tokens whose KV came from the "
+                             "prefix cache.\n"
+                             "# TYPE dsinfer_prefix_cache_hit_tokens_total counter\n"
+                             "dsinfer_prefix_cache_hit_tokens_total %llu\n"
+                             "# HELP dsinfer_prefix_cache_miss_tokens_total Prompt tokens computed (not in the "
+                             "prefix cache).\n"
+                             "# TYPE dsinfer_prefix_cache_miss_tokens_total counter\n"
+                             "dsinfer_prefix_cache_miss_tokens_total %llu\n"
+                             "# HELP dsinfer_kv_blocks_cached KV cache blocks holding a reusable prefix (in use "
+                             "or idle; idle ones also count as free).\n"
+                             "# TYPE dsinfer_kv_blocks_cached gauge\ndsinfer_kv_blocks_cached %d\n"
+                             "# HELP dsinfer_kv_evictions_total Idle cached KV blocks reused for new content.\n"
+                             "# TYPE dsinfer_kv_evictions_total counter\ndsinfer_kv_evictions_total %llu\n",
+                             (unsigned long long)st->prefix_hit_tokens, (unsigned long long)st->prefix_miss_tokens,
+                             st->kv_blocks_cached, (unsigned long long)st->kv_evictions_total);
     if (rc) {
         dsi__sbuf_free(&b);
         return NULL;

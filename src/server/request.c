@@ -183,6 +183,12 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
         }
     }
     if ((rc = get_bool(root, "stream", &r->stream, e))) goto out;
+    if ((rc = get_str(root, "cache_salt", &r->cache_salt, e))) goto out;
+    if (r->cache_salt && (!r->cache_salt[0] || strlen(r->cache_salt) > DSI__MAX_CACHE_SALT_BYTES)) {
+        rc = dsi__api_error_set(e, 400, "cache_salt", "invalid_value", "'cache_salt' must be 1 to %d bytes",
+                                DSI__MAX_CACHE_SALT_BYTES);
+        goto out;
+    }
     /* vLLM's extension: generate max_tokens tokens even past end-of-sequence (benchmarks) */
     if ((rc = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto out;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
@@ -451,6 +457,7 @@ void dsi__srv_req_free(struct dsi__req *r) {
     free(r->ids);
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     free(r->user);
+    free(r->cache_salt);
     dsi_grammar_destroy(r->grammar);
     free(r->tools_json);
     memset(r, 0, sizeof *r);

@@ -93,6 +93,7 @@ struct dsi__gen {
     int n_calls;
     char id[48];
     char principal[64];
+    uint64_t cache_ns[2];           /* prefix cache namespace (dsi__gen_cache_ns) */
     /* state */
     struct dsi_tok_stream *ts;
     struct dsi__textgen tg;
@@ -106,6 +107,7 @@ struct dsi__gen {
     enum dsi_finish finish;
     int error;
     int n_prompt, n_completion;
+    int n_cached;                   /* prompt tokens served from the prefix cache */
     double t_start, t_last;
     bool got_token;
 };
@@ -119,6 +121,10 @@ int dsi__srv_set_names(struct dsi_server *s, const struct dsi_config *c, char **
 /* True when name is one of the served model's names. */
 bool dsi__srv_model_known(const struct dsi_server *s, const char *name);
 
+/* Sets g's prefix cache namespace: the cache group (prefix_cache_scope global:
+ * everyone; else pr's keys-file cache_group, or pr's key id when it has none;
+ * no principal: one anonymous group), narrowed by salt (NULL: none). */
+void dsi__gen_cache_ns(struct dsi__gen *g, const struct dsi_principal *pr, const char *salt);
 /* Submits prompt ids; on success refs += 1 (the engine's) and, for streams, the
  * first chunk is queued. Takes r->grammar (left NULL) when there is one. Returns
  * 0 or the HTTP status with e filled. */
