@@ -1,5 +1,7 @@
 # CPU reference backend and sampler tests (owner: src/backend/cpu).
 dsi_test(test_cpu_ops SOURCES tests/test_cpu_ops.c LIBS dsi_backend_cpu dsi_model dsi_core m)
+# W8A8 (int8 x int8, int32 sums): the ops and the backend under int8_mode w8a8.
+dsi_test(test_cpu_w8a8 SOURCES tests/test_cpu_w8a8.c LIBS dsi_backend dsi_backend_cpu dsi_model dsi_core m)
 # The sampler is compiled in directly so its tests do not depend on the rest of the engine.
 dsi_test(test_sampler SOURCES tests/test_sampler.c src/engine/sampler.c LIBS dsi_core m)
 # The backend against HF transformers on tests/golden/models (needs dsi_model_open).

@@ -4,7 +4,8 @@
 #     (tests/golden/demo/hf_perplexity.json, made by scripts/demo/train_demo.py on the
 #     GPU machine, by the same windowing protocol);
 #  2. the INT8 regression guard: int8 per-channel within +2% of bf16 (the goal is
-#     +0.5%; bench/RESULTS.md records the measured gap), and group-wise 128 likewise.
+#     +0.5%; bench/RESULTS.md records the measured gap), group-wise 128 likewise, and
+#     W8A8 (int8 activations per token too, int32 sums: --int8-mode w8a8) likewise.
 # Not a speed test.
 set -euo pipefail
 bin=${DSI_BIN:?DSI_BIN must name the dsinfer binary}
@@ -24,11 +25,12 @@ n=4096
 bf16=$(ppl --dtype bf16 --max-tokens $n)
 int8=$(ppl --dtype int8 --max-tokens $n)
 g128=$(ppl --dtype int8 --group-size 128 --max-tokens $n)
-echo "first $n tokens: bf16 $bf16, int8 per-channel $int8, int8 group-128 $g128"
-python3 - "$bf16" "$int8" "$g128" <<'PY'
+w8a8=$(ppl --dtype int8 --int8-mode w8a8 --max-tokens $n)
+echo "first $n tokens: bf16 $bf16, int8 per-channel $int8, int8 group-128 $g128, int8 w8a8 $w8a8"
+python3 - "$bf16" "$int8" "$g128" "$w8a8" <<'PY'
 import sys
-bf16, int8, g128 = map(float, sys.argv[1:])
-for name, v in (("int8 per-channel", int8), ("int8 group-128", g128)):
+bf16, int8, g128, w8a8 = map(float, sys.argv[1:])
+for name, v in (("int8 per-channel", int8), ("int8 group-128", g128), ("int8 w8a8", w8a8)):
     assert v <= bf16 * 1.02, f"{name} perplexity {v} is more than 2% above bf16 {bf16}"
     assert v >= bf16 * 0.9, f"{name} perplexity {v} is implausibly below bf16 {bf16}"
 PY

@@ -21,10 +21,15 @@
 
 enum dsi_weight_dtype { DSI_W_F32, DSI_W_BF16, DSI_W_INT8 };
 enum dsi_kv_dtype { DSI_KV_F32, DSI_KV_BF16 };
+/* INT8 weights: activations stay bf16/fp32 (W8A16, the default) or are
+ * quantized per token too for int8 x int8 products (W8A8, per-channel weights
+ * only; the lm_head stays W8A16). */
+enum dsi_int8_mode { DSI_INT8_W8A16, DSI_INT8_W8A8 };
 
 struct dsi_backend_opts {
     enum dsi_weight_dtype weight_dtype;
     int int8_group_size;       /* 0: per output channel; else group-wise along input */
+    enum dsi_int8_mode int8_mode; /* int8 only; zero: W8A16 */
     enum dsi_kv_dtype kv_dtype;
     int kv_block_size;         /* tokens per block, e.g. 16 */
     size_t kv_bytes;           /* CPU: KV pool size in bytes */

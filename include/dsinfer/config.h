@@ -44,6 +44,7 @@ struct dsi_config {
     char *served_model_names; /* JSON array text ["name", ...] (aliases); empty: [model_name] */
     char *dtype;         /* f32 | bf16 | int8 */
     int int8_group_size; /* 0: per channel */
+    char *int8_mode;     /* w8a16 | w8a8 */
     char *backend;       /* cpu | cuda */
     char *backend_fallback; /* none | cpu: what to do when backend is unavailable */
     int device;

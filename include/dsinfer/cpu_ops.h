@@ -92,6 +92,21 @@ void dsi_matvec(const struct dsi_qweight *w, const float *x, const float *bias, 
 void dsi_matmul(const struct dsi_qweight *w, const float *x, int n_tokens, const float *bias, float *y,
                 int ldy, int r0, int r1);
 
+/* ---- W8A8: int8 activations x int8 weights, int32 accumulation (cpu_w8a8.c) ----
+ * The CPU twin of the CUDA W8A8 path (kernels/w8a8.cu). */
+
+/* One token's activations x (n) -> q (n) and its scale, by dsi_quantize_int8's
+ * rule: scale = max|x| / 127, q = clamp(round_half_away(x / scale), -127, 127). */
+void dsi_quantize_act_int8(const float *x, int n, int8_t *q, float *scale);
+/* sum a[i] * b[i] in int32 (exact; |sum| <= 127 * 127 * n). */
+int32_t dsi_dot_i8i8(const int8_t *a, const int8_t *b, int n);
+/* One output: ((float)acc * x_scale) * w_scale (+ bias[r]), no fused multiply-add. */
+float dsi_w8a8_out(int32_t acc, float x_scale, float w_scale, const float *bias, int r);
+/* Y[t, r] = W8A8 product of row r of w (int8, per channel) with token t of xq
+ * (n_tokens, cols) scaled by xs[t], for r in [r0, r1); Y is (n_tokens, ldy). */
+void dsi_matmul_w8a8(const struct dsi_qweight *w, const int8_t *xq, const float *xs, int n_tokens,
+                     const float *bias, float *y, int ldy, int r0, int r1);
+
 /* ---- elementwise / normalisation ----------------------------------------------- */
 
 /* out = x * rsqrt(mean(x^2) + eps) * w   (HF LlamaRMSNorm/Qwen2RMSNorm in fp32).

@@ -34,7 +34,7 @@
 #define MAX_TEXT_BYTES ((size_t)1 << 30)
 
 struct ppl_args {
-    const char *model, *text, *backend, *dtype;
+    const char *model, *text, *backend, *dtype, *int8_mode;
     int group_size, ctx, max_tokens, json, no_verify;
 };
 
@@ -44,7 +44,8 @@ static double log_softmax_at(const float *logits, int vocab, int target);
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8] [--group-size N]\n"
-               "                          [--backend cpu|cuda] [--ctx N] [--max-tokens N] [--json] [--no-verify]\n");
+               "                          [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--ctx N]\n"
+               "                          [--max-tokens N] [--json] [--no-verify]\n");
 }
 
 int dsi_cmd_perplexity(int argc, char **argv) {
@@ -111,8 +112,8 @@ int dsi_cmd_perplexity(int argc, char **argv) {
     double ppl = exp(nll / (double)predicted);
     if (a.json)
         printf("{\"perplexity\": %.6f, \"tokens\": %zu, \"dtype\": \"%s\", \"group_size\": %d, "
-               "\"backend\": \"%s\", \"ctx\": %d}\n",
-               ppl, predicted, a.dtype, a.group_size, a.backend, a.ctx);
+               "\"int8_mode\": \"%s\", \"backend\": \"%s\", \"ctx\": %d}\n",
+               ppl, predicted, a.dtype, a.group_size, a.int8_mode, a.backend, a.ctx);
     else
         printf("perplexity %.4f over %zu tokens (%s, %s, ctx %d)\n", ppl, predicted, a.dtype, a.backend, a.ctx);
     status = DSI_EXIT_OK;
@@ -133,7 +134,8 @@ done:
 static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char **err) {
     struct dsi_config c;
     const struct dsi_cli_model m = {.dir = a->model, .backend = a->backend, .dtype = a->dtype,
-                                    .group_size = a->group_size, .no_verify = a->no_verify};
+                                    .group_size = a->group_size, .no_verify = a->no_verify,
+                                    .int8_mode = a->int8_mode};
     int rc = dsi__cli_config_init(&c, &m, err);
     if (rc) return rc;
     c.kv_gpu_fraction = 0.1;
@@ -170,6 +172,7 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
     memset(a, 0, sizeof *a);
     a->backend = "cpu";
     a->dtype = "f32";
+    a->int8_mode = "w8a16";
     a->ctx = 256;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -201,6 +204,12 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
             a->dtype = v;
         } else if (!strcmp(f, "--group-size")) {
             rc = parse_int(f, v, 0, 1 << 20, &a->group_size);
+        } else if (!strcmp(f, "--int8-mode")) {
+            if (strcmp(v, "w8a16") != 0 && strcmp(v, "w8a8") != 0) {
+                fprintf(stderr, "dsinfer perplexity: --int8-mode must be w8a16 or w8a8\n");
+                return DSI_EXIT_USAGE;
+            }
+            a->int8_mode = v;
         } else if (!strcmp(f, "--ctx")) {
             rc = parse_int(f, v, 2, 1 << 20, &a->ctx);
         } else if (!strcmp(f, "--max-tokens")) {

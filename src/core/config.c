@@ -90,6 +90,10 @@ static const struct dsi__opt opts[] = {
      "weight type in memory: f32 (reference), bf16, int8 (weight-only, fastest on cuda)"},
     {"int8_group_size", DSI__OPT_INT, F(int8_group_size), 0, 4096, "0", NULL, NULL, check_pow2_or_zero, 0,
      "model", "int8 scale group along the input dimension; 0: one scale per output channel"},
+    {"int8_mode", DSI__OPT_ENUM, F(int8_mode), 0, 0, "w8a16", NULL, "w8a16|w8a8", NULL, 0, "model",
+     "int8 weights: w8a16 keeps activations bf16; w8a8 quantizes them per token to int8 too and multiplies "
+     "int8 x int8 with int32 sums (layer weights at every batch size, lm_head stays w8a16; per-channel "
+     "scales, one rank, Llama/Qwen2 models)"},
     {"backend", DSI__OPT_ENUM, F(backend), 0, 0, "cpu", NULL, "cpu|cuda", NULL, 0, "model",
      "compute backend"},
     {"backend_fallback", DSI__OPT_ENUM, F(backend_fallback), 0, 0, "none", NULL, "none|cpu", NULL, 0, "model",
@@ -745,6 +749,12 @@ int dsi_config_validate(const struct dsi_config *c, char **err) {
     if (c->int8_group_size && strcmp(c->dtype, "int8") != 0)
         return dsi_seterr(err, DSI_EINVAL, "config: int8_group_size = %d needs dtype = \"int8\", not \"%s\"",
                           c->int8_group_size, c->dtype);
+    if (strcmp(c->int8_mode, "w8a16") != 0 &&
+        (strcmp(c->dtype, "int8") != 0 || c->int8_group_size || c->tensor_parallel > 1))
+        return dsi_seterr(err, DSI_EINVAL,
+                          "config: int8_mode = \"%s\" needs dtype = \"int8\", int8_group_size = 0 and "
+                          "tensor_parallel = 1",
+                          c->int8_mode);
     if (c->prefill_chunk > c->max_batch_tokens)
         return dsi_seterr(err, DSI_EINVAL, "config: prefill_chunk = %d is larger than max_batch_tokens = %d",
                           c->prefill_chunk, c->max_batch_tokens);

@@ -56,6 +56,7 @@ static int backend_opts(const struct dsi_config *c, const struct dsi_runtime_opt
     if (dsi_runtime_parse_dtype(c->dtype, &bo->weight_dtype))
         return dsi_seterr(err, DSI_EINVAL, "dtype '%s' is not f32, bf16 or int8", c->dtype);
     bo->int8_group_size = c->int8_group_size;
+    if (c->int8_mode && strcmp(c->int8_mode, "w8a8") == 0) bo->int8_mode = DSI_INT8_W8A8;
     bo->kv_dtype = o->kv_dtype;
     bo->kv_block_size = c->kv_block_size > 0 ? c->kv_block_size : 16;
     bo->kv_bytes = c->kv_cache_mib << 20;

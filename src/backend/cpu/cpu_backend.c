@@ -73,6 +73,24 @@ static int check_config(const struct dsi_model_config *cfg, const struct dsi_bac
     return rc ? rc : check_mla(cfg, err);
 }
 
+/* int8_mode w8a8 (cpu_w8a8.c) takes per-channel int8 weights of a dense Llama /
+ * Qwen2 model on one rank: a shard's column slice would quantize each token
+ * over part of its row (other bits than one rank), MLA keeps its own matmuls. */
+static int check_w8a8(struct dsi__cpu *c, char **err) {
+    const struct dsi_backend_opts *o = &c->opts;
+    if (o->int8_mode == DSI_INT8_W8A16) return 0;
+    if (o->int8_mode != DSI_INT8_W8A8)
+        return dsi_seterr(err, DSI_EINVAL, "cpu backend: unknown int8 mode %d", (int)o->int8_mode);
+    if (o->weight_dtype != DSI_W_INT8 || o->int8_group_size > 0 || c->shard.size > 1 || c->mla)
+        return dsi_seterr(err, DSI_EINVAL,
+                          "int8_mode w8a8 needs dtype int8 with per-channel scales (int8_group_size 0), "
+                          "one rank and a Llama/Qwen2 model");
+    if (c->cfg->intermediate_size > 130000 || c->cfg->hidden_size > 130000)
+        return dsi_seterr(err, DSI_EINVAL, "int8_mode w8a8: inputs wider than 130000 overflow int32 sums");
+    c->w8a8 = true;
+    return 0;
+}
+
 static int alloc_scratch(struct dsi__cpu *c, char **err) {
     const struct dsi_model_config *cfg = c->cfg;
     size_t T = (size_t)c->max_tokens;
@@ -101,6 +119,15 @@ static int alloc_scratch(struct dsi__cpu *c, char **err) {
     if (dsi__cpu_own(c, c->tok_seq)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     c->tok_pos = calloc(T, sizeof(int32_t));
     if (dsi__cpu_own(c, c->tok_pos)) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    if (c->w8a8) {
+        size_t kmax = H;
+        if ((size_t)c->q_dim > kmax) kmax = (size_t)c->q_dim;
+        if ((size_t)c->n_inter > kmax) kmax = (size_t)c->n_inter;
+        c->xq = calloc(T, kmax);
+        if (dsi__cpu_own(c, c->xq)) return dsi_seterr(err, DSI_ENOMEM, "out of memory for w8a8 scratch");
+        c->xs = calloc(T, sizeof(float));
+        if (dsi__cpu_own(c, c->xs)) return dsi_seterr(err, DSI_ENOMEM, "out of memory for w8a8 scratch");
+    }
     return c->mla ? dsi__cpu_alloc_deepseek(c, err) : 0;
 }
 
@@ -213,6 +240,7 @@ int dsi_cpu_backend_create_shard(const struct dsi_model *m, const struct dsi_bac
 #endif
     if (c->n_threads < 1) c->n_threads = 1;
     if ((rc = set_shard(c, sh, err))) goto fail;
+    if ((rc = check_w8a8(c, err))) goto fail;
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : DEFAULT_MAX_TOKENS;
     c->max_seqs = o->max_seqs > 0 && o->max_seqs < c->max_tokens ? o->max_seqs : c->max_tokens;
 

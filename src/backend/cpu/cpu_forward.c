@@ -41,6 +41,8 @@
 static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int *n_tokens, char **err);
 static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
                        const float *bias, float *y, int ldy);
+static void lin(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n, const float *bias,
+                float *y, int ldy);
 static void embed_tokens(struct dsi__cpu *c, const struct dsi_batch *b, int T);
 static int add_reduced(struct dsi__cpu *c, float *out, int T, char **err);
 static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
@@ -114,6 +116,31 @@ void dsi__cpu_par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, 
     par_matmul(c, w, x, n, bias, y, ldy);
 }
 
+/* A layer's linear map (q, k, v, o, gate, up, down): par_matmul, or under
+ * int8_mode w8a8 each token of x quantized to int8 (c->xq, c->xs) and the
+ * int8 x int8 products (cpu_w8a8.c), rows split across threads as above. */
+static void lin(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n, const float *bias,
+                float *y, int ldy) {
+    if (!c->w8a8) {
+        par_matmul(c, w, x, n, bias, y, ldy);
+        return;
+    }
+    const int k = w->cols;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int t = 0; t < n; t++)
+        dsi_quantize_act_int8(x + (size_t)t * k, k, c->xq + (size_t)t * k, &c->xs[t]);
+    int n_chunks = (w->rows + ROW_CHUNK - 1) / ROW_CHUNK;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int ch = 0; ch < n_chunks; ch++) {
+        int r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < w->rows ? r0 + ROW_CHUNK : w->rows;
+        dsi_matmul_w8a8(w, c->xq, c->xs, n, bias, y, ldy, r0, r1);
+    }
+}
+
 /* Lays out the batch's tokens as rows: (sequence, position) of each, and x = embed[tokens]. */
 static void embed_tokens(struct dsi__cpu *c, const struct dsi_batch *b, int T) {
     int H = c->cfg->hidden_size, t = 0;
@@ -162,9 +189,9 @@ static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, 
 #endif
     for (int r = 0; r < T; r++)
         dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
-    par_matmul(c, &L->wq, c->xn, T, L->bq, c->q, qd);
-    par_matmul(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
-    par_matmul(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
+    lin(c, &L->wq, c->xn, T, L->bq, c->q, qd);
+    lin(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
+    lin(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
@@ -200,7 +227,7 @@ static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, 
         dsi_attn_head(&a, h, c->q + (size_t)r * qd + (size_t)h * hd, c->att + (size_t)r * qd + (size_t)h * hd,
                       scores);
     }
-    par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
+    lin(c, &L->wo, c->att, T, NULL, c->xn, H);
     return add_reduced(c, c->xn, T, err);
 }
 
@@ -213,14 +240,14 @@ static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char *
 #endif
     for (int r = 0; r < T; r++)
         dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->ffn_norm, H, eps);
-    par_matmul(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
-    par_matmul(c, &L->w_up, c->xn, T, NULL, c->up, I);
+    lin(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
+    lin(c, &L->w_up, c->xn, T, NULL, c->up, I);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
     for (int r = 0; r < T; r++)
         dsi_swiglu(c->gate + (size_t)r * I, c->gate + (size_t)r * I, c->up + (size_t)r * I, I);
-    par_matmul(c, &L->w_down, c->gate, T, NULL, c->xn, H);
+    lin(c, &L->w_down, c->gate, T, NULL, c->xn, H);
     return add_reduced(c, c->xn, T, err);
 }
 

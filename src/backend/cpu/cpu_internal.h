@@ -108,6 +108,9 @@ struct dsi__cpu {
     int32_t *tok_seq, *tok_pos;                  /* (max_tokens) */
     float *scores;                               /* (n_threads, max_ctx) */
     float *lg_local;                             /* shard: (max_seqs, n_vocab), else NULL */
+    bool w8a8;                                   /* int8_mode w8a8: layers' matmuls int8 x int8 */
+    int8_t *xq;                                  /* w8a8: (max_tokens, widest layer input) */
+    float *xs;                                   /* w8a8: (max_tokens) per-token scales */
 };
 
 /* Loads and converts weights into c (cfg, opts, n_threads set by the caller). */

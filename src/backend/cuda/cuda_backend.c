@@ -392,6 +392,8 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
     if (o->kv_dtype != DSI_KV_BF16)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 KV cache requested: the CUDA backend keeps it in bf16");
+    if (o->int8_mode != DSI_INT8_W8A16)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: int8_mode w8a8 is not built into this backend yet");
 
     struct dsi__cuda *c = calloc(1, sizeof *c);
     if (!c) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
