@@ -36,6 +36,7 @@ struct mock {
     int n_forward, n_sample; /* calls of each op (mu) */
     int errors;              /* (mu) */
     int fail_rc;             /* next call fails with this (mu) */
+    int sample_vocab;        /* run_all's engine option; forward_sample must get it as n_ids */
 };
 
 static uint64_t mix64(uint64_t x) {
@@ -93,26 +94,28 @@ static int mock_forward(struct dsi_backend *be, const struct dsi_batch *b, float
     return fail;
 }
 
-static int32_t argmax(const float *l) {
+static int32_t argmax_n(const float *l, int n) {
     int32_t best = 0;
-    for (int v = 1; v < VOCAB; v++)
+    for (int v = 1; v < n; v++)
         if (l[v] > l[best]) best = v;
     return best;
 }
 
-/* What the CUDA kernel does for top_k 0 / top_p 1: inverse CDF in id order. */
+/* What the CUDA kernel does for top_k 0 / top_p 1: inverse CDF in id order,
+ * over the ids below n_ids where that is set. */
 static int32_t pick(const float *l, const struct dsi_sample_params *p) {
-    if (!(p->temperature > 0.0f)) return argmax(l);
-    float mx = l[argmax(l)];
+    int n = p->n_ids > 0 && p->n_ids < VOCAB ? p->n_ids : VOCAB;
+    if (!(p->temperature > 0.0f)) return argmax_n(l, n);
+    float mx = l[argmax_n(l, n)];
     double w[VOCAB], z = 0.0;
-    for (int v = 0; v < VOCAB; v++)
+    for (int v = 0; v < n; v++)
         z += w[v] = exp((double)(l[v] - mx) / p->temperature);
     double acc = 0.0, target = (double)p->u * z;
-    for (int v = 0; v < VOCAB; v++) {
+    for (int v = 0; v < n; v++) {
         acc += w[v];
         if (target < acc) return v;
     }
-    return VOCAB - 1;
+    return n - 1;
 }
 
 static int mock_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
@@ -130,6 +133,7 @@ static int mock_forward_sample(struct dsi_backend *be, const struct dsi_batch *b
         bool greedy = !(p[r].temperature > 0.0f);
         if (greedy ? p[r].u != 0.0f : !(p[r].u >= 0.0f && p[r].u < 1.0f)) m->errors++;
         if (p[r].top_k != 0 || p[r].top_p != 1.0f) m->errors++; /* these tests use neither */
+        if (p[r].n_ids != m->sample_vocab) m->errors++;
         ids[r] = pick(logits + (size_t)r * VOCAB, &p[r]);
     }
     int fail = m->fail_rc;
@@ -226,6 +230,7 @@ static void run_all(struct mock *m, const struct req *q, int n, struct rec *out)
     o.max_batch_tokens = 64;
     o.prefill_chunk = 8;
     o.max_total_tokens = 256;
+    o.sample_vocab = m->sample_vocab;
     struct dsi_engine *e = NULL;
     char *err = NULL;
     CHECK_EQ_INT(dsi_engine_create(&m->be, &o, &e, &err), 0);
@@ -425,6 +430,52 @@ TEST(gpu_sample_failure_fails_the_request) {
     mock_free(&m);
 }
 
+/* A head with padding rows (sample_vocab 40 of 64 ids): the engine hands the
+ * limit to forward_sample as n_ids (the mock counts a row without it as an
+ * error), no token at or past it comes back on either path, and greedy on the
+ * device equals greedy on the host, which masks the same rows. */
+TEST(gpu_sample_passes_the_padding_limit) {
+    struct req q[4];
+    for (int i = 0; i < 4; i++) {
+        req_greedy(&q[i], 50u + (unsigned)i, 5, 20);
+        if (i >= 2) {
+            q[i].sampling.temperature = 2.0f;
+            q[i].sampling.seed = 7 + (uint64_t)i;
+        }
+    }
+    struct rec host[4], dev[4], open[4];
+    struct mock mh, md;
+    mock_init(&mh, &ops_host);
+    mock_init(&md, &ops_both);
+    mh.sample_vocab = md.sample_vocab = 40;
+    run_all(&mh, q, 4, host);
+    run_all(&md, q, 4, dev);
+    int past = 0;
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(dev[i].n, 20);
+        for (int t = 0; t < dev[i].n; t++)
+            past += dev[i].tokens[t] >= 40;
+        for (int t = 0; t < host[i].n; t++)
+            past += host[i].tokens[t] >= 40;
+    }
+    CHECK_EQ_INT(past, 0);
+    check_same(&host[0], &dev[0]);
+    check_same(&host[1], &dev[1]);
+    CHECK_EQ_INT(md.n_forward, 0);
+    CHECK_EQ_INT(md.errors, 0);
+    /* the rows past 40 do win without the limit: the check above can fail */
+    md.sample_vocab = 0;
+    run_all(&md, q, 4, open);
+    past = 0;
+    for (int i = 0; i < 4; i++)
+        for (int t = 0; t < open[i].n; t++)
+            past += open[i].tokens[t] >= 40;
+    CHECK(past > 0);
+    CHECK_EQ_INT(md.errors, 0);
+    mock_free(&mh);
+    mock_free(&md);
+}
+
 /* A backend that returns an id outside the vocabulary is an internal error, not a token. */
 static int bad_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                               const struct dsi_sample_params *p, int32_t *ids, char **err) {
@@ -456,5 +507,6 @@ int main(void) {
     RUN(gpu_sample_seeded_reproducible_and_batch_independent);
     RUN(gpu_sample_failure_fails_the_request);
     RUN(gpu_sample_bad_id_is_an_error);
+    RUN(gpu_sample_passes_the_padding_limit);
     return test_summary();
 }

@@ -63,6 +63,8 @@ struct dsi_sample_params {
     int top_k;         /* 0: off */
     float top_p;       /* >= 1: off */
     float u;           /* uniform [0,1) draw from the sequence's own RNG: picks from the filtered distribution */
+    int n_ids;         /* only ids < n_ids are drawn (the head's rows past the tokenizer's last id
+                        * never are); 0 or >= vocab_size: every row */
 };
 
 struct dsi_backend_ops {

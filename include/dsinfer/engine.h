@@ -110,7 +110,8 @@ struct dsi_engine_opts {
     int max_total_tokens;     /* prompt + completion per sequence (<= context; default 8192) */
     int queue_timeout_ms;     /* waiting longer -> DSI_ETIMEDOUT (default 30000; 0: none) */
     int request_timeout_ms;   /* default deadline from submit (default 600000; 0: none) */
-    int sample_vocab;         /* ids >= this are never sampled on the host path: the rows a
+    int sample_vocab;         /* ids >= this are never sampled (host path, and forward_sample
+                               * through dsi_sample_params.n_ids): the rows a
                                * checkpoint pads its head with past the tokenizer's last id
                                * (0: the backend's vocab_size) */
     bool prefix_cache;        /* share the K/V of equal prompt prefixes (default on) */

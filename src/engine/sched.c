@@ -294,6 +294,7 @@ static bool device_sampling(struct dsi_engine *e, int n_b) {
         p->top_k = s->top_k > 0 ? s->top_k : 0;
         p->top_p = s->top_p < 1.0f ? s->top_p : 1.0f;
         p->u = greedy ? 0.0f : rng_uniform(&r->rng);
+        p->n_ids = e->o.sample_vocab; /* the padding rows stay undrawn on the device too */
     }
     return true;
 }
