@@ -41,6 +41,7 @@ TEST(config_defaults_match_the_documented_values) {
     CHECK_EQ_INT(c.request_timeout_ms, 300000);
     CHECK_EQ_INT(c.default_max_tokens, 256);
     CHECK_EQ_INT(c.max_body_bytes, 1048576);
+    CHECK_EQ_INT(c.stream_buffer_bytes, 1048576);
     CHECK_EQ_INT(c.max_messages, 256);
     CHECK_EQ_INT(c.client_timeout_s, 60);
     CHECK_EQ_INT(c.max_connections_per_ip, 64);

@@ -441,6 +441,35 @@ TEST(api_error_body) {
     free(j);
 }
 
+/* A stream that fails after its status line ends with one OpenAI error event and
+ * [DONE], built without allocating; escaping matches the JSON body's. */
+TEST(api_error_sse_event) {
+    struct dsi__api_error e = {0};
+    dsi__api_error_set(&e, 500, NULL, "stream_backpressure", "more than \"1\" byte\n\x01 caf\xc3\xa9 \xff");
+    char buf[1024];
+    size_t n = dsi__api_error_sse(&e, buf, sizeof buf);
+    CHECK_EQ_INT((int)n, (int)strlen(buf));
+    CHECK_EQ_STR(buf, "data: {\"error\":{\"message\":\"more than \\\"1\\\" byte\\n\\u0001 caf\xc3\xa9 ?\","
+                      "\"type\":\"server_error\",\"param\":null,\"code\":\"stream_backpressure\"}}\n\n"
+                      "data: [DONE]\n\n");
+    /* the event's JSON is the body's JSON for the same error */
+    dsi__api_error_set(&e, 503, "p", "timeout", "generation failed: timed out");
+    n = dsi__api_error_sse(&e, buf, sizeof buf);
+    char *j = dsi__api_error_json(&e);
+    char want[1024];
+    snprintf(want, sizeof want, "data: %.*s\n\ndata: [DONE]\n\n", (int)strlen(j) - 1, j);
+    CHECK_EQ_STR(buf, want);
+    free(j);
+    /* a buffer too small for the text still gets a complete, generic ending */
+    char small[200];
+    n = dsi__api_error_sse(&e, small, sizeof small);
+    CHECK(n > 0 && n < sizeof small);
+    CHECK(strstr(small, "data: {\"error\":{") == small);
+    CHECK(n >= 14 && !memcmp(small + n - 14, "data: [DONE]\n\n", 14));
+    char tiny[8];
+    CHECK_EQ_INT((int)dsi__api_error_sse(&e, tiny, sizeof tiny), 0);
+}
+
 TEST(utf8_helpers) {
     CHECK(dsi_utf8_valid("a\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 10));
     CHECK(!dsi_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
@@ -605,6 +634,15 @@ TEST(metrics_render_counts) {
     CHECK(t && strstr(t, "dsinfer_prefix_cache_miss_tokens_total 40\n"));
     CHECK(t && strstr(t, "dsinfer_kv_blocks_cached 5\n"));
     CHECK(t && strstr(t, "dsinfer_kv_evictions_total 3\n"));
+    CHECK(t && strstr(t, "dsinfer_stream_buffered_bytes 0\n"));
+    CHECK(t && strstr(t, "dsinfer_streams_backpressure_total 0\n"));
+    free(t);
+    dsi__smetrics_stream_buffered(m, 5000);
+    dsi__smetrics_stream_buffered(m, -1000);
+    dsi__smetrics_stream_backpressure(m);
+    t = dsi__smetrics_render(m, &st, 1);
+    CHECK(t && strstr(t, "dsinfer_stream_buffered_bytes 4000\n"));
+    CHECK(t && strstr(t, "dsinfer_streams_backpressure_total 1\n"));
     free(t);
     dsi__smetrics_destroy(m);
 }
@@ -618,6 +656,7 @@ int main(void) {
     RUN(parse_completion_prompts);
     RUN(parse_tokenize_detokenize);
     RUN(api_error_body);
+    RUN(api_error_sse_event);
     RUN(textgen_keeps_leading_space);
     RUN(sampling_tiny_values_invalid);
     RUN(utf8_helpers);

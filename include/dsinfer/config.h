@@ -32,6 +32,7 @@ struct dsi_config {
     int request_read_timeout_s;  /* whole request (headers + body) must arrive within it */
     int http_threads;            /* HTTP/TLS worker threads; 0: min(CPUs, 8), at least 2 */
     size_t max_body_bytes;
+    size_t stream_buffer_bytes;  /* unsent output one stream may hold; past it the stream ends */
     int max_messages;
     /* auth */
     char *keys_file;

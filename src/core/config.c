@@ -65,6 +65,10 @@ static const struct dsi__opt opts[] = {
      "threads serving HTTP and TLS; 0: one per CPU, between 2 and 8"},
     {"max_body_bytes", DSI__OPT_SIZE, F(max_body_bytes), 1024, 1024 * MIB, "1048576", NULL, NULL, NULL, 0,
      "network", "largest request body in bytes (suffixes K, M, G allowed); larger: 413"},
+    {"stream_buffer_bytes", DSI__OPT_SIZE, F(stream_buffer_bytes), 4096, 1024 * MIB, "1048576", NULL, NULL, NULL,
+     0, "network",
+     "stream output held for a client that does not read it, in bytes (K, M, G allowed); more: the stream "
+     "ends with an error event and its sequence is cancelled"},
     {"max_messages", DSI__OPT_INT, F(max_messages), 1, 65536, "256", NULL, NULL, NULL, 0, "network",
      "most messages in one chat request"},
 

@@ -7,12 +7,20 @@
  * resumes the suspended connection. The connection side (MHD thread) sends what
  * is buffered and suspends again when nothing is: an idle stream costs no CPU.
  *
+ * Failures once the engine has the request (out of memory, a decoder error, an
+ * engine error, a client that does not read: more than stream_buffer_bytes
+ * unsent) all go through gen_fail: the sequence is cancelled, a stream ends with
+ * an OpenAI error event and [DONE] (its status line is gone), a non-streaming
+ * answer becomes an error body. Output held for stream clients is counted in the
+ * dsinfer_stream_buffered_bytes gauge (account()).
+ *
  * Lock order: gen->mu is never held while calling into the engine
  * (dsi_engine_cancel), since the engine may hold its own lock while calling us.
  * MHD_resume_connection is called without gen->mu too; a connection cannot
  * complete while suspended, so g->conn stays valid until that resume.
  */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +75,7 @@ void dsi__gen_release(struct dsi__gen *g) {
     else s->gens = g->next;
     if (g->next) g->next->prev = g->prev;
     pthread_mutex_unlock(&s->mu);
+    if (g->accounted) dsi__smetrics_stream_buffered(s->metrics, -(int64_t)g->accounted);
     dsi_tok_stream_destroy(g->ts);
     dsi__textgen_free(&g->tg);
     for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
@@ -286,6 +295,139 @@ static bool is_stop_id(const struct dsi_server *s, int32_t id) {
     return false;
 }
 
+/* Bytes a stream holds for its client: SSE not yet sent, plus what waits for the
+ * next chunk (logprob entries, an answer held until its tool calls are known). */
+static size_t pending_bytes(const struct dsi__gen *g) {
+    if (!g->stream) return 0;
+    return g->out.len - g->out_off + g->lp.len + g->lp_tokens.len + g->lp_values.len + g->lp_tops.len +
+           g->content.len + g->reasoning.len;
+}
+
+/* Keeps the buffered-bytes gauge in step with this gen (under g->mu). */
+static void account(struct dsi__gen *g) {
+    size_t now = pending_bytes(g);
+    if (now == g->accounted) return;
+    dsi__smetrics_stream_buffered(g->s->metrics, (int64_t)now - (int64_t)g->accounted);
+    g->accounted = now;
+}
+
+/* Drops the stream's unsent events, keeping the one partly sent (SSE framing
+ * stays whole), and gives their memory back. */
+static void drop_unsent(struct dsi__gen *g) {
+    struct dsi__sbuf *b = &g->out;
+    size_t keep = g->out_off;
+    if (keep > 0 && keep < b->len && !(keep >= 2 && b->p[keep - 2] == '\n' && b->p[keep - 1] == '\n')) {
+        const char *end = NULL;
+        for (size_t i = keep; !end && i + 1 < b->len; i++)
+            if (b->p[i] == '\n' && b->p[i + 1] == '\n') end = b->p + i + 2;
+        keep = end ? (size_t)(end - b->p) : b->len;
+    }
+    struct dsi__sbuf small = {0};
+    if (keep > g->out_off && dsi__sbuf_append(&small, b->p + g->out_off, keep - g->out_off)) {
+        b->len = keep; /* out of memory: keep the big buffer, trimmed */
+        return;
+    }
+    dsi__sbuf_free(b);
+    *b = small;
+    g->out_off = 0;
+    dsi__sbuf_free(&g->lp);
+    dsi__sbuf_free(&g->lp_tokens);
+    dsi__sbuf_free(&g->lp_values);
+    dsi__sbuf_free(&g->lp_tops);
+    dsi__sbuf_free(&g->content);
+    dsi__sbuf_free(&g->reasoning);
+    g->n_lp = 0;
+}
+
+/* The one way a generation fails once the engine has accepted it (under g->mu):
+ * later tokens are dropped, the sequence is cancelled (need_cancel; sent outside
+ * the lock), and the client is told. A stream keeps the events already built
+ * (unless drop: a client that does not read them) and ends with an error event
+ * and [DONE] from g->tail, which needs no allocation; a non-streaming answer
+ * gets g->fail as its body (dsi__gen_final_json). status picks the error type:
+ * 500 for our failures, 503 for timeouts and shutdown. */
+static void gen_fail(struct dsi__gen *g, int status, const char *code, bool drop, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void gen_fail(struct dsi__gen *g, int status, const char *code, bool drop, const char *fmt, ...) {
+    if (g->failed) return;
+    g->failed = true;
+    g->need_cancel = !g->finished;
+    va_list ap;
+    va_start(ap, fmt);
+    char msg[sizeof g->fail.message];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dsi__api_error_set(&g->fail, status, NULL, code, "%s", msg);
+    dsi_log(status >= 500 && status != 503 ? DSI_LOG_ERROR : DSI_LOG_INFO, "server", "request %s: %s", g->id, msg);
+    if (!g->stream) return;
+    if (drop) drop_unsent(g);
+    g->tail_len = dsi__api_error_sse(&g->fail, g->tail, sizeof g->tail);
+    g->tail_off = 0;
+    account(g);
+}
+
+/* Backpressure: a stream whose client left more than stream_buffer_bytes unsent
+ * ends here, so that a client that stops reading costs a bounded amount of
+ * memory and no more compute. */
+static void check_backpressure(struct dsi__gen *g) {
+    size_t limit = g->s->cfg->stream_buffer_bytes;
+    if (!g->stream || g->failed || limit == 0 || pending_bytes(g) <= limit) return;
+    dsi__smetrics_stream_backpressure(g->s->metrics);
+    gen_fail(g, 500, "stream_backpressure", true,
+             "the client did not read the stream: more than %zu bytes waiting (stream_buffer_bytes)", limit);
+}
+
+/* A token's text and logprobs into the answer (under g->mu). 0 or a DSI_E*. */
+static int add_token(struct dsi__gen *g, const struct dsi_token_event *ev) {
+    int rc = g->logprobs ? add_logprobs(g, ev) : 0;
+    char *txt = NULL;
+    size_t len = 0;
+    if (!rc) rc = dsi_tok_stream_push(g->ts, ev->token, &txt, &len);
+    if (!rc && txt && len) {
+        rc = dsi__textgen_push(&g->tg, txt, len, emit, g);
+        if (rc == 1) {
+            g->stop_hit = true;
+            if (!ev->finished) g->need_cancel = true;
+            rc = 0;
+        }
+    }
+    free(txt);
+    return rc;
+}
+
+/* The final event: flush held text, tool calls, the last chunks (under g->mu). */
+static int finish_answer(struct dsi__gen *g) {
+    int rc = 0;
+    if (!g->stop_hit) {
+        char *txt = NULL;
+        size_t len = 0;
+        if (dsi_tok_stream_flush(g->ts, &txt, &len) == 0 && txt && len) rc = dsi__textgen_push(&g->tg, txt, len, emit, g);
+        free(txt);
+        if (rc == 1) g->stop_hit = true, rc = 0;
+        if (!rc) rc = dsi__textgen_finish(&g->tg, emit, g);
+    }
+    if (!rc && g->tool_mode) rc = finish_tools(g);
+    if (g->stream && !rc) {
+        rc = stream_delta(g, DSI__CH_CONTENT, NULL, 0, finish_name(g));
+        if (!rc && g->include_usage) {
+            rc = chunk_begin(g, &g->out);
+            if (!rc) rc = dsi__sbuf_printf(&g->out, "],");
+            if (!rc) rc = append_usage(g, &g->out);
+            if (!rc) rc = dsi__sbuf_printf(&g->out, "}\n\n");
+        }
+        if (!rc) rc = dsi__sbuf_printf(&g->out, "data: [DONE]\n\n");
+    }
+    return rc;
+}
+
+/* An engine error on the final event, or a cancel nobody here asked for (the
+ * engine stopping at shutdown). */
+static void engine_failed(struct dsi__gen *g, int err) {
+    bool unavailable = err == DSI_ETIMEDOUT || err == DSI_ECANCELED;
+    gen_fail(g, unavailable ? 503 : 500, err == DSI_ETIMEDOUT ? "timeout" : unavailable ? "shutting_down" : NULL,
+             false, "generation failed: %s", dsi_strerror(err));
+}
+
 static void engine_cb(void *user, const struct dsi_token_event *ev) {
     struct dsi__gen *g = user;
     struct dsi_server *s = g->s;
@@ -297,61 +439,26 @@ static void engine_cb(void *user, const struct dsi_token_event *ev) {
     g->n_prompt = ev->n_prompt_tokens;
     g->n_completion = ev->n_completion_tokens;
     g->n_cached = ev->n_cached_tokens;
-    if (ev->token >= 0 && !g->stop_hit && !(ev->finished && is_stop_id(s, ev->token))) {
+    if (!g->failed && ev->token >= 0 && !g->stop_hit && !(ev->finished && is_stop_id(s, ev->token))) {
         if (!g->got_token) dsi__smetrics_ttft(s->metrics, now - g->t_start);
         else dsi__smetrics_itl(s->metrics, now - g->t_last);
         g->got_token = true;
         g->t_last = now;
-        if (g->logprobs) rc = add_logprobs(g, ev);
-        char *txt = NULL;
-        size_t len = 0;
-        if (!rc) rc = dsi_tok_stream_push(g->ts, ev->token, &txt, &len);
-        if (!rc && txt && len) {
-            rc = dsi__textgen_push(&g->tg, txt, len, emit, g);
-            if (rc == 1) {
-                g->stop_hit = true;
-                if (!ev->finished) g->need_cancel = true;
-                rc = 0;
-            }
-        }
-        free(txt);
+        rc = add_token(g, ev);
     }
     if (ev->finished) {
         g->finished = true;
         g->finish = ev->finish;
         g->error = ev->error;
-        g->n_prompt = ev->n_prompt_tokens;
-        g->n_completion = ev->n_completion_tokens;
-        if (!g->stop_hit) {
-            char *txt = NULL;
-            size_t len = 0;
-            if (!rc && dsi_tok_stream_flush(g->ts, &txt, &len) == 0 && txt && len) rc = dsi__textgen_push(&g->tg, txt, len, emit, g);
-            free(txt);
-            if (rc == 1) g->stop_hit = true, rc = 0;
-            if (!rc) rc = dsi__textgen_finish(&g->tg, emit, g);
-        }
-        if (!rc && g->tool_mode && g->finish != DSI_FINISH_ERROR) rc = finish_tools(g);
-        if (g->stream && !rc && g->finish != DSI_FINISH_ERROR) {
-            rc = stream_delta(g, DSI__CH_CONTENT, NULL, 0, finish_name(g));
-            if (!rc && g->include_usage) {
-                rc = chunk_begin(g, &g->out);
-                if (!rc) rc = dsi__sbuf_printf(&g->out, "],");
-                if (!rc) rc = append_usage(g, &g->out);
-                if (!rc) rc = dsi__sbuf_printf(&g->out, "}\n\n");
-            }
-        } else if (g->stream && !rc) {
-            /* Mid-stream errors cannot change the status any more: send an error event. */
-            rc = dsi__sbuf_printf(&g->out, "data: {\"error\":{\"message\":\"generation failed: %s\",\"type\":"
-                                          "\"server_error\",\"param\":null,\"code\":null}}\n\n",
-                                 dsi_strerror(g->error));
-        }
-        if (g->stream && !rc) rc = dsi__sbuf_printf(&g->out, "data: [DONE]\n\n");
+        /* after a stop string the answer is whole, whatever ended the sequence */
+        bool unasked_cancel = ev->finish == DSI_FINISH_CANCELLED && !g->cancel_sent && !g->conn_gone;
+        if (!g->failed && !rc && !g->stop_hit && ev->finish == DSI_FINISH_ERROR) engine_failed(g, ev->error);
+        else if (!g->failed && !rc && !g->stop_hit && unasked_cancel) engine_failed(g, DSI_ECANCELED);
+        else if (!g->failed && !rc) rc = finish_answer(g);
     }
-    if (rc) {
-        /* Out of memory mid-answer: end the request rather than send broken output. */
-        dsi_log(DSI_LOG_ERROR, "server", "request %s: %s while building the answer", g->id, dsi_strerror(rc));
-        g->need_cancel = !ev->finished;
-    }
+    if (rc) gen_fail(g, 500, NULL, false, "%s while building the answer", dsi_strerror(rc));
+    check_backpressure(g);
+    account(g);
     struct MHD_Connection *resume = NULL;
     if (g->suspended && !g->conn_gone) {
         g->suspended = false;
@@ -361,6 +468,8 @@ static void engine_cb(void *user, const struct dsi_token_event *ev) {
     if (ev->finished) g->engine_ref = false;
     pthread_mutex_unlock(&g->mu);
     if (resume) MHD_resume_connection(resume);
+    /* A stream whose client does not read never runs its reader: cancel from here. */
+    if (!ev->finished) dsi__gen_cancel_if_needed(g);
     if (last) dsi__gen_release(g);
 }
 
@@ -493,10 +602,18 @@ ssize_t dsi__gen_stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         memcpy(buf, g->out.p + g->out_off, n);
         g->out_off += n;
         if (g->out_off == g->out.len) g->out.len = g->out_off = 0;
+        account(g);
         pthread_mutex_unlock(&g->mu);
         return (ssize_t)n;
     }
-    if (g->finished) {
+    if (g->tail_off < g->tail_len) {
+        size_t n = g->tail_len - g->tail_off < max ? g->tail_len - g->tail_off : max;
+        memcpy(buf, g->tail + g->tail_off, n);
+        g->tail_off += n;
+        pthread_mutex_unlock(&g->mu);
+        return (ssize_t)n;
+    }
+    if (g->finished || g->failed) {
         pthread_mutex_unlock(&g->mu);
         return MHD_CONTENT_READER_END_OF_STREAM;
     }
@@ -510,15 +627,11 @@ ssize_t dsi__gen_stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 char *dsi__gen_final_json(struct dsi__gen *g, int *status) {
     struct dsi__sbuf b = {0};
     pthread_mutex_lock(&g->mu);
-    if (g->finish == DSI_FINISH_ERROR && !g->stop_hit) {
-        struct dsi__api_error e;
-        /* Timeouts and shutdown are the server's state, not a bug: 503 like a full queue. */
-        bool unavailable = g->error == DSI_ETIMEDOUT || g->error == DSI_ECANCELED;
-        int st = unavailable ? 503 : g->error == DSI_ERANGE ? 400 : 500;
-        dsi__api_error_set(&e, st, NULL, g->error == DSI_ETIMEDOUT ? "timeout" : unavailable ? "shutting_down" : NULL,
-                           "generation failed: %s", dsi_strerror(g->error));
+    if (g->failed) {
+        /* gen_fail's error: timeouts and shutdown are 503 like a full queue, ours 500 */
+        struct dsi__api_error e = g->fail;
         pthread_mutex_unlock(&g->mu);
-        *status = st;
+        *status = e.status;
         return dsi__api_error_json(&e);
     }
     int rc = obj_head(g, &b, false);
@@ -583,7 +696,7 @@ void dsi__gen_abort_all(struct dsi_server *s) {
                 g->finished = true;
                 g->finish = DSI_FINISH_ERROR;
                 g->error = DSI_ECANCELED;
-                if (g->stream) dsi__sbuf_printf(&g->out, "data: [DONE]\n\n");
+                gen_fail(g, 503, "shutting_down", false, "generation failed: %s", dsi_strerror(DSI_ECANCELED));
             }
             struct MHD_Connection *c = g->suspended && !g->conn_gone ? g->conn : NULL;
             g->suspended = false;

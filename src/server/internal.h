@@ -31,6 +31,12 @@ int dsi__api_error_set(struct dsi__api_error *e, int status, const char *param, 
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* The JSON body of e (malloc'd, NUL-terminated), NULL when out of memory. */
 char *dsi__api_error_json(const struct dsi__api_error *e);
+/* The end of a stream that failed after its status line: the SSE event
+ * `data: {"error":{...}}` then `data: [DONE]`, written into buf without
+ * allocating (so it works out of memory too). Returns its length; when the
+ * escaped text does not fit in cap, a generic error event is written instead
+ * (ours always fit in 1024 bytes: messages are at most 255, mostly ASCII). */
+size_t dsi__api_error_sse(const struct dsi__api_error *e, char *buf, size_t cap);
 
 /* ---- request parsing (request.c) ----------------------------------------- */
 
@@ -171,6 +177,10 @@ void dsi__smetrics_request(struct dsi__smetrics *m, enum dsi__route r, int statu
 void dsi__smetrics_tokens(struct dsi__smetrics *m, int prompt, int completion);
 void dsi__smetrics_ttft(struct dsi__smetrics *m, double seconds);
 void dsi__smetrics_itl(struct dsi__smetrics *m, double seconds);
+/* Stream output held for clients: delta bytes added (negative: sent or freed). */
+void dsi__smetrics_stream_buffered(struct dsi__smetrics *m, int64_t delta);
+/* A stream ended because its client did not read (stream_buffer_bytes). */
+void dsi__smetrics_stream_backpressure(struct dsi__smetrics *m);
 /* Prometheus text (malloc'd) including the engine gauges given. */
 char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stats *st, int state_ready);
 

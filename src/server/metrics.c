@@ -4,7 +4,8 @@
  * Requests by route and status, prompt/generated tokens, time-to-first-token and
  * inter-token latency histograms; the engine gauges and counters (running/waiting
  * sequences, KV blocks, prefix cache hits, misses and evictions) are read at
- * render time. Per-principal token counters (chargeback)
+ * render time; stream output buffered for clients (a gauge) and streams ended
+ * for backpressure come from gen.c. Per-principal token counters (chargeback)
  * come from the auth module (dsi_auth_metrics), appended by the /metrics route.
  * One mutex guards everything: updates are a few adds per request or token.
  */
@@ -35,6 +36,8 @@ struct dsi__smetrics {
     uint64_t requests[DSI__R__COUNT][N_STATUS];
     uint64_t prompt_tokens, completion_tokens;
     struct hist ttft, itl;
+    int64_t stream_buffered;      /* bytes held for stream clients now */
+    uint64_t stream_backpressure; /* streams ended because their client did not read */
 };
 
 static const char *ROUTE_NAMES[DSI__R__COUNT] = {
@@ -99,6 +102,18 @@ void dsi__smetrics_itl(struct dsi__smetrics *m, double s) {
     pthread_mutex_unlock(&m->mu);
 }
 
+void dsi__smetrics_stream_buffered(struct dsi__smetrics *m, int64_t delta) {
+    pthread_mutex_lock(&m->mu);
+    m->stream_buffered += delta;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void dsi__smetrics_stream_backpressure(struct dsi__smetrics *m) {
+    pthread_mutex_lock(&m->mu);
+    m->stream_backpressure++;
+    pthread_mutex_unlock(&m->mu);
+}
+
 static int hist_render(struct dsi__sbuf *b, const char *name, const char *help, const struct hist *h,
                        const double *bk, size_t nb) {
     int rc = dsi__sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
@@ -130,6 +145,15 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              "# HELP dsinfer_generation_tokens_total Generated tokens of finished requests.\n"
                              "# TYPE dsinfer_generation_tokens_total counter\ndsinfer_generation_tokens_total %llu\n",
                              (unsigned long long)m->prompt_tokens, (unsigned long long)m->completion_tokens);
+    if (!rc)
+        rc = dsi__sbuf_printf(&b,
+                             "# HELP dsinfer_stream_buffered_bytes Stream output held in the server for clients "
+                             "that have not read it yet.\n"
+                             "# TYPE dsinfer_stream_buffered_bytes gauge\ndsinfer_stream_buffered_bytes %lld\n"
+                             "# HELP dsinfer_streams_backpressure_total Streams ended because their client left more "
+                             "than stream_buffer_bytes unread.\n"
+                             "# TYPE dsinfer_streams_backpressure_total counter\ndsinfer_streams_backpressure_total %llu\n",
+                             (long long)m->stream_buffered, (unsigned long long)m->stream_backpressure);
     if (!rc)
         rc = hist_render(&b, "dsinfer_time_to_first_token_seconds", "Time from request to first generated token.",
                          &m->ttft, TTFT_BUCKETS, N_TTFT);

@@ -110,6 +110,14 @@ struct dsi__gen {
     int n_cached;                   /* prompt tokens served from the prefix cache */
     double t_start, t_last;
     bool got_token;
+    size_t accounted;               /* bytes of this stream counted in the buffered-bytes gauge */
+    /* A failure after the engine took the request (gen.c gen_fail): the answer
+     * stops, the stream's last bytes are tail (error event + [DONE]), a
+     * non-streaming answer is fail's error body. */
+    bool failed;
+    struct dsi__api_error fail;
+    char tail[1024];
+    size_t tail_len, tail_off;
 };
 
 /* gen.c */

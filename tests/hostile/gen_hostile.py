@@ -174,6 +174,146 @@ def group_quota(work, keys):
     d.stop()
 
 
+def rss_mb(pid, kv_kb):
+    """The daemon's RSS outside its KV cache pool (the one mapping of kv_kb or
+    more): the KV pages the sequences touch are not what is measured here."""
+    total, size = 0, 0
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:") and size < kv_kb:
+                total += int(line.split()[1])
+    return total / 1024.0
+
+
+def sse_complete(b):
+    """True when a stream's body is well-formed SSE ending in [DONE] without an
+    error event."""
+    events = [e[len("data: "):] for e in b.decode(errors="replace").split("\n\n") if e.startswith("data: ")]
+    if not events or events[-1] != "[DONE]":
+        print("     no [DONE] at the end: %r" % b[-300:])
+        return False
+    for e in events[:-1]:
+        if "error" in json.loads(e):
+            print("     error event: %s" % e)
+            return False
+    return True
+
+
+def metric(port, key, name):
+    """The value of one unlabelled series of /metrics (None when absent)."""
+    st, _, b = request(port, "GET", "/metrics", key)
+    for line in b.decode(errors="replace").splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def open_unread_stream(port, key, body):
+    """Sends a streaming request and never reads the answer. A small receive
+    buffer and segment size keep the server's kernel from absorbing the answer
+    (its send buffer grows with the congestion window: ~40 KiB at 88-byte
+    segments, ~130 KiB at 536, MBs at loopback's 64 KiB), so what the client does
+    not read stays in the server process, as over a slow network link."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 88)
+    raw.settimeout(30)
+    raw.connect(("127.0.0.1", port))
+    s = CTX.wrap_socket(raw, server_hostname="localhost")
+    data = json.dumps(body).encode()
+    s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
+               "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (key, len(data))).encode() + data)
+    return s
+
+
+def group_stream(work, keys):
+    """Finding 6: streams whose clients never read. Each may hold at most
+    stream_buffer_bytes (64 KiB here) of unsent output in the server; past it the
+    sequence is cancelled, the stream's memory freed, and the stream counted in
+    dsinfer_streams_backpressure_total. Unbounded, each stream here would hold
+    its whole answer (~0.9 MB: 1000 tokens with 20 top logprobs) until its
+    client left. RSS is measured outside the KV cache pool (kv_cache_mib), whose
+    pages the sequences touch either way."""
+    key = add_key(keys, "stream", "user")
+    mon = add_key(keys, "mon", "monitor")
+    limit = int(os.environ.get("DSI_TEST_STREAM_LIMIT", 64 * 1024))  # set huge to see the unbounded server
+    kv_mib = 64
+    # one backend thread: on a loaded machine a 2-thread step waits for both (~2 steps/s)
+    d = Daemon(work, keys, ["--stream-buffer-bytes", str(limit), "--max-running", "64", "--kv-cache-mib", str(kv_mib),
+                            "--threads", "1"])
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    n, max_tokens = 24, 1000
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+            "max_tokens": max_tokens, "ignore_eos": True, "logprobs": True, "top_logprobs": 20}
+    socks = []
+    try:
+        # control: a stream that is read gets its whole answer (40 tokens: less
+        # than the bound, however late the reader)
+        st, _, b = request(d.port, "POST", "/v1/chat/completions", key, dict(body, max_tokens=40), timeout=60)
+        check("stream: a stream that is read completes", st == 200 and sse_complete(b) and len(b) > 32 * 1024,
+              "%d, %d bytes" % (st, len(b)))
+        kv_kb = kv_mib * 1024
+        base = rss_mb(d.p.pid, kv_kb)
+        peak, after = base, base
+        # ASan's quarantine and redzones keep freed memory resident for a while
+        bound = 24 if os.environ.get("DSI_TEST_SANITIZED") == "1" else 8
+        for rnd in (1, 2):
+            # the second round shows that the first one's memory is reused, not kept
+            counted0 = metric(d.port, mon, "dsinfer_streams_backpressure_total") or 0
+            socks = [open_unread_stream(d.port, key, body) for _ in range(n)]
+            counted, served, t0 = 0, None, time.time()
+            while time.time() - t0 < 60:
+                peak = max(peak, rss_mb(d.p.pid, kv_kb))
+                if served is None:
+                    # another client is served while the unread streams run
+                    st, _, b = request(d.port, "POST", "/v1/completions", key,
+                                       {"model": "tiny-chat", "prompt": "hello", "max_tokens": 8}, timeout=60)
+                    served = st == 200 and len(json.loads(b)["choices"][0]["text"]) > 0
+                counted = (metric(d.port, mon, "dsinfer_streams_backpressure_total") or 0) - counted0
+                if counted >= n and metric(d.port, mon, "dsinfer_running_sequences") == 0:
+                    break
+                time.sleep(0.2)
+            peak = max(peak, rss_mb(d.p.pid, kv_kb))
+            buffered = metric(d.port, mon, "dsinfer_stream_buffered_bytes")
+            print("     round %d: RSS %.1f MB before, peak %.1f MB with %d unread streams; %d ended for "
+                  "backpressure, %s bytes still held" % (rnd, base, peak, n, counted, buffered))
+            check("stream: another client is served meanwhile", served is True)
+            check("stream: every unread stream is ended and counted", counted >= n, "%d of %d" % (counted, n))
+            check("stream: the ended sequences leave the batch",
+                  metric(d.port, mon, "dsinfer_running_sequences") == 0)
+            # 24 x 64 KiB is 1.5 MB; unbounded, the streams hold ~1 MB each after ~800 tokens (24 MB)
+            check("stream: RSS stays bounded while the streams are unread", peak - base < bound,
+                  "%.1f MB" % (peak - base))
+            check("stream: what is held is bounded per stream",
+                  buffered is not None and buffered <= n * 4096, "%s bytes" % buffered)
+            for s in socks:
+                s.close()
+            socks = []
+            t1 = time.time()
+            while time.time() - t1 < 10 and (metric(d.port, mon, "dsinfer_stream_buffered_bytes") or 0) > 0:
+                time.sleep(0.2)
+            check("stream: buffers are freed once the clients leave",
+                  metric(d.port, mon, "dsinfer_stream_buffered_bytes") == 0)
+            if rnd == 1:
+                after = rss_mb(d.p.pid, kv_kb)
+                print("     RSS %.1f MB after the clients left" % after)
+            else:
+                again = rss_mb(d.p.pid, kv_kb)
+                print("     RSS %.1f MB after the second round" % again)
+                check("stream: a second round reuses the memory", again - after < bound / 2.0,
+                      "%.1f MB more" % (again - after))
+        st, _, b = request(d.port, "POST", "/v1/chat/completions", key, dict(body, max_tokens=40), timeout=60)
+        check("stream: streams are served afterwards", st == 200 and sse_complete(b))
+    finally:
+        for s in socks:
+            s.close()
+        d.stop()
+
+
 def group_chat(work, keys):
     """Finding 7: a user message whose content spells out ChatML's special tokens
     must not open a new turn: /v1/tokenize shows the ids the model would get."""
