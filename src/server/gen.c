@@ -380,6 +380,8 @@ static void check_backpressure(struct dsi__gen *g) {
 /* A token's text and logprobs into the answer (under g->mu). 0 or a DSI_E*. */
 static int add_token(struct dsi__gen *g, const struct dsi_token_event *ev) {
     int rc = g->logprobs ? add_logprobs(g, ev) : 0;
+    /* test builds: DSI_TEST_FAIL_TOKEN=N fails the Nth token as out of memory would */
+    if (++g->n_tokens_seen == g->fail_token) rc = DSI_ENOMEM;
     char *txt = NULL;
     size_t len = 0;
     if (!rc) rc = dsi_tok_stream_push(g->ts, ev->token, &txt, &len);
@@ -501,6 +503,11 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
     /* a grammar's JSON never closes </think>: with one, everything is the answer */
     dsi__textgen_init(&g->tg, (const char *const *)g->stops, g->n_stops, g->chat && s->reasoning && !r->grammar);
     if (dsi_tok_stream_create(s->tok, true, &g->ts)) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+#ifdef DSI_TEST_HOOKS
+    const char *hook = getenv("DSI_TEST_FAIL_TOKEN");
+    g->fail_token = hook ? atoi(hook) : 0;
+    if (g->fail_token > 0) dsi_log(DSI_LOG_WARN, "server", "test hook: %s fails at token %d", g->id, g->fail_token);
+#endif
 
     struct dsi_request_params p = {0};
     p.prompt = ids;

@@ -118,6 +118,8 @@ struct dsi__gen {
     struct dsi__api_error fail;
     char tail[1024];
     size_t tail_len, tail_off;
+    int n_tokens_seen;              /* tokens delivered (the test fault hook counts them) */
+    int fail_token;                 /* test builds: fail the answer at this token (0: never) */
 };
 
 /* gen.c */

@@ -5,6 +5,7 @@ loopback port, over TLS, and abuses it the way a client holding a valid key can:
 
     quota   many concurrent completions against a small tokens-per-minute budget
     stream  streams that are opened and never read
+    fail    generations that fail after the status line (timeout, shutdown, out of memory)
     chat    special-token text smuggled into a chat message's content
 
 Each check fails on a daemon without the matching defence and has a positive
@@ -82,6 +83,11 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
+        # a sanitizer report (leak, overflow) at exit makes the status non-zero
+        if self.ok and self.p.returncode != 0:
+            print("\n".join(self.text().splitlines()[-30:]))
+        if self.ok:
+            check("daemon exits cleanly", self.p.returncode == 0, "status %d" % self.p.returncode)
 
 
 CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -236,6 +242,11 @@ def group_stream(work, keys):
     its whole answer (~0.9 MB: 1000 tokens with 20 top logprobs) until its
     client left. RSS is measured outside the KV cache pool (kv_cache_mib), whose
     pages the sequences touch either way."""
+    if os.environ.get("DSI_TEST_SANITIZED") == "1":
+        # unoptimized + ASan the engine makes ~25 steps/s on a loaded CI machine: the
+        # streams do not outgrow the kernel's buffers within the test's time
+        print("SKIP: timing-bound; runs on the release build")
+        sys.exit(77)
     key = add_key(keys, "stream", "user")
     mon = add_key(keys, "mon", "monitor")
     limit = int(os.environ.get("DSI_TEST_STREAM_LIMIT", 64 * 1024))  # set huge to see the unbounded server
@@ -259,8 +270,7 @@ def group_stream(work, keys):
         kv_kb = kv_mib * 1024
         base = rss_mb(d.p.pid, kv_kb)
         peak, after = base, base
-        # ASan's quarantine and redzones keep freed memory resident for a while
-        bound = 24 if os.environ.get("DSI_TEST_SANITIZED") == "1" else 8
+        bound = 8
         for rnd in (1, 2):
             # the second round shows that the first one's memory is reused, not kept
             counted0 = metric(d.port, mon, "dsinfer_streams_backpressure_total") or 0
@@ -314,6 +324,103 @@ def group_stream(work, keys):
         d.stop()
 
 
+def sse_events(b):
+    """The JSON events of a stream body and whether it ends with [DONE]."""
+    events = [e[len("data: "):] for e in b.decode(errors="replace").split("\n\n") if e.startswith("data: ")]
+    done = bool(events) and events[-1] == "[DONE]"
+    return [json.loads(e) for e in events if e != "[DONE]"], done
+
+
+def ends_with_error(b, etype, code):
+    """A stream that ends with exactly one error event of that type/code, then [DONE]."""
+    events, done = sse_events(b)
+    errs = [e for e in events if "error" in e]
+    ok = done and len(errs) == 1 and events[-1] is errs[0] and errs[0]["error"].get("type") == etype and \
+        errs[0]["error"].get("code") == code and errs[0]["error"].get("message")
+    if not ok:
+        print("     stream ends: done=%s last=%s" % (done, json.dumps(events[-1]) if events else None))
+    return ok
+
+
+def group_fail(work, keys):
+    """Issue 26 item 1: a generation that fails after the status line went out
+    ends its stream with one OpenAI error event and [DONE], never a silent close;
+    a non-streaming one gets an error body (500 for our failures, 503 for
+    timeouts and shutdown). Out of memory mid-answer is injected with the test
+    build's DSI_TEST_FAIL_TOKEN hook (skipped in builds without hooks)."""
+    key = add_key(keys, "fail", "user")
+    chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1900,
+            "ignore_eos": True}
+    # 1. queue timeout: one slot, a long answer holds it, the next request times out
+    #    in the queue after its stream began
+    d = Daemon(work, keys, ["--max-running", "1", "--queue-timeout-ms", "300", "--threads", "1",
+                            "--drain-timeout-s", "0"])
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    try:
+        blocker = threading.Thread(target=request, args=(d.port, "POST", "/v1/chat/completions", key, chat, 120))
+        blocker.start()
+        time.sleep(0.3)
+        plain = []
+        t = threading.Thread(target=lambda: plain.append(request(d.port, "POST", "/v1/chat/completions", key,
+                                                                 dict(chat, max_tokens=5))))
+        t.start()
+        st, h, b = request(d.port, "POST", "/v1/chat/completions", key, dict(chat, stream=True, max_tokens=5))
+        t.join(60)
+        check("fail: a stream that times out in the queue ends with an error event and [DONE]",
+              st == 200 and ends_with_error(b, "service_unavailable", "timeout"))
+        st, h, b = plain[0] if plain else (0, {}, b"")
+        check("fail: a non-streaming request that times out gets a 503 body",
+              st == 503 and json.loads(b)["error"]["code"] == "timeout", "%d %r" % (st, b[:200]))
+        blocker.join(120)
+        st, h, b = request(d.port, "POST", "/v1/chat/completions", key, dict(chat, stream=True, max_tokens=5))
+        events, done = sse_events(b)
+        check("fail: control: the same stream with a free slot completes",
+              st == 200 and done and not any("error" in e for e in events))
+        # 2. shutdown: a stream cut by SIGTERM past drain_timeout_s (0) is told so
+        got = []
+        t = threading.Thread(target=lambda: got.append(request(d.port, "POST", "/v1/chat/completions", key,
+                                                               dict(chat, stream=True), 120)))
+        t.start()
+        time.sleep(0.5)
+        d.p.send_signal(signal.SIGTERM)
+        t.join(60)
+        d.p.wait(60)
+        check("fail: a stream cut by shutdown ends with an error event and [DONE]",
+              bool(got) and got[0][0] == 200 and ends_with_error(got[0][2], "service_unavailable", "shutting_down"))
+    finally:
+        d.stop()
+    # 3. out of memory while building the answer (test hook)
+    if os.environ.get("DSI_TEST_HOOKS") != "1":
+        print("     (no test hooks in this build: out-of-memory cases skipped)")
+        return
+    os.environ["DSI_TEST_FAIL_TOKEN"] = "20"
+    d = Daemon(work, keys, ["--threads", "1"])
+    del os.environ["DSI_TEST_FAIL_TOKEN"]
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    try:
+        st, h, b = request(d.port, "POST", "/v1/chat/completions", key, dict(chat, stream=True))
+        events, _ = sse_events(b)
+        texts = [e for e in events if "choices" in e and e["choices"] and e["choices"][0]["delta"].get("content")]
+        check("fail: out of memory mid-stream ends with a server_error event and [DONE]",
+              st == 200 and ends_with_error(b, "server_error", None))
+        check("fail: the text before the failure was delivered", 0 < len(texts) < 20, "%d chunks" % len(texts))
+        st, h, b = request(d.port, "POST", "/v1/completions", key,
+                           {"model": "tiny-chat", "prompt": "hi", "max_tokens": 100, "ignore_eos": True})
+        err = json.loads(b).get("error", {}) if b else {}
+        check("fail: out of memory in a non-streaming answer is a 500 body",
+              st == 500 and err.get("type") == "server_error" and "out of memory" in err.get("message", ""),
+              "%d %r" % (st, b[:200]))
+        st, h, b = request(d.port, "POST", "/v1/completions", key, {"model": "tiny-chat", "prompt": "hi",
+                                                                      "max_tokens": 10})
+        check("fail: control: an answer shorter than the fault is served", st == 200)
+    finally:
+        d.stop()
+
+
 def group_chat(work, keys):
     """Finding 7: a user message whose content spells out ChatML's special tokens
     must not open a new turn: /v1/tokenize shows the ids the model would get."""
@@ -342,7 +449,7 @@ def group_chat(work, keys):
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1] not in ("quota", "stream", "chat"):
+    if len(sys.argv) != 2 or sys.argv[1] not in ("quota", "stream", "fail", "chat"):
         print(__doc__)
         return 2
     if not os.access(BIN, os.X_OK) or not os.path.isdir(MODEL):
