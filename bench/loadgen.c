@@ -4,7 +4,8 @@
  *
  *   loadgen --url https://127.0.0.1:8443 [--key-file F | --key K] [--cacert F | --insecure]
  *           [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]
- *           [--max-tokens A:B] [--model NAME] [--seed S] [--timeout S] [--json]
+ *           [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S] [--timeout S]
+ *           [--json]
  *
  * N clients run at once over libcurl's multi interface (one thread, keep-alive
  * connections reused from curl's pool). Each client sends a streaming request,
@@ -14,6 +15,12 @@
  * (stream_options.include_usage); ignore_eos makes every answer as long as drawn.
  * Prompt and output lengths are drawn uniformly
  * from the given ranges with a seeded generator, so runs are repeatable.
+ *
+ * --shared-prefix-words N puts one system message of N words, the same in every
+ * request, before each request's own words: the traffic the server's prefix cache
+ * is for. The report then gives the first request's TTFT apart from the later
+ * ones', and the prompt tokens the server reports as cached (usage
+ * prompt_tokens_details.cached_tokens).
  *
  * The key is read from --key-file (preferred: it keeps the key out of `ps`) or --key,
  * and never printed.
@@ -35,6 +42,7 @@ struct opts {
     int insecure, concurrency, requests, json, timeout_s;
     double duration_s;
     int pw_lo, pw_hi, mt_lo, mt_hi;
+    int shared_words; /* words of the system message every request shares; 0: none */
     uint64_t seed;
 };
 
@@ -51,14 +59,20 @@ struct client {
     size_t line_len;
     double t_start, t_last;
     int got_first, chunks, usage_tokens;
+    int prompt_tokens, cached_tokens; /* from the usage chunk */
+    long index;                       /* 0: the run's first request */
     int done_marker;
 };
 
 struct run {
     struct opts o;
     struct samples ttft, itl, e2e;
+    struct samples ttft_later; /* TTFT of every request but the first */
+    double ttft_first;         /* TTFT of the first request; NAN until known */
+    char *shared;              /* the shared system message (JSON-safe words); NULL: none */
     long status_count[MAX_STATUS];
     long transport_errors, completed, started, output_tokens, bad_streams;
+    long prompt_tokens, cached_tokens;
     uint64_t rng;
     double t0;
 };
@@ -109,15 +123,32 @@ static const char *WORDS[] = {"the", "light", "of", "morning", "river", "and", "
                               "people", "city", "gate", "bread", "water", "land", "great", "house", "went",
                               "said", "day", "night", "field", "stone", "word", "heart", "hand", "sea"};
 
-/* The request body: one user message of n words, max_tokens m, streaming with usage. */
+/* n words drawn from WORDS with *rng, space-separated; NULL when out of memory. */
+static char *make_words(uint64_t *rng, int n_words) {
+    size_t cap = (size_t)n_words * 10 + 1, n = 0;
+    char *b = malloc(cap);
+    if (!b) return NULL;
+    b[0] = 0;
+    for (int i = 0; i < n_words; i++) {
+        const char *w = WORDS[rng_next(rng) % (sizeof WORDS / sizeof WORDS[0])];
+        n += (size_t)snprintf(b + n, cap - n, "%s%s", i ? " " : "", w);
+    }
+    return b;
+}
+
+/* The request body: the shared system message if any, then one user message of
+ * n words, max_tokens m, streaming with usage. */
 static char *make_body(struct run *r, int n_words, int max_tokens) {
-    size_t cap = (size_t)n_words * 10 + 512;
+    size_t shared = r->shared ? strlen(r->shared) : 0;
+    size_t cap = (size_t)n_words * 10 + shared + 512;
     char *b = malloc(cap);
     if (!b) return NULL;
     size_t n = (size_t)snprintf(b, cap,
                                 "{\"model\":\"%s\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"ignore_eos\":true,"
-                                "\"max_tokens\":%d,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"",
+                                "\"max_tokens\":%d,\"temperature\":0,\"messages\":[",
                                 r->o.model, max_tokens);
+    if (r->shared) n += (size_t)snprintf(b + n, cap - n, "{\"role\":\"system\",\"content\":\"%s\"},", r->shared);
+    n += (size_t)snprintf(b + n, cap - n, "{\"role\":\"user\",\"content\":\"");
     for (int i = 0; i < n_words; i++) {
         const char *w = WORDS[rng_next(&r->rng) % (sizeof WORDS / sizeof WORDS[0])];
         n += (size_t)snprintf(b + n, cap - n, "%s%s", i ? " " : "", w);
@@ -137,6 +168,8 @@ static void on_line(struct run *r, struct client *c, const char *line) {
     }
     const char *u = strstr(p, "\"completion_tokens\":");
     if (u) c->usage_tokens = atoi(u + 20);
+    if (u && (u = strstr(p, "\"prompt_tokens\":"))) c->prompt_tokens = atoi(u + 16);
+    if (u && (u = strstr(p, "\"cached_tokens\":"))) c->cached_tokens = atoi(u + 16);
     /* a token chunk carries non-empty content or reasoning_content */
     int has_text = (strstr(p, "\"content\":\"") && !strstr(p, "\"content\":\"\"")) ||
                    (strstr(p, "\"reasoning_content\":\"") && !strstr(p, "\"reasoning_content\":\"\""));
@@ -145,6 +178,8 @@ static void on_line(struct run *r, struct client *c, const char *line) {
     if (!c->got_first) {
         c->got_first = 1;
         samples_add(&r->ttft, t - c->t_start);
+        if (c->index == 0) r->ttft_first = t - c->t_start;
+        else samples_add(&r->ttft_later, t - c->t_start);
     } else {
         samples_add(&r->itl, t - c->t_last);
     }
@@ -183,6 +218,8 @@ static int start_request(struct run *r, struct client *c, struct write_ctx *w, C
     if (!c->body) return -1;
     c->line_len = 0;
     c->got_first = c->chunks = c->usage_tokens = c->done_marker = 0;
+    c->prompt_tokens = c->cached_tokens = 0;
+    c->index = r->started;
     c->t_start = now_s();
     curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(c->h, CURLOPT_WRITEDATA, w);
@@ -205,6 +242,8 @@ static void finish_request(struct run *r, struct client *c, CURLcode res) {
     }
     r->completed++;
     r->output_tokens += c->usage_tokens ? c->usage_tokens : c->chunks;
+    r->prompt_tokens += c->prompt_tokens;
+    r->cached_tokens += c->cached_tokens;
     samples_add(&r->e2e, now_s() - c->t_start);
 }
 
@@ -231,8 +270,8 @@ static int setup_client(struct run *r, struct client *c, char *auth) {
 }
 
 static void report(struct run *r, double elapsed) {
-    struct samples *all[] = {&r->ttft, &r->itl, &r->e2e};
-    for (int k = 0; k < 3; k++) /* qsort's base may not be NULL, even for 0 items */
+    struct samples *all[] = {&r->ttft, &r->itl, &r->e2e, &r->ttft_later};
+    for (int k = 0; k < 4; k++) /* qsort's base may not be NULL, even for 0 items */
         if (all[k]->n) qsort(all[k]->v, all[k]->n, sizeof(double), cmp_double);
     double rps = (double)r->completed / elapsed, tps = (double)r->output_tokens / elapsed;
     long errors = r->transport_errors + r->bad_streams;
@@ -259,7 +298,17 @@ static void report(struct run *r, double elapsed) {
             }
         if (r->transport_errors) printf("%s\"transport\":%ld", sep, r->transport_errors), sep = ",";
         if (r->bad_streams) printf("%s\"truncated_stream\":%ld", sep, r->bad_streams);
-        printf("}}\n");
+        printf("},\"prompt_tokens\":%ld,\"cached_prompt_tokens\":%ld", r->prompt_tokens, r->cached_tokens);
+        if (r->o.shared_words) {
+            printf(",\"shared_prefix_words\":%d,\"ttft_first_ms\":", r->o.shared_words);
+            if (isnan(r->ttft_first)) printf("null");
+            else printf("%.3f", r->ttft_first * 1e3);
+            printf(",\"ttft_later_ms\":");
+            if (!r->ttft_later.n) printf("null");
+            else printf("{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f}", pct(&r->ttft_later, 50) * 1e3,
+                        pct(&r->ttft_later, 90) * 1e3, pct(&r->ttft_later, 99) * 1e3);
+        }
+        printf("}\n");
         return;
     }
     printf("concurrency %d, %.1f s: %ld requests (%.2f req/s), %ld output tokens (%.1f tok/s)\n",
@@ -270,6 +319,12 @@ static void report(struct run *r, double elapsed) {
            pct(&r->itl, 99) * 1e3);
     printf("  request ms      p50 %8.1f  p90 %8.1f  p99 %8.1f\n", pct(&r->e2e, 50) * 1e3, pct(&r->e2e, 90) * 1e3,
            pct(&r->e2e, 99) * 1e3);
+    printf("  prompt tokens %ld, %ld of them cached (%.1f%%)\n", r->prompt_tokens, r->cached_tokens,
+           r->prompt_tokens ? 100.0 * (double)r->cached_tokens / (double)r->prompt_tokens : 0.0);
+    if (r->o.shared_words)
+        printf("  shared prefix %d words: TTFT ms first %8.2f, later p50 %8.2f  p90 %8.2f (%.1f%% of the first)\n",
+               r->o.shared_words, r->ttft_first * 1e3, pct(&r->ttft_later, 50) * 1e3, pct(&r->ttft_later, 90) * 1e3,
+               100.0 * pct(&r->ttft_later, 50) / r->ttft_first);
     printf("  errors %ld", errors);
     for (int s = 0; s < MAX_STATUS; s++)
         if (s != 200 && r->status_count[s]) printf("  [%d]x%ld", s, r->status_count[s]);
@@ -300,7 +355,8 @@ static int read_key_file(const char *path, char *key, size_t cap) {
 static void usage(FILE *f) {
     fprintf(f, "usage: loadgen --url https://HOST:PORT [--key-file F | --key K] [--cacert F | --insecure]\n"
                "               [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]\n"
-               "               [--max-tokens A:B] [--model NAME] [--seed S] [--timeout S] [--json]\n");
+               "               [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S]\n"
+               "               [--timeout S] [--json]\n");
 }
 
 static int parse_args(int argc, char **argv, struct opts *o) {
@@ -330,7 +386,12 @@ static int parse_args(int argc, char **argv, struct opts *o) {
         else if (!strcmp(f, "--seed")) o->seed = strtoull(v, NULL, 10);
         else if (!strcmp(f, "--timeout")) o->timeout_s = atoi(v);
         else if (!strcmp(f, "--prompt-words")) { if (parse_range(v, &o->pw_lo, &o->pw_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
-        else if (!strcmp(f, "--max-tokens")) { if (parse_range(v, &o->mt_lo, &o->mt_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
+        else if (!strcmp(f, "--shared-prefix-words")) {
+            char *end;
+            long w = strtol(v, &end, 10);
+            if (*end || w < 0 || w > 1000000) { fprintf(stderr, "loadgen: bad --shared-prefix-words %s\n", v); return -1; }
+            o->shared_words = (int)w;
+        } else if (!strcmp(f, "--max-tokens")) { if (parse_range(v, &o->mt_lo, &o->mt_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
         else { fprintf(stderr, "loadgen: unknown option %s\n", f); return -1; }
     }
     if (!o->url || o->concurrency < 1 || o->concurrency > 4096 || o->timeout_s < 1 ||
@@ -350,6 +411,11 @@ int main(int argc, char **argv) {
         return pa > 0 ? 0 : 2;
     }
     r->rng = r->o.seed;
+    r->ttft_first = NAN;
+    if (r->o.shared_words) {
+        uint64_t srng = r->o.seed ^ 0x5eed5eed5eedull; /* its own stream: the per-request draws stay as before */
+        if (!(r->shared = make_words(&srng, r->o.shared_words))) return 1;
+    }
     char auth[300] = "";
     if (r->o.key[0]) snprintf(auth, sizeof auth, "Authorization: Bearer %s", r->o.key);
     if (curl_global_init(CURL_GLOBAL_DEFAULT)) return 1;
@@ -401,6 +467,8 @@ int main(int argc, char **argv) {
     free(r->ttft.v);
     free(r->itl.v);
     free(r->e2e.v);
+    free(r->ttft_later.v);
+    free(r->shared);
     int ok = r->completed > 0 && failed == 0;
     free(r);
     return ok ? 0 : 1;

@@ -4,7 +4,8 @@
 # that parses), never how fast: CI machines are shared and noisy.
 #   1. `dsinfer bench` on the tiny chat model (table and --json), and its usage errors
 #   2. `dsinfer serve` on the tiny chat model (free loopback port, state dir and keys in a
-#      temp dir), build/loadgen at concurrency 4 for 2 s with --json
+#      temp dir), build/loadgen at concurrency 4 for 2 s with --json, and with
+#      --shared-prefix-words (later requests hit the prefix cache)
 #   3. bench/sweep.sh at 2 levels of 2 s: sweep.jsonl, sweep.md, sweep.png
 #   4. bench/locustfile.py compiles (Locust itself is not installed here)
 # The daemon is stopped on exit, also on failure.
@@ -119,6 +120,16 @@ for k in ("elapsed_s", "requests_per_s", "output_tokens", "output_tokens_per_s")
 for k in ("ttft_ms", "itl_ms", "latency_ms"):
     p = j[k]
     assert pos(p["p50"]) and p["p50"] <= p["p90"] <= p["p99"], k
+PY
+"$LOADGEN" --url "$URL" --key-file "$W/key" --cacert "$CA" --model "$MODEL_ID" --concurrency 1 \
+    --requests 3 --shared-prefix-words 60 --prompt-words 4:4 --max-tokens 2:2 --json >"$W/lgp.json" 2>"$W/lgp.err"
+check "loadgen --shared-prefix-words exits 0" test $? = 0
+check "  and the later requests' prompts hit the prefix cache" python3 - "$W/lgp.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["requests_completed"] == 3 and j["errors"] == 0, j
+assert j["shared_prefix_words"] == 60 and j["ttft_first_ms"] > 0 and j["ttft_later_ms"]["p50"] > 0, j
+assert 0 < j["cached_prompt_tokens"] < j["prompt_tokens"], j
 PY
 "$LOADGEN" --url "$URL" --key "dsi-not-a-key" --cacert "$CA" --model "$MODEL_ID" --requests 2 --json >"$W/lg401.json" 2>/dev/null
 check "loadgen with a bad key exits 1" test $? = 1
