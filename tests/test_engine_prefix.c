@@ -9,7 +9,9 @@
  * another namespace never hits; that the counters (hit, miss, cached blocks,
  * evictions) and the events' n_cached_tokens say so; and that under KV
  * pressure with preemption and cancels the block manager's invariants hold
- * after every step (check_kv) and the pool comes back whole.
+ * after every step (check_kv) and the pool comes back whole. And n > 1: the
+ * sequences compute the prompt once, get their own index and id, sample with
+ * seed + index, and a bad n is refused without queueing anything.
  */
 #include "test_engine_util.h"
 
@@ -141,8 +143,104 @@ TEST(engine_prefix_counts_exact_under_preempt_and_cancel) {
     mock_engine_stop(e, &c, &m);
 }
 
+
+/* n > 1: events go to rs[ev->index]. */
+static void on_event_n(void *user, const struct dsi_token_event *ev) {
+    struct rec *rs = user;
+    if (ev->index < 0 || ev->index >= DSI_MAX_N) {
+        rs[0].wrong_id++;
+        return;
+    }
+    on_event(&rs[ev->index], ev);
+}
+
+static int submit_n(struct dsi_engine *e, const struct dsi_request_params *rp, struct rec *rs, struct coll *c) {
+    memset(rs, 0, (size_t)DSI_MAX_N * sizeof *rs);
+    for (int i = 0; i < DSI_MAX_N; i++) rs[i].c = c;
+    uint64_t id = 0;
+    /* Events may arrive before submit returns: hold the collector lock until the ids are set. */
+    pthread_mutex_lock(&c->mu);
+    int rc = dsi_engine_submit(e, rp, on_event_n, rs, &id, NULL);
+    for (int i = 0; i < DSI_MAX_N; i++) rs[i].id = rc ? 0 : id + (uint64_t)i;
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+TEST(engine_n_shares_the_prompt_and_seeds_each) {
+    struct dsi_engine_opts o;
+    prefix_opts(&o, true);
+    struct mock m;
+    struct coll c;
+    struct dsi_engine *e = mock_engine_start(&m, &c, 128, &o);
+    struct rec *rs = calloc(DSI_MAX_N, sizeof *rs), *one = calloc(DSI_MAX_N, sizeof *one);
+    int32_t prompt[30], want[10];
+    struct dsi_request_params rp;
+    greedy_request(&rp, prompt, 30, 21, 10);
+    rp.n = 4;
+    CHECK_EQ_INT(submit_n(e, &rp, rs, &c), 0);
+    coll_wait(&c, 4);
+    ref_tokens(prompt, 30, 10, NULL, 0, want);
+    struct dsi_engine_stats st;
+    dsi_engine_get_stats(e, &st);
+    for (int i = 0; i < 4; i++) {
+        CHECK_EQ_INT(rs[i].n_finals, 1);
+        CHECK_EQ_INT(rs[i].after_final + rs[i].wrong_id, 0);
+        CHECK_EQ_INT(rs[i].final.index, i);
+        CHECK_EQ_INT(rs[i].n, 10);
+        CHECK(memcmp(rs[i].tokens, want, sizeof want) == 0); /* greedy: all equal */
+        CHECK_EQ_INT(m.started[rs[i].id], i == 0); /* only sequence 0 prefilled from 0 */
+    }
+    /* the prompt once (30) + each fork's tail after 7 whole blocks (2) + decode */
+    CHECK_EQ_INT(st.tokens_total, 30 + 3 * 2 + 4 * 9);
+    CHECK_EQ_INT(rs[1].final.n_cached_tokens, 28);
+
+    /* seeded sampling: sequence i draws like a single request seeded seed + i */
+    rp.sampling.temperature = 1.0f;
+    rp.sampling.seed = 1000;
+    rp.n = 3;
+    CHECK_EQ_INT(submit_n(e, &rp, rs, &c), 0);
+    coll_wait(&c, 7);
+    int distinct = 0;
+    for (int i = 0; i < 3; i++) {
+        struct dsi_request_params one_p = rp;
+        one_p.n = 1;
+        one_p.sampling.seed = 1000 + (uint64_t)i;
+        int before = c.finals;
+        CHECK_EQ_INT(submit(e, &one_p, &one[i], &c), 0);
+        coll_wait(&c, before + 1);
+        CHECK_EQ_INT(rs[i].n, 10);
+        CHECK(memcmp(rs[i].tokens, one[i].tokens, sizeof want) == 0);
+        distinct += i > 0 && memcmp(rs[i].tokens, rs[0].tokens, sizeof want) != 0;
+    }
+    CHECK(distinct > 0); /* the seeds differ, so the samples do */
+
+    /* n out of range, or more than the queue takes: refused, nothing queued */
+    rp.n = DSI_MAX_N + 1;
+    CHECK_EQ_INT(submit_n(e, &rp, rs, &c), DSI_EINVAL);
+    rp.n = -1;
+    CHECK_EQ_INT(submit_n(e, &rp, rs, &c), DSI_EINVAL);
+    dsi_engine_get_stats(e, &st);
+    CHECK_EQ_INT(st.waiting + st.running, 0);
+    CHECK_EQ_INT(st.kv_check_failures, 0);
+    CHECK_EQ_INT(m.errors, 0);
+    check_pool_empty(e, 128);
+    mock_engine_stop(e, &c, &m);
+
+    o.max_queued = 3;
+    e = mock_engine_start(&m, &c, 128, &o);
+    rp.n = 4;
+    CHECK_EQ_INT(submit_n(e, &rp, rs, &c), DSI_EFULL);
+    rp.n = 3;
+    CHECK_EQ_INT(submit_n(e, &rp, rs, &c), 0);
+    coll_wait(&c, 3);
+    mock_engine_stop(e, &c, &m);
+    free(rs);
+    free(one);
+}
+
 int main(void) {
     RUN(engine_prefix_repeat_maps_blocks_and_computes_the_rest);
     RUN(engine_prefix_counts_exact_under_preempt_and_cancel);
+    RUN(engine_n_shares_the_prompt_and_seeds_each);
     return test_summary();
 }

@@ -34,6 +34,7 @@ struct dsi_token_trie;
 
 #define DSI_MAX_TOP_LOGPROBS 20
 #define DSI_MAX_STOP_IDS 16
+#define DSI_MAX_N 16 /* sequences one request may sample (dsi_request_params.n) */
 
 struct dsi_sampling {
     float temperature;        /* 0: greedy */
@@ -79,6 +80,13 @@ struct dsi_request_params {
      * the same value (the server derives it from the cache group and cache_salt;
      * all zero is one namespace like any other). */
     uint64_t cache_ns[2];
+    /* Sequences sampled from the prompt (0 or 1: one; at most DSI_MAX_N). They
+     * get consecutive request ids from the one submit returns, and index
+     * 0..n-1 in their events; sequence i samples with seed + i. With the prefix
+     * cache on, sequences 1..n-1 wait until sequence 0 has computed the prompt
+     * and then map its whole blocks: the prompt is computed once. Each sequence
+     * is a request of its own for events, cancel and limits. */
+    int n;
 };
 
 struct dsi_token_event {
@@ -93,6 +101,7 @@ struct dsi_token_event {
     int error;                /* DSI_E* when finish == DSI_FINISH_ERROR */
     int n_prompt_tokens, n_completion_tokens;
     int n_cached_tokens;      /* prompt tokens whose K/V came from the prefix cache (0 before admission) */
+    int index;                /* which of the request's n sequences (0..n-1) */
 };
 
 /* Runs on the scheduler thread, with no engine lock held; must not block: copy
@@ -145,9 +154,11 @@ struct dsi_engine;
  * message naming the bad option, or DSI_ENOMEM. */
 int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o, struct dsi_engine **out,
                       char **err);
-/* Queues a request. Errors at once (DSI_EINVAL, DSI_ERANGE if it can never fit,
- * DSI_EFULL if the queue is full, DSI_ESTATE if draining) without calling cb.
- * On success every later outcome arrives as events through cb. */
+/* Queues a request (n sequences: ids *request_id .. *request_id + n - 1). Errors
+ * at once (DSI_EINVAL, DSI_ERANGE if it can never fit, DSI_EFULL if the queue is
+ * full, DSI_ESTATE if draining) without calling cb, and then queues nothing.
+ * On success every later outcome arrives as events through cb, one final event
+ * per sequence. */
 int dsi_engine_submit(struct dsi_engine *e, const struct dsi_request_params *p, dsi_token_cb cb,
                       void *user, uint64_t *request_id, char **err);
 /* The request leaves the batch at the next step; its final event has finish CANCELLED

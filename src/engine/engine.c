@@ -270,32 +270,45 @@ void dsi__engine_req_free(struct dsi__req *r) {
 int dsi_engine_submit(struct dsi_engine *e, const struct dsi_request_params *p, dsi_token_cb cb, void *user,
                       uint64_t *request_id, char **err) {
     if (!e) return dsi_seterr(err, DSI_EINVAL, "engine: NULL engine");
-    struct dsi__req *r = NULL;
-    int rc = req_build(e, p, cb, user, &r, err);
+    int n = p && p->n > 1 ? p->n : 1;
+    if (p && (p->n < 0 || p->n > DSI_MAX_N))
+        return dsi_seterr(err, DSI_EINVAL, "request: n %d not in 1..%d", p->n, DSI_MAX_N);
+    struct dsi__req *r[DSI_MAX_N] = {0};
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        rc = req_build(e, p, cb, user, &r[i], err);
+        if (rc) break;
+        r[i]->index = i;
+        /* each sequence its own stream of draws: seed + index */
+        dsi_sampler_seed(&r[i]->rng, p->sampling.seed + (uint64_t)i);
+    }
     if (rc) {
+        for (int i = 0; i < n; i++) dsi__engine_req_free(r[i]);
         dsi_log(DSI_LOG_INFO, "engine", "request rejected: %s", dsi_err_name(rc));
         return rc;
     }
     pthread_mutex_lock(&e->mu);
-    if (e->draining || e->stopping) {
+    const char *why = e->draining || e->stopping ? "draining" : e->n_waiting + n > e->o.max_queued ? "full" : NULL;
+    if (why) {
+        int w = e->n_waiting;
         pthread_mutex_unlock(&e->mu);
-        dsi__engine_req_free(r);
-        dsi_log(DSI_LOG_INFO, "engine", "request rejected: draining");
-        return dsi_seterr(err, DSI_ESTATE, "engine: draining, not accepting requests");
+        for (int i = 0; i < n; i++) dsi__engine_req_free(r[i]);
+        if (why[0] == 'd') {
+            dsi_log(DSI_LOG_INFO, "engine", "request rejected: draining");
+            return dsi_seterr(err, DSI_ESTATE, "engine: draining, not accepting requests");
+        }
+        dsi_log(DSI_LOG_INFO, "engine", "request rejected: queue full (%d waiting)", w);
+        return dsi_seterr(err, DSI_EFULL, "engine: queue full (%d requests waiting); retry later", w);
     }
-    if (e->n_waiting >= e->o.max_queued) {
-        int n = e->n_waiting;
-        pthread_mutex_unlock(&e->mu);
-        dsi__engine_req_free(r);
-        dsi_log(DSI_LOG_INFO, "engine", "request rejected: queue full (%d waiting)", n);
-        return dsi_seterr(err, DSI_EFULL, "engine: queue full (%d requests waiting); retry later", n);
+    for (int i = 0; i < n; i++) {
+        r[i]->id = e->next_id++;
+        r[i]->leader_id = i ? r[0]->id : 0;
+        r[i]->lnext = e->live_head;
+        if (e->live_head) e->live_head->lprev = r[i];
+        e->live_head = r[i];
+        dsi__engine_wait_push_back(e, r[i]);
     }
-    r->id = e->next_id++;
-    r->lnext = e->live_head;
-    if (e->live_head) e->live_head->lprev = r;
-    e->live_head = r;
-    dsi__engine_wait_push_back(e, r);
-    if (request_id) *request_id = r->id;
+    if (request_id) *request_id = r[0]->id;
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
     return 0;

@@ -31,6 +31,8 @@ struct dsi__req {
     int n_computed;               /* (sched) positions whose K/V sits in the blocks */
     int n_cached;                 /* (mu) prompt tokens mapped from the prefix cache at first admission */
     uint64_t cache_ns[2];         /* prefix cache namespace (dsi_request_params) */
+    int index;                    /* sequence index within its request (n > 1) */
+    uint64_t leader_id;           /* index > 0: the id of sequence 0, whose prompt blocks it waits for */
     int step_n;                   /* (sched) tokens scheduled in the current step; 0: not in it */
     enum dsi_finish fin;          /* (sched) set when this step's token ends the sequence */
     struct dsi_kv_seq kv;         /* (mu) block table */

@@ -42,6 +42,7 @@ static int plan_batch(struct dsi_engine *e);
 static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done);
 static void stop_all(struct dsi_engine *e);
 static void check_kv(struct dsi_engine *e);
+static bool waits_for_leader(const struct dsi_engine *e, const struct dsi__req *r);
 
 /* Builds r's final event and pushes r on the done list. r must already be out of
  * the waiting queue and the running set, with its blocks released (caller holds mu). */
@@ -56,6 +57,7 @@ static void retire(struct dsi__req **done, struct dsi__req *r, enum dsi_finish f
     ev->n_prompt_tokens = r->n_prompt;
     ev->n_completion_tokens = r->n_tokens - r->n_prompt;
     ev->n_cached_tokens = r->n_cached;
+    ev->index = r->index;
     r->done_next = *done;
     *done = r;
 }
@@ -167,10 +169,12 @@ static void running_insert(struct dsi_engine *e, struct dsi__req *r) {
  * A request takes blocks for all its tokens at once, and leaves one free block
  * per running sequence as headroom, so that admission does not force the next
  * steps' decode growth into preemptions. Stops at the first that does not fit,
- * so a big request is not starved by small ones behind it (caller holds mu). */
+ * so a big request is not starved by small ones behind it; only a sibling that
+ * waits for its prompt (waits_for_leader) is stepped over (caller holds mu). */
 static void admit(struct dsi_engine *e) {
-    while (e->wait_head && e->n_running < e->o.max_running) {
-        struct dsi__req *r = e->wait_head;
+    for (struct dsi__req *r = e->wait_head, *next; r && e->n_running < e->o.max_running; r = next) {
+        next = r->wnext;
+        if (waits_for_leader(e, r)) continue;
         /* Map the longest cached prefix first (it may take idle blocks off the
          * free count); one token is always left to compute, for the logits. */
         int hit = dsi_kv_seq_match(&e->kv, &r->kv, r->cache_ns, r->tokens, r->n_tokens - 1);
@@ -192,6 +196,20 @@ static void admit(struct dsi_engine *e) {
         r->started = true;
         running_insert(e, r);
     }
+}
+
+/* True while r (sequence i > 0 of an n > 1 request) should wait: its sequence 0
+ * is running and has not computed the prompt yet. Admitted after that, r maps
+ * the prompt's whole blocks from the prefix cache and computes only the last
+ * partial block; without the cache there is nothing to wait for. If sequence 0
+ * ended or was preempted, r goes on its own (caller holds mu). */
+static bool waits_for_leader(const struct dsi_engine *e, const struct dsi__req *r) {
+    if (!r->leader_id || !e->kv.prefix || r->started) return false;
+    for (int i = 0; i < e->n_running; i++) {
+        const struct dsi__req *l = e->running[i];
+        if (l->id == r->leader_id) return l->n_computed < l->n_prompt - 1;
+    }
+    return false;
 }
 
 /* check_kv: verifies the block manager against the running tables (waiting
@@ -356,6 +374,7 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
         ev.n_prompt_tokens = r->n_prompt;
         ev.n_completion_tokens = r->n_tokens - r->n_prompt;
         ev.n_cached_tokens = r->n_cached;
+        ev.index = r->index;
         if (is_stop(r, tok)) {
             r->fin = DSI_FINISH_STOP; /* final event built when retired */
             continue;
