@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -173,9 +174,106 @@ TEST(w8a8_backend_runs_close_to_w8a16_and_batch_invariant) {
     dsi_model_close(&m);
 }
 
+/* Issue 19's accuracy bar, on the trained demo model: greedy ids of W8A8
+ * equal bf16's for the first 8 tokens of each prompt, except after a step
+ * where bf16's top-2 margin is under 2% of its largest logit (a near-tie:
+ * that prompt stops comparing, reported). Not on the random-weight HF
+ * fixtures: there int8 W8A16 itself leaves bf16's greedy path at margins
+ * of 5% (qwen2-gqa-tied, llama-llama3), and W8A8 once more at 10%
+ * (llama-mha, hidden 64: a token's 64 activations share one scale). */
+static int greedy_of(const float *l, int V, float *margin, float *scale) {
+    int best = 0;
+    for (int i = 1; i < V; i++)
+        if (l[i] > l[best]) best = i;
+    float second = -INFINITY, mx = 1.0f;
+    for (int i = 0; i < V; i++) {
+        if (i != best && l[i] > second) second = l[i];
+        if (fabsf(l[i]) > mx) mx = fabsf(l[i]);
+    }
+    *margin = l[best] - second;
+    *scale = mx;
+    return best;
+}
+
+static int step1(struct dsi_backend *be, const int32_t *toks, int n, int pos, float *out) {
+    int32_t bt[4] = {0, 1, 2, 3};
+    struct dsi_batch_seq sq = {.seq_id = 1, .tokens = toks, .n_tokens = n, .pos = pos,
+                               .block_table = bt, .n_blocks = 4, .want_logits = true};
+    struct dsi_batch b = {.seqs = &sq, .n_seqs = 1};
+    char *err = NULL;
+    int rc = be->ops->forward(be, &b, out, &err);
+    free(err);
+    return rc;
+}
+
+TEST(w8a8_greedy_ids_equal_bf16_first_8_tokens) {
+    const char *fx[] = {"models/demo"};
+    const int n_prompts = 6;
+    int compared = 0, ties = 0;
+    for (size_t f = 0; f < sizeof fx / sizeof fx[0]; f++) {
+        char dir[128];
+        snprintf(dir, sizeof dir, "%s", fx[f]);
+        struct dsi_model m;
+        memset(&m, 0, sizeof m);
+        struct dsi_model_open_opts mo = {.n_threads = 2};
+        char *err = NULL;
+        int rc = dsi_model_open(&m, dir, &mo, &err);
+        CHECK_EQ_INT(rc, 0);
+        free(err), err = NULL;
+        if (rc) continue;
+        struct dsi_backend *a = make(&m, DSI_W_INT8, 0, DSI_INT8_W8A8, &rc, &err);
+        free(err), err = NULL;
+        struct dsi_backend *b = make(&m, DSI_W_BF16, 0, DSI_INT8_W8A16, &rc, &err);
+        free(err), err = NULL;
+        CHECK(a && b);
+        int V = m.cfg.vocab_size;
+        float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4);
+        for (int p = 0; a && b && p < n_prompts; p++) {
+            int32_t prompt[24];
+            for (int i = 0; i < 24; i++)
+                prompt[i] = (int32_t)((i * 131 + p * 977 + 7) % V);
+            int n = 5 + 3 * p;
+            if (step1(a, prompt, n, 0, la) || step1(b, prompt, n, 0, lb)) {
+                CHECK(0);
+                break;
+            }
+            for (int g = 0; g < 8; g++) {
+                float margin, scale, ma, sa;
+                int tb = greedy_of(lb, V, &margin, &scale), ta = greedy_of(la, V, &ma, &sa);
+                if (ta != tb) {
+                    if (margin < 0.02f * scale) {
+                        fprintf(stderr, "  %s prompt %d token %d: near-tie (margin %.4f of %.2f)\n", fx[f], p, g,
+                                margin, scale);
+                        ties++;
+                    } else {
+                        fprintf(stderr, "  %s prompt %d token %d: w8a8 %d != bf16 %d (margin %.4f)\n", fx[f], p,
+                                g, ta, tb, margin);
+                        CHECK(ta == tb);
+                    }
+                    break;
+                }
+                compared++;
+                int32_t t = tb;
+                if (g < 7 && (step1(a, &t, 1, n + g, la) || step1(b, &t, 1, n + g, lb))) {
+                    CHECK(0);
+                    break;
+                }
+            }
+        }
+        free(la), free(lb);
+        dsi_backend_destroy(a);
+        dsi_backend_destroy(b);
+        dsi_model_close(&m);
+    }
+    fprintf(stderr, "  %d greedy tokens equal, %d near-tie stops (of %d prompts x 8)\n", compared, ties,
+            n_prompts);
+    CHECK(compared >= n_prompts * 8 * 3 / 4); /* most prompts run all 8 tokens */
+}
+
 int main(void) {
     RUN(w8a8_quantize_hand_values);
     RUN(w8a8_matmul_matches_int64_reference);
     RUN(w8a8_backend_runs_close_to_w8a16_and_batch_invariant);
+    RUN(w8a8_greedy_ids_equal_bf16_first_8_tokens);
     return test_summary();
 }
