@@ -7,8 +7,9 @@
  * engine delivers equal the reference's for one request, with a stop id,
  * under chunked prefill mixed with decode, under KV pressure that forces
  * preemption and recompute (greedy and seeded sampling alike), and with 256
- * sequences in one batch; and that the prefill chunk, the per-step token
- * budget and the engine's counters hold.
+ * sequences in one batch; that tenants share the batch (a late one is not
+ * starved by another's backlog; weights set the shares); and that the prefill
+ * chunk, the per-step token budget and the engine's counters hold.
  * How requests end otherwise (cancel, timeouts, drain, failure) is in
  * test_engine_life.c.
  */
@@ -357,6 +358,119 @@ TEST(engine_runs_256_sequences_in_one_batch) {
     free(r);
 }
 
+/* A late tenant's request (its rec, and what the others had finished when it did). */
+struct late {
+    struct rec r;
+    const struct rec *others;
+    int n_others, others_done;
+};
+
+static void on_late_event(void *user, const struct dsi_token_event *ev) {
+    struct late *l = user;
+    if (ev->finished) {
+        /* the others' callbacks run on this same scheduler thread: no race */
+        for (int i = 0; i < l->n_others; i++) l->others_done += l->others[i].n_finals;
+    }
+    on_event(&l->r, ev);
+}
+
+static int submit_late(struct dsi_engine *e, const struct dsi_request_params *rp, struct late *l, struct coll *c) {
+    l->r.c = c;
+    uint64_t id = 0;
+    pthread_mutex_lock(&c->mu);
+    int rc = dsi_engine_submit(e, rp, on_late_event, l, &id, NULL);
+    l->r.id = id;
+    pthread_mutex_unlock(&c->mu);
+    return rc;
+}
+
+/* Tenant 1 fills the batch and the queue (12 long requests, 4 slots); tenant 2
+ * then sends one short request. With FIFO admission it would start after 8 of
+ * tenant 1's and finish after all 12; shared, it takes a slot of tenant 1 at
+ * once (preempting its newest) and finishes before any of them. Every token
+ * stays the reference's (the preempted ones recompute). */
+TEST(engine_shares_the_batch_between_tenants) {
+    enum { N = 12 };
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_running = 4;
+    struct mock m;
+    struct coll c;
+    struct dsi_engine *e = mock_engine_start(&m, &c, 256, &o);
+    struct rec *a = calloc(N, sizeof(struct rec));
+    int32_t prompt[4], prompt_b[4];
+    struct dsi_request_params rp, rb;
+    greedy_request(&rp, prompt, 4, 21, 40);
+    rp.tenant = 1;
+    greedy_request(&rb, prompt_b, 4, 22, 6);
+    rb.tenant = 2;
+    mock_pause(&m, true);
+    for (int i = 0; i < N; i++) CHECK_EQ_INT(submit(e, &rp, &a[i], &c), 0);
+    mock_wait_entered(&m, 1);
+    struct late b = {.others = a, .n_others = N};
+    CHECK_EQ_INT(submit_late(e, &rb, &b, &c), 0);
+    mock_pause(&m, false);
+    coll_wait(&c, N + 1);
+    CHECK_EQ_INT(b.r.n_finals, 1);
+    CHECK_EQ_INT(b.others_done, 0);
+    int32_t want[40], want_b[6];
+    ref_tokens(prompt, 4, 40, NULL, 0, want);
+    ref_tokens(prompt_b, 4, 6, NULL, 0, want_b);
+    CHECK(b.r.n == 6 && !memcmp(b.r.tokens, want_b, sizeof want_b));
+    int bad = 0;
+    for (int i = 0; i < N; i++) bad += a[i].n != 40 || memcmp(a[i].tokens, want, sizeof want) != 0;
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(m.errors, 0);
+    struct dsi_engine_stats st;
+    dsi_engine_get_stats(e, &st);
+    CHECK(st.preempted_total >= 1);
+    check_pool_empty(e, 256);
+    mock_engine_stop(e, &c, &m);
+    free(a);
+}
+
+/* Weights: tenant 1 (weight 3) and tenant 2 (weight 1) each queue 8 equal
+ * requests on 4 slots, interleaved; tenant 1 holds 3 slots, tenant 2 one, so
+ * tenant 1 runs three times tenant 2's pace (FIFO or equal weights: the same pace). */
+TEST(engine_shares_by_weight) {
+    enum { N = 8 };
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_running = 4;
+    struct mock m;
+    struct coll c;
+    struct dsi_engine *e = mock_engine_start(&m, &c, 256, &o);
+    struct late *w2 = calloc(N, sizeof(struct late));
+    struct rec *w1 = calloc(N, sizeof(struct rec));
+    int32_t prompt[4];
+    struct dsi_request_params r1, r2;
+    greedy_request(&r1, prompt, 4, 23, 12);
+    r1.tenant = 1;
+    r1.weight = 3;
+    r2 = r1;
+    r2.tenant = 2;
+    r2.weight = 1;
+    mock_pause(&m, true);
+    /* interleaved, so FIFO alone would give both the same pace */
+    for (int i = 0; i < N; i++) {
+        w2[i].others = w1;
+        w2[i].n_others = N;
+        CHECK_EQ_INT(submit(e, &r1, &w1[i], &c), 0);
+        CHECK_EQ_INT(submit_late(e, &r2, &w2[i], &c), 0);
+    }
+    mock_pause(&m, false);
+    coll_wait(&c, 2 * N);
+    /* how many of tenant 1's were done when tenant 2's third one finished:
+     * ~6 at 3:1 (two waves of 3), at most 4 with FIFO or equal shares */
+    int done_at_third = w2[2].others_done;
+    printf("     weight 3 vs 1: %d of tenant 1's 8 done when tenant 2 finished its 3rd\n", done_at_third);
+    CHECK(done_at_third >= 5);
+    CHECK_EQ_INT(m.errors, 0);
+    mock_engine_stop(e, &c, &m);
+    free(w1);
+    free(w2);
+}
+
 int main(void) {
     dsi_log_set_level(DSI_LOG_WARN);
     RUN(engine_create_rejects_bad_opts);
@@ -368,5 +482,7 @@ int main(void) {
     RUN(engine_preemption_recompute_gives_same_tokens);
     RUN(engine_seeded_sampling_reproducible_under_pressure);
     RUN(engine_runs_256_sequences_in_one_batch);
+    RUN(engine_shares_the_batch_between_tenants);
+    RUN(engine_shares_by_weight);
     return test_summary();
 }

@@ -87,6 +87,15 @@ struct dsi_request_params {
      * and then map its whole blocks: the prompt is computed once. Each sequence
      * is a request of its own for events, cancel and limits. */
     int n;
+    /* Fair sharing: requests of one tenant (the server: one API key; 0 is a
+     * tenant like any other) share the batch with the others in proportion to
+     * their weight (0: 1; at most 100). Admission picks the waiting request of
+     * the tenant with the fewest running sequences per unit of weight, and a
+     * tenant below its share may take a slot from the one furthest above it
+     * (preempting that one's newest sequence), so a tenant with hundreds of
+     * requests cannot starve another. */
+    uint64_t tenant;
+    int weight;
 };
 
 struct dsi_token_event {

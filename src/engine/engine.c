@@ -246,6 +246,8 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
     r->n_prompt = r->n_tokens = p->n_prompt;
     r->cache_ns[0] = p->cache_ns[0];
     r->cache_ns[1] = p->cache_ns[1];
+    r->tenant = p->tenant;
+    r->weight = p->weight < 1 ? 1 : p->weight > 100 ? 100 : p->weight;
     dsi_sampler_seed(&r->rng, p->sampling.seed);
     if ((rc = dsi__engine_grammar_init(r, p, e->be->vocab_size))) {
         dsi__engine_req_free(r);

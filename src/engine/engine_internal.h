@@ -33,6 +33,8 @@ struct dsi__req {
     uint64_t cache_ns[2];         /* prefix cache namespace (dsi_request_params) */
     int index;                    /* sequence index within its request (n > 1) */
     uint64_t leader_id;           /* index > 0: the id of sequence 0, whose prompt blocks it waits for */
+    uint64_t tenant;              /* fair sharing (dsi_request_params) */
+    int weight;                   /* 1..100 */
     int step_n;                   /* (sched) tokens scheduled in the current step; 0: not in it */
     enum dsi_finish fin;          /* (sched) set when this step's token ends the sequence */
     struct dsi_kv_seq kv;         /* (mu) block table */

@@ -165,16 +165,91 @@ static void running_insert(struct dsi_engine *e, struct dsi__req *r) {
     e->n_running++;
 }
 
-/* Admits waiting requests in queue order while max_running and the pool allow.
- * A request takes blocks for all its tokens at once, and leaves one free block
- * per running sequence as headroom, so that admission does not force the next
- * steps' decode growth into preemptions. Stops at the first that does not fit,
- * so a big request is not starved by small ones behind it; only a sibling that
- * waits for its prompt (waits_for_leader) is stepped over (caller holds mu). */
+/* Running sequences of r's tenant (caller holds mu). */
+static int tenant_running(const struct dsi_engine *e, uint64_t tenant) {
+    int n = 0;
+    for (int i = 0; i < e->n_running; i++) n += e->running[i]->tenant == tenant;
+    return n;
+}
+
+/* a's share is below b's: a has fewer running sequences per unit of weight
+ * (cross-multiplied, so no division). */
+static bool share_below(int na, int wa, int nb, int wb) {
+    return (int64_t)na * wb < (int64_t)nb * wa;
+}
+
+/* The waiting request to admit next: the oldest of the tenant with the fewest
+ * running sequences per unit of weight (ties: queue order, so one tenant alone is
+ * plain FIFO and preempted sequences, at the front, go first). Caller holds mu. */
+static struct dsi__req *pick_waiting(const struct dsi_engine *e, int *n_best) {
+    struct dsi__req *best = NULL;
+    int best_n = 0;
+    uint64_t seen[64];
+    int n_seen = 0;
+    for (struct dsi__req *r = e->wait_head; r; r = r->wnext) {
+        if (waits_for_leader(e, r)) continue; /* a sibling waiting for its prompt's blocks */
+        bool dup = false;
+        for (int i = 0; i < n_seen && !dup; i++) dup = seen[i] == r->tenant;
+        if (dup) continue; /* an older request of this tenant was already weighed */
+        if (n_seen < 64) seen[n_seen++] = r->tenant;
+        int n = tenant_running(e, r->tenant);
+        if (!best || share_below(n, r->weight, best_n, best->weight)) best = r, best_n = n;
+        if (n == 0 && best == r && e->wait_head == r) break; /* nobody can be below the head */
+    }
+    *n_best = best_n;
+    return best;
+}
+
+/* A full batch: the running sequence to preempt so that candidate c (whose
+ * tenant runs n_c) gets a slot, or -1. Only the newest sequence of the tenant
+ * furthest above its share, and only if after the swap c's tenant would still
+ * not be above it (no ping-pong between two tenants at their share). */
+static int pick_victim(const struct dsi_engine *e, const struct dsi__req *c, int n_c) {
+    int victim = -1, n_v = 0;
+    for (int i = e->n_running - 1; i >= 0; i--) {
+        const struct dsi__req *r = e->running[i];
+        if (r->tenant == c->tenant) continue;
+        int n = tenant_running(e, r->tenant);
+        if (victim < 0 || share_below(n_v, e->running[victim]->weight, n, r->weight)) victim = i, n_v = n;
+    }
+    if (victim < 0) return -1;
+    /* after the swap c's tenant runs n_c + 1 and the victim's n_v - 1 */
+    return share_below(n_v - 1, e->running[victim]->weight, n_c + 1, c->weight) ? -1 : victim;
+}
+
+/* Preempts running[i] like preempt_newest (caller holds mu). */
+static void preempt_at(struct dsi_engine *e, int i) {
+    struct dsi__req *v = e->running[i];
+    running_remove_at(e, i);
+    dsi_kv_seq_release(&e->kv, &v->kv);
+    v->n_computed = 0;
+    dsi__engine_wait_push_front(e, v);
+    e->st.preempted_total++;
+    dsi_log(DSI_LOG_DEBUG, "engine", "request %llu yields its slot to another tenant at %d tokens",
+            (unsigned long long)v->id, v->n_tokens);
+}
+
+/* Admits waiting requests while max_running and the pool allow, tenant by
+ * tenant (pick_waiting). A request takes blocks for all its tokens at once, and
+ * leaves one free block per running sequence as headroom, so that admission
+ * does not force the next steps' decode growth into preemptions. Stops at the
+ * first pick that does not fit, so a big request is not starved by small ones
+ * behind it; only a sibling that waits for its prompt (waits_for_leader) is
+ * stepped over. With the batch full, a tenant below its share takes the slot of
+ * the one furthest above it, at most one swap per step (caller holds mu). */
 static void admit(struct dsi_engine *e) {
-    for (struct dsi__req *r = e->wait_head, *next; r && e->n_running < e->o.max_running; r = next) {
-        next = r->wnext;
-        if (waits_for_leader(e, r)) continue;
+    bool swapped = false;
+    while (e->wait_head) {
+        int n_c = 0;
+        struct dsi__req *r = pick_waiting(e, &n_c);
+        if (!r) break;
+        if (e->n_running >= e->o.max_running) {
+            int v = swapped ? -1 : pick_victim(e, r, n_c);
+            if (v < 0) break;
+            preempt_at(e, v);
+            swapped = true;
+            /* the victim is waiting again, at the front: r is still the pick */
+        }
         /* Map the longest cached prefix first (it may take idle blocks off the
          * free count); one token is always left to compute, for the logits. */
         int hit = dsi_kv_seq_match(&e->kv, &r->kv, r->cache_ns, r->tokens, r->n_tokens - 1);
