@@ -37,7 +37,7 @@ foreach(group tls smuggle slow)
 endforeach()
 # Hostile clients of the generation routes (issue 27, findings 4, 6, 7): quota
 # overspend, unread streams (backpressure), chat-template injection. One ctest per group.
-foreach(group quota stream fail chat)
+foreach(group quota stream fail fair chat)
   add_test(NAME hostile_gen_${group} COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/hostile/gen_hostile.py ${group}
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(hostile_gen_${group} PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77 LABELS hostile

@@ -39,6 +39,8 @@ struct dsi_principal {
     uint32_t perms;
     int max_tokens_cap; /* 0: none */
     char cache_group[64]; /* keys file cache_group; "": the key is its own prefix cache group */
+    int max_concurrent;   /* keys file: generations running or queued at once; 0: no limit */
+    int priority;         /* keys file: share of the batch against other keys, 1..100 (default 1) */
     int64_t tpm_reserved; /* set by dsi_auth_reserve, settled by dsi_auth_charge */
 };
 
@@ -129,6 +131,8 @@ struct dsi_key_spec {
     int max_tokens;         /* 0: no cap */
     const char *expires;    /* RFC 3339, or YYYY-MM-DD (valid through that UTC day); NULL: never */
     const char *cache_group; /* prefix cache group shared with other keys; NULL or "": its own */
+    int max_concurrent;     /* 0: no limit */
+    int priority;           /* 0: the default (1); at most 100 */
     const char *roles_json; /* NULL: default roles */
 };
 /* Adds a key (creating the file if absent). key_out receives the key, which

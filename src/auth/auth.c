@@ -295,6 +295,8 @@ static enum dsi_auth_status authorize(struct dsi_auth *a, const struct dsi__entr
         out->perms = e->perms;
         out->max_tokens_cap = e->max_tokens;
         snprintf(out->cache_group, sizeof out->cache_group, "%s", e->cache_group);
+        out->max_concurrent = e->max_concurrent;
+        out->priority = e->priority > 0 ? e->priority : 1;
     }
     if (e->disabled || (e->expires_ms != DSI__NO_EXPIRY && now_wall(a) >= e->expires_ms))
         return deny(a, DSI_AUTH_INVALID);

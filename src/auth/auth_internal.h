@@ -49,6 +49,8 @@ struct dsi__entry {
     int64_t expires_ms; /* DSI__NO_EXPIRY: never */
     bool disabled;
     char cache_group[64]; /* prefix cache group; "": its own (by id) */
+    int max_concurrent;   /* 0: no limit */
+    int priority;         /* 0: 1 */
     struct dsi__limiter *lim; /* attached by auth.c; NULL in parse-only use */
 };
 

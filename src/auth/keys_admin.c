@@ -159,8 +159,10 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
         return dsi_seterr(err, DSI_EINVAL, "--role '%.40s' is not a role (known: %s)", s->role ? s->role : "",
                           known);
     }
-    if (s->rpm < 0 || s->rpm > INT32_MAX || s->tpm < 0 || s->tpm > INT32_MAX || s->max_tokens < 0)
-        return dsi_seterr(err, DSI_EINVAL, "--rpm, --tpm and --max-tokens must be 0..2147483647");
+    if (s->rpm < 0 || s->rpm > INT32_MAX || s->tpm < 0 || s->tpm > INT32_MAX || s->max_tokens < 0 ||
+        s->max_concurrent < 0)
+        return dsi_seterr(err, DSI_EINVAL, "--rpm, --tpm, --max-tokens and --max-concurrent must be 0..2147483647");
+    if (s->priority < 0 || s->priority > 100) return dsi_seterr(err, DSI_EINVAL, "--priority must be 1..100");
     if (s->cache_group && *s->cache_group) {
         size_t n = strlen(s->cache_group);
         bool ok = n <= 63;
@@ -233,6 +235,8 @@ int dsi_keys_add(const char *path, const struct dsi_key_spec *s, char key_out[DS
     cJSON_AddNumberToObject(o, "rpm", (double)s->rpm);
     cJSON_AddNumberToObject(o, "tpm", (double)s->tpm);
     cJSON_AddNumberToObject(o, "max_tokens", s->max_tokens);
+    if (s->max_concurrent) cJSON_AddNumberToObject(o, "max_concurrent", s->max_concurrent);
+    if (s->priority) cJSON_AddNumberToObject(o, "priority", s->priority);
     if (expires[0])
         cJSON_AddStringToObject(o, "expires", expires);
     else

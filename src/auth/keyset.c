@@ -106,6 +106,8 @@ static const struct field fields[] = {
     {"expires", ON_KEY | ON_CLIENT, field_time, E(expires_ms), 0, TIME_WANT},
     {"created", ON_KEY | ON_CLIENT, field_time, 0, 0, TIME_WANT},
     {"disabled", ON_KEY | ON_CLIENT, field_bool, E(disabled), 0, "must be true or false"},
+    {"max_concurrent", ON_KEY | ON_CLIENT, field_int, E(max_concurrent), 0, INT_WANT},
+    {"priority", ON_KEY | ON_CLIENT, field_int, E(priority), 100, "must be an integer 0..100 (0: 1)"},
     {"cache_group", ON_KEY | ON_CLIENT, field_id, E(cache_group), sizeof ((struct dsi__entry *)0)->cache_group - 1,
      "must be 1-63 of A-Z a-z 0-9 _ - ."},
 };
@@ -210,7 +212,8 @@ static int field_i64(const struct field *f, const cJSON *v, const struct entry_c
 
 static int field_int(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e) {
     int64_t x;
-    if (get_int(v, INT32_MAX, &x)) return BAD_VALUE;
+    /* max_len, when set, is the largest value (priority) */
+    if (get_int(v, f->max_len ? (int64_t)f->max_len : INT32_MAX, &x)) return BAD_VALUE;
     int i = (int)x;
     memcpy((char *)e + f->off, &i, sizeof i);
     return 0;

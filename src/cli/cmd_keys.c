@@ -3,6 +3,7 @@
  *
  *   dsinfer keys add --file F --name NAME --role ROLE [--models a,b] [--rpm N]
  *                    [--tpm N] [--max-tokens N] [--expires 2027-01-31|RFC3339]
+ *                    [--cache-group NAME] [--max-concurrent N] [--priority 1..100]
  *   dsinfer keys list --file F
  *   dsinfer keys revoke --file F ID
  *   (each also takes --config FILE, for the file name and the configured roles,
@@ -24,7 +25,7 @@
 
 struct keys_args {
     const char *file, *name, *role, *models, *expires, *roles, *config, *id, *cache_group;
-    long long rpm, tpm, max_tokens;
+    long long rpm, tpm, max_tokens, max_concurrent, priority;
 };
 
 static void usage(FILE *f);
@@ -34,12 +35,13 @@ static int load_config(struct keys_args *a, char **roles_owned, char **file_owne
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer keys add --file F --name NAME --role ROLE [--models a,b] [--rpm N] [--tpm N]\n"
                "                        [--max-tokens N] [--expires 2027-01-31|2027-01-31T12:00:00Z]\n"
-               "                        [--cache-group NAME]\n"
+               "                        [--cache-group NAME] [--max-concurrent N] [--priority 1..100]\n"
                "       dsinfer keys list --file F\n"
                "       dsinfer keys revoke --file F ID\n"
                "options for all: --config FILE (keys_file and roles from the daemon config), --roles JSON\n"
                "`add` prints the new key once, as the only line on stdout; it cannot be shown again.\n"
-               "rpm/tpm/max-tokens 0 = unlimited; --expires DATE = valid through that UTC day.\n");
+               "rpm/tpm/max-tokens/max-concurrent 0 = unlimited; --expires DATE = valid through that UTC day;\n"
+               "--priority = the key's weight when keys share the batch (default 1).\n");
 }
 
 static int parse_num(const char *opt, const char *s, long long *out) {
@@ -141,6 +143,10 @@ int dsi_cmd_keys(int argc, char **argv) {
             if (parse_num(o, v, &a.tpm)) return DSI_EXIT_USAGE;
         } else if (add && !strcmp(o, "--max-tokens")) {
             if (parse_num(o, v, &a.max_tokens)) return DSI_EXIT_USAGE;
+        } else if (add && !strcmp(o, "--max-concurrent")) {
+            if (parse_num(o, v, &a.max_concurrent)) return DSI_EXIT_USAGE;
+        } else if (add && !strcmp(o, "--priority")) {
+            if (parse_num(o, v, &a.priority)) return DSI_EXIT_USAGE;
         } else {
             fprintf(stderr, "dsinfer keys %s: unknown option '%s' (see `dsinfer keys --help`)\n", sub, o);
             return DSI_EXIT_USAGE;
@@ -174,6 +180,8 @@ int dsi_cmd_keys(int argc, char **argv) {
                                  .max_tokens = (int)a.max_tokens,
                                  .expires = a.expires,
                                  .cache_group = a.cache_group,
+                                 .max_concurrent = (int)a.max_concurrent,
+                                 .priority = (int)a.priority,
                                  .roles_json = a.roles};
         char key[DSI_KEY_STRLEN + 1], id[32];
         rc = dsi_keys_add(a.file, &s, key, id, &err);

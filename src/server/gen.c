@@ -76,6 +76,7 @@ void dsi__gen_release(struct dsi__gen *g) {
     if (g->next) g->next->prev = g->prev;
     pthread_mutex_unlock(&s->mu);
     if (g->accounted) dsi__smetrics_stream_buffered(s->metrics, -(int64_t)g->accounted);
+    if (g->slot_key[0]) dsi__slots_release(s, g->slot_key);
     dsi_tok_stream_destroy(g->ts);
     dsi__textgen_free(&g->tg);
     for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
@@ -515,6 +516,8 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
     p.max_tokens = max_tokens;
     p.sampling = r->sampling;
     memcpy(p.cache_ns, g->cache_ns, sizeof p.cache_ns);
+    p.tenant = g->tenant;
+    p.weight = g->weight;
     if (!r->seed_set) {
         /* Without a seed each request samples differently (OpenAI's behaviour). */
         struct timespec ts;

@@ -100,7 +100,10 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct conn_ctx *x, int
 static enum MHD_Result respond_error(struct MHD_Connection *c, struct conn_ctx *x, const struct dsi__api_error *e) {
     if (e->status >= 500) dsi_log(DSI_LOG_WARN, "http", "%s %s: %d %s", x->req_id, dsi__route_name(x->route), e->status, e->message);
     else dsi_log(DSI_LOG_INFO, "http", "%s %s: %d %s", x->req_id, dsi__route_name(x->route), e->status, e->message);
-    return respond(c, x, e->status, "application/json", dsi__api_error_json(e), NULL, NULL);
+    /* 503 (loading, draining, queue full) comes at once and says when to come back */
+    bool busy = e->status == 503;
+    return respond(c, x, e->status, "application/json", dsi__api_error_json(e),
+                   busy ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, busy ? "1" : NULL);
 }
 
 static enum MHD_Result respond_errf(struct MHD_Connection *c, struct conn_ctx *x, int status, const char *code,
@@ -364,11 +367,29 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
     int max_tokens = r->max_tokens > 0 ? r->max_tokens : s->default_max_tokens > 0 ? s->default_max_tokens : room;
     if (max_tokens > room) max_tokens = room; /* documented: clamped to what fits in the context */
     if (x->have_pr && x->pr.max_tokens_cap > 0 && max_tokens > x->pr.max_tokens_cap) max_tokens = x->pr.max_tokens_cap;
+    /* The key's concurrency limit first, so that a refused request reserves
+     * nothing; the slot goes with the gen (freed with it) from here on. */
+    bool slot = false;
+    if (x->have_pr && x->pr.max_concurrent > 0) {
+        int rc = dsi__slots_acquire(s, x->pr.key_id, x->pr.max_concurrent);
+        if (rc) free(ids);
+        if (rc == DSI_EFULL) {
+            x->denial = "concurrency_limit";
+            dsi__api_error_set(&e, 429, NULL, "concurrency_limit_exceeded",
+                               "this key has %d generations in flight, its limit (max_concurrent); retry when one "
+                               "ends", x->pr.max_concurrent);
+            dsi_log(DSI_LOG_INFO, "http", "%s %s: 429 %s", x->req_id, dsi__route_name(x->route), x->denial);
+            return respond(c, x, 429, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_RETRY_AFTER, "1");
+        }
+        if (rc) return respond_errf(c, x, 500, NULL, "out of memory");
+        slot = true;
+    }
     /* The worst case is reserved now, so concurrent requests cannot overspend
      * the key's tpm; on_completed's charge settles it, on every way out. */
     int retry = 0;
     if (x->have_pr && s->auth && dsi_auth_reserve(s->auth, &x->pr, (int64_t)n + max_tokens, &retry) != DSI_AUTH_OK) {
         free(ids);
+        if (slot) dsi__slots_release(s, x->pr.key_id);
         char ra[16];
         snprintf(ra, sizeof ra, "%d", retry > 0 ? retry : 1);
         x->denial = dsi_auth_status_reason(DSI_AUTH_RATE_LIMITED);
@@ -381,9 +402,18 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
     }
     if (dsi__gen_create(s, c, &x->g)) {
         free(ids);
+        if (slot) dsi__slots_release(s, x->pr.key_id);
         return respond_errf(c, x, 500, NULL, "out of memory");
     }
     snprintf(x->g->principal, sizeof x->g->principal, "%s", x->have_pr ? x->pr.name : "");
+    if (slot) snprintf(x->g->slot_key, sizeof x->g->slot_key, "%s", x->pr.key_id);
+    if (x->have_pr) {
+        /* the engine shares the batch between keys (FNV-1a of the key id names the tenant) */
+        uint64_t h = 14695981039346656037ull;
+        for (const char *p = x->pr.key_id; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+        x->g->tenant = h;
+        x->g->weight = x->pr.priority;
+    }
     dsi__gen_cache_ns(x->g, x->have_pr ? &x->pr : NULL, r->cache_salt);
     int st = dsi__gen_submit(x->g, r, ids, (int)n, max_tokens, &e);
     free(ids);

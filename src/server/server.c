@@ -89,6 +89,7 @@ int dsi_server_create(const struct dsi_config *c, struct dsi_server **out, char 
     atomic_store(&s->next_id, 1);
     s->created = (long)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->slots_mu, NULL);
     pthread_rwlock_init(&s->eng_lock, NULL);
     pthread_mutex_init(&s->tls_mu, NULL);
     sigset_t set;
@@ -328,5 +329,7 @@ void dsi_server_destroy(struct dsi_server *s) {
     free(s->config_path);
     pthread_rwlock_destroy(&s->eng_lock);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->slots_mu);
+    free(s->slots);
     free(s);
 }

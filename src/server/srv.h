@@ -67,6 +67,9 @@ struct dsi_server {
     _Atomic int active;            /* connections with a context */
     pthread_mutex_t mu;            /* guards gens */
     struct dsi__gen *gens;         /* live generations (for shutdown) */
+    pthread_mutex_t slots_mu;      /* guards slots (slots.c) */
+    struct dsi__slot *slots;       /* keys with generations in flight and how many */
+    int n_slots, cap_slots;
     int sigfd;
     char *config_path;             /* for SIGHUP; NULL: reload keys from the same paths */
     int n_args;
@@ -94,6 +97,9 @@ struct dsi__gen {
     char id[48];
     char principal[64];
     uint64_t cache_ns[2];           /* prefix cache namespace (dsi__gen_cache_ns) */
+    uint64_t tenant;                /* the key, for the engine's fair sharing (0: no key) */
+    int weight;                     /* the key's priority */
+    char slot_key[32];              /* holds a slot of this key (slots.c); "": none */
     /* state */
     struct dsi_tok_stream *ts;
     struct dsi__textgen tg;
@@ -153,6 +159,11 @@ void dsi__gen_abort_all(struct dsi_server *s);
 double dsi__srv_now_s(void);
 /* dsi_engine_cancel under the engine read lock (no-op once the engine is gone). */
 void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
+
+/* slots.c: per-key concurrency. acquire: 0, DSI_EFULL (limit reached) or
+ * DSI_ENOMEM; every 0 is matched by one release. */
+int dsi__slots_acquire(struct dsi_server *s, const char *key_id, int limit);
+void dsi__slots_release(struct dsi_server *s, const char *key_id);
 
 /* tlslive.c */
 struct dsi__tls_creds;

@@ -6,6 +6,7 @@ loopback port, over TLS, and abuses it the way a client holding a valid key can:
     quota   many concurrent completions against a small tokens-per-minute budget
     stream  streams that are opened and never read
     fail    generations that fail after the status line (timeout, shutdown, out of memory)
+    fair    one key flooding: max_concurrent, batch shared between keys, 503 past max_queued
     chat    special-token text smuggled into a chat message's content
 
 Each check fails on a daemon without the matching defence and has a positive
@@ -216,7 +217,7 @@ def metric(port, key, name):
     return None
 
 
-def open_unread_stream(port, key, body):
+def open_unread_stream(port, key, body, path="/v1/chat/completions"):
     """Sends a streaming request and never reads the answer. A small receive
     buffer and segment size keep the server's kernel from absorbing the answer
     (its send buffer grows with the congestion window: ~40 KiB at 88-byte
@@ -229,8 +230,8 @@ def open_unread_stream(port, key, body):
     raw.connect(("127.0.0.1", port))
     s = CTX.wrap_socket(raw, server_hostname="localhost")
     data = json.dumps(body).encode()
-    s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
-               "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (key, len(data))).encode() + data)
+    s.sendall(("POST %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n"
+               "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (path, key, len(data))).encode() + data)
     return s
 
 
@@ -421,6 +422,104 @@ def group_fail(work, keys):
         d.stop()
 
 
+def group_fair(work, keys):
+    """Issue 26 item 3: a key's max_concurrent (429 + Retry-After past it), the
+    batch shared between keys (one key's backlog does not starve another), and
+    503 + Retry-After at once past max_queued."""
+    flood = add_key(keys, "flood", "user", "--max-concurrent", "24")
+    other = add_key(keys, "other", "user")
+    capped = add_key(keys, "capped", "user", "--max-concurrent", "2")
+    d = Daemon(work, keys, ["--max-running", "4", "--max-queued", "64", "--threads", "1",
+                            "--queue-timeout-ms", "300000"])
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    # ASan runs the engine ~20x slower
+    n_tok = 60 if os.environ.get("DSI_TEST_SANITIZED") == "1" else 400
+    long_body = {"model": "tiny-chat", "prompt": "hello", "max_tokens": n_tok, "ignore_eos": True}
+    try:
+        # 1. max_concurrent: 2 streams in flight (their clients do not read, so they
+        #    stay in flight however fast the engine is), the third is refused at once
+        results = []
+        lock = threading.Lock()
+
+        def one(key, body, out):
+            t0 = time.time()
+            r = request(d.port, "POST", "/v1/completions", key, body, timeout=120)
+            with lock:
+                out.append((r[0], r[1], r[2], time.time() - t0, time.time()))
+        held_body = {"model": "tiny-chat", "prompt": "hello", "max_tokens": 1900, "ignore_eos": True, "stream": True}
+        held = [open_unread_stream(d.port, capped, held_body, "/v1/completions") for _ in range(2)]
+        time.sleep(0.5)
+        t0 = time.time()
+        st, h, b = request(d.port, "POST", "/v1/completions", capped, long_body)
+        took = time.time() - t0
+        err = json.loads(b).get("error", {}) if b else {}
+        check("fair: past max_concurrent a request gets 429 at once with Retry-After",
+              st == 429 and err.get("code") == "concurrency_limit_exceeded" and int(h.get("retry-after", "0")) >= 1
+              and took < 2, "%d %.1f s %r" % (st, took, b[:160]))
+        st, h, b = request(d.port, "POST", "/v1/completions", other, dict(long_body, max_tokens=4))
+        check("fair: another key is not limited by it", st == 200)
+        for s_ in held:
+            s_.close()
+        st = 0
+        for _ in range(50):  # the slots come back once the server sees the clients gone
+            st, h, b = request(d.port, "POST", "/v1/completions", capped, dict(long_body, max_tokens=4))
+            if st == 200:
+                break
+            time.sleep(0.1)
+        check("fair: the slots come back when their generations end", st == 200, str(st))
+
+        # 2. sharing: 12 long requests of one key fill the 4 slots and queue 8;
+        #    another key's short request does not wait for them (FIFO: 2 waves)
+        flooded = []
+        flood_body = dict(long_body, max_tokens=100 if os.environ.get("DSI_TEST_SANITIZED") == "1" else 1900)
+        ts = [threading.Thread(target=one, args=(flood, flood_body, flooded)) for _ in range(12)]
+        for t in ts:
+            t.start()
+        time.sleep(0.3)
+        t0 = time.time()
+        st, h, b = request(d.port, "POST", "/v1/completions", other,
+                           {"model": "tiny-chat", "prompt": "hi", "max_tokens": 8, "ignore_eos": True})
+        t_other = time.time()
+        done_at_start = sum(1 for r in flooded if r[4] < t0)
+        done_meanwhile = sum(1 for r in flooded if t0 <= r[4] < t_other)
+        print("     the other key's request took %.2f s; of the flood's 12, %d were done when it came, %d finished "
+              "meanwhile" % (t_other - t0, done_at_start, done_meanwhile))
+        check("fair: another key is served while one key floods", st == 200)
+        check("fair: (the flood still had a backlog when it came)", done_at_start <= 4, "%d done" % done_at_start)
+        check("fair: ... without waiting for the flood's backlog", done_meanwhile <= 2,
+              "%d finished meanwhile" % done_meanwhile)
+        for t in ts:
+            t.join(180)
+        check("fair: the flood is served too", sorted(set(r[0] for r in flooded)) == [200], str([r[0] for r in flooded]))
+    finally:
+        d.stop()
+
+    # 3. past max_queued: 503 at once, with Retry-After
+    d = Daemon(work, keys, ["--max-running", "1", "--max-queued", "1", "--threads", "1"])
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    try:
+        got = []
+        ts = [threading.Thread(target=one, args=(other, long_body, got)) for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(180)
+        busy = [r for r in got if r[0] == 503]
+        print("     6 requests, 1 slot + 1 queued: %s" % sorted(r[0] for r in got))
+        # one runs, one waits (or two wait, for a moment before the first is admitted)
+        check("fair: past max_queued the rest get 503", len(busy) >= 3 and len([r for r in got if r[0] == 200]) >= 1)
+        check("fair: ... at once, with Retry-After",
+              all(r[3] < 2 and int(r[1].get("retry-after", "0")) >= 1 and
+                  json.loads(r[2])["error"]["code"] == "queue_full" for r in busy),
+              str([(round(r[3], 2), r[1].get("retry-after")) for r in busy]))
+    finally:
+        d.stop()
+
+
 def group_chat(work, keys):
     """Finding 7: a user message whose content spells out ChatML's special tokens
     must not open a new turn: /v1/tokenize shows the ids the model would get."""
@@ -449,7 +548,7 @@ def group_chat(work, keys):
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1] not in ("quota", "stream", "fail", "chat"):
+    if len(sys.argv) != 2 or sys.argv[1] not in ("quota", "stream", "fail", "fair", "chat"):
         print(__doc__)
         return 2
     if not os.access(BIN, os.X_OK) or not os.path.isdir(MODEL):
