@@ -24,18 +24,13 @@
 #include <time.h>
 
 #include "dsinfer/backend.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "bench_shapes.h"
 #include "cuda_backend.h"
 #include "dsinfer/model.h"
 
 #define PEAK 4.25e12
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 struct run {
     struct dsi_backend *be;
@@ -66,13 +61,13 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
                         : r->be->ops->forward(r->be, &b, r->logits, err);
         if (rc) return -1;
     }
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     for (int it = 0; it < steps; it++) {
         int rc = sample ? dsi_cuda_backend_forward_sample(r->be, &b, r->sp, r->ids, err)
                         : r->be->ops->forward(r->be, &b, r->logits, err);
         if (rc) return -1;
     }
-    return (now_s() - t0) / steps;
+    return (dsi_now_s() - t0) / steps;
 }
 
 int main(int argc, char **argv) {
@@ -123,14 +118,14 @@ int main(int argc, char **argv) {
                                  .max_batch_tokens = max_tokens,
                                  .max_seqs = max_seqs};
     struct dsi_backend *be = NULL;
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     rc = model_dir ? dsi_cuda_backend_create(&m, &o, &be, &err)
                    : dsi_cuda_backend_create_random(&m, &o, 42, &be, &err);
     if (rc) {
         fprintf(stderr, "bench: %s\n", err ? err : dsi_strerror(rc));
         return rc == DSI_ENODEV ? 77 : 1;
     }
-    double load_s = now_s() - t0;
+    double load_s = dsi_now_s() - t0;
     const struct dsi_model_config *c = &m.cfg;
     double wbytes = weight_stream_bytes(c, int8);
     double kv_tok = (double)be->kv_bytes_per_token;
@@ -188,12 +183,12 @@ int main(int argc, char **argv) {
     struct dsi_batch b = {.seqs = &s, .n_seqs = 1};
     double best = 1e9;
     for (int it = 0; it < 4; it++) {
-        double t1 = now_s();
+        double t1 = dsi_now_s();
         if ((rc = be->ops->forward(be, &b, r.logits, &err))) {
             fprintf(stderr, "bench: prefill failed: %s\n", err ? err : "?");
             break;
         }
-        double dt = now_s() - t1;
+        double dt = dsi_now_s() - t1;
         if (it > 0 && dt < best) best = dt;
     }
     if (!rc) {

@@ -53,6 +53,7 @@
 #include <time.h>
 
 #include "dsinfer/backend.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/parallel.h"
 #include "dsinfer/err.h"
 #include "bench_shapes.h"
@@ -67,12 +68,6 @@
 
 /* Agreed outcome of a step every rank takes (device check, create): the worst wins. */
 enum { ST_OK = 0, ST_NODEV = 1, ST_FAIL = 2 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Print what failed on which rank, then take every rank down (never returns). */
 static void fail(int rank, const char *what, const char *why) {
@@ -138,7 +133,7 @@ static void step(struct run *r, const struct dsi_batch *b) {
     int rc;
     r->step++;
     if (r->rank == 0) {
-        double t0 = now_s();
+        double t0 = dsi_now_s();
         size_t n_words = 0;
         if ((rc =
                  dsi_tp_batch_check(b, &r->lim, &err))) /* as the service: a bad batch fails before sending */
@@ -148,7 +143,7 @@ static void step(struct run *r, const struct dsi_batch *b) {
         dsi_tp_hdr_make(hdr, DSI_TP_MSG_FORWARD, (uint32_t)n_words, r->step);
         CK_MPI(r->rank, MPI_Bcast(hdr, DSI_TP_HDR_WORDS, MPI_UINT32_T, 0, MPI_COMM_WORLD));
         CK_MPI(r->rank, MPI_Bcast(r->msg, (int)n_words, MPI_INT32_T, 0, MPI_COMM_WORLD));
-        r->ctl_s += now_s() - t0;
+        r->ctl_s += dsi_now_s() - t0;
         if ((rc = dsi_cuda_backend_forward_sample(r->be, b, r->sp, r->ids, &err)))
             fail(r->rank, "dsi_cuda_backend_forward_sample", err ? err : dsi_strerror(rc));
         return;
@@ -178,10 +173,10 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps) {
         step(r, &b);
     CK_MPI(r->rank, MPI_Barrier(MPI_COMM_WORLD));
     r->ctl_s = 0;
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     for (int it = 0; it < steps; it++)
         step(r, &b);
-    return r->rank == 0 ? (now_s() - t0) / steps : 0;
+    return r->rank == 0 ? (dsi_now_s() - t0) / steps : 0;
 }
 
 static void usage(int rank) {
@@ -318,9 +313,9 @@ int main(int argc, char **argv) {
     }
 
     struct dsi_backend *be = NULL;
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     rc = dsi_cuda_backend_create_shard(&m, &o, &sh, true, 42, &be, &err);
-    double create_s = now_s() - t0, create_max = 0;
+    double create_s = dsi_now_s() - t0, create_max = 0;
     st = rc == 0 ? ST_OK : rc == DSI_ENODEV ? ST_NODEV : ST_FAIL;
     if (rc)
         fprintf(stderr, "bench_cuda_tp: rank %d: dsi_cuda_backend_create_shard (%s %s, shard %d of %d): %s\n",

@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "dsinfer/clock.h"
 
 #define MAX_STATUS 600
 
@@ -76,12 +77,6 @@ struct run {
     uint64_t rng;
     double t0;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -174,7 +169,7 @@ static void on_line(struct run *r, struct client *c, const char *line) {
     int has_text = (strstr(p, "\"content\":\"") && !strstr(p, "\"content\":\"\"")) ||
                    (strstr(p, "\"reasoning_content\":\"") && !strstr(p, "\"reasoning_content\":\"\""));
     if (!has_text) return;
-    double t = now_s();
+    double t = dsi_now_s();
     if (!c->got_first) {
         c->got_first = 1;
         samples_add(&r->ttft, t - c->t_start);
@@ -220,7 +215,7 @@ static int start_request(struct run *r, struct client *c, struct write_ctx *w, C
     c->got_first = c->chunks = c->usage_tokens = c->done_marker = 0;
     c->prompt_tokens = c->cached_tokens = 0;
     c->index = r->started;
-    c->t_start = now_s();
+    c->t_start = dsi_now_s();
     curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(c->h, CURLOPT_WRITEDATA, w);
     r->started++;
@@ -244,7 +239,7 @@ static void finish_request(struct run *r, struct client *c, CURLcode res) {
     r->output_tokens += c->usage_tokens ? c->usage_tokens : c->chunks;
     r->prompt_tokens += c->prompt_tokens;
     r->cached_tokens += c->cached_tokens;
-    samples_add(&r->e2e, now_s() - c->t_start);
+    samples_add(&r->e2e, dsi_now_s() - c->t_start);
 }
 
 static int setup_client(struct run *r, struct client *c, char *auth) {
@@ -425,7 +420,7 @@ int main(int argc, char **argv) {
     struct write_ctx *wc = calloc((size_t)n, sizeof *wc);
     if (!multi || !cl || !wc) return 1;
     curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)n);
-    r->t0 = now_s();
+    r->t0 = dsi_now_s();
     for (int i = 0; i < n; i++) {
         wc[i] = (struct write_ctx){r, &cl[i]};
         if (setup_client(r, &cl[i], auth)) return 1;
@@ -443,7 +438,7 @@ int main(int argc, char **argv) {
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
             finish_request(r, c, m->data.result);
             curl_multi_remove_handle(multi, c->h);
-            int more = r->o.requests ? r->started < r->o.requests : now_s() - r->t0 < r->o.duration_s;
+            int more = r->o.requests ? r->started < r->o.requests : dsi_now_s() - r->t0 < r->o.duration_s;
             if (more && start_request(r, c, &wc[c - cl], multi) == 0) running = 1;
         }
         if (running) curl_multi_poll(multi, NULL, 0, 100, NULL);
@@ -451,7 +446,7 @@ int main(int argc, char **argv) {
             curl_multi_perform(multi, &running);
         }
     }
-    report(r, now_s() - r->t0);
+    report(r, dsi_now_s() - r->t0);
     for (int i = 0; i < n; i++) {
         curl_easy_cleanup(cl[i].h);
         curl_slist_free_all(cl[i].hdrs);

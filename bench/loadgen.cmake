@@ -2,4 +2,4 @@
 find_package(CURL REQUIRED)
 add_executable(loadgen ${CMAKE_CURRENT_SOURCE_DIR}/loadgen.c)
 set_target_properties(loadgen PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
-target_link_libraries(loadgen PRIVATE CURL::libcurl m)
+target_link_libraries(loadgen PRIVATE dsi_core CURL::libcurl m)

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
@@ -126,6 +127,17 @@ TEST(log_escapes_control_bytes_and_invalid_utf8) {
     free(out);
 }
 
+TEST(clock_now_ms_and_s_agree_and_never_go_back) {
+    int64_t ms0 = dsi_now_ms();
+    double s0 = dsi_now_s();
+    usleep(20000);
+    int64_t ms1 = dsi_now_ms();
+    double s1 = dsi_now_s();
+    CHECK(ms1 - ms0 >= 20 && s1 - s0 >= 0.02);
+    CHECK(ms1 - ms0 < 10000);
+    CHECK(fabs(s1 * 1000.0 - (double)ms1) < 5.0); /* one clock, two units */
+}
+
 TEST(write_file_atomic_replaces_with_mode_and_leaves_no_temp) {
     char dir[] = "/tmp/dsi_core_atomic.XXXXXX", path[64], *err = NULL, *got = NULL;
     CHECK(mkdtemp(dir) != NULL);
@@ -159,6 +171,7 @@ int main(void) {
     RUN(utf8_valid_accepts_only_well_formed_text);
     RUN(utf8_printable_refuses_controls_and_malformed_text);
     RUN(log_escapes_control_bytes_and_invalid_utf8);
+    RUN(clock_now_ms_and_s_agree_and_never_go_back);
     RUN(write_file_atomic_replaces_with_mode_and_leaves_no_temp);
     RUN(write_file_atomic_into_missing_folder_fails_cleanly);
     return test_summary();

@@ -14,16 +14,11 @@
  * test_engine_sched.c.
  */
 #include "test_engine_util.h"
+#include "dsinfer/clock.h"
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- tests ---- */
@@ -91,9 +86,9 @@ TEST(engine_deadline_cuts_running_and_waiting) {
     int32_t prompt[3];
     struct dsi_request_params rp;
     greedy_request(&rp, prompt, 3, 7, 200);
-    rp.deadline_ms = now_ms() + 300;
+    rp.deadline_ms = dsi_now_ms() + 300;
     submit_running_and_waiting(e, &m, &rp, r, &c);
-    while (now_ms() <= rp.deadline_ms)
+    while (dsi_now_ms() <= rp.deadline_ms)
         sleep_ms(20);
     mock_pause(&m, false);
     coll_wait(&c, 2);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "auth_internal.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
@@ -80,7 +81,7 @@ static int64_t now_wall(const struct dsi_auth *a) {
 /* Rate limits use the monotonic clock so an NTP step neither refills nor
  * drains budgets. */
 static int64_t now_mono(const struct dsi_auth *a) {
-    return a->clock ? a->clock(a->clock_ctx) : dsi__monotonic_ms();
+    return a->clock ? a->clock(a->clock_ctx) : dsi_now_ms();
 }
 
 static struct dsi__keyset *acquire(struct dsi_auth *a) {

@@ -93,7 +93,6 @@ int dsi__rfc3339_parse(const char *s, int64_t *out_ms);
  * "2027-01-31T12:00:00Z"; buf needs 32 bytes. */
 void dsi__rfc3339_format(int64_t ms, bool with_ms, char buf[32]);
 int64_t dsi__realtime_ms(void);
-int64_t dsi__monotonic_ms(void);
 
 /* Parses an Authorization value of explicit length (it may hold NULs).
  * Returns DSI_AUTH_OK with the key copied into key_out, DSI_AUTH_MISSING for an

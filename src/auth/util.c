@@ -1,6 +1,6 @@
 /*
  * util.c: small helpers of the auth module: RFC 3339 time parsing and
- * formatting (strict, no locale or TZ dependence), clocks and the
+ * formatting (strict, no locale or TZ dependence), the wall clock and the
  * Authorization header parser. Hex and SHA-256 come from core/crypto.
  */
 #include <stdio.h>
@@ -100,12 +100,6 @@ void dsi__rfc3339_format(int64_t ms, bool with_ms, char buf[32]) {
 int64_t dsi__realtime_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t dsi__monotonic_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 

@@ -10,10 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cmd_bench_internal.h"
 #include "dsinfer/backend.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/engine.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
@@ -32,12 +32,6 @@ struct eng_wait {
     pthread_cond_t cv;
     int n_done;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 struct copy_job {
     char *dst;
@@ -66,7 +60,7 @@ double dsi__bench_measure_peak_gbs(int n_threads) {
     struct copy_job jobs[64];
     size_t part = PEAK_BUF_BYTES / (size_t)n_threads;
     for (int rep = 0; rep < 5; rep++) {
-        double t0 = now_s();
+        double t0 = dsi_now_s();
         for (int i = n_threads - 1; i >= 0; i--) {
             jobs[i] = (struct copy_job){dst + (size_t)i * part, src + (size_t)i * part,
                                         i == n_threads - 1 ? PEAK_BUF_BYTES - (size_t)i * part : part};
@@ -76,7 +70,7 @@ double dsi__bench_measure_peak_gbs(int n_threads) {
         }
         for (int i = 1; i < n_threads; i++)
             if (started[i]) pthread_join(th[i], NULL);
-        double dt = now_s() - t0;
+        double dt = dsi_now_s() - t0;
         double gbs = dt > 0 ? 2.0 * (double)PEAK_BUF_BYTES / dt / 1e9 : 0;
         if (gbs > best) best = gbs;
     }
@@ -117,7 +111,7 @@ static int feed_seq(struct dsi_backend *be, uint64_t seq, const int32_t *ids, in
 
 static void eng_cb(void *user, const struct dsi_token_event *ev) {
     struct eng_req *q = user;
-    double t = now_s();
+    double t = dsi_now_s();
     pthread_mutex_lock(&q->w->mu);
     if (ev->token >= 0) { /* a STOP final event carries no token (engine.h) */
         q->n_tokens++;
@@ -148,7 +142,7 @@ static int engine_run(struct dsi_engine *e, int B, int n_prompt, int n_new, int 
     pthread_cond_init(&w.cv, NULL);
     uint64_t rng = 7;
     int rc = 0, submitted = 0;
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     for (int i = 0; i < B; i++) {
         for (int k = 0; k < n_prompt; k++)
             prompt[k] = rand_id(&rng, vocab);
@@ -156,7 +150,7 @@ static int engine_run(struct dsi_engine *e, int B, int n_prompt, int n_new, int 
         dsi_sampling_defaults(&p.sampling);
         p.sampling.temperature = 0;
         q[i].w = &w;
-        q[i].t_submit = now_s();
+        q[i].t_submit = dsi_now_s();
         uint64_t id;
         if ((rc = dsi_engine_submit(e, &p, eng_cb, &q[i], &id, err))) break;
         submitted++;
@@ -165,7 +159,7 @@ static int engine_run(struct dsi_engine *e, int B, int n_prompt, int n_new, int 
     while (w.n_done < submitted)
         pthread_cond_wait(&w.cv, &w.mu);
     pthread_mutex_unlock(&w.mu);
-    double wall = now_s() - t0, ttft = 0;
+    double wall = dsi_now_s() - t0, ttft = 0;
     *r = (struct engine_res){.streams = B, .wall_s = wall};
     for (int i = 0; i < submitted; i++) {
         r->tokens += q[i].n_tokens;
@@ -213,24 +207,24 @@ static int decode_steps(struct dsi_backend *be, int B, int C, int W, int N, cons
         if (be->ops->forward_sample) {
             for (int s = 0; s < B; s++)
                 sp[s] = (struct dsi_sample_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .u = 0.0f};
-            double t0 = now_s();
+            double t0 = dsi_now_s();
             int rc = be->ops->forward_sample(be, &b, sp, sid, err);
             if (rc) return rc;
-            double t1 = now_s();
+            double t1 = dsi_now_s();
             for (int s = 0; s < B; s++)
                 cur[s] = sid[s] >= 0 && sid[s] < V ? sid[s] : 0;
             if (step >= W) *t_fwd += t1 - t0;
             continue;
         }
-        double t0 = now_s();
+        double t0 = dsi_now_s();
         int rc = be->ops->forward(be, &b, logits, err);
         if (rc) return rc;
-        double t1 = now_s();
+        double t1 = dsi_now_s();
         for (int s = 0; s < B; s++) {
             int32_t t = dsi_sample(logits + (size_t)s * V, V, greedy, &st[s], NULL, 0, 0, NULL);
             cur[s] = t >= 0 && t < V ? t : 0;
         }
-        double t2 = now_s();
+        double t2 = dsi_now_s();
         if (step >= W) *t_fwd += t1 - t0, *t_smp += t2 - t1;
     }
     return 0;
@@ -331,7 +325,7 @@ static void run_free(struct run *x) {
 
 /* Untimed: real K/V for every (B, C) run to read. */
 static int run_fill(struct run *x, struct dtype_res *r, char **err) {
-    double t_fill = now_s();
+    double t_fill = dsi_now_s();
     int V = x->be->vocab_size;
     if (x->a->fill && x->maxC > 0) {
         for (int s = 0; s < x->maxB; s++) {
@@ -342,7 +336,7 @@ static int run_fill(struct run *x, struct dtype_res *r, char **err) {
             if (rc) return rc;
         }
     }
-    r->fill_s = now_s() - t_fill;
+    r->fill_s = dsi_now_s() - t_fill;
     return 0;
 }
 
@@ -390,12 +384,12 @@ static int run_prefill(struct run *x, struct dtype_res *r, char **err) {
     for (int k = 0; k < P; k++)
         x->ids[k] = rand_id(&x->rng, V);
     for (int run = 0; run < 1 + x->a->repeat; run++) {
-        double t0 = now_s();
+        double t0 = dsi_now_s();
         int rc = feed_seq(x->be, 1, x->ids, P, 0, x->T, x->table, x->nb, true, x->logits, err);
         if (rc) return rc;
-        double t1 = now_s();
+        double t1 = dsi_now_s();
         (void)dsi_sample(x->logits, V, &x->greedy, &x->st[0], NULL, 0, 0, NULL);
-        double t2 = now_s();
+        double t2 = dsi_now_s();
         if (run == 0 || t2 - t0 < r->ttft_ms / 1e3) {
             r->pre_ms = (t1 - t0) * 1e3;
             r->pre_tok_s = t1 > t0 ? P / (t1 - t0) : 0;

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
@@ -48,12 +49,6 @@ static int parse_args(const char *cmd, int argc, char **argv, struct model_args 
     return 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int fail(const char *cmd, int rc, char *err) {
     fprintf(stderr, "dsinfer %s: %s\n", cmd, err ? err : dsi_strerror(rc));
     free(err);
@@ -67,9 +62,9 @@ int dsi_cmd_verify(int argc, char **argv) {
         .n_threads = a.n_threads, .progress = true, .expect_manifest_sha256 = a.pin};
     char *err = NULL;
     size_t bytes = 0;
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     int rc = dsi_manifest_verify(a.dir, &o, &bytes, &err);
-    double dt = now_s() - t0;
+    double dt = dsi_now_s() - t0;
     if (rc) return fail("verify", rc, err);
     printf("OK %s: every file matches SHA256SUMS (%.3f GB in %.2f s, %.2f GB/s)\n", a.dir,
            (double)bytes / 1e9, dt, dt > 0 ? (double)bytes / 1e9 / dt : 0.0);

@@ -20,9 +20,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/config.h"
 #include "dsinfer/backend.h"
 #include "dsinfer/engine.h"
@@ -334,16 +334,10 @@ struct gen_sink {
     double t_first; /* when the first event came: the end of prefill */
 };
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void gen_cb(void *user, const struct dsi_token_event *ev) {
     struct gen_sink *k = user;
     pthread_mutex_lock(&k->mu);
-    if (k->t_first == 0) k->t_first = now_s();
+    if (k->t_first == 0) k->t_first = dsi_now_s();
     if (ev->token >= 0 && k->n < k->cap) k->toks[k->n++] = ev->token;
     if (ev->finished) {
         k->done = true;
@@ -496,12 +490,12 @@ int dsi_cmd_generate(int argc, char **argv) {
         status = fail("generate", DSI_ENOMEM, NULL);
         goto out;
     }
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     if (max_new > 0 && (rc = gen_run(&a, rt, max_new, &k, &err))) {
         status = fail("generate", rc, err);
         goto out;
     }
-    double t_end = now_s(), t_first = k.t_first > 0 ? k.t_first : t_end;
+    double t_end = dsi_now_s(), t_first = k.t_first > 0 ? k.t_first : t_end;
     if (max_new == 0 && !a.json && rt->tok) fputc('\n', stdout);
     gen_print(&a, rt->tok, &k);
     double pre = t_first - t0, dec = t_end - t_first;

@@ -14,17 +14,12 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "engine_internal.h"
 
 static int check_opts(const struct dsi_backend *be, const struct dsi_engine_opts *o, char **err);
-
-int64_t dsi__engine_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 void dsi_engine_opts_defaults(struct dsi_engine_opts *o) {
     memset(o, 0, sizeof *o); /* fields added later default to 0 = off */
@@ -254,7 +249,7 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
         return dsi_seterr(err, rc, rc == DSI_EINVAL ? "request: a grammar needs its token trie"
                                                     : "request: out of memory");
     }
-    r->submit_ms = dsi__engine_now_ms();
+    r->submit_ms = dsi_now_ms();
     r->deadline_ms = p->deadline_ms;
     if (!r->deadline_ms && o->request_timeout_ms > 0) r->deadline_ms = r->submit_ms + o->request_timeout_ms;
     *out = r;

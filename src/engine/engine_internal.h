@@ -75,8 +75,6 @@ struct dsi_engine {
     int32_t *sids;                     /* (max_running) forward_sample's ids */
 };
 
-/* Monotonic clock in ms. */
-int64_t dsi__engine_now_ms(void);
 /* Scheduler thread body; arg is the engine. */
 void *dsi__engine_sched_main(void *arg);
 /* Waiting queue operations (caller holds mu). */

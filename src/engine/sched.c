@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "dsinfer/grammar.h"
@@ -540,7 +541,7 @@ void *dsi__engine_sched_main(void *arg) {
             pthread_cond_wait(&e->cv, &e->mu);
         if (e->stopping) break;
         struct dsi__req *done = NULL;
-        collect_expired(e, dsi__engine_now_ms(), &done);
+        collect_expired(e, dsi_now_ms(), &done);
         grow_running(e);
         admit(e);
         int n_b = plan_batch(e);

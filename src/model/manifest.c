@@ -19,6 +19,7 @@
  */
 #include "model_internal.h"
 
+#include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
@@ -239,12 +240,6 @@ static int cmp_size_desc(const void *a, const void *b, void *ctx) {
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Hashes every job into job->got on worker threads; per-file failures land in
  * job->rc/err. Returns 0 unless the pool itself could not run. */
 static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *o, const char *what,
@@ -273,7 +268,7 @@ static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *
         if (pthread_create(&th[started], NULL, worker, &p) != 0) break;
     if (started == 0) worker(&p); /* no threads available: hash on this one */
     bool progress = o && o->progress && isatty(STDERR_FILENO);
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     pthread_mutex_lock(&p.mu);
     while (p.done < n) {
         struct timespec ts;
@@ -282,7 +277,7 @@ static int hash_all(struct job *jobs, size_t n, const struct dsi_manifest_opts *
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&p.cv, &p.mu, &ts);
         if (progress) {
-            double done = (double)atomic_load(&p.bytes), dt = now_s() - t0;
+            double done = (double)atomic_load(&p.bytes), dt = dsi_now_s() - t0;
             fprintf(stderr, "\r%s: %zu/%zu files, %.2f/%.2f GB (%.0f%%), %.2f GB/s   ", what, p.done, n,
                     done / 1e9, (double)total / 1e9, total ? 100.0 * done / (double)total : 100.0,
                     dt > 0 ? done / 1e9 / dt : 0.0);

@@ -21,6 +21,7 @@
  */
 #include "model_internal.h"
 
+#include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
@@ -31,12 +32,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Tensor data withheld until their file's digest matched. */
 struct held {
@@ -181,7 +176,7 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
     const bool keyed = o->key_file && o->key_file[0];
     const bool defer = o->defer_weight_hash && !keyed; /* backends load decrypted bytes from memory */
     if (!(m->dir = strdup(dir))) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     if (o->skip_verify) {
         dsi_log(DSI_LOG_WARN, "model",
                 "%s: SHA-256 verification SKIPPED (skip_verify; development only, never in "
@@ -196,7 +191,7 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
         else
             rc = dsi_manifest_verify(dir, &mo, &bytes, err);
         if (rc) goto fail;
-        m->verify_s = now_s() - t0;
+        m->verify_s = dsi_now_s() - t0;
         uint64_t deferred = 0;
         for (size_t i = 0; i < m->n_pending; i++)
             deferred += m->pending[i].size;
@@ -207,7 +202,7 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
             dsi_log(DSI_LOG_INFO, "model", "%s: %zu weight files (%.2f GB) to be hashed while loading", dir,
                     m->n_pending, (double)deferred / 1e9);
     }
-    double t1 = now_s();
+    double t1 = dsi_now_s();
     if (keyed) {
         if ((rc = dsi__model_open_encrypted(m, dir, o->key_file, o->n_threads, err))) goto fail;
     } else {
@@ -222,7 +217,7 @@ int dsi_model_open(struct dsi_model *m, const char *dir, const struct dsi_model_
         if ((rc = dsi_st_open_dir(&m->st, dir, err))) goto fail;
     }
     if (m->n_pending && (rc = withhold(m, err))) goto fail;
-    m->open_s = now_s() - t1;
+    m->open_s = dsi_now_s() - t1;
     return 0;
 fail:
     dsi_model_close(m);

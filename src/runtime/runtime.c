@@ -12,16 +12,10 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 int dsi_runtime_parse_dtype(const char *s, enum dsi_weight_dtype *out) {
     if (!s || !s[0] || !strcmp(s, "bf16")) *out = DSI_W_BF16;
@@ -168,7 +162,7 @@ int dsi_runtime_open(const struct dsi_config *c, const struct dsi_runtime_opts *
         return dsi_seterr(err, DSI_EINVAL, "dtype '%s' is not f32, bf16 or int8", c->dtype);
     struct dsi_runtime *rt = calloc(1, sizeof *rt);
     if (!rt) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     const bool cuda = is_set(c->backend) && !strcmp(c->backend, "cuda");
     struct dsi_model_open_opts mo = {.skip_verify = c->skip_verify,
                                      .expect_manifest_sha256 = is_set(c->manifest_sha256) ? c->manifest_sha256 : NULL,
@@ -183,11 +177,11 @@ int dsi_runtime_open(const struct dsi_config *c, const struct dsi_runtime_opts *
     if ((rc = dsi_model_config_runnable(&rt->model.cfg, err))) goto fail;
     if ((rc = open_tokenizer(c, &o, rt, err))) goto fail;
     if ((rc = backend_opts(c, &o, &rt->model.cfg, &bo, err))) goto fail;
-    double t1 = now_s();
+    double t1 = dsi_now_s();
     if ((rc = create_backend(c, &bo, rt, err))) goto fail;
-    rt->backend_s = now_s() - t1;
+    rt->backend_s = dsi_now_s() - t1;
     if ((rc = create_engine(c, &o, rt, err))) goto fail;
-    rt->total_s = now_s() - t0;
+    rt->total_s = dsi_now_s() - t0;
     *out = rt;
     return 0;
 fail:

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
@@ -37,12 +38,6 @@ static int emit(void *user, enum dsi__channel ch, const char *s, size_t n);
 static int chunk_begin(struct dsi__gen *g, struct dsi__sbuf *b);
 static int append_usage(struct dsi__gen *g, struct dsi__sbuf *b);
 
-double dsi__srv_now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__gen **out) {
     struct dsi__gen *g = calloc(1, sizeof *g);
     if (!g) return DSI_ENOMEM;
@@ -53,7 +48,7 @@ int dsi__gen_create(struct dsi_server *s, struct MHD_Connection *c, struct dsi__
     g->refs = 1;
     g->s = s;
     g->conn = c;
-    g->t_start = dsi__srv_now_s();
+    g->t_start = dsi_now_s();
     pthread_mutex_lock(&s->mu);
     g->next = s->gens;
     if (s->gens) s->gens->prev = g;
@@ -434,7 +429,7 @@ static void engine_failed(struct dsi__gen *g, int err) {
 static void engine_cb(void *user, const struct dsi_token_event *ev) {
     struct dsi__gen *g = user;
     struct dsi_server *s = g->s;
-    double now = dsi__srv_now_s();
+    double now = dsi_now_s();
     pthread_mutex_lock(&g->mu);
     int rc = 0;
     /* Counts ride on every event, so a client that leaves early is charged for
@@ -538,9 +533,7 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
         p.grammar_trie = tr;
     }
     if (s->cfg->request_timeout_ms > 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        p.deadline_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + s->cfg->request_timeout_ms;
+        p.deadline_ms = dsi_now_ms() + s->cfg->request_timeout_ms;
     }
     if (g->stream) {
         /* The role chunk goes out at once so the client sees headers and the id. */

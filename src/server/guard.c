@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "srv.h"
@@ -78,7 +79,7 @@ static void *guard_main(void *arg) {
         pthread_cond_timedwait(&g->cv, &g->mu, &ts);
         if (g->stop) break;
         int late = 0, open = g->n;
-        int closed = scan(g, dsi__srv_now_s(), &late);
+        int closed = scan(g, dsi_now_s(), &late);
         if (closed)
             dsi_log(DSI_LOG_INFO, "http", "closed %d connection(s): %d past request_read_timeout_s %d, %d idle with %d open",
                     closed, late, g->deadline_s, closed - late, open);
@@ -133,7 +134,7 @@ struct dsi__conn *dsi__guard_open(struct dsi_server *s, struct MHD_Connection *c
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     k->s = s;
     k->fd = ci ? ci->connect_fd : -1;
-    k->t_wait = dsi__srv_now_s();
+    k->t_wait = dsi_now_s();
     k->reading = k->fd >= 0; /* without a descriptor the guard cannot close it: skip */
     struct dsi__guard *g = s->guard;
     if (g) {
@@ -173,7 +174,7 @@ void dsi__guard_mark(struct MHD_Connection *c, enum dsi__conn_phase phase) {
     case DSI__CONN_NEXT:
         k->reading = k->fd >= 0;
         k->have_headers = false;
-        k->t_wait = dsi__srv_now_s();
+        k->t_wait = dsi_now_s();
         break;
     }
     pthread_mutex_unlock(&g->mu);

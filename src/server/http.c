@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "srv.h"
@@ -519,7 +520,7 @@ static struct conn_ctx *ctx_new(struct dsi_server *s, struct MHD_Connection *c) 
     struct conn_ctx *x = calloc(1, sizeof *x);
     if (!x) return NULL;
     atomic_fetch_add(&s->active, 1);
-    x->t0 = dsi__srv_now_s();
+    x->t0 = dsi_now_s();
     x->route = DSI__R_OTHER;
     snprintf(x->req_id, sizeof x->req_id, "req-%016" PRIx64, atomic_fetch_add(&s->next_id, 1));
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -649,7 +650,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
             .status = status,
             .prompt_tokens = prompt,
             .completion_tokens = completion,
-            .latency_ms = (dsi__srv_now_s() - x->t0) * 1000.0,
+            .latency_ms = (dsi_now_s() - x->t0) * 1000.0,
         };
         dsi_audit_write(s->audit, &a);
     }

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "dsinfer/sdnotify.h"
@@ -236,8 +237,6 @@ static void reload(struct dsi_server *s) {
     dsi_sd_notify("READY=1");
 }
 
-static int64_t now_ms(void) { return (int64_t)(dsi__srv_now_s() * 1000.0); }
-
 int dsi_server_run(struct dsi_server *s) {
     uint64_t wd_usec = dsi_sd_watchdog_usec();
     int wd_ms = wd_usec ? (int)(wd_usec / 2000) : -1;
@@ -265,7 +264,7 @@ int dsi_server_run(struct dsi_server *s) {
                 pthread_rwlock_rdlock(&s->eng_lock);
                 if (s->eng) dsi_engine_drain(s->eng);
                 pthread_rwlock_unlock(&s->eng_lock);
-                drain_deadline = now_ms() + (int64_t)s->cfg->drain_timeout_s * 1000;
+                drain_deadline = dsi_now_ms() + (int64_t)s->cfg->drain_timeout_s * 1000;
                 draining = true;
             } else {
                 dsi_log(DSI_LOG_WARN, "server", "second stop signal: stopping now");
@@ -280,8 +279,8 @@ int dsi_server_run(struct dsi_server *s) {
             pthread_mutex_lock(&s->mu);
             bool gens_left = s->gens != NULL;
             pthread_mutex_unlock(&s->mu);
-            if ((st.running == 0 && st.waiting == 0 && !gens_left) || now_ms() >= drain_deadline) {
-                if (now_ms() >= drain_deadline && (st.running || st.waiting))
+            if ((st.running == 0 && st.waiting == 0 && !gens_left) || dsi_now_ms() >= drain_deadline) {
+                if (dsi_now_ms() >= drain_deadline && (st.running || st.waiting))
                     dsi_log(DSI_LOG_WARN, "server", "drain timeout: cancelling %d running, %d waiting", st.running, st.waiting);
                 else dsi_log(DSI_LOG_INFO, "server", "drained");
                 return 0;

@@ -156,7 +156,6 @@ void dsi__gen_conn_done(struct dsi__gen *g);
 void dsi__gen_cancel_if_needed(struct dsi__gen *g);
 /* Shutdown: marks every live generation finished and resumes its connection. */
 void dsi__gen_abort_all(struct dsi_server *s);
-double dsi__srv_now_s(void);
 /* dsi_engine_cancel under the engine read lock (no-op once the engine is gone). */
 void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
 

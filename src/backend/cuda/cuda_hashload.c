@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "cuda_internal.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
@@ -72,12 +73,6 @@ struct hl_pool {
     size_t chunk;
     int device;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void reader_fail(struct hl_ring *r, int rc, char *msg) {
     pthread_mutex_lock(&r->mu);
@@ -267,13 +262,13 @@ void dsi__cuda_free_images(struct dsi__cuda *c, const struct dsi_model *m, uint8
 /* Host verify, then the ordinary upload from the mmap (the two passes). */
 static int two_pass(const struct dsi_model *m, const char *why, char **err) {
     dsi_log(DSI_LOG_INFO, "cuda", "weights: two passes (host SHA-256 verify, then upload): %s", why);
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     int rc = dsi_model_verify_pending(m, 0, err);
     if (rc) return rc;
     uint64_t bytes = 0;
     for (size_t i = 0; i < m->n_pending; i++)
         bytes += m->pending[i].size;
-    double dt = now_s() - t0;
+    double dt = dsi_now_s() - t0;
     dsi_log(DSI_LOG_INFO, "cuda", "weights: host verify of %.2f GB in %.2f s (%.2f GB/s)",
             (double)bytes / 1e9, dt, dt > 0 ? (double)bytes / 1e9 / dt : 0.0);
     return 0;
@@ -309,7 +304,7 @@ int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_
         return two_pass(m, why, err);
     }
 
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     struct hl_file *files = calloc(n, sizeof *files);
     uint8_t **img = calloc(m->n_pending, sizeof *img);
     if (!files || !img) {
@@ -362,7 +357,7 @@ int dsi__cuda_hash_upload(struct dsi__cuda *c, const struct dsi_model *m, uint8_
             }
             free(e);
         }
-        double dt = now_s() - t0;
+        double dt = dsi_now_s() - t0;
         if (!rc)
             dsi_log(
                 DSI_LOG_INFO, "cuda",
