@@ -4,7 +4,7 @@
  * own entry points beyond backend.h are in src/backend/cuda/cuda_backend.h.
  *
  * Every launcher names its CPU twin (the reference it is tested against,
- * mostly include/dsinfer/cpu_ops.h); docs/cuda-backend.md has the table.
+ * mostly src/backend/cpu/cpu_ops.h); docs/cuda-backend.md has the table.
  *
  * Conventions
  * - Every launcher is plain C, takes device pointers and a stream, checks its

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dsinfer/cpu_deepseek.h"
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_deepseek.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "test.h"
 
 static float frand(unsigned *s) {

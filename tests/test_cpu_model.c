@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "dsinfer/err.h"
 #include "dsinfer/rope.h"
 #include "dsinfer/model.h"

@@ -4,7 +4,7 @@
  */
 #include <stdint.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "dsinfer/err.h"
 #include "dsinfer/rope.h"
 #include "test.h"

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
 #include "test.h"

@@ -21,7 +21,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "cuda_backend.h"
 #include "dsinfer/rope.h"
 #include "test.h"

@@ -22,7 +22,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "kernels.h"
 #include "test.h"
 #define TEST_CUDA_SEED 0x2545F4914F6CDD1Dull

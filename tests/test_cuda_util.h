@@ -12,7 +12,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "../src/backend/cpu/cpu_ops.h"
 #include "test.h"
 
 #ifndef TEST_CUDA_SEED

@@ -7,7 +7,7 @@
  * Invariants: every output element is one fixed-order sum; ties between equal
  * scores go to the lower expert / group id, so routing is deterministic.
  */
-#include "dsinfer/cpu_deepseek.h"
+#include "cpu_deepseek.h"
 
 #include <math.h>
 #include <string.h>

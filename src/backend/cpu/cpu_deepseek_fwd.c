@@ -25,7 +25,7 @@
 #endif
 
 #include "cpu_internal.h"
-#include "dsinfer/cpu_deepseek.h"
+#include "cpu_deepseek.h"
 
 #define MLA_NORM_EPS 1e-6f
 

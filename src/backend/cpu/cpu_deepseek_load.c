@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "cpu_internal.h"
-#include "dsinfer/cpu_deepseek.h"
+#include "cpu_deepseek.h"
 #include "dsinfer/err.h"
 
 /* A 1-D or 2-D f32 copy of a float tensor with the given shape, owned by c. */

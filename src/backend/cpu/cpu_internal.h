@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "dsinfer/backend.h"
-#include "dsinfer/cpu_ops.h"
+#include "cpu_ops.h"
 
 struct dsi__cpu_layer {
     struct dsi_qweight wq;     /* (nh*head_dim, hidden) */

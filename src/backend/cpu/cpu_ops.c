@@ -11,7 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "cpu_ops.h"
 #include "dsinfer/err.h"
 
 #if defined(__AVX2__) && defined(__FMA__)

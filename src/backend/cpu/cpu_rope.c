@@ -6,7 +6,7 @@
  */
 #include <math.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "cpu_ops.h"
 
 void dsi_rope_neox(float *x, int n_heads, int head_dim, int rot_dim, int pos, const float *inv_freq,
                    float attn_factor) {

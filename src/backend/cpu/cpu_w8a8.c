@@ -13,7 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "cpu_ops.h"
 
 void dsi_quantize_act_int8(const float *x, int n, int8_t *q, float *scale) {
     float amax = 0.0f;

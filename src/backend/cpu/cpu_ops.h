@@ -19,7 +19,9 @@
  *                 position p of a sequence lives in block block_table[p / block_size],
  *                 slot p % block_size.
  *
- * Owner: src/backend/cpu.
+ * Owner: src/backend/cpu. Backend-private, not a module contract (hence not
+ * under include/): the CPU backend and the tests that compare against it
+ * (tests/test_cpu_*.c, tests/test_cuda_*.c) include it by path.
  */
 #ifndef DSINFER_CPU_OPS_H
 #define DSINFER_CPU_OPS_H

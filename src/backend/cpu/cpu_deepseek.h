@@ -22,7 +22,8 @@
  * which equals HF's q_nope . (W_UK c_kv_j) and softmax . (W_UV c_kv_j) up to
  * rounding (the products are reassociated).
  *
- * Owner: src/backend/cpu.
+ * Owner: src/backend/cpu. Backend-private like cpu_ops.h: the CPU backend and
+ * the tests that compare against it include it by path.
  */
 #ifndef DSINFER_CPU_DEEPSEEK_H
 #define DSINFER_CPU_DEEPSEEK_H
@@ -30,7 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dsinfer/cpu_ops.h"
+#include "cpu_ops.h"
 #include "dsinfer/model.h"
 
 /* ---- MLA ------------------------------------------------------------------------ */
