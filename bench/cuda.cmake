@@ -12,5 +12,5 @@ if(DSI_HAVE_CUDA)
   # the library baselines of issue 19 (cuBLASLt int8, cuBLAS bf16); no dsinfer code
   add_executable(bench_cublas_int8 ${CMAKE_SOURCE_DIR}/bench/bench_cublas_int8.c)
   set_target_properties(bench_cublas_int8 PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
-  target_link_libraries(bench_cublas_int8 PRIVATE CUDA::cudart CUDA::cublas CUDA::cublasLt)
+  target_link_libraries(bench_cublas_int8 PRIVATE dsi_build CUDA::cudart CUDA::cublas CUDA::cublasLt)
 endif()

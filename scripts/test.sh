@@ -11,18 +11,18 @@ jobs=$(nproc)
 fuzz_s=${DSI_FUZZ_SECONDS:-20}
 
 echo "== release build + tests"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DDSI_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 echo "== ASan + UBSan build + tests"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDSI_SANITIZE=ON -DDSI_CUDA=OFF >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDSI_SANITIZE=ON -DDSI_CUDA=OFF -DDSI_WERROR=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -j"$jobs" -LE slow
 
 echo "== fuzz smoke (${fuzz_s}s per target)"
-CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DDSI_FUZZ=ON -DDSI_SANITIZE=ON -DDSI_CUDA=OFF >/dev/null
+CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DDSI_FUZZ=ON -DDSI_SANITIZE=ON -DDSI_CUDA=OFF -DDSI_WERROR=ON >/dev/null
 cmake --build build-fuzz -j"$jobs"
 for f in build-fuzz/fuzz_*; do
   [[ -x $f ]] || continue

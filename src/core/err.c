@@ -30,7 +30,9 @@ const char *dsi_strerror(int code) {
     }
 }
 
-static char *vformat(const char *fmt, va_list ap) {
+/* The format attribute lets -Wformat-nonliteral (clang: part of -Wformat=2) see
+ * that fmt is checked at its callers, the printf-like public functions. */
+__attribute__((format(printf, 1, 0))) static char *vformat(const char *fmt, va_list ap) {
     va_list ap2;
     va_copy(ap2, ap);
     int n = vsnprintf(NULL, 0, fmt, ap2);

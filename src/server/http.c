@@ -679,7 +679,9 @@ static unsigned http_threads(const struct dsi_config *cfg) {
     return n < 2 ? 2u : n > 8 ? 8u : (unsigned)n;
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap) {
+/* The format attribute tells -Wformat-nonliteral (clang's -Wformat=2) that fmt is
+ * libmicrohttpd's own printf format. */
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[512];
     (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);

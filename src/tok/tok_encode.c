@@ -280,9 +280,9 @@ int dsi__tok_encode_spans(const struct dsi_tokenizer *t, const char *text, size_
             }
         if (a->rstrip)
             while (s1 < len) {
-                size_t k = dsi__utf8_decode(text + s1, &cp);
+                size_t n = dsi__utf8_decode(text + s1, &cp);
                 if (!dsi__is_unicode_space(cp)) break;
-                s1 += k;
+                s1 += n;
             }
         if ((rc = encode_segment(&e, text + seg, s0 - seg))) goto fail;
         if ((rc = dsi__ids_reserve(&e.ids, &e.cap, e.n_ids + 1))) {

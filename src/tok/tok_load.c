@@ -139,7 +139,7 @@ static size_t pow2_at_least(size_t n) {
 static int load_vocab(struct loader *L, const cJSON *vocab, const cJSON *added) {
     struct dsi_tokenizer *t = L->t;
     int rc;
-    int32_t id, max_id = -1;
+    int32_t id = -1, max_id = -1; /* id: set by get_id before each use (gcc -O3 cannot tell) */
     size_t count = 0, bytes = 0;
     if (!cJSON_IsObject(vocab)) return dsi_seterr(L->err, DSI_EFORMAT, "tokenizer.json: model.vocab is not an object");
     for (const cJSON *c = vocab->child; c; c = c->next) {
