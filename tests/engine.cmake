@@ -9,6 +9,8 @@ dsi_test(test_engine_life SOURCES tests/test_engine_life.c LIBS dsi_engine Threa
 # The prefix cache through the scheduler: hits, namespaces, counters, and exact
 # block counts under preemption and cancel (same mock).
 dsi_test(test_engine_prefix SOURCES tests/test_engine_prefix.c LIBS dsi_engine Threads::Threads)
+# Teacher-forced scoring requests (perplexity's path) against the same mock.
+dsi_test(test_engine_score SOURCES tests/test_engine_score.c LIBS dsi_engine Threads::Threads m)
 # The forward_sample path (sampling inside the backend) against a mock backend.
 dsi_test(test_engine_gpu_sample SOURCES tests/test_engine_gpu_sample.c LIBS dsi_engine Threads::Threads m)
 # Batch invariance on the CPU backend with the tiny fixture models. Labelled

@@ -18,6 +18,10 @@
  * - ERROR: error says why: DSI_ETIMEDOUT (waited longer than queue_timeout_ms, or
  *   the deadline passed before any token), or the backend's code on a failed step.
  * - CANCELLED: dsi_engine_cancel or dsi_engine_destroy.
+ * - Scoring (dsi_request_params.score): one event per position p of the prompt
+ *   but the last, in order, with token = prompt[p + 1] and logprob its
+ *   log-probability given prompt[0..p]; the last one has finished set and
+ *   finish LENGTH. Nothing is sampled.
  *
  * Owner: src/engine.
  */
@@ -96,6 +100,14 @@ struct dsi_request_params {
      * requests cannot starve another. */
     uint64_t tenant;
     int weight;
+    /* Teacher-forced scoring (perplexity): feed the prompt through the same
+     * steps as any request and, instead of generating, report for every
+     * position the log-probability of the next prompt token (fp32 logits, a
+     * log-softmax over the whole vocabulary in double; the head's padding rows
+     * included, as HF's does). Needs n_prompt >= 2 and max_tokens 0; sampling,
+     * stop ids, a grammar and n > 1 do not apply. One position per step: a backend's
+     * forward gives the logits of a sequence's last new token only. */
+    bool score;
 };
 
 struct dsi_token_event {

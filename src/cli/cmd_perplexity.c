@@ -1,6 +1,7 @@
 /*
  * cmd_perplexity.c: `dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8]
- *                    [--group-size N] [--backend cpu|cuda] [--ctx N] [--max-tokens N] [--json]`
+ *                    [--group-size N] [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--ctx N]
+ *                    [--max-tokens N] [--parallel N] [--json]`
  *
  * Protocol (the same as scripts/demo/train_demo.py uses for HF transformers, so the
  * numbers compare): the text is encoded without BOS and cut into non-overlapping
@@ -8,22 +9,25 @@
  * tokens 1..n-1 from its own prefix; a last window of fewer than 2 tokens is dropped.
  * perplexity = exp(total NLL / tokens predicted), NLL from an fp32 log-softmax.
  *
- * Each window is fed one token per step, so any backend that implements forward()
- * (logits of the last new token) can be measured; --max-tokens bounds the work for
- * quick checks (tests). The model is assembled by dsi_runtime_open (src/runtime).
- * The steps go to the backend directly, not through a dsi_engine: the NLL needs the
- * whole distribution at every position (the log-probability of the text's next
- * token, not of a sampled one), and the engine hands out sampled tokens only.
+ * The model is assembled by dsi_runtime_open (src/runtime) and every window is a
+ * scoring request on its dsi_engine (dsi_request_params.score: teacher-forced,
+ * one event per position with the log-probability of the text's next token), so
+ * perplexity runs the steps any request runs. --parallel windows are scored at
+ * once (a batch of that many sequences); the per-position values are summed in
+ * text order whatever order they arrive in. --max-tokens bounds the work for
+ * quick checks (tests).
  */
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-#include "dsinfer/backend.h"
 #include "dsinfer/config.h"
+#include "dsinfer/engine.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
 #include "dsinfer/model.h"
@@ -35,17 +39,33 @@
 
 struct ppl_args {
     const char *model, *text, *backend, *dtype, *int8_mode;
-    int group_size, ctx, max_tokens, json, no_verify;
+    int group_size, ctx, max_tokens, parallel, json, no_verify;
+};
+
+/* What the engine's callbacks hand to the main thread (they must not block). */
+struct ppl_sink {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    float *lp;     /* (n_ids) lp[i]: log p(ids[i + 1]) within i's window */
+    int in_flight; /* windows submitted whose final event has not come */
+    int error;     /* the first failed window's DSI_E*; 0: none */
+};
+
+struct ppl_window {
+    struct ppl_sink *k;
+    size_t start; /* text position of the window's first token */
+    size_t next;  /* positions of it scored so far */
 };
 
 static int parse_args(int argc, char **argv, struct ppl_args *a);
 static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char **err);
-static double log_softmax_at(const float *logits, int vocab, int target);
+static int score_text(struct dsi_runtime *rt, const int32_t *ids, size_t n_ids, const struct ppl_args *a,
+                      double *nll, size_t *predicted, char **err);
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8] [--group-size N]\n"
                "                          [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--ctx N]\n"
-               "                          [--max-tokens N] [--json] [--no-verify]\n");
+               "                          [--max-tokens N] [--parallel N] [--json] [--no-verify]\n");
 }
 
 int dsi_cmd_perplexity(int argc, char **argv) {
@@ -54,57 +74,18 @@ int dsi_cmd_perplexity(int argc, char **argv) {
     if (rc != 0) return rc;
 
     char *err = NULL, *text = NULL;
-    size_t text_len = 0, n_ids = 0;
+    size_t text_len = 0, n_ids = 0, predicted = 0;
     int32_t *ids = NULL;
-    float *logits = NULL;
     struct dsi_runtime *rt = NULL;
     int status = DSI_EXIT_FAIL;
+    double nll = 0;
 
     if (dsi_read_file(a.text, MAX_TEXT_BYTES, &text, &text_len, &err) != 0) goto fail;
     if (open_runtime(&a, &rt, &err) != 0) goto fail;
-    struct dsi_backend *be = rt->be;
     if (dsi_tok_encode(rt->tok, text, text_len, false, &ids, &n_ids, &err) != 0) goto fail;
     if (a.max_tokens > 0 && n_ids > (size_t)a.max_tokens) n_ids = (size_t)a.max_tokens;
-    if (a.ctx > rt->model.cfg.max_position_embeddings) a.ctx = rt->model.cfg.max_position_embeddings;
-    int n_blocks = (a.ctx + be->kv_block_size - 1) / be->kv_block_size;
-    if (n_blocks > be->n_kv_blocks) {
-        err = dsi_errf("KV pool of %d blocks cannot hold a %d-token window", be->n_kv_blocks, a.ctx);
-        goto fail;
-    }
-    int32_t *table = malloc(sizeof *table * (size_t)n_blocks);
-    logits = malloc(sizeof *logits * (size_t)be->vocab_size);
-    if (!table || !logits) {
-        free(table);
-        err = dsi_errf("out of memory");
-        goto fail;
-    }
-    for (int i = 0; i < n_blocks; i++) table[i] = i;
-
-    double nll = 0;
-    size_t predicted = 0;
-    for (size_t s = 0; s + 1 < n_ids; s += (size_t)a.ctx) {
-        size_t w = n_ids - s < (size_t)a.ctx ? n_ids - s : (size_t)a.ctx;
-        if (w < 2) break;
-        for (size_t p = 0; p + 1 < w; p++) {
-            struct dsi_batch_seq seq = {
-                .seq_id = 1,
-                .tokens = &ids[s + p],
-                .n_tokens = 1,
-                .pos = (int)p,
-                .block_table = table,
-                .n_blocks = (int)(p / (size_t)be->kv_block_size) + 1,
-                .want_logits = true,
-            };
-            struct dsi_batch b = {.seqs = &seq, .n_seqs = 1};
-            if (be->ops->forward(be, &b, logits, &err) != 0) {
-                free(table);
-                goto fail;
-            }
-            nll -= log_softmax_at(logits, be->vocab_size, ids[s + p + 1]);
-            predicted++;
-        }
-    }
-    free(table);
+    if (a.ctx > rt->context_tokens) a.ctx = rt->context_tokens; /* the model's max_position_embeddings */
+    if (score_text(rt, ids, n_ids, &a, &nll, &predicted, &err) != 0) goto fail;
     if (predicted == 0) {
         err = dsi_errf("the text encodes to fewer than 2 tokens; nothing to predict");
         goto fail;
@@ -123,14 +104,13 @@ fail:
     fprintf(stderr, "dsinfer perplexity: %s\n", err ? err : "failed");
 done:
     free(err);
-    free(logits);
     free(ids);
     free(text);
     dsi_runtime_close(rt);
     return status;
 }
 
-/* One sequence fed one token per step: a pool of ctx tokens, no engine. */
+/* --parallel sequences of up to ctx tokens, no timeouts: a CLI run. */
 static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char **err) {
     struct dsi_config c;
     const struct dsi_cli_model m = {.dir = a->model, .backend = a->backend, .dtype = a->dtype,
@@ -139,21 +119,70 @@ static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char 
     int rc = dsi__cli_config_init(&c, &m, err);
     if (rc) return rc;
     c.kv_gpu_fraction = 0.1;
-    c.max_batch_tokens = 1;
-    struct dsi_runtime_opts o = {.no_engine = true, .kv_tokens = a->ctx};
+    c.max_running = a->parallel;
+    c.max_queued = a->parallel;
+    c.max_batch_tokens = a->parallel; /* a scoring step feeds one token per window */
+    c.max_prompt_tokens = a->ctx;
+    c.max_total_tokens = a->ctx;
+    struct dsi_runtime_opts o = {.kv_tokens = a->ctx, .no_timeouts = true};
     rc = dsi_runtime_open(&c, &o, rt, err);
     dsi_config_free(&c);
     return rc;
 }
 
-/* log p(target) under softmax(logits), in double for a stable sum. */
-static double log_softmax_at(const float *logits, int vocab, int target) {
-    double mx = logits[0];
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > mx) mx = logits[i];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
-    return (double)logits[target] - mx - log(sum);
+static void ppl_cb(void *user, const struct dsi_token_event *ev) {
+    struct ppl_window *w = user;
+    struct ppl_sink *k = w->k;
+    pthread_mutex_lock(&k->mu);
+    if (ev->token >= 0) k->lp[w->start + w->next++] = ev->logprob;
+    if (ev->finished) {
+        if (ev->finish != DSI_FINISH_LENGTH && !k->error) k->error = ev->error ? ev->error : DSI_EINTERNAL;
+        k->in_flight--;
+        pthread_cond_signal(&k->cv);
+    }
+    pthread_mutex_unlock(&k->mu);
+}
+
+/* Waits until at most max_in_flight windows are out (caller holds k->mu). */
+static void wait_in_flight(struct ppl_sink *k, int max_in_flight) {
+    while (k->in_flight > max_in_flight) pthread_cond_wait(&k->cv, &k->mu);
+}
+
+/* Scores every window of ids on rt's engine, --parallel at a time, and sums the
+ * NLL in text order (the order of the old one-window-at-a-time loop). */
+static int score_text(struct dsi_runtime *rt, const int32_t *ids, size_t n_ids, const struct ppl_args *a,
+                      double *nll, size_t *predicted, char **err) {
+    size_t ctx = (size_t)a->ctx, i = 0;
+    struct ppl_sink k = {.lp = calloc(n_ids ? n_ids : 1, sizeof(float))};
+    struct ppl_window *win = calloc(n_ids / ctx + 1, sizeof *win); /* every window, for its callback */
+    int rc = k.lp && win ? 0 : dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    pthread_mutex_init(&k.mu, NULL);
+    pthread_cond_init(&k.cv, NULL);
+    for (size_t s = 0; s + 1 < n_ids && !rc; s += ctx, i++) {
+        size_t w = n_ids - s < ctx ? n_ids - s : ctx;
+        if (w < 2) break;
+        win[i] = (struct ppl_window){.k = &k, .start = s};
+        struct dsi_request_params p = {.prompt = ids + s, .n_prompt = (int)w, .score = true};
+        dsi_sampling_defaults(&p.sampling);
+        pthread_mutex_lock(&k.mu);
+        wait_in_flight(&k, a->parallel - 1);
+        bool failed = k.error != 0; /* reported below */
+        if (!failed && !(rc = dsi_engine_submit(rt->eng, &p, ppl_cb, &win[i], NULL, err))) k.in_flight++;
+        pthread_mutex_unlock(&k.mu);
+        if (failed) break;
+        if (!rc) *predicted += w - 1;
+    }
+    pthread_mutex_lock(&k.mu);
+    wait_in_flight(&k, 0);
+    if (!rc && k.error) rc = dsi_seterr(err, k.error, "scoring failed: %s", dsi_strerror(k.error));
+    pthread_mutex_unlock(&k.mu);
+    for (size_t j = 0; j < i && !rc; j++)
+        for (size_t q = 0; q < win[j].next; q++) *nll -= (double)k.lp[win[j].start + q];
+    pthread_cond_destroy(&k.cv);
+    pthread_mutex_destroy(&k.mu);
+    free(win);
+    free(k.lp);
+    return rc;
 }
 
 static int parse_int(const char *flag, const char *v, int lo, int hi, int *out) {
@@ -174,6 +203,7 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
     a->dtype = "f32";
     a->int8_mode = "w8a16";
     a->ctx = 256;
+    a->parallel = 1;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -214,6 +244,8 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
             rc = parse_int(f, v, 2, 1 << 20, &a->ctx);
         } else if (!strcmp(f, "--max-tokens")) {
             rc = parse_int(f, v, 2, 1 << 30, &a->max_tokens);
+        } else if (!strcmp(f, "--parallel")) {
+            rc = parse_int(f, v, 1, 64, &a->parallel);
         } else {
             fprintf(stderr, "dsinfer perplexity: unknown option %s\n", f);
             usage(stderr);

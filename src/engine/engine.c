@@ -202,14 +202,21 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
     if (p->deadline_ms < 0) return dsi_seterr(err, DSI_EINVAL, "request: negative deadline");
     int rc = dsi_sampling_check(&p->sampling, NULL, err);
     if (rc) return rc;
+    if (p->score && p->n_prompt < 2)
+        return dsi_seterr(err, DSI_EINVAL, "request: scoring needs at least 2 tokens, got %d", p->n_prompt);
+    if (p->score && p->max_tokens != 0)
+        return dsi_seterr(err, DSI_EINVAL, "request: scoring generates nothing; max_tokens must be 0");
+    if (p->score && p->grammar) return dsi_seterr(err, DSI_EINVAL, "request: scoring takes no grammar");
+    if (p->score && p->n > 1) return dsi_seterr(err, DSI_EINVAL, "request: scoring is one sequence; n must be 1");
 
     /* The most tokens one sequence can ever hold, from the limits and the pool. */
     int64_t pool_tokens = (int64_t)e->be->n_kv_blocks * e->be->kv_block_size;
     int64_t cap_total = o->max_total_tokens < pool_tokens ? o->max_total_tokens : pool_tokens;
     int max_tokens = p->max_tokens;
-    if (max_tokens == 0) max_tokens = (int)(cap_total - p->n_prompt > 0 ? cap_total - p->n_prompt : 0);
+    if (max_tokens == 0 && !p->score)
+        max_tokens = (int)(cap_total - p->n_prompt > 0 ? cap_total - p->n_prompt : 0);
     int64_t total = (int64_t)p->n_prompt + max_tokens;
-    if (max_tokens < 1 || total > o->max_total_tokens)
+    if ((max_tokens < 1 && !p->score) || total > o->max_total_tokens)
         return dsi_seterr(
             err, DSI_ERANGE,
             "request: prompt %d + max_tokens %d tokens exceeds max_total_tokens %d; shorten the "
@@ -238,6 +245,7 @@ static int req_build(struct dsi_engine *e, const struct dsi_request_params *p, d
     memcpy(r->stop_ids, p->stop_ids, sizeof(r->stop_ids));
     r->n_stop_ids = p->n_stop_ids;
     r->max_tokens = max_tokens;
+    r->score = p->score;
     r->n_prompt = r->n_tokens = p->n_prompt;
     r->cache_ns[0] = p->cache_ns[0];
     r->cache_ns[1] = p->cache_ns[1];

@@ -24,7 +24,9 @@ struct dsi__req {
     struct dsi_sampling sampling;
     int32_t stop_ids[DSI_MAX_STOP_IDS];
     int n_stop_ids;
-    int max_tokens;  /* resolved: >= 1 */
+    int max_tokens;  /* resolved: >= 1; 0 for a scoring request */
+    bool score;      /* teacher-forced scoring (dsi_request_params.score) */
+    int n_scored;    /* (sched) scoring: positions whose event went out */
     int32_t *tokens; /* (n_prompt + max_tokens) prompt, then generated */
     int n_prompt;
     int n_tokens;                 /* (sched) prompt + generated so far */

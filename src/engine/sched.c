@@ -19,7 +19,10 @@
  * [n_computed, n_computed + step_n); when that reaches n_tokens the logits of the
  * last one give the next token. Prefill, decode and recompute after preemption
  * are all this one rule, which is why a recomputed sequence resumes exactly
- * where it stopped and never re-delivers a token.
+ * where it stopped and never re-delivers a token. A scoring request follows it
+ * too, with its end moved: it needs the logits of position n_scored, so its
+ * rows end at n_scored + 1 (one position per step; a recompute prefills the
+ * positions already scored in chunks, without logits).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -44,6 +47,13 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done);
 static void stop_all(struct dsi_engine *e);
 static void check_kv(struct dsi_engine *e);
 static bool waits_for_leader(const struct dsi_engine *e, const struct dsi__req *r);
+
+/* Positions r's next logits row needs computed: all its tokens, or for a
+ * scoring request those up to the next position to score. */
+static int row_end(const struct dsi__req *r) { return r->score ? r->n_scored + 1 : r->n_tokens; }
+
+/* Whether r delivered an event already (a timeout then ends it as LENGTH). */
+static bool delivered(const struct dsi__req *r) { return r->score ? r->n_scored > 0 : r->n_tokens > r->n_prompt; }
 
 /* Builds r's final event and pushes r on the done list. r must already be out of
  * the waiting queue and the running set, with its blocks released (caller holds mu). */
@@ -94,7 +104,7 @@ static void collect_expired(struct dsi_engine *e, int64_t now, struct dsi__req *
                     (unsigned long long)r->id, (long long)(now - r->submit_ms), e->o.queue_timeout_ms);
         } else if (r->deadline_ms && now >= r->deadline_ms) {
             /* A preempted request may already have delivered tokens. */
-            finish = r->n_tokens > r->n_prompt ? DSI_FINISH_LENGTH : DSI_FINISH_ERROR;
+            finish = delivered(r) ? DSI_FINISH_LENGTH : DSI_FINISH_ERROR;
             error = DSI_ETIMEDOUT;
         }
         if (finish == DSI_FINISH_NONE) continue;
@@ -109,7 +119,7 @@ static void collect_expired(struct dsi_engine *e, int64_t now, struct dsi__req *
         if (r->cancel_requested) {
             finish = DSI_FINISH_CANCELLED;
         } else if (r->deadline_ms && now >= r->deadline_ms) {
-            finish = r->n_tokens > r->n_prompt ? DSI_FINISH_LENGTH : DSI_FINISH_ERROR;
+            finish = delivered(r) ? DSI_FINISH_LENGTH : DSI_FINISH_ERROR;
             error = DSI_ETIMEDOUT;
             dsi_log(DSI_LOG_INFO, "engine", "request %llu passed its deadline after %d tokens",
                     (unsigned long long)r->id, r->n_tokens - r->n_prompt);
@@ -252,8 +262,11 @@ static void admit(struct dsi_engine *e) {
             /* the victim is waiting again, at the front: r is still the pick */
         }
         /* Map the longest cached prefix first (it may take idle blocks off the
-         * free count); one token is always left to compute, for the logits. */
-        int hit = dsi_kv_seq_match(&e->kv, &r->kv, r->cache_ns, r->tokens, r->n_tokens - 1);
+         * free count); one token is always left to compute, for the logits. A
+         * scoring request needs the logits of every position it has not scored
+         * yet, so only those it has scored may come from the cache. */
+        int reuse = r->score ? r->n_scored : r->n_tokens - 1;
+        int hit = dsi_kv_seq_match(&e->kv, &r->kv, r->cache_ns, r->tokens, reuse);
         int need = dsi_kv_blocks_for(&e->kv, r->n_tokens) - r->kv.n_blocks;
         if (need + e->n_running > dsi_kv_free_count(&e->kv) ||
             dsi_kv_seq_reserve(&e->kv, &r->kv, r->n_tokens) != 0) {
@@ -318,14 +331,14 @@ static int plan_batch(struct dsi_engine *e) {
         struct dsi__req *r = e->running[i];
         r->step_n = 0;
         r->fin = DSI_FINISH_NONE;
-        if (r->n_tokens - r->n_computed == 1 && budget > 0) {
+        if (row_end(r) - r->n_computed == 1 && budget > 0) {
             r->step_n = 1;
             budget--;
         }
     }
     for (int i = 0; i < e->n_running && budget > 0; i++) {
         struct dsi__req *r = e->running[i];
-        int left = r->n_tokens - r->n_computed;
+        int left = row_end(r) - r->n_computed;
         if (left <= 1) continue;
         int n = left < e->o.prefill_chunk ? left : e->o.prefill_chunk;
         if (n > budget) n = budget;
@@ -343,7 +356,7 @@ static int plan_batch(struct dsi_engine *e) {
         s->pos = r->n_computed;
         s->block_table = r->kv.blocks;
         s->n_blocks = dsi_kv_blocks_for(&e->kv, r->n_computed + r->step_n);
-        s->want_logits = r->n_computed + r->step_n == r->n_tokens;
+        s->want_logits = r->n_computed + r->step_n == row_end(r);
         e->breqs[n_b++] = r;
     }
     e->st.last_step_tokens = e->o.max_batch_tokens - budget;
@@ -375,7 +388,8 @@ static float rng_uniform(struct dsi_sampler_state *st) {
 static bool device_sampling(struct dsi_engine *e, int n_b) {
     if (!e->be->ops->forward_sample) return false;
     for (int k = 0; k < n_b; k++)
-        if (e->bseqs[k].want_logits && (e->breqs[k]->gm || !device_sampleable(&e->breqs[k]->sampling)))
+        if (e->bseqs[k].want_logits &&
+            (e->breqs[k]->gm || e->breqs[k]->score || !device_sampleable(&e->breqs[k]->sampling)))
             return false;
     int row = 0;
     for (int k = 0; k < n_b; k++) {
@@ -405,6 +419,36 @@ static void mask_padding(float *lg, int sample_vocab, int vocab) {
     for (int i = sample_vocab > 0 ? sample_vocab : vocab; i < vocab; i++) lg[i] = -INFINITY;
 }
 
+/* log p(target) under softmax(logits), in double for a stable sum. */
+static double log_softmax_at(const float *logits, int vocab, int target) {
+    double mx = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - mx);
+    return (double)logits[target] - mx - log(sum);
+}
+
+/* A scoring request's row: the event of position n_scored (the logits row lg
+ * is that position's), final at the prompt's last position. */
+static void score_row(struct dsi__req *r, const float *lg, int vocab) {
+    int p = r->n_scored++;
+    struct dsi_token_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.request_id = r->id;
+    ev.token = r->tokens[p + 1];
+    ev.logprob = (float)log_softmax_at(lg, vocab, ev.token);
+    ev.n_prompt_tokens = r->n_prompt;
+    if (r->n_scored < r->n_prompt - 1) {
+        r->cb(r->user, &ev);
+        return;
+    }
+    ev.finished = true;
+    ev.finish = DSI_FINISH_LENGTH;
+    r->final_ev = ev;
+    r->fin = DSI_FINISH_LENGTH;
+}
+
 /* Runs forward() over the planned batch, samples, delivers the token events and
  * retires finished sequences onto *done (takes the lock for that part only).
  * On the forward_sample path the event's logprob is 0 and n_top 0: requests
@@ -428,6 +472,10 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
             tok = e->sids[row++];
         } else {
             float *lg = e->logits + (size_t)row++ * (size_t)vocab;
+            if (r->score) {
+                score_row(r, lg, vocab);
+                continue;
+            }
             mask_padding(lg, e->o.sample_vocab, vocab);
             if (r->gm && dsi__engine_grammar_mask(r, lg, vocab) == 0) {
                 /* only a vocabulary without some single-byte token gets here */
