@@ -33,7 +33,7 @@
 
 /* What differs between the callers; the rest comes from struct dsi_config. */
 struct dsi_runtime_opts {
-    bool no_engine;            /* logits, quant-report, bench's backend rows: backend only */
+    bool no_engine;            /* logits, quant-report: backend only */
     bool tokenizer_optional;   /* generate --ids: a model without tokenizer.json still runs */
     enum dsi_kv_dtype kv_dtype;/* default DSI_KV_F32 */
     int kv_tokens;             /* > 0: the KV pool holds max_running sequences of this many

@@ -6,7 +6,9 @@
  *                 [--engine-prompt 32] [--repeat 1] [--fill prefill|none] [--peak-gbs X]
  *                 [--kv-dtype f32|bf16] [--threads N] [--no-verify] [--json] [--key-file K]
  *
- * For each weight dtype it loads the backend once and measures three things:
+ * For each weight dtype it opens the model through dsi_runtime_open (src/runtime:
+ * the same verification, backend and engine set-up as serve and generate) and
+ * measures three things:
  *   decode   B sequences whose KV already holds C tokens; after --warmup untimed
  *            steps, N timed steps of forward (one token per sequence) plus greedy
  *            sampling of every row, as the engine does it: through the backend's
@@ -36,6 +38,7 @@
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,9 +56,9 @@
 static int parse_list(const char *opt, const char *v, int lo, int hi, int *out, int *n);
 static int parse_int(const char *opt, const char *v, long lo, long hi, int *out);
 static int parse_args(int argc, char **argv, struct bench_args *a);
-static void print_table(const struct bench_args *a, const struct dsi_model *m, double peak,
+static void print_table(const struct bench_args *a, const struct dsi_model_config *c, double peak,
                         const char *peak_src, const struct dtype_res *r, int n);
-static int print_json(const struct bench_args *a, const struct dsi_model *m, double peak,
+static int print_json(const struct bench_args *a, const struct dsi_model_config *c, double peak,
                       const char *peak_src, const struct dtype_res *r, int n);
 
 
@@ -194,9 +197,8 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
     return 0;
 }
 
-static void print_table(const struct bench_args *a, const struct dsi_model *m, double peak,
+static void print_table(const struct bench_args *a, const struct dsi_model_config *c, double peak,
                         const char *peak_src, const struct dtype_res *r, int n) {
-    const struct dsi_model_config *c = &m->cfg;
     printf("dsinfer bench: %s (%s, hidden %d, %d layers, %d/%d heads, vocab %d), backend %s\n", a->dir,
            c->architecture, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size,
            a->backend);
@@ -240,12 +242,12 @@ static void print_table(const struct bench_args *a, const struct dsi_model *m, d
     }
 }
 
-static int print_json(const struct bench_args *a, const struct dsi_model *m, double peak,
+static int print_json(const struct bench_args *a, const struct dsi_model_config *c, double peak,
                       const char *peak_src, const struct dtype_res *r, int n) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return DSI_ENOMEM;
     cJSON_AddStringToObject(o, "model", a->dir);
-    cJSON_AddStringToObject(o, "architecture", m->cfg.architecture);
+    cJSON_AddStringToObject(o, "architecture", c->architecture);
     cJSON_AddStringToObject(o, "backend", a->backend);
     cJSON_AddNumberToObject(o, "peak_gbs", peak);
     cJSON_AddStringToObject(o, "peak_source", peak_src);
@@ -256,7 +258,7 @@ static int print_json(const struct bench_args *a, const struct dsi_model *m, dou
     cJSON_AddNumberToObject(o, "engine_prompt_tokens", a->engine_prompt);
     cJSON *sk = cJSON_AddArrayToObject(o, "skipped_contexts");
     for (int i = 0; i < a->n_context; i++)
-        if (a->context[i] + a->warmup + a->steps > m->cfg.max_position_embeddings)
+        if (a->context[i] + a->warmup + a->steps > c->max_position_embeddings)
             cJSON_AddItemToArray(sk, cJSON_CreateNumber(a->context[i]));
     cJSON *runs = cJSON_AddArrayToObject(o, "runs");
     for (int i = 0; i < n; i++) {
@@ -329,35 +331,14 @@ int dsi_cmd_bench(int argc, char **argv) {
                            .fill = true};
     if (parse_args(argc, argv, &a)) return DSI_EXIT_USAGE;
     char *err = NULL;
-    struct dsi_model m;
-    /* --backend cuda hashes the weight files while uploading them (one pass) */
-    struct dsi_model_open_opts mo = {.skip_verify = a.no_verify,
-                                     .key_file = a.key_file,
-                                     .n_threads = a.n_threads,
-                                     .defer_weight_hash = a.backend && !strcmp(a.backend, "cuda")};
-    int rc = dsi_model_open(&m, a.dir, &mo, &err);
-    if (!rc) {
-        rc = dsi_model_config_runnable(&m.cfg, &err);
-        if (rc) dsi_model_close(&m);
-    }
-    if (rc) {
-        fprintf(stderr, "dsinfer bench: %s\n", err ? err : dsi_strerror(rc));
-        free(err);
-        return DSI_EXIT_FAIL;
-    }
-    int fits = 0;
-    for (int i = 0; i < a.n_context; i++) {
-        if (a.context[i] + a.warmup + a.steps <= m.cfg.max_position_embeddings)
-            fits++;
-        else
-            fprintf(stderr,
-                    "dsinfer bench: skipping context %d: with %d steps it passes the model's %d positions\n",
-                    a.context[i], a.warmup + a.steps, m.cfg.max_position_embeddings);
-    }
-    if (!fits) {
-        fprintf(stderr, "dsinfer bench: no --context fits the model's %d positions\n",
-                m.cfg.max_position_embeddings);
-        dsi_model_close(&m);
+    /* The sizes are planned for the positions config.json gives; an encrypted one
+     * is read only when the runtime opens the model, which plans again. */
+    struct dsi_model_config cfg;
+    int max_pos_hint = dsi_model_config_load(a.dir, &cfg, NULL) == 0 ? cfg.max_position_embeddings : INT_MAX;
+    int rc, fits = 0;
+    for (int i = 0; i < a.n_context; i++) fits += a.context[i] + a.warmup + a.steps <= max_pos_hint;
+    if (!fits) { /* known before anything is loaded (the runtime checks again) */
+        fprintf(stderr, "dsinfer bench: no --context fits the model's %d positions\n", max_pos_hint);
         return DSI_EXIT_FAIL;
     }
     double peak = a.peak_gbs;
@@ -373,13 +354,12 @@ int dsi_cmd_bench(int argc, char **argv) {
     }
     struct dtype_res *res = calloc((size_t)a.n_dtypes, sizeof *res);
     if (!res) {
-        dsi_model_close(&m);
         fprintf(stderr, "dsinfer bench: out of memory\n");
         return DSI_EXIT_FAIL;
     }
     int n = 0, status = DSI_EXIT_OK;
     for (int i = 0; i < a.n_dtypes; i++) {
-        if ((rc = dsi__bench_run_dtype(&a, &m, a.dtypes[i], peak, &res[n], &err))) {
+        if ((rc = dsi__bench_run_dtype(&a, a.dtypes[i], max_pos_hint, peak, &res[n], &cfg, &err))) {
             fprintf(stderr, "dsinfer bench: %s: %s\n", dsi_runtime_dtype_name(a.dtypes[i]),
                     err ? err : dsi_strerror(rc));
             free(err);
@@ -390,16 +370,19 @@ int dsi_cmd_bench(int argc, char **argv) {
         n++;
     }
     if (status == DSI_EXIT_OK) {
+        for (int i = 0; i < a.n_context; i++)
+            if (a.context[i] + a.warmup + a.steps > cfg.max_position_embeddings)
+                fprintf(stderr, "dsinfer bench: skipped context %d: with %d steps it passes the model's %d positions\n",
+                        a.context[i], a.warmup + a.steps, cfg.max_position_embeddings);
         if (a.json) {
-            if (print_json(&a, &m, peak, peak_src, res, n)) {
+            if (print_json(&a, &cfg, peak, peak_src, res, n)) {
                 fprintf(stderr, "dsinfer bench: out of memory\n");
                 status = DSI_EXIT_FAIL;
             }
         } else {
-            print_table(&a, &m, peak, peak_src, res, n);
+            print_table(&a, &cfg, peak, peak_src, res, n);
         }
     }
     free(res);
-    dsi_model_close(&m);
     return status;
 }

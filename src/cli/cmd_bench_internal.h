@@ -53,8 +53,11 @@ struct dtype_res {
 /* Best of 5 multi-threaded memcpys: host GB/s, read + write bytes; 0 when memory is short. */
 double dsi__bench_measure_peak_gbs(int n_threads);
 
-/* One weight dtype: backend up, decode grid, prefill, engine; backend down. */
-int dsi__bench_run_dtype(const struct bench_args *a, const struct dsi_model *m, enum dsi_weight_dtype dt,
-                         double peak_gbs, struct dtype_res *r, char **err);
+/* One weight dtype: its runtime opened by dsi_runtime_open (sizes planned for
+ * max_pos_hint positions, INT_MAX when unknown, then for the model's own),
+ * decode grid, prefill, engine; runtime closed. *cfg: the model's config, for
+ * the report. DSI_ERANGE when no --context fits the model. */
+int dsi__bench_run_dtype(const struct bench_args *a, enum dsi_weight_dtype dt, int max_pos_hint, double peak_gbs,
+                         struct dtype_res *r, struct dsi_model_config *cfg, char **err);
 
 #endif

@@ -1,8 +1,11 @@
 /*
  * cmd_bench_measure.c: the measuring half of `dsinfer bench` (the command, its options,
  * the method and the report are in cmd_bench.c): the host memcpy probe that gives the
- * CPU peak bandwidth, and per weight dtype the backend bring-up, the untimed KV fill,
- * the timed decode grid, the prefill / time-to-first-token run and the engine run.
+ * CPU peak bandwidth, and per weight dtype the runtime bring-up (dsi_runtime_open, as
+ * serve and generate: verification, backend, engine), the untimed KV fill, the timed
+ * decode grid, the prefill / time-to-first-token run and the engine run. The decode
+ * and prefill rows step the runtime's backend directly (they measure the backend);
+ * the engine rows submit to its engine, idle until then.
  */
 #include <limits.h>
 #include <pthread.h>
@@ -11,9 +14,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "cmd_bench_internal.h"
 #include "dsinfer/backend.h"
 #include "dsinfer/clock.h"
+#include "dsinfer/config.h"
 #include "dsinfer/engine.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
@@ -230,13 +235,13 @@ static int decode_steps(struct dsi_backend *be, int B, int C, int W, int N, cons
     return 0;
 }
 
-/* One weight dtype: backend up, decode grid, prefill, engine; backend down. */
-/* One dtype's run: the sizes every step shares, the backend and its buffers. */
+/* One dtype's run: the sizes every step shares, the runtime and its buffers. */
 struct run {
     const struct bench_args *a;
     enum dsi_weight_dtype dt;
     int maxB, maxC, N, W, bs, max_pos, P, Ep, need, nb, T;
-    struct dsi_backend *be;
+    struct dsi_runtime *rt;
+    struct dsi_backend *be; /* rt's */
     int32_t *table, *ids, *cur, *sid;
     float *logits;
     struct dsi_batch_seq *seqs;
@@ -246,12 +251,13 @@ struct run {
     uint64_t rng;
 };
 
-/* Sizes: the longest context that fits, the prefill and engine prompts, the
- * blocks per sequence and the tokens per step. */
-static int run_plan(struct run *x, const struct bench_args *a, const struct dsi_model_config *cfg, char **err) {
+/* Sizes for a model of max_pos positions: the longest context that fits, the
+ * prefill and engine prompts, the blocks per sequence and the tokens per step.
+ * Every size only shrinks as max_pos does. */
+static int run_plan(struct run *x, const struct bench_args *a, int max_pos, char **err) {
     x->a = a;
     x->maxB = max_of(a->batch, a->n_batch), x->maxC = 0, x->N = a->steps, x->W = a->warmup, x->bs = 16;
-    x->max_pos = cfg->max_position_embeddings;
+    x->max_pos = max_pos;
     for (int i = 0; i < a->n_context; i++)
         if (a->context[i] + x->W + x->N <= x->max_pos && a->context[i] > x->maxC) x->maxC = a->context[i];
     x->P = a->prefill <= x->max_pos ? a->prefill : 0, x->Ep = a->engine_prompt;
@@ -267,23 +273,39 @@ static int run_plan(struct run *x, const struct bench_args *a, const struct dsi_
     return 0;
 }
 
-/* The backend, sized for maxB sequences of nb blocks, and the step buffers. */
-static int run_setup(struct run *x, const struct dsi_model *m, struct dtype_res *r, char **err) {
+/* The runtime of this dtype, opened as serve and generate open theirs and
+ * sized for maxB sequences of `need` tokens, maxB streams on its engine and
+ * steps of T tokens. The model's positions are known only once it is open (an
+ * encrypted config.json included): the sizes were planned for max_pos_hint
+ * and are planned again for the model's own, which only shrinks them. */
+static int run_open(struct run *x, int max_pos_hint, char **err) {
     const struct bench_args *a = x->a;
-    const struct dsi_model_config *cfg = &m->cfg;
-    size_t kv_elt = (a->kv_set ? a->kv_dtype : DSI_KV_F32) == DSI_KV_F32 ? 4 : 2;
-    size_t per_tok = (size_t)cfg->n_layers * dsi_model_kv_values_per_token_layer(cfg) * kv_elt;
-    struct dsi_backend_opts o = {.weight_dtype = x->dt,
-                                 .kv_dtype = a->kv_set ? a->kv_dtype : DSI_KV_F32,
-                                 .kv_block_size = x->bs,
-                                 .kv_bytes = (size_t)x->maxB * (size_t)x->nb * (size_t)x->bs * per_tok,
-                                 .kv_gpu_fraction = 0.9f,
-                                 .max_batch_tokens = x->T,
-                                 .max_seqs = x->maxB,
-                                 .n_threads = a->n_threads};
-    if (!strcmp(a->backend, "cuda") && !a->kv_set) o.kv_dtype = DSI_KV_BF16; /* the CUDA KV is bf16 only */
-    int rc = dsi_backend_create(a->backend, m, &o, &x->be, err);
+    struct dsi_config c;
+    const struct dsi_cli_model cm = {.dir = a->dir, .backend = a->backend, .dtype = dsi_runtime_dtype_name(x->dt),
+                                     .key_file = a->key_file, .n_threads = a->n_threads, .no_verify = a->no_verify};
+    int rc = run_plan(x, a, max_pos_hint, err);
+    if (!rc) rc = dsi__cli_config_init(&c, &cm, err);
     if (rc) return rc;
+    c.kv_block_size = x->bs;
+    c.kv_gpu_fraction = 0.9;
+    c.max_running = c.max_queued = x->maxB;
+    c.max_batch_tokens = x->T;
+    c.prefill_chunk = x->T < 512 ? x->T : 512;
+    c.max_prompt_tokens = x->Ep;
+    c.max_total_tokens = x->Ep > 0 ? x->Ep + x->N + 1 : 0;
+    c.prefix_cache = false; /* the engine repeats feed the same prompts: measure computing them */
+    struct dsi_runtime_opts o = {.tokenizer_optional = true, .kv_tokens = x->need, .no_timeouts = true};
+    o.kv_dtype = a->kv_set ? a->kv_dtype : !strcmp(a->backend, "cuda") ? DSI_KV_BF16 : DSI_KV_F32; /* CUDA: bf16 only */
+    rc = dsi_runtime_open(&c, &o, &x->rt, err);
+    dsi_config_free(&c);
+    if (rc) return rc;
+    x->be = x->rt->be;
+    int max_pos = x->rt->model.cfg.max_position_embeddings;
+    return max_pos < max_pos_hint ? run_plan(x, a, max_pos, err) : 0;
+}
+
+/* The step buffers of the backend rows. */
+static int run_setup(struct run *x, struct dtype_res *r, char **err) {
     int V = x->be->vocab_size, maxB = x->maxB;
     x->table = malloc((size_t)maxB * (size_t)x->nb * sizeof *x->table);
     x->ids = malloc((size_t)(x->need > maxB ? x->need : maxB) * sizeof *x->ids);
@@ -320,7 +342,7 @@ static void run_free(struct run *x) {
     free(x->st);
     free(x->sp);
     free(x->sid);
-    dsi_backend_destroy(x->be);
+    dsi_runtime_close(x->rt);
 }
 
 /* Untimed: real K/V for every (B, C) run to read. */
@@ -400,23 +422,12 @@ static int run_prefill(struct run *x, struct dtype_res *r, char **err) {
     return 0;
 }
 
-/* The engine rows: B streams of Ep prompt + N new tokens on a dsi_engine. */
+/* The engine rows: B streams of Ep prompt + N new tokens on the runtime's engine. */
 static int run_engine(struct run *x, struct dtype_res *r, char **err) {
     const struct bench_args *a = x->a;
     if (x->Ep <= 0) return 0;
-    struct dsi_engine_opts eo;
-    dsi_engine_opts_defaults(&eo);
-    eo.max_running = x->maxB;
-    eo.max_batch_tokens = x->T;
-    eo.prefill_chunk = x->T < 512 ? x->T : 512;
-    eo.max_prompt_tokens = x->Ep;
-    eo.max_total_tokens = x->Ep + x->N + 1;
-    eo.queue_timeout_ms = 0;
-    eo.request_timeout_ms = 0;
-    /* the repeats feed the same prompts: measure computing them, not the cache */
-    eo.prefix_cache = false;
-    struct dsi_engine *eng = NULL;
-    int rc = dsi_engine_create(x->be, &eo, &eng, err);
+    struct dsi_engine *eng = x->rt->eng;
+    int rc = 0;
     for (int bi = 0; !rc && bi < a->n_batch; bi++) {
         for (int k = 0; !rc && k < a->repeat; k++) {
             struct engine_res e;
@@ -430,15 +441,20 @@ static int run_engine(struct run *x, struct dtype_res *r, char **err) {
                     a->batch[bi], r->eng[r->n_eng].tok_s);
         r->n_eng++;
     }
-    dsi_engine_destroy(eng);
     return rc;
 }
 
-int dsi__bench_run_dtype(const struct bench_args *a, const struct dsi_model *m, enum dsi_weight_dtype dt,
-                         double peak_gbs, struct dtype_res *r, char **err) {
-    struct run x = {.dt = dt};
-    int rc = run_plan(&x, a, &m->cfg, err);
-    if (!rc) rc = run_setup(&x, m, r, err);
+int dsi__bench_run_dtype(const struct bench_args *a, enum dsi_weight_dtype dt, int max_pos_hint, double peak_gbs,
+                         struct dtype_res *r, struct dsi_model_config *cfg, char **err) {
+    struct run x = {.a = a, .dt = dt};
+    int rc = run_open(&x, max_pos_hint, err);
+    if (!rc) {
+        *cfg = x.rt->model.cfg;
+        if (x.maxC == 0)
+            rc = dsi_seterr(err, DSI_ERANGE, "no --context fits the model's %d positions",
+                            cfg->max_position_embeddings);
+    }
+    if (!rc) rc = run_setup(&x, r, err);
     if (!rc) rc = run_fill(&x, r, err);
     if (!rc) rc = run_decode(&x, peak_gbs, r, err);
     if (!rc) rc = run_prefill(&x, r, err);
