@@ -24,9 +24,11 @@
 #define DSI__ROLES_MAX 64
 #define DSI__NO_EXPIRY INT64_MAX
 
+#define DSI__ROLE_NAME_MAX 31 /* bytes of a role name */
+
 /* Roles table: name -> permission bits. */
 struct dsi__role {
-    char name[32];
+    char name[DSI__ROLE_NAME_MAX + 1];
     uint32_t perms;
 };
 struct dsi__roles {
@@ -38,7 +40,7 @@ struct dsi__roles {
 struct dsi__entry {
     char id[32];
     char name[64];
-    char role[32];
+    char role[DSI__ROLE_NAME_MAX + 1];
     uint32_t perms;
     unsigned char sha[32]; /* keys only */
     char cn[256];          /* clients only */
@@ -70,8 +72,8 @@ void dsi__roles_default(struct dsi__roles *r);
  * replaces the defaults entirely. Unknown permission names are errors. */
 int dsi__roles_parse(const char *json, struct dsi__roles *out, char **err);
 const struct dsi__role *dsi__roles_find(const struct dsi__roles *r, const char *name);
-/* 1-31 of A-Z a-z 0-9 _ - . */
-bool dsi__role_name_ok(const char *s);
+/* A role name or a key id: 1..max_len of A-Z a-z 0-9 _ - . */
+bool dsi__auth_name_ok(const char *s, size_t max_len);
 
 /* keyset.c: strict parser of the keys file text (see docs/security.md).
  * roles NULL: any well-formed role name is accepted, with no permissions

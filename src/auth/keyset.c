@@ -77,7 +77,6 @@ static int field_int(const struct field *f, const cJSON *v, const struct entry_c
 static int field_time(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
 static int field_bool(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e);
 static bool plain_text(const char *s, size_t max_len, bool allow_comma);
-static bool id_ok(const char *s, size_t max_len);
 static int get_int(const cJSON *v, int64_t max, int64_t *out);
 static void entry_free(struct dsi__entry *e);
 static int check_duplicates(struct dsi__keyset *ks, char **err);
@@ -124,17 +123,6 @@ static bool plain_text(const char *s, size_t max_len, bool allow_comma) {
     return allow_comma || !strchr(s, ',');
 }
 
-static bool id_ok(const char *s, size_t max_len) {
-    size_t n = strlen(s);
-    if (n == 0 || n > max_len) return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-' || c == '.'))
-            return false;
-    }
-    return true;
-}
 
 static int get_int(const cJSON *v, int64_t max, int64_t *out) {
     if (!cJSON_IsNumber(v)) return -1;
@@ -154,7 +142,7 @@ static int entry_err(const struct entry_ctx *c, int code, const char *fmt, ...) 
 }
 
 static int field_id(const struct field *f, const cJSON *v, const struct entry_ctx *c, struct dsi__entry *e) {
-    if (!cJSON_IsString(v) || !id_ok(v->valuestring, f->max_len)) return BAD_VALUE;
+    if (!cJSON_IsString(v) || !dsi__auth_name_ok(v->valuestring, f->max_len)) return BAD_VALUE;
     memcpy((char *)e + f->off, v->valuestring, strlen(v->valuestring) + 1);
     return 0;
 }
@@ -168,7 +156,7 @@ static int field_text(const struct field *f, const cJSON *v, const struct entry_
 
 static int field_role(const struct field *f, const cJSON *v, const struct entry_ctx *c,
                       struct dsi__entry *e) {
-    if (!cJSON_IsString(v) || !dsi__role_name_ok(v->valuestring)) return BAD_VALUE;
+    if (!cJSON_IsString(v) || !dsi__auth_name_ok(v->valuestring, DSI__ROLE_NAME_MAX)) return BAD_VALUE;
     /* roles == NULL: listing/revoking without the config's roles at hand */
     const struct dsi__role *r = c->roles ? dsi__roles_find(c->roles, v->valuestring) : NULL;
     if (c->roles && !r) return entry_err(c, DSI_EINVAL, "field 'role': unknown role '%s'", v->valuestring);

@@ -43,10 +43,10 @@ void dsi__roles_default(struct dsi__roles *r) {
     r->n = 3;
 }
 
-/* Role names end up in keys files, logs and audit lines: keep them plain. */
-bool dsi__role_name_ok(const char *s) {
+/* Role names and key ids end up in keys files, logs and audit lines: keep them plain. */
+bool dsi__auth_name_ok(const char *s, size_t max_len) {
     size_t n = strlen(s);
-    if (n == 0 || n >= sizeof(((struct dsi__role *)0)->name)) return false;
+    if (n == 0 || n > max_len) return false;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
@@ -71,7 +71,7 @@ int dsi__roles_parse(const char *json, struct dsi__roles *out, char **err) {
     }
     for (cJSON *it = root->child; it; it = it->next) {
         const char *name = it->string;
-        if (!name || !dsi__role_name_ok(name)) {
+        if (!name || !dsi__auth_name_ok(name, DSI__ROLE_NAME_MAX)) {
             rc = dsi_seterr(err, DSI_EINVAL, "roles: bad role name '%.40s' (1-31 of A-Z a-z 0-9 _ - .)",
                             name ? name : "");
             goto done;
