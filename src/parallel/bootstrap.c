@@ -79,6 +79,15 @@ static int parse_tp_flag(int *argc, char **argv, int *n, char **err) {
     return 0;
 }
 
+/* parse_tp_flag for main's hook: 0, or 2 (a usage error) with the reason on stderr. */
+static int take_tp_flag(int *argc, char **argv, int *n) {
+    char *err = NULL;
+    if (!parse_tp_flag(argc, argv, n, &err)) return 0;
+    fprintf(stderr, "dsinfer: %s\n", err ? err : "bad --tensor-parallel");
+    free(err);
+    return 2;
+}
+
 #ifdef DSI_HAVE_MPI
 
 static void dist_atexit(void);
@@ -173,13 +182,7 @@ void dsi_parallel_abort(int rc) {
 bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
     char *err = NULL;
     int n_flag = 0;
-    *rc = 0;
-    if (parse_tp_flag(argc, argv, &n_flag, &err)) {
-        fprintf(stderr, "dsinfer: %s\n", err ? err : "bad --tensor-parallel");
-        free(err);
-        *rc = 2;
-        return true;
-    }
+    if ((*rc = take_tp_flag(argc, argv, &n_flag))) return true;
     bool launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
     if (!launched) {
         if (n_flag > 1) {
@@ -276,15 +279,8 @@ void dsi_parallel_abort(int rc) {
 }
 
 bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
-    char *err = NULL;
     int n_flag = 0;
-    *rc = 0;
-    if (parse_tp_flag(argc, argv, &n_flag, &err)) {
-        fprintf(stderr, "dsinfer: %s\n", err ? err : "bad --tensor-parallel");
-        free(err);
-        *rc = 2;
-        return true;
-    }
+    if ((*rc = take_tp_flag(argc, argv, &n_flag))) return true;
     if (n_flag > 1 || getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK")) {
         int size = getenv("OMPI_COMM_WORLD_SIZE") ? atoi(getenv("OMPI_COMM_WORLD_SIZE")) : n_flag;
         if (size > 1 || n_flag > 1) {
