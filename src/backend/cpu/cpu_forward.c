@@ -45,6 +45,7 @@ static void lin(const struct dsi__cpu *c, const struct dsi_qweight *w, const flo
                 float *y, int ldy);
 static void embed_tokens(struct dsi__cpu *c, const struct dsi_batch *b, int T);
 static int add_reduced(struct dsi__cpu *c, float *out, int T, char **err);
+static void norm_rows(struct dsi__cpu *c, const float *w, int T);
 static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
                      int T, char **err);
 static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char **err);
@@ -174,6 +175,17 @@ static int add_reduced(struct dsi__cpu *c, float *out, int T, char **err) {
     return 0;
 }
 
+/* xn = rmsnorm(x) * w for the step's T token rows: every layer's pre-norm. */
+static void norm_rows(struct dsi__cpu *c, const float *w, int T) {
+    int H = c->cfg->hidden_size;
+    float eps = c->cfg->rms_norm_eps;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < T; r++)
+        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, w, H, eps);
+}
+
 /* x += Wo attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rmsnorm(x); K and V
  * of the new tokens go into the sequences' blocks of layer l first. */
 static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
@@ -181,14 +193,10 @@ static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, 
     const struct dsi_model_config *cfg = c->cfg;
     int H = cfg->hidden_size, hd = cfg->head_dim, nh = c->nh, nkv = c->nkv, qd = c->q_dim, kvd = c->kv_dim;
     int bs = c->be.kv_block_size;
-    float eps = cfg->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    float scale = 1.0f / sqrtf((float)hd);
     char *kbase = (char *)c->kv + (size_t)l * 2 * c->kv_layer_elems * c->kv_elt;
     void *kpool = kbase, *vpool = kbase + c->kv_layer_elems * c->kv_elt;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-    for (int r = 0; r < T; r++)
-        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
+    norm_rows(c, L->attn_norm, T);
     lin(c, &L->wq, c->xn, T, L->bq, c->q, qd);
     lin(c, &L->wk, c->xn, T, L->bk, c->k, kvd);
     lin(c, &L->wv, c->xn, T, L->bv, c->v, kvd);
@@ -234,12 +242,7 @@ static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, 
 /* x += Wdown (silu(Wgate xn) * Wup xn), xn = rmsnorm(x). */
 static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char **err) {
     int H = c->cfg->hidden_size, I = c->n_inter;
-    float eps = c->cfg->rms_norm_eps;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-    for (int r = 0; r < T; r++)
-        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->ffn_norm, H, eps);
+    norm_rows(c, L->ffn_norm, T);
     lin(c, &L->w_gate, c->xn, T, NULL, c->gate, I);
     lin(c, &L->w_up, c->xn, T, NULL, c->up, I);
 #ifdef _OPENMP
@@ -255,12 +258,7 @@ static int mlp(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T, char *
 static int mla_attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, const struct dsi_batch *b,
                          int T, char **err) {
     int H = c->cfg->hidden_size;
-    float eps = c->cfg->rms_norm_eps;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-    for (int r = 0; r < T; r++)
-        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->attn_norm, H, eps);
+    norm_rows(c, L->attn_norm, T);
     dsi__cpu_mla_attention(c, b, l, T);
     par_matmul(c, &L->wo, c->att, T, NULL, c->xn, H);
     return add_reduced(c, c->xn, T, err);
@@ -268,13 +266,7 @@ static int mla_attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int
 
 /* DeepSeek MoE: x += shared(xn) + routed experts(xn), xn = rmsnorm(x). */
 static int moe(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, int T, char **err) {
-    int H = c->cfg->hidden_size;
-    float eps = c->cfg->rms_norm_eps;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-    for (int r = 0; r < T; r++)
-        dsi_rmsnorm(c->xn + (size_t)r * H, c->x + (size_t)r * H, L->ffn_norm, H, eps);
+    norm_rows(c, L->ffn_norm, T);
     dsi__cpu_moe(c, l, T);
     return add_reduced(c, c->xn, T, err);
 }
