@@ -73,7 +73,7 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
 int main(int argc, char **argv) {
     const char *dtype = "int8", *model_dir = NULL;
     int steps = 20, quick = 0;
-    struct dsi_cuda_sample_params sampling = {0.f, 0, 1.f, 0.5f};
+    struct dsi_cuda_sample_params sampling = {0.f, 0, 1.f, 0.5f, 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];

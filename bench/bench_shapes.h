@@ -85,7 +85,7 @@ static inline void bench_decode_batch(int n_seqs, int ctx, int bs, int vocab, in
                                          .block_table = bt + (size_t)s * bps,
                                          .n_blocks = bps,
                                          .want_logits = true};
-        sp[s] = (struct dsi_cuda_sample_params){0.f, 0, 1.f, 0.5f}; /* greedy */
+        sp[s] = (struct dsi_cuda_sample_params){0.f, 0, 1.f, 0.5f, 0}; /* greedy */
     }
 }
 

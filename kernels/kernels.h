@@ -331,8 +331,11 @@ struct dsi_cuda_sample_params { /* device array, one per row */
     int top_k;                  /* 0: off */
     float top_p;                /* >= 1: off */
     float u;                    /* uniform [0,1) drawn by the host RNG of the sequence */
+    int n_ids;                  /* draw among ids < n_ids only (a head's padding rows past
+                                 * the tokenizer's last id); 0 or >= vocab: the whole row */
 };
-/* ids[r] = token chosen from logits row r (vocab floats, not modified). */
+/* ids[r] = token chosen from logits row r (vocab floats apart, not modified): among
+ * its first p[r].n_ids entries where that is set. */
 int dsi_cuda_sample(int32_t *ids, const float *logits, const struct dsi_cuda_sample_params *p, int rows,
                     int vocab, cudaStream_t s);
 /* The same with the path chosen (tests): 0 as above (the few-pass path where it

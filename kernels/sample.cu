@@ -15,6 +15,10 @@
  * with a 32-step top-k select (~70 passes) it took 0.3-0.7 ms at batch 1 on
  * the H200, a quarter of a 7B decode step.
  *
+ * A row is vocab floats apart; only its first n_ids (where set) are candidates:
+ * a checkpoint's head pads past the tokenizer's last id, and a padding id has
+ * no text (issue 26), so those rows are never drawn, whatever their logits.
+ *
  * Fast path (the same sets and the same draw rule, fewer passes): the k-th
  * largest key by a 4-pass 8-bit radix select (integer histograms in shared
  * memory: exact and order-free), then the candidates (the top-k, or the top
@@ -415,9 +419,11 @@ static __global__ void __launch_bounds__(ST)
     __shared__ struct fast_smem f;
     const float *row = logits + (size_t)blockIdx.x * vocab;
     const struct dsi_cuda_sample_params p = params[blockIdx.x];
-    if (variant == 0 && sample_fast(ids, row, p, vocab, sm, f)) return;
+    /* the row's stride stays vocab; the ids drawn from are its first n */
+    const int n = p.n_ids > 0 && p.n_ids < vocab ? p.n_ids : vocab;
+    if (variant == 0 && sample_fast(ids, row, p, n, sm, f)) return;
     __syncthreads();
-    sample_full(ids, row, p, vocab, sm, f.hist, f.bcast);
+    sample_full(ids, row, p, n, sm, f.hist, f.bcast);
 }
 
 extern "C" int dsi_cuda_sample_variant(int32_t *ids, const float *logits,

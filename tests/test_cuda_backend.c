@@ -261,7 +261,7 @@ TEST(cuda_batch_equals_single) {
         seqs[p].n_tokens = 1;
         seqs[p].pos = n[p];
     }
-    struct dsi_cuda_sample_params sp[3] = {{0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}};
+    struct dsi_cuda_sample_params sp[3] = {{0.f, 0, 1.f, 0.5f, 0}, {0.f, 0, 1.f, 0.5f, 0}, {0.f, 0, 1.f, 0.5f, 0}};
     CHECK_EQ_INT(dsi_cuda_backend_forward_sample(gpu, &b, sp, ids, &err), 0);
     free(err), err = NULL;
     CHECK_EQ_INT(gpu->ops->forward(gpu, &b, batched, &err),
@@ -281,6 +281,73 @@ TEST(cuda_batch_equals_single) {
     CHECK_EQ_INT(gpu->ops->forward(gpu, &b, batched, &err), DSI_EINVAL);
     free(err), err = NULL;
     free(single), free(batched);
+    dsi_backend_destroy(gpu);
+    dsi_model_close(&m);
+}
+
+/* The ops-table forward_sample on a real model whose best logit of each row is
+ * made a padding row (n_ids = that row's argmax: the head has more rows than
+ * the tokenizer has ids): greedy picks the argmax of the ids below n_ids, and
+ * draws at temperature 2 never reach n_ids. */
+TEST(cuda_forward_sample_skips_padding_rows) {
+    if (!have_gpu()) SKIP("no CUDA device");
+    struct dsi_model m;
+    memset(&m, 0, sizeof m);
+    struct dsi_model_open_opts mo = {.n_threads = 2};
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_model_open(&m, "tests/golden/models/qwen2-untied", &mo, &err), 0);
+    free(err), err = NULL;
+    struct dsi_backend_opts o;
+    opts_for(&o, DSI_W_BF16, 0);
+    struct dsi_backend *gpu = NULL;
+    CHECK_EQ_INT(dsi_backend_create("cuda", &m, &o, &gpu, &err), 0);
+    free(err), err = NULL;
+    if (!gpu) {
+        dsi_model_close(&m);
+        return;
+    }
+    int V = m.cfg.vocab_size;
+    int32_t prompts[3][MAX_PROMPT], n[3], bt[3][4] = {{9, 2, 5, 11}, {0, 7, 3, 10}, {4, 8, 1, 6}};
+    struct dsi_batch_seq seqs[3];
+    for (int p = 0; p < 3; p++) {
+        n[p] = make_prompt(p, V, prompts[p]);
+        seqs[p] = (struct dsi_batch_seq){.seq_id = (uint64_t)p,
+                                         .tokens = prompts[p],
+                                         .n_tokens = n[p],
+                                         .block_table = bt[p],
+                                         .n_blocks = 4,
+                                         .want_logits = true};
+    }
+    struct dsi_batch b = {.seqs = seqs, .n_seqs = 3};
+    float *lg = malloc((size_t)3 * V * 4);
+    CHECK_EQ_INT(gpu->ops->forward(gpu, &b, lg, &err), 0);
+    free(err), err = NULL;
+    struct dsi_sample_params sp[3];
+    int32_t ids[3], want[3];
+    for (int p = 0; p < 3; p++) {
+        const float *row = lg + (size_t)p * V;
+        int top = argmax(row, V, NULL);
+        CHECK(top > 0); /* a padding row above id 0 holds the best logit */
+        want[p] = argmax(row, top > 0 ? top : V, NULL);
+        sp[p] = (struct dsi_sample_params){.temperature = 0.f, .top_p = 1.f, .n_ids = top};
+    }
+    CHECK_EQ_INT(gpu->ops->forward_sample(gpu, &b, sp, ids, &err), 0); /* same step: same K/V */
+    free(err), err = NULL;
+    for (int p = 0; p < 3; p++)
+        CHECK_EQ_INT(ids[p], want[p]);
+    int outside = 0;
+    for (int k = 0; k < 16; k++) {
+        for (int p = 0; p < 3; p++) {
+            sp[p].temperature = 2.f;
+            sp[p].u = (k + 0.5f) / 16.f;
+        }
+        CHECK_EQ_INT(gpu->ops->forward_sample(gpu, &b, sp, ids, &err), 0);
+        free(err), err = NULL;
+        for (int p = 0; p < 3; p++)
+            outside += ids[p] < 0 || ids[p] >= sp[p].n_ids;
+    }
+    CHECK_EQ_INT(outside, 0);
+    free(lg);
     dsi_backend_destroy(gpu);
     dsi_model_close(&m);
 }
@@ -409,6 +476,7 @@ int main(void) {
     RUN(cuda_fixtures_int8_match_cpu);
     RUN(cuda_fixtures_int8_group_match_cpu);
     RUN(cuda_batch_equals_single);
+    RUN(cuda_forward_sample_skips_padding_rows);
     RUN(cuda_create_rejects_missing_device);
     RUN(cuda_single_pass_matches_two_pass);
     RUN(cuda_single_pass_rejects_tampered_weights);

@@ -9,7 +9,8 @@
  * - attention: bf16 K/V in both; output rounded to bf16: 1e-2 abs on O(1) values.
  * The INT8 matmuls (GEMM, GEMV, tiled, group-wise quantization) are in
  * test_cuda_matmul.c.
- * - sampling: greedy = argmax exactly; top-k=1 = argmax; draws stay inside top-k.
+ * - sampling: greedy = argmax exactly; top-k=1 = argmax; draws stay inside top-k
+ *   and below n_ids (a head's padding rows).
  * Without a GPU every test reports SKIP (exit 77), the host-only argument
  * checks too, so ctest never counts a GPU-less run as passed.
  */
@@ -419,7 +420,7 @@ TEST(cuda_sample_greedy_and_topk) {
     lg[1 * V + 7] = 50.f, lg[1 * V + 9] = 50.f; /* tie: lowest id */
     lg[2 * V + 123] = 30.f;
     struct dsi_cuda_sample_params p[4] = {
-        {0.f, 0, 1.f, 0.5f}, {0.f, 0, 1.f, 0.5f}, {1.f, 1, 1.f, 0.99f}, {0.7f, 5, 0.9f, 0.3f}};
+        {0.f, 0, 1.f, 0.5f, 0}, {0.f, 0, 1.f, 0.5f, 0}, {1.f, 1, 1.f, 0.99f, 0}, {0.7f, 5, 0.9f, 0.3f, 0}};
     float *dl = dmalloc((size_t)rows * V * 4);
     struct dsi_cuda_sample_params *dp = dmalloc(sizeof p);
     int32_t *di = dmalloc(rows * 4), ids[4];
@@ -444,7 +445,7 @@ TEST(cuda_sample_greedy_and_topk) {
     float *big = malloc((size_t)n * V2 * 4);
     for (int r = 0; r < n; r++) {
         memcpy(big + (size_t)r * V2, l2, (size_t)V2 * 4);
-        pp[r] = (struct dsi_cuda_sample_params){1.f, 0, 1.f, (r + 0.5f) / n};
+        pp[r] = (struct dsi_cuda_sample_params){1.f, 0, 1.f, (r + 0.5f) / n, 0};
     }
     float *dbig = dmalloc((size_t)n * V2 * 4);
     struct dsi_cuda_sample_params *dpp = dmalloc((size_t)n * sizeof *pp);
@@ -479,8 +480,8 @@ TEST(cuda_sample_fast_path_equals_full_scan) {
     NEED_GPU();
     const int V = 152064, kinds = 4;
     const struct dsi_cuda_sample_params ps[] = {
-        {0.7f, 40, 0.9f, 0}, {1.f, 0, 0.9f, 0},     {0.8f, 50, 1.f, 0},  {1.2f, 1000, 0.95f, 0},
-        {1.f, 0, 0.5f, 0},   {0.5f, 2000, 0.8f, 0}, {1.f, 3000, 1.f, 0}, {1.f, 1, 0.9f, 0}};
+        {0.7f, 40, 0.9f, 0, 0}, {1.f, 0, 0.9f, 0, 0},     {0.8f, 50, 1.f, 0, 0},  {1.2f, 1000, 0.95f, 0, 0},
+        {1.f, 0, 0.5f, 0, 0},   {0.5f, 2000, 0.8f, 0, 0}, {1.f, 3000, 1.f, 0, 0}, {1.f, 1, 0.9f, 0, 0}};
     const int n_ps = (int)(sizeof ps / sizeof ps[0]), us = 5, rows = kinds * n_ps * us;
     float *lg = malloc((size_t)rows * V * 4);
     struct dsi_cuda_sample_params *p = malloc((size_t)rows * sizeof *p);
@@ -523,6 +524,69 @@ TEST(cuda_sample_fast_path_equals_full_scan) {
     free(lg), free(p), free(a), free(b);
 }
 
+/* A head padded past the tokenizer (152,064 rows, 151,665 ids) whose best
+ * logits all sit on the padding rows: with n_ids set no draw reaches them,
+ * greedy or sampled, on either path; n_ids 0 still reads the whole row (the
+ * padding really holds the maximum), and the row stride stays the head's. */
+TEST(cuda_sample_never_draws_padding_rows) {
+    NEED_GPU();
+    const int V = 152064, n_ids = 151665;
+    const struct dsi_cuda_sample_params ps[] = {
+        {0.f, 0, 1.f, 0, 0},    {1.f, 0, 1.f, 0, 0},     {2.f, 0, 1.f, 0, 0},   {0.7f, 40, 0.9f, 0, 0},
+        {1.f, 0, 0.9f, 0, 0},   {1.f, 1, 1.f, 0, 0},     {1.f, 3000, 1.f, 0, 0}, {1.2f, 1000, 0.95f, 0, 0}};
+    const int n_ps = (int)(sizeof ps / sizeof ps[0]), us = 6, rows = n_ps * us;
+    float *lg = malloc((size_t)rows * V * 4);
+    struct dsi_cuda_sample_params *p = malloc((size_t)rows * sizeof *p);
+    for (int r = 0; r < rows; r++) {
+        float *row = lg + (size_t)r * V;
+        for (int i = 0; i < n_ids; i++)
+            row[i] = 4.f * frand();
+        for (int i = n_ids; i < V; i++) /* every padding row beats every real one */
+            row[i] = 40.f + frand();
+        p[r] = ps[r / us];
+        p[r].u = (float)(r % us) / us + 0.37f / us;
+        p[r].n_ids = n_ids;
+    }
+    float *dl = dmalloc((size_t)rows * V * 4);
+    struct dsi_cuda_sample_params *dp = dmalloc((size_t)rows * sizeof *p);
+    int32_t *da = dmalloc((size_t)rows * 4), *db = dmalloc((size_t)rows * 4);
+    int32_t *a = malloc((size_t)rows * 4), *b = malloc((size_t)rows * 4);
+    up(dl, lg, (size_t)rows * V * 4), up(dp, p, (size_t)rows * sizeof *p);
+    CHECK_EQ_INT(dsi_cuda_sample_variant(da, dl, dp, rows, V, 0, 0), 0);
+    CHECK_EQ_INT(dsi_cuda_sample_variant(db, dl, dp, rows, V, 1, 0), 0);
+    down(a, da, (size_t)rows * 4), down(b, db, (size_t)rows * 4);
+    int outside = 0, differ = 0;
+    for (int r = 0; r < rows; r++) {
+        outside += a[r] < 0 || a[r] >= n_ids || b[r] < 0 || b[r] >= n_ids;
+        differ += a[r] != b[r];
+    }
+    CHECK_EQ_INT(outside, 0);
+    CHECK_EQ_INT(differ, 0);
+    for (int r = 0; r < us; r++) { /* greedy and top-k 1: the argmax over the real ids */
+        const float *row = lg + (size_t)r * V;
+        int best = 0;
+        for (int i = 1; i < n_ids; i++)
+            if (row[i] > row[best]) best = i;
+        CHECK_EQ_INT(a[r], best);
+        const float *row1 = lg + (size_t)(5 * us + r) * V;
+        best = 0;
+        for (int i = 1; i < n_ids; i++)
+            if (row1[i] > row1[best]) best = i;
+        CHECK_EQ_INT(a[5 * us + r], best);
+    }
+    for (int r = 0; r < rows; r++)
+        p[r].n_ids = 0;
+    up(dp, p, (size_t)rows * sizeof *p);
+    CHECK_EQ_INT(dsi_cuda_sample(da, dl, dp, rows, V, 0), 0);
+    down(a, da, (size_t)rows * 4);
+    int inside = 0;
+    for (int r = 0; r < rows; r++)
+        inside += a[r] < n_ids;
+    CHECK_EQ_INT(inside, 0); /* without the limit the padding wins every draw */
+    cudaFree(dl), cudaFree(dp), cudaFree(da), cudaFree(db);
+    free(lg), free(p), free(a), free(b);
+}
+
 /* The build holds code this GPU runs (the create-time check of
  * cuda_backend.c): SASS of the device's major architecture, at most its own. */
 TEST(cuda_build_has_an_image_for_this_gpu) {
@@ -550,5 +614,6 @@ int main(void) {
     RUN(cuda_kv_store_writes_slots);
     RUN(cuda_sample_greedy_and_topk);
     RUN(cuda_sample_fast_path_equals_full_scan);
+    RUN(cuda_sample_never_draws_padding_rows);
     return test_summary();
 }

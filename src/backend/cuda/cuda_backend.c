@@ -514,7 +514,8 @@ static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b
         c->sp_h[r] = (struct dsi_cuda_sample_params){.temperature = p[r].temperature,
                                                      .top_k = p[r].top_k < 0 ? 0 : p[r].top_k,
                                                      .top_p = p[r].top_p,
-                                                     .u = u};
+                                                     .u = u,
+                                                     .n_ids = p[r].n_ids < 0 ? 0 : p[r].n_ids};
     }
     return sample_rows(c, rows, ids, err);
 }
