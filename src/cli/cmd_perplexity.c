@@ -1,7 +1,9 @@
 /*
  * cmd_perplexity.c: `dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8]
- *                    [--group-size N] [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--ctx N]
- *                    [--max-tokens N] [--parallel N] [--json]`
+ *                    [--group-size N] [--int8-mode w8a16|w8a8] [--backend cpu|cuda]
+ *                    [--kv-dtype f32|bf16] [--ctx N] [--max-tokens N] [--parallel N] [--json]`
+ * (--kv-dtype: the KV cache element type, default the config's; the CUDA backend
+ * keeps bf16, so --kv-dtype bf16 makes the CPU's numbers comparable to it)
  *
  * Protocol (the same as scripts/demo/train_demo.py uses for HF transformers, so the
  * numbers compare): the text is encoded without BOS and cut into non-overlapping
@@ -38,7 +40,7 @@
 #define MAX_TEXT_BYTES ((size_t)1 << 30)
 
 struct ppl_args {
-    const char *model, *text, *backend, *dtype, *int8_mode;
+    const char *model, *text, *backend, *dtype, *int8_mode, *kv_dtype;
     int group_size, ctx, max_tokens, parallel, json, no_verify;
 };
 
@@ -64,8 +66,8 @@ static int score_text(struct dsi_runtime *rt, const int32_t *ids, size_t n_ids, 
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8] [--group-size N]\n"
-               "                          [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--ctx N]\n"
-               "                          [--max-tokens N] [--parallel N] [--json] [--no-verify]\n");
+               "                          [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--kv-dtype f32|bf16]\n"
+               "                          [--ctx N] [--max-tokens N] [--parallel N] [--json] [--no-verify]\n");
 }
 
 int dsi_cmd_perplexity(int argc, char **argv) {
@@ -125,6 +127,7 @@ static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char 
     c.max_prompt_tokens = a->ctx;
     c.max_total_tokens = a->ctx;
     struct dsi_runtime_opts o = {.kv_tokens = a->ctx, .no_timeouts = true};
+    if (a->kv_dtype) dsi_runtime_parse_kv_dtype(a->kv_dtype, &o.kv_dtype); /* checked by parse_args */
     rc = dsi_runtime_open(&c, &o, rt, err);
     dsi_config_free(&c);
     return rc;
@@ -232,6 +235,13 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
                 return DSI_EXIT_USAGE;
             }
             a->dtype = v;
+        } else if (!strcmp(f, "--kv-dtype")) {
+            enum dsi_kv_dtype k;
+            if (dsi_runtime_parse_kv_dtype(v, &k)) {
+                fprintf(stderr, "dsinfer perplexity: --kv-dtype must be f32 or bf16\n");
+                return DSI_EXIT_USAGE;
+            }
+            a->kv_dtype = v;
         } else if (!strcmp(f, "--group-size")) {
             rc = parse_int(f, v, 0, 1 << 20, &a->group_size);
         } else if (!strcmp(f, "--int8-mode")) {
