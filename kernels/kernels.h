@@ -189,6 +189,98 @@ int dsi_cuda_attn_decode_rope(const struct dsi_cuda_attn_args *a, const float *i
 /* Prefill (any n_q, causal, tiled, online softmax); also correct for n_q == 1. */
 int dsi_cuda_attn_prefill(const struct dsi_cuda_attn_args *a, cudaStream_t s);
 
+/* ---- DeepSeek MLA attention over the latent cache (kernels/mla.cu) ---- */
+
+/* Per new token t: c_kv = RMSNorm(kva[t][:R]) * norm_w (fp32, eps), k_pe =
+ * RoPE(kva[t][R:R+rope]) and every head's q_pe (q[t*q_stride + h*(nope+rope)
+ * + nope ..], rotated in place) at pos[t]; (c_kv, k_pe) stored as bf16 in
+ * cache slot slots[t] (rows of R + rope). Pairs (2i, 2i+1) when interleave,
+ * else (i, i + rope/2); cos/sin times attn_factor (YaRN). rope/2 <= 128. */
+/* CPU twin: dsi_rmsnorm + dsi_rope_interleaved/neox + dsi_mla_store. */
+struct dsi_cuda_mla_rope_args {
+    float *q; /* (T, q_stride) fp32 */
+    int q_stride, n_heads, nope;
+    const float *kva; /* (T, R + rope) fp32 */
+    int kv_lora_rank, rope_dim;
+    const float *norm_w; /* (R) */
+    float eps;
+    const int32_t *pos, *slots; /* (T) device */
+    const float *inv_freq;      /* (rope / 2) */
+    float attn_factor;
+    int interleave;
+    uint16_t *cache; /* one layer's latent pool */
+};
+int dsi_cuda_mla_kv_rope(const struct dsi_cuda_mla_rope_args *a, int n_tok, cudaStream_t s);
+/* o_lat (T, n_heads, R) fp32 = softmax_j(scale * (q_lat . c_kv_j + q_pe . k_pe_j)) . c_kv_j
+ * over the causal context of each row (the row's sequence from seqs). R <= 1024. */
+/* CPU twin: the middle of dsi_mla_head (cpu_deepseek.h). */
+struct dsi_cuda_mla_attn_args {
+    float *o_lat;
+    const float *q_lat; /* (T, n_heads, R) fp32 */
+    const float *q;     /* q_pe of head h of row t at q[t*q_stride + h*(nope+rope) + nope] */
+    int q_stride, n_heads, nope, kv_lora_rank, rope_dim;
+    const uint16_t *cache;
+    const struct dsi_cuda_attn_seq *seqs; /* device */
+    int n_seqs;
+    const int32_t *block_tables;
+    int block_size;
+    float scale;
+    int long_q, long_ctx; /* rows of sequences dsi_cuda_attn_is_long() picks are skipped */
+    int n_splits;         /* > 1: the context of each row split over that many blocks */
+    float *work;          /* n_splits > 1: dsi_cuda_mla_work_bytes of partials */
+    size_t work_bytes;
+};
+size_t dsi_cuda_mla_work_bytes(int n_tok, int n_heads, int kv_lora_rank, int n_splits);
+/* Long prefill (the backend's cuBLAS path): n_q rows to (n_heads, n_q, R + rope)
+ * bf16 = [q_lat_h | q_pe_h] * scale; the latent rows come out of the cache with
+ * dsi_cuda_kv_gather (one "head" of R + rope), the scores and the causal
+ * softmax are the dense path's. */
+int dsi_cuda_mla_q_pack(uint16_t *qb, const float *q_lat, const float *q, int q_stride, int n_q, int n_heads,
+                        int nope, int kv_lora_rank, int rope_dim, float scale, cudaStream_t s);
+int dsi_cuda_mla_attn(const struct dsi_cuda_mla_attn_args *a, int n_tok, cudaStream_t s);
+
+/* ---- DeepSeek MoE router and un-permute (kernels/moe.cu) ---- */
+
+enum { DSI_CUDA_SCORE_SOFTMAX, DSI_CUDA_SCORE_SIGMOID };
+enum { DSI_CUDA_TOPK_GREEDY, DSI_CUDA_TOPK_GROUP_LIMITED, DSI_CUDA_TOPK_NOAUX_TC };
+struct dsi_cuda_router {
+    int n_experts, top_k, n_group, topk_group;
+    int method, scoring; /* DSI_CUDA_TOPK_*, DSI_CUDA_SCORE_* */
+    int norm_topk_prob;
+    float routed_scaling_factor;
+    const float *bias; /* device (n_experts) or NULL */
+};
+/* Per token: xn = RMSNorm(x[t]) * norm_w in fp32, logits = router (E, H) fp32 . xn,
+ * then idx[t*K + k], w[t*K + k] as dsi_moe_route picks them. Dynamic shared
+ * memory dsi_cuda_moe_route_smem (up to 227 KB). */
+/* CPU twin: dsi_rmsnorm + the router logits of dsi__cpu_moe + dsi_moe_route. */
+size_t dsi_cuda_moe_route_smem(int hidden, int n_experts, int n_group);
+int dsi_cuda_moe_route(int32_t *idx, float *w, const float *x, const float *norm_w, int n_tok, int hidden,
+                       float eps, const float *router, const struct dsi_cuda_router *r, cudaStream_t s);
+/* Groups the n = T*K choices idx by expert on the device: off (2 E + 2 ints):
+ * off[0..E] the runs, off[E+1..] the experts with a non-empty run (ascending),
+ * off[2E+1] their count; asg[p] the choice at run position p, slot[a] the
+ * position of choice a (the order inside a run is not fixed; no value depends
+ * on it). One block. */
+int dsi_cuda_moe_group(int32_t *off, int32_t *asg, int32_t *slot, const int32_t *idx, int n, int E,
+                       cudaStream_t s);
+/* One INT8 matrix per expert (tiled layout, per-channel scales). */
+struct dsi_cuda_moe_w {
+    const int8_t *q;
+    const float *scale;
+};
+/* y[p] (n) = W_e x_row(p) * scale_e for every run position p of every expert e
+ * (off, asg from dsi_cuda_moe_group over n_rows choices), x_row(p) = asg[p] /
+ * x_div (x_div > 0: rows of x per token) or p (x_div 0: rows per position).
+ * w: device array of n_experts; k even, x 4-byte aligned. */
+/* CPU twin: dsi_matmul per expert (cpu_ops.h), as dsi__cpu_moe runs it. */
+int dsi_cuda_moe_gemv_int8(float *y, const uint16_t *x, const struct dsi_cuda_moe_w *w, const int32_t *off,
+                           const int32_t *asg, int x_div, int n_experts, int n_rows, int n, int k,
+                           cudaStream_t s);
+/* out[t] = (accumulate ? out[t] : 0) + sum_k w[t*K+k] * y[slot[t*K+k]] (rows of hidden). */
+int dsi_cuda_moe_combine(float *out, int accumulate, const float *y, const int32_t *slot, const float *w,
+                         int n_tok, int top_k, int hidden, cudaStream_t s);
+
 /* ---- INT8 weight-only matmul (kernels/gemv_int8.cu) ---- */
 
 #define DSI_Q8_ROWS 16

@@ -18,6 +18,7 @@
 #include "cuda_internal.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#include "dsinfer/rope.h"
 
 static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
 static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
@@ -76,12 +77,14 @@ static const struct dsi_backend_limits cuda_limits = {.backend = "cuda",
                                                       .max_gqa_group = 8,
                                                       .head_dim_multiple = 16,
                                                       .head_dim_divides = 256,
-                                                      .split_inter_evenly = true};
+                                                      .split_inter_evenly = true,
+                                                      .mla_moe = true};
 
 static int check_config(const struct dsi_model_config *cfg, const struct dsi_backend_opts *o, int n_ranks,
                         char **err) {
     int gs = o->weight_dtype == DSI_W_INT8 ? o->int8_group_size : 0;
-    return dsi_model_config_check(cfg, &cuda_limits, n_ranks, gs, err);
+    int rc = dsi_model_config_check(cfg, &cuda_limits, n_ranks, gs, err);
+    return rc ? rc : dsi__cuda_mla_check(cfg, err);
 }
 
 static int alloc_buffers(struct dsi__cuda *c, char **err) {
@@ -132,6 +135,8 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
         c->gemm_ws.n_counters = (int)((V + 15) / 16);
         if (c->gemm_ws.n_counters < (int)((2 * I + 15) / 16))
             c->gemm_ws.n_counters = (int)((2 * I + 15) / 16);
+        if (c->mla && c->gemm_ws.n_counters < (dsi__cuda_mla_max_n(cfg) + 15) / 16)
+            c->gemm_ws.n_counters = (dsi__cuda_mla_max_n(cfg) + 15) / 16;
         c->gemm_ws.partial_bytes = dsi_cuda_gemm_ws_bytes(16 * 4 * c->n_sm);
         if ((rc = dsi__cuda_alloc(c, (void **)&c->gemm_ws.partial, c->gemm_ws.partial_bytes,
                                   "matmul partials", err)) ||
@@ -148,6 +153,7 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
         if (2 * I * H > big) big = 2 * I * H;
         if (H * nq > big) big = H * nq;
         if (c->group > 0 && V * H > big) big = V * H;
+        if (c->mla && dsi__cuda_mla_max_elems(cfg) > big) big = dsi__cuda_mla_max_elems(cfg);
         if ((rc = dsi__cuda_alloc(c, (void **)&c->deq, big * 2, "int8 dequant scratch", err))) return rc;
     }
     /* metadata: tokens, pos, slots (T each), seqs (4 S), logit rows (S), block tables */
@@ -165,8 +171,11 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
 
 static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
     const struct dsi_model_config *cfg = &c->cfg;
-    size_t kv_dim = (size_t)cfg->n_kv_heads * cfg->head_dim, bs = (size_t)c->base.kv_block_size;
-    size_t per_block = (size_t)cfg->n_layers * 2 * bs * kv_dim * 2;
+    /* one layer's pool holds kv_dim values per slot: K and V pools of
+     * n_kv_heads * head_dim each, or MLA's single latent pool of kv_lora + rope */
+    size_t per_layer = dsi_model_kv_values_per_token_layer(cfg), bs = (size_t)c->base.kv_block_size;
+    size_t kv_dim = c->mla ? per_layer : per_layer / 2;
+    size_t per_block = (size_t)cfg->n_layers * bs * per_layer * 2;
     size_t free_b = 0, total_b = 0;
     if (DSI_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b)))
         return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
@@ -183,7 +192,7 @@ static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
     if (rc) return rc;
     c->base.n_kv_blocks = (int)n_blocks;
     c->kv_layer_elems = n_blocks * bs * kv_dim;
-    c->base.kv_bytes_per_token = (size_t)cfg->n_layers * 2 * kv_dim * 2;
+    c->base.kv_bytes_per_token = (size_t)cfg->n_layers * per_layer * 2;
     return 0;
 }
 
@@ -340,7 +349,12 @@ static int upload_rope(struct dsi__cuda *c, const struct dsi_model_config *cfg, 
     const size_t bytes = (size_t)cfg->head_dim / 2 * sizeof(float);
     float *inv = malloc(bytes);
     if (!inv) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
-    int rc = dsi_cuda_rope_inv_freq(cfg, inv, err);
+    /* MLA: the CPU reference's table, YaRN and its cos/sin factor included */
+    int rc = !c->mla ? dsi_cuda_rope_inv_freq(cfg, inv, err)
+             : dsi_rope_inv_freq(&cfg->rope, cfg->rope_theta, cfg->head_dim, cfg->max_position_embeddings, 0,
+                                 inv, &c->attn_factor)
+                 ? dsi_seterr(err, DSI_EINVAL, "rope: bad scaling parameters")
+                 : 0;
     if (!rc) rc = dsi__cuda_alloc(c, (void **)&c->inv_freq, bytes, "rope table", err);
     if (!rc && DSI_CUDA_CHECK(cudaMemcpy(c->inv_freq, inv, bytes, cudaMemcpyHostToDevice)))
         rc = dsi_seterr(err, DSI_ECUDA, "cuda: rope table upload failed");
@@ -359,7 +373,9 @@ static int load_and_plan(struct dsi__cuda *c, const struct dsi_model *m, bool ra
     if (rc) return rc;
     cudaMemGetInfo(&free1, &total);
     c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
-    if ((rc = alloc_buffers(c, err)) || (rc = dsi__cuda_plan(c, err))) return rc;
+    if ((rc = alloc_buffers(c, err)) || (c->mla && (rc = dsi__cuda_mla_alloc(c, err))) ||
+        (rc = dsi__cuda_plan(c, err)))
+        return rc;
     dsi__cuda_plan_log(c);
     return alloc_kv(c, fraction, err);
 }
@@ -405,6 +421,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->base.model = m;
     c->base.impl = c;
     c->tp_size = 1;
+    c->mla = dsi_model_is_mla(&m->cfg); /* unsharded: the config check refuses MLA under TP */
     dsi__cuda_switches_read(&c->sw);
     set_limits(c, o);
     float fraction = o->kv_gpu_fraction > 0.f && o->kv_gpu_fraction <= 0.98f ? o->kv_gpu_fraction : 0.9f;
@@ -544,6 +561,7 @@ static void cuda_destroy(struct dsi_backend *be) {
     if (c->meta_h) cudaFreeHost(c->meta_h);
     if (c->sp_h) cudaFreeHost(c->sp_h);
     if (c->ids_h) cudaFreeHost(c->ids_h);
+    dsi__cuda_mla_free(c);
     if (c->blas) cublasDestroy(c->blas);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->layers);

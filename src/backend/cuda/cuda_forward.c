@@ -1,5 +1,6 @@
 /*
- * cuda_forward.c: one scheduler step of the CUDA backend (Qwen2 / Llama).
+ * cuda_forward.c: one scheduler step of the CUDA backend (Qwen2 / Llama; the
+ * layers of DeepSeek-V2/V3 are cuda_deepseek.c's, the rest of the step is shared).
  *
  * The host checks the batch (ids, positions, block tables) and packs the step's
  * metadata (token ids, positions, KV slots, per-sequence attention records,
@@ -226,6 +227,14 @@ static int add_norm(struct dsi__cuda *c, const float *delta, const float *w, int
                                     c->stream);
 }
 
+int dsi__cuda_add_norm(struct dsi__cuda *c, const float *delta, const float *w, int T) {
+    return add_norm(c, delta, w, T);
+}
+
+int dsi__cuda_delta_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, int T) {
+    return delta_matmul(c, w, x, T);
+}
+
 static int layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto,
                  const int32_t *pos_d, const int32_t *slot_d) {
     const struct dsi_model_config *cfg = &c->cfg;
@@ -295,7 +304,9 @@ static int run_model(struct dsi__cuda *c, int T, int R, const struct dsi_cuda_at
     if ((rc = dsi_cuda_embed(c->x, c->embed, tok_d, T, cfg->hidden_size, cfg->vocab_size, c->stream)))
         return rc;
     for (int il = 0; il < cfg->n_layers; il++)
-        if ((rc = layer(c, il, T, proto, pos_d, slot_d))) return rc;
+        if ((rc = c->mla ? dsi__cuda_mla_layer(c, il, T, proto, pos_d, slot_d)
+                         : layer(c, il, T, proto, pos_d, slot_d)))
+            return rc;
     /* with no logits wanted the last down product stays in delta, its scale
      * pending (delta_scale): x is then not the final residual stream */
     if (R == 0) return 0;
@@ -361,7 +372,8 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     const int Tc = c->max_tokens, S = c->max_seqs;
     int32_t *seqs_d = c->meta_d + 3 * Tc, *bt_d = seqs_d + 5 * S;
     size_t ints = 3 * (size_t)Tc + 5 * (size_t)S + (size_t)nbt;
-    const bool graph = c->sw.graphs && max_n_q == 1;
+    /* DeepSeek: not where the MoE groups its rows on the host mid-step */
+    const bool graph = c->sw.graphs && max_n_q == 1 && (!c->mla || dsi__cuda_mla_graphable(c, T));
     /* a graph fixes the attention split count; it is chosen for the context
      * rounded up to a power of two, so a growing context re-captures a handful
      * of times (any split count is correct for any context): at batch 1, 4
@@ -389,6 +401,7 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
         .long_ctx = c->long_ctx,
     };
     if (proto.n_splits > DSI__CUDA_MAX_SPLITS) proto.n_splits = DSI__CUDA_MAX_SPLITS;
+    if (c->mla) proto.n_splits = dsi__cuda_mla_splits(c, b->n_seqs, split_ctx);
     if ((rc = DSI_CUDA_CHECK(
              cudaMemcpyAsync(c->meta_d, c->meta_h, ints * 4, cudaMemcpyHostToDevice, c->stream))))
         goto fail;

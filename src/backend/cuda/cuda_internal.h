@@ -101,7 +101,60 @@ struct dsi__cu_matrix {
     struct dsi__cu_plan plan; /* its kernel per row count (cuda_plan.c) */
 };
 
+/* DeepSeek-V2/V3 (MLA + MoE) parts of a layer (cuda_deepseek*.c); o, the
+ * norms and a dense layer's gate_up/down stay in struct dsi__cu_layer. */
+struct dsi__cu_mla {
+    struct dsi__cu_matrix wq;    /* (nh*(nope+rope), hidden) when q_lora_rank == 0 */
+    struct dsi__cu_matrix wq_a;  /* (q_lora, hidden) */
+    struct dsi__cu_matrix wq_b;  /* (nh*(nope+rope), q_lora) */
+    struct dsi__cu_matrix wkv_a; /* (kv_lora + rope, hidden) */
+    float *q_a_norm, *kv_a_norm; /* (q_lora) (kv_lora) */
+    /* kv_b_proj (nh*(nope+vd), kv_lora) fp32 as the weights in use (int8:
+     * q * scale): W_UK and W_UV of the absorbed products (cuBLAS SGEMM) */
+    float *wkv_b;
+    bool moe;
+    float *router, *router_bias;            /* (E, hidden) fp32; (E) or NULL (noaux_tc) */
+    struct dsi__cu_matrix *ex_gu, *ex_down; /* host arrays (E): (2 I, hidden) gate|up, (hidden, I) */
+    struct dsi__cu_matrix sh_gu, sh_down;   /* shared experts; n == 0: none */
+    struct dsi_cuda_moe_w *gu_w, *down_w;   /* device (E): the experts' int8 tiles and scales */
+};
+
+/* MoE steps of at most this many (token, expert) rows group and multiply on the
+ * device (dsi_cuda_moe_group + dsi_cuda_moe_gemv_int8: no host round trip, so a
+ * decode step is one CUDA graph); larger ones (prefill) group on the host and
+ * give each expert its planned matmuls. INT8 per channel only. */
+#define DSI__CUDA_MOE_DEV_ROWS 512
+/* Split decode attention: at most this many (row, head, split) partials. */
+/* Prefill chunks of at least this many tokens of one sequence take cuBLAS. */
+#define DSI__CUDA_MLA_LONG_Q 64
+#define DSI__CUDA_MLA_LONG_CTX 4096
+#define DSI__CUDA_MLA_PARTIALS 8192
+
+/* Step buffers of the DeepSeek forward (max_tokens rows T, top_k K). */
+struct dsi__cu_ds {
+    float *q, *kva, *qa;     /* (T, nh*(nope+rope)) (T, R+rope) (T, q_lora) */
+    uint16_t *qa_n, *att;    /* (T, q_lora) (T, nh*vd) bf16 */
+    float *q_lat, *o_lat;    /* (T, nh, R) */
+    float *att32;            /* (T, nh*vd) */
+    int32_t *idx_d, *perm_d; /* (T*K) choices; (2 T*K): tok_of | slot_of */
+    float *rw_d;             /* (T*K) routing weights */
+    int32_t *idx_h, *perm_h; /* pinned twins */
+    int32_t *count;          /* host (E + 1) */
+    int32_t *off_d;          /* device (2 E + 2): runs and used experts of the device grouping */
+    float *mla_work;         /* split decode attention partials, mla_work_bytes */
+    size_t mla_work_bytes;
+    /* long prefill through cuBLAS (sequences of >= long_q new tokens and a
+     * context of <= long_ctx; 0: off): the latent rows, the packed queries,
+     * the scores and probabilities */
+    int long_q, long_ctx;
+    uint16_t *lp_lat, *lp_q, *lp_p; /* (long_ctx, R+rope) (nh, T, R+rope) (nh, rows, long_ctx) */
+    float *lp_s;                    /* (nh, rows, long_ctx) */
+    uint16_t *xg, *eact;            /* (T*K, hidden) gathered rows; (T*max(K I, IS)) bf16 */
+    float *egu, *yo;                /* (T*max(2 K I, 2 IS)); (T*K, hidden) expert outputs */
+};
+
 struct dsi__cu_layer {
+    struct dsi__cu_mla *mla;       /* DeepSeek layers only, else NULL */
     float *ln1, *ln2;              /* (hidden) */
     struct dsi__cu_matrix qkv;     /* ((nh + 2 nkv) hd, hidden), rows q | k | v */
     struct dsi__cu_matrix o;       /* (hidden, nh hd) */
@@ -158,6 +211,12 @@ struct dsi__cuda {
     struct dsi_cuda_sample_params *sp_d, *sp_h;
     int32_t *ids_d, *ids_h;
 
+    /* DeepSeek-V2/V3 (cuda_deepseek*.c): mla set, the rest NULL/0 otherwise */
+    bool mla;
+    float attn_factor; /* YaRN cos/sin multiplier of the MLA rope */
+    int ex_il, sh_il;  /* gate|up layout of the routed / shared experts (DSI_GLU_IL8 or 0) */
+    struct dsi__cu_ds ds;
+
     struct dsi__cuda_switches sw;
     /* gate|up weights (and so the gu activations) interleaved in blocks of 8
      * rows (DSI_GLU_IL8) or stacked (0: intermediate size not a multiple of 8) */
@@ -210,6 +269,50 @@ int dsi__cuda_tp_allreduce(struct dsi__cuda *c, float *buf, size_t n);
 int dsi__cuda_tp_reduce_norm(struct dsi__cuda *c, const float *w, int rows);
 int dsi__cuda_tp_logits(struct dsi__cuda *c, int rows);
 void dsi__cuda_tp_destroy(struct dsi__cuda *c);
+/* Weight loading pieces (cuda_weights.c) for cuda_deepseek_load.c. The loader
+ * holds the model, the random switch and the staging buffer. linear: one
+ * (rows, cols) matrix kept bf16 or quantized as every matrix; glu: gate and up
+ * (inter, cols) each, stacked or with il = DSI_GLU_IL8 interleaved by 8 rows;
+ * vec: a float vector (random: fill); f32: a float (rows, cols) (cols 0: a
+ * vector of rows) tensor kept fp32 (random: small pseudo-random values, or
+ * zeros with fill 0). */
+struct dsi__cu_loader;
+int dsi__cuda_load_linear(struct dsi__cu_loader *L, struct dsi__cu_matrix *w, const char *name, int rows,
+                          int cols, const char *what, char **err);
+int dsi__cuda_load_glu(struct dsi__cu_loader *L, struct dsi__cu_matrix *w, const char *gate, const char *up,
+                       int inter, int cols, int il, const char *what, char **err);
+int dsi__cuda_load_vec(struct dsi__cu_loader *L, const char *name, int n, float **dst, char **err);
+int dsi__cuda_load_f32(struct dsi__cu_loader *L, const char *name, int rows, int cols, bool random_values,
+                       float **dst, char **err);
+/* A matrix as linear loads it (bf16, or int8 quantized), kept as the fp32
+ * weights its matmuls would use (int8: q * scale), the quantized copy freed. */
+int dsi__cuda_load_linear_f32(struct dsi__cu_loader *L, const char *name, int rows, int cols, float **dst,
+                              char **err);
+/* DeepSeek-V2/V3 (cuda_deepseek_load.c, cuda_deepseek.c). check: what the MLA
+ * kernels need of the config; elems: the largest matrix (staging and
+ * dequantize scratch) and max_n its most output rows; load_layer: layer il's
+ * MLA and MoE weights; alloc: the step buffers and attn_factor; plan: every
+ * DeepSeek matrix's plan; layer: one decoder layer of a step (the MoE
+ * grouping reads the routing back to the host: no graph capture); free: the
+ * host-side arrays. */
+int dsi__cuda_mla_check(const struct dsi_model_config *cfg, char **err);
+size_t dsi__cuda_mla_max_elems(const struct dsi_model_config *cfg);
+int dsi__cuda_mla_max_n(const struct dsi_model_config *cfg);
+int dsi__cuda_mla_load_layer(struct dsi__cuda *c, struct dsi__cu_loader *L, int il, char **err);
+int dsi__cuda_mla_alloc(struct dsi__cuda *c, char **err);
+int dsi__cuda_mla_plan(struct dsi__cuda *c, char **err);
+int dsi__cuda_mla_layer(struct dsi__cuda *c, int il, int T, const struct dsi_cuda_attn_args *proto,
+                        const int32_t *pos_d, const int32_t *slot_d);
+void dsi__cuda_mla_free(struct dsi__cuda *c);
+/* Whether a step of T rows runs without a host round trip (so as a graph), and
+ * the attention split count of a decode step of n_seqs rows at context ctx. */
+bool dsi__cuda_mla_graphable(const struct dsi__cuda *c, int T);
+int dsi__cuda_mla_splits(const struct dsi__cuda *c, int n_seqs, int ctx);
+/* The residual add + norm and the delta-producing matmul of cuda_forward.c,
+ * shared with the DeepSeek layer. */
+int dsi__cuda_add_norm(struct dsi__cuda *c, const float *delta, const float *w, int T);
+int dsi__cuda_delta_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, int T);
+
 /* One step; logits of want_logits rows stay on the device in c->logits. */
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err);
 /* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16, by w's plan. A kernel's

@@ -176,7 +176,8 @@ static bool swiglu_fused(const struct dsi__cuda *c, const struct dsi__cu_matrix 
 int dsi__cuda_plan(struct dsi__cuda *c, char **err) {
     int rc = 0;
     const int T = c->max_tokens;
-    for (int il = 0; il < c->cfg.n_layers && !rc; il++) {
+    if (c->mla && (rc = dsi__cuda_mla_plan(c, err))) return rc;
+    for (int il = 0; il < c->cfg.n_layers && !rc && !c->mla; il++) {
         struct dsi__cu_layer *ly = &c->layers[il];
         if ((rc = dsi__cuda_plan_matrix(c, &ly->qkv, true, T, "q|k|v", err)) ||
             (rc = dsi__cuda_plan_matrix(c, &ly->o, true, T, "o", err)) ||
@@ -211,6 +212,11 @@ static void log_plan(const char *what, const struct dsi__cu_matrix *w) {
 void dsi__cuda_plan_log(const struct dsi__cuda *c) {
     if (c->cfg.n_layers <= 0) return;
     const struct dsi__cu_layer *ly = &c->layers[0];
+    if (c->mla) { /* every DeepSeek matrix kind: o and the lm_head stand for them */
+        log_plan("o", &ly->o);
+        log_plan("lm_head", &c->lm_head);
+        return;
+    }
     log_plan("q|k|v", &ly->qkv);
     log_plan("o", &ly->o);
     log_plan("gate|up", &ly->gate_up);

@@ -17,6 +17,7 @@
  * on the host (never from the mmap: the file may have changed since it was
  * mapped, the image holds exactly the hashed bytes), and the images are freed.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
-struct loader {
+struct dsi__cu_loader {
     struct dsi__cuda *c;
     const struct dsi_model *m;
     bool random;
@@ -87,11 +88,13 @@ static float elem_f32(const struct dsi_tensor *t, size_t i) {
 }
 
 /* Finds `name` with shape (rows, cols) (cols 0: a vector of rows). */
-static int find(struct loader *L, const char *name, int rows, int cols, const struct dsi_tensor **out,
+static int find(struct dsi__cu_loader *L, const char *name, int rows, int cols, const struct dsi_tensor **out,
                 char **err) {
     const struct dsi_tensor *t = dsi_st_find(&L->m->st, name);
     if (!t) return dsi_seterr(err, DSI_ENOENT, "cuda: tensor %s missing from the model", name);
-    if (t->dtype != DSI_DT_BF16 && t->dtype != DSI_DT_F16 && t->dtype != DSI_DT_F32)
+    /* F8_E4M3 only as a block-scaled matrix of a quantization_config fp8 checkpoint */
+    bool fp8 = t->dtype == DSI_DT_F8_E4M3 && cols && L->m->cfg.quant_fp8;
+    if (t->dtype != DSI_DT_BF16 && t->dtype != DSI_DT_F16 && t->dtype != DSI_DT_F32 && !fp8)
         return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: tensor %s has dtype %s (expected BF16, F16 or F32)",
                           name, dsi_dtype_name(t->dtype));
     bool ok = cols ? (t->n_dims == 2 && t->shape[0] == rows && t->shape[1] == cols)
@@ -105,8 +108,8 @@ static int find(struct loader *L, const char *name, int rows, int cols, const st
  * file's device image, so that what is used is exactly what was verified even if
  * the file changed after it was mapped; with no image (two-pass load, or a file
  * verified at open), t->data. *owned: the copy to free, or NULL. */
-static int verified_bytes(struct loader *L, const struct dsi_tensor *t, const void **out, void **owned,
-                          char **err) {
+static int verified_bytes(struct dsi__cu_loader *L, const struct dsi_tensor *t, const void **out,
+                          void **owned, char **err) {
     *out = t->data;
     *owned = NULL;
     size_t pi = SIZE_MAX;
@@ -138,10 +141,58 @@ struct part {
     int r0, rows, c0, cols;
 };
 
+static int host_room(struct dsi__cu_loader *L, size_t n, const char *name, char **err) {
+    if (n <= L->host_elems) return 0;
+    uint16_t *h = realloc(L->host, n * sizeof *h);
+    if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory to convert %s", name);
+    L->host = h;
+    L->host_elems = n;
+    return 0;
+}
+
+/* An FP8 e4m3 weight of a quantization_config fp8 checkpoint as bf16 rows in
+ * L->host: decoded, times its `_scale_inv` block scales (a multiplier, one per
+ * quant_block[0] x quant_block[1] block) in fp32 as the CPU loader does, then
+ * rounded to bf16 (int8 requantizes that on the GPU like any weight). Whole
+ * tensors only: DeepSeek models are not sharded. */
+static int fp8_to_host(struct dsi__cu_loader *L, const struct dsi_tensor *t, const struct part *p,
+                       char **err) {
+    const struct dsi_model_config *mc = &L->m->cfg;
+    const int rows = p->full_rows, cols = p->full_cols;
+    if (p->r0 || p->c0 || p->rows != rows || p->cols != cols)
+        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: FP8 tensor %s cannot be sharded", p->name);
+    const int br = mc->quant_block[0] > 0 ? mc->quant_block[0] : 128;
+    const int bc = mc->quant_block[1] > 0 ? mc->quant_block[1] : 128;
+    const int nr = (rows + br - 1) / br, nc = (cols + bc - 1) / bc;
+    char sname[200];
+    snprintf(sname, sizeof sname, "%s_scale_inv", p->name);
+    const struct dsi_tensor *st;
+    int rc = find(L, sname, nr, nc, &st, err);
+    if (rc) return rc;
+    size_t n = (size_t)rows * (size_t)cols;
+    if ((rc = host_room(L, n, p->name, err))) return rc;
+    float *f = malloc(n * sizeof *f), *sc = malloc((size_t)nr * (size_t)nc * sizeof *sc);
+    struct dsi_tensor tv = *t, sv = *st;
+    void *o1 = NULL, *o2 = NULL;
+    if (!f || !sc) rc = dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory for %s", p->name);
+    if (!rc) rc = verified_bytes(L, t, &tv.data, &o1, err);
+    if (!rc) rc = verified_bytes(L, st, &sv.data, &o2, err);
+    if (!rc) rc = dsi_tensor_to_f32(&tv, f, err);
+    if (!rc) rc = dsi_tensor_to_f32(&sv, sc, err);
+    for (size_t r = 0; !rc && r < (size_t)rows; r++)
+        for (size_t j = 0; j < (size_t)cols; j++)
+            L->host[r * cols + j] = f32_to_bf16(f[r * cols + j] * sc[(r / br) * nc + j / bc]);
+    free(o1);
+    free(o2);
+    free(f);
+    free(sc);
+    return rc;
+}
+
 /* Copies the block p as a (rows, cols) bf16 matrix to dst (device); with grp > 0
  * (whole rows only: cols == full_cols, rows % grp == 0) in groups of grp rows
  * that lie gstride rows apart in dst (the interleaved gate|up layout). */
-static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, int grp, int gstride,
+static int upload_rows(struct dsi__cu_loader *L, const struct part *p, uint16_t *dst, int grp, int gstride,
                        char **err) {
     const char *name = p->name;
     size_t n = (size_t)p->rows * p->cols, fc = (size_t)p->full_cols;
@@ -180,13 +231,12 @@ static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, in
         return dsi_seterr(err, DSI_EINTEGRITY, "cuda: tensor %s: its file has not been verified", name);
     const void *src = (const unsigned char *)t->data + first * 2;
     size_t pitch = fc * 2;
-    if (t->dtype != DSI_DT_BF16) { /* convert the block: rows of cols elements */
-        if (n > L->host_elems) {
-            uint16_t *h = realloc(L->host, n * sizeof *h);
-            if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory to convert %s", name);
-            L->host = h;
-            L->host_elems = n;
-        }
+    if (t->dtype == DSI_DT_F8_E4M3) {
+        if ((rc = fp8_to_host(L, t, p, err))) return rc;
+        src = L->host;
+        pitch = (size_t)p->cols * 2;
+    } else if (t->dtype != DSI_DT_BF16) { /* convert the block: rows of cols elements */
+        if ((rc = host_room(L, n, name, err))) return rc;
         struct dsi_tensor tv = *t;
         void *owned = NULL;
         if ((rc = verified_bytes(L, t, &tv.data, &owned, err))) return rc;
@@ -206,13 +256,13 @@ static int upload_rows(struct loader *L, const struct part *p, uint16_t *dst, in
     return 0;
 }
 
-static int upload_bf16(struct loader *L, const struct part *p, uint16_t *dst, char **err) {
+static int upload_bf16(struct dsi__cu_loader *L, const struct part *p, uint16_t *dst, char **err) {
     return upload_rows(L, p, dst, 0, 0, err);
 }
 
 /* Uploads elements [off, off + n) of a vector of full elements as fp32;
  * random mode: `fill` for every element. */
-static int upload_vec_part(struct loader *L, const char *name, int full, int off, int n, float fill,
+static int upload_vec_part(struct dsi__cu_loader *L, const char *name, int full, int off, int n, float fill,
                            float **dst, const char *what, char **err) {
     int rc = dsi__cuda_alloc(L->c, (void **)dst, (size_t)n * sizeof(float), what, err);
     if (rc) return rc;
@@ -242,16 +292,16 @@ static int upload_vec_part(struct loader *L, const char *name, int full, int off
     return rc ? dsi_seterr(err, DSI_ECUDA, "cuda: upload of %s failed", name) : 0;
 }
 
-static int upload_vec(struct loader *L, const char *name, int n, float fill, float **dst, const char *what,
-                      char **err) {
+static int upload_vec(struct dsi__cu_loader *L, const char *name, int n, float fill, float **dst,
+                      const char *what, char **err) {
     return upload_vec_part(L, name, n, 0, n, fill, dst, what, err);
 }
 
 /* Stacks the parts (blocks of equal width k) by rows into staging, or with il
  * > 0 interleaves them in blocks of il rows (part 0's first il rows, part 1's
  * first il rows, ...; parts of equal height), then keeps bf16 or quantizes. */
-static int load_matrix_il(struct loader *L, struct dsi__cu_matrix *w, const struct part *parts, int n_parts,
-                          int il, const char *what, char **err) {
+static int load_matrix_il(struct dsi__cu_loader *L, struct dsi__cu_matrix *w, const struct part *parts,
+                          int n_parts, int il, const char *what, char **err) {
     int n = 0, k = parts[0].cols, rc;
     for (int i = 0; i < n_parts; i++) {
         if (parts[i].cols != k) return dsi_seterr(err, DSI_EINTERNAL, "cuda: %s parts differ in width", what);
@@ -326,13 +376,13 @@ static int load_matrix_il(struct loader *L, struct dsi__cu_matrix *w, const stru
     return 0;
 }
 
-static int load_matrix(struct loader *L, struct dsi__cu_matrix *w, const struct part *parts, int n_parts,
-                       const char *what, char **err) {
+static int load_matrix(struct dsi__cu_loader *L, struct dsi__cu_matrix *w, const struct part *parts,
+                       int n_parts, const char *what, char **err) {
     return load_matrix_il(L, w, parts, n_parts, 0, what, err);
 }
 
 /* q|k|v biases (this shard's heads) stacked into one fp32 vector. */
-static int load_qkv_bias(struct loader *L, int il, char **err) {
+static int load_qkv_bias(struct dsi__cu_loader *L, int il, char **err) {
     const struct dsi_model_config *cfg = &L->c->cfg, *full = &L->m->cfg;
     int hd = cfg->head_dim, nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd, n = nq + 2 * nk, rc;
     float *parts[3];
@@ -361,7 +411,7 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
     /* cfg: this backend's sizes (a shard's heads and intermediate rows); full:
      * the tensors' shapes in the files */
     const struct dsi_model_config *cfg = &c->cfg, *full = &m->cfg;
-    struct loader L = {.c = c, .m = m, .random = random, .seed = seed};
+    struct dsi__cu_loader L = {.c = c, .m = m, .random = random, .seed = seed};
     int H = cfg->hidden_size, I = cfg->intermediate_size, hd = cfg->head_dim, V = cfg->vocab_size, rc = 0;
     int nq = cfg->n_heads * hd, nk = cfg->n_kv_heads * hd;
     int fq = full->n_heads * hd, fk = full->n_kv_heads * hd, fI = full->intermediate_size;
@@ -379,6 +429,7 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
                           (size_t)H * fI};
         for (int i = 0; i < 5; i++)
             if (cand[i] > big) big = cand[i];
+        if (c->mla && dsi__cuda_mla_max_elems(cfg) > big) big = dsi__cuda_mla_max_elems(cfg);
         L.stage_elems = big;
         if ((rc = dsi__cuda_alloc(c, (void **)&L.stage, big * 2, "weight staging", err))) goto out;
     }
@@ -408,7 +459,9 @@ int dsi__cuda_load_weights(struct dsi__cuda *c, const struct dsi_model *m, bool 
     } else if ((rc = upload_bf16(&L, &emb, c->embed, err))) {
         goto out;
     }
-    for (int il = 0; il < cfg->n_layers; il++) {
+    for (int il = 0; il < cfg->n_layers && c->mla; il++)
+        if ((rc = dsi__cuda_mla_load_layer(c, &L, il, err))) goto out;
+    for (int il = 0; il < cfg->n_layers && !c->mla; il++) {
         struct dsi__cu_layer *ly = &c->layers[il];
         snprintf(n1, sizeof n1, "model.layers.%d.input_layernorm.weight", il);
         if ((rc = upload_vec(&L, n1, H, 1.f, &ly->ln1, "norm", err))) goto out;
@@ -446,5 +499,104 @@ out:
     free(L.host);
     dsi__cuda_free(c, L.stage); /* the staging buffer is only needed at load time */
     dsi__cuda_free_images(c, m, L.images);
+    return rc;
+}
+
+int dsi__cuda_load_linear(struct dsi__cu_loader *L, struct dsi__cu_matrix *w, const char *name, int rows,
+                          int cols, const char *what, char **err) {
+    const struct part p = {name, rows, cols, 0, rows, 0, cols};
+    return load_matrix(L, w, &p, 1, what, err);
+}
+
+int dsi__cuda_load_glu(struct dsi__cu_loader *L, struct dsi__cu_matrix *w, const char *gate, const char *up,
+                       int inter, int cols, int il, const char *what, char **err) {
+    const struct part p[2] = {{gate, inter, cols, 0, inter, 0, cols}, {up, inter, cols, 0, inter, 0, cols}};
+    return load_matrix_il(L, w, p, 2, il, what, err);
+}
+
+int dsi__cuda_load_vec(struct dsi__cu_loader *L, const char *name, int n, float **dst, char **err) {
+    return upload_vec(L, name, n, 1.f, dst, "norm", err);
+}
+
+int dsi__cuda_load_f32(struct dsi__cu_loader *L, const char *name, int rows, int cols, bool random_values,
+                       float **dst, char **err) {
+    size_t n = (size_t)rows * (size_t)(cols ? cols : 1);
+    int rc = dsi__cuda_alloc(L->c, (void **)dst, n * sizeof(float), name, err);
+    if (rc) return rc;
+    float *h = malloc(n * sizeof *h);
+    if (!h) return dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory for %s", name);
+    if (L->random) { /* xorshift values in [-1, 1) / sqrt(cols): logits of unit scale */
+        uint64_t st = L->seed + 0x9E3779B97F4A7C15ull * ++L->counter;
+        float amp = random_values ? 1.f / sqrtf((float)(cols ? cols : 1)) : 0.f;
+        for (size_t i = 0; i < n; i++) {
+            st ^= st << 13, st ^= st >> 7, st ^= st << 17;
+            h[i] = amp * ((float)(st >> 40) / 8388608.f - 1.f);
+        }
+    } else {
+        const struct dsi_tensor *t;
+        struct dsi_tensor tv;
+        void *owned = NULL;
+        if (!(rc = find(L, name, rows, cols, &t, err)) && t->dtype == DSI_DT_F8_E4M3)
+            rc = dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: %s must be a float tensor", name);
+        if (!rc) {
+            tv = *t;
+            rc = verified_bytes(L, t, &tv.data, &owned, err);
+        }
+        for (size_t i = 0; !rc && i < n; i++)
+            h[i] = elem_f32(&tv, i);
+        free(owned);
+    }
+    if (!rc && DSI_CUDA_CHECK(cudaMemcpy(*dst, h, n * sizeof *h, cudaMemcpyHostToDevice)))
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: upload of %s failed", name);
+    free(h);
+    return rc;
+}
+
+/* The fp32 weights of w as its matmuls use them: bf16 as stored, int8 q *
+ * scale (per channel or group) computed exactly on the host from the integer
+ * values (dequantized into the staging buffer) and the scales. */
+static int matrix_f32(struct dsi__cu_loader *L, const struct dsi__cu_matrix *w, float *dst, char **err) {
+    struct dsi__cuda *c = L->c;
+    size_t n = (size_t)w->n * (size_t)w->k;
+    int ng = w->group > 0 ? w->k / w->group : 1, rc = 0;
+    const uint16_t *src = w->w;
+    if (c->int8 && (n > L->stage_elems || dsi_cuda_dequant_int8(L->stage, w->q, NULL, w->n, w->k, c->stream)))
+        return dsi_seterr(err, DSI_EINTERNAL, "cuda: cannot expand an int8 matrix to fp32");
+    if (c->int8) src = L->stage;
+    uint16_t *hq = malloc(n * sizeof *hq);
+    float *hs = malloc((size_t)w->n * (size_t)ng * sizeof *hs), *hf = malloc(n * sizeof *hf);
+    if (!hq || !hs || !hf) rc = dsi_seterr(err, DSI_ENOMEM, "cuda: no host memory");
+    if (!rc &&
+        (DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream)) ||
+         DSI_CUDA_CHECK(cudaMemcpy(hq, src, n * 2, cudaMemcpyDeviceToHost)) ||
+         (c->int8 && DSI_CUDA_CHECK(cudaMemcpy(hs, w->group > 0 ? w->gscale : w->scale,
+                                               (size_t)w->n * ng * sizeof *hs, cudaMemcpyDeviceToHost)))))
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: reading a matrix back failed");
+    for (size_t r = 0; !rc && r < (size_t)w->n; r++)
+        for (size_t j = 0; j < (size_t)w->k; j++) {
+            uint32_t u = (uint32_t)hq[r * w->k + j] << 16;
+            float v;
+            memcpy(&v, &u, sizeof v);
+            hf[r * w->k + j] = c->int8 ? v * hs[r * ng + (w->group > 0 ? j / w->group : 0)] : v;
+        }
+    if (!rc && DSI_CUDA_CHECK(cudaMemcpy(dst, hf, n * sizeof *hf, cudaMemcpyHostToDevice)))
+        rc = dsi_seterr(err, DSI_ECUDA, "cuda: fp32 matrix upload failed");
+    free(hq);
+    free(hs);
+    free(hf);
+    return rc;
+}
+
+int dsi__cuda_load_linear_f32(struct dsi__cu_loader *L, const char *name, int rows, int cols, float **dst,
+                              char **err) {
+    struct dsi__cu_matrix w;
+    memset(&w, 0, sizeof w);
+    int rc = dsi__cuda_load_linear(L, &w, name, rows, cols, name, err);
+    if (!rc) rc = dsi__cuda_alloc(L->c, (void **)dst, (size_t)rows * (size_t)cols * sizeof(float), name, err);
+    if (!rc) rc = matrix_f32(L, &w, *dst, err);
+    dsi__cuda_free(L->c, w.q);
+    dsi__cuda_free(L->c, w.scale);
+    dsi__cuda_free(L->c, w.gscale);
+    dsi__cuda_free(L->c, w.w);
     return rc;
 }
