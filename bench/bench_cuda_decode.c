@@ -4,8 +4,12 @@
  * tok/s and time to first token, on the 7B shape with random weights made on
  * the GPU (or on a real model directory with --model).
  *
- *   bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] [--quick]
- *                     [--sampling T,K,P]
+ *   bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--shape 7b|v2-lite] [--steps N]
+ *                     [--quick] [--case B,CTX] [--sampling T,K,P]
+ *   (--case: only the decode of B streams at context CTX, GPU ids, no prefill,
+ *   the timed steps between cudaProfilerStart/Stop: `ncu --profile-from-start off`)
+ *   (--shape v2-lite: DeepSeek-V2-Lite, MLA + MoE; its bytes per step count the
+ *   experts the step can touch: min(streams * top_k, all) of them)
  *   (--sampling: GPU sampling with temperature T, top-k K, top-p P instead of
  *   greedy in the gpu-ids rows; env: DSI_CUDA_GRAPHS=0 disables graphs, DSI_CUDA_Q8_VARIANT=N picks the
  *   INT8 kernel variant, see kernels.h)
@@ -23,6 +27,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <cuda_profiler_api.h>
+
 #include "dsinfer/backend.h"
 #include "dsinfer/clock.h"
 #include "dsinfer/err.h"
@@ -35,6 +41,7 @@
 struct run {
     struct dsi_backend *be;
     struct dsi_cuda_sample_params sampling; /* temperature 0: greedy */
+    int profile;                            /* --case: the profiler sees the timed steps only */
     int32_t *tokens, *bt, *ids;
     struct dsi_batch_seq *seqs;
     struct dsi_cuda_sample_params *sp;
@@ -61,28 +68,39 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
                         : r->be->ops->forward(r->be, &b, r->logits, err);
         if (rc) return -1;
     }
+    if (r->profile) cudaProfilerStart();
     double t0 = dsi_now_s();
     for (int it = 0; it < steps; it++) {
         int rc = sample ? dsi_cuda_backend_forward_sample(r->be, &b, r->sp, r->ids, err)
                         : r->be->ops->forward(r->be, &b, r->logits, err);
         if (rc) return -1;
     }
+    if (r->profile) {
+        dsi_cuda_backend_sync(r->be);
+        cudaProfilerStop();
+    }
     return (dsi_now_s() - t0) / steps;
 }
 
 int main(int argc, char **argv) {
-    const char *dtype = "int8", *model_dir = NULL;
-    int steps = 20, quick = 0;
+    const char *dtype = "int8", *model_dir = NULL, *shape = "7b";
+    int steps = 20, quick = 0, only_b = 0, only_ctx = 0;
     struct dsi_cuda_sample_params sampling = {0.f, 0, 1.f, 0.5f, 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
         else if (!strcmp(argv[i], "--model") && i + 1 < argc)
             model_dir = argv[++i];
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc)
+            shape = argv[++i];
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
             steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick"))
             quick = 1; /* batch-1 cases only */
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc &&
+                 sscanf(argv[++i], "%d,%d", &only_b, &only_ctx) == 2 && only_b >= 1 && only_b <= 256 &&
+                 only_ctx >= 1 && only_ctx <= 4096)
+            ;
         else if (!strcmp(argv[i], "--sampling") && i + 1 < argc &&
                  sscanf(argv[++i], "%f,%d,%f", &sampling.temperature, &sampling.top_k, &sampling.top_p) ==
                      3 &&
@@ -90,8 +108,8 @@ int main(int argc, char **argv) {
                  sampling.top_p <= 1.f)
             ;
         else {
-            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--steps N] "
-                            "[--quick] [--sampling T,K,P]\n");
+            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--shape 7b|v2-lite] "
+                            "[--steps N] [--quick] [--case B,CTX] [--sampling T,K,P]\n");
             return 2;
         }
     }
@@ -107,9 +125,12 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench: %s\n", err ? err : dsi_strerror(rc));
             return 1;
         }
+    } else if (!strcmp(shape, "v2-lite")) {
+        deepseek_v2_lite(&m.cfg);
     } else {
         qwen2_7b(&m.cfg);
     }
+    const int mla = dsi_model_is_mla(&m.cfg);
     const int max_seqs = 256, max_tokens = 2048;
     struct dsi_backend_opts o = {.weight_dtype = int8 ? DSI_W_INT8 : DSI_W_BF16,
                                  .kv_dtype = DSI_KV_BF16,
@@ -127,16 +148,19 @@ int main(int argc, char **argv) {
     }
     double load_s = dsi_now_s() - t0;
     const struct dsi_model_config *c = &m.cfg;
-    double wbytes = weight_stream_bytes(c, int8);
+    double wbytes = mla ? mla_stream_bytes(c, int8, 1) : weight_stream_bytes(c, int8);
     double kv_tok = (double)be->kv_bytes_per_token;
     printf("model: %s%s, hidden %d, layers %d, heads %d/%d, inter %d, vocab %d; weights %s: %.2f GB streamed "
            "per step\n",
-           model_dir ? model_dir : "random 7B shape", "", c->hidden_size, c->n_layers, c->n_heads,
-           c->n_kv_heads, c->intermediate_size, c->vocab_size, dtype, wbytes / 1e9);
+           model_dir ? model_dir
+           : mla     ? "random DeepSeek-V2-Lite shape"
+                     : "random 7B shape",
+           "", c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads, c->intermediate_size, c->vocab_size,
+           dtype, wbytes / 1e9);
     printf("backend: create %.2f s (%s), KV pool %d blocks of %d tokens, %.0f KB KV per token\n", load_s,
            model_dir ? "upload + quantize" : "random fill + quantize", be->n_kv_blocks, be->kv_block_size,
            kv_tok / 1024);
-    struct run r = {.be = be, .sampling = sampling};
+    struct run r = {.be = be, .sampling = sampling, .profile = only_b > 0};
     r.tokens = calloc(max_tokens, 4);
     r.bt = calloc((size_t)be->n_kv_blocks, 4);
     r.ids = calloc(max_seqs, 4);
@@ -153,20 +177,23 @@ int main(int argc, char **argv) {
            "roofline");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         if (quick && cases[i].n_seqs > 1) break;
+        if (only_b && i > 0) break;
+        if (only_b) cases[i].n_seqs = only_b, cases[i].ctx = only_ctx, cases[i].sample = 1;
         double dt = time_decode(&r, cases[i].n_seqs, cases[i].ctx, steps, cases[i].sample, &err);
         if (dt < 0) {
             fprintf(stderr, "bench: decode failed: %s\n", err ? err : "?");
             free(err), err = NULL;
             continue;
         }
-        double bytes = wbytes + kv_tok * cases[i].n_seqs * cases[i].ctx;
+        double bytes = (mla ? mla_stream_bytes(c, int8, cases[i].n_seqs) : wbytes) +
+                       kv_tok * cases[i].n_seqs * cases[i].ctx;
         printf("%-8d %-6d %-8s %10.3f %12.1f %10.2f %7.1f%%\n", cases[i].n_seqs, cases[i].ctx,
                !cases[i].sample             ? "logits"
                : sampling.temperature > 0.f ? "sampled"
                                             : "gpu-ids",
                dt * 1e3, cases[i].n_seqs / dt, bytes / 1e9, 100.0 * bytes / dt / PEAK);
     }
-    if (quick) goto done;
+    if (quick || only_b) goto done;
     /* prefill: one 2048-token prompt in one step, logits of the last token */
     int T = 2048, bs = be->kv_block_size, nb = T / bs + 1;
     for (int i = 0; i < T; i++)

@@ -55,6 +55,71 @@ static inline void deepseek_67b(struct dsi_model_config *c) {
     c->dtype = DSI_DT_BF16;
 }
 
+/* DeepSeek-V2-Lite (deepseek-ai/DeepSeek-V2-Lite config.json, issue 21's shape):
+ * MLA without q compression, a dense first layer, then 64 routed experts (6 per
+ * token, greedy softmax routing) + 2 shared experts per layer. */
+static inline void deepseek_v2_lite(struct dsi_model_config *c) {
+    memset(c, 0, sizeof *c);
+    c->arch = DSI_ARCH_DEEPSEEK_V2;
+    snprintf(c->architecture, sizeof c->architecture, "DeepseekV2ForCausalLM");
+    c->vocab_size = 102400;
+    c->hidden_size = 2048;
+    c->intermediate_size = 10944;
+    c->n_layers = 27;
+    c->n_heads = 16;
+    c->n_kv_heads = 16;
+    c->kv_lora_rank = 512;
+    c->qk_nope_head_dim = 128;
+    c->qk_rope_head_dim = 64;
+    c->head_dim = 64;
+    c->v_head_dim = 128;
+    c->n_routed_experts = 64;
+    c->n_shared_experts = 2;
+    c->num_experts_per_tok = 6;
+    c->moe_intermediate_size = 1408;
+    c->first_k_dense_replace = 1;
+    c->moe_layer_freq = 1;
+    c->n_group = 1;
+    c->topk_group = 1;
+    c->topk_method = DSI_TOPK_GREEDY;
+    c->scoring_func = DSI_SCORE_SOFTMAX;
+    c->routed_scaling_factor = 1.0f;
+    c->rope_interleave = true;
+    c->max_position_embeddings = 163840;
+    c->rms_norm_eps = 1e-6f;
+    c->rope_theta = 10000.f;
+    c->rope.type = DSI_ROPE_DEFAULT;
+    c->dtype = DSI_DT_BF16;
+}
+
+/* Bytes a DeepSeek (MLA + MoE) decode step of n_seqs tokens streams: every
+ * non-expert matrix, kv_b_proj as fp32, the routers (fp32), and the experts the
+ * step touches (at most n_seqs * top_k distinct, at most all): int8 + one fp32
+ * scale per row, or bf16. */
+static inline double mla_stream_bytes(const struct dsi_model_config *c, int int8, int n_seqs) {
+    double H = c->hidden_size, nh = c->n_heads, R = c->kv_lora_rank, rope = c->qk_rope_head_dim;
+    double qk = c->qk_nope_head_dim + rope, vd = c->v_head_dim, QR = c->q_lora_rank, V = c->vocab_size;
+    double I = c->moe_intermediate_size, IS = c->n_shared_experts * I, E = c->n_routed_experts;
+    double used = (double)n_seqs * c->num_experts_per_tok < E ? (double)n_seqs * c->num_experts_per_tok : E;
+    double eb = int8 ? 1.0 : 2.0, total = V * H * eb + (int8 ? V * 4 : 0); /* lm_head */
+    for (int l = 0; l < c->n_layers; l++) {
+        double q = QR > 0 ? QR * H + nh * qk * QR : nh * qk * H;
+        double m = q + (R + rope) * H + H * nh * vd, rows = (QR > 0 ? QR + nh * qk : nh * qk) + R + rope + H;
+        double kvb = nh * (c->qk_nope_head_dim + vd) * R * 4;
+        if (l >= c->first_k_dense_replace && E > 0) {
+            double ex = 3 * I * H * (used + (IS > 0 ? IS / I : 0));
+            m += ex;
+            rows += (2 * I + H) * used + (IS > 0 ? 2 * IS + H : 0);
+            total += E * H * 4; /* router */
+        } else {
+            m += 3 * (double)c->intermediate_size * H;
+            rows += 2 * (double)c->intermediate_size + H;
+        }
+        total += m * eb + (int8 ? rows * 4 : 0) + kvb;
+    }
+    return total;
+}
+
 /* Bytes of all matrices of the whole model as streamed by one decode step
  * (same count as bench_cuda_decode: int8 + one fp32 scale per row, or bf16). */
 static inline double weight_stream_bytes(const struct dsi_model_config *c, int int8) {
