@@ -226,11 +226,14 @@ struct dsi_cuda_mla_attn_args {
     int block_size;
     float scale;
     int long_q, long_ctx; /* rows of sequences dsi_cuda_attn_is_long() picks are skipped */
+    int variant;          /* 0: a block per head; 1: all heads of a row per block where it applies */
     int n_splits;         /* > 1: the context of each row split over that many blocks */
     float *work;          /* n_splits > 1: dsi_cuda_mla_work_bytes of partials */
     size_t work_bytes;
 };
 size_t dsi_cuda_mla_work_bytes(int n_tok, int n_heads, int kv_lora_rank, int n_splits);
+/* 1 when variant 1 runs the shared-latent kernel (16 heads per block) for these sizes. */
+int dsi_cuda_mla_heads_kernel_takes(int kv_lora_rank, int rope_dim);
 /* Long prefill (the backend's cuBLAS path): n_q rows to (n_heads, n_q, R + rope)
  * bf16 = [q_lat_h | q_pe_h] * scale; the latent rows come out of the cache with
  * dsi_cuda_kv_gather (one "head" of R + rope), the scores and the causal

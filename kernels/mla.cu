@@ -177,6 +177,146 @@ static __global__ void __launch_bounds__(MLA_THREADS) mla_attn_kernel(struct dsi
     }
 }
 
+/* The same attention with MH_HEADS heads of a row per block: the latent rows of
+ * a chunk are read from memory once into shared memory and shared by all the
+ * heads (the per-head kernel reads them once per head). Scores: a warp per
+ * (head, position) over shared memory; softmax: a warp per head; output: a
+ * thread per latent column pair holds all heads' sums (R <= MH_THREADS *
+ * MH_COLS). Same partials layout for the split combine. */
+#define MH_HEADS 16
+#define MH_THREADS 256
+#define MH_COLS 2
+static __global__ void __launch_bounds__(MH_THREADS) mla_attn_heads_kernel(struct dsi_cuda_mla_attn_args a) {
+    extern __shared__ float sm[];
+    __shared__ int s_ctx, s_bt;
+    const int t = blockIdx.x, h0 = blockIdx.y * MH_HEADS, z = blockIdx.z, S = gridDim.z, nh = a.n_heads;
+    const int nhb = min(MH_HEADS, nh - h0), R = a.kv_lora_rank, rope = a.rope_dim, W = R + rope;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = MH_THREADS / 32;
+    float *qs = sm;                                                  /* (MH_HEADS, W) */
+    uint16_t *lat = reinterpret_cast<uint16_t *>(qs + MH_HEADS * W); /* (MLA_CHUNK, W) */
+    float *pr = reinterpret_cast<float *>(lat + MLA_CHUNK * W);      /* (MH_HEADS, MLA_CHUNK) */
+    float *mrun = pr + MH_HEADS * MLA_CHUNK, *lrun = mrun + MH_HEADS, *corr = lrun + MH_HEADS;
+    if (threadIdx.x == 0) {
+        s_ctx = 0;
+        s_bt = 0;
+        for (int i = 0; i < a.n_seqs; i++) {
+            const struct dsi_cuda_attn_seq q = a.seqs[i];
+            if (t >= q.q_row && t < q.q_row + q.n_q) {
+                s_ctx = dsi_cuda_attn_is_long(q.n_q, q.pos, a.long_q, a.long_ctx) ? -1
+                                                                                  : q.pos + (t - q.q_row) + 1;
+                s_bt = q.bt_off;
+            }
+        }
+    }
+    for (int i = threadIdx.x; i < nhb * W; i += MH_THREADS) {
+        const int h = i / W, d = i % W;
+        qs[i] = d < R ? a.q_lat[((size_t)t * nh + h0 + h) * R + d]
+                      : a.q[(size_t)t * a.q_stride + (size_t)(h0 + h) * (a.nope + rope) + a.nope + (d - R)];
+    }
+    if (threadIdx.x < MH_HEADS) {
+        mrun[threadIdx.x] = -INFINITY;
+        lrun[threadIdx.x] = 0.f;
+    }
+    __syncthreads();
+    if (s_ctx < 0) return;
+    const int n_ctx = s_ctx;
+    const int32_t *bt = a.block_tables + s_bt;
+    const int per = ((n_ctx + S - 1) / S + MLA_CHUNK - 1) / MLA_CHUNK * MLA_CHUNK;
+    const int p_lo = min(n_ctx, z * per), p_hi = min(n_ctx, p_lo + per), W2 = W / 2;
+    float acc[MH_HEADS][MH_COLS];
+#pragma unroll
+    for (int h = 0; h < MH_HEADS; h++)
+#pragma unroll
+        for (int k = 0; k < MH_COLS; k++)
+            acc[h][k] = 0.f;
+    for (int p0 = p_lo; p0 < p_hi; p0 += MLA_CHUNK) {
+        const int n = min(MLA_CHUNK, p_hi - p0);
+        for (int i = threadIdx.x; i < n * W2; i += MH_THREADS) { /* the chunk's rows, 4 bytes at a time */
+            const int j = i / W2, d2 = i % W2, p = p0 + j;
+            const uint32_t *row = reinterpret_cast<const uint32_t *>(
+                a.cache + ((size_t)bt[p / a.block_size] * a.block_size + p % a.block_size) * W);
+            reinterpret_cast<uint32_t *>(lat)[i] = row[d2];
+        }
+        __syncthreads();
+        for (int hj = warp; hj < nhb * n; hj += nw) {
+            const int h = hj / n, j = hj % n;
+            const float *qh = qs + h * W;
+            const uint16_t *e = lat + j * W;
+            float d = 0.f;
+            for (int i = lane; i < W; i += 32)
+                d += qh[i] * bf2f(e[i]);
+            d = warp_sum(d);
+            if (lane == 0) pr[h * MLA_CHUNK + j] = d * a.scale;
+        }
+        __syncthreads();
+        for (int h = warp; h < nhb; h += nw) { /* online softmax, a warp per head */
+            const float sv = lane < n ? pr[h * MLA_CHUNK + lane] : -INFINITY;
+            float mc = sv;
+            for (int o = 16; o > 0; o >>= 1)
+                mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
+            mc = fmaxf(mc, mrun[h]);
+            const float pj = lane < n ? expf(sv - mc) : 0.f;
+            const float ls = warp_sum(pj);
+            if (lane < MLA_CHUNK) pr[h * MLA_CHUNK + lane] = pj;
+            if (lane == 0) {
+                corr[h] = expf(mrun[h] - mc); /* 0 on the first chunk (mrun = -inf) */
+                lrun[h] = lrun[h] * corr[h] + ls;
+                mrun[h] = mc;
+            }
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < MH_COLS; k++) {
+            const int c = threadIdx.x + k * MH_THREADS;
+            if (c >= R) continue;
+#pragma unroll
+            for (int h = 0; h < MH_HEADS; h++)
+                if (h < nhb) acc[h][k] *= corr[h];
+            for (int j = 0; j < n; j++) {
+                const float v = bf2f(lat[j * W + c]);
+#pragma unroll
+                for (int h = 0; h < MH_HEADS; h++)
+                    if (h < nhb) acc[h][k] += pr[h * MLA_CHUNK + j] * v;
+            }
+        }
+        __syncthreads(); /* lat and pr are rewritten by the next chunk */
+    }
+#pragma unroll
+    for (int h = 0; h < MH_HEADS; h++) {
+        if (h >= nhb) break;
+        const size_t th = (size_t)t * nh + h0 + h;
+        if (S > 1) {
+            float *wp = a.work + (th * S + z) * (R + 2);
+#pragma unroll
+            for (int k = 0; k < MH_COLS; k++) {
+                const int c = threadIdx.x + k * MH_THREADS;
+                if (c < R) wp[c] = acc[h][k];
+            }
+            if (threadIdx.x == 0) {
+                wp[R] = mrun[h];
+                wp[R + 1] = lrun[h];
+            }
+        } else {
+            const float inv = lrun[h] > 0.f ? 1.0f / lrun[h] : 0.f;
+#pragma unroll
+            for (int k = 0; k < MH_COLS; k++) {
+                const int c = threadIdx.x + k * MH_THREADS;
+                if (c < R) a.o_lat[th * R + c] = acc[h][k] * inv;
+            }
+        }
+    }
+}
+
+static size_t heads_smem(int R, int rope) {
+    const size_t W = (size_t)(R + rope);
+    return MH_HEADS * W * 4 + MLA_CHUNK * W * 2 + (MH_HEADS * MLA_CHUNK + 3 * MH_HEADS) * 4;
+}
+
+extern "C" int dsi_cuda_mla_heads_kernel_takes(int kv_lora_rank, int rope_dim) {
+    return kv_lora_rank <= MH_THREADS * MH_COLS && (kv_lora_rank + rope_dim) % 2 == 0 &&
+           heads_smem(kv_lora_rank, rope_dim) <= 200 * 1024;
+}
+
 /* o_lat of (row t, head h) from its S partials: rescaled to the largest max. */
 static __global__ void mla_combine_kernel(float *o_lat, const float *work, int R, int S) {
     const int t = blockIdx.x, h = blockIdx.y, nh = gridDim.y;
@@ -237,7 +377,17 @@ extern "C" int dsi_cuda_mla_attn(const struct dsi_cuda_mla_attn_args *a, int n_t
         (S > 1 &&
          (!a->work || dsi_cuda_mla_work_bytes(n_tok, a->n_heads, a->kv_lora_rank, S) > a->work_bytes)))
         return DSI_EINVAL;
-    mla_attn_kernel<<<dim3((unsigned)n_tok, (unsigned)a->n_heads, (unsigned)S), MLA_THREADS, smem, s>>>(*a);
+    if (a->variant == 1 && dsi_cuda_mla_heads_kernel_takes(a->kv_lora_rank, a->rope_dim)) {
+        const size_t hs = heads_smem(a->kv_lora_rank, a->rope_dim);
+        if (DSI_CUDA_CHECK(cudaFuncSetAttribute(mla_attn_heads_kernel,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, (int)hs)))
+            return DSI_ECUDA;
+        const unsigned hg = (unsigned)((a->n_heads + MH_HEADS - 1) / MH_HEADS);
+        mla_attn_heads_kernel<<<dim3((unsigned)n_tok, hg, (unsigned)S), MH_THREADS, hs, s>>>(*a);
+    } else {
+        mla_attn_kernel<<<dim3((unsigned)n_tok, (unsigned)a->n_heads, (unsigned)S), MLA_THREADS, smem, s>>>(
+            *a);
+    }
     if (S > 1)
         mla_combine_kernel<<<dim3((unsigned)n_tok, (unsigned)a->n_heads), MLA_THREADS, 0, s>>>(
             a->o_lat, a->work, a->kv_lora_rank, S);

@@ -6,7 +6,8 @@
  *  - mla_attn: with W_UK / W_UV applied on the host around it, equals
  *    dsi_mla_head for every (row, head) of two sequences (one prefill chunk
  *    after earlier context, one decode row) on out-of-order blocks, whole
- *    and with the context split over 3 blocks (partials + combine);
+ *    and with the context split over 3 blocks (partials + combine), by the
+ *    shared-latent kernel (all heads of a row per block) and the per-head one;
  *  - moe_route: the same experts and weights as dsi_rmsnorm + router logits +
  *    dsi_moe_route for greedy/softmax, group-limited and noaux_tc/sigmoid;
  *  - moe_combine: the weighted un-permute;
@@ -163,8 +164,10 @@ TEST(mla_attn_matches_cpu_head) {
     a.work_bytes = dsi_cuda_mla_work_bytes(T, NH, R, 3);
     cudaMalloc((void **)&work_d, a.work_bytes);
     a.work = work_d;
-    for (int split = 3; split >= 1; split -= 2) { /* the context split over 3 blocks, then whole */
+    for (int run = 0; run < 4; run++) { /* both kernels, the context split over 3 blocks, then whole */
+        const int split = run & 1 ? 1 : 3;
         a.n_splits = split;
+        a.variant = 1 - (run >> 1);
         CHECK_EQ_INT(dsi_cuda_mla_attn(&a, T, 0), 0);
         CHECK_EQ_INT(cudaDeviceSynchronize(), 0);
         dev_down(o_lat, ol_d, sizeof(float) * T * NH * R);
@@ -194,8 +197,8 @@ TEST(mla_attn_matches_cpu_head) {
                     ref_max = fmax(ref_max, fabs(out[e]));
                 }
             }
-        fprintf(stderr, "  mla_attn, %d split(s): max |gpu - cpu| %.3g (max |cpu| %.3g)\n", split, worst,
-                ref_max);
+        fprintf(stderr, "  mla_attn %s, %d split(s): max |gpu - cpu| %.3g (max |cpu| %.3g)\n",
+                a.variant ? "per head" : "16 heads per block", split, worst, ref_max);
         CHECK(ref_max > 0.01);
         CHECK(worst <= 1e-4 * fmax(1.0, ref_max));
         free(scratch);
