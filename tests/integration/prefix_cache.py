@@ -13,6 +13,7 @@ checks, on models/demo (Qwen2 layout) and models/demo-v3 (MLA + MoE):
 - /metrics counts hits, misses and cached blocks.
 
     DSI_BIN=build/dsinfer tests/integration/prefix_cache.py
+    DSI_BACKEND=cuda DSI_BIN=... tests/integration/prefix_cache.py   # on a GPU machine
 
 Exit 0 pass, 1 fail, 77 skipped (no binary or model). Standard library only.
 """
@@ -28,6 +29,7 @@ import time
 import urllib.request
 
 BIN = os.environ.get("DSI_BIN", "build/dsinfer")
+BACKEND = os.environ.get("DSI_BACKEND", "cpu")  # cuda: the same checks on the GPU
 FAILS = []
 CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 CTX.check_hostname = False
@@ -61,7 +63,7 @@ class Daemon:
         self.port = free_port()
         self.log = os.path.join(work, "daemon-%d.log" % self.port)
         cmd = [BIN, "serve", "--model", model, "--keys", keys, "--state-dir", os.path.join(work, "state"),
-               "--backend", "cpu", "--listen", "127.0.0.1:%d" % self.port, "--kv-block-size", "16"] + list(args)
+               "--backend", BACKEND, "--listen", "127.0.0.1:%d" % self.port, "--kv-block-size", "16"] + list(args)
         self.p = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         self.ok = False
         for _ in range(600):
