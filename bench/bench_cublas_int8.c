@@ -13,6 +13,11 @@
  * 1,979 dense INT8 TOPS on an H200 by its data sheet; an H100 SXM's data sheet
  * says 3.35 TB/s and 1,979 as well).
  *
+ * and, third, dsinfer's whole W8A8 matmul (int8_mode w8a8): the per-token
+ * activation quantization (bf16 -> int8 + scales), the same cuBLASLt int8
+ * product and the epilogue (int32 -> fp32 with per-token x per-channel scales
+ * and a bias; kernels/w8a8.cu), with the three parts timed apart.
+ *
  * Inputs are random bytes (int8) or small random bf16 values: speed does not
  * depend on them. Each case: 5 warm-up calls, then the mean of 50 timed with
  * CUDA events. Usage: bench_cublas_int8 [--iters N]
@@ -24,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "kernels.h"
 
 #define CK(x)                                                                                      \
     do {                                                                                           \
@@ -119,6 +126,63 @@ static int time_bf16(cublasHandle_t hb, const uint16_t *w, const uint16_t *x, ui
     return 0;
 }
 
+/* dsinfer's W8A8 matmul of m rows: quantize x (bf16) -> xq + xs, the int8
+ * product into acc, the epilogue into y (fp32); ms_out[0..3]: whole, quantize,
+ * product, epilogue (means over iters, each part timed with its own events). */
+static int time_w8a8(cublasLtHandle_t lt, const int8_t *w, const uint16_t *x, int8_t *xq, float *xs, int32_t *acc,
+                     float *y, const float *ws_scale, const float *bias, int m, int n, int k, void *ws,
+                     size_t ws_bytes, int iters, float ms_out[4]) {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32I, CUDA_R_32I));
+    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+    CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, k, n, k));
+    CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, k, m, k));
+    CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, n, m, n));
+    cublasLtMatmulPreference_t pref;
+    CB(cublasLtMatmulPreferenceCreate(&pref));
+    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                            sizeof ws_bytes));
+    cublasLtMatmulHeuristicResult_t h;
+    int found = 0;
+    CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &found));
+    if (!found) return 1;
+    int32_t one = 1, zero = 0;
+    cudaEvent_t e[4];
+    for (int i = 0; i < 4; i++)
+        CK(cudaEventCreate(&e[i]));
+    float sum[3] = {0, 0, 0};
+    for (int i = 0; i < 5 + iters; i++) {
+        CK(cudaEventRecord(e[0], 0));
+        if (dsi_cuda_quant_act_int8(xq, xs, x, m, k, 0)) return 1;
+        CK(cudaEventRecord(e[1], 0));
+        CB(cublasLtMatmul(lt, op, &one, w, la, xq, lb, &zero, acc, lc, acc, lc, &h.algo, ws, ws_bytes, 0));
+        CK(cudaEventRecord(e[2], 0));
+        if (dsi_cuda_w8a8_epilogue(y, acc, xs, ws_scale, bias, m, n, 0)) return 1;
+        CK(cudaEventRecord(e[3], 0));
+        CK(cudaEventSynchronize(e[3]));
+        if (i < 5) continue;
+        for (int j = 0; j < 3; j++) {
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e[j], e[j + 1]));
+            sum[j] += ms;
+        }
+    }
+    for (int j = 0; j < 3; j++)
+        ms_out[j + 1] = sum[j] / (float)iters;
+    ms_out[0] = ms_out[1] + ms_out[2] + ms_out[3];
+    for (int i = 0; i < 4; i++)
+        cudaEventDestroy(e[i]);
+    cublasLtMatmulPreferenceDestroy(pref);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(lc);
+    cublasLtMatmulDescDestroy(op);
+    return 0;
+}
+
 static void fill_bytes(void *p, size_t n, uint64_t seed) {
     unsigned char *b = p;
     for (size_t i = 0; i < n; i++) {
@@ -148,12 +212,16 @@ int main(int argc, char **argv) {
         if (y > max_y) max_y = y;
     }
     /* one buffer per role, sized for bf16 (2 bytes) / int32 (4 bytes) */
-    void *w, *x, *y, *ws;
+    void *w, *x, *y, *ws, *xq, *xs, *yf, *sc;
     size_t ws_bytes = 64u << 20;
     CK(cudaMalloc(&w, max_w * 2));
     CK(cudaMalloc(&x, max_x * 2));
     CK(cudaMalloc(&y, max_y * 4));
     CK(cudaMalloc(&ws, ws_bytes));
+    CK(cudaMalloc(&xq, max_x));
+    CK(cudaMalloc(&xs, 2048 * 4));
+    CK(cudaMalloc(&yf, max_y * 4));
+    CK(cudaMalloc(&sc, 2 * 18944 * 4));
     void *h = malloc(max_w * 2);
     if (!h) return 1;
     fill_bytes(h, max_w * 2, 1);
@@ -162,26 +230,35 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < max_w; i++) hb[i] = (uint16_t)((hb[i] & 0x807f) | 0x3c00);
     CK(cudaMemcpy(w, h, max_w * 2, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(x, h, max_x * 2 < max_w * 2 ? max_x * 2 : max_w * 2, cudaMemcpyHostToDevice));
+    /* per-channel scales and bias of the W8A8 epilogue: small positive floats */
+    float *hs = h;
+    for (int i = 0; i < 2 * 18944; i++)
+        hs[i] = 1e-3f * (1.0f + (float)(i % 7));
+    CK(cudaMemcpy(sc, hs, 2 * 18944 * 4, cudaMemcpyHostToDevice));
     free(h);
     cublasLtHandle_t lt;
     cublasHandle_t hbl;
     CB(cublasLtCreate(&lt));
     CB(cublasCreate(&hbl));
     CB(cublasSetWorkspace(hbl, ws, ws_bytes));
-    printf("%-8s %5s %6s %6s | %9s %8s %7s | %9s %8s %7s | %s\n", "weight", "m", "n", "k", "int8 us", "TOPS",
-           "TB/s", "bf16 us", "TFLOP/s", "TB/s", "int8/bf16 speed");
+    printf("%-8s %5s %6s %6s | %9s %8s %7s | %9s %8s %7s | %s | %9s %8s %s\n", "weight", "m", "n", "k", "int8 us",
+           "TOPS", "TB/s", "bf16 us", "TFLOP/s", "TB/s", "int8/bf16 speed", "w8a8 us", "TOPS",
+           "(quant + int8 gemm + epilogue us) w8a8/bf16");
     for (size_t s = 0; s < sizeof SHAPES / sizeof SHAPES[0]; s++) {
         for (size_t mi = 0; mi < sizeof MS / sizeof MS[0]; mi++) {
             int m = MS[mi], n = SHAPES[s].n, k = SHAPES[s].k;
-            float t8, t16;
+            float t8, t16, tw[4];
             if (time_int8(lt, w, x, y, m, n, k, ws, ws_bytes, iters, &t8)) return 1;
             if (time_bf16(hbl, w, x, y, m, n, k, iters, &t16)) return 1;
+            if (time_w8a8(lt, w, x, xq, xs, y, yf, sc, sc, m, n, k, ws, ws_bytes, iters, tw)) return 1;
             double flop = 2.0 * m * n * (double)k;
             double b8 = (double)n * k + (double)m * k + 4.0 * m * n;
             double b16 = 2.0 * ((double)n * k + (double)m * k + (double)m * n);
-            printf("%-8s %5d %6d %6d | %9.1f %8.1f %7.2f | %9.1f %8.1f %7.2f | %.2fx\n", SHAPES[s].name, m, n, k,
-                   t8 * 1e3, flop / (t8 * 1e-3) / 1e12, b8 / (t8 * 1e-3) / 1e12, t16 * 1e3,
-                   flop / (t16 * 1e-3) / 1e12, b16 / (t16 * 1e-3) / 1e12, t16 / t8);
+            printf("%-8s %5d %6d %6d | %9.1f %8.1f %7.2f | %9.1f %8.1f %7.2f | %.2fx | %9.1f %8.1f (%.1f + %.1f + "
+                   "%.1f) %.2fx\n",
+                   SHAPES[s].name, m, n, k, t8 * 1e3, flop / (t8 * 1e-3) / 1e12, b8 / (t8 * 1e-3) / 1e12,
+                   t16 * 1e3, flop / (t16 * 1e-3) / 1e12, b16 / (t16 * 1e-3) / 1e12, t16 / t8, tw[0] * 1e3,
+                   flop / (tw[0] * 1e-3) / 1e12, tw[1] * 1e3, tw[2] * 1e3, tw[3] * 1e3, t16 / tw[0]);
         }
     }
     cublasDestroy(hbl);
@@ -190,5 +267,9 @@ int main(int argc, char **argv) {
     cudaFree(x);
     cudaFree(y);
     cudaFree(ws);
+    cudaFree(xq);
+    cudaFree(xs);
+    cudaFree(yf);
+    cudaFree(sc);
     return 0;
 }

@@ -4,8 +4,11 @@
  * tok/s and time to first token, on the 7B shape with random weights made on
  * the GPU (or on a real model directory with --model).
  *
- *   bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--shape 7b|v2-lite] [--steps N]
- *                     [--quick] [--case B,CTX] [--sampling T,K,P]
+ *   bench_cuda_decode [--dtype int8|bf16] [--int8-mode w8a16|w8a8] [--model DIR]
+ *                     [--shape 7b|v2-lite] [--steps N] [--quick] [--prefill] [--case B,CTX]
+ *                     [--sampling T,K,P]
+ *   (--quick: the batch-1 cases only; --prefill: the 2k prefill only, after the
+ *   batch-1 cases with --quick)
  *   (--case: only the decode of B streams at context CTX, GPU ids, no prefill,
  *   the timed steps between cudaProfilerStart/Stop: `ncu --profile-from-start off`)
  *   (--shape v2-lite: DeepSeek-V2-Lite, MLA + MoE; its bytes per step count the
@@ -84,7 +87,8 @@ static double time_decode(struct run *r, int n_seqs, int ctx, int steps, int sam
 
 int main(int argc, char **argv) {
     const char *dtype = "int8", *model_dir = NULL, *shape = "7b";
-    int steps = 20, quick = 0, only_b = 0, only_ctx = 0;
+    int steps = 20, quick = 0, only_b = 0, only_ctx = 0, prefill_only = 0;
+    enum dsi_int8_mode int8_mode = DSI_INT8_W8A16;
     struct dsi_cuda_sample_params sampling = {0.f, 0, 1.f, 0.5f, 0};
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
@@ -101,6 +105,11 @@ int main(int argc, char **argv) {
                  sscanf(argv[++i], "%d,%d", &only_b, &only_ctx) == 2 && only_b >= 1 && only_b <= 256 &&
                  only_ctx >= 1 && only_ctx <= 4096)
             ;
+        else if (!strcmp(argv[i], "--prefill"))
+            prefill_only = 1;
+        else if (!strcmp(argv[i], "--int8-mode") && i + 1 < argc &&
+                 (!strcmp(argv[i + 1], "w8a16") || !strcmp(argv[i + 1], "w8a8")))
+            int8_mode = !strcmp(argv[++i], "w8a8") ? DSI_INT8_W8A8 : DSI_INT8_W8A16;
         else if (!strcmp(argv[i], "--sampling") && i + 1 < argc &&
                  sscanf(argv[++i], "%f,%d,%f", &sampling.temperature, &sampling.top_k, &sampling.top_p) ==
                      3 &&
@@ -108,8 +117,9 @@ int main(int argc, char **argv) {
                  sampling.top_p <= 1.f)
             ;
         else {
-            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--model DIR] [--shape 7b|v2-lite] "
-                            "[--steps N] [--quick] [--case B,CTX] [--sampling T,K,P]\n");
+            fprintf(stderr, "usage: bench_cuda_decode [--dtype int8|bf16] [--int8-mode w8a16|w8a8] [--model DIR] "
+                            "[--shape 7b|v2-lite] [--steps N] [--quick] [--prefill] [--case B,CTX] "
+                            "[--sampling T,K,P]\n");
             return 2;
         }
     }
@@ -133,6 +143,7 @@ int main(int argc, char **argv) {
     const int mla = dsi_model_is_mla(&m.cfg);
     const int max_seqs = 256, max_tokens = 2048;
     struct dsi_backend_opts o = {.weight_dtype = int8 ? DSI_W_INT8 : DSI_W_BF16,
+                                 .int8_mode = int8 ? int8_mode : DSI_INT8_W8A16,
                                  .kv_dtype = DSI_KV_BF16,
                                  .kv_block_size = 16,
                                  .kv_gpu_fraction = 0.8f,
@@ -156,7 +167,7 @@ int main(int argc, char **argv) {
            : mla     ? "random DeepSeek-V2-Lite shape"
                      : "random 7B shape",
            "", c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads, c->intermediate_size, c->vocab_size,
-           dtype, wbytes / 1e9);
+           int8 && int8_mode == DSI_INT8_W8A8 ? "int8 w8a8" : dtype, wbytes / 1e9);
     printf("backend: create %.2f s (%s), KV pool %d blocks of %d tokens, %.0f KB KV per token\n", load_s,
            model_dir ? "upload + quantize" : "random fill + quantize", be->n_kv_blocks, be->kv_block_size,
            kv_tok / 1024);
@@ -176,7 +187,7 @@ int main(int argc, char **argv) {
     printf("\n%-8s %-6s %-8s %10s %12s %10s %8s\n", "streams", "ctx", "path", "step ms", "tok/s", "GB/step",
            "roofline");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (quick && cases[i].n_seqs > 1) break;
+        if ((quick && cases[i].n_seqs > 1) || (prefill_only && !quick)) break;
         if (only_b && i > 0) break;
         if (only_b) cases[i].n_seqs = only_b, cases[i].ctx = only_ctx, cases[i].sample = 1;
         double dt = time_decode(&r, cases[i].n_seqs, cases[i].ctx, steps, cases[i].sample, &err);
@@ -193,7 +204,7 @@ int main(int argc, char **argv) {
                                             : "gpu-ids",
                dt * 1e3, cases[i].n_seqs / dt, bytes / 1e9, 100.0 * bytes / dt / PEAK);
     }
-    if (quick || only_b) goto done;
+    if ((quick && !prefill_only) || only_b) goto done;
     /* prefill: one 2048-token prompt in one step, logits of the last token */
     int T = 2048, bs = be->kv_block_size, nb = T / bs + 1;
     for (int i = 0; i < T; i++)

@@ -9,8 +9,10 @@ if(DSI_HAVE_CUDA)
       target_link_libraries(${b} PRIVATE dsi_backend dsi_backend_cuda dsi_model dsi_core m)
     endif()
   endforeach()
-  # the library baselines of issue 19 (cuBLASLt int8, cuBLAS bf16); no dsinfer code
+  # the library baselines of issue 19 (cuBLASLt int8, cuBLAS bf16) next to the
+  # W8A8 matmul built on them (kernels/w8a8.cu)
   add_executable(bench_cublas_int8 ${CMAKE_SOURCE_DIR}/bench/bench_cublas_int8.c)
   set_target_properties(bench_cublas_int8 PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
-  target_link_libraries(bench_cublas_int8 PRIVATE dsi_build CUDA::cudart CUDA::cublas CUDA::cublasLt)
+  target_link_libraries(bench_cublas_int8 PRIVATE dsi_build dsi_backend_cuda dsi_core CUDA::cudart CUDA::cublas
+                        CUDA::cublasLt)
 endif()

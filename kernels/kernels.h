@@ -418,6 +418,22 @@ int dsi_cuda_gemv_int8_tc_takes(int n, int k, int path, int n_sm);
 int dsi_cuda_gemv_int8_swiglu(uint16_t *act, const uint16_t *x, const int8_t *q, const float *scale,
                               const float *bias, int n, int k, int path, cudaStream_t s);
 
+/* ---- W8A8: int8 activations x int8 weights (kernels/w8a8.cu) ---- */
+
+/* x (m, k) bf16 -> q (m, k) int8 + scale (m), per token (row), symmetric:
+ * scale = max|x| / 127, q = clamp(round_half_away(x / scale), -127, 127).
+ * CPU twin: dsi_quantize_act_int8 (cpu_ops.h), bit for bit. */
+int dsi_cuda_quant_act_int8(int8_t *q, float *scale, const uint16_t *x, int m, int k, cudaStream_t s);
+/* y (m, n) fp32 = ((float)acc * x_scale[row]) * w_scale[col] (+ bias[col]);
+ * acc (m, n) int32 row-major (the int8 x int8 product). CPU twin:
+ * dsi_w8a8_out, bit for bit. bias may be NULL. */
+int dsi_cuda_w8a8_epilogue(float *y, const int32_t *acc, const float *x_scale, const float *w_scale,
+                           const float *bias, int m, int n, cudaStream_t s);
+/* dst[i] = (int8)src[i] for bf16 src holding integers in [-127, 127] (the
+ * integer values dsi_cuda_dequant_int8 gives with scale NULL): the row-major
+ * int8 weights of the W8A8 path, made once at load. */
+int dsi_cuda_int8_from_bf16(int8_t *dst, const uint16_t *src, size_t n, cudaStream_t s);
+
 /* ---- sampling (kernels/sample.cu) ---- */
 
 /* CPU twin: dsi_sample (include/dsinfer/engine.h, src/engine/sampler.c). */

@@ -7,6 +7,8 @@ if(DSI_HAVE_CUDA)
            LIBS dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
   dsi_test(test_cuda_matmul SOURCES tests/test_cuda_matmul.c
            LIBS dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
+  dsi_test(test_cuda_w8a8 SOURCES tests/test_cuda_w8a8.c
+           LIBS dsi_backend_cuda dsi_backend_cpu dsi_core m LABELS cuda)
   dsi_test(test_cuda_fused SOURCES tests/test_cuda_fused.c
            LIBS dsi_backend_cuda dsi_backend_cpu dsi_model dsi_core m LABELS cuda)
   dsi_test(test_cuda_tp_kernels SOURCES tests/test_cuda_tp_kernels.c

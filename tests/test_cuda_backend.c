@@ -106,11 +106,24 @@ static int step(struct dsi_backend *be, const int32_t *toks, int n, int pos, con
 }
 
 /* Greedy run on both backends, logits compared at every step. */
-static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enum dsi_weight_dtype cpu_dt,
-                            int group) {
+/* ||a - ref||_2 / ||ref||_2 */
+static double norm_err(const float *a, const float *ref, int n) {
+    double d = 0, r = 0;
+    for (int i = 0; i < n; i++) {
+        d += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
+        r += (double)ref[i] * ref[i];
+    }
+    return r > 0 ? sqrt(d / r) : sqrt(d);
+}
+
+static void compare_fixture_mode(const char *name, enum dsi_weight_dtype cuda_dt, enum dsi_weight_dtype cpu_dt,
+                                 int group, enum dsi_int8_mode mode) {
     const double TOL = cuda_dt == DSI_W_INT8 ? TOL_INT8 : TOL_BF16;
     char dir[256];
-    snprintf(dir, sizeof dir, "tests/golden/models/%s", name);
+    if (strchr(name, '/'))
+        snprintf(dir, sizeof dir, "%s", name);
+    else
+        snprintf(dir, sizeof dir, "tests/golden/models/%s", name);
     struct dsi_model m;
     memset(&m, 0, sizeof m);
     struct dsi_model_open_opts mo = {.skip_verify = false, .n_threads = 2};
@@ -125,11 +138,13 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
     struct dsi_backend_opts o;
     struct dsi_backend *gpu = NULL, *cpu = NULL;
     opts_for(&o, cuda_dt, group);
+    o.int8_mode = mode;
     rc = dsi_backend_create("cuda", &m, &o, &gpu, &err);
     if (rc) fprintf(stderr, "  cuda create: %s\n", err ? err : "?");
     CHECK_EQ_INT(rc, 0);
     free(err), err = NULL;
     opts_for(&o, cpu_dt, group);
+    o.int8_mode = mode;
     rc = dsi_backend_create("cpu", &m, &o, &cpu, &err);
     if (rc) fprintf(stderr, "  cpu create: %s\n", err ? err : "?");
     CHECK_EQ_INT(rc, 0);
@@ -140,7 +155,7 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
     int32_t bt[7]; /* (64 + 12) / 16 + 1 blocks, a permutation of 0..6 */
     for (int i = 0; i < 7; i++)
         bt[i] = (i * 5 + 1) % 7;
-    double worst = 0;
+    double worst = 0, worst_norm = 0;
     int diverged = 0;
     for (int p = 0; p < 3; p++) {
         int32_t prompt[MAX_PROMPT];
@@ -151,8 +166,9 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
         }
         int compare_tokens = 1;
         for (int g = 0; g <= GEN; g++) {
-            double e = rel_err(lg, lc, V);
+            double e = rel_err(lg, lc, V), en = norm_err(lg, lc, V);
             if (e > worst) worst = e;
+            if (en > worst_norm) worst_norm = en;
             float margin, scale = 1.f;
             int tc = argmax(lc, V, &margin), tg = argmax(lg, V, NULL);
             for (int i = 0; i < V; i++)
@@ -179,14 +195,21 @@ static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enu
         }
     }
     fprintf(stderr,
-            "  %-15s %s g%d: worst logits error %.5f (relative to max(1,|logit|)), near-tie stops %d\n", name,
-            cuda_dt == DSI_W_INT8 ? "int8" : "bf16", group, worst, diverged);
+            "  %-15s %s g%d: worst logits error %.5f (relative to max(1,|logit|)), %.5f (L2 relative), "
+            "near-tie stops %d\n",
+            name, cuda_dt != DSI_W_INT8 ? "bf16" : mode == DSI_INT8_W8A8 ? "w8a8" : "int8", group, worst,
+            worst_norm, diverged);
     CHECK(worst <= TOL);
     free(lg), free(lc);
 out:
     dsi_backend_destroy(gpu);
     dsi_backend_destroy(cpu);
     dsi_model_close(&m);
+}
+
+static void compare_fixture(const char *name, enum dsi_weight_dtype cuda_dt, enum dsi_weight_dtype cpu_dt,
+                            int group) {
+    compare_fixture_mode(name, cuda_dt, cpu_dt, group, DSI_INT8_W8A16);
 }
 
 TEST(cuda_fixtures_bf16_match_cpu) {
@@ -199,6 +222,21 @@ TEST(cuda_fixtures_int8_match_cpu) {
     if (!have_gpu()) SKIP("no CUDA device");
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++)
         compare_fixture(fixtures[i], DSI_W_INT8, DSI_W_INT8, 0);
+}
+
+/* W8A8 (int8 activations per token, int32 sums; cuBLASLt on the GPU, the
+ * CPU backend's twin): every step's logits within the int8 tolerance above of
+ * the CPU's W8A8, greedy tokens equal up to near-ties. On the trained demo
+ * model, not the random HF fixtures: there the GPU's bf16 activations alone
+ * put the logits 1.4-2.4% (L2) from the CPU's f32 ones (the bf16 rows), and
+ * quantizing two slightly different activation rows to int8 flips roundings
+ * that those untrained weights amplify to 5-8%. On the demo model one H100
+ * measured 2.9% (max norm) and 2.5% (L2): issue 19's 1e-2 is not met, and the
+ * CPU twin would have to keep bf16 activations to get there. The three W8A8
+ * kernels themselves are checked bit for bit in test_cuda_w8a8. */
+TEST(cuda_demo_w8a8_matches_cpu) {
+    if (!have_gpu()) SKIP("no CUDA device");
+    compare_fixture_mode("models/demo", DSI_W_INT8, DSI_W_INT8, 0, DSI_INT8_W8A8);
 }
 
 /* Group-wise INT8 (every fixture's input widths are multiples of 32 and 16):
@@ -475,6 +513,7 @@ int main(void) {
     RUN(cuda_fixtures_bf16_match_cpu);
     RUN(cuda_fixtures_int8_match_cpu);
     RUN(cuda_fixtures_int8_group_match_cpu);
+    RUN(cuda_demo_w8a8_matches_cpu);
     RUN(cuda_batch_equals_single);
     RUN(cuda_forward_sample_skips_padding_rows);
     RUN(cuda_create_rejects_missing_device);

@@ -213,11 +213,51 @@ TEST(cuda_plan_fuses_swiglu_where_the_one_row_kernel_is_the_tensor_core_gemv) {
     CHECK(!ly.gate_up.plan.swiglu1);
 }
 
+/* int8_mode w8a8: the layer matrices (those with a row-major int8 copy) take
+ * W8A8 at every row count, one range from 1 to the step limit, so no step's
+ * size switches a weight between W8A8 and W8A16 (issue 26 item 5); the
+ * lm_head (no such copy) keeps its W8A16 plan, and no SwiGLU fusion is
+ * planned for a gate|up that the one-row GEMV does not take. */
+TEST(cuda_plan_w8a8_takes_every_row_count_of_the_layer_matrices) {
+    struct dsi__cuda c;
+    int8_backend(&c, 132, 60u << 20, 2048);
+    c.w8a8 = true;
+    c.cfg.n_layers = 1;
+    static int8_t q8_dummy[16];
+    static float f_dummy[16];
+    const struct dsi__cu_matrix proto = {.q8r = q8_dummy, .scale = f_dummy};
+    struct dsi__cu_layer ly = {0};
+    ly.qkv = proto, ly.qkv.n = 4608, ly.qkv.k = 3584;
+    ly.o = proto, ly.o.n = 3584, ly.o.k = 3584;
+    ly.gate_up = proto, ly.gate_up.n = 37888, ly.gate_up.k = 3584;
+    ly.down = proto, ly.down.n = 3584, ly.down.k = 18944;
+    static int8_t q_dummy[16];
+    c.lm_head = (struct dsi__cu_matrix){.n = 152064, .k = 3584, .q = q_dummy, .scale = f_dummy};
+    c.layers = &ly;
+    c.gate_up_il8 = DSI_GLU_IL8;
+    CHECK_EQ_INT(dsi__cuda_plan(&c, NULL), 0);
+    const struct dsi__cu_matrix *ms[4] = {&ly.qkv, &ly.o, &ly.gate_up, &ly.down};
+    for (int i = 0; i < 4; i++)
+        CHECK(ms[i]->plan.n == 1 && ms[i]->plan.r[0].kernel == DSI__CU_W8A8 && ms[i]->plan.r[0].max_m == 2048);
+    CHECK(!ly.gate_up.plan.swiglu1);
+    CHECK(c.lm_head.plan.n >= 1 && c.lm_head.plan.r[0].kernel == DSI__CU_GEMV);
+    for (int i = 0; i < c.lm_head.plan.n; i++)
+        CHECK(c.lm_head.plan.r[i].kernel != DSI__CU_W8A8);
+    CHECK(!strcmp(dsi__cuda_kernel_name(DSI__CU_W8A8), "w8a8-cublaslt"));
+    /* an input width cuBLASLt's int8 layout cannot take is a load error, not a step's */
+    ly.o.k = 3582;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi__cuda_plan(&c, &err), DSI_EINTERNAL);
+    CHECK(err && strstr(err, "no kernel takes"));
+    free(err);
+}
+
 int main(void) {
     RUN(cuda_plan_matches_old_choice_h200_h100_a100);
     RUN(cuda_plan_matches_old_choice_small_steps_and_demo);
     RUN(cuda_plan_matches_old_choice_under_ab_switches);
     RUN(cuda_plan_bf16_and_group_wise);
     RUN(cuda_plan_fuses_swiglu_where_the_one_row_kernel_is_the_tensor_core_gemv);
+    RUN(cuda_plan_w8a8_takes_every_row_count_of_the_layer_matrices);
     return test_summary();
 }

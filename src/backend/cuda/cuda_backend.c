@@ -374,7 +374,7 @@ static int load_and_plan(struct dsi__cuda *c, const struct dsi_model *m, bool ra
     cudaMemGetInfo(&free1, &total);
     c->base.weight_bytes = free0 > free1 ? free0 - free1 : 0;
     if ((rc = alloc_buffers(c, err)) || (c->mla && (rc = dsi__cuda_mla_alloc(c, err))) ||
-        (rc = dsi__cuda_plan(c, err)))
+        (rc = dsi__cuda_w8a8_prepare(c, err)) || (rc = dsi__cuda_plan(c, err)))
         return rc;
     dsi__cuda_plan_log(c);
     return alloc_kv(c, fraction, err);
@@ -408,8 +408,16 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
         dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
     if (o->kv_dtype != DSI_KV_BF16)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 KV cache requested: the CUDA backend keeps it in bf16");
-    if (o->int8_mode != DSI_INT8_W8A16)
-        return dsi_seterr(err, DSI_EUNSUPPORTED, "cuda: int8_mode w8a8 is not built into this backend yet");
+    if (o->int8_mode != DSI_INT8_W8A16 &&
+        (o->int8_mode != DSI_INT8_W8A8 || o->weight_dtype != DSI_W_INT8 || o->int8_group_size > 0 ||
+         (sh && sh->size > 1)))
+        return dsi_seterr(err, DSI_EINVAL,
+                          "cuda: int8_mode w8a8 needs dtype int8 with per-channel scales (int8_group_size 0) "
+                          "on one GPU");
+    if (o->int8_mode == DSI_INT8_W8A8 && dsi_model_is_mla(&m->cfg))
+        return dsi_seterr(err, DSI_EINVAL,
+                          "cuda: int8_mode w8a8 is not implemented for MLA + MoE (DeepSeek-V2/V3) models: "
+                          "use w8a16");
 
     struct dsi__cuda *c = calloc(1, sizeof *c);
     if (!c) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
@@ -417,6 +425,7 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->device = o->device;
     c->int8 = o->weight_dtype == DSI_W_INT8;
     c->group = c->int8 ? o->int8_group_size : 0;
+    c->w8a8 = c->int8 && o->int8_mode == DSI_INT8_W8A8;
     c->base.ops = &cuda_ops;
     c->base.model = m;
     c->base.impl = c;
@@ -563,6 +572,7 @@ static void cuda_destroy(struct dsi_backend *be) {
     if (c->ids_h) cudaFreeHost(c->ids_h);
     dsi__cuda_mla_free(c);
     if (c->blas) cublasDestroy(c->blas);
+    dsi__cuda_w8a8_destroy(c);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->layers);
     free(c);

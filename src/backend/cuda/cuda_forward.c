@@ -72,6 +72,8 @@ static int run_planned(struct dsi__cuda *c, const struct dsi__cu_matrix *w, cons
     case DSI__CU_MMA:
         return dsi_cuda_gemm_int8_variant(y, x, w->q, w->scale, w->bias, m, w->n, w->k, &c->gemm_ws, r->flags,
                                           c->stream);
+    case DSI__CU_W8A8:
+        return dsi__cuda_w8a8_matmul(c, w, x, y, m); /* scales and bias applied: nothing left */
     case DSI__CU_DEQ:
         if ((rc = dsi_cuda_dequant_int8(c->deq, w->q, NULL, w->n, w->k, c->stream)) ||
             (rc = gemm_bf16(c, c->deq, w->n, w->k, x, y, m, false)))

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -55,6 +56,7 @@ enum dsi__cu_kernel {
     DSI__CU_TILED,  /* tiled INT8 GEMM (gemm_int8_tiled.cu); flags: DSI_Q8T_* */
     DSI__CU_MMA,    /* mma.sync INT8 kernel (gemv_int8.cu); flags: DSI_Q8_* */
     DSI__CU_DEQ,    /* per-channel INT8: dequantize to bf16 + cuBLAS, scale after */
+    DSI__CU_W8A8,   /* int8_mode w8a8: per-token int8 activations, cuBLASLt int8 (cuda_w8a8.c) */
 };
 
 /* A matmul plan: rows 1..r[0].max_m take r[0]'s kernel, then r[1]'s up to
@@ -98,6 +100,7 @@ struct dsi__cu_matrix {
     float *gscale;            /* int8 group-wise: (n, k / group) */
     uint16_t *w;              /* bf16: (n, k) row-major */
     float *bias;              /* (n) or NULL */
+    int8_t *q8r;              /* int8_mode w8a8: (n, k) row-major int8 (then q is NULL), else NULL */
     struct dsi__cu_plan plan; /* its kernel per row count (cuda_plan.c) */
 };
 
@@ -162,6 +165,13 @@ struct dsi__cu_layer {
     struct dsi__cu_matrix down;    /* (hidden, inter) */
 };
 
+/* A cuBLASLt algorithm kept for one W8A8 product shape (cuda_w8a8.c). */
+#define DSI__CU_LT_ALGOS 64
+struct dsi__cu_lt_algo {
+    int n, k, m;
+    cublasLtMatmulAlgo_t algo;
+};
+
 /* A captured decode step (every sequence brings one token) for one batch shape. */
 #define DSI__CUDA_MAX_GRAPHS 32
 struct dsi__cu_graph {
@@ -216,6 +226,16 @@ struct dsi__cuda {
     float attn_factor; /* YaRN cos/sin multiplier of the MLA rope */
     int ex_il, sh_il;  /* gate|up layout of the routed / shared experts (DSI_GLU_IL8 or 0) */
     struct dsi__cu_ds ds;
+
+    /* int8_mode w8a8 (cuda_w8a8.c): the layers' matmuls int8 x int8 */
+    bool w8a8;
+    cublasLtHandle_t lt;
+    void *lt_ws;       /* cuBLASLt workspace, given up front (graph captures never allocate) */
+    int8_t *w8a8_xq;   /* (T, widest layer input) the quantized activations */
+    float *w8a8_xs;    /* (T) their per-token scales */
+    int32_t *w8a8_acc; /* (T, widest layer output) the int32 sums */
+    struct dsi__cu_lt_algo lt_algos[DSI__CU_LT_ALGOS];
+    int n_lt_algos, lt_next;
 
     struct dsi__cuda_switches sw;
     /* gate|up weights (and so the gu activations) interleaved in blocks of 8
@@ -318,6 +338,14 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
 /* y (m, n) = x (m, k) W^T (+ bias), int8 or bf16, by w's plan. A kernel's
  * DSI_EINVAL is a planning bug: logged and returned as DSI_EINTERNAL. */
 int dsi__cuda_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y, int m);
+/* W8A8 (cuda_w8a8.c). prepare: after the weights and buffers, when c->w8a8:
+ * the row-major int8 copies (tiled ones freed), the step buffers, cuBLASLt.
+ * matmul: y (m, n) fp32 = W8A8 product (+ bias); DSI_EINVAL where w has no
+ * such copy. destroy: the cuBLASLt handle. */
+int dsi__cuda_w8a8_prepare(struct dsi__cuda *c, char **err);
+int dsi__cuda_w8a8_matmul(struct dsi__cuda *c, const struct dsi__cu_matrix *w, const uint16_t *x, float *y,
+                          int m);
+void dsi__cuda_w8a8_destroy(struct dsi__cuda *c);
 /* The matmul plan (cuda_plan.c). switches_read: the A/B switches from the
  * environment. plan: every matrix's plan, after the weights and buffers
  * exist (the dequantize scratch steers it); plan_matrix: one matrix for

@@ -25,7 +25,14 @@
  *   where no dequantize scratch exists or the matrix may not dequantize);
  * - above: dequantize to bf16 + cuBLAS, the per-channel scale and bias left
  *   to the consumer (an epilogue) where it takes one;
- * - bf16 weights: cuBLAS; group-wise INT8: dequantize in two parts + cuBLAS.
+ * - bf16 weights: cuBLAS; group-wise INT8: dequantize in two parts + cuBLAS;
+ * - int8_mode w8a8: the layers' matrices (those with a row-major int8 copy)
+ *   take W8A8 through cuBLASLt at every row count (cuda_w8a8.c). Chosen per
+ *   weight at load, never by the step's size: W8A8 and W8A16 give different
+ *   bits, and a per-step switch would make a row depend on its batch. The
+ *   crossover measured on an H100 (bench/RESULTS.md: cuBLASLt int8 ahead at
+ *   m = 2048, behind at m <= 64 on q|k|v and o) is what a per-step `auto`
+ *   under batch_invariant false would use; not built.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +85,7 @@ const char *dsi__cuda_kernel_name(enum dsi__cu_kernel k) {
         [DSI__CU_CUBLAS] = "cublas-bf16", [DSI__CU_GROUP] = "group-dequant+cublas",
         [DSI__CU_GEMV] = "gemv-int8",     [DSI__CU_TILED] = "gemm-int8-tiled",
         [DSI__CU_MMA] = "gemm-int8-mma",  [DSI__CU_DEQ] = "dequant+cublas",
+        [DSI__CU_W8A8] = "w8a8-cublaslt",
     };
     return (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "?";
 }
@@ -105,6 +113,8 @@ static bool supports(const struct dsi__cuda *c, const struct dsi__cu_matrix *w, 
         return c->int8 && !w->group && flags >= 0 && flags <= 7 && (m + 63) / 64 <= 65535;
     case DSI__CU_DEQ:
         return c->int8 && !w->group && c->deq && (n + 15) / 16 <= 65535;
+    case DSI__CU_W8A8:
+        return c->w8a8 && w->q8r && w->scale && k % 4 == 0 && m <= c->max_tokens;
     }
     return false;
 }
@@ -116,6 +126,7 @@ static enum dsi__cu_kernel choose(const struct dsi__cuda *c, const struct dsi__c
     *flags = 0;
     if (!c->int8) return DSI__CU_CUBLAS;
     if (w->group > 0) return DSI__CU_GROUP;
+    if (w->q8r) return DSI__CU_W8A8; /* every row count: exact int32 sums, batch invariant */
     if (sw->gemv != DSI__CU_GEMV_OFF && m <= DSI__CUDA_GEMV_MAX_ROWS) {
         /* path 0: the tensor cores where the matrix has >= 4 row tiles per SM */
         int path = sw->gemv                                              ? sw->gemv
