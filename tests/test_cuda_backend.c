@@ -31,82 +31,19 @@
 #include "cuda_backend.h"
 #include "dsinfer/model.h"
 #include "test.h"
+#include "test_cuda_model_util.h"
 #include "test_cuda_util.h"
 
 /* helpers from test_model_util.c */
 char *tm_copy_fixture(const char *name);
 int tm_rm_rf(const char *dir);
 
-#define MAX_PROMPT 64
-#define GEN 12
-#define BS 16
 #define TOL_BF16 0.03
 #define TOL_INT8 0.04
 
 static const char *fixtures[] = {"qwen2-gqa-tied", "qwen2-untied", "llama-mha", "llama-headdim",
                                  "llama-linear",   "llama-llama3", "tiny-chat"};
 
-/* Three short prompts of in-vocabulary ids, fixed per vocab size. */
-static int make_prompt(int which, int vocab, int32_t *ids) {
-    int n = which == 0 ? 5 : which == 1 ? 17 : 40;
-    for (int i = 0; i < n; i++)
-        ids[i] = (int32_t)((i * 37 + which * 101 + 7) % vocab);
-    return n;
-}
-
-static int argmax(const float *x, int n, float *margin) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    float second = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (i != best && x[i] > second) second = x[i];
-    if (margin) *margin = x[best] - second;
-    return best;
-}
-
-static double rel_err(const float *a, const float *ref, int n) {
-    double worst = 0, scale = 1;
-    for (int i = 0; i < n; i++)
-        if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
-    for (int i = 0; i < n; i++)
-        if (fabs(a[i] - ref[i]) > worst) worst = fabs(a[i] - ref[i]);
-    return worst / scale;
-}
-
-static void opts_for(struct dsi_backend_opts *o, enum dsi_weight_dtype dt, int group) {
-    memset(o, 0, sizeof *o);
-    o->weight_dtype = dt;
-    o->int8_group_size = dt == DSI_W_INT8 ? group : 0;
-    o->kv_dtype = DSI_KV_BF16;
-    o->kv_block_size = BS;
-    o->kv_bytes = 16u << 20;
-    o->kv_gpu_fraction = 0.02f;
-    o->max_batch_tokens = 256;
-    o->max_seqs = 8;
-    o->n_threads = 2;
-}
-
-/* Runs one step of one sequence whose blocks are bt[0..]. */
-static int step(struct dsi_backend *be, const int32_t *toks, int n, int pos, const int32_t *bt,
-                float *logits) {
-    struct dsi_batch_seq s = {.seq_id = 1,
-                              .tokens = toks,
-                              .n_tokens = n,
-                              .pos = pos,
-                              .block_table = bt,
-                              .n_blocks = (pos + n + BS - 1) / BS,
-                              .want_logits = true};
-    struct dsi_batch b = {.seqs = &s, .n_seqs = 1};
-    char *err = NULL;
-    int rc = be->ops->forward(be, &b, logits, &err);
-    if (rc) fprintf(stderr, "  forward: %s\n", err ? err : "?");
-    free(err);
-    return rc;
-}
-
-/* Greedy run on both backends, logits compared at every step. */
-/* ||a - ref||_2 / ||ref||_2 */
 static double norm_err(const float *a, const float *ref, int n) {
     double d = 0, r = 0;
     for (int i = 0; i < n; i++) {

@@ -42,74 +42,10 @@
 #include "dsinfer/backend.h"
 #include "dsinfer/model.h"
 #include "test.h"
+#include "test_cuda_model_util.h"
 #include "test_cuda_util.h"
 
-#define MAX_PROMPT 64
-#define GEN 12
-#define BS 16
-
 static const char *fixtures[] = {"dsv2-lite", "dsv3-tiny", "dsv3-fp8"};
-
-static int make_prompt(int which, int vocab, int32_t *ids) {
-    int n = which == 0 ? 5 : which == 1 ? 17 : 40;
-    for (int i = 0; i < n; i++)
-        ids[i] = (int32_t)((i * 37 + which * 101 + 7) % vocab);
-    return n;
-}
-
-static int argmax(const float *x, int n, float *margin) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    float second = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (i != best && x[i] > second) second = x[i];
-    if (margin) *margin = x[best] - second;
-    return best;
-}
-
-static double max_abs(const float *x, int n) {
-    double m = 1;
-    for (int i = 0; i < n; i++)
-        m = fmax(m, fabs(x[i]));
-    return m;
-}
-
-static double rel_err(const float *a, const float *ref, int n) {
-    double worst = 0;
-    for (int i = 0; i < n; i++)
-        worst = fmax(worst, fabs(a[i] - ref[i]));
-    return worst / max_abs(ref, n);
-}
-
-static void opts_for(struct dsi_backend_opts *o, enum dsi_weight_dtype dt) {
-    memset(o, 0, sizeof *o);
-    o->weight_dtype = dt;
-    o->kv_dtype = DSI_KV_BF16;
-    o->kv_block_size = BS;
-    o->kv_bytes = 16u << 20;
-    o->kv_gpu_fraction = 0.02f;
-    o->max_batch_tokens = 256;
-    o->max_seqs = 8;
-    o->n_threads = 2;
-}
-
-static int step(struct dsi_backend *be, const int32_t *toks, int n, int pos, const int32_t *bt,
-                float *logits) {
-    struct dsi_batch_seq s = {.seq_id = 1,
-                              .tokens = toks,
-                              .n_tokens = n,
-                              .pos = pos,
-                              .block_table = bt,
-                              .n_blocks = (pos + n + BS - 1) / BS,
-                              .want_logits = true};
-    struct dsi_batch b = {.seqs = &s, .n_seqs = 1};
-    char *err = NULL;
-    int rc = be->ops->forward(be, &b, logits, &err);
-    if (rc) fprintf(stderr, "  forward: %s\n", err ? err : "?");
-    free(err);
-    return rc;
-}
 
 static int open_pair(const char *name, enum dsi_weight_dtype dt, struct dsi_model *m,
                      struct dsi_backend **gpu, struct dsi_backend **cpu) {
@@ -120,7 +56,7 @@ static int open_pair(const char *name, enum dsi_weight_dtype dt, struct dsi_mode
     int rc = dsi_model_open(m, dir, &mo, &err);
     if (!rc) {
         struct dsi_backend_opts o;
-        opts_for(&o, dt);
+        opts_for(&o, dt, 0);
         rc = dsi_backend_create("cuda", m, &o, gpu, &err);
         if (!rc && cpu) rc = dsi_backend_create("cpu", m, &o, cpu, &err);
     }
