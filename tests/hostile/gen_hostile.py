@@ -111,7 +111,11 @@ def request(port, method, path, key, body=None, timeout=60.0):
         head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
     s = connect(port, timeout)
     s.sendall(head.encode() + b"\r\n" + data)
-    buf = b""
+    return parse_response(read_all(s))
+
+
+def read_all(s, buf=b""):
+    """Reads a connection to its end and closes it; returns what came (after buf)."""
     while True:
         try:
             chunk = s.recv(65536)
@@ -121,6 +125,11 @@ def request(port, method, path, key, body=None, timeout=60.0):
             break
         buf += chunk
     s.close()
+    return buf
+
+
+def parse_response(buf):
+    """(status, headers dict, body bytes) of one raw HTTP/1.1 response."""
     hdr, _, rest = buf.partition(b"\r\n\r\n")
     lines = hdr.decode(errors="replace").split("\r\n")
     status = int(lines[0].split()[1]) if lines and len(lines[0].split()) > 1 else 0
@@ -343,6 +352,30 @@ def ends_with_error(b, etype, code):
     return ok
 
 
+def open_stream(port, key, body):
+    """Sends a streaming request and returns once its first event has arrived
+    (the answer is then running and holds its slot), with that part read."""
+    s = connect(port, 60)
+    data = json.dumps(body).encode()
+    s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+               "Authorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+               % (key, len(data))).encode() + data)
+    buf = b""
+    while b"data:" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return (s, buf)
+
+
+def drain(stream):
+    """Reads an open_stream to its end; returns the de-chunked body ("" if the
+    status was not 200)."""
+    status, _, body = parse_response(read_all(*stream))
+    return body if status == 200 else b""
+
+
 def group_fail(work, keys):
     """Issue 26 item 1: a generation that fails after the status line went out
     ends its stream with one OpenAI error event and [DONE], never a silent close;
@@ -352,17 +385,34 @@ def group_fail(work, keys):
     key = add_key(keys, "fail", "user")
     chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1900,
             "ignore_eos": True}
+    # The tiny model answers 1900 tokens in well under a second on a fast CPU, so
+    # fixed sleeps race the answer. Time one long answer alone first, then set the
+    # queue timeout to a quarter of it, and send the requests that must wait only
+    # once the long answer's first event has arrived (its slot is then held).
+    d = Daemon(work, keys, ["--threads", "1"])
+    if not d.ok:
+        check("daemon starts", False)
+        return
+    try:
+        s = open_stream(d.port, key, dict(chat, stream=True))
+        t0 = time.monotonic()
+        drain(s)
+        hold_ms = (time.monotonic() - t0) * 1000.0
+    finally:
+        d.stop()
+    queue_ms = max(20, min(300, int(hold_ms / 4)))
+    print("     long answer held its slot %.0f ms; queue timeout %d ms" % (hold_ms, queue_ms))
     # 1. queue timeout: one slot, a long answer holds it, the next request times out
     #    in the queue after its stream began
-    d = Daemon(work, keys, ["--max-running", "1", "--queue-timeout-ms", "300", "--threads", "1",
+    d = Daemon(work, keys, ["--max-running", "1", "--queue-timeout-ms", str(queue_ms), "--threads", "1",
                             "--drain-timeout-s", "0"])
     if not d.ok:
         check("daemon starts", False)
         return
     try:
-        blocker = threading.Thread(target=request, args=(d.port, "POST", "/v1/chat/completions", key, chat, 120))
+        s = open_stream(d.port, key, dict(chat, stream=True))
+        blocker = threading.Thread(target=drain, args=(s,))
         blocker.start()
-        time.sleep(0.3)
         plain = []
         t = threading.Thread(target=lambda: plain.append(request(d.port, "POST", "/v1/chat/completions", key,
                                                                  dict(chat, max_tokens=5))))
@@ -379,17 +429,17 @@ def group_fail(work, keys):
         events, done = sse_events(b)
         check("fail: control: the same stream with a free slot completes",
               st == 200 and done and not any("error" in e for e in events))
-        # 2. shutdown: a stream cut by SIGTERM past drain_timeout_s (0) is told so
+        # 2. shutdown: a stream cut by SIGTERM past drain_timeout_s (0) is told so;
+        #    the signal goes once its first event is in, so the answer is under way
+        s = open_stream(d.port, key, dict(chat, stream=True))
         got = []
-        t = threading.Thread(target=lambda: got.append(request(d.port, "POST", "/v1/chat/completions", key,
-                                                               dict(chat, stream=True), 120)))
+        t = threading.Thread(target=lambda: got.append(drain(s)))
         t.start()
-        time.sleep(0.5)
         d.p.send_signal(signal.SIGTERM)
         t.join(60)
         d.p.wait(60)
         check("fail: a stream cut by shutdown ends with an error event and [DONE]",
-              bool(got) and got[0][0] == 200 and ends_with_error(got[0][2], "service_unavailable", "shutting_down"))
+              bool(got) and ends_with_error(got[0], "service_unavailable", "shutting_down"))
     finally:
         d.stop()
     # 3. out of memory while building the answer (test hook)
