@@ -636,13 +636,19 @@ TEST(metrics_render_counts) {
     CHECK(t && strstr(t, "dsinfer_kv_evictions_total 3\n"));
     CHECK(t && strstr(t, "dsinfer_stream_buffered_bytes 0\n"));
     CHECK(t && strstr(t, "dsinfer_streams_backpressure_total 0\n"));
+    CHECK(t && strstr(t, "dsinfer_generation_failures_total{status=\"500\"} 0\n"));
     free(t);
     dsi__smetrics_stream_buffered(m, 5000);
     dsi__smetrics_stream_buffered(m, -1000);
     dsi__smetrics_stream_backpressure(m);
+    dsi__smetrics_gen_failed(m, 503);
+    dsi__smetrics_gen_failed(m, 500);
+    dsi__smetrics_gen_failed(m, 503);
     t = dsi__smetrics_render(m, &st, 1);
     CHECK(t && strstr(t, "dsinfer_stream_buffered_bytes 4000\n"));
     CHECK(t && strstr(t, "dsinfer_streams_backpressure_total 1\n"));
+    CHECK(t && strstr(t, "dsinfer_generation_failures_total{status=\"500\"} 1\n"));
+    CHECK(t && strstr(t, "dsinfer_generation_failures_total{status=\"503\"} 2\n"));
     free(t);
     dsi__smetrics_destroy(m);
 }

@@ -354,6 +354,7 @@ static void gen_fail(struct dsi__gen *g, int status, const char *code, bool drop
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     dsi__api_error_set(&g->fail, status, NULL, code, "%s", msg);
+    dsi__smetrics_gen_failed(g->s->metrics, status);
     dsi_log(status >= 500 && status != 503 ? DSI_LOG_ERROR : DSI_LOG_INFO, "server", "request %s: %s", g->id, msg);
     if (!g->stream) return;
     if (drop) drop_unsent(g);

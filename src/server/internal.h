@@ -181,6 +181,8 @@ void dsi__smetrics_itl(struct dsi__smetrics *m, double seconds);
 void dsi__smetrics_stream_buffered(struct dsi__smetrics *m, int64_t delta);
 /* A stream ended because its client did not read (stream_buffer_bytes). */
 void dsi__smetrics_stream_backpressure(struct dsi__smetrics *m);
+/* A generation ended by gen_fail with this status (500, or 503 for timeout/shutdown). */
+void dsi__smetrics_gen_failed(struct dsi__smetrics *m, int status);
 /* Prometheus text (malloc'd) including the engine gauges given. */
 char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stats *st, int state_ready);
 

@@ -38,6 +38,7 @@ struct dsi__smetrics {
     struct hist ttft, itl;
     int64_t stream_buffered;      /* bytes held for stream clients now */
     uint64_t stream_backpressure; /* streams ended because their client did not read */
+    uint64_t gen_failed[2];       /* generations ended by gen_fail: [0] ours (500), [1] unavailable (503) */
 };
 
 static const char *ROUTE_NAMES[DSI__R__COUNT] = {
@@ -114,6 +115,12 @@ void dsi__smetrics_stream_backpressure(struct dsi__smetrics *m) {
     pthread_mutex_unlock(&m->mu);
 }
 
+void dsi__smetrics_gen_failed(struct dsi__smetrics *m, int status) {
+    pthread_mutex_lock(&m->mu);
+    m->gen_failed[status == 503]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
 static int hist_render(struct dsi__sbuf *b, const char *name, const char *help, const struct hist *h,
                        const double *bk, size_t nb) {
     int rc = dsi__sbuf_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
@@ -154,6 +161,14 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              "than stream_buffer_bytes unread.\n"
                              "# TYPE dsinfer_streams_backpressure_total counter\ndsinfer_streams_backpressure_total %llu\n",
                              (long long)m->stream_buffered, (unsigned long long)m->stream_backpressure);
+    if (!rc)
+        rc = dsi__sbuf_printf(&b,
+                             "# HELP dsinfer_generation_failures_total Generations the server ended with an error "
+                             "(after or before the status line): 500 ours, 503 timeout or shutdown.\n"
+                             "# TYPE dsinfer_generation_failures_total counter\n"
+                             "dsinfer_generation_failures_total{status=\"500\"} %llu\n"
+                             "dsinfer_generation_failures_total{status=\"503\"} %llu\n",
+                             (unsigned long long)m->gen_failed[0], (unsigned long long)m->gen_failed[1]);
     if (!rc)
         rc = hist_render(&b, "dsinfer_time_to_first_token_seconds", "Time from request to first generated token.",
                          &m->ttft, TTFT_BUCKETS, N_TTFT);

@@ -383,6 +383,7 @@ def group_fail(work, keys):
     timeouts and shutdown). Out of memory mid-answer is injected with the test
     build's DSI_TEST_FAIL_TOKEN hook (skipped in builds without hooks)."""
     key = add_key(keys, "fail", "user")
+    mon = add_key(keys, "failmon", "monitor")
     chat = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1900,
             "ignore_eos": True}
     # The tiny model answers 1900 tokens in well under a second on a fast CPU, so
@@ -424,6 +425,8 @@ def group_fail(work, keys):
         st, h, b = plain[0] if plain else (0, {}, b"")
         check("fail: a non-streaming request that times out gets a 503 body",
               st == 503 and json.loads(b)["error"]["code"] == "timeout", "%d %r" % (st, b[:200]))
+        failed = metric(d.port, mon, 'dsinfer_generation_failures_total{status="503"}')
+        check("fail: /metrics counts both timed-out generations", failed == 2, str(failed))
         blocker.join(120)
         st, h, b = request(d.port, "POST", "/v1/chat/completions", key, dict(chat, stream=True, max_tokens=5))
         events, done = sse_events(b)
