@@ -5,7 +5,7 @@
  *   loadgen --url https://127.0.0.1:8443 [--key-file F | --key K] [--cacert F | --insecure]
  *           [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]
  *           [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S] [--timeout S]
- *           [--json]
+ *           [--cut-fraction F] [--metrics-key-file F] [--json]
  *
  * N clients run at once over libcurl's multi interface (one thread, keep-alive
  * connections reused from curl's pool). Each client sends a streaming request,
@@ -21,6 +21,13 @@
  * is for. The report then gives the first request's TTFT apart from the later
  * ones', and the prompt tokens the server reports as cached (usage
  * prompt_tokens_details.cached_tokens).
+ *
+ * --cut-fraction F makes the client hang up on that share of the streams (drawn
+ * with its own seeded generator) after a random number of tokens, as users closing
+ * a tab do; those count as cut, not as errors. At the end loadgen reads the
+ * server's /metrics (with --metrics-key-file's key, else the load key; it needs the
+ * metrics permission) and prints its error counters and the sequences and KV
+ * blocks still in use, so a soak can check that nothing leaked.
  *
  * The key is read from --key-file (preferred: it keeps the key out of `ps`) or --key,
  * and never printed.
@@ -44,6 +51,8 @@ struct opts {
     double duration_s;
     int pw_lo, pw_hi, mt_lo, mt_hi;
     int shared_words; /* words of the system message every request shares; 0: none */
+    double cut_fraction; /* share of the streams the client hangs up on mid-way */
+    char metrics_key[256];
     uint64_t seed;
 };
 
@@ -63,6 +72,8 @@ struct client {
     int prompt_tokens, cached_tokens; /* from the usage chunk */
     long index;                       /* 0: the run's first request */
     int done_marker;
+    int cut_after; /* hang up after this many content chunks; 0: read to the end */
+    int cut;       /* hung up on purpose */
 };
 
 struct run {
@@ -73,8 +84,10 @@ struct run {
     char *shared;              /* the shared system message (JSON-safe words); NULL: none */
     long status_count[MAX_STATUS];
     long transport_errors, completed, started, output_tokens, bad_streams;
-    long prompt_tokens, cached_tokens;
-    uint64_t rng;
+    long prompt_tokens, cached_tokens, cut_streams;
+    uint64_t rng, cut_rng;
+    char *metrics; /* the server's /metrics after the run; NULL if not readable */
+    long metrics_status;
     double t0;
 };
 
@@ -180,6 +193,7 @@ static void on_line(struct run *r, struct client *c, const char *line) {
     }
     c->t_last = t;
     c->chunks++;
+    if (c->cut_after && c->chunks >= c->cut_after) c->cut = 1;
 }
 
 struct write_ctx {
@@ -198,6 +212,7 @@ static size_t on_data(char *data, size_t size, size_t nmemb, void *user) {
             if (c->line_len && c->line[c->line_len - 1] == '\r') c->line[c->line_len - 1] = 0;
             on_line(w->r, c, c->line);
             c->line_len = 0;
+            if (c->cut) return 0; /* curl aborts the transfer and closes the connection */
         } else if (c->line_len + 1 < sizeof c->line) {
             c->line[c->line_len++] = ch;
         } /* an overlong line is cut; it only ever holds a chunk we skip */
@@ -214,6 +229,9 @@ static int start_request(struct run *r, struct client *c, struct write_ctx *w, C
     c->line_len = 0;
     c->got_first = c->chunks = c->usage_tokens = c->done_marker = 0;
     c->prompt_tokens = c->cached_tokens = 0;
+    c->cut = c->cut_after = 0;
+    if (r->o.cut_fraction > 0 && (double)(rng_next(&r->cut_rng) >> 11) * 0x1p-53 < r->o.cut_fraction)
+        c->cut_after = rng_range(&r->cut_rng, 1, max_tokens > 1 ? max_tokens - 1 : 1);
     c->index = r->started;
     c->t_start = dsi_now_s();
     curl_easy_setopt(c->h, CURLOPT_POSTFIELDS, c->body);
@@ -225,6 +243,10 @@ static int start_request(struct run *r, struct client *c, struct write_ctx *w, C
 static void finish_request(struct run *r, struct client *c, CURLcode res) {
     long status = 0;
     curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
+    if (c->cut && res == CURLE_WRITE_ERROR) {
+        r->cut_streams++;
+        return;
+    }
     if (res != CURLE_OK) {
         r->transport_errors++;
         return;
@@ -242,6 +264,15 @@ static void finish_request(struct run *r, struct client *c, CURLcode res) {
     samples_add(&r->e2e, dsi_now_s() - c->t_start);
 }
 
+static void set_tls(const struct opts *o, CURL *h) {
+    curl_easy_setopt(h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_3);
+    if (o->cacert) curl_easy_setopt(h, CURLOPT_CAINFO, o->cacert);
+    if (o->insecure) {
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+}
+
 static int setup_client(struct run *r, struct client *c, char *auth) {
     c->h = curl_easy_init();
     if (!c->h) return -1;
@@ -254,14 +285,89 @@ static int setup_client(struct run *r, struct client *c, char *auth) {
     curl_easy_setopt(c->h, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c->h, CURLOPT_TIMEOUT, (long)r->o.timeout_s);
     curl_easy_setopt(c->h, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(c->h, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_3);
-    if (r->o.cacert) curl_easy_setopt(c->h, CURLOPT_CAINFO, r->o.cacert);
-    if (r->o.insecure) {
-        curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(c->h, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
+    set_tls(&r->o, c->h);
     curl_easy_setopt(c->h, CURLOPT_PRIVATE, c);
     return 0;
+}
+
+struct body {
+    char *p;
+    size_t n;
+};
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *user) {
+    struct body *b = user;
+    size_t n = size * nmemb;
+    if (b->n + n + 1 > (8u << 20)) return 0; /* /metrics is kilobytes; more is not ours */
+    char *p = realloc(b->p, b->n + n + 1);
+    if (!p) return 0;
+    memcpy(p + b->n, data, n);
+    b->p = p;
+    b->n += n;
+    b->p[b->n] = 0;
+    return n;
+}
+
+/* GET /metrics after the run; the body (malloc'd) or NULL, and the HTTP status. */
+static char *fetch_metrics(const struct opts *o, long *status) {
+    *status = 0;
+    CURL *h = curl_easy_init();
+    if (!h) return NULL;
+    char url[1024], auth[300];
+    snprintf(url, sizeof url, "%s/metrics", o->url);
+    const char *key = o->metrics_key[0] ? o->metrics_key : o->key;
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
+    struct curl_slist *hdrs = key[0] ? curl_slist_append(NULL, auth) : NULL;
+    struct body b = {0};
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
+    set_tls(o, h);
+    if (curl_easy_perform(h) == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_cleanup(h);
+    curl_slist_free_all(hdrs);
+    if (*status != 200) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* The series a load test reads at the end: the server's error counters, and the
+ * gauges that must fall back to zero once the load is gone. */
+static int wanted_series(const char *line) {
+    static const char *prefixes[] = {"dsinfer_generation_failures_total{", "dsinfer_streams_backpressure_total ",
+                                     "dsinfer_preempted_total ", "dsinfer_running_sequences ",
+                                     "dsinfer_waiting_sequences ", "dsinfer_kv_blocks_used "};
+    if (!strncmp(line, "dsinfer_requests_total{", 23)) {
+        const char *st = strstr(line, "status=\"");
+        return st && atoi(st + 8) >= 400;
+    }
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++)
+        if (!strncmp(line, prefixes[i], strlen(prefixes[i]))) return 1;
+    return 0;
+}
+
+/* Prints the wanted series of a /metrics body, as text lines or as JSON members. */
+static void print_series(char *metrics, int json) {
+    const char *sep = "";
+    char *save = NULL;
+    for (char *line = strtok_r(metrics, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!wanted_series(line)) continue;
+        char *sp = strrchr(line, ' ');
+        if (!sp) continue;
+        *sp = 0;
+        if (!json) {
+            printf("    %s %s\n", line, sp + 1);
+            continue;
+        }
+        printf("%s\"", sep);
+        for (const char *q = line; *q; q++) printf(*q == '"' ? "\\\"" : "%c", *q);
+        printf("\":%s", sp + 1);
+        sep = ",";
+    }
 }
 
 static void report(struct run *r, double elapsed) {
@@ -293,7 +399,8 @@ static void report(struct run *r, double elapsed) {
             }
         if (r->transport_errors) printf("%s\"transport\":%ld", sep, r->transport_errors), sep = ",";
         if (r->bad_streams) printf("%s\"truncated_stream\":%ld", sep, r->bad_streams);
-        printf("},\"prompt_tokens\":%ld,\"cached_prompt_tokens\":%ld", r->prompt_tokens, r->cached_tokens);
+        printf("},\"cut_streams\":%ld,\"prompt_tokens\":%ld,\"cached_prompt_tokens\":%ld", r->cut_streams,
+               r->prompt_tokens, r->cached_tokens);
         if (r->o.shared_words) {
             printf(",\"shared_prefix_words\":%d,\"ttft_first_ms\":", r->o.shared_words);
             if (isnan(r->ttft_first)) printf("null");
@@ -302,6 +409,14 @@ static void report(struct run *r, double elapsed) {
             if (!r->ttft_later.n) printf("null");
             else printf("{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f}", pct(&r->ttft_later, 50) * 1e3,
                         pct(&r->ttft_later, 90) * 1e3, pct(&r->ttft_later, 99) * 1e3);
+        }
+        printf(",\"server_metrics_status\":%ld,\"server_metrics\":", r->metrics_status);
+        if (r->metrics) {
+            printf("{");
+            print_series(r->metrics, 1);
+            printf("}");
+        } else {
+            printf("null");
         }
         printf("}\n");
         return;
@@ -326,6 +441,14 @@ static void report(struct run *r, double elapsed) {
     if (r->transport_errors) printf("  [transport]x%ld", r->transport_errors);
     if (r->bad_streams) printf("  [truncated stream]x%ld", r->bad_streams);
     printf("\n");
+    if (r->o.cut_fraction > 0) printf("  streams cut by the client on purpose: %ld\n", r->cut_streams);
+    if (r->metrics) {
+        printf("  server /metrics (errors, and what must return to 0):\n");
+        print_series(r->metrics, 0);
+    } else {
+        printf("  server /metrics: not read (HTTP %ld%s)\n", r->metrics_status,
+               r->metrics_status == 401 || r->metrics_status == 403 ? ": the key lacks the metrics permission" : "");
+    }
 }
 
 static int parse_range(const char *s, int *lo, int *hi) {
@@ -351,7 +474,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: loadgen --url https://HOST:PORT [--key-file F | --key K] [--cacert F | --insecure]\n"
                "               [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]\n"
                "               [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S]\n"
-               "               [--timeout S] [--json]\n");
+               "               [--timeout S] [--cut-fraction F] [--metrics-key-file F] [--json]\n");
 }
 
 static int parse_args(int argc, char **argv, struct opts *o) {
@@ -386,6 +509,12 @@ static int parse_args(int argc, char **argv, struct opts *o) {
             long w = strtol(v, &end, 10);
             if (*end || w < 0 || w > 1000000) { fprintf(stderr, "loadgen: bad --shared-prefix-words %s\n", v); return -1; }
             o->shared_words = (int)w;
+        } else if (!strcmp(f, "--cut-fraction")) {
+            char *end;
+            o->cut_fraction = strtod(v, &end);
+            if (*end || !(o->cut_fraction >= 0 && o->cut_fraction <= 1)) { fprintf(stderr, "loadgen: bad --cut-fraction %s (0..1)\n", v); return -1; }
+        } else if (!strcmp(f, "--metrics-key-file")) {
+            if (read_key_file(v, o->metrics_key, sizeof o->metrics_key)) { fprintf(stderr, "loadgen: cannot read a key from %s\n", v); return -1; }
         } else if (!strcmp(f, "--max-tokens")) { if (parse_range(v, &o->mt_lo, &o->mt_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
         else { fprintf(stderr, "loadgen: unknown option %s\n", f); return -1; }
     }
@@ -406,6 +535,7 @@ int main(int argc, char **argv) {
         return pa > 0 ? 0 : 2;
     }
     r->rng = r->o.seed;
+    r->cut_rng = r->o.seed ^ 0xc07c07c07ull; /* its own stream: the request draws stay as without cuts */
     r->ttft_first = NAN;
     if (r->o.shared_words) {
         uint64_t srng = r->o.seed ^ 0x5eed5eed5eedull; /* its own stream: the per-request draws stay as before */
@@ -446,7 +576,9 @@ int main(int argc, char **argv) {
             curl_multi_perform(multi, &running);
         }
     }
-    report(r, dsi_now_s() - r->t0);
+    double elapsed = dsi_now_s() - r->t0;
+    r->metrics = fetch_metrics(&r->o, &r->metrics_status);
+    report(r, elapsed);
     for (int i = 0; i < n; i++) {
         curl_easy_cleanup(cl[i].h);
         curl_slist_free_all(cl[i].hdrs);
@@ -464,6 +596,7 @@ int main(int argc, char **argv) {
     free(r->e2e.v);
     free(r->ttft_later.v);
     free(r->shared);
+    free(r->metrics);
     int ok = r->completed > 0 && failed == 0;
     free(r);
     return ok ? 0 : 1;

@@ -51,3 +51,13 @@ add_test(NAME prefix_cache_e2e COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/integra
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(prefix_cache_e2e PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS slow
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>;OMP_WAIT_POLICY=passive")
+# The soak of issue 26 item 4 (scripts/soak.sh, 10 minutes at 256 clients on the
+# GPU machine), shortened on the CPU backend: streams cut by the client, answers
+# running into the context end, SIGHUP every 2 s; no error, sequences and KV blocks
+# back to 0, a clean exit. Labelled slow (about 30 s).
+add_test(NAME soak_cpu_short COMMAND bash ${CMAKE_SOURCE_DIR}/scripts/soak.sh --bin $<TARGET_FILE_DIR:dsinfer>
+         --model tests/golden/models/tiny-chat --backend cpu --dtype f32 --segments 2 --segment-s 4
+         --concurrency 8 --cut 0.25 --prompt-words 8:450 --max-tokens 16:600 --hup-every 2
+         --max-growth-mib 256 -- --threads 1
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(soak_cpu_short PROPERTIES TIMEOUT 300 LABELS slow ENVIRONMENT "OMP_WAIT_POLICY=passive")
