@@ -139,6 +139,24 @@ TEST(check_split_needs_a_slice_for_every_rank) {
     expect(&c, &cpu, 4, 0, DSI_EINVAL, "too small");
 }
 
+/* MLA + MoE across ranks: heads stay whole (replicated attention), so only a
+ * backend that says mla_moe_ranks takes it, and any rank count with a vocab
+ * slice each passes here (the expert split is the backend's check). */
+TEST(check_split_mla_needs_ranks_support) {
+    const struct dsi_backend_limits mla_one = {.backend = "cuda", .head_dim_multiple = 2, .mla_moe = true};
+    const struct dsi_backend_limits mla_ranks = {
+        .backend = "cpu", .head_dim_multiple = 2, .mla_moe = true, .mla_moe_ranks = true};
+    struct dsi_model_config c = small();
+    c.arch = DSI_ARCH_DEEPSEEK_V2;
+    c.n_kv_heads = c.n_heads;
+    expect(&c, &mla_one, 1, 0, 0, NULL);
+    expect(&c, &mla_one, 2, 0, DSI_EUNSUPPORTED, "(MLA attention + MoE) is not implemented across ranks");
+    expect(&c, &mla_ranks, 3, 0, 0, NULL); /* 6 heads over 3 ranks would split; 4 would not, and need not */
+    expect(&c, &mla_ranks, 4, 0, 0, NULL);
+    c.vocab_size = 3;
+    expect(&c, &mla_ranks, 4, 0, DSI_EINVAL, "vocabulary of 3 is too small");
+}
+
 int main(void) {
     RUN(check_small_model_runs_whole_on_both_backends);
     RUN(check_one_code_per_cause);
@@ -147,5 +165,6 @@ int main(void) {
     RUN(check_split_int8_groups_must_not_straddle);
     RUN(check_split_cuda_needs_even_intermediate);
     RUN(check_split_needs_a_slice_for_every_rank);
+    RUN(check_split_mla_needs_ranks_support);
     return test_summary();
 }

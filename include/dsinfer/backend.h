@@ -38,6 +38,8 @@ struct dsi_backend_opts {
     int max_seqs;              /* upper bound on n_seqs of one step */
     int n_threads;             /* CPU: 0 = all cores */
     int device;                /* CUDA device ordinal */
+    int ep_size;               /* MoE models over MPI: ranks per expert-parallel group
+                                * (a divisor of the ranks); 0: all ranks (include/dsinfer/ep.h) */
 };
 
 struct dsi_batch_seq {
@@ -109,7 +111,14 @@ void dsi_backend_destroy(struct dsi_backend *be);
  * rank calls in the same order: all_reduce (in-place fp32 sum over the ranks)
  * after attention's output projection and after the MLP's down projection of
  * every layer, and gather_logits once per step. size 1 and NULL callbacks: the
- * whole model in one process. */
+ * whole model in one process.
+ * DeepSeek-V2/V3 (MLA + MoE) split differently: attention, dense MLPs, shared
+ * experts and the latent KV cache are replicated (every rank computes every
+ * token's attention, so no all-reduce), the routed experts are expert parallel
+ * (include/dsinfer/ep.h: each rank routes a slice of the step's tokens and
+ * exchanges rows with the experts' owners through all_to_all_counts and
+ * all_to_all_rows, then all_gather_rows gives every rank every token's MoE
+ * output); lm_head is vocab-split as above. */
 struct dsi_shard {
     int rank, size;
     /* Sums buf[0..n) over every rank, in place; every rank gets the same bits. */
@@ -117,6 +126,16 @@ struct dsi_shard {
     /* local: this rank's (n_rows, v1-v0) logits of vocab rows [v0, v1); rank 0
      * gets every rank's slice into logits (n_rows, vocab); others pass NULL. */
     int (*gather_logits)(void *ctx, const float *local, int n_rows, float *logits, char **err);
+    /* Expert parallel (MoE models only). recv[r*n + i] = rank r's send[me*n + i]. */
+    int (*all_to_all_counts)(void *ctx, const int32_t *send, int32_t *recv, int n, char **err);
+    /* Rows of row_len floats: send_rows[r] rows from send + send_displs[r] rows go
+     * to rank r; recv_rows[r] rows from rank r land at recv + recv_displs[r] rows. */
+    int (*all_to_all_rows)(void *ctx, const float *send, const int32_t *send_rows, const int32_t *send_displs,
+                           float *recv, const int32_t *recv_rows, const int32_t *recv_displs, int row_len,
+                           char **err);
+    /* all (sum of rows[r], row_len) gets rank r's rows[r] rows of local at row displs[r]. */
+    int (*all_gather_rows)(void *ctx, const float *local, float *all, const int32_t *rows,
+                           const int32_t *displs, int row_len, char **err);
     void *ctx;
 };
 /* [*lo, *hi) of rank r of n over total elements in whole units of unit

@@ -162,6 +162,8 @@ struct dsi_backend_limits {
     int head_dim_divides;    /* and divides this; 0: no bound */
     bool split_inter_evenly; /* a shard holds exactly intermediate/n rows (else whole int8 groups) */
     bool mla_moe;            /* runs DeepSeek-V2/V3 MLA + MoE (unsharded) */
+    bool mla_moe_ranks;      /* and across ranks: replicated attention, expert-parallel MoE
+                              * (the expert split is the backend's check: it knows ep) */
 };
 /* The one check every backend runs before it loads a weight: the config is
  * runnable (dsi_model_config_runnable), its sizes are positive, consistent and

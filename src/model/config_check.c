@@ -69,6 +69,13 @@ static int check_limits(const struct dsi_model_config *cfg, const struct dsi_bac
  * columns, and a slice of the intermediate size and the vocabulary for each. */
 static int check_split(const struct dsi_model_config *cfg, const struct dsi_backend_limits *lim, int n,
                        int gs, char **err) {
+    if (dsi_model_is_mla(cfg) && lim->mla_moe_ranks) {
+        /* heads and intermediate rows stay whole (replicated); only lm_head's vocab is split */
+        if (cfg->vocab_size < n)
+            return dsi_seterr(err, DSI_EINVAL, "%d ranks: the vocabulary of %d is too small to split", n,
+                              cfg->vocab_size);
+        return 0;
+    }
     if (dsi_model_is_mla(cfg))
         return dsi_seterr(err, DSI_EUNSUPPORTED,
                           "tensor parallel %d: %s (MLA attention + MoE) is not implemented across ranks", n,

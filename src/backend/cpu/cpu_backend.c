@@ -38,6 +38,7 @@ static int alloc_scratch(struct dsi__cpu *c, char **err);
 static int set_shard(struct dsi__cpu *c, const struct dsi_shard *sh, char **err);
 static void log_ready(const struct dsi__cpu *c);
 static int alloc_kv(struct dsi__cpu *c, char **err);
+static int setup_ep(struct dsi__cpu *c, char **err);
 
 static const struct dsi_backend_ops cpu_ops = {
     .name = "cpu",
@@ -49,7 +50,8 @@ static const struct dsi_backend_ops cpu_ops = {
 /* What the CPU forward pass runs beyond dsi_model_config_runnable: any GQA
  * group and any even head_dim; a shard takes the intermediate rows in whole
  * int8 groups (dsi_shard_range). */
-static const struct dsi_backend_limits cpu_limits = {.backend = "cpu", .head_dim_multiple = 2, .mla_moe = true};
+static const struct dsi_backend_limits cpu_limits = {
+    .backend = "cpu", .head_dim_multiple = 2, .mla_moe = true, .mla_moe_ranks = true};
 
 /* MLA dimensions the DeepSeek path relies on (dsi_model_config_check covers the rest). */
 static int check_mla(const struct dsi_model_config *cfg, char **err) {
@@ -162,8 +164,17 @@ static int set_shard(struct dsi__cpu *c, const struct dsi_shard *sh, char **err)
     c->kv_dim = c->nkv * cfg->head_dim;
     c->att_dim = c->q_dim;
     c->ffn_dim = c->n_inter;
-    c->mla = dsi_model_is_mla(cfg); /* unsharded: dsi_model_config_check refuses n > 1 */
+    c->mla = dsi_model_is_mla(cfg);
+    c->tp_reduce = n > 1 && !c->mla;
     if (c->mla) {
+        /* every rank holds whole heads, dense MLPs and shared experts (replicated);
+         * only the routed experts (setup_ep) and lm_head's vocab rows are split */
+        c->nh = cfg->n_heads;
+        c->nkv = cfg->n_kv_heads;
+        c->head0 = c->kv_head0 = 0;
+        c->inter0 = 0;
+        c->n_inter = cfg->intermediate_size;
+        c->ffn_dim = c->n_inter;
         /* per-token cache entry: the latent plus the shared rope key, not K and V per head */
         c->q_dim = cfg->n_heads * (cfg->qk_nope_head_dim + cfg->qk_rope_head_dim);
         c->kv_dim = cfg->kv_lora_rank + cfg->qk_rope_head_dim;
@@ -171,6 +182,38 @@ static int set_shard(struct dsi__cpu *c, const struct dsi_shard *sh, char **err)
         int shared = cfg->n_shared_experts * cfg->moe_intermediate_size;
         if (shared > c->ffn_dim) c->ffn_dim = shared;
     }
+    return 0;
+}
+
+/* Expert parallel for a shard of an MoE model (include/dsinfer/ep.h): the plan
+ * says which experts this rank loads and runs. ep_size 0 means all ranks; a
+ * layout that does not split the experts evenly fails here on every rank with
+ * the same message. */
+static int setup_ep(struct dsi__cpu *c, char **err) {
+    const struct dsi_model_config *cfg = c->cfg;
+    const struct dsi_shard *sh = &c->shard;
+    int ep = c->opts.ep_size, n = sh->size;
+    if (ep < 0) return dsi_seterr(err, DSI_EINVAL, "expert parallel %d is negative", ep);
+    if (!c->mla || cfg->n_routed_experts <= 0) {
+        if (ep > 1)
+            return dsi_seterr(err, DSI_EINVAL,
+                              "expert parallel %d needs a DeepSeek-V2/V3 MoE model; %s has no routed experts",
+                              ep, cfg->architecture);
+        return 0;
+    }
+    if (n == 1) {
+        if (ep > 1)
+            return dsi_seterr(err, DSI_EINVAL,
+                              "expert parallel %d needs as many ranks under mpirun; this is one", ep);
+        return 0;
+    }
+    if (!sh->all_to_all_counts || !sh->all_to_all_rows || !sh->all_gather_rows)
+        return dsi_seterr(err, DSI_EINVAL, "cpu backend: shard %d of %d has no expert-parallel exchange",
+                          sh->rank, n);
+    int rc = dsi_ep_plan_init(&c->ds.ep, n, sh->rank, ep > 0 ? ep : n, cfg->n_routed_experts,
+                              cfg->num_experts_per_tok, c->max_tokens, err);
+    if (rc) return rc;
+    c->ds.ep_on = true;
     return 0;
 }
 
@@ -242,6 +285,7 @@ int dsi_cpu_backend_create_shard(const struct dsi_model *m, const struct dsi_bac
     if ((rc = set_shard(c, sh, err))) goto fail;
     if ((rc = check_w8a8(c, err))) goto fail;
     c->max_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : DEFAULT_MAX_TOKENS;
+    if ((rc = setup_ep(c, err))) goto fail;
     c->max_seqs = o->max_seqs > 0 && o->max_seqs < c->max_tokens ? o->max_seqs : c->max_tokens;
 
     c->inv_freq = calloc((size_t)cfg->head_dim / 2, sizeof(float));
@@ -270,7 +314,14 @@ static void log_ready(const struct dsi__cpu *c) {
     const char *dt = c->opts.weight_dtype == DSI_W_F32    ? "f32"
                      : c->opts.weight_dtype == DSI_W_BF16 ? "bf16"
                                                           : "int8";
-    if (c->shard.size > 1)
+    if (c->ds.ep_on)
+        dsi_log(DSI_LOG_INFO, "cpu",
+                "rank %d/%d: replicated MLA attention, routed experts %d..%d of %d (expert parallel %d), vocab "
+                "%d..%d, %s weights %.1f MB, %d KV blocks of %d tokens, %d threads",
+                c->shard.rank, c->shard.size, c->ds.ep.e0, c->ds.ep.e0 + c->ds.ep.n_local - 1,
+                c->cfg->n_routed_experts, c->ds.ep.ep, c->vocab0, c->vocab0 + c->n_vocab - 1, dt,
+                (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, c->be.kv_block_size, c->n_threads);
+    else if (c->shard.size > 1)
         dsi_log(DSI_LOG_INFO, "cpu",
                 "rank %d/%d shard: heads %d..%d, kv heads %d..%d, intermediate %d..%d, vocab %d..%d, %s "
                 "weights %.1f MB, %d KV blocks of %d tokens, %d threads",
@@ -296,6 +347,7 @@ void dsi_cpu_backend_limits(const struct dsi_backend *be, int *max_tokens, int *
 static void cpu_destroy(struct dsi_backend *be) {
     if (!be) return;
     struct dsi__cpu *c = be->impl;
+    dsi_ep_plan_free(&c->ds.ep);
     for (size_t i = 0; i < c->n_allocs; i++)
         free(c->allocs[i]);
     free(c->allocs);

@@ -17,6 +17,16 @@
  * assignment's output has its own row, and a token sums its k rows in selection
  * order, then adds the shared experts. A token's result therefore does not depend
  * on which other tokens share the step or on the thread count.
+ *
+ * Expert parallel (a shard of an MoE model, dsi__cpu_moe_ep): attention is
+ * replicated, so every rank holds every token's xn. Each rank routes its slice
+ * of the step's tokens (dsi_ep_token_range), the plan (include/dsinfer/ep.h)
+ * sends each assignment's row to the rank that holds the expert, that rank
+ * runs its experts over the rows it received (grouped by expert), the outputs
+ * come back the reverse way, and the slice's tokens add shared + routed
+ * outputs in the same order as one process does; an all-gather then gives
+ * every rank every token's rows. The matmuls are per row and the combine
+ * order is the same, so the ranks' result equals one process's.
  */
 #include <string.h>
 
@@ -101,10 +111,8 @@ void dsi__cpu_mla_attention(struct dsi__cpu *c, const struct dsi_batch *b, int l
     }
 }
 
-/* Routes every token and groups the (token, k) assignments by expert:
- * count[e]..count[e+1] are expert e's positions, tok_of[p] their tokens
- * (ascending), slot_of[t*K + k] the position of token t's k-th choice. */
-static void route_and_group(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T) {
+/* Router logits and top-k of n token rows of x: d->idx and d->w rows 0..n-1. */
+static void route_rows(struct dsi__cpu *c, const struct dsi__cpu_layer *L, const float *x, int n) {
     const struct dsi_model_config *cfg = c->cfg;
     struct dsi__cpu_ds *d = &c->ds;
     int E = cfg->n_routed_experts, K = cfg->num_experts_per_tok, H = cfg->hidden_size;
@@ -120,14 +128,23 @@ static void route_and_group(struct dsi__cpu *c, const struct dsi__cpu_layer *L, 
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
-    for (int r = 0; r < T; r++) {
+    for (int r = 0; r < n; r++) {
         float *lg = d->logits + (size_t)r * E;
-        const float *x = c->xn + (size_t)r * H;
+        const float *xr = x + (size_t)r * H;
         for (int e = 0; e < E; e++)
-            lg[e] = dsi_dot_f32(L->router + (size_t)e * H, x, H);
+            lg[e] = dsi_dot_f32(L->router + (size_t)e * H, xr, H);
         dsi_moe_route(&rt, lg, d->idx + (size_t)r * K, d->w + (size_t)r * K,
                       d->route_scratch + (size_t)thread_id() * d->route_scratch_n);
     }
+}
+
+/* Routes every token and groups the (token, k) assignments by expert:
+ * count[e]..count[e+1] are expert e's positions, tok_of[p] their tokens
+ * (ascending), slot_of[t*K + k] the position of token t's k-th choice. */
+static void route_and_group(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int T) {
+    struct dsi__cpu_ds *d = &c->ds;
+    int E = c->cfg->n_routed_experts, K = c->cfg->num_experts_per_tok;
+    route_rows(c, L, c->xn, T);
     memset(d->count, 0, (size_t)(E + 1) * sizeof *d->count);
     for (int a = 0; a < T * K; a++)
         d->count[d->idx[a] + 1]++;
@@ -145,12 +162,62 @@ static void route_and_group(struct dsi__cpu *c, const struct dsi__cpu_layer *L, 
     /* count[e + 1] is now the end of expert e; count[0] stays 0 */
 }
 
+/* Expert e's SwiGLU FFN over n rows: xg (n, H) -> y (n, H); gg, ug (n, I) scratch. */
+static void run_expert(const struct dsi__cpu *c, const struct dsi__cpu_layer *L, int e, const float *xg,
+                       int n, float *gg, float *ug, float *y) {
+    int H = c->cfg->hidden_size, I = c->cfg->moe_intermediate_size;
+    dsi_matmul(&L->ex_gate[e], xg, n, NULL, gg, I, 0, I);
+    dsi_matmul(&L->ex_up[e], xg, n, NULL, ug, I, 0, I);
+    for (int i = 0; i < n; i++)
+        dsi_swiglu(gg + (size_t)i * I, gg + (size_t)i * I, ug + (size_t)i * I, I);
+    dsi_matmul(&L->ex_down[e], gg, n, NULL, y, H, 0, H);
+}
+
+/* out (n, H) = the shared experts of x's n rows, or zeros without any. out may
+ * be x itself (x is consumed by the first two matmuls). */
+static void shared_experts(struct dsi__cpu *c, const struct dsi__cpu_layer *L, const float *x, int n,
+                           float *out) {
+    int H = c->cfg->hidden_size, IS = L->sh_gate.rows;
+    if (IS == 0) {
+        memset(out, 0, (size_t)n * (size_t)H * sizeof(float));
+        return;
+    }
+    /* rows of IS floats (the down projection reads them contiguous) */
+    dsi__cpu_par_matmul(c, &L->sh_gate, x, n, NULL, c->gate, IS);
+    dsi__cpu_par_matmul(c, &L->sh_up, x, n, NULL, c->up, IS);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < n; r++)
+        dsi_swiglu(c->gate + (size_t)r * IS, c->gate + (size_t)r * IS, c->up + (size_t)r * IS, IS);
+    dsi__cpu_par_matmul(c, &L->sh_down, c->gate, n, NULL, out, H);
+}
+
+/* o (n, H) += sum over k in selection order of w[t*K + k] * y[slot[t*K + k]]:
+ * the one combine order of both paths. */
+static void combine(const struct dsi__cpu *c, float *o, int n, const float *y, const int32_t *slot) {
+    int K = c->cfg->num_experts_per_tok, H = c->cfg->hidden_size;
+    const float *wt = c->ds.w;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#endif
+    for (int r = 0; r < n; r++) {
+        float *orow = o + (size_t)r * H;
+        for (int k = 0; k < K; k++) {
+            float w = wt[(size_t)r * K + k];
+            const float *yr = y + (size_t)slot[(size_t)r * K + k] * H;
+            for (int i = 0; i < H; i++)
+                orow[i] += w * yr[i];
+        }
+    }
+}
+
 void dsi__cpu_moe(struct dsi__cpu *c, int l, int T) {
     const struct dsi_model_config *cfg = c->cfg;
     const struct dsi__cpu_layer *L = &c->layers[l];
     struct dsi__cpu_ds *d = &c->ds;
     int E = cfg->n_routed_experts, K = cfg->num_experts_per_tok, H = cfg->hidden_size;
-    int I = cfg->moe_intermediate_size, IS = L->sh_gate.rows;
+    int I = cfg->moe_intermediate_size;
     route_and_group(c, L, T);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
@@ -164,35 +231,65 @@ void dsi__cpu_moe(struct dsi__cpu *c, int l, int T) {
     for (int e = 0; e < E; e++) {
         int p0 = e ? d->count[e] : 0, n = d->count[e + 1] - p0;
         if (n <= 0) continue;
-        float *xg = d->xg + (size_t)p0 * H, *gg = d->gg + (size_t)p0 * I, *ug = d->ug + (size_t)p0 * I;
-        dsi_matmul(&L->ex_gate[e], xg, n, NULL, gg, I, 0, I);
-        dsi_matmul(&L->ex_up[e], xg, n, NULL, ug, I, 0, I);
-        for (int i = 0; i < n; i++)
-            dsi_swiglu(gg + (size_t)i * I, gg + (size_t)i * I, ug + (size_t)i * I, I);
-        dsi_matmul(&L->ex_down[e], gg, n, NULL, d->yo + (size_t)p0 * H, H, 0, H);
+        run_expert(c, L, e, d->xg + (size_t)p0 * H, n, d->gg + (size_t)p0 * I, d->ug + (size_t)p0 * I,
+                   d->yo + (size_t)p0 * H);
     }
-    if (IS > 0) {
-        /* rows of IS floats (the down projection reads them contiguous) */
-        dsi__cpu_par_matmul(c, &L->sh_gate, c->xn, T, NULL, c->gate, IS);
-        dsi__cpu_par_matmul(c, &L->sh_up, c->xn, T, NULL, c->up, IS);
+    shared_experts(c, L, c->xn, T, c->xn);
+    combine(c, c->xn, T, d->yo, d->slot_of);
+}
+
+/* Copies n rows of H floats: dst[i] = src[map[i]] (gather) or dst[map[i]] = src[i] (scatter). */
+static void move_rows(const struct dsi__cpu *c, float *dst, const float *src, const int32_t *map, int n,
+                      bool gather) {
+    size_t H = (size_t)c->cfg->hidden_size;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
-        for (int r = 0; r < T; r++)
-            dsi_swiglu(c->gate + (size_t)r * IS, c->gate + (size_t)r * IS, c->up + (size_t)r * IS, IS);
-        dsi__cpu_par_matmul(c, &L->sh_down, c->gate, T, NULL, c->xn, H); /* xn is consumed: reuse it */
+    for (int i = 0; i < n; i++) {
+        size_t from = gather ? (size_t)map[i] : (size_t)i, to = gather ? (size_t)i : (size_t)map[i];
+        memcpy(dst + to * H, src + from * H, H * sizeof(float));
     }
+}
+
+int dsi__cpu_moe_ep(struct dsi__cpu *c, int l, int T, char **err) {
+    const struct dsi_model_config *cfg = c->cfg;
+    const struct dsi__cpu_layer *L = &c->layers[l];
+    const struct dsi_shard *sh = &c->shard;
+    struct dsi__cpu_ds *d = &c->ds;
+    struct dsi_ep_plan *p = &d->ep;
+    int H = cfg->hidden_size, I = cfg->moe_intermediate_size, rc;
+    for (int r = 0; r < sh->size; r++) {
+        int lo, hi;
+        dsi_ep_token_range(T, sh->size, r, &lo, &hi);
+        d->tok_rows[r] = hi - lo;
+        d->tok_displs[r] = lo;
+    }
+    int n = d->tok_rows[sh->rank];
+    const float *xs = c->xn + (size_t)d->tok_displs[sh->rank] * H;
+    route_rows(c, L, xs, n);
+    if ((rc = dsi_ep_plan_send(p, d->idx, n, err))) return rc;
+    move_rows(c, d->ep_send, xs, p->send_tok, p->n_send, true);
+    if ((rc = sh->all_to_all_counts(sh->ctx, p->send_count, p->recv_count, p->n_experts, err)) ||
+        (rc = dsi_ep_plan_recv(p, err)) ||
+        (rc = sh->all_to_all_rows(sh->ctx, d->ep_send, p->send_rows, p->send_displs, d->ep_recv, p->recv_rows,
+                                  p->recv_displs, H, err)))
+        return rc;
+    move_rows(c, d->xg, d->ep_recv, p->grp_row, p->n_recv, true);
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
+#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
 #endif
-    for (int r = 0; r < T; r++) {
-        float *o = c->xn + (size_t)r * H;
-        if (IS == 0) memset(o, 0, (size_t)H * sizeof(float));
-        for (int k = 0; k < K; k++) {
-            float w = d->w[(size_t)r * K + k];
-            const float *y = d->yo + (size_t)d->slot_of[(size_t)r * K + k] * H;
-            for (int i = 0; i < H; i++)
-                o[i] += w * y[i];
-        }
+    for (int j = 0; j < p->n_local; j++) {
+        int g0 = p->grp_start[j], m = p->grp_start[j + 1] - g0;
+        if (m <= 0) continue;
+        run_expert(c, L, p->e0 + j, d->xg + (size_t)g0 * H, m, d->gg + (size_t)g0 * I, d->ug + (size_t)g0 * I,
+                   d->yo + (size_t)g0 * H);
     }
+    /* outputs into the receive layout, and back to their senders' send layout */
+    move_rows(c, d->ep_recv, d->yo, p->grp_row, p->n_recv, false);
+    if ((rc = sh->all_to_all_rows(sh->ctx, d->ep_recv, p->recv_rows, p->recv_displs, d->ep_send, p->send_rows,
+                                  p->send_displs, H, err)))
+        return rc;
+    shared_experts(c, L, xs, n, d->yo);
+    combine(c, d->yo, n, d->ep_send, p->pos_of);
+    return sh->all_gather_rows(sh->ctx, d->yo, c->xn, d->tok_rows, d->tok_displs, H, err);
 }

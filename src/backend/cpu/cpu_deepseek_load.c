@@ -81,7 +81,9 @@ static int load_moe(struct dsi__cpu *c, const struct dsi_model *m, int l, struct
     L->ex_up = dsi__cpu_alloc(c, (size_t)E, sizeof *L->ex_up);
     L->ex_down = dsi__cpu_alloc(c, (size_t)E, sizeof *L->ex_down);
     if (!L->ex_gate || !L->ex_up || !L->ex_down) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
-    for (int e = 0; e < E; e++) {
+    /* a shard loads only its own experts (the plan's); the others stay empty */
+    int e0 = c->ds.ep_on ? c->ds.ep.e0 : 0, e1 = c->ds.ep_on ? e0 + c->ds.ep.n_local : E;
+    for (int e = e0; e < e1; e++) {
         snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.gate_proj.weight", l, e);
         if ((rc = dsi__cpu_load_linear(c, m, name, I, H, &L->ex_gate[e], err))) return rc;
         snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d.up_proj.weight", l, e);
@@ -164,6 +166,10 @@ int dsi__cpu_alloc_deepseek(struct dsi__cpu *c, char **err) {
         {(void **)&d->gg, T * K * (I ? I : 1), sizeof(float)},
         {(void **)&d->ug, T * K * (I ? I : 1), sizeof(float)},
         {(void **)&d->yo, T * K * H, sizeof(float)},
+        {(void **)&d->ep_send, d->ep_on ? T * K * H : 1, sizeof(float)},
+        {(void **)&d->ep_recv, d->ep_on ? T * K * H : 1, sizeof(float)},
+        {(void **)&d->tok_rows, (size_t)c->shard.size, sizeof(int32_t)},
+        {(void **)&d->tok_displs, (size_t)c->shard.size, sizeof(int32_t)},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if (bufs[i].n > SIZE_MAX / 8 / bufs[i].size)

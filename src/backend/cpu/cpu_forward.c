@@ -18,6 +18,9 @@
  * lm_head slices go to rank 0 through gather_logits. A rank's partial sums are
  * summed in a different order than one process sums the whole row, so a
  * shard's logits match the whole model's to ~1e-6 relative, not bit for bit.
+ * A shard of a DeepSeek-V2/V3 model instead runs attention and dense MLPs
+ * whole on every rank (no all-reduce) and its MoE layers expert parallel
+ * (cpu_deepseek_fwd.c); those sums keep one process's order.
  *
  * Threads split output rows of each matmul, (token, head) pairs of attention and
  * tokens of the elementwise steps. Each output element is computed by exactly one
@@ -159,10 +162,11 @@ static void embed_tokens(struct dsi__cpu *c, const struct dsi_batch *b, int T) {
     }
 }
 
-/* x += out summed over the ranks (out: (T, hidden), a partial sum on a shard). */
+/* x += out, summed over the ranks first when it is a partial sum (dense TP
+ * shards; an MLA shard's rows are whole: replicated attention, gathered MoE). */
 static int add_reduced(struct dsi__cpu *c, float *out, int T, char **err) {
     int H = c->cfg->hidden_size, rc;
-    if (c->shard.size > 1 && (rc = c->shard.all_reduce(c->shard.ctx, out, (size_t)T * (size_t)H, err)))
+    if (c->tp_reduce && (rc = c->shard.all_reduce(c->shard.ctx, out, (size_t)T * (size_t)H, err)))
         return rc;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
@@ -267,7 +271,12 @@ static int mla_attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int
 /* DeepSeek MoE: x += shared(xn) + routed experts(xn), xn = rmsnorm(x). */
 static int moe(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, int T, char **err) {
     norm_rows(c, L->ffn_norm, T);
-    dsi__cpu_moe(c, l, T);
+    if (!c->ds.ep_on) {
+        dsi__cpu_moe(c, l, T);
+    } else {
+        int rc = dsi__cpu_moe_ep(c, l, T, err);
+        if (rc) return rc;
+    }
     return add_reduced(c, c->xn, T, err);
 }
 

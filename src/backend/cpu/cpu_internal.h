@@ -6,7 +6,8 @@
  * all of it). Every shape below is the shard's: nh/nkv heads starting at
  * head0/kv_head0, n_inter intermediate rows starting at inter0, n_vocab
  * lm_head rows starting at vocab0. hidden, the embedding and the norms are
- * whole on every rank.
+ * whole on every rank. A shard of an MLA model holds every head and
+ * intermediate row too (replicated) and only its routed experts (ds.ep).
  */
 #ifndef DSINFER_CPU_INTERNAL_H
 #define DSINFER_CPU_INTERNAL_H
@@ -16,6 +17,7 @@
 #include <stdint.h>
 
 #include "dsinfer/backend.h"
+#include "dsinfer/ep.h"
 #include "cpu_ops.h"
 
 struct dsi__cpu_layer {
@@ -28,7 +30,7 @@ struct dsi__cpu_layer {
     float *bq, *bk, *bv;       /* the shard's biases or NULL (Qwen2 has them) */
     float *attn_norm;          /* (hidden) input_layernorm */
     float *ffn_norm;           /* (hidden) post_attention_layernorm */
-    /* DeepSeek MLA (wq is q_proj when q_lora_rank is 0); whole model only (no shards) */
+    /* DeepSeek MLA (wq is q_proj when q_lora_rank is 0); whole on every rank */
     struct dsi_qweight wq_a;  /* (q_lora, hidden) */
     struct dsi_qweight wq_b;  /* (n_heads*(nope+rope), q_lora) */
     struct dsi_qweight wkv_a; /* (kv_lora+rope, hidden) kv_a_proj_with_mqa */
@@ -39,7 +41,8 @@ struct dsi__cpu_layer {
     bool moe;
     float *router;                                 /* (n_experts, hidden) mlp.gate.weight */
     float *router_bias;                            /* (n_experts) e_score_correction_bias or NULL */
-    struct dsi_qweight *ex_gate, *ex_up, *ex_down; /* n_experts each */
+    struct dsi_qweight *ex_gate, *ex_up, *ex_down; /* n_experts each; a shard loads only its
+                                                    * own (ds.ep.e0 ..), the others stay empty */
     struct dsi_qweight sh_gate, sh_up, sh_down;    /* shared experts (n_shared*moe_I); rows 0 if none */
 };
 
@@ -58,6 +61,11 @@ struct dsi__cpu_ds {
     int32_t *slot_of;         /* (T*top_k) assignment position of (token, k) */
     int32_t *tok_of;          /* (T*top_k) token of each assignment position */
     float *xg, *gg, *ug, *yo; /* (T*top_k, hidden / moe_I / moe_I / hidden) */
+    /* expert parallel (a shard of an MoE model; cpu_deepseek_fwd.c) */
+    bool ep_on;
+    struct dsi_ep_plan ep;           /* this rank's plan, re-planned every MoE layer */
+    float *ep_send, *ep_recv;        /* (T*top_k, hidden) rows out / in, reused for the way back */
+    int32_t *tok_rows, *tok_displs;  /* (ranks) token rows each rank routes this step */
 };
 
 /* Quantization error of one tensor, measured at load (int8 only). */
@@ -73,13 +81,16 @@ struct dsi__cpu {
     struct dsi_backend_opts opts;
     int n_threads;
     struct dsi_shard shard;       /* size 1: the whole model, no callbacks */
+    bool tp_reduce;               /* layer outputs are partial sums to all-reduce (dense TP);
+                                   * false for MLA shards, whose ranks hold whole rows */
     int nh, nkv, head0, kv_head0; /* the shard's heads and kv heads, first of each */
     int n_inter, inter0;          /* the shard's intermediate rows */
     int n_vocab, vocab0;          /* the shard's lm_head rows */
     int q_dim, kv_dim;            /* nh*head_dim, nkv*head_dim; MLA: n_heads*(nope+rope), latent+rope */
     int att_dim;                  /* attention output width: q_dim, or n_heads*v_head_dim for MLA */
     int ffn_dim;                  /* gate/up scratch width: max(n_inter, shared experts') */
-    bool mla;                     /* DeepSeek-V2/V3: MLA attention, MoE layers (whole model only) */
+    bool mla;                     /* DeepSeek-V2/V3: MLA attention, MoE layers (shards: replicated
+                                   * attention, expert-parallel routed experts) */
     struct dsi__cpu_ds ds;
     int max_ctx;                  /* positions a sequence may reach */
     int max_seqs;                 /* rows of logits per step (sizes lg_local) */
@@ -138,5 +149,8 @@ int dsi__cpu_fp8_scale(const struct dsi__cpu *c, const struct dsi_model *m, cons
 void dsi__cpu_mla_attention(struct dsi__cpu *c, const struct dsi_batch *b, int l, int T);
 /* Layer l's MoE: c->xn (T, hidden) normalised -> c->xn = shared + routed experts. */
 void dsi__cpu_moe(struct dsi__cpu *c, int l, int T);
+/* The same on a shard: expert parallel over the shard's callbacks; every rank
+ * calls it with the same T and ends with every token's rows in c->xn. */
+int dsi__cpu_moe_ep(struct dsi__cpu *c, int l, int T, char **err);
 
 #endif

@@ -175,8 +175,8 @@ static int load_rows(struct dsi__cpu *c, const struct dsi_model *m, const char *
         free(f);
         return rc;
     }
-    /* FP8 checkpoints: dequantized here (whole tensors: MLA models are not
-     * sharded), then kept or requantized like any weight */
+    /* FP8 checkpoints: dequantized here (whole tensors: an MLA shard loads its
+     * layers whole and splits only lm_head), then kept or requantized like any weight */
     if (x->dtype == DSI_DT_F8_E4M3) {
         rc = r0 == 0 && r1 == rows ? dsi__cpu_fp8_scale(c, m, name, f, rows, cols, err)
                                    : dsi_seterr(err, DSI_EUNSUPPORTED, "FP8 tensor %s cannot be sharded", name);
