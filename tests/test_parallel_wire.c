@@ -228,6 +228,7 @@ static struct dsi_tp_create sample_create(void) {
                                        .kv_bytes = (size_t)5 << 32,
                                        .max_batch_tokens = 512,
                                        .max_seqs = 64,
+                                       .ep_size = 4,
                                        .kv_gpu_fraction = 0.75f,
                                        .n_threads = 3},
                               .backend = DSI_TP_BACKEND_CUDA,
@@ -262,6 +263,7 @@ TEST(create_roundtrip) {
     CHECK_EQ_INT(d.backend, DSI_TP_BACKEND_CUDA);
     CHECK_EQ_INT(d.opts.max_seqs, 64);
     CHECK(d.opts.kv_gpu_fraction == 0.75f);
+    CHECK_EQ_INT(d.opts.ep_size, 4);
     CHECK(memcmp(d.nccl_id, c.nccl_id, DSI_TP_NCCL_ID_BYTES) == 0);
     free(err);
 }
@@ -292,14 +294,16 @@ TEST(create_malformed_rejected) {
     CHECK_EQ_INT(create_mut(99999, 0, 5), DSI_EFORMAT);       /* truncated */
     CHECK_EQ_INT(create_mut(99999, 0, DSI_TP_CREATE_WORDS + 1), DSI_EFORMAT);
     CHECK_EQ_INT(create_mut(99999, 0, 0), 0);
-    /* the words after the 3 dir words: backend, max_seqs, kv_gpu_fraction, padding */
+    /* the words after the 3 dir words: backend, max_seqs, kv_gpu_fraction, ep_size */
     const size_t ext = 16 + 3;
     CHECK_EQ_INT(create_mut(ext, 2, 0), DSI_EFORMAT); /* unknown backend */
     CHECK_EQ_INT(create_mut(ext, -1, 0), DSI_EFORMAT);
-    CHECK_EQ_INT(create_mut(ext + 1, -1, 0), DSI_EFORMAT);             /* max_seqs */
-    CHECK_EQ_INT(create_mut(ext + 2, 0x7fc00000, 0), DSI_EFORMAT);     /* fraction NaN */
-    CHECK_EQ_INT(create_mut(ext + 2, 0x40000000, 0), DSI_EFORMAT);     /* fraction 2.0 */
-    CHECK_EQ_INT(create_mut(ext + 3, 1, 0), DSI_EFORMAT);              /* padding */
+    CHECK_EQ_INT(create_mut(ext + 1, -1, 0), DSI_EFORMAT);         /* max_seqs */
+    CHECK_EQ_INT(create_mut(ext + 2, 0x7fc00000, 0), DSI_EFORMAT); /* fraction NaN */
+    CHECK_EQ_INT(create_mut(ext + 2, 0x40000000, 0), DSI_EFORMAT); /* fraction 2.0 */
+    CHECK_EQ_INT(create_mut(ext + 3, -1, 0), DSI_EFORMAT);         /* ep_size */
+    CHECK_EQ_INT(create_mut(ext + 3, 4097, 0), DSI_EFORMAT);
+    CHECK_EQ_INT(create_mut(ext + 3, 4096, 0), 0);
     CHECK_EQ_INT(create_mut(ext, DSI_TP_BACKEND_CPU, 0), DSI_EFORMAT); /* CPU with an NCCL id */
     CHECK_EQ_INT(create_mut(16 + 2, 0x7f6f6d65, 0), DSI_EFORMAT);      /* "emo" + a non-zero pad byte */
     CHECK_EQ_INT(create_mut(16 + 2, 0x006f6d65, 0), 0);                /* "emo" + the zero pad byte */

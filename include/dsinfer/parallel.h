@@ -36,6 +36,9 @@
  * initialises MPI (MPI_THREAD_SERIALIZED: rank 0 calls forward from the
  * scheduler thread). Removes `--tensor-parallel N` / `--tensor-parallel=N` from
  * argv (adjusting *argc) so commands never see it; N must equal the MPI world size.
+ * Likewise `--expert-parallel N` (MoE models: ranks per expert-parallel group,
+ * include/dsinfer/ep.h), which must divide the world size; rank 0's backend
+ * passes it to every shard in "create".
  * Returns false when the command should run normally (no MPI, or rank 0); true
  * when the process is done and main should exit(*rc): worker ranks after their
  * loop ends (*rc 0 after rank 0's shutdown, 1 on an error, already logged), or
@@ -69,7 +72,7 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
 /* ---- control messages (validated like outside input) -------------------------- */
 
 #define DSI_TP_MAGIC 0x50545344u /* "DSTP" little-endian */
-#define DSI_TP_VERSION 2u
+#define DSI_TP_VERSION 3u
 #define DSI_TP_HDR_WORDS 8
 #define DSI_TP_MAX_DIR 4096
 
@@ -119,7 +122,7 @@ int dsi_tp_batch_decode(const int32_t *words, size_t n_words, const struct dsi_t
 int dsi_tp_batch_check(const struct dsi_batch *b, const struct dsi_tp_limits *lim, char **err);
 
 /* 16 words of options and fingerprint, the dir, then DSI_TP_CREATE_EXT words:
- * backend, max_seqs, kv_gpu_fraction (float bits), 0, the NCCL id */
+ * backend, max_seqs, kv_gpu_fraction (float bits), ep_size (0..4096), the NCCL id */
 #define DSI_TP_CREATE_EXT (4 + DSI_TP_NCCL_ID_BYTES / 4)
 #define DSI_TP_CREATE_WORDS (16 + (DSI_TP_MAX_DIR + 3) / 4 + DSI_TP_CREATE_EXT)
 /* Encodes c into words (DSI_TP_CREATE_WORDS); *n_words gets the length used. */

@@ -1,6 +1,6 @@
 /*
  * bootstrap.c: MPI bootstrap for tensor parallelism: detects an mpirun launch,
- * initialises MPI, strips --tensor-parallel from argv, runs the worker loop on
+ * initialises MPI, strips --tensor-parallel and --expert-parallel from argv, runs the worker loop on
  * ranks > 0, and shuts the workers down when rank 0 exits.
  *
  * The MPI world is process-wide by nature (MPI_Init once per process, and the
@@ -28,7 +28,7 @@
 #include "parallel_internal.h"
 #endif
 
-static int parse_tp_flag(int *argc, char **argv, int *n, char **err);
+static int parse_rank_flag(int *argc, char **argv, const char *flag, int *n, char **err);
 
 static struct {
     bool up;            /* MPI_Init_thread succeeded and MPI_Finalize not yet called */
@@ -36,6 +36,7 @@ static struct {
     bool backend_alive; /* rank 0: a TP backend exists (workers hold its shards) */
     int rank, size;
     int local_rank, local_size; /* among the ranks of this host (the GPU a CUDA rank takes) */
+    int ep_flag;                /* --expert-parallel N (0: not given, all ranks) */
 #ifdef DSI_HAVE_MPI
     MPI_Comm comm;
 #endif
@@ -48,19 +49,19 @@ int dsi_parallel_size(void) {
     return dist.up ? dist.size : 1;
 }
 
-/* Removes "--tensor-parallel N" / "--tensor-parallel=N" from argv. *n = 0 when absent. */
-static int parse_tp_flag(int *argc, char **argv, int *n, char **err) {
+/* Removes "--NAME N" / "--NAME=N" from argv (flag is "--NAME"). *n = 0 when absent. */
+static int parse_rank_flag(int *argc, char **argv, const char *flag, int *n, char **err) {
     *n = 0;
+    size_t fl = strlen(flag);
     for (int i = 1; i < *argc; i++) {
         const char *v = NULL;
         int used = 0;
-        if (!strcmp(argv[i], "--tensor-parallel")) {
-            if (i + 1 >= *argc)
-                return dsi_seterr(err, DSI_EINVAL, "--tensor-parallel wants a number of ranks");
+        if (!strcmp(argv[i], flag)) {
+            if (i + 1 >= *argc) return dsi_seterr(err, DSI_EINVAL, "%s wants a number of ranks", flag);
             v = argv[i + 1];
             used = 2;
-        } else if (!strncmp(argv[i], "--tensor-parallel=", 18)) {
-            v = argv[i] + 18;
+        } else if (!strncmp(argv[i], flag, fl) && argv[i][fl] == '=') {
+            v = argv[i] + fl + 1;
             used = 1;
         } else {
             continue;
@@ -68,8 +69,7 @@ static int parse_tp_flag(int *argc, char **argv, int *n, char **err) {
         char *end;
         long x = strtol(v, &end, 10);
         if (end == v || *end || x < 1 || x > 4096)
-            return dsi_seterr(err, DSI_EINVAL,
-                              "--tensor-parallel wants a number of ranks in 1..4096, got '%s'", v);
+            return dsi_seterr(err, DSI_EINVAL, "%s wants a number of ranks in 1..4096, got '%s'", flag, v);
         *n = (int)x;
         for (int j = i; j + used <= *argc; j++)
             argv[j] = argv[j + used]; /* argv[argc] is NULL and moves along */
@@ -79,11 +79,14 @@ static int parse_tp_flag(int *argc, char **argv, int *n, char **err) {
     return 0;
 }
 
-/* parse_tp_flag for main's hook: 0, or 2 (a usage error) with the reason on stderr. */
-static int take_tp_flag(int *argc, char **argv, int *n) {
+/* --tensor-parallel and --expert-parallel for main's hook: 0, or 2 (a usage
+ * error) with the reason on stderr. */
+static int take_tp_flag(int *argc, char **argv, int *n, int *ep) {
     char *err = NULL;
-    if (!parse_tp_flag(argc, argv, n, &err)) return 0;
-    fprintf(stderr, "dsinfer: %s\n", err ? err : "bad --tensor-parallel");
+    if (!parse_rank_flag(argc, argv, "--tensor-parallel", n, &err) &&
+        !parse_rank_flag(argc, argv, "--expert-parallel", ep, &err))
+        return 0;
+    fprintf(stderr, "dsinfer: %s\n", err ? err : "bad --tensor-parallel or --expert-parallel");
     free(err);
     return 2;
 }
@@ -106,6 +109,9 @@ void dsi__parallel_set_backend(bool alive) {
 }
 bool dsi__parallel_has_backend(void) {
     return dist.backend_alive;
+}
+int dsi__parallel_ep_flag(void) {
+    return dist.ep_flag;
 }
 
 int dsi__parallel_mpierr(int mrc, const char *what, char **err) {
@@ -181,10 +187,19 @@ void dsi_parallel_abort(int rc) {
 
 bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
     char *err = NULL;
-    int n_flag = 0;
-    if ((*rc = take_tp_flag(argc, argv, &n_flag))) return true;
+    int n_flag = 0, ep_flag = 0;
+    if ((*rc = take_tp_flag(argc, argv, &n_flag, &ep_flag))) return true;
     bool launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_RANK");
     if (!launched) {
+        if (ep_flag > 1 && n_flag < 2) {
+            fprintf(
+                stderr,
+                "dsinfer: --expert-parallel %d needs one process per rank: run it as `mpirun -np N dsinfer "
+                "...` with N a multiple of %d\n",
+                ep_flag, ep_flag);
+            *rc = 2;
+            return true;
+        }
         if (n_flag > 1) {
             fprintf(
                 stderr,
@@ -256,6 +271,19 @@ bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
         MPI_Finalize();
         return true;
     }
+    if (ep_flag && dist.size % ep_flag) {
+        fprintf(stderr,
+                "dsinfer: rank %d: --expert-parallel %d does not divide the %d ranks mpirun started; use a "
+                "divisor\n",
+                dist.rank, ep_flag, dist.size);
+        dist.shutdown_sent = true;
+        *rc = 2;
+        dist.up = false;
+        MPI_Comm_free(&dist.comm);
+        MPI_Finalize();
+        return true;
+    }
+    dist.ep_flag = ep_flag;
     dsi_log(DSI_LOG_INFO, "dist", "rank %d of %d (MPI thread level %d)", dist.rank, dist.size, provided);
     if (dist.rank == 0) return false;
     /* Workers follow rank 0: a SIGTERM to the whole unit reaches every rank, and
@@ -279,8 +307,9 @@ void dsi_parallel_abort(int rc) {
 }
 
 bool dsi_parallel_main_hook(int *argc, char **argv, int *rc) {
-    int n_flag = 0;
-    if ((*rc = take_tp_flag(argc, argv, &n_flag))) return true;
+    int n_flag = 0, ep_flag = 0;
+    if ((*rc = take_tp_flag(argc, argv, &n_flag, &ep_flag))) return true;
+    if (ep_flag > 1) n_flag = ep_flag;
     if (n_flag > 1 || getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK")) {
         int size = getenv("OMPI_COMM_WORLD_SIZE") ? atoi(getenv("OMPI_COMM_WORLD_SIZE")) : n_flag;
         if (size > 1 || n_flag > 1) {

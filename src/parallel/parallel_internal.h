@@ -33,9 +33,10 @@ struct dsi__tp {
 
     /* CPU shard: vocab-parallel logits gathered on rank 0 */
     int vocab_size;
-    int *v_counts, *v_displs; /* vocab rows and first row of each rank */
-    int *g_counts, *g_displs; /* rank 0: Gatherv layout of one step's logits (scratch) */
-    float *lg_all;            /* rank 0: (max_seqs, vocab) rank-major blocks */
+    int *v_counts, *v_displs;       /* vocab rows and first row of each rank */
+    int *g_counts, *g_displs;       /* rank 0: Gatherv layout of one step's logits (scratch) */
+    float *lg_all;                  /* rank 0: (max_seqs, vocab) rank-major blocks */
+    int *x_sc, *x_sd, *x_rc, *x_rd; /* expert parallel: (size) element counts and offsets of one exchange */
 
     int32_t *msg; /* forward payload buffer (msg_cap words) */
     size_t msg_cap;
@@ -57,6 +58,8 @@ int dsi__parallel_local_size(void);
 /* Logs why, then MPI_Abort: every rank ends (systemd restarts the job). For a
  * failure that leaves other ranks inside a collective that cannot complete. */
 void dsi__parallel_fatal(const char *why);
+/* --expert-parallel N of this run (0: not given; ranks per expert group = all). */
+int dsi__parallel_ep_flag(void);
 /* Rank 0 records whether a TP backend is alive (only one at a time). */
 void dsi__parallel_set_backend(bool alive);
 bool dsi__parallel_has_backend(void);

@@ -59,6 +59,7 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
                               .n_heads = cfg->n_heads,
                               .n_kv_heads = cfg->n_kv_heads,
                               .head_dim = cfg->head_dim};
+    if (c.opts.ep_size == 0) c.opts.ep_size = dsi__parallel_ep_flag(); /* every shard gets rank 0's */
     if (strlen(m->dir) > DSI_TP_MAX_DIR)
         return dsi_seterr(err, DSI_EINVAL, "tensor parallel: model dir path longer than %d bytes",
                           DSI_TP_MAX_DIR);
@@ -86,7 +87,7 @@ int dsi_tp_backend_create(enum dsi_tp_backend kind, const struct dsi_model *m,
     /* from here every rank builds its shard; all of them meet again in the gather */
     struct dsi__tp *t = NULL;
     char *lerr = NULL;
-    struct dsi_backend_opts lo = *o;
+    struct dsi_backend_opts lo = c.opts;
     int pre = kind == DSI_TP_BACKEND_CUDA ? dsi__tp_cuda_check(cfg, &lo, &lerr) : 0;
     int st = dsi__tp_agree_and_build(kind, m, &lo, c.nccl_id, pre, &t, &lerr);
     int mine[2] = {st, t ? t->be.n_kv_blocks : 0};

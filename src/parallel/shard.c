@@ -3,7 +3,9 @@
  * protocol keeps around it (parallel_internal.h struct dsi__tp). A CPU shard
  * is the CPU backend over its slices (dsi_cpu_backend_create_shard); the
  * all-reduce and the logits gather it calls back are MPI_Allreduce and
- * MPI_Gatherv here. The CUDA shard is shard_cuda.c's. Every rank first agrees
+ * MPI_Gatherv here, and an MoE model's expert-parallel exchange (planned by
+ * src/ep) is MPI_Alltoall for the counts, MPI_Alltoallv for the rows and
+ * MPI_Allgatherv for the MoE outputs. The CUDA shard is shard_cuda.c's. Every rank first agrees
  * that all can build (dsi__tp_agree_and_build), so no rank enters a
  * collective set-up alone.
  */
@@ -19,6 +21,12 @@
 static int mpi_all_reduce(void *ctx, float *buf, size_t n, char **err);
 static int mpi_gather_logits(void *ctx, const float *local, int n_rows, float *logits, char **err);
 static int alloc_gather(struct dsi__tp *t, int max_seqs, char **err);
+static int mpi_a2a_counts(void *ctx, const int32_t *send, int32_t *recv, int n, char **err);
+static int mpi_a2a_rows(void *ctx, const float *send, const int32_t *send_rows, const int32_t *send_displs,
+                        float *recv, const int32_t *recv_rows, const int32_t *recv_displs, int row_len,
+                        char **err);
+static int mpi_gather_rows(void *ctx, const float *local, float *all, const int32_t *rows,
+                           const int32_t *displs, int row_len, char **err);
 
 /* The CPU shard's all-reduce (backend.h struct dsi_shard). */
 static int mpi_all_reduce(void *ctx, float *buf, size_t n, char **err) {
@@ -54,6 +62,49 @@ static int mpi_gather_logits(void *ctx, const float *local, int n_rows, float *l
     return 0;
 }
 
+/* Expert parallel (backend.h struct dsi_shard): the plan's counts, E per rank. */
+static int mpi_a2a_counts(void *ctx, const int32_t *send, int32_t *recv, int n, char **err) {
+    struct dsi__tp *t = ctx;
+    int mrc = MPI_Alltoall(send, n, MPI_INT32_T, recv, n, MPI_INT32_T, t->comm);
+    return mrc == MPI_SUCCESS ? 0 : dsi__parallel_mpierr(mrc, "all-to-all of expert row counts", err);
+}
+
+/* rows/displs (in rows of row_len floats) -> element counts for MPI, checked
+ * against int overflow. */
+static int to_elems(const struct dsi__tp *t, const int32_t *rows, const int32_t *displs, int row_len,
+                    int *cnt, int *off, char **err) {
+    for (int r = 0; r < t->size; r++) {
+        long long c = (long long)rows[r] * row_len, o = (long long)displs[r] * row_len;
+        if (rows[r] < 0 || displs[r] < 0 || c + o > INT_MAX)
+            return dsi_seterr(err, DSI_EOVERFLOW,
+                              "expert parallel: %d rows of %d floats at row %d overflow MPI", (int)rows[r],
+                              row_len, (int)displs[r]);
+        cnt[r] = (int)c;
+        off[r] = (int)o;
+    }
+    return 0;
+}
+
+static int mpi_a2a_rows(void *ctx, const float *send, const int32_t *send_rows, const int32_t *send_displs,
+                        float *recv, const int32_t *recv_rows, const int32_t *recv_displs, int row_len,
+                        char **err) {
+    struct dsi__tp *t = ctx;
+    int rc = to_elems(t, send_rows, send_displs, row_len, t->x_sc, t->x_sd, err);
+    if (!rc) rc = to_elems(t, recv_rows, recv_displs, row_len, t->x_rc, t->x_rd, err);
+    if (rc) return rc;
+    int mrc = MPI_Alltoallv(send, t->x_sc, t->x_sd, MPI_FLOAT, recv, t->x_rc, t->x_rd, MPI_FLOAT, t->comm);
+    return mrc == MPI_SUCCESS ? 0 : dsi__parallel_mpierr(mrc, "all-to-all of expert rows", err);
+}
+
+static int mpi_gather_rows(void *ctx, const float *local, float *all, const int32_t *rows,
+                           const int32_t *displs, int row_len, char **err) {
+    struct dsi__tp *t = ctx;
+    int rc = to_elems(t, rows, displs, row_len, t->x_rc, t->x_rd, err);
+    if (rc) return rc;
+    int mrc = MPI_Allgatherv(local, t->x_rc[t->rank], MPI_FLOAT, all, t->x_rc, t->x_rd, MPI_FLOAT, t->comm);
+    return mrc == MPI_SUCCESS ? 0 : dsi__parallel_mpierr(mrc, "all-gather of MoE outputs", err);
+}
+
 int dsi__tp_alloc_msg(struct dsi__tp *t, char **err) {
     int rc = dsi_tp_batch_max_words(&t->lim, &t->msg_cap);
     if (rc) return dsi_seterr(err, rc, "tensor parallel: forward message size overflows");
@@ -76,7 +127,12 @@ static int alloc_gather(struct dsi__tp *t, int max_seqs, char **err) {
         return dsi_seterr(err, DSI_EOVERFLOW, "tensor parallel: %d rows of %d logits are too many to gather",
                           max_seqs, t->vocab_size);
     t->lg_all = calloc(lg, sizeof(float));
-    if (!t->v_counts || !t->v_displs || !t->g_counts || !t->g_displs || !t->lg_all)
+    t->x_sc = calloc(n, sizeof(int));
+    t->x_sd = calloc(n, sizeof(int));
+    t->x_rc = calloc(n, sizeof(int));
+    t->x_rd = calloc(n, sizeof(int));
+    if (!t->v_counts || !t->v_displs || !t->g_counts || !t->g_displs || !t->lg_all || !t->x_sc || !t->x_sd ||
+        !t->x_rc || !t->x_rd)
         return dsi_seterr(err, DSI_ENOMEM, "out of memory");
     for (int r = 0; r < t->size; r++) {
         int lo, hi;
@@ -130,6 +186,9 @@ int dsi__tp_create_shard(const struct dsi_model *m, const struct dsi_backend_opt
                            .size = t->size,
                            .all_reduce = mpi_all_reduce,
                            .gather_logits = mpi_gather_logits,
+                           .all_to_all_counts = mpi_a2a_counts,
+                           .all_to_all_rows = mpi_a2a_rows,
+                           .all_gather_rows = mpi_gather_rows,
                            .ctx = t};
     if ((rc = dsi_cpu_backend_create_shard(m, o, &sh, &t->shard, err))) goto fail;
     int max_tokens = 0, max_seqs = 0, max_ctx = 0;
@@ -154,6 +213,10 @@ void dsi__tp_free_shard(struct dsi__tp *t) {
     free(t->g_counts);
     free(t->g_displs);
     free(t->lg_all);
+    free(t->x_sc);
+    free(t->x_sd);
+    free(t->x_rc);
+    free(t->x_rd);
     free(t->msg);
     free(t->seqs);
     free(t);

@@ -201,7 +201,7 @@ int dsi_tp_create_encode(const struct dsi_tp_create *c, int32_t *words, size_t *
     ext[0] = (int32_t)c->backend;
     ext[1] = o->max_seqs;
     ext[2] = (int32_t)frac;
-    ext[3] = 0;
+    ext[3] = o->ep_size;
     memcpy(ext + 4, c->nccl_id, DSI_TP_NCCL_ID_BYTES);
     *n_words = 16 + (len + 3) / 4 + DSI_TP_CREATE_EXT;
     return 0;
@@ -255,9 +255,9 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
     memcpy(&frac, &fbits, sizeof frac);
     if (ext[0] != DSI_TP_BACKEND_CPU && ext[0] != DSI_TP_BACKEND_CUDA)
         return dsi_seterr(err, DSI_EFORMAT, "create message: unknown backend %d", (int)ext[0]);
-    if (ext[1] < 0 || ext[1] > (1 << 24) || !(frac >= 0.f && frac <= 1.f) || ext[3] != 0)
+    if (ext[1] < 0 || ext[1] > (1 << 24) || !(frac >= 0.f && frac <= 1.f) || ext[3] < 0 || ext[3] > 4096)
         return dsi_seterr(err, DSI_EFORMAT,
-                          "create message: max_seqs, kv_gpu_fraction or padding out of range");
+                          "create message: max_seqs, kv_gpu_fraction or ep_size out of range");
     if (ext[0] == DSI_TP_BACKEND_CPU)
         for (int k = 0; k < DSI_TP_NCCL_ID_BYTES / 4; k++)
             if (ext[4 + k])
@@ -265,6 +265,7 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
     c->backend = (enum dsi_tp_backend)ext[0];
     o->max_seqs = ext[1];
     o->kv_gpu_fraction = frac;
+    o->ep_size = ext[3];
     memcpy(c->nccl_id, ext + 4, DSI_TP_NCCL_ID_BYTES);
     return 0;
 }
