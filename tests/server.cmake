@@ -61,3 +61,8 @@ add_test(NAME soak_cpu_short COMMAND bash ${CMAKE_SOURCE_DIR}/scripts/soak.sh --
          --max-growth-mib 256 -- --threads 1
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(soak_cpu_short PROPERTIES TIMEOUT 300 LABELS slow ENVIRONMENT "OMP_WAIT_POLICY=passive")
+# SIGTERM with drain_grace_ms: not ready but still serving, then the drain (issue 24).
+add_test(NAME test_drain_grace COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_drain_grace.sh
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_drain_grace PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
+  ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")

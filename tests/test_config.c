@@ -48,6 +48,7 @@ TEST(config_defaults_match_the_documented_values) {
     CHECK_EQ_INT(c.request_read_timeout_s, 30);
     CHECK_EQ_INT(c.http_threads, 0);
     CHECK_EQ_INT(c.drain_timeout_s, 30);
+    CHECK_EQ_INT(c.drain_grace_ms, 0); /* SIGTERM drains at once unless a balancer needs the grace */
     CHECK_EQ_STR(c.state_dir, "/var/lib/dsinfer");
     CHECK(c.open_health);
     CHECK_EQ_STR(c.log_level, "info");

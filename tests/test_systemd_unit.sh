@@ -49,10 +49,11 @@ grep -qx 'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6.*' "$unit" || bad "Re
 # systemd kills the service TimeoutStopSec after SIGTERM: it must outlast the drain
 stop=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' "$unit")
 drain=$(sed -n 's/^ *"drain_timeout_s": \([0-9]*\),*$/\1/p' config/dsinfer.json)
-if [ -z "$stop" ] || [ -z "$drain" ]; then
-    bad "TimeoutStopSec ($stop) or drain_timeout_s ($drain) not found"
-elif [ "$stop" -le $((drain + 10)) ]; then
-    bad "TimeoutStopSec=$stop leaves no margin over drain_timeout_s=$drain"
+grace_ms=$(sed -n 's/^ *"drain_grace_ms": \([0-9]*\),*$/\1/p' config/dsinfer.json)
+if [ -z "$stop" ] || [ -z "$drain" ] || [ -z "$grace_ms" ]; then
+    bad "TimeoutStopSec ($stop), drain_timeout_s ($drain) or drain_grace_ms ($grace_ms) not found"
+elif [ "$stop" -le $((drain + (grace_ms + 999) / 1000 + 10)) ]; then
+    bad "TimeoutStopSec=$stop leaves no margin over drain_timeout_s=$drain + drain_grace_ms=$grace_ms"
 fi
 
 # exposure 0 (locked down) .. 10 (unsafe); a GPU daemon with network access scores ~2

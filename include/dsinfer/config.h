@@ -74,6 +74,7 @@ struct dsi_config {
     char *state_dir;
     char *log_level;
     int drain_timeout_s;
+    int drain_grace_ms; /* SIGTERM: served though not ready this long, then the drain */
 };
 
 /* Fills every field with its table default (strings are heap copies, never NULL;

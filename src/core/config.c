@@ -156,6 +156,9 @@ static const struct dsi__opt opts[] = {
      DSI__OPT_RELOAD, "service", "least severe log level written to stderr"},
     {"drain_timeout_s", DSI__OPT_INT, F(drain_timeout_s), 0, 3600, "30", NULL, NULL, NULL, 0, "service",
      "on SIGTERM, seconds running requests may take to finish before exit"},
+    {"drain_grace_ms", DSI__OPT_INT, F(drain_grace_ms), 0, 300000, "0", NULL, NULL, NULL, 0, "service",
+     "on SIGTERM, milliseconds /health/ready is 503 while requests are still served, before the drain; "
+     "longer than the balancer's detection time (docs/operating.md)"},
 };
 /* clang-format on */
 

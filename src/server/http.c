@@ -31,6 +31,7 @@
 #include "srv.h"
 
 struct conn_ctx {
+    struct dsi_server *s;          /* borrowed: the server outlives its connections */
     bool started;                  /* the handler has seen this request */
     const char *bad_uri;           /* static reason the raw target is refused, or NULL */
     enum dsi__route route;
@@ -73,6 +74,15 @@ static int route_index(enum dsi__route r) {
     return -1;
 }
 
+/* While the server is LEAVING (SIGTERM, drain_grace_ms running), every answer
+ * closes its connection: the client's next request opens a new one, which goes
+ * wherever the balancer or the floating IP points by then, instead of a pooled
+ * connection to this node that the new VIP holder would reset. */
+static void close_if_leaving(const struct conn_ctx *x, struct MHD_Response *r) {
+    if (atomic_load(&x->s->state) == DSI__ST_LEAVING)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+}
+
 /* Queues body (malloc'd, taken over) with status; never fails silently. */
 static enum MHD_Result respond(struct MHD_Connection *c, struct conn_ctx *x, int status, const char *ctype,
                                char *body, const char *extra_hdr, const char *extra_val) {
@@ -90,6 +100,7 @@ static enum MHD_Result respond(struct MHD_Connection *c, struct conn_ctx *x, int
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     MHD_add_response_header(r, "X-Request-Id", x->req_id);
     if (extra_hdr) MHD_add_response_header(r, extra_hdr, extra_val);
+    close_if_leaving(x, r);
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     dsi__guard_mark(c, DSI__CONN_RECEIVED); /* answered: the read deadline no longer applies */
@@ -258,7 +269,7 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
         return false;
     }
     int state = atomic_load(&s->state);
-    if (state != DSI__ST_READY) {
+    if (state != DSI__ST_READY && state != DSI__ST_LEAVING) { /* LEAVING still serves: drain_grace_ms */
         *res = respond_errf(c, x, 503, state == DSI__ST_LOADING ? "loading" : "draining",
                             state == DSI__ST_LOADING ? "the model is still loading; retry later"
                                                      : "the server is shutting down");
@@ -427,6 +438,7 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         MHD_add_response_header(resp, "X-Request-Id", x->req_id);
+        close_if_leaving(x, resp);
         enum MHD_Result ok = MHD_queue_response(c, 200, resp);
         MHD_destroy_response(resp);
         x->status = 200;
@@ -471,7 +483,7 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
         if (!authorize(s, c, x, NULL, &res)) return res;
         int st = atomic_load(&s->state);
         const char *name = st == DSI__ST_READY ? "ready" : st == DSI__ST_LOADING ? "loading"
-                         : st == DSI__ST_DRAINING ? "draining" : "failed";
+                         : st == DSI__ST_LEAVING || st == DSI__ST_DRAINING ? "draining" : "failed";
         return respond(c, x, st == DSI__ST_READY ? 200 : 503, "application/json",
                        json_printf("{\"status\":\"%s\"}\n", name), NULL, NULL);
     }
@@ -520,6 +532,7 @@ static struct conn_ctx *ctx_new(struct dsi_server *s, struct MHD_Connection *c) 
     struct conn_ctx *x = calloc(1, sizeof *x);
     if (!x) return NULL;
     atomic_fetch_add(&s->active, 1);
+    x->s = s;
     x->t0 = dsi_now_s();
     x->route = DSI__R_OTHER;
     snprintf(x->req_id, sizeof x->req_id, "req-%016" PRIx64, atomic_fetch_add(&s->next_id, 1));

@@ -3,7 +3,8 @@
  * loads: /health/ready is 503), then model + tokenizer + backend + engine (one
  * dsi_runtime_open: src/runtime owns that assembly), then READY. dsi_server_run waits on a signalfd (no polling, no CPU while idle):
  * SIGHUP reloads keys, roles, audit log and log level; SIGTERM/SIGINT drain
- * (ready -> 503, no new requests, running ones finish up to drain_timeout_s).
+ * (ready -> 503; requests still served for drain_grace_ms; then no new requests,
+ * running ones finish up to drain_timeout_s).
  *
  * SIGHUP also re-reads the TLS certificate and key: new handshakes use them,
  * connections already open keep theirs (tlslive.c). The client CA for mTLS is
@@ -237,14 +238,51 @@ static void reload(struct dsi_server *s) {
     dsi_sd_notify("READY=1");
 }
 
+/* The drain proper: new requests get 503 from now on, running ones may finish
+ * until the deadline dsi_server_run returns. */
+static int64_t begin_drain(struct dsi_server *s) {
+    dsi_log(DSI_LOG_INFO, "server", "draining: new requests get 503, running ones have up to %d s",
+            s->cfg->drain_timeout_s);
+    atomic_store(&s->state, DSI__ST_DRAINING);
+    pthread_rwlock_rdlock(&s->eng_lock);
+    if (s->eng) dsi_engine_drain(s->eng);
+    pthread_rwlock_unlock(&s->eng_lock);
+    return dsi_now_ms() + (int64_t)s->cfg->drain_timeout_s * 1000;
+}
+
+/* True once nothing runs, waits or streams any more, or the deadline passed. */
+static bool drain_done(struct dsi_server *s, int64_t deadline_ms) {
+    struct dsi_engine_stats st = {0};
+    pthread_rwlock_rdlock(&s->eng_lock);
+    if (s->eng) dsi_engine_get_stats(s->eng, &st);
+    pthread_rwlock_unlock(&s->eng_lock);
+    pthread_mutex_lock(&s->mu);
+    bool gens_left = s->gens != NULL;
+    pthread_mutex_unlock(&s->mu);
+    bool late = dsi_now_ms() >= deadline_ms;
+    if (!late && (st.running || st.waiting || gens_left)) return false;
+    if (late && (st.running || st.waiting))
+        dsi_log(DSI_LOG_WARN, "server", "drain timeout: cancelling %d running, %d waiting", st.running, st.waiting);
+    else dsi_log(DSI_LOG_INFO, "server", "drained");
+    return true;
+}
+
+/* SIGTERM/SIGINT: readiness turns 503 at once (systemd hears STOPPING=1). With
+ * drain_grace_ms, requests are still served for that long (state LEAVING), so that
+ * a balancer or keepalived's track script sees the 503 and moves traffic before
+ * any request is refused; then the drain. A second stop signal stops at once. */
 int dsi_server_run(struct dsi_server *s) {
     uint64_t wd_usec = dsi_sd_watchdog_usec();
     int wd_ms = wd_usec ? (int)(wd_usec / 2000) : -1;
     if (wd_ms == 0) wd_ms = 1;
-    int64_t drain_deadline = 0;
+    int64_t grace_end = 0, drain_deadline = 0; /* dsi_now_ms() times; 0: not in that phase */
     for (;;) {
-        bool draining = atomic_load(&s->state) == DSI__ST_DRAINING;
-        int timeout = draining ? 100 : wd_ms; /* idle: block until a signal or a watchdog ping */
+        int timeout = wd_ms; /* idle: block until a signal or a watchdog ping */
+        if (drain_deadline) timeout = 100;
+        else if (grace_end) {
+            int64_t left = grace_end - dsi_now_ms();
+            timeout = left < 0 ? 0 : left > 100 ? 100 : (int)left;
+        }
         struct pollfd p = {.fd = s->sigfd, .events = POLLIN};
         int n = poll(&p, 1, timeout);
         if (wd_usec) dsi_sd_notify("WATCHDOG=1");
@@ -256,36 +294,25 @@ int dsi_server_run(struct dsi_server *s) {
         while (n > 0 && read(s->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
             if (si.ssi_signo == SIGHUP) {
                 reload(s);
-            } else if (!draining) {
-                dsi_log(DSI_LOG_INFO, "server", "%s: draining (up to %d s)", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM",
-                        s->cfg->drain_timeout_s);
-                dsi_sd_notify("STOPPING=1");
-                atomic_store(&s->state, DSI__ST_DRAINING);
-                pthread_rwlock_rdlock(&s->eng_lock);
-                if (s->eng) dsi_engine_drain(s->eng);
-                pthread_rwlock_unlock(&s->eng_lock);
-                drain_deadline = dsi_now_ms() + (int64_t)s->cfg->drain_timeout_s * 1000;
-                draining = true;
-            } else {
+            } else if (grace_end || drain_deadline) {
                 dsi_log(DSI_LOG_WARN, "server", "second stop signal: stopping now");
                 return 0;
+            } else {
+                const char *sig = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
+                dsi_sd_notify("STOPPING=1");
+                if (s->cfg->drain_grace_ms > 0) {
+                    dsi_log(DSI_LOG_INFO, "server", "%s: not ready; serving %d ms more (drain_grace_ms), then draining",
+                            sig, s->cfg->drain_grace_ms);
+                    atomic_store(&s->state, DSI__ST_LEAVING);
+                    grace_end = dsi_now_ms() + s->cfg->drain_grace_ms;
+                } else {
+                    dsi_log(DSI_LOG_INFO, "server", "%s: not ready", sig);
+                    drain_deadline = begin_drain(s);
+                }
             }
         }
-        if (draining) {
-            struct dsi_engine_stats st = {0};
-            pthread_rwlock_rdlock(&s->eng_lock);
-            if (s->eng) dsi_engine_get_stats(s->eng, &st);
-            pthread_rwlock_unlock(&s->eng_lock);
-            pthread_mutex_lock(&s->mu);
-            bool gens_left = s->gens != NULL;
-            pthread_mutex_unlock(&s->mu);
-            if ((st.running == 0 && st.waiting == 0 && !gens_left) || dsi_now_ms() >= drain_deadline) {
-                if (dsi_now_ms() >= drain_deadline && (st.running || st.waiting))
-                    dsi_log(DSI_LOG_WARN, "server", "drain timeout: cancelling %d running, %d waiting", st.running, st.waiting);
-                else dsi_log(DSI_LOG_INFO, "server", "drained");
-                return 0;
-            }
-        }
+        if (grace_end && !drain_deadline && dsi_now_ms() >= grace_end) drain_deadline = begin_drain(s);
+        if (drain_deadline && drain_done(s, drain_deadline)) return 0;
     }
 }
 

@@ -29,7 +29,10 @@
 #include "dsinfer/tok.h"
 #include "internal.h"
 
-enum dsi__state { DSI__ST_LOADING, DSI__ST_READY, DSI__ST_DRAINING, DSI__ST_FAILED };
+/* LEAVING: SIGTERM came and drain_grace_ms runs: /health/ready is 503 so balancers
+ * and keepalived move traffic away, but requests are still served (each answer
+ * closes its connection). DRAINING: new requests get 503, running ones finish. */
+enum dsi__state { DSI__ST_LOADING, DSI__ST_READY, DSI__ST_LEAVING, DSI__ST_DRAINING, DSI__ST_FAILED };
 
 struct dsi_server {
     const struct dsi_config *cfg; /* borrowed: outlives the server */
