@@ -5,7 +5,7 @@
  *   loadgen --url https://127.0.0.1:8443 [--key-file F | --key K] [--cacert F | --insecure]
  *           [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]
  *           [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S] [--timeout S]
- *           [--cut-fraction F] [--metrics-key-file F] [--json]
+ *           [--cut-fraction F] [--metrics-key-file F] [--connect-backoff-ms MS] [--json]
  *
  * N clients run at once over libcurl's multi interface (one thread, keep-alive
  * connections reused from curl's pool). Each client sends a streaming request,
@@ -31,6 +31,16 @@
  *
  * The key is read from --key-file (preferred: it keeps the key out of `ps`) or --key,
  * and never printed.
+ *
+ * Errors are counted per request, by what the client saw. A request that was
+ * never sent (no connection, or a TLS handshake that failed) is not lost: every
+ * HTTP client may resend it, and loadgen does, after --connect-backoff-ms
+ * (default 100; each such attempt is counted in connect_retries), until it is
+ * sent, the run is over or --timeout passes; only then is it an error
+ * ("connect"). A request whose connection broke after it was sent is lost
+ * ("transport"); an HTTP error status is counted under that status. Without the
+ * backoff a closed port would be counted thousands of times a second, which
+ * measures the client's loop, not the outage.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -48,6 +58,7 @@ struct opts {
     const char *url, *model, *cacert;
     char key[256];
     int insecure, concurrency, requests, json, timeout_s;
+    int connect_backoff_ms; /* wait before resending a request that was never sent; 0: count it lost at once */
     double duration_s;
     int pw_lo, pw_hi, mt_lo, mt_hi;
     int shared_words; /* words of the system message every request shares; 0: none */
@@ -74,6 +85,7 @@ struct client {
     int done_marker;
     int cut_after; /* hang up after this many content chunks; 0: read to the end */
     int cut;       /* hung up on purpose */
+    double resend_at; /* dsi_now_s() time to resend the unsent request; 0: none due */
 };
 
 struct run {
@@ -84,6 +96,7 @@ struct run {
     char *shared;              /* the shared system message (JSON-safe words); NULL: none */
     long status_count[MAX_STATUS];
     long transport_errors, completed, started, output_tokens, bad_streams;
+    long connect_errors, connect_retries; /* requests never sent (given up); attempts resent */
     long prompt_tokens, cached_tokens, cut_streams;
     uint64_t rng, cut_rng;
     char *metrics; /* the server's /metrics after the run; NULL if not readable */
@@ -240,28 +253,62 @@ static int start_request(struct run *r, struct client *c, struct write_ctx *w, C
     return curl_multi_add_handle(multi, c->h) == CURLM_OK ? 0 : -1;
 }
 
-static void finish_request(struct run *r, struct client *c, CURLcode res) {
+/* Sends c's request again, unchanged (its clock keeps running from the first try). */
+static int resend_request(struct client *c, CURLM *multi) {
+    c->resend_at = 0;
+    c->line_len = 0;
+    c->got_first = c->chunks = c->usage_tokens = c->done_marker = c->cut = 0;
+    return curl_multi_add_handle(multi, c->h) == CURLM_OK ? 0 : -1;
+}
+
+/* True when the failed transfer never sent the request: no connection, or no TLS
+ * session, or not one byte of the request written. */
+static int never_sent(CURL *h, CURLcode res) {
+    if (res == CURLE_COULDNT_CONNECT || res == CURLE_COULDNT_RESOLVE_HOST || res == CURLE_SSL_CONNECT_ERROR)
+        return 1;
+    long sent = 0;
+    return curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent == 0;
+}
+
+enum next_step { NEXT_REQUEST, RESEND, CLIENT_DONE };
+
+/* Books a finished transfer and says what the client does next: its next
+ * request; RESEND the same one (never sent; c->resend_at set); or nothing more
+ * (CLIENT_DONE: never sent, and the run ends before a backoff would). */
+static enum next_step finish_request(struct run *r, struct client *c, CURLcode res) {
     long status = 0;
     curl_easy_getinfo(c->h, CURLINFO_RESPONSE_CODE, &status);
     if (c->cut && res == CURLE_WRITE_ERROR) {
         r->cut_streams++;
-        return;
+        return NEXT_REQUEST;
     }
     if (res != CURLE_OK) {
-        r->transport_errors++;
-        return;
+        if (!never_sent(c->h, res)) {
+            r->transport_errors++;
+            return NEXT_REQUEST;
+        }
+        double now = dsi_now_s(), backoff = r->o.connect_backoff_ms / 1e3;
+        int run_over = r->o.requests ? 0 : now + backoff - r->t0 >= r->o.duration_s;
+        if (!backoff || run_over || now + backoff - c->t_start >= r->o.timeout_s) {
+            r->connect_errors++;
+            return backoff && run_over ? CLIENT_DONE : NEXT_REQUEST;
+        }
+        r->connect_retries++;
+        c->resend_at = now + backoff;
+        return RESEND;
     }
     if (status > 0 && status < MAX_STATUS) r->status_count[status]++;
-    if (status != 200) return;
+    if (status != 200) return NEXT_REQUEST;
     if (!c->done_marker) {
         r->bad_streams++; /* 200 but the stream ended without [DONE] */
-        return;
+        return NEXT_REQUEST;
     }
     r->completed++;
     r->output_tokens += c->usage_tokens ? c->usage_tokens : c->chunks;
     r->prompt_tokens += c->prompt_tokens;
     r->cached_tokens += c->cached_tokens;
     samples_add(&r->e2e, dsi_now_s() - c->t_start);
+    return NEXT_REQUEST;
 }
 
 static void set_tls(const struct opts *o, CURL *h) {
@@ -375,7 +422,7 @@ static void report(struct run *r, double elapsed) {
     for (int k = 0; k < 4; k++) /* qsort's base may not be NULL, even for 0 items */
         if (all[k]->n) qsort(all[k]->v, all[k]->n, sizeof(double), cmp_double);
     double rps = (double)r->completed / elapsed, tps = (double)r->output_tokens / elapsed;
-    long errors = r->transport_errors + r->bad_streams;
+    long errors = r->transport_errors + r->bad_streams + r->connect_errors;
     for (int s = 0; s < MAX_STATUS; s++)
         if (s != 200) errors += r->status_count[s];
     if (r->o.json) {
@@ -397,9 +444,11 @@ static void report(struct run *r, double elapsed) {
                 printf("%s\"%d\":%ld", sep, s, r->status_count[s]);
                 sep = ",";
             }
+        if (r->connect_errors) printf("%s\"connect\":%ld", sep, r->connect_errors), sep = ",";
         if (r->transport_errors) printf("%s\"transport\":%ld", sep, r->transport_errors), sep = ",";
         if (r->bad_streams) printf("%s\"truncated_stream\":%ld", sep, r->bad_streams);
-        printf("},\"cut_streams\":%ld,\"prompt_tokens\":%ld,\"cached_prompt_tokens\":%ld", r->cut_streams,
+        printf("},\"connect_retries\":%ld", r->connect_retries);
+        printf(",\"cut_streams\":%ld,\"prompt_tokens\":%ld,\"cached_prompt_tokens\":%ld", r->cut_streams,
                r->prompt_tokens, r->cached_tokens);
         if (r->o.shared_words) {
             printf(",\"shared_prefix_words\":%d,\"ttft_first_ms\":", r->o.shared_words);
@@ -438,9 +487,11 @@ static void report(struct run *r, double elapsed) {
     printf("  errors %ld", errors);
     for (int s = 0; s < MAX_STATUS; s++)
         if (s != 200 && r->status_count[s]) printf("  [%d]x%ld", s, r->status_count[s]);
+    if (r->connect_errors) printf("  [connect]x%ld", r->connect_errors);
     if (r->transport_errors) printf("  [transport]x%ld", r->transport_errors);
     if (r->bad_streams) printf("  [truncated stream]x%ld", r->bad_streams);
     printf("\n");
+    if (r->connect_retries) printf("  requests resent after a failed connection: %ld times\n", r->connect_retries);
     if (r->o.cut_fraction > 0) printf("  streams cut by the client on purpose: %ld\n", r->cut_streams);
     if (r->metrics) {
         printf("  server /metrics (errors, and what must return to 0):\n");
@@ -474,7 +525,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: loadgen --url https://HOST:PORT [--key-file F | --key K] [--cacert F | --insecure]\n"
                "               [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]\n"
                "               [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S]\n"
-               "               [--timeout S] [--cut-fraction F] [--metrics-key-file F] [--json]\n");
+               "               [--timeout S] [--cut-fraction F] [--metrics-key-file F]\n"
+               "               [--connect-backoff-ms MS] [--json]\n");
 }
 
 static int parse_args(int argc, char **argv, struct opts *o) {
@@ -485,6 +537,7 @@ static int parse_args(int argc, char **argv, struct opts *o) {
     o->pw_lo = 8, o->pw_hi = 64, o->mt_lo = 16, o->mt_hi = 64;
     o->seed = 1;
     o->timeout_s = 120;
+    o->connect_backoff_ms = 100;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--json")) { o->json = 1; continue; }
@@ -503,6 +556,12 @@ static int parse_args(int argc, char **argv, struct opts *o) {
         else if (!strcmp(f, "--requests")) o->requests = atoi(v);
         else if (!strcmp(f, "--seed")) o->seed = strtoull(v, NULL, 10);
         else if (!strcmp(f, "--timeout")) o->timeout_s = atoi(v);
+        else if (!strcmp(f, "--connect-backoff-ms")) {
+            char *end;
+            long ms = strtol(v, &end, 10);
+            if (*end || ms < 0 || ms > 60000) { fprintf(stderr, "loadgen: bad --connect-backoff-ms %s\n", v); return -1; }
+            o->connect_backoff_ms = (int)ms;
+        }
         else if (!strcmp(f, "--prompt-words")) { if (parse_range(v, &o->pw_lo, &o->pw_hi)) { fprintf(stderr, "loadgen: bad range %s\n", v); return -1; } }
         else if (!strcmp(f, "--shared-prefix-words")) {
             char *end;
@@ -557,8 +616,8 @@ int main(int argc, char **argv) {
         if (r->o.requests && r->started >= r->o.requests) break;
         if (start_request(r, &cl[i], &wc[i], multi)) return 1;
     }
-    int running = 1;
-    while (running) {
+    int running = 1, waiting = 0; /* transfers in curl; clients waiting to resend */
+    while (running || waiting) {
         curl_multi_perform(multi, &running);
         CURLMsg *m;
         int left;
@@ -566,15 +625,24 @@ int main(int argc, char **argv) {
             if (m->msg != CURLMSG_DONE) continue;
             struct client *c;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
-            finish_request(r, c, m->data.result);
+            CURLcode res = m->data.result;
             curl_multi_remove_handle(multi, c->h);
+            if (finish_request(r, c, res) != NEXT_REQUEST) continue; /* resent after its backoff, or done */
             int more = r->o.requests ? r->started < r->o.requests : dsi_now_s() - r->t0 < r->o.duration_s;
             if (more && start_request(r, c, &wc[c - cl], multi) == 0) running = 1;
         }
-        if (running) curl_multi_poll(multi, NULL, 0, 100, NULL);
-        else {
-            curl_multi_perform(multi, &running);
+        double now = dsi_now_s(), next = now + 0.1;
+        waiting = 0;
+        for (int i = 0; i < n; i++) {
+            if (!cl[i].resend_at) continue;
+            if (cl[i].resend_at <= now) {
+                if (resend_request(&cl[i], multi) == 0) running = 1;
+            } else {
+                waiting = 1;
+                if (cl[i].resend_at < next) next = cl[i].resend_at;
+            }
         }
+        if (running || waiting) curl_multi_poll(multi, NULL, 0, (int)((next - now) * 1e3) + 1, NULL);
     }
     double elapsed = dsi_now_s() - r->t0;
     r->metrics = fetch_metrics(&r->o, &r->metrics_status);
@@ -586,7 +654,7 @@ int main(int argc, char **argv) {
     }
     curl_multi_cleanup(multi);
     curl_global_cleanup();
-    long failed = r->transport_errors + r->bad_streams;
+    long failed = r->transport_errors + r->bad_streams + r->connect_errors;
     for (int s = 0; s < MAX_STATUS; s++)
         if (s != 200) failed += r->status_count[s];
     free(cl);
