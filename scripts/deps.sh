@@ -7,7 +7,7 @@ pkgs=(build-essential cmake pkg-config clang libclang-rt-14-dev
       libssl-dev libmicrohttpd-dev libgnutls28-dev libcjson-dev libpcre2-dev
       libopenmpi-dev openmpi-bin libcurl4-openssl-dev
       curl openssl gnutls-bin nodejs npm systemd gnuplot-nox python3
-      yamllint shellcheck keepalived)
+      yamllint shellcheck keepalived pacemaker-cli-utils)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -7,8 +7,8 @@
 #     model mount, no GPU request, a wrong probe path fail
 #   yamllint (deploy/ YAML) and shellcheck (deploy/ shell scripts), both from
 #     Debian (scripts/deps.sh); the container config loads in `dsinfer doctor`
-#   keepalived -t on deploy/keepalived; crm_verify on deploy/pacemaker where
-#     pacemaker-cli-utils is installed
+#   keepalived -t on deploy/keepalived; crm_verify on deploy/pacemaker (both
+#     from Debian via scripts/deps.sh: missing is a failure, not a skip)
 # kubectl --dry-run=client needs an API server for discovery, so it is not run.
 # Exit 0 pass, 1 fail, 77 skipped (python3 or PyYAML missing).
 set -u
@@ -71,14 +71,14 @@ if command -v keepalived >/dev/null; then
   sed 's/advert_int 0.5/advert_int x/' "$dir/ka.conf" >"$dir/ka2.conf"
   expect "keepalived -t catches a bad value" 5 "" keepalived -t -f "$dir/ka2.conf"
 else
-  echo "skip keepalived -t: keepalived not installed"
+  echo "FAIL keepalived not installed (scripts/deps.sh installs it)"; fails=$((fails + 1))
 fi
 if command -v crm_verify >/dev/null; then
   expect "crm_verify: the Pacemaker CIB is clean" 0 "" crm_verify -V --xml-file deploy/pacemaker/dsinfer-cib.xml
   sed 's/with-rsc="dsinfer"/with-rsc="nosuch"/' deploy/pacemaker/dsinfer-cib.xml >"$dir/cib.xml"
   expect "crm_verify catches a dangling colocation" 78 "unknown ID" crm_verify --xml-file "$dir/cib.xml"
 else
-  echo "skip crm_verify: pacemaker-cli-utils not installed (it pulls in corosync; not in scripts/deps.sh)"
+  echo "FAIL crm_verify not installed (scripts/deps.sh installs pacemaker-cli-utils)"; fails=$((fails + 1))
 fi
 if [[ -x $BIN ]]; then
   expect "container config loads" 0 "^OK   config: deploy/docker/dsinfer.json is valid" \
