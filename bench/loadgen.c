@@ -5,7 +5,8 @@
  *   loadgen --url https://127.0.0.1:8443 [--key-file F | --key K] [--cacert F | --insecure]
  *           [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]
  *           [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S] [--timeout S]
- *           [--cut-fraction F] [--metrics-key-file F] [--connect-backoff-ms MS] [--json]
+ *           [--cut-fraction F] [--metrics-key-file F] [--connect-backoff-ms MS] [--log-errors]
+ *           [--json]
  *
  * N clients run at once over libcurl's multi interface (one thread, keep-alive
  * connections reused from curl's pool). Each client sends a streaming request,
@@ -40,7 +41,8 @@
  * ("connect"). A request whose connection broke after it was sent is lost
  * ("transport"); an HTTP error status is counted under that status. Without the
  * backoff a closed port would be counted thousands of times a second, which
- * measures the client's loop, not the outage.
+ * measures the client's loop, not the outage. --log-errors prints one line per
+ * failed transfer (when, which request, curl's error, bytes of the request sent).
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -59,6 +61,7 @@ struct opts {
     char key[256];
     int insecure, concurrency, requests, json, timeout_s;
     int connect_backoff_ms; /* wait before resending a request that was never sent; 0: count it lost at once */
+    int log_errors;         /* one stderr line per failed transfer */
     double duration_s;
     int pw_lo, pw_hi, mt_lo, mt_hi;
     int shared_words; /* words of the system message every request shares; 0: none */
@@ -283,6 +286,14 @@ static enum next_step finish_request(struct run *r, struct client *c, CURLcode r
         return NEXT_REQUEST;
     }
     if (res != CURLE_OK) {
+        if (r->o.log_errors) {
+            long sent = 0;
+            double tconn = 0;
+            curl_easy_getinfo(c->h, CURLINFO_REQUEST_SIZE, &sent);
+            curl_easy_getinfo(c->h, CURLINFO_CONNECT_TIME, &tconn);
+            fprintf(stderr, "loadgen: %.3f s: request %ld (started %.3f s): %s, %ld request bytes sent, connected after %.3f s\n",
+                    dsi_now_s() - r->t0, c->index, c->t_start - r->t0, curl_easy_strerror(res), sent, tconn);
+        }
         if (!never_sent(c->h, res)) {
             r->transport_errors++;
             return NEXT_REQUEST;
@@ -526,7 +537,7 @@ static void usage(FILE *f) {
                "               [--concurrency N] [--duration S | --requests N] [--prompt-words A:B]\n"
                "               [--max-tokens A:B] [--shared-prefix-words N] [--model NAME] [--seed S]\n"
                "               [--timeout S] [--cut-fraction F] [--metrics-key-file F]\n"
-               "               [--connect-backoff-ms MS] [--json]\n");
+               "               [--connect-backoff-ms MS] [--log-errors] [--json]\n");
 }
 
 static int parse_args(int argc, char **argv, struct opts *o) {
@@ -542,6 +553,7 @@ static int parse_args(int argc, char **argv, struct opts *o) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(f, "--json")) { o->json = 1; continue; }
         if (!strcmp(f, "--insecure")) { o->insecure = 1; continue; }
+        if (!strcmp(f, "--log-errors")) { o->log_errors = 1; continue; }
         if (!strcmp(f, "--help")) { usage(stdout); return 1; }
         if (!v) { fprintf(stderr, "loadgen: %s needs a value\n", f); return -1; }
         i++;
