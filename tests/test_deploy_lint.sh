@@ -49,6 +49,10 @@ mutate probe 's|path: /health/ready|path: /health/live|'
 expect "readiness on /health/live fails" 1 "readinessProbe must GET /health/ready" $L/k8s_check.py "$dir/probe"
 mutate root 's/runAsNonRoot: true/runAsNonRoot: false/'
 expect "a root pod fails" 1 "runAsNonRoot" $L/k8s_check.py "$dir/root"
+mutate grace 's/^//'
+sed -i 's/"drain_timeout_s": 30/"drain_timeout_s": 30, "drain_grace_ms": 30000/' "$dir/grace/configmap.yaml"
+expect "a grace period shorter than grace + drain fails" 1 "terminationGracePeriodSeconds 60 must exceed" \
+  $L/k8s_check.py "$dir/grace"
 
 if command -v yamllint >/dev/null; then
   expect "yamllint deploy/" 0 "" yamllint -s -c $L/yamllint.yaml deploy/

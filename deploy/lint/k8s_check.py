@@ -65,8 +65,12 @@ def check(docs):
                 except ValueError as e:
                     bad.append(f"ConfigMap {cm['metadata']['name']}: {k} is not JSON: {e}")
                     continue
-                if grace <= cfg.get("drain_timeout_s", 30) + 5:
-                    bad.append(f"pod: terminationGracePeriodSeconds {grace} must exceed drain_timeout_s + preStop")
+                # SIGTERM comes after preStop (5 s); dsinfer then serves drain_grace_ms
+                # more before its drain of up to drain_timeout_s
+                need = cfg.get("drain_timeout_s", 30) + cfg.get("drain_grace_ms", 0) / 1000 + 5
+                if grace <= need:
+                    bad.append(f"pod: terminationGracePeriodSeconds {grace} must exceed preStop + "
+                               f"drain_grace_ms + drain_timeout_s ({need:g} s)")
     vols = {v["name"]: v for v in pod.get("volumes", [])}
     for c in pod.get("initContainers", []) + pod.get("containers", []):
         sc = c.get("securityContext", {})
