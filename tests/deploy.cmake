@@ -7,3 +7,9 @@ function(dsi__deploy_sh_test name)
 endfunction()
 dsi__deploy_sh_test(test_deploy_ci)
 dsi__deploy_sh_test(test_deploy_lint)
+# The CPU image (deploy/docker/Dockerfile.cpu) built and run for real: non-root,
+# read-only root, model mounted read-only, /health/ready, docker stop drains.
+# Skips with the reason where no docker daemon or no base image is reachable.
+# Minutes long (it compiles dsinfer in the build stage): labelled slow.
+add_test(NAME docker_smoke COMMAND bash ${CMAKE_SOURCE_DIR}/deploy/docker/smoke.sh WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(docker_smoke PROPERTIES TIMEOUT 1800 SKIP_RETURN_CODE 77 LABELS "deploy;docker;slow")

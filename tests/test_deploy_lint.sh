@@ -25,6 +25,7 @@ expect() { # expect DESCRIPTION WANT_RC PATTERN COMMAND...: rc and (if PATTERN) 
 }
 L=deploy/lint
 expect "Dockerfile passes" 0 "" $L/dockerfile_lint.py Dockerfile
+expect "deploy/docker/Dockerfile.cpu passes" 0 "" $L/dockerfile_lint.py deploy/docker/Dockerfile.cpu
 bad() { printf '%s\n' "$@" >"$dir/Dockerfile.bad"; }
 bad "FROM debian:12 AS b" "RUN true" "FROM debian:12" "CMD dsinfer serve"
 expect "no USER and shell-form CMD fail" 1 "DL3002.*DL3025|DL3025.*DL3002" bash -o pipefail -c "$L/dockerfile_lint.py $dir/Dockerfile.bad | tr '\n' ' '"
@@ -87,5 +88,7 @@ fi
 if [[ -x $BIN ]]; then
   expect "container config loads" 0 "^OK   config: deploy/docker/dsinfer.json is valid" \
       bash -c "'$BIN' doctor --config deploy/docker/dsinfer.json --model models/demo --state-dir '$dir' || true"
+  expect "CPU container config loads" 0 "^OK   config: deploy/docker/dsinfer-cpu.json is valid" \
+      bash -c "'$BIN' doctor --config deploy/docker/dsinfer-cpu.json --model models/demo --state-dir '$dir' || true"
 fi
 [[ $fails -eq 0 ]] && echo "all passed" || { echo "$fails failed"; exit 1; }
