@@ -64,6 +64,8 @@ static int parse_entry(struct dsi_tensor *t, const cJSON *e, const char *fname, 
                        uint64_t *begin, uint64_t *end, char **err);
 static int finish(struct dsi_safetensors *st, struct tvec *tv, char **err);
 static int map_file(struct st_file *f, const char *path, const struct dsi__st_source *src, char **err);
+static int open_single_src(struct dsi_safetensors *st, const char *path, const struct dsi__st_source *src,
+                           char **err);
 static int cmp_name(const void *a, const void *b);
 static int cmp_span(const void *a, const void *b);
 
@@ -357,16 +359,7 @@ int dsi_st_open_mem(struct dsi_safetensors *st, const void *buf, size_t len, con
 
 int dsi_st_open_file(struct dsi_safetensors *st, const char *path, char **err) {
     if (!st || !path) return DSI_EINVAL;
-    int rc = st_begin(st, 1);
-    if (rc) return dsi_seterr(err, rc, "out of memory");
-    struct st_priv *pv = st->priv;
-    struct tvec tv = {0};
-    rc = map_file(&pv->files[0], path, NULL, err);
-    if (!rc) rc = parse_image(&tv, pv->files[0].base, pv->files[0].len, path, 0, err);
-    if (!rc) rc = finish(st, &tv, err);
-    tvec_free(&tv);
-    if (rc) dsi_st_close(st);
-    return rc;
+    return open_single_src(st, path, NULL, err);
 }
 
 static int open_single_src(struct dsi_safetensors *st, const char *path, const struct dsi__st_source *src,
