@@ -4,6 +4,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <stdint.h>
+
+#include "dsinfer/alloc.h"
 #include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
@@ -164,6 +167,30 @@ TEST(write_file_atomic_into_missing_folder_fails_cleanly) {
     free(err);
 }
 
+TEST(grow_doubles_only_when_full_and_refuses_overflow) {
+    size_t cap = 0;
+    int *a = dsi_grow(NULL, 0, &cap, sizeof *a, 4);
+    CHECK(a != NULL);
+    CHECK_EQ_INT((int)cap, 4);
+    for (int i = 0; i < 4; i++)
+        a[i] = i;
+    CHECK(dsi_grow(a, 3, &cap, sizeof *a, 4) == a); /* room left: untouched */
+    CHECK_EQ_INT((int)cap, 4);
+    int *b = dsi_grow(a, 4, &cap, sizeof *b, 4);
+    CHECK(b != NULL);
+    CHECK_EQ_INT((int)cap, 8);
+    for (int i = 0; i < 4; i++)
+        CHECK_EQ_INT(b[i], i); /* contents kept */
+    /* a count whose byte size wraps around fails and leaves the array as it was */
+    size_t huge = SIZE_MAX / 2 + 1;
+    CHECK(dsi_grow(b, huge, &huge, sizeof *b, 4) == NULL);
+    CHECK(huge == SIZE_MAX / 2 + 1);
+    size_t big = SIZE_MAX / 4; /* doubles to about SIZE_MAX / 2 elements: too many bytes */
+    CHECK(dsi_grow(b, big, &big, sizeof *b, 4) == NULL);
+    CHECK(big == SIZE_MAX / 4);
+    free(b);
+}
+
 int main(void) {
     RUN(err_names_and_messages_come_from_one_table);
     RUN(seterr_keeps_first_message);
@@ -174,5 +201,6 @@ int main(void) {
     RUN(clock_now_ms_and_s_agree_and_never_go_back);
     RUN(write_file_atomic_replaces_with_mode_and_leaves_no_temp);
     RUN(write_file_atomic_into_missing_folder_fails_cleanly);
+    RUN(grow_doubles_only_when_full_and_refuses_overflow);
     return test_summary();
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "auth_internal.h"
+#include "dsinfer/alloc.h"
 #include "dsinfer/clock.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
@@ -272,13 +273,9 @@ static enum dsi_auth_status deny(struct dsi_auth *a, enum dsi_auth_status s) {
 static struct principal_stat *stat_find(struct dsi_auth *a, const char *name) {
     for (size_t i = 0; i < a->n_stats; i++)
         if (!strcmp(a->stats[i].name, name)) return &a->stats[i];
-    if (a->n_stats == a->cap_stats) {
-        size_t cap = a->cap_stats ? a->cap_stats * 2 : 16;
-        struct principal_stat *s = realloc(a->stats, cap * sizeof *s);
-        if (!s) return NULL;
-        a->stats = s;
-        a->cap_stats = cap;
-    }
+    struct principal_stat *grown = dsi_grow(a->stats, a->n_stats, &a->cap_stats, sizeof *grown, 16);
+    if (!grown) return NULL;
+    a->stats = grown;
     struct principal_stat *s = &a->stats[a->n_stats++];
     memset(s, 0, sizeof *s);
     snprintf(s->name, sizeof s->name, "%s", name);

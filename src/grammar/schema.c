@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dsinfer/alloc.h"
 #include "dsinfer/err.h"
 #include "grammar_internal.h"
 
@@ -95,13 +96,9 @@ static int new_node(struct cctx *c, enum dsi__gnode_kind kind, int32_t *out) {
 }
 
 static int memoise(struct cctx *c, const cJSON *s, int32_t node) {
-    if (c->n_memo == c->cap_memo) {
-        size_t nc = c->cap_memo ? c->cap_memo * 2 : 32;
-        struct memo *m = realloc(c->memo, nc * sizeof *m);
-        if (!m) return DSI_ENOMEM;
-        c->memo = m;
-        c->cap_memo = nc;
-    }
+    struct memo *m = dsi_grow(c->memo, c->n_memo, &c->cap_memo, sizeof *m, 32);
+    if (!m) return DSI_ENOMEM;
+    c->memo = m;
     c->memo[c->n_memo++] = (struct memo){s, node};
     return 0;
 }

@@ -17,6 +17,7 @@
 #include "dsinfer/utf8.h"
 #include "model_internal.h"
 
+#include "dsinfer/alloc.h"
 #include "dsinfer/err.h"
 #include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
@@ -90,13 +91,9 @@ static bool get_u64(const cJSON *it, uint64_t *out) {
 }
 
 static int tvec_push(struct tvec *tv, struct dsi_tensor **out) {
-    if (tv->n == tv->cap) {
-        size_t cap = tv->cap ? tv->cap * 2 : 64;
-        struct dsi_tensor *v = realloc(tv->v, cap * sizeof *v);
-        if (!v) return DSI_ENOMEM;
-        tv->v = v;
-        tv->cap = cap;
-    }
+    struct dsi_tensor *v = dsi_grow(tv->v, tv->n, &tv->cap, sizeof *v, 64);
+    if (!v) return DSI_ENOMEM;
+    tv->v = v;
     *out = &tv->v[tv->n++];
     memset(*out, 0, sizeof **out);
     return 0;

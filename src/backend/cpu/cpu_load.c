@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "dsinfer/alloc.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 
@@ -45,16 +46,12 @@ static int record_qerr(struct dsi__cpu *c, const char *name, const float *src, c
 
 int dsi__cpu_own(struct dsi__cpu *c, void *p) {
     if (!p) return DSI_ENOMEM;
-    if (c->n_allocs == c->cap_allocs) {
-        size_t cap = c->cap_allocs ? c->cap_allocs * 2 : 64;
-        void **n = realloc(c->allocs, cap * sizeof *n);
-        if (!n) {
-            free(p);
-            return DSI_ENOMEM;
-        }
-        c->allocs = n;
-        c->cap_allocs = cap;
+    void **n = dsi_grow(c->allocs, c->n_allocs, &c->cap_allocs, sizeof *n, 64);
+    if (!n) {
+        free(p);
+        return DSI_ENOMEM;
     }
+    c->allocs = n;
     c->allocs[c->n_allocs++] = p;
     return 0;
 }
@@ -285,13 +282,9 @@ static int load_vec(struct dsi__cpu *c, const struct dsi_model *m, const char *n
 }
 
 static int record_qerr(struct dsi__cpu *c, const char *name, const float *src, const struct dsi_qweight *w) {
-    if (c->n_qerr == c->cap_qerr) {
-        size_t cap = c->cap_qerr ? c->cap_qerr * 2 : 32;
-        struct dsi__cpu_qerr *n = realloc(c->qerr, cap * sizeof *n);
-        if (!n) return DSI_ENOMEM;
-        c->qerr = n;
-        c->cap_qerr = cap;
-    }
+    struct dsi__cpu_qerr *q = dsi_grow(c->qerr, c->n_qerr, &c->cap_qerr, sizeof *q, 32);
+    if (!q) return DSI_ENOMEM;
+    c->qerr = q;
     float *row = malloc((size_t)w->cols * sizeof *row);
     if (!row) return DSI_ENOMEM;
     double num = 0, den = 0, mx = 0;

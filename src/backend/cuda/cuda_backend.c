@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "cuda_internal.h"
+#include "dsinfer/alloc.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
 #include "dsinfer/rope.h"
@@ -38,13 +39,9 @@ static const struct dsi_backend_ops cuda_ops = {
 int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *what, char **err) {
     *p = NULL;
     if (bytes == 0) bytes = 1;
-    if (c->n_allocs == c->cap_allocs) {
-        size_t cap = c->cap_allocs ? c->cap_allocs * 2 : 64;
-        void **a = realloc(c->allocs, cap * sizeof *a);
-        if (!a) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
-        c->allocs = a;
-        c->cap_allocs = cap;
-    }
+    void **a = dsi_grow(c->allocs, c->n_allocs, &c->cap_allocs, sizeof *a, 64);
+    if (!a) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
+    c->allocs = a;
     cudaError_t e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
         size_t free_b = 0, total_b = 0;
