@@ -598,6 +598,14 @@ TEST(json_string_escaping) {
     CHECK_EQ_INT(dsi__sbuf_json_str(&b, "a\"\\\x01\x7f\xc3\xa9", 7), 0);
     CHECK_EQ_STR(b.p, "\"a\\\"\\\\\\u0001\\u007f\xc3\xa9\"");
     dsi__sbuf_free(&b);
+    /* half a character: U+FFFD in a buffer, the caller's choice in place */
+    struct dsi__sbuf h = {0};
+    CHECK_EQ_INT(dsi__sbuf_json_str(&h, "x\xc3", 2), 0);
+    CHECK_EQ_STR(h.p, "\"x\xef\xbf\xbd\"");
+    dsi__sbuf_free(&h);
+    char out[32] = {0};
+    CHECK_EQ_INT((int)dsi__json_escape_into(out, "\xc3\n\"", 3, "?"), 5);
+    CHECK_EQ_STR(out, "?\\n\\\"");
 }
 
 TEST(metrics_render_counts) {

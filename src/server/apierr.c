@@ -52,49 +52,17 @@ char *dsi__api_error_json(const struct dsi__api_error *e) {
     return b.p;
 }
 
-/* Writes s[0..n) as JSON string content at o (room checked by the caller: 6
- * bytes per input byte), escaped as dsi__sbuf_json_str does, except that a broken
- * UTF-8 byte becomes '?'. Returns the bytes written. */
-static size_t json_escape_into(char *o, const char *s, size_t n) {
-    static const char hex[] = "0123456789abcdef";
-    char *start = o;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-        } else if (c == '\n' || c == '\r' || c == '\t') {
-            *o++ = '\\';
-            *o++ = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
-        } else if (c < 0x20 || c == 0x7f) {
-            *o++ = '\\', *o++ = 'u', *o++ = '0', *o++ = '0', *o++ = hex[c >> 4], *o++ = hex[c & 15];
-        } else if (c < 0x80) {
-            *o++ = (char)c;
-        } else {
-            size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-            if (len && len <= n - i && dsi_utf8_valid(s + i, len)) {
-                memcpy(o, s + i, len);
-                o += len;
-                i += len - 1;
-            } else {
-                *o++ = '?';
-            }
-        }
-    }
-    return (size_t)(o - start);
-}
-
 size_t dsi__api_error_sse(const struct dsi__api_error *e, char *buf, size_t cap) {
     /* message, param and code are each escaped at most 6x: 255 + 63 + 63 bytes */
     char tmp[6 * (sizeof e->message + sizeof e->param + 64) + 256];
     size_t n = 0;
     n += (size_t)snprintf(tmp + n, sizeof tmp - n, "data: {\"error\":{\"message\":\"");
-    n += json_escape_into(tmp + n, e->message, strnlen(e->message, sizeof e->message));
+    n += dsi__json_escape_into(tmp + n, e->message, strnlen(e->message, sizeof e->message), "?");
     n += (size_t)snprintf(tmp + n, sizeof tmp - n, "\",\"type\":\"%s\",\"param\":",
                           e->type ? e->type : type_for_status(e->status));
     if (e->param[0]) {
         tmp[n++] = '"';
-        n += json_escape_into(tmp + n, e->param, strnlen(e->param, sizeof e->param));
+        n += dsi__json_escape_into(tmp + n, e->param, strnlen(e->param, sizeof e->param), "?");
         tmp[n++] = '"';
     } else {
         n += (size_t)snprintf(tmp + n, sizeof tmp - n, "null");
@@ -102,7 +70,7 @@ size_t dsi__api_error_sse(const struct dsi__api_error *e, char *buf, size_t cap)
     n += (size_t)snprintf(tmp + n, sizeof tmp - n, ",\"code\":");
     if (e->code) {
         tmp[n++] = '"';
-        n += json_escape_into(tmp + n, e->code, strnlen(e->code, 63));
+        n += dsi__json_escape_into(tmp + n, e->code, strnlen(e->code, 63), "?");
         tmp[n++] = '"';
     } else {
         n += (size_t)snprintf(tmp + n, sizeof tmp - n, "null");

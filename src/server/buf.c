@@ -55,14 +55,10 @@ int dsi__sbuf_printf(struct dsi__sbuf *b, const char *fmt, ...) {
     return 0;
 }
 
-int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n) {
+size_t dsi__json_escape_into(char *o, const char *s, size_t n, const char *bad) {
     static const char hex[] = "0123456789abcdef";
-    /* Worst case every byte becomes \u00XX (6 bytes). */
-    if (n > (SIZE_MAX - 2) / 6) return DSI_EOVERFLOW;
-    int rc = reserve(b, n * 6 + 2);
-    if (rc) return rc;
-    char *o = b->p + b->len;
-    *o++ = '"';
+    size_t bad_len = strlen(bad);
+    char *start = o;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         switch (c) {
@@ -79,19 +75,30 @@ int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n) {
                 *o++ = (char)c;
             } else {
                 /* Valid UTF-8 is copied; a broken sequence (a token holding half a
-                 * character) becomes U+FFFD so that the JSON stays valid. */
+                 * character) becomes `bad` so that the JSON stays valid. */
                 size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
                 if (len && len <= n - i && dsi_utf8_valid(s + i, len)) {
                     memcpy(o, s + i, len);
                     o += len;
                     i += len - 1;
                 } else {
-                    memcpy(o, "\xef\xbf\xbd", 3);
-                    o += 3;
+                    memcpy(o, bad, bad_len);
+                    o += bad_len;
                 }
             }
         }
     }
+    return (size_t)(o - start);
+}
+
+int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n) {
+    /* Worst case every byte becomes \u00XX (6 bytes). */
+    if (n > (SIZE_MAX - 2) / 6) return DSI_EOVERFLOW;
+    int rc = reserve(b, n * 6 + 2);
+    if (rc) return rc;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    o += dsi__json_escape_into(o, s, n, "\xef\xbf\xbd");
     *o++ = '"';
     b->len = (size_t)(o - b->p);
     b->p[b->len] = 0;

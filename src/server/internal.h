@@ -158,8 +158,14 @@ struct dsi__sbuf {
 };
 int dsi__sbuf_append(struct dsi__sbuf *b, const void *s, size_t n);
 int dsi__sbuf_printf(struct dsi__sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends s as a JSON string literal with quotes (escapes per RFC 8259). */
+/* Appends s as a JSON string literal with quotes (escapes per RFC 8259); a
+ * broken UTF-8 sequence becomes U+FFFD. */
 int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n);
+/* Writes s[0..n) as JSON string content (no quotes) at o, escaped as
+ * dsi__sbuf_json_str does except that a byte that starts no valid UTF-8
+ * sequence becomes `bad` (at most 6 bytes). The caller provides room for 6
+ * bytes per input byte. Returns the bytes written; no NUL is added. */
+size_t dsi__json_escape_into(char *o, const char *s, size_t n, const char *bad);
 void dsi__sbuf_free(struct dsi__sbuf *b);
 
 /* ---- metrics (metrics.c) --------------------------------------------------- */
