@@ -144,20 +144,21 @@ void dsi_audit_write(struct dsi_audit *a, const struct dsi_audit_record *r) {
     if (!line) return;
     char ts[32];
     dsi__rfc3339_format(dsi__realtime_ms(), true, ts);
-    size_t w = (size_t)sprintf(line, "{\"time\":\"%s\",\"request_id\":", ts);
-    w += put_str(line + w, r->request_id);
-    w += (size_t)sprintf(line + w, ",\"key_id\":");
-    w += put_str(line + w, r->key_id);
-    w += (size_t)sprintf(line + w, ",\"principal\":");
-    w += put_str(line + w, r->principal);
-    w += (size_t)sprintf(line + w, ",\"role\":");
-    w += put_str(line + w, r->role);
-    w += (size_t)sprintf(line + w, ",\"remote_addr\":");
-    w += put_str(line + w, r->remote_addr);
-    w += (size_t)sprintf(line + w, ",\"route\":");
-    w += put_str(line + w, r->route);
-    w += (size_t)sprintf(line + w, ",\"model\":");
-    w += put_str(line + w, r->model);
+    /* the string fields before the numbers, in the order readers of the log expect */
+    const struct {
+        const char *name, *value;
+    } fields[] = {{"request_id", r->request_id},
+                  {"key_id", r->key_id},
+                  {"principal", r->principal},
+                  {"role", r->role},
+                  {"remote_addr", r->remote_addr},
+                  {"route", r->route},
+                  {"model", r->model}};
+    size_t w = (size_t)sprintf(line, "{\"time\":\"%s\"", ts);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        w += (size_t)sprintf(line + w, ",\"%s\":", fields[i].name);
+        w += put_str(line + w, fields[i].value);
+    }
     double lat = isfinite(r->latency_ms) && r->latency_ms >= 0 ? r->latency_ms : 0;
     if (lat > 1e12) lat = 1e12;
     w += (size_t)sprintf(line + w,
