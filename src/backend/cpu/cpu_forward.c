@@ -102,17 +102,28 @@ static int check_batch(const struct dsi__cpu *c, const struct dsi_batch *b, int 
     return 0;
 }
 
-/* Y(n, ldy) = X(n, cols) W^T (+ bias), rows split across threads in chunks. */
-static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
-                       const float *bias, float *y, int ldy) {
+/* Y(n, ldy) = X(n, cols) W^T (+ bias), rows of W split across threads in
+ * chunks. X is x (f32), or, when xq is not NULL, the int8 tokens xq with their
+ * scales xs (int8_mode w8a8, cpu_w8a8.c). Each chunk's rows are computed by one
+ * thread alone, so the result does not depend on the thread count. */
+static void par_matmul_rows(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x,
+                            const int8_t *xq, const float *xs, int n, const float *bias, float *y, int ldy) {
     int n_chunks = (w->rows + ROW_CHUNK - 1) / ROW_CHUNK;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(c->n_threads) schedule(static)
 #endif
     for (int ch = 0; ch < n_chunks; ch++) {
         int r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < w->rows ? r0 + ROW_CHUNK : w->rows;
-        dsi_matmul(w, x, n, bias, y, ldy, r0, r1);
+        if (xq)
+            dsi_matmul_w8a8(w, xq, xs, n, bias, y, ldy, r0, r1);
+        else
+            dsi_matmul(w, x, n, bias, y, ldy, r0, r1);
     }
+}
+
+static void par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
+                       const float *bias, float *y, int ldy) {
+    par_matmul_rows(c, w, x, NULL, NULL, n, bias, y, ldy);
 }
 
 void dsi__cpu_par_matmul(const struct dsi__cpu *c, const struct dsi_qweight *w, const float *x, int n,
@@ -135,14 +146,7 @@ static void lin(const struct dsi__cpu *c, const struct dsi_qweight *w, const flo
 #endif
     for (int t = 0; t < n; t++)
         dsi_quantize_act_int8(x + (size_t)t * k, k, c->xq + (size_t)t * k, &c->xs[t]);
-    int n_chunks = (w->rows + ROW_CHUNK - 1) / ROW_CHUNK;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-#endif
-    for (int ch = 0; ch < n_chunks; ch++) {
-        int r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < w->rows ? r0 + ROW_CHUNK : w->rows;
-        dsi_matmul_w8a8(w, c->xq, c->xs, n, bias, y, ldy, r0, r1);
-    }
+    par_matmul_rows(c, w, NULL, c->xq, c->xs, n, bias, y, ldy);
 }
 
 /* Lays out the batch's tokens as rows: (sequence, position) of each, and x = embed[tokens]. */
