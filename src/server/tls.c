@@ -18,36 +18,11 @@
 #include <unistd.h>
 
 #include "dsinfer/err.h"
+#include "dsinfer/fileio.h"
 #include "dsinfer/log.h"
 #include "internal.h"
 
 #define MAX_PEM_BYTES (1u << 20)
-
-/* Writes data to path atomically (temp file + rename) with the given mode. */
-static int write_file(const char *path, const void *data, size_t n, mode_t mode, char **err) {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return dsi_seterr(err, DSI_ERANGE, "path too long: %s", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return dsi_seterr(err, DSI_EIO, "cannot create %s: %s", tmp, strerror(errno));
-    const char *p = data;
-    size_t off = 0;
-    while (off < n) {
-        ssize_t w = write(fd, p + off, n - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            close(fd);
-            unlink(tmp);
-            return dsi_seterr(err, DSI_EIO, "cannot write %s: %s", tmp, strerror(errno));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) || close(fd) || rename(tmp, path)) {
-        unlink(tmp);
-        return dsi_seterr(err, DSI_EIO, "cannot write %s: %s", path, strerror(errno));
-    }
-    return 0;
-}
 
 static int fingerprint_of(const char *cert_pem, char fp[97], char **err) {
     gnutls_x509_crt_t crt;
@@ -140,8 +115,9 @@ int dsi__tls_material(const char *cert_file, const char *key_file, const char *s
                 return dsi_seterr(err, DSI_EIO, "cannot create state_dir %s: %s", state_dir, strerror(errno));
             if ((rc = make_self_signed(cert_pem, key_pem, err))) return rc;
             size_t kl = strlen(*key_pem);
-            if ((rc = write_file(kpath, *key_pem, kl, 0600, err)) ||
-                (rc = write_file(cpath, *cert_pem, strlen(*cert_pem), 0644, err)))
+            /* atomic and durable (fileio.h): a crash never leaves half a key or certificate */
+            if ((rc = dsi_write_file_atomic(kpath, *key_pem, kl, 0600, err)) ||
+                (rc = dsi_write_file_atomic(cpath, *cert_pem, strlen(*cert_pem), 0644, err)))
                 goto fail;
             if ((rc = fingerprint_of(*cert_pem, fp, err))) goto fail;
             dsi_log(DSI_LOG_WARN, "tls", "created self-signed certificate %s (CN=localhost); SHA-256 fingerprint %s",
