@@ -25,6 +25,14 @@ static int parse_ids(const cJSON *a, const char *param, const struct dsi__req_li
 static int parse_sampling(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
 static int parse_stop(const cJSON *s, struct dsi__req *r, struct dsi__api_error *e);
 static int check_sampling(const struct dsi_sampling *s, struct dsi__api_error *e);
+static int parse_root(const char *body, size_t len, const struct dsi__req_limits *lim, cJSON **root,
+                      struct dsi__api_error *e);
+static int parse_tokenize(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
+                          struct dsi__api_error *e);
+static int parse_input(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
+                       struct dsi__api_error *e);
+static int parse_delivery(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
+static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
 
 size_t dsi__srv_utf8_complete_prefix(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
@@ -92,8 +100,122 @@ static int get_str(const cJSON *root, const char *name, char **out, struct dsi__
     return *out ? 0 : oom(e);
 }
 
-int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, const struct dsi__req_limits *lim,
-                   struct dsi__req *r, struct dsi__api_error *e) {
+/* The body as a JSON object in *root (the caller deletes it): size, UTF-8,
+ * JSON syntax, nothing after the value, an object. 0 or the status set in e. */
+static int parse_root(const char *body, size_t len, const struct dsi__req_limits *lim, cJSON **root,
+                      struct dsi__api_error *e) {
+    *root = NULL;
+    if (len > lim->max_body_bytes)
+        return dsi__api_error_set(e, 413, NULL, "request_too_large", "request body is %zu bytes; the limit is %zu",
+                                  len, lim->max_body_bytes);
+    if (len == 0) return dsi__api_error_set(e, 400, NULL, "invalid_json", "request body is empty; send a JSON object");
+    if (!dsi_utf8_valid(body, len))
+        return dsi__api_error_set(e, 400, NULL, "invalid_utf8", "request body is not valid UTF-8");
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!j) {
+        size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
+        return dsi__api_error_set(e, 400, NULL, "invalid_json",
+                                  "request body is not valid JSON (near byte %zu)", off);
+    }
+    int rc = 0;
+    /* cJSON stops at the end of the first value: what follows must be blanks */
+    for (const char *p = end; p && p < body + len && !rc; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            rc = dsi__api_error_set(e, 400, "body", "invalid_json",
+                                    "unexpected bytes after the JSON body (at byte %zu)", (size_t)(p - body));
+    if (!rc && !cJSON_IsObject(j))
+        rc = dsi__api_error_set(e, 400, NULL, "invalid_json", "request body must be a JSON object");
+    if (rc)
+        cJSON_Delete(j);
+    else
+        *root = j;
+    return rc;
+}
+
+/* /tokenize: messages (rendered as chat), or a prompt (or text) string. */
+static int parse_tokenize(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
+                          struct dsi__api_error *e) {
+    int rc;
+    if ((rc = get_bool(root, "add_special_tokens", &r->add_special, e))) return rc;
+    if ((rc = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) return rc;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (m) {
+        rc = parse_messages(m, lim, r, e);
+        return rc ? rc : dsi__srv_tools_prompt(r, e);
+    }
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!p) p = cJSON_GetObjectItemCaseSensitive(root, "text");
+    if (!p || !cJSON_IsString(p))
+        return dsi__api_error_set(e, 400, "prompt", p ? "invalid_type" : "missing_field",
+                                  "'prompt' (a string) or 'messages' is required");
+    r->prompt = dup_str(p->valuestring);
+    return r->prompt ? 0 : oom(e);
+}
+
+/* What a generation reads: the chat messages, or the completion's prompt. */
+static int parse_input(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
+                       struct dsi__api_error *e) {
+    int rc;
+    if (r->kind == DSI__REQ_CHAT) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
+        if (!m) return dsi__api_error_set(e, 400, "messages", "missing_field", "'messages' is required");
+        return parse_messages(m, lim, r, e);
+    }
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!p) return dsi__api_error_set(e, 400, "prompt", "missing_field", "'prompt' is required");
+    if ((rc = parse_prompt(p, lim, r, e))) return rc;
+    if ((rc = get_bool(root, "echo", &r->echo, e))) return rc;
+    if (r->echo) return dsi__api_error_set(e, 400, "echo", "unsupported_value", "'echo' is not supported");
+    return 0;
+}
+
+/* A generation's delivery options: stream, stream_options, cache_salt, ignore_eos. */
+static int parse_delivery(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e) {
+    int rc;
+    if ((rc = get_bool(root, "stream", &r->stream, e))) return rc;
+    if ((rc = get_str(root, "cache_salt", &r->cache_salt, e))) return rc;
+    if (r->cache_salt && (!r->cache_salt[0] || strlen(r->cache_salt) > DSI__MAX_CACHE_SALT_BYTES))
+        return dsi__api_error_set(e, 400, "cache_salt", "invalid_value", "'cache_salt' must be 1 to %d bytes",
+                                  DSI__MAX_CACHE_SALT_BYTES);
+    /* vLLM's extension: generate max_tokens tokens even past end-of-sequence (benchmarks) */
+    if ((rc = get_bool(root, "ignore_eos", &r->ignore_eos, e))) return rc;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so))
+            return dsi__api_error_set(e, 400, "stream_options", "invalid_type",
+                                      "'stream_options' must be an object");
+        if ((rc = get_bool(so, "include_usage", &r->include_usage, e))) return rc;
+    }
+    return 0;
+}
+
+/* A generation's limits and decoding: max_tokens, n, sampling, stop, response_format, tools. */
+static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e) {
+    int rc;
+    bool has;
+    long long v;
+    if ((rc = get_int(root, "max_tokens", 1, 1 << 30, &has, &v, e))) return rc;
+    if (has) r->max_tokens = (int)v;
+    if ((rc = get_int(root, "max_completion_tokens", 1, 1 << 30, &has, &v, e))) return rc;
+    if (has) r->max_tokens = (int)v;
+    if ((rc = get_int(root, "n", 1, 128, &has, &v, e))) return rc;
+    if (has) r->n = (int)v;
+    if (r->n > 1)
+        return dsi__api_error_set(
+            e, 400, "n", "unsupported_value",
+            "n > 1 is not supported; send n separate requests (each may carry its own seed)");
+    if ((rc = parse_sampling(root, r, e))) return rc;
+    if ((rc = check_sampling(&r->sampling, e))) return rc;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) return rc;
+    if ((rc = dsi__srv_parse_response_format(root, r, e))) return rc;
+    if (r->kind == DSI__REQ_CHAT && (rc = dsi__srv_parse_tools(root, r, e))) return rc;
+    return r->kind == DSI__REQ_CHAT ? dsi__srv_tools_prompt(r, e) : 0;
+}
+
+int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len,
+                       const struct dsi__req_limits *lim, struct dsi__req *r, struct dsi__api_error *e) {
     memset(r, 0, sizeof *r);
     memset(e, 0, sizeof *e);
     r->kind = kind;
@@ -104,121 +226,21 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len, co
     r->sampling.temperature = 1.0f;
     r->sampling.top_p = 1.0f;
     r->sampling.repetition_penalty = 1.0f;
-    if (len > lim->max_body_bytes)
-        return dsi__api_error_set(e, 413, NULL, "request_too_large", "request body is %zu bytes; the limit is %zu",
-                                  len, lim->max_body_bytes);
-    if (len == 0) return dsi__api_error_set(e, 400, NULL, "invalid_json", "request body is empty; send a JSON object");
-    if (!dsi_utf8_valid(body, len))
-        return dsi__api_error_set(e, 400, NULL, "invalid_utf8", "request body is not valid UTF-8");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, false);
-    if (!root) {
-        size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
-        return dsi__api_error_set(e, 400, NULL, "invalid_json",
-                                  "request body is not valid JSON (near byte %zu)", off);
-    }
-    int rc = 0;
-    /* cJSON stops at the end of the first value: what follows must be blanks */
-    for (const char *p = end; p && p < body + len; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            rc = dsi__api_error_set(e, 400, "body", "invalid_json",
-                                    "unexpected bytes after the JSON body (at byte %zu)", (size_t)(p - body));
-            goto out;
-        }
-    if (!cJSON_IsObject(root)) {
-        rc = dsi__api_error_set(e, 400, NULL, "invalid_json", "request body must be a JSON object");
-        goto out;
-    }
+    cJSON *root = NULL;
+    int rc = parse_root(body, len, lim, &root, e);
+    if (rc) return rc;
     if ((rc = get_str(root, "model", &r->model, e))) goto out;
     if ((rc = get_str(root, "user", &r->user, e))) goto out;
-
     if (kind == DSI__REQ_DETOKENIZE) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
-        if (!t) {
-            rc = dsi__api_error_set(e, 400, "tokens", "missing_field", "'tokens' is required (an array of ids)");
-            goto out;
-        }
-        rc = parse_ids(t, "tokens", lim, r, e);
-        goto out;
+        rc = t ? parse_ids(t, "tokens", lim, r, e)
+               : dsi__api_error_set(e, 400, "tokens", "missing_field",
+                                    "'tokens' is required (an array of ids)");
+    } else if (kind == DSI__REQ_TOKENIZE) {
+        rc = parse_tokenize(root, lim, r, e);
+    } else if (!(rc = parse_input(root, lim, r, e)) && !(rc = parse_delivery(root, r, e))) {
+        rc = parse_decoding(root, r, e);
     }
-    if (kind == DSI__REQ_TOKENIZE) {
-        if ((rc = get_bool(root, "add_special_tokens", &r->add_special, e))) goto out;
-        if ((rc = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) goto out;
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
-        if (m) {
-            rc = parse_messages(m, lim, r, e);
-            if (!rc) rc = dsi__srv_tools_prompt(r, e);
-            goto out;
-        }
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-        if (!p) p = cJSON_GetObjectItemCaseSensitive(root, "text");
-        if (!p || !cJSON_IsString(p)) {
-            rc = dsi__api_error_set(e, 400, "prompt", p ? "invalid_type" : "missing_field",
-                                    "'prompt' (a string) or 'messages' is required");
-            goto out;
-        }
-        r->prompt = dup_str(p->valuestring);
-        rc = r->prompt ? 0 : oom(e);
-        goto out;
-    }
-
-    if (kind == DSI__REQ_CHAT) {
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
-        if (!m) {
-            rc = dsi__api_error_set(e, 400, "messages", "missing_field", "'messages' is required");
-            goto out;
-        }
-        if ((rc = parse_messages(m, lim, r, e))) goto out;
-    } else {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-        if (!p) {
-            rc = dsi__api_error_set(e, 400, "prompt", "missing_field", "'prompt' is required");
-            goto out;
-        }
-        if ((rc = parse_prompt(p, lim, r, e))) goto out;
-        if ((rc = get_bool(root, "echo", &r->echo, e))) goto out;
-        if (r->echo) {
-            rc = dsi__api_error_set(e, 400, "echo", "unsupported_value", "'echo' is not supported");
-            goto out;
-        }
-    }
-    if ((rc = get_bool(root, "stream", &r->stream, e))) goto out;
-    if ((rc = get_str(root, "cache_salt", &r->cache_salt, e))) goto out;
-    if (r->cache_salt && (!r->cache_salt[0] || strlen(r->cache_salt) > DSI__MAX_CACHE_SALT_BYTES)) {
-        rc = dsi__api_error_set(e, 400, "cache_salt", "invalid_value", "'cache_salt' must be 1 to %d bytes",
-                                DSI__MAX_CACHE_SALT_BYTES);
-        goto out;
-    }
-    /* vLLM's extension: generate max_tokens tokens even past end-of-sequence (benchmarks) */
-    if ((rc = get_bool(root, "ignore_eos", &r->ignore_eos, e))) goto out;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (so && !cJSON_IsNull(so)) {
-        if (!cJSON_IsObject(so)) {
-            rc = dsi__api_error_set(e, 400, "stream_options", "invalid_type", "'stream_options' must be an object");
-            goto out;
-        }
-        if ((rc = get_bool(so, "include_usage", &r->include_usage, e))) goto out;
-    }
-    bool has;
-    long long v;
-    if ((rc = get_int(root, "max_tokens", 1, 1 << 30, &has, &v, e))) goto out;
-    if (has) r->max_tokens = (int)v;
-    if ((rc = get_int(root, "max_completion_tokens", 1, 1 << 30, &has, &v, e))) goto out;
-    if (has) r->max_tokens = (int)v;
-    if ((rc = get_int(root, "n", 1, 128, &has, &v, e))) goto out;
-    if (has) r->n = (int)v;
-    if (r->n > 1) {
-        rc = dsi__api_error_set(e, 400, "n", "unsupported_value",
-                                "n > 1 is not supported; send n separate requests (each may carry its own seed)");
-        goto out;
-    }
-    if ((rc = parse_sampling(root, r, e))) goto out;
-    if ((rc = check_sampling(&r->sampling, e))) goto out;
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
-    if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) goto out;
-    if ((rc = dsi__srv_parse_response_format(root, r, e))) goto out;
-    if (kind == DSI__REQ_CHAT && (rc = dsi__srv_parse_tools(root, r, e))) goto out;
-    if (kind == DSI__REQ_CHAT) rc = dsi__srv_tools_prompt(r, e);
 out:
     cJSON_Delete(root);
     return rc;
