@@ -472,6 +472,82 @@ static int split_deferred(struct jobs *listed, struct dsi_model_pending **out, s
     return 0;
 }
 
+/* Reads dir's manifest (path mpath) into *text / *len (the caller frees
+ * *text) and checks it against the pinned SHA-256 when o names one. */
+static int read_manifest(const char *dir, const char *mpath, const struct dsi_manifest_opts *o, char **text,
+                         size_t *len, char **err) {
+    char *e2 = NULL;
+    int rc = mpath ? dsi_read_file(mpath, MF_MAX_BYTES, text, len, &e2) : DSI_ENOMEM;
+    if (rc == DSI_ENOENT)
+        rc = dsi_seterr(err, DSI_EINTEGRITY,
+                        "%s: no " MF_NAME "; run `dsinfer manifest %s` on a trusted copy first", dir, dir);
+    else if (rc)
+        dsi_seterr(err, rc, "%s", e2 ? e2 : dsi_strerror(rc));
+    free(e2);
+    if (rc || !o || !o->expect_manifest_sha256) return rc;
+    uint8_t pin[DSI_SHA256_LEN], got[DSI_SHA256_LEN];
+    char hex[DSI_SHA256_HEX_LEN + 1];
+    if (dsi_hex_decode(o->expect_manifest_sha256, strlen(o->expect_manifest_sha256), pin, sizeof pin) != 0)
+        return dsi_seterr(err, DSI_EINVAL, "expected manifest SHA-256 is not 64 hex digits");
+    if ((rc = dsi_sha256(*text, *len, got))) return rc;
+    dsi_hex_encode(got, sizeof got, hex);
+    if (!dsi_ct_equal(pin, got, sizeof pin))
+        return dsi_seterr(err, DSI_EINTEGRITY, "%s: its SHA-256 is %s, not the pinned %s", mpath, hex,
+                          o->expect_manifest_sha256);
+    return 0;
+}
+
+/* Gives each listed job its path under dir and, where the file exists, its size. */
+static int resolve_listed(const char *dir, struct jobs *listed, char **err) {
+    for (size_t i = 0; i < listed->n; i++) {
+        free(listed->v[i].path);
+        listed->v[i].path = dsi__path_join(dir, listed->v[i].name);
+        struct stat sb;
+        if (!listed->v[i].path) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+        if (stat(listed->v[i].path, &sb) == 0) listed->v[i].size = (uint64_t)sb.st_size;
+    }
+    return 0;
+}
+
+/* Records a problem for each hashed job that is missing, unreadable or differs. */
+static void check_hashes(const struct jobs *listed, char **first, int *count) {
+    for (size_t i = 0; i < listed->n; i++) {
+        const struct job *j = &listed->v[i];
+        char hw[DSI_SHA256_HEX_LEN + 1], hg[DSI_SHA256_HEX_LEN + 1], q[200];
+        dsi__printable(j->name, q, sizeof q);
+        if (j->rc == DSI_ENOENT) {
+            problem(first, count, dsi_errf("%s: listed in " MF_NAME " but missing", q));
+        } else if (j->rc) {
+            problem(first, count,
+                    dsi_errf("%s: cannot be hashed (%s)", q, j->err ? j->err : dsi_strerror(j->rc)));
+        } else if (!dsi_ct_equal(j->want, j->got, DSI_SHA256_LEN)) {
+            dsi_hex_encode(j->want, DSI_SHA256_LEN, hw);
+            dsi_hex_encode(j->got, DSI_SHA256_LEN, hg);
+            problem(first, count,
+                    dsi_errf("%s: SHA-256 mismatch (listed %.16s..., file has %.16s...)", q, hw, hg));
+        }
+    }
+}
+
+/* Files present in dir but not in names (sorted): a problem when the file is
+ * one the manifest must list, else a warning. */
+static void check_unlisted(const char *dir, const struct jobs *present, const struct jobs *names,
+                           char **first, int *count) {
+    for (size_t i = 0; i < present->n; i++) {
+        struct job key = {.name = present->v[i].name};
+        if (bsearch(&key, names->v, names->n, sizeof key, cmp_job)) continue;
+        char q[200];
+        dsi__printable(key.name, q, sizeof q);
+        if (dsi_manifest_must_list(key.name))
+            problem(first, count, dsi_errf("%s: present but not listed in " MF_NAME, q));
+        else
+            dsi_log(DSI_LOG_WARN, "model",
+                    "%s/%s: not listed in " MF_NAME " (ignored: not a "
+                    "weight, config or tokenizer file)",
+                    dir, q);
+    }
+}
+
 int dsi_manifest_verify(const char *dir, const struct dsi_manifest_opts *o, size_t *bytes_out, char **err) {
     return dsi__manifest_verify_deferred(dir, o, NULL, NULL, bytes_out, err);
 }
@@ -487,46 +563,14 @@ int dsi__manifest_verify_deferred(const char *dir, const struct dsi_manifest_opt
     char *text = NULL, *first = NULL;
     size_t len = 0;
     char *e2 = NULL;
-    int rc = mpath ? dsi_read_file(mpath, MF_MAX_BYTES, &text, &len, &e2) : DSI_ENOMEM;
-    if (rc == DSI_ENOENT)
-        rc = dsi_seterr(err, DSI_EINTEGRITY,
-                        "%s: no " MF_NAME "; run `dsinfer manifest %s` on a trusted copy first", dir, dir);
-    else if (rc)
-        dsi_seterr(err, rc, "%s", e2 ? e2 : dsi_strerror(rc));
-    free(e2);
+    int rc = read_manifest(dir, mpath, o, &text, &len, err);
     if (rc) goto out;
-    if (o && o->expect_manifest_sha256) {
-        uint8_t pin[DSI_SHA256_LEN], got[DSI_SHA256_LEN];
-        char hex[DSI_SHA256_HEX_LEN + 1];
-        if (dsi_hex_decode(o->expect_manifest_sha256, strlen(o->expect_manifest_sha256), pin, sizeof pin) !=
-            0) {
-            rc = dsi_seterr(err, DSI_EINVAL, "expected manifest SHA-256 is not 64 hex digits");
-            goto out;
-        }
-        if ((rc = dsi_sha256(text, len, got))) goto out;
-        dsi_hex_encode(got, sizeof got, hex);
-        if (!dsi_ct_equal(pin, got, sizeof pin)) {
-            rc = dsi_seterr(err, DSI_EINTEGRITY, "%s: its SHA-256 is %s, not the pinned %s", mpath, hex,
-                            o->expect_manifest_sha256);
-            goto out;
-        }
-    }
-    e2 = NULL;
     if ((rc = parse_manifest(text, len, &listed, &e2))) {
         dsi_seterr(err, rc, "%s: %s", dir, e2 ? e2 : dsi_strerror(rc));
         free(e2);
         goto out;
     }
-    for (size_t i = 0; i < listed.n; i++) {
-        free(listed.v[i].path);
-        listed.v[i].path = dsi__path_join(dir, listed.v[i].name);
-        struct stat sb;
-        if (!listed.v[i].path) {
-            rc = dsi_seterr(err, DSI_ENOMEM, "out of memory");
-            goto out;
-        }
-        if (stat(listed.v[i].path, &sb) == 0) listed.v[i].size = (uint64_t)sb.st_size;
-    }
+    if ((rc = resolve_listed(dir, &listed, err))) goto out;
     if ((rc = walk(dir, "", 0, &present, err))) goto out;
     int count = 0;
     /* the names stay in `all` (sorted, for the completeness check below); the
@@ -552,36 +596,8 @@ int dsi__manifest_verify_deferred(const char *dir, const struct dsi_manifest_opt
         goto out;
     }
     if (bytes_out) *bytes_out = (size_t)bytes;
-    for (size_t i = 0; i < listed.n; i++) {
-        struct job *j = &listed.v[i];
-        char hw[DSI_SHA256_HEX_LEN + 1], hg[DSI_SHA256_HEX_LEN + 1], q[200];
-        dsi__printable(j->name, q, sizeof q);
-        if (j->rc == DSI_ENOENT) {
-            problem(&first, &count, dsi_errf("%s: listed in " MF_NAME " but missing", q));
-        } else if (j->rc) {
-            problem(&first, &count,
-                    dsi_errf("%s: cannot be hashed (%s)", q, j->err ? j->err : dsi_strerror(j->rc)));
-        } else if (!dsi_ct_equal(j->want, j->got, DSI_SHA256_LEN)) {
-            dsi_hex_encode(j->want, DSI_SHA256_LEN, hw);
-            dsi_hex_encode(j->got, DSI_SHA256_LEN, hg);
-            problem(&first, &count,
-                    dsi_errf("%s: SHA-256 mismatch (listed %.16s..., file has %.16s...)", q, hw, hg));
-        }
-    }
-    const struct jobs *names = deferred ? &all : &listed;
-    for (size_t i = 0; i < present.n; i++) {
-        struct job key = {.name = present.v[i].name};
-        if (bsearch(&key, names->v, names->n, sizeof key, cmp_job)) continue;
-        char q[200];
-        dsi__printable(key.name, q, sizeof q);
-        if (dsi_manifest_must_list(key.name))
-            problem(&first, &count, dsi_errf("%s: present but not listed in " MF_NAME, q));
-        else
-            dsi_log(DSI_LOG_WARN, "model",
-                    "%s/%s: not listed in " MF_NAME " (ignored: not a "
-                    "weight, config or tokenizer file)",
-                    dir, q);
-    }
+    check_hashes(&listed, &first, &count);
+    check_unlisted(dir, &present, deferred ? &all : &listed, &first, &count);
     free(all.v);
     if (count) {
         rc = count > 1 ? dsi_seterr(err, DSI_EINTEGRITY, "%s: %s (and %d more problems, logged)", dir, first,
