@@ -27,73 +27,19 @@ import tempfile
 import threading
 import time
 
-BIN = os.environ.get("DSI_BIN", "build/dsinfer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import dsitest  # noqa: E402
+from dsitest import BIN, CTX, add_key, check  # noqa: E402
+
 MODEL = "tests/golden/models/tiny-chat"
-FAILS = []
 
 
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond or not detail else ": " + detail))
-    if not cond:
-        FAILS.append(name)
+class Daemon(dsitest.Daemon):
+    """The tiny model on the CPU backend in f32; one that came up must also exit cleanly."""
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def add_key(keys, name, role, *extra):
-    r = subprocess.run([BIN, "keys", "add", "--file", keys, "--name", name, "--role", role] + list(extra),
-                       capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        raise RuntimeError("keys add: " + r.stderr)
-    return r.stdout.strip()
-
-
-class Daemon:
     def __init__(self, work, keys, args=()):
-        self.port = free_port()
-        self.log = os.path.join(work, "daemon.log")
-        cmd = [BIN, "serve", "--model", MODEL, "--keys", keys, "--state-dir", os.path.join(work, "state"),
-               "--backend", "cpu", "--dtype", "f32", "--listen", "127.0.0.1:%d" % self.port] + list(args)
-        self.p = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.ok = False
-        for _ in range(400):
-            if "ready: serving" in self.text():
-                self.ok = True
-                break
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self.ok:
-            print(self.text())
-
-    def text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        # a sanitizer report (leak, overflow) at exit makes the status non-zero
-        if self.ok and self.p.returncode != 0:
-            print("\n".join(self.text().splitlines()[-30:]))
-        if self.ok:
-            check("daemon exits cleanly", self.p.returncode == 0, "status %d" % self.p.returncode)
-
-
-CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-CTX.check_hostname = False
-CTX.verify_mode = ssl.CERT_NONE
+        super().__init__(work, MODEL, keys, ["--backend", "cpu", "--dtype", "f32"] + list(args),
+                         log_name="daemon.log", wait_s=20, check_exit=True)
 
 
 def connect(port, timeout=30.0):
@@ -613,8 +559,7 @@ def main():
         globals()["group_" + sys.argv[1]](work, keys)
     finally:
         subprocess.run(["rm", "-rf", work])
-    print("%d failed" % len(FAILS) if FAILS else "all passed")
-    return 1 if FAILS else 0
+    return dsitest.summary()
 
 
 if __name__ == "__main__":

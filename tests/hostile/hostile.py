@@ -24,9 +24,11 @@ import sys
 import tempfile
 import time
 
-BIN = os.environ.get("DSI_BIN", "build/dsinfer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import dsitest  # noqa: E402
+from dsitest import BIN, check  # noqa: E402
+
 MODEL = "tests/golden/models/tiny-chat"
-FAILS = []
 
 
 def skip(why):
@@ -34,65 +36,16 @@ def skip(why):
     sys.exit(77)
 
 
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond or not detail else ": " + detail))
-    if not cond:
-        FAILS.append(name)
-
-
 def sh(*args, **kw):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=60, **kw)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-class Daemon:
-    """dsinfer serve with the given extra arguments; waits for "ready"."""
+class Daemon(dsitest.Daemon):
+    """The tiny model on the CPU backend in f32, logging at info, its log in work/NAME.log."""
 
     def __init__(self, work, name, args, keys, expect_ready=True):
-        self.port = free_port()
-        self.log = os.path.join(work, name + ".log")
-        cmd = [BIN, "serve", "--model", MODEL, "--keys", keys, "--state-dir", os.path.join(work, "state"),
-               "--backend", "cpu", "--dtype", "f32", "--log-level", "info",
-               "--listen", "127.0.0.1:%d" % self.port] + args
-        self.p = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.ok = False
-        for _ in range(300):
-            if "ready: serving" in self.text():
-                self.ok = True
-                break
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        if expect_ready and not self.ok:
-            print(self.text())
-
-    def text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def wait_log(self, pattern, timeout=10.0, start=0):
-        end = time.time() + timeout
-        while time.time() < end:
-            if re.search(pattern, self.text()[start:]):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
+        super().__init__(work, MODEL, keys, ["--backend", "cpu", "--dtype", "f32", "--log-level", "info"] + args,
+                         log_name=name + ".log", wait_s=15, expect_ready=expect_ready)
 
 
 def client_ctx(ca=None, cert=None, key=None):
@@ -157,14 +110,6 @@ def request(port, method, path, key=None, body=None, ctx=None, headers=(), wait=
         return -1, str(e).encode()
     st = statuses(out)
     return (st[0] if st else 0), out.split(b"\r\n\r\n", 1)[-1]
-
-
-def add_key(work, keys, name, role="user"):
-    r = sh(BIN, "keys", "add", "--file", keys, "--name", name, "--role", role)
-    if r.returncode:
-        print(r.stderr)
-        sys.exit(1)
-    return r.stdout.strip()
 
 
 # ---- certificates (openssl CLI) -------------------------------------------------
@@ -504,15 +449,14 @@ def main():
     work = tempfile.mkdtemp(prefix="dsinfer-hostile.")
     try:
         keys = os.path.join(work, "keys.json")
-        key = add_key(work, keys, "alice")
+        key = dsitest.add_key(keys, "alice", "user")
         GROUPS[sys.argv[1]](work, keys, key)
     finally:
         if os.environ.get("KEEP") == "1":
             print("kept " + work)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print("%d failed" % len(FAILS) if FAILS else "all passed")
-    return 1 if FAILS else 0
+    return dsitest.summary()
 
 
 if __name__ == "__main__":

@@ -17,98 +17,21 @@ checks, on models/demo (Qwen2 layout) and models/demo-v3 (MLA + MoE):
 
 Exit 0 pass, 1 fail, 77 skipped (no binary or model). Standard library only.
 """
-import json
 import os
-import signal
-import socket
-import ssl
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-BIN = os.environ.get("DSI_BIN", "build/dsinfer")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import dsitest  # noqa: E402
+from dsitest import BIN, add_key, check  # noqa: E402
+
 BACKEND = os.environ.get("DSI_BACKEND", "cpu")  # cuda: the same checks on the GPU
-FAILS = []
-CTX = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-CTX.check_hostname = False
-CTX.verify_mode = ssl.CERT_NONE
 
 
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond or not detail else ": " + str(detail)))
-    if not cond:
-        FAILS.append(name)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def add_key(keys, name, role, *extra):
-    r = subprocess.run([BIN, "keys", "add", "--file", keys, "--name", name, "--role", role] + list(extra),
-                       capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        raise RuntimeError("keys add: " + r.stderr)
-    return r.stdout.strip()
-
-
-class Daemon:
-    def __init__(self, work, model, keys, args=()):
-        self.port = free_port()
-        self.log = os.path.join(work, "daemon-%d.log" % self.port)
-        cmd = [BIN, "serve", "--model", model, "--keys", keys, "--state-dir", os.path.join(work, "state"),
-               "--backend", BACKEND, "--listen", "127.0.0.1:%d" % self.port, "--kv-block-size", "16"] + list(args)
-        self.p = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.ok = False
-        for _ in range(600):
-            if "ready: serving" in self.text():
-                self.ok = True
-                break
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self.ok:
-            print(self.text())
-
-    def text(self):
-        with open(self.log, errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(15)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-
-    def post(self, path, key, body):
-        req = urllib.request.Request("https://127.0.0.1:%d%s" % (self.port, path), data=json.dumps(body).encode(),
-                                     headers={"Authorization": "Bearer " + key,
-                                              "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, context=CTX, timeout=120) as r:
-            raw = r.read().decode()
-        if body.get("stream"):
-            return [json.loads(ln[6:]) for ln in raw.split("\n") if ln.startswith("data: {")]
-        return json.loads(raw)
-
-    def metrics(self, key):
-        req = urllib.request.Request("https://127.0.0.1:%d/metrics" % self.port,
-                                     headers={"Authorization": "Bearer " + key})
-        with urllib.request.urlopen(req, context=CTX, timeout=30) as r:
-            out = {}
-            for ln in r.read().decode().split("\n"):
-                if ln and not ln.startswith("#"):
-                    k, _, v = ln.rpartition(" ")
-                    out[k] = v
-            return out
+def Daemon(work, model, keys, args=()):
+    """model on BACKEND (DSI_BACKEND) with 16-token KV blocks."""
+    return dsitest.Daemon(work, model, keys, ["--backend", BACKEND, "--kv-block-size", "16"] + list(args),
+                          wait_s=30)
 
 
 SYSTEM = ("You are a careful assistant for the billing team. Answer in one short sentence, cite the policy "
@@ -233,8 +156,7 @@ def main():
         finally:
             on.stop()
             off.stop()
-    print("%d failed" % len(FAILS) if FAILS else "all passed")
-    return 1 if FAILS else 0
+    return dsitest.summary()
 
 
 if __name__ == "__main__":
