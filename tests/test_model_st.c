@@ -382,10 +382,34 @@ TEST(dtype_conversions_are_exact) {
     CHECK_EQ_INT(dsi_dtype_size(DSI_DT__COUNT), 0);
 }
 
+TEST(f16_decodes_every_bit_pattern_exactly) {
+    CHECK(dsi_f16_to_f32(0x3c00) == 1.0f);
+    CHECK(dsi_f16_to_f32(0xc000) == -2.0f);
+    CHECK(dsi_f16_to_f32(0x0001) == ldexpf(1.0f, -24));
+    CHECK(dsi_f16_to_f32(0x0200) == ldexpf(1.0f, -15));
+    CHECK(isinf(dsi_f16_to_f32(0x7c00)));
+    CHECK(isnan(dsi_f16_to_f32(0x7e00)));
+    CHECK(dsi_f16_to_f32(0x8000) == 0.0f && signbit(dsi_f16_to_f32(0x8000)));
+    /* all 65536 halves against the format's definition, in double */
+    int bad = 0;
+    for (uint32_t h = 0; h < 0x10000u; h++) {
+        int s = (int)(h >> 15), e = (int)((h >> 10) & 0x1f), m = (int)(h & 0x3ff);
+        float f = dsi_f16_to_f32((uint16_t)h);
+        if (e == 31) {
+            bad += m ? !isnan(f) : !(isinf(f) && (signbit(f) != 0) == s);
+            continue;
+        }
+        double v = e ? ldexp(1.0 + m / 1024.0, e - 15) : ldexp((double)m, -24);
+        bad += (double)f != (s ? -v : v) || (signbit(f) != 0) != s;
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+
 int main(void) {
     tmp_dir = tm_mkdtemp();
     if (!tmp_dir) return 1;
     RUN(st_open_valid_file_reads_tensors);
+    RUN(f16_decodes_every_bit_pattern_exactly);
     RUN(st_file_shorter_than_header_length_field);
     RUN(st_header_length_past_eof);
     RUN(st_header_length_absurd_in_big_sparse_file);

@@ -274,6 +274,10 @@ int dsi_model_verify_pending(const struct dsi_model *m, int n_threads, char **er
 int dsi_model_tensor_location(const struct dsi_model *m, const struct dsi_tensor *t, size_t *pending,
                               uint64_t *offset);
 
+/* IEEE half -> float, exactly (subnormals, signed zero, inf and NaN kept). The
+ * one copy both backends and dsi_tensor_to_f32 use. */
+float dsi_f16_to_f32(uint16_t h);
+
 /* Reads tensor t as fp32 into dst (n_elems floats), converting from F32, F16,
  * BF16, F8_E4M3 (and I8/U8/I32 as plain values); DSI_EUNSUPPORTED otherwise. */
 int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err);

@@ -37,7 +37,7 @@ static float bits_to_f32(uint32_t u) {
     return f;
 }
 
-static float f16_to_f32(uint16_t h) {
+float dsi_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31;
     int exp = (h >> 10) & 0x1f;
     uint32_t mant = h & 0x3ff;
@@ -82,7 +82,7 @@ int dsi_tensor_to_f32(const struct dsi_tensor *t, float *dst, char **err) {
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            dst[i] = f16_to_f32(h);
+            dst[i] = dsi_f16_to_f32(h);
         }
         break;
     case DSI_DT_BF16:

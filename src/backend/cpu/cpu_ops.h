@@ -51,9 +51,6 @@ static inline uint16_t dsi_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-/* IEEE half -> float (subnormals, inf, NaN handled). */
-float dsi_f16_to_f32(uint16_t h);
-
 /* ---- weights ---------------------------------------------------------------- */
 
 /* One linear layer's weight in the backend's format. */

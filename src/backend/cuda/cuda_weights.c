@@ -46,29 +46,6 @@ static uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static float f16_to_f32(uint16_t h) {
-    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, mt = h & 0x3ff, u;
-    if (e == 0) {
-        if (mt == 0) {
-            u = s;
-        } else { /* subnormal */
-            e = 127 - 15 + 1;
-            while (!(mt & 0x400)) {
-                mt <<= 1;
-                e--;
-            }
-            u = s | (e << 23) | ((mt & 0x3ff) << 13);
-        }
-    } else if (e == 31) {
-        u = s | 0x7f800000u | (mt << 13);
-    } else {
-        u = s | ((e + 127 - 15) << 23) | (mt << 13);
-    }
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 static float elem_f32(const struct dsi_tensor *t, size_t i) {
     const unsigned char *p = t->data;
     if (t->dtype == DSI_DT_F32) {
@@ -84,7 +61,7 @@ static float elem_f32(const struct dsi_tensor *t, size_t i) {
         memcpy(&f, &u, 4);
         return f;
     }
-    return f16_to_f32(h);
+    return dsi_f16_to_f32(h);
 }
 
 /* Finds `name` with shape (rows, cols) (cols 0: a vector of rows). */
