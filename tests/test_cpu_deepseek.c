@@ -22,6 +22,13 @@ static float frand(unsigned *s) {
     return ((float)((*s >> 8) & 0xffff) / 65535.0f - 0.5f) * 2.0f;
 }
 
+static double dot(const float *a, const float *b, int n) {
+    double s = 0;
+    for (int c = 0; c < n; c++)
+        s += (double)a[c] * b[c];
+    return s;
+}
+
 /* Expanded reference: k_nope_j = W_UK c_j, v_j = W_UV c_j, plain softmax attention. */
 static void mla_expanded(const float *wkvb, int h, int R, int nope, int rope, int vd, const float *lat,
                          const float *kpe, int n_ctx, const float *q, float scale, float *out) {
@@ -29,12 +36,8 @@ static void mla_expanded(const float *wkvb, int h, int R, int nope, int rope, in
     const float *wk = wkvb + (size_t)h * (nope + vd) * R, *wv = wk + (size_t)nope * R;
     for (int j = 0; j < n_ctx; j++) {
         double d = 0;
-        for (int i = 0; i < nope; i++) {
-            double k = 0;
-            for (int c = 0; c < R; c++)
-                k += (double)wk[(size_t)i * R + c] * lat[(size_t)j * R + c];
-            d += q[i] * k;
-        }
+        for (int i = 0; i < nope; i++)
+            d += q[i] * dot(wk + (size_t)i * R, lat + (size_t)j * R, R);
         for (int i = 0; i < rope; i++)
             d += (double)q[nope + i] * kpe[(size_t)j * rope + i];
         s[j] = d * scale;
@@ -44,12 +47,8 @@ static void mla_expanded(const float *wkvb, int h, int R, int nope, int rope, in
         sum += (s[j] = exp(s[j] - mx));
     for (int e = 0; e < vd; e++) {
         double o = 0;
-        for (int j = 0; j < n_ctx; j++) {
-            double v = 0;
-            for (int c = 0; c < R; c++)
-                v += (double)wv[(size_t)e * R + c] * lat[(size_t)j * R + c];
-            o += s[j] / sum * v;
-        }
+        for (int j = 0; j < n_ctx; j++)
+            o += s[j] / sum * dot(wv + (size_t)e * R, lat + (size_t)j * R, R);
         out[e] = (float)o;
     }
 }
@@ -137,6 +136,18 @@ TEST(mla_store_layout_is_latent_then_rope) {
     CHECK(pool[10] == 1 && pool[14] == 5);
 }
 
+/* The plain router: n experts, top k by softmax score, one group, factor 1.
+ * Each test below changes only what it is about. */
+static struct dsi_router greedy_router(int n_experts, int top_k) {
+    return (struct dsi_router){.n_experts = n_experts,
+                               .top_k = top_k,
+                               .n_group = 1,
+                               .topk_group = 1,
+                               .method = DSI_TOPK_GREEDY,
+                               .scoring = DSI_SCORE_SOFTMAX,
+                               .routed_scaling_factor = 1.0f};
+}
+
 static void route(const struct dsi_router *r, const float *logits, int32_t *idx, float *w) {
     float scratch[256];
     CHECK(dsi_moe_route_scratch(r) <= 256);
@@ -147,13 +158,7 @@ TEST(router_greedy_softmax) {
     /* softmax([1, 3, 2, 0]) = [.0871, .6439, .2369, .0321]: top 2 = experts 1, 2 */
     float lg[4] = {1, 3, 2, 0}, w[2];
     int32_t idx[2];
-    struct dsi_router r = {.n_experts = 4,
-                           .top_k = 2,
-                           .n_group = 1,
-                           .topk_group = 1,
-                           .method = DSI_TOPK_GREEDY,
-                           .scoring = DSI_SCORE_SOFTMAX,
-                           .routed_scaling_factor = 1.0f};
+    struct dsi_router r = greedy_router(4, 2);
     route(&r, lg, idx, w);
     double z = exp(1) + exp(3) + exp(2) + exp(0);
     CHECK(idx[0] == 1 && idx[1] == 2);
@@ -177,13 +182,9 @@ TEST(router_group_limited_greedy) {
      * even though expert 3 (1.7) beats expert 1 (0.1). */
     float lg[6] = {2.0f, 0.1f, 1.9f, 1.7f, 1.8f, -1.0f}, w[2];
     int32_t idx[2];
-    struct dsi_router r = {.n_experts = 6,
-                           .top_k = 2,
-                           .n_group = 3,
-                           .topk_group = 1,
-                           .method = DSI_TOPK_GROUP_LIMITED_GREEDY,
-                           .scoring = DSI_SCORE_SOFTMAX,
-                           .routed_scaling_factor = 1.0f};
+    struct dsi_router r = greedy_router(6, 2);
+    r.n_group = 3;
+    r.method = DSI_TOPK_GROUP_LIMITED_GREEDY;
     route(&r, lg, idx, w);
     CHECK(idx[0] == 0 && idx[1] == 1);
     r.topk_group = 2; /* groups 0 and 1 -> 0 (2.0), 2 (1.9) */
@@ -208,15 +209,14 @@ TEST(router_noaux_tc_sigmoid_with_bias) {
      * scores .5, .5, .5, normalised to 1/3 each, times 2.5. */
     float lg[8] = {0, 0, 2.0f, 0, 0, 0, 0, 0}, bias[8] = {0.3f, 0, 0, -0.4f, 0.1f, 0.1f, 0, 0}, w[3];
     int32_t idx[3];
-    struct dsi_router r = {.n_experts = 8,
-                           .top_k = 3,
-                           .n_group = 4,
-                           .topk_group = 2,
-                           .method = DSI_TOPK_NOAUX_TC,
-                           .scoring = DSI_SCORE_SIGMOID,
-                           .norm_topk_prob = true,
-                           .routed_scaling_factor = 2.5f,
-                           .bias = bias};
+    struct dsi_router r = greedy_router(8, 3);
+    r.n_group = 4;
+    r.topk_group = 2;
+    r.method = DSI_TOPK_NOAUX_TC;
+    r.scoring = DSI_SCORE_SIGMOID;
+    r.norm_topk_prob = true;
+    r.routed_scaling_factor = 2.5f;
+    r.bias = bias;
     route(&r, lg, idx, w);
     CHECK(idx[0] == 0 && idx[1] == 4 && idx[2] == 5);
     for (int k = 0; k < 3; k++)
