@@ -50,61 +50,41 @@ static inline __m256 load_i8x8(const int8_t *p) {
 #define LOAD_F32(p) _mm256_loadu_ps(p)
 #endif
 
-float dsi_dot_f32(const float *w, const float *x, int n) {
+/* The body of a dot product of n weights w with x: ELEM(w[i]) is one weight as
+ * a float, LOADW(p) eight of them in a register (AVX2 only). Under AVX2 four
+ * accumulators of 8 lanes, without it 8 scalar ones; each path sums in a fixed
+ * order, so a dot product gives the same bits wherever it is called from. */
 #ifdef DSI_CPU_AVX2
-    DOT_AVX2(LOAD_F32)
-    for (; i < n; i++)
-        s += w[i] * x[i];
+#define DOT_BODY(ELEM, LOADW)                                                                                \
+    DOT_AVX2(LOADW)                                                                                          \
+    for (; i < n; i++)                                                                                       \
+        s += ELEM(w[i]) * x[i];                                                                              \
     return s;
 #else
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += w[i + j] * x[i + j];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++)
-        s += w[i] * x[i];
+#define DOT_BODY(ELEM, LOADW)                                                                                \
+    float acc[8] = {0};                                                                                      \
+    int i = 0;                                                                                               \
+    for (; i + 8 <= n; i += 8)                                                                               \
+        for (int j = 0; j < 8; j++)                                                                          \
+            acc[j] += ELEM(w[i + j]) * x[i + j];                                                             \
+    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));            \
+    for (; i < n; i++)                                                                                       \
+        s += ELEM(w[i]) * x[i];                                                                              \
     return s;
 #endif
+#define ELEM_F32(v) (v)
+#define ELEM_I8(v) ((float)(v))
+
+float dsi_dot_f32(const float *w, const float *x, int n) {
+    DOT_BODY(ELEM_F32, LOAD_F32)
 }
 
 float dsi_dot_bf16(const uint16_t *w, const float *x, int n) {
-#ifdef DSI_CPU_AVX2
-    DOT_AVX2(load_bf16x8)
-    for (; i < n; i++)
-        s += dsi_bf16_to_f32(w[i]) * x[i];
-    return s;
-#else
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += dsi_bf16_to_f32(w[i + j]) * x[i + j];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++)
-        s += dsi_bf16_to_f32(w[i]) * x[i];
-    return s;
-#endif
+    DOT_BODY(dsi_bf16_to_f32, load_bf16x8)
 }
 
 float dsi_dot_i8(const int8_t *w, const float *x, int n) {
-#ifdef DSI_CPU_AVX2
-    DOT_AVX2(load_i8x8)
-    for (; i < n; i++)
-        s += (float)w[i] * x[i];
-    return s;
-#else
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += (float)w[i + j] * x[i + j];
-    float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++)
-        s += (float)w[i] * x[i];
-    return s;
-#endif
+    DOT_BODY(ELEM_I8, load_i8x8)
 }
 
 /* One output element: row r of W dotted with x. Shared by matvec and matmul so both
