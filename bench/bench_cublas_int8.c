@@ -59,62 +59,74 @@ static const struct shape SHAPES[] = {
     {"qkv", 3584 + 2 * 512, 3584}, {"o", 3584, 3584}, {"gate|up", 2 * 18944, 3584}, {"down", 3584, 18944}};
 static const int MS[] = {1, 16, 64, 256, 2048};
 
-static int time_int8(cublasLtHandle_t lt, const int8_t *w, const int8_t *x, int32_t *y, int m, int n, int k,
-                     void *ws, size_t ws_bytes, int iters, float *ms_out) {
+/* A cuBLASLt int8 x int8 -> int32 product of m rows, the "TN" layout the
+ * integer tensor cores need, with the algorithm cuBLASLt's heuristic picks. */
+struct lt_plan {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
-    CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32I, CUDA_R_32I));
-    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
-    /* column-major view: C (n, m) = W^T' (n, k) . X' (k, m) */
-    CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, k, n, k));
-    CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, k, m, k));
-    CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, n, m, n));
     cublasLtMatmulPreference_t pref;
-    CB(cublasLtMatmulPreferenceCreate(&pref));
-    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                            sizeof ws_bytes));
     cublasLtMatmulHeuristicResult_t h;
+};
+
+static int lt_plan_int8(cublasLtHandle_t lt, int m, int n, int k, size_t ws_bytes, struct lt_plan *p) {
+    CB(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32I, CUDA_R_32I));
+    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+    CB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+    CB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+    /* column-major view: C (n, m) = W^T' (n, k) . X' (k, m) */
+    CB(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_8I, k, n, k));
+    CB(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_8I, k, m, k));
+    CB(cublasLtMatrixLayoutCreate(&p->lc, CUDA_R_32I, n, m, n));
+    CB(cublasLtMatmulPreferenceCreate(&p->pref));
+    CB(cublasLtMatmulPreferenceSetAttribute(p->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                            sizeof ws_bytes));
     int found = 0;
-    CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &found));
+    CB(cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->la, p->lb, p->lc, p->lc, p->pref, 1, &p->h, &found));
     if (!found) {
         fprintf(stderr, "no int8 algorithm for m=%d n=%d k=%d\n", m, n, k);
         return 1;
     }
-    int32_t one = 1, zero = 0;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 5 + iters; i++) {
-        if (i == 5) CK(cudaEventRecord(e0, 0));
-        CB(cublasLtMatmul(lt, op, &one, w, la, x, lb, &zero, y, lc, y, lc, &h.algo, ws, ws_bytes, 0));
-    }
-    CK(cudaEventRecord(e1, 0));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    *ms_out = ms / (float)iters;
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(lc);
-    cublasLtMatmulDescDestroy(op);
     return 0;
 }
 
-static int time_bf16(cublasHandle_t hb, const uint16_t *w, const uint16_t *x, uint16_t *y, int m,
-                     int n, int k, int iters, float *ms_out) {
+static void lt_plan_free(struct lt_plan *p) {
+    cublasLtMatmulPreferenceDestroy(p->pref);
+    cublasLtMatrixLayoutDestroy(p->la);
+    cublasLtMatrixLayoutDestroy(p->lb);
+    cublasLtMatrixLayoutDestroy(p->lc);
+    cublasLtMatmulDescDestroy(p->op);
+}
+
+/* y = x . w^T with plan p (int32 out). */
+static int run_int8(cublasLtHandle_t lt, const struct lt_plan *p, const int8_t *w, const int8_t *x, int32_t *y,
+                    void *ws, size_t ws_bytes) {
+    int32_t one = 1, zero = 0;
+    CB(cublasLtMatmul(lt, p->op, &one, w, p->la, x, p->lb, &zero, y, p->lc, y, p->lc, &p->h.algo, ws, ws_bytes,
+                      0));
+    return 0;
+}
+
+/* y = x . w^T in bf16 with fp32 accumulation (bf16 held as uint16_t bits). */
+static int run_bf16(cublasHandle_t hb, const uint16_t *w, const uint16_t *x, uint16_t *y, int m, int n, int k) {
     float one = 1.0f, zero = 0.0f;
+    CB(cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero, y,
+                    CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+/* The mean time in ms of one product of m rows: int8 with plan p (w, x int8,
+ * y int32), or bf16 through hb when p is NULL. 5 warm-up calls, then iters
+ * calls back to back between two events (no sync in between, as in a model's
+ * forward pass). */
+static int time_gemm(cublasLtHandle_t lt, const struct lt_plan *p, cublasHandle_t hb, const void *w,
+                     const void *x, void *y, int m, int n, int k, void *ws, size_t ws_bytes, int iters,
+                     float *ms_out) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     for (int i = 0; i < 5 + iters; i++) {
         if (i == 5) CK(cudaEventRecord(e0, 0));
-        CB(cublasGemmEx(hb, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16BF, k, x, CUDA_R_16BF, k, &zero,
-                        y, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        if (p ? run_int8(lt, p, w, x, y, ws, ws_bytes) : run_bf16(hb, w, x, y, m, n, k)) return 1;
     }
     CK(cudaEventRecord(e1, 0));
     CK(cudaEventSynchronize(e1));
@@ -124,32 +136,26 @@ static int time_bf16(cublasHandle_t hb, const uint16_t *w, const uint16_t *x, ui
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
     return 0;
+}
+
+static int time_int8(cublasLtHandle_t lt, const int8_t *w, const int8_t *x, int32_t *y, int m, int n, int k,
+                     void *ws, size_t ws_bytes, int iters, float *ms_out) {
+    struct lt_plan p;
+    if (lt_plan_int8(lt, m, n, k, ws_bytes, &p)) return 1;
+    int rc = time_gemm(lt, &p, NULL, w, x, y, m, n, k, ws, ws_bytes, iters, ms_out);
+    lt_plan_free(&p);
+    return rc;
 }
 
 /* dsinfer's W8A8 matmul of m rows: quantize x (bf16) -> xq + xs, the int8
  * product into acc, the epilogue into y (fp32); ms_out[0..3]: whole, quantize,
- * product, epilogue (means over iters, each part timed with its own events). */
+ * product, epilogue (means over iters). Unlike time_gemm, each part gets its
+ * own events and each call is synced, so that the three parts can be told apart. */
 static int time_w8a8(cublasLtHandle_t lt, const int8_t *w, const uint16_t *x, int8_t *xq, float *xs, int32_t *acc,
                      float *y, const float *ws_scale, const float *bias, int m, int n, int k, void *ws,
                      size_t ws_bytes, int iters, float ms_out[4]) {
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t la, lb, lc;
-    CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32I, CUDA_R_32I));
-    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-    CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
-    CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_8I, k, n, k));
-    CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8I, k, m, k));
-    CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_32I, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    CB(cublasLtMatmulPreferenceCreate(&pref));
-    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                            sizeof ws_bytes));
-    cublasLtMatmulHeuristicResult_t h;
-    int found = 0;
-    CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &found));
-    if (!found) return 1;
-    int32_t one = 1, zero = 0;
+    struct lt_plan p;
+    if (lt_plan_int8(lt, m, n, k, ws_bytes, &p)) return 1;
     cudaEvent_t e[4];
     for (int i = 0; i < 4; i++)
         CK(cudaEventCreate(&e[i]));
@@ -158,7 +164,7 @@ static int time_w8a8(cublasLtHandle_t lt, const int8_t *w, const uint16_t *x, in
         CK(cudaEventRecord(e[0], 0));
         if (dsi_cuda_quant_act_int8(xq, xs, x, m, k, 0)) return 1;
         CK(cudaEventRecord(e[1], 0));
-        CB(cublasLtMatmul(lt, op, &one, w, la, xq, lb, &zero, acc, lc, acc, lc, &h.algo, ws, ws_bytes, 0));
+        if (run_int8(lt, &p, w, xq, acc, ws, ws_bytes)) return 1;
         CK(cudaEventRecord(e[2], 0));
         if (dsi_cuda_w8a8_epilogue(y, acc, xs, ws_scale, bias, m, n, 0)) return 1;
         CK(cudaEventRecord(e[3], 0));
@@ -175,11 +181,7 @@ static int time_w8a8(cublasLtHandle_t lt, const int8_t *w, const uint16_t *x, in
     ms_out[0] = ms_out[1] + ms_out[2] + ms_out[3];
     for (int i = 0; i < 4; i++)
         cudaEventDestroy(e[i]);
-    cublasLtMatmulPreferenceDestroy(pref);
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(lc);
-    cublasLtMatmulDescDestroy(op);
+    lt_plan_free(&p);
     return 0;
 }
 
@@ -249,7 +251,7 @@ int main(int argc, char **argv) {
             int m = MS[mi], n = SHAPES[s].n, k = SHAPES[s].k;
             float t8, t16, tw[4];
             if (time_int8(lt, w, x, y, m, n, k, ws, ws_bytes, iters, &t8)) return 1;
-            if (time_bf16(hbl, w, x, y, m, n, k, iters, &t16)) return 1;
+            if (time_gemm(lt, NULL, hbl, w, x, y, m, n, k, ws, ws_bytes, iters, &t16)) return 1;
             if (time_w8a8(lt, w, x, xq, xs, y, yf, sc, sc, m, n, k, ws, ws_bytes, iters, tw)) return 1;
             double flop = 2.0 * m * n * (double)k;
             double b8 = (double)n * k + (double)m * k + 4.0 * m * n;
