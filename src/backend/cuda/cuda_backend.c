@@ -508,28 +508,31 @@ static int sample_rows(struct dsi__cuda *c, int rows, int32_t *ids, char **err) 
     return 0;
 }
 
-int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
-                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err) {
+/* Fills c->sp_h[0..rows) from a caller's sampling params. */
+typedef void (*fill_params_fn)(struct dsi__cuda *c, int rows, const void *params);
+
+/* forward_sample's one path: the step, then the rows' params by fill, then the
+ * GPU sampler. */
+static int step_and_sample(struct dsi_backend *be, const struct dsi_batch *b, const void *params,
+                           fill_params_fn fill, int32_t *ids, char **err) {
     if (!be || !b || !params || !ids)
         return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
     struct dsi__cuda *c = impl(be);
     int rows = 0;
     int rc = dsi__cuda_step(c, b, &rows, err);
     if (rc || rows == 0) return rc;
-    memcpy(c->sp_h, params, (size_t)rows * sizeof *params);
+    fill(c, rows, params);
     return sample_rows(c, rows, ids, err);
 }
 
-/* The ops-table entry (backend.h): the same path with the engine's params, field by
- * field, so backend.h does not depend on kernels.h's layout (the sampling params). */
-static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
-                               const struct dsi_sample_params *p, int32_t *ids, char **err) {
-    if (!be || !b || !p || !ids)
-        return dsi_seterr(err, DSI_EINVAL, "cuda: forward_sample needs all arguments");
-    struct dsi__cuda *c = impl(be);
-    int rows = 0;
-    int rc = dsi__cuda_step(c, b, &rows, err);
-    if (rc || rows == 0) return rc;
+static void copy_params(struct dsi__cuda *c, int rows, const void *params) {
+    memcpy(c->sp_h, params, (size_t)rows * sizeof *c->sp_h);
+}
+
+/* The engine's params, field by field, so backend.h does not depend on
+ * kernels.h's layout (the sampling params). */
+static void convert_params(struct dsi__cuda *c, int rows, const void *params) {
+    const struct dsi_sample_params *p = params;
     for (int r = 0; r < rows; r++) {
         float u = p[r].u;
         if (!(u >= 0.0f)) u = 0.0f; /* NaN or negative from a caller: the first token of the CDF */
@@ -540,7 +543,17 @@ static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b
                                                      .u = u,
                                                      .n_ids = p[r].n_ids < 0 ? 0 : p[r].n_ids};
     }
-    return sample_rows(c, rows, ids, err);
+}
+
+int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                                    const struct dsi_cuda_sample_params *params, int32_t *ids, char **err) {
+    return step_and_sample(be, b, params, copy_params, ids, err);
+}
+
+/* The ops-table entry (backend.h): the same path with the engine's params. */
+static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
+                               const struct dsi_sample_params *p, int32_t *ids, char **err) {
+    return step_and_sample(be, b, p, convert_params, ids, err);
 }
 
 void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs) {
