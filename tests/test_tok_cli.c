@@ -73,6 +73,12 @@ TEST(cli_bad_input_exit_codes) {
     CHECK(strstr(err, "--model"));
     CHECK_EQ_INT(run("x", "tokenize --model " DS " --frobnicate", out, sizeof out, err, sizeof err), 2);
     CHECK(strstr(err, "--frobnicate"));
+    CHECK_EQ_INT(run("1", "detokenize", out, sizeof out, err, sizeof err), 2);
+    CHECK(strstr(err, "dsinfer detokenize: --model DIR is required"));
+    CHECK_EQ_INT(run("1", "detokenize --model " DS " --frobnicate", out, sizeof out, err, sizeof err), 2);
+    CHECK(strstr(err, "'--frobnicate'; usage: dsinfer detokenize --model DIR [--skip-special] < ids"));
+    CHECK_EQ_INT(run("", "tokenize --help", out, sizeof out, err, sizeof err), 0);
+    CHECK(strstr(out, "usage: dsinfer tokenize --model DIR [--json] [--bos] [--no-special] < text"));
     CHECK_EQ_INT(run("x", "tokenize --model tests/data/tokenizers/nope", out, sizeof out, err, sizeof err), 1);
     CHECK(strstr(err, "tokenizer.json"));
     CHECK_EQ_INT(run("a\xff", "tokenize --model " DS, out, sizeof out, err, sizeof err), 1);

@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "cli.h"
+#include "dsinfer/alloc.h"
 #include "dsinfer/err.h"
 #include "dsinfer/tok.h"
 
@@ -65,13 +66,39 @@ static int read_stdin(char **buf, size_t *len) {
     return 0;
 }
 
-static int load_model(const char *cmd, const char *dir, struct dsi_tokenizer **t) {
+/* An option the command does not take: --help / -h prints its usage (exit 0),
+ * anything else is a usage error naming the option. */
+static int other_option(const char *cmd, const char *usage, const char *opt) {
+    if (!strcmp(opt, "--help") || !strcmp(opt, "-h")) {
+        printf("usage: dsinfer %s %s\n", cmd, usage);
+        return DSI_EXIT_OK;
+    }
+    fprintf(stderr, "dsinfer %s: unknown or incomplete option '%s'; usage: dsinfer %s %s\n", cmd, opt, cmd,
+            usage);
+    return DSI_EXIT_USAGE;
+}
+
+/* What both commands work on: the tokenizer of --model dir in *t and all of
+ * stdin in *in / *len (the caller frees both). DSI_EXIT_USAGE without --model,
+ * DSI_EXIT_FAIL (after saying why, nothing left to free) when the tokenizer
+ * does not load or stdin cannot be read. */
+static int open_input(const char *cmd, const char *dir, struct dsi_tokenizer **t, char **in, size_t *len) {
+    if (!dir) {
+        fprintf(stderr, "dsinfer %s: --model DIR is required\n", cmd);
+        return DSI_EXIT_USAGE;
+    }
     char *err = NULL;
     int rc = dsi_tok_load(dir, t, &err);
     if (rc) {
         fprintf(stderr, "dsinfer %s: %s (is --model a model directory with tokenizer.json?)\n", cmd,
                 err ? err : dsi_strerror(rc));
         free(err);
+        return DSI_EXIT_FAIL;
+    }
+    if ((rc = read_stdin(in, len))) {
+        fprintf(stderr, "dsinfer %s: cannot read stdin: %s\n", cmd, dsi_strerror(rc));
+        dsi_tok_free(*t);
+        *t = NULL;
         return DSI_EXIT_FAIL;
     }
     return DSI_EXIT_OK;
@@ -89,30 +116,17 @@ int dsi_cmd_tokenize(int argc, char **argv) {
             bos = true;
         else if (!strcmp(argv[i], "--no-special"))
             special = false;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: dsinfer tokenize --model DIR [--json] [--bos] [--no-special] < text\n");
-            return DSI_EXIT_OK;
-        } else {
-            fprintf(stderr, "dsinfer tokenize: unknown or incomplete option '%s'; usage: dsinfer tokenize --model DIR "
-                            "[--json] [--bos] [--no-special] < text\n", argv[i]);
-            return DSI_EXIT_USAGE;
-        }
-    }
-    if (!model) {
-        fprintf(stderr, "dsinfer tokenize: --model DIR is required\n");
-        return DSI_EXIT_USAGE;
+        else
+            return other_option("tokenize", "--model DIR [--json] [--bos] [--no-special] < text", argv[i]);
     }
     struct dsi_tokenizer *t = NULL;
-    if (load_model("tokenize", model, &t)) return DSI_EXIT_FAIL;
     char *text = NULL, *err = NULL;
     size_t len = 0, n = 0;
+    int st = open_input("tokenize", model, &t, &text, &len);
+    if (st) return st;
     int32_t *ids = NULL;
     int status = DSI_EXIT_FAIL;
-    int rc = read_stdin(&text, &len);
-    if (rc) {
-        fprintf(stderr, "dsinfer tokenize: cannot read stdin: %s\n", dsi_strerror(rc));
-        goto out;
-    }
+    int rc;
     if ((rc = dsi_tok_encode(t, text, len, special, &ids, &n, &err))) {
         fprintf(stderr, "dsinfer tokenize: %s\n", err ? err : dsi_strerror(rc));
         goto out;
@@ -152,6 +166,15 @@ out:
     return status;
 }
 
+/* Appends id to *ids (*n of them, room for *cap); DSI_ENOMEM leaves them as they were. */
+static int push_id(int32_t **ids, size_t *n, size_t *cap, int32_t id) {
+    int32_t *g = dsi_grow(*ids, *n, cap, sizeof *g, 64);
+    if (!g) return DSI_ENOMEM;
+    *ids = g;
+    g[(*n)++] = id;
+    return 0;
+}
+
 /* Parses "[1, 2]" or "1,2 3" into ids; on error prints why and returns nonzero. */
 static int parse_ids(const char *s, int32_t **out, size_t *n_out) {
     size_t cap = 64, n = 0;
@@ -167,23 +190,18 @@ static int parse_ids(const char *s, int32_t **out, size_t *n_out) {
             free(ids);
             return DSI_EFORMAT;
         }
-        for (const cJSON *c = a->child; c; c = c->next, n++) {
+        for (const cJSON *c = a->child; c; c = c->next) {
             if (!cJSON_IsNumber(c) || c->valuedouble != (double)(int32_t)c->valuedouble) {
                 fprintf(stderr, "dsinfer detokenize: element %zu of the array is not an integer id\n", n);
                 cJSON_Delete(a);
                 free(ids);
                 return DSI_EFORMAT;
             }
-            if (n == cap) {
-                int32_t *ni = realloc(ids, (cap *= 2) * sizeof *ids);
-                if (!ni) {
-                    cJSON_Delete(a);
-                    free(ids);
-                    return DSI_ENOMEM;
-                }
-                ids = ni;
+            if (push_id(&ids, &n, &cap, (int32_t)c->valuedouble)) {
+                cJSON_Delete(a);
+                free(ids);
+                return DSI_ENOMEM;
             }
-            ids[n] = (int32_t)c->valuedouble;
         }
         cJSON_Delete(a);
     } else {
@@ -201,15 +219,10 @@ static int parse_ids(const char *s, int32_t **out, size_t *n_out) {
                 free(ids);
                 return DSI_EFORMAT;
             }
-            if (n == cap) {
-                int32_t *ni = realloc(ids, (cap *= 2) * sizeof *ids);
-                if (!ni) {
-                    free(ids);
-                    return DSI_ENOMEM;
-                }
-                ids = ni;
+            if (push_id(&ids, &n, &cap, (int32_t)v)) {
+                free(ids);
+                return DSI_ENOMEM;
             }
-            ids[n++] = (int32_t)v;
             p = end;
         }
     }
@@ -226,30 +239,17 @@ int dsi_cmd_detokenize(int argc, char **argv) {
             model = argv[++i];
         else if (!strcmp(argv[i], "--skip-special"))
             skip = true;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: dsinfer detokenize --model DIR [--skip-special] < ids\n");
-            return DSI_EXIT_OK;
-        } else {
-            fprintf(stderr, "dsinfer detokenize: unknown or incomplete option '%s'; usage: dsinfer detokenize "
-                            "--model DIR [--skip-special] < ids\n", argv[i]);
-            return DSI_EXIT_USAGE;
-        }
-    }
-    if (!model) {
-        fprintf(stderr, "dsinfer detokenize: --model DIR is required\n");
-        return DSI_EXIT_USAGE;
+        else
+            return other_option("detokenize", "--model DIR [--skip-special] < ids", argv[i]);
     }
     struct dsi_tokenizer *t = NULL;
-    if (load_model("detokenize", model, &t)) return DSI_EXIT_FAIL;
     char *in = NULL, *text = NULL, *err = NULL;
     size_t len = 0, n = 0;
+    int st = open_input("detokenize", model, &t, &in, &len);
+    if (st) return st;
     int32_t *ids = NULL;
     int status = DSI_EXIT_FAIL;
-    int rc = read_stdin(&in, &len);
-    if (rc) {
-        fprintf(stderr, "dsinfer detokenize: cannot read stdin: %s\n", dsi_strerror(rc));
-        goto out;
-    }
+    int rc;
     if (strlen(in) != len) {
         fprintf(stderr, "dsinfer detokenize: stdin contains a NUL byte; want token ids\n");
         goto out;
