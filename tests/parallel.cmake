@@ -21,5 +21,5 @@ if(DSI_HAVE_CUDA)
 endif()
 dsi_fuzz(fuzz_tp_msg SOURCES tests/fuzz/fuzz_tp_msg.c LIBS dsi_parallel dsi_core)
 # DeepSeek MLA + MoE with expert parallel over `mpirun -np 2|3|4 $DSI_BIN` against one process.
-dsi_test(test_parallel_ep SOURCES tests/test_parallel_ep.c LIBS PkgConfig::CJSON m LABELS mpi TIMEOUT 600)
+dsi_test(test_parallel_ep SOURCES tests/test_parallel_ep.c LIBS PkgConfig::CJSON m LABELS mpi TIMEOUT 900)
 add_dependencies(test_parallel_ep dsinfer)
