@@ -81,10 +81,10 @@ static void rig_close(struct rig *g) {
 }
 
 static int32_t *prompt_ids(const struct rig *g, size_t *n) {
-    struct dsi_chat_msg msgs[] = {{"user", "Reply with JSON only."}};
+    struct dsi_chat_msg msgs[] = {{.role = "user", .content = "Reply with JSON only."}};
     char *text = NULL;
     int32_t *ids = NULL;
-    dsi_chat_render(g->tok, dsi_tok_chat_format(g->tok), msgs, 1, true, &text, NULL);
+    dsi_chat_render(g->tok, dsi_tok_chat_format(g->tok), msgs, 1, NULL, true, &text, NULL);
     if (text) dsi_tok_encode(g->tok, text, strlen(text), true, &ids, n, NULL);
     free(text);
     return ids;

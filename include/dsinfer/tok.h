@@ -82,9 +82,18 @@ enum dsi_chat_format {
     DSI_CHAT_DEEPSEEK_CODER,
     DSI_CHAT_CHATML,      /* Qwen2 family and demo model */
 };
+/* One call of an assistant turn (OpenAI tool_calls[i]). */
+struct dsi_chat_tool_call {
+    const char *id;        /* may be NULL; no format renders it */
+    const char *name;
+    const char *arguments; /* JSON text exactly as the client sent it */
+};
 struct dsi_chat_msg {
-    const char *role;     /* "system" | "user" | "assistant" */
-    const char *content;
+    const char *role;     /* "system" | "developer" | "user" | "assistant" | "tool" */
+    const char *content;  /* NULL only for an assistant turn with tool calls (content null) */
+    const struct dsi_chat_tool_call *tool_calls; /* assistant: n_tool_calls calls */
+    size_t n_tool_calls;
+    const char *tool_call_id; /* role "tool": the call answered (no format renders it) */
 };
 int dsi_chat_format_parse(const char *name, enum dsi_chat_format *out);
 const char *dsi_chat_format_name(enum dsi_chat_format f);
@@ -93,16 +102,27 @@ enum dsi_chat_format dsi_tok_chat_format(const struct dsi_tokenizer *t);
 /* True when the format starts assistant turns inside <think> (R1 reasoning models). */
 bool dsi_chat_is_reasoning(const struct dsi_tokenizer *t, enum dsi_chat_format f);
 /* Renders messages to prompt text (BOS included as text when the format has one).
+ * tools_json: NULL, or the request's tools array as JSON text ([{"type":"function",
+ * "function":{...}}], as OpenAI's API and HF's apply_chat_template take it); the
+ * formats with a native tool syntax render it, calls and results as their HF
+ * template does (DeepSeek-V3: <｜tool▁calls▁begin｜>...; its template has no place
+ * for the tool list. ChatML: Qwen's <tools>, <tool_call>, <tool_response>). The
+ * DeepSeek LLM and Coder formats have none: there "tool" messages and tool calls
+ * are DSI_EINVAL (the server rewrites them into text first, docs/api.md).
  * *text is malloc'd. For display and tests only: to get ids, use dsi_chat_encode
  * (encoding this text with allow_special would let content inject special tokens). */
 int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
-                    size_t n_msgs, bool add_generation_prompt, char **text, char **err);
+                    size_t n_msgs, const char *tools_json, bool add_generation_prompt, char **text, char **err);
+/* True when format f (resolved for t) has a native tool-call syntax. */
+bool dsi_chat_has_tool_syntax(const struct dsi_tokenizer *t, enum dsi_chat_format f);
 /* Renders and encodes messages: the template's own text with its special tokens,
- * each message's content as plain text (special tokens and DeepSeek's turn
- * markers written in it stay text, as HF's split_special_tokens=True does for
- * specials). Without such text in the content the ids equal those of
+ * each message's content (and tool names, arguments and the tools list) as plain
+ * text (special tokens, DeepSeek's turn markers and the tool-call markers of
+ * both native syntaxes written in it stay text, as HF's split_special_tokens=True
+ * does for specials). Without such text in the content the ids equal those of
  * dsi_chat_render + dsi_tok_encode(allow_special). *ids is malloc'd. */
 int dsi_chat_encode(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
-                    size_t n_msgs, bool add_generation_prompt, int32_t **ids, size_t *n_ids, char **err);
+                    size_t n_msgs, const char *tools_json, bool add_generation_prompt, int32_t **ids,
+                    size_t *n_ids, char **err);
 
 #endif

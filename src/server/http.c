@@ -286,9 +286,9 @@ static int prompt_ids(struct dsi_server *s, const struct dsi__req *r, bool gen_p
     if (r->n_msgs) {
         struct dsi_chat_msg *m = calloc(r->n_msgs, sizeof *m);
         if (!m) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
-        for (size_t i = 0; i < r->n_msgs; i++) m[i] = (struct dsi_chat_msg){r->msgs[i].role, r->msgs[i].content};
+        for (size_t i = 0; i < r->n_msgs; i++) m[i] = (struct dsi_chat_msg){.role = r->msgs[i].role, .content = r->msgs[i].content};
         /* Content is encoded as plain text: special tokens only from the template. */
-        rc = dsi_chat_encode(s->tok, s->chat_format, m, r->n_msgs, gen_prompt, ids, n, &err);
+        rc = dsi_chat_encode(s->tok, s->chat_format, m, r->n_msgs, NULL, gen_prompt, ids, n, &err);
         free(m);
     } else if (r->prompt) {
         int32_t *t = NULL;

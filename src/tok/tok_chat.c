@@ -2,9 +2,15 @@
  * tok_chat.c: chat prompt formats rendered natively (no Jinja engine).
  *
  * Each format reproduces, byte for byte, what HF transformers' apply_chat_template
- * makes from the model's own template for system/user/assistant messages (tool calls
- * are not rendered; a "tool" role is refused). tests/golden/tok/chat_*.json hold the
- * HF renderings the tests compare against. The format is picked from
+ * makes from the model's own template for system/user/assistant messages, and for
+ * the formats with a native tool syntax (DeepSeek-V3, ChatML as Qwen writes it)
+ * also for tools, assistant tool calls and "tool" results; the other formats refuse
+ * those (the server rewrites them into text first). tests/golden/tok/chat_*.json
+ * and chat_tools_*.json hold the renderings the tests compare against. The
+ * DeepSeek-V3 template's own quirks are kept (they are what the model saw): a turn
+ * with a single call gets no <｜tool▁calls▁end｜>, and after the first tool-call
+ * turn or result, later ones start with "\n" instead of the opening markers.
+ * The format is picked from
  * tokenizer_config.json's chat_template by distinctive substrings:
  *   "<｜User｜>" + "<｜Assistant｜>"  DeepSeek-V3 family; with "</think>" in the template
  *                                  earlier assistant turns drop their reasoning (R1), and
@@ -22,6 +28,9 @@
  * template text around them, so a chat without such text gets exactly the
  * ids of render + encode(allow_special), as HF's apply_chat_template does.
  */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,10 +207,22 @@ static bool is_role(const struct dsi_chat_msg *m, const char *r) {
     return strcmp(m->role, r) == 0;
 }
 
+/* The DeepSeek-V3 template's text of one tool call. */
+static void v3_call(struct buf *b, const struct dsi_chat_tool_call *c) {
+    put(b, "<｜tool▁call▁begin｜>function<｜tool▁sep｜>");
+    put_content(b, c->name);
+    put(b, "\n```json\n");
+    put_content(b, c->arguments);
+    put(b, "\n```<｜tool▁call▁end｜>");
+}
+
 static void render_v3(const struct dsi_tokenizer *t, const struct dsi_chat_msg *m, size_t n, bool gen, struct buf *b) {
     /* R1 rules only when the model's own template is a V3-family one that has them. */
     bool v3 = t->chat_format == DSI_CHAT_DEEPSEEK_V3;
     bool strip = v3 && t->chat_r1_strip_think, think = v3 && t->chat_gen_think;
+    /* The template's namespace flags; is_first and is_output_first are never reset
+     * there, so they are not here either. */
+    bool is_first = false, is_tool = false, is_output_first = true;
     put(b, t->bos_text ? t->bos_text : "");
     bool first_sys = true;
     for (size_t i = 0; i < n; i++)
@@ -212,17 +233,39 @@ static void render_v3(const struct dsi_tokenizer *t, const struct dsi_chat_msg *
         }
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "user")) {
+            is_tool = false;
             put(b, "<｜User｜>");
             put_content(b, m[i].content);
+        } else if (is_role(&m[i], "assistant") && !m[i].content) {
+            is_tool = false;
+            for (size_t k = 0; k < m[i].n_tool_calls; k++) {
+                if (!is_first) {
+                    put(b, "<｜Assistant｜><｜tool▁calls▁begin｜>");
+                    v3_call(b, &m[i].tool_calls[k]);
+                    is_first = true;
+                } else {
+                    put(b, "\n");
+                    v3_call(b, &m[i].tool_calls[k]);
+                    put(b, "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>");
+                }
+            }
         } else if (is_role(&m[i], "assistant")) {
             const char *c = m[i].content, *e = strip ? find_last(c, "</think>") : NULL;
             if (e) c = e + strlen("</think>");
-            put(b, "<｜Assistant｜>");
+            put(b, is_tool ? "<｜tool▁outputs▁end｜>" : "<｜Assistant｜>");
             put_content(b, c);
             put(b, "<｜end▁of▁sentence｜>");
+            is_tool = false;
+        } else if (is_role(&m[i], "tool")) {
+            is_tool = true;
+            put(b, is_output_first ? "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>" : "\n<｜tool▁output▁begin｜>");
+            put_content(b, m[i].content);
+            put(b, "<｜tool▁output▁end｜>");
+            is_output_first = false;
         }
     }
-    if (gen) put(b, think ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
+    if (is_tool) put(b, "<｜tool▁outputs▁end｜>");
+    if (gen && !is_tool) put(b, think ? "<｜Assistant｜><think>\n" : "<｜Assistant｜>");
 }
 
 static void render_llm(const struct dsi_tokenizer *t, const struct dsi_chat_msg *m, size_t n, bool gen, struct buf *b) {
@@ -272,8 +315,10 @@ static void strip_nl(const char **s, const char **e, bool left, bool right) {
     while (right && *e > *s && (*e)[-1] == '\n') (*e)--;
 }
 
-/* Qwen3's assistant turn: reasoning and answer split at </think>. */
-static void qwen3_assistant(const char *c, bool with_think, struct buf *b) {
+/* Qwen3's assistant turn after its "<|im_start|>assistant\n": reasoning and answer
+ * split at </think>. Returns where the answer starts in c (the template's
+ * `content`, which decides the newline before tool calls). */
+static const char *qwen3_assistant(const char *c, bool with_think, struct buf *b) {
     const char *close = strstr(c, "</think>");
     const char *ans = c, *ans_end = c + strlen(c);
     const char *rs = c, *re = c; /* reasoning, empty by default */
@@ -288,7 +333,7 @@ static void qwen3_assistant(const char *c, bool with_think, struct buf *b) {
             if (memcmp(p, "<think>", 7) == 0) rs = p + 7;
         strip_nl(&rs, &re, true, false);
     }
-    put(b, "<|im_start|>assistant\n");
+    const char *content = ans;
     if (with_think) {
         strip_nl(&rs, &re, true, true);
         put(b, "<think>\n");
@@ -297,7 +342,7 @@ static void qwen3_assistant(const char *c, bool with_think, struct buf *b) {
         strip_nl(&ans, &ans_end, true, false);
     }
     put_content_n(b, ans, (size_t)(ans_end - ans));
-    (void)close;
+    return content;
 }
 
 static bool qwen3_has_reasoning(const char *c) {
@@ -317,46 +362,174 @@ static bool is_tool_response(const char *c) {
     return n >= a + z && memcmp(c, "<tool_response>", a) == 0 && memcmp(c + n - z, "</tool_response>", z) == 0;
 }
 
-static void render_chatml(const struct dsi_tokenizer *t, const struct dsi_chat_msg *m, size_t n, bool gen,
-                          struct buf *b) {
+/* x as Python's json.dumps(x, ensure_ascii=False) writes it (HF's tojson filter):
+ * ", " and ": " separators, only '"', '\\' and control bytes escaped. Numbers
+ * lose their spelling in cJSON: an integral value is written as an integer (a
+ * client's 1.0 becomes 1, where Python keeps 1.0), others in the shortest form
+ * that reads back the same. Returns false when x holds a raw or invalid item. */
+static bool put_pyjson(struct buf *b, const cJSON *x, int depth) {
+    char tmp[40];
+    if (depth > 256) return false; /* deeper than any schema the grammar takes (64 levels) */
+    if (cJSON_IsNull(x)) put_content(b, "null");
+    else if (cJSON_IsTrue(x)) put_content(b, "true");
+    else if (cJSON_IsFalse(x)) put_content(b, "false");
+    else if (cJSON_IsNumber(x)) {
+        double v = x->valuedouble;
+        if (v == floor(v) && fabs(v) < 1e17) snprintf(tmp, sizeof tmp, "%.0f", v);
+        else
+            for (int p = 1; p <= 17; p++) {
+                snprintf(tmp, sizeof tmp, "%.*g", p, v);
+                if (strtod(tmp, NULL) == v) break;
+            }
+        put_content(b, tmp);
+    } else if (cJSON_IsString(x)) {
+        put_content(b, "\"");
+        for (const unsigned char *p = (const unsigned char *)x->valuestring; *p; p++) {
+            const char *esc = *p == '"' ? "\\\"" : *p == '\\' ? "\\\\" : *p == '\n' ? "\\n" : *p == '\r' ? "\\r"
+                              : *p == '\t' ? "\\t" : *p == '\b' ? "\\b" : *p == '\f' ? "\\f" : NULL;
+            if (esc) put_content(b, esc);
+            else if (*p < 0x20) {
+                snprintf(tmp, sizeof tmp, "\\u%04x", *p);
+                put_content(b, tmp);
+            } else put_content_n(b, (const char *)p, 1);
+        }
+        put_content(b, "\"");
+    } else if (cJSON_IsArray(x) || cJSON_IsObject(x)) {
+        bool obj = cJSON_IsObject(x);
+        put_content(b, obj ? "{" : "[");
+        for (const cJSON *c = x->child; c; c = c->next) {
+            if (c != x->child) put_content(b, ", ");
+            if (obj) {
+                cJSON k = {.type = cJSON_String, .valuestring = c->string};
+                if (!c->string || !put_pyjson(b, &k, depth + 1)) return false;
+                put_content(b, ": ");
+            }
+            if (!put_pyjson(b, c, depth + 1)) return false;
+        }
+        put_content(b, obj ? "}" : "]");
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* Qwen's system turn listing the tools (tools: a non-empty array). */
+static int chatml_tools(const cJSON *tools, const struct dsi_chat_msg *sys, struct buf *b) {
+    put(b, "<|im_start|>system\n");
+    if (sys) {
+        put_content(b, sys->content);
+        put(b, "\n\n");
+    }
+    put(b, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+           "function signatures within <tools></tools> XML tags:\n<tools>");
+    for (const cJSON *x = tools->child; x; x = x->next) {
+        put(b, "\n");
+        if (!put_pyjson(b, x, 0)) return DSI_EINVAL;
+    }
+    put(b, "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+           "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+           "<args-json-object>}\n</tool_call><|im_end|>\n");
+    return 0;
+}
+
+/* An assistant turn's calls in Qwen's form; content: the text rendered before them. */
+static void chatml_calls(const struct dsi_chat_msg *m, const char *content, struct buf *b) {
+    for (size_t k = 0; k < m->n_tool_calls; k++) {
+        if (k > 0 || *content) put(b, "\n");
+        put(b, "<tool_call>\n{\"name\": \"");
+        put_content(b, m->tool_calls[k].name);
+        put(b, "\", \"arguments\": ");
+        put_content(b, m->tool_calls[k].arguments);
+        put(b, "}\n</tool_call>");
+    }
+}
+
+static int render_chatml(const struct dsi_tokenizer *t, const struct dsi_chat_msg *m, size_t n, const cJSON *tools,
+                         bool gen, struct buf *b) {
     bool q3 = t->chat_format == DSI_CHAT_CHATML && t->chat_qwen3_think;
-    size_t last_query = n ? n - 1 : 0;
+    size_t last_query = n ? n - 1 : 0, i0 = 0;
     if (q3)
         for (size_t i = n; i-- > 0;)
             if (is_role(&m[i], "user") && !is_tool_response(m[i].content)) {
                 last_query = i;
                 break;
             }
-    for (size_t i = 0; i < n; i++) {
+    if (cJSON_GetArraySize(tools) > 0) {
+        bool sys = n && is_role(&m[0], "system");
+        int rc = chatml_tools(tools, sys ? &m[0] : NULL, b);
+        if (rc) return rc;
+        i0 = sys;
+    }
+    for (size_t i = i0; i < n; i++) {
+        const char *c = m[i].content ? m[i].content : "";
+        if (is_role(&m[i], "tool")) {
+            if (i == 0 || !is_role(&m[i - 1], "tool")) put(b, "<|im_start|>user");
+            put(b, "\n<tool_response>\n");
+            put_content(b, c);
+            put(b, "\n</tool_response>");
+            if (i + 1 == n || !is_role(&m[i + 1], "tool")) put(b, "<|im_end|>\n");
+            continue;
+        }
         if (q3 && is_role(&m[i], "assistant")) {
             bool after = i > last_query;
-            bool with_think = after && (i == n - 1 || qwen3_has_reasoning(m[i].content));
-            qwen3_assistant(m[i].content, with_think, b);
+            bool with_think = after && (i == n - 1 || qwen3_has_reasoning(c));
+            put(b, "<|im_start|>assistant\n");
+            const char *ans = qwen3_assistant(c, with_think, b);
+            chatml_calls(&m[i], ans, b);
             put(b, "<|im_end|>\n");
             continue;
         }
         put(b, "<|im_start|>");
         put(b, is_role(&m[i], "system") ? "system" : m[i].role);
         put(b, "\n");
-        put_content(b, m[i].content);
+        put_content(b, c);
+        if (is_role(&m[i], "assistant")) chatml_calls(&m[i], c, b);
         put(b, "<|im_end|>\n");
     }
     if (gen) put(b, "<|im_start|>assistant\n");
+    return 0;
+}
+
+bool dsi_chat_has_tool_syntax(const struct dsi_tokenizer *t, enum dsi_chat_format f) {
+    enum dsi_chat_format r = t ? resolve(t, f) : f;
+    return r == DSI_CHAT_DEEPSEEK_V3 || r == DSI_CHAT_CHATML;
+}
+
+/* Checks the messages against what format r can render. */
+static int check_msgs(enum dsi_chat_format r, const struct dsi_chat_msg *msgs, size_t n_msgs, char **err) {
+    bool tools_ok = r == DSI_CHAT_DEEPSEEK_V3 || r == DSI_CHAT_CHATML;
+    for (size_t i = 0; i < n_msgs; i++) {
+        const struct dsi_chat_msg *m = &msgs[i];
+        bool asst = m->role && is_role(m, "assistant");
+        if (!m->role || (!m->content && !(asst && m->n_tool_calls)))
+            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has no role or content", i);
+        if (!is_role(m, "system") && !is_role(m, "user") && !asst && !(tools_ok && is_role(m, "tool")))
+            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has role \"%.20s\" (want system, developer, user, "
+                              "assistant%s)", i, m->role, tools_ok ? " or tool" : "");
+        if (m->n_tool_calls && (!asst || !tools_ok || !m->tool_calls))
+            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu: tool calls need an assistant turn and a format "
+                              "with a tool syntax", i);
+        for (size_t k = 0; k < m->n_tool_calls; k++)
+            if (!m->tool_calls[k].name || !m->tool_calls[k].arguments)
+                return dsi_seterr(err, DSI_EINVAL, "chat: message %zu: call %zu has no name or arguments", i, k);
+    }
+    return 0;
 }
 
 /* Renders into b (spans included); b->rc or the return value says why not. */
 static int render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
-                  size_t n_msgs, bool add_generation_prompt, struct buf *b, char **err) {
+                  size_t n_msgs, const char *tools_json, bool add_generation_prompt, struct buf *b, char **err) {
     if (!t || (!msgs && n_msgs)) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
-    for (size_t i = 0; i < n_msgs; i++) {
-        if (!msgs[i].role || !msgs[i].content)
-            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has no role or content", i);
-        if (!is_role(&msgs[i], "system") && !is_role(&msgs[i], "user") && !is_role(&msgs[i], "assistant"))
-            return dsi_seterr(err, DSI_EINVAL, "chat: message %zu has role \"%.20s\" (want system, developer, user or assistant)",
-                              i, msgs[i].role);
+    enum dsi_chat_format r = resolve(t, f);
+    int rc = check_msgs(r, msgs, n_msgs, err);
+    if (rc) return rc;
+    cJSON *tools = tools_json ? cJSON_Parse(tools_json) : NULL;
+    if (tools_json && !cJSON_IsArray(tools)) {
+        cJSON_Delete(tools);
+        return dsi_seterr(err, DSI_EINVAL, "chat: tools is not a JSON array");
     }
-    switch (resolve(t, f)) {
-    case DSI_CHAT_DEEPSEEK_V3:
+    switch (r) {
+    case DSI_CHAT_DEEPSEEK_V3: /* the template has no place for the tool list */
         render_v3(t, msgs, n_msgs, add_generation_prompt, b);
         break;
     case DSI_CHAT_DEEPSEEK_LLM:
@@ -366,11 +539,13 @@ static int render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const s
         render_coder(t, msgs, n_msgs, add_generation_prompt, b);
         break;
     case DSI_CHAT_CHATML:
-        render_chatml(t, msgs, n_msgs, add_generation_prompt, b);
+        rc = render_chatml(t, msgs, n_msgs, tools, add_generation_prompt, b);
         break;
     default:
-        return dsi_seterr(err, DSI_EINVAL, "chat: unknown format %d", (int)f);
+        rc = DSI_EINVAL;
     }
+    cJSON_Delete(tools);
+    if (rc) return dsi_seterr(err, rc, "chat: cannot render format %d with these tools", (int)r);
     if (!b->p && !b->rc) {
         b->p = calloc(1, 1); /* empty output still gets a buffer */
         if (!b->p) b->rc = DSI_ENOMEM;
@@ -380,11 +555,11 @@ static int render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const s
 }
 
 int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
-                    size_t n_msgs, bool add_generation_prompt, char **text, char **err) {
+                    size_t n_msgs, const char *tools_json, bool add_generation_prompt, char **text, char **err) {
     if (!text) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
     *text = NULL;
     struct buf b = {0};
-    int rc = render(t, f, msgs, n_msgs, add_generation_prompt, &b, err);
+    int rc = render(t, f, msgs, n_msgs, tools_json, add_generation_prompt, &b, err);
     free(b.sp);
     if (rc) {
         free(b.p);
@@ -395,17 +570,25 @@ int dsi_chat_render(const struct dsi_tokenizer *t, enum dsi_chat_format f, const
 }
 
 int dsi_chat_encode(const struct dsi_tokenizer *t, enum dsi_chat_format f, const struct dsi_chat_msg *msgs,
-                    size_t n_msgs, bool add_generation_prompt, int32_t **ids, size_t *n_ids, char **err) {
+                    size_t n_msgs, const char *tools_json, bool add_generation_prompt, int32_t **ids,
+                    size_t *n_ids, char **err) {
     if (!ids || !n_ids) return dsi_seterr(err, DSI_EINVAL, "chat: bad arguments");
     *ids = NULL;
     *n_ids = 0;
     struct buf b = {0};
-    int rc = render(t, f, msgs, n_msgs, add_generation_prompt, &b, err);
+    int rc = render(t, f, msgs, n_msgs, tools_json, add_generation_prompt, &b, err);
     if (!rc) {
-        /* Turn markers that some vocabularies do not flag special (DeepSeek's
-         * <｜User｜>, <｜Assistant｜>): in content they would still open a turn. */
-        int32_t deny[2] = {dsi_tok_lookup(t, "<｜User｜>"), dsi_tok_lookup(t, "<｜Assistant｜>")};
-        rc = dsi__tok_encode_spans(t, b.p, b.n, b.sp, b.n_sp, deny, 2, ids, n_ids, err);
+        /* Turn and tool-call markers that the vocabularies do not flag special
+         * (DeepSeek's <｜User｜>, <｜tool▁calls▁begin｜>, Qwen's <tool_call>): in
+         * content they would still open a turn or a call. */
+        static const char *const DENY[] = {
+            "<｜User｜>", "<｜Assistant｜>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>",
+            "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁outputs▁begin｜>",
+            "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>",
+            "<｜tool▁sep｜>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"};
+        int32_t deny[sizeof DENY / sizeof DENY[0]];
+        for (size_t i = 0; i < sizeof DENY / sizeof DENY[0]; i++) deny[i] = dsi_tok_lookup(t, DENY[i]);
+        rc = dsi__tok_encode_spans(t, b.p, b.n, b.sp, b.n_sp, deny, sizeof deny / sizeof deny[0], ids, n_ids, err);
     }
     free(b.sp);
     free(b.p);

@@ -56,9 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         free(e2);
     }
-    struct dsi_chat_msg m[2] = {{"system", "s"}, {"user", "u"}};
+    struct dsi_chat_msg m[2] = {{.role = "system", .content = "s"}, {.role = "user", .content = "u"}};
     char *chat = NULL;
-    if (dsi_chat_render(t, DSI_CHAT_AUTO, m, 2, true, &chat, NULL) == 0) free(chat);
+    if (dsi_chat_render(t, DSI_CHAT_AUTO, m, 2, NULL, true, &chat, NULL) == 0) free(chat);
     (void)dsi_tok_lookup(t, "<s>");
     dsi_tok_free(t);
     return 0;
