@@ -258,6 +258,52 @@ static void check_mask_exact(struct dsi_grammar_matcher *m, const struct dsi_tok
     free(mask);
 }
 
+/* A chat format's call syntax around the arguments: raw prefix bytes, then the
+ * schema's value; the matcher is finished (nothing may follow) once it closes. */
+TEST(prefixed_alternatives_raw_text_then_schema) {
+    const struct dsi_grammar_alt alts[] = {
+        {"get_weather\n```json\n", "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
+                                    "\"required\":[\"city\"]}"},
+        {"get_time\n```json\n", "{\"type\":\"object\",\"properties\":{}}"},
+        {"get_tide\n```json\n", "{\"$defs\":{\"p\":{\"enum\":[1,2]}},\"type\":\"object\",\"properties\":"
+                                 "{\"port\":{\"$ref\":\"#/$defs/p\"}},\"required\":[\"port\"]}"},
+    };
+    struct dsi_grammar *g = NULL;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_prefixed(alts, 3, &g, &err), 0);
+    free(err);
+    if (!g) return;
+    CHECK_EQ_INT(run(g, "get_weather\n```json\n{\"city\":\"Oslo\"}"), 1);
+    CHECK_EQ_INT(run_bytewise(g, "get_time\n```json\n{}"), 1);
+    CHECK_EQ_INT(run(g, "get_tide\n```json\n{\"port\":2}"), 1); /* $ref resolved in its own schema */
+    CHECK_EQ_INT(run(g, "get_tide\n```json\n{\"port\":3}"), -1);
+    CHECK_EQ_INT(run(g, "get_t"), 0);
+    CHECK_EQ_INT(run(g, "get_weather\n```json\n{}"), -1);        /* city is required */
+    CHECK_EQ_INT(run(g, "get_weather\n```json\n{\"city\":\"Oslo\"}x"), -1); /* nothing after */
+    CHECK_EQ_INT(run(g, "get_weather {\"city\":\"Oslo\"}"), -1);
+    CHECK_EQ_INT(run(g, "{}"), -1);
+    struct dsi_grammar_matcher *m = NULL;
+    CHECK_EQ_INT(dsi_grammar_matcher_create(g, 0, &m), 0);
+    const char *t = "get_time\n```json\n{";
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, t, strlen(t)), 0);
+    CHECK(!dsi_grammar_matcher_finished(m) && !dsi_grammar_matcher_complete(m));
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, "}", 1), 0);
+    CHECK(dsi_grammar_matcher_finished(m) && dsi_grammar_matcher_complete(m));
+    dsi_grammar_matcher_destroy(m);
+    dsi_grammar_destroy(g);
+    /* no prefix: the schema alone; bad input is refused with the alternative named */
+    const struct dsi_grammar_alt bare[] = {{NULL, "{\"type\":\"integer\"}"}};
+    CHECK_EQ_INT(dsi_grammar_compile_prefixed(bare, 1, &g, NULL), 0);
+    CHECK_EQ_INT(run(g, "42"), 1);
+    dsi_grammar_destroy(g);
+    const struct dsi_grammar_alt bad[] = {{"f\n", "{\"type\":\"object\"}"}, {"g\n", "{\"minimum\":1}"}};
+    err = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_prefixed(bad, 2, &g, &err), DSI_EINVAL);
+    CHECK(err && strstr(err, "alternative 1") && strstr(err, "minimum"));
+    free(err);
+    CHECK_EQ_INT(dsi_grammar_compile_prefixed(bad, 0, &g, NULL), DSI_EINVAL);
+}
+
 TEST(mask_at_152k_vocab_allows_exactly_the_viable_tokens) {
     struct dsi_tokenizer *t = qwen();
     CHECK(t != NULL);
@@ -293,6 +339,23 @@ TEST(mask_at_152k_vocab_allows_exactly_the_viable_tokens) {
         if (i == 2) CHECK(allowed > 100000); /* inside a string nearly everything goes */
         dsi_grammar_matcher_destroy(m);
     }
+    /* raw prefix text: the mask follows it byte for byte, then the schema */
+    const struct dsi_grammar_alt alts[] = {{"get_weather\n```json\n", "{\"type\":\"object\",\"properties\":"
+                                                                      "{\"city\":{\"type\":\"string\"}}}"},
+                                           {"get_time\n```json\n", "{\"type\":\"object\",\"properties\":{}}"}};
+    struct dsi_grammar *pg = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_prefixed(alts, 2, &pg, NULL), 0);
+    static const char *pprefixes[] = {"", "get_", "get_weather\n``", "get_time\n```json\n"};
+    for (size_t i = 0; pg && i < sizeof pprefixes / sizeof *pprefixes; i++) {
+        struct dsi_grammar_matcher *m = NULL;
+        CHECK_EQ_INT(dsi_grammar_matcher_create(pg, 4, &m), 0);
+        CHECK_EQ_INT(dsi_grammar_matcher_accept(m, pprefixes[i], strlen(pprefixes[i])), 0);
+        int allowed = 0;
+        check_mask_exact(m, t, tr, &allowed);
+        CHECK(allowed > 0);
+        dsi_grammar_matcher_destroy(m);
+    }
+    dsi_grammar_destroy(pg);
     dsi_grammar_destroy(g);
     dsi_grammar_destroy(jo);
     dsi_token_trie_destroy(tr);
@@ -402,6 +465,7 @@ int main(void) {
     RUN(schema_enum_const_anyof_and_refs);
     RUN(schema_scalars_at_the_top_and_length_bounds);
     RUN(schema_compile_errors_name_the_problem);
+    RUN(prefixed_alternatives_raw_text_then_schema);
     RUN(mask_at_152k_vocab_allows_exactly_the_viable_tokens);
     RUN(random_walks_through_masks_give_schema_valid_json);
     return test_summary();

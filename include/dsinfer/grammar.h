@@ -44,6 +44,18 @@ int dsi_grammar_json_object(struct dsi_grammar **out, char **err);
  * naming the place and the problem ("properties.age: keyword 'minimum' is not
  * supported"), DSI_ERANGE when a limit above is exceeded, or DSI_ENOMEM. */
 int dsi_grammar_compile(const char *schema_json, size_t len, struct dsi_grammar **out, char **err);
+/* One alternative of dsi_grammar_compile_prefixed: raw bytes (not JSON; NULL or ""
+ * for none), then a value of the schema (JSON text, NUL-terminated). */
+struct dsi_grammar_alt {
+    const char *prefix;
+    const char *schema_json;
+};
+/* The union over alts (1 to 64) of prefix + value: a chat format's own tool-call
+ * syntax around the arguments ("get_weather\n```json\n" then the parameters).
+ * Values are compact JSON as above; only the first 8 alternatives that share a
+ * prefix are followed at once (DSI__G_MAX_ALT, as for anyOf). Errors as
+ * dsi_grammar_compile, the place named "alternative I". */
+int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, struct dsi_grammar **out, char **err);
 /* Accepts NULL. A grammar must outlive its matchers. */
 void dsi_grammar_destroy(struct dsi_grammar *g);
 

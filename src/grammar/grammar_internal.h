@@ -39,6 +39,8 @@ enum dsi__gnode_kind {
     DSI__GN_INTEGER,
     DSI__GN_LIT,     /* lits[first, first + n), sorted */
     DSI__GN_ANYOF,   /* alts[first, first + n) */
+    DSI__GN_SEQ,     /* alts[first, first + n): parts matched one after the other (a raw
+                        prefix LIT, then a value: dsi_grammar_compile_prefixed) */
 };
 
 struct dsi__gnode {
@@ -76,14 +78,14 @@ struct dsi_grammar {
 };
 
 /* Matcher frames. */
-enum dsi__gframe_kind { DSI__FR_ROOT, DSI__FR_OBJ, DSI__FR_ARR, DSI__FR_STR, DSI__FR_NUM, DSI__FR_LIT };
+enum dsi__gframe_kind { DSI__FR_ROOT, DSI__FR_OBJ, DSI__FR_ARR, DSI__FR_STR, DSI__FR_NUM, DSI__FR_LIT, DSI__FR_SEQ };
 
 struct dsi__gframe {
     uint16_t node;
     uint8_t kind;     /* enum dsi__gframe_kind */
     uint8_t phase;    /* per kind, see match.c */
     uint32_t a;       /* obj: next property | key pos << 16; arr: items so far; str: code points;
-                         num: digits of the current part; lit: lo | hi << 16 */
+                         num: digits of the current part; lit: lo | hi << 16; seq: parts begun */
     uint64_t b;       /* obj: key candidates (bit per property from 0) or the property
                          whose value comes; str: UTF-8 continuation (need | lo << 8 | hi << 16);
                          lit: bytes matched */
@@ -107,7 +109,7 @@ void dsi__gstate_step(const struct dsi_grammar *g, const struct dsi__gstate *in,
                       struct dsi__gstate *out);
 void dsi__gstate_copy(struct dsi__gstate *dst, const struct dsi__gstate *src);
 bool dsi__gstate_complete(const struct dsi_grammar *g, const struct dsi__gstate *st);
-bool dsi__gstate_finished(const struct dsi__gstate *st);
+bool dsi__gstate_finished(const struct dsi_grammar *g, const struct dsi__gstate *st);
 /* True when st is one stack inside a string with no escape or UTF-8 sequence
  * pending; *left: code points the string may still take (UINT32_MAX: unbounded). */
 bool dsi__gstate_in_string(const struct dsi_grammar *g, const struct dsi__gstate *st, uint32_t *left);

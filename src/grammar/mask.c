@@ -308,7 +308,7 @@ bool dsi_grammar_matcher_complete(const struct dsi_grammar_matcher *m) {
     return dsi__gstate_complete(m->g, &m->st);
 }
 
-bool dsi_grammar_matcher_finished(const struct dsi_grammar_matcher *m) { return dsi__gstate_finished(&m->st); }
+bool dsi_grammar_matcher_finished(const struct dsi_grammar_matcher *m) { return dsi__gstate_finished(m->g, &m->st); }
 
 static uint64_t fnv1a(const unsigned char *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;

@@ -22,6 +22,8 @@
  *         a lone one is invalid Unicode and pairs need not be produced this way.
  *   NUM   JSON number lexer, digits of the current part bounded (grammar.h)
  *   LIT   a range of the node's sorted literals sharing the first b bytes
+ *   SEQ   the parts of a sequence node begun so far in a; the next byte after a
+ *         part begins the next part, and pops the frame after the last one
  * NUM and LIT end when a byte does not extend them: the frame pops and the byte is
  * fed to the frame below.
  */
@@ -331,6 +333,16 @@ static void feed(const struct dsi_grammar *g, struct dsi__gstate *out, struct ds
         case DSI__FR_STR: r = str_feed(g, st, f, c); break;
         case DSI__FR_NUM: r = num_feed(g, f, c); break;
         case DSI__FR_LIT: r = lit_feed(g, f, c); break;
+        case DSI__FR_SEQ: {
+            const struct dsi__gnode *n = &g->nodes[f->node];
+            if (f->a < n->n) {
+                int32_t part = g->alts[n->first + f->a++];
+                begin_value(g, out, st, part, c);
+                return;
+            }
+            r = R_POP_REFEED;
+            break;
+        }
         }
         if (r == R_ACCEPT) commit(out, st);
         if (r != R_POP_REFEED) return;
@@ -378,6 +390,10 @@ static void begin_value(const struct dsi_grammar *g, struct dsi__gstate *out, st
         push(st, node, DSI__FR_LIT, 0, n->n << 16, 0);
         r = lit_feed(g, &st->f[st->depth - 1], c);
         break;
+    case DSI__GN_SEQ: /* the frame first, then the byte begins part 0 (which commits) */
+        push(st, node, DSI__FR_SEQ, 0, 1, 0);
+        begin_value(g, out, st, g->alts[n->first], c);
+        return;
     }
     if (r == R_ACCEPT) commit(out, st);
 }
@@ -404,13 +420,24 @@ void dsi__gstate_copy(struct dsi__gstate *dst, const struct dsi__gstate *src) {
         stack_copy(&dst->s[i], &src->s[i]);
 }
 
+/* True for a sequence frame whose last part has begun. */
+static bool seq_last(const struct dsi_grammar *g, const struct dsi__gframe *f) {
+    return f->kind == DSI__FR_SEQ && f->a >= g->nodes[f->node].n;
+}
+
+/* Complete: the top value started, every frame above the root a sequence in its
+ * last part, and the top frame (if not one) a NUM or LIT that may end here. */
 static bool stack_complete(const struct dsi_grammar *g, const struct dsi__gstack *st) {
-    const struct dsi__gframe *f = &st->f[st->depth - 1];
-    if (st->depth == 1) return f->phase == ROOT_DONE;
-    if (st->depth != 2) return false;
-    if (f->kind == DSI__FR_NUM) return num_complete(f);
-    if (f->kind == DSI__FR_LIT) return lit_complete(g, f);
-    return false;
+    if (st->f[0].phase != ROOT_DONE) return false;
+    for (uint32_t i = 1; i < st->depth; i++) {
+        const struct dsi__gframe *f = &st->f[i];
+        if (seq_last(g, f)) continue;
+        if (i + 1 != st->depth) return false;
+        if (f->kind == DSI__FR_NUM) return num_complete(f);
+        if (f->kind == DSI__FR_LIT) return lit_complete(g, f);
+        return false;
+    }
+    return true;
 }
 
 bool dsi__gstate_complete(const struct dsi_grammar *g, const struct dsi__gstate *st) {
@@ -419,9 +446,12 @@ bool dsi__gstate_complete(const struct dsi_grammar *g, const struct dsi__gstate 
     return false;
 }
 
-bool dsi__gstate_finished(const struct dsi__gstate *st) {
-    for (uint32_t i = 0; i < st->n; i++)
-        if (st->s[i].depth != 1 || st->s[i].f[0].phase != ROOT_DONE) return false;
+bool dsi__gstate_finished(const struct dsi_grammar *g, const struct dsi__gstate *st) {
+    for (uint32_t i = 0; i < st->n; i++) {
+        if (st->s[i].f[0].phase != ROOT_DONE) return false;
+        for (uint32_t k = 1; k < st->s[i].depth; k++) /* only closed sequences above the root */
+            if (!seq_last(g, &st->s[i].f[k])) return false;
+    }
     return st->n > 0;
 }
 

@@ -505,6 +505,12 @@ static void compute_need(struct dsi_grammar *g) {
             case DSI__GN_ARRAY:
                 if (n->min > 0) v = sat_add1(g->nodes[n->item].need);
                 break;
+            case DSI__GN_SEQ: /* its frame stays below each part */
+                for (uint32_t a = n->first; a < n->first + n->n; a++) {
+                    uint8_t w = sat_add1(g->nodes[g->alts[a]].need);
+                    if (w > v) v = w;
+                }
+                break;
             case DSI__GN_ANYOF:
                 v = DSI__G_NEED_INF;
                 for (uint32_t a = n->first; a < n->first + n->n; a++)
@@ -602,6 +608,72 @@ int dsi_grammar_compile(const char *schema_json, size_t len, struct dsi_grammar 
     if (!rc) rc = finish(&c);
     free(c.memo);
     cJSON_Delete(root);
+    if (rc) {
+        dsi_grammar_destroy(g);
+        return rc == DSI_ENOMEM ? dsi_seterr(err, rc, "out of memory") : rc;
+    }
+    *out = g;
+    return 0;
+}
+
+/* A node matching the raw bytes p[0..len) (not JSON: a LIT of one literal). */
+static int raw_node(struct cctx *c, const char *p, size_t len, int32_t *out) {
+    struct dsi_grammar *g = c->g;
+    if (len == 0 || len > 1024) return dsi_seterr(c->err, DSI_EINVAL, "prefix must be 1 to 1024 bytes");
+    int rc = new_node(c, DSI__GN_LIT, out);
+    if (!rc) rc = grow((void **)&g->lits, &g->cap_lits, g->n_lits + 1, sizeof *g->lits);
+    char *s = rc ? NULL : malloc(len);
+    if (!rc && !s) rc = DSI_ENOMEM;
+    if (rc) return rc;
+    memcpy(s, p, len);
+    g->nodes[*out].first = g->n_lits;
+    g->nodes[*out].n = 1;
+    g->lits[g->n_lits++] = (struct dsi__glit){s, (uint32_t)len};
+    return 0;
+}
+
+/* One alternative: SEQ(raw prefix, schema value), or the value alone. */
+static int compile_alt(struct cctx *c, const struct dsi_grammar_alt *a, size_t i, int32_t *out) {
+    char path[32];
+    snprintf(path, sizeof path, "alternative %zu", i);
+    int32_t value, prefix, seq;
+    int rc = compile_node(c, c->root, path, &value);
+    if (rc || !a->prefix || !a->prefix[0]) {
+        *out = value;
+        return rc;
+    }
+    if ((rc = raw_node(c, a->prefix, strlen(a->prefix), &prefix))) return rc;
+    if ((rc = new_node(c, DSI__GN_SEQ, &seq))) return rc;
+    int32_t parts[2] = {prefix, value};
+    if ((rc = add_alts(c, seq, parts, 2))) return rc;
+    *out = seq;
+    return 0;
+}
+
+int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, struct dsi_grammar **out, char **err) {
+    *out = NULL;
+    if (!alts || n == 0 || n > MAX_ALTS) return dsi_seterr(err, DSI_EINVAL, "1 to %d alternatives", MAX_ALTS);
+    struct dsi_grammar *g = calloc(1, sizeof *g);
+    cJSON **roots = calloc(n, sizeof *roots); /* kept until compiled: the memo points into them */
+    struct cctx c = {.g = g, .any = -1, .err = err};
+    int32_t tops[MAX_ALTS];
+    int rc = g && roots ? 0 : DSI_ENOMEM;
+    if (g) g->any_str = -1;
+    for (size_t i = 0; !rc && i < n; i++) {
+        roots[i] = alts[i].schema_json ? cJSON_Parse(alts[i].schema_json) : NULL;
+        if (!cJSON_IsObject(roots[i]) && !cJSON_IsBool(roots[i])) {
+            rc = dsi_seterr(err, DSI_EINVAL, "alternative %zu: schema must be a JSON object", i);
+            break;
+        }
+        c.root = roots[i];
+        rc = compile_alt(&c, &alts[i], i, &tops[i]);
+    }
+    if (!rc && n == 1) g->root = tops[0];
+    else if (!rc && !(rc = new_node(&c, DSI__GN_ANYOF, &g->root))) rc = add_alts(&c, g->root, tops, (uint32_t)n);
+    if (!rc) rc = finish(&c);
+    for (size_t i = 0; roots && i < n; i++) cJSON_Delete(roots[i]);
+    free(roots);
+    free(c.memo);
     if (rc) {
         dsi_grammar_destroy(g);
         return rc == DSI_ENOMEM ? dsi_seterr(err, rc, "out of memory") : rc;

@@ -3,7 +3,10 @@
  * The input is split at the first NUL: a schema, then bytes fed to a matcher of
  * the compiled grammar one at a time. Compilation must fail cleanly or give a
  * grammar whose matcher never crashes, and a rejected byte must leave the state as
- * it was (accept is all or nothing).
+ * it was (accept is all or nothing). When the bytes to feed start with 'f', the
+ * schema is compiled as two prefixed alternatives instead ("f\n```json\n" and
+ * "fg\n" before it: dsi_grammar_compile_prefixed, a chat format's tool-call
+ * syntax), so the raw-text sequence frames get the same checks.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -19,7 +22,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t slen = nul ? (size_t)(nul - data) : size;
     struct dsi_grammar *g = NULL;
     char *err = NULL;
-    int rc = dsi_grammar_compile((const char *)data, slen, &g, &err);
+    char *schema = malloc(slen + 1);
+    if (!schema) return 0;
+    memcpy(schema, data, slen);
+    schema[slen] = 0;
+    bool prefixed = nul && (size_t)(nul - data) + 1 < size && nul[1] == 'f';
+    const struct dsi_grammar_alt alts[2] = {{"f\n```json\n", schema}, {"fg\n", schema}};
+    int rc = prefixed ? dsi_grammar_compile_prefixed(alts, 2, &g, &err)
+                      : dsi_grammar_compile((const char *)data, slen, &g, &err);
+    free(schema);
     free(err);
     if (rc) {
         if (g) abort();
