@@ -3,7 +3,8 @@
 # depend on the other modules' libraries (dsi_engine only for dsi_sampling_check,
 # the one sampling range check). The end-to-end test starts the real
 # daemon (tests/integration/run.sh) and skips until a tiny model exists.
-set(DSI_SERVER_PURE src/server/request.c src/server/reqfmt.c src/server/tools.c src/server/apierr.c src/server/buf.c
+set(DSI_SERVER_PURE src/server/request.c src/server/reqfmt.c src/server/tools.c src/server/toolscan.c src/server/apierr.c
+    src/server/buf.c
     src/server/textgen.c src/server/metrics.c)
 dsi_test(test_server SOURCES tests/test_server.c ${DSI_SERVER_PURE}
          LIBS dsi_engine dsi_grammar dsi_tok dsi_core PkgConfig::CJSON Threads::Threads m)

@@ -243,6 +243,11 @@ TEST(parse_tools_and_tool_choice) {
     CHECK_EQ_INT(r.tool_choice, DSI__TOOL_CHOICE_AUTO);
     CHECK(r.grammar == NULL);
     CHECK(r.tools_json && strstr(r.tools_json, "get_weather"));
+    CHECK(r.tools_raw && strstr(r.tools_raw, "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\""));
+    CHECK_EQ_INT(r.n_msgs, 1); /* the prompt is the format's business (http.c) */
+    CHECK_EQ_INT(dsi__srv_tools_prompt(&r, DSI__TP_NATIVE, &e), 0);
+    CHECK_EQ_INT(r.n_msgs, 1); /* ChatML: the renderer lists the tools */
+    CHECK_EQ_INT(dsi__srv_tools_prompt(&r, DSI__TP_TEXT, &e), 0);
     CHECK_EQ_INT(r.n_msgs, 2); /* a system message with the tools was put first */
     CHECK_EQ_STR(r.msgs[0].role, "system");
     CHECK(strstr(r.msgs[0].content, "\"get_weather\"") && strstr(r.msgs[0].content, "<tool_call>"));
@@ -269,6 +274,7 @@ TEST(parse_tools_and_tool_choice) {
     dsi__srv_req_free(&r);
     snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"none\"}", m);
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_prompt(&r, DSI__TP_TEXT, &e), 0);
     CHECK_EQ_INT(r.n_msgs, 1); /* none: the tools stay out of the prompt */
     dsi__srv_req_free(&r);
 
@@ -304,6 +310,19 @@ TEST(parse_tool_messages_render_in_prompt_form) {
         "\"tool_call_id\":\"c1\",\"content\":\"-3 C\"}]," TOOLS_W "}";
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, body, &r, &e), 0);
     CHECK_EQ_INT(r.n_msgs, 4);
+    if (r.n_msgs == 4) { /* the call as sent, for the native renderings */
+        CHECK(r.msgs[2].content_null && r.msgs[2].n_calls == 1 && !strcmp(r.msgs[2].calls[0].id, "c1"));
+        CHECK(r.msgs[2].n_calls == 1 && !strcmp(r.msgs[2].calls[0].arguments, "{\"city\":\"Oslo\"}"));
+        CHECK_EQ_STR(r.msgs[3].tool_call_id, "c1");
+    }
+    /* the V3 format: calls and results stay structured, the tool list joins the system message */
+    CHECK_EQ_INT(dsi__srv_tools_prompt(&r, DSI__TP_NATIVE_LIST, &e), 0);
+    CHECK(r.n_msgs == 4 && !strcmp(r.msgs[3].role, "tool") && strstr(r.msgs[0].content, "\"get_weather\"") &&
+          !strstr(r.msgs[0].content, "<tool_call>"));
+    dsi__srv_req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, body, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_prompt(&r, DSI__TP_TEXT, &e), 0);
+    CHECK_EQ_INT(r.n_msgs, 4);
     if (r.n_msgs == 4) {
         CHECK(strstr(r.msgs[0].content, "Be brief.\n\n") == r.msgs[0].content);
         CHECK_EQ_STR(r.msgs[2].content,
@@ -323,7 +342,7 @@ TEST(tool_calls_extract_from_answers) {
     size_t cl = 0;
     const char *a = "Let me check.\n<tool_call>{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}</tool_call>"
                     "\n<tool_call>{\"name\":\"noop\",\"arguments\":{}}</tool_call>";
-    CHECK_EQ_INT(dsi__srv_tool_calls_extract(a, strlen(a), false, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(a, strlen(a), false, DSI__TOOLS_TAGS, "x", false, &calls, &n, &cl), 0);
     CHECK_EQ_INT(n, 2);
     CHECK_EQ_INT(cl, 13); /* "Let me check." */
     calls.p[calls.len] = 0;
@@ -331,22 +350,130 @@ TEST(tool_calls_extract_from_answers) {
                           "\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}},{\"id\":\"call_x_1\",\"type\":\"function\","
                           "\"function\":{\"name\":\"noop\",\"arguments\":\"{}\"}}]");
     const char *bad = "<tool_call>{\"name\":1}</tool_call>";
-    CHECK_EQ_INT(dsi__srv_tool_calls_extract(bad, strlen(bad), false, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(bad, strlen(bad), false, DSI__TOOLS_TAGS, "x", false, &calls, &n, &cl), 0);
     CHECK_EQ_INT(n, 0);
     CHECK_EQ_INT(cl, strlen(bad));
     const char *cut = "<tool_call>{\"name\":\"f\",\"argu";
-    CHECK_EQ_INT(dsi__srv_tool_calls_extract(cut, strlen(cut), false, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(cut, strlen(cut), false, DSI__TOOLS_TAGS, "x", false, &calls, &n, &cl), 0);
     CHECK_EQ_INT(n, 0);
     const char *forced = "{\"name\":\"f\",\"arguments\":{\"a\":1}}";
-    CHECK_EQ_INT(dsi__srv_tool_calls_extract(forced, strlen(forced), true, "y", true, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(forced, strlen(forced), true, DSI__TOOLS_TAGS, "y", true, &calls, &n, &cl), 0);
     CHECK_EQ_INT(n, 1);
     CHECK_EQ_INT(cl, 0); /* no text besides the calls */
     calls.p[calls.len] = 0;
     CHECK(strstr(calls.p, "\"index\":0,\"id\":\"call_y_0\"") != NULL);
     const char *arr = "[{\"name\":\"f\",\"arguments\":{}},{\"name\":\"g\",\"arguments\":{}}]";
-    CHECK_EQ_INT(dsi__srv_tool_calls_extract(arr, strlen(arr), true, "y", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(arr, strlen(arr), true, DSI__TOOLS_TAGS, "y", false, &calls, &n, &cl), 0);
     CHECK_EQ_INT(n, 2);
     dsi__sbuf_free(&calls);
+}
+
+/* DeepSeek-V3's native call syntax, as the model writes it after <｜Assistant｜>. */
+TEST(tool_calls_extract_deepseek_native) {
+    struct dsi__sbuf calls = {0};
+    int n = -1;
+    size_t cl = 0;
+    const char *a = "Checking.\n<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n"
+                    "{\"city\": \"Oslo\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>noop\n"
+                    "```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(a, strlen(a), false, DSI__TOOLS_DEEPSEEK, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(cl, 9); /* "Checking." */
+    calls.p[calls.len] = 0;
+    CHECK_EQ_STR(calls.p, "[{\"id\":\"call_x_0\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\","
+                          "\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}},{\"id\":\"call_x_1\",\"type\":\"function\","
+                          "\"function\":{\"name\":\"noop\",\"arguments\":\"{}\"}}]");
+    /* the tags syntax finds nothing there, and the V3 one no <tool_call> */
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(a, strlen(a), false, DSI__TOOLS_TAGS, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 0);
+    const char *t = "<tool_call>{\"name\":\"f\",\"arguments\":{}}</tool_call>";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(t, strlen(t), false, DSI__TOOLS_DEEPSEEK, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 0);
+    /* arguments that are not an object: the block stays text */
+    const char *bad = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n[1]\n```<｜tool▁call▁end｜>";
+    CHECK_EQ_INT(dsi__srv_tool_calls_extract(bad, strlen(bad), false, DSI__TOOLS_DEEPSEEK, "x", false, &calls, &n, &cl), 0);
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(cl, strlen(bad));
+    dsi__sbuf_free(&calls);
+}
+
+/* What a stream sees: each piece of text pushed separately (one byte at a time
+ * here, the worst split), content out as soon as it cannot start a call. */
+struct scan_log {
+    char content[512];
+    size_t n_content;
+    int n_calls;
+    char last_call[256];
+    size_t content_at_first_call; /* content emitted before the first call */
+};
+
+static int log_content(void *user, const char *s, size_t n) {
+    struct scan_log *l = user;
+    if (l->n_content + n < sizeof l->content) memcpy(l->content + l->n_content, s, n), l->n_content += n;
+    return 0;
+}
+
+static int log_call(void *user, const char *name, const char *args) {
+    struct scan_log *l = user;
+    if (!l->n_calls) l->content_at_first_call = l->n_content;
+    l->n_calls++;
+    snprintf(l->last_call, sizeof l->last_call, "%s %s", name, args);
+    return 0;
+}
+
+static void scan_bytewise(enum dsi__tool_syntax syn, const char *text, struct scan_log *l, size_t *max_held) {
+    struct dsi__toolscan ts;
+    struct dsi__toolscan_cb cb = {log_content, log_call, l};
+    memset(l, 0, sizeof *l);
+    *max_held = 0;
+    dsi__toolscan_init(&ts, syn);
+    for (const char *p = text; *p; p++) {
+        CHECK_EQ_INT(dsi__toolscan_push(&ts, p, 1, &cb), 0);
+        if (!ts.in_calls && ts.hold.len > *max_held) *max_held = ts.hold.len;
+    }
+    CHECK_EQ_INT(dsi__toolscan_finish(&ts, &cb), 0);
+    dsi__toolscan_free(&ts);
+    l->content[l->n_content] = 0;
+}
+
+TEST(tool_scan_streams_content_and_holds_only_a_marker_prefix) {
+    struct scan_log l;
+    size_t held = 0;
+    /* plain text: all of it comes out, nothing held longer than a marker prefix */
+    scan_bytewise(DSI__TOOLS_TAGS, "The answer is <b>42</b> < 43.", &l, &held);
+    CHECK_EQ_STR(l.content, "The answer is <b>42</b> < 43.");
+    CHECK_EQ_INT(l.n_calls, 0);
+    CHECK(held <= strlen("<tool_call") + 1);
+    /* a call after text: the text goes out first, the call text never does */
+    scan_bytewise(DSI__TOOLS_TAGS, "Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>", &l,
+                  &held);
+    CHECK_EQ_STR(l.content, "Sure.");
+    CHECK_EQ_INT(l.n_calls, 1);
+    CHECK_EQ_INT((int)l.content_at_first_call, 5);
+    CHECK_EQ_STR(l.last_call, "f {\"a\":1}");
+    /* the same in V3's syntax, split byte by byte through the multi-byte markers */
+    scan_bytewise(DSI__TOOLS_DEEPSEEK,
+                  "Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{\"a\": 1}\n```"
+                  "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+                  &l, &held);
+    CHECK_EQ_STR(l.content, "Sure.");
+    CHECK_EQ_INT(l.n_calls, 1);
+    CHECK_EQ_STR(l.last_call, "f {\"a\":1}");
+    CHECK(held <= strlen("<｜tool▁calls▁begin｜>"));
+    /* a call cut off by max_tokens is text, not lost */
+    scan_bytewise(DSI__TOOLS_TAGS, "x <tool_call>{\"name\": \"f\", \"argu", &l, &held);
+    CHECK_EQ_STR(l.content, "x<tool_call>{\"name\": \"f\", \"argu");
+    CHECK_EQ_INT(l.n_calls, 0);
+    /* text after the calls still comes out */
+    scan_bytewise(DSI__TOOLS_TAGS, "<tool_call>{\"name\":\"f\",\"arguments\":{}}</tool_call>\nDone. See you.", &l,
+                  &held);
+    CHECK_EQ_INT(l.n_calls, 1);
+    CHECK_EQ_STR(l.content, "Done. See you."); /* inner blanks kept whatever the split */
+    scan_bytewise(DSI__TOOLS_DEEPSEEK,
+                  "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}\n```<｜tool▁call▁end｜>\n\n"
+                  "<｜tool▁calls▁end｜> ok then", &l, &held);
+    CHECK_EQ_INT(l.n_calls, 1);
+    CHECK_EQ_STR(l.content, "ok then");
 }
 
 TEST(parse_n_refused_with_clear_message) {
@@ -685,5 +812,7 @@ int main(void) {
     RUN(parse_tools_and_tool_choice);
     RUN(parse_tool_messages_render_in_prompt_form);
     RUN(tool_calls_extract_from_answers);
+    RUN(tool_calls_extract_deepseek_native);
+    RUN(tool_scan_streams_content_and_holds_only_a_marker_prefix);
     return test_summary();
 }

@@ -74,6 +74,7 @@ void dsi__gen_release(struct dsi__gen *g) {
     if (g->slot_key[0]) dsi__slots_release(s, g->slot_key);
     dsi_tok_stream_destroy(g->ts);
     dsi__textgen_free(&g->tg);
+    dsi__toolscan_free(&g->scan);
     for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
     dsi_grammar_destroy(g->grammar);
     dsi__sbuf_free(&g->calls);
@@ -164,18 +165,62 @@ static int stream_delta(struct dsi__gen *g, enum dsi__channel ch, const char *s,
     return rc;
 }
 
+/* Text the tool scanner decided is content. */
+static int scan_content(void *user, const char *s, size_t n) {
+    struct dsi__gen *g = user;
+    if (g->stream) return stream_delta(g, DSI__CH_CONTENT, s, n, NULL);
+    return dsi__sbuf_append(&g->content, s, n);
+}
+
+/* A call the scanner found: streamed at once as OpenAI does (a chunk with the id,
+ * type and name, then one with the arguments), or added to the answer's list. */
+static int scan_call(void *user, const char *name, const char *arguments) {
+    struct dsi__gen *g = user;
+    int i = g->n_calls, rc;
+    if (!g->stream) {
+        rc = i ? 0 : dsi__sbuf_printf(&g->calls, "[");
+        if (!rc) rc = dsi__srv_tool_call_json(&g->calls, g->id, i, false, name, arguments);
+        if (!rc) g->n_calls++;
+        return rc;
+    }
+    struct dsi__sbuf *b = &g->out;
+    rc = chunk_begin(g, b);
+    if (!rc) rc = dsi__sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":[");
+    if (!rc) rc = dsi__srv_tool_call_json(b, g->id, i, true, name, "");
+    if (!rc) rc = dsi__sbuf_printf(b, "]},\"logprobs\":null,\"finish_reason\":null}");
+    if (!rc) rc = chunk_end(g, b);
+    if (!rc) rc = chunk_begin(g, b);
+    if (!rc) rc = dsi__sbuf_printf(b, "{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":%d,\"function\":{\"arguments\":", i);
+    if (!rc) rc = dsi__sbuf_json_str(b, arguments, strlen(arguments));
+    if (!rc) rc = dsi__sbuf_printf(b, "}}]},\"logprobs\":null,\"finish_reason\":null}");
+    if (!rc) rc = chunk_end(g, b);
+    if (!rc) g->n_calls++;
+    return rc;
+}
+
 static int emit(void *user, enum dsi__channel ch, const char *s, size_t n) {
     struct dsi__gen *g = user;
-    /* with tools the answer is held until it is known to be calls or text */
-    if (g->stream && !g->tool_mode) return stream_delta(g, ch, s, n, NULL);
+    if (g->tool_mode == 1 && ch == DSI__CH_CONTENT) { /* auto: held only where a call may begin */
+        struct dsi__toolscan_cb cb = {scan_content, scan_call, g};
+        int rc = dsi__toolscan_push(&g->scan, s, n, &cb);
+        return rc == -1 ? DSI_ENOMEM : rc;
+    }
+    /* forced calls: the answer is held until its JSON is whole */
+    if (g->stream && g->tool_mode != 2) return stream_delta(g, ch, s, n, NULL);
     return dsi__sbuf_append(ch == DSI__CH_REASONING ? &g->reasoning : &g->content, s, n);
 }
 
-/* Tools: at the end, the held answer becomes tool_calls (and the text before them)
- * or stays text; a stream gets it now as deltas. */
+/* Tools at the end. auto: what the scanner held goes out. forced: the held
+ * answer becomes tool_calls or stays text; a stream gets it now as deltas. */
 static int finish_tools(struct dsi__gen *g) {
+    if (g->tool_mode == 1) {
+        struct dsi__toolscan_cb cb = {scan_content, scan_call, g};
+        int rc = dsi__toolscan_finish(&g->scan, &cb);
+        if (!rc && g->n_calls && !g->stream) rc = dsi__sbuf_printf(&g->calls, "]");
+        return rc == -1 ? DSI_ENOMEM : rc;
+    }
     size_t content_len = g->content.len;
-    int rc = dsi__srv_tool_calls_extract(g->content.p ? g->content.p : "", g->content.len, g->tool_mode == 2, g->id,
+    int rc = dsi__srv_tool_calls_extract(g->content.p ? g->content.p : "", g->content.len, true, g->scan.syn, g->id,
                                          g->stream, &g->calls, &g->n_calls, &content_len);
     if (rc) return DSI_ENOMEM;
     if (g->n_calls) g->content.len = content_len;
@@ -296,7 +341,7 @@ static bool is_stop_id(const struct dsi_server *s, int32_t id) {
 static size_t pending_bytes(const struct dsi__gen *g) {
     if (!g->stream) return 0;
     return g->out.len - g->out_off + g->lp.len + g->lp_tokens.len + g->lp_values.len + g->lp_tops.len +
-           g->content.len + g->reasoning.len;
+           g->content.len + g->reasoning.len + g->scan.hold.len;
 }
 
 /* Keeps the buffered-bytes gauge in step with this gen (under g->mu). */
@@ -525,6 +570,10 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
     g->tool_mode = r->tool_choice == DSI__TOOL_CHOICE_REQUIRED || r->tool_choice == DSI__TOOL_CHOICE_NAMED ? 2
                    : r->tools_json && r->tool_choice == DSI__TOOL_CHOICE_AUTO                            ? 1
                                                                                                          : 0;
+    /* The calls come in the syntax the prompt showed: V3's tokens there, else
+     * <tool_call> blocks (ChatML's native form and the prompt form alike). */
+    enum dsi_chat_format f = s->chat_format == DSI_CHAT_AUTO ? dsi_tok_chat_format(s->tok) : s->chat_format;
+    dsi__toolscan_init(&g->scan, f == DSI_CHAT_DEEPSEEK_V3 ? DSI__TOOLS_DEEPSEEK : DSI__TOOLS_TAGS);
     if (r->grammar) {
         const struct dsi_token_trie *tr = server_trie(s);
         if (!tr) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");

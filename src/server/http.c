@@ -278,17 +278,51 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
     return true;
 }
 
-/* Prompt ids of a chat / completion / tokenize request (malloc'd). */
-static int prompt_ids(struct dsi_server *s, const struct dsi__req *r, bool gen_prompt, int32_t **ids, size_t *n,
+/* The chat messages of r as the tokenizer takes them (m and calls: n_msgs and
+ * one entry per call of r, caller-allocated; pointers borrowed from r). */
+static void chat_msgs(const struct dsi__req *r, struct dsi_chat_msg *m, struct dsi_chat_tool_call *calls) {
+    for (size_t i = 0; i < r->n_msgs; i++) {
+        const struct dsi__msg *x = &r->msgs[i];
+        /* Calls with an empty content render as the calls (V3's template would
+         * print the empty text and drop them, docs/api.md). */
+        bool no_text = x->n_calls && (x->content_null || !x->content[0]);
+        m[i] = (struct dsi_chat_msg){.role = x->role, .content = no_text ? NULL : x->content,
+                                     .tool_calls = calls, .n_tool_calls = x->n_calls,
+                                     .tool_call_id = x->tool_call_id};
+        for (size_t k = 0; k < x->n_calls; k++)
+            *calls++ = (struct dsi_chat_tool_call){x->calls[k].id, x->calls[k].name, x->calls[k].arguments};
+    }
+}
+
+/* Prompt ids of a chat / completion / tokenize request (malloc'd). Tools, calls
+ * and results go through the format's native syntax where it has one, else they
+ * are rewritten into the prompt form first (tools.c). */
+static int prompt_ids(struct dsi_server *s, struct dsi__req *r, bool gen_prompt, int32_t **ids, size_t *n,
                       struct dsi__api_error *e) {
     char *err = NULL;
     int rc;
     if (r->n_msgs) {
+        enum dsi_chat_format f = s->chat_format == DSI_CHAT_AUTO ? dsi_tok_chat_format(s->tok) : s->chat_format;
+        enum dsi__tools_prompt how = !dsi_chat_has_tool_syntax(s->tok, f) ? DSI__TP_TEXT
+                                     : f == DSI_CHAT_DEEPSEEK_V3        ? DSI__TP_NATIVE_LIST
+                                                                        : DSI__TP_NATIVE;
+        int st = dsi__srv_tools_prompt(r, how, e);
+        if (st) return st;
+        size_t n_calls = 0;
+        for (size_t i = 0; i < r->n_msgs; i++) n_calls += r->msgs[i].n_calls;
         struct dsi_chat_msg *m = calloc(r->n_msgs, sizeof *m);
-        if (!m) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
-        for (size_t i = 0; i < r->n_msgs; i++) m[i] = (struct dsi_chat_msg){.role = r->msgs[i].role, .content = r->msgs[i].content};
+        struct dsi_chat_tool_call *calls = calloc(n_calls + 1, sizeof *calls);
+        if (!m || !calls) {
+            free(m);
+            free(calls);
+            return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");
+        }
+        chat_msgs(r, m, calls);
+        /* the tool list renders in ChatML only; tool_choice none keeps it out */
+        const char *tools = how == DSI__TP_NATIVE && r->tool_choice != DSI__TOOL_CHOICE_NONE ? r->tools_raw : NULL;
         /* Content is encoded as plain text: special tokens only from the template. */
-        rc = dsi_chat_encode(s->tok, s->chat_format, m, r->n_msgs, NULL, gen_prompt, ids, n, &err);
+        rc = dsi_chat_encode(s->tok, f, m, r->n_msgs, tools, gen_prompt, ids, n, &err);
+        free(calls);
         free(m);
     } else if (r->prompt) {
         int32_t *t = NULL;
@@ -319,7 +353,7 @@ static int prompt_ids(struct dsi_server *s, const struct dsi__req *r, bool gen_p
 }
 
 static enum MHD_Result route_tokenize(struct dsi_server *s, struct MHD_Connection *c, struct conn_ctx *x,
-                                      const struct dsi__req *r) {
+                                      struct dsi__req *r) {
     struct dsi__api_error e;
     int32_t *ids = NULL;
     size_t n = 0;

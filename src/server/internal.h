@@ -46,10 +46,19 @@ enum dsi__req_kind { DSI__REQ_CHAT, DSI__REQ_COMPLETION, DSI__REQ_TOKENIZE, DSI_
 #define DSI__MAX_STOP_BYTES 256
 #define DSI__MAX_CACHE_SALT_BYTES 256
 
+/* One call of an assistant message, as the client sent it (tools.c). */
+struct dsi__call {
+    char *id;        /* NULL when absent */
+    char *name;
+    char *arguments; /* the client's JSON string, unchanged */
+};
+
 struct dsi__msg {
     char *role;    /* "system" | "user" | "assistant" | "tool" ("developer" becomes "system") */
-    char *content; /* text parts joined */
-    char *tool_calls;   /* assistant: JSON [{"id","name","arguments"}]; NULL: none (tools.c) */
+    char *content; /* text parts joined ("" when null) */
+    bool content_null;      /* content was null or absent (an assistant message with calls) */
+    struct dsi__call *calls; /* assistant: its tool_calls; NULL: none */
+    size_t n_calls;
     char *tool_call_id; /* role "tool": the call it answers */
 };
 
@@ -84,6 +93,7 @@ struct dsi__req {
     bool echo;                  /* completions echo: refused */
     struct dsi_grammar *grammar; /* response_format json_object/json_schema, or forced tool calls */
     char *tools_json;           /* tools as JSON [{"name","description","parameters"}]; NULL: none */
+    char *tools_raw;            /* the request's tools array as sent (native renderings); NULL: none */
     enum dsi__tool_choice tool_choice;
     bool parallel_tool_calls;   /* default true */
 };
@@ -105,17 +115,36 @@ int dsi__srv_parse_response_format(const struct cJSON *root, struct dsi__req *r,
 int dsi__srv_parse_tools(const struct cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
 /* A message's tool_calls (assistant) or tool_call_id (role tool). */
 int dsi__srv_parse_msg_tools(const struct cJSON *m, size_t i, struct dsi__msg *out, struct dsi__api_error *e);
-/* Rewrites r->msgs into the prompt form of tools, calls and results (r->msgs must
- * have room for one more message). */
-int dsi__srv_tools_prompt(struct dsi__req *r, struct dsi__api_error *e);
-/* The model's answer -> OpenAI tool_calls JSON array in calls (reset first):
- * forced: the answer is the constrained JSON (a call or an array of calls); else
- * <tool_call> blocks are looked for. *n_calls 0: no call (the answer is text);
- * *content_len: the length of the text before the first call. Ids are
- * call_<id_prefix>_<i>; with_index adds "index" (stream deltas). 0 or -1 (memory). */
+/* The native syntax of tool calls in a model's answer (toolscan.c). */
+enum dsi__tool_syntax {
+    DSI__TOOLS_TAGS,     /* <tool_call>{"name","arguments"}</tool_call> (ChatML, prompt form) */
+    DSI__TOOLS_DEEPSEEK, /* DeepSeek-V3's <｜tool▁call▁begin｜>...<｜tool▁call▁end｜> */
+};
+
+/* How the chat format takes tools (http.c picks it from the format). */
+enum dsi__tools_prompt {
+    DSI__TP_TEXT,        /* no native syntax: everything rewritten into text (prompt form) */
+    DSI__TP_NATIVE,      /* the renderer writes tools, calls and results (ChatML) */
+    DSI__TP_NATIVE_LIST, /* native calls and results, but the template has no tool list:
+                            it goes into the system message (DeepSeek-V3) */
+};
+/* Prepares r->msgs for the format (r->msgs must have room for one more
+ * message): DSI__TP_TEXT rewrites calls and results into the prompt form and
+ * adds the tool list; DSI__TP_NATIVE_LIST adds the tool list only. 0 or a status. */
+int dsi__srv_tools_prompt(struct dsi__req *r, enum dsi__tools_prompt how, struct dsi__api_error *e);
+/* The model's whole answer -> OpenAI tool_calls JSON array in calls (reset
+ * first): forced: the answer is the constrained JSON (a call or an array of
+ * calls); else the calls of syntax syn are looked for (toolscan.c). *n_calls 0:
+ * no call (the answer is text); *content_len: the length of the text before the
+ * first call. Ids are call_<id_prefix>_<i>; with_index adds "index" (stream
+ * deltas). 0 or -1 (memory). */
 struct dsi__sbuf;
-int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, const char *id_prefix, bool with_index,
-                                struct dsi__sbuf *calls, int *n_calls, size_t *content_len);
+int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, enum dsi__tool_syntax syn,
+                                const char *id_prefix, bool with_index, struct dsi__sbuf *calls, int *n_calls,
+                                size_t *content_len);
+/* Appends one OpenAI tool_calls entry for call i ("," first unless i is 0). 0 or -1. */
+int dsi__srv_tool_call_json(struct dsi__sbuf *b, const char *id_prefix, int i, bool with_index, const char *name,
+                            const char *arguments);
 /* Compiles a JSON Schema object; a 400 on param names what it cannot enforce. */
 int dsi__srv_compile_schema(const struct cJSON *schema, const char *param, struct dsi_grammar **out,
                             struct dsi__api_error *e);
@@ -167,6 +196,27 @@ int dsi__sbuf_json_str(struct dsi__sbuf *b, const char *s, size_t n);
  * bytes per input byte. Returns the bytes written; no NUL is added. */
 size_t dsi__json_escape_into(char *o, const char *s, size_t n, const char *bad);
 void dsi__sbuf_free(struct dsi__sbuf *b);
+
+/* ---- tool calls in a streamed answer, tool_choice auto (toolscan.c) ---- */
+struct dsi__toolscan {
+    enum dsi__tool_syntax syn;
+    bool in_calls;         /* a call opened: no more text before the calls */
+    bool after_call;       /* nothing emitted since the last call (its blanks go) */
+    struct dsi__sbuf hold; /* text not handed over yet */
+};
+/* Where scanned text goes: content (text of the answer) or a call (name and
+ * arguments as compact JSON, NUL-terminated, borrowed). Nonzero stops the scan. */
+struct dsi__toolscan_cb {
+    int (*content)(void *user, const char *s, size_t n);
+    int (*call)(void *user, const char *name, const char *arguments);
+    void *user;
+};
+void dsi__toolscan_init(struct dsi__toolscan *ts, enum dsi__tool_syntax syn);
+/* Feeds decoded text; hands over what is decided. 0, -1 (memory) or cb's error. */
+int dsi__toolscan_push(struct dsi__toolscan *ts, const char *s, size_t n, const struct dsi__toolscan_cb *cb);
+/* End of the answer: what is held goes out (a cut-off call as text). */
+int dsi__toolscan_finish(struct dsi__toolscan *ts, const struct dsi__toolscan_cb *cb);
+void dsi__toolscan_free(struct dsi__toolscan *ts);
 
 /* ---- metrics (metrics.c) --------------------------------------------------- */
 

@@ -140,10 +140,7 @@ static int parse_tokenize(const cJSON *root, const struct dsi__req_limits *lim, 
     if ((rc = get_bool(root, "add_special_tokens", &r->add_special, e))) return rc;
     if ((rc = get_bool(root, "add_generation_prompt", &r->add_generation_prompt, e))) return rc;
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "messages");
-    if (m) {
-        rc = parse_messages(m, lim, r, e);
-        return rc ? rc : dsi__srv_tools_prompt(r, e);
-    }
+    if (m) return parse_messages(m, lim, r, e); /* tools: rendered per format (http.c) */
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (!p) p = cJSON_GetObjectItemCaseSensitive(root, "text");
     if (!p || !cJSON_IsString(p))
@@ -210,8 +207,7 @@ static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (st && !cJSON_IsNull(st) && (rc = parse_stop(st, r, e))) return rc;
     if ((rc = dsi__srv_parse_response_format(root, r, e))) return rc;
-    if (r->kind == DSI__REQ_CHAT && (rc = dsi__srv_parse_tools(root, r, e))) return rc;
-    return r->kind == DSI__REQ_CHAT ? dsi__srv_tools_prompt(r, e) : 0;
+    return r->kind == DSI__REQ_CHAT ? dsi__srv_parse_tools(root, r, e) : 0;
 }
 
 int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len,
@@ -412,7 +408,8 @@ static int parse_messages(const cJSON *a, const struct dsi__req_limits *lim, str
             return dsi__api_error_set(e, 400, param_content(param, sizeof param, i), "missing_field",
                                       "'messages[%zu].content' is required (only an assistant message with "
                                       "'tool_calls' may leave it out)", i);
-        int rc = parse_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, &r->msgs[i].content, e);
+        r->msgs[i].content_null = !content || cJSON_IsNull(content);
+        int rc = parse_content(content, i, &r->msgs[i].content, e);
         if (!rc) rc = dsi__srv_parse_msg_tools(m, i, &r->msgs[i], e);
         if (rc) return rc;
     }
@@ -471,7 +468,12 @@ void dsi__srv_req_free(struct dsi__req *r) {
     for (size_t i = 0; i < r->n_msgs; i++) {
         free(r->msgs[i].role);
         free(r->msgs[i].content);
-        free(r->msgs[i].tool_calls);
+        for (size_t k = 0; k < r->msgs[i].n_calls; k++) {
+            free(r->msgs[i].calls[k].id);
+            free(r->msgs[i].calls[k].name);
+            free(r->msgs[i].calls[k].arguments);
+        }
+        free(r->msgs[i].calls);
         free(r->msgs[i].tool_call_id);
     }
     free(r->msgs);
@@ -482,5 +484,6 @@ void dsi__srv_req_free(struct dsi__req *r) {
     free(r->cache_salt);
     dsi_grammar_destroy(r->grammar);
     free(r->tools_json);
+    free(r->tools_raw);
     memset(r, 0, sizeof *r);
 }

@@ -94,7 +94,8 @@ struct dsi__gen {
     char *stops[DSI__MAX_STOPS];
     int n_stops;
     struct dsi_grammar *grammar;    /* owned (taken from the request); the engine borrows it */
-    int tool_mode;                  /* 0: no tools; 1: auto (<tool_call> blocks); 2: forced (the JSON is the calls) */
+    int tool_mode;                  /* 0: no tools; 1: auto (calls in the format's syntax); 2: forced (the JSON is the calls) */
+    struct dsi__toolscan scan;      /* tool_mode 1: finds the calls as the answer streams */
     struct dsi__sbuf calls;         /* tool_calls JSON array once finished */
     int n_calls;
     char id[48];

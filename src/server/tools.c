@@ -1,21 +1,24 @@
 /*
- * tools.c: function calling (OpenAI "tools"): the request fields, the prompt form
- * of tools and of earlier calls and results, and the model's calls parsed back.
+ * tools.c: function calling (OpenAI "tools"): the request fields, the prompt of
+ * tools and of earlier calls and results, and the model's calls parsed back.
  * Part of the pure request/response code (fuzzed: tests/fuzz/fuzz_tool_calls.c).
  *
- * Prompt form (every chat format for now; the native DeepSeek-V3 tool tokens and
- * the HF templates' exact wording are a known gap, docs/api.md): the tool list
- * goes into the system message as JSON, with the instruction to answer a call as
+ * Formats with a native tool syntax (DeepSeek-V3, ChatML) get tools, calls and
+ * results rendered by src/tok as their HF templates do; the V3 template has no
+ * tool list, so here it goes into the system message as JSON. The other formats
+ * get the prompt form: the tool list in the system message with the instruction
+ * to answer a call as
  *     <tool_call>{"name": NAME, "arguments": {...}}</tool_call>
- * An assistant message's tool_calls are written back in that form after its
- * content, and a role "tool" message becomes a user turn
+ * an assistant message's tool_calls written back in that form after its content,
+ * and a role "tool" message as a user turn
  *     <tool_result id="ID">CONTENT</tool_result>
  *
  * tool_choice "required" or a named function constrains the output with a grammar
  * (grammar.h): one call object, or with parallel_tool_calls an array of 1 to
  * DSI__MAX_PARALLEL_CALLS of them, each {"name": one of the tools, "arguments":
- * that tool's parameters schema}. "auto" leaves the model free and parses
- * <tool_call> blocks out of its answer; "none" keeps the tools out of the prompt.
+ * that tool's parameters schema}. "auto" leaves the model free and finds the calls
+ * of the format's syntax in its answer (toolscan.c); "none" keeps the tools out of
+ * the prompt.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -28,7 +31,17 @@
 #define MAX_TOOLS 64
 #define DSI__MAX_PARALLEL_CALLS 8
 
-static const char TOOL_OPEN[] = "<tool_call>", TOOL_CLOSE[] = "</tool_call>";
+static const char TOOL_OPEN[] = "<tool_call>", TOOL_CLOSE[] = "</tool_call>"; /* the prompt form */
+
+static char *concat3(const char *a, const char *b, const char *c) {
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    char *s = malloc(la + lb + lc + 1);
+    if (!s) return NULL;
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb);
+    memcpy(s + la + lb, c, lc + 1);
+    return s;
+}
 
 static int oom(struct dsi__api_error *e) { return dsi__api_error_set(e, 500, NULL, "internal_error", "out of memory"); }
 
@@ -169,6 +182,7 @@ static int parse_tool_list(const cJSON *tools, struct dsi__req *r, struct dsi__a
         if (pa) cJSON_AddItemToObject(o, "parameters", cJSON_Duplicate(pa, true));
     }
     if (!st && !(r->tools_json = cJSON_PrintUnformatted(list))) st = oom(e);
+    if (!st && !(r->tools_raw = cJSON_PrintUnformatted(tools))) st = oom(e);
     cJSON_Delete(list);
     return st;
 }
@@ -197,8 +211,8 @@ int dsi__srv_parse_tools(const struct cJSON *root, struct dsi__req *r, struct ds
     return forced_grammar(tools, named, named ? false : r->parallel_tool_calls, r, e);
 }
 
-/* An assistant message's tool_calls -> [{"id","name","arguments"}] (arguments as
- * parsed JSON when they parse, else the string). Role "tool" needs tool_call_id. */
+/* An assistant message's tool_calls -> out->calls (arguments kept as the client's
+ * string: the native renderings print it unchanged). Role "tool" needs tool_call_id. */
 int dsi__srv_parse_msg_tools(const struct cJSON *m, size_t i, struct dsi__msg *out, struct dsi__api_error *e) {
     char param[64];
     if (!strcmp(out->role, "tool")) {
@@ -211,43 +225,31 @@ int dsi__srv_parse_msg_tools(const struct cJSON *m, size_t i, struct dsi__msg *o
     const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
     if (!calls || cJSON_IsNull(calls) || strcmp(out->role, "assistant")) return 0;
     snprintf(param, sizeof param, "messages[%zu].tool_calls", i);
-    if (!cJSON_IsArray(calls) || cJSON_GetArraySize(calls) > MAX_TOOLS)
+    int n = cJSON_IsArray(calls) ? cJSON_GetArraySize(calls) : -1;
+    if (n < 0 || n > MAX_TOOLS)
         return dsi__api_error_set(e, 400, param, "invalid_type", "'%s' must be an array of at most %d calls", param,
                                   MAX_TOOLS);
-    cJSON *list = cJSON_CreateArray();
+    if (n == 0) return 0;
+    if (!(out->calls = calloc((size_t)n, sizeof *out->calls))) return oom(e);
     const cJSON *c;
     cJSON_ArrayForEach(c, calls) {
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
         const cJSON *nm = cJSON_GetObjectItemCaseSensitive(fn, "name");
         const cJSON *ar = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
-        if (!cJSON_IsString(nm) || !cJSON_IsString(ar) || (id && !cJSON_IsString(id))) {
-            cJSON_Delete(list);
+        if (!cJSON_IsString(nm) || !cJSON_IsString(ar) || (id && !cJSON_IsString(id)))
             return dsi__api_error_set(e, 400, param, "invalid_value",
                                       "'%s' entries must be {\"id\", \"type\":\"function\", \"function\":{\"name\", "
                                       "\"arguments\": a JSON string}}", param);
-        }
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemToArray(list, o);
-        if (id) cJSON_AddStringToObject(o, "id", id->valuestring);
-        cJSON_AddStringToObject(o, "name", nm->valuestring);
-        cJSON *args = cJSON_Parse(ar->valuestring);
-        cJSON_AddItemToObject(o, "arguments", args ? args : cJSON_CreateString(ar->valuestring));
+        struct dsi__call *k = &out->calls[out->n_calls++];
+        k->name = strdup(nm->valuestring);
+        k->arguments = strdup(ar->valuestring);
+        k->id = id ? strdup(id->valuestring) : NULL;
+        if (!k->name || !k->arguments || (id && !k->id)) return oom(e);
     }
-    out->tool_calls = cJSON_PrintUnformatted(list);
-    cJSON_Delete(list);
-    return out->tool_calls ? 0 : oom(e);
+    return 0;
 }
 
-static char *concat3(const char *a, const char *b, const char *c) {
-    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
-    char *s = malloc(la + lb + lc + 1);
-    if (!s) return NULL;
-    memcpy(s, a, la);
-    memcpy(s + la, b, lb);
-    memcpy(s + la + lb, c, lc + 1);
-    return s;
-}
 
 /* Rewrites one message into the prompt form (see the file comment). */
 static int rewrite_msg(struct dsi__msg *m) {
@@ -264,14 +266,12 @@ static int rewrite_msg(struct dsi__msg *m) {
         }
         free(m->role);
         m->role = role;
-    } else if (m->tool_calls) {
-        cJSON *list = cJSON_Parse(m->tool_calls), *c;
+    } else if (m->n_calls) {
         s = strdup(m->content);
-        cJSON_ArrayForEach(c, list) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddItemToObject(o, "name", cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(c, "name"), true));
-            cJSON_AddItemToObject(o, "arguments",
-                                  cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(c, "arguments"), true));
+        for (size_t i = 0; i < m->n_calls; i++) {
+            cJSON *o = cJSON_CreateObject(), *args = cJSON_Parse(m->calls[i].arguments);
+            cJSON_AddStringToObject(o, "name", m->calls[i].name);
+            cJSON_AddItemToObject(o, "arguments", args ? args : cJSON_CreateString(m->calls[i].arguments));
             char *j = cJSON_PrintUnformatted(o);
             cJSON_Delete(o);
             char *block = j ? concat3(TOOL_OPEN, j, TOOL_CLOSE) : NULL;
@@ -281,7 +281,6 @@ static int rewrite_msg(struct dsi__msg *m) {
             free(s);
             s = t;
         }
-        cJSON_Delete(list);
         if (!s) return -1;
     } else {
         return 0;
@@ -291,16 +290,20 @@ static int rewrite_msg(struct dsi__msg *m) {
     return 0;
 }
 
-int dsi__srv_tools_prompt(struct dsi__req *r, struct dsi__api_error *e) {
-    for (size_t i = 0; i < r->n_msgs; i++)
+int dsi__srv_tools_prompt(struct dsi__req *r, enum dsi__tools_prompt how, struct dsi__api_error *e) {
+    for (size_t i = 0; how == DSI__TP_TEXT && i < r->n_msgs; i++)
         if (rewrite_msg(&r->msgs[i])) return oom(e);
-    if (!r->tools_json || r->tool_choice == DSI__TOOL_CHOICE_NONE || r->n_msgs == 0) return 0;
+    if (how == DSI__TP_NATIVE || !r->tools_json || r->tool_choice == DSI__TOOL_CHOICE_NONE || r->n_msgs == 0)
+        return 0;
     static const char head[] =
         "You can call these functions (JSON Schema parameters):\n";
-    static const char tail[] =
+    static const char tail_text[] =
         "\nTo call one, answer with <tool_call>{\"name\": NAME, \"arguments\": {...}}</tool_call>, one block per "
         "call; a function's result comes back as <tool_result id=\"...\">...</tool_result>.";
-    char *block = concat3(head, r->tools_json, tail);
+    static const char tail_native[] =
+        "\nTo call functions, use your tool-call syntax: each call names the function and gives its arguments as a "
+        "JSON object.";
+    char *block = concat3(head, r->tools_json, how == DSI__TP_TEXT ? tail_text : tail_native);
     if (!block) return oom(e);
     struct dsi__msg *sys = &r->msgs[0];
     if (!strcmp(sys->role, "system")) {
@@ -325,26 +328,57 @@ int dsi__srv_tools_prompt(struct dsi__req *r, struct dsi__api_error *e) {
     return 0;
 }
 
-/* One call {"name","arguments"} -> an OpenAI tool_calls entry. */
+int dsi__srv_tool_call_json(struct dsi__sbuf *b, const char *id_prefix, int i, bool with_index, const char *name,
+                            const char *arguments) {
+    int rc = dsi__sbuf_printf(b, "%s{", i ? "," : "");
+    if (!rc && with_index) rc = dsi__sbuf_printf(b, "\"index\":%d,", i);
+    if (!rc) rc = dsi__sbuf_printf(b, "\"id\":\"call_%s_%d\",\"type\":\"function\",\"function\":{\"name\":", id_prefix, i);
+    if (!rc) rc = dsi__sbuf_json_str(b, name, strlen(name));
+    if (!rc) rc = dsi__sbuf_printf(b, ",\"arguments\":");
+    if (!rc) rc = dsi__sbuf_json_str(b, arguments, strlen(arguments));
+    if (!rc) rc = dsi__sbuf_printf(b, "}}");
+    return rc ? -1 : 0;
+}
+
+/* One call {"name","arguments"} of forced output -> an OpenAI tool_calls entry;
+ * 1 when c is not such a call. */
 static int add_call(struct dsi__sbuf *b, const cJSON *c, const char *id_prefix, int i, bool with_index) {
     const cJSON *nm = cJSON_GetObjectItemCaseSensitive(c, "name");
     const cJSON *ar = cJSON_GetObjectItemCaseSensitive(c, "arguments");
     if (!cJSON_IsObject(c) || !cJSON_IsString(nm) || !cJSON_IsObject(ar)) return 1;
     char *args = cJSON_PrintUnformatted(ar);
     if (!args) return -1;
-    int rc = dsi__sbuf_printf(b, "%s{", i ? "," : "");
-    if (!rc && with_index) rc = dsi__sbuf_printf(b, "\"index\":%d,", i);
-    if (!rc) rc = dsi__sbuf_printf(b, "\"id\":\"call_%s_%d\",\"type\":\"function\",\"function\":{\"name\":", id_prefix, i);
-    if (!rc) rc = dsi__sbuf_json_str(b, nm->valuestring, strlen(nm->valuestring));
-    if (!rc) rc = dsi__sbuf_printf(b, ",\"arguments\":");
-    if (!rc) rc = dsi__sbuf_json_str(b, args, strlen(args));
-    if (!rc) rc = dsi__sbuf_printf(b, "}}");
+    int rc = dsi__srv_tool_call_json(b, id_prefix, i, with_index, nm->valuestring, args);
     free(args);
-    return rc ? -1 : 0;
+    return rc;
 }
 
-int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, const char *id_prefix, bool with_index,
-                                struct dsi__sbuf *calls, int *n_calls, size_t *content_len) {
+/* The whole-answer scan (non-forced extract): content kept only before the first call. */
+struct extract {
+    struct dsi__sbuf *calls;
+    const char *id_prefix;
+    bool with_index;
+    int n_calls;
+    size_t content_len; /* content handed over before the first call */
+};
+
+static int extract_content(void *user, const char *s, size_t n) {
+    struct extract *x = user;
+    (void)s;
+    if (!x->n_calls) x->content_len += n;
+    return 0;
+}
+
+static int extract_call(void *user, const char *name, const char *arguments) {
+    struct extract *x = user;
+    if (dsi__srv_tool_call_json(x->calls, x->id_prefix, x->n_calls, x->with_index, name, arguments)) return -1;
+    x->n_calls++;
+    return 0;
+}
+
+int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, enum dsi__tool_syntax syn,
+                                const char *id_prefix, bool with_index, struct dsi__sbuf *calls, int *n_calls,
+                                size_t *content_len) {
     *n_calls = 0;
     *content_len = n;
     calls->len = 0;
@@ -357,33 +391,19 @@ int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, const c
             if (!(rc = add_call(calls, c, id_prefix, *n_calls, with_index))) ++*n_calls;
         cJSON_Delete(j);
         if (!rc && *n_calls) *content_len = 0; /* the whole answer is the calls */
+        if (rc == 1) *n_calls = 0, rc = 0;
     } else {
-        const char *p = text, *end = text + n, *first = NULL;
-        while (!rc) {
-            const char *o = memmem(p, (size_t)(end - p), TOOL_OPEN, sizeof TOOL_OPEN - 1);
-            if (!o) break;
-            const char *body = o + sizeof TOOL_OPEN - 1;
-            const char *c = memmem(body, (size_t)(end - body), TOOL_CLOSE, sizeof TOOL_CLOSE - 1);
-            if (!c) break; /* cut off (length): the rest stays text */
-            cJSON *j = cJSON_ParseWithLength(body, (size_t)(c - body));
-            rc = j ? add_call(calls, j, id_prefix, *n_calls, with_index) : 1;
-            cJSON_Delete(j);
-            if (!rc) {
-                ++*n_calls;
-                if (!first) first = o;
-            }
-            p = c + sizeof TOOL_CLOSE - 1;
-        }
-        if (rc == 1) *n_calls = 0; /* a malformed block: the whole answer is text */
-        if (*n_calls) {
-            size_t cl = (size_t)(first - text);
-            while (cl > 0 && (text[cl - 1] == ' ' || text[cl - 1] == '\n')) cl--;
-            *content_len = cl;
-        }
-    }
-    if (rc == 1) {
-        *n_calls = 0;
-        rc = 0;
+        /* The content handed over before the first call is a prefix of text
+         * (the scanner emits text in order, trimming blanks before a call). */
+        struct extract x = {calls, id_prefix, with_index, 0, 0};
+        struct dsi__toolscan ts;
+        struct dsi__toolscan_cb cb = {extract_content, extract_call, &x};
+        dsi__toolscan_init(&ts, syn);
+        rc = dsi__toolscan_push(&ts, text, n, &cb);
+        if (!rc) rc = dsi__toolscan_finish(&ts, &cb);
+        dsi__toolscan_free(&ts);
+        *n_calls = x.n_calls;
+        if (x.n_calls) *content_len = x.content_len;
     }
     if (!rc && *n_calls == 0) {
         calls->len = 0;
