@@ -24,3 +24,7 @@ dsi_test(test_engine_grammar SOURCES tests/test_engine_grammar.c
          LIBS dsi_engine dsi_backend dsi_model dsi_grammar dsi_tok PkgConfig::CJSON Threads::Threads LABELS slow)
 # The block manager with prefix caching against the model in tests/kv_model.h.
 dsi_fuzz(fuzz_kvcache SOURCES tests/fuzz/fuzz_kvcache.c LIBS dsi_engine)
+# 500 random schemas (tests/test_schema_gen.h) through the engine with the demo
+# model: every output parses and validates. Slow under ASan; seconds in Release.
+dsi_test(test_engine_schemas SOURCES tests/test_engine_schemas.c
+         LIBS dsi_engine dsi_backend dsi_model dsi_grammar dsi_tok PkgConfig::CJSON Threads::Threads LABELS slow)
