@@ -368,6 +368,44 @@ TEST(tool_calls_extract_from_answers) {
     dsi__sbuf_free(&calls);
 }
 
+/* A forced call in a native syntax: the opening is prefilled, the grammar gives
+ * the rest (V3: the name line, the fence and the arguments; ChatML: one call object). */
+TEST(tools_native_forced_grammar_and_prefill) {
+    struct dsi__req r;
+    struct dsi__api_error e;
+    char b[2048];
+    const char *m = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],";
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\"}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, &e), 0);
+    CHECK_EQ_STR(r.prefill ? r.prefill : "", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>");
+    CHECK(grammar_accepts(&r, "get_weather\n```json\n{\"city\":\"Oslo\"}"));
+    CHECK(grammar_accepts(&r, "noop\n```json\n{}"));
+    CHECK(!grammar_accepts(&r, "get_weather\n```json\n{}")); /* city is required */
+    CHECK(!grammar_accepts(&r, "{\"name\":\"noop\",\"arguments\":{}}"));
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"noop\"}}}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, &e), 0);
+    CHECK(grammar_accepts(&r, "noop\n```json\n{}"));
+    CHECK(!grammar_accepts(&r, "get_weather\n```json\n{\"city\":\"Oslo\"}"));
+    dsi__srv_req_free(&r);
+    /* ChatML: one call object after the prefilled <tool_call>, even with parallel_tool_calls */
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\"}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_TAGS, &e), 0);
+    CHECK_EQ_STR(r.prefill ? r.prefill : "", "<tool_call>\n");
+    CHECK(grammar_accepts(&r, "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}"));
+    CHECK(!grammar_accepts(&r, "[{\"name\":\"noop\",\"arguments\":{}}]"));
+    dsi__srv_req_free(&r);
+    /* auto: nothing to force */
+    snprintf(b, sizeof b, "%s" TOOLS_W "}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, &e), 0);
+    CHECK(r.prefill == NULL && r.grammar == NULL);
+    dsi__srv_req_free(&r);
+}
+
 /* DeepSeek-V3's native call syntax, as the model writes it after <｜Assistant｜>. */
 TEST(tool_calls_extract_deepseek_native) {
     struct dsi__sbuf calls = {0};
@@ -812,6 +850,7 @@ int main(void) {
     RUN(parse_tools_and_tool_choice);
     RUN(parse_tool_messages_render_in_prompt_form);
     RUN(tool_calls_extract_from_answers);
+    RUN(tools_native_forced_grammar_and_prefill);
     RUN(tool_calls_extract_deepseek_native);
     RUN(tool_scan_streams_content_and_holds_only_a_marker_prefix);
     return test_summary();

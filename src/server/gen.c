@@ -75,6 +75,7 @@ void dsi__gen_release(struct dsi__gen *g) {
     dsi_tok_stream_destroy(g->ts);
     dsi__textgen_free(&g->tg);
     dsi__toolscan_free(&g->scan);
+    free(g->prefill);
     for (int i = 0; i < g->n_stops; i++) free(g->stops[i]);
     dsi_grammar_destroy(g->grammar);
     dsi__sbuf_free(&g->calls);
@@ -220,8 +221,21 @@ static int finish_tools(struct dsi__gen *g) {
         return rc == -1 ? DSI_ENOMEM : rc;
     }
     size_t content_len = g->content.len;
-    int rc = dsi__srv_tool_calls_extract(g->content.p ? g->content.p : "", g->content.len, true, g->scan.syn, g->id,
+    int rc;
+    if (g->prefill) { /* native: the prefilled opening, the answer, the closing marker */
+        struct dsi__sbuf t = {0};
+        const char *close = g->scan.syn == DSI__TOOLS_DEEPSEEK ? "<｜tool▁call▁end｜>" : "\n</tool_call>";
+        rc = dsi__sbuf_printf(&t, "%s", g->prefill);
+        if (!rc && g->content.len) rc = dsi__sbuf_append(&t, g->content.p, g->content.len);
+        if (!rc) rc = dsi__sbuf_printf(&t, "%s", close);
+        if (!rc) rc = dsi__srv_tool_calls_extract(t.p, t.len, false, g->scan.syn, g->id, g->stream, &g->calls,
+                                                  &g->n_calls, &content_len);
+        dsi__sbuf_free(&t);
+        content_len = g->n_calls ? 0 : g->content.len; /* not a call (cut off): the answer is text */
+    } else {
+        rc = dsi__srv_tool_calls_extract(g->content.p ? g->content.p : "", g->content.len, true, g->scan.syn, g->id,
                                          g->stream, &g->calls, &g->n_calls, &content_len);
+    }
     if (rc) return DSI_ENOMEM;
     if (g->n_calls) g->content.len = content_len;
     if (!g->stream) return 0;
@@ -574,6 +588,8 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
      * <tool_call> blocks (ChatML's native form and the prompt form alike). */
     enum dsi_chat_format f = s->chat_format == DSI_CHAT_AUTO ? dsi_tok_chat_format(s->tok) : s->chat_format;
     dsi__toolscan_init(&g->scan, f == DSI_CHAT_DEEPSEEK_V3 ? DSI__TOOLS_DEEPSEEK : DSI__TOOLS_TAGS);
+    g->prefill = r->prefill;
+    r->prefill = NULL;
     if (r->grammar) {
         const struct dsi_token_trie *tr = server_trie(s);
         if (!tr) return dsi__api_error_set(e, 500, NULL, NULL, "out of memory");

@@ -294,6 +294,22 @@ static void chat_msgs(const struct dsi__req *r, struct dsi_chat_msg *m, struct d
     }
 }
 
+/* Appends the ids of prefill (our template text: its special tokens count) to *ids. */
+static int append_prefill(struct dsi_server *s, const char *prefill, int32_t **ids, size_t *n, char **err) {
+    int32_t *p = NULL;
+    size_t np = 0;
+    int rc = dsi_tok_encode(s->tok, prefill, strlen(prefill), true, &p, &np, err);
+    int32_t *all = rc ? NULL : realloc(*ids, (*n + np + 1) * sizeof *all);
+    if (!rc && !all) rc = DSI_ENOMEM;
+    if (!rc) {
+        memcpy(all + *n, p, np * sizeof *p);
+        *ids = all;
+        *n += np;
+    }
+    free(p);
+    return rc;
+}
+
 /* Prompt ids of a chat / completion / tokenize request (malloc'd). Tools, calls
  * and results go through the format's native syntax where it has one, else they
  * are rewritten into the prompt form first (tools.c). */
@@ -307,6 +323,9 @@ static int prompt_ids(struct dsi_server *s, struct dsi__req *r, bool gen_prompt,
                                      : f == DSI_CHAT_DEEPSEEK_V3        ? DSI__TP_NATIVE_LIST
                                                                         : DSI__TP_NATIVE;
         int st = dsi__srv_tools_prompt(r, how, e);
+        /* a forced call is written in the native syntax, its opening prefilled */
+        if (!st && how != DSI__TP_TEXT)
+            st = dsi__srv_tools_native(r, how == DSI__TP_NATIVE_LIST ? DSI__TOOLS_DEEPSEEK : DSI__TOOLS_TAGS, e);
         if (st) return st;
         size_t n_calls = 0;
         for (size_t i = 0; i < r->n_msgs; i++) n_calls += r->msgs[i].n_calls;
@@ -324,6 +343,7 @@ static int prompt_ids(struct dsi_server *s, struct dsi__req *r, bool gen_prompt,
         rc = dsi_chat_encode(s->tok, f, m, r->n_msgs, tools, gen_prompt, ids, n, &err);
         free(calls);
         free(m);
+        if (!rc && r->prefill) rc = append_prefill(s, r->prefill, ids, n, &err);
     } else if (r->prompt) {
         int32_t *t = NULL;
         size_t nt = 0;

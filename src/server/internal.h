@@ -96,6 +96,9 @@ struct dsi__req {
     char *tools_raw;            /* the request's tools array as sent (native renderings); NULL: none */
     enum dsi__tool_choice tool_choice;
     bool parallel_tool_calls;   /* default true */
+    char *tool_named;           /* tool_choice naming a function: its name; NULL: none */
+    char *prefill;              /* text the answer starts with, put after the prompt (template
+                                   text, special tokens allowed): a forced call's native opening */
 };
 
 /* Parses and validates a request body of the given kind into out (zeroed first).
@@ -132,6 +135,13 @@ enum dsi__tools_prompt {
  * message): DSI__TP_TEXT rewrites calls and results into the prompt form and
  * adds the tool list; DSI__TP_NATIVE_LIST adds the tool list only. 0 or a status. */
 int dsi__srv_tools_prompt(struct dsi__req *r, enum dsi__tools_prompt how, struct dsi__api_error *e);
+/* tool_choice required or named in a format with a native syntax: replaces the
+ * bare-JSON grammar of dsi__srv_parse_tools by one call in that syntax and sets
+ * r->prefill to its opening (<tool_call>\n, or V3's call tokens up to the name;
+ * the grammar then gives the name line, the fence and the arguments). One call per
+ * answer there: the grammar cannot emit the added tokens that separate calls.
+ * No-op for other tool choices. 0 or a status. */
+int dsi__srv_tools_native(struct dsi__req *r, enum dsi__tool_syntax syn, struct dsi__api_error *e);
 /* The model's whole answer -> OpenAI tool_calls JSON array in calls (reset
  * first): forced: the answer is the constrained JSON (a call or an array of
  * calls); else the calls of syntax syn are looked for (toolscan.c). *n_calls 0:

@@ -485,5 +485,7 @@ void dsi__srv_req_free(struct dsi__req *r) {
     dsi_grammar_destroy(r->grammar);
     free(r->tools_json);
     free(r->tools_raw);
+    free(r->tool_named);
+    free(r->prefill);
     memset(r, 0, sizeof *r);
 }

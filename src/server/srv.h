@@ -96,6 +96,7 @@ struct dsi__gen {
     struct dsi_grammar *grammar;    /* owned (taken from the request); the engine borrows it */
     int tool_mode;                  /* 0: no tools; 1: auto (calls in the format's syntax); 2: forced (the JSON is the calls) */
     struct dsi__toolscan scan;      /* tool_mode 1: finds the calls as the answer streams */
+    char *prefill;                  /* tool_mode 2 in a native syntax: the call's prefilled opening */
     struct dsi__sbuf calls;         /* tool_calls JSON array once finished */
     int n_calls;
     char id[48];

@@ -16,7 +16,9 @@
  * tool_choice "required" or a named function constrains the output with a grammar
  * (grammar.h): one call object, or with parallel_tool_calls an array of 1 to
  * DSI__MAX_PARALLEL_CALLS of them, each {"name": one of the tools, "arguments":
- * that tool's parameters schema}. "auto" leaves the model free and finds the calls
+ * that tool's parameters schema}. In a native syntax (dsi__srv_tools_native) the
+ * prompt ends with the call's opening instead and the grammar writes one call in
+ * that syntax (V3: name line, fence, arguments: dsi_grammar_compile_prefixed). "auto" leaves the model free and finds the calls
  * of the format's syntax in its answer (toolscan.c); "none" keeps the tools out of
  * the prompt.
  */
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dsinfer/err.h"
 #include "dsinfer/grammar.h"
 #include "internal.h"
 
@@ -208,7 +211,55 @@ int dsi__srv_parse_tools(const struct cJSON *root, struct dsi__req *r, struct ds
         return dsi__api_error_set(e, 400, "tool_choice", "invalid_value",
                                   "'tool_choice' \"required\" or a named function cannot be combined with "
                                   "'response_format'");
+    if (named && !(r->tool_named = strdup(named))) return oom(e);
     return forced_grammar(tools, named, named ? false : r->parallel_tool_calls, r, e);
+}
+
+/* The native forced grammar of the deepseek syntax: per tool, its name line and
+ * the ```json fence as raw text, then its parameters. */
+static int deepseek_grammar(const cJSON *tools, const char *only, struct dsi__req *r, struct dsi__api_error *e) {
+    struct dsi_grammar_alt alts[MAX_TOOLS] = {{0}};
+    char *texts[2 * MAX_TOOLS];
+    size_t n = 0, n_texts = 0;
+    int st = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const char *name = cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring;
+        const cJSON *pa = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+        if ((only && strcmp(name, only)) || n == MAX_TOOLS) continue;
+        char *prefix = concat3(name, "\n```json\n", "");
+        char *schema = pa ? cJSON_PrintUnformatted(pa) : strdup("{\"type\":\"object\",\"properties\":{}}");
+        if (prefix) texts[n_texts++] = prefix;
+        if (schema) texts[n_texts++] = schema;
+        if (!prefix || !schema) {
+            st = oom(e);
+            break;
+        }
+        alts[n++] = (struct dsi_grammar_alt){prefix, schema};
+    }
+    char *err = NULL;
+    int rc = st ? 0 : dsi_grammar_compile_prefixed(alts, n, &r->grammar, &err);
+    if (rc) /* each schema compiled alone at parse: only memory can fail here */
+        st = dsi__api_error_set(e, rc == DSI_ENOMEM ? 500 : 400, "tools", NULL, "%s", err ? err : "cannot compile");
+    free(err);
+    while (n_texts) free(texts[--n_texts]);
+    return st;
+}
+
+int dsi__srv_tools_native(struct dsi__req *r, enum dsi__tool_syntax syn, struct dsi__api_error *e) {
+    if (r->tool_choice != DSI__TOOL_CHOICE_REQUIRED && r->tool_choice != DSI__TOOL_CHOICE_NAMED) return 0;
+    cJSON *tools = r->tools_raw ? cJSON_Parse(r->tools_raw) : NULL;
+    if (!tools) return oom(e);
+    dsi_grammar_destroy(r->grammar);
+    r->grammar = NULL;
+    int st = syn == DSI__TOOLS_DEEPSEEK ? deepseek_grammar(tools, r->tool_named, r, e)
+                                        : forced_grammar(tools, r->tool_named, false, r, e);
+    cJSON_Delete(tools);
+    if (st) return st;
+    const char *open = syn == DSI__TOOLS_DEEPSEEK ? "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+                                                  : "<tool_call>\n";
+    return (r->prefill = strdup(open)) ? 0 : oom(e);
 }
 
 /* An assistant message's tool_calls -> out->calls (arguments kept as the client's
