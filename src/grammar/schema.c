@@ -134,7 +134,7 @@ static int any_node(struct cctx *c, int32_t *out) {
         *out = c->any;
         return 0;
     }
-    int32_t any, obj, arr, str, num, lit;
+    int32_t any = -1, obj = -1, arr = -1, str = -1, num = -1, lit = -1; /* set by new_node; gcc -O2 cannot see it */
     int rc;
     if ((rc = new_node(c, DSI__GN_ANYOF, &any))) return rc;
     c->any = any;
