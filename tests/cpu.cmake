@@ -13,3 +13,6 @@ add_dependencies(test_cpu_cli dsinfer)
 set_property(TEST test_cpu_model test_cpu_cli APPEND PROPERTY ENVIRONMENT OMP_WAIT_POLICY=passive)
 # DeepSeek MLA / MoE router / FP8 block ops against written-out formulations.
 dsi_test(test_cpu_deepseek SOURCES tests/test_cpu_deepseek.c LIBS dsi_backend_cpu dsi_model dsi_core m)
+# The 8-bit KV cache (kv_dtype int8) on the demo models: capacity and greedy ids.
+dsi_test(test_cpu_kv8 SOURCES tests/test_cpu_kv8.c LIBS dsi_backend dsi_model dsi_core m)
+set_property(TEST test_cpu_kv8 APPEND PROPERTY ENVIRONMENT OMP_WAIT_POLICY=passive)

@@ -53,6 +53,15 @@ static void mla_expanded(const float *wkvb, int h, int R, int nope, int rope, in
     }
 }
 
+/* x rounded the way the int8 cache stores it: int8 values times the f16 scale. */
+static void int8_round(float *x, int n) {
+    uint8_t buf[64];
+    dsi_kv_quant_int8(buf, x, n);
+    float s = dsi_kv_int8_scale(buf, n);
+    for (int i = 0; i < n; i++)
+        x[i] = (float)(int8_t)buf[i] * s;
+}
+
 static void check_mla(enum dsi_weight_dtype wdt, enum dsi_kv_dtype kdt, double tol) {
     enum { NH = 3, R = 24, NOPE = 8, ROPE = 6, VD = 10, NCTX = 11, BS = 4 };
     unsigned seed = 7u + (unsigned)wdt * 3u + (unsigned)kdt;
@@ -77,9 +86,8 @@ static void check_mla(enum dsi_weight_dtype wdt, enum dsi_kv_dtype kdt, double t
     for (int r = 0; r < rows; r++) /* the reference sees exactly the weights in use */
         dsi_qweight_row_f32(&qw, r, deq + (size_t)r * R);
     /* pool of 4 blocks; this sequence uses blocks 2, 0, 3 (out of order) */
-    int width = R + ROPE;
-    size_t esz = kdt == DSI_KV_F32 ? 4 : 2;
-    void *pool = calloc((size_t)4 * BS * width, esz);
+    size_t entry = dsi_kv_vector_bytes(kdt, R) + dsi_kv_vector_bytes(kdt, ROPE);
+    void *pool = calloc((size_t)4 * BS, entry);
     int32_t table[3] = {2, 0, 3};
     for (int j = 0; j < NCTX; j++) {
         dsi_mla_store(pool, kdt, BS, R, ROPE, table, j, lat + (size_t)j * R, kpe + (size_t)j * ROPE);
@@ -88,6 +96,10 @@ static void check_mla(enum dsi_weight_dtype wdt, enum dsi_kv_dtype kdt, double t
                 lat[(size_t)j * R + c] = dsi_bf16_to_f32(dsi_f32_to_bf16(lat[(size_t)j * R + c]));
             for (int c = 0; c < ROPE; c++)
                 kpe[(size_t)j * ROPE + c] = dsi_bf16_to_f32(dsi_f32_to_bf16(kpe[(size_t)j * ROPE + c]));
+        }
+        if (kdt == DSI_KV_INT8) { /* int8: each vector with its own scale */
+            int8_round(lat + (size_t)j * R, R);
+            int8_round(kpe + (size_t)j * ROPE, ROPE);
         }
     }
     struct dsi_mla_args a = {.kv_lora_rank = R,
@@ -125,6 +137,24 @@ TEST(mla_absorbed_equals_expanded_attention) {
     check_mla(DSI_W_F32, DSI_KV_F32, 1e-5);
     check_mla(DSI_W_F32, DSI_KV_BF16, 1e-5);
     check_mla(DSI_W_INT8, DSI_KV_F32, 1e-5);
+    check_mla(DSI_W_F32, DSI_KV_INT8, 1e-5); /* the int8 latent cache, read directly */
+}
+
+/* int8: the latent's R values and scale, then the rope key's values and scale;
+ * the rope key keeps its own scale (a latent 100x larger leaves it intact). */
+TEST(mla_store_int8_scales_latent_and_rope_separately) {
+    enum { R = 3, ROPE = 2, ENTRY = R + 2 + ROPE + 2 };
+    uint8_t pool[2 * 2 * ENTRY] = {0};
+    float lat[R] = {100, -50, 25}, kpe[ROPE] = {0.5f, -1.0f};
+    int32_t table[2] = {1, 0};
+    dsi_mla_store(pool, DSI_KV_INT8, 2, R, ROPE, table, 3, lat, kpe); /* block 0, slot 1 */
+    const uint8_t *e = pool + 1 * ENTRY;
+    CHECK((int8_t)e[0] == 127);
+    for (int i = 0; i < R; i++)
+        CHECK_NEAR((int8_t)e[i] * dsi_kv_int8_scale(e, R), lat[i], 0.5 * dsi_kv_int8_scale(e, R));
+    const uint8_t *r = e + R + 2;
+    CHECK((int8_t)r[1] == -127);
+    CHECK_NEAR((int8_t)r[0] * dsi_kv_int8_scale(r, ROPE), 0.5, 0.5 * dsi_kv_int8_scale(r, ROPE));
 }
 
 TEST(mla_store_layout_is_latent_then_rope) {
@@ -247,6 +277,7 @@ TEST(fp8_block_scales_hit_their_blocks) {
 int main(void) {
     RUN(mla_absorbed_equals_expanded_attention);
     RUN(mla_store_layout_is_latent_then_rope);
+    RUN(mla_store_int8_scales_latent_and_rope_separately);
     RUN(router_greedy_softmax);
     RUN(router_group_limited_greedy);
     RUN(router_noaux_tc_sigmoid_with_bias);

@@ -293,6 +293,20 @@ TEST(logits_int8_within_quantization_tolerance) {
     }
 }
 
+/* The int8 KV cache (f32 weights) within the int8 bounds: the dense fixtures'
+ * max row error as for int8 weights, the MLA latent cache as for int8 weights on
+ * the MoE models (median / p75: routing near-ties, see below). */
+TEST(logits_int8_kv_cache_within_int8_tolerance) {
+    for (int i = 0; i < N_DENSE; i++) {
+        double e = model_max_err(MODELS[i], DSI_W_F32, 0, DSI_KV_INT8);
+        fprintf(stderr, "  %-16s f32 weights + int8 KV: %.3g\n", MODELS[i], e);
+        CHECK(e <= TOL_INT8);
+        CHECK(e > 0); /* the int8 cache really is in use */
+    }
+    for (int i = N_DENSE; i < N_MODELS; i++)
+        moe_lossy(MODELS[i], DSI_W_F32, 0, DSI_KV_INT8, TOL_INT8_MOE_MEDIAN, TOL_INT8, "int8 latent cache");
+}
+
 /* INT8 on the MoE models. Routing is a discrete choice: int8 noise that moves a
  * token's hidden state across a near-tie between two experts (or two groups under
  * noaux_tc) swaps an expert and changes that token's output by O(1), and the
@@ -762,6 +776,7 @@ int main(void) {
     RUN(logits_f32_match_hf_all_models);
     RUN(logits_bf16_weights_match_hf);
     RUN(logits_int8_within_quantization_tolerance);
+    RUN(logits_int8_kv_cache_within_int8_tolerance);
     RUN(logits_int8_moe_models);
     RUN(rope_inv_freq_equals_hf_table);
     RUN(greedy_continuations_match_hf_token_for_token);

@@ -247,11 +247,21 @@ TEST(rope_dynamic_grows_base_past_original) {
     CHECK(a[7] < b[7]);
 }
 
+/* x rounded the way the int8 cache stores it: int8 values times the f16 scale. */
+static void int8_round(float *x, int n) {
+    uint8_t buf[64];
+    dsi_kv_quant_int8(buf, x, n);
+    float s = dsi_kv_int8_scale(buf, n);
+    for (int i = 0; i < n; i++)
+        x[i] = (float)(int8_t)buf[i] * s;
+}
+
 static void attn_reference(int dtype_kv) {
     /* 4 heads, 2 kv heads, head_dim 8, block 2, context 3 in blocks 5 then 2 */
     enum { NH = 4, NKV = 2, HD = 8, BS = 2, NB = 6 };
     static float kf[NB * BS * NKV * HD], vf[NB * BS * NKV * HD];
     static uint16_t kb[NB * BS * NKV * HD], vb[NB * BS * NKV * HD];
+    static uint8_t k8[NB * BS * NKV * (HD + 2)], v8[NB * BS * NKV * (HD + 2)];
     float K[3][NKV * HD], Vv[3][NKV * HD], q[NH * HD], out[HD], sc[3];
     int32_t table[2] = {5, 2};
     uint32_t s = 3;
@@ -266,21 +276,32 @@ static void attn_reference(int dtype_kv) {
         }
         if (dtype_kv == DSI_KV_F32)
             dsi_kv_store(kf, vf, DSI_KV_F32, BS, NKV, HD, table, p, K[p], Vv[p]);
-        else
+        else if (dtype_kv == DSI_KV_BF16)
             dsi_kv_store(kb, vb, DSI_KV_BF16, BS, NKV, HD, table, p, K[p], Vv[p]);
+        else
+            dsi_kv_store(k8, v8, DSI_KV_INT8, BS, NKV, HD, table, p, K[p], Vv[p]);
+        for (int h = 0; dtype_kv == DSI_KV_INT8 && h < NKV; h++) { /* the reference sees the rounded cache */
+            int8_round(K[p] + h * HD, HD);
+            int8_round(Vv[p] + h * HD, HD);
+        }
     }
     for (int i = 0; i < NH * HD; i++)
         q[i] = frand(&s);
     /* position 2 lives in block 2 slot 0 */
     if (dtype_kv == DSI_KV_F32) CHECK(kf[(2 * BS + 0) * NKV * HD] == K[2][0]);
+    /* int8: kv head 1 of position 2 is vector (2*BS + 0)*NKV + 1, HD values then the scale */
+    if (dtype_kv == DSI_KV_INT8)
+        CHECK_NEAR((int8_t)k8[((2 * BS + 0) * NKV + 1) * (HD + 2)] *
+                       dsi_kv_int8_scale(k8 + ((2 * BS + 0) * NKV + 1) * (HD + 2), HD),
+                   K[2][HD], 1e-7);
     struct dsi_attn_args a = {.n_heads = NH,
                               .n_kv_heads = NKV,
                               .head_dim = HD,
                               .scale = 0.35f,
                               .block_size = BS,
                               .kv_dtype = (enum dsi_kv_dtype)dtype_kv,
-                              .k = dtype_kv == DSI_KV_F32 ? (void *)kf : (void *)kb,
-                              .v = dtype_kv == DSI_KV_F32 ? (void *)vf : (void *)vb,
+                              .k = dtype_kv == DSI_KV_F32 ? (void *)kf : dtype_kv == DSI_KV_BF16 ? (void *)kb : (void *)k8,
+                              .v = dtype_kv == DSI_KV_F32 ? (void *)vf : dtype_kv == DSI_KV_BF16 ? (void *)vb : (void *)v8,
                               .block_table = table,
                               .n_ctx = 3};
     for (int h = 0; h < NH; h++) {
@@ -312,6 +333,46 @@ TEST(attention_paged_bf16_matches_direct) {
     attn_reference(DSI_KV_BF16);
 }
 
+/* The int8 cache's attention reads the int8 values and scales directly; it must
+ * equal exact attention over the values they stand for. */
+TEST(attention_paged_int8_matches_direct_over_dequantized) {
+    attn_reference(DSI_KV_INT8);
+}
+
+/* One vector: scale = absmax / 127 rounded up to an f16, values within half a
+ * step, never past +-127; an all-zero vector has scale 0; NaN stores 0. */
+TEST(kv_int8_quantize_hand_values) {
+    float x[4] = {1.0f, -2.0f, 0.25f, 127.0f};
+    uint8_t b[6];
+    dsi_kv_quant_int8(b, x, 4);
+    CHECK(dsi_kv_int8_scale(b, 4) == 1.0f);
+    CHECK((int8_t)b[0] == 1 && (int8_t)b[1] == -2 && (int8_t)b[2] == 0 && (int8_t)b[3] == 127);
+    float z[4] = {0};
+    dsi_kv_quant_int8(b, z, 4);
+    CHECK(dsi_kv_int8_scale(b, 4) == 0.0f && b[0] == 0 && b[3] == 0);
+    float n[4] = {NAN, 1.0f, -1.0f, 0.5f};
+    dsi_kv_quant_int8(b, n, 4);
+    CHECK((int8_t)b[0] == 0 && (int8_t)b[1] == 127 && (int8_t)b[2] == -127);
+    uint32_t s = 9;
+    for (int t = 0; t < 200; t++) {
+        float v[32], amax = 0.0f, mag = ldexpf(1.0f, t % 40 - 20); /* 2^-20 .. 2^19 */
+        for (int i = 0; i < 32; i++) {
+            v[i] = frand(&s) * mag;
+            if (fabsf(v[i]) > amax) amax = fabsf(v[i]);
+        }
+        uint8_t q[34];
+        dsi_kv_quant_int8(q, v, 32);
+        float sc = dsi_kv_int8_scale(q, 32);
+        CHECK(sc >= amax / 127.0f && sc <= amax / 127.0f * 1.002f + 6e-8f); /* f16: 2^-10 steps, subnormals */
+        for (int i = 0; i < 32; i++)
+            CHECK(fabsf((float)(int8_t)q[i] * sc - v[i]) <= 0.5f * sc + 1e-12f);
+        double want = 0.0, w2 = 0.0; /* the dot reads the int8 values with the scale applied once */
+        for (int i = 0; i < 32; i++)
+            want += (double)(int8_t)q[i] * sc * v[i], w2 += fabs((double)(int8_t)q[i] * sc * v[i]);
+        CHECK_NEAR(dsi_kv_dot(DSI_KV_INT8, q, v, 32), want, 1e-5 * w2 + 1e-30);
+    }
+}
+
 int main(void) {
     RUN(bf16_round_to_nearest_even);
     RUN(dots_match_double_reference_all_lengths);
@@ -324,6 +385,8 @@ int main(void) {
     RUN(rope_yarn_deepseek_v2_shape);
     RUN(rope_dynamic_grows_base_past_original);
     RUN(attention_paged_f32_matches_direct);
+    RUN(attention_paged_int8_matches_direct_over_dequantized);
+    RUN(kv_int8_quantize_hand_values);
     RUN(attention_paged_bf16_matches_direct);
     return test_summary();
 }

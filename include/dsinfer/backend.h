@@ -20,7 +20,6 @@
 #include "dsinfer/model.h"
 
 enum dsi_weight_dtype { DSI_W_F32, DSI_W_BF16, DSI_W_INT8 };
-enum dsi_kv_dtype { DSI_KV_F32, DSI_KV_BF16 };
 /* INT8 weights: activations stay bf16/fp32 (W8A16, the default) or are
  * quantized per token too for int8 x int8 products (W8A8, per-channel weights
  * only; the lm_head stays W8A16). */
@@ -92,6 +91,7 @@ struct dsi_backend {
     int n_kv_blocks;                /* size of the block pool the engine may hand out */
     size_t weight_bytes;            /* bytes of weights held (for roofline reports) */
     size_t kv_bytes_per_token;
+    enum dsi_kv_dtype kv_dtype;     /* the format its KV cache holds (prefix cache blocks are keyed by it) */
     void *impl;
 };
 

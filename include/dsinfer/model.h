@@ -138,6 +138,19 @@ float dsi_mla_softmax_scale(const struct dsi_model_config *cfg);
  * (K and V), or kv_lora_rank + qk_rope_head_dim for MLA (the compressed latent
  * and the shared rope key). Times n_layers and the element size: bytes per token. */
 size_t dsi_model_kv_values_per_token_layer(const struct dsi_model_config *cfg);
+
+/* The KV cache's element format. INT8: each cached vector (one token's K or V
+ * of one kv head; MLA: its latent, and its rope key) is n int8 values followed
+ * by one f16 scale, value = int8 * scale, scale = absmax / 127 rounded up. */
+enum dsi_kv_dtype { DSI_KV_F32, DSI_KV_BF16, DSI_KV_INT8 };
+#define DSI_KV_INT8_SCALE_BYTES 2 /* the f16 scale after each int8 vector */
+/* "f32", "bf16", "int8". */
+const char *dsi_kv_dtype_name(enum dsi_kv_dtype dt);
+/* Bytes of one cached vector of n values in format dt. */
+size_t dsi_kv_vector_bytes(enum dsi_kv_dtype dt, size_t n);
+/* Cache bytes of one token over all layers in format dt: what a KV budget
+ * is divided by (the CPU pool's and the engine's capacity). */
+size_t dsi_model_kv_bytes_per_token(const struct dsi_model_config *cfg, enum dsi_kv_dtype dt);
 /* "Qwen2ForCausalLM", ... for an arch value. */
 const char *dsi_arch_name(enum dsi_arch a);
 const char *dsi_rope_type_name(enum dsi_rope_type t);

@@ -504,3 +504,22 @@ size_t dsi_model_kv_values_per_token_layer(const struct dsi_model_config *cfg) {
     if (dsi_model_is_mla(cfg)) return (size_t)cfg->kv_lora_rank + (size_t)cfg->qk_rope_head_dim;
     return 2 * (size_t)(cfg->n_kv_heads > 0 ? cfg->n_kv_heads : 1) * (size_t)(cfg->head_dim > 0 ? cfg->head_dim : 1);
 }
+
+const char *dsi_kv_dtype_name(enum dsi_kv_dtype dt) {
+    return dt == DSI_KV_F32 ? "f32" : dt == DSI_KV_BF16 ? "bf16" : dt == DSI_KV_INT8 ? "int8" : "?";
+}
+
+size_t dsi_kv_vector_bytes(enum dsi_kv_dtype dt, size_t n) {
+    return dt == DSI_KV_F32 ? 4 * n : dt == DSI_KV_BF16 ? 2 * n : n + DSI_KV_INT8_SCALE_BYTES;
+}
+
+size_t dsi_model_kv_bytes_per_token(const struct dsi_model_config *cfg, enum dsi_kv_dtype dt) {
+    size_t layers = (size_t)(cfg->n_layers > 0 ? cfg->n_layers : 1);
+    /* int8 pays one scale per vector: MLA's latent and rope key are two vectors a
+     * layer (their magnitudes differ), K and V two per kv head */
+    if (dsi_model_is_mla(cfg))
+        return layers * (dsi_kv_vector_bytes(dt, (size_t)cfg->kv_lora_rank) +
+                         dsi_kv_vector_bytes(dt, (size_t)cfg->qk_rope_head_dim));
+    size_t nkv = (size_t)(cfg->n_kv_heads > 0 ? cfg->n_kv_heads : 1);
+    return layers * 2 * nkv * dsi_kv_vector_bytes(dt, (size_t)(cfg->head_dim > 0 ? cfg->head_dim : 1));
+}

@@ -166,6 +166,7 @@ int dsi__tp_adopt(struct dsi__tp *t, const struct dsi_model *m, size_t kv_bytes_
     t->be.n_kv_blocks = s->n_kv_blocks; /* the engine sees the whole model's blocks */
     t->be.weight_bytes = s->weight_bytes;
     t->be.kv_bytes_per_token = kv_bytes_per_token;
+    t->be.kv_dtype = s->kv_dtype;
     if ((long long)max_ctx > (long long)s->n_kv_blocks * s->kv_block_size)
         max_ctx = s->n_kv_blocks * s->kv_block_size;
     t->lim = (struct dsi_tp_limits){.max_tokens = max_tokens,

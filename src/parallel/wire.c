@@ -224,7 +224,7 @@ int dsi_tp_create_decode(const int32_t *words, size_t n_words, struct dsi_tp_cre
     if (strlen(c->dir) != (size_t)len)
         return dsi_seterr(err, DSI_EFORMAT, "create message: model dir contains a NUL byte");
     struct dsi_backend_opts *o = &c->opts;
-    if (words[0] < DSI_W_F32 || words[0] > DSI_W_INT8 || words[2] < DSI_KV_F32 || words[2] > DSI_KV_BF16)
+    if (words[0] < DSI_W_F32 || words[0] > DSI_W_INT8 || words[2] < DSI_KV_F32 || words[2] > DSI_KV_INT8)
         return dsi_seterr(err, DSI_EFORMAT, "create message: unknown weight dtype %d or kv dtype %d",
                           (int)words[0], (int)words[2]);
     o->weight_dtype = (enum dsi_weight_dtype)words[0];

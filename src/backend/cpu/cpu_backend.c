@@ -7,9 +7,11 @@
  *
  * Everything is allocated here, once; forward() allocates nothing.
  *
- * The KV bytes per token depend on the model: 2 * n_kv_heads * head_dim values
- * per layer for GQA, kv_lora_rank + qk_rope_head_dim for MLA (the compressed
- * latent); the engine's block manager only counts blocks, so it needs no change.
+ * The KV bytes per token depend on the model and kv_dtype: 2 * n_kv_heads * head_dim
+ * values per layer for GQA, kv_lora_rank + qk_rope_head_dim for MLA (the compressed
+ * latent), 4 or 2 bytes each, or 1 plus an f16 scale per vector for int8
+ * (dsi_model_kv_bytes_per_token); a pool of kv_bytes holds that many more blocks,
+ * and the engine's block manager only counts blocks, so it needs no change.
  */
 #include <limits.h>
 #include <stdint.h>
@@ -223,18 +225,20 @@ static int alloc_kv(struct dsi__cpu *c, char **err) {
     const struct dsi_model_config *cfg = c->cfg;
     const struct dsi_backend_opts *o = &c->opts;
     int bs = o->kv_block_size > 0 ? o->kv_block_size : DEFAULT_BLOCK;
-    c->kv_elt = o->kv_dtype == DSI_KV_F32 ? sizeof(float) : sizeof(uint16_t);
-    /* MLA: kv_lora_rank + qk_rope_head_dim values per layer, the latent and the shared rope key */
-    size_t per_layer = dsi_model_kv_values_per_token_layer(cfg);
-    size_t per_tok = (size_t)cfg->n_layers * per_layer * c->kv_elt;
-    size_t per_tok_local = (size_t)cfg->n_layers * (c->mla ? 1 : 2) * (size_t)c->kv_dim * c->kv_elt;
+    /* one slot of a layer's pool: this shard's kv heads' vectors, or MLA's
+     * latent + rope key entry (two vectors: int8 scales each separately) */
+    size_t slot_bytes = c->mla ? dsi_kv_vector_bytes(o->kv_dtype, (size_t)cfg->kv_lora_rank) +
+                                     dsi_kv_vector_bytes(o->kv_dtype, (size_t)cfg->qk_rope_head_dim)
+                               : (size_t)c->nkv * dsi_kv_vector_bytes(o->kv_dtype, (size_t)cfg->head_dim);
+    size_t per_tok = dsi_model_kv_bytes_per_token(cfg, o->kv_dtype);
+    size_t per_tok_local = (size_t)cfg->n_layers * (c->mla ? 1 : 2) * slot_bytes;
     size_t kv_bytes = o->kv_bytes ? o->kv_bytes : DEFAULT_KV_BYTES;
     size_t n_blocks = kv_bytes / ((size_t)bs * per_tok);
     if (n_blocks < 1)
         return dsi_seterr(err, DSI_EINVAL, "cpu backend: kv_bytes %zu is less than one block (%zu bytes)",
                           kv_bytes, (size_t)bs * per_tok);
     if (n_blocks > (size_t)INT_MAX / (size_t)bs) n_blocks = (size_t)INT_MAX / (size_t)bs;
-    c->kv_layer_elems = n_blocks * (size_t)bs * (size_t)c->kv_dim;
+    c->kv_pool_bytes = n_blocks * (size_t)bs * slot_bytes;
     c->kv = calloc(n_blocks * (size_t)bs, per_tok_local);
     if (dsi__cpu_own(c, c->kv))
         return dsi_seterr(err, DSI_ENOMEM, "out of memory for a %zu-byte KV pool",
@@ -242,6 +246,7 @@ static int alloc_kv(struct dsi__cpu *c, char **err) {
     c->be.kv_block_size = bs;
     c->be.n_kv_blocks = (int)n_blocks;
     c->be.kv_bytes_per_token = per_tok;
+    c->be.kv_dtype = o->kv_dtype;
     c->max_ctx = cfg->max_position_embeddings;
     if ((size_t)c->max_ctx > n_blocks * (size_t)bs) c->max_ctx = (int)(n_blocks * (size_t)bs);
     return 0;
@@ -263,7 +268,7 @@ int dsi_cpu_backend_create_shard(const struct dsi_model *m, const struct dsi_bac
     if (rc) return rc;
     if (o->weight_dtype != DSI_W_F32 && o->weight_dtype != DSI_W_BF16 && o->weight_dtype != DSI_W_INT8)
         return dsi_seterr(err, DSI_EINVAL, "cpu backend: unknown weight dtype %d", (int)o->weight_dtype);
-    if (o->kv_dtype != DSI_KV_F32 && o->kv_dtype != DSI_KV_BF16)
+    if (o->kv_dtype != DSI_KV_F32 && o->kv_dtype != DSI_KV_BF16 && o->kv_dtype != DSI_KV_INT8)
         return dsi_seterr(err, DSI_EINVAL, "cpu backend: unknown kv dtype %d", (int)o->kv_dtype);
     if (o->int8_group_size < 0 || o->kv_block_size < 0 || o->max_batch_tokens < 0 || o->n_threads < 0)
         return dsi_seterr(err, DSI_EINVAL, "cpu backend: negative option");
@@ -331,10 +336,11 @@ static void log_ready(const struct dsi__cpu *c) {
                 c->be.kv_block_size, c->n_threads);
     else
         dsi_log(DSI_LOG_INFO, "cpu",
-                "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens (%zu KV bytes per token%s), %d "
-                "threads",
+                "backend ready: %s weights %.1f MB, %d KV blocks of %d tokens (%s cache, %zu KV bytes per "
+                "token%s), %d threads",
                 dt, (double)c->be.weight_bytes / 1e6, c->be.n_kv_blocks, c->be.kv_block_size,
-                c->be.kv_bytes_per_token, c->mla ? ", MLA latent" : "", c->n_threads);
+                dsi_kv_dtype_name(c->opts.kv_dtype), c->be.kv_bytes_per_token, c->mla ? ", MLA latent" : "",
+                c->n_threads);
 }
 
 void dsi_cpu_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs, int *max_ctx) {

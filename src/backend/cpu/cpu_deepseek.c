@@ -12,9 +12,10 @@
 #include <math.h>
 #include <string.h>
 
-static inline size_t mla_index(int block_size, int width, const int32_t *table, int pos) {
-    return ((size_t)table[pos / block_size] * (size_t)block_size + (size_t)(pos % block_size)) *
-           (size_t)width;
+/* Byte offset of position pos's entry: the latent vector, then the rope key
+ * vector (two vectors: in int8 each has its own scale, their ranges differ). */
+static inline size_t mla_offset(int block_size, size_t entry_bytes, const int32_t *table, int pos) {
+    return ((size_t)table[pos / block_size] * (size_t)block_size + (size_t)(pos % block_size)) * entry_bytes;
 }
 
 size_t dsi_mla_scratch_floats(const struct dsi_mla_args *a) {
@@ -23,24 +24,15 @@ size_t dsi_mla_scratch_floats(const struct dsi_mla_args *a) {
 
 void dsi_mla_store(void *pool, enum dsi_kv_dtype dt, int block_size, int kv_lora_rank, int rope_dim,
                    const int32_t *block_table, int pos, const float *c_kv, const float *k_pe) {
-    int width = kv_lora_rank + rope_dim;
-    size_t idx = mla_index(block_size, width, block_table, pos);
-    if (dt == DSI_KV_F32) {
-        float *p = (float *)pool + idx;
-        memcpy(p, c_kv, (size_t)kv_lora_rank * sizeof(float));
-        memcpy(p + kv_lora_rank, k_pe, (size_t)rope_dim * sizeof(float));
-    } else {
-        uint16_t *p = (uint16_t *)pool + idx;
-        for (int i = 0; i < kv_lora_rank; i++)
-            p[i] = dsi_f32_to_bf16(c_kv[i]);
-        for (int i = 0; i < rope_dim; i++)
-            p[kv_lora_rank + i] = dsi_f32_to_bf16(k_pe[i]);
-    }
+    size_t lat = dsi_kv_vector_bytes(dt, (size_t)kv_lora_rank);
+    size_t entry = lat + dsi_kv_vector_bytes(dt, (size_t)rope_dim);
+    char *p = (char *)pool + mla_offset(block_size, entry, block_table, pos);
+    dsi_kv_put(dt, p, c_kv, kv_lora_rank);
+    dsi_kv_put(dt, p + lat, k_pe, rope_dim);
 }
 
 void dsi_mla_head(const struct dsi_mla_args *a, int h, const float *q, float *out, float *scratch) {
     int R = a->kv_lora_rank, nope = a->qk_nope_head_dim, rope = a->qk_rope_head_dim, vd = a->v_head_dim;
-    int width = R + rope;
     float *q_lat = scratch, *o_lat = scratch + R, *row = scratch + 2 * (size_t)R,
           *scores = scratch + 3 * (size_t)R;
     size_t base = (size_t)h * (size_t)(nope + vd);
@@ -54,33 +46,19 @@ void dsi_mla_head(const struct dsi_mla_args *a, int h, const float *q, float *ou
             q_lat[c] += qd * row[c];
     }
     const float *q_pe = q + nope;
+    size_t lat = dsi_kv_vector_bytes(a->kv_dtype, (size_t)R);
+    size_t entry = lat + dsi_kv_vector_bytes(a->kv_dtype, (size_t)rope);
     for (int p = 0; p < a->n_ctx; p++) {
-        size_t idx = mla_index(a->block_size, width, a->block_table, p);
-        float s;
-        if (a->kv_dtype == DSI_KV_F32) {
-            const float *e = (const float *)a->cache + idx;
-            s = dsi_dot_f32(e, q_lat, R) + dsi_dot_f32(e + R, q_pe, rope);
-        } else {
-            const uint16_t *e = (const uint16_t *)a->cache + idx;
-            s = dsi_dot_bf16(e, q_lat, R) + dsi_dot_bf16(e + R, q_pe, rope);
-        }
+        const char *e = (const char *)a->cache + mla_offset(a->block_size, entry, a->block_table, p);
+        float s = dsi_kv_dot(a->kv_dtype, e, q_lat, R) + dsi_kv_dot(a->kv_dtype, e + lat, q_pe, rope);
         scores[p] = s * a->scale;
     }
     dsi_softmax(scores, a->n_ctx);
     for (int c = 0; c < R; c++)
         o_lat[c] = 0.0f;
     for (int p = 0; p < a->n_ctx; p++) {
-        size_t idx = mla_index(a->block_size, width, a->block_table, p);
-        float w = scores[p];
-        if (a->kv_dtype == DSI_KV_F32) {
-            const float *e = (const float *)a->cache + idx;
-            for (int c = 0; c < R; c++)
-                o_lat[c] += w * e[c];
-        } else {
-            const uint16_t *e = (const uint16_t *)a->cache + idx;
-            for (int c = 0; c < R; c++)
-                o_lat[c] += w * dsi_bf16_to_f32(e[c]);
-        }
+        const char *e = (const char *)a->cache + mla_offset(a->block_size, entry, a->block_table, p);
+        dsi_kv_axpy(a->kv_dtype, o_lat, scores[p], e, R);
     }
     /* out = W_UV o_lat */
     for (int e = 0; e < vd; e++) {

@@ -10,8 +10,11 @@
  * normalised latent c_kv = kv_a_layernorm(kv_a_proj(x)[:kv_lora_rank]) followed by
  * qk_rope_head_dim values of the shared rope key k_pe (already rotated at the
  * token's position):
- *     elem(block b, slot t, d) at (b*block_size + t) * width + d,
- *     width = kv_lora_rank + qk_rope_head_dim  (576 for V3 instead of 2*128*128)
+ *     entry(block b, slot t) at byte (b*block_size + t) * entry_bytes: the latent
+ *     vector, then the rope key vector (cpu_ops.h: f32/bf16 values, or int8
+ *     values with one f16 scale each, so the two ranges get their own scale);
+ *     entry_bytes = dsi_kv_vector_bytes(dt, kv_lora_rank) + (.., qk_rope_head_dim)
+ *     (576 values for V3 instead of 2*128*128)
  * Attention never re-expands the cache. With W_UK / W_UV the nope-key and value
  * rows of kv_b_proj for head h (kv_b_proj row h*(nope+v) + d, d < nope: W_UK;
  * row h*(nope+v) + nope + e: W_UV):

@@ -61,7 +61,7 @@ void dsi__cpu_mla_attention(struct dsi__cpu *c, const struct dsi_batch *b, int l
     struct dsi__cpu_ds *d = &c->ds;
     int nh = cfg->n_heads, R = cfg->kv_lora_rank, rope = cfg->qk_rope_head_dim, nope = cfg->qk_nope_head_dim;
     int qk = nope + rope, W = R + rope, vd = cfg->v_head_dim, bs = c->be.kv_block_size;
-    void *pool = (char *)c->kv + (size_t)l * c->kv_layer_elems * c->kv_elt;
+    void *pool = (char *)c->kv + (size_t)l * c->kv_pool_bytes;
     if (cfg->q_lora_rank > 0) {
         int QR = cfg->q_lora_rank;
         dsi__cpu_par_matmul(c, &L->wq_a, c->xn, T, NULL, d->qa, QR);

@@ -202,8 +202,8 @@ static int attention(struct dsi__cpu *c, const struct dsi__cpu_layer *L, int l, 
     int H = cfg->hidden_size, hd = cfg->head_dim, nh = c->nh, nkv = c->nkv, qd = c->q_dim, kvd = c->kv_dim;
     int bs = c->be.kv_block_size;
     float scale = 1.0f / sqrtf((float)hd);
-    char *kbase = (char *)c->kv + (size_t)l * 2 * c->kv_layer_elems * c->kv_elt;
-    void *kpool = kbase, *vpool = kbase + c->kv_layer_elems * c->kv_elt;
+    char *kbase = (char *)c->kv + (size_t)l * 2 * c->kv_pool_bytes;
+    void *kpool = kbase, *vpool = kbase + c->kv_pool_bytes;
     norm_rows(c, L->attn_norm, T);
     lin(c, &L->wq, c->xn, T, L->bq, c->q, qd);
     lin(c, &L->wk, c->xn, T, L->bk, c->k, kvd);

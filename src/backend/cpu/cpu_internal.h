@@ -108,10 +108,11 @@ struct dsi__cpu {
     struct dsi__cpu_qerr *qerr;
     size_t n_qerr, cap_qerr;
 
-    /* KV pool: layer l K at kv + l*2*layer_elems, V right after; element size kv_elt.
-     * MLA: one latent pool per layer at kv + l*layer_elems (cpu_deepseek.h layout). */
+    /* KV pool (format opts.kv_dtype): layer l's K pool at kv + l*2*kv_pool_bytes, its
+     * V pool right after (cpu_ops.h layout). MLA: one latent pool per layer at
+     * kv + l*kv_pool_bytes (cpu_deepseek.h layout). */
     void *kv;
-    size_t kv_layer_elems, kv_elt;
+    size_t kv_pool_bytes;
 
     /* per-step scratch, sized for max_batch_tokens */
     int max_tokens;

@@ -206,51 +206,108 @@ void dsi_softmax(float *x, int n) {
         x[i] *= inv;
 }
 
-static inline size_t kv_index(int block_size, int n_kv_heads, int head_dim, const int32_t *table, int pos,
-                              int h) {
+/* Byte offset of kv head h's vector at position pos (every vector of a pool
+ * has the same size, dsi_kv_vector_bytes). */
+static inline size_t kv_offset(const int32_t *table, int block_size, int n_kv_heads, size_t vec_bytes, int pos,
+                               int h) {
     size_t slot = (size_t)table[pos / block_size] * (size_t)block_size + (size_t)(pos % block_size);
-    return (slot * (size_t)n_kv_heads + (size_t)h) * (size_t)head_dim;
+    return (slot * (size_t)n_kv_heads + (size_t)h) * vec_bytes;
+}
+
+/* The smallest f16 >= x for a finite x > 0, saturating at 65504 (the int8 KV
+ * scale: rounding up keeps every |value / scale| <= 127, so no value clips). */
+static uint16_t f16_at_least(float x) {
+    if (!(x > 0.0f)) return 0;
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    int exp = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t mant = u & 0x7fffffu;
+    uint16_t h;
+    if (exp >= 31) return 0x7bff;
+    if (exp <= 0) h = exp < -10 ? 0 : (uint16_t)((mant | 0x800000u) >> (14 - exp)); /* subnormal, truncated */
+    else h = (uint16_t)((uint32_t)exp << 10 | mant >> 13);                          /* truncated */
+    if (dsi_f16_to_f32(h) < x) h++; /* a positive f16's next bit pattern is the next value up */
+    return h > 0x7bff ? 0x7bff : h;
+}
+
+void dsi_kv_quant_int8(uint8_t *dst, const float *x, int n) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    uint16_t hs = f16_at_least(amax / 127.0f);
+    float s = dsi_f16_to_f32(hs), inv = s > 0.0f ? 1.0f / s : 0.0f;
+    int8_t *q = (int8_t *)dst;
+    for (int i = 0; i < n; i++) {
+        float v = rintf(x[i] * inv);
+        q[i] = v > 127.0f ? 127 : v < -127.0f ? -127 : v == v ? (int8_t)v : 0; /* NaN: 0 */
+    }
+    memcpy(dst + n, &hs, sizeof hs);
+}
+
+float dsi_kv_int8_scale(const uint8_t *v, int n) {
+    uint16_t hs;
+    memcpy(&hs, v + n, sizeof hs);
+    return dsi_f16_to_f32(hs);
+}
+
+float dsi_kv_dot(enum dsi_kv_dtype dt, const void *v, const float *x, int n) {
+    if (dt == DSI_KV_F32) return dsi_dot_f32((const float *)v, x, n);
+    if (dt == DSI_KV_BF16) return dsi_dot_bf16((const uint16_t *)v, x, n);
+    return dsi_dot_i8((const int8_t *)v, x, n) * dsi_kv_int8_scale((const uint8_t *)v, n);
+}
+
+void dsi_kv_axpy(enum dsi_kv_dtype dt, float *out, float w, const void *v, int n) {
+    if (dt == DSI_KV_F32) {
+        const float *p = (const float *)v;
+        for (int d = 0; d < n; d++)
+            out[d] += w * p[d];
+    } else if (dt == DSI_KV_BF16) {
+        const uint16_t *p = (const uint16_t *)v;
+        for (int d = 0; d < n; d++)
+            out[d] += w * dsi_bf16_to_f32(p[d]);
+    } else {
+        const int8_t *p = (const int8_t *)v;
+        float ws = w * dsi_kv_int8_scale((const uint8_t *)v, n);
+        for (int d = 0; d < n; d++)
+            out[d] += ws * (float)p[d];
+    }
+}
+
+void dsi_kv_put(enum dsi_kv_dtype dt, void *dst, const float *x, int n) {
+    if (dt == DSI_KV_F32) {
+        memcpy(dst, x, (size_t)n * sizeof(float));
+    } else if (dt == DSI_KV_BF16) {
+        uint16_t *p = (uint16_t *)dst;
+        for (int i = 0; i < n; i++)
+            p[i] = dsi_f32_to_bf16(x[i]);
+    } else {
+        dsi_kv_quant_int8((uint8_t *)dst, x, n);
+    }
 }
 
 void dsi_attn_head(const struct dsi_attn_args *a, int h, const float *q, float *out, float *scores) {
     int group = a->n_heads / a->n_kv_heads;
     int kvh = h / group, hd = a->head_dim;
+    size_t vb = dsi_kv_vector_bytes(a->kv_dtype, (size_t)hd);
     for (int p = 0; p < a->n_ctx; p++) {
-        size_t idx = kv_index(a->block_size, a->n_kv_heads, hd, a->block_table, p, kvh);
-        float d = a->kv_dtype == DSI_KV_F32 ? dsi_dot_f32((const float *)a->k + idx, q, hd)
-                                            : dsi_dot_bf16((const uint16_t *)a->k + idx, q, hd);
-        scores[p] = d * a->scale;
+        size_t off = kv_offset(a->block_table, a->block_size, a->n_kv_heads, vb, p, kvh);
+        scores[p] = dsi_kv_dot(a->kv_dtype, (const char *)a->k + off, q, hd) * a->scale;
     }
     dsi_softmax(scores, a->n_ctx);
     for (int d = 0; d < hd; d++)
         out[d] = 0.0f;
     for (int p = 0; p < a->n_ctx; p++) {
-        size_t idx = kv_index(a->block_size, a->n_kv_heads, hd, a->block_table, p, kvh);
-        float s = scores[p];
-        if (a->kv_dtype == DSI_KV_F32) {
-            const float *v = (const float *)a->v + idx;
-            for (int d = 0; d < hd; d++)
-                out[d] += s * v[d];
-        } else {
-            const uint16_t *v = (const uint16_t *)a->v + idx;
-            for (int d = 0; d < hd; d++)
-                out[d] += s * dsi_bf16_to_f32(v[d]);
-        }
+        size_t off = kv_offset(a->block_table, a->block_size, a->n_kv_heads, vb, p, kvh);
+        dsi_kv_axpy(a->kv_dtype, out, scores[p], (const char *)a->v + off, hd);
     }
 }
 
 void dsi_kv_store(void *k_pool, void *v_pool, enum dsi_kv_dtype dt, int block_size, int n_kv_heads,
                   int head_dim, const int32_t *block_table, int pos, const float *k, const float *v) {
-    size_t idx = kv_index(block_size, n_kv_heads, head_dim, block_table, pos, 0);
-    size_t n = (size_t)n_kv_heads * (size_t)head_dim;
-    if (dt == DSI_KV_F32) {
-        memcpy((float *)k_pool + idx, k, n * sizeof(float));
-        memcpy((float *)v_pool + idx, v, n * sizeof(float));
-    } else {
-        uint16_t *kb = (uint16_t *)k_pool + idx, *vb = (uint16_t *)v_pool + idx;
-        for (size_t i = 0; i < n; i++) {
-            kb[i] = dsi_f32_to_bf16(k[i]);
-            vb[i] = dsi_f32_to_bf16(v[i]);
-        }
+    size_t vb = dsi_kv_vector_bytes(dt, (size_t)head_dim);
+    for (int h = 0; h < n_kv_heads; h++) {
+        size_t off = kv_offset(block_table, block_size, n_kv_heads, vb, pos, h);
+        dsi_kv_put(dt, (char *)k_pool + off, k + (size_t)h * head_dim, head_dim);
+        dsi_kv_put(dt, (char *)v_pool + off, v + (size_t)h * head_dim, head_dim);
     }
 }

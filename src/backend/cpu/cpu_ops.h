@@ -14,8 +14,11 @@
  *                 (group_size 0 means one group per row = per output channel);
  *                 w ~= q * scale, scale = max|w in group| / 127 (0 for an all-zero group)
  *   bf16          uint16_t, the top half of the fp32 bit pattern
- *   paged KV      per layer, K and V each a pool of blocks:
- *                 elem(block b, slot t, kv head h, d) at ((b*block_size + t)*n_kv_heads + h)*head_dim + d
+ *   paged KV      per layer, K and V each a pool of blocks of vectors: the vector of
+ *                 (block b, slot t, kv head h) starts at byte
+ *                 ((b*block_size + t)*n_kv_heads + h) * dsi_kv_vector_bytes(dtype, head_dim);
+ *                 f32/bf16: head_dim values; int8: head_dim int8 then one f16 scale
+ *                 (value = int8 * scale, per token and head: model.h dsi_kv_dtype).
  *                 position p of a sequence lives in block block_table[p / block_size],
  *                 slot p % block_size.
  *
@@ -139,6 +142,17 @@ struct dsi_attn_args {
     const int32_t *block_table; /* blocks of this sequence */
     int n_ctx;                  /* attend to positions 0..n_ctx-1 (causal: pos+1) */
 };
+
+/* One cached vector of n values in format dt (layout above): written from x,
+ * dotted with x, or added to out weighted by w. int8: the dot and the sum read
+ * the int8 values directly and apply the vector's scale once. */
+void dsi_kv_put(enum dsi_kv_dtype dt, void *dst, const float *x, int n);
+float dsi_kv_dot(enum dsi_kv_dtype dt, const void *v, const float *x, int n);
+void dsi_kv_axpy(enum dsi_kv_dtype dt, float *out, float w, const void *v, int n);
+/* int8 vector: dst gets n int8 values then the f16 scale (absmax / 127 rounded
+ * up; 0 for an all-zero vector). */
+void dsi_kv_quant_int8(uint8_t *dst, const float *x, int n);
+float dsi_kv_int8_scale(const uint8_t *v, int n); /* the scale after n values */
 
 /* out_head (head_dim) = softmax(scale * q.K^T) V for query head h.
  * scores: scratch of n_ctx floats. */

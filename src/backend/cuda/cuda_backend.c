@@ -190,6 +190,7 @@ static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
     c->base.n_kv_blocks = (int)n_blocks;
     c->kv_layer_elems = n_blocks * bs * kv_dim;
     c->base.kv_bytes_per_token = (size_t)cfg->n_layers * per_layer * 2;
+    c->base.kv_dtype = DSI_KV_BF16;
     return 0;
 }
 
@@ -403,6 +404,12 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     /* f32 requests (the CLI's reference default) run as bf16: said once, not refused */
     if (o->weight_dtype == DSI_W_F32)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 weights requested: the CUDA backend keeps them in bf16");
+    /* no CUDA kernel reads an int8 cache yet: refused rather than silently bf16,
+     * since the operator sized the pool for int8's capacity */
+    if (o->kv_dtype == DSI_KV_INT8)
+        return dsi_seterr(err, DSI_EINVAL,
+                          "cuda: kv_dtype int8 is implemented on the cpu backend only; use kv_dtype bf16 (or "
+                          "auto) with the cuda backend");
     if (o->kv_dtype != DSI_KV_BF16)
         dsi_log(DSI_LOG_WARN, "cuda", "f32 KV cache requested: the CUDA backend keeps it in bf16");
     if (o->int8_mode != DSI_INT8_W8A16 &&
