@@ -33,6 +33,7 @@ TEST(config_defaults_match_the_documented_values) {
     CHECK_EQ_STR(c.dtype, "bf16");
     CHECK_EQ_INT(c.kv_block_size, 16);
     CHECK_EQ_INT(c.kv_cache_mib, 256);
+    CHECK_EQ_STR(c.kv_dtype, "auto");
     CHECK_EQ_INT(c.max_running, 64);
     CHECK_EQ_INT(c.max_queued, 256);
     CHECK_EQ_INT(c.prefill_chunk, 256);
@@ -159,6 +160,7 @@ TEST(config_bad_values_name_key_and_value) {
     expect_load_error("{\"listen\":\"0.0.0.0:70000\"}", "listen = \"0.0.0.0:70000\" is not host:port");
     expect_load_error("{\"listen\":\"::1:8443\"}", "is not host:port");
     expect_load_error("{\"kv_block_size\":24}", "kv_block_size = 24 is not a power of two");
+    expect_load_error("{\"kv_dtype\":\"fp8\"}", "kv_dtype = \"fp8\" is not one of auto|f32|bf16|int8");
     expect_load_error("{\"manifest_sha256\":\"abc\"}", "manifest_sha256 = \"abc\" is not 64 hex digits");
     expect_load_error("{\"max_body_bytes\":\"1X\"}", "max_body_bytes = \"1X\" is not an integer");
     /* issue 22: model aliases */

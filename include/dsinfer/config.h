@@ -58,6 +58,7 @@ struct dsi_config {
     /* engine */
     int kv_block_size;
     size_t kv_cache_mib; /* CPU pool */
+    char *kv_dtype;      /* auto | f32 | bf16 | int8 (runtime.h dsi_runtime_parse_kv_dtype) */
     double kv_gpu_fraction;
     int max_running;
     int max_queued;

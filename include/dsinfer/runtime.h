@@ -35,7 +35,6 @@
 struct dsi_runtime_opts {
     bool no_engine;            /* logits, quant-report: backend only */
     bool tokenizer_optional;   /* generate --ids: a model without tokenizer.json still runs */
-    enum dsi_kv_dtype kv_dtype;/* default DSI_KV_F32 */
     int kv_tokens;             /* > 0: the KV pool holds max_running sequences of this many
                                   tokens (CLI runs) instead of kv_cache_mib */
     bool no_timeouts;          /* CLI runs: no queue or request deadline */
@@ -59,8 +58,10 @@ struct dsi_runtime {
 
 /* "f32", "bf16", "int8" ("" or NULL: bf16, the config default). 0 or DSI_EINVAL. */
 int dsi_runtime_parse_dtype(const char *s, enum dsi_weight_dtype *out);
-/* "f32" or "bf16". 0 or DSI_EINVAL. */
-int dsi_runtime_parse_kv_dtype(const char *s, enum dsi_kv_dtype *out);
+/* The KV cache format config kv_dtype names: "f32", "bf16", "int8", or "auto"
+ * ("" or NULL too): backend's own (cuda: bf16, anything else: f32). 0 or
+ * DSI_EINVAL. The one parser of kv_dtype / --kv-dtype. */
+int dsi_runtime_parse_kv_dtype(const char *s, const char *backend, enum dsi_kv_dtype *out);
 const char *dsi_runtime_dtype_name(enum dsi_weight_dtype d);
 
 /* Opens c->model_dir as the config says. o NULL: defaults (engine on). On error

@@ -28,6 +28,7 @@ struct dsi_cli_model {
     const char *dir, *backend, *dtype; /* backend NULL: cpu; dtype NULL: bf16 */
     const char *key_file;              /* NULL: not encrypted at rest */
     const char *int8_mode;             /* NULL: the config default (w8a16) */
+    const char *kv_dtype;              /* NULL: the config default (auto: the backend's) */
     int group_size, n_threads;
     int no_verify;
 };

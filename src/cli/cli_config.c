@@ -29,6 +29,7 @@ int dsi__cli_config_init(struct dsi_config *c, const struct dsi_cli_model *m, ch
     if (!rc) rc = set_str(&c->backend, m->backend ? m->backend : "cpu");
     if (!rc) rc = set_str(&c->dtype, m->dtype ? m->dtype : "bf16");
     if (!rc && m->int8_mode) rc = set_str(&c->int8_mode, m->int8_mode);
+    if (!rc && m->kv_dtype) rc = set_str(&c->kv_dtype, m->kv_dtype);
     if (rc) {
         dsi_config_free(c);
         return dsi_seterr(err, rc, "out of memory");

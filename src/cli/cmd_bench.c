@@ -4,7 +4,7 @@
  *   dsinfer bench --model DIR [--backend cpu|cuda] [--dtype f32,bf16,int8] [--batch 1,4,16,64]
  *                 [--context 128,2048] [--prefill 512] [--steps 32] [--warmup 2]
  *                 [--engine-prompt 32] [--repeat 1] [--fill prefill|none] [--peak-gbs X]
- *                 [--kv-dtype f32|bf16] [--threads N] [--no-verify] [--json] [--key-file K]
+ *                 [--kv-dtype auto|f32|bf16|int8] [--threads N] [--no-verify] [--json] [--key-file K]
  *
  * For each weight dtype it opens the model through dsi_runtime_open (src/runtime:
  * the same verification, backend and engine set-up as serve and generate) and
@@ -146,11 +146,12 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
                 return -1;
             }
         } else if (!strcmp(o, "--kv-dtype")) {
-            if (dsi_runtime_parse_kv_dtype(v, &a->kv_dtype)) {
-                fprintf(stderr, "dsinfer bench: --kv-dtype wants f32 or bf16, got '%s'\n", v);
+            enum dsi_kv_dtype d;
+            if (dsi_runtime_parse_kv_dtype(v, NULL, &d)) {
+                fprintf(stderr, "dsinfer bench: --kv-dtype wants auto, f32, bf16 or int8, got '%s'\n", v);
                 return -1;
             }
-            a->kv_set = true;
+            a->kv_dtype = v;
         } else if (!strcmp(o, "--fill")) {
             if (strcmp(v, "prefill") && strcmp(v, "none")) {
                 fprintf(stderr, "dsinfer bench: --fill wants prefill or none, got '%s'\n", v);
@@ -190,7 +191,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a) {
         fprintf(stderr,
                 "usage: dsinfer bench --model DIR [--backend cpu|cuda] [--dtype f32,bf16,int8] "
                 "[--batch 1,4,16,64] [--context 128,2048] [--prefill 512] [--steps N] [--warmup N] "
-                "[--engine-prompt N] [--repeat R] [--fill prefill|none] [--peak-gbs X] [--kv-dtype f32|bf16] "
+                "[--engine-prompt N] [--repeat R] [--fill prefill|none] [--peak-gbs X] [--kv-dtype auto|f32|bf16|int8] "
                 "[--threads N] [--no-verify] [--json] [--key-file K (encrypted model)]\n");
         return -1;
     }

@@ -21,8 +21,8 @@ struct bench_args {
     int n_dtypes;
     int batch[MAX_LIST], n_batch, context[MAX_LIST], n_context;
     int prefill, steps, warmup, engine_prompt, n_threads, repeat;
-    bool kv_set, fill, no_verify, json;
-    enum dsi_kv_dtype kv_dtype;
+    bool fill, no_verify, json;
+    const char *kv_dtype; /* NULL: auto (the backend's) */
     double peak_gbs;
 };
 

@@ -282,7 +282,8 @@ static int run_open(struct run *x, int max_pos_hint, char **err) {
     const struct bench_args *a = x->a;
     struct dsi_config c;
     const struct dsi_cli_model cm = {.dir = a->dir, .backend = a->backend, .dtype = dsi_runtime_dtype_name(x->dt),
-                                     .key_file = a->key_file, .n_threads = a->n_threads, .no_verify = a->no_verify};
+                                     .key_file = a->key_file, .n_threads = a->n_threads, .no_verify = a->no_verify,
+                                     .kv_dtype = a->kv_dtype};
     int rc = run_plan(x, a, max_pos_hint, err);
     if (!rc) rc = dsi__cli_config_init(&c, &cm, err);
     if (rc) return rc;
@@ -295,7 +296,6 @@ static int run_open(struct run *x, int max_pos_hint, char **err) {
     c.max_total_tokens = x->Ep > 0 ? x->Ep + x->N + 1 : 0;
     c.prefix_cache = false; /* the engine repeats feed the same prompts: measure computing them */
     struct dsi_runtime_opts o = {.tokenizer_optional = true, .kv_tokens = x->need, .no_timeouts = true};
-    o.kv_dtype = a->kv_set ? a->kv_dtype : !strcmp(a->backend, "cuda") ? DSI_KV_BF16 : DSI_KV_F32; /* CUDA: bf16 only */
     rc = dsi_runtime_open(&c, &o, &x->rt, err);
     dsi_config_free(&c);
     if (rc) return rc;

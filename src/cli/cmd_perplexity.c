@@ -1,9 +1,10 @@
 /*
  * cmd_perplexity.c: `dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8]
  *                    [--group-size N] [--int8-mode w8a16|w8a8] [--backend cpu|cuda]
- *                    [--kv-dtype f32|bf16] [--ctx N] [--max-tokens N] [--parallel N] [--json]`
- * (--kv-dtype: the KV cache element type, default the config's; the CUDA backend
- * keeps bf16, so --kv-dtype bf16 makes the CPU's numbers comparable to it)
+ *                    [--kv-dtype auto|f32|bf16|int8] [--ctx N] [--max-tokens N] [--parallel N] [--json]`
+ * (--kv-dtype: the config's kv_dtype, default auto: the backend's own, cpu f32,
+ * cuda bf16; --kv-dtype bf16 makes the CPU's numbers comparable to the CUDA
+ * backend's, --kv-dtype int8 measures the 8-bit cache)
  *
  * Protocol (the same as scripts/demo/train_demo.py uses for HF transformers, so the
  * numbers compare): the text is encoded without BOS and cut into non-overlapping
@@ -66,7 +67,7 @@ static int score_text(struct dsi_runtime *rt, const int32_t *ids, size_t n_ids, 
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dsinfer perplexity --model DIR --text FILE [--dtype f32|bf16|int8] [--group-size N]\n"
-               "                          [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--kv-dtype f32|bf16]\n"
+               "                          [--int8-mode w8a16|w8a8] [--backend cpu|cuda] [--kv-dtype auto|f32|bf16|int8]\n"
                "                          [--ctx N] [--max-tokens N] [--parallel N] [--json] [--no-verify]\n");
 }
 
@@ -117,7 +118,7 @@ static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char 
     struct dsi_config c;
     const struct dsi_cli_model m = {.dir = a->model, .backend = a->backend, .dtype = a->dtype,
                                     .group_size = a->group_size, .no_verify = a->no_verify,
-                                    .int8_mode = a->int8_mode};
+                                    .int8_mode = a->int8_mode, .kv_dtype = a->kv_dtype};
     int rc = dsi__cli_config_init(&c, &m, err);
     if (rc) return rc;
     c.kv_gpu_fraction = 0.1;
@@ -127,7 +128,6 @@ static int open_runtime(const struct ppl_args *a, struct dsi_runtime **rt, char 
     c.max_prompt_tokens = a->ctx;
     c.max_total_tokens = a->ctx;
     struct dsi_runtime_opts o = {.kv_tokens = a->ctx, .no_timeouts = true};
-    if (a->kv_dtype) dsi_runtime_parse_kv_dtype(a->kv_dtype, &o.kv_dtype); /* checked by parse_args */
     rc = dsi_runtime_open(&c, &o, rt, err);
     dsi_config_free(&c);
     return rc;
@@ -237,8 +237,8 @@ static int parse_args(int argc, char **argv, struct ppl_args *a) {
             a->dtype = v;
         } else if (!strcmp(f, "--kv-dtype")) {
             enum dsi_kv_dtype k;
-            if (dsi_runtime_parse_kv_dtype(v, &k)) {
-                fprintf(stderr, "dsinfer perplexity: --kv-dtype must be f32 or bf16\n");
+            if (dsi_runtime_parse_kv_dtype(v, NULL, &k)) {
+                fprintf(stderr, "dsinfer perplexity: --kv-dtype must be auto, f32, bf16 or int8\n");
                 return DSI_EXIT_USAGE;
             }
             a->kv_dtype = v;

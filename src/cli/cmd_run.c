@@ -163,11 +163,12 @@ static int parse_args(const char *cmd, int argc, char **argv, struct run_args *a
             a->dtype = v;
         } else if (!strcmp(o, "--kv-dtype") && has) {
             enum dsi_kv_dtype d;
-            if (dsi_runtime_parse_kv_dtype(NEXT(), &d)) {
-                fprintf(stderr, "dsinfer %s: --kv-dtype wants f32 or bf16, got '%s'\n", cmd, v);
+            if (dsi_runtime_parse_kv_dtype(NEXT(), NULL, &d)) {
+                fprintf(stderr, "dsinfer %s: --kv-dtype wants auto, f32, bf16 or int8, got '%s'\n", cmd, v);
                 return -1;
             }
-            a->kv_dtype = v;        } else if (!strcmp(o, "--group-size") && has) {
+            a->kv_dtype = v;
+        } else if (!strcmp(o, "--group-size") && has) {
             if (parse_long(cmd, o, NEXT(), 0, 1 << 20, &l)) return -1;
             a->group_size = (int)l;
         } else if (!strcmp(o, "--threads") && has) {
@@ -233,7 +234,8 @@ static int open_runtime(const char *cmd, const struct run_args *a, int n_ctx, bo
     char *err = NULL;
     const struct dsi_cli_model m = {.dir = a->dir, .backend = a->backend, .dtype = a->dtype,
                                     .group_size = a->group_size, .n_threads = a->n_threads,
-                                    .no_verify = a->no_verify, .key_file = a->key_file};
+                                    .no_verify = a->no_verify, .key_file = a->key_file,
+                                    .kv_dtype = a->kv_dtype};
     int rc = dsi__cli_config_init(&c, &m, &err);
     if (rc) return fail(cmd, rc, err);
     c.kv_gpu_fraction = 0.5;
@@ -245,7 +247,6 @@ static int open_runtime(const char *cmd, const struct run_args *a, int n_ctx, bo
                                  .tokenizer_optional = !a->prompt,
                                  .kv_tokens = n_ctx,
                                  .no_timeouts = true};
-    (void)dsi_runtime_parse_kv_dtype(a->kv_dtype, &o.kv_dtype); /* checked in parse_args */
     rc = dsi_runtime_open(&c, &o, rt, &err);
     dsi_config_free(&c);
     if (rc) return fail(cmd, rc, err);
@@ -269,7 +270,7 @@ int dsi_cmd_logits(int argc, char **argv) {
         if (!a.ids && a.dir)
             fprintf(stderr,
                     "usage: dsinfer logits --model DIR --ids 1,2,3 [--dtype f32|bf16|int8] [--group-size N] "
-                    "[--kv-dtype f32|bf16] [--backend cpu|cuda] [--threads N] [--no-verify]\n");
+                    "[--kv-dtype auto|f32|bf16|int8] [--backend cpu|cuda] [--threads N] [--no-verify]\n");
         free(a.ids);
         return DSI_EXIT_USAGE;
     }

@@ -124,6 +124,9 @@ static const struct dsi__opt opts[] = {
      "engine", "tokens per KV cache block (a power of two)"},
     {"kv_cache_mib", DSI__OPT_SIZE, F(kv_cache_mib), 1, 1024 * 1024, "256", NULL, NULL, NULL, 0, "engine",
      "KV cache pool of the cpu backend, MiB"},
+    {"kv_dtype", DSI__OPT_ENUM, F(kv_dtype), 0, 0, "auto", NULL, "auto|f32|bf16|int8", NULL, 0, "engine",
+     "KV cache element format; auto: the backend's (cpu f32, cuda bf16); int8: int8 values with an f16 "
+     "scale per token and head, about half of bf16's bytes (cpu backend only)"},
     {"kv_gpu_fraction", DSI__OPT_DOUBLE, F(kv_gpu_fraction), 0.05, 0.99, "0.9", NULL, NULL, NULL, 0, "engine",
      "share of GPU memory used by weights + KV cache (cuda backend)"},
     {"max_running", DSI__OPT_INT, F(max_running), 1, 4096, "64", NULL, NULL, NULL, 0, "engine",

@@ -25,9 +25,11 @@ int dsi_runtime_parse_dtype(const char *s, enum dsi_weight_dtype *out) {
     return 0;
 }
 
-int dsi_runtime_parse_kv_dtype(const char *s, enum dsi_kv_dtype *out) {
-    if (!s || !strcmp(s, "f32")) *out = DSI_KV_F32;
+int dsi_runtime_parse_kv_dtype(const char *s, const char *backend, enum dsi_kv_dtype *out) {
+    if (!s || !s[0] || !strcmp(s, "auto")) *out = backend && !strcmp(backend, "cuda") ? DSI_KV_BF16 : DSI_KV_F32;
+    else if (!strcmp(s, "f32")) *out = DSI_KV_F32;
     else if (!strcmp(s, "bf16")) *out = DSI_KV_BF16;
+    else if (!strcmp(s, "int8")) *out = DSI_KV_INT8;
     else return DSI_EINVAL;
     return 0;
 }
@@ -38,27 +40,23 @@ const char *dsi_runtime_dtype_name(enum dsi_weight_dtype d) {
 
 static bool is_set(const char *s) { return s && s[0]; }
 
-/* Cache bytes of one token over all layers (K and V, or MLA's latent). */
-static size_t kv_bytes_per_token(const struct dsi_model_config *m, enum dsi_kv_dtype kv) {
-    size_t layers = (size_t)(m->n_layers > 0 ? m->n_layers : 1);
-    return layers * dsi_model_kv_values_per_token_layer(m) * (kv == DSI_KV_F32 ? 4 : 2);
-}
-
 static int backend_opts(const struct dsi_config *c, const struct dsi_runtime_opts *o,
                         const struct dsi_model_config *mc, struct dsi_backend_opts *bo, char **err) {
+    const char *backend = is_set(c->backend) ? c->backend : "cpu";
     memset(bo, 0, sizeof *bo);
     if (dsi_runtime_parse_dtype(c->dtype, &bo->weight_dtype))
         return dsi_seterr(err, DSI_EINVAL, "dtype '%s' is not f32, bf16 or int8", c->dtype);
     bo->int8_group_size = c->int8_group_size;
     if (c->int8_mode && strcmp(c->int8_mode, "w8a8") == 0) bo->int8_mode = DSI_INT8_W8A8;
-    bo->kv_dtype = o->kv_dtype;
+    if (dsi_runtime_parse_kv_dtype(c->kv_dtype, backend, &bo->kv_dtype))
+        return dsi_seterr(err, DSI_EINVAL, "kv_dtype '%s' is not auto, f32, bf16 or int8", c->kv_dtype);
     bo->kv_block_size = c->kv_block_size > 0 ? c->kv_block_size : 16;
     bo->kv_bytes = c->kv_cache_mib << 20;
     if (o->kv_tokens > 0) {
         /* Exactly the sequences asked for, plus two blocks of slack per pool. */
         size_t blocks = (size_t)o->kv_tokens / (size_t)bo->kv_block_size + 2;
         size_t seqs = (size_t)(c->max_running > 0 ? c->max_running : 1);
-        bo->kv_bytes = seqs * blocks * (size_t)bo->kv_block_size * kv_bytes_per_token(mc, o->kv_dtype);
+        bo->kv_bytes = seqs * blocks * (size_t)bo->kv_block_size * dsi_model_kv_bytes_per_token(mc, bo->kv_dtype);
     }
     bo->kv_gpu_fraction = (float)c->kv_gpu_fraction;
     bo->max_batch_tokens = c->max_batch_tokens;
