@@ -73,7 +73,7 @@ static inline int kv_model_run(const uint8_t *data, size_t size, int prefix) {
     int bad = 0;
     memset(sq, 0, sizeof sq);
     if (dsi_kv_cache_init(&kv, KVM_BLOCKS, KVM_BS, NULL)) return __LINE__;
-    if (prefix && dsi_kv_prefix_enable(&kv, 42, NULL)) {
+    if (prefix && dsi_kv_prefix_enable(&kv, 42, 0, NULL)) {
         dsi_kv_cache_free(&kv);
         return __LINE__;
     }

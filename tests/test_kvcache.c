@@ -167,7 +167,7 @@ static void toks(int32_t *t, int n, unsigned seed) {
 
 static void prefix_pool(struct dsi_kv_cache *kv, int n_blocks, int bs) {
     CHECK_EQ_INT(dsi_kv_cache_init(kv, n_blocks, bs, NULL), 0);
-    CHECK_EQ_INT(dsi_kv_prefix_enable(kv, 99, NULL), 0);
+    CHECK_EQ_INT(dsi_kv_prefix_enable(kv, 99, 0, NULL), 0);
 }
 
 /* Reserve n tokens, "compute" them all and publish: a finished prefill. */
@@ -318,14 +318,39 @@ TEST(kv_prefix_off_never_hits) {
     CHECK_EQ_INT(dsi_kv_cached_count(&kv), 0);
     CHECK_EQ_INT(kv.n_free, 4);
     char *err = NULL;
-    CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 1, &err), 0); /* still fresh: allowed */
-    CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 1, &err), DSI_ESTATE);
+    CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 1, 0, &err), 0); /* still fresh: allowed */
+    CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 1, 0, &err), DSI_ESTATE);
     free(err);
     dsi_kv_seq_free(&a);
     dsi_kv_cache_free(&kv);
 }
 
 /* The fuzz target's model over fixed pseudo-random streams. */
+/* The K/V format (kv dtype, bytes per token) is part of every block's key:
+ * the same tokens in the same namespace key differently in another format, and
+ * the same again in the same one. */
+TEST(kv_prefix_key_includes_the_kv_format) {
+    uint64_t ns[2] = {3, 4}, keys[3];
+    uint64_t formats[3] = {(uint64_t)0 << 48 ^ 4096, (uint64_t)2 << 48 ^ 1088, (uint64_t)0 << 48 ^ 4096};
+    int32_t t[8];
+    toks(t, 8, 5);
+    for (int i = 0; i < 3; i++) {
+        struct dsi_kv_cache kv;
+        struct dsi_kv_seq s;
+        CHECK_EQ_INT(dsi_kv_cache_init(&kv, 8, 4, NULL), 0);
+        CHECK_EQ_INT(dsi_kv_prefix_enable(&kv, 99, formats[i], NULL), 0);
+        CHECK_EQ_INT(dsi_kv_seq_init(&s, &kv, 8, NULL), 0);
+        fill(&kv, &s, ns, t, 8);
+        CHECK_EQ_INT(dsi_kv_cached_count(&kv), 2);
+        keys[i] = kv.hash[s.blocks[0]];
+        dsi_kv_seq_release(&kv, &s);
+        dsi_kv_seq_free(&s);
+        dsi_kv_cache_free(&kv);
+    }
+    CHECK(keys[0] != keys[1]);
+    CHECK(keys[0] == keys[2]);
+}
+
 TEST(kv_prefix_model_random_streams) {
     uint8_t buf[4000];
     uint32_t x = 2463534242u;
@@ -348,6 +373,7 @@ int main(void) {
     RUN(kv_prefix_evicts_idle_lru_never_held);
     RUN(kv_prefix_twins_chain_to_the_published_block);
     RUN(kv_prefix_off_never_hits);
+    RUN(kv_prefix_key_includes_the_kv_format);
     RUN(kv_prefix_model_random_streams);
     RUN(kv_blocks_for_rounds_up);
     RUN(kv_seq_init_rejects_more_than_pool);

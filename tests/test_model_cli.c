@@ -109,6 +109,13 @@ TEST(cli_inspect_text_and_json) {
     CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(w, "int8")) == 128 + 64 + 32);
     /* 2 (k,v) x 1 layer x 1 kv head x head_dim 4 x 2 bytes */
     CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "kv_bytes_per_token_bf16")) == 16);
+    /* int8: 2 vectors of 4 int8 values + a 2-byte f16 scale each; f32: 32 */
+    const cJSON *kb = cJSON_GetObjectItem(j, "kv_bytes_per_token"), *kc = cJSON_GetObjectItem(j, "kv_capacity_tokens");
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(kb, "int8")) == 12);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(kb, "f32")) == 32);
+    /* the default 256 MiB pool in blocks of 16 tokens */
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(kc, "bf16")) == (256.0 * 1048576 / (16 * 16)) * 16);
+    CHECK(cJSON_GetNumberValue(cJSON_GetObjectItem(kc, "int8")) == (double)((256u << 20) / (16 * 12)) * 16);
     cJSON_Delete(j);
 }
 

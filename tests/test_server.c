@@ -788,6 +788,8 @@ TEST(metrics_render_counts) {
                                   .kv_blocks_free = 9,
                                   .kv_block_tokens = 16,
                                   .kv_bytes_per_token = 70272,
+                                  .kv_capacity_tokens = 256,
+                                  .kv_dtype = DSI_KV_INT8,
                                   .kv_blocks_cached = 5,
                                   .prefix_hit_tokens = 96,
                                   .prefix_miss_tokens = 40,
@@ -802,6 +804,8 @@ TEST(metrics_render_counts) {
     CHECK(t && strstr(t, "dsinfer_kv_blocks_free 9\n"));
     CHECK(t && strstr(t, "dsinfer_kv_block_tokens 16\n"));
     CHECK(t && strstr(t, "dsinfer_kv_bytes_per_token 70272\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_capacity_tokens 256\n"));
+    CHECK(t && strstr(t, "dsinfer_kv_cache_info{dtype=\"int8\"} 1\n"));
     CHECK(t && strstr(t, "dsinfer_running_sequences 2\n"));
     CHECK(t && strstr(t, "dsinfer_prefix_cache_hit_tokens_total 96\n"));
     CHECK(t && strstr(t, "dsinfer_prefix_cache_miss_tokens_total 40\n"));

@@ -159,6 +159,8 @@ struct dsi_engine_stats {
     int kv_blocks_used, kv_blocks_free;
     int kv_block_tokens;             /* token slots per block */
     uint64_t kv_bytes_per_token;     /* the backend's cache bytes per token (all layers; MLA: latent) */
+    uint64_t kv_capacity_tokens;     /* token slots of the whole pool: blocks x block tokens */
+    enum dsi_kv_dtype kv_dtype;      /* the cache's element format */
     int last_step_tokens;     /* tokens fed to the last forward() */
     int kv_blocks_cached;     /* published prefix blocks, held or idle (idle ones count as free) */
     uint64_t prefix_hit_tokens;   /* prompt tokens mapped from the cache at first admission */

@@ -45,6 +45,8 @@ struct dsi_kv_cache {
     /* Prefix cache; all NULL/0 while disabled. */
     bool prefix;         /* dsi_kv_prefix_enable succeeded */
     uint64_t hash_key;   /* mixes every hash: bucket spread is not predictable from outside */
+    uint64_t format;     /* what besides the tokens decides a block's K/V (the backend's
+                          * kv dtype and layout): in every block's key */
     int n_idle;          /* published blocks with ref 0, on the LRU list */
     int n_published;     /* blocks in the hash table (held or idle) */
     uint64_t evictions;  /* idle blocks taken back for new content */
@@ -76,8 +78,10 @@ struct dsi_kv_seq {
  * DSI_EINVAL (n_blocks or block_size < 1) or DSI_ENOMEM. */
 int dsi_kv_cache_init(struct dsi_kv_cache *kv, int n_blocks, int block_size, char **err);
 /* Turns prefix caching on (right after init, before any block is taken).
- * hash_key seeds the bucket hash. Returns 0, DSI_ESTATE or DSI_ENOMEM. */
-int dsi_kv_prefix_enable(struct dsi_kv_cache *kv, uint64_t hash_key, char **err);
+ * hash_key seeds the bucket hash; format names the blocks' K/V format (kv dtype,
+ * bytes per token), so the same tokens in another format never share a key.
+ * Returns 0, DSI_ESTATE or DSI_ENOMEM. */
+int dsi_kv_prefix_enable(struct dsi_kv_cache *kv, uint64_t hash_key, uint64_t format, char **err);
 /* Frees everything; accepts a zeroed or already freed struct. */
 void dsi_kv_cache_free(struct dsi_kv_cache *kv);
 

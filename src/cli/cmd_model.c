@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "dsinfer/clock.h"
+#include "dsinfer/config.h"
 #include "dsinfer/crypto.h"
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
@@ -121,9 +122,25 @@ static void plan_memory(const struct dsi_safetensors *st, struct mem_plan *p) {
     }
 }
 
-static double kv_bytes_per_token_bf16(const struct dsi_model_config *c) {
-    /* MLA caches the compressed latent + the rope key */
-    return 2.0 * c->n_layers * (double)dsi_model_kv_values_per_token_layer(c);
+/* What the KV cache takes per token in each kv_dtype (MLA: the compressed latent
+ * + the rope key), and the tokens a pool of the default kv_cache_mib holds in
+ * blocks of 16 (the CPU backend's sizing: whole blocks of whole tokens). */
+struct kv_plan {
+    size_t bytes_per_token[3];  /* f32, bf16, int8 */
+    size_t capacity_tokens[3];
+    size_t pool_mib;
+};
+
+static void plan_kv(const struct dsi_model_config *c, struct kv_plan *k) {
+    const enum dsi_kv_dtype dts[3] = {DSI_KV_F32, DSI_KV_BF16, DSI_KV_INT8};
+    struct dsi_config cfg;
+    k->pool_mib = dsi_config_init(&cfg) == 0 ? cfg.kv_cache_mib : 256;
+    dsi_config_free(&cfg);
+    for (int i = 0; i < 3; i++) {
+        size_t per = dsi_model_kv_bytes_per_token(c, dts[i]);
+        k->bytes_per_token[i] = per;
+        k->capacity_tokens[i] = ((k->pool_mib << 20) / (16 * per)) * 16;
+    }
 }
 
 static void print_text(const char *dir, const struct dsi_model_config *c, bool runnable, const char *why,
@@ -152,7 +169,13 @@ static void print_text(const char *dir, const struct dsi_model_config *c, bool r
                    p->dt_bytes[d] / 1e9);
     printf("\nweights need:  f32 %.3f GB, bf16 %.3f GB, int8 %.3f GB (per-row f32 scales)\n", p->f32 / 1e9,
            p->bf16 / 1e9, p->int8 / 1e9);
-    printf("kv cache:      %.0f bytes per token (bf16)\n", kv_bytes_per_token_bf16(c));
+    struct kv_plan k;
+    plan_kv(c, &k);
+    printf("kv cache:      %zu bytes per token (bf16), %zu (f32), %zu (int8: an f16 scale per token and head)\n",
+           k.bytes_per_token[1], k.bytes_per_token[0], k.bytes_per_token[2]);
+    printf("kv capacity:   %zu MiB hold %zu tokens (bf16), %zu (f32), %zu (int8: %.2fx bf16)\n", k.pool_mib,
+           k.capacity_tokens[1], k.capacity_tokens[0], k.capacity_tokens[2],
+           k.capacity_tokens[1] ? (double)k.capacity_tokens[2] / (double)k.capacity_tokens[1] : 0.0);
 }
 
 static int print_json(const char *dir, const struct dsi_model_config *c, bool runnable, const char *why,
@@ -189,7 +212,16 @@ static int print_json(const char *dir, const struct dsi_model_config *c, bool ru
     cJSON_AddNumberToObject(mem, "bf16", p->bf16);
     cJSON_AddNumberToObject(mem, "int8", p->int8);
     cJSON_AddItemToObject(o, "weight_bytes", mem);
-    cJSON_AddNumberToObject(o, "kv_bytes_per_token_bf16", kv_bytes_per_token_bf16(c));
+    struct kv_plan k;
+    plan_kv(c, &k);
+    cJSON_AddNumberToObject(o, "kv_bytes_per_token_bf16", (double)k.bytes_per_token[1]);
+    cJSON *kb = cJSON_AddObjectToObject(o, "kv_bytes_per_token"), *kc = cJSON_AddObjectToObject(o, "kv_capacity_tokens");
+    const char *names[3] = {"f32", "bf16", "int8"};
+    for (int i = 0; kb && kc && i < 3; i++) {
+        cJSON_AddNumberToObject(kb, names[i], (double)k.bytes_per_token[i]);
+        cJSON_AddNumberToObject(kc, names[i], (double)k.capacity_tokens[i]);
+    }
+    cJSON_AddNumberToObject(o, "kv_capacity_pool_mib", (double)k.pool_mib);
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     if (!s) return DSI_ENOMEM;

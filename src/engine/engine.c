@@ -97,7 +97,9 @@ int dsi_engine_create(struct dsi_backend *be, const struct dsi_engine_opts *o_in
     e->next_id = 1;
     bool mu_ok = false, cv_ok = false;
     rc = dsi_kv_cache_init(&e->kv, be->n_kv_blocks, be->kv_block_size, err);
-    if (!rc && o.prefix_cache) rc = dsi_kv_prefix_enable(&e->kv, hash_key(e), err);
+    /* the format: the cache's element type and bytes per token */
+    uint64_t format = (uint64_t)be->kv_dtype << 48 ^ (uint64_t)be->kv_bytes_per_token;
+    if (!rc && o.prefix_cache) rc = dsi_kv_prefix_enable(&e->kv, hash_key(e), format, err);
     if (rc) goto fail;
     rc = DSI_ENOMEM;
     e->running = calloc((size_t)o.max_running, sizeof(*e->running));
@@ -348,6 +350,8 @@ void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st) {
     st->kv_blocks_free = dsi_kv_free_count(&e->kv);
     st->kv_block_tokens = e->be->kv_block_size;
     st->kv_bytes_per_token = e->be->kv_bytes_per_token;
+    st->kv_capacity_tokens = (uint64_t)e->kv.n_blocks * (uint64_t)e->be->kv_block_size;
+    st->kv_dtype = e->be->kv_dtype;
     st->kv_blocks_cached = dsi_kv_cached_count(&e->kv);
     st->kv_evictions_total = e->kv.evictions;
     pthread_mutex_unlock(&e->mu);

@@ -53,7 +53,7 @@ int dsi_kv_cache_init(struct dsi_kv_cache *kv, int n_blocks, int block_size, cha
     return 0;
 }
 
-int dsi_kv_prefix_enable(struct dsi_kv_cache *kv, uint64_t hash_key, char **err) {
+int dsi_kv_prefix_enable(struct dsi_kv_cache *kv, uint64_t hash_key, uint64_t format, char **err) {
     if (kv->prefix || kv->n_free != kv->n_blocks || kv->n_blocks < 1)
         return dsi_seterr(err, DSI_ESTATE, "kv cache: prefix caching must be enabled on a fresh pool");
     size_t n = (size_t)kv->n_blocks, bs = (size_t)kv->block_size;
@@ -78,6 +78,7 @@ int dsi_kv_prefix_enable(struct dsi_kv_cache *kv, uint64_t hash_key, char **err)
     }
     for (uint32_t i = 0; i < nb; i++) kv->bucket[i] = -1;
     kv->hash_key = hash_key;
+    kv->format = format;
     kv->prefix = true;
     return 0;
 }
@@ -151,7 +152,7 @@ static uint64_t mix(uint64_t h, uint64_t x) {
 }
 
 static uint64_t block_hash(const struct dsi_kv_cache *kv, uint64_t parent, const int32_t *toks) {
-    uint64_t h = mix(kv->hash_key, parent);
+    uint64_t h = mix(mix(kv->hash_key, kv->format), parent);
     for (int i = 0; i < kv->block_size; i++) h = mix(h, (uint32_t)toks[i]);
     return h;
 }

@@ -195,12 +195,18 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              "# HELP dsinfer_kv_bytes_per_token KV cache bytes one token takes over all layers "
                              "(MLA models: the compressed latent).\n"
                              "# TYPE dsinfer_kv_bytes_per_token gauge\ndsinfer_kv_bytes_per_token %llu\n"
+                             "# HELP dsinfer_kv_capacity_tokens Tokens the whole KV cache pool holds (blocks x "
+                             "block tokens; kv_dtype int8 about doubles it).\n"
+                             "# TYPE dsinfer_kv_capacity_tokens gauge\ndsinfer_kv_capacity_tokens %llu\n"
+                             "# HELP dsinfer_kv_cache_info The KV cache's element format (kv_dtype).\n"
+                             "# TYPE dsinfer_kv_cache_info gauge\ndsinfer_kv_cache_info{dtype=\"%s\"} 1\n"
                              "# HELP dsinfer_preempted_total Sequences preempted for KV space.\n"
                              "# TYPE dsinfer_preempted_total counter\ndsinfer_preempted_total %llu\n"
                              "# HELP dsinfer_engine_steps_total Scheduler steps.\n"
                              "# TYPE dsinfer_engine_steps_total counter\ndsinfer_engine_steps_total %llu\n",
                              ready, st->running, st->waiting, st->kv_blocks_used, st->kv_blocks_free,
                              st->kv_block_tokens, (unsigned long long)st->kv_bytes_per_token,
+                             (unsigned long long)st->kv_capacity_tokens, dsi_kv_dtype_name(st->kv_dtype),
                              (unsigned long long)st->preempted_total, (unsigned long long)st->steps_total);
     if (!rc)
         rc = dsi__sbuf_printf(&b,

@@ -10,7 +10,8 @@ checks, on models/demo (Qwen2 layout) and models/demo-v3 (MLA + MoE):
   + prompt_cache_miss_tokens == prompt_tokens, in plain and streamed answers;
 - isolation: another key does not hit a key's prefix; keys of one keys-file
   cache_group do; a cache_salt narrows further; prefix_cache_scope global shares;
-- /metrics counts hits, misses and cached blocks.
+- /metrics counts hits, misses and cached blocks;
+- kv_dtype int8: the same reuse and equal greedy answers on both models.
 
     DSI_BIN=build/dsinfer tests/integration/prefix_cache.py
     DSI_BACKEND=cuda DSI_BIN=... tests/integration/prefix_cache.py   # on a GPU machine
@@ -156,6 +157,20 @@ def main():
         finally:
             on.stop()
             off.stop()
+
+        # the 8-bit cache: its blocks are reused the same way (dense and MLA latent)
+        for m, tag in (("models/demo", "demo int8 KV"), ("models/demo-v3", "demo-v3 int8 KV")):
+            on = Daemon(work, m, keys, ["--kv-dtype", "int8"])
+            off = Daemon(work, m, keys, ["--kv-dtype", "int8", "--prefix-cache", "false"])
+            try:
+                check(tag + " daemons start", on.ok and off.ok)
+                if on.ok and off.ok:
+                    check(tag + ": /metrics names the int8 cache",
+                          on.metrics(mon).get('dsinfer_kv_cache_info{dtype="int8"}') == "1")
+                    same_answers(tag, on, off, alice)
+            finally:
+                on.stop()
+                off.stop()
     return dsitest.summary()
 
 
