@@ -201,7 +201,7 @@ static inline cJSON *gen_schema(struct sgen *g, size_t *bound) {
     uint32_t nd = sg_rand(g, 3);
     if (nd) defs = cJSON_CreateObject();
     for (uint32_t i = 0; i < nd; i++) {
-        char name[8];
+        char name[16];
         snprintf(name, sizeof name, "d%u", i);
         cJSON_AddItemToObject(defs, name, sg_node(g, 2, &g->def_bound[i])); /* before n_defs grows: no refs */
         g->n_defs++;
