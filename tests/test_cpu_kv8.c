@@ -15,6 +15,7 @@
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
 #include "test.h"
+#include "test_greedy.h"
 
 static struct dsi_backend *make(const struct dsi_model *m, enum dsi_kv_dtype kv, size_t kv_bytes) {
     struct dsi_backend_opts o;
@@ -76,31 +77,6 @@ TEST(kv_int8_pool_holds_more_tokens_in_the_same_bytes) {
         dsi_backend_destroy(b8);
         dsi_model_close(&m);
     }
-}
-
-static int greedy_of(const float *l, int V, float *margin, float *scale) {
-    int best = 0;
-    for (int i = 1; i < V; i++)
-        if (l[i] > l[best]) best = i;
-    float second = -INFINITY, mx = 1.0f;
-    for (int i = 0; i < V; i++) {
-        if (i != best && l[i] > second) second = l[i];
-        if (fabsf(l[i]) > mx) mx = fabsf(l[i]);
-    }
-    *margin = l[best] - second;
-    *scale = mx;
-    return best;
-}
-
-static int step1(struct dsi_backend *be, const int32_t *toks, int n, int pos, float *out) {
-    int32_t bt[4] = {0, 1, 2, 3};
-    struct dsi_batch_seq sq = {
-        .seq_id = 1, .tokens = toks, .n_tokens = n, .pos = pos, .block_table = bt, .n_blocks = 4, .want_logits = true};
-    struct dsi_batch b = {.seqs = &sq, .n_seqs = 1};
-    char *err = NULL;
-    int rc = be->ops->forward(be, &b, out, &err);
-    free(err);
-    return rc;
 }
 
 /* Greedy ids with the int8 cache equal the f32 cache's for the first 16 tokens

@@ -17,6 +17,7 @@
 #include "dsinfer/err.h"
 #include "dsinfer/model.h"
 #include "test.h"
+#include "test_greedy.h"
 
 static float frand(uint32_t *s) {
     *s = *s * 1664525u + 1013904223u;
@@ -181,31 +182,6 @@ TEST(w8a8_backend_runs_close_to_w8a16_and_batch_invariant) {
  * fixtures: there int8 W8A16 itself leaves bf16's greedy path at margins
  * of 5% (qwen2-gqa-tied, llama-llama3), and W8A8 once more at 10%
  * (llama-mha, hidden 64: a token's 64 activations share one scale). */
-static int greedy_of(const float *l, int V, float *margin, float *scale) {
-    int best = 0;
-    for (int i = 1; i < V; i++)
-        if (l[i] > l[best]) best = i;
-    float second = -INFINITY, mx = 1.0f;
-    for (int i = 0; i < V; i++) {
-        if (i != best && l[i] > second) second = l[i];
-        if (fabsf(l[i]) > mx) mx = fabsf(l[i]);
-    }
-    *margin = l[best] - second;
-    *scale = mx;
-    return best;
-}
-
-static int step1(struct dsi_backend *be, const int32_t *toks, int n, int pos, float *out) {
-    int32_t bt[4] = {0, 1, 2, 3};
-    struct dsi_batch_seq sq = {.seq_id = 1, .tokens = toks, .n_tokens = n, .pos = pos,
-                               .block_table = bt, .n_blocks = 4, .want_logits = true};
-    struct dsi_batch b = {.seqs = &sq, .n_seqs = 1};
-    char *err = NULL;
-    int rc = be->ops->forward(be, &b, out, &err);
-    free(err);
-    return rc;
-}
-
 TEST(w8a8_greedy_ids_equal_bf16_first_8_tokens) {
     const char *fx[] = {"models/demo"};
     const int n_prompts = 6;
