@@ -16,6 +16,7 @@
 #include "dsinfer/grammar.h"
 #include "dsinfer/model.h"
 #include "dsinfer/tok.h"
+#include "test_engine_rig.h"
 #include "test_json_schema.h"
 
 #define DEMO "models/demo"
@@ -39,47 +40,6 @@ static const char *schemas[] = {
 };
 #define N_SCHEMAS (int)(sizeof schemas / sizeof *schemas)
 
-struct rig {
-    struct dsi_model m;
-    struct dsi_backend *be;
-    struct dsi_tokenizer *tok;
-    struct dsi_token_trie *trie;
-    struct dsi_engine *e;
-};
-
-static int rig_open(struct rig *g) {
-    char *err = NULL;
-    struct dsi_model_open_opts mo = {0};
-    int rc = dsi_model_open(&g->m, DEMO, &mo, &err);
-    if (!rc) {
-        struct dsi_backend_opts o = {.weight_dtype = DSI_W_F32, .kv_dtype = DSI_KV_F32, .kv_block_size = 16,
-                                     .kv_bytes = 16 << 20, .max_batch_tokens = 256, .max_seqs = 16,
-                                     .n_threads = 1};
-        rc = dsi_backend_create("cpu", &g->m, &o, &g->be, &err);
-    }
-    if (!rc) rc = dsi_tok_load(DEMO, &g->tok, &err);
-    if (!rc) rc = dsi_token_trie_create(g->tok, &g->trie, &err);
-    if (!rc) {
-        struct dsi_engine_opts eo;
-        dsi_engine_opts_defaults(&eo);
-        eo.max_running = 16;
-        eo.max_batch_tokens = 256;
-        eo.max_total_tokens = 512;
-        rc = dsi_engine_create(g->be, &eo, &g->e, &err);
-    }
-    if (rc) fprintf(stderr, "  rig: %s\n", err ? err : "?");
-    free(err);
-    return rc;
-}
-
-static void rig_close(struct rig *g) {
-    dsi_engine_destroy(g->e);
-    dsi_token_trie_destroy(g->trie);
-    dsi_tok_free(g->tok);
-    dsi_backend_destroy(g->be);
-    dsi_model_close(&g->m);
-}
-
 static int32_t *prompt_ids(const struct rig *g, size_t *n) {
     struct dsi_chat_msg msgs[] = {{.role = "user", .content = "Reply with JSON only."}};
     char *text = NULL;
@@ -94,7 +54,7 @@ static int32_t *prompt_ids(const struct rig *g, size_t *n) {
 TEST(demo_model_outputs_schema_valid_json) {
     struct rig g;
     memset(&g, 0, sizeof g);
-    if (rig_open(&g)) {
+    if (rig_open(&g, DEMO, 16, 16, 256, 512)) {
         CHECK(0);
         rig_close(&g);
         return;
@@ -163,7 +123,7 @@ TEST(demo_model_outputs_schema_valid_json) {
 TEST(demo_model_without_grammar_is_not_json) {
     struct rig g;
     memset(&g, 0, sizeof g);
-    if (rig_open(&g)) {
+    if (rig_open(&g, DEMO, 16, 16, 256, 512)) {
         CHECK(0);
         rig_close(&g);
         return;

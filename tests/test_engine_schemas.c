@@ -20,12 +20,13 @@
 #include "test_engine_util.h"
 
 #include <cjson/cJSON.h>
-#include <time.h>
 
 #include "dsinfer/backend.h"
+#include "dsinfer/clock.h"
 #include "dsinfer/grammar.h"
 #include "dsinfer/model.h"
 #include "dsinfer/tok.h"
+#include "test_engine_rig.h"
 #include "test_json_schema.h"
 #include "test_schema_gen.h"
 
@@ -34,53 +35,6 @@
 #define MAX_BOUND 400
 #define WAVE 50
 #define SEED 0x5eed2026u
-
-struct rig {
-    struct dsi_model m;
-    struct dsi_backend *be;
-    struct dsi_tokenizer *tok;
-    struct dsi_token_trie *trie;
-    struct dsi_engine *e;
-};
-
-static int rig_open(struct rig *g) {
-    char *err = NULL;
-    struct dsi_model_open_opts mo = {0};
-    int rc = dsi_model_open(&g->m, DEMO, &mo, &err);
-    if (!rc) {
-        struct dsi_backend_opts o = {.weight_dtype = DSI_W_F32, .kv_dtype = DSI_KV_F32, .kv_block_size = 16,
-                                     .kv_bytes = 64 << 20, .max_batch_tokens = 512, .max_seqs = 32,
-                                     .n_threads = 1};
-        rc = dsi_backend_create("cpu", &g->m, &o, &g->be, &err);
-    }
-    if (!rc) rc = dsi_tok_load(DEMO, &g->tok, &err);
-    if (!rc) rc = dsi_token_trie_create(g->tok, &g->trie, &err);
-    if (!rc) {
-        struct dsi_engine_opts eo;
-        dsi_engine_opts_defaults(&eo);
-        eo.max_running = 32;
-        eo.max_batch_tokens = 512;
-        eo.max_total_tokens = 1024;
-        rc = dsi_engine_create(g->be, &eo, &g->e, &err);
-    }
-    if (rc) fprintf(stderr, "  rig: %s\n", err ? err : "?");
-    free(err);
-    return rc;
-}
-
-static void rig_close(struct rig *g) {
-    dsi_engine_destroy(g->e);
-    dsi_token_trie_destroy(g->trie);
-    dsi_tok_free(g->tok);
-    dsi_backend_destroy(g->be);
-    dsi_model_close(&g->m);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 struct job {
     char *schema;          /* JSON text */
@@ -91,12 +45,12 @@ struct job {
 TEST(demo_model_output_validates_against_500_random_schemas) {
     struct rig g;
     memset(&g, 0, sizeof g);
-    if (rig_open(&g)) {
+    if (rig_open(&g, DEMO, 64, 32, 512, 1024)) {
         CHECK(0);
         rig_close(&g);
         return;
     }
-    double t0 = now_s();
+    double t0 = dsi_now_s();
     struct dsi_chat_msg msg = {.role = "user", .content = "Reply with JSON only."};
     int32_t *prompt = NULL;
     size_t n_prompt = 0;
@@ -170,7 +124,7 @@ TEST(demo_model_output_validates_against_500_random_schemas) {
     /* the generator covered the whole subset, not one corner of it */
     for (int f = 0; f < 10; f++) CHECK(gen.used[f] >= 20);
     fprintf(stderr, "  %d schemas valid (%d skipped over %d bytes, largest bound %zu), %zu output bytes, %.1f s\n",
-            valid_n, skipped, MAX_BOUND, max_bound, out_bytes, now_s() - t0);
+            valid_n, skipped, MAX_BOUND, max_bound, out_bytes, dsi_now_s() - t0);
     for (int i = 0; i < N_SCHEMAS; i++) {
         dsi_grammar_destroy(jobs[i].gr);
         free(jobs[i].schema);
