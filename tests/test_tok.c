@@ -18,9 +18,7 @@
 #include "dsinfer/tok.h"
 #include "test.h"
 #include "test_util.h"
-
-#define TOKDIR "tests/data/tokenizers/"
-#define GOLDEN "tests/golden/tok/"
+#include "test_tok_util.h"
 
 /* Parses a JSON-lines file into an array of objects (NULL-terminated). */
 static cJSON **read_jsonl(const char *path, size_t *n) {
@@ -50,16 +48,6 @@ static cJSON **read_jsonl(const char *path, size_t *n) {
 static void free_jsonl(cJSON **v, size_t n) {
     for (size_t i = 0; i < n; i++) cJSON_Delete(v[i]);
     free(v);
-}
-
-static struct dsi_tokenizer *load_dir(const char *name) {
-    char path[256], *err = NULL;
-    struct dsi_tokenizer *t = NULL;
-    snprintf(path, sizeof path, TOKDIR "%s", name);
-    int rc = dsi_tok_load(path, &t, &err);
-    if (rc) fprintf(stderr, "  load %s: %s\n", name, err ? err : dsi_strerror(rc));
-    free(err);
-    return t;
 }
 
 /* Loads NAME's tokenizer.json with a custom tokenizer_config.json text. */

@@ -23,19 +23,7 @@
 #include "dsinfer/tok.h"
 #include "test.h"
 #include "test_util.h"
-
-#define TOKDIR "tests/data/tokenizers/"
-#define GOLDEN "tests/golden/tok/"
-
-static struct dsi_tokenizer *load_dir(const char *name) {
-    char path[256], *err = NULL;
-    struct dsi_tokenizer *t = NULL;
-    snprintf(path, sizeof path, TOKDIR "%s", name);
-    int rc = dsi_tok_load(path, &t, &err);
-    if (rc) fprintf(stderr, "  load %s: %s\n", name, err ? err : dsi_strerror(rc));
-    free(err);
-    return t;
-}
+#include "test_tok_util.h"
 
 static const char *str_or_null(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
