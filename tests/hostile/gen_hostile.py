@@ -47,8 +47,8 @@ def connect(port, timeout=30.0):
     return CTX.wrap_socket(raw, server_hostname="localhost")
 
 
-def request(port, method, path, key, body=None, timeout=60.0):
-    """One request, Connection: close; returns (status, headers dict, body bytes)."""
+def send_request(port, method, path, key, body=None, timeout=60.0):
+    """Opens a connection and sends one request (Connection: close); returns the socket."""
     data = json.dumps(body).encode() if body is not None else b""
     head = "%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" % (method, path)
     if key:
@@ -57,7 +57,12 @@ def request(port, method, path, key, body=None, timeout=60.0):
         head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
     s = connect(port, timeout)
     s.sendall(head.encode() + b"\r\n" + data)
-    return parse_response(read_all(s))
+    return s
+
+
+def request(port, method, path, key, body=None, timeout=60.0):
+    """One request, Connection: close; returns (status, headers dict, body bytes)."""
+    return parse_response(read_all(send_request(port, method, path, key, body, timeout)))
 
 
 def read_all(s, buf=b""):
@@ -301,11 +306,7 @@ def ends_with_error(b, etype, code):
 def open_stream(port, key, body):
     """Sends a streaming request and returns once its first event has arrived
     (the answer is then running and holds its slot), with that part read."""
-    s = connect(port, 60)
-    data = json.dumps(body).encode()
-    s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-               "Authorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-               % (key, len(data))).encode() + data)
+    s = send_request(port, "POST", "/v1/chat/completions", key, body)
     buf = b""
     while b"data:" not in buf:
         chunk = s.recv(65536)
