@@ -5,14 +5,15 @@
 
 With python3 + transformers 5.x (the GPU machine, as gen_tok_golden.py): for
 each tokenizer folder TOKDIR/{deepseek-v3,qwen2} (tests/data/tokenizers) writes
-OUTDIR/chat_tools_<name>.json: for each conversation below, the messages, the
-tools, add_generation_prompt, and what the tokenizer's own chat_template renders
-with apply_chat_template(messages, tools=tools): "text" and "ids" (the text
-encoded without special tokens added), or "error" when the template refuses the
-case. The conversations cover a full round trip: a user question, an assistant
-turn with tool_calls (one and two calls, content null, empty or text), the role
-"tool" results, and the final answer. tests/test_tok.c checks the C renderer of
-the native tool syntax (src/tok/tok_chat.c) against these files.
+OUTDIR/chat_tools_<name>.json: for each conversation of
+scripts/tool_conversations.json (a user question, an assistant turn with
+tool_calls (one and two calls, content null, empty or text), the role "tool"
+results, and the final answer), first with tool-call arguments as objects, then
+as JSON strings: the messages, the tools, add_generation_prompt, and what the
+tokenizer's own chat_template renders with apply_chat_template(messages,
+tools=tools): "text" and "ids" (the text encoded without special tokens added),
+or "error" when the template refuses the case. tests/test_tok_tools.c checks the C
+renderer of the native tool syntax (src/tok/tok_chat.c) against these files.
 
 Without transformers (no PyPI here), the template is rendered with jinja2 set up
 the way transformers compiles chat templates: a sandboxed immutable environment
@@ -31,60 +32,22 @@ import os
 import sys
 
 MAGIC = {"magic": "dsinfer-tok-golden", "version": 1}
-
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather in a city",
-        "parameters": {"type": "object",
-                       "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
-                       "required": ["city", "unit"], "additionalProperties": False}}},
-    {"type": "function", "function": {
-        "name": "get_time", "description": "Local time in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
-]
+SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tool_conversations.json")
 
 
-def call(i, name, args):
-    # transformers templates read arguments either as a dict (Qwen) or a string
-    # (DeepSeek-V3's template prints it): both spellings are generated below.
-    return {"id": "call_%d" % i, "type": "function", "function": {"name": name, "arguments": args}}
+def load_spec():
+    """(tools, [(conv, messages, add_generation_prompt)]) from tool_conversations.json."""
+    with open(SPEC, encoding="utf-8") as f:
+        spec = json.load(f)
+    return spec["tools"], [(c["conv"], c["messages"], c["add_generation_prompt"]) for c in spec["conversations"]]
 
 
-def conversations(args_as_string):
-    a = (lambda d: json.dumps(d, ensure_ascii=False)) if args_as_string else (lambda d: d)
-    one = [call(0, "get_weather", a({"city": "Oslo", "unit": "C"}))]
-    two = one + [call(1, "get_time", a({"city": "Oslo"}))]
-    user = {"role": "user", "content": "What is the weather in Oslo, and the time there?"}
-    sys_msg = {"role": "system", "content": "You are a helpful assistant."}
-    asked = {"role": "assistant", "content": None, "tool_calls": one}
-    result = {"role": "tool", "tool_call_id": "call_0", "content": "-3 C, snow"}
-    return [
-        ("tools_question", [user], True),
-        ("tools_question_system", [sys_msg, user], True),
-        ("one_call", [user, {"role": "assistant", "content": "", "tool_calls": one}], False),
-        ("one_call_result", [user, {"role": "assistant", "content": "", "tool_calls": one},
-                             {"role": "tool", "tool_call_id": "call_0", "content": "-3 C, snow"}], True),
-        ("two_calls_results_answer", [
-            sys_msg, user,
-            {"role": "assistant", "content": "Let me check.", "tool_calls": two},
-            {"role": "tool", "tool_call_id": "call_0", "content": "-3 C, snow"},
-            {"role": "tool", "tool_call_id": "call_1", "content": "14:05"},
-            {"role": "assistant", "content": "It is -3 C with snow in Oslo, and 14:05."},
-            {"role": "user", "content": "Thanks!"}], True),
-        # OpenAI clients send content null with tool_calls
-        ("null_content_round_trip", [
-            user, asked, result,
-            {"role": "assistant", "content": "It is -3 C with snow in Oslo."}], True),
-        ("null_content_two_calls_pending", [
-            sys_msg, user, {"role": "assistant", "content": None, "tool_calls": two},
-            result, {"role": "tool", "tool_call_id": "call_1", "content": "14:05"}], True),
-        ("null_content_two_rounds", [
-            user, asked, result,
-            {"role": "assistant", "content": None, "tool_calls": [call(1, "get_time", a({"city": "Oslo"}))]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "14:05"},
-            {"role": "assistant", "content": "-3 C and snow; it is 14:05."},
-            {"role": "user", "content": "And in Bergen?"}], True),
-    ]
+def with_object_arguments(msgs):
+    """The messages with each tool call's arguments parsed into an object
+    (Qwen's template prints an object with tojson; V3's concatenates a string)."""
+    def call(c):
+        return dict(c, function=dict(c["function"], arguments=json.loads(c["function"]["arguments"])))
+    return [dict(m, tool_calls=[call(c) for c in m["tool_calls"]]) if "tool_calls" in m else m for m in msgs]
 
 
 def token_str(v):
@@ -92,7 +55,7 @@ def token_str(v):
     return v.get("content") if isinstance(v, dict) else v
 
 
-def jinja2_renderer(d):
+def jinja2_renderer(d, tools):
     """render(msgs, gen) for the chat template of folder d, set up as transformers
     compiles chat templates (see the module comment)."""
     import datetime
@@ -121,7 +84,7 @@ def jinja2_renderer(d):
     specials["additional_special_tokens"] = [token_str(v) for v in cfg.get("additional_special_tokens", [])]
 
     def render(msgs, gen):
-        return tmpl.render(messages=msgs, tools=TOOLS, documents=None, add_generation_prompt=gen, **specials)
+        return tmpl.render(messages=msgs, tools=tools, documents=None, add_generation_prompt=gen, **specials)
     return render
 
 
@@ -137,6 +100,7 @@ def main(tokdir, outdir):
         import jinja2
         transformers = None
         hdr = dict(MAGIC, renderer="jinja2 " + jinja2.__version__)
+    tools, convs = load_spec()
     os.makedirs(outdir, exist_ok=True)
     for name in ("deepseek-v3", "qwen2"):
         d = os.path.join(tokdir, name)
@@ -145,12 +109,13 @@ def main(tokdir, outdir):
             at = AutoTokenizer.from_pretrained(d)
 
             def render(msgs, gen):
-                return at.apply_chat_template(msgs, tools=TOOLS, tokenize=False, add_generation_prompt=gen)
+                return at.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=gen)
         else:
-            render = jinja2_renderer(d)
-        out = dict(hdr, tokenizer=name, tools=TOOLS, cases=[])
+            render = jinja2_renderer(d, tools)
+        out = dict(hdr, tokenizer=name, tools=tools, cases=[])
         for args_as_string in (False, True):
-            for cname, msgs, gen in conversations(args_as_string):
+            for cname, msgs, gen in convs:
+                msgs = msgs if args_as_string else with_object_arguments(msgs)
                 case = {"conv": cname, "arguments_as_string": args_as_string, "messages": msgs,
                         "add_generation_prompt": gen}
                 try:
