@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""gen_tool_golden.py: HF renderings of conversations with tools (issue 22).
+"""gen_tool_golden.py: Python renderings of conversations with tools (issue 22).
 
     gen_tool_golden.py TOKDIR OUTDIR
 
+The committed goldens tests/golden/tok/chat_tools_*.json are made with HF's own
+JS code (scripts/hfjs/gen_tool_golden.mjs, transformers.js), which runs here.
+This is the Python twin, for cross-checking that rendering against Python's
+jinja2, the engine Python transformers renders chat templates with (the two
+differ in places: see the .mjs). Both read the tools and conversations from
+scripts/tool_conversations.json and write the same case list: every
+conversation with tool-call arguments as objects, then as JSON strings.
+
 With python3 + transformers 5.x (the GPU machine, as gen_tok_golden.py): for
 each tokenizer folder TOKDIR/{deepseek-v3,qwen2} (tests/data/tokenizers) writes
-OUTDIR/chat_tools_<name>.json: for each conversation of
-scripts/tool_conversations.json (a user question, an assistant turn with
-tool_calls (one and two calls, content null, empty or text), the role "tool"
-results, and the final answer), first with tool-call arguments as objects, then
-as JSON strings: the messages, the tools, add_generation_prompt, and what the
-tokenizer's own chat_template renders with apply_chat_template(messages,
-tools=tools): "text" and "ids" (the text encoded without special tokens added),
-or "error" when the template refuses the case. tests/test_tok_tools.c checks the C
-renderer of the native tool syntax (src/tok/tok_chat.c) against these files.
+OUTDIR/chat_tools_<name>.json: for each conversation, the messages, the tools,
+add_generation_prompt, and what the tokenizer's own chat_template renders with
+apply_chat_template(messages, tools=tools): "text" and "ids" (the text encoded
+without special tokens added), or "error" when the template refuses the case.
 
 Without transformers (no PyPI here), the template is rendered with jinja2 set up
 the way transformers compiles chat templates: a sandboxed immutable environment
@@ -21,8 +24,8 @@ with trim_blocks and lstrip_blocks, the loopcontrols extension, a tojson filter
 that is json.dumps with ensure_ascii=False (not jinja's HTML-escaping one),
 raise_exception and strftime_now globals, and the tokenizer's special tokens
 (bos_token, eos_token, ...) as variables. Such files record "renderer":
-"jinja2 <version>" and carry no "ids" (only HF's tokenizers library makes
-reference ids; the C test then checks our encoding of the text instead).
+"jinja2 <version>" and carry no "ids", so tests/test_tok_tools.c rejects them:
+write them elsewhere and compare their texts with the committed ones.
 
 The file starts with {"magic": "dsinfer-tok-golden", "version": 1, ...} like the
 other tokenizer goldens, with the renderer and library versions used.
