@@ -4,13 +4,14 @@
  *
  * tests/golden/tok/chat_tools_{deepseek-v3,qwen2}.json hold, for conversations
  * with tools (a question, assistant tool_calls, "tool" results, the answer, a
- * second round), what the tokenizer's chat_template renders (scripts/
- * gen_tool_golden.py: HF's apply_chat_template where transformers is installed,
- * else jinja2 set up as transformers does; the file's "renderer" says which).
- * Every case must render byte for byte, and dsi_chat_encode must give the ids
- * of that text encoded with its special tokens (and HF's ids when the file has
- * them). Cases whose template refuses the spelling ("error") or whose arguments
- * are objects (the OpenAI API sends them as strings) are skipped.
+ * second round), what the tokenizer's chat_template renders and its ids, made
+ * by Hugging Face's own code (scripts/hfjs/gen_tool_golden.mjs: transformers.js
+ * apply_chat_template and its tokenizer; the file's "renderer" says which
+ * version). Every case must render byte for byte, and dsi_chat_encode must give
+ * both the ids of that text encoded with its special tokens and HF's ids, which
+ * every checked case must carry (a golden without them is not HF-made). Cases
+ * whose template refuses the spelling ("error") or whose arguments are objects
+ * (the OpenAI API sends them as strings) are skipped.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -71,12 +72,13 @@ static void check_case(const struct dsi_tokenizer *t, const char *tools_json, co
     CHECK_EQ_INT(dsi_tok_encode(t, want, strlen(want), true, &ref, &n_ref, NULL), 0);
     CHECK(n > 0 && ids_equal(ids, n, ref, n_ref));
     const cJSON *hf = cJSON_GetObjectItemCaseSensitive(c, "ids");
-    if (hf) {
-        size_t j = 0;
-        bool same = n == (size_t)cJSON_GetArraySize(hf);
-        for (const cJSON *x = hf->child; same && x; x = x->next, j++) same = ids[j] == (int32_t)x->valuedouble;
-        CHECK(same);
-    }
+    CHECK(cJSON_IsArray(hf));
+    size_t j = 0;
+    bool same = cJSON_IsArray(hf) && n == (size_t)cJSON_GetArraySize(hf);
+    for (const cJSON *x = same ? hf->child : NULL; same && x; x = x->next, j++)
+        same = ids[j] == (int32_t)x->valuedouble;
+    if (!same) fprintf(stderr, "  %s/%s: ids differ from HF's\n", name, conv);
+    CHECK(same);
     free(ids);
     free(ref);
     free(text);
