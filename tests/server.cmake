@@ -8,6 +8,9 @@ set(DSI_SERVER_PURE src/server/request.c src/server/reqfmt.c src/server/tools.c 
     src/server/textgen.c src/server/metrics.c)
 dsi_test(test_server SOURCES tests/test_server.c ${DSI_SERVER_PURE}
          LIBS dsi_engine dsi_grammar dsi_tok dsi_core PkgConfig::CJSON Threads::Threads m)
+# The JSON of answers with n choices (answer.c) on hand-built generations: links
+# the server library, no engine or model.
+dsi_test(test_answer SOURCES tests/test_answer.c LIBS dsi_server)
 dsi_fuzz(fuzz_request SOURCES tests/fuzz/fuzz_request.c ${DSI_SERVER_PURE}
          LIBS dsi_engine dsi_grammar dsi_tok dsi_core PkgConfig::CJSON Threads::Threads m)
 dsi_fuzz(fuzz_tool_calls SOURCES tests/fuzz/fuzz_tool_calls.c ${DSI_SERVER_PURE}
@@ -50,7 +53,7 @@ endforeach()
 # and a few hundred prompt tokens each on the CPU backend (about a minute).
 add_test(NAME prefix_cache_e2e COMMAND python3 ${CMAKE_SOURCE_DIR}/tests/integration/prefix_cache.py
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(prefix_cache_e2e PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77 LABELS slow
+set_tests_properties(prefix_cache_e2e PROPERTIES TIMEOUT 900 SKIP_RETURN_CODE 77 LABELS slow
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>;OMP_WAIT_POLICY=passive")
 # The soak of issue 26 item 4 (scripts/soak.sh, 10 minutes at 256 clients on the
 # GPU machine), shortened on the CPU backend: streams cut by the client, answers

@@ -111,7 +111,7 @@ TEST(parse_chat_errors) {
         {"\"max_completion_tokens\":-1", "max_completion_tokens"}, {"\"stream\":1", "stream"},
         {"\"stream_options\":1", "stream_options"}, {"\"stream_options\":{\"include_usage\":\"y\"}", "include_usage"},
         {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop"}, {"\"stop\":[1]", "stop"}, {"\"stop\":3", "stop"},
-        {"\"seed\":1.5", "seed"}, {"\"n\":2", "n"}, {"\"n\":0", "n"}, {"\"logprobs\":1", "logprobs"},
+        {"\"seed\":1.5", "seed"}, {"\"n\":17", "n"}, {"\"n\":0", "n"}, {"\"logprobs\":1", "logprobs"},
         {"\"logprobs\":true,\"top_logprobs\":21", "top_logprobs"}, {"\"top_logprobs\":3", "top_logprobs"},
         {"\"model\":7", "model"}, {"\"user\":[]", "user"}, {"\"cache_salt\":3", "cache_salt"},
         {"\"cache_salt\":\"\"", "cache_salt"},
@@ -514,12 +514,30 @@ TEST(tool_scan_streams_content_and_holds_only_a_marker_prefix) {
     CHECK_EQ_STR(l.content, "ok then");
 }
 
-TEST(parse_n_refused_with_clear_message) {
+/* n: 1..16 choices (issue 23); past the limit a 400 that names it. */
+TEST(parse_n_limits) {
     struct dsi__req r;
     struct dsi__api_error e;
-    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", &r, &e), 400);
-    CHECK(strstr(e.message, "n > 1") != NULL);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}", &r, &e), 0);
+    CHECK_EQ_INT(r.n, 3);
     dsi__srv_req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, "{\"prompt\":\"x\",\"n\":16}", &r, &e), 0);
+    CHECK_EQ_INT(r.n, 16);
+    dsi__srv_req_free(&r);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":17}", &r, &e),
+                 400);
+    CHECK_EQ_STR(e.param, "n");
+    CHECK(strstr(e.message, "between 1 and 16") != NULL);
+    dsi__srv_req_free(&r);
+    /* 0, negative, fractional and non-numbers are 400s naming n too */
+    const char *bad[] = {"0", "-1", "1.5", "\"2\"", "true", "[2]", "1e9"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char b[128];
+        snprintf(b, sizeof b, "{\"prompt\":\"x\",\"n\":%s}", bad[i]);
+        CHECK_EQ_INT(parse(DSI__REQ_COMPLETION, b, &r, &e), 400);
+        CHECK_EQ_STR(e.param, "n");
+        dsi__srv_req_free(&r);
+    }
 }
 
 TEST(parse_body_limits) {
@@ -834,7 +852,7 @@ int main(void) {
     RUN(parse_chat_full);
     RUN(parse_chat_defaults);
     RUN(parse_chat_errors);
-    RUN(parse_n_refused_with_clear_message);
+    RUN(parse_n_limits);
     RUN(parse_body_limits);
     RUN(parse_completion_prompts);
     RUN(parse_tokenize_detokenize);

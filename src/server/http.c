@@ -434,16 +434,24 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
     if (max_tokens > room) max_tokens = room; /* documented: clamped to what fits in the context */
     if (x->have_pr && x->pr.max_tokens_cap > 0 && max_tokens > x->pr.max_tokens_cap) max_tokens = x->pr.max_tokens_cap;
     /* The key's concurrency limit first, so that a refused request reserves
-     * nothing; the slot goes with the gen (freed with it) from here on. */
+     * nothing; the slots (one per choice: each is an engine sequence) go with
+     * the gen (freed with it) from here on. */
     bool slot = false;
+    int n_seq = r->n > 1 ? r->n : 1;
+    if (x->have_pr && x->pr.max_concurrent > 0 && n_seq > x->pr.max_concurrent) {
+        free(ids);
+        dsi__api_error_set(&e, 400, "n", "invalid_value", "n is %d; this key may run at most %d sequences at once",
+                           n_seq, x->pr.max_concurrent);
+        return respond_error(c, x, &e);
+    }
     if (x->have_pr && x->pr.max_concurrent > 0) {
-        int rc = dsi__slots_acquire(s, x->pr.key_id, x->pr.max_concurrent);
+        int rc = dsi__slots_acquire(s, x->pr.key_id, x->pr.max_concurrent, n_seq);
         if (rc) free(ids);
         if (rc == DSI_EFULL) {
             x->denial = "concurrency_limit";
             dsi__api_error_set(&e, 429, NULL, "concurrency_limit_exceeded",
-                               "this key has %d generations in flight, its limit (max_concurrent); retry when one "
-                               "ends", x->pr.max_concurrent);
+                               "this key has %d sequences in flight at most (max_concurrent), fewer than %d free; "
+                               "retry when one ends", x->pr.max_concurrent, n_seq);
             dsi_log(DSI_LOG_INFO, "http", "%s %s: 429 %s", x->req_id, dsi__route_name(x->route), x->denial);
             return respond(c, x, 429, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_RETRY_AFTER, "1");
         }
@@ -453,26 +461,30 @@ static enum MHD_Result route_generate(struct dsi_server *s, struct MHD_Connectio
     /* The worst case is reserved now, so concurrent requests cannot overspend
      * the key's tpm; on_completed's charge settles it, on every way out. */
     int retry = 0;
-    if (x->have_pr && s->auth && dsi_auth_reserve(s->auth, &x->pr, (int64_t)n + max_tokens, &retry) != DSI_AUTH_OK) {
+    int64_t worst = (int64_t)n + (int64_t)n_seq * max_tokens; /* the prompt once, n completions */
+    if (x->have_pr && s->auth && dsi_auth_reserve(s->auth, &x->pr, worst, &retry) != DSI_AUTH_OK) {
         free(ids);
-        if (slot) dsi__slots_release(s, x->pr.key_id);
+        if (slot) dsi__slots_release(s, x->pr.key_id, n_seq);
         char ra[16];
         snprintf(ra, sizeof ra, "%d", retry > 0 ? retry : 1);
         x->denial = dsi_auth_status_reason(DSI_AUTH_RATE_LIMITED);
         dsi__api_error_set(&e, 429, NULL, "rate_limit_exceeded",
-                           "this request may use %d tokens (prompt + max_tokens), more than the key has left this "
-                           "minute; retry after %s s",
-                           (int)n + max_tokens, ra);
+                           "this request may use %lld tokens (prompt + n x max_tokens), more than the key has "
+                           "left this minute; retry after %s s",
+                           (long long)worst, ra);
         dsi_log(DSI_LOG_INFO, "http", "%s %s: 429 %s", x->req_id, dsi__route_name(x->route), x->denial);
         return respond(c, x, 429, "application/json", dsi__api_error_json(&e), MHD_HTTP_HEADER_RETRY_AFTER, ra);
     }
     if (dsi__gen_create(s, c, &x->g)) {
         free(ids);
-        if (slot) dsi__slots_release(s, x->pr.key_id);
+        if (slot) dsi__slots_release(s, x->pr.key_id, n_seq);
         return respond_errf(c, x, 500, NULL, "out of memory");
     }
     snprintf(x->g->principal, sizeof x->g->principal, "%s", x->have_pr ? x->pr.name : "");
-    if (slot) snprintf(x->g->slot_key, sizeof x->g->slot_key, "%s", x->pr.key_id);
+    if (slot) {
+        snprintf(x->g->slot_key, sizeof x->g->slot_key, "%s", x->pr.key_id);
+        x->g->n_slots = n_seq;
+    }
     if (x->have_pr) {
         /* the engine shares the batch between keys (FNV-1a of the key id names the tenant) */
         uint64_t h = 14695981039346656037ull;

@@ -196,12 +196,8 @@ static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api
     if (has) r->max_tokens = (int)v;
     if ((rc = get_int(root, "max_completion_tokens", 1, 1 << 30, &has, &v, e))) return rc;
     if (has) r->max_tokens = (int)v;
-    if ((rc = get_int(root, "n", 1, 128, &has, &v, e))) return rc;
+    if ((rc = get_int(root, "n", 1, DSI_MAX_N, &has, &v, e))) return rc;
     if (has) r->n = (int)v;
-    if (r->n > 1)
-        return dsi__api_error_set(
-            e, 400, "n", "unsupported_value",
-            "n > 1 is not supported; send n separate requests (each may carry its own seed)");
     if ((rc = parse_sampling(root, r, e))) return rc;
     if ((rc = check_sampling(&r->sampling, e))) return rc;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop");

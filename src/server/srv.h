@@ -79,15 +79,37 @@ struct dsi_server {
     char **args;                   /* command-line overrides re-applied on SIGHUP */
 };
 
+/* One of a generation's n choices (engine sequence engine_id + index). Guarded
+ * by its gen's mu. */
+struct dsi__choice {
+    struct dsi__gen *g;
+    int index;
+    bool finished, need_cancel, cancel_sent, stop_hit, got_token;
+    enum dsi_finish finish;
+    int error;
+    int n_completion;               /* this choice's tokens so far */
+    struct dsi_tok_stream *ts;
+    struct dsi__textgen tg;
+    struct dsi__sbuf content, reasoning; /* non-streaming answer (and with tools: the held one) */
+    struct dsi__toolscan scan;      /* tool_mode 1: finds this choice's calls as it streams */
+    struct dsi__sbuf calls;         /* tool_calls JSON array (non-streaming; forced: the stream's too) */
+    int n_calls;
+    struct dsi__sbuf lp;            /* logprob entries (JSON, comma-separated) not yet sent */
+    struct dsi__sbuf lp_tokens, lp_values, lp_tops; /* legacy completions logprobs */
+    int n_lp;
+    double t_last;
+};
+
 struct dsi__gen {
     pthread_mutex_t mu;
     int refs;                      /* connection + engine */
     struct dsi_server *s;
     struct dsi__gen *next, *prev;  /* in s->gens, under s->mu */
     struct MHD_Connection *conn;   /* valid while !conn_gone */
-    bool suspended, conn_gone, finished, need_cancel, cancel_sent, submitted;
-    bool engine_ref;               /* the engine still holds a ref (no final event yet) */
-    uint64_t engine_id;
+    bool suspended, conn_gone, submitted;
+    bool finished;                 /* every choice's final event came (or shutdown ended it) */
+    bool engine_ref;               /* the engine still holds a ref (not every final event yet) */
+    uint64_t engine_id;            /* choice 0's; choice i is engine_id + i */
     /* what the client asked */
     bool chat, stream, include_usage, logprobs;
     int top_logprobs;
@@ -95,41 +117,34 @@ struct dsi__gen {
     int n_stops;
     struct dsi_grammar *grammar;    /* owned (taken from the request); the engine borrows it */
     int tool_mode;                  /* 0: no tools; 1: auto (calls in the format's syntax); 2: forced (the JSON is the calls) */
-    struct dsi__toolscan scan;      /* tool_mode 1: finds the calls as the answer streams */
+    enum dsi__tool_syntax tool_syn; /* the syntax the prompt showed (each choice's scanner) */
     char *prefill;                  /* tool_mode 2 in a native syntax: the call's prefilled opening */
-    struct dsi__sbuf calls;         /* tool_calls JSON array once finished */
-    int n_calls;
     char id[48];
     char principal[64];
     uint64_t cache_ns[2];           /* prefix cache namespace (dsi__gen_cache_ns) */
     uint64_t tenant;                /* the key, for the engine's fair sharing (0: no key) */
     int weight;                     /* the key's priority */
-    char slot_key[32];              /* holds a slot of this key (slots.c); "": none */
+    char slot_key[32];              /* holds n_slots slots of this key (slots.c); "": none */
+    int n_slots;
     /* state */
-    struct dsi_tok_stream *ts;
-    struct dsi__textgen tg;
-    struct dsi__sbuf out;           /* SSE bytes not yet sent */
+    struct dsi__choice *ch;         /* (n_choices) */
+    int n_choices, n_finished;
+    struct dsi__sbuf out;           /* SSE bytes not yet sent (all choices, in event order) */
     size_t out_off;
-    struct dsi__sbuf content, reasoning; /* non-streaming answer */
-    struct dsi__sbuf lp;            /* logprob entries (JSON, comma-separated) not yet sent */
-    struct dsi__sbuf lp_tokens, lp_values, lp_tops; /* legacy completions logprobs */
-    int n_lp;
-    bool stop_hit;
-    enum dsi_finish finish;
-    int error;
-    int n_prompt, n_completion;
-    int n_cached;                   /* prompt tokens served from the prefix cache */
-    double t_start, t_last;
-    bool got_token;
+    int n_prompt;                   /* the prompt, once */
+    int n_completion;               /* every choice's tokens */
+    int n_cached;                   /* prompt tokens served from the prefix cache (choice 0's) */
+    double t_start;
+    bool got_token;                 /* any choice: time to first token recorded */
     size_t accounted;               /* bytes of this stream counted in the buffered-bytes gauge */
     /* A failure after the engine took the request (gen.c gen_fail): the answer
-     * stops, the stream's last bytes are tail (error event + [DONE]), a
-     * non-streaming answer is fail's error body. */
+     * stops, every choice is cancelled, the stream's last bytes are tail (one
+     * error event + [DONE]), a non-streaming answer is fail's error body. */
     bool failed;
     struct dsi__api_error fail;
     char tail[1024];
     size_t tail_len, tail_off;
-    int n_tokens_seen;              /* tokens delivered (the test fault hook counts them) */
+    int n_tokens_seen;              /* tokens delivered, all choices (the test fault hook counts them) */
     int fail_token;                 /* test builds: fail the answer at this token (0: never) */
 };
 
@@ -164,10 +179,28 @@ void dsi__gen_abort_all(struct dsi_server *s);
 /* dsi_engine_cancel under the engine read lock (no-op once the engine is gone). */
 void dsi__eng_cancel(struct dsi_server *s, uint64_t id);
 
-/* slots.c: per-key concurrency. acquire: 0, DSI_EFULL (limit reached) or
- * DSI_ENOMEM; every 0 is matched by one release. */
-int dsi__slots_acquire(struct dsi_server *s, const char *key_id, int limit);
-void dsi__slots_release(struct dsi_server *s, const char *key_id);
+/* answer.c: a generation's JSON (under g->mu; 0 or DSI_ENOMEM). */
+int dsi__answer_chunk_begin(struct dsi__gen *g, struct dsi__sbuf *b); /* "data: {...,"choices":[" */
+int dsi__answer_chunk_end(struct dsi__gen *g, struct dsi__sbuf *b);   /* "]...}\n\n" (usage null when asked) */
+int dsi__answer_role_chunk(struct dsi__choice *c); /* a stream's first chunk of choice c */
+/* One streamed chunk of choice c: text s on channel ch (s NULL: none), with its
+ * pending logprobs; final: with its finish_reason. */
+int dsi__answer_delta(struct dsi__choice *c, enum dsi__channel ch, const char *s, size_t n, bool final);
+int dsi__answer_emit(void *choice, enum dsi__channel ch, const char *s, size_t n); /* textgen's emit */
+/* Tools: the held answer of c becomes tool_calls (and text) or stays text;
+ * a stream gets it now. */
+int dsi__answer_tools(struct dsi__choice *c);
+int dsi__answer_logprobs(struct dsi__choice *c, const struct dsi_token_event *ev); /* one token's */
+/* usage: prompt once, every choice's completion tokens, prefix cache hits. */
+int dsi__answer_usage(struct dsi__gen *g, struct dsi__sbuf *b);
+int dsi__answer_usage_chunk(struct dsi__gen *g); /* a stream's usage chunk, into g->out */
+int dsi__answer_final(struct dsi__gen *g, struct dsi__sbuf *b); /* non-streaming response object */
+
+/* slots.c: per-key concurrency, counted in engine sequences (a request with n
+ * choices takes n). acquire: 0, DSI_EFULL (fewer than n left; nothing taken)
+ * or DSI_ENOMEM; every 0 is matched by one release of the same n. */
+int dsi__slots_acquire(struct dsi_server *s, const char *key_id, int limit, int n);
+void dsi__slots_release(struct dsi_server *s, const char *key_id, int n);
 
 /* tlslive.c */
 struct dsi__tls_creds;

@@ -109,6 +109,7 @@ def group_quota(work, keys):
     most 300 tokens are spent (no request here exceeds the whole budget, so the
     one-request allowance for such requests does not apply)."""
     key = add_key(keys, "quota", "user", "--tpm", "300")
+    key_n = add_key(keys, "quota-n", "user", "--tpm", "150")
     d = Daemon(work, keys)
     if not d.ok:
         check("daemon starts", False)
@@ -138,6 +139,16 @@ def group_quota(work, keys):
     check("quota: concurrent requests spend no more than the tpm budget", spent <= 300, "%d tokens" % spent)
     check("quota: the rest get 429 with Retry-After",
           len(limited) == len(results) - len(ok) and all(int(r[1].get("retry-after", "0")) >= 1 for r in limited))
+    # n choices reserve prompt + n x max_tokens: after one answer of ~63 tokens
+    # about 87 of 150 are left (refill: 2.5 a second), enough for n=1 again but
+    # not for n=2 (~123, under the whole budget, so no one-request allowance)
+    body = {"model": "tiny-chat", "prompt": "hello there", "max_tokens": 60, "ignore_eos": True}
+    st1, _, _ = request(d.port, "POST", "/v1/completions", key_n, body)
+    st2, h2, b2 = request(d.port, "POST", "/v1/completions", key_n, dict(body, n=2))
+    st3, _, _ = request(d.port, "POST", "/v1/completions", key_n, body)
+    check("quota: n=2 reserves n x max_tokens: 429 where n=1 still fits",
+          (st1, st2, st3) == (200, 429, 200) and "n x max_tokens" in json.loads(b2)["error"]["message"],
+          "%d %d %d %r" % (st1, st2, st3, b2[:200]))
     d.stop()
 
 
@@ -409,6 +420,20 @@ def group_fail(work, keys):
         check("fail: out of memory mid-stream ends with a server_error event and [DONE]",
               st == 200 and ends_with_error(b, "server_error", None))
         check("fail: the text before the failure was delivered", 0 < len(texts) < 20, "%d chunks" % len(texts))
+        # n=2: the fault (at the 20th token of the two choices together) fails
+        # the whole answer once: one error event, [DONE], both sequences ended
+        st, h, b = request(d.port, "POST", "/v1/chat/completions", key, dict(chat, stream=True, n=2))
+        events, _ = sse_events(b)
+        idx = {c["index"] for e in events if "choices" in e for c in e["choices"] if c["delta"].get("content")}
+        check("fail: n=2 out of memory mid-stream ends with one server_error event and [DONE]",
+              st == 200 and ends_with_error(b, "server_error", None) and idx == {0, 1}, str(idx))
+        running = None
+        for _ in range(50):  # the other choice's cancel lands at the engine's next step
+            running = metric(d.port, mon, "dsinfer_running_sequences")
+            if running == 0:
+                break
+            time.sleep(0.1)
+        check("fail: ... and both of its sequences end", running == 0, str(running))
         st, h, b = request(d.port, "POST", "/v1/completions", key,
                            {"model": "tiny-chat", "prompt": "hi", "max_tokens": 100, "ignore_eos": True})
         err = json.loads(b).get("error", {}) if b else {}
@@ -469,6 +494,26 @@ def group_fair(work, keys):
                 break
             time.sleep(0.1)
         check("fair: the slots come back when their generations end", st == 200, str(st))
+        # n choices are n sequences: n past max_concurrent can never run (400);
+        # one n=2 stream holds both of capped's slots
+        st, h, b = request(d.port, "POST", "/v1/completions", capped, dict(long_body, max_tokens=4, n=3))
+        check("fair: n above max_concurrent is a 400 naming n",
+              st == 400 and json.loads(b)["error"]["param"] == "n", "%d %r" % (st, b[:160]))
+        held = open_unread_stream(d.port, capped, dict(held_body, n=2), "/v1/completions")
+        st = 0
+        for _ in range(50):  # until the n=2 request holds its slots
+            st, h, b = request(d.port, "POST", "/v1/completions", capped, dict(long_body, max_tokens=4))
+            if st == 429:
+                break
+            time.sleep(0.1)
+        check("fair: an n=2 request takes two slots", st == 429, str(st))
+        held.close()
+        for _ in range(50):
+            st, h, b = request(d.port, "POST", "/v1/completions", capped, dict(long_body, max_tokens=4, n=2))
+            if st == 200:
+                break
+            time.sleep(0.1)
+        check("fair: and gives both back", st == 200 and len(json.loads(b)["choices"]) == 2, str(st))
 
         # 2. sharing: 12 long requests of one key fill the 4 slots and queue 8;
         #    another key's short request does not wait for them. The flood's

@@ -101,6 +101,87 @@ async function main() {
   check("tool_calls streamed as delta.tool_calls", tfinish === "tool_calls" && acc.length >= 1 &&
         acc.every((c) => c.name === "get_weather" && Args.safeParse(JSON.parse(c.args)).success), JSON.stringify(acc));
 
+  // n choices (issue 23): one request, n indexed answers sharing the prompt; choice i
+  // samples as a single request with seed + i, so each must equal that request.
+  // (a prompt where the tiny model's sampled answers differ between seeds)
+  const story = { model: "tiny-chat", messages: [{ role: "user", content: "Once upon a time" }], max_tokens: 10,
+                  temperature: 1 };
+  const one = [];
+  for (let i = 0; i < 3; i++) one.push(await client.chat.completions.create({ ...story, seed: 7 + i, logprobs: true }));
+  const n3 = await client.chat.completions.create({ ...story, seed: 7, n: 3, logprobs: true });
+  const texts = one.map((r) => r.choices[0].message.content);
+  check("n=3: three choices indexed 0..2", n3.choices.map((c) => c.index).join() === "0,1,2", JSON.stringify(n3.choices));
+  check("n=3 seeded: choice i is the answer to seed + i", n3.choices.every((c, i) => c.message.content === texts[i] &&
+        c.finish_reason === one[i].choices[0].finish_reason), JSON.stringify([n3.choices, texts]));
+  check("n=3 seeded: the seeds differ, so do the choices", new Set(texts).size > 1, JSON.stringify(texts));
+  check("n=3 logprobs: each choice has its own", n3.choices.every((c, i) =>
+        JSON.stringify(c.logprobs) === JSON.stringify(one[i].choices[0].logprobs)));
+  const sum = one.reduce((a, r) => a + r.usage.completion_tokens, 0);
+  check("n=3 usage: the prompt once, every choice's tokens", n3.usage.prompt_tokens === one[0].usage.prompt_tokens &&
+        n3.usage.completion_tokens === sum && n3.usage.total_tokens === n3.usage.prompt_tokens + sum,
+        JSON.stringify([n3.usage, sum]));
+  const n3s = await client.chat.completions.create({ ...story, seed: 7, n: 3, stream: true,
+                                                     stream_options: { include_usage: true } });
+  const st = [0, 1, 2].map(() => ({ text: "", roles: 0, finishes: [] }));
+  let nusage = null;
+  for await (const ch of n3s) {
+    if (ch.usage) nusage = ch.usage;
+    for (const x of ch.choices) {
+      if (x.delta.role) st[x.index].roles++;
+      st[x.index].text += x.delta.content || "";
+      if (x.finish_reason) st[x.index].finishes.push(x.finish_reason);
+    }
+  }
+  check("n=3 stream: chunks by index rebuild the non-streamed choices", st.every((c, i) => c.roles === 1 &&
+        c.text === texts[i] && c.finishes.length === 1), JSON.stringify(st));
+  check("n=3 stream: one usage chunk with the same usage", nusage && nusage.completion_tokens === sum &&
+        nusage.prompt_tokens === n3.usage.prompt_tokens, JSON.stringify(nusage));
+  const g2 = await client.chat.completions.create({ ...greedy("Tell me a story", 10), n: 2 });
+  check("n=2 greedy: identical choices", g2.choices.length === 2 &&
+        g2.choices[0].message.content === g2.choices[1].message.content, JSON.stringify(g2.choices));
+  const cmp = await client.completions.create({ model: "tiny-chat", prompt: "Once upon a time", max_tokens: 6,
+                                                temperature: 1, seed: 3, n: 2 });
+  const cmp1 = await client.completions.create({ model: "tiny-chat", prompt: "Once upon a time", max_tokens: 6,
+                                                 temperature: 1, seed: 4 });
+  check("completions n=2: choice 1 is seed + 1's text", cmp.choices.map((c) => c.index).join() === "0,1" &&
+        cmp.choices[1].text === cmp1.choices[0].text, JSON.stringify([cmp.choices, cmp1.choices]));
+  const at = texts[1].slice(2).search(/[A-Za-z]{2}/);
+  if (at >= 0) { // a stop string applies to each choice on its own
+    const stopStr = texts[1].slice(2 + at, 4 + at);
+    const ns = await client.chat.completions.create({ ...story, seed: 7, n: 3, stop: [stopStr] });
+    const cut = (t) => (t.includes(stopStr) ? t.slice(0, t.indexOf(stopStr)) : t);
+    check("n=3 with stop: each choice cut at its own match", ns.choices.every((c, i) => c.message.content === cut(texts[i])),
+          JSON.stringify([stopStr, ns.choices.map((c) => c.message.content)]));
+  }
+  const pn = await client.chat.completions.parse({ model: "tiny-chat", max_tokens: 120, temperature: 1, seed: 5, n: 2,
+    messages: [{ role: "user", content: "File a ticket: the printer is out of toner" }],
+    response_format: zodResponseFormat(Ticket, "ticket") });
+  check("n=2 parse: each choice is its own valid object", pn.choices.length === 2 &&
+        pn.choices.every((c) => c.message.parsed !== null && Ticket.safeParse(c.message.parsed).success),
+        JSON.stringify(pn.choices.map((c) => c.message)));
+  const tn = await client.chat.completions.create({ ...greedy("Weather in Oslo?", 80), temperature: 1, seed: 9, n: 2,
+                                                    tools, tool_choice: "required" });
+  const ids = tn.choices.flatMap((c) => (c.message.tool_calls || []).map((t) => t.id));
+  check("n=2 tool_choice required: every choice's calls parse, ids unique", tn.choices.length === 2 &&
+        tn.choices.every((c) => c.finish_reason === "tool_calls" && c.message.tool_calls.length >= 1 &&
+          c.message.tool_calls.every((t) => Args.safeParse(JSON.parse(t.function.arguments)).success)) &&
+        new Set(ids).size === ids.length, JSON.stringify(tn.choices));
+  const tns = await client.chat.completions.create({ ...greedy("Weather in Oslo?", 80), temperature: 1, seed: 9, n: 2,
+                                                     tools, tool_choice: "required", stream: true });
+  const tacc = [[], []], tfin = [null, null];
+  for await (const ch of tns) for (const x of ch.choices) {
+    for (const d of x.delta.tool_calls || []) {
+      const a = (tacc[x.index][d.index] = tacc[x.index][d.index] || { name: "", args: "" });
+      if (d.function && d.function.name) a.name += d.function.name;
+      if (d.function && d.function.arguments) a.args += d.function.arguments;
+    }
+    if (x.finish_reason) tfin[x.index] = x.finish_reason;
+  }
+  check("n=2 streamed tool calls: per choice, the non-streamed calls", tfin.every((f) => f === "tool_calls") &&
+        tacc.every((calls, i) => calls.length === tn.choices[i].message.tool_calls.length &&
+          calls.every((c, k) => c.name === "get_weather" &&
+            c.args === tn.choices[i].message.tool_calls[k].function.arguments)), JSON.stringify(tacc));
+
   // Errors map to the SDK's classes.
   const expectErr = async (name, p, status) => {
     try { await p; check(name, false, "no error"); }

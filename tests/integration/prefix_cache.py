@@ -11,7 +11,10 @@ checks, on models/demo (Qwen2 layout) and models/demo-v3 (MLA + MoE):
 - isolation: another key does not hit a key's prefix; keys of one keys-file
   cache_group do; a cache_salt narrows further; prefix_cache_scope global shares;
 - /metrics counts hits, misses and cached blocks;
-- kv_dtype int8: the same reuse and equal greedy answers on both models.
+- kv_dtype int8: the same reuse and equal greedy answers on both models;
+- n > 1: n indexed choices computed from one prompt pass (later choices hit
+  it), usage counting every choice's tokens, streamed chunks with their index,
+  choice i sampling like a single request with seed + i, n past 16 refused.
 
     DSI_BIN=build/dsinfer tests/integration/prefix_cache.py
     DSI_BACKEND=cuda DSI_BIN=... tests/integration/prefix_cache.py   # on a GPU machine
@@ -21,6 +24,7 @@ Exit 0 pass, 1 fail, 77 skipped (no binary or model). Standard library only.
 import os
 import sys
 import tempfile
+import urllib.error
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import dsitest  # noqa: E402
@@ -112,6 +116,49 @@ def isolation(d, alice, bob, carol, dave, mon):
     check("metrics export evictions", "dsinfer_kv_evictions_total" in m)
 
 
+def post_status(d, path, key, body):
+    try:
+        d.post(path, key, body)
+        return 200
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def n_choices(d, alice, mon):
+    q = "List three payment methods."
+    one = d.post("/v1/chat/completions", alice, chat(q, cache_salt="n-test"))
+    hits0 = int(d.metrics(mon).get("dsinfer_prefix_cache_hit_tokens_total", 0))
+    r = d.post("/v1/chat/completions", alice, chat(q, n=3, cache_salt="n-test2"))
+    hits = int(d.metrics(mon).get("dsinfer_prefix_cache_hit_tokens_total", 0)) - hits0
+    # a fresh salt: choice 0 computes the prompt, choices 1 and 2 map its whole
+    # blocks (up to the last token, which each computes for its logits)
+    whole = (one["usage"]["prompt_tokens"] - 1) // 16 * 16
+    check("n=3: the prompt is computed once, choices 1..2 share its blocks",
+          cached(r) == 0 and whole > 0 and hits == 2 * whole, (hits, whole, r["usage"]))
+    ch = r["choices"]
+    check("n=3: three choices indexed 0..2", [c["index"] for c in ch] == [0, 1, 2], ch)
+    check("n=3 greedy: every choice is the n=1 answer",
+          all(c["message"]["content"] == one["choices"][0]["message"]["content"] for c in ch))
+    u = r["usage"]
+    check("n=3: usage counts the prompt once and every choice's tokens",
+          u["prompt_tokens"] == one["usage"]["prompt_tokens"] and
+          u["completion_tokens"] == 3 * one["usage"]["completion_tokens"] and usage_ok(u), u)
+    s1 = [d.post("/v1/completions", alice, completion(q, temperature=1.0, seed=40 + i, max_tokens=6))["choices"][0]["text"]
+          for i in range(2)]
+    rn = d.post("/v1/completions", alice, completion(q, temperature=1.0, seed=40, max_tokens=6, n=2))
+    check("n=2 seeded: choice i samples like one request with seed + i",
+          [c["text"] for c in sorted(rn["choices"], key=lambda c: c["index"])] == s1, (s1, rn["choices"]))
+    rn2 = d.post("/v1/completions", alice, completion(q, temperature=1.0, seed=40, max_tokens=6, n=2))
+    check("n=2 seeded: the same request gives the same choices again",
+          [c["text"] for c in rn2["choices"]] == [c["text"] for c in rn["choices"]], (rn["choices"], rn2["choices"]))
+    ev = d.post("/v1/chat/completions", alice, chat(q, n=2, stream=True, stream_options={"include_usage": True}))
+    fins = sorted(c["index"] for e in ev for c in e.get("choices", []) if c.get("finish_reason"))
+    last = [e for e in ev if e.get("usage")]
+    check("n=2 stream: each index finishes once, one usage chunk",
+          fins == [0, 1] and len(last) == 1 and last[0]["usage"]["completion_tokens"] == 2 * one["usage"]["completion_tokens"], (fins, last))
+    check("n=17 is refused with 400", post_status(d, "/v1/chat/completions", alice, chat(q, n=17)) == 400)
+
+
 def main():
     for m in ("models/demo", "models/demo-v3"):
         if not os.path.exists(m + "/model.safetensors"):
@@ -135,6 +182,7 @@ def main():
                 check("daemons start", False)
                 return 1
             isolation(d, alice, bob, carol, dave, mon)
+            n_choices(d, alice, mon)
             same_answers("demo", d, off, alice)
         finally:
             d.stop()

@@ -149,7 +149,9 @@ check "400 body has OpenAI error fields" test "$(json $W/e 'Object.keys(j.error)
 check "wrong type 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}' "$URL/v1/chat/completions")" = 400
 check "out of range 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"top_p":2}' "$URL/v1/chat/completions")" = 400
 check "ignore_eos must be a boolean" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"ignore_eos":"yes"}' "$URL/v1/chat/completions")" = 400
-check "n=2 refused 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":2}' "$URL/v1/chat/completions")" = 400
+check "n=17 refused 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":17}' "$URL/v1/chat/completions")" = 400
+check "n=2 answers 200" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":2,"max_tokens":3}' "$URL/v1/chat/completions")" = 200
+check "  with choices 0 and 1" test "$(json $W/e 'j.choices.map(c=>c.index).join()')" = "0,1"
 printf '{"messages":[{"role":"user","content":"\xff\xfe"}]}' >$W/bad_utf8
 check "invalid UTF-8 400" test "$(e --data-binary @$W/bad_utf8 "$URL/v1/chat/completions")" = 400
 M='{"role":"user","content":"x"}'
