@@ -147,7 +147,8 @@ TEST(stream_auto_calls_per_choice) {
     for (int i = 0; i < N_CH; i++) CHECK_EQ_INT(dsi__answer_role_chunk(&gen->ch[i]), 0);
     const char *texts[N_CH] = {
         "Sure. <tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1}}</tool_call>",
-        "<tool_call>{\"name\":\"g\",\"arguments\":{}}</tool_call>",
+        "<tool_call>{\"name\":\"g\",\"arguments\":{}}</tool_call>\n<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":2}}"
+        "</tool_call>",
         "No call here, only a <tool_ mention.",
     };
     feed_interleaved(texts, DSI_FINISH_STOP);
@@ -162,10 +163,13 @@ TEST(stream_auto_calls_per_choice) {
     CHECK_EQ_STR(s[0].ids[0], "call_chatcmpl-t_0");
     CHECK_EQ_STR(s[0].finish, "tool_calls");
     CHECK_EQ_STR(s[1].content, "");
-    CHECK_EQ_INT(s[1].n_calls, 1);
+    CHECK_EQ_INT(s[1].n_calls, 2); /* a second call's chunk is valid JSON too */
     CHECK_EQ_STR(s[1].names[0], "g");
     CHECK_EQ_STR(s[1].args[0], "{}");
+    CHECK_EQ_STR(s[1].names[1], "f");
+    CHECK_EQ_STR(s[1].args[1], "{\"a\":2}");
     CHECK_EQ_STR(s[1].ids[0], "call_chatcmpl-t_1_0");
+    CHECK_EQ_STR(s[1].ids[1], "call_chatcmpl-t_1_1");
     CHECK_EQ_STR(s[1].finish, "tool_calls");
     CHECK_EQ_STR(s[2].content, texts[2]);
     CHECK_EQ_INT(s[2].n_calls, 0);

@@ -133,14 +133,15 @@ static int scan_call(void *user, const char *name, const char *arguments) {
     int i = c->n_calls, rc;
     if (!g->stream) {
         rc = i ? 0 : dsi__sbuf_printf(&c->calls, "[");
-        if (!rc) rc = dsi__srv_tool_call_json(&c->calls, prefix, i, false, name, arguments);
+        if (!rc) rc = dsi__srv_tool_call_json(&c->calls, prefix, i, i > 0, false, name, arguments);
         if (!rc) c->n_calls++;
         return rc;
     }
     struct dsi__sbuf *b = &g->out;
     rc = dsi__answer_chunk_begin(g, b);
     if (!rc) rc = dsi__sbuf_printf(b, "{\"index\":%d,\"delta\":{\"tool_calls\":[", c->index);
-    if (!rc) rc = dsi__srv_tool_call_json(b, prefix, i, true, name, "");
+    /* each chunk's tool_calls array holds this one call, whatever its index */
+    if (!rc) rc = dsi__srv_tool_call_json(b, prefix, i, false, true, name, "");
     if (!rc) rc = dsi__sbuf_printf(b, "]},\"logprobs\":null,\"finish_reason\":null}");
     if (!rc) rc = dsi__answer_chunk_end(g, b);
     if (!rc) rc = dsi__answer_chunk_begin(g, b);

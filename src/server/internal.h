@@ -152,9 +152,10 @@ struct dsi__sbuf;
 int dsi__srv_tool_calls_extract(const char *text, size_t n, bool forced, enum dsi__tool_syntax syn,
                                 const char *id_prefix, bool with_index, struct dsi__sbuf *calls, int *n_calls,
                                 size_t *content_len);
-/* Appends one OpenAI tool_calls entry for call i ("," first unless i is 0). 0 or -1. */
-int dsi__srv_tool_call_json(struct dsi__sbuf *b, const char *id_prefix, int i, bool with_index, const char *name,
-                            const char *arguments);
+/* Appends one OpenAI tool_calls entry for call i ("," first when comma: it follows
+ * another entry of the same array). 0 or -1. */
+int dsi__srv_tool_call_json(struct dsi__sbuf *b, const char *id_prefix, int i, bool comma, bool with_index,
+                            const char *name, const char *arguments);
 /* Compiles a JSON Schema object; a 400 on param names what it cannot enforce. */
 int dsi__srv_compile_schema(const struct cJSON *schema, const char *param, struct dsi_grammar **out,
                             struct dsi__api_error *e);

@@ -379,9 +379,9 @@ int dsi__srv_tools_prompt(struct dsi__req *r, enum dsi__tools_prompt how, struct
     return 0;
 }
 
-int dsi__srv_tool_call_json(struct dsi__sbuf *b, const char *id_prefix, int i, bool with_index, const char *name,
-                            const char *arguments) {
-    int rc = dsi__sbuf_printf(b, "%s{", i ? "," : "");
+int dsi__srv_tool_call_json(struct dsi__sbuf *b, const char *id_prefix, int i, bool comma, bool with_index,
+                            const char *name, const char *arguments) {
+    int rc = dsi__sbuf_printf(b, "%s{", comma ? "," : "");
     if (!rc && with_index) rc = dsi__sbuf_printf(b, "\"index\":%d,", i);
     if (!rc) rc = dsi__sbuf_printf(b, "\"id\":\"call_%s_%d\",\"type\":\"function\",\"function\":{\"name\":", id_prefix, i);
     if (!rc) rc = dsi__sbuf_json_str(b, name, strlen(name));
@@ -399,7 +399,7 @@ static int add_call(struct dsi__sbuf *b, const cJSON *c, const char *id_prefix, 
     if (!cJSON_IsObject(c) || !cJSON_IsString(nm) || !cJSON_IsObject(ar)) return 1;
     char *args = cJSON_PrintUnformatted(ar);
     if (!args) return -1;
-    int rc = dsi__srv_tool_call_json(b, id_prefix, i, with_index, nm->valuestring, args);
+    int rc = dsi__srv_tool_call_json(b, id_prefix, i, i > 0, with_index, nm->valuestring, args);
     free(args);
     return rc;
 }
@@ -422,7 +422,7 @@ static int extract_content(void *user, const char *s, size_t n) {
 
 static int extract_call(void *user, const char *name, const char *arguments) {
     struct extract *x = user;
-    if (dsi__srv_tool_call_json(x->calls, x->id_prefix, x->n_calls, x->with_index, name, arguments)) return -1;
+    if (dsi__srv_tool_call_json(x->calls, x->id_prefix, x->n_calls, x->n_calls > 0, x->with_index, name, arguments)) return -1;
     x->n_calls++;
     return 0;
 }

@@ -35,7 +35,8 @@ static int on_call(void *user, const char *name, const char *args) {
     cJSON *a = cJSON_Parse(args);
     if (!cJSON_IsObject(a) || !*name) abort();
     cJSON_Delete(a);
-    return dsi__srv_tool_call_json(&x->calls, "x", x->n_calls++, x->with_index, name, args);
+    int i = x->n_calls++;
+    return dsi__srv_tool_call_json(&x->calls, "x", i, i > 0, x->with_index, name, args);
 }
 
 /* True when every byte of sub appears in s in order (content only drops bytes). */
