@@ -147,8 +147,8 @@ TEST(stream_auto_calls_per_choice) {
     for (int i = 0; i < N_CH; i++) CHECK_EQ_INT(dsi__answer_role_chunk(&gen->ch[i]), 0);
     const char *texts[N_CH] = {
         "Sure. <tool_call>{\"name\":\"f\",\"arguments\":{\"a\":1}}</tool_call>",
-        "<tool_call>{\"name\":\"g\",\"arguments\":{}}</tool_call>\n<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":2}}"
-        "</tool_call>",
+        ("<tool_call>{\"name\":\"g\",\"arguments\":{}}</tool_call>\n"
+         "<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":2}}</tool_call>"),
         "No call here, only a <tool_ mention.",
     };
     feed_interleaved(texts, DSI_FINISH_STOP);
