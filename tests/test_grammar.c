@@ -17,6 +17,7 @@
 #include "test_json_schema.h"
 
 #define QWEN_DIR "tests/data/tokenizers/qwen2"
+#define V3_DIR "tests/data/tokenizers/deepseek-v3"
 
 static struct dsi_grammar *compile(const char *schema) {
     struct dsi_grammar *g = NULL;
@@ -229,7 +230,16 @@ static struct dsi_tokenizer *qwen(void) {
     return t;
 }
 
-/* The mask must hold exactly the tokens whose bytes the matcher accepts. */
+static struct dsi_tokenizer *v3(void) {
+    struct dsi_tokenizer *t = NULL;
+    char *err = NULL;
+    if (dsi_tok_load(V3_DIR, &t, &err)) fprintf(stderr, "  %s\n", err ? err : "?");
+    free(err);
+    return t;
+}
+
+/* The mask must hold exactly the tokens whose bytes the matcher accepts: an added
+ * token's reference, an ordinary token's bytes unless they hold a 0xFF byte. */
 static void check_mask_exact(struct dsi_grammar_matcher *m, const struct dsi_tokenizer *t,
                              const struct dsi_token_trie *tr, int *n_allowed) {
     int nv = dsi_tok_vocab_size(t);
@@ -241,7 +251,10 @@ static void check_mask_exact(struct dsi_grammar_matcher *m, const struct dsi_tok
         size_t len;
         bool added;
         bool want = false;
-        if (!dsi_tok_token_bytes(t, id, &b, &len, &added) && !added && len > 0)
+        char ref[DSI_GRAMMAR_TOKEN_REF_LEN];
+        if (!dsi_tok_token_bytes(t, id, &b, &len, &added) && added && !dsi_grammar_token_ref(id, ref))
+            want = dsi_grammar_matcher_check(m, ref, sizeof ref);
+        else if (!added && len > 0 && !memchr(b, 0xFF, len))
             want = dsi_grammar_matcher_check(m, b, len);
         bool got = mask[id >> 5] >> (id & 31) & 1;
         allowed += got;
@@ -403,7 +416,7 @@ static char *random_walk(const struct dsi_grammar *g, const struct dsi_tokenizer
         const char *b;
         size_t l;
         dsi_tok_token_bytes(t, pick, &b, &l, NULL);
-        if (dsi_grammar_matcher_accept(m, b, l)) break;
+        if (dsi_grammar_matcher_accept_token(m, tr, pick)) break; /* an added token: its reference */
         text = realloc(text, len + l + 1);
         memcpy(text + len, b, l);
         len += l;
@@ -458,6 +471,195 @@ TEST(random_walks_through_masks_give_schema_valid_json) {
     dsi_tok_free(t);
 }
 
+/* ---- repeated values: a chat format's run of tool calls ---- */
+
+#define V3_CALL_END 128809
+
+/* s with each "@N@" replaced by token N's reference (static buffer per slot). */
+static const char *refs(int slot, const char *s) {
+    static char buf[4][512];
+    char *o = buf[slot];
+    while (*s) {
+        if (*s == '@') {
+            char *end = NULL;
+            long id = strtol(s + 1, &end, 10);
+            dsi_grammar_token_ref((int32_t)id, o);
+            o += DSI_GRAMMAR_TOKEN_REF_LEN;
+            s = end + 1;
+        } else {
+            *o++ = *s++;
+        }
+    }
+    *o = 0;
+    return buf[slot];
+}
+
+static const struct dsi_grammar_alt CALL_ALTS[] = {
+    {"get_weather\n```json\n", "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\"}},"
+                               "\"required\":[\"city\"],\"additionalProperties\":false}"},
+    {"get_time\n```json\n", "{\"type\":\"object\",\"properties\":{\"tz\":{\"enum\":[\"utc\",\"cet\"]}}}"},
+};
+#define SEP_V3 "\n```@128809@\n@128808@function@128814@"
+#define END_V3 "\n```@128809@@128807@"
+
+TEST(repeated_values_between_raw_separators_up_to_the_cap) {
+    struct dsi_grammar *g = NULL;
+    char *err = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(CALL_ALTS, 2, refs(0, SEP_V3), refs(1, END_V3), 2, &g, &err), 0);
+    free(err);
+    if (!g) return;
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}" END_V3)), 1);
+    CHECK_EQ_INT(run_bytewise(g, refs(2, "get_weather\n```json\n{\"city\":\"Oslo\"}" SEP_V3
+                                       "get_time\n```json\n{\"tz\":\"cet\"}" END_V3)), 1);
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}")), 0);       /* the end is required */
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}\n```@128809@")), 0);
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}" END_V3 "x")), -1); /* nothing after the end */
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}" SEP_V3 "get_time\n```json\n{}" SEP_V3)), -1); /* cap 2 */
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}" SEP_V3 "get_weather\n```json\n{}")), -1); /* city */
+    CHECK_EQ_INT(run(g, "get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"), -1); /* not as text */
+    CHECK_EQ_INT(run(g, refs(2, SEP_V3)), -1);
+    struct dsi_grammar_matcher *m = NULL;
+    CHECK_EQ_INT(dsi_grammar_matcher_create(g, 0, &m), 0);
+    const char *t = refs(2, "get_time\n```json\n{}" SEP_V3 "get_time\n```json\n{}\n```@128809@");
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, t, strlen(t)), 0);
+    CHECK(!dsi_grammar_matcher_complete(m) && !dsi_grammar_matcher_finished(m));
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, refs(3, "@128807@"), DSI_GRAMMAR_TOKEN_REF_LEN), 0);
+    CHECK(dsi_grammar_matcher_complete(m) && dsi_grammar_matcher_finished(m));
+    dsi_grammar_matcher_destroy(m);
+    dsi_grammar_destroy(g);
+    /* one value at most: the separator is refused */
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(CALL_ALTS, 2, refs(0, SEP_V3), refs(1, END_V3), 1, &g, NULL), 0);
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}" END_V3)), 1);
+    CHECK_EQ_INT(run(g, refs(2, "get_time\n```json\n{}" SEP_V3)), -1);
+    dsi_grammar_destroy(g);
+    /* an end that is a prefix of the separator (ChatML): complete after it, not
+     * finished while another value may follow, finished at the cap */
+    const struct dsi_grammar_alt obj[] = {{"{\"n\":", "{\"type\":\"integer\"}"}};
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(obj, 1, "}\n</c>\n<c>\n", "}\n</c>", 2, &g, NULL), 0);
+    CHECK_EQ_INT(dsi_grammar_matcher_create(g, 0, &m), 0);
+    const char *first = "{\"n\":1}\n</c>", *second = "\n<c>\n{\"n\":2}\n</c>";
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, first, strlen(first)), 0);
+    CHECK(dsi_grammar_matcher_complete(m) && !dsi_grammar_matcher_finished(m));
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, second, strlen(second)), 0);
+    CHECK(dsi_grammar_matcher_complete(m) && dsi_grammar_matcher_finished(m));
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(m, "\n", 1), DSI_EINVAL);
+    dsi_grammar_matcher_destroy(m);
+    dsi_grammar_destroy(g);
+    /* bad input */
+    err = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(CALL_ALTS, 2, refs(0, SEP_V3), refs(1, END_V3), 0, &g, &err), DSI_EINVAL);
+    free(err);
+    err = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(CALL_ALTS, 2, "\n\xff\x80", "\n", 2, &g, &err), DSI_EINVAL);
+    CHECK(err && strstr(err, "token reference"));
+    free(err);
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(CALL_ALTS, 2, NULL, "\n", 2, &g, NULL), DSI_EINVAL);
+    char ref[DSI_GRAMMAR_TOKEN_REF_LEN];
+    CHECK_EQ_INT(dsi_grammar_token_ref(DSI_GRAMMAR_MAX_REF_ID + 1, ref), DSI_ERANGE);
+    CHECK_EQ_INT(dsi_grammar_token_ref(-1, ref), DSI_ERANGE);
+}
+
+/* Splits a V3 run of calls (text as decoded) into name + arguments pairs and
+ * validates each against its tool's schema; returns the number of calls, -1 if any
+ * is malformed or invalid. */
+static int v3_calls_valid(const char *text) {
+    static const char open[] = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>", close[] = "\n```<｜tool▁call▁end｜>";
+    int n = 0;
+    const char *p = text;
+    for (;;) {
+        const char *nl = strchr(p, '\n'), *c = strstr(p, close);
+        if (!nl || !c || strncmp(nl, "\n```json\n", 9)) return -1;
+        const struct dsi_grammar_alt *alt = NULL;
+        for (size_t i = 0; i < 2; i++)
+            if (!strncmp(p, CALL_ALTS[i].prefix, strlen(CALL_ALTS[i].prefix))) alt = &CALL_ALTS[i];
+        if (!alt) return -1;
+        cJSON *v = cJSON_ParseWithLength(nl + 9, (size_t)(c - nl - 9)), *sch = cJSON_Parse(alt->schema_json);
+        bool good = v && valid(v, sch, sch);
+        cJSON_Delete(v);
+        cJSON_Delete(sch);
+        if (!good) return -1;
+        n++;
+        p = c + strlen(close);
+        if (!strcmp(p, "<｜tool▁calls▁end｜>")) return n;
+        if (*p++ != '\n' || strncmp(p, open, strlen(open))) return -1;
+        p += strlen(open);
+    }
+}
+
+/* At the V3 vocabulary the markers are the tool tokens themselves: the template's
+ * two-call answer is taken token by token, a marker spelled in ordinary tokens is
+ * not, the masks are exact around them, and random walks give valid calls. */
+TEST(repeated_calls_at_the_v3_vocab_take_the_tool_tokens) {
+    struct dsi_tokenizer *t = v3();
+    CHECK(t != NULL);
+    if (!t) return;
+    struct dsi_token_trie *tr = NULL;
+    CHECK_EQ_INT(dsi_token_trie_create(t, &tr, NULL), 0);
+    char *sep = NULL, *end = NULL;
+    CHECK_EQ_INT(dsi_grammar_raw_text(t, "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>", &sep,
+                                      NULL), 0);
+    CHECK_EQ_INT(dsi_grammar_raw_text(t, "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>", &end, NULL), 0);
+    CHECK_EQ_STR(sep ? sep : "", refs(0, SEP_V3));
+    CHECK_EQ_STR(end ? end : "", refs(1, END_V3));
+    struct dsi_grammar *g = NULL;
+    CHECK_EQ_INT(dsi_grammar_compile_repeated(CALL_ALTS, 2, sep, end, 8, &g, NULL), 0);
+    if (!g) goto out;
+    const char *answer = "get_weather\n```json\n{\"city\":\"Oslo\"}\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>"
+                         "function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+    int32_t *ids = NULL;
+    size_t n_ids = 0, k = 0;
+    CHECK_EQ_INT(dsi_tok_encode(t, answer, strlen(answer), true, &ids, &n_ids, NULL), 0);
+    struct dsi_grammar_matcher *tm = NULL;
+    CHECK_EQ_INT(dsi_grammar_matcher_create(g, 4, &tm), 0);
+    while (k < n_ids && dsi_grammar_matcher_accept_token(tm, tr, ids[k]) == 0)
+        k++;
+    CHECK(k == n_ids && dsi_grammar_matcher_finished(tm));
+    dsi_grammar_matcher_destroy(tm);
+    free(ids);
+    /* the marker spelled in ordinary tokens is refused ("<" is one) */
+    tm = NULL;
+    CHECK_EQ_INT(dsi_grammar_matcher_create(g, 4, &tm), 0);
+    const char *open = "get_time\n```json\n{}\n```";
+    CHECK_EQ_INT(dsi_grammar_matcher_accept(tm, open, strlen(open)), 0);
+    int32_t lt = dsi_tok_lookup(t, "<");
+    CHECK(lt >= 0 && dsi_grammar_matcher_accept_token(tm, tr, lt) == DSI_EINVAL);
+    CHECK_EQ_INT(dsi_grammar_matcher_accept_token(tm, tr, V3_CALL_END), 0);
+    dsi_grammar_matcher_destroy(tm);
+    static const char *prefixes[] = {"get_weather\n```json\n{\"city\":\"O\"}", "get_time\n```json\n{}\n```",
+                                     "get_time\n```json\n{}\n```@128809@", ("get_time\n```json\n{}" SEP_V3)};
+    for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
+        struct dsi_grammar_matcher *m = NULL;
+        CHECK_EQ_INT(dsi_grammar_matcher_create(g, 4, &m), 0);
+        const char *p = refs(2, prefixes[i]);
+        CHECK_EQ_INT(dsi_grammar_matcher_accept(m, p, strlen(p)), 0);
+        int allowed = 0;
+        check_mask_exact(m, t, tr, &allowed);
+        if (i == 1) CHECK_EQ_INT(allowed, 1); /* only <｜tool▁call▁end｜> */
+        if (i == 2) CHECK(allowed >= 2);      /* \n... or <｜tool▁calls▁end｜> */
+        dsi_grammar_matcher_destroy(m);
+    }
+    int walks = 0, ok = 0, multi = 0;
+    for (uint64_t seed = 1; seed <= 8; seed++) {
+        char *text = random_walk(g, t, tr, seed, 300);
+        if (!text) continue;
+        walks++;
+        int n = v3_calls_valid(text);
+        if (n < 1) fprintf(stderr, "  invalid calls: %s\n", text);
+        ok += n >= 1;
+        multi += n > 1;
+        free(text);
+    }
+    CHECK(walks >= 4);
+    CHECK_EQ_INT(ok, walks);
+    CHECK(multi >= 1);
+out:
+    free(sep);
+    free(end);
+    dsi_grammar_destroy(g);
+    dsi_token_trie_destroy(tr);
+    dsi_tok_free(t);
+}
+
 int main(void) {
     RUN(json_object_accepts_compact_objects_only);
     RUN(json_object_nesting_is_bounded_without_dead_ends);
@@ -468,5 +670,7 @@ int main(void) {
     RUN(prefixed_alternatives_raw_text_then_schema);
     RUN(mask_at_152k_vocab_allows_exactly_the_viable_tokens);
     RUN(random_walks_through_masks_give_schema_valid_json);
+    RUN(repeated_values_between_raw_separators_up_to_the_cap);
+    RUN(repeated_calls_at_the_v3_vocab_take_the_tool_tokens);
     return test_summary();
 }

@@ -33,6 +33,17 @@
 #define DSI_GRAMMAR_MAX_INT_DIGITS 16
 #define DSI_GRAMMAR_MAX_FRAC_DIGITS 16
 #define DSI_GRAMMAR_MAX_EXP_DIGITS 3
+#define DSI_GRAMMAR_MAX_REPEAT 64    /* values of dsi_grammar_compile_repeated */
+
+/* Raw text (the prefixes, separators and ends below) may name an added token
+ * (a chat format's <｜tool▁call▁end｜>, which the model writes as one token): a
+ * reference is DSI_GRAMMAR_TOKEN_REF_LEN bytes, 0xFF (never in UTF-8) then the id in
+ * three 6-bit groups as bytes 0x80-0xBF, so it holds no NUL and no reference starts
+ * inside another. The token trie keys each added token by its reference and leaves
+ * out ordinary tokens holding a 0xFF byte (JSON values never take one), so exactly
+ * that token matches a reference. */
+#define DSI_GRAMMAR_TOKEN_REF_LEN 4
+#define DSI_GRAMMAR_MAX_REF_ID ((1 << 18) - 1)
 
 struct dsi_grammar;
 struct dsi_grammar_matcher;
@@ -56,6 +67,23 @@ struct dsi_grammar_alt {
  * prefix are followed at once (DSI__G_MAX_ALT, as for anyOf). Errors as
  * dsi_grammar_compile, the place named "alternative I". */
 int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, struct dsi_grammar **out, char **err);
+/* 1 to max_items (<= DSI_GRAMMAR_MAX_REPEAT) values of the alternatives above, each
+ * but the first after the raw text sep, then the raw text end: a chat format's run
+ * of tool calls (V3: ...<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>... between calls,
+ * <｜tool▁calls▁end｜> at the end). Once end is whole the matcher is complete, and
+ * finished unless end is a prefix of sep (ChatML's </tool_call> then "\n<tool_call>"
+ * for another call: the end-of-sequence token or the separator decides). Errors as
+ * dsi_grammar_compile_prefixed. */
+int dsi_grammar_compile_repeated(const struct dsi_grammar_alt *alts, size_t n, const char *sep, const char *end,
+                                 int max_items, struct dsi_grammar **out, char **err);
+/* Writes the reference of token id into out (DSI_GRAMMAR_TOKEN_REF_LEN bytes, no
+ * NUL). Returns 0, or DSI_ERANGE for an id outside 0..DSI_GRAMMAR_MAX_REF_ID. */
+int dsi_grammar_token_ref(int32_t id, char *out);
+/* Template text (special tokens written as text, as in a chat template) -> raw
+ * text for the functions above (malloc'd, NUL-terminated, in *out): each added
+ * token of t the text holds becomes its reference, the rest stays as it is.
+ * Returns 0, DSI_EINVAL (text not valid UTF-8), DSI_ERANGE or DSI_ENOMEM. */
+int dsi_grammar_raw_text(const struct dsi_tokenizer *t, const char *text, char **out, char **err);
 /* Accepts NULL. A grammar must outlive its matchers. */
 void dsi_grammar_destroy(struct dsi_grammar *g);
 
@@ -74,13 +102,15 @@ bool dsi_grammar_matcher_complete(const struct dsi_grammar_matcher *m);
 /* True when no byte can follow (a closed object or array at the top). */
 bool dsi_grammar_matcher_finished(const struct dsi_grammar_matcher *m);
 
-/* The trie of a tokenizer's vocabulary (added tokens, special or not, excluded:
- * the grammar never produces them). t is borrowed and must outlive the trie.
- * Returns 0 or DSI_ENOMEM. */
+/* The trie of a tokenizer's vocabulary: ordinary tokens by their bytes (those
+ * holding a 0xFF byte left out), added tokens, special or not, by their reference
+ * (the grammar produces them only where raw text names them). t is borrowed and
+ * must outlive the trie. Returns 0 or DSI_ENOMEM. */
 int dsi_token_trie_create(const struct dsi_tokenizer *t, struct dsi_token_trie **out, char **err);
 void dsi_token_trie_destroy(struct dsi_token_trie *tr);
-/* Feeds token id's bytes (all or nothing). Returns 0, DSI_EINVAL when the grammar
- * rejects them, DSI_ERANGE for an id without bytes in the trie's tokenizer. */
+/* Feeds token id's bytes, an added token's reference (all or nothing). Returns 0,
+ * DSI_EINVAL when the grammar rejects them, DSI_ERANGE for an id without bytes in
+ * the trie's tokenizer. */
 int dsi_grammar_matcher_accept_token(struct dsi_grammar_matcher *m, const struct dsi_token_trie *tr, int32_t id);
 /* Fills mask (ceil(n_vocab / 32) words, bit i of word i/32: token i) with the
  * tokens whose bytes the matcher accepts now. Tokens >= the trie's vocabulary are

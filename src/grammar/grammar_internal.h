@@ -41,6 +41,9 @@ enum dsi__gnode_kind {
     DSI__GN_ANYOF,   /* alts[first, first + n) */
     DSI__GN_SEQ,     /* alts[first, first + n): parts matched one after the other (a raw
                         prefix LIT, then a value: dsi_grammar_compile_prefixed) */
+    DSI__GN_REP,     /* min..max values of node item, each but the first after the raw LIT
+                        alts[first], then the raw LIT alts[first + 1] (n = 2):
+                        dsi_grammar_compile_repeated */
 };
 
 struct dsi__gnode {
@@ -48,8 +51,8 @@ struct dsi__gnode {
     uint8_t need;     /* see the invariants; DSI__G_NEED_INF: unsatisfiable */
     bool any_keys;    /* object: keys are any strings (json_object) */
     uint32_t first, n;
-    int32_t item;     /* array items / any-keys object values */
-    uint32_t min, max; /* array items or string code points; max DSI__G_UNBOUNDED: none */
+    int32_t item;     /* array items / any-keys object values / repeated values */
+    uint32_t min, max; /* array or repeated items, or string code points; max DSI__G_UNBOUNDED: none */
 };
 
 struct dsi__gprop {
@@ -78,14 +81,15 @@ struct dsi_grammar {
 };
 
 /* Matcher frames. */
-enum dsi__gframe_kind { DSI__FR_ROOT, DSI__FR_OBJ, DSI__FR_ARR, DSI__FR_STR, DSI__FR_NUM, DSI__FR_LIT, DSI__FR_SEQ };
+enum dsi__gframe_kind { DSI__FR_ROOT, DSI__FR_OBJ, DSI__FR_ARR, DSI__FR_STR, DSI__FR_NUM, DSI__FR_LIT, DSI__FR_SEQ, DSI__FR_REP };
 
 struct dsi__gframe {
     uint16_t node;
     uint8_t kind;     /* enum dsi__gframe_kind */
     uint8_t phase;    /* per kind, see match.c */
     uint32_t a;       /* obj: next property | key pos << 16; arr: items so far; str: code points;
-                         num: digits of the current part; lit: lo | hi << 16; seq: parts begun */
+                         num: digits of the current part; lit: lo | hi << 16; seq: parts begun;
+                         rep: values begun */
     uint64_t b;       /* obj: key candidates (bit per property from 0) or the property
                          whose value comes; str: UTF-8 continuation (need | lo << 8 | hi << 16);
                          lit: bytes matched */

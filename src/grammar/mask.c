@@ -1,7 +1,8 @@
 /*
  * mask.c: the token trie, the per-sequence matcher, and vocabulary masks.
  *
- * The trie holds every non-added token's bytes, laid out in depth-first preorder:
+ * The trie holds every ordinary token's bytes (but those with a 0xFF byte) and
+ * every added token's reference (grammar.h), laid out in depth-first preorder:
  * node i has a byte, a depth (1-based), the index just past its subtree, and the
  * tokens whose bytes end there (usually one). A mask is one linear pass: the state
  * after node i's bytes is the state at its parent's depth stepped by its byte; a
@@ -204,21 +205,53 @@ static int plain_sets(struct dsi_token_trie *tr, const struct tok_ref *refs, siz
     return 0;
 }
 
+int dsi_grammar_token_ref(int32_t id, char *out) {
+    if (id < 0 || id > DSI_GRAMMAR_MAX_REF_ID) return DSI_ERANGE;
+    out[0] = (char)0xFF;
+    for (int k = 0; k < 3; k++)
+        out[1 + k] = (char)(0x80 | (id >> (6 * (2 - k)) & 0x3F));
+    return 0;
+}
+
+/* The bytes the grammar sees for token id: an added token's reference (in ref),
+ * an ordinary token's bytes; false for tokens never in the trie. */
+static bool grammar_bytes(const struct dsi_tokenizer *t, int32_t id, char *ref, const char **b, size_t *len) {
+    bool added;
+    if (dsi_tok_token_bytes(t, id, b, len, &added) || *len == 0 || *len > UINT16_MAX) return false;
+    if (added) {
+        *b = ref;
+        *len = DSI_GRAMMAR_TOKEN_REF_LEN;
+        return dsi_grammar_token_ref(id, ref) == 0;
+    }
+    return memchr(*b, 0xFF, *len) == NULL;
+}
+
 int dsi_token_trie_create(const struct dsi_tokenizer *t, struct dsi_token_trie **out, char **err) {
     *out = NULL;
     int nv = dsi_tok_vocab_size(t);
     struct dsi_token_trie *tr = calloc(1, sizeof *tr);
     struct tok_ref *refs = nv > 0 ? malloc((size_t)nv * 2 * sizeof *refs) : NULL;
+    char *keys = NULL; /* the added tokens' references, DSI_GRAMMAR_TOKEN_REF_LEN bytes each */
     uint32_t *open = malloc((UINT16_MAX + 1) * sizeof *open);
     if (!tr || (nv > 0 && !refs) || !open) goto oom;
     tr->n_vocab = nv;
     tr->tok = t;
-    size_t n = 0, total = 0, n_other = 0, total_other = 0;
+    size_t n = 0, total = 0, n_other = 0, total_other = 0, n_keys = 0;
     for (int32_t id = 0; id < nv; id++) {
         const char *b;
         size_t len;
         bool added;
-        if (dsi_tok_token_bytes(t, id, &b, &len, &added) || added || len == 0 || len > UINT16_MAX) continue;
+        if (!dsi_tok_token_bytes(t, id, &b, &len, &added) && added) n_keys++;
+    }
+    if (n_keys && !(keys = malloc(n_keys * DSI_GRAMMAR_TOKEN_REF_LEN))) goto oom;
+    n_keys = 0;
+    for (int32_t id = 0; id < nv; id++) {
+        const char *b;
+        size_t len;
+        char *key = keys ? keys + n_keys * DSI_GRAMMAR_TOKEN_REF_LEN : NULL;
+        char spare[DSI_GRAMMAR_TOKEN_REF_LEN];
+        if (!grammar_bytes(t, id, key ? key : spare, &b, &len)) continue;
+        if (b == key) n_keys++;
         refs[n++] = (struct tok_ref){b, len, id};
         total += len; /* node count bound; sum of lengths of at most 2^24 ids of <= 64 KiB fits */
     }
@@ -229,11 +262,13 @@ int dsi_token_trie_create(const struct dsi_tokenizer *t, struct dsi_token_trie *
     if (nodes_build(&tr->other, refs + (nv > 0 ? nv : 0), n_other, total_other, open)) goto oom;
     free(open);
     free(refs);
+    free(keys);
     *out = tr;
     return 0;
 oom:
     free(open);
     free(refs);
+    free(keys);
     dsi_token_trie_destroy(tr);
     return dsi_seterr(err, DSI_ENOMEM, "out of memory building the token trie");
 }
@@ -295,9 +330,45 @@ int dsi_grammar_matcher_accept_token(struct dsi_grammar_matcher *m, const struct
     const char *b;
     size_t len;
     bool added;
+    char ref[DSI_GRAMMAR_TOKEN_REF_LEN];
     if (!m || !tr || dsi_tok_token_bytes(tr->tok, id, &b, &len, &added)) return DSI_ERANGE;
-    if (added || len == 0) return DSI_EINVAL; /* never in a mask */
+    if (!grammar_bytes(tr->tok, id, ref, &b, &len)) return DSI_EINVAL; /* never in a mask */
     return dsi_grammar_matcher_accept(m, b, len);
+}
+
+int dsi_grammar_raw_text(const struct dsi_tokenizer *t, const char *text, char **out, char **err) {
+    *out = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0, len = strlen(text);
+    int rc = dsi_tok_encode(t, text, len, true, &ids, &n, err);
+    if (rc) return rc;
+    /* room: a reference may be longer than its token's text; a normalizer may grow text */
+    size_t cap = len + n * DSI_GRAMMAR_TOKEN_REF_LEN, o = 0;
+    char *s = malloc(cap + 1);
+    for (size_t i = 0; s && !rc && i < n; i++) {
+        const char *b;
+        size_t bl;
+        bool added;
+        if ((rc = dsi_tok_token_bytes(t, ids[i], &b, &bl, &added))) break;
+        if (o + (added ? DSI_GRAMMAR_TOKEN_REF_LEN : bl) > cap) {
+            rc = DSI_ERANGE;
+        } else if (added) {
+            rc = dsi_grammar_token_ref(ids[i], s + o);
+            o += DSI_GRAMMAR_TOKEN_REF_LEN;
+        } else {
+            memcpy(s + o, b, bl);
+            o += bl;
+        }
+    }
+    free(ids);
+    if (!s) return dsi_seterr(err, DSI_ENOMEM, "out of memory");
+    if (rc) {
+        free(s);
+        return dsi_seterr(err, rc, "cannot write the template text for the grammar");
+    }
+    s[o] = 0;
+    *out = s;
+    return 0;
 }
 
 bool dsi_grammar_matcher_check(struct dsi_grammar_matcher *m, const char *bytes, size_t n) {

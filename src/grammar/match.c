@@ -24,6 +24,10 @@
  *   LIT   a range of the node's sorted literals sharing the first b bytes
  *   SEQ   the parts of a sequence node begun so far in a; the next byte after a
  *         part begins the next part, and pops the frame after the last one
+ *   REP   ITEM (the next byte begins a value) | AFTER (a value ended: the next byte
+ *         begins the end, and while fewer than max values were begun also the
+ *         separator: two stacks) | END (the end begun; nothing follows it); values
+ *         begun in a. The separator leaves the frame in ITEM.
  * NUM and LIT end when a byte does not extend them: the frame pops and the byte is
  * fed to the frame below.
  */
@@ -35,6 +39,7 @@ enum { ROOT_VALUE, ROOT_DONE };
 enum { OBJ_OPEN, OBJ_COMMA, OBJ_KEY, OBJ_COLON, OBJ_VALUE, OBJ_AFTER };
 enum { ARR_OPEN, ARR_COMMA, ARR_AFTER };
 enum { STR_CHAR, STR_ESC, STR_HEX1, STR_HEX2, STR_HEX3, STR_HEX4 };
+enum { REP_ITEM, REP_AFTER, REP_END };
 enum { NUM_START, NUM_MINUS, NUM_ZERO, NUM_INT, NUM_DOT, NUM_FRAC, NUM_E, NUM_ESIGN, NUM_EXP };
 
 /* What a frame did with a byte. */
@@ -317,6 +322,32 @@ static enum res lit_feed(const struct dsi_grammar *g, struct dsi__gframe *f, uin
     return l[lo].len == pos ? R_POP_REFEED : R_REJECT;
 }
 
+/* A REP frame (top of st, which lives at out->s[out->n]) takes c. */
+static void rep_feed(const struct dsi_grammar *g, struct dsi__gstate *out, struct dsi__gstack *st, uint8_t c) {
+    struct dsi__gframe *f = &st->f[st->depth - 1];
+    const struct dsi__gnode *n = &g->nodes[f->node];
+    switch (f->phase) {
+    case REP_ITEM:
+        f->a++;
+        f->phase = REP_AFTER;
+        begin_value(g, out, st, n->item, c);
+        return;
+    case REP_AFTER: {
+        struct dsi__gstack base;
+        stack_copy(&base, st);
+        f->phase = REP_END;
+        begin_value(g, out, st, g->alts[n->first + 1], c);
+        if (base.f[base.depth - 1].a >= n->max || out->n >= DSI__G_MAX_ALT) return;
+        struct dsi__gstack *t = &out->s[out->n];
+        stack_copy(t, &base);
+        t->f[t->depth - 1].phase = REP_ITEM;
+        begin_value(g, out, t, g->alts[n->first], c);
+        return;
+    }
+    }
+    /* REP_END: the end literal took every byte it could; nothing follows */
+}
+
 /* Feeds c to st, which lives at out->s[out->n]; commits what survives. */
 static void feed(const struct dsi_grammar *g, struct dsi__gstate *out, struct dsi__gstack *st, uint8_t c) {
     for (;;) {
@@ -343,6 +374,7 @@ static void feed(const struct dsi_grammar *g, struct dsi__gstate *out, struct ds
             r = R_POP_REFEED;
             break;
         }
+        case DSI__FR_REP: rep_feed(g, out, st, c); return;
         }
         if (r == R_ACCEPT) commit(out, st);
         if (r != R_POP_REFEED) return;
@@ -390,6 +422,10 @@ static void begin_value(const struct dsi_grammar *g, struct dsi__gstate *out, st
         push(st, node, DSI__FR_LIT, 0, n->n << 16, 0);
         r = lit_feed(g, &st->f[st->depth - 1], c);
         break;
+    case DSI__GN_REP: /* the frame first, then the byte begins the first value */
+        push(st, node, DSI__FR_REP, REP_ITEM, 0, 0);
+        rep_feed(g, out, st, c);
+        return;
     case DSI__GN_SEQ: /* the frame first, then the byte begins part 0 (which commits) */
         push(st, node, DSI__FR_SEQ, 0, 1, 0);
         begin_value(g, out, st, g->alts[n->first], c);
@@ -420,9 +456,14 @@ void dsi__gstate_copy(struct dsi__gstate *dst, const struct dsi__gstate *src) {
         stack_copy(&dst->s[i], &src->s[i]);
 }
 
-/* True for a sequence frame whose last part has begun. */
+/* True for a sequence frame whose last part has begun, or a repetition whose end has. */
 static bool seq_last(const struct dsi_grammar *g, const struct dsi__gframe *f) {
-    return f->kind == DSI__FR_SEQ && f->a >= g->nodes[f->node].n;
+    return (f->kind == DSI__FR_SEQ && f->a >= g->nodes[f->node].n) || (f->kind == DSI__FR_REP && f->phase == REP_END);
+}
+
+/* True for a LIT frame holding one literal, wholly matched: no byte can extend it. */
+static bool lit_closed(const struct dsi_grammar *g, const struct dsi__gframe *f) {
+    return f->kind == DSI__FR_LIT && (f->a >> 16) - (f->a & 0xffff) == 1 && lit_complete(g, f);
 }
 
 /* Complete: the top value started, every frame above the root a sequence in its
@@ -446,11 +487,15 @@ bool dsi__gstate_complete(const struct dsi_grammar *g, const struct dsi__gstate 
     return false;
 }
 
+/* Finished: every stack's frames above the root are closed sequences, except that
+ * the top one may be a closed LIT inside them (a repetition's end, or the last part
+ * of a sequence that is raw text). */
 bool dsi__gstate_finished(const struct dsi_grammar *g, const struct dsi__gstate *st) {
     for (uint32_t i = 0; i < st->n; i++) {
-        if (st->s[i].f[0].phase != ROOT_DONE) return false;
-        for (uint32_t k = 1; k < st->s[i].depth; k++) /* only closed sequences above the root */
-            if (!seq_last(g, &st->s[i].f[k])) return false;
+        const struct dsi__gstack *s = &st->s[i];
+        if (s->f[0].phase != ROOT_DONE) return false;
+        for (uint32_t k = 1; k < s->depth; k++)
+            if (!seq_last(g, &s->f[k]) && !(k + 1 == s->depth && k > 1 && lit_closed(g, &s->f[k]))) return false;
     }
     return st->n > 0;
 }

@@ -14,6 +14,9 @@
  * object, so recursive $refs resolve to the node being built. After the walk,
  * need[] is computed by fixpoint (see grammar_internal.h), and anyOf chains are
  * checked for cycles and bounded in length (the matcher expands them recursively).
+ *
+ * Raw text (dsi_grammar_compile_prefixed / _repeated) becomes one-literal LIT nodes;
+ * its 0xFF bytes must each begin a whole token reference (grammar.h).
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -511,6 +514,13 @@ static void compute_need(struct dsi_grammar *g) {
                     if (w > v) v = w;
                 }
                 break;
+            case DSI__GN_REP: /* its frame stays below the items, separators and the end */
+                for (uint32_t a = n->first; a < n->first + n->n; a++) {
+                    uint8_t w = sat_add1(g->nodes[g->alts[a]].need);
+                    if (w > v) v = w;
+                }
+                if (sat_add1(g->nodes[n->item].need) > v) v = sat_add1(g->nodes[n->item].need);
+                break;
             case DSI__GN_ANYOF:
                 v = DSI__G_NEED_INF;
                 for (uint32_t a = n->first; a < n->first + n->n; a++)
@@ -616,10 +626,25 @@ int dsi_grammar_compile(const char *schema_json, size_t len, struct dsi_grammar 
     return 0;
 }
 
+/* True when every 0xFF byte of p[0..len) begins a whole token reference (grammar.h),
+ * so references never overlap and a token matches one exactly. */
+static bool refs_well_formed(const char *p, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        if ((uint8_t)p[i] != 0xFF) continue;
+        if (len - i < DSI_GRAMMAR_TOKEN_REF_LEN) return false;
+        for (size_t k = 1; k < DSI_GRAMMAR_TOKEN_REF_LEN; k++)
+            if (((uint8_t)p[i + k] & 0xC0) != 0x80) return false;
+        i += DSI_GRAMMAR_TOKEN_REF_LEN - 1;
+    }
+    return true;
+}
+
 /* A node matching the raw bytes p[0..len) (not JSON: a LIT of one literal). */
 static int raw_node(struct cctx *c, const char *p, size_t len, int32_t *out) {
     struct dsi_grammar *g = c->g;
-    if (len == 0 || len > 1024) return dsi_seterr(c->err, DSI_EINVAL, "prefix must be 1 to 1024 bytes");
+    if (len == 0 || len > 1024) return dsi_seterr(c->err, DSI_EINVAL, "raw text must be 1 to 1024 bytes");
+    if (!refs_well_formed(p, len))
+        return dsi_seterr(c->err, DSI_EINVAL, "raw text: a 0xFF byte must begin a token reference");
     int rc = new_node(c, DSI__GN_LIT, out);
     if (!rc) rc = grow((void **)&g->lits, &g->cap_lits, g->n_lits + 1, sizeof *g->lits);
     char *s = rc ? NULL : malloc(len);
@@ -650,13 +675,32 @@ static int compile_alt(struct cctx *c, const struct dsi_grammar_alt *a, size_t i
     return 0;
 }
 
-int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, struct dsi_grammar **out, char **err) {
+/* The REP node around the union `items`: sep and end as raw nodes. */
+static int repeat_node(struct cctx *c, int32_t items, const char *sep, const char *end, int max_items,
+                       int32_t *out) {
+    if (max_items < 1 || max_items > DSI_GRAMMAR_MAX_REPEAT || !sep || !end)
+        return dsi_seterr(c->err, DSI_EINVAL, "1 to %d values, with a separator and an end", DSI_GRAMMAR_MAX_REPEAT);
+    int32_t parts[2];
+    int rc = raw_node(c, sep, strlen(sep), &parts[0]);
+    if (!rc) rc = raw_node(c, end, strlen(end), &parts[1]);
+    if (!rc) rc = new_node(c, DSI__GN_REP, out);
+    if (!rc) rc = add_alts(c, *out, parts, 2);
+    if (rc) return rc;
+    c->g->nodes[*out].item = items;
+    c->g->nodes[*out].min = 1;
+    c->g->nodes[*out].max = (uint32_t)max_items;
+    return 0;
+}
+
+/* dsi_grammar_compile_prefixed, and with sep/end (non-NULL) its repetition. */
+static int compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, const char *sep, const char *end,
+                            int max_items, struct dsi_grammar **out, char **err) {
     *out = NULL;
     if (!alts || n == 0 || n > MAX_ALTS) return dsi_seterr(err, DSI_EINVAL, "1 to %d alternatives", MAX_ALTS);
     struct dsi_grammar *g = calloc(1, sizeof *g);
     cJSON **roots = calloc(n, sizeof *roots); /* kept until compiled: the memo points into them */
     struct cctx c = {.g = g, .any = -1, .err = err};
-    int32_t tops[MAX_ALTS];
+    int32_t tops[MAX_ALTS], items = -1;
     int rc = g && roots ? 0 : DSI_ENOMEM;
     if (g) g->any_str = -1;
     for (size_t i = 0; !rc && i < n; i++) {
@@ -668,8 +712,10 @@ int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, s
         c.root = roots[i];
         rc = compile_alt(&c, &alts[i], i, &tops[i]);
     }
-    if (!rc && n == 1) g->root = tops[0];
-    else if (!rc && !(rc = new_node(&c, DSI__GN_ANYOF, &g->root))) rc = add_alts(&c, g->root, tops, (uint32_t)n);
+    if (!rc && n == 1) items = tops[0];
+    else if (!rc && !(rc = new_node(&c, DSI__GN_ANYOF, &items))) rc = add_alts(&c, items, tops, (uint32_t)n);
+    if (!rc) g->root = items;
+    if (!rc && (sep || end)) rc = repeat_node(&c, items, sep, end, max_items, &g->root);
     if (!rc) rc = finish(&c);
     for (size_t i = 0; roots && i < n; i++) cJSON_Delete(roots[i]);
     free(roots);
@@ -680,4 +726,17 @@ int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, s
     }
     *out = g;
     return 0;
+}
+
+int dsi_grammar_compile_prefixed(const struct dsi_grammar_alt *alts, size_t n, struct dsi_grammar **out, char **err) {
+    return compile_prefixed(alts, n, NULL, NULL, 1, out, err);
+}
+
+int dsi_grammar_compile_repeated(const struct dsi_grammar_alt *alts, size_t n, const char *sep, const char *end,
+                                 int max_items, struct dsi_grammar **out, char **err) {
+    if (!sep || !end) {
+        *out = NULL;
+        return dsi_seterr(err, DSI_EINVAL, "a separator and an end are needed");
+    }
+    return compile_prefixed(alts, n, sep, end, max_items, out, err);
 }
