@@ -233,11 +233,12 @@ TEST(forced_prefill_calls_per_choice) {
     for (int stream = 0; stream < 2; stream++) {
         gen_setup(N_CH, stream, 2, "<tool_call>\n");
         const char *texts[N_CH] = {
-            "{\"name\":\"f\",\"arguments\":{\"x\":1}}",
-            "{\"name\":\"f\",\"arguments\":{\"x\":22}}",
+            "{\"name\":\"f\",\"arguments\":{\"x\":1}}\n</tool_call>",
+            "{\"name\":\"f\",\"arguments\":{\"x\":22}}\n</tool_call>",
             "{\"name\":\"f\",\"argu",
         };
-        /* the grammar closes the first two (STOP); the third ran out of tokens */
+        /* the grammar ends the first two with the closing marker (STOP); the third
+         * ran out of tokens */
         gen->ch[2].finish = DSI_FINISH_LENGTH;
         feed_interleaved(texts, DSI_FINISH_STOP);
         struct seen s[N_CH];

@@ -3,6 +3,7 @@
  * and validation, OpenAI error bodies, reasoning/stop-string post-processing,
  * UTF-8 checks, JSON escaping and the Prometheus rendering.
  */
+#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -368,40 +369,113 @@ TEST(tool_calls_extract_from_answers) {
     dsi__sbuf_free(&calls);
 }
 
-/* A forced call in a native syntax: the opening is prefilled, the grammar gives
- * the rest (V3: the name line, the fence and the arguments; ChatML: one call object). */
+/* Forced calls in a native syntax: the first opening is prefilled, the grammar
+ * gives the rest up to the end of the run (V3: the name line, the fence, the
+ * arguments and the call tokens; ChatML: call objects in <tool_call> blocks), with
+ * as many calls as parallel_tool_calls allows, and the prefill plus any accepted
+ * answer parses back into that many calls. */
+#define V3_OPEN "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+#define V3_SEP "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>"
+#define V3_END "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+#define QW_SEP "}\n</tool_call>\n<tool_call>\n"
+#define QW_END "}\n</tool_call>"
+
+/* The calls the prefill + answer parse into (-1: the grammar refuses the answer). */
+static int native_calls(const struct dsi__req *r, enum dsi__tool_syntax syn, const char *answer, char *names,
+                        size_t cap) {
+    if (!grammar_accepts(r, answer)) return -1;
+    struct dsi__sbuf text = {0}, calls = {0};
+    int n = 0;
+    size_t cl = 0;
+    dsi__sbuf_printf(&text, "%s%s", r->prefill, answer);
+    dsi__srv_tool_calls_extract(text.p, text.len, false, syn, "x", false, &calls, &n, &cl);
+    cJSON *j = n ? cJSON_ParseWithLength(calls.p, calls.len) : NULL, *c;
+    names[0] = 0;
+    cJSON_ArrayForEach(c, j) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *nm = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        const cJSON *ar = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        cJSON *args = cJSON_IsString(ar) ? cJSON_Parse(ar->valuestring) : NULL;
+        if (cJSON_IsString(nm) && cJSON_IsObject(args) && strlen(names) + strlen(nm->valuestring) + 2 < cap) {
+            strcat(names, nm->valuestring);
+            strcat(names, " ");
+        }
+        cJSON_Delete(args);
+    }
+    cJSON_Delete(j);
+    dsi__sbuf_free(&text);
+    dsi__sbuf_free(&calls);
+    return n;
+}
+
 TEST(tools_native_forced_grammar_and_prefill) {
     struct dsi__req r;
     struct dsi__api_error e;
-    char b[2048];
+    char b[2048], names[256];
     const char *m = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],";
+    const char *w = "get_weather\n```json\n{\"city\":\"Oslo\"}", *noop = "noop\n```json\n{}";
+    char two[512], three[512], one[256];
+    snprintf(one, sizeof one, "%s" V3_END, w);
+    snprintf(two, sizeof two, "%s" V3_SEP "%s" V3_END, w, noop);
+    snprintf(three, sizeof three, "%s" V3_SEP "%s" V3_SEP "%s" V3_END, w, noop, noop);
+    /* required, parallel (the default): one or more calls, each validated */
     snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\"}", m);
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
-    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, &e), 0);
-    CHECK_EQ_STR(r.prefill ? r.prefill : "", "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>");
-    CHECK(grammar_accepts(&r, "get_weather\n```json\n{\"city\":\"Oslo\"}"));
-    CHECK(grammar_accepts(&r, "noop\n```json\n{}"));
-    CHECK(!grammar_accepts(&r, "get_weather\n```json\n{}")); /* city is required */
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, NULL, &e), 0);
+    CHECK_EQ_STR(r.prefill ? r.prefill : "", V3_OPEN);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, one, names, sizeof names), 1);
+    CHECK_EQ_STR(names, "get_weather ");
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, two, names, sizeof names), 2);
+    CHECK_EQ_STR(names, "get_weather noop ");
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, three, names, sizeof names), 3);
+    CHECK(!grammar_accepts(&r, w));                             /* the end is written */
+    CHECK(!grammar_accepts(&r, "get_weather\n```json\n{}" V3_END)); /* city is required */
     CHECK(!grammar_accepts(&r, "{\"name\":\"noop\",\"arguments\":{}}"));
+    char many[4096] = "";
+    for (int i = 0; i < 9; i++) strcat(many, i ? V3_SEP "noop\n```json\n{}" : "noop\n```json\n{}");
+    strcat(many, V3_END);
+    CHECK(!grammar_accepts(&r, many)); /* at most 8 calls */
     dsi__srv_req_free(&r);
+    /* parallel_tool_calls false: exactly one */
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\",\"parallel_tool_calls\":false}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, NULL, &e), 0);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, one, names, sizeof names), 1);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, two, names, sizeof names), -1);
+    dsi__srv_req_free(&r);
+    /* a named function: that function, once (parallel or not) */
     snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"noop\"}}}", m);
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
-    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, &e), 0);
-    CHECK(grammar_accepts(&r, "noop\n```json\n{}"));
-    CHECK(!grammar_accepts(&r, "get_weather\n```json\n{\"city\":\"Oslo\"}"));
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, NULL, &e), 0);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, "noop\n```json\n{}" V3_END, names, sizeof names), 1);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, one, names, sizeof names), -1);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_DEEPSEEK, "noop\n```json\n{}" V3_SEP "noop\n```json\n{}" V3_END, names,
+                              sizeof names), -1);
     dsi__srv_req_free(&r);
-    /* ChatML: one call object after the prefilled <tool_call>, even with parallel_tool_calls */
+    /* ChatML: call objects in <tool_call> blocks after the prefilled first opening */
+    const char *qw = "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}", *qn = "{\"name\":\"noop\",\"arguments\":{}";
+    snprintf(one, sizeof one, "%s" QW_END, qw);
+    snprintf(two, sizeof two, "%s" QW_SEP "%s" QW_END, qw, qn);
     snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\"}", m);
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
-    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_TAGS, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_TAGS, NULL, &e), 0);
     CHECK_EQ_STR(r.prefill ? r.prefill : "", "<tool_call>\n");
-    CHECK(grammar_accepts(&r, "{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}"));
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_TAGS, one, names, sizeof names), 1);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_TAGS, two, names, sizeof names), 2);
+    CHECK_EQ_STR(names, "get_weather noop ");
     CHECK(!grammar_accepts(&r, "[{\"name\":\"noop\",\"arguments\":{}}]"));
+    CHECK(!grammar_accepts(&r, "{\"name\":\"noop\",\"arguments\":{}}")); /* the block is closed */
+    dsi__srv_req_free(&r);
+    snprintf(b, sizeof b, "%s" TOOLS_W ",\"tool_choice\":\"required\",\"parallel_tool_calls\":false}", m);
+    CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_TAGS, NULL, &e), 0);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_TAGS, one, names, sizeof names), 1);
+    CHECK_EQ_INT(native_calls(&r, DSI__TOOLS_TAGS, two, names, sizeof names), -1);
     dsi__srv_req_free(&r);
     /* auto: nothing to force */
     snprintf(b, sizeof b, "%s" TOOLS_W "}", m);
     CHECK_EQ_INT(parse(DSI__REQ_CHAT, b, &r, &e), 0);
-    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, &e), 0);
+    CHECK_EQ_INT(dsi__srv_tools_native(&r, DSI__TOOLS_DEEPSEEK, NULL, &e), 0);
     CHECK(r.prefill == NULL && r.grammar == NULL);
     dsi__srv_req_free(&r);
 }

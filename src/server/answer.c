@@ -175,13 +175,11 @@ static int forced_calls(struct dsi__choice *c, const char *prefix, size_t *conte
     if (!g->prefill)
         return dsi__srv_tool_calls_extract(c->content.p ? c->content.p : "", c->content.len, true, g->tool_syn, prefix,
                                            g->stream, &c->calls, &c->n_calls, content_len);
-    /* native: the prefilled opening, the answer, the closing marker */
+    /* native: the prefilled opening, then the answer up to the end of its calls */
     struct dsi__sbuf t = {0};
-    const char *close = g->tool_syn == DSI__TOOLS_DEEPSEEK ? "<｜tool▁call▁end｜>" : "\n</tool_call>";
     int rc = dsi__sbuf_printf(&t, "%s", g->prefill);
     if (!rc && c->content.len) rc = dsi__sbuf_append(&t, c->content.p, c->content.len);
-    if (!rc) rc = dsi__sbuf_printf(&t, "%s", close);
-    if (!rc)
+    if (!rc && c->finish != DSI_FINISH_LENGTH) /* cut off before the end: all text */
         rc = dsi__srv_tool_calls_extract(t.p, t.len, false, g->tool_syn, prefix, g->stream, &c->calls, &c->n_calls,
                                          content_len);
     dsi__sbuf_free(&t);

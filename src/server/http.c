@@ -325,7 +325,8 @@ static int prompt_ids(struct dsi_server *s, struct dsi__req *r, bool gen_prompt,
         int st = dsi__srv_tools_prompt(r, how, e);
         /* a forced call is written in the native syntax, its opening prefilled */
         if (!st && how != DSI__TP_TEXT)
-            st = dsi__srv_tools_native(r, how == DSI__TP_NATIVE_LIST ? DSI__TOOLS_DEEPSEEK : DSI__TOOLS_TAGS, e);
+            st = dsi__srv_tools_native(r, how == DSI__TP_NATIVE_LIST ? DSI__TOOLS_DEEPSEEK : DSI__TOOLS_TAGS, s->tok,
+                                       e);
         if (st) return st;
         size_t n_calls = 0;
         for (size_t i = 0; i < r->n_msgs; i++) n_calls += r->msgs[i].n_calls;

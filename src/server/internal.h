@@ -136,12 +136,15 @@ enum dsi__tools_prompt {
  * adds the tool list; DSI__TP_NATIVE_LIST adds the tool list only. 0 or a status. */
 int dsi__srv_tools_prompt(struct dsi__req *r, enum dsi__tools_prompt how, struct dsi__api_error *e);
 /* tool_choice required or named in a format with a native syntax: replaces the
- * bare-JSON grammar of dsi__srv_parse_tools by one call in that syntax and sets
- * r->prefill to its opening (<tool_call>\n, or V3's call tokens up to the name;
- * the grammar then gives the name line, the fence and the arguments). One call per
- * answer there: the grammar cannot emit the added tokens that separate calls.
- * No-op for other tool choices. 0 or a status. */
-int dsi__srv_tools_native(struct dsi__req *r, enum dsi__tool_syntax syn, struct dsi__api_error *e);
+ * bare-JSON grammar of dsi__srv_parse_tools by calls in that syntax and sets
+ * r->prefill to the first call's opening (<tool_call>\n, or V3's call tokens up to
+ * the name). The grammar writes the rest up to the end of the run of calls: 1 to
+ * DSI__MAX_PARALLEL_CALLS calls with parallel_tool_calls, else (and for a named
+ * function) one. tok: the model's tokenizer, whose added tokens the markers are
+ * (NULL: the markers as text). No-op for other tool choices. 0 or a status. */
+struct dsi_tokenizer;
+int dsi__srv_tools_native(struct dsi__req *r, enum dsi__tool_syntax syn, const struct dsi_tokenizer *tok,
+                          struct dsi__api_error *e);
 /* The model's whole answer -> OpenAI tool_calls JSON array in calls (reset
  * first): forced: the answer is the constrained JSON (a call or an array of
  * calls); else the calls of syntax syn are looked for (toolscan.c). *n_calls 0:

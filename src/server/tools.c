@@ -17,10 +17,14 @@
  * (grammar.h): one call object, or with parallel_tool_calls an array of 1 to
  * DSI__MAX_PARALLEL_CALLS of them, each {"name": one of the tools, "arguments":
  * that tool's parameters schema}. In a native syntax (dsi__srv_tools_native) the
- * prompt ends with the call's opening instead and the grammar writes one call in
- * that syntax (V3: name line, fence, arguments: dsi_grammar_compile_prefixed). "auto" leaves the model free and finds the calls
- * of the format's syntax in its answer (toolscan.c); "none" keeps the tools out of
- * the prompt.
+ * prompt ends with the first call's opening instead and the grammar writes the
+ * calls in that syntax up to the end of the run (V3: name line, fence, arguments,
+ * <｜tool▁call▁end｜>, then the next call's opening or <｜tool▁calls▁end｜>; ChatML:
+ * the call object, then </tool_call> and the next <tool_call> or the end), with the
+ * markers as the model's own tokens (dsi_grammar_compile_repeated); as many calls
+ * as in the prompt form. "auto" leaves the model free and finds the calls of the
+ * format's syntax in its answer (toolscan.c); "none" keeps the tools out of the
+ * prompt.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -215,9 +219,32 @@ int dsi__srv_parse_tools(const struct cJSON *root, struct dsi__req *r, struct ds
     return forced_grammar(tools, named, named ? false : r->parallel_tool_calls, r, e);
 }
 
-/* The native forced grammar of the deepseek syntax: per tool, its name line and
- * the ```json fence as raw text, then its parameters. */
-static int deepseek_grammar(const cJSON *tools, const char *only, struct dsi__req *r, struct dsi__api_error *e) {
+/* A forced run of calls in a native syntax: what each call starts with (after the
+ * prefilled opening or a separator: name_pre, the name, name_post), what comes
+ * between calls and after the last one, as template text (its special tokens are
+ * the model's added tokens). */
+struct native_syntax {
+    const char *name_pre, *name_post, *sep, *end;
+};
+static const struct native_syntax NATIVE_DEEPSEEK = {
+    "", "\n```json\n", "\n```<｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>function<｜tool▁sep｜>",
+    "\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"};
+static const struct native_syntax NATIVE_TAGS = {"{\"name\":\"", "\",\"arguments\":", "}\n</tool_call>\n<tool_call>\n",
+                                                 "}\n</tool_call>"};
+
+/* Template text -> grammar raw text: the tokenizer's added tokens as references
+ * (grammar.h), so the model writes them as the tokens they are; without a
+ * tokenizer the text as it is. NULL when out of memory or not encodable. */
+static char *raw_text(const struct dsi_tokenizer *tok, const char *text) {
+    char *out = NULL;
+    if (!tok) return strdup(text);
+    return dsi_grammar_raw_text(tok, text, &out, NULL) ? NULL : out;
+}
+
+/* The forced grammar of a native syntax: 1 to max_calls calls, each to one of the
+ * tools (or only), its arguments that tool's parameters. */
+static int native_grammar(const cJSON *tools, const char *only, const struct native_syntax *ns, int max_calls,
+                          const struct dsi_tokenizer *tok, struct dsi__req *r, struct dsi__api_error *e) {
     struct dsi_grammar_alt alts[MAX_TOOLS] = {{0}};
     char *texts[2 * MAX_TOOLS];
     size_t n = 0, n_texts = 0;
@@ -228,7 +255,9 @@ static int deepseek_grammar(const cJSON *tools, const char *only, struct dsi__re
         const char *name = cJSON_GetObjectItemCaseSensitive(fn, "name")->valuestring;
         const cJSON *pa = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
         if ((only && strcmp(name, only)) || n == MAX_TOOLS) continue;
-        char *prefix = concat3(name, "\n```json\n", "");
+        char *head = concat3(ns->name_pre, name, ns->name_post); /* names need no escaping (fn_name_ok) */
+        char *prefix = head ? raw_text(tok, head) : NULL;
+        free(head);
         char *schema = pa ? cJSON_PrintUnformatted(pa) : strdup("{\"type\":\"object\",\"properties\":{}}");
         if (prefix) texts[n_texts++] = prefix;
         if (schema) texts[n_texts++] = schema;
@@ -238,23 +267,29 @@ static int deepseek_grammar(const cJSON *tools, const char *only, struct dsi__re
         }
         alts[n++] = (struct dsi_grammar_alt){prefix, schema};
     }
-    char *err = NULL;
-    int rc = st ? 0 : dsi_grammar_compile_prefixed(alts, n, &r->grammar, &err);
+    char *sep = st ? NULL : raw_text(tok, ns->sep), *end = st ? NULL : raw_text(tok, ns->end), *err = NULL;
+    if (!st && (!sep || !end)) st = oom(e);
+    int rc = st ? 0 : dsi_grammar_compile_repeated(alts, n, sep, end, max_calls, &r->grammar, &err);
     if (rc) /* each schema compiled alone at parse: only memory can fail here */
         st = dsi__api_error_set(e, rc == DSI_ENOMEM ? 500 : 400, "tools", NULL, "%s", err ? err : "cannot compile");
     free(err);
+    free(sep);
+    free(end);
     while (n_texts) free(texts[--n_texts]);
     return st;
 }
 
-int dsi__srv_tools_native(struct dsi__req *r, enum dsi__tool_syntax syn, struct dsi__api_error *e) {
+int dsi__srv_tools_native(struct dsi__req *r, enum dsi__tool_syntax syn, const struct dsi_tokenizer *tok,
+                          struct dsi__api_error *e) {
     if (r->tool_choice != DSI__TOOL_CHOICE_REQUIRED && r->tool_choice != DSI__TOOL_CHOICE_NAMED) return 0;
     cJSON *tools = r->tools_raw ? cJSON_Parse(r->tools_raw) : NULL;
     if (!tools) return oom(e);
     dsi_grammar_destroy(r->grammar);
     r->grammar = NULL;
-    int st = syn == DSI__TOOLS_DEEPSEEK ? deepseek_grammar(tools, r->tool_named, r, e)
-                                        : forced_grammar(tools, r->tool_named, false, r, e);
+    /* a named function is called once, as in the formats without a native syntax */
+    int max_calls = r->tool_named || !r->parallel_tool_calls ? 1 : DSI__MAX_PARALLEL_CALLS;
+    int st = native_grammar(tools, r->tool_named, syn == DSI__TOOLS_DEEPSEEK ? &NATIVE_DEEPSEEK : &NATIVE_TAGS,
+                            max_calls, tok, r, e);
     cJSON_Delete(tools);
     if (st) return st;
     const char *open = syn == DSI__TOOLS_DEEPSEEK ? "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>"

@@ -181,13 +181,39 @@ check "unsupported schema keyword 400" test "$(e -d '{"messages":[{"role":"user"
 check "schema error names the keyword" test "$(json $W/e 'j.error.param+" "+j.error.message.includes("format")')" = "response_format.json_schema.schema true"
 
 # --- tools ------------------------------------------------------------------------------------
+# Forced calls end with the format's closing markers, which this tiny vocabulary spells
+# in ordinary tokens (a real model writes them as one token each): room for them.
 TOOLS='"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":20}},"required":["city"],"additionalProperties":false}}}]'
-check "tool_choice required 200" test "$(status $W/tc "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":60,$TOOLS,\"tool_choice\":\"required\"}" "$URL/v1/chat/completions")" = 200
+check "tool_choice required 200" test "$(status $W/tc "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":300,$TOOLS,\"tool_choice\":\"required\"}" "$URL/v1/chat/completions")" = 200
 check "required: finish_reason tool_calls, content null" test "$(json $W/tc 'j.choices[0].finish_reason+" "+j.choices[0].message.content')" = "tool_calls null"
 check "required: arguments validate" test "$(json $W/tc 'j.choices[0].message.tool_calls.every(c=>c.type==="function"&&c.function.name==="get_weather"&&typeof JSON.parse(c.function.arguments).city==="string"&&Object.keys(JSON.parse(c.function.arguments)).join()==="city"&&c.id.startsWith("call_"))')" = true
-"${C[@]}" -N "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],\"max_tokens\":60,\"stream\":true,$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}" "$URL/v1/chat/completions" >$W/tsse
+"${C[@]}" -N "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],\"max_tokens\":300,\"stream\":true,$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}" "$URL/v1/chat/completions" >$W/tsse
 check "named, streamed: a delta.tool_calls chunk" grep -q '"delta":{"tool_calls":\[{"index":0,"id":"call_' $W/tsse
 check "named, streamed: finish_reason tool_calls" grep -q '"finish_reason":"tool_calls"' $W/tsse
+# Forced calls with two tools (issue 22): parallel_tool_calls true gives 1 to 8 calls,
+# false exactly one, each to a listed tool with arguments its schema accepts, whole
+# and streamed (delta.tool_calls, indexes 0..n-1). SEED is one at which this model
+# writes several calls: the cap and the separators are exercised, not only one call.
+TOOLS2='"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":20}},"required":["city"],"additionalProperties":false}}},{"type":"function","function":{"name":"get_time","parameters":{"type":"object","properties":{"tz":{"enum":["utc","cet"]}},"required":["tz"],"additionalProperties":false}}}]'
+VALID_CALL='c=>c.type==="function"&&c.id.startsWith("call_")&&((c.function.name==="get_weather"&&(a=>Object.keys(a).join()==="city"&&typeof a.city==="string"&&[...a.city].length<=20)(JSON.parse(c.function.arguments)))||(c.function.name==="get_time"&&(a=>Object.keys(a).join()==="tz"&&["utc","cet"].includes(a.tz))(JSON.parse(c.function.arguments))))'
+# multicall NAME URL SEED: the checks above against one daemon
+multicall() {
+    local name=$1 url=$2 seed=$3 body
+    body="{\"messages\":[{\"role\":\"user\",\"content\":\"Weather and time in Oslo?\"}],\"max_tokens\":1200,\"seed\":$seed,$TOOLS2,\"tool_choice\":\"required\""
+    check "$name: required, parallel: 200" test "$(status $W/mc "${AUTH[@]}" -d "$body}" "$url/v1/chat/completions")" = 200
+    check "$name: required, parallel: 2 to 8 valid calls, finish_reason tool_calls" test "$(json $W/mc 'const m=j.choices[0].message; j.choices[0].finish_reason+" "+m.content+" "+(m.tool_calls.length>=2&&m.tool_calls.length<=8&&m.tool_calls.every('"$VALID_CALL"'))')" = "tool_calls null true"
+    "${C[@]}" -N "${AUTH[@]}" -d "$body,\"stream\":true}" "$url/v1/chat/completions" >$W/mcsse
+    check "$name: required, parallel, streamed: the same calls as deltas with indexes 0..n-1" test "$(node -e '
+        const fs=require("fs"); const whole=JSON.parse(fs.readFileSync(process.argv[1])).choices[0].message.tool_calls;
+        const ev=fs.readFileSync(process.argv[2],"utf8").split("\n").filter(l=>l.startsWith("data: {")).map(l=>JSON.parse(l.slice(6)));
+        const calls=[]; for (const e of ev) for (const d of e.choices[0].delta.tool_calls||[]) {
+            if (!calls[d.index]) calls[d.index]={id:d.id,type:d.type,function:{name:d.function.name,arguments:""}};
+            calls[d.index].function.arguments+=d.function.arguments||""; }
+        const fin=ev[ev.length-1].choices[0].finish_reason;
+        console.log(fin==="tool_calls"&&calls.length===whole.length&&calls.every((c,i)=>c&&c.function.name===whole[i].function.name&&c.function.arguments===whole[i].function.arguments)&&calls.every('"$VALID_CALL"'))' $W/mc $W/mcsse)" = true
+    check "$name: parallel_tool_calls false: exactly one valid call" test "$(status $W/mc1 "${AUTH[@]}" -d "$body,\"parallel_tool_calls\":false}" "$url/v1/chat/completions") $(json $W/mc1 'const m=j.choices[0].message; j.choices[0].finish_reason+" "+(m.tool_calls.length===1&&m.tool_calls.every('"$VALID_CALL"'))')" = "200 tool_calls true"
+}
+multicall chatml "$URL" 5
 ROUND='{"messages":[{"role":"user","content":"Weather?"},{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"-3 C"}],"max_tokens":4,'"$TOOLS"'}'
 check "tool round trip 200" test "$(status $W/b "${AUTH[@]}" -d "$ROUND" "$URL/v1/chat/completions")" = 200
 check "still serving after errors" test "$(status $W/b "${AUTH[@]}" -d "$CHAT" "$URL/v1/chat/completions")" = 200
@@ -281,10 +307,11 @@ check "SIGTERM drains and exits 0" test $? = 0
 # tokens, so they are text here; the path is the one a V3 model takes) ------------------
 start_daemon "$W/v3.log" --model "$MODEL" --keys "$KEYS" --state-dir "$W/state" --chat-format deepseek-v3 || exit 1
 VURL=https://127.0.0.1:$PORT
-check "v3: tool_choice required 200" test "$(status $W/v3 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":60,$TOOLS,\"tool_choice\":\"required\"}" "$VURL/v1/chat/completions")" = 200
+check "v3: tool_choice required 200" test "$(status $W/v3 "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather in Oslo?\"}],\"max_tokens\":1200,$TOOLS,\"tool_choice\":\"required\"}" "$VURL/v1/chat/completions")" = 200
 check "v3: the forced call comes back as tool_calls with valid arguments" test "$(json $W/v3 'j.choices[0].finish_reason+" "+j.choices[0].message.content+" "+j.choices[0].message.tool_calls.every(c=>c.function.name==="get_weather"&&typeof JSON.parse(c.function.arguments).city==="string")')" = "tool_calls null true"
+multicall v3 "$VURL" 1
 check "v3: tool round trip 200" test "$(status $W/b "${AUTH[@]}" -d "$ROUND" "$VURL/v1/chat/completions")" = 200
-"${C[@]}" -N "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],\"max_tokens\":60,\"stream\":true,$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}" "$VURL/v1/chat/completions" >$W/v3sse
+"${C[@]}" -N "${AUTH[@]}" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Weather?\"}],\"max_tokens\":300,\"stream\":true,$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}}" "$VURL/v1/chat/completions" >$W/v3sse
 check "v3: named, streamed: a delta.tool_calls chunk, no tool tokens as content" \
     bash -c "grep -q '\"tool_calls\":\[{\"index\":0,\"id\":\"call_' $W/v3sse && ! grep -q 'tool▁' $W/v3sse"
 kill -TERM "$DPID"; wait "$DPID"
