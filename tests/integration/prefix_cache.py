@@ -36,7 +36,7 @@ BACKEND = os.environ.get("DSI_BACKEND", "cpu")  # cuda: the same checks on the G
 def Daemon(work, model, keys, args=()):
     """model on BACKEND (DSI_BACKEND) with 16-token KV blocks."""
     return dsitest.Daemon(work, model, keys, ["--backend", BACKEND, "--kv-block-size", "16"] + list(args),
-                          wait_s=30)
+                          wait_s=90)
 
 
 SYSTEM = ("You are a careful assistant for the billing team. Answer in one short sentence, cite the policy "
