@@ -7,7 +7,8 @@
  * that cancel ends running and waiting requests, that drain finishes what is
  * queued and refuses new work, that destroy cancels everything with exactly
  * one final event each, and that a failed backend step fails its batch while
- * the engine keeps serving. A random stress of admits and cancels checks that
+ * the engine keeps serving, unless the backend says it is dead: then every
+ * live request fails and new ones are refused. A random stress of admits and cancels checks that
  * every accepted request gets one final event and every KV block comes back.
  * Most tests hold the mock inside forward() to pin the engine's state while
  * they act; none asserts on timing. What the scheduler computes is in
@@ -212,6 +213,83 @@ TEST(engine_backend_failure_fails_the_batch) {
     mock_engine_stop(e, &c, &m);
 }
 
+/* A failure the backend survives (a workspace that could not grow): only the
+ * sequences of the failed step end, with the backend's code; the one waiting
+ * behind them runs to the reference tokens afterwards, and nothing leaks. */
+TEST(engine_transient_failure_fails_only_its_step) {
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_running = 1;
+    struct mock m;
+    struct coll c;
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
+    struct rec r[2];
+    int32_t prompt[5];
+    struct dsi_request_params rp;
+    greedy_request(&rp, prompt, 5, 31, 12);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
+    mock_fail_next(&m, DSI_ENOMEM, false);
+    mock_pause(&m, false);
+    coll_wait(&c, 2);
+    CHECK_EQ_INT(r[0].final.finish, DSI_FINISH_ERROR);
+    CHECK_EQ_INT(r[0].final.error, DSI_ENOMEM);
+    CHECK_EQ_INT(r[0].n, 0);
+    CHECK_EQ_INT(r[1].final.finish, DSI_FINISH_LENGTH);
+    int32_t want[12];
+    ref_tokens(prompt, 5, 12, NULL, 0, want);
+    CHECK_EQ_INT(r[1].n, 12);
+    CHECK(memcmp(r[1].tokens, want, sizeof want) == 0);
+    CHECK(!dsi_engine_dead(e));
+    struct dsi_engine_stats st;
+    dsi_engine_get_stats(e, &st);
+    CHECK_EQ_INT((int)st.step_failures_total, 1);
+    CHECK(!st.dead);
+    CHECK_EQ_INT(st.running + st.waiting, 0);
+    check_pool_empty(e, 64);
+    mock_engine_stop(e, &c, &m);
+}
+
+/* A failure that leaves the backend dead (a poisoned CUDA context): the step's
+ * sequence and the one waiting both end with the backend's code at once (no
+ * step is tried again), the engine says it is dead and refuses new requests
+ * with DSI_ESTATE, and every block is back in the pool. */
+TEST(engine_dead_backend_fails_everything_and_refuses_new) {
+    struct dsi_engine_opts o;
+    small_opts(&o);
+    o.max_running = 1;
+    struct mock m;
+    struct coll c;
+    struct dsi_engine *e = mock_engine_start(&m, &c, 64, &o);
+    struct rec r[3];
+    int32_t prompt[5];
+    struct dsi_request_params rp;
+    greedy_request(&rp, prompt, 5, 32, 12);
+    submit_running_and_waiting(e, &m, &rp, r, &c);
+    CHECK(!dsi_engine_dead(e));
+    mock_fail_next(&m, DSI_ECUDA, true);
+    mock_pause(&m, false);
+    coll_wait(&c, 2);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(r[i].n_finals, 1);
+        CHECK_EQ_INT(r[i].final.finish, DSI_FINISH_ERROR);
+        CHECK_EQ_INT(r[i].final.error, DSI_ECUDA);
+    }
+    CHECK(dsi_engine_dead(e));
+    CHECK_EQ_INT(submit(e, &rp, &r[2], &c), DSI_ESTATE);
+    struct dsi_engine_stats st;
+    dsi_engine_get_stats(e, &st);
+    CHECK(st.dead);
+    CHECK_EQ_INT((int)st.step_failures_total, 1);
+    CHECK_EQ_INT((int)st.steps_total, 1);
+    CHECK_EQ_INT(st.running + st.waiting, 0);
+    check_pool_empty(e, 64);
+    pthread_mutex_lock(&m.mu);
+    CHECK_EQ_INT(m.entered, 1);
+    pthread_mutex_unlock(&m.mu);
+    mock_engine_stop(e, &c, &m);
+    CHECK_EQ_INT(r[2].n_finals, 0);
+}
+
 /* Thousands of random submits and cancels on a small pool with preemption:
  * every accepted request gets exactly one final event, finished ones carry the
  * reference tokens, and every block comes back. */
@@ -300,6 +378,8 @@ int main(void) {
     RUN(engine_drain_finishes_queued_and_refuses_new);
     RUN(engine_destroy_cancels_everything_once);
     RUN(engine_backend_failure_fails_the_batch);
+    RUN(engine_transient_failure_fails_only_its_step);
+    RUN(engine_dead_backend_fails_everything_and_refuses_new);
     RUN(engine_stress_random_admit_cancel_finish);
     return test_summary();
 }

@@ -68,6 +68,8 @@ struct mock {
     int entered; /* forward() calls begun (mu) */
     int errors;  /* (mu) */
     int fail_rc; /* next forward fails with this (mu) */
+    bool sticky; /* (mu) a failure leaves the mock dead (its ops->dead says true) */
+    bool dead;   /* (mu) */
     int max_step_tokens, max_chunk, mixed_steps, max_seqs;
     uint64_t step;
     int started[64]; /* prefills from position 0, by seq id (< 64): > 1 means recomputed */
@@ -100,8 +102,9 @@ static inline int mock_forward(struct dsi_backend *be, const struct dsi_batch *b
     pthread_cond_broadcast(&m->cv);
     while (m->paused)
         pthread_cond_wait(&m->cv, &m->mu);
-    int fail = m->fail_rc;
+    int fail = m->dead ? DSI_ECUDA : m->fail_rc;
     m->fail_rc = 0;
+    if (fail && m->sticky) m->dead = true;
     m->step++;
     int bs = be->kv_block_size, total = 0, row = 0;
     bool has_decode = false, has_prefill = false;
@@ -166,7 +169,15 @@ static inline int mock_forward(struct dsi_backend *be, const struct dsi_batch *b
     return 0;
 }
 
-static const struct dsi_backend_ops mock_ops = {.name = "mock", .forward = mock_forward};
+static inline bool mock_dead(struct dsi_backend *be) {
+    struct mock *m = be->impl;
+    pthread_mutex_lock(&m->mu);
+    bool dead = m->dead;
+    pthread_mutex_unlock(&m->mu);
+    return dead;
+}
+
+static const struct dsi_backend_ops mock_ops = {.name = "mock", .forward = mock_forward, .dead = mock_dead};
 
 static inline void mock_init(struct mock *m, int n_blocks, int block_size) {
     memset(m, 0, sizeof(*m));
@@ -194,6 +205,14 @@ static inline void mock_pause(struct mock *m, bool on) {
     pthread_mutex_lock(&m->mu);
     m->paused = on;
     pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* The next forward() fails with rc; sticky: the mock is dead from then on. */
+static inline void mock_fail_next(struct mock *m, int rc, bool sticky) {
+    pthread_mutex_lock(&m->mu);
+    m->fail_rc = rc;
+    m->sticky = sticky;
     pthread_mutex_unlock(&m->mu);
 }
 

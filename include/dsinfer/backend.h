@@ -78,6 +78,12 @@ struct dsi_backend_ops {
      * engine calls forward() and samples on the host. Returns 0 or DSI_E*. */
     int (*forward_sample)(struct dsi_backend *be, const struct dsi_batch *b, const struct dsi_sample_params *p,
                           int32_t *ids, char **err);
+    /* Optional: true once the backend cannot run another step (a sticky CUDA
+     * error poisoned its context; a shard lost its peers). The engine asks after
+     * a failed step and, on true, fails every live request and refuses new ones
+     * (dsi_engine_dead). NULL: every failure is transient, the next step may
+     * succeed (a workspace that could not grow, memory another process held). */
+    bool (*dead)(struct dsi_backend *be);
     /* Per-layer debug view of quantization error: fills text report; may be NULL. */
     int (*quant_report)(struct dsi_backend *be, char **report, char **err);
     void (*destroy)(struct dsi_backend *be);

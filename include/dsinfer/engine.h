@@ -16,7 +16,10 @@
  * - LENGTH: max_tokens reached; the final event carries the last token. LENGTH with
  *   error DSI_ETIMEDOUT: the deadline passed after tokens were delivered.
  * - ERROR: error says why: DSI_ETIMEDOUT (waited longer than queue_timeout_ms, or
- *   the deadline passed before any token), or the backend's code on a failed step.
+ *   the deadline passed before any token), or the backend's code on a failed step:
+ *   every request with tokens in that step ends so (its K/V is suspect), the
+ *   others go on; when the backend then says it is dead (its ops->dead), every
+ *   live request ends with that code and the engine refuses new ones.
  * - CANCELLED: dsi_engine_cancel or dsi_engine_destroy.
  * - Scoring (dsi_request_params.score): one event per position p of the prompt
  *   but the last, in order, with token = prompt[p + 1] and logprob its
@@ -167,6 +170,8 @@ struct dsi_engine_stats {
     uint64_t prefix_miss_tokens;  /* prompt tokens computed at first admission */
     uint64_t kv_evictions_total;  /* idle cached blocks reused for new content */
     uint64_t kv_check_failures;   /* check_kv: steps that broke an invariant */
+    uint64_t step_failures_total; /* forward() calls that failed */
+    bool dead;                    /* dsi_engine_dead */
 };
 
 struct dsi_engine;
@@ -189,6 +194,10 @@ int dsi_engine_submit(struct dsi_engine *e, const struct dsi_request_params *p, 
  * Returns 0, or DSI_ENOENT when the id is unknown or its final event was already sent. */
 int dsi_engine_cancel(struct dsi_engine *e, uint64_t request_id);
 void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st);
+/* True once a failed step left the backend unusable (its ops->dead said so):
+ * every live request got an ERROR final event and submit refuses with
+ * DSI_ESTATE. It never turns false again; only a new process (a restart) serves. */
+bool dsi_engine_dead(struct dsi_engine *e);
 /* Stops accepting submits (DSI_ESTATE); running and queued requests go on to finish. */
 void dsi_engine_drain(struct dsi_engine *e);
 /* Cancels everything, joins the thread, frees. Accepts NULL. */

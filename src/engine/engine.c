@@ -295,11 +295,18 @@ int dsi_engine_submit(struct dsi_engine *e, const struct dsi_request_params *p, 
         return rc;
     }
     pthread_mutex_lock(&e->mu);
-    const char *why = e->draining || e->stopping ? "draining" : e->n_waiting + n > e->o.max_queued ? "full" : NULL;
+    const char *why = e->dead                    ? "dead"
+                      : e->draining || e->stopping ? "draining"
+                      : e->n_waiting + n > e->o.max_queued ? "full"
+                                                             : NULL;
     if (why) {
         int w = e->n_waiting;
         pthread_mutex_unlock(&e->mu);
         for (int i = 0; i < n; i++) dsi__engine_req_free(r[i]);
+        if (!strcmp(why, "dead")) {
+            dsi_log(DSI_LOG_INFO, "engine", "request rejected: the backend is dead");
+            return dsi_seterr(err, DSI_ESTATE, "engine: the backend failed and runs no more steps; restart the service");
+        }
         if (why[0] == 'd') {
             dsi_log(DSI_LOG_INFO, "engine", "request rejected: draining");
             return dsi_seterr(err, DSI_ESTATE, "engine: draining, not accepting requests");
@@ -354,7 +361,16 @@ void dsi_engine_get_stats(struct dsi_engine *e, struct dsi_engine_stats *st) {
     st->kv_dtype = e->be->kv_dtype;
     st->kv_blocks_cached = dsi_kv_cached_count(&e->kv);
     st->kv_evictions_total = e->kv.evictions;
+    st->dead = e->dead;
     pthread_mutex_unlock(&e->mu);
+}
+
+bool dsi_engine_dead(struct dsi_engine *e) {
+    if (!e) return false;
+    pthread_mutex_lock(&e->mu);
+    bool dead = e->dead;
+    pthread_mutex_unlock(&e->mu);
+    return dead;
 }
 
 void dsi_engine_drain(struct dsi_engine *e) {

@@ -61,6 +61,7 @@ struct dsi_engine {
     pthread_cond_t cv; /* work arrived, a cancel, or stop */
     pthread_t thread;
     bool stopping, draining;                /* (mu) */
+    bool dead;                              /* (mu) the backend cannot run steps any more */
     struct dsi__req *wait_head, *wait_tail; /* (mu) FIFO; preempted ones go to the front */
     int n_waiting;                          /* (mu) */
     struct dsi__req *live_head;             /* (mu) */

@@ -14,6 +14,14 @@
  *      device_sampling below);
  *   3. under the lock: release the blocks of finished sequences.
  *
+ * A failed forward() ends the sequences of that step with an ERROR event (their
+ * new K/V may be half written, so it is neither committed nor reused); the
+ * others keep running and the next step goes on, since most failures pass (a
+ * workspace that could not grow while another process held GPU memory). Only
+ * when the backend says it is dead (ops->dead: a poisoned CUDA context) does
+ * the engine fail every live request and refuse new ones (dsi_engine_dead);
+ * retrying on a dead backend would fail every step anyway.
+ *
  * A sequence is its token list (prompt then generated) plus n_computed, the
  * number of positions whose K/V is in its blocks. Each step feeds tokens
  * [n_computed, n_computed + step_n); when that reaches n_tokens the logits of the
@@ -45,6 +53,7 @@ static void admit(struct dsi_engine *e);
 static int plan_batch(struct dsi_engine *e);
 static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done);
 static void stop_all(struct dsi_engine *e);
+static void retire_all(struct dsi_engine *e, enum dsi_finish finish, int error, struct dsi__req **done);
 static void check_kv(struct dsi_engine *e);
 static bool waits_for_leader(const struct dsi_engine *e, const struct dsi__req *r);
 
@@ -520,14 +529,19 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
         r->cb(r->user, &ev);
         if (closed) r->fin = DSI_FINISH_STOP; /* no step spent on a forced end token */
     }
+    bool dead = false;
     if (rc != 0) {
-        dsi_log(DSI_LOG_ERROR, "engine", "step failed (%s): %s; failing %d sequences", dsi_err_name(rc),
-                err ? err : dsi_strerror(rc), n_b);
+        dead = e->be->ops->dead && e->be->ops->dead(e->be);
+        dsi_log(DSI_LOG_ERROR, "engine", "step failed (%s): %s; failing %d sequences%s", dsi_err_name(rc),
+                err ? err : dsi_strerror(rc), n_b,
+                dead ? "; the backend is dead: failing every request and refusing new ones until a restart"
+                     : "");
         free(err);
     }
 
     pthread_mutex_lock(&e->mu);
     e->st.steps_total++;
+    if (rc != 0) e->st.step_failures_total++;
     e->st.tokens_total += (uint64_t)e->st.last_step_tokens;
     e->st.generated_total += (uint64_t)generated;
     /* Publish the blocks this step filled (finished sequences' too, before
@@ -556,27 +570,37 @@ static void run_batch(struct dsi_engine *e, int n_b, struct dsi__req **done) {
             *done = r;
         }
     }
+    if (dead) {
+        e->dead = true;
+        retire_all(e, DSI_FINISH_ERROR, rc, done);
+    }
     pthread_mutex_unlock(&e->mu);
 }
 
-/* Destroy: every request still known gets a CANCELLED final event. */
-static void stop_all(struct dsi_engine *e) {
-    struct dsi__req *done = NULL;
-    pthread_mutex_lock(&e->mu);
+/* Retires every running and waiting request with finish/error onto *done
+ * (caller holds mu). */
+static void retire_all(struct dsi_engine *e, enum dsi_finish finish, int error, struct dsi__req **done) {
     while (e->n_running > 0) {
         struct dsi__req *r = e->running[e->n_running - 1];
         e->n_running--;
         dsi__engine_live_remove(e, r);
         dsi_kv_seq_release(&e->kv, &r->kv);
-        retire(&done, r, DSI_FINISH_CANCELLED, 0);
+        retire(done, r, finish, error);
     }
     while (e->wait_head) {
         struct dsi__req *r = e->wait_head;
         dsi__engine_wait_remove(e, r);
         dsi__engine_live_remove(e, r);
         dsi_kv_seq_release(&e->kv, &r->kv);
-        retire(&done, r, DSI_FINISH_CANCELLED, 0);
+        retire(done, r, finish, error);
     }
+}
+
+/* Destroy: every request still known gets a CANCELLED final event. */
+static void stop_all(struct dsi_engine *e) {
+    struct dsi__req *done = NULL;
+    pthread_mutex_lock(&e->mu);
+    retire_all(e, DSI_FINISH_CANCELLED, 0, &done);
     pthread_mutex_unlock(&e->mu);
     deliver_done(done);
 }
