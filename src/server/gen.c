@@ -269,11 +269,16 @@ static int finish_choice(struct dsi__choice *c) {
 }
 
 /* An engine error on the final event, or a cancel nobody here asked for (the
- * engine stopping at shutdown). */
+ * engine stopping at shutdown). A failed backend step (GPU out of memory, a
+ * CUDA error) is 503 backend_error: the server's trouble, not a bug (500 stays
+ * for DSI_EINTERNAL), and worth a retry, here or on another server. */
 static void engine_failed(struct dsi__gen *g, int err) {
-    bool unavailable = err == DSI_ETIMEDOUT || err == DSI_ECANCELED;
-    gen_fail(g, unavailable ? 503 : 500, err == DSI_ETIMEDOUT ? "timeout" : unavailable ? "shutting_down" : NULL,
-             false, "generation failed: %s", dsi_strerror(err));
+    const char *code = err == DSI_ETIMEDOUT   ? "timeout"
+                       : err == DSI_ECANCELED ? "shutting_down"
+                       : err == DSI_EINTERNAL ? NULL
+                                              : "backend_error";
+    gen_fail(g, code ? 503 : 500, code, false, "generation failed: %s%s", dsi_strerror(err),
+             code && !strcmp(code, "backend_error") ? " in the model backend; retry later" : "");
 }
 
 /* One event of choice c (under g->mu): its token, and when final its end and,
@@ -444,6 +449,7 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
     uint64_t id = 0;
     pthread_rwlock_rdlock(&s->eng_lock);
     rc = s->eng ? dsi_engine_submit(s->eng, &p, engine_cb, g, &id, &err) : DSI_ESTATE;
+    bool dead = rc == DSI_ESTATE && s->eng && dsi_engine_dead(s->eng);
     pthread_rwlock_unlock(&s->eng_lock);
     if (rc) {
         pthread_mutex_lock(&g->mu);
@@ -453,12 +459,13 @@ int dsi__gen_submit(struct dsi__gen *g, struct dsi__req *r, const int32_t *ids, 
         int st = 500;
         const char *code = NULL;
         if (rc == DSI_EFULL) st = 503, code = "queue_full";
-        else if (rc == DSI_ESTATE) st = 503, code = "draining";
+        else if (rc == DSI_ESTATE) st = 503, code = dead ? "backend_failed" : "draining";
         /* ERANGE is the only "does not fit" answer; an EINVAL names a bad value
          * (request.c checks sampling with the same function first). */
         else if (rc == DSI_ERANGE) st = 400, code = "context_length_exceeded";
         else if (rc == DSI_EINVAL) st = 400, code = "invalid_value";
         dsi__api_error_set(e, st, NULL, code, "%s", st == 503 && rc == DSI_EFULL ? "the server is busy; retry later"
+                                                     : dead ? "the model backend failed on this server; retry on another one"
                                                      : st == 503 ? "the server is shutting down"
                                                      : err ? err : dsi_strerror(rc));
         free(err);

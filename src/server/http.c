@@ -268,11 +268,15 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
         *res = respond_error(c, x, &e);
         return false;
     }
-    int state = atomic_load(&s->state);
+    int state = dsi__srv_state(s);
     if (state != DSI__ST_READY && state != DSI__ST_LEAVING) { /* LEAVING still serves: drain_grace_ms */
-        *res = respond_errf(c, x, 503, state == DSI__ST_LOADING ? "loading" : "draining",
-                            state == DSI__ST_LOADING ? "the model is still loading; retry later"
-                                                     : "the server is shutting down");
+        *res = respond_errf(c, x, 503,
+                            state == DSI__ST_LOADING  ? "loading"
+                            : state == DSI__ST_FAILED ? "backend_failed"
+                                                      : "draining",
+                            state == DSI__ST_LOADING  ? "the model is still loading; retry later"
+                            : state == DSI__ST_FAILED ? "the model backend failed on this server; retry on another one"
+                                                      : "the server is shutting down");
         return false;
     }
     return true;
@@ -545,10 +549,13 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
     switch (x->route) {
     case DSI__R_LIVE:
         if (!authorize(s, c, x, NULL, &res)) return res;
+        /* a dead backend needs a restart: liveness fails too (Kubernetes restarts the pod) */
+        if (dsi__srv_state(s) == DSI__ST_FAILED)
+            return respond(c, x, 503, "application/json", strdup("{\"status\":\"failed\"}\n"), NULL, NULL);
         return respond(c, x, 200, "application/json", strdup("{\"status\":\"ok\"}\n"), NULL, NULL);
     case DSI__R_READY: {
         if (!authorize(s, c, x, NULL, &res)) return res;
-        int st = atomic_load(&s->state);
+        int st = dsi__srv_state(s);
         const char *name = st == DSI__ST_READY ? "ready" : st == DSI__ST_LOADING ? "loading"
                          : st == DSI__ST_LEAVING || st == DSI__ST_DRAINING ? "draining" : "failed";
         return respond(c, x, st == DSI__ST_READY ? 200 : 503, "application/json",
@@ -560,7 +567,7 @@ static enum MHD_Result dispatch(struct dsi_server *s, struct MHD_Connection *c, 
         pthread_rwlock_rdlock(&s->eng_lock);
         if (s->eng) dsi_engine_get_stats(s->eng, &st);
         pthread_rwlock_unlock(&s->eng_lock);
-        char *m = dsi__smetrics_render(s->metrics, &st, atomic_load(&s->state) == DSI__ST_READY);
+        char *m = dsi__smetrics_render(s->metrics, &st, dsi__srv_state(s) == DSI__ST_READY);
         char *a = NULL;
         if (m && s->auth && dsi_auth_metrics(s->auth, &a) == 0 && a) {
             char *both = json_printf("%s%s", m, a);

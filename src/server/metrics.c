@@ -210,6 +210,16 @@ char *dsi__smetrics_render(struct dsi__smetrics *m, const struct dsi_engine_stat
                              (unsigned long long)st->preempted_total, (unsigned long long)st->steps_total);
     if (!rc)
         rc = dsi__sbuf_printf(&b,
+                             "# HELP dsinfer_engine_step_failures_total Scheduler steps the backend failed (their "
+                             "requests ended with an error).\n"
+                             "# TYPE dsinfer_engine_step_failures_total counter\n"
+                             "dsinfer_engine_step_failures_total %llu\n"
+                             "# HELP dsinfer_backend_dead 1 once the backend cannot run steps any more (the "
+                             "service needs a restart).\n"
+                             "# TYPE dsinfer_backend_dead gauge\ndsinfer_backend_dead %d\n",
+                             (unsigned long long)st->step_failures_total, st->dead ? 1 : 0);
+    if (!rc)
+        rc = dsi__sbuf_printf(&b,
                              "# HELP dsinfer_prefix_cache_hit_tokens_total Prompt tokens whose KV came from the "
                              "prefix cache.\n"
                              "# TYPE dsinfer_prefix_cache_hit_tokens_total counter\n"

@@ -238,6 +238,20 @@ static void reload(struct dsi_server *s) {
     dsi_sd_notify("READY=1");
 }
 
+int dsi__srv_state(struct dsi_server *s) {
+    int st = atomic_load(&s->state);
+    if (st != DSI__ST_READY && st != DSI__ST_LEAVING) return st;
+    pthread_rwlock_rdlock(&s->eng_lock);
+    bool dead = s->eng && dsi_engine_dead(s->eng);
+    pthread_rwlock_unlock(&s->eng_lock);
+    if (!dead) return st;
+    if (atomic_compare_exchange_strong(&s->state, &st, DSI__ST_FAILED))
+        dsi_log(DSI_LOG_ERROR, "server",
+                "the backend failed and cannot run steps: /health/ready and /health/live answer 503, requests get "
+                "503, watchdog pings stop; restart the service (systemd does so by itself)");
+    return DSI__ST_FAILED;
+}
+
 /* The drain proper: new requests get 503 from now on, running ones may finish
  * until the deadline dsi_server_run returns. */
 static int64_t begin_drain(struct dsi_server *s) {
@@ -276,6 +290,7 @@ int dsi_server_run(struct dsi_server *s) {
     int wd_ms = wd_usec ? (int)(wd_usec / 2000) : -1;
     if (wd_ms == 0) wd_ms = 1;
     int64_t grace_end = 0, drain_deadline = 0; /* dsi_now_ms() times; 0: not in that phase */
+    bool pinging = wd_usec != 0;
     for (;;) {
         int timeout = wd_ms; /* idle: block until a signal or a watchdog ping */
         if (drain_deadline) timeout = 100;
@@ -285,7 +300,13 @@ int dsi_server_run(struct dsi_server *s) {
         }
         struct pollfd p = {.fd = s->sigfd, .events = POLLIN};
         int n = poll(&p, 1, timeout);
-        if (wd_usec) dsi_sd_notify("WATCHDOG=1");
+        /* A dead backend is not alive: no more pings, so that systemd's
+         * WatchdogSec kills and restarts the service (the logs keep why). */
+        if (pinging && dsi__srv_state(s) == DSI__ST_FAILED) {
+            pinging = false;
+            dsi_sd_notify("STATUS=backend failed; watchdog pings stopped, waiting for a restart");
+        }
+        if (pinging) dsi_sd_notify("WATCHDOG=1");
         if (n < 0 && errno != EINTR) {
             dsi_log(DSI_LOG_ERROR, "server", "poll: %s", strerror(errno));
             return DSI_EIO;

@@ -31,7 +31,10 @@
 
 /* LEAVING: SIGTERM came and drain_grace_ms runs: /health/ready is 503 so balancers
  * and keepalived move traffic away, but requests are still served (each answer
- * closes its connection). DRAINING: new requests get 503, running ones finish. */
+ * closes its connection). DRAINING: new requests get 503, running ones finish.
+ * FAILED: the load failed, or the backend died at run time (dsi_engine_dead):
+ * every probe and request gets 503 and the watchdog pings stop, so that the
+ * supervisor restarts the process. */
 enum dsi__state { DSI__ST_LOADING, DSI__ST_READY, DSI__ST_LEAVING, DSI__ST_DRAINING, DSI__ST_FAILED };
 
 struct dsi_server {
@@ -254,6 +257,10 @@ const char *dsi__framing_error(struct MHD_Connection *c, const char *version, bo
 const char *dsi__uri_error(const char *uri);
 
 /* http.c */
+/* The server's state (enum dsi__state) as handlers and probes must see it: a
+ * READY or LEAVING server whose engine says its backend is dead turns FAILED
+ * here, once and for good (logged once). */
+int dsi__srv_state(struct dsi_server *s);
 int dsi__http_start(struct dsi_server *s, char **err);
 void dsi__http_stop(struct dsi_server *s);
 
