@@ -16,6 +16,9 @@
 #include "dsinfer/clock.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#ifdef DSI_TEST_HOOKS
+#include "dsinfer/fault.h"
+#endif
 
 int dsi_runtime_parse_dtype(const char *s, enum dsi_weight_dtype *out) {
     if (!s || !s[0] || !strcmp(s, "bf16")) *out = DSI_W_BF16;
@@ -98,6 +101,21 @@ static int create_backend(const struct dsi_config *c, const struct dsi_backend_o
     return dsi_backend_create("cpu", &rt->model, bo, &rt->be, err);
 }
 
+#ifdef DSI_TEST_HOOKS
+/* Test builds: DSI_TEST_FAIL_STEP ("N", "N:oom", "N:dead") fails the backend's
+ * Nth step (dsinfer/fault.h); the one place this hook is read. */
+static int wrap_fault(struct dsi_runtime *rt, char **err) {
+    const char *spec = getenv("DSI_TEST_FAIL_STEP");
+    if (!spec || !spec[0]) return 0;
+    struct dsi_fault_spec f;
+    int rc = dsi_fault_parse(spec, &f, err);
+    if (rc) return rc;
+    struct dsi_backend *inner = rt->be;
+    rt->be = NULL; /* the wrapper owns it now, also when wrapping fails */
+    return dsi_fault_backend_wrap(inner, &f, &rt->be, err);
+}
+#endif
+
 static int create_engine(const struct dsi_config *c, const struct dsi_runtime_opts *o, struct dsi_runtime *rt,
                          char **err) {
     int ctx = rt->model.cfg.max_position_embeddings;
@@ -177,6 +195,9 @@ int dsi_runtime_open(const struct dsi_config *c, const struct dsi_runtime_opts *
     if ((rc = backend_opts(c, &o, &rt->model.cfg, &bo, err))) goto fail;
     double t1 = dsi_now_s();
     if ((rc = create_backend(c, &bo, rt, err))) goto fail;
+#ifdef DSI_TEST_HOOKS
+    if ((rc = wrap_fault(rt, err))) goto fail;
+#endif
     rt->backend_s = dsi_now_s() - t1;
     if ((rc = create_engine(c, &o, rt, err))) goto fail;
     rt->total_s = dsi_now_s() - t0;
