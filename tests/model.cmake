@@ -23,3 +23,5 @@ dsi_fuzz(fuzz_wenc SOURCES tests/fuzz/fuzz_wenc.c LIBS dsi_model dsi_core)
 add_test(NAME test_wenc_cli COMMAND bash ${CMAKE_SOURCE_DIR}/tests/test_wenc_cli.sh WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_wenc_cli PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77
   ENVIRONMENT "DSI_BIN=$<TARGET_FILE:dsinfer>")
+# The GPU memory plan of a load and its out-of-memory message (issue 26 item 2).
+dsi_test(test_memplan SOURCES tests/test_memplan.c LIBS dsi_model dsi_core)
