@@ -7,8 +7,9 @@
  * (worker.c).
  *
  * Every rank enters the same collectives in the same order. An MPI error on
- * rank 0 marks the backend dead: every later forward fails with DSI_EDIST, so
- * requests fail and the service drains.
+ * rank 0 marks the backend dead: every later forward fails with DSI_EDIST and
+ * the dead op says so, so the engine fails every request and refuses new ones
+ * and the server stops its watchdog pings (systemd restarts the service).
  */
 #ifdef DSI_HAVE_MPI
 #include <stdio.h>
@@ -21,10 +22,12 @@
 
 static int tp_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
 static void tp_destroy(struct dsi_backend *be);
+static bool tp_dead(struct dsi_backend *be);
 
 static const struct dsi_backend_ops tp_ops = {
     .name = "cpu-tp",
     .forward = tp_forward,
+    .dead = tp_dead,
     .quant_report = NULL,
     .destroy = tp_destroy,
 };
@@ -35,6 +38,7 @@ static const struct dsi_backend_ops tp_cuda_ops = {
     .name = "cuda-tp",
     .forward = tp_forward,
     .forward_sample = dsi__tp_forward_sample,
+    .dead = tp_dead,
     .quant_report = NULL,
     .destroy = tp_destroy,
 };
@@ -149,6 +153,11 @@ static void tp_destroy(struct dsi_backend *be) {
     }
     dsi__parallel_set_backend(false);
     dsi__tp_free_shard(t);
+}
+
+/* The ops-table entry (backend.h): true after step_failed. */
+static bool tp_dead(struct dsi_backend *be) {
+    return ((struct dsi__tp *)be->impl)->dead;
 }
 
 /* A failure while or after the batch went out. CPU: MPI broke, the backend is dead and
