@@ -2,14 +2,18 @@
  * cuda_backend.c: the CUDA backend's constructor, memory plan and ops table.
  *
  * create: find a device (no driver or no GPU -> DSI_ENODEV with CUDA's reason,
- * so the same binary runs without a GPU), upload/quantize the weights
- * (cuda_weights.c), allocate the activation buffers for max_batch_tokens rows,
- * then give the KV pool kv_gpu_fraction of the memory still free. Every
- * allocation failure is DSI_ENOMEM naming what did not fit.
+ * so the same binary runs without a GPU), check the memory plan against the
+ * free memory (dsinfer/memplan.h: estimated weights, before a long upload),
+ * upload/quantize the weights (cuda_weights.c), allocate the activation
+ * buffers for max_batch_tokens rows, then give the KV pool kv_gpu_fraction of
+ * the memory still free (the plan again, with the measured sizes). Every
+ * allocation failure is DSI_ENOMEM naming what did not fit and what to change.
  *
- * A CUDA error during a step marks the backend dead: later steps fail at once
- * with DSI_ECUDA (sticky errors such as an illegal address poison the context),
- * and the engine drains.
+ * A failed step on one GPU whose context still works fails only that step
+ * (cuda_forward.c); a sticky CUDA error (an illegal address poisons the
+ * context), a failed shard or repeated failures mark the backend dead: later
+ * steps fail at once with DSI_ECUDA, the dead op says so, and the engine fails
+ * every request and refuses new ones until the service restarts.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,12 +23,14 @@
 #include "dsinfer/alloc.h"
 #include "dsinfer/err.h"
 #include "dsinfer/log.h"
+#include "dsinfer/memplan.h"
 #include "dsinfer/rope.h"
 
 static int cuda_forward(struct dsi_backend *be, const struct dsi_batch *b, float *logits, char **err);
 static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                                const struct dsi_sample_params *p, int32_t *ids, char **err);
 static void cuda_destroy(struct dsi_backend *be);
+static bool cuda_dead(struct dsi_backend *be);
 static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, bool random, uint64_t seed,
                   const struct dsi_cuda_shard *sh, struct dsi_backend **out, char **err);
 
@@ -32,6 +38,7 @@ static const struct dsi_backend_ops cuda_ops = {
     .name = "cuda",
     .forward = cuda_forward,
     .forward_sample = cuda_forward_sample,
+    .dead = cuda_dead,
     .quant_report = NULL,
     .destroy = cuda_destroy,
 };
@@ -42,15 +49,21 @@ int dsi__cuda_alloc(struct dsi__cuda *c, void **p, size_t bytes, const char *wha
     void **a = dsi_grow(c->allocs, c->n_allocs, &c->cap_allocs, sizeof *a, 64);
     if (!a) return dsi_seterr(err, DSI_ENOMEM, "cuda: out of host memory");
     c->allocs = a;
-    cudaError_t e = cudaMalloc(p, bytes);
+    cudaError_t e;
+#ifdef DSI_TEST_HOOKS
+    if (c->fault_alloc_at > 0 && ++c->n_alloc_calls == c->fault_alloc_at)
+        e = cudaErrorMemoryAllocation; /* the test hook: as cudaMalloc's out of memory, nothing allocated */
+    else
+#endif
+        e = cudaMalloc(p, bytes);
     if (e != cudaSuccess) {
         size_t free_b = 0, total_b = 0;
         cudaGetLastError(); /* clear the (non-sticky) allocation error */
         cudaMemGetInfo(&free_b, &total_b);
         *p = NULL;
         return dsi_seterr(err, DSI_ENOMEM,
-                          "CUDA out of memory on device %d: %s needs %.1f MiB, %.1f MiB free of %.1f MiB "
-                          "(lower max_batch_tokens/max_seqs or use int8 weights)",
+                          "GPU %d out of memory: %s needs %.1f MiB, %.1f MiB free of %.1f MiB; lower "
+                          "max_batch_tokens or max_running, use --dtype int8, or free the GPU (nvidia-smi)",
                           c->device, what, bytes / 1048576.0, free_b / 1048576.0, total_b / 1048576.0);
     }
     c->allocs[c->n_allocs++] = *p;
@@ -166,25 +179,20 @@ static int alloc_buffers(struct dsi__cuda *c, char **err) {
     return 0;
 }
 
-static int alloc_kv(struct dsi__cuda *c, float fraction, char **err) {
+/* Bytes of one KV block over all layers: K and V pools of n_kv_heads *
+ * head_dim each, or MLA's single latent pool of kv_lora + rope, in bf16. */
+static size_t kv_block_bytes(const struct dsi__cuda *c) {
+    size_t per_layer = dsi_model_kv_values_per_token_layer(&c->cfg);
+    return (size_t)c->cfg.n_layers * (size_t)c->base.kv_block_size * per_layer * 2;
+}
+
+/* The KV pool of n_blocks blocks (the memory plan's count). */
+static int alloc_kv(struct dsi__cuda *c, size_t n_blocks, char **err) {
     const struct dsi_model_config *cfg = &c->cfg;
-    /* one layer's pool holds kv_dim values per slot: K and V pools of
-     * n_kv_heads * head_dim each, or MLA's single latent pool of kv_lora + rope */
     size_t per_layer = dsi_model_kv_values_per_token_layer(cfg), bs = (size_t)c->base.kv_block_size;
     size_t kv_dim = c->mla ? per_layer : per_layer / 2;
-    size_t per_block = (size_t)cfg->n_layers * bs * per_layer * 2;
-    size_t free_b = 0, total_b = 0;
-    if (DSI_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b)))
-        return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
-    size_t want = (size_t)((double)free_b * fraction);
-    size_t n_blocks = want / per_block;
+    size_t per_block = kv_block_bytes(c);
     if (n_blocks > (size_t)INT32_MAX / bs) n_blocks = (size_t)INT32_MAX / bs;
-    if (n_blocks < 1)
-        return dsi_seterr(
-            err, DSI_ENOMEM,
-            "CUDA out of memory: no room for the KV cache (%.1f MiB free after weights, one block "
-            "needs %.2f MiB); raise kv_gpu_fraction or use int8 weights",
-            free_b / 1048576.0, per_block / 1048576.0);
     int rc = dsi__cuda_alloc(c, (void **)&c->kv, n_blocks * per_block, "KV cache", err);
     if (rc) return rc;
     c->base.n_kv_blocks = (int)n_blocks;
@@ -360,11 +368,31 @@ static int upload_rope(struct dsi__cuda *c, const struct dsi_model_config *cfg, 
     return rc;
 }
 
-/* Weights, activation buffers, the matmul plan, then the KV pool from what is left. */
+/* Weights, activation buffers, the matmul plan, then the KV pool from what is
+ * left: the memory plan (dsinfer/memplan.h) first with the weights estimated
+ * from the checkpoint (a load that cannot fit fails before the upload), then
+ * with the sizes measured, which also sizes the pool. A shard holds its part of
+ * the weights: the estimate is split evenly over the ranks. */
 static int load_and_plan(struct dsi__cuda *c, const struct dsi_model *m, bool random, uint64_t seed,
                          float fraction, char **err) {
-    size_t free0 = 0, free1 = 0, total = 0;
-    cudaMemGetInfo(&free0, &total);
+    size_t free0 = 0, free1 = 0, free2 = 0, total = 0;
+    if (DSI_CUDA_CHECK(cudaMemGetInfo(&free0, &total)))
+        return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
+    struct dsi_mem_plan plan = {.device = c->device,
+                                .free_bytes = free0,
+                                .total_bytes = total,
+                                .kv_block_bytes = kv_block_bytes(c),
+                                .kv_min_blocks = c->max_seqs,
+                                .kv_gpu_fraction = fraction,
+                                .int8 = c->int8};
+    int n_blocks = 0;
+    if (!random) { /* the weights alone (an estimate: no workspace yet, one KV block) */
+        struct dsi_mem_plan pre = plan;
+        pre.weight_bytes = dsi_mem_plan_weight_bytes(&m->st, c->int8, c->group) / (size_t)c->tp_size;
+        pre.kv_min_blocks = 1;
+        int rc = dsi_mem_plan_fit(&pre, &n_blocks, err);
+        if (rc) return rc;
+    }
     /* gate|up rows interleaved by 8 where this shard's intermediate size allows */
     c->gate_up_il8 = c->cfg.intermediate_size % 8 == 0 ? DSI_GLU_IL8 : 0;
     int rc = dsi__cuda_load_weights(c, m, random, seed, err);
@@ -375,7 +403,12 @@ static int load_and_plan(struct dsi__cuda *c, const struct dsi_model *m, bool ra
         (rc = dsi__cuda_w8a8_prepare(c, err)) || (rc = dsi__cuda_plan(c, err)))
         return rc;
     dsi__cuda_plan_log(c);
-    return alloc_kv(c, fraction, err);
+    if (DSI_CUDA_CHECK(cudaMemGetInfo(&free2, &total)))
+        return dsi_seterr(err, DSI_ECUDA, "cuda: cudaMemGetInfo failed");
+    plan.weight_bytes = c->base.weight_bytes;
+    plan.workspace_bytes = free1 > free2 ? free1 - free2 : 0;
+    if ((rc = dsi_mem_plan_fit(&plan, &n_blocks, err))) return rc;
+    return alloc_kv(c, (size_t)n_blocks, err);
 }
 
 static void log_created(const struct dsi__cuda *c, const struct cudaDeviceProp *prop) {
@@ -436,6 +469,12 @@ static int create(const struct dsi_model *m, const struct dsi_backend_opts *o, b
     c->tp_size = 1;
     c->mla = dsi_model_is_mla(&m->cfg); /* unsharded: the config check refuses MLA under TP */
     dsi__cuda_switches_read(&c->sw);
+#ifdef DSI_TEST_HOOKS
+    const char *fa = getenv("DSI_TEST_FAIL_CUDA_MALLOC"); /* test builds: the one place it is read */
+    c->fault_alloc_at = fa ? atol(fa) : 0;
+    if (c->fault_alloc_at > 0)
+        dsi_log(DSI_LOG_WARN, "cuda", "test hook: allocation %ld fails as out of memory", c->fault_alloc_at);
+#endif
     set_limits(c, o);
     float fraction = o->kv_gpu_fraction > 0.f && o->kv_gpu_fraction <= 0.98f ? o->kv_gpu_fraction : 0.9f;
     struct cudaDeviceProp prop;
@@ -561,6 +600,11 @@ int dsi_cuda_backend_forward_sample(struct dsi_backend *be, const struct dsi_bat
 static int cuda_forward_sample(struct dsi_backend *be, const struct dsi_batch *b,
                                const struct dsi_sample_params *p, int32_t *ids, char **err) {
     return step_and_sample(be, b, p, convert_params, ids, err);
+}
+
+/* The ops-table entry (backend.h): a dead backend runs no more steps. */
+static bool cuda_dead(struct dsi_backend *be) {
+    return impl(be)->dead;
 }
 
 void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs) {

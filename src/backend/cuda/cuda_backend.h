@@ -72,6 +72,19 @@ int dsi_cuda_shard_check(const struct dsi_model_config *cfg, const struct dsi_ba
 int dsi_cuda_backend_create_shard(const struct dsi_model *m, const struct dsi_backend_opts *o,
                                   const struct dsi_cuda_shard *sh, bool random, uint64_t seed,
                                   struct dsi_backend **out, char **err);
+/* ---- fault injection (test builds only: DSI_TEST_HOOKS) ----
+ * The nth checked kernel launch from now (a launcher's DSI_CUDA_CHECK of
+ * cudaGetLastError, counted over the process) fails: sticky, as an illegal
+ * address would (cudaErrorLaunchFailure, and every checked CUDA call after it
+ * fails too, as in a poisoned context), or not (cudaErrorMemoryAllocation,
+ * once). n 0 disarms and clears the poison. Load-time allocations fail with
+ * DSI_TEST_FAIL_CUDA_MALLOC=N in the environment at create: the backend's Nth
+ * dsi__cuda_alloc fails as cudaMalloc's out of memory would. Not declared in
+ * release builds, so nothing there can call them. */
+#ifdef DSI_TEST_HOOKS
+void dsi_cuda_fault_arm_launch(long n, bool sticky);
+#endif
+
 /* The step limits a CUDA backend was created with (max_batch_tokens and
  * max_seqs after its defaults and caps), so tensor parallel can agree on them. */
 void dsi_cuda_backend_limits(const struct dsi_backend *be, int *max_tokens, int *max_seqs);

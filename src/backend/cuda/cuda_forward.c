@@ -364,6 +364,15 @@ static int run_decode_graph(struct dsi__cuda *c, int T, int R, const struct dsi_
     return DSI_CUDA_CHECK(cudaGraphLaunch(gr->exec, c->stream));
 }
 
+/* After a failed step: whether the context still runs work. A non-sticky
+ * error (out of memory) is cleared and the stream drains; a sticky one (an
+ * illegal address, a launch failure) makes every later call fail. */
+static bool context_usable(struct dsi__cuda *c) {
+    cudaGetLastError();
+    if (DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream))) return false;
+    return cudaPeekAtLastError() == cudaSuccess;
+}
+
 int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, char **err) {
     *n_rows = 0;
     if (c->dead) return dsi_seterr(err, DSI_ECUDA, "cuda: backend disabled by an earlier CUDA error");
@@ -410,11 +419,24 @@ int dsi__cuda_step(struct dsi__cuda *c, const struct dsi_batch *b, int *n_rows, 
     if ((rc = graph ? run_decode_graph(c, T, R, &proto) : run_model(c, T, R, &proto))) goto fail;
     /* the pinned metadata is rewritten by the next step: wait for the copy */
     if ((rc = DSI_CUDA_CHECK(cudaStreamSynchronize(c->stream)))) goto fail;
+    c->failed_steps = 0;
     *n_rows = R;
     return 0;
 fail:
     /* the batch was checked by pack(), so any failure here is CUDA's or a
-     * bug; a shard's failed step also leaves its peers in collectives */
+     * bug. One GPU whose context still works (a graph that could not be
+     * instantiated for want of memory, another process's allocation) fails only
+     * this step; a sticky error, a shard (its peers wait in collectives) or
+     * DSI__CUDA_MAX_FAILED_STEPS failures in a row mark the backend dead. */
+    if (c->tp_size == 1 && ++c->failed_steps < DSI__CUDA_MAX_FAILED_STEPS && context_usable(c)) {
+        dsi_log(DSI_LOG_WARN, "cuda",
+                "step failed (%s) on a healthy device: its requests fail, the next step runs (%d in a row; %d "
+                "mark the backend dead). Out of memory at run time: lower kv_gpu_fraction for more headroom and "
+                "check nvidia-smi for other processes on device %d",
+                dsi_strerror(rc), c->failed_steps, DSI__CUDA_MAX_FAILED_STEPS, c->device);
+        return dsi_seterr(err, rc, "cuda: step failed (%s); the device is still usable", dsi_strerror(rc));
+    }
     c->dead = true;
-    return dsi_seterr(err, rc, "cuda: step failed (%s); see the log for the failing call", dsi_strerror(rc));
+    return dsi_seterr(err, rc, "cuda: step failed (%s); the backend is dead (see the log for the failing call)",
+                      dsi_strerror(rc));
 }

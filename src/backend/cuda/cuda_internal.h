@@ -24,6 +24,10 @@
 /* Rows above which an INT8 matmul dequantizes to bf16 and calls cuBLAS. */
 #define DSI__CUDA_MMA_MAX_ROWS 16
 #define DSI__CUDA_MAX_SPLITS 64
+/* Steps that may fail in a row on a device that still works before the backend
+ * gives up (marks itself dead, so the service restarts and the load's memory
+ * plan says what no longer fits): a failure that persists is not transient. */
+#define DSI__CUDA_MAX_FAILED_STEPS 3
 /* INT8 matmuls of MIN..MAX rows with at least MIN_N outputs take the tiled GEMM
  * (kernels/gemm_int8_tiled.cu). Measured on the H200, 7B shape (bench/RESULTS.md,
  * "Tiled INT8 GEMM"): gate_up at 16/64/128 rows 58/107/174 us against 111 us
@@ -185,6 +189,10 @@ struct dsi__cuda {
     int device, n_sm;
     size_t l2_bytes; /* the device's L2 (picks the INT8 path of the batched matmuls) */
     bool int8, dead;
+    int failed_steps; /* steps failed in a row on a healthy device (dsi__cuda_step) */
+#ifdef DSI_TEST_HOOKS
+    long fault_alloc_at, n_alloc_calls; /* DSI_TEST_FAIL_CUDA_MALLOC: that dsi__cuda_alloc fails; 0: off */
+#endif
     int group; /* int8 group size of every matrix (embedding and lm_head too), 0: per channel */
     cudaStream_t stream;
     cublasHandle_t blas;

@@ -1,5 +1,6 @@
 /*
- * cuda_util.c: the checked-call helpers behind DSI_CUDA_CHECK / DSI_CUBLAS_CHECK,
+ * cuda_util.c: the checked-call helpers behind DSI_CUDA_CHECK / DSI_CUBLAS_CHECK
+ * (with, in test builds, the kernel-launch fault hook of cuda_backend.h),
  * and the RoPE frequency table of each rope variant (host side; the kernel only
  * multiplies positions by these frequencies, so one kernel serves all variants).
  */
@@ -13,7 +14,40 @@
 #include "cuda_backend.h"
 #include "dsinfer/log.h"
 
+#ifdef DSI_TEST_HOOKS
+#include <stdatomic.h>
+#include <string.h>
+/* Test builds only: the launch fault of cuda_backend.h. The launch checks have
+ * no backend at hand, so this is process state: the one mutable global of the
+ * backend, and it does not exist in a release build. */
+static _Atomic long fault_left;   /* launch checks until the injected failure; 0: off */
+static _Atomic int fault_sticky;  /* the failure poisons: every later check fails */
+static _Atomic int fault_poisoned;
+
+void dsi_cuda_fault_arm_launch(long n, bool sticky) {
+    atomic_store(&fault_poisoned, 0);
+    atomic_store(&fault_sticky, sticky ? 1 : 0);
+    atomic_store(&fault_left, n > 0 ? n : 0);
+}
+
+/* The code the checked call gets instead of its own (test hook). */
+static int fault_code(int code, const char *stmt) {
+    if (atomic_load(&fault_poisoned)) return code ? code : (int)cudaErrorLaunchFailure;
+    if (code || strcmp(stmt, "cudaGetLastError()") != 0) return code;
+    long left = atomic_load(&fault_left);
+    while (left > 0 && !atomic_compare_exchange_weak(&fault_left, &left, left - 1))
+        ;
+    if (left != 1) return code;
+    if (!atomic_load(&fault_sticky)) return (int)cudaErrorMemoryAllocation;
+    atomic_store(&fault_poisoned, 1);
+    return (int)cudaErrorLaunchFailure;
+}
+#endif
+
 int dsi__cuda_check(int code, const char *stmt, const char *func, const char *file, int line) {
+#ifdef DSI_TEST_HOOKS
+    code = fault_code(code, stmt);
+#endif
     if (code == (int)cudaSuccess) return 0;
     dsi_log(DSI_LOG_ERROR, "cuda", "%s failed in %s (%s:%d): %s", stmt, func, file, line,
             cudaGetErrorString((cudaError_t)code));
