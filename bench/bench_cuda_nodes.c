@@ -83,7 +83,7 @@ static double node_us(enum node n, struct bufs *b, cudaStream_t s) {
     for (int i = 0; i < REP && !rc; i++)
         rc = launch(n, b, s);
     if (cudaStreamEndCapture(s, &g) != cudaSuccess || rc) goto out;
-    if (cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) goto out;
+    if (cudaGraphInstantiateWithFlags(&ge, g, 0) != cudaSuccess) goto out;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);

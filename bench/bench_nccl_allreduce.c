@@ -127,7 +127,7 @@ static cudaGraphExec_t capture(struct ctx *c, size_t count, ncclDataType_t dt, i
     for (int i = 0; i < n; i++)
         CK_NCCL(ncclAllReduce(c->buf, c->buf, count, dt, ncclSum, c->comm, c->st));
     CK_CUDA(cudaStreamEndCapture(c->st, &g));
-    CK_CUDA(cudaGraphInstantiate(&ge, g, 0));
+    CK_CUDA(cudaGraphInstantiateWithFlags(&ge, g, 0));
     CK_CUDA(cudaGraphDestroy(g));
     return ge;
 }

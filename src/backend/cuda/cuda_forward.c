@@ -352,7 +352,10 @@ static int run_decode_graph(struct dsi__cuda *c, int T, int R, const struct dsi_
             return run_rc ? run_rc : rc;
         }
         cudaGraphExec_t exec = NULL;
-        rc = DSI_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        /* the WithFlags form (CUDA 11.4 on) is one signature in CUDA 11 and 12+, where
+         * plain cudaGraphInstantiate changed its arguments: the Debian-packaged 11.8
+         * toolkit (deploy/docker/Dockerfile.cuda) builds this file too */
+        rc = DSI_CUDA_CHECK(cudaGraphInstantiateWithFlags(&exec, graph, 0));
         cudaGraphDestroy(graph);
         if (rc) return rc;
         gr = &c->graphs[c->n_graphs++];
