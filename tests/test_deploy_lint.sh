@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_deploy_lint.sh: lints what deploy/ ships, and proves each linter can fail.
-#   Dockerfile: deploy/lint/dockerfile_lint.py passes it; bad Dockerfiles (root
-#     user, shell-form CMD, :latest, apt without cleanup, curl | sh, a secret in
-#     ENV, single stage) fail with their rule ids
+#   Dockerfile, deploy/docker/Dockerfile.cpu and .cuda: deploy/lint/dockerfile_lint.py
+#     passes them; bad Dockerfiles (root user, shell-form CMD, :latest, apt
+#     without cleanup, curl | sh, a secret in ENV, single stage) fail with their
+#     rule ids
 #   deploy/k8s: deploy/lint/k8s_check.py passes it; copies with a writable
 #     model mount, no GPU request, a wrong probe path fail
 #   yamllint (deploy/ YAML) and shellcheck (deploy/ shell scripts), both from
@@ -26,6 +27,7 @@ expect() { # expect DESCRIPTION WANT_RC PATTERN COMMAND...: rc and (if PATTERN) 
 L=deploy/lint
 expect "Dockerfile passes" 0 "" $L/dockerfile_lint.py Dockerfile
 expect "deploy/docker/Dockerfile.cpu passes" 0 "" $L/dockerfile_lint.py deploy/docker/Dockerfile.cpu
+expect "deploy/docker/Dockerfile.cuda passes" 0 "" $L/dockerfile_lint.py deploy/docker/Dockerfile.cuda
 bad() { printf '%s\n' "$@" >"$dir/Dockerfile.bad"; }
 bad "FROM debian:12 AS b" "RUN true" "FROM debian:12" "CMD dsinfer serve"
 expect "no USER and shell-form CMD fail" 1 "DL3002.*DL3025|DL3025.*DL3002" bash -o pipefail -c "$L/dockerfile_lint.py $dir/Dockerfile.bad | tr '\n' ' '"

@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# smoke.sh: builds the CPU image (deploy/docker/Dockerfile.cpu) and runs it as
+# smoke.sh [cpu|cuda]: builds a container image and runs it as
 # docs/operating.md section 16 says: non-root, read-only root file system, a
-# tmpfs for /var/lib/dsinfer, the model mounted read-only at /models. Checks
-# that the process runs as uid 10001, cannot write its root file system,
-# answers /health/ready 200, and exits 0 on `docker stop` (SIGTERM drain).
+# tmpfs for /var/lib/dsinfer, the model mounted read-only at /models, all
+# capabilities dropped. Checks that the process runs as uid 10001, cannot write
+# its root file system, answers /health/ready 200, and exits 0 on `docker stop`
+# (SIGTERM drain).
+#   cpu (default): deploy/docker/Dockerfile.cpu, served on the CPU backend.
+#   cuda: deploy/docker/Dockerfile.cuda (Debian's CUDA 11.8 packages). No GPU
+#     is needed or used: it checks that the CUDA runtime and cuBLAS resolve in
+#     the image (ldd) and no driver library is baked in, that --version and
+#     doctor run, that `serve` with the image's config (backend cuda, no
+#     fallback) refuses to start with the reason, and then serves with
+#     --backend-fallback cpu. A GPU run of the image is not part of it.
 # Run from the source root. The base image is DSI_DOCKER_BASE, else
 # debian:12.11-slim if present or pullable, else dsinfer-base:bookworm-minbase
-# (deploy/docker/bootstrap-base.sh) if present. Exit 0 pass, 1 fail, 77
-# skipped with the reason (no docker, no daemon, no base image).
+# (deploy/docker/bootstrap-base.sh) if present. Exit 0 pass, 1 fail, 2 usage,
+# 77 skipped with the reason (no docker, no daemon, no base image).
 set -u
+variant=${1:-cpu}
+case $variant in
+  cpu) dockerfile=deploy/docker/Dockerfile.cpu ;;
+  cuda) dockerfile=deploy/docker/Dockerfile.cuda ;;
+  *) echo "usage: smoke.sh [cpu|cuda]" >&2; exit 2 ;;
+esac
 skip() { echo "skip: $*"; exit 77; }
 command -v docker >/dev/null || skip "no docker client"
 docker info >/dev/null 2>&1 || skip "no docker daemon reachable ($(docker info 2>&1 | grep -m1 -i error))"
@@ -27,27 +41,54 @@ if [[ -z $base ]]; then
 fi
 MODEL=$PWD/tests/golden/models/tiny-chat
 [[ -f $MODEL/config.json ]] || skip "no model at $MODEL"
-IMG=${DSI_DOCKER_IMAGE:-dsinfer:cpu-smoke}
+IMG=${DSI_DOCKER_IMAGE:-dsinfer:$variant-smoke}
 name=dsinfer-smoke-$$
 fails=0
 check() { local what=$1; shift; if "$@"; then echo "ok   $what"; else echo "FAIL $what"; fails=$((fails + 1)); fi; }
-cleanup() { docker rm -f "$name" >/dev/null 2>&1; }
+cleanup() { docker rm -f "$name" >/dev/null 2>&1; rm -f "/tmp/$name".*; }
 trap cleanup EXIT
+# the hardening every run here gets, as operating.md section 16 runs it
+harden=(--read-only --tmpfs "/var/lib/dsinfer:uid=10001,gid=10001,mode=0750"
+  --cap-drop ALL --security-opt no-new-privileges --network host -v "$MODEL:/models:ro")
 
-echo "base image: $base"
+echo "base image: $base, $dockerfile"
 # host network: the build's apt reaches the mirror the host reaches, whether or
 # not the daemon runs a bridge
-docker build -q --network host --build-arg BASE="$base" -f deploy/docker/Dockerfile.cpu -t "$IMG" . >/tmp/$name.build 2>&1
+t0=$SECONDS
+docker build -q --network host --build-arg BASE="$base" -f "$dockerfile" -t "$IMG" . >"/tmp/$name.build" 2>&1
 rc=$?
-check "the CPU image builds" test "$rc" = 0
-[[ $rc = 0 ]] || { tail -20 /tmp/$name.build; rm -f /tmp/$name.build; exit 1; }
-rm -f /tmp/$name.build
+check "the $variant image builds ($((SECONDS - t0)) s)" test "$rc" = 0
+[[ $rc = 0 ]] || { tail -20 "/tmp/$name.build"; exit 1; }
+echo "image size: $(docker image inspect -f '{{.Size}}' "$IMG") bytes"
 check "the image runs as 10001, not root" test "$(docker image inspect -f '{{.Config.User}}' "$IMG")" = 10001:10001
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-docker run -d --name "$name" --read-only --tmpfs /var/lib/dsinfer:uid=10001,gid=10001,mode=0750 \
-  --cap-drop ALL --security-opt no-new-privileges --network host \
-  -v "$MODEL:/models:ro" "$IMG" --config /etc/dsinfer/dsinfer.json --listen "127.0.0.1:$port" >/dev/null
+serve_args=(--config /etc/dsinfer/dsinfer.json --listen "127.0.0.1:$port")
+if [[ $variant = cuda ]]; then
+  # runs the binary with the entrypoint replaced: dsi ARGS..., output in /tmp/$name.out
+  dsi() { timeout 120 docker run --rm "${harden[@]}" --entrypoint /usr/bin/dsinfer "$IMG" "$@" >"/tmp/$name.out" 2>&1; }
+  docker run --rm --entrypoint /usr/bin/ldd "$IMG" /usr/bin/dsinfer >"/tmp/$name.ldd" 2>&1
+  for lib in libcudart.so.11.0 libcublas.so.11 libcublasLt.so.11; do
+    check "ldd resolves $lib in the image" grep -Eq "^\s*$lib => /\S+" "/tmp/$name.ldd"
+  done
+  check "ldd finds every library" bash -c "! grep -q 'not found' /tmp/$name.ldd"
+  check "no driver library (libcuda) is baked into the image" \
+    bash -c "! docker run --rm --entrypoint /bin/sh $IMG -c 'ls /usr/lib/*/libcuda.so* /usr/lib/libcuda.so*' >/dev/null 2>&1"
+  dsi --version; rc=$?
+  check "dsinfer --version runs (rc $rc: $(head -c 60 "/tmp/$name.out"))" \
+    bash -c "[[ $rc = 0 ]] && grep -q '^dsinfer [0-9]' /tmp/$name.out"
+  dsi doctor --config /etc/dsinfer/dsinfer.json; rc=$?
+  sed 's/^/    doctor: /' "/tmp/$name.out"
+  check "doctor runs and fails the gpu check without a GPU (rc $rc)" \
+    bash -c "[[ $rc = 1 ]] && grep -q '^FAIL gpu: ' /tmp/$name.out"
+  dsi serve "${serve_args[@]}"; rc=$?
+  sed 's/^/    serve --backend cuda: /' "/tmp/$name.out" | tail -3
+  check "serve on backend cuda refuses to start without a GPU (rc $rc), saying why" \
+    bash -c "[[ $rc != 0 && $rc != 124 ]] && grep -q 'backend cuda is not available' /tmp/$name.out"
+  serve_args+=(--backend-fallback cpu)
+fi
+
+docker run -d --name "$name" "${harden[@]}" "$IMG" "${serve_args[@]}" >/dev/null
 code=000
 for _ in $(seq 1 300); do
   code=$(curl -sk --max-time 2 -o /dev/null -w '%{http_code}' "https://127.0.0.1:$port/health/ready")
@@ -56,7 +97,11 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 check "/health/ready answers 200 from the container" test "$code" = 200
+[[ $variant = cpu ]] ||
+  check "the cuda image falls back to the CPU backend, saying so" \
+    bash -c "docker logs $name 2>&1 | grep -q 'backend_fallback: serving on the CPU backend'"
 check "dsinfer runs as uid 10001" test "$(docker exec "$name" id -u)" = 10001
+check "no capabilities are left" bash -c "docker exec $name grep -q '^CapEff:\s*0*$' /proc/1/status"
 check "the root file system is read-only" bash -c "! docker exec $name sh -c 'echo x > /etc/x' 2>/dev/null"
 check "the model mount is read-only" bash -c "! docker exec $name sh -c 'echo x > /models/x' 2>/dev/null"
 check "the state dir is writable (tmpfs)" docker exec "$name" test -f /var/lib/dsinfer/tls-cert.pem
