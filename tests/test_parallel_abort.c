@@ -68,7 +68,7 @@ static int fake_rank0(const char *mode) {
         MPI_Finalize();
         return 0;
     }
-    sleep(60); /* the worker's MPI_Abort must end this long before */
+    sleep(150); /* the worker's MPI_Abort must end this long before */
     return 3;
 }
 
@@ -82,7 +82,7 @@ static int run_case(const char *mode, char **err_out, char **out_text) {
     char cmd[12288];
     snprintf(
         cmd, sizeof cmd,
-        "ASAN_OPTIONS=detect_leaks=0 DSI_LOG_LEVEL=info timeout 50 mpirun --allow-run-as-root "
+        "ASAN_OPTIONS=detect_leaks=0 DSI_LOG_LEVEL=info timeout 110 mpirun --allow-run-as-root "
         "--oversubscribe "
         "--bind-to none -x ASAN_OPTIONS -x DSI_LOG_LEVEL -np 1 %s %s : -np 1 %s logits --model models/demo "
         "--ids 1 2>%s",
