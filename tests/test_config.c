@@ -44,6 +44,7 @@ TEST(config_defaults_match_the_documented_values) {
     CHECK_EQ_INT(c.max_body_bytes, 1048576);
     CHECK_EQ_INT(c.stream_buffer_bytes, 1048576);
     CHECK_EQ_INT(c.max_messages, 256);
+    CHECK_EQ_INT(c.max_n, 16);
     CHECK_EQ_INT(c.client_timeout_s, 60);
     CHECK_EQ_INT(c.max_connections_per_ip, 64);
     CHECK_EQ_INT(c.request_read_timeout_s, 30);

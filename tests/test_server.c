@@ -612,6 +612,17 @@ TEST(parse_n_limits) {
         CHECK_EQ_STR(e.param, "n");
         dsi__srv_req_free(&r);
     }
+    /* the max_n config lowers the cap */
+    struct dsi__req_limits lim4 = LIM;
+    lim4.max_n = 4;
+    const char *b4 = "{\"prompt\":\"x\",\"n\":4}", *b5 = "{\"prompt\":\"x\",\"n\":5}";
+    CHECK_EQ_INT(dsi__srv_req_parse(DSI__REQ_COMPLETION, b4, strlen(b4), &lim4, &r, &e), 0);
+    CHECK_EQ_INT(r.n, 4);
+    dsi__srv_req_free(&r);
+    CHECK_EQ_INT(dsi__srv_req_parse(DSI__REQ_COMPLETION, b5, strlen(b5), &lim4, &r, &e), 400);
+    CHECK_EQ_STR(e.param, "n");
+    CHECK(strstr(e.message, "between 1 and 4") != NULL);
+    dsi__srv_req_free(&r);
 }
 
 TEST(parse_body_limits) {

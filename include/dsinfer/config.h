@@ -34,6 +34,7 @@ struct dsi_config {
     size_t max_body_bytes;
     size_t stream_buffer_bytes;  /* unsent output one stream may hold; past it the stream ends */
     int max_messages;
+    int max_n;                   /* choices one generation request may ask for (n), 1..DSI_MAX_N */
     /* auth */
     char *keys_file;
     char *roles; /* JSON object text {"role":["perm",...]}; empty: defaults */

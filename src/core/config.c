@@ -71,6 +71,9 @@ static const struct dsi__opt opts[] = {
      "ends with an error event and its sequence is cancelled"},
     {"max_messages", DSI__OPT_INT, F(max_messages), 1, 65536, "256", NULL, NULL, NULL, 0, "network",
      "most messages in one chat request"},
+    {"max_n", DSI__OPT_INT, F(max_n), 1, 16, "16", NULL, NULL, NULL, 0, "network",
+     "most choices (n) one generation request may ask for; each is an engine sequence sharing the prompt; "
+     "more: 400"},
 
     {"keys_file", DSI__OPT_PATH, F(keys_file), 0, 0, "", "/var/lib/dsinfer/keys.json", NULL, NULL,
      DSI__OPT_RELOAD, "auth",

@@ -250,7 +250,8 @@ static bool parse_body(struct dsi_server *s, struct MHD_Connection *c, struct co
                        struct dsi__req *r, enum MHD_Result *res) {
     const struct dsi_config *cfg = s->cfg;
     struct dsi__req_limits lim = {.max_body_bytes = cfg->max_body_bytes, .max_messages = cfg->max_messages,
-                                  .max_prompt_ids = s->context_tokens > 0 ? s->context_tokens : 1 << 20};
+                                  .max_prompt_ids = s->context_tokens > 0 ? s->context_tokens : 1 << 20,
+                                  .max_n = cfg->max_n};
     struct dsi__api_error e;
     int st = x->too_big ? dsi__api_error_set(&e, 413, NULL, "request_too_large", "request body exceeds %zu bytes",
                                              cfg->max_body_bytes)

@@ -68,6 +68,7 @@ struct dsi__req_limits {
     size_t max_body_bytes;
     int max_messages;
     int max_prompt_ids;  /* ids accepted in prompt / detokenize arrays */
+    int max_n;           /* choices (n) at most; 0: DSI_MAX_N */
 };
 
 struct dsi__req {

@@ -32,7 +32,8 @@ static int parse_tokenize(const cJSON *root, const struct dsi__req_limits *lim, 
 static int parse_input(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
                        struct dsi__api_error *e);
 static int parse_delivery(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
-static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e);
+static int parse_decoding(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
+                          struct dsi__api_error *e);
 
 size_t dsi__srv_utf8_complete_prefix(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
@@ -188,7 +189,8 @@ static int parse_delivery(const cJSON *root, struct dsi__req *r, struct dsi__api
 }
 
 /* A generation's limits and decoding: max_tokens, n, sampling, stop, response_format, tools. */
-static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api_error *e) {
+static int parse_decoding(const cJSON *root, const struct dsi__req_limits *lim, struct dsi__req *r,
+                          struct dsi__api_error *e) {
     int rc;
     bool has;
     long long v;
@@ -196,7 +198,8 @@ static int parse_decoding(const cJSON *root, struct dsi__req *r, struct dsi__api
     if (has) r->max_tokens = (int)v;
     if ((rc = get_int(root, "max_completion_tokens", 1, 1 << 30, &has, &v, e))) return rc;
     if (has) r->max_tokens = (int)v;
-    if ((rc = get_int(root, "n", 1, DSI_MAX_N, &has, &v, e))) return rc;
+    int max_n = lim->max_n > 0 && lim->max_n < DSI_MAX_N ? lim->max_n : DSI_MAX_N;
+    if ((rc = get_int(root, "n", 1, max_n, &has, &v, e))) return rc;
     if (has) r->n = (int)v;
     if ((rc = parse_sampling(root, r, e))) return rc;
     if ((rc = check_sampling(&r->sampling, e))) return rc;
@@ -231,7 +234,7 @@ int dsi__srv_req_parse(enum dsi__req_kind kind, const char *body, size_t len,
     } else if (kind == DSI__REQ_TOKENIZE) {
         rc = parse_tokenize(root, lim, r, e);
     } else if (!(rc = parse_input(root, lim, r, e)) && !(rc = parse_delivery(root, r, e))) {
-        rc = parse_decoding(root, r, e);
+        rc = parse_decoding(root, lim, r, e);
     }
 out:
     cJSON_Delete(root);

@@ -75,7 +75,7 @@ start_daemon() {
 
 LOG=$W/daemon.log
 start_daemon "$LOG" --model "$MODEL" --keys "$KEYS" --state-dir "$W/state" \
-    --backend cpu --dtype f32 --audit-log "$W/audit.log" --max-messages 8 --max-body-bytes 65536 \
+    --backend cpu --dtype f32 --audit-log "$W/audit.log" --max-messages 8 --max-n 8 --max-body-bytes 65536 \
     --max-running 64 --log-level info --drain-timeout-s 10 \
     --served-model-names '["tiny-chat","deepseek-chat","deepseek-reasoner"]' || exit 1
 URL=https://127.0.0.1:$PORT
@@ -150,6 +150,8 @@ check "wrong type 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}]
 check "out of range 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"top_p":2}' "$URL/v1/chat/completions")" = 400
 check "ignore_eos must be a boolean" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"ignore_eos":"yes"}' "$URL/v1/chat/completions")" = 400
 check "n=17 refused 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":17}' "$URL/v1/chat/completions")" = 400
+check "n=9 over max_n 8 refused 400" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":9}' "$URL/v1/chat/completions")" = 400
+check "  naming n and the configured cap" test "$(json $W/e 'j.error.param+" "+/between 1 and 8/.test(j.error.message)')" = "n true"
 check "n=2 answers 200" test "$(e -d '{"messages":[{"role":"user","content":"x"}],"n":2,"max_tokens":3}' "$URL/v1/chat/completions")" = 200
 check "  with choices 0 and 1" test "$(json $W/e 'j.choices.map(c=>c.index).join()')" = "0,1"
 printf '{"messages":[{"role":"user","content":"\xff\xfe"}]}' >$W/bad_utf8
