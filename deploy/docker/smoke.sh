@@ -79,8 +79,8 @@ if [[ $variant = cuda ]]; then
     bash -c "[[ $rc = 0 ]] && grep -q '^dsinfer [0-9]' /tmp/$name.out"
   dsi doctor --config /etc/dsinfer/dsinfer.json; rc=$?
   sed 's/^/    doctor: /' "/tmp/$name.out"
-  check "doctor runs and fails the gpu check without a GPU (rc $rc)" \
-    bash -c "[[ $rc = 1 ]] && grep -q '^FAIL gpu: ' /tmp/$name.out"
+  check "doctor finds the CUDA runtime and fails the gpu check: no GPU (rc $rc)" \
+    bash -c "[[ $rc = 1 ]] && grep -q '^FAIL gpu: no CUDA device' /tmp/$name.out"
   dsi serve "${serve_args[@]}"; rc=$?
   sed 's/^/    serve --backend cuda: /' "/tmp/$name.out" | tail -3
   check "serve on backend cuda refuses to start without a GPU (rc $rc), saying why" \

@@ -275,7 +275,10 @@ struct cudart {
 enum { CUDA_ATTR_CC_MAJOR = 75, CUDA_ATTR_CC_MINOR = 76, CUDA_ATTR_ECC_ENABLED = 32 };
 
 static bool cudart_open(struct cudart *r, const char **which) {
-    static const char *const names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so"};
+    /* CUDA 11's runtime keeps the soname libcudart.so.11.0 for every 11.x (Debian's
+     * 11.8 packages, deploy/docker/Dockerfile.cuda) */
+    static const char *const names[] = {"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0",
+                                        "libcudart.so"};
     memset(r, 0, sizeof *r);
     for (size_t i = 0; i < sizeof names / sizeof names[0] && !r->lib; i++) {
         r->lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
@@ -306,7 +309,7 @@ static void check_gpu(struct doctor *d) {
     struct cudart r;
     const char *which = NULL;
     if (!cudart_open(&r, &which)) {
-        report(d, miss, "gpu", "CUDA runtime (libcudart.so.13) not found: %s",
+        report(d, miss, "gpu", "CUDA runtime (libcudart.so.13, .12 or .11.0) not found: %s",
                need ? "backend cuda cannot start" : "the cpu backend will be used");
         return;
     }
