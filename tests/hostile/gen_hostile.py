@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import dsitest  # noqa: E402
-from dsitest import BIN, CTX, add_key, check  # noqa: E402
+from dsitest import BIN, CTX, add_key, check, ends_with_error, sse_events  # noqa: E402
 
 MODEL = "tests/golden/models/tiny-chat"
 
@@ -294,24 +294,6 @@ def group_stream(work, keys):
         for s in socks:
             s.close()
         d.stop()
-
-
-def sse_events(b):
-    """The JSON events of a stream body and whether it ends with [DONE]."""
-    events = [e[len("data: "):] for e in b.decode(errors="replace").split("\n\n") if e.startswith("data: ")]
-    done = bool(events) and events[-1] == "[DONE]"
-    return [json.loads(e) for e in events if e != "[DONE]"], done
-
-
-def ends_with_error(b, etype, code):
-    """A stream that ends with exactly one error event of that type/code, then [DONE]."""
-    events, done = sse_events(b)
-    errs = [e for e in events if "error" in e]
-    ok = done and len(errs) == 1 and events[-1] is errs[0] and errs[0]["error"].get("type") == etype and \
-        errs[0]["error"].get("code") == code and errs[0]["error"].get("message")
-    if not ok:
-        print("     stream ends: done=%s last=%s" % (done, json.dumps(events[-1]) if events else None))
-    return ok
 
 
 def open_stream(port, key, body):

@@ -36,7 +36,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import dsitest  # noqa: E402
-from dsitest import BIN, CTX, add_key, check  # noqa: E402
+from dsitest import BIN, CTX, add_key, check, ends_with_error, sse_events  # noqa: E402
 
 MODEL = "tests/golden/models/tiny-chat"
 CHAT = {"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}
@@ -70,26 +70,8 @@ def call(d, path, key, body=None):
         return e.code, e.read()
 
 
-def sse(raw):
-    """The JSON events of a stream body and whether it ends with [DONE]."""
-    ev = [e[len("data: "):] for e in raw.decode(errors="replace").split("\n\n") if e.startswith("data: ")]
-    done = bool(ev) and ev[-1] == "[DONE]"
-    return [json.loads(e) for e in ev if e != "[DONE]"], done
-
-
-def ends_with(raw, etype, code):
-    """A stream that ends with exactly one error event of etype/code, then [DONE]."""
-    events, done = sse(raw)
-    errs = [e for e in events if "error" in e]
-    ok = done and len(errs) == 1 and events[-1] is errs[0] and errs[0]["error"].get("type") == etype and \
-        errs[0]["error"].get("code") == code
-    if not ok:
-        print("     stream ends: done=%s last=%s" % (done, json.dumps(events[-1]) if events else None))
-    return ok
-
-
 def content_chunks(raw):
-    events, _ = sse(raw)
+    events, _ = sse_events(raw)
     return [e for e in events if e.get("choices") and e["choices"][0].get("delta", {}).get("content")]
 
 
@@ -128,7 +110,7 @@ def group_oom(work, keys, key, mon):
     try:
         st, raw = call(d, "/v1/chat/completions", key, dict(CHAT, stream=True, max_tokens=40))
         check("oom: a stream whose step fails ends with a backend_error event and [DONE]",
-              st == 200 and ends_with(raw, "service_unavailable", "backend_error"))
+              st == 200 and ends_with_error(raw, "service_unavailable", "backend_error"))
         check("oom: the stream's tokens before the failed step were sent, none after",
               len(content_chunks(raw)) <= 2, "%d content chunks" % len(content_chunks(raw)))
         st, raw = call(d, "/v1/chat/completions", key, dict(CHAT, max_tokens=40))
@@ -140,7 +122,7 @@ def group_oom(work, keys, key, mon):
         ok = st == 200 and json.loads(raw)["usage"]["completion_tokens"] == 12
         check("oom: the server recovers: the next request is served in full", ok, "%d %r" % (st, raw[:200]))
         st, raw = call(d, "/v1/chat/completions", key, dict(CHAT, stream=True, max_tokens=12))
-        events, done = sse(raw)
+        events, done = sse_events(raw)
         check("oom: and so is the next stream", st == 200 and done and not any("error" in e for e in events))
         check("oom: /health/ready stays 200", call(d, "/health/ready", None)[0] == 200)
         m = settled(d, mon)
@@ -193,7 +175,7 @@ def group_dead(work, keys, key, mon):
               call(d, "/health/live", None)[0] == 200 and call(d, "/health/ready", None)[0] == 200)
         st, raw = call(d, "/v1/chat/completions", key, dict(CHAT, stream=True, max_tokens=40))
         check("dead: the stream whose step kills the backend ends with a backend_error event and [DONE]",
-              st == 200 and ends_with(raw, "service_unavailable", "backend_error"))
+              st == 200 and ends_with_error(raw, "service_unavailable", "backend_error"))
         st, raw = call(d, "/health/ready", None)
         check("dead: /health/ready answers 503 failed", st == 503 and json.loads(raw).get("status") == "failed",
               "%d %r" % (st, raw))
